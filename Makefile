@@ -1,0 +1,130 @@
+# engram — build, test, bench, install. GNU make; no other build system.
+#   make deps        install the Debian packages engram needs (idempotent; root or sudo)
+#   make             library (build/libengram.a, build/libengram.so) and CLI (build/engram)
+#   make run         builds and runs the main job on ./engram-data
+#   make test        builds and runs every test (SAN=1: under ASan + UBSan)
+#   make bench       the benchmark suite (see docs/benchmarks.md)
+#   make install     PREFIX=/usr/local DESTDIR=
+SHELL := /bin/bash
+CC ?= cc
+PREFIX ?= /usr/local
+SAN ?= 0
+DATA ?= ./engram-data
+
+ifeq ($(SAN),1)
+BUILD ?= build/san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD ?= build
+SANFLAGS :=
+endif
+
+CFLAGS ?= -O2 -g
+WARN := -Wall -Wextra -Werror -Wno-unused-parameter
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SANFLAGS) -fPIC -pthread \
+  -Iinclude -Icommon -I. -I$(BUILD)/gen
+LDLIBS := -llmdb -lzstd -lprotobuf-c -lzmq -lpthread -lm
+ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
+
+DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
+  protobuf-c-compiler libzmq3-dev libcmocka-dev lmdb-utils python3 python3-dev \
+  python3-pytest clang
+
+PROTOS := $(wildcard schema/*.proto)
+GEN_C := $(patsubst schema/%.proto,$(BUILD)/gen/schema/%.pb-c.c,$(PROTOS))
+GEN_H := $(GEN_C:.c=.h)
+LIB_SRCS := $(wildcard common/*.c log/*.c consumers/*.c net/*.c)
+LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS)) $(patsubst %.c,%.o,$(GEN_C))
+CLI_SRCS := $(wildcard cli/*.c)
+CLI_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(CLI_SRCS))
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+TEST_HELPERS := $(wildcard tests/helpers/*.c)
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%-replay,$(FUZZ_SRCS))
+BENCH_SRCS := $(wildcard bench/bench_*.c)
+BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+
+.PHONY: all deps run test test-c test-python bench fuzz install clean check-deps format python
+.SECONDARY:
+
+all: $(BUILD)/libengram.a $(BUILD)/libengram.so $(BUILD)/engram
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(BUILD)/gen/schema/%.pb-c.c $(BUILD)/gen/schema/%.pb-c.h: schema/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen $<
+
+$(BUILD)/gen/schema/%.pb-c.o: $(BUILD)/gen/schema/%.pb-c.c
+	$(CC) $(ALL_CFLAGS) -Wno-unused -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c $(GEN_H) include/engram.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+$(BUILD)/libengram.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libengram.so: $(LIB_OBJS)
+	$(CC) -shared $(ALL_LDFLAGS) -Wl,-soname,libengram.so.0 -o $@ $^ $(LDLIBS)
+
+$(BUILD)/engram: $(CLI_OBJS) $(BUILD)/libengram.a
+	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJS) $(BUILD)/libengram.a $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(TEST_HELPERS) $(BUILD)/libengram.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests -o $@ $< $(TEST_HELPERS) $(BUILD)/libengram.a $(LDLIBS) -lcmocka $(ALL_LDFLAGS)
+
+$(BUILD)/fuzz/%-replay: tests/fuzz/%.c tests/fuzz/replay_main.c $(BUILD)/libengram.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< tests/fuzz/replay_main.c $(BUILD)/libengram.a $(LDLIBS) $(ALL_LDFLAGS)
+
+$(BUILD)/bench/%: bench/%.c $(wildcard bench/common/*.c) $(BUILD)/libengram.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Ibench -o $@ $< $(wildcard bench/common/*.c) $(BUILD)/libengram.a $(LDLIBS) $(ALL_LDFLAGS)
+
+# Layering: a wrong-way include fails the build.
+check-deps:
+	@bash tests/check-deps.sh
+
+test: deps check-deps all $(TEST_BINS) $(FUZZ_REPLAY)
+	@BUILD=$(BUILD) bash tests/run-tests.sh
+
+fuzz: deps
+	@bash tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS)
+
+bench: deps all $(BENCH_BINS)
+	@BUILD=$(BUILD) bash bench/run.sh
+
+run: deps all
+	@BUILD=$(BUILD) DATA=$(DATA) bash cli/demo.sh
+
+python: all
+	cd bindings/python && python3 setup.py build_ext --inplace -q
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 $(BUILD)/libengram.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libengram.so $(DESTDIR)$(PREFIX)/lib/libengram.so.0
+	ln -sf libengram.so.0 $(DESTDIR)$(PREFIX)/lib/libengram.so
+	install -m 644 include/engram.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(BUILD)/engram $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' engram.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/engram.pc
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build

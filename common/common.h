@@ -1,0 +1,52 @@
+/* common.h — small helpers every layer may use: byte order, CRC32C, clocks, errno mapping. */
+#ifndef ENGRAM_COMMON_H
+#define ENGRAM_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Big-endian composite keys make byte order equal number order in LMDB. */
+static inline void be64_put(unsigned char *p, uint64_t v) {
+  for (int i = 7; i >= 0; i--) {
+    p[i] = (unsigned char)v;
+    v >>= 8;
+  }
+}
+static inline uint64_t be64_get(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+  return v;
+}
+static inline void be32_put(unsigned char *p, uint32_t v) {
+  p[0] = (unsigned char)(v >> 24);
+  p[1] = (unsigned char)(v >> 16);
+  p[2] = (unsigned char)(v >> 8);
+  p[3] = (unsigned char)v;
+}
+static inline uint32_t be32_get(const unsigned char *p) {
+  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline void le32_put(unsigned char *p, uint32_t v) {
+  p[0] = (unsigned char)v;
+  p[1] = (unsigned char)(v >> 8);
+  p[2] = (unsigned char)(v >> 16);
+  p[3] = (unsigned char)(v >> 24);
+}
+static inline uint32_t le32_get(const unsigned char *p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+/* CRC32C (Castagnoli), hardware-accelerated where the CPU has SSE4.2. */
+uint32_t crc32c(uint32_t crc, const void *buf, size_t len);
+
+/* CLOCK_REALTIME and CLOCK_MONOTONIC in nanoseconds. */
+int64_t clock_realtime_ns(void);
+int64_t clock_monotonic_ns(void);
+/* Sleeps ns nanoseconds (restarting after signals). */
+void clock_sleep_ns(int64_t ns);
+
+/* Maps an errno value to an ENGRAM_E* code. */
+int err_from_errno(int e);
+
+#endif

@@ -1,0 +1,444 @@
+/*
+ * engram.h — the public interface of engram, a durable event log with consumer groups.
+ *
+ * This header is the manual. Read the caveats first:
+ *
+ * DURABILITY. A log is a directory holding one LMDB environment. In the default mode,
+ * ENGRAM_DURABILITY_SYNC, a write (append, ack, group change ...) returns only after its
+ * commit is on disk: it survives kill -9 of any process and a power cut. Concurrent
+ * writers of one process share commits (group commit): N threads that append at once
+ * wait for one flush between them, not N. Two weaker modes are opt-in:
+ *   - ENGRAM_DURABILITY_NOMETASYNC: a write returns after its data pages are flushed but
+ *     before the page that makes them current is; a power cut can lose exactly the newest
+ *     commit (kill -9 loses nothing). A background flush closes that window within
+ *     `flush_interval_ms` of the last write.
+ *   - ENGRAM_DURABILITY_ASYNC: a write returns after its commit reaches the OS page cache.
+ *     kill -9 loses nothing; a power cut loses everything since the last background flush
+ *     (at most `flush_interval_ms` old) and, because nothing orders the writes, may damage
+ *     the environment (`engram verify` reports it). Use it for data you can rebuild.
+ *
+ * PROCESSES AND THREADS. Any number of processes may open the same directory at once;
+ * LMDB serialises their write transactions. A handle may be used from many threads at
+ * once. Do not open the same directory twice in one process (an LMDB rule): share the
+ * handle. Do not use a handle in a child after fork(); open a new one.
+ *
+ * ERRORS. Every function that can fail returns 0 or a negative ENGRAM_E* code; the
+ * handle keeps a message with context for the last error of the calling thread
+ * (engram_errmsg()). Nothing is written when a call fails.
+ *
+ * OWNERSHIP. Strings and buffers passed in are copied before the call returns. Results
+ * are returned through out parameters and are owned by the caller, who frees them with
+ * the matching _free function. close/free functions accept NULL and return void.
+ */
+#ifndef ENGRAM_H
+#define ENGRAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ENGRAM_VERSION_MAJOR 0
+#define ENGRAM_VERSION_MINOR 1
+#define ENGRAM_VERSION_PATCH 0
+#define ENGRAM_VERSION_STRING "0.1.0"
+/* Version of the on-disk format; a log written with another format version is refused
+ * with ENGRAM_EVERSION at open. */
+#define ENGRAM_FORMAT_VERSION 1
+/* Version of the wire protocol carried in every request to `engram serve`. */
+#define ENGRAM_PROTOCOL_VERSION 1
+
+/* Limits that bad input is checked against. */
+#define ENGRAM_MAX_NAME 200            /* topic, group, consumer names: bytes */
+#define ENGRAM_MAX_TYPE 200            /* event type: bytes */
+#define ENGRAM_MAX_KEY 1024            /* event key, idempotency key: bytes */
+#define ENGRAM_MAX_CONTENT_TYPE 128    /* bytes */
+#define ENGRAM_MAX_HEADERS 64          /* headers per event */
+#define ENGRAM_MAX_HEADER_BYTES 8192   /* all header names and values of one event */
+#define ENGRAM_MAX_FILTERS 16          /* type filter patterns per group */
+#define ENGRAM_MAX_BACKOFF 16          /* steps in a group's backoff schedule */
+#define ENGRAM_MAX_PAYLOAD_LIMIT (64u << 20) /* highest max_payload a topic may set */
+
+/* ---------------------------------------------------------------------------------
+ * Errors. A released code never changes its number.
+ * ------------------------------------------------------------------------------ */
+#define ENGRAM_OK 0
+#define ENGRAM_EINVAL -1     /* an argument is invalid (name, size, pattern, duration) */
+#define ENGRAM_ENOTFOUND -2  /* no such topic, group, event or entry */
+#define ENGRAM_EEXIST -3     /* topic or group already exists */
+#define ENGRAM_ENOMEM -4     /* out of memory */
+#define ENGRAM_EIO -5        /* an operating-system I/O call failed */
+#define ENGRAM_ECORRUPT -6   /* a stored record failed its CRC or could not be decoded */
+#define ENGRAM_ENOSPC -7     /* the disk is full; the log stays usable once space returns */
+#define ENGRAM_ETOOBIG -8    /* payload, headers or message over its limit */
+#define ENGRAM_EVERSION -9   /* on-disk format or wire protocol version not supported */
+#define ENGRAM_ELIMIT -10    /* a configured limit was reached (e.g. max_topics) */
+#define ENGRAM_ESTALE -11    /* ack/nack quotes an attempt older than the current lease */
+#define ENGRAM_ENOTLEASED -12 /* the event was never delivered to this group */
+#define ENGRAM_EALREADY -13  /* the event is already finished for this group (double ack) */
+#define ENGRAM_EDEAD -14     /* the event is in the group's dead-letter queue */
+#define ENGRAM_EBUSY -15     /* in use: in flight, or the directory is locked by a daemon */
+#define ENGRAM_ETIMEDOUT -16 /* no answer in time */
+#define ENGRAM_ECLOSED -17   /* the handle or connection is closed */
+#define ENGRAM_EPROTO -18    /* malformed request or reply */
+#define ENGRAM_ECONN -19     /* cannot reach the daemon */
+#define ENGRAM_EDENIED -20   /* authentication or authorisation refused */
+#define ENGRAM_ENOTSUP -21   /* not supported by this handle or build */
+#define ENGRAM_EINTERNAL -22 /* a bug: an invariant did not hold */
+
+/* The fixed description of a code ("no such topic, group or event"); never NULL. */
+const char *engram_strerror(int code);
+/* The code's name ("ENGRAM_ENOTFOUND"); never NULL. */
+const char *engram_errname(int code);
+
+/* ---------------------------------------------------------------------------------
+ * Opening a log.
+ * ------------------------------------------------------------------------------ */
+typedef struct engram engram; /* a log handle: embedded (engram_open) or remote (engram_connect) */
+
+typedef enum engram_durability {
+  ENGRAM_DURABILITY_SYNC = 0,   /* default: a write returns after it is on disk */
+  ENGRAM_DURABILITY_NOMETASYNC, /* a power cut may lose the newest commit */
+  ENGRAM_DURABILITY_ASYNC       /* a power cut may lose the last flush interval */
+} engram_durability;
+
+/* Options for engram_open(). Zero means default for every field; NULL means all defaults. */
+typedef struct engram_options {
+  engram_durability durability; /* default ENGRAM_DURABILITY_SYNC */
+  uint64_t map_size;            /* initial LMDB map size in bytes, default 1 GiB; grows
+                                   automatically (doubling) when full */
+  uint32_t max_topics;          /* default 1024 */
+  uint64_t dedup_window_ms;     /* idempotency window, default 600000 (10 min) */
+  uint32_t flush_interval_ms;   /* background flush in nometasync/async modes, default 1000 */
+  uint32_t flags;               /* ENGRAM_OPEN_* */
+  /* Clock for tests: returns CLOCK_REALTIME nanoseconds. NULL = the system clock. Every
+   * timestamp, lease deadline and retry delay of this handle is read from it. */
+  int64_t (*clock_ns)(void *ctx);
+  void *clock_ctx;
+} engram_options;
+
+#define ENGRAM_OPEN_NOCREATE 0x1 /* fail with ENGRAM_ENOTFOUND if the log does not exist */
+
+/* Opens (creating if missing, crash-safely) the log in directory `path`. On success
+ * *out is a handle the caller closes with engram_close(). Clears stale reader slots
+ * left by dead processes. Errors: EINVAL (path or options), ENOTFOUND (NOCREATE and no
+ * log), EVERSION (other on-disk format), ECORRUPT, EIO, ENOSPC, ENOMEM. */
+int engram_open(const char *path, const engram_options *opts, engram **out);
+
+/* Flushes what is still pending and closes. Accepts NULL. */
+void engram_close(engram *log);
+
+/* The message of the last error of the calling thread on this handle, with context
+ * ("append memory: payload 2097152 bytes over limit 1048576"); "" when none. Valid until
+ * the next call on the handle from this thread. */
+const char *engram_errmsg(const engram *log);
+
+/* Forces everything committed so far to disk (useful in nometasync/async modes). */
+int engram_sync(engram *log);
+
+/* Consistent, compacted hot copy of the log into directory `dest` (created; must not
+ * exist or be empty) while writers keep running. Errors: EEXIST, EIO, ENOSPC. */
+int engram_backup(engram *log, const char *dest);
+
+/* ---------------------------------------------------------------------------------
+ * Topics.
+ * ------------------------------------------------------------------------------ */
+#define ENGRAM_TOPIC_NO_DICT 0x1 /* never train or use a zstd dictionary */
+
+typedef struct engram_topic_config {
+  uint32_t compress_threshold; /* payloads of at least this many bytes are zstd
+                                  compressed; default 256; UINT32_MAX = never */
+  uint32_t max_payload;        /* bytes, default 1 MiB, at most ENGRAM_MAX_PAYLOAD_LIMIT */
+  uint32_t dict_train_after;   /* train a dictionary automatically once the topic holds
+                                  this many events; default 4096 */
+  uint32_t flags;              /* ENGRAM_TOPIC_* */
+} engram_topic_config;
+
+typedef struct engram_topic_info {
+  char name[ENGRAM_MAX_NAME + 1];
+  engram_topic_config config;  /* with defaults filled in */
+  uint64_t first_offset;       /* lowest stored offset, 0 when empty */
+  uint64_t head_offset;        /* highest offset ever assigned, 0 when none */
+  uint64_t count;              /* events stored */
+  uint32_t dict_id;            /* current zstd dictionary id, 0 = none */
+  int64_t created_ns;          /* CLOCK_REALTIME */
+} engram_topic_info;
+
+/* Topic names are 1..200 bytes of [A-Za-z0-9._-]. Errors: EINVAL, EEXIST, ELIMIT. */
+int engram_topic_create(engram *log, const char *topic, const engram_topic_config *cfg);
+/* Fills *info. Errors: EINVAL, ENOTFOUND. */
+int engram_topic_info_get(engram *log, const char *topic, engram_topic_info *info);
+/* Lists topics in name order: *out is a malloc'd array of *n entries the caller frees
+ * with engram_free(). */
+int engram_topic_list(engram *log, engram_topic_info **out, size_t *n);
+/* Drops a topic with its events, idempotency keys, dictionaries and groups. */
+int engram_topic_drop(engram *log, const char *topic);
+/* Trains (or retrains) the topic's zstd dictionary from its newest events now. Records
+ * keep the id of the dictionary they were written with, so old records stay readable.
+ * *dict_id (may be NULL) receives the new id. Errors: ENOTFOUND, EINVAL (too few events). */
+int engram_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id);
+
+/* Frees memory returned by engram_topic_list(), engram_group_list() and
+ * engram_dlq_list(). Accepts NULL. */
+void engram_free(void *p);
+
+/* ---------------------------------------------------------------------------------
+ * Events.
+ * ------------------------------------------------------------------------------ */
+typedef struct engram_header {
+  const char *name;  /* non-empty, NUL-terminated */
+  const char *value; /* NUL-terminated */
+} engram_header;
+
+/* One event. On append the caller fills the input fields; on read and fetch every field
+ * is filled and points into memory owned by the batch or event it came in. */
+typedef struct engram_event {
+  uint64_t offset;              /* out: dense per topic, from 1 */
+  const char *topic;            /* out */
+  const char *type;             /* dotted name, e.g. "memory.saved": [A-Za-z0-9_-] words
+                                   joined by single dots, 1..200 bytes */
+  const char *key;              /* ordering / compaction key, NULL = none */
+  const void *payload;          /* may be NULL when payload_len is 0 */
+  size_t payload_len;
+  const char *content_type;     /* NULL or "" = none */
+  const engram_header *headers; /* n_headers entries */
+  size_t n_headers;
+  const char *idempotency_key;  /* NULL = none */
+  int64_t deliver_at_ns;        /* CLOCK_REALTIME; 0 = deliver at once */
+  int64_t timestamp_ns;         /* out: append time, CLOCK_REALTIME */
+  uint32_t attempt;             /* out, fetch only: 1 on first delivery; 0 on read */
+} engram_event;
+
+/* A set of events returned by read or fetch; one allocation the caller frees. */
+typedef struct engram_batch {
+  size_t count;
+  engram_event *events;
+} engram_batch;
+void engram_batch_free(engram_batch *b);
+
+/* Appends one event to `topic` and returns after it is durable (per the handle's
+ * durability mode). *offset receives its offset. With an idempotency key already used
+ * on this topic inside the dedup window, nothing is written, *offset receives the
+ * original offset and *duplicate (may be NULL) is set to 1, else 0.
+ * Errors: EINVAL (bad type, key, headers), ENOTFOUND (topic), ETOOBIG, ENOSPC, EIO. */
+int engram_append(engram *log, const char *topic, const engram_event *ev, uint64_t *offset,
+                  int *duplicate);
+
+/* Appends n events to `topic` in one transaction: all or none. offsets[i] and
+ * duplicates[i] (duplicates may be NULL) receive each event's result; a duplicate
+ * inside the batch itself resolves to the first one's offset. */
+int engram_append_batch(engram *log, const char *topic, const engram_event *evs, size_t n,
+                        uint64_t *offsets, int *duplicates);
+
+/* Reads the event at `offset`. *out is a batch of one. Errors: ENOTFOUND, ECORRUPT. */
+int engram_read(engram *log, const char *topic, uint64_t offset, engram_batch **out);
+
+/* Reads up to `max` events with offsets >= `from` in order. An empty batch means there
+ * is nothing at or after `from`. Errors: ENOTFOUND (topic), ECORRUPT (a damaged record:
+ * nothing of it is returned). */
+int engram_read_range(engram *log, const char *topic, uint64_t from, size_t max,
+                      engram_batch **out);
+
+/* ---------------------------------------------------------------------------------
+ * Consumer groups. A group is a named cursor over one topic (named within it). Members
+ * compete: each event is leased to one consumer at a time. See docs/consumer-groups.md.
+ * ------------------------------------------------------------------------------ */
+typedef enum engram_start {
+  ENGRAM_START_EARLIEST = 0, /* from the first stored event */
+  ENGRAM_START_LATEST,       /* only events appended after creation */
+  ENGRAM_START_OFFSET,       /* from start_offset */
+  ENGRAM_START_TIME          /* from the first event appended at or after start_time_ns */
+} engram_start;
+
+#define ENGRAM_GROUP_KEY_ORDERED 0x1 /* same key: never two in flight, finish in order */
+
+typedef struct engram_group_config {
+  const char *const *filters; /* type patterns: exact ("memory.saved"), prefix
+                                 ("memory.*"), or "*"; NULL/0 = "*" */
+  size_t n_filters;           /* at most ENGRAM_MAX_FILTERS */
+  engram_start start;
+  uint64_t start_offset;      /* ENGRAM_START_OFFSET */
+  int64_t start_time_ns;      /* ENGRAM_START_TIME, CLOCK_REALTIME */
+  uint64_t ack_wait_ms;       /* lease length, default 30000 */
+  uint32_t max_deliver;       /* attempts before the DLQ, default 5 */
+  const uint64_t *backoff_ms; /* delay before attempt k+1 after a nack/expiry is
+                                 backoff_ms[min(k-1, n-1)]; default 1s,5s,30s,2m */
+  size_t n_backoff;           /* at most ENGRAM_MAX_BACKOFF */
+  uint64_t result_ttl_ms;     /* how long ack results are kept, default 86400000 (1 day) */
+  uint32_t flags;             /* ENGRAM_GROUP_* */
+} engram_group_config;
+
+typedef struct engram_group_info {
+  char topic[ENGRAM_MAX_NAME + 1];
+  char name[ENGRAM_MAX_NAME + 1];
+  char filters[ENGRAM_MAX_FILTERS][ENGRAM_MAX_TYPE + 1];
+  size_t n_filters;
+  uint64_t ack_wait_ms;
+  uint32_t max_deliver;
+  uint64_t backoff_ms[ENGRAM_MAX_BACKOFF];
+  size_t n_backoff;
+  uint64_t result_ttl_ms;
+  uint32_t flags;
+  int64_t created_ns;
+  /* counters */
+  uint64_t floor;          /* every offset <= floor is finished for this group */
+  uint64_t next;           /* next offset the group has not yet looked at */
+  uint64_t lag;            /* topic head - floor */
+  uint64_t in_flight;      /* events leased and not yet finished */
+  uint64_t retrying;       /* events waiting for a retry delay (incl. delayed events) */
+  uint64_t dead;           /* events in the dead-letter queue */
+  uint64_t acked;          /* acks accepted since creation */
+  uint64_t redelivered;    /* deliveries with attempt > 1 since creation */
+  uint64_t delivered;      /* deliveries since creation */
+  int64_t oldest_unfinished_ns; /* append time of the oldest unfinished event, 0 = none */
+} engram_group_info;
+
+/* Creates a group on an existing topic. Errors: EINVAL (name, pattern, max_deliver or
+ * durations out of range), ENOTFOUND (topic), EEXIST. */
+int engram_group_create(engram *log, const char *topic, const char *group,
+                        const engram_group_config *cfg);
+int engram_group_info_get(engram *log, const char *topic, const char *group,
+                          engram_group_info *info);
+/* Lists groups of `topic` (NULL = all topics): malloc'd array freed with engram_free(). */
+int engram_group_list(engram *log, const char *topic, engram_group_info **out, size_t *n);
+/* Deletes a group with its leases, DLQ and results. */
+int engram_group_delete(engram *log, const char *topic, const char *group);
+/* Replay: moves the group's cursor to `offset` (ENGRAM_START_OFFSET) or to the first event
+ * appended at or after `time_ns` (ENGRAM_START_TIME), or earliest / latest. Outstanding
+ * leases and retries are dropped; acks quoting them fail with ESTALE. The DLQ is kept. */
+int engram_group_reset(engram *log, const char *topic, const char *group, engram_start to,
+                       uint64_t offset, int64_t time_ns);
+
+/* Leases up to `max` events to `consumer`: first events whose lease expired or whose
+ * retry delay passed, then new ones matching the group's filters. Each event's attempt
+ * is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to wait_ms
+ * for events. *out may be an empty batch. Errors: EINVAL, ENOTFOUND. */
+int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
+                 size_t max, uint64_t wait_ms, engram_batch **out);
+
+/* One acknowledgement. attempt = the event's attempt as fetched (fencing), 0 = do not
+ * check. result (may be NULL) is kept for the group's result_ttl_ms. */
+typedef struct engram_ack_item {
+  uint64_t offset;
+  uint32_t attempt;
+  const void *result;
+  size_t result_len;
+} engram_ack_item;
+
+/* Finishes one event for the group. Errors: ESTALE (newer lease exists), ENOTLEASED (never
+ * delivered), EALREADY (already finished: acks are idempotent, state unchanged), EDEAD,
+ * ENOTFOUND, ETOOBIG (result over 1 MiB). */
+int engram_ack(engram *log, const char *topic, const char *group, uint64_t offset,
+               uint32_t attempt, const void *result, size_t result_len);
+/* Acks n events in one commit. codes[i] (may be NULL) receives each item's code; the call
+ * returns 0 when every item succeeded, else the first failing item's code. Items that
+ * succeed are committed even when others fail. */
+int engram_ack_many(engram *log, const char *topic, const char *group,
+                    const engram_ack_item *items, size_t n, int *codes);
+/* Asks for redelivery after delay_ms, or after the group's backoff step when delay_ms < 0.
+ * error (may be NULL) is kept as the last error. Past max_deliver attempts the event goes
+ * to the DLQ instead. Errors as engram_ack, EINVAL (delay over 30 days). */
+int engram_nack(engram *log, const char *topic, const char *group, uint64_t offset,
+                uint32_t attempt, int64_t delay_ms, const char *error);
+/* Sends the event to the group's dead-letter queue at once with `reason`. */
+int engram_reject(engram *log, const char *topic, const char *group, uint64_t offset,
+                  uint32_t attempt, const char *reason);
+/* Heartbeat: the lease now ends ms from now (0 = the group's ack_wait). Extends the
+ * whole lease the event belongs to. */
+int engram_extend(engram *log, const char *topic, const char *group, uint64_t offset,
+                  uint32_t attempt, uint64_t ms);
+/* Marks a pending or retrying event finished without delivering it. Errors: EBUSY (in
+ * flight), EALREADY, EDEAD, ENOTFOUND. */
+int engram_cancel(engram *log, const char *topic, const char *group, uint64_t offset);
+
+typedef enum engram_event_state {
+  ENGRAM_STATE_PENDING = 0, /* not yet delivered (or waiting behind its key) */
+  ENGRAM_STATE_IN_FLIGHT,   /* leased: consumer, attempt, deadline */
+  ENGRAM_STATE_RETRYING,    /* waiting for its retry delay or deliver_at */
+  ENGRAM_STATE_DONE,        /* acked or cancelled */
+  ENGRAM_STATE_DEAD,        /* in the DLQ */
+  ENGRAM_STATE_SKIPPED      /* does not match the group's filters */
+} engram_event_state;
+
+typedef struct engram_status {
+  engram_event_state state;
+  char consumer[ENGRAM_MAX_NAME + 1]; /* IN_FLIGHT: who holds it */
+  uint32_t attempt;                   /* deliveries so far */
+  int64_t deadline_ns;                /* IN_FLIGHT: lease end; RETRYING: when due */
+  char last_error[256];               /* last nack error or DLQ reason, "" = none */
+  void *result;                       /* DONE: malloc'd result or NULL; free with engram_free */
+  size_t result_len;
+} engram_status;
+/* Errors: ENOTFOUND (topic, group or offset beyond head). */
+int engram_status_get(engram *log, const char *topic, const char *group, uint64_t offset,
+                      engram_status *st);
+const char *engram_state_name(engram_event_state s);
+
+/* Dead-letter queue. */
+typedef struct engram_dlq_entry {
+  uint64_t offset;
+  uint32_t attempts;
+  char reason[256];     /* "rejected: ...", "max_deliver exceeded", ... */
+  char last_error[256];
+  char consumer[ENGRAM_MAX_NAME + 1]; /* last holder */
+  int64_t first_delivered_ns;
+  int64_t dead_ns;
+} engram_dlq_entry;
+/* Lists up to max entries with offset >= from (max 0 = all): array freed with engram_free(). */
+int engram_dlq_list(engram *log, const char *topic, const char *group, uint64_t from,
+                    size_t max, engram_dlq_entry **out, size_t *n);
+/* Removes the given entries (offsets NULL = all); *count (may be NULL) receives how many. */
+int engram_dlq_purge(engram *log, const char *topic, const char *group,
+                     const uint64_t *offsets, size_t n, size_t *count);
+/* Delivers the given DLQ entries (NULL = all) again, to this group only, with fresh
+ * attempt counts. */
+int engram_dlq_redrive(engram *log, const char *topic, const char *group,
+                       const uint64_t *offsets, size_t n, size_t *count);
+
+/* ---------------------------------------------------------------------------------
+ * Transactions: acks and appends committed together (consume -> transform -> produce).
+ * Operations are buffered and applied at commit in one LMDB write transaction: either
+ * all take effect or none does.
+ * ------------------------------------------------------------------------------ */
+typedef struct engram_txn engram_txn;
+int engram_txn_begin(engram *log, engram_txn **out);
+/* Queues an ack (fenced by attempt when non-zero). */
+int engram_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64_t offset,
+                   uint32_t attempt, const void *result, size_t result_len);
+/* Queues an append; *offset (may be NULL) is filled at commit. */
+int engram_txn_append(engram_txn *txn, const char *topic, const engram_event *ev,
+                      uint64_t *offset);
+/* Applies everything; on any failure nothing is applied and the error is returned. The
+ * transaction is freed either way. */
+int engram_txn_commit(engram_txn *txn);
+void engram_txn_abort(engram_txn *txn);
+
+/* ---------------------------------------------------------------------------------
+ * Inspection.
+ * ------------------------------------------------------------------------------ */
+typedef struct engram_verify_report {
+  uint64_t topics;
+  uint64_t records;   /* records checked */
+  uint64_t damaged;   /* records failing CRC or decode */
+  char first_damage[256]; /* "topic memory offset 17: CRC mismatch", "" = none */
+} engram_verify_report;
+/* Checks every record of every topic. Returns 0 with report->damaged possibly > 0. */
+int engram_verify(engram *log, engram_verify_report *report);
+
+/* Remote handles (engram serve). Same interface as engram_open(): every function above
+ * works on the returned handle with the same semantics and errors. */
+typedef struct engram_connect_options {
+  uint32_t timeout_ms;         /* per request, default 10000 */
+  const char *server_key;      /* CURVE: server public key (Z85), NULL = plain */
+  const char *public_key;      /* CURVE: this client's key pair (Z85) */
+  const char *secret_key;
+  uint32_t pipeline_window;    /* appends in flight before engram_append blocks, 0 = 1 */
+} engram_connect_options;
+int engram_connect(const char *endpoint, const engram_connect_options *opts, engram **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ENGRAM_H */
