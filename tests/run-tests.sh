@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# run-tests.sh — runs every built C test, every fuzz corpus replay and the Python tests,
+# each under a timeout in a fresh temporary directory, and prints one tally line.
+#
+# Environment: BUILD (build or build/san, default build), ENGRAM_TEST_TIMEOUT (seconds per
+# unit, default 300), ONLY (run only units whose name contains it), VERBOSE=1 (print
+# every unit's output, not only failing ones), ENGRAM_KEEP_TMP=1 (keep temp dirs).
+set -u
+cd "$(dirname "$0")/.." || exit 2
+BUILD=${BUILD:-build}
+TIMEOUT=${ENGRAM_TEST_TIMEOUT:-300}
+ONLY=${ONLY:-}
+VERBOSE=${VERBOSE:-0}
+
+root=$(mktemp -d "${TMPDIR:-/tmp}/engram-tests.XXXXXX") || exit 2
+cleanup() {
+  if [ -n "${ENGRAM_KEEP_TMP:-}" ]; then echo "kept $root"; else rm -rf "$root"; fi
+}
+trap cleanup EXIT
+
+passed=0
+failed=0
+failures=()
+
+# run_unit NAME CMD...: runs CMD in a fresh temp dir (exported as ENGRAM_TEST_TMP and
+# TMPDIR) under the timeout, from the repo root, and records the result.
+run_unit() {
+  local name=$1
+  shift
+  if [ -n "$ONLY" ] && [[ $name != *"$ONLY"* ]]; then return; fi
+  local dir out start end rc secs
+  dir=$(mktemp -d "$root/${name//\//_}.XXXXXX")
+  out="$dir.out"
+  start=$(date +%s%N)
+  ENGRAM_TEST_TMP=$dir TMPDIR=$dir timeout -k 10 "$TIMEOUT" "$@" >"$out" 2>&1
+  rc=$?
+  end=$(date +%s%N)
+  secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
+  if [ "$rc" -eq 0 ]; then
+    passed=$((passed + 1))
+    printf 'PASS  %-40s %6ss\n' "$name" "$secs"
+    [ "$VERBOSE" = 1 ] && cat "$out"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    local why="exit $rc"
+    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && why="timed out after ${TIMEOUT}s"
+    printf 'FAIL  %-40s %6ss  (%s)\n' "$name" "$secs" "$why"
+    if [ "$VERBOSE" = 1 ]; then
+      cat "$out"
+    else
+      # The failing lines first, then the end of the output for context.
+      grep -E '\[  (FAILED|ERROR) \]|\[  ERROR   \]|ERROR|error:|Assert|assert|Sanitizer|runtime error' "$out" | head -n 40 | sed 's/^/      /'
+      echo "      --- last lines of output ---"
+      tail -n 25 "$out" | sed 's/^/      /'
+    fi
+  fi
+  rm -rf "$dir"
+}
+
+# C unit and integration tests.
+if [ -d "$BUILD/tests" ]; then
+  for t in "$BUILD"/tests/test_*; do
+    [ -f "$t" ] && [ -x "$t" ] || continue
+    case $t in *.o | *.d) continue ;; esac
+    run_unit "$(basename "$t")" "$t"
+  done
+fi
+
+# Fuzz corpora, replayed by a plain main so no clang is needed.
+if [ -d "$BUILD/fuzz" ]; then
+  for r in "$BUILD"/fuzz/*-replay; do
+    [ -f "$r" ] && [ -x "$r" ] || continue
+    name=$(basename "$r" -replay)
+    corpus="tests/fuzz/corpus/$name"
+    if [ -d "$corpus" ] && [ -n "$(ls -A "$corpus")" ]; then
+      run_unit "fuzz/$name" "$r" "$corpus"
+    else
+      failed=$((failed + 1))
+      failures+=("fuzz/$name")
+      printf 'FAIL  %-40s         (no corpus in %s)\n' "fuzz/$name" "$corpus"
+    fi
+  done
+fi
+
+# Python tests, when the binding and its tests exist.
+if [ -d tests/python ]; then
+  if [ ! -d bindings/python ]; then
+    echo "SKIP  python (bindings/python does not exist)"
+  elif ! python3 -m pytest --version >/dev/null 2>&1; then
+    echo "SKIP  python (python3 -m pytest is not available)"
+  else
+    PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}" ENGRAM_BUILD="$PWD/$BUILD" \
+      run_unit python python3 -m pytest -q tests/python
+  fi
+fi
+
+if [ "$failed" -gt 0 ]; then echo "failed: ${failures[*]}"; fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
