@@ -1,0 +1,342 @@
+/* args.c — command-line parsing: options and positionals, numbers, durations, times,
+ * sizes, start positions and name=value pairs. */
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "cli.h"
+
+void cli_args_init(struct cli_args *a, const char *cmd, int argc, char **argv) {
+  memset(a, 0, sizeof *a);
+  a->cmd = cmd;
+  a->argc = argc;
+  a->argv = argv;
+  a->i = 1;
+  a->pos = argv + 1;
+}
+
+/* Positionals are moved down into pos[] as they are met; pos[npos] never lies past the
+ * argument being read, so the compaction overwrites only what was already consumed. */
+int cli_args_next(struct cli_args *a, const struct cli_opt *opts) {
+  a->opt = NULL;
+  a->val = NULL;
+  while (a->i < a->argc) {
+    char *s = a->argv[a->i];
+    if (a->only_pos || s[0] != '-' || s[1] == '\0') {
+      a->pos[a->npos++] = s;
+      a->i++;
+      continue;
+    }
+    if (strcmp(s, "--") == 0) {
+      a->only_pos = 1;
+      a->i++;
+      continue;
+    }
+    size_t nl = strlen(s);
+    const char *eq = NULL;
+    if (s[1] == '-' && (eq = strchr(s, '=')) != NULL) nl = (size_t)(eq - s);
+    const struct cli_opt *o = opts;
+    for (; o->name; o++)
+      if (strlen(o->name) == nl && memcmp(o->name, s, nl) == 0) break;
+    if (!o->name) {
+      cli_usage(a->cmd, "unknown option '%.*s'", (int)nl, s);
+      return -1;
+    }
+    a->opt = o->name;
+    a->i++;
+    if (o->has_arg) {
+      if (eq) {
+        a->val = eq + 1;
+      } else if (a->i < a->argc) {
+        a->val = a->argv[a->i++];
+      } else {
+        cli_usage(a->cmd, "%s needs a value", o->name);
+        return -1;
+      }
+    } else if (eq) {
+      cli_usage(a->cmd, "%s takes no value", o->name);
+      return -1;
+    }
+    return o->id;
+  }
+  return 0;
+}
+
+int cli_args_count(const struct cli_args *a, int min, int max, const char *names) {
+  if (a->npos < min) return cli_usage(a->cmd, "missing arguments: expected %s", names);
+  if (max >= 0 && a->npos > max)
+    return cli_usage(a->cmd, "unexpected argument '%s': expected %s", a->pos[max], names);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Numbers.
+ * ------------------------------------------------------------------------------ */
+static int digit(char c) { return c >= '0' && c <= '9'; }
+
+const char *cli_parse_u64(const char *s, uint64_t *out) {
+  if (!*s) return "empty number";
+  if (*s == '-') return "must not be negative";
+  uint64_t v = 0;
+  for (const char *p = s; *p; p++) {
+    if (!digit(*p)) return "not a whole number";
+    unsigned d = (unsigned)(*p - '0');
+    if (v > (UINT64_MAX - d) / 10) return "number too large";
+    v = v * 10 + d;
+  }
+  *out = v;
+  return NULL;
+}
+
+const char *cli_parse_u32(const char *s, uint32_t *out) {
+  uint64_t v;
+  const char *e = cli_parse_u64(s, &v);
+  if (e) return e;
+  if (v > UINT32_MAX) return "number too large (at most 4294967295)";
+  *out = (uint32_t)v;
+  return NULL;
+}
+
+const char *cli_parse_offset(const char *s, uint64_t *out) {
+  const char *e = cli_parse_u64(s, out);
+  if (e) return e;
+  if (*out == 0) return "offsets start at 1";
+  return NULL;
+}
+
+const char *cli_parse_size(const char *s, uint64_t *out) {
+  static const struct {
+    const char *suffix;
+    unsigned shift;
+  } units[] = {{"", 0},    {"b", 0},   {"k", 10},  {"kb", 10}, {"kib", 10}, {"m", 20},
+               {"mb", 20}, {"mib", 20}, {"g", 30}, {"gb", 30}, {"gib", 30}};
+  if (!*s) return "empty size";
+  if (*s == '-') return "must not be negative";
+  uint64_t v = 0;
+  const char *p = s;
+  if (!digit(*p)) return "not a size (e.g. 1048576, 512K, 4MiB)";
+  for (; digit(*p); p++) {
+    unsigned d = (unsigned)(*p - '0');
+    if (v > (UINT64_MAX - d) / 10) return "size too large";
+    v = v * 10 + d;
+  }
+  for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+    if (strcasecmp(p, units[i].suffix) != 0) continue;
+    if (v > (UINT64_MAX >> units[i].shift)) return "size too large";
+    *out = v << units[i].shift;
+    return NULL;
+  }
+  return "unknown size unit (use K, M or G, powers of 1024)";
+}
+
+/* ---------------------------------------------------------------------------------
+ * Durations.
+ * ------------------------------------------------------------------------------ */
+#define NS_PER_MS 1000000ull
+#define NS_PER_S 1000000000ull
+#define MAX_DURATION_NS (30ull * 86400 * NS_PER_S)
+
+static uint64_t gcd(uint64_t a, uint64_t b) {
+  while (b) {
+    uint64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+const char *cli_parse_duration_ms(const char *s, uint64_t *ms) {
+  static const struct {
+    const char *unit;
+    uint64_t ns;
+  } units[] = {{"ms", NS_PER_MS},
+               {"s", NS_PER_S},
+               {"m", 60 * NS_PER_S},
+               {"h", 3600 * NS_PER_S},
+               {"d", 86400 * NS_PER_S}};
+  if (!*s) return "empty duration";
+  if (*s == '-') return "a duration cannot be negative";
+  uint64_t total = 0;
+  const char *p = s;
+  while (*p) {
+    if (!digit(*p)) return "not a duration (e.g. 250ms, 30s, 2m, 1h, 1d)";
+    uint64_t whole = 0;
+    for (; digit(*p); p++) {
+      whole = whole * 10 + (uint64_t)(*p - '0');
+      if (whole > MAX_DURATION_NS) return "over the 30-day limit";
+    }
+    uint64_t frac = 0, scale = 1;
+    if (*p == '.') {
+      p++;
+      if (!digit(*p)) return "a duration needs digits after '.'";
+      for (; digit(*p); p++) {
+        if (scale == NS_PER_S) return "too many digits after '.' (at most 9)";
+        frac = frac * 10 + (uint64_t)(*p - '0');
+        scale *= 10;
+      }
+    }
+    const char *u = p;
+    while (*p && !digit(*p) && *p != '.') p++;
+    size_t ul = (size_t)(p - u);
+    if (ul == 0) return "a duration needs a unit: ms, s, m, h or d (e.g. 30s)";
+    uint64_t unit_ns = 0;
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+      if (strlen(units[i].unit) == ul && memcmp(units[i].unit, u, ul) == 0)
+        unit_ns = units[i].ns;
+    if (!unit_ns) return "unknown unit (use ms, s, m, h or d)";
+    if (whole > MAX_DURATION_NS / unit_ns) return "over the 30-day limit";
+    /* frac/scale of a unit, reduced first so the product cannot overflow. */
+    uint64_t g = gcd(unit_ns, scale);
+    uint64_t seg = whole * unit_ns + frac * (unit_ns / g) / (scale / g);
+    if (seg > MAX_DURATION_NS - total) return "over the 30-day limit";
+    total += seg;
+  }
+  if (total % NS_PER_MS) return "finer than a millisecond";
+  *ms = total / NS_PER_MS;
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Times.
+ * ------------------------------------------------------------------------------ */
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const unsigned yoe = (unsigned)(y - era * 400);
+  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + (int64_t)doe - 719468;
+}
+
+static int leap(int y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
+
+/* Reads exactly n digits. */
+static int fixed(const char **p, int n, int *out) {
+  int v = 0;
+  for (int i = 0; i < n; i++) {
+    if (!digit((*p)[i])) return -1;
+    v = v * 10 + ((*p)[i] - '0');
+  }
+  *p += n;
+  *out = v;
+  return 0;
+}
+
+/* Optional ".digits": nanoseconds (digits past the ninth must be zeros). */
+static const char *fraction_ns(const char **p, int64_t *ns) {
+  *ns = 0;
+  if (**p != '.') return NULL;
+  (*p)++;
+  if (!digit(**p)) return "needs digits after '.'";
+  int64_t scale = 100000000;
+  for (; digit(**p); (*p)++) {
+    if (scale == 0) {
+      if (**p != '0') return "finer than a nanosecond";
+      continue;
+    }
+    *ns += (**p - '0') * scale;
+    scale /= 10;
+  }
+  return NULL;
+}
+
+#define MAX_SECONDS (INT64_MAX / (int64_t)NS_PER_S) /* 2262-04-11 */
+
+static const char *rfc3339(const char *s, int64_t *out) {
+  static const char bad[] = "not an RFC 3339 time (e.g. @2024-01-12T10:00:00Z)";
+  static const unsigned char mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  const char *p = s;
+  int y, mo, d, h, mi, sec;
+  if (fixed(&p, 4, &y) || *p++ != '-' || fixed(&p, 2, &mo) || *p++ != '-' ||
+      fixed(&p, 2, &d))
+    return bad;
+  if (*p != 'T' && *p != 't' && *p != ' ') return bad;
+  p++;
+  if (fixed(&p, 2, &h) || *p++ != ':' || fixed(&p, 2, &mi) || *p++ != ':' ||
+      fixed(&p, 2, &sec))
+    return bad;
+  if (mo < 1 || mo > 12) return "month out of range";
+  int dim = mdays[mo - 1] + (mo == 2 && leap(y));
+  if (d < 1 || d > dim) return "day out of range";
+  if (h > 23 || mi > 59 || sec > 60) return "time of day out of range";
+  int64_t frac;
+  const char *e = fraction_ns(&p, &frac);
+  if (e) return e;
+  int64_t off = 0;
+  if (*p == 'Z' || *p == 'z') {
+    p++;
+  } else if (*p == '+' || *p == '-') {
+    int sign = *p++ == '-' ? -1 : 1, oh, om;
+    if (fixed(&p, 2, &oh) || *p++ != ':' || fixed(&p, 2, &om)) return bad;
+    if (oh > 23 || om > 59) return "UTC offset out of range";
+    off = sign * (oh * 3600 + om * 60);
+  } else {
+    return "a time needs a zone: Z or +hh:mm";
+  }
+  if (*p) return bad;
+  int64_t secs = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 +
+                 sec - off;
+  if (secs < 0) return "before 1970";
+  if (secs >= MAX_SECONDS) return "after 2262";
+  *out = secs * (int64_t)NS_PER_S + frac;
+  return NULL;
+}
+
+const char *cli_parse_time_ns(const char *s, int64_t *ns) {
+  if (s[0] != '@') return "a time starts with @ (e.g. @2024-01-12T10:00:00Z or @1705053600)";
+  s++;
+  if (!*s) return "empty time";
+  if (strlen(s) > 4 && s[4] == '-') return rfc3339(s, ns);
+  if (*s == '-') return "before 1970";
+  const char *p = s;
+  int64_t secs = 0;
+  if (!digit(*p)) return "not a time (e.g. @2024-01-12T10:00:00Z or @1705053600)";
+  for (; digit(*p); p++) {
+    secs = secs * 10 + (*p - '0');
+    if (secs >= MAX_SECONDS) return "after 2262";
+  }
+  int64_t frac;
+  const char *e = fraction_ns(&p, &frac);
+  if (e) return e;
+  if (*p) return "not a time (e.g. @2024-01-12T10:00:00Z or @1705053600)";
+  *ns = secs * (int64_t)NS_PER_S + frac;
+  return NULL;
+}
+
+const char *cli_parse_start(const char *s, engram_start *start, uint64_t *offset,
+                            int64_t *time_ns) {
+  if (strcmp(s, "earliest") == 0) {
+    *start = ENGRAM_START_EARLIEST;
+    return NULL;
+  }
+  if (strcmp(s, "latest") == 0) {
+    *start = ENGRAM_START_LATEST;
+    return NULL;
+  }
+  if (s[0] == '@') {
+    *start = ENGRAM_START_TIME;
+    return cli_parse_time_ns(s, time_ns);
+  }
+  if (!digit(s[0])) return "expected earliest, latest, an offset or @TIME";
+  *start = ENGRAM_START_OFFSET;
+  return cli_parse_offset(s, offset);
+}
+
+const char *cli_parse_kv(char *s, const char **name, const char **value) {
+  char *eq = strchr(s, '=');
+  if (!eq) return "expected name=value";
+  if (eq == s) return "empty name before '='";
+  *eq = '\0';
+  *name = s;
+  *value = eq + 1;
+  return NULL;
+}
+
+int64_t cli_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}

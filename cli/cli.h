@@ -1,0 +1,169 @@
+/* cli.h — what the files of the engram command share: the command table, the handle,
+ * argument parsing, error reporting and output helpers. Uses only the public API. */
+#ifndef ENGRAM_CLI_H
+#define ENGRAM_CLI_H
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engram.h"
+#include "json.h"
+
+/* Exit statuses. */
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1  /* the operation failed (or verify found damage) */
+#define CLI_EXIT_USAGE 2 /* the command line was wrong */
+
+/* Every top-level command: name, handler suffix and one-line summary, in the order
+ * `engram --help` lists them. Adding a command is one line here and one file that
+ * defines cmd_<name>(). */
+#define CLI_COMMANDS(X)                                                                   \
+  X(append, "append events to a topic (one, or a JSON-lines batch from stdin)")          \
+  X(read, "print events of a topic")                                                      \
+  X(topics, "list topics")                                                                \
+  X(topic, "create, drop, show a topic or train its dictionary")                          \
+  X(group, "create, list, show, delete or reset consumer groups")                         \
+  X(consume, "fetch events for a group member, print them and ack / nack / reject")       \
+  X(ack, "acknowledge one event for a group")                                             \
+  X(nack, "ask for one event to be delivered again")                                      \
+  X(reject, "send one event to the group's dead-letter queue")                            \
+  X(cancel, "finish a pending or retrying event without delivering it")                   \
+  X(status, "show one event's state in a group")                                          \
+  X(dlq, "list, show, purge or redrive a group's dead-letter queue")                       \
+  X(stat, "topics and groups at a glance: heads, lag, in flight, dead")                  \
+  X(verify, "check the CRC of every stored record")                                       \
+  X(backup, "write a consistent copy of the log to a new directory")                      \
+  X(sync, "force everything committed so far to disk")
+
+/* State shared by all commands: the global options and the handle they open. */
+struct cli {
+  const char *data;        /* --data or $ENGRAM_DATA; NULL when neither */
+  const char *connect;     /* --connect endpoint; NULL = embedded */
+  int durability_set;      /* --durability was given */
+  engram_durability durability;
+  engram *log;             /* opened by cli_open(), closed by main */
+};
+
+#define CLI_DECLARE(name, summary) int cmd_##name(struct cli *c, int argc, char **argv);
+CLI_COMMANDS(CLI_DECLARE)
+#undef CLI_DECLARE
+
+/* Opens the log named by the global options. `create` allows making a new log directory;
+ * without it a missing log is an error. Returns 0, or prints one line and returns the
+ * exit status to use. */
+#define CLI_OPEN_EXISTING 0
+#define CLI_OPEN_CREATE 1
+int cli_open(struct cli *c, int create);
+
+/* Error reporting: each prints ONE line on stderr and returns the exit status. */
+/* A failed library call: "engram: <errmsg>" when the handle has a message, else
+ * "engram: <context>: <strerror(code)>". */
+int cli_fail(struct cli *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* What went wrong in the last call: the handle's message when it has one, else
+ * engram_strerror(code). For messages that add their own context. */
+const char *cli_errtext(struct cli *c, int code);
+/* "engram: <message>", status 1. */
+int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "engram: <cmd>: <message> (see 'engram <cmd> --help')", status 2. */
+int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prints `text` (a command's help) on stdout; returns 0. */
+int cli_help(const char *text);
+/* Flushes stdout; a failed write becomes an error. Returns `status` or 1. */
+int cli_finish(int status);
+
+/* Subcommands of a command such as `topic` or `group`. */
+struct cli_sub {
+  const char *name;
+  int (*run)(struct cli *c, int argc, char **argv); /* argv[0] = subcommand name */
+};
+/* Runs the subcommand named by argv[1]; `help` is the parent's help text. */
+int cli_dispatch_sub(struct cli *c, const char *cmd, const struct cli_sub *subs,
+                     const char *help, int argc, char **argv);
+
+/* ---------------------------------------------------------------------------------
+ * Command-line parsing (args.c).
+ * ------------------------------------------------------------------------------ */
+struct cli_opt {
+  const char *name; /* as typed: "--key", "-h" */
+  int has_arg;      /* takes a value: "--key K" or "--key=K" */
+  int id;           /* > 0, returned by cli_args_next() */
+};
+#define CLI_OPT_HELP 1000 /* id conventionally used for -h / --help */
+
+struct cli_args {
+  const char *cmd; /* for messages: "group create" */
+  int argc;
+  char **argv;
+  int i;           /* next argv index to look at */
+  int npos;        /* positional arguments seen so far, compacted into pos[] */
+  char **pos;      /* = argv + 1 */
+  const char *opt; /* the option just returned, as typed */
+  const char *val; /* its value when it takes one */
+  int only_pos;    /* after "--" */
+};
+/* Parses argv[1..argc-1]; argv[0] is the command name. */
+void cli_args_init(struct cli_args *a, const char *cmd, int argc, char **argv);
+/* Returns the id of the next option, 0 at the end (positionals are then in a->pos[0 ..
+ * a->npos-1]), or -1 after printing a usage error. */
+int cli_args_next(struct cli_args *a, const struct cli_opt *opts);
+/* Checks the number of positionals (names describes them for the message); returns 0
+ * or prints a usage error and returns 2. max < 0 means no upper bound. */
+int cli_args_count(const struct cli_args *a, int min, int max, const char *names);
+
+/* Value parsers: each returns NULL on success or a short reason why `s` is refused. */
+const char *cli_parse_u64(const char *s, uint64_t *out);          /* decimal digits */
+const char *cli_parse_u32(const char *s, uint32_t *out);
+const char *cli_parse_offset(const char *s, uint64_t *out);       /* >= 1 */
+/* "250ms", "30s", "2m", "1h", "1d", combined ("1h30m") and with fractions ("1.5s"); at
+ * most 30 days; whole milliseconds. */
+const char *cli_parse_duration_ms(const char *s, uint64_t *ms);
+/* "@2024-01-12T10:00:00Z" (RFC 3339, fractional seconds, +hh:mm offsets) or "@1705053600"
+ * (Unix seconds, optionally fractional). */
+const char *cli_parse_time_ns(const char *s, int64_t *ns);
+/* Bytes with an optional K/KiB/M/MiB/G/GiB suffix (powers of 1024). */
+const char *cli_parse_size(const char *s, uint64_t *out);
+/* earliest | latest | OFFSET | @TIME */
+const char *cli_parse_start(const char *s, engram_start *start, uint64_t *offset,
+                            int64_t *time_ns);
+/* Splits "name=value" in place at the first '='; the name must not be empty. */
+const char *cli_parse_kv(char *s, const char **name, const char **value);
+
+/* CLOCK_REALTIME now, in nanoseconds. */
+int64_t cli_now_ns(void);
+
+/* ---------------------------------------------------------------------------------
+ * Output (print.c).
+ * ------------------------------------------------------------------------------ */
+/* "2024-01-12T10:00:00.123Z"; buf of at least 40 bytes; "-" for 0. */
+void cli_fmt_time(int64_t ns, char *buf, size_t len);
+/* "850ms", "12s", "3m05s", "2h10m", "4d03h"; "-" for negative. */
+void cli_fmt_age(int64_t ns, char *buf, size_t len);
+/* "30s", "1h30m", "250ms": a millisecond duration in the form cli_parse_duration_ms
+ * reads back. */
+void cli_fmt_duration_ms(uint64_t ms, char *buf, size_t len);
+
+/* The JSON shape of an event (see docs/cli.md); with group != NULL adds "group" and
+ * "attempt". `topic` is used when the event does not carry its topic name. */
+void cli_json_event(json_writer *w, const engram_event *ev, const char *topic,
+                    const char *group);
+/* One readable line: offset, time, type, key, [attempt,] payload preview. */
+void cli_text_event(FILE *f, const engram_event *ev, int with_attempt);
+void cli_json_topic(json_writer *w, const engram_topic_info *t);
+void cli_json_group(json_writer *w, const engram_group_info *g, int64_t now_ns);
+void cli_json_dlq_entry(json_writer *w, const engram_dlq_entry *e);
+/* Writes the writer's buffer plus a newline to stdout and empties it. Returns 0, or
+ * prints "out of memory" and returns 1 when the writer could not build it. */
+int cli_json_emit(json_writer *w);
+
+/* A text table with aligned columns; cells are copied. */
+struct cli_table;
+struct cli_table *cli_table_new(size_t ncols);
+/* Adds one row of ncols cells; returns 0 or -1 when out of memory. */
+int cli_table_row(struct cli_table *t, ...);
+/* Prints the rows (the first is the heading) and frees the table; 0 or 1 (out of memory
+ * while building it, reported on stderr). Accepts NULL as "out of memory". */
+int cli_table_print(struct cli_table *t, FILE *f);
+
+#endif

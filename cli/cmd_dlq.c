@@ -1,0 +1,229 @@
+/* cmd_dlq.c — `engram dlq`: list, show, purge and redrive a group's dead-letter queue. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char dlq_help[] =
+    "usage: engram dlq list TOPIC GROUP [--json]\n"
+    "       engram dlq show TOPIC GROUP OFFSET [--json]\n"
+    "       engram dlq purge TOPIC GROUP [OFFSET...]\n"
+    "       engram dlq redrive TOPIC GROUP [OFFSET...]\n"
+    "\n"
+    "The dead-letter queue holds a group's events that were rejected or ran out of\n"
+    "attempts. `engram dlq SUBCOMMAND --help` describes each one.\n";
+
+static const struct cli_opt json_opts[] = {{"--json", 0, 1},
+                                           {"-h", 0, CLI_OPT_HELP},
+                                           {"--help", 0, CLI_OPT_HELP},
+                                           {NULL, 0, 0}};
+
+static int dlq_list(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram dlq list TOPIC GROUP [--json]\n"
+      "\n"
+      "Lists the group's dead-letter entries in offset order: offset, attempts, when it\n"
+      "died, reason, last error and last consumer.\n"
+      "\n"
+      "options:\n"
+      "  --json     a JSON array of {\"offset\",\"attempts\",\"reason\",\"last_error\",\n"
+      "             \"consumer\",\"first_delivered_ns\",\"dead_ns\"}\n"
+      "  -h, --help this help\n";
+  struct cli_args a;
+  cli_args_init(&a, "dlq list", argc, argv);
+  int o, json = 0;
+  while ((o = cli_args_next(&a, json_opts)) > 0) {
+    if (o == CLI_OPT_HELP) return cli_help(h);
+    json = 1;
+  }
+  if (o < 0 || cli_args_count(&a, 2, 2, "TOPIC GROUP")) return CLI_EXIT_USAGE;
+  int status = cli_open(c, CLI_OPEN_EXISTING);
+  if (status) return status;
+  engram_dlq_entry *e = NULL;
+  size_t n = 0;
+  int rc = engram_dlq_list(c->log, a.pos[0], a.pos[1], 0, 0, &e, &n);
+  if (rc != 0) return cli_fail(c, rc, "dlq list %s %s", a.pos[0], a.pos[1]);
+  if (json) {
+    json_writer w;
+    json_w_init(&w);
+    json_arr(&w);
+    for (size_t i = 0; i < n; i++) {
+      json_obj(&w);
+      cli_json_dlq_entry(&w, &e[i]);
+      json_obj_end(&w);
+    }
+    json_arr_end(&w);
+    status = cli_json_emit(&w);
+    json_w_free(&w);
+  } else {
+    struct cli_table *t = cli_table_new(6);
+    cli_table_row(t, "OFFSET", "ATTEMPTS", "DEAD_AT", "REASON", "LAST_ERROR", "CONSUMER");
+    for (size_t i = 0; i < n; i++) {
+      char off[24], att[16], dead[48];
+      char reason[sizeof e[i].reason], lerr[sizeof e[i].last_error], cons[sizeof e[i].consumer];
+      snprintf(off, sizeof off, "%" PRIu64, e[i].offset);
+      snprintf(att, sizeof att, "%" PRIu32, e[i].attempts);
+      cli_fmt_time(e[i].dead_ns, dead, sizeof dead);
+      snprintf(reason, sizeof reason, "%.*s", (int)sizeof reason - 1, e[i].reason);
+      snprintf(lerr, sizeof lerr, "%.*s", (int)sizeof lerr - 1, e[i].last_error);
+      snprintf(cons, sizeof cons, "%.*s", (int)sizeof cons - 1, e[i].consumer);
+      cli_table_row(t, off, att, dead, reason[0] ? reason : "-", lerr[0] ? lerr : "-",
+                    cons[0] ? cons : "-");
+    }
+    status = cli_table_print(t, stdout);
+  }
+  engram_free(e);
+  return status;
+}
+
+static int dlq_show(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram dlq show TOPIC GROUP OFFSET [--json]\n"
+      "\n"
+      "Shows one dead-letter entry and the event itself.\n"
+      "\n"
+      "options:\n"
+      "  --json     the entry's fields (as in `dlq list --json`) plus \"event\": the event\n"
+      "             as `engram read --json` prints it, or null when it is no longer stored\n"
+      "  -h, --help this help\n";
+  struct cli_args a;
+  cli_args_init(&a, "dlq show", argc, argv);
+  int o, json = 0;
+  while ((o = cli_args_next(&a, json_opts)) > 0) {
+    if (o == CLI_OPT_HELP) return cli_help(h);
+    json = 1;
+  }
+  if (o < 0 || cli_args_count(&a, 3, 3, "TOPIC GROUP OFFSET")) return CLI_EXIT_USAGE;
+  uint64_t off;
+  const char *pe = cli_parse_offset(a.pos[2], &off);
+  if (pe) return cli_usage(a.cmd, "OFFSET '%s': %s", a.pos[2], pe);
+  const char *topic = a.pos[0], *group = a.pos[1];
+  int status = cli_open(c, CLI_OPEN_EXISTING);
+  if (status) return status;
+  engram_dlq_entry *e = NULL;
+  size_t n = 0;
+  int rc = engram_dlq_list(c->log, topic, group, off, 1, &e, &n);
+  if (rc != 0) return cli_fail(c, rc, "dlq show %s %s", topic, group);
+  if (n == 0 || e[0].offset != off) {
+    engram_free(e);
+    return cli_error("dlq show %s %s: offset %" PRIu64 " is not in the dead-letter queue", topic,
+                     group, off);
+  }
+  engram_batch *b = NULL;
+  rc = engram_read(c->log, topic, off, &b);
+  if (rc != 0 && rc != ENGRAM_ENOTFOUND) {
+    engram_free(e);
+    return cli_fail(c, rc, "read %s offset %" PRIu64, topic, off);
+  }
+  const engram_event *ev = b && b->count ? &b->events[0] : NULL;
+  if (json) {
+    json_writer w;
+    json_w_init(&w);
+    json_obj(&w);
+    json_kstr(&w, "topic", topic);
+    json_kstr(&w, "group", group);
+    cli_json_dlq_entry(&w, &e[0]);
+    json_key(&w, "event");
+    if (ev)
+      cli_json_event(&w, ev, topic, NULL);
+    else
+      json_null(&w);
+    json_obj_end(&w);
+    status = cli_json_emit(&w);
+    json_w_free(&w);
+  } else {
+    char t[48];
+    printf("offset:           %" PRIu64 "\n", e[0].offset);
+    printf("attempts:         %" PRIu32 "\n", e[0].attempts);
+    printf("reason:           %.*s\n", (int)sizeof e[0].reason, e[0].reason);
+    if (e[0].last_error[0])
+      printf("last error:       %.*s\n", (int)sizeof e[0].last_error, e[0].last_error);
+    if (e[0].consumer[0])
+      printf("last consumer:    %.*s\n", (int)sizeof e[0].consumer, e[0].consumer);
+    cli_fmt_time(e[0].first_delivered_ns, t, sizeof t);
+    printf("first delivered:  %s\n", t);
+    cli_fmt_time(e[0].dead_ns, t, sizeof t);
+    printf("dead since:       %s\n", t);
+    if (!ev) {
+      printf("event:            no longer stored\n");
+    } else {
+      printf("event:            ");
+      cli_text_event(stdout, ev, 0);
+      if (ev->content_type && ev->content_type[0])
+        printf("content type:     %s\n", ev->content_type);
+      for (size_t i = 0; i < ev->n_headers; i++)
+        printf("header:           %s=%s\n", ev->headers[i].name,
+               ev->headers[i].value ? ev->headers[i].value : "");
+      if (ev->payload_len && json_utf8_valid(ev->payload, ev->payload_len)) {
+        printf("payload:\n");
+        fwrite(ev->payload, 1, ev->payload_len, stdout);
+        printf("\n");
+      }
+    }
+  }
+  engram_batch_free(b);
+  engram_free(e);
+  return status;
+}
+
+/* purge and redrive: the same shape, a different verb. */
+static int dlq_apply(struct cli *c, int argc, char **argv, int redrive) {
+  static const char purge_h[] =
+      "usage: engram dlq purge TOPIC GROUP [OFFSET...]\n"
+      "\n"
+      "Removes the given entries from the dead-letter queue, or every entry when no\n"
+      "OFFSET is given, and prints how many were removed. The events stay in the topic.\n";
+  static const char redrive_h[] =
+      "usage: engram dlq redrive TOPIC GROUP [OFFSET...]\n"
+      "\n"
+      "Delivers the given dead-letter entries again, or every entry when no OFFSET is\n"
+      "given, to this group only and with fresh attempt counts; prints how many.\n";
+  static const struct cli_opt opts[] = {
+      {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
+  struct cli_args a;
+  cli_args_init(&a, redrive ? "dlq redrive" : "dlq purge", argc, argv);
+  int o;
+  while ((o = cli_args_next(&a, opts)) > 0)
+    if (o == CLI_OPT_HELP) return cli_help(redrive ? redrive_h : purge_h);
+  if (o < 0 || cli_args_count(&a, 2, -1, "TOPIC GROUP [OFFSET...]")) return CLI_EXIT_USAGE;
+  size_t n = (size_t)a.npos - 2;
+  uint64_t *offs = NULL;
+  if (n) {
+    offs = calloc(n, sizeof *offs);
+    if (!offs) return cli_error("%s: out of memory", a.cmd);
+    for (size_t i = 0; i < n; i++) {
+      const char *e = cli_parse_offset(a.pos[2 + i], &offs[i]);
+      if (e) {
+        free(offs);
+        return cli_usage(a.cmd, "OFFSET '%s': %s", a.pos[2 + i], e);
+      }
+    }
+  }
+  int status = cli_open(c, CLI_OPEN_EXISTING);
+  if (status) {
+    free(offs);
+    return status;
+  }
+  size_t count = 0;
+  int rc = redrive ? engram_dlq_redrive(c->log, a.pos[0], a.pos[1], offs, n, &count)
+                   : engram_dlq_purge(c->log, a.pos[0], a.pos[1], offs, n, &count);
+  free(offs);
+  if (rc != 0) return cli_fail(c, rc, "%s %s %s", a.cmd, a.pos[0], a.pos[1]);
+  printf("%s %zu entr%s\n", redrive ? "redrove" : "purged", count, count == 1 ? "y" : "ies");
+  return 0;
+}
+
+static int dlq_purge(struct cli *c, int argc, char **argv) { return dlq_apply(c, argc, argv, 0); }
+static int dlq_redrive(struct cli *c, int argc, char **argv) {
+  return dlq_apply(c, argc, argv, 1);
+}
+
+int cmd_dlq(struct cli *c, int argc, char **argv) {
+  static const struct cli_sub subs[] = {{"list", dlq_list},
+                                        {"show", dlq_show},
+                                        {"purge", dlq_purge},
+                                        {"redrive", dlq_redrive},
+                                        {NULL, NULL}};
+  return cli_dispatch_sub(c, "dlq", subs, dlq_help, argc, argv);
+}

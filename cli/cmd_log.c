@@ -1,0 +1,475 @@
+/* cmd_log.c — commands on the log and its topics: read, topics, topic, verify, backup,
+ * sync. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+#define READ_CHUNK 1000
+
+/* ---------------------------------------------------------------------------------
+ * read
+ * ------------------------------------------------------------------------------ */
+static const char read_help[] =
+    "usage: engram read TOPIC [--from OFFSET | --last N] [--count N] [--json]\n"
+    "\n"
+    "Prints events of TOPIC in offset order, one per line: offset, append time, type,\n"
+    "key (- when none) and the start of the payload.\n"
+    "\n"
+    "options:\n"
+    "  --from OFFSET  first offset to print (default 1: the oldest stored event)\n"
+    "  --last N       the newest N events instead\n"
+    "  --count N      at most N events (default: all)\n"
+    "  --json         one JSON object per line: {\"topic\",\"offset\",\"type\",\"key\",\n"
+    "                 \"headers\",\"timestamp_ns\",\"content_type\",\"payload\",\n"
+    "                 \"idempotency_key\"} plus \"deliver_at_ns\" when set; a payload that\n"
+    "                 is not UTF-8 comes as \"payload_base64\" instead of \"payload\"\n"
+    "  -h, --help     this help\n";
+
+int cmd_read(struct cli *c, int argc, char **argv) {
+  enum { O_FROM = 1, O_LAST, O_COUNT, O_JSON };
+  static const struct cli_opt opts[] = {{"--from", 1, O_FROM},   {"--last", 1, O_LAST},
+                                        {"--count", 1, O_COUNT}, {"--json", 0, O_JSON},
+                                        {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP},
+                                        {NULL, 0, 0}};
+  struct cli_args a;
+  cli_args_init(&a, "read", argc, argv);
+  uint64_t from = 1, last = 0, count = UINT64_MAX;
+  int json = 0, have_from = 0, o;
+  const char *e;
+  while ((o = cli_args_next(&a, opts)) > 0) {
+    switch (o) {
+      case CLI_OPT_HELP: return cli_help(read_help);
+      case O_FROM:
+        if ((e = cli_parse_offset(a.val, &from)))
+          return cli_usage(a.cmd, "--from '%s': %s", a.val, e);
+        have_from = 1;
+        break;
+      case O_LAST:
+        if ((e = cli_parse_u64(a.val, &last)) || (!last && (e = "must be at least 1")))
+          return cli_usage(a.cmd, "--last '%s': %s", a.val, e);
+        break;
+      case O_COUNT:
+        if ((e = cli_parse_u64(a.val, &count)) || (!count && (e = "must be at least 1")))
+          return cli_usage(a.cmd, "--count '%s': %s", a.val, e);
+        break;
+      case O_JSON: json = 1; break;
+    }
+  }
+  if (o < 0) return CLI_EXIT_USAGE;
+  if (cli_args_count(&a, 1, 1, "TOPIC")) return CLI_EXIT_USAGE;
+  if (have_from && last) return cli_usage(a.cmd, "--from and --last exclude each other");
+  const char *topic = a.pos[0];
+  int status = cli_open(c, CLI_OPEN_EXISTING);
+  if (status) return status;
+  int rc;
+  if (last) {
+    engram_topic_info info;
+    if ((rc = engram_topic_info_get(c->log, topic, &info)) != 0)
+      return cli_fail(c, rc, "read %s", topic);
+    if (info.head_offset == 0) return 0;
+    from = info.head_offset >= last ? info.head_offset - last + 1 : 1;
+    if (last < count) count = last;
+  }
+
+  json_writer w;
+  json_w_init(&w);
+  while (count > 0) {
+    engram_batch *b = NULL;
+    size_t want = count < READ_CHUNK ? (size_t)count : READ_CHUNK;
+    rc = engram_read_range(c->log, topic, from, want, &b);
+    if (rc != 0) {
+      status = cli_fail(c, rc, "read %s from offset %" PRIu64, topic, from);
+      break;
+    }
+    size_t n = b->count;
+    for (size_t i = 0; i < n && count > 0 && !status; i++) {
+      const engram_event *ev = &b->events[i];
+      if (json) {
+        cli_json_event(&w, ev, topic, NULL);
+        status = cli_json_emit(&w);
+      } else {
+        cli_text_event(stdout, ev, 0);
+      }
+      /* Never go backwards, whatever the batch holds. */
+      if (ev->offset >= from) from = ev->offset + 1;
+      count--;
+    }
+    engram_batch_free(b);
+    if (n == 0 || status || from == 0) break;
+  }
+  json_w_free(&w);
+  return status;
+}
+
+/* ---------------------------------------------------------------------------------
+ * topics, topic show
+ * ------------------------------------------------------------------------------ */
+static const char topics_help[] =
+    "usage: engram topics [--json]\n"
+    "\n"
+    "Lists the topics with their event counts and offsets.\n"
+    "\n"
+    "options:\n"
+    "  --json     a JSON array of topic objects (the shape of `engram topic show --json`)\n"
+    "  -h, --help this help\n";
+
+static const struct cli_opt json_opts[] = {{"--json", 0, 1},
+                                           {"-h", 0, CLI_OPT_HELP},
+                                           {"--help", 0, CLI_OPT_HELP},
+                                           {NULL, 0, 0}};
+
+/* Parses a command whose only option is --json; returns -1 (help shown), or 0/1 (json)
+ * with *status set to the exit status when something was wrong. */
+static int json_only(struct cli_args *a, const char *help, int min, int max, const char *names,
+                     int *status) {
+  int json = 0, o;
+  *status = 0;
+  while ((o = cli_args_next(a, json_opts)) > 0) {
+    if (o == CLI_OPT_HELP) {
+      *status = cli_help(help);
+      return -1;
+    }
+    json = 1;
+  }
+  if (o < 0 || cli_args_count(a, min, max, names)) {
+    *status = CLI_EXIT_USAGE;
+    return -1;
+  }
+  return json;
+}
+
+int cmd_topics(struct cli *c, int argc, char **argv) {
+  struct cli_args a;
+  int status;
+  cli_args_init(&a, "topics", argc, argv);
+  int json = json_only(&a, topics_help, 0, 0, "no arguments", &status);
+  if (json < 0) return status;
+  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
+  engram_topic_info *t = NULL;
+  size_t n = 0;
+  int rc = engram_topic_list(c->log, &t, &n);
+  if (rc != 0) return cli_fail(c, rc, "list topics");
+  if (json) {
+    json_writer w;
+    json_w_init(&w);
+    json_arr(&w);
+    for (size_t i = 0; i < n; i++) cli_json_topic(&w, &t[i]);
+    json_arr_end(&w);
+    status = cli_json_emit(&w);
+    json_w_free(&w);
+  } else {
+    struct cli_table *tb = cli_table_new(6);
+    cli_table_row(tb, "TOPIC", "EVENTS", "FIRST", "HEAD", "DICT", "CREATED");
+    for (size_t i = 0; i < n; i++) {
+      char cnt[24], first[24], head[24], dict[24], created[48], name[ENGRAM_MAX_NAME + 1];
+      snprintf(name, sizeof name, "%.*s", (int)sizeof name - 1, t[i].name);
+      snprintf(cnt, sizeof cnt, "%" PRIu64, t[i].count);
+      snprintf(first, sizeof first, "%" PRIu64, t[i].first_offset);
+      snprintf(head, sizeof head, "%" PRIu64, t[i].head_offset);
+      if (t[i].dict_id)
+        snprintf(dict, sizeof dict, "%" PRIu32, t[i].dict_id);
+      else
+        snprintf(dict, sizeof dict, "-");
+      cli_fmt_time(t[i].created_ns, created, sizeof created);
+      cli_table_row(tb, name, cnt, first, head, dict, created);
+    }
+    status = cli_table_print(tb, stdout);
+  }
+  engram_free(t);
+  return status;
+}
+
+static void show_topic_text(const engram_topic_info *t) {
+  char created[48];
+  cli_fmt_time(t->created_ns, created, sizeof created);
+  printf("topic:               %.*s\n", (int)sizeof t->name, t->name);
+  printf("events:              %" PRIu64 "\n", t->count);
+  printf("first offset:        %" PRIu64 "\n", t->first_offset);
+  printf("head offset:         %" PRIu64 "\n", t->head_offset);
+  if (t->config.compress_threshold == UINT32_MAX)
+    printf("compress threshold:  never\n");
+  else
+    printf("compress threshold:  %" PRIu32 " bytes\n", t->config.compress_threshold);
+  printf("max payload:         %" PRIu32 " bytes\n", t->config.max_payload);
+  if (t->config.flags & ENGRAM_TOPIC_NO_DICT)
+    printf("dictionary:          never (--no-dict)\n");
+  else if (t->dict_id)
+    printf("dictionary:          id %" PRIu32 " (retrained after %" PRIu32 " events)\n",
+           t->dict_id, t->config.dict_train_after);
+  else
+    printf("dictionary:          none yet (trained after %" PRIu32 " events)\n",
+           t->config.dict_train_after);
+  printf("created:             %s\n", created);
+}
+
+/* ---------------------------------------------------------------------------------
+ * topic create | drop | show | train-dict
+ * ------------------------------------------------------------------------------ */
+static const char topic_help[] =
+    "usage: engram topic create TOPIC [--compress-threshold N|never] [--max-payload BYTES]\n"
+    "                                 [--no-dict | --dict-after N]\n"
+    "       engram topic drop TOPIC\n"
+    "       engram topic show TOPIC [--json]\n"
+    "       engram topic train-dict TOPIC\n"
+    "\n"
+    "Manages topics. Topic names are 1..200 bytes of A-Z a-z 0-9 . _ -\n"
+    "`engram topic SUBCOMMAND --help` describes each one.\n";
+
+static const char create_help[] =
+    "usage: engram topic create TOPIC [options]\n"
+    "\n"
+    "Creates TOPIC (and the log directory if it does not exist yet).\n"
+    "\n"
+    "options:\n"
+    "  --compress-threshold N  zstd-compress payloads of at least N bytes (default 256);\n"
+    "                          'never' turns compression off\n"
+    "  --max-payload BYTES     largest payload accepted (default 1M; at most 64M);\n"
+    "                          K, M, G suffixes are powers of 1024\n"
+    "  --no-dict               never train or use a zstd dictionary\n"
+    "  --dict-after N          train a dictionary once the topic holds N events\n"
+    "                          (default 4096)\n"
+    "  -h, --help              this help\n";
+
+static int topic_create(struct cli *c, int argc, char **argv) {
+  enum { O_THRESH = 1, O_MAXP, O_NODICT, O_DICTAFTER };
+  static const struct cli_opt opts[] = {
+      {"--compress-threshold", 1, O_THRESH}, {"--max-payload", 1, O_MAXP},
+      {"--no-dict", 0, O_NODICT},            {"--dict-after", 1, O_DICTAFTER},
+      {"-h", 0, CLI_OPT_HELP},               {"--help", 0, CLI_OPT_HELP},
+      {NULL, 0, 0}};
+  struct cli_args a;
+  cli_args_init(&a, "topic create", argc, argv);
+  engram_topic_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  int o;
+  const char *e;
+  uint64_t v;
+  while ((o = cli_args_next(&a, opts)) > 0) {
+    switch (o) {
+      case CLI_OPT_HELP: return cli_help(create_help);
+      case O_THRESH:
+        if (strcmp(a.val, "never") == 0) {
+          cfg.compress_threshold = UINT32_MAX;
+          break;
+        }
+        if ((e = cli_parse_size(a.val, &v)) || (v == 0 && (e = "must be at least 1")) ||
+            (v >= UINT32_MAX && (e = "too large (use 'never')")))
+          return cli_usage(a.cmd, "--compress-threshold '%s': %s", a.val, e);
+        cfg.compress_threshold = (uint32_t)v;
+        break;
+      case O_MAXP:
+        if ((e = cli_parse_size(a.val, &v)) || (v == 0 && (e = "must be at least 1")) ||
+            (v > ENGRAM_MAX_PAYLOAD_LIMIT && (e = "over the 64 MiB limit")))
+          return cli_usage(a.cmd, "--max-payload '%s': %s", a.val, e);
+        cfg.max_payload = (uint32_t)v;
+        break;
+      case O_NODICT: cfg.flags |= ENGRAM_TOPIC_NO_DICT; break;
+      case O_DICTAFTER:
+        if ((e = cli_parse_u32(a.val, &cfg.dict_train_after)) ||
+            (cfg.dict_train_after == 0 && (e = "must be at least 1")))
+          return cli_usage(a.cmd, "--dict-after '%s': %s", a.val, e);
+        break;
+    }
+  }
+  if (o < 0 || cli_args_count(&a, 1, 1, "TOPIC")) return CLI_EXIT_USAGE;
+  if ((cfg.flags & ENGRAM_TOPIC_NO_DICT) && cfg.dict_train_after)
+    return cli_usage(a.cmd, "--no-dict and --dict-after exclude each other");
+  int status = cli_open(c, CLI_OPEN_CREATE);
+  if (status) return status;
+  int rc = engram_topic_create(c->log, a.pos[0], &cfg);
+  if (rc != 0) return cli_fail(c, rc, "create topic %s", a.pos[0]);
+  printf("created topic %s\n", a.pos[0]);
+  return 0;
+}
+
+/* Parses `topic SUB TOPIC` with no options: 0 to go on, -1 when the help was shown, 2
+ * after a usage error. */
+static int topic_only(struct cli_args *a, const char *help) {
+  static const struct cli_opt opts[] = {
+      {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
+  int o;
+  while ((o = cli_args_next(a, opts)) > 0)
+    if (o == CLI_OPT_HELP) {
+      cli_help(help);
+      return -1;
+    }
+  if (o < 0 || cli_args_count(a, 1, 1, "TOPIC")) return CLI_EXIT_USAGE;
+  return 0;
+}
+
+static int topic_drop(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram topic drop TOPIC\n"
+      "\n"
+      "Drops TOPIC with its events, idempotency keys, dictionaries and consumer groups.\n"
+      "There is no undo.\n";
+  struct cli_args a;
+  cli_args_init(&a, "topic drop", argc, argv);
+  int r = topic_only(&a, h);
+  if (r) return r < 0 ? 0 : r;
+  int status = cli_open(c, CLI_OPEN_EXISTING);
+  if (status) return status;
+  int rc = engram_topic_drop(c->log, a.pos[0]);
+  if (rc != 0) return cli_fail(c, rc, "drop topic %s", a.pos[0]);
+  printf("dropped topic %s\n", a.pos[0]);
+  return 0;
+}
+
+static int topic_show(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram topic show TOPIC [--json]\n"
+      "\n"
+      "Shows TOPIC's counts, offsets and settings.\n"
+      "\n"
+      "options:\n"
+      "  --json     {\"topic\",\"count\",\"first_offset\",\"head_offset\",\"dict_id\",\n"
+      "             \"created_ns\",\"config\":{\"compress_threshold\",\"max_payload\",\n"
+      "             \"dict_train_after\",\"no_dict\"}}\n"
+      "  -h, --help this help\n";
+  struct cli_args a;
+  int status;
+  cli_args_init(&a, "topic show", argc, argv);
+  int json = json_only(&a, h, 1, 1, "TOPIC", &status);
+  if (json < 0) return status;
+  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
+  engram_topic_info info;
+  int rc = engram_topic_info_get(c->log, a.pos[0], &info);
+  if (rc != 0) return cli_fail(c, rc, "topic %s", a.pos[0]);
+  if (!json) {
+    show_topic_text(&info);
+    return 0;
+  }
+  json_writer w;
+  json_w_init(&w);
+  cli_json_topic(&w, &info);
+  status = cli_json_emit(&w);
+  json_w_free(&w);
+  return status;
+}
+
+static int topic_train(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram topic train-dict TOPIC\n"
+      "\n"
+      "Trains (or retrains) TOPIC's zstd dictionary from its newest events now and\n"
+      "prints the new dictionary id. Older records keep the dictionary they were\n"
+      "written with.\n";
+  struct cli_args a;
+  cli_args_init(&a, "topic train-dict", argc, argv);
+  int r = topic_only(&a, h);
+  if (r) return r < 0 ? 0 : r;
+  int status = cli_open(c, CLI_OPEN_EXISTING);
+  if (status) return status;
+  uint32_t id = 0;
+  int rc = engram_topic_train_dict(c->log, a.pos[0], &id);
+  if (rc != 0) return cli_fail(c, rc, "train dictionary for %s", a.pos[0]);
+  printf("topic %s: dictionary %" PRIu32 "\n", a.pos[0], id);
+  return 0;
+}
+
+int cmd_topic(struct cli *c, int argc, char **argv) {
+  static const struct cli_sub subs[] = {{"create", topic_create},
+                                        {"drop", topic_drop},
+                                        {"show", topic_show},
+                                        {"train-dict", topic_train},
+                                        {NULL, NULL}};
+  return cli_dispatch_sub(c, "topic", subs, topic_help, argc, argv);
+}
+
+/* ---------------------------------------------------------------------------------
+ * verify, backup, sync
+ * ------------------------------------------------------------------------------ */
+int cmd_verify(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram verify [--json]\n"
+      "\n"
+      "Checks the CRC and decoding of every record of every topic and prints how many\n"
+      "were checked. Exits with status 1 when any record is damaged, naming the first\n"
+      "damage on stderr.\n"
+      "\n"
+      "options:\n"
+      "  --json     {\"topics\":N,\"records\":N,\"damaged\":N,\"first_damage\":STR|null}\n"
+      "  -h, --help this help\n";
+  struct cli_args a;
+  int status;
+  cli_args_init(&a, "verify", argc, argv);
+  int json = json_only(&a, h, 0, 0, "no arguments", &status);
+  if (json < 0) return status;
+  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
+  engram_verify_report r;
+  memset(&r, 0, sizeof r);
+  int rc = engram_verify(c->log, &r);
+  if (rc != 0) return cli_fail(c, rc, "verify");
+  size_t fdl = strnlen(r.first_damage, sizeof r.first_damage);
+  if (json) {
+    json_writer w;
+    json_w_init(&w);
+    json_obj(&w);
+    json_ku64(&w, "topics", r.topics);
+    json_ku64(&w, "records", r.records);
+    json_ku64(&w, "damaged", r.damaged);
+    json_key(&w, "first_damage");
+    if (fdl)
+      json_strn(&w, r.first_damage, fdl);
+    else
+      json_null(&w);
+    json_obj_end(&w);
+    status = cli_json_emit(&w);
+    json_w_free(&w);
+  } else {
+    printf("checked %" PRIu64 " topic%s, %" PRIu64 " record%s: %" PRIu64 " damaged\n",
+           r.topics, r.topics == 1 ? "" : "s", r.records, r.records == 1 ? "" : "s",
+           r.damaged);
+  }
+  if (r.damaged > 0)
+    return cli_error("verify: %" PRIu64 " damaged record%s; first: %.*s", r.damaged,
+                     r.damaged == 1 ? "" : "s", (int)fdl, fdl ? r.first_damage : "unknown");
+  return status;
+}
+
+int cmd_backup(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram backup DEST\n"
+      "\n"
+      "Writes a consistent, compacted copy of the log into directory DEST (created; it\n"
+      "must not exist or must be empty) while writers keep running. Open the copy with\n"
+      "--data DEST.\n";
+  struct cli_args a;
+  cli_args_init(&a, "backup", argc, argv);
+  static const struct cli_opt opts[] = {
+      {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
+  int o;
+  while ((o = cli_args_next(&a, opts)) > 0)
+    if (o == CLI_OPT_HELP) return cli_help(h);
+  if (o < 0 || cli_args_count(&a, 1, 1, "DEST")) return CLI_EXIT_USAGE;
+  if (!a.pos[0][0]) return cli_usage(a.cmd, "DEST must not be empty");
+  int status = cli_open(c, CLI_OPEN_EXISTING);
+  if (status) return status;
+  int rc = engram_backup(c->log, a.pos[0]);
+  if (rc != 0) return cli_fail(c, rc, "backup to %s", a.pos[0]);
+  printf("backup written to %s\n", a.pos[0]);
+  return 0;
+}
+
+int cmd_sync(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram sync\n"
+      "\n"
+      "Forces everything committed so far to disk. Useful after writes made with\n"
+      "--durability nometasync or async. Prints nothing.\n";
+  struct cli_args a;
+  cli_args_init(&a, "sync", argc, argv);
+  static const struct cli_opt opts[] = {
+      {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
+  int o;
+  while ((o = cli_args_next(&a, opts)) > 0)
+    if (o == CLI_OPT_HELP) return cli_help(h);
+  if (o < 0 || cli_args_count(&a, 0, 0, "no arguments")) return CLI_EXIT_USAGE;
+  int status = cli_open(c, CLI_OPEN_EXISTING);
+  if (status) return status;
+  int rc = engram_sync(c->log);
+  if (rc != 0) return cli_fail(c, rc, "sync");
+  return 0;
+}

@@ -1,0 +1,248 @@
+/* main.c — the engram command: global options, the command table, opening the log and
+ * reporting errors. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+struct command {
+  const char *name;
+  int (*run)(struct cli *c, int argc, char **argv);
+  const char *summary;
+};
+
+static const struct command commands[] = {
+#define CLI_ENTRY(name, summary) {#name, cmd_##name, summary},
+    CLI_COMMANDS(CLI_ENTRY)
+#undef CLI_ENTRY
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void print_help(void) {
+  printf(
+      "usage: engram [--data DIR | --connect ENDPOINT] [--durability MODE] COMMAND [ARGS]\n"
+      "       engram COMMAND --help | engram help COMMAND | engram --version\n"
+      "\n"
+      "engram is a durable event log with consumer groups.\n"
+      "\n"
+      "global options (before COMMAND):\n"
+      "  --data DIR           the log directory (default: $ENGRAM_DATA)\n"
+      "  --connect ENDPOINT   use the log served by `engram serve` at ENDPOINT instead\n"
+      "  --durability MODE    with --data: sync (default), nometasync or async\n"
+      "  -h, --help           this help\n"
+      "  --version            print the versions and exit\n"
+      "\n"
+      "commands:\n");
+  for (size_t i = 0; i < NCOMMANDS; i++) printf("  %-10s %s\n", commands[i].name, commands[i].summary);
+  printf(
+      "\n"
+      "Durations are written 250ms, 30s, 2m, 1h, 1d (combinable: 1h30m); times as @ and\n"
+      "RFC 3339 (@2024-01-12T10:00:00Z) or Unix seconds (@1705053600).\n"
+      "Exit status: 0 success, 1 failure, 2 bad command line.\n");
+}
+
+static const struct command *find_command(const char *name) {
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    if (strcmp(commands[i].name, name) == 0) return &commands[i];
+  return NULL;
+}
+
+/* Matches "--name VALUE" and "--name=VALUE" at argv[*i]: 1 (advanced, *out set), 0 (not
+ * this option) or -1 (value missing; reported). */
+static int global_value(int argc, char **argv, int *i, const char *name, const char **out) {
+  const char *s = argv[*i];
+  size_t n = strlen(name);
+  if (strncmp(s, name, n) != 0) return 0;
+  if (s[n] == '=') {
+    *out = s + n + 1;
+  } else if (s[n] == '\0') {
+    if (*i + 1 >= argc) {
+      cli_usage(NULL, "%s needs a value", name);
+      return -1;
+    }
+    *out = argv[++*i];
+  } else {
+    return 0;
+  }
+  if (!**out) {
+    cli_usage(NULL, "%s needs a non-empty value", name);
+    return -1;
+  }
+  return 1;
+}
+
+/* `engram help COMMAND [SUBCOMMAND]` runs the command with --help. */
+static int help_command(struct cli *c, int argc, char **argv) {
+  if (argc < 2) {
+    print_help();
+    return 0;
+  }
+  if (argc > 3) return cli_usage("help", "expected COMMAND [SUBCOMMAND]");
+  const struct command *cmd = find_command(argv[1]);
+  if (!cmd) return cli_usage(NULL, "unknown command '%s'", argv[1]);
+  char help[] = "--help";
+  char *args[4] = {argv[1], argc == 3 ? argv[2] : help, argc == 3 ? help : NULL, NULL};
+  return cmd->run(c, argc == 3 ? 3 : 2, args);
+}
+
+int main(int argc, char **argv) {
+  struct cli c;
+  memset(&c, 0, sizeof c);
+  int i = 1;
+  for (; i < argc && argv[i][0] == '-'; i++) {
+    const char *s = argv[i], *v = NULL;
+    int r;
+    if (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0) {
+      print_help();
+      return cli_finish(0);
+    }
+    if (strcmp(s, "--version") == 0) {
+      printf("engram %s (on-disk format %d, protocol %d)\n", ENGRAM_VERSION_STRING,
+             ENGRAM_FORMAT_VERSION, ENGRAM_PROTOCOL_VERSION);
+      return cli_finish(0);
+    }
+    if (strcmp(s, "--") == 0) {
+      i++;
+      break;
+    }
+    if ((r = global_value(argc, argv, &i, "--data", &v)) != 0) {
+      if (r < 0) return CLI_EXIT_USAGE;
+      c.data = v;
+    } else if ((r = global_value(argc, argv, &i, "--connect", &v)) != 0) {
+      if (r < 0) return CLI_EXIT_USAGE;
+      c.connect = v;
+    } else if ((r = global_value(argc, argv, &i, "--durability", &v)) != 0) {
+      if (r < 0) return CLI_EXIT_USAGE;
+      if (strcmp(v, "sync") == 0)
+        c.durability = ENGRAM_DURABILITY_SYNC;
+      else if (strcmp(v, "nometasync") == 0)
+        c.durability = ENGRAM_DURABILITY_NOMETASYNC;
+      else if (strcmp(v, "async") == 0)
+        c.durability = ENGRAM_DURABILITY_ASYNC;
+      else
+        return cli_usage(NULL, "--durability must be sync, nometasync or async, not '%s'", v);
+      c.durability_set = 1;
+    } else {
+      return cli_usage(NULL, "unknown global option '%s'", s);
+    }
+  }
+  if (c.data && c.connect) return cli_usage(NULL, "--data and --connect exclude each other");
+  if (c.connect && c.durability_set)
+    return cli_usage(NULL, "--durability applies to --data only (a daemon keeps its own)");
+  if (i >= argc) return cli_usage(NULL, "missing command");
+
+  int status;
+  if (strcmp(argv[i], "help") == 0) {
+    status = help_command(&c, argc - i, argv + i);
+  } else {
+    const struct command *cmd = find_command(argv[i]);
+    if (!cmd) return cli_usage(NULL, "unknown command '%s'", argv[i]);
+    status = cmd->run(&c, argc - i, argv + i);
+  }
+  status = cli_finish(status);
+  engram_close(c.log);
+  return status;
+}
+
+int cli_open(struct cli *c, int create) {
+  if (c->log) return 0;
+  int rc;
+  if (c->connect) {
+    rc = engram_connect(c->connect, NULL, &c->log);
+    if (rc != 0) {
+      c->log = NULL;
+      return cli_error("connect %s: %s", c->connect, engram_strerror(rc));
+    }
+    return 0;
+  }
+  const char *dir = c->data;
+  if (!dir || !*dir) dir = getenv("ENGRAM_DATA");
+  if (!dir || !*dir)
+    return cli_usage(NULL, "no log given: use --data DIR or --connect ENDPOINT, or set ENGRAM_DATA");
+  engram_options o;
+  memset(&o, 0, sizeof o);
+  o.durability = c->durability;
+  o.flags = create == CLI_OPEN_CREATE ? 0 : ENGRAM_OPEN_NOCREATE;
+  rc = engram_open(dir, &o, &c->log);
+  if (rc != 0) {
+    c->log = NULL;
+    if (rc == ENGRAM_ENOTFOUND && create != CLI_OPEN_CREATE)
+      return cli_error("open %s: no log there (make one with 'engram topic create' or "
+                       "'engram append --create')",
+                       dir);
+    return cli_error("open %s: %s", dir, engram_strerror(rc));
+  }
+  return 0;
+}
+
+const char *cli_errtext(struct cli *c, int code) {
+  const char *m = c && c->log ? engram_errmsg(c->log) : NULL;
+  return m && *m ? m : engram_strerror(code);
+}
+
+int cli_fail(struct cli *c, int code, const char *fmt, ...) {
+  const char *m = c && c->log ? engram_errmsg(c->log) : NULL;
+  fflush(stdout);
+  if (m && *m) {
+    fprintf(stderr, "engram: %s\n", m);
+  } else {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("engram: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, ": %s\n", engram_strerror(code));
+    va_end(ap);
+  }
+  return CLI_EXIT_FAIL;
+}
+
+int cli_error(const char *fmt, ...) {
+  va_list ap;
+  fflush(stdout);
+  va_start(ap, fmt);
+  fputs("engram: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  return CLI_EXIT_FAIL;
+}
+
+int cli_usage(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  fflush(stdout);
+  va_start(ap, fmt);
+  fputs("engram: ", stderr);
+  if (cmd) fprintf(stderr, "%s: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, " (see 'engram %s%s--help')\n", cmd ? cmd : "", cmd ? " " : "");
+  va_end(ap);
+  return CLI_EXIT_USAGE;
+}
+
+int cli_help(const char *text) {
+  fputs(text, stdout);
+  return CLI_EXIT_OK;
+}
+
+int cli_finish(int status) {
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    /* A closed pipe is the reader's choice, not a failure worth a message. */
+    if (errno != EPIPE) fprintf(stderr, "engram: write to stdout: %s\n", strerror(errno));
+    return status ? status : CLI_EXIT_FAIL;
+  }
+  return status;
+}
+
+int cli_dispatch_sub(struct cli *c, const char *cmd, const struct cli_sub *subs,
+                     const char *help, int argc, char **argv) {
+  if (argc < 2) return cli_usage(cmd, "missing subcommand");
+  const char *s = argv[1];
+  if (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0 || strcmp(s, "help") == 0)
+    return cli_help(help);
+  for (const struct cli_sub *sub = subs; sub->name; sub++)
+    if (strcmp(sub->name, s) == 0) return sub->run(c, argc - 1, argv + 1);
+  return cli_usage(cmd, "unknown subcommand '%s'", s);
+}

@@ -1,0 +1,335 @@
+/* print.c — how the engram command shows things: times, ages, durations, events,
+ * topics, groups and dead-letter entries, as JSON and as aligned text. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+#define NS_PER_MS 1000000
+#define NS_PER_S 1000000000
+
+void cli_fmt_time(int64_t ns, char *buf, size_t len) {
+  if (ns <= 0) {
+    snprintf(buf, len, "-");
+    return;
+  }
+  time_t s = (time_t)(ns / NS_PER_S);
+  int ms = (int)(ns % NS_PER_S / NS_PER_MS);
+  struct tm tm;
+  if (!gmtime_r(&s, &tm)) {
+    snprintf(buf, len, "%" PRId64 "ns", ns);
+    return;
+  }
+  snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+}
+
+void cli_fmt_age(int64_t ns, char *buf, size_t len) {
+  if (ns < 0) {
+    snprintf(buf, len, "-");
+    return;
+  }
+  int64_t ms = ns / NS_PER_MS, s = ms / 1000;
+  if (s < 1)
+    snprintf(buf, len, "%" PRId64 "ms", ms);
+  else if (s < 60)
+    snprintf(buf, len, "%" PRId64 "s", s);
+  else if (s < 3600)
+    snprintf(buf, len, "%" PRId64 "m%02" PRId64 "s", s / 60, s % 60);
+  else if (s < 86400)
+    snprintf(buf, len, "%" PRId64 "h%02" PRId64 "m", s / 3600, s % 3600 / 60);
+  else
+    snprintf(buf, len, "%" PRId64 "d%02" PRId64 "h", s / 86400, s % 86400 / 3600);
+}
+
+void cli_fmt_duration_ms(uint64_t ms, char *buf, size_t len) {
+  static const struct {
+    const char *unit;
+    uint64_t ms;
+  } units[] = {{"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}, {"ms", 1}};
+  if (ms == 0) {
+    snprintf(buf, len, "0s");
+    return;
+  }
+  size_t o = 0;
+  buf[0] = '\0';
+  for (size_t i = 0; i < sizeof units / sizeof units[0] && o < len; i++) {
+    uint64_t q = ms / units[i].ms;
+    if (!q) continue;
+    ms %= units[i].ms;
+    int n = snprintf(buf + o, len - o, "%" PRIu64 "%s", q, units[i].unit);
+    if (n < 0) break;
+    o += (size_t)n;
+  }
+}
+
+/* ---------------------------------------------------------------------------------
+ * Events.
+ * ------------------------------------------------------------------------------ */
+void cli_json_event(json_writer *w, const engram_event *ev, const char *topic,
+                    const char *group) {
+  json_obj(w);
+  json_kstr(w, "topic", ev->topic ? ev->topic : topic);
+  if (group) json_kstr(w, "group", group);
+  json_ku64(w, "offset", ev->offset);
+  if (group) json_ku64(w, "attempt", ev->attempt);
+  json_kstr(w, "type", ev->type);
+  json_kstr(w, "key", ev->key);
+  json_key(w, "headers");
+  json_obj(w);
+  for (size_t i = 0; i < ev->n_headers; i++)
+    json_kstr(w, ev->headers[i].name, ev->headers[i].value ? ev->headers[i].value : "");
+  json_obj_end(w);
+  json_ki64(w, "timestamp_ns", ev->timestamp_ns);
+  json_kstr(w, "content_type",
+            ev->content_type && ev->content_type[0] ? ev->content_type : NULL);
+  if (ev->payload_len == 0 || json_utf8_valid(ev->payload, ev->payload_len)) {
+    json_key(w, "payload");
+    json_strn(w, ev->payload ? ev->payload : "", ev->payload_len);
+  } else {
+    json_key(w, "payload_base64");
+    json_b64(w, ev->payload, ev->payload_len);
+  }
+  json_kstr(w, "idempotency_key", ev->idempotency_key);
+  if (ev->deliver_at_ns) json_ki64(w, "deliver_at_ns", ev->deliver_at_ns);
+  json_obj_end(w);
+}
+
+/* Writes at most max_chars characters of valid UTF-8 text on one line: control
+ * characters become spaces; "..." marks a cut. */
+static void put_clean(FILE *f, const char *s, size_t n, size_t max_chars) {
+  size_t chars = 0;
+  for (size_t i = 0; i < n;) {
+    if (chars == max_chars) {
+      fputs("...", f);
+      return;
+    }
+    unsigned char c = (unsigned char)s[i];
+    size_t k = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    if (k > n - i) k = n - i;
+    if (c < 0x20 || c == 0x7F)
+      fputc(' ', f);
+    else
+      fwrite(s + i, 1, k, f);
+    i += k;
+    chars++;
+  }
+}
+
+/* Text that may not be UTF-8 (keys are arbitrary bytes): shown when valid, else as '?'. */
+static void put_name(FILE *f, const char *s) {
+  if (!s) {
+    fputc('-', f);
+    return;
+  }
+  size_t n = strlen(s);
+  if (json_utf8_valid(s, n))
+    put_clean(f, s, n, 80);
+  else
+    fprintf(f, "<%zu bytes, not UTF-8>", n);
+}
+
+void cli_text_event(FILE *f, const engram_event *ev, int with_attempt) {
+  char t[48];
+  cli_fmt_time(ev->timestamp_ns, t, sizeof t);
+  fprintf(f, "%" PRIu64 "  %s  ", ev->offset, t);
+  put_name(f, ev->type);
+  fputs("  ", f);
+  put_name(f, ev->key);
+  if (with_attempt) fprintf(f, "  attempt=%" PRIu32, ev->attempt);
+  fputs("  ", f);
+  if (ev->payload_len == 0)
+    fputs("<empty>", f);
+  else if (json_utf8_valid(ev->payload, ev->payload_len))
+    put_clean(f, ev->payload, ev->payload_len, 100);
+  else
+    fprintf(f, "<%zu bytes, not UTF-8>", ev->payload_len);
+  fputc('\n', f);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Topics, groups, dead letters.
+ * ------------------------------------------------------------------------------ */
+/* A fixed-size name field, NUL-terminated by contract; bounded here all the same. */
+static void kfixed(json_writer *w, const char *key, const char *s, size_t size) {
+  json_key(w, key);
+  json_strn(w, s, strnlen(s, size));
+}
+
+/* Like kfixed, but "" becomes null. */
+static void kfixed_opt(json_writer *w, const char *key, const char *s, size_t size) {
+  if (!s[0]) {
+    json_key(w, key);
+    json_null(w);
+    return;
+  }
+  kfixed(w, key, s, size);
+}
+
+void cli_json_topic(json_writer *w, const engram_topic_info *t) {
+  json_obj(w);
+  kfixed(w, "topic", t->name, sizeof t->name);
+  json_ku64(w, "count", t->count);
+  json_ku64(w, "first_offset", t->first_offset);
+  json_ku64(w, "head_offset", t->head_offset);
+  json_ku64(w, "dict_id", t->dict_id);
+  json_ki64(w, "created_ns", t->created_ns);
+  json_key(w, "config");
+  json_obj(w);
+  json_ku64(w, "compress_threshold", t->config.compress_threshold);
+  json_ku64(w, "max_payload", t->config.max_payload);
+  json_ku64(w, "dict_train_after", t->config.dict_train_after);
+  json_kbool(w, "no_dict", (t->config.flags & ENGRAM_TOPIC_NO_DICT) != 0);
+  json_obj_end(w);
+  json_obj_end(w);
+}
+
+void cli_json_group(json_writer *w, const engram_group_info *g, int64_t now_ns) {
+  json_obj(w);
+  kfixed(w, "topic", g->topic, sizeof g->topic);
+  kfixed(w, "group", g->name, sizeof g->name);
+  json_key(w, "filters");
+  json_arr(w);
+  size_t nf = g->n_filters < ENGRAM_MAX_FILTERS ? g->n_filters : ENGRAM_MAX_FILTERS;
+  for (size_t i = 0; i < nf; i++) json_strn(w, g->filters[i], strnlen(g->filters[i], sizeof g->filters[i]));
+  json_arr_end(w);
+  json_ku64(w, "ack_wait_ms", g->ack_wait_ms);
+  json_ku64(w, "max_deliver", g->max_deliver);
+  json_key(w, "backoff_ms");
+  json_arr(w);
+  size_t nb = g->n_backoff < ENGRAM_MAX_BACKOFF ? g->n_backoff : ENGRAM_MAX_BACKOFF;
+  for (size_t i = 0; i < nb; i++) json_u64(w, g->backoff_ms[i]);
+  json_arr_end(w);
+  json_ku64(w, "result_ttl_ms", g->result_ttl_ms);
+  json_kbool(w, "key_ordered", (g->flags & ENGRAM_GROUP_KEY_ORDERED) != 0);
+  json_ki64(w, "created_ns", g->created_ns);
+  json_ku64(w, "floor", g->floor);
+  json_ku64(w, "next", g->next);
+  json_ku64(w, "lag", g->lag);
+  json_ku64(w, "in_flight", g->in_flight);
+  json_ku64(w, "retrying", g->retrying);
+  json_ku64(w, "dead", g->dead);
+  json_ku64(w, "acked", g->acked);
+  json_ku64(w, "delivered", g->delivered);
+  json_ku64(w, "redelivered", g->redelivered);
+  json_ki64(w, "oldest_unfinished_ns", g->oldest_unfinished_ns);
+  json_key(w, "oldest_unfinished_age_ms");
+  if (g->oldest_unfinished_ns > 0 && now_ns >= g->oldest_unfinished_ns)
+    json_i64(w, (now_ns - g->oldest_unfinished_ns) / NS_PER_MS);
+  else
+    json_null(w);
+  json_obj_end(w);
+}
+
+void cli_json_dlq_entry(json_writer *w, const engram_dlq_entry *e) {
+  json_ku64(w, "offset", e->offset);
+  json_ku64(w, "attempts", e->attempts);
+  kfixed(w, "reason", e->reason, sizeof e->reason);
+  kfixed_opt(w, "last_error", e->last_error, sizeof e->last_error);
+  kfixed_opt(w, "consumer", e->consumer, sizeof e->consumer);
+  json_ki64(w, "first_delivered_ns", e->first_delivered_ns);
+  json_ki64(w, "dead_ns", e->dead_ns);
+}
+
+int cli_json_emit(json_writer *w) {
+  if (w->failed) {
+    json_w_reset(w);
+    return cli_error("out of memory while formatting JSON");
+  }
+  if (w->len) fwrite(w->buf, 1, w->len, stdout);
+  fputc('\n', stdout);
+  json_w_reset(w);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Tables.
+ * ------------------------------------------------------------------------------ */
+struct cli_table {
+  size_t ncols, nrows, cap;
+  char **cells; /* nrows * ncols */
+  int oom;
+};
+
+struct cli_table *cli_table_new(size_t ncols) {
+  struct cli_table *t = calloc(1, sizeof *t);
+  if (t) t->ncols = ncols;
+  return t;
+}
+
+int cli_table_row(struct cli_table *t, ...) {
+  if (!t || t->oom) return -1;
+  if (t->nrows == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 16;
+    char **c = realloc(t->cells, cap * t->ncols * sizeof *c);
+    if (!c) {
+      t->oom = 1;
+      return -1;
+    }
+    t->cells = c;
+    t->cap = cap;
+  }
+  va_list ap;
+  va_start(ap, t);
+  char **row = t->cells + t->nrows * t->ncols;
+  for (size_t i = 0; i < t->ncols; i++) {
+    const char *s = va_arg(ap, const char *);
+    row[i] = strdup(s ? s : "-");
+    if (!row[i]) {
+      t->oom = 1;
+      continue;
+    }
+    /* One row per line whatever a reason or error message holds. */
+    for (char *p = row[i]; *p; p++)
+      if ((unsigned char)*p < 0x20 || *p == 0x7F) *p = ' ';
+  }
+  va_end(ap);
+  t->nrows++;
+  return t->oom ? -1 : 0;
+}
+
+/* Display width of UTF-8 text, counting one column per code point. */
+static size_t width(const char *s) {
+  size_t w = 0;
+  for (; *s; s++)
+    if (((unsigned char)*s & 0xC0) != 0x80) w++;
+  return w;
+}
+
+int cli_table_print(struct cli_table *t, FILE *f) {
+  int rc = 0;
+  if (!t || t->oom) {
+    rc = cli_error("out of memory while building a table");
+    goto out;
+  }
+  size_t *wd = calloc(t->ncols ? t->ncols : 1, sizeof *wd);
+  if (!wd) {
+    rc = cli_error("out of memory while printing a table");
+    goto out;
+  }
+  for (size_t r = 0; r < t->nrows; r++)
+    for (size_t c = 0; c < t->ncols; c++) {
+      size_t n = width(t->cells[r * t->ncols + c]);
+      if (n > wd[c]) wd[c] = n;
+    }
+  for (size_t r = 0; r < t->nrows; r++) {
+    for (size_t c = 0; c < t->ncols; c++) {
+      const char *s = t->cells[r * t->ncols + c];
+      fputs(s, f);
+      if (c + 1 < t->ncols)
+        for (size_t k = width(s); k < wd[c] + 2; k++) fputc(' ', f);
+    }
+    fputc('\n', f);
+  }
+  free(wd);
+out:
+  if (t) {
+    for (size_t i = 0; i < t->nrows * t->ncols; i++) free(t->cells[i]);
+    free(t->cells);
+    free(t);
+  }
+  return rc;
+}
