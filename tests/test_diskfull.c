@@ -1,0 +1,208 @@
+/* test_diskfull.c — on a full disk appends fail with ENGRAM_ENOSPC and a clear message,
+ * nothing half-written remains, and the log works again once space returns. Needs root
+ * to mount a small tmpfs; skipped otherwise. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "engram.h"
+#include "helpers/testutil.h"
+
+#define EV_SIZE 4096
+
+typedef struct fx {
+  char *dir;     /* mount point */
+  int mounted;
+} fx;
+
+static int setup(void **state) {
+  fx *f = calloc(1, sizeof *f);
+  f->dir = tu_tmpdir("diskfull");
+  if (geteuid() == 0 && mount("tmpfs", f->dir, "tmpfs", 0, "size=8m,mode=0755") == 0)
+    f->mounted = 1;
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx *f = *state;
+  if (f->mounted) umount2(f->dir, MNT_DETACH);
+  tu_tmpdir_done(f->dir);
+  free(f);
+  return 0;
+}
+
+static void need_tmpfs(fx *f) {
+  if (!f->mounted) {
+    print_message("skipped: cannot mount a tmpfs (needs root): %s\n", strerror(errno));
+    skip();
+  }
+}
+
+/* Writes `bytes` into a new file, or until the disk is full when bytes is 0. */
+static size_t fill_file(const char *path, size_t bytes) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  assert_true(fd >= 0);
+  char buf[65536];
+  memset(buf, 0xab, sizeof buf);
+  size_t done = 0;
+  while (bytes == 0 || done < bytes) {
+    size_t n = sizeof buf;
+    if (bytes && bytes - done < n) n = bytes - done;
+    ssize_t w = write(fd, buf, n);
+    if (w <= 0) break;
+    done += (size_t)w;
+  }
+  close(fd);
+  return done;
+}
+
+static int clear_message(const char *msg) {
+  return strcasestr(msg, "full") || strcasestr(msg, "space") || strcasestr(msg, "ENOSPC");
+}
+
+static void check_all(engram *log, uint64_t n) {
+  unsigned char *want = malloc(EV_SIZE);
+  uint64_t next = 1;
+  for (;;) {
+    engram_batch *b = NULL;
+    int rc = engram_read_range(log, "memory", next, 128, &b);
+    if (rc) fail_msg("read_range %llu: %s: %s", (unsigned long long)next, engram_errname(rc),
+                     engram_errmsg(log));
+    size_t got = b->count;
+    for (size_t k = 0; k < got; k++, next++) {
+      assert_int_equal(b->events[k].offset, next);
+      tu_fill_random(want, EV_SIZE, next);
+      assert_int_equal(b->events[k].payload_len, EV_SIZE);
+      assert_memory_equal(b->events[k].payload, want, EV_SIZE);
+    }
+    engram_batch_free(b);
+    if (got == 0) break;
+  }
+  assert_int_equal(next, n + 1);
+  engram_verify_report rep;
+  assert_int_equal(engram_verify(log, &rep), 0);
+  assert_int_equal(rep.damaged, 0);
+  assert_int_equal(rep.records, n);
+  free(want);
+}
+
+static void appends_on_a_full_disk_fail_cleanly_and_work_again_once_space_returns(void **state) {
+  fx *f = *state;
+  need_tmpfs(f);
+  char *filler = tu_join(f->dir, "filler");
+  assert_int_equal(fill_file(filler, 2u << 20), 2u << 20);
+  char *logdir = tu_join(f->dir, "log");
+  engram_options o = {.map_size = 1u << 20};
+  engram *log = tu_open(logdir, &o);
+  engram_topic_config cfg = {.compress_threshold = UINT32_MAX};
+  tu_topic(log, "memory", &cfg);
+
+  unsigned char *buf = malloc(16 * EV_SIZE);
+  engram_event evs[16];
+  uint64_t offs[16];
+  uint64_t head = 0;
+  int rc = 0;
+  for (int round = 0; round < 1000; round++) {
+    for (int k = 0; k < 16; k++) {
+      tu_fill_random(buf + k * EV_SIZE, EV_SIZE, head + (uint64_t)k + 1);
+      evs[k] = (engram_event){.type = "memory.saved", .payload = buf + k * EV_SIZE, .payload_len = EV_SIZE};
+    }
+    rc = engram_append_batch(log, "memory", evs, 16, offs, NULL);
+    if (rc) break;
+    assert_int_equal(offs[0], head + 1);
+    head = offs[15];
+  }
+  print_message("%llu events fitted before the disk filled\n", (unsigned long long)head);
+  if (rc != ENGRAM_ENOSPC)
+    fail_msg("expected ENGRAM_ENOSPC on a full disk, got %s: %s", engram_errname(rc), engram_errmsg(log));
+  const char *msg = engram_errmsg(log);
+  if (!clear_message(msg)) fail_msg("the message does not say the disk is full: '%s'", msg);
+  assert_true(head > 100);
+
+  /* Still full: a single small append fails the same way, and nothing was half-written. */
+  engram_event one = {.type = "memory.saved", .payload = buf, .payload_len = EV_SIZE};
+  uint64_t off;
+  for (int k = 0; k < 3; k++) {
+    assert_int_equal(engram_append_batch(log, "memory", evs, 16, offs, NULL), ENGRAM_ENOSPC);
+    tu_fill_random(buf, EV_SIZE, head + 1);
+    assert_int_equal(engram_append(log, "memory", &one, &off, NULL), ENGRAM_ENOSPC);
+  }
+  engram_topic_info info;
+  assert_int_equal(engram_topic_info_get(log, "memory", &info), 0);
+  assert_int_equal(info.head_offset, head);
+  assert_int_equal(info.count, head);
+  check_all(log, head);
+
+  /* Space returns. */
+  assert_int_equal(unlink(filler), 0);
+  tu_fill_random(buf, EV_SIZE, head + 1);
+  rc = engram_append(log, "memory", &one, &off, NULL);
+  if (rc) fail_msg("append after freeing space: %s: %s", engram_errname(rc), engram_errmsg(log));
+  assert_int_equal(off, head + 1);
+  head++;
+  for (int k = 0; k < 16; k++) tu_fill_random(buf + k * EV_SIZE, EV_SIZE, head + (uint64_t)k + 1);
+  for (int k = 0; k < 16; k++) evs[k].payload = buf + k * EV_SIZE;
+  assert_int_equal(engram_append_batch(log, "memory", evs, 16, offs, NULL), 0);
+  assert_int_equal(offs[0], head + 1);
+  head += 16;
+  check_all(log, head);
+  engram_close(log);
+
+  log = tu_open(logdir, NULL);
+  check_all(log, head);
+  engram_close(log);
+  free(buf);
+  free(logdir);
+  free(filler);
+}
+
+static void creating_a_log_on_a_full_disk_fails_with_enospc_and_leaves_nothing_behind(void **state) {
+  fx *f = *state;
+  need_tmpfs(f);
+  char *filler = tu_join(f->dir, "filler");
+  fill_file(filler, 0);
+  char *logdir = tu_join(f->dir, "log");
+  engram *log = NULL;
+  int rc = engram_open(logdir, NULL, &log);
+  if (rc != ENGRAM_ENOSPC)
+    fail_msg("expected ENGRAM_ENOSPC, got %s: %s", engram_errname(rc), engram_errmsg(NULL));
+  assert_null(log);
+  /* No log, and no half-made one beside it: only the filler remains. */
+  DIR *d = opendir(f->dir);
+  assert_non_null(d);
+  struct dirent *de;
+  while ((de = readdir(d)) != NULL) {
+    if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || !strcmp(de->d_name, "filler"))
+      continue;
+    fail_msg("left behind on the full disk: %s", de->d_name);
+  }
+  closedir(d);
+  assert_int_equal(unlink(filler), 0);
+  log = tu_open(logdir, NULL);
+  tu_topic(log, "memory", NULL);
+  engram_close(log);
+  free(logdir);
+  free(filler);
+}
+
+int main(void) {
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+  const struct CMUnitTest tests[] = {
+      T(appends_on_a_full_disk_fail_cleanly_and_work_again_once_space_returns),
+      T(creating_a_log_on_a_full_disk_fails_with_enospc_and_leaves_nothing_behind),
+  };
+  return cmocka_run_group_tests_name("diskfull", tests, NULL, NULL);
+}

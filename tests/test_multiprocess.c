@@ -1,0 +1,285 @@
+/* test_multiprocess.c — several processes appending to and reading one log directory at
+ * once, each through its own handle. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "engram.h"
+#include "helpers/testutil.h"
+
+#define NPROC 4
+#define PER_PROC 500
+
+typedef struct fx {
+  char *dir;
+  char *logdir;
+} fx;
+
+static int setup(void **state) {
+  fx *f = calloc(1, sizeof *f);
+  f->dir = tu_tmpdir("multiprocess");
+  f->logdir = tu_join(f->dir, "log");
+  engram *log = tu_open(f->logdir, NULL);
+  tu_topic(log, "memory", NULL);
+  engram_close(log); /* children open their own handles; the parent holds none while forking */
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx *f = *state;
+  free(f->logdir);
+  tu_tmpdir_done(f->dir);
+  free(f);
+  return 0;
+}
+
+struct child {
+  const char *logdir;
+  int id;
+  int count;    /* events (writers) or expected total (reader) */
+  int batch;    /* events per append call; 1 = engram_append */
+  int writers;  /* reader: how many writers produce "p<w>-<k>" payloads */
+};
+
+static int child_fail(engram *log, const char *what, int rc) {
+  fprintf(stderr, "child %d: %s: %s: %s\n", (int)getpid(), what, engram_errname(rc),
+          log ? engram_errmsg(log) : "");
+  engram_close(log);
+  return 1;
+}
+
+/* Appends c->count events "p<id>-<k>", checking its own offsets only ever increase. */
+static int writer(void *arg) {
+  struct child *c = arg;
+  engram *log = NULL;
+  int rc = engram_open(c->logdir, NULL, &log);
+  if (rc) return child_fail(NULL, "open", rc);
+  uint64_t last = 0;
+  char bufs[16][32];
+  engram_event evs[16];
+  uint64_t offs[16];
+  for (int k = 0; k < c->count; k += c->batch) {
+    for (int j = 0; j < c->batch; j++) {
+      int n = snprintf(bufs[j], sizeof bufs[j], "p%d-%d", c->id, k + j);
+      evs[j] = (engram_event){.type = "memory.saved", .payload = bufs[j], .payload_len = (size_t)n};
+    }
+    rc = c->batch == 1 ? engram_append(log, "memory", evs, offs, NULL)
+                       : engram_append_batch(log, "memory", evs, (size_t)c->batch, offs, NULL);
+    if (rc) return child_fail(log, "append", rc);
+    for (int j = 0; j < c->batch; j++) {
+      if (offs[j] <= last || (j && offs[j] != offs[j - 1] + 1)) {
+        fprintf(stderr, "child %d: offset %llu after %llu\n", c->id, (unsigned long long)offs[j],
+                (unsigned long long)last);
+        engram_close(log);
+        return 2;
+      }
+      last = offs[j];
+    }
+  }
+  engram_close(log);
+  return 0;
+}
+
+/* Follows the topic until it has seen c->count events, checking that what it sees never
+ * has a gap and that each writer's events appear in the order it wrote them. */
+static int reader(void *arg) {
+  struct child *c = arg;
+  engram *log = NULL;
+  int rc = engram_open(c->logdir, NULL, &log);
+  if (rc) return child_fail(NULL, "open", rc);
+  int next_seq[NPROC] = {0};
+  uint64_t next = 1;
+  int64_t deadline = tu_mono_ms() + 120000;
+  while (next <= (uint64_t)c->count) {
+    if (tu_mono_ms() > deadline) {
+      fprintf(stderr, "reader: saw only %llu events\n", (unsigned long long)(next - 1));
+      engram_close(log);
+      return 3;
+    }
+    engram_batch *b = NULL;
+    rc = engram_read_range(log, "memory", next, 100, &b);
+    if (rc) return child_fail(log, "read_range", rc);
+    for (size_t k = 0; k < b->count; k++) {
+      const engram_event *e = &b->events[k];
+      char p[32];
+      int w, s;
+      size_t n = e->payload_len < 31 ? e->payload_len : 31;
+      memcpy(p, e->payload, n);
+      p[n] = 0;
+      if (e->offset != next || sscanf(p, "p%d-%d", &w, &s) != 2 || w < 0 || w >= c->writers ||
+          s != next_seq[w]) {
+        fprintf(stderr, "reader: offset %llu (wanted %llu) payload '%s'\n",
+                (unsigned long long)e->offset, (unsigned long long)next, p);
+        engram_batch_free(b);
+        engram_close(log);
+        return 4;
+      }
+      next_seq[w]++;
+      next++;
+    }
+    size_t got = b->count;
+    engram_batch_free(b);
+    if (got == 0) tu_sleep_ms(1);
+  }
+  engram_close(log);
+  return 0;
+}
+
+/* Every "p<w>-<k>" for w < writers, k < per appears exactly once, at dense offsets. */
+static void expect_all(const char *logdir, int writers, int per) {
+  engram *log = tu_open(logdir, NULL);
+  engram_topic_info i;
+  assert_int_equal(engram_topic_info_get(log, "memory", &i), 0);
+  assert_int_equal(i.count, (uint64_t)writers * per);
+  assert_int_equal(i.head_offset, (uint64_t)writers * per);
+  char *seen = calloc((size_t)writers * per, 1);
+  uint64_t next = 1;
+  for (;;) {
+    engram_batch *b = NULL;
+    assert_int_equal(engram_read_range(log, "memory", next, 500, &b), 0);
+    size_t n = b->count;
+    for (size_t k = 0; k < n; k++) {
+      const engram_event *e = &b->events[k];
+      assert_int_equal(e->offset, next);
+      char p[32];
+      size_t len = e->payload_len < 31 ? e->payload_len : 31;
+      memcpy(p, e->payload, len);
+      p[len] = 0;
+      int w, s;
+      assert_int_equal(sscanf(p, "p%d-%d", &w, &s), 2);
+      assert_true(w >= 0 && w < writers && s >= 0 && s < per);
+      assert_int_equal(seen[w * per + s], 0);
+      seen[w * per + s] = 1;
+      next++;
+    }
+    engram_batch_free(b);
+    if (n == 0) break;
+  }
+  assert_int_equal(next, (uint64_t)writers * per + 1);
+  engram_verify_report rep;
+  assert_int_equal(engram_verify(log, &rep), 0);
+  assert_int_equal(rep.damaged, 0);
+  free(seen);
+  engram_close(log);
+}
+
+static void four_processes_appending_at_once_lose_nothing_and_share_dense_offsets(void **state) {
+  fx *f = *state;
+  struct child c[NPROC];
+  pid_t pid[NPROC];
+  int64_t t0 = tu_mono_ms();
+  for (int i = 0; i < NPROC; i++) {
+    c[i] = (struct child){.logdir = f->logdir, .id = i, .count = PER_PROC, .batch = 1};
+    pid[i] = tu_spawn(writer, &c[i]);
+  }
+  for (int i = 0; i < NPROC; i++) assert_int_equal(tu_wait(pid[i], 120000), 0);
+  print_message("%d synced appends from %d processes in %lld ms\n", NPROC * PER_PROC, NPROC,
+                (long long)(tu_mono_ms() - t0));
+  expect_all(f->logdir, NPROC, PER_PROC);
+}
+
+static void batches_from_different_processes_never_interleave(void **state) {
+  fx *f = *state;
+  struct child c[3];
+  pid_t pid[3];
+  for (int i = 0; i < 3; i++) {
+    c[i] = (struct child){.logdir = f->logdir, .id = i, .count = 400, .batch = 10};
+    pid[i] = tu_spawn(writer, &c[i]);
+  }
+  for (int i = 0; i < 3; i++) assert_int_equal(tu_wait(pid[i], 120000), 0);
+  expect_all(f->logdir, 3, 400);
+  /* Each batch of ten sits at ten consecutive offsets, in order. */
+  engram *log = tu_open(f->logdir, NULL);
+  for (uint64_t off = 1; off <= 1200; off += 10) {
+    engram_batch *b = NULL;
+    assert_int_equal(engram_read_range(log, "memory", off, 10, &b), 0);
+    assert_int_equal(b->count, 10);
+    int w0 = -1, s0 = -1;
+    for (int k = 0; k < 10; k++) {
+      char p[32];
+      memcpy(p, b->events[k].payload, b->events[k].payload_len);
+      p[b->events[k].payload_len] = 0;
+      int w, s;
+      assert_int_equal(sscanf(p, "p%d-%d", &w, &s), 2);
+      if (k == 0) {
+        w0 = w;
+        s0 = s;
+        assert_int_equal(s0 % 10, 0);
+      } else {
+        assert_int_equal(w, w0);
+        assert_int_equal(s, s0 + k);
+      }
+    }
+    engram_batch_free(b);
+  }
+  engram_close(log);
+}
+
+static void a_reader_process_sees_appends_from_other_processes_in_order_without_gaps(void **state) {
+  fx *f = *state;
+  struct child r = {.logdir = f->logdir, .count = 2 * PER_PROC, .writers = 2};
+  pid_t rp = tu_spawn(reader, &r);
+  struct child c[2];
+  pid_t pid[2];
+  for (int i = 0; i < 2; i++) {
+    c[i] = (struct child){.logdir = f->logdir, .id = i, .count = PER_PROC, .batch = i ? 5 : 1};
+    pid[i] = tu_spawn(writer, &c[i]);
+  }
+  for (int i = 0; i < 2; i++) assert_int_equal(tu_wait(pid[i], 120000), 0);
+  assert_int_equal(tu_wait(rp, 130000), 0);
+  expect_all(f->logdir, 2, PER_PROC);
+}
+
+static void topics_created_by_another_process_are_usable_at_once(void **state) {
+  fx *f = *state;
+  /* The parent holds a handle while a child creates a topic and appends to it. */
+  engram *log = tu_open(f->logdir, NULL);
+  struct child c = {.logdir = f->logdir, .id = 0, .count = 1, .batch = 1};
+  assert_int_equal(tu_fork_child(writer, &c, 60000), 0);
+  engram_close(log);
+  log = tu_open(f->logdir, NULL);
+  engram_topic_info i;
+  assert_int_equal(engram_topic_info_get(log, "memory", &i), 0);
+  uint64_t head = i.head_offset;
+  engram_close(log);
+
+  log = tu_open(f->logdir, NULL);
+  assert_int_equal(engram_topic_info_get(log, "memory", &i), 0);
+  /* A child makes a new topic; the parent's open handle then appends to it. */
+  pid_t p = fork();
+  if (p == 0) {
+    engram *l = NULL;
+    int rc = engram_open(f->logdir, NULL, &l);
+    if (rc == 0) rc = engram_topic_create(l, "fresh", NULL);
+    engram_close(l);
+    _exit(rc ? 1 : 0);
+  }
+  assert_int_equal(tu_wait(p, 60000), 0);
+  engram_event ev = {.type = "a.b", .payload = "x", .payload_len = 1};
+  uint64_t off;
+  int rc = engram_append(log, "fresh", &ev, &off, NULL);
+  if (rc) fprintf(stderr, "append fresh: %s: %s\n", engram_errname(rc), engram_errmsg(log));
+  assert_int_equal(rc, 0);
+  assert_int_equal(off, 1);
+  assert_int_equal(head, 1);
+  engram_close(log);
+}
+
+int main(void) {
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+  const struct CMUnitTest tests[] = {
+      T(four_processes_appending_at_once_lose_nothing_and_share_dense_offsets),
+      T(batches_from_different_processes_never_interleave),
+      T(a_reader_process_sees_appends_from_other_processes_in_order_without_gaps),
+      T(topics_created_by_another_process_are_usable_at_once),
+  };
+  return cmocka_run_group_tests_name("multiprocess", tests, NULL, NULL);
+}
