@@ -1,0 +1,430 @@
+/* codec.c — stored records: protobuf encoding with CRC32C, a zero-copy decoder, and zstd
+ * payload compression with per-topic dictionaries.
+ *
+ * Records are encoded with the protobuf-c code generated from schema/record.proto. They
+ * are decoded by a hand-written reader that points into LMDB's memory instead of
+ * allocating (protobuf-c's unpack allocates every field); `engram verify` cross-checks
+ * each record with protobuf-c's own decoder. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zdict.h>
+#include <zstd.h>
+
+#include "log/log_private.h"
+#include "schema/record.pb-c.h"
+
+#define ZSTD_LEVEL 3
+#define DICT_SIZE (16 * 1024)
+#define DICT_SAMPLES 4096
+
+/* ---------------------------------------------------------------------------------
+ * Dictionary cache: (topic id, dict id) -> prepared zstd dictionaries.
+ * ------------------------------------------------------------------------------ */
+struct log_dict_cache {
+  uint32_t topic_id, dict_id;
+  ZSTD_CDict *cdict;
+  ZSTD_DDict *ddict;
+  struct log_dict_cache *next;
+};
+
+static pthread_mutex_t dict_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void dict_key(unsigned char k[8], uint32_t topic_id, uint32_t dict_id) {
+  be32_put(k, topic_id);
+  be32_put(k + 4, dict_id);
+}
+
+/* Finds or loads a dictionary. Returns NULL when it is not stored. */
+static struct log_dict_cache *dict_get(engram *log, MDB_txn *txn, uint32_t topic_id, uint32_t dict_id) {
+  pthread_mutex_lock(&dict_mu);
+  for (struct log_dict_cache *d = log->dicts; d; d = d->next) {
+    if (d->topic_id == topic_id && d->dict_id == dict_id) {
+      pthread_mutex_unlock(&dict_mu);
+      return d;
+    }
+  }
+  pthread_mutex_unlock(&dict_mu);
+  unsigned char k[8];
+  dict_key(k, topic_id, dict_id);
+  MDB_val key = {8, k}, val;
+  if (mdb_get(txn, log->db_dicts, &key, &val) != 0) return NULL;
+  struct log_dict_cache *d = calloc(1, sizeof *d);
+  if (!d) return NULL;
+  d->topic_id = topic_id;
+  d->dict_id = dict_id;
+  d->cdict = ZSTD_createCDict(val.mv_data, val.mv_size, ZSTD_LEVEL);
+  d->ddict = ZSTD_createDDict(val.mv_data, val.mv_size);
+  if (!d->cdict || !d->ddict) {
+    ZSTD_freeCDict(d->cdict);
+    ZSTD_freeDDict(d->ddict);
+    free(d);
+    return NULL;
+  }
+  pthread_mutex_lock(&dict_mu);
+  d->next = log->dicts;
+  log->dicts = d;
+  pthread_mutex_unlock(&dict_mu);
+  return d;
+}
+
+void log_dict_forget_topic(engram *log, uint32_t topic_id) {
+  pthread_mutex_lock(&dict_mu);
+  struct log_dict_cache **pp = &log->dicts;
+  while (*pp) {
+    struct log_dict_cache *d = *pp;
+    if (d->topic_id == topic_id) {
+      *pp = d->next;
+      ZSTD_freeCDict(d->cdict);
+      ZSTD_freeDDict(d->ddict);
+      free(d);
+    } else {
+      pp = &d->next;
+    }
+  }
+  pthread_mutex_unlock(&dict_mu);
+}
+
+void log_codec_caches_free(engram *log) {
+  struct log_dict_cache *d = log->dicts;
+  while (d) {
+    struct log_dict_cache *n = d->next;
+    ZSTD_freeCDict(d->cdict);
+    ZSTD_freeDDict(d->ddict);
+    free(d);
+    d = n;
+  }
+  log->dicts = NULL;
+}
+
+/* Per-thread zstd contexts, freed when the thread exits. */
+static pthread_key_t zkey;
+static pthread_once_t zonce = PTHREAD_ONCE_INIT;
+struct zctx {
+  ZSTD_CCtx *c;
+  ZSTD_DCtx *d;
+};
+static void zctx_free(void *p) {
+  struct zctx *z = p;
+  ZSTD_freeCCtx(z->c);
+  ZSTD_freeDCtx(z->d);
+  free(z);
+}
+static void zkey_init(void) { pthread_key_create(&zkey, zctx_free); }
+static struct zctx *zctx_get(void) {
+  pthread_once(&zonce, zkey_init);
+  struct zctx *z = pthread_getspecific(zkey);
+  if (!z) {
+    z = calloc(1, sizeof *z);
+    if (!z) return NULL;
+    z->c = ZSTD_createCCtx();
+    z->d = ZSTD_createDCtx();
+    if (!z->c || !z->d) {
+      zctx_free(z);
+      return NULL;
+    }
+    pthread_setspecific(zkey, z);
+  }
+  return z;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Encoding.
+ * ------------------------------------------------------------------------------ */
+static int enc_reserve(log_enc *e, size_t need) {
+  if (need <= e->cap) return 0;
+  size_t cap = e->cap ? e->cap : 1024;
+  while (cap < need) cap *= 2;
+  unsigned char *b = realloc(e->buf, cap);
+  if (!b) return ENGRAM_ENOMEM;
+  e->buf = b;
+  e->cap = cap;
+  return 0;
+}
+
+/* Per-thread scratch for compressed payloads. */
+static __thread unsigned char *ztmp;
+static __thread size_t ztmp_cap;
+static pthread_key_t tmpkey;
+static pthread_once_t tmponce = PTHREAD_ONCE_INIT;
+static void tmp_free(void *p) { free(p); }
+static void tmpkey_init(void) { pthread_key_create(&tmpkey, tmp_free); }
+
+static unsigned char *scratch(size_t n) {
+  if (n > ztmp_cap) {
+    pthread_once(&tmponce, tmpkey_init);
+    unsigned char *p = realloc(ztmp, n);
+    if (!p) return NULL;
+    ztmp = p;
+    ztmp_cap = n;
+    pthread_setspecific(tmpkey, p);
+  }
+  return ztmp;
+}
+
+int log_codec_encode(engram *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
+                     int64_t ts, uint64_t offset, log_enc *out) {
+  Engram__Record r = ENGRAM__RECORD__INIT;
+  Engram__Header hs[ENGRAM_MAX_HEADERS], *hp[ENGRAM_MAX_HEADERS];
+  r.type = (char *)ev->type;
+  if (ev->key) {
+    r.has_key = 1;
+    r.key = (char *)ev->key;
+  }
+  r.payload.data = (uint8_t *)ev->payload;
+  r.payload.len = ev->payload_len;
+  r.raw_len = (uint32_t)ev->payload_len;
+  if (ev->content_type) r.content_type = (char *)ev->content_type;
+  if (ev->idempotency_key) r.idempotency_key = (char *)ev->idempotency_key;
+  r.timestamp_ns = ts;
+  r.deliver_at_ns = ev->deliver_at_ns;
+  for (size_t i = 0; i < ev->n_headers; i++) {
+    engram__header__init(&hs[i]);
+    hs[i].name = (char *)ev->headers[i].name;
+    hs[i].value = (char *)(ev->headers[i].value ? ev->headers[i].value : "");
+    hp[i] = &hs[i];
+  }
+  r.n_headers = ev->n_headers;
+  r.headers = ev->n_headers ? hp : NULL;
+
+  if (ev->payload_len >= t->cfg.compress_threshold && ev->payload_len > 0) {
+    struct zctx *z = zctx_get();
+    size_t bound = ZSTD_compressBound(ev->payload_len);
+    unsigned char *dst = scratch(bound);
+    if (!z || !dst) return log_error(log, ENGRAM_ENOMEM, "append: out of memory");
+    struct log_dict_cache *d = NULL;
+    if (t->dict_id && !(t->cfg.flags & ENGRAM_TOPIC_NO_DICT)) d = dict_get(log, txn, t->id, t->dict_id);
+    size_t n = d ? ZSTD_compress_usingCDict(z->c, dst, bound, ev->payload, ev->payload_len, d->cdict)
+                 : ZSTD_compressCCtx(z->c, dst, bound, ev->payload, ev->payload_len, ZSTD_LEVEL);
+    if (!ZSTD_isError(n) && n < ev->payload_len) {
+      r.payload.data = dst;
+      r.payload.len = n;
+      r.compression = 1;
+      r.dict_id = d ? d->dict_id : 0;
+    }
+  }
+  size_t len = engram__record__get_packed_size(&r);
+  if (enc_reserve(out, len + 4)) return log_error(log, ENGRAM_ENOMEM, "append: out of memory");
+  engram__record__pack(&r, out->buf + 4);
+  unsigned char ob[8];
+  be64_put(ob, offset);
+  le32_put(out->buf, crc32c(crc32c(0, ob, 8), out->buf + 4, len));
+  out->len = len + 4;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Decoding: a protobuf reader over untrusted bytes.
+ * ------------------------------------------------------------------------------ */
+static int varint(const unsigned char **p, const unsigned char *end, uint64_t *v) {
+  uint64_t x = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (*p >= end) return -1;
+    unsigned char b = *(*p)++;
+    x |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) {
+      *v = x;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+static int skip_field(const unsigned char **p, const unsigned char *end, int wt) {
+  uint64_t v;
+  switch (wt) {
+    case 0: return varint(p, end, &v);
+    case 1:
+      if (end - *p < 8) return -1;
+      *p += 8;
+      return 0;
+    case 2:
+      if (varint(p, end, &v) || v > (uint64_t)(end - *p)) return -1;
+      *p += v;
+      return 0;
+    case 5:
+      if (end - *p < 4) return -1;
+      *p += 4;
+      return 0;
+    default: return -1;
+  }
+}
+
+static int decode_header(const unsigned char *p, const unsigned char *end, log_view *v) {
+  if (v->n_headers >= ENGRAM_MAX_HEADERS) return -1;
+  __typeof__(v->headers[0]) *h = &v->headers[v->n_headers];
+  h->name = h->value = "";
+  h->name_len = h->value_len = 0;
+  while (p < end) {
+    uint64_t tag, len;
+    if (varint(&p, end, &tag)) return -1;
+    int wt = (int)(tag & 7);
+    uint64_t field = tag >> 3;
+    if ((field == 1 || field == 2) && wt == 2) {
+      if (varint(&p, end, &len) || len > (uint64_t)(end - p)) return -1;
+      if (field == 1) {
+        h->name = (const char *)p;
+        h->name_len = len;
+      } else {
+        h->value = (const char *)p;
+        h->value_len = len;
+      }
+      p += len;
+    } else if (field == 0 || skip_field(&p, end, wt)) {
+      return -1;
+    }
+  }
+  if (h->name_len == 0) return -1;
+  v->n_headers++;
+  return 0;
+}
+
+int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_view *v) {
+  if (len < 4) return ENGRAM_ECORRUPT;
+  unsigned char ob[8];
+  be64_put(ob, offset);
+  if (crc32c(crc32c(0, ob, 8), buf + 4, len - 4) != le32_get(buf)) return ENGRAM_ECORRUPT;
+  memset(v, 0, offsetof(log_view, headers));
+  v->offset = offset;
+  v->type = v->key = v->content_type = v->idem = "";
+  v->payload = (const unsigned char *)"";
+  const unsigned char *p = buf + 4, *end = buf + len;
+  while (p < end) {
+    uint64_t tag, x;
+    if (varint(&p, end, &tag)) return ENGRAM_ECORRUPT;
+    int wt = (int)(tag & 7);
+    uint64_t field = tag >> 3;
+    if (field == 0) return ENGRAM_ECORRUPT;
+    if (wt == 2 && (field == 1 || field == 3 || field == 4 || field == 5 || field == 6 || field == 8)) {
+      if (varint(&p, end, &x) || x > (uint64_t)(end - p)) return ENGRAM_ECORRUPT;
+      switch (field) {
+        case 1: v->type = (const char *)p; v->type_len = x; break;
+        case 3: v->key = (const char *)p; v->key_len = x; break;
+        case 4: v->payload = p; v->payload_len = x; break;
+        case 5: v->content_type = (const char *)p; v->content_type_len = x; break;
+        case 6:
+          if (decode_header(p, p + x, v)) return ENGRAM_ECORRUPT;
+          break;
+        case 8: v->idem = (const char *)p; v->idem_len = x; break;
+      }
+      p += x;
+    } else if (wt == 1 && (field == 7 || field == 9)) {
+      if (end - p < 8) return ENGRAM_ECORRUPT;
+      uint64_t u = 0;
+      for (int i = 7; i >= 0; i--) u = (u << 8) | p[i];
+      p += 8;
+      if (field == 7)
+        v->timestamp_ns = (int64_t)u;
+      else
+        v->deliver_at_ns = (int64_t)u;
+    } else if (wt == 0 && (field == 2 || field == 10 || field == 11 || field == 12)) {
+      if (varint(&p, end, &x)) return ENGRAM_ECORRUPT;
+      if (field == 2) v->has_key = x != 0;
+      else if (x > UINT32_MAX) return ENGRAM_ECORRUPT;
+      else if (field == 10) v->compression = (uint32_t)x;
+      else if (field == 11) v->dict_id = (uint32_t)x;
+      else v->raw_len = (uint32_t)x;
+    } else if (field <= 12) {
+      return ENGRAM_ECORRUPT; /* a known field with the wrong wire type */
+    } else if (skip_field(&p, end, wt)) {
+      return ENGRAM_ECORRUPT;
+    }
+  }
+  /* Validate what later code relies on. */
+  if (v->type_len == 0 || v->type_len > ENGRAM_MAX_TYPE) return ENGRAM_ECORRUPT;
+  if (v->compression > 1) return ENGRAM_ECORRUPT;
+  if (v->compression == 0 && v->raw_len != v->payload_len) return ENGRAM_ECORRUPT;
+  if (v->compression == 1 && v->raw_len > ENGRAM_MAX_PAYLOAD_LIMIT) return ENGRAM_ECORRUPT;
+  if (!v->has_key && v->key_len) return ENGRAM_ECORRUPT;
+  return 0;
+}
+
+int log_codec_payload(engram *log, MDB_txn *txn, uint32_t topic_id, const log_view *v, void *dst) {
+  if (v->compression == 0) {
+    if (v->payload_len) memcpy(dst, v->payload, v->payload_len);
+    return 0;
+  }
+  struct zctx *z = zctx_get();
+  if (!z) return log_error(log, ENGRAM_ENOMEM, "read: out of memory");
+  size_t n;
+  if (v->dict_id) {
+    struct log_dict_cache *d = dict_get(log, txn, topic_id, v->dict_id);
+    if (!d)
+      return log_error(log, ENGRAM_ECORRUPT, "read offset %llu: dictionary %u missing",
+                       (unsigned long long)v->offset, v->dict_id);
+    n = ZSTD_decompress_usingDDict(z->d, dst, v->raw_len, v->payload, v->payload_len, d->ddict);
+  } else {
+    n = ZSTD_decompressDCtx(z->d, dst, v->raw_len, v->payload, v->payload_len);
+  }
+  if (ZSTD_isError(n) || n != v->raw_len)
+    return log_error(log, ENGRAM_ECORRUPT, "read offset %llu: payload does not decompress",
+                     (unsigned long long)v->offset);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Dictionary training from the topic's newest events.
+ * ------------------------------------------------------------------------------ */
+int log_dict_train(engram *log, MDB_txn *txn, log_topic *t, uint32_t *dict_id) {
+  MDB_cursor *c;
+  int rc = mdb_cursor_open(txn, t->dbi, &c);
+  if (rc) return log_err_mdb(rc);
+  size_t cap = 1 << 20, used = 0, n = 0;
+  unsigned char *samples = malloc(cap);
+  size_t *sizes = malloc(DICT_SAMPLES * sizeof *sizes);
+  if (!samples || !sizes) {
+    rc = ENGRAM_ENOMEM;
+    goto done;
+  }
+  MDB_val k, v;
+  int op = MDB_LAST;
+  while (n < DICT_SAMPLES && mdb_cursor_get(c, &k, &v, op) == 0) {
+    op = MDB_PREV;
+    log_view view;
+    uint64_t off;
+    memcpy(&off, k.mv_data, 8);
+    if (log_codec_decode(v.mv_data, v.mv_size, off, &view)) continue;
+    if (view.raw_len == 0 || view.raw_len > 64 * 1024) continue;
+    while (used + view.raw_len > cap) {
+      unsigned char *s = realloc(samples, cap * 2);
+      if (!s) {
+        rc = ENGRAM_ENOMEM;
+        goto done;
+      }
+      samples = s;
+      cap *= 2;
+    }
+    if (log_codec_payload(log, txn, t->id, &view, samples + used)) continue;
+    used += view.raw_len;
+    sizes[n++] = view.raw_len;
+  }
+  if (n < 16) {
+    rc = log_error(log, ENGRAM_EINVAL, "train dictionary %s: %zu events, need at least 16", t->name, n);
+    goto done;
+  }
+  unsigned char dict[DICT_SIZE];
+  size_t dn = ZDICT_trainFromBuffer(dict, sizeof dict, samples, sizes, (unsigned)n);
+  if (ZDICT_isError(dn)) {
+    rc = log_error(log, ENGRAM_EINVAL, "train dictionary %s: %s (too few or too similar events)",
+                   t->name, ZDICT_getErrorName(dn));
+    goto done;
+  }
+  uint32_t id = ZDICT_getDictID(dict, dn);
+  unsigned char kb[8];
+  dict_key(kb, t->id, id);
+  MDB_val key = {8, kb}, val = {dn, dict};
+  rc = mdb_put(txn, log->db_dicts, &key, &val, 0);
+  if (rc) {
+    rc = log_err_mdb(rc);
+    goto done;
+  }
+  t->dict_id = id;
+  rc = log_topic_meta_put(log, txn, t);
+  if (rc == 0 && dict_id) *dict_id = id;
+done:
+  mdb_cursor_close(c);
+  free(samples);
+  free(sizes);
+  return rc;
+}

@@ -1,0 +1,380 @@
+/* commit.c — group commit: every writer of a process queues a job, one leader runs the
+ * queued jobs in one LMDB write transaction and pays for one flush on behalf of all.
+ *
+ * Durability in sync mode. The environment runs with MDB_NOMETASYNC: a commit flushes
+ * its data pages, then writes (without flushing) the meta page that makes them current.
+ * That meta page becomes durable with the next flush of the file. So a committed batch is
+ * released once the next batch's commit has flushed (under load: one flush per commit),
+ * or, when no more work comes, after an explicit mdb_env_sync(). When several threads
+ * are writing, the leader waits a moment for the writers it just released to queue
+ * again before paying for that extra flush. A commit that changed nothing flushes
+ * nothing, so it never counts as the next flush.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log/log_private.h"
+
+/* How long a leader waits for released writers to queue again before flushing alone. */
+#define LOG_REGROUP_NS 300000
+
+struct log_job {
+  log_job_fn fn;
+  void *arg;
+  int solo;                /* run alone in a top-level transaction */
+  int rc;                  /* the job's result, or the commit's error */
+  int done;                /* set under log->mu; the job may vanish right after */
+  char msg[256];           /* the leader's error message for this job */
+  pthread_t thread;         /* the writer, to tell whether writers share commits */
+  struct log_job *next;
+};
+
+/* A committed batch waiting to be released. */
+struct batch {
+  struct log_job *jobs;
+  struct log_touched *touched;
+  struct batch *next;
+};
+
+void log_touch(log_wtx *w, const char *topic, uint64_t head) {
+  for (struct log_touched *t = w->touched; t; t = t->next) {
+    if (!strcmp(t->topic, topic)) {
+      if (head > t->head) t->head = head;
+      return;
+    }
+  }
+  struct log_touched *t = calloc(1, sizeof *t);
+  if (!t) return; /* only costs a notification */
+  snprintf(t->topic, sizeof t->topic, "%s", topic);
+  t->head = head;
+  t->next = w->touched;
+  w->touched = t;
+}
+
+static void touched_free(struct log_touched *t) {
+  while (t) {
+    struct log_touched *n = t->next;
+    free(t);
+    t = n;
+  }
+}
+
+/* Drops entries added after `mark` (the job that added them was rolled back). */
+static void touched_rollback(log_wtx *w, struct log_touched *mark) {
+  while (w->touched && w->touched != mark) {
+    struct log_touched *n = w->touched->next;
+    free(w->touched);
+    w->touched = n;
+  }
+}
+
+static int begin_txn(engram *log, MDB_txn **txn) {
+  for (;;) {
+    int rc = mdb_txn_begin(log->env, NULL, 0, txn);
+    if (rc == MDB_MAP_RESIZED) {
+      log_map_adopt(log);
+      continue;
+    }
+    return rc;
+  }
+}
+
+static void set_job_error(struct log_job *j, int rc) {
+  j->rc = rc;
+  snprintf(j->msg, sizeof j->msg, "%s", engram_errmsg(NULL));
+}
+
+/* Runs the jobs of one batch and commits. Sets each job's rc. Returns 0 or the commit's
+ * error; *wrote tells whether the commit wrote (and so flushed) anything. */
+static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_touched **touched) {
+  int n = 0;
+  for (struct log_job *j = jobs; j; j = j->next) n++;
+  *wrote = 0;
+  *touched = NULL;
+  for (;;) {
+    MDB_txn *txn;
+    int rc = begin_txn(log, &txn);
+    if (rc) return log_error(log, log_err_mdb(rc), "commit: begin: %s", mdb_strerror(rc));
+    log_wtx w = {.log = log, .txn = txn, .now_ns = log_now_ns(log), .touched = NULL};
+    int grow = 0, ok = 0;
+    for (struct log_job *j = jobs; j && !grow; j = j->next) {
+      log_error_clear(log);
+      if (n == 1) {
+        w.txn = txn;
+        j->rc = j->fn(&w, j->arg);
+      } else {
+        MDB_txn *child;
+        struct log_touched *mark = w.touched;
+        rc = mdb_txn_begin(log->env, txn, 0, &child);
+        if (rc) {
+          grow = rc == MDB_MAP_FULL;
+          set_job_error(j, log_error(log, log_err_mdb(rc), "commit: %s", mdb_strerror(rc)));
+          continue;
+        }
+        w.txn = child;
+        j->rc = j->fn(&w, j->arg);
+        if (j->rc >= 0) {
+          rc = mdb_txn_commit(child);
+          if (rc) {
+            j->rc = rc == MDB_MAP_FULL ? LOG_EMAPFULL : log_err_mdb(rc);
+            touched_rollback(&w, mark);
+          }
+        } else {
+          mdb_txn_abort(child);
+          touched_rollback(&w, mark);
+        }
+      }
+      if (j->rc == LOG_EMAPFULL) grow = 1;
+      else if (j->rc < 0) set_job_error(j, j->rc);
+      else ok++;
+    }
+    if (grow) {
+      mdb_txn_abort(txn);
+      touched_free(w.touched);
+      rc = log_map_grow(log);
+      if (rc) return log_error(log, ENGRAM_ENOSPC, "commit: cannot grow the map");
+      continue;
+    }
+    if (ok == 0) {
+      mdb_txn_abort(txn);
+      touched_free(w.touched);
+      return 0;
+    }
+    size_t id = mdb_txn_id(txn);
+    rc = mdb_txn_commit(txn);
+    if (rc == MDB_MAP_FULL) {
+      touched_free(w.touched);
+      if (log_map_grow(log)) return log_error(log, ENGRAM_ENOSPC, "commit: cannot grow the map");
+      continue;
+    }
+    if (rc) {
+      touched_free(w.touched);
+      int code = log_err_mdb(rc);
+      return log_error(log, code, "commit: %s", code == ENGRAM_ENOSPC ? "disk full" : mdb_strerror(rc));
+    }
+    MDB_envinfo info;
+    mdb_env_info(log->env, &info);
+    *wrote = info.me_last_txnid == id;
+    *touched = w.touched;
+    return 0;
+  }
+}
+
+/* Releases a batch: publishes its appends, then marks its jobs done. Called with mu held. */
+static void release(engram *log, struct batch *b, int rc, const char *msg) {
+  if (b->touched) {
+    log->append_seq++;
+    pthread_cond_broadcast(&log->append_cv);
+    if (log->commit_hook) {
+      pthread_mutex_unlock(&log->mu);
+      for (struct log_touched *t = b->touched; t; t = t->next)
+        log->commit_hook(log->commit_hook_ctx, t->topic, t->head);
+      pthread_mutex_lock(&log->mu);
+    }
+    touched_free(b->touched);
+  }
+  struct log_job *j = b->jobs;
+  while (j) {
+    struct log_job *next = j->next;
+    if (rc < 0 && j->rc >= 0) {
+      j->rc = rc;
+      snprintf(j->msg, sizeof j->msg, "%s", msg);
+    }
+    j->done = 1;
+    j = next;
+  }
+  b->jobs = NULL;
+  b->touched = NULL;
+  pthread_cond_broadcast(&log->cv);
+}
+
+static int sync_env(engram *log) {
+  int rc = mdb_env_sync(log->env, 1);
+  return rc ? log_error(log, log_err_mdb(rc), "commit: flush: %s", strerror(rc)) : 0;
+}
+
+/* Takes the next batch off the queue: one solo job, or every queued ordinary job. */
+static struct log_job *take(engram *log) {
+  struct log_job *head = log->q_head;
+  if (head->solo) {
+    log->q_head = head->next;
+    head->next = NULL;
+  } else {
+    struct log_job *last = head;
+    while (last->next && !last->next->solo) last = last->next;
+    log->q_head = last->next;
+    last->next = NULL;
+  }
+  if (!log->q_head) log->q_tail = NULL;
+  return head;
+}
+
+/* Distinct writer threads in a batch list, capped at 2: tells whether writers share. */
+static int threads_in(const struct log_job *a, const struct log_job *b) {
+  const struct log_job *first = a ? a : b;
+  if (!first) return 0;
+  for (const struct log_job *j = a; j; j = j->next)
+    if (!pthread_equal(j->thread, first->thread)) return 2;
+  for (const struct log_job *j = b; j; j = j->next)
+    if (!pthread_equal(j->thread, first->thread)) return 2;
+  return 1;
+}
+
+/* Waits up to `ns` for a job to be queued. Called with mu held. */
+static void wait_for_work(engram *log, int64_t ns) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  int64_t t = ts.tv_nsec + ns;
+  ts.tv_sec += t / 1000000000;
+  ts.tv_nsec = t % 1000000000;
+  log->leader_waiting = 1;
+  while (!log->q_head && !log->closing)
+    if (pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts) == ETIMEDOUT) break;
+  log->leader_waiting = 0;
+}
+
+/* The leader's loop. Entered and left with mu held. */
+static void lead(engram *log) {
+  int sync_mode = log->opts.durability == ENGRAM_DURABILITY_SYNC;
+  struct batch pending = {0};   /* committed, its meta page not yet flushed */
+  int shared = 0;
+  for (;;) {
+    if (!log->q_head && pending.jobs && shared) wait_for_work(log, LOG_REGROUP_NS);
+    if (!log->q_head) {
+      if (!pending.jobs) break;
+      pthread_mutex_unlock(&log->mu);
+      int rc = sync_env(log);
+      char msg[256];
+      snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
+      pthread_mutex_lock(&log->mu);
+      release(log, &pending, rc, msg);
+      continue;
+    }
+    struct log_job *jobs = take(log);
+    pthread_mutex_unlock(&log->mu);
+    int wrote = 0;
+    struct log_touched *touched = NULL;
+    /* A solo job may open or drop named databases: no other transaction of this process
+     * may open handles until it ends. */
+    if (jobs->solo) pthread_mutex_lock(&log->dbi_mu);
+    int rc = run_batch(log, jobs, &wrote, &touched);
+    if (jobs->solo) pthread_mutex_unlock(&log->dbi_mu);
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
+    int prc = 0;
+    char pmsg[256] = "";
+    if (sync_mode && pending.jobs && !(rc == 0 && wrote)) {
+      /* This commit flushed nothing, so the pending batch needs a flush of its own. */
+      prc = sync_env(log);
+      snprintf(pmsg, sizeof pmsg, "%s", engram_errmsg(NULL));
+    }
+    pthread_mutex_lock(&log->mu);
+    log->last_commit_ns = clock_monotonic_ns();
+    shared = threads_in(jobs, pending.jobs) > 1;
+    if (pending.jobs) release(log, &pending, prc, pmsg);
+    struct batch b = {jobs, touched, NULL};
+    if (rc == 0 && wrote && sync_mode) {
+      pending = b;
+    } else {
+      if (rc == 0 && wrote) log->dirty = 1;
+      release(log, &b, rc, msg);
+    }
+  }
+}
+
+static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
+  if (log->owner_pid != getpid())
+    return log_error(log, ENGRAM_EINVAL, "write: handle used in a child after fork; open a new one");
+  struct log_job job = {.fn = fn, .arg = arg, .solo = solo, .thread = pthread_self()};
+  pthread_mutex_lock(&log->mu);
+  if (log->closing) {
+    pthread_mutex_unlock(&log->mu);
+    return log_error(log, ENGRAM_ECLOSED, "write: log is closing");
+  }
+  if (log->q_tail)
+    log->q_tail->next = &job;
+  else
+    log->q_head = &job;
+  log->q_tail = &job;
+  if (log->leader_waiting) pthread_cond_broadcast(&log->flush_cv);
+  while (!job.done) {
+    /* Lead while there is queued work; a job already committed waits for the syncer. */
+    if (!log->leader && log->q_head) {
+      log->leader = 1;
+      lead(log);
+      log->leader = 0;
+      pthread_cond_broadcast(&log->cv);
+    } else {
+      pthread_cond_wait(&log->cv, &log->mu);
+    }
+  }
+  pthread_mutex_unlock(&log->mu);
+  if (job.rc < 0) log_error(log, job.rc, "%s", job.msg);
+  return job.rc;
+}
+
+int log_write(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }
+
+int log_write_solo(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 1); }
+
+/* Nometasync and async modes: forces commits to disk every flush interval. */
+static void *flusher_main(void *arg) {
+  engram *log = arg;
+  pthread_mutex_lock(&log->mu);
+  while (!log->closing) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = ts.tv_nsec + (int64_t)log->opts.flush_interval_ms * 1000000;
+    ts.tv_sec += ns / 1000000000;
+    ts.tv_nsec = ns % 1000000000;
+    pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts);
+    if (log->dirty) {
+      log->dirty = 0;
+      pthread_mutex_unlock(&log->mu);
+      mdb_env_sync(log->env, 1);
+      pthread_mutex_lock(&log->mu);
+    }
+  }
+  pthread_mutex_unlock(&log->mu);
+  return NULL;
+}
+
+int log_commit_start(engram *log) {
+  if (log->opts.durability == ENGRAM_DURABILITY_SYNC) return 0;
+  if (pthread_create(&log->flusher, NULL, flusher_main, log) != 0) return ENGRAM_ENOMEM;
+  log->flusher_running = 1;
+  return 0;
+}
+
+void log_commit_stop(engram *log) {
+  pthread_mutex_lock(&log->mu);
+  log->closing = 1;
+  pthread_cond_broadcast(&log->flush_cv);
+  while (log->leader || log->q_head) pthread_cond_wait(&log->cv, &log->mu);
+  pthread_mutex_unlock(&log->mu);
+  if (log->flusher_running) pthread_join(log->flusher, NULL);
+  log->flusher_running = 0;
+}
+
+void log_wait_append(engram *log, const char *topic, int64_t deadline_mono_ns) {
+  if (log->wait_hook) {
+    log->wait_hook(log->wait_hook_ctx, log, topic, deadline_mono_ns);
+    return;
+  }
+  /* Appends from this process signal append_cv; appends from other processes are found
+   * by the caller's next look, so never sleep longer than a short poll interval. */
+  int64_t now = clock_monotonic_ns();
+  int64_t until = now + 2000000;
+  if (until > deadline_mono_ns) until = deadline_mono_ns;
+  if (until <= now) return;
+  struct timespec ts = {until / 1000000000, until % 1000000000};
+  pthread_mutex_lock(&log->mu);
+  uint64_t seq = log->append_seq;
+  while (log->append_seq == seq && !log->closing) {
+    if (pthread_cond_timedwait(&log->append_cv, &log->mu, &ts) == ETIMEDOUT) break;
+  }
+  pthread_mutex_unlock(&log->mu);
+}

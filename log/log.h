@@ -1,0 +1,266 @@
+/* log.h — the log layer's interface to the layers above it (consumers/, net/). Private. */
+#ifndef ENGRAM_LOG_H
+#define ENGRAM_LOG_H
+
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/common.h"
+#include "engram.h"
+
+/* ---------------------------------------------------------------------------------
+ * Remote back end. A handle made by engram_connect() has `remote` set; every public
+ * function first checks it and forwards the call. The table is filled by net/, so the
+ * layers below never know about ZeroMQ.
+ * ------------------------------------------------------------------------------ */
+struct engram_remote_ops {
+  void (*close)(engram *log);
+  int (*sync)(engram *log);
+  int (*backup)(engram *log, const char *dest);
+  int (*topic_create)(engram *log, const char *topic, const engram_topic_config *cfg);
+  int (*topic_info_get)(engram *log, const char *topic, engram_topic_info *info);
+  int (*topic_list)(engram *log, engram_topic_info **out, size_t *n);
+  int (*topic_drop)(engram *log, const char *topic);
+  int (*topic_train_dict)(engram *log, const char *topic, uint32_t *dict_id);
+  int (*append)(engram *log, const char *topic, const engram_event *ev, uint64_t *offset,
+                int *duplicate);
+  int (*append_batch)(engram *log, const char *topic, const engram_event *evs, size_t n,
+                      uint64_t *offsets, int *duplicates);
+  int (*read)(engram *log, const char *topic, uint64_t offset, engram_batch **out);
+  int (*read_range)(engram *log, const char *topic, uint64_t from, size_t max,
+                    engram_batch **out);
+  int (*verify)(engram *log, engram_verify_report *report);
+  int (*group_create)(engram *log, const char *topic, const char *group,
+                      const engram_group_config *cfg);
+  int (*group_info_get)(engram *log, const char *topic, const char *group,
+                        engram_group_info *info);
+  int (*group_list)(engram *log, const char *topic, engram_group_info **out, size_t *n);
+  int (*group_delete)(engram *log, const char *topic, const char *group);
+  int (*group_reset)(engram *log, const char *topic, const char *group, engram_start to,
+                     uint64_t offset, int64_t time_ns);
+  int (*fetch)(engram *log, const char *topic, const char *group, const char *consumer,
+               size_t max, uint64_t wait_ms, engram_batch **out);
+  int (*ack_many)(engram *log, const char *topic, const char *group,
+                  const engram_ack_item *items, size_t n, int *codes);
+  int (*nack)(engram *log, const char *topic, const char *group, uint64_t offset,
+              uint32_t attempt, int64_t delay_ms, const char *error);
+  int (*reject)(engram *log, const char *topic, const char *group, uint64_t offset,
+                uint32_t attempt, const char *reason);
+  int (*extend)(engram *log, const char *topic, const char *group, uint64_t offset,
+                uint32_t attempt, uint64_t ms);
+  int (*cancel)(engram *log, const char *topic, const char *group, uint64_t offset);
+  int (*status_get)(engram *log, const char *topic, const char *group, uint64_t offset,
+                    engram_status *st);
+  int (*dlq_list)(engram *log, const char *topic, const char *group, uint64_t from,
+                  size_t max, engram_dlq_entry **out, size_t *n);
+  int (*dlq_purge)(engram *log, const char *topic, const char *group,
+                   const uint64_t *offsets, size_t n, size_t *count);
+  int (*dlq_redrive)(engram *log, const char *topic, const char *group,
+                     const uint64_t *offsets, size_t n, size_t *count);
+  /* The buffered operations of an engram_txn (see consumers/txn.c). */
+  int (*txn_commit)(engram *log, const struct engram_txn *txn);
+};
+
+/* Hook the layers above install to hear about commits (net/ publishes them). */
+typedef void (*log_commit_hook)(void *ctx, const char *topic, uint64_t head);
+
+#define LOG_MAX_AUX 16
+
+/* A handle. Embedded fields are unused by remote handles except `remote*`. */
+struct engram {
+  const struct engram_remote_ops *remote; /* non-NULL: a remote handle */
+  void *remote_ctx;                       /* net/'s connection state */
+
+  MDB_env *env;
+  char *path;
+  engram_options opts;        /* with defaults filled in */
+  unsigned int env_flags;     /* LMDB flags the environment was opened with */
+  pthread_rwlock_t map_lock;  /* read txns hold it shared; map growth holds it exclusive */
+  MDB_dbi db_meta, db_topics, db_idem, db_dicts;
+
+  /* Named databases the upper layers use (groups, leases ...), opened on first use. */
+  pthread_mutex_t aux_mu;
+  pthread_mutex_t dbi_mu;     /* LMDB forbids concurrent mdb_dbi_open in one process */
+  struct {
+    char name[32];
+    MDB_dbi dbi;
+  } aux[LOG_MAX_AUX];
+  int n_aux;
+
+  /* Group commit: writers queue jobs, one leader runs them in one transaction. */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;          /* signalled when jobs complete or the leader leaves */
+  pthread_cond_t append_cv;   /* broadcast after every commit that appended */
+  struct log_job *q_head, *q_tail;
+  int leader;                 /* 1 while a thread leads a commit */
+  uint64_t append_seq;        /* bumped after every commit that appended */
+  int64_t last_commit_ns;     /* monotonic time of the last commit */
+  int dirty;                  /* commits not yet forced to disk (nometasync/async) */
+
+  pthread_cond_t flush_cv;    /* wakes the syncer / flusher */
+  int leader_waiting;         /* the leader waits on flush_cv for jobs to regroup */
+  pid_t owner_pid;            /* the process that opened the handle */
+  pthread_t flusher;          /* syncer (sync mode) or periodic flusher (other modes) */
+  int flusher_running;
+  int closing;
+
+  /* Topic cache: name -> dbi and config, refreshed when the topic's meta changes. */
+  struct log_topic_cache *topics;
+
+  /* Zstd dictionary caches. */
+  struct log_dict_cache *dicts;
+
+  log_commit_hook commit_hook; /* may be NULL */
+  void *commit_hook_ctx;
+  /* Wait hook for fetch: when set (net/ notifications), called instead of the polling
+   * fallback. Returns when something may have been appended to `topic` or the deadline
+   * (CLOCK_MONOTONIC ns) passed. */
+  void (*wait_hook)(void *ctx, engram *log, const char *topic, int64_t deadline_mono_ns);
+  void *wait_hook_ctx;
+};
+
+/* ---------------------------------------------------------------------------------
+ * Errors with context. Sets the calling thread's message and returns `code`.
+ * ------------------------------------------------------------------------------ */
+int log_error(const engram *log, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void log_error_clear(const engram *log);
+/* Translates an LMDB return code (MDB_* or errno) to ENGRAM_E*. */
+int log_err_mdb(int rc);
+
+/* The handle's clock (CLOCK_REALTIME ns; the test clock when one is set). */
+int64_t log_now_ns(const engram *log);
+
+/* ---------------------------------------------------------------------------------
+ * Validation shared by all layers.
+ * ------------------------------------------------------------------------------ */
+int log_valid_name(const char *s);        /* topic/group/consumer: [A-Za-z0-9._-]{1,200} */
+int log_valid_type(const char *s);        /* dotted words of [A-Za-z0-9_-] */
+/* Checks a whole event for append against a topic's limits; sets the error message. */
+int log_check_event(const engram *log, const char *topic, const engram_event *ev,
+                    uint32_t max_payload);
+
+/* ---------------------------------------------------------------------------------
+ * Write jobs and group commit.
+ * ------------------------------------------------------------------------------ */
+typedef struct log_wtx {
+  engram *log;
+  MDB_txn *txn;     /* the job's own (nested) write transaction */
+  int64_t now_ns;   /* one clock reading for the whole commit */
+  /* Topics appended to in this commit: published to the commit hook afterwards. */
+  struct log_touched *touched;
+} log_wtx;
+
+/* A job runs inside the leader's write transaction. It must only change the database
+ * through w->txn and may be run more than once (when the map grows the whole commit is
+ * retried), so it must rewrite, not accumulate, its outputs. Returning < 0 aborts just
+ * this job's changes; its code is returned by log_write. */
+typedef int (*log_job_fn)(log_wtx *w, void *arg);
+
+/* Runs fn in a group-committed write transaction and returns once the commit is as
+ * durable as the handle's mode promises. Returns fn's result (>= 0) or an error. */
+int log_write(engram *log, log_job_fn fn, void *arg);
+/* Same, but the job runs alone in a top-level transaction of its own: needed by jobs
+ * that create or delete named databases (LMDB ties new handles to their transaction).
+ * A solo job may call mdb_dbi_open itself; other jobs must use log_aux_dbi /
+ * log_topic_get, which open handles in transactions of their own.
+ * Never call log_write* while holding a read transaction (map growth would deadlock). */
+int log_write_solo(engram *log, log_job_fn fn, void *arg);
+
+/* Opens (creating on first use) a named database for an upper layer, e.g. "groups".
+ * With `dupsort` the database is opened MDB_DUPSORT. */
+int log_aux_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out);
+
+/* ---------------------------------------------------------------------------------
+ * Reads.
+ * ------------------------------------------------------------------------------ */
+/* Begins a read-only transaction (holds the map lock shared until log_read_end). */
+int log_read_begin(engram *log, MDB_txn **txn);
+void log_read_end(engram *log, MDB_txn *txn);
+
+typedef struct log_topic {
+  char name[ENGRAM_MAX_NAME + 1];
+  uint32_t id;
+  MDB_dbi dbi;
+  engram_topic_config cfg;   /* defaults filled in */
+  uint32_t dict_id;
+  uint64_t next_offset;      /* from the meta record: next offset when the db is empty */
+  uint64_t first_removed;    /* offsets below this were removed */
+  int64_t created_ns;
+  int dict_trained_auto;
+} log_topic;
+
+/* Looks a topic up in txn (read or write). Errors: EINVAL (name), ENOTFOUND. */
+int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t);
+/* Highest offset ever assigned in the topic (0 = none). */
+uint64_t log_topic_head(engram *log, MDB_txn *txn, const log_topic *t);
+/* Lowest stored offset (0 = empty). */
+uint64_t log_topic_first(engram *log, MDB_txn *txn, const log_topic *t);
+/* First offset whose append time is >= time_ns (head + 1 when none). */
+uint64_t log_topic_seek_time(engram *log, MDB_txn *txn, const log_topic *t, int64_t time_ns);
+
+/* Appends inside a write job. Same contract as engram_append. */
+int log_append_in(log_wtx *w, const char *topic, const engram_event *ev, uint64_t *offset,
+                  int *duplicate);
+/* Removes a topic with its events, idempotency keys and dictionaries; only inside a job
+ * run with log_write_solo (it deletes a named database). */
+int log_topic_drop_in(log_wtx *w, const char *topic);
+
+/* A decoded record that points into LMDB's memory (valid only inside its transaction).
+ * The payload is as stored (possibly compressed). */
+typedef struct log_view {
+  uint64_t offset;
+  const char *type;
+  size_t type_len;
+  int has_key;
+  const char *key;
+  size_t key_len;
+  const unsigned char *payload;
+  size_t payload_len;
+  const char *content_type;
+  size_t content_type_len;
+  const char *idem;
+  size_t idem_len;
+  int64_t timestamp_ns;
+  int64_t deliver_at_ns;
+  uint32_t compression;
+  uint32_t dict_id;
+  uint32_t raw_len;
+  uint32_t n_headers;
+  struct {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+  } headers[ENGRAM_MAX_HEADERS];
+} log_view;
+
+/* Fetches and decodes the record at `offset` (CRC checked). Errors: ENOTFOUND, ECORRUPT. */
+int log_view_get(engram *log, MDB_txn *txn, const log_topic *t, uint64_t offset,
+                 log_view *v);
+
+/* Builds engram_batch results: one growing allocation freed by engram_batch_free. */
+typedef struct log_bb log_bb;
+log_bb *log_bb_new(size_t expected);
+/* Copies the view's event into the batch (decompressing the payload). Returns the new
+ * event (valid until the next add) or NULL with *rc set. */
+engram_event *log_bb_add(log_bb *bb, engram *log, MDB_txn *txn, const log_topic *t,
+                         const log_view *v, int *rc);
+/* Finishes building: returns the batch (never NULL unless out of memory). */
+engram_batch *log_bb_finish(log_bb *bb);
+void log_bb_free(log_bb *bb);
+/* Copies bytes into the batch's memory; used by upper layers to attach strings. */
+void *log_bb_copy(log_bb *bb, const void *p, size_t n);
+
+/* Waits until an append to `topic` may have happened or the deadline passes
+ * (CLOCK_MONOTONIC ns). Uses the wait hook when installed, else in-process signals
+ * plus short polling for appends from other processes. */
+void log_wait_append(engram *log, const char *topic, int64_t deadline_mono_ns);
+
+/* Record codec (log/codec.c), exposed for the fuzz target and `verify`. */
+int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_view *v);
+
+#endif

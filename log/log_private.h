@@ -1,0 +1,62 @@
+/* log_private.h — declarations shared by the files of log/ only. */
+#ifndef ENGRAM_LOG_PRIVATE_H
+#define ENGRAM_LOG_PRIVATE_H
+
+#include "log/log.h"
+
+/* Private codes that never leave log/: the commit leader handles them. */
+#define LOG_EMAPFULL -1000
+#define LOG_EMAPRESIZED -1001
+
+#define LOG_DB_META "meta"
+#define LOG_DB_TOPICS "topics"
+#define LOG_DB_IDEM "idem"
+#define LOG_DB_DICTS "dicts"
+#define LOG_TOPIC_DB_PREFIX "t/"
+
+struct log_dbi_req {
+  const char *name;
+  unsigned int flags;
+  MDB_dbi dbi;
+};
+
+/* One topic appended to in a commit, for the commit hook. */
+struct log_touched {
+  char topic[ENGRAM_MAX_NAME + 1];
+  uint64_t head;
+  struct log_touched *next;
+};
+void log_touch(log_wtx *w, const char *topic, uint64_t head);
+
+/* commit.c */
+int log_commit_start(engram *log);
+void log_commit_stop(engram *log);
+
+/* env.c */
+void log_map_adopt(engram *log);
+int log_map_grow(engram *log);
+int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out);
+int log_rmtree(const char *path);
+
+/* topic.c */
+void log_topic_cache_free(engram *log);
+int log_topic_dbi(engram *log, MDB_txn *txn, const char *name, MDB_dbi *dbi);
+void log_topic_dbi_forget(engram *log, const char *name);
+int log_topic_meta_put(engram *log, MDB_txn *txn, const log_topic *t);
+
+/* codec.c: record encoding and payload compression. */
+typedef struct log_enc {
+  unsigned char *buf; /* 4-byte CRC slot + message */
+  size_t len;
+  size_t cap;
+} log_enc;
+int log_codec_encode(engram *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
+                     int64_t ts, uint64_t offset, log_enc *out);
+/* Decompresses a view's payload into dst (raw_len bytes). */
+int log_codec_payload(engram *log, MDB_txn *txn, uint32_t topic_id, const log_view *v,
+                      void *dst);
+void log_codec_caches_free(engram *log);
+int log_dict_train(engram *log, MDB_txn *txn, log_topic *t, uint32_t *dict_id);
+void log_dict_forget_topic(engram *log, uint32_t topic_id);
+
+#endif
