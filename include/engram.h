@@ -427,16 +427,59 @@ typedef struct engram_verify_report {
 /* Checks every record of every topic. Returns 0 with report->damaged possibly > 0. */
 int engram_verify(engram *log, engram_verify_report *report);
 
-/* Remote handles (engram serve). Same interface as engram_open(): every function above
- * works on the returned handle with the same semantics and errors. */
+/* ---------------------------------------------------------------------------------
+ * Pipelined appends: the producer does not wait for each acknowledgement.
+ * ------------------------------------------------------------------------------ */
+/* Called once per pipelined append with its result (rc 0 or ENGRAM_E*), from inside
+ * engram_append_async() or engram_append_wait() on the producer's thread. */
+typedef void (*engram_append_cb)(void *ctx, int rc, uint64_t offset, int duplicate);
+/* Queues an append and returns before it is acknowledged. At most the handle's
+ * pipeline window of appends are outstanding; past it the call first waits for the
+ * oldest. The event is copied. cb may be NULL. Errors found before sending (EINVAL ...)
+ * are returned at once; later ones reach cb and engram_append_wait(). */
+int engram_append_async(engram *log, const char *topic, const engram_event *ev,
+                        engram_append_cb cb, void *ctx);
+/* Waits until every pipelined append of this handle is acknowledged. Returns 0, or the
+ * first error any of them got since the last call. */
+int engram_append_wait(engram *log);
+
+/* ---------------------------------------------------------------------------------
+ * Remote: the daemon (engram serve) and clients.
+ * ------------------------------------------------------------------------------ */
+/* Remote handles. Same interface as engram_open(): every function above works on the
+ * returned handle with the same semantics and errors. */
 typedef struct engram_connect_options {
   uint32_t timeout_ms;         /* per request, default 10000 */
-  const char *server_key;      /* CURVE: server public key (Z85), NULL = plain */
+  const char *server_key;      /* CURVE: server public key (Z85, 40 chars), NULL = plain */
   const char *public_key;      /* CURVE: this client's key pair (Z85) */
   const char *secret_key;
-  uint32_t pipeline_window;    /* appends in flight before engram_append blocks, 0 = 1 */
+  uint32_t pipeline_window;    /* pipelined appends in flight, default 256 */
 } engram_connect_options;
+/* Connects to `engram serve` at endpoint (e.g. "tcp://127.0.0.1:7450"). Errors: EINVAL,
+ * ECONN, EDENIED, EVERSION. */
 int engram_connect(const char *endpoint, const engram_connect_options *opts, engram **out);
+
+typedef struct engram_serve_options {
+  const char *listen;          /* request endpoint, default "tcp://127.0.0.1:7450" */
+  const char *notify;          /* PUB endpoint for (topic, head) notifications; default
+                                  "ipc://DIR/notify.ipc" */
+  engram_durability durability;
+  int log_json;                /* 1: log JSON lines instead of text */
+  const char *secret_key;      /* CURVE server key pair (Z85); NULL = no CURVE */
+  const char *public_key;
+  const char *const *allow_keys; /* client public keys allowed (Z85); with CURVE required */
+  size_t n_allow_keys;
+  uint32_t max_message;        /* largest request in bytes, default 16 MiB */
+  uint32_t workers;            /* request worker threads, default 16 */
+} engram_serve_options;
+/* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
+ * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with
+ * ENGRAM_EBUSY when another daemon serves the directory. */
+int engram_serve(const char *data_dir, const engram_serve_options *opts);
+/* Asks a running engram_serve() of this process to stop (async-signal-safe). */
+void engram_serve_stop(void);
+/* Makes a CURVE key pair as two 40-character Z85 strings (plus NUL). */
+int engram_keygen(char public_key[41], char secret_key[41]);
 
 #ifdef __cplusplus
 }

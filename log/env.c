@@ -12,6 +12,9 @@
 
 static __thread char tls_err[512];
 
+void (*log_attach_hook)(engram *log);
+void (*log_detach_hook)(engram *log);
+
 int log_error(const engram *log, int code, const char *fmt, ...) {
   (void)log;
   va_list ap;
@@ -306,6 +309,7 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
     rc = log_error(log, rc, "open %s: cannot start flusher", path);
     goto fail;
   }
+  if (log_attach_hook) log_attach_hook(log);
   *out = log;
   log_error_clear(log);
   return 0;
@@ -320,6 +324,7 @@ void engram_close(engram *log) {
     log->remote->close(log);
     return;
   }
+  if (log->env && log_detach_hook) log_detach_hook(log);
   log_commit_stop(log);
   if (log->env) {
     if (log->dirty) mdb_env_sync(log->env, 1);

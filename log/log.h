@@ -60,9 +60,18 @@ struct engram_remote_ops {
                    const uint64_t *offsets, size_t n, size_t *count);
   int (*dlq_redrive)(engram *log, const char *topic, const char *group,
                      const uint64_t *offsets, size_t n, size_t *count);
+  int (*append_async)(engram *log, const char *topic, const engram_event *ev,
+                      engram_append_cb cb, void *ctx);
+  int (*append_wait)(engram *log);
   /* The buffered operations of an engram_txn (see consumers/txn.c). */
   int (*txn_commit)(engram *log, const struct engram_txn *txn);
 };
+
+/* Called at the end of engram_open() and the start of engram_close() of every embedded
+ * handle when set. net/ sets them (from a constructor) to attach notifications, so log/
+ * needs no knowledge of ZeroMQ. */
+extern void (*log_attach_hook)(engram *log);
+extern void (*log_detach_hook)(engram *log);
 
 /* Hook the layers above install to hear about commits (net/ publishes them). */
 typedef void (*log_commit_hook)(void *ctx, const char *topic, uint64_t head);
