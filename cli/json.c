@@ -689,7 +689,7 @@ out:
 static int literal(struct parser *p, const char *word, json_type t, json_value *v) {
   size_t n = strlen(word);
   if (p->len - p->pos < n || memcmp(p->s + p->pos, word, n) != 0)
-    return fail(p, "unexpected character");
+    return fail(p, "expected a value (true, false, null, a number, string, array or object)");
   p->pos += n;
   v->type = t;
   return 0;
@@ -715,7 +715,7 @@ static int parse_value(struct parser *p, json_value *v) {
     case 'n': return literal(p, "null", JSON_NULL, v);
     default:
       if (c == '-' || is_digit(c)) return parse_number(p, v);
-      return fail(p, "unexpected character");
+      return fail(p, "expected a value (true, false, null, a number, string, array or object)");
   }
 }
 
