@@ -1,0 +1,1534 @@
+/* _engram.c — the CPython extension under the engram package: engram.h's handles and
+ * calls as Python objects, with the GIL released around every call that may block. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engram.h"
+
+/* Parts of the API that a library build may lack (consumer groups, transactions, the
+ * client) are referenced weakly, so the module still imports against such a build and
+ * a call to a missing function raises engram.NotSupported instead of failing the load. */
+#define WEAK(fn) extern __typeof__(fn) fn __attribute__((weak))
+WEAK(engram_group_create);
+WEAK(engram_group_info_get);
+WEAK(engram_group_list);
+WEAK(engram_group_delete);
+WEAK(engram_group_reset);
+WEAK(engram_fetch);
+WEAK(engram_ack);
+WEAK(engram_ack_many);
+WEAK(engram_nack);
+WEAK(engram_reject);
+WEAK(engram_extend);
+WEAK(engram_cancel);
+WEAK(engram_status_get);
+WEAK(engram_state_name);
+WEAK(engram_dlq_list);
+WEAK(engram_dlq_purge);
+WEAK(engram_dlq_redrive);
+WEAK(engram_txn_begin);
+WEAK(engram_txn_ack);
+WEAK(engram_txn_append);
+WEAK(engram_txn_commit);
+WEAK(engram_txn_abort);
+WEAK(engram_connect);
+WEAK(engram_keygen);
+
+#define MSG_MAX 512
+
+static PyObject *error_base;  /* engram.Error, set by _register_errors() */
+static PyObject *error_types; /* dict: code -> subclass of engram.Error */
+static unsigned long fork_gen; /* bumped in every child after fork() */
+
+static void after_fork_child(void) { fork_gen++; }
+
+/* Raises the engram.Error subclass registered for `code` with `msg` (or the code's
+ * fixed text when msg is empty). Returns NULL for the caller to return. */
+static PyObject *raise_code(int code, const char *msg) {
+  if (!msg || !*msg) msg = engram_strerror(code);
+  PyObject *cls = NULL;
+  if (error_types) {
+    PyObject *k = PyLong_FromLong(code);
+    if (!k) return NULL;
+    cls = PyDict_GetItemWithError(error_types, k);
+    Py_DECREF(k);
+    if (!cls && PyErr_Occurred()) return NULL;
+  }
+  if (!cls) cls = error_base;
+  if (!cls) {
+    PyErr_Format(PyExc_RuntimeError, "%s (%s)", msg, engram_errname(code));
+    return NULL;
+  }
+  PyObject *exc = PyObject_CallFunction(cls, "si", msg, code);
+  if (!exc) return NULL;
+  PyErr_SetObject(cls, exc);
+  Py_DECREF(exc);
+  return NULL;
+}
+
+static PyObject *raise_missing(const char *fn) {
+  char msg[128];
+  snprintf(msg, sizeof msg, "%s is not in this build of libengram", fn);
+  return raise_code(ENGRAM_ENOTSUP, msg);
+}
+
+#define NEED(fn)                                     \
+  do {                                               \
+    if (!(fn)) return raise_missing(#fn);            \
+  } while (0)
+
+/* ---------------------------------------------------------------------------------
+ * Argument converters (for "O&"): they raise engram.InvalidArgument for values of the
+ * right type that engram would refuse anyway, TypeError for the wrong type.
+ * ------------------------------------------------------------------------------ */
+
+/* str without NUL -> const char * (valid while the str lives). */
+static int conv_str(PyObject *o, void *out) {
+  if (!PyUnicode_Check(o)) {
+    PyErr_Format(PyExc_TypeError, "expected str, got %.80s", Py_TYPE(o)->tp_name);
+    return 0;
+  }
+  Py_ssize_t n;
+  const char *s = PyUnicode_AsUTF8AndSize(o, &n);
+  if (!s) return 0;
+  if ((Py_ssize_t)strlen(s) != n) {
+    raise_code(ENGRAM_EINVAL, "string contains a NUL character");
+    return 0;
+  }
+  *(const char **)out = s;
+  return 1;
+}
+
+/* str or None -> const char * or NULL. */
+static int conv_str_opt(PyObject *o, void *out) {
+  if (o == Py_None) {
+    *(const char **)out = NULL;
+    return 1;
+  }
+  return conv_str(o, out);
+}
+
+static int conv_u64(PyObject *o, void *out) {
+  if (!PyLong_Check(o) || PyBool_Check(o)) {
+    PyErr_Format(PyExc_TypeError, "expected int, got %.80s", Py_TYPE(o)->tp_name);
+    return 0;
+  }
+  unsigned long long v = PyLong_AsUnsignedLongLong(o);
+  if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    raise_code(ENGRAM_EINVAL, "integer out of range (must be 0 .. 2**64-1)");
+    return 0;
+  }
+  *(uint64_t *)out = v;
+  return 1;
+}
+
+static int conv_u32(PyObject *o, void *out) {
+  uint64_t v;
+  if (!conv_u64(o, &v)) return 0;
+  if (v > UINT32_MAX) {
+    raise_code(ENGRAM_EINVAL, "integer out of range (must be 0 .. 2**32-1)");
+    return 0;
+  }
+  *(uint32_t *)out = (uint32_t)v;
+  return 1;
+}
+
+static int conv_i64(PyObject *o, void *out) {
+  if (!PyLong_Check(o) || PyBool_Check(o)) {
+    PyErr_Format(PyExc_TypeError, "expected int, got %.80s", Py_TYPE(o)->tp_name);
+    return 0;
+  }
+  long long v = PyLong_AsLongLong(o);
+  if (v == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    raise_code(ENGRAM_EINVAL, "integer out of range (must fit in 64 signed bits)");
+    return 0;
+  }
+  *(int64_t *)out = v;
+  return 1;
+}
+
+static int conv_size(PyObject *o, void *out) {
+  uint64_t v;
+  if (!conv_u64(o, &v)) return 0;
+  *(size_t *)out = (size_t)v;
+  return 1;
+}
+
+/* A sequence of ints -> malloc'd uint64_t array; None -> NULL, 0. */
+struct u64s {
+  uint64_t *v;
+  size_t n;
+};
+static int conv_u64s(PyObject *o, void *out) {
+  struct u64s *r = out;
+  r->v = NULL;
+  r->n = 0;
+  if (o == Py_None) return 1;
+  PyObject *seq = PySequence_Fast(o, "expected a sequence of ints or None");
+  if (!seq) return 0;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  r->v = PyMem_Malloc(sizeof(uint64_t) * (n ? n : 1));
+  if (!r->v) {
+    Py_DECREF(seq);
+    PyErr_NoMemory();
+    return 0;
+  }
+  for (Py_ssize_t i = 0; i < n; i++) {
+    if (!conv_u64(PySequence_Fast_GET_ITEM(seq, i), &r->v[i])) {
+      PyMem_Free(r->v);
+      r->v = NULL;
+      Py_DECREF(seq);
+      return 0;
+    }
+  }
+  r->n = (size_t)n;
+  Py_DECREF(seq);
+  return 1;
+}
+
+/* ---------------------------------------------------------------------------------
+ * The Log object: one engram handle. Calls run with the GIL released; `users` counts
+ * them so close() can wait for them before freeing the handle.
+ * ------------------------------------------------------------------------------ */
+typedef struct {
+  PyObject_HEAD engram *log;
+  pthread_mutex_t mu;
+  pthread_cond_t idle;
+  int users;          /* calls running with the GIL released; under mu */
+  int closed;         /* set under the GIL; no new call starts once set */
+  int txns;           /* open transactions; close() refuses while > 0 */
+  unsigned long gen;  /* fork_gen at open: a forked child must not use the handle */
+  PyObject *weakrefs;
+} LogObject;
+
+static PyTypeObject LogType;
+
+/* Admits a call; raises engram.Closed when the handle is closed or inherited. */
+static int enter(LogObject *self) {
+  if (!self->log || self->closed) {
+    raise_code(ENGRAM_ECLOSED, "the log handle is closed");
+    return -1;
+  }
+  if (self->gen != fork_gen) {
+    raise_code(ENGRAM_ECLOSED, "the log handle was opened before fork(); open a new one in this process");
+    return -1;
+  }
+  pthread_mutex_lock(&self->mu);
+  self->users++;
+  pthread_mutex_unlock(&self->mu);
+  return 0;
+}
+
+static void leave(LogObject *self) {
+  pthread_mutex_lock(&self->mu);
+  if (--self->users == 0) pthread_cond_broadcast(&self->idle);
+  pthread_mutex_unlock(&self->mu);
+}
+
+/* Copies the handle's message for the calling thread's last error. */
+static void snapshot(LogObject *self, char *buf) {
+  const char *m = engram_errmsg(self->log);
+  snprintf(buf, MSG_MAX, "%s", m ? m : "");
+}
+
+/* Runs `call` (an expression using self->log) with the GIL released; on failure copies
+ * the error message while still on the thread that made the call. */
+#define RUN(self, rc, msg, call)                 \
+  do {                                           \
+    Py_BEGIN_ALLOW_THREADS(rc) = (call);         \
+    if ((rc) < 0) snapshot((self), (msg));       \
+    Py_END_ALLOW_THREADS                         \
+  } while (0)
+
+static LogObject *log_new(engram *h) {
+  LogObject *self = PyObject_New(LogObject, &LogType);
+  if (!self) {
+    engram_close(h);
+    return NULL;
+  }
+  self->log = h;
+  pthread_mutex_init(&self->mu, NULL);
+  pthread_cond_init(&self->idle, NULL);
+  self->users = 0;
+  self->closed = 0;
+  self->txns = 0;
+  self->gen = fork_gen;
+  self->weakrefs = NULL;
+  return self;
+}
+
+/* Waits for running calls, then closes. Must hold the GIL; releases it while waiting. */
+static void log_shut(LogObject *self) {
+  if (!self->log) return;
+  self->closed = 1;
+  engram *h = self->log;
+  int inherited = self->gen != fork_gen;
+  Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&self->mu);
+  while (self->users > 0) pthread_cond_wait(&self->idle, &self->mu);
+  pthread_mutex_unlock(&self->mu);
+  /* A forked child leaves the parent's handle alone: closing it there could disturb
+   * state the parent still uses. */
+  if (!inherited) engram_close(h);
+  Py_END_ALLOW_THREADS self->log = NULL;
+}
+
+static void Log_dealloc(LogObject *self) {
+  if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
+  log_shut(self);
+  pthread_cond_destroy(&self->idle);
+  pthread_mutex_destroy(&self->mu);
+  PyObject_Free(self);
+}
+
+static PyObject *Log_close(LogObject *self, PyObject *unused) {
+  if (self->txns > 0) return raise_code(ENGRAM_EBUSY, "close: a transaction is still open");
+  log_shut(self);
+  Py_RETURN_NONE;
+}
+
+static PyObject *Log_get_closed(LogObject *self, void *unused) {
+  return PyBool_FromLong(!self->log || self->closed || self->gen != fork_gen);
+}
+
+/* Returns None or raises for rc < 0. */
+static PyObject *done(int rc, const char *msg) {
+  if (rc < 0) return raise_code(rc, msg);
+  Py_RETURN_NONE;
+}
+
+static PyObject *Log_sync(LogObject *self, PyObject *unused) {
+  int rc;
+  char msg[MSG_MAX];
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_sync(self->log));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_backup(LogObject *self, PyObject *args) {
+  const char *dest;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&:backup", conv_str, &dest)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_backup(self->log, dest));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_verify(LogObject *self, PyObject *unused) {
+  int rc;
+  char msg[MSG_MAX];
+  engram_verify_report r;
+  memset(&r, 0, sizeof r);
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_verify(self->log, &r));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  return Py_BuildValue("{s:K,s:K,s:K,s:s}", "topics", (unsigned long long)r.topics, "records",
+                       (unsigned long long)r.records, "damaged", (unsigned long long)r.damaged,
+                       "first_damage", r.first_damage);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Topics.
+ * ------------------------------------------------------------------------------ */
+static PyObject *topic_dict(const engram_topic_info *t) {
+  return Py_BuildValue("{s:s,s:{s:I,s:I,s:I,s:I},s:K,s:K,s:K,s:I,s:L}", "name", t->name,
+                       "config", "compress_threshold", t->config.compress_threshold,
+                       "max_payload", t->config.max_payload, "dict_train_after",
+                       t->config.dict_train_after, "flags", t->config.flags, "first_offset",
+                       (unsigned long long)t->first_offset, "head_offset",
+                       (unsigned long long)t->head_offset, "count",
+                       (unsigned long long)t->count, "dict_id", t->dict_id, "created_ns",
+                       (long long)t->created_ns);
+}
+
+static PyObject *Log_topic_create(LogObject *self, PyObject *args, PyObject *kw) {
+  static char *kws[] = {"topic", "compress_threshold", "max_payload", "dict_train_after",
+                        "flags", NULL};
+  const char *topic;
+  engram_topic_config c;
+  memset(&c, 0, sizeof c);
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O&O&O&O&:topic_create", kws, conv_str, &topic,
+                                   conv_u32, &c.compress_threshold, conv_u32, &c.max_payload,
+                                   conv_u32, &c.dict_train_after, conv_u32, &c.flags))
+    return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_topic_create(self->log, topic, &c));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_topic_info(LogObject *self, PyObject *args) {
+  const char *topic;
+  engram_topic_info t;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&:topic_info", conv_str, &topic)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_topic_info_get(self->log, topic, &t));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  return topic_dict(&t);
+}
+
+static PyObject *Log_topic_list(LogObject *self, PyObject *unused) {
+  engram_topic_info *ts = NULL;
+  size_t n = 0;
+  int rc;
+  char msg[MSG_MAX];
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_topic_list(self->log, &ts, &n));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *list = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; list && i < n; i++) {
+    PyObject *d = topic_dict(&ts[i]);
+    if (!d) {
+      Py_CLEAR(list);
+      break;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)i, d);
+  }
+  engram_free(ts);
+  return list;
+}
+
+static PyObject *Log_topic_drop(LogObject *self, PyObject *args) {
+  const char *topic;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&:topic_drop", conv_str, &topic)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_topic_drop(self->log, topic));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_topic_train_dict(LogObject *self, PyObject *args) {
+  const char *topic;
+  uint32_t id = 0;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&:topic_train_dict", conv_str, &topic)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_topic_train_dict(self->log, topic, &id));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  return PyLong_FromUnsignedLong(id);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Events in: a Python event spec is the tuple
+ *   (type, payload, key, content_type, headers, idempotency_key, deliver_at_ns)
+ * with payload a bytes-like object, headers a dict of str -> str or None.
+ * ------------------------------------------------------------------------------ */
+typedef struct {
+  engram_event ev;
+  Py_buffer payload;
+  int has_payload;
+  engram_header *headers;
+  PyObject *keep; /* strings whose UTF-8 the header pointers use */
+} evin;
+
+static void evin_clear(evin *e) {
+  if (e->has_payload) PyBuffer_Release(&e->payload);
+  e->has_payload = 0;
+  PyMem_Free(e->headers);
+  e->headers = NULL;
+  Py_CLEAR(e->keep);
+}
+
+/* Fills `e` from an event spec; holds references so the pointers stay valid while the
+ * call runs without the GIL. Returns 0, or -1 with an exception set. */
+static int evin_fill(evin *e, PyObject *spec) {
+  memset(e, 0, sizeof *e);
+  if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 7) {
+    PyErr_SetString(PyExc_TypeError, "event spec must be a 7-tuple");
+    return -1;
+  }
+  e->keep = PyList_New(0);
+  if (!e->keep) return -1;
+  if (PyList_Append(e->keep, spec) < 0) goto fail;
+  PyObject *type = PyTuple_GET_ITEM(spec, 0), *payload = PyTuple_GET_ITEM(spec, 1);
+  PyObject *key = PyTuple_GET_ITEM(spec, 2), *ctype = PyTuple_GET_ITEM(spec, 3);
+  PyObject *headers = PyTuple_GET_ITEM(spec, 4), *idem = PyTuple_GET_ITEM(spec, 5);
+  PyObject *at = PyTuple_GET_ITEM(spec, 6);
+  if (!conv_str(type, &e->ev.type)) goto fail;
+  if (payload != Py_None) {
+    if (PyObject_GetBuffer(payload, &e->payload, PyBUF_SIMPLE) < 0) goto fail;
+    e->has_payload = 1;
+    e->ev.payload = e->payload.buf;
+    e->ev.payload_len = (size_t)e->payload.len;
+  }
+  if (!conv_str_opt(key, &e->ev.key)) goto fail;
+  if (!conv_str_opt(ctype, &e->ev.content_type)) goto fail;
+  if (!conv_str_opt(idem, &e->ev.idempotency_key)) goto fail;
+  if (!conv_i64(at, &e->ev.deliver_at_ns)) goto fail;
+  if (headers != Py_None) {
+    if (!PyDict_Check(headers)) {
+      PyErr_Format(PyExc_TypeError, "headers must be a dict of str to str, got %.80s",
+                   Py_TYPE(headers)->tp_name);
+      goto fail;
+    }
+    /* A copy, so another thread changing the caller's dict cannot free our strings. */
+    PyObject *items = PyDict_Items(headers);
+    if (!items) goto fail;
+    int ok = PyList_Append(e->keep, items) == 0;
+    Py_DECREF(items);
+    if (!ok) goto fail;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    e->headers = PyMem_Calloc(n ? (size_t)n : 1, sizeof(engram_header));
+    if (!e->headers) {
+      PyErr_NoMemory();
+      goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+      PyObject *kv = PyList_GET_ITEM(items, i);
+      if (!conv_str(PyTuple_GET_ITEM(kv, 0), &e->headers[i].name)) goto fail;
+      if (!conv_str(PyTuple_GET_ITEM(kv, 1), &e->headers[i].value)) goto fail;
+    }
+    e->ev.headers = e->headers;
+    e->ev.n_headers = (size_t)n;
+  }
+  return 0;
+fail:
+  evin_clear(e);
+  return -1;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Events out: the tuple
+ *   (offset, topic, type, key, payload, content_type, headers, idempotency_key,
+ *    deliver_at_ns, timestamp_ns, attempt)
+ * ------------------------------------------------------------------------------ */
+static PyObject *str_or_none(const char *s) {
+  if (!s) Py_RETURN_NONE;
+  return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
+}
+
+static PyObject *event_tuple(const engram_event *ev) {
+  PyObject *h = PyDict_New();
+  if (!h) return NULL;
+  for (size_t i = 0; i < ev->n_headers; i++) {
+    PyObject *v = str_or_none(ev->headers[i].value);
+    if (!v || PyDict_SetItemString(h, ev->headers[i].name, v) < 0) {
+      Py_XDECREF(v);
+      Py_DECREF(h);
+      return NULL;
+    }
+    Py_DECREF(v);
+  }
+  const char *ct = ev->content_type && *ev->content_type ? ev->content_type : NULL;
+  return Py_BuildValue("(KNNNy#NNNLLI)", (unsigned long long)ev->offset, str_or_none(ev->topic),
+                       str_or_none(ev->type), str_or_none(ev->key),
+                       ev->payload ? (const char *)ev->payload : "", (Py_ssize_t)ev->payload_len,
+                       str_or_none(ct), h, str_or_none(ev->idempotency_key),
+                       (long long)ev->deliver_at_ns, (long long)ev->timestamp_ns,
+                       (unsigned int)ev->attempt);
+}
+
+/* Converts a batch to a list of event tuples and frees it. */
+static PyObject *batch_list(engram_batch *b) {
+  PyObject *list = PyList_New(b ? (Py_ssize_t)b->count : 0);
+  for (size_t i = 0; list && b && i < b->count; i++) {
+    PyObject *t = event_tuple(&b->events[i]);
+    if (!t) {
+      Py_CLEAR(list);
+      break;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+  }
+  engram_batch_free(b);
+  return list;
+}
+
+static PyObject *Log_append(LogObject *self, PyObject *args) {
+  const char *topic;
+  PyObject *spec;
+  evin e;
+  uint64_t off = 0;
+  int dup = 0, rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&O:append", conv_str, &topic, &spec)) return NULL;
+  if (evin_fill(&e, spec) < 0) return NULL;
+  if (enter(self)) {
+    evin_clear(&e);
+    return NULL;
+  }
+  RUN(self, rc, msg, engram_append(self->log, topic, &e.ev, &off, &dup));
+  leave(self);
+  evin_clear(&e);
+  if (rc < 0) return raise_code(rc, msg);
+  return Py_BuildValue("(KO)", (unsigned long long)off, dup ? Py_True : Py_False);
+}
+
+static PyObject *Log_append_batch(LogObject *self, PyObject *args) {
+  const char *topic;
+  PyObject *specs, *seq = NULL, *out = NULL;
+  evin *es = NULL;
+  uint64_t *offs = NULL;
+  int *dups = NULL;
+  Py_ssize_t n = 0, filled = 0;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&O:append_batch", conv_str, &topic, &specs)) return NULL;
+  seq = PySequence_Fast(specs, "events must be a sequence of event specs");
+  if (!seq) return NULL;
+  n = PySequence_Fast_GET_SIZE(seq);
+  if (n == 0) {
+    Py_DECREF(seq);
+    return PyList_New(0);
+  }
+  es = PyMem_Calloc((size_t)n, sizeof *es);
+  offs = PyMem_Calloc((size_t)n, sizeof *offs);
+  dups = PyMem_Calloc((size_t)n, sizeof *dups);
+  engram_event *evs = PyMem_Calloc((size_t)n, sizeof *evs);
+  if (!es || !offs || !dups || !evs) {
+    PyErr_NoMemory();
+    goto out;
+  }
+  for (; filled < n; filled++) {
+    if (evin_fill(&es[filled], PySequence_Fast_GET_ITEM(seq, filled)) < 0) goto out;
+    evs[filled] = es[filled].ev;
+  }
+  if (enter(self)) goto out;
+  RUN(self, rc, msg, engram_append_batch(self->log, topic, evs, (size_t)n, offs, dups));
+  leave(self);
+  if (rc < 0) {
+    raise_code(rc, msg);
+    goto out;
+  }
+  out = PyList_New(n);
+  for (Py_ssize_t i = 0; out && i < n; i++) {
+    PyObject *t = Py_BuildValue("(KO)", (unsigned long long)offs[i], dups[i] ? Py_True : Py_False);
+    if (!t) Py_CLEAR(out);
+    else PyList_SET_ITEM(out, i, t);
+  }
+out:
+  for (Py_ssize_t i = 0; i < filled; i++) evin_clear(&es[i]);
+  PyMem_Free(es);
+  PyMem_Free(offs);
+  PyMem_Free(dups);
+  PyMem_Free(evs);
+  Py_DECREF(seq);
+  return out;
+}
+
+static PyObject *Log_append_async(LogObject *self, PyObject *args) {
+  const char *topic;
+  PyObject *spec;
+  evin e;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&O:append_async", conv_str, &topic, &spec)) return NULL;
+  if (evin_fill(&e, spec) < 0) return NULL;
+  if (enter(self)) {
+    evin_clear(&e);
+    return NULL;
+  }
+  RUN(self, rc, msg, engram_append_async(self->log, topic, &e.ev, NULL, NULL));
+  leave(self);
+  evin_clear(&e);
+  return done(rc, msg);
+}
+
+static PyObject *Log_append_wait(LogObject *self, PyObject *unused) {
+  int rc;
+  char msg[MSG_MAX];
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_append_wait(self->log));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_read(LogObject *self, PyObject *args) {
+  const char *topic;
+  uint64_t off;
+  engram_batch *b = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&O&:read", conv_str, &topic, conv_u64, &off)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_read(self->log, topic, off, &b));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  if (!b || b->count == 0) {
+    engram_batch_free(b);
+    return raise_code(ENGRAM_ENOTFOUND, "read: no event at that offset");
+  }
+  PyObject *t = event_tuple(&b->events[0]);
+  engram_batch_free(b);
+  return t;
+}
+
+static PyObject *Log_read_range(LogObject *self, PyObject *args) {
+  const char *topic;
+  uint64_t from;
+  size_t max;
+  engram_batch *b = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&O&O&:read_range", conv_str, &topic, conv_u64, &from, conv_size,
+                        &max))
+    return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_read_range(self->log, topic, from, max, &b));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  return batch_list(b);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Consumer groups.
+ * ------------------------------------------------------------------------------ */
+static PyObject *group_dict(const engram_group_info *g) {
+  PyObject *filters = PyList_New(0), *backoff = PyList_New(0);
+  if (!filters || !backoff) goto fail;
+  for (size_t i = 0; i < g->n_filters && i < ENGRAM_MAX_FILTERS; i++) {
+    PyObject *s = PyUnicode_FromString(g->filters[i]);
+    if (!s || PyList_Append(filters, s) < 0) {
+      Py_XDECREF(s);
+      goto fail;
+    }
+    Py_DECREF(s);
+  }
+  for (size_t i = 0; i < g->n_backoff && i < ENGRAM_MAX_BACKOFF; i++) {
+    PyObject *v = PyLong_FromUnsignedLongLong(g->backoff_ms[i]);
+    if (!v || PyList_Append(backoff, v) < 0) {
+      Py_XDECREF(v);
+      goto fail;
+    }
+    Py_DECREF(v);
+  }
+  return Py_BuildValue(
+      "{s:s,s:s,s:N,s:K,s:I,s:N,s:K,s:I,s:L,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:L}", "topic",
+      g->topic, "name", g->name, "filters", filters, "ack_wait_ms",
+      (unsigned long long)g->ack_wait_ms, "max_deliver", g->max_deliver, "backoff_ms", backoff,
+      "result_ttl_ms", (unsigned long long)g->result_ttl_ms, "flags", g->flags, "created_ns",
+      (long long)g->created_ns, "floor", (unsigned long long)g->floor, "next",
+      (unsigned long long)g->next, "lag", (unsigned long long)g->lag, "in_flight",
+      (unsigned long long)g->in_flight, "retrying", (unsigned long long)g->retrying, "dead",
+      (unsigned long long)g->dead, "acked", (unsigned long long)g->acked, "redelivered",
+      (unsigned long long)g->redelivered, "delivered", (unsigned long long)g->delivered,
+      "oldest_unfinished_ns", (long long)g->oldest_unfinished_ns);
+fail:
+  Py_XDECREF(filters);
+  Py_XDECREF(backoff);
+  return NULL;
+}
+
+static PyObject *Log_group_create(LogObject *self, PyObject *args, PyObject *kw) {
+  static char *kws[] = {"topic",       "group",       "filters",    "start",
+                        "start_offset", "start_time_ns", "ack_wait_ms", "max_deliver",
+                        "backoff_ms",  "result_ttl_ms", "flags",      NULL};
+  const char *topic, *group;
+  PyObject *filters = Py_None, *fseq = NULL;
+  uint32_t start = 0;
+  struct u64s backoff = {NULL, 0};
+  engram_group_config c;
+  memset(&c, 0, sizeof c);
+  const char **fs = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  PyObject *ret = NULL;
+  NEED(engram_group_create);
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&|OO&O&O&O&O&O&O&O&:group_create", kws,
+                                   conv_str, &topic, conv_str, &group, &filters, conv_u32,
+                                   &start, conv_u64, &c.start_offset, conv_i64,
+                                   &c.start_time_ns, conv_u64, &c.ack_wait_ms, conv_u32,
+                                   &c.max_deliver, conv_u64s, &backoff, conv_u64,
+                                   &c.result_ttl_ms, conv_u32, &c.flags))
+    return NULL;
+  if (start > ENGRAM_START_TIME) {
+    raise_code(ENGRAM_EINVAL, "group: start must be EARLIEST, LATEST, OFFSET or TIME");
+    goto out;
+  }
+  c.start = (engram_start)start;
+  if (filters != Py_None) {
+    if (PyUnicode_Check(filters)) {
+      PyErr_SetString(PyExc_TypeError, "filters must be a list of str, not a str");
+      goto out;
+    }
+    fseq = PySequence_Fast(filters, "filters must be a list of str");
+    if (!fseq) goto out;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fseq);
+    fs = PyMem_Calloc(n ? (size_t)n : 1, sizeof *fs);
+    if (!fs) {
+      PyErr_NoMemory();
+      goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+      if (!conv_str(PySequence_Fast_GET_ITEM(fseq, i), &fs[i])) goto out;
+    c.filters = fs;
+    c.n_filters = (size_t)n;
+  }
+  c.backoff_ms = backoff.v;
+  c.n_backoff = backoff.n;
+  if (enter(self)) goto out;
+  RUN(self, rc, msg, engram_group_create(self->log, topic, group, &c));
+  leave(self);
+  ret = done(rc, msg);
+out:
+  PyMem_Free(fs);
+  PyMem_Free(backoff.v);
+  Py_XDECREF(fseq);
+  return ret;
+}
+
+static PyObject *Log_group_info(LogObject *self, PyObject *args) {
+  const char *topic, *group;
+  engram_group_info g;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_group_info_get);
+  if (!PyArg_ParseTuple(args, "O&O&:group_info", conv_str, &topic, conv_str, &group))
+    return NULL;
+  memset(&g, 0, sizeof g);
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_group_info_get(self->log, topic, group, &g));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  return group_dict(&g);
+}
+
+static PyObject *Log_group_list(LogObject *self, PyObject *args) {
+  const char *topic = NULL;
+  engram_group_info *gs = NULL;
+  size_t n = 0;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_group_list);
+  if (!PyArg_ParseTuple(args, "|O&:group_list", conv_str_opt, &topic)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_group_list(self->log, topic, &gs, &n));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *list = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; list && i < n; i++) {
+    PyObject *d = group_dict(&gs[i]);
+    if (!d) {
+      Py_CLEAR(list);
+      break;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)i, d);
+  }
+  engram_free(gs);
+  return list;
+}
+
+static PyObject *Log_group_delete(LogObject *self, PyObject *args) {
+  const char *topic, *group;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_group_delete);
+  if (!PyArg_ParseTuple(args, "O&O&:group_delete", conv_str, &topic, conv_str, &group))
+    return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_group_delete(self->log, topic, group));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_group_reset(LogObject *self, PyObject *args) {
+  const char *topic, *group;
+  uint32_t to;
+  uint64_t off = 0;
+  int64_t t = 0;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_group_reset);
+  if (!PyArg_ParseTuple(args, "O&O&O&|O&O&:group_reset", conv_str, &topic, conv_str, &group,
+                        conv_u32, &to, conv_u64, &off, conv_i64, &t))
+    return NULL;
+  if (to > ENGRAM_START_TIME)
+    return raise_code(ENGRAM_EINVAL, "reset: `to` must be EARLIEST, LATEST, OFFSET or TIME");
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_group_reset(self->log, topic, group, (engram_start)to, off, t));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_fetch(LogObject *self, PyObject *args) {
+  const char *topic, *group, *consumer;
+  size_t max;
+  uint64_t wait_ms;
+  engram_batch *b = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_fetch);
+  if (!PyArg_ParseTuple(args, "O&O&O&O&O&:fetch", conv_str, &topic, conv_str, &group, conv_str,
+                        &consumer, conv_size, &max, conv_u64, &wait_ms))
+    return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_fetch(self->log, topic, group, consumer, max, wait_ms, &b));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  return batch_list(b);
+}
+
+static PyObject *Log_ack(LogObject *self, PyObject *args) {
+  const char *topic, *group;
+  uint64_t off;
+  uint32_t attempt;
+  PyObject *result = Py_None;
+  Py_buffer rb = {0};
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_ack);
+  if (!PyArg_ParseTuple(args, "O&O&O&O&|O:ack", conv_str, &topic, conv_str, &group, conv_u64,
+                        &off, conv_u32, &attempt, &result))
+    return NULL;
+  if (result != Py_None && PyObject_GetBuffer(result, &rb, PyBUF_SIMPLE) < 0) return NULL;
+  if (enter(self)) {
+    if (rb.obj) PyBuffer_Release(&rb);
+    return NULL;
+  }
+  RUN(self, rc, msg,
+      engram_ack(self->log, topic, group, off, attempt, rb.obj ? rb.buf : NULL,
+                 rb.obj ? (size_t)rb.len : 0));
+  leave(self);
+  if (rb.obj) PyBuffer_Release(&rb);
+  return done(rc, msg);
+}
+
+/* items: sequence of (offset, attempt, result or None); returns the list of codes. */
+static PyObject *Log_ack_many(LogObject *self, PyObject *args) {
+  const char *topic, *group;
+  PyObject *items, *seq, *out = NULL;
+  engram_ack_item *it = NULL;
+  Py_buffer *bufs = NULL;
+  int *codes = NULL, rc;
+  Py_ssize_t n, got = 0;
+  char msg[MSG_MAX];
+  NEED(engram_ack_many);
+  if (!PyArg_ParseTuple(args, "O&O&O:ack_many", conv_str, &topic, conv_str, &group, &items))
+    return NULL;
+  seq = PySequence_Fast(items, "items must be a sequence of (offset, attempt, result)");
+  if (!seq) return NULL;
+  n = PySequence_Fast_GET_SIZE(seq);
+  it = PyMem_Calloc(n ? (size_t)n : 1, sizeof *it);
+  bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof *bufs);
+  codes = PyMem_Calloc(n ? (size_t)n : 1, sizeof *codes);
+  if (!it || !bufs || !codes) {
+    PyErr_NoMemory();
+    goto out;
+  }
+  for (; got < n; got++) {
+    PyObject *t = PySequence_Fast_GET_ITEM(seq, got), *res;
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
+      PyErr_SetString(PyExc_TypeError, "each item must be (offset, attempt, result)");
+      goto out;
+    }
+    if (!conv_u64(PyTuple_GET_ITEM(t, 0), &it[got].offset)) goto out;
+    if (!conv_u32(PyTuple_GET_ITEM(t, 1), &it[got].attempt)) goto out;
+    res = PyTuple_GET_ITEM(t, 2);
+    if (res != Py_None) {
+      if (PyObject_GetBuffer(res, &bufs[got], PyBUF_SIMPLE) < 0) goto out;
+      it[got].result = bufs[got].buf;
+      it[got].result_len = (size_t)bufs[got].len;
+    }
+  }
+  if (n == 0) {
+    out = PyList_New(0);
+    goto out;
+  }
+  if (enter(self)) goto out;
+  RUN(self, rc, msg, engram_ack_many(self->log, topic, group, it, (size_t)n, codes));
+  leave(self);
+  (void)rc;
+  out = PyList_New(n);
+  for (Py_ssize_t i = 0; out && i < n; i++) {
+    PyObject *v = PyLong_FromLong(codes[i]);
+    if (!v) Py_CLEAR(out);
+    else PyList_SET_ITEM(out, i, v);
+  }
+out:
+  for (Py_ssize_t i = 0; bufs && i < got; i++)
+    if (bufs[i].obj) PyBuffer_Release(&bufs[i]);
+  PyMem_Free(it);
+  PyMem_Free(bufs);
+  PyMem_Free(codes);
+  Py_DECREF(seq);
+  return out;
+}
+
+static PyObject *Log_nack(LogObject *self, PyObject *args) {
+  const char *topic, *group, *error = NULL;
+  uint64_t off;
+  uint32_t attempt;
+  int64_t delay = -1;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_nack);
+  if (!PyArg_ParseTuple(args, "O&O&O&O&|O&O&:nack", conv_str, &topic, conv_str, &group,
+                        conv_u64, &off, conv_u32, &attempt, conv_i64, &delay, conv_str_opt,
+                        &error))
+    return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_nack(self->log, topic, group, off, attempt, delay, error));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_reject(LogObject *self, PyObject *args) {
+  const char *topic, *group, *reason = NULL;
+  uint64_t off;
+  uint32_t attempt;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_reject);
+  if (!PyArg_ParseTuple(args, "O&O&O&O&|O&:reject", conv_str, &topic, conv_str, &group,
+                        conv_u64, &off, conv_u32, &attempt, conv_str_opt, &reason))
+    return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_reject(self->log, topic, group, off, attempt, reason));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_extend(LogObject *self, PyObject *args) {
+  const char *topic, *group;
+  uint64_t off, ms = 0;
+  uint32_t attempt;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_extend);
+  if (!PyArg_ParseTuple(args, "O&O&O&O&|O&:extend", conv_str, &topic, conv_str, &group,
+                        conv_u64, &off, conv_u32, &attempt, conv_u64, &ms))
+    return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_extend(self->log, topic, group, off, attempt, ms));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_cancel(LogObject *self, PyObject *args) {
+  const char *topic, *group;
+  uint64_t off;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_cancel);
+  if (!PyArg_ParseTuple(args, "O&O&O&:cancel", conv_str, &topic, conv_str, &group, conv_u64,
+                        &off))
+    return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_cancel(self->log, topic, group, off));
+  leave(self);
+  return done(rc, msg);
+}
+
+static const char *state_name(engram_event_state s) {
+  if (engram_state_name) return engram_state_name(s);
+  static const char *names[] = {"pending", "in_flight", "retrying", "done", "dead", "skipped"};
+  return (unsigned)s < 6 ? names[s] : "unknown";
+}
+
+static PyObject *Log_status(LogObject *self, PyObject *args) {
+  const char *topic, *group;
+  uint64_t off;
+  engram_status st;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_status_get);
+  if (!PyArg_ParseTuple(args, "O&O&O&:status", conv_str, &topic, conv_str, &group, conv_u64,
+                        &off))
+    return NULL;
+  memset(&st, 0, sizeof st);
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_status_get(self->log, topic, group, off, &st));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *res;
+  if (st.result) res = PyBytes_FromStringAndSize(st.result, (Py_ssize_t)st.result_len);
+  else res = Py_NewRef(Py_None);
+  engram_free(st.result);
+  if (!res) return NULL;
+  return Py_BuildValue("{s:i,s:s,s:s,s:I,s:L,s:s,s:N}", "state", (int)st.state, "state_name",
+                       state_name(st.state), "consumer", st.consumer, "attempt", st.attempt,
+                       "deadline_ns", (long long)st.deadline_ns, "last_error", st.last_error,
+                       "result", res);
+}
+
+static PyObject *Log_dlq_list(LogObject *self, PyObject *args) {
+  const char *topic, *group;
+  uint64_t from = 0;
+  size_t max = 0, n = 0;
+  engram_dlq_entry *es = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_dlq_list);
+  if (!PyArg_ParseTuple(args, "O&O&|O&O&:dlq_list", conv_str, &topic, conv_str, &group,
+                        conv_u64, &from, conv_size, &max))
+    return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_dlq_list(self->log, topic, group, from, max, &es, &n));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *list = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; list && i < n; i++) {
+    engram_dlq_entry *e = &es[i];
+    PyObject *d = Py_BuildValue("{s:K,s:I,s:s,s:s,s:s,s:L,s:L}", "offset",
+                                (unsigned long long)e->offset, "attempts", e->attempts, "reason",
+                                e->reason, "last_error", e->last_error, "consumer", e->consumer,
+                                "first_delivered_ns", (long long)e->first_delivered_ns,
+                                "dead_ns", (long long)e->dead_ns);
+    if (!d) {
+      Py_CLEAR(list);
+      break;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)i, d);
+  }
+  engram_free(es);
+  return list;
+}
+
+typedef int (*dlq_op)(engram *, const char *, const char *, const uint64_t *, size_t, size_t *);
+
+static PyObject *dlq_apply(LogObject *self, PyObject *args, const char *fmt, dlq_op op) {
+  const char *topic, *group;
+  struct u64s offs = {NULL, 0};
+  size_t count = 0;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, fmt, conv_str, &topic, conv_str, &group, conv_u64s, &offs))
+    return NULL;
+  if (enter(self)) {
+    PyMem_Free(offs.v);
+    return NULL;
+  }
+  RUN(self, rc, msg, op(self->log, topic, group, offs.v, offs.n, &count));
+  leave(self);
+  PyMem_Free(offs.v);
+  if (rc < 0) return raise_code(rc, msg);
+  return PyLong_FromSize_t(count);
+}
+
+static PyObject *Log_dlq_purge(LogObject *self, PyObject *args) {
+  NEED(engram_dlq_purge);
+  return dlq_apply(self, args, "O&O&|O&:dlq_purge", engram_dlq_purge);
+}
+
+static PyObject *Log_dlq_redrive(LogObject *self, PyObject *args) {
+  NEED(engram_dlq_redrive);
+  return dlq_apply(self, args, "O&O&|O&:dlq_redrive", engram_dlq_redrive);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Transactions: acks and appends committed together.
+ * ------------------------------------------------------------------------------ */
+typedef struct {
+  PyObject_HEAD LogObject *owner;
+  engram_txn *txn;
+  uint64_t **offsets; /* one slot per queued append, filled at commit */
+  size_t n, cap;
+  PyObject *keep;     /* event specs and results whose memory the queued items use */
+} TxnObject;
+
+static PyTypeObject TxnType;
+
+static void txn_release(TxnObject *t) {
+  for (size_t i = 0; i < t->n; i++) PyMem_Free(t->offsets[i]);
+  PyMem_Free(t->offsets);
+  t->offsets = NULL;
+  t->n = t->cap = 0;
+  if (t->owner) t->owner->txns--;
+  Py_CLEAR(t->owner);
+  Py_CLEAR(t->keep);
+}
+
+static void Txn_dealloc(TxnObject *t) {
+  if (t->txn && t->owner && !t->owner->closed && t->owner->gen == fork_gen)
+    engram_txn_abort(t->txn);
+  t->txn = NULL;
+  txn_release(t);
+  PyObject_Free(t);
+}
+
+static PyObject *Log_txn_begin(LogObject *self, PyObject *unused) {
+  engram_txn *txn = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_txn_begin);
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_txn_begin(self->log, &txn));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  TxnObject *t = PyObject_New(TxnObject, &TxnType);
+  if (!t) {
+    engram_txn_abort(txn);
+    return NULL;
+  }
+  t->txn = txn;
+  t->owner = (LogObject *)Py_NewRef(self);
+  t->offsets = NULL;
+  t->n = t->cap = 0;
+  t->keep = PyList_New(0);
+  self->txns++;
+  if (!t->keep) {
+    Py_DECREF(t);
+    return NULL;
+  }
+  return (PyObject *)t;
+}
+
+static int txn_live(TxnObject *t) {
+  if (!t->txn) {
+    raise_code(ENGRAM_ECLOSED, "the transaction is already committed or aborted");
+    return -1;
+  }
+  if (t->owner->closed || t->owner->gen != fork_gen) {
+    raise_code(ENGRAM_ECLOSED, "the log handle is closed");
+    return -1;
+  }
+  return 0;
+}
+
+static PyObject *Txn_ack(TxnObject *t, PyObject *args) {
+  const char *topic, *group;
+  uint64_t off;
+  uint32_t attempt;
+  PyObject *result = Py_None;
+  Py_buffer rb = {0};
+  if (txn_live(t)) return NULL;
+  if (!PyArg_ParseTuple(args, "O&O&O&O&|O:ack", conv_str, &topic, conv_str, &group, conv_u64,
+                        &off, conv_u32, &attempt, &result))
+    return NULL;
+  if (result != Py_None && PyObject_GetBuffer(result, &rb, PyBUF_SIMPLE) < 0) return NULL;
+  int rc = engram_txn_ack(t->txn, topic, group, off, attempt, rb.obj ? rb.buf : NULL,
+                          rb.obj ? (size_t)rb.len : 0);
+  if (rb.obj) PyBuffer_Release(&rb);
+  return done(rc, engram_errmsg(t->owner->log));
+}
+
+static PyObject *Txn_append(TxnObject *t, PyObject *args) {
+  const char *topic;
+  PyObject *spec;
+  evin e;
+  if (txn_live(t)) return NULL;
+  if (!PyArg_ParseTuple(args, "O&O:append", conv_str, &topic, &spec)) return NULL;
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 8;
+    uint64_t **o = PyMem_Realloc(t->offsets, cap * sizeof *o);
+    if (!o) return PyErr_NoMemory();
+    t->offsets = o;
+    t->cap = cap;
+  }
+  uint64_t *slot = PyMem_Calloc(1, sizeof *slot);
+  if (!slot) return PyErr_NoMemory();
+  if (evin_fill(&e, spec) < 0) {
+    PyMem_Free(slot);
+    return NULL;
+  }
+  int rc = engram_txn_append(t->txn, topic, &e.ev, slot);
+  evin_clear(&e); /* the event is copied by engram_txn_append */
+  if (rc < 0) {
+    PyMem_Free(slot);
+    return raise_code(rc, engram_errmsg(t->owner->log));
+  }
+  t->offsets[t->n++] = slot;
+  return PyLong_FromSize_t(t->n - 1);
+}
+
+static PyObject *Txn_commit(TxnObject *t, PyObject *unused) {
+  int rc;
+  char msg[MSG_MAX];
+  LogObject *self = t->owner;
+  if (txn_live(t)) return NULL;
+  engram_txn *txn = t->txn;
+  t->txn = NULL;
+  if (enter(self)) {
+    engram_txn_abort(txn);
+    txn_release(t);
+    return NULL;
+  }
+  RUN(self, rc, msg, engram_txn_commit(txn));
+  leave(self);
+  PyObject *out = NULL;
+  if (rc < 0) raise_code(rc, msg);
+  else {
+    out = PyList_New((Py_ssize_t)t->n);
+    for (size_t i = 0; out && i < t->n; i++) {
+      PyObject *v = PyLong_FromUnsignedLongLong(*t->offsets[i]);
+      if (!v) Py_CLEAR(out);
+      else PyList_SET_ITEM(out, (Py_ssize_t)i, v);
+    }
+  }
+  txn_release(t);
+  return out;
+}
+
+static PyObject *Txn_abort(TxnObject *t, PyObject *unused) {
+  if (t->txn && t->owner && !t->owner->closed && t->owner->gen == fork_gen)
+    engram_txn_abort(t->txn);
+  t->txn = NULL;
+  txn_release(t);
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef Txn_methods[] = {
+    {"ack", (PyCFunction)Txn_ack, METH_VARARGS, "ack(topic, group, offset, attempt, result=None)"},
+    {"append", (PyCFunction)Txn_append, METH_VARARGS,
+     "append(topic, spec) -> index of the append in commit()'s result"},
+    {"commit", (PyCFunction)Txn_commit, METH_NOARGS, "commit() -> offsets of the appends"},
+    {"abort", (PyCFunction)Txn_abort, METH_NOARGS, "abort()"},
+    {NULL}};
+
+static PyTypeObject TxnType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "engram._engram.Txn",
+    .tp_basicsize = sizeof(TxnObject),
+    .tp_dealloc = (destructor)Txn_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A buffered transaction over one log handle.",
+    .tp_methods = Txn_methods,
+};
+
+/* ---------------------------------------------------------------------------------
+ * Module functions.
+ * ------------------------------------------------------------------------------ */
+static PyMethodDef Log_methods[] = {
+    {"close", (PyCFunction)Log_close, METH_NOARGS, "close()"},
+    {"sync", (PyCFunction)Log_sync, METH_NOARGS, "sync()"},
+    {"backup", (PyCFunction)Log_backup, METH_VARARGS, "backup(dest)"},
+    {"verify", (PyCFunction)Log_verify, METH_NOARGS, "verify() -> dict"},
+    {"topic_create", (PyCFunction)(void (*)(void))Log_topic_create, METH_VARARGS | METH_KEYWORDS,
+     "topic_create(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0)"},
+    {"topic_info", (PyCFunction)Log_topic_info, METH_VARARGS, "topic_info(topic) -> dict"},
+    {"topic_list", (PyCFunction)Log_topic_list, METH_NOARGS, "topic_list() -> list of dict"},
+    {"topic_drop", (PyCFunction)Log_topic_drop, METH_VARARGS, "topic_drop(topic)"},
+    {"topic_train_dict", (PyCFunction)Log_topic_train_dict, METH_VARARGS,
+     "topic_train_dict(topic) -> dictionary id"},
+    {"append", (PyCFunction)Log_append, METH_VARARGS, "append(topic, spec) -> (offset, duplicate)"},
+    {"append_batch", (PyCFunction)Log_append_batch, METH_VARARGS,
+     "append_batch(topic, specs) -> list of (offset, duplicate)"},
+    {"append_async", (PyCFunction)Log_append_async, METH_VARARGS, "append_async(topic, spec)"},
+    {"append_wait", (PyCFunction)Log_append_wait, METH_NOARGS, "append_wait()"},
+    {"read", (PyCFunction)Log_read, METH_VARARGS, "read(topic, offset) -> event tuple"},
+    {"read_range", (PyCFunction)Log_read_range, METH_VARARGS,
+     "read_range(topic, from, max) -> list of event tuples"},
+    {"group_create", (PyCFunction)(void (*)(void))Log_group_create, METH_VARARGS | METH_KEYWORDS,
+     "group_create(topic, group, filters=None, start=0, start_offset=0, start_time_ns=0, "
+     "ack_wait_ms=0, max_deliver=0, backoff_ms=None, result_ttl_ms=0, flags=0)"},
+    {"group_info", (PyCFunction)Log_group_info, METH_VARARGS, "group_info(topic, group) -> dict"},
+    {"group_list", (PyCFunction)Log_group_list, METH_VARARGS, "group_list(topic=None)"},
+    {"group_delete", (PyCFunction)Log_group_delete, METH_VARARGS, "group_delete(topic, group)"},
+    {"group_reset", (PyCFunction)Log_group_reset, METH_VARARGS,
+     "group_reset(topic, group, to, offset=0, time_ns=0)"},
+    {"fetch", (PyCFunction)Log_fetch, METH_VARARGS,
+     "fetch(topic, group, consumer, max, wait_ms) -> list of event tuples"},
+    {"ack", (PyCFunction)Log_ack, METH_VARARGS, "ack(topic, group, offset, attempt, result=None)"},
+    {"ack_many", (PyCFunction)Log_ack_many, METH_VARARGS,
+     "ack_many(topic, group, items) -> list of codes"},
+    {"nack", (PyCFunction)Log_nack, METH_VARARGS,
+     "nack(topic, group, offset, attempt, delay_ms=-1, error=None)"},
+    {"reject", (PyCFunction)Log_reject, METH_VARARGS,
+     "reject(topic, group, offset, attempt, reason=None)"},
+    {"extend", (PyCFunction)Log_extend, METH_VARARGS,
+     "extend(topic, group, offset, attempt, ms=0)"},
+    {"cancel", (PyCFunction)Log_cancel, METH_VARARGS, "cancel(topic, group, offset)"},
+    {"status", (PyCFunction)Log_status, METH_VARARGS, "status(topic, group, offset) -> dict"},
+    {"dlq_list", (PyCFunction)Log_dlq_list, METH_VARARGS,
+     "dlq_list(topic, group, from=0, max=0) -> list of dict"},
+    {"dlq_purge", (PyCFunction)Log_dlq_purge, METH_VARARGS,
+     "dlq_purge(topic, group, offsets=None) -> count"},
+    {"dlq_redrive", (PyCFunction)Log_dlq_redrive, METH_VARARGS,
+     "dlq_redrive(topic, group, offsets=None) -> count"},
+    {"txn_begin", (PyCFunction)Log_txn_begin, METH_NOARGS, "txn_begin() -> Txn"},
+    {NULL}};
+
+static PyGetSetDef Log_getset[] = {
+    {"closed", (getter)Log_get_closed, NULL, "True once closed (or inherited through fork)", NULL},
+    {NULL}};
+
+static PyTypeObject LogType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "engram._engram.Log",
+    .tp_basicsize = sizeof(LogObject),
+    .tp_dealloc = (destructor)Log_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One engram handle (embedded or remote); see engram.Log for the public API.",
+    .tp_methods = Log_methods,
+    .tp_getset = Log_getset,
+    .tp_weaklistoffset = offsetof(LogObject, weakrefs),
+};
+
+static PyObject *mod_open(PyObject *m, PyObject *args, PyObject *kw) {
+  static char *kws[] = {"path",          "durability",        "map_size", "max_topics",
+                        "dedup_window_ms", "flush_interval_ms", "flags",    NULL};
+  const char *path;
+  uint32_t durability = 0;
+  engram_options o;
+  memset(&o, 0, sizeof o);
+  engram *h = NULL;
+  int rc;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O&O&O&O&O&O&:open", kws, conv_str, &path,
+                                   conv_u32, &durability, conv_u64, &o.map_size, conv_u32,
+                                   &o.max_topics, conv_u64, &o.dedup_window_ms, conv_u32,
+                                   &o.flush_interval_ms, conv_u32, &o.flags))
+    return NULL;
+  if (durability > ENGRAM_DURABILITY_ASYNC)
+    return raise_code(ENGRAM_EINVAL, "open: durability must be SYNC, NOMETASYNC or ASYNC");
+  o.durability = (engram_durability)durability;
+  Py_BEGIN_ALLOW_THREADS rc = engram_open(path, &o, &h);
+  Py_END_ALLOW_THREADS if (rc < 0) {
+    char msg[MSG_MAX];
+    snprintf(msg, sizeof msg, "open %s: %s", path, engram_strerror(rc));
+    return raise_code(rc, msg);
+  }
+  return (PyObject *)log_new(h);
+}
+
+static PyObject *mod_connect(PyObject *m, PyObject *args, PyObject *kw) {
+  static char *kws[] = {"endpoint",   "timeout_ms", "server_key", "public_key",
+                        "secret_key", "pipeline_window", NULL};
+  const char *endpoint;
+  engram_connect_options o;
+  memset(&o, 0, sizeof o);
+  engram *h = NULL;
+  int rc;
+  NEED(engram_connect);
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O&O&O&O&O&:connect", kws, conv_str, &endpoint,
+                                   conv_u32, &o.timeout_ms, conv_str_opt, &o.server_key,
+                                   conv_str_opt, &o.public_key, conv_str_opt, &o.secret_key,
+                                   conv_u32, &o.pipeline_window))
+    return NULL;
+  Py_BEGIN_ALLOW_THREADS rc = engram_connect(endpoint, &o, &h);
+  Py_END_ALLOW_THREADS if (rc < 0) {
+    char msg[MSG_MAX];
+    snprintf(msg, sizeof msg, "connect %s: %s", endpoint, engram_strerror(rc));
+    return raise_code(rc, msg);
+  }
+  return (PyObject *)log_new(h);
+}
+
+static PyObject *mod_strerror(PyObject *m, PyObject *args) {
+  int code;
+  if (!PyArg_ParseTuple(args, "i:strerror", &code)) return NULL;
+  return PyUnicode_FromString(engram_strerror(code));
+}
+
+static PyObject *mod_errname(PyObject *m, PyObject *args) {
+  int code;
+  if (!PyArg_ParseTuple(args, "i:errname", &code)) return NULL;
+  return PyUnicode_FromString(engram_errname(code));
+}
+
+static PyObject *mod_keygen(PyObject *m, PyObject *unused) {
+  char pub[41], sec[41];
+  NEED(engram_keygen);
+  int rc = engram_keygen(pub, sec);
+  if (rc < 0) return raise_code(rc, NULL);
+  return Py_BuildValue("(ss)", pub, sec);
+}
+
+static PyObject *mod_missing(PyObject *m, PyObject *unused) {
+  /* Names of the functions this build lacks, for engram.features(). */
+  struct {
+    const char *name;
+    int have;
+  } fns[] = {{"engram_group_create", engram_group_create != NULL},
+             {"engram_fetch", engram_fetch != NULL},
+             {"engram_ack", engram_ack != NULL},
+             {"engram_dlq_redrive", engram_dlq_redrive != NULL},
+             {"engram_txn_begin", engram_txn_begin != NULL},
+             {"engram_status_get", engram_status_get != NULL},
+             {"engram_connect", engram_connect != NULL},
+             {"engram_keygen", engram_keygen != NULL}};
+  PyObject *list = PyList_New(0);
+  for (size_t i = 0; list && i < sizeof fns / sizeof fns[0]; i++) {
+    if (fns[i].have) continue;
+    PyObject *s = PyUnicode_FromString(fns[i].name);
+    if (!s || PyList_Append(list, s) < 0) Py_CLEAR(list);
+    Py_XDECREF(s);
+  }
+  return list;
+}
+
+static PyObject *mod_register_errors(PyObject *m, PyObject *args) {
+  PyObject *base, *types;
+  if (!PyArg_ParseTuple(args, "OO!:_register_errors", &base, &PyDict_Type, &types)) return NULL;
+  Py_XSETREF(error_base, Py_NewRef(base));
+  Py_XSETREF(error_types, Py_NewRef(types));
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef mod_methods[] = {
+    {"open", (PyCFunction)(void (*)(void))mod_open, METH_VARARGS | METH_KEYWORDS,
+     "open(path, durability=0, map_size=0, max_topics=0, dedup_window_ms=0, "
+     "flush_interval_ms=0, flags=0) -> Log"},
+    {"connect", (PyCFunction)(void (*)(void))mod_connect, METH_VARARGS | METH_KEYWORDS,
+     "connect(endpoint, timeout_ms=0, server_key=None, public_key=None, secret_key=None, "
+     "pipeline_window=0) -> Log"},
+    {"strerror", mod_strerror, METH_VARARGS, "strerror(code) -> str"},
+    {"errname", mod_errname, METH_VARARGS, "errname(code) -> str"},
+    {"keygen", mod_keygen, METH_NOARGS, "keygen() -> (public_key, secret_key)"},
+    {"missing", mod_missing, METH_NOARGS, "missing() -> names of functions this build lacks"},
+    {"_register_errors", mod_register_errors, METH_VARARGS, "_register_errors(base, types)"},
+    {NULL}};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_engram",
+                                    "engram.h as a CPython extension; use the engram package.",
+                                    -1, mod_methods};
+
+PyMODINIT_FUNC PyInit__engram(void) {
+  static int atfork_done;
+  if (!atfork_done) {
+    pthread_atfork(NULL, NULL, after_fork_child);
+    atfork_done = 1;
+  }
+  if (PyType_Ready(&LogType) < 0 || PyType_Ready(&TxnType) < 0) return NULL;
+  PyObject *m = PyModule_Create(&moddef);
+  if (!m) return NULL;
+  Py_INCREF(&LogType);
+  Py_INCREF(&TxnType);
+  if (PyModule_AddObject(m, "Log", (PyObject *)&LogType) < 0 ||
+      PyModule_AddObject(m, "Txn", (PyObject *)&TxnType) < 0)
+    goto fail;
+#define INT(name, v) \
+  if (PyModule_AddIntConstant(m, name, (long)(v)) < 0) goto fail
+  INT("VERSION_MAJOR", ENGRAM_VERSION_MAJOR);
+  INT("VERSION_MINOR", ENGRAM_VERSION_MINOR);
+  INT("VERSION_PATCH", ENGRAM_VERSION_PATCH);
+  INT("FORMAT_VERSION", ENGRAM_FORMAT_VERSION);
+  INT("PROTOCOL_VERSION", ENGRAM_PROTOCOL_VERSION);
+  INT("MAX_NAME", ENGRAM_MAX_NAME);
+  INT("MAX_TYPE", ENGRAM_MAX_TYPE);
+  INT("MAX_KEY", ENGRAM_MAX_KEY);
+  INT("MAX_CONTENT_TYPE", ENGRAM_MAX_CONTENT_TYPE);
+  INT("MAX_HEADERS", ENGRAM_MAX_HEADERS);
+  INT("MAX_HEADER_BYTES", ENGRAM_MAX_HEADER_BYTES);
+  INT("MAX_FILTERS", ENGRAM_MAX_FILTERS);
+  INT("MAX_BACKOFF", ENGRAM_MAX_BACKOFF);
+  INT("MAX_PAYLOAD_LIMIT", ENGRAM_MAX_PAYLOAD_LIMIT);
+  INT("DURABILITY_SYNC", ENGRAM_DURABILITY_SYNC);
+  INT("DURABILITY_NOMETASYNC", ENGRAM_DURABILITY_NOMETASYNC);
+  INT("DURABILITY_ASYNC", ENGRAM_DURABILITY_ASYNC);
+  INT("OPEN_NOCREATE", ENGRAM_OPEN_NOCREATE);
+  INT("TOPIC_NO_DICT", ENGRAM_TOPIC_NO_DICT);
+  INT("GROUP_KEY_ORDERED", ENGRAM_GROUP_KEY_ORDERED);
+  INT("START_EARLIEST", ENGRAM_START_EARLIEST);
+  INT("START_LATEST", ENGRAM_START_LATEST);
+  INT("START_OFFSET", ENGRAM_START_OFFSET);
+  INT("START_TIME", ENGRAM_START_TIME);
+  INT("STATE_PENDING", ENGRAM_STATE_PENDING);
+  INT("STATE_IN_FLIGHT", ENGRAM_STATE_IN_FLIGHT);
+  INT("STATE_RETRYING", ENGRAM_STATE_RETRYING);
+  INT("STATE_DONE", ENGRAM_STATE_DONE);
+  INT("STATE_DEAD", ENGRAM_STATE_DEAD);
+  INT("STATE_SKIPPED", ENGRAM_STATE_SKIPPED);
+#undef INT
+  if (PyModule_AddStringConstant(m, "VERSION", ENGRAM_VERSION_STRING) < 0) goto fail;
+  return m;
+fail:
+  Py_DECREF(m);
+  return NULL;
+}
