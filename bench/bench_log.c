@@ -1,0 +1,539 @@
+/* bench_log.c — append and scan throughput of the log, next to this machine's raw limits. */
+#include <errno.h>
+#include <fcntl.h>
+#include <lmdb.h> /* the raw LMDB baseline only; engram itself is reached through engram.h */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/bench.h"
+#include "common/engram_bench.h"
+
+static const char *usage =
+    "usage: bench_log [options]\n"
+    "  Append and scan throughput of engram with real memory events, each figure next to\n"
+    "  this machine's raw fdatasync rate and raw LMDB appends measured in the same run.\n"
+    "  --json PATH        write results as JSON (one result per line) to PATH\n"
+    "  --seconds S        time bound per workload (default 3)\n"
+    "  --scan-events N    events in the scan topic (default 200000, at least 1000)\n"
+    "  --threads N        producers of the group-commit workload (default 8)\n"
+    "  --pipelined        also run one producer with engram_append_async + engram_append_wait\n"
+    "  --only LIST        comma-separated subset: fsync,one,many,pipelined,batch,async,scan\n"
+    "  --dir DIR          where to create logs (default a temporary directory under $TMPDIR)\n"
+    "  --quick            shorter bounds (1 s, 50k scan events), for a smoke run\n";
+
+static bench_events evs;
+static double seconds = 3;
+static uint64_t scan_events = 200000;
+static int threads = 8;
+static char root[4096];
+static const char *only;
+static bench_out out;
+
+/* Limits measured in this run; 0 until measured. */
+static double fsync_rate, lmdb_commit_rate, lmdb_batch_rate, lmdb_append_rate, lmdb_scan_rate;
+static double one_thread_rate;
+
+static int wanted(const char *name) {
+  if (!only) return 1;
+  size_t n = strlen(name);
+  for (const char *p = only; (p = strstr(p, name)); p += n)
+    if ((p == only || p[-1] == ',') && (p[n] == 0 || p[n] == ',')) return 1;
+  return 0;
+}
+
+static void emit(bench_result *r) {
+  bench_table_row(r);
+  bench_out_add(&out, r);
+}
+
+static void path_for(char *buf, size_t cap, const char *name) {
+  snprintf(buf, cap, "%s/%s", root, name);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Raw limits.
+ * ------------------------------------------------------------------------------ */
+
+/* 4 KiB pwrite + fdatasync over a preallocated file: what one durable commit can cost at
+ * least. Overwriting keeps the file size fixed, so no journal commit is needed for it. */
+static void raw_fsync(void) {
+  char path[4200];
+  path_for(path, sizeof path, "fsync.bin");
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) bench_die("open %s: %s", path, strerror(errno));
+  enum { BLOCKS = 256 };
+  static char block[4096];
+  memset(block, 'x', sizeof block);
+  for (int i = 0; i < BLOCKS; i++)
+    if (pwrite(fd, block, sizeof block, (off_t)i * 4096) != (ssize_t)sizeof block)
+      bench_die("pwrite: %s", strerror(errno));
+  fsync(fd);
+  bench_samples lat = {0};
+  bench_bound b = bench_bound_make(seconds < 2 ? seconds : 2, 100000);
+  uint64_t n = 0;
+  while (!bench_bound_done(&b, n)) {
+    int64_t t0 = bench_now_ns();
+    block[0] = (char)n;
+    if (pwrite(fd, block, sizeof block, (off_t)(n % BLOCKS) * 4096) != (ssize_t)sizeof block)
+      bench_die("pwrite: %s", strerror(errno));
+    if (fdatasync(fd)) bench_die("fdatasync: %s", strerror(errno));
+    bench_samples_add(&lat, bench_now_ns() - t0);
+    n++;
+  }
+  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  close(fd);
+  unlink(path);
+  bench_result r;
+  bench_result_init(&r, "fdatasync_4k", "disk", "fdatasync");
+  bench_result_rate(&r, n, s, 0);
+  r.p50_us = (double)bench_samples_pct(&lat, 50) / 1e3;
+  r.p99_us = (double)bench_samples_pct(&lat, 99) / 1e3;
+  r.p999_us = (double)bench_samples_pct(&lat, 99.9) / 1e3;
+  bench_samples_free(&lat);
+  bench_result_note(&r, "the physical limit of one durable write");
+  fsync_rate = r.events_per_s;
+  emit(&r);
+}
+
+static void mdb_check(int rc, const char *what) {
+  if (rc) bench_die("lmdb %s: %s", what, mdb_strerror(rc));
+}
+
+typedef struct raw_env {
+  MDB_env *env;
+  MDB_dbi dbi;
+  char dir[4200];
+} raw_env;
+
+static void raw_open(raw_env *e, const char *name, unsigned flags) {
+  path_for(e->dir, sizeof e->dir, name);
+  bench_rmrf(e->dir);
+  if (mkdir(e->dir, 0755)) bench_die("mkdir %s: %s", e->dir, strerror(errno));
+  mdb_check(mdb_env_create(&e->env), "env_create");
+  mdb_check(mdb_env_set_mapsize(e->env, (size_t)8 << 30), "set_mapsize");
+  mdb_check(mdb_env_set_maxdbs(e->env, 4), "set_maxdbs");
+  mdb_check(mdb_env_open(e->env, e->dir, flags, 0644), "env_open");
+  MDB_txn *txn;
+  mdb_check(mdb_txn_begin(e->env, NULL, 0, &txn), "txn_begin");
+  mdb_check(mdb_dbi_open(txn, "events", MDB_CREATE | MDB_INTEGERKEY, &e->dbi), "dbi_open");
+  mdb_check(mdb_txn_commit(txn), "commit");
+}
+
+static void raw_close(raw_env *e) {
+  mdb_env_close(e->env);
+  bench_rmrf(e->dir);
+}
+
+/* Puts events [next, next + n) with MDB_APPEND in `txn`; returns their payload bytes. */
+static uint64_t raw_put(raw_env *e, MDB_txn *txn, uint64_t *next, size_t n) {
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint64_t k = ++*next;
+    const bench_event *ev = bench_event_at(&evs, k - 1);
+    MDB_val key = {sizeof k, &k}, val = {ev->payload_len, (void *)ev->payload};
+    mdb_check(mdb_put(txn, e->dbi, &key, &val, MDB_APPEND), "put");
+    bytes += ev->payload_len;
+  }
+  return bytes;
+}
+
+/* Commits of `per_commit` puts each, synced per the env's flags. */
+static double raw_commits(const char *workload, const char *durability, unsigned flags,
+                          size_t per_commit, uint64_t max_events, const char *note) {
+  raw_env e;
+  raw_open(&e, "lmdb-commits", flags);
+  uint64_t next = 0, bytes = 0;
+  bench_bound b = bench_bound_make(seconds < 2 ? seconds : 2, max_events);
+  while (!bench_bound_done(&b, next)) {
+    MDB_txn *txn;
+    mdb_check(mdb_txn_begin(e.env, NULL, 0, &txn), "txn_begin");
+    bytes += raw_put(&e, txn, &next, per_commit);
+    mdb_check(mdb_txn_commit(txn), "commit");
+  }
+  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  raw_close(&e);
+  bench_result r;
+  bench_result_init(&r, workload, "lmdb", durability);
+  bench_result_rate(&r, next, s, bytes);
+  if (fsync_rate > 0) bench_result_ratio(&r, fsync_rate * (double)per_commit, "fdatasync x puts/commit", 0);
+  bench_result_note(&r, "%s", note);
+  emit(&r);
+  return r.events_per_s;
+}
+
+/* One transaction of MDB_APPEND puts of the same bytes and its commit, without a flush
+ * (MDB_NOSYNC): the CPU cost of LMDB alone, which is what an async engram append is read
+ * against. Then the cursor walk over those records: reading before any decoding. */
+static void raw_append_one_txn(void) {
+  raw_env e;
+  raw_open(&e, "lmdb-append", MDB_NOSYNC);
+  uint64_t next = 0, bytes = 0;
+  MDB_txn *txn;
+  bench_bound b = bench_bound_make(seconds, 1000000);
+  mdb_check(mdb_txn_begin(e.env, NULL, 0, &txn), "txn_begin");
+  while (!bench_bound_done(&b, next)) bytes += raw_put(&e, txn, &next, 1000);
+  mdb_check(mdb_txn_commit(txn), "commit");
+  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  bench_result r;
+  bench_result_init(&r, "lmdb_append_1txn", "lmdb", "nosync");
+  bench_result_rate(&r, next, s, bytes);
+  bench_result_note(&r, "MDB_APPEND of the same payload bytes in one transaction, commit unflushed");
+  lmdb_append_rate = r.events_per_s;
+  emit(&r);
+
+  double rates[8];
+  uint64_t seen = 0, sum = 0;
+  size_t passes = 0;
+  for (int pass = 0; pass < 4; pass++) { /* the first pass only warms the page cache */
+    int64_t t0 = bench_now_ns();
+    uint64_t k0 = 0;
+    mdb_check(mdb_txn_begin(e.env, NULL, MDB_RDONLY, &txn), "txn_begin");
+    MDB_cursor *c;
+    mdb_check(mdb_cursor_open(txn, e.dbi, &c), "cursor_open");
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+      k0++;
+      sum += v.mv_size;
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    if (pass) {
+      rates[passes++] = (double)k0 / ((double)(bench_now_ns() - t0) / 1e9);
+      seen += k0;
+    }
+  }
+  double med = bench_median(rates, passes);
+  bench_result_init(&r, "lmdb_cursor_scan", "lmdb", "-");
+  bench_result_rate(&r, seen, (double)seen / med, sum / 4 * 3);
+  bench_result_note(&r, "raw cursor walk over %llu records, no decoding (median of %zu passes)",
+                    (unsigned long long)next, passes);
+  lmdb_scan_rate = r.events_per_s;
+  emit(&r);
+  raw_close(&e);
+}
+
+/* ---------------------------------------------------------------------------------
+ * engram workloads.
+ * ------------------------------------------------------------------------------ */
+static engram *open_log(const char *name, engram_durability d) {
+  char dir[4200];
+  path_for(dir, sizeof dir, name);
+  bench_rmrf(dir);
+  engram_options o = {0};
+  o.durability = d;
+  engram *log = NULL;
+  bench_engram_check(NULL, engram_open(dir, &o, &log), "open");
+  bench_engram_check(log, engram_topic_create(log, "memory", NULL), "topic create");
+  return log;
+}
+
+static void close_log(engram *log, const char *name) {
+  char dir[4200];
+  engram_close(log);
+  path_for(dir, sizeof dir, name);
+  bench_rmrf(dir);
+}
+
+static void one_thread(void) {
+  engram *log = open_log("one", ENGRAM_DURABILITY_SYNC);
+  bench_samples lat = {0};
+  uint64_t n = 0, bytes = 0;
+  bench_bound b = bench_bound_make(seconds, 50000);
+  while (!bench_bound_done(&b, n)) {
+    const bench_event *e = bench_event_at(&evs, n);
+    engram_event ev = bench_engram_event(e);
+    int64_t t0 = bench_now_ns();
+    bench_engram_check(log, engram_append(log, "memory", &ev, NULL, NULL), "append");
+    bench_samples_add(&lat, bench_now_ns() - t0);
+    bytes += e->payload_len;
+    n++;
+  }
+  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  close_log(log, "one");
+  bench_result r;
+  bench_result_init(&r, "append_1thread", "engram", "sync");
+  bench_result_rate(&r, n, s, bytes);
+  bench_result_ratio(&r, fsync_rate, "fdatasync", 0.9);
+  r.p50_us = (double)bench_samples_pct(&lat, 50) / 1e3;
+  r.p99_us = (double)bench_samples_pct(&lat, 99) / 1e3;
+  r.p999_us = (double)bench_samples_pct(&lat, 99.9) / 1e3;
+  bench_samples_free(&lat);
+  if (lmdb_commit_rate > 0)
+    snprintf(r.extra, sizeof r.extra, "\"ratio_to_lmdb_commit_sync\": %.4f", r.events_per_s / lmdb_commit_rate);
+  bench_result_note(&r, "one event per commit");
+  one_thread_rate = r.events_per_s;
+  emit(&r);
+}
+
+typedef struct producer {
+  pthread_t th;
+  engram *log;
+  int id;
+  bench_bound *bound;
+  uint64_t n, bytes;
+} producer;
+
+static void *produce(void *arg) {
+  producer *p = arg;
+  uint64_t i = (uint64_t)p->id * 1000003;
+  while (!bench_bound_done(p->bound, p->n)) {
+    const bench_event *e = bench_event_at(&evs, i++);
+    engram_event ev = bench_engram_event(e);
+    bench_engram_check(p->log, engram_append(p->log, "memory", &ev, NULL, NULL), "append");
+    p->bytes += e->payload_len;
+    p->n++;
+  }
+  return NULL;
+}
+
+static void many_threads(void) {
+  engram *log = open_log("many", ENGRAM_DURABILITY_SYNC);
+  producer *ps = calloc((size_t)threads, sizeof *ps);
+  if (!ps) bench_die("out of memory");
+  bench_bound b = bench_bound_make(seconds, 50000);
+  for (int i = 0; i < threads; i++) {
+    ps[i] = (producer){.log = log, .id = i, .bound = &b};
+    if (pthread_create(&ps[i].th, NULL, produce, &ps[i])) bench_die("pthread_create failed");
+  }
+  uint64_t n = 0, bytes = 0;
+  for (int i = 0; i < threads; i++) {
+    pthread_join(ps[i].th, NULL);
+    n += ps[i].n;
+    bytes += ps[i].bytes;
+  }
+  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  free(ps);
+  close_log(log, "many");
+  char name[64];
+  snprintf(name, sizeof name, "append_%dthreads", threads);
+  bench_result r;
+  bench_result_init(&r, name, "engram", "sync");
+  bench_result_rate(&r, n, s, bytes);
+  if (one_thread_rate > 0)
+    bench_result_ratio(&r, one_thread_rate, "append_1thread", 6);
+  if (fsync_rate > 0)
+    snprintf(r.extra, sizeof r.extra, "\"ratio_to_fdatasync\": %.4f", r.events_per_s / fsync_rate);
+  bench_result_note(&r, "one event per append, commits shared (group commit); %.2f x fdatasync",
+                    fsync_rate > 0 ? r.events_per_s / fsync_rate : 0);
+  emit(&r);
+}
+
+static uint64_t acked;
+static void on_ack(void *ctx, int rc, uint64_t offset, int duplicate) {
+  if (rc == 0) acked++;
+}
+
+static void pipelined(void) {
+  engram *log = open_log("pipe", ENGRAM_DURABILITY_SYNC);
+  uint64_t n = 0, bytes = 0;
+  acked = 0;
+  bench_bound b = bench_bound_make(seconds, 50000);
+  while (!bench_bound_done(&b, n)) {
+    const bench_event *e = bench_event_at(&evs, n);
+    engram_event ev = bench_engram_event(e);
+    bench_engram_check(log, engram_append_async(log, "memory", &ev, on_ack, NULL), "append_async");
+    bytes += e->payload_len;
+    n++;
+  }
+  bench_engram_check(log, engram_append_wait(log), "append_wait");
+  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  close_log(log, "pipe");
+  bench_result r;
+  bench_result_init(&r, "append_pipelined", "engram", "sync");
+  bench_result_rate(&r, acked, s, bytes);
+  bench_result_ratio(&r, fsync_rate, "fdatasync", 0.9);
+  bench_result_note(&r, "one producer, engram_append_async + engram_append_wait");
+  emit(&r);
+}
+
+static void batches(engram_durability d, const char *name, int per_batch) {
+  engram *log = open_log(name, d);
+  engram_event *batch = calloc((size_t)per_batch, sizeof *batch);
+  uint64_t *offs = calloc((size_t)per_batch, sizeof *offs);
+  if (!batch || !offs) bench_die("out of memory");
+  uint64_t n = 0, bytes = 0;
+  bench_bound b = bench_bound_make(seconds, d == ENGRAM_DURABILITY_SYNC ? 1000000 : 2000000);
+  while (!bench_bound_done(&b, n)) {
+    for (int i = 0; i < per_batch; i++) {
+      const bench_event *e = bench_event_at(&evs, n + (uint64_t)i);
+      batch[i] = bench_engram_event(e);
+      bytes += e->payload_len;
+    }
+    bench_engram_check(log, engram_append_batch(log, "memory", batch, (size_t)per_batch, offs, NULL),
+                       "append_batch");
+    n += (uint64_t)per_batch;
+  }
+  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  free(batch);
+  free(offs);
+  close_log(log, name);
+  char wl[64];
+  snprintf(wl, sizeof wl, "append_batch%d", per_batch);
+  bench_result r;
+  bench_result_init(&r, wl, "engram", bench_durability_name(d));
+  bench_result_rate(&r, n, s, bytes);
+  if (d == ENGRAM_DURABILITY_SYNC) {
+    if (lmdb_batch_rate > 0) bench_result_ratio(&r, lmdb_batch_rate, "lmdb_commit_100puts_sync", 0);
+    bench_result_target_rate(&r, 100000);
+  } else if (d == ENGRAM_DURABILITY_ASYNC) {
+    if (lmdb_append_rate > 0) bench_result_ratio(&r, lmdb_append_rate, "lmdb_append_1txn", 0.85);
+  } else if (lmdb_append_rate > 0) {
+    bench_result_ratio(&r, lmdb_append_rate, "lmdb_append_1txn", 0);
+  }
+  bench_result_note(&r, "%d events per engram_append_batch", per_batch);
+  emit(&r);
+}
+
+static void scan(void) {
+  engram *log = open_log("scan", ENGRAM_DURABILITY_ASYNC);
+  enum { FILL = 1000, PAGE = 1000 };
+  engram_event *batch = calloc(FILL, sizeof *batch);
+  uint64_t *offs = calloc(FILL, sizeof *offs);
+  if (!batch || !offs) bench_die("out of memory");
+  uint64_t bytes = 0;
+  int64_t t0 = bench_now_ns();
+  for (uint64_t n = 0; n < scan_events; n += FILL) {
+    size_t k = scan_events - n < FILL ? (size_t)(scan_events - n) : FILL;
+    for (size_t i = 0; i < k; i++) {
+      const bench_event *e = bench_event_at(&evs, n + i);
+      batch[i] = bench_engram_event(e);
+      bytes += e->payload_len;
+    }
+    bench_engram_check(log, engram_append_batch(log, "memory", batch, k, offs, NULL), "append_batch");
+  }
+  bench_engram_check(log, engram_sync(log), "sync");
+  double fill_s = (double)(bench_now_ns() - t0) / 1e9;
+  free(batch);
+  free(offs);
+  engram_topic_info info;
+  bench_engram_check(log, engram_topic_info_get(log, "memory", &info), "topic info");
+
+  /* Passes over the whole topic until the time bound; the median pass is reported. */
+  double rates[16];
+  size_t passes = 0;
+  uint64_t total = 0, checksum = 0;
+  bench_bound b = bench_bound_make(seconds, 0);
+  while (passes < 16 && (passes < 3 || bench_now_ns() < b.end_ns)) {
+    uint64_t from = 1, seen = 0;
+    int64_t p0 = bench_now_ns();
+    for (;;) {
+      engram_batch *page = NULL;
+      bench_engram_check(log, engram_read_range(log, "memory", from, PAGE, &page), "read_range");
+      size_t c = page->count;
+      for (size_t i = 0; i < c; i++) checksum += page->events[i].payload_len;
+      if (c) from = page->events[c - 1].offset + 1;
+      seen += c;
+      engram_batch_free(page);
+      if (c == 0) break;
+    }
+    double s = (double)(bench_now_ns() - p0) / 1e9;
+    if (seen != scan_events)
+      bench_die("scan saw %llu events, expected %llu", (unsigned long long)seen,
+                (unsigned long long)scan_events);
+    rates[passes++] = (double)seen / s;
+    total += seen;
+  }
+  close_log(log, "scan");
+  double med = bench_median(rates, passes);
+  bench_result r;
+  bench_result_init(&r, "scan_read_range", "engram", "-");
+  bench_result_rate(&r, total, (double)total / med, checksum);
+  if (lmdb_scan_rate > 0) bench_result_ratio(&r, lmdb_scan_rate, "lmdb_cursor_scan", 0);
+  bench_result_target_rate(&r, 2000000);
+  snprintf(r.extra, sizeof r.extra,
+           "\"topic_events\": %llu, \"passes\": %zu, \"dict_id\": %u, \"prefill_events_per_s\": %.0f",
+           (unsigned long long)scan_events, passes, info.dict_id, (double)scan_events / fill_s);
+  bench_result_note(&r, "median of %zu passes over %llu events, pages of %d, decode + zstd%s", passes,
+                    (unsigned long long)scan_events, PAGE, info.dict_id ? " with dictionary" : "");
+  emit(&r);
+}
+
+int main(int argc, char **argv) {
+  const char *json = NULL, *dir = NULL;
+  int pipe_on = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      fputs(usage, stdout);
+      return 0;
+    } else if (!strcmp(a, "--json") && v) {
+      json = v;
+      i++;
+    } else if (!strcmp(a, "--seconds") && v) {
+      seconds = bench_arg_double(v, "--seconds");
+      i++;
+    } else if (!strcmp(a, "--scan-events") && v) {
+      scan_events = (uint64_t)bench_arg_double(v, "--scan-events");
+      i++;
+    } else if (!strcmp(a, "--threads") && v) {
+      threads = (int)bench_arg_double(v, "--threads");
+      i++;
+    } else if (!strcmp(a, "--only") && v) {
+      only = v;
+      i++;
+    } else if (!strcmp(a, "--dir") && v) {
+      dir = v;
+      i++;
+    } else if (!strcmp(a, "--pipelined")) {
+      pipe_on = 1;
+    } else if (!strcmp(a, "--quick")) {
+      seconds = 1;
+      scan_events = 50000;
+    } else {
+      fprintf(stderr, "bench_log: unknown or incomplete option %s\n%s", a, usage);
+      return 2;
+    }
+  }
+  if (seconds <= 0 || scan_events < 1000 || threads < 1 || threads > 256)
+    bench_die("--seconds > 0, --scan-events >= 1000, --threads 1..256");
+  if (dir) {
+    snprintf(root, sizeof root, "%s/bench-log.%d", dir, (int)getpid());
+    if (mkdir(root, 0755)) bench_die("mkdir %s: %s", root, strerror(errno));
+  } else if (bench_mkdtemp(root, sizeof root, "log")) {
+    bench_die("cannot create a temporary directory: %s", strerror(errno));
+  }
+  if (bench_events_load(&evs)) bench_die("cannot load or generate events");
+  char run_extra[256];
+  snprintf(run_extra, sizeof run_extra, "\"seconds_per_workload\": %g, \"threads\": %d", seconds, threads);
+  if (bench_out_open(&out, json, "log", &evs, run_extra)) return 1;
+  printf("engram %s bench_log: %zu distinct events from %s (payload p50 %zu B, p90 %zu B, p99 %zu B)\n",
+         ENGRAM_VERSION_STRING, evs.n, evs.source, bench_events_size_pct(&evs, 50),
+         bench_events_size_pct(&evs, 90), bench_events_size_pct(&evs, 99));
+  printf("logs in %s; each workload bounded to %.1f s\n\n", root, seconds);
+  bench_table_header();
+
+  /* Each engram figure runs right after the raw limit it is read against, so drift on a
+   * shared machine hits both alike. */
+  if (wanted("fsync") || wanted("one") || wanted("pipelined")) raw_fsync();
+  if (wanted("one")) {
+    lmdb_commit_rate = raw_commits("lmdb_commit_1put", "sync", 0, 1, 20000,
+                                   "plain synced LMDB commit of one put: flushes twice");
+    raw_commits("lmdb_commit_1put", "nometasync", MDB_NOMETASYNC, 1, 20000,
+                "MDB_NOMETASYNC: one flush per commit");
+    one_thread();
+  }
+  if (wanted("many")) many_threads();
+  if (wanted("pipelined") && (pipe_on || (only && strstr(only, "pipelined")))) pipelined();
+  if (wanted("batch")) {
+    lmdb_batch_rate = raw_commits("lmdb_commit_100puts", "sync", 0, 100, 1000000,
+                                  "100 MDB_APPEND puts per synced commit");
+    batches(ENGRAM_DURABILITY_SYNC, "batch-sync", 100);
+  }
+  if (wanted("async") || wanted("scan")) raw_append_one_txn();
+  if (wanted("async")) {
+    batches(ENGRAM_DURABILITY_ASYNC, "batch-async", 100);
+    batches(ENGRAM_DURABILITY_NOMETASYNC, "batch-nometa", 100);
+  }
+  if (wanted("scan")) scan();
+
+  bench_out_close(&out);
+  bench_rmrf(root);
+  bench_events_free(&evs);
+  if (json) printf("\nresults: %s\n", json);
+  return 0;
+}
