@@ -1,5 +1,5 @@
 /* drop.c — dropping a topic: its events (log/) and every group on it (consumers/). */
-#include "consumers/consumers.h"
+#include "consumers/cg.h"
 
 static int drop_job(log_wtx *w, void *arg) {
   const char *topic = arg;
@@ -11,6 +11,11 @@ static int drop_job(log_wtx *w, void *arg) {
 int engram_topic_drop(engram *log, const char *topic) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->topic_drop(log, topic);
-  int rc = log_write_solo(log, drop_job, (void *)topic);
+  /* Open the group databases first: a solo job may not open handles through
+   * log_aux_dbi (it holds the handle lock). */
+  cg_dbs d;
+  int rc = cg_dbs_get(log, &d);
+  if (rc) return rc;
+  rc = log_write_solo(log, drop_job, (void *)topic);
   return rc < 0 ? rc : 0;
 }

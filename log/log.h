@@ -261,6 +261,7 @@ engram_event *log_bb_add(log_bb *bb, engram *log, MDB_txn *txn, const log_topic 
 /* Finishes building: returns the batch (never NULL unless out of memory). */
 engram_batch *log_bb_finish(log_bb *bb);
 void log_bb_free(log_bb *bb);
+size_t log_bb_count(const log_bb *bb);
 /* Copies bytes into the batch's memory; used by upper layers to attach strings. */
 void *log_bb_copy(log_bb *bb, const void *p, size_t n);
 

@@ -54,6 +54,8 @@ void engram_batch_free(engram_batch *b) { log_bb_free((log_bb *)b); }
 
 engram_batch *log_bb_finish(log_bb *bb) { return &bb->pub; }
 
+size_t log_bb_count(const log_bb *bb) { return bb->pub.count; }
+
 static void *bb_alloc(log_bb *bb, size_t n) {
   n = (n + 7) & ~(size_t)7;
   struct chunk *c = bb->chunks;

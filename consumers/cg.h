@@ -1,0 +1,95 @@
+/* cg.h — declarations shared by the files of consumers/ only. */
+#ifndef ENGRAM_CG_H
+#define ENGRAM_CG_H
+
+#include "consumers/consumers.h"
+#include "schema/group.pb-c.h"
+
+#define CG_DEFAULT_ACK_WAIT_MS 30000
+#define CG_DEFAULT_MAX_DELIVER 5
+#define CG_DEFAULT_RESULT_TTL_MS 86400000ull
+#define CG_MAX_DELAY_MS (30ull * 86400 * 1000)
+#define CG_MAX_RESULT (1u << 20)
+#define CG_MAX_LEASE_SPAN 65536 /* offsets one lease may cover */
+
+enum { CG_LEASED = 1, CG_WAITING = 2, CG_BLOCKED = 3 };
+
+/* The databases of the consumer layer. */
+typedef struct cg_dbs {
+  MDB_dbi groups;  /* "topic\0group" -> GroupMeta */
+  MDB_dbi leases;  /* gid|first -> Lease */
+  MDB_dbi due;     /* gid|due_ns|first -> "" : leases by deadline / due time */
+  MDB_dbi dlq;     /* gid|offset -> DlqEntry */
+  MDB_dbi results; /* gid|offset -> expires_ns|bytes */
+  MDB_dbi keys;    /* gid|key -> KeyState (key-ordered groups) */
+  MDB_dbi skips;   /* gid|offset -> "" : cancelled before the cursor reached them */
+} cg_dbs;
+int cg_dbs_get(engram *log, cg_dbs *d);
+
+/* A loaded group: its meta record and the names it is stored under. */
+typedef struct cg_group {
+  char topic[ENGRAM_MAX_NAME + 1];
+  char name[ENGRAM_MAX_NAME + 1];
+  Engram__GroupMeta *meta; /* owned; free with cg_group_free */
+  log_topic t;
+} cg_group;
+/* Loads a group in txn. Errors: EINVAL (names), ENOTFOUND (topic or group). */
+int cg_group_load(engram *log, MDB_txn *txn, const cg_dbs *d, const char *topic, const char *group,
+                  cg_group *g);
+int cg_group_store(engram *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g);
+void cg_group_free(cg_group *g);
+int cg_filter_match(const Engram__GroupMeta *m, const char *type, size_t len);
+
+/* A lease in memory. */
+typedef struct cg_lease {
+  uint64_t first;
+  Engram__Lease *pb; /* owned */
+} cg_lease;
+void cg_lease_free(cg_lease *l);
+int cg_bit(const ProtobufCBinaryData *b, uint64_t i);
+void cg_bit_set(ProtobufCBinaryData *b, uint64_t i);
+/* Finds the lease whose range holds `offset` as a member. Returns 0 and fills *l, or
+ * ENGRAM_ENOTFOUND. */
+int cg_lease_find(MDB_txn *txn, const cg_dbs *d, uint32_t gid, uint64_t offset, cg_lease *l);
+/* Writes a lease and its due-index entry (deleting the entry at old_due when non-zero). */
+int cg_lease_put(MDB_txn *txn, const cg_dbs *d, uint32_t gid, const cg_lease *l, int64_t old_due);
+int cg_lease_del(MDB_txn *txn, const cg_dbs *d, uint32_t gid, const cg_lease *l);
+/* Builds a new lease in memory for offsets [first, last]. */
+int cg_lease_new(cg_lease *l, uint64_t first, uint64_t last, int state);
+/* Members not yet done. */
+uint64_t cg_lease_open(const cg_lease *l);
+const char *cg_lease_key(const cg_lease *l, uint64_t offset);
+/* Marks `offset` done in its lease and deletes the lease when nothing is left; releases
+ * its key in key-ordered groups. Writes the lease. */
+int cg_lease_finish(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset);
+/* Moves the open members of l within [lo, hi] into a new lease *out keyed at its first
+ * member, with l's state, attempt, deadline, consumer, error and keys; writes l (re-keyed
+ * when its first offset moved to out) but not out. ENGRAM_ENOTFOUND when none is open. */
+int cg_lease_extract(MDB_txn *txn, const cg_dbs *d, uint32_t gid, cg_lease *l, uint64_t lo, uint64_t hi,
+                     cg_lease *out);
+int64_t cg_stored_due(const cg_lease *l);
+/* Moves aside a lease keyed at `offset` (where offset itself is finished), so a new
+ * single-event lease can take that key. */
+int cg_lease_make_room(MDB_txn *txn, const cg_dbs *d, uint32_t gid, uint64_t offset);
+/* Moves `offset` out of lease l into a single-event lease of `state` due at `due`, and
+ * writes both. */
+int cg_lease_split_one(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset,
+                       int state, int64_t due, const char *error, cg_lease *out);
+/* Sends offset (a member of l, or l == NULL) to the DLQ. */
+int cg_dead(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset, const char *reason,
+            const char *last_error);
+/* Key-ordered groups: the key's owner finished; hand the key to the next waiting event. */
+int cg_key_release(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, uint64_t offset);
+
+void cg_key_gid(unsigned char *k, uint32_t gid);
+void cg_key_gid_off(unsigned char *k, uint32_t gid, uint64_t off);
+/* Deletes every key of dbi with the 4-byte gid prefix. */
+int cg_del_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t gid);
+/* Appends "offset" details of the group for messages. */
+#define CG_WHAT "%s/%s"
+
+/* settle.c: one ack inside a job (used by txn.c too). */
+int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt, const void *result,
+               size_t result_len);
+
+#endif

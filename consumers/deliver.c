@@ -1,0 +1,362 @@
+/* deliver.c — fetch: leasing due retries and expired leases first, then new events. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "consumers/cg.h"
+
+#define MAX_FETCH 10000
+#define SCAN_FACTOR 16 /* new events looked at per event wanted, before giving up for now */
+
+struct fetch_req {
+  const char *topic, *group, *consumer;
+  size_t max;
+  cg_dbs d;
+  log_bb *bb; /* the events delivered; rebuilt when the job is retried */
+};
+
+static int set_consumer(Engram__Lease *pb, const char *consumer) {
+  char *s = strdup(consumer);
+  if (!s) return ENGRAM_ENOMEM;
+  if (pb->consumer && pb->consumer != protobuf_c_empty_string) free(pb->consumer);
+  pb->consumer = s;
+  return 0;
+}
+
+/* Adds event `o` to the batch with its attempt. An unreadable record goes to the DLQ. */
+static int add_event(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t o, uint32_t attempt, int *added) {
+  log_view v;
+  *added = 0;
+  int rc = log_view_get(w->log, w->txn, &g->t, o, &v);
+  if (rc) return rc;
+  engram_event *e = log_bb_add(r->bb, w->log, w->txn, &g->t, &v, &rc);
+  if (!e) return rc;
+  e->attempt = attempt;
+  *added = 1;
+  return 0;
+}
+
+/* Redelivers (or dead-letters) one due lease. *room is what the fetch may still take. */
+static int redeliver(log_wtx *w, struct fetch_req *r, cg_group *g, cg_lease *l, size_t *room) {
+  Engram__GroupMeta *m = g->meta;
+  int rc;
+  if (l->pb->state == CG_LEASED && l->pb->attempt >= m->max_deliver) {
+    /* Its last allowed lease expired: every open member is dead. */
+    for (uint64_t o = l->first; o <= l->pb->last && l->pb; o++) {
+      uint64_t i = o - l->first;
+      if (!cg_bit(&l->pb->members, i) || cg_bit(&l->pb->done, i)) continue;
+      if ((rc = cg_dead(w, &r->d, g, l, o, "max_deliver exceeded: lease expired", NULL))) return rc;
+    }
+    return 0;
+  }
+  int64_t old_due = cg_stored_due(l);
+  uint64_t open = cg_lease_open(l);
+  if (open > *room) {
+    /* Take the first *room open members; the rest stay due in a lease of their own. */
+    uint64_t seen = 0, cut = l->first;
+    for (uint64_t o = l->first; o <= l->pb->last; o++) {
+      uint64_t i = o - l->first;
+      if (cg_bit(&l->pb->members, i) && !cg_bit(&l->pb->done, i) && seen++ == *room) {
+        cut = o;
+        break;
+      }
+    }
+    cg_lease tail;
+    rc = cg_lease_extract(w->txn, &r->d, m->id, l, cut, l->pb->last, &tail);
+    if (rc == 0) rc = cg_lease_put(w->txn, &r->d, m->id, &tail, -1);
+    cg_lease_free(&tail);
+    if (rc) return rc;
+    old_due = cg_stored_due(l);
+  }
+  uint32_t attempt = l->pb->attempt + 1;
+  l->pb->state = CG_LEASED;
+  l->pb->attempt = attempt;
+  l->pb->deadline_ns = w->now_ns + (int64_t)m->ack_wait_ms * 1000000;
+  if (!l->pb->first_delivered_ns) l->pb->first_delivered_ns = w->now_ns;
+  if ((rc = set_consumer(l->pb, r->consumer))) return rc;
+  if ((rc = cg_lease_put(w->txn, &r->d, m->id, l, old_due))) return rc;
+  for (uint64_t o = l->first; o <= l->pb->last; o++) {
+    uint64_t i = o - l->first;
+    if (!cg_bit(&l->pb->members, i) || cg_bit(&l->pb->done, i)) continue;
+    int added;
+    rc = add_event(w, r, g, o, attempt, &added);
+    if (rc == ENGRAM_ECORRUPT) {
+      if ((rc = cg_dead(w, &r->d, g, l, o, "record damaged", engram_errmsg(w->log)))) return rc;
+      if (!l->pb) break;
+      continue;
+    }
+    if (rc) return rc;
+    (*room)--;
+    m->delivered++;
+    if (attempt > 1) m->redelivered++;
+  }
+  return 0;
+}
+
+/* Key-ordered groups: takes the key for `o`, or queues `o` behind its current owner.
+ * Returns 1 when o must wait. */
+static int key_take(log_wtx *w, struct fetch_req *r, cg_group *g, const log_view *v, uint64_t o, int *rc) {
+  *rc = 0;
+  if (!(g->meta->flags & ENGRAM_GROUP_KEY_ORDERED) || !v->has_key) return 0;
+  unsigned char kb[4 + ENGRAM_MAX_KEY];
+  size_t kn = v->key_len > ENGRAM_MAX_KEY ? ENGRAM_MAX_KEY : v->key_len;
+  be32_put(kb, g->meta->id);
+  memcpy(kb + 4, v->key, kn);
+  MDB_val k = {4 + kn, kb}, val;
+  Engram__KeyState ks0 = ENGRAM__KEY_STATE__INIT, *ks = &ks0;
+  int busy = mdb_get(w->txn, r->d.keys, &k, &val) == 0;
+  uint64_t *waiting = NULL;
+  if (busy) {
+    ks = engram__key_state__unpack(NULL, val.mv_size, val.mv_data);
+    if (!ks) {
+      *rc = log_error(w->log, ENGRAM_ECORRUPT, "group %s/%s: key state does not decode", g->topic, g->name);
+      return 0;
+    }
+    waiting = malloc((ks->n_waiting + 1) * sizeof *waiting);
+    if (!waiting) {
+      engram__key_state__free_unpacked(ks, NULL);
+      *rc = ENGRAM_ENOMEM;
+      return 0;
+    }
+    memcpy(waiting, ks->waiting, ks->n_waiting * sizeof *waiting);
+    waiting[ks->n_waiting] = o;
+  }
+  Engram__KeyState out = ENGRAM__KEY_STATE__INIT;
+  out.holder = busy ? ks->holder : o;
+  out.n_waiting = busy ? ks->n_waiting + 1 : 0;
+  out.waiting = waiting;
+  size_t n = engram__key_state__get_packed_size(&out);
+  MDB_val nv = {n, NULL};
+  int mrc = mdb_put(w->txn, r->d.keys, &k, &nv, MDB_RESERVE);
+  if (mrc == 0) engram__key_state__pack(&out, nv.mv_data);
+  free(waiting);
+  if (busy) engram__key_state__free_unpacked(ks, NULL);
+  if (mrc) *rc = log_err_mdb(mrc);
+  return busy;
+}
+
+static int add_key_to(cg_lease *l, uint64_t o, const log_view *v) {
+  Engram__KeyedOffset **ks = realloc(l->pb->keys, (l->pb->n_keys + 1) * sizeof *ks);
+  if (!ks) return ENGRAM_ENOMEM;
+  l->pb->keys = ks;
+  Engram__KeyedOffset *k = calloc(1, sizeof *k);
+  if (!k) return ENGRAM_ENOMEM;
+  engram__keyed_offset__init(k);
+  k->offset = o;
+  k->key = strndup(v->key, v->key_len);
+  if (!k->key) {
+    free(k);
+    return ENGRAM_ENOMEM;
+  }
+  ks[l->pb->n_keys++] = k;
+  return 0;
+}
+
+/* A single-event lease that waits: for its deliver_at time, or for its key. */
+static int park(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t o, const log_view *v, int state) {
+  cg_lease l;
+  int rc = cg_lease_new(&l, o, o, state);
+  if (rc) return rc;
+  cg_bit_set(&l.pb->members, 0);
+  l.pb->deadline_ns = v->deliver_at_ns; /* blocked: kept so the release honours it */
+  if ((g->meta->flags & ENGRAM_GROUP_KEY_ORDERED) && v->has_key) rc = add_key_to(&l, o, v);
+  if (rc == 0) rc = cg_lease_put(w->txn, &r->d, g->meta->id, &l, -1);
+  cg_lease_free(&l);
+  return rc;
+}
+
+static int skip_marked(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t o) {
+  if (!g->meta->skips) return 0;
+  unsigned char kb[12];
+  cg_key_gid_off(kb, g->meta->id, o);
+  MDB_val k = {12, kb};
+  if (mdb_del(w->txn, r->d.skips, &k, NULL) != 0) return 0;
+  g->meta->skips--;
+  return 1;
+}
+
+/* Leases new events from the group's cursor. */
+static int deliver_new(log_wtx *w, struct fetch_req *r, cg_group *g, size_t *room) {
+  Engram__GroupMeta *m = g->meta;
+  uint64_t head = log_topic_head(w->log, w->txn, &g->t);
+  if (m->next > head || *room == 0) return 0;
+  uint64_t budget = (uint64_t)*room * SCAN_FACTOR + 4096;
+  uint64_t o = m->next, first = 0, last = 0;
+  cg_lease l = {0};
+  int rc = 0;
+  for (; o <= head && *room > 0 && budget > 0; o++, budget--) {
+    if (first && o - first >= CG_MAX_LEASE_SPAN) break;
+    log_view v;
+    rc = log_view_get(w->log, w->txn, &g->t, o, &v);
+    if (rc == ENGRAM_ENOTFOUND) {
+      rc = 0;
+      continue;
+    }
+    if (rc == ENGRAM_ECORRUPT) {
+      if ((rc = cg_dead(w, &r->d, g, NULL, o, "record damaged", engram_errmsg(w->log)))) break;
+      continue;
+    }
+    if (rc) break;
+    if (skip_marked(w, r, g, o)) continue;
+    if (!cg_filter_match(m, v.type, v.type_len)) continue;
+    int blocked = key_take(w, r, g, &v, o, &rc);
+    if (rc) break;
+    if (blocked) {
+      if ((rc = park(w, r, g, o, &v, CG_BLOCKED))) break;
+      continue;
+    }
+    if (v.deliver_at_ns > w->now_ns) {
+      if ((rc = park(w, r, g, o, &v, CG_WAITING))) break;
+      continue;
+    }
+    if (!first) {
+      first = o;
+      uint64_t span_end = head < first + CG_MAX_LEASE_SPAN - 1 ? head : first + CG_MAX_LEASE_SPAN - 1;
+      if ((rc = cg_lease_new(&l, first, span_end, CG_LEASED))) break;
+    }
+    cg_bit_set(&l.pb->members, o - first);
+    if ((m->flags & ENGRAM_GROUP_KEY_ORDERED) && v.has_key && (rc = add_key_to(&l, o, &v))) break;
+    engram_event *e = log_bb_add(r->bb, w->log, w->txn, &g->t, &v, &rc);
+    if (!e) break;
+    e->attempt = 1;
+    last = o;
+    (*room)--;
+    m->delivered++;
+  }
+  if (rc == 0) {
+    m->next = o;
+    if (first) {
+      /* Trim the range to what was delivered. */
+      l.pb->last = last;
+      size_t bytes = (size_t)((last - first) / 8 + 1);
+      l.pb->members.len = l.pb->done.len = bytes;
+      l.pb->attempt = 1;
+      l.pb->deadline_ns = w->now_ns + (int64_t)m->ack_wait_ms * 1000000;
+      l.pb->first_delivered_ns = w->now_ns;
+      rc = set_consumer(l.pb, r->consumer);
+      if (rc == 0) rc = cg_lease_put(w->txn, &r->d, m->id, &l, -1);
+    }
+  }
+  if (l.pb) cg_lease_free(&l);
+  return rc;
+}
+
+static int fetch_job(log_wtx *w, void *arg) {
+  struct fetch_req *r = arg;
+  log_bb_free(r->bb);
+  r->bb = log_bb_new(r->max);
+  if (!r->bb) return log_error(w->log, ENGRAM_ENOMEM, "fetch: out of memory");
+  cg_group g;
+  int rc = cg_group_load(w->log, w->txn, &r->d, r->topic, r->group, &g);
+  if (rc) goto out;
+  size_t room = r->max;
+  uint64_t before = g.meta->next, delivered = g.meta->delivered, skips = g.meta->skips;
+  MDB_cursor *c;
+  if ((rc = mdb_cursor_open(w->txn, r->d.due, &c))) {
+    rc = log_err_mdb(rc);
+    goto out;
+  }
+  unsigned char p[4];
+  be32_put(p, g.meta->id);
+  while (room > 0) {
+    /* Each pass removes or re-times the entry it finds, so seek afresh every time. */
+    MDB_val k = {4, p}, v;
+    if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) != 0 || k.mv_size != 20 || memcmp(k.mv_data, p, 4)) break;
+    int64_t due = (int64_t)be64_get((unsigned char *)k.mv_data + 4);
+    if (due > w->now_ns) break;
+    cg_lease l;
+    uint64_t first = be64_get((unsigned char *)k.mv_data + 12);
+    unsigned char lk[12];
+    cg_key_gid_off(lk, g.meta->id, first);
+    MDB_val lkey = {12, lk}, lval;
+    if (mdb_get(w->txn, r->d.leases, &lkey, &lval) != 0 ||
+        !(l.pb = engram__lease__unpack(NULL, lval.mv_size, lval.mv_data)) || cg_stored_due(&l) != due) {
+      /* An index entry without its lease: drop it. */
+      if (l.pb) engram__lease__free_unpacked(l.pb, NULL);
+      mdb_cursor_del(c, 0);
+      continue;
+    }
+    l.first = first;
+    rc = redeliver(w, r, &g, &l, &room);
+    cg_lease_free(&l);
+    if (rc) break;
+  }
+  mdb_cursor_close(c);
+  if (rc == 0) rc = deliver_new(w, r, &g, &room);
+  if (rc == 0 && (g.meta->next != before || g.meta->delivered != delivered || g.meta->skips != skips))
+    rc = cg_group_store(w->log, w->txn, &r->d, &g);
+out:
+  cg_group_free(&g);
+  return rc;
+}
+
+/* Read-only look: could a fetch deliver anything now? Saves write transactions while
+ * a consumer waits. Also reports when the next due entry falls. */
+static int anything_due(engram *log, struct fetch_req *r, int64_t *next_due) {
+  MDB_txn *txn;
+  *next_due = INT64_MAX;
+  if (log_read_begin(log, &txn)) return 1;
+  cg_group g;
+  int yes = 1;
+  if (cg_group_load(log, txn, &r->d, r->topic, r->group, &g) == 0) {
+    yes = g.meta->next <= log_topic_head(log, txn, &g.t);
+    MDB_cursor *c;
+    if (!yes && mdb_cursor_open(txn, r->d.due, &c) == 0) {
+      unsigned char p[4];
+      be32_put(p, g.meta->id);
+      MDB_val k = {4, p}, v;
+      if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) == 0 && k.mv_size == 20 && !memcmp(k.mv_data, p, 4)) {
+        *next_due = (int64_t)be64_get((unsigned char *)k.mv_data + 4);
+        yes = *next_due <= log_now_ns(log);
+      }
+      mdb_cursor_close(c);
+    }
+  }
+  cg_group_free(&g);
+  log_read_end(log, txn);
+  return yes;
+}
+
+int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer, size_t max,
+                 uint64_t wait_ms, engram_batch **out) {
+  if (!log) return ENGRAM_EINVAL;
+  if (log->remote) return log->remote->fetch(log, topic, group, consumer, max, wait_ms, out);
+  if (!out) return log_error(log, ENGRAM_EINVAL, "fetch: out is NULL");
+  *out = NULL;
+  if (!log_valid_name(consumer))
+    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: consumer name invalid (use 1-200 of [A-Za-z0-9._-])",
+                     topic ? topic : "", group ? group : "");
+  if (max == 0 || max > MAX_FETCH)
+    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: max %zu not in 1..%d", topic ? topic : "",
+                     group ? group : "", max, MAX_FETCH);
+  if (wait_ms > 3600000)
+    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait over one hour", topic ? topic : "", group ? group : "");
+  struct fetch_req r = {.topic = topic, .group = group, .consumer = consumer, .max = max};
+  int rc = cg_dbs_get(log, &r.d);
+  if (rc) return rc;
+  int64_t deadline = clock_monotonic_ns() + (int64_t)wait_ms * 1000000;
+  for (;;) {
+    rc = log_write(log, fetch_job, &r);
+    if (rc < 0) {
+      log_bb_free(r.bb);
+      return rc;
+    }
+    if (log_bb_count(r.bb) > 0 || clock_monotonic_ns() >= deadline) break;
+    /* Nothing yet: wait for an append or the next due time, checking cheaply. */
+    for (;;) {
+      int64_t now = clock_monotonic_ns(), next_due;
+      if (now >= deadline) break;
+      if (anything_due(log, &r, &next_due)) break;
+      int64_t until = deadline;
+      if (next_due != INT64_MAX) {
+        int64_t in = next_due - log_now_ns(log);
+        if (in < 0) in = 0;
+        if (now + in < until) until = now + in;
+      }
+      log_wait_append(log, topic, until);
+    }
+  }
+  *out = log_bb_finish(r.bb);
+  log_error_clear(log);
+  return 0;
+}

@@ -1,0 +1,200 @@
+/* txn.c — transactions that commit acks and appends together (consume -> produce). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "consumers/cg.h"
+
+enum { TXN_ACK = 1, TXN_APPEND };
+
+/* One buffered operation; every string and buffer is a private copy. */
+struct txn_op {
+  int kind;
+  char *topic, *group;
+  uint64_t offset;
+  uint32_t attempt;
+  void *result;
+  size_t result_len;
+  engram_event ev;   /* TXN_APPEND: deep copy */
+  uint64_t *out;     /* TXN_APPEND: caller's offset slot, may be NULL */
+  struct txn_op *next;
+};
+
+struct engram_txn {
+  engram *log;
+  struct txn_op *head, *tail;
+  size_t n;
+  int failed; /* an op could not be queued (out of memory): commit refuses */
+};
+
+static void op_free(struct txn_op *o) {
+  free(o->topic);
+  free(o->group);
+  free(o->result);
+  free((void *)o->ev.type);
+  free((void *)o->ev.key);
+  free((void *)o->ev.payload);
+  free((void *)o->ev.content_type);
+  free((void *)o->ev.idempotency_key);
+  for (size_t i = 0; i < o->ev.n_headers; i++) {
+    free((void *)o->ev.headers[i].name);
+    free((void *)o->ev.headers[i].value);
+  }
+  free((void *)o->ev.headers);
+  free(o);
+}
+
+void engram_txn_abort(engram_txn *txn) {
+  if (!txn) return;
+  struct txn_op *o = txn->head;
+  while (o) {
+    struct txn_op *n = o->next;
+    op_free(o);
+    o = n;
+  }
+  free(txn);
+}
+
+int engram_txn_begin(engram *log, engram_txn **out) {
+  if (!log || !out) return log_error(log, ENGRAM_EINVAL, "txn: NULL argument");
+  *out = calloc(1, sizeof **out);
+  if (!*out) return log_error(log, ENGRAM_ENOMEM, "txn: out of memory");
+  (*out)->log = log;
+  return 0;
+}
+
+static char *dup_or_null(const char *s, int *bad) {
+  if (!s) return NULL;
+  char *d = strdup(s);
+  if (!d) *bad = 1;
+  return d;
+}
+
+static void push(engram_txn *txn, struct txn_op *o) {
+  if (txn->tail)
+    txn->tail->next = o;
+  else
+    txn->head = o;
+  txn->tail = o;
+  txn->n++;
+}
+
+int engram_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
+                   const void *result, size_t result_len) {
+  if (!txn) return ENGRAM_EINVAL;
+  engram *log = txn->log;
+  if (!log_valid_name(topic) || !log_valid_name(group))
+    return log_error(log, ENGRAM_EINVAL, "txn ack: invalid topic or group name");
+  if (result_len > CG_MAX_RESULT) return log_error(log, ENGRAM_ETOOBIG, "txn ack: result over %u bytes", CG_MAX_RESULT);
+  if (result_len && !result) return log_error(log, ENGRAM_EINVAL, "txn ack: result is NULL");
+  struct txn_op *o = calloc(1, sizeof *o);
+  int bad = !o;
+  if (o) {
+    o->kind = TXN_ACK;
+    o->topic = dup_or_null(topic, &bad);
+    o->group = dup_or_null(group, &bad);
+    o->offset = offset;
+    o->attempt = attempt;
+    if (result) {
+      o->result = malloc(result_len ? result_len : 1);
+      if (o->result && result_len) memcpy(o->result, result, result_len);
+      if (!o->result) bad = 1;
+      o->result_len = result_len;
+    }
+  }
+  if (bad) {
+    if (o) op_free(o);
+    txn->failed = 1;
+    return log_error(log, ENGRAM_ENOMEM, "txn ack: out of memory");
+  }
+  push(txn, o);
+  return 0;
+}
+
+int engram_txn_append(engram_txn *txn, const char *topic, const engram_event *ev, uint64_t *offset) {
+  if (!txn) return ENGRAM_EINVAL;
+  engram *log = txn->log;
+  if (!log_valid_name(topic)) return log_error(log, ENGRAM_EINVAL, "txn append: invalid topic name");
+  int rc = log_check_event(log, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
+  if (rc) return rc;
+  struct txn_op *o = calloc(1, sizeof *o);
+  int bad = !o;
+  if (o) {
+    o->kind = TXN_APPEND;
+    o->out = offset;
+    o->topic = dup_or_null(topic, &bad);
+    o->ev.type = dup_or_null(ev->type, &bad);
+    o->ev.key = dup_or_null(ev->key, &bad);
+    o->ev.content_type = dup_or_null(ev->content_type, &bad);
+    o->ev.idempotency_key = dup_or_null(ev->idempotency_key, &bad);
+    o->ev.deliver_at_ns = ev->deliver_at_ns;
+    o->ev.payload_len = ev->payload_len;
+    if (ev->payload_len) {
+      void *p = malloc(ev->payload_len);
+      if (p) memcpy(p, ev->payload, ev->payload_len);
+      else bad = 1;
+      o->ev.payload = p;
+    }
+    if (ev->n_headers) {
+      engram_header *h = calloc(ev->n_headers, sizeof *h);
+      o->ev.headers = h;
+      if (!h) bad = 1;
+      for (size_t i = 0; h && i < ev->n_headers; i++) {
+        h[i].name = dup_or_null(ev->headers[i].name, &bad);
+        h[i].value = dup_or_null(ev->headers[i].value ? ev->headers[i].value : "", &bad);
+        o->ev.n_headers = i + 1;
+      }
+    }
+  }
+  if (bad) {
+    if (o) op_free(o);
+    txn->failed = 1;
+    return log_error(log, ENGRAM_ENOMEM, "txn append: out of memory");
+  }
+  push(txn, o);
+  return 0;
+}
+
+/* Applies every op in one job: any failure aborts the job and so all of it. */
+static int txn_job(log_wtx *w, void *arg) {
+  engram_txn *txn = arg;
+  cg_dbs d;
+  int rc = cg_dbs_get(w->log, &d);
+  for (struct txn_op *o = txn->head; o && rc == 0; o = o->next) {
+    if (o->kind == TXN_APPEND) {
+      uint64_t off = 0;
+      rc = log_append_in(w, o->topic, &o->ev, &off, NULL);
+      if (rc == 0 && o->out) *o->out = off;
+      continue;
+    }
+    cg_group g;
+    rc = cg_group_load(w->log, w->txn, &d, o->topic, o->group, &g);
+    if (rc == 0) {
+      uint64_t acked = g.meta->acked;
+      rc = cg_ack_one(w, &d, &g, o->offset, o->attempt, o->result, o->result_len);
+      if (rc == 0 && g.meta->acked != acked) rc = cg_group_store(w->log, w->txn, &d, &g);
+    }
+    cg_group_free(&g);
+  }
+  return rc;
+}
+
+int engram_txn_commit(engram_txn *txn) {
+  if (!txn) return ENGRAM_EINVAL;
+  engram *log = txn->log;
+  int rc;
+  if (txn->failed) {
+    rc = log_error(log, ENGRAM_ENOMEM, "txn commit: an operation could not be queued");
+  } else if (log->remote) {
+    rc = log->remote->txn_commit(log, txn);
+  } else if (txn->n == 0) {
+    rc = 0;
+  } else {
+    cg_dbs d;
+    rc = cg_dbs_get(log, &d); /* open the databases outside the job */
+    if (rc == 0) rc = log_write(log, txn_job, txn);
+    if (rc > 0) rc = 0;
+  }
+  engram_txn_abort(txn);
+  return rc;
+}
