@@ -109,7 +109,7 @@ const char *cli_parse_size(const char *s, uint64_t *out) {
   static const struct {
     const char *suffix;
     unsigned shift;
-  } units[] = {{"", 0},    {"b", 0},   {"k", 10},  {"kb", 10}, {"kib", 10}, {"m", 20},
+  } units[] = {{"", 0},    {"b", 0},    {"k", 10}, {"kb", 10}, {"kib", 10}, {"m", 20},
                {"mb", 20}, {"mib", 20}, {"g", 30}, {"gb", 30}, {"gib", 30}};
   if (!*s) return "empty size";
   if (*s == '-') return "must not be negative";
@@ -182,8 +182,7 @@ const char *cli_parse_duration_ms(const char *s, uint64_t *ms) {
     if (ul == 0) return "a duration needs a unit: ms, s, m, h or d (e.g. 30s)";
     uint64_t unit_ns = 0;
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-      if (strlen(units[i].unit) == ul && memcmp(units[i].unit, u, ul) == 0)
-        unit_ns = units[i].ns;
+      if (strlen(units[i].unit) == ul && memcmp(units[i].unit, u, ul) == 0) unit_ns = units[i].ns;
     if (!unit_ns) return "unknown unit (use ms, s, m, h or d)";
     if (whole > MAX_DURATION_NS / unit_ns) return "over the 30-day limit";
     /* frac/scale of a unit, reduced first so the product cannot overflow. */
@@ -250,13 +249,11 @@ static const char *rfc3339(const char *s, int64_t *out) {
   static const unsigned char mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   const char *p = s;
   int y, mo, d, h, mi, sec;
-  if (fixed(&p, 4, &y) || *p++ != '-' || fixed(&p, 2, &mo) || *p++ != '-' ||
-      fixed(&p, 2, &d))
+  if (fixed(&p, 4, &y) || *p++ != '-' || fixed(&p, 2, &mo) || *p++ != '-' || fixed(&p, 2, &d))
     return bad;
   if (*p != 'T' && *p != 't' && *p != ' ') return bad;
   p++;
-  if (fixed(&p, 2, &h) || *p++ != ':' || fixed(&p, 2, &mi) || *p++ != ':' ||
-      fixed(&p, 2, &sec))
+  if (fixed(&p, 2, &h) || *p++ != ':' || fixed(&p, 2, &mi) || *p++ != ':' || fixed(&p, 2, &sec))
     return bad;
   if (mo < 1 || mo > 12) return "month out of range";
   int dim = mdays[mo - 1] + (mo == 2 && leap(y));
@@ -277,8 +274,8 @@ static const char *rfc3339(const char *s, int64_t *out) {
     return "a time needs a zone: Z or +hh:mm";
   }
   if (*p) return bad;
-  int64_t secs = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 +
-                 sec - off;
+  int64_t secs =
+      days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + sec - off;
   if (secs < 0) return "before 1970";
   if (secs >= MAX_SECONDS) return "after 2262";
   *out = secs * (int64_t)NS_PER_S + frac;

@@ -18,36 +18,40 @@
 /* Every top-level command: name, handler suffix and one-line summary, in the order
  * `engram --help` lists them. Adding a command is one line here and one file that
  * defines cmd_<name>(). */
-#define CLI_COMMANDS(X)                                                                   \
-  X(append, "append events to a topic (one, or a JSON-lines batch from stdin)")          \
-  X(read, "print events of a topic")                                                      \
-  X(topics, "list topics")                                                                \
-  X(topic, "create, drop, show a topic or train its dictionary")                          \
-  X(group, "create, list, show, delete or reset consumer groups")                         \
-  X(consume, "fetch events for a group member, print them and ack / nack / reject")       \
-  X(ack, "acknowledge one event for a group")                                             \
-  X(nack, "ask for one event to be delivered again")                                      \
-  X(reject, "send one event to the group's dead-letter queue")                            \
-  X(cancel, "finish a pending or retrying event without delivering it")                   \
-  X(status, "show one event's state in a group")                                          \
-  X(dlq, "list, show, purge or redrive a group's dead-letter queue")                       \
-  X(stat, "topics and groups at a glance: heads, lag, in flight, dead")                  \
-  X(verify, "check the CRC of every stored record")                                       \
-  X(backup, "write a consistent copy of the log to a new directory")                      \
+#define CLI_COMMANDS(X)                                                             \
+  X(append, "append events to a topic (one, or a JSON-lines batch from stdin)")     \
+  X(read, "print events of a topic")                                                \
+  X(topics, "list topics")                                                          \
+  X(topic, "create, drop, show a topic or train its dictionary")                    \
+  X(group, "create, list, show, delete or reset consumer groups")                   \
+  X(consume, "fetch events for a group member, print them and ack / nack / reject") \
+  X(ack, "acknowledge one event for a group")                                       \
+  X(nack, "ask for one event to be delivered again")                                \
+  X(reject, "send one event to the group's dead-letter queue")                      \
+  X(cancel, "finish a pending or retrying event without delivering it")             \
+  X(status, "show one event's state in a group")                                    \
+  X(dlq, "list, show, purge or redrive a group's dead-letter queue")                \
+  X(stat, "topics and groups at a glance: heads, lag, in flight, dead")             \
+  X(verify, "check the CRC of every stored record")                                 \
+  X(backup, "write a consistent copy of the log to a new directory")                \
   X(sync, "force everything committed so far to disk")
 
 /* State shared by all commands: the global options and the handle they open. */
 struct cli {
-  const char *data;        /* --data or $ENGRAM_DATA; NULL when neither */
-  const char *connect;     /* --connect endpoint; NULL = embedded */
-  int durability_set;      /* --durability was given */
+  const char *data;    /* --data or $ENGRAM_DATA; NULL when neither */
+  const char *connect; /* --connect endpoint; NULL = embedded */
+  int durability_set;  /* --durability was given */
   engram_durability durability;
-  engram *log;             /* opened by cli_open(), closed by main */
+  engram *log; /* opened by cli_open(), closed by main */
 };
 
 #define CLI_DECLARE(name, summary) int cmd_##name(struct cli *c, int argc, char **argv);
 CLI_COMMANDS(CLI_DECLARE)
 #undef CLI_DECLARE
+
+/* The log directory: --data, else $ENGRAM_DATA, else NULL (also with --connect). For
+ * commands such as a daemon that open the directory themselves. */
+const char *cli_data_dir(const struct cli *c);
 
 /* Opens the log named by the global options. `create` allows making a new log directory;
  * without it a missing log is an error. Returns 0, or prints one line and returns the
@@ -59,8 +63,7 @@ int cli_open(struct cli *c, int create);
 /* Error reporting: each prints ONE line on stderr and returns the exit status. */
 /* A failed library call: "engram: <errmsg>" when the handle has a message, else
  * "engram: <context>: <strerror(code)>". */
-int cli_fail(struct cli *c, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int cli_fail(struct cli *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* What went wrong in the last call: the handle's message when it has one, else
  * engram_strerror(code). For messages that add their own context. */
 const char *cli_errtext(struct cli *c, int code);
@@ -79,8 +82,8 @@ struct cli_sub {
   int (*run)(struct cli *c, int argc, char **argv); /* argv[0] = subcommand name */
 };
 /* Runs the subcommand named by argv[1]; `help` is the parent's help text. */
-int cli_dispatch_sub(struct cli *c, const char *cmd, const struct cli_sub *subs,
-                     const char *help, int argc, char **argv);
+int cli_dispatch_sub(struct cli *c, const char *cmd, const struct cli_sub *subs, const char *help,
+                     int argc, char **argv);
 
 /* ---------------------------------------------------------------------------------
  * Command-line parsing (args.c).
@@ -113,9 +116,9 @@ int cli_args_next(struct cli_args *a, const struct cli_opt *opts);
 int cli_args_count(const struct cli_args *a, int min, int max, const char *names);
 
 /* Value parsers: each returns NULL on success or a short reason why `s` is refused. */
-const char *cli_parse_u64(const char *s, uint64_t *out);          /* decimal digits */
+const char *cli_parse_u64(const char *s, uint64_t *out); /* decimal digits */
 const char *cli_parse_u32(const char *s, uint32_t *out);
-const char *cli_parse_offset(const char *s, uint64_t *out);       /* >= 1 */
+const char *cli_parse_offset(const char *s, uint64_t *out); /* >= 1 */
 /* "250ms", "30s", "2m", "1h", "1d", combined ("1h30m") and with fractions ("1.5s"); at
  * most 30 days; whole milliseconds. */
 const char *cli_parse_duration_ms(const char *s, uint64_t *ms);
@@ -125,8 +128,7 @@ const char *cli_parse_time_ns(const char *s, int64_t *ns);
 /* Bytes with an optional K/KiB/M/MiB/G/GiB suffix (powers of 1024). */
 const char *cli_parse_size(const char *s, uint64_t *out);
 /* earliest | latest | OFFSET | @TIME */
-const char *cli_parse_start(const char *s, engram_start *start, uint64_t *offset,
-                            int64_t *time_ns);
+const char *cli_parse_start(const char *s, engram_start *start, uint64_t *offset, int64_t *time_ns);
 /* Splits "name=value" in place at the first '='; the name must not be empty. */
 const char *cli_parse_kv(char *s, const char **name, const char **value);
 
@@ -146,8 +148,7 @@ void cli_fmt_duration_ms(uint64_t ms, char *buf, size_t len);
 
 /* The JSON shape of an event (see docs/cli.md); with group != NULL adds "group" and
  * "attempt". `topic` is used when the event does not carry its topic name. */
-void cli_json_event(json_writer *w, const engram_event *ev, const char *topic,
-                    const char *group);
+void cli_json_event(json_writer *w, const engram_event *ev, const char *topic, const char *group);
 /* One readable line: offset, time, type, key, [attempt,] payload preview. */
 void cli_text_event(FILE *f, const engram_event *ev, int with_attempt);
 void cli_json_topic(json_writer *w, const engram_topic_info *t);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -57,11 +58,12 @@ enum {
   O_HELP = CLI_OPT_HELP
 };
 
-static const struct cli_opt opts[] = {
-    {"--key", 1, O_KEY},       {"--idem", 1, O_IDEM},     {"--header", 1, O_HEADER},
-    {"--content-type", 1, O_CTYPE}, {"--payload", 1, O_PAYLOAD}, {"--delay", 1, O_DELAY},
-    {"--create", 0, O_CREATE}, {"--json", 0, O_JSON},     {"--batch", 0, O_BATCH},
-    {"-h", 0, O_HELP},         {"--help", 0, O_HELP},     {NULL, 0, 0}};
+static const struct cli_opt opts[] = {{"--key", 1, O_KEY},         {"--idem", 1, O_IDEM},
+                                      {"--header", 1, O_HEADER},   {"--content-type", 1, O_CTYPE},
+                                      {"--payload", 1, O_PAYLOAD}, {"--delay", 1, O_DELAY},
+                                      {"--create", 0, O_CREATE},   {"--json", 0, O_JSON},
+                                      {"--batch", 0, O_BATCH},     {"-h", 0, O_HELP},
+                                      {"--help", 0, O_HELP},       {NULL, 0, 0}};
 
 #define BATCH_EVENTS 500
 #define BATCH_BYTES (16u << 20) /* a batch also ends once its payloads reach this */
@@ -76,9 +78,10 @@ static int topic_ready(struct cli *c, const char *topic, int create, engram_topi
     rc = engram_topic_info_get(c->log, topic, info);
   }
   if (rc == ENGRAM_ENOTFOUND)
-    return cli_error("append %s: no such topic (create it with 'engram topic create %s' or "
-                     "use --create)",
-                     topic, topic);
+    return cli_error(
+        "append %s: no such topic (create it with 'engram topic create %s' or "
+        "use --create)",
+        topic, topic);
   if (rc != 0) return cli_fail(c, rc, "append %s", topic);
   return 0;
 }
@@ -122,12 +125,14 @@ static int read_all(FILE *f, size_t max, unsigned char **out, size_t *len) {
 }
 
 static int append_one(struct cli *c, struct cli_args *a, const char *key, const char *idem,
-                      const engram_header *hdrs, size_t nh, const char *ctype,
-                      const char *payload, uint64_t delay_ms, int create, int json) {
+                      const engram_header *hdrs, size_t nh, const char *ctype, const char *payload,
+                      uint64_t delay_ms, int create, int json) {
   const char *topic = a->pos[0], *type = a->pos[1];
   unsigned char *stdin_buf = NULL;
   size_t plen = 0;
   if (!payload) {
+    if (isatty(STDIN_FILENO))
+      return cli_usage(a->cmd, "give the payload with --payload STR or pipe it on stdin");
     int r = read_all(stdin, ENGRAM_MAX_PAYLOAD_LIMIT, &stdin_buf, &plen);
     if (r == -1) return cli_error("append %s: reading the payload from stdin failed", topic);
     if (r == -2)
@@ -183,10 +188,10 @@ out:
 
 /* What one input line owns until its batch is appended. */
 struct item {
-  char *line;            /* the line as read (raw events point into it) */
-  json_doc *doc;         /* its parse tree (strings point into it) */
-  unsigned char *owned;  /* payload decoded from base64 or re-written JSON */
-  char *keybuf;          /* a numeric memory_id turned into text */
+  char *line;           /* the line as read (raw events point into it) */
+  json_doc *doc;        /* its parse tree (strings point into it) */
+  unsigned char *owned; /* payload decoded from base64 or re-written JSON */
+  char *keybuf;         /* a numeric memory_id turned into text */
   engram_header *headers;
 };
 
@@ -240,8 +245,8 @@ static int type_ok(const char *s, size_t n) {
 }
 
 /* A string field (or null when allow_null): NULL and no error when absent or null. */
-static const char *str_field(const json_value *obj, const char *name, size_t max,
-                             const char **out, char *err, size_t errlen) {
+static const char *str_field(const json_value *obj, const char *name, size_t max, const char **out,
+                             char *err, size_t errlen) {
   const json_value *v = json_get(obj, name);
   *out = NULL;
   if (!v || v->type == JSON_NULL) return NULL;
@@ -267,8 +272,8 @@ static const char *const known_fields[] = {
     /* written by `engram read --json` and `consume --json`; ignored on input */
     "topic", "offset", "timestamp_ns", "group", "attempt", NULL};
 
-static const char *envelope(const json_value *root, struct item *it, engram_event *ev,
-                            char *err, size_t errlen) {
+static const char *envelope(const json_value *root, struct item *it, engram_event *ev, char *err,
+                            size_t errlen) {
   for (size_t i = 0; i < root->len; i++) {
     const json_member *m = &root->members[i];
     size_t k = 0;
@@ -388,8 +393,8 @@ static const char *envelope(const json_value *root, struct item *it, engram_even
 }
 
 /* A raw memory event: the line itself is the payload and memory_id the key. */
-static const char *raw_event(const json_value *root, struct item *it, const char *text,
-                             size_t len, engram_event *ev, char *err, size_t errlen) {
+static const char *raw_event(const json_value *root, struct item *it, const char *text, size_t len,
+                             engram_event *ev, char *err, size_t errlen) {
   const json_value *id = json_get(root, "memory_id");
   if (id && id->type == JSON_STRING) {
     const char *e = str_field(root, "memory_id", ENGRAM_MAX_KEY, &ev->key, err, errlen);
@@ -483,13 +488,16 @@ out:
   return e;
 }
 
-/* ", 500 events appended before it (offsets 1..500)" or "" */
-static void before_note(const struct totals *t, char *buf, size_t len) {
+/* What a failure leaves behind: "nothing appended" when it hit the first batch, else
+ * which earlier batches did go in. */
+static void left_behind(const struct totals *t, uint64_t from_line, char *buf, size_t len) {
   if (t->count == 0)
-    snprintf(buf, len, "; no events appended before it");
+    snprintf(buf, len, "nothing appended");
   else
-    snprintf(buf, len, "; %" PRIu64 " events appended before it (offsets %" PRIu64 "..%" PRIu64 ")",
-             t->count, t->first, t->last);
+    snprintf(buf, len,
+             "nothing appended from line %" PRIu64 " on; the %" PRIu64
+             " events before it were appended at offsets %" PRIu64 "..%" PRIu64,
+             from_line, t->count, t->first, t->last);
 }
 
 static int flush(struct cli *c, const char *topic, struct batch *b, uint64_t last_line,
@@ -497,10 +505,10 @@ static int flush(struct cli *c, const char *topic, struct batch *b, uint64_t las
   if (b->n == 0) return 0;
   int rc = engram_append_batch(c->log, topic, b->evs, b->n, b->offsets, b->dups);
   if (rc != 0) {
-    char note[160];
-    before_note(t, note, sizeof note);
-    cli_error("%s (lines %" PRIu64 "..%" PRIu64 ": nothing from them appended%s)",
-              cli_errtext(c, rc), b->first_line, last_line, note);
+    char note[200];
+    left_behind(t, b->first_line, note, sizeof note);
+    cli_error("%s (in the batch of lines %" PRIu64 "..%" PRIu64 "; %s)", cli_errtext(c, rc),
+              b->first_line, last_line, note);
     batch_clear(b);
     return CLI_EXIT_FAIL;
   }
@@ -520,7 +528,8 @@ static int append_batch(struct cli *c, const char *topic, int create, int json) 
   if (status) return status;
   engram_topic_info info;
   if ((status = topic_ready(c, topic, create, &info)) != 0) return status;
-  uint32_t max_payload = info.config.max_payload ? info.config.max_payload : ENGRAM_MAX_PAYLOAD_LIMIT;
+  uint32_t max_payload =
+      info.config.max_payload ? info.config.max_payload : ENGRAM_MAX_PAYLOAD_LIMIT;
 
   struct batch *b = calloc(1, sizeof *b);
   if (!b) return cli_error("append %s: out of memory", topic);
@@ -535,9 +544,9 @@ static int append_batch(struct cli *c, const char *topic, int create, int json) 
     if (n < 0) {
       free(line);
       if (ferror(stdin)) {
-        char note[160];
-        before_note(&t, note, sizeof note);
-        status = cli_error("append %s: reading stdin failed after line %" PRIu64 "%s", topic,
+        char note[200];
+        left_behind(&t, b->n ? b->first_line : lineno + 1, note, sizeof note);
+        status = cli_error("append %s: reading stdin failed after line %" PRIu64 " (%s)", topic,
                            lineno, note);
         goto out;
       }
@@ -546,10 +555,10 @@ static int append_batch(struct cli *c, const char *topic, int create, int json) 
     lineno++;
     if ((size_t)n > MAX_LINE) {
       free(line);
-      char note[160];
-      before_note(&t, note, sizeof note);
-      status = cli_error("append %s: line %" PRIu64 ": %zd bytes, too long%s", topic, lineno,
-                         n, note);
+      char note[200];
+      left_behind(&t, b->n ? b->first_line : lineno, note, sizeof note);
+      status = cli_error("append %s: line %" PRIu64 ": %zd bytes, too long (%s)", topic, lineno, n,
+                         note);
       goto out;
     }
     /* A byte-order mark may open the input. */
@@ -560,11 +569,9 @@ static int append_batch(struct cli *c, const char *topic, int create, int json) 
     int blank;
     const char *e = add_line(b, line, (size_t)n - skip_bom, max_payload, &blank, err, sizeof err);
     if (e) {
-      char note[160];
-      before_note(&t, note, sizeof note);
-      status = cli_error("append %s: line %" PRIu64 ": %s (nothing appended from line %" PRIu64
-                         " on%s)",
-                         topic, lineno, e, b->n ? b->first_line : lineno, note);
+      char note[200];
+      left_behind(&t, b->n ? b->first_line : lineno, note, sizeof note);
+      status = cli_error("append %s: line %" PRIu64 ": %s (%s)", topic, lineno, e, note);
       goto out;
     }
     if (b->n == BATCH_EVENTS || b->bytes >= BATCH_BYTES) {
@@ -590,7 +597,10 @@ static int append_batch(struct cli *c, const char *topic, int create, int json) 
   } else {
     printf("appended %" PRIu64 " event%s", t.count, t.count == 1 ? "" : "s");
     if (t.dups) printf(" (%" PRIu64 " duplicate%s)", t.dups, t.dups == 1 ? "" : "s");
-    printf(", offsets %" PRIu64 "..%" PRIu64 "\n", t.first, t.last);
+    if (t.first == t.last)
+      printf(", offset %" PRIu64 "\n", t.first);
+    else
+      printf(", offsets %" PRIu64 "..%" PRIu64 "\n", t.first, t.last);
   }
 out:
   batch_clear(b);
@@ -609,11 +619,20 @@ int cmd_append(struct cli *c, int argc, char **argv) {
   while ((o = cli_args_next(&a, opts)) > 0) {
     const char *e;
     switch (o) {
-      case O_HELP: return cli_help(help);
-      case O_KEY: key = a.val; break;
-      case O_IDEM: idem = a.val; break;
-      case O_CTYPE: ctype = a.val; break;
-      case O_PAYLOAD: payload = a.val; break;
+      case O_HELP:
+        return cli_help(help);
+      case O_KEY:
+        key = a.val;
+        break;
+      case O_IDEM:
+        idem = a.val;
+        break;
+      case O_CTYPE:
+        ctype = a.val;
+        break;
+      case O_PAYLOAD:
+        payload = a.val;
+        break;
       case O_HEADER: {
         if (nh == ENGRAM_MAX_HEADERS)
           return cli_usage(a.cmd, "at most %d --header options", ENGRAM_MAX_HEADERS);
@@ -627,9 +646,15 @@ int cmd_append(struct cli *c, int argc, char **argv) {
         if ((e = cli_parse_duration_ms(a.val, &delay_ms)))
           return cli_usage(a.cmd, "--delay '%s': %s", a.val, e);
         break;
-      case O_CREATE: create = 1; break;
-      case O_JSON: json = 1; break;
-      case O_BATCH: batch = 1; break;
+      case O_CREATE:
+        create = 1;
+        break;
+      case O_JSON:
+        json = 1;
+        break;
+      case O_BATCH:
+        batch = 1;
+        break;
     }
     if (o == O_KEY || o == O_IDEM || o == O_CTYPE || o == O_PAYLOAD || o == O_HEADER ||
         o == O_DELAY)
@@ -646,6 +671,5 @@ int cmd_append(struct cli *c, int argc, char **argv) {
   if (!type_ok(a.pos[1], strlen(a.pos[1])))
     return cli_usage(a.cmd, "bad type '%s': words of A-Z a-z 0-9 _ - joined by single dots",
                      a.pos[1]);
-  return append_one(c, &a, key, idem, nh ? hdrs : NULL, nh, ctype, payload, delay_ms, create,
-                    json);
+  return append_one(c, &a, key, idem, nh ? hdrs : NULL, nh, ctype, payload, delay_ms, create, json);
 }

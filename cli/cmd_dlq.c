@@ -14,10 +14,8 @@ static const char dlq_help[] =
     "The dead-letter queue holds a group's events that were rejected or ran out of\n"
     "attempts. `engram dlq SUBCOMMAND --help` describes each one.\n";
 
-static const struct cli_opt json_opts[] = {{"--json", 0, 1},
-                                           {"-h", 0, CLI_OPT_HELP},
-                                           {"--help", 0, CLI_OPT_HELP},
-                                           {NULL, 0, 0}};
+static const struct cli_opt json_opts[] = {
+    {"--json", 0, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
 
 static int dlq_list(struct cli *c, int argc, char **argv) {
   static const char h[] =
@@ -215,9 +213,7 @@ static int dlq_apply(struct cli *c, int argc, char **argv, int redrive) {
 }
 
 static int dlq_purge(struct cli *c, int argc, char **argv) { return dlq_apply(c, argc, argv, 0); }
-static int dlq_redrive(struct cli *c, int argc, char **argv) {
-  return dlq_apply(c, argc, argv, 1);
-}
+static int dlq_redrive(struct cli *c, int argc, char **argv) { return dlq_apply(c, argc, argv, 1); }
 
 int cmd_dlq(struct cli *c, int argc, char **argv) {
   static const struct cli_sub subs[] = {{"list", dlq_list},

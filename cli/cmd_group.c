@@ -77,10 +77,11 @@ static const char *parse_backoff(const char *s, uint64_t *out, size_t *n) {
 static int group_create(struct cli *c, int argc, char **argv) {
   enum { O_FILTER = 1, O_ACKWAIT, O_MAXDEL, O_BACKOFF, O_START, O_KEYORD, O_TTL };
   static const struct cli_opt opts[] = {
-      {"--filter", 1, O_FILTER},   {"--ack-wait", 1, O_ACKWAIT}, {"--max-deliver", 1, O_MAXDEL},
-      {"--backoff", 1, O_BACKOFF}, {"--start", 1, O_START},      {"--key-ordered", 0, O_KEYORD},
-      {"--result-ttl", 1, O_TTL},  {"-h", 0, CLI_OPT_HELP},      {"--help", 0, CLI_OPT_HELP},
-      {NULL, 0, 0}};
+      {"--filter", 1, O_FILTER},      {"--ack-wait", 1, O_ACKWAIT},
+      {"--max-deliver", 1, O_MAXDEL}, {"--backoff", 1, O_BACKOFF},
+      {"--start", 1, O_START},        {"--key-ordered", 0, O_KEYORD},
+      {"--result-ttl", 1, O_TTL},     {"-h", 0, CLI_OPT_HELP},
+      {"--help", 0, CLI_OPT_HELP},    {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "group create", argc, argv);
   const char *filters[ENGRAM_MAX_FILTERS];
@@ -91,7 +92,8 @@ static int group_create(struct cli *c, int argc, char **argv) {
   const char *e;
   while ((o = cli_args_next(&a, opts)) > 0) {
     switch (o) {
-      case CLI_OPT_HELP: return cli_help(create_help);
+      case CLI_OPT_HELP:
+        return cli_help(create_help);
       case O_FILTER:
         if (cfg.n_filters == ENGRAM_MAX_FILTERS)
           return cli_usage(a.cmd, "at most %d --filter options", ENGRAM_MAX_FILTERS);
@@ -118,7 +120,9 @@ static int group_create(struct cli *c, int argc, char **argv) {
         if ((e = cli_parse_start(a.val, &cfg.start, &cfg.start_offset, &cfg.start_time_ns)))
           return cli_usage(a.cmd, "--start '%s': %s", a.val, e);
         break;
-      case O_KEYORD: cfg.flags |= ENGRAM_GROUP_KEY_ORDERED; break;
+      case O_KEYORD:
+        cfg.flags |= ENGRAM_GROUP_KEY_ORDERED;
+        break;
       case O_TTL:
         if ((e = cli_parse_duration_ms(a.val, &cfg.result_ttl_ms)) ||
             (cfg.result_ttl_ms == 0 && (e = "must be more than 0")))
@@ -146,10 +150,8 @@ static int group_list(struct cli *c, int argc, char **argv) {
       "options:\n"
       "  --json     a JSON array of group objects (the shape of `engram group show --json`)\n"
       "  -h, --help this help\n";
-  static const struct cli_opt opts[] = {{"--json", 0, 1},
-                                        {"-h", 0, CLI_OPT_HELP},
-                                        {"--help", 0, CLI_OPT_HELP},
-                                        {NULL, 0, 0}};
+  static const struct cli_opt opts[] = {
+      {"--json", 0, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "group list", argc, argv);
   int o, json = 0;
@@ -260,10 +262,8 @@ static int group_show(struct cli *c, int argc, char **argv) {
       "             \"next\",\"lag\",\"in_flight\",\"retrying\",\"dead\",\"acked\",\"delivered\",\n"
       "             \"redelivered\",\"oldest_unfinished_ns\",\"oldest_unfinished_age_ms\"}\n"
       "  -h, --help this help\n";
-  static const struct cli_opt opts[] = {{"--json", 0, 1},
-                                        {"-h", 0, CLI_OPT_HELP},
-                                        {"--help", 0, CLI_OPT_HELP},
-                                        {NULL, 0, 0}};
+  static const struct cli_opt opts[] = {
+      {"--json", 0, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "group show", argc, argv);
   int o, json = 0;
@@ -322,10 +322,8 @@ static int group_reset(struct cli *c, int argc, char **argv) {
       "options:\n"
       "  --to WHERE   where to move the cursor (required)\n"
       "  -h, --help   this help\n";
-  static const struct cli_opt opts[] = {{"--to", 1, 1},
-                                        {"-h", 0, CLI_OPT_HELP},
-                                        {"--help", 0, CLI_OPT_HELP},
-                                        {NULL, 0, 0}};
+  static const struct cli_opt opts[] = {
+      {"--to", 1, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "group reset", argc, argv);
   int o;
@@ -383,14 +381,31 @@ static const char consume_help[] =
     "The text form prints offset, time, type, key, attempt=N and the payload's start.\n";
 
 int cmd_consume(struct cli *c, int argc, char **argv) {
-  enum { O_CONSUMER = 1, O_COUNT, O_WAIT, O_JSON, O_NACK, O_DELAY, O_ERROR, O_REJECT, O_NOACK,
-         O_RESULT };
-  static const struct cli_opt opts[] = {
-      {"--consumer", 1, O_CONSUMER}, {"--count", 1, O_COUNT},   {"--wait", 1, O_WAIT},
-      {"--json", 0, O_JSON},         {"--nack", 0, O_NACK},     {"--delay", 1, O_DELAY},
-      {"--error", 1, O_ERROR},       {"--reject", 1, O_REJECT}, {"--no-ack", 0, O_NOACK},
-      {"--result", 1, O_RESULT},     {"-h", 0, CLI_OPT_HELP},   {"--help", 0, CLI_OPT_HELP},
-      {NULL, 0, 0}};
+  enum {
+    O_CONSUMER = 1,
+    O_COUNT,
+    O_WAIT,
+    O_JSON,
+    O_NACK,
+    O_DELAY,
+    O_ERROR,
+    O_REJECT,
+    O_NOACK,
+    O_RESULT
+  };
+  static const struct cli_opt opts[] = {{"--consumer", 1, O_CONSUMER},
+                                        {"--count", 1, O_COUNT},
+                                        {"--wait", 1, O_WAIT},
+                                        {"--json", 0, O_JSON},
+                                        {"--nack", 0, O_NACK},
+                                        {"--delay", 1, O_DELAY},
+                                        {"--error", 1, O_ERROR},
+                                        {"--reject", 1, O_REJECT},
+                                        {"--no-ack", 0, O_NOACK},
+                                        {"--result", 1, O_RESULT},
+                                        {"-h", 0, CLI_OPT_HELP},
+                                        {"--help", 0, CLI_OPT_HELP},
+                                        {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "consume", argc, argv);
   const char *consumer = NULL, *error = NULL, *reason = NULL, *result = NULL, *e;
@@ -398,7 +413,8 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
   int json = 0, nack = 0, noack = 0, have_delay = 0, o;
   while ((o = cli_args_next(&a, opts)) > 0) {
     switch (o) {
-      case CLI_OPT_HELP: return cli_help(consume_help);
+      case CLI_OPT_HELP:
+        return cli_help(consume_help);
       case O_CONSUMER:
         if (!a.val[0]) return cli_usage(a.cmd, "--consumer needs a non-empty name");
         consumer = a.val;
@@ -412,20 +428,30 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
         if ((e = cli_parse_duration_ms(a.val, &wait_ms)))
           return cli_usage(a.cmd, "--wait '%s': %s", a.val, e);
         break;
-      case O_JSON: json = 1; break;
-      case O_NACK: nack = 1; break;
+      case O_JSON:
+        json = 1;
+        break;
+      case O_NACK:
+        nack = 1;
+        break;
       case O_DELAY:
         if ((e = cli_parse_duration_ms(a.val, &delay_ms)))
           return cli_usage(a.cmd, "--delay '%s': %s", a.val, e);
         have_delay = 1;
         break;
-      case O_ERROR: error = a.val; break;
+      case O_ERROR:
+        error = a.val;
+        break;
       case O_REJECT:
         if (!a.val[0]) return cli_usage(a.cmd, "--reject needs a non-empty reason");
         reason = a.val;
         break;
-      case O_NOACK: noack = 1; break;
-      case O_RESULT: result = a.val; break;
+      case O_NOACK:
+        noack = 1;
+        break;
+      case O_RESULT:
+        result = a.val;
+        break;
     }
   }
   if (o < 0 || cli_args_count(&a, 2, 2, "TOPIC GROUP")) return CLI_EXIT_USAGE;
@@ -456,9 +482,10 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
   json_w_free(&w);
   /* Acknowledge only what reached the reader; the rest comes back after the ack wait. */
   if (!status && (fflush(stdout) != 0 || ferror(stdout)))
-    status = cli_error("consume %s %s: writing the events failed; they were not acked and "
-                       "will be delivered again",
-                       topic, group);
+    status = cli_error(
+        "consume %s %s: writing the events failed; they were not acked and "
+        "will be delivered again",
+        topic, group);
   if (status || noack || b->count == 0) goto out;
 
   size_t n = b->count, failed = 0, first = 0;
@@ -507,8 +534,11 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
     }
   }
   if (failed)
-    status = cli_error("consume %s %s: %zu of %zu %s failed; offset %" PRIu64 ": %s", topic,
-                       group, failed, n, nack ? "nacks" : reason ? "rejects" : "acks",
+    status = cli_error("consume %s %s: %zu of %zu %s failed; offset %" PRIu64 ": %s", topic, group,
+                       failed, n,
+                       nack     ? "nacks"
+                       : reason ? "rejects"
+                                : "acks",
                        b->events[first].offset, cli_errtext(c, first_rc));
 out:
   engram_batch_free(b);
@@ -531,8 +561,10 @@ int cmd_ack(struct cli *c, int argc, char **argv) {
       "  --result STR  keep STR as the event's result (see `engram status`)\n"
       "  -h, --help    this help\n";
   enum { O_ATTEMPT = 1, O_RESULT };
-  static const struct cli_opt opts[] = {{"--attempt", 1, O_ATTEMPT}, {"--result", 1, O_RESULT},
-                                        {"-h", 0, CLI_OPT_HELP},     {"--help", 0, CLI_OPT_HELP},
+  static const struct cli_opt opts[] = {{"--attempt", 1, O_ATTEMPT},
+                                        {"--result", 1, O_RESULT},
+                                        {"-h", 0, CLI_OPT_HELP},
+                                        {"--help", 0, CLI_OPT_HELP},
                                         {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "ack", argc, argv);
@@ -550,8 +582,8 @@ int cmd_ack(struct cli *c, int argc, char **argv) {
   int status = topic_group_offset(&a, &off);
   if (status) return status;
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
-  int rc = engram_ack(c->log, a.pos[0], a.pos[1], off, attempt, result,
-                      result ? strlen(result) : 0);
+  int rc =
+      engram_ack(c->log, a.pos[0], a.pos[1], off, attempt, result, result ? strlen(result) : 0);
   if (rc == ENGRAM_EALREADY) {
     printf("offset %" PRIu64 " was already finished for group %s\n", off, a.pos[1]);
     return 0;
@@ -585,7 +617,8 @@ int cmd_nack(struct cli *c, int argc, char **argv) {
   int o, have_delay = 0;
   while ((o = cli_args_next(&a, opts)) > 0) {
     switch (o) {
-      case CLI_OPT_HELP: return cli_help(h);
+      case CLI_OPT_HELP:
+        return cli_help(h);
       case O_ATTEMPT:
         if ((e = cli_parse_u32(a.val, &attempt)))
           return cli_usage(a.cmd, "--attempt '%s': %s", a.val, e);
@@ -595,7 +628,9 @@ int cmd_nack(struct cli *c, int argc, char **argv) {
           return cli_usage(a.cmd, "--delay '%s': %s", a.val, e);
         have_delay = 1;
         break;
-      case O_ERROR: error = a.val; break;
+      case O_ERROR:
+        error = a.val;
+        break;
     }
   }
   if (o < 0) return CLI_EXIT_USAGE;
@@ -620,8 +655,10 @@ int cmd_reject(struct cli *c, int argc, char **argv) {
       "  --attempt N   the attempt as fetched (default 0: do not check)\n"
       "  -h, --help    this help\n";
   enum { O_ATTEMPT = 1, O_REASON };
-  static const struct cli_opt opts[] = {{"--attempt", 1, O_ATTEMPT}, {"--reason", 1, O_REASON},
-                                        {"-h", 0, CLI_OPT_HELP},     {"--help", 0, CLI_OPT_HELP},
+  static const struct cli_opt opts[] = {{"--attempt", 1, O_ATTEMPT},
+                                        {"--reason", 1, O_REASON},
+                                        {"-h", 0, CLI_OPT_HELP},
+                                        {"--help", 0, CLI_OPT_HELP},
                                         {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "reject", argc, argv);
@@ -688,10 +725,8 @@ int cmd_status(struct cli *c, int argc, char **argv) {
       "             \"deadline_ns\",\"last_error\",\"result\"} (null when not set); a result\n"
       "             that is not UTF-8 comes as \"result_base64\"\n"
       "  -h, --help this help\n";
-  static const struct cli_opt opts[] = {{"--json", 0, 1},
-                                        {"-h", 0, CLI_OPT_HELP},
-                                        {"--help", 0, CLI_OPT_HELP},
-                                        {NULL, 0, 0}};
+  static const struct cli_opt opts[] = {
+      {"--json", 0, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "status", argc, argv);
   uint64_t off;
@@ -752,19 +787,20 @@ int cmd_status(struct cli *c, int argc, char **argv) {
   } else {
     char t[48], age[32];
     printf("state:       %s\n", state);
-    if (cl && st.state == ENGRAM_STATE_IN_FLIGHT) printf("consumer:    %.*s\n", (int)cl, st.consumer);
+    if (cl && st.state == ENGRAM_STATE_IN_FLIGHT)
+      printf("consumer:    %.*s\n", (int)cl, st.consumer);
     printf("attempt:     %" PRIu32 "\n", st.attempt);
     if (st.deadline_ns) {
       int64_t now = cli_now_ns();
       cli_fmt_time(st.deadline_ns, t, sizeof t);
       if (st.deadline_ns >= now) {
         cli_fmt_age(st.deadline_ns - now, age, sizeof age);
-        printf("%s   %s (in %s)\n", st.state == ENGRAM_STATE_IN_FLIGHT ? "deadline:" : "due:     ",
-               t, age);
+        printf("%s   %s (in %s)\n",
+               st.state == ENGRAM_STATE_IN_FLIGHT ? "deadline:" : "due:     ", t, age);
       } else {
         cli_fmt_age(now - st.deadline_ns, age, sizeof age);
-        printf("%s   %s (%s ago)\n", st.state == ENGRAM_STATE_IN_FLIGHT ? "deadline:" : "due:     ",
-               t, age);
+        printf("%s   %s (%s ago)\n",
+               st.state == ENGRAM_STATE_IN_FLIGHT ? "deadline:" : "due:     ", t, age);
       }
     }
     if (el) printf("last error:  %.*s\n", (int)el, st.last_error);
@@ -773,8 +809,7 @@ int cmd_status(struct cli *c, int argc, char **argv) {
         fputs("result:      ", stdout);
         fwrite(st.result, 1, st.result_len, stdout);
         fputc('\n', stdout);
-      }
-      else
+      } else
         printf("result:      <%zu bytes, not UTF-8; see --json>\n", st.result_len);
     }
   }

@@ -29,10 +29,10 @@ static const char read_help[] =
 
 int cmd_read(struct cli *c, int argc, char **argv) {
   enum { O_FROM = 1, O_LAST, O_COUNT, O_JSON };
-  static const struct cli_opt opts[] = {{"--from", 1, O_FROM},   {"--last", 1, O_LAST},
-                                        {"--count", 1, O_COUNT}, {"--json", 0, O_JSON},
-                                        {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP},
-                                        {NULL, 0, 0}};
+  static const struct cli_opt opts[] = {
+      {"--from", 1, O_FROM}, {"--last", 1, O_LAST},   {"--count", 1, O_COUNT},
+      {"--json", 0, O_JSON}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP},
+      {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "read", argc, argv);
   uint64_t from = 1, last = 0, count = UINT64_MAX;
@@ -40,7 +40,8 @@ int cmd_read(struct cli *c, int argc, char **argv) {
   const char *e;
   while ((o = cli_args_next(&a, opts)) > 0) {
     switch (o) {
-      case CLI_OPT_HELP: return cli_help(read_help);
+      case CLI_OPT_HELP:
+        return cli_help(read_help);
       case O_FROM:
         if ((e = cli_parse_offset(a.val, &from)))
           return cli_usage(a.cmd, "--from '%s': %s", a.val, e);
@@ -54,7 +55,9 @@ int cmd_read(struct cli *c, int argc, char **argv) {
         if ((e = cli_parse_u64(a.val, &count)) || (!count && (e = "must be at least 1")))
           return cli_usage(a.cmd, "--count '%s': %s", a.val, e);
         break;
-      case O_JSON: json = 1; break;
+      case O_JSON:
+        json = 1;
+        break;
     }
   }
   if (o < 0) return CLI_EXIT_USAGE;
@@ -115,10 +118,8 @@ static const char topics_help[] =
     "  --json     a JSON array of topic objects (the shape of `engram topic show --json`)\n"
     "  -h, --help this help\n";
 
-static const struct cli_opt json_opts[] = {{"--json", 0, 1},
-                                           {"-h", 0, CLI_OPT_HELP},
-                                           {"--help", 0, CLI_OPT_HELP},
-                                           {NULL, 0, 0}};
+static const struct cli_opt json_opts[] = {
+    {"--json", 0, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
 
 /* Parses a command whose only option is --json; returns -1 (help shown), or 0/1 (json)
  * with *status set to the exit status when something was wrong. */
@@ -196,8 +197,8 @@ static void show_topic_text(const engram_topic_info *t) {
   if (t->config.flags & ENGRAM_TOPIC_NO_DICT)
     printf("dictionary:          never (--no-dict)\n");
   else if (t->dict_id)
-    printf("dictionary:          id %" PRIu32 " (retrained after %" PRIu32 " events)\n",
-           t->dict_id, t->config.dict_train_after);
+    printf("dictionary:          id %" PRIu32 " (retrained after %" PRIu32 " events)\n", t->dict_id,
+           t->config.dict_train_after);
   else
     printf("dictionary:          none yet (trained after %" PRIu32 " events)\n",
            t->config.dict_train_after);
@@ -234,11 +235,13 @@ static const char create_help[] =
 
 static int topic_create(struct cli *c, int argc, char **argv) {
   enum { O_THRESH = 1, O_MAXP, O_NODICT, O_DICTAFTER };
-  static const struct cli_opt opts[] = {
-      {"--compress-threshold", 1, O_THRESH}, {"--max-payload", 1, O_MAXP},
-      {"--no-dict", 0, O_NODICT},            {"--dict-after", 1, O_DICTAFTER},
-      {"-h", 0, CLI_OPT_HELP},               {"--help", 0, CLI_OPT_HELP},
-      {NULL, 0, 0}};
+  static const struct cli_opt opts[] = {{"--compress-threshold", 1, O_THRESH},
+                                        {"--max-payload", 1, O_MAXP},
+                                        {"--no-dict", 0, O_NODICT},
+                                        {"--dict-after", 1, O_DICTAFTER},
+                                        {"-h", 0, CLI_OPT_HELP},
+                                        {"--help", 0, CLI_OPT_HELP},
+                                        {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "topic create", argc, argv);
   engram_topic_config cfg;
@@ -248,7 +251,8 @@ static int topic_create(struct cli *c, int argc, char **argv) {
   uint64_t v;
   while ((o = cli_args_next(&a, opts)) > 0) {
     switch (o) {
-      case CLI_OPT_HELP: return cli_help(create_help);
+      case CLI_OPT_HELP:
+        return cli_help(create_help);
       case O_THRESH:
         if (strcmp(a.val, "never") == 0) {
           cfg.compress_threshold = UINT32_MAX;
@@ -265,7 +269,9 @@ static int topic_create(struct cli *c, int argc, char **argv) {
           return cli_usage(a.cmd, "--max-payload '%s': %s", a.val, e);
         cfg.max_payload = (uint32_t)v;
         break;
-      case O_NODICT: cfg.flags |= ENGRAM_TOPIC_NO_DICT; break;
+      case O_NODICT:
+        cfg.flags |= ENGRAM_TOPIC_NO_DICT;
+        break;
       case O_DICTAFTER:
         if ((e = cli_parse_u32(a.val, &cfg.dict_train_after)) ||
             (cfg.dict_train_after == 0 && (e = "must be at least 1")))
@@ -419,9 +425,8 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
     status = cli_json_emit(&w);
     json_w_free(&w);
   } else {
-    printf("checked %" PRIu64 " topic%s, %" PRIu64 " record%s: %" PRIu64 " damaged\n",
-           r.topics, r.topics == 1 ? "" : "s", r.records, r.records == 1 ? "" : "s",
-           r.damaged);
+    printf("checked %" PRIu64 " topic%s, %" PRIu64 " record%s: %" PRIu64 " damaged\n", r.topics,
+           r.topics == 1 ? "" : "s", r.records, r.records == 1 ? "" : "s", r.damaged);
   }
   if (r.damaged > 0)
     return cli_error("verify: %" PRIu64 " damaged record%s; first: %.*s", r.damaged,

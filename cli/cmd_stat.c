@@ -59,10 +59,8 @@ static int text(const engram_topic_info *t, size_t nt, const engram_group_info *
 }
 
 int cmd_stat(struct cli *c, int argc, char **argv) {
-  static const struct cli_opt opts[] = {{"--json", 0, 1},
-                                        {"-h", 0, CLI_OPT_HELP},
-                                        {"--help", 0, CLI_OPT_HELP},
-                                        {NULL, 0, 0}};
+  static const struct cli_opt opts[] = {
+      {"--json", 0, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
   struct cli_args a;
   cli_args_init(&a, "stat", argc, argv);
   int o, json = 0;

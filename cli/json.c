@@ -25,8 +25,7 @@ static size_t utf8_seq(const unsigned char *p, size_t n) {
     return 3;
   }
   if (c < 0xF5) {
-    if (n < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
-      return 0;
+    if (n < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80) return 0;
     if (c == 0xF0 && p[1] < 0x90) return 0;
     if (c == 0xF4 && p[1] > 0x8F) return 0;
     return 4;
@@ -52,8 +51,7 @@ int json_utf8_valid(const void *buf, size_t len) {
 /* ---------------------------------------------------------------------------------
  * Base64.
  * ------------------------------------------------------------------------------ */
-static const char b64chars[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 size_t json_b64_encoded_len(size_t len) { return (len + 2) / 3 * 4; }
 
@@ -226,13 +224,27 @@ static void put_string(json_writer *w, const unsigned char *s, size_t n) {
     size_t el = 2;
     esc[0] = '\\';
     switch (c) {
-      case '"': esc[1] = '"'; break;
-      case '\\': esc[1] = '\\'; break;
-      case '\b': esc[1] = 'b'; break;
-      case '\f': esc[1] = 'f'; break;
-      case '\n': esc[1] = 'n'; break;
-      case '\r': esc[1] = 'r'; break;
-      case '\t': esc[1] = 't'; break;
+      case '"':
+        esc[1] = '"';
+        break;
+      case '\\':
+        esc[1] = '\\';
+        break;
+      case '\b':
+        esc[1] = 'b';
+        break;
+      case '\f':
+        esc[1] = 'f';
+        break;
+      case '\n':
+        esc[1] = 'n';
+        break;
+      case '\r':
+        esc[1] = 'r';
+        break;
+      case '\t':
+        esc[1] = 't';
+        break;
       default:
         esc[1] = 'u';
         esc[2] = '0';
@@ -317,11 +329,21 @@ void json_kbool(json_writer *w, const char *key, int v) {
 
 void json_write_value(json_writer *w, const json_value *v) {
   switch (v->type) {
-    case JSON_NULL: json_null(w); break;
-    case JSON_FALSE: json_bool(w, 0); break;
-    case JSON_TRUE: json_bool(w, 1); break;
-    case JSON_NUMBER: raw(w, v->num, v->num_len); break;
-    case JSON_STRING: json_strn(w, v->str, v->len); break;
+    case JSON_NULL:
+      json_null(w);
+      break;
+    case JSON_FALSE:
+      json_bool(w, 0);
+      break;
+    case JSON_TRUE:
+      json_bool(w, 1);
+      break;
+    case JSON_NUMBER:
+      raw(w, v->num, v->num_len);
+      break;
+    case JSON_STRING:
+      json_strn(w, v->str, v->len);
+      break;
     case JSON_ARRAY:
       json_arr(w);
       for (size_t i = 0; i < v->len; i++) json_write_value(w, &v->items[i]);
@@ -425,10 +447,14 @@ static int hex4(const unsigned char *s, unsigned *out) {
   for (int i = 0; i < 4; i++) {
     unsigned char c = s[i];
     v <<= 4;
-    if (c >= '0' && c <= '9') v |= c - '0';
-    else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-    else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-    else return -1;
+    if (c >= '0' && c <= '9')
+      v |= c - '0';
+    else if (c >= 'a' && c <= 'f')
+      v |= c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F')
+      v |= c - 'A' + 10;
+    else
+      return -1;
   }
   *out = v;
   return 0;
@@ -484,14 +510,30 @@ static int parse_string(struct parser *p, char **out, size_t *out_len) {
     }
     unsigned char e = p->s[p->pos + 1];
     switch (e) {
-      case '"': o[n++] = '"'; break;
-      case '\\': o[n++] = '\\'; break;
-      case '/': o[n++] = '/'; break;
-      case 'b': o[n++] = '\b'; break;
-      case 'f': o[n++] = '\f'; break;
-      case 'n': o[n++] = '\n'; break;
-      case 'r': o[n++] = '\r'; break;
-      case 't': o[n++] = '\t'; break;
+      case '"':
+        o[n++] = '"';
+        break;
+      case '\\':
+        o[n++] = '\\';
+        break;
+      case '/':
+        o[n++] = '/';
+        break;
+      case 'b':
+        o[n++] = '\b';
+        break;
+      case 'f':
+        o[n++] = '\f';
+        break;
+      case 'n':
+        o[n++] = '\n';
+        break;
+      case 'r':
+        o[n++] = '\r';
+        break;
+      case 't':
+        o[n++] = '\t';
+        break;
       case 'u': {
         unsigned cp, lo;
         if (end - p->pos < 6 || hex4(p->s + p->pos + 2, &cp) < 0)
@@ -508,7 +550,8 @@ static int parse_string(struct parser *p, char **out, size_t *out_len) {
         p->pos += 6;
         continue;
       }
-      default: return fail(p, "unknown escape in string");
+      default:
+        return fail(p, "unknown escape in string");
     }
     p->pos += 2;
   }
@@ -710,9 +753,12 @@ static int parse_value(struct parser *p, json_value *v) {
     case '"':
       v->type = JSON_STRING;
       return parse_string(p, &v->str, &v->len);
-    case 't': return literal(p, "true", JSON_TRUE, v);
-    case 'f': return literal(p, "false", JSON_FALSE, v);
-    case 'n': return literal(p, "null", JSON_NULL, v);
+    case 't':
+      return literal(p, "true", JSON_TRUE, v);
+    case 'f':
+      return literal(p, "false", JSON_FALSE, v);
+    case 'n':
+      return literal(p, "null", JSON_NULL, v);
     default:
       if (c == '-' || is_digit(c)) return parse_number(p, v);
       return fail(p, "expected a value (true, false, null, a number, string, array or object)");

@@ -25,10 +25,10 @@ int json_b64_decode(const char *in, size_t len, unsigned char *out, size_t *out_
 typedef struct json_writer {
   char *buf;
   size_t len, cap;
-  int failed;      /* out of memory or nested too deeply: the buffer is incomplete */
-  int depth;       /* open objects and arrays */
+  int failed; /* out of memory or nested too deeply: the buffer is incomplete */
+  int depth;  /* open objects and arrays */
   unsigned char started[JSON_MAX_DEPTH]; /* per level: a value was already written */
-  int after_key;   /* the next value follows a key (no comma) */
+  int after_key;                         /* the next value follows a key (no comma) */
 } json_writer;
 
 void json_w_init(json_writer *w);
@@ -75,8 +75,8 @@ struct json_value {
   json_type type;
   const char *num; /* JSON_NUMBER: its text in the source, num_len bytes */
   size_t num_len;
-  char *str;       /* JSON_STRING: decoded UTF-8, NUL-terminated (may hold NULs) */
-  size_t len;      /* JSON_STRING: bytes in str; JSON_ARRAY / JSON_OBJECT: entries */
+  char *str;            /* JSON_STRING: decoded UTF-8, NUL-terminated (may hold NULs) */
+  size_t len;           /* JSON_STRING: bytes in str; JSON_ARRAY / JSON_OBJECT: entries */
   json_value *items;    /* JSON_ARRAY */
   json_member *members; /* JSON_OBJECT, in source order */
 };

@@ -36,7 +36,8 @@ static void print_help(void) {
       "  --version            print the versions and exit\n"
       "\n"
       "commands:\n");
-  for (size_t i = 0; i < NCOMMANDS; i++) printf("  %-10s %s\n", commands[i].name, commands[i].summary);
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    printf("  %-10s %s\n", commands[i].name, commands[i].summary);
   printf(
       "\n"
       "Durations are written 250ms, 30s, 2m, 1h, 1d (combinable: 1h30m); times as @ and\n"
@@ -147,6 +148,13 @@ int main(int argc, char **argv) {
   return status;
 }
 
+const char *cli_data_dir(const struct cli *c) {
+  if (c->connect) return NULL;
+  if (c->data && *c->data) return c->data;
+  const char *env = getenv("ENGRAM_DATA");
+  return env && *env ? env : NULL;
+}
+
 int cli_open(struct cli *c, int create) {
   if (c->log) return 0;
   int rc;
@@ -158,10 +166,10 @@ int cli_open(struct cli *c, int create) {
     }
     return 0;
   }
-  const char *dir = c->data;
-  if (!dir || !*dir) dir = getenv("ENGRAM_DATA");
-  if (!dir || !*dir)
-    return cli_usage(NULL, "no log given: use --data DIR or --connect ENDPOINT, or set ENGRAM_DATA");
+  const char *dir = cli_data_dir(c);
+  if (!dir)
+    return cli_usage(NULL,
+                     "no log given: use --data DIR or --connect ENDPOINT, or set ENGRAM_DATA");
   engram_options o;
   memset(&o, 0, sizeof o);
   o.durability = c->durability;
@@ -170,9 +178,10 @@ int cli_open(struct cli *c, int create) {
   if (rc != 0) {
     c->log = NULL;
     if (rc == ENGRAM_ENOTFOUND && create != CLI_OPEN_CREATE)
-      return cli_error("open %s: no log there (make one with 'engram topic create' or "
-                       "'engram append --create')",
-                       dir);
+      return cli_error(
+          "open %s: no log there (make one with 'engram topic create' or "
+          "'engram append --create')",
+          dir);
     return cli_error("open %s: %s", dir, engram_strerror(rc));
   }
   return 0;
@@ -236,8 +245,8 @@ int cli_finish(int status) {
   return status;
 }
 
-int cli_dispatch_sub(struct cli *c, const char *cmd, const struct cli_sub *subs,
-                     const char *help, int argc, char **argv) {
+int cli_dispatch_sub(struct cli *c, const char *cmd, const struct cli_sub *subs, const char *help,
+                     int argc, char **argv) {
   if (argc < 2) return cli_usage(cmd, "missing subcommand");
   const char *s = argv[1];
   if (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0 || strcmp(s, "help") == 0)

@@ -69,8 +69,7 @@ void cli_fmt_duration_ms(uint64_t ms, char *buf, size_t len) {
 /* ---------------------------------------------------------------------------------
  * Events.
  * ------------------------------------------------------------------------------ */
-void cli_json_event(json_writer *w, const engram_event *ev, const char *topic,
-                    const char *group) {
+void cli_json_event(json_writer *w, const engram_event *ev, const char *topic, const char *group) {
   json_obj(w);
   json_kstr(w, "topic", ev->topic ? ev->topic : topic);
   if (group) json_kstr(w, "group", group);
@@ -84,8 +83,7 @@ void cli_json_event(json_writer *w, const engram_event *ev, const char *topic,
     json_kstr(w, ev->headers[i].name, ev->headers[i].value ? ev->headers[i].value : "");
   json_obj_end(w);
   json_ki64(w, "timestamp_ns", ev->timestamp_ns);
-  json_kstr(w, "content_type",
-            ev->content_type && ev->content_type[0] ? ev->content_type : NULL);
+  json_kstr(w, "content_type", ev->content_type && ev->content_type[0] ? ev->content_type : NULL);
   if (ev->payload_len == 0 || json_utf8_valid(ev->payload, ev->payload_len)) {
     json_key(w, "payload");
     json_strn(w, ev->payload ? ev->payload : "", ev->payload_len);
@@ -194,7 +192,8 @@ void cli_json_group(json_writer *w, const engram_group_info *g, int64_t now_ns) 
   json_key(w, "filters");
   json_arr(w);
   size_t nf = g->n_filters < ENGRAM_MAX_FILTERS ? g->n_filters : ENGRAM_MAX_FILTERS;
-  for (size_t i = 0; i < nf; i++) json_strn(w, g->filters[i], strnlen(g->filters[i], sizeof g->filters[i]));
+  for (size_t i = 0; i < nf; i++)
+    json_strn(w, g->filters[i], strnlen(g->filters[i], sizeof g->filters[i]));
   json_arr_end(w);
   json_ku64(w, "ack_wait_ms", g->ack_wait_ms);
   json_ku64(w, "max_deliver", g->max_deliver);
