@@ -1,7 +1,5 @@
 /* bench_log.c — append and scan throughput of the log, next to this machine's raw limits. */
 #include <errno.h>
-#include <fcntl.h>
-#include <lmdb.h> /* the raw LMDB baseline only; engram itself is reached through engram.h */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,163 +55,28 @@ static void path_for(char *buf, size_t cap, const char *name) {
 /* ---------------------------------------------------------------------------------
  * Raw limits.
  * ------------------------------------------------------------------------------ */
+static double limit_seconds(void) { return seconds < 2 ? seconds : 2; }
 
-/* 4 KiB pwrite + fdatasync over a preallocated file: what one durable commit can cost at
- * least. Overwriting keeps the file size fixed, so no journal commit is needed for it. */
 static void raw_fsync(void) {
-  char path[4200];
-  path_for(path, sizeof path, "fsync.bin");
-  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) bench_die("open %s: %s", path, strerror(errno));
-  enum { BLOCKS = 256 };
-  static char block[4096];
-  memset(block, 'x', sizeof block);
-  for (int i = 0; i < BLOCKS; i++)
-    if (pwrite(fd, block, sizeof block, (off_t)i * 4096) != (ssize_t)sizeof block)
-      bench_die("pwrite: %s", strerror(errno));
-  fsync(fd);
-  bench_samples lat = {0};
-  bench_bound b = bench_bound_make(seconds < 2 ? seconds : 2, 100000);
-  uint64_t n = 0;
-  while (!bench_bound_done(&b, n)) {
-    int64_t t0 = bench_now_ns();
-    block[0] = (char)n;
-    if (pwrite(fd, block, sizeof block, (off_t)(n % BLOCKS) * 4096) != (ssize_t)sizeof block)
-      bench_die("pwrite: %s", strerror(errno));
-    if (fdatasync(fd)) bench_die("fdatasync: %s", strerror(errno));
-    bench_samples_add(&lat, bench_now_ns() - t0);
-    n++;
-  }
-  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
-  close(fd);
-  unlink(path);
   bench_result r;
-  bench_result_init(&r, "fdatasync_4k", "disk", "fdatasync");
-  bench_result_rate(&r, n, s, 0);
-  r.p50_us = (double)bench_samples_pct(&lat, 50) / 1e3;
-  r.p99_us = (double)bench_samples_pct(&lat, 99) / 1e3;
-  r.p999_us = (double)bench_samples_pct(&lat, 99.9) / 1e3;
-  bench_samples_free(&lat);
-  bench_result_note(&r, "the physical limit of one durable write");
-  fsync_rate = r.events_per_s;
+  fsync_rate = bench_raw_fsync(root, limit_seconds(), &r);
   emit(&r);
 }
 
-static void mdb_check(int rc, const char *what) {
-  if (rc) bench_die("lmdb %s: %s", what, mdb_strerror(rc));
-}
-
-typedef struct raw_env {
-  MDB_env *env;
-  MDB_dbi dbi;
-  char dir[4200];
-} raw_env;
-
-static void raw_open(raw_env *e, const char *name, unsigned flags) {
-  path_for(e->dir, sizeof e->dir, name);
-  bench_rmrf(e->dir);
-  if (mkdir(e->dir, 0755)) bench_die("mkdir %s: %s", e->dir, strerror(errno));
-  mdb_check(mdb_env_create(&e->env), "env_create");
-  mdb_check(mdb_env_set_mapsize(e->env, (size_t)8 << 30), "set_mapsize");
-  mdb_check(mdb_env_set_maxdbs(e->env, 4), "set_maxdbs");
-  mdb_check(mdb_env_open(e->env, e->dir, flags, 0644), "env_open");
-  MDB_txn *txn;
-  mdb_check(mdb_txn_begin(e->env, NULL, 0, &txn), "txn_begin");
-  mdb_check(mdb_dbi_open(txn, "events", MDB_CREATE | MDB_INTEGERKEY, &e->dbi), "dbi_open");
-  mdb_check(mdb_txn_commit(txn), "commit");
-}
-
-static void raw_close(raw_env *e) {
-  mdb_env_close(e->env);
-  bench_rmrf(e->dir);
-}
-
-/* Puts events [next, next + n) with MDB_APPEND in `txn`; returns their payload bytes. */
-static uint64_t raw_put(raw_env *e, MDB_txn *txn, uint64_t *next, size_t n) {
-  uint64_t bytes = 0;
-  for (size_t i = 0; i < n; i++) {
-    uint64_t k = ++*next;
-    const bench_event *ev = bench_event_at(&evs, k - 1);
-    MDB_val key = {sizeof k, &k}, val = {ev->payload_len, (void *)ev->payload};
-    mdb_check(mdb_put(txn, e->dbi, &key, &val, MDB_APPEND), "put");
-    bytes += ev->payload_len;
-  }
-  return bytes;
-}
-
-/* Commits of `per_commit` puts each, synced per the env's flags. */
-static double raw_commits(const char *workload, const char *durability, unsigned flags,
-                          size_t per_commit, uint64_t max_events, const char *note) {
-  raw_env e;
-  raw_open(&e, "lmdb-commits", flags);
-  uint64_t next = 0, bytes = 0;
-  bench_bound b = bench_bound_make(seconds < 2 ? seconds : 2, max_events);
-  while (!bench_bound_done(&b, next)) {
-    MDB_txn *txn;
-    mdb_check(mdb_txn_begin(e.env, NULL, 0, &txn), "txn_begin");
-    bytes += raw_put(&e, txn, &next, per_commit);
-    mdb_check(mdb_txn_commit(txn), "commit");
-  }
-  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
-  raw_close(&e);
+static double raw_commits(int nometasync, size_t per_commit, uint64_t max_events) {
   bench_result r;
-  bench_result_init(&r, workload, "lmdb", durability);
-  bench_result_rate(&r, next, s, bytes);
+  double rate = bench_raw_lmdb_commits(root, &evs, nometasync, per_commit, limit_seconds(), max_events, &r);
   if (fsync_rate > 0) bench_result_ratio(&r, fsync_rate * (double)per_commit, "fdatasync x puts/commit", 0);
-  bench_result_note(&r, "%s", note);
   emit(&r);
-  return r.events_per_s;
+  return rate;
 }
 
-/* One transaction of MDB_APPEND puts of the same bytes and its commit, without a flush
- * (MDB_NOSYNC): the CPU cost of LMDB alone, which is what an async engram append is read
- * against. Then the cursor walk over those records: reading before any decoding. */
 static void raw_append_one_txn(void) {
-  raw_env e;
-  raw_open(&e, "lmdb-append", MDB_NOSYNC);
-  uint64_t next = 0, bytes = 0;
-  MDB_txn *txn;
-  bench_bound b = bench_bound_make(seconds, 1000000);
-  mdb_check(mdb_txn_begin(e.env, NULL, 0, &txn), "txn_begin");
-  while (!bench_bound_done(&b, next)) bytes += raw_put(&e, txn, &next, 1000);
-  mdb_check(mdb_txn_commit(txn), "commit");
-  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
-  bench_result r;
-  bench_result_init(&r, "lmdb_append_1txn", "lmdb", "nosync");
-  bench_result_rate(&r, next, s, bytes);
-  bench_result_note(&r, "MDB_APPEND of the same payload bytes in one transaction, commit unflushed");
-  lmdb_append_rate = r.events_per_s;
+  bench_result r, scan;
+  lmdb_append_rate = bench_raw_lmdb_append(root, &evs, seconds, 1000000, &r, &scan);
   emit(&r);
-
-  double rates[8];
-  uint64_t seen = 0, sum = 0;
-  size_t passes = 0;
-  for (int pass = 0; pass < 4; pass++) { /* the first pass only warms the page cache */
-    int64_t t0 = bench_now_ns();
-    uint64_t k0 = 0;
-    mdb_check(mdb_txn_begin(e.env, NULL, MDB_RDONLY, &txn), "txn_begin");
-    MDB_cursor *c;
-    mdb_check(mdb_cursor_open(txn, e.dbi, &c), "cursor_open");
-    MDB_val k, v;
-    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-      k0++;
-      sum += v.mv_size;
-    }
-    mdb_cursor_close(c);
-    mdb_txn_abort(txn);
-    if (pass) {
-      rates[passes++] = (double)k0 / ((double)(bench_now_ns() - t0) / 1e9);
-      seen += k0;
-    }
-  }
-  double med = bench_median(rates, passes);
-  bench_result_init(&r, "lmdb_cursor_scan", "lmdb", "-");
-  bench_result_rate(&r, seen, (double)seen / med, sum / 4 * 3);
-  bench_result_note(&r, "raw cursor walk over %llu records, no decoding (median of %zu passes)",
-                    (unsigned long long)next, passes);
-  lmdb_scan_rate = r.events_per_s;
-  emit(&r);
-  raw_close(&e);
+  lmdb_scan_rate = scan.events_per_s;
+  emit(&scan);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -511,17 +374,14 @@ int main(int argc, char **argv) {
    * shared machine hits both alike. */
   if (wanted("fsync") || wanted("one") || wanted("pipelined")) raw_fsync();
   if (wanted("one")) {
-    lmdb_commit_rate = raw_commits("lmdb_commit_1put", "sync", 0, 1, 20000,
-                                   "plain synced LMDB commit of one put: flushes twice");
-    raw_commits("lmdb_commit_1put", "nometasync", MDB_NOMETASYNC, 1, 20000,
-                "MDB_NOMETASYNC: one flush per commit");
+    lmdb_commit_rate = raw_commits(0, 1, 20000);
+    raw_commits(1, 1, 20000);
     one_thread();
   }
   if (wanted("many")) many_threads();
   if (wanted("pipelined") && (pipe_on || (only && strstr(only, "pipelined")))) pipelined();
   if (wanted("batch")) {
-    lmdb_batch_rate = raw_commits("lmdb_commit_100puts", "sync", 0, 100, 1000000,
-                                  "100 MDB_APPEND puts per synced commit");
+    lmdb_batch_rate = raw_commits(0, 100, 1000000);
     batches(ENGRAM_DURABILITY_SYNC, "batch-sync", 100);
   }
   if (wanted("async") || wanted("scan")) raw_append_one_txn();

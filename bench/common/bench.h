@@ -126,6 +126,22 @@ void bench_out_close(bench_out *o);
 void bench_table_header(void);
 void bench_table_row(const bench_result *r);
 
+/* ---------------------------------------------------------------------------------
+ * This machine's physical limits, measured in a scratch directory `dir`. Each fills *r
+ * and returns its rate (operations/s).
+ * ------------------------------------------------------------------------------ */
+/* 4 KiB pwrite + fdatasync in a loop over a preallocated file. */
+double bench_raw_fsync(const char *dir, double seconds, bench_result *r);
+/* Raw LMDB commits of `per_commit` MDB_APPEND puts of the events' payloads, synced per
+ * commit (nometasync = MDB_NOMETASYNC); rate in puts/s. */
+double bench_raw_lmdb_commits(const char *dir, const bench_events *evs, int nometasync,
+                              size_t per_commit, double seconds, uint64_t max_events,
+                              bench_result *r);
+/* Raw LMDB: MDB_APPEND puts of the same bytes in one transaction, commit unflushed
+ * (MDB_NOSYNC); then, when scan is not NULL, a cursor walk over them. */
+double bench_raw_lmdb_append(const char *dir, const bench_events *evs, double seconds,
+                             uint64_t max_events, bench_result *r, bench_result *scan);
+
 /* Small shared helpers. */
 int bench_mkdtemp(char *out, size_t cap, const char *tag); /* under $TMPDIR or /tmp */
 void bench_rmrf(const char *path);
