@@ -793,14 +793,13 @@ int cmd_status(struct cli *c, int argc, char **argv) {
     if (st.deadline_ns) {
       int64_t now = cli_now_ns();
       cli_fmt_time(st.deadline_ns, t, sizeof t);
+      const char *label = st.state == ENGRAM_STATE_IN_FLIGHT ? "deadline:" : "due:";
       if (st.deadline_ns >= now) {
         cli_fmt_age(st.deadline_ns - now, age, sizeof age);
-        printf("%s   %s (in %s)\n",
-               st.state == ENGRAM_STATE_IN_FLIGHT ? "deadline:" : "due:     ", t, age);
+        printf("%-13s%s (in %s)\n", label, t, age);
       } else {
         cli_fmt_age(now - st.deadline_ns, age, sizeof age);
-        printf("%s   %s (%s ago)\n",
-               st.state == ENGRAM_STATE_IN_FLIGHT ? "deadline:" : "due:     ", t, age);
+        printf("%-13s%s (%s ago)\n", label, t, age);
       }
     }
     if (el) printf("last error:  %.*s\n", (int)el, st.last_error);

@@ -2,7 +2,7 @@
 # demo.sh — what `make run` shows: memory events appended, read back, consumed by a group.
 # Safe to run again: events are appended only while the topic holds fewer than 200, and
 # the group is created only when missing. Env: BUILD (default build), DATA (default
-# ./engram-data).
+# ./engram-data), EVENTS (a JSON-lines file of memory events).
 set -euo pipefail
 
 BUILD=${BUILD:-build}
@@ -12,8 +12,9 @@ TOPIC=memory
 GROUP=indexer
 WANT=200
 
+# The sample events live next to the repository, never inside it; EVENTS overrides.
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-events="$repo/../shared/data/memory-events.jsonl"
+events=${EVENTS:-$(dirname "$repo")/shared/data/memory-events.jsonl}
 
 step() { printf '\n== %s\n' "$*"; }
 
