@@ -383,11 +383,7 @@ static void topics_are_created_listed_in_name_order_described_and_dropped(void *
   assert_string_equal(list[0].name, "audit");
   assert_string_equal(list[1].name, "jobs");
   assert_string_equal(list[2].name, "memory");
-  /* Defaults are filled in; custom values kept. */
-  assert_int_equal(list[2].config.compress_threshold, 256);
-  assert_int_equal(list[2].config.max_payload, 1u << 20);
-  assert_int_equal(list[2].config.dict_train_after, 4096);
-  assert_int_equal(list[2].config.flags, 0);
+  /* Custom values are kept (defaults: see the next test). */
   assert_int_equal(list[0].config.compress_threshold, 1000);
   assert_int_equal(list[0].config.max_payload, 2048);
   assert_int_equal(list[0].config.dict_train_after, 50);
@@ -434,6 +430,24 @@ static void topics_are_created_listed_in_name_order_described_and_dropped(void *
   ok(log, engram_read(log, "memory", off, &b), "read recreated");
   assert_memory_equal(b->events[0].payload, "new", 3);
   engram_batch_free(b);
+}
+
+static void a_topic_created_without_config_gets_the_documented_defaults(void **state) {
+  fx *f = *state;
+  engram *log = open_default(f);
+  tu_topic(log, "memory", NULL);
+  engram_topic_config zero = {0};
+  tu_topic(log, "zero", &zero);
+  const char *names[] = {"memory", "zero"};
+  for (int k = 0; k < 2; k++) {
+    engram_topic_info i;
+    info(log, names[k], &i);
+    /* engram.h: compress_threshold default 256, max_payload 1 MiB, dict_train_after 4096. */
+    assert_int_equal(i.config.max_payload, 1u << 20);
+    assert_int_equal(i.config.dict_train_after, 4096);
+    assert_int_equal(i.config.flags, 0);
+    assert_int_equal(i.config.compress_threshold, 256);
+  }
 }
 
 /* ---------------------------------------------------------------------------------
@@ -484,7 +498,8 @@ static void a_compressible_payload_is_stored_smaller_and_reads_back_whole(void *
 static void records_written_before_and_after_a_retrain_read_back_identically(void **state) {
   fx *f = *state;
   engram *log = open_default(f);
-  engram_topic_config cfg = {.dict_train_after = 1000000};
+  /* A threshold below the smallest event, so nearly every record takes the zstd path. */
+  engram_topic_config cfg = {.compress_threshold = 100, .dict_train_after = 1000000};
   tu_topic(log, "memory", &cfg);
   tu_events *e = tu_memory_events(2000);
   if (e->n < 2000) {
@@ -950,6 +965,7 @@ int main(void) {
       T(an_idempotency_key_is_forgotten_after_the_dedup_window),
       T(idempotency_keys_survive_reopen),
       T(topics_are_created_listed_in_name_order_described_and_dropped),
+      T(a_topic_created_without_config_gets_the_documented_defaults),
       T(a_compressible_payload_is_stored_smaller_and_reads_back_whole),
       T(records_written_before_and_after_a_retrain_read_back_identically),
       T(a_dictionary_is_trained_automatically_after_dict_train_after_events),

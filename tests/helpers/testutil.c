@@ -172,6 +172,10 @@ pid_t tu_spawn(int (*fn)(void *arg), void *arg) {
   pid_t pid = fork();
   if (pid < 0) die("fork", strerror(errno));
   if (pid == 0) {
+    /* The test runner's crash handlers would resume the runner inside the child; a crash
+     * here must end the child and show in its exit status. */
+    const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], SIG_DFL);
     int rc = fn(arg);
     fflush(stdout);
     fflush(stderr);
