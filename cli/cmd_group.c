@@ -327,13 +327,14 @@ static int group_reset(struct cli *c, int argc, char **argv) {
   struct cli_args a;
   cli_args_init(&a, "group reset", argc, argv);
   int o;
-  const char *to = NULL, *e;
+  const char *to = NULL;
   engram_start start = ENGRAM_START_EARLIEST;
   uint64_t off = 0;
   int64_t t = 0;
   while ((o = cli_args_next(&a, opts)) > 0) {
     if (o == CLI_OPT_HELP) return cli_help(h);
     to = a.val;
+    const char *e;
     if ((e = cli_parse_start(to, &start, &off, &t)))
       return cli_usage(a.cmd, "--to '%s': %s", to, e);
   }
@@ -569,10 +570,11 @@ int cmd_ack(struct cli *c, int argc, char **argv) {
   struct cli_args a;
   cli_args_init(&a, "ack", argc, argv);
   uint32_t attempt = 0;
-  const char *result = NULL, *e;
+  const char *result = NULL;
   uint64_t off;
   int o;
   while ((o = cli_args_next(&a, opts)) > 0) {
+    const char *e;
     if (o == CLI_OPT_HELP) return cli_help(h);
     if (o == O_ATTEMPT && (e = cli_parse_u32(a.val, &attempt)))
       return cli_usage(a.cmd, "--attempt '%s': %s", a.val, e);
@@ -663,10 +665,11 @@ int cmd_reject(struct cli *c, int argc, char **argv) {
   struct cli_args a;
   cli_args_init(&a, "reject", argc, argv);
   uint32_t attempt = 0;
-  const char *reason = NULL, *e;
+  const char *reason = NULL;
   uint64_t off;
   int o;
   while ((o = cli_args_next(&a, opts)) > 0) {
+    const char *e;
     if (o == CLI_OPT_HELP) return cli_help(h);
     if (o == O_ATTEMPT && (e = cli_parse_u32(a.val, &attempt)))
       return cli_usage(a.cmd, "--attempt '%s': %s", a.val, e);
@@ -785,12 +788,12 @@ int cmd_status(struct cli *c, int argc, char **argv) {
     status = cli_json_emit(&w);
     json_w_free(&w);
   } else {
-    char t[48], age[32];
     printf("state:       %s\n", state);
     if (cl && st.state == ENGRAM_STATE_IN_FLIGHT)
       printf("consumer:    %.*s\n", (int)cl, st.consumer);
     printf("attempt:     %" PRIu32 "\n", st.attempt);
     if (st.deadline_ns) {
+      char t[48], age[32];
       int64_t now = cli_now_ns();
       cli_fmt_time(st.deadline_ns, t, sizeof t);
       const char *label = st.state == ENGRAM_STATE_IN_FLIGHT ? "deadline:" : "due:";

@@ -191,16 +191,14 @@ void cli_json_group(json_writer *w, const engram_group_info *g, int64_t now_ns) 
   kfixed(w, "group", g->name, sizeof g->name);
   json_key(w, "filters");
   json_arr(w);
-  size_t nf = g->n_filters < ENGRAM_MAX_FILTERS ? g->n_filters : ENGRAM_MAX_FILTERS;
-  for (size_t i = 0; i < nf; i++)
+  for (size_t i = 0; i < g->n_filters && i < ENGRAM_MAX_FILTERS; i++)
     json_strn(w, g->filters[i], strnlen(g->filters[i], sizeof g->filters[i]));
   json_arr_end(w);
   json_ku64(w, "ack_wait_ms", g->ack_wait_ms);
   json_ku64(w, "max_deliver", g->max_deliver);
   json_key(w, "backoff_ms");
   json_arr(w);
-  size_t nb = g->n_backoff < ENGRAM_MAX_BACKOFF ? g->n_backoff : ENGRAM_MAX_BACKOFF;
-  for (size_t i = 0; i < nb; i++) json_u64(w, g->backoff_ms[i]);
+  for (size_t i = 0; i < g->n_backoff && i < ENGRAM_MAX_BACKOFF; i++) json_u64(w, g->backoff_ms[i]);
   json_arr_end(w);
   json_ku64(w, "result_ttl_ms", g->result_ttl_ms);
   json_kbool(w, "key_ordered", (g->flags & ENGRAM_GROUP_KEY_ORDERED) != 0);
