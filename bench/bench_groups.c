@@ -121,9 +121,12 @@ static int consume(int id, engram_durability d, const char *group, size_t max, i
   o.durability = d;
   engram *log = NULL;
   int rc = engram_open(logdir, &o, &log);
+  /* Looks the topic up once before the clock starts, as a worker checks its topic at start. */
+  engram_topic_info ti;
+  if (!rc) rc = engram_topic_info_get(log, "memory", &ti);
   if (rc) {
     st->rc = rc;
-    snprintf(st->err, sizeof st->err, "open: %s", engram_strerror(rc));
+    snprintf(st->err, sizeof st->err, "open: %s %s", engram_strerror(rc), log ? engram_errmsg(log) : "");
   }
   char c = 'r';
   if (write(ready_fd, &c, 1) != 1) return 1;
