@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Conditions are passed to check() in single quotes and evaluated there, on purpose:
+# shellcheck disable=SC2016,SC2034
+# test-cli.sh — end-to-end checks of the engram command on a fresh temporary log: exit
+# statuses, error lines, JSON shapes, batches, groups and the dead-letter queue.
+# Usage: BUILD=build bash cli/test-cli.sh   (exit 0 when every check passes)
+set -u
+
+BUILD=${BUILD:-build}
+BIN=$(cd "$BUILD" && pwd)/engram
+[[ -x $BIN ]] || {
+  echo "test-cli: no $BIN (run make first)" >&2
+  exit 2
+}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+DATA=$TMP/log
+fails=0 checks=0
+
+# e ARGS...: runs engram on the test log with a time limit; output in $out / $err, status
+# in $rc.
+e() {
+  out=$(timeout 60 "$BIN" --data "$DATA" "$@" 2>"$TMP/err") rc=$?
+  err=$(cat "$TMP/err")
+}
+# ein INPUT ARGS...: the same with INPUT on stdin.
+ein() {
+  local input=$1
+  shift
+  out=$(printf '%s' "$input" | timeout 60 "$BIN" --data "$DATA" "$@" 2>"$TMP/err") rc=$?
+  err=$(cat "$TMP/err")
+}
+check() { # check NAME CONDITION...
+  local name=$1
+  shift
+  checks=$((checks + 1))
+  if "$@"; then
+    return 0
+  fi
+  fails=$((fails + 1))
+  printf 'FAIL %s\n  rc=%s\n  out=%s\n  err=%s\n' "$name" "$rc" "${out:0:400}" "${err:0:400}"
+}
+has() { [[ $1 == *"$2"* ]]; }
+lines() { [[ $(printf '%s' "$1" | grep -c '') == "$2" ]]; }
+one_line_err() { [[ $(printf '%s\n' "$err" | grep -c '') == 1 && $err == "engram: "* ]]; }
+
+# --- the command line -------------------------------------------------------------
+out=$("$BIN" --help) rc=$?
+check "engram --help exits 0 and lists commands" eval '[[ $rc == 0 ]] && has "$out" consume'
+for c in append read topics topic group consume ack nack reject cancel status dlq stat verify \
+  backup sync "topic create" "group create" "group reset" "dlq redrive"; do
+  # shellcheck disable=SC2086
+  out=$("$BIN" $c --help) rc=$?
+  check "engram $c --help exits 0" eval '[[ $rc == 0 && $out == usage:* ]]'
+done
+out=$("$BIN" --version) rc=$?
+check "--version prints the version" eval '[[ $rc == 0 && $out == "engram "* ]]'
+out=$("$BIN" 2>&1) rc=$?
+check "no command is a usage error" eval '[[ $rc == 2 ]]'
+out=$("$BIN" --data "$DATA" frobnicate 2>&1) rc=$?
+check "unknown command is a usage error" eval '[[ $rc == 2 ]]'
+out=$(env -u ENGRAM_DATA "$BIN" topics 2>&1) rc=$?
+check "no --data and no ENGRAM_DATA is a usage error" eval '[[ $rc == 2 ]] && has "$out" ENGRAM_DATA'
+e topics
+check "a directory without a log is refused" eval '[[ $rc == 1 ]] && one_line_err'
+check "... and not created" eval '[[ ! -e $DATA ]]'
+
+# --- topics and single appends -------------------------------------------------------
+e topic create memory
+check "topic create" eval '[[ $rc == 0 ]]'
+e topic create memory
+check "topic create twice fails with one line" eval '[[ $rc == 1 ]] && one_line_err'
+e append memory memory.saved --payload hello --key m-1 --header source=cli --header 'q=a=b'
+check "append prints the offset" eval '[[ $rc == 0 && $out == 1 ]]'
+ein "from stdin" append memory memory.saved --idem req-1 --json
+check "append --json" eval '[[ $out == "{\"offset\":2,\"duplicate\":false}" ]]'
+ein "again" append memory memory.saved --idem req-1 --json
+check "idempotent append is a duplicate" eval '[[ $out == "{\"offset\":2,\"duplicate\":true}" ]]'
+out=$(printf '\x00\xff\xfe' | "$BIN" --data "$DATA" append memory blob.raw 2>&1) rc=$?
+check "binary payload from stdin" eval '[[ $rc == 0 && $out == 3 ]]'
+e append memory 'bad type' --payload x
+check "bad type is a usage error" eval '[[ $rc == 2 ]] && one_line_err'
+e append nosuch memory.saved --payload x
+check "append to a missing topic fails" eval '[[ $rc == 1 ]] && one_line_err'
+e append auto memory.saved --payload x --create
+check "append --create makes the topic" eval '[[ $rc == 0 && $out == 1 ]]'
+e append memory memory.saved --delay 30 --payload x
+check "a bare number is not a duration" eval '[[ $rc == 2 ]] && has "$err" unit'
+head -c 2000000 /dev/zero >"$TMP/big"
+out=$("$BIN" --data "$DATA" append memory big.x <"$TMP/big" 2>"$TMP/err") rc=$?
+err=$(cat "$TMP/err")
+check "payload over the topic limit fails with one line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" 2000000'
+
+# --- read ------------------------------------------------------------------------------
+e read memory --json
+check "read --json prints one object per event" eval 'lines "$out" 3'
+first=$(printf '%s\n' "$out" | sed -n 1p)
+check "event object fields" eval 'has "$first" "\"offset\":1" && has "$first" "\"key\":\"m-1\"" && has "$first" "\"headers\":{\"source\":\"cli\",\"q\":\"a=b\"}" && has "$first" "\"payload\":\"hello\"" && has "$first" "\"idempotency_key\":null" && has "$first" "\"content_type\":null"'
+third=$(printf '%s\n' "$out" | sed -n 3p)
+check "binary payload comes as payload_base64" eval 'has "$third" "\"payload_base64\":\"AP/+\""'
+e read memory --last 1
+check "read --last 1" eval 'lines "$out" 1 && [[ $out == 3* ]]'
+e read memory --from 2 --count 1 --json
+check "read --from --count" eval 'lines "$out" 1 && has "$out" "\"offset\":2"'
+e read memory --from 0
+check "offset 0 is a usage error" eval '[[ $rc == 2 ]]'
+
+# --- batches ---------------------------------------------------------------------------
+batch='{"type":"memory.saved","memory_id":"conv-1:D1:1","text":"raw memory event"}
+{"type":"memory.updated","payload":{"a":[1,"\u00e9"]},"key":"k"}
+
+{"type":"memory.saved","payload_base64":"aGk=","headers":{"h":"v"},"idempotency_key":"b-1"}
+'
+ein "$batch" append memory --batch --json
+check "batch appends every line" eval '[[ $rc == 0 && $out == "{\"count\":3,\"duplicates\":0,\"first_offset\":4,\"last_offset\":6}" ]]'
+e read memory --from 4 --json
+l4=$(printf '%s\n' "$out" | sed -n 1p)
+l5=$(printf '%s\n' "$out" | sed -n 2p)
+check "raw event: line is the payload, memory_id the key" eval 'has "$l4" "\"key\":\"conv-1:D1:1\"" && has "$l4" "\"content_type\":\"application/json\"" && has "$l4" "raw memory event"'
+check "JSON payload stored compactly" eval 'has "$l5" "\"payload\":\"{\\\"a\\\":[1,\\\"é\\\"]}\""'
+ein '{"type":"x.y","payload":"ok"}
+{"type":"x.y" "payload":"broken"}
+' append memory --batch
+check "bad line: exit 1, one line naming it" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "line 2"'
+e topic show memory --json
+check "... and nothing from its batch appended" eval 'has "$out" "\"head_offset\":6"'
+e read memory --json
+printf '%s\n' "$out" >"$TMP/all.jsonl"
+out=$(timeout 60 "$BIN" --data "$TMP/copy" append memory --batch --create --json <"$TMP/all.jsonl" 2>&1) rc=$?
+check "read --json output appends again" eval '[[ $rc == 0 ]] && has "$out" "\"count\":6"'
+out=$(timeout 60 "$BIN" --data "$TMP/copy" read memory --json 2>&1)
+copied=$(printf '%s\n' "$out" | sed 's/"timestamp_ns":[0-9]*//')
+orig=$(sed 's/"timestamp_ns":[0-9]*//' "$TMP/all.jsonl")
+check "... byte for byte" eval '[[ "$copied" == "$orig" ]]'
+
+# --- groups ----------------------------------------------------------------------------
+e group create memory g --max-deliver 0
+check "max-deliver 0 is refused" eval '[[ $rc == 2 ]] && has "$err" "max-deliver must be at least 1"'
+e group create memory g --ack-wait 31d
+check "durations over 30 days are refused" eval '[[ $rc == 2 ]]'
+e group create memory g --filter 'memory.*' --max-deliver 2 --backoff 0s --ack-wait 30s
+check "group create" eval '[[ $rc == 0 ]]'
+e consume memory g --consumer w --count 2 --json --result 'done'
+check "consume prints events with group and attempt" eval 'lines "$out" 2 && has "$out" "\"group\":\"g\"" && has "$out" "\"attempt\":1"'
+e status memory g 1 --json
+check "status after ack is done with the result" eval 'has "$out" "\"state\":\"done\"" && has "$out" "\"result\":\"done\""'
+e ack memory g 1
+check "acking twice succeeds" eval '[[ $rc == 0 ]]'
+e consume memory g --consumer w --no-ack
+check "consume --no-ack" eval 'lines "$out" 1'
+e status memory g 4 --json
+check "leased event is in flight" eval 'has "$out" "\"state\":\"in_flight\"" && has "$out" "\"consumer\":\"w\""'
+e reject memory g 4 --reason "bad text" --attempt 1
+check "reject" eval '[[ $rc == 0 ]]'
+e dlq list memory g --json
+check "dlq list" eval 'has "$out" "\"offset\":4" && has "$out" "bad text"'
+e dlq show memory g 4 --json
+check "dlq show includes the event" eval 'has "$out" "\"event\":{"'
+e dlq redrive memory g 4
+check "dlq redrive" eval '[[ $rc == 0 ]] && has "$out" "1 entry"'
+e consume memory g --consumer w --count 10 --nack --error boom
+check "consume --nack" eval '[[ $rc == 0 ]]'
+e consume memory g --consumer w --count 10 --nack
+e dlq list memory g --json
+check "nacks past max-deliver reach the dlq" eval 'has "$out" "max_deliver"'
+e dlq purge memory g
+check "dlq purge" eval '[[ $rc == 0 ]] && has "$out" purged'
+e consume memory g --consumer w --count 5
+check "consume with nothing left exits 0" eval '[[ $rc == 0 ]]'
+e group reset memory g --to earliest
+check "group reset" eval '[[ $rc == 0 ]]'
+e group reset memory g --to @2024-01-12T10:00:00Z
+check "group reset to a time" eval '[[ $rc == 0 ]]'
+e group show memory g --json
+check "group show --json" eval 'has "$out" "\"max_deliver\":2" && has "$out" "\"filters\":[\"memory.*\"]"'
+e stat --json
+check "stat --json" eval 'has "$out" "\"topics\":[" && has "$out" "\"groups\":["'
+e stat
+check "stat" eval '[[ $rc == 0 ]] && has "$out" OLDEST_UNFINISHED'
+
+# --- maintenance -----------------------------------------------------------------------
+e verify
+check "verify of a healthy log" eval '[[ $rc == 0 ]] && has "$out" "0 damaged"'
+e backup "$TMP/backup"
+check "backup" eval '[[ $rc == 0 ]]'
+out=$(timeout 60 "$BIN" --data "$TMP/backup" read memory --json 2>&1)
+check "backup holds the events" eval 'lines "$out" 6'
+e sync
+check "sync" eval '[[ $rc == 0 && -z $out ]]'
+e group delete memory g
+check "group delete" eval '[[ $rc == 0 ]]'
+e topic drop memory
+check "topic drop" eval '[[ $rc == 0 ]]'
+
+echo "test-cli: $((checks - fails)) of $checks checks passed"
+((fails == 0))
