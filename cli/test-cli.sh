@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Conditions are passed to check() in single quotes and evaluated there, on purpose:
-# shellcheck disable=SC2016,SC2034
 # test-cli.sh — end-to-end checks of the engram command on a fresh temporary log: exit
 # statuses, error lines, JSON shapes, batches, groups and the dead-letter queue.
 # Usage: BUILD=build bash cli/test-cli.sh   (exit 0 when every check passes)
+# Conditions are passed to check() in single quotes and evaluated there, on purpose:
+# shellcheck disable=SC2016,SC2034
 set -u
 
 BUILD=${BUILD:-build}
