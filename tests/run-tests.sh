@@ -49,10 +49,8 @@ run_unit() {
     if [ "$VERBOSE" = 1 ]; then
       cat "$out"
     else
-      # The failing lines first, then the end of the output for context.
-      grep -E '\[  (FAILED|ERROR) \]|\[  ERROR   \]|ERROR|error:|Assert|assert|Sanitizer|runtime error' "$out" | head -n 40 | sed 's/^/      /'
-      echo "      --- last lines of output ---"
-      tail -n 25 "$out" | sed 's/^/      /'
+      # The output without the lines of passing test cases, at most its last 40 lines.
+      grep -vE '^\[ RUN      \]|^\[       OK \]' "$out" | tail -n 40 | sed 's/^/      /'
     fi
   fi
   rm -rf "$dir"
