@@ -470,6 +470,7 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
   engram_batch *b = NULL;
   int rc = engram_fetch(c->log, topic, group, consumer, (size_t)count, wait_ms, &b);
   if (rc != 0) return cli_fail(c, rc, "consume %s %s", topic, group);
+  if (!b) return 0; /* nothing delivered */
   json_writer w;
   json_w_init(&w);
   for (size_t i = 0; i < b->count && !status; i++) {

@@ -86,7 +86,7 @@ int cmd_read(struct cli *c, int argc, char **argv) {
       status = cli_fail(c, rc, "read %s from offset %" PRIu64, topic, from);
       break;
     }
-    size_t n = b->count;
+    size_t n = b ? b->count : 0;
     for (size_t i = 0; i < n && count > 0 && !status; i++) {
       const engram_event *ev = &b->events[i];
       if (json) {
