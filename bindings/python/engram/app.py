@@ -516,7 +516,8 @@ class App:
                        i_ms: Optional[int], max_events: Optional[int]) -> RunStats:
         if self._target is None:
             raise InvalidArgument("process mode needs a log path or endpoint to reopen in each worker")
-        self.group  # create the group before the children race to
+        # The parent leaves the log alone: each child opens its own handle and creates
+        # the group if needed (the first one wins, the others find it).
         ctx = multiprocessing.get_context("fork")
         procs: Dict[int, Any] = {}
         stats = RunStats()

@@ -190,6 +190,8 @@ class Offset(int):
     def __repr__(self) -> str:
         return f"Offset({int(self)}{', duplicate' if self.duplicate else ''})"
 
+    __str__ = int.__repr__
+
 
 # ---------------------------------------------------------------------------------------
 # Records returned by the API
@@ -527,7 +529,12 @@ class Log:
         :meth:`flush` waits for all of them and raises the first error."""
         spec = Message(type, payload, key, headers, idempotency_key, delay, None,
                        content_type).spec()
-        self.h.append_async(topic, spec)
+        try:
+            self.h.append_async(topic, spec)
+        except NotFound as e:
+            if not self._autocreate(topic, e):
+                raise
+            self.h.append_async(topic, spec)
 
     def flush(self) -> None:
         """Waits until every :meth:`append_async` of this handle is durable."""
@@ -858,6 +865,8 @@ class Consumer:
         return self
 
     async def __anext__(self) -> Event:
+        if self._stopped.is_set() and (self._aq is None or self._aq.empty()):
+            raise StopAsyncIteration
         if self._aq is None:
             loop = asyncio.get_running_loop()
             self._aq = asyncio.Queue()
@@ -887,6 +896,8 @@ class Consumer:
                     item.nack(delay=0, error="released by a stopping consumer")
                 except Error:
                     pass
+        if q is not None:
+            q.put_nowait(_STOP)  # an `async for` still running ends
 
     def _feed(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> None:
         """Background thread: blocking fetches feed the asyncio queue one batch at a time,
