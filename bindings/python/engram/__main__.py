@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import sys
 from typing import Any, List, Optional
 
 from .app import App
+
+
+def _no_required_args(fn: Any) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in sig.parameters.values())
 
 
 def load_app(spec: str) -> App:
@@ -30,8 +40,8 @@ def load_app(spec: str) -> App:
             raise SystemExit(f"engram worker: {mod_name} has no attribute {attr}")
     if not isinstance(obj, App) and isinstance(getattr(obj, "app", None), App):
         obj = obj.app
-    if not isinstance(obj, App) and callable(obj):
-        obj = obj()
+    if not isinstance(obj, App) and callable(obj) and _no_required_args(obj):
+        obj = obj()  # a factory
     if not isinstance(obj, App) and isinstance(getattr(obj, "app", None), App):
         obj = obj.app
     if not isinstance(obj, App):

@@ -193,6 +193,9 @@ class App:
            name: Optional[str] = None) -> Callable[[HandlerFn], HandlerFn]:
         """Decorator: run the function for events whose type matches ``pattern``
         ("memory.saved", "memory.*", "*"). ``timeout`` (seconds) overrides run()'s."""
+        _check_pattern(pattern)
+        _ms(timeout, "timeout")
+
         def deco(fn: HandlerFn) -> HandlerFn:
             self.add_handler(pattern, fn, timeout=timeout, name=name)
             return fn
@@ -201,10 +204,7 @@ class App:
     def add_handler(self, pattern: str, fn: HandlerFn, *, timeout: Optional[Duration] = None,
                     name: Optional[str] = None) -> Handler:
         """Registers ``fn`` for ``pattern`` (see :meth:`on`)."""
-        if not isinstance(pattern, str):
-            raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
-        if not pattern or len(pattern) > 200 or any(c.isspace() for c in pattern):
-            raise InvalidArgument(f"pattern {pattern!r} is not a type pattern")
+        _check_pattern(pattern)
         if not callable(fn):
             raise TypeError("handler must be callable")
         t = _ms(timeout, "timeout")
@@ -602,6 +602,13 @@ class App:
                 stats.timed_out += 1
             self._settle(ev, stats, result, exc)
         os._exit(0)
+
+
+def _check_pattern(pattern: Any) -> None:
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+    if not pattern or len(pattern) > 200 or any(c.isspace() for c in pattern):
+        raise InvalidArgument(f"pattern {pattern!r} is not a type pattern")
 
 
 def _describe(exc: BaseException) -> str:
