@@ -1,0 +1,1 @@
+# tractpkg — a package whose modules register @on_event handlers, for discovery tests.
