@@ -34,6 +34,8 @@
   X(stat, "topics and groups at a glance: heads, lag, in flight, dead")             \
   X(verify, "check the CRC of every stored record")                                 \
   X(backup, "write a consistent copy of the log to a new directory")                \
+  X(serve, "serve a log over ZeroMQ (the daemon, in the foreground)")               \
+  X(keygen, "make a CURVE key pair for serve and its clients")                      \
   X(sync, "force everything committed so far to disk")
 
 /* State shared by all commands: the global options and the handle they open. */

@@ -1,0 +1,120 @@
+/* net.h — what the files of net/ share: the wire codec, the notification board and the
+ * daemon's hooks. Private to net/ (and its tests and fuzz target). */
+#ifndef ENGRAM_NET_H
+#define ENGRAM_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "consumers/consumers.h"
+#include "schema/wire.pb-c.h"
+
+#define NET_DEFAULT_LISTEN "tcp://127.0.0.1:7450"
+#define NET_DEFAULT_MAX_MESSAGE (16u << 20)
+#define NET_MIN_MAX_MESSAGE (64u << 10)
+#define NET_DEFAULT_WORKERS 16
+#define NET_MAX_WORKERS 256
+#define NET_DEFAULT_TIMEOUT_MS 10000
+#define NET_DEFAULT_WINDOW 256
+#define NET_MAX_WINDOW 65536
+#define NET_MAX_DEPTH 8            /* nesting of messages inside a request */
+#define NET_MAX_EVENTS 65536       /* events in one append request (as engram_append_batch) */
+#define NET_MAX_ITEMS 65536        /* acks in one request, transaction operations */
+#define NET_MAX_OFFSETS 1000000    /* offsets in one DLQ purge / redrive */
+#define NET_MAX_READ 100000        /* events in one read_range reply (as the embedded API) */
+#define NET_MAX_REPLY_EVENTS_BYTES (64u << 20) /* a read_range reply stops growing here */
+#define NET_MAX_WAIT_MS 3600000    /* longest fetch long poll (as the embedded API) */
+#define NET_MAX_TEXT 4096          /* backup destinations, error texts, reasons */
+
+/* ---------------------------------------------------------------------------------
+ * Wire codec (wire.c).
+ * ------------------------------------------------------------------------------ */
+/* What a request frame says about itself before it is decoded. */
+typedef struct net_peek {
+  uint32_t version;  /* 0 when absent */
+  uint64_t id;       /* 0 when absent */
+  int op;            /* field number of the operation (Engram__Wire__Request__OpCase), 0 = none */
+} net_peek;
+
+/* Walks a protobuf message without decoding it: field tags, lengths, nesting depth and
+ * text fields (which must not hold NUL bytes) against descriptor d. Fills *pk from the
+ * top level when pk is non-NULL. Returns 0, or -1 with *why set to a static reason. */
+int net_wire_scan(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len, net_peek *pk,
+                  const char **why);
+
+/* Checks and decodes one request frame. Returns the request (free it with
+ * engram__wire__request__free_unpacked(rq, NULL)) or NULL with *code (ENGRAM_EPROTO or
+ * ENGRAM_EVERSION) and a message in why[cap]. *pk is filled either way, as far as the
+ * frame could be read. */
+Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_peek *pk, int *code,
+                                          char *why, size_t cap);
+
+/* Validates the fields of a decoded request that the API cannot see or that must be
+ * bounded before anything is allocated for them: names, counts, enums, presence. Returns
+ * 0 or an ENGRAM_E* code with a message in why[cap]. */
+int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
+
+/* The operation's name ("append", "fetch" ...) for logs and messages. */
+const char *net_op_name(int op);
+
+/* Wire events -> engram events pointing into the wire messages. *evs and *hdrs are one
+ * malloc'd block each (free both with free()). Returns 0, ENGRAM_ETOOBIG or ENGRAM_ENOMEM. */
+int net_events_from_wire(Engram__Wire__Event *const *w, size_t n, engram_event **evs,
+                         engram_header **hdrs);
+/* One wire event -> engram event; h has room for w->n_headers (at most ENGRAM_MAX_HEADERS). */
+void net_event_from_wire(const Engram__Wire__Event *w, engram_event *e, engram_header *h);
+
+/* A bump allocator for the pieces of one reply or request: freed at once. */
+typedef struct net_arena {
+  struct net_chunk *chunks;
+} net_arena;
+void *net_arena_alloc(net_arena *a, size_t n); /* zeroed; NULL when out of memory */
+void net_arena_free(net_arena *a);
+
+/* An engram event -> a wire event allocated in the arena, pointing into e's memory. */
+Engram__Wire__Event *net_event_to_wire(net_arena *a, const engram_event *e, int with_attempt);
+
+/* Binary data views of text: protobuf-c wants non-const pointers for packing. */
+static inline char *net_str(const char *s) { return (char *)(s ? s : ""); }
+
+/* ---------------------------------------------------------------------------------
+ * Notifications (notify.c).
+ * ------------------------------------------------------------------------------ */
+/* The ipc path (without "ipc://") of the daemon's socket `name` for directory dir:
+ * dir/name, or a path under /tmp derived from dir's real path when that is too long for
+ * a Unix socket. Returns 0 or -1. */
+int net_ipc_path(const char *dir, const char *name, char *out, size_t cap);
+
+/* The daemon's handle publishes its own commits: this replaces the embedded commit hook
+ * (which would send them to the daemon itself) with `hook`, keeping the wake-ups of
+ * embedded waiters. */
+void net_notify_set_daemon(engram *log, log_commit_hook hook, void *ctx);
+/* Wakes embedded waiters on `topic` of this handle's directory (the daemon calls it for
+ * (topic, head) pushed by writers in other processes: they already did, so this is for
+ * group changes that make events deliverable without an append). */
+void net_notify_wake(engram *log, const char *topic);
+/* Referenced by client.c and server.c so a static link always carries notify.o, whose
+ * constructor installs the attach hooks. */
+extern const int net_notify_linked;
+
+/* ---------------------------------------------------------------------------------
+ * Daemon internals shared with the ops (server.c, ops.c).
+ * ------------------------------------------------------------------------------ */
+struct net_server;
+/* Executes one decoded, checked request on the daemon's handle and fills the reply (whose
+ * pieces live in the arena). For fetch, *empty_fetch is set when it delivered nothing
+ * (the caller may park it). */
+void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                 Engram__Wire__Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch);
+/* After a successful group change on `topic`: parked fetches on it look again. */
+void net_server_topic_changed(struct net_server *s, const char *topic);
+/* Fills the daemon's counters into a Stats reply. */
+void net_server_stats(struct net_server *s, Engram__Wire__StatsResult *st);
+uint32_t net_server_max_message(const struct net_server *s);
+void net_server_count_appended(struct net_server *s, uint64_t n);
+
+/* Fixed-size text out of a reply: copies s into dst[cap] and returns 0, or -1 when it
+ * does not fit (the daemon sent something no engram daemon sends). */
+int net_copy_text(char *dst, size_t cap, const char *s);
+
+#endif

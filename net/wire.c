@@ -1,0 +1,469 @@
+/* wire.c — reading request frames safely (scan, decode, field checks) and converting
+ * events between the wire and the public structs. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "net/net.h"
+
+/* ---------------------------------------------------------------------------------
+ * Scanning: a frame is untrusted, so its structure is checked before protobuf-c builds
+ * anything from it. protobuf-c cuts text at an embedded NUL without a word; the scan
+ * refuses such text instead, so "topic\0x" can never pass as "topic".
+ * ------------------------------------------------------------------------------ */
+static int varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+  uint64_t r = 0;
+  for (int i = 0; i < 10; i++) {
+    if (*p >= end) return -1;
+    uint8_t b = *(*p)++;
+    if (i == 9 && b > 1) return -1;
+    r |= (uint64_t)(b & 0x7f) << (7 * i);
+    if (!(b & 0x80)) {
+      *v = r;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+static int scan(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uint8_t *end, int depth,
+                net_peek *pk, const char **why) {
+  if (depth > NET_MAX_DEPTH) {
+    *why = "messages nested too deeply";
+    return -1;
+  }
+  while (p < end) {
+    uint64_t tag, v;
+    if (varint(&p, end, &tag)) {
+      *why = "truncated field tag";
+      return -1;
+    }
+    uint64_t num = tag >> 3;
+    if (num == 0 || num > 536870911u) {
+      *why = "invalid field number";
+      return -1;
+    }
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, (unsigned)num);
+    switch (tag & 7) {
+      case 0:
+        if (varint(&p, end, &v)) {
+          *why = "truncated number";
+          return -1;
+        }
+        if (pk && num == 1) pk->version = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+        if (pk && num == 2) pk->id = v;
+        break;
+      case 1:
+        if (end - p < 8) {
+          *why = "truncated fixed64";
+          return -1;
+        }
+        p += 8;
+        break;
+      case 5:
+        if (end - p < 4) {
+          *why = "truncated fixed32";
+          return -1;
+        }
+        p += 4;
+        break;
+      case 2:
+        if (varint(&p, end, &v) || v > (uint64_t)(end - p)) {
+          *why = "truncated length-delimited field";
+          return -1;
+        }
+        if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, v)) {
+          *why = "text field holds a NUL byte";
+          return -1;
+        }
+        if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+            scan(f->descriptor, p, p + v, depth + 1, NULL, why))
+          return -1;
+        if (pk && num >= 10) pk->op = (int)(num > 1000000 ? 1000000 : num);
+        p += v;
+        break;
+      default:
+        *why = "unsupported wire type";
+        return -1;
+    }
+  }
+  return 0;
+}
+
+int net_wire_scan(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len, net_peek *pk,
+                  const char **why) {
+  if (pk) memset(pk, 0, sizeof *pk);
+  const char *dummy;
+  if (!why) why = &dummy;
+  *why = "";
+  if (!buf && len) return -1;
+  return scan(d, buf, buf + len, 0, pk, why);
+}
+
+Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_peek *pk, int *code,
+                                          char *why, size_t cap) {
+  const char *reason;
+  *code = ENGRAM_EPROTO;
+  if (len == 0) {
+    memset(pk, 0, sizeof *pk);
+    snprintf(why, cap, "empty request");
+    return NULL;
+  }
+  if (net_wire_scan(&engram__wire__request__descriptor, buf, len, pk, &reason)) {
+    snprintf(why, cap, "malformed request: %s", reason);
+    return NULL;
+  }
+  if (pk->version != ENGRAM_PROTOCOL_VERSION) {
+    if (pk->version == 0 && pk->op == 0) {
+      snprintf(why, cap, "malformed request: no protocol version and no operation");
+      return NULL;
+    }
+    *code = ENGRAM_EVERSION;
+    snprintf(why, cap, "protocol version %u not supported (this daemon speaks %d)", pk->version,
+             ENGRAM_PROTOCOL_VERSION);
+    return NULL;
+  }
+  Engram__Wire__Request *rq = engram__wire__request__unpack(NULL, len, buf);
+  if (!rq) {
+    snprintf(why, cap, "malformed request: does not decode");
+    return NULL;
+  }
+  if (rq->op_case == ENGRAM__WIRE__REQUEST__OP__NOT_SET) {
+    if (pk->op)
+      snprintf(why, cap, "unknown operation %d", pk->op);
+    else
+      snprintf(why, cap, "request without an operation");
+    engram__wire__request__free_unpacked(rq, NULL);
+    return NULL;
+  }
+  /* A oneof member present on the wire is never NULL after unpacking, but the check
+   * costs nothing and keeps every later dereference honest. */
+  if (!rq->hello) {
+    snprintf(why, cap, "malformed request: empty operation");
+    engram__wire__request__free_unpacked(rq, NULL);
+    return NULL;
+  }
+  *code = 0;
+  return rq;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Field checks.
+ * ------------------------------------------------------------------------------ */
+const char *net_op_name(int op) {
+  switch (op) {
+    case ENGRAM__WIRE__REQUEST__OP_HELLO: return "hello";
+    case ENGRAM__WIRE__REQUEST__OP_SYNC: return "sync";
+    case ENGRAM__WIRE__REQUEST__OP_BACKUP: return "backup";
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_CREATE: return "topic_create";
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_GET: return "topic_get";
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_LIST: return "topic_list";
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_DROP: return "topic_drop";
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_TRAIN_DICT: return "topic_train_dict";
+    case ENGRAM__WIRE__REQUEST__OP_APPEND: return "append";
+    case ENGRAM__WIRE__REQUEST__OP_READ: return "read";
+    case ENGRAM__WIRE__REQUEST__OP_READ_RANGE: return "read_range";
+    case ENGRAM__WIRE__REQUEST__OP_VERIFY: return "verify";
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_CREATE: return "group_create";
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_GET: return "group_get";
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_LIST: return "group_list";
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_DELETE: return "group_delete";
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_RESET: return "group_reset";
+    case ENGRAM__WIRE__REQUEST__OP_FETCH: return "fetch";
+    case ENGRAM__WIRE__REQUEST__OP_ACK: return "ack";
+    case ENGRAM__WIRE__REQUEST__OP_NACK: return "nack";
+    case ENGRAM__WIRE__REQUEST__OP_REJECT: return "reject";
+    case ENGRAM__WIRE__REQUEST__OP_EXTEND: return "extend";
+    case ENGRAM__WIRE__REQUEST__OP_CANCEL: return "cancel";
+    case ENGRAM__WIRE__REQUEST__OP_STATUS_GET: return "status_get";
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_LIST: return "dlq_list";
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE: return "dlq_purge";
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE: return "dlq_redrive";
+    case ENGRAM__WIRE__REQUEST__OP_TXN_COMMIT: return "txn_commit";
+    case ENGRAM__WIRE__REQUEST__OP_STATS: return "stats";
+    default: return "unknown";
+  }
+}
+
+#define BAD(code, ...) (snprintf(why, cap, __VA_ARGS__), (code))
+
+static int name_ok(const char *op, const char *what, const char *s, char *why, size_t cap) {
+  if (log_valid_name(s)) return 0;
+  return BAD(ENGRAM_EINVAL, "%s: %s name '%.60s' invalid (use 1-200 of [A-Za-z0-9._-])", op, what,
+             s ? s : "");
+}
+
+static int tg_ok(const char *op, const char *topic, const char *group, char *why, size_t cap) {
+  int rc = name_ok(op, "topic", topic, why, cap);
+  return rc ? rc : name_ok(op, "group", group, why, cap);
+}
+
+static int text_ok(const char *op, const char *what, const char *s, size_t max, char *why, size_t cap) {
+  if (strlen(s) <= max) return 0;
+  return BAD(ENGRAM_ETOOBIG, "%s: %s of %zu bytes over limit %zu", op, what, strlen(s), max);
+}
+
+static int event_ok(const char *op, const Engram__Wire__Event *e, char *why, size_t cap) {
+  if (!e) return BAD(ENGRAM_EPROTO, "%s: missing event", op);
+  if (e->n_headers > ENGRAM_MAX_HEADERS)
+    return BAD(ENGRAM_ETOOBIG, "%s: %zu headers over limit %d", op, e->n_headers, ENGRAM_MAX_HEADERS);
+  for (size_t i = 0; i < e->n_headers; i++)
+    if (!e->headers[i]) return BAD(ENGRAM_EPROTO, "%s: missing header", op);
+  return 0;
+}
+
+static int ack_item_ok(const char *op, const Engram__Wire__AckItem *it, char *why, size_t cap) {
+  if (!it) return BAD(ENGRAM_EPROTO, "%s: missing ack item", op);
+  return 0;
+}
+
+static int start_ok(const char *op, int s, char *why, size_t cap) {
+  if (s >= ENGRAM_START_EARLIEST && s <= ENGRAM_START_TIME) return 0;
+  return BAD(ENGRAM_EINVAL, "%s: unknown start position %d", op, s);
+}
+
+int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap) {
+  const char *op = net_op_name(rq->op_case);
+  int rc = 0;
+  switch (rq->op_case) {
+    case ENGRAM__WIRE__REQUEST__OP_HELLO:
+      return text_ok(op, "client name", rq->hello->client, 256, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_SYNC:
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_LIST:
+    case ENGRAM__WIRE__REQUEST__OP_VERIFY:
+    case ENGRAM__WIRE__REQUEST__OP_STATS:
+      return 0;
+    case ENGRAM__WIRE__REQUEST__OP_BACKUP:
+      if (!*rq->backup->dest) return BAD(ENGRAM_EINVAL, "backup: no destination");
+      return text_ok(op, "destination", rq->backup->dest, NET_MAX_TEXT, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_CREATE:
+      return name_ok(op, "topic", rq->topic_create->topic, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_GET:
+      return name_ok(op, "topic", rq->topic_get->topic, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_DROP:
+      return name_ok(op, "topic", rq->topic_drop->topic, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_TRAIN_DICT:
+      return name_ok(op, "topic", rq->topic_train_dict->topic, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_APPEND: {
+      const Engram__Wire__Append *a = rq->append;
+      if ((rc = name_ok(op, "topic", a->topic, why, cap))) return rc;
+      if (a->n_events == 0) return BAD(ENGRAM_EINVAL, "append %s: empty batch", a->topic);
+      if (a->n_events > NET_MAX_EVENTS)
+        return BAD(ENGRAM_ETOOBIG, "append %s: batch of %zu events over limit %d", a->topic, a->n_events,
+                   NET_MAX_EVENTS);
+      for (size_t i = 0; i < a->n_events; i++)
+        if ((rc = event_ok(op, a->events[i], why, cap))) return rc;
+      return 0;
+    }
+    case ENGRAM__WIRE__REQUEST__OP_READ:
+      return name_ok(op, "topic", rq->read->topic, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_READ_RANGE:
+      return name_ok(op, "topic", rq->read_range->topic, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_CREATE: {
+      const Engram__Wire__GroupCreate *g = rq->group_create;
+      if ((rc = tg_ok(op, g->topic, g->group, why, cap))) return rc;
+      if (!g->config) return 0;
+      if (g->config->n_filters > ENGRAM_MAX_FILTERS)
+        return BAD(ENGRAM_EINVAL, "group create %s/%s: %zu filters over limit %d", g->topic, g->group,
+                   g->config->n_filters, ENGRAM_MAX_FILTERS);
+      if (g->config->n_backoff_ms > ENGRAM_MAX_BACKOFF)
+        return BAD(ENGRAM_EINVAL, "group create %s/%s: %zu backoff steps over limit %d", g->topic, g->group,
+                   g->config->n_backoff_ms, ENGRAM_MAX_BACKOFF);
+      return start_ok(op, g->config->start, why, cap);
+    }
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_GET:
+      return tg_ok(op, rq->group_get->topic, rq->group_get->group, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_LIST:
+      return *rq->group_list->topic ? name_ok(op, "topic", rq->group_list->topic, why, cap) : 0;
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_DELETE:
+      return tg_ok(op, rq->group_delete->topic, rq->group_delete->group, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_RESET:
+      if ((rc = tg_ok(op, rq->group_reset->topic, rq->group_reset->group, why, cap))) return rc;
+      return start_ok(op, rq->group_reset->to, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_FETCH: {
+      const Engram__Wire__Fetch *f = rq->fetch;
+      if ((rc = tg_ok(op, f->topic, f->group, why, cap))) return rc;
+      if ((rc = name_ok(op, "consumer", f->consumer, why, cap))) return rc;
+      if (f->wait_ms > NET_MAX_WAIT_MS)
+        return BAD(ENGRAM_EINVAL, "fetch %s/%s: wait over one hour", f->topic, f->group);
+      return 0;
+    }
+    case ENGRAM__WIRE__REQUEST__OP_ACK: {
+      const Engram__Wire__Ack *a = rq->ack;
+      if ((rc = tg_ok(op, a->topic, a->group, why, cap))) return rc;
+      if (a->n_items == 0) return BAD(ENGRAM_EINVAL, "ack %s/%s: no items", a->topic, a->group);
+      if (a->n_items > NET_MAX_ITEMS)
+        return BAD(ENGRAM_ETOOBIG, "ack %s/%s: %zu items over limit %d", a->topic, a->group, a->n_items,
+                   NET_MAX_ITEMS);
+      for (size_t i = 0; i < a->n_items; i++)
+        if ((rc = ack_item_ok(op, a->items[i], why, cap))) return rc;
+      return 0;
+    }
+    case ENGRAM__WIRE__REQUEST__OP_NACK:
+      if ((rc = tg_ok(op, rq->nack->topic, rq->nack->group, why, cap))) return rc;
+      return text_ok(op, "error text", rq->nack->error, NET_MAX_TEXT, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_REJECT:
+      if ((rc = tg_ok(op, rq->reject->topic, rq->reject->group, why, cap))) return rc;
+      return text_ok(op, "reason", rq->reject->reason, NET_MAX_TEXT, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_EXTEND:
+      return tg_ok(op, rq->extend->topic, rq->extend->group, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_CANCEL:
+      return tg_ok(op, rq->cancel->topic, rq->cancel->group, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_STATUS_GET:
+      return tg_ok(op, rq->status_get->topic, rq->status_get->group, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_LIST:
+      return tg_ok(op, rq->dlq_list->topic, rq->dlq_list->group, why, cap);
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE:
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE: {
+      const Engram__Wire__DlqSelect *d =
+          rq->op_case == ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE ? rq->dlq_purge : rq->dlq_redrive;
+      if ((rc = tg_ok(op, d->topic, d->group, why, cap))) return rc;
+      if (d->all && d->n_offsets) return BAD(ENGRAM_EINVAL, "%s: both all and offsets given", op);
+      if (!d->all && d->n_offsets == 0) return BAD(ENGRAM_EINVAL, "%s: no offsets given", op);
+      if (d->n_offsets > NET_MAX_OFFSETS)
+        return BAD(ENGRAM_ETOOBIG, "%s: %zu offsets over limit %d", op, d->n_offsets, NET_MAX_OFFSETS);
+      return 0;
+    }
+    case ENGRAM__WIRE__REQUEST__OP_TXN_COMMIT: {
+      const Engram__Wire__TxnCommit *t = rq->txn_commit;
+      if (t->n_ops > NET_MAX_ITEMS)
+        return BAD(ENGRAM_ETOOBIG, "txn: %zu operations over limit %d", t->n_ops, NET_MAX_ITEMS);
+      for (size_t i = 0; i < t->n_ops; i++) {
+        const Engram__Wire__TxnOp *o = t->ops[i];
+        if (!o) return BAD(ENGRAM_EPROTO, "txn: missing operation");
+        if (o->op_case == ENGRAM__WIRE__TXN_OP__OP_ACK && o->ack) {
+          if ((rc = tg_ok("txn ack", o->ack->topic, o->ack->group, why, cap))) return rc;
+          if ((rc = ack_item_ok("txn ack", o->ack->item, why, cap))) return rc;
+        } else if (o->op_case == ENGRAM__WIRE__TXN_OP__OP_APPEND && o->append) {
+          if ((rc = name_ok("txn append", "topic", o->append->topic, why, cap))) return rc;
+          if ((rc = event_ok("txn append", o->append->event, why, cap))) return rc;
+        } else {
+          return BAD(ENGRAM_EPROTO, "txn: operation %zu is neither ack nor append", i);
+        }
+      }
+      return 0;
+    }
+    default:
+      return BAD(ENGRAM_EPROTO, "unknown operation %d", (int)rq->op_case);
+  }
+}
+
+/* ---------------------------------------------------------------------------------
+ * Events.
+ * ------------------------------------------------------------------------------ */
+void net_event_from_wire(const Engram__Wire__Event *w, engram_event *e, engram_header *h) {
+  memset(e, 0, sizeof *e);
+  e->type = w->type;
+  e->key = w->has_key ? w->key : NULL;
+  e->payload = w->payload.len ? w->payload.data : NULL;
+  e->payload_len = w->payload.len;
+  e->content_type = *w->content_type ? w->content_type : NULL;
+  e->idempotency_key = *w->idempotency_key ? w->idempotency_key : NULL;
+  e->deliver_at_ns = w->deliver_at_ns;
+  for (size_t i = 0; i < w->n_headers; i++) {
+    h[i].name = w->headers[i]->name;
+    h[i].value = w->headers[i]->value;
+  }
+  e->headers = w->n_headers ? h : NULL;
+  e->n_headers = w->n_headers;
+}
+
+int net_events_from_wire(Engram__Wire__Event *const *w, size_t n, engram_event **evs,
+                         engram_header **hdrs) {
+  size_t nh = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (w[i]->n_headers > ENGRAM_MAX_HEADERS) return ENGRAM_ETOOBIG;
+    nh += w[i]->n_headers;
+  }
+  *evs = calloc(n ? n : 1, sizeof **evs);
+  *hdrs = calloc(nh ? nh : 1, sizeof **hdrs);
+  if (!*evs || !*hdrs) {
+    free(*evs);
+    free(*hdrs);
+    *evs = NULL;
+    *hdrs = NULL;
+    return ENGRAM_ENOMEM;
+  }
+  size_t at = 0;
+  for (size_t i = 0; i < n; i++) {
+    net_event_from_wire(w[i], &(*evs)[i], *hdrs + at);
+    at += w[i]->n_headers;
+  }
+  return 0;
+}
+
+struct net_chunk {
+  struct net_chunk *next;
+  size_t used, cap;
+  max_align_t data[];
+};
+
+void *net_arena_alloc(net_arena *a, size_t n) {
+  n = (n + 15) & ~(size_t)15;
+  struct net_chunk *c = a->chunks;
+  if (!c || c->cap - c->used < n) {
+    size_t cap = n > 16384 ? n : 16384;
+    c = malloc(sizeof *c + cap);
+    if (!c) return NULL;
+    c->used = 0;
+    c->cap = cap;
+    c->next = a->chunks;
+    a->chunks = c;
+  }
+  void *p = (char *)c->data + c->used;
+  c->used += n;
+  memset(p, 0, n);
+  return p;
+}
+
+void net_arena_free(net_arena *a) {
+  struct net_chunk *c = a->chunks;
+  while (c) {
+    struct net_chunk *n = c->next;
+    free(c);
+    c = n;
+  }
+  a->chunks = NULL;
+}
+
+Engram__Wire__Event *net_event_to_wire(net_arena *a, const engram_event *e, int with_attempt) {
+  Engram__Wire__Event *w = net_arena_alloc(a, sizeof *w);
+  if (!w) return NULL;
+  engram__wire__event__init(w);
+  w->offset = e->offset;
+  w->type = net_str(e->type);
+  w->has_key = e->key != NULL;
+  w->key = net_str(e->key);
+  w->payload.data = (uint8_t *)e->payload;
+  w->payload.len = e->payload ? e->payload_len : 0;
+  w->content_type = net_str(e->content_type);
+  w->idempotency_key = net_str(e->idempotency_key);
+  w->deliver_at_ns = e->deliver_at_ns;
+  w->timestamp_ns = e->timestamp_ns;
+  w->attempt = with_attempt ? e->attempt : 0;
+  if (e->n_headers) {
+    Engram__Wire__Header *h = net_arena_alloc(a, e->n_headers * sizeof *h);
+    Engram__Wire__Header **hp = net_arena_alloc(a, e->n_headers * sizeof *hp);
+    if (!h || !hp) return NULL;
+    for (size_t i = 0; i < e->n_headers; i++) {
+      engram__wire__header__init(&h[i]);
+      h[i].name = net_str(e->headers[i].name);
+      h[i].value = net_str(e->headers[i].value);
+      hp[i] = &h[i];
+    }
+    w->headers = hp;
+    w->n_headers = e->n_headers;
+  }
+  return w;
+}
+
+int net_copy_text(char *dst, size_t cap, const char *s) {
+  size_t n = s ? strlen(s) : 0;
+  if (n >= cap) {
+    dst[0] = '\0';
+    return -1;
+  }
+  if (n) memcpy(dst, s, n);
+  dst[n] = '\0';
+  return 0;
+}
