@@ -29,19 +29,22 @@ static int classify(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, c
                    (unsigned long long)offset);
 }
 
-/* Checks that `offset` in lease l may be settled by a caller quoting `attempt`. */
+/* Checks that `offset` in lease l may be settled by a caller quoting `attempt`. An
+ * attempt older than the lease's is stale whatever the lease's state: a worker whose
+ * lease was taken over must hear so even while the new holder's nack waits out its
+ * delay. */
 static int check_lease(log_wtx *w, cg_group *g, const cg_lease *l, uint64_t offset, uint32_t attempt,
                        const char *verb) {
   engram *log = w->log;
   if (cg_bit(&l->pb->done, offset - l->first))
     return log_error(log, ENGRAM_EALREADY, "%s %s/%s offset %llu: already finished", verb, g->topic, g->name,
                      (unsigned long long)offset);
-  if (l->pb->state != CG_LEASED)
-    return log_error(log, ENGRAM_ENOTLEASED, "%s %s/%s offset %llu: not in flight (waiting for redelivery)", verb,
-                     g->topic, g->name, (unsigned long long)offset);
   if (attempt && attempt < l->pb->attempt)
     return log_error(log, ENGRAM_ESTALE, "%s %s/%s offset %llu: attempt %u is stale, now at attempt %u", verb,
                      g->topic, g->name, (unsigned long long)offset, attempt, l->pb->attempt);
+  if (l->pb->state != CG_LEASED)
+    return log_error(log, ENGRAM_ENOTLEASED, "%s %s/%s offset %llu: not in flight (waiting for redelivery)", verb,
+                     g->topic, g->name, (unsigned long long)offset);
   if (attempt > l->pb->attempt)
     return log_error(log, ENGRAM_EINVAL, "%s %s/%s offset %llu: attempt %u was never delivered (at %u)", verb,
                      g->topic, g->name, (unsigned long long)offset, attempt, l->pb->attempt);
