@@ -33,12 +33,12 @@ static int classify(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, c
  * attempt older than the lease's is stale whatever the lease's state: a worker whose
  * lease was taken over must hear so even while the new holder's nack waits out its
  * delay. */
-static int check_lease(log_wtx *w, cg_group *g, const cg_lease *l, uint64_t offset, uint32_t attempt,
-                       const char *verb) {
+static int check_lease(log_wtx *w, const cg_dbs *d, cg_group *g, const cg_lease *l, uint64_t offset,
+                       uint32_t attempt, const char *verb) {
   engram *log = w->log;
-  if (cg_bit(&l->pb->done, offset - l->first))
-    return log_error(log, ENGRAM_EALREADY, "%s %s/%s offset %llu: already finished", verb, g->topic, g->name,
-                     (unsigned long long)offset);
+  /* Finished in this lease: acked, cancelled or dead (a dead member stays marked in its
+   * batch's lease while the rest of the batch is open). */
+  if (cg_bit(&l->pb->done, offset - l->first)) return classify(w, d, g, offset, verb);
   if (attempt && attempt < l->pb->attempt)
     return log_error(log, ENGRAM_ESTALE, "%s %s/%s offset %llu: attempt %u is stale, now at attempt %u", verb,
                      g->topic, g->name, (unsigned long long)offset, attempt, l->pb->attempt);
@@ -107,7 +107,7 @@ static int ack_items(log_wtx *w, const cg_dbs *d, cg_group *g, const engram_ack_
         cg_lease_free(&cur);
         if (cg_lease_find(w->txn, d, g->meta->id, it->offset, &cur) != 0) code = classify(w, d, g, it->offset, "ack");
       }
-      if (!code) code = check_lease(w, g, &cur, it->offset, it->attempt, "ack");
+      if (!code) code = check_lease(w, d, g, &cur, it->offset, it->attempt, "ack");
       if (!code && it->result && (rc = put_result(w, d, g, it->offset, it->result, it->result_len))) break;
       if (!code) {
         cg_bit_set(&cur.pb->done, it->offset - cur.first);
@@ -238,8 +238,7 @@ static int one_job(log_wtx *w, void *arg) {
   }
   if (r->op == OP_CANCEL) {
     if (cg_bit(&l.pb->done, r->offset - l.first))
-      rc = log_error(w->log, ENGRAM_EALREADY, "cancel %s/%s offset %llu: already finished", g.topic, g.name,
-                     (unsigned long long)r->offset);
+      rc = classify(w, &r->d, &g, r->offset, verb);
     else if (l.pb->state == CG_LEASED)
       rc = log_error(w->log, ENGRAM_EBUSY, "cancel %s/%s offset %llu: in flight (held by %s)", g.topic, g.name,
                      (unsigned long long)r->offset, l.pb->consumer);
@@ -247,7 +246,7 @@ static int one_job(log_wtx *w, void *arg) {
       rc = cg_lease_finish(w, &r->d, &g, &l, r->offset);
     goto out;
   }
-  if ((rc = check_lease(w, &g, &l, r->offset, r->attempt, verb))) goto out;
+  if ((rc = check_lease(w, &r->d, &g, &l, r->offset, r->attempt, verb))) goto out;
   switch (r->op) {
     case OP_NACK:
       if (l.pb->attempt >= g.meta->max_deliver) {
