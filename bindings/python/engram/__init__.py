@@ -14,12 +14,16 @@ The worker runtime is :class:`App`; drop-in APIs for in-process event managers
 (:class:`EventBus`) and Celery-style tasks (``@app.task``) sit on top of it, and
 :mod:`engram.validation` checks memory events before they are appended.
 """
+import logging as _logging
+
 from . import _engram
 from .errors import *  # noqa: F401,F403 - the exception classes are part of the API
 from .errors import Error, _BY_CODE
 from .errors import __all__ as _errors_all
 
 _engram._register_errors(Error, dict(_BY_CODE))
+# Library practice: say nothing unless the application configures logging.
+_logging.getLogger("engram").addHandler(_logging.NullHandler())
 
 from .client import (DeadLetter, Event, EventStatus, Group, GroupInfo, Log, Message,  # noqa: E402
                      Offset, TopicInfo, Transaction, Consumer, connect, open, encode_payload)
