@@ -239,7 +239,7 @@ static int one_job(log_wtx *w, void *arg) {
   if (r->op == OP_CANCEL) {
     if (cg_bit(&l.pb->done, r->offset - l.first))
       rc = classify(w, &r->d, &g, r->offset, verb);
-    else if (l.pb->state == CG_LEASED)
+    else if (l.pb->state == CG_LEASED && l.pb->deadline_ns > w->now_ns) /* expired: retrying, as status says */
       rc = log_error(w->log, ENGRAM_EBUSY, "cancel %s/%s offset %llu: in flight (held by %s)", g.topic, g.name,
                      (unsigned long long)r->offset, l.pb->consumer);
     else
