@@ -170,6 +170,18 @@ int cg_lease_find(MDB_txn *txn, const cg_dbs *d, uint32_t gid, uint64_t offset, 
   return l->pb ? 0 : ENGRAM_ENOTFOUND;
 }
 
+static int key_state_put(MDB_txn *txn, const cg_dbs *d, MDB_val *k, const Engram__KeyState *ks) {
+  if (!ks->holder) {
+    int rc = mdb_del(txn, d->keys, k, NULL);
+    return rc && rc != MDB_NOTFOUND ? log_err_mdb(rc) : 0;
+  }
+  MDB_val v = {engram__key_state__get_packed_size(ks), NULL};
+  int rc = mdb_put(txn, d->keys, k, &v, MDB_RESERVE);
+  if (rc) return log_err_mdb(rc);
+  engram__key_state__pack(ks, v.mv_data);
+  return 0;
+}
+
 int cg_key_release(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, uint64_t offset) {
   if (!(g->meta->flags & ENGRAM_GROUP_KEY_ORDERED) || !key) return 0;
   size_t kn = strlen(key);
@@ -182,36 +194,41 @@ int cg_key_release(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, ui
   if (rc) return log_err_mdb(rc);
   Engram__KeyState *ks = engram__key_state__unpack(NULL, v.mv_size, v.mv_data);
   if (!ks) return log_error(w->log, ENGRAM_ECORRUPT, "group %s/%s: key state does not decode", g->topic, g->name);
+  size_t i = 0;
   if (ks->holder != offset) {
-    /* Not the owner (e.g. a redriven event): nothing to hand over. */
+    /* Not the owner: an event still waiting for the key was finished (cancelled). It
+     * must leave the queue, or the key would pass to a finished event and stall. */
+    while (i < ks->n_waiting && ks->waiting[i] != offset) i++;
+    if (i < ks->n_waiting) {
+      memmove(ks->waiting + i, ks->waiting + i + 1, (ks->n_waiting - i - 1) * sizeof *ks->waiting);
+      ks->n_waiting--;
+      rc = key_state_put(w->txn, d, &k, ks);
+    }
     engram__key_state__free_unpacked(ks, NULL);
-    return 0;
+    return rc;
   }
-  if (ks->n_waiting == 0) {
-    engram__key_state__free_unpacked(ks, NULL);
-    rc = mdb_del(w->txn, d->keys, &k, NULL);
-    return rc ? log_err_mdb(rc) : 0;
+  /* Hand the key to the first waiting event that still waits; its blocked lease becomes
+   * due now. */
+  ks->holder = 0;
+  rc = 0;
+  while (i < ks->n_waiting && rc == 0) {
+    uint64_t next = ks->waiting[i++];
+    cg_lease nl;
+    if (cg_lease_find(w->txn, d, g->meta->id, next, &nl) != 0) continue;
+    if (!cg_bit(&nl.pb->done, next - nl.first) && nl.pb->state == CG_BLOCKED) {
+      int64_t old = cg_stored_due(&nl);
+      nl.pb->state = CG_WAITING;
+      nl.pb->deadline_ns = w->now_ns;
+      rc = cg_lease_put(w->txn, d, g->meta->id, &nl, old);
+      ks->holder = next;
+    }
+    cg_lease_free(&nl);
+    if (ks->holder) break;
   }
-  uint64_t next = ks->waiting[0];
-  ks->holder = next;
-  memmove(ks->waiting, ks->waiting + 1, (ks->n_waiting - 1) * sizeof *ks->waiting);
-  ks->n_waiting--;
-  size_t n = engram__key_state__get_packed_size(ks);
-  MDB_val nv = {n, NULL};
-  rc = mdb_put(w->txn, d->keys, &k, &nv, MDB_RESERVE);
-  if (rc == 0) engram__key_state__pack(ks, nv.mv_data);
+  memmove(ks->waiting, ks->waiting + i, (ks->n_waiting - i) * sizeof *ks->waiting);
+  ks->n_waiting -= i;
+  if (rc == 0) rc = key_state_put(w->txn, d, &k, ks);
   engram__key_state__free_unpacked(ks, NULL);
-  if (rc) return log_err_mdb(rc);
-  /* The next event's blocked lease becomes due now. */
-  cg_lease nl;
-  if (cg_lease_find(w->txn, d, g->meta->id, next, &nl) != 0) return 0;
-  int64_t old = stored_due(&nl);
-  if (nl.pb->state == CG_BLOCKED) {
-    nl.pb->state = CG_WAITING;
-    nl.pb->deadline_ns = w->now_ns;
-    rc = cg_lease_put(w->txn, d, g->meta->id, &nl, old);
-  }
-  cg_lease_free(&nl);
   return rc;
 }
 
