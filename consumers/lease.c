@@ -208,7 +208,7 @@ int cg_key_release(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, ui
     return rc;
   }
   /* Hand the key to the first waiting event that still waits; its blocked lease becomes
-   * due now. */
+   * due now, or at its deliver_at when that is later. */
   ks->holder = 0;
   rc = 0;
   while (i < ks->n_waiting && rc == 0) {
@@ -218,7 +218,7 @@ int cg_key_release(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, ui
     if (!cg_bit(&nl.pb->done, next - nl.first) && nl.pb->state == CG_BLOCKED) {
       int64_t old = cg_stored_due(&nl);
       nl.pb->state = CG_WAITING;
-      nl.pb->deadline_ns = w->now_ns;
+      if (nl.pb->deadline_ns < w->now_ns) nl.pb->deadline_ns = w->now_ns;
       rc = cg_lease_put(w->txn, d, g->meta->id, &nl, old);
       ks->holder = next;
     }
