@@ -175,17 +175,36 @@ static int skip_marked(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t o)
   return 1;
 }
 
+/* The lowest offset >= from in the group's DLQ, UINT64_MAX when none. The cursor meets
+ * dead events again after a reset; they stay dead until redriven. */
+static uint64_t next_dead(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t from) {
+  MDB_cursor *c;
+  uint64_t off = UINT64_MAX;
+  if (mdb_cursor_open(w->txn, r->d.dlq, &c)) return off;
+  unsigned char kb[12];
+  cg_key_gid_off(kb, g->meta->id, from);
+  MDB_val k = {12, kb}, v;
+  if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) == 0 && k.mv_size == 12 && be32_get(k.mv_data) == g->meta->id)
+    off = be64_get((unsigned char *)k.mv_data + 4);
+  mdb_cursor_close(c);
+  return off;
+}
+
 /* Leases new events from the group's cursor. */
 static int deliver_new(log_wtx *w, struct fetch_req *r, cg_group *g, size_t *room) {
   Engram__GroupMeta *m = g->meta;
   uint64_t head = log_topic_head(w->log, w->txn, &g->t);
   if (m->next > head || *room == 0) return 0;
   uint64_t budget = (uint64_t)*room * SCAN_FACTOR + 4096;
-  uint64_t o = m->next, first = 0, last = 0;
+  uint64_t o = m->next, first = 0, last = 0, dead = next_dead(w, r, g, m->next);
   cg_lease l = {0};
   int rc = 0;
   for (; o <= head && *room > 0 && budget > 0; o++, budget--) {
     if (first && o - first >= CG_MAX_LEASE_SPAN) break;
+    if (o == dead) {
+      dead = next_dead(w, r, g, o + 1);
+      continue;
+    }
     log_view v;
     rc = log_view_get(w->log, w->txn, &g->t, o, &v);
     if (rc == ENGRAM_ENOTFOUND) {
