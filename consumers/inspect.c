@@ -179,6 +179,9 @@ static int dlq_one(log_wtx *w, struct dlq_req *r, cg_group *g, MDB_cursor *c, ui
   if (rc) return log_err_mdb(rc);
   r->count++;
   if (!r->redrive) return 0;
+  /* After a reset the cursor may not have reached the event yet: it will deliver it
+   * when it does, and a lease now would deliver it twice. */
+  if (offset >= g->meta->next) return 0;
   /* Redriven events are due now in this group only, with a fresh attempt count. */
   cg_lease l;
   if ((rc = cg_lease_make_room(w->txn, &r->d, g->meta->id, offset))) return rc;
