@@ -186,8 +186,11 @@ static int create_job(log_wtx *w, void *arg) {
   m.result_ttl_ms = c->result_ttl_ms ? c->result_ttl_ms : CG_DEFAULT_RESULT_TTL_MS;
   m.flags = c->flags;
   m.created_ns = w->now_ns;
-  if ((rc = resolve_start(log, w->txn, &t, c->start, c->start_offset, c->start_time_ns, &m.next)))
-    return log_error(log, rc, "create group %s/%s: %s", r->topic, r->group, engram_errmsg(log));
+  if ((rc = resolve_start(log, w->txn, &t, c->start, c->start_offset, c->start_time_ns, &m.next))) {
+    char why[256]; /* the message buffer cannot be its own argument */
+    snprintf(why, sizeof why, "%s", engram_errmsg(log));
+    return log_error(log, rc, "create group %s/%s: %s", r->topic, r->group, why);
+  }
   cg_group g = {.meta = &m};
   snprintf(g.topic, sizeof g.topic, "%s", r->topic);
   snprintf(g.name, sizeof g.name, "%s", r->group);
@@ -463,7 +466,9 @@ static int reset_job(log_wtx *w, void *arg) {
   if (rc) goto out;
   uint64_t next;
   if ((rc = resolve_start(w->log, w->txn, &g.t, r->to, r->offset, r->time_ns, &next))) {
-    rc = log_error(w->log, rc, "reset group %s/%s: %s", r->topic, r->group, engram_errmsg(w->log));
+    char why[256]; /* the message buffer cannot be its own argument */
+    snprintf(why, sizeof why, "%s", engram_errmsg(w->log));
+    rc = log_error(w->log, rc, "reset group %s/%s: %s", r->topic, r->group, why);
     goto out;
   }
   if ((rc = clear_state(w->txn, &r->d, g.meta->id, 0))) goto out;
