@@ -283,7 +283,7 @@ static int fetch_job(log_wtx *w, void *arg) {
     if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) != 0 || k.mv_size != 20 || memcmp(k.mv_data, p, 4)) break;
     int64_t due = (int64_t)be64_get((unsigned char *)k.mv_data + 4);
     if (due > w->now_ns) break;
-    cg_lease l;
+    cg_lease l = {0};
     uint64_t first = be64_get((unsigned char *)k.mv_data + 12);
     unsigned char lk[12];
     cg_key_gid_off(lk, g.meta->id, first);
