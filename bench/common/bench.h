@@ -91,7 +91,7 @@ typedef struct bench_result {
   int met;              /* 1 met, 0 missed, -1 no target */
   double p50_us, p99_us, p999_us; /* latency, 0 = not measured */
   char note[256];
-  char extra[512];      /* further JSON members ("\"k\": v, ...") or "" */
+  char extra[2048];     /* further JSON members ("\"k\": v, ...") or "" */
 } bench_result;
 
 void bench_result_init(bench_result *r, const char *workload, const char *system,

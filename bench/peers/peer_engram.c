@@ -1,0 +1,217 @@
+/* peer_engram.c — the side-by-side workloads against engram, embedded or through `engram serve`. */
+#include <engram.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "peers/driver.h"
+
+/* The runner links the whole library, so the client entry point is present exactly when
+ * this build of engram has one; a build without it gets remote rows marked unsupported. */
+#pragma weak engram_connect
+
+static const char *data_dir;  /* embedded: the log directory */
+static const char *endpoint;  /* remote: the daemon's endpoint */
+static engram_durability durability = ENGRAM_DURABILITY_SYNC;
+static char durability_label[64] = "sync";
+
+struct peer_conn {
+  engram *log;
+  int looked_up; /* the topic was looked up once on this handle */
+};
+
+/* Embedded: one handle per process shared by its threads, as the library intends (their
+ * appends share commits). Remote: a connection per caller, like the peers' clients. */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static engram *shared_log;
+static pid_t shared_pid;
+static int shared_refs;
+
+static peer_conn *conn_open(void) {
+  peer_conn *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  int rc;
+  if (!endpoint && !data_dir) {
+    fprintf(stderr, "peer_engram: give --data DIR or --connect ENDPOINT\n");
+    free(c);
+    return NULL;
+  }
+  if (endpoint) {
+    engram_connect_options o = {0};
+    rc = engram_connect ? engram_connect(endpoint, &o, &c->log) : ENGRAM_ENOTSUP;
+    if (rc) {
+      fprintf(stderr, "engram_connect %s: %s\n", endpoint, engram_errname(rc));
+      free(c);
+      return NULL;
+    }
+    return c;
+  }
+  pthread_mutex_lock(&mu);
+  if (shared_log && shared_pid != getpid()) {
+    shared_log = NULL; /* inherited across fork(): never used or closed here */
+    shared_refs = 0;
+  }
+  rc = 0;
+  if (!shared_log) {
+    engram_options o = {0};
+    o.durability = durability;
+    rc = engram_open(data_dir, &o, &shared_log);
+    shared_pid = getpid();
+  }
+  if (!rc) shared_refs++;
+  c->log = shared_log;
+  pthread_mutex_unlock(&mu);
+  if (rc) {
+    fprintf(stderr, "engram_open %s: %s\n", data_dir, engram_errname(rc));
+    shared_log = NULL;
+    free(c);
+    return NULL;
+  }
+  return c;
+}
+
+static void conn_close(peer_conn *c) {
+  if (!c) return;
+  if (endpoint) {
+    engram_close(c->log);
+  } else {
+    pthread_mutex_lock(&mu);
+    if (--shared_refs == 0) {
+      engram_close(shared_log);
+      shared_log = NULL;
+    }
+    pthread_mutex_unlock(&mu);
+  }
+  free(c);
+}
+
+static int check(peer_conn *c, int rc, const char *what) {
+  if (rc) fprintf(stderr, "engram %s: %s %s\n", what, engram_errname(rc), engram_errmsg(c->log));
+  return rc ? -1 : 0;
+}
+
+static int setup(peer_conn *c, const char *stream) {
+  engram_topic_drop(c->log, stream);
+  return check(c, engram_topic_create(c->log, stream, NULL), "topic create");
+}
+
+static int teardown(peer_conn *c, const char *stream) {
+  return check(c, engram_topic_drop(c->log, stream), "topic drop");
+}
+
+static engram_event event_of(const bench_event *e) {
+  engram_event ev = {0};
+  ev.type = e->type;
+  ev.key = e->key;
+  ev.payload = e->payload;
+  ev.payload_len = e->payload_len;
+  ev.content_type = "application/json";
+  return ev;
+}
+
+static int append(peer_conn *c, const char *stream, const bench_event *e, int64_t stamp) {
+  engram_event ev = event_of(e);
+  char sent[32];
+  engram_header h = {"sent", sent};
+  if (stamp) {
+    snprintf(sent, sizeof sent, "%lld", (long long)stamp);
+    ev.headers = &h;
+    ev.n_headers = 1;
+  }
+  return check(c, engram_append(c->log, stream, &ev, NULL, NULL), "append");
+}
+
+static int append_batch(peer_conn *c, const char *stream, const bench_event *const *e, size_t n) {
+  engram_event evs[1000];
+  uint64_t offs[1000];
+  if (n > 1000) return -1;
+  for (size_t i = 0; i < n; i++) evs[i] = event_of(e[i]);
+  return check(c, engram_append_batch(c->log, stream, evs, n, offs, NULL), "append_batch");
+}
+
+static int group_create(peer_conn *c, const char *stream, const char *group, int blocking) {
+  engram_group_config cfg = {0};
+  cfg.start = ENGRAM_START_EARLIEST;
+  cfg.ack_wait_ms = 60000;
+  return check(c, engram_group_create(c->log, stream, group, &cfg), "group create");
+}
+
+static int consume(peer_conn *c, const char *stream, const char *group, const char *consumer,
+                   size_t max, int wait_ms, size_t *n, int64_t *stamps) {
+  *n = 0;
+  if (!c->looked_up) {
+    /* A worker checks its topic once at start. */
+    engram_topic_info ti;
+    if (check(c, engram_topic_info_get(c->log, stream, &ti), "topic info")) return -1;
+    c->looked_up = 1;
+  }
+  engram_batch *b = NULL;
+  if (check(c, engram_fetch(c->log, stream, group, consumer, max, (uint64_t)wait_ms, &b), "fetch")) return -1;
+  engram_ack_item items[1000];
+  size_t k = b->count < 1000 ? b->count : 1000;
+  for (size_t i = 0; i < k; i++) {
+    const engram_event *ev = &b->events[i];
+    items[i] = (engram_ack_item){.offset = ev->offset, .attempt = ev->attempt};
+    stamps[i] = 0;
+    for (size_t h = 0; h < ev->n_headers; h++)
+      if (!strcmp(ev->headers[h].name, "sent")) stamps[i] = strtoll(ev->headers[h].value, NULL, 10);
+  }
+  engram_batch_free(b);
+  if (k == 0) return 0;
+  int rc = k == 1 ? engram_ack(c->log, stream, group, items[0].offset, items[0].attempt, NULL, 0)
+                  : engram_ack_many(c->log, stream, group, items, k, NULL);
+  if (check(c, rc, "ack")) return -1;
+  *n = k;
+  return 0;
+}
+
+static int option(int argc, char **argv, int i) {
+  if (i + 1 >= argc) return 0;
+  const char *a = argv[i], *v = argv[i + 1];
+  if (!strcmp(a, "--data")) {
+    data_dir = v;
+  } else if (!strcmp(a, "--connect")) {
+    endpoint = v;
+  } else if (!strcmp(a, "--durability")) {
+    if (!strcmp(v, "sync"))
+      durability = ENGRAM_DURABILITY_SYNC;
+    else if (!strcmp(v, "nometasync"))
+      durability = ENGRAM_DURABILITY_NOMETASYNC;
+    else if (!strcmp(v, "async"))
+      durability = ENGRAM_DURABILITY_ASYNC;
+    else
+      bench_die("--durability sync|nometasync|async");
+    snprintf(durability_label, sizeof durability_label, "%s", v);
+  } else {
+    return 0;
+  }
+  return 2;
+}
+
+static peer_sys sys = {
+    .name = "engram",
+    .durability = durability_label,
+    .connect = conn_open,
+    .close = conn_close,
+    .setup = setup,
+    .teardown = teardown,
+    .append = append,
+    .append_batch = append_batch,
+    .group_create = group_create,
+    .consume = consume,
+    .option = option,
+    .usage = "  --data DIR          embedded: the log directory (created if missing)\n"
+             "  --connect ENDPOINT  remote: the `engram serve` endpoint, e.g. tcp://127.0.0.1:7450\n"
+             "  --durability D      sync | nometasync | async (embedded: the handle's mode;\n"
+             "                      remote: a label, the daemon's mode is set where it runs)\n",
+};
+
+int main(int argc, char **argv) {
+  for (int i = 1; i + 1 < argc; i++) {
+    if (!strcmp(argv[i], "--connect")) sys.name = "engram-remote";
+  }
+  int rc = peer_main(&sys, argc, argv);
+  return rc;
+}
