@@ -367,9 +367,9 @@ static void null_pointers_are_invalid(void **state) {
   refused(f, engram_read_range(f->log, "memory", 1, 10, NULL), ENGRAM_EINVAL);
   refused(f, engram_topic_info_get(f->log, "memory", NULL), ENGRAM_EINVAL);
   refused(f, engram_topic_list(f->log, NULL, NULL), ENGRAM_EINVAL);
-  refused(f, engram_topic_drop(f->log, NULL), ENGRAM_EINVAL);
   refused(f, engram_verify(f->log, NULL), ENGRAM_EINVAL);
   refused(f, engram_backup(f->log, NULL), ENGRAM_EINVAL);
+  refused(f, engram_topic_drop(f->log, NULL), ENGRAM_EINVAL);
 }
 
 static void reading_offsets_that_were_never_assigned_is_not_found(void **state) {
