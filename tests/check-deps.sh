@@ -11,10 +11,11 @@ cd "$(dirname "$0")/.." || exit 2
 # Where a quoted or angle include resolves, as the project folder it lands in
 # ("include", "common", "log", ..., "schema"), or "" for a header outside the project.
 # Quoted includes search the including file's folder first, then the -I paths in the
-# Makefile's order: include, common, ., build/gen.
+# Makefile's order: the layer's own folder (-Ibench for bench/), include, common, .,
+# build/gen.
 resolve() {
   local file=$1 inc=$2 quoted=$3 base path
-  local bases=(include common . build/gen)
+  local bases=("${file%%/*}" include common . build/gen)
   [ "$quoted" = 1 ] && bases=("$(dirname "$file")" "${bases[@]}")
   for base in "${bases[@]}"; do
     path="$base/$inc"
