@@ -225,7 +225,7 @@ int cg_key_release(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, ui
     cg_lease_free(&nl);
     if (ks->holder) break;
   }
-  memmove(ks->waiting, ks->waiting + i, (ks->n_waiting - i) * sizeof *ks->waiting);
+  if (i) memmove(ks->waiting, ks->waiting + i, (ks->n_waiting - i) * sizeof *ks->waiting);
   ks->n_waiting -= i;
   if (rc == 0) rc = key_state_put(w->txn, d, &k, ks);
   engram__key_state__free_unpacked(ks, NULL);
