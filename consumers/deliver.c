@@ -118,7 +118,7 @@ static int key_take(log_wtx *w, struct fetch_req *r, cg_group *g, const log_view
       *rc = ENGRAM_ENOMEM;
       return 0;
     }
-    memcpy(waiting, ks->waiting, ks->n_waiting * sizeof *waiting);
+    if (ks->n_waiting) memcpy(waiting, ks->waiting, ks->n_waiting * sizeof *waiting);
     waiting[ks->n_waiting] = o;
   }
   Engram__KeyState out = ENGRAM__KEY_STATE__INIT;
