@@ -65,35 +65,37 @@ $(BUILD)/gen/schema/%.pb-c.c $(BUILD)/gen/schema/%.pb-c.h: schema/%.proto
 	protoc-c --c_out=$(BUILD)/gen $<
 
 $(BUILD)/gen/schema/%.pb-c.o: $(BUILD)/gen/schema/%.pb-c.c
-	$(CC) $(ALL_CFLAGS) -Wno-unused -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -Wno-unused -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
 
 $(BUILD)/obj/%.o: %.c $(GEN_H) include/engram.h
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -MMD -MF $(@:.o=.d) -MP -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
+# Outputs are written under a temporary name and renamed, so concurrent builds in one
+# tree never see a half-written file.
 $(BUILD)/libengram.a: $(LIB_OBJS)
-	@rm -f $@
-	ar rcs $@ $^
+	@rm -f $@.$$$$.tmp
+	ar rcs $@.$$$$.tmp $^ && mv $@.$$$$.tmp $@
 
 $(BUILD)/libengram.so: $(LIB_OBJS)
-	$(CC) -shared $(ALL_LDFLAGS) -Wl,-soname,libengram.so.0 -o $@ $^ $(LDLIBS)
+	$(CC) -shared $(ALL_LDFLAGS) -Wl,-soname,libengram.so.0 -o $@.$$$$.tmp $^ $(LDLIBS) && mv $@.$$$$.tmp $@
 
 $(BUILD)/engram: $(CLI_OBJS) $(BUILD)/libengram.a
-	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJS) $(BUILD)/libengram.a $(LDLIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@.$$$$.tmp $(CLI_OBJS) $(BUILD)/libengram.a $(LDLIBS) && mv $@.$$$$.tmp $@
 
 $(BUILD)/tests/%: tests/%.c $(TEST_HELPERS) $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests -o $@ $< $(TEST_HELPERS) $(BUILD)/libengram.a $(LDLIBS) -lcmocka $(ALL_LDFLAGS)
+	$(CC) $(ALL_CFLAGS) -Itests -o $@.$$$$.tmp $< $(TEST_HELPERS) $(BUILD)/libengram.a $(LDLIBS) -lcmocka $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
 $(BUILD)/fuzz/%-replay: tests/fuzz/%.c tests/fuzz/replay_main.c $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< tests/fuzz/replay_main.c $(BUILD)/libengram.a $(LDLIBS) $(ALL_LDFLAGS)
+	$(CC) $(ALL_CFLAGS) -o $@.$$$$.tmp $< tests/fuzz/replay_main.c $(BUILD)/libengram.a $(LDLIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
 $(BUILD)/bench/%: bench/%.c $(wildcard bench/common/*.c) $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Ibench -o $@ $< $(wildcard bench/common/*.c) $(BUILD)/libengram.a $(LDLIBS) $(ALL_LDFLAGS)
+	$(CC) $(ALL_CFLAGS) -Ibench -o $@.$$$$.tmp $< $(wildcard bench/common/*.c) $(BUILD)/libengram.a $(LDLIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
 # Layering: a wrong-way include fails the build.
 check-deps:

@@ -53,7 +53,7 @@ extern "C" {
 /* Limits that bad input is checked against. */
 #define ENGRAM_MAX_NAME 200            /* topic, group, consumer names: bytes */
 #define ENGRAM_MAX_TYPE 200            /* event type: bytes */
-#define ENGRAM_MAX_KEY 1024            /* event key, idempotency key: bytes */
+#define ENGRAM_MAX_KEY 256             /* event key, idempotency key: bytes */
 #define ENGRAM_MAX_CONTENT_TYPE 128    /* bytes */
 #define ENGRAM_MAX_HEADERS 64          /* headers per event */
 #define ENGRAM_MAX_HEADER_BYTES 8192   /* all header names and values of one event */

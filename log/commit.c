@@ -128,12 +128,14 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
         }
       }
       if (j->rc == LOG_EMAPFULL) grow = 1;
+      else if (j->rc == LOG_ENEWDBI) grow = 2;
       else if (j->rc < 0) set_job_error(j, j->rc);
       else ok++;
     }
     if (grow) {
       mdb_txn_abort(txn);
       touched_free(w.touched);
+      if (grow == 2) continue; /* a new transaction sees the new handle */
       rc = log_map_grow(log);
       if (rc) return log_error(log, ENGRAM_ENOSPC, "commit: cannot grow the map");
       continue;

@@ -237,6 +237,43 @@ static int open_core_dbs(engram *log) {
   return log_err_mdb(mdb_txn_commit(txn));
 }
 
+/* Opens every named database that exists, so their handles are valid in every later
+ * transaction of this process (LMDB ties a handle to transactions begun after it). */
+static int open_all_dbs(engram *log) {
+  MDB_txn *txn;
+  int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, &txn);
+  if (rc) return log_err_mdb(rc);
+  MDB_dbi main;
+  MDB_cursor *c;
+  rc = mdb_dbi_open(txn, NULL, 0, &main);
+  if (!rc) rc = mdb_cursor_open(txn, main, &c);
+  if (rc) {
+    mdb_txn_abort(txn);
+    return log_err_mdb(rc);
+  }
+  MDB_val k, v;
+  int op = MDB_FIRST;
+  while (mdb_cursor_get(c, &k, &v, op) == 0) {
+    op = MDB_NEXT;
+    char name[ENGRAM_MAX_NAME + 8];
+    if (k.mv_size == 0 || k.mv_size >= sizeof name) continue;
+    memcpy(name, k.mv_data, k.mv_size);
+    name[k.mv_size] = '\0';
+    if (memchr(name, '\0', k.mv_size)) continue;
+    int topic = !strncmp(name, LOG_TOPIC_DB_PREFIX, 2);
+    MDB_dbi dbi;
+    if (mdb_dbi_open(txn, name, topic ? MDB_INTEGERKEY : 0, &dbi) != 0) continue;
+    if (topic) {
+      log_topic_cache_add(log, name + 2, dbi);
+    } else if (log->n_aux < LOG_MAX_AUX && strlen(name) < sizeof log->aux[0].name) {
+      snprintf(log->aux[log->n_aux].name, sizeof log->aux[0].name, "%s", name);
+      log->aux[log->n_aux++].dbi = dbi;
+    }
+  }
+  mdb_cursor_close(c);
+  return log_err_mdb(mdb_txn_commit(txn));
+}
+
 static void fill_defaults(engram_options *o) {
   if (!o->map_size) o->map_size = 1ull << 30;
   if (o->map_size < (1u << 20)) o->map_size = 1u << 20;
@@ -304,6 +341,11 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
   }
   rc = read_meta(log);
   if (rc) goto fail;
+  rc = open_all_dbs(log);
+  if (rc) {
+    rc = log_error(log, rc, "open %s: %s", path, engram_strerror(rc));
+    goto fail;
+  }
   rc = log_commit_start(log);
   if (rc) {
     rc = log_error(log, rc, "open %s: cannot start flusher", path);
@@ -381,11 +423,18 @@ int engram_backup(engram *log, const char *dest) {
   return 0;
 }
 
+static __thread MDB_txn *tls_read_txn;
+
+MDB_txn *log_read_txn_of_thread(void) { return tls_read_txn; }
+
 int log_read_begin(engram *log, MDB_txn **txn) {
   for (;;) {
     pthread_rwlock_rdlock(&log->map_lock);
     int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, txn);
-    if (rc == 0) return 0;
+    if (rc == 0) {
+      tls_read_txn = *txn;
+      return 0;
+    }
     pthread_rwlock_unlock(&log->map_lock);
     if (rc == MDB_MAP_RESIZED) {
       log_map_adopt(log);
@@ -401,6 +450,7 @@ int log_read_begin(engram *log, MDB_txn **txn) {
 }
 
 void log_read_end(engram *log, MDB_txn *txn) {
+  if (txn == tls_read_txn) tls_read_txn = NULL;
   if (txn) mdb_txn_abort(txn);
   pthread_rwlock_unlock(&log->map_lock);
 }
@@ -467,6 +517,7 @@ int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out
   }
   int mrc = mdb_dbi_open(txn, name, flags, out);
   if (mrc == 0) {
+    if (tls_read_txn == txn) tls_read_txn = NULL;
     mrc = mdb_txn_commit(txn);
     pthread_mutex_unlock(&log->dbi_mu);
     pthread_rwlock_unlock(&log->map_lock);

@@ -7,6 +7,8 @@
 /* Private codes that never leave log/: the commit leader handles them. */
 #define LOG_EMAPFULL -1000
 #define LOG_EMAPRESIZED -1001
+/* A job met a database handle opened after its transaction began: rerun the batch. */
+#define LOG_ENEWDBI -1002
 
 #define LOG_DB_META "meta"
 #define LOG_DB_TOPICS "topics"
@@ -37,6 +39,9 @@ void log_map_adopt(engram *log);
 int log_map_grow(engram *log);
 int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out);
 int log_rmtree(const char *path);
+/* The read transaction this thread holds (from log_read_begin), or NULL. */
+MDB_txn *log_read_txn_of_thread(void);
+void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi);
 
 /* topic.c */
 void log_topic_cache_free(engram *log);

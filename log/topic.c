@@ -6,7 +6,7 @@
 #include "log/log_private.h"
 #include "schema/record.pb-c.h"
 
-#define DEFAULT_COMPRESS_THRESHOLD 512
+#define DEFAULT_COMPRESS_THRESHOLD 256
 #define DEFAULT_MAX_PAYLOAD (1u << 20)
 #define DEFAULT_DICT_TRAIN_AFTER 4096
 
@@ -40,6 +40,17 @@ void log_topic_dbi_forget(engram *log, const char *name) {
   pthread_mutex_unlock(&log->aux_mu);
 }
 
+void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi) {
+  struct log_topic_cache *c = calloc(1, sizeof *c);
+  if (!c) return;
+  snprintf(c->name, sizeof c->name, "%s", name);
+  c->dbi = dbi;
+  pthread_mutex_lock(&log->aux_mu);
+  c->next = log->topics;
+  log->topics = c;
+  pthread_mutex_unlock(&log->aux_mu);
+}
+
 static int topic_dbi(engram *log, const char *name, MDB_dbi *dbi) {
   pthread_mutex_lock(&log->aux_mu);
   for (struct log_topic_cache *c = log->topics; c; c = c->next) {
@@ -54,14 +65,7 @@ static int topic_dbi(engram *log, const char *name, MDB_dbi *dbi) {
   snprintf(dbname, sizeof dbname, LOG_TOPIC_DB_PREFIX "%s", name);
   int rc = log_open_dbi(log, dbname, MDB_INTEGERKEY, dbi);
   if (rc) return rc;
-  struct log_topic_cache *c = calloc(1, sizeof *c);
-  if (!c) return 0;
-  snprintf(c->name, sizeof c->name, "%s", name);
-  c->dbi = *dbi;
-  pthread_mutex_lock(&log->aux_mu);
-  c->next = log->topics;
-  log->topics = c;
-  pthread_mutex_unlock(&log->aux_mu);
+  log_topic_cache_add(log, name, *dbi);
   return 0;
 }
 
@@ -127,18 +131,21 @@ int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t) {
   if (!log_valid_name(name))
     return log_error(log, ENGRAM_EINVAL, "topic name %s%.40s%s: use 1-200 of [A-Za-z0-9._-]",
                      name ? "'" : "", name ? name : "(null)", name ? "'" : "");
-  MDB_val k = {strlen(name), (void *)name}, v;
-  int rc = mdb_get(txn, log->db_topics, &k, &v);
-  if (rc == MDB_NOTFOUND) return log_error(log, ENGRAM_ENOTFOUND, "topic %s: no such topic", name);
-  if (rc) return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
-  rc = meta_decode(log, &v, name, t);
-  if (rc) return rc;
-  rc = topic_dbi(log, name, &t->dbi);
-  if (rc == ENGRAM_ENOTFOUND) {
-    /* Created by a transaction this one cannot see yet: open it in this transaction. */
-    return log_error(log, ENGRAM_ENOTFOUND, "topic %s: not visible yet", name);
+  for (int tries = 0;; tries++) {
+    MDB_val k = {strlen(name), (void *)name}, v;
+    int rc = mdb_get(txn, log->db_topics, &k, &v);
+    if (rc == MDB_NOTFOUND) return log_error(log, ENGRAM_ENOTFOUND, "topic %s: no such topic", name);
+    if (rc) return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
+    if ((rc = meta_decode(log, &v, name, t))) return rc;
+    if ((rc = topic_dbi(log, name, &t->dbi))) return rc;
+    unsigned int flags;
+    if (mdb_dbi_flags(txn, t->dbi, &flags) == 0) return 0;
+    /* The handle was opened after this transaction began (the topic was made by another
+     * process): a read transaction is renewed in place, a write batch is rerun. */
+    if (txn != log_read_txn_of_thread() || tries > 0) return LOG_ENEWDBI;
+    mdb_txn_reset(txn);
+    if ((rc = mdb_txn_renew(txn))) return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
   }
-  return rc;
 }
 
 static uint64_t last_key(MDB_txn *txn, MDB_dbi dbi, int op) {
