@@ -405,6 +405,7 @@ class Log:
         self.endpoint = endpoint
         self.create_topics = create_topics
         self._closed = False
+        self._pipe: Optional[_Pipeline] = None
 
     # -- lifetime -----------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -423,9 +424,12 @@ class Log:
         return self._closed or self._h.closed
 
     def close(self) -> None:
-        """Closes the handle (after calls running in other threads return). Idempotent."""
+        """Closes the handle (after calls running in other threads return). Idempotent.
+        Pipelined appends still queued are written first."""
         if self._closed:
             return
+        if self._pipe is not None:
+            self._pipe.stop()
         self._closed = True
         if self.path is not None:
             with _shared_lock:
@@ -529,15 +533,21 @@ class Log:
         :meth:`flush` waits for all of them and raises the first error."""
         spec = Message(type, payload, key, headers, idempotency_key, delay, None,
                        content_type).spec()
-        try:
+        _str(topic, "topic")
+        if self.endpoint is not None:  # the client pipelines requests itself
             self.h.append_async(topic, spec)
-        except NotFound as e:
-            if not self._autocreate(topic, e):
-                raise
-            self.h.append_async(topic, spec)
+            return
+        if self._pipe is None:
+            with _shared_lock:
+                if self._pipe is None:
+                    self._pipe = _Pipeline(self)
+        self._pipe.put(topic, spec)
 
     def flush(self) -> None:
-        """Waits until every :meth:`append_async` of this handle is durable."""
+        """Waits until every :meth:`append_async` of this handle is durable; raises the
+        first error any of them got since the last flush."""
+        if self._pipe is not None:
+            self._pipe.flush()
         self.h.append_wait()
 
     def get(self, topic: str, offset: int) -> Event:
@@ -629,6 +639,95 @@ class Log:
     def transaction(self) -> "Transaction":
         """Acks and appends committed together: ``with log.transaction() as tx: ...``."""
         return Transaction(self)
+
+
+class _Pipeline:
+    """Pipelined appends on an embedded handle: callers queue events and return; one
+    thread writes what has queued up as a batch per commit (in order), so many small
+    appends share each flush to disk. Errors are kept for the next flush()."""
+
+    WINDOW = 8192  # queued events past which put() waits
+    BATCH = 1024   # events per commit at most
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.q: Deque[Tuple[str, tuple]] = collections.deque()
+        self.cv = threading.Condition()
+        self.busy = 0
+        self.err: Optional[BaseException] = None
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, name="engram-append-pipeline", daemon=True)
+        self.thread.start()
+
+    def put(self, topic: str, spec: tuple) -> None:
+        with self.cv:
+            while len(self.q) >= self.WINDOW and not self.closing:
+                self.cv.wait()
+            if self.closing:
+                raise Closed("the log handle is closing")
+            self.q.append((topic, spec))
+            self.cv.notify_all()
+
+    def _write(self, topic: str, specs: List[tuple]) -> None:
+        try:
+            try:
+                self.log.h.append_batch(topic, specs)
+            except NotFound as e:
+                if not self.log._autocreate(topic, e):
+                    raise
+                self.log.h.append_batch(topic, specs)
+        except Error as e:
+            if len(specs) == 1:
+                raise
+            # All or none failed: write them one by one so only the bad ones are lost.
+            first: Optional[BaseException] = None
+            for sp in specs:
+                try:
+                    self.log.h.append(topic, sp)
+                except Error as e2:
+                    first = first or e2
+            if first is not None:
+                raise first from e
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.q and not self.closing:
+                    self.cv.wait()
+                if not self.q:
+                    return
+                topic = self.q[0][0]
+                specs = []
+                while self.q and self.q[0][0] == topic and len(specs) < self.BATCH:
+                    specs.append(self.q.popleft()[1])
+                self.busy = len(specs)
+                self.cv.notify_all()
+            try:
+                self._write(topic, specs)
+            except BaseException as e:  # kept for flush()
+                with self.cv:
+                    self.err = self.err or e
+            with self.cv:
+                self.busy = 0
+                self.cv.notify_all()
+
+    def flush(self) -> None:
+        with self.cv:
+            while self.q or self.busy:
+                self.cv.wait()
+            err, self.err = self.err, None
+        if err is not None:
+            raise err
+
+    def stop(self) -> None:
+        try:
+            self.flush()
+        except Error:
+            pass
+        with self.cv:
+            self.closing = True
+            self.cv.notify_all()
+        self.thread.join(10)
 
 
 def _group_config(filters: Union[None, str, Sequence[str]], start: Union[str, int, _dt.datetime],
