@@ -24,14 +24,14 @@ static const char *usage =
     "  --producers N       producers of append8 (default 8)\n"
     "  --rate R            latency workload: events/s in total (default 2000)\n"
     "  --latency-seconds S latency workload length (default 5)\n"
-    "  --latency-producers N  threads sharing the latency rate (default 4)\n"
+    "  --latency-producers N  threads sharing the latency rate (default 8)\n"
     "  --quick             short bounds for a smoke run\n";
 
 static peer_sys *sys;
 static const char *workload = "", *row = "";
 static double seconds = 3, drain_seconds = 20, latency_seconds = 5, rate = 2000;
 static uint64_t drain_events = 200000;
-static int consumers = 4, producers = 8, latency_producers = 4;
+static int consumers = 4, producers = 8, latency_producers = 8;
 static char stream[64];
 
 #define MAX_PROCS 64
