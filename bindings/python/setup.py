@@ -1,7 +1,8 @@
 # setup.py — builds the engram package's C extension against the static libengram.a.
 #
-# The library is found in $ENGRAM_BUILD (a build directory holding libengram.a), else in
-# ../../build of this source tree, which is built with `make` when it is missing. The
+# The library is $ENGRAM_LIB (a path to libengram.a) when set, else ../../build/libengram.a
+# of this source tree, built with `make` when it is missing. (Not the sanitizer build:
+# an ASan-instrumented archive cannot be loaded into an uninstrumented interpreter.) The
 # extension uses only include/engram.h.
 import os
 import subprocess
@@ -13,8 +14,7 @@ ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 
 
 def library() -> str:
-    build = os.environ.get("ENGRAM_BUILD") or os.path.join(ROOT, "build")
-    lib = os.path.join(build, "libengram.a")
+    lib = os.environ.get("ENGRAM_LIB") or os.path.join(ROOT, "build", "libengram.a")
     if not os.path.exists(lib) and os.path.exists(os.path.join(ROOT, "Makefile")):
         rel = os.path.relpath(lib, ROOT)
         subprocess.check_call(["make", "-C", ROOT, rel])

@@ -7,11 +7,19 @@ import time
 
 import pytest
 
-import engram
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BINDING = os.path.join(ROOT, "bindings", "python")
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The extension is (re)built for the interpreter running the tests, against the current
+# build/libengram.a (a no-op when it is up to date); ENGRAM_PY_NO_BUILD=1 skips that.
+if not os.environ.get("ENGRAM_PY_NO_BUILD"):
+    _r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=BINDING,
+                        capture_output=True, text=True)
+    if _r.returncode != 0:
+        pytest.exit(f"building the engram extension failed:\n{_r.stdout[-2000:]}{_r.stderr[-2000:]}", 2)
+
+import engram  # noqa: E402
 
 
 def has(fn: str) -> bool:

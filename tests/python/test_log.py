@@ -138,14 +138,6 @@ def test_context_manager_closes_and_calls_after_close_raise_closed(log_path):
     lg.close()  # idempotent
 
 
-REOPEN_BUG = pytest.mark.xfail(
-    reason="libengram: the first topic info after reopening a log reports count/head 0", strict=False)
-FORK_BUG = pytest.mark.xfail(
-    reason="libengram: a forked child cannot write through a new handle when its parent "
-           "had opened (even closed) the log before fork", strict=False)
-
-
-@REOPEN_BUG
 def test_opening_an_open_directory_shares_the_handle(log_path):
     a = engram.open(log_path)
     b = engram.open(log_path)
@@ -169,7 +161,6 @@ def test_durability_modes_open(tmp_path):
             lg.sync()
 
 
-@REOPEN_BUG
 def test_backup_and_verify(log, tmp_path):
     log.append_many("t", [("x.y", {"i": i}) for i in range(10)])
     log.backup(tmp_path / "copy")
@@ -185,7 +176,6 @@ def test_stats_lists_topics(log):
     assert s["topics"][0]["name"] == "memory" and s["topics"][0]["count"] == 1
 
 
-@FORK_BUG
 def test_a_forked_child_cannot_use_the_parents_handle_but_can_open_its_own(log, log_path):
     log.append("t", "x.y", b"")
     pid = os.fork()
