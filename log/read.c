@@ -1,4 +1,5 @@
 /* read.c — reading events into batches, and checking every stored record (verify). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,18 +8,54 @@
 #include "schema/record.pb-c.h"
 
 #define MAX_READ 100000
-#define CHUNK (64 * 1024)
+#define BLOCK (256 * 1024)
+#define CACHE_BLOCKS 16
 
+/* Batches are built in 256 KiB blocks. Freed blocks go to a small per-thread cache:
+ * returning whole blocks to malloc made it trim and regrow the heap on every read,
+ * and the page faults cost more than decoding. */
 struct chunk {
   struct chunk *next;
   size_t used, cap;
   unsigned char data[];
 };
 
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+struct block_cache {
+  int n;
+  void *blocks[CACHE_BLOCKS];
+};
+static void cache_free(void *p) {
+  struct block_cache *c = p;
+  for (int i = 0; i < c->n; i++) free(c->blocks[i]);
+  free(c);
+}
+static void cache_init(void) { pthread_key_create(&cache_key, cache_free); }
+static struct block_cache *cache_get(void) {
+  pthread_once(&cache_once, cache_init);
+  struct block_cache *c = pthread_getspecific(cache_key);
+  if (!c && (c = calloc(1, sizeof *c))) pthread_setspecific(cache_key, c);
+  return c;
+}
+static void *block_get(void) {
+  struct block_cache *c = cache_get();
+  if (c && c->n) return c->blocks[--c->n];
+  return malloc(BLOCK);
+}
+static void block_put(void *b) {
+  struct block_cache *c = cache_get();
+  if (c && c->n < CACHE_BLOCKS)
+    c->blocks[c->n++] = b;
+  else
+    free(b);
+}
+
 /* The batch and its memory; engram_batch is its first member. */
 struct log_bb {
   engram_batch pub;
   size_t cap;
+  int events_in_block; /* pub.events is a cached block */
   struct chunk *chunks;
   const char *topic; /* copied topic name shared by the batch's events */
 };
@@ -26,14 +63,15 @@ struct log_bb {
 log_bb *log_bb_new(size_t expected) {
   log_bb *bb = calloc(1, sizeof *bb);
   if (!bb) return NULL;
-  if (expected > 1024) expected = 1024;
+  if (expected > BLOCK / sizeof(engram_event)) expected = BLOCK / sizeof(engram_event);
   if (expected) {
-    bb->pub.events = calloc(expected, sizeof *bb->pub.events);
+    bb->pub.events = block_get();
     if (!bb->pub.events) {
       free(bb);
       return NULL;
     }
-    bb->cap = expected;
+    bb->events_in_block = 1;
+    bb->cap = BLOCK / sizeof(engram_event);
   }
   return bb;
 }
@@ -43,10 +81,16 @@ void log_bb_free(log_bb *bb) {
   struct chunk *c = bb->chunks;
   while (c) {
     struct chunk *n = c->next;
-    free(c);
+    if (c->cap + sizeof *c == BLOCK)
+      block_put(c);
+    else
+      free(c);
     c = n;
   }
-  free(bb->pub.events);
+  if (bb->events_in_block)
+    block_put(bb->pub.events);
+  else
+    free(bb->pub.events);
   free(bb);
 }
 
@@ -60,11 +104,16 @@ static void *bb_alloc(log_bb *bb, size_t n) {
   n = (n + 7) & ~(size_t)7;
   struct chunk *c = bb->chunks;
   if (!c || c->cap - c->used < n) {
-    size_t cap = n > CHUNK ? n : CHUNK;
-    c = malloc(sizeof *c + cap);
-    if (!c) return NULL;
+    if (n <= BLOCK - sizeof *c) {
+      c = block_get();
+      if (!c) return NULL;
+      c->cap = BLOCK - sizeof *c;
+    } else {
+      c = malloc(sizeof *c + n);
+      if (!c) return NULL;
+      c->cap = n;
+    }
     c->used = 0;
-    c->cap = cap;
     c->next = bb->chunks;
     bb->chunks = c;
   }
@@ -86,8 +135,13 @@ engram_event *log_bb_add(log_bb *bb, engram *log, MDB_txn *txn, const log_topic 
   *rc = ENGRAM_ENOMEM;
   if (bb->pub.count == bb->cap) {
     size_t cap = bb->cap ? bb->cap * 2 : 16;
-    engram_event *e = realloc(bb->pub.events, cap * sizeof *e);
+    engram_event *e = bb->events_in_block ? malloc(cap * sizeof *e) : realloc(bb->pub.events, cap * sizeof *e);
     if (!e) return NULL;
+    if (bb->events_in_block) {
+      memcpy(e, bb->pub.events, bb->pub.count * sizeof *e);
+      block_put(bb->pub.events);
+      bb->events_in_block = 0;
+    }
     bb->pub.events = e;
     bb->cap = cap;
   }
