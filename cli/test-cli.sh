@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test-cli.sh — end-to-end checks of the engram command on a fresh temporary log: exit
 # statuses, error lines, JSON shapes, batches, groups and the dead-letter queue.
-# Usage: BUILD=build bash cli/test-cli.sh   (exit 0 when every check passes)
+# Usage: BUILD=build bash cli/test-cli.sh   (exit 0 when every check passes; works on a
+# SAN=1 build too: BUILD=build/san)
 # Conditions are passed to check() in single quotes and evaluated there, on purpose:
 # shellcheck disable=SC2016,SC2034
 set -u
@@ -17,10 +18,19 @@ trap 'rm -rf "$TMP"' EXIT
 DATA=$TMP/log
 fails=0 checks=0
 
+# A sanitizer report (in a SAN=1 build) fails the run whatever the command's status.
+sanitized() {
+  if grep -q 'Sanitizer\|runtime error' "$TMP/err"; then
+    fails=$((fails + 1))
+    printf 'FAIL sanitizer report for: %s\n' "$*"
+    head -n 30 "$TMP/err"
+  fi
+}
 # e ARGS...: runs engram on the test log with a time limit; output in $out / $err, status
 # in $rc.
 e() {
   out=$(timeout 60 "$BIN" --data "$DATA" "$@" 2>"$TMP/err") rc=$?
+  sanitized "$@"
   err=$(cat "$TMP/err")
 }
 # ein INPUT ARGS...: the same with INPUT on stdin.
@@ -28,6 +38,7 @@ ein() {
   local input=$1
   shift
   out=$(printf '%s' "$input" | timeout 60 "$BIN" --data "$DATA" "$@" 2>"$TMP/err") rc=$?
+  sanitized "$@"
   err=$(cat "$TMP/err")
 }
 check() { # check NAME CONDITION...
