@@ -5,10 +5,8 @@
  * its data pages, then writes (without flushing) the meta page that makes them current.
  * That meta page becomes durable with the next flush of the file. So a committed batch is
  * released once the next batch's commit has flushed (under load: one flush per commit),
- * or, when no more work comes, after an explicit mdb_env_sync(). When several threads
- * are writing, the leader waits a moment for the writers it just released to queue
- * again before paying for that extra flush. A commit that changed nothing flushes
- * nothing, so it never counts as the next flush.
+ * or, when no more work is queued, after an explicit mdb_env_sync(). A commit that
+ * changed nothing flushes nothing, so it never counts as the next flush.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -18,9 +16,6 @@
 
 #include "log/log_private.h"
 
-/* How long a leader waits for released writers to queue again before flushing alone. */
-#define LOG_REGROUP_NS 300000
-
 struct log_job {
   log_job_fn fn;
   void *arg;
@@ -28,7 +23,6 @@ struct log_job {
   int rc;                  /* the job's result, or the commit's error */
   int done;                /* set under log->mu; the job may vanish right after */
   char msg[256];           /* the leader's error message for this job */
-  pthread_t thread;         /* the writer, to tell whether writers share commits */
   struct log_job *next;
 };
 
@@ -214,37 +208,11 @@ static struct log_job *take(engram *log) {
   return head;
 }
 
-/* Distinct writer threads in a batch list, capped at 2: tells whether writers share. */
-static int threads_in(const struct log_job *a, const struct log_job *b) {
-  const struct log_job *first = a ? a : b;
-  if (!first) return 0;
-  for (const struct log_job *j = a; j; j = j->next)
-    if (!pthread_equal(j->thread, first->thread)) return 2;
-  for (const struct log_job *j = b; j; j = j->next)
-    if (!pthread_equal(j->thread, first->thread)) return 2;
-  return 1;
-}
-
-/* Waits up to `ns` for a job to be queued. Called with mu held. */
-static void wait_for_work(engram *log, int64_t ns) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  int64_t t = ts.tv_nsec + ns;
-  ts.tv_sec += t / 1000000000;
-  ts.tv_nsec = t % 1000000000;
-  log->leader_waiting = 1;
-  while (!log->q_head && !log->closing)
-    if (pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts) == ETIMEDOUT) break;
-  log->leader_waiting = 0;
-}
-
 /* The leader's loop. Entered and left with mu held. */
 static void lead(engram *log) {
   int sync_mode = log->opts.durability == ENGRAM_DURABILITY_SYNC;
   struct batch pending = {0};   /* committed, its meta page not yet flushed */
-  int shared = 0;
   for (;;) {
-    if (!log->q_head && pending.jobs && shared) wait_for_work(log, LOG_REGROUP_NS);
     if (!log->q_head) {
       if (!pending.jobs) break;
       pthread_mutex_unlock(&log->mu);
@@ -275,7 +243,6 @@ static void lead(engram *log) {
     }
     pthread_mutex_lock(&log->mu);
     log->last_commit_ns = clock_monotonic_ns();
-    shared = threads_in(jobs, pending.jobs) > 1;
     if (pending.jobs) release(log, &pending, prc, pmsg);
     struct batch b = {jobs, touched, NULL};
     if (rc == 0 && wrote && sync_mode) {
@@ -290,7 +257,7 @@ static void lead(engram *log) {
 static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
   if (log->owner_pid != getpid())
     return log_error(log, ENGRAM_EINVAL, "write: handle used in a child after fork; open a new one");
-  struct log_job job = {.fn = fn, .arg = arg, .solo = solo, .thread = pthread_self()};
+  struct log_job job = {.fn = fn, .arg = arg, .solo = solo};
   pthread_mutex_lock(&log->mu);
   if (log->closing) {
     pthread_mutex_unlock(&log->mu);
@@ -301,7 +268,6 @@ static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
   else
     log->q_head = &job;
   log->q_tail = &job;
-  if (log->leader_waiting) pthread_cond_broadcast(&log->flush_cv);
   while (!job.done) {
     /* Lead while there is queued work; a job already committed waits for the syncer. */
     if (!log->leader && log->q_head) {

@@ -109,8 +109,7 @@ struct engram {
   int64_t last_commit_ns;     /* monotonic time of the last commit */
   int dirty;                  /* commits not yet forced to disk (nometasync/async) */
 
-  pthread_cond_t flush_cv;    /* wakes the syncer / flusher */
-  int leader_waiting;         /* the leader waits on flush_cv for jobs to regroup */
+  pthread_cond_t flush_cv;    /* wakes the flusher early at close */
   pid_t owner_pid;            /* the process that opened the handle */
   pthread_t flusher;          /* syncer (sync mode) or periodic flusher (other modes) */
   int flusher_running;
