@@ -27,6 +27,45 @@ static const char read_help[] =
     "                 is not UTF-8 comes as \"payload_base64\" instead of \"payload\"\n"
     "  -h, --help     this help\n";
 
+/* Prints b's events, moving *from past them and counting them off *count. */
+static int print_events(json_writer *w, int json, const char *topic, const engram_batch *b,
+                        uint64_t *from, uint64_t *count) {
+  for (size_t i = 0; b && i<b->count && * count> 0; i++) {
+    const engram_event *ev = &b->events[i];
+    if (json) {
+      cli_json_event(w, ev, topic, NULL);
+      if (cli_json_emit(w)) return CLI_EXIT_FAIL;
+    } else {
+      cli_text_event(stdout, ev, 0);
+    }
+    /* Never go backwards, whatever the batch holds. */
+    if (ev->offset >= *from) *from = ev->offset + 1;
+    (*count)--;
+  }
+  return 0;
+}
+
+/* A damaged record fails the whole range read, so the chunk is read again one offset at
+ * a time: the events before the damage are printed and the error names its offset. */
+static int read_singly(struct cli *c, json_writer *w, int json, const char *topic, size_t want,
+                       uint64_t *from, uint64_t *count) {
+  for (size_t k = 0; k<want && * count> 0 && *from != 0; k++) {
+    uint64_t off = *from;
+    engram_batch *b = NULL;
+    int rc = engram_read(c->log, topic, off, &b);
+    if (rc == ENGRAM_ENOTFOUND) { /* no event at this offset */
+      *from = off + 1;
+      continue;
+    }
+    if (rc != 0) return cli_fail(c, rc, "read %s offset %" PRIu64, topic, off);
+    int status = print_events(w, json, topic, b, from, count);
+    engram_batch_free(b);
+    if (status) return status;
+    if (*from == off) *from = off + 1;
+  }
+  return 0;
+}
+
 int cmd_read(struct cli *c, int argc, char **argv) {
   enum { O_FROM = 1, O_LAST, O_COUNT, O_JSON };
   static const struct cli_opt opts[] = {
@@ -78,29 +117,23 @@ int cmd_read(struct cli *c, int argc, char **argv) {
 
   json_writer w;
   json_w_init(&w);
-  while (count > 0) {
+  while (count > 0 && !status) {
     engram_batch *b = NULL;
     size_t want = count < READ_CHUNK ? (size_t)count : READ_CHUNK;
+    uint64_t before = from;
     rc = engram_read_range(c->log, topic, from, want, &b);
+    if (rc == ENGRAM_ECORRUPT) {
+      status = read_singly(c, &w, json, topic, want, &from, &count);
+      continue;
+    }
     if (rc != 0) {
       status = cli_fail(c, rc, "read %s from offset %" PRIu64, topic, from);
       break;
     }
+    status = print_events(&w, json, topic, b, &from, &count);
     size_t n = b ? b->count : 0;
-    for (size_t i = 0; i < n && count > 0 && !status; i++) {
-      const engram_event *ev = &b->events[i];
-      if (json) {
-        cli_json_event(&w, ev, topic, NULL);
-        status = cli_json_emit(&w);
-      } else {
-        cli_text_event(stdout, ev, 0);
-      }
-      /* Never go backwards, whatever the batch holds. */
-      if (ev->offset >= from) from = ev->offset + 1;
-      count--;
-    }
     engram_batch_free(b);
-    if (n == 0 || status || from == 0) break;
+    if (n == 0 || from == 0 || from == before) break;
   }
   json_w_free(&w);
   return status;
