@@ -14,26 +14,29 @@ static const char *usage =
     "usage: bench_log [options]\n"
     "  Append and scan throughput of engram with real memory events, each figure next to\n"
     "  this machine's raw fdatasync rate and raw LMDB appends measured in the same run.\n"
+    "  Each engram workload runs in rounds interleaved with the limit it is read against,\n"
+    "  so drift on a shared machine hits both alike.\n"
     "  --json PATH        write results as JSON (one result per line) to PATH\n"
-    "  --seconds S        time bound per workload (default 3)\n"
+    "  --seconds S        time bound per workload, split over the rounds (default 3)\n"
+    "  --rounds N         interleaved rounds (default 3)\n"
     "  --scan-events N    events in the scan topic (default 200000, at least 1000)\n"
     "  --threads N        producers of the group-commit workload (default 8)\n"
     "  --pipelined        also run one producer with engram_append_async + engram_append_wait\n"
-    "  --only LIST        comma-separated subset: fsync,one,many,pipelined,batch,async,scan\n"
+    "  --only LIST        comma-separated subset: one,batch,async,scan\n"
     "  --dir DIR          where to create logs (default a temporary directory under $TMPDIR)\n"
     "  --quick            shorter bounds (1 s, 50k scan events), for a smoke run\n";
 
+#define MAX_ROUNDS 16
+
 static bench_events evs;
 static double seconds = 3;
+static int rounds = 3;
 static uint64_t scan_events = 200000;
 static int threads = 8;
 static char root[4096];
 static const char *only;
 static bench_out out;
-
-/* Limits measured in this run; 0 until measured. */
-static double fsync_rate, lmdb_commit_rate, lmdb_batch_rate, lmdb_append_rate, lmdb_scan_rate;
-static double one_thread_rate;
+static int pipe_on;
 
 static int wanted(const char *name) {
   if (!only) return 1;
@@ -52,35 +55,69 @@ static void path_for(char *buf, size_t cap, const char *name) {
   snprintf(buf, cap, "%s/%s", root, name);
 }
 
+/* One workload's figures summed over its rounds. */
+typedef struct acc {
+  bench_result r;     /* names, and latency of the first round for raw limits */
+  uint64_t events, bytes;
+  double secs;
+  double rate[MAX_ROUNDS];
+  int n;
+  bench_samples lat;
+} acc;
+
+static void acc_init(acc *a, const char *workload, const char *system, const char *durability) {
+  memset(a, 0, sizeof *a);
+  bench_result_init(&a->r, workload, system, durability);
+}
+
+static void acc_add(acc *a, uint64_t events, uint64_t bytes, double secs) {
+  a->events += events;
+  a->bytes += bytes;
+  a->secs += secs;
+  if (a->n < MAX_ROUNDS) a->rate[a->n++] = secs > 0 ? (double)events / secs : 0;
+}
+
+/* Adds one round measured by a bench_raw_* function. */
+static void acc_add_raw(acc *a, const bench_result *r) {
+  if (a->n == 0) {
+    char w[64], s[32], d[48];
+    snprintf(w, sizeof w, "%s", a->r.workload);
+    snprintf(s, sizeof s, "%s", a->r.system);
+    snprintf(d, sizeof d, "%s", a->r.durability);
+    a->r = *r;
+    snprintf(a->r.workload, sizeof a->r.workload, "%s", w);
+    snprintf(a->r.system, sizeof a->r.system, "%s", s);
+    snprintf(a->r.durability, sizeof a->r.durability, "%s", d);
+  }
+  acc_add(a, r->events, (uint64_t)(r->mb_per_s * 1e6 * r->seconds), r->seconds);
+}
+
+/* The result: rate = events over time summed across rounds; per-round rates in "rounds". */
+static bench_result *acc_done(acc *a) {
+  bench_result_rate(&a->r, a->events, a->secs, a->bytes);
+  if (a->lat.n) {
+    a->r.p50_us = (double)bench_samples_pct(&a->lat, 50) / 1e3;
+    a->r.p99_us = (double)bench_samples_pct(&a->lat, 99) / 1e3;
+    a->r.p999_us = (double)bench_samples_pct(&a->lat, 99.9) / 1e3;
+  }
+  bench_samples_free(&a->lat);
+  size_t l = strlen(a->r.extra);
+  l += (size_t)snprintf(a->r.extra + l, sizeof a->r.extra - l, "%s\"rounds\": [", l ? ", " : "");
+  for (int i = 0; i < a->n && l < sizeof a->r.extra; i++)
+    l += (size_t)snprintf(a->r.extra + l, sizeof a->r.extra - l, "%s%.0f", i ? ", " : "", a->rate[i]);
+  if (l < sizeof a->r.extra) snprintf(a->r.extra + l, sizeof a->r.extra - l, "]");
+  return &a->r;
+}
+
+static void extra_add(bench_result *r, const char *key, double v) {
+  size_t l = strlen(r->extra);
+  snprintf(r->extra + l, sizeof r->extra - l, "%s\"%s\": %.4f", l ? ", " : "", key, v);
+}
+
+static double round_s(void) { return seconds / rounds; }
+
 /* ---------------------------------------------------------------------------------
- * Raw limits.
- * ------------------------------------------------------------------------------ */
-static double limit_seconds(void) { return seconds < 2 ? seconds : 2; }
-
-static void raw_fsync(void) {
-  bench_result r;
-  fsync_rate = bench_raw_fsync(root, limit_seconds(), &r);
-  emit(&r);
-}
-
-static double raw_commits(int nometasync, size_t per_commit, uint64_t max_events) {
-  bench_result r;
-  double rate = bench_raw_lmdb_commits(root, &evs, nometasync, per_commit, limit_seconds(), max_events, &r);
-  if (fsync_rate > 0) bench_result_ratio(&r, fsync_rate * (double)per_commit, "fdatasync x puts/commit", 0);
-  emit(&r);
-  return rate;
-}
-
-static void raw_append_one_txn(void) {
-  bench_result r, scan;
-  lmdb_append_rate = bench_raw_lmdb_append(root, &evs, seconds, 1000000, &r, &scan);
-  emit(&r);
-  lmdb_scan_rate = scan.events_per_s;
-  emit(&scan);
-}
-
-/* ---------------------------------------------------------------------------------
- * engram workloads.
+ * engram workloads: each runs one round into an accumulator.
  * ------------------------------------------------------------------------------ */
 static engram *open_log(const char *name, engram_durability d) {
   char dir[4200];
@@ -101,35 +138,22 @@ static void close_log(engram *log, const char *name) {
   bench_rmrf(dir);
 }
 
-static void one_thread(void) {
+static void one_thread(acc *a) {
   engram *log = open_log("one", ENGRAM_DURABILITY_SYNC);
-  bench_samples lat = {0};
   uint64_t n = 0, bytes = 0;
-  bench_bound b = bench_bound_make(seconds, 50000);
+  bench_bound b = bench_bound_make(round_s(), 50000);
   while (!bench_bound_done(&b, n)) {
     const bench_event *e = bench_event_at(&evs, n);
     engram_event ev = bench_engram_event(e);
     int64_t t0 = bench_now_ns();
     bench_engram_check(log, engram_append(log, "memory", &ev, NULL, NULL), "append");
-    bench_samples_add(&lat, bench_now_ns() - t0);
+    bench_samples_add(&a->lat, bench_now_ns() - t0);
     bytes += e->payload_len;
     n++;
   }
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
   close_log(log, "one");
-  bench_result r;
-  bench_result_init(&r, "append_1thread", "engram", "sync");
-  bench_result_rate(&r, n, s, bytes);
-  bench_result_ratio(&r, fsync_rate, "fdatasync", 0.9);
-  r.p50_us = (double)bench_samples_pct(&lat, 50) / 1e3;
-  r.p99_us = (double)bench_samples_pct(&lat, 99) / 1e3;
-  r.p999_us = (double)bench_samples_pct(&lat, 99.9) / 1e3;
-  bench_samples_free(&lat);
-  if (lmdb_commit_rate > 0)
-    snprintf(r.extra, sizeof r.extra, "\"ratio_to_lmdb_commit_sync\": %.4f", r.events_per_s / lmdb_commit_rate);
-  bench_result_note(&r, "one event per commit");
-  one_thread_rate = r.events_per_s;
-  emit(&r);
+  acc_add(a, n, bytes, s);
 }
 
 typedef struct producer {
@@ -153,11 +177,11 @@ static void *produce(void *arg) {
   return NULL;
 }
 
-static void many_threads(void) {
+static void many_threads(acc *a) {
   engram *log = open_log("many", ENGRAM_DURABILITY_SYNC);
   producer *ps = calloc((size_t)threads, sizeof *ps);
   if (!ps) bench_die("out of memory");
-  bench_bound b = bench_bound_make(seconds, 50000);
+  bench_bound b = bench_bound_make(round_s(), 50000);
   for (int i = 0; i < threads; i++) {
     ps[i] = (producer){.log = log, .id = i, .bound = &b};
     if (pthread_create(&ps[i].th, NULL, produce, &ps[i])) bench_die("pthread_create failed");
@@ -171,18 +195,7 @@ static void many_threads(void) {
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
   free(ps);
   close_log(log, "many");
-  char name[64];
-  snprintf(name, sizeof name, "append_%dthreads", threads);
-  bench_result r;
-  bench_result_init(&r, name, "engram", "sync");
-  bench_result_rate(&r, n, s, bytes);
-  if (one_thread_rate > 0)
-    bench_result_ratio(&r, one_thread_rate, "append_1thread", 6);
-  if (fsync_rate > 0)
-    snprintf(r.extra, sizeof r.extra, "\"ratio_to_fdatasync\": %.4f", r.events_per_s / fsync_rate);
-  bench_result_note(&r, "one event per append, commits shared (group commit); %.2f x fdatasync",
-                    fsync_rate > 0 ? r.events_per_s / fsync_rate : 0);
-  emit(&r);
+  acc_add(a, n, bytes, s);
 }
 
 static uint64_t acked;
@@ -190,11 +203,11 @@ static void on_ack(void *ctx, int rc, uint64_t offset, int duplicate) {
   if (rc == 0) acked++;
 }
 
-static void pipelined(void) {
+static void pipelined(acc *a) {
   engram *log = open_log("pipe", ENGRAM_DURABILITY_SYNC);
   uint64_t n = 0, bytes = 0;
   acked = 0;
-  bench_bound b = bench_bound_make(seconds, 50000);
+  bench_bound b = bench_bound_make(round_s(), 50000);
   while (!bench_bound_done(&b, n)) {
     const bench_event *e = bench_event_at(&evs, n);
     engram_event ev = bench_engram_event(e);
@@ -205,53 +218,145 @@ static void pipelined(void) {
   bench_engram_check(log, engram_append_wait(log), "append_wait");
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
   close_log(log, "pipe");
-  bench_result r;
-  bench_result_init(&r, "append_pipelined", "engram", "sync");
-  bench_result_rate(&r, acked, s, bytes);
-  bench_result_ratio(&r, fsync_rate, "fdatasync", 0.9);
-  bench_result_note(&r, "one producer, engram_append_async + engram_append_wait");
-  emit(&r);
+  acc_add(a, acked, bytes, s);
 }
 
-static void batches(engram_durability d, const char *name, int per_batch) {
+static void batches(acc *a, engram_durability d, const char *name, int per_batch) {
   engram *log = open_log(name, d);
   engram_event *batch = calloc((size_t)per_batch, sizeof *batch);
   uint64_t *offs = calloc((size_t)per_batch, sizeof *offs);
   if (!batch || !offs) bench_die("out of memory");
   uint64_t n = 0, bytes = 0;
-  bench_bound b = bench_bound_make(seconds, d == ENGRAM_DURABILITY_SYNC ? 1000000 : 2000000);
+  bench_bound b = bench_bound_make(round_s(), d == ENGRAM_DURABILITY_SYNC ? 500000 : 1000000);
   while (!bench_bound_done(&b, n)) {
     for (int i = 0; i < per_batch; i++) {
       const bench_event *e = bench_event_at(&evs, n + (uint64_t)i);
       batch[i] = bench_engram_event(e);
       bytes += e->payload_len;
     }
+    int64_t t0 = bench_now_ns();
     bench_engram_check(log, engram_append_batch(log, "memory", batch, (size_t)per_batch, offs, NULL),
                        "append_batch");
+    bench_samples_add(&a->lat, bench_now_ns() - t0);
     n += (uint64_t)per_batch;
   }
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
   free(batch);
   free(offs);
   close_log(log, name);
-  char wl[64];
-  snprintf(wl, sizeof wl, "append_batch%d", per_batch);
-  bench_result r;
-  bench_result_init(&r, wl, "engram", bench_durability_name(d));
-  bench_result_rate(&r, n, s, bytes);
-  if (d == ENGRAM_DURABILITY_SYNC) {
-    if (lmdb_batch_rate > 0) bench_result_ratio(&r, lmdb_batch_rate, "lmdb_commit_100puts_sync", 0);
-    bench_result_target_rate(&r, 100000);
-  } else if (d == ENGRAM_DURABILITY_ASYNC) {
-    if (lmdb_append_rate > 0) bench_result_ratio(&r, lmdb_append_rate, "lmdb_append_1txn", 0.85);
-  } else if (lmdb_append_rate > 0) {
-    bench_result_ratio(&r, lmdb_append_rate, "lmdb_append_1txn", 0);
-  }
-  bench_result_note(&r, "%d events per engram_append_batch", per_batch);
-  emit(&r);
+  acc_add(a, n, bytes, s);
 }
 
+/* ---------------------------------------------------------------------------------
+ * Groups of interleaved workloads.
+ * ------------------------------------------------------------------------------ */
+static double limit_s(void) { return round_s() < 2 ? round_s() : 2; }
+
+/* One event per commit: fdatasync, raw LMDB commits, engram with 1 and N threads. */
+static void group_commits(void) {
+  acc fs, lc, ln, one, many, pipe;
+  char many_name[64];
+  snprintf(many_name, sizeof many_name, "append_%dthreads", threads);
+  acc_init(&fs, "fdatasync_4k", "disk", "fdatasync");
+  acc_init(&lc, "lmdb_commit_1put", "lmdb", "sync");
+  acc_init(&ln, "lmdb_commit_1put", "lmdb", "nometasync");
+  acc_init(&one, "append_1thread", "engram", "sync");
+  acc_init(&many, many_name, "engram", "sync");
+  acc_init(&pipe, "append_pipelined", "engram", "sync");
+  for (int i = 0; i < rounds; i++) {
+    bench_result r;
+    bench_raw_fsync(root, limit_s(), &r);
+    acc_add_raw(&fs, &r);
+    bench_raw_lmdb_commits(root, &evs, 0, 1, limit_s(), 20000, &r);
+    acc_add_raw(&lc, &r);
+    bench_raw_lmdb_commits(root, &evs, 1, 1, limit_s(), 20000, &r);
+    acc_add_raw(&ln, &r);
+    one_thread(&one);
+    many_threads(&many);
+    if (pipe_on) pipelined(&pipe);
+  }
+  bench_result *f = acc_done(&fs);
+  double fsync_rate = f->events_per_s;
+  emit(f);
+  bench_result *r = acc_done(&lc);
+  bench_result_ratio(r, fsync_rate, "fdatasync", 0);
+  double commit_rate = r->events_per_s;
+  emit(r);
+  r = acc_done(&ln);
+  bench_result_ratio(r, fsync_rate, "fdatasync", 0);
+  emit(r);
+  r = acc_done(&one);
+  bench_result_ratio(r, fsync_rate, "fdatasync", 0.9);
+  double one_rate = r->events_per_s;
+  if (commit_rate > 0) extra_add(r, "ratio_to_lmdb_commit_sync", one_rate / commit_rate);
+  bench_result_note(r, "one event per commit; %.2f x a plain synced LMDB commit", commit_rate > 0 ? one_rate / commit_rate : 0);
+  emit(r);
+  r = acc_done(&many);
+  bench_result_ratio(r, one_rate, "append_1thread", 6);
+  if (fsync_rate > 0) extra_add(r, "ratio_to_fdatasync", r->events_per_s / fsync_rate);
+  bench_result_note(r, "%d threads, one event per append, commits shared (group commit); %.2f x fdatasync",
+                    threads, fsync_rate > 0 ? r->events_per_s / fsync_rate : 0);
+  emit(r);
+  if (pipe_on) {
+    r = acc_done(&pipe);
+    bench_result_ratio(r, fsync_rate, "fdatasync", 0.9);
+    bench_result_note(r, "one producer, engram_append_async + engram_append_wait");
+    emit(r);
+  }
+}
+
+/* Batches of 100 per synced commit: raw LMDB against engram. */
+static void group_batch(void) {
+  acc lb, eb;
+  acc_init(&lb, "lmdb_commit_100puts", "lmdb", "sync");
+  acc_init(&eb, "append_batch100", "engram", "sync");
+  for (int i = 0; i < rounds; i++) {
+    bench_result r;
+    bench_raw_lmdb_commits(root, &evs, 0, 100, limit_s(), 500000, &r);
+    acc_add_raw(&lb, &r);
+    batches(&eb, ENGRAM_DURABILITY_SYNC, "batch-sync", 100);
+  }
+  bench_result *r = acc_done(&lb);
+  double lmdb_rate = r->events_per_s;
+  emit(r);
+  r = acc_done(&eb);
+  bench_result_ratio(r, lmdb_rate, "lmdb_commit_100puts_sync", 0);
+  bench_result_target_rate(r, 100000);
+  bench_result_note(r, "100 events per engram_append_batch; latency per batch");
+  emit(r);
+}
+
+/* Unflushed batches: raw LMDB appends in one transaction against engram async. */
+static void group_async(void) {
+  acc la, ea, en;
+  acc_init(&la, "lmdb_append_1txn", "lmdb", "nosync");
+  acc_init(&ea, "append_batch100", "engram", "async");
+  acc_init(&en, "append_batch100", "engram", "nometasync");
+  for (int i = 0; i < rounds; i++) {
+    bench_result r;
+    bench_raw_lmdb_append(root, &evs, round_s(), 1000000 / (uint64_t)rounds, &r, NULL);
+    acc_add_raw(&la, &r);
+    batches(&ea, ENGRAM_DURABILITY_ASYNC, "batch-async", 100);
+    batches(&en, ENGRAM_DURABILITY_NOMETASYNC, "batch-nometa", 100);
+  }
+  bench_result *r = acc_done(&la);
+  double lmdb_rate = r->events_per_s;
+  emit(r);
+  r = acc_done(&ea);
+  bench_result_ratio(r, lmdb_rate, "lmdb_append_1txn", 0.85);
+  bench_result_note(r, "100 events per engram_append_batch; latency per batch");
+  emit(r);
+  r = acc_done(&en);
+  bench_result_ratio(r, lmdb_rate, "lmdb_append_1txn", 0);
+  bench_result_note(r, "100 events per engram_append_batch: one data flush per commit");
+  emit(r);
+}
+
+/* Read scan with decode and decompression, next to LMDB's raw cursor walk. */
 static void scan(void) {
+  bench_result la, lmdb_scan;
+  bench_raw_lmdb_append(root, &evs, seconds, scan_events, &la, &lmdb_scan);
+  emit(&lmdb_scan);
   engram *log = open_log("scan", ENGRAM_DURABILITY_ASYNC);
   enum { FILL = 1000, PAGE = 1000 };
   engram_event *batch = calloc(FILL, sizeof *batch);
@@ -305,7 +410,7 @@ static void scan(void) {
   bench_result r;
   bench_result_init(&r, "scan_read_range", "engram", "-");
   bench_result_rate(&r, total, (double)total / med, checksum);
-  if (lmdb_scan_rate > 0) bench_result_ratio(&r, lmdb_scan_rate, "lmdb_cursor_scan", 0);
+  if (lmdb_scan.events_per_s > 0) bench_result_ratio(&r, lmdb_scan.events_per_s, "lmdb_cursor_scan", 0);
   bench_result_target_rate(&r, 2000000);
   snprintf(r.extra, sizeof r.extra,
            "\"topic_events\": %llu, \"passes\": %zu, \"dict_id\": %u, \"prefill_events_per_s\": %.0f",
@@ -317,7 +422,6 @@ static void scan(void) {
 
 int main(int argc, char **argv) {
   const char *json = NULL, *dir = NULL;
-  int pipe_on = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -329,6 +433,9 @@ int main(int argc, char **argv) {
       i++;
     } else if (!strcmp(a, "--seconds") && v) {
       seconds = bench_arg_double(v, "--seconds");
+      i++;
+    } else if (!strcmp(a, "--rounds") && v) {
+      rounds = (int)bench_arg_double(v, "--rounds");
       i++;
     } else if (!strcmp(a, "--scan-events") && v) {
       scan_events = (uint64_t)bench_arg_double(v, "--scan-events");
@@ -352,8 +459,8 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (seconds <= 0 || scan_events < 1000 || threads < 1 || threads > 256)
-    bench_die("--seconds > 0, --scan-events >= 1000, --threads 1..256");
+  if (seconds <= 0 || scan_events < 1000 || threads < 1 || threads > 256 || rounds < 1 || rounds > MAX_ROUNDS)
+    bench_die("--seconds > 0, --scan-events >= 1000, --threads 1..256, --rounds 1..%d", MAX_ROUNDS);
   if (dir) {
     snprintf(root, sizeof root, "%s/bench-log.%d", dir, (int)getpid());
     if (mkdir(root, 0755)) bench_die("mkdir %s: %s", root, strerror(errno));
@@ -362,33 +469,18 @@ int main(int argc, char **argv) {
   }
   if (bench_events_load(&evs)) bench_die("cannot load or generate events");
   char run_extra[256];
-  snprintf(run_extra, sizeof run_extra, "\"seconds_per_workload\": %g, \"threads\": %d", seconds, threads);
+  snprintf(run_extra, sizeof run_extra, "\"seconds_per_workload\": %g, \"rounds\": %d, \"threads\": %d",
+           seconds, rounds, threads);
   if (bench_out_open(&out, json, "log", &evs, run_extra)) return 1;
   printf("engram %s bench_log: %zu distinct events from %s (payload p50 %zu B, p90 %zu B, p99 %zu B)\n",
          ENGRAM_VERSION_STRING, evs.n, evs.source, bench_events_size_pct(&evs, 50),
          bench_events_size_pct(&evs, 90), bench_events_size_pct(&evs, 99));
-  printf("logs in %s; each workload bounded to %.1f s\n\n", root, seconds);
+  printf("logs in %s; each workload bounded to %.1f s in %d interleaved rounds\n\n", root, seconds, rounds);
   bench_table_header();
 
-  /* Each engram figure runs right after the raw limit it is read against, so drift on a
-   * shared machine hits both alike. */
-  if (wanted("fsync") || wanted("one") || wanted("pipelined")) raw_fsync();
-  if (wanted("one")) {
-    lmdb_commit_rate = raw_commits(0, 1, 20000);
-    raw_commits(1, 1, 20000);
-    one_thread();
-  }
-  if (wanted("many")) many_threads();
-  if (wanted("pipelined") && (pipe_on || (only && strstr(only, "pipelined")))) pipelined();
-  if (wanted("batch")) {
-    lmdb_batch_rate = raw_commits(0, 100, 1000000);
-    batches(ENGRAM_DURABILITY_SYNC, "batch-sync", 100);
-  }
-  if (wanted("async") || wanted("scan")) raw_append_one_txn();
-  if (wanted("async")) {
-    batches(ENGRAM_DURABILITY_ASYNC, "batch-async", 100);
-    batches(ENGRAM_DURABILITY_NOMETASYNC, "batch-nometa", 100);
-  }
+  if (wanted("one")) group_commits();
+  if (wanted("batch")) group_batch();
+  if (wanted("async")) group_async();
   if (wanted("scan")) scan();
 
   bench_out_close(&out);

@@ -31,7 +31,12 @@ for name in "${NAMES[@]}"; do
   case "$name" in
     python)
       [ -f bench/bench_python.py ] || continue
-      cmd=(python3 bench/bench_python.py --json "$out" "${QUICK[@]}")
+      if ! ls bindings/python/engram/_engram*.so >/dev/null 2>&1; then
+        echo "== bench_python: the binding is not built (make python), skipped"
+        continue
+      fi
+      cmd=(python3 bench/bench_python.py --json "$out")
+      [ ${#QUICK[@]} -eq 0 ] || cmd+=(--events 5000 --latency-events 300)
       ;;
     *)
       bin="$BUILD/bench/bench_$name"
@@ -65,13 +70,17 @@ for path in sys.argv[1:]:
     except Exception as e:  # a bench that died mid-file
         print(f"  {path}: unreadable ({e})")
         continue
+    if not isinstance(doc, dict):
+        continue
     for r in doc.get("results", []):
+        if not isinstance(r, dict):
+            continue
         if "target_text" not in r:
             continue
         met = {True: "MET", False: "MISSED", None: "n/a"}[r.get("met")]
         what = f'{r["workload"]} [{r["durability"]}]'
         ratio = f'{r["ratio"]:.3f} x {r["ratio_to"]}' if "ratio" in r else ""
-        print(f'  {doc["bench"]:7} {what:38} {r["events_per_s"]:>12,.0f} ev/s  {ratio:40} '
+        print(f'  {doc.get("bench", "?"):7} {what:38} {r["events_per_s"]:>12,.0f} ev/s  {ratio:40} '
               f'target {r["target_text"]}: {met}')
 EOF
 fi
