@@ -231,22 +231,3 @@ int engram_append(engram *log, const char *topic, const engram_event *ev, uint64
   if (duplicate) *duplicate = dup;
   return 0;
 }
-
-/* Embedded handles commit each pipelined append before returning: the commit path
- * already shares flushes between threads, and the callback sees the final result. */
-int engram_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb,
-                        void *ctx) {
-  if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->append_async(log, topic, ev, cb, ctx);
-  uint64_t off = 0;
-  int dup = 0;
-  int rc = engram_append(log, topic, ev, &off, &dup);
-  if (cb) cb(ctx, rc, off, dup);
-  return rc;
-}
-
-int engram_append_wait(engram *log) {
-  if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->append_wait(log);
-  return 0;
-}

@@ -16,15 +16,6 @@
 
 #include "log/log_private.h"
 
-struct log_job {
-  log_job_fn fn;
-  void *arg;
-  int solo;                /* run alone in a top-level transaction */
-  int rc;                  /* the job's result, or the commit's error */
-  int done;                /* set under log->mu; the job may vanish right after */
-  char msg[256];           /* the leader's error message for this job */
-  struct log_job *next;
-};
 
 /* A committed batch waiting to be released. */
 struct batch {
@@ -254,22 +245,29 @@ static void lead(engram *log) {
   }
 }
 
-static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
+int log_job_enqueue(engram *log, struct log_job *job) {
   if (log->owner_pid != getpid())
     return log_error(log, ENGRAM_EINVAL, "write: handle used in a child after fork; open a new one");
-  struct log_job job = {.fn = fn, .arg = arg, .solo = solo};
   pthread_mutex_lock(&log->mu);
   if (log->closing) {
     pthread_mutex_unlock(&log->mu);
     return log_error(log, ENGRAM_ECLOSED, "write: log is closing");
   }
+  job->next = NULL;
+  job->done = 0;
   if (log->q_tail)
-    log->q_tail->next = &job;
+    log->q_tail->next = job;
   else
-    log->q_head = &job;
-  log->q_tail = &job;
-  while (!job.done) {
-    /* Lead while there is queued work; a job already committed waits for the syncer. */
+    log->q_head = job;
+  log->q_tail = job;
+  pthread_mutex_unlock(&log->mu);
+  return 0;
+}
+
+int log_job_wait(engram *log, struct log_job *job) {
+  pthread_mutex_lock(&log->mu);
+  while (!job->done) {
+    /* Lead while there is queued work; a job already committed waits for its flush. */
     if (!log->leader && log->q_head) {
       log->leader = 1;
       lead(log);
@@ -280,8 +278,14 @@ static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
     }
   }
   pthread_mutex_unlock(&log->mu);
-  if (job.rc < 0) log_error(log, job.rc, "%s", job.msg);
-  return job.rc;
+  if (job->rc < 0) log_error(log, job->rc, "%s", job->msg);
+  return job->rc;
+}
+
+static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
+  struct log_job job = {.fn = fn, .arg = arg, .solo = solo};
+  int rc = log_job_enqueue(log, &job);
+  return rc ? rc : log_job_wait(log, &job);
 }
 
 int log_write(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }

@@ -367,6 +367,7 @@ void engram_close(engram *log) {
     return;
   }
   if (log->env && log_detach_hook) log_detach_hook(log);
+  log_pipe_stop(log);
   log_commit_stop(log);
   if (log->env) {
     if (log->dirty) mdb_env_sync(log->env, 1);

@@ -121,6 +121,8 @@ struct engram {
   /* Zstd dictionary caches. */
   struct log_dict_cache *dicts;
 
+  struct log_pipe *pipe;       /* pipelined appends (pipeline.c), made on first use */
+
   log_commit_hook commit_hook; /* may be NULL */
   void *commit_hook_ctx;
   /* Wait hook for fetch: when set (net/ notifications), called instead of the polling

@@ -31,8 +31,23 @@ struct log_touched {
 void log_touch(log_wtx *w, const char *topic, uint64_t head);
 
 /* commit.c */
+struct log_job {
+  log_job_fn fn;
+  void *arg;
+  int solo;                /* run alone in a top-level transaction */
+  int rc;                  /* the job's result, or the commit's error */
+  int done;                /* set under log->mu; the job may vanish right after */
+  char msg[256];           /* the leader's error message for this job */
+  struct log_job *next;
+};
+/* log_write in two steps, so a caller can fix the order of its jobs in the queue. */
+int log_job_enqueue(engram *log, struct log_job *job);
+int log_job_wait(engram *log, struct log_job *job);
 int log_commit_start(engram *log);
 void log_commit_stop(engram *log);
+
+/* pipeline.c */
+void log_pipe_stop(engram *log);
 
 /* env.c */
 void log_map_adopt(engram *log);
