@@ -44,7 +44,8 @@ struct cli {
   const char *connect; /* --connect endpoint; NULL = embedded */
   int durability_set;  /* --durability was given */
   engram_durability durability;
-  engram *log; /* opened by cli_open(), closed by main */
+  engram *log;     /* opened by cli_open(), closed by main */
+  char stale[256]; /* the message of a failure a command chose to ignore */
 };
 
 #define CLI_DECLARE(name, summary) int cmd_##name(struct cli *c, int argc, char **argv);
@@ -66,6 +67,10 @@ int cli_open(struct cli *c, int create);
 /* A failed library call: "engram: <errmsg>" when the handle has a message, else
  * "engram: <context>: <strerror(code)>". */
 int cli_fail(struct cli *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Call after a failure the command handles itself (a missing topic about to be
+ * created ...): the library keeps its message until the next error, and a later failure
+ * that sets none must not be reported with it. */
+void cli_forget_error(struct cli *c);
 /* What went wrong in the last call: the handle's message when it has one, else
  * engram_strerror(code). For messages that add their own context. */
 const char *cli_errtext(struct cli *c, int code);

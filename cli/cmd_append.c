@@ -76,8 +76,10 @@ static const struct cli_opt opts[] = {{"--key", 1, O_KEY},         {"--idem", 1,
 static int topic_ready(struct cli *c, const char *topic, int create, engram_topic_info *info) {
   int rc = engram_topic_info_get(c->log, topic, info);
   if (rc == ENGRAM_ENOTFOUND && create) {
+    cli_forget_error(c);
     rc = engram_topic_create(c->log, topic, NULL);
     if (rc != 0 && rc != ENGRAM_EEXIST) return cli_fail(c, rc, "create topic %s", topic);
+    if (rc == ENGRAM_EEXIST) cli_forget_error(c); /* created meanwhile by someone else */
     rc = engram_topic_info_get(c->log, topic, info);
   }
   if (rc == ENGRAM_ENOTFOUND)

@@ -114,6 +114,7 @@ static int dlq_show(struct cli *c, int argc, char **argv) {
     engram_free(e);
     return cli_fail(c, rc, "read %s offset %" PRIu64, topic, off);
   }
+  if (rc == ENGRAM_ENOTFOUND) cli_forget_error(c);
   const engram_event *ev = b && b->count ? &b->events[0] : NULL;
   if (json) {
     json_writer w;

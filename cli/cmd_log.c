@@ -54,6 +54,7 @@ static int read_singly(struct cli *c, json_writer *w, int json, const char *topi
     engram_batch *b = NULL;
     int rc = engram_read(c->log, topic, off, &b);
     if (rc == ENGRAM_ENOTFOUND) { /* no event at this offset */
+      cli_forget_error(c);
       *from = off + 1;
       continue;
     }

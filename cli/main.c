@@ -187,15 +187,28 @@ int cli_open(struct cli *c, int create) {
   return 0;
 }
 
-const char *cli_errtext(struct cli *c, int code) {
+void cli_forget_error(struct cli *c) {
+  const char *m = c->log ? engram_errmsg(c->log) : NULL;
+  snprintf(c->stale, sizeof c->stale, "%s", m ? m : "");
+}
+
+/* The handle's message for the failure just seen, or NULL when it has none. */
+static const char *fresh_errmsg(const struct cli *c) {
   const char *m = c && c->log ? engram_errmsg(c->log) : NULL;
-  return m && *m ? m : engram_strerror(code);
+  if (!m || !*m) return NULL;
+  if (c->stale[0] && strncmp(m, c->stale, sizeof c->stale - 1) == 0) return NULL;
+  return m;
+}
+
+const char *cli_errtext(struct cli *c, int code) {
+  const char *m = fresh_errmsg(c);
+  return m ? m : engram_strerror(code);
 }
 
 int cli_fail(struct cli *c, int code, const char *fmt, ...) {
-  const char *m = c && c->log ? engram_errmsg(c->log) : NULL;
+  const char *m = fresh_errmsg(c);
   fflush(stdout);
-  if (m && *m) {
+  if (m) {
     fprintf(stderr, "engram: %s\n", m);
   } else {
     va_list ap;
