@@ -65,9 +65,13 @@ def test_connect_offers_the_same_interface(daemon):
         ev = log.get("memory", 1)
         assert (ev.key, ev.headers, ev.json()) == ("m1", {"a": "b"}, {"memory_id": "m1"})
         assert [e.offset for e in log.read("memory", 2, 10)] == [2, 3, 4]
+        for i in range(100):
+            log.append_async("memory", "memory.queried", {"q": i})
+        log.flush()
+        assert log.topic("memory").count == 104
         assert [t.name for t in log.topics()] == ["memory"]
         g = log.group("memory", "idx", ack_wait=0.5, max_deliver=1)
-        evs = g.fetch("c", 10, wait=1)
+        evs = g.fetch("c", 4, wait=1)
         assert len(evs) == 4
         evs[0].ack({"ok": 1})
         evs[1].reject("bad")
@@ -78,7 +82,7 @@ def test_connect_offers_the_same_interface(daemon):
         assert g.redrive() == 1
         assert log.stats()["groups"][0]["name"] == "idx"
         with pytest.raises(engram.NotFound):
-            log.get("memory", 99)
+            log.get("memory", 9999)
         with pytest.raises(engram.InvalidArgument):
             log.append("bad topic!", "x.y", b"")
 
