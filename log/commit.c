@@ -140,6 +140,9 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
     if (rc) {
       touched_free(w.touched);
       int code = log_err_mdb(rc);
+      /* LMDB reports a short write as EIO: on a full disk that is what a write that
+       * ran out of space looks like. */
+      if (code == ENGRAM_EIO && log_disk_nearly_full(log)) code = ENGRAM_ENOSPC;
       return log_error(log, code, "commit: %s", code == ENGRAM_ENOSPC ? "disk full" : mdb_strerror(rc));
     }
     MDB_envinfo info;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "log/log_private.h"
@@ -122,8 +123,23 @@ static unsigned int env_flags_for(engram_durability d) {
   return f;
 }
 
+/* LMDB maps lock.mdb and writes through the mapping; on a full disk (tmpfs especially)
+ * touching an unbacked page of it kills the process with SIGBUS. Allocating the file's
+ * blocks first turns that into a clean ENOSPC. */
+static int prepare_lockfile(const char *dir) {
+  char f[4200];
+  snprintf(f, sizeof f, "%s/lock.mdb", dir);
+  int fd = open(f, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return err_from_errno(errno);
+  int rc = posix_fallocate(fd, 0, 128 * 1024);
+  close(fd);
+  return rc ? err_from_errno(rc) : 0;
+}
+
 static int env_make(const char *dir, const engram_options *o, unsigned int flags, MDB_env **out) {
   MDB_env *env;
+  int prc = prepare_lockfile(dir);
+  if (prc) return prc;
   int rc = mdb_env_create(&env);
   if (rc) return log_err_mdb(rc);
   mdb_env_set_maxdbs(env, o->max_topics + 32);
@@ -454,6 +470,12 @@ void log_read_end(engram *log, MDB_txn *txn) {
   if (txn == tls_read_txn) tls_read_txn = NULL;
   if (txn) mdb_txn_abort(txn);
   pthread_rwlock_unlock(&log->map_lock);
+}
+
+int log_disk_nearly_full(const engram *log) {
+  struct statvfs st;
+  if (statvfs(log->path, &st) != 0) return 0;
+  return (uint64_t)st.f_bavail * st.f_frsize < (8u << 20);
 }
 
 /* Another process grew the map: adopt its size. */

@@ -54,6 +54,8 @@ void log_map_adopt(engram *log);
 int log_map_grow(engram *log);
 int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out);
 int log_rmtree(const char *path);
+/* Less than 8 MiB free where the log lives. */
+int log_disk_nearly_full(const engram *log);
 /* The read transaction this thread holds (from log_read_begin), or NULL. */
 MDB_txn *log_read_txn_of_thread(void);
 void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi);
