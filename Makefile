@@ -69,7 +69,7 @@ $(BUILD)/gen/schema/%.pb-c.o: $(BUILD)/gen/schema/%.pb-c.c
 
 $(BUILD)/obj/%.o: %.c $(GEN_H) include/engram.h
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -MMD -MF $(@:.o=.d) -MP -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
+	$(CC) $(ALL_CFLAGS) -MMD -MF $(@:.o=.d) -MT $@ -MP -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 

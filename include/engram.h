@@ -365,7 +365,7 @@ typedef enum engram_event_state {
 typedef struct engram_status {
   engram_event_state state;
   char consumer[ENGRAM_MAX_NAME + 1]; /* IN_FLIGHT: who holds it */
-  uint32_t attempt;                   /* deliveries so far */
+  uint32_t attempt;                   /* deliveries so far; 0 once DONE (not kept) */
   int64_t deadline_ns;                /* IN_FLIGHT: lease end; RETRYING: when due */
   char last_error[256];               /* last nack error or DLQ reason, "" = none */
   void *result;                       /* DONE: malloc'd result or NULL; free with engram_free */
