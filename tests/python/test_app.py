@@ -230,7 +230,7 @@ def produce(log_path, n):
 def test_several_worker_processes_share_the_group(log_path, tmp_path):
     out = str(tmp_path / "out")
     produce(log_path, 60)
-    procs = [spawn_worker("workerapp:app", "--idle-timeout", "1.0", "-c", "2",
+    procs = [spawn_worker("workerapp:app", "--idle-timeout", "1.0", "-c", "2", "--prefetch", "4",
                           ENGRAM_TEST_LOG=log_path, ENGRAM_TEST_OUT=out, ENGRAM_TEST_EACH="0.01")
              for _ in range(3)]
     for p in procs:
@@ -262,7 +262,7 @@ def test_sigterm_stops_a_worker_cleanly_after_its_in_flight_handler(log_path, tm
     out, started = str(tmp_path / "out"), str(tmp_path / "started")
     produce(log_path, 1)
     p = spawn_worker("workerapp:app", "--grace", "5", ENGRAM_TEST_LOG=log_path, ENGRAM_TEST_OUT=out,
-                     ENGRAM_TEST_SLEEP_OFFSET=1, ENGRAM_TEST_SLEEP_SECONDS=0.5,
+                     ENGRAM_TEST_SLEEP_OFFSET=1, ENGRAM_TEST_SLEEP_SECONDS=0.25,
                      ENGRAM_TEST_STARTED=started)
     assert wait_until(lambda: os.path.exists(started), 15)
     p.send_signal(signal.SIGTERM)

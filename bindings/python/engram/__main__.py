@@ -60,6 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     w.add_argument("-g", "--grace", type=float, default=30.0,
                    help="seconds in-flight handlers may finish after SIGTERM (default 30)")
     w.add_argument("--consumer", default=None, help="consumer name (default host-pid-n)")
+    w.add_argument("--prefetch", type=int, default=None,
+                   help="events fetched ahead of the workers (default max(128, 4 x concurrency))")
     w.add_argument("--idle-timeout", type=float, default=None, help="exit after this long idle")
     w.add_argument("--max-events", type=int, default=None, help="exit after this many events")
     w.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
@@ -71,7 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         app.consumer_name = a.consumer
     try:
         stats = app.run(a.concurrency, a.timeout, mode=a.mode, grace=a.grace,
-                        idle_timeout=a.idle_timeout, max_events=a.max_events)
+                        idle_timeout=a.idle_timeout, max_events=a.max_events, batch=a.prefetch)
     except Exception as e:
         print(f"engram worker: {e}", file=sys.stderr)
         return 1

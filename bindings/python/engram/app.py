@@ -107,13 +107,15 @@ class RunStats:
 
 
 class _Job:
-    __slots__ = ("ev", "deadline", "timeout", "timed_out", "thread")
+    __slots__ = ("ev", "deadline", "timeout", "timed_out", "thread", "fetched", "settling")
 
     def __init__(self, ev: Event, timeout: Optional[float]) -> None:
         self.ev = ev
+        self.fetched = time.monotonic()
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout if timeout else None
         self.timed_out = False
+        self.settling = False  # the handler returned; its ack or nack is being queued
         self.thread: Optional[threading.Thread] = None
 
 
@@ -269,12 +271,17 @@ class App:
         return max(ts) if ts else default
 
     def _settle(self, ev: Event, stats: RunStats, result: Any = None,
-                exc: Optional[BaseException] = None) -> None:
-        """Acks, nacks or rejects ``ev`` after its handlers ran; never raises."""
+                exc: Optional[BaseException] = None,
+                batch_ack: Optional[Callable[[Event, Optional[bytes]], None]] = None) -> None:
+        """Acks, nacks or rejects ``ev`` after its handlers ran; never raises. With
+        ``batch_ack`` a success is queued for an ack shared with others in one commit."""
         try:
             if exc is None:
                 if ev.finished is None:
-                    ev.ack(result)
+                    if batch_ack is not None:
+                        batch_ack(ev, client._encode_result(result))
+                    else:
+                        ev.ack(result)
                 stats.handled += 1
                 return
             self._report(ev, exc, stats)
@@ -332,8 +339,12 @@ class App:
         """Runs the workers until stopped. ``concurrency``: threads (``mode="thread"``) or
         processes (``mode="process"``); ``timeout``: seconds per event (handlers may set
         their own); ``grace``: how long SIGTERM/SIGINT waits for in-flight handlers;
+        ``batch``: events fetched ahead of the workers in thread mode (default
+        max(128, 4 x concurrency): one fetch and one ack commit serve many events; lower
+        it so several worker processes share a short queue more evenly);
         ``idle_timeout``: return after that long with no events; ``max_events``: return
-        after that many (both for scripts and tests)."""
+        after that many (both for scripts and tests). Acks of successful events are
+        batched into shared commits."""
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError("concurrency must be an int")
         if concurrency < 1:
@@ -383,7 +394,48 @@ class App:
         stats = RunStats()
         group = self.group
         consumer = group.consumer(self.consumer_name, wait=wait)
+        try:
+            ack_wait = group.info().ack_wait
+        except Error:
+            ack_wait = 30.0
+        # Events fetched ahead of the workers, so one fetch (one commit) serves many.
+        prefetch = batch or max(128, 4 * n)
         lock = threading.Condition()
+        acks: List[Tuple[Event, Optional[bytes]]] = []
+        ack_cv = threading.Condition()
+        ack_state = {"closing": False, "busy": False}
+
+        def batch_ack(ev: Event, result: Optional[bytes]) -> None:
+            with ack_cv:
+                acks.append((ev, result))
+                ack_cv.notify_all()
+
+        def acker() -> None:
+            """Acks what the workers finished, all that queued up during the previous
+            commit in the next one."""
+            while True:
+                with ack_cv:
+                    while not acks and not ack_state["closing"]:
+                        ack_cv.wait()
+                    if not acks:
+                        return
+                    todo = acks[:]
+                    acks.clear()
+                    ack_state["busy"] = True
+                try:
+                    codes = group.log.h.ack_many(group.topic, group.name,
+                                                 [(e.offset, e.attempt, r) for e, r in todo])
+                except Error as e:
+                    codes = [e.code] * len(todo)
+                for (e, _), code in zip(todo, codes):
+                    if code == 0:
+                        e.finished = "acked"
+                    else:
+                        logger.info("ack of %s (attempt %d) failed: %s", e.id, e.attempt,
+                                    client._engram.errname(code))
+                with ack_cv:
+                    ack_state["busy"] = False
+                    ack_cv.notify_all()
         queue: List[_Job] = []
         running: Dict[int, _Job] = {}  # id(job) -> job, handlers now running
         workers: List[threading.Thread] = []
@@ -404,14 +456,27 @@ class App:
                         job.deadline = time.monotonic() + job.timeout
                     running[id(job)] = job
                     lock.notify_all()
+                if time.monotonic() - job.fetched > ack_wait / 2:
+                    # It waited in the prefetch queue: renew the lease before starting.
+                    try:
+                        job.ev.extend()
+                    except Error as e:
+                        logger.info("skipping %s: its lease ended while queued (%s)", job.ev.id, e)
+                        with lock:
+                            running.pop(id(job), None)
+                            lock.notify_all()
+                        continue
                 try:
                     result = self._invoke(job.ev)
                     exc: Optional[BaseException] = None
                 except BaseException as e:  # noqa: B902
                     result, exc = None, e
                 with lock:
-                    running.pop(id(job), None)
                     abandoned = job.timed_out
+                    if abandoned:
+                        running.pop(id(job), None)
+                    else:
+                        job.settling = True  # stays "running" until settled, for shutdown
                     lock.notify_all()
                 if abandoned:
                     logger.info("late handler for %s finished after its timeout; result dropped", job.ev.id)
@@ -419,7 +484,10 @@ class App:
                         workers.remove(me)
                         lock.notify_all()
                     return  # a replacement took this worker's place
-                self._settle(job.ev, stats, result, exc)
+                self._settle(job.ev, stats, result, exc, batch_ack)
+                with lock:
+                    running.pop(id(job), None)
+                    lock.notify_all()
 
         def spawn() -> None:
             t = threading.Thread(target=worker, name=f"engram-worker-{len(workers)}", daemon=True)
@@ -432,12 +500,14 @@ class App:
                     if state["closing"] and not running:
                         return
                     now = time.monotonic()
-                    late = [j for j in running.values() if j.deadline and j.deadline <= now and not j.timed_out]
+                    late = [j for j in running.values()
+                            if j.deadline and j.deadline <= now and not j.timed_out and not j.settling]
                     for j in late:
                         j.timed_out = True
                         running.pop(id(j), None)
                         spawn()  # keep the pool at its size while the late thread runs on
-                    nxt = min((j.deadline for j in running.values() if j.deadline), default=None)
+                    nxt = min((j.deadline for j in running.values() if j.deadline and not j.settling),
+                              default=None)
                     if not late:
                         lock.wait(min(0.5, max(0.001, nxt - now)) if nxt else 0.5)
                 for j in late:
@@ -450,18 +520,22 @@ class App:
                 spawn()
         dog = threading.Thread(target=watchdog, name="engram-watchdog", daemon=True)
         dog.start()
+        ack_thread = threading.Thread(target=acker, name="engram-acker", daemon=True)
+        ack_thread.start()
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
                 if max_events is not None and seen >= max_events:
                     break
                 with lock:
-                    while len(queue) + len(running) >= n and not self._stop.is_set():
+                    # Fetch again once the prefetched events are half handed out.
+                    while len(queue) > prefetch // 2 or len(running) >= n and queue:
+                        if self._stop.is_set():
+                            break
                         lock.wait(0.2)
-                    free = n - len(queue) - len(running)
+                    want = max(1, prefetch - len(queue))
                 if self._stop.is_set():
                     break
-                want = max(1, min(free, batch or free))
                 if max_events is not None:
                     want = min(want, max_events - seen)
                 try:
@@ -488,12 +562,23 @@ class App:
                         queue.append(_Job(ev, self._timeout_for(ev, timeout)))
                     lock.notify_all()
         finally:
-            # Stop: nothing new is fetched; queued work starts only while within the grace.
+            # Stop: nothing new is fetched. On a stop request, events not yet started go
+            # back at once; running handlers get the grace period.
             deadline = time.monotonic() + grace
+            with lock:
+                early = list(queue) if self._stop.is_set() else []
+                if early:
+                    queue.clear()
+            for j in early:
+                try:
+                    j.ev.nack(delay=0, error="worker stopped before the handler started")
+                    stats.released += 1
+                except Error:
+                    pass
             with lock:
                 while (queue or running) and time.monotonic() < deadline:
                     lock.wait(min(0.1, max(0.001, deadline - time.monotonic())))
-                leftover = list(queue) + [j for j in running.values()]
+                leftover = list(queue) + [j for j in running.values() if not j.settling]
                 queue.clear()
                 for j in leftover:
                     j.timed_out = True  # their results, if any, are dropped
@@ -508,6 +593,10 @@ class App:
                     pass
             for t in list(workers):
                 t.join(timeout=0.05)
+            with ack_cv:
+                ack_state["closing"] = True
+                ack_cv.notify_all()
+            ack_thread.join(timeout=30)
             dog.join(timeout=1.0)
         return stats
 
