@@ -21,7 +21,7 @@ typedef struct cg_dbs {
   MDB_dbi due;     /* gid|due_ns|first -> "" : leases by deadline / due time */
   MDB_dbi dlq;     /* gid|offset -> DlqEntry */
   MDB_dbi results; /* gid|offset -> expires_ns|bytes */
-  MDB_dbi keys;    /* gid|key -> KeyState (key-ordered groups) */
+  MDB_dbi keys;    /* gid|key -> KeyState (the owner); gid|key|0|offset -> "" (waiting) */
   MDB_dbi skips;   /* gid|offset -> "" : cancelled before the cursor reached them */
 } cg_dbs;
 int cg_dbs_get(engram *log, cg_dbs *d);
@@ -78,7 +78,11 @@ int cg_lease_split_one(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, ui
 /* Sends offset (a member of l, or l == NULL) to the DLQ. */
 int cg_dead(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset, const char *reason,
             const char *last_error);
-/* Key-ordered groups: the key's owner finished; hand the key to the next waiting event. */
+/* Key-ordered groups: takes the key for `offset`, or queues `offset` behind the key's
+ * owner and sets *busy. */
+int cg_key_take(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, size_t len, uint64_t offset, int *busy);
+/* Key-ordered groups: `offset` finished. When it owned the key, the key passes to the
+ * next waiting event; when it was waiting, it leaves the queue. */
 int cg_key_release(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, uint64_t offset);
 
 void cg_key_gid(unsigned char *k, uint32_t gid);

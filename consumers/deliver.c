@@ -98,40 +98,8 @@ static int redeliver(log_wtx *w, struct fetch_req *r, cg_group *g, cg_lease *l, 
 static int key_take(log_wtx *w, struct fetch_req *r, cg_group *g, const log_view *v, uint64_t o, int *rc) {
   *rc = 0;
   if (!(g->meta->flags & ENGRAM_GROUP_KEY_ORDERED) || !v->has_key) return 0;
-  unsigned char kb[4 + ENGRAM_MAX_KEY];
-  size_t kn = v->key_len > ENGRAM_MAX_KEY ? ENGRAM_MAX_KEY : v->key_len;
-  be32_put(kb, g->meta->id);
-  memcpy(kb + 4, v->key, kn);
-  MDB_val k = {4 + kn, kb}, val;
-  Engram__KeyState ks0 = ENGRAM__KEY_STATE__INIT, *ks = &ks0;
-  int busy = mdb_get(w->txn, r->d.keys, &k, &val) == 0;
-  uint64_t *waiting = NULL;
-  if (busy) {
-    ks = engram__key_state__unpack(NULL, val.mv_size, val.mv_data);
-    if (!ks) {
-      *rc = log_error(w->log, ENGRAM_ECORRUPT, "group %s/%s: key state does not decode", g->topic, g->name);
-      return 0;
-    }
-    waiting = malloc((ks->n_waiting + 1) * sizeof *waiting);
-    if (!waiting) {
-      engram__key_state__free_unpacked(ks, NULL);
-      *rc = ENGRAM_ENOMEM;
-      return 0;
-    }
-    if (ks->n_waiting) memcpy(waiting, ks->waiting, ks->n_waiting * sizeof *waiting);
-    waiting[ks->n_waiting] = o;
-  }
-  Engram__KeyState out = ENGRAM__KEY_STATE__INIT;
-  out.holder = busy ? ks->holder : o;
-  out.n_waiting = busy ? ks->n_waiting + 1 : 0;
-  out.waiting = waiting;
-  size_t n = engram__key_state__get_packed_size(&out);
-  MDB_val nv = {n, NULL};
-  int mrc = mdb_put(w->txn, r->d.keys, &k, &nv, MDB_RESERVE);
-  if (mrc == 0) engram__key_state__pack(&out, nv.mv_data);
-  free(waiting);
-  if (busy) engram__key_state__free_unpacked(ks, NULL);
-  if (mrc) *rc = log_err_mdb(mrc);
+  int busy = 0;
+  *rc = cg_key_take(w, &r->d, g, v->key, v->key_len, o, &busy);
   return busy;
 }
 

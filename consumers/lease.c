@@ -170,66 +170,109 @@ int cg_lease_find(MDB_txn *txn, const cg_dbs *d, uint32_t gid, uint64_t offset, 
   return l->pb ? 0 : ENGRAM_ENOTFOUND;
 }
 
-static int key_state_put(MDB_txn *txn, const cg_dbs *d, MDB_val *k, const Engram__KeyState *ks) {
-  if (!ks->holder) {
-    int rc = mdb_del(txn, d->keys, k, NULL);
-    return rc && rc != MDB_NOTFOUND ? log_err_mdb(rc) : 0;
-  }
-  MDB_val v = {engram__key_state__get_packed_size(ks), NULL};
+/* Key-ordered groups keep, in the keys database, one record per busy key naming the
+ * event that owns it (gid|key -> KeyState) and one entry per event waiting for it
+ * (gid|key|0|offset -> ""), so that queueing behind a key and handing it over cost one
+ * B-tree operation each however many events wait. Keys hold no NUL byte, so the two
+ * kinds of entry never meet. */
+static size_t key_prefix(unsigned char *kb, uint32_t gid, const char *key, size_t kn) {
+  be32_put(kb, gid);
+  memcpy(kb + 4, key, kn);
+  return 4 + kn;
+}
+
+static int holder_put(MDB_txn *txn, const cg_dbs *d, MDB_val *k, uint64_t holder) {
+  Engram__KeyState ks = ENGRAM__KEY_STATE__INIT;
+  ks.holder = holder;
+  MDB_val v = {engram__key_state__get_packed_size(&ks), NULL};
   int rc = mdb_put(txn, d->keys, k, &v, MDB_RESERVE);
   if (rc) return log_err_mdb(rc);
-  engram__key_state__pack(ks, v.mv_data);
+  engram__key_state__pack(&ks, v.mv_data);
   return 0;
+}
+
+int cg_key_take(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, size_t kn, uint64_t offset, int *busy) {
+  unsigned char kb[4 + ENGRAM_MAX_KEY + 9];
+  if (kn > ENGRAM_MAX_KEY) kn = ENGRAM_MAX_KEY;
+  size_t n = key_prefix(kb, g->meta->id, key, kn);
+  MDB_val k = {n, kb}, v;
+  int rc = mdb_get(w->txn, d->keys, &k, &v);
+  *busy = rc == 0;
+  if (rc == MDB_NOTFOUND) return holder_put(w->txn, d, &k, offset);
+  if (rc) return log_err_mdb(rc);
+  kb[n] = 0;
+  be64_put(kb + n + 1, offset);
+  MDB_val wk = {n + 9, kb}, wv = {0, ""};
+  rc = mdb_put(w->txn, d->keys, &wk, &wv, 0);
+  return rc ? log_err_mdb(rc) : 0;
+}
+
+/* The first event waiting for the key (whose entries start with kb[0..n]), removing its
+ * entry; 0 when none waits. */
+static int waiting_pop(MDB_txn *txn, const cg_dbs *d, unsigned char *kb, size_t n, uint64_t *next) {
+  *next = 0;
+  MDB_cursor *c;
+  int rc = mdb_cursor_open(txn, d->keys, &c);
+  if (rc) return log_err_mdb(rc);
+  kb[n] = 0;
+  MDB_val k = {n + 1, kb}, v;
+  rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+  if (rc == 0 && k.mv_size == n + 9 && !memcmp(k.mv_data, kb, n + 1)) {
+    *next = be64_get((unsigned char *)k.mv_data + n + 1);
+    rc = mdb_cursor_del(c, 0);
+  } else if (rc == MDB_NOTFOUND || rc == 0) {
+    rc = 0;
+  }
+  mdb_cursor_close(c);
+  return rc ? log_err_mdb(rc) : 0;
 }
 
 int cg_key_release(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, uint64_t offset) {
   if (!(g->meta->flags & ENGRAM_GROUP_KEY_ORDERED) || !key) return 0;
   size_t kn = strlen(key);
-  unsigned char kb[4 + ENGRAM_MAX_KEY];
-  be32_put(kb, g->meta->id);
-  memcpy(kb + 4, key, kn);
-  MDB_val k = {4 + kn, kb}, v;
+  if (kn > ENGRAM_MAX_KEY) kn = ENGRAM_MAX_KEY;
+  unsigned char kb[4 + ENGRAM_MAX_KEY + 9];
+  size_t n = key_prefix(kb, g->meta->id, key, kn);
+  MDB_val k = {n, kb}, v;
   int rc = mdb_get(w->txn, d->keys, &k, &v);
   if (rc == MDB_NOTFOUND) return 0;
   if (rc) return log_err_mdb(rc);
   Engram__KeyState *ks = engram__key_state__unpack(NULL, v.mv_size, v.mv_data);
   if (!ks) return log_error(w->log, ENGRAM_ECORRUPT, "group %s/%s: key state does not decode", g->topic, g->name);
-  size_t i = 0;
-  if (ks->holder != offset) {
+  uint64_t holder = ks->holder;
+  engram__key_state__free_unpacked(ks, NULL);
+  if (holder != offset) {
     /* Not the owner: an event still waiting for the key was finished (cancelled). It
      * must leave the queue, or the key would pass to a finished event and stall. */
-    while (i < ks->n_waiting && ks->waiting[i] != offset) i++;
-    if (i < ks->n_waiting) {
-      memmove(ks->waiting + i, ks->waiting + i + 1, (ks->n_waiting - i - 1) * sizeof *ks->waiting);
-      ks->n_waiting--;
-      rc = key_state_put(w->txn, d, &k, ks);
-    }
-    engram__key_state__free_unpacked(ks, NULL);
-    return rc;
+    kb[n] = 0;
+    be64_put(kb + n + 1, offset);
+    MDB_val wk = {n + 9, kb};
+    rc = mdb_del(w->txn, d->keys, &wk, NULL);
+    return rc && rc != MDB_NOTFOUND ? log_err_mdb(rc) : 0;
   }
   /* Hand the key to the first waiting event that still waits; its blocked lease becomes
    * due now, or at its deliver_at when that is later. */
-  ks->holder = 0;
-  rc = 0;
-  while (i < ks->n_waiting && rc == 0) {
-    uint64_t next = ks->waiting[i++];
+  for (;;) {
+    uint64_t next;
+    if ((rc = waiting_pop(w->txn, d, kb, n, &next))) return rc;
+    k = (MDB_val){n, kb};
+    if (!next) {
+      rc = mdb_del(w->txn, d->keys, &k, NULL);
+      return rc && rc != MDB_NOTFOUND ? log_err_mdb(rc) : 0;
+    }
     cg_lease nl;
     if (cg_lease_find(w->txn, d, g->meta->id, next, &nl) != 0) continue;
-    if (!cg_bit(&nl.pb->done, next - nl.first) && nl.pb->state == CG_BLOCKED) {
+    int waits = !cg_bit(&nl.pb->done, next - nl.first) && nl.pb->state == CG_BLOCKED;
+    if (waits) {
       int64_t old = cg_stored_due(&nl);
       nl.pb->state = CG_WAITING;
       if (nl.pb->deadline_ns < w->now_ns) nl.pb->deadline_ns = w->now_ns;
       rc = cg_lease_put(w->txn, d, g->meta->id, &nl, old);
-      ks->holder = next;
+      if (rc == 0) rc = holder_put(w->txn, d, &k, next);
     }
     cg_lease_free(&nl);
-    if (ks->holder) break;
+    if (waits || rc) return rc;
   }
-  if (i) memmove(ks->waiting, ks->waiting + i, (ks->n_waiting - i) * sizeof *ks->waiting);
-  ks->n_waiting -= i;
-  if (rc == 0) rc = key_state_put(w->txn, d, &k, ks);
-  engram__key_state__free_unpacked(ks, NULL);
-  return rc;
 }
 
 int cg_lease_finish(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset) {
