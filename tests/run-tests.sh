@@ -85,11 +85,22 @@ fi
 if [ -d tests/python ]; then
   if [ ! -d bindings/python ]; then
     echo "SKIP  python (bindings/python does not exist)"
-  elif ! python3 -m pytest --version >/dev/null 2>&1; then
-    echo "SKIP  python (python3 -m pytest is not available)"
   else
-    PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}" ENGRAM_BUILD="$PWD/$BUILD" \
-      run_unit python python3 -m pytest -q tests/python
+    # The first python3 on PATH, else the system's (e.g. when a pyenv shim without pytest
+    # comes first); the tests build the extension for the interpreter that runs them.
+    py=""
+    for cand in python3 /usr/bin/python3; do
+      if "$cand" -m pytest --version >/dev/null 2>&1; then
+        py=$cand
+        break
+      fi
+    done
+    if [ -z "$py" ]; then
+      echo "SKIP  python (no python3 with pytest: apt-get install python3-pytest)"
+    else
+      PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}" \
+        run_unit python "$py" -m pytest -q tests/python
+    fi
   fi
 fi
 
