@@ -45,6 +45,7 @@ for name in "${NAMES[@]}"; do
         continue
       fi
       cmd=("$bin" --json "$out" "${QUICK[@]}")
+      [ "$name" != log ] || cmd+=(--pipelined)
       ;;
   esac
   echo "== ${cmd[*]}"

@@ -549,7 +549,7 @@ static int w_limits(void) {
   bench_raw_lmdb_append(dir, &peer_events, seconds, 1000000, &r[3], NULL);
   bench_rmrf(dir);
   for (int i = 0; i < 4; i++) {
-    snprintf(r[i].extra, sizeof r[i].extra, "\"row\": \"limits\"");
+    snprintf(r[i].extra, sizeof r[i].extra, "\"row\": \"%s\"", strncmp(row, "limits", 6) ? "limits" : row);
     print_result(&r[i]);
   }
   return 0;

@@ -29,7 +29,10 @@ def load(path):
     try:
         doc = json.loads(text)
         if isinstance(doc, dict) and "results" in doc:
-            return doc.get("limits", []) + doc["results"]
+            lim = doc.get("limits", [])
+            if isinstance(lim, dict):
+                lim = [r for v in lim.values() for r in v]
+            return lim + doc["results"]
     except json.JSONDecodeError:
         pass
     out = []
@@ -86,8 +89,15 @@ def main():
     notes = []
     if a.notes and os.path.exists(a.notes):
         notes = [l.strip() for l in open(a.notes) if l.strip()]
-    limits = {r["workload"] + ("_" + r["durability"] if r["workload"].startswith("lmdb_commit") else ""): r
-              for r in results if r.get("row") == "limits"}
+    # The machine's limits, measured at the start of each row (so drift between the rows
+    # does not blur the fractions); "limits" alone is the row-less form.
+    limits_by_row = {}
+    for r in results:
+        lr = str(r.get("row", ""))
+        if not lr.startswith("limits"):
+            continue
+        key = r["workload"] + ("_" + r["durability"] if r["workload"].startswith("lmdb_commit") else "")
+        limits_by_row.setdefault(lr[7:] or "*", {})[key] = r
     by = {}
     durab = {}
     failed = []
@@ -104,19 +114,20 @@ def main():
     table = []
     lines = []
     lines.append("engram side by side with Redis Streams and NATS JetStream (events/s; ratio = engram / peer)")
-    if limits:
-        fs = limits.get("fdatasync_4k", {}).get("events_per_s")
-        c1 = limits.get("lmdb_commit_1put_sync", {}).get("events_per_s")
-        cn = limits.get("lmdb_commit_1put_nometasync", {}).get("events_per_s")
-        ap1 = limits.get("lmdb_append_1txn", {}).get("events_per_s")
-        lines.append(f"limits of this machine, same run: fdatasync 4 KiB {fmt_rate(fs)}/s; synced LMDB commit "
-                     f"{fmt_rate(c1)}/s; MDB_NOMETASYNC commit {fmt_rate(cn)}/s; raw LMDB appends in one "
-                     f"transaction {fmt_rate(ap1)}/s")
     for row in ROWS:
         if not any(k[0] == row for k in by):
             continue
+        limits = limits_by_row.get(row) or limits_by_row.get("*") or {}
         lines.append("")
         lines.append(f"== {row}: " + "; ".join(f"{s} = {durab[(row, s)]}" for s in present if (row, s) in durab))
+        if limits:
+            fs = limits.get("fdatasync_4k", {}).get("events_per_s")
+            c1 = limits.get("lmdb_commit_1put_sync", {}).get("events_per_s")
+            cn = limits.get("lmdb_commit_1put_nometasync", {}).get("events_per_s")
+            ap1 = limits.get("lmdb_append_1txn", {}).get("events_per_s")
+            lines.append(f"   limits measured at the start of this row: fdatasync 4 KiB {fmt_rate(fs)}/s; synced "
+                         f"LMDB commit {fmt_rate(c1)}/s; MDB_NOMETASYNC commit {fmt_rate(cn)}/s; raw LMDB "
+                         f"appends in one transaction {fmt_rate(ap1)}/s")
         head = f"{'workload':10} " + " ".join(f"{s:>13}" for s in present)
         ratio_cols = [(e, p) for e in ("engram", "engram-remote") if e in present for p in PEERS if p in present]
         head += "  " + " ".join(f"{(e.replace('engram-remote', 'remote') + '/' + p):>14}" for e, p in ratio_cols)
@@ -179,7 +190,7 @@ def main():
         "run": {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": os.uname().nodename,
                 "cpus": os.cpu_count(), "elapsed_s": a.elapsed, "quick": a.quick, "redis": a.redis,
                 "nats": a.nats},
-        "limits": list(limits.values()),
+        "limits": {row: list(v.values()) for row, v in limits_by_row.items()},
         "table": table,
         "notes": notes + failed,
         "results": [r for r in results if r.get("row") in ROWS],

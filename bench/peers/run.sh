@@ -155,11 +155,6 @@ run_client() { # system row workload
   fi
 }
 
-if has "$SYSTEMS" engram; then
-  log "limits: fdatasync, raw LMDB"
-  "$OUT/peer_engram" --workload limits --row limits "${QUICK[@]}" >>"$JSONL" 2>/dev/null || log "limits failed"
-fi
-
 IFS=, read -ra row_list <<<"$ROWS"
 IFS=, read -ra wl_list <<<"$WORKLOADS"
 for row in "${row_list[@]}"; do
@@ -199,6 +194,10 @@ for row in "${row_list[@]}"; do
       log "engram serve unreachable ($why); engram-remote $row rows skipped"
       NOTES+=("engram-remote: skipped in the $row row: ${why:-engram serve did not start}")
     fi
+  fi
+  if has "$SYSTEMS" engram; then
+    log "$row limits: fdatasync, raw LMDB"
+    "$OUT/peer_engram" --workload limits --row "limits-$row" "${QUICK[@]}" >>"$JSONL" 2>/dev/null || log "limits failed"
   fi
   i=0
   for wl in "${wl_list[@]}"; do
