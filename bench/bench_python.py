@@ -52,9 +52,37 @@ def env_with_binding() -> Dict[str, str]:
 # ---------------------------------------------------------------------------------------
 # engram
 # ---------------------------------------------------------------------------------------
+def engram_app_worker(log_dir: str, out: str, expect: int, batch: int, durability: str) -> None:
+    """A worker process running engram.App with a no-op handler (2 threads); it exits
+    after a second without events once the group has acked `expect` events."""
+    import engram
+    log = engram.open(log_dir, durability=durability)
+    app = engram.App(log, group=GROUP, topic=TOPIC)
+    lat: List[int] = []
+
+    seen = [0]
+
+    @app.on("bench.noop")
+    def noop(ev: engram.Event) -> None:
+        now = time.time_ns()
+        lat.append(now - int(ev.payload))
+        seen[0] = max(seen[0], now)
+
+    app.group.consumer("warmup").fetch(wait=0)
+    open(out + ".ready", "w").close()
+    while True:
+        app.run(concurrency=2, wait=0.2, idle_timeout=1.0, batch=batch, install_signals=False)
+        if app.group.info().acked >= expect:
+            break
+    last = seen[0]  # the last handler call (its ack follows within one commit)
+    with open(out, "w") as f:
+        json.dump({"lat_ns": lat, "last_ns": last}, f)
+    log.close()
+
+
 def engram_worker(log_dir: str, out: str, expect: int, batch: int, durability: str) -> None:
-    """A worker process: fetch batches, run a no-op handler per event, ack each batch in
-    one commit; exit once the group has acked `expect` events."""
+    """A worker process on the bare consumer API: fetch batches, run a no-op handler per
+    event, ack each batch in one commit; exit once the group has acked `expect` events."""
     import engram
     log = engram.open(log_dir, durability=durability)
     g = log.group(TOPIC, GROUP)
@@ -80,7 +108,7 @@ def engram_worker(log_dir: str, out: str, expect: int, batch: int, durability: s
 
 
 def run_engram(n: int, lat_n: int, rate: float, workers: int, batch: int,
-               durability: str) -> List[Dict[str, Any]]:
+               durability: str, kind: str) -> List[Dict[str, Any]]:
     import engram
     results = []
     for phase, count in (("throughput", n), ("latency", lat_n)):
@@ -95,7 +123,7 @@ def run_engram(n: int, lat_n: int, rate: float, workers: int, batch: int,
             for i in range(workers):
                 out = os.path.join(tmp, f"w{i}.json")
                 outs.append(out)
-                procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", "engram-worker",
+                procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", f"engram-{kind}",
                                                "--log", log_dir, "--out", out, "--expect", str(count),
                                                "--batch", str(batch), "--durability", durability],
                                               env=env_with_binding()))
@@ -129,7 +157,7 @@ def run_engram(n: int, lat_n: int, rate: float, workers: int, batch: int,
                 lat += d["lat_ns"]
                 last = max(last, d["last_ns"])
             log.close()
-            r = {"system": f"engram/{durability}", "phase": phase, "events": count, "workers": workers,
+            r = {"system": f"engram/{durability}" + ("/app" if kind == "app" else ""), "phase": phase, "events": count, "workers": workers,
                  "seconds": (last - t0) / 1e9, "events_per_s": count / ((last - t0) / 1e9),
                  "send_per_s": count / ((sent - t0) / 1e9),
                  "p50_ms": pct(lat, 50) / 1e6, "p99_ms": pct(lat, 99) / 1e6, "handled": len(lat)}
@@ -252,6 +280,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=256, help="engram fetch batch")
     p.add_argument("--only", choices=("engram", "celery"))
+    p.add_argument("--engram-workers", default="consumer,app",
+                   help="engram worker kinds: consumer (fetch + ack_many loop), app (engram.App)")
     p.add_argument("--durability", default="sync,async",
                    help="engram durability modes to run, comma-separated (default sync,async)")
     p.add_argument("--json", help="also write all results to this file")
@@ -260,28 +290,32 @@ def main() -> int:
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--expect", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.role == "engram-worker":
+    if a.role == "engram-consumer":
         engram_worker(a.log, a.out, a.expect, a.batch, a.durability)
+        return 0
+    if a.role == "engram-app":
+        engram_app_worker(a.log, a.out, a.expect, a.batch, a.durability)
         return 0
     res: List[Dict[str, Any]] = []
     if a.only in (None, "engram"):
-        for mode in a.durability.split(","):
-            res += run_engram(a.events, a.latency_events, a.rate, a.workers, a.batch, mode)
+        for kind in a.engram_workers.split(","):
+            for mode in a.durability.split(","):
+                res += run_engram(a.events, a.latency_events, a.rate, a.workers, a.batch, mode, kind)
     if a.only in (None, "celery"):
         res += run_celery(a.events, a.latency_events, a.rate, a.workers)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
-    print(f"\n{'system':<18} {'phase':<11} {'events':>7} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"\n{'system':<22} {'phase':<11} {'events':>7} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for r in res:
-        print(f"{r['system']:<18} {r['phase']:<11} {r['events']:>7} {r['events_per_s']:>10.0f} "
+        print(f"{r['system']:<22} {r['phase']:<11} {r['events']:>7} {r['events_per_s']:>10.0f} "
               f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}")
     byk = {(r["system"], r["phase"]): r for r in res}
     c, cl = byk.get(("celery+redis", "throughput")), byk.get(("celery+redis", "latency"))
-    for mode in a.durability.split(",") if a.only != "celery" else []:
-        e, el = byk.get((f"engram/{mode}", "throughput")), byk.get((f"engram/{mode}", "latency"))
+    for name in sorted({r["system"] for r in res if r["system"].startswith("engram")}):
+        e, el = byk.get((name, "throughput")), byk.get((name, "latency"))
         if e and c and el and cl:
-            print(f"engram/{mode} vs celery: throughput {e['events_per_s'] / c['events_per_s']:.1f}x "
+            print(f"{name} vs celery: throughput {e['events_per_s'] / c['events_per_s']:.1f}x "
                   f"(target >= 10x), latency p50 {el['p50_ms'] / cl['p50_ms']:.2f} of celery's (target <= 0.2)")
     return 0
 
