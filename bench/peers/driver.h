@@ -26,8 +26,9 @@ typedef struct peer_sys {
   int (*append)(peer_conn *c, const char *stream, const bench_event *e, int64_t stamp);
   /* Appends n events in one request (or pipelined burst) and waits for every ack. */
   int (*append_batch)(peer_conn *c, const char *stream, const bench_event *const *e, size_t n);
-  /* Creates a consumer group reading `stream` from its start. `blocking`: its consumer will
-   * wait for new events (latency workload) rather than drain a backlog. */
+  /* Creates a consumer group on `stream`. blocking 0: it reads from the start (a drain of
+   * a backlog); 1: it reads only events appended from now on, and its consumer will wait
+   * for them (latency workload). */
   int (*group_create)(peer_conn *c, const char *stream, const char *group, int blocking);
   /* Takes up to `max` events for `consumer` and acks each. wait_ms 0: return at once (or as
    * soon as the system can tell) when nothing is there; > 0: block up to wait_ms for events.

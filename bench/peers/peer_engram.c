@@ -133,7 +133,7 @@ static int append_batch(peer_conn *c, const char *stream, const bench_event *con
 
 static int group_create(peer_conn *c, const char *stream, const char *group, int blocking) {
   engram_group_config cfg = {0};
-  cfg.start = ENGRAM_START_EARLIEST;
+  cfg.start = blocking ? ENGRAM_START_LATEST : ENGRAM_START_EARLIEST;
   cfg.ack_wait_ms = 60000;
   return check(c, engram_group_create(c->log, stream, group, &cfg), "group create");
 }

@@ -116,7 +116,7 @@ static int group_create(peer_conn *c, const char *stream, const char *group, int
   jsConsumerConfig_Init(&cc);
   cc.Durable = group;
   cc.AckPolicy = js_AckExplicit;
-  cc.DeliverPolicy = js_DeliverAll;
+  cc.DeliverPolicy = blocking ? js_DeliverNew : js_DeliverAll;
   cc.AckWait = (int64_t)60 * 1000000000;
   cc.MaxAckPending = 100000;
   char deliver[160];

@@ -101,7 +101,8 @@ static int append_batch(peer_conn *c, const char *stream, const bench_event *con
 }
 
 static int group_create(peer_conn *c, const char *stream, const char *group, int blocking) {
-  return done(c, redisCommand(c->r, "XGROUP CREATE %s %s 0 MKSTREAM", stream, group), "XGROUP CREATE");
+  return done(c, redisCommand(c->r, "XGROUP CREATE %s %s %s MKSTREAM", stream, group, blocking ? "$" : "0"),
+              "XGROUP CREATE");
 }
 
 /* XREADGROUP ... COUNT max [BLOCK wait] STREAMS stream >, then one XACK with every id. */
