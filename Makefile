@@ -28,7 +28,9 @@ ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
 
 DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
   protobuf-c-compiler libzmq3-dev libcmocka-dev lmdb-utils python3 python3-dev \
-  python3-pytest clang
+  python3-pytest python3-setuptools python3-pip python3-wheel clang
+# Debian's interpreter: the one python3-* packages (pytest ...) install into.
+PYTHON ?= /usr/bin/python3
 
 PROTOS := $(wildcard schema/*.proto)
 GEN_C := $(patsubst schema/%.proto,$(BUILD)/gen/schema/%.pb-c.c,$(PROTOS))
@@ -114,7 +116,7 @@ run: deps all
 	@BUILD=$(BUILD) DATA=$(DATA) bash cli/demo.sh
 
 python: all
-	cd bindings/python && python3 setup.py build_ext --inplace -q
+	cd bindings/python && $(PYTHON) setup.py build_ext --inplace -q
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig

@@ -239,7 +239,9 @@ static void lead(engram *log) {
     log->last_commit_ns = clock_monotonic_ns();
     if (pending.jobs) release(log, &pending, prc, pmsg);
     struct batch b = {jobs, touched, NULL};
-    if (rc == 0 && wrote && sync_mode) {
+    int strict = 0;
+    for (struct log_job *j = jobs; j; j = j->next) strict |= !j->relaxed;
+    if (rc == 0 && wrote && sync_mode && strict) {
       pending = b;
     } else {
       if (rc == 0 && wrote) log->dirty = 1;
@@ -294,6 +296,12 @@ static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
 int log_write(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }
 
 int log_write_solo(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 1); }
+
+int log_write_relaxed(engram *log, log_job_fn fn, void *arg) {
+  struct log_job job = {.fn = fn, .arg = arg, .relaxed = 1};
+  int rc = log_job_enqueue(log, &job);
+  return rc ? rc : log_job_wait(log, &job);
+}
 
 /* Nometasync and async modes: forces commits to disk every flush interval. */
 static void *flusher_main(void *arg) {

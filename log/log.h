@@ -179,6 +179,11 @@ int log_write(engram *log, log_job_fn fn, void *arg);
  * log_topic_get, which open handles in transactions of their own.
  * Never call log_write* while holding a read transaction (map growth would deadlock). */
 int log_write_solo(engram *log, log_job_fn fn, void *arg);
+/* Same as log_write, but in sync mode returns once the commit's data pages are flushed,
+ * without waiting for the flush that makes its meta page durable: a power cut may undo
+ * this commit (never a later one, and never corrupt anything). For state whose loss only
+ * repeats work, such as the leases a fetch takes. */
+int log_write_relaxed(engram *log, log_job_fn fn, void *arg);
 
 /* Opens (creating on first use) a named database for an upper layer, e.g. "groups".
  * With `dupsort` the database is opened MDB_DUPSORT. */

@@ -35,6 +35,7 @@ struct log_job {
   log_job_fn fn;
   void *arg;
   int solo;                /* run alone in a top-level transaction */
+  int relaxed;             /* released after its commit, without waiting for the meta flush */
   int rc;                  /* the job's result, or the commit's error */
   int done;                /* set under log->mu; the job may vanish right after */
   char msg[256];           /* the leader's error message for this job */
