@@ -1152,6 +1152,58 @@ static void an_event_waiting_behind_its_key_still_waits_for_its_deliver_at(void 
   GOT(f, "g", "c", 10, 1, 3);
 }
 
+static void a_long_queue_behind_one_key_is_handed_over_in_offset_order_across_reopens(void **state) {
+  fx *f = *state;
+  const uint64_t n = 300;
+  /* Every event is of key "hot" but each 50th, of key "cold"; each 10th + 5 is cancelled. */
+  for (uint64_t o = 1; o <= n; o++) add(f, o % 3 ? "memory.updated" : "memory.saved", o % 50 ? "hot" : "cold");
+  mkgroup(f, "g", &(engram_group_config){.flags = ENGRAM_GROUP_KEY_ORDERED});
+  GOT(f, "g", "c", 100, 1, 1, 50);
+  for (uint64_t o = 5; o <= n; o += 10) OK(f, engram_cancel(f->log, "memory", "g", o));
+  OK(f, engram_ack(f->log, "memory", "g", 1, 1, NULL, 0));
+  OK(f, engram_ack(f->log, "memory", "g", 50, 1, NULL, 0));
+  uint64_t expect = 2, hot_left = n - n / 50 - n / 10 - 1;
+  while (hot_left) {
+    engram_batch *b = fetch(f, "g", "c", 100);
+    int hot = 0;
+    for (size_t i = 0; i < b->count; i++) {
+      uint64_t o = b->events[i].offset;
+      OK(f, engram_ack(f->log, "memory", "g", o, 1, NULL, 0));
+      if (o % 50 == 0) continue;
+      /* One hot event at a time, in offset order, never a cancelled one. */
+      hot++;
+      while (expect % 10 == 5 || expect % 50 == 0) expect++;
+      assert_int_equal(o, expect);
+      expect++;
+      if (--hot_left % 25 == 0) reopen(f);
+    }
+    engram_batch_free(b);
+    assert_int_equal(hot, 1);
+  }
+  NONE(f, "g", "c");
+  engram_group_info i = ginfo(f, "g");
+  assert_int_equal(i.lag, 0);
+  assert_int_equal(i.acked, n - n / 10);
+}
+
+static void a_redriven_event_of_a_key_ordered_group_runs_outside_key_order(void **state) {
+  fx *f = *state;
+  add(f, "memory.saved", "A");   /* 1 */
+  add(f, "memory.updated", "A"); /* 2 */
+  add(f, "memory.deleted", "A"); /* 3 */
+  mkgroup(f, "g", &(engram_group_config){.flags = ENGRAM_GROUP_KEY_ORDERED});
+  GOT(f, "g", "c", 10, 1, 1);
+  OK(f, engram_reject(f->log, "memory", "g", 1, 1, "bad")); /* the key passes to 2 */
+  GOT(f, "g", "c", 10, 1, 2);
+  OK(f, engram_dlq_redrive(f->log, "memory", "g", NULL, 0, NULL));
+  GOT(f, "g", "c", 10, 1, 1); /* while 2 holds the key */
+  OK(f, engram_ack(f->log, "memory", "g", 2, 1, NULL, 0));
+  GOT(f, "g", "c", 10, 1, 3); /* 1 does not hold the key either */
+  OK(f, engram_ack(f->log, "memory", "g", 3, 1, NULL, 0));
+  OK(f, engram_ack(f->log, "memory", "g", 1, 1, NULL, 0));
+  assert_int_equal(ginfo(f, "g").lag, 0);
+}
+
 static void a_group_that_is_not_key_ordered_delivers_one_key_in_parallel(void **state) {
   fx *f = *state;
   add(f, "memory.saved", "A");
@@ -1817,6 +1869,8 @@ int main(void) {
       T(the_death_of_the_first_event_of_a_key_frees_the_key),
       T(cancelling_an_event_waiting_behind_its_key_does_not_stall_the_key),
       T(an_event_waiting_behind_its_key_still_waits_for_its_deliver_at),
+      T(a_long_queue_behind_one_key_is_handed_over_in_offset_order_across_reopens),
+      T(a_redriven_event_of_a_key_ordered_group_runs_outside_key_order),
       T(a_group_that_is_not_key_ordered_delivers_one_key_in_parallel),
       T(a_delayed_event_is_delivered_to_no_group_before_its_time),
       T(status_reports_every_state_with_its_details),
