@@ -16,7 +16,7 @@ NAMES=()
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=(--quick) ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     log|groups|net|python) NAMES+=("$a") ;;
     *) echo "run.sh: unknown argument $a" >&2; exit 2 ;;
   esac

@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     --workloads) WORKLOADS=$2; shift ;;
     --rows) ROWS=$2; shift ;;
     --no-install) INSTALL=0 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -52,7 +52,14 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$INSTALL" = 1 ]; then
     log "installing: ${missing[*]}"
-    if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
+    if [ "$(id -u)" = 0 ]; then
+      SUDO=()
+    elif command -v sudo >/dev/null; then
+      SUDO=(sudo)
+    else
+      echo "run.sh: missing ${missing[*]}; run as root or install sudo (or pass --no-install)" >&2
+      exit 1
+    fi
     "${SUDO[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
   else
