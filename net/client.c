@@ -632,14 +632,27 @@ static void wev_free(struct wev *w) {
   free(w->hp);
 }
 
-/* Checks what the wire cannot carry as the API means it, and builds the wire events. */
+/* What the wire cannot carry (NULL where the API wants a pointer) is checked here, with
+ * the API's own message; everything else is the daemon's to judge, so remote callers
+ * get the embedded codes and messages. */
+static int inexpressible(const engram_event *e) {
+  if (!e->type || (e->payload_len && !e->payload) || (e->n_headers && !e->headers)) return 1;
+  for (size_t i = 0; i < e->n_headers; i++)
+    if (!e->headers[i].name) return 1;
+  return 0;
+}
+
+/* Builds the wire events (pointing into the caller's). */
 static int wev_build(engram *log, const char *topic, const engram_event *evs, size_t n, struct wev *w, int *all_idem) {
   memset(w, 0, sizeof *w);
   size_t nh = 0;
   *all_idem = 1;
   for (size_t i = 0; i < n; i++) {
-    int rc = log_check_event(log, topic ? topic : "", &evs[i], ENGRAM_MAX_PAYLOAD_LIMIT);
-    if (rc) return rc;
+    if (inexpressible(&evs[i])) {
+      int rc = log_check_event(log, net_str(topic), &evs[i], ENGRAM_MAX_PAYLOAD_LIMIT);
+      if (rc) return rc;
+      return log_error(log, ENGRAM_EINVAL, "append %s: event %zu has a NULL field", net_str(topic), i);
+    }
     if (!evs[i].idempotency_key) *all_idem = 0;
     nh += evs[i].n_headers;
   }
@@ -663,6 +676,7 @@ static int wev_build(engram *log, const char *topic, const engram_event *evs, si
     x->payload.len = e->payload ? e->payload_len : 0;
     x->content_type = net_str(e->content_type);
     x->idempotency_key = net_str(e->idempotency_key);
+    x->has_idempotency_key = e->idempotency_key != NULL;
     x->deliver_at_ns = e->deliver_at_ns;
     if (e->n_headers) {
       x->headers = &w->hp[at];
@@ -904,11 +918,8 @@ static int r_fetch(engram *log, const char *topic, const char *group, const char
 
 static int r_ack_many(engram *log, const char *topic, const char *group, const engram_ack_item *items, size_t n,
                       int *codes) {
-  if (!items || n == 0)
-    return log_error(log, ENGRAM_EINVAL, "ack %s/%s: no items", net_str(topic), net_str(group));
-  if (n > NET_MAX_ITEMS)
-    return log_error(log, ENGRAM_ETOOBIG, "ack %s/%s: %zu items over limit %d", net_str(topic), net_str(group), n,
-                     NET_MAX_ITEMS);
+  if (!items || n == 0) return log_error(log, ENGRAM_EINVAL, "ack: no items");
+  if (n > NET_MAX_ITEMS) return log_error(log, ENGRAM_ETOOBIG, "ack: %zu items over limit %d", n, NET_MAX_ITEMS);
   Engram__Wire__AckItem *wi = calloc(n, sizeof *wi);
   Engram__Wire__AckItem **wp = calloc(n, sizeof *wp);
   if (!wi || !wp) {
@@ -942,12 +953,12 @@ static int r_ack_many(engram *log, const char *topic, const char *group, const e
   free(wi);
   free(wp);
   if (rp && rp->result_case == ENGRAM__WIRE__REPLY__RESULT_ACK && rp->ack->n_codes == n) {
+    /* Codes the daemon's call left unset come as 1 and stay unset here too. */
     if (codes)
-      for (size_t i = 0; i < n; i++) codes[i] = rp->ack->codes[i];
+      for (size_t i = 0; i < n; i++)
+        if (rp->ack->codes[i] <= 0) codes[i] = rp->ack->codes[i];
   } else if (rp && rc == 0) {
     return bad_reply(log, rp, "ack");
-  } else if (codes) {
-    for (size_t i = 0; i < n; i++) codes[i] = rc;
   }
   if (rp) engram__wire__reply__free_unpacked(rp, NULL);
   return rc;
@@ -1167,13 +1178,14 @@ static void run_cbs(const struct done_cb *d, size_t n) {
 
 static int r_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb, void *ctx) {
   struct conn *c = C(log);
-  if (!ev) return log_error(log, ENGRAM_EINVAL, "append %s: event is NULL", net_str(topic));
+  /* As the embedded pipeline does: what can be judged here is refused at once. */
   if (!log_valid_name(topic))
-    return log_error(log, ENGRAM_EINVAL, "append %s: topic name invalid (use 1-200 of [A-Za-z0-9._-])",
-                     net_str(topic));
+    return log_error(log, ENGRAM_EINVAL, "append: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
+  int rc = log_check_event(log, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
+  if (rc) return rc;
   struct wev w;
   int idem;
-  int rc = wev_build(log, topic, ev, 1, &w, &idem);
+  rc = wev_build(log, topic, ev, 1, &w, &idem);
   if (rc) return rc;
   REQ(append, APPEND, Engram__Wire__Append, ENGRAM__WIRE__APPEND__INIT);
   m.topic = net_str(topic);
@@ -1317,7 +1329,7 @@ static int conn_open(struct conn *c, const char *endpoint) {
   zmq_ctx_set(c->zctx, ZMQ_BLOCKY, 0);
   if (!(c->sock = zmq_socket(c->zctx, ZMQ_DEALER)))
     return log_error(NULL, ENGRAM_ENOMEM, "connect: cannot make a socket: %s", zmq_strerror(errno));
-  int one = 1, zero = 0, hwm = 0, ivl = 100, ivl_max = 1000, hb = 2000, hbt = 6000;
+  int one = 1, zero = 0, hwm = 0, ivl = 100, ivl_max = 500, hb = 2000, hbt = 6000;
   zmq_setsockopt(c->sock, ZMQ_IMMEDIATE, &one, sizeof one);
   zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
   zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);

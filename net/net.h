@@ -19,7 +19,7 @@
 #define NET_MAX_WINDOW 65536
 #define NET_MAX_DEPTH 8            /* nesting of messages inside a request */
 #define NET_MAX_EVENTS 65536       /* events in one append request (as engram_append_batch) */
-#define NET_MAX_ITEMS 65536        /* acks in one request, transaction operations */
+#define NET_MAX_ITEMS 100000       /* acks in one request (as engram_ack_many), txn operations */
 #define NET_MAX_OFFSETS 1000000    /* offsets in one DLQ purge / redrive */
 #define NET_MAX_READ 100000        /* events in one read_range reply (as the embedded API) */
 #define NET_MAX_REPLY_EVENTS_BYTES (64u << 20) /* a read_range reply stops growing here */
@@ -49,9 +49,10 @@ int net_wire_scan(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_
 Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_peek *pk, int *code,
                                           char *why, size_t cap);
 
-/* Validates the fields of a decoded request that the API cannot see or that must be
- * bounded before anything is allocated for them: names, counts, enums, presence. Returns
- * 0 or an ENGRAM_E* code with a message in why[cap]. */
+/* Checks what must hold before a decoded request can be handed to the API: members
+ * present, and counts bounded before anything is allocated for them. Names, values and
+ * the API's own limits are left to the API, so a remote caller gets exactly the codes and
+ * messages of an embedded one. Returns 0 or an ENGRAM_E* code with a message in why[cap]. */
 int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
 
 /* The operation's name ("append", "fetch" ...) for logs and messages. */

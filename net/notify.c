@@ -119,7 +119,7 @@ static struct slot *board_open(const char *dir) {
 }
 
 /* Sends (topic, head) to the daemon's notify-in socket when a daemon serves the
- * directory. Never blocks: without a connected daemon the message is dropped. */
+ * directory. Never blocks: past the queue limit a message is dropped. */
 static void push_to_daemon(struct notify *n, const char *topic, uint64_t head) {
   pthread_mutex_lock(&n->mu);
   int64_t now = clock_monotonic_ns();
@@ -133,9 +133,11 @@ static void push_to_daemon(struct notify *n, const char *topic, uint64_t head) {
         if (n->zctx) zmq_ctx_set(n->zctx, ZMQ_BLOCKY, 0);
       }
       if (n->zctx && (n->push = zmq_socket(n->zctx, ZMQ_PUSH)) != NULL) {
-        int one = 1, zero = 0, hwm = 1000;
-        zmq_setsockopt(n->push, ZMQ_IMMEDIATE, &one, sizeof one);
-        zmq_setsockopt(n->push, ZMQ_LINGER, &zero, sizeof zero);
+        /* Queued until the connection is up (the first commit must not be lost to it),
+         * bounded by the HWM when the socket file is stale; a closing handle gives them
+         * a moment to leave. */
+        int linger = 100, hwm = 1000;
+        zmq_setsockopt(n->push, ZMQ_LINGER, &linger, sizeof linger);
         zmq_setsockopt(n->push, ZMQ_SNDHWM, &hwm, sizeof hwm);
         char ep[600];
         snprintf(ep, sizeof ep, "ipc://%s", n->in_path);

@@ -375,8 +375,10 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
     }
     case ENGRAM__WIRE__REQUEST__OP_FETCH: {
       const Engram__Wire__Fetch *f = rq->fetch;
-      /* Never waits here: the daemon parks an empty fetch instead of holding a worker. */
-      rc = engram_fetch(log, f->topic, f->group, f->consumer, f->max, 0, batch);
+      /* Never waits here: the daemon parks an empty fetch instead of holding a worker. A
+       * wait over the API's limit is passed on so the API refuses it as it would. */
+      rc = engram_fetch(log, f->topic, f->group, f->consumer, f->max, f->wait_ms > NET_MAX_WAIT_MS ? f->wait_ms : 0,
+                        batch);
       if (rc) break;
       *empty_fetch = (*batch)->count == 0;
       if (!(rp->events = events_to_wire(a, *batch, f->topic, 1, SIZE_MAX))) {
@@ -395,6 +397,8 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
         rc = nomem(log);
         break;
       }
+      /* 1 marks a code the call did not set (it failed before the items). */
+      for (size_t i = 0; i < ak->n_items; i++) codes[i] = 1;
       rc = engram_ack_many(log, ak->topic, ak->group, items, ak->n_items, codes);
       engram__wire__ack_result__init(res);
       res->codes = codes;

@@ -45,6 +45,7 @@
 #define LANE_TAKE 1024        /* appends one worker takes from a lane at once */
 #define LANE_BUCKETS 1024
 #define SEQ_BUCKETS 1024
+#define MAX_TOPIC_SEQS 100000
 #define RECV_BURST 512        /* requests read per wake before looking at replies again */
 #define REPLIES_EP "inproc://engram-replies"
 #define ZAP_EP "inproc://zeromq.zap.01"
@@ -105,6 +106,7 @@ struct net_server {
   struct job *parked;
   size_t n_parked;
   struct tseq *seqs[SEQ_BUCKETS];
+  size_t n_seqs;
   struct tseq *dirty;       /* topics with a head to publish */
   int stopping;             /* no new requests; parked fetches answer now */
   int exiting;              /* workers leave when the queue is empty */
@@ -226,18 +228,24 @@ static unsigned hash_bytes(const void *p, size_t n) {
   return h;
 }
 
-static struct tseq *tseq_get(struct net_server *s, const char *topic) {
+/* The topic's entry; with `create`, made when missing (at most MAX_TOPIC_SEQS of them:
+ * past that a topic only loses its prompt wake-ups, not its events). */
+static struct tseq *tseq_lookup(struct net_server *s, const char *topic, int create) {
   size_t n = strlen(topic);
   struct tseq **b = &s->seqs[hash_bytes(topic, n) % SEQ_BUCKETS];
   for (struct tseq *t = *b; t; t = t->next)
     if (!strcmp(t->name, topic)) return t;
+  if (!create || s->n_seqs >= MAX_TOPIC_SEQS) return NULL;
   struct tseq *t = calloc(1, sizeof *t + n + 1);
   if (!t) return NULL;
   memcpy(t->name, topic, n + 1);
   t->next = *b;
   *b = t;
+  s->n_seqs++;
   return t;
 }
+
+static struct tseq *tseq_get(struct net_server *s, const char *topic) { return tseq_lookup(s, topic, 1); }
 
 static void wake_main(struct net_server *s) {
   uint64_t one = 1;
@@ -421,8 +429,9 @@ static void run_one(struct net_server *s, struct worker *w, struct job *j) {
 static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
   const Engram__Wire__Fetch *f = j->rq->fetch;
   if (!j->deadline_ns) j->deadline_ns = j->received_ns + (int64_t)f->wait_ms * 1000000;
+  /* Looked up, not made: the topic name is not validated until the fetch runs. */
   pthread_mutex_lock(&s->mu);
-  struct tseq *t = tseq_get(s, f->topic);
+  struct tseq *t = tseq_lookup(s, f->topic, 0);
   j->seq = t ? t->seq : 0;
   pthread_mutex_unlock(&s->mu);
 

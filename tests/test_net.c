@@ -1,0 +1,1128 @@
+/* test_net.c — the daemon and the remote client: every API call through `engram serve`
+ * against an embedded handle doing the same (same results, codes and messages), long
+ * polls, pipelining, out-of-order replies, timeouts, restarts, a second daemon, SIGTERM,
+ * CURVE, notifications, the daemon's log and the CLI over --connect. The daemon runs in
+ * a forked child on an ipc endpoint in the test's temp dir. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include <cmocka.h>
+
+#include "engram.h"
+#include "helpers/testutil.h"
+#include "test_net_daemon.h"
+
+#define OK(log, call) ok_at(log, (call), #call, __LINE__)
+static void ok_at(engram *log, int rc, const char *what, int line) {
+  if (rc) fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
+  assert_int_equal(rc, 0);
+}
+
+static engram *conn(td *d, uint32_t timeout_ms) {
+  engram_connect_options o = {.timeout_ms = timeout_ms};
+  engram *log = td_connect_within(d->ep, 5000, &o);
+  assert_non_null(log);
+  return log;
+}
+
+static engram_event ev_of(const char *type, const char *key, const char *payload) {
+  engram_event e = {.type = type, .key = key, .payload = payload, .payload_len = strlen(payload)};
+  return e;
+}
+
+/* ---------------------------------------------------------------------------------
+ * The log API.
+ * ------------------------------------------------------------------------------ */
+static void every_log_operation_works_through_the_daemon(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-log");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+
+  engram_topic_config cfg = {.max_payload = 4096, .compress_threshold = 64};
+  OK(r, engram_topic_create(r, "memory", &cfg));
+  assert_int_equal(engram_topic_create(r, "memory", NULL), ENGRAM_EEXIST);
+  OK(r, engram_topic_create(r, "other", NULL));
+
+  /* One event with every field. */
+  engram_header hs[2] = {{"source", "api"}, {"trace", ""}};
+  char big[1000];
+  memset(big, 'x', sizeof big);
+  engram_event e = {.type = "memory.saved", .key = "conv-1:D1:1", .payload = big, .payload_len = sizeof big,
+                    .content_type = "text/plain", .headers = hs, .n_headers = 2, .idempotency_key = "idem-1",
+                    .deliver_at_ns = 0};
+  uint64_t off = 0;
+  int dup = -1;
+  OK(r, engram_append(r, "memory", &e, &off, &dup));
+  assert_int_equal(off, 1);
+  assert_int_equal(dup, 0);
+  /* The same idempotency key: the first offset, flagged duplicate. */
+  OK(r, engram_append(r, "memory", &e, &off, &dup));
+  assert_int_equal(off, 1);
+  assert_int_equal(dup, 1);
+
+  engram_event batch[3] = {ev_of("memory.updated", NULL, "a"), ev_of("memory.queried", "", "b"),
+                           ev_of("memory.saved", "k", "")};
+  uint64_t offs[3];
+  int dups[3];
+  OK(r, engram_append_batch(r, "memory", batch, 3, offs, dups));
+  assert_int_equal(offs[0], 2);
+  assert_int_equal(offs[2], 4);
+
+  engram_batch *b = NULL;
+  OK(r, engram_read(r, "memory", 1, &b));
+  assert_int_equal(b->count, 1);
+  const engram_event *x = &b->events[0];
+  assert_int_equal(x->offset, 1);
+  assert_string_equal(x->topic, "memory");
+  assert_string_equal(x->type, "memory.saved");
+  assert_string_equal(x->key, "conv-1:D1:1");
+  assert_int_equal(x->payload_len, sizeof big);
+  assert_memory_equal(x->payload, big, sizeof big);
+  assert_string_equal(x->content_type, "text/plain");
+  assert_int_equal(x->n_headers, 2);
+  assert_string_equal(x->headers[0].name, "source");
+  assert_string_equal(x->headers[1].value, "");
+  assert_string_equal(x->idempotency_key, "idem-1");
+  assert_true(x->timestamp_ns > 0);
+  engram_batch_free(b);
+
+  OK(r, engram_read_range(r, "memory", 2, 10, &b));
+  assert_int_equal(b->count, 3);
+  assert_null(b->events[0].key);            /* no key */
+  assert_non_null(b->events[1].key);        /* an empty key is a key */
+  assert_string_equal(b->events[1].key, "");
+  assert_int_equal(b->events[2].payload_len, 0);
+  engram_batch_free(b);
+  OK(r, engram_read_range(r, "memory", 100, 10, &b));
+  assert_int_equal(b->count, 0);
+  engram_batch_free(b);
+
+  engram_topic_info ti;
+  OK(r, engram_topic_info_get(r, "memory", &ti));
+  assert_string_equal(ti.name, "memory");
+  assert_int_equal(ti.head_offset, 4);
+  assert_int_equal(ti.count, 4);
+  assert_int_equal(ti.config.max_payload, 4096);
+  engram_topic_info *list;
+  size_t n;
+  OK(r, engram_topic_list(r, &list, &n));
+  assert_int_equal(n, 2);
+  assert_string_equal(list[0].name, "memory");
+  engram_free(list);
+
+  engram_verify_report rep;
+  OK(r, engram_verify(r, &rep));
+  assert_int_equal(rep.records, 4);
+  assert_int_equal(rep.damaged, 0);
+  OK(r, engram_sync(r));
+  char *dest = tu_join(d.dir, "copy");
+  OK(r, engram_backup(r, dest));
+  assert_int_equal(engram_backup(r, dest), ENGRAM_EEXIST);
+  uint32_t dict = 0;
+  assert_int_equal(engram_topic_train_dict(r, "memory", &dict), ENGRAM_EINVAL); /* too few events */
+  OK(r, engram_topic_drop(r, "other"));
+  assert_int_equal(engram_topic_info_get(r, "other", &ti), ENGRAM_ENOTFOUND);
+
+  /* The backup is a log of its own. */
+  engram *copy = tu_open(dest, NULL);
+  OK(copy, engram_read(copy, "memory", 4, &b));
+  engram_batch_free(b);
+  engram_close(copy);
+  free(dest);
+
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+/* Errors: the daemon's code and its message, as the embedded library gives them. */
+static void errors_carry_the_same_code_and_message_as_embedded(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-errors");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  char *edir = tu_join(d.dir, "embedded");
+  engram *l = tu_open(edir, NULL);
+  engram_topic_config cfg = {.max_payload = 16};
+  OK(r, engram_topic_create(r, "memory", &cfg));
+  OK(l, engram_topic_create(l, "memory", &cfg));
+
+  engram_batch *b;
+  engram_event big = ev_of("memory.saved", NULL, "0123456789abcdefXYZ");
+  engram_event badtype = ev_of("memory..saved", NULL, "x");
+  engram_event noidem = ev_of("memory.saved", NULL, "x");
+  noidem.idempotency_key = "";
+  engram_header h[65];
+  for (int i = 0; i < 65; i++) h[i] = (engram_header){"h", "v"};
+  engram_event manyh = ev_of("memory.saved", NULL, "x");
+  manyh.headers = h;
+  manyh.n_headers = 65;
+  engram *both[2] = {l, r};
+  int codes[2][8];
+  char msgs[2][8][512];
+  for (int s = 0; s < 2; s++) {
+    engram *log = both[s];
+    int k = 0;
+    codes[s][k] = engram_read(log, "missing", 1, &b);
+    snprintf(msgs[s][k++], 512, "%s", engram_errmsg(log));
+    codes[s][k] = engram_read(log, "memory", 9, &b);
+    snprintf(msgs[s][k++], 512, "%s", engram_errmsg(log));
+    codes[s][k] = engram_append(log, "memory", &big, NULL, NULL);
+    snprintf(msgs[s][k++], 512, "%s", engram_errmsg(log));
+    codes[s][k] = engram_append(log, "memory", &badtype, NULL, NULL);
+    snprintf(msgs[s][k++], 512, "%s", engram_errmsg(log));
+    codes[s][k] = engram_append(log, "bad name", &noidem, NULL, NULL);
+    snprintf(msgs[s][k++], 512, "%s", engram_errmsg(log));
+    codes[s][k] = engram_append(log, "memory", &manyh, NULL, NULL);
+    snprintf(msgs[s][k++], 512, "%s", engram_errmsg(log));
+    codes[s][k] = engram_topic_create(log, "bad/name", NULL);
+    snprintf(msgs[s][k++], 512, "%s", engram_errmsg(log));
+    codes[s][k] = engram_read_range(log, "memory", 1, 0, &b);
+    snprintf(msgs[s][k++], 512, "%s", engram_errmsg(log));
+  }
+  for (int k = 0; k < 8; k++) {
+    if (codes[0][k] != codes[1][k] || strcmp(msgs[0][k], msgs[1][k]))
+      fprintf(stderr, "case %d: embedded %s '%s', remote %s '%s'\n", k, engram_errname(codes[0][k]), msgs[0][k],
+              engram_errname(codes[1][k]), msgs[1][k]);
+    assert_true(codes[0][k] < 0);
+    assert_int_equal(codes[0][k], codes[1][k]);
+    assert_string_equal(msgs[0][k], msgs[1][k]);
+  }
+  /* Nothing was written by any of them. */
+  engram_topic_info ti;
+  OK(r, engram_topic_info_get(r, "memory", &ti));
+  assert_int_equal(ti.count, 0);
+  engram_close(l);
+  free(edir);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Groups: a seeded random walk of group operations, run on an embedded handle and on a
+ * remote one side by side; every result, code and message must agree.
+ * ------------------------------------------------------------------------------ */
+struct side {
+  engram *log;
+  char out[64][512]; /* what each step observed, as text */
+};
+
+static uint64_t rnd(uint64_t *s, uint64_t n) { return tu_rand(s) % n; }
+
+static void say(char *buf, size_t cap, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  size_t n = strlen(buf);
+  vsnprintf(buf + n, cap - n, fmt, ap);
+  va_end(ap);
+}
+
+/* One step on one side, described into `out`. Uses its own copy of the random state so
+ * both sides make the same choices. */
+static void step(engram *log, uint64_t seed, char *out, size_t cap) {
+  uint64_t s = seed;
+  const char *groups[] = {"g", "ko", "f", "nosuch", "bad name"};
+  const char *group = groups[rnd(&s, 10) < 8 ? rnd(&s, 3) : 3 + rnd(&s, 2)];
+  const char *consumers[] = {"c0", "c1", "c2"};
+  uint64_t off = 1 + rnd(&s, 45);
+  uint32_t attempt = (uint32_t)rnd(&s, 4);
+  int op = (int)rnd(&s, 17);
+  int rc = 0;
+  out[0] = '\0';
+  switch (op) {
+    case 0:
+    case 1:
+    case 2: {
+      engram_batch *b = NULL;
+      size_t max = rnd(&s, 20) == 0 ? 0 : 1 + rnd(&s, 5);
+      rc = engram_fetch(log, "memory", group, consumers[rnd(&s, 3)], max, 0, &b);
+      say(out, cap, "fetch %s max %zu:", group, max);
+      for (size_t i = 0; b && i < b->count; i++) say(out, cap, " %llu/%u", (unsigned long long)b->events[i].offset, b->events[i].attempt);
+      engram_batch_free(b);
+      break;
+    }
+    case 3:
+    case 4:
+      rc = engram_ack(log, "memory", group, off, attempt, attempt == 3 ? "done" : NULL, attempt == 3 ? 4 : 0);
+      say(out, cap, "ack %s %llu/%u", group, (unsigned long long)off, attempt);
+      break;
+    case 5: {
+      engram_ack_item it[3];
+      int codes[3] = {99, 99, 99};
+      for (int i = 0; i < 3; i++) it[i] = (engram_ack_item){off + (uint64_t)i, attempt, NULL, 0};
+      rc = engram_ack_many(log, "memory", group, it, 3, codes);
+      say(out, cap, "ack_many %s %llu: %d %d %d", group, (unsigned long long)off, codes[0], codes[1], codes[2]);
+      break;
+    }
+    case 6:
+      rc = engram_nack(log, "memory", group, off, attempt, rnd(&s, 2) ? 0 : 60000, rnd(&s, 2) ? "boom" : NULL);
+      say(out, cap, "nack %s %llu/%u", group, (unsigned long long)off, attempt);
+      break;
+    case 7:
+      rc = engram_reject(log, "memory", group, off, attempt, rnd(&s, 2) ? "bad event" : NULL);
+      say(out, cap, "reject %s %llu/%u", group, (unsigned long long)off, attempt);
+      break;
+    case 8:
+      rc = engram_extend(log, "memory", group, off, attempt, rnd(&s, 2) ? 0 : 60000);
+      say(out, cap, "extend %s %llu/%u", group, (unsigned long long)off, attempt);
+      break;
+    case 9:
+      rc = engram_cancel(log, "memory", group, off);
+      say(out, cap, "cancel %s %llu", group, (unsigned long long)off);
+      break;
+    case 10: {
+      engram_status st;
+      memset(&st, 0, sizeof st);
+      rc = engram_status_get(log, "memory", group, off, &st);
+      say(out, cap, "status %s %llu: %s %s %u '%s' %s", group, (unsigned long long)off, engram_state_name(st.state),
+          st.consumer, st.attempt, st.last_error, st.result ? (char *)st.result : "-");
+      engram_free(st.result);
+      break;
+    }
+    case 11: {
+      engram_group_info gi;
+      memset(&gi, 0, sizeof gi);
+      rc = engram_group_info_get(log, "memory", group, &gi);
+      say(out, cap, "info %s: floor %llu next %llu lag %llu in_flight %llu retrying %llu dead %llu acked %llu redelivered %llu delivered %llu",
+          group, (unsigned long long)gi.floor, (unsigned long long)gi.next, (unsigned long long)gi.lag,
+          (unsigned long long)gi.in_flight, (unsigned long long)gi.retrying, (unsigned long long)gi.dead,
+          (unsigned long long)gi.acked, (unsigned long long)gi.redelivered, (unsigned long long)gi.delivered);
+      break;
+    }
+    case 12: {
+      engram_dlq_entry *e = NULL;
+      size_t n = 0;
+      rc = engram_dlq_list(log, "memory", group, rnd(&s, 10), rnd(&s, 5), &e, &n);
+      say(out, cap, "dlq %s:", group);
+      for (size_t i = 0; i < n; i++)
+        say(out, cap, " %llu/%u %s|%s|%s", (unsigned long long)e[i].offset, e[i].attempts, e[i].reason, e[i].last_error,
+            e[i].consumer);
+      engram_free(e);
+      break;
+    }
+    case 13: {
+      size_t count = 0;
+      uint64_t sel[2] = {off, off + 1};
+      int all = rnd(&s, 3) == 0;
+      rc = engram_dlq_redrive(log, "memory", group, all ? NULL : sel, all ? 0 : 2, &count);
+      say(out, cap, "redrive %s: %zu", group, count);
+      break;
+    }
+    case 14: {
+      size_t count = 0;
+      uint64_t sel[1] = {off};
+      rc = engram_dlq_purge(log, "memory", group, sel, 1, &count);
+      say(out, cap, "purge %s: %zu", group, count);
+      break;
+    }
+    case 15:
+      if (rnd(&s, 4) == 0) {
+        rc = engram_group_reset(log, "memory", group, ENGRAM_START_OFFSET, off, 0);
+        say(out, cap, "reset %s %llu", group, (unsigned long long)off);
+      } else {
+        engram_event e = ev_of(rnd(&s, 2) ? "memory.saved" : "memory.updated", rnd(&s, 2) ? "k1" : NULL, "{}");
+        uint64_t o = 0;
+        rc = engram_append(log, "memory", &e, &o, NULL);
+        say(out, cap, "append %llu", (unsigned long long)o);
+      }
+      break;
+    default: {
+      engram_group_info *gl = NULL;
+      size_t n = 0;
+      rc = engram_group_list(log, rnd(&s, 2) ? "memory" : NULL, &gl, &n);
+      say(out, cap, "list:");
+      for (size_t i = 0; i < n; i++) say(out, cap, " %s/%s", gl[i].topic, gl[i].name);
+      engram_free(gl);
+      break;
+    }
+  }
+  say(out, cap, " -> %s", engram_errname(rc));
+  if (rc) say(out, cap, " '%s'", engram_errmsg(log));
+}
+
+static void prepare_groups(engram *log) {
+  OK(log, engram_topic_create(log, "memory", NULL));
+  const char *types[] = {"memory.saved", "memory.updated", "memory.queried"};
+  const char *keys[] = {"k0", "k1", "k2", NULL};
+  for (int i = 0; i < 40; i++) {
+    engram_event e = ev_of(types[i % 3], keys[i % 4], "{\"i\":1}");
+    OK(log, engram_append(log, "memory", &e, NULL, NULL));
+  }
+  engram_group_config g = {.max_deliver = 3};
+  OK(log, engram_group_create(log, "memory", "g", &g));
+  engram_group_config ko = {.flags = ENGRAM_GROUP_KEY_ORDERED, .max_deliver = 4};
+  OK(log, engram_group_create(log, "memory", "ko", &ko));
+  const char *filters[] = {"memory.saved", "memory.q*"};
+  engram_group_config f = {.filters = filters, .n_filters = 1, .start = ENGRAM_START_OFFSET, .start_offset = 5};
+  OK(log, engram_group_create(log, "memory", "f", &f));
+  assert_int_equal(engram_group_create(log, "memory", "f", &f), ENGRAM_EEXIST);
+}
+
+static void group_operations_agree_with_the_embedded_library_step_by_step(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-groups");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  char *edir = tu_join(d.dir, "embedded");
+  engram *l = tu_open(edir, NULL);
+  prepare_groups(l);
+  prepare_groups(r);
+  uint64_t seed = 0x9e3779b97f4a7c15ull;
+  char a[2048], b[2048];
+  int mismatches = 0;
+  for (int i = 0; i < 1500 && mismatches < 5; i++) {
+    uint64_t s = tu_rand(&seed);
+    step(l, s, a, sizeof a);
+    step(r, s, b, sizeof b);
+    if (strcmp(a, b)) {
+      fprintf(stderr, "step %d differs:\n  embedded: %s\n  remote:   %s\n", i, a, b);
+      mismatches++;
+    }
+  }
+  assert_int_equal(mismatches, 0);
+  engram_close(l);
+  free(edir);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+/* Time-driven group behaviour, on the daemon's own clock. */
+static void leases_expire_and_retries_come_back_through_the_daemon(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-lease");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_event e = ev_of("memory.saved", NULL, "x");
+  OK(r, engram_append(r, "memory", &e, NULL, NULL));
+  uint64_t backoff[] = {100};
+  engram_group_config g = {.ack_wait_ms = 200, .max_deliver = 3, .backoff_ms = backoff, .n_backoff = 1};
+  OK(r, engram_group_create(r, "memory", "g", &g));
+  engram_batch *b;
+  OK(r, engram_fetch(r, "memory", "g", "w1", 10, 0, &b));
+  assert_int_equal(b->count, 1);
+  assert_int_equal(b->events[0].attempt, 1);
+  engram_batch_free(b);
+  /* Not acked: after the lease (200 ms) and the backoff (100 ms) it comes back; the
+   * long poll is answered when it does, not at its own end. */
+  int64_t t0 = tu_mono_ms();
+  OK(r, engram_fetch(r, "memory", "g", "w2", 10, 3000, &b));
+  int64_t took = tu_mono_ms() - t0;
+  assert_int_equal(b->count, 1);
+  assert_int_equal(b->events[0].attempt, 2);
+  assert_true(took < 1500);
+  assert_int_equal(engram_ack(r, "memory", "g", 1, 1, NULL, 0), ENGRAM_ESTALE);
+  OK(r, engram_nack(r, "memory", "g", 1, 2, 0, "again"));
+  engram_batch_free(b);
+  OK(r, engram_fetch(r, "memory", "g", "w2", 10, 2000, &b));
+  assert_int_equal(b->events[0].attempt, 3);
+  engram_batch_free(b);
+  OK(r, engram_nack(r, "memory", "g", 1, 3, 0, "third"));
+  /* max_deliver 3: dead now. */
+  engram_dlq_entry *dl;
+  size_t n;
+  OK(r, engram_dlq_list(r, "memory", "g", 0, 0, &dl, &n));
+  assert_int_equal(n, 1);
+  assert_int_equal(dl[0].attempts, 3);
+  assert_string_equal(dl[0].last_error, "third");
+  engram_free(dl);
+  size_t count = 0;
+  OK(r, engram_dlq_redrive(r, "memory", "g", NULL, 0, &count));
+  assert_int_equal(count, 1);
+  OK(r, engram_fetch(r, "memory", "g", "w3", 10, 2000, &b));
+  assert_int_equal(b->count, 1);
+  assert_int_equal(b->events[0].attempt, 1);
+  OK(r, engram_ack(r, "memory", "g", 1, 1, "ok", 2));
+  engram_batch_free(b);
+  engram_status st;
+  OK(r, engram_status_get(r, "memory", "g", 1, &st));
+  assert_int_equal(st.state, ENGRAM_STATE_DONE);
+  assert_int_equal(st.result_len, 2);
+  assert_memory_equal(st.result, "ok", 2);
+  engram_free(st.result);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Long polls, pipelining, out-of-order replies.
+ * ------------------------------------------------------------------------------ */
+struct poller {
+  engram *log;
+  uint64_t wait_ms;
+  int rc;
+  size_t got;
+  int64_t took_ms;
+};
+
+static void *poll_thread(void *arg) {
+  struct poller *p = arg;
+  engram_batch *b = NULL;
+  int64_t t0 = tu_mono_ms();
+  p->rc = engram_fetch(p->log, "memory", "g", "w", 100, p->wait_ms, &b);
+  p->took_ms = tu_mono_ms() - t0;
+  p->got = b ? b->count : 0;
+  engram_batch_free(b);
+  return NULL;
+}
+
+static void a_long_poll_returns_when_events_arrive_or_its_wait_ends(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-poll");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  engram *w = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  OK(r, engram_group_create(r, "memory", "g", NULL));
+
+  struct poller p = {.log = r, .wait_ms = 5000};
+  pthread_t t;
+  pthread_create(&t, NULL, poll_thread, &p);
+  tu_sleep_ms(200);
+  engram_event e = ev_of("memory.saved", NULL, "x");
+  int64_t t0 = tu_mono_ms();
+  OK(w, engram_append(w, "memory", &e, NULL, NULL));
+  pthread_join(t, NULL);
+  OK(r, p.rc);
+  assert_int_equal(p.got, 1);
+  assert_true(tu_mono_ms() - t0 < 1000);
+
+  /* Nothing arrives: an empty batch after about the wait. */
+  p = (struct poller){.log = r, .wait_ms = 300};
+  poll_thread(&p);
+  OK(r, p.rc);
+  assert_int_equal(p.got, 0);
+  assert_true(p.took_ms >= 280);
+  assert_true(p.took_ms < 2000);
+
+  /* An embedded writer in another process wakes a remote long poll too. */
+  p = (struct poller){.log = r, .wait_ms = 5000};
+  pthread_create(&t, NULL, poll_thread, &p);
+  tu_sleep_ms(200);
+  engram *l = tu_open(d.logdir, NULL);
+  t0 = tu_mono_ms();
+  OK(l, engram_append(l, "memory", &e, NULL, NULL));
+  pthread_join(t, NULL);
+  OK(r, p.rc);
+  assert_int_equal(p.got, 1);
+  assert_true(tu_mono_ms() - t0 < 1000);
+  engram_close(l);
+
+  engram_close(w);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+struct acks {
+  uint64_t next;  /* the offset the next callback must carry */
+  int bad;
+  int calls;
+};
+
+static void on_ack(void *ctx, int rc, uint64_t offset, int dup) {
+  struct acks *a = ctx;
+  if (rc != 0 || offset != a->next || dup) a->bad++;
+  a->next++;
+  a->calls++;
+}
+
+static void pipelined_appends_keep_their_order_and_report_every_offset(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-pipe");
+  d.o.durability = ENGRAM_DURABILITY_ASYNC;
+  td_start(&d);
+  engram_connect_options o = {.timeout_ms = 10000, .pipeline_window = 64};
+  engram *r = td_connect_within(d.ep, 5000, &o);
+  assert_non_null(r);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  struct acks a = {.next = 1};
+  char payload[64];
+  for (int i = 0; i < 5000; i++) {
+    snprintf(payload, sizeof payload, "{\"i\":%d}", i);
+    engram_event e = ev_of("memory.saved", NULL, payload);
+    OK(r, engram_append_async(r, "memory", &e, on_ack, &a));
+    assert_true(a.next - 1 + 64 >= (uint64_t)i + 1); /* never more than the window outstanding */
+  }
+  OK(r, engram_append_wait(r));
+  assert_int_equal(a.calls, 5000);
+  assert_int_equal(a.bad, 0);
+  /* Errors reach the callback and engram_append_wait. */
+  engram_event bad = ev_of("memory.saved", NULL, "x");
+  struct acks b2 = {.next = 0};
+  OK(r, engram_append_async(r, "nosuch", &bad, on_ack, &b2));
+  assert_int_equal(engram_append_wait(r), ENGRAM_ENOTFOUND);
+  assert_true(strstr(engram_errmsg(r), "nosuch") != NULL);
+  assert_int_equal(b2.calls, 1);
+  assert_int_equal(b2.bad, 1);
+  OK(r, engram_append_wait(r)); /* the error was reported once */
+  /* Found before sending: returned at once. */
+  engram_event badtype = ev_of("no..type", NULL, "x");
+  assert_int_equal(engram_append_async(r, "memory", &badtype, NULL, NULL), ENGRAM_EINVAL);
+
+  engram_batch *b;
+  OK(r, engram_read_range(r, "memory", 1, 10000, &b));
+  assert_int_equal(b->count, 5000);
+  for (size_t i = 0; i < b->count; i++) {
+    snprintf(payload, sizeof payload, "{\"i\":%zu}", i);
+    assert_int_equal(b->events[i].offset, i + 1);
+    assert_string_equal((const char *)b->events[i].payload, payload);
+  }
+  engram_batch_free(b);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+struct appender {
+  engram *log;
+  int n;
+  int rc;
+};
+
+static void *append_thread(void *arg) {
+  struct appender *a = arg;
+  for (int i = 0; i < a->n && !a->rc; i++) {
+    engram_event e = ev_of("memory.saved", NULL, "x");
+    a->rc = engram_append(a->log, "memory", &e, NULL, NULL);
+  }
+  return NULL;
+}
+
+static void replies_come_back_out_of_order_on_one_connection(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-order");
+  d.o.durability = ENGRAM_DURABILITY_ASYNC;
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  OK(r, engram_topic_create(r, "other", NULL));
+  OK(r, engram_group_create(r, "memory", "g", NULL));
+  /* A long poll on the handle first; then, on the same handle, appends to another topic
+   * complete while it waits: their replies overtake the poll's. */
+  struct poller p = {.log = r, .wait_ms = 3000};
+  pthread_t t;
+  pthread_create(&t, NULL, poll_thread, &p);
+  tu_sleep_ms(100);
+  int64_t t0 = tu_mono_ms();
+  for (int i = 0; i < 50; i++) {
+    engram_event e = ev_of("memory.saved", NULL, "y");
+    OK(r, engram_append(r, "other", &e, NULL, NULL));
+  }
+  assert_true(tu_mono_ms() - t0 < 2000);
+  struct appender ap = {.log = r, .n = 1};
+  append_thread(&ap); /* now an event for the poll */
+  OK(r, ap.rc);
+  pthread_join(t, NULL);
+  OK(r, p.rc);
+  assert_int_equal(p.got, 1);
+  assert_true(p.took_ms < 2500);
+
+  /* Several threads on one handle at once. */
+  struct appender as[4];
+  pthread_t ts[4];
+  for (int i = 0; i < 4; i++) {
+    as[i] = (struct appender){.log = r, .n = 200};
+    pthread_create(&ts[i], NULL, append_thread, &as[i]);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(ts[i], NULL);
+    OK(r, as[i].rc);
+  }
+  engram_topic_info ti;
+  OK(r, engram_topic_info_get(r, "memory", &ti));
+  assert_int_equal(ti.count, 801);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Timeouts, restarts, a second daemon, stopping.
+ * ------------------------------------------------------------------------------ */
+static void no_daemon_means_econn_and_a_frozen_one_etimedout(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-timeout");
+  engram *r = NULL;
+  engram_connect_options o = {.timeout_ms = 300};
+  int64_t t0 = tu_mono_ms();
+  assert_int_equal(engram_connect(d.ep, &o, &r), ENGRAM_ECONN);
+  assert_true(tu_mono_ms() - t0 < 2000);
+  assert_null(r);
+  assert_true(strlen(engram_errmsg(NULL)) > 0);
+  assert_int_equal(engram_connect("nonsense://x", &o, &r), ENGRAM_EINVAL);
+
+  td_start(&d);
+  r = conn(&d, 300);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  kill(d.pid, SIGSTOP);
+  engram_event e = ev_of("memory.saved", NULL, "x");
+  t0 = tu_mono_ms();
+  assert_int_equal(engram_append(r, "memory", &e, NULL, NULL), ENGRAM_ETIMEDOUT);
+  int64_t took = tu_mono_ms() - t0;
+  if (took < 280 || took >= 2000) fprintf(stderr, "timed out after %lld ms\n", (long long)took);
+  assert_true(took >= 280 && took < 2000);
+  kill(d.pid, SIGCONT);
+  /* The late reply is dropped; the next request gets its own. */
+  /* The timed-out append was delivered and happens once the daemon runs again: a
+   * timeout means "outcome unknown". */
+  engram_topic_info ti;
+  for (int i = 0; i < 100; i++) {
+    OK(r, engram_topic_info_get(r, "memory", &ti));
+    if (ti.count == 1) break;
+    tu_sleep_ms(20);
+  }
+  assert_int_equal(ti.count, 1);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+struct infoer {
+  engram *log;
+  int rc;
+  uint64_t count;
+};
+
+static void *info_thread(void *arg) {
+  struct infoer *in = arg;
+  engram_topic_info ti;
+  in->rc = engram_topic_info_get(in->log, "memory", &ti);
+  in->count = ti.count;
+  return NULL;
+}
+
+static void clients_reconnect_after_a_daemon_restart(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-restart");
+  td_start(&d);
+  engram *r = conn(&d, 3000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_event e = ev_of("memory.saved", NULL, "x");
+  OK(r, engram_append(r, "memory", &e, NULL, NULL));
+  td_kill(&d);
+  /* While it is down: nothing to send to, so ECONN, and certainly not applied. */
+  int rc = engram_append(r, "memory", &e, NULL, NULL);
+  assert_true(rc == ENGRAM_ECONN);
+  /* Back up: the same handle works again. An idempotent append waiting across the
+   * restart is delivered once the daemon is back. */
+  td_start(&d);
+  engram_event ie = ev_of("memory.saved", NULL, "y");
+  ie.idempotency_key = "restart-1";
+  uint64_t off = 0;
+  OK(r, engram_append(r, "memory", &ie, &off, NULL));
+  assert_int_equal(off, 2);
+  engram_topic_info ti;
+  OK(r, engram_topic_info_get(r, "memory", &ti));
+  assert_int_equal(ti.count, 2);
+
+  /* A restart while a read waits for its reply: it is sent again and answered. */
+  kill(d.pid, SIGSTOP);
+  struct infoer in = {.log = r};
+  pthread_t t;
+  pthread_create(&t, NULL, info_thread, &in);
+  tu_sleep_ms(200);
+  pid_t old = d.pid;
+  kill(old, SIGKILL);
+  kill(old, SIGCONT);
+  tu_wait(old, 5000);
+  d.pid = 0;
+  td_start(&d);
+  pthread_join(t, NULL);
+  OK(r, in.rc);
+  assert_int_equal(in.count, 2);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+static void a_second_daemon_on_the_same_directory_is_refused(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-second");
+  td_start(&d);
+  td d2 = d;
+  snprintf(d2.ep, sizeof d2.ep, "ipc://%s/other.ipc", d.dir);
+  d2.o.listen = NULL;
+  pid_t pid = tu_spawn(td_child, &d2);
+  assert_int_equal(tu_wait(pid, 10000), -ENGRAM_EBUSY);
+  assert_true(td_log_has(&d, "another engram serve"));
+  /* Same endpoint, other directory: the endpoint is taken. */
+  td d3;
+  td_init(&d3, "net-second-b");
+  snprintf(d3.ep, sizeof d3.ep, "%s", "tcp://127.0.0.1:1");
+  pid = tu_spawn(td_child, &d3);
+  assert_int_not_equal(tu_wait(pid, 10000), 0);
+  td_done(&d3);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+static void sigterm_answers_requests_in_flight_and_stops_cleanly(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-sigterm");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  OK(r, engram_group_create(r, "memory", "g", NULL));
+  struct poller p = {.log = r, .wait_ms = 20000};
+  pthread_t t;
+  pthread_create(&t, NULL, poll_thread, &p);
+  tu_sleep_ms(200);
+  int64_t t0 = tu_mono_ms();
+  kill(d.pid, SIGTERM);
+  pthread_join(t, NULL);
+  OK(r, p.rc); /* answered (empty) rather than dropped */
+  assert_int_equal(p.got, 0);
+  assert_int_equal(tu_wait(d.pid, 5000), 0);
+  d.pid = 0;
+  assert_true(tu_mono_ms() - t0 < 3000);
+  assert_true(td_log_has(&d, "stopping"));
+  assert_true(td_log_has(&d, "stopped"));
+  /* A clean stop leaves no socket files behind; the log opens and verifies. */
+  char *sock = tu_join(d.logdir, "notify-in.ipc");
+  assert_false(tu_exists(sock));
+  free(sock);
+  engram *l = tu_open(d.logdir, NULL);
+  engram_verify_report rep;
+  OK(l, engram_verify(l, &rep));
+  assert_int_equal(rep.damaged, 0);
+  engram_close(l);
+  engram_close(r);
+  td_done(&d);
+}
+
+/* ---------------------------------------------------------------------------------
+ * CURVE.
+ * ------------------------------------------------------------------------------ */
+static void curve_lets_in_only_the_allowed_keys(void **state) {
+  (void)state;
+  char spub[41], ssec[41], apub[41], asec[41], bpub[41], bsec[41];
+  if (engram_keygen(spub, ssec) == ENGRAM_ENOTSUP) {
+    skip();
+    return;
+  }
+  OK(NULL, engram_keygen(apub, asec));
+  OK(NULL, engram_keygen(bpub, bsec));
+  assert_int_equal(strlen(spub), 40);
+  assert_string_not_equal(spub, apub);
+  td d;
+  td_init(&d, "net-curve");
+  const char *allow[] = {apub};
+  d.o.secret_key = ssec;
+  d.o.public_key = spub;
+  d.o.allow_keys = allow;
+  d.o.n_allow_keys = 1;
+  d.pid = tu_spawn(td_child, &d);
+  engram_connect_options ok = {.timeout_ms = 3000, .server_key = spub, .public_key = apub, .secret_key = asec};
+  engram *r = td_connect_within(d.ep, 10000, &ok);
+  assert_non_null(r);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_close(r);
+  /* Another key pair: refused. */
+  engram_connect_options other = {.timeout_ms = 1000, .server_key = spub, .public_key = bpub, .secret_key = bsec};
+  r = NULL;
+  assert_int_equal(engram_connect(d.ep, &other, &r), ENGRAM_EDENIED);
+  assert_null(r);
+  /* No CURVE at all: no answer. */
+  engram_connect_options plain = {.timeout_ms = 500};
+  assert_int_not_equal(engram_connect(d.ep, &plain, &r), 0);
+  /* Half a configuration is refused before anything is sent. */
+  engram_connect_options half = {.server_key = spub};
+  assert_int_equal(engram_connect(d.ep, &half, &r), ENGRAM_EINVAL);
+  assert_true(td_log_has(&d, "auth_denied"));
+  assert_int_equal(td_stop(&d), 0);
+  /* The daemon refuses CURVE without an allow-list. */
+  d.o.n_allow_keys = 0;
+  d.o.allow_keys = NULL;
+  assert_int_equal(engram_serve(d.logdir, &d.o), ENGRAM_EINVAL);
+  td_done(&d);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Notifications.
+ * ------------------------------------------------------------------------------ */
+struct wchild {
+  const char *logdir;
+  int delay_ms;
+};
+
+static int embedded_writer(void *arg) {
+  struct wchild *w = arg;
+  tu_sleep_ms(w->delay_ms);
+  engram *l = NULL;
+  if (engram_open(w->logdir, NULL, &l)) return 1;
+  engram_event e = ev_of("memory.saved", NULL, "from another process");
+  int rc = engram_append(l, "memory", &e, NULL, NULL);
+  engram_close(l);
+  return rc ? 2 : 0;
+}
+
+static int recv_note(void *sub, char *topic, uint64_t *head, int timeout_ms) {
+  zmq_pollitem_t it = {sub, 0, ZMQ_POLLIN, 0};
+  if (zmq_poll(&it, 1, timeout_ms) <= 0) return -1;
+  int n = zmq_recv(sub, topic, 200, 0);
+  if (n < 0) return -1;
+  topic[n] = '\0';
+  unsigned char h[8];
+  if (zmq_recv(sub, h, 8, 0) != 8) return -1;
+  *head = 0;
+  for (int i = 0; i < 8; i++) *head = (*head << 8) | h[i];
+  return 0;
+}
+
+static void commits_are_published_and_wake_embedded_waiters(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-notify");
+  char nep[600];
+  snprintf(nep, sizeof nep, "ipc://%s/pub.ipc", d.dir);
+  d.o.notify = nep;
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  OK(r, engram_group_create(r, "memory", "g", NULL));
+
+  void *ctx = zmq_ctx_new();
+  void *sub = zmq_socket(ctx, ZMQ_SUB);
+  zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0);
+  assert_int_equal(zmq_connect(sub, nep), 0);
+  tu_sleep_ms(200); /* the subscription reaches the PUB */
+  char topic[256];
+  uint64_t head = 0;
+
+  /* A remote append. */
+  engram_event e = ev_of("memory.saved", NULL, "x");
+  OK(r, engram_append(r, "memory", &e, NULL, NULL));
+  assert_int_equal(recv_note(sub, topic, &head, 2000), 0);
+  assert_string_equal(topic, "memory");
+  assert_int_equal(head, 1);
+
+  /* An embedded writer in another process: published through the daemon too. */
+  struct wchild w = {d.logdir, 0};
+  assert_int_equal(tu_fork_child(embedded_writer, &w, 10000), 0);
+  assert_int_equal(recv_note(sub, topic, &head, 2000), 0);
+  assert_string_equal(topic, "memory");
+  assert_int_equal(head, 2);
+
+  /* An embedded consumer in this process wakes on another process's commit. */
+  engram *l = tu_open(d.logdir, NULL);
+  engram_batch *b;
+  OK(l, engram_fetch(l, "memory", "g", "c", 10, 0, &b));
+  assert_int_equal(b->count, 2);
+  engram_batch_free(b);
+  w.delay_ms = 300;
+  pid_t pid = tu_spawn(embedded_writer, &w);
+  int64_t t0 = tu_mono_ms();
+  OK(l, engram_fetch(l, "memory", "g", "c", 10, 5000, &b));
+  int64_t took = tu_mono_ms() - t0;
+  assert_int_equal(b->count, 1);
+  engram_batch_free(b);
+  assert_int_equal(tu_wait(pid, 10000), 0);
+  assert_true(took >= 250 && took < 1500);
+  engram_close(l);
+
+  zmq_close(sub);
+  zmq_ctx_term(ctx);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+/* Without a daemon, embedded processes still wake each other. */
+static void embedded_waiters_wake_without_a_daemon(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("net-nodaemon");
+  char *logdir = tu_join(dir, "log");
+  engram *l = tu_open(logdir, NULL);
+  tu_topic(l, "memory", NULL);
+  OK(l, engram_group_create(l, "memory", "g", NULL));
+  struct wchild w = {logdir, 200};
+  pid_t pid = tu_spawn(embedded_writer, &w);
+  int64_t t0 = tu_mono_ms();
+  engram_batch *b;
+  OK(l, engram_fetch(l, "memory", "g", "c", 10, 5000, &b));
+  int64_t took = tu_mono_ms() - t0;
+  assert_int_equal(b->count, 1);
+  engram_batch_free(b);
+  assert_int_equal(tu_wait(pid, 10000), 0);
+  assert_true(took < 1500);
+  engram_close(l);
+  free(logdir);
+  tu_tmpdir_done(dir);
+}
+
+/* ---------------------------------------------------------------------------------
+ * The daemon's log and the CLI.
+ * ------------------------------------------------------------------------------ */
+static void the_daemon_logs_json_lines_when_asked(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-json");
+  d.o.log_json = 1;
+  td_start(&d);
+  assert_int_equal(td_stop(&d), 0);
+  FILE *f = fopen(d.logfile, "r");
+  assert_non_null(f);
+  char line[4096];
+  int lines = 0;
+  while (fgets(line, sizeof line, f)) {
+    lines++;
+    assert_true(line[0] == '{');
+    assert_non_null(strstr(line, "\"ts\":\""));
+    assert_non_null(strstr(line, "\"event\":\""));
+    assert_true(line[strlen(line) - 2] == '}');
+  }
+  fclose(f);
+  assert_true(lines >= 4); /* start, listen, notify, stop, stopped */
+  assert_true(td_log_has(&d, "\"event\":\"listen\""));
+  td_done(&d);
+}
+
+static int run_cli(const char *out, char *const argv[]) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    int in = open("/dev/null", O_RDONLY);
+    dup2(in, 0);
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  return tu_wait(pid, 20000);
+}
+
+static void every_cli_command_works_with_connect(void **state) {
+  (void)state;
+  const char *build = getenv("BUILD");
+  char exe[512];
+  snprintf(exe, sizeof exe, "%s/engram", build && *build ? build : "build");
+  if (access(exe, X_OK) != 0) {
+    fprintf(stderr, "%s not built: skipped\n", exe);
+    skip();
+    return;
+  }
+  td d;
+  td_init(&d, "net-cli");
+  td_start(&d);
+  char *out = tu_join(d.dir, "cli.out");
+  char *bk = tu_join(d.dir, "backup");
+  char *E = exe, *C = "--connect", *P = d.ep;
+  struct {
+    char *argv[16];
+  } cmds[] = {
+      {{E, C, P, "topic", "create", "memory", NULL}},
+      {{E, C, P, "append", "memory", "memory.saved", "--key", "m-1", "--payload", "{\"a\":1}", NULL}},
+      {{E, C, P, "append", "memory", "memory.updated", "--payload", "b", "--idem", "i-1", NULL}},
+      {{E, C, P, "append", "memory", "memory.updated", "--payload", "b", "--idem", "i-1", "--json", NULL}},
+      {{E, C, P, "read", "memory", NULL}},
+      {{E, C, P, "read", "memory", "--json", NULL}},
+      {{E, C, P, "topics", NULL}},
+      {{E, C, P, "topic", "show", "memory", NULL}},
+      {{E, C, P, "group", "create", "memory", "g", NULL}},
+      {{E, C, P, "group", "list", NULL}},
+      {{E, C, P, "group", "show", "memory", "g", NULL}},
+      {{E, C, P, "consume", "memory", "g", "--consumer", "w1", "--count", "1", NULL}},
+      {{E, C, P, "status", "memory", "g", "1", NULL}},
+      {{E, C, P, "dlq", "list", "memory", "g", NULL}},
+      {{E, C, P, "stat", NULL}},
+      {{E, C, P, "verify", NULL}},
+      {{E, C, P, "sync", NULL}},
+      {{E, C, P, "backup", bk, NULL}},
+      {{E, C, P, "group", "reset", "memory", "g", "--to", "earliest", NULL}},
+      {{E, C, P, "group", "delete", "memory", "g", NULL}},
+  };
+  int failed = 0;
+  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+    int rc = run_cli(out, cmds[i].argv);
+    if (rc != 0) {
+      fprintf(stderr, "exit %d:", rc);
+      for (char **a = cmds[i].argv + 3; *a; a++) fprintf(stderr, " %s", *a);
+      fprintf(stderr, "\n");
+      FILE *f = fopen(out, "r");
+      char line[1024];
+      while (f && fgets(line, sizeof line, f)) fprintf(stderr, "  | %s", line);
+      if (f) fclose(f);
+      failed++;
+    }
+  }
+  /* Errors come back as one line and exit status 1. */
+  char *bad[] = {E, C, P, "read", "nosuch", NULL};
+  assert_int_equal(run_cli(out, bad), 1);
+  char *nodaemon[] = {E, C, "ipc:///nonexistent/x.ipc", "topics", NULL};
+  assert_int_equal(run_cli(out, nodaemon), 1);
+  assert_int_equal(failed, 0);
+  free(out);
+  free(bk);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+static void transactions_are_refused_over_a_connection_for_now(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-txn");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_txn *txn;
+  OK(r, engram_txn_begin(r, &txn));
+  engram_event e = ev_of("memory.saved", NULL, "x");
+  OK(r, engram_txn_append(txn, "memory", &e, NULL));
+  assert_int_equal(engram_txn_commit(txn), ENGRAM_ENOTSUP);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(every_log_operation_works_through_the_daemon),
+      cmocka_unit_test(errors_carry_the_same_code_and_message_as_embedded),
+      cmocka_unit_test(group_operations_agree_with_the_embedded_library_step_by_step),
+      cmocka_unit_test(leases_expire_and_retries_come_back_through_the_daemon),
+      cmocka_unit_test(a_long_poll_returns_when_events_arrive_or_its_wait_ends),
+      cmocka_unit_test(pipelined_appends_keep_their_order_and_report_every_offset),
+      cmocka_unit_test(replies_come_back_out_of_order_on_one_connection),
+      cmocka_unit_test(no_daemon_means_econn_and_a_frozen_one_etimedout),
+      cmocka_unit_test(clients_reconnect_after_a_daemon_restart),
+      cmocka_unit_test(a_second_daemon_on_the_same_directory_is_refused),
+      cmocka_unit_test(sigterm_answers_requests_in_flight_and_stops_cleanly),
+      cmocka_unit_test(curve_lets_in_only_the_allowed_keys),
+      cmocka_unit_test(commits_are_published_and_wake_embedded_waiters),
+      cmocka_unit_test(embedded_waiters_wake_without_a_daemon),
+      cmocka_unit_test(the_daemon_logs_json_lines_when_asked),
+      cmocka_unit_test(every_cli_command_works_with_connect),
+      cmocka_unit_test(transactions_are_refused_over_a_connection_for_now),
+  };
+  return cmocka_run_group_tests_name("net", tests, NULL, NULL);
+}
