@@ -377,6 +377,7 @@ static void the_private_decoder_reads_stored_values(void **state) {
 }
 
 int main(void) {
+  tu_test_filter();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(every_field_survives_append_and_read, setup, teardown),
       cmocka_unit_test_setup_teardown(timestamp_is_set_by_append_and_ignores_the_callers_value, setup, teardown),

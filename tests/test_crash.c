@@ -364,6 +364,7 @@ static void a_log_killed_while_being_created_opens_fine(void **state) {
 }
 
 int main(void) {
+  tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
       T(a_writer_killed_at_random_moments_loses_no_acknowledged_event),

@@ -226,6 +226,7 @@ static void creating_a_log_on_a_full_disk_fails_with_enospc_and_leaves_nothing_b
 }
 
 int main(void) {
+  tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
       T(appends_on_a_full_disk_fail_cleanly_and_work_again_once_space_returns),

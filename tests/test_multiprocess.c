@@ -274,6 +274,7 @@ static void topics_created_by_another_process_are_usable_at_once(void **state) {
 }
 
 int main(void) {
+  tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
       T(four_processes_appending_at_once_lose_nothing_and_share_dense_offsets),

@@ -453,6 +453,7 @@ static void a_log_of_another_format_version_is_refused(void **state) {
 }
 
 int main(void) {
+  tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
       T(bad_topic_names_are_refused_as_invalid),

@@ -4,7 +4,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <setjmp.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cmocka.h>
 
 static void die(const char *what, const char *detail) {
   fprintf(stderr, "testutil: %s: %s\n", what, detail ? detail : "");
@@ -23,6 +27,11 @@ static void *xmalloc(size_t n) {
   void *p = malloc(n ? n : 1);
   if (!p) die("malloc", "out of memory");
   return p;
+}
+
+void tu_test_filter(void) {
+  const char *f = getenv("ENGRAM_TEST_FILTER");
+  if (f && *f) cmocka_set_test_filter(f);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -417,6 +426,33 @@ int tu_raw_put(const char *dir, const char *topic, uint64_t offset, const void *
     mdb_txn_abort(txn);
   else
     rc = mdb_txn_commit(txn);
+fail_env:
+  mdb_env_close(env);
+  return rc;
+}
+
+int tu_raw_scan(const char *dir, const char *topic,
+                int (*fn)(uint64_t offset, const unsigned char *val, size_t len, void *ctx),
+                void *ctx) {
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  MDB_cursor *c;
+  int rc = tu_raw_open(dir, 1, &env);
+  if (rc) return rc;
+  rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+  if (rc) goto fail_env;
+  if ((rc = topic_db(txn, topic, &dbi)) || (rc = mdb_cursor_open(txn, dbi, &c))) goto fail_txn;
+  MDB_val k, v;
+  for (int op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
+    size_t off;
+    memcpy(&off, k.mv_data, sizeof off);
+    if (fn((uint64_t)off, v.mv_data, v.mv_size, ctx)) break;
+  }
+  if (rc == MDB_NOTFOUND) rc = 0;
+  mdb_cursor_close(c);
+fail_txn:
+  mdb_txn_abort(txn);
 fail_env:
   mdb_env_close(env);
   return rc;

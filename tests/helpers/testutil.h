@@ -11,6 +11,10 @@
 
 #include "engram.h"
 
+/* Runs only the test cases matching $ENGRAM_TEST_FILTER (a cmocka pattern, `*` and `?`)
+ * when it is set; call it at the top of main. */
+void tu_test_filter(void);
+
 /* ---------------------------------------------------------------------------------
  * Temporary directories. Created under $ENGRAM_TEST_TMP, else $TMPDIR, else /tmp, and
  * removed by tu_tmpdir_done() unless ENGRAM_KEEP_TMP is set (then the path is printed).
@@ -95,6 +99,11 @@ int tu_raw_get(const char *dir, const char *topic, uint64_t offset, unsigned cha
 /* Overwrites the stored value at offset. MDB_* code. */
 int tu_raw_put(const char *dir, const char *topic, uint64_t offset, const void *val,
                size_t len);
+/* Calls fn for every stored record of the topic in offset order, in one read transaction;
+ * stops early when fn returns non-zero. MDB_* code. */
+int tu_raw_scan(const char *dir, const char *topic,
+                int (*fn)(uint64_t offset, const unsigned char *val, size_t len, void *ctx),
+                void *ctx);
 /* Number of entries in the topic's database (or -1 when it cannot be opened). */
 long tu_raw_count(const char *dir, const char *topic);
 
