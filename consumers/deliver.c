@@ -323,7 +323,8 @@ int engram_fetch(engram *log, const char *topic, const char *group, const char *
   if (rc) return rc;
   int64_t deadline = clock_monotonic_ns() + (int64_t)wait_ms * 1000000;
   for (;;) {
-    rc = log_write(log, fetch_job, &r);
+    /* Relaxed: a power cut that undoes a fetch only makes its events due again. */
+    rc = log_write_relaxed(log, fetch_job, &r);
     if (rc < 0) {
       log_bb_free(r.bb);
       return rc;
