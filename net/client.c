@@ -60,6 +60,7 @@ struct conn {
   struct pend *inflight[PEND_BUCKETS];
   size_t n_unsent;
   int up;                   /* a connection is established */
+  int ever_up;              /* one was, since engram_connect */
   int denied;               /* the daemon refused our CURVE key */
   char endpoint[512];
   engram_connect_options o;
@@ -247,7 +248,18 @@ static void drain_monitor(struct conn *c) {
     }
     if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
       c->up = 1;
+      c->ever_up = 1;
       flush_unsent(c);
+    } else if (event == ZMQ_EVENT_CONNECT_RETRIED && !c->ever_up) {
+      /* engram_connect to where nothing listens: say so now rather than at the timeout.
+       * Later, with a handle in use, a daemon being restarted is waited for. */
+      for (int b = 0; b < PEND_BUCKETS; b++) {
+        while (c->inflight[b]) {
+          char msg[700];
+          snprintf(msg, sizeof msg, "%s: cannot reach the daemon (connection refused)", c->endpoint);
+          pend_finish(c, c->inflight[b], NULL, ENGRAM_ECONN, msg);
+        }
+      }
     } else if (event == ZMQ_EVENT_DISCONNECTED) {
       if (c->up) connection_lost(c);
       c->up = 0;
@@ -1347,7 +1359,8 @@ static int conn_open(struct conn *c, const char *endpoint) {
   char mon_ep[64];
   snprintf(mon_ep, sizeof mon_ep, "inproc://engram-monitor-%llu", (unsigned long long)++mon_seq);
   if (zmq_socket_monitor(c->sock, mon_ep,
-                         ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) ||
+                         ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                             ZMQ_EVENT_CONNECT_RETRIED) ||
       !(c->mon = zmq_socket(c->zctx, ZMQ_PAIR)) || zmq_connect(c->mon, mon_ep))
     return log_error(NULL, ENGRAM_ENOMEM, "connect %s: cannot monitor the socket: %s", endpoint, zmq_strerror(errno));
   size_t sz = sizeof c->sock_fd;

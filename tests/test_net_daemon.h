@@ -26,8 +26,9 @@ typedef struct td {
 
 static int td_child(void *arg) {
   td *d = arg;
-  /* A daemon must not outlive a test that crashed. */
+  /* A daemon must not outlive a test that crashed, nor write outside the test's dir. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (chdir(d->dir) != 0) return 100;
   int fd = open(d->logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
   if (fd >= 0) {
     dup2(fd, 2);
