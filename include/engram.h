@@ -263,8 +263,9 @@ typedef struct engram_group_config {
   int64_t start_time_ns;      /* ENGRAM_START_TIME, CLOCK_REALTIME */
   uint64_t ack_wait_ms;       /* lease length, default 30000 */
   uint32_t max_deliver;       /* attempts before the DLQ, default 5 */
-  const uint64_t *backoff_ms; /* delay before attempt k+1 after a nack/expiry is
-                                 backoff_ms[min(k-1, n-1)]; default 1s,5s,30s,2m */
+  const uint64_t *backoff_ms; /* delay before attempt k+1 after a nack of attempt k is
+                                 backoff_ms[min(k-1, n-1)]; default 1s,5s,30s,2m. An
+                                 expired lease is redelivered at its deadline. */
   size_t n_backoff;           /* at most ENGRAM_MAX_BACKOFF */
   uint64_t result_ttl_ms;     /* how long ack results are kept, default 86400000 (1 day) */
   uint32_t flags;             /* ENGRAM_GROUP_* */
@@ -307,14 +308,18 @@ int engram_group_list(engram *log, const char *topic, engram_group_info **out, s
 int engram_group_delete(engram *log, const char *topic, const char *group);
 /* Replay: moves the group's cursor to `offset` (ENGRAM_START_OFFSET) or to the first event
  * appended at or after `time_ns` (ENGRAM_START_TIME), or earliest / latest. Outstanding
- * leases and retries are dropped; acks quoting them fail with ESTALE. The DLQ is kept. */
+ * leases and retries are dropped: an ack quoting one fails with ENOTLEASED or EALREADY
+ * until the event is delivered again, and attempts restart at 1 (so an old ack quoting
+ * attempt 1 is then accepted). The DLQ is kept; events in it are not replayed. */
 int engram_group_reset(engram *log, const char *topic, const char *group, engram_start to,
                        uint64_t offset, int64_t time_ns);
 
 /* Leases up to `max` events to `consumer`: first events whose lease expired or whose
  * retry delay passed, then new ones matching the group's filters. Each event's attempt
  * is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to wait_ms
- * for events. *out may be an empty batch. Errors: EINVAL, ENOTFOUND. */
+ * for events. *out may be an empty batch. In sync mode a fetch returns once its leases
+ * are written and flushed but before they are made durable: a power cut may undo the
+ * newest fetches, which only delivers their events again. Errors: EINVAL, ENOTFOUND. */
 int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
                  size_t max, uint64_t wait_ms, engram_batch **out);
 
@@ -328,7 +333,8 @@ typedef struct engram_ack_item {
 } engram_ack_item;
 
 /* Finishes one event for the group. Errors: ESTALE (newer lease exists), ENOTLEASED (never
- * delivered), EALREADY (already finished: acks are idempotent, state unchanged), EDEAD,
+ * delivered, skipped by the filters, or waiting for a retry), EALREADY (already finished:
+ * acks are idempotent, state unchanged), EDEAD, EINVAL (an attempt never delivered),
  * ENOTFOUND, ETOOBIG (result over 1 MiB). */
 int engram_ack(engram *log, const char *topic, const char *group, uint64_t offset,
                uint32_t attempt, const void *result, size_t result_len);
@@ -349,8 +355,9 @@ int engram_reject(engram *log, const char *topic, const char *group, uint64_t of
  * whole lease the event belongs to. */
 int engram_extend(engram *log, const char *topic, const char *group, uint64_t offset,
                   uint32_t attempt, uint64_t ms);
-/* Marks a pending or retrying event finished without delivering it. Errors: EBUSY (in
- * flight), EALREADY, EDEAD, ENOTFOUND. */
+/* Marks a pending or retrying event (or one whose lease expired) finished without
+ * delivering it. Errors: EBUSY (in flight), EALREADY, EDEAD, ENOTLEASED (skipped by the
+ * filters), ENOTFOUND. */
 int engram_cancel(engram *log, const char *topic, const char *group, uint64_t offset);
 
 typedef enum engram_event_state {
