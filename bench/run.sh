@@ -35,6 +35,10 @@ for name in "${NAMES[@]}"; do
         echo "== bench_python: the binding is not built (make python), skipped"
         continue
       fi
+      if ! python3 -c 'import celery, redis' >/dev/null 2>&1; then
+        echo "== bench_python: Celery or redis-py missing (apt-get install python3-celery python3-redis), skipped"
+        continue
+      fi
       cmd=(python3 bench/bench_python.py --json "$out")
       [ ${#QUICK[@]} -eq 0 ] || cmd+=(--events 5000 --latency-events 300)
       ;;
