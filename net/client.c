@@ -42,11 +42,20 @@ struct pend {
   char msg[256];
   Engram__Wire__Reply *rp;  /* the reply when done */
   int64_t deadline_ns;      /* monotonic */
-  int async;                /* pipelined append */
-  engram_append_cb cb;
-  void *cb_ctx;
+  int batch;                /* a batch of pipelined appends */
+  size_t refs;              /* batch: pipelined appends still pointing at it */
+  size_t refs_total;        /* batch: appends in it */
   struct pend *next;        /* hash chain while in flight */
-  struct pend *anext;       /* pipelined appends in sending order */
+  struct pend *uprev, *unext; /* the unsent list, in id order */
+  int in_unsent;
+};
+
+/* One pipelined append. */
+struct aslot {
+  struct pend *p;           /* its batch, NULL while staged */
+  uint32_t idx;             /* its place in the batch */
+  engram_append_cb cb;
+  void *ctx;
 };
 
 struct conn {
@@ -59,6 +68,8 @@ struct conn {
   uint64_t next_id;
   struct pend *inflight[PEND_BUCKETS];
   size_t n_unsent;
+  struct pend *u_head, *u_tail; /* requests waiting to be sent, oldest first */
+  unsigned pumps;
   int up;                   /* a connection is established */
   int ever_up;              /* one was, since engram_connect */
   int denied;               /* the daemon refused our CURVE key */
@@ -66,10 +77,21 @@ struct conn {
   engram_connect_options o;
   char server_key[41], public_key[41], secret_key[41];
   uint32_t max_message;
-  struct pend *a_head, *a_tail; /* pipelined appends not yet handed to their callback */
-  size_t a_count;
+  /* Pipelined appends: a ring of the outstanding ones in the order they were made, the
+   * staged ones (not yet sent) at its end. */
+  struct aslot *ring;       /* pipeline_window slots */
+  size_t a_head, a_count;   /* first outstanding slot, outstanding appends */
+  size_t staged;            /* the last `staged` slots wait in sbuf */
+  char s_topic[ENGRAM_MAX_NAME + 1];
+  uint8_t *sbuf;            /* staged events, each as an Append.events field */
+  size_t s_len, s_cap;
+  int s_idem;               /* every staged event has an idempotency key */
+  size_t a_reqs;            /* batches sent and not yet answered */
   int a_err;                /* first pipelined error since the last append_wait */
   char a_msg[256];
+  pthread_t flusher;        /* sends staged appends when the producer is away */
+  int f_running, f_stop;
+  pthread_cond_t f_cv;
 };
 
 static const struct engram_remote_ops ops;
@@ -101,6 +123,40 @@ static struct pend *pend_find(struct conn *c, uint64_t id) {
   return NULL;
 }
 
+/* Queues p to be sent, keeping id order (a resend after a lost connection may come back
+ * behind newer requests). */
+static void unsent_add(struct conn *c, struct pend *p) {
+  struct pend *after = c->u_tail;
+  while (after && after->id > p->id) after = after->uprev;
+  p->uprev = after;
+  p->unext = after ? after->unext : c->u_head;
+  if (p->unext)
+    p->unext->uprev = p;
+  else
+    c->u_tail = p;
+  if (after)
+    after->unext = p;
+  else
+    c->u_head = p;
+  p->in_unsent = 1;
+  c->n_unsent++;
+}
+
+static void unsent_remove(struct conn *c, struct pend *p) {
+  if (!p->in_unsent) return;
+  if (p->uprev)
+    p->uprev->unext = p->unext;
+  else
+    c->u_head = p->unext;
+  if (p->unext)
+    p->unext->uprev = p->uprev;
+  else
+    c->u_tail = p->uprev;
+  p->uprev = p->unext = NULL;
+  p->in_unsent = 0;
+  c->n_unsent--;
+}
+
 static void wake_reader(struct conn *c) {
   if (c->reading && !pthread_equal(c->reader, pthread_self())) {
     uint64_t one = 1;
@@ -116,7 +172,8 @@ static void pend_finish(struct conn *c, struct pend *p, Engram__Wire__Reply *rp,
     return;
   }
   pend_remove(c, p);
-  if (!p->sent) c->n_unsent--;
+  unsent_remove(c, p);
+  if (p->batch) c->a_reqs--;
   p->done = 1;
   p->rp = rp;
   p->code = code;
@@ -151,16 +208,23 @@ static void handle_reply(struct conn *c, const uint8_t *data, size_t len) {
   pend_finish(c, p, rp, 0, NULL);
 }
 
-static void drain_data(struct conn *c) {
+/* Reads every reply waiting. With `settle` it first makes libzmq process its pending
+ * commands (ZMQ_EVENTS), which must happen before sleeping on the socket's fd; without,
+ * it is the cheap read a busy producer does on every call (libzmq then looks at its
+ * commands only every millisecond or so, saving a system call per look). */
+static void drain_replies(struct conn *c, int settle) {
   for (;;) {
-    uint32_t ev = 0;
-    size_t sz = sizeof ev;
-    if (zmq_getsockopt(c->sock, ZMQ_EVENTS, &ev, &sz) != 0 || !(ev & ZMQ_POLLIN)) return;
+    if (settle) {
+      uint32_t ev = 0;
+      size_t sz = sizeof ev;
+      if (zmq_getsockopt(c->sock, ZMQ_EVENTS, &ev, &sz) != 0 || !(ev & ZMQ_POLLIN)) return;
+    }
     zmq_msg_t m;
     zmq_msg_init(&m);
     if (zmq_msg_recv(&m, c->sock, ZMQ_DONTWAIT) < 0) {
       zmq_msg_close(&m);
-      return;
+      if (!settle) return;
+      continue;
     }
     int more = zmq_msg_more(&m);
     /* A REQ-style empty delimiter never comes to a DEALER from the daemon; skip one if it does. */
@@ -184,21 +248,101 @@ static void drain_data(struct conn *c) {
   }
 }
 
+static void drain_data(struct conn *c) { drain_replies(c, 1); }
+
 /* Sends what waits to be sent, oldest first, as far as a connection takes it. */
 static void flush_unsent(struct conn *c) {
-  if (!c->n_unsent || c->denied) return;
-  /* Ids grow with sending order; collect the unsent ones and send in id order. */
-  for (;;) {
-    struct pend *first = NULL;
-    for (int b = 0; b < PEND_BUCKETS; b++)
-      for (struct pend *p = c->inflight[b]; p; p = p->next)
-        if (!p->sent && (!first || p->id < first->id)) first = p;
-    if (!first) return;
-    if (zmq_send(c->sock, first->req, first->req_len, ZMQ_DONTWAIT) < 0) return;
-    first->sent = 1;
-    c->n_unsent--;
-    if (!c->n_unsent) return;
+  if (c->denied) return;
+  while (c->u_head) {
+    struct pend *p = c->u_head;
+    if (zmq_send(c->sock, p->req, p->req_len, ZMQ_DONTWAIT) < 0) return;
+    unsent_remove(c, p);
+    p->sent = 1;
   }
+}
+
+/* ---------------------------------------------------------------------------------
+ * Pipelined appends go out in batches: while MAX_BATCHES_OUT batches wait for their
+ * replies, further appends are staged and leave together as one independent Append
+ * (each event succeeds or fails alone) when a reply frees a place. A slow producer
+ * sends each event at once; a fast one sends few, large messages, which is what makes
+ * pipelining pay where a message costs tens of microseconds.
+ * ------------------------------------------------------------------------------ */
+#define MAX_BATCHES_OUT 2
+#define STAGE_MAX_EVENTS 1024
+#define STAGE_MAX_BYTES (1u << 20)
+
+static size_t put_varint(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    p[n++] = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  p[n++] = (uint8_t)v;
+  return n;
+}
+
+/* Sends the staged appends as one request. Called with mu held. */
+static void stage_flush(struct conn *c) {
+  if (!c->staged) return;
+  size_t tl = strlen(c->s_topic);
+  /* Append { topic = 1; events = 2 (already framed in sbuf); independent = 3 } */
+  size_t inner = 1 + 10 + tl + c->s_len + 2;
+  size_t cap = 2 + 11 + 2 + 10 + inner;
+  uint8_t *buf = malloc(cap);
+  struct pend *p = calloc(1, sizeof *p);
+  uint64_t id = ++c->next_id;
+  if (!buf || !p) {
+    /* Out of memory: the staged appends fail like a lost request would. */
+    free(buf);
+    free(p);
+    return;
+  }
+  uint8_t hdr[16];
+  size_t hl = 0;
+  hdr[hl++] = 0x0a;
+  hl += put_varint(hdr + hl, tl);
+  size_t in_len = hl + tl + c->s_len + 2;
+  size_t n = 0;
+  buf[n++] = 0x08; /* version */
+  n += put_varint(buf + n, ENGRAM_PROTOCOL_VERSION);
+  buf[n++] = 0x10; /* id */
+  n += put_varint(buf + n, id);
+  n += put_varint(buf + n, (ENGRAM__WIRE__REQUEST__OP_APPEND << 3) | 2);
+  n += put_varint(buf + n, in_len);
+  memcpy(buf + n, hdr, hl);
+  n += hl;
+  memcpy(buf + n, c->s_topic, tl);
+  n += tl;
+  memcpy(buf + n, c->sbuf, c->s_len);
+  n += c->s_len;
+  buf[n++] = 0x18; /* independent = true */
+  buf[n++] = 0x01;
+  p->id = id;
+  p->req = buf;
+  p->req_len = n;
+  p->retry = c->s_idem;
+  p->batch = 1;
+  p->refs = c->staged;
+  p->refs_total = c->staged;
+  p->deadline_ns = clock_monotonic_ns() + (int64_t)c->o.timeout_ms * 1000000;
+  size_t first = (c->a_head + c->a_count - c->staged) % c->o.pipeline_window;
+  for (size_t i = 0; i < c->staged; i++) {
+    struct aslot *sl = &c->ring[(first + i) % c->o.pipeline_window];
+    sl->p = p;
+    sl->idx = (uint32_t)i;
+  }
+  c->staged = 0;
+  c->s_len = 0;
+  c->s_idem = 1;
+  c->a_reqs++;
+  pend_insert(c, p);
+  unsent_add(c, p);
+  flush_unsent(c);
+}
+
+static void stage_maybe_flush(struct conn *c) {
+  if (c->staged && c->a_reqs < MAX_BATCHES_OUT) stage_flush(c);
 }
 
 static void connection_lost(struct conn *c) {
@@ -211,7 +355,7 @@ static void connection_lost(struct conn *c) {
       if (p->sent) {
         if (p->retry) {
           p->sent = 0;
-          c->n_unsent++;
+          unsent_add(c, p);
         } else {
           char msg[700];
           snprintf(msg, sizeof msg,
@@ -280,8 +424,18 @@ static void drain_monitor(struct conn *c) {
 static void pump(struct conn *c) {
   drain_data(c);
   drain_monitor(c);
+  stage_maybe_flush(c);
   flush_unsent(c);
   drain_data(c);
+}
+
+/* The cheap look a pipelining producer takes on every call: the monitor (a lost
+ * connection) only now and then, and always when someone waits. */
+static void pump_fast(struct conn *c) {
+  flush_unsent(c);
+  drain_replies(c, 0);
+  if ((++c->pumps & 31) == 0) drain_monitor(c);
+  stage_maybe_flush(c);
 }
 
 static void expire(struct conn *c, struct pend *p) {
@@ -340,6 +494,7 @@ static struct pend *submit(engram *log, struct conn *c, Engram__Wire__Request *r
     *rc = log_error(log, ENGRAM_EDENIED, "%s: the daemon refused this client's CURVE key", c->endpoint);
     return NULL;
   }
+  stage_flush(c); /* requests leave in the order they were made */
   rq->version = ENGRAM_PROTOCOL_VERSION;
   rq->id = ++c->next_id;
   size_t n = engram__wire__request__get_packed_size(rq);
@@ -363,9 +518,8 @@ static struct pend *submit(engram *log, struct conn *c, Engram__Wire__Request *r
   p->retry = retry;
   p->deadline_ns = clock_monotonic_ns() + ((int64_t)c->o.timeout_ms + (int64_t)extra_ms) * 1000000;
   pend_insert(c, p);
-  c->n_unsent++;
+  unsent_add(c, p);
   flush_unsent(c);
-  drain_data(c);
   *rc = 0;
   return p;
 }
@@ -635,13 +789,22 @@ struct wev {
   Engram__Wire__Event **evp;
   Engram__Wire__Header *h;
   Engram__Wire__Header **hp;
+  /* One event with few headers, the pipelined case, needs no allocation. */
+  Engram__Wire__Event ev1;
+  Engram__Wire__Event *evp1;
+  Engram__Wire__Header h8[8];
+  Engram__Wire__Header *hp8[8];
 };
 
 static void wev_free(struct wev *w) {
-  free(w->ev);
-  free(w->evp);
-  free(w->h);
-  free(w->hp);
+  if (w->ev != &w->ev1) {
+    free(w->ev);
+    free(w->evp);
+  }
+  if (w->h != w->h8) {
+    free(w->h);
+    free(w->hp);
+  }
 }
 
 /* What the wire cannot carry (NULL where the API wants a pointer) is checked here, with
@@ -668,10 +831,20 @@ static int wev_build(engram *log, const char *topic, const engram_event *evs, si
     if (!evs[i].idempotency_key) *all_idem = 0;
     nh += evs[i].n_headers;
   }
-  w->ev = calloc(n ? n : 1, sizeof *w->ev);
-  w->evp = calloc(n ? n : 1, sizeof *w->evp);
-  w->h = calloc(nh ? nh : 1, sizeof *w->h);
-  w->hp = calloc(nh ? nh : 1, sizeof *w->hp);
+  if (n == 1) {
+    w->ev = &w->ev1;
+    w->evp = &w->evp1;
+  } else {
+    w->ev = calloc(n, sizeof *w->ev);
+    w->evp = calloc(n, sizeof *w->evp);
+  }
+  if (nh <= 8) {
+    w->h = w->h8;
+    w->hp = w->hp8;
+  } else {
+    w->h = calloc(nh, sizeof *w->h);
+    w->hp = calloc(nh, sizeof *w->hp);
+  }
   if (!w->ev || !w->evp || !w->h || !w->hp) {
     wev_free(w);
     return log_error(log, ENGRAM_ENOMEM, "append %s: out of memory", topic ? topic : "");
@@ -1145,47 +1318,123 @@ struct done_cb {
   int dup;
 };
 
-/* Takes finished pipelined appends off the front, in sending order, into out[cap].
- * Called with mu held. */
-static size_t pop_done(engram *log, struct conn *c, struct done_cb *out, size_t cap) {
+/* The outcome of append `idx` of batch p. */
+static void slot_result(struct pend *p, uint32_t idx, struct done_cb *d, const char **msg) {
+  d->rc = p->code;
+  *msg = p->msg;
+  const Engram__Wire__Reply *rp = p->rp;
+  if (!rp) return;
+  d->rc = rp->code;
+  *msg = rp->error;
+  if (rp->code > 0 || rp->code < -1000) {
+    d->rc = ENGRAM_EPROTO;
+    *msg = "reply with an invalid code";
+    return;
+  }
+  if (rp->code) return;
+  const Engram__Wire__AppendResult *ar = rp->append;
+  if (rp->result_case != ENGRAM__WIRE__REPLY__RESULT_APPEND || ar->n_offsets != p->refs_total ||
+      (ar->n_duplicates && ar->n_duplicates != p->refs_total) || (ar->n_codes && ar->n_codes != p->refs_total) ||
+      (ar->n_errors && ar->n_errors != p->refs_total)) {
+    d->rc = ENGRAM_EPROTO;
+    *msg = "malformed append reply from the daemon";
+    return;
+  }
+  d->rc = ar->n_codes ? ar->codes[idx] : 0;
+  if (d->rc > 0 || d->rc < -1000) d->rc = ENGRAM_EPROTO;
+  *msg = ar->n_errors ? ar->errors[idx] : "";
+  d->offset = ar->offsets[idx];
+  d->dup = ar->n_duplicates ? ar->duplicates[idx] != 0 : 0;
+}
+
+/* Takes finished pipelined appends off the front, in the order they were made, into
+ * out[cap]. Called with mu held. */
+static size_t pop_done(struct conn *c, struct done_cb *out, size_t cap) {
   size_t k = 0;
-  while (k < cap && c->a_head && c->a_head->done) {
-    struct pend *p = c->a_head;
-    c->a_head = p->anext;
-    if (!c->a_head) c->a_tail = NULL;
-    c->a_count--;
-    struct done_cb d = {p->cb, p->cb_ctx, p->code, 0, 0};
-    const char *msg = p->msg;
-    if (p->rp) {
-      d.rc = p->rp->code;
-      msg = p->rp->error;
-      if (d.rc == 0) {
-        if (p->rp->result_case != ENGRAM__WIRE__REPLY__RESULT_APPEND || p->rp->append->n_offsets != 1) {
-          d.rc = ENGRAM_EPROTO;
-          msg = "malformed append reply from the daemon";
-        } else {
-          d.offset = p->rp->append->offsets[0];
-          d.dup = p->rp->append->n_duplicates == 1 && p->rp->append->duplicates[0];
-        }
-      } else if (d.rc > 0 || d.rc < -1000) {
-        d.rc = ENGRAM_EPROTO;
-        msg = "reply with an invalid code";
-      }
-    }
+  while (k < cap && c->a_count > c->staged) {
+    struct aslot *sl = &c->ring[c->a_head];
+    if (!sl->p->done) break;
+    struct done_cb d = {sl->cb, sl->ctx, 0, 0, 0};
+    const char *msg = "";
+    slot_result(sl->p, sl->idx, &d, &msg);
     if (d.rc && !c->a_err) {
       c->a_err = d.rc;
       snprintf(c->a_msg, sizeof c->a_msg, "%s", msg && *msg ? msg : engram_strerror(d.rc));
     }
     out[k++] = d;
-    pend_free(p);
+    if (--sl->p->refs == 0) pend_free(sl->p);
+    sl->p = NULL;
+    c->a_head = (c->a_head + 1) % c->o.pipeline_window;
+    c->a_count--;
   }
-  (void)log;
   return k;
 }
 
 static void run_cbs(const struct done_cb *d, size_t n) {
   for (size_t i = 0; i < n; i++)
     if (d[i].cb) d[i].cb(d[i].ctx, d[i].rc, d[i].offset, d[i].dup);
+}
+
+/* Waits for the oldest pipelined append's batch. Called with mu held. */
+static void wait_oldest(struct conn *c) {
+  if (c->a_count == c->staged) stage_flush(c);
+  if (c->a_count > c->staged) wait_pend(c, c->ring[c->a_head].p);
+}
+
+/* The flusher: while batches are out and appends staged, it waits for replies so that
+ * staged appends leave even when the producer makes no further call. */
+static void *flusher_main(void *arg) {
+  struct conn *c = arg;
+  pthread_mutex_lock(&c->mu);
+  while (!c->f_stop) {
+    stage_maybe_flush(c);
+    if (!c->staged) {
+      pthread_cond_wait(&c->f_cv, &c->mu);
+      continue;
+    }
+    if (c->reading) {
+      int64_t until = clock_monotonic_ns() + 20000000;
+      struct timespec ts = {until / 1000000000, until % 1000000000};
+      pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+      continue;
+    }
+    pump(c);
+    if (!c->staged || c->a_reqs < MAX_BATCHES_OUT) continue;
+    c->reading = 1;
+    c->reader = pthread_self();
+    pthread_mutex_unlock(&c->mu);
+    struct pollfd fds[3] = {{c->sock_fd, POLLIN, 0}, {c->mon_fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
+    poll(fds, 3, 20);
+    if (fds[2].revents & POLLIN) {
+      uint64_t v;
+      ssize_t r = read(c->wake_fd, &v, sizeof v);
+      (void)r;
+    }
+    pthread_mutex_lock(&c->mu);
+    c->reading = 0;
+    pump(c);
+    pthread_cond_broadcast(&c->cv);
+  }
+  pthread_mutex_unlock(&c->mu);
+  return NULL;
+}
+
+static int pipeline_start(engram *log, struct conn *c) {
+  if (c->ring) return 0;
+  c->ring = calloc(c->o.pipeline_window, sizeof *c->ring);
+  c->s_cap = 64 << 10;
+  c->sbuf = malloc(c->s_cap);
+  c->s_idem = 1;
+  if (!c->ring || !c->sbuf) {
+    free(c->ring);
+    free(c->sbuf);
+    c->ring = NULL;
+    c->sbuf = NULL;
+    return log_error(log, ENGRAM_ENOMEM, "append: out of memory");
+  }
+  if (pthread_create(&c->flusher, NULL, flusher_main, c) != 0) return log_error(log, ENGRAM_ENOMEM, "append: cannot start a thread");
+  c->f_running = 1;
+  return 0;
 }
 
 static int r_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb, void *ctx) {
@@ -1199,17 +1448,33 @@ static int r_append_async(engram *log, const char *topic, const engram_event *ev
   int idem;
   rc = wev_build(log, topic, ev, 1, &w, &idem);
   if (rc) return rc;
-  REQ(append, APPEND, Engram__Wire__Append, ENGRAM__WIRE__APPEND__INIT);
-  m.topic = net_str(topic);
-  m.events = w.evp;
-  m.n_events = 1;
+  size_t esz = engram__wire__event__get_packed_size(w.evp[0]);
+  if (c->max_message && esz + 4096 > c->max_message) {
+    wev_free(&w);
+    return log_error(log, ENGRAM_ETOOBIG, "append %s: event of %zu bytes over the daemon's request limit of %u",
+                     topic, esz, c->max_message);
+  }
   struct done_cb done[64];
   size_t nd = 0;
   pthread_mutex_lock(&c->mu);
-  /* At the window: wait for the oldest, handing finished ones to their callbacks. */
-  while (c->a_count >= c->o.pipeline_window) {
-    wait_pend(c, c->a_head);
-    nd = pop_done(log, c, done, 64);
+  if (c->denied) {
+    pthread_mutex_unlock(&c->mu);
+    wev_free(&w);
+    return log_error(log, ENGRAM_EDENIED, "%s: the daemon refused this client's CURVE key", c->endpoint);
+  }
+  if ((rc = pipeline_start(log, c))) {
+    pthread_mutex_unlock(&c->mu);
+    wev_free(&w);
+    return rc;
+  }
+  /* At the window: wait for the oldest, handing finished ones to their callbacks; and a
+   * little past it, so that a producer faster than the daemon wakes once per quarter
+   * window rather than once per reply. */
+  size_t win = c->o.pipeline_window;
+  size_t low = c->a_count >= win ? win - (win + 3) / 4 : SIZE_MAX;
+  while (c->a_count > low) {
+    wait_oldest(c);
+    nd = pop_done(c, done, 64);
     if (nd) {
       pthread_mutex_unlock(&c->mu);
       run_cbs(done, nd);
@@ -1217,39 +1482,53 @@ static int r_append_async(engram *log, const char *topic, const engram_event *ev
       nd = 0;
     }
   }
-  struct pend *p = submit(log, c, &rq, idem, 0, &rc);
-  wev_free(&w);
-  if (p) {
-    p->async = 1;
-    p->cb = cb;
-    p->cb_ctx = ctx;
-    if (c->a_tail)
-      c->a_tail->anext = p;
-    else
-      c->a_head = p;
-    c->a_tail = p;
-    c->a_count++;
-    pump(c);
-    nd = pop_done(log, c, done, 64);
+  /* Stage it: a new topic, a full stage or a stage near the request limit go first. */
+  size_t limit = STAGE_MAX_BYTES;
+  if (c->max_message && c->max_message / 2 < limit) limit = c->max_message / 2;
+  if (c->staged && (strcmp(c->s_topic, topic) || c->staged >= STAGE_MAX_EVENTS || c->s_len + esz + 16 > limit))
+    stage_flush(c);
+  if (c->s_len + esz + 16 > c->s_cap) {
+    size_t cap = c->s_cap;
+    while (cap < c->s_len + esz + 16) cap *= 2;
+    uint8_t *b = realloc(c->sbuf, cap);
+    if (!b) {
+      pthread_mutex_unlock(&c->mu);
+      wev_free(&w);
+      return log_error(log, ENGRAM_ENOMEM, "append %s: out of memory", topic);
+    }
+    c->sbuf = b;
+    c->s_cap = cap;
   }
+  if (!c->staged) snprintf(c->s_topic, sizeof c->s_topic, "%s", topic);
+  c->sbuf[c->s_len++] = 0x12; /* Append.events */
+  c->s_len += put_varint(c->sbuf + c->s_len, esz);
+  c->s_len += engram__wire__event__pack(w.evp[0], c->sbuf + c->s_len);
+  wev_free(&w);
+  if (!idem) c->s_idem = 0;
+  struct aslot *sl = &c->ring[(c->a_head + c->a_count) % win];
+  *sl = (struct aslot){NULL, 0, cb, ctx};
+  c->a_count++;
+  c->staged++;
+  pump_fast(c); /* sends it now when fewer than MAX_BATCHES_OUT batches are out */
+  if (c->staged == 1) pthread_cond_signal(&c->f_cv);
+  nd = pop_done(c, done, 64);
   pthread_mutex_unlock(&c->mu);
   run_cbs(done, nd);
-  return rc;
+  return 0;
 }
 
 static int r_append_wait(engram *log) {
   struct conn *c = C(log);
   struct done_cb done[64];
   pthread_mutex_lock(&c->mu);
-  for (;;) {
-    if (c->a_head) wait_pend(c, c->a_head);
-    size_t nd = pop_done(log, c, done, 64);
+  while (c->a_count) {
+    wait_oldest(c);
+    size_t nd = pop_done(c, done, 64);
     if (nd) {
       pthread_mutex_unlock(&c->mu);
       run_cbs(done, nd);
       pthread_mutex_lock(&c->mu);
     }
-    if (!c->a_head) break;
   }
   int rc = c->a_err;
   char msg[256];
@@ -1305,14 +1584,29 @@ static const struct engram_remote_ops ops = {
  * ------------------------------------------------------------------------------ */
 static void conn_free(struct conn *c) {
   if (!c) return;
-  /* At close no caller waits, so whatever is still in flight is a pipelined append, and
-   * those are all on the a_head list. */
-  memset(c->inflight, 0, sizeof c->inflight);
-  while (c->a_head) {
-    struct pend *p = c->a_head;
-    c->a_head = p->anext;
-    pend_free(p);
+  /* At close no caller waits and engram_append_wait has run: nothing is outstanding
+   * unless the connection failed, and then only batches the ring still points at. */
+  if (c->f_running) {
+    pthread_mutex_lock(&c->mu);
+    c->f_stop = 1;
+    pthread_cond_broadcast(&c->f_cv);
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    uint64_t one = 1;
+    ssize_t r = write(c->wake_fd, &one, sizeof one);
+    (void)r;
+    pthread_join(c->flusher, NULL);
   }
+  for (size_t i = 0; c->ring && i < c->a_count; i++) {
+    struct aslot *sl = &c->ring[(c->a_head + i) % c->o.pipeline_window];
+    if (sl->p && --sl->p->refs == 0) {
+      if (!sl->p->done) pend_remove(c, sl->p);
+      pend_free(sl->p);
+    }
+  }
+  free(c->ring);
+  free(c->sbuf);
+  pthread_cond_destroy(&c->f_cv);
   int zero = 0;
   if (c->sock) {
     zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
@@ -1406,6 +1700,7 @@ int engram_connect(const char *endpoint, const engram_connect_options *opts, eng
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&c->cv, &ca);
+  pthread_cond_init(&c->f_cv, &ca);
   pthread_condattr_destroy(&ca);
   snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
   c->o = o;

@@ -249,43 +249,6 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->dict_id = id;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_APPEND: {
-      const Engram__Wire__Append *ap = rq->append;
-      size_t n = ap->n_events;
-      engram_event *evs;
-      engram_header *hs;
-      rc = net_events_from_wire(ap->events, n, &evs, &hs);
-      if (rc) {
-        rc = rc == ENGRAM_ETOOBIG
-                 ? log_error(log, rc, "append %s: more than %d headers", ap->topic, ENGRAM_MAX_HEADERS)
-                 : nomem(log);
-        break;
-      }
-      Engram__Wire__AppendResult *res = net_arena_alloc(a, sizeof *res);
-      uint64_t *offs = net_arena_alloc(a, n * sizeof *offs);
-      int *dups = calloc(n, sizeof *dups);
-      protobuf_c_boolean *db = net_arena_alloc(a, n * sizeof *db);
-      if (!res || !offs || !dups || !db) {
-        rc = nomem(log);
-      } else {
-        rc = engram_append_batch(log, ap->topic, evs, n, offs, dups);
-        if (!rc) {
-          net_server_count_appended(s, n);
-          engram__wire__append_result__init(res);
-          for (size_t i = 0; i < n; i++) db[i] = dups[i] != 0;
-          res->offsets = offs;
-          res->n_offsets = n;
-          res->duplicates = db;
-          res->n_duplicates = n;
-          rp->result_case = ENGRAM__WIRE__REPLY__RESULT_APPEND;
-          rp->append = res;
-        }
-      }
-      free(dups);
-      free(evs);
-      free(hs);
-      break;
-    }
     case ENGRAM__WIRE__REQUEST__OP_READ:
     case ENGRAM__WIRE__REQUEST__OP_READ_RANGE: {
       const char *topic;
@@ -538,8 +501,8 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->stats = st;
       break;
     }
-    default:
-      rc = log_error(log, ENGRAM_EPROTO, "unknown operation %d", (int)rq->op_case);
+    default: /* appends run in server.c, in lanes */
+      rc = log_error(log, ENGRAM_EPROTO, "operation %d not handled here", (int)rq->op_case);
       break;
   }
   rp->code = rc;

@@ -72,7 +72,7 @@ static engram *td_connect_within(const char *ep, int timeout_ms, const engram_co
   }
 }
 
-static void td_dump_log(td *d) {
+__attribute__((unused)) static void td_dump_log(td *d) {
   FILE *f = fopen(d->logfile, "r");
   if (!f) return;
   char line[4096];
@@ -92,7 +92,7 @@ static void td_start(td *d) {
 }
 
 /* SIGTERM, then waits; returns the exit code (-1 when it did not stop in time). */
-static int td_stop(td *d) {
+__attribute__((unused)) static int td_stop(td *d) {
   if (d->pid <= 0) return 0;
   kill(d->pid, SIGTERM);
   int rc = tu_wait(d->pid, 10000);
@@ -114,7 +114,7 @@ static void td_done(td *d) {
 }
 
 /* Whether the daemon's log holds `text`. */
-static int td_log_has(td *d, const char *text) {
+__attribute__((unused)) static int td_log_has(td *d, const char *text) {
   FILE *f = fopen(d->logfile, "r");
   if (!f) return 0;
   char line[4096];

@@ -1,0 +1,586 @@
+/* bench_net.c — engram served over ZeroMQ: remote appends (1 and 8 clients, one event per
+ * request, sync and async), pipelined and batched appends, a remote group drain, and the
+ * end-to-end latency from the append call to a waiting worker holding the event at a
+ * steady 2,000 events/s, embedded (woken by notifications) and remote. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/bench.h"
+#include "common/engram_bench.h"
+
+static const char *usage =
+    "usage: bench_net [options]\n"
+    "  The daemon (engram serve, started here in a child process on an ipc endpoint) with\n"
+    "  real memory events: remote appends from 1 and 8 clients one event per request,\n"
+    "  pipelined (engram_append_async) and batched appends, a remote group drain, and the\n"
+    "  append-to-worker latency at a steady rate, embedded and remote.\n"
+    "  --seconds S        time bound of each throughput workload (default 5)\n"
+    "  --latency-seconds S  duration of each latency run (default 5)\n"
+    "  --rate N           events/s of the latency runs (default 2000)\n"
+    "  --drain-events N   events prefilled for the drain (default 200000)\n"
+    "  --only LIST        one,eight,pipelined,batch,drain,latency (default all)\n"
+    "  --json PATH        write results as JSON (one result per line) to PATH\n"
+    "  --dir DIR          where to create the logs (default a temporary directory)\n"
+    "  --quick            1 s bounds, 20k drain events, 2 s latency runs: a smoke run\n";
+
+static bench_events evs;
+static double seconds = 5, latency_seconds = 5;
+static double rate = 2000;
+static uint64_t drain_events = 200000;
+static const char *only;
+static char root[4096];
+static bench_out out;
+static int run_no;
+static double one_client_sync; /* events/s of remote_append_1client in sync mode */
+
+static int wanted(const char *name) {
+  if (!only) return 1;
+  size_t n = strlen(name);
+  for (const char *p = only; (p = strstr(p, name)); p += n)
+    if ((p == only || p[-1] == ',') && (p[n] == 0 || p[n] == ',')) return 1;
+  return 0;
+}
+
+static void emit(bench_result *r) {
+  bench_table_row(r);
+  bench_out_add(&out, r);
+}
+
+static const char *dname(engram_durability d) { return bench_durability_name(d); }
+
+/* ---------------------------------------------------------------------------------
+ * The daemon, in a child process, on a fresh log.
+ * ------------------------------------------------------------------------------ */
+typedef struct daemon_proc {
+  pid_t pid;
+  char dir[4200];
+  char ep[4300];
+} daemon_proc;
+
+static void daemon_start(daemon_proc *d, engram_durability dur, int prefill) {
+  run_no++;
+  snprintf(d->dir, sizeof d->dir, "%s/log-%d", root, run_no);
+  snprintf(d->ep, sizeof d->ep, "ipc://%s/req-%d.ipc", root, run_no);
+  if (prefill) {
+    /* Prefilled embedded before the daemon starts: the drain measures consumers only. */
+    engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC};
+    engram *log = NULL;
+    bench_engram_check(NULL, engram_open(d->dir, &o, &log), "open");
+    bench_engram_check(log, engram_topic_create(log, "memory", NULL), "topic create");
+    enum { FILL = 1000 };
+    engram_event batch[FILL];
+    uint64_t offs[FILL];
+    for (uint64_t n = 0; n < (uint64_t)prefill; n += FILL) {
+      size_t k = (uint64_t)prefill - n < FILL ? (size_t)((uint64_t)prefill - n) : FILL;
+      for (size_t i = 0; i < k; i++) batch[i] = bench_engram_event(bench_event_at(&evs, n + i));
+      bench_engram_check(log, engram_append_batch(log, "memory", batch, k, offs, NULL), "prefill");
+    }
+    bench_engram_check(log, engram_sync(log), "sync");
+    engram_close(log);
+  }
+  fflush(stdout);
+  d->pid = fork();
+  if (d->pid < 0) bench_die("fork: %s", strerror(errno));
+  if (d->pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    char logf[4400];
+    snprintf(logf, sizeof logf, "%s.log", d->dir);
+    if (!freopen(logf, "w", stderr)) _exit(3);
+    engram_serve_options so = {.listen = d->ep, .durability = dur};
+    _exit(engram_serve(d->dir, &so) ? 1 : 0);
+  }
+  /* Ready when it answers. */
+  for (int i = 0; i < 500; i++) {
+    engram_connect_options o = {.timeout_ms = 200};
+    engram *log = NULL;
+    if (engram_connect(d->ep, &o, &log) == 0) {
+      if (!prefill) {
+        int rc = engram_topic_create(log, "memory", NULL);
+        if (rc && rc != ENGRAM_EEXIST) bench_engram_check(log, rc, "topic create");
+      }
+      engram_close(log);
+      return;
+    }
+    bench_sleep_until_ns(bench_now_ns() + 10000000);
+  }
+  bench_die("the daemon at %s did not come up (see %s.log)", d->ep, d->dir);
+}
+
+static void daemon_stop(daemon_proc *d) {
+  kill(d->pid, SIGTERM);
+  int st;
+  waitpid(d->pid, &st, 0);
+  if (!WIFEXITED(st) || WEXITSTATUS(st)) fprintf(stderr, "bench_net: the daemon exited badly (%d)\n", st);
+  bench_rmrf(d->dir);
+}
+
+static engram *client(const char *ep, uint32_t window) {
+  engram_connect_options o = {.timeout_ms = 30000, .pipeline_window = window};
+  engram *log = NULL;
+  bench_engram_check(NULL, engram_connect(ep, &o, &log), "connect");
+  return log;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Remote appends, one event per request.
+ * ------------------------------------------------------------------------------ */
+typedef struct appender {
+  const char *ep;
+  int id, nthreads;
+  bench_bound b;
+  uint64_t n, bytes;
+  bench_samples lat;
+  pthread_barrier_t *start;
+} appender;
+
+static void *append_thread(void *arg) {
+  appender *a = arg;
+  engram *log = client(a->ep, 0);
+  pthread_barrier_wait(a->start);
+  a->b = bench_bound_make(seconds, 0);
+  uint64_t i = (uint64_t)a->id * 7919;
+  while (!bench_bound_done(&a->b, a->n)) {
+    const bench_event *e = bench_event_at(&evs, i++);
+    engram_event ev = bench_engram_event(e);
+    int64_t t0 = bench_now_ns();
+    bench_engram_check(log, engram_append(log, "memory", &ev, NULL, NULL), "append");
+    bench_samples_add(&a->lat, bench_now_ns() - t0);
+    a->n++;
+    a->bytes += e->payload_len;
+  }
+  a->b.end_ns = bench_now_ns();
+  engram_close(log);
+  return NULL;
+}
+
+static void remote_appends(engram_durability dur, int nthreads) {
+  daemon_proc d;
+  daemon_start(&d, dur, 0);
+  appender *a = calloc((size_t)nthreads, sizeof *a);
+  pthread_t *t = calloc((size_t)nthreads, sizeof *t);
+  pthread_barrier_t start;
+  pthread_barrier_init(&start, NULL, (unsigned)nthreads);
+  for (int i = 0; i < nthreads; i++) {
+    a[i] = (appender){.ep = d.ep, .id = i, .nthreads = nthreads, .start = &start};
+    pthread_create(&t[i], NULL, append_thread, &a[i]);
+  }
+  uint64_t n = 0, bytes = 0;
+  int64_t t0 = INT64_MAX, t1 = 0;
+  bench_samples all = {0};
+  for (int i = 0; i < nthreads; i++) {
+    pthread_join(t[i], NULL);
+    n += a[i].n;
+    bytes += a[i].bytes;
+    if (a[i].b.start_ns < t0) t0 = a[i].b.start_ns;
+    if (a[i].b.end_ns > t1) t1 = a[i].b.end_ns;
+    for (size_t k = 0; k < a[i].lat.n; k++) bench_samples_add(&all, a[i].lat.v[k]);
+    bench_samples_free(&a[i].lat);
+  }
+  daemon_stop(&d);
+  bench_result r;
+  char wl[64];
+  snprintf(wl, sizeof wl, nthreads == 1 ? "remote_append_1client" : "remote_append_%dclients", nthreads);
+  bench_result_init(&r, wl, "engram-remote", dname(dur));
+  bench_result_rate(&r, n, (double)(t1 - t0) / 1e9, bytes);
+  r.p50_us = (double)bench_samples_pct(&all, 50) / 1e3;
+  r.p99_us = (double)bench_samples_pct(&all, 99) / 1e3;
+  r.p999_us = (double)bench_samples_pct(&all, 99.9) / 1e3;
+  if (nthreads == 1 && dur == ENGRAM_DURABILITY_SYNC) one_client_sync = r.events_per_s;
+  if (nthreads > 1 && dur == ENGRAM_DURABILITY_SYNC && one_client_sync > 0)
+    bench_result_ratio(&r, one_client_sync, "remote_append_1client_sync", 6);
+  bench_result_note(&r, "%d client%s, each its own connection, one event per request and reply", nthreads,
+                    nthreads > 1 ? "s" : "");
+  emit(&r);
+  bench_samples_free(&all);
+  pthread_barrier_destroy(&start);
+  free(a);
+  free(t);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Pipelined and batched appends from one client.
+ * ------------------------------------------------------------------------------ */
+static _Atomic uint64_t acked;
+static void on_ack(void *ctx, int rc, uint64_t off, int dup) {
+  (void)ctx;
+  (void)off;
+  (void)dup;
+  if (rc) bench_die("pipelined append failed: %s", engram_errname(rc));
+  acked++;
+}
+
+static void pipelined(engram_durability dur) {
+  daemon_proc d;
+  daemon_start(&d, dur, 0);
+  engram *log = client(d.ep, 1024);
+  acked = 0;
+  uint64_t n = 0, bytes = 0;
+  bench_bound b = bench_bound_make(seconds, 0);
+  while (!bench_bound_done(&b, n)) {
+    const bench_event *e = bench_event_at(&evs, n);
+    engram_event ev = bench_engram_event(e);
+    bench_engram_check(log, engram_append_async(log, "memory", &ev, on_ack, NULL), "append_async");
+    n++;
+    bytes += e->payload_len;
+  }
+  bench_engram_check(log, engram_append_wait(log), "append_wait");
+  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  if (acked != n) bench_die("pipelined: %llu acknowledged of %llu", (unsigned long long)acked, (unsigned long long)n);
+  engram_close(log);
+  daemon_stop(&d);
+  bench_result r;
+  bench_result_init(&r, "remote_append_pipelined", "engram-remote", dname(dur));
+  bench_result_rate(&r, n, s, bytes);
+  if (dur == ENGRAM_DURABILITY_ASYNC) bench_result_target_rate(&r, 100000);
+  bench_result_note(&r, "one client, engram_append_async with a window of 1024, one event per request");
+  emit(&r);
+}
+
+static void batched(engram_durability dur) {
+  daemon_proc d;
+  daemon_start(&d, dur, 0);
+  engram *log = client(d.ep, 0);
+  enum { B = 100 };
+  engram_event batch[B];
+  uint64_t offs[B], n = 0, bytes = 0;
+  bench_bound b = bench_bound_make(seconds, 0);
+  while (!bench_bound_done(&b, n)) {
+    for (int i = 0; i < B; i++) {
+      const bench_event *e = bench_event_at(&evs, n + (uint64_t)i);
+      batch[i] = bench_engram_event(e);
+      bytes += e->payload_len;
+    }
+    bench_engram_check(log, engram_append_batch(log, "memory", batch, B, offs, NULL), "append_batch");
+    n += B;
+  }
+  double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  engram_close(log);
+  daemon_stop(&d);
+  bench_result r;
+  bench_result_init(&r, "remote_append_batch100", "engram-remote", dname(dur));
+  bench_result_rate(&r, n, s, bytes);
+  bench_result_note(&r, "one client, 100 events per engram_append_batch request");
+  emit(&r);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Remote group drain.
+ * ------------------------------------------------------------------------------ */
+typedef struct drainer {
+  const char *ep;
+  int id;
+  uint64_t acked;
+  pthread_barrier_t *start;
+  int64_t deadline;
+  _Atomic uint64_t *total;
+} drainer;
+
+static void *drain_thread(void *arg) {
+  drainer *c = arg;
+  engram *log = client(c->ep, 0);
+  char name[32];
+  snprintf(name, sizeof name, "worker-%d", c->id);
+  engram_ack_item items[100];
+  pthread_barrier_wait(c->start);
+  while (*c->total < drain_events && bench_now_ns() < c->deadline) {
+    engram_batch *b = NULL;
+    bench_engram_check(log, engram_fetch(log, "memory", "workers", name, 100, 50, &b), "fetch");
+    size_t k = b->count;
+    for (size_t i = 0; i < k; i++) items[i] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
+    engram_batch_free(b);
+    if (k) {
+      bench_engram_check(log, engram_ack_many(log, "memory", "workers", items, k, NULL), "ack_many");
+      c->acked += k;
+      *c->total += k;
+    }
+  }
+  engram_close(log);
+  return NULL;
+}
+
+static void group_drain(engram_durability dur, int consumers) {
+  daemon_proc d;
+  daemon_start(&d, dur, (int)drain_events);
+  engram *admin = client(d.ep, 0);
+  bench_engram_check(admin, engram_group_create(admin, "memory", "workers", NULL), "group create");
+  _Atomic uint64_t total = 0;
+  drainer *c = calloc((size_t)consumers, sizeof *c);
+  pthread_t *t = calloc((size_t)consumers, sizeof *t);
+  pthread_barrier_t start;
+  pthread_barrier_init(&start, NULL, (unsigned)consumers + 1);
+  int64_t deadline = bench_now_ns() + (int64_t)(seconds * 6 * 1e9);
+  for (int i = 0; i < consumers; i++) {
+    c[i] = (drainer){.ep = d.ep, .id = i, .start = &start, .deadline = deadline, .total = &total};
+    pthread_create(&t[i], NULL, drain_thread, &c[i]);
+  }
+  pthread_barrier_wait(&start);
+  int64_t t0 = bench_now_ns();
+  for (int i = 0; i < consumers; i++) pthread_join(t[i], NULL);
+  double s = (double)(bench_now_ns() - t0) / 1e9;
+  engram_group_info gi;
+  bench_engram_check(admin, engram_group_info_get(admin, "memory", "workers", &gi), "group info");
+  engram_close(admin);
+  daemon_stop(&d);
+  bench_result r;
+  bench_result_init(&r, "remote_group_drain", "engram-remote", dname(dur));
+  bench_result_rate(&r, total, s, 0);
+  snprintf(r.extra, sizeof r.extra, "\"consumers\": %d, \"acked\": %llu, \"redelivered\": %llu", consumers,
+           (unsigned long long)gi.acked, (unsigned long long)gi.redelivered);
+  bench_result_note(&r, "%d remote consumers, fetch 100 + ack_many per round, %llu prefilled events", consumers,
+                    (unsigned long long)drain_events);
+  emit(&r);
+  pthread_barrier_destroy(&start);
+  free(c);
+  free(t);
+}
+
+/* ---------------------------------------------------------------------------------
+ * End-to-end latency: append call -> a waiting worker holds the event.
+ * ------------------------------------------------------------------------------ */
+#define MAX_LAT 200000
+typedef struct lat_shared {
+  int64_t sent[MAX_LAT];    /* monotonic ns of each append call, by sequence */
+  int64_t got[MAX_LAT];     /* monotonic ns the worker held it */
+  _Atomic int ready;        /* consumer waiting */
+  _Atomic int done;         /* producer finished */
+  uint64_t n;
+  int err;
+  char msg[256];
+} lat_shared;
+
+/* The worker: waits in fetch, notes when it holds each event, acks. */
+static int lat_consumer(lat_shared *sh, const char *where, int remote) {
+  engram *log = NULL;
+  int rc;
+  if (remote) {
+    engram_connect_options o = {.timeout_ms = 30000};
+    rc = engram_connect(where, &o, &log);
+  } else {
+    engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC};
+    rc = engram_open(where, &o, &log);
+  }
+  if (rc) {
+    snprintf(sh->msg, sizeof sh->msg, "consumer open: %s", engram_errmsg(log));
+    return 1;
+  }
+  engram_ack_item items[256];
+  uint64_t seen = 0;
+  /* Prime the connection and the wait path once before the producer starts. */
+  engram_batch *b = NULL;
+  engram_fetch(log, "memory", "workers", "worker", 1, 0, &b);
+  engram_batch_free(b);
+  sh->ready = 1;
+  while (!sh->done || seen < sh->n) {
+    b = NULL;
+    rc = engram_fetch(log, "memory", "workers", "worker", 256, 200, &b);
+    int64_t now = bench_now_ns();
+    if (rc) {
+      snprintf(sh->msg, sizeof sh->msg, "fetch: %s", engram_errmsg(log));
+      engram_close(log);
+      return 1;
+    }
+    size_t k = b->count;
+    for (size_t i = 0; i < k; i++) {
+      uint64_t seq = b->events[i].offset - 1; /* offsets are dense: offset = sequence + 1 */
+      if (seq < MAX_LAT) sh->got[seq] = now;
+      items[i] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
+    }
+    engram_batch_free(b);
+    if (k) engram_ack_many(log, "memory", "workers", items, k, NULL);
+    seen += k;
+  }
+  engram_close(log);
+  return 0;
+}
+
+static int lat_producer(lat_shared *sh, const char *where, int remote) {
+  engram *log = NULL;
+  int rc;
+  if (remote) {
+    engram_connect_options o = {.timeout_ms = 30000};
+    rc = engram_connect(where, &o, &log);
+  } else {
+    engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC};
+    rc = engram_open(where, &o, &log);
+  }
+  if (rc) {
+    snprintf(sh->msg, sizeof sh->msg, "producer open: %s", engram_errmsg(log));
+    return 1;
+  }
+  while (!sh->ready) bench_sleep_until_ns(bench_now_ns() + 1000000);
+  bench_sleep_until_ns(bench_now_ns() + 100000000);
+  uint64_t total = (uint64_t)(rate * latency_seconds);
+  if (total > MAX_LAT) total = MAX_LAT;
+  int64_t start = bench_now_ns(), gap = (int64_t)(1e9 / rate);
+  for (uint64_t i = 0; i < total; i++) {
+    bench_sleep_until_ns(start + (int64_t)i * gap);
+    engram_event ev = bench_engram_event(bench_event_at(&evs, i));
+    sh->sent[i] = bench_now_ns();
+    uint64_t off = 0;
+    if ((rc = engram_append(log, "memory", &ev, &off, NULL)) || off != i + 1) {
+      snprintf(sh->msg, sizeof sh->msg, "append: %s (offset %llu)", engram_errmsg(log), (unsigned long long)off);
+      sh->n = i;
+      sh->done = 1;
+      engram_close(log);
+      return 1;
+    }
+  }
+  sh->n = total;
+  sh->done = 1;
+  engram_close(log);
+  return 0;
+}
+
+static void latency(int remote) {
+  daemon_proc d = {0};
+  char dir[4300];
+  if (remote) {
+    daemon_start(&d, ENGRAM_DURABILITY_ASYNC, 0);
+    engram *admin = client(d.ep, 0);
+    bench_engram_check(admin, engram_group_create(admin, "memory", "workers", NULL), "group create");
+    engram_close(admin);
+  } else {
+    snprintf(dir, sizeof dir, "%s/lat-%d", root, ++run_no);
+    engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC};
+    engram *log = NULL;
+    bench_engram_check(NULL, engram_open(dir, &o, &log), "open");
+    bench_engram_check(log, engram_topic_create(log, "memory", NULL), "topic create");
+    bench_engram_check(log, engram_group_create(log, "memory", "workers", NULL), "group create");
+    engram_close(log);
+  }
+  const char *where = remote ? d.ep : dir;
+  lat_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (sh == MAP_FAILED) bench_die("mmap: %s", strerror(errno));
+  memset(sh, 0, sizeof *sh);
+  fflush(stdout);
+  pid_t pc = fork();
+  if (pc == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    _exit(lat_consumer(sh, where, remote));
+  }
+  pid_t pp = fork();
+  if (pp == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    _exit(lat_producer(sh, where, remote));
+  }
+  int st1, st2;
+  waitpid(pp, &st1, 0);
+  waitpid(pc, &st2, 0);
+  if (!WIFEXITED(st1) || WEXITSTATUS(st1) || !WIFEXITED(st2) || WEXITSTATUS(st2))
+    bench_die("latency run failed: %s", sh->msg);
+  bench_samples s = {0};
+  uint64_t warm = sh->n / 20; /* the first 5% warm caches and connections */
+  for (uint64_t i = warm; i < sh->n; i++)
+    if (sh->got[i]) bench_samples_add(&s, sh->got[i] - sh->sent[i]);
+  bench_result r;
+  bench_result_init(&r, "e2e_latency_2000eps", remote ? "engram-remote" : "engram", "async");
+  bench_result_rate(&r, s.n, latency_seconds, 0);
+  r.events_per_s = rate;
+  r.p50_us = (double)bench_samples_pct(&s, 50) / 1e3;
+  r.p99_us = (double)bench_samples_pct(&s, 99) / 1e3;
+  r.p999_us = (double)bench_samples_pct(&s, 99.9) / 1e3;
+  r.met = r.p50_us <= 100 && r.p99_us <= 250 && r.p999_us <= 1000;
+  snprintf(r.target_text, sizeof r.target_text, "p50 <= 100 us, p99 <= 250 us, p99.9 <= 1 ms");
+  snprintf(r.extra, sizeof r.extra, "\"rate\": %.0f, \"samples\": %zu, \"max_us\": %.1f", rate, s.n,
+           (double)bench_samples_pct(&s, 100) / 1e3);
+  bench_result_note(&r, remote ? "producer and worker are remote clients (separate processes); worker long-polls "
+                                 "fetch, acks each batch"
+                               : "producer and worker are separate processes on one directory; the worker "
+                                 "sleeps in fetch until the commit's notification wakes it");
+  emit(&r);
+  bench_samples_free(&s);
+  munmap(sh, sizeof *sh);
+  if (remote)
+    daemon_stop(&d);
+  else
+    bench_rmrf(dir);
+}
+
+int main(int argc, char **argv) {
+  const char *json = NULL, *dir = NULL;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      fputs(usage, stdout);
+      return 0;
+    } else if (!strcmp(a, "--json") && v) {
+      json = v;
+      i++;
+    } else if (!strcmp(a, "--seconds") && v) {
+      seconds = bench_arg_double(v, "--seconds");
+      i++;
+    } else if (!strcmp(a, "--latency-seconds") && v) {
+      latency_seconds = bench_arg_double(v, "--latency-seconds");
+      i++;
+    } else if (!strcmp(a, "--rate") && v) {
+      rate = bench_arg_double(v, "--rate");
+      i++;
+    } else if (!strcmp(a, "--drain-events") && v) {
+      drain_events = (uint64_t)bench_arg_double(v, "--drain-events");
+      i++;
+    } else if (!strcmp(a, "--only") && v) {
+      only = v;
+      i++;
+    } else if (!strcmp(a, "--dir") && v) {
+      dir = v;
+      i++;
+    } else if (!strcmp(a, "--quick")) {
+      seconds = 1;
+      latency_seconds = 2;
+      drain_events = 20000;
+    } else {
+      fprintf(stderr, "bench_net: unknown or incomplete option %s\n%s", a, usage);
+      return 2;
+    }
+  }
+  if (seconds <= 0 || latency_seconds <= 0 || rate < 1 || rate > 100000 || drain_events < 100)
+    bench_die("--seconds > 0, --latency-seconds > 0, --rate 1..100000, --drain-events >= 100");
+  if (dir) {
+    snprintf(root, sizeof root, "%s/bench-net.%d", dir, (int)getpid());
+    if (mkdir(root, 0755)) bench_die("mkdir %s: %s", root, strerror(errno));
+  } else if (bench_mkdtemp(root, sizeof root, "net")) {
+    bench_die("cannot create a temporary directory: %s", strerror(errno));
+  }
+  if (bench_events_load(&evs)) bench_die("cannot load or generate events");
+  char run_extra[256];
+  snprintf(run_extra, sizeof run_extra, "\"seconds_per_workload\": %g, \"latency_rate\": %.0f", seconds, rate);
+  if (bench_out_open(&out, json, "net", &evs, run_extra)) return 1;
+  printf("engram %s bench_net: %zu distinct events from %s (payload p50 %zu B, p99 %zu B)\n",
+         ENGRAM_VERSION_STRING, evs.n, evs.source, bench_events_size_pct(&evs, 50),
+         bench_events_size_pct(&evs, 99));
+  printf("daemons and logs in %s; each throughput workload bounded to %.1f s\n\n", root, seconds);
+  bench_table_header();
+
+  engram_durability both[2] = {ENGRAM_DURABILITY_SYNC, ENGRAM_DURABILITY_ASYNC};
+  for (int k = 0; k < 2; k++) {
+    if (wanted("one")) remote_appends(both[k], 1);
+    if (wanted("eight")) remote_appends(both[k], 8);
+  }
+  for (int k = 0; k < 2; k++)
+    if (wanted("pipelined")) pipelined(both[k]);
+  for (int k = 0; k < 2; k++)
+    if (wanted("batch")) batched(both[k]);
+  for (int k = 0; k < 2; k++)
+    if (wanted("drain")) group_drain(both[k], 4);
+  if (wanted("latency")) {
+    latency(0);
+    latency(1);
+  }
+
+  bench_out_close(&out);
+  bench_rmrf(root);
+  bench_events_free(&evs);
+  if (json) printf("\nresults: %s\n", json);
+  return 0;
+}
