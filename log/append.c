@@ -122,27 +122,17 @@ static int idem_put(log_wtx *w, uint32_t topic_id, const char *key, uint64_t off
   return rc ? log_err_mdb(rc) : 0;
 }
 
-/* Trains the topic's first dictionary once it holds enough events. Failure to train is
- * not an append error: the topic simply stays without a dictionary. */
-static void maybe_train(log_wtx *w, log_topic *t, uint64_t head) {
-  if ((t->cfg.flags & ENGRAM_TOPIC_NO_DICT) || t->dict_trained_auto) return;
+/* Claims the topic's first dictionary training once it holds enough events. Training
+ * takes a few hundred milliseconds of CPU, so it runs after the commit, outside any
+ * transaction (log_train_pending); failing to train leaves the topic without one. */
+static int maybe_train(log_wtx *w, log_topic *t, uint64_t head) {
+  if ((t->cfg.flags & ENGRAM_TOPIC_NO_DICT) || t->dict_trained_auto) return 0;
   uint64_t first = log_topic_first(w->log, w->txn, t);
-  if (!first || head - first + 1 < t->cfg.dict_train_after) return;
-  MDB_txn *child;
-  if (mdb_txn_begin(w->log->env, w->txn, 0, &child)) return;
-  MDB_txn *parent = w->txn;
-  w->txn = child;
-  int rc = log_dict_train(w->log, child, t, NULL);
-  w->txn = parent;
-  if (rc) {
-    mdb_txn_abort(child);
-    t->dict_id = 0;
-  } else if (mdb_txn_commit(child)) {
-    t->dict_id = 0;
-  }
+  if (!first || head - first + 1 < t->cfg.dict_train_after) return 0;
   t->dict_trained_auto = 1;
-  log_topic_meta_put(w->log, w->txn, t);
-  log_error_clear(w->log);
+  int rc = log_topic_meta_put(w->log, w->txn, t);
+  if (rc == 0) log_train_request(w->log, t->name);
+  return rc;
 }
 
 static int append_job(log_wtx *w, void *arg) {
@@ -191,9 +181,9 @@ static int append_job(log_wtx *w, void *arg) {
   if (rc) return rc;
   if (appended) {
     log_touch(w, r->topic, head);
-    maybe_train(w, &t, head);
+    rc = maybe_train(w, &t, head);
   }
-  return 0;
+  return rc;
 }
 
 int log_append_in(log_wtx *w, const char *topic, const engram_event *ev, uint64_t *offset, int *duplicate) {

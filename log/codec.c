@@ -366,65 +366,70 @@ int log_codec_payload(engram *log, MDB_txn *txn, uint32_t topic_id, const log_vi
 /* ---------------------------------------------------------------------------------
  * Dictionary training from the topic's newest events.
  * ------------------------------------------------------------------------------ */
-int log_dict_train(engram *log, MDB_txn *txn, log_topic *t, uint32_t *dict_id) {
+int log_dict_samples(engram *log, MDB_txn *txn, const log_topic *t, log_samples *out) {
+  memset(out, 0, sizeof *out);
   MDB_cursor *c;
   int rc = mdb_cursor_open(txn, t->dbi, &c);
   if (rc) return log_err_mdb(rc);
-  size_t cap = 1 << 20, used = 0, n = 0;
-  unsigned char *samples = malloc(cap);
-  size_t *sizes = malloc(DICT_SAMPLES * sizeof *sizes);
-  if (!samples || !sizes) {
+  size_t cap = 1 << 20;
+  out->data = malloc(cap);
+  out->sizes = malloc(DICT_SAMPLES * sizeof *out->sizes);
+  if (!out->data || !out->sizes) {
     rc = ENGRAM_ENOMEM;
     goto done;
   }
   MDB_val k, v;
   int op = MDB_LAST;
-  while (n < DICT_SAMPLES && mdb_cursor_get(c, &k, &v, op) == 0) {
+  while (out->n < DICT_SAMPLES && mdb_cursor_get(c, &k, &v, op) == 0) {
     op = MDB_PREV;
     log_view view;
     uint64_t off;
     memcpy(&off, k.mv_data, 8);
     if (log_codec_decode(v.mv_data, v.mv_size, off, &view)) continue;
     if (view.raw_len == 0 || view.raw_len > 64 * 1024) continue;
-    while (used + view.raw_len > cap) {
-      unsigned char *s = realloc(samples, cap * 2);
-      if (!s) {
+    while (out->used + view.raw_len > cap) {
+      unsigned char *d = realloc(out->data, cap * 2);
+      if (!d) {
         rc = ENGRAM_ENOMEM;
         goto done;
       }
-      samples = s;
+      out->data = d;
       cap *= 2;
     }
-    if (log_codec_payload(log, txn, t->id, &view, samples + used)) continue;
-    used += view.raw_len;
-    sizes[n++] = view.raw_len;
+    if (log_codec_payload(log, txn, t->id, &view, out->data + out->used)) continue;
+    out->used += view.raw_len;
+    out->sizes[out->n++] = view.raw_len;
   }
-  if (n < 16) {
-    rc = log_error(log, ENGRAM_EINVAL, "train dictionary %s: %zu events, need at least 16", t->name, n);
-    goto done;
-  }
-  unsigned char dict[DICT_SIZE];
-  size_t dn = ZDICT_trainFromBuffer(dict, sizeof dict, samples, sizes, (unsigned)n);
-  if (ZDICT_isError(dn)) {
-    rc = log_error(log, ENGRAM_EINVAL, "train dictionary %s: %s (too few or too similar events)",
-                   t->name, ZDICT_getErrorName(dn));
-    goto done;
-  }
-  uint32_t id = ZDICT_getDictID(dict, dn);
-  unsigned char kb[8];
-  dict_key(kb, t->id, id);
-  MDB_val key = {8, kb}, val = {dn, dict};
-  rc = mdb_put(txn, log->db_dicts, &key, &val, 0);
-  if (rc) {
-    rc = log_err_mdb(rc);
-    goto done;
-  }
-  t->dict_id = id;
-  rc = log_topic_meta_put(log, txn, t);
-  if (rc == 0 && dict_id) *dict_id = id;
 done:
   mdb_cursor_close(c);
-  free(samples);
-  free(sizes);
+  if (rc) log_samples_free(out);
   return rc;
+}
+
+void log_samples_free(log_samples *s) {
+  free(s->data);
+  free(s->sizes);
+  memset(s, 0, sizeof *s);
+}
+
+int log_dict_build(engram *log, const char *topic, const log_samples *s, log_dict *out) {
+  if (s->n < 16)
+    return log_error(log, ENGRAM_EINVAL, "train dictionary %s: %zu events, need at least 16", topic, s->n);
+  size_t dn = ZDICT_trainFromBuffer(out->bytes, sizeof out->bytes, s->data, s->sizes, (unsigned)s->n);
+  if (ZDICT_isError(dn))
+    return log_error(log, ENGRAM_EINVAL, "train dictionary %s: %s (too few or too similar events)", topic,
+                     ZDICT_getErrorName(dn));
+  out->len = dn;
+  out->id = ZDICT_getDictID(out->bytes, dn);
+  return 0;
+}
+
+int log_dict_store(engram *log, MDB_txn *txn, log_topic *t, const log_dict *d) {
+  unsigned char kb[8];
+  dict_key(kb, t->id, d->id);
+  MDB_val key = {8, kb}, val = {d->len, (void *)d->bytes};
+  int rc = mdb_put(txn, log->db_dicts, &key, &val, 0);
+  if (rc) return log_err_mdb(rc);
+  t->dict_id = d->id;
+  return log_topic_meta_put(log, txn, t);
 }

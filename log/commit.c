@@ -287,10 +287,40 @@ int log_job_wait(engram *log, struct log_job *job) {
   return job->rc;
 }
 
+void log_train_request(engram *log, const char *topic) {
+  pthread_mutex_lock(&log->aux_mu);
+  struct log_touched *t;
+  for (t = log->train; t; t = t->next)
+    if (!strcmp(t->topic, topic)) break;
+  if (!t && (t = calloc(1, sizeof *t))) {
+    snprintf(t->topic, sizeof t->topic, "%s", topic);
+    t->next = log->train;
+    log->train = t;
+  }
+  pthread_mutex_unlock(&log->aux_mu);
+}
+
+void log_train_pending(engram *log) {
+  for (;;) {
+    pthread_mutex_lock(&log->aux_mu);
+    struct log_touched *t = log->train;
+    if (t) log->train = t->next;
+    pthread_mutex_unlock(&log->aux_mu);
+    if (!t) return;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", engram_errmsg(log)); /* keep the caller's message */
+    log_dict_train(log, t->topic, NULL);
+    log_error(log, 0, "%s", msg);
+    free(t);
+  }
+}
+
 static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
   struct log_job job = {.fn = fn, .arg = arg, .solo = solo};
   int rc = log_job_enqueue(log, &job);
-  return rc ? rc : log_job_wait(log, &job);
+  if (rc == 0) rc = log_job_wait(log, &job);
+  if (__atomic_load_n(&log->train, __ATOMIC_ACQUIRE)) log_train_pending(log);
+  return rc;
 }
 
 int log_write(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }

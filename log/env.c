@@ -391,6 +391,11 @@ void engram_close(engram *log) {
   }
   log_codec_caches_free(log);
   log_topic_cache_free(log);
+  while (log->train) {
+    struct log_touched *t = log->train;
+    log->train = t->next;
+    free(t);
+  }
   pthread_rwlock_destroy(&log->map_lock);
   pthread_mutex_destroy(&log->aux_mu);
   pthread_mutex_destroy(&log->dbi_mu);

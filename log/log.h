@@ -122,6 +122,7 @@ struct engram {
   struct log_dict_cache *dicts;
 
   struct log_pipe *pipe;       /* pipelined appends (pipeline.c), made on first use */
+  struct log_touched *train;   /* topics waiting for their automatic dictionary (aux_mu) */
 
   log_commit_hook commit_hook; /* may be NULL */
   void *commit_hook_ctx;

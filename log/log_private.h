@@ -79,7 +79,29 @@ int log_codec_encode(engram *log, MDB_txn *txn, const log_topic *t, const engram
 int log_codec_payload(engram *log, MDB_txn *txn, uint32_t topic_id, const log_view *v,
                       void *dst);
 void log_codec_caches_free(engram *log);
-int log_dict_train(engram *log, MDB_txn *txn, log_topic *t, uint32_t *dict_id);
+/* Dictionary training in three steps, so only the first and last hold a transaction:
+ * samples from the newest events (read txn), ZDICT training (no txn, the slow part), and
+ * storing the dictionary as the topic's current one (write job). */
+typedef struct log_samples {
+  unsigned char *data;
+  size_t *sizes;
+  size_t n, used;
+} log_samples;
+typedef struct log_dict {
+  unsigned char bytes[16 * 1024];
+  size_t len;
+  uint32_t id;
+} log_dict;
+int log_dict_samples(engram *log, MDB_txn *txn, const log_topic *t, log_samples *out);
+void log_samples_free(log_samples *s);
+int log_dict_build(engram *log, const char *topic, const log_samples *s, log_dict *out);
+int log_dict_store(engram *log, MDB_txn *txn, log_topic *t, const log_dict *d);
+/* Trains a topic's dictionary outside any transaction (topic.c). */
+int log_dict_train(engram *log, const char *topic, uint32_t *dict_id);
+/* Topics whose automatic training an append claimed; trained after the commit by the
+ * writer that sees them (commit.c). */
+void log_train_request(engram *log, const char *topic);
+void log_train_pending(engram *log);
 void log_dict_forget_topic(engram *log, uint32_t topic_id);
 
 #endif

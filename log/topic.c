@@ -373,27 +373,51 @@ int log_topic_drop_in(log_wtx *w, const char *topic) {
   return 0;
 }
 
-struct train_req {
+struct store_req {
   const char *topic;
-  uint32_t dict_id;
+  uint32_t topic_id;
+  const log_dict *dict;
 };
 
-static int train_job(log_wtx *w, void *arg) {
-  struct train_req *r = arg;
+static int store_job(log_wtx *w, void *arg) {
+  struct store_req *r = arg;
   log_topic t;
   int rc = log_topic_get(w->log, w->txn, r->topic, &t);
   if (rc) return rc;
-  if (t.cfg.flags & ENGRAM_TOPIC_NO_DICT)
-    return log_error(w->log, ENGRAM_EINVAL, "train dictionary %s: the topic has dictionaries off", r->topic);
-  return log_dict_train(w->log, w->txn, &t, &r->dict_id);
+  if (t.id != r->topic_id) return log_error(w->log, ENGRAM_ENOTFOUND, "train dictionary %s: topic was dropped", r->topic);
+  return log_dict_store(w->log, w->txn, &t, r->dict);
+}
+
+int log_dict_train(engram *log, const char *topic, uint32_t *dict_id) {
+  MDB_txn *txn;
+  int rc = log_read_begin(log, &txn);
+  if (rc) return rc;
+  log_topic t;
+  log_samples s = {0};
+  rc = log_topic_get(log, txn, topic, &t);
+  if (rc == 0 && (t.cfg.flags & ENGRAM_TOPIC_NO_DICT))
+    rc = log_error(log, ENGRAM_EINVAL, "train dictionary %s: the topic has dictionaries off", topic);
+  if (rc == 0) rc = log_dict_samples(log, txn, &t, &s);
+  log_read_end(log, txn);
+  if (rc) return rc;
+  log_dict *d = malloc(sizeof *d);
+  if (!d) rc = log_error(log, ENGRAM_ENOMEM, "train dictionary %s: out of memory", topic);
+  if (rc == 0) rc = log_dict_build(log, topic, &s, d);
+  log_samples_free(&s);
+  if (rc == 0) {
+    struct store_req r = {topic, t.id, d};
+    rc = log_write(log, store_job, &r);
+    if (rc >= 0) {
+      rc = 0;
+      if (dict_id) *dict_id = d->id;
+    }
+  }
+  free(d);
+  return rc;
 }
 
 int engram_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->topic_train_dict(log, topic, dict_id);
-  struct train_req r = {.topic = topic};
-  int rc = log_write(log, train_job, &r);
-  if (rc < 0) return rc;
-  if (dict_id) *dict_id = r.dict_id;
-  return 0;
+  return log_dict_train(log, topic, dict_id);
 }
