@@ -598,6 +598,71 @@ static void pipelined_appends_keep_their_order_and_report_every_offset(void **st
   td_done(&d);
 }
 
+struct results {
+  int n;
+  int rc[64];
+  uint64_t off[64];
+};
+
+static void on_result(void *ctx, int rc, uint64_t offset, int dup) {
+  struct results *r = ctx;
+  if (r->n < 64) {
+    r->rc[r->n] = rc;
+    r->off[r->n] = offset;
+  }
+  r->n++;
+}
+
+/* Pipelined appends travel together, but each succeeds or fails alone; and appends left
+ * staged by a producer that stops calling still leave. */
+static void pipelined_appends_fail_alone_and_leave_without_further_calls(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-pipe2");
+  d.o.durability = ENGRAM_DURABILITY_ASYNC;
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  engram *other = conn(&d, 5000);
+  engram_topic_config cfg = {.max_payload = 16};
+  OK(r, engram_topic_create(r, "small", &cfg));
+  struct results res = {0};
+  for (int i = 0; i < 40; i++) {
+    engram_event e = ev_of("memory.saved", NULL, i % 2 ? "0123456789abcdefghijklmnopqrstuvwxyz" : "ok");
+    OK(r, engram_append_async(r, "small", &e, on_result, &res));
+  }
+  assert_int_equal(engram_append_wait(r), ENGRAM_ETOOBIG);
+  assert_non_null(strstr(engram_errmsg(r), "over limit"));
+  assert_int_equal(res.n, 40);
+  uint64_t next = 1;
+  for (int i = 0; i < 40; i++) {
+    if (i % 2) {
+      assert_int_equal(res.rc[i], ENGRAM_ETOOBIG);
+    } else {
+      assert_int_equal(res.rc[i], 0);
+      assert_int_equal(res.off[i], next++); /* the good ones, in order */
+    }
+  }
+  /* A burst, then silence: the flusher sends what was staged. */
+  struct results quiet = {0};
+  for (int i = 0; i < 30; i++) {
+    engram_event e = ev_of("memory.saved", NULL, "q");
+    OK(r, engram_append_async(r, "small", &e, on_result, &quiet));
+  }
+  engram_topic_info ti;
+  for (int i = 0; i < 100; i++) {
+    OK(other, engram_topic_info_get(other, "small", &ti));
+    if (ti.count == 50) break;
+    tu_sleep_ms(10);
+  }
+  assert_int_equal(ti.count, 50);
+  OK(r, engram_append_wait(r));
+  assert_int_equal(quiet.n, 30);
+  engram_close(other);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
 struct appender {
   engram *log;
   int n;
@@ -1135,6 +1200,7 @@ int main(void) {
       cmocka_unit_test(leases_expire_and_retries_come_back_through_the_daemon),
       cmocka_unit_test(a_long_poll_returns_when_events_arrive_or_its_wait_ends),
       cmocka_unit_test(pipelined_appends_keep_their_order_and_report_every_offset),
+      cmocka_unit_test(pipelined_appends_fail_alone_and_leave_without_further_calls),
       cmocka_unit_test(replies_come_back_out_of_order_on_one_connection),
       cmocka_unit_test(no_daemon_means_econn_and_a_frozen_one_etimedout),
       cmocka_unit_test(clients_reconnect_after_a_daemon_restart),
