@@ -16,6 +16,9 @@
 
 #include "log/log_private.h"
 
+/* Longest wait for writers to gather before a commit. */
+#define LOG_GATHER_MAX_NS 200000
+
 
 /* A committed batch waiting to be released. */
 struct batch {
@@ -182,24 +185,52 @@ static void release(engram *log, struct batch *b, int rc, const char *msg) {
 }
 
 static int sync_env(engram *log) {
+  int64_t t0 = clock_monotonic_ns();
   int rc = mdb_env_sync(log->env, 1);
+  log->last_flush_ns = clock_monotonic_ns() - t0;
   return rc ? log_error(log, log_err_mdb(rc), "commit: flush: %s", strerror(rc)) : 0;
 }
 
 /* Takes the next batch off the queue: one solo job, or every queued ordinary job. */
 static struct log_job *take(engram *log) {
   struct log_job *head = log->q_head;
+  size_t n = 1;
   if (head->solo) {
     log->q_head = head->next;
     head->next = NULL;
   } else {
     struct log_job *last = head;
-    while (last->next && !last->next->solo) last = last->next;
+    while (last->next && !last->next->solo) {
+      last = last->next;
+      n++;
+    }
     log->q_head = last->next;
     last->next = NULL;
   }
   if (!log->q_head) log->q_tail = NULL;
+  log->q_len -= n;
+  log->last_batch = n;
   return head;
+}
+
+/* Writers that wait for their commit come back together a moment after it is released.
+ * When the last batch was bigger than what is queued now, wait a little (a fraction of
+ * a flush) for the rest to queue, so they share the next commit instead of each paying
+ * two flushes of their own. Called with mu held. */
+static void gather(engram *log) {
+  if (log->opts.durability != ENGRAM_DURABILITY_SYNC || log->q_len >= log->last_batch) return;
+  int64_t wait = log->last_flush_ns / 4;
+  if (wait > LOG_GATHER_MAX_NS) wait = LOG_GATHER_MAX_NS;
+  if (wait <= 0) return;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  int64_t t = ts.tv_nsec + wait;
+  ts.tv_sec += t / 1000000000;
+  ts.tv_nsec = t % 1000000000;
+  log->gathering = 1;
+  while (log->q_len < log->last_batch && !log->closing)
+    if (pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts) == ETIMEDOUT) break;
+  log->gathering = 0;
 }
 
 /* The leader's loop. Entered and left with mu held. */
@@ -217,6 +248,7 @@ static void lead(engram *log) {
       release(log, &pending, rc, msg);
       continue;
     }
+    gather(log);
     struct log_job *jobs = take(log);
     pthread_mutex_unlock(&log->mu);
     int wrote = 0;
@@ -265,6 +297,8 @@ int log_job_enqueue(engram *log, struct log_job *job) {
   else
     log->q_head = job;
   log->q_tail = job;
+  log->q_len++;
+  if (log->gathering) pthread_cond_broadcast(&log->flush_cv);
   pthread_mutex_unlock(&log->mu);
   return 0;
 }

@@ -104,6 +104,10 @@ struct engram {
   pthread_cond_t cv;          /* signalled when jobs complete or the leader leaves */
   pthread_cond_t append_cv;   /* broadcast after every commit that appended */
   struct log_job *q_head, *q_tail;
+  size_t q_len;               /* jobs queued */
+  size_t last_batch;          /* jobs in the last batch taken */
+  int64_t last_flush_ns;      /* duration of the last explicit flush */
+  int gathering;              /* the leader waits on flush_cv for writers to queue */
   int leader;                 /* 1 while a thread leads a commit */
   uint64_t append_seq;        /* bumped after every commit that appended */
   int64_t last_commit_ns;     /* monotonic time of the last commit */
