@@ -47,7 +47,7 @@ FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%-replay,$(FUZZ_SRCS))
 BENCH_SRCS := $(wildcard bench/bench_*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 
-.PHONY: all deps run test test-c test-python bench fuzz install clean check-deps format python
+.PHONY: all deps run test test-c test-python bench bench-peers fuzz install clean check-deps format python lint
 .SECONDARY:
 
 all: $(BUILD)/libengram.a $(BUILD)/libengram.so $(BUILD)/engram
@@ -111,6 +111,15 @@ fuzz: deps
 
 bench: deps all $(BENCH_BINS)
 	@BUILD=$(BUILD) bash bench/run.sh
+
+# Engram side by side with Redis Streams and NATS JetStream (installs and runs them on
+# 127.0.0.1 with throw-away data). PEERS=--quick for a short run.
+bench-peers: deps all $(BENCH_BINS)
+	@BUILD=$(BUILD) bash bench/peers/run.sh $(PEERS)
+
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
+	  --suppress=missingIncludeSystem -Iinclude -Icommon -I. $(LIB_SRCS) $(CLI_SRCS)
 
 run: deps all
 	@BUILD=$(BUILD) DATA=$(DATA) bash cli/demo.sh
