@@ -28,7 +28,7 @@ ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
 
 DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
   protobuf-c-compiler libzmq3-dev libcmocka-dev lmdb-utils python3 python3-dev \
-  python3-pytest python3-setuptools python3-pip python3-wheel clang
+  python3-pytest python3-setuptools python3-pip python3-wheel clang cppcheck
 # Debian's interpreter: the one python3-* packages (pytest ...) install into.
 PYTHON ?= /usr/bin/python3
 
