@@ -28,6 +28,8 @@ static const char *usage =
     "  --latency-seconds S  duration of each latency run (default 5)\n"
     "  --rate N           events/s of the latency runs (default 2000)\n"
     "  --drain-events N   events prefilled for the drain (default 200000)\n"
+    "  --flush-ms N       embedded latency run: the handles' background flush interval\n"
+    "                     (default: the library's, 1000)\n"
     "  --only LIST        one,eight,pipelined,batch,drain,latency (default all)\n"
     "  --json PATH        write results as JSON (one result per line) to PATH\n"
     "  --dir DIR          where to create the logs (default a temporary directory)\n"
@@ -37,6 +39,7 @@ static bench_events evs;
 static double seconds = 5, latency_seconds = 5;
 static double rate = 2000;
 static uint64_t drain_events = 200000;
+static uint32_t flush_ms; /* embedded latency run: background flush interval, 0 = default */
 static const char *only;
 static char root[4096];
 static bench_out out;
@@ -358,65 +361,99 @@ typedef struct lat_shared {
   char msg[256];
 } lat_shared;
 
-/* The worker: waits in fetch, notes when it holds each event, acks. */
-static int lat_consumer(lat_shared *sh, const char *where, int remote) {
+/* Acks leave from a thread of their own, so that the worker is back in fetch at once:
+ * the latency measured is that of a worker already waiting. */
+typedef struct ackq {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  engram_ack_item items[MAX_LAT];
+  size_t head, tail;
+  int stop;
+  engram *log;
+} ackq;
+
+static void *acker(void *arg) {
+  ackq *q = arg;
+  engram_ack_item batch[256];
+  pthread_mutex_lock(&q->mu);
+  for (;;) {
+    while (q->head == q->tail && !q->stop) pthread_cond_wait(&q->cv, &q->mu);
+    if (q->head == q->tail) break;
+    size_t k = 0;
+    while (q->head != q->tail && k < 256) batch[k++] = q->items[q->head++ % MAX_LAT];
+    pthread_mutex_unlock(&q->mu);
+    engram_ack_many(q->log, "memory", "workers", batch, k, NULL);
+    pthread_mutex_lock(&q->mu);
+  }
+  pthread_mutex_unlock(&q->mu);
+  return NULL;
+}
+
+static engram *lat_open(const char *where, int remote, lat_shared *sh, const char *who) {
   engram *log = NULL;
   int rc;
   if (remote) {
     engram_connect_options o = {.timeout_ms = 30000};
     rc = engram_connect(where, &o, &log);
   } else {
-    engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC};
+    engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC, .flush_interval_ms = flush_ms};
     rc = engram_open(where, &o, &log);
   }
-  if (rc) {
-    snprintf(sh->msg, sizeof sh->msg, "consumer open: %s", engram_errmsg(log));
-    return 1;
-  }
-  engram_ack_item items[256];
+  if (rc) snprintf(sh->msg, sizeof sh->msg, "%s open: %s", who, engram_errmsg(NULL));
+  return rc ? NULL : log;
+}
+
+/* The worker: waits in fetch and notes when it holds each event; another thread acks. */
+static int lat_consumer(lat_shared *sh, const char *where, int remote) {
+  engram *log = lat_open(where, remote, sh, "consumer");
+  if (!log) return 1;
+  static ackq q = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+  /* Embedded: one handle per process, shared; remote: a connection of its own. */
+  q.log = remote ? lat_open(where, remote, sh, "acker") : log;
+  if (!q.log) return 1;
+  pthread_t t;
+  pthread_create(&t, NULL, acker, &q);
   uint64_t seen = 0;
   /* Prime the connection and the wait path once before the producer starts. */
   engram_batch *b = NULL;
   engram_fetch(log, "memory", "workers", "worker", 1, 0, &b);
   engram_batch_free(b);
   sh->ready = 1;
+  int rc = 0;
   while (!sh->done || seen < sh->n) {
     b = NULL;
     rc = engram_fetch(log, "memory", "workers", "worker", 256, 200, &b);
     int64_t now = bench_now_ns();
     if (rc) {
       snprintf(sh->msg, sizeof sh->msg, "fetch: %s", engram_errmsg(log));
-      engram_close(log);
-      return 1;
+      break;
     }
     size_t k = b->count;
+    pthread_mutex_lock(&q.mu);
     for (size_t i = 0; i < k; i++) {
       uint64_t seq = b->events[i].offset - 1; /* offsets are dense: offset = sequence + 1 */
       if (seq < MAX_LAT) sh->got[seq] = now;
-      items[i] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
+      q.items[q.tail++ % MAX_LAT] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
     }
+    pthread_cond_signal(&q.cv);
+    pthread_mutex_unlock(&q.mu);
     engram_batch_free(b);
-    if (k) engram_ack_many(log, "memory", "workers", items, k, NULL);
     seen += k;
   }
+  pthread_mutex_lock(&q.mu);
+  q.stop = 1;
+  pthread_cond_signal(&q.cv);
+  pthread_mutex_unlock(&q.mu);
+  pthread_join(t, NULL);
+  if (q.log != log) engram_close(q.log);
   engram_close(log);
-  return 0;
+  return rc ? 1 : 0;
 }
 
 static int lat_producer(lat_shared *sh, const char *where, int remote) {
-  engram *log = NULL;
+  engram *log = lat_open(where, remote, sh, "producer");
+  if (!log) return 1;
   int rc;
-  if (remote) {
-    engram_connect_options o = {.timeout_ms = 30000};
-    rc = engram_connect(where, &o, &log);
-  } else {
-    engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC};
-    rc = engram_open(where, &o, &log);
-  }
-  if (rc) {
-    snprintf(sh->msg, sizeof sh->msg, "producer open: %s", engram_errmsg(log));
-    return 1;
-  }
   while (!sh->ready) bench_sleep_until_ns(bench_now_ns() + 1000000);
   bench_sleep_until_ns(bench_now_ns() + 100000000);
   uint64_t total = (uint64_t)(rate * latency_seconds);
@@ -494,7 +531,7 @@ static void latency(int remote) {
   snprintf(r.extra, sizeof r.extra, "\"rate\": %.0f, \"samples\": %zu, \"max_us\": %.1f", rate, s.n,
            (double)bench_samples_pct(&s, 100) / 1e3);
   bench_result_note(&r, remote ? "producer and worker are remote clients (separate processes); worker long-polls "
-                                 "fetch, acks each batch"
+                                 "fetch (acks leave from another thread)"
                                : "producer and worker are separate processes on one directory; the worker "
                                  "sleeps in fetch until the commit's notification wakes it");
   emit(&r);
@@ -528,6 +565,9 @@ int main(int argc, char **argv) {
       i++;
     } else if (!strcmp(a, "--drain-events") && v) {
       drain_events = (uint64_t)bench_arg_double(v, "--drain-events");
+      i++;
+    } else if (!strcmp(a, "--flush-ms") && v) {
+      flush_ms = (uint32_t)bench_arg_double(v, "--flush-ms");
       i++;
     } else if (!strcmp(a, "--only") && v) {
       only = v;

@@ -100,7 +100,8 @@ struct net_server {
   pthread_mutex_t mu;
   pthread_cond_t cv;        /* workers wait for jobs */
   struct job *q_head, *q_tail;
-  size_t queued;            /* jobs in the queue and in lanes */
+  struct job *w_head, *w_tail; /* parked fetches a commit woke: run before anything else */
+  size_t queued;            /* jobs in the queues and in lanes */
   struct lane *lanes[LANE_BUCKETS];
   struct lane *ready_head, *ready_tail;
   struct job *parked;
@@ -264,8 +265,12 @@ static void enqueue(struct net_server *s, struct job *j) {
   pthread_cond_signal(&s->cv);
 }
 
-/* Parked fetches on `topic` look again now. */
-static void topic_changed_locked(struct net_server *s, const char *topic) {
+/* Parked fetches on `topic` look again now. Called from a worker (a commit, a group
+ * change) they go to the woken list without waking another worker: the calling worker
+ * takes them as soon as its current job is done, which saves a thread hand-off on the
+ * path from an append to a waiting consumer. From the main thread (`signal`) a worker
+ * is woken. */
+static void topic_changed_locked(struct net_server *s, const char *topic, int signal) {
   struct tseq *t = tseq_get(s, topic);
   if (t) t->seq++;
   struct job **pp = &s->parked;
@@ -274,7 +279,14 @@ static void topic_changed_locked(struct net_server *s, const char *topic) {
     if (!strcmp(j->rq->fetch->topic, topic)) {
       *pp = j->next;
       s->n_parked--;
-      enqueue(s, j);
+      j->next = NULL;
+      if (s->w_tail)
+        s->w_tail->next = j;
+      else
+        s->w_head = j;
+      s->w_tail = j;
+      s->queued++;
+      if (signal) pthread_cond_signal(&s->cv);
     } else {
       pp = &j->next;
     }
@@ -283,7 +295,7 @@ static void topic_changed_locked(struct net_server *s, const char *topic) {
 
 void net_server_topic_changed(struct net_server *s, const char *topic) {
   pthread_mutex_lock(&s->mu);
-  topic_changed_locked(s, topic);
+  topic_changed_locked(s, topic, 0);
   pthread_mutex_unlock(&s->mu);
   net_notify_wake(s->log, topic);
 }
@@ -292,7 +304,7 @@ void net_server_topic_changed(struct net_server *s, const char *topic) {
 static void on_commit(void *ctx, const char *topic, uint64_t head) {
   struct net_server *s = ctx;
   pthread_mutex_lock(&s->mu);
-  topic_changed_locked(s, topic);
+  topic_changed_locked(s, topic, 0);
   struct tseq *t = tseq_get(s, topic);
   int wake = 0;
   if (t) {
@@ -673,8 +685,20 @@ static void *worker_main(void *arg) {
   struct net_server *s = w->s;
   pthread_mutex_lock(&s->mu);
   for (;;) {
-    while (!s->q_head && !s->ready_head && !s->exiting) pthread_cond_wait(&s->cv, &s->mu);
-    if (!s->q_head && !s->ready_head) break;
+    while (!s->w_head && !s->q_head && !s->ready_head && !s->exiting) pthread_cond_wait(&s->cv, &s->mu);
+    if (!s->w_head && !s->q_head && !s->ready_head) break;
+    if (s->w_head) {
+      struct job *j = s->w_head;
+      s->w_head = j->next;
+      if (!s->w_head) s->w_tail = NULL;
+      s->queued--;
+      s->running++;
+      pthread_mutex_unlock(&s->mu);
+      run_job(s, w, j);
+      pthread_mutex_lock(&s->mu);
+      s->running--;
+      continue;
+    }
     /* Alternate between plain requests and lanes so neither starves the other. */
     if (s->ready_head && (!s->q_head || (w->turn++ & 1))) {
       struct lane *l = s->ready_head;
@@ -880,7 +904,7 @@ static void take_notify_in(struct net_server *s) {
     if (!log_valid_name(topic)) continue;
     publish(s, topic, be64_get(head));
     pthread_mutex_lock(&s->mu);
-    topic_changed_locked(s, topic);
+    topic_changed_locked(s, topic, 1);
     pthread_mutex_unlock(&s->mu);
   }
 }
@@ -913,7 +937,7 @@ static long check_parked(struct net_server *s) {
 
 static int idle(struct net_server *s) {
   pthread_mutex_lock(&s->mu);
-  int yes = !s->q_head && !s->ready_head && s->running == 0 && !s->parked;
+  int yes = !s->w_head && !s->q_head && !s->ready_head && s->running == 0 && !s->parked;
   pthread_mutex_unlock(&s->mu);
   return yes;
 }
@@ -1164,6 +1188,16 @@ static void teardown(struct net_server *s) {
   while (s->q_head) {
     struct job *j = s->q_head;
     s->q_head = j->next;
+    job_free(j);
+  }
+  while (s->w_head) {
+    struct job *j = s->w_head;
+    s->w_head = j->next;
+    job_free(j);
+  }
+  while (s->parked) {
+    struct job *j = s->parked;
+    s->parked = j->next;
     job_free(j);
   }
   for (int i = 0; i < LANE_BUCKETS; i++) {

@@ -302,7 +302,7 @@ static void thirty_two_producers_and_eight_consumers_lose_and_repeat_nothing(voi
   uint64_t n = check(r, admin, 0);
   fprintf(stderr, "%.0f appends/s from %d remote clients (sync durability), drained %.1f s after\n",
           (double)n * 1000.0 / (double)(t1 - t0), PRODUCERS, (double)(tu_mono_ms() - t1) / 1000.0);
-  assert_true(n > 1000);
+  assert_true(n > 100);
   engram_close(admin);
   free((void *)r->acks);
   free(r);
