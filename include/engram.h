@@ -465,6 +465,16 @@ typedef struct engram_connect_options {
 /* Connects to `engram serve` at endpoint (e.g. "tcp://127.0.0.1:7450"). Errors: EINVAL,
  * ECONN, EDENIED, EVERSION. */
 int engram_connect(const char *endpoint, const engram_connect_options *opts, engram **out);
+/* Remote failures. A request that cannot be sent within timeout_ms (no daemon there) fails
+ * with ENGRAM_ECONN and was not applied; one sent whose reply does not come in time fails
+ * with ENGRAM_ETIMEDOUT and may or may not have been applied. When the connection drops
+ * (a daemon restart), requests safe to repeat (reads, sync, appends whose every event has
+ * an idempotency key) are sent again once it is back; the others fail with ENGRAM_ECONN,
+ * outcome unknown: a plain append is never sent twice. A fetch may take wait_ms +
+ * timeout_ms. Pipelined appends leave in batches while earlier ones await their replies;
+ * a thread of the handle sends them when the producer makes no further call. Remote
+ * read_range and dlq_list return at most 100000 items per call; remote
+ * engram_txn_commit returns ENGRAM_ENOTSUP for now. See docs/protocol.md. */
 
 typedef struct engram_serve_options {
   const char *listen;          /* request endpoint, default "tcp://127.0.0.1:7450" */
@@ -483,6 +493,11 @@ typedef struct engram_serve_options {
  * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with
  * ENGRAM_EBUSY when another daemon serves the directory. */
 int engram_serve(const char *data_dir, const engram_serve_options *opts);
+/* The daemon holds DIR/daemon.lock, logs one line per notable event on stderr, takes the
+ * commits of embedded writers of other processes on ipc://DIR/notify-in.ipc and answers a
+ * malformed request with ENGRAM_EPROTO. Other errors: EINVAL (options), EBUSY (directory
+ * or endpoint in use, or a daemon already runs in this process), ENOTSUP (CURVE without
+ * libzmq support), and those of engram_open(). */
 /* Asks a running engram_serve() of this process to stop (async-signal-safe). */
 void engram_serve_stop(void);
 /* Makes a CURVE key pair as two 40-character Z85 strings (plus NUL). */

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1175,6 +1176,122 @@ static void every_cli_command_works_with_connect(void **state) {
   td_done(&d);
 }
 
+static int key_of(const char *path, const char *name, char out[41]) {
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  char line[256];
+  int found = -1;
+  size_t n = strlen(name);
+  while (found && fgets(line, sizeof line, f)) {
+    if (!strncmp(line, name, n) && !strncmp(line + n, " = ", 3) && strlen(line + n + 3) >= 40) {
+      memcpy(out, line + n + 3, 40);
+      out[40] = '\0';
+      found = 0;
+    }
+  }
+  fclose(f);
+  return found;
+}
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+static void the_serve_command_takes_a_config_file_and_curve_key_files(void **state) {
+  (void)state;
+  const char *build = getenv("BUILD");
+  char exe[512];
+  snprintf(exe, sizeof exe, "%s/engram", build && *build ? build : "build");
+  if (access(exe, X_OK) != 0 || engram_keygen((char[41]){0}, (char[41]){0}) == ENGRAM_ENOTSUP) {
+    skip();
+    return;
+  }
+  char *dir = tu_tmpdir("net-serve-cli");
+  char *out = tu_join(dir, "out");
+  char *sbase = tu_join(dir, "server"), *cbase = tu_join(dir, "client");
+  char *skey = tu_join(dir, "server.key"), *cpub = tu_join(dir, "client.pub"), *ckey = tu_join(dir, "client.key");
+  char *conf = tu_join(dir, "serve.conf"), *bad = tu_join(dir, "bad.conf"), *logf = tu_join(dir, "serve.log");
+  char *kg1[] = {exe, "keygen", "--out", sbase, NULL}, *kg2[] = {exe, "keygen", "--out", cbase, NULL};
+  assert_int_equal(run_cli(out, kg1), 0);
+  assert_int_equal(run_cli(out, kg2), 0);
+  assert_int_not_equal(run_cli(out, kg1), 0); /* never overwrites */
+  struct stat st;
+  assert_int_equal(stat(skey, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0600);
+  char spub[41], cp[41], cs[41];
+  assert_int_equal(key_of(skey, "public-key", spub), 0);
+  assert_int_equal(key_of(ckey, "public-key", cp), 0);
+  assert_int_equal(key_of(ckey, "secret-key", cs), 0);
+
+  char text[4096], ep[600];
+  snprintf(ep, sizeof ep, "ipc://%s/cli.ipc", dir);
+  snprintf(text, sizeof text,
+           "# engram serve settings\n"
+           "data = %s/log\n"
+           "listen = %s\n"
+           "log-json = true\n"
+           "durability = async   # tests need no flushes\n"
+           "workers = 4\n"
+           "curve-secret-file = %s\n"
+           "allow-keys-file = %s\n",
+           dir, ep, skey, cpub);
+  write_file(conf, text);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int fd = open(logf, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 2);
+    execl(exe, exe, "serve", "--config", conf, (char *)NULL);
+    _exit(127);
+  }
+  engram_connect_options o = {.timeout_ms = 3000, .server_key = spub, .public_key = cp, .secret_key = cs};
+  engram *r = td_connect_within(ep, 10000, &o);
+  assert_non_null(r);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_close(r);
+  kill(pid, SIGTERM);
+  assert_int_equal(tu_wait(pid, 10000), 0);
+  FILE *f = fopen(logf, "r");
+  assert_non_null(f);
+  char line[2048];
+  int lines = 0;
+  while (fgets(line, sizeof line, f)) {
+    assert_true(line[0] == '{');
+    lines++;
+  }
+  fclose(f);
+  assert_true(lines >= 4);
+
+  /* A bad line: one line on stderr, exit 1. */
+  write_file(bad, "listen = tcp://127.0.0.1:1\nno-such-key = 1\n");
+  char *badrun[] = {exe, "serve", "--data", dir, "--config", bad, NULL};
+  assert_int_equal(run_cli(out, badrun), 1);
+  f = fopen(out, "r");
+  assert_non_null(f);
+  lines = 0;
+  while (fgets(line, sizeof line, f)) lines++;
+  fclose(f);
+  assert_int_equal(lines, 1);
+  char *nokeys[] = {exe, "serve", "--data", dir, "--curve-secret-file", skey, NULL};
+  assert_int_equal(run_cli(out, nokeys), 2);
+
+  free(out);
+  free(sbase);
+  free(cbase);
+  free(skey);
+  free(cpub);
+  free(ckey);
+  free(conf);
+  free(bad);
+  free(logf);
+  tu_tmpdir_done(dir);
+}
+
 static void transactions_are_refused_over_a_connection_for_now(void **state) {
   (void)state;
   td d;
@@ -1211,6 +1328,7 @@ int main(void) {
       cmocka_unit_test(embedded_waiters_wake_without_a_daemon),
       cmocka_unit_test(the_daemon_logs_json_lines_when_asked),
       cmocka_unit_test(every_cli_command_works_with_connect),
+      cmocka_unit_test(the_serve_command_takes_a_config_file_and_curve_key_files),
       cmocka_unit_test(transactions_are_refused_over_a_connection_for_now),
   };
   return cmocka_run_group_tests_name("net", tests, NULL, NULL);
