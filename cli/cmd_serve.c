@@ -94,6 +94,26 @@ static char *trim(char *s) {
   return s;
 }
 
+/* Cuts a comment off a config line: '#' at the start or after a blank (Z85 keys and
+ * paths may hold '#' elsewhere). */
+static void strip_comment(char *line) {
+  for (char *p = line; *p; p++)
+    if (*p == '#' && (p == line || p[-1] == ' ' || p[-1] == '\t')) {
+      *p = '\0';
+      return;
+    }
+}
+
+/* The value of a `name = value` line, or NULL when the line is not about `name`. */
+static char *named(char *line, const char *name) {
+  size_t n = strlen(name);
+  if (strncmp(line, name, n)) return NULL;
+  char *p = line + n;
+  while (*p == ' ' || *p == '\t') p++;
+  if (*p != '=') return NULL;
+  return trim(p + 1);
+}
+
 /* Reads a whole small file into a NUL-terminated buffer. */
 static char *slurp(const char *path, const char *what) {
   FILE *f = fopen(path, "r");
@@ -134,8 +154,7 @@ static int read_config(const char *path, struct settings *st) {
   int lineno = 0, status = 0;
   for (char *line = strtok(text, "\n"); line && !status; line = strtok(NULL, "\n")) {
     lineno++;
-    char *hash = strchr(line, '#');
-    if (hash) *hash = '\0';
+    strip_comment(line);
     char *l = trim(line);
     if (!*l) continue;
     char *eq = strchr(l, '=');
@@ -171,25 +190,17 @@ static int read_config(const char *path, struct settings *st) {
   return status;
 }
 
-/* The value after `name =` on some line of text, or a lone token when name is NULL.
- * Copies at most 40 characters into out[41]; returns 0 or -1. */
+/* The value of a `name = KEY` line of text, or with name NULL a line that is a lone key.
+ * Copies the 40 characters into out[41]; returns 0 or -1. */
 static int key_line(const char *text, const char *name, char out[41]) {
   char *copy = strdup(text);
   if (!copy) return -1;
   int found = -1;
   for (char *line = strtok(copy, "\n"); line && found; line = strtok(NULL, "\n")) {
-    char *hash = strchr(line, '#');
-    if (hash) *hash = '\0';
-    char *l = trim(line), *val = l;
-    char *eq = strchr(l, '=');
-    if (eq) {
-      *eq = '\0';
-      if (!name || strcmp(trim(l), name)) continue;
-      val = trim(eq + 1);
-    } else if (name || !*l) {
-      continue;
-    }
-    if (strlen(val) == 40) {
+    char *l = trim(line);
+    if (!*l || *l == '#') continue;
+    char *val = name ? named(l, name) : l;
+    if (val && strlen(val) == 40) {
       memcpy(out, val, 41);
       found = 0;
     }
@@ -207,12 +218,10 @@ static int read_allow(const char *path, char ***keys, size_t *n) {
   *n = 0;
   for (char *line = strtok(text, "\n"); line && !status; line = strtok(NULL, "\n")) {
     lineno++;
-    char *hash = strchr(line, '#');
-    if (hash) *hash = '\0';
     char *l = trim(line);
-    if (!*l) continue;
-    char *eq = strchr(l, '=');
-    if (eq) l = trim(eq + 1);
+    if (!*l || *l == '#') continue;
+    char *v = named(l, "public-key");
+    if (v) l = v;
     if (strlen(l) != 40) {
       status = cli_error("allow-keys file %s line %d: a key is 40 Z85 characters", path, lineno);
       break;
