@@ -636,6 +636,13 @@ static void run_lane(struct net_server *s, struct worker *w, struct job *list) {
       continue;
     }
     size_t k = j->rq->append->n_events;
+    if (k == 0) { /* the API's answer to an empty batch */
+      engram_event none;
+      uint64_t off;
+      int rc = engram_append_batch(s->log, j->rq->append->topic, &none, 0, &off, NULL);
+      reply_error(s, w->push, j, rc ? rc : ENGRAM_EINVAL, engram_errmsg(s->log));
+      continue;
+    }
     if (n && (strcmp(js[0]->rq->append->topic, j->rq->append->topic) || events + k > NET_MAX_EVENTS)) {
       run_append_group(s, w, js, n);
       n = 0;
@@ -651,8 +658,10 @@ static void run_job(struct net_server *s, struct worker *w, struct job *j) {
   if (prepare(s, w, j)) return;
   if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_FETCH)
     run_fetch(s, w, j);
-  else if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_APPEND)
-    run_append_group(s, w, &j, 1);
+  else if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_APPEND) {
+    j->next = NULL;
+    run_lane(s, w, j);
+  }
   else
     run_one(s, w, j);
 }
