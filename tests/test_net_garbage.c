@@ -457,6 +457,27 @@ static void thousands_of_bad_frames_leave_the_daemon_serving_and_the_log_intact(
   engram__wire__reply__free_unpacked(rp, NULL);
   zmq_close(req);
 
+  /* The daemon counted them. */
+  {
+    Engram__Wire__Request rq = ENGRAM__WIRE__REQUEST__INIT;
+    Engram__Wire__Stats st = ENGRAM__WIRE__STATS__INIT;
+    rq.version = 1;
+    rq.id = 4242;
+    rq.op_case = ENGRAM__WIRE__REQUEST__OP_STATS;
+    rq.stats = &st;
+    struct frame f = pack(&rq);
+    zmq_send(dealer, f.p, f.n, 0);
+    free(f.p);
+    Engram__Wire__Reply *sr = recv_reply(dealer, 5000);
+    assert_non_null(sr);
+    assert_int_equal(sr->id, 4242);
+    assert_int_equal(sr->result_case, ENGRAM__WIRE__REPLY__RESULT_STATS);
+    assert_true(sr->stats->bad_requests >= (uint64_t)malformed);
+    assert_true(sr->stats->requests >= FRAMES);
+    assert_string_equal(sr->stats->version, ENGRAM_VERSION_STRING);
+    engram__wire__reply__free_unpacked(sr, NULL);
+  }
+
   /* Over the size limit: the connection is dropped, nothing else happens. */
   size_t big = (1 << 20) + 100;
   uint8_t *huge = calloc(1, big);
