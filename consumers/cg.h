@@ -59,6 +59,8 @@ int cg_lease_new(cg_lease *l, uint64_t first, uint64_t last, int state);
 /* Members not yet done. */
 uint64_t cg_lease_open(const cg_lease *l);
 const char *cg_lease_key(const cg_lease *l, uint64_t offset);
+/* Records the key of member `offset` (key-ordered groups). */
+int cg_lease_add_key(cg_lease *l, uint64_t offset, const char *key, size_t len);
 /* Marks `offset` done in its lease and deletes the lease when nothing is left; releases
  * its key in key-ordered groups. Writes the lease. */
 int cg_lease_finish(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset);

@@ -103,23 +103,6 @@ static int key_take(log_wtx *w, struct fetch_req *r, cg_group *g, const log_view
   return busy;
 }
 
-static int add_key_to(cg_lease *l, uint64_t o, const log_view *v) {
-  Engram__KeyedOffset **ks = realloc(l->pb->keys, (l->pb->n_keys + 1) * sizeof *ks);
-  if (!ks) return ENGRAM_ENOMEM;
-  l->pb->keys = ks;
-  Engram__KeyedOffset *k = calloc(1, sizeof *k);
-  if (!k) return ENGRAM_ENOMEM;
-  engram__keyed_offset__init(k);
-  k->offset = o;
-  k->key = strndup(v->key, v->key_len);
-  if (!k->key) {
-    free(k);
-    return ENGRAM_ENOMEM;
-  }
-  ks[l->pb->n_keys++] = k;
-  return 0;
-}
-
 /* A single-event lease that waits: for its deliver_at time, or for its key. */
 static int park(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t o, const log_view *v, int state) {
   cg_lease l;
@@ -127,7 +110,7 @@ static int park(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t o, const 
   if (rc) return rc;
   cg_bit_set(&l.pb->members, 0);
   l.pb->deadline_ns = v->deliver_at_ns; /* blocked: kept so the release honours it */
-  if ((g->meta->flags & ENGRAM_GROUP_KEY_ORDERED) && v->has_key) rc = add_key_to(&l, o, v);
+  if ((g->meta->flags & ENGRAM_GROUP_KEY_ORDERED) && v->has_key) rc = cg_lease_add_key(&l, o, v->key, v->key_len);
   if (rc == 0) rc = cg_lease_put(w->txn, &r->d, g->meta->id, &l, -1);
   cg_lease_free(&l);
   return rc;
@@ -202,7 +185,7 @@ static int deliver_new(log_wtx *w, struct fetch_req *r, cg_group *g, size_t *roo
       if ((rc = cg_lease_new(&l, first, span_end, CG_LEASED))) break;
     }
     cg_bit_set(&l.pb->members, o - first);
-    if ((m->flags & ENGRAM_GROUP_KEY_ORDERED) && v.has_key && (rc = add_key_to(&l, o, &v))) break;
+    if ((m->flags & ENGRAM_GROUP_KEY_ORDERED) && v.has_key && (rc = cg_lease_add_key(&l, o, v.key, v.key_len))) break;
     engram_event *e = log_bb_add(r->bb, w->log, w->txn, &g->t, &v, &rc);
     if (!e) break;
     e->attempt = 1;

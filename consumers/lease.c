@@ -65,7 +65,7 @@ const char *cg_lease_key(const cg_lease *l, uint64_t offset) {
   return NULL;
 }
 
-static int add_key(cg_lease *l, uint64_t offset, const char *key) {
+int cg_lease_add_key(cg_lease *l, uint64_t offset, const char *key, size_t len) {
   Engram__KeyedOffset **ks = realloc(l->pb->keys, (l->pb->n_keys + 1) * sizeof *ks);
   if (!ks) return ENGRAM_ENOMEM;
   l->pb->keys = ks;
@@ -73,7 +73,7 @@ static int add_key(cg_lease *l, uint64_t offset, const char *key) {
   if (!k) return ENGRAM_ENOMEM;
   engram__keyed_offset__init(k);
   k->offset = offset;
-  k->key = strdup(key);
+  k->key = strndup(key, len);
   if (!k->key) {
     free(k);
     return ENGRAM_ENOMEM;
@@ -354,7 +354,7 @@ int cg_lease_extract(MDB_txn *txn, const cg_dbs *d, uint32_t gid, cg_lease *l, u
     cg_bit_set(&out->pb->members, o - a);
     cg_bit_set(&l->pb->done, i);
     const char *key = cg_lease_key(l, o);
-    if (key && (rc = add_key(out, o, key))) return rc;
+    if (key && (rc = cg_lease_add_key(out, o, key, strlen(key)))) return rc;
   }
   if (cg_lease_open(l) == 0) return cg_lease_del(txn, d, gid, l);
   if (l->first == a) return rekey(txn, d, gid, l);

@@ -31,16 +31,7 @@ static void op_free(struct txn_op *o) {
   free(o->topic);
   free(o->group);
   free(o->result);
-  free((void *)o->ev.type);
-  free((void *)o->ev.key);
-  free((void *)o->ev.payload);
-  free((void *)o->ev.content_type);
-  free((void *)o->ev.idempotency_key);
-  for (size_t i = 0; i < o->ev.n_headers; i++) {
-    free((void *)o->ev.headers[i].name);
-    free((void *)o->ev.headers[i].value);
-  }
-  free((void *)o->ev.headers);
+  log_event_free(&o->ev);
   free(o);
 }
 
@@ -123,28 +114,7 @@ int engram_txn_append(engram_txn *txn, const char *topic, const engram_event *ev
     o->kind = TXN_APPEND;
     o->out = offset;
     o->topic = dup_or_null(topic, &bad);
-    o->ev.type = dup_or_null(ev->type, &bad);
-    o->ev.key = dup_or_null(ev->key, &bad);
-    o->ev.content_type = dup_or_null(ev->content_type, &bad);
-    o->ev.idempotency_key = dup_or_null(ev->idempotency_key, &bad);
-    o->ev.deliver_at_ns = ev->deliver_at_ns;
-    o->ev.payload_len = ev->payload_len;
-    if (ev->payload_len) {
-      void *p = malloc(ev->payload_len);
-      if (p) memcpy(p, ev->payload, ev->payload_len);
-      else bad = 1;
-      o->ev.payload = p;
-    }
-    if (ev->n_headers) {
-      engram_header *h = calloc(ev->n_headers, sizeof *h);
-      o->ev.headers = h;
-      if (!h) bad = 1;
-      for (size_t i = 0; h && i < ev->n_headers; i++) {
-        h[i].name = dup_or_null(ev->headers[i].name, &bad);
-        h[i].value = dup_or_null(ev->headers[i].value ? ev->headers[i].value : "", &bad);
-        o->ev.n_headers = i + 1;
-      }
-    }
+    if (log_event_copy(&o->ev, ev)) bad = 1;
   }
   if (bad) {
     if (o) op_free(o);

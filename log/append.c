@@ -221,3 +221,58 @@ int engram_append(engram *log, const char *topic, const engram_event *ev, uint64
   if (duplicate) *duplicate = dup;
   return 0;
 }
+
+static char *dup_s(const char *s, int *bad) {
+  if (!s) return NULL;
+  char *d = strdup(s);
+  if (!d) *bad = 1;
+  return d;
+}
+
+int log_event_copy(engram_event *dst, const engram_event *src) {
+  memset(dst, 0, sizeof *dst);
+  int bad = 0;
+  dst->type = dup_s(src->type, &bad);
+  dst->key = dup_s(src->key, &bad);
+  dst->content_type = dup_s(src->content_type, &bad);
+  dst->idempotency_key = dup_s(src->idempotency_key, &bad);
+  dst->deliver_at_ns = src->deliver_at_ns;
+  dst->payload_len = src->payload_len;
+  if (src->payload_len) {
+    void *p = malloc(src->payload_len);
+    if (p)
+      memcpy(p, src->payload, src->payload_len);
+    else
+      bad = 1;
+    dst->payload = p;
+  }
+  if (src->n_headers) {
+    engram_header *h = calloc(src->n_headers, sizeof *h);
+    dst->headers = h;
+    if (!h) bad = 1;
+    for (size_t i = 0; h && i < src->n_headers; i++) {
+      h[i].name = dup_s(src->headers[i].name, &bad);
+      h[i].value = dup_s(src->headers[i].value ? src->headers[i].value : "", &bad);
+      dst->n_headers = i + 1;
+    }
+  }
+  if (bad) {
+    log_event_free(dst);
+    return ENGRAM_ENOMEM;
+  }
+  return 0;
+}
+
+void log_event_free(engram_event *e) {
+  free((void *)e->type);
+  free((void *)e->key);
+  free((void *)e->payload);
+  free((void *)e->content_type);
+  free((void *)e->idempotency_key);
+  for (size_t i = 0; i < e->n_headers; i++) {
+    free((void *)e->headers[i].name);
+    free((void *)e->headers[i].value);
+  }
+  free((void *)e->headers);
+  memset(e, 0, sizeof *e);
+}

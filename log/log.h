@@ -225,6 +225,11 @@ uint64_t log_topic_seek_time(engram *log, MDB_txn *txn, const log_topic *t, int6
 /* Appends inside a write job. Same contract as engram_append. */
 int log_append_in(log_wtx *w, const char *topic, const engram_event *ev, uint64_t *offset,
                   int *duplicate);
+/* Deep copy of an event's input fields (strings, payload, headers) into malloc'd memory
+ * freed with log_event_free. Returns 0 or ENGRAM_ENOMEM (nothing left allocated). */
+int log_event_copy(engram_event *dst, const engram_event *src);
+void log_event_free(engram_event *e);
+
 /* Removes a topic with its events, idempotency keys and dictionaries; only inside a job
  * run with log_write_solo (it deletes a named database). */
 int log_topic_drop_in(log_wtx *w, const char *topic);

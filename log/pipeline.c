@@ -45,56 +45,15 @@ struct log_pipe {
 
 static void item_free(struct aitem *it) {
   free(it->topic);
-  free((void *)it->ev.type);
-  free((void *)it->ev.key);
-  free((void *)it->ev.payload);
-  free((void *)it->ev.content_type);
-  free((void *)it->ev.idempotency_key);
-  for (size_t i = 0; i < it->ev.n_headers; i++) {
-    free((void *)it->ev.headers[i].name);
-    free((void *)it->ev.headers[i].value);
-  }
-  free((void *)it->ev.headers);
+  log_event_free(&it->ev);
   free(it);
-}
-
-static char *dup_s(const char *s, int *bad) {
-  if (!s) return NULL;
-  char *d = strdup(s);
-  if (!d) *bad = 1;
-  return d;
 }
 
 static struct aitem *item_new(const char *topic, const engram_event *ev) {
   struct aitem *it = calloc(1, sizeof *it);
   if (!it) return NULL;
-  int bad = 0;
-  it->topic = dup_s(topic, &bad);
-  it->ev.type = dup_s(ev->type, &bad);
-  it->ev.key = dup_s(ev->key, &bad);
-  it->ev.content_type = dup_s(ev->content_type, &bad);
-  it->ev.idempotency_key = dup_s(ev->idempotency_key, &bad);
-  it->ev.deliver_at_ns = ev->deliver_at_ns;
-  it->ev.payload_len = ev->payload_len;
-  if (ev->payload_len) {
-    void *p = malloc(ev->payload_len);
-    if (p)
-      memcpy(p, ev->payload, ev->payload_len);
-    else
-      bad = 1;
-    it->ev.payload = p;
-  }
-  if (ev->n_headers) {
-    engram_header *h = calloc(ev->n_headers, sizeof *h);
-    it->ev.headers = h;
-    if (!h) bad = 1;
-    for (size_t i = 0; h && i < ev->n_headers; i++) {
-      h[i].name = dup_s(ev->headers[i].name, &bad);
-      h[i].value = dup_s(ev->headers[i].value ? ev->headers[i].value : "", &bad);
-      it->ev.n_headers = i + 1;
-    }
-  }
-  if (bad) {
+  it->topic = strdup(topic);
+  if (!it->topic || log_event_copy(&it->ev, ev)) {
     item_free(it);
     return NULL;
   }
