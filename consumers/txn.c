@@ -168,3 +168,22 @@ int engram_txn_commit(engram_txn *txn) {
   engram_txn_abort(txn);
   return rc;
 }
+
+int txn_each(const struct engram_txn *txn, int (*fn)(void *ctx, const txn_op_view *op), void *ctx) {
+  for (const struct txn_op *o = txn->head; o; o = o->next) {
+    txn_op_view v = {.is_append = o->kind == TXN_APPEND,
+                     .topic = o->topic,
+                     .group = o->group,
+                     .offset = o->offset,
+                     .attempt = o->attempt,
+                     .result = o->result,
+                     .result_len = o->result_len,
+                     .event = &o->ev,
+                     .offset_out = o->out};
+    int rc = fn(ctx, &v);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+size_t txn_count(const struct engram_txn *txn) { return txn->n; }

@@ -219,8 +219,8 @@ static struct log_job *take(engram *log) {
  * two flushes of their own. Called with mu held. */
 static void gather(engram *log) {
   if (log->opts.durability != ENGRAM_DURABILITY_SYNC || log->q_len >= log->last_batch) return;
-  int64_t wait = log->last_flush_ns / 4;
-  if (wait > LOG_GATHER_MAX_NS) wait = LOG_GATHER_MAX_NS;
+  int64_t wait = log->last_flush_ns / 4, max = log->gather_max_ns ? log->gather_max_ns : LOG_GATHER_MAX_NS;
+  if (wait > max) wait = max;
   if (wait <= 0) return;
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
