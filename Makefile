@@ -124,8 +124,14 @@ lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
 	  --suppress=missingIncludeSystem -Iinclude -Icommon -I. $(LIB_SRCS) $(CLI_SRCS)
 
+# The main job: a short demo fills ./engram-data, then the daemon serves it in the
+# foreground (Ctrl-C stops it). LISTEN=tcp://127.0.0.1:7450 by default.
+LISTEN ?= tcp://127.0.0.1:7450
 run: deps all
 	@BUILD=$(BUILD) DATA=$(DATA) bash cli/demo.sh
+	@echo; echo "== engram serve: $(DATA) on $(LISTEN) (Ctrl-C to stop); try:"; \
+	  echo "   $(BUILD)/engram --connect $(LISTEN) stat"
+	@exec $(BUILD)/engram serve --data $(DATA) --listen $(LISTEN)
 
 python: all
 	cd bindings/python && $(PYTHON) setup.py build_ext --inplace -q
