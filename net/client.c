@@ -1540,9 +1540,105 @@ static int r_append_wait(engram *log) {
   return 0;
 }
 
+/* One operation of a transaction on the wire, pointing into the engram_txn's copies. */
+struct txop {
+  Engram__Wire__TxnOp op;
+  Engram__Wire__TxnAck ack;
+  Engram__Wire__AckItem item;
+  Engram__Wire__TxnAppend app;
+  struct wev w;
+  int built; /* w holds allocations to free */
+  uint64_t *out;
+};
+
+struct txbuild {
+  engram *log;
+  struct txop *ops;
+  Engram__Wire__TxnOp **opp;
+  size_t n, napp;
+};
+
+static int tx_add(void *ctx, const txn_op_view *v) {
+  struct txbuild *b = ctx;
+  struct txop *t = &b->ops[b->n];
+  engram__wire__txn_op__init(&t->op);
+  if (v->is_append) {
+    int idem;
+    int rc = wev_build(b->log, v->topic, v->event, 1, &t->w, &idem);
+    if (rc) return rc;
+    t->built = 1;
+    engram__wire__txn_append__init(&t->app);
+    t->app.topic = net_str(v->topic);
+    t->app.event = t->w.evp[0];
+    t->op.op_case = ENGRAM__WIRE__TXN_OP__OP_APPEND;
+    t->op.append = &t->app;
+    t->out = v->offset_out;
+    b->napp++;
+  } else {
+    engram__wire__ack_item__init(&t->item);
+    t->item.offset = v->offset;
+    t->item.attempt = v->attempt;
+    if (v->result) {
+      t->item.has_result = 1;
+      t->item.result.data = (uint8_t *)v->result;
+      t->item.result.len = v->result_len;
+    }
+    engram__wire__txn_ack__init(&t->ack);
+    t->ack.topic = net_str(v->topic);
+    t->ack.group = net_str(v->group);
+    t->ack.item = &t->item;
+    t->op.op_case = ENGRAM__WIRE__TXN_OP__OP_ACK;
+    t->op.ack = &t->ack;
+  }
+  b->opp[b->n++] = &t->op;
+  return 0;
+}
+
+/* The daemon applies the whole transaction in one LMDB write transaction (ops.c), so a
+ * failure there applies nothing. Not repeated after a lost connection: it may have been
+ * applied. */
 static int r_txn_commit(engram *log, const struct engram_txn *txn) {
-  (void)txn;
-  return log_error(log, ENGRAM_ENOTSUP, "txn commit: transactions are not yet available over a connection");
+  size_t n = txn_count(txn);
+  if (n == 0) { /* as embedded: nothing to apply */
+    log_error_clear(log);
+    return 0;
+  }
+  if (n > NET_MAX_ITEMS)
+    return log_error(log, ENGRAM_ETOOBIG, "txn commit: %zu operations over limit %d", n, NET_MAX_ITEMS);
+  struct txbuild b = {.log = log, .ops = calloc(n, sizeof *b.ops), .opp = calloc(n, sizeof *b.opp)};
+  int rc;
+  if (!b.ops || !b.opp) {
+    rc = log_error(log, ENGRAM_ENOMEM, "txn commit: out of memory");
+    goto out;
+  }
+  rc = txn_each(txn, tx_add, &b);
+  if (rc) goto out;
+  REQ(txn_commit, TXN_COMMIT, Engram__Wire__TxnCommit, ENGRAM__WIRE__TXN_COMMIT__INIT);
+  m.ops = b.opp;
+  m.n_ops = b.n;
+  Engram__Wire__Reply *rp;
+  rc = rpc(log, &rq, 0, 0, ENGRAM__WIRE__REPLY__RESULT_TXN, &rp);
+  if (rc) {
+    if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+    goto out;
+  }
+  if (rp->txn->n_offsets != b.napp) {
+    rc = bad_reply(log, rp, "txn commit");
+    goto out;
+  }
+  for (size_t i = 0, k = 0; i < b.n; i++)
+    if (b.ops[i].op.op_case == ENGRAM__WIRE__TXN_OP__OP_APPEND) {
+      if (b.ops[i].out) *b.ops[i].out = rp->txn->offsets[k];
+      k++;
+    }
+  engram__wire__reply__free_unpacked(rp, NULL);
+out:
+  if (b.ops)
+    for (size_t i = 0; i < b.n; i++)
+      if (b.ops[i].built) wev_free(&b.ops[i].w);
+  free(b.ops);
+  free(b.opp);
+  return rc;
 }
 
 static const struct engram_remote_ops ops = {

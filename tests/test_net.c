@@ -1292,18 +1292,157 @@ static void the_serve_command_takes_a_config_file_and_curve_key_files(void **sta
   tu_tmpdir_done(dir);
 }
 
-static void transactions_are_refused_over_a_connection_for_now(void **state) {
+/* A consume -> produce step over a connection: the acks and the appends land together
+ * or not at all, and the appends' offsets come back in order. */
+static void a_remote_transaction_commits_acks_and_appends_together(void **state) {
   (void)state;
   td d;
   td_init(&d, "net-txn");
   td_start(&d);
   engram *r = conn(&d, 5000);
   OK(r, engram_topic_create(r, "memory", NULL));
+  OK(r, engram_topic_create(r, "derived", NULL));
+  engram_event in[2] = {ev_of("memory.saved", NULL, "a"), ev_of("memory.saved", NULL, "b")};
+  uint64_t offs[2];
+  OK(r, engram_append_batch(r, "memory", in, 2, offs, NULL));
+  OK(r, engram_group_create(r, "memory", "g", NULL));
+  engram_batch *b;
+  OK(r, engram_fetch(r, "memory", "g", "w", 10, 0, &b));
+  assert_int_equal(b->count, 2);
+
   engram_txn *txn;
   OK(r, engram_txn_begin(r, &txn));
-  engram_event e = ev_of("memory.saved", NULL, "x");
-  OK(r, engram_txn_append(txn, "memory", &e, NULL));
-  assert_int_equal(engram_txn_commit(txn), ENGRAM_ENOTSUP);
+  OK(r, engram_txn_ack(txn, "memory", "g", 1, b->events[0].attempt, "r1", 2));
+  engram_header h = {"from", "1"};
+  engram_event out1 = ev_of("memory.derived", "k", "A");
+  out1.headers = &h;
+  out1.n_headers = 1;
+  uint64_t o1 = 0, o2 = 0, o3 = 0;
+  OK(r, engram_txn_append(txn, "derived", &out1, &o1));
+  OK(r, engram_txn_ack(txn, "memory", "g", 2, 0, NULL, 0));
+  engram_event out2 = ev_of("memory.derived", NULL, "B");
+  OK(r, engram_txn_append(txn, "derived", &out2, &o2));
+  OK(r, engram_txn_append(txn, "derived", &out2, NULL));
+  OK(r, engram_txn_append(txn, "memory", &out2, &o3));
+  OK(r, engram_txn_commit(txn));
+  engram_batch_free(b);
+  assert_int_equal(o1, 1);
+  assert_int_equal(o2, 2);
+  assert_int_equal(o3, 3);
+
+  engram_status st;
+  OK(r, engram_status_get(r, "memory", "g", 1, &st));
+  assert_int_equal(st.state, ENGRAM_STATE_DONE);
+  assert_int_equal(st.result_len, 2);
+  assert_memory_equal(st.result, "r1", 2);
+  engram_free(st.result);
+  OK(r, engram_status_get(r, "memory", "g", 2, &st));
+  assert_int_equal(st.state, ENGRAM_STATE_DONE);
+  engram_free(st.result);
+  engram_topic_info ti;
+  OK(r, engram_topic_info_get(r, "derived", &ti));
+  assert_int_equal(ti.head_offset, 3);
+  OK(r, engram_read(r, "derived", 1, &b));
+  assert_int_equal(b->count, 1);
+  assert_string_equal(b->events[0].key, "k");
+  assert_int_equal(b->events[0].n_headers, 1);
+  assert_string_equal(b->events[0].headers[0].value, "1");
+  assert_memory_equal(b->events[0].payload, "A", 1);
+  engram_batch_free(b);
+  /* The append to the consumed topic is delivered to its group like any other. */
+  OK(r, engram_fetch(r, "memory", "g", "w", 10, 0, &b));
+  assert_int_equal(b->count, 1);
+  assert_int_equal(b->events[0].offset, 3);
+  engram_batch_free(b);
+
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+static void a_failing_ack_aborts_the_whole_remote_transaction(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-txn-fail");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  OK(r, engram_topic_create(r, "derived", NULL));
+  engram_event e = ev_of("memory.saved", NULL, "a");
+  OK(r, engram_append(r, "memory", &e, NULL, NULL));
+  OK(r, engram_append(r, "memory", &e, NULL, NULL));
+  engram_group_config g = {.ack_wait_ms = 100};
+  OK(r, engram_group_create(r, "memory", "g", &g));
+  engram_batch *b;
+  OK(r, engram_fetch(r, "memory", "g", "w", 1, 0, &b));
+  assert_int_equal(b->count, 1);
+  engram_batch_free(b);
+  OK(r, engram_ack(r, "memory", "g", 1, 1, NULL, 0));
+  engram_event out = ev_of("memory.derived", NULL, "x");
+
+  /* Already acked: the append before it and the valid ack after it are not applied. */
+  OK(r, engram_fetch(r, "memory", "g", "w", 1, 0, &b));
+  assert_int_equal(b->events[0].offset, 2);
+  engram_batch_free(b);
+  engram_txn *txn;
+  uint64_t o = 77;
+  OK(r, engram_txn_begin(r, &txn));
+  OK(r, engram_txn_append(txn, "derived", &out, &o));
+  OK(r, engram_txn_ack(txn, "memory", "g", 1, 0, NULL, 0));
+  OK(r, engram_txn_ack(txn, "memory", "g", 2, 1, NULL, 0));
+  assert_int_equal(engram_txn_commit(txn), ENGRAM_EALREADY);
+  assert_non_null(strstr(engram_errmsg(r), "already finished"));
+  assert_int_equal(o, 77);
+  engram_topic_info ti;
+  OK(r, engram_topic_info_get(r, "derived", &ti));
+  assert_int_equal(ti.head_offset, 0);
+  engram_status st;
+  OK(r, engram_status_get(r, "memory", "g", 2, &st));
+  assert_int_equal(st.state, ENGRAM_STATE_IN_FLIGHT);
+
+  /* Stale: the lease expired and the event went out again at attempt 2. */
+  OK(r, engram_fetch(r, "memory", "g", "w2", 1, 2000, &b));
+  assert_int_equal(b->events[0].offset, 2);
+  assert_int_equal(b->events[0].attempt, 2);
+  engram_batch_free(b);
+  OK(r, engram_txn_begin(r, &txn));
+  OK(r, engram_txn_append(txn, "derived", &out, &o));
+  OK(r, engram_txn_ack(txn, "memory", "g", 2, 1, NULL, 0));
+  assert_int_equal(engram_txn_commit(txn), ENGRAM_ESTALE);
+  assert_non_null(strstr(engram_errmsg(r), "stale"));
+  OK(r, engram_topic_info_get(r, "derived", &ti));
+  assert_int_equal(ti.head_offset, 0);
+  OK(r, engram_status_get(r, "memory", "g", 2, &st));
+  assert_int_equal(st.state, ENGRAM_STATE_IN_FLIGHT);
+  assert_int_equal(st.attempt, 2);
+  /* An append to a missing topic fails the same way. */
+  OK(r, engram_txn_begin(r, &txn));
+  OK(r, engram_txn_ack(txn, "memory", "g", 2, 2, NULL, 0));
+  OK(r, engram_txn_append(txn, "nope", &out, NULL));
+  assert_int_equal(engram_txn_commit(txn), ENGRAM_ENOTFOUND);
+  OK(r, engram_status_get(r, "memory", "g", 2, &st));
+  assert_int_equal(st.state, ENGRAM_STATE_IN_FLIGHT);
+
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
+static void an_empty_remote_transaction_commits_as_a_no_op(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-txn-empty");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_txn *txn;
+  OK(r, engram_txn_begin(r, &txn));
+  OK(r, engram_txn_commit(txn));
+  OK(r, engram_txn_begin(r, &txn));
+  engram_txn_abort(txn);
+  engram_topic_info ti;
+  OK(r, engram_topic_info_get(r, "memory", &ti));
+  assert_int_equal(ti.head_offset, 0);
   engram_close(r);
   assert_int_equal(td_stop(&d), 0);
   td_done(&d);
@@ -1329,7 +1468,9 @@ int main(void) {
       cmocka_unit_test(the_daemon_logs_json_lines_when_asked),
       cmocka_unit_test(every_cli_command_works_with_connect),
       cmocka_unit_test(the_serve_command_takes_a_config_file_and_curve_key_files),
-      cmocka_unit_test(transactions_are_refused_over_a_connection_for_now),
+      cmocka_unit_test(a_remote_transaction_commits_acks_and_appends_together),
+      cmocka_unit_test(a_failing_ack_aborts_the_whole_remote_transaction),
+      cmocka_unit_test(an_empty_remote_transaction_commits_as_a_no_op),
   };
   return cmocka_run_group_tests_name("net", tests, NULL, NULL);
 }
