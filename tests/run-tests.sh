@@ -81,6 +81,11 @@ if [ -d "$BUILD/fuzz" ]; then
   done
 fi
 
+# The engram command end to end, as a user runs it.
+if [ -f cli/test-cli.sh ] && [ -x "$BUILD/engram" ]; then
+  run_unit cli env BUILD="$BUILD" bash cli/test-cli.sh
+fi
+
 # Python tests, when the binding and its tests exist.
 if [ -d tests/python ]; then
   if [ ! -d bindings/python ]; then
