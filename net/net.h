@@ -17,6 +17,7 @@
 #define NET_DEFAULT_TIMEOUT_MS 10000
 #define NET_DEFAULT_WINDOW 256
 #define NET_MAX_WINDOW 65536
+#define NET_GATHER_NS 1000000     /* the daemon's commit gather window: about a client round trip */
 #define NET_MAX_DEPTH 8            /* nesting of messages inside a request */
 #define NET_MAX_EVENTS 65536       /* events in one append request (as engram_append_batch) */
 #define NET_MAX_ITEMS 100000       /* acks in one request (as engram_ack_many), txn operations */

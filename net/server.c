@@ -1266,6 +1266,9 @@ static int start(struct net_server *s) {
     s->log = NULL;
     return rc;
   }
+  /* A client waiting for its ack comes back a network round trip after its reply: the
+   * commit leader waits about that long for released writers to queue again. */
+  s->log->gather_max_ns = NET_GATHER_NS;
   if ((rc = take_lock(s))) return rc;
   net_notify_set_daemon(s->log, on_commit, s);
 
