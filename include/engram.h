@@ -473,8 +473,9 @@ int engram_connect(const char *endpoint, const engram_connect_options *opts, eng
  * outcome unknown: a plain append is never sent twice. A fetch may take wait_ms +
  * timeout_ms. Pipelined appends leave in batches while earlier ones await their replies;
  * a thread of the handle sends them when the producer makes no further call. Remote
- * read_range and dlq_list return at most 100000 items per call; remote
- * engram_txn_commit returns ENGRAM_ENOTSUP for now. See docs/protocol.md. */
+ * read_range and dlq_list return at most 100000 items per call. A remote
+ * engram_txn_commit is one request, applied by the daemon in one transaction, and never
+ * sent twice. See docs/protocol.md. */
 
 typedef struct engram_serve_options {
   const char *listen;          /* request endpoint, default "tcp://127.0.0.1:7450" */
