@@ -115,7 +115,8 @@ static void group_create(const char *name) {
 
 /* One consumer process: fetch up to `max`, ack what came in one engram_ack_many, repeat
  * until nothing is left or the deadline passes. */
-static int consume(int id, engram_durability d, const char *group, size_t max, int ready_fd, int go_fd) {
+static int consume(int id, engram_durability d, const char *group, size_t max, int ready_fd,
+                   int go_fd) {
   child_stat *st = &sh->c[id];
   engram_options o = {0};
   o.durability = d;
@@ -126,7 +127,8 @@ static int consume(int id, engram_durability d, const char *group, size_t max, i
   if (!rc) rc = engram_topic_info_get(log, "memory", &ti);
   if (rc) {
     st->rc = rc;
-    snprintf(st->err, sizeof st->err, "open: %s %s", engram_strerror(rc), log ? engram_errmsg(log) : "");
+    snprintf(st->err, sizeof st->err, "open: %s %s", engram_strerror(rc),
+             log ? engram_errmsg(log) : "");
   }
   char c = 'r';
   if (write(ready_fd, &c, 1) != 1) return 1;
@@ -252,8 +254,8 @@ static void drain(const char *workload, engram_durability d, size_t max, double 
     bench_result_note(r, "MISMATCH: consumers acked %llu, group counts %llu",
                       (unsigned long long)acked, (unsigned long long)info.acked);
   else
-    bench_result_note(r, "fetch %zu + ack each (%s per fetch); %s; latency = one fetch+ack round", max,
-                      max == 1 ? "engram_ack" : "engram_ack_many",
+    bench_result_note(r, "fetch %zu + ack each (%s per fetch); %s; latency = one fetch+ack round",
+                      max, max == 1 ? "engram_ack" : "engram_ack_many",
                       acked >= n_events ? "drained the whole topic" : "stopped at the time bound");
 }
 
@@ -262,15 +264,17 @@ static void drain(const char *workload, engram_durability d, size_t max, double 
 static double synced_commits(void) {
   bench_result r;
   double rate = bench_raw_lmdb_commits(root, &evs, 0, 1, 1, 20000, &r);
-  bench_result_note(&r, "synced commits/s (one put each), measured around the sync workload next to it");
+  bench_result_note(
+      &r, "synced commits/s (one put each), measured around the sync workload next to it");
   emit(&r);
   return rate;
 }
 
 static void limit_extra(bench_result *r, double before) {
   size_t l = strlen(r->extra);
-  snprintf(r->extra + l, sizeof r->extra - l, ", \"commits_per_s_before\": %.0f, \"commits_per_s_after\": %.0f",
-           before, 2 * commit_rate - before);
+  snprintf(r->extra + l, sizeof r->extra - l,
+           ", \"commits_per_s_before\": %.0f, \"commits_per_s_after\": %.0f", before,
+           2 * commit_rate - before);
 }
 
 int main(int argc, char **argv) {
@@ -320,7 +324,8 @@ int main(int argc, char **argv) {
   if (bench_events_load(&evs)) bench_die("cannot load or generate events");
   char run_extra[256];
   snprintf(run_extra, sizeof run_extra,
-           "\"prefilled\": %llu, \"consumers\": %d, \"fetch_max\": %zu, \"seconds\": %g, \"drain_seconds\": %g",
+           "\"prefilled\": %llu, \"consumers\": %d, \"fetch_max\": %zu, \"seconds\": %g, "
+           "\"drain_seconds\": %g",
            (unsigned long long)n_events, consumers, batch, seconds, drain_seconds);
   if (bench_out_open(&out, json, "groups", &evs, run_extra)) return 1;
   printf("engram %s bench_groups: %llu events prefilled from %s, %d consumer processes\n\n",

@@ -57,7 +57,7 @@ static void path_for(char *buf, size_t cap, const char *name) {
 
 /* One workload's figures summed over its rounds. */
 typedef struct acc {
-  bench_result r;     /* names, and latency of the first round for raw limits */
+  bench_result r; /* names, and latency of the first round for raw limits */
   uint64_t events, bytes;
   double secs;
   double rate[MAX_ROUNDS];
@@ -104,7 +104,8 @@ static bench_result *acc_done(acc *a) {
   size_t l = strlen(a->r.extra);
   l += (size_t)snprintf(a->r.extra + l, sizeof a->r.extra - l, "%s\"rounds\": [", l ? ", " : "");
   for (int i = 0; i < a->n && l < sizeof a->r.extra; i++)
-    l += (size_t)snprintf(a->r.extra + l, sizeof a->r.extra - l, "%s%.0f", i ? ", " : "", a->rate[i]);
+    l += (size_t)snprintf(a->r.extra + l, sizeof a->r.extra - l, "%s%.0f", i ? ", " : "",
+                          a->rate[i]);
   if (l < sizeof a->r.extra) snprintf(a->r.extra + l, sizeof a->r.extra - l, "]");
   return &a->r;
 }
@@ -245,7 +246,8 @@ static void batches(acc *a, engram_durability d, const char *name, int per_batch
       bytes += e->payload_len;
     }
     int64_t t0 = bench_now_ns();
-    bench_engram_check(log, engram_append_batch(log, "memory", batch, (size_t)per_batch, offs, NULL),
+    bench_engram_check(log,
+                       engram_append_batch(log, "memory", batch, (size_t)per_batch, offs, NULL),
                        "append_batch");
     bench_samples_add(&a->lat, bench_now_ns() - t0);
     n += (uint64_t)per_batch;
@@ -299,13 +301,15 @@ static void group_commits(void) {
   bench_result_ratio(r, fsync_rate, "fdatasync", 0.9);
   double one_rate = r->events_per_s;
   if (commit_rate > 0) extra_add(r, "ratio_to_lmdb_commit_sync", one_rate / commit_rate);
-  bench_result_note(r, "one event per commit; %.2f x a plain synced LMDB commit", commit_rate > 0 ? one_rate / commit_rate : 0);
+  bench_result_note(r, "one event per commit; %.2f x a plain synced LMDB commit",
+                    commit_rate > 0 ? one_rate / commit_rate : 0);
   emit(r);
   r = acc_done(&many);
   bench_result_ratio(r, one_rate, "append_1thread", 6);
   if (fsync_rate > 0) extra_add(r, "ratio_to_fdatasync", r->events_per_s / fsync_rate);
-  bench_result_note(r, "%d threads, one event per append, commits shared (group commit); %.2f x fdatasync",
-                    threads, fsync_rate > 0 ? r->events_per_s / fsync_rate : 0);
+  bench_result_note(
+      r, "%d threads, one event per append, commits shared (group commit); %.2f x fdatasync",
+      threads, fsync_rate > 0 ? r->events_per_s / fsync_rate : 0);
   emit(r);
   if (pipe_on) {
     r = acc_done(&pipe);
@@ -394,8 +398,9 @@ static void dict_training(void) {
   bench_samples_free(&lat);
   snprintf(r.extra, sizeof r.extra, "\"max_us\": %.0f, \"max_at_event\": %llu, \"dict_id\": %u",
            (double)worst / 1e3, (unsigned long long)worst_at, info.dict_id);
-  bench_result_note(&r, "one append at a time to a fresh topic: the slowest took %.1f ms, at event %llu",
-                    (double)worst / 1e6, (unsigned long long)worst_at);
+  bench_result_note(
+      &r, "one append at a time to a fresh topic: the slowest took %.1f ms, at event %llu",
+      (double)worst / 1e6, (unsigned long long)worst_at);
   emit(&r);
 }
 
@@ -418,7 +423,8 @@ static void scan(void) {
       batch[i] = bench_engram_event(e);
       bytes += e->payload_len;
     }
-    bench_engram_check(log, engram_append_batch(log, "memory", batch, k, offs, NULL), "append_batch");
+    bench_engram_check(log, engram_append_batch(log, "memory", batch, k, offs, NULL),
+                       "append_batch");
   }
   bench_engram_check(log, engram_sync(log), "sync");
   double fill_s = (double)(bench_now_ns() - t0) / 1e9;
@@ -457,13 +463,16 @@ static void scan(void) {
   bench_result r;
   bench_result_init(&r, "scan_read_range", "engram", "-");
   bench_result_rate(&r, total, (double)total / med, checksum);
-  if (lmdb_scan.events_per_s > 0) bench_result_ratio(&r, lmdb_scan.events_per_s, "lmdb_cursor_scan", 0);
+  if (lmdb_scan.events_per_s > 0)
+    bench_result_ratio(&r, lmdb_scan.events_per_s, "lmdb_cursor_scan", 0);
   bench_result_target_rate(&r, 2000000);
-  snprintf(r.extra, sizeof r.extra,
-           "\"topic_events\": %llu, \"passes\": %zu, \"dict_id\": %u, \"prefill_events_per_s\": %.0f",
-           (unsigned long long)scan_events, passes, info.dict_id, (double)scan_events / fill_s);
-  bench_result_note(&r, "median of %zu passes over %llu events, pages of %d, decode + zstd%s", passes,
-                    (unsigned long long)scan_events, PAGE, info.dict_id ? " with dictionary" : "");
+  snprintf(
+      r.extra, sizeof r.extra,
+      "\"topic_events\": %llu, \"passes\": %zu, \"dict_id\": %u, \"prefill_events_per_s\": %.0f",
+      (unsigned long long)scan_events, passes, info.dict_id, (double)scan_events / fill_s);
+  bench_result_note(&r, "median of %zu passes over %llu events, pages of %d, decode + zstd%s",
+                    passes, (unsigned long long)scan_events, PAGE,
+                    info.dict_id ? " with dictionary" : "");
   emit(&r);
 }
 
@@ -506,7 +515,8 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (seconds <= 0 || scan_events < 1000 || threads < 1 || threads > 256 || rounds < 1 || rounds > MAX_ROUNDS)
+  if (seconds <= 0 || scan_events < 1000 || threads < 1 || threads > 256 || rounds < 1 ||
+      rounds > MAX_ROUNDS)
     bench_die("--seconds > 0, --scan-events >= 1000, --threads 1..256, --rounds 1..%d", MAX_ROUNDS);
   if (dir) {
     snprintf(root, sizeof root, "%s/bench-log.%d", dir, (int)getpid());
@@ -516,13 +526,17 @@ int main(int argc, char **argv) {
   }
   if (bench_events_load(&evs)) bench_die("cannot load or generate events");
   char run_extra[256];
-  snprintf(run_extra, sizeof run_extra, "\"seconds_per_workload\": %g, \"rounds\": %d, \"threads\": %d",
-           seconds, rounds, threads);
+  snprintf(run_extra, sizeof run_extra,
+           "\"seconds_per_workload\": %g, \"rounds\": %d, \"threads\": %d", seconds, rounds,
+           threads);
   if (bench_out_open(&out, json, "log", &evs, run_extra)) return 1;
-  printf("engram %s bench_log: %zu distinct events from %s (payload p50 %zu B, p90 %zu B, p99 %zu B)\n",
-         ENGRAM_VERSION_STRING, evs.n, evs.source, bench_events_size_pct(&evs, 50),
-         bench_events_size_pct(&evs, 90), bench_events_size_pct(&evs, 99));
-  printf("logs in %s; each workload bounded to %.1f s in %d interleaved rounds\n\n", root, seconds, rounds);
+  printf(
+      "engram %s bench_log: %zu distinct events from %s (payload p50 %zu B, p90 %zu B, p99 %zu "
+      "B)\n",
+      ENGRAM_VERSION_STRING, evs.n, evs.source, bench_events_size_pct(&evs, 50),
+      bench_events_size_pct(&evs, 90), bench_events_size_pct(&evs, 99));
+  printf("logs in %s; each workload bounded to %.1f s in %d interleaved rounds\n\n", root, seconds,
+         rounds);
   bench_table_header();
 
   if (wanted("one")) group_commits();

@@ -123,7 +123,8 @@ static void daemon_stop(daemon_proc *d) {
   kill(d->pid, SIGTERM);
   int st;
   waitpid(d->pid, &st, 0);
-  if (!WIFEXITED(st) || WEXITSTATUS(st)) fprintf(stderr, "bench_net: the daemon exited badly (%d)\n", st);
+  if (!WIFEXITED(st) || WEXITSTATUS(st))
+    fprintf(stderr, "bench_net: the daemon exited badly (%d)\n", st);
   bench_rmrf(d->dir);
 }
 
@@ -192,7 +193,8 @@ static void remote_appends(engram_durability dur, int nthreads) {
   daemon_stop(&d);
   bench_result r;
   char wl[64];
-  snprintf(wl, sizeof wl, nthreads == 1 ? "remote_append_1client" : "remote_append_%dclients", nthreads);
+  snprintf(wl, sizeof wl, nthreads == 1 ? "remote_append_1client" : "remote_append_%dclients",
+           nthreads);
   bench_result_init(&r, wl, "engram-remote", dname(dur));
   bench_result_rate(&r, n, (double)(t1 - t0) / 1e9, bytes);
   r.p50_us = (double)bench_samples_pct(&all, 50) / 1e3;
@@ -201,8 +203,8 @@ static void remote_appends(engram_durability dur, int nthreads) {
   if (nthreads == 1 && dur == ENGRAM_DURABILITY_SYNC) one_client_sync = r.events_per_s;
   if (nthreads > 1 && dur == ENGRAM_DURABILITY_SYNC && one_client_sync > 0)
     bench_result_ratio(&r, one_client_sync, "remote_append_1client_sync", 6);
-  bench_result_note(&r, "%d client%s, each its own connection, one event per request and reply", nthreads,
-                    nthreads > 1 ? "s" : "");
+  bench_result_note(&r, "%d client%s, each its own connection, one event per request and reply",
+                    nthreads, nthreads > 1 ? "s" : "");
   emit(&r);
   bench_samples_free(&all);
   pthread_barrier_destroy(&start);
@@ -238,14 +240,17 @@ static void pipelined(engram_durability dur) {
   }
   bench_engram_check(log, engram_append_wait(log), "append_wait");
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
-  if (acked != n) bench_die("pipelined: %llu acknowledged of %llu", (unsigned long long)acked, (unsigned long long)n);
+  if (acked != n)
+    bench_die("pipelined: %llu acknowledged of %llu", (unsigned long long)acked,
+              (unsigned long long)n);
   engram_close(log);
   daemon_stop(&d);
   bench_result r;
   bench_result_init(&r, "remote_append_pipelined", "engram-remote", dname(dur));
   bench_result_rate(&r, n, s, bytes);
   if (dur == ENGRAM_DURABILITY_ASYNC) bench_result_target_rate(&r, 100000);
-  bench_result_note(&r, "one client, engram_append_async with a window of 1024, one event per request");
+  bench_result_note(&r,
+                    "one client, engram_append_async with a window of 1024, one event per request");
   emit(&r);
 }
 
@@ -263,7 +268,8 @@ static void batched(engram_durability dur) {
       batch[i] = bench_engram_event(e);
       bytes += e->payload_len;
     }
-    bench_engram_check(log, engram_append_batch(log, "memory", batch, B, offs, NULL), "append_batch");
+    bench_engram_check(log, engram_append_batch(log, "memory", batch, B, offs, NULL),
+                       "append_batch");
     n += B;
   }
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
@@ -299,10 +305,12 @@ static void *drain_thread(void *arg) {
     engram_batch *b = NULL;
     bench_engram_check(log, engram_fetch(log, "memory", "workers", name, 100, 50, &b), "fetch");
     size_t k = b->count;
-    for (size_t i = 0; i < k; i++) items[i] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
+    for (size_t i = 0; i < k; i++)
+      items[i] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
     engram_batch_free(b);
     if (k) {
-      bench_engram_check(log, engram_ack_many(log, "memory", "workers", items, k, NULL), "ack_many");
+      bench_engram_check(log, engram_ack_many(log, "memory", "workers", items, k, NULL),
+                         "ack_many");
       c->acked += k;
       *c->total += k;
     }
@@ -337,10 +345,11 @@ static void group_drain(engram_durability dur, int consumers) {
   bench_result r;
   bench_result_init(&r, "remote_group_drain", "engram-remote", dname(dur));
   bench_result_rate(&r, total, s, 0);
-  snprintf(r.extra, sizeof r.extra, "\"consumers\": %d, \"acked\": %llu, \"redelivered\": %llu", consumers,
-           (unsigned long long)gi.acked, (unsigned long long)gi.redelivered);
-  bench_result_note(&r, "%d remote consumers, fetch 100 + ack_many per round, %llu prefilled events", consumers,
-                    (unsigned long long)drain_events);
+  snprintf(r.extra, sizeof r.extra, "\"consumers\": %d, \"acked\": %llu, \"redelivered\": %llu",
+           consumers, (unsigned long long)gi.acked, (unsigned long long)gi.redelivered);
+  bench_result_note(&r,
+                    "%d remote consumers, fetch 100 + ack_many per round, %llu prefilled events",
+                    consumers, (unsigned long long)drain_events);
   emit(&r);
   pthread_barrier_destroy(&start);
   free(c);
@@ -352,10 +361,10 @@ static void group_drain(engram_durability dur, int consumers) {
  * ------------------------------------------------------------------------------ */
 #define MAX_LAT 200000
 typedef struct lat_shared {
-  int64_t sent[MAX_LAT];    /* monotonic ns of each append call, by sequence */
-  int64_t got[MAX_LAT];     /* monotonic ns the worker held it */
-  _Atomic int ready;        /* consumer waiting */
-  _Atomic int done;         /* producer finished */
+  int64_t sent[MAX_LAT]; /* monotonic ns of each append call, by sequence */
+  int64_t got[MAX_LAT];  /* monotonic ns the worker held it */
+  _Atomic int ready;     /* consumer waiting */
+  _Atomic int done;      /* producer finished */
   uint64_t n;
   int err;
   char msg[256];
@@ -433,7 +442,8 @@ static int lat_consumer(lat_shared *sh, const char *where, int remote) {
     for (size_t i = 0; i < k; i++) {
       uint64_t seq = b->events[i].offset - 1; /* offsets are dense: offset = sequence + 1 */
       if (seq < MAX_LAT) sh->got[seq] = now;
-      q.items[q.tail++ % MAX_LAT] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
+      q.items[q.tail++ % MAX_LAT] =
+          (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
     }
     pthread_cond_signal(&q.cv);
     pthread_mutex_unlock(&q.mu);
@@ -465,7 +475,8 @@ static int lat_producer(lat_shared *sh, const char *where, int remote) {
     sh->sent[i] = bench_now_ns();
     uint64_t off = 0;
     if ((rc = engram_append(log, "memory", &ev, &off, NULL)) || off != i + 1) {
-      snprintf(sh->msg, sizeof sh->msg, "append: %s (offset %llu)", engram_errmsg(log), (unsigned long long)off);
+      snprintf(sh->msg, sizeof sh->msg, "append: %s (offset %llu)", engram_errmsg(log),
+               (unsigned long long)off);
       sh->n = i;
       sh->done = 1;
       engram_close(log);
@@ -484,7 +495,8 @@ static void latency(int remote) {
   if (remote) {
     daemon_start(&d, ENGRAM_DURABILITY_ASYNC, 0);
     engram *admin = client(d.ep, 0);
-    bench_engram_check(admin, engram_group_create(admin, "memory", "workers", NULL), "group create");
+    bench_engram_check(admin, engram_group_create(admin, "memory", "workers", NULL),
+                       "group create");
     engram_close(admin);
   } else {
     snprintf(dir, sizeof dir, "%s/lat-%d", root, ++run_no);
@@ -496,7 +508,8 @@ static void latency(int remote) {
     engram_close(log);
   }
   const char *where = remote ? d.ep : dir;
-  lat_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  lat_shared *sh =
+      mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (sh == MAP_FAILED) bench_die("mmap: %s", strerror(errno));
   memset(sh, 0, sizeof *sh);
   fflush(stdout);
@@ -530,10 +543,11 @@ static void latency(int remote) {
   snprintf(r.target_text, sizeof r.target_text, "p50 <= 100 us, p99 <= 250 us, p99.9 <= 1 ms");
   snprintf(r.extra, sizeof r.extra, "\"rate\": %.0f, \"samples\": %zu, \"max_us\": %.1f", rate, s.n,
            (double)bench_samples_pct(&s, 100) / 1e3);
-  bench_result_note(&r, remote ? "producer and worker are remote clients (separate processes); worker long-polls "
-                                 "fetch (acks leave from another thread)"
-                               : "producer and worker are separate processes on one directory; the worker "
-                                 "sleeps in fetch until the commit's notification wakes it");
+  bench_result_note(
+      &r, remote ? "producer and worker are remote clients (separate processes); worker long-polls "
+                   "fetch (acks leave from another thread)"
+                 : "producer and worker are separate processes on one directory; the worker "
+                   "sleeps in fetch until the commit's notification wakes it");
   emit(&r);
   bench_samples_free(&s);
   munmap(sh, sizeof *sh);
@@ -594,7 +608,8 @@ int main(int argc, char **argv) {
   }
   if (bench_events_load(&evs)) bench_die("cannot load or generate events");
   char run_extra[256];
-  snprintf(run_extra, sizeof run_extra, "\"seconds_per_workload\": %g, \"latency_rate\": %.0f", seconds, rate);
+  snprintf(run_extra, sizeof run_extra, "\"seconds_per_workload\": %g, \"latency_rate\": %.0f",
+           seconds, rate);
   if (bench_out_open(&out, json, "net", &evs, run_extra)) return 1;
   printf("engram %s bench_net: %zu distinct events from %s (payload p50 %zu B, p99 %zu B)\n",
          ENGRAM_VERSION_STRING, evs.n, evs.source, bench_events_size_pct(&evs, 50),

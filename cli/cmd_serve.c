@@ -90,7 +90,8 @@ struct settings {
 static char *trim(char *s) {
   while (*s == ' ' || *s == '\t') s++;
   size_t n = strlen(s);
-  while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r')) s[--n] = '\0';
+  while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
+    s[--n] = '\0';
   return s;
 }
 
@@ -288,14 +289,16 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
   const char *why;
   if (st.v[O_WORKERS]) {
     if ((why = cli_parse_u32(st.v[O_WORKERS], &so.workers)) || so.workers == 0) {
-      status = cli_usage("serve", "--workers '%s': %s", st.v[O_WORKERS], why ? why : "must be at least 1");
+      status = cli_usage("serve", "--workers '%s': %s", st.v[O_WORKERS],
+                         why ? why : "must be at least 1");
       goto done;
     }
   }
   if (st.v[O_MAX_MESSAGE]) {
     uint64_t v;
     if ((why = cli_parse_size(st.v[O_MAX_MESSAGE], &v)) || v > UINT32_MAX) {
-      status = cli_usage("serve", "--max-message '%s': %s", st.v[O_MAX_MESSAGE], why ? why : "over 4GiB");
+      status = cli_usage("serve", "--max-message '%s': %s", st.v[O_MAX_MESSAGE],
+                         why ? why : "over 4GiB");
       goto done;
     }
     so.max_message = (uint32_t)v;
@@ -317,8 +320,9 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
     if (!bad && key_line(text, "public-key", pub) == 0) so.public_key = pub;
     free(text);
     if (bad) {
-      status = cli_error("secret key file %s: no `secret-key = KEY` line (make one with 'engram keygen --out')",
-                         st.v[O_SECRET_FILE]);
+      status = cli_error(
+          "secret key file %s: no `secret-key = KEY` line (make one with 'engram keygen --out')",
+          st.v[O_SECRET_FILE]);
       goto done;
     }
     so.secret_key = sec;
@@ -327,7 +331,8 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
     so.n_allow_keys = nallow;
   }
   int rc = engram_serve(dir, &so);
-  if (rc) status = cli_error("%s", *engram_errmsg(NULL) ? engram_errmsg(NULL) : engram_strerror(rc));
+  if (rc)
+    status = cli_error("%s", *engram_errmsg(NULL) ? engram_errmsg(NULL) : engram_strerror(rc));
 free_allow:
   for (size_t i = 0; i < nallow; i++) free(allow[i]);
   free(allow);
@@ -372,7 +377,8 @@ int cmd_keygen(struct cli *c, int argc, char **argv) {
   char kpath[4200], ppath[4200], text[256];
   snprintf(kpath, sizeof kpath, "%s.key", out);
   snprintf(ppath, sizeof ppath, "%s.pub", out);
-  snprintf(text, sizeof text, "# engram CURVE key pair: keep this file secret\npublic-key = %s\nsecret-key = %s\n",
+  snprintf(text, sizeof text,
+           "# engram CURVE key pair: keep this file secret\npublic-key = %s\nsecret-key = %s\n",
            pub, sec);
   if (write_new(kpath, text, 0600)) return CLI_EXIT_FAIL;
   snprintf(text, sizeof text, "public-key = %s\n", pub);

@@ -26,19 +26,29 @@ void clock_sleep_ns(int64_t ns) {
 
 int err_from_errno(int e) {
   switch (e) {
-    case 0: return ENGRAM_OK;
-    case ENOMEM: return ENGRAM_ENOMEM;
+    case 0:
+      return ENGRAM_OK;
+    case ENOMEM:
+      return ENGRAM_ENOMEM;
     case ENOSPC:
-    case EDQUOT: return ENGRAM_ENOSPC;
-    case ENOENT: return ENGRAM_ENOTFOUND;
+    case EDQUOT:
+      return ENGRAM_ENOSPC;
+    case ENOENT:
+      return ENGRAM_ENOTFOUND;
     case EEXIST:
-    case ENOTEMPTY: return ENGRAM_EEXIST;
-    case EINVAL: return ENGRAM_EINVAL;
+    case ENOTEMPTY:
+      return ENGRAM_EEXIST;
+    case EINVAL:
+      return ENGRAM_EINVAL;
     case EACCES:
-    case EPERM: return ENGRAM_EDENIED;
+    case EPERM:
+      return ENGRAM_EDENIED;
     case EBUSY:
-    case EAGAIN: return ENGRAM_EBUSY;
-    case ETIMEDOUT: return ENGRAM_ETIMEDOUT;
-    default: return ENGRAM_EIO;
+    case EAGAIN:
+      return ENGRAM_EBUSY;
+    case ETIMEDOUT:
+      return ENGRAM_ETIMEDOUT;
+    default:
+      return ENGRAM_EIO;
   }
 }

@@ -13,7 +13,8 @@ static void table_init(void) {
     table[0][i] = c;
   }
   for (uint32_t i = 0; i < 256; i++)
-    for (int t = 1; t < 8; t++) table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xff];
+    for (int t = 1; t < 8; t++)
+      table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xff];
   __atomic_store_n(&table_ready, 1, __ATOMIC_RELEASE);
 }
 
@@ -33,7 +34,7 @@ static uint32_t crc_soft(uint32_t crc, const unsigned char *p, size_t len) {
 
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const unsigned char *p,
-                                                          size_t len) {
+                                                         size_t len) {
   uint64_t c = crc;
   while (len >= 8) {
     uint64_t v;

@@ -67,8 +67,8 @@ int cg_lease_finish(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint6
 /* Moves the open members of l within [lo, hi] into a new lease *out keyed at its first
  * member, with l's state, attempt, deadline, consumer, error and keys; writes l (re-keyed
  * when its first offset moved to out) but not out. ENGRAM_ENOTFOUND when none is open. */
-int cg_lease_extract(MDB_txn *txn, const cg_dbs *d, uint32_t gid, cg_lease *l, uint64_t lo, uint64_t hi,
-                     cg_lease *out);
+int cg_lease_extract(MDB_txn *txn, const cg_dbs *d, uint32_t gid, cg_lease *l, uint64_t lo,
+                     uint64_t hi, cg_lease *out);
 int64_t cg_stored_due(const cg_lease *l);
 /* Moves aside a lease keyed at `offset` (where offset itself is finished), so a new
  * single-event lease can take that key. */
@@ -78,11 +78,12 @@ int cg_lease_make_room(MDB_txn *txn, const cg_dbs *d, uint32_t gid, uint64_t off
 int cg_lease_split_one(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset,
                        int state, int64_t due, const char *error, cg_lease *out);
 /* Sends offset (a member of l, or l == NULL) to the DLQ. */
-int cg_dead(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset, const char *reason,
-            const char *last_error);
+int cg_dead(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset,
+            const char *reason, const char *last_error);
 /* Key-ordered groups: takes the key for `offset`, or queues `offset` behind the key's
  * owner and sets *busy. */
-int cg_key_take(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, size_t len, uint64_t offset, int *busy);
+int cg_key_take(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, size_t len,
+                uint64_t offset, int *busy);
 /* Key-ordered groups: `offset` finished. When it owned the key, the key passes to the
  * next waiting event; when it was waiting, it leaves the queue. */
 int cg_key_release(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, uint64_t offset);
@@ -95,7 +96,7 @@ int cg_del_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t gid);
 #define CG_WHAT "%s/%s"
 
 /* settle.c: one ack inside a job (used by txn.c too). */
-int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt, const void *result,
-               size_t result_len);
+int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt,
+               const void *result, size_t result_len);
 
 #endif

@@ -24,7 +24,8 @@ static int set_consumer(Engram__Lease *pb, const char *consumer) {
 }
 
 /* Adds event `o` to the batch with its attempt. An unreadable record goes to the DLQ. */
-static int add_event(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t o, uint32_t attempt, int *added) {
+static int add_event(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t o, uint32_t attempt,
+                     int *added) {
   log_view v;
   *added = 0;
   int rc = log_view_get(w->log, w->txn, &g->t, o, &v);
@@ -95,7 +96,8 @@ static int redeliver(log_wtx *w, struct fetch_req *r, cg_group *g, cg_lease *l, 
 
 /* Key-ordered groups: takes the key for `o`, or queues `o` behind its current owner.
  * Returns 1 when o must wait. */
-static int key_take(log_wtx *w, struct fetch_req *r, cg_group *g, const log_view *v, uint64_t o, int *rc) {
+static int key_take(log_wtx *w, struct fetch_req *r, cg_group *g, const log_view *v, uint64_t o,
+                    int *rc) {
   *rc = 0;
   if (!(g->meta->flags & ENGRAM_GROUP_KEY_ORDERED) || !v->has_key) return 0;
   int busy = 0;
@@ -104,13 +106,15 @@ static int key_take(log_wtx *w, struct fetch_req *r, cg_group *g, const log_view
 }
 
 /* A single-event lease that waits: for its deliver_at time, or for its key. */
-static int park(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t o, const log_view *v, int state) {
+static int park(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t o, const log_view *v,
+                int state) {
   cg_lease l;
   int rc = cg_lease_new(&l, o, o, state);
   if (rc) return rc;
   cg_bit_set(&l.pb->members, 0);
   l.pb->deadline_ns = v->deliver_at_ns; /* blocked: kept so the release honours it */
-  if ((g->meta->flags & ENGRAM_GROUP_KEY_ORDERED) && v->has_key) rc = cg_lease_add_key(&l, o, v->key, v->key_len);
+  if ((g->meta->flags & ENGRAM_GROUP_KEY_ORDERED) && v->has_key)
+    rc = cg_lease_add_key(&l, o, v->key, v->key_len);
   if (rc == 0) rc = cg_lease_put(w->txn, &r->d, g->meta->id, &l, -1);
   cg_lease_free(&l);
   return rc;
@@ -135,7 +139,8 @@ static uint64_t next_dead(log_wtx *w, struct fetch_req *r, cg_group *g, uint64_t
   unsigned char kb[12];
   cg_key_gid_off(kb, g->meta->id, from);
   MDB_val k = {12, kb}, v;
-  if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) == 0 && k.mv_size == 12 && be32_get(k.mv_data) == g->meta->id)
+  if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) == 0 && k.mv_size == 12 &&
+      be32_get(k.mv_data) == g->meta->id)
     off = be64_get((unsigned char *)k.mv_data + 4);
   mdb_cursor_close(c);
   return off;
@@ -181,11 +186,14 @@ static int deliver_new(log_wtx *w, struct fetch_req *r, cg_group *g, size_t *roo
     }
     if (!first) {
       first = o;
-      uint64_t span_end = head < first + CG_MAX_LEASE_SPAN - 1 ? head : first + CG_MAX_LEASE_SPAN - 1;
+      uint64_t span_end =
+          head < first + CG_MAX_LEASE_SPAN - 1 ? head : first + CG_MAX_LEASE_SPAN - 1;
       if ((rc = cg_lease_new(&l, first, span_end, CG_LEASED))) break;
     }
     cg_bit_set(&l.pb->members, o - first);
-    if ((m->flags & ENGRAM_GROUP_KEY_ORDERED) && v.has_key && (rc = cg_lease_add_key(&l, o, v.key, v.key_len))) break;
+    if ((m->flags & ENGRAM_GROUP_KEY_ORDERED) && v.has_key &&
+        (rc = cg_lease_add_key(&l, o, v.key, v.key_len)))
+      break;
     engram_event *e = log_bb_add(r->bb, w->log, w->txn, &g->t, &v, &rc);
     if (!e) break;
     e->attempt = 1;
@@ -231,7 +239,8 @@ static int fetch_job(log_wtx *w, void *arg) {
   while (room > 0) {
     /* Each pass removes or re-times the entry it finds, so seek afresh every time. */
     MDB_val k = {4, p}, v;
-    if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) != 0 || k.mv_size != 20 || memcmp(k.mv_data, p, 4)) break;
+    if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) != 0 || k.mv_size != 20 || memcmp(k.mv_data, p, 4))
+      break;
     int64_t due = (int64_t)be64_get((unsigned char *)k.mv_data + 4);
     if (due > w->now_ns) break;
     cg_lease l = {0};
@@ -240,7 +249,8 @@ static int fetch_job(log_wtx *w, void *arg) {
     cg_key_gid_off(lk, g.meta->id, first);
     MDB_val lkey = {12, lk}, lval;
     if (mdb_get(w->txn, r->d.leases, &lkey, &lval) != 0 ||
-        !(l.pb = engram__lease__unpack(NULL, lval.mv_size, lval.mv_data)) || cg_stored_due(&l) != due) {
+        !(l.pb = engram__lease__unpack(NULL, lval.mv_size, lval.mv_data)) ||
+        cg_stored_due(&l) != due) {
       /* An index entry without its lease: drop it. */
       if (l.pb) engram__lease__free_unpacked(l.pb, NULL);
       mdb_cursor_del(c, 0);
@@ -253,7 +263,8 @@ static int fetch_job(log_wtx *w, void *arg) {
   }
   mdb_cursor_close(c);
   if (rc == 0) rc = deliver_new(w, r, &g, &room);
-  if (rc == 0 && (g.meta->next != before || g.meta->delivered != delivered || g.meta->skips != skips))
+  if (rc == 0 &&
+      (g.meta->next != before || g.meta->delivered != delivered || g.meta->skips != skips))
     rc = cg_group_store(w->log, w->txn, &r->d, &g);
 out:
   cg_group_free(&g);
@@ -275,7 +286,8 @@ static int anything_due(engram *log, struct fetch_req *r, int64_t *next_due) {
       unsigned char p[4];
       be32_put(p, g.meta->id);
       MDB_val k = {4, p}, v;
-      if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) == 0 && k.mv_size == 20 && !memcmp(k.mv_data, p, 4)) {
+      if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) == 0 && k.mv_size == 20 &&
+          !memcmp(k.mv_data, p, 4)) {
         *next_due = (int64_t)be64_get((unsigned char *)k.mv_data + 4);
         yes = *next_due <= log_now_ns(log);
       }
@@ -287,20 +299,22 @@ static int anything_due(engram *log, struct fetch_req *r, int64_t *next_due) {
   return yes;
 }
 
-int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer, size_t max,
-                 uint64_t wait_ms, engram_batch **out) {
+int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
+                 size_t max, uint64_t wait_ms, engram_batch **out) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->fetch(log, topic, group, consumer, max, wait_ms, out);
   if (!out) return log_error(log, ENGRAM_EINVAL, "fetch: out is NULL");
   *out = NULL;
   if (!log_valid_name(consumer))
-    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: consumer name invalid (use 1-200 of [A-Za-z0-9._-])",
+    return log_error(log, ENGRAM_EINVAL,
+                     "fetch %s/%s: consumer name invalid (use 1-200 of [A-Za-z0-9._-])",
                      topic ? topic : "", group ? group : "");
   if (max == 0 || max > MAX_FETCH)
     return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: max %zu not in 1..%d", topic ? topic : "",
                      group ? group : "", max, MAX_FETCH);
   if (wait_ms > 3600000)
-    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait over one hour", topic ? topic : "", group ? group : "");
+    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait over one hour", topic ? topic : "",
+                     group ? group : "");
   struct fetch_req r = {.topic = topic, .group = group, .consumer = consumer, .max = max};
   int rc = cg_dbs_get(log, &r.d);
   if (rc) return rc;

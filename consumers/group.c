@@ -52,17 +52,20 @@ int cg_group_load(engram *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
                   cg_group *g) {
   memset(g, 0, sizeof *g);
   if (!log_valid_name(group))
-    return log_error(log, ENGRAM_EINVAL, "group name %s%.40s%s invalid: use 1-200 of [A-Za-z0-9._-]",
-                     group ? "'" : "", group ? group : "(null)", group ? "'" : "");
+    return log_error(log, ENGRAM_EINVAL,
+                     "group name %s%.40s%s invalid: use 1-200 of [A-Za-z0-9._-]", group ? "'" : "",
+                     group ? group : "(null)", group ? "'" : "");
   int rc = log_topic_get(log, txn, topic, &g->t);
   if (rc) return rc;
   unsigned char kb[2 * ENGRAM_MAX_NAME + 2];
   MDB_val k = {group_key(kb, topic, group), kb}, v;
   rc = mdb_get(txn, d->groups, &k, &v);
-  if (rc == MDB_NOTFOUND) return log_error(log, ENGRAM_ENOTFOUND, "group %s/%s: no such group", topic, group);
+  if (rc == MDB_NOTFOUND)
+    return log_error(log, ENGRAM_ENOTFOUND, "group %s/%s: no such group", topic, group);
   if (rc) return log_error(log, log_err_mdb(rc), "group %s/%s: %s", topic, group, mdb_strerror(rc));
   g->meta = engram__group_meta__unpack(NULL, v.mv_size, v.mv_data);
-  if (!g->meta) return log_error(log, ENGRAM_ECORRUPT, "group %s/%s: record does not decode", topic, group);
+  if (!g->meta)
+    return log_error(log, ENGRAM_ECORRUPT, "group %s/%s: record does not decode", topic, group);
   if (g->meta->topic_id != g->t.id) {
     cg_group_free(g);
     return log_error(log, ENGRAM_ENOTFOUND, "group %s/%s: no such group", topic, group);
@@ -126,8 +129,8 @@ struct create_req {
   cg_dbs d;
 };
 
-static int resolve_start(engram *log, MDB_txn *txn, const log_topic *t, engram_start s, uint64_t off,
-                         int64_t time_ns, uint64_t *next) {
+static int resolve_start(engram *log, MDB_txn *txn, const log_topic *t, engram_start s,
+                         uint64_t off, int64_t time_ns, uint64_t *next) {
   uint64_t head = log_topic_head(log, txn, t);
   switch (s) {
     case ENGRAM_START_EARLIEST: {
@@ -135,12 +138,14 @@ static int resolve_start(engram *log, MDB_txn *txn, const log_topic *t, engram_s
       *next = first ? first : head + 1;
       return 0;
     }
-    case ENGRAM_START_LATEST: *next = head + 1; return 0;
+    case ENGRAM_START_LATEST:
+      *next = head + 1;
+      return 0;
     case ENGRAM_START_OFFSET:
       if (off == 0) return log_error(log, ENGRAM_EINVAL, "start offset 0: offsets start at 1");
       if (off > head + 1)
-        return log_error(log, ENGRAM_EINVAL, "start offset %llu beyond head %llu + 1", (unsigned long long)off,
-                         (unsigned long long)head);
+        return log_error(log, ENGRAM_EINVAL, "start offset %llu beyond head %llu + 1",
+                         (unsigned long long)off, (unsigned long long)head);
       *next = off;
       return 0;
     case ENGRAM_START_TIME:
@@ -164,7 +169,9 @@ static int create_job(log_wtx *w, void *arg) {
     Engram__GroupMeta *old = engram__group_meta__unpack(NULL, v.mv_size, v.mv_data);
     int same_topic = old && old->topic_id == t.id;
     if (old) engram__group_meta__free_unpacked(old, NULL);
-    if (same_topic) return log_error(log, ENGRAM_EEXIST, "create group %s/%s: already exists", r->topic, r->group);
+    if (same_topic)
+      return log_error(log, ENGRAM_EEXIST, "create group %s/%s: already exists", r->topic,
+                       r->group);
   }
   Engram__GroupMeta m = ENGRAM__GROUP_META__INIT;
   MDB_val ik = {14, "\0next_group_id"};
@@ -197,47 +204,56 @@ static int create_job(log_wtx *w, void *arg) {
   return cg_group_store(log, w->txn, &r->d, &g);
 }
 
-static int check_config(engram *log, const char *topic, const char *group, const engram_group_config *c) {
+static int check_config(engram *log, const char *topic, const char *group,
+                        const engram_group_config *c) {
   if (!log_valid_name(group))
-    return log_error(log, ENGRAM_EINVAL, "create group: invalid name (use 1-200 of [A-Za-z0-9._-])");
+    return log_error(log, ENGRAM_EINVAL,
+                     "create group: invalid name (use 1-200 of [A-Za-z0-9._-])");
   if (c->n_filters > ENGRAM_MAX_FILTERS)
-    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: %zu filters over limit %d", topic, group,
-                     c->n_filters, ENGRAM_MAX_FILTERS);
+    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: %zu filters over limit %d", topic,
+                     group, c->n_filters, ENGRAM_MAX_FILTERS);
   if (c->n_filters && !c->filters)
     return log_error(log, ENGRAM_EINVAL, "create group %s/%s: filters is NULL", topic, group);
   for (size_t i = 0; i < c->n_filters; i++)
     if (!valid_pattern(c->filters[i]))
       return log_error(log, ENGRAM_EINVAL,
-                       "create group %s/%s: filter '%.60s' invalid: use '*', a type, or a prefix like 'memory.*'",
+                       "create group %s/%s: filter '%.60s' invalid: use '*', a type, or a prefix "
+                       "like 'memory.*'",
                        topic, group, c->filters[i] ? c->filters[i] : "(null)");
   if (c->ack_wait_ms > CG_MAX_DELAY_MS)
     return log_error(log, ENGRAM_EINVAL, "create group %s/%s: ack_wait over 30 days", topic, group);
   if (c->max_deliver > 1000000)
-    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: max_deliver %u over 1000000", topic, group,
-                     c->max_deliver);
+    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: max_deliver %u over 1000000", topic,
+                     group, c->max_deliver);
   if (c->n_backoff > ENGRAM_MAX_BACKOFF)
-    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: %zu backoff steps over limit %d", topic, group,
-                     c->n_backoff, ENGRAM_MAX_BACKOFF);
+    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: %zu backoff steps over limit %d",
+                     topic, group, c->n_backoff, ENGRAM_MAX_BACKOFF);
   if (c->n_backoff && !c->backoff_ms)
     return log_error(log, ENGRAM_EINVAL, "create group %s/%s: backoff_ms is NULL", topic, group);
   for (size_t i = 0; i < c->n_backoff; i++)
     if (c->backoff_ms[i] > CG_MAX_DELAY_MS)
-      return log_error(log, ENGRAM_EINVAL, "create group %s/%s: backoff step over 30 days", topic, group);
+      return log_error(log, ENGRAM_EINVAL, "create group %s/%s: backoff step over 30 days", topic,
+                       group);
   if (c->result_ttl_ms > 365ull * 86400 * 1000)
-    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: result_ttl over a year", topic, group);
+    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: result_ttl over a year", topic,
+                     group);
   if (c->flags & ~(uint32_t)ENGRAM_GROUP_KEY_ORDERED)
-    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: unknown flags 0x%x", topic, group, c->flags);
+    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: unknown flags 0x%x", topic, group,
+                     c->flags);
   if ((unsigned)c->start > ENGRAM_START_TIME)
-    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: unknown start %d", topic, group, (int)c->start);
+    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: unknown start %d", topic, group,
+                     (int)c->start);
   return 0;
 }
 
-int engram_group_create(engram *log, const char *topic, const char *group, const engram_group_config *cfg) {
+int engram_group_create(engram *log, const char *topic, const char *group,
+                        const engram_group_config *cfg) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->group_create(log, topic, group, cfg);
   engram_group_config def = {0};
   if (!cfg) cfg = &def;
-  if (!log_valid_name(topic)) return log_error(log, ENGRAM_EINVAL, "create group: invalid topic name");
+  if (!log_valid_name(topic))
+    return log_error(log, ENGRAM_EINVAL, "create group: invalid topic name");
   int rc = check_config(log, topic, group, cfg);
   if (rc) return rc;
   struct create_req r = {.topic = topic, .group = group, .cfg = cfg};
@@ -250,7 +266,8 @@ int engram_group_create(engram *log, const char *topic, const char *group, const
  * Info and counters. Counters that follow from state (in flight, retrying, dead, lag)
  * are computed from the leases and DLQ, so they can never drift from them.
  * ------------------------------------------------------------------------------ */
-static void info_fill(engram *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g, engram_group_info *info) {
+static void info_fill(engram *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g,
+                      engram_group_info *info) {
   const Engram__GroupMeta *m = g->meta;
   memset(info, 0, sizeof *info);
   snprintf(info->topic, sizeof info->topic, "%s", g->topic);
@@ -260,7 +277,8 @@ static void info_fill(engram *log, MDB_txn *txn, const cg_dbs *d, const cg_group
   info->n_filters = m->n_filters;
   info->ack_wait_ms = m->ack_wait_ms;
   info->max_deliver = m->max_deliver;
-  for (size_t i = 0; i < m->n_backoff_ms && i < ENGRAM_MAX_BACKOFF; i++) info->backoff_ms[i] = m->backoff_ms[i];
+  for (size_t i = 0; i < m->n_backoff_ms && i < ENGRAM_MAX_BACKOFF; i++)
+    info->backoff_ms[i] = m->backoff_ms[i];
   info->n_backoff = m->n_backoff_ms;
   info->result_ttl_ms = m->result_ttl_ms;
   info->flags = m->flags;
@@ -279,7 +297,8 @@ static void info_fill(engram *log, MDB_txn *txn, const cg_dbs *d, const cg_group
     int op = MDB_SET_RANGE;
     while (mdb_cursor_get(c, &k, &v, op) == 0 && k.mv_size == 12 && !memcmp(k.mv_data, p, 4)) {
       op = MDB_NEXT;
-      cg_lease l = {be64_get((unsigned char *)k.mv_data + 4), engram__lease__unpack(NULL, v.mv_size, v.mv_data)};
+      cg_lease l = {be64_get((unsigned char *)k.mv_data + 4),
+                    engram__lease__unpack(NULL, v.mv_size, v.mv_data)};
       if (!l.pb) continue;
       uint64_t open = cg_lease_open(&l);
       if (l.pb->state == CG_LEASED)
@@ -315,12 +334,14 @@ static void info_fill(engram *log, MDB_txn *txn, const cg_dbs *d, const cg_group
   info->lag = head - info->floor;
   if (info->lag) {
     log_view v;
-    if (log_view_get(log, txn, &g->t, info->floor + 1, &v) == 0) info->oldest_unfinished_ns = v.timestamp_ns;
+    if (log_view_get(log, txn, &g->t, info->floor + 1, &v) == 0)
+      info->oldest_unfinished_ns = v.timestamp_ns;
   }
   log_error_clear(log);
 }
 
-int engram_group_info_get(engram *log, const char *topic, const char *group, engram_group_info *info) {
+int engram_group_info_get(engram *log, const char *topic, const char *group,
+                          engram_group_info *info) {
   if (!log || !info) return log_error(log, ENGRAM_EINVAL, "group info: NULL argument");
   if (log->remote) return log->remote->group_info_get(log, topic, group, info);
   cg_dbs d;
@@ -341,7 +362,8 @@ int engram_group_list(engram *log, const char *topic, engram_group_info **out, s
   if (log->remote) return log->remote->group_list(log, topic, out, n);
   *out = NULL;
   *n = 0;
-  if (topic && !log_valid_name(topic)) return log_error(log, ENGRAM_EINVAL, "group list: invalid topic name");
+  if (topic && !log_valid_name(topic))
+    return log_error(log, ENGRAM_EINVAL, "group list: invalid topic name");
   cg_dbs d;
   int rc = cg_dbs_get(log, &d);
   if (rc) return rc;
@@ -424,7 +446,8 @@ static int clear_state(MDB_txn *txn, const cg_dbs *d, uint32_t gid, int with_dlq
   return 0;
 }
 
-static int delete_group(MDB_txn *txn, const cg_dbs *d, const char *topic, const char *group, uint32_t gid) {
+static int delete_group(MDB_txn *txn, const cg_dbs *d, const char *topic, const char *group,
+                        uint32_t gid) {
   unsigned char kb[2 * ENGRAM_MAX_NAME + 2];
   MDB_val k = {group_key(kb, topic, group), kb};
   int rc = mdb_del(txn, d->groups, &k, NULL);
@@ -480,11 +503,12 @@ out:
   return rc;
 }
 
-int engram_group_reset(engram *log, const char *topic, const char *group, engram_start to, uint64_t offset,
-                       int64_t time_ns) {
+int engram_group_reset(engram *log, const char *topic, const char *group, engram_start to,
+                       uint64_t offset, int64_t time_ns) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->group_reset(log, topic, group, to, offset, time_ns);
-  struct name_req r = {.topic = topic, .group = group, .to = to, .offset = offset, .time_ns = time_ns};
+  struct name_req r = {
+      .topic = topic, .group = group, .to = to, .offset = offset, .time_ns = time_ns};
   int rc = cg_dbs_get(log, &r.d);
   if (rc) return rc;
   rc = log_write(log, reset_job, &r);

@@ -7,17 +7,24 @@
 
 const char *engram_state_name(engram_event_state s) {
   switch (s) {
-    case ENGRAM_STATE_PENDING: return "pending";
-    case ENGRAM_STATE_IN_FLIGHT: return "in_flight";
-    case ENGRAM_STATE_RETRYING: return "retrying";
-    case ENGRAM_STATE_DONE: return "done";
-    case ENGRAM_STATE_DEAD: return "dead";
-    case ENGRAM_STATE_SKIPPED: return "skipped";
+    case ENGRAM_STATE_PENDING:
+      return "pending";
+    case ENGRAM_STATE_IN_FLIGHT:
+      return "in_flight";
+    case ENGRAM_STATE_RETRYING:
+      return "retrying";
+    case ENGRAM_STATE_DONE:
+      return "done";
+    case ENGRAM_STATE_DEAD:
+      return "dead";
+    case ENGRAM_STATE_SKIPPED:
+      return "skipped";
   }
   return "unknown";
 }
 
-static void copy_result(MDB_txn *txn, const cg_dbs *d, uint32_t gid, uint64_t offset, int64_t now, engram_status *st) {
+static void copy_result(MDB_txn *txn, const cg_dbs *d, uint32_t gid, uint64_t offset, int64_t now,
+                        engram_status *st) {
   unsigned char kb[12];
   cg_key_gid_off(kb, gid, offset);
   MDB_val k = {12, kb}, v;
@@ -33,7 +40,8 @@ static void copy_result(MDB_txn *txn, const cg_dbs *d, uint32_t gid, uint64_t of
   ((char *)st->result)[st->result_len] = '\0';
 }
 
-int engram_status_get(engram *log, const char *topic, const char *group, uint64_t offset, engram_status *st) {
+int engram_status_get(engram *log, const char *topic, const char *group, uint64_t offset,
+                      engram_status *st) {
   if (!log || !st) return log_error(log, ENGRAM_EINVAL, "status: NULL argument");
   if (log->remote) return log->remote->status_get(log, topic, group, offset, st);
   memset(st, 0, sizeof *st);
@@ -49,7 +57,8 @@ int engram_status_get(engram *log, const char *topic, const char *group, uint64_
   int64_t now = log_now_ns(log);
   uint64_t head = log_topic_head(log, txn, &g.t);
   log_view ev;
-  if (offset == 0 || offset > head || log_view_get(log, txn, &g.t, offset, &ev) == ENGRAM_ENOTFOUND) {
+  if (offset == 0 || offset > head ||
+      log_view_get(log, txn, &g.t, offset, &ev) == ENGRAM_ENOTFOUND) {
     rc = log_error(log, ENGRAM_ENOTFOUND, "status %s/%s offset %llu: no such event", topic, group,
                    (unsigned long long)offset);
     goto out;
@@ -68,7 +77,8 @@ int engram_status_get(engram *log, const char *topic, const char *group, uint64_
     }
     goto out;
   }
-  if (cg_lease_find(txn, &d, g.meta->id, offset, &l) == 0 && !cg_bit(&l.pb->done, offset - l.first)) {
+  if (cg_lease_find(txn, &d, g.meta->id, offset, &l) == 0 &&
+      !cg_bit(&l.pb->done, offset - l.first)) {
     st->attempt = l.pb->attempt;
     st->deadline_ns = l.pb->deadline_ns;
     snprintf(st->last_error, sizeof st->last_error, "%s", l.pb->last_error);
@@ -213,8 +223,9 @@ static int dlq_job(log_wtx *w, void *arg) {
       cg_key_gid_off(kb, g.meta->id, r->offsets[i]);
       MDB_val k = {12, kb}, v;
       if (mdb_cursor_get(c, &k, &v, MDB_SET) != 0) {
-        rc = log_error(w->log, ENGRAM_ENOTFOUND, "dlq %s/%s: offset %llu is not in the dead-letter queue", r->topic,
-                       r->group, (unsigned long long)r->offsets[i]);
+        rc = log_error(w->log, ENGRAM_ENOTFOUND,
+                       "dlq %s/%s: offset %llu is not in the dead-letter queue", r->topic, r->group,
+                       (unsigned long long)r->offsets[i]);
         break;
       }
       rc = dlq_one(w, r, &g, c, r->offsets[i]);
@@ -224,7 +235,8 @@ static int dlq_job(log_wtx *w, void *arg) {
     be32_put(p, g.meta->id);
     for (;;) {
       MDB_val k = {4, p}, v;
-      if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) || k.mv_size != 12 || memcmp(k.mv_data, p, 4)) break;
+      if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) || k.mv_size != 12 || memcmp(k.mv_data, p, 4))
+        break;
       if ((rc = dlq_one(w, r, &g, c, be64_get((unsigned char *)k.mv_data + 4)))) break;
     }
   }
@@ -243,16 +255,16 @@ static int dlq_run(engram *log, struct dlq_req *r, size_t *count) {
   return 0;
 }
 
-int engram_dlq_purge(engram *log, const char *topic, const char *group, const uint64_t *offsets, size_t n,
-                     size_t *count) {
+int engram_dlq_purge(engram *log, const char *topic, const char *group, const uint64_t *offsets,
+                     size_t n, size_t *count) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->dlq_purge(log, topic, group, offsets, n, count);
   struct dlq_req r = {.topic = topic, .group = group, .offsets = offsets, .n = n};
   return dlq_run(log, &r, count);
 }
 
-int engram_dlq_redrive(engram *log, const char *topic, const char *group, const uint64_t *offsets, size_t n,
-                       size_t *count) {
+int engram_dlq_redrive(engram *log, const char *topic, const char *group, const uint64_t *offsets,
+                       size_t n, size_t *count) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->dlq_redrive(log, topic, group, offsets, n, count);
   struct dlq_req r = {.topic = topic, .group = group, .offsets = offsets, .n = n, .redrive = 1};

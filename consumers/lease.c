@@ -22,7 +22,7 @@ void cg_bit_set(ProtobufCBinaryData *b, uint64_t i) {
 uint64_t cg_lease_open(const cg_lease *l) {
   uint64_t n = 0;
   for (size_t i = 0; i < l->pb->members.len; i++) {
-    uint8_t m = l->pb->members.data[i] & (uint8_t)~(i < l->pb->done.len ? l->pb->done.data[i] : 0);
+    uint8_t m = l->pb->members.data[i] & (uint8_t) ~(i < l->pb->done.len ? l->pb->done.data[i] : 0);
     n += (uint64_t)__builtin_popcount(m);
   }
   return n;
@@ -88,7 +88,9 @@ static void due_key(unsigned char *k, uint32_t gid, int64_t due, uint64_t first)
   be64_put(k + 12, first);
 }
 
-static int has_due(const cg_lease *l) { return l->pb->state == CG_LEASED || l->pb->state == CG_WAITING; }
+static int has_due(const cg_lease *l) {
+  return l->pb->state == CG_LEASED || l->pb->state == CG_WAITING;
+}
 
 /* The due time of a lease as stored, for cg_lease_put. */
 int64_t cg_stored_due(const cg_lease *l) { return has_due(l) ? l->pb->deadline_ns : -1; }
@@ -191,7 +193,8 @@ static int holder_put(MDB_txn *txn, const cg_dbs *d, MDB_val *k, uint64_t holder
   return 0;
 }
 
-int cg_key_take(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, size_t kn, uint64_t offset, int *busy) {
+int cg_key_take(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, size_t kn,
+                uint64_t offset, int *busy) {
   unsigned char kb[4 + ENGRAM_MAX_KEY + 9];
   if (kn > ENGRAM_MAX_KEY) kn = ENGRAM_MAX_KEY;
   size_t n = key_prefix(kb, g->meta->id, key, kn);
@@ -238,7 +241,9 @@ int cg_key_release(log_wtx *w, const cg_dbs *d, cg_group *g, const char *key, ui
   if (rc == MDB_NOTFOUND) return 0;
   if (rc) return log_err_mdb(rc);
   Engram__KeyState *ks = engram__key_state__unpack(NULL, v.mv_size, v.mv_data);
-  if (!ks) return log_error(w->log, ENGRAM_ECORRUPT, "group %s/%s: key state does not decode", g->topic, g->name);
+  if (!ks)
+    return log_error(w->log, ENGRAM_ECORRUPT, "group %s/%s: key state does not decode", g->topic,
+                     g->name);
   uint64_t holder = ks->holder;
   engram__key_state__free_unpacked(ks, NULL);
   if (holder != offset) {
@@ -326,8 +331,8 @@ int cg_lease_make_room(MDB_txn *txn, const cg_dbs *d, uint32_t gid, uint64_t off
   return rc;
 }
 
-int cg_lease_extract(MDB_txn *txn, const cg_dbs *d, uint32_t gid, cg_lease *l, uint64_t lo, uint64_t hi,
-                     cg_lease *out) {
+int cg_lease_extract(MDB_txn *txn, const cg_dbs *d, uint32_t gid, cg_lease *l, uint64_t lo,
+                     uint64_t hi, cg_lease *out) {
   out->pb = NULL;
   uint64_t a = UINT64_MAX, b = 0;
   if (lo < l->first) lo = l->first;
@@ -361,8 +366,8 @@ int cg_lease_extract(MDB_txn *txn, const cg_dbs *d, uint32_t gid, cg_lease *l, u
   return cg_lease_put(txn, d, gid, l, old_due);
 }
 
-int cg_lease_split_one(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset, int state,
-                       int64_t due, const char *error, cg_lease *out) {
+int cg_lease_split_one(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset,
+                       int state, int64_t due, const char *error, cg_lease *out) {
   int rc = cg_lease_extract(w->txn, d, g->meta->id, l, offset, offset, out);
   if (rc) return rc;
   out->pb->state = (uint32_t)state;
@@ -371,8 +376,8 @@ int cg_lease_split_one(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, ui
   return cg_lease_put(w->txn, d, g->meta->id, out, -1);
 }
 
-int cg_dead(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset, const char *reason,
-            const char *last_error) {
+int cg_dead(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offset,
+            const char *reason, const char *last_error) {
   Engram__DlqEntry e = ENGRAM__DLQ_ENTRY__INIT;
   e.attempts = l ? l->pb->attempt : 0;
   e.reason = (char *)reason;

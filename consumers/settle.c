@@ -12,21 +12,22 @@ static int classify(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, c
   cg_key_gid_off(kb, g->meta->id, offset);
   MDB_val k = {12, kb}, v;
   if (mdb_get(w->txn, d->dlq, &k, &v) == 0)
-    return log_error(log, ENGRAM_EDEAD, "%s %s/%s offset %llu: in the dead-letter queue", verb, g->topic, g->name,
-                     (unsigned long long)offset);
+    return log_error(log, ENGRAM_EDEAD, "%s %s/%s offset %llu: in the dead-letter queue", verb,
+                     g->topic, g->name, (unsigned long long)offset);
   uint64_t head = log_topic_head(log, w->txn, &g->t);
   if (offset == 0 || offset > head)
-    return log_error(log, ENGRAM_ENOTFOUND, "%s %s/%s offset %llu: no such event (head %llu)", verb, g->topic,
-                     g->name, (unsigned long long)offset, (unsigned long long)head);
+    return log_error(log, ENGRAM_ENOTFOUND, "%s %s/%s offset %llu: no such event (head %llu)", verb,
+                     g->topic, g->name, (unsigned long long)offset, (unsigned long long)head);
   if (offset >= g->meta->next)
-    return log_error(log, ENGRAM_ENOTLEASED, "%s %s/%s offset %llu: not delivered yet", verb, g->topic, g->name,
-                     (unsigned long long)offset);
-  log_view ev;
-  if (log_view_get(log, w->txn, &g->t, offset, &ev) == 0 && !cg_filter_match(g->meta, ev.type, ev.type_len))
-    return log_error(log, ENGRAM_ENOTLEASED, "%s %s/%s offset %llu: skipped by the group's filters", verb,
+    return log_error(log, ENGRAM_ENOTLEASED, "%s %s/%s offset %llu: not delivered yet", verb,
                      g->topic, g->name, (unsigned long long)offset);
-  return log_error(log, ENGRAM_EALREADY, "%s %s/%s offset %llu: already finished", verb, g->topic, g->name,
-                   (unsigned long long)offset);
+  log_view ev;
+  if (log_view_get(log, w->txn, &g->t, offset, &ev) == 0 &&
+      !cg_filter_match(g->meta, ev.type, ev.type_len))
+    return log_error(log, ENGRAM_ENOTLEASED, "%s %s/%s offset %llu: skipped by the group's filters",
+                     verb, g->topic, g->name, (unsigned long long)offset);
+  return log_error(log, ENGRAM_EALREADY, "%s %s/%s offset %llu: already finished", verb, g->topic,
+                   g->name, (unsigned long long)offset);
 }
 
 /* Checks that `offset` in lease l may be settled by a caller quoting `attempt`. An
@@ -40,18 +41,22 @@ static int check_lease(log_wtx *w, const cg_dbs *d, cg_group *g, const cg_lease 
    * batch's lease while the rest of the batch is open). */
   if (cg_bit(&l->pb->done, offset - l->first)) return classify(w, d, g, offset, verb);
   if (attempt && attempt < l->pb->attempt)
-    return log_error(log, ENGRAM_ESTALE, "%s %s/%s offset %llu: attempt %u is stale, now at attempt %u", verb,
-                     g->topic, g->name, (unsigned long long)offset, attempt, l->pb->attempt);
+    return log_error(log, ENGRAM_ESTALE,
+                     "%s %s/%s offset %llu: attempt %u is stale, now at attempt %u", verb, g->topic,
+                     g->name, (unsigned long long)offset, attempt, l->pb->attempt);
   if (l->pb->state != CG_LEASED)
-    return log_error(log, ENGRAM_ENOTLEASED, "%s %s/%s offset %llu: not in flight (waiting for redelivery)", verb,
-                     g->topic, g->name, (unsigned long long)offset);
+    return log_error(log, ENGRAM_ENOTLEASED,
+                     "%s %s/%s offset %llu: not in flight (waiting for redelivery)", verb, g->topic,
+                     g->name, (unsigned long long)offset);
   if (attempt > l->pb->attempt)
-    return log_error(log, ENGRAM_EINVAL, "%s %s/%s offset %llu: attempt %u was never delivered (at %u)", verb,
-                     g->topic, g->name, (unsigned long long)offset, attempt, l->pb->attempt);
+    return log_error(log, ENGRAM_EINVAL,
+                     "%s %s/%s offset %llu: attempt %u was never delivered (at %u)", verb, g->topic,
+                     g->name, (unsigned long long)offset, attempt, l->pb->attempt);
   return 0;
 }
 
-static int put_result(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, const void *result, size_t len) {
+static int put_result(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, const void *result,
+                      size_t len) {
   unsigned char kb[12];
   cg_key_gid_off(kb, g->meta->id, offset);
   MDB_val k = {12, kb}, v = {8 + len, NULL};
@@ -70,7 +75,8 @@ static void sweep_results(log_wtx *w, const cg_dbs *d, cg_group *g) {
   be32_put(p, g->meta->id);
   for (int i = 0; i < 16; i++) {
     MDB_val k = {4, p}, v;
-    if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) || k.mv_size != 12 || memcmp(k.mv_data, p, 4) || v.mv_size < 8)
+    if (mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) || k.mv_size != 12 || memcmp(k.mv_data, p, 4) ||
+        v.mv_size < 8)
       break;
     if ((int64_t)be64_get(v.mv_data) > w->now_ns) break;
     if (mdb_cursor_del(c, 0)) break;
@@ -86,29 +92,33 @@ static int lease_flush(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l) {
 
 /* Acks items against one group, keeping the current lease in memory so a batch of acks
  * of one fetched batch costs one lease write. codes[i] gets each result. */
-static int ack_items(log_wtx *w, const cg_dbs *d, cg_group *g, const engram_ack_item *items, size_t n, int *codes,
-                     char *first_msg, size_t msg_cap) {
+static int ack_items(log_wtx *w, const cg_dbs *d, cg_group *g, const engram_ack_item *items,
+                     size_t n, int *codes, char *first_msg, size_t msg_cap) {
   cg_lease cur = {0};
   int first_err = 0, rc = 0;
   for (size_t i = 0; i < n; i++) {
     const engram_ack_item *it = &items[i];
     int code = 0;
     if (it->result_len > CG_MAX_RESULT) {
-      code = log_error(w->log, ENGRAM_ETOOBIG, "ack %s/%s offset %llu: result of %zu bytes over limit %u", g->topic,
+      code = log_error(w->log, ENGRAM_ETOOBIG,
+                       "ack %s/%s offset %llu: result of %zu bytes over limit %u", g->topic,
                        g->name, (unsigned long long)it->offset, it->result_len, CG_MAX_RESULT);
     } else if (it->result_len && !it->result) {
-      code = log_error(w->log, ENGRAM_EINVAL, "ack %s/%s offset %llu: result is NULL", g->topic, g->name,
-                       (unsigned long long)it->offset);
+      code = log_error(w->log, ENGRAM_EINVAL, "ack %s/%s offset %llu: result is NULL", g->topic,
+                       g->name, (unsigned long long)it->offset);
     } else {
       int hit = cur.pb && it->offset >= cur.first && it->offset <= cur.pb->last &&
-                cg_bit(&cur.pb->members, it->offset - cur.first) && !cg_bit(&cur.pb->done, it->offset - cur.first);
+                cg_bit(&cur.pb->members, it->offset - cur.first) &&
+                !cg_bit(&cur.pb->done, it->offset - cur.first);
       if (!hit) {
         if ((rc = lease_flush(w, d, g, &cur))) break;
         cg_lease_free(&cur);
-        if (cg_lease_find(w->txn, d, g->meta->id, it->offset, &cur) != 0) code = classify(w, d, g, it->offset, "ack");
+        if (cg_lease_find(w->txn, d, g->meta->id, it->offset, &cur) != 0)
+          code = classify(w, d, g, it->offset, "ack");
       }
       if (!code) code = check_lease(w, d, g, &cur, it->offset, it->attempt, "ack");
-      if (!code && it->result && (rc = put_result(w, d, g, it->offset, it->result, it->result_len))) break;
+      if (!code && it->result && (rc = put_result(w, d, g, it->offset, it->result, it->result_len)))
+        break;
       if (!code) {
         cg_bit_set(&cur.pb->done, it->offset - cur.first);
         g->meta->acked++;
@@ -129,8 +139,8 @@ static int ack_items(log_wtx *w, const cg_dbs *d, cg_group *g, const engram_ack_
   return first_err;
 }
 
-int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt, const void *result,
-               size_t result_len) {
+int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt,
+               const void *result, size_t result_len) {
   engram_ack_item it = {offset, attempt, result, result_len};
   return ack_items(w, d, g, &it, 1, NULL, NULL, 0);
 }
@@ -165,8 +175,9 @@ static int ack_job(log_wtx *w, void *arg) {
   r->msg[0] = '\0';
   r->first_err = ack_items(w, &r->d, &g, r->items, r->n, r->codes, r->msg, sizeof r->msg);
   rc = r->first_err < 0 && r->first_err != ENGRAM_EALREADY && r->first_err != ENGRAM_ESTALE &&
-               r->first_err != ENGRAM_ENOTLEASED && r->first_err != ENGRAM_EDEAD && r->first_err != ENGRAM_ENOTFOUND &&
-               r->first_err != ENGRAM_ETOOBIG && r->first_err != ENGRAM_EINVAL
+               r->first_err != ENGRAM_ENOTLEASED && r->first_err != ENGRAM_EDEAD &&
+               r->first_err != ENGRAM_ENOTFOUND && r->first_err != ENGRAM_ETOOBIG &&
+               r->first_err != ENGRAM_EINVAL
            ? r->first_err /* a storage error: abort everything */
            : 0;
   if (rc == 0 && g.meta->acked != acked) rc = cg_group_store(w->log, w->txn, &r->d, &g);
@@ -174,8 +185,8 @@ static int ack_job(log_wtx *w, void *arg) {
   return rc;
 }
 
-int engram_ack_many(engram *log, const char *topic, const char *group, const engram_ack_item *items, size_t n,
-                    int *codes) {
+int engram_ack_many(engram *log, const char *topic, const char *group, const engram_ack_item *items,
+                    size_t n, int *codes) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->ack_many(log, topic, group, items, n, codes);
   if (!items || n == 0) return log_error(log, ENGRAM_EINVAL, "ack: no items");
@@ -224,8 +235,8 @@ static int one_job(log_wtx *w, void *arg) {
     MDB_val k = {12, kb}, v = {0, ""};
     int mrc = mdb_put(w->txn, r->d.skips, &k, &v, MDB_NOOVERWRITE);
     if (mrc == MDB_KEYEXIST) {
-      rc = log_error(w->log, ENGRAM_EALREADY, "cancel %s/%s offset %llu: already cancelled", g.topic, g.name,
-                     (unsigned long long)r->offset);
+      rc = log_error(w->log, ENGRAM_EALREADY, "cancel %s/%s offset %llu: already cancelled",
+                     g.topic, g.name, (unsigned long long)r->offset);
       goto out;
     }
     if (mrc) {
@@ -239,9 +250,10 @@ static int one_job(log_wtx *w, void *arg) {
   if (r->op == OP_CANCEL) {
     if (cg_bit(&l.pb->done, r->offset - l.first))
       rc = classify(w, &r->d, &g, r->offset, verb);
-    else if (l.pb->state == CG_LEASED && l.pb->deadline_ns > w->now_ns) /* expired: retrying, as status says */
-      rc = log_error(w->log, ENGRAM_EBUSY, "cancel %s/%s offset %llu: in flight (held by %s)", g.topic, g.name,
-                     (unsigned long long)r->offset, l.pb->consumer);
+    else if (l.pb->state == CG_LEASED &&
+             l.pb->deadline_ns > w->now_ns) /* expired: retrying, as status says */
+      rc = log_error(w->log, ENGRAM_EBUSY, "cancel %s/%s offset %llu: in flight (held by %s)",
+                     g.topic, g.name, (unsigned long long)r->offset, l.pb->consumer);
     else
       rc = cg_lease_finish(w, &r->d, &g, &l, r->offset);
     goto out;
@@ -254,9 +266,11 @@ static int one_job(log_wtx *w, void *arg) {
         snprintf(reason, sizeof reason, "max_deliver exceeded: %u attempts", l.pb->attempt);
         rc = cg_dead(w, &r->d, &g, &l, r->offset, reason, r->text);
       } else {
-        uint64_t delay = r->delay_ms >= 0 ? (uint64_t)r->delay_ms : backoff_for(g.meta, l.pb->attempt);
-        rc = cg_lease_split_one(w, &r->d, &g, &l, r->offset, CG_WAITING, w->now_ns + (int64_t)delay * 1000000,
-                                r->text ? r->text : "", &moved);
+        uint64_t delay =
+            r->delay_ms >= 0 ? (uint64_t)r->delay_ms : backoff_for(g.meta, l.pb->attempt);
+        rc = cg_lease_split_one(w, &r->d, &g, &l, r->offset, CG_WAITING,
+                                w->now_ns + (int64_t)delay * 1000000, r->text ? r->text : "",
+                                &moved);
       }
       break;
     case OP_REJECT: {
@@ -287,34 +301,51 @@ static int run_one(engram *log, struct settle_req *r) {
   return rc < 0 ? rc : 0;
 }
 
-int engram_nack(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
-                int64_t delay_ms, const char *error) {
+int engram_nack(engram *log, const char *topic, const char *group, uint64_t offset,
+                uint32_t attempt, int64_t delay_ms, const char *error) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->nack(log, topic, group, offset, attempt, delay_ms, error);
   if (delay_ms > (int64_t)CG_MAX_DELAY_MS)
-    return log_error(log, ENGRAM_EINVAL, "nack: delay of %lld ms over 30 days", (long long)delay_ms);
-  if (error && strlen(error) > 4096) return log_error(log, ENGRAM_ETOOBIG, "nack: error text over 4096 bytes");
-  struct settle_req r = {.topic = topic, .group = group, .op = OP_NACK, .offset = offset, .attempt = attempt,
-                         .delay_ms = delay_ms < 0 ? -1 : delay_ms, .text = error};
+    return log_error(log, ENGRAM_EINVAL, "nack: delay of %lld ms over 30 days",
+                     (long long)delay_ms);
+  if (error && strlen(error) > 4096)
+    return log_error(log, ENGRAM_ETOOBIG, "nack: error text over 4096 bytes");
+  struct settle_req r = {.topic = topic,
+                         .group = group,
+                         .op = OP_NACK,
+                         .offset = offset,
+                         .attempt = attempt,
+                         .delay_ms = delay_ms < 0 ? -1 : delay_ms,
+                         .text = error};
   return run_one(log, &r);
 }
 
-int engram_reject(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
-                  const char *reason) {
+int engram_reject(engram *log, const char *topic, const char *group, uint64_t offset,
+                  uint32_t attempt, const char *reason) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->reject(log, topic, group, offset, attempt, reason);
-  if (reason && strlen(reason) > 200) return log_error(log, ENGRAM_ETOOBIG, "reject: reason over 200 bytes");
-  struct settle_req r = {.topic = topic, .group = group, .op = OP_REJECT, .offset = offset, .attempt = attempt,
+  if (reason && strlen(reason) > 200)
+    return log_error(log, ENGRAM_ETOOBIG, "reject: reason over 200 bytes");
+  struct settle_req r = {.topic = topic,
+                         .group = group,
+                         .op = OP_REJECT,
+                         .offset = offset,
+                         .attempt = attempt,
                          .text = reason ? reason : ""};
   return run_one(log, &r);
 }
 
-int engram_extend(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
-                  uint64_t ms) {
+int engram_extend(engram *log, const char *topic, const char *group, uint64_t offset,
+                  uint32_t attempt, uint64_t ms) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->extend(log, topic, group, offset, attempt, ms);
-  if (ms > CG_MAX_DELAY_MS) return log_error(log, ENGRAM_EINVAL, "extend: %llu ms over 30 days", (unsigned long long)ms);
-  struct settle_req r = {.topic = topic, .group = group, .op = OP_EXTEND, .offset = offset, .attempt = attempt,
+  if (ms > CG_MAX_DELAY_MS)
+    return log_error(log, ENGRAM_EINVAL, "extend: %llu ms over 30 days", (unsigned long long)ms);
+  struct settle_req r = {.topic = topic,
+                         .group = group,
+                         .op = OP_EXTEND,
+                         .offset = offset,
+                         .attempt = attempt,
                          .delay_ms = (int64_t)ms};
   return run_one(log, &r);
 }

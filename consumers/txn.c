@@ -15,8 +15,8 @@ struct txn_op {
   uint32_t attempt;
   void *result;
   size_t result_len;
-  engram_event ev;   /* TXN_APPEND: deep copy */
-  uint64_t *out;     /* TXN_APPEND: caller's offset slot, may be NULL */
+  engram_event ev; /* TXN_APPEND: deep copy */
+  uint64_t *out;   /* TXN_APPEND: caller's offset slot, may be NULL */
   struct txn_op *next;
 };
 
@@ -70,13 +70,14 @@ static void push(engram_txn *txn, struct txn_op *o) {
   txn->n++;
 }
 
-int engram_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
-                   const void *result, size_t result_len) {
+int engram_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64_t offset,
+                   uint32_t attempt, const void *result, size_t result_len) {
   if (!txn) return ENGRAM_EINVAL;
   engram *log = txn->log;
   if (!log_valid_name(topic) || !log_valid_name(group))
     return log_error(log, ENGRAM_EINVAL, "txn ack: invalid topic or group name");
-  if (result_len > CG_MAX_RESULT) return log_error(log, ENGRAM_ETOOBIG, "txn ack: result over %u bytes", CG_MAX_RESULT);
+  if (result_len > CG_MAX_RESULT)
+    return log_error(log, ENGRAM_ETOOBIG, "txn ack: result over %u bytes", CG_MAX_RESULT);
   if (result_len && !result) return log_error(log, ENGRAM_EINVAL, "txn ack: result is NULL");
   struct txn_op *o = calloc(1, sizeof *o);
   int bad = !o;
@@ -102,10 +103,12 @@ int engram_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64
   return 0;
 }
 
-int engram_txn_append(engram_txn *txn, const char *topic, const engram_event *ev, uint64_t *offset) {
+int engram_txn_append(engram_txn *txn, const char *topic, const engram_event *ev,
+                      uint64_t *offset) {
   if (!txn) return ENGRAM_EINVAL;
   engram *log = txn->log;
-  if (!log_valid_name(topic)) return log_error(log, ENGRAM_EINVAL, "txn append: invalid topic name");
+  if (!log_valid_name(topic))
+    return log_error(log, ENGRAM_EINVAL, "txn append: invalid topic name");
   int rc = log_check_event(log, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
   if (rc) return rc;
   struct txn_op *o = calloc(1, sizeof *o);

@@ -51,42 +51,42 @@ extern "C" {
 #define ENGRAM_PROTOCOL_VERSION 1
 
 /* Limits that bad input is checked against. */
-#define ENGRAM_MAX_NAME 200            /* topic, group, consumer names: bytes */
-#define ENGRAM_MAX_TYPE 200            /* event type: bytes */
-#define ENGRAM_MAX_KEY 256             /* event key, idempotency key: bytes */
-#define ENGRAM_MAX_CONTENT_TYPE 128    /* bytes */
-#define ENGRAM_MAX_HEADERS 64          /* headers per event */
-#define ENGRAM_MAX_HEADER_BYTES 8192   /* all header names and values of one event */
-#define ENGRAM_MAX_FILTERS 16          /* type filter patterns per group */
-#define ENGRAM_MAX_BACKOFF 16          /* steps in a group's backoff schedule */
+#define ENGRAM_MAX_NAME 200                  /* topic, group, consumer names: bytes */
+#define ENGRAM_MAX_TYPE 200                  /* event type: bytes */
+#define ENGRAM_MAX_KEY 256                   /* event key, idempotency key: bytes */
+#define ENGRAM_MAX_CONTENT_TYPE 128          /* bytes */
+#define ENGRAM_MAX_HEADERS 64                /* headers per event */
+#define ENGRAM_MAX_HEADER_BYTES 8192         /* all header names and values of one event */
+#define ENGRAM_MAX_FILTERS 16                /* type filter patterns per group */
+#define ENGRAM_MAX_BACKOFF 16                /* steps in a group's backoff schedule */
 #define ENGRAM_MAX_PAYLOAD_LIMIT (64u << 20) /* highest max_payload a topic may set */
 
 /* ---------------------------------------------------------------------------------
  * Errors. A released code never changes its number.
  * ------------------------------------------------------------------------------ */
 #define ENGRAM_OK 0
-#define ENGRAM_EINVAL -1     /* an argument is invalid (name, size, pattern, duration) */
-#define ENGRAM_ENOTFOUND -2  /* no such topic, group, event or entry */
-#define ENGRAM_EEXIST -3     /* topic or group already exists */
-#define ENGRAM_ENOMEM -4     /* out of memory */
-#define ENGRAM_EIO -5        /* an operating-system I/O call failed */
-#define ENGRAM_ECORRUPT -6   /* a stored record failed its CRC or could not be decoded */
-#define ENGRAM_ENOSPC -7     /* the disk is full; the log stays usable once space returns */
-#define ENGRAM_ETOOBIG -8    /* payload, headers or message over its limit */
-#define ENGRAM_EVERSION -9   /* on-disk format or wire protocol version not supported */
-#define ENGRAM_ELIMIT -10    /* a configured limit was reached (e.g. max_topics) */
-#define ENGRAM_ESTALE -11    /* ack/nack quotes an attempt older than the current lease */
+#define ENGRAM_EINVAL -1      /* an argument is invalid (name, size, pattern, duration) */
+#define ENGRAM_ENOTFOUND -2   /* no such topic, group, event or entry */
+#define ENGRAM_EEXIST -3      /* topic or group already exists */
+#define ENGRAM_ENOMEM -4      /* out of memory */
+#define ENGRAM_EIO -5         /* an operating-system I/O call failed */
+#define ENGRAM_ECORRUPT -6    /* a stored record failed its CRC or could not be decoded */
+#define ENGRAM_ENOSPC -7      /* the disk is full; the log stays usable once space returns */
+#define ENGRAM_ETOOBIG -8     /* payload, headers or message over its limit */
+#define ENGRAM_EVERSION -9    /* on-disk format or wire protocol version not supported */
+#define ENGRAM_ELIMIT -10     /* a configured limit was reached (e.g. max_topics) */
+#define ENGRAM_ESTALE -11     /* ack/nack quotes an attempt older than the current lease */
 #define ENGRAM_ENOTLEASED -12 /* the event was never delivered to this group */
-#define ENGRAM_EALREADY -13  /* the event is already finished for this group (double ack) */
-#define ENGRAM_EDEAD -14     /* the event is in the group's dead-letter queue */
-#define ENGRAM_EBUSY -15     /* in use: in flight, or the directory is locked by a daemon */
-#define ENGRAM_ETIMEDOUT -16 /* no answer in time */
-#define ENGRAM_ECLOSED -17   /* the handle or connection is closed */
-#define ENGRAM_EPROTO -18    /* malformed request or reply */
-#define ENGRAM_ECONN -19     /* cannot reach the daemon */
-#define ENGRAM_EDENIED -20   /* authentication or authorisation refused */
-#define ENGRAM_ENOTSUP -21   /* not supported by this handle or build */
-#define ENGRAM_EINTERNAL -22 /* a bug: an invariant did not hold */
+#define ENGRAM_EALREADY -13   /* the event is already finished for this group (double ack) */
+#define ENGRAM_EDEAD -14      /* the event is in the group's dead-letter queue */
+#define ENGRAM_EBUSY -15      /* in use: in flight, or the directory is locked by a daemon */
+#define ENGRAM_ETIMEDOUT -16  /* no answer in time */
+#define ENGRAM_ECLOSED -17    /* the handle or connection is closed */
+#define ENGRAM_EPROTO -18     /* malformed request or reply */
+#define ENGRAM_ECONN -19      /* cannot reach the daemon */
+#define ENGRAM_EDENIED -20    /* authentication or authorisation refused */
+#define ENGRAM_ENOTSUP -21    /* not supported by this handle or build */
+#define ENGRAM_EINTERNAL -22  /* a bug: an invariant did not hold */
 
 /* The fixed description of a code ("no such topic, group or event"); never NULL. */
 const char *engram_strerror(int code);
@@ -158,12 +158,12 @@ typedef struct engram_topic_config {
 
 typedef struct engram_topic_info {
   char name[ENGRAM_MAX_NAME + 1];
-  engram_topic_config config;  /* with defaults filled in */
-  uint64_t first_offset;       /* lowest stored offset, 0 when empty */
-  uint64_t head_offset;        /* highest offset ever assigned, 0 when none */
-  uint64_t count;              /* events stored */
-  uint32_t dict_id;            /* current zstd dictionary id, 0 = none */
-  int64_t created_ns;          /* CLOCK_REALTIME */
+  engram_topic_config config; /* with defaults filled in */
+  uint64_t first_offset;      /* lowest stored offset, 0 when empty */
+  uint64_t head_offset;       /* highest offset ever assigned, 0 when none */
+  uint64_t count;             /* events stored */
+  uint32_t dict_id;           /* current zstd dictionary id, 0 = none */
+  int64_t created_ns;         /* CLOCK_REALTIME */
 } engram_topic_info;
 
 /* Topic names are 1..200 bytes of [A-Za-z0-9._-]. Errors: EINVAL, EEXIST, ELIMIT. */
@@ -195,20 +195,20 @@ typedef struct engram_header {
 /* One event. On append the caller fills the input fields; on read and fetch every field
  * is filled and points into memory owned by the batch or event it came in. */
 typedef struct engram_event {
-  uint64_t offset;              /* out: dense per topic, from 1 */
-  const char *topic;            /* out */
-  const char *type;             /* dotted name, e.g. "memory.saved": [A-Za-z0-9_-] words
-                                   joined by single dots, 1..200 bytes */
-  const char *key;              /* ordering / compaction key, NULL = none */
-  const void *payload;          /* may be NULL when payload_len is 0 */
+  uint64_t offset;     /* out: dense per topic, from 1 */
+  const char *topic;   /* out */
+  const char *type;    /* dotted name, e.g. "memory.saved": [A-Za-z0-9_-] words
+                          joined by single dots, 1..200 bytes */
+  const char *key;     /* ordering / compaction key, NULL = none */
+  const void *payload; /* may be NULL when payload_len is 0 */
   size_t payload_len;
   const char *content_type;     /* NULL or "" = none */
   const engram_header *headers; /* n_headers entries */
   size_t n_headers;
-  const char *idempotency_key;  /* NULL = none */
-  int64_t deliver_at_ns;        /* CLOCK_REALTIME; 0 = deliver at once */
-  int64_t timestamp_ns;         /* out: append time, CLOCK_REALTIME */
-  uint32_t attempt;             /* out, fetch only: 1 on first delivery; 0 on read */
+  const char *idempotency_key; /* NULL = none */
+  int64_t deliver_at_ns;       /* CLOCK_REALTIME; 0 = deliver at once */
+  int64_t timestamp_ns;        /* out: append time, CLOCK_REALTIME */
+  uint32_t attempt;            /* out, fetch only: 1 on first delivery; 0 on read */
 } engram_event;
 
 /* A set of events returned by read or fetch; one allocation the caller frees. */
@@ -284,15 +284,15 @@ typedef struct engram_group_info {
   uint32_t flags;
   int64_t created_ns;
   /* counters */
-  uint64_t floor;          /* every offset <= floor is finished for this group */
-  uint64_t next;           /* next offset the group has not yet looked at */
-  uint64_t lag;            /* topic head - floor */
-  uint64_t in_flight;      /* events leased and not yet finished */
-  uint64_t retrying;       /* events waiting for a retry delay (incl. delayed events) */
-  uint64_t dead;           /* events in the dead-letter queue */
-  uint64_t acked;          /* acks accepted since creation */
-  uint64_t redelivered;    /* deliveries with attempt > 1 since creation */
-  uint64_t delivered;      /* deliveries since creation */
+  uint64_t floor;               /* every offset <= floor is finished for this group */
+  uint64_t next;                /* next offset the group has not yet looked at */
+  uint64_t lag;                 /* topic head - floor */
+  uint64_t in_flight;           /* events leased and not yet finished */
+  uint64_t retrying;            /* events waiting for a retry delay (incl. delayed events) */
+  uint64_t dead;                /* events in the dead-letter queue */
+  uint64_t acked;               /* acks accepted since creation */
+  uint64_t redelivered;         /* deliveries with attempt > 1 since creation */
+  uint64_t delivered;           /* deliveries since creation */
   int64_t oldest_unfinished_ns; /* append time of the oldest unfinished event, 0 = none */
 } engram_group_info;
 
@@ -336,13 +336,13 @@ typedef struct engram_ack_item {
  * delivered, skipped by the filters, or waiting for a retry), EALREADY (already finished:
  * acks are idempotent, state unchanged), EDEAD, EINVAL (an attempt never delivered),
  * ENOTFOUND, ETOOBIG (result over 1 MiB). */
-int engram_ack(engram *log, const char *topic, const char *group, uint64_t offset,
-               uint32_t attempt, const void *result, size_t result_len);
+int engram_ack(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
+               const void *result, size_t result_len);
 /* Acks n events in one commit. codes[i] (may be NULL) receives each item's code; the call
  * returns 0 when every item succeeded, else the first failing item's code. Items that
  * succeed are committed even when others fail. */
-int engram_ack_many(engram *log, const char *topic, const char *group,
-                    const engram_ack_item *items, size_t n, int *codes);
+int engram_ack_many(engram *log, const char *topic, const char *group, const engram_ack_item *items,
+                    size_t n, int *codes);
 /* Asks for redelivery after delay_ms, or after the group's backoff step when delay_ms < 0.
  * error (may be NULL) is kept as the last error. Past max_deliver attempts the event goes
  * to the DLQ instead. Errors as engram_ack, EINVAL (delay over 30 days). */
@@ -387,22 +387,22 @@ const char *engram_state_name(engram_event_state s);
 typedef struct engram_dlq_entry {
   uint64_t offset;
   uint32_t attempts;
-  char reason[256];     /* "rejected: ...", "max_deliver exceeded", ... */
+  char reason[256]; /* "rejected: ...", "max_deliver exceeded", ... */
   char last_error[256];
   char consumer[ENGRAM_MAX_NAME + 1]; /* last holder */
   int64_t first_delivered_ns;
   int64_t dead_ns;
 } engram_dlq_entry;
 /* Lists up to max entries with offset >= from (max 0 = all): array freed with engram_free(). */
-int engram_dlq_list(engram *log, const char *topic, const char *group, uint64_t from,
-                    size_t max, engram_dlq_entry **out, size_t *n);
+int engram_dlq_list(engram *log, const char *topic, const char *group, uint64_t from, size_t max,
+                    engram_dlq_entry **out, size_t *n);
 /* Removes the given entries (offsets NULL = all); *count (may be NULL) receives how many. */
-int engram_dlq_purge(engram *log, const char *topic, const char *group,
-                     const uint64_t *offsets, size_t n, size_t *count);
+int engram_dlq_purge(engram *log, const char *topic, const char *group, const uint64_t *offsets,
+                     size_t n, size_t *count);
 /* Delivers the given DLQ entries (NULL = all) again, to this group only, with fresh
  * attempt counts. */
-int engram_dlq_redrive(engram *log, const char *topic, const char *group,
-                       const uint64_t *offsets, size_t n, size_t *count);
+int engram_dlq_redrive(engram *log, const char *topic, const char *group, const uint64_t *offsets,
+                       size_t n, size_t *count);
 
 /* ---------------------------------------------------------------------------------
  * Transactions: acks and appends committed together (consume -> transform -> produce).
@@ -415,8 +415,7 @@ int engram_txn_begin(engram *log, engram_txn **out);
 int engram_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64_t offset,
                    uint32_t attempt, const void *result, size_t result_len);
 /* Queues an append; *offset (may be NULL) is filled at commit. */
-int engram_txn_append(engram_txn *txn, const char *topic, const engram_event *ev,
-                      uint64_t *offset);
+int engram_txn_append(engram_txn *txn, const char *topic, const engram_event *ev, uint64_t *offset);
 /* Applies everything; on any failure nothing is applied and the error is returned. The
  * transaction is freed either way. */
 int engram_txn_commit(engram_txn *txn);
@@ -427,8 +426,8 @@ void engram_txn_abort(engram_txn *txn);
  * ------------------------------------------------------------------------------ */
 typedef struct engram_verify_report {
   uint64_t topics;
-  uint64_t records;   /* records checked */
-  uint64_t damaged;   /* records failing CRC or decode */
+  uint64_t records;       /* records checked */
+  uint64_t damaged;       /* records failing CRC or decode */
   char first_damage[256]; /* "topic memory offset 17: CRC mismatch", "" = none */
 } engram_verify_report;
 /* Checks every record of every topic. Returns 0 with report->damaged possibly > 0. */
@@ -444,8 +443,8 @@ typedef void (*engram_append_cb)(void *ctx, int rc, uint64_t offset, int duplica
  * pipeline window of appends are outstanding; past it the call first waits for the
  * oldest. The event is copied. cb may be NULL. Errors found before sending (EINVAL ...)
  * are returned at once; later ones reach cb and engram_append_wait(). */
-int engram_append_async(engram *log, const char *topic, const engram_event *ev,
-                        engram_append_cb cb, void *ctx);
+int engram_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb,
+                        void *ctx);
 /* Waits until every pipelined append of this handle is acknowledged. Returns 0, or the
  * first error any of them got since the last call. */
 int engram_append_wait(engram *log);
@@ -456,11 +455,11 @@ int engram_append_wait(engram *log);
 /* Remote handles. Same interface as engram_open(): every function above works on the
  * returned handle with the same semantics and errors. */
 typedef struct engram_connect_options {
-  uint32_t timeout_ms;         /* per request, default 10000 */
-  const char *server_key;      /* CURVE: server public key (Z85, 40 chars), NULL = plain */
-  const char *public_key;      /* CURVE: this client's key pair (Z85) */
+  uint32_t timeout_ms;    /* per request, default 10000 */
+  const char *server_key; /* CURVE: server public key (Z85, 40 chars), NULL = plain */
+  const char *public_key; /* CURVE: this client's key pair (Z85) */
   const char *secret_key;
-  uint32_t pipeline_window;    /* pipelined appends in flight, default 256 */
+  uint32_t pipeline_window; /* pipelined appends in flight, default 256 */
 } engram_connect_options;
 /* Connects to `engram serve` at endpoint (e.g. "tcp://127.0.0.1:7450"). Errors: EINVAL,
  * ECONN, EDENIED, EVERSION. */
@@ -478,17 +477,17 @@ int engram_connect(const char *endpoint, const engram_connect_options *opts, eng
  * sent twice. See docs/protocol.md. */
 
 typedef struct engram_serve_options {
-  const char *listen;          /* request endpoint, default "tcp://127.0.0.1:7450" */
-  const char *notify;          /* PUB endpoint for (topic, head) notifications; default
-                                  "ipc://DIR/notify.ipc" */
+  const char *listen; /* request endpoint, default "tcp://127.0.0.1:7450" */
+  const char *notify; /* PUB endpoint for (topic, head) notifications; default
+                         "ipc://DIR/notify.ipc" */
   engram_durability durability;
-  int log_json;                /* 1: log JSON lines instead of text */
-  const char *secret_key;      /* CURVE server key pair (Z85); NULL = no CURVE */
+  int log_json;           /* 1: log JSON lines instead of text */
+  const char *secret_key; /* CURVE server key pair (Z85); NULL = no CURVE */
   const char *public_key;
   const char *const *allow_keys; /* client public keys allowed (Z85); with CURVE required */
   size_t n_allow_keys;
-  uint32_t max_message;        /* largest request in bytes, default 16 MiB */
-  uint32_t workers;            /* request worker threads, default 16 */
+  uint32_t max_message; /* largest request in bytes, default 16 MiB */
+  uint32_t workers;     /* request worker threads, default 16 */
 } engram_serve_options;
 /* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
  * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with

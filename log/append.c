@@ -26,12 +26,14 @@ int log_valid_type(const char *s) {
   return n > 0 && word > 0;
 }
 
-int log_check_event(const engram *log, const char *topic, const engram_event *ev, uint32_t max_payload) {
+int log_check_event(const engram *log, const char *topic, const engram_event *ev,
+                    uint32_t max_payload) {
   if (!ev) return log_error(log, ENGRAM_EINVAL, "append %s: event is NULL", topic);
   if (!log_valid_type(ev->type))
-    return log_error(log, ENGRAM_EINVAL,
-                     "append %s: event type %s%.60s%s invalid: use dotted words of [A-Za-z0-9_-], 1-200 bytes",
-                     topic, ev->type ? "'" : "", ev->type ? ev->type : "(null)", ev->type ? "'" : "");
+    return log_error(
+        log, ENGRAM_EINVAL,
+        "append %s: event type %s%.60s%s invalid: use dotted words of [A-Za-z0-9_-], 1-200 bytes",
+        topic, ev->type ? "'" : "", ev->type ? ev->type : "(null)", ev->type ? "'" : "");
   if (ev->key && strlen(ev->key) > ENGRAM_MAX_KEY)
     return log_error(log, ENGRAM_ETOOBIG, "append %s: key of %zu bytes over limit %d", topic,
                      strlen(ev->key), ENGRAM_MAX_KEY);
@@ -54,8 +56,8 @@ int log_check_event(const engram *log, const char *topic, const engram_event *ev
   if (ev->deliver_at_ns < 0)
     return log_error(log, ENGRAM_EINVAL, "append %s: negative deliver_at", topic);
   if (ev->n_headers > ENGRAM_MAX_HEADERS)
-    return log_error(log, ENGRAM_ETOOBIG, "append %s: %zu headers over limit %d", topic, ev->n_headers,
-                     ENGRAM_MAX_HEADERS);
+    return log_error(log, ENGRAM_ETOOBIG, "append %s: %zu headers over limit %d", topic,
+                     ev->n_headers, ENGRAM_MAX_HEADERS);
   if (ev->n_headers && !ev->headers)
     return log_error(log, ENGRAM_EINVAL, "append %s: headers is NULL but n_headers is %zu", topic,
                      ev->n_headers);
@@ -67,8 +69,8 @@ int log_check_event(const engram *log, const char *topic, const engram_event *ev
     hb += strlen(h->name) + (h->value ? strlen(h->value) : 0);
   }
   if (hb > ENGRAM_MAX_HEADER_BYTES)
-    return log_error(log, ENGRAM_ETOOBIG, "append %s: headers of %zu bytes over limit %d", topic, hb,
-                     ENGRAM_MAX_HEADER_BYTES);
+    return log_error(log, ENGRAM_ETOOBIG, "append %s: headers of %zu bytes over limit %d", topic,
+                     hb, ENGRAM_MAX_HEADER_BYTES);
   return 0;
 }
 
@@ -168,7 +170,8 @@ static int append_job(log_wtx *w, void *arg) {
     if (rc) {
       rc = log_err_mdb(rc);
       if (rc != LOG_EMAPFULL)
-        log_error(log, rc, "append %s: %s", r->topic, rc == ENGRAM_ENOSPC ? "disk full" : "write failed");
+        log_error(log, rc, "append %s: %s", r->topic,
+                  rc == ENGRAM_ENOSPC ? "disk full" : "write failed");
       break;
     }
     if (ev->idempotency_key && (rc = idem_put(w, t.id, ev->idempotency_key, off))) break;
@@ -186,7 +189,8 @@ static int append_job(log_wtx *w, void *arg) {
   return rc;
 }
 
-int log_append_in(log_wtx *w, const char *topic, const engram_event *ev, uint64_t *offset, int *duplicate) {
+int log_append_in(log_wtx *w, const char *topic, const engram_event *ev, uint64_t *offset,
+                  int *duplicate) {
   uint64_t off = 0;
   int dup = 0;
   struct append_req r = {topic, ev, 1, &off, &dup};
@@ -201,16 +205,20 @@ int engram_append_batch(engram *log, const char *topic, const engram_event *evs,
                         uint64_t *offsets, int *duplicates) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->append_batch(log, topic, evs, n, offsets, duplicates);
-  if (!evs || !offsets) return log_error(log, ENGRAM_EINVAL, "append %s: events or offsets is NULL", topic ? topic : "");
+  if (!evs || !offsets)
+    return log_error(log, ENGRAM_EINVAL, "append %s: events or offsets is NULL",
+                     topic ? topic : "");
   if (n == 0) return log_error(log, ENGRAM_EINVAL, "append %s: empty batch", topic ? topic : "");
   if (n > MAX_BATCH)
-    return log_error(log, ENGRAM_ETOOBIG, "append %s: batch of %zu events over limit %d", topic ? topic : "", n, MAX_BATCH);
+    return log_error(log, ENGRAM_ETOOBIG, "append %s: batch of %zu events over limit %d",
+                     topic ? topic : "", n, MAX_BATCH);
   struct append_req r = {topic, evs, n, offsets, duplicates};
   int rc = log_write(log, append_job, &r);
   return rc < 0 ? rc : 0;
 }
 
-int engram_append(engram *log, const char *topic, const engram_event *ev, uint64_t *offset, int *duplicate) {
+int engram_append(engram *log, const char *topic, const engram_event *ev, uint64_t *offset,
+                  int *duplicate) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->append(log, topic, ev, offset, duplicate);
   uint64_t off = 0;

@@ -37,7 +37,8 @@ static void dict_key(unsigned char k[8], uint32_t topic_id, uint32_t dict_id) {
 }
 
 /* Finds or loads a dictionary. Returns NULL when it is not stored. */
-static struct log_dict_cache *dict_get(engram *log, MDB_txn *txn, uint32_t topic_id, uint32_t dict_id) {
+static struct log_dict_cache *dict_get(engram *log, MDB_txn *txn, uint32_t topic_id,
+                                       uint32_t dict_id) {
   pthread_mutex_lock(&dict_mu);
   for (struct log_dict_cache *d = log->dicts; d; d = d->next) {
     if (d->topic_id == topic_id && d->dict_id == dict_id) {
@@ -194,9 +195,11 @@ int log_codec_encode(engram *log, MDB_txn *txn, const log_topic *t, const engram
     unsigned char *dst = scratch(bound);
     if (!z || !dst) return log_error(log, ENGRAM_ENOMEM, "append: out of memory");
     struct log_dict_cache *d = NULL;
-    if (t->dict_id && !(t->cfg.flags & ENGRAM_TOPIC_NO_DICT)) d = dict_get(log, txn, t->id, t->dict_id);
-    size_t n = d ? ZSTD_compress_usingCDict(z->c, dst, bound, ev->payload, ev->payload_len, d->cdict)
-                 : ZSTD_compressCCtx(z->c, dst, bound, ev->payload, ev->payload_len, ZSTD_LEVEL);
+    if (t->dict_id && !(t->cfg.flags & ENGRAM_TOPIC_NO_DICT))
+      d = dict_get(log, txn, t->id, t->dict_id);
+    size_t n =
+        d ? ZSTD_compress_usingCDict(z->c, dst, bound, ev->payload, ev->payload_len, d->cdict)
+          : ZSTD_compressCCtx(z->c, dst, bound, ev->payload, ev->payload_len, ZSTD_LEVEL);
     if (!ZSTD_isError(n) && n < ev->payload_len) {
       r.payload.data = dst;
       r.payload.len = n;
@@ -234,7 +237,8 @@ static int varint(const unsigned char **p, const unsigned char *end, uint64_t *v
 static int skip_field(const unsigned char **p, const unsigned char *end, int wt) {
   uint64_t v;
   switch (wt) {
-    case 0: return varint(p, end, &v);
+    case 0:
+      return varint(p, end, &v);
     case 1:
       if (end - *p < 8) return -1;
       *p += 8;
@@ -247,7 +251,8 @@ static int skip_field(const unsigned char **p, const unsigned char *end, int wt)
       if (end - *p < 4) return -1;
       *p += 4;
       return 0;
-    default: return -1;
+    default:
+      return -1;
   }
 }
 
@@ -296,17 +301,33 @@ int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_
     int wt = (int)(tag & 7);
     uint64_t field = tag >> 3;
     if (field == 0) return ENGRAM_ECORRUPT;
-    if (wt == 2 && (field == 1 || field == 3 || field == 4 || field == 5 || field == 6 || field == 8)) {
+    if (wt == 2 &&
+        (field == 1 || field == 3 || field == 4 || field == 5 || field == 6 || field == 8)) {
       if (varint(&p, end, &x) || x > (uint64_t)(end - p)) return ENGRAM_ECORRUPT;
       switch (field) {
-        case 1: v->type = (const char *)p; v->type_len = x; break;
-        case 3: v->key = (const char *)p; v->key_len = x; break;
-        case 4: v->payload = p; v->payload_len = x; break;
-        case 5: v->content_type = (const char *)p; v->content_type_len = x; break;
+        case 1:
+          v->type = (const char *)p;
+          v->type_len = x;
+          break;
+        case 3:
+          v->key = (const char *)p;
+          v->key_len = x;
+          break;
+        case 4:
+          v->payload = p;
+          v->payload_len = x;
+          break;
+        case 5:
+          v->content_type = (const char *)p;
+          v->content_type_len = x;
+          break;
         case 6:
           if (decode_header(p, p + x, v)) return ENGRAM_ECORRUPT;
           break;
-        case 8: v->idem = (const char *)p; v->idem_len = x; break;
+        case 8:
+          v->idem = (const char *)p;
+          v->idem_len = x;
+          break;
       }
       p += x;
     } else if (wt == 1 && (field == 7 || field == 9)) {
@@ -320,11 +341,16 @@ int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_
         v->deliver_at_ns = (int64_t)u;
     } else if (wt == 0 && (field == 2 || field == 10 || field == 11 || field == 12)) {
       if (varint(&p, end, &x)) return ENGRAM_ECORRUPT;
-      if (field == 2) v->has_key = x != 0;
-      else if (x > UINT32_MAX) return ENGRAM_ECORRUPT;
-      else if (field == 10) v->compression = (uint32_t)x;
-      else if (field == 11) v->dict_id = (uint32_t)x;
-      else v->raw_len = (uint32_t)x;
+      if (field == 2)
+        v->has_key = x != 0;
+      else if (x > UINT32_MAX)
+        return ENGRAM_ECORRUPT;
+      else if (field == 10)
+        v->compression = (uint32_t)x;
+      else if (field == 11)
+        v->dict_id = (uint32_t)x;
+      else
+        v->raw_len = (uint32_t)x;
     } else if (field <= 12) {
       return ENGRAM_ECORRUPT; /* a known field with the wrong wire type */
     } else if (skip_field(&p, end, wt)) {
@@ -414,11 +440,13 @@ void log_samples_free(log_samples *s) {
 
 int log_dict_build(engram *log, const char *topic, const log_samples *s, log_dict *out) {
   if (s->n < 16)
-    return log_error(log, ENGRAM_EINVAL, "train dictionary %s: %zu events, need at least 16", topic, s->n);
-  size_t dn = ZDICT_trainFromBuffer(out->bytes, sizeof out->bytes, s->data, s->sizes, (unsigned)s->n);
+    return log_error(log, ENGRAM_EINVAL, "train dictionary %s: %zu events, need at least 16", topic,
+                     s->n);
+  size_t dn =
+      ZDICT_trainFromBuffer(out->bytes, sizeof out->bytes, s->data, s->sizes, (unsigned)s->n);
   if (ZDICT_isError(dn))
-    return log_error(log, ENGRAM_EINVAL, "train dictionary %s: %s (too few or too similar events)", topic,
-                     ZDICT_getErrorName(dn));
+    return log_error(log, ENGRAM_EINVAL, "train dictionary %s: %s (too few or too similar events)",
+                     topic, ZDICT_getErrorName(dn));
   out->len = dn;
   out->id = ZDICT_getDictID(out->bytes, dn);
   return 0;

@@ -19,7 +19,6 @@
 /* Longest wait for writers to gather before a commit. */
 #define LOG_GATHER_MAX_NS 200000
 
-
 /* A committed batch waiting to be released. */
 struct batch {
   struct log_job *jobs;
@@ -115,10 +114,14 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
           touched_rollback(&w, mark);
         }
       }
-      if (j->rc == LOG_EMAPFULL) grow = 1;
-      else if (j->rc == LOG_ENEWDBI) grow = 2;
-      else if (j->rc < 0) set_job_error(j, j->rc);
-      else ok++;
+      if (j->rc == LOG_EMAPFULL)
+        grow = 1;
+      else if (j->rc == LOG_ENEWDBI)
+        grow = 2;
+      else if (j->rc < 0)
+        set_job_error(j, j->rc);
+      else
+        ok++;
     }
     if (grow) {
       mdb_txn_abort(txn);
@@ -146,7 +149,8 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
       /* LMDB reports a short write as EIO: on a full disk that is what a write that
        * ran out of space looks like. */
       if (code == ENGRAM_EIO && log_disk_nearly_full(log)) code = ENGRAM_ENOSPC;
-      return log_error(log, code, "commit: %s", code == ENGRAM_ENOSPC ? "disk full" : mdb_strerror(rc));
+      return log_error(log, code, "commit: %s",
+                       code == ENGRAM_ENOSPC ? "disk full" : mdb_strerror(rc));
     }
     MDB_envinfo info;
     mdb_env_info(log->env, &info);
@@ -219,7 +223,8 @@ static struct log_job *take(engram *log) {
  * two flushes of their own. Called with mu held. */
 static void gather(engram *log) {
   if (log->opts.durability != ENGRAM_DURABILITY_SYNC || log->q_len >= log->last_batch) return;
-  int64_t wait = log->last_flush_ns / 4, max = log->gather_max_ns ? log->gather_max_ns : LOG_GATHER_MAX_NS;
+  int64_t wait = log->last_flush_ns / 4,
+          max = log->gather_max_ns ? log->gather_max_ns : LOG_GATHER_MAX_NS;
   if (wait > max) wait = max;
   if (wait <= 0) return;
   struct timespec ts;
@@ -236,7 +241,7 @@ static void gather(engram *log) {
 /* The leader's loop. Entered and left with mu held. */
 static void lead(engram *log) {
   int sync_mode = log->opts.durability == ENGRAM_DURABILITY_SYNC;
-  struct batch pending = {0};   /* committed, its meta page not yet flushed */
+  struct batch pending = {0}; /* committed, its meta page not yet flushed */
   for (;;) {
     if (!log->q_head) {
       if (!pending.jobs) break;
@@ -284,7 +289,8 @@ static void lead(engram *log) {
 
 int log_job_enqueue(engram *log, struct log_job *job) {
   if (log->owner_pid != getpid())
-    return log_error(log, ENGRAM_EINVAL, "write: handle used in a child after fork; open a new one");
+    return log_error(log, ENGRAM_EINVAL,
+                     "write: handle used in a child after fork; open a new one");
   pthread_mutex_lock(&log->mu);
   if (log->closing) {
     pthread_mutex_unlock(&log->mu);

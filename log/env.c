@@ -37,19 +37,30 @@ const char *engram_errmsg(const engram *log) {
 
 int log_err_mdb(int rc) {
   switch (rc) {
-    case MDB_SUCCESS: return ENGRAM_OK;
-    case MDB_NOTFOUND: return ENGRAM_ENOTFOUND;
-    case MDB_KEYEXIST: return ENGRAM_EEXIST;
-    case MDB_MAP_FULL: return LOG_EMAPFULL;
-    case MDB_DBS_FULL: return ENGRAM_ELIMIT;
-    case MDB_READERS_FULL: return ENGRAM_ELIMIT;
-    case MDB_TXN_FULL: return ENGRAM_ETOOBIG;
+    case MDB_SUCCESS:
+      return ENGRAM_OK;
+    case MDB_NOTFOUND:
+      return ENGRAM_ENOTFOUND;
+    case MDB_KEYEXIST:
+      return ENGRAM_EEXIST;
+    case MDB_MAP_FULL:
+      return LOG_EMAPFULL;
+    case MDB_DBS_FULL:
+      return ENGRAM_ELIMIT;
+    case MDB_READERS_FULL:
+      return ENGRAM_ELIMIT;
+    case MDB_TXN_FULL:
+      return ENGRAM_ETOOBIG;
     case MDB_CORRUPTED:
     case MDB_PAGE_NOTFOUND:
-    case MDB_INVALID: return ENGRAM_ECORRUPT;
-    case MDB_VERSION_MISMATCH: return ENGRAM_EVERSION;
-    case MDB_BAD_VALSIZE: return ENGRAM_ETOOBIG;
-    case MDB_MAP_RESIZED: return LOG_EMAPRESIZED;
+    case MDB_INVALID:
+      return ENGRAM_ECORRUPT;
+    case MDB_VERSION_MISMATCH:
+      return ENGRAM_EVERSION;
+    case MDB_BAD_VALSIZE:
+      return ENGRAM_ETOOBIG;
+    case MDB_MAP_RESIZED:
+      return LOG_EMAPRESIZED;
     default:
       if (rc > 0) return err_from_errno(rc);
       return ENGRAM_EINTERNAL;
@@ -165,7 +176,8 @@ static int meta_init(MDB_env *env, int64_t now) {
   be32_put(ver, ENGRAM_FORMAT_VERSION);
   int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
   if (fd < 0 || read(fd, id, sizeof id) != (ssize_t)sizeof id) {
-    for (size_t i = 0; i < sizeof id; i++) id[i] = (unsigned char)(now >> (i % 8) * 8) ^ (unsigned char)i;
+    for (size_t i = 0; i < sizeof id; i++)
+      id[i] = (unsigned char)(now >> (i % 8) * 8) ^ (unsigned char)i;
   }
   if (fd >= 0) close(fd);
   be64_put(ts, (uint64_t)now);
@@ -225,7 +237,8 @@ static int read_meta(engram *log) {
   rc = mdb_get(txn, log->db_meta, &k, &v);
   int out = 0;
   if (rc || v.mv_size != 4)
-    out = log_error(log, ENGRAM_ECORRUPT, "open %s: no format version: not an engram log", log->path);
+    out =
+        log_error(log, ENGRAM_ECORRUPT, "open %s: no format version: not an engram log", log->path);
   else if (be32_get(v.mv_data) != ENGRAM_FORMAT_VERSION)
     out = log_error(log, ENGRAM_EVERSION, "open %s: on-disk format %u, this build reads %u",
                     log->path, be32_get(v.mv_data), ENGRAM_FORMAT_VERSION);
@@ -305,7 +318,8 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
     return log_error(NULL, ENGRAM_EINVAL, "open: invalid path");
   engram_options o = opts ? *opts : (engram_options){0};
   if ((unsigned)o.durability > ENGRAM_DURABILITY_ASYNC)
-    return log_error(NULL, ENGRAM_EINVAL, "open %s: unknown durability mode %d", path, o.durability);
+    return log_error(NULL, ENGRAM_EINVAL, "open %s: unknown durability mode %d", path,
+                     o.durability);
   if (o.max_topics > 100000)
     return log_error(NULL, ENGRAM_EINVAL, "open %s: max_topics %u over 100000", path, o.max_topics);
   fill_defaults(&o);
@@ -317,7 +331,8 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
     if (o.flags & ENGRAM_OPEN_NOCREATE)
       return log_error(NULL, ENGRAM_ENOTFOUND, "open %s: no log there", path);
     if (stat(path, &st) == 0 && (!S_ISDIR(st.st_mode) || dir_is_empty(path) != 1))
-      return log_error(NULL, ENGRAM_EEXIST, "open %s: exists and is not an empty directory or a log", path);
+      return log_error(NULL, ENGRAM_EEXIST,
+                       "open %s: exists and is not an empty directory or a log", path);
     int64_t now = o.clock_ns ? o.clock_ns(o.clock_ctx) : clock_realtime_ns();
     int rc = log_create(path, &o, now);
     if (rc) return log_error(NULL, rc, "open %s: cannot create: %s", path, engram_strerror(rc));
@@ -553,7 +568,8 @@ int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out
   }
   log_read_end(log, txn);
   pthread_mutex_unlock(&log->dbi_mu);
-  if (mrc != MDB_NOTFOUND) return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, mdb_strerror(mrc));
+  if (mrc != MDB_NOTFOUND)
+    return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, mdb_strerror(mrc));
   struct log_dbi_req r = {.name = name, .flags = flags};
   rc = log_write_solo(log, create_dbi_job, &r);
   if (rc < 0) return rc;

@@ -30,23 +30,21 @@ struct engram_remote_ops {
   int (*append_batch)(engram *log, const char *topic, const engram_event *evs, size_t n,
                       uint64_t *offsets, int *duplicates);
   int (*read)(engram *log, const char *topic, uint64_t offset, engram_batch **out);
-  int (*read_range)(engram *log, const char *topic, uint64_t from, size_t max,
-                    engram_batch **out);
+  int (*read_range)(engram *log, const char *topic, uint64_t from, size_t max, engram_batch **out);
   int (*verify)(engram *log, engram_verify_report *report);
   int (*group_create)(engram *log, const char *topic, const char *group,
                       const engram_group_config *cfg);
-  int (*group_info_get)(engram *log, const char *topic, const char *group,
-                        engram_group_info *info);
+  int (*group_info_get)(engram *log, const char *topic, const char *group, engram_group_info *info);
   int (*group_list)(engram *log, const char *topic, engram_group_info **out, size_t *n);
   int (*group_delete)(engram *log, const char *topic, const char *group);
   int (*group_reset)(engram *log, const char *topic, const char *group, engram_start to,
                      uint64_t offset, int64_t time_ns);
-  int (*fetch)(engram *log, const char *topic, const char *group, const char *consumer,
-               size_t max, uint64_t wait_ms, engram_batch **out);
-  int (*ack_many)(engram *log, const char *topic, const char *group,
-                  const engram_ack_item *items, size_t n, int *codes);
-  int (*nack)(engram *log, const char *topic, const char *group, uint64_t offset,
-              uint32_t attempt, int64_t delay_ms, const char *error);
+  int (*fetch)(engram *log, const char *topic, const char *group, const char *consumer, size_t max,
+               uint64_t wait_ms, engram_batch **out);
+  int (*ack_many)(engram *log, const char *topic, const char *group, const engram_ack_item *items,
+                  size_t n, int *codes);
+  int (*nack)(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
+              int64_t delay_ms, const char *error);
   int (*reject)(engram *log, const char *topic, const char *group, uint64_t offset,
                 uint32_t attempt, const char *reason);
   int (*extend)(engram *log, const char *topic, const char *group, uint64_t offset,
@@ -54,14 +52,14 @@ struct engram_remote_ops {
   int (*cancel)(engram *log, const char *topic, const char *group, uint64_t offset);
   int (*status_get)(engram *log, const char *topic, const char *group, uint64_t offset,
                     engram_status *st);
-  int (*dlq_list)(engram *log, const char *topic, const char *group, uint64_t from,
-                  size_t max, engram_dlq_entry **out, size_t *n);
-  int (*dlq_purge)(engram *log, const char *topic, const char *group,
-                   const uint64_t *offsets, size_t n, size_t *count);
-  int (*dlq_redrive)(engram *log, const char *topic, const char *group,
-                     const uint64_t *offsets, size_t n, size_t *count);
-  int (*append_async)(engram *log, const char *topic, const engram_event *ev,
-                      engram_append_cb cb, void *ctx);
+  int (*dlq_list)(engram *log, const char *topic, const char *group, uint64_t from, size_t max,
+                  engram_dlq_entry **out, size_t *n);
+  int (*dlq_purge)(engram *log, const char *topic, const char *group, const uint64_t *offsets,
+                   size_t n, size_t *count);
+  int (*dlq_redrive)(engram *log, const char *topic, const char *group, const uint64_t *offsets,
+                     size_t n, size_t *count);
+  int (*append_async)(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb,
+                      void *ctx);
   int (*append_wait)(engram *log);
   /* The buffered operations of an engram_txn (see consumers/txn.c). */
   int (*txn_commit)(engram *log, const struct engram_txn *txn);
@@ -85,14 +83,14 @@ struct engram {
 
   MDB_env *env;
   char *path;
-  engram_options opts;        /* with defaults filled in */
-  unsigned int env_flags;     /* LMDB flags the environment was opened with */
-  pthread_rwlock_t map_lock;  /* read txns hold it shared; map growth holds it exclusive */
+  engram_options opts;       /* with defaults filled in */
+  unsigned int env_flags;    /* LMDB flags the environment was opened with */
+  pthread_rwlock_t map_lock; /* read txns hold it shared; map growth holds it exclusive */
   MDB_dbi db_meta, db_topics, db_idem, db_dicts;
 
   /* Named databases the upper layers use (groups, leases ...), opened on first use. */
   pthread_mutex_t aux_mu;
-  pthread_mutex_t dbi_mu;     /* LMDB forbids concurrent mdb_dbi_open in one process */
+  pthread_mutex_t dbi_mu; /* LMDB forbids concurrent mdb_dbi_open in one process */
   struct {
     char name[32];
     MDB_dbi dbi;
@@ -101,23 +99,23 @@ struct engram {
 
   /* Group commit: writers queue jobs, one leader runs them in one transaction. */
   pthread_mutex_t mu;
-  pthread_cond_t cv;          /* signalled when jobs complete or the leader leaves */
-  pthread_cond_t append_cv;   /* broadcast after every commit that appended */
+  pthread_cond_t cv;        /* signalled when jobs complete or the leader leaves */
+  pthread_cond_t append_cv; /* broadcast after every commit that appended */
   struct log_job *q_head, *q_tail;
-  size_t q_len;               /* jobs queued */
-  size_t last_batch;          /* jobs in the last batch taken */
-  int64_t last_flush_ns;      /* duration of the last explicit flush */
-  int gathering;              /* the leader waits on flush_cv for writers to queue */
-  int64_t gather_max_ns;      /* longest such wait; 0 = 200 us. The daemon raises it to
-                                 about a network round trip. */
-  int leader;                 /* 1 while a thread leads a commit */
-  uint64_t append_seq;        /* bumped after every commit that appended */
-  int64_t last_commit_ns;     /* monotonic time of the last commit */
-  int dirty;                  /* commits not yet forced to disk (nometasync/async) */
+  size_t q_len;           /* jobs queued */
+  size_t last_batch;      /* jobs in the last batch taken */
+  int64_t last_flush_ns;  /* duration of the last explicit flush */
+  int gathering;          /* the leader waits on flush_cv for writers to queue */
+  int64_t gather_max_ns;  /* longest such wait; 0 = 200 us. The daemon raises it to
+                             about a network round trip. */
+  int leader;             /* 1 while a thread leads a commit */
+  uint64_t append_seq;    /* bumped after every commit that appended */
+  int64_t last_commit_ns; /* monotonic time of the last commit */
+  int dirty;              /* commits not yet forced to disk (nometasync/async) */
 
-  pthread_cond_t flush_cv;    /* wakes the flusher early at close */
-  pid_t owner_pid;            /* the process that opened the handle */
-  pthread_t flusher;          /* syncer (sync mode) or periodic flusher (other modes) */
+  pthread_cond_t flush_cv; /* wakes the flusher early at close */
+  pid_t owner_pid;         /* the process that opened the handle */
+  pthread_t flusher;       /* syncer (sync mode) or periodic flusher (other modes) */
   int flusher_running;
   int closing;
 
@@ -127,8 +125,8 @@ struct engram {
   /* Zstd dictionary caches. */
   struct log_dict_cache *dicts;
 
-  struct log_pipe *pipe;       /* pipelined appends (pipeline.c), made on first use */
-  struct log_touched *train;   /* topics waiting for their automatic dictionary (aux_mu) */
+  struct log_pipe *pipe;     /* pipelined appends (pipeline.c), made on first use */
+  struct log_touched *train; /* topics waiting for their automatic dictionary (aux_mu) */
 
   log_commit_hook commit_hook; /* may be NULL */
   void *commit_hook_ctx;
@@ -154,8 +152,8 @@ int64_t log_now_ns(const engram *log);
 /* ---------------------------------------------------------------------------------
  * Validation shared by all layers.
  * ------------------------------------------------------------------------------ */
-int log_valid_name(const char *s);        /* topic/group/consumer: [A-Za-z0-9._-]{1,200} */
-int log_valid_type(const char *s);        /* dotted words of [A-Za-z0-9_-] */
+int log_valid_name(const char *s); /* topic/group/consumer: [A-Za-z0-9._-]{1,200} */
+int log_valid_type(const char *s); /* dotted words of [A-Za-z0-9_-] */
 /* Checks a whole event for append against a topic's limits; sets the error message. */
 int log_check_event(const engram *log, const char *topic, const engram_event *ev,
                     uint32_t max_payload);
@@ -165,8 +163,8 @@ int log_check_event(const engram *log, const char *topic, const engram_event *ev
  * ------------------------------------------------------------------------------ */
 typedef struct log_wtx {
   engram *log;
-  MDB_txn *txn;     /* the job's own (nested) write transaction */
-  int64_t now_ns;   /* one clock reading for the whole commit */
+  MDB_txn *txn;   /* the job's own (nested) write transaction */
+  int64_t now_ns; /* one clock reading for the whole commit */
   /* Topics appended to in this commit: published to the commit hook afterwards. */
   struct log_touched *touched;
 } log_wtx;
@@ -207,10 +205,10 @@ typedef struct log_topic {
   char name[ENGRAM_MAX_NAME + 1];
   uint32_t id;
   MDB_dbi dbi;
-  engram_topic_config cfg;   /* defaults filled in */
+  engram_topic_config cfg; /* defaults filled in */
   uint32_t dict_id;
-  uint64_t next_offset;      /* from the meta record: next offset when the db is empty */
-  uint64_t first_removed;    /* offsets below this were removed */
+  uint64_t next_offset;   /* from the meta record: next offset when the db is empty */
+  uint64_t first_removed; /* offsets below this were removed */
   int64_t created_ns;
   int dict_trained_auto;
 } log_topic;
@@ -266,8 +264,7 @@ typedef struct log_view {
 } log_view;
 
 /* Fetches and decodes the record at `offset` (CRC checked). Errors: ENOTFOUND, ECORRUPT. */
-int log_view_get(engram *log, MDB_txn *txn, const log_topic *t, uint64_t offset,
-                 log_view *v);
+int log_view_get(engram *log, MDB_txn *txn, const log_topic *t, uint64_t offset, log_view *v);
 
 /* Builds engram_batch results: one growing allocation freed by engram_batch_free. */
 typedef struct log_bb log_bb;

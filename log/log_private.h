@@ -34,11 +34,11 @@ void log_touch(log_wtx *w, const char *topic, uint64_t head);
 struct log_job {
   log_job_fn fn;
   void *arg;
-  int solo;                /* run alone in a top-level transaction */
-  int relaxed;             /* released after its commit, without waiting for the meta flush */
-  int rc;                  /* the job's result, or the commit's error */
-  int done;                /* set under log->mu; the job may vanish right after */
-  char msg[256];           /* the leader's error message for this job */
+  int solo;      /* run alone in a top-level transaction */
+  int relaxed;   /* released after its commit, without waiting for the meta flush */
+  int rc;        /* the job's result, or the commit's error */
+  int done;      /* set under log->mu; the job may vanish right after */
+  char msg[256]; /* the leader's error message for this job */
   struct log_job *next;
 };
 /* log_write in two steps, so a caller can fix the order of its jobs in the queue. */
@@ -76,8 +76,7 @@ typedef struct log_enc {
 int log_codec_encode(engram *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
                      int64_t ts, uint64_t offset, log_enc *out);
 /* Decompresses a view's payload into dst (raw_len bytes). */
-int log_codec_payload(engram *log, MDB_txn *txn, uint32_t topic_id, const log_view *v,
-                      void *dst);
+int log_codec_payload(engram *log, MDB_txn *txn, uint32_t topic_id, const log_view *v, void *dst);
 void log_codec_caches_free(engram *log);
 /* Dictionary training in three steps, so only the first and last hold a transaction:
  * samples from the newest events (read txn), ZDICT training (no txn, the slow part), and

@@ -12,30 +12,30 @@
 
 #include "log/log_private.h"
 
-#define WINDOW 4096   /* appends queued or in flight before the producer waits */
-#define BULK 1024     /* appends per commit job */
+#define WINDOW 4096 /* appends queued or in flight before the producer waits */
+#define BULK 1024   /* appends per commit job */
 #define WRITERS 2
 
 struct aitem {
   char *topic;
-  engram_event ev;   /* deep copy */
+  engram_event ev; /* deep copy */
   engram_append_cb cb;
   void *ctx;
   int rc;
   uint64_t off;
   int dup;
-  uint64_t seq;      /* queue order: callbacks run in this order */
+  uint64_t seq; /* queue order: callbacks run in this order */
   struct aitem *next;
 };
 
 struct log_pipe {
   pthread_mutex_t mu;
-  pthread_cond_t cv;        /* queue changed, items completed, or stop */
+  pthread_cond_t cv; /* queue changed, items completed, or stop */
   struct aitem *q_head, *q_tail;
-  struct aitem *d_head;     /* completed, callbacks not yet run, in queue order */
-  size_t inflight;          /* queued + submitted, not completed */
-  uint64_t seq;             /* next item's sequence number */
-  uint64_t next_cb;         /* sequence number whose callback runs next */
+  struct aitem *d_head; /* completed, callbacks not yet run, in queue order */
+  size_t inflight;      /* queued + submitted, not completed */
+  uint64_t seq;         /* next item's sequence number */
+  uint64_t next_cb;     /* sequence number whose callback runs next */
   int first_err;
   char first_msg[256];
   int stop;
@@ -150,15 +150,18 @@ static struct log_pipe *pipe_get(engram *log) {
   return p && p->nwriters ? p : NULL;
 }
 
-int engram_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb, void *ctx) {
+int engram_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb,
+                        void *ctx) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->append_async(log, topic, ev, cb, ctx);
   if (!log_valid_name(topic))
-    return log_error(log, ENGRAM_EINVAL, "append: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
+    return log_error(log, ENGRAM_EINVAL,
+                     "append: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
   int rc = log_check_event(log, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
   if (rc) return rc;
   if (log->owner_pid != getpid())
-    return log_error(log, ENGRAM_EINVAL, "append: handle used in a child after fork; open a new one");
+    return log_error(log, ENGRAM_EINVAL,
+                     "append: handle used in a child after fork; open a new one");
   struct log_pipe *p = pipe_get(log);
   struct aitem *it = item_new(topic, ev);
   if (!p || !it) {

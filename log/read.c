@@ -130,12 +130,13 @@ void *log_bb_copy(log_bb *bb, const void *p, size_t n) {
   return d;
 }
 
-engram_event *log_bb_add(log_bb *bb, engram *log, MDB_txn *txn, const log_topic *t, const log_view *v,
-                         int *rc) {
+engram_event *log_bb_add(log_bb *bb, engram *log, MDB_txn *txn, const log_topic *t,
+                         const log_view *v, int *rc) {
   *rc = ENGRAM_ENOMEM;
   if (bb->pub.count == bb->cap) {
     size_t cap = bb->cap ? bb->cap * 2 : 16;
-    engram_event *e = bb->events_in_block ? malloc(cap * sizeof *e) : realloc(bb->pub.events, cap * sizeof *e);
+    engram_event *e =
+        bb->events_in_block ? malloc(cap * sizeof *e) : realloc(bb->pub.events, cap * sizeof *e);
     if (!e) return NULL;
     if (bb->events_in_block) {
       memcpy(e, bb->pub.events, bb->pub.count * sizeof *e);
@@ -156,7 +157,8 @@ engram_event *log_bb_add(log_bb *bb, engram *log, MDB_txn *txn, const log_topic 
   e.deliver_at_ns = v->deliver_at_ns;
   if (!(e.type = log_bb_copy(bb, v->type, v->type_len))) return NULL;
   if (v->has_key && !(e.key = log_bb_copy(bb, v->key, v->key_len))) return NULL;
-  if (v->content_type_len && !(e.content_type = log_bb_copy(bb, v->content_type, v->content_type_len)))
+  if (v->content_type_len &&
+      !(e.content_type = log_bb_copy(bb, v->content_type, v->content_type_len)))
     return NULL;
   if (v->idem_len && !(e.idempotency_key = log_bb_copy(bb, v->idem, v->idem_len))) return NULL;
   if (v->n_headers) {
@@ -187,15 +189,17 @@ int log_view_get(engram *log, MDB_txn *txn, const log_topic *t, uint64_t offset,
   MDB_val k = {8, &offset}, val;
   int rc = mdb_get(txn, t->dbi, &k, &val);
   if (rc == MDB_NOTFOUND)
-    return log_error(log, ENGRAM_ENOTFOUND, "topic %s: no event at offset %llu", t->name, (unsigned long long)offset);
+    return log_error(log, ENGRAM_ENOTFOUND, "topic %s: no event at offset %llu", t->name,
+                     (unsigned long long)offset);
   if (rc) return log_error(log, log_err_mdb(rc), "topic %s: %s", t->name, mdb_strerror(rc));
   if (log_codec_decode(val.mv_data, val.mv_size, offset, v))
-    return log_error(log, ENGRAM_ECORRUPT, "topic %s offset %llu: record damaged (CRC or decode)", t->name,
-                     (unsigned long long)offset);
+    return log_error(log, ENGRAM_ECORRUPT, "topic %s offset %llu: record damaged (CRC or decode)",
+                     t->name, (unsigned long long)offset);
   return 0;
 }
 
-int engram_read_range(engram *log, const char *topic, uint64_t from, size_t max, engram_batch **out) {
+int engram_read_range(engram *log, const char *topic, uint64_t from, size_t max,
+                      engram_batch **out) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->read_range(log, topic, from, max, out);
   if (!out) return log_error(log, ENGRAM_EINVAL, "read: out is NULL");
@@ -229,8 +233,8 @@ int engram_read_range(engram *log, const char *topic, uint64_t from, size_t max,
     memcpy(&off, k.mv_data, 8);
     log_view view;
     if (log_codec_decode(v.mv_data, v.mv_size, off, &view)) {
-      rc = log_error(log, ENGRAM_ECORRUPT, "read %s offset %llu: record damaged (CRC or decode)", topic,
-                     (unsigned long long)off);
+      rc = log_error(log, ENGRAM_ECORRUPT, "read %s offset %llu: record damaged (CRC or decode)",
+                     topic, (unsigned long long)off);
       break;
     }
     if (!log_bb_add(bb, log, txn, &t, &view, &rc)) {
@@ -283,9 +287,11 @@ static const char *check_record(engram *log, MDB_txn *txn, const log_topic *t, c
                                 uint64_t off, void **scratch, size_t *scap) {
   log_view v;
   if (log_codec_decode(val->mv_data, val->mv_size, off, &v)) return "CRC mismatch or undecodable";
-  Engram__Record *r = engram__record__unpack(NULL, val->mv_size - 4, (const uint8_t *)val->mv_data + 4);
+  Engram__Record *r =
+      engram__record__unpack(NULL, val->mv_size - 4, (const uint8_t *)val->mv_data + 4);
   if (!r) return "protobuf decode failed";
-  int same = r->payload.len == v.payload_len && r->raw_len == v.raw_len && r->timestamp_ns == v.timestamp_ns;
+  int same = r->payload.len == v.payload_len && r->raw_len == v.raw_len &&
+             r->timestamp_ns == v.timestamp_ns;
   engram__record__free_unpacked(r, NULL);
   if (!same) return "decoders disagree";
   if (v.raw_len + 1 > *scap) {
@@ -332,8 +338,8 @@ int engram_verify(engram *log, engram_verify_report *report) {
         prev = off;
         if (why) {
           if (!report->damaged)
-            snprintf(report->first_damage, sizeof report->first_damage, "topic %s offset %llu: %s", t.name,
-                     (unsigned long long)off, why);
+            snprintf(report->first_damage, sizeof report->first_damage, "topic %s offset %llu: %s",
+                     t.name, (unsigned long long)off, why);
           report->damaged++;
         }
       }

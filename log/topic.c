@@ -134,7 +134,8 @@ int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t) {
   for (int tries = 0;; tries++) {
     MDB_val k = {strlen(name), (void *)name}, v;
     int rc = mdb_get(txn, log->db_topics, &k, &v);
-    if (rc == MDB_NOTFOUND) return log_error(log, ENGRAM_ENOTFOUND, "topic %s: no such topic", name);
+    if (rc == MDB_NOTFOUND)
+      return log_error(log, ENGRAM_ENOTFOUND, "topic %s: no such topic", name);
     if (rc) return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
     if ((rc = meta_decode(log, &v, name, t))) return rc;
     if ((rc = topic_dbi(log, name, &t->dbi))) return rc;
@@ -144,7 +145,8 @@ int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t) {
      * process): a read transaction is renewed in place, a write batch is rerun. */
     if (txn != log_read_txn_of_thread() || tries > 0) return LOG_ENEWDBI;
     mdb_txn_reset(txn);
-    if ((rc = mdb_txn_renew(txn))) return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
+    if ((rc = mdb_txn_renew(txn)))
+      return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
   }
 }
 
@@ -239,7 +241,8 @@ int engram_topic_create(engram *log, const char *topic, const engram_topic_confi
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->topic_create(log, topic, cfg);
   if (!log_valid_name(topic))
-    return log_error(log, ENGRAM_EINVAL, "create topic: invalid name (use 1-200 of [A-Za-z0-9._-])");
+    return log_error(log, ENGRAM_EINVAL,
+                     "create topic: invalid name (use 1-200 of [A-Za-z0-9._-])");
   struct create_req r = {.name = topic};
   if (cfg) r.cfg = *cfg;
   if (r.cfg.max_payload > ENGRAM_MAX_PAYLOAD_LIMIT)
@@ -353,7 +356,8 @@ int log_topic_drop_in(log_wtx *w, const char *topic) {
   if (!log_valid_name(topic)) return log_error(log, ENGRAM_EINVAL, "drop topic: invalid name");
   MDB_val k = {strlen(topic), (void *)topic}, v;
   int rc = mdb_get(w->txn, log->db_topics, &k, &v);
-  if (rc == MDB_NOTFOUND) return log_error(log, ENGRAM_ENOTFOUND, "drop topic %s: no such topic", topic);
+  if (rc == MDB_NOTFOUND)
+    return log_error(log, ENGRAM_ENOTFOUND, "drop topic %s: no such topic", topic);
   if (rc) return log_err_mdb(rc);
   log_topic t;
   rc = meta_decode(log, &v, topic, &t);
@@ -384,7 +388,8 @@ static int store_job(log_wtx *w, void *arg) {
   log_topic t;
   int rc = log_topic_get(w->log, w->txn, r->topic, &t);
   if (rc) return rc;
-  if (t.id != r->topic_id) return log_error(w->log, ENGRAM_ENOTFOUND, "train dictionary %s: topic was dropped", r->topic);
+  if (t.id != r->topic_id)
+    return log_error(w->log, ENGRAM_ENOTFOUND, "train dictionary %s: topic was dropped", r->topic);
   return log_dict_store(w->log, w->txn, &t, r->dict);
 }
 
@@ -396,7 +401,8 @@ int log_dict_train(engram *log, const char *topic, uint32_t *dict_id) {
   log_samples s = {0};
   rc = log_topic_get(log, txn, topic, &t);
   if (rc == 0 && (t.cfg.flags & ENGRAM_TOPIC_NO_DICT))
-    rc = log_error(log, ENGRAM_EINVAL, "train dictionary %s: the topic has dictionaries off", topic);
+    rc =
+        log_error(log, ENGRAM_EINVAL, "train dictionary %s: the topic has dictionaries off", topic);
   if (rc == 0) rc = log_dict_samples(log, txn, &t, &s);
   log_read_end(log, txn);
   if (rc) return rc;

@@ -17,23 +17,23 @@
 #define NET_DEFAULT_TIMEOUT_MS 10000
 #define NET_DEFAULT_WINDOW 256
 #define NET_MAX_WINDOW 65536
-#define NET_GATHER_NS 1000000     /* the daemon's commit gather window: about a client round trip */
-#define NET_MAX_DEPTH 8            /* nesting of messages inside a request */
-#define NET_MAX_EVENTS 65536       /* events in one append request (as engram_append_batch) */
-#define NET_MAX_ITEMS 100000       /* acks in one request (as engram_ack_many), txn operations */
-#define NET_MAX_OFFSETS 1000000    /* offsets in one DLQ purge / redrive */
-#define NET_MAX_READ 100000        /* events in one read_range reply (as the embedded API) */
+#define NET_GATHER_NS 1000000   /* the daemon's commit gather window: about a client round trip */
+#define NET_MAX_DEPTH 8         /* nesting of messages inside a request */
+#define NET_MAX_EVENTS 65536    /* events in one append request (as engram_append_batch) */
+#define NET_MAX_ITEMS 100000    /* acks in one request (as engram_ack_many), txn operations */
+#define NET_MAX_OFFSETS 1000000 /* offsets in one DLQ purge / redrive */
+#define NET_MAX_READ 100000     /* events in one read_range reply (as the embedded API) */
 #define NET_MAX_REPLY_EVENTS_BYTES (64u << 20) /* a read_range reply stops growing here */
-#define NET_MAX_WAIT_MS 3600000    /* longest fetch long poll (as the embedded API) */
+#define NET_MAX_WAIT_MS 3600000                /* longest fetch long poll (as the embedded API) */
 
 /* ---------------------------------------------------------------------------------
  * Wire codec (wire.c).
  * ------------------------------------------------------------------------------ */
 /* What a request frame says about itself before it is decoded. */
 typedef struct net_peek {
-  uint32_t version;  /* 0 when absent */
-  uint64_t id;       /* 0 when absent */
-  int op;            /* field number of the operation (Engram__Wire__Request__OpCase), 0 = none */
+  uint32_t version; /* 0 when absent */
+  uint64_t id;      /* 0 when absent */
+  int op;           /* field number of the operation (Engram__Wire__Request__OpCase), 0 = none */
 } net_peek;
 
 /* Walks a protobuf message without decoding it: field tags, lengths, nesting depth and

@@ -35,8 +35,8 @@
 
 #define BOARD_SLOTS 1024
 #define BOARD_FILE "notify.board"
-#define NOTIFY_MAX_WAIT_MS 20      /* longest sleep before the caller looks again */
-#define NOTIFY_FIRST_WAIT_MS 2     /* a thread's first sleep on a topic: no earlier reading */
+#define NOTIFY_MAX_WAIT_MS 20       /* longest sleep before the caller looks again */
+#define NOTIFY_FIRST_WAIT_MS 2      /* a thread's first sleep on a topic: no earlier reading */
 #define NOTIFY_RECHECK_NS 500000000 /* how often a writer looks for a daemon */
 
 const int net_notify_linked = 1;
@@ -48,12 +48,12 @@ struct slot {
 
 struct notify {
   engram *log;
-  uint64_t gen;             /* tells a thread's saved reading from another handle's */
-  struct slot *board;       /* BOARD_SLOTS entries, NULL = none (polling fallback) */
-  char in_path[512];        /* the daemon's notify-in ipc socket */
-  pthread_mutex_t mu;       /* guards everything below */
-  void *zctx, *push;        /* PUSH to the daemon while it runs */
-  int64_t checked_ns;       /* monotonic time of the last look for the daemon */
+  uint64_t gen;                /* tells a thread's saved reading from another handle's */
+  struct slot *board;          /* BOARD_SLOTS entries, NULL = none (polling fallback) */
+  char in_path[512];           /* the daemon's notify-in ipc socket */
+  pthread_mutex_t mu;          /* guards everything below */
+  void *zctx, *push;           /* PUSH to the daemon while it runs */
+  int64_t checked_ns;          /* monotonic time of the last look for the daemon */
   log_commit_hook daemon_hook; /* set on the daemon's own handle */
   void *daemon_ctx;
 };
@@ -220,7 +220,8 @@ static void attach(engram *log) {
   n->log = log;
   n->gen = atomic_fetch_add(&next_gen, 1);
   n->board = board_open(log->path);
-  if (net_ipc_path(log->path, "notify-in.ipc", n->in_path, sizeof n->in_path) < 0) n->in_path[0] = '\0';
+  if (net_ipc_path(log->path, "notify-in.ipc", n->in_path, sizeof n->in_path) < 0)
+    n->in_path[0] = '\0';
   pthread_mutex_init(&n->mu, NULL);
   pthread_mutex_lock(&log->mu);
   log->commit_hook = on_commit;

@@ -116,17 +116,21 @@ static engram_ack_item *acks_from_wire(net_arena *a, Engram__Wire__AckItem *cons
   for (size_t i = 0; i < n; i++) {
     it[i].offset = w[i]->offset;
     it[i].attempt = w[i]->attempt;
-    it[i].result = w[i]->has_result ? (w[i]->result.data ? (const void *)w[i]->result.data : "") : NULL;
+    it[i].result =
+        w[i]->has_result ? (w[i]->result.data ? (const void *)w[i]->result.data : "") : NULL;
     it[i].result_len = w[i]->has_result ? w[i]->result.len : 0;
   }
   return it;
 }
 
-static int nomem(engram *log) { return log_error(log, ENGRAM_ENOMEM, "daemon: out of memory for the reply"); }
+static int nomem(engram *log) {
+  return log_error(log, ENGRAM_ENOMEM, "daemon: out of memory for the reply");
+}
 
 static int run_txn(engram *log, net_arena *a, const Engram__Wire__TxnCommit *t, Reply *rp) {
   size_t napp = 0;
-  for (size_t i = 0; i < t->n_ops; i++) napp += t->ops[i]->op_case == ENGRAM__WIRE__TXN_OP__OP_APPEND;
+  for (size_t i = 0; i < t->n_ops; i++)
+    napp += t->ops[i]->op_case == ENGRAM__WIRE__TXN_OP__OP_APPEND;
   Engram__Wire__TxnResult *res = net_arena_alloc(a, sizeof *res);
   uint64_t *offs = net_arena_alloc(a, (napp ? napp : 1) * sizeof *offs);
   if (!res || !offs) return nomem(log);
@@ -139,9 +143,10 @@ static int run_txn(engram *log, net_arena *a, const Engram__Wire__TxnCommit *t, 
     const Engram__Wire__TxnOp *o = t->ops[i];
     if (o->op_case == ENGRAM__WIRE__TXN_OP__OP_ACK) {
       const Engram__Wire__AckItem *it = o->ack->item;
-      rc = engram_txn_ack(txn, o->ack->topic, o->ack->group, it->offset, it->attempt,
-                          it->has_result ? (it->result.data ? (const void *)it->result.data : "") : NULL,
-                          it->has_result ? it->result.len : 0);
+      rc = engram_txn_ack(
+          txn, o->ack->topic, o->ack->group, it->offset, it->attempt,
+          it->has_result ? (it->result.data ? (const void *)it->result.data : "") : NULL,
+          it->has_result ? it->result.len : 0);
     } else {
       engram_event ev;
       engram_header *h = net_arena_alloc(a, (o->append->event->n_headers + 1) * sizeof *h);
@@ -166,8 +171,8 @@ static int run_txn(engram *log, net_arena *a, const Engram__Wire__TxnCommit *t, 
   return 0;
 }
 
-void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp, net_arena *a,
-                 engram_batch **batch, int *empty_fetch) {
+void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                 net_arena *a, engram_batch **batch, int *empty_fetch) {
   int rc = 0;
   *batch = NULL;
   *empty_fetch = 0;
@@ -340,8 +345,8 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       const Engram__Wire__Fetch *f = rq->fetch;
       /* Never waits here: the daemon parks an empty fetch instead of holding a worker. A
        * wait over the API's limit is passed on so the API refuses it as it would. */
-      rc = engram_fetch(log, f->topic, f->group, f->consumer, f->max, f->wait_ms > NET_MAX_WAIT_MS ? f->wait_ms : 0,
-                        batch);
+      rc = engram_fetch(log, f->topic, f->group, f->consumer, f->max,
+                        f->wait_ms > NET_MAX_WAIT_MS ? f->wait_ms : 0, batch);
       if (rc) break;
       *empty_fetch = (*batch)->count == 0;
       if (!(rp->events = events_to_wire(a, *batch, f->topic, 1, SIZE_MAX))) {
@@ -374,13 +379,15 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
     }
     case ENGRAM__WIRE__REQUEST__OP_NACK: {
       const Engram__Wire__Nack *n = rq->nack;
-      rc = engram_nack(log, n->topic, n->group, n->offset, n->attempt, n->delay_ms, n->has_error ? n->error : NULL);
+      rc = engram_nack(log, n->topic, n->group, n->offset, n->attempt, n->delay_ms,
+                       n->has_error ? n->error : NULL);
       if (!rc) net_server_topic_changed(s, n->topic);
       break;
     }
     case ENGRAM__WIRE__REQUEST__OP_REJECT: {
       const Engram__Wire__Reject *r = rq->reject;
-      rc = engram_reject(log, r->topic, r->group, r->offset, r->attempt, r->has_reason ? r->reason : NULL);
+      rc = engram_reject(log, r->topic, r->group, r->offset, r->attempt,
+                         r->has_reason ? r->reason : NULL);
       if (!rc) net_server_topic_changed(s, r->topic);
       break;
     }
@@ -396,7 +403,8 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
     case ENGRAM__WIRE__REQUEST__OP_STATUS_GET: {
       engram_status st;
       memset(&st, 0, sizeof st);
-      rc = engram_status_get(log, rq->status_get->topic, rq->status_get->group, rq->status_get->offset, &st);
+      rc = engram_status_get(log, rq->status_get->topic, rq->status_get->group,
+                             rq->status_get->offset, &st);
       if (rc) break;
       Engram__Wire__Status *w = net_arena_alloc(a, sizeof *w);
       void *res = st.result ? net_arena_alloc(a, st.result_len + 1) : NULL;
@@ -509,6 +517,7 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
   if (rc) {
     const char *m = engram_errmsg(log);
     rp->error = adup(a, m && *m ? m : engram_strerror(rc));
-    if (rp->result_case != ENGRAM__WIRE__REPLY__RESULT_ACK) rp->result_case = ENGRAM__WIRE__REPLY__RESULT__NOT_SET;
+    if (rp->result_case != ENGRAM__WIRE__REPLY__RESULT_ACK)
+      rp->result_case = ENGRAM__WIRE__REPLY__RESULT__NOT_SET;
   }
 }

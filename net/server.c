@@ -40,39 +40,39 @@
 #include "net/net.h"
 
 #define PARK_RECHECK_MS 100
-#define MAX_QUEUED 20000      /* requests waiting for a worker before the ROUTER is left unread */
+#define MAX_QUEUED 20000 /* requests waiting for a worker before the ROUTER is left unread */
 #define MAX_PARKED 100000
-#define LANE_TAKE 1024        /* appends one worker takes from a lane at once */
+#define LANE_TAKE 1024 /* appends one worker takes from a lane at once */
 #define LANE_BUCKETS 1024
 #define SEQ_BUCKETS 1024
 #define MAX_TOPIC_SEQS 100000
-#define RECV_BURST 512        /* requests read per wake before looking at replies again */
+#define RECV_BURST 512 /* requests read per wake before looking at replies again */
 #define REPLIES_EP "inproc://engram-replies"
 #define ZAP_EP "inproc://zeromq.zap.01"
-#define LOG_BURST 20          /* client-error lines per second before suppressing */
+#define LOG_BURST 20 /* client-error lines per second before suppressing */
 
 struct job {
   struct job *next;
-  zmq_msg_t ident;          /* the ROUTER routing id of the client */
-  int delim;                /* the client sent an empty delimiter frame (REQ socket) */
-  zmq_msg_t body;           /* the request frame */
+  zmq_msg_t ident; /* the ROUTER routing id of the client */
+  int delim;       /* the client sent an empty delimiter frame (REQ socket) */
+  zmq_msg_t body;  /* the request frame */
   net_peek pk;
   Engram__Wire__Request *rq; /* decoded by the worker; kept while parked */
-  struct lane *lane;        /* appends: the client's lane */
-  int64_t received_ns;      /* monotonic */
-  int64_t deadline_ns;      /* fetch: end of its long poll */
-  int64_t recheck_ns;       /* parked: next look regardless of notifications */
-  uint32_t seq;             /* fetch: the topic's change sequence before its last look */
-  int final;                /* fetch: answer after this look, whatever it finds */
+  struct lane *lane;         /* appends: the client's lane */
+  int64_t received_ns;       /* monotonic */
+  int64_t deadline_ns;       /* fetch: end of its long poll */
+  int64_t recheck_ns;        /* parked: next look regardless of notifications */
+  uint32_t seq;              /* fetch: the topic's change sequence before its last look */
+  int final;                 /* fetch: answer after this look, whatever it finds */
 };
 
 /* The appends of one client connection, run in order. */
 struct lane {
-  struct lane *next;        /* hash chain */
+  struct lane *next; /* hash chain */
   struct lane *next_ready;
   struct job *head, *tail;
-  int busy;                 /* a worker runs its appends */
-  int ready;                /* on the ready list */
+  int busy;  /* a worker runs its appends */
+  int ready; /* on the ready list */
   size_t id_len;
   unsigned char id[];
 };
@@ -81,8 +81,8 @@ struct lane {
 struct tseq {
   struct tseq *next;
   uint32_t seq;
-  uint64_t head;            /* newest head to publish */
-  int dirty;                /* head not yet published */
+  uint64_t head; /* newest head to publish */
+  int dirty;     /* head not yet published */
   struct tseq *next_dirty;
   char name[];
 };
@@ -98,21 +98,21 @@ struct net_server {
   int lock_fd;
 
   pthread_mutex_t mu;
-  pthread_cond_t cv;        /* workers wait for jobs */
+  pthread_cond_t cv; /* workers wait for jobs */
   struct job *q_head, *q_tail;
   struct job *w_head, *w_tail; /* parked fetches a commit woke: run before anything else */
-  size_t queued;            /* jobs in the queues and in lanes */
+  size_t queued;               /* jobs in the queues and in lanes */
   struct lane *lanes[LANE_BUCKETS];
   struct lane *ready_head, *ready_tail;
   struct job *parked;
   size_t n_parked;
   struct tseq *seqs[SEQ_BUCKETS];
   size_t n_seqs;
-  struct tseq *dirty;       /* topics with a head to publish */
-  int stopping;             /* no new requests; parked fetches answer now */
-  int exiting;              /* workers leave when the queue is empty */
-  int running;              /* jobs being executed */
-  int park_signal;          /* main thread must look at the parked list */
+  struct tseq *dirty; /* topics with a head to publish */
+  int stopping;       /* no new requests; parked fetches answer now */
+  int exiting;        /* workers leave when the queue is empty */
+  int running;        /* jobs being executed */
+  int park_signal;    /* main thread must look at the parked list */
 
   pthread_t *workers;
   int n_workers;
@@ -125,7 +125,7 @@ struct net_server {
   _Atomic uint64_t requests, errors, bad, appended, notifications;
   int64_t started_ns;
 
-  pthread_mutex_t log_mu;   /* rate limit of client-error lines */
+  pthread_mutex_t log_mu; /* rate limit of client-error lines */
   int64_t log_window;
   int log_count, log_dropped;
 };
@@ -185,8 +185,9 @@ static void slog(struct net_server *s, const char *level, const char *event, con
   if (s->log_json) {
     char esc[2100];
     json_escape(esc, sizeof esc, msg);
-    snprintf(line, sizeof line, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"%s\",\"msg\":\"%s\"}\n", ts,
-             level, event, esc);
+    snprintf(line, sizeof line,
+             "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"%s\",\"msg\":\"%s\"}\n", ts, level, event,
+             esc);
   } else {
     snprintf(line, sizeof line, "%s %-5s %s: %s\n", ts, level, event, msg);
   }
@@ -212,12 +213,14 @@ static int client_log_ok(struct net_server *s, int *dropped) {
   return ok;
 }
 
-static void client_error(struct net_server *s, zmq_msg_t *body, int code, const char *op, const char *why) {
+static void client_error(struct net_server *s, zmq_msg_t *body, int code, const char *op,
+                         const char *why) {
   int dropped;
   if (!client_log_ok(s, &dropped)) return;
   const char *peer = body ? zmq_msg_gets(body, "Peer-Address") : NULL;
   if (dropped) slog(s, "warn", "client_error", "%d more client errors not logged", dropped);
-  slog(s, "warn", "client_error", "peer %s op %s: %s: %s", peer ? peer : "-", op, engram_errname(code), why);
+  slog(s, "warn", "client_error", "peer %s op %s: %s: %s", peer ? peer : "-", op,
+       engram_errname(code), why);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -246,7 +249,9 @@ static struct tseq *tseq_lookup(struct net_server *s, const char *topic, int cre
   return t;
 }
 
-static struct tseq *tseq_get(struct net_server *s, const char *topic) { return tseq_lookup(s, topic, 1); }
+static struct tseq *tseq_get(struct net_server *s, const char *topic) {
+  return tseq_lookup(s, topic, 1);
+}
 
 static void wake_main(struct net_server *s) {
   uint64_t one = 1;
@@ -383,7 +388,8 @@ static void reply_send(struct net_server *s, void *sock, struct job *j, Engram__
   job_free(j);
 }
 
-static void reply_error(struct net_server *s, void *sock, struct job *j, int code, const char *why) {
+static void reply_error(struct net_server *s, void *sock, struct job *j, int code,
+                        const char *why) {
   Engram__Wire__Reply rp = ENGRAM__WIRE__REPLY__INIT;
   rp.code = code;
   rp.error = (char *)why;
@@ -486,7 +492,7 @@ struct ares {
   uint64_t *offsets;
   int *dups;
   int *codes;
-  char **msgs;  /* malloc'd messages of failed units, NULL when fine */
+  char **msgs; /* malloc'd messages of failed units, NULL when fine */
 };
 
 static void reply_append(struct net_server *s, struct worker *w, struct job *j, struct ares *r) {
@@ -534,8 +540,8 @@ static void reply_append(struct net_server *s, struct worker *w, struct job *j, 
 
 /* One engram_append_batch over events [at, at + n) of the group; records the outcome in
  * every job's results it touches. */
-static int append_range(struct net_server *s, const char *topic, engram_event *evs, size_t at, size_t n,
-                        uint64_t *offs, int *dups) {
+static int append_range(struct net_server *s, const char *topic, engram_event *evs, size_t at,
+                        size_t n, uint64_t *offs, int *dups) {
   int rc = engram_append_batch(s->log, topic, evs + at, n, offs + at, dups + at);
   if (rc == 0) s->appended += n;
   return rc;
@@ -560,7 +566,8 @@ static void run_append_group(struct net_server *s, struct worker *w, struct job 
   int *codes = calloc(total ? total : 1, sizeof *codes);
   char **msgs = calloc(total ? total : 1, sizeof *msgs);
   if (!evs || !hs || !offs || !dups || !codes || !msgs) {
-    for (size_t i = 0; i < nj; i++) reply_error(s, w->push, js[i], ENGRAM_ENOMEM, "append: out of memory");
+    for (size_t i = 0; i < nj; i++)
+      reply_error(s, w->push, js[i], ENGRAM_ENOMEM, "append: out of memory");
     goto done;
   }
   size_t at = 0, hat = 0;
@@ -643,7 +650,8 @@ static void run_lane(struct net_server *s, struct worker *w, struct job *list) {
       reply_error(s, w->push, j, rc ? rc : ENGRAM_EINVAL, engram_errmsg(s->log));
       continue;
     }
-    if (n && (strcmp(js[0]->rq->append->topic, j->rq->append->topic) || events + k > NET_MAX_EVENTS)) {
+    if (n &&
+        (strcmp(js[0]->rq->append->topic, j->rq->append->topic) || events + k > NET_MAX_EVENTS)) {
       run_append_group(s, w, js, n);
       n = 0;
       events = 0;
@@ -661,8 +669,7 @@ static void run_job(struct net_server *s, struct worker *w, struct job *j) {
   else if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_APPEND) {
     j->next = NULL;
     run_lane(s, w, j);
-  }
-  else
+  } else
     run_one(s, w, j);
 }
 
@@ -694,7 +701,8 @@ static void *worker_main(void *arg) {
   struct net_server *s = w->s;
   pthread_mutex_lock(&s->mu);
   for (;;) {
-    while (!s->w_head && !s->q_head && !s->ready_head && !s->exiting) pthread_cond_wait(&s->cv, &s->mu);
+    while (!s->w_head && !s->q_head && !s->ready_head && !s->exiting)
+      pthread_cond_wait(&s->cv, &s->mu);
     if (!s->w_head && !s->q_head && !s->ready_head) break;
     if (s->w_head) {
       struct job *j = s->w_head;
@@ -817,8 +825,8 @@ static int take_request(struct net_server *s) {
   if (zmq_msg_size(&j->body) == 0) {
     code = ENGRAM_EPROTO;
     snprintf(why, sizeof why, "empty request");
-  } else if (net_wire_scan(&engram__wire__request__descriptor, zmq_msg_data(&j->body), zmq_msg_size(&j->body),
-                           &j->pk, &reason)) {
+  } else if (net_wire_scan(&engram__wire__request__descriptor, zmq_msg_data(&j->body),
+                           zmq_msg_size(&j->body), &j->pk, &reason)) {
     code = ENGRAM_EPROTO;
     snprintf(why, sizeof why, "malformed request: %s", reason);
   } else if (j->pk.version != ENGRAM_PROTOCOL_VERSION) {
@@ -827,8 +835,8 @@ static int take_request(struct net_server *s) {
       snprintf(why, sizeof why, "malformed request: no protocol version and no operation");
     } else {
       code = ENGRAM_EVERSION;
-      snprintf(why, sizeof why, "protocol version %u not supported (this daemon speaks %d)", j->pk.version,
-               ENGRAM_PROTOCOL_VERSION);
+      snprintf(why, sizeof why, "protocol version %u not supported (this daemon speaks %d)",
+               j->pk.version, ENGRAM_PROTOCOL_VERSION);
     }
   }
   if (code) {
@@ -1034,7 +1042,8 @@ static void *zap_main(void *arg) {
       addr[zmq_msg_size(&f[3])] = '\0';
     }
     if (n == 7 && zmq_msg_size(&f[0]) == 3 && !memcmp(zmq_msg_data(&f[0]), "1.0", 3) &&
-        zmq_msg_size(&f[5]) == 5 && !memcmp(zmq_msg_data(&f[5]), "CURVE", 5) && zmq_msg_size(&f[6]) == 32) {
+        zmq_msg_size(&f[5]) == 5 && !memcmp(zmq_msg_data(&f[5]), "CURVE", 5) &&
+        zmq_msg_size(&f[6]) == 32) {
       for (size_t i = 0; i < s->n_allow; i++) {
         if (!memcmp(s->allow[i], zmq_msg_data(&f[6]), 32)) {
           status = "200";
@@ -1072,7 +1081,8 @@ static int valid_z85_key(const char *k, unsigned char out[32]) {
 
 int engram_keygen(char public_key[41], char secret_key[41]) {
   if (!public_key || !secret_key) return log_error(NULL, ENGRAM_EINVAL, "keygen: NULL buffer");
-  if (!zmq_has("curve")) return log_error(NULL, ENGRAM_ENOTSUP, "keygen: this libzmq has no CURVE support");
+  if (!zmq_has("curve"))
+    return log_error(NULL, ENGRAM_ENOTSUP, "keygen: this libzmq has no CURVE support");
   if (zmq_curve_keypair(public_key, secret_key) != 0)
     return log_error(NULL, ENGRAM_ENOTSUP, "keygen: %s", zmq_strerror(errno));
   return 0;
@@ -1083,16 +1093,22 @@ int engram_keygen(char public_key[41], char secret_key[41]) {
  * ------------------------------------------------------------------------------ */
 static int zerr(int e) {
   switch (e) {
-    case EADDRINUSE: return ENGRAM_EBUSY;
+    case EADDRINUSE:
+      return ENGRAM_EBUSY;
     case EINVAL:
     case EPROTONOSUPPORT:
     case ENOCOMPATPROTO:
     case ENODEV:
-    case EADDRNOTAVAIL: return ENGRAM_EINVAL;
-    case ENOMEM: return ENGRAM_ENOMEM;
-    case ENAMETOOLONG: return ENGRAM_EINVAL;
-    case EACCES: return ENGRAM_EDENIED;
-    default: return ENGRAM_EIO;
+    case EADDRNOTAVAIL:
+      return ENGRAM_EINVAL;
+    case ENOMEM:
+      return ENGRAM_ENOMEM;
+    case ENAMETOOLONG:
+      return ENGRAM_EINVAL;
+    case EACCES:
+      return ENGRAM_EDENIED;
+    default:
+      return ENGRAM_EIO;
   }
 }
 
@@ -1101,7 +1117,8 @@ static int take_lock(struct net_server *s) {
   snprintf(path, sizeof path, "%s/daemon.lock", s->dir);
   s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (s->lock_fd < 0)
-    return log_error(NULL, err_from_errno(errno), "serve %s: cannot open %s: %s", s->dir, path, strerror(errno));
+    return log_error(NULL, err_from_errno(errno), "serve %s: cannot open %s: %s", s->dir, path,
+                     strerror(errno));
   if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
     int e = errno;
     char pid[32] = "";
@@ -1112,20 +1129,24 @@ static int take_lock(struct net_server *s) {
     close(s->lock_fd);
     s->lock_fd = -1;
     if (e == EWOULDBLOCK)
-      return log_error(NULL, ENGRAM_EBUSY, "serve %s: another engram serve%s%s%s already serves this directory",
-                       s->dir, *pid ? " (pid " : "", pid, *pid ? ")" : "");
-    return log_error(NULL, err_from_errno(e), "serve %s: cannot lock %s: %s", s->dir, path, strerror(e));
+      return log_error(NULL, ENGRAM_EBUSY,
+                       "serve %s: another engram serve%s%s%s already serves this directory", s->dir,
+                       *pid ? " (pid " : "", pid, *pid ? ")" : "");
+    return log_error(NULL, err_from_errno(e), "serve %s: cannot lock %s: %s", s->dir, path,
+                     strerror(e));
   }
   char buf[64];
   int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
-  if (ftruncate(s->lock_fd, 0) == 0 && pwrite(s->lock_fd, buf, (size_t)n, 0) != n) { /* informative only */
+  if (ftruncate(s->lock_fd, 0) == 0 &&
+      pwrite(s->lock_fd, buf, (size_t)n, 0) != n) { /* informative only */
   }
   return 0;
 }
 
 static void *mksock(struct net_server *s, int type, int *rc) {
   void *z = zmq_socket(s->zctx, type);
-  if (!z) *rc = log_error(NULL, zerr(errno), "serve: cannot make a socket: %s", zmq_strerror(errno));
+  if (!z)
+    *rc = log_error(NULL, zerr(errno), "serve: cannot make a socket: %s", zmq_strerror(errno));
   return z;
 }
 
@@ -1140,10 +1161,12 @@ static int setup_curve(struct net_server *s, void *sock) {
   return 0;
 }
 
-static int bind_ep(struct net_server *s, void *sock, const char *ep, char *actual, size_t cap, const char *what) {
+static int bind_ep(struct net_server *s, void *sock, const char *ep, char *actual, size_t cap,
+                   const char *what) {
   if (zmq_bind(sock, ep) != 0) {
     int e = errno;
-    return log_error(NULL, zerr(e), "serve: cannot listen for %s on %s: %s", what, ep, zmq_strerror(e));
+    return log_error(NULL, zerr(e), "serve: cannot listen for %s on %s: %s", what, ep,
+                     zmq_strerror(e));
   }
   size_t n = cap;
   if (!actual) return 0;
@@ -1152,19 +1175,24 @@ static int bind_ep(struct net_server *s, void *sock, const char *ep, char *actua
 }
 
 static int check_options(const char *dir, const engram_serve_options *o) {
-  if (!dir || !*dir || strlen(dir) > 3800) return log_error(NULL, ENGRAM_EINVAL, "serve: invalid data directory");
-  if (o->listen && !*o->listen) return log_error(NULL, ENGRAM_EINVAL, "serve: empty listen endpoint");
-  if (o->notify && !*o->notify) return log_error(NULL, ENGRAM_EINVAL, "serve: empty notify endpoint");
+  if (!dir || !*dir || strlen(dir) > 3800)
+    return log_error(NULL, ENGRAM_EINVAL, "serve: invalid data directory");
+  if (o->listen && !*o->listen)
+    return log_error(NULL, ENGRAM_EINVAL, "serve: empty listen endpoint");
+  if (o->notify && !*o->notify)
+    return log_error(NULL, ENGRAM_EINVAL, "serve: empty notify endpoint");
   if ((unsigned)o->durability > ENGRAM_DURABILITY_ASYNC)
     return log_error(NULL, ENGRAM_EINVAL, "serve: unknown durability mode %d", o->durability);
   if (o->workers > NET_MAX_WORKERS)
-    return log_error(NULL, ENGRAM_EINVAL, "serve: %u workers over limit %d", o->workers, NET_MAX_WORKERS);
+    return log_error(NULL, ENGRAM_EINVAL, "serve: %u workers over limit %d", o->workers,
+                     NET_MAX_WORKERS);
   if (o->max_message && o->max_message < NET_MIN_MAX_MESSAGE)
     return log_error(NULL, ENGRAM_EINVAL, "serve: max_message %u under %u bytes", o->max_message,
                      NET_MIN_MAX_MESSAGE);
   unsigned char k[32];
   if (o->secret_key || o->public_key || o->n_allow_keys) {
-    if (!zmq_has("curve")) return log_error(NULL, ENGRAM_ENOTSUP, "serve: this libzmq has no CURVE support");
+    if (!zmq_has("curve"))
+      return log_error(NULL, ENGRAM_ENOTSUP, "serve: this libzmq has no CURVE support");
     if (!valid_z85_key(o->secret_key, k))
       return log_error(NULL, ENGRAM_EINVAL, "serve: CURVE secret key must be 40 Z85 characters");
     if (o->public_key && !valid_z85_key(o->public_key, k))
@@ -1173,7 +1201,8 @@ static int check_options(const char *dir, const engram_serve_options *o) {
       return log_error(NULL, ENGRAM_EINVAL, "serve: CURVE needs a list of allowed client keys");
     for (size_t i = 0; i < o->n_allow_keys; i++)
       if (!valid_z85_key(o->allow_keys[i], k))
-        return log_error(NULL, ENGRAM_EINVAL, "serve: allowed key %zu is not 40 Z85 characters", i + 1);
+        return log_error(NULL, ENGRAM_EINVAL, "serve: allowed key %zu is not 40 Z85 characters",
+                         i + 1);
   }
   return 0;
 }
@@ -1274,7 +1303,8 @@ static int start(struct net_server *s) {
 
   if ((s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
     return log_error(NULL, err_from_errno(errno), "serve: eventfd: %s", strerror(errno));
-  if (!(s->zctx = zmq_ctx_new())) return log_error(NULL, ENGRAM_ENOMEM, "serve: cannot make a ZeroMQ context");
+  if (!(s->zctx = zmq_ctx_new()))
+    return log_error(NULL, ENGRAM_ENOMEM, "serve: cannot make a ZeroMQ context");
   zmq_ctx_set(s->zctx, ZMQ_IO_THREADS, 1);
 
   int curve = s->o.secret_key != NULL;
@@ -1302,7 +1332,8 @@ static int start(struct net_server *s) {
   zmq_setsockopt(s->router, ZMQ_HEARTBEAT_TIMEOUT, &hbt, sizeof hbt);
   if (curve && (rc = setup_curve(s, s->router))) return rc;
   const char *listen = s->o.listen ? s->o.listen : NET_DEFAULT_LISTEN;
-  if ((rc = bind_ep(s, s->router, listen, s->listen_ep, sizeof s->listen_ep, "requests"))) return rc;
+  if ((rc = bind_ep(s, s->router, listen, s->listen_ep, sizeof s->listen_ep, "requests")))
+    return rc;
 
   /* We hold the directory's daemon lock, so ipc files left there are stale. */
   if (net_ipc_path(s->dir, "notify-in.ipc", s->in_path, sizeof s->in_path) < 0)
@@ -1396,14 +1427,16 @@ int engram_serve(const char *data_dir, const engram_serve_options *opts) {
   } else {
     stop_fd = s->wake_fd;
     const char *dnames[] = {"sync", "nometasync", "async"};
-    slog(s, "info", "start", "engram %s serving %s (pid %ld, durability %s, %d workers, protocol %d)",
+    slog(s, "info", "start",
+         "engram %s serving %s (pid %ld, durability %s, %d workers, protocol %d)",
          ENGRAM_VERSION_STRING, s->dir, (long)getpid(), dnames[o.durability], s->n_workers,
          ENGRAM_PROTOCOL_VERSION);
     slog(s, "info", "listen", "requests on %s%s", s->listen_ep,
          o.secret_key ? " (CURVE, allow-listed keys only)" : "");
     slog(s, "info", "notify", "notifications on %s", s->notify_ep);
     if (strncmp(s->listen_ep, "tcp://127.", 10) && strncmp(s->listen_ep, "tcp://[::1]", 11) &&
-        strncmp(s->listen_ep, "ipc://", 6) && strncmp(s->listen_ep, "inproc://", 9) && !o.secret_key)
+        strncmp(s->listen_ep, "ipc://", 6) && strncmp(s->listen_ep, "inproc://", 9) &&
+        !o.secret_key)
       slog(s, "warn", "listen", "%s is reachable beyond this host and CURVE is off", s->listen_ep);
     main_loop(s);
     stop_fd = -1;

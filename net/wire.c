@@ -26,8 +26,8 @@ static int varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
   return -1;
 }
 
-static int scan(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uint8_t *end, int depth,
-                net_peek *pk, const char **why) {
+static int scan(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uint8_t *end,
+                int depth, net_peek *pk, const char **why) {
   if (depth > NET_MAX_DEPTH) {
     *why = "messages nested too deeply";
     return -1;
@@ -152,36 +152,66 @@ Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_pe
  * ------------------------------------------------------------------------------ */
 const char *net_op_name(int op) {
   switch (op) {
-    case ENGRAM__WIRE__REQUEST__OP_HELLO: return "hello";
-    case ENGRAM__WIRE__REQUEST__OP_SYNC: return "sync";
-    case ENGRAM__WIRE__REQUEST__OP_BACKUP: return "backup";
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_CREATE: return "topic_create";
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_GET: return "topic_get";
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_LIST: return "topic_list";
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_DROP: return "topic_drop";
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_TRAIN_DICT: return "topic_train_dict";
-    case ENGRAM__WIRE__REQUEST__OP_APPEND: return "append";
-    case ENGRAM__WIRE__REQUEST__OP_READ: return "read";
-    case ENGRAM__WIRE__REQUEST__OP_READ_RANGE: return "read_range";
-    case ENGRAM__WIRE__REQUEST__OP_VERIFY: return "verify";
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_CREATE: return "group_create";
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_GET: return "group_get";
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_LIST: return "group_list";
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_DELETE: return "group_delete";
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_RESET: return "group_reset";
-    case ENGRAM__WIRE__REQUEST__OP_FETCH: return "fetch";
-    case ENGRAM__WIRE__REQUEST__OP_ACK: return "ack";
-    case ENGRAM__WIRE__REQUEST__OP_NACK: return "nack";
-    case ENGRAM__WIRE__REQUEST__OP_REJECT: return "reject";
-    case ENGRAM__WIRE__REQUEST__OP_EXTEND: return "extend";
-    case ENGRAM__WIRE__REQUEST__OP_CANCEL: return "cancel";
-    case ENGRAM__WIRE__REQUEST__OP_STATUS_GET: return "status_get";
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_LIST: return "dlq_list";
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE: return "dlq_purge";
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE: return "dlq_redrive";
-    case ENGRAM__WIRE__REQUEST__OP_TXN_COMMIT: return "txn_commit";
-    case ENGRAM__WIRE__REQUEST__OP_STATS: return "stats";
-    default: return "unknown";
+    case ENGRAM__WIRE__REQUEST__OP_HELLO:
+      return "hello";
+    case ENGRAM__WIRE__REQUEST__OP_SYNC:
+      return "sync";
+    case ENGRAM__WIRE__REQUEST__OP_BACKUP:
+      return "backup";
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_CREATE:
+      return "topic_create";
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_GET:
+      return "topic_get";
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_LIST:
+      return "topic_list";
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_DROP:
+      return "topic_drop";
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_TRAIN_DICT:
+      return "topic_train_dict";
+    case ENGRAM__WIRE__REQUEST__OP_APPEND:
+      return "append";
+    case ENGRAM__WIRE__REQUEST__OP_READ:
+      return "read";
+    case ENGRAM__WIRE__REQUEST__OP_READ_RANGE:
+      return "read_range";
+    case ENGRAM__WIRE__REQUEST__OP_VERIFY:
+      return "verify";
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_CREATE:
+      return "group_create";
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_GET:
+      return "group_get";
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_LIST:
+      return "group_list";
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_DELETE:
+      return "group_delete";
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_RESET:
+      return "group_reset";
+    case ENGRAM__WIRE__REQUEST__OP_FETCH:
+      return "fetch";
+    case ENGRAM__WIRE__REQUEST__OP_ACK:
+      return "ack";
+    case ENGRAM__WIRE__REQUEST__OP_NACK:
+      return "nack";
+    case ENGRAM__WIRE__REQUEST__OP_REJECT:
+      return "reject";
+    case ENGRAM__WIRE__REQUEST__OP_EXTEND:
+      return "extend";
+    case ENGRAM__WIRE__REQUEST__OP_CANCEL:
+      return "cancel";
+    case ENGRAM__WIRE__REQUEST__OP_STATUS_GET:
+      return "status_get";
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_LIST:
+      return "dlq_list";
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE:
+      return "dlq_purge";
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE:
+      return "dlq_redrive";
+    case ENGRAM__WIRE__REQUEST__OP_TXN_COMMIT:
+      return "txn_commit";
+    case ENGRAM__WIRE__REQUEST__OP_STATS:
+      return "stats";
+    default:
+      return "unknown";
   }
 }
 
@@ -195,7 +225,8 @@ const char *net_op_name(int op) {
 static int event_ok(const char *topic, const Engram__Wire__Event *e, char *why, size_t cap) {
   if (!e) return BAD(ENGRAM_EPROTO, "append %s: missing event", topic);
   if (e->n_headers > ENGRAM_MAX_HEADERS)
-    return BAD(ENGRAM_ETOOBIG, "append %s: %zu headers over limit %d", topic, e->n_headers, ENGRAM_MAX_HEADERS);
+    return BAD(ENGRAM_ETOOBIG, "append %s: %zu headers over limit %d", topic, e->n_headers,
+               ENGRAM_MAX_HEADERS);
   for (size_t i = 0; i < e->n_headers; i++)
     if (!e->headers[i]) return BAD(ENGRAM_EPROTO, "append %s: missing header", topic);
   return 0;
@@ -207,21 +238,23 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap) {
     case ENGRAM__WIRE__REQUEST__OP_APPEND: {
       const Engram__Wire__Append *a = rq->append;
       if (a->n_events > NET_MAX_EVENTS)
-        return BAD(ENGRAM_ETOOBIG, "append %s: batch of %zu events over limit %d", a->topic, a->n_events,
-                   NET_MAX_EVENTS);
+        return BAD(ENGRAM_ETOOBIG, "append %s: batch of %zu events over limit %d", a->topic,
+                   a->n_events, NET_MAX_EVENTS);
       for (size_t i = 0; i < a->n_events; i++)
         if ((rc = event_ok(a->topic, a->events[i], why, cap))) return rc;
       return 0;
     }
     case ENGRAM__WIRE__REQUEST__OP_GROUP_CREATE:
       if (!rq->group_create->config) return 0;
-      if (rq->group_create->config->n_filters > 1000 || rq->group_create->config->n_backoff_ms > 1000)
-        return BAD(ENGRAM_EINVAL, "group create %s/%s: too many filters or backoff steps", rq->group_create->topic,
-                   rq->group_create->group);
+      if (rq->group_create->config->n_filters > 1000 ||
+          rq->group_create->config->n_backoff_ms > 1000)
+        return BAD(ENGRAM_EINVAL, "group create %s/%s: too many filters or backoff steps",
+                   rq->group_create->topic, rq->group_create->group);
       return 0;
     case ENGRAM__WIRE__REQUEST__OP_ACK: {
       const Engram__Wire__Ack *a = rq->ack;
-      if (a->n_items > NET_MAX_ITEMS) return BAD(ENGRAM_ETOOBIG, "ack: %zu items over limit %d", a->n_items, NET_MAX_ITEMS);
+      if (a->n_items > NET_MAX_ITEMS)
+        return BAD(ENGRAM_ETOOBIG, "ack: %zu items over limit %d", a->n_items, NET_MAX_ITEMS);
       for (size_t i = 0; i < a->n_items; i++)
         if (!a->items[i]) return BAD(ENGRAM_EPROTO, "ack: missing item");
       return 0;
@@ -233,8 +266,8 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap) {
       if (d->all && d->n_offsets)
         return BAD(ENGRAM_EINVAL, "dlq %s/%s: both all and offsets given", d->topic, d->group);
       if (d->n_offsets > NET_MAX_OFFSETS)
-        return BAD(ENGRAM_ETOOBIG, "dlq %s/%s: %zu offsets over limit %d", d->topic, d->group, d->n_offsets,
-                   NET_MAX_OFFSETS);
+        return BAD(ENGRAM_ETOOBIG, "dlq %s/%s: %zu offsets over limit %d", d->topic, d->group,
+                   d->n_offsets, NET_MAX_OFFSETS);
       return 0;
     }
     case ENGRAM__WIRE__REQUEST__OP_TXN_COMMIT: {

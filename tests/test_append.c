@@ -17,8 +17,8 @@
 #include "schema/record.pb-c.h"
 
 typedef struct fx {
-  char *dir;     /* the test's own temp dir */
-  char *logdir;  /* dir/log: where the log lives */
+  char *dir;    /* the test's own temp dir */
+  char *logdir; /* dir/log: where the log lives */
   engram *log;
   tu_clock clock;
 } fx;
@@ -234,13 +234,14 @@ static void one_bad_event_makes_the_whole_batch_write_nothing(void **state) {
 /* ---------------------------------------------------------------------------------
  * Idempotent append.
  * ------------------------------------------------------------------------------ */
-static void a_repeated_idempotency_key_returns_the_original_offset_and_writes_nothing(void **state) {
+static void a_repeated_idempotency_key_returns_the_original_offset_and_writes_nothing(
+    void **state) {
   fx *f = *state;
   engram *log = open_default(f);
   tu_topic(log, "memory", NULL);
   tu_topic(log, "other", NULL);
-  engram_event ev = {.type = "memory.saved", .payload = "original", .payload_len = 8,
-                     .idempotency_key = "req-1"};
+  engram_event ev = {
+      .type = "memory.saved", .payload = "original", .payload_len = 8, .idempotency_key = "req-1"};
   uint64_t off;
   int dup;
   ok(log, engram_append(log, "memory", &ev, &off, &dup), "append");
@@ -325,8 +326,8 @@ static void an_idempotency_key_is_forgotten_after_the_dedup_window(void **state)
   f->log = tu_open(f->logdir, &o);
   engram *log = f->log;
   tu_topic(log, "memory", NULL);
-  engram_event ev = {.type = "memory.saved", .payload = "p", .payload_len = 1,
-                     .idempotency_key = "req-9"};
+  engram_event ev = {
+      .type = "memory.saved", .payload = "p", .payload_len = 1, .idempotency_key = "req-9"};
   uint64_t off;
   int dup;
   ok(log, engram_append(log, "memory", &ev, &off, &dup), "append");
@@ -350,8 +351,8 @@ static void idempotency_keys_survive_reopen(void **state) {
   fx *f = *state;
   engram *log = open_default(f);
   tu_topic(log, "memory", NULL);
-  engram_event ev = {.type = "memory.saved", .payload = "p", .payload_len = 1,
-                     .idempotency_key = "req-reopen"};
+  engram_event ev = {
+      .type = "memory.saved", .payload = "p", .payload_len = 1, .idempotency_key = "req-reopen"};
   uint64_t off;
   int dup;
   ok(log, engram_append(log, "memory", &ev, &off, &dup), "append");
@@ -370,8 +371,10 @@ static void topics_are_created_listed_in_name_order_described_and_dropped(void *
   engram_options o = {.clock_ns = tu_clock_ns, .clock_ctx = &f->clock};
   f->log = tu_open(f->logdir, &o);
   engram *log = f->log;
-  engram_topic_config custom = {.compress_threshold = 1000, .max_payload = 2048,
-                                .dict_train_after = 50, .flags = ENGRAM_TOPIC_NO_DICT};
+  engram_topic_config custom = {.compress_threshold = 1000,
+                                .max_payload = 2048,
+                                .dict_train_after = 50,
+                                .flags = ENGRAM_TOPIC_NO_DICT};
   tu_topic(log, "memory", NULL);
   tu_topic(log, "audit", &custom);
   tu_topic(log, "jobs", NULL);
@@ -391,8 +394,8 @@ static void topics_are_created_listed_in_name_order_described_and_dropped(void *
   assert_int_equal(list[0].created_ns, t0);
   engram_free(list);
 
-  engram_event ev = {.type = "memory.saved", .payload = "old", .payload_len = 3,
-                     .idempotency_key = "same-key"};
+  engram_event ev = {
+      .type = "memory.saved", .payload = "old", .payload_len = 3, .idempotency_key = "same-key"};
   uint64_t off;
   int dup;
   for (int k = 0; k < 3; k++) ok(log, engram_append(log, "memory", &ev, &off, &dup), "append");
@@ -453,7 +456,8 @@ static void a_topic_created_without_config_gets_the_documented_defaults(void **s
 /* ---------------------------------------------------------------------------------
  * Compression and dictionaries.
  * ------------------------------------------------------------------------------ */
-static Engram__Record *raw_record(const char *dir, const char *topic, uint64_t off, size_t *stored) {
+static Engram__Record *raw_record(const char *dir, const char *topic, uint64_t off,
+                                  size_t *stored) {
   unsigned char *val;
   size_t len;
   assert_int_equal(tu_raw_get(dir, topic, off, &val, &len), 0);
@@ -496,10 +500,10 @@ static void a_compressible_payload_is_stored_smaller_and_reads_back_whole(void *
 }
 
 struct dict_tally {
-  uint32_t id1, id2;          /* dictionaries in force for offsets 1001-1500 and 1501-2000 */
-  size_t records, wrong;      /* records seen; records naming the wrong dictionary */
-  size_t with1, with2;        /* records compressed with id1 / id2 */
-  size_t bytes1, raw1;        /* stored and raw bytes of the id1 records */
+  uint32_t id1, id2;     /* dictionaries in force for offsets 1001-1500 and 1501-2000 */
+  size_t records, wrong; /* records seen; records naming the wrong dictionary */
+  size_t with1, with2;   /* records compressed with id1 / id2 */
+  size_t bytes1, raw1;   /* stored and raw bytes of the id1 records */
 };
 
 static int tally_record(uint64_t off, const unsigned char *val, size_t len, void *ctx) {
@@ -613,7 +617,8 @@ static void the_map_grows_from_one_mib_to_hold_twenty(void **state) {
   for (size_t i = 0; i < BIG_N; i += 64) {
     for (size_t k = 0; k < 64; k++) {
       tu_fill_random(buf + k * BIG_EV, BIG_EV, i + k + 1);
-      evs[k] = (engram_event){.type = "blob.put", .payload = buf + k * BIG_EV, .payload_len = BIG_EV};
+      evs[k] =
+          (engram_event){.type = "blob.put", .payload = buf + k * BIG_EV, .payload_len = BIG_EV};
     }
     ok(f->log, engram_append_batch(f->log, "blobs", evs, 64, offs, NULL), "append 64 x 4 KiB");
     assert_int_equal(offs[0], i + 1);
@@ -691,7 +696,8 @@ static void every_durability_mode_opens_appends_syncs_and_reopens(void **state) 
 static void reopening_preserves_topics_configs_events_and_dictionaries(void **state) {
   fx *f = *state;
   engram *log = open_default(f);
-  engram_topic_config cfg = {.compress_threshold = 100, .max_payload = 9999, .dict_train_after = 300};
+  engram_topic_config cfg = {
+      .compress_threshold = 100, .max_payload = 9999, .dict_train_after = 300};
   tu_topic(log, "memory", &cfg);
   tu_topic(log, "empty", NULL);
   tu_events *e = tu_memory_events(400);

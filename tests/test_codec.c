@@ -50,8 +50,9 @@ static void close_log(fx *f) {
 static engram_batch *read_one(engram *log, const char *topic, uint64_t off) {
   engram_batch *b = NULL;
   int rc = engram_read(log, topic, off, &b);
-  if (rc) fprintf(stderr, "read %s %llu: %s: %s\n", topic, (unsigned long long)off,
-                  engram_errname(rc), engram_errmsg(log));
+  if (rc)
+    fprintf(stderr, "read %s %llu: %s: %s\n", topic, (unsigned long long)off, engram_errname(rc),
+            engram_errmsg(log));
   assert_int_equal(rc, 0);
   assert_non_null(b);
   assert_int_equal(b->count, 1);
@@ -127,8 +128,7 @@ static void every_field_survives_append_and_read(void **state) {
 static void timestamp_is_set_by_append_and_ignores_the_callers_value(void **state) {
   fx *f = *state;
   tu_topic(f->log, "memory", NULL);
-  engram_event ev = {.type = "memory.saved", .payload = "x", .payload_len = 1,
-                     .timestamp_ns = 42};
+  engram_event ev = {.type = "memory.saved", .payload = "x", .payload_len = 1, .timestamp_ns = 42};
   uint64_t off;
   assert_int_equal(engram_append(f->log, "memory", &ev, &off, NULL), 0);
   tu_clock_advance_ms(&f->clock, 1500);
@@ -335,10 +335,15 @@ static void the_private_decoder_reads_stored_values(void **state) {
   fx *f = *state;
   engram_topic_config cfg = {.compress_threshold = UINT32_MAX};
   tu_topic(f->log, "memory", &cfg);
-  engram_event ev = {.type = "memory.updated", .key = "conv-42:Nate:profile",
-                     .payload = "{\"text\":\"hi\"}", .payload_len = 13,
-                     .content_type = "application/json", .headers = hdrs, .n_headers = 2,
-                     .idempotency_key = "k1", .deliver_at_ns = 5};
+  engram_event ev = {.type = "memory.updated",
+                     .key = "conv-42:Nate:profile",
+                     .payload = "{\"text\":\"hi\"}",
+                     .payload_len = 13,
+                     .content_type = "application/json",
+                     .headers = hdrs,
+                     .n_headers = 2,
+                     .idempotency_key = "k1",
+                     .deliver_at_ns = 5};
   uint64_t off;
   assert_int_equal(engram_append(f->log, "memory", &ev, &off, NULL), 0);
   close_log(f);
@@ -372,7 +377,8 @@ static void the_private_decoder_reads_stored_values(void **state) {
     val[i] ^= 0x10;
   }
   /* Truncation is refused. */
-  for (size_t n = 0; n < len; n++) assert_int_equal(log_codec_decode(val, n, off, &v), ENGRAM_ECORRUPT);
+  for (size_t n = 0; n < len; n++)
+    assert_int_equal(log_codec_decode(val, n, off, &v), ENGRAM_ECORRUPT);
   free(val);
 }
 
@@ -380,13 +386,17 @@ int main(void) {
   tu_test_filter();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(every_field_survives_append_and_read, setup, teardown),
-      cmocka_unit_test_setup_teardown(timestamp_is_set_by_append_and_ignores_the_callers_value, setup, teardown),
+      cmocka_unit_test_setup_teardown(timestamp_is_set_by_append_and_ignores_the_callers_value,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(a_null_key_and_an_empty_key_stay_different, setup, teardown),
       cmocka_unit_test_setup_teardown(absent_optional_fields_read_back_as_absent, setup, teardown),
-      cmocka_unit_test_setup_teardown(binary_payloads_with_every_byte_value_round_trip_compressed_or_not, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          binary_payloads_with_every_byte_value_round_trip_compressed_or_not, setup, teardown),
       cmocka_unit_test(the_crc32c_matches_the_standard_check_value),
-      cmocka_unit_test_setup_teardown(stored_records_decode_with_the_generated_protobuf_code, setup, teardown),
-      cmocka_unit_test_setup_teardown(compressed_records_on_disk_hold_zstd_frames_of_the_payload, setup, teardown),
+      cmocka_unit_test_setup_teardown(stored_records_decode_with_the_generated_protobuf_code, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(compressed_records_on_disk_hold_zstd_frames_of_the_payload,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(the_private_decoder_reads_stored_values, setup, teardown),
   };
   return cmocka_run_group_tests_name("codec", tests, NULL, NULL);

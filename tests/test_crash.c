@@ -67,13 +67,16 @@ static void expected_event(uint64_t seq, expected *e) {
            (unsigned long long)(seq / 50), (unsigned long long)(seq % 50));
   e->len = 64 + (size_t)(seq * 37 % 700);
   /* Half text (compressible, so some records take the zstd path), half noise. */
-  int n = snprintf((char *)e->payload, e->len, "{\"seq\":%llu,\"text\":\"", (unsigned long long)seq);
-  for (size_t i = (size_t)n; i < e->len / 2; i++) e->payload[i] = "I remember the tournament "[i % 26];
+  int n =
+      snprintf((char *)e->payload, e->len, "{\"seq\":%llu,\"text\":\"", (unsigned long long)seq);
+  for (size_t i = (size_t)n; i < e->len / 2; i++)
+    e->payload[i] = "I remember the tournament "[i % 26];
   tu_fill_random(e->payload + e->len / 2, e->len - e->len / 2, seq + 1);
 }
 
 static engram_event as_event(const expected *x) {
-  return (engram_event){.type = x->type, .key = x->key, .payload = x->payload, .payload_len = x->len};
+  return (engram_event){
+      .type = x->type, .key = x->key, .payload = x->payload, .payload_len = x->len};
 }
 
 /* ---------------------------------------------------------------------------------
@@ -82,8 +85,8 @@ static engram_event as_event(const expected *x) {
  * ------------------------------------------------------------------------------ */
 struct writer {
   const char *logdir;
-  int fd;      /* pipe write end */
-  int batch;   /* events per call */
+  int fd;    /* pipe write end */
+  int batch; /* events per call */
   engram_durability mode;
 };
 
@@ -206,13 +209,15 @@ static uint64_t check_log(const char *logdir, const uint64_t *recs, size_t n) {
   for (;;) {
     engram_batch *b = NULL;
     rc = engram_read_range(log, "memory", next, 200, &b);
-    if (rc) fail_msg("read_range %llu: %s: %s", (unsigned long long)next, engram_errname(rc),
-                     engram_errmsg(log));
+    if (rc)
+      fail_msg("read_range %llu: %s: %s", (unsigned long long)next, engram_errname(rc),
+               engram_errmsg(log));
     size_t got = b->count;
     for (size_t k = 0; k < got; k++) {
       const engram_event *e = &b->events[k];
-      if (e->offset != next) fail_msg("gap: offset %llu where %llu was due",
-                                      (unsigned long long)e->offset, (unsigned long long)next);
+      if (e->offset != next)
+        fail_msg("gap: offset %llu where %llu was due", (unsigned long long)e->offset,
+                 (unsigned long long)next);
       expected_event(next - 1, x);
       assert_string_equal(e->type, x->type);
       assert_string_equal(e->key, x->key);
@@ -226,7 +231,8 @@ static uint64_t check_log(const char *logdir, const uint64_t *recs, size_t n) {
   assert_int_equal(next, head + 1);
   engram_verify_report rep;
   assert_int_equal(engram_verify(log, &rep), 0);
-  if (rep.damaged) fail_msg("verify: %llu damaged: %s", (unsigned long long)rep.damaged, rep.first_damage);
+  if (rep.damaged)
+    fail_msg("verify: %llu damaged: %s", (unsigned long long)rep.damaged, rep.first_damage);
   assert_int_equal(rep.records, head);
   free(x);
   engram_close(log);
@@ -342,8 +348,9 @@ static void a_log_killed_while_being_created_opens_fine(void **state) {
       int last = !tu_exists(next);
       engram *log = NULL;
       int rc = engram_open(path, NULL, &log);
-      if (rc) fail_msg("round %d: open %s after a kill during creation: %s: %s", round, path,
-                       engram_errname(rc), engram_errmsg(NULL));
+      if (rc)
+        fail_msg("round %d: open %s after a kill during creation: %s: %s", round, path,
+                 engram_errname(rc), engram_errmsg(NULL));
       rc = engram_topic_create(log, "memory", NULL);
       assert_int_equal(rc, 0);
       engram_event ev = {.type = "memory.saved", .payload = "x", .payload_len = 1};

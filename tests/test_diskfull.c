@@ -23,7 +23,7 @@
 #define EV_SIZE 4096
 
 typedef struct fx {
-  char *dir;     /* mount point */
+  char *dir; /* mount point */
   int mounted;
 } fx;
 
@@ -79,8 +79,9 @@ static void check_all(engram *log, uint64_t n) {
   for (;;) {
     engram_batch *b = NULL;
     int rc = engram_read_range(log, "memory", next, 128, &b);
-    if (rc) fail_msg("read_range %llu: %s: %s", (unsigned long long)next, engram_errname(rc),
-                     engram_errmsg(log));
+    if (rc)
+      fail_msg("read_range %llu: %s: %s", (unsigned long long)next, engram_errname(rc),
+               engram_errmsg(log));
     size_t got = b->count;
     for (size_t k = 0; k < got; k++, next++) {
       assert_int_equal(b->events[k].offset, next);
@@ -118,7 +119,8 @@ static void appends_on_a_full_disk_fail_cleanly_and_work_again_once_space_return
   for (int round = 0; round < 1000; round++) {
     for (int k = 0; k < 16; k++) {
       tu_fill_random(buf + k * EV_SIZE, EV_SIZE, head + (uint64_t)k + 1);
-      evs[k] = (engram_event){.type = "memory.saved", .payload = buf + k * EV_SIZE, .payload_len = EV_SIZE};
+      evs[k] = (engram_event){
+          .type = "memory.saved", .payload = buf + k * EV_SIZE, .payload_len = EV_SIZE};
     }
     rc = engram_append_batch(log, "memory", evs, 16, offs, NULL);
     if (rc) break;
@@ -179,8 +181,10 @@ static void appends_on_a_full_disk_fail_cleanly_and_work_again_once_space_return
   free(logdir);
   free(filler);
   if (first_rc != ENGRAM_ENOSPC)
-    fail_msg("expected ENGRAM_ENOSPC on a full disk, got %s: '%s'", engram_errname(first_rc), first_msg);
-  if (!clear_message(first_msg)) fail_msg("the message does not say the disk is full: '%s'", first_msg);
+    fail_msg("expected ENGRAM_ENOSPC on a full disk, got %s: '%s'", engram_errname(first_rc),
+             first_msg);
+  if (!clear_message(first_msg))
+    fail_msg("the message does not say the disk is full: '%s'", first_msg);
 }
 
 /* Exit status: minus engram_open's code (0 on success). */
@@ -194,7 +198,8 @@ static int open_in_child(void *arg) {
   return -rc;
 }
 
-static void creating_a_log_on_a_full_disk_fails_with_enospc_and_leaves_nothing_behind(void **state) {
+static void creating_a_log_on_a_full_disk_fails_with_enospc_and_leaves_nothing_behind(
+    void **state) {
   fx *f = *state;
   need_tmpfs(f);
   char *filler = tu_join(f->dir, "filler");
@@ -206,7 +211,9 @@ static void creating_a_log_on_a_full_disk_fails_with_enospc_and_leaves_nothing_b
   if (st >= 128) fail_msg("engram_open on a full disk killed the process with signal %d", st - 128);
   if (st != -ENGRAM_ENOSPC)
     fail_msg("expected ENGRAM_ENOSPC from engram_open on a full disk, got %s",
-             st > 0 ? engram_errname(-st) : st == 0 ? "success" : "a timeout");
+             st > 0    ? engram_errname(-st)
+             : st == 0 ? "success"
+                       : "a timeout");
   /* No log, and no half-made one beside it: only the filler remains. */
   DIR *d = opendir(f->dir);
   assert_non_null(d);

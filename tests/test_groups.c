@@ -23,8 +23,8 @@
 
 typedef struct fx {
   char msg[512]; /* the message of the last expected failure */
-  char *dir;    /* the test's own temp dir */
-  char *logdir; /* dir/log */
+  char *dir;     /* the test's own temp dir */
+  char *logdir;  /* dir/log */
   engram *log;
   tu_clock clock;
   engram_options opts;
@@ -65,15 +65,16 @@ static void advance(fx *f, int64_t ms) { tu_clock_advance_ms(&f->clock, ms); }
  * ------------------------------------------------------------------------------ */
 #define OK(f, call) ok_at(f, (call), #call, __LINE__)
 static void ok_at(fx *f, int rc, const char *what, int line) {
-  if (rc) fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(f->log));
+  if (rc)
+    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(f->log));
   assert_int_equal(rc, 0);
 }
 
 #define FAILS(f, call, want) fails_at(f, (call), want, #call, __LINE__)
 static void fails_at(fx *f, int rc, int want, const char *what, int line) {
   if (rc != want)
-    fprintf(stderr, "line %d: %s: expected %s, got %s (%s)\n", line, what, engram_errname(want), engram_errname(rc),
-            engram_errmsg(f->log));
+    fprintf(stderr, "line %d: %s: expected %s, got %s (%s)\n", line, what, engram_errname(want),
+            engram_errname(rc), engram_errmsg(f->log));
   assert_int_equal(rc, want);
   snprintf(f->msg, sizeof f->msg, "%s", engram_errmsg(f->log));
   if (!engram_errmsg(f->log)[0]) fprintf(stderr, "line %d: %s: empty message\n", line, what);
@@ -83,13 +84,17 @@ static void fails_at(fx *f, int rc, int want, const char *what, int line) {
 /* ---------------------------------------------------------------------------------
  * Events.
  * ------------------------------------------------------------------------------ */
-static uint64_t add_to(fx *f, const char *topic, const char *type, const char *key, int64_t deliver_at) {
-  engram_event ev = {.type = type, .key = key, .payload = "{}", .payload_len = 2, .deliver_at_ns = deliver_at};
+static uint64_t add_to(fx *f, const char *topic, const char *type, const char *key,
+                       int64_t deliver_at) {
+  engram_event ev = {
+      .type = type, .key = key, .payload = "{}", .payload_len = 2, .deliver_at_ns = deliver_at};
   uint64_t off = 0;
   OK(f, engram_append(f->log, topic, &ev, &off, NULL));
   return off;
 }
-static uint64_t add(fx *f, const char *type, const char *key) { return add_to(f, "memory", type, key, 0); }
+static uint64_t add(fx *f, const char *type, const char *key) {
+  return add_to(f, "memory", type, key, 0);
+}
 static void add_n(fx *f, int n) {
   for (int i = 0; i < n; i++) add(f, "memory.saved", NULL);
 }
@@ -116,11 +121,11 @@ static engram_batch *fetch(fx *f, const char *g, const char *consumer, size_t ma
 
 /* Fetches and checks the offsets delivered, in order, and that each has `attempt`
  * (0 = do not check attempts). */
-#define GOT(f, g, c, max, attempt, ...)                                                                    \
-  got_at(f, g, c, max, attempt, (uint64_t[]){__VA_ARGS__}, sizeof((uint64_t[]){__VA_ARGS__}) / sizeof(uint64_t), \
-         __LINE__)
-static void got_at(fx *f, const char *g, const char *c, size_t max, uint32_t attempt, const uint64_t *want,
-                   size_t n, int line) {
+#define GOT(f, g, c, max, attempt, ...)                    \
+  got_at(f, g, c, max, attempt, (uint64_t[]){__VA_ARGS__}, \
+         sizeof((uint64_t[]){__VA_ARGS__}) / sizeof(uint64_t), __LINE__)
+static void got_at(fx *f, const char *g, const char *c, size_t max, uint32_t attempt,
+                   const uint64_t *want, size_t n, int line) {
   engram_batch *b = fetch(f, g, c, max);
   int same = b->count == n;
   for (size_t i = 0; same && i < n; i++)
@@ -140,8 +145,9 @@ static void got_at(fx *f, const char *g, const char *c, size_t max, uint32_t att
 #define NONE(f, g, c) none_at(f, g, c, __LINE__)
 static void none_at(fx *f, const char *g, const char *c, int line) {
   engram_batch *b = fetch(f, g, c, 100);
-  if (b->count) fprintf(stderr, "line %d: fetch %s by %s got %zu events, wanted none (first %llu)\n", line, g, c,
-                        b->count, (unsigned long long)b->events[0].offset);
+  if (b->count)
+    fprintf(stderr, "line %d: fetch %s by %s got %zu events, wanted none (first %llu)\n", line, g,
+            c, b->count, (unsigned long long)b->events[0].offset);
   size_t n = b->count;
   engram_batch_free(b);
   assert_int_equal(n, 0);
@@ -193,7 +199,8 @@ static void snap_take(fx *f, snap *s) {
   OK(f, engram_topic_info_get(f->log, "memory", &s->topic));
   for (size_t g = 0; g < s->n && g < 8; g++) {
     if (strcmp(s->groups[g].topic, "memory")) continue;
-    for (uint64_t o = 1; o <= s->topic.head_offset && o <= SNAP_EVENTS; o++) s->st[g][o - 1] = status(f, s->groups[g].name, o);
+    for (uint64_t o = 1; o <= s->topic.head_offset && o <= SNAP_EVENTS; o++)
+      s->st[g][o - 1] = status(f, s->groups[g].name, o);
     s->dead[g] = dlq(f, s->groups[g].name, NULL);
   }
 }
@@ -218,8 +225,9 @@ static void snap_same(fx *f, snap *a, int line) {
     for (size_t o = 0; o < SNAP_EVENTS; o++) {
       engram_status *x = &a->st[g][o], *y = &b.st[g][o];
       if (x->state != y->state || x->attempt != y->attempt || x->deadline_ns != y->deadline_ns)
-        fprintf(stderr, "line %d: group %s offset %zu changed: %s a%u -> %s a%u\n", line, a->groups[g].name, o + 1,
-                engram_state_name(x->state), x->attempt, engram_state_name(y->state), y->attempt);
+        fprintf(stderr, "line %d: group %s offset %zu changed: %s a%u -> %s a%u\n", line,
+                a->groups[g].name, o + 1, engram_state_name(x->state), x->attempt,
+                engram_state_name(y->state), y->attempt);
       assert_int_equal(x->state, y->state);
       assert_int_equal(x->attempt, y->attempt);
       assert_true(x->deadline_ns == y->deadline_ns);
@@ -233,14 +241,14 @@ static void snap_same(fx *f, snap *a, int line) {
 }
 
 /* The call fails with `want`, says why, and changes nothing. */
-#define REFUSED(f, call, want)          \
-  do {                                  \
-    snap s_;                            \
-    snap_take(f, &s_);                  \
-    int rc_ = (call);                   \
+#define REFUSED(f, call, want)               \
+  do {                                       \
+    snap s_;                                 \
+    snap_take(f, &s_);                       \
+    int rc_ = (call);                        \
     fails_at(f, rc_, want, #call, __LINE__); \
-    snap_same(f, &s_, __LINE__);        \
-    snap_free(&s_);                     \
+    snap_same(f, &s_, __LINE__);             \
+    snap_free(&s_);                          \
   } while (0)
 
 static const uint64_t backoff_10ms[] = {10};
@@ -254,8 +262,13 @@ static void a_group_is_created_described_listed_and_deleted(void **state) {
   add_n(f, 3);
   const char *filters[] = {"memory.*", "audit.login"};
   const uint64_t backoff[] = {100, 200, 300};
-  engram_group_config cfg = {.filters = filters, .n_filters = 2, .ack_wait_ms = 1234, .max_deliver = 7,
-                             .backoff_ms = backoff, .n_backoff = 3, .result_ttl_ms = 999,
+  engram_group_config cfg = {.filters = filters,
+                             .n_filters = 2,
+                             .ack_wait_ms = 1234,
+                             .max_deliver = 7,
+                             .backoff_ms = backoff,
+                             .n_backoff = 3,
+                             .result_ttl_ms = 999,
                              .flags = ENGRAM_GROUP_KEY_ORDERED};
   mkgroup(f, "indexer", &cfg);
   mkgroup(f, "audit", NULL);
@@ -356,11 +369,11 @@ static void a_deleted_and_recreated_group_starts_afresh(void **state) {
  * ============================================================================== */
 static void filters_select_by_exact_type_prefix_star_and_union(void **state) {
   fx *f = *state;
-  add(f, "memory.saved", NULL);      /* 1 */
-  add(f, "memory.updated", NULL);    /* 2 */
-  add(f, "memory", NULL);            /* 3: not under "memory.*" */
-  add(f, "memoryx.saved", NULL);     /* 4: not under "memory.*" */
-  add(f, "audit.login", NULL);       /* 5 */
+  add(f, "memory.saved", NULL);       /* 1 */
+  add(f, "memory.updated", NULL);     /* 2 */
+  add(f, "memory", NULL);             /* 3: not under "memory.*" */
+  add(f, "memoryx.saved", NULL);      /* 4: not under "memory.*" */
+  add(f, "audit.login", NULL);        /* 5 */
   add(f, "memory.saved.extra", NULL); /* 6: under "memory.*", not "memory.saved" */
   const char *exact[] = {"memory.saved"}, *prefix[] = {"memory.*"}, *star[] = {"*"},
              *several[] = {"audit.login", "memory.updated"};
@@ -405,10 +418,14 @@ static void a_group_starts_at_earliest_latest_an_offset_or_a_time(void **state) 
   mkgroup(f, "earliest", &(engram_group_config){.start = ENGRAM_START_EARLIEST});
   mkgroup(f, "latest", &(engram_group_config){.start = ENGRAM_START_LATEST});
   mkgroup(f, "offset", &(engram_group_config){.start = ENGRAM_START_OFFSET, .start_offset = 4});
-  mkgroup(f, "time", &(engram_group_config){.start = ENGRAM_START_TIME, .start_time_ns = T0 + 2 * SEC + 1});
-  mkgroup(f, "time-exact", &(engram_group_config){.start = ENGRAM_START_TIME, .start_time_ns = T0 + 2 * SEC});
-  mkgroup(f, "time-future", &(engram_group_config){.start = ENGRAM_START_TIME, .start_time_ns = T0 + 100 * SEC});
-  mkgroup(f, "head-plus-one", &(engram_group_config){.start = ENGRAM_START_OFFSET, .start_offset = 6});
+  mkgroup(f, "time",
+          &(engram_group_config){.start = ENGRAM_START_TIME, .start_time_ns = T0 + 2 * SEC + 1});
+  mkgroup(f, "time-exact",
+          &(engram_group_config){.start = ENGRAM_START_TIME, .start_time_ns = T0 + 2 * SEC});
+  mkgroup(f, "time-future",
+          &(engram_group_config){.start = ENGRAM_START_TIME, .start_time_ns = T0 + 100 * SEC});
+  mkgroup(f, "head-plus-one",
+          &(engram_group_config){.start = ENGRAM_START_OFFSET, .start_offset = 6});
   add(f, "memory.saved", NULL); /* 6 */
   GOT(f, "earliest", "c", 100, 1, 1, 2, 3, 4, 5, 6);
   GOT(f, "latest", "c", 100, 1, 6);
@@ -431,8 +448,8 @@ static void due_retries_and_expired_leases_come_before_new_events_in_due_order(v
   fx *f = *state;
   add_n(f, 6);
   mkgroup(f, "g", &(engram_group_config){.ack_wait_ms = 10000});
-  GOT(f, "g", "c1", 2, 1, 1, 2); /* lease [1,2] until T0+10s */
-  GOT(f, "g", "c2", 2, 1, 3, 4); /* lease [3,4] until T0+10s */
+  GOT(f, "g", "c1", 2, 1, 1, 2);                               /* lease [1,2] until T0+10s */
+  GOT(f, "g", "c2", 2, 1, 3, 4);                               /* lease [3,4] until T0+10s */
   OK(f, engram_nack(f->log, "memory", "g", 3, 1, 0, "again")); /* due now */
   advance(f, 10000);
   /* 3 is due since T0, the leases since T0+10s; new events 5 and 6 come last. */
@@ -444,7 +461,8 @@ static void due_retries_and_expired_leases_come_before_new_events_in_due_order(v
   assert_int_equal(st.attempt, 1);
 }
 
-static void a_small_fetch_takes_due_events_first_and_splits_a_lease_it_cannot_take_whole(void **state) {
+static void a_small_fetch_takes_due_events_first_and_splits_a_lease_it_cannot_take_whole(
+    void **state) {
   fx *f = *state;
   add_n(f, 5);
   mkgroup(f, "g", &(engram_group_config){.ack_wait_ms = 1000});
@@ -514,8 +532,13 @@ static void a_waiting_fetch_returns_when_an_event_arrives_or_its_wait_ends(void 
 static void fetched_events_carry_every_field_and_the_attempt(void **state) {
   fx *f = *state;
   engram_header h[] = {{"trace", "abc"}};
-  engram_event ev = {.type = "memory.saved", .key = "conv-1:D1:1", .payload = "{\"x\":1}", .payload_len = 7,
-                     .content_type = "application/json", .headers = h, .n_headers = 1};
+  engram_event ev = {.type = "memory.saved",
+                     .key = "conv-1:D1:1",
+                     .payload = "{\"x\":1}",
+                     .payload_len = 7,
+                     .content_type = "application/json",
+                     .headers = h,
+                     .n_headers = 1};
   uint64_t off;
   OK(f, engram_append(f->log, "memory", &ev, &off, NULL));
   mkgroup(f, "g", NULL);
@@ -569,7 +592,16 @@ static void ack_many_commits_the_good_items_and_reports_each_code(void **state) 
   mkgroup(f, "g", NULL);
   GOT(f, "g", "c", 3, 1, 1, 2, 3);
   OK(f, engram_ack(f->log, "memory", "g", 2, 1, NULL, 0));
-  engram_ack_item items[] = {{1, 1, "one", 3, }, {2, 1, NULL, 0}, {3, 2, NULL, 0}, {4, 1, NULL, 0}, {3, 1, NULL, 0},
+  engram_ack_item items[] = {{
+                                 1,
+                                 1,
+                                 "one",
+                                 3,
+                             },
+                             {2, 1, NULL, 0},
+                             {3, 2, NULL, 0},
+                             {4, 1, NULL, 0},
+                             {3, 1, NULL, 0},
                              {99, 1, NULL, 0}};
   int codes[6];
   FAILS(f, engram_ack_many(f->log, "memory", "g", items, 6, codes), ENGRAM_EALREADY);
@@ -708,7 +740,8 @@ static void a_nack_with_a_delay_is_redelivered_at_that_delay_and_not_before(void
   GOT(f, "g", "c2", 10, 3, 1);
 }
 
-static void a_nack_without_a_delay_follows_the_backoff_schedule_repeating_its_last_step(void **state) {
+static void a_nack_without_a_delay_follows_the_backoff_schedule_repeating_its_last_step(
+    void **state) {
   fx *f = *state;
   add_n(f, 1);
   const uint64_t backoff[] = {1000, 5000};
@@ -781,10 +814,12 @@ static void a_rejected_event_goes_to_the_dlq_with_its_reason(void **state) {
   GOT(f, "g", "c", 10, 2, 2); /* never 1 */
 }
 
-static void after_max_deliver_nacks_the_event_is_dead_with_attempts_last_error_and_times(void **state) {
+static void after_max_deliver_nacks_the_event_is_dead_with_attempts_last_error_and_times(
+    void **state) {
   fx *f = *state;
   add_n(f, 1);
-  mkgroup(f, "g", &(engram_group_config){.max_deliver = 3, .backoff_ms = backoff_10ms, .n_backoff = 1});
+  mkgroup(f, "g",
+          &(engram_group_config){.max_deliver = 3, .backoff_ms = backoff_10ms, .n_backoff = 1});
   char err[32];
   for (uint32_t a = 1; a <= 3; a++) {
     GOT(f, "g", "w", 1, a, 1);
@@ -1010,7 +1045,8 @@ static void cancelling_a_pending_event_finishes_it_without_delivery(void **state
   REFUSED(f, engram_cancel(f->log, "memory", "g", 0), ENGRAM_ENOTFOUND);
 }
 
-static void cancelling_ahead_of_the_cursor_skips_the_event_when_the_cursor_reaches_it(void **state) {
+static void cancelling_ahead_of_the_cursor_skips_the_event_when_the_cursor_reaches_it(
+    void **state) {
   fx *f = *state;
   add_n(f, 6);
   mkgroup(f, "g", NULL);
@@ -1109,7 +1145,9 @@ static void the_death_of_the_first_event_of_a_key_frees_the_key(void **state) {
   add(f, "memory.saved", "A");
   add(f, "memory.updated", "A");
   add(f, "memory.deleted", "A");
-  mkgroup(f, "g", &(engram_group_config){.flags = ENGRAM_GROUP_KEY_ORDERED, .max_deliver = 1, .ack_wait_ms = 1000});
+  mkgroup(f, "g",
+          &(engram_group_config){
+              .flags = ENGRAM_GROUP_KEY_ORDERED, .max_deliver = 1, .ack_wait_ms = 1000});
   GOT(f, "g", "c", 10, 1, 1);
   OK(f, engram_reject(f->log, "memory", "g", 1, 1, "x"));
   GOT(f, "g", "c", 10, 1, 2);
@@ -1135,9 +1173,9 @@ static void cancelling_an_event_waiting_behind_its_key_does_not_stall_the_key(vo
 
 static void an_event_waiting_behind_its_key_still_waits_for_its_deliver_at(void **state) {
   fx *f = *state;
-  add(f, "memory.saved", "A");                       /* 1 */
+  add(f, "memory.saved", "A");                               /* 1 */
   add_to(f, "memory", "memory.updated", "A", T0 + 60 * SEC); /* 2 */
-  add(f, "memory.deleted", "A");                     /* 3 */
+  add(f, "memory.deleted", "A");                             /* 3 */
   mkgroup(f, "g", &(engram_group_config){.flags = ENGRAM_GROUP_KEY_ORDERED});
   GOT(f, "g", "c", 10, 1, 1);
   OK(f, engram_ack(f->log, "memory", "g", 1, 1, NULL, 0));
@@ -1152,11 +1190,13 @@ static void an_event_waiting_behind_its_key_still_waits_for_its_deliver_at(void 
   GOT(f, "g", "c", 10, 1, 3);
 }
 
-static void a_long_queue_behind_one_key_is_handed_over_in_offset_order_across_reopens(void **state) {
+static void a_long_queue_behind_one_key_is_handed_over_in_offset_order_across_reopens(
+    void **state) {
   fx *f = *state;
   const uint64_t n = 300;
   /* Every event is of key "hot" but each 50th, of key "cold"; each 10th + 5 is cancelled. */
-  for (uint64_t o = 1; o <= n; o++) add(f, o % 3 ? "memory.updated" : "memory.saved", o % 50 ? "hot" : "cold");
+  for (uint64_t o = 1; o <= n; o++)
+    add(f, o % 3 ? "memory.updated" : "memory.saved", o % 50 ? "hot" : "cold");
   mkgroup(f, "g", &(engram_group_config){.flags = ENGRAM_GROUP_KEY_ORDERED});
   GOT(f, "g", "c", 100, 1, 1, 50);
   for (uint64_t o = 5; o <= n; o += 10) OK(f, engram_cancel(f->log, "memory", "g", o));
@@ -1220,7 +1260,7 @@ static void a_delayed_event_is_delivered_to_no_group_before_its_time(void **stat
   mkgroup(f, "a", NULL);
   mkgroup(f, "b", NULL);
   add_to(f, "memory", "memory.saved", NULL, T0 + 30 * SEC); /* 1 */
-  add(f, "memory.saved", NULL);                              /* 2 */
+  add(f, "memory.saved", NULL);                             /* 2 */
   add_to(f, "memory", "memory.saved", NULL, T0 - SEC);      /* 3: already due */
   GOT(f, "a", "c", 10, 1, 2, 3);
   engram_status st = status(f, "a", 1);
@@ -1255,11 +1295,11 @@ static void status_reports_every_state_with_its_details(void **state) {
   fx *f = *state;
   const char *filters[] = {"memory.*"};
   mkgroup(f, "g", &(engram_group_config){.filters = filters, .n_filters = 1, .ack_wait_ms = 10000});
-  add(f, "memory.saved", NULL);   /* 1: done with a result */
-  add(f, "audit.login", NULL);    /* 2: skipped */
-  add(f, "memory.saved", NULL);   /* 3: lease expired -> retrying */
-  add(f, "memory.saved", NULL);   /* 4: nacked -> retrying */
-  add(f, "memory.saved", NULL);   /* 5: rejected -> dead */
+  add(f, "memory.saved", NULL); /* 1: done with a result */
+  add(f, "audit.login", NULL);  /* 2: skipped */
+  add(f, "memory.saved", NULL); /* 3: lease expired -> retrying */
+  add(f, "memory.saved", NULL); /* 4: nacked -> retrying */
+  add(f, "memory.saved", NULL); /* 5: rejected -> dead */
   GOT(f, "g", "c1", 10, 1, 1, 3, 4, 5);
   OK(f, engram_ack(f->log, "memory", "g", 1, 1, "res", 3));
   OK(f, engram_nack(f->log, "memory", "g", 4, 1, 60000, "oops"));
@@ -1308,7 +1348,8 @@ static void status_reports_every_state_with_its_details(void **state) {
 /* =================================================================================
  * Counters.
  * ============================================================================== */
-static void counters_track_lag_in_flight_retrying_dead_acked_redelivered_and_the_oldest(void **state) {
+static void counters_track_lag_in_flight_retrying_dead_acked_redelivered_and_the_oldest(
+    void **state) {
   fx *f = *state;
   for (int i = 1; i <= 10; i++) {
     add(f, "memory.saved", NULL); /* offset i at T0 + (i-1) s */
@@ -1396,7 +1437,8 @@ static void reset_to_an_offset_or_a_time_replays_from_there(void **state) {
   REFUSED(f, engram_group_reset(f->log, "memory", "g", ENGRAM_START_OFFSET, 0, 0), ENGRAM_EINVAL);
   REFUSED(f, engram_group_reset(f->log, "memory", "g", ENGRAM_START_TIME, 0, -1), ENGRAM_EINVAL);
   REFUSED(f, engram_group_reset(f->log, "memory", "g", (engram_start)9, 0, 0), ENGRAM_EINVAL);
-  REFUSED(f, engram_group_reset(f->log, "memory", "nope", ENGRAM_START_EARLIEST, 0, 0), ENGRAM_ENOTFOUND);
+  REFUSED(f, engram_group_reset(f->log, "memory", "nope", ENGRAM_START_EARLIEST, 0, 0),
+          ENGRAM_ENOTFOUND);
 }
 
 static void a_reset_drops_leases_and_retries_and_restarts_attempts(void **state) {
@@ -1468,7 +1510,8 @@ static void a_transaction_commits_acks_and_appends_together(void **state) {
   engram_txn *t;
   OK(f, engram_txn_begin(f->log, &t));
   uint64_t o1 = 0, o2 = 0;
-  engram_event out = {.type = "summary.made", .payload = "s", .payload_len = 1, .idempotency_key = "from-1"};
+  engram_event out = {
+      .type = "summary.made", .payload = "s", .payload_len = 1, .idempotency_key = "from-1"};
   OK(f, engram_txn_ack(t, "memory", "g", 1, 1, "made 1", 6));
   OK(f, engram_txn_append(t, "summaries", &out, &o1));
   out.idempotency_key = "from-2";
@@ -1511,7 +1554,7 @@ static void a_failing_ack_aborts_the_appends_of_its_transaction(void **state) {
     engram_txn *t;
     OK(f, engram_txn_begin(f->log, &t));
     OK(f, engram_txn_append(t, "summaries", &out, NULL));
-    if (k == 0) OK(f, engram_txn_ack(t, "memory", "g", 1, 1, "r", 1)); /* the slow worker: stale */
+    if (k == 0) OK(f, engram_txn_ack(t, "memory", "g", 1, 1, "r", 1));  /* the slow worker: stale */
     if (k == 1) OK(f, engram_txn_ack(t, "memory", "g", 2, 1, NULL, 0)); /* already acked */
     if (k == 2) OK(f, engram_txn_ack(t, "memory", "nope", 1, 0, NULL, 0));
     OK(f, engram_txn_append(t, "summaries", &out, NULL));
@@ -1642,27 +1685,35 @@ static void unknown_topics_and_groups_are_refused_everywhere(void **state) {
 
 static void invalid_filter_patterns_are_refused(void **state) {
   fx *f = *state;
-  const char *bad[] = {"", "memory*", "*.saved", "memory.**", ".*", "memory..saved", "memory.", "me mory",
-                       "memory.*.x", "**"};
+  const char *bad[] = {"",        "memory*", "*.saved",    "memory.**", ".*", "memory..saved",
+                       "memory.", "me mory", "memory.*.x", "**"};
   for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
     const char *filters[] = {"memory.saved", bad[k]};
-    REFUSED(f, engram_group_create(f->log, "memory", "g", &(engram_group_config){.filters = filters, .n_filters = 2}),
+    REFUSED(f,
+            engram_group_create(f->log, "memory", "g",
+                                &(engram_group_config){.filters = filters, .n_filters = 2}),
             ENGRAM_EINVAL);
     assert_non_null(strstr(f->msg, "filter"));
   }
   const char *nul[] = {NULL};
-  REFUSED(f, engram_group_create(f->log, "memory", "g", &(engram_group_config){.filters = nul, .n_filters = 1}),
+  REFUSED(f,
+          engram_group_create(f->log, "memory", "g",
+                              &(engram_group_config){.filters = nul, .n_filters = 1}),
           ENGRAM_EINVAL);
-  REFUSED(f, engram_group_create(f->log, "memory", "g", &(engram_group_config){.filters = NULL, .n_filters = 1}),
+  REFUSED(f,
+          engram_group_create(f->log, "memory", "g",
+                              &(engram_group_config){.filters = NULL, .n_filters = 1}),
           ENGRAM_EINVAL);
   const char *many[ENGRAM_MAX_FILTERS + 1];
   for (int k = 0; k <= ENGRAM_MAX_FILTERS; k++) many[k] = "*";
   REFUSED(f,
-          engram_group_create(f->log, "memory", "g",
-                              &(engram_group_config){.filters = many, .n_filters = ENGRAM_MAX_FILTERS + 1}),
+          engram_group_create(
+              f->log, "memory", "g",
+              &(engram_group_config){.filters = many, .n_filters = ENGRAM_MAX_FILTERS + 1}),
           ENGRAM_EINVAL);
-  OK(f, engram_group_create(f->log, "memory", "g",
-                            &(engram_group_config){.filters = many, .n_filters = ENGRAM_MAX_FILTERS}));
+  OK(f,
+     engram_group_create(f->log, "memory", "g",
+                         &(engram_group_config){.filters = many, .n_filters = ENGRAM_MAX_FILTERS}));
 }
 
 static void acking_an_offset_never_leased_is_refused(void **state) {
@@ -1693,17 +1744,24 @@ static void delays_over_thirty_days_and_negative_times_are_refused(void **state)
   REFUSED(f, engram_extend(f->log, "memory", "g", 1, 1, UINT64_MAX), ENGRAM_EINVAL);
   engram_batch *b = NULL;
   REFUSED(f, engram_fetch(f->log, "memory", "g", "c", 1, 3600001, &b), ENGRAM_EINVAL);
-  REFUSED(f, engram_group_create(f->log, "memory", "x", &(engram_group_config){.ack_wait_ms = 30 * day + 1}),
+  REFUSED(f,
+          engram_group_create(f->log, "memory", "x",
+                              &(engram_group_config){.ack_wait_ms = 30 * day + 1}),
           ENGRAM_EINVAL);
   const uint64_t bad_backoff[] = {1000, 30 * day + 1};
-  REFUSED(f, engram_group_create(f->log, "memory", "x", &(engram_group_config){.backoff_ms = bad_backoff, .n_backoff = 2}),
-          ENGRAM_EINVAL);
-  REFUSED(f, engram_group_create(f->log, "memory", "x", &(engram_group_config){.result_ttl_ms = 366 * day}),
+  REFUSED(f,
+          engram_group_create(f->log, "memory", "x",
+                              &(engram_group_config){.backoff_ms = bad_backoff, .n_backoff = 2}),
           ENGRAM_EINVAL);
   REFUSED(f,
           engram_group_create(f->log, "memory", "x",
-                              &(engram_group_config){.start = ENGRAM_START_TIME, .start_time_ns = -1}),
+                              &(engram_group_config){.result_ttl_ms = 366 * day}),
           ENGRAM_EINVAL);
+  REFUSED(
+      f,
+      engram_group_create(f->log, "memory", "x",
+                          &(engram_group_config){.start = ENGRAM_START_TIME, .start_time_ns = -1}),
+      ENGRAM_EINVAL);
   engram_event ev = {.type = "memory.saved", .deliver_at_ns = -1};
   uint64_t off;
   REFUSED(f, engram_append(f->log, "memory", &ev, &off, NULL), ENGRAM_EINVAL);
@@ -1716,27 +1774,36 @@ static void delays_over_thirty_days_and_negative_times_are_refused(void **state)
 static void config_limits_are_refused(void **state) {
   fx *f = *state;
   add_n(f, 1);
-  REFUSED(f, engram_group_create(f->log, "memory", "x", &(engram_group_config){.max_deliver = 1000001}),
-          ENGRAM_EINVAL);
+  REFUSED(
+      f, engram_group_create(f->log, "memory", "x", &(engram_group_config){.max_deliver = 1000001}),
+      ENGRAM_EINVAL);
   assert_non_null(strstr(f->msg, "max_deliver"));
   uint64_t steps[ENGRAM_MAX_BACKOFF + 1] = {0};
   REFUSED(f,
-          engram_group_create(f->log, "memory", "x",
-                              &(engram_group_config){.backoff_ms = steps, .n_backoff = ENGRAM_MAX_BACKOFF + 1}),
-          ENGRAM_EINVAL);
-  REFUSED(f, engram_group_create(f->log, "memory", "x", &(engram_group_config){.backoff_ms = NULL, .n_backoff = 1}),
-          ENGRAM_EINVAL);
-  REFUSED(f, engram_group_create(f->log, "memory", "x", &(engram_group_config){.flags = 0x2}), ENGRAM_EINVAL);
-  REFUSED(f, engram_group_create(f->log, "memory", "x", &(engram_group_config){.start = (engram_start)4}),
+          engram_group_create(
+              f->log, "memory", "x",
+              &(engram_group_config){.backoff_ms = steps, .n_backoff = ENGRAM_MAX_BACKOFF + 1}),
           ENGRAM_EINVAL);
   REFUSED(f,
           engram_group_create(f->log, "memory", "x",
-                              &(engram_group_config){.start = ENGRAM_START_OFFSET, .start_offset = 0}),
+                              &(engram_group_config){.backoff_ms = NULL, .n_backoff = 1}),
           ENGRAM_EINVAL);
-  REFUSED(f,
-          engram_group_create(f->log, "memory", "x",
-                              &(engram_group_config){.start = ENGRAM_START_OFFSET, .start_offset = 3}),
+  REFUSED(f, engram_group_create(f->log, "memory", "x", &(engram_group_config){.flags = 0x2}),
           ENGRAM_EINVAL);
+  REFUSED(
+      f,
+      engram_group_create(f->log, "memory", "x", &(engram_group_config){.start = (engram_start)4}),
+      ENGRAM_EINVAL);
+  REFUSED(
+      f,
+      engram_group_create(f->log, "memory", "x",
+                          &(engram_group_config){.start = ENGRAM_START_OFFSET, .start_offset = 0}),
+      ENGRAM_EINVAL);
+  REFUSED(
+      f,
+      engram_group_create(f->log, "memory", "x",
+                          &(engram_group_config){.start = ENGRAM_START_OFFSET, .start_offset = 3}),
+      ENGRAM_EINVAL);
   assert_string_equal(f->msg, "create group memory/x: start offset 3 beyond head 1 + 1");
   OK(f, engram_group_create(f->log, "memory", "x", &(engram_group_config){.max_deliver = 1000000}));
 }

@@ -39,16 +39,16 @@ enum { M_NEW, M_LEASED, M_WAITING, M_DONE, M_DEAD, M_BLOCKED };
 
 typedef struct mev {
   int state;
-  int filtered;    /* type outside the group's filter: never delivered */
-  int skip;        /* M_NEW: cancelled ahead of the cursor */
+  int filtered; /* type outside the group's filter: never delivered */
+  int skip;     /* M_NEW: cancelled ahead of the cursor */
   uint32_t attempt;
-  int64_t due;     /* M_LEASED: lease deadline; M_WAITING: when due */
-  int lid;         /* the lease it belongs to (M_LEASED, M_WAITING) */
-  int consumer;    /* last holder */
-  int64_t ts;      /* append time */
-  int acks;        /* successful acks: never more than one */
-  int key;         /* 0 = none */
-  int keyless;     /* redriven: delivered without its key's order */
+  int64_t due;  /* M_LEASED: lease deadline; M_WAITING: when due */
+  int lid;      /* the lease it belongs to (M_LEASED, M_WAITING) */
+  int consumer; /* last holder */
+  int64_t ts;   /* append time */
+  int acks;     /* successful acks: never more than one */
+  int key;      /* 0 = none */
+  int keyless;  /* redriven: delivered without its key's order */
 } mev;
 
 typedef struct model {
@@ -60,7 +60,7 @@ typedef struct model {
   uint32_t max_deliver;
   uint64_t backoff[3];
   size_t n_backoff;
-  int keyed;                 /* the group is key-ordered */
+  int keyed;                  /* the group is key-ordered */
   uint64_t holder[NKEYS + 1]; /* key-ordered: the event that owns each key, 0 = free */
 } model;
 
@@ -74,7 +74,7 @@ static struct {
 } env;
 
 typedef struct run {
-  engram *log;  /* env.log */
+  engram *log; /* env.log */
   char topic[32];
   model m;
   uint64_t rng;
@@ -141,15 +141,19 @@ static void do_append(run *r) {
   for (size_t i = 0; i < n; i++) {
     int filtered = rnd(r, 10) == 0;
     keys[i] = r->m.keyed ? (int)rnd(r, NKEYS + 1) : 0;
-    evs[i] = (engram_event){.type = filtered ? "audit.login" : "memory.saved", .key = key_name[keys[i]],
-                            .payload = "{}", .payload_len = 2};
+    evs[i] = (engram_event){.type = filtered ? "audit.login" : "memory.saved",
+                            .key = key_name[keys[i]],
+                            .payload = "{}",
+                            .payload_len = 2};
   }
   int rc = engram_append_batch(r->log, r->topic, evs, n, offs, NULL);
   CHECK(r, rc == 0, "append: %s", engram_errname(rc));
   for (size_t i = 0; i < n; i++) {
     uint64_t o = ++r->m.head;
-    CHECK(r, offs[i] == o, "append offset %llu, model %llu", (unsigned long long)offs[i], (unsigned long long)o);
-    *E(r, o) = (mev){.state = M_NEW, .filtered = evs[i].type[0] == 'a', .ts = now(r), .key = keys[i]};
+    CHECK(r, offs[i] == o, "append offset %llu, model %llu", (unsigned long long)offs[i],
+          (unsigned long long)o);
+    *E(r, o) =
+        (mev){.state = M_NEW, .filtered = evs[i].type[0] == 'a', .ts = now(r), .key = keys[i]};
   }
 }
 
@@ -183,14 +187,16 @@ static void check_keys(run *r) {
       const mev *e = E(r, o);
       if (e->key != k || e->keyless || e->filtered) continue;
       if (e->state == M_LEASED || e->state == M_WAITING) {
-        CHECK(r, !active, "key %d: offsets %llu and %llu both active", k, (unsigned long long)active,
-              (unsigned long long)o);
+        CHECK(r, !active, "key %d: offsets %llu and %llu both active", k,
+              (unsigned long long)active, (unsigned long long)o);
         active = o;
       }
-      if (e->state == M_BLOCKED) CHECK(r, m->holder[k] && m->holder[k] < o, "key %d: %llu blocked without an owner below it", k, (unsigned long long)o);
+      if (e->state == M_BLOCKED)
+        CHECK(r, m->holder[k] && m->holder[k] < o, "key %d: %llu blocked without an owner below it",
+              k, (unsigned long long)o);
     }
-    CHECK(r, active == m->holder[k], "key %d: owner %llu, active %llu", k, (unsigned long long)m->holder[k],
-          (unsigned long long)active);
+    CHECK(r, active == m->holder[k], "key %d: owner %llu, active %llu", k,
+          (unsigned long long)m->holder[k], (unsigned long long)active);
   }
 }
 
@@ -216,8 +222,8 @@ static void do_fetch(run *r, int consumer, size_t max) {
   int rc = engram_fetch(r->log, r->topic, "g", cons_name[consumer], max, 0, &b);
   CHECK(r, rc == 0, "fetch: %s", engram_errname(rc));
   size_t want = n_due + n_new_avail < max ? n_due + n_new_avail : max;
-  CHECK(r, b->count == want, "fetch max %zu got %zu events, model says %zu (%zu due, %zu new)", max, b->count, want,
-        n_due, n_new_avail);
+  CHECK(r, b->count == want, "fetch max %zu got %zu events, model says %zu (%zu due, %zu new)", max,
+        b->count, want, n_due, n_new_avail);
 
   /* What was delivered, and from where. */
   static int seen[MAXEV + 2];
@@ -234,7 +240,8 @@ static void do_fetch(run *r, int consumer, size_t max) {
     seen[o] = 1;
     const mev *e = &before[o];
     if (e->state == M_NEW) {
-      CHECK(r, !e->filtered && !e->skip, "offset %llu delivered though filtered or cancelled", (unsigned long long)o);
+      CHECK(r, !e->filtered && !e->skip, "offset %llu delivered though filtered or cancelled",
+            (unsigned long long)o);
       CHECK(r, b->events[i].attempt == 1, "new offset %llu with attempt %u", (unsigned long long)o,
             b->events[i].attempt);
       CHECK(r, !in_new || o > prev_off, "new events out of order at %llu", (unsigned long long)o);
@@ -243,14 +250,17 @@ static void do_fetch(run *r, int consumer, size_t max) {
       continue;
     }
     CHECK(r, !in_new, "due offset %llu after new events", (unsigned long long)o);
-    CHECK(r, is_due(r, e) && !dies_on_expiry(r, e), "offset %llu not deliverable (state %d attempt %u due %+lld ms)",
-          (unsigned long long)o, e->state, e->attempt, (long long)((e->due - now(r)) / MS));
-    CHECK(r, b->events[i].attempt == e->attempt + 1, "offset %llu attempt %u, model %u", (unsigned long long)o,
-          b->events[i].attempt, e->attempt + 1);
-    CHECK(r, e->due >= max_due, "offset %llu due before an earlier delivered one", (unsigned long long)o);
+    CHECK(r, is_due(r, e) && !dies_on_expiry(r, e),
+          "offset %llu not deliverable (state %d attempt %u due %+lld ms)", (unsigned long long)o,
+          e->state, e->attempt, (long long)((e->due - now(r)) / MS));
+    CHECK(r, b->events[i].attempt == e->attempt + 1, "offset %llu attempt %u, model %u",
+          (unsigned long long)o, b->events[i].attempt, e->attempt + 1);
+    CHECK(r, e->due >= max_due, "offset %llu due before an earlier delivered one",
+          (unsigned long long)o);
     max_due = e->due;
     if (e->lid != prev_lid) {
-      CHECK(r, !lid_done[e->lid], "lease of offset %llu delivered in two pieces", (unsigned long long)o);
+      CHECK(r, !lid_done[e->lid], "lease of offset %llu delivered in two pieces",
+            (unsigned long long)o);
       if (prev_lid >= 0) lid_done[prev_lid] = 1;
       prev_off = 0;
     }
@@ -265,11 +275,14 @@ static void do_fetch(run *r, int consumer, size_t max) {
   for (uint64_t o = 1; o <= m->head; o++) {
     const mev *e = &before[o];
     if (seen[o] || !is_due(r, e) || dies_on_expiry(r, e)) continue;
-    CHECK(r, got_due == max, "due offset %llu left behind by a fetch that did not fill up", (unsigned long long)o);
-    CHECK(r, e->due >= max_due, "due offset %llu left behind for a later one", (unsigned long long)o);
+    CHECK(r, got_due == max, "due offset %llu left behind by a fetch that did not fill up",
+          (unsigned long long)o);
+    CHECK(r, e->due >= max_due, "due offset %llu left behind for a later one",
+          (unsigned long long)o);
     for (uint64_t p = o + 1; p <= m->head; p++)
       CHECK(r, !(seen[p] && before[p].state != M_NEW && before[p].lid == e->lid),
-            "lease split keeps %llu but delivers later %llu", (unsigned long long)o, (unsigned long long)p);
+            "lease split keeps %llu but delivers later %llu", (unsigned long long)o,
+            (unsigned long long)p);
     for (uint64_t p = 1; p < o; p++)
       if (seen[p] && before[p].state != M_NEW && before[p].lid == e->lid) {
         CHECK(r, partial_lid < 0 || partial_lid == e->lid, "two leases split by one fetch");
@@ -312,20 +325,23 @@ static void do_fetch(run *r, int consumer, size_t max) {
     rc = engram_status_get(r->log, r->topic, "g", o, &st);
     CHECK(r, rc == 0, "status: %s", engram_errname(rc));
     int dead = st.state == ENGRAM_STATE_DEAD;
-    CHECK(r, dead || st.state == ENGRAM_STATE_RETRYING, "expired last lease of %llu is %s", (unsigned long long)o,
-          engram_state_name(st.state));
+    CHECK(r, dead || st.state == ENGRAM_STATE_RETRYING, "expired last lease of %llu is %s",
+          (unsigned long long)o, engram_state_name(st.state));
     if (!dead) {
       CHECK(r, got_due == max, "expired last lease of %llu survived a fetch that did not fill up",
             (unsigned long long)o);
-      CHECK(r, e->due >= max_due, "expired last lease of %llu skipped for a later due one", (unsigned long long)o);
+      CHECK(r, e->due >= max_due, "expired last lease of %llu skipped for a later due one",
+            (unsigned long long)o);
     }
     int fate = dead ? 1 : 2;
     CHECK(r, !lid_fate[e->lid] || lid_fate[e->lid] == fate, "a lease's events died apart");
     lid_fate[e->lid] = fate;
     if (dead) E(r, o)->state = M_DEAD;
     if (dead) release(r, o);
-    if (dead) cov.died_on_expiry++;
-    else cov.survived_expiry++;
+    if (dead)
+      cov.died_on_expiry++;
+    else
+      cov.survived_expiry++;
   }
   if (partial_lid >= 0) cov.split_fetch++;
   cov.due_delivered += got_due;
@@ -352,7 +368,8 @@ static void do_fetch(run *r, int consumer, size_t max) {
   }
   if (tail_of >= 0)
     for (uint64_t o = 1; o <= m->head; o++)
-      if (!seen[o] && before[o].lid == tail_of && (before[o].state == M_LEASED || before[o].state == M_WAITING))
+      if (!seen[o] && before[o].lid == tail_of &&
+          (before[o].state == M_LEASED || before[o].state == M_WAITING))
         E(r, o)->lid = tail_lid;
   engram_batch_free(b);
   free(lid_done);
@@ -365,9 +382,12 @@ static int settle_code(run *r, uint64_t o, uint32_t quoted) {
   const mev *e = E(r, o);
   if (e->filtered) return ENGRAM_ENOTLEASED;
   switch (e->state) {
-    case M_NEW: return ENGRAM_ENOTLEASED;
-    case M_DONE: return ENGRAM_EALREADY;
-    case M_DEAD: return ENGRAM_EDEAD;
+    case M_NEW:
+      return ENGRAM_ENOTLEASED;
+    case M_DONE:
+      return ENGRAM_EALREADY;
+    case M_DEAD:
+      return ENGRAM_EDEAD;
   }
   if (quoted && quoted < e->attempt) return ENGRAM_ESTALE;
   if (e->state == M_WAITING || e->state == M_BLOCKED) return ENGRAM_ENOTLEASED;
@@ -394,30 +414,49 @@ static uint64_t pick_offset(run *r) {
 static uint32_t pick_attempt(run *r, uint64_t o) {
   uint32_t a = o >= 1 && o <= r->m.head ? E(r, o)->attempt : 1;
   switch (rnd(r, 10)) {
-    case 0: return 0;
+    case 0:
+      return 0;
     case 1:
-    case 2: return a > 1 ? 1 + (uint32_t)rnd(r, a - 1) : a;
-    case 3: return a + 1;
-    default: return a;
+    case 2:
+      return a > 1 ? 1 + (uint32_t)rnd(r, a - 1) : a;
+    case 3:
+      return a + 1;
+    default:
+      return a;
   }
 }
 
 static void count_code(int rc) {
   switch (rc) {
-    case 0: cov.settled++; break;
-    case ENGRAM_ESTALE: cov.stale++; break;
-    case ENGRAM_EALREADY: cov.already++; break;
-    case ENGRAM_EDEAD: cov.dead_code++; break;
-    case ENGRAM_ENOTLEASED: cov.notleased++; break;
-    case ENGRAM_EINVAL: cov.never_issued++; break;
-    case ENGRAM_EBUSY: cov.busy++; break;
+    case 0:
+      cov.settled++;
+      break;
+    case ENGRAM_ESTALE:
+      cov.stale++;
+      break;
+    case ENGRAM_EALREADY:
+      cov.already++;
+      break;
+    case ENGRAM_EDEAD:
+      cov.dead_code++;
+      break;
+    case ENGRAM_ENOTLEASED:
+      cov.notleased++;
+      break;
+    case ENGRAM_EINVAL:
+      cov.never_issued++;
+      break;
+    case ENGRAM_EBUSY:
+      cov.busy++;
+      break;
   }
 }
 
 static void expect_code(run *r, int rc, int want, uint64_t o, uint32_t quoted) {
   count_code(rc);
   const mev *e = o >= 1 && o <= r->m.head ? E(r, o) : NULL;
-  CHECK(r, rc == want, "offset %llu quoting attempt %u: got %s, model says %s (state %d attempt %u)",
+  CHECK(r, rc == want,
+        "offset %llu quoting attempt %u: got %s, model says %s (state %d attempt %u)",
         (unsigned long long)o, quoted, engram_errname(rc), engram_errname(want), e ? e->state : -1,
         e ? e->attempt : 0);
 }
@@ -427,8 +466,11 @@ static void ack_applied(run *r, uint64_t o) {
   if (r->m.keyed && e->key && !e->keyless)
     for (uint64_t p = 1; p < o; p++) {
       const mev *x = E(r, p);
-      CHECK(r, x->key != e->key || x->keyless || x->filtered || x->state == M_DONE || x->state == M_DEAD,
-            "offset %llu of key %d finished before %llu", (unsigned long long)o, e->key, (unsigned long long)p);
+      CHECK(
+          r,
+          x->key != e->key || x->keyless || x->filtered || x->state == M_DONE || x->state == M_DEAD,
+          "offset %llu of key %d finished before %llu", (unsigned long long)o, e->key,
+          (unsigned long long)p);
     }
   e->state = M_DONE;
   e->acks++;
@@ -442,7 +484,8 @@ static void do_ack(run *r) {
   uint32_t a = pick_attempt(r, o);
   int want = settle_code(r, o, a);
   int with_result = rnd(r, 4) == 0;
-  int rc = engram_ack(r->log, r->topic, "g", o, a, with_result ? "result" : NULL, with_result ? 6 : 0);
+  int rc =
+      engram_ack(r->log, r->topic, "g", o, a, with_result ? "result" : NULL, with_result ? 6 : 0);
   expect_code(r, rc, want, o, a);
   if (rc == 0) ack_applied(r, o);
 }
@@ -465,8 +508,10 @@ static void do_ack_many(run *r) {
     }
   }
   int rc = engram_ack_many(r->log, r->topic, "g", items, n, codes);
-  CHECK(r, rc == first, "ack_many returned %s, model says %s", engram_errname(rc), engram_errname(first));
-  for (size_t i = 0; i < n; i++) expect_code(r, codes[i], want[i], items[i].offset, items[i].attempt);
+  CHECK(r, rc == first, "ack_many returned %s, model says %s", engram_errname(rc),
+        engram_errname(first));
+  for (size_t i = 0; i < n; i++)
+    expect_code(r, codes[i], want[i], items[i].offset, items[i].attempt);
 }
 
 static void do_nack(run *r) {
@@ -539,8 +584,8 @@ static void do_cancel(run *r) {
   }
   int rc = engram_cancel(r->log, r->topic, "g", o);
   count_code(rc);
-  CHECK(r, rc == want, "cancel %llu: got %s, model says %s", (unsigned long long)o, engram_errname(rc),
-        engram_errname(want));
+  CHECK(r, rc == want, "cancel %llu: got %s, model says %s", (unsigned long long)o,
+        engram_errname(rc), engram_errname(want));
   if (rc) return;
   if (e->state == M_NEW || e->filtered) {
     e->skip = 1;
@@ -559,8 +604,15 @@ static void do_redrive(run *r) {
     mev *e = E(r, o);
     if (e->state != M_DEAD) continue;
     dead++;
-    *e = (mev){.state = M_WAITING, .attempt = 0, .due = now(r), .lid = ++r->m.lids, .ts = e->ts,
-               .consumer = e->consumer, .acks = e->acks, .key = e->key, .keyless = 1};
+    *e = (mev){.state = M_WAITING,
+               .attempt = 0,
+               .due = now(r),
+               .lid = ++r->m.lids,
+               .ts = e->ts,
+               .consumer = e->consumer,
+               .acks = e->acks,
+               .key = e->key,
+               .keyless = 1};
   }
   CHECK(r, count == dead, "redrove %zu, model had %zu dead", count, dead);
   cov.redriven += count;
@@ -569,10 +621,18 @@ static void do_redrive(run *r) {
 static void do_advance(run *r) {
   int64_t ms;
   switch (rnd(r, 4)) {
-    case 0: ms = (int64_t)rnd(r, 50); break;
-    case 1: ms = (int64_t)rnd(r, 1000); break;
-    case 2: ms = (int64_t)r->m.ack_wait; break;
-    default: ms = (int64_t)rnd(r, 6000); break;
+    case 0:
+      ms = (int64_t)rnd(r, 50);
+      break;
+    case 1:
+      ms = (int64_t)rnd(r, 1000);
+      break;
+    case 2:
+      ms = (int64_t)r->m.ack_wait;
+      break;
+    default:
+      ms = (int64_t)rnd(r, 6000);
+      break;
   }
   tu_clock_advance_ms(&env.clock, ms);
 }
@@ -603,11 +663,11 @@ static void check_status(run *r, uint64_t o) {
   CHECK(r, st.state == want, "status of %llu is %s, model says %s", (unsigned long long)o,
         engram_state_name(st.state), engram_state_name(want));
   if (e->state == M_LEASED || e->state == M_WAITING || e->state == M_DEAD || e->state == M_BLOCKED)
-    CHECK(r, st.attempt == e->attempt, "status of %llu: attempt %u, model %u", (unsigned long long)o, st.attempt,
-          e->attempt);
+    CHECK(r, st.attempt == e->attempt, "status of %llu: attempt %u, model %u",
+          (unsigned long long)o, st.attempt, e->attempt);
   if (e->state == M_LEASED || e->state == M_WAITING)
-    CHECK(r, st.deadline_ns == e->due, "status of %llu: deadline off by %lld ms", (unsigned long long)o,
-          (long long)((st.deadline_ns - e->due) / MS));
+    CHECK(r, st.deadline_ns == e->due, "status of %llu: deadline off by %lld ms",
+          (unsigned long long)o, (long long)((st.deadline_ns - e->due) / MS));
   if (e->state == M_LEASED)
     CHECK(r, !strcmp(st.consumer, cons_name[e->consumer]), "status of %llu: held by %s, model %s",
           (unsigned long long)o, st.consumer, cons_name[e->consumer]);
@@ -625,21 +685,26 @@ static void check_counters(run *r) {
     if (e->state == M_LEASED) in_flight++;
     if (e->state == M_WAITING) retrying++;
     if (e->state == M_DEAD) dead++;
-    if ((e->state == M_LEASED || e->state == M_WAITING || e->state == M_BLOCKED) && o < lowest) lowest = o;
+    if ((e->state == M_LEASED || e->state == M_WAITING || e->state == M_BLOCKED) && o < lowest)
+      lowest = o;
   }
   uint64_t floor = lowest - 1 > m->head ? m->head : lowest - 1;
   CHECK(r, i.in_flight == in_flight, "in_flight %llu, model %llu", (unsigned long long)i.in_flight,
         (unsigned long long)in_flight);
   CHECK(r, i.retrying == retrying, "retrying %llu, model %llu", (unsigned long long)i.retrying,
         (unsigned long long)retrying);
-  CHECK(r, i.dead == dead, "dead %llu, model %llu", (unsigned long long)i.dead, (unsigned long long)dead);
-  CHECK(r, i.acked == m->acked, "acked %llu, model %llu", (unsigned long long)i.acked, (unsigned long long)m->acked);
-  CHECK(r, i.delivered == m->delivered, "delivered %llu, model %llu", (unsigned long long)i.delivered,
-        (unsigned long long)m->delivered);
-  CHECK(r, i.redelivered == m->redelivered, "redelivered %llu, model %llu", (unsigned long long)i.redelivered,
-        (unsigned long long)m->redelivered);
-  CHECK(r, i.next == m->next, "next %llu, model %llu", (unsigned long long)i.next, (unsigned long long)m->next);
-  CHECK(r, i.floor == floor, "floor %llu, model %llu", (unsigned long long)i.floor, (unsigned long long)floor);
+  CHECK(r, i.dead == dead, "dead %llu, model %llu", (unsigned long long)i.dead,
+        (unsigned long long)dead);
+  CHECK(r, i.acked == m->acked, "acked %llu, model %llu", (unsigned long long)i.acked,
+        (unsigned long long)m->acked);
+  CHECK(r, i.delivered == m->delivered, "delivered %llu, model %llu",
+        (unsigned long long)i.delivered, (unsigned long long)m->delivered);
+  CHECK(r, i.redelivered == m->redelivered, "redelivered %llu, model %llu",
+        (unsigned long long)i.redelivered, (unsigned long long)m->redelivered);
+  CHECK(r, i.next == m->next, "next %llu, model %llu", (unsigned long long)i.next,
+        (unsigned long long)m->next);
+  CHECK(r, i.floor == floor, "floor %llu, model %llu", (unsigned long long)i.floor,
+        (unsigned long long)floor);
   CHECK(r, i.lag == m->head - floor, "lag %llu, model %llu", (unsigned long long)i.lag,
         (unsigned long long)(m->head - floor));
   int64_t oldest = m->head > floor ? E(r, floor + 1)->ts : 0;
@@ -654,9 +719,10 @@ static void check_dlq(run *r) {
   CHECK(r, rc == 0, "dlq list: %s", engram_errname(rc));
   for (uint64_t o = 1; o <= r->m.head; o++) {
     if (E(r, o)->state != M_DEAD) continue;
-    CHECK(r, k < n && e[k].offset == o, "dead offset %llu not listed in the DLQ", (unsigned long long)o);
-    CHECK(r, e[k].attempts == E(r, o)->attempt, "DLQ attempts of %llu: %u, model %u", (unsigned long long)o,
-          e[k].attempts, E(r, o)->attempt);
+    CHECK(r, k < n && e[k].offset == o, "dead offset %llu not listed in the DLQ",
+          (unsigned long long)o);
+    CHECK(r, e[k].attempts == E(r, o)->attempt, "DLQ attempts of %llu: %u, model %u",
+          (unsigned long long)o, e[k].attempts, E(r, o)->attempt);
     k++;
   }
   CHECK(r, k == n, "DLQ holds %zu entries, model %zu", n, k);
@@ -689,8 +755,12 @@ static void run_sequence(unsigned seq, int keyed) {
   for (size_t i = 0; i < m->n_backoff; i++) m->backoff[i] = steps[rnd(r, 4)];
   m->next = 1;
   const char *filters[] = {"memory.*"};
-  engram_group_config cfg = {.filters = filters, .n_filters = 1, .ack_wait_ms = m->ack_wait,
-                             .max_deliver = m->max_deliver, .backoff_ms = m->backoff, .n_backoff = m->n_backoff,
+  engram_group_config cfg = {.filters = filters,
+                             .n_filters = 1,
+                             .ack_wait_ms = m->ack_wait,
+                             .max_deliver = m->max_deliver,
+                             .backoff_ms = m->backoff,
+                             .n_backoff = m->n_backoff,
                              .flags = keyed ? ENGRAM_GROUP_KEY_ORDERED : 0};
   rc = engram_group_create(r->log, r->topic, "g", &cfg);
   CHECK(r, rc == 0, "group: %s", engram_errname(rc));
@@ -745,7 +815,8 @@ static void run_sequence(unsigned seq, int keyed) {
     int open = 0;
     for (uint64_t o = 1; o <= m->head; o++) {
       const mev *e = E(r, o);
-      if (e->state == M_LEASED || e->state == M_WAITING || e->state == M_BLOCKED || (e->state == M_NEW && !e->filtered))
+      if (e->state == M_LEASED || e->state == M_WAITING || e->state == M_BLOCKED ||
+          (e->state == M_NEW && !e->filtered))
         open = 1;
     }
     if (!open) break;
@@ -780,15 +851,16 @@ static void run_sequence(unsigned seq, int keyed) {
   }
   for (uint64_t o = 1; o <= m->head; o++) {
     const mev *e = E(r, o);
-    CHECK(r, e->filtered || e->state == M_DONE || e->state == M_DEAD, "offset %llu unfinished after the drain (%d)",
-          (unsigned long long)o, e->state);
+    CHECK(r, e->filtered || e->state == M_DONE || e->state == M_DEAD,
+          "offset %llu unfinished after the drain (%d)", (unsigned long long)o, e->state);
     check_status(r, o);
   }
   check_counters(r);
   check_dlq(r);
   engram_group_info i;
   rc = engram_group_info_get(r->log, r->topic, "g", &i);
-  CHECK(r, rc == 0 && i.lag == 0 && i.in_flight == 0 && i.retrying == 0, "drained group still has work");
+  CHECK(r, rc == 0 && i.lag == 0 && i.in_flight == 0 && i.retrying == 0,
+        "drained group still has work");
   rc = engram_topic_drop(r->log, r->topic);
   CHECK(r, rc == 0, "topic drop: %s", engram_errname(rc));
   rc = engram_group_info_get(r->log, r->topic, "g", &i);
@@ -800,7 +872,8 @@ static void env_init(void) {
   env.dir = tu_tmpdir("model");
   env.logdir = tu_join(env.dir, "log");
   tu_clock_init(&env.clock, T0);
-  env.opts = (engram_options){.durability = ENGRAM_DURABILITY_ASYNC, .clock_ns = tu_clock_ns, .clock_ctx = &env.clock};
+  env.opts = (engram_options){
+      .durability = ENGRAM_DURABILITY_ASYNC, .clock_ns = tu_clock_ns, .clock_ctx = &env.clock};
   env.log = tu_open(env.logdir, &env.opts);
 }
 
@@ -826,15 +899,18 @@ static void run_all(int keyed, unsigned n) {
   for (unsigned s = 0; s < n; s++) run_sequence(s, keyed);
   env_done();
   fprintf(stderr, "%u sequences in %lld ms\n", n, (long long)(tu_mono_ms() - start));
-  fprintf(stderr,
-          "settled %lu, stale %lu, already %lu, dead %lu, not leased %lu, never issued %lu, busy %lu;\n"
-          "due events delivered %lu, fetches that split a lease %lu, expired last leases %lu dead / %lu "
-          "left for later, redriven %lu, reopens %lu, blocked by a key %lu, keys handed over %lu\n",
-          cov.settled, cov.stale, cov.already, cov.dead_code, cov.notleased, cov.never_issued, cov.busy,
-          cov.due_delivered, cov.split_fetch, cov.died_on_expiry, cov.survived_expiry, cov.redriven, cov.reopen,
-          cov.blocked, cov.handed_over);
+  fprintf(
+      stderr,
+      "settled %lu, stale %lu, already %lu, dead %lu, not leased %lu, never issued %lu, busy %lu;\n"
+      "due events delivered %lu, fetches that split a lease %lu, expired last leases %lu dead / "
+      "%lu "
+      "left for later, redriven %lu, reopens %lu, blocked by a key %lu, keys handed over %lu\n",
+      cov.settled, cov.stale, cov.already, cov.dead_code, cov.notleased, cov.never_issued, cov.busy,
+      cov.due_delivered, cov.split_fetch, cov.died_on_expiry, cov.survived_expiry, cov.redriven,
+      cov.reopen, cov.blocked, cov.handed_over);
   /* Each case must have come up, or the sequences no longer test it. */
-  assert_true(cov.stale && cov.already && cov.dead_code && cov.notleased && cov.never_issued && cov.busy);
+  assert_true(cov.stale && cov.already && cov.dead_code && cov.notleased && cov.never_issued &&
+              cov.busy);
   assert_true(cov.split_fetch && cov.redriven && cov.reopen);
   if (keyed)
     assert_true(cov.blocked && cov.handed_over);

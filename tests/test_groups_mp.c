@@ -57,7 +57,7 @@ static int teardown(void **state) {
 typedef struct rec {
   uint64_t offset;
   uint32_t attempt;
-  uint32_t acked;  /* 0: delivered, 1: acked successfully */
+  uint32_t acked;    /* 0: delivered, 1: acked successfully */
   int64_t before_ns; /* CLOCK_REALTIME when the fetch was called */
   int64_t after_ns;  /* ... and when it returned */
 } rec;
@@ -86,8 +86,8 @@ static void prefill(fx *f, uint64_t n, uint64_t ack_wait_ms) {
 typedef struct consumer {
   fx *f;
   int index;
-  int victim;       /* stop after the first batch, report it, and wait to be killed */
-  int ready_fd;     /* victim: written once it holds its batch */
+  int victim;   /* stop after the first batch, report it, and wait to be killed */
+  int ready_fd; /* victim: written once it holds its batch */
 } consumer;
 
 static char *rec_path(fx *f, int index) {
@@ -220,12 +220,13 @@ static void four_processes_drain_100k_events_and_each_is_acked_exactly_once(void
   size_t per[CONSUMERS];
   tally(f, n, acks, per);
   for (uint64_t o = 1; o <= n; o++) {
-    if (acks[o] != 1) fprintf(stderr, "offset %llu acked %u times\n", (unsigned long long)o, acks[o]);
+    if (acks[o] != 1)
+      fprintf(stderr, "offset %llu acked %u times\n", (unsigned long long)o, acks[o]);
     assert_int_equal(acks[o], 1);
   }
   fprintf(stderr, "drained %llu events in %lld ms (%.0f/s); acks per consumer: %zu %zu %zu %zu\n",
-          (unsigned long long)n, (long long)took, took ? n * 1000.0 / (double)took : 0.0, per[0], per[1], per[2],
-          per[3]);
+          (unsigned long long)n, (long long)took, took ? n * 1000.0 / (double)took : 0.0, per[0],
+          per[1], per[2], per[3]);
   free(acks);
   engram *log = tu_open(f->logdir, &f->opts);
   engram_group_info i;
@@ -238,7 +239,8 @@ static void four_processes_drain_100k_events_and_each_is_acked_exactly_once(void
   engram_close(log);
 }
 
-static void a_consumer_killed_while_holding_a_batch_loses_nothing_and_finishes_nothing_twice(void **state) {
+static void a_consumer_killed_while_holding_a_batch_loses_nothing_and_finishes_nothing_twice(
+    void **state) {
   fx *f = *state;
   const uint64_t n = 20000;
   const int64_t ack_wait_ms = 300;
@@ -308,7 +310,8 @@ static void a_consumer_killed_while_holding_a_batch_loses_nothing_and_finishes_n
     free(r);
   }
   for (uint64_t o = 1; o <= n; o++) {
-    if (acks[o] != 1) fprintf(stderr, "offset %llu acked %u times\n", (unsigned long long)o, acks[o]);
+    if (acks[o] != 1)
+      fprintf(stderr, "offset %llu acked %u times\n", (unsigned long long)o, acks[o]);
     assert_int_equal(acks[o], 1);
     if (held[o]) assert_true(again[o]);
   }

@@ -44,9 +44,9 @@ static int teardown(void **state) {
 struct child {
   const char *logdir;
   int id;
-  int count;    /* events (writers) or expected total (reader) */
-  int batch;    /* events per append call; 1 = engram_append */
-  int writers;  /* reader: how many writers produce "p<w>-<k>" payloads */
+  int count;   /* events (writers) or expected total (reader) */
+  int batch;   /* events per append call; 1 = engram_append */
+  int writers; /* reader: how many writers produce "p<w>-<k>" payloads */
 };
 
 static int child_fail(engram *log, const char *what, int rc) {

@@ -16,10 +16,10 @@
 #include "helpers/testutil.h"
 
 typedef struct td {
-  char *dir;          /* the test's temp dir */
-  char *logdir;       /* dir/log: what the daemon serves */
-  char ep[512];       /* ipc://dir/req.ipc unless changed before td_start */
-  char logfile[512];  /* the daemon's stderr */
+  char *dir;         /* the test's temp dir */
+  char *logdir;      /* dir/log: what the daemon serves */
+  char ep[512];      /* ipc://dir/req.ipc unless changed before td_start */
+  char logfile[512]; /* the daemon's stderr */
   engram_serve_options o;
   pid_t pid;
 } td;
@@ -50,7 +50,8 @@ static void td_init(td *d, const char *tag) {
 }
 
 /* Connects, retrying with short probes until the daemon answers or timeout_ms passes. */
-static engram *td_connect_within(const char *ep, int timeout_ms, const engram_connect_options *opts) {
+static engram *td_connect_within(const char *ep, int timeout_ms,
+                                 const engram_connect_options *opts) {
   int64_t end = tu_mono_ms() + timeout_ms;
   engram_connect_options o = opts ? *opts : (engram_connect_options){0};
   if (!o.timeout_ms) o.timeout_ms = 5000;

@@ -23,7 +23,8 @@
 
 #define OK(log, call) ok_at(log, (call), #call, __LINE__)
 static void ok_at(engram *log, int rc, const char *what, int line) {
-  if (rc) fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
+  if (rc)
+    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
   assert_int_equal(rc, 0);
 }
 
@@ -216,7 +217,8 @@ static size_t put_varint(uint8_t *p, uint64_t v) {
 }
 
 /* Builds one bad (or mutated) frame into buf; returns its length. */
-static size_t make_garbage(uint64_t *rs, const struct frame *t, int nt, uint8_t *buf, size_t cap, int *kind) {
+static size_t make_garbage(uint64_t *rs, const struct frame *t, int nt, uint8_t *buf, size_t cap,
+                           int *kind) {
   const struct frame *f = &t[tu_rand(rs) % (uint64_t)nt];
   size_t n = 0;
   *kind = (int)(tu_rand(rs) % 10);
@@ -233,7 +235,8 @@ static size_t make_garbage(uint64_t *rs, const struct frame *t, int nt, uint8_t 
     case 3:
       n = f->n;
       memcpy(buf, f->p, n);
-      for (int k = 1 + (int)(tu_rand(rs) % 4); k > 0 && n; k--) buf[tu_rand(rs) % n] ^= (uint8_t)(1u << (tu_rand(rs) % 8));
+      for (int k = 1 + (int)(tu_rand(rs) % 4); k > 0 && n; k--)
+        buf[tu_rand(rs) % n] ^= (uint8_t)(1u << (tu_rand(rs) % 8));
       break;
     case 4: { /* bytes inserted or deleted */
       n = f->n;
@@ -352,7 +355,8 @@ static void *good_client(void *arg) {
     if (off != expect || b->count != 1 || b->events[0].payload_len != strlen(payload) ||
         memcmp(b->events[0].payload, payload, strlen(payload))) {
       g->rc = -1000;
-      snprintf(g->why, sizeof g->why, "round %d: wrong answer (offset %llu)", g->rounds, (unsigned long long)off);
+      snprintf(g->why, sizeof g->why, "round %d: wrong answer (offset %llu)", g->rounds,
+               (unsigned long long)off);
     }
     engram_batch_free(b);
     expect++;
@@ -439,8 +443,8 @@ static void thousands_of_bad_frames_leave_the_daemon_serving_and_the_log_intact(
     if (i % 97 == 0) assert_int_equal(rp->code, ENGRAM_EPROTO);
     engram__wire__reply__free_unpacked(rp, NULL);
   }
-  fprintf(stderr, "%d frames: %d replies, %d errors, %d malformed or wrong version\n", FRAMES, replies, errors,
-          malformed);
+  fprintf(stderr, "%d frames: %d replies, %d errors, %d malformed or wrong version\n", FRAMES,
+          replies, errors, malformed);
   assert_int_equal(replies, FRAMES);
   assert_true(malformed > FRAMES / 3);
 

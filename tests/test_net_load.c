@@ -20,12 +20,13 @@
 
 #define PRODUCERS 32
 #define CONSUMERS 8
-#define MAX_SEQ 200000   /* appends one producer can make in a run, bounded for the tables */
+#define MAX_SEQ 200000 /* appends one producer can make in a run, bounded for the tables */
 #define MAX_OFFSETS 2000000
 
 #define OK(log, call) ok_at(log, (call), #call, __LINE__)
 static void ok_at(engram *log, int rc, const char *what, int line) {
-  if (rc) fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
+  if (rc)
+    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
   assert_int_equal(rc, 0);
 }
 
@@ -36,11 +37,11 @@ struct run;
 struct producer {
   struct run *run;
   int id;
-  int idem;          /* retries with an idempotency key until acknowledged */
-  uint8_t *state;    /* per sequence number: ACKED or UNKNOWN */
-  int n;             /* sequence numbers used */
-  int errors;        /* calls that failed (ECONN / ETIMEDOUT) */
-  int bad;           /* unexpected failures */
+  int idem;       /* retries with an idempotency key until acknowledged */
+  uint8_t *state; /* per sequence number: ACKED or UNKNOWN */
+  int n;          /* sequence numbers used */
+  int errors;     /* calls that failed (ECONN / ETIMEDOUT) */
+  int bad;        /* unexpected failures */
   char why[256];
 };
 
@@ -56,7 +57,7 @@ struct run {
   const char *ep;
   volatile int stop_producers;
   volatile int stop_consumers;
-  _Atomic uint8_t *acks;  /* per offset: successful acks seen by consumers */
+  _Atomic uint8_t *acks; /* per offset: successful acks seen by consumers */
   struct producer p[PRODUCERS];
   struct consumer c[CONSUMERS];
 };
@@ -138,7 +139,8 @@ static void *consumer_main(void *arg) {
       continue;
     }
     size_t n = b->count;
-    for (size_t i = 0; i < n; i++) items[i] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
+    for (size_t i = 0; i < n; i++)
+      items[i] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
     c->fetched += (long)n;
     engram_batch_free(b);
     /* Acks whose outcome is unknown are repeated: acks are idempotent. */
@@ -155,7 +157,8 @@ static void *consumer_main(void *arg) {
           c->acked++;
         } else if (codes[i] != ENGRAM_EALREADY && codes[i] != ENGRAM_ESTALE && codes[i] != 1) {
           c->bad++;
-          snprintf(c->why, sizeof c->why, "ack %llu: %s", (unsigned long long)items[i].offset, engram_errname(codes[i]));
+          snprintf(c->why, sizeof c->why, "ack %llu: %s", (unsigned long long)items[i].offset,
+                   engram_errname(codes[i]));
         }
       }
       break;
@@ -182,8 +185,8 @@ static void drain(struct run *r, engram *admin, pthread_t *ct) {
   int64_t end = tu_mono_ms() + 30000;
   engram_group_info gi;
   while (tu_mono_ms() < end) {
-    if (engram_group_info_get(admin, "memory", "workers", &gi) == 0 && gi.lag == 0 && gi.in_flight == 0 &&
-        gi.retrying == 0)
+    if (engram_group_info_get(admin, "memory", "workers", &gi) == 0 && gi.lag == 0 &&
+        gi.in_flight == 0 && gi.retrying == 0)
       break;
     tu_sleep_ms(100);
   }
@@ -228,7 +231,9 @@ static uint64_t check(struct run *r, engram *admin, int killed) {
     for (int s = 0; s < r->p[i].n; s++) {
       if (r->p[i].state[s] == ACKED) {
         acked++;
-        if (seen[i][s] != 1) fprintf(stderr, "producer %d seq %d acknowledged but stored %d times\n", i, s, seen[i][s]);
+        if (seen[i][s] != 1)
+          fprintf(stderr, "producer %d seq %d acknowledged but stored %d times\n", i, s,
+                  seen[i][s]);
         assert_int_equal(seen[i][s], 1);
       } else if (r->p[i].state[s] == UNKNOWN) {
         unknown++;
@@ -264,8 +269,9 @@ static uint64_t check(struct run *r, engram *admin, int killed) {
   assert_int_equal(rep.damaged, 0);
   long errs = 0;
   for (int i = 0; i < PRODUCERS; i++) errs += r->p[i].errors;
-  fprintf(stderr, "%llu events stored (%llu acknowledged, %llu of unknown outcome, %llu of those stored), "
-                  "%ld failed calls, %llu redelivered\n",
+  fprintf(stderr,
+          "%llu events stored (%llu acknowledged, %llu of unknown outcome, %llu of those stored), "
+          "%ld failed calls, %llu redelivered\n",
           (unsigned long long)stored, (unsigned long long)acked, (unsigned long long)unknown,
           (unsigned long long)unknown_stored, errs, (unsigned long long)gi.redelivered);
   for (int i = 0; i < PRODUCERS; i++) free(r->p[i].state);

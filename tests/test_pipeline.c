@@ -109,8 +109,10 @@ static void idempotency_keys_work_through_the_pipeline(void **state) {
   engram *log = tu_open(f->logdir, NULL);
   tu_topic(log, "memory", NULL);
   seen s = {0};
-  engram_event ev = {.type = "memory.saved", .payload = "x", .payload_len = 1, .idempotency_key = "k1"};
-  for (int i = 0; i < 10; i++) assert_int_equal(engram_append_async(log, "memory", &ev, on_done, &s), 0);
+  engram_event ev = {
+      .type = "memory.saved", .payload = "x", .payload_len = 1, .idempotency_key = "k1"};
+  for (int i = 0; i < 10; i++)
+    assert_int_equal(engram_append_async(log, "memory", &ev, on_done, &s), 0);
   assert_int_equal(engram_append_wait(log), 0);
   assert_int_equal(s.n, 10);
   assert_int_equal(s.dups, 9);
@@ -187,12 +189,13 @@ static void a_producer_killed_mid_pipeline_loses_no_acknowledged_append(void **s
 int main(void) {
   tu_test_filter();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(appends_keep_their_order_and_call_back_in_order, setup, teardown),
-      cmocka_unit_test_setup_teardown(a_bad_event_is_refused_at_once_and_a_missing_topic_at_wait, setup,
+      cmocka_unit_test_setup_teardown(appends_keep_their_order_and_call_back_in_order, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(a_bad_event_is_refused_at_once_and_a_missing_topic_at_wait,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(idempotency_keys_work_through_the_pipeline, setup, teardown),
-      cmocka_unit_test_setup_teardown(a_producer_killed_mid_pipeline_loses_no_acknowledged_append, setup,
-                                      teardown),
+      cmocka_unit_test_setup_teardown(a_producer_killed_mid_pipeline_loses_no_acknowledged_append,
+                                      setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

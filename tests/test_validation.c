@@ -43,8 +43,8 @@ static int setup(void **state) {
   engram_topic_config small = {.max_payload = 1000};
   tu_topic(f->log, "small", &small);
   for (int i = 0; i < 3; i++) {
-    engram_event ev = {.type = "memory.saved", .key = "conv-42:D1:1", .payload = "{}",
-                       .payload_len = 2};
+    engram_event ev = {
+        .type = "memory.saved", .key = "conv-42:D1:1", .payload = "{}", .payload_len = 2};
     uint64_t off;
     assert_int_equal(engram_append(f->log, "memory", &ev, &off, NULL), 0);
   }
@@ -111,8 +111,8 @@ static const engram_event good = {.type = "memory.saved", .payload = "{}", .payl
 static void bad_topic_names_are_refused_as_invalid(void **state) {
   fx *f = *state;
   char *long_name = repeat('t', ENGRAM_MAX_NAME + 1);
-  const char *bad[] = {"", long_name, "a b", "a/b", "caf\xc3\xa9", "memory*", "tab\there",
-                       "new\nline", "t:1", "t\\x"};
+  const char *bad[] = {"",        long_name,   "a b",       "a/b", "caf\xc3\xa9",
+                       "memory*", "tab\there", "new\nline", "t:1", "t\\x"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     refused(f, engram_topic_create(f->log, bad[i], NULL), ENGRAM_EINVAL);
     refused(f, append1(f, bad[i], &good), ENGRAM_EINVAL);
@@ -180,8 +180,8 @@ static void the_topic_limit_is_reported_as_a_limit(void **state) {
 static void bad_event_types_are_refused_as_invalid(void **state) {
   fx *f = *state;
   char *long_type = repeat('a', ENGRAM_MAX_TYPE + 1);
-  const char *bad[] = {"", ".a", "a.", "a..b", ".", "a b", "a/b", "memory.*", "*",
-                       "caf\xc3\xa9", "a\tb", long_type};
+  const char *bad[] = {"",    ".a",       "a.", "a..b",        ".",    "a b",
+                       "a/b", "memory.*", "*",  "caf\xc3\xa9", "a\tb", long_type};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     engram_event ev = good;
     ev.type = bad[i];
@@ -313,8 +313,9 @@ static void idempotency_keys_over_the_limit_are_too_big(void **state) {
     uint64_t off = 0, again = 0;
     int dup = -1;
     int rc = engram_append(f->log, "memory", &ev, &off, &dup);
-    if (rc) fprintf(stderr, "idempotency key of %zu bytes: %s: %s\n", lens[i], engram_errname(rc),
-                    engram_errmsg(f->log));
+    if (rc)
+      fprintf(stderr, "idempotency key of %zu bytes: %s: %s\n", lens[i], engram_errname(rc),
+              engram_errmsg(f->log));
     assert_int_equal(rc, 0);
     assert_int_equal(dup, 0);
     assert_int_equal(engram_append(f->log, "memory", &ev, &again, &dup), 0);

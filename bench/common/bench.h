@@ -22,9 +22,9 @@ typedef struct bench_event {
 typedef struct bench_events {
   bench_event *ev;
   size_t n;
-  uint64_t bytes;     /* sum of payload_len */
-  char source[512];   /* the file read, or "generator (seed ...)" */
-  char *arena;        /* owns every string above */
+  uint64_t bytes;   /* sum of payload_len */
+  char source[512]; /* the file read, or "generator (seed ...)" */
+  char *arena;      /* owns every string above */
 } bench_events;
 
 /* Loads the events. The file is looked for at $ENGRAM_BENCH_DATA (set it to "" to force
@@ -76,22 +76,22 @@ static inline int bench_bound_done(const bench_bound *b, uint64_t done) {
  * Results: one table row on stdout and one JSON object per line in the results file.
  * ------------------------------------------------------------------------------ */
 typedef struct bench_result {
-  char workload[64];    /* e.g. "append_1thread" */
-  char system[32];      /* "engram", "lmdb", "disk", "redis", "nats", "engram-remote" */
-  char durability[48];  /* "sync", "async", "appendfsync always", ... */
-  uint64_t events;      /* operations counted */
+  char workload[64];   /* e.g. "append_1thread" */
+  char system[32];     /* "engram", "lmdb", "disk", "redis", "nats", "engram-remote" */
+  char durability[48]; /* "sync", "async", "appendfsync always", ... */
+  uint64_t events;     /* operations counted */
   double seconds;
   double events_per_s;
-  double mb_per_s;      /* payload megabytes (1e6) per second, 0 = not applicable */
-  double ratio;         /* this figure over `ratio_to`, 0 = none */
-  char ratio_to[64];    /* e.g. "fdatasync" */
-  double target;        /* the issue's target for `ratio` (or events/s when ratio_to is
-                           empty), 0 = none */
-  char target_text[96]; /* "ratio >= 0.9 x fdatasync" */
-  int met;              /* 1 met, 0 missed, -1 no target */
+  double mb_per_s;                /* payload megabytes (1e6) per second, 0 = not applicable */
+  double ratio;                   /* this figure over `ratio_to`, 0 = none */
+  char ratio_to[64];              /* e.g. "fdatasync" */
+  double target;                  /* the issue's target for `ratio` (or events/s when ratio_to is
+                                     empty), 0 = none */
+  char target_text[96];           /* "ratio >= 0.9 x fdatasync" */
+  int met;                        /* 1 met, 0 missed, -1 no target */
   double p50_us, p99_us, p999_us; /* latency, 0 = not measured */
   char note[256];
-  char extra[2048];     /* further JSON members ("\"k\": v, ...") or "" */
+  char extra[2048]; /* further JSON members ("\"k\": v, ...") or "" */
 } bench_result;
 
 void bench_result_init(bench_result *r, const char *workload, const char *system,
@@ -102,8 +102,7 @@ void bench_result_rate(bench_result *r, uint64_t events, double seconds, uint64_
 void bench_result_ratio(bench_result *r, double limit, const char *limit_name, double target);
 /* Judges events_per_s against an absolute target (events/s). */
 void bench_result_target_rate(bench_result *r, double target_eps);
-void bench_result_note(bench_result *r, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void bench_result_note(bench_result *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Writes one result as a single-line JSON object (no trailing newline). */
 void bench_result_json(FILE *f, const bench_result *r);
@@ -117,8 +116,8 @@ typedef struct bench_out {
 } bench_out;
 /* Opens `path` (creating its directory) and writes the header; NULL path = no file.
  * `run_extra` is more JSON members for "run" ("" for none). Returns 0 or -1. */
-int bench_out_open(bench_out *o, const char *path, const char *bench,
-                   const bench_events *evs, const char *run_extra);
+int bench_out_open(bench_out *o, const char *path, const char *bench, const bench_events *evs,
+                   const char *run_extra);
 void bench_out_add(bench_out *o, const bench_result *r);
 void bench_out_close(bench_out *o);
 

@@ -26,7 +26,9 @@ static inline void bench_engram_check(engram *log, int rc, const char *what) {
 }
 
 static inline const char *bench_durability_name(engram_durability d) {
-  return d == ENGRAM_DURABILITY_SYNC ? "sync" : d == ENGRAM_DURABILITY_NOMETASYNC ? "nometasync" : "async";
+  return d == ENGRAM_DURABILITY_SYNC         ? "sync"
+         : d == ENGRAM_DURABILITY_NOMETASYNC ? "nometasync"
+                                             : "async";
 }
 
 #endif

@@ -164,25 +164,26 @@ void bench_events_free(bench_events *evs) {
 static const struct {
   double q;
   int size;
-} size_q[] = {{0, 155},     {5, 203},    {10, 218},  {20, 236},   {30, 250},  {40, 262},
-              {50, 273},    {60, 285},   {70, 301},  {80, 325},   {90, 388},  {95, 453},
-              {97, 517},    {99, 803},   {99.5, 930}, {99.9, 1280}, {100, 1585}};
+} size_q[] = {{0, 155},  {5, 203},  {10, 218},   {20, 236},    {30, 250},  {40, 262},
+              {50, 273}, {60, 285}, {70, 301},   {80, 325},    {90, 388},  {95, 453},
+              {97, 517}, {99, 803}, {99.5, 930}, {99.9, 1280}, {100, 1585}};
 
 static const char *const words[] = {
-    "I",       "you",     "we",      "the",      "a",       "and",     "to",      "of",
-    "it",      "that",    "was",     "is",       "my",      "so",      "really",  "just",
-    "been",    "have",    "with",    "for",      "on",      "about",   "what",    "fun",
-    "great",   "love",    "friends", "family",   "project", "weekend", "painting", "music",
-    "game",    "tournament", "dog",  "hiking",   "camping", "work",    "new",     "started",
-    "amazing", "thanks!", "Wow,",    "Hey",      "That's",  "cool!",   "trip",    "lately",
-    "book",    "movie",   "class",   "garden",   "recipe",  "support", "group",   "kids",
-    "feel",    "excited", "proud",   "tough",    "time",    "next",    "week",    "month",
-    "together", "shared", "mentioned", "planned", "festival", "screenplay", "turtles", "beach"};
+    "I",       "you",      "we",       "the",       "a",       "and",        "to",
+    "of",      "it",       "that",     "was",       "is",      "my",         "so",
+    "really",  "just",     "been",     "have",      "with",    "for",        "on",
+    "about",   "what",     "fun",      "great",     "love",    "friends",    "family",
+    "project", "weekend",  "painting", "music",     "game",    "tournament", "dog",
+    "hiking",  "camping",  "work",     "new",       "started", "amazing",    "thanks!",
+    "Wow,",    "Hey",      "That's",   "cool!",     "trip",    "lately",     "book",
+    "movie",   "class",    "garden",   "recipe",    "support", "group",      "kids",
+    "feel",    "excited",  "proud",    "tough",     "time",    "next",       "week",
+    "month",   "together", "shared",   "mentioned", "planned", "festival",   "screenplay",
+    "turtles", "beach"};
 #define N_WORDS (sizeof words / sizeof words[0])
-static const char *const names[] = {"Nate",    "Joanna", "Caroline", "Melanie", "Jon",
-                                    "Gina",    "John",   "Maria",    "Tim",     "Audrey",
-                                    "Andrew",  "James",  "Deborah",  "Jolene",  "Evan",
-                                    "Sam",     "Calvin", "Dave",     "Shawn",   "Mia"};
+static const char *const names[] = {
+    "Nate",   "Joanna", "Caroline", "Melanie", "Jon",  "Gina", "John",   "Maria", "Tim",   "Audrey",
+    "Andrew", "James",  "Deborah",  "Jolene",  "Evan", "Sam",  "Calvin", "Dave",  "Shawn", "Mia"};
 
 static uint64_t rng_next(uint64_t *s) {
   uint64_t x = *s;

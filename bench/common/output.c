@@ -150,8 +150,9 @@ int bench_out_open(bench_out *o, const char *path, const char *bench, const benc
   if (evs) {
     fputs(", \"events_source\": ", o->f);
     bench_json_str(o->f, evs->source);
-    fprintf(o->f, ", \"distinct_events\": %zu, \"payload_bytes_p50\": %zu, \"payload_bytes_p90\": %zu"
-                  ", \"payload_bytes_p99\": %zu",
+    fprintf(o->f,
+            ", \"distinct_events\": %zu, \"payload_bytes_p50\": %zu, \"payload_bytes_p90\": %zu"
+            ", \"payload_bytes_p99\": %zu",
             evs->n, bench_events_size_pct(evs, 50), bench_events_size_pct(evs, 90),
             bench_events_size_pct(evs, 99));
   }
@@ -197,7 +198,9 @@ void bench_table_row(const bench_result *r) {
   if (r->ratio_to[0]) snprintf(ratio, sizeof ratio, "%.3f", r->ratio);
   if (r->target_text[0])
     snprintf(target, sizeof target, "%s %s", r->target_text,
-             r->met == 1 ? "MET" : r->met == 0 ? "MISSED" : "");
+             r->met == 1   ? "MET"
+             : r->met == 0 ? "MISSED"
+                           : "");
   printf("%-26s %-8s %-12s %10s %8s %9s  %-30s %s\n", r->workload, r->system, r->durability, eps,
          mb, ratio, r->ratio_to, target);
   if (r->p50_us > 0)
@@ -226,7 +229,8 @@ double bench_arg_double(const char *s, const char *what) {
   char *end;
   errno = 0;
   double v = strtod(s ? s : "", &end);
-  if (!s || !*s || *end || errno || v < 0) bench_die("bad value for %s: %s", what, s ? s : "(none)");
+  if (!s || !*s || *end || errno || v < 0)
+    bench_die("bad value for %s: %s", what, s ? s : "(none)");
   return v;
 }
 

@@ -80,7 +80,8 @@ static void raw_close(raw_env *e) {
 }
 
 /* Puts events [next, next + n) with MDB_APPEND; returns their payload bytes. */
-static uint64_t raw_put(const bench_events *evs, raw_env *e, MDB_txn *txn, uint64_t *next, size_t n) {
+static uint64_t raw_put(const bench_events *evs, raw_env *e, MDB_txn *txn, uint64_t *next,
+                        size_t n) {
   uint64_t bytes = 0;
   for (size_t i = 0; i < n; i++) {
     uint64_t k = ++*next;
@@ -114,7 +115,8 @@ double bench_raw_lmdb_commits(const char *dir, const bench_events *evs, int nome
   if (nometasync)
     bench_result_note(r, "MDB_NOMETASYNC, %zu put(s) per commit: one flush per commit", per_commit);
   else
-    bench_result_note(r, "plain synced LMDB commit of %zu put(s): flushes twice (data, meta)", per_commit);
+    bench_result_note(r, "plain synced LMDB commit of %zu put(s): flushes twice (data, meta)",
+                      per_commit);
   return r->events_per_s;
 }
 

@@ -40,16 +40,16 @@ static char stream[64];
 /* Shared across fork(): what consumer processes report. */
 typedef struct shared {
   int64_t start_ns, deadline_ns;
-  volatile int stop;           /* latency: producers are done */
-  volatile uint64_t produced;  /* latency: events sent, valid once stop is set */
-  uint64_t consumed;           /* updated atomically */
-  uint64_t target;             /* drain: stop once this many are consumed */
+  volatile int stop;          /* latency: producers are done */
+  volatile uint64_t produced; /* latency: events sent, valid once stop is set */
+  uint64_t consumed;          /* updated atomically */
+  uint64_t target;            /* drain: stop once this many are consumed */
   struct {
     uint64_t n;
-    int64_t last_ns;           /* end of the last consume that got events */
+    int64_t last_ns; /* end of the last consume that got events */
     char err[256];
   } c[MAX_PROCS];
-  uint64_t n_samples;          /* updated atomically */
+  uint64_t n_samples; /* updated atomically */
   int64_t samples[MAX_SAMPLES];
 } shared;
 
@@ -80,7 +80,7 @@ static void latency_fill(bench_result *r, bench_samples *lat, int cdf) {
   r->p99_us = (double)bench_samples_pct(lat, 99) / 1e3;
   r->p999_us = (double)bench_samples_pct(lat, 99.9) / 1e3;
   if (!cdf) return;
-  static const double ps[] = {0,  1,  5,  10, 20,   30,   40,   50,    60,    70,  80,
+  static const double ps[] = {0,  1,  5,  10, 20, 30,   40,   50,    60,    70, 80,
                               90, 95, 97, 98, 99, 99.5, 99.9, 99.95, 99.99, 100};
   char buf[1024];
   size_t l = 0;
@@ -129,7 +129,8 @@ static int w_append1(void) {
   while (!bench_bound_done(&b, n)) {
     const bench_event *e = bench_event_at(&peer_events, n);
     int64_t t0 = bench_now_ns();
-    if (sys->append(c, stream, e, 0)) return fail(workload, "append failed after %llu events", (unsigned long long)n);
+    if (sys->append(c, stream, e, 0))
+      return fail(workload, "append failed after %llu events", (unsigned long long)n);
     bench_samples_add(&lat, bench_now_ns() - t0);
     bytes += e->payload_len;
     n++;
@@ -214,7 +215,8 @@ static int w_append_many(void) {
   latency_fill(&r, &lat, 0);
   bench_samples_free(&lat);
   extra_add(&r, "\"producers\": %d", producers);
-  bench_result_note(&r, "%d producers (threads, a connection each), one event per request", producers);
+  bench_result_note(&r, "%d producers (threads, a connection each), one event per request",
+                    producers);
   print_result(&r);
   return 0;
 }
@@ -234,7 +236,8 @@ static int w_batch(size_t per) {
       bytes += evs[i]->payload_len;
     }
     int64_t t0 = bench_now_ns();
-    if (sys->append_batch(c, stream, evs, per)) return fail(workload, "batch failed after %llu events", (unsigned long long)n);
+    if (sys->append_batch(c, stream, evs, per))
+      return fail(workload, "batch failed after %llu events", (unsigned long long)n);
     bench_samples_add(&lat, bench_now_ns() - t0);
     n += per;
   }
@@ -247,7 +250,8 @@ static int w_batch(size_t per) {
   bench_result_rate(&r, n, s, bytes);
   latency_fill(&r, &lat, 0);
   bench_samples_free(&lat);
-  bench_result_note(&r, "1 producer, batches of %zu, waits for every ack of a batch (latency per batch)", per);
+  bench_result_note(
+      &r, "1 producer, batches of %zu, waits for every ack of a batch (latency per batch)", per);
   print_result(&r);
   return 0;
 }
@@ -276,7 +280,8 @@ static int drain_child(int id, int ready_fd, int go_fd) {
   snprintf(name, sizeof name, "c%d", id);
   int64_t *stamps = calloc(100, sizeof *stamps);
   int rc = 0;
-  while (__atomic_load_n(&sh->consumed, __ATOMIC_RELAXED) < sh->target && bench_now_ns() < sh->deadline_ns) {
+  while (__atomic_load_n(&sh->consumed, __ATOMIC_RELAXED) < sh->target &&
+         bench_now_ns() < sh->deadline_ns) {
     size_t n = 0;
     if (sys->consume(c, stream, "drain", name, 100, 0, &n, stamps)) {
       snprintf(sh->c[id].err, sizeof sh->c[id].err, "consume failed");
@@ -401,10 +406,13 @@ static int w_drain(void) {
   if (spawned || reaped || err[0]) return fail(workload, "%s", err[0] ? err : "a consumer failed");
   bench_result r;
   result_base(&r, workload);
-  bench_result_rate(&r, n, s, (uint64_t)((double)peer_events.bytes / (double)peer_events.n * (double)n));
-  extra_add(&r, "\"prefilled\": %llu, \"consumers\": %d, \"prefill_events_per_s\": %.0f, \"drained_all\": %s",
-            (unsigned long long)drain_events, consumers, (double)drain_events / fill_s,
-            n >= drain_events ? "true" : "false");
+  bench_result_rate(&r, n, s,
+                    (uint64_t)((double)peer_events.bytes / (double)peer_events.n * (double)n));
+  extra_add(
+      &r,
+      "\"prefilled\": %llu, \"consumers\": %d, \"prefill_events_per_s\": %.0f, \"drained_all\": %s",
+      (unsigned long long)drain_events, consumers, (double)drain_events / fill_s,
+      n >= drain_events ? "true" : "false");
   bench_result_note(&r, "%d consumer processes fetch up to 100 and ack each; %s", consumers,
                     n >= drain_events ? "drained everything" : "stopped at the time bound");
   print_result(&r);
@@ -484,7 +492,8 @@ static void *pace(void *arg) {
 static int latency_setup(void) {
   peer_conn *c = sys->connect();
   /* The group starts after the warm-up events: its consumer sees only what is sent now. */
-  if (!c || sys->setup(c, stream) || prefill(c, WARM_EVENTS) || sys->group_create(c, stream, "lat", 1))
+  if (!c || sys->setup(c, stream) || prefill(c, WARM_EVENTS) ||
+      sys->group_create(c, stream, "lat", 1))
     return 1;
   sys->close(c);
   return 0;
@@ -504,7 +513,9 @@ static int w_latency(void) {
   int64_t t0 = bench_now_ns() + 1000000;
   int64_t interval = (int64_t)(1e9 * latency_producers / rate);
   for (int i = 0; i < latency_producers; i++) {
-    ps[i] = (pacer){.id = i, .t0_ns = t0 + interval * i / latency_producers, .interval_ns = interval,
+    ps[i] = (pacer){.id = i,
+                    .t0_ns = t0 + interval * i / latency_producers,
+                    .interval_ns = interval,
                     .end_ns = t0 + (int64_t)(latency_seconds * 1e9)};
     if (pthread_create(&ps[i].th, NULL, pace, &ps[i])) return fail(workload, "pthread_create");
   }
@@ -528,7 +539,8 @@ static int w_latency(void) {
     sys->close(c);
   }
   if (err) return fail(workload, "a producer failed");
-  if (bad || sh->c[0].err[0]) return fail(workload, "consumer: %s", sh->c[0].err[0] ? sh->c[0].err : "failed");
+  if (bad || sh->c[0].err[0])
+    return fail(workload, "consumer: %s", sh->c[0].err[0] ? sh->c[0].err : "failed");
   bench_samples lat = {0};
   uint64_t ns = sh->n_samples < MAX_SAMPLES ? sh->n_samples : MAX_SAMPLES;
   for (uint64_t i = 0; i < ns; i++) bench_samples_add(&lat, sh->samples[i]);
@@ -536,10 +548,13 @@ static int w_latency(void) {
   result_base(&r, workload);
   bench_result_rate(&r, sent, s, 0);
   latency_fill(&r, &lat, 1);
-  extra_add(&r, "\"rate_target\": %.0f, \"received\": %llu, \"late_sends\": %llu, \"producers\": %d", rate,
-            (unsigned long long)sh->c[0].n, (unsigned long long)late, latency_producers);
+  extra_add(&r,
+            "\"rate_target\": %.0f, \"received\": %llu, \"late_sends\": %llu, \"producers\": %d",
+            rate, (unsigned long long)sh->c[0].n, (unsigned long long)late, latency_producers);
   bench_samples_free(&lat);
-  bench_result_note(&r, "%.0f events/s from %d producers, 1 consumer blocked in its fetch; latency = scheduled send to receipt%s",
+  bench_result_note(&r,
+                    "%.0f events/s from %d producers, 1 consumer blocked in its fetch; latency = "
+                    "scheduled send to receipt%s",
                     rate, latency_producers, sh->c[0].n < sent ? "; SOME EVENTS NOT RECEIVED" : "");
   print_result(&r);
   return 0;
@@ -556,7 +571,8 @@ static int w_limits(void) {
   bench_raw_lmdb_append(dir, &peer_events, seconds, 1000000, &r[3], NULL);
   bench_rmrf(dir);
   for (int i = 0; i < 4; i++) {
-    snprintf(r[i].extra, sizeof r[i].extra, "\"row\": \"%s\"", strncmp(row, "limits", 6) ? "limits" : row);
+    snprintf(r[i].extra, sizeof r[i].extra, "\"row\": \"%s\"",
+             strncmp(row, "limits", 6) ? "limits" : row);
     print_result(&r[i]);
   }
   return 0;
@@ -569,7 +585,8 @@ int peer_main(peer_sys *s, int argc, char **argv) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int took = 0;
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-      printf("usage: %s --workload W [options]\n%s%s", argv[0], usage, sys->usage ? sys->usage : "");
+      printf("usage: %s --workload W [options]\n%s%s", argv[0], usage,
+             sys->usage ? sys->usage : "");
       return 0;
     } else if (!strcmp(a, "--quick")) {
       seconds = 1, drain_events = 50000, drain_seconds = 10, latency_seconds = 2;
@@ -604,9 +621,10 @@ int peer_main(peer_sys *s, int argc, char **argv) {
     }
     i += took - 1;
   }
-  if (consumers < 1 || consumers > MAX_PROCS || producers < 1 || latency_producers < 1 || rate <= 0 ||
-      seconds <= 0 || drain_events < 1000)
-    bench_die("bad bounds: --consumers 1..%d, --producers >= 1, --rate > 0, --drain-events >= 1000", MAX_PROCS);
+  if (consumers < 1 || consumers > MAX_PROCS || producers < 1 || latency_producers < 1 ||
+      rate <= 0 || seconds <= 0 || drain_events < 1000)
+    bench_die("bad bounds: --consumers 1..%d, --producers >= 1, --rate > 0, --drain-events >= 1000",
+              MAX_PROCS);
   if (bench_events_load(&peer_events)) bench_die("cannot load or generate events");
   sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (sh == MAP_FAILED) bench_die("mmap: %s", strerror(errno));

@@ -12,8 +12,8 @@
  * this build of engram has one; a build without it gets remote rows marked unsupported. */
 #pragma weak engram_connect
 
-static const char *data_dir;  /* embedded: the log directory */
-static const char *endpoint;  /* remote: the daemon's endpoint */
+static const char *data_dir; /* embedded: the log directory */
+static const char *endpoint; /* remote: the daemon's endpoint */
 static engram_durability durability = ENGRAM_DURABILITY_SYNC;
 static char durability_label[64] = "sync";
 
@@ -148,7 +148,8 @@ static int consume(peer_conn *c, const char *stream, const char *group, const ch
     c->looked_up = 1;
   }
   engram_batch *b = NULL;
-  if (check(c, engram_fetch(c->log, stream, group, consumer, max, (uint64_t)wait_ms, &b), "fetch")) return -1;
+  if (check(c, engram_fetch(c->log, stream, group, consumer, max, (uint64_t)wait_ms, &b), "fetch"))
+    return -1;
   engram_ack_item items[1000];
   size_t k = b->count < 1000 ? b->count : 1000;
   for (size_t i = 0; i < k; i++) {
@@ -202,10 +203,11 @@ static peer_sys sys = {
     .group_create = group_create,
     .consume = consume,
     .option = option,
-    .usage = "  --data DIR          embedded: the log directory (created if missing)\n"
-             "  --connect ENDPOINT  remote: the `engram serve` endpoint, e.g. tcp://127.0.0.1:7450\n"
-             "  --durability D      sync | nometasync | async (embedded: the handle's mode;\n"
-             "                      remote: a label, the daemon's mode is set where it runs)\n",
+    .usage =
+        "  --data DIR          embedded: the log directory (created if missing)\n"
+        "  --connect ENDPOINT  remote: the `engram serve` endpoint, e.g. tcp://127.0.0.1:7450\n"
+        "  --durability D      sync | nometasync | async (embedded: the handle's mode;\n"
+        "                      remote: a label, the daemon's mode is set where it runs)\n",
 };
 
 int main(int argc, char **argv) {

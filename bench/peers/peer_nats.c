@@ -44,7 +44,9 @@ static void conn_close(peer_conn *c) {
   free(c);
 }
 
-static void subject_of(char *buf, size_t cap, const char *stream) { snprintf(buf, cap, "%s.ev", stream); }
+static void subject_of(char *buf, size_t cap, const char *stream) {
+  snprintf(buf, cap, "%s.ev", stream);
+}
 
 static int setup(peer_conn *c, const char *stream) {
   js_DeleteStream(c->js, stream, NULL, NULL); /* absent is fine */
@@ -209,8 +211,9 @@ int main(int argc, char **argv) {
       .group_create = group_create,
       .consume = consume,
       .option = option,
-      .usage = "  --url URL           the NATS server (default nats://127.0.0.1:4222)\n"
-               "  --durability TEXT   label for the table\n",
+      .usage =
+          "  --url URL           the NATS server (default nats://127.0.0.1:4222)\n"
+          "  --durability TEXT   label for the table\n",
   };
   int rc = peer_main(&sys, argc, argv);
   nats_Close();

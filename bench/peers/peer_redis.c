@@ -52,8 +52,8 @@ static int setup(peer_conn *c, const char *stream) {
 static int teardown(peer_conn *c, const char *stream) { return setup(c, stream); }
 
 /* XADD stream * type T key K data P [t STAMP]: the same fields engram stores. */
-static void xadd_args(const char *stream, const bench_event *e, const char *stamp, const char **argv,
-                      size_t *lens, int *argc) {
+static void xadd_args(const char *stream, const bench_event *e, const char *stamp,
+                      const char **argv, size_t *lens, int *argc) {
   int n = 0;
   argv[n] = "XADD", lens[n++] = 4;
   argv[n] = stream, lens[n++] = strlen(stream);
@@ -101,8 +101,9 @@ static int append_batch(peer_conn *c, const char *stream, const bench_event *con
 }
 
 static int group_create(peer_conn *c, const char *stream, const char *group, int blocking) {
-  return done(c, redisCommand(c->r, "XGROUP CREATE %s %s %s MKSTREAM", stream, group, blocking ? "$" : "0"),
-              "XGROUP CREATE");
+  return done(
+      c, redisCommand(c->r, "XGROUP CREATE %s %s %s MKSTREAM", stream, group, blocking ? "$" : "0"),
+      "XGROUP CREATE");
 }
 
 /* XREADGROUP ... COUNT max [BLOCK wait] STREAMS stream >, then one XACK with every id. */
@@ -178,8 +179,9 @@ int main(int argc, char **argv) {
       .group_create = group_create,
       .consume = consume,
       .option = option,
-      .usage = "  --host H --port P   the Redis server (default 127.0.0.1:6379)\n"
-               "  --durability TEXT   the server's appendfsync setting, for the table\n",
+      .usage =
+          "  --host H --port P   the Redis server (default 127.0.0.1:6379)\n"
+          "  --durability TEXT   the server's appendfsync setting, for the table\n",
   };
   return peer_main(&sys, argc, argv);
 }

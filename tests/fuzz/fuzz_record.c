@@ -36,7 +36,8 @@ static void decode(const unsigned char *buf, size_t len, uint64_t offset) {
   if (v.offset != offset) bug("view offset differs");
   if (v.type_len == 0 || v.type_len > ENGRAM_MAX_TYPE) bug("type length out of range");
   if (v.compression > 1) bug("unknown compression accepted");
-  if (v.compression == 0 && v.raw_len != v.payload_len) bug("raw_len differs from an uncompressed payload");
+  if (v.compression == 0 && v.raw_len != v.payload_len)
+    bug("raw_len differs from an uncompressed payload");
   if (!v.has_key && v.key_len) bug("a key without has_key");
   if (v.n_headers > ENGRAM_MAX_HEADERS) bug("too many headers");
   sink += slice(buf, len, v.type, v.type_len);

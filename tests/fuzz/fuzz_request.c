@@ -30,7 +30,8 @@ static size_t touch_event(const engram_event *e) {
   if (e->idempotency_key) sum += touch(e->idempotency_key);
   const unsigned char *p = e->payload;
   for (size_t i = 0; i < e->payload_len; i++) sum += p[i];
-  for (size_t i = 0; i < e->n_headers; i++) sum += touch(e->headers[i].name) + touch(e->headers[i].value);
+  for (size_t i = 0; i < e->n_headers; i++)
+    sum += touch(e->headers[i].name) + touch(e->headers[i].value);
   return sum;
 }
 
@@ -109,7 +110,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (rp) {
       volatile size_t sink = touch(rp->error);
       if (rp->result_case == ENGRAM__WIRE__REPLY__RESULT_EVENTS)
-        for (size_t i = 0; i < rp->events->n_events; i++) sink += touch(rp->events->events[i]->type);
+        for (size_t i = 0; i < rp->events->n_events; i++)
+          sink += touch(rp->events->events[i]->type);
       (void)sink;
       engram__wire__reply__free_unpacked(rp, NULL);
     }

@@ -80,8 +80,10 @@ static long replay_path(const char *path) {
   for (size_t i = 0; i < n; i++) {
     struct stat fs;
     if (stat(names[i], &fs) == 0 && S_ISREG(fs.st_mode)) {
-      if (replay_file(names[i]) != 0) count = -1;
-      else if (count >= 0) count++;
+      if (replay_file(names[i]) != 0)
+        count = -1;
+      else if (count >= 0)
+        count++;
     }
     free(names[i]);
   }

@@ -112,8 +112,7 @@ void tu_topic(engram *log, const char *topic, const engram_topic_config *cfg) {
   int rc = engram_topic_create(log, topic, cfg);
   if (rc != 0) {
     char msg[512];
-    snprintf(msg, sizeof msg, "topic %s: %s: %s", topic, engram_errname(rc),
-             engram_errmsg(log));
+    snprintf(msg, sizeof msg, "topic %s: %s: %s", topic, engram_errname(rc), engram_errmsg(log));
     die("topic_create", msg);
   }
 }
@@ -164,13 +163,9 @@ void tu_clock_init(tu_clock *c, int64_t start_ns) {
   atomic_store(&c->ns, start_ns ? start_ns : tu_now_ns());
 }
 
-void tu_clock_advance_ms(tu_clock *c, int64_t ms) {
-  atomic_fetch_add(&c->ns, ms * 1000000LL);
-}
+void tu_clock_advance_ms(tu_clock *c, int64_t ms) { atomic_fetch_add(&c->ns, ms * 1000000LL); }
 
-int64_t tu_clock_ns(void *ctx) {
-  return atomic_load(&((tu_clock *)ctx)->ns);
-}
+int64_t tu_clock_ns(void *ctx) { return atomic_load(&((tu_clock *)ctx)->ns); }
 
 /* ---------------------------------------------------------------------------------
  * Children.
@@ -236,8 +231,8 @@ static void copy_field(const char *line, const char *name, char *out, size_t cap
   out[i] = 0;
 }
 
-static void push(tu_events *e, size_t *cap, const char *type, const char *key,
-                 const char *payload, size_t len) {
+static void push(tu_events *e, size_t *cap, const char *type, const char *key, const char *payload,
+                 size_t len) {
   if (e->n == *cap) {
     *cap = *cap ? *cap * 2 : 256;
     e->ev = realloc(e->ev, *cap * sizeof *e->ev);
@@ -282,13 +277,14 @@ static tu_events *load_file(const char *path, size_t max) {
 }
 
 static const char *const words[] = {
-    "memory", "agent", "user", "remember", "project", "tournament", "screenplay", "turtles",
-    "friends", "weekend", "hiking", "coffee", "recipe", "painting", "music", "guitar",
-    "deadline", "meeting", "family", "vacation", "garden", "book", "movie", "dinner",
-    "started", "finished", "excited", "tired", "happy", "planning", "learning", "shared",
-    "the", "a", "and", "with", "about", "after", "before", "really", "new", "old"};
-static const char *const speakers[] = {"Nate", "Joanna", "Maria", "John", "Caroline", "Mel",
-                                       "Jon", "Gina", "Tim", "Andrew"};
+    "memory",  "agent",    "user",     "remember", "project",  "tournament", "screenplay",
+    "turtles", "friends",  "weekend",  "hiking",   "coffee",   "recipe",     "painting",
+    "music",   "guitar",   "deadline", "meeting",  "family",   "vacation",   "garden",
+    "book",    "movie",    "dinner",   "started",  "finished", "excited",    "tired",
+    "happy",   "planning", "learning", "shared",   "the",      "a",          "and",
+    "with",    "about",    "after",    "before",   "really",   "new",        "old"};
+static const char *const speakers[] = {"Nate", "Joanna", "Maria", "John", "Caroline",
+                                       "Mel",  "Jon",    "Gina",  "Tim",  "Andrew"};
 
 tu_events *tu_generated_events(size_t n, uint64_t seed) {
   tu_events *e = calloc(1, sizeof *e);
@@ -319,13 +315,13 @@ tu_events *tu_generated_events(size_t n, uint64_t seed) {
       snprintf(key, sizeof key, "conv-%02d:%s:profile", conv, spk);
     else
       snprintf(key, sizeof key, "conv-%02d:Q%zu", conv, i);
-    int len = snprintf(line, sizeof line,
-                       "{\"type\":\"%s\",\"user_id\":\"conv-%02d:%s\",\"session\":\"conv-%02d/s%d\","
-                       "\"ts\":\"2023-%02d-%02dT%02d:%02d:%02dZ\",\"text\":\"%s.\","
-                       "\"memory_id\":\"%s\",\"kind\":\"%s\"}",
-                       type, conv, spk, conv, session, 1 + (int)(i / 1000 % 12),
-                       1 + (int)(i / 40 % 28), (int)(i / 3600 % 24), (int)(i / 60 % 60),
-                       (int)(i % 60), text, key, kind);
+    int len =
+        snprintf(line, sizeof line,
+                 "{\"type\":\"%s\",\"user_id\":\"conv-%02d:%s\",\"session\":\"conv-%02d/s%d\","
+                 "\"ts\":\"2023-%02d-%02dT%02d:%02d:%02dZ\",\"text\":\"%s.\","
+                 "\"memory_id\":\"%s\",\"kind\":\"%s\"}",
+                 type, conv, spk, conv, session, 1 + (int)(i / 1000 % 12), 1 + (int)(i / 40 % 28),
+                 (int)(i / 3600 % 24), (int)(i / 60 % 60), (int)(i % 60), text, key, kind);
     if (len < 0 || (size_t)len >= sizeof line) len = (int)sizeof line - 1;
     push(e, &cap, type, key, line, (size_t)len);
   }
@@ -405,8 +401,7 @@ fail_env:
   return rc;
 }
 
-int tu_raw_put(const char *dir, const char *topic, uint64_t offset, const void *val,
-               size_t len) {
+int tu_raw_put(const char *dir, const char *topic, uint64_t offset, const void *val, size_t len) {
   MDB_env *env;
   MDB_txn *txn;
   MDB_dbi dbi;
@@ -466,8 +461,7 @@ long tu_raw_count(const char *dir, const char *topic) {
   long out = -1;
   if (tu_raw_open(dir, 1, &env)) return -1;
   if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) == 0) {
-    if (topic_db(txn, topic, &dbi) == 0 && mdb_stat(txn, dbi, &st) == 0)
-      out = (long)st.ms_entries;
+    if (topic_db(txn, topic, &dbi) == 0 && mdb_stat(txn, dbi, &st) == 0) out = (long)st.ms_entries;
     mdb_txn_abort(txn);
   }
   mdb_env_close(env);

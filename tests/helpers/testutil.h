@@ -37,16 +37,16 @@ void tu_topic(engram *log, const char *topic, const engram_topic_config *cfg);
  * deterministic generator of events of the same shape.
  * ------------------------------------------------------------------------------ */
 typedef struct tu_event {
-  char type[32];     /* memory.saved | memory.updated | memory.queried */
-  char key[96];      /* the memory id, e.g. conv-42:D1:3 */
-  char *payload;     /* the JSON line, NUL-terminated */
-  size_t len;        /* payload bytes without the NUL */
+  char type[32]; /* memory.saved | memory.updated | memory.queried */
+  char key[96];  /* the memory id, e.g. conv-42:D1:3 */
+  char *payload; /* the JSON line, NUL-terminated */
+  size_t len;    /* payload bytes without the NUL */
 } tu_event;
 
 typedef struct tu_events {
   size_t n;
   tu_event *ev;
-  int from_file;     /* 1 when read from the data file, 0 when generated */
+  int from_file; /* 1 when read from the data file, 0 when generated */
 } tu_events;
 
 /* Up to `max` events (max 0 = all of the file, or 2000 generated). Never NULL. */
@@ -81,10 +81,10 @@ int tu_fork_child(int (*fn)(void *arg), void *arg, int timeout_ms);
 /* ---------------------------------------------------------------------------------
  * Deterministic data.
  * ------------------------------------------------------------------------------ */
-uint64_t tu_rand(uint64_t *state);      /* xorshift64*; state must not be 0 */
+uint64_t tu_rand(uint64_t *state); /* xorshift64*; state must not be 0 */
 void tu_fill_random(void *buf, size_t n, uint64_t seed);
-int64_t tu_now_ns(void);                /* CLOCK_REALTIME */
-int64_t tu_mono_ms(void);               /* CLOCK_MONOTONIC milliseconds */
+int64_t tu_now_ns(void);  /* CLOCK_REALTIME */
+int64_t tu_mono_ms(void); /* CLOCK_MONOTONIC milliseconds */
 void tu_sleep_ms(int64_t ms);
 
 /* ---------------------------------------------------------------------------------
@@ -97,8 +97,7 @@ int tu_raw_open(const char *dir, int readonly, MDB_env **env); /* MDB_* code */
 int tu_raw_get(const char *dir, const char *topic, uint64_t offset, unsigned char **val,
                size_t *len);
 /* Overwrites the stored value at offset. MDB_* code. */
-int tu_raw_put(const char *dir, const char *topic, uint64_t offset, const void *val,
-               size_t len);
+int tu_raw_put(const char *dir, const char *topic, uint64_t offset, const void *val, size_t len);
 /* Calls fn for every stored record of the topic in offset order, in one read transaction;
  * stops early when fn returns non-zero. MDB_* code. */
 int tu_raw_scan(const char *dir, const char *topic,

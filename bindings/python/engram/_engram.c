@@ -41,8 +41,8 @@ WEAK(engram_keygen);
 
 #define MSG_MAX 512
 
-static PyObject *error_base;  /* engram.Error, set by _register_errors() */
-static PyObject *error_types; /* dict: code -> subclass of engram.Error */
+static PyObject *error_base;   /* engram.Error, set by _register_errors() */
+static PyObject *error_types;  /* dict: code -> subclass of engram.Error */
 static unsigned long fork_gen; /* bumped in every child after fork() */
 
 static void after_fork_child(void) { fork_gen++; }
@@ -77,9 +77,9 @@ static PyObject *raise_missing(const char *fn) {
   return raise_code(ENGRAM_ENOTSUP, msg);
 }
 
-#define NEED(fn)                                     \
-  do {                                               \
-    if (!(fn)) return raise_missing(#fn);            \
+#define NEED(fn)                          \
+  do {                                    \
+    if (!(fn)) return raise_missing(#fn); \
   } while (0)
 
 /* ---------------------------------------------------------------------------------
@@ -201,10 +201,10 @@ typedef struct {
   PyObject_HEAD engram *log;
   pthread_mutex_t mu;
   pthread_cond_t idle;
-  int users;          /* calls running with the GIL released; under mu */
-  int closed;         /* set under the GIL; no new call starts once set */
-  int txns;           /* open transactions; close() refuses while > 0 */
-  unsigned long gen;  /* fork_gen at open: a forked child must not use the handle */
+  int users;         /* calls running with the GIL released; under mu */
+  int closed;        /* set under the GIL; no new call starts once set */
+  int txns;          /* open transactions; close() refuses while > 0 */
+  unsigned long gen; /* fork_gen at open: a forked child must not use the handle */
   PyObject *weakrefs;
 } LogObject;
 
@@ -217,7 +217,8 @@ static int enter(LogObject *self) {
     return -1;
   }
   if (self->gen != fork_gen) {
-    raise_code(ENGRAM_ECLOSED, "the log handle was opened before fork(); open a new one in this process");
+    raise_code(ENGRAM_ECLOSED,
+               "the log handle was opened before fork(); open a new one in this process");
     return -1;
   }
   pthread_mutex_lock(&self->mu);
@@ -240,11 +241,11 @@ static void snapshot(LogObject *self, char *buf) {
 
 /* Runs `call` (an expression using self->log) with the GIL released; on failure copies
  * the error message while still on the thread that made the call. */
-#define RUN(self, rc, msg, call)                 \
-  do {                                           \
-    Py_BEGIN_ALLOW_THREADS(rc) = (call);         \
-    if ((rc) < 0) snapshot((self), (msg));       \
-    Py_END_ALLOW_THREADS                         \
+#define RUN(self, rc, msg, call)           \
+  do {                                     \
+    Py_BEGIN_ALLOW_THREADS(rc) = (call);   \
+    if ((rc) < 0) snapshot((self), (msg)); \
+    Py_END_ALLOW_THREADS                   \
   } while (0)
 
 static LogObject *log_new(engram *h) {
@@ -341,19 +342,18 @@ static PyObject *Log_verify(LogObject *self, PyObject *unused) {
  * Topics.
  * ------------------------------------------------------------------------------ */
 static PyObject *topic_dict(const engram_topic_info *t) {
-  return Py_BuildValue("{s:s,s:{s:I,s:I,s:I,s:I},s:K,s:K,s:K,s:I,s:L}", "name", t->name,
-                       "config", "compress_threshold", t->config.compress_threshold,
-                       "max_payload", t->config.max_payload, "dict_train_after",
-                       t->config.dict_train_after, "flags", t->config.flags, "first_offset",
+  return Py_BuildValue("{s:s,s:{s:I,s:I,s:I,s:I},s:K,s:K,s:K,s:I,s:L}", "name", t->name, "config",
+                       "compress_threshold", t->config.compress_threshold, "max_payload",
+                       t->config.max_payload, "dict_train_after", t->config.dict_train_after,
+                       "flags", t->config.flags, "first_offset",
                        (unsigned long long)t->first_offset, "head_offset",
-                       (unsigned long long)t->head_offset, "count",
-                       (unsigned long long)t->count, "dict_id", t->dict_id, "created_ns",
-                       (long long)t->created_ns);
+                       (unsigned long long)t->head_offset, "count", (unsigned long long)t->count,
+                       "dict_id", t->dict_id, "created_ns", (long long)t->created_ns);
 }
 
 static PyObject *Log_topic_create(LogObject *self, PyObject *args, PyObject *kw) {
-  static char *kws[] = {"topic", "compress_threshold", "max_payload", "dict_train_after",
-                        "flags", NULL};
+  static char *kws[] = {"topic", "compress_threshold", "max_payload", "dict_train_after", "flags",
+                        NULL};
   const char *topic;
   engram_topic_config c;
   memset(&c, 0, sizeof c);
@@ -530,12 +530,11 @@ static PyObject *event_tuple(const engram_event *ev) {
     Py_DECREF(v);
   }
   const char *ct = ev->content_type && *ev->content_type ? ev->content_type : NULL;
-  return Py_BuildValue("(KNNNy#NNNLLI)", (unsigned long long)ev->offset, str_or_none(ev->topic),
-                       str_or_none(ev->type), str_or_none(ev->key),
-                       ev->payload ? (const char *)ev->payload : "", (Py_ssize_t)ev->payload_len,
-                       str_or_none(ct), h, str_or_none(ev->idempotency_key),
-                       (long long)ev->deliver_at_ns, (long long)ev->timestamp_ns,
-                       (unsigned int)ev->attempt);
+  return Py_BuildValue(
+      "(KNNNy#NNNLLI)", (unsigned long long)ev->offset, str_or_none(ev->topic),
+      str_or_none(ev->type), str_or_none(ev->key), ev->payload ? (const char *)ev->payload : "",
+      (Py_ssize_t)ev->payload_len, str_or_none(ct), h, str_or_none(ev->idempotency_key),
+      (long long)ev->deliver_at_ns, (long long)ev->timestamp_ns, (unsigned int)ev->attempt);
 }
 
 /* Converts a batch to a list of event tuples and frees it. */
@@ -612,8 +611,10 @@ static PyObject *Log_append_batch(LogObject *self, PyObject *args) {
   out = PyList_New(n);
   for (Py_ssize_t i = 0; out && i < n; i++) {
     PyObject *t = Py_BuildValue("(KO)", (unsigned long long)offs[i], dups[i] ? Py_True : Py_False);
-    if (!t) Py_CLEAR(out);
-    else PyList_SET_ITEM(out, i, t);
+    if (!t)
+      Py_CLEAR(out);
+    else
+      PyList_SET_ITEM(out, i, t);
   }
 out:
   for (Py_ssize_t i = 0; i < filled; i++) evin_clear(&es[i]);
@@ -729,9 +730,9 @@ fail:
 }
 
 static PyObject *Log_group_create(LogObject *self, PyObject *args, PyObject *kw) {
-  static char *kws[] = {"topic",       "group",       "filters",    "start",
+  static char *kws[] = {"topic",        "group",         "filters",     "start",
                         "start_offset", "start_time_ns", "ack_wait_ms", "max_deliver",
-                        "backoff_ms",  "result_ttl_ms", "flags",      NULL};
+                        "backoff_ms",   "result_ttl_ms", "flags",       NULL};
   const char *topic, *group;
   PyObject *filters = Py_None, *fseq = NULL;
   uint32_t start = 0;
@@ -743,12 +744,11 @@ static PyObject *Log_group_create(LogObject *self, PyObject *args, PyObject *kw)
   char msg[MSG_MAX];
   PyObject *ret = NULL;
   NEED(engram_group_create);
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&|OO&O&O&O&O&O&O&O&:group_create", kws,
-                                   conv_str, &topic, conv_str, &group, &filters, conv_u32,
-                                   &start, conv_u64, &c.start_offset, conv_i64,
-                                   &c.start_time_ns, conv_u64, &c.ack_wait_ms, conv_u32,
-                                   &c.max_deliver, conv_u64s, &backoff, conv_u64,
-                                   &c.result_ttl_ms, conv_u32, &c.flags))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&|OO&O&O&O&O&O&O&O&:group_create", kws, conv_str,
+                                   &topic, conv_str, &group, &filters, conv_u32, &start, conv_u64,
+                                   &c.start_offset, conv_i64, &c.start_time_ns, conv_u64,
+                                   &c.ack_wait_ms, conv_u32, &c.max_deliver, conv_u64s, &backoff,
+                                   conv_u64, &c.result_ttl_ms, conv_u32, &c.flags))
     return NULL;
   if (start > ENGRAM_START_TIME) {
     raise_code(ENGRAM_EINVAL, "group: start must be EARLIEST, LATEST, OFFSET or TIME");
@@ -792,8 +792,7 @@ static PyObject *Log_group_info(LogObject *self, PyObject *args) {
   int rc;
   char msg[MSG_MAX];
   NEED(engram_group_info_get);
-  if (!PyArg_ParseTuple(args, "O&O&:group_info", conv_str, &topic, conv_str, &group))
-    return NULL;
+  if (!PyArg_ParseTuple(args, "O&O&:group_info", conv_str, &topic, conv_str, &group)) return NULL;
   memset(&g, 0, sizeof g);
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_group_info_get(self->log, topic, group, &g));
@@ -832,8 +831,7 @@ static PyObject *Log_group_delete(LogObject *self, PyObject *args) {
   int rc;
   char msg[MSG_MAX];
   NEED(engram_group_delete);
-  if (!PyArg_ParseTuple(args, "O&O&:group_delete", conv_str, &topic, conv_str, &group))
-    return NULL;
+  if (!PyArg_ParseTuple(args, "O&O&:group_delete", conv_str, &topic, conv_str, &group)) return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_group_delete(self->log, topic, group));
   leave(self);
@@ -886,8 +884,8 @@ static PyObject *Log_ack(LogObject *self, PyObject *args) {
   int rc;
   char msg[MSG_MAX];
   NEED(engram_ack);
-  if (!PyArg_ParseTuple(args, "O&O&O&O&|O:ack", conv_str, &topic, conv_str, &group, conv_u64,
-                        &off, conv_u32, &attempt, &result))
+  if (!PyArg_ParseTuple(args, "O&O&O&O&|O:ack", conv_str, &topic, conv_str, &group, conv_u64, &off,
+                        conv_u32, &attempt, &result))
     return NULL;
   if (result != Py_None && PyObject_GetBuffer(result, &rb, PyBUF_SIMPLE) < 0) return NULL;
   if (enter(self)) {
@@ -950,8 +948,10 @@ static PyObject *Log_ack_many(LogObject *self, PyObject *args) {
   out = PyList_New(n);
   for (Py_ssize_t i = 0; out && i < n; i++) {
     PyObject *v = PyLong_FromLong(codes[i]);
-    if (!v) Py_CLEAR(out);
-    else PyList_SET_ITEM(out, i, v);
+    if (!v)
+      Py_CLEAR(out);
+    else
+      PyList_SET_ITEM(out, i, v);
   }
 out:
   for (Py_ssize_t i = 0; bufs && i < got; i++)
@@ -971,9 +971,8 @@ static PyObject *Log_nack(LogObject *self, PyObject *args) {
   int rc;
   char msg[MSG_MAX];
   NEED(engram_nack);
-  if (!PyArg_ParseTuple(args, "O&O&O&O&|O&O&:nack", conv_str, &topic, conv_str, &group,
-                        conv_u64, &off, conv_u32, &attempt, conv_i64, &delay, conv_str_opt,
-                        &error))
+  if (!PyArg_ParseTuple(args, "O&O&O&O&|O&O&:nack", conv_str, &topic, conv_str, &group, conv_u64,
+                        &off, conv_u32, &attempt, conv_i64, &delay, conv_str_opt, &error))
     return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_nack(self->log, topic, group, off, attempt, delay, error));
@@ -988,8 +987,8 @@ static PyObject *Log_reject(LogObject *self, PyObject *args) {
   int rc;
   char msg[MSG_MAX];
   NEED(engram_reject);
-  if (!PyArg_ParseTuple(args, "O&O&O&O&|O&:reject", conv_str, &topic, conv_str, &group,
-                        conv_u64, &off, conv_u32, &attempt, conv_str_opt, &reason))
+  if (!PyArg_ParseTuple(args, "O&O&O&O&|O&:reject", conv_str, &topic, conv_str, &group, conv_u64,
+                        &off, conv_u32, &attempt, conv_str_opt, &reason))
     return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_reject(self->log, topic, group, off, attempt, reason));
@@ -1004,8 +1003,8 @@ static PyObject *Log_extend(LogObject *self, PyObject *args) {
   int rc;
   char msg[MSG_MAX];
   NEED(engram_extend);
-  if (!PyArg_ParseTuple(args, "O&O&O&O&|O&:extend", conv_str, &topic, conv_str, &group,
-                        conv_u64, &off, conv_u32, &attempt, conv_u64, &ms))
+  if (!PyArg_ParseTuple(args, "O&O&O&O&|O&:extend", conv_str, &topic, conv_str, &group, conv_u64,
+                        &off, conv_u32, &attempt, conv_u64, &ms))
     return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_extend(self->log, topic, group, off, attempt, ms));
@@ -1019,8 +1018,7 @@ static PyObject *Log_cancel(LogObject *self, PyObject *args) {
   int rc;
   char msg[MSG_MAX];
   NEED(engram_cancel);
-  if (!PyArg_ParseTuple(args, "O&O&O&:cancel", conv_str, &topic, conv_str, &group, conv_u64,
-                        &off))
+  if (!PyArg_ParseTuple(args, "O&O&O&:cancel", conv_str, &topic, conv_str, &group, conv_u64, &off))
     return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_cancel(self->log, topic, group, off));
@@ -1041,8 +1039,7 @@ static PyObject *Log_status(LogObject *self, PyObject *args) {
   int rc;
   char msg[MSG_MAX];
   NEED(engram_status_get);
-  if (!PyArg_ParseTuple(args, "O&O&O&:status", conv_str, &topic, conv_str, &group, conv_u64,
-                        &off))
+  if (!PyArg_ParseTuple(args, "O&O&O&:status", conv_str, &topic, conv_str, &group, conv_u64, &off))
     return NULL;
   memset(&st, 0, sizeof st);
   if (enter(self)) return NULL;
@@ -1050,8 +1047,10 @@ static PyObject *Log_status(LogObject *self, PyObject *args) {
   leave(self);
   if (rc < 0) return raise_code(rc, msg);
   PyObject *res;
-  if (st.result) res = PyBytes_FromStringAndSize(st.result, (Py_ssize_t)st.result_len);
-  else res = Py_NewRef(Py_None);
+  if (st.result)
+    res = PyBytes_FromStringAndSize(st.result, (Py_ssize_t)st.result_len);
+  else
+    res = Py_NewRef(Py_None);
   engram_free(st.result);
   if (!res) return NULL;
   return Py_BuildValue("{s:i,s:s,s:s,s:I,s:L,s:s,s:N}", "state", (int)st.state, "state_name",
@@ -1068,8 +1067,8 @@ static PyObject *Log_dlq_list(LogObject *self, PyObject *args) {
   int rc;
   char msg[MSG_MAX];
   NEED(engram_dlq_list);
-  if (!PyArg_ParseTuple(args, "O&O&|O&O&:dlq_list", conv_str, &topic, conv_str, &group,
-                        conv_u64, &from, conv_size, &max))
+  if (!PyArg_ParseTuple(args, "O&O&|O&O&:dlq_list", conv_str, &topic, conv_str, &group, conv_u64,
+                        &from, conv_size, &max))
     return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_dlq_list(self->log, topic, group, from, max, &es, &n));
@@ -1078,11 +1077,10 @@ static PyObject *Log_dlq_list(LogObject *self, PyObject *args) {
   PyObject *list = PyList_New((Py_ssize_t)n);
   for (size_t i = 0; list && i < n; i++) {
     engram_dlq_entry *e = &es[i];
-    PyObject *d = Py_BuildValue("{s:K,s:I,s:s,s:s,s:s,s:L,s:L}", "offset",
-                                (unsigned long long)e->offset, "attempts", e->attempts, "reason",
-                                e->reason, "last_error", e->last_error, "consumer", e->consumer,
-                                "first_delivered_ns", (long long)e->first_delivered_ns,
-                                "dead_ns", (long long)e->dead_ns);
+    PyObject *d = Py_BuildValue(
+        "{s:K,s:I,s:s,s:s,s:s,s:L,s:L}", "offset", (unsigned long long)e->offset, "attempts",
+        e->attempts, "reason", e->reason, "last_error", e->last_error, "consumer", e->consumer,
+        "first_delivered_ns", (long long)e->first_delivered_ns, "dead_ns", (long long)e->dead_ns);
     if (!d) {
       Py_CLEAR(list);
       break;
@@ -1132,7 +1130,7 @@ typedef struct {
   engram_txn *txn;
   uint64_t **offsets; /* one slot per queued append, filled at commit */
   size_t n, cap;
-  PyObject *keep;     /* event specs and results whose memory the queued items use */
+  PyObject *keep; /* event specs and results whose memory the queued items use */
 } TxnObject;
 
 static PyTypeObject TxnType;
@@ -1201,8 +1199,8 @@ static PyObject *Txn_ack(TxnObject *t, PyObject *args) {
   PyObject *result = Py_None;
   Py_buffer rb = {0};
   if (txn_live(t)) return NULL;
-  if (!PyArg_ParseTuple(args, "O&O&O&O&|O:ack", conv_str, &topic, conv_str, &group, conv_u64,
-                        &off, conv_u32, &attempt, &result))
+  if (!PyArg_ParseTuple(args, "O&O&O&O&|O:ack", conv_str, &topic, conv_str, &group, conv_u64, &off,
+                        conv_u32, &attempt, &result))
     return NULL;
   if (result != Py_None && PyObject_GetBuffer(result, &rb, PyBUF_SIMPLE) < 0) return NULL;
   int rc = engram_txn_ack(t->txn, topic, group, off, attempt, rb.obj ? rb.buf : NULL,
@@ -1255,13 +1253,16 @@ static PyObject *Txn_commit(TxnObject *t, PyObject *unused) {
   RUN(self, rc, msg, engram_txn_commit(txn));
   leave(self);
   PyObject *out = NULL;
-  if (rc < 0) raise_code(rc, msg);
+  if (rc < 0)
+    raise_code(rc, msg);
   else {
     out = PyList_New((Py_ssize_t)t->n);
     for (size_t i = 0; out && i < t->n; i++) {
       PyObject *v = PyLong_FromUnsignedLongLong(*t->offsets[i]);
-      if (!v) Py_CLEAR(out);
-      else PyList_SET_ITEM(out, (Py_ssize_t)i, v);
+      if (!v)
+        Py_CLEAR(out);
+      else
+        PyList_SET_ITEM(out, (Py_ssize_t)i, v);
     }
   }
   txn_release(t);
@@ -1362,18 +1363,19 @@ static PyTypeObject LogType = {
 };
 
 static PyObject *mod_open(PyObject *m, PyObject *args, PyObject *kw) {
-  static char *kws[] = {"path",          "durability",        "map_size", "max_topics",
-                        "dedup_window_ms", "flush_interval_ms", "flags",    NULL};
+  static char *kws[] = {
+      "path",  "durability", "map_size", "max_topics", "dedup_window_ms", "flush_interval_ms",
+      "flags", NULL};
   const char *path;
   uint32_t durability = 0;
   engram_options o;
   memset(&o, 0, sizeof o);
   engram *h = NULL;
   int rc;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O&O&O&O&O&O&:open", kws, conv_str, &path,
-                                   conv_u32, &durability, conv_u64, &o.map_size, conv_u32,
-                                   &o.max_topics, conv_u64, &o.dedup_window_ms, conv_u32,
-                                   &o.flush_interval_ms, conv_u32, &o.flags))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O&O&O&O&O&O&:open", kws, conv_str, &path, conv_u32,
+                                   &durability, conv_u64, &o.map_size, conv_u32, &o.max_topics,
+                                   conv_u64, &o.dedup_window_ms, conv_u32, &o.flush_interval_ms,
+                                   conv_u32, &o.flags))
     return NULL;
   if (durability > ENGRAM_DURABILITY_ASYNC)
     return raise_code(ENGRAM_EINVAL, "open: durability must be SYNC, NOMETASYNC or ASYNC");
@@ -1388,7 +1390,7 @@ static PyObject *mod_open(PyObject *m, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *mod_connect(PyObject *m, PyObject *args, PyObject *kw) {
-  static char *kws[] = {"endpoint",   "timeout_ms", "server_key", "public_key",
+  static char *kws[] = {"endpoint",   "timeout_ms",      "server_key", "public_key",
                         "secret_key", "pipeline_window", NULL};
   const char *endpoint;
   engram_connect_options o;
@@ -1476,8 +1478,8 @@ static PyMethodDef mod_methods[] = {
     {NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_engram",
-                                    "engram.h as a CPython extension; use the engram package.",
-                                    -1, mod_methods};
+                                    "engram.h as a CPython extension; use the engram package.", -1,
+                                    mod_methods};
 
 PyMODINIT_FUNC PyInit__engram(void) {
   static int atfork_done;
