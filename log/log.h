@@ -106,7 +106,7 @@ struct engram {
   size_t last_batch;      /* jobs in the last batch taken */
   int64_t last_flush_ns;  /* duration of the last explicit flush */
   int gathering;          /* the leader waits on flush_cv for writers to queue */
-  int64_t gather_max_ns;  /* longest such wait; 0 = 200 us. The daemon raises it to
+  int64_t gather_max_ns;  /* longest such wait; 0 = 500 us. The daemon raises it to
                              about a network round trip. */
   int leader;             /* 1 while a thread leads a commit */
   uint64_t append_seq;    /* bumped after every commit that appended */
