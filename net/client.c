@@ -16,6 +16,12 @@
  * appends whose every event has an idempotency key) are sent again, with the same id,
  * once a connection is back; the others fail at once with ECONN, since the daemon may or
  * may not have applied them — a plain append is never silently sent twice.
+ *
+ * Requests are written only while the monitor says a connection is up. libzmq announces
+ * DISCONNECTED before it takes the dead connection's pipe away from the socket, so a send
+ * just after that announcement can still succeed — into a pipe about to be dropped, with
+ * no further event to tell. Waiting for HANDSHAKE_SUCCEEDED of the next connection keeps
+ * such requests unsent; any DISCONNECTED takes back what was sent, whatever `up` says.
  */
 #include <errno.h>
 #include <poll.h>
@@ -250,9 +256,11 @@ static void drain_replies(struct conn *c, int settle) {
 
 static void drain_data(struct conn *c) { drain_replies(c, 1); }
 
-/* Sends what waits to be sent, oldest first, as far as a connection takes it. */
+/* Sends what waits to be sent, oldest first, as far as a connection takes it. Not while
+ * no connection is known to be up: a send could go to a dead connection's pipe (see the
+ * header). */
 static void flush_unsent(struct conn *c) {
-  if (c->denied) return;
+  if (c->denied || !c->up) return;
   while (c->u_head) {
     struct pend *p = c->u_head;
     if (zmq_send(c->sock, p->req, p->req_len, ZMQ_DONTWAIT) < 0) return;
@@ -405,8 +413,10 @@ static void drain_monitor(struct conn *c) {
         }
       }
     } else if (event == ZMQ_EVENT_DISCONNECTED) {
-      if (c->up) connection_lost(c);
+      /* Whatever `up` said: a request written since the last look may have gone to the
+       * connection that just died. */
       c->up = 0;
+      connection_lost(c);
     } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
       c->denied = 1;
       for (int b = 0; b < PEND_BUCKETS; b++) {
