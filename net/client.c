@@ -39,63 +39,63 @@
 
 struct pend {
   uint64_t id;
-  uint8_t *req;             /* the packed request, kept for a resend */
+  uint8_t *req; /* the packed request, kept for a resend */
   size_t req_len;
-  int retry;                /* safe to send again after a lost connection */
-  int sent;                 /* written to a live connection */
+  int retry; /* safe to send again after a lost connection */
+  int sent;  /* written to a live connection */
   int done;
-  int code;                 /* local failure when done without a reply */
+  int code; /* local failure when done without a reply */
   char msg[256];
-  Engram__Wire__Reply *rp;  /* the reply when done */
-  int64_t deadline_ns;      /* monotonic */
-  int batch;                /* a batch of pipelined appends */
-  size_t refs;              /* batch: pipelined appends still pointing at it */
-  size_t refs_total;        /* batch: appends in it */
-  struct pend *next;        /* hash chain while in flight */
+  Engram__Wire__Reply *rp;    /* the reply when done */
+  int64_t deadline_ns;        /* monotonic */
+  int batch;                  /* a batch of pipelined appends */
+  size_t refs;                /* batch: pipelined appends still pointing at it */
+  size_t refs_total;          /* batch: appends in it */
+  struct pend *next;          /* hash chain while in flight */
   struct pend *uprev, *unext; /* the unsent list, in id order */
   int in_unsent;
 };
 
 /* One pipelined append. */
 struct aslot {
-  struct pend *p;           /* its batch, NULL while staged */
-  uint32_t idx;             /* its place in the batch */
+  struct pend *p; /* its batch, NULL while staged */
+  uint32_t idx;   /* its place in the batch */
   engram_append_cb cb;
   void *ctx;
 };
 
 struct conn {
   pthread_mutex_t mu;
-  pthread_cond_t cv;        /* non-reader waiters */
+  pthread_cond_t cv; /* non-reader waiters */
   void *zctx, *sock, *mon;
   int sock_fd, mon_fd, wake_fd;
-  int reading;              /* a thread sleeps in poll() */
+  int reading; /* a thread sleeps in poll() */
   pthread_t reader;
   uint64_t next_id;
   struct pend *inflight[PEND_BUCKETS];
   size_t n_unsent;
   struct pend *u_head, *u_tail; /* requests waiting to be sent, oldest first */
   unsigned pumps;
-  int up;                   /* a connection is established */
-  int ever_up;              /* one was, since engram_connect */
-  int denied;               /* the daemon refused our CURVE key */
+  int up;      /* a connection is established */
+  int ever_up; /* one was, since engram_connect */
+  int denied;  /* the daemon refused our CURVE key */
   char endpoint[512];
   engram_connect_options o;
   char server_key[41], public_key[41], secret_key[41];
   uint32_t max_message;
   /* Pipelined appends: a ring of the outstanding ones in the order they were made, the
    * staged ones (not yet sent) at its end. */
-  struct aslot *ring;       /* pipeline_window slots */
-  size_t a_head, a_count;   /* first outstanding slot, outstanding appends */
-  size_t staged;            /* the last `staged` slots wait in sbuf */
+  struct aslot *ring;     /* pipeline_window slots */
+  size_t a_head, a_count; /* first outstanding slot, outstanding appends */
+  size_t staged;          /* the last `staged` slots wait in sbuf */
   char s_topic[ENGRAM_MAX_NAME + 1];
-  uint8_t *sbuf;            /* staged events, each as an Append.events field */
+  uint8_t *sbuf; /* staged events, each as an Append.events field */
   size_t s_len, s_cap;
-  int s_idem;               /* every staged event has an idempotency key */
-  size_t a_reqs;            /* batches sent and not yet answered */
-  int a_err;                /* first pipelined error since the last append_wait */
+  int s_idem;    /* every staged event has an idempotency key */
+  size_t a_reqs; /* batches sent and not yet answered */
+  int a_err;     /* first pipelined error since the last append_wait */
   char a_msg[256];
-  pthread_t flusher;        /* sends staged appends when the producer is away */
+  pthread_t flusher; /* sends staged appends when the producer is away */
   int f_running, f_stop;
   pthread_cond_t f_cv;
 };
@@ -172,7 +172,8 @@ static void wake_reader(struct conn *c) {
 }
 
 /* Ends a pending request (with its reply or a local error). Called with mu held. */
-static void pend_finish(struct conn *c, struct pend *p, Engram__Wire__Reply *rp, int code, const char *msg) {
+static void pend_finish(struct conn *c, struct pend *p, Engram__Wire__Reply *rp, int code,
+                        const char *msg) {
   if (p->done) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return;
@@ -247,8 +248,10 @@ static void drain_replies(struct conn *c, int settle) {
     zmq_msg_close(&m);
     while (more) {
       zmq_msg_init(&m);
-      if (zmq_msg_recv(&m, c->sock, 0) < 0) more = 0;
-      else more = zmq_msg_more(&m);
+      if (zmq_msg_recv(&m, c->sock, 0) < 0)
+        more = 0;
+      else
+        more = zmq_msg_more(&m);
       zmq_msg_close(&m);
     }
   }
@@ -367,7 +370,8 @@ static void connection_lost(struct conn *c) {
         } else {
           char msg[700];
           snprintf(msg, sizeof msg,
-                   "%s: connection to the daemon lost before the reply; the request may or may not have been applied",
+                   "%s: connection to the daemon lost before the reply; the request may or may not "
+                   "have been applied",
                    c->endpoint);
           pend_finish(c, p, NULL, ENGRAM_ECONN, msg);
         }
@@ -394,8 +398,10 @@ static void drain_monitor(struct conn *c) {
     zmq_msg_close(&m);
     while (more) {
       zmq_msg_init(&m);
-      if (zmq_msg_recv(&m, c->mon, 0) < 0) more = 0;
-      else more = zmq_msg_more(&m);
+      if (zmq_msg_recv(&m, c->mon, 0) < 0)
+        more = 0;
+      else
+        more = zmq_msg_more(&m);
       zmq_msg_close(&m);
     }
     if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
@@ -408,7 +414,8 @@ static void drain_monitor(struct conn *c) {
       for (int b = 0; b < PEND_BUCKETS; b++) {
         while (c->inflight[b]) {
           char msg[700];
-          snprintf(msg, sizeof msg, "%s: cannot reach the daemon (connection refused)", c->endpoint);
+          snprintf(msg, sizeof msg, "%s: cannot reach the daemon (connection refused)",
+                   c->endpoint);
           pend_finish(c, c->inflight[b], NULL, ENGRAM_ECONN, msg);
         }
       }
@@ -455,9 +462,13 @@ static void expire(struct conn *c, struct pend *p) {
   else if (p->sent)
     snprintf(msg, sizeof msg, "%s: no reply within %u ms", c->endpoint, c->o.timeout_ms);
   else
-    snprintf(msg, sizeof msg, "%s: cannot reach the daemon (no connection within %u ms)", c->endpoint,
-             c->o.timeout_ms);
-  pend_finish(c, p, NULL, c->denied ? ENGRAM_EDENIED : p->sent ? ENGRAM_ETIMEDOUT : ENGRAM_ECONN, msg);
+    snprintf(msg, sizeof msg, "%s: cannot reach the daemon (no connection within %u ms)",
+             c->endpoint, c->o.timeout_ms);
+  pend_finish(c, p, NULL,
+              c->denied ? ENGRAM_EDENIED
+              : p->sent ? ENGRAM_ETIMEDOUT
+                        : ENGRAM_ECONN,
+              msg);
 }
 
 /* Waits until p is done (a reply, a failure or its deadline). Called with mu held. */
@@ -479,7 +490,8 @@ static void wait_pend(struct conn *c, struct pend *p) {
     c->reading = 1;
     c->reader = pthread_self();
     pthread_mutex_unlock(&c->mu);
-    struct pollfd fds[3] = {{c->sock_fd, POLLIN, 0}, {c->mon_fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
+    struct pollfd fds[3] = {
+        {c->sock_fd, POLLIN, 0}, {c->mon_fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
     int64_t ms = (p->deadline_ns - now + 999999) / 1000000;
     /* Unsent requests wait for a connection: look again now and then, as libzmq
      * signals a new connection on the monitor but not always on the socket. */
@@ -498,10 +510,11 @@ static void wait_pend(struct conn *c, struct pend *p) {
 
 /* Packs rq, sends it (or queues it unsent) and registers the pending request. Called with
  * mu held. Returns NULL with an error set on the handle. */
-static struct pend *submit(engram *log, struct conn *c, Engram__Wire__Request *rq, int retry, uint64_t extra_ms,
-                           int *rc) {
+static struct pend *submit(engram *log, struct conn *c, Engram__Wire__Request *rq, int retry,
+                           uint64_t extra_ms, int *rc) {
   if (c->denied) {
-    *rc = log_error(log, ENGRAM_EDENIED, "%s: the daemon refused this client's CURVE key", c->endpoint);
+    *rc = log_error(log, ENGRAM_EDENIED, "%s: the daemon refused this client's CURVE key",
+                    c->endpoint);
     return NULL;
   }
   stage_flush(c); /* requests leave in the order they were made */
@@ -509,8 +522,9 @@ static struct pend *submit(engram *log, struct conn *c, Engram__Wire__Request *r
   rq->id = ++c->next_id;
   size_t n = engram__wire__request__get_packed_size(rq);
   if (c->max_message && n > c->max_message) {
-    *rc = log_error(log, ENGRAM_ETOOBIG, "%s %s: request of %zu bytes over the daemon's limit of %u",
-                    c->endpoint, net_op_name(rq->op_case), n, c->max_message);
+    *rc =
+        log_error(log, ENGRAM_ETOOBIG, "%s %s: request of %zu bytes over the daemon's limit of %u",
+                  c->endpoint, net_op_name(rq->op_case), n, c->max_message);
     return NULL;
   }
   struct pend *p = calloc(1, sizeof *p);
@@ -569,7 +583,8 @@ static int rpc(engram *log, Engram__Wire__Request *rq, int retry, uint64_t extra
   }
   if (want != ENGRAM__WIRE__REPLY__RESULT__NOT_SET && (int)rp->result_case != want) {
     engram__wire__reply__free_unpacked(rp, NULL);
-    return log_error(log, ENGRAM_EPROTO, "%s %s: reply of the wrong kind", c->endpoint, net_op_name(rq->op_case));
+    return log_error(log, ENGRAM_EPROTO, "%s %s: reply of the wrong kind", c->endpoint,
+                     net_op_name(rq->op_case));
   }
   log_error_clear(log);
   *out = rp;
@@ -585,7 +600,8 @@ static int call(engram *log, Engram__Wire__Request *rq, int retry) {
 
 static int bad_reply(engram *log, Engram__Wire__Reply *rp, const char *what) {
   if (rp) engram__wire__reply__free_unpacked(rp, NULL);
-  return log_error(log, ENGRAM_EPROTO, "%s: %s: malformed reply from the daemon", C(log)->endpoint, what);
+  return log_error(log, ENGRAM_EPROTO, "%s: %s: malformed reply from the daemon", C(log)->endpoint,
+                   what);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -610,13 +626,15 @@ static int topic_from_wire(const Engram__Wire__TopicInfo *w, engram_topic_info *
 
 static int group_from_wire(const Engram__Wire__GroupInfo *w, engram_group_info *g) {
   memset(g, 0, sizeof *g);
-  if (!w || net_copy_text(g->topic, sizeof g->topic, w->topic) || net_copy_text(g->name, sizeof g->name, w->name))
+  if (!w || net_copy_text(g->topic, sizeof g->topic, w->topic) ||
+      net_copy_text(g->name, sizeof g->name, w->name))
     return -1;
   if (w->n_filters > ENGRAM_MAX_FILTERS || w->n_backoff_ms > ENGRAM_MAX_BACKOFF) return -1;
   for (size_t i = 0; i < w->n_filters; i++)
     if (net_copy_text(g->filters[i], sizeof g->filters[i], w->filters[i])) return -1;
   g->n_filters = w->n_filters;
-  if (w->n_backoff_ms) memcpy(g->backoff_ms, w->backoff_ms, w->n_backoff_ms * sizeof *w->backoff_ms);
+  if (w->n_backoff_ms)
+    memcpy(g->backoff_ms, w->backoff_ms, w->n_backoff_ms * sizeof *w->backoff_ms);
   g->n_backoff = w->n_backoff_ms;
   g->ack_wait_ms = w->ack_wait_ms;
   g->max_deliver = w->max_deliver;
@@ -689,10 +707,10 @@ static int batch_from_wire(engram *log, const Engram__Wire__Events *w, engram_ba
 /* ---------------------------------------------------------------------------------
  * The operations.
  * ------------------------------------------------------------------------------ */
-#define REQ(field, CASE, msgtype, INIT)                        \
-  Engram__Wire__Request rq = ENGRAM__WIRE__REQUEST__INIT;      \
-  msgtype m = INIT;                                            \
-  rq.op_case = ENGRAM__WIRE__REQUEST__OP_##CASE;               \
+#define REQ(field, CASE, msgtype, INIT)                   \
+  Engram__Wire__Request rq = ENGRAM__WIRE__REQUEST__INIT; \
+  msgtype m = INIT;                                       \
+  rq.op_case = ENGRAM__WIRE__REQUEST__OP_##CASE;          \
   rq.field = &m
 
 static void conn_free(struct conn *c);
@@ -784,7 +802,8 @@ static int r_topic_drop(engram *log, const char *topic) {
 }
 
 static int r_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id) {
-  REQ(topic_train_dict, TOPIC_TRAIN_DICT, Engram__Wire__TopicTrainDict, ENGRAM__WIRE__TOPIC_TRAIN_DICT__INIT);
+  REQ(topic_train_dict, TOPIC_TRAIN_DICT, Engram__Wire__TopicTrainDict,
+      ENGRAM__WIRE__TOPIC_TRAIN_DICT__INIT);
   m.topic = net_str(topic);
   Engram__Wire__Reply *rp;
   int rc = rpc(log, &rq, 0, 0, ENGRAM__WIRE__REPLY__RESULT_DICT_ID, &rp);
@@ -828,7 +847,8 @@ static int inexpressible(const engram_event *e) {
 }
 
 /* Builds the wire events (pointing into the caller's). */
-static int wev_build(engram *log, const char *topic, const engram_event *evs, size_t n, struct wev *w, int *all_idem) {
+static int wev_build(engram *log, const char *topic, const engram_event *evs, size_t n,
+                     struct wev *w, int *all_idem) {
   memset(w, 0, sizeof *w);
   size_t nh = 0;
   *all_idem = 1;
@@ -836,7 +856,8 @@ static int wev_build(engram *log, const char *topic, const engram_event *evs, si
     if (inexpressible(&evs[i])) {
       int rc = log_check_event(log, net_str(topic), &evs[i], ENGRAM_MAX_PAYLOAD_LIMIT);
       if (rc) return rc;
-      return log_error(log, ENGRAM_EINVAL, "append %s: event %zu has a NULL field", net_str(topic), i);
+      return log_error(log, ENGRAM_EINVAL, "append %s: event %zu has a NULL field", net_str(topic),
+                       i);
     }
     if (!evs[i].idempotency_key) *all_idem = 0;
     nh += evs[i].n_headers;
@@ -888,14 +909,15 @@ static int wev_build(engram *log, const char *topic, const engram_event *evs, si
   return 0;
 }
 
-static int r_append_batch(engram *log, const char *topic, const engram_event *evs, size_t n, uint64_t *offsets,
-                          int *duplicates) {
+static int r_append_batch(engram *log, const char *topic, const engram_event *evs, size_t n,
+                          uint64_t *offsets, int *duplicates) {
   if (!evs || !offsets)
-    return log_error(log, ENGRAM_EINVAL, "append %s: events or offsets is NULL", topic ? topic : "");
+    return log_error(log, ENGRAM_EINVAL, "append %s: events or offsets is NULL",
+                     topic ? topic : "");
   if (n == 0) return log_error(log, ENGRAM_EINVAL, "append %s: empty batch", topic ? topic : "");
   if (n > NET_MAX_EVENTS)
-    return log_error(log, ENGRAM_ETOOBIG, "append %s: batch of %zu events over limit %d", topic ? topic : "", n,
-                     NET_MAX_EVENTS);
+    return log_error(log, ENGRAM_ETOOBIG, "append %s: batch of %zu events over limit %d",
+                     topic ? topic : "", n, NET_MAX_EVENTS);
   struct wev w;
   int idem;
   int rc = wev_build(log, topic, evs, n, &w, &idem);
@@ -911,7 +933,8 @@ static int r_append_batch(engram *log, const char *topic, const engram_event *ev
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return rc;
   }
-  if (rp->append->n_offsets != n || (rp->append->n_duplicates != n && rp->append->n_duplicates != 0))
+  if (rp->append->n_offsets != n ||
+      (rp->append->n_duplicates != n && rp->append->n_duplicates != 0))
     return bad_reply(log, rp, "append");
   for (size_t i = 0; i < n; i++) {
     offsets[i] = rp->append->offsets[i];
@@ -921,7 +944,8 @@ static int r_append_batch(engram *log, const char *topic, const engram_event *ev
   return 0;
 }
 
-static int r_append(engram *log, const char *topic, const engram_event *ev, uint64_t *offset, int *duplicate) {
+static int r_append(engram *log, const char *topic, const engram_event *ev, uint64_t *offset,
+                    int *duplicate) {
   if (!ev) return log_error(log, ENGRAM_EINVAL, "append %s: event is NULL", topic ? topic : "");
   uint64_t off = 0;
   int dup = 0;
@@ -932,7 +956,8 @@ static int r_append(engram *log, const char *topic, const engram_event *ev, uint
   return 0;
 }
 
-static int read_reply(engram *log, Engram__Wire__Request *rq, engram_batch **out, const char *what) {
+static int read_reply(engram *log, Engram__Wire__Request *rq, engram_batch **out,
+                      const char *what) {
   Engram__Wire__Reply *rp;
   int rc = rpc(log, rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_EVENTS, &rp);
   if (rc) {
@@ -954,7 +979,8 @@ static int r_read(engram *log, const char *topic, uint64_t offset, engram_batch 
   return read_reply(log, &rq, out, "read");
 }
 
-static int r_read_range(engram *log, const char *topic, uint64_t from, size_t max, engram_batch **out) {
+static int r_read_range(engram *log, const char *topic, uint64_t from, size_t max,
+                        engram_batch **out) {
   if (!out) return log_error(log, ENGRAM_EINVAL, "read: out is NULL");
   *out = NULL;
   if (max == 0) return log_error(log, ENGRAM_EINVAL, "read %s: max is 0", topic ? topic : "");
@@ -984,25 +1010,26 @@ static int r_verify(engram *log, engram_verify_report *report) {
   return 0;
 }
 
-static int r_group_create(engram *log, const char *topic, const char *group, const engram_group_config *cfg) {
+static int r_group_create(engram *log, const char *topic, const char *group,
+                          const engram_group_config *cfg) {
   REQ(group_create, GROUP_CREATE, Engram__Wire__GroupCreate, ENGRAM__WIRE__GROUP_CREATE__INIT);
   Engram__Wire__GroupConfig wc = ENGRAM__WIRE__GROUP_CONFIG__INIT;
   m.topic = net_str(topic);
   m.group = net_str(group);
   if (cfg) {
     if (cfg->n_filters > ENGRAM_MAX_FILTERS || (cfg->n_filters && !cfg->filters))
-      return log_error(log, ENGRAM_EINVAL, "group create %s/%s: filters invalid (at most %d)", net_str(topic),
-                       net_str(group), ENGRAM_MAX_FILTERS);
+      return log_error(log, ENGRAM_EINVAL, "group create %s/%s: filters invalid (at most %d)",
+                       net_str(topic), net_str(group), ENGRAM_MAX_FILTERS);
     if (cfg->n_backoff > ENGRAM_MAX_BACKOFF || (cfg->n_backoff && !cfg->backoff_ms))
       return log_error(log, ENGRAM_EINVAL, "group create %s/%s: backoff invalid (at most %d steps)",
                        net_str(topic), net_str(group), ENGRAM_MAX_BACKOFF);
     for (size_t i = 0; i < cfg->n_filters; i++)
       if (!cfg->filters[i])
-        return log_error(log, ENGRAM_EINVAL, "group create %s/%s: filter %zu is NULL", net_str(topic),
-                         net_str(group), i);
+        return log_error(log, ENGRAM_EINVAL, "group create %s/%s: filter %zu is NULL",
+                         net_str(topic), net_str(group), i);
     if ((unsigned)cfg->start > ENGRAM_START_TIME)
-      return log_error(log, ENGRAM_EINVAL, "group create %s/%s: unknown start %d", net_str(topic), net_str(group),
-                       (int)cfg->start);
+      return log_error(log, ENGRAM_EINVAL, "group create %s/%s: unknown start %d", net_str(topic),
+                       net_str(group), (int)cfg->start);
     wc.filters = (char **)cfg->filters;
     wc.n_filters = cfg->n_filters;
     wc.start = (Engram__Wire__Start)cfg->start;
@@ -1019,7 +1046,8 @@ static int r_group_create(engram *log, const char *topic, const char *group, con
   return call(log, &rq, 0);
 }
 
-static int r_group_info_get(engram *log, const char *topic, const char *group, engram_group_info *info) {
+static int r_group_info_get(engram *log, const char *topic, const char *group,
+                            engram_group_info *info) {
   if (!info) return log_error(log, ENGRAM_EINVAL, "group info: info is NULL");
   REQ(group_get, GROUP_GET, Engram__Wire__GroupGet, ENGRAM__WIRE__GROUP_GET__INIT);
   m.topic = net_str(topic);
@@ -1072,11 +1100,11 @@ static int r_group_delete(engram *log, const char *topic, const char *group) {
   return call(log, &rq, 0);
 }
 
-static int r_group_reset(engram *log, const char *topic, const char *group, engram_start to, uint64_t offset,
-                         int64_t time_ns) {
+static int r_group_reset(engram *log, const char *topic, const char *group, engram_start to,
+                         uint64_t offset, int64_t time_ns) {
   if ((unsigned)to > ENGRAM_START_TIME)
-    return log_error(log, ENGRAM_EINVAL, "group reset %s/%s: unknown position %d", net_str(topic), net_str(group),
-                     (int)to);
+    return log_error(log, ENGRAM_EINVAL, "group reset %s/%s: unknown position %d", net_str(topic),
+                     net_str(group), (int)to);
   REQ(group_reset, GROUP_RESET, Engram__Wire__GroupReset, ENGRAM__WIRE__GROUP_RESET__INIT);
   m.topic = net_str(topic);
   m.group = net_str(group);
@@ -1086,13 +1114,14 @@ static int r_group_reset(engram *log, const char *topic, const char *group, engr
   return call(log, &rq, 0);
 }
 
-static int r_fetch(engram *log, const char *topic, const char *group, const char *consumer, size_t max,
-                   uint64_t wait_ms, engram_batch **out) {
+static int r_fetch(engram *log, const char *topic, const char *group, const char *consumer,
+                   size_t max, uint64_t wait_ms, engram_batch **out) {
   if (!out) return log_error(log, ENGRAM_EINVAL, "fetch: out is NULL");
   *out = NULL;
   if (max > UINT32_MAX) max = UINT32_MAX; /* the daemon refuses it with the embedded message */
   if (wait_ms > NET_MAX_WAIT_MS)
-    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait over one hour", net_str(topic), net_str(group));
+    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait over one hour", net_str(topic),
+                     net_str(group));
   REQ(fetch, FETCH, Engram__Wire__Fetch, ENGRAM__WIRE__FETCH__INIT);
   m.topic = net_str(topic);
   m.group = net_str(group);
@@ -1111,10 +1140,11 @@ static int r_fetch(engram *log, const char *topic, const char *group, const char
   return rc ? ENGRAM_ENOMEM : 0;
 }
 
-static int r_ack_many(engram *log, const char *topic, const char *group, const engram_ack_item *items, size_t n,
-                      int *codes) {
+static int r_ack_many(engram *log, const char *topic, const char *group,
+                      const engram_ack_item *items, size_t n, int *codes) {
   if (!items || n == 0) return log_error(log, ENGRAM_EINVAL, "ack: no items");
-  if (n > NET_MAX_ITEMS) return log_error(log, ENGRAM_ETOOBIG, "ack: %zu items over limit %d", n, NET_MAX_ITEMS);
+  if (n > NET_MAX_ITEMS)
+    return log_error(log, ENGRAM_ETOOBIG, "ack: %zu items over limit %d", n, NET_MAX_ITEMS);
   Engram__Wire__AckItem *wi = calloc(n, sizeof *wi);
   Engram__Wire__AckItem **wp = calloc(n, sizeof *wp);
   if (!wi || !wp) {
@@ -1133,8 +1163,8 @@ static int r_ack_many(engram *log, const char *topic, const char *group, const e
     } else if (items[i].result_len) {
       free(wi);
       free(wp);
-      return log_error(log, ENGRAM_EINVAL, "ack %s/%s: result is NULL but result_len is %zu", net_str(topic),
-                       net_str(group), items[i].result_len);
+      return log_error(log, ENGRAM_EINVAL, "ack %s/%s: result is NULL but result_len is %zu",
+                       net_str(topic), net_str(group), items[i].result_len);
     }
     wp[i] = &wi[i];
   }
@@ -1159,8 +1189,8 @@ static int r_ack_many(engram *log, const char *topic, const char *group, const e
   return rc;
 }
 
-static int r_nack(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
-                  int64_t delay_ms, const char *error) {
+static int r_nack(engram *log, const char *topic, const char *group, uint64_t offset,
+                  uint32_t attempt, int64_t delay_ms, const char *error) {
   REQ(nack, NACK, Engram__Wire__Nack, ENGRAM__WIRE__NACK__INIT);
   m.topic = net_str(topic);
   m.group = net_str(group);
@@ -1172,8 +1202,8 @@ static int r_nack(engram *log, const char *topic, const char *group, uint64_t of
   return call(log, &rq, 0);
 }
 
-static int r_reject(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
-                    const char *reason) {
+static int r_reject(engram *log, const char *topic, const char *group, uint64_t offset,
+                    uint32_t attempt, const char *reason) {
   REQ(reject, REJECT, Engram__Wire__Reject, ENGRAM__WIRE__REJECT__INIT);
   m.topic = net_str(topic);
   m.group = net_str(group);
@@ -1184,8 +1214,8 @@ static int r_reject(engram *log, const char *topic, const char *group, uint64_t 
   return call(log, &rq, 0);
 }
 
-static int r_extend(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
-                    uint64_t ms) {
+static int r_extend(engram *log, const char *topic, const char *group, uint64_t offset,
+                    uint32_t attempt, uint64_t ms) {
   REQ(extend, EXTEND, Engram__Wire__Extend, ENGRAM__WIRE__EXTEND__INIT);
   m.topic = net_str(topic);
   m.group = net_str(group);
@@ -1203,7 +1233,8 @@ static int r_cancel(engram *log, const char *topic, const char *group, uint64_t 
   return call(log, &rq, 0);
 }
 
-static int r_status_get(engram *log, const char *topic, const char *group, uint64_t offset, engram_status *st) {
+static int r_status_get(engram *log, const char *topic, const char *group, uint64_t offset,
+                        engram_status *st) {
   if (!st) return log_error(log, ENGRAM_EINVAL, "status: st is NULL");
   memset(st, 0, sizeof *st);
   REQ(status_get, STATUS_GET, Engram__Wire__StatusGet, ENGRAM__WIRE__STATUS_GET__INIT);
@@ -1217,7 +1248,8 @@ static int r_status_get(engram *log, const char *topic, const char *group, uint6
     return rc;
   }
   const Engram__Wire__Status *w = rp->status;
-  if (w->state > ENGRAM_STATE_SKIPPED || net_copy_text(st->consumer, sizeof st->consumer, w->consumer))
+  if (w->state > ENGRAM_STATE_SKIPPED ||
+      net_copy_text(st->consumer, sizeof st->consumer, w->consumer))
     return bad_reply(log, rp, "status");
   st->state = (engram_event_state)w->state;
   st->attempt = w->attempt;
@@ -1278,8 +1310,8 @@ static int r_dlq_list(engram *log, const char *topic, const char *group, uint64_
   return 0;
 }
 
-static int dlq_select(engram *log, int redrive, const char *topic, const char *group, const uint64_t *offsets,
-                      size_t n, size_t *count) {
+static int dlq_select(engram *log, int redrive, const char *topic, const char *group,
+                      const uint64_t *offsets, size_t n, size_t *count) {
   if (offsets && n == 0) {
     if (count) *count = 0;
     return 0;
@@ -1307,13 +1339,13 @@ static int dlq_select(engram *log, int redrive, const char *topic, const char *g
   return rc;
 }
 
-static int r_dlq_purge(engram *log, const char *topic, const char *group, const uint64_t *offsets, size_t n,
-                       size_t *count) {
+static int r_dlq_purge(engram *log, const char *topic, const char *group, const uint64_t *offsets,
+                       size_t n, size_t *count) {
   return dlq_select(log, 0, topic, group, offsets, n, count);
 }
 
-static int r_dlq_redrive(engram *log, const char *topic, const char *group, const uint64_t *offsets, size_t n,
-                         size_t *count) {
+static int r_dlq_redrive(engram *log, const char *topic, const char *group, const uint64_t *offsets,
+                         size_t n, size_t *count) {
   return dlq_select(log, 1, topic, group, offsets, n, count);
 }
 
@@ -1344,7 +1376,8 @@ static void slot_result(struct pend *p, uint32_t idx, struct done_cb *d, const c
   if (rp->code) return;
   const Engram__Wire__AppendResult *ar = rp->append;
   if (rp->result_case != ENGRAM__WIRE__REPLY__RESULT_APPEND || ar->n_offsets != p->refs_total ||
-      (ar->n_duplicates && ar->n_duplicates != p->refs_total) || (ar->n_codes && ar->n_codes != p->refs_total) ||
+      (ar->n_duplicates && ar->n_duplicates != p->refs_total) ||
+      (ar->n_codes && ar->n_codes != p->refs_total) ||
       (ar->n_errors && ar->n_errors != p->refs_total)) {
     d->rc = ENGRAM_EPROTO;
     *msg = "malformed append reply from the daemon";
@@ -1413,7 +1446,8 @@ static void *flusher_main(void *arg) {
     c->reading = 1;
     c->reader = pthread_self();
     pthread_mutex_unlock(&c->mu);
-    struct pollfd fds[3] = {{c->sock_fd, POLLIN, 0}, {c->mon_fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
+    struct pollfd fds[3] = {
+        {c->sock_fd, POLLIN, 0}, {c->mon_fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
     poll(fds, 3, 20);
     if (fds[2].revents & POLLIN) {
       uint64_t v;
@@ -1442,16 +1476,19 @@ static int pipeline_start(engram *log, struct conn *c) {
     c->sbuf = NULL;
     return log_error(log, ENGRAM_ENOMEM, "append: out of memory");
   }
-  if (pthread_create(&c->flusher, NULL, flusher_main, c) != 0) return log_error(log, ENGRAM_ENOMEM, "append: cannot start a thread");
+  if (pthread_create(&c->flusher, NULL, flusher_main, c) != 0)
+    return log_error(log, ENGRAM_ENOMEM, "append: cannot start a thread");
   c->f_running = 1;
   return 0;
 }
 
-static int r_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb, void *ctx) {
+static int r_append_async(engram *log, const char *topic, const engram_event *ev,
+                          engram_append_cb cb, void *ctx) {
   struct conn *c = C(log);
   /* As the embedded pipeline does: what can be judged here is refused at once. */
   if (!log_valid_name(topic))
-    return log_error(log, ENGRAM_EINVAL, "append: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
+    return log_error(log, ENGRAM_EINVAL,
+                     "append: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
   int rc = log_check_event(log, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
   if (rc) return rc;
   struct wev w;
@@ -1461,8 +1498,9 @@ static int r_append_async(engram *log, const char *topic, const engram_event *ev
   size_t esz = engram__wire__event__get_packed_size(w.evp[0]);
   if (c->max_message && esz + 4096 > c->max_message) {
     wev_free(&w);
-    return log_error(log, ENGRAM_ETOOBIG, "append %s: event of %zu bytes over the daemon's request limit of %u",
-                     topic, esz, c->max_message);
+    return log_error(log, ENGRAM_ETOOBIG,
+                     "append %s: event of %zu bytes over the daemon's request limit of %u", topic,
+                     esz, c->max_message);
   }
   struct done_cb done[64];
   size_t nd = 0;
@@ -1470,7 +1508,8 @@ static int r_append_async(engram *log, const char *topic, const engram_event *ev
   if (c->denied) {
     pthread_mutex_unlock(&c->mu);
     wev_free(&w);
-    return log_error(log, ENGRAM_EDENIED, "%s: the daemon refused this client's CURVE key", c->endpoint);
+    return log_error(log, ENGRAM_EDENIED, "%s: the daemon refused this client's CURVE key",
+                     c->endpoint);
   }
   if ((rc = pipeline_start(log, c))) {
     pthread_mutex_unlock(&c->mu);
@@ -1495,7 +1534,8 @@ static int r_append_async(engram *log, const char *topic, const engram_event *ev
   /* Stage it: a new topic, a full stage or a stage near the request limit go first. */
   size_t limit = STAGE_MAX_BYTES;
   if (c->max_message && c->max_message / 2 < limit) limit = c->max_message / 2;
-  if (c->staged && (strcmp(c->s_topic, topic) || c->staged >= STAGE_MAX_EVENTS || c->s_len + esz + 16 > limit))
+  if (c->staged &&
+      (strcmp(c->s_topic, topic) || c->staged >= STAGE_MAX_EVENTS || c->s_len + esz + 16 > limit))
     stage_flush(c);
   if (c->s_len + esz + 16 > c->s_cap) {
     size_t cap = c->s_cap;
@@ -1614,7 +1654,8 @@ static int r_txn_commit(engram *log, const struct engram_txn *txn) {
     return 0;
   }
   if (n > NET_MAX_ITEMS)
-    return log_error(log, ENGRAM_ETOOBIG, "txn commit: %zu operations over limit %d", n, NET_MAX_ITEMS);
+    return log_error(log, ENGRAM_ETOOBIG, "txn commit: %zu operations over limit %d", n,
+                     NET_MAX_ITEMS);
   struct txbuild b = {.log = log, .ops = calloc(n, sizeof *b.ops), .opp = calloc(n, sizeof *b.opp)};
   int rc;
   if (!b.ops || !b.opp) {
@@ -1737,7 +1778,8 @@ static int zkey(const char *k) {
 
 static int conn_open(struct conn *c, const char *endpoint) {
   static _Atomic uint64_t mon_seq;
-  if (!(c->zctx = zmq_ctx_new())) return log_error(NULL, ENGRAM_ENOMEM, "connect: cannot make a ZeroMQ context");
+  if (!(c->zctx = zmq_ctx_new()))
+    return log_error(NULL, ENGRAM_ENOMEM, "connect: cannot make a ZeroMQ context");
   zmq_ctx_set(c->zctx, ZMQ_BLOCKY, 0);
   if (!(c->sock = zmq_socket(c->zctx, ZMQ_DEALER)))
     return log_error(NULL, ENGRAM_ENOMEM, "connect: cannot make a socket: %s", zmq_strerror(errno));
@@ -1754,15 +1796,17 @@ static int conn_open(struct conn *c, const char *endpoint) {
     if (zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, c->server_key, 41) ||
         zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, c->public_key, 41) ||
         zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, c->secret_key, 41))
-      return log_error(NULL, ENGRAM_EINVAL, "connect %s: CURVE setup failed: %s", endpoint, zmq_strerror(errno));
+      return log_error(NULL, ENGRAM_EINVAL, "connect %s: CURVE setup failed: %s", endpoint,
+                       zmq_strerror(errno));
   }
   char mon_ep[64];
   snprintf(mon_ep, sizeof mon_ep, "inproc://engram-monitor-%llu", (unsigned long long)++mon_seq);
   if (zmq_socket_monitor(c->sock, mon_ep,
-                         ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                             ZMQ_EVENT_CONNECT_RETRIED) ||
+                         ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_CONNECT_RETRIED) ||
       !(c->mon = zmq_socket(c->zctx, ZMQ_PAIR)) || zmq_connect(c->mon, mon_ep))
-    return log_error(NULL, ENGRAM_ENOMEM, "connect %s: cannot monitor the socket: %s", endpoint, zmq_strerror(errno));
+    return log_error(NULL, ENGRAM_ENOMEM, "connect %s: cannot monitor the socket: %s", endpoint,
+                     zmq_strerror(errno));
   size_t sz = sizeof c->sock_fd;
   zmq_getsockopt(c->sock, ZMQ_FD, &c->sock_fd, &sz);
   sz = sizeof c->mon_fd;
@@ -1787,10 +1831,12 @@ int engram_connect(const char *endpoint, const engram_connect_options *opts, eng
     return log_error(NULL, ENGRAM_EINVAL, "connect %s: pipeline window %u over limit %d", endpoint,
                      o.pipeline_window, NET_MAX_WINDOW);
   if (o.server_key || o.public_key || o.secret_key) {
-    if (!zmq_has("curve")) return log_error(NULL, ENGRAM_ENOTSUP, "connect: this libzmq has no CURVE support");
+    if (!zmq_has("curve"))
+      return log_error(NULL, ENGRAM_ENOTSUP, "connect: this libzmq has no CURVE support");
     if (!zkey(o.server_key) || !zkey(o.public_key) || !zkey(o.secret_key))
       return log_error(NULL, ENGRAM_EINVAL,
-                       "connect %s: CURVE needs the server key and this client's key pair, 40 Z85 characters each",
+                       "connect %s: CURVE needs the server key and this client's key pair, 40 Z85 "
+                       "characters each",
                        endpoint);
   }
   struct conn *c = calloc(1, sizeof *c);
@@ -1833,9 +1879,11 @@ int engram_connect(const char *endpoint, const engram_connect_options *opts, eng
   m.client = "engram-c " ENGRAM_VERSION_STRING;
   Engram__Wire__Reply *rp;
   rc = rpc(log, &rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_HELLO, &rp);
-  if (!rc && (rp->version != ENGRAM_PROTOCOL_VERSION || rp->hello->protocol_version != ENGRAM_PROTOCOL_VERSION))
-    rc = log_error(log, ENGRAM_EVERSION, "connect %s: the daemon speaks protocol %u, this client %d", endpoint,
-                   rp->hello->protocol_version, ENGRAM_PROTOCOL_VERSION);
+  if (!rc && (rp->version != ENGRAM_PROTOCOL_VERSION ||
+              rp->hello->protocol_version != ENGRAM_PROTOCOL_VERSION))
+    rc =
+        log_error(log, ENGRAM_EVERSION, "connect %s: the daemon speaks protocol %u, this client %d",
+                  endpoint, rp->hello->protocol_version, ENGRAM_PROTOCOL_VERSION);
   if (!rc) c->max_message = rp->hello->max_message;
   if (rp) engram__wire__reply__free_unpacked(rp, NULL);
   if (rc) {

@@ -27,7 +27,8 @@
 
 #define OK(log, call) ok_at(log, (call), #call, __LINE__)
 static void ok_at(engram *log, int rc, const char *what, int line) {
-  if (rc) fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
+  if (rc)
+    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
   assert_int_equal(rc, 0);
 }
 
@@ -62,8 +63,14 @@ static void every_log_operation_works_through_the_daemon(void **state) {
   engram_header hs[2] = {{"source", "api"}, {"trace", ""}};
   char big[1000];
   memset(big, 'x', sizeof big);
-  engram_event e = {.type = "memory.saved", .key = "conv-1:D1:1", .payload = big, .payload_len = sizeof big,
-                    .content_type = "text/plain", .headers = hs, .n_headers = 2, .idempotency_key = "idem-1",
+  engram_event e = {.type = "memory.saved",
+                    .key = "conv-1:D1:1",
+                    .payload = big,
+                    .payload_len = sizeof big,
+                    .content_type = "text/plain",
+                    .headers = hs,
+                    .n_headers = 2,
+                    .idempotency_key = "idem-1",
                     .deliver_at_ns = 0};
   uint64_t off = 0;
   int dup = -1;
@@ -103,8 +110,8 @@ static void every_log_operation_works_through_the_daemon(void **state) {
 
   OK(r, engram_read_range(r, "memory", 2, 10, &b));
   assert_int_equal(b->count, 3);
-  assert_null(b->events[0].key);            /* no key */
-  assert_non_null(b->events[1].key);        /* an empty key is a key */
+  assert_null(b->events[0].key);     /* no key */
+  assert_non_null(b->events[1].key); /* an empty key is a key */
   assert_string_equal(b->events[1].key, "");
   assert_int_equal(b->events[2].payload_len, 0);
   engram_batch_free(b);
@@ -198,8 +205,8 @@ static void errors_carry_the_same_code_and_message_as_embedded(void **state) {
   }
   for (int k = 0; k < 8; k++) {
     if (codes[0][k] != codes[1][k] || strcmp(msgs[0][k], msgs[1][k]))
-      fprintf(stderr, "case %d: embedded %s '%s', remote %s '%s'\n", k, engram_errname(codes[0][k]), msgs[0][k],
-              engram_errname(codes[1][k]), msgs[1][k]);
+      fprintf(stderr, "case %d: embedded %s '%s', remote %s '%s'\n", k, engram_errname(codes[0][k]),
+              msgs[0][k], engram_errname(codes[1][k]), msgs[1][k]);
     assert_true(codes[0][k] < 0);
     assert_int_equal(codes[0][k], codes[1][k]);
     assert_string_equal(msgs[0][k], msgs[1][k]);
@@ -254,13 +261,15 @@ static void step(engram *log, uint64_t seed, char *out, size_t cap) {
       size_t max = rnd(&s, 20) == 0 ? 0 : 1 + rnd(&s, 5);
       rc = engram_fetch(log, "memory", group, consumers[rnd(&s, 3)], max, 0, &b);
       say(out, cap, "fetch %s max %zu:", group, max);
-      for (size_t i = 0; b && i < b->count; i++) say(out, cap, " %llu/%u", (unsigned long long)b->events[i].offset, b->events[i].attempt);
+      for (size_t i = 0; b && i < b->count; i++)
+        say(out, cap, " %llu/%u", (unsigned long long)b->events[i].offset, b->events[i].attempt);
       engram_batch_free(b);
       break;
     }
     case 3:
     case 4:
-      rc = engram_ack(log, "memory", group, off, attempt, attempt == 3 ? "done" : NULL, attempt == 3 ? 4 : 0);
+      rc = engram_ack(log, "memory", group, off, attempt, attempt == 3 ? "done" : NULL,
+                      attempt == 3 ? 4 : 0);
       say(out, cap, "ack %s %llu/%u", group, (unsigned long long)off, attempt);
       break;
     case 5: {
@@ -268,11 +277,13 @@ static void step(engram *log, uint64_t seed, char *out, size_t cap) {
       int codes[3] = {99, 99, 99};
       for (int i = 0; i < 3; i++) it[i] = (engram_ack_item){off + (uint64_t)i, attempt, NULL, 0};
       rc = engram_ack_many(log, "memory", group, it, 3, codes);
-      say(out, cap, "ack_many %s %llu: %d %d %d", group, (unsigned long long)off, codes[0], codes[1], codes[2]);
+      say(out, cap, "ack_many %s %llu: %d %d %d", group, (unsigned long long)off, codes[0],
+          codes[1], codes[2]);
       break;
     }
     case 6:
-      rc = engram_nack(log, "memory", group, off, attempt, rnd(&s, 2) ? 0 : 60000, rnd(&s, 2) ? "boom" : NULL);
+      rc = engram_nack(log, "memory", group, off, attempt, rnd(&s, 2) ? 0 : 60000,
+                       rnd(&s, 2) ? "boom" : NULL);
       say(out, cap, "nack %s %llu/%u", group, (unsigned long long)off, attempt);
       break;
     case 7:
@@ -291,8 +302,9 @@ static void step(engram *log, uint64_t seed, char *out, size_t cap) {
       engram_status st;
       memset(&st, 0, sizeof st);
       rc = engram_status_get(log, "memory", group, off, &st);
-      say(out, cap, "status %s %llu: %s %s %u '%s' %s", group, (unsigned long long)off, engram_state_name(st.state),
-          st.consumer, st.attempt, st.last_error, st.result ? (char *)st.result : "-");
+      say(out, cap, "status %s %llu: %s %s %u '%s' %s", group, (unsigned long long)off,
+          engram_state_name(st.state), st.consumer, st.attempt, st.last_error,
+          st.result ? (char *)st.result : "-");
       engram_free(st.result);
       break;
     }
@@ -300,10 +312,14 @@ static void step(engram *log, uint64_t seed, char *out, size_t cap) {
       engram_group_info gi;
       memset(&gi, 0, sizeof gi);
       rc = engram_group_info_get(log, "memory", group, &gi);
-      say(out, cap, "info %s: floor %llu next %llu lag %llu in_flight %llu retrying %llu dead %llu acked %llu redelivered %llu delivered %llu",
-          group, (unsigned long long)gi.floor, (unsigned long long)gi.next, (unsigned long long)gi.lag,
-          (unsigned long long)gi.in_flight, (unsigned long long)gi.retrying, (unsigned long long)gi.dead,
-          (unsigned long long)gi.acked, (unsigned long long)gi.redelivered, (unsigned long long)gi.delivered);
+      say(out, cap,
+          "info %s: floor %llu next %llu lag %llu in_flight %llu retrying %llu dead %llu acked "
+          "%llu redelivered %llu delivered %llu",
+          group, (unsigned long long)gi.floor, (unsigned long long)gi.next,
+          (unsigned long long)gi.lag, (unsigned long long)gi.in_flight,
+          (unsigned long long)gi.retrying, (unsigned long long)gi.dead,
+          (unsigned long long)gi.acked, (unsigned long long)gi.redelivered,
+          (unsigned long long)gi.delivered);
       break;
     }
     case 12: {
@@ -312,8 +328,8 @@ static void step(engram *log, uint64_t seed, char *out, size_t cap) {
       rc = engram_dlq_list(log, "memory", group, rnd(&s, 10), rnd(&s, 5), &e, &n);
       say(out, cap, "dlq %s:", group);
       for (size_t i = 0; i < n; i++)
-        say(out, cap, " %llu/%u %s|%s|%s", (unsigned long long)e[i].offset, e[i].attempts, e[i].reason, e[i].last_error,
-            e[i].consumer);
+        say(out, cap, " %llu/%u %s|%s|%s", (unsigned long long)e[i].offset, e[i].attempts,
+            e[i].reason, e[i].last_error, e[i].consumer);
       engram_free(e);
       break;
     }
@@ -337,7 +353,8 @@ static void step(engram *log, uint64_t seed, char *out, size_t cap) {
         rc = engram_group_reset(log, "memory", group, ENGRAM_START_OFFSET, off, 0);
         say(out, cap, "reset %s %llu", group, (unsigned long long)off);
       } else {
-        engram_event e = ev_of(rnd(&s, 2) ? "memory.saved" : "memory.updated", rnd(&s, 2) ? "k1" : NULL, "{}");
+        engram_event e =
+            ev_of(rnd(&s, 2) ? "memory.saved" : "memory.updated", rnd(&s, 2) ? "k1" : NULL, "{}");
         uint64_t o = 0;
         rc = engram_append(log, "memory", &e, &o, NULL);
         say(out, cap, "append %llu", (unsigned long long)o);
@@ -370,7 +387,8 @@ static void prepare_groups(engram *log) {
   engram_group_config ko = {.flags = ENGRAM_GROUP_KEY_ORDERED, .max_deliver = 4};
   OK(log, engram_group_create(log, "memory", "ko", &ko));
   const char *filters[] = {"memory.saved", "memory.q*"};
-  engram_group_config f = {.filters = filters, .n_filters = 1, .start = ENGRAM_START_OFFSET, .start_offset = 5};
+  engram_group_config f = {
+      .filters = filters, .n_filters = 1, .start = ENGRAM_START_OFFSET, .start_offset = 5};
   OK(log, engram_group_create(log, "memory", "f", &f));
   assert_int_equal(engram_group_create(log, "memory", "f", &f), ENGRAM_EEXIST);
 }
@@ -418,7 +436,8 @@ static void leases_expire_and_retries_come_back_through_the_daemon(void **state)
   engram_event e = ev_of("memory.saved", NULL, "x");
   OK(r, engram_append(r, "memory", &e, NULL, NULL));
   uint64_t backoff[] = {100};
-  engram_group_config g = {.ack_wait_ms = 200, .max_deliver = 3, .backoff_ms = backoff, .n_backoff = 1};
+  engram_group_config g = {
+      .ack_wait_ms = 200, .max_deliver = 3, .backoff_ms = backoff, .n_backoff = 1};
   OK(r, engram_group_create(r, "memory", "g", &g));
   engram_batch *b;
   OK(r, engram_fetch(r, "memory", "g", "w1", 10, 0, &b));
@@ -539,7 +558,7 @@ static void a_long_poll_returns_when_events_arrive_or_its_wait_ends(void **state
 }
 
 struct acks {
-  uint64_t next;  /* the offset the next callback must carry */
+  uint64_t next; /* the offset the next callback must carry */
   int bad;
   int calls;
 };
@@ -628,7 +647,8 @@ static void pipelined_appends_fail_alone_and_leave_without_further_calls(void **
   OK(r, engram_topic_create(r, "small", &cfg));
   struct results res = {0};
   for (int i = 0; i < 40; i++) {
-    engram_event e = ev_of("memory.saved", NULL, i % 2 ? "0123456789abcdefghijklmnopqrstuvwxyz" : "ok");
+    engram_event e =
+        ev_of("memory.saved", NULL, i % 2 ? "0123456789abcdefghijklmnopqrstuvwxyz" : "ok");
     OK(r, engram_append_async(r, "small", &e, on_result, &res));
   }
   assert_int_equal(engram_append_wait(r), ENGRAM_ETOOBIG);
@@ -790,7 +810,7 @@ static void clients_reconnect_after_a_daemon_restart(void **state) {
   td_init(&d, "net-restart");
   td_start(&d);
   /* Generous: a daemon restarting under the sanitizers on a loaded machine is slow. */
-  engram *r = conn(&d, 20000);
+  engram *r = conn(&d, 8000);
   OK(r, engram_topic_create(r, "memory", NULL));
   engram_event e = ev_of("memory.saved", NULL, "x");
   OK(r, engram_append(r, "memory", &e, NULL, NULL));
@@ -937,13 +957,15 @@ static void curve_lets_in_only_the_allowed_keys(void **state) {
   d.o.allow_keys = allow;
   d.o.n_allow_keys = 1;
   d.pid = tu_spawn(td_child, &d);
-  engram_connect_options ok = {.timeout_ms = 3000, .server_key = spub, .public_key = apub, .secret_key = asec};
+  engram_connect_options ok = {
+      .timeout_ms = 3000, .server_key = spub, .public_key = apub, .secret_key = asec};
   engram *r = td_connect_within(d.ep, 10000, &ok);
   assert_non_null(r);
   OK(r, engram_topic_create(r, "memory", NULL));
   engram_close(r);
   /* Another key pair: refused. */
-  engram_connect_options other = {.timeout_ms = 1000, .server_key = spub, .public_key = bpub, .secret_key = bsec};
+  engram_connect_options other = {
+      .timeout_ms = 1000, .server_key = spub, .public_key = bpub, .secret_key = bsec};
   r = NULL;
   assert_int_equal(engram_connect(d.ep, &other, &r), ENGRAM_EDENIED);
   assert_null(r);
@@ -1138,9 +1160,11 @@ static void every_cli_command_works_with_connect(void **state) {
     char *argv[16];
   } cmds[] = {
       {{E, C, P, "topic", "create", "memory", NULL}},
-      {{E, C, P, "append", "memory", "memory.saved", "--key", "m-1", "--payload", "{\"a\":1}", NULL}},
+      {{E, C, P, "append", "memory", "memory.saved", "--key", "m-1", "--payload", "{\"a\":1}",
+        NULL}},
       {{E, C, P, "append", "memory", "memory.updated", "--payload", "b", "--idem", "i-1", NULL}},
-      {{E, C, P, "append", "memory", "memory.updated", "--payload", "b", "--idem", "i-1", "--json", NULL}},
+      {{E, C, P, "append", "memory", "memory.updated", "--payload", "b", "--idem", "i-1", "--json",
+        NULL}},
       {{E, C, P, "read", "memory", NULL}},
       {{E, C, P, "read", "memory", "--json", NULL}},
       {{E, C, P, "topics", NULL}},
@@ -1220,9 +1244,12 @@ static void the_serve_command_takes_a_config_file_and_curve_key_files(void **sta
   char *dir = tu_tmpdir("net-serve-cli");
   char *out = tu_join(dir, "out");
   char *sbase = tu_join(dir, "server"), *cbase = tu_join(dir, "client");
-  char *skey = tu_join(dir, "server.key"), *cpub = tu_join(dir, "client.pub"), *ckey = tu_join(dir, "client.key");
-  char *conf = tu_join(dir, "serve.conf"), *bad = tu_join(dir, "bad.conf"), *logf = tu_join(dir, "serve.log");
-  char *kg1[] = {exe, "keygen", "--out", sbase, NULL}, *kg2[] = {exe, "keygen", "--out", cbase, NULL};
+  char *skey = tu_join(dir, "server.key"), *cpub = tu_join(dir, "client.pub"),
+       *ckey = tu_join(dir, "client.key");
+  char *conf = tu_join(dir, "serve.conf"), *bad = tu_join(dir, "bad.conf"),
+       *logf = tu_join(dir, "serve.log");
+  char *kg1[] = {exe, "keygen", "--out", sbase, NULL},
+       *kg2[] = {exe, "keygen", "--out", cbase, NULL};
   assert_int_equal(run_cli(out, kg1), 0);
   assert_int_equal(run_cli(out, kg2), 0);
   assert_int_not_equal(run_cli(out, kg1), 0); /* never overwrites */
@@ -1257,7 +1284,8 @@ static void the_serve_command_takes_a_config_file_and_curve_key_files(void **sta
     execl(exe, exe, "serve", "--config", conf, (char *)NULL);
     _exit(127);
   }
-  engram_connect_options o = {.timeout_ms = 3000, .server_key = spub, .public_key = cp, .secret_key = cs};
+  engram_connect_options o = {
+      .timeout_ms = 3000, .server_key = spub, .public_key = cp, .secret_key = cs};
   engram *r = td_connect_within(ep, 10000, &o);
   assert_non_null(r);
   OK(r, engram_topic_create(r, "memory", NULL));
