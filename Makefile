@@ -32,6 +32,9 @@ ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
 DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
   protobuf-c-compiler libzmq3-dev libcmocka-dev lmdb-utils python3 python3-dev \
   python3-pytest python3-setuptools python3-pip python3-wheel clang cppcheck
+# libFuzzer's runtime for `make fuzz` (only a Recommends of clang): installed when this
+# Debian release has it under that name.
+DEB_OPTIONAL := libclang-rt-14-dev
 # Debian's interpreter: the one python3-* packages (pytest ...) install into.
 PYTHON ?= /usr/bin/python3
 
@@ -59,11 +62,17 @@ deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	fi; \
+	for p in $(DEB_OPTIONAL); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' && continue; \
+	  apt-cache show $$p >/dev/null 2>&1 || continue; \
+	  echo "installing: $$p"; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$p >/dev/null; \
+	done
 
 $(BUILD)/gen/schema/%.pb-c.c $(BUILD)/gen/schema/%.pb-c.h: schema/%.proto
 	@mkdir -p $(BUILD)/gen
