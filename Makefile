@@ -1,6 +1,7 @@
 # engram — build, test, bench, install. GNU make; no other build system.
 #   make deps        install the Debian packages engram needs (idempotent; root or sudo)
 #   make             library (build/libengram.a, build/libengram.so) and CLI (build/engram)
+#                    (only engram_* names are visible in either library: see "Visibility")
 #   make run         builds and runs the main job on ./engram-data
 #   make test        builds and runs every test (SAN=1: under ASan + UBSan)
 #   make bench       the benchmark suite (see docs/benchmarks.md)
@@ -24,9 +25,8 @@ WARN := -Wall -Wextra -Werror -Wno-unused-parameter
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SANFLAGS) -fPIC -pthread \
   -Iinclude -Icommon -I. -I$(BUILD)/gen
 LDLIBS := -llmdb -lzstd -lprotobuf-c -lzmq -lpthread -lm
-# Static programs keep net/notify.o (commit notifications for embedded handles), which
-# nothing references by name.
-STATIC_KEEP := -Wl,--undefined=net_notify_linked
+LD ?= ld
+OBJCOPY ?= objcopy
 ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
 
 DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
@@ -47,6 +47,13 @@ CLI_SRCS := $(wildcard cli/*.c)
 CLI_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(CLI_SRCS))
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+# Tests that include an internal header (log/log.h, schema/*.pb-c.h ...) look inside the
+# library and link libengram-internal.a; the others link the public libengram.a, as a
+# user's program does. test_symbols is also linked against libengram.so.
+INTERNAL_TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(shell grep -l -E \
+  '^.include "(common|log|consumers|net|schema)/' $(TEST_SRCS) /dev/null))
+PUBLIC_TEST_BINS := $(filter-out $(INTERNAL_TEST_BINS),$(TEST_BINS))
+SHARED_TEST_BINS := $(BUILD)/tests/test_symbols-shared
 TEST_HELPERS := $(wildcard tests/helpers/*.c)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%-replay,$(FUZZ_SRCS))
@@ -87,35 +94,62 @@ $(BUILD)/obj/%.o: %.c $(GEN_H) include/engram.h
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
+# Visibility. Only the engram_* functions of include/engram.h (marked ENGRAM_API) leave
+# the library: its objects are compiled with hidden visibility, which keeps the rest out
+# of libengram.so. libengram.a holds one object, all library objects linked together
+# (ld -r) with every hidden name then made local, so a program's own crc32c() or
+# log_error() never meets the library's, and a static link carries the whole library
+# (net/notify.o's constructor included) whatever the program calls. Tests and fuzz
+# replays that look inside link libengram-internal.a: the same object before
+# localisation; it is never installed.
+$(LIB_OBJS): ALL_CFLAGS += -fvisibility=hidden
+
 # Outputs are written under a temporary name and renamed, so concurrent builds in one
 # tree never see a half-written file.
-$(BUILD)/libengram.a: $(LIB_OBJS)
-	@rm -f $@.$$$$.tmp
-	ar rcs $@.$$$$.tmp $^ && mv $@.$$$$.tmp $@
+$(BUILD)/obj/engram-internal.o: $(LIB_OBJS)
+	$(LD) -r -o $@.$$$$.tmp $^ && mv $@.$$$$.tmp $@
 
+$(BUILD)/obj/engram.o: $(BUILD)/obj/engram-internal.o
+	$(OBJCOPY) --localize-hidden $< $@.$$$$.tmp && mv $@.$$$$.tmp $@
+
+$(BUILD)/libengram.a $(BUILD)/libengram-internal.a: $(BUILD)/lib%.a: $(BUILD)/obj/%.o
+	@rm -f $@.$$$$.tmp
+	ar rcs $@.$$$$.tmp $< && mv $@.$$$$.tmp $@
+
+# libengram.so.0 (the soname) beside it lets programs linked in the tree (test_symbols-
+# shared, with an rpath to $(BUILD)) run without installing.
 $(BUILD)/libengram.so: $(LIB_OBJS)
 	$(CC) -shared $(ALL_LDFLAGS) -Wl,-soname,libengram.so.0 -o $@.$$$$.tmp $^ $(LDLIBS) && mv $@.$$$$.tmp $@
+	ln -sf libengram.so $(BUILD)/libengram.so.0
 
 $(BUILD)/engram: $(CLI_OBJS) $(BUILD)/libengram.a
-	$(CC) $(ALL_LDFLAGS) $(STATIC_KEEP) -o $@.$$$$.tmp $(CLI_OBJS) $(BUILD)/libengram.a $(LDLIBS) && mv $@.$$$$.tmp $@
+	$(CC) $(ALL_LDFLAGS) -o $@.$$$$.tmp $(CLI_OBJS) $(BUILD)/libengram.a $(LDLIBS) && mv $@.$$$$.tmp $@
 
-$(BUILD)/tests/%: tests/%.c $(TEST_HELPERS) $(BUILD)/libengram.a
+$(PUBLIC_TEST_BINS): $(BUILD)/tests/%: tests/%.c $(TEST_HELPERS) $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests $(STATIC_KEEP) -o $@.$$$$.tmp $< $(TEST_HELPERS) $(BUILD)/libengram.a $(LDLIBS) -lcmocka $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+	$(CC) $(ALL_CFLAGS) -Itests -o $@.$$$$.tmp $< $(TEST_HELPERS) $(BUILD)/libengram.a $(LDLIBS) -lcmocka $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
-$(BUILD)/fuzz/%-replay: tests/fuzz/%.c tests/fuzz/replay_main.c $(BUILD)/libengram.a
+$(INTERNAL_TEST_BINS): $(BUILD)/tests/%: tests/%.c $(TEST_HELPERS) $(BUILD)/libengram-internal.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@.$$$$.tmp $< tests/fuzz/replay_main.c $(BUILD)/libengram.a $(LDLIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+	$(CC) $(ALL_CFLAGS) -Itests -o $@.$$$$.tmp $< $(TEST_HELPERS) $(BUILD)/libengram-internal.a $(LDLIBS) -lcmocka $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+
+$(SHARED_TEST_BINS): $(BUILD)/tests/%-shared: tests/%.c $(TEST_HELPERS) $(BUILD)/libengram.so
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests -o $@.$$$$.tmp $< $(TEST_HELPERS) -L$(BUILD) -l:libengram.so -Wl,-rpath,$(abspath $(BUILD)) $(LDLIBS) -lcmocka $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+
+$(BUILD)/fuzz/%-replay: tests/fuzz/%.c tests/fuzz/replay_main.c $(BUILD)/libengram-internal.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@.$$$$.tmp $< tests/fuzz/replay_main.c $(BUILD)/libengram-internal.a $(LDLIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
 $(BUILD)/bench/%: bench/%.c $(wildcard bench/common/*.c) $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Ibench $(STATIC_KEEP) -o $@.$$$$.tmp $< $(wildcard bench/common/*.c) $(BUILD)/libengram.a $(LDLIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+	$(CC) $(ALL_CFLAGS) -Ibench -o $@.$$$$.tmp $< $(wildcard bench/common/*.c) $(BUILD)/libengram.a $(LDLIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
 # Layering: a wrong-way include fails the build.
 check-deps:
 	@bash tests/check-deps.sh
 
-test: deps check-deps all $(TEST_BINS) $(FUZZ_REPLAY)
+test: deps check-deps all $(TEST_BINS) $(SHARED_TEST_BINS) $(FUZZ_REPLAY)
 	@BUILD=$(BUILD) bash tests/run-tests.sh
 
 fuzz: deps

@@ -40,6 +40,17 @@
 extern "C" {
 #endif
 
+/* Marks the functions the library exports. It is built with hidden visibility, so no
+ * other name of it (crc32c, log_*, cg_*, net_*, the generated protobuf-c code ...) is
+ * visible to programs, whose own functions of those names never meet the library's. */
+#ifndef ENGRAM_API
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define ENGRAM_API __attribute__((visibility("default")))
+#else
+#define ENGRAM_API
+#endif
+#endif
+
 #define ENGRAM_VERSION_MAJOR 0
 #define ENGRAM_VERSION_MINOR 1
 #define ENGRAM_VERSION_PATCH 0
@@ -89,9 +100,9 @@ extern "C" {
 #define ENGRAM_EINTERNAL -22  /* a bug: an invariant did not hold */
 
 /* The fixed description of a code ("no such topic, group or event"); never NULL. */
-const char *engram_strerror(int code);
+ENGRAM_API const char *engram_strerror(int code);
 /* The code's name ("ENGRAM_ENOTFOUND"); never NULL. */
-const char *engram_errname(int code);
+ENGRAM_API const char *engram_errname(int code);
 
 /* ---------------------------------------------------------------------------------
  * Opening a log.
@@ -125,22 +136,22 @@ typedef struct engram_options {
  * *out is a handle the caller closes with engram_close(). Clears stale reader slots
  * left by dead processes. Errors: EINVAL (path or options), ENOTFOUND (NOCREATE and no
  * log), EVERSION (other on-disk format), ECORRUPT, EIO, ENOSPC, ENOMEM. */
-int engram_open(const char *path, const engram_options *opts, engram **out);
+ENGRAM_API int engram_open(const char *path, const engram_options *opts, engram **out);
 
 /* Flushes what is still pending and closes. Accepts NULL. */
-void engram_close(engram *log);
+ENGRAM_API void engram_close(engram *log);
 
 /* The message of the last error of the calling thread on this handle, with context
  * ("append memory: payload 2097152 bytes over limit 1048576"); "" when none. Valid until
  * the next call on the handle from this thread. */
-const char *engram_errmsg(const engram *log);
+ENGRAM_API const char *engram_errmsg(const engram *log);
 
 /* Forces everything committed so far to disk (useful in nometasync/async modes). */
-int engram_sync(engram *log);
+ENGRAM_API int engram_sync(engram *log);
 
 /* Consistent, compacted hot copy of the log into directory `dest` (created; must not
  * exist or be empty) while writers keep running. Errors: EEXIST, EIO, ENOSPC. */
-int engram_backup(engram *log, const char *dest);
+ENGRAM_API int engram_backup(engram *log, const char *dest);
 
 /* ---------------------------------------------------------------------------------
  * Topics.
@@ -167,22 +178,22 @@ typedef struct engram_topic_info {
 } engram_topic_info;
 
 /* Topic names are 1..200 bytes of [A-Za-z0-9._-]. Errors: EINVAL, EEXIST, ELIMIT. */
-int engram_topic_create(engram *log, const char *topic, const engram_topic_config *cfg);
+ENGRAM_API int engram_topic_create(engram *log, const char *topic, const engram_topic_config *cfg);
 /* Fills *info. Errors: EINVAL, ENOTFOUND. */
-int engram_topic_info_get(engram *log, const char *topic, engram_topic_info *info);
+ENGRAM_API int engram_topic_info_get(engram *log, const char *topic, engram_topic_info *info);
 /* Lists topics in name order: *out is a malloc'd array of *n entries the caller frees
  * with engram_free(). */
-int engram_topic_list(engram *log, engram_topic_info **out, size_t *n);
+ENGRAM_API int engram_topic_list(engram *log, engram_topic_info **out, size_t *n);
 /* Drops a topic with its events, idempotency keys, dictionaries and groups. */
-int engram_topic_drop(engram *log, const char *topic);
+ENGRAM_API int engram_topic_drop(engram *log, const char *topic);
 /* Trains (or retrains) the topic's zstd dictionary from its newest events now. Records
  * keep the id of the dictionary they were written with, so old records stay readable.
  * *dict_id (may be NULL) receives the new id. Errors: ENOTFOUND, EINVAL (too few events). */
-int engram_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id);
+ENGRAM_API int engram_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id);
 
 /* Frees memory returned by engram_topic_list(), engram_group_list() and
  * engram_dlq_list(). Accepts NULL. */
-void engram_free(void *p);
+ENGRAM_API void engram_free(void *p);
 
 /* ---------------------------------------------------------------------------------
  * Events.
@@ -216,30 +227,30 @@ typedef struct engram_batch {
   size_t count;
   engram_event *events;
 } engram_batch;
-void engram_batch_free(engram_batch *b);
+ENGRAM_API void engram_batch_free(engram_batch *b);
 
 /* Appends one event to `topic` and returns after it is durable (per the handle's
  * durability mode). *offset receives its offset. With an idempotency key already used
  * on this topic inside the dedup window, nothing is written, *offset receives the
  * original offset and *duplicate (may be NULL) is set to 1, else 0.
  * Errors: EINVAL (bad type, key, headers), ENOTFOUND (topic), ETOOBIG, ENOSPC, EIO. */
-int engram_append(engram *log, const char *topic, const engram_event *ev, uint64_t *offset,
-                  int *duplicate);
+ENGRAM_API int engram_append(engram *log, const char *topic, const engram_event *ev,
+                             uint64_t *offset, int *duplicate);
 
 /* Appends n events to `topic` in one transaction: all or none. offsets[i] and
  * duplicates[i] (duplicates may be NULL) receive each event's result; a duplicate
  * inside the batch itself resolves to the first one's offset. */
-int engram_append_batch(engram *log, const char *topic, const engram_event *evs, size_t n,
-                        uint64_t *offsets, int *duplicates);
+ENGRAM_API int engram_append_batch(engram *log, const char *topic, const engram_event *evs,
+                                   size_t n, uint64_t *offsets, int *duplicates);
 
 /* Reads the event at `offset`. *out is a batch of one. Errors: ENOTFOUND, ECORRUPT. */
-int engram_read(engram *log, const char *topic, uint64_t offset, engram_batch **out);
+ENGRAM_API int engram_read(engram *log, const char *topic, uint64_t offset, engram_batch **out);
 
 /* Reads up to `max` events with offsets >= `from` in order. An empty batch means there
  * is nothing at or after `from`. Errors: ENOTFOUND (topic), ECORRUPT (a damaged record:
  * nothing of it is returned). */
-int engram_read_range(engram *log, const char *topic, uint64_t from, size_t max,
-                      engram_batch **out);
+ENGRAM_API int engram_read_range(engram *log, const char *topic, uint64_t from, size_t max,
+                                 engram_batch **out);
 
 /* ---------------------------------------------------------------------------------
  * Consumer groups. A group is a named cursor over one topic (named within it). Members
@@ -298,21 +309,22 @@ typedef struct engram_group_info {
 
 /* Creates a group on an existing topic. Errors: EINVAL (name, pattern, max_deliver or
  * durations out of range), ENOTFOUND (topic), EEXIST. */
-int engram_group_create(engram *log, const char *topic, const char *group,
-                        const engram_group_config *cfg);
-int engram_group_info_get(engram *log, const char *topic, const char *group,
-                          engram_group_info *info);
+ENGRAM_API int engram_group_create(engram *log, const char *topic, const char *group,
+                                   const engram_group_config *cfg);
+ENGRAM_API int engram_group_info_get(engram *log, const char *topic, const char *group,
+                                     engram_group_info *info);
 /* Lists groups of `topic` (NULL = all topics): malloc'd array freed with engram_free(). */
-int engram_group_list(engram *log, const char *topic, engram_group_info **out, size_t *n);
+ENGRAM_API int engram_group_list(engram *log, const char *topic, engram_group_info **out,
+                                 size_t *n);
 /* Deletes a group with its leases, DLQ and results. */
-int engram_group_delete(engram *log, const char *topic, const char *group);
+ENGRAM_API int engram_group_delete(engram *log, const char *topic, const char *group);
 /* Replay: moves the group's cursor to `offset` (ENGRAM_START_OFFSET) or to the first event
  * appended at or after `time_ns` (ENGRAM_START_TIME), or earliest / latest. Outstanding
  * leases and retries are dropped: an ack quoting one fails with ENOTLEASED or EALREADY
  * until the event is delivered again, and attempts restart at 1 (so an old ack quoting
  * attempt 1 is then accepted). The DLQ is kept; events in it are not replayed. */
-int engram_group_reset(engram *log, const char *topic, const char *group, engram_start to,
-                       uint64_t offset, int64_t time_ns);
+ENGRAM_API int engram_group_reset(engram *log, const char *topic, const char *group,
+                                  engram_start to, uint64_t offset, int64_t time_ns);
 
 /* Leases up to `max` events to `consumer`: first events whose lease expired or whose
  * retry delay passed, then new ones matching the group's filters. Each event's attempt
@@ -320,8 +332,8 @@ int engram_group_reset(engram *log, const char *topic, const char *group, engram
  * for events. *out may be an empty batch. In sync mode a fetch returns once its leases
  * are written and flushed but before they are made durable: a power cut may undo the
  * newest fetches, which only delivers their events again. Errors: EINVAL, ENOTFOUND. */
-int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
-                 size_t max, uint64_t wait_ms, engram_batch **out);
+ENGRAM_API int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
+                            size_t max, uint64_t wait_ms, engram_batch **out);
 
 /* One acknowledgement. attempt = the event's attempt as fetched (fencing), 0 = do not
  * check. result (may be NULL) is kept for the group's result_ttl_ms. */
@@ -336,29 +348,29 @@ typedef struct engram_ack_item {
  * delivered, skipped by the filters, or waiting for a retry), EALREADY (already finished:
  * acks are idempotent, state unchanged), EDEAD, EINVAL (an attempt never delivered),
  * ENOTFOUND, ETOOBIG (result over 1 MiB). */
-int engram_ack(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
-               const void *result, size_t result_len);
+ENGRAM_API int engram_ack(engram *log, const char *topic, const char *group, uint64_t offset,
+                          uint32_t attempt, const void *result, size_t result_len);
 /* Acks n events in one commit. codes[i] (may be NULL) receives each item's code; the call
  * returns 0 when every item succeeded, else the first failing item's code. Items that
  * succeed are committed even when others fail. */
-int engram_ack_many(engram *log, const char *topic, const char *group, const engram_ack_item *items,
-                    size_t n, int *codes);
+ENGRAM_API int engram_ack_many(engram *log, const char *topic, const char *group,
+                               const engram_ack_item *items, size_t n, int *codes);
 /* Asks for redelivery after delay_ms, or after the group's backoff step when delay_ms < 0.
  * error (may be NULL) is kept as the last error. Past max_deliver attempts the event goes
  * to the DLQ instead. Errors as engram_ack, EINVAL (delay over 30 days). */
-int engram_nack(engram *log, const char *topic, const char *group, uint64_t offset,
-                uint32_t attempt, int64_t delay_ms, const char *error);
+ENGRAM_API int engram_nack(engram *log, const char *topic, const char *group, uint64_t offset,
+                           uint32_t attempt, int64_t delay_ms, const char *error);
 /* Sends the event to the group's dead-letter queue at once with `reason`. */
-int engram_reject(engram *log, const char *topic, const char *group, uint64_t offset,
-                  uint32_t attempt, const char *reason);
+ENGRAM_API int engram_reject(engram *log, const char *topic, const char *group, uint64_t offset,
+                             uint32_t attempt, const char *reason);
 /* Heartbeat: the lease now ends ms from now (0 = the group's ack_wait). Extends the
  * whole lease the event belongs to. */
-int engram_extend(engram *log, const char *topic, const char *group, uint64_t offset,
-                  uint32_t attempt, uint64_t ms);
+ENGRAM_API int engram_extend(engram *log, const char *topic, const char *group, uint64_t offset,
+                             uint32_t attempt, uint64_t ms);
 /* Marks a pending or retrying event (or one whose lease expired) finished without
  * delivering it. Errors: EBUSY (in flight), EALREADY, EDEAD, ENOTLEASED (skipped by the
  * filters), ENOTFOUND. */
-int engram_cancel(engram *log, const char *topic, const char *group, uint64_t offset);
+ENGRAM_API int engram_cancel(engram *log, const char *topic, const char *group, uint64_t offset);
 
 typedef enum engram_event_state {
   ENGRAM_STATE_PENDING = 0, /* not yet delivered (or waiting behind its key) */
@@ -379,9 +391,9 @@ typedef struct engram_status {
   size_t result_len;
 } engram_status;
 /* Errors: ENOTFOUND (topic, group or offset beyond head). */
-int engram_status_get(engram *log, const char *topic, const char *group, uint64_t offset,
-                      engram_status *st);
-const char *engram_state_name(engram_event_state s);
+ENGRAM_API int engram_status_get(engram *log, const char *topic, const char *group, uint64_t offset,
+                                 engram_status *st);
+ENGRAM_API const char *engram_state_name(engram_event_state s);
 
 /* Dead-letter queue. */
 typedef struct engram_dlq_entry {
@@ -394,15 +406,15 @@ typedef struct engram_dlq_entry {
   int64_t dead_ns;
 } engram_dlq_entry;
 /* Lists up to max entries with offset >= from (max 0 = all): array freed with engram_free(). */
-int engram_dlq_list(engram *log, const char *topic, const char *group, uint64_t from, size_t max,
-                    engram_dlq_entry **out, size_t *n);
+ENGRAM_API int engram_dlq_list(engram *log, const char *topic, const char *group, uint64_t from,
+                               size_t max, engram_dlq_entry **out, size_t *n);
 /* Removes the given entries (offsets NULL = all); *count (may be NULL) receives how many. */
-int engram_dlq_purge(engram *log, const char *topic, const char *group, const uint64_t *offsets,
-                     size_t n, size_t *count);
+ENGRAM_API int engram_dlq_purge(engram *log, const char *topic, const char *group,
+                                const uint64_t *offsets, size_t n, size_t *count);
 /* Delivers the given DLQ entries (NULL = all) again, to this group only, with fresh
  * attempt counts. */
-int engram_dlq_redrive(engram *log, const char *topic, const char *group, const uint64_t *offsets,
-                       size_t n, size_t *count);
+ENGRAM_API int engram_dlq_redrive(engram *log, const char *topic, const char *group,
+                                  const uint64_t *offsets, size_t n, size_t *count);
 
 /* ---------------------------------------------------------------------------------
  * Transactions: acks and appends committed together (consume -> transform -> produce).
@@ -410,16 +422,18 @@ int engram_dlq_redrive(engram *log, const char *topic, const char *group, const 
  * all take effect or none does.
  * ------------------------------------------------------------------------------ */
 typedef struct engram_txn engram_txn;
-int engram_txn_begin(engram *log, engram_txn **out);
+ENGRAM_API int engram_txn_begin(engram *log, engram_txn **out);
 /* Queues an ack (fenced by attempt when non-zero). */
-int engram_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64_t offset,
-                   uint32_t attempt, const void *result, size_t result_len);
+ENGRAM_API int engram_txn_ack(engram_txn *txn, const char *topic, const char *group,
+                              uint64_t offset, uint32_t attempt, const void *result,
+                              size_t result_len);
 /* Queues an append; *offset (may be NULL) is filled at commit. */
-int engram_txn_append(engram_txn *txn, const char *topic, const engram_event *ev, uint64_t *offset);
+ENGRAM_API int engram_txn_append(engram_txn *txn, const char *topic, const engram_event *ev,
+                                 uint64_t *offset);
 /* Applies everything; on any failure nothing is applied and the error is returned. The
  * transaction is freed either way. */
-int engram_txn_commit(engram_txn *txn);
-void engram_txn_abort(engram_txn *txn);
+ENGRAM_API int engram_txn_commit(engram_txn *txn);
+ENGRAM_API void engram_txn_abort(engram_txn *txn);
 
 /* ---------------------------------------------------------------------------------
  * Inspection.
@@ -431,7 +445,7 @@ typedef struct engram_verify_report {
   char first_damage[256]; /* "topic memory offset 17: CRC mismatch", "" = none */
 } engram_verify_report;
 /* Checks every record of every topic. Returns 0 with report->damaged possibly > 0. */
-int engram_verify(engram *log, engram_verify_report *report);
+ENGRAM_API int engram_verify(engram *log, engram_verify_report *report);
 
 /* ---------------------------------------------------------------------------------
  * Pipelined appends: the producer does not wait for each acknowledgement.
@@ -443,11 +457,11 @@ typedef void (*engram_append_cb)(void *ctx, int rc, uint64_t offset, int duplica
  * pipeline window of appends are outstanding; past it the call first waits for the
  * oldest. The event is copied. cb may be NULL. Errors found before sending (EINVAL ...)
  * are returned at once; later ones reach cb and engram_append_wait(). */
-int engram_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb,
-                        void *ctx);
+ENGRAM_API int engram_append_async(engram *log, const char *topic, const engram_event *ev,
+                                   engram_append_cb cb, void *ctx);
 /* Waits until every pipelined append of this handle is acknowledged. Returns 0, or the
  * first error any of them got since the last call. */
-int engram_append_wait(engram *log);
+ENGRAM_API int engram_append_wait(engram *log);
 
 /* ---------------------------------------------------------------------------------
  * Remote: the daemon (engram serve) and clients.
@@ -463,7 +477,8 @@ typedef struct engram_connect_options {
 } engram_connect_options;
 /* Connects to `engram serve` at endpoint (e.g. "tcp://127.0.0.1:7450"). Errors: EINVAL,
  * ECONN, EDENIED, EVERSION. */
-int engram_connect(const char *endpoint, const engram_connect_options *opts, engram **out);
+ENGRAM_API int engram_connect(const char *endpoint, const engram_connect_options *opts,
+                              engram **out);
 /* Remote failures. A request that cannot be sent within timeout_ms (no daemon there) fails
  * with ENGRAM_ECONN and was not applied; one sent whose reply does not come in time fails
  * with ENGRAM_ETIMEDOUT and may or may not have been applied. When the connection drops
@@ -492,16 +507,16 @@ typedef struct engram_serve_options {
 /* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
  * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with
  * ENGRAM_EBUSY when another daemon serves the directory. */
-int engram_serve(const char *data_dir, const engram_serve_options *opts);
+ENGRAM_API int engram_serve(const char *data_dir, const engram_serve_options *opts);
 /* The daemon holds DIR/daemon.lock, logs one line per notable event on stderr, takes the
  * commits of embedded writers of other processes on ipc://DIR/notify-in.ipc and answers a
  * malformed request with ENGRAM_EPROTO. Other errors: EINVAL (options), EBUSY (directory
  * or endpoint in use, or a daemon already runs in this process), ENOTSUP (CURVE without
  * libzmq support), and those of engram_open(). */
 /* Asks a running engram_serve() of this process to stop (async-signal-safe). */
-void engram_serve_stop(void);
+ENGRAM_API void engram_serve_stop(void);
 /* Makes a CURVE key pair as two 40-character Z85 strings (plus NUL). */
-int engram_keygen(char public_key[41], char secret_key[41]);
+ENGRAM_API int engram_keygen(char public_key[41], char secret_key[41]);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# run-tests.sh — runs every built C test, every fuzz corpus replay and the Python tests,
-# each under a timeout in a fresh temporary directory, and prints one tally line.
+# run-tests.sh — runs every built C test, the exported-symbols check, every fuzz corpus
+# replay and the Python tests, each under a timeout in a fresh temporary directory, and
+# prints one tally line.
 #
 # Environment: BUILD (build or build/san, default build), ENGRAM_TEST_TIMEOUT (seconds per
 # unit, default 120; the slowest unit takes about 15 s under the sanitizers), ONLY (run only units whose name contains it), VERBOSE=1 (print
@@ -63,6 +64,11 @@ if [ -d "$BUILD/tests" ]; then
     case $t in *.o | *.d) continue ;; esac
     run_unit "$(basename "$t")" "$t"
   done
+fi
+
+# Only engram_* names are visible in libengram.so and libengram.a.
+if [ -f "$BUILD/libengram.so" ] && [ -f "$BUILD/libengram.a" ]; then
+  run_unit symbols env BUILD="$BUILD" bash tests/check-symbols.sh
 fi
 
 # Fuzz corpora, replayed by a plain main so no clang is needed.
