@@ -38,8 +38,12 @@ ext = Extension(
     extra_compile_args=["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wno-unused-parameter",
                         "-Wno-missing-field-initializers"],
     # The whole archive, so functions the extension references weakly are linked in when
-    # the library has them; then the libraries engram itself needs, in link order.
-    extra_link_args=["-Wl,--whole-archive", lib, "-Wl,--no-whole-archive",
+    # the library has them (libengram.a is one object whose only global names are the
+    # engram_* functions); --exclude-libs keeps even those out of the module's dynamic
+    # symbols, which are then PyInit__engram alone. Then the libraries engram itself
+    # needs, in link order.
+    extra_link_args=["-Wl,--exclude-libs,ALL",
+                     "-Wl,--whole-archive", lib, "-Wl,--no-whole-archive",
                      "-llmdb", "-lzstd", "-lprotobuf-c", "-lzmq", "-lpthread", "-lm"],
     depends=[lib, os.path.join(include_dir(), "engram.h")],
 )
