@@ -137,8 +137,8 @@ static void stored_records_carry_the_real_crc32c(void **state) {
     unsigned char ob[8];
     for (int i = 0; i < 8; i++) ob[i] = (unsigned char)(off >> (56 - 8 * i));
     uint32_t want = ref_crc32c(ref_crc32c(0, ob, 8), val + 4, len - 4);
-    uint32_t got = (uint32_t)val[0] | (uint32_t)val[1] << 8 | (uint32_t)val[2] << 16 |
-                   (uint32_t)val[3] << 24;
+    uint32_t got =
+        (uint32_t)val[0] | (uint32_t)val[1] << 8 | (uint32_t)val[2] << 16 | (uint32_t)val[3] << 24;
     assert_int_equal(got, want);
     free(val);
   }
@@ -171,9 +171,9 @@ static void group_reads_and_acks_never_call_the_programs_functions(void **state)
   assert_int_equal(engram_fetch(f->log, "memory", "indexer", "w1", N_EVENTS, 0, &b), 0);
   assert_int_equal(b->count, N_EVENTS);
   for (size_t i = 0; i < b->count; i++)
-    assert_int_equal(engram_ack(f->log, "memory", "indexer", b->events[i].offset,
-                                b->events[i].attempt, NULL, 0),
-                     0);
+    assert_int_equal(
+        engram_ack(f->log, "memory", "indexer", b->events[i].offset, b->events[i].attempt, NULL, 0),
+        0);
   engram_batch_free(b);
 
   engram_group_info gi;
@@ -193,8 +193,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(stored_records_carry_the_real_crc32c, setup, teardown),
       cmocka_unit_test_setup_teardown(a_program_log_error_leaves_the_librarys_codes_and_messages,
                                       setup, teardown),
-      cmocka_unit_test_setup_teardown(group_reads_and_acks_never_call_the_programs_functions,
-                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(group_reads_and_acks_never_call_the_programs_functions, setup,
+                                      teardown),
   };
   return cmocka_run_group_tests_name("symbols", tests, NULL, NULL);
 }
