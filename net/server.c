@@ -446,7 +446,7 @@ static void run_one(struct net_server *s, struct worker *w, struct job *j) {
 
 static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
   const Engram__Wire__Fetch *f = j->rq->fetch;
-  if (!j->deadline_ns) j->deadline_ns = j->received_ns + (int64_t)f->wait_ms * 1000000;
+  if (!j->deadline_ns) j->deadline_ns = clock_after_ms(j->received_ns, f->wait_ms);
   /* Looked up, not made: the topic name is not validated until the fetch runs. */
   pthread_mutex_lock(&s->mu);
   struct tseq *t = tseq_lookup(s, f->topic, 0);
