@@ -126,9 +126,10 @@ int cli_args_count(const struct cli_args *a, int min, int max, const char *names
 const char *cli_parse_u64(const char *s, uint64_t *out); /* decimal digits */
 const char *cli_parse_u32(const char *s, uint32_t *out);
 const char *cli_parse_offset(const char *s, uint64_t *out); /* >= 1 */
-/* "250ms", "30s", "2m", "1h", "1d", combined ("1h30m") and with fractions ("1.5s"); at
- * most 30 days; whole milliseconds. */
-const char *cli_parse_duration_ms(const char *s, uint64_t *ms);
+/* "250ms", "30s", "2m", "1h", "1d", combined ("1h30m") and with fractions ("1.5s"); whole
+ * milliseconds, at most max_ms (the library's limit for the option, ENGRAM_MAX_*_MS, so
+ * the command line refuses what the library would, with "over the limit of 30d"). */
+const char *cli_parse_duration_ms(const char *s, uint64_t max_ms, uint64_t *ms);
 /* "@2024-01-12T10:00:00Z" (RFC 3339, fractional seconds, +hh:mm offsets) or "@1705053600"
  * (Unix seconds, optionally fractional). */
 const char *cli_parse_time_ns(const char *s, int64_t *ns);

@@ -41,18 +41,19 @@ static const char create_help[] =
     "  --filter PATTERN    deliver only these types: exact (memory.saved), prefix\n"
     "                      (memory.*) or *; repeatable, at most 16 (default: *)\n"
     "  --ack-wait D        lease length before an unacked event is delivered again\n"
-    "                      (default 30s)\n"
+    "                      (default 30s, at most 30d)\n"
     "  --max-deliver N     attempts before an event goes to the dead-letter queue\n"
     "                      (default 5, at least 1)\n"
     "  --backoff D,D,...   delay before each retry after a nack or an expired lease; the\n"
-    "                      last step repeats; at most 16 steps (default 1s,5s,30s,2m)\n"
+    "                      last step repeats; at most 16 steps of at most 30d each\n"
+    "                      (default 1s,5s,30s,2m)\n"
     "  --start WHERE       earliest (default), latest (only new events), an OFFSET, or\n"
     "                      @TIME (the first event appended at or after it)\n"
     "  --key-ordered       events with the same key are never in flight together and\n"
     "                      finish in order\n"
-    "  --result-ttl D      how long ack results are kept (default 1d)\n"
+    "  --result-ttl D      how long ack results are kept (default 1d, at most 365d)\n"
     "  -h, --help          this help\n"
-    "Durations: 250ms, 30s, 2m, 1h, 1d (at most 30 days).\n";
+    "Durations: 250ms, 30s, 2m, 1h, 1d, or combined (1h30m).\n";
 
 static const char *parse_backoff(const char *s, uint64_t *out, size_t *n) {
   const char *p = s;
@@ -66,7 +67,7 @@ static const char *parse_backoff(const char *s, uint64_t *out, size_t *n) {
     if (*n == ENGRAM_MAX_BACKOFF) return "at most 16 steps";
     memcpy(step, p, len);
     step[len] = '\0';
-    const char *e = cli_parse_duration_ms(step, &out[*n]);
+    const char *e = cli_parse_duration_ms(step, ENGRAM_MAX_BACKOFF_MS, &out[*n]);
     if (e) return e;
     (*n)++;
     if (!comma) return NULL;
@@ -103,7 +104,7 @@ static int group_create(struct cli *c, int argc, char **argv) {
         filters[cfg.n_filters++] = a.val;
         break;
       case O_ACKWAIT:
-        if ((e = cli_parse_duration_ms(a.val, &cfg.ack_wait_ms)) ||
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_ACK_WAIT_MS, &cfg.ack_wait_ms)) ||
             (cfg.ack_wait_ms == 0 && (e = "must be more than 0")))
           return cli_usage(a.cmd, "--ack-wait '%s': %s", a.val, e);
         break;
@@ -124,7 +125,7 @@ static int group_create(struct cli *c, int argc, char **argv) {
         cfg.flags |= ENGRAM_GROUP_KEY_ORDERED;
         break;
       case O_TTL:
-        if ((e = cli_parse_duration_ms(a.val, &cfg.result_ttl_ms)) ||
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_RESULT_TTL_MS, &cfg.result_ttl_ms)) ||
             (cfg.result_ttl_ms == 0 && (e = "must be more than 0")))
           return cli_usage(a.cmd, "--result-ttl '%s': %s", a.val, e);
         break;
@@ -370,7 +371,8 @@ static const char consume_help[] =
     "options:\n"
     "  --consumer NAME  this member's name (required)\n"
     "  --count N        fetch at most N events (default 1, at most 100000)\n"
-    "  --wait D         when nothing is ready, wait up to D for events (default: no wait)\n"
+    "  --wait D         when nothing is ready, wait up to D for events (default: no wait,\n"
+    "                   at most 1h)\n"
     "  --json           one JSON object per event: the shape of `engram read --json`\n"
     "                   plus \"group\" and \"attempt\"\n"
     "  --result STR     keep STR as each ack's result (see `engram status`)\n"
@@ -426,7 +428,7 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
           return cli_usage(a.cmd, "--count '%s': %s", a.val, e);
         break;
       case O_WAIT:
-        if ((e = cli_parse_duration_ms(a.val, &wait_ms)))
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_FETCH_WAIT_MS, &wait_ms)))
           return cli_usage(a.cmd, "--wait '%s': %s", a.val, e);
         break;
       case O_JSON:
@@ -436,7 +438,7 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
         nack = 1;
         break;
       case O_DELAY:
-        if ((e = cli_parse_duration_ms(a.val, &delay_ms)))
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_DELAY_MS, &delay_ms)))
           return cli_usage(a.cmd, "--delay '%s': %s", a.val, e);
         have_delay = 1;
         break;
@@ -605,7 +607,7 @@ int cmd_nack(struct cli *c, int argc, char **argv) {
       "\n"
       "options:\n"
       "  --attempt N  the attempt as fetched (default 0: do not check)\n"
-      "  --delay D    redeliver after D (default: the group's backoff step)\n"
+      "  --delay D    redeliver after D (default: the group's backoff step; at most 30d)\n"
       "  --error STR  kept as the event's last error\n"
       "  -h, --help   this help\n";
   enum { O_ATTEMPT = 1, O_DELAY, O_ERROR };
@@ -627,7 +629,7 @@ int cmd_nack(struct cli *c, int argc, char **argv) {
           return cli_usage(a.cmd, "--attempt '%s': %s", a.val, e);
         break;
       case O_DELAY:
-        if ((e = cli_parse_duration_ms(a.val, &delay_ms)))
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_DELAY_MS, &delay_ms)))
           return cli_usage(a.cmd, "--delay '%s': %s", a.val, e);
         have_delay = 1;
         break;

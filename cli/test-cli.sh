@@ -149,6 +149,28 @@ e group create memory g --max-deliver 0
 check "max-deliver 0 is refused" eval '[[ $rc == 2 ]] && has "$err" "max-deliver must be at least 1"'
 e group create memory g --ack-wait 31d
 check "durations over 30 days are refused" eval '[[ $rc == 2 ]]'
+# Each duration option is bounded by the library's own limit for it (ENGRAM_MAX_*_MS).
+e group create memory g --ack-wait 99999999999d
+check "a duration too large to count is refused, not wrapped" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "over the limit of 30d"'
+e group create memory g --ack-wait 18446744073709551617ms
+check "... also in milliseconds" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+e group create memory dur-max --ack-wait 30d --backoff 1s,30d --result-ttl 365d
+check "each group duration at its maximum is accepted" eval '[[ $rc == 0 ]]'
+e group show memory dur-max --json
+check "... and kept" eval 'has "$out" "\"ack_wait_ms\":2592000000" && has "$out" "\"result_ttl_ms\":31536000000"'
+e group create memory dur-over --ack-wait 30d1ms
+check "ack-wait of the maximum + 1ms is refused" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+e group create memory dur-over --backoff 1s,30d1ms
+check "a backoff step of the maximum + 1ms is refused" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+e group create memory dur-over --result-ttl 365d1ms
+check "result-ttl of the maximum + 1ms is refused" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 365d"'
+e consume memory dur-max --consumer w --wait 1h1ms
+check "consume --wait over 1h is a usage error" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 1h"'
+e nack memory dur-max 1 --delay 30d1ms
+check "nack --delay over 30d is a usage error" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+e append memory memory.saved --payload x --delay 30d1ms
+check "append --delay over 30d is a usage error" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+e group delete memory dur-max
 e group create memory g --filter 'memory.*' --max-deliver 2 --backoff 0s --ack-wait 30s
 check "group create" eval '[[ $rc == 0 ]]'
 e consume memory g --consumer w --count 2 --json --result 'done'

@@ -269,8 +269,7 @@ static int one_job(log_wtx *w, void *arg) {
         uint64_t delay =
             r->delay_ms >= 0 ? (uint64_t)r->delay_ms : backoff_for(g.meta, l.pb->attempt);
         rc = cg_lease_split_one(w, &r->d, &g, &l, r->offset, CG_WAITING,
-                                clock_after_ms(w->now_ns, delay), r->text ? r->text : "",
-                                &moved);
+                                clock_after_ms(w->now_ns, delay), r->text ? r->text : "", &moved);
       }
       break;
     case OP_REJECT: {

@@ -63,14 +63,14 @@ extern "C" {
 
 /* The longest duration each option or argument may give, in milliseconds. A longer one
  * is refused with ENGRAM_EINVAL, so no duration can overflow the nanosecond clock. */
-#define ENGRAM_MAX_DEDUP_WINDOW_MS (365ull * 86400000)  /* dedup_window_ms: 365 days */
-#define ENGRAM_MAX_FLUSH_INTERVAL_MS 3600000u           /* flush_interval_ms: 1 hour */
-#define ENGRAM_MAX_ACK_WAIT_MS (30ull * 86400000)       /* a group's ack_wait_ms: 30 days */
-#define ENGRAM_MAX_BACKOFF_MS (30ull * 86400000)        /* each backoff_ms step: 30 days */
-#define ENGRAM_MAX_RESULT_TTL_MS (365ull * 86400000)    /* result_ttl_ms: 365 days */
-#define ENGRAM_MAX_DELAY_MS (30ull * 86400000)          /* nack delay_ms, extend ms: 30 days */
-#define ENGRAM_MAX_FETCH_WAIT_MS 3600000u               /* fetch wait_ms: 1 hour */
-#define ENGRAM_MAX_TIMEOUT_MS 86400000u                 /* a remote handle's timeout_ms: 1 day */
+#define ENGRAM_MAX_DEDUP_WINDOW_MS (365ull * 86400000) /* dedup_window_ms: 365 days */
+#define ENGRAM_MAX_FLUSH_INTERVAL_MS 3600000u          /* flush_interval_ms: 1 hour */
+#define ENGRAM_MAX_ACK_WAIT_MS (30ull * 86400000)      /* a group's ack_wait_ms: 30 days */
+#define ENGRAM_MAX_BACKOFF_MS (30ull * 86400000)       /* each backoff_ms step: 30 days */
+#define ENGRAM_MAX_RESULT_TTL_MS (365ull * 86400000)   /* result_ttl_ms: 365 days */
+#define ENGRAM_MAX_DELAY_MS (30ull * 86400000)         /* nack delay_ms, extend ms: 30 days */
+#define ENGRAM_MAX_FETCH_WAIT_MS 3600000u              /* fetch wait_ms: 1 hour */
+#define ENGRAM_MAX_TIMEOUT_MS 86400000u                /* a remote handle's timeout_ms: 1 day */
 
 /* ---------------------------------------------------------------------------------
  * Errors. A released code never changes its number.
@@ -334,9 +334,9 @@ int engram_group_reset(engram *log, const char *topic, const char *group, engram
 /* Leases up to `max` events to `consumer`: first events whose lease expired or whose
  * retry delay passed, then new ones matching the group's filters. Each event's attempt
  * is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to wait_ms
- * for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a fetch returns once its leases
- * are written and flushed but before they are made durable: a power cut may undo the
- * newest fetches, which only delivers their events again. Errors: EINVAL, ENOTFOUND. */
+ * for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a fetch
+ * returns once its leases are written and flushed but before they are made durable: a power cut may
+ * undo the newest fetches, which only delivers their events again. Errors: EINVAL, ENOTFOUND. */
 int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
                  size_t max, uint64_t wait_ms, engram_batch **out);
 

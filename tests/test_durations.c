@@ -69,8 +69,8 @@ static void a_dedup_window_of_ten_trillion_ms_is_refused_at_open(void **state) {
   char *dir = tu_tmpdir("dur-dedup");
   tu_clock clk;
   tu_clock_init(&clk, 0);
-  engram_options o = {.dedup_window_ms = 10000000000000ull, .clock_ns = tu_clock_ns,
-                      .clock_ctx = &clk};
+  engram_options o = {
+      .dedup_window_ms = 10000000000000ull, .clock_ns = tu_clock_ns, .clock_ctx = &clk};
   engram *log = NULL;
   int rc = engram_open(dir, &o, &log);
   if (rc == 0) {
@@ -103,8 +103,8 @@ static void the_longest_dedup_window_deduplicates_to_its_last_millisecond(void *
   char *dir = tu_tmpdir("dur-dedup-max");
   tu_clock clk;
   tu_clock_init(&clk, 0);
-  engram_options o = {.dedup_window_ms = ENGRAM_MAX_DEDUP_WINDOW_MS, .clock_ns = tu_clock_ns,
-                      .clock_ctx = &clk};
+  engram_options o = {
+      .dedup_window_ms = ENGRAM_MAX_DEDUP_WINDOW_MS, .clock_ns = tu_clock_ns, .clock_ctx = &clk};
   engram *log = tu_open(dir, &o);
   tu_topic(log, "memory", NULL);
   engram_event e = ev;
@@ -187,18 +187,19 @@ static void group_durations_are_bounded(engram *log) {
   uint64_t back_max[2] = {1000, ENGRAM_MAX_BACKOFF_MS};
   uint64_t back_over[2] = {1000, ENGRAM_MAX_BACKOFF_MS + 1};
   create_group(log, "ack-max", &(engram_group_config){.ack_wait_ms = ENGRAM_MAX_ACK_WAIT_MS});
-  INVALID(log, engram_group_create(log, "memory", "ack-over",
-                                   &(engram_group_config){.ack_wait_ms = ENGRAM_MAX_ACK_WAIT_MS + 1}));
+  INVALID(log,
+          engram_group_create(log, "memory", "ack-over",
+                              &(engram_group_config){.ack_wait_ms = ENGRAM_MAX_ACK_WAIT_MS + 1}));
   INVALID(log, engram_group_create(log, "memory", "ack-huge",
                                    &(engram_group_config){.ack_wait_ms = UINT64_MAX}));
   create_group(log, "back-max", &(engram_group_config){.backoff_ms = back_max, .n_backoff = 2});
-  INVALID(log, engram_group_create(log, "memory", "back-over",
-                                   &(engram_group_config){.backoff_ms = back_over, .n_backoff = 2}));
-  create_group(log, "ttl-max",
-               &(engram_group_config){.result_ttl_ms = ENGRAM_MAX_RESULT_TTL_MS});
   INVALID(log,
-          engram_group_create(log, "memory", "ttl-over",
-                              &(engram_group_config){.result_ttl_ms = ENGRAM_MAX_RESULT_TTL_MS + 1}));
+          engram_group_create(log, "memory", "back-over",
+                              &(engram_group_config){.backoff_ms = back_over, .n_backoff = 2}));
+  create_group(log, "ttl-max", &(engram_group_config){.result_ttl_ms = ENGRAM_MAX_RESULT_TTL_MS});
+  INVALID(log, engram_group_create(
+                   log, "memory", "ttl-over",
+                   &(engram_group_config){.result_ttl_ms = ENGRAM_MAX_RESULT_TTL_MS + 1}));
   engram_group_info gi;
   OK(log, engram_group_info_get(log, "memory", "ack-max", &gi));
   assert_int_equal(gi.ack_wait_ms, ENGRAM_MAX_ACK_WAIT_MS);
@@ -223,8 +224,8 @@ static void group_durations_are_bounded(engram *log) {
   OK(log, engram_status_get(log, "memory", "ack-max", o1, &st));
   assert_int_equal(st.state, ENGRAM_STATE_IN_FLIGHT);
   assert_true(st.deadline_ns > clock_realtime_ns() + clock_ms_to_ns(ENGRAM_MAX_DELAY_MS - 60000));
-  INVALID(log, engram_nack(log, "memory", "ack-max", o2, 1, (int64_t)ENGRAM_MAX_DELAY_MS + 1,
-                           NULL));
+  INVALID(log,
+          engram_nack(log, "memory", "ack-max", o2, 1, (int64_t)ENGRAM_MAX_DELAY_MS + 1, NULL));
   INVALID(log, engram_nack(log, "memory", "ack-max", o2, 1, INT64_MAX, NULL));
   OK(log, engram_nack(log, "memory", "ack-max", o2, 1, (int64_t)ENGRAM_MAX_DELAY_MS, "later"));
   OK(log, engram_status_get(log, "memory", "ack-max", o2, &st));
