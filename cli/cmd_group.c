@@ -1,8 +1,15 @@
 /* cmd_group.c — consumer groups from the command line: group, consume, ack, nack,
  * reject, cancel, status. */
+#include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -365,8 +372,11 @@ static const char consume_help[] =
     "                       --reject REASON | --no-ack]\n"
     "\n"
     "Leases up to N events of GROUP to consumer NAME (retries and expired leases first,\n"
-    "then new events), prints them, then acknowledges them all in one commit. Prints\n"
-    "nothing and exits 0 when there is nothing to deliver.\n"
+    "then new events), and prints and acknowledges them one at a time: an event is\n"
+    "acked only once it was written out (on a pipe: read by the reader). When output\n"
+    "fails (a closed pipe, a full disk) the rest are not acked: they stay leased and\n"
+    "come back after the ack wait, and the command exits 1. Prints nothing and exits 0\n"
+    "when there is nothing to deliver.\n"
     "\n"
     "options:\n"
     "  --consumer NAME  this member's name (required)\n"
@@ -382,6 +392,61 @@ static const char consume_help[] =
     "  --no-ack         leave the events leased; they come back after the ack wait\n"
     "  -h, --help       this help\n"
     "The text form prints offset, time, type, key, attempt=N and the payload's start.\n";
+
+/* How `consume` finishes each event it printed. */
+enum { SETTLE_NONE, SETTLE_ACK, SETTLE_NACK, SETTLE_REJECT };
+
+struct settle {
+  struct cli *c;
+  const char *topic, *group;
+  int op;             /* SETTLE_* */
+  int64_t delay_ms;   /* nack: < 0 = the group's backoff */
+  const char *text;   /* nack error or reject reason */
+  const char *result; /* ack result, NULL = none */
+  size_t failed;      /* settlements refused so far */
+  uint64_t first_offset;
+  int first_rc; /* code of the first refusal */
+};
+
+static const char *settle_verb(int op) {
+  return op == SETTLE_NACK ? "nacked" : op == SETTLE_REJECT ? "rejected" : "acked";
+}
+
+static void settle_one(struct settle *s, const engram_event *ev) {
+  int rc = 0;
+  switch (s->op) {
+    case SETTLE_ACK:
+      rc = engram_ack(s->c->log, s->topic, s->group, ev->offset, ev->attempt, s->result,
+                      s->result ? strlen(s->result) : 0);
+      break;
+    case SETTLE_NACK:
+      rc =
+          engram_nack(s->c->log, s->topic, s->group, ev->offset, ev->attempt, s->delay_ms, s->text);
+      break;
+    case SETTLE_REJECT:
+      rc = engram_reject(s->c->log, s->topic, s->group, ev->offset, ev->attempt, s->text);
+      break;
+  }
+  if (rc != 0 && !s->failed++) {
+    s->first_offset = ev->offset;
+    s->first_rc = rc;
+  }
+}
+
+/* Whether the reader has taken what was written to stdout. On a pipe, waits until the
+ * reader has read it all (1) or closed its end (0), so that `consume | head -1` settles
+ * only the event head read, not those the pipe's buffer absorbed. Elsewhere (a file, a
+ * terminal) what is written is taken. */
+static int output_taken(int fd, int is_pipe) {
+  if (!is_pipe) return 1;
+  for (int closed = 0;;) {
+    int unread = 0;
+    if (ioctl(fd, FIONREAD, &unread) != 0 || unread == 0) return 1;
+    if (closed) return 0; /* the reader left our bytes unread */
+    struct pollfd p = {.fd = fd, .events = 0};
+    if (poll(&p, 1, 2) > 0 && (p.revents & (POLLERR | POLLHUP))) closed = 1;
+  }
+}
 
 int cmd_consume(struct cli *c, int argc, char **argv) {
   enum {
@@ -469,82 +534,72 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
   int status = cli_open(c, CLI_OPEN_EXISTING);
   if (status) return status;
 
+  /* A reader that goes away (`| head -1`) must make writes fail with EPIPE, not kill the
+   * command before it can tell which events were delivered. */
+  signal(SIGPIPE, SIG_IGN);
   engram_batch *b = NULL;
   int rc = engram_fetch(c->log, topic, group, consumer, (size_t)count, wait_ms, &b);
   if (rc != 0) return cli_fail(c, rc, "consume %s %s", topic, group);
   if (!b) return 0; /* nothing delivered */
+  const int op = noack ? SETTLE_NONE : nack ? SETTLE_NACK : reason ? SETTLE_REJECT : SETTLE_ACK;
+  struct stat st;
+  const int to_pipe = fstat(STDOUT_FILENO, &st) == 0 && S_ISFIFO(st.st_mode);
+  struct settle s = {.c = c,
+                     .topic = topic,
+                     .group = group,
+                     .op = op,
+                     .delay_ms = have_delay ? (int64_t)delay_ms : -1,
+                     .text = nack ? error : reason,
+                     .result = result};
   json_writer w;
   json_w_init(&w);
-  for (size_t i = 0; i < b->count && !status; i++) {
+  /* One event at a time: written, flushed, taken by the reader, and only then settled.
+   * What is not written stays leased and comes back after the ack wait. */
+  size_t done = 0;
+  int out_errno = 0;
+  for (; done < b->count; done++) {
+    const engram_event *ev = &b->events[done];
     if (json) {
-      cli_json_event(&w, &b->events[i], topic, group);
-      status = cli_json_emit(&w);
+      cli_json_event(&w, ev, topic, group);
+      if ((status = cli_json_emit(&w))) break;
     } else {
-      cli_text_event(stdout, &b->events[i], 1);
+      cli_text_event(stdout, ev, 1);
     }
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+      out_errno = errno ? errno : EIO;
+      break;
+    }
+    if (!output_taken(STDOUT_FILENO, to_pipe)) {
+      out_errno = EPIPE;
+      break;
+    }
+    settle_one(&s, ev);
   }
   json_w_free(&w);
-  /* Acknowledge only what reached the reader; the rest comes back after the ack wait. */
-  if (!status && (fflush(stdout) != 0 || ferror(stdout)))
-    status = cli_error(
-        "consume %s %s: writing the events failed; they were not acked and "
-        "will be delivered again",
-        topic, group);
-  if (status || noack || b->count == 0) goto out;
-
-  size_t n = b->count, failed = 0, first = 0;
-  int first_rc = 0;
-  if (!nack && !reason) {
-    engram_ack_item *items = calloc(n, sizeof *items);
-    int *codes = calloc(n, sizeof *codes);
-    if (!items || !codes) {
-      free(items);
-      free(codes);
-      status = cli_error("consume %s %s: out of memory", topic, group);
-      goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-      items[i].offset = b->events[i].offset;
-      items[i].attempt = b->events[i].attempt;
-      items[i].result = result;
-      items[i].result_len = result ? strlen(result) : 0;
-    }
-    rc = engram_ack_many(c->log, topic, group, items, n, codes);
-    if (rc != 0) {
-      for (size_t i = 0; i < n; i++)
-        if (codes[i] != 0) {
-          if (!failed++) {
-            first = i;
-            first_rc = codes[i];
-          }
-        }
-      if (!failed) { /* the call failed as a whole */
-        failed = n;
-        first_rc = rc;
-      }
-    }
-    free(items);
-    free(codes);
-  } else {
-    for (size_t i = 0; i < n; i++) {
-      const engram_event *ev = &b->events[i];
-      rc = nack ? engram_nack(c->log, topic, group, ev->offset, ev->attempt,
-                              have_delay ? (int64_t)delay_ms : -1, error)
-                : engram_reject(c->log, topic, group, ev->offset, ev->attempt, reason);
-      if (rc != 0 && !failed++) {
-        first = i;
-        first_rc = rc;
-      }
-    }
+  if (out_errno) {
+    /* Nothing more can be written: forget what stdio still holds so that the exit does
+     * not report the same failure again. */
+    __fpurge(stdout);
+    clearerr(stdout);
+    size_t left = b->count - done;
+    if (op == SETTLE_NONE)
+      status = cli_error("consume %s %s: output failed after %zu of %zu events (%s)", topic, group,
+                         done, b->count, strerror(out_errno));
+    else
+      status = cli_error(
+          "consume %s %s: output failed after %zu of %zu events (%s); the other %zu "
+          "%s not %s and will be delivered again after the ack wait",
+          topic, group, done, b->count, strerror(out_errno), left, left == 1 ? "was" : "were",
+          settle_verb(op));
   }
-  if (failed)
+  if (s.failed && !status)
     status = cli_error("consume %s %s: %zu of %zu %s failed; offset %" PRIu64 ": %s", topic, group,
-                       failed, n,
-                       nack     ? "nacks"
-                       : reason ? "rejects"
-                                : "acks",
-                       b->events[first].offset, cli_errtext(c, first_rc));
-out:
+                       s.failed, done,
+                       op == SETTLE_NACK     ? "nacks"
+                       : op == SETTLE_REJECT ? "rejects"
+                                             : "acks",
+                       s.first_offset, cli_errtext(c, s.first_rc));
   engram_batch_free(b);
   return status;
 }

@@ -211,6 +211,36 @@ check "stat --json" eval 'has "$out" "\"topics\":[" && has "$out" "\"groups\":["
 e stat
 check "stat" eval '[[ $rc == 0 ]] && has "$out" OLDEST_UNFINISHED'
 
+# --- consume settles only what its reader took ------------------------------------------
+e topic create piped
+ein "$(for i in $(seq 1 50); do printf '{"type":"x.y","payload":"%s"}\n' "$i"; done)" append piped --batch
+e group create piped g --ack-wait 1s --backoff 0s
+acked_of() { # acked_of GROUP: the group's acked counter
+  e group show piped "$1" --json
+  printf '%s' "$out" | sed -n 's/.*"acked":\([0-9]*\).*/\1/p'
+}
+timeout 60 "$BIN" --data "$DATA" consume piped g --consumer c --count 50 2>"$TMP/err" | head -1 >"$TMP/head"
+rc=${PIPESTATUS[0]} out=$(cat "$TMP/head") err=$(cat "$TMP/err")
+check "consume --count 50 | head -1: the reader gets one event" eval 'lines "$out" 1 && [[ $out == 1\ * ]]'
+check "... consume exits 1 with one line saying the rest were not acked" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "were not acked"'
+acked=$(acked_of g)
+check "... only the event the reader took is acked, not all 50" eval '[[ $acked -ge 1 && $acked -le 2 ]]'
+sleep 1.2
+e consume piped g --consumer c --count 100 --json
+check "... the others are delivered again after the ack wait" eval '[[ $rc == 0 ]] && lines "$out" $((50 - acked)) && has "$out" "\"attempt\":2" && ! has "$out" "\"attempt\":1"'
+e group create piped full --ack-wait 1s
+timeout 60 "$BIN" --data "$DATA" consume piped full --consumer c --count 5 >/dev/full 2>"$TMP/err"
+rc=$? err=$(cat "$TMP/err")
+check "consume into a full disk exits 1 with one line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "No space left"'
+acked=$(acked_of full)
+check "... and acks nothing" eval '[[ $acked == 0 ]]'
+timeout 60 "$BIN" --data "$DATA" consume piped full --consumer c --count 3 --reject 'gone' 2>"$TMP/err" | head -c 0
+rc=${PIPESTATUS[0]} err=$(cat "$TMP/err")
+check "consume --reject into a closed pipe exits 1" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "not rejected"'
+e dlq list piped full --json
+check "... and rejects nothing" eval '[[ $out == "[]" ]]'
+e topic drop piped
+
 # --- maintenance -----------------------------------------------------------------------
 e verify
 check "verify of a healthy log" eval '[[ $rc == 0 ]] && has "$out" "0 damaged"'
