@@ -154,6 +154,17 @@ void cli_fmt_age(int64_t ns, char *buf, size_t len);
  * reads back. */
 void cli_fmt_duration_ms(uint64_t ms, char *buf, size_t len);
 
+/* Untrusted text (event fields, worker errors and reasons) in human-readable output:
+ * every character that could drive a terminal is escaped. C0 controls and DEL become
+ * \xHH (\n, \t, \r by name), C1 controls and Unicode's invisible line and direction
+ * controls \uHHHH, bytes that are not UTF-8 \xHH, and a backslash \\; printable UTF-8
+ * is kept. JSON output escapes by itself. */
+#define CLI_ESC_LINES 0x1 /* keep \n and \t as they are: for multi-line blocks */
+void cli_put_text(FILE *f, const char *s, size_t n, int flags);
+/* The same into buf (len bytes, always NUL-terminated, cut between characters): for
+ * table cells and formatted lines. Returns buf. A buffer of 4 * n + 1 bytes holds all. */
+char *cli_escape(char *buf, size_t len, const char *s, size_t n);
+
 /* The JSON shape of an event (see docs/cli.md); with group != NULL adds "group" and
  * "attempt". `topic` is used when the event does not carry its topic name. */
 void cli_json_event(json_writer *w, const engram_event *ev, const char *topic, const char *group);

@@ -847,8 +847,11 @@ int cmd_status(struct cli *c, int argc, char **argv) {
     json_w_free(&w);
   } else {
     printf("state:       %s\n", state);
-    if (cl && st.state == ENGRAM_STATE_IN_FLIGHT)
-      printf("consumer:    %.*s\n", (int)cl, st.consumer);
+    if (cl && st.state == ENGRAM_STATE_IN_FLIGHT) {
+      fputs("consumer:    ", stdout);
+      cli_put_text(stdout, st.consumer, cl, 0);
+      fputc('\n', stdout);
+    }
     printf("attempt:     %" PRIu32 "\n", st.attempt);
     if (st.deadline_ns) {
       char t[48], age[32];
@@ -863,11 +866,15 @@ int cmd_status(struct cli *c, int argc, char **argv) {
         printf("%-13s%s (%s ago)\n", label, t, age);
       }
     }
-    if (el) printf("last error:  %.*s\n", (int)el, st.last_error);
+    if (el) { /* the worker's words: escaped, never raw */
+      fputs("last error:  ", stdout);
+      cli_put_text(stdout, st.last_error, el, 0);
+      fputc('\n', stdout);
+    }
     if (st.result) {
       if (result_text) {
         fputs("result:      ", stdout);
-        fwrite(st.result, 1, st.result_len, stdout);
+        cli_put_text(stdout, st.result, st.result_len, 0);
         fputc('\n', stdout);
       } else
         printf("result:      <%zu bytes, not UTF-8; see --json>\n", st.result_len);

@@ -241,6 +241,33 @@ e dlq list piped full --json
 check "... and rejects nothing" eval '[[ $out == "[]" ]]'
 e topic drop piped
 
+# --- worker text never reaches the terminal raw ----------------------------------------
+# no_ctl TEXT: TEXT holds no C0 control but newline and tab, no DEL and no C1 control.
+no_ctl() { ! printf '%s' "$1" | LC_ALL=C grep -q $'[\x01-\x08\x0b-\x1f\x7f]\\|\xc2[\x80-\x9f]'; }
+red=$'\x1b[31mred\x07' want='\x1b[31mred\x07'
+e topic create esc
+e append esc x.y --payload $'pay\x1b[2Jload\xc2\x9b' --key $'k\x1b]0;t\x07' --header $'h=\x1bv'
+e group create esc g
+e consume esc g --consumer w --count 1 --no-ack
+e reject esc g 1 --reason "$red"
+check "reject with a reason full of escape sequences" eval '[[ $rc == 0 ]]'
+e status esc g 1
+check "status shows the reason escaped" eval 'has "$out" "$want" && no_ctl "$out"'
+e dlq list esc g
+check "dlq list shows the reason escaped" eval 'has "$out" "$want" && no_ctl "$out"'
+e dlq show esc g 1
+check "dlq show shows reason, key, header and payload escaped" eval 'has "$out" "$want" && has "$out" "pay\\x1b[2Jload\\u009b" && has "$out" "h=\\x1bv" && no_ctl "$out"'
+e dlq list esc g --json
+check "dlq list --json keeps its JSON escapes" eval 'has "$out" "\\u001b[31mred\\u0007"'
+e read esc
+check "read shows the key and payload escaped" eval 'has "$out" "k\\x1b]0;t\\x07" && no_ctl "$out"'
+e append esc x.y --payload x
+e consume esc g --consumer w --count 1 --nack --error $'boom\xc2\x9b2J\r'
+e status esc g 2
+check "a nack error with a C1 CSI is escaped" eval 'has "$out" "boom\\u009b2J\\r" && no_ctl "$out"'
+e topic drop esc
+# (The daemon's log: tests/test_net_garbage.c, client_text_reaches_the_daemon_log_escaped.)
+
 # --- maintenance -----------------------------------------------------------------------
 e verify
 check "verify of a healthy log" eval '[[ $rc == 0 ]] && has "$out" "0 damaged"'
