@@ -403,34 +403,59 @@ struct settle {
   int64_t delay_ms;   /* nack: < 0 = the group's backoff */
   const char *text;   /* nack error or reject reason */
   const char *result; /* ack result, NULL = none */
+  size_t next;        /* the first event of the batch not yet settled */
   size_t failed;      /* settlements refused so far */
   uint64_t first_offset;
   int first_rc; /* code of the first refusal */
 };
 
+/* Events written to a regular file are acked in steps of this many, one commit each. */
+#define ACK_STEP 256
+
 static const char *settle_verb(int op) {
   return op == SETTLE_NACK ? "nacked" : op == SETTLE_REJECT ? "rejected" : "acked";
 }
 
-static void settle_one(struct settle *s, const engram_event *ev) {
-  int rc = 0;
-  switch (s->op) {
-    case SETTLE_ACK:
-      rc = engram_ack(s->c->log, s->topic, s->group, ev->offset, ev->attempt, s->result,
-                      s->result ? strlen(s->result) : 0);
-      break;
-    case SETTLE_NACK:
-      rc =
-          engram_nack(s->c->log, s->topic, s->group, ev->offset, ev->attempt, s->delay_ms, s->text);
-      break;
-    case SETTLE_REJECT:
-      rc = engram_reject(s->c->log, s->topic, s->group, ev->offset, ev->attempt, s->text);
-      break;
-  }
+static void refused(struct settle *s, uint64_t offset, int rc) {
   if (rc != 0 && !s->failed++) {
-    s->first_offset = ev->offset;
+    s->first_offset = offset;
     s->first_rc = rc;
   }
+}
+
+/* Settles the events of b from s->next up to `upto` (excluded): acks in one commit,
+ * nacks and rejects one by one. */
+static void settle_upto(struct settle *s, const engram_batch *b, size_t upto) {
+  if (s->op == SETTLE_ACK && upto > s->next) {
+    engram_ack_item items[ACK_STEP];
+    int codes[ACK_STEP];
+    size_t n = upto - s->next;
+    for (size_t i = 0; i < n; i++) {
+      const engram_event *ev = &b->events[s->next + i];
+      items[i] =
+          (engram_ack_item){ev->offset, ev->attempt, s->result, s->result ? strlen(s->result) : 0};
+      codes[i] = 0;
+    }
+    int rc = engram_ack_many(s->c->log, s->topic, s->group, items, n, codes);
+    int any = 0;
+    for (size_t i = 0; i < n; i++) {
+      any |= codes[i] != 0;
+      refused(s, items[i].offset, codes[i]);
+    }
+    if (rc != 0 && !any) /* the call failed as a whole */
+      for (size_t i = 0; i < n; i++) refused(s, items[i].offset, rc);
+  }
+  for (size_t i = s->next; i < upto && s->op != SETTLE_ACK; i++) {
+    const engram_event *ev = &b->events[i];
+    if (s->op == SETTLE_NACK)
+      refused(s, ev->offset,
+              engram_nack(s->c->log, s->topic, s->group, ev->offset, ev->attempt, s->delay_ms,
+                          s->text));
+    else if (s->op == SETTLE_REJECT)
+      refused(s, ev->offset,
+              engram_reject(s->c->log, s->topic, s->group, ev->offset, ev->attempt, s->text));
+  }
+  s->next = upto;
 }
 
 /* Whether the reader has taken what was written to stdout. On a pipe, waits until the
@@ -543,7 +568,11 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
   if (!b) return 0; /* nothing delivered */
   const int op = noack ? SETTLE_NONE : nack ? SETTLE_NACK : reason ? SETTLE_REJECT : SETTLE_ACK;
   struct stat st;
-  const int to_pipe = fstat(STDOUT_FILENO, &st) == 0 && S_ISFIFO(st.st_mode);
+  const int have_st = fstat(STDOUT_FILENO, &st) == 0;
+  const int to_pipe = have_st && S_ISFIFO(st.st_mode);
+  /* A regular file holds what was written: acks can share commits. Anything else (a
+   * pipe, a terminal, a socket) settles each event as soon as it is out. */
+  const size_t step = have_st && S_ISREG(st.st_mode) ? ACK_STEP : 1;
   struct settle s = {.c = c,
                      .topic = topic,
                      .group = group,
@@ -553,8 +582,9 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
                      .result = result};
   json_writer w;
   json_w_init(&w);
-  /* One event at a time: written, flushed, taken by the reader, and only then settled.
-   * What is not written stays leased and comes back after the ack wait. */
+  /* One event at a time: written, flushed, taken by the reader, and only then settled
+   * (in steps of `step`). What is not written stays leased and comes back after the ack
+   * wait. */
   size_t done = 0;
   int out_errno = 0;
   for (; done < b->count; done++) {
@@ -574,8 +604,9 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
       out_errno = EPIPE;
       break;
     }
-    settle_one(&s, ev);
+    if (done + 1 - s.next >= step) settle_upto(&s, b, done + 1);
   }
+  settle_upto(&s, b, done); /* what was written before the end or the failure */
   json_w_free(&w);
   if (out_errno) {
     /* Nothing more can be written: forget what stdio still holds so that the exit does

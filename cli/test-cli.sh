@@ -228,6 +228,11 @@ check "... only the event the reader took is acked, not all 50" eval '[[ $acked 
 sleep 1.2
 e consume piped g --consumer c --count 100 --json
 check "... the others are delivered again after the ack wait" eval '[[ $rc == 0 ]] && lines "$out" $((50 - acked)) && has "$out" "\"attempt\":2" && ! has "$out" "\"attempt\":1"'
+e group create piped file
+timeout 60 "$BIN" --data "$DATA" consume piped file --consumer c --count 50 --json >"$TMP/file.jsonl" 2>"$TMP/err"
+rc=$? out=$(cat "$TMP/file.jsonl") err=$(cat "$TMP/err")
+acked=$(acked_of file)
+check "consume into a file writes and acks all 50" eval '[[ $rc == 0 ]] && lines "$out" 50 && [[ $acked == 50 ]]'
 e group create piped full --ack-wait 1s
 timeout 60 "$BIN" --data "$DATA" consume piped full --consumer c --count 5 >/dev/full 2>"$TMP/err"
 rc=$? err=$(cat "$TMP/err")
