@@ -135,7 +135,6 @@ const char *cli_parse_size(const char *s, uint64_t *out) {
  * ------------------------------------------------------------------------------ */
 #define NS_PER_MS 1000000ull
 #define NS_PER_S 1000000000ull
-#define MAX_DURATION_NS (30ull * 86400 * NS_PER_S)
 
 static uint64_t gcd(uint64_t a, uint64_t b) {
   while (b) {
@@ -146,7 +145,19 @@ static uint64_t gcd(uint64_t a, uint64_t b) {
   return a;
 }
 
-const char *cli_parse_duration_ms(const char *s, uint64_t *ms) {
+/* The reason a duration over max_ms is refused: "over the limit of 30d". */
+static const char *over(uint64_t max_ms) {
+  static char why[64];
+  char d[32];
+  cli_fmt_duration_ms(max_ms, d, sizeof d);
+  snprintf(why, sizeof why, "over the limit of %s", d);
+  return why;
+}
+
+const char *cli_parse_duration_ms(const char *s, uint64_t max_ms, uint64_t *ms) {
+  /* max_ms is one of engram.h's limits (at most a year), so max_ns and everything
+   * compared with it stay far below UINT64_MAX. */
+  const uint64_t max_ns = max_ms * NS_PER_MS;
   static const struct {
     const char *unit;
     uint64_t ns;
@@ -164,7 +175,7 @@ const char *cli_parse_duration_ms(const char *s, uint64_t *ms) {
     uint64_t whole = 0;
     for (; digit(*p); p++) {
       whole = whole * 10 + (uint64_t)(*p - '0');
-      if (whole > MAX_DURATION_NS) return "over the 30-day limit";
+      if (whole > max_ns) return over(max_ms);
     }
     uint64_t frac = 0, scale = 1;
     if (*p == '.') {
@@ -184,11 +195,11 @@ const char *cli_parse_duration_ms(const char *s, uint64_t *ms) {
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
       if (strlen(units[i].unit) == ul && memcmp(units[i].unit, u, ul) == 0) unit_ns = units[i].ns;
     if (!unit_ns) return "unknown unit (use ms, s, m, h or d)";
-    if (whole > MAX_DURATION_NS / unit_ns) return "over the 30-day limit";
+    if (whole > max_ns / unit_ns) return over(max_ms);
     /* frac/scale of a unit, reduced first so the product cannot overflow. */
     uint64_t g = gcd(unit_ns, scale);
     uint64_t seg = whole * unit_ns + frac * (unit_ns / g) / (scale / g);
-    if (seg > MAX_DURATION_NS - total) return "over the 30-day limit";
+    if (seg > max_ns - total) return over(max_ms);
     total += seg;
   }
   if (total % NS_PER_MS) return "finer than a millisecond";

@@ -126,9 +126,10 @@ int cli_args_count(const struct cli_args *a, int min, int max, const char *names
 const char *cli_parse_u64(const char *s, uint64_t *out); /* decimal digits */
 const char *cli_parse_u32(const char *s, uint32_t *out);
 const char *cli_parse_offset(const char *s, uint64_t *out); /* >= 1 */
-/* "250ms", "30s", "2m", "1h", "1d", combined ("1h30m") and with fractions ("1.5s"); at
- * most 30 days; whole milliseconds. */
-const char *cli_parse_duration_ms(const char *s, uint64_t *ms);
+/* "250ms", "30s", "2m", "1h", "1d", combined ("1h30m") and with fractions ("1.5s"); whole
+ * milliseconds, at most max_ms (the library's limit for the option, ENGRAM_MAX_*_MS, so
+ * the command line refuses what the library would, with "over the limit of 30d"). */
+const char *cli_parse_duration_ms(const char *s, uint64_t max_ms, uint64_t *ms);
 /* "@2024-01-12T10:00:00Z" (RFC 3339, fractional seconds, +hh:mm offsets) or "@1705053600"
  * (Unix seconds, optionally fractional). */
 const char *cli_parse_time_ns(const char *s, int64_t *ns);
@@ -152,6 +153,17 @@ void cli_fmt_age(int64_t ns, char *buf, size_t len);
 /* "30s", "1h30m", "250ms": a millisecond duration in the form cli_parse_duration_ms
  * reads back. */
 void cli_fmt_duration_ms(uint64_t ms, char *buf, size_t len);
+
+/* Untrusted text (event fields, worker errors and reasons) in human-readable output:
+ * every character that could drive a terminal is escaped. C0 controls and DEL become
+ * \xHH (\n, \t, \r by name), C1 controls and Unicode's invisible line and direction
+ * controls \uHHHH, bytes that are not UTF-8 \xHH, and a backslash \\; printable UTF-8
+ * is kept. JSON output escapes by itself. */
+#define CLI_ESC_LINES 0x1 /* keep \n and \t as they are: for multi-line blocks */
+void cli_put_text(FILE *f, const char *s, size_t n, int flags);
+/* The same into buf (len bytes, always NUL-terminated, cut between characters): for
+ * table cells and formatted lines. Returns buf. A buffer of 4 * n + 1 bytes holds all. */
+char *cli_escape(char *buf, size_t len, const char *s, size_t n);
 
 /* The JSON shape of an event (see docs/cli.md); with group != NULL adds "group" and
  * "attempt". `topic` is used when the event does not carry its topic name. */

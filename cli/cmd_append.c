@@ -648,7 +648,7 @@ int cmd_append(struct cli *c, int argc, char **argv) {
         break;
       }
       case O_DELAY:
-        if ((e = cli_parse_duration_ms(a.val, &delay_ms)))
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_DELAY_MS, &delay_ms)))
           return cli_usage(a.cmd, "--delay '%s': %s", a.val, e);
         break;
       case O_CREATE:

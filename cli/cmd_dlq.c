@@ -59,13 +59,16 @@ static int dlq_list(struct cli *c, int argc, char **argv) {
     cli_table_row(t, "OFFSET", "ATTEMPTS", "DEAD_AT", "REASON", "LAST_ERROR", "CONSUMER");
     for (size_t i = 0; i < n; i++) {
       char off[24], att[16], dead[48];
-      char reason[sizeof e[i].reason], lerr[sizeof e[i].last_error], cons[sizeof e[i].consumer];
+      char reason[4 * sizeof e[i].reason], lerr[4 * sizeof e[i].last_error],
+          cons[4 * sizeof e[i].consumer];
       snprintf(off, sizeof off, "%" PRIu64, e[i].offset);
       snprintf(att, sizeof att, "%" PRIu32, e[i].attempts);
       cli_fmt_time(e[i].dead_ns, dead, sizeof dead);
-      snprintf(reason, sizeof reason, "%.*s", (int)sizeof reason - 1, e[i].reason);
-      snprintf(lerr, sizeof lerr, "%.*s", (int)sizeof lerr - 1, e[i].last_error);
-      snprintf(cons, sizeof cons, "%.*s", (int)sizeof cons - 1, e[i].consumer);
+      /* Reasons and errors are the workers' words: escaped, never raw. */
+      cli_escape(reason, sizeof reason, e[i].reason, strnlen(e[i].reason, sizeof e[i].reason));
+      cli_escape(lerr, sizeof lerr, e[i].last_error,
+                 strnlen(e[i].last_error, sizeof e[i].last_error));
+      cli_escape(cons, sizeof cons, e[i].consumer, strnlen(e[i].consumer, sizeof e[i].consumer));
       cli_table_row(t, off, att, dead, reason[0] ? reason : "-", lerr[0] ? lerr : "-",
                     cons[0] ? cons : "-");
     }
@@ -135,11 +138,20 @@ static int dlq_show(struct cli *c, int argc, char **argv) {
     char t[48];
     printf("offset:           %" PRIu64 "\n", e[0].offset);
     printf("attempts:         %" PRIu32 "\n", e[0].attempts);
-    printf("reason:           %.*s\n", (int)sizeof e[0].reason, e[0].reason);
-    if (e[0].last_error[0])
-      printf("last error:       %.*s\n", (int)sizeof e[0].last_error, e[0].last_error);
-    if (e[0].consumer[0])
-      printf("last consumer:    %.*s\n", (int)sizeof e[0].consumer, e[0].consumer);
+    /* Reasons and errors are the workers' words: escaped, never raw. */
+    fputs("reason:           ", stdout);
+    cli_put_text(stdout, e[0].reason, strnlen(e[0].reason, sizeof e[0].reason), 0);
+    fputc('\n', stdout);
+    if (e[0].last_error[0]) {
+      fputs("last error:       ", stdout);
+      cli_put_text(stdout, e[0].last_error, strnlen(e[0].last_error, sizeof e[0].last_error), 0);
+      fputc('\n', stdout);
+    }
+    if (e[0].consumer[0]) {
+      fputs("last consumer:    ", stdout);
+      cli_put_text(stdout, e[0].consumer, strnlen(e[0].consumer, sizeof e[0].consumer), 0);
+      fputc('\n', stdout);
+    }
     cli_fmt_time(e[0].first_delivered_ns, t, sizeof t);
     printf("first delivered:  %s\n", t);
     cli_fmt_time(e[0].dead_ns, t, sizeof t);
@@ -149,14 +161,22 @@ static int dlq_show(struct cli *c, int argc, char **argv) {
     } else {
       printf("event:            ");
       cli_text_event(stdout, ev, 0);
-      if (ev->content_type && ev->content_type[0])
-        printf("content type:     %s\n", ev->content_type);
-      for (size_t i = 0; i < ev->n_headers; i++)
-        printf("header:           %s=%s\n", ev->headers[i].name,
-               ev->headers[i].value ? ev->headers[i].value : "");
+      if (ev->content_type && ev->content_type[0]) {
+        fputs("content type:     ", stdout);
+        cli_put_text(stdout, ev->content_type, strlen(ev->content_type), 0);
+        fputc('\n', stdout);
+      }
+      for (size_t i = 0; i < ev->n_headers; i++) {
+        const char *v = ev->headers[i].value ? ev->headers[i].value : "";
+        fputs("header:           ", stdout);
+        cli_put_text(stdout, ev->headers[i].name, strlen(ev->headers[i].name), 0);
+        fputc('=', stdout);
+        cli_put_text(stdout, v, strlen(v), 0);
+        fputc('\n', stdout);
+      }
       if (ev->payload_len && json_utf8_valid(ev->payload, ev->payload_len)) {
         printf("payload:\n");
-        fwrite(ev->payload, 1, ev->payload_len, stdout);
+        cli_put_text(stdout, ev->payload, ev->payload_len, CLI_ESC_LINES);
         printf("\n");
       }
     }

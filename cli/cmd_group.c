@@ -1,8 +1,15 @@
 /* cmd_group.c — consumer groups from the command line: group, consume, ack, nack,
  * reject, cancel, status. */
+#include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -41,18 +48,19 @@ static const char create_help[] =
     "  --filter PATTERN    deliver only these types: exact (memory.saved), prefix\n"
     "                      (memory.*) or *; repeatable, at most 16 (default: *)\n"
     "  --ack-wait D        lease length before an unacked event is delivered again\n"
-    "                      (default 30s)\n"
+    "                      (default 30s, at most 30d)\n"
     "  --max-deliver N     attempts before an event goes to the dead-letter queue\n"
     "                      (default 5, at least 1)\n"
     "  --backoff D,D,...   delay before each retry after a nack or an expired lease; the\n"
-    "                      last step repeats; at most 16 steps (default 1s,5s,30s,2m)\n"
+    "                      last step repeats; at most 16 steps of at most 30d each\n"
+    "                      (default 1s,5s,30s,2m)\n"
     "  --start WHERE       earliest (default), latest (only new events), an OFFSET, or\n"
     "                      @TIME (the first event appended at or after it)\n"
     "  --key-ordered       events with the same key are never in flight together and\n"
     "                      finish in order\n"
-    "  --result-ttl D      how long ack results are kept (default 1d)\n"
+    "  --result-ttl D      how long ack results are kept (default 1d, at most 365d)\n"
     "  -h, --help          this help\n"
-    "Durations: 250ms, 30s, 2m, 1h, 1d (at most 30 days).\n";
+    "Durations: 250ms, 30s, 2m, 1h, 1d, or combined (1h30m).\n";
 
 static const char *parse_backoff(const char *s, uint64_t *out, size_t *n) {
   const char *p = s;
@@ -66,7 +74,7 @@ static const char *parse_backoff(const char *s, uint64_t *out, size_t *n) {
     if (*n == ENGRAM_MAX_BACKOFF) return "at most 16 steps";
     memcpy(step, p, len);
     step[len] = '\0';
-    const char *e = cli_parse_duration_ms(step, &out[*n]);
+    const char *e = cli_parse_duration_ms(step, ENGRAM_MAX_BACKOFF_MS, &out[*n]);
     if (e) return e;
     (*n)++;
     if (!comma) return NULL;
@@ -103,7 +111,7 @@ static int group_create(struct cli *c, int argc, char **argv) {
         filters[cfg.n_filters++] = a.val;
         break;
       case O_ACKWAIT:
-        if ((e = cli_parse_duration_ms(a.val, &cfg.ack_wait_ms)) ||
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_ACK_WAIT_MS, &cfg.ack_wait_ms)) ||
             (cfg.ack_wait_ms == 0 && (e = "must be more than 0")))
           return cli_usage(a.cmd, "--ack-wait '%s': %s", a.val, e);
         break;
@@ -124,7 +132,7 @@ static int group_create(struct cli *c, int argc, char **argv) {
         cfg.flags |= ENGRAM_GROUP_KEY_ORDERED;
         break;
       case O_TTL:
-        if ((e = cli_parse_duration_ms(a.val, &cfg.result_ttl_ms)) ||
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_RESULT_TTL_MS, &cfg.result_ttl_ms)) ||
             (cfg.result_ttl_ms == 0 && (e = "must be more than 0")))
           return cli_usage(a.cmd, "--result-ttl '%s': %s", a.val, e);
         break;
@@ -364,13 +372,17 @@ static const char consume_help[] =
     "                       --reject REASON | --no-ack]\n"
     "\n"
     "Leases up to N events of GROUP to consumer NAME (retries and expired leases first,\n"
-    "then new events), prints them, then acknowledges them all in one commit. Prints\n"
-    "nothing and exits 0 when there is nothing to deliver.\n"
+    "then new events), and prints and acknowledges them one at a time: an event is\n"
+    "acked only once it was written out (on a pipe: read by the reader). When output\n"
+    "fails (a closed pipe, a full disk) the rest are not acked: they stay leased and\n"
+    "come back after the ack wait, and the command exits 1. Prints nothing and exits 0\n"
+    "when there is nothing to deliver.\n"
     "\n"
     "options:\n"
     "  --consumer NAME  this member's name (required)\n"
     "  --count N        fetch at most N events (default 1, at most 100000)\n"
-    "  --wait D         when nothing is ready, wait up to D for events (default: no wait)\n"
+    "  --wait D         when nothing is ready, wait up to D for events (default: no wait,\n"
+    "                   at most 1h)\n"
     "  --json           one JSON object per event: the shape of `engram read --json`\n"
     "                   plus \"group\" and \"attempt\"\n"
     "  --result STR     keep STR as each ack's result (see `engram status`)\n"
@@ -380,6 +392,86 @@ static const char consume_help[] =
     "  --no-ack         leave the events leased; they come back after the ack wait\n"
     "  -h, --help       this help\n"
     "The text form prints offset, time, type, key, attempt=N and the payload's start.\n";
+
+/* How `consume` finishes each event it printed. */
+enum { SETTLE_NONE, SETTLE_ACK, SETTLE_NACK, SETTLE_REJECT };
+
+struct settle {
+  struct cli *c;
+  const char *topic, *group;
+  int op;             /* SETTLE_* */
+  int64_t delay_ms;   /* nack: < 0 = the group's backoff */
+  const char *text;   /* nack error or reject reason */
+  const char *result; /* ack result, NULL = none */
+  size_t next;        /* the first event of the batch not yet settled */
+  size_t failed;      /* settlements refused so far */
+  uint64_t first_offset;
+  int first_rc; /* code of the first refusal */
+};
+
+/* Events written to a regular file are acked in steps of this many, one commit each. */
+#define ACK_STEP 256
+
+static const char *settle_verb(int op) {
+  return op == SETTLE_NACK ? "nacked" : op == SETTLE_REJECT ? "rejected" : "acked";
+}
+
+static void refused(struct settle *s, uint64_t offset, int rc) {
+  if (rc != 0 && !s->failed++) {
+    s->first_offset = offset;
+    s->first_rc = rc;
+  }
+}
+
+/* Settles the events of b from s->next up to `upto` (excluded): acks in one commit,
+ * nacks and rejects one by one. */
+static void settle_upto(struct settle *s, const engram_batch *b, size_t upto) {
+  if (s->op == SETTLE_ACK && upto > s->next) {
+    engram_ack_item items[ACK_STEP];
+    int codes[ACK_STEP];
+    size_t n = upto - s->next;
+    for (size_t i = 0; i < n; i++) {
+      const engram_event *ev = &b->events[s->next + i];
+      items[i] =
+          (engram_ack_item){ev->offset, ev->attempt, s->result, s->result ? strlen(s->result) : 0};
+      codes[i] = 0;
+    }
+    int rc = engram_ack_many(s->c->log, s->topic, s->group, items, n, codes);
+    int any = 0;
+    for (size_t i = 0; i < n; i++) {
+      any |= codes[i] != 0;
+      refused(s, items[i].offset, codes[i]);
+    }
+    if (rc != 0 && !any) /* the call failed as a whole */
+      for (size_t i = 0; i < n; i++) refused(s, items[i].offset, rc);
+  }
+  for (size_t i = s->next; i < upto && s->op != SETTLE_ACK; i++) {
+    const engram_event *ev = &b->events[i];
+    if (s->op == SETTLE_NACK)
+      refused(s, ev->offset,
+              engram_nack(s->c->log, s->topic, s->group, ev->offset, ev->attempt, s->delay_ms,
+                          s->text));
+    else if (s->op == SETTLE_REJECT)
+      refused(s, ev->offset,
+              engram_reject(s->c->log, s->topic, s->group, ev->offset, ev->attempt, s->text));
+  }
+  s->next = upto;
+}
+
+/* Whether the reader has taken what was written to stdout. On a pipe, waits until the
+ * reader has read it all (1) or closed its end (0), so that `consume | head -1` settles
+ * only the event head read, not those the pipe's buffer absorbed. Elsewhere (a file, a
+ * terminal) what is written is taken. */
+static int output_taken(int fd, int is_pipe) {
+  if (!is_pipe) return 1;
+  for (int closed = 0;;) {
+    int unread = 0;
+    if (ioctl(fd, FIONREAD, &unread) != 0 || unread == 0) return 1;
+    if (closed) return 0; /* the reader left our bytes unread */
+    struct pollfd p = {.fd = fd, .events = 0};
+    if (poll(&p, 1, 2) > 0 && (p.revents & (POLLERR | POLLHUP))) closed = 1;
+  }
+}
 
 int cmd_consume(struct cli *c, int argc, char **argv) {
   enum {
@@ -426,7 +518,7 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
           return cli_usage(a.cmd, "--count '%s': %s", a.val, e);
         break;
       case O_WAIT:
-        if ((e = cli_parse_duration_ms(a.val, &wait_ms)))
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_FETCH_WAIT_MS, &wait_ms)))
           return cli_usage(a.cmd, "--wait '%s': %s", a.val, e);
         break;
       case O_JSON:
@@ -436,7 +528,7 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
         nack = 1;
         break;
       case O_DELAY:
-        if ((e = cli_parse_duration_ms(a.val, &delay_ms)))
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_DELAY_MS, &delay_ms)))
           return cli_usage(a.cmd, "--delay '%s': %s", a.val, e);
         have_delay = 1;
         break;
@@ -467,82 +559,78 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
   int status = cli_open(c, CLI_OPEN_EXISTING);
   if (status) return status;
 
+  /* A reader that goes away (`| head -1`) must make writes fail with EPIPE, not kill the
+   * command before it can tell which events were delivered. */
+  signal(SIGPIPE, SIG_IGN);
   engram_batch *b = NULL;
   int rc = engram_fetch(c->log, topic, group, consumer, (size_t)count, wait_ms, &b);
   if (rc != 0) return cli_fail(c, rc, "consume %s %s", topic, group);
   if (!b) return 0; /* nothing delivered */
+  const int op = noack ? SETTLE_NONE : nack ? SETTLE_NACK : reason ? SETTLE_REJECT : SETTLE_ACK;
+  struct stat st;
+  const int have_st = fstat(STDOUT_FILENO, &st) == 0;
+  const int to_pipe = have_st && S_ISFIFO(st.st_mode);
+  /* A regular file holds what was written: acks can share commits. Anything else (a
+   * pipe, a terminal, a socket) settles each event as soon as it is out. */
+  const size_t step = have_st && S_ISREG(st.st_mode) ? ACK_STEP : 1;
+  struct settle s = {.c = c,
+                     .topic = topic,
+                     .group = group,
+                     .op = op,
+                     .delay_ms = have_delay ? (int64_t)delay_ms : -1,
+                     .text = nack ? error : reason,
+                     .result = result};
   json_writer w;
   json_w_init(&w);
-  for (size_t i = 0; i < b->count && !status; i++) {
+  /* One event at a time: written, flushed, taken by the reader, and only then settled
+   * (in steps of `step`). What is not written stays leased and comes back after the ack
+   * wait. */
+  size_t done = 0;
+  int out_errno = 0;
+  for (; done < b->count; done++) {
+    const engram_event *ev = &b->events[done];
     if (json) {
-      cli_json_event(&w, &b->events[i], topic, group);
-      status = cli_json_emit(&w);
+      cli_json_event(&w, ev, topic, group);
+      if ((status = cli_json_emit(&w))) break;
     } else {
-      cli_text_event(stdout, &b->events[i], 1);
+      cli_text_event(stdout, ev, 1);
     }
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+      out_errno = errno ? errno : EIO;
+      break;
+    }
+    if (!output_taken(STDOUT_FILENO, to_pipe)) {
+      out_errno = EPIPE;
+      break;
+    }
+    if (done + 1 - s.next >= step) settle_upto(&s, b, done + 1);
   }
+  settle_upto(&s, b, done); /* what was written before the end or the failure */
   json_w_free(&w);
-  /* Acknowledge only what reached the reader; the rest comes back after the ack wait. */
-  if (!status && (fflush(stdout) != 0 || ferror(stdout)))
-    status = cli_error(
-        "consume %s %s: writing the events failed; they were not acked and "
-        "will be delivered again",
-        topic, group);
-  if (status || noack || b->count == 0) goto out;
-
-  size_t n = b->count, failed = 0, first = 0;
-  int first_rc = 0;
-  if (!nack && !reason) {
-    engram_ack_item *items = calloc(n, sizeof *items);
-    int *codes = calloc(n, sizeof *codes);
-    if (!items || !codes) {
-      free(items);
-      free(codes);
-      status = cli_error("consume %s %s: out of memory", topic, group);
-      goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-      items[i].offset = b->events[i].offset;
-      items[i].attempt = b->events[i].attempt;
-      items[i].result = result;
-      items[i].result_len = result ? strlen(result) : 0;
-    }
-    rc = engram_ack_many(c->log, topic, group, items, n, codes);
-    if (rc != 0) {
-      for (size_t i = 0; i < n; i++)
-        if (codes[i] != 0) {
-          if (!failed++) {
-            first = i;
-            first_rc = codes[i];
-          }
-        }
-      if (!failed) { /* the call failed as a whole */
-        failed = n;
-        first_rc = rc;
-      }
-    }
-    free(items);
-    free(codes);
-  } else {
-    for (size_t i = 0; i < n; i++) {
-      const engram_event *ev = &b->events[i];
-      rc = nack ? engram_nack(c->log, topic, group, ev->offset, ev->attempt,
-                              have_delay ? (int64_t)delay_ms : -1, error)
-                : engram_reject(c->log, topic, group, ev->offset, ev->attempt, reason);
-      if (rc != 0 && !failed++) {
-        first = i;
-        first_rc = rc;
-      }
-    }
+  if (out_errno) {
+    /* Nothing more can be written: forget what stdio still holds so that the exit does
+     * not report the same failure again. */
+    __fpurge(stdout);
+    clearerr(stdout);
+    size_t left = b->count - done;
+    if (op == SETTLE_NONE)
+      status = cli_error("consume %s %s: output failed after %zu of %zu events (%s)", topic, group,
+                         done, b->count, strerror(out_errno));
+    else
+      status = cli_error(
+          "consume %s %s: output failed after %zu of %zu events (%s); the other %zu "
+          "%s not %s and will be delivered again after the ack wait",
+          topic, group, done, b->count, strerror(out_errno), left, left == 1 ? "was" : "were",
+          settle_verb(op));
   }
-  if (failed)
+  if (s.failed && !status)
     status = cli_error("consume %s %s: %zu of %zu %s failed; offset %" PRIu64 ": %s", topic, group,
-                       failed, n,
-                       nack     ? "nacks"
-                       : reason ? "rejects"
-                                : "acks",
-                       b->events[first].offset, cli_errtext(c, first_rc));
-out:
+                       s.failed, done,
+                       op == SETTLE_NACK     ? "nacks"
+                       : op == SETTLE_REJECT ? "rejects"
+                                             : "acks",
+                       s.first_offset, cli_errtext(c, s.first_rc));
   engram_batch_free(b);
   return status;
 }
@@ -605,7 +693,7 @@ int cmd_nack(struct cli *c, int argc, char **argv) {
       "\n"
       "options:\n"
       "  --attempt N  the attempt as fetched (default 0: do not check)\n"
-      "  --delay D    redeliver after D (default: the group's backoff step)\n"
+      "  --delay D    redeliver after D (default: the group's backoff step; at most 30d)\n"
       "  --error STR  kept as the event's last error\n"
       "  -h, --help   this help\n";
   enum { O_ATTEMPT = 1, O_DELAY, O_ERROR };
@@ -627,7 +715,7 @@ int cmd_nack(struct cli *c, int argc, char **argv) {
           return cli_usage(a.cmd, "--attempt '%s': %s", a.val, e);
         break;
       case O_DELAY:
-        if ((e = cli_parse_duration_ms(a.val, &delay_ms)))
+        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_DELAY_MS, &delay_ms)))
           return cli_usage(a.cmd, "--delay '%s': %s", a.val, e);
         have_delay = 1;
         break;
@@ -790,8 +878,11 @@ int cmd_status(struct cli *c, int argc, char **argv) {
     json_w_free(&w);
   } else {
     printf("state:       %s\n", state);
-    if (cl && st.state == ENGRAM_STATE_IN_FLIGHT)
-      printf("consumer:    %.*s\n", (int)cl, st.consumer);
+    if (cl && st.state == ENGRAM_STATE_IN_FLIGHT) {
+      fputs("consumer:    ", stdout);
+      cli_put_text(stdout, st.consumer, cl, 0);
+      fputc('\n', stdout);
+    }
     printf("attempt:     %" PRIu32 "\n", st.attempt);
     if (st.deadline_ns) {
       char t[48], age[32];
@@ -806,11 +897,15 @@ int cmd_status(struct cli *c, int argc, char **argv) {
         printf("%-13s%s (%s ago)\n", label, t, age);
       }
     }
-    if (el) printf("last error:  %.*s\n", (int)el, st.last_error);
+    if (el) { /* the worker's words: escaped, never raw */
+      fputs("last error:  ", stdout);
+      cli_put_text(stdout, st.last_error, el, 0);
+      fputc('\n', stdout);
+    }
     if (st.result) {
       if (result_text) {
         fputs("result:      ", stdout);
-        fwrite(st.result, 1, st.result_len, stdout);
+        cli_put_text(stdout, st.result, st.result_len, 0);
         fputc('\n', stdout);
       } else
         printf("result:      <%zu bytes, not UTF-8; see --json>\n", st.result_len);

@@ -96,24 +96,108 @@ void cli_json_event(json_writer *w, const engram_event *ev, const char *topic, c
   json_obj_end(w);
 }
 
-/* Writes at most max_chars characters of valid UTF-8 text on one line: control
- * characters become spaces; "..." marks a cut. */
+/* ---------------------------------------------------------------------------------
+ * Untrusted text. Event fields, error strings and reasons come from producers and
+ * workers; written raw, an ESC or a C1 CSI in them would drive the operator's terminal.
+ * ------------------------------------------------------------------------------ */
+/* Whether Unicode code point u is an invisible control of line or text direction. */
+static int format_control(uint32_t u) {
+  return (u >= 0x80 && u <= 0x9F) || u == 0x061C || u == 0x200E || u == 0x200F ||
+         (u >= 0x2028 && u <= 0x202E) || (u >= 0x2066 && u <= 0x2069);
+}
+
+/* The length of the well-formed UTF-8 sequence at s (1..4), its code point in *u; 0 when
+ * the bytes there are not UTF-8. */
+static size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *u) {
+  unsigned char c = s[0];
+  size_t k;
+  uint32_t v, lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+  if (c < 0x80) {
+    *u = c;
+    return 1;
+  } else if (c >= 0xC2 && c <= 0xDF) {
+    k = 2, v = c & 0x1F;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    k = 3, v = c & 0x0F;
+    if (c == 0xE0) lo = 0xA0; /* overlong */
+    if (c == 0xED) hi = 0x9F; /* surrogates */
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    k = 4, v = c & 0x07;
+    if (c == 0xF0) lo = 0x90; /* overlong */
+    if (c == 0xF4) hi = 0x8F; /* past U+10FFFF */
+  } else {
+    return 0;
+  }
+  if (k > n || s[1] < lo || s[1] > hi) return 0;
+  for (size_t i = 1; i < k; i++) {
+    if ((s[i] & 0xC0) != 0x80) return 0;
+    v = (v << 6) | (s[i] & 0x3F);
+  }
+  *u = v;
+  return k;
+}
+
+/* Escapes the character at s into out (at most 12 bytes, not NUL-terminated); returns
+ * how many input bytes it took and sets *olen. */
+static size_t escape_char(const char *s, size_t n, int flags, char *out, size_t *olen) {
+  const unsigned char *p = (const unsigned char *)s;
+  uint32_t u;
+  size_t k = utf8_seq(p, n, &u);
+  if (k == 0) { /* not UTF-8: the byte's value */
+    *olen = (size_t)snprintf(out, 12, "\\x%02x", p[0]);
+    return 1;
+  }
+  if ((u == '\n' || u == '\t') && (flags & CLI_ESC_LINES)) {
+    out[0] = (char)u;
+    *olen = 1;
+  } else if (u == '\\' || u == '\n' || u == '\t' || u == '\r') {
+    out[0] = '\\';
+    out[1] = u == '\\' ? '\\' : u == '\n' ? 'n' : u == '\t' ? 't' : 'r';
+    *olen = 2;
+  } else if (u < 0x20 || u == 0x7F) {
+    *olen = (size_t)snprintf(out, 12, "\\x%02x", (unsigned)u);
+  } else if (format_control(u)) {
+    *olen = (size_t)snprintf(out, 12, "\\u%04x", (unsigned)u);
+  } else {
+    memcpy(out, s, k);
+    *olen = k;
+  }
+  return k;
+}
+
+void cli_put_text(FILE *f, const char *s, size_t n, int flags) {
+  char e[12];
+  for (size_t i = 0, el; i < n;) {
+    i += escape_char(s + i, n - i, flags, e, &el);
+    fwrite(e, 1, el, f);
+  }
+}
+
+char *cli_escape(char *buf, size_t len, const char *s, size_t n) {
+  size_t o = 0;
+  char e[12];
+  for (size_t i = 0, el; i < n;) {
+    size_t k = escape_char(s + i, n - i, 0, e, &el);
+    if (o + el >= len) break; /* cut at a character, never inside an escape */
+    memcpy(buf + o, e, el);
+    o += el;
+    i += k;
+  }
+  if (len) buf[o] = '\0';
+  return buf;
+}
+
+/* Writes at most max_chars characters of s on one line, escaped; "..." marks a cut. */
 static void put_clean(FILE *f, const char *s, size_t n, size_t max_chars) {
+  char e[12];
   size_t chars = 0;
-  for (size_t i = 0; i < n;) {
+  for (size_t i = 0, el; i < n; chars++) {
     if (chars == max_chars) {
       fputs("...", f);
       return;
     }
-    unsigned char c = (unsigned char)s[i];
-    size_t k = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
-    if (k > n - i) k = n - i;
-    if (c < 0x20 || c == 0x7F)
-      fputc(' ', f);
-    else
-      fwrite(s + i, 1, k, f);
-    i += k;
-    chars++;
+    i += escape_char(s + i, n - i, 0, e, &el);
+    fwrite(e, 1, el, f);
   }
 }
 

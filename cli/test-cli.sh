@@ -149,6 +149,28 @@ e group create memory g --max-deliver 0
 check "max-deliver 0 is refused" eval '[[ $rc == 2 ]] && has "$err" "max-deliver must be at least 1"'
 e group create memory g --ack-wait 31d
 check "durations over 30 days are refused" eval '[[ $rc == 2 ]]'
+# Each duration option is bounded by the library's own limit for it (ENGRAM_MAX_*_MS).
+e group create memory g --ack-wait 99999999999d
+check "a duration too large to count is refused, not wrapped" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "over the limit of 30d"'
+e group create memory g --ack-wait 18446744073709551617ms
+check "... also in milliseconds" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+e group create memory dur-max --ack-wait 30d --backoff 1s,30d --result-ttl 365d
+check "each group duration at its maximum is accepted" eval '[[ $rc == 0 ]]'
+e group show memory dur-max --json
+check "... and kept" eval 'has "$out" "\"ack_wait_ms\":2592000000" && has "$out" "\"result_ttl_ms\":31536000000"'
+e group create memory dur-over --ack-wait 30d1ms
+check "ack-wait of the maximum + 1ms is refused" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+e group create memory dur-over --backoff 1s,30d1ms
+check "a backoff step of the maximum + 1ms is refused" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+e group create memory dur-over --result-ttl 365d1ms
+check "result-ttl of the maximum + 1ms is refused" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 365d"'
+e consume memory dur-max --consumer w --wait 1h1ms
+check "consume --wait over 1h is a usage error" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 1h"'
+e nack memory dur-max 1 --delay 30d1ms
+check "nack --delay over 30d is a usage error" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+e append memory memory.saved --payload x --delay 30d1ms
+check "append --delay over 30d is a usage error" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+e group delete memory dur-max
 e group create memory g --filter 'memory.*' --max-deliver 2 --backoff 0s --ack-wait 30s
 check "group create" eval '[[ $rc == 0 ]]'
 e consume memory g --consumer w --count 2 --json --result 'done'
@@ -188,6 +210,68 @@ e stat --json
 check "stat --json" eval 'has "$out" "\"topics\":[" && has "$out" "\"groups\":["'
 e stat
 check "stat" eval '[[ $rc == 0 ]] && has "$out" OLDEST_UNFINISHED'
+
+# --- consume settles only what its reader took ------------------------------------------
+e topic create piped
+ein "$(for i in $(seq 1 50); do printf '{"type":"x.y","payload":"%s"}\n' "$i"; done)" append piped --batch
+e group create piped g --ack-wait 1s --backoff 0s
+acked_of() { # acked_of GROUP: the group's acked counter
+  e group show piped "$1" --json
+  printf '%s' "$out" | sed -n 's/.*"acked":\([0-9]*\).*/\1/p'
+}
+timeout 60 "$BIN" --data "$DATA" consume piped g --consumer c --count 50 2>"$TMP/err" | head -1 >"$TMP/head"
+rc=${PIPESTATUS[0]} out=$(cat "$TMP/head") err=$(cat "$TMP/err")
+check "consume --count 50 | head -1: the reader gets one event" eval 'lines "$out" 1 && [[ $out == 1\ * ]]'
+check "... consume exits 1 with one line saying the rest were not acked" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "were not acked"'
+acked=$(acked_of g)
+check "... only the event the reader took is acked, not all 50" eval '[[ $acked -ge 1 && $acked -le 2 ]]'
+sleep 1.2
+e consume piped g --consumer c --count 100 --json
+check "... the others are delivered again after the ack wait" eval '[[ $rc == 0 ]] && lines "$out" $((50 - acked)) && has "$out" "\"attempt\":2" && ! has "$out" "\"attempt\":1"'
+e group create piped file
+timeout 60 "$BIN" --data "$DATA" consume piped file --consumer c --count 50 --json >"$TMP/file.jsonl" 2>"$TMP/err"
+rc=$? out=$(cat "$TMP/file.jsonl") err=$(cat "$TMP/err")
+acked=$(acked_of file)
+check "consume into a file writes and acks all 50" eval '[[ $rc == 0 ]] && lines "$out" 50 && [[ $acked == 50 ]]'
+e group create piped full --ack-wait 1s
+timeout 60 "$BIN" --data "$DATA" consume piped full --consumer c --count 5 >/dev/full 2>"$TMP/err"
+rc=$? err=$(cat "$TMP/err")
+check "consume into a full disk exits 1 with one line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "No space left"'
+acked=$(acked_of full)
+check "... and acks nothing" eval '[[ $acked == 0 ]]'
+timeout 60 "$BIN" --data "$DATA" consume piped full --consumer c --count 3 --reject 'gone' 2>"$TMP/err" | head -c 0
+rc=${PIPESTATUS[0]} err=$(cat "$TMP/err")
+check "consume --reject into a closed pipe exits 1" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "not rejected"'
+e dlq list piped full --json
+check "... and rejects nothing" eval '[[ $out == "[]" ]]'
+e topic drop piped
+
+# --- worker text never reaches the terminal raw ----------------------------------------
+# no_ctl TEXT: TEXT holds no C0 control but newline and tab, no DEL and no C1 control.
+no_ctl() { ! printf '%s' "$1" | LC_ALL=C grep -q $'[\x01-\x08\x0b-\x1f\x7f]\\|\xc2[\x80-\x9f]'; }
+red=$'\x1b[31mred\x07' want='\x1b[31mred\x07'
+e topic create esc
+e append esc x.y --payload $'pay\x1b[2Jload\xc2\x9b' --key $'k\x1b]0;t\x07' --header $'h=\x1bv'
+e group create esc g
+e consume esc g --consumer w --count 1 --no-ack
+e reject esc g 1 --reason "$red"
+check "reject with a reason full of escape sequences" eval '[[ $rc == 0 ]]'
+e status esc g 1
+check "status shows the reason escaped" eval 'has "$out" "$want" && no_ctl "$out"'
+e dlq list esc g
+check "dlq list shows the reason escaped" eval 'has "$out" "$want" && no_ctl "$out"'
+e dlq show esc g 1
+check "dlq show shows reason, key, header and payload escaped" eval 'has "$out" "$want" && has "$out" "pay\\x1b[2Jload\\u009b" && has "$out" "h=\\x1bv" && no_ctl "$out"'
+e dlq list esc g --json
+check "dlq list --json keeps its JSON escapes" eval 'has "$out" "\\u001b[31mred\\u0007"'
+e read esc
+check "read shows the key and payload escaped" eval 'has "$out" "k\\x1b]0;t\\x07" && no_ctl "$out"'
+e append esc x.y --payload x
+e consume esc g --consumer w --count 1 --nack --error $'boom\xc2\x9b2J\r'
+e status esc g 2
+check "a nack error with a C1 CSI is escaped" eval 'has "$out" "boom\\u009b2J\\r" && no_ctl "$out"'
+e topic drop esc
+# (The daemon's log: tests/test_net_garbage.c, client_text_reaches_the_daemon_log_escaped.)
 
 # --- maintenance -----------------------------------------------------------------------
 e verify

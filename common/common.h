@@ -46,6 +46,23 @@ int64_t clock_monotonic_ns(void);
 /* Sleeps ns nanoseconds (restarting after signals). */
 void clock_sleep_ns(int64_t ns);
 
+/* Durations become nanoseconds only through these, so no option can wrap a deadline
+ * into the past: a result past INT64_MAX (the year 2262) saturates there, which reads
+ * as "never". The public limits (ENGRAM_MAX_*_MS) keep real values far below it. */
+static inline int64_t clock_ms_to_ns(uint64_t ms) {
+  return ms > (uint64_t)INT64_MAX / 1000000 ? INT64_MAX : (int64_t)ms * 1000000;
+}
+/* t + d nanoseconds, saturating at INT64_MIN / INT64_MAX. */
+static inline int64_t clock_add_ns(int64_t t, int64_t d) {
+  int64_t r;
+  if (__builtin_add_overflow(t, d, &r)) return d > 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
+/* t + ms milliseconds: a deadline `ms` after `t`. */
+static inline int64_t clock_after_ms(int64_t t, uint64_t ms) {
+  return clock_add_ns(t, clock_ms_to_ns(ms));
+}
+
 /* Maps an errno value to an ENGRAM_E* code. */
 int err_from_errno(int e);
 

@@ -72,7 +72,7 @@ static int redeliver(log_wtx *w, struct fetch_req *r, cg_group *g, cg_lease *l, 
   uint32_t attempt = l->pb->attempt + 1;
   l->pb->state = CG_LEASED;
   l->pb->attempt = attempt;
-  l->pb->deadline_ns = w->now_ns + (int64_t)m->ack_wait_ms * 1000000;
+  l->pb->deadline_ns = clock_after_ms(w->now_ns, m->ack_wait_ms);
   if (!l->pb->first_delivered_ns) l->pb->first_delivered_ns = w->now_ns;
   if ((rc = set_consumer(l->pb, r->consumer))) return rc;
   if ((rc = cg_lease_put(w->txn, &r->d, m->id, l, old_due))) return rc;
@@ -209,7 +209,7 @@ static int deliver_new(log_wtx *w, struct fetch_req *r, cg_group *g, size_t *roo
       size_t bytes = (size_t)((last - first) / 8 + 1);
       l.pb->members.len = l.pb->done.len = bytes;
       l.pb->attempt = 1;
-      l.pb->deadline_ns = w->now_ns + (int64_t)m->ack_wait_ms * 1000000;
+      l.pb->deadline_ns = clock_after_ms(w->now_ns, m->ack_wait_ms);
       l.pb->first_delivered_ns = w->now_ns;
       rc = set_consumer(l.pb, r->consumer);
       if (rc == 0) rc = cg_lease_put(w->txn, &r->d, m->id, &l, -1);
@@ -312,13 +312,14 @@ int engram_fetch(engram *log, const char *topic, const char *group, const char *
   if (max == 0 || max > MAX_FETCH)
     return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: max %zu not in 1..%d", topic ? topic : "",
                      group ? group : "", max, MAX_FETCH);
-  if (wait_ms > 3600000)
-    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait over one hour", topic ? topic : "",
-                     group ? group : "");
+  if (wait_ms > ENGRAM_MAX_FETCH_WAIT_MS)
+    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait %llu ms over the limit of %u (1 hour)",
+                     topic ? topic : "", group ? group : "", (unsigned long long)wait_ms,
+                     ENGRAM_MAX_FETCH_WAIT_MS);
   struct fetch_req r = {.topic = topic, .group = group, .consumer = consumer, .max = max};
   int rc = cg_dbs_get(log, &r.d);
   if (rc) return rc;
-  int64_t deadline = clock_monotonic_ns() + (int64_t)wait_ms * 1000000;
+  int64_t deadline = clock_after_ms(clock_monotonic_ns(), wait_ms);
   for (;;) {
     /* Relaxed: a power cut that undoes a fetch only makes its events due again. */
     rc = log_write_relaxed(log, fetch_job, &r);

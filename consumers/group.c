@@ -220,8 +220,10 @@ static int check_config(engram *log, const char *topic, const char *group,
                        "create group %s/%s: filter '%.60s' invalid: use '*', a type, or a prefix "
                        "like 'memory.*'",
                        topic, group, c->filters[i] ? c->filters[i] : "(null)");
-  if (c->ack_wait_ms > CG_MAX_DELAY_MS)
-    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: ack_wait over 30 days", topic, group);
+  if (c->ack_wait_ms > ENGRAM_MAX_ACK_WAIT_MS)
+    return log_error(log, ENGRAM_EINVAL,
+                     "create group %s/%s: ack_wait_ms %llu over the limit of %llu (30 days)", topic,
+                     group, (unsigned long long)c->ack_wait_ms, ENGRAM_MAX_ACK_WAIT_MS);
   if (c->max_deliver > 1000000)
     return log_error(log, ENGRAM_EINVAL, "create group %s/%s: max_deliver %u over 1000000", topic,
                      group, c->max_deliver);
@@ -231,12 +233,16 @@ static int check_config(engram *log, const char *topic, const char *group,
   if (c->n_backoff && !c->backoff_ms)
     return log_error(log, ENGRAM_EINVAL, "create group %s/%s: backoff_ms is NULL", topic, group);
   for (size_t i = 0; i < c->n_backoff; i++)
-    if (c->backoff_ms[i] > CG_MAX_DELAY_MS)
-      return log_error(log, ENGRAM_EINVAL, "create group %s/%s: backoff step over 30 days", topic,
-                       group);
-  if (c->result_ttl_ms > 365ull * 86400 * 1000)
-    return log_error(log, ENGRAM_EINVAL, "create group %s/%s: result_ttl over a year", topic,
-                     group);
+    if (c->backoff_ms[i] > ENGRAM_MAX_BACKOFF_MS)
+      return log_error(log, ENGRAM_EINVAL,
+                       "create group %s/%s: backoff step %zu of %llu ms over the limit of %llu "
+                       "(30 days)",
+                       topic, group, i + 1, (unsigned long long)c->backoff_ms[i],
+                       ENGRAM_MAX_BACKOFF_MS);
+  if (c->result_ttl_ms > ENGRAM_MAX_RESULT_TTL_MS)
+    return log_error(log, ENGRAM_EINVAL,
+                     "create group %s/%s: result_ttl_ms %llu over the limit of %llu (365 days)",
+                     topic, group, (unsigned long long)c->result_ttl_ms, ENGRAM_MAX_RESULT_TTL_MS);
   if (c->flags & ~(uint32_t)ENGRAM_GROUP_KEY_ORDERED)
     return log_error(log, ENGRAM_EINVAL, "create group %s/%s: unknown flags 0x%x", topic, group,
                      c->flags);

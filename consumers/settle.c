@@ -62,7 +62,7 @@ static int put_result(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset,
   MDB_val k = {12, kb}, v = {8 + len, NULL};
   int rc = mdb_put(w->txn, d->results, &k, &v, MDB_RESERVE);
   if (rc) return log_err_mdb(rc);
-  be64_put(v.mv_data, (uint64_t)(w->now_ns + (int64_t)g->meta->result_ttl_ms * 1000000));
+  be64_put(v.mv_data, (uint64_t)clock_after_ms(w->now_ns, g->meta->result_ttl_ms));
   if (len) memcpy((unsigned char *)v.mv_data + 8, result, len);
   return 0;
 }
@@ -269,8 +269,7 @@ static int one_job(log_wtx *w, void *arg) {
         uint64_t delay =
             r->delay_ms >= 0 ? (uint64_t)r->delay_ms : backoff_for(g.meta, l.pb->attempt);
         rc = cg_lease_split_one(w, &r->d, &g, &l, r->offset, CG_WAITING,
-                                w->now_ns + (int64_t)delay * 1000000, r->text ? r->text : "",
-                                &moved);
+                                clock_after_ms(w->now_ns, delay), r->text ? r->text : "", &moved);
       }
       break;
     case OP_REJECT: {
@@ -282,7 +281,7 @@ static int one_job(log_wtx *w, void *arg) {
     case OP_EXTEND: {
       int64_t old = cg_stored_due(&l);
       uint64_t ms = r->delay_ms > 0 ? (uint64_t)r->delay_ms : g.meta->ack_wait_ms;
-      l.pb->deadline_ns = w->now_ns + (int64_t)ms * 1000000;
+      l.pb->deadline_ns = clock_after_ms(w->now_ns, ms);
       rc = cg_lease_put(w->txn, &r->d, g.meta->id, &l, old);
       break;
     }
@@ -305,9 +304,9 @@ int engram_nack(engram *log, const char *topic, const char *group, uint64_t offs
                 uint32_t attempt, int64_t delay_ms, const char *error) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->nack(log, topic, group, offset, attempt, delay_ms, error);
-  if (delay_ms > (int64_t)CG_MAX_DELAY_MS)
-    return log_error(log, ENGRAM_EINVAL, "nack: delay of %lld ms over 30 days",
-                     (long long)delay_ms);
+  if (delay_ms > (int64_t)ENGRAM_MAX_DELAY_MS)
+    return log_error(log, ENGRAM_EINVAL, "nack: delay of %lld ms over the limit of %llu (30 days)",
+                     (long long)delay_ms, ENGRAM_MAX_DELAY_MS);
   if (error && strlen(error) > 4096)
     return log_error(log, ENGRAM_ETOOBIG, "nack: error text over 4096 bytes");
   struct settle_req r = {.topic = topic,
@@ -339,8 +338,9 @@ int engram_extend(engram *log, const char *topic, const char *group, uint64_t of
                   uint32_t attempt, uint64_t ms) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->extend(log, topic, group, offset, attempt, ms);
-  if (ms > CG_MAX_DELAY_MS)
-    return log_error(log, ENGRAM_EINVAL, "extend: %llu ms over 30 days", (unsigned long long)ms);
+  if (ms > ENGRAM_MAX_DELAY_MS)
+    return log_error(log, ENGRAM_EINVAL, "extend: %llu ms over the limit of %llu (30 days)",
+                     (unsigned long long)ms, ENGRAM_MAX_DELAY_MS);
   struct settle_req r = {.topic = topic,
                          .group = group,
                          .op = OP_EXTEND,

@@ -72,6 +72,17 @@ extern "C" {
 #define ENGRAM_MAX_BACKOFF 16                /* steps in a group's backoff schedule */
 #define ENGRAM_MAX_PAYLOAD_LIMIT (64u << 20) /* highest max_payload a topic may set */
 
+/* The longest duration each option or argument may give, in milliseconds. A longer one
+ * is refused with ENGRAM_EINVAL, so no duration can overflow the nanosecond clock. */
+#define ENGRAM_MAX_DEDUP_WINDOW_MS (365ull * 86400000) /* dedup_window_ms: 365 days */
+#define ENGRAM_MAX_FLUSH_INTERVAL_MS 3600000u          /* flush_interval_ms: 1 hour */
+#define ENGRAM_MAX_ACK_WAIT_MS (30ull * 86400000)      /* a group's ack_wait_ms: 30 days */
+#define ENGRAM_MAX_BACKOFF_MS (30ull * 86400000)       /* each backoff_ms step: 30 days */
+#define ENGRAM_MAX_RESULT_TTL_MS (365ull * 86400000)   /* result_ttl_ms: 365 days */
+#define ENGRAM_MAX_DELAY_MS (30ull * 86400000)         /* nack delay_ms, extend ms: 30 days */
+#define ENGRAM_MAX_FETCH_WAIT_MS 3600000u              /* fetch wait_ms: 1 hour */
+#define ENGRAM_MAX_TIMEOUT_MS 86400000u                /* a remote handle's timeout_ms: 1 day */
+
 /* ---------------------------------------------------------------------------------
  * Errors. A released code never changes its number.
  * ------------------------------------------------------------------------------ */
@@ -121,8 +132,10 @@ typedef struct engram_options {
   uint64_t map_size;            /* initial LMDB map size in bytes, default 1 GiB; grows
                                    automatically (doubling) when full */
   uint32_t max_topics;          /* default 1024 */
-  uint64_t dedup_window_ms;     /* idempotency window, default 600000 (10 min) */
-  uint32_t flush_interval_ms;   /* background flush in nometasync/async modes, default 1000 */
+  uint64_t dedup_window_ms;     /* idempotency window, default 600000 (10 min), at most
+                                   ENGRAM_MAX_DEDUP_WINDOW_MS */
+  uint32_t flush_interval_ms;   /* background flush in nometasync/async modes, default 1000,
+                                   at most ENGRAM_MAX_FLUSH_INTERVAL_MS */
   uint32_t flags;               /* ENGRAM_OPEN_* */
   /* Clock for tests: returns CLOCK_REALTIME nanoseconds. NULL = the system clock. Every
    * timestamp, lease deadline and retry delay of this handle is read from it. */
@@ -134,7 +147,8 @@ typedef struct engram_options {
 
 /* Opens (creating if missing, crash-safely) the log in directory `path`. On success
  * *out is a handle the caller closes with engram_close(). Clears stale reader slots
- * left by dead processes. Errors: EINVAL (path or options), ENOTFOUND (NOCREATE and no
+ * left by dead processes. Errors: EINVAL (path, or an option out of range: a duration
+ * over its ENGRAM_MAX_*_MS, max_topics over 100000), ENOTFOUND (NOCREATE and no
  * log), EVERSION (other on-disk format), ECORRUPT, EIO, ENOSPC, ENOMEM. */
 ENGRAM_API int engram_open(const char *path, const engram_options *opts, engram **out);
 
@@ -217,7 +231,8 @@ typedef struct engram_event {
   const engram_header *headers; /* n_headers entries */
   size_t n_headers;
   const char *idempotency_key; /* NULL = none */
-  int64_t deliver_at_ns;       /* CLOCK_REALTIME; 0 = deliver at once */
+  int64_t deliver_at_ns;       /* CLOCK_REALTIME, >= 0 (a time, not a duration: any
+                                  value up to INT64_MAX); 0 = deliver at once */
   int64_t timestamp_ns;        /* out: append time, CLOCK_REALTIME */
   uint32_t attempt;            /* out, fetch only: 1 on first delivery; 0 on read */
 } engram_event;
@@ -272,13 +287,15 @@ typedef struct engram_group_config {
   engram_start start;
   uint64_t start_offset;      /* ENGRAM_START_OFFSET */
   int64_t start_time_ns;      /* ENGRAM_START_TIME, CLOCK_REALTIME */
-  uint64_t ack_wait_ms;       /* lease length, default 30000 */
+  uint64_t ack_wait_ms;       /* lease length, default 30000, at most ENGRAM_MAX_ACK_WAIT_MS */
   uint32_t max_deliver;       /* attempts before the DLQ, default 5 */
   const uint64_t *backoff_ms; /* delay before attempt k+1 after a nack of attempt k is
-                                 backoff_ms[min(k-1, n-1)]; default 1s,5s,30s,2m. An
-                                 expired lease is redelivered at its deadline. */
+                                 backoff_ms[min(k-1, n-1)]; default 1s,5s,30s,2m; each
+                                 at most ENGRAM_MAX_BACKOFF_MS. An expired lease is
+                                 redelivered at its deadline. */
   size_t n_backoff;           /* at most ENGRAM_MAX_BACKOFF */
-  uint64_t result_ttl_ms;     /* how long ack results are kept, default 86400000 (1 day) */
+  uint64_t result_ttl_ms;     /* how long ack results are kept, default 86400000 (1 day),
+                                 at most ENGRAM_MAX_RESULT_TTL_MS */
   uint32_t flags;             /* ENGRAM_GROUP_* */
 } engram_group_config;
 
@@ -329,9 +346,9 @@ ENGRAM_API int engram_group_reset(engram *log, const char *topic, const char *gr
 /* Leases up to `max` events to `consumer`: first events whose lease expired or whose
  * retry delay passed, then new ones matching the group's filters. Each event's attempt
  * is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to wait_ms
- * for events. *out may be an empty batch. In sync mode a fetch returns once its leases
- * are written and flushed but before they are made durable: a power cut may undo the
- * newest fetches, which only delivers their events again. Errors: EINVAL, ENOTFOUND. */
+ * for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a fetch
+ * returns once its leases are written and flushed but before they are made durable: a power cut may
+ * undo the newest fetches, which only delivers their events again. Errors: EINVAL, ENOTFOUND. */
 ENGRAM_API int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
                             size_t max, uint64_t wait_ms, engram_batch **out);
 
@@ -357,14 +374,15 @@ ENGRAM_API int engram_ack_many(engram *log, const char *topic, const char *group
                                const engram_ack_item *items, size_t n, int *codes);
 /* Asks for redelivery after delay_ms, or after the group's backoff step when delay_ms < 0.
  * error (may be NULL) is kept as the last error. Past max_deliver attempts the event goes
- * to the DLQ instead. Errors as engram_ack, EINVAL (delay over 30 days). */
+ * to the DLQ instead. Errors as engram_ack, EINVAL (delay over ENGRAM_MAX_DELAY_MS). */
 ENGRAM_API int engram_nack(engram *log, const char *topic, const char *group, uint64_t offset,
                            uint32_t attempt, int64_t delay_ms, const char *error);
 /* Sends the event to the group's dead-letter queue at once with `reason`. */
 ENGRAM_API int engram_reject(engram *log, const char *topic, const char *group, uint64_t offset,
                              uint32_t attempt, const char *reason);
 /* Heartbeat: the lease now ends ms from now (0 = the group's ack_wait). Extends the
- * whole lease the event belongs to. */
+ * whole lease the event belongs to. Errors as engram_ack, EINVAL (ms over
+ * ENGRAM_MAX_DELAY_MS). */
 ENGRAM_API int engram_extend(engram *log, const char *topic, const char *group, uint64_t offset,
                              uint32_t attempt, uint64_t ms);
 /* Marks a pending or retrying event (or one whose lease expired) finished without
@@ -469,7 +487,7 @@ ENGRAM_API int engram_append_wait(engram *log);
 /* Remote handles. Same interface as engram_open(): every function above works on the
  * returned handle with the same semantics and errors. */
 typedef struct engram_connect_options {
-  uint32_t timeout_ms;    /* per request, default 10000 */
+  uint32_t timeout_ms;    /* per request, default 10000, at most ENGRAM_MAX_TIMEOUT_MS */
   const char *server_key; /* CURVE: server public key (Z85, 40 chars), NULL = plain */
   const char *public_key; /* CURVE: this client's key pair (Z85) */
   const char *secret_key;

@@ -107,7 +107,7 @@ static int idem_find(log_wtx *w, uint32_t topic_id, const char *key, uint64_t *o
   MDB_val k = {4 + kn, kb}, v;
   if (mdb_get(w->txn, w->log->db_idem, &k, &v) != 0 || v.mv_size != 16) return 0;
   int64_t ts = (int64_t)be64_get((unsigned char *)v.mv_data + 8);
-  if (w->now_ns - ts >= (int64_t)w->log->opts.dedup_window_ms * 1000000) return 0;
+  if (w->now_ns >= clock_after_ms(ts, w->log->opts.dedup_window_ms)) return 0;
   *off = be64_get(v.mv_data);
   return 1;
 }

@@ -381,7 +381,7 @@ static void *flusher_main(void *arg) {
   while (!log->closing) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t ns = ts.tv_nsec + (int64_t)log->opts.flush_interval_ms * 1000000;
+    int64_t ns = ts.tv_nsec + clock_ms_to_ns(log->opts.flush_interval_ms);
     ts.tv_sec += ns / 1000000000;
     ts.tv_nsec = ns % 1000000000;
     pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts);

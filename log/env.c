@@ -322,6 +322,14 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
                      o.durability);
   if (o.max_topics > 100000)
     return log_error(NULL, ENGRAM_EINVAL, "open %s: max_topics %u over 100000", path, o.max_topics);
+  if (o.dedup_window_ms > ENGRAM_MAX_DEDUP_WINDOW_MS)
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "open %s: dedup_window_ms %llu over the limit of %llu (365 days)", path,
+                     (unsigned long long)o.dedup_window_ms, ENGRAM_MAX_DEDUP_WINDOW_MS);
+  if (o.flush_interval_ms > ENGRAM_MAX_FLUSH_INTERVAL_MS)
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "open %s: flush_interval_ms %u over the limit of %u (1 hour)", path,
+                     o.flush_interval_ms, ENGRAM_MAX_FLUSH_INTERVAL_MS);
   fill_defaults(&o);
 
   char f[4096];

@@ -336,7 +336,7 @@ static void stage_flush(struct conn *c) {
   p->batch = 1;
   p->refs = c->staged;
   p->refs_total = c->staged;
-  p->deadline_ns = clock_monotonic_ns() + (int64_t)c->o.timeout_ms * 1000000;
+  p->deadline_ns = clock_after_ms(clock_monotonic_ns(), c->o.timeout_ms);
   size_t first = (c->a_head + c->a_count - c->staged) % c->o.pipeline_window;
   for (size_t i = 0; i < c->staged; i++) {
     struct aslot *sl = &c->ring[(first + i) % c->o.pipeline_window];
@@ -540,7 +540,7 @@ static struct pend *submit(engram *log, struct conn *c, Engram__Wire__Request *r
   p->req = buf;
   p->req_len = n;
   p->retry = retry;
-  p->deadline_ns = clock_monotonic_ns() + ((int64_t)c->o.timeout_ms + (int64_t)extra_ms) * 1000000;
+  p->deadline_ns = clock_after_ms(clock_after_ms(clock_monotonic_ns(), c->o.timeout_ms), extra_ms);
   pend_insert(c, p);
   unsent_add(c, p);
   flush_unsent(c);
@@ -1119,9 +1119,10 @@ static int r_fetch(engram *log, const char *topic, const char *group, const char
   if (!out) return log_error(log, ENGRAM_EINVAL, "fetch: out is NULL");
   *out = NULL;
   if (max > UINT32_MAX) max = UINT32_MAX; /* the daemon refuses it with the embedded message */
-  if (wait_ms > NET_MAX_WAIT_MS)
-    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait over one hour", net_str(topic),
-                     net_str(group));
+  if (wait_ms > ENGRAM_MAX_FETCH_WAIT_MS)
+    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait %llu ms over the limit of %u (1 hour)",
+                     net_str(topic), net_str(group), (unsigned long long)wait_ms,
+                     ENGRAM_MAX_FETCH_WAIT_MS);
   REQ(fetch, FETCH, Engram__Wire__Fetch, ENGRAM__WIRE__FETCH__INIT);
   m.topic = net_str(topic);
   m.group = net_str(group);
@@ -1825,6 +1826,9 @@ int engram_connect(const char *endpoint, const engram_connect_options *opts, eng
   if (!endpoint || !*endpoint || strlen(endpoint) >= 512)
     return log_error(NULL, ENGRAM_EINVAL, "connect: invalid endpoint");
   engram_connect_options o = opts ? *opts : (engram_connect_options){0};
+  if (o.timeout_ms > ENGRAM_MAX_TIMEOUT_MS)
+    return log_error(NULL, ENGRAM_EINVAL, "connect %s: timeout_ms %u over the limit of %u (1 day)",
+                     endpoint, o.timeout_ms, ENGRAM_MAX_TIMEOUT_MS);
   if (!o.timeout_ms) o.timeout_ms = NET_DEFAULT_TIMEOUT_MS;
   if (!o.pipeline_window) o.pipeline_window = NET_DEFAULT_WINDOW;
   if (o.pipeline_window > NET_MAX_WINDOW)

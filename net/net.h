@@ -24,7 +24,6 @@
 #define NET_MAX_OFFSETS 1000000 /* offsets in one DLQ purge / redrive */
 #define NET_MAX_READ 100000     /* events in one read_range reply (as the embedded API) */
 #define NET_MAX_REPLY_EVENTS_BYTES (64u << 20) /* a read_range reply stops growing here */
-#define NET_MAX_WAIT_MS 3600000                /* longest fetch long poll (as the embedded API) */
 
 /* ---------------------------------------------------------------------------------
  * Wire codec (wire.c).

@@ -346,7 +346,7 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       /* Never waits here: the daemon parks an empty fetch instead of holding a worker. A
        * wait over the API's limit is passed on so the API refuses it as it would. */
       rc = engram_fetch(log, f->topic, f->group, f->consumer, f->max,
-                        f->wait_ms > NET_MAX_WAIT_MS ? f->wait_ms : 0, batch);
+                        f->wait_ms > ENGRAM_MAX_FETCH_WAIT_MS ? f->wait_ms : 0, batch);
       if (rc) break;
       *empty_fetch = (*batch)->count == 0;
       if (!(rp->events = events_to_wire(a, *batch, f->topic, 1, SIZE_MAX))) {

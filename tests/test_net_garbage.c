@@ -520,9 +520,83 @@ static void thousands_of_bad_frames_leave_the_daemon_serving_and_the_log_intact(
   td_done(&d);
 }
 
+/* Whether the file holds a C0 control other than newline, a DEL or a C1 control. */
+static int file_has_control_bytes(const char *path) {
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  int c, prev = 0, found = 0;
+  while (!found && (c = fgetc(f)) != EOF) {
+    found = (c < 0x20 && c != '\n') || c == 0x7F || (prev == 0xC2 && c >= 0x80 && c <= 0x9F);
+    prev = c;
+  }
+  fclose(f);
+  return found;
+}
+
+/* A transaction whose append names `topic` and carries no event: refused as malformed,
+ * and logged with the topic quoted. */
+static void send_txn_without_event(void *dealer, const char *topic) {
+  Engram__Wire__TxnAppend ta = ENGRAM__WIRE__TXN_APPEND__INIT;
+  ta.topic = (char *)topic;
+  Engram__Wire__TxnOp op = ENGRAM__WIRE__TXN_OP__INIT, *opp = &op;
+  op.op_case = ENGRAM__WIRE__TXN_OP__OP_APPEND;
+  op.append = &ta;
+  Engram__Wire__TxnCommit t = ENGRAM__WIRE__TXN_COMMIT__INIT;
+  t.ops = &opp;
+  t.n_ops = 1;
+  Engram__Wire__Request rq;
+  engram__wire__request__init(&rq);
+  rq.version = ENGRAM_PROTOCOL_VERSION;
+  rq.id = 99;
+  rq.op_case = ENGRAM__WIRE__REQUEST__OP_TXN_COMMIT;
+  rq.txn_commit = &t;
+  struct frame f = pack(&rq);
+  assert_true(zmq_send(dealer, f.p, f.n, 0) >= 0);
+  free(f.p);
+  Engram__Wire__Reply *rp = recv_reply(dealer, 10000);
+  assert_non_null(rp);
+  assert_int_equal(rp->code, ENGRAM_EPROTO);
+  engram__wire__reply__free_unpacked(rp, NULL);
+}
+
+static void client_text_reaches_the_daemon_log_escaped(void **state) {
+  (void)state;
+  /* ESC [31m, BEL, a C1 CSI, a right-to-left override and a byte that is not UTF-8. */
+  const char *topic =
+      "\x1b[31mred\x07 \xc2\x9b"
+      "2J \xe2\x80\xae \xff";
+  for (int json = 0; json <= 1; json++) {
+    td d;
+    td_init(&d, "net-logesc");
+    d.o.log_json = json;
+    td_start(&d);
+    void *ctx = zmq_ctx_new();
+    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
+    assert_int_equal(zmq_connect(dealer, d.ep), 0);
+    send_txn_without_event(dealer, topic);
+    zmq_close(dealer);
+    zmq_ctx_term(ctx);
+    assert_int_equal(td_stop(&d), 0);
+    if (file_has_control_bytes(d.logfile)) {
+      td_dump_log(&d);
+      fail_msg("the daemon's log (%s) holds raw control bytes", json ? "JSON" : "text");
+    }
+    if (json) {
+      assert_true(td_log_has(&d, "\\u001b[31mred\\u0007 \\u009b2J \\u202e \\\\xff"));
+    } else {
+      assert_true(td_log_has(&d, "\\x1b[31mred\\x07 \\u009b2J \\u202e \\xff"));
+    }
+    td_done(&d);
+  }
+}
+
 int main(void) {
+  tu_test_filter();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(thousands_of_bad_frames_leave_the_daemon_serving_and_the_log_intact),
+      cmocka_unit_test(client_text_reaches_the_daemon_log_escaped),
   };
   return cmocka_run_group_tests_name("net_garbage", tests, NULL, NULL);
 }
