@@ -9,6 +9,8 @@
 #define LOG_EMAPRESIZED -1001
 /* A job met a database handle opened after its transaction began: rerun the batch. */
 #define LOG_ENEWDBI -1002
+/* They never leave log_job_wait() (commit.c), the one exit of every write, which turns
+ * any code outside engram's table into ENGRAM_EINTERNAL; read paths never make them. */
 
 #define LOG_DB_META "meta"
 #define LOG_DB_TOPICS "topics"
@@ -59,12 +61,17 @@ int log_rmtree(const char *path);
 int log_disk_nearly_full(const engram *log);
 /* The read transaction this thread holds (from log_read_begin), or NULL. */
 MDB_txn *log_read_txn_of_thread(void);
+/* Moves a read transaction from log_read_begin to the newest snapshot in two steps, so
+ * that it sees database handles opened since it began: pause resets it and releases the
+ * map lock (the thread may then open handles, see log_open_dbi), resume renews it. Data
+ * read through it before the pause is invalid after. After a failed resume the
+ * transaction stays reset; log_read_end still ends it. */
+void log_read_pause(engram *log, MDB_txn *txn);
+int log_read_resume(engram *log, MDB_txn *txn);
 void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi);
 
 /* topic.c */
 void log_topic_cache_free(engram *log);
-int log_topic_dbi(engram *log, MDB_txn *txn, const char *name, MDB_dbi *dbi);
-void log_topic_dbi_forget(engram *log, const char *name);
 int log_topic_meta_put(engram *log, MDB_txn *txn, const log_topic *t);
 
 /* codec.c: record encoding and payload compression. */
