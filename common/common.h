@@ -48,5 +48,11 @@ void clock_sleep_ns(int64_t ns);
 
 /* Maps an errno value to an ENGRAM_E* code. */
 int err_from_errno(int e);
+/* The one check that no private code (log/'s LOG_E*, or anything else outside the
+ * error table) reaches a caller: returns `code` when it is 0, positive (an internal
+ * count, not an error) or a code of the table, and ENGRAM_EINTERNAL for any other
+ * negative value. Applied at the exit of every write (log_job_wait) and to every reply
+ * the daemon sends. */
+int err_public(int code);
 
 #endif

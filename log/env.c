@@ -59,8 +59,8 @@ int log_err_mdb(int rc) {
       return ENGRAM_EVERSION;
     case MDB_BAD_VALSIZE:
       return ENGRAM_ETOOBIG;
-    case MDB_MAP_RESIZED:
-      return LOG_EMAPRESIZED;
+    case MDB_MAP_RESIZED: /* adopted where met (read_start, commit.c); left over: retry */
+      return ENGRAM_EBUSY;
     default:
       if (rc > 0) return err_from_errno(rc);
       return ENGRAM_EINTERNAL;
@@ -460,10 +460,6 @@ int engram_backup(engram *log, const char *dest) {
   return 0;
 }
 
-static __thread MDB_txn *tls_read_txn;
-
-MDB_txn *log_read_txn_of_thread(void) { return tls_read_txn; }
-
 /* Begins (txn_in NULL) or renews (txn_in reset) a read-only transaction and returns with
  * the map lock held shared, or with an error and the lock released. Another process
  * growing the map is adopted here, where this thread holds no lock. */
@@ -491,13 +487,10 @@ static int read_start(engram *log, MDB_txn *txn_in, MDB_txn **txn) {
 
 int log_read_begin(engram *log, MDB_txn **txn) {
   int rc = read_start(log, NULL, txn);
-  if (rc) return log_error(log, log_err_mdb(rc), "read: %s", mdb_strerror(rc));
-  tls_read_txn = *txn;
-  return 0;
+  return rc ? log_error(log, log_err_mdb(rc), "read: %s", mdb_strerror(rc)) : 0;
 }
 
 void log_read_end(engram *log, MDB_txn *txn) {
-  if (txn == tls_read_txn) tls_read_txn = NULL;
   if (txn) mdb_txn_abort(txn);
   pthread_rwlock_unlock(&log->map_lock);
 }

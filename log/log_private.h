@@ -6,7 +6,6 @@
 
 /* Private codes that never leave log/: the commit leader handles them. */
 #define LOG_EMAPFULL -1000
-#define LOG_EMAPRESIZED -1001
 /* A job met a database handle opened after its transaction began: rerun the batch. */
 #define LOG_ENEWDBI -1002
 /* They never leave log_job_wait() (commit.c), the one exit of every write, which turns
@@ -47,6 +46,8 @@ struct log_job {
 int log_job_enqueue(engram *log, struct log_job *job);
 int log_job_wait(engram *log, struct log_job *job);
 int log_commit_start(engram *log);
+/* Whether the calling thread is running a write job (its transaction is a write one). */
+int log_in_write_job(void);
 void log_commit_stop(engram *log);
 
 /* pipeline.c */
@@ -59,8 +60,6 @@ int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out
 int log_rmtree(const char *path);
 /* Less than 8 MiB free where the log lives. */
 int log_disk_nearly_full(const engram *log);
-/* The read transaction this thread holds (from log_read_begin), or NULL. */
-MDB_txn *log_read_txn_of_thread(void);
 /* Moves a read transaction from log_read_begin to the newest snapshot in two steps, so
  * that it sees database handles opened since it began: pause resets it and releases the
  * map lock (the thread may then open handles, see log_open_dbi), resume renews it. Data

@@ -142,7 +142,7 @@ int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t) {
     if (cached && mdb_dbi_flags(txn, t->dbi, &flags) == 0) return 0;
     /* This handle has not opened the topic's database, or opened it after txn began
      * (the topic was made by another process or thread): txn cannot use the handle. */
-    if (txn != log_read_txn_of_thread()) {
+    if (log_in_write_job()) {
       /* A write job: open the handle now and have the commit leader rerun the batch in a
        * new transaction, which sees it. */
       if (cached || (rc = topic_dbi_open(log, name, &t->dbi))) return cached ? LOG_ENEWDBI : rc;

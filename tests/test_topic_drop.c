@@ -133,18 +133,27 @@ static const struct {
 };
 #define N_OPS (sizeof ops / sizeof ops[0])
 
-/* Makes topic "<prefix><i>" for every op, with N_EVENTS events and a group "g". */
-static void make_topics(engram *log, const char *prefix) {
+/* Gives topic "<prefix><i>" of every op N_EVENTS events and a group "g". */
+static void fill_topics(engram *log, const char *prefix) {
   for (size_t i = 0; i < N_OPS; i++) {
     char t[64];
     snprintf(t, sizeof t, "%s%zu", prefix, i);
-    EXPECT_OK(log, "create", engram_topic_create(log, t, NULL));
     for (int k = 0; k < N_EVENTS; k++) {
       engram_event ev = {.type = "memory.saved", .payload = "p", .payload_len = 1};
       EXPECT_OK(log, "append", engram_append(log, t, &ev, NULL, NULL));
     }
     EXPECT_OK(log, "group", engram_group_create(log, t, "g", NULL));
   }
+}
+
+/* Makes topic "<prefix><i>" for every op, filled as fill_topics does. */
+static void make_topics(engram *log, const char *prefix) {
+  for (size_t i = 0; i < N_OPS; i++) {
+    char t[64];
+    snprintf(t, sizeof t, "%s%zu", prefix, i);
+    EXPECT_OK(log, "create", engram_topic_create(log, t, NULL));
+  }
+  fill_topics(log, prefix);
 }
 
 /* Runs every op once on its own topic; each must succeed. */
@@ -192,8 +201,18 @@ static void a_topic_dropped_and_recreated_in_this_process_works_with_every_call(
     char t[64];
     snprintf(t, sizeof t, "again%zu", i);
     EXPECT_OK(log, "drop", engram_topic_drop(log, t));
+    /* Recreated, its first read finds it empty. */
+    EXPECT_OK(log, "recreate", engram_topic_create(log, t, NULL));
+    engram_batch *b = NULL;
+    EXPECT_OK(log, "read_range recreated", engram_read_range(log, t, 1, 10, &b));
+    assert_int_equal(b->count, 0);
+    engram_batch_free(b);
+    engram_topic_info ti;
+    EXPECT_OK(log, "info recreated", engram_topic_info_get(log, t, &ti));
+    assert_int_equal(ti.count, 0);
+    assert_int_equal(ti.head_offset, 0);
   }
-  make_topics(log, "again");
+  fill_topics(log, "again");
   sweep(log, "again");
   engram_close(log);
 }
