@@ -274,7 +274,10 @@ static void lead(engram *log) {
      * may open handles until it ends. */
     if (jobs->solo) pthread_mutex_lock(&log->dbi_mu);
     int rc = run_batch(log, jobs, &wrote, &touched);
-    if (jobs->solo) pthread_mutex_unlock(&log->dbi_mu);
+    if (jobs->solo) {
+      if (rc == 0 && wrote) log_topic_handles_reclaim(log); /* after a drop, say */
+      pthread_mutex_unlock(&log->dbi_mu);
+    }
     char msg[256];
     snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
     int prc = 0;

@@ -290,6 +290,10 @@ static int open_all_dbs(engram *log) {
     name[k.mv_size] = '\0';
     if (memchr(name, '\0', k.mv_size)) continue;
     int topic = !strncmp(name, LOG_TOPIC_DB_PREFIX, 2);
+    /* The emptied database a drop leaves behind (see log_topic_drop_in) costs a handle
+     * slot only once its topic is created again. */
+    MDB_val tk = {strlen(name + 2), name + 2}, tv;
+    if (topic && mdb_get(txn, log->db_topics, &tk, &tv) != 0) continue;
     MDB_dbi dbi;
     if (mdb_dbi_open(txn, name, topic ? MDB_INTEGERKEY : 0, &dbi) != 0) continue;
     if (topic) {

@@ -71,6 +71,7 @@ void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi);
 
 /* topic.c */
 void log_topic_cache_free(engram *log);
+void log_topic_handles_reclaim(engram *log);
 int log_topic_meta_put(engram *log, MDB_txn *txn, const log_topic *t);
 
 /* codec.c: record encoding and payload compression. */

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log/log_private.h"
 #include "schema/record.pb-c.h"
@@ -38,10 +39,58 @@ void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi) {
   pthread_mutex_unlock(&log->aux_mu);
 }
 
+/* Closes this handle's LMDB handles of topics that no longer exist, so their slots
+ * (max_topics + 32 in all) serve new names. Closing a handle is safe only where no
+ * transaction of the process can hold it: the commit leader calls this between
+ * batches, with dbi_mu held, and it runs only if it gets the map lock exclusively (every
+ * read transaction holds it shared; write transactions run only in the leader). Busy
+ * readers make it give up after a short wait: the next solo batch tries again. The
+ * emptied database stays in the file for a later re-creation (log_topic_drop_in). */
+void log_topic_handles_reclaim(engram *log) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_nsec += 20000000;
+  if (until.tv_nsec >= 1000000000) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000;
+  }
+  if (pthread_rwlock_timedwrlock(&log->map_lock, &until) != 0) return;
+  MDB_txn *txn;
+  MDB_dbi *closing = NULL;
+  size_t n = 0, cap = 0;
+  if (mdb_txn_begin(log->env, NULL, MDB_RDONLY, &txn) == 0) {
+    pthread_mutex_lock(&log->aux_mu);
+    struct log_topic_cache **pp = &log->topics;
+    while (*pp) {
+      struct log_topic_cache *c = *pp;
+      MDB_val k = {strlen(c->name), c->name}, v;
+      if (mdb_get(txn, log->db_topics, &k, &v) != MDB_NOTFOUND) {
+        pp = &c->next;
+        continue;
+      }
+      if (n == cap) {
+        MDB_dbi *a = realloc(closing, (cap = cap ? 2 * cap : 8) * sizeof *a);
+        if (!a) break;
+        closing = a;
+      }
+      closing[n++] = c->dbi;
+      *pp = c->next;
+      free(c);
+    }
+    pthread_mutex_unlock(&log->aux_mu);
+    mdb_txn_abort(txn);
+  }
+  /* A name cached twice closes its one handle twice; LMDB ignores the second. */
+  for (size_t i = 0; i < n; i++) mdb_dbi_close(log->env, closing[i]);
+  pthread_rwlock_unlock(&log->map_lock);
+  free(closing);
+}
+
 /* The cached handle of a topic's database, 0 when this handle has not opened it yet.
- * Handles are never closed while the environment is open (a drop only empties the
- * database, see log_topic_drop_in), so a cached one stays valid for every transaction
- * begun after it was opened, across drops and re-creations by any process. */
+ * A drop only empties the database (log_topic_drop_in), and a handle is closed only
+ * while no transaction runs (log_topic_handles_reclaim), so a cached one is valid for
+ * every transaction begun after it was opened, across drops and re-creations by any
+ * process. */
 static int topic_dbi_cached(engram *log, const char *name, MDB_dbi *dbi) {
   int found = 0;
   pthread_mutex_lock(&log->aux_mu);

@@ -341,6 +341,21 @@ static void *race_dropper(void *arg) {
   return NULL;
 }
 
+/* Another process reading and appending through its own handle during the race. */
+static int race_process(void *arg) {
+  const char *logdir = arg;
+  engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC};
+  struct race r = {.until_ms = tu_mono_ms() + 3000};
+  if (engram_open(logdir, &o, &r.log)) return 1;
+  pthread_mutex_init(&r.mu, NULL);
+  pthread_t th[2];
+  pthread_create(&th[0], NULL, race_reader, &r);
+  pthread_create(&th[1], NULL, race_writer, &r);
+  for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+  engram_close(r.log);
+  return r.bad ? 2 : 0;
+}
+
 static void reads_and_appends_racing_drop_and_recreate_never_crash_or_leak_codes(void **state) {
   fx *f = *state;
   engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC};
@@ -348,10 +363,12 @@ static void reads_and_appends_racing_drop_and_recreate_never_crash_or_leak_codes
   pthread_mutex_init(&r.mu, NULL);
   tu_topic(r.log, "hot", NULL);
   EXPECT_OK(r.log, "group", engram_group_create(r.log, "hot", "g", NULL));
+  pid_t peer = tu_spawn(race_process, f->logdir);
   pthread_t th[5];
   void *(*fn[5])(void *) = {race_reader, race_reader, race_reader, race_writer, race_dropper};
   for (int i = 0; i < 5; i++) assert_int_equal(pthread_create(&th[i], NULL, fn[i], &r), 0);
   for (int i = 0; i < 5; i++) pthread_join(th[i], NULL);
+  assert_int_equal(tu_wait(peer, 60000), 0); /* no crash, no bad code there either */
   print_message("%llu calls, %llu succeeded\n", (unsigned long long)r.calls,
                 (unsigned long long)r.ok);
   assert_int_equal(r.bad, 0);
@@ -391,6 +408,40 @@ static void reads_and_appends_racing_drop_and_recreate_never_crash_or_leak_codes
   engram_close(other);
 }
 
+/* Each topic name a handle uses takes one of LMDB's database slots (max_topics + 32
+ * of them); a dropped topic's slot must come back, or a process that creates and drops
+ * topics of ever new names runs out. */
+static void creating_and_dropping_many_distinct_topics_never_runs_out_of_handles(void **state) {
+  fx *f = *state;
+  engram_options o = {.max_topics = 2, .durability = ENGRAM_DURABILITY_ASYNC};
+  engram *log = tu_open(f->logdir, &o);
+  for (int i = 0; i < 200; i++) {
+    char t[32];
+    snprintf(t, sizeof t, "session%d", i);
+    EXPECT_OK(log, "create", engram_topic_create(log, t, NULL));
+    engram_event ev = {.type = "memory.saved", .payload = "x", .payload_len = 1};
+    EXPECT_OK(log, "append", engram_append(log, t, &ev, NULL, NULL));
+    EXPECT_OK(log, "group", engram_group_create(log, t, "g", NULL));
+    engram_batch *b = NULL;
+    EXPECT_OK(log, "read", engram_read_range(log, t, 1, 10, &b));
+    assert_int_equal(b->count, 1);
+    engram_batch_free(b);
+    EXPECT_OK(log, "drop", engram_topic_drop(log, t));
+  }
+  /* A name used before works again, from offset 1. */
+  EXPECT_OK(log, "create", engram_topic_create(log, "session7", NULL));
+  engram_event ev = {.type = "memory.saved", .payload = "y", .payload_len = 1};
+  uint64_t off = 0;
+  EXPECT_OK(log, "append", engram_append(log, "session7", &ev, &off, NULL));
+  assert_int_equal(off, 1);
+  engram_close(log);
+  log = tu_open(f->logdir, &o);
+  engram_topic_info i;
+  EXPECT_OK(log, "info", engram_topic_info_get(log, "session7", &i));
+  assert_int_equal(i.count, 1);
+  engram_close(log);
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -400,6 +451,7 @@ int main(void) {
       T(topics_another_process_drops_and_recreates_read_as_gone_then_new),
       T(the_daemon_serves_topics_another_process_creates_after_it_started),
       T(reads_and_appends_racing_drop_and_recreate_never_crash_or_leak_codes),
+      T(creating_and_dropping_many_distinct_topics_never_runs_out_of_handles),
   };
   return cmocka_run_group_tests_name("topic_drop", tests, NULL, NULL);
 }
