@@ -194,7 +194,8 @@ int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t) {
     if (log_in_write_job()) {
       /* A write job: open the handle now and have the commit leader rerun the batch in a
        * new transaction, which sees it. */
-      if (cached || (rc = topic_dbi_open(log, name, &t->dbi))) return cached ? LOG_ENEWDBI : rc;
+      if (cached) return LOG_ENEWDBI;
+      if ((rc = topic_dbi_open(log, name, &t->dbi))) return rc;
       return mdb_dbi_flags(txn, t->dbi, &flags) == 0 ? 0 : LOG_ENEWDBI;
     }
     if (tries > 0)
@@ -457,8 +458,9 @@ int log_topic_drop_in(log_wtx *w, const char *topic) {
   /* Empty the topic's database but keep it and its handle: mdb_drop(.., 1) would close
    * the handle and free its name while other threads' transactions still use it, which
    * LMDB forbids (a crash). Readers still in an older snapshot keep seeing the old
-   * events; later transactions find no topic record. A re-creation reuses the database
-   * and the handle. */
+   * events; later transactions find no topic record. A re-creation reuses the database;
+   * the leader closes the handle after the commit, where no transaction can hold it
+   * (log_topic_handles_reclaim). */
   char dbname[ENGRAM_MAX_NAME + 8];
   snprintf(dbname, sizeof dbname, LOG_TOPIC_DB_PREFIX "%s", topic);
   MDB_dbi dbi;
