@@ -344,7 +344,9 @@ static int topic_drop(struct cli *c, int argc, char **argv) {
       "usage: engram topic drop TOPIC\n"
       "\n"
       "Drops TOPIC with its events, idempotency keys, dictionaries and consumer groups.\n"
-      "There is no undo.\n";
+      "There is no undo. Readers and writers of TOPIC (threads, other processes, the\n"
+      "daemon) get 'no such topic' from then on; created again, it starts empty at\n"
+      "offset 1.\n";
   struct cli_args a;
   cli_args_init(&a, "topic drop", argc, argv);
   int r = topic_only(&a, h);

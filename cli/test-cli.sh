@@ -287,5 +287,21 @@ check "group delete" eval '[[ $rc == 0 ]]'
 e topic drop memory
 check "topic drop" eval '[[ $rc == 0 ]]'
 
+# Four processes append with --create at once on a fresh log: each finds the topic
+# missing, one creates it, the others see it made meanwhile; all must succeed.
+mp_fail=0
+for round in 1 2 3 4 5; do
+  for i in 1 2 3 4; do
+    timeout 60 "$BIN" --data "$TMP/mp$round" append mp memory.saved --payload x --create \
+      >/dev/null 2>>"$TMP/mp.err" </dev/null || echo fail >>"$TMP/mp.fail" &
+  done
+  wait
+  n=$(timeout 60 "$BIN" --data "$TMP/mp$round" read mp 2>/dev/null | grep -c '')
+  [[ $n == 4 ]] || mp_fail=1
+done
+[[ -s $TMP/mp.fail ]] && mp_fail=1
+err=$(cat "$TMP/mp.err" 2>/dev/null) out="" rc=$mp_fail
+check "four concurrent append --create on a fresh log all succeed" eval '[[ $mp_fail == 0 && -z $err ]]'
+
 echo "test-cli: $((checks - fails)) of $checks checks passed"
 ((fails == 0))

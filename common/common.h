@@ -65,5 +65,11 @@ static inline int64_t clock_after_ms(int64_t t, uint64_t ms) {
 
 /* Maps an errno value to an ENGRAM_E* code. */
 int err_from_errno(int e);
+/* The one check that no private code (log/'s LOG_E*, or anything else outside the
+ * error table) reaches a caller: returns `code` when it is 0, positive (an internal
+ * count, not an error) or a code of the table, and ENGRAM_EINTERNAL for any other
+ * negative value. Applied at the exit of every write (log_job_wait) and to every reply
+ * the daemon sends. */
+int err_public(int code);
 
 #endif

@@ -1,4 +1,5 @@
 /* errors.c — the one table of engram error codes, their names and descriptions. */
+#include "common/common.h"
 #include "engram.h"
 
 struct errdesc {
@@ -43,6 +44,8 @@ const char *engram_strerror(int code) {
   const struct errdesc *d = find(code);
   return d ? d->text : "unknown error";
 }
+
+int err_public(int code) { return code >= 0 || find(code) ? code : ENGRAM_EINTERNAL; }
 
 const char *engram_errname(int code) {
   const struct errdesc *d = find(code);

@@ -22,9 +22,10 @@
  * once. Do not open the same directory twice in one process (an LMDB rule): share the
  * handle. Do not use a handle in a child after fork(); open a new one.
  *
- * ERRORS. Every function that can fail returns 0 or a negative ENGRAM_E* code; the
- * handle keeps a message with context for the last error of the calling thread
- * (engram_errmsg()). Nothing is written when a call fails.
+ * ERRORS. Every function that can fail returns 0 or a negative ENGRAM_E* code from the
+ * table below (never any other value: an internal code that would escape becomes
+ * ENGRAM_EINTERNAL); the handle keeps a message with context for the last error of the
+ * calling thread (engram_errmsg()). Nothing is written when a call fails.
  *
  * OWNERSHIP. Strings and buffers passed in are copied before the call returns. Results
  * are returned through out parameters and are owned by the caller, who frees them with
@@ -198,7 +199,13 @@ ENGRAM_API int engram_topic_info_get(engram *log, const char *topic, engram_topi
 /* Lists topics in name order: *out is a malloc'd array of *n entries the caller frees
  * with engram_free(). */
 ENGRAM_API int engram_topic_list(engram *log, engram_topic_info **out, size_t *n);
-/* Drops a topic with its events, idempotency keys, dictionaries and groups. */
+/* Drops a topic with its events, idempotency keys, dictionaries and groups, in one
+ * commit. Safe while other threads of this handle or other processes read, append to or
+ * consume from the topic: a call that began before the drop sees the topic whole, every
+ * later call gets ENGRAM_ENOTFOUND until the topic is created again. A re-created topic
+ * is a new one: empty, offsets from 1 again, no groups, and nothing of the old topic
+ * (keys, leases, dictionaries) applies to it (docs/storage.md, "Dropping a topic").
+ * Errors: EINVAL, ENOTFOUND. */
 ENGRAM_API int engram_topic_drop(engram *log, const char *topic);
 /* Trains (or retrains) the topic's zstd dictionary from its newest events now. Records
  * keep the id of the dictionary they were written with, so old records stay readable.

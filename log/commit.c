@@ -74,6 +74,17 @@ static void set_job_error(struct log_job *j, int rc) {
   snprintf(j->msg, sizeof j->msg, "%s", engram_errmsg(NULL));
 }
 
+static __thread int tls_in_job;
+
+int log_in_write_job(void) { return tls_in_job; }
+
+static int run_job(struct log_job *j, log_wtx *w) {
+  tls_in_job = 1;
+  int rc = j->fn(w, j->arg);
+  tls_in_job = 0;
+  return rc;
+}
+
 /* Runs the jobs of one batch and commits. Sets each job's rc. Returns 0 or the commit's
  * error; *wrote tells whether the commit wrote (and so flushed) anything. */
 static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_touched **touched) {
@@ -91,7 +102,7 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
       log_error_clear(log);
       if (n == 1) {
         w.txn = txn;
-        j->rc = j->fn(&w, j->arg);
+        j->rc = run_job(j, &w);
       } else {
         MDB_txn *child;
         struct log_touched *mark = w.touched;
@@ -102,7 +113,7 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
           continue;
         }
         w.txn = child;
-        j->rc = j->fn(&w, j->arg);
+        j->rc = run_job(j, &w);
         if (j->rc >= 0) {
           rc = mdb_txn_commit(child);
           if (rc) {
@@ -263,7 +274,10 @@ static void lead(engram *log) {
      * may open handles until it ends. */
     if (jobs->solo) pthread_mutex_lock(&log->dbi_mu);
     int rc = run_batch(log, jobs, &wrote, &touched);
-    if (jobs->solo) pthread_mutex_unlock(&log->dbi_mu);
+    if (jobs->solo) {
+      if (rc == 0 && wrote) log_topic_handles_reclaim(log); /* after a drop, say */
+      pthread_mutex_unlock(&log->dbi_mu);
+    }
     char msg[256];
     snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
     int prc = 0;
@@ -324,7 +338,17 @@ int log_job_wait(engram *log, struct log_job *job) {
     }
   }
   pthread_mutex_unlock(&log->mu);
-  if (job->rc < 0) log_error(log, job->rc, "%s", job->msg);
+  if (job->rc < 0) {
+    /* The leader handles the private codes (LOG_EMAPFULL, LOG_ENEWDBI); should one ever
+     * get here, the caller still gets a public code and a message. */
+    int code = err_public(job->rc);
+    if (code != job->rc)
+      log_error(log, code, "write: internal code %d: %s", job->rc,
+                job->msg[0] ? job->msg : "no message");
+    else
+      log_error(log, code, "%s", job->msg);
+    job->rc = code;
+  }
   return job->rc;
 }
 

@@ -59,8 +59,8 @@ int log_err_mdb(int rc) {
       return ENGRAM_EVERSION;
     case MDB_BAD_VALSIZE:
       return ENGRAM_ETOOBIG;
-    case MDB_MAP_RESIZED:
-      return LOG_EMAPRESIZED;
+    case MDB_MAP_RESIZED: /* adopted where met (read_start, commit.c); left over: retry */
+      return ENGRAM_EBUSY;
     default:
       if (rc > 0) return err_from_errno(rc);
       return ENGRAM_EINTERNAL;
@@ -290,6 +290,10 @@ static int open_all_dbs(engram *log) {
     name[k.mv_size] = '\0';
     if (memchr(name, '\0', k.mv_size)) continue;
     int topic = !strncmp(name, LOG_TOPIC_DB_PREFIX, 2);
+    /* The emptied database a drop leaves behind (see log_topic_drop_in) costs a handle
+     * slot only once its topic is created again. */
+    MDB_val tk = {strlen(name + 2), name + 2}, tv;
+    if (topic && mdb_get(txn, log->db_topics, &tk, &tv) != 0) continue;
     MDB_dbi dbi;
     if (mdb_dbi_open(txn, name, topic ? MDB_INTEGERKEY : 0, &dbi) != 0) continue;
     if (topic) {
@@ -468,16 +472,15 @@ int engram_backup(engram *log, const char *dest) {
   return 0;
 }
 
-static __thread MDB_txn *tls_read_txn;
-
-MDB_txn *log_read_txn_of_thread(void) { return tls_read_txn; }
-
-int log_read_begin(engram *log, MDB_txn **txn) {
+/* Begins (txn_in NULL) or renews (txn_in reset) a read-only transaction and returns with
+ * the map lock held shared, or with an error and the lock released. Another process
+ * growing the map is adopted here, where this thread holds no lock. */
+static int read_start(engram *log, MDB_txn *txn_in, MDB_txn **txn) {
   for (;;) {
     pthread_rwlock_rdlock(&log->map_lock);
-    int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, txn);
+    int rc = txn_in ? mdb_txn_renew(txn_in) : mdb_txn_begin(log->env, NULL, MDB_RDONLY, txn);
     if (rc == 0) {
-      tls_read_txn = *txn;
+      if (txn_in) *txn = txn_in;
       return 0;
     }
     pthread_rwlock_unlock(&log->map_lock);
@@ -490,14 +493,32 @@ int log_read_begin(engram *log, MDB_txn **txn) {
       mdb_reader_check(log->env, &dead);
       if (dead) continue;
     }
-    return log_error(log, log_err_mdb(rc), "read: %s", mdb_strerror(rc));
+    return rc;
   }
 }
 
+int log_read_begin(engram *log, MDB_txn **txn) {
+  int rc = read_start(log, NULL, txn);
+  return rc ? log_error(log, log_err_mdb(rc), "read: %s", mdb_strerror(rc)) : 0;
+}
+
 void log_read_end(engram *log, MDB_txn *txn) {
-  if (txn == tls_read_txn) tls_read_txn = NULL;
   if (txn) mdb_txn_abort(txn);
   pthread_rwlock_unlock(&log->map_lock);
+}
+
+void log_read_pause(engram *log, MDB_txn *txn) {
+  mdb_txn_reset(txn);
+  pthread_rwlock_unlock(&log->map_lock);
+}
+
+int log_read_resume(engram *log, MDB_txn *txn) {
+  MDB_txn *same;
+  int rc = read_start(log, txn, &same);
+  if (rc == 0) return 0;
+  /* log_read_end still aborts the (reset) transaction and releases the lock. */
+  pthread_rwlock_rdlock(&log->map_lock);
+  return log_error(log, log_err_mdb(rc), "read: %s", mdb_strerror(rc));
 }
 
 int log_disk_nearly_full(const engram *log) {
@@ -555,27 +576,26 @@ static int create_dbi_job(log_wtx *w, void *arg) {
 }
 
 int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out) {
-  /* Fast path: the database exists; open it in a read transaction and commit that so
-   * the handle stays valid. */
+  /* Fast path: the database exists; open it in a read transaction of its own and commit
+   * that, so the handle stays valid for every transaction begun after. It is not the
+   * thread's read transaction (log_read_begin): the caller may hold a paused one, and
+   * its record must survive. LMDB: a transaction that opens a handle must end before
+   * another may open one. Lock order: dbi_mu, then map_lock. */
   MDB_txn *txn;
-  /* LMDB: a transaction that opens a handle must end before another may open one.
-   * Lock order: dbi_mu, then map_lock. */
   pthread_mutex_lock(&log->dbi_mu);
-  int rc = log_read_begin(log, &txn);
+  int rc = read_start(log, NULL, &txn);
   if (rc) {
     pthread_mutex_unlock(&log->dbi_mu);
-    return rc;
+    return log_error(log, log_err_mdb(rc), "open database %s: %s", name, mdb_strerror(rc));
   }
   int mrc = mdb_dbi_open(txn, name, flags, out);
-  if (mrc == 0) {
-    if (tls_read_txn == txn) tls_read_txn = NULL;
+  if (mrc == 0)
     mrc = mdb_txn_commit(txn);
-    pthread_mutex_unlock(&log->dbi_mu);
-    pthread_rwlock_unlock(&log->map_lock);
-    return mrc ? log_err_mdb(mrc) : 0;
-  }
-  log_read_end(log, txn);
+  else
+    mdb_txn_abort(txn);
+  pthread_rwlock_unlock(&log->map_lock);
   pthread_mutex_unlock(&log->dbi_mu);
+  if (mrc == 0) return 0;
   if (mrc != MDB_NOTFOUND)
     return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, mdb_strerror(mrc));
   struct log_dbi_req r = {.name = name, .flags = flags};

@@ -6,9 +6,10 @@
 
 /* Private codes that never leave log/: the commit leader handles them. */
 #define LOG_EMAPFULL -1000
-#define LOG_EMAPRESIZED -1001
 /* A job met a database handle opened after its transaction began: rerun the batch. */
 #define LOG_ENEWDBI -1002
+/* They never leave log_job_wait() (commit.c), the one exit of every write, which turns
+ * any code outside engram's table into ENGRAM_EINTERNAL; read paths never make them. */
 
 #define LOG_DB_META "meta"
 #define LOG_DB_TOPICS "topics"
@@ -45,6 +46,8 @@ struct log_job {
 int log_job_enqueue(engram *log, struct log_job *job);
 int log_job_wait(engram *log, struct log_job *job);
 int log_commit_start(engram *log);
+/* Whether the calling thread is running a write job (its transaction is a write one). */
+int log_in_write_job(void);
 void log_commit_stop(engram *log);
 
 /* pipeline.c */
@@ -57,14 +60,18 @@ int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out
 int log_rmtree(const char *path);
 /* Less than 8 MiB free where the log lives. */
 int log_disk_nearly_full(const engram *log);
-/* The read transaction this thread holds (from log_read_begin), or NULL. */
-MDB_txn *log_read_txn_of_thread(void);
+/* Moves a read transaction from log_read_begin to the newest snapshot in two steps, so
+ * that it sees database handles opened since it began: pause resets it and releases the
+ * map lock (the thread may then open handles, see log_open_dbi), resume renews it. Data
+ * read through it before the pause is invalid after. After a failed resume the
+ * transaction stays reset; log_read_end still ends it. */
+void log_read_pause(engram *log, MDB_txn *txn);
+int log_read_resume(engram *log, MDB_txn *txn);
 void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi);
 
 /* topic.c */
 void log_topic_cache_free(engram *log);
-int log_topic_dbi(engram *log, MDB_txn *txn, const char *name, MDB_dbi *dbi);
-void log_topic_dbi_forget(engram *log, const char *name);
+void log_topic_handles_reclaim(engram *log);
 int log_topic_meta_put(engram *log, MDB_txn *txn, const log_topic *t);
 
 /* codec.c: record encoding and payload compression. */

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log/log_private.h"
 #include "schema/record.pb-c.h"
@@ -27,19 +28,6 @@ void log_topic_cache_free(engram *log) {
   log->topics = NULL;
 }
 
-void log_topic_dbi_forget(engram *log, const char *name) {
-  pthread_mutex_lock(&log->aux_mu);
-  for (struct log_topic_cache **pp = &log->topics; *pp; pp = &(*pp)->next) {
-    if (!strcmp((*pp)->name, name)) {
-      struct log_topic_cache *c = *pp;
-      *pp = c->next;
-      free(c);
-      break;
-    }
-  }
-  pthread_mutex_unlock(&log->aux_mu);
-}
-
 void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi) {
   struct log_topic_cache *c = calloc(1, sizeof *c);
   if (!c) return;
@@ -51,16 +39,76 @@ void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi) {
   pthread_mutex_unlock(&log->aux_mu);
 }
 
-static int topic_dbi(engram *log, const char *name, MDB_dbi *dbi) {
+/* Closes this handle's LMDB handles of topics that no longer exist, so their slots
+ * (max_topics + 32 in all) serve new names. Closing a handle is safe only where no
+ * transaction of the process can hold it: the commit leader calls this between
+ * batches, with dbi_mu held, and it runs only if it gets the map lock exclusively (every
+ * read transaction holds it shared; write transactions run only in the leader). Busy
+ * readers make it give up after a short wait: the next solo batch tries again. The
+ * emptied database stays in the file for a later re-creation (log_topic_drop_in). */
+void log_topic_handles_reclaim(engram *log) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_nsec += 20000000;
+  if (until.tv_nsec >= 1000000000) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000;
+  }
+  if (pthread_rwlock_timedwrlock(&log->map_lock, &until) != 0) return;
+  MDB_txn *txn;
+  MDB_dbi *closing = NULL;
+  size_t n = 0, cap = 0;
+  if (mdb_txn_begin(log->env, NULL, MDB_RDONLY, &txn) == 0) {
+    pthread_mutex_lock(&log->aux_mu);
+    struct log_topic_cache **pp = &log->topics;
+    while (*pp) {
+      struct log_topic_cache *c = *pp;
+      MDB_val k = {strlen(c->name), c->name}, v;
+      if (mdb_get(txn, log->db_topics, &k, &v) != MDB_NOTFOUND) {
+        pp = &c->next;
+        continue;
+      }
+      if (n == cap) {
+        MDB_dbi *a = realloc(closing, (cap = cap ? 2 * cap : 8) * sizeof *a);
+        if (!a) break;
+        closing = a;
+      }
+      closing[n++] = c->dbi;
+      *pp = c->next;
+      free(c);
+    }
+    pthread_mutex_unlock(&log->aux_mu);
+    mdb_txn_abort(txn);
+  }
+  /* A name cached twice closes its one handle twice; LMDB ignores the second. */
+  for (size_t i = 0; i < n; i++) mdb_dbi_close(log->env, closing[i]);
+  pthread_rwlock_unlock(&log->map_lock);
+  free(closing);
+}
+
+/* The cached handle of a topic's database, 0 when this handle has not opened it yet.
+ * A drop only empties the database (log_topic_drop_in), and a handle is closed only
+ * while no transaction runs (log_topic_handles_reclaim), so a cached one is valid for
+ * every transaction begun after it was opened, across drops and re-creations by any
+ * process. */
+static int topic_dbi_cached(engram *log, const char *name, MDB_dbi *dbi) {
+  int found = 0;
   pthread_mutex_lock(&log->aux_mu);
   for (struct log_topic_cache *c = log->topics; c; c = c->next) {
     if (!strcmp(c->name, name)) {
       *dbi = c->dbi;
-      pthread_mutex_unlock(&log->aux_mu);
-      return 0;
+      found = 1;
+      break;
     }
   }
   pthread_mutex_unlock(&log->aux_mu);
+  return found;
+}
+
+/* Opens a topic's database in a transaction of its own (log_open_dbi) and caches it.
+ * The handle is valid only in transactions begun after this returns. */
+static int topic_dbi_open(engram *log, const char *name, MDB_dbi *dbi) {
+  if (topic_dbi_cached(log, name, dbi)) return 0;
   char dbname[ENGRAM_MAX_NAME + 8];
   snprintf(dbname, sizeof dbname, LOG_TOPIC_DB_PREFIX "%s", name);
   int rc = log_open_dbi(log, dbname, MDB_INTEGERKEY, dbi);
@@ -138,15 +186,27 @@ int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t) {
       return log_error(log, ENGRAM_ENOTFOUND, "topic %s: no such topic", name);
     if (rc) return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
     if ((rc = meta_decode(log, &v, name, t))) return rc;
-    if ((rc = topic_dbi(log, name, &t->dbi))) return rc;
     unsigned int flags;
-    if (mdb_dbi_flags(txn, t->dbi, &flags) == 0) return 0;
-    /* The handle was opened after this transaction began (the topic was made by another
-     * process): a read transaction is renewed in place, a write batch is rerun. */
-    if (txn != log_read_txn_of_thread() || tries > 0) return LOG_ENEWDBI;
-    mdb_txn_reset(txn);
-    if ((rc = mdb_txn_renew(txn)))
-      return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
+    int cached = topic_dbi_cached(log, name, &t->dbi);
+    if (cached && mdb_dbi_flags(txn, t->dbi, &flags) == 0) return 0;
+    /* This handle has not opened the topic's database, or opened it after txn began
+     * (the topic was made by another process or thread): txn cannot use the handle. */
+    if (log_in_write_job()) {
+      /* A write job: open the handle now and have the commit leader rerun the batch in a
+       * new transaction, which sees it. */
+      if (cached) return LOG_ENEWDBI;
+      if ((rc = topic_dbi_open(log, name, &t->dbi))) return rc;
+      return mdb_dbi_flags(txn, t->dbi, &flags) == 0 ? 0 : LOG_ENEWDBI;
+    }
+    if (tries > 0)
+      return log_error(log, ENGRAM_EINTERNAL, "topic %s: database handle unusable", name);
+    /* The thread's read transaction: open the handle with no snapshot held, then
+     * renew the transaction on the newest snapshot and look again. */
+    log_read_pause(log, txn);
+    rc = cached ? 0 : topic_dbi_open(log, name, &t->dbi);
+    int rrc = log_read_resume(log, txn);
+    if (rc) return rc;
+    if (rrc) return rrc;
   }
 }
 
@@ -280,34 +340,41 @@ int engram_topic_info_get(engram *log, const char *topic, engram_topic_info *inf
   return rc;
 }
 
-int engram_topic_list(engram *log, engram_topic_info **out, size_t *n) {
-  if (!log || !out || !n) return log_error(log, ENGRAM_EINVAL, "topic list: NULL argument");
-  if (log->remote) return log->remote->topic_list(log, out, n);
-  *out = NULL;
-  *n = 0;
-  MDB_txn *txn;
-  int rc = log_read_begin(log, &txn);
-  if (rc) return rc;
+/* Lists the topics of txn's snapshot into a malloc'd array. Returns 0, an error, or 1
+ * when this handle lacks a usable database handle for some topic: then every such
+ * topic's handle has been opened (outside any snapshot) and txn renewed, so the caller
+ * lists again. */
+static int list_in(engram *log, MDB_txn *txn, int may_renew, engram_topic_info **out, size_t *n) {
   MDB_cursor *c;
-  rc = mdb_cursor_open(txn, log->db_topics, &c);
-  if (rc) {
-    log_read_end(log, txn);
-    return log_err_mdb(rc);
-  }
-  size_t cap = 0, cnt = 0;
+  int rc = mdb_cursor_open(txn, log->db_topics, &c);
+  if (rc) return log_error(log, log_err_mdb(rc), "topic list: %s", mdb_strerror(rc));
+  size_t cap = 0, cnt = 0, n_missing = 0;
   engram_topic_info *arr = NULL;
+  char(*missing)[ENGRAM_MAX_NAME + 1] = NULL;
   MDB_val k, v;
   int op = MDB_FIRST;
-  rc = 0;
-  while (mdb_cursor_get(c, &k, &v, op) == 0) {
+  while (rc == 0 && mdb_cursor_get(c, &k, &v, op) == 0) {
     op = MDB_NEXT;
     char name[ENGRAM_MAX_NAME + 1];
     if (k.mv_size > ENGRAM_MAX_NAME) continue;
     memcpy(name, k.mv_data, k.mv_size);
     name[k.mv_size] = '\0';
     log_topic t;
+    unsigned int flags;
     if (meta_decode(log, &v, name, &t) != 0) continue;
-    if (topic_dbi(log, name, &t.dbi) != 0) continue;
+    if (!topic_dbi_cached(log, name, &t.dbi) || mdb_dbi_flags(txn, t.dbi, &flags) != 0) {
+      /* Made since this handle looked (by another process or thread). Without a
+       * renew left, it is left out, as if listed a moment earlier. */
+      if (!may_renew) continue;
+      void *m = realloc(missing, (n_missing + 1) * sizeof *missing);
+      if (!m) {
+        rc = ENGRAM_ENOMEM;
+        break;
+      }
+      missing = m;
+      memcpy(missing[n_missing++], name, sizeof name);
+      continue;
+    }
     if (cnt == cap) {
       cap = cap ? cap * 2 : 16;
       engram_topic_info *a = realloc(arr, cap * sizeof *a);
@@ -320,14 +387,40 @@ int engram_topic_list(engram *log, engram_topic_info **out, size_t *n) {
     info_fill(log, txn, &t, &arr[cnt++]);
   }
   mdb_cursor_close(c);
-  log_read_end(log, txn);
+  if (rc == 0 && n_missing) {
+    free(arr);
+    arr = NULL;
+    log_read_pause(log, txn);
+    for (size_t i = 0; rc == 0 && i < n_missing; i++) {
+      MDB_dbi dbi;
+      rc = topic_dbi_open(log, missing[i], &dbi);
+    }
+    int rrc = log_read_resume(log, txn);
+    if (rc == 0) rc = rrc ? rrc : 1;
+  }
+  free(missing);
+  if (rc == ENGRAM_ENOMEM) rc = log_error(log, rc, "topic list: out of memory");
   if (rc) {
     free(arr);
-    return log_error(log, rc, "topic list: out of memory");
+    return rc;
   }
   *out = arr;
   *n = cnt;
   return 0;
+}
+
+int engram_topic_list(engram *log, engram_topic_info **out, size_t *n) {
+  if (!log || !out || !n) return log_error(log, ENGRAM_EINVAL, "topic list: NULL argument");
+  if (log->remote) return log->remote->topic_list(log, out, n);
+  *out = NULL;
+  *n = 0;
+  MDB_txn *txn;
+  int rc = log_read_begin(log, &txn);
+  if (rc) return rc;
+  rc = list_in(log, txn, 1, out, n);
+  if (rc == 1) rc = list_in(log, txn, 0, out, n);
+  log_read_end(log, txn);
+  return rc;
 }
 
 void engram_free(void *p) { free(p); }
@@ -362,13 +455,18 @@ int log_topic_drop_in(log_wtx *w, const char *topic) {
   log_topic t;
   rc = meta_decode(log, &v, topic, &t);
   if (rc) return rc;
+  /* Empty the topic's database but keep it and its handle: mdb_drop(.., 1) would close
+   * the handle and free its name while other threads' transactions still use it, which
+   * LMDB forbids (a crash). Readers still in an older snapshot keep seeing the old
+   * events; later transactions find no topic record. A re-creation reuses the database;
+   * the leader closes the handle after the commit, where no transaction can hold it
+   * (log_topic_handles_reclaim). */
   char dbname[ENGRAM_MAX_NAME + 8];
   snprintf(dbname, sizeof dbname, LOG_TOPIC_DB_PREFIX "%s", topic);
   MDB_dbi dbi;
   rc = mdb_dbi_open(w->txn, dbname, MDB_INTEGERKEY, &dbi);
-  if (rc == 0) rc = mdb_drop(w->txn, dbi, 1);
+  if (rc == 0) rc = mdb_drop(w->txn, dbi, 0);
   if (rc && rc != MDB_NOTFOUND) return log_err_mdb(rc);
-  log_topic_dbi_forget(log, topic);
   rc = mdb_del(w->txn, log->db_topics, &k, NULL);
   if (rc) return log_err_mdb(rc);
   if ((rc = delete_prefix(w->txn, log->db_idem, t.id))) return rc;

@@ -423,6 +423,7 @@ static void job_free(struct job *j) {
 static void reply_send(struct net_server *s, void *sock, struct job *j, Engram__Wire__Reply *rp) {
   rp->id = j->pk.id;
   rp->version = ENGRAM_PROTOCOL_VERSION;
+  rp->code = err_public(rp->code); /* never "a reply with an invalid code" */
   s->requests++;
   if (rp->code) s->errors++;
   size_t n = engram__wire__reply__get_packed_size(rp);

@@ -273,6 +273,48 @@ static void topics_created_by_another_process_are_usable_at_once(void **state) {
   engram_close(log);
 }
 
+/* What `engram --data L append mp memory.saved --create` does: open (creating the log),
+ * look the topic up, create it when missing (another process may win), look again,
+ * append. */
+static int create_and_append(void *arg) {
+  const char *logdir = arg;
+  engram *log = NULL;
+  int rc = engram_open(logdir, NULL, &log);
+  if (rc) return child_fail(NULL, "open", rc);
+  engram_topic_info i;
+  rc = engram_topic_info_get(log, "mp", &i);
+  if (rc == ENGRAM_ENOTFOUND) {
+    rc = engram_topic_create(log, "mp", NULL);
+    if (rc && rc != ENGRAM_EEXIST) return child_fail(log, "create", rc);
+    rc = engram_topic_info_get(log, "mp", &i);
+  }
+  if (rc) return child_fail(log, "info", rc);
+  engram_event ev = {.type = "memory.saved", .payload = "{}", .payload_len = 2};
+  rc = engram_append(log, "mp", &ev, NULL, NULL);
+  if (rc) return child_fail(log, "append", rc);
+  engram_close(log);
+  return 0;
+}
+
+static void four_processes_creating_a_topic_and_appending_on_a_fresh_log_all_succeed(void **state) {
+  fx *f = *state;
+  for (int round = 0; round < 20; round++) {
+    char name[32];
+    snprintf(name, sizeof name, "fresh%d", round);
+    char *logdir = tu_join(f->dir, name);
+    pid_t pid[NPROC];
+    for (int i = 0; i < NPROC; i++) pid[i] = tu_spawn(create_and_append, logdir);
+    for (int i = 0; i < NPROC; i++) assert_int_equal(tu_wait(pid[i], 60000), 0);
+    engram *log = tu_open(logdir, NULL);
+    engram_topic_info i;
+    assert_int_equal(engram_topic_info_get(log, "mp", &i), 0);
+    assert_int_equal(i.count, NPROC);
+    assert_int_equal(i.head_offset, NPROC);
+    engram_close(log);
+    free(logdir);
+  }
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -281,6 +323,7 @@ int main(void) {
       T(batches_from_different_processes_never_interleave),
       T(a_reader_process_sees_appends_from_other_processes_in_order_without_gaps),
       T(topics_created_by_another_process_are_usable_at_once),
+      T(four_processes_creating_a_topic_and_appending_on_a_fresh_log_all_succeed),
   };
   return cmocka_run_group_tests_name("multiprocess", tests, NULL, NULL);
 }
