@@ -698,7 +698,9 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
     rc = log_error(log, rc, "open %s: cannot start flusher", path);
     goto fail;
   }
-  if (log_attach_hook) log_attach_hook(log);
+  /* A read-only handle commits nothing, and the notification board is a file it must
+   * not create. */
+  if (log_attach_hook && !rdonly) log_attach_hook(log);
   *out = log;
   log_error_clear(log);
   return 0;
