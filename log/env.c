@@ -846,6 +846,11 @@ int log_aux_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out)
   }
   pthread_mutex_unlock(&log->aux_mu);
   int rc = log_open_dbi(log, name, flags, out);
+  if (rc == ENGRAM_ENOTSUP && (log->env_flags & MDB_RDONLY))
+    return log_error(log, ENGRAM_ENOTFOUND,
+                     "read-only log %s holds no database %s: nothing of that kind was ever "
+                     "stored in it",
+                     log->path, name);
   if (rc) return rc;
   pthread_mutex_lock(&log->aux_mu);
   if (log->n_aux < LOG_MAX_AUX) {

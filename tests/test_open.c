@@ -27,6 +27,7 @@
 typedef struct fx {
   char *root; /* the test's temporary directory */
   char *log;  /* root/log: where the tests put their log */
+  char *mnt;  /* a read-only bind mount to undo at teardown, NULL = none */
 } fx;
 
 static int setup(void **state) {
@@ -39,6 +40,8 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   fx *f = *state;
+  if (f->mnt) umount2(f->mnt, MNT_DETACH);
+  free(f->mnt);
   free(f->log);
   tu_tmpdir_done(f->root);
   free(f);
@@ -444,22 +447,18 @@ static void on_a_read_only_mount_writes_name_the_cause_and_reads_work(void **sta
     print_message("skipped: cannot bind-mount read-only (needs root)\n");
     skip();
   }
+  f->mnt = mnt;
   snap before, after;
   snap_take(f->log, &before);
   expect_open_error(mnt, 0, ENGRAM_EDENIED, "read-only");
   engram_options o = {.flags = ENGRAM_OPEN_RDONLY};
   engram *log = NULL;
-  int rc = engram_open(mnt, &o, &log);
-  if (rc) {
-    umount2(mnt, MNT_DETACH);
-    fail_msg("open read-only: %s", engram_errmsg(NULL));
-  }
+  if (engram_open(mnt, &o, &log)) fail_msg("open read-only: %s", engram_errmsg(NULL));
   check_reads(log);
   char dest[4300];
   snprintf(dest, sizeof dest, "%s/copy", f->root);
   assert_int_equal(engram_backup(log, dest), 0);
   engram_close(log);
-  umount2(mnt, MNT_DETACH);
   snap_take(f->log, &after);
   snap_assert_same(&before, &after);
   snap_free(&after);
@@ -470,7 +469,6 @@ static void on_a_read_only_mount_writes_name_the_cause_and_reads_work(void **sta
   assert_int_equal(b->count, 2);
   engram_batch_free(b);
   engram_close(log);
-  free(mnt);
 }
 
 /* As an unprivileged user who may read the log's directory but not write it. */
