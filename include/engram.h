@@ -127,9 +127,10 @@ typedef struct engram_options {
  * none, and when this user may not write lock.mdb (EACCES) the log is opened with
  * MDB_NOLOCK. Without the reader table a writer in another process can reuse pages a
  * read is looking at: read such a log while nobody writes it (a copy, a stopped
- * daemon's directory), or expect ENGRAM_ECORRUPT from reads that met a rewrite. A log
- * never opened read-write since creation by an older build cannot be opened read-only
- * (ENGRAM_ENOTSUP). */
+ * daemon's directory), or expect ENGRAM_ECORRUPT from reads that met a rewrite. A
+ * database no writer ever made reads as absent (no groups yet: an empty group list,
+ * ENGRAM_ENOTFOUND for a group). A log never opened read-write since creation by an
+ * older build cannot be opened read-only (ENGRAM_ENOTSUP). See docs/storage.md. */
 #define ENGRAM_OPEN_RDONLY 0x2
 
 /* Opens (creating if missing, crash-safely) the log in directory `path`; trailing
