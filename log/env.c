@@ -155,12 +155,12 @@ static int open_errno(int e) { return e == EROFS ? ENGRAM_EDENIED : err_from_err
 static const char *open_advice(int e) {
   switch (e) {
     case EROFS:
-      return "the file system is read-only: only reading is possible (read commands open "
-             "the log read-only, ENGRAM_OPEN_RDONLY)";
+      return "the file system is read-only: only reading is possible (engram's read "
+             "commands and ENGRAM_OPEN_RDONLY open the log read-only)";
     case EACCES:
     case EPERM:
-      return "this user may not write there: run as the log's owner, or open the log "
-             "read-only (ENGRAM_OPEN_RDONLY) to read it";
+      return "this user may not write there: run as the log's owner; reading works "
+             "read-only (engram's read commands, ENGRAM_OPEN_RDONLY)";
     case ENOSPC:
     case EDQUOT:
       return "the disk is full: free space and retry";
