@@ -467,15 +467,16 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
     if (rc) rc = log_error(NULL, rc, "open %s: cannot create: %s", path, engram_strerror(rc));
   }
   char f[4300];
+  int frc;
   snprintf(f, sizeof f, "%s/data.mdb", tmp);
-  if (rc == 0 && fsync_path(f, O_RDONLY) < 0)
-    rc =
-        log_error(NULL, ENGRAM_EIO, "open %s: cannot flush the new log: %s", path, strerror(errno));
+  if (rc == 0 && (frc = fsync_path(f, O_RDONLY)) < 0)
+    rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush the new log: %s", path,
+                   strerror(-frc));
   snprintf(f, sizeof f, "%s/lock.mdb", tmp);
   unlink(f); /* the lock file is recreated at open; it holds no data */
-  if (rc == 0 && fsync_path(tmp, O_RDONLY | O_DIRECTORY) < 0)
-    rc =
-        log_error(NULL, ENGRAM_EIO, "open %s: cannot flush the new log: %s", path, strerror(errno));
+  if (rc == 0 && (frc = fsync_path(tmp, O_RDONLY | O_DIRECTORY)) < 0)
+    rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush the new log: %s", path,
+                   strerror(-frc));
   if (rc == 0 && rename(tmp, path) < 0) {
     int e = errno;
     if (e == EEXIST || e == ENOTEMPTY) {
@@ -490,8 +491,9 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
                      path, strerror(e), open_advice(e));
     }
   }
-  if (rc == 0 && fsync_path(parent, O_RDONLY | O_DIRECTORY) < 0)
-    rc = log_error(NULL, ENGRAM_EIO, "open %s: cannot flush %s: %s", path, parent, strerror(errno));
+  if (rc == 0 && (frc = fsync_path(parent, O_RDONLY | O_DIRECTORY)) < 0)
+    rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush %s: %s", path, parent,
+                   strerror(-frc));
   log_rmtree(tmp);
   return rc;
 }
