@@ -264,6 +264,15 @@ if [[ $(id -u) == 0 ]] && mount --bind "$TMP/empty" "$TMP/ro" 2>/dev/null; then
   fi
   umount -l "$TMP/ro"
 fi
+# Without write access (permission bits stop only an unprivileged user).
+if [[ $(id -u) != 0 ]]; then
+  chmod 444 "$TMP/empty/lock.mdb" && chmod 555 "$TMP/empty"
+  ed "$TMP/empty" append mp memory.saved --payload y
+  check "a write without write access says so" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "may not write"'
+  ed "$TMP/empty" read mp --json
+  check "read works without write access" eval '[[ $rc == 0 ]] && lines "$out" 1'
+  chmod 755 "$TMP/empty" && chmod 644 "$TMP/empty/lock.mdb"
+fi
 # The same with a group, a finished event and a dead one.
 ed "$TMP/empty" append mp memory.saved --payload z
 ed "$TMP/empty" group create mp g
