@@ -279,6 +279,13 @@ static int env_make(const char *dir, const engram_options *o, unsigned int *flag
 static int check_format(const char *dir, MDB_txn *txn, MDB_dbi meta) {
   MDB_val k = {14, "format_version"}, v;
   int rc = mdb_get(txn, meta, &k, &v);
+  MDB_stat ms;
+  if (rc && mdb_stat(txn, meta, &ms) == 0 && ms.ms_entries == 0)
+    return log_error(NULL, ENGRAM_ECORRUPT,
+                     "open %s: an empty environment without engram's format record, left by a "
+                     "creation that went wrong in an older build: it holds no events; remove "
+                     "%s/data.mdb and %s/lock.mdb to make a new log there",
+                     dir, dir, dir);
   if (rc || v.mv_size != 4)
     return log_error(NULL, ENGRAM_ECORRUPT,
                      "open %s: the meta database has no engram format record: a damaged log "

@@ -351,6 +351,31 @@ static void each_thing_that_is_not_a_log_gets_a_message_naming_it(void **state) 
   snap_free(&s);
 }
 
+/* What the trailing-slash bug of older builds left behind: an environment with engram's
+ * databases, all empty, and no format record. */
+static void a_directory_ruined_by_an_older_build_says_how_to_recover(void **state) {
+  fx *f = *state;
+  assert_int_equal(mkdir(f->log, 0755), 0);
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_env_create(&env), 0);
+  mdb_env_set_maxdbs(env, 8);
+  assert_int_equal(mdb_env_open(env, f->log, 0, 0644), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  const char *names[] = {"meta", "topics", "idem", "dicts"};
+  for (int i = 0; i < 4; i++) assert_int_equal(mdb_dbi_open(txn, names[i], MDB_CREATE, &dbi), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  snap before, after;
+  snap_take(f->log, &before);
+  expect_open_error(f->log, 0, ENGRAM_ECORRUPT, "it holds no events; remove");
+  snap_take(f->log, &after);
+  snap_assert_same(&before, &after);
+  snap_free(&after);
+  snap_free(&before);
+}
+
 static void a_truncated_data_file_is_reported_not_faulted_on(void **state) {
   fx *f = *state;
   engram *log = tu_open(f->log, NULL);
@@ -564,6 +589,7 @@ int main(void) {
       T(when_another_process_creates_the_log_first_its_log_is_opened),
       T(a_foreign_lmdb_environment_is_refused_and_left_byte_for_byte_unchanged),
       T(each_thing_that_is_not_a_log_gets_a_message_naming_it),
+      T(a_directory_ruined_by_an_older_build_says_how_to_recover),
       T(a_truncated_data_file_is_reported_not_faulted_on),
       T(a_read_only_handle_reads_refuses_writes_and_changes_no_file),
       T(on_a_read_only_mount_writes_name_the_cause_and_reads_work),
