@@ -171,10 +171,13 @@ static const char *open_advice(int e) {
   }
 }
 
-/* Creation leaves "<path>.creating.<pid>.<hex>" beside the target while it runs. One whose
- * creator is gone (crashed, or killed) is removed: a creator is gone when its process no
- * longer exists, or, for a process id reused or seen from another PID namespace, when the
- * directory is older than any creation can take. */
+/* Creation leaves "<path>.creating.<pid>.<hex>" beside the target while it runs (a few
+ * milliseconds). One whose creator is gone (crashed, or killed) is removed: a creator is
+ * gone when its process no longer exists and the directory is over a minute old (a
+ * creator in another PID namespace looks dead to kill(); the minute keeps its work safe),
+ * or, for a process id reused since, when the directory is older than any creation can
+ * take. */
+#define STALE_DEAD_S 60
 #define STALE_CREATING_S (10 * 60)
 
 static void clear_stale_creating(const char *path) {
@@ -197,7 +200,8 @@ static void clear_stale_creating(const char *path) {
     struct stat st;
     if (lstat(sub, &st) < 0 || !S_ISDIR(st.st_mode)) continue;
     int dead = kill((pid_t)pid, 0) < 0 && errno == ESRCH;
-    if (dead || now - st.st_mtime > STALE_CREATING_S) log_rmtree(sub);
+    long age = (long)(now - st.st_mtime);
+    if ((dead && age > STALE_DEAD_S) || age > STALE_CREATING_S) log_rmtree(sub);
   }
   closedir(d);
 }
