@@ -56,11 +56,14 @@ CLI_COMMANDS(CLI_DECLARE)
  * commands such as a daemon that open the directory themselves. */
 const char *cli_data_dir(const struct cli *c);
 
-/* Opens the log named by the global options. `create` allows making a new log directory;
- * without it a missing log is an error. Returns 0, or prints one line and returns the
- * exit status to use. */
+/* Opens the log named by the global options. CLI_OPEN_CREATE allows making a new log
+ * directory; otherwise a missing log is an error. CLI_OPEN_READ is for commands that only
+ * read: when the log may not be written (read-only mount, another user's directory:
+ * ENGRAM_EDENIED) they open it again with ENGRAM_OPEN_RDONLY. Returns 0, or prints the
+ * library's message in one line and returns the exit status to use. */
 #define CLI_OPEN_EXISTING 0
 #define CLI_OPEN_CREATE 1
+#define CLI_OPEN_READ 2
 int cli_open(struct cli *c, int create);
 
 /* Error reporting: each prints ONE line on stderr and returns the exit status. */

@@ -36,7 +36,7 @@ static int dlq_list(struct cli *c, int argc, char **argv) {
     json = 1;
   }
   if (o < 0 || cli_args_count(&a, 2, 2, "TOPIC GROUP")) return CLI_EXIT_USAGE;
-  int status = cli_open(c, CLI_OPEN_EXISTING);
+  int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;
   engram_dlq_entry *e = NULL;
   size_t n = 0;
@@ -100,7 +100,7 @@ static int dlq_show(struct cli *c, int argc, char **argv) {
   const char *pe = cli_parse_offset(a.pos[2], &off);
   if (pe) return cli_usage(a.cmd, "OFFSET '%s': %s", a.pos[2], pe);
   const char *topic = a.pos[0], *group = a.pos[1];
-  int status = cli_open(c, CLI_OPEN_EXISTING);
+  int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;
   engram_dlq_entry *e = NULL;
   size_t n = 0;

@@ -169,7 +169,7 @@ static int group_list(struct cli *c, int argc, char **argv) {
   }
   if (o < 0 || cli_args_count(&a, 0, 1, "[TOPIC]")) return CLI_EXIT_USAGE;
   const char *topic = a.npos ? a.pos[0] : NULL;
-  int status = cli_open(c, CLI_OPEN_EXISTING);
+  int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;
   engram_group_info *g = NULL;
   size_t n = 0;
@@ -280,7 +280,7 @@ static int group_show(struct cli *c, int argc, char **argv) {
     json = 1;
   }
   if (o < 0 || cli_args_count(&a, 2, 2, "TOPIC GROUP")) return CLI_EXIT_USAGE;
-  int status = cli_open(c, CLI_OPEN_EXISTING);
+  int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;
   engram_group_info g;
   int rc = engram_group_info_get(c->log, a.pos[0], a.pos[1], &g);
@@ -830,7 +830,7 @@ int cmd_status(struct cli *c, int argc, char **argv) {
   if (o < 0) return CLI_EXIT_USAGE;
   int status = topic_group_offset(&a, &off);
   if (status) return status;
-  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
+  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_status st;
   memset(&st, 0, sizeof st);
   int rc = engram_status_get(c->log, a.pos[0], a.pos[1], off, &st);

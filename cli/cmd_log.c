@@ -104,7 +104,7 @@ int cmd_read(struct cli *c, int argc, char **argv) {
   if (cli_args_count(&a, 1, 1, "TOPIC")) return CLI_EXIT_USAGE;
   if (have_from && last) return cli_usage(a.cmd, "--from and --last exclude each other");
   const char *topic = a.pos[0];
-  int status = cli_open(c, CLI_OPEN_EXISTING);
+  int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;
   int rc;
   if (last) {
@@ -181,7 +181,7 @@ int cmd_topics(struct cli *c, int argc, char **argv) {
   cli_args_init(&a, "topics", argc, argv);
   int json = json_only(&a, topics_help, 0, 0, "no arguments", &status);
   if (json < 0) return status;
-  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
+  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_topic_info *t = NULL;
   size_t n = 0;
   int rc = engram_topic_list(c->log, &t, &n);
@@ -375,7 +375,7 @@ static int topic_show(struct cli *c, int argc, char **argv) {
   cli_args_init(&a, "topic show", argc, argv);
   int json = json_only(&a, h, 1, 1, "TOPIC", &status);
   if (json < 0) return status;
-  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
+  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_topic_info info;
   int rc = engram_topic_info_get(c->log, a.pos[0], &info);
   if (rc != 0) return cli_fail(c, rc, "topic %s", a.pos[0]);
@@ -439,7 +439,7 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
   cli_args_init(&a, "verify", argc, argv);
   int json = json_only(&a, h, 0, 0, "no arguments", &status);
   if (json < 0) return status;
-  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
+  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_verify_report r;
   memset(&r, 0, sizeof r);
   int rc = engram_verify(c->log, &r);
@@ -486,7 +486,7 @@ int cmd_backup(struct cli *c, int argc, char **argv) {
     if (o == CLI_OPT_HELP) return cli_help(h);
   if (o < 0 || cli_args_count(&a, 1, 1, "DEST")) return CLI_EXIT_USAGE;
   if (!a.pos[0][0]) return cli_usage(a.cmd, "DEST must not be empty");
-  int status = cli_open(c, CLI_OPEN_EXISTING);
+  int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;
   int rc = engram_backup(c->log, a.pos[0]);
   if (rc != 0) return cli_fail(c, rc, "backup to %s", a.pos[0]);

@@ -69,7 +69,7 @@ int cmd_stat(struct cli *c, int argc, char **argv) {
     json = 1;
   }
   if (o < 0 || cli_args_count(&a, 0, 0, "no arguments")) return CLI_EXIT_USAGE;
-  int status = cli_open(c, CLI_OPEN_EXISTING);
+  int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;
   engram_topic_info *t = NULL;
   engram_group_info *g = NULL;

@@ -29,7 +29,8 @@ static void print_help(void) {
       "engram is a durable event log with consumer groups.\n"
       "\n"
       "global options (before COMMAND):\n"
-      "  --data DIR           the log directory (default: $ENGRAM_DATA)\n"
+      "  --data DIR           the log directory (default: $ENGRAM_DATA); commands that\n"
+      "                       only read open a log they may not write read-only\n"
       "  --connect ENDPOINT   use the log served by `engram serve` at ENDPOINT instead\n"
       "  --durability MODE    with --data: sync (default), nometasync or async\n"
       "  -h, --help           this help\n"
@@ -162,6 +163,8 @@ int cli_open(struct cli *c, int create) {
     rc = engram_connect(c->connect, NULL, &c->log);
     if (rc != 0) {
       c->log = NULL;
+      const char *m = engram_errmsg(NULL);
+      if (*m) return cli_error("%s", m);
       return cli_error("connect %s: %s", c->connect, engram_strerror(rc));
     }
     return 0;
@@ -175,13 +178,20 @@ int cli_open(struct cli *c, int create) {
   o.durability = c->durability;
   o.flags = create == CLI_OPEN_CREATE ? 0 : ENGRAM_OPEN_NOCREATE;
   rc = engram_open(dir, &o, &c->log);
+  /* A read command on a log this user or mount may not write: read it read-only. */
+  if (rc == ENGRAM_EDENIED && create == CLI_OPEN_READ) {
+    o.flags |= ENGRAM_OPEN_RDONLY;
+    rc = engram_open(dir, &o, &c->log);
+  }
   if (rc != 0) {
     c->log = NULL;
-    if (rc == ENGRAM_ENOTFOUND && create != CLI_OPEN_CREATE)
+    const char *m = engram_errmsg(NULL);
+    if (rc == ENGRAM_ENOTFOUND && strstr(m, ": no log there"))
       return cli_error(
           "open %s: no log there (make one with 'engram topic create' or "
           "'engram append --create')",
           dir);
+    if (*m) return cli_error("%s", m);
     return cli_error("open %s: %s", dir, engram_strerror(rc));
   }
   return 0;

@@ -14,7 +14,7 @@ BIN=$(cd "$BUILD" && pwd)/engram
   exit 2
 }
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+trap 'umount -l "$TMP/ro" 2>/dev/null; rm -rf "$TMP"' EXIT
 DATA=$TMP/log
 fails=0 checks=0
 
@@ -302,6 +302,105 @@ done
 [[ -s $TMP/mp.fail ]] && mp_fail=1
 err=$(cat "$TMP/mp.err" 2>/dev/null) out="" rc=$mp_fail
 check "four concurrent append --create on a fresh log all succeed" eval '[[ $mp_fail == 0 && -z $err ]]'
+# --- opening: what --data points at, and read-only logs --------------------------------
+# ed DIR ARGS...: runs engram on the log in DIR.
+ed() {
+  local dir=$1
+  shift
+  out=$(timeout 60 "$BIN" --data "$dir" "$@" 2>"$TMP/err" </dev/null) rc=$?
+  sanitized "$@"
+  err=$(cat "$TMP/err")
+}
+mkdir "$TMP/empty"
+ed "$TMP/empty/" append mp memory.saved --payload x --create
+check "a trailing slash on an empty directory makes a log" eval '[[ $rc == 0 && $out == 1 ]]'
+ed "$TMP/empty" read mp --json
+check "and it opens later" eval '[[ $rc == 0 ]] && lines "$out" 1'
+check "and leaves no .creating directory" eval '! ls -a "$TMP" "$TMP/empty" | grep -q creating'
+printf 'x' >"$TMP/afile"
+ed "$TMP/afile" topics
+check "a regular file is named as such" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "is a file, not a log directory"'
+ed "$TMP/no/such/log" append mp memory.saved --payload x --create
+check "a missing parent is named" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "parent directory $TMP/no/such does not exist"'
+mkdir "$TMP/bad"
+: >"$TMP/bad/data.mdb"
+ed "$TMP/bad" topics
+check "an empty data.mdb is named" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "data.mdb is empty"'
+head -c 20000 /dev/urandom >"$TMP/bad/data.mdb"
+ed "$TMP/bad" topics
+check "a random data.mdb is not an LMDB file" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "not an LMDB data file"'
+rm "$TMP/bad/data.mdb" && mkdir "$TMP/bad/data.mdb"
+ed "$TMP/bad" stat
+check "data.mdb as a directory is named" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "data.mdb is a directory"'
+if command -v mdb_load >/dev/null; then
+  mkdir "$TMP/foreign"
+  printf 'VERSION=3\nformat=print\ntype=btree\nHEADER=END\n key1\n val1\nDATA=END\n' |
+    mdb_load -s accounts "$TMP/foreign"
+  before=$(cd "$TMP/foreign" && ls -la --time-style=+ && cat ./* | md5sum)
+  ed "$TMP/foreign" topics
+  check "a foreign LMDB environment is refused" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "not an engram log" && has "$err" accounts'
+  ed "$TMP/foreign" append mp memory.saved --payload x --create
+  after=$(cd "$TMP/foreign" && ls -la --time-style=+ && cat ./* | md5sum)
+  check "and left unchanged" eval '[[ $rc == 1 && $before == "$after" ]]'
+fi
+# Read-only: a bind mount remounted read-only (root only).
+mkdir "$TMP/ro"
+if [[ $(id -u) == 0 ]] && mount --bind "$TMP/empty" "$TMP/ro" 2>/dev/null; then
+  if mount -o remount,bind,ro "$TMP/ro" 2>/dev/null; then
+    before=$(cd "$TMP/empty" && cat ./* | md5sum)
+    ed "$TMP/ro" append mp memory.saved --payload y
+    check "a write on a read-only mount says so" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "read-only"'
+    ed "$TMP/ro" read mp --json
+    check "read works on a read-only mount" eval '[[ $rc == 0 ]] && lines "$out" 1'
+    ed "$TMP/ro" topics
+    check "topics works on a read-only mount" eval '[[ $rc == 0 ]] && has "$out" mp'
+    ed "$TMP/ro" stat
+    check "stat works on a read-only mount (no groups yet)" eval '[[ $rc == 0 ]]'
+    ed "$TMP/ro" verify
+    check "verify works on a read-only mount" eval '[[ $rc == 0 ]] && has "$out" "0 damaged"'
+    ed "$TMP/ro" backup "$TMP/rocopy"
+    check "backup works on a read-only mount" eval '[[ $rc == 0 ]]'
+  fi
+  umount -l "$TMP/ro"
+fi
+# Without write access (permission bits stop only an unprivileged user).
+if [[ $(id -u) != 0 ]]; then
+  chmod 444 "$TMP/empty/lock.mdb" && chmod 555 "$TMP/empty"
+  ed "$TMP/empty" append mp memory.saved --payload y
+  check "a write without write access says so" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "may not write"'
+  ed "$TMP/empty" read mp --json
+  check "read works without write access" eval '[[ $rc == 0 ]] && lines "$out" 1'
+  chmod 755 "$TMP/empty" && chmod 644 "$TMP/empty/lock.mdb"
+fi
+# The same with a group, a finished event and a dead one.
+ed "$TMP/empty" append mp memory.saved --payload z
+ed "$TMP/empty" group create mp g
+ed "$TMP/empty" consume mp g --consumer w --count 1
+ed "$TMP/empty" consume mp g --consumer w --no-ack
+ed "$TMP/empty" reject mp g 2 --reason "bad text" --attempt 1
+check "a group with a dead event to read" eval '[[ $rc == 0 ]]'
+if [[ $(id -u) == 0 ]] && mount --bind "$TMP/empty" "$TMP/ro" 2>/dev/null; then
+  if mount -o remount,bind,ro "$TMP/ro" 2>/dev/null; then
+    before=$(cd "$TMP/empty" && cat ./* | md5sum)
+    ed "$TMP/ro" stat --json
+    check "stat shows the group on a read-only mount" eval '[[ $rc == 0 ]] && has "$out" "\"groups\":[{"'
+    ed "$TMP/ro" status mp g 1 --json
+    check "status works on a read-only mount" eval '[[ $rc == 0 ]] && has "$out" offset'
+    ed "$TMP/ro" dlq list mp g --json
+    check "dlq list works on a read-only mount" eval '[[ $rc == 0 ]] && has "$out" "bad text"'
+    ed "$TMP/ro" dlq show mp g 2 --json
+    check "dlq show works on a read-only mount" eval '[[ $rc == 0 ]] && has "$out" "\"event\":{"'
+    ed "$TMP/ro" group list mp
+    check "group list works on a read-only mount" eval '[[ $rc == 0 ]] && has "$out" g'
+    ed "$TMP/ro" dlq redrive mp g
+    check "dlq redrive on a read-only mount says why it cannot" eval '[[ $rc == 1 ]] && one_line_err && has "$err" read-only'
+    ed "$TMP/ro" backup "$TMP/rocopy2"
+    check "backup works on a read-only mount" eval '[[ $rc == 0 ]]'
+    after=$(cd "$TMP/empty" && cat ./* | md5sum)
+    check "reading a read-only mount changed no file" eval '[[ $before == "$after" ]]'
+  fi
+  umount -l "$TMP/ro"
+fi
 
 echo "test-cli: $((checks - fails)) of $checks checks passed"
 ((fails == 0))

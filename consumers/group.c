@@ -372,7 +372,9 @@ int engram_group_list(engram *log, const char *topic, engram_group_info **out, s
     return log_error(log, ENGRAM_EINVAL, "group list: invalid topic name");
   cg_dbs d;
   int rc = cg_dbs_get(log, &d);
-  if (rc) return rc;
+  /* Only a read-only handle gets ENOTFOUND here: no group was ever made in this log. */
+  int none = rc == ENGRAM_ENOTFOUND;
+  if (rc && !none) return rc;
   MDB_txn *txn;
   if ((rc = log_read_begin(log, &txn))) return rc;
   if (topic) {
@@ -381,6 +383,11 @@ int engram_group_list(engram *log, const char *topic, engram_group_info **out, s
       log_read_end(log, txn);
       return rc;
     }
+  }
+  if (none) {
+    log_read_end(log, txn);
+    log_error_clear(log);
+    return 0;
   }
   MDB_cursor *c;
   if ((rc = mdb_cursor_open(txn, d.groups, &c))) {

@@ -145,12 +145,38 @@ typedef struct engram_options {
 } engram_options;
 
 #define ENGRAM_OPEN_NOCREATE 0x1 /* fail with ENGRAM_ENOTFOUND if the log does not exist */
+/* Open for reading only (implies NOCREATE). The environment is opened with LMDB's
+ * MDB_RDONLY: data.mdb is never written, and every call that would write (append, group
+ * changes, acks, topic create/drop ...) fails with ENGRAM_ENOTSUP. LMDB still keeps its
+ * reader table in lock.mdb when it may write it; on a read-only file system it uses
+ * none, and when this user may not write lock.mdb (EACCES) the log is opened with
+ * MDB_NOLOCK. Without the reader table a writer in another process can reuse pages a
+ * read is looking at: read such a log while nobody writes it (a copy, a stopped
+ * daemon's directory), or expect ENGRAM_ECORRUPT from reads that met a rewrite. A
+ * database no writer ever made reads as absent (no groups yet: an empty group list,
+ * ENGRAM_ENOTFOUND for a group). A log never opened read-write since creation by an
+ * older build cannot be opened read-only (ENGRAM_ENOTSUP). See docs/storage.md. */
+#define ENGRAM_OPEN_RDONLY 0x2
 
-/* Opens (creating if missing, crash-safely) the log in directory `path`. On success
- * *out is a handle the caller closes with engram_close(). Clears stale reader slots
- * left by dead processes. Errors: EINVAL (path, or an option out of range: a duration
- * over its ENGRAM_MAX_*_MS, max_topics over 100000), ENOTFOUND (NOCREATE and no
- * log), EVERSION (other on-disk format), ECORRUPT, EIO, ENOSPC, ENOMEM. */
+/* Opens (creating if missing, crash-safely) the log in directory `path`; trailing
+ * slashes are ignored. A missing or empty directory gets a new log (built beside it in
+ * "<path>.creating.<pid>.<n>" and renamed into place; such leftovers of a creator that
+ * died are removed by later opens). What the directory holds is checked before
+ * anything is written: an environment that is not an engram log is left byte-for-byte
+ * unchanged. On success *out is a handle the caller closes with engram_close(). Clears
+ * stale reader slots left by dead processes. On failure engram_errmsg(NULL) names what
+ * is wrong and what to do. Errors:
+ *   EINVAL    path or options invalid
+ *   ENOTFOUND no log there (NOCREATE or RDONLY), or the parent directory is missing
+ *   EEXIST    the path is a file, a directory holding other files, a directory whose
+ *             data.mdb is not a file, or another program's LMDB environment
+ *   ECORRUPT  data.mdb is empty, truncated, not an LMDB file, or lacks engram's format
+ *             record
+ *   EVERSION  another on-disk format or LMDB version
+ *   EDENIED   the user may not write the directory or lock.mdb, or the file system is
+ *             read-only: open with ENGRAM_OPEN_RDONLY to read
+ *   ENOTSUP   RDONLY on a log that lacks databases only a read-write open adds
+ *   EIO, ENOSPC, ENOMEM */
 ENGRAM_API int engram_open(const char *path, const engram_options *opts, engram **out);
 
 /* Flushes what is still pending and closes. Accepts NULL. */
@@ -158,7 +184,8 @@ ENGRAM_API void engram_close(engram *log);
 
 /* The message of the last error of the calling thread on this handle, with context
  * ("append memory: payload 2097152 bytes over limit 1048576"); "" when none. Valid until
- * the next call on the handle from this thread. */
+ * the next call on the handle from this thread. With log NULL: the message of the
+ * calling thread's last failed engram_open() or engram_connect(). */
 ENGRAM_API const char *engram_errmsg(const engram *log);
 
 /* Forces everything committed so far to disk (useful in nometasync/async modes). */

@@ -303,6 +303,11 @@ static void lead(engram *log) {
 }
 
 int log_job_enqueue(engram *log, struct log_job *job) {
+  if (log->env_flags & MDB_RDONLY)
+    return log_error(log, ENGRAM_ENOTSUP,
+                     "write: the log %s is open read-only: open it read-write (as a user who "
+                     "may write it, on a writable file system) to change it",
+                     log->path);
   if (log->owner_pid != getpid())
     return log_error(log, ENGRAM_EINVAL,
                      "write: handle used in a child after fork; open a new one");

@@ -2,11 +2,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log/log_private.h"
@@ -125,6 +127,85 @@ int log_rmtree(const char *path) {
   return rmdir(path) == 0 ? 0 : -errno;
 }
 
+/* The path a log is known by: trailing slashes stripped ("logs/a/" is "logs/a") and a
+ * last component "." or ".." resolved, so that the temporary directory of a creation,
+ * named after the path, lands beside the target and never inside it. */
+static int norm_path(const char *in, char *out, size_t cap) {
+  size_t n = strlen(in);
+  while (n > 1 && in[n - 1] == '/') n--;
+  if (n >= cap) return -1;
+  memcpy(out, in, n);
+  out[n] = '\0';
+  const char *base = strrchr(out, '/');
+  base = base ? base + 1 : out;
+  if (strcmp(base, ".") && strcmp(base, "..")) return 0;
+  char *real = realpath(out, NULL);
+  if (!real) return 0; /* reported by the checks that follow */
+  int fits = strlen(real) < cap;
+  if (fits) snprintf(out, cap, "%s", real);
+  free(real);
+  return fits ? 0 : -1;
+}
+
+/* errno of a failed file operation while opening, as an engram code: a read-only file
+ * system refuses access like a permission does. */
+static int open_errno(int e) { return e == EROFS ? ENGRAM_EDENIED : err_from_errno(e); }
+
+/* What to do about a failed file operation while opening. */
+static const char *open_advice(int e) {
+  switch (e) {
+    case EROFS:
+      return "the file system is read-only: only reading is possible (engram's read "
+             "commands and ENGRAM_OPEN_RDONLY open the log read-only)";
+    case EACCES:
+    case EPERM:
+      return "this user may not write there: run as the log's owner; reading works "
+             "read-only (engram's read commands, ENGRAM_OPEN_RDONLY)";
+    case ENOSPC:
+    case EDQUOT:
+      return "the disk is full: free space and retry";
+    case ENOTDIR:
+      return "a component of the path is a file, not a directory";
+    default:
+      return "check the directory and the disk";
+  }
+}
+
+/* Creation leaves "<path>.creating.<pid>.<hex>" beside the target while it runs (a few
+ * milliseconds). One whose creator is gone (crashed, or killed) is removed: a creator is
+ * gone when its process no longer exists and the directory is over a minute old (a
+ * creator in another PID namespace looks dead to kill(); the minute keeps its work safe),
+ * or, for a process id reused since, when the directory is older than any creation can
+ * take. */
+#define STALE_DEAD_S 60
+#define STALE_CREATING_S (10 * 60)
+
+static void clear_stale_creating(const char *path) {
+  char parent[4096];
+  if (parent_dir(path, parent, sizeof parent) < 0) return;
+  const char *base = strrchr(path, '/');
+  base = base ? base + 1 : path;
+  size_t blen = strlen(base);
+  DIR *d = opendir(parent);
+  if (!d) return;
+  struct dirent *e;
+  time_t now = time(NULL);
+  while ((e = readdir(d)) != NULL) {
+    if (strncmp(e->d_name, base, blen) || strncmp(e->d_name + blen, ".creating.", 10)) continue;
+    char *end;
+    long pid = strtol(e->d_name + blen + 10, &end, 10);
+    if (end == e->d_name + blen + 10 || *end != '.' || pid <= 0) continue;
+    char sub[8300];
+    snprintf(sub, sizeof sub, "%s/%s", parent, e->d_name);
+    struct stat st;
+    if (lstat(sub, &st) < 0 || !S_ISDIR(st.st_mode)) continue;
+    int dead = kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+    long age = (long)(now - st.st_mtime);
+    if ((dead && age > STALE_DEAD_S) || age > STALE_CREATING_S) log_rmtree(sub);
+  }
+  closedir(d);
+}
+
 static unsigned int env_flags_for(engram_durability d) {
   unsigned int f = MDB_NOTLS | MDB_NORDAHEAD;
   if (d == ENGRAM_DURABILITY_ASYNC)
@@ -136,42 +217,214 @@ static unsigned int env_flags_for(engram_durability d) {
 
 /* LMDB maps lock.mdb and writes through the mapping; on a full disk (tmpfs especially)
  * touching an unbacked page of it kills the process with SIGBUS. Allocating the file's
- * blocks first turns that into a clean ENOSPC. */
+ * blocks first turns that into a clean ENOSPC. Returns 0 or -errno. */
 static int prepare_lockfile(const char *dir) {
   char f[4200];
   snprintf(f, sizeof f, "%s/lock.mdb", dir);
   int fd = open(f, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return err_from_errno(errno);
+  if (fd < 0) return -errno;
   int rc = posix_fallocate(fd, 0, 128 * 1024);
   close(fd);
-  return rc ? err_from_errno(rc) : 0;
+  return rc ? -rc : 0;
 }
 
-static int env_make(const char *dir, const engram_options *o, unsigned int flags, MDB_env **out) {
-  MDB_env *env;
-  int prc = prepare_lockfile(dir);
-  if (prc) return prc;
-  int rc = mdb_env_create(&env);
-  if (rc) return log_err_mdb(rc);
-  mdb_env_set_maxdbs(env, o->max_topics + 32);
-  mdb_env_set_maxreaders(env, 512);
-  rc = mdb_env_set_mapsize(env, o->map_size);
-  if (!rc) rc = mdb_env_open(env, dir, flags, 0644);
-  if (rc) {
-    mdb_env_close(env);
-    return rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH ? log_err_mdb(rc) : log_err_mdb(rc);
+/* The message of an LMDB environment that would not open; returns the engram code. */
+static int env_open_error(const char *dir, int rc) {
+  if (rc == MDB_INVALID)
+    return log_error(NULL, ENGRAM_ECORRUPT,
+                     "open %s: %s/data.mdb is not an LMDB data file (damaged, or not a log): "
+                     "restore the log from a backup, or move the directory aside",
+                     dir, dir);
+  if (rc == MDB_VERSION_MISMATCH)
+    return log_error(NULL, ENGRAM_EVERSION,
+                     "open %s: %s/data.mdb was made by an incompatible LMDB version: open it "
+                     "with the engram build that wrote it",
+                     dir, dir);
+  if (rc > 0)
+    return log_error(NULL, open_errno(rc), "open %s: %s: %s", dir, strerror(rc), open_advice(rc));
+  return log_error(NULL, log_err_mdb(rc), "open %s: %s", dir, mdb_strerror(rc));
+}
+
+/* Opens the environment in `dir` with *flags. A read-write open first makes sure it may
+ * write lock.mdb (see prepare_lockfile). A read-only open (MDB_RDONLY) lets LMDB use the
+ * lock file as it documents: written when it can be, skipped on a read-only file system;
+ * when the user may not write it (EACCES), the environment is opened with MDB_NOLOCK,
+ * LMDB's other pure read-only mode, and *flags says so. */
+static int env_make(const char *dir, const engram_options *o, unsigned int *flags, MDB_env **out) {
+  if (!(*flags & MDB_RDONLY)) {
+    int prc = prepare_lockfile(dir);
+    if (prc)
+      return log_error(NULL, open_errno(-prc), "open %s: cannot write %s/lock.mdb: %s: %s", dir,
+                       dir, strerror(-prc), open_advice(-prc));
   }
-  *out = env;
+  for (;;) {
+    MDB_env *env;
+    int rc = mdb_env_create(&env);
+    if (rc) return env_open_error(dir, rc);
+    mdb_env_set_maxdbs(env, o->max_topics + 32);
+    mdb_env_set_maxreaders(env, 512);
+    rc = mdb_env_set_mapsize(env, o->map_size);
+    if (!rc) rc = mdb_env_open(env, dir, *flags, 0644);
+    if (rc == 0) {
+      *out = env;
+      return 0;
+    }
+    mdb_env_close(env);
+    if ((rc == EACCES || rc == EPERM) && (*flags & MDB_RDONLY) && !(*flags & MDB_NOLOCK)) {
+      *flags |= MDB_NOLOCK;
+      continue;
+    }
+    return env_open_error(dir, rc);
+  }
+}
+
+/* Checks engram's format record in the meta database, inside a transaction of the
+ * caller's. Returns 0 or an error with its message set. */
+static int check_format(const char *dir, MDB_txn *txn, MDB_dbi meta) {
+  MDB_val k = {14, "format_version"}, v;
+  int rc = mdb_get(txn, meta, &k, &v);
+  MDB_stat ms;
+  if (rc && mdb_stat(txn, meta, &ms) == 0 && ms.ms_entries == 0)
+    return log_error(NULL, ENGRAM_ECORRUPT,
+                     "open %s: an empty environment without engram's format record, left by a "
+                     "creation that went wrong in an older build: it holds no events; remove "
+                     "%s/data.mdb and %s/lock.mdb to make a new log there",
+                     dir, dir, dir);
+  if (rc || v.mv_size != 4)
+    return log_error(NULL, ENGRAM_ECORRUPT,
+                     "open %s: the meta database has no engram format record: a damaged log "
+                     "or not an engram log; restore the log from a backup",
+                     dir);
+  if (be32_get(v.mv_data) != ENGRAM_FORMAT_VERSION)
+    return log_error(NULL, ENGRAM_EVERSION,
+                     "open %s: on-disk format %u, this build reads %u: open it with an engram "
+                     "build of format %u",
+                     dir, be32_get(v.mv_data), ENGRAM_FORMAT_VERSION, be32_get(v.mv_data));
   return 0;
 }
 
-/* Writes the meta records of a brand-new log and forces them to disk. */
+/* The error for an environment with no engram meta database: names a few of its
+ * databases so the user recognises whose it is. */
+static int foreign_error(const char *dir, MDB_txn *txn) {
+  char names[160] = "";
+  size_t used = 0;
+  MDB_dbi main;
+  MDB_cursor *c;
+  if (mdb_dbi_open(txn, NULL, 0, &main) == 0 && mdb_cursor_open(txn, main, &c) == 0) {
+    MDB_val k, v;
+    int op = MDB_FIRST, n = 0;
+    while (n < 4 && mdb_cursor_get(c, &k, &v, op) == 0) {
+      op = MDB_NEXT;
+      size_t len = k.mv_size < 32 ? k.mv_size : 32;
+      int printable = len > 0;
+      for (size_t i = 0; i < len; i++)
+        if (((const unsigned char *)k.mv_data)[i] < 0x20 ||
+            ((const unsigned char *)k.mv_data)[i] > 0x7e)
+          printable = 0;
+      if (!printable) continue;
+      int w = snprintf(names + used, sizeof names - used, "%s%.*s%s", n ? ", " : "", (int)len,
+                       (const char *)k.mv_data, len < k.mv_size ? "..." : "");
+      if (w < 0 || (size_t)w >= sizeof names - used) break;
+      used += (size_t)w;
+      n++;
+    }
+    mdb_cursor_close(c);
+  }
+  return log_error(NULL, ENGRAM_EEXIST,
+                   "open %s: the directory holds an LMDB environment that is not an engram log "
+                   "(no engram meta database%s%s): it was left unchanged; give engram a new or "
+                   "empty directory",
+                   dir, *names ? "; it holds: " : "", names);
+}
+
+/* Decides, without writing a byte, whether `dir` holds an engram log of this format:
+ * the environment is opened MDB_RDONLY | MDB_NOLOCK, so neither data.mdb nor lock.mdb
+ * (nor its absence) is touched, which matters when the directory is someone else's.
+ * Holding no reader slot, the read could meet pages a writer reuses, which needs two
+ * commits after the one read: it is retried when the environment moved on that far.
+ * Returns 0 for an engram log, ENGRAM_ENOTFOUND (no message) when there is no
+ * data.mdb, else an error with its message set. */
+static int probe(const char *dir) {
+  char f[4200];
+  snprintf(f, sizeof f, "%s/data.mdb", dir);
+  struct stat st;
+  if (stat(f, &st) < 0) {
+    int e = errno;
+    if (e == ENOENT) return ENGRAM_ENOTFOUND;
+    return log_error(NULL, open_errno(e), "open %s: cannot reach %s: %s: %s", dir, f, strerror(e),
+                     open_advice(e));
+  }
+  if (S_ISDIR(st.st_mode))
+    return log_error(NULL, ENGRAM_EEXIST,
+                     "open %s: %s is a directory, not a data file: this is not an engram log; "
+                     "give engram a new or empty directory",
+                     dir, f);
+  if (!S_ISREG(st.st_mode))
+    return log_error(NULL, ENGRAM_EEXIST,
+                     "open %s: %s is not a regular file: this is not an engram log; give "
+                     "engram a new or empty directory",
+                     dir, f);
+  if (st.st_size == 0)
+    return log_error(NULL, ENGRAM_ECORRUPT,
+                     "open %s: %s is empty (0 bytes): not a log, or a copy that was cut short; "
+                     "restore the log from a backup, or move the directory aside to make a new "
+                     "log there",
+                     dir, f);
+  for (int tries = 0;; tries++) {
+    MDB_env *env;
+    int rc = mdb_env_create(&env);
+    if (rc) return env_open_error(dir, rc);
+    mdb_env_set_maxdbs(env, 4);
+    rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOLOCK | MDB_NOTLS | MDB_NORDAHEAD, 0644);
+    if (rc) {
+      mdb_env_close(env);
+      return env_open_error(dir, rc);
+    }
+    MDB_envinfo info;
+    MDB_stat ms;
+    mdb_env_info(env, &info);
+    mdb_env_stat(env, &ms);
+    if ((uint64_t)(info.me_last_pgno + 1) * ms.ms_psize > (uint64_t)st.st_size) {
+      mdb_env_close(env);
+      return log_error(NULL, ENGRAM_ECORRUPT,
+                       "open %s: %s is truncated (%lld bytes, its pages need %llu): restore the "
+                       "log from a backup",
+                       dir, f, (long long)st.st_size,
+                       (unsigned long long)(info.me_last_pgno + 1) * ms.ms_psize);
+    }
+    MDB_txn *txn;
+    rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+    if (rc) {
+      mdb_env_close(env);
+      return env_open_error(dir, rc);
+    }
+    size_t seen = mdb_txn_id(txn);
+    MDB_dbi meta;
+    int mrc = mdb_dbi_open(txn, LOG_DB_META, 0, &meta);
+    if (mrc == 0)
+      rc = check_format(dir, txn, meta);
+    else if (mrc == MDB_NOTFOUND || mrc == MDB_INCOMPATIBLE)
+      rc = foreign_error(dir, txn);
+    else
+      rc = env_open_error(dir, mrc);
+    mdb_txn_abort(txn);
+    mdb_env_info(env, &info);
+    mdb_env_close(env);
+    if (info.me_last_txnid <= seen + 1 || tries >= 8) return rc;
+  }
+}
+
+/* Writes the meta records and the log's own databases of a brand-new log and forces
+ * them to disk. */
 static int meta_init(MDB_env *env, int64_t now) {
   MDB_txn *txn;
   MDB_dbi dbi;
   int rc = mdb_txn_begin(env, NULL, 0, &txn);
   if (rc) return log_err_mdb(rc);
-  rc = mdb_dbi_open(txn, LOG_DB_META, MDB_CREATE, &dbi);
+  const char *own[] = {LOG_DB_TOPICS, LOG_DB_IDEM, LOG_DB_DICTS};
+  for (size_t i = 0; !rc && i < sizeof own / sizeof own[0]; i++)
+    rc = mdb_dbi_open(txn, own[i], MDB_CREATE, &dbi);
+  if (!rc) rc = mdb_dbi_open(txn, LOG_DB_META, MDB_CREATE, &dbi);
   unsigned char ver[4], id[16], ts[8];
   be32_put(ver, ENGRAM_FORMAT_VERSION);
   int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
@@ -201,69 +454,117 @@ static int meta_init(MDB_env *env, int64_t now) {
 
 /* Creates a log crash-safely: build it in a temporary directory beside the target, force
  * it and the directory to disk, then rename it into place. A crash leaves either no log
- * or a complete one (plus, at worst, a stray temporary directory). */
+ * or a complete one (plus, at worst, a temporary directory that a later open removes).
+ * When the rename finds the target no longer empty, another process may have created
+ * the log first: that counts as success only if what is there now is an engram log.
+ * Returns 0 or an error with its message set. */
 static int log_create(const char *path, const engram_options *o, int64_t now) {
   char parent[4096], tmp[4200];
-  if (parent_dir(path, parent, sizeof parent) < 0) return ENGRAM_EINVAL;
+  if (parent_dir(path, parent, sizeof parent) < 0)
+    return log_error(NULL, ENGRAM_EINVAL, "open %s: path too long", path);
   snprintf(tmp, sizeof tmp, "%s.creating.%ld.%lx", path, (long)getpid(),
            (unsigned long)(clock_monotonic_ns() & 0xffffffff));
-  if (mkdir(tmp, 0755) < 0) return err_from_errno(errno);
+  if (mkdir(tmp, 0755) < 0) {
+    int e = errno;
+    return log_error(NULL, open_errno(e), "open %s: cannot create a log in %s: %s: %s", path,
+                     parent, strerror(e), open_advice(e));
+  }
   MDB_env *env;
-  int rc = env_make(tmp, o, MDB_NOTLS, &env);
+  unsigned int flags = MDB_NOTLS;
+  int rc = env_make(tmp, o, &flags, &env);
   if (rc == 0) {
     rc = meta_init(env, now);
     mdb_env_close(env);
+    if (rc) rc = log_error(NULL, rc, "open %s: cannot create: %s", path, engram_strerror(rc));
   }
   char f[4300];
+  int frc;
   snprintf(f, sizeof f, "%s/data.mdb", tmp);
-  if (rc == 0 && fsync_path(f, O_RDONLY) < 0) rc = ENGRAM_EIO;
+  if (rc == 0 && (frc = fsync_path(f, O_RDONLY)) < 0)
+    rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush the new log: %s", path,
+                   strerror(-frc));
   snprintf(f, sizeof f, "%s/lock.mdb", tmp);
   unlink(f); /* the lock file is recreated at open; it holds no data */
-  if (rc == 0 && fsync_path(tmp, O_RDONLY | O_DIRECTORY) < 0) rc = ENGRAM_EIO;
+  if (rc == 0 && (frc = fsync_path(tmp, O_RDONLY | O_DIRECTORY)) < 0)
+    rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush the new log: %s", path,
+                   strerror(-frc));
   if (rc == 0 && rename(tmp, path) < 0) {
-    /* Another process created it first: theirs wins. */
-    rc = (errno == EEXIST || errno == ENOTEMPTY) ? 0 : err_from_errno(errno);
+    int e = errno;
+    if (e == EEXIST || e == ENOTEMPTY) {
+      rc = probe(path);
+      if (rc == ENGRAM_ENOTFOUND)
+        rc = log_error(NULL, ENGRAM_EEXIST,
+                       "open %s: files appeared in the directory while the log was being "
+                       "created, and they are no log: give engram a new or empty directory",
+                       path);
+    } else {
+      rc = log_error(NULL, open_errno(e), "open %s: cannot move the new log into place: %s: %s",
+                     path, strerror(e), open_advice(e));
+    }
   }
-  if (rc == 0 && fsync_path(parent, O_RDONLY | O_DIRECTORY) < 0) rc = ENGRAM_EIO;
+  if (rc == 0 && (frc = fsync_path(parent, O_RDONLY | O_DIRECTORY)) < 0)
+    rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush %s: %s", path, parent,
+                   strerror(-frc));
   log_rmtree(tmp);
   return rc;
 }
 
-static int read_meta(engram *log) {
-  MDB_txn *txn;
-  int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, &txn);
-  if (rc) return log_err_mdb(rc);
-  MDB_val k = {14, "format_version"}, v;
-  rc = mdb_get(txn, log->db_meta, &k, &v);
-  int out = 0;
-  if (rc || v.mv_size != 4)
-    out =
-        log_error(log, ENGRAM_ECORRUPT, "open %s: no format version: not an engram log", log->path);
-  else if (be32_get(v.mv_data) != ENGRAM_FORMAT_VERSION)
-    out = log_error(log, ENGRAM_EVERSION, "open %s: on-disk format %u, this build reads %u",
-                    log->path, be32_get(v.mv_data), ENGRAM_FORMAT_VERSION);
-  mdb_txn_abort(txn);
-  return out;
-}
-
+/* Opens the log's own databases. The format record is checked in a read transaction
+ * before anything else, so nothing is ever written into an environment that is not an
+ * engram log. The other databases exist from creation on; a write transaction makes
+ * them only for a log created by an older build and never opened since. */
 static int open_core_dbs(engram *log) {
   MDB_txn *txn;
-  int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
-  if (rc) return log_err_mdb(rc);
+  int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, &txn);
+  if (rc) return env_open_error(log->path, rc);
+  rc = mdb_dbi_open(txn, LOG_DB_META, 0, &log->db_meta);
+  if (rc == MDB_NOTFOUND || rc == MDB_INCOMPATIBLE) {
+    rc = foreign_error(log->path, txn);
+    mdb_txn_abort(txn);
+    return rc;
+  }
+  if (rc == 0)
+    rc = check_format(log->path, txn, log->db_meta);
+  else
+    rc = env_open_error(log->path, rc);
+  if (rc) {
+    mdb_txn_abort(txn);
+    return rc;
+  }
   struct {
     const char *name;
     MDB_dbi *dbi;
-  } dbs[] = {{LOG_DB_META, &log->db_meta},
-             {LOG_DB_TOPICS, &log->db_topics},
+  } dbs[] = {{LOG_DB_TOPICS, &log->db_topics},
              {LOG_DB_IDEM, &log->db_idem},
              {LOG_DB_DICTS, &log->db_dicts}};
-  for (size_t i = 0; !rc && i < sizeof dbs / sizeof dbs[0]; i++)
-    rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
+  size_t n = sizeof dbs / sizeof dbs[0];
+  int missing = 0;
+  for (size_t i = 0; !rc && i < n; i++) {
+    rc = mdb_dbi_open(txn, dbs[i].name, 0, dbs[i].dbi);
+    if (rc == MDB_NOTFOUND) {
+      missing = 1;
+      rc = 0;
+    }
+  }
   if (rc) {
     mdb_txn_abort(txn);
-    return log_err_mdb(rc);
+    return env_open_error(log->path, rc);
   }
-  return log_err_mdb(mdb_txn_commit(txn));
+  if ((rc = mdb_txn_commit(txn))) return env_open_error(log->path, rc);
+  if (!missing) return 0;
+  if (log->env_flags & MDB_RDONLY)
+    return log_error(NULL, ENGRAM_ENOTSUP,
+                     "open %s read-only: this log has never been opened for writing and lacks "
+                     "databases a read needs: open it read-write once",
+                     log->path);
+  if ((rc = mdb_txn_begin(log->env, NULL, 0, &txn))) return env_open_error(log->path, rc);
+  for (size_t i = 0; !rc && i < n; i++) rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
+  if (rc) {
+    mdb_txn_abort(txn);
+    return env_open_error(log->path, rc);
+  }
+  if ((rc = mdb_txn_commit(txn))) return env_open_error(log->path, rc);
+  return 0;
 }
 
 /* Opens every named database that exists, so their handles are valid in every later
@@ -315,11 +616,50 @@ static void fill_defaults(engram_options *o) {
   if (!o->flush_interval_ms) o->flush_interval_ms = 1000;
 }
 
+/* Finds out what `path` holds before anything is opened for writing: 0 when it is an
+ * engram log, 1 when a new log should be made there, else an error with its message
+ * set. Nothing is written. */
+static int inspect_target(const char *path, const engram_options *o) {
+  int may_create = !(o->flags & (ENGRAM_OPEN_NOCREATE | ENGRAM_OPEN_RDONLY));
+  struct stat st;
+  if (stat(path, &st) < 0) {
+    int e = errno;
+    if (e == ENOENT) {
+      char parent[4096];
+      if (parent_dir(path, parent, sizeof parent) == 0 && stat(parent, &st) < 0)
+        return log_error(NULL, ENGRAM_ENOTFOUND,
+                         "open %s: the parent directory %s does not exist: create it first "
+                         "(mkdir -p %s)",
+                         path, parent, parent);
+      if (!may_create) return log_error(NULL, ENGRAM_ENOTFOUND, "open %s: no log there", path);
+      return 1;
+    }
+    return log_error(NULL, open_errno(e), "open %s: %s: %s", path, strerror(e), open_advice(e));
+  }
+  if (!S_ISDIR(st.st_mode))
+    return log_error(NULL, ENGRAM_EEXIST,
+                     "open %s: this is a file, not a log directory: give a directory (a missing "
+                     "or empty one makes a new log)",
+                     path);
+  int rc = probe(path);
+  if (rc != ENGRAM_ENOTFOUND) return rc;
+  int empty = dir_is_empty(path);
+  if (empty == 0)
+    return log_error(NULL, ENGRAM_EEXIST,
+                     "open %s: the directory holds other files and no log (no data.mdb): give "
+                     "engram a new or empty directory",
+                     path);
+  if (!may_create) return log_error(NULL, ENGRAM_ENOTFOUND, "open %s: no log there", path);
+  return 1;
+}
+
 int engram_open(const char *path, const engram_options *opts, engram **out) {
   if (!out) return log_error(NULL, ENGRAM_EINVAL, "open: out is NULL");
   *out = NULL;
-  if (!path || !*path || strlen(path) > 3800)
+  char norm[3900];
+  if (!path || !*path || strlen(path) > 3800 || norm_path(path, norm, sizeof norm) < 0)
     return log_error(NULL, ENGRAM_EINVAL, "open: invalid path");
+  path = norm;
   engram_options o = opts ? *opts : (engram_options){0};
   if ((unsigned)o.durability > ENGRAM_DURABILITY_ASYNC)
     return log_error(NULL, ENGRAM_EINVAL, "open %s: unknown durability mode %d", path,
@@ -335,26 +675,21 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
                      "open %s: flush_interval_ms %u over the limit of %u (1 hour)", path,
                      o.flush_interval_ms, ENGRAM_MAX_FLUSH_INTERVAL_MS);
   fill_defaults(&o);
+  int rdonly = (o.flags & ENGRAM_OPEN_RDONLY) != 0;
 
-  char f[4096];
-  snprintf(f, sizeof f, "%s/data.mdb", path);
-  struct stat st;
-  if (stat(f, &st) < 0) {
-    if (o.flags & ENGRAM_OPEN_NOCREATE)
-      return log_error(NULL, ENGRAM_ENOTFOUND, "open %s: no log there", path);
-    if (stat(path, &st) == 0 && (!S_ISDIR(st.st_mode) || dir_is_empty(path) != 1))
-      return log_error(NULL, ENGRAM_EEXIST,
-                       "open %s: exists and is not an empty directory or a log", path);
+  if (!rdonly) clear_stale_creating(path);
+  int rc = inspect_target(path, &o);
+  if (rc < 0) return rc;
+  if (rc == 1) {
     int64_t now = o.clock_ns ? o.clock_ns(o.clock_ctx) : clock_realtime_ns();
-    int rc = log_create(path, &o, now);
-    if (rc) return log_error(NULL, rc, "open %s: cannot create: %s", path, engram_strerror(rc));
+    if ((rc = log_create(path, &o, now))) return rc;
   }
 
   engram *log = calloc(1, sizeof *log);
   if (!log) return log_error(NULL, ENGRAM_ENOMEM, "open: out of memory");
   log->path = strdup(path);
   log->opts = o;
-  log->env_flags = env_flags_for(o.durability);
+  log->env_flags = env_flags_for(o.durability) | (rdonly ? MDB_RDONLY : 0);
   pthread_rwlock_init(&log->map_lock, NULL);
   pthread_mutex_init(&log->aux_mu, NULL);
   pthread_mutex_init(&log->dbi_mu, NULL);
@@ -367,34 +702,30 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
   pthread_cond_init(&log->flush_cv, &ca);
   pthread_condattr_destroy(&ca);
   log->owner_pid = getpid();
-
-  int rc = env_make(path, &o, log->env_flags, &log->env);
-  if (rc) {
-    rc = log_error(log, rc, "open %s: %s", path, engram_strerror(rc));
+  if (!log->path) {
+    rc = log_error(NULL, ENGRAM_ENOMEM, "open: out of memory");
     goto fail;
   }
+
+  if ((rc = env_make(path, &o, &log->env_flags, &log->env))) goto fail;
   int dead = 0;
   mdb_reader_check(log->env, &dead); /* clear slots of readers that died */
   /* The map may have grown in another process since the file was made. */
   mdb_env_set_mapsize(log->env, 0);
-  rc = open_core_dbs(log);
-  if (rc) {
-    rc = log_error(log, rc, "open %s: %s", path, engram_strerror(rc));
-    goto fail;
-  }
-  rc = read_meta(log);
-  if (rc) goto fail;
+  if ((rc = open_core_dbs(log))) goto fail;
   rc = open_all_dbs(log);
   if (rc) {
     rc = log_error(log, rc, "open %s: %s", path, engram_strerror(rc));
     goto fail;
   }
-  rc = log_commit_start(log);
+  rc = rdonly ? 0 : log_commit_start(log);
   if (rc) {
     rc = log_error(log, rc, "open %s: cannot start flusher", path);
     goto fail;
   }
-  if (log_attach_hook) log_attach_hook(log);
+  /* A read-only handle commits nothing, and the notification board is a file it must
+   * not create. */
+  if (log_attach_hook && !rdonly) log_attach_hook(log);
   *out = log;
   log_error_clear(log);
   return 0;
@@ -437,6 +768,7 @@ void engram_close(engram *log) {
 int engram_sync(engram *log) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->sync(log);
+  if (log->env_flags & MDB_RDONLY) return 0; /* a read-only handle has written nothing */
   int rc = mdb_env_sync(log->env, 1);
   if (rc) return log_error(log, log_err_mdb(rc), "sync: %s", mdb_strerror(rc));
   pthread_mutex_lock(&log->mu);
@@ -556,6 +888,11 @@ int log_aux_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out)
   }
   pthread_mutex_unlock(&log->aux_mu);
   int rc = log_open_dbi(log, name, flags, out);
+  if (rc == ENGRAM_ENOTSUP && (log->env_flags & MDB_RDONLY))
+    return log_error(log, ENGRAM_ENOTFOUND,
+                     "read-only log %s holds no database %s: nothing of that kind was ever "
+                     "stored in it",
+                     log->path, name);
   if (rc) return rc;
   pthread_mutex_lock(&log->aux_mu);
   if (log->n_aux < LOG_MAX_AUX) {

@@ -154,6 +154,27 @@ def test_open_nocreate_on_a_missing_log_is_not_found(tmp_path):
         engram.open(str(tmp_path / "none"), create=False)
 
 
+def test_a_read_only_open_reads_and_refuses_writes(log_path):
+    with engram.open(log_path) as lg:
+        lg.append("t", "x.y", b"1")
+    data = os.path.join(log_path, "data.mdb")
+    before = open(data, "rb").read()
+    with engram.open(log_path, read_only=True) as ro:
+        assert ro.topic("t").count == 1
+        with pytest.raises(engram.NotSupported, match="read-only"):
+            ro.append("t", "x.y", b"2")
+        with pytest.raises(engram.InvalidArgument, match="read-only"):
+            engram.open(log_path)
+    assert open(data, "rb").read() == before
+
+
+def test_open_of_something_that_is_not_a_log_says_what_it_is(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(engram.AlreadyExists, match="is a file, not a log directory"):
+        engram.open(str(f))
+
+
 def test_durability_modes_open(tmp_path):
     for mode in ("sync", "nometasync", "async"):
         with engram.open(str(tmp_path / mode), durability=mode, flush_interval=0.1) as lg:

@@ -1383,7 +1383,11 @@ static PyObject *mod_open(PyObject *m, PyObject *args, PyObject *kw) {
   Py_BEGIN_ALLOW_THREADS rc = engram_open(path, &o, &h);
   Py_END_ALLOW_THREADS if (rc < 0) {
     char msg[MSG_MAX];
-    snprintf(msg, sizeof msg, "open %s: %s", path, engram_strerror(rc));
+    const char *m = engram_errmsg(NULL); /* names what is wrong and what to do */
+    if (*m)
+      snprintf(msg, sizeof msg, "%s", m);
+    else
+      snprintf(msg, sizeof msg, "open %s: %s", path, engram_strerror(rc));
     return raise_code(rc, msg);
   }
   return (PyObject *)log_new(h);
@@ -1515,6 +1519,7 @@ PyMODINIT_FUNC PyInit__engram(void) {
   INT("DURABILITY_NOMETASYNC", ENGRAM_DURABILITY_NOMETASYNC);
   INT("DURABILITY_ASYNC", ENGRAM_DURABILITY_ASYNC);
   INT("OPEN_NOCREATE", ENGRAM_OPEN_NOCREATE);
+  INT("OPEN_RDONLY", ENGRAM_OPEN_RDONLY);
   INT("TOPIC_NO_DICT", ENGRAM_TOPIC_NO_DICT);
   INT("GROUP_KEY_ORDERED", ENGRAM_GROUP_KEY_ORDERED);
   INT("START_EARLIEST", ENGRAM_START_EARLIEST);

@@ -1078,13 +1078,18 @@ class Transaction:
 def open(path: Union[str, os.PathLike], *, durability: str = "sync", map_size: Optional[int] = None,
          max_topics: Optional[int] = None, dedup_window: Optional[Duration] = None,
          flush_interval: Optional[Duration] = None, create: bool = True,
-         create_topics: bool = True) -> Log:
+         create_topics: bool = True, read_only: bool = False) -> Log:
     """Opens (creating unless ``create=False``) the log in directory ``path``.
 
     ``durability``: "sync" (default; a write returns once on disk), "nometasync" (a power
     cut may lose the newest commit) or "async" (may lose the last ``flush_interval``).
-    ``create_topics``: appends and groups create missing topics. Opening a directory
-    that this process already has open shares that handle (an LMDB rule)."""
+    ``create_topics``: appends and groups create missing topics. ``read_only``: open an
+    existing log for reading only (ENGRAM_OPEN_RDONLY: works on a read-only mount or a
+    directory this user may not write; every write raises :class:`NotSupported`; see
+    docs/storage.md). Opening a directory that this process already has open shares that
+    handle (an LMDB rule): a read-write handle serves a read-only request as is, and a
+    read-write request while the directory is open read-only raises
+    :class:`InvalidArgument`."""
     p = os.fspath(path)
     if not isinstance(p, str):
         raise TypeError("path must be str or os.PathLike[str]")
@@ -1103,15 +1108,20 @@ def open(path: Union[str, os.PathLike], *, durability: str = "sync", map_size: O
         kw["flush_interval_ms"] = _ms(flush_interval, "flush_interval")
     if not create:
         kw["flags"] = _engram.OPEN_NOCREATE
+    if read_only:
+        kw["flags"] = _engram.OPEN_NOCREATE | _engram.OPEN_RDONLY
     key = os.path.realpath(p)
     with _shared_lock:
         ent = _shared.get(key)
         if ent is not None and ent[0].closed:
             del _shared[key]  # inherited through fork, or closed underneath
             ent = None
+        if ent is not None and ent[2] and not read_only:
+            raise InvalidArgument(f"open {p}: already open read-only in this process; close "
+                                  "that handle first")
         if ent is None:
             h = _engram.open(p, **kw)
-            ent = _shared[key] = [h, 0]
+            ent = _shared[key] = [h, 0, read_only]
         ent[1] += 1
         return Log(ent[0], path=key, create_topics=create_topics)
 
