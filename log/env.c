@@ -384,6 +384,10 @@ static int probe(const char *dir) {
     MDB_stat ms;
     mdb_env_info(env, &info);
     mdb_env_stat(env, &ms);
+    /* The size is taken after the meta page is read: a writer of another process grows
+     * the file before it writes the meta page that covers the new pages, so a file still
+     * shorter than that page says is cut short, not in the middle of a commit. */
+    if (stat(f, &st) < 0) st.st_size = 0;
     if ((uint64_t)(info.me_last_pgno + 1) * ms.ms_psize > (uint64_t)st.st_size) {
       mdb_env_close(env);
       return log_error(NULL, ENGRAM_ECORRUPT,
