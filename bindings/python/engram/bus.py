@@ -327,8 +327,6 @@ class EventBus:
             sub.stopped = True
             self._cv.notify_all()
         if not keep_group and sub.group is not None:
-            if sub.thread is not None and sub.thread is not threading.current_thread():
-                sub.thread.join(self.poll + 1.0)
             try:
                 sub.group.delete()
             except Error as e:
@@ -375,9 +373,13 @@ class EventBus:
     emit = publish
 
     def append(self, type: str, data: Any, *, headers: Dict[str, str], key: Optional[str] = None,
-               wait: Optional[float] = None, order: Optional[Callable[[Subscription], Any]] = None) -> int:
+               wait: Optional[float] = None, order: Optional[Callable[[Subscription], Any]] = None,
+               each: bool = False, idempotency_key: Optional[str] = None,
+               states: Optional[Dict[str, str]] = None) -> int:
         """Appends with the given headers (``id`` among them); with ``wait``, waits as
-        :meth:`publish` does. ``order`` sorts the subscribers for pool slots."""
+        :meth:`publish` does (``each``: ``wait`` seconds per subscriber, in order).
+        ``order`` sorts the subscribers for pool slots; ``states`` receives what
+        :meth:`wait_for` returned."""
         eid = headers.setdefault("id", uuid.uuid4().hex)
         exp = None
         if wait is not None:
@@ -389,10 +391,13 @@ class EventBus:
             with self._lock:
                 self._expect[eid] = exp
         try:
-            off = self.log.append(self.topic, type, data if data is not None else {}, headers=headers, key=key)
-            if exp is not None:
+            off = self.log.append(self.topic, type, data if data is not None else {}, headers=headers, key=key,
+                                  idempotency_key=idempotency_key)
+            if exp is not None and not getattr(off, "duplicate", False):
                 exp.offset = int(off)
-                self.wait_for(eid, wait)
+                got = self.wait_for(eid, wait, each=each)
+                if states is not None:
+                    states.update(got)
         finally:
             if exp is not None:
                 with self._lock:
@@ -556,26 +561,20 @@ class EventBus:
 
     def stop(self, grace: float = 5.0) -> None:
         """Stops the consumers: events fetched but not started go back at once, running
-        handlers get ``grace`` seconds (then their events are redelivered after ack_wait)."""
-        with self._lock:
+        handlers get ``grace`` seconds (then their events are redelivered after ack_wait).
+        Consumer threads waiting in a fetch end within ``poll`` seconds on their own."""
+        with self._cv:
             if not self._running:
                 return
             self._running = False
-            self._cv.notify_all()
-            threads = [s.thread for s in self._subs.values() if s.thread is not None]
-            heart = self._heart
-        me = threading.current_thread()
-        deadline = time.monotonic() + grace + self.poll
-        for t in threads:
-            if t is not me:
-                t.join(max(0.0, deadline - time.monotonic()))
-        if heart is not None and heart is not me:
-            heart.join(1.0)
-        with self._lock:
-            self._loop = None
             for s in self._subs.values():
-                if s.thread is not None and not s.thread.is_alive():
-                    s.thread = None
+                s.thread = None  # a thread that is not its subscriber's current one ends
+            self._cv.notify_all()
+            deadline = time.monotonic() + grace
+            while self._inflight and time.monotonic() < deadline:
+                self._cv.wait(deadline - time.monotonic())
+            self._heart = None
+            self._loop = None
 
     async def astop(self, grace: float = 5.0) -> None:
         """:meth:`stop` without blocking the event loop."""
@@ -617,7 +616,7 @@ class EventBus:
                 self.stop()
 
     def _start_consumer(self, sub: Subscription) -> None:
-        if sub.thread is not None and sub.thread.is_alive():
+        if sub.thread is not None:
             return
         sub.stopped = False
         sub.thread = threading.Thread(target=self._consume, args=(sub,), daemon=True,
@@ -626,14 +625,15 @@ class EventBus:
 
     def _heartbeat(self) -> None:
         """Renews the lease of every event a handler is running, every ack_wait/3."""
+        me = threading.current_thread()
         while True:
             with self._cv:
-                if not self._running:
+                if not self._running or self._heart is not me:
                     return
                 subs = [s for s in self._subs.values() if s.current is not None]
                 period = min([s.ack_wait / 3 for s in self._subs.values()] or [1.0])
                 self._cv.wait(max(0.05, min(period, 5.0)))
-                if not self._running:
+                if not self._running or self._heart is not me:
                     return
             for s in subs:
                 ev = s.current
@@ -646,9 +646,13 @@ class EventBus:
 
     def _consume(self, sub: Subscription) -> None:
         consumer = f"{self._consumer_prefix}-{sub.name}"[:200]
+        me = threading.current_thread()
         loop: Optional[asyncio.AbstractEventLoop] = None
+
+        def mine() -> bool:
+            return self._running and not sub.stopped and sub.thread is me
         try:
-            while self._running and not sub.stopped:
+            while mine():
                 try:
                     evs = sub.group.fetch(consumer, self.batch, wait=self.poll)
                 except Closed:
@@ -670,7 +674,7 @@ class EventBus:
                     self._inflight += 1
                 try:
                     for i, ev in enumerate(evs):
-                        if not self._running or sub.stopped:
+                        if not mine():
                             _release(evs[i:])
                             break
                         loop = self._handle(sub, ev, loop)

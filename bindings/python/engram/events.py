@@ -68,7 +68,8 @@ class EventManager:
         self._lock = threading.RLock()
         self._listeners: Dict[Tuple[str, Any], Subscription] = {}   # (event, callback) -> sub
         self._dispatchers: List[Any] = []
-        self._known: List[str] = list(MEMORY_EVENTS)
+        # Dispatcher methods are subscribed for these names (both spellings of each).
+        self._known: List[str] = list(MEMORY_EVENTS) + [method_name(e) for e in MEMORY_EVENTS]
 
     def __repr__(self) -> str:
         return f"<engram.EventManager {self.bus.topic} ({len(self._listeners)} listeners)>"
@@ -173,13 +174,9 @@ class EventManager:
             self.validator(event, data)
         if key is None and isinstance(data, dict) and isinstance(data.get("memory_id"), str):
             key = data["memory_id"]
-        headers: Dict[str, str] = {}
-        if idempotency_key is not None:
-            off = self.bus.log.append(self.bus.topic, event, data if data is not None else {}, key=key,
-                                      idempotency_key=idempotency_key)
-            return off
         w = wait if wait is not None else self.wait
-        return Offset(self.bus.append(event, data, headers=headers, key=key, wait=w if self.bus.running else None))
+        return self.bus.append(event, data, headers={}, key=key, idempotency_key=idempotency_key,
+                               wait=w if self.bus.running else None)
 
     # Convenience names for the four memory events.
     def on_memory_saved(self, data: Any, **kw: Any) -> Offset:

@@ -48,9 +48,9 @@ def check_address(addr: Union[str, IPAddress], *, what: str = "address") -> IPAd
             if emb is not None:
                 inner.append(emb)
     for a in inner:
-        kinds = [("loopback", a.is_loopback), ("private", a.is_private),
+        kinds = [("loopback", a.is_loopback), ("unspecified", a.is_unspecified), ("private", a.is_private),
                  ("link-local", a.is_link_local), ("multicast", a.is_multicast),
-                 ("reserved", a.is_reserved), ("unspecified", a.is_unspecified)]
+                 ("reserved", a.is_reserved)]
         if isinstance(a, ipaddress.IPv4Address):
             kinds.append(("shared", a in ipaddress.IPv4Network("100.64.0.0/10")))
         for name, hit in kinds:
