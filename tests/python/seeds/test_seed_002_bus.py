@@ -378,3 +378,22 @@ def test_an_event_whose_handler_was_sigkilled_is_handled_by_the_next_process(whe
         second.kill()
         second.wait()
     assert (out / "done").read_text() == "work.item\n"
+
+
+def test_native_event_bus_runs_async_subscribers(where):
+    # Issue 10 item 3: async def subscribers of engram.EventBus never ran, yet were acked.
+    import engram
+    bus = engram.EventBus(where.log, **where.kw())
+    seen = []
+
+    async def sub(e):
+        await asyncio.sleep(0)
+        seen.append((e.event_type, e.data["n"]))
+    bus.subscribe("a.*", sub)
+    bus.start()
+    try:
+        for n in range(2):
+            bus.publish("a.b", {"n": n}, wait=5)
+        assert seen == [("a.b", 0), ("a.b", 1)]
+    finally:
+        bus.close()

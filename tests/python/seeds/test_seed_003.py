@@ -335,3 +335,44 @@ def test_a_message_whose_handler_was_sigkilled_is_handled_by_the_next_process(wh
         second.kill()
         second.wait()
     assert (out / "done").read_text() == "s9\n"
+
+
+def test_native_tract_app_context_and_exact_first_order(where):
+    # Issue 10 item 10 on engram.TractApp: ctx.msg exists, ctx.app is the app's name,
+    # exact registrations start first.
+    from engram.tracts import TractApp
+    app = TractApp(where.log, workers=1, use_global_registry=False, **where.kw())
+    try:
+        order = []
+        for tract, event in [("*", "*"), ("*", "seen"), ("obs", "*"), ("obs", "seen")]:
+            app.on_event(tract, event, app="notes")(lambda ctx, k=(tract, event): order.append((k, ctx.app, ctx.msg)))
+        app.start()
+        app.emit("obs", "seen", {"n": 1}, wait=5)
+        assert [o[0] for o in order] == [("obs", "seen"), ("obs", "*"), ("*", "seen"), ("*", "*")]
+        assert all(o[1:] == ("notes", {"n": 1}) for o in order)
+    finally:
+        app.close()
+
+
+def test_native_discover_imports_handler_modules_only_and_goes_on(tmp_path, caplog):
+    from engram import tracts
+    from engram.tracts import TractApp
+    root = tmp_path / "nativeapps"
+    for d in ("", "alpha", "broken"):
+        (root / d).mkdir(exist_ok=True)
+        (root / d / "__init__.py").write_text("")
+    (root / "alpha" / "events.py").write_text(
+        "from engram.tracts import on_event\n@on_event('obs', 'seen')\ndef h(ctx):\n    pass\n")
+    (root / "alpha" / "views.py").write_text("raise RuntimeError('must not be imported')\n")
+    (root / "broken" / "handlers.py").write_text("raise ImportError('broken app')\n")
+    sys.path.insert(0, str(tmp_path))
+    before = list(tracts.registry)
+    try:
+        app = TractApp(str(tmp_path / "log"))
+        assert app.discover("nativeapps") == ["nativeapps.alpha.events"]
+        assert "nativeapps.broken.handlers failed" in caplog.text and "nativeapps.alpha.views" not in sys.modules
+        assert [(h.app, h.tract) for h in tracts.registry[len(before):]] == [("alpha", "obs")]
+        app.close()
+    finally:
+        tracts.registry[:] = before
+        sys.path.remove(str(tmp_path))
