@@ -677,7 +677,10 @@ class EventBus:
                         if not mine():
                             _release(evs[i:])
                             break
-                        loop = self._handle(sub, ev, loop)
+                        try:
+                            loop = self._handle(sub, ev, loop)
+                        except Exception:  # noqa: BLE001 - keep consuming; the lease lapses
+                            logger.exception("subscriber %s: handling %s failed", sub.id, ev.id)
                 finally:
                     with self._cv:
                         self._inflight -= 1
@@ -690,7 +693,12 @@ class EventBus:
     def _handle(self, sub: Subscription, ev: Event,
                 loop: Optional[asyncio.AbstractEventLoop]) -> Optional[asyncio.AbstractEventLoop]:
         eid = ev.headers.get("id", "")
-        if not sub.matches(ev):
+        try:
+            wanted = sub.matches(ev)
+        except Exception as e:  # noqa: BLE001 - a filter's bug is that subscriber's failure
+            self._settled(sub, eid, self._settle(sub, ev, e))
+            return loop
+        if not wanted:
             _settle_quietly(ev)
             self._settled(sub, eid, "done")
             return loop
@@ -736,7 +744,7 @@ class EventBus:
             return loop
         coro = _as_coro(result, sub.timeout)
         home = self._loop
-        if home is not None and not home.is_closed():
+        if home is not None and home.is_running():
             fut = asyncio.run_coroutine_threadsafe(coro, home)
             try:
                 fut.result()
