@@ -227,6 +227,28 @@ def test_bus_one_subscriber_failing_does_not_stop_the_others(log):
     assert got and got[0] == "x.y"
 
 
+def test_bus_refuses_bad_input_and_appends_nothing(log):
+    with pytest.raises(engram.InvalidArgument):
+        engram.EventBus(log, on_error="ignore")
+    with pytest.raises(engram.InvalidArgument):
+        engram.EventBus(log, workers=0)
+    bus = engram.EventBus(log, topic="bad", **FAST)
+    with pytest.raises(TypeError):
+        bus.subscribe("x.*", "not callable")
+    with pytest.raises(engram.InvalidArgument):
+        bus.subscribe("has space", lambda e: None)
+    with pytest.raises(engram.InvalidArgument):
+        bus.subscribe("x.*", lambda e: None, on_error="sometimes")
+    with pytest.raises(TypeError):
+        bus.publish("x.y", {}, priority="high")
+    with pytest.raises(TypeError):
+        bus.publish("x.y", 42)  # not a JSON object, list, str or bytes
+    with pytest.raises(engram.InvalidArgument):
+        bus.publish("bad type!", {})
+    assert bus.subscriptions() == []
+    assert all(t.name != "bad" or t.count == 0 for t in log.topics())
+
+
 # -- tasks -----------------------------------------------------------------------------------
 def make_task_app(log, **kw):
     return engram.App(log, group="tasks", topic="tasks", **{**FAST, **kw})

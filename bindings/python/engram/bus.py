@@ -618,6 +618,8 @@ class EventBus:
     def _start_consumer(self, sub: Subscription) -> None:
         if sub.thread is not None:
             return
+        if sub.group is None or sub.group.log.closed:
+            sub.group = Group(self.log, self.topic, sub.id)  # the bus was closed and reopened
         sub.stopped = False
         sub.thread = threading.Thread(target=self._consume, args=(sub,), daemon=True,
                                       name=f"engram-bus-{sub.name}"[:60])
