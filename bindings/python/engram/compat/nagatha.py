@@ -1,7 +1,9 @@
 """Nagatha's event bus (``nagatha_assistant.core.event`` and ``.event_bus``, and the
 ``celery_storage`` re-exports) on engram.
 
-Change the imports and the constructor::
+Change the imports and the constructor (the Celery integration's names -
+``CeleryEventBus``, ``get_celery_event_bus``, ``ensure_celery_event_bus_started`` ... -
+are here too)::
 
     from nagatha_assistant.core.event import Event, EventPriority            # before
     from nagatha_assistant.core.event_bus import EventBus, get_event_bus     # before
@@ -48,7 +50,9 @@ from . import default_target
 
 __all__ = ["Event", "EventPriority", "EventBus", "EventBusError", "EventSubscription", "StandardEventTypes",
            "get_event_bus", "ensure_event_bus_started", "shutdown_event_bus", "configure",
-           "create_system_event", "create_agent_event", "create_mcp_event", "create_memory_event"]
+           "create_system_event", "create_agent_event", "create_mcp_event", "create_memory_event",
+           "CeleryEventBus", "CeleryEventBusError", "get_celery_event_bus", "ensure_celery_event_bus_started",
+           "shutdown_celery_event_bus"]
 
 logger = logging.getLogger("engram.compat.nagatha")
 
@@ -295,10 +299,12 @@ class EventBus:
         self._append(event)
 
     def get_subscriptions(self) -> List[Dict[str, Any]]:
-        """Each subscription as a dict: id, pattern, priority_filter, source_filter, handler."""
+        """Each subscription as a dict: id, pattern, priority_filter, source_filter, handler,
+        and handler_task (here: the subscriber's consumer group)."""
         with self._lock:
             return [{"id": s.subscription_id, "pattern": s.pattern, "priority_filter": s.priority_filter,
-                     "source_filter": s.source_filter, "handler": str(s.handler)} for s in self._subscriptions]
+                     "source_filter": s.source_filter, "handler": str(s.handler),
+                     "handler_task": s.native.id if s.native else None} for s in self._subscriptions]
 
     def get_event_history(self, limit: Optional[int] = None, event_type_pattern: Optional[str] = None) -> List[Event]:
         """Past events, most recent first: of the newest ``max_history`` since the last
@@ -357,3 +363,12 @@ async def shutdown_event_bus() -> None:
         await _event_bus.stop()
         with _bus_lock:
             _event_bus = None
+
+
+# The names of the Celery-based bus of Nagatha's Celery integration (celery_event_bus):
+# the same class and functions.
+CeleryEventBus = EventBus
+CeleryEventBusError = EventBusError
+get_celery_event_bus = get_event_bus
+ensure_celery_event_bus_started = ensure_event_bus_started
+shutdown_celery_event_bus = shutdown_event_bus
