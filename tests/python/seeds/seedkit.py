@@ -98,3 +98,10 @@ def run_script(code, **env):
     """Starts ``python -c code`` with the binding on its path."""
     return subprocess.Popen([sys.executable, "-c", code], env=child_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def record_listener(data):
+    """A listener both a test and its worker subprocess register (same module, same
+    group name): appends data["n"] to $OUT/handled with the handling pid."""
+    with open(os.path.join(os.environ["OUT"], "handled"), "a") as f:
+        f.write(f"{os.getpid()} {data['n']}\n")

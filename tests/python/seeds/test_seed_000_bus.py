@@ -424,3 +424,36 @@ def test_an_event_whose_listener_was_sigkilled_is_handled_by_the_next_process(wh
         second.kill()
         second.wait()
     assert (out / "done").read_text() == "https://example.com/k.pdf\n"
+
+
+WORKER_SCRIPT = r"""
+import os
+import engram
+from seedkit import record_listener
+m = engram.EventManager(os.environ["LOG"], topic=os.environ["TOPIC"], poll=0.1)
+m.on("on_memory_saved", record_listener)
+m.run()
+"""
+
+
+def test_listeners_can_run_in_a_separate_worker_process(where, tmp_path, monkeypatch):
+    # The same registrations in a worker process calling run(): the emitting process
+    # does not start its listeners, the worker handles the events.
+    from seedkit import record_listener
+    monkeypatch.setenv("OUT", str(tmp_path))
+    m = engram.EventManager(where.log, topic=where.topic, poll=0.1)
+    m.on("on_memory_saved", record_listener)  # creates the group the worker shares
+    worker = run_script(WORKER_SCRIPT, LOG=where.log, TOPIC=where.topic, OUT=str(tmp_path))
+    try:
+        for n in range(3):
+            m.emit("on_memory_saved", {"n": n})
+        handled = tmp_path / "handled"
+        assert wait_until(lambda: handled.exists() and len(handled.read_text().split("\n")) > 3, 10)
+    finally:
+        worker.terminate()
+        worker.wait(10)
+        m.close()
+    lines = [l.split() for l in handled.read_text().splitlines()]
+    assert sorted(int(n) for _, n in lines) == [0, 1, 2]
+    assert {int(pid) for pid, _ in lines} == {worker.pid}
+    assert worker.returncode == 0  # SIGTERM: run() stops and returns
