@@ -39,12 +39,11 @@ def wait_until(cond, timeout=5.0, interval=0.01):
         time.sleep(interval)
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
+def serve(tmp, endpoint):
+    """Starts `engram serve` on ``endpoint`` with its data in ``tmp``/data; returns the
+    process once it answers (skips the test if it cannot start)."""
     if not os.access(ENGRAM, os.X_OK) or "engram_connect" in engram.missing_features():
         pytest.skip("engram serve is not built")
-    tmp = tmp_path_factory.mktemp("served")
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
     p = subprocess.Popen([ENGRAM, "serve", "--data", str(tmp / "data"), "--listen", endpoint,
                           "--notify", f"ipc://{tmp}/notify.ipc"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -61,6 +60,14 @@ def daemon(tmp_path_factory):
     if not wait_until(up, 10) or p.poll() is not None:
         p.kill()
         pytest.skip("engram serve did not start")
+    return p
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("served")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    p = serve(tmp, endpoint)
     yield endpoint
     p.send_signal(signal.SIGTERM)
     try:

@@ -397,3 +397,30 @@ def test_native_event_bus_runs_async_subscribers(where):
         assert seen == [("a.b", 0), ("a.b", 1)]
     finally:
         bus.close()
+
+
+def test_subscribers_go_on_across_a_daemon_restart(tmp_path):
+    from seedkit import free_port, serve
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    p = serve(tmp_path, endpoint)
+    got = []
+
+    async def main():
+        nonlocal p
+        bus = EventBus(endpoint, poll=0.1)
+        bus.subscribe("svc.*", lambda e: got.append(e.data["n"]))
+        await bus.start()
+        await bus.publish(Event("svc.up", {"n": 1}))
+        assert await until(lambda: got == [1])
+        p.terminate()
+        p.wait(10)
+        p = serve(tmp_path, endpoint)
+        await bus.publish(Event("svc.up", {"n": 2}))
+        assert await until(lambda: got == [1, 2], 10)
+        await bus.stop()
+        bus.close()
+    try:
+        asyncio.run(main())
+    finally:
+        p.terminate()
+        p.wait(10)
