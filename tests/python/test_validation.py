@@ -47,11 +47,33 @@ def test_a_hostname_resolving_to_a_private_address_is_refused():
         validate_url("https://rebind.example.com/", resolver=resolver_to("127.0.0.1"))
 
 
-def test_a_host_that_does_not_resolve_is_refused():
+def test_a_host_that_does_not_resolve_is_accepted_unless_asked_to_refuse_it():
+    # Without DNS every name fails like a missing one (EAI_NONAME): refusing them all
+    # would refuse every public URL; the fetch re-checks the address it connects to.
     def fail(host, port, type=0):
-        raise socket.gaierror("no such host")
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert validate_url("https://example.com/doc.pdf", resolver=fail)
     with pytest.raises(ValidationError, match="does not resolve"):
-        validate_url("https://nope.invalid/", resolver=fail)
+        validate_url("https://nope.invalid/", resolver=fail, unresolved="refuse")
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1/x", "http://example.com/../../etc/passwd",
+                                 "http://example.com/a/%2e%2e/b", "http://example.com..evil.com/t",
+                                 "http://metadata/computeMetadata/v1/", "http://db.internal/",
+                                 "http://printer.local/"])
+def test_traversal_and_internal_names_are_refused(url):
+    with pytest.raises(ValidationError):
+        validate_url(url, resolve=False)
+
+
+def test_memu_shaped_events_pass_the_memory_validator():
+    v = MemoryValidator(resolve=False)
+    ok = {"resource_url": "https://example.com/doc.pdf", "modality": "conversation", "user": {"user_id": "u1"}}
+    assert v("on_memory_saved", ok) is ok
+    for bad in [dict(ok, resource_url="https://127.0.0.1/x"), dict(ok, resource_url="http://10.0.0.1/a"),
+                dict(ok, user={"name": "no id"}), dict(ok, modality="smell")]:
+        with pytest.raises(ValidationError):
+            v("on_memory_saved", bad)
 
 
 def test_url_shape_errors():

@@ -1,26 +1,20 @@
-"""Drop-in for an in-process event manager: ``on`` / ``off`` / ``emit`` and dispatchers
-with ``on_<event>`` methods — but ``emit`` appends durably and listeners run in workers.
-
-Before (in-process; a crash loses whatever was not yet handled)::
-
-    manager = EventManager()
-    manager.on("memory.saved", reindex)
-    manager.register_dispatcher(AuditDispatcher())   # has on_memory_saved(data) ...
-    manager.emit("memory.saved", {"memory_id": "m1", "text": "..."})   # runs reindex now
-
-After (engram)::
+"""An event manager - ``on`` / ``off`` / ``emit`` and dispatchers with ``on_<event>``
+methods - whose ``emit`` appends durably and whose listeners run in this process, each
+in a consumer group of its own (an :class:`engram.EventBus` underneath).
 
     manager = engram.EventManager("/var/lib/memory-log")
-    manager.on("memory.saved", reindex)
-    manager.register_dispatcher(AuditDispatcher())
-    manager.emit("memory.saved", {"memory_id": "m1", "text": "..."})   # durable append
-    # in the worker processes (same registrations, e.g. at import of the module):
-    #   python -m engram worker myservice.events:manager
+    manager.on("memory.saved", reindex)                 # reindex(data) or (event, data)
+    manager.register_dispatcher(AuditDispatcher())      # has on_memory_saved(data) ...
+    manager.start()                                     # listeners run in this process
+    manager.emit("memory.saved", {"memory_id": "m1", "text": "..."})
 
-Listeners get the event's data (or ``(event, data)`` when they take two arguments). One
-listener's exception does not stop the others; the event is then retried with the
-group's backoff (so listeners must be idempotent: delivery is at least once) and after
-``max_deliver`` attempts it is in the dead-letter queue.
+Event names may be dotted ("memory.saved") or in the ``on_`` form MemU uses
+("on_memory_saved"); either reaches a dispatcher's ``on_memory_saved``. Listeners may be
+plain or ``async def``. A listener that raises is retried alone (``on_error="retry"``,
+the default; after ``max_deliver`` attempts the event is in that listener's dead-letter
+queue) or logged and skipped (``on_error="log"``, MemU's policy). ``emit(..., wait=s)``
+returns once this process's listeners handled the event. :mod:`engram.compat.memu` has
+MemU's exact names and signatures on top of this class.
 """
 from __future__ import annotations
 
@@ -28,13 +22,13 @@ import inspect
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from .app import App, RunStats, match_type
+from .bus import EventBus, Subscription
 from .client import Event, Log, Offset
 from .errors import InvalidArgument
 
-__all__ = ["EventManager", "ListenerError", "MEMORY_EVENTS"]
+__all__ = ["EventManager", "MEMORY_EVENTS", "method_name"]
 
 logger = logging.getLogger("engram.events")
 
@@ -43,47 +37,67 @@ MEMORY_EVENTS = ("memory.saved", "memory.updated", "memory.deleted", "memory.que
 Listener = Callable[..., Any]
 
 
-class ListenerError(Exception):
-    """One or more listeners of an event raised; ``errors`` lists (listener, exception)."""
-
-    def __init__(self, event: str, errors: List[tuple]) -> None:
-        names = ", ".join(f"{getattr(l, '__qualname__', l)}: {type(e).__name__}: {e}" for l, e in errors)
-        super().__init__(f"{len(errors)} listener(s) of {event} failed: {names}"[:240])
-        self.errors = errors
+def method_name(event: str) -> str:
+    """The dispatcher method for ``event``: "on_memory_saved" for "memory.saved" and for
+    "on_memory_saved" itself."""
+    if event.startswith("on_"):
+        return event
+    return "on_" + event.replace(".", "_").replace("-", "_")
 
 
 def _arity(fn: Callable[..., Any]) -> int:
+    """2 when ``fn`` takes (event, data), else 1 (a Mock's ``*args`` counts as 1)."""
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values()):
-            return 2
-        return len(params)
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return 1
+    pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return 2 if len(pos) >= 2 else 1
 
 
 class EventManager:
     """Event manager whose ``emit`` is a durable append to ``topic`` and whose listeners
-    run in the workers of consumer group ``group``."""
+    run in this process after :meth:`start` (or in any process running :meth:`run`)."""
 
     def __init__(self, target: Union[Log, str, "os.PathLike[str]"], *, topic: str = "memory",
                  group: str = "listeners", validator: Optional[Callable[[str, Any], Any]] = None,
-                 **group_config: Any) -> None:
-        self.app = App(target, group=group, topic=topic, **group_config)
-        self.app.add_handler("*", self._dispatch, name="EventManager")
+                 on_error: str = "retry", wait: Optional[float] = None, **options: Any) -> None:
+        self.bus = EventBus(target, topic=topic, group=group, on_error=on_error, **options)
         self.validator = validator
-        self._listeners: Dict[str, List[Listener]] = {}
+        self.wait = wait
+        self._lock = threading.RLock()
+        self._listeners: Dict[Tuple[str, Any], Subscription] = {}   # (event, callback) -> sub
         self._dispatchers: List[Any] = []
-        self._lock = threading.Lock()
+        # Dispatcher methods are subscribed for these names (both spellings of each).
+        self._known: List[str] = list(MEMORY_EVENTS) + [method_name(e) for e in MEMORY_EVENTS]
 
     def __repr__(self) -> str:
-        return f"<engram.EventManager {self.app.topic}/{self.app.group_name}>"
+        return f"<engram.EventManager {self.bus.topic} ({len(self._listeners)} listeners)>"
+
+    @property
+    def log(self) -> Log:
+        return self.bus.log
 
     # -- registration -----------------------------------------------------------------------
+    def _subscribe(self, event: str, cb: Listener, name: Optional[str] = None) -> Subscription:
+        two = _arity(cb) >= 2
+
+        def adapt(ev: Event) -> Any:
+            return (ev.type, ev.data) if two else ev.data
+        fn = cb if not two else (lambda args: cb(*args))
+        if two:
+            fn.__qualname__ = getattr(cb, "__qualname__", type(cb).__name__)  # type: ignore[attr-defined]
+            fn.__module__ = getattr(cb, "__module__", "")
+            if inspect.iscoroutinefunction(cb):
+                async def afn(args: Any) -> Any:
+                    return await cb(*args)
+                afn.__qualname__, afn.__module__ = fn.__qualname__, fn.__module__
+                fn = afn
+        return self.bus.add_subscriber(event, fn, adapt=adapt, name=name)
+
     def on(self, event: str, callback: Optional[Listener] = None) -> Any:
-        """Registers ``callback`` for ``event`` (a type, "memory.*" or "*"). Without a
-        callback it is a decorator."""
+        """Registers ``callback`` for ``event`` (a type, "memory.*" or "*"); its group is
+        created now. Without a callback it is a decorator."""
         if not isinstance(event, str) or not event:
             raise InvalidArgument(f"event must be a non-empty str, got {event!r}")
 
@@ -91,66 +105,78 @@ class EventManager:
             if not callable(cb):
                 raise TypeError("callback must be callable")
             with self._lock:
-                self._listeners.setdefault(event, []).append(cb)
+                if (event, cb) in self._listeners:
+                    return cb
+                self._listeners[(event, cb)] = self._subscribe(event, cb)
+                if event not in self._known:
+                    self._known.append(event)
             return cb
         return add(callback) if callback is not None else add
 
     def off(self, event: str, callback: Optional[Listener] = None) -> bool:
-        """Removes ``callback`` (or every listener) from ``event``; True if one was removed."""
+        """Removes ``callback`` (or every listener) from ``event`` and deletes its group;
+        True if one was removed."""
         with self._lock:
-            cbs = self._listeners.get(event)
-            if not cbs:
-                return False
-            if callback is None:
-                del self._listeners[event]
-                return True
-            try:
-                cbs.remove(callback)
-            except ValueError:
-                return False
-            if not cbs:
-                del self._listeners[event]
-            return True
+            keys = [k for k in self._listeners if k[0] == event and (callback is None or k[1] == callback)]
+            subs = [self._listeners.pop(k) for k in keys]
+        for s in subs:
+            self.bus.unsubscribe(s.id)
+        return bool(subs)
 
     def listeners(self, event: str) -> List[Listener]:
-        """The callbacks ``event`` would run (including wildcard registrations)."""
+        """The callbacks an event named ``event`` runs (wildcards and dispatchers included)."""
+        probe = Event((0, self.bus.topic, event, None, b"", None, {}, None, 0, 0, 0))
+        subs = {s.id for s in self.bus.subscribers(event, probe)}
         with self._lock:
-            out: List[Listener] = []
-            for pat, cbs in self._listeners.items():
-                if match_type(pat, event):
-                    out.extend(cbs)
-            return out
+            return [k[1] for k, s in self._listeners.items() if s.id in subs]
 
     def register_dispatcher(self, dispatcher: Any) -> None:
         """Adds an object whose ``on_<event>`` methods (``on_memory_saved`` for
-        "memory.saved") are called for those events."""
+        "memory.saved" and "on_memory_saved") run for the known events: the memory
+        events and every event a listener was registered for."""
         if dispatcher is None:
             raise TypeError("dispatcher must be an object with on_<event> methods")
         with self._lock:
-            if dispatcher not in self._dispatchers:
-                self._dispatchers.append(dispatcher)
+            if any(d is dispatcher for d in self._dispatchers):
+                return
+            self._dispatchers.append(dispatcher)
+            by_method: Dict[str, List[str]] = {}
+            for ev in self._known:
+                by_method.setdefault(method_name(ev), []).append(ev)
+            for mname, events in by_method.items():
+                m = getattr(dispatcher, mname, None)
+                if callable(m):
+                    for ev in events:
+                        self._listeners[(ev, m)] = self._subscribe(ev, m, name=f"{_owner_name(dispatcher)}.{mname}.{ev}")
 
     def unregister_dispatcher(self, dispatcher: Any) -> bool:
-        """Removes a dispatcher; True if it was registered."""
+        """Removes a dispatcher and its methods' groups; True if it was registered."""
         with self._lock:
-            if dispatcher in self._dispatchers:
-                self._dispatchers.remove(dispatcher)
-                return True
-            return False
+            if not any(d is dispatcher for d in self._dispatchers):
+                return False
+            self._dispatchers = [d for d in self._dispatchers if d is not dispatcher]
+            keys = [k for k in self._listeners if getattr(k[1], "__self__", None) is dispatcher
+                    or k[1] is getattr(dispatcher, method_name(k[0]), None)]
+            subs = [self._listeners.pop(k) for k in keys]
+        for s in subs:
+            self.bus.unsubscribe(s.id)
+        return True
 
     # -- emitting -------------------------------------------------------------------------
     def emit(self, event: str, data: Any = None, *, key: Optional[str] = None,
-             idempotency_key: Optional[str] = None) -> Offset:
-        """Appends the event durably and returns its offset; listeners run in workers.
-        With a validator, invalid data raises (ValidationError) and nothing is appended."""
+             idempotency_key: Optional[str] = None, wait: Optional[float] = None) -> Offset:
+        """Appends the event durably and returns its offset. With ``wait`` (or the
+        manager's), returns once this process's listeners handled it. With a validator,
+        invalid data raises (ValidationError) and nothing is appended."""
         if not isinstance(event, str):
             raise TypeError(f"event must be a str, got {type(event).__name__}")
         if self.validator is not None:
             self.validator(event, data)
         if key is None and isinstance(data, dict) and isinstance(data.get("memory_id"), str):
             key = data["memory_id"]
-        return self.app.send(event, data if data is not None else {}, key=key,
-                             idempotency_key=idempotency_key)
+        w = wait if wait is not None else self.wait
+        return self.bus.append(event, data, headers={}, key=key, idempotency_key=idempotency_key,
+                               wait=w if self.bus.running else None)
 
     # Convenience names for the four memory events.
     def on_memory_saved(self, data: Any, **kw: Any) -> Offset:
@@ -170,39 +196,28 @@ class EventManager:
         return self.emit("memory.queried", data, **kw)
 
     # -- running --------------------------------------------------------------------------
-    def _dispatch(self, ev: Event) -> None:
-        data = ev.data
-        calls: List[Listener] = self.listeners(ev.type)
-        method = "on_" + ev.type.replace(".", "_").replace("-", "_")
-        with self._lock:
-            dispatchers = list(self._dispatchers)
-        for d in dispatchers:
-            m = getattr(d, method, None)
-            if callable(m):
-                calls.append(m)
-        errors = []
-        for cb in calls:
-            try:
-                if _arity(cb) >= 2:
-                    cb(ev.type, data)
-                else:
-                    cb(data)
-            except Exception as e:  # one listener's failure never stops the others
-                logger.warning("listener %s of %s failed: %s", getattr(cb, "__qualname__", cb), ev.type, e)
-                errors.append((cb, e))
-        if errors:
-            raise ListenerError(ev.type, errors)
+    def start(self) -> "EventManager":
+        """Runs the listeners in this process (consumer threads) until :meth:`stop`."""
+        self.bus.start()
+        return self
 
-    def run(self, concurrency: int = 1, timeout: Optional[float] = None, **kw: Any) -> RunStats:
-        """Runs the listeners in workers until stopped (see :meth:`App.run`)."""
-        return self.app.run(concurrency, timeout, **kw)
+    def run(self, **kw: Any) -> None:
+        """Runs the listeners in the calling process until SIGTERM/SIGINT (a worker)."""
+        self.bus.run(**kw)
 
-    def run_until_idle(self, idle: float = 0.5, **kw: Any) -> RunStats:
+    def run_until_idle(self, idle: float = 0.5, **kw: Any) -> None:
         """Handles what is pending and returns once nothing arrived for ``idle`` seconds."""
-        kw.setdefault("wait", min(idle, 0.2))
-        return self.app.run(kw.pop("concurrency", 1), kw.pop("timeout", None), idle_timeout=idle,
-                            install_signals=False, **kw)
+        self.bus.run_until_idle(idle, **kw)
 
     def stop(self) -> None:
-        """Stops a running :meth:`run`."""
-        self.app.stop()
+        """Stops the listeners' consumers in this process."""
+        self.bus.stop()
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+def _owner_name(obj: Any) -> str:
+    t = type(obj)
+    mod = t.__module__ if t.__module__ not in ("__main__", "builtins") else ""
+    return f"{mod}.{t.__qualname__}" if mod else t.__qualname__

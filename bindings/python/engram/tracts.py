@@ -1,39 +1,31 @@
-"""Drop-in for ``@on_event(tract, event)`` handler registries: handlers discovered from a
-package's modules, ``"*"`` wildcards for the tract, the event or both, a handler context,
-and a timeout per handler — with events stored durably and handlers run in workers.
-
-Before (in-process)::
-
-    @on_event("memory", "saved", timeout=5)
-    async def index(ctx):
-        await search.add(ctx.message["memory_id"], ctx.message["text"])
-
-    registry.discover("myservice.handlers")
-    await registry.emit("memory", "saved", {...})      # handlers run in this process
-
-After (engram)::
+"""``@on_event(tract, event)`` handler registries on a durable log: handlers discovered
+from a package's handler modules, ``"*"`` wildcards for the tract, the event or both, a
+handler context, and a timeout per handler - each handler in a consumer group of its own
+(an :class:`engram.EventBus` underneath), run in this process after :meth:`TractApp.start`.
 
     from engram.tracts import on_event, TractApp
 
-    @on_event("memory", "saved", timeout=5)           # unchanged
-    async def index(ctx): ...
+    @on_event("memory", "saved", timeout=5)
+    async def index(ctx):                 # ctx.msg, ctx.app, ctx.tract, ctx.event
+        await search.add(ctx.msg["memory_id"], ctx.msg["text"])
 
     tracts = TractApp("/var/lib/memory-log")
-    tracts.discover("myservice.handlers")
-    tracts.emit("memory", "saved", {...})             # durable append, type "memory.saved"
-    # workers: python -m engram worker myservice.worker:tracts
+    tracts.discover("myservice")          # imports myservice's handler modules
+    tracts.start()
+    tracts.emit("memory", "saved", {...}) # durable append, type "memory.saved"
 
-A handler gets a :class:`HandlerContext` (``message``, ``app``, ``tract``, ``event``,
-plus the stored ``raw`` event). It may be a plain or an ``async`` function. Each handler
-has its own timeout (an async handler is cancelled at it; a plain one is abandoned and
-reported). Every matching handler runs even when another fails; if any failed or timed
-out the event is retried with the group's backoff (delivery is at least once).
+A handler gets a :class:`HandlerContext` (``msg`` - also ``message`` -, ``app`` the name
+of the app owning the handler, ``tract``, ``event``, plus the stored ``raw`` event). It
+may be a plain or an ``async`` function. The handlers of one event run concurrently,
+exact (tract, event) registrations first, then (tract, "*"), ("*", event), ("*", "*")
+when the pool (``workers``) is smaller. Each handler's outcome is its own: one that
+fails or passes its timeout is retried alone (``on_error="retry"``, then its
+dead-letter queue) or logged (``on_error="log"``); the others are not run again.
+:mod:`engram.compat.solstone` has solstone's exact module-level API on top of this.
 """
 from __future__ import annotations
 
-import asyncio
 import importlib
-import inspect
 import logging
 import os
 import pkgutil
@@ -42,13 +34,17 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from .app import App, RunStats
+from .bus import EventBus
 from .client import Event, Log, Offset, _ms
-from .errors import HandlerTimeout, InvalidArgument
+from .errors import InvalidArgument
 
-__all__ = ["on_event", "HandlerContext", "TractApp", "TractHandler", "registry", "HandlerErrors"]
+__all__ = ["on_event", "HandlerContext", "TractApp", "TractHandler", "registry", "handler_rank",
+           "HANDLER_MODULES"]
 
 logger = logging.getLogger("engram.tracts")
+
+# Modules discover() imports: these names, or names ending in "_" + one of them.
+HANDLER_MODULES = ("events", "handlers")
 
 
 @dataclass
@@ -59,38 +55,44 @@ class TractHandler:
     event: str
     fn: Callable[..., Any]
     timeout: Optional[float] = None
+    app: str = ""
 
     def matches(self, tract: str, event: str) -> bool:
         return self.tract in ("*", tract) and self.event in ("*", event)
+
+
+def handler_rank(tract: str, event: str) -> int:
+    """The order the handlers of one event start in: 0 exact, 1 (tract, "*"),
+    2 ("*", event), 3 ("*", "*")."""
+    if tract != "*":
+        return 0 if event != "*" else 1
+    return 2 if event != "*" else 3
 
 
 @dataclass
 class HandlerContext:
     """What a handler receives."""
 
-    message: Any            # the emitted message (decoded JSON, text or bytes)
-    app: "TractApp"
+    msg: Any                # the emitted message (decoded JSON, text or bytes)
+    app: str                # the name of the app that owns the handler
     tract: str
     event: str
     raw: Optional[Event] = None  # the stored event: offset, attempt, headers ...
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @property
+    def message(self) -> Any:
+        """The emitted message (``msg``)."""
+        return self.msg
+
+    @property
     def attempt(self) -> int:
         return self.raw.attempt if self.raw is not None else 0
 
 
-class HandlerErrors(Exception):
-    """Some handlers of one event failed or timed out; ``errors`` lists (handler, exc)."""
-
-    def __init__(self, errors: List[tuple]) -> None:
-        super().__init__("; ".join(f"{getattr(h.fn, '__qualname__', h.fn)}: {type(e).__name__}: {e}"
-                                   for h, e in errors)[:240])
-        self.errors = errors
-
-
 registry: List[TractHandler] = []  # where the module-level @on_event puts handlers
 _registry_lock = threading.Lock()
+_discovering: Optional[str] = None  # the app discover() is importing
 
 
 def _check_part(value: str, what: str) -> str:
@@ -102,8 +104,20 @@ def _check_part(value: str, what: str) -> str:
     return value
 
 
-def on_event(tract: str, event: str, *, timeout: Optional[float] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register the function for (``tract``, ``event``); either may be "*"."""
+def _app_of(fn: Callable[..., Any]) -> str:
+    """The app a handler belongs to: the one being discovered, else the package holding
+    its module ("alpha" for apps.alpha.events), else the module's name."""
+    if _discovering is not None:
+        return _discovering
+    parts = (getattr(fn, "__module__", "") or "unknown").split(".")
+    return parts[-2] if len(parts) >= 2 else parts[0]
+
+
+def on_event(tract: str, event: str, *, timeout: Optional[float] = None,
+             app: Optional[str] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register the function for (``tract``, ``event``); either may be "*".
+    ``timeout``: seconds per call; ``app``: the owning app's name (default: see
+    :class:`HandlerContext`)."""
     _check_part(tract, "tract")
     _check_part(event, "event")
     t = _ms(timeout, "timeout")
@@ -112,61 +126,118 @@ def on_event(tract: str, event: str, *, timeout: Optional[float] = None) -> Call
         if not callable(fn):
             raise TypeError("handler must be callable")
         with _registry_lock:
-            registry.append(TractHandler(tract, event, fn, t / 1000 if t else None))
+            registry.append(TractHandler(tract, event, fn, t / 1000 if t else None, app or _app_of(fn)))
         return fn
     return deco
 
 
 class TractApp:
     """Runs ``@on_event`` handlers from a durable log. Registrations made with the
-    module-level :func:`on_event` are used, plus those made with :meth:`on_event`."""
+    module-level :func:`on_event` are used (unless ``use_global_registry=False``), plus
+    those made with :meth:`on_event`. Options (``on_error``, ``workers``, ``ack_wait``,
+    ``max_deliver``, ``backoff`` ...) go to :class:`engram.EventBus`."""
 
     def __init__(self, target: Union[Log, str, "os.PathLike[str]"], *, topic: str = "tracts",
                  group: str = "tract-handlers", default_timeout: Optional[float] = None,
-                 use_global_registry: bool = True, **group_config: Any) -> None:
-        self.app = App(target, group=group, topic=topic, **group_config)
-        self.app.add_handler("*", self._dispatch, name="TractApp")
+                 use_global_registry: bool = True, **options: Any) -> None:
+        self.bus = EventBus(target, topic=topic, group=group, **options)
         self.default_timeout = default_timeout
         self.use_global_registry = use_global_registry
         self.local: List[TractHandler] = []
+        self._subscribed: Dict[int, str] = {}  # id(TractHandler) -> subscription id
+        self._lock = threading.RLock()
 
-    def on_event(self, tract: str, event: str, *, timeout: Optional[float] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def on_event(self, tract: str, event: str, *, timeout: Optional[float] = None,
+                 app: Optional[str] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering a handler on this app only."""
         _check_part(tract, "tract")
         _check_part(event, "event")
         t = _ms(timeout, "timeout")
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.local.append(TractHandler(tract, event, fn, t / 1000 if t else None))
+            with self._lock:
+                self.local.append(TractHandler(tract, event, fn, t / 1000 if t else None, app or _app_of(fn)))
+            self._sync()
             return fn
         return deco
 
-    def handlers(self, tract: str, event: str) -> List[TractHandler]:
-        """Handlers matching (tract, event), in registration order."""
+    def _all(self) -> List[TractHandler]:
         with _registry_lock:
-            pool = (list(registry) if self.use_global_registry else []) + self.local
-        return [h for h in pool if h.matches(tract, event)]
+            pool = list(registry) if self.use_global_registry else []
+        with self._lock:
+            return pool + list(self.local)
+
+    def handlers(self, tract: str, event: str) -> List[TractHandler]:
+        """Handlers matching (tract, event), exact first, then (tract, "*"), ("*",
+        event), ("*", "*"), each kind in registration order."""
+        hs = [h for h in self._all() if h.matches(tract, event)]
+        return sorted(hs, key=lambda h: handler_rank(h.tract, h.event))
+
+    def _sync(self) -> None:
+        """Subscribes every registered handler not yet subscribed (creating its group)."""
+        with self._lock:
+            for h in self._all():
+                if id(h) in self._subscribed:
+                    continue
+                self._subscribed[id(h)] = self._subscribe(h)
+
+    def _subscribe(self, h: TractHandler) -> str:
+        def accept(ev: Event) -> bool:
+            tract, event = self._split(ev)
+            return h.matches(tract, event)
+
+        def adapt(ev: Event) -> HandlerContext:
+            tract, event = self._split(ev)
+            return HandlerContext(ev.data, h.app, tract, event, ev)
+        exact = h.tract != "*" and h.event != "*"
+        name = f"{h.app}.{getattr(h.fn, '__module__', '')}.{getattr(h.fn, '__qualname__', type(h.fn).__name__)}" \
+               f".{h.tract}.{h.event}"
+        sub = self.bus.add_subscriber(f"{h.tract}.{h.event}" if exact else "*", h.fn, name=name, accept=accept,
+                                      adapt=adapt, priority=-handler_rank(h.tract, h.event),
+                                      timeout=h.timeout or self.default_timeout)
+        return sub.id
 
     def discover(self, package: Union[str, ModuleType]) -> List[str]:
-        """Imports every module of ``package`` (recursively) so their ``@on_event``
-        decorators run; returns the module names."""
+        """Imports the handler modules of ``package`` (recursively: modules named
+        ``events`` or ``handlers``, or ending in ``_events`` / ``_handlers``), so their
+        ``@on_event`` decorators run, each handler owned by the app (subpackage) it is
+        in. A module that fails to import is logged and skipped. Returns the names of
+        the modules imported."""
+        global _discovering
         pkg = importlib.import_module(package) if isinstance(package, str) else package
-        names = [pkg.__name__]
+        names: List[str] = []
         path = getattr(pkg, "__path__", None)
-        if path is not None:
-            for info in pkgutil.walk_packages(path, prefix=pkg.__name__ + "."):
+        if path is None:
+            return [pkg.__name__]
+        for info in pkgutil.walk_packages(path, prefix=pkg.__name__ + ".", onerror=lambda n: logger.error(
+                "discover: cannot look into %s", n)):
+            leaf = info.name.rsplit(".", 1)[-1]
+            if info.ispkg or not any(leaf == m or leaf.endswith("_" + m) for m in HANDLER_MODULES):
+                continue
+            parent = info.name.rsplit(".", 1)[0]
+            try:
+                _discovering = parent.rsplit(".", 1)[-1]
                 importlib.import_module(info.name)
                 names.append(info.name)
+            except Exception as e:  # noqa: BLE001 - one broken module must not stop the others
+                logger.error("discover: importing %s failed: %s", info.name, e, exc_info=True)
+            finally:
+                _discovering = None
+        self._sync()
         return names
 
-    def emit(self, tract: str, event: str, message: Any = None, *, key: Optional[str] = None) -> Offset:
-        """Appends the message as event type ``tract.event``."""
+    def emit(self, tract: str, event: str, message: Any = None, *, key: Optional[str] = None,
+             wait: Optional[float] = None) -> Offset:
+        """Appends the message as event type ``tract.event``; with ``wait`` (seconds),
+        returns once this process's handlers finished it."""
         _check_part(tract, "tract")
         _check_part(event, "event")
         if tract == "*" or event == "*":
             raise InvalidArgument("emit: tract and event must be concrete, not '*'")
-        return self.app.send(f"{tract}.{event}", message if message is not None else {}, key=key,
-                             headers={"tract": tract, "event": event})
+        self._sync()
+        return self.bus.append(f"{tract}.{event}", message, key=key, headers={"tract": tract, "event": event},
+                               wait=wait if self.bus.running else None,
+                               order=lambda s: (-s.priority, s.seq))
 
     @staticmethod
     def _split(ev: Event) -> tuple:
@@ -176,56 +247,24 @@ class TractApp:
             tract, _, event = ev.type.rpartition(".")
         return tract, event
 
-    def _run_one(self, h: TractHandler, ctx: HandlerContext) -> None:
-        timeout = h.timeout or self.default_timeout
-        if inspect.iscoroutinefunction(h.fn):
-            async def main() -> Any:
-                return await asyncio.wait_for(h.fn(ctx), timeout) if timeout else await h.fn(ctx)
-            try:
-                asyncio.run(main())
-            except asyncio.TimeoutError:
-                raise HandlerTimeout(f"handler timed out after {timeout:g}s") from None
-            return
-        if not timeout:
-            h.fn(ctx)
-            return
-        box: Dict[str, BaseException] = {}
+    def start(self) -> "TractApp":
+        """Runs the handlers in this process (consumer threads) until :meth:`stop`."""
+        self._sync()
+        self.bus.start()
+        return self
 
-        def target() -> None:
-            try:
-                h.fn(ctx)
-            except BaseException as e:  # noqa: B902 - reported to the dispatcher
-                box["e"] = e
-        t = threading.Thread(target=target, daemon=True, name=f"tract-{h.fn.__name__}")
-        t.start()
-        t.join(timeout)
-        if t.is_alive():
-            raise HandlerTimeout(f"handler timed out after {timeout:g}s (left running)")
-        if "e" in box:
-            raise box["e"]
+    def run(self, **kw: Any) -> None:
+        """Runs the handlers in the calling process until SIGTERM/SIGINT (a worker)."""
+        self._sync()
+        self.bus.run(**kw)
 
-    def _dispatch(self, ev: Event) -> None:
-        tract, event = self._split(ev)
-        errors = []
-        for h in self.handlers(tract, event):
-            ctx = HandlerContext(ev.data, self, tract, event, ev)
-            try:
-                self._run_one(h, ctx)
-            except Exception as e:  # isolation: the next handler still runs
-                logger.warning("handler %s for %s.%s failed: %s", getattr(h.fn, "__qualname__", h.fn), tract, event, e)
-                errors.append((h, e))
-        if errors:
-            raise HandlerErrors(errors)
-
-    def run(self, concurrency: int = 1, timeout: Optional[float] = None, **kw: Any) -> RunStats:
-        """Runs the handlers in workers until stopped (see :meth:`App.run`)."""
-        return self.app.run(concurrency, timeout, **kw)
-
-    def run_until_idle(self, idle: float = 0.5, **kw: Any) -> RunStats:
+    def run_until_idle(self, idle: float = 0.5, **kw: Any) -> None:
         """Handles what is pending and returns once nothing arrived for ``idle`` seconds."""
-        kw.setdefault("wait", min(idle, 0.2))
-        return self.app.run(kw.pop("concurrency", 1), kw.pop("timeout", None), idle_timeout=idle,
-                            install_signals=False, **kw)
+        self._sync()
+        self.bus.run_until_idle(idle, **kw)
 
     def stop(self) -> None:
-        self.app.stop()
+        self.bus.stop()
+
+    def close(self) -> None:
+        self.bus.close()

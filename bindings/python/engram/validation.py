@@ -1,6 +1,6 @@
 """Input checks for memory events, to run before anything is appended: URL scheme
 allow-list, refusal of URLs that point at loopback / private / link-local addresses
-(SSRF), modality allow-list, user id and size limits. Each failure raises
+(SSRF) or hold ``..`` (path traversal), modality allow-list, user id and size limits. Each failure raises
 :class:`engram.ValidationError` (an ``InvalidArgument``, so a ``ValueError``) with a
 message naming the field.
 
@@ -15,9 +15,9 @@ import json
 import re
 import socket
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from .errors import ValidationError
+from .errors import InvalidArgument, ValidationError
 
 __all__ = [
     "validate_url", "check_address", "validate_modality", "validate_user_id", "validate_size",
@@ -25,7 +25,9 @@ __all__ = [
 ]
 
 DEFAULT_SCHEMES: Tuple[str, ...] = ("http", "https")
-DEFAULT_MODALITIES: Tuple[str, ...] = ("text", "image", "audio", "video", "document")
+DEFAULT_MODALITIES: Tuple[str, ...] = ("text", "conversation", "document", "image", "audio", "video")
+# Names that only mean something inside a network: refused like private addresses.
+INTERNAL_SUFFIXES: Tuple[str, ...] = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
 USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+\-]*")
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -46,28 +48,43 @@ def check_address(addr: Union[str, IPAddress], *, what: str = "address") -> IPAd
             if emb is not None:
                 inner.append(emb)
     for a in inner:
-        kinds = [("loopback", a.is_loopback), ("private", a.is_private),
+        kinds = [("loopback", a.is_loopback), ("unspecified", a.is_unspecified), ("private", a.is_private),
                  ("link-local", a.is_link_local), ("multicast", a.is_multicast),
-                 ("reserved", a.is_reserved), ("unspecified", a.is_unspecified)]
+                 ("reserved", a.is_reserved)]
         if isinstance(a, ipaddress.IPv4Address):
             kinds.append(("shared", a in ipaddress.IPv4Network("100.64.0.0/10")))
         for name, hit in kinds:
             if hit:
-                raise ValidationError(f"{what}: {a} is a {name} address")
+                why = ("access to localhost is not allowed" if name in ("loopback", "unspecified")
+                       else "access to private IP ranges is not allowed")
+                raise ValidationError(f"{what}: {a} is a {name} address ({why})")
         if not a.is_global:
             raise ValidationError(f"{what}: {a} is not a public address")
     return ip
 
 
 def validate_url(url: str, *, schemes: Sequence[str] = DEFAULT_SCHEMES, resolve: bool = True,
-                 resolver: Optional[Resolver] = None, max_length: int = 2048) -> str:
-    """Checks a URL a worker will fetch: its scheme is in ``schemes``, it has a host, and
-    neither the host (when an IP literal) nor, with ``resolve``, any address it resolves
-    to is loopback / private / link-local / otherwise non-public. Returns the URL."""
+                 resolver: Optional[Resolver] = None, max_length: int = 2048,
+                 unresolved: str = "accept") -> str:
+    """Checks a URL a worker will fetch: at most ``max_length`` characters, its scheme in
+    ``schemes``, a host, no ``..`` in the host or path, and neither the host (an IP
+    literal, "localhost", a single-label or internal name) nor, with ``resolve``, any
+    address it resolves to is loopback / private / link-local / otherwise non-public.
+    Returns the URL.
+
+    A host name that cannot be resolved (no such name, or no DNS where this runs: the two
+    look alike to getaddrinfo) is accepted with ``unresolved="accept"`` (default) - it
+    passed every other check, and the worker must check the address it connects to
+    anyway, since DNS answers can change between now and the fetch - or refused with
+    ``unresolved="refuse"``."""
+    if unresolved not in ("accept", "refuse"):
+        raise InvalidArgument(f"unresolved {unresolved!r}: use 'accept' or 'refuse'")
     if not isinstance(url, str):
         raise ValidationError(f"url must be a str, got {type(url).__name__}")
-    if not url or len(url) > max_length:
-        raise ValidationError(f"url: length {len(url)} outside 1..{max_length}")
+    if not url:
+        raise ValidationError("url: empty")
+    if len(url) > max_length:
+        raise ValidationError(f"url: {len(url)} characters exceeds maximum length of {max_length}")
     if any(ord(c) < 33 or ord(c) == 127 for c in url):
         raise ValidationError("url: contains whitespace or control characters")
     try:
@@ -77,30 +94,39 @@ def validate_url(url: str, *, schemes: Sequence[str] = DEFAULT_SCHEMES, resolve:
         raise ValidationError(f"url: {e}") from None
     scheme = parts.scheme.lower()
     if scheme not in {s.lower() for s in schemes}:
-        raise ValidationError(f"url: scheme {scheme or '(none)'!r} not allowed (allowed: {', '.join(schemes)})")
+        raise ValidationError(f"url: Invalid URL scheme {scheme or '(none)'!r} (allowed: {', '.join(schemes)})")
     host = parts.hostname
     if not host:
-        raise ValidationError("url: no host")
-    if host.rstrip(".").lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-        raise ValidationError(f"url: host {host!r} is loopback")
+        raise ValidationError("url: URL must include a hostname")
+    if ".." in parts.netloc or ".." in parts.path or ".." in unquote(parts.path):
+        raise ValidationError("url: Path traversal detected ('..' in the host or path)")
+    name = host.rstrip(".").lower()
+    if name in ("localhost", "localhost.localdomain") or name.endswith(".localhost"):
+        raise ValidationError(f"url: host {host!r} is loopback (access to localhost is not allowed)")
     literal: Optional[IPAddress] = None
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
         # Hosts like "2130706433" or "0x7f.1" are IP addresses to some resolvers.
-        if re.fullmatch(r"[0-9.]+|0x[0-9a-f.x]+", host.lower()):
+        if re.fullmatch(r"[0-9.]+|0x[0-9a-f.x]+", name):
             raise ValidationError(f"url: host {host!r} is a numeric address in an unusual form") from None
     if literal is not None:
         check_address(literal, what=f"url host {host}")
         return url
+    if "." not in name or name.endswith(INTERNAL_SUFFIXES):
+        raise ValidationError(f"url: host {host!r} is an internal name (access to private hosts is not allowed)")
     if resolve:
         res = resolver or socket.getaddrinfo
         try:
             infos = res(host, port or (443 if scheme == "https" else 80), type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError, OSError) as e:
-            raise ValidationError(f"url: host {host!r} does not resolve: {e}") from None
+            if unresolved == "refuse":
+                raise ValidationError(f"url: host {host!r} does not resolve: {e}") from None
+            return url
         if not infos:
-            raise ValidationError(f"url: host {host!r} has no address")
+            if unresolved == "refuse":
+                raise ValidationError(f"url: host {host!r} has no address")
+            return url
         for info in infos:
             check_address(info[4][0].split("%")[0], what=f"url host {host} resolves to")
     return url
@@ -146,16 +172,20 @@ def validate_size(value: Any, max_bytes: int, *, what: str = "payload") -> int:
 
 class MemoryValidator:
     """Checks memory events (``memory.saved`` / ``updated`` / ``deleted`` / ``queried``)
-    before they are appended. Call it as ``validator(event_type, data)``."""
+    before they are appended. Call it as ``validator(event_type, data)``. ``event_types``
+    defaults to the dotted memory events and MemU's ``on_memory_*`` names."""
 
-    URL_FIELDS = ("url", "source_url", "image_url", "audio_url", "video_url", "document_url")
+    URL_FIELDS = ("url", "resource_url", "source_url", "image_url", "audio_url", "video_url", "document_url")
 
     def __init__(self, *, schemes: Sequence[str] = DEFAULT_SCHEMES,
                  modalities: Iterable[str] = DEFAULT_MODALITIES, max_event_bytes: int = 256 * 1024,
                  max_text_bytes: int = 64 * 1024, max_user_id: int = 128, resolve: bool = True,
                  resolver: Optional[Resolver] = None, require_user_id: bool = True,
+                 unresolved: str = "accept",
                  event_types: Optional[Iterable[str]] = ("memory.saved", "memory.updated",
-                                                         "memory.deleted", "memory.queried")) -> None:
+                                                         "memory.deleted", "memory.queried",
+                                                         "on_memory_saved", "on_memory_updated",
+                                                         "on_memory_deleted", "on_memory_queried")) -> None:
         self.schemes = tuple(schemes)
         self.modalities = tuple(modalities)
         self.max_event_bytes = max_event_bytes
@@ -164,6 +194,7 @@ class MemoryValidator:
         self.resolve = resolve
         self.resolver = resolver
         self.require_user_id = require_user_id
+        self.unresolved = unresolved
         self.event_types = None if event_types is None else tuple(event_types)
 
     def __call__(self, event_type: str, data: Any) -> Any:
@@ -178,7 +209,13 @@ class MemoryValidator:
         if not isinstance(data, Mapping):
             raise ValidationError(f"{event_type}: data must be a JSON object (dict), got {type(data).__name__}")
         validate_size(dict(data), self.max_event_bytes, what=f"{event_type} event")
-        if "user_id" in data or self.require_user_id:
+        user = data.get("user")
+        if user is not None:
+            # MemU's shape: {"user": {"user_id": ...}}
+            if not isinstance(user, Mapping) or "user_id" not in user:
+                raise ValidationError(f"{event_type}: user: user_id is required in user dict")
+            validate_user_id(user["user_id"], max_length=self.max_user_id)
+        if "user_id" in data or (self.require_user_id and user is None):
             if "user_id" not in data:
                 raise ValidationError(f"{event_type}: user_id is required")
             validate_user_id(data["user_id"], max_length=self.max_user_id)
@@ -191,7 +228,11 @@ class MemoryValidator:
             validate_modality(data["modality"], self.modalities)
         for f in self.URL_FIELDS:
             if f in data and data[f] is not None:
-                validate_url(data[f], schemes=self.schemes, resolve=self.resolve, resolver=self.resolver)
+                try:
+                    validate_url(data[f], schemes=self.schemes, resolve=self.resolve, resolver=self.resolver,
+                                 unresolved=self.unresolved)
+                except ValidationError as e:
+                    raise ValidationError(f"{event_type}: {f}: {e}") from None
         return data
 
 
