@@ -63,6 +63,11 @@ const char *cli_data_dir(const struct cli *c);
 #define CLI_OPEN_CREATE 1
 int cli_open(struct cli *c, int create);
 
+/* Makes a SIGSEGV or SIGBUS (LMDB reading a damaged data.mdb of the log in dir) print
+ * one line naming dir and what to do, and exit with CLI_EXIT_FAIL instead of dying of the
+ * signal (cli/fault.c). cli_open installs it for embedded logs. */
+void cli_fault_guard(const char *dir);
+
 /* Error reporting: each prints ONE line on stderr and returns the exit status. */
 /* A failed library call: "engram: <errmsg>" when the handle has a message, else
  * "engram: <context>: <strerror(code)>". */

@@ -62,7 +62,7 @@ int cg_group_load(engram *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
   rc = mdb_get(txn, d->groups, &k, &v);
   if (rc == MDB_NOTFOUND)
     return log_error(log, ENGRAM_ENOTFOUND, "group %s/%s: no such group", topic, group);
-  if (rc) return log_error(log, log_err_mdb(rc), "group %s/%s: %s", topic, group, mdb_strerror(rc));
+  if (rc) return log_error(log, log_err_mdb(rc), "group %s/%s: %s", topic, group, log_mdb_text(rc));
   g->meta = engram__group_meta__unpack(NULL, v.mv_size, v.mv_data);
   if (!g->meta)
     return log_error(log, ENGRAM_ECORRUPT, "group %s/%s: record does not decode", topic, group);

@@ -54,6 +54,10 @@ int log_err_mdb(int rc) {
     case MDB_CORRUPTED:
     case MDB_PAGE_NOTFOUND:
     case MDB_INVALID:
+    case MDB_BAD_TXN: /* an earlier call in the transaction met a damaged page */
+    case MDB_CURSOR_FULL:
+    case MDB_PAGE_FULL:
+    case MDB_INCOMPATIBLE:
       return ENGRAM_ECORRUPT;
     case MDB_VERSION_MISMATCH:
       return ENGRAM_EVERSION;
@@ -65,6 +69,15 @@ int log_err_mdb(int rc) {
       if (rc > 0) return err_from_errno(rc);
       return ENGRAM_EINTERNAL;
   }
+}
+
+const char *log_mdb_text(int rc) {
+  static __thread char buf[256];
+  if (log_err_mdb(rc) != ENGRAM_ECORRUPT) return mdb_strerror(rc);
+  snprintf(buf, sizeof buf,
+           "data.mdb is damaged (LMDB: %s); run `engram verify` and restore from a backup",
+           mdb_strerror(rc));
+  return buf;
 }
 
 int64_t log_now_ns(const engram *log) {
@@ -426,7 +439,7 @@ int engram_sync(engram *log) {
   if (!log) return ENGRAM_EINVAL;
   if (log->remote) return log->remote->sync(log);
   int rc = mdb_env_sync(log->env, 1);
-  if (rc) return log_error(log, log_err_mdb(rc), "sync: %s", mdb_strerror(rc));
+  if (rc) return log_error(log, log_err_mdb(rc), "sync: %s", log_mdb_text(rc));
   pthread_mutex_lock(&log->mu);
   log->dirty = 0;
   pthread_mutex_unlock(&log->mu);
@@ -450,7 +463,7 @@ int engram_backup(engram *log, const char *dest) {
     char f[4200];
     snprintf(f, sizeof f, "%s/data.mdb", dest);
     unlink(f);
-    return log_error(log, log_err_mdb(rc), "backup %s: %s", dest, mdb_strerror(rc));
+    return log_error(log, log_err_mdb(rc), "backup %s: %s", dest, log_mdb_text(rc));
   }
   char f[4200], parent[4096];
   snprintf(f, sizeof f, "%s/data.mdb", dest);
@@ -482,7 +495,7 @@ int log_read_begin(engram *log, MDB_txn **txn) {
       mdb_reader_check(log->env, &dead);
       if (dead) continue;
     }
-    return log_error(log, log_err_mdb(rc), "read: %s", mdb_strerror(rc));
+    return log_error(log, log_err_mdb(rc), "read: %s", log_mdb_text(rc));
   }
 }
 
@@ -569,7 +582,7 @@ int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out
   log_read_end(log, txn);
   pthread_mutex_unlock(&log->dbi_mu);
   if (mrc != MDB_NOTFOUND)
-    return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, mdb_strerror(mrc));
+    return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, log_mdb_text(mrc));
   struct log_dbi_req r = {.name = name, .flags = flags};
   rc = log_write_solo(log, create_dbi_job, &r);
   if (rc < 0) return rc;

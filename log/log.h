@@ -143,8 +143,14 @@ struct engram {
 int log_error(const engram *log, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void log_error_clear(const engram *log);
-/* Translates an LMDB return code (MDB_* or errno) to ENGRAM_E*. */
+/* Translates an LMDB return code (MDB_* or errno) to ENGRAM_E*. The codes LMDB returns
+ * when a page or a transaction is unusable (MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_BAD_TXN,
+ * MDB_CURSOR_FULL, MDB_PAGE_FULL, MDB_INCOMPATIBLE, MDB_INVALID) become ENGRAM_ECORRUPT:
+ * engram uses LMDB so that they arise only from a damaged data.mdb. */
 int log_err_mdb(int rc);
+/* Text for an LMDB code in a message: for damage, what is wrong and what to do; else
+ * mdb_strerror(). Valid until the calling thread's next call. */
+const char *log_mdb_text(int rc);
 
 /* The handle's clock (CLOCK_REALTIME ns; the test clock when one is set). */
 int64_t log_now_ns(const engram *log);

@@ -136,7 +136,7 @@ int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t) {
     int rc = mdb_get(txn, log->db_topics, &k, &v);
     if (rc == MDB_NOTFOUND)
       return log_error(log, ENGRAM_ENOTFOUND, "topic %s: no such topic", name);
-    if (rc) return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
+    if (rc) return log_error(log, log_err_mdb(rc), "topic %s: %s", name, log_mdb_text(rc));
     if ((rc = meta_decode(log, &v, name, t))) return rc;
     if ((rc = topic_dbi(log, name, &t->dbi))) return rc;
     unsigned int flags;
@@ -146,7 +146,7 @@ int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t) {
     if (txn != log_read_txn_of_thread() || tries > 0) return LOG_ENEWDBI;
     mdb_txn_reset(txn);
     if ((rc = mdb_txn_renew(txn)))
-      return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
+      return log_error(log, log_err_mdb(rc), "topic %s: %s", name, log_mdb_text(rc));
   }
 }
 
