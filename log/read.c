@@ -429,6 +429,40 @@ static void walk_topic(engram *log, struct walk *w, const char *name, void **scr
 /* LMDB's own structure: every named database opens, a cursor walks all its entries in
  * key order, their number matches the database's header (mdb_stat), and every topic
  * database has its record in `topics`. */
+static void walk_free_pages(engram *log, MDB_txn *txn, struct walk *w) {
+  /* LMDB's free-page list (database 0): each entry is a transaction id and a list of
+   * page numbers led by its length. Writers take pages from it, so a damaged entry
+   * crashes or corrupts the next write even when every record reads back. */
+  MDB_envinfo info;
+  MDB_cursor *c;
+  snprintf(w->where, sizeof w->where, "the free-page list");
+  mdb_env_info(log->env, &info);
+  int rc = mdb_cursor_open(txn, 0, &c);
+  if (rc) {
+    damage(w, "the free-page list: %s", log_mdb_text(rc));
+    return;
+  }
+  MDB_val k, v;
+  int op = MDB_FIRST;
+  while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
+    op = MDB_NEXT;
+    size_t n = v.mv_size / sizeof(size_t), count = 0;
+    if (n) memcpy(&count, v.mv_data, sizeof count);
+    int bad = k.mv_size != sizeof(size_t) || v.mv_size % sizeof(size_t) || !n || count != n - 1;
+    for (size_t i = 1; i < n && !bad; i++) {
+      size_t pg;
+      memcpy(&pg, (const char *)v.mv_data + i * sizeof pg, sizeof pg);
+      bad = pg < 2 || pg > info.me_last_pgno;
+    }
+    if (bad) {
+      damage(w, "the free-page list: an entry is malformed or names pages beyond the file");
+      break;
+    }
+  }
+  if (rc && rc != MDB_NOTFOUND) damage(w, "the free-page list: %s", log_mdb_text(rc));
+  mdb_cursor_close(c);
+}
+
 static void walk_databases(engram *log, struct walk *w) {
   MDB_txn *txn;
   int rc = log_read_begin(log, &txn);
@@ -437,6 +471,7 @@ static void walk_databases(engram *log, struct walk *w) {
     snprintf(w->msg, sizeof w->msg, "%s", engram_errmsg(log));
     return;
   }
+  walk_free_pages(log, txn, w);
   MDB_dbi main;
   MDB_cursor *mc = NULL;
   snprintf(w->where, sizeof w->where, "the list of databases");
