@@ -1,6 +1,7 @@
 /* read.c — reading events into batches, and checking every stored record (verify). */
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -574,6 +575,9 @@ int engram_verify(engram *log, engram_verify_report *report) {
     return rc;
   }
   if (pid == 0) {
+    /* A fault must end the child, not run a handler the caller installed for itself. */
+    static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) signal(faults[i], SIG_DFL);
     engram_options o = log->opts;
     o.flags |= ENGRAM_OPEN_NOCREATE;
     engram *own;

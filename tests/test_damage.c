@@ -66,6 +66,8 @@ static void make_log(const char *dir, size_t n) {
 }
 
 /* Deletes the record at offset from a closed log. */
+static char *slurp(const char *path, size_t *len);
+
 static void raw_delete(const char *dir, uint64_t offset) {
   MDB_env *env;
   assert_int_equal(tu_raw_open(dir, 0, &env), 0);
@@ -109,6 +111,50 @@ static void a_missing_offset_inside_the_range_is_damage_not_a_gap(void **state) 
   assert_int_equal(r.records, 49);
   assert_true(r.damaged >= 1);
   assert_non_null(strstr(r.first_damage, "offset 20"));
+  engram_close(log);
+}
+
+/* Makes the stored size of the record at offset 16 MiB larger, so that reading it runs
+ * past the end of data.mdb and faults. LMDB keeps no checksum of its pages: a leaf node
+ * is a 2+2-byte data size, 2 bytes of flags, a 2-byte key size, the key (the u64
+ * offset), then the value. */
+static void stretch_record(const char *dir, uint64_t offset) {
+  unsigned char *val;
+  size_t vlen;
+  assert_int_equal(tu_raw_get(dir, "memory", offset, &val, &vlen), 0);
+  char *file = tu_join(dir, "data.mdb");
+  size_t len;
+  char *buf = slurp(file, &len);
+  int fd = open(file, O_RDWR), patched = 0;
+  assert_true(fd >= 0);
+  for (size_t i = 8; i + 8 + 16 <= len; i++) {
+    if (memcmp(buf + i, &offset, 8) || memcmp(buf + i + 8, val, 16)) continue;
+    uint16_t hi = 0x100;
+    assert_int_equal(pwrite(fd, &hi, 2, (off_t)(i - 6)), 2);
+    patched++;
+  }
+  assert_true(patched > 0);
+  close(fd);
+  free(buf);
+  free(val);
+  free(file);
+}
+
+static void a_fault_in_the_verify_walk_becomes_a_damage_report(void **state) {
+  fx *f = *state;
+  make_log(f->logdir, 50);
+  stretch_record(f->logdir, 50);
+  engram *log = tu_open(f->logdir, NULL);
+  engram_verify_report r;
+  ok(log, engram_verify(log, &r), "verify");
+  assert_true(r.damaged >= 1);
+  assert_non_null(strstr(r.first_damage, "data.mdb"));
+  assert_non_null(strstr(r.first_damage, "backup"));
+  /* The handle still works after the walk's fault. */
+  engram_topic_info *t;
+  size_t n;
+  ok(log, engram_topic_list(log, &t, &n), "topics");
+  engram_free(t);
   engram_close(log);
 }
 
@@ -323,6 +369,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       T(a_missing_offset_inside_the_range_is_damage_not_a_gap),
       T(verify_counts_every_record_of_a_clean_log),
+      T(a_fault_in_the_verify_walk_becomes_a_damage_report),
       T(flipped_bits_never_kill_a_reader_nor_hide_an_event),
   };
   return cmocka_run_group_tests_name("damage", tests, NULL, NULL);
