@@ -32,7 +32,7 @@
   X(status, "show one event's state in a group")                                    \
   X(dlq, "list, show, purge or redrive a group's dead-letter queue")                \
   X(stat, "topics and groups at a glance: heads, lag, in flight, dead")             \
-  X(verify, "check the CRC of every stored record")                                 \
+  X(verify, "check every stored record and the database structure")                 \
   X(backup, "write a consistent copy of the log to a new directory")                \
   X(serve, "serve a log over ZeroMQ (the daemon, in the foreground)")               \
   X(keygen, "make a CURVE key pair for serve and its clients")                      \
