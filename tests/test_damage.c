@@ -266,7 +266,7 @@ static void flipped_bits_never_kill_a_reader_nor_hide_an_event(void **state) {
   char *src = tu_join(f->logdir, "data.mdb");
 
   const char *env = getenv("ENGRAM_DAMAGE_COPIES");
-  int copies = env && atoi(env) > 0 ? atoi(env) : 150;
+  int copies = env && atoi(env) > 0 ? atoi(env) : 100;
   const char *seed_env = getenv("ENGRAM_TEST_SEED");
   uint64_t rng = seed_env ? strtoull(seed_env, NULL, 0) : 0xda11a9e5eedULL;
   if (!rng) rng = 1;
