@@ -464,6 +464,41 @@ static void walk_free_pages(engram *log, MDB_txn *txn, struct walk *w) {
   mdb_cursor_close(c);
 }
 
+/* Every record of `topics` decodes and has its topic database; a topic whose record
+ * does not decode is left out of topic lists, so this is where verify sees it. */
+static void walk_topic_records(engram *log, MDB_txn *txn, MDB_dbi main, struct walk *w) {
+  MDB_cursor *c;
+  snprintf(w->where, sizeof w->where, "the topics database");
+  int rc = mdb_cursor_open(txn, log->db_topics, &c);
+  if (rc) {
+    damage(w, "topics: %s", log_mdb_text(rc));
+    return;
+  }
+  MDB_val k, v;
+  int op = MDB_FIRST;
+  while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
+    op = MDB_NEXT;
+    char db[ENGRAM_MAX_NAME + 8];
+    int len = k.mv_size <= ENGRAM_MAX_NAME ? (int)k.mv_size : ENGRAM_MAX_NAME;
+    snprintf(db, sizeof db, "%s%.*s", LOG_TOPIC_DB_PREFIX, len, (const char *)k.mv_data);
+    const char *name = db + strlen(LOG_TOPIC_DB_PREFIX);
+    Engram__TopicMeta *m = engram__topic_meta__unpack(NULL, v.mv_size, v.mv_data);
+    if (!m) {
+      damage(w, "topic %s: its record in `topics` does not decode", name);
+      continue;
+    }
+    engram__topic_meta__free_unpacked(m, NULL);
+    MDB_val dk = {strlen(db), db}, dv;
+    int drc = mdb_get(txn, main, &dk, &dv);
+    if (drc == MDB_NOTFOUND)
+      damage(w, "topic %s: listed in `topics` but its database is missing", name);
+    else if (drc)
+      damage(w, "topic %s: %s", name, log_mdb_text(drc));
+  }
+  if (rc != MDB_NOTFOUND) damage(w, "topics: %s", log_mdb_text(rc));
+  mdb_cursor_close(c);
+}
+
 static void walk_databases(engram *log, struct walk *w) {
   MDB_txn *txn;
   int rc = log_read_begin(log, &txn);
@@ -535,6 +570,7 @@ static void walk_databases(engram *log, struct walk *w) {
   }
   if (rc != MDB_NOTFOUND) damage(w, "the list of databases: %s", log_mdb_text(rc));
   mdb_cursor_close(mc);
+  walk_topic_records(log, txn, main, w);
   log_read_end(log, txn);
 }
 
