@@ -351,7 +351,7 @@ static void flipped_bits_never_kill_a_reader_nor_hide_an_event(void **state) {
     static const char *const cmds[][8] = {
         {"stat", NULL},
         {"topics", NULL},
-        {"topic", "show", "memory", NULL},
+        {"topic", "show", "memory", "--json", NULL},
         {"consume", "memory", "g", "--consumer", "c", "--count", "5", NULL},
         {"append", "memory", "memory.saved", "--payload", "{\"after\":1}", NULL},
     };
@@ -367,6 +367,11 @@ static void flipped_bits_never_kill_a_reader_nor_hide_an_event(void **state) {
        * consume may fail (cleanly) after a clean verify. */
       if (verify_clean && s != 0 && strcmp(a[0], "consume") != 0)
         PROBLEM("verify clean but %s failed: %s", a[0], e);
+      if (verify_clean && strcmp(a[0], "topic") == 0) {
+        char *o = slurp(out, NULL);
+        if (!strstr(o, "\"count\":400")) PROBLEM("verify clean but topic show says %s", o);
+        free(o);
+      }
       free(e);
     }
     free(vout);
