@@ -594,6 +594,12 @@ static void walk(engram *log, struct walk *w) {
   if (!w->rc) walk_databases(log, w);
 }
 
+/* Signals a damaged page can raise in LMDB: a read outside the map, or an assertion
+ * (abort) on an impossible page. Anything else (SIGKILL ...) came from outside. */
+static int is_fault(int sig) {
+  return sig == SIGSEGV || sig == SIGBUS || sig == SIGFPE || sig == SIGILL || sig == SIGABRT;
+}
+
 /* The walk runs in a child process with a handle of its own: LMDB trusts the pages it
  * reads, so a damaged page can make it read outside the map. In the child that is a
  * report, not the caller's death. */
@@ -630,14 +636,25 @@ int engram_verify(engram *log, engram_verify_report *report) {
     }
     _exit(0);
   }
-  int st, rc = 0;
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  int st = 0, rc = 0;
+  pid_t got;
+  while ((got = waitpid(pid, &st, 0)) < 0 && errno == EINTR) {
+  }
+  if (got < 0) { /* SIGCHLD ignored by the program: the child was reaped for us */
+    rc = log_error(log, ENGRAM_EINTERNAL,
+                   "verify: cannot wait for the checking process (%s): do not ignore SIGCHLD",
+                   strerror(errno));
+    munmap(w, sizeof *w);
+    return rc;
   }
   *report = w->report;
-  if (WIFSIGNALED(st)) {
+  int sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+  if (sig) {
     /* The child may have died holding a reader slot: free it. */
     int dead = 0;
     mdb_reader_check(log->env, &dead);
+  }
+  if (is_fault(sig)) {
     char first[1024];
     snprintf(first, sizeof first,
              "%s/data.mdb: reading %s crashed (%s): its pages are damaged; restore the log "
@@ -646,6 +663,9 @@ int engram_verify(engram *log, engram_verify_report *report) {
     if (!report->damaged)
       snprintf(report->first_damage, sizeof report->first_damage, "%.255s", first);
     report->damaged++;
+  } else if (sig) {
+    rc = log_error(log, ENGRAM_EIO, "verify: the checking process was killed (%s); run it again",
+                   strsignal(sig));
   } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
     rc = log_error(log, ENGRAM_EINTERNAL, "verify: the checking process failed (status %d)", st);
   } else if (w->rc) {
