@@ -448,7 +448,10 @@ typedef struct engram_verify_report {
  * possibly > 0. The walk runs in a child process (fork) with a handle of its own, because
  * LMDB does not check its pages: a damaged page that makes it fault is reported as damage
  * ("DIR/data.mdb: reading topic T offset N crashed (Bus error) ...") and the caller goes
- * on. Errors: EINVAL, ENOMEM/EIO (fork or the child's open failed for another reason). */
+ * on. The calling program must not ignore SIGCHLD (the child is waited for). Errors:
+ * EINVAL; ENOMEM/EIO when fork or the child's open fails for a reason other than damage;
+ * EIO when the child is killed from outside (SIGKILL ...); EINTERNAL when it cannot be
+ * waited for. */
 int engram_verify(engram *log, engram_verify_report *report);
 
 /* ---------------------------------------------------------------------------------
