@@ -71,6 +71,12 @@ struct engram_remote_ops {
 extern void (*log_attach_hook)(engram *log);
 extern void (*log_detach_hook)(engram *log);
 
+/* Checks the records of the layers above during engram_verify()'s walk, in its read
+ * transaction: calls damage(ctx, text) for each one that does not decode. consumers/ sets
+ * it (from a constructor) for group records, so log/ needs no knowledge of groups. */
+typedef void (*log_damage_fn)(void *ctx, const char *text);
+extern void (*log_verify_hook)(engram *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
+
 /* Hook the layers above install to hear about commits (net/ publishes them). */
 typedef void (*log_commit_hook)(void *ctx, const char *topic, uint64_t head);
 

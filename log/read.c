@@ -464,6 +464,10 @@ static void walk_free_pages(engram *log, MDB_txn *txn, struct walk *w) {
   mdb_cursor_close(c);
 }
 
+void (*log_verify_hook)(engram *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
+
+static void hook_damage(void *ctx, const char *text) { damage(ctx, "%s", text); }
+
 /* Every record of `topics` decodes and has its topic database; a topic whose record
  * does not decode is left out of topic lists, so this is where verify sees it. */
 static void walk_topic_records(engram *log, MDB_txn *txn, MDB_dbi main, struct walk *w) {
@@ -571,6 +575,10 @@ static void walk_databases(engram *log, struct walk *w) {
   if (rc != MDB_NOTFOUND) damage(w, "the list of databases: %s", log_mdb_text(rc));
   mdb_cursor_close(mc);
   walk_topic_records(log, txn, main, w);
+  if (log_verify_hook) {
+    snprintf(w->where, sizeof w->where, "the consumer groups");
+    log_verify_hook(log, txn, hook_damage, w);
+  }
   log_read_end(log, txn);
 }
 

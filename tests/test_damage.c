@@ -182,6 +182,29 @@ static void a_topic_record_that_does_not_decode_is_damage(void **state) {
   engram_close(log);
 }
 
+static void a_group_record_that_does_not_decode_is_damage(void **state) {
+  fx *f = *state;
+  make_log(f->logdir, 10);
+  MDB_env *env;
+  assert_int_equal(tu_raw_open(f->logdir, 0, &env), 0);
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "groups", 0, &dbi), 0);
+  MDB_val k = {strlen("memory") + 2, "memory\0g"}, v = {4, "\xff\xff\xff\xff"};
+  assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+
+  engram *log = tu_open(f->logdir, NULL);
+  engram_verify_report r;
+  ok(log, engram_verify(log, &r), "verify");
+  assert_int_equal(r.records, 10);
+  assert_int_equal(r.damaged, 1);
+  assert_non_null(strstr(r.first_damage, "group memory/g"));
+  engram_close(log);
+}
+
 static void verify_counts_every_record_of_a_clean_log(void **state) {
   fx *f = *state;
   make_log(f->logdir, EVENTS);
@@ -396,6 +419,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       T(a_missing_offset_inside_the_range_is_damage_not_a_gap),
       T(a_topic_record_that_does_not_decode_is_damage),
+      T(a_group_record_that_does_not_decode_is_damage),
       T(verify_counts_every_record_of_a_clean_log),
       T(a_fault_in_the_verify_walk_becomes_a_damage_report),
       T(flipped_bits_never_kill_a_reader_nor_hide_an_event),
