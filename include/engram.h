@@ -442,8 +442,8 @@ typedef struct engram_verify_report {
   char first_damage[256]; /* "topic memory offset 17: CRC mismatch", "" = none */
 } engram_verify_report;
 /* Checks every record of every topic (CRC, decoding, decompression), that every offset
- * from a topic's first to its head is stored once and in order, that the topic records
- * decode, and LMDB's structure: the free-page list, and a cursor walk over every database
+ * from a topic's first to its head is stored once and in order, that the topic and group
+ * records decode, and LMDB's structure: the free-page list, and a cursor walk over every database
  * in key order to the entry count its header holds. Returns 0 with report->damaged
  * possibly > 0. The walk runs in a child process (fork) with a handle of its own, because
  * LMDB does not check its pages: a damaged page that makes it fault is reported as damage
