@@ -32,7 +32,7 @@
   X(status, "show one event's state in a group")                                    \
   X(dlq, "list, show, purge or redrive a group's dead-letter queue")                \
   X(stat, "topics and groups at a glance: heads, lag, in flight, dead")             \
-  X(verify, "check the CRC of every stored record")                                 \
+  X(verify, "check every stored record and the database structure")                 \
   X(backup, "write a consistent copy of the log to a new directory")                \
   X(serve, "serve a log over ZeroMQ (the daemon, in the foreground)")               \
   X(keygen, "make a CURVE key pair for serve and its clients")                      \
@@ -65,6 +65,11 @@ const char *cli_data_dir(const struct cli *c);
 #define CLI_OPEN_CREATE 1
 #define CLI_OPEN_READ 2
 int cli_open(struct cli *c, int create);
+
+/* Makes a SIGSEGV or SIGBUS (LMDB reading a damaged data.mdb of the log in dir) print
+ * one line naming dir and what to do, and exit with CLI_EXIT_FAIL instead of dying of the
+ * signal (cli/fault.c). cli_open installs it for embedded logs. */
+void cli_fault_guard(const char *dir);
 
 /* Error reporting: each prints ONE line on stderr and returns the exit status. */
 /* A failed library call: "engram: <errmsg>" when the handle has a message, else

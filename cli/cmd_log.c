@@ -25,7 +25,10 @@ static const char read_help[] =
     "                 \"headers\",\"timestamp_ns\",\"content_type\",\"payload\",\n"
     "                 \"idempotency_key\"} plus \"deliver_at_ns\" when set; a payload that\n"
     "                 is not UTF-8 comes as \"payload_base64\" instead of \"payload\"\n"
-    "  -h, --help     this help\n";
+    "  -h, --help     this help\n"
+    "\n"
+    "Offsets are dense, so a missing offset below the head is damage: read prints the\n"
+    "events before a damaged or missing record, then fails with its offset (status 1).\n";
 
 /* Prints b's events, moving *from past them and counting them off *count. */
 static int print_events(json_writer *w, int json, const char *topic, const engram_batch *b,
@@ -46,18 +49,20 @@ static int print_events(json_writer *w, int json, const char *topic, const engra
 }
 
 /* A damaged record fails the whole range read, so the chunk is read again one offset at
- * a time: the events before the damage are printed and the error names its offset. */
+ * a time: the events before the damage are printed and the error names its offset.
+ * Offsets are dense, so an offset the range read reached cannot be "not found" here: a
+ * hole is damage too, and the command fails rather than skip an event silently. */
 static int read_singly(struct cli *c, json_writer *w, int json, const char *topic, size_t want,
                        uint64_t *from, uint64_t *count) {
   for (size_t k = 0; k<want && * count> 0 && *from != 0; k++) {
     uint64_t off = *from;
     engram_batch *b = NULL;
     int rc = engram_read(c->log, topic, off, &b);
-    if (rc == ENGRAM_ENOTFOUND) { /* no event at this offset */
-      cli_forget_error(c);
-      *from = off + 1;
-      continue;
-    }
+    if (rc == ENGRAM_ENOTFOUND)
+      return cli_error("read %s: offset %" PRIu64
+                       " is missing after a damage report: the log is damaged; run `engram "
+                       "verify` and restore from a backup",
+                       topic, off);
     if (rc != 0) return cli_fail(c, rc, "read %s offset %" PRIu64, topic, off);
     int status = print_events(w, json, topic, b, from, count);
     engram_batch_free(b);
@@ -427,9 +432,12 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
   static const char h[] =
       "usage: engram verify [--json]\n"
       "\n"
-      "Checks the CRC and decoding of every record of every topic and prints how many\n"
-      "were checked. Exits with status 1 when any record is damaged, naming the first\n"
-      "damage on stderr.\n"
+      "Checks every record of every topic (CRC, decoding, decompression), that every\n"
+      "offset from a topic's first to its head is stored, and LMDB's structure (free\n"
+      "pages, key order and entry counts of every database); prints how many records\n"
+      "were checked. The walk runs in a child process: a damaged page that crashes it\n"
+      "is reported, not fatal. Exits with status 1 when anything is damaged, naming the\n"
+      "first damage on stderr; restore a damaged log from a backup.\n"
       "\n"
       "options:\n"
       "  --json     {\"topics\":N,\"records\":N,\"damaged\":N,\"first_damage\":STR|null}\n"

@@ -173,6 +173,7 @@ int cli_open(struct cli *c, int create) {
   if (!dir)
     return cli_usage(NULL,
                      "no log given: use --data DIR or --connect ENDPOINT, or set ENGRAM_DATA");
+  cli_fault_guard(dir);
   engram_options o;
   memset(&o, 0, sizeof o);
   o.durability = c->durability;

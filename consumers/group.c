@@ -40,6 +40,41 @@ int cg_del_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t gid) {
   return rc == 0 || rc == MDB_NOTFOUND ? 0 : log_err_mdb(rc);
 }
 
+/* engram_verify's check of the group records: each key is "topic\0group" with valid
+ * names and each value decodes (keys that start with NUL are counters). Reads only: a log without
+ * groups has no database. */
+static void verify_groups(engram *log, MDB_txn *txn, log_damage_fn damage, void *ctx) {
+  MDB_dbi dbi;
+  MDB_cursor *c;
+  if (mdb_dbi_open(txn, "groups", 0, &dbi) || mdb_cursor_open(txn, dbi, &c)) return;
+  MDB_val k, v;
+  int op = MDB_FIRST, rc;
+  char text[512];
+  while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
+    op = MDB_NEXT;
+    if (k.mv_size && !*(const char *)k.mv_data) continue; /* "\0next_group_id" and such */
+    char key[2 * ENGRAM_MAX_NAME + 2];
+    size_t n = k.mv_size < sizeof key - 1 ? k.mv_size : sizeof key - 1;
+    memcpy(key, k.mv_data, n);
+    key[n] = '\0';
+    const char *group = strlen(key) < n ? key + strlen(key) + 1 : "";
+    Engram__GroupMeta *m = engram__group_meta__unpack(NULL, v.mv_size, v.mv_data);
+    if (!m || !log_valid_name(key) || !log_valid_name(group)) {
+      snprintf(text, sizeof text, "group %.200s/%.200s: record key or value does not decode", key,
+               group);
+      damage(ctx, text);
+    }
+    engram__group_meta__free_unpacked(m, NULL);
+  }
+  if (rc != MDB_NOTFOUND) {
+    snprintf(text, sizeof text, "groups: %s", log_mdb_text(rc));
+    damage(ctx, text);
+  }
+  mdb_cursor_close(c);
+}
+
+__attribute__((constructor)) static void verify_hook_init(void) { log_verify_hook = verify_groups; }
+
 static size_t group_key(unsigned char *buf, const char *topic, const char *group) {
   size_t a = strlen(topic), b = strlen(group);
   memcpy(buf, topic, a);
@@ -62,7 +97,7 @@ int cg_group_load(engram *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
   rc = mdb_get(txn, d->groups, &k, &v);
   if (rc == MDB_NOTFOUND)
     return log_error(log, ENGRAM_ENOTFOUND, "group %s/%s: no such group", topic, group);
-  if (rc) return log_error(log, log_err_mdb(rc), "group %s/%s: %s", topic, group, mdb_strerror(rc));
+  if (rc) return log_error(log, log_err_mdb(rc), "group %s/%s: %s", topic, group, log_mdb_text(rc));
   g->meta = engram__group_meta__unpack(NULL, v.mv_size, v.mv_data);
   if (!g->meta)
     return log_error(log, ENGRAM_ECORRUPT, "group %s/%s: record does not decode", topic, group);

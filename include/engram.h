@@ -27,6 +27,15 @@
  * ENGRAM_EINTERNAL); the handle keeps a message with context for the last error of the
  * calling thread (engram_errmsg()). Nothing is written when a call fails.
  *
+ * DAMAGE. If data.mdb is damaged (a failing disk, a power cut under ASYNC), reads never
+ * return damaged data nor skip an event: a record failing its CRC, a missing offset between
+ * the topic's first offset and its head, and LMDB's own damage codes all give
+ * ENGRAM_ECORRUPT with a message naming what and where. LMDB does not checksum its pages,
+ * so a damaged page can make the reading process fault (SIGSEGV/SIGBUS); engram_verify()
+ * runs its walk in a child process for that reason and reports such a fault as damage,
+ * but other calls read in the caller's process. Run engram_verify() (`engram verify`)
+ * after a crash of unknown cause, and restore a damaged log from a backup.
+ *
  * OWNERSHIP. Strings and buffers passed in are copied before the call returns. Results
  * are returned through out parameters and are owned by the caller, who frees them with
  * the matching _free function. close/free functions accept NULL and return void.
@@ -88,12 +97,14 @@ extern "C" {
  * Errors. A released code never changes its number.
  * ------------------------------------------------------------------------------ */
 #define ENGRAM_OK 0
-#define ENGRAM_EINVAL -1      /* an argument is invalid (name, size, pattern, duration) */
-#define ENGRAM_ENOTFOUND -2   /* no such topic, group, event or entry */
-#define ENGRAM_EEXIST -3      /* topic or group already exists */
-#define ENGRAM_ENOMEM -4      /* out of memory */
-#define ENGRAM_EIO -5         /* an operating-system I/O call failed */
-#define ENGRAM_ECORRUPT -6    /* a stored record failed its CRC or could not be decoded */
+#define ENGRAM_EINVAL -1    /* an argument is invalid (name, size, pattern, duration) */
+#define ENGRAM_ENOTFOUND -2 /* no such topic, group, event or entry */
+#define ENGRAM_EEXIST -3    /* topic or group already exists */
+#define ENGRAM_ENOMEM -4    /* out of memory */
+#define ENGRAM_EIO -5       /* an operating-system I/O call failed */
+#define ENGRAM_ECORRUPT                                                                           \
+  -6                          /* damage: a record failed its CRC or decoding, an offset below the \
+                                 head is missing, or LMDB met a damaged page (see DAMAGE) */
 #define ENGRAM_ENOSPC -7      /* the disk is full; the log stays usable once space returns */
 #define ENGRAM_ETOOBIG -8     /* payload, headers or message over its limit */
 #define ENGRAM_EVERSION -9    /* on-disk format or wire protocol version not supported */
@@ -492,11 +503,21 @@ ENGRAM_API void engram_txn_abort(engram_txn *txn);
  * ------------------------------------------------------------------------------ */
 typedef struct engram_verify_report {
   uint64_t topics;
-  uint64_t records;       /* records checked */
-  uint64_t damaged;       /* records failing CRC or decode */
+  uint64_t records;       /* records checked; on a sound log the sum of head - first + 1 */
+  uint64_t damaged;       /* records failing CRC or decode, missing offsets, structural faults */
   char first_damage[256]; /* "topic memory offset 17: CRC mismatch", "" = none */
 } engram_verify_report;
-/* Checks every record of every topic. Returns 0 with report->damaged possibly > 0. */
+/* Checks every record of every topic (CRC, decoding, decompression), that every offset
+ * from a topic's first to its head is stored once and in order, that the topic and group
+ * records decode, and LMDB's structure: the free-page list, and a cursor walk over every database
+ * in key order to the entry count its header holds. Returns 0 with report->damaged
+ * possibly > 0. The walk runs in a child process (fork) with a handle of its own, because
+ * LMDB does not check its pages: a damaged page that makes it fault is reported as damage
+ * ("DIR/data.mdb: reading topic T offset N crashed (Bus error) ...") and the caller goes
+ * on. The calling program must not ignore SIGCHLD (the child is waited for). Errors:
+ * EINVAL; ENOMEM/EIO when fork or the child's open fails for a reason other than damage;
+ * EIO when the child is killed from outside (SIGKILL ...); EINTERNAL when it cannot be
+ * waited for. */
 ENGRAM_API int engram_verify(engram *log, engram_verify_report *report);
 
 /* ---------------------------------------------------------------------------------

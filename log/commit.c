@@ -95,7 +95,7 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
   for (;;) {
     MDB_txn *txn;
     int rc = begin_txn(log, &txn);
-    if (rc) return log_error(log, log_err_mdb(rc), "commit: begin: %s", mdb_strerror(rc));
+    if (rc) return log_error(log, log_err_mdb(rc), "commit: begin: %s", log_mdb_text(rc));
     log_wtx w = {.log = log, .txn = txn, .now_ns = log_now_ns(log), .touched = NULL};
     int grow = 0, ok = 0;
     for (struct log_job *j = jobs; j && !grow; j = j->next) {
@@ -109,7 +109,7 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
         rc = mdb_txn_begin(log->env, txn, 0, &child);
         if (rc) {
           grow = rc == MDB_MAP_FULL;
-          set_job_error(j, log_error(log, log_err_mdb(rc), "commit: %s", mdb_strerror(rc)));
+          set_job_error(j, log_error(log, log_err_mdb(rc), "commit: %s", log_mdb_text(rc)));
           continue;
         }
         w.txn = child;
@@ -161,7 +161,7 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
        * ran out of space looks like. */
       if (code == ENGRAM_EIO && log_disk_nearly_full(log)) code = ENGRAM_ENOSPC;
       return log_error(log, code, "commit: %s",
-                       code == ENGRAM_ENOSPC ? "disk full" : mdb_strerror(rc));
+                       code == ENGRAM_ENOSPC ? "disk full" : log_mdb_text(rc));
     }
     MDB_envinfo info;
     mdb_env_info(log->env, &info);

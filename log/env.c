@@ -56,6 +56,10 @@ int log_err_mdb(int rc) {
     case MDB_CORRUPTED:
     case MDB_PAGE_NOTFOUND:
     case MDB_INVALID:
+    case MDB_BAD_TXN: /* an earlier call in the transaction met a damaged page */
+    case MDB_CURSOR_FULL:
+    case MDB_PAGE_FULL:
+    case MDB_INCOMPATIBLE:
       return ENGRAM_ECORRUPT;
     case MDB_VERSION_MISMATCH:
       return ENGRAM_EVERSION;
@@ -67,6 +71,15 @@ int log_err_mdb(int rc) {
       if (rc > 0) return err_from_errno(rc);
       return ENGRAM_EINTERNAL;
   }
+}
+
+const char *log_mdb_text(int rc) {
+  static __thread char buf[256];
+  if (log_err_mdb(rc) != ENGRAM_ECORRUPT) return mdb_strerror(rc);
+  snprintf(buf, sizeof buf,
+           "data.mdb is damaged (LMDB: %s); run `engram verify` and restore from a backup",
+           mdb_strerror(rc));
+  return buf;
 }
 
 int64_t log_now_ns(const engram *log) {
@@ -774,7 +787,7 @@ int engram_sync(engram *log) {
   if (log->remote) return log->remote->sync(log);
   if (log->env_flags & MDB_RDONLY) return 0; /* a read-only handle has written nothing */
   int rc = mdb_env_sync(log->env, 1);
-  if (rc) return log_error(log, log_err_mdb(rc), "sync: %s", mdb_strerror(rc));
+  if (rc) return log_error(log, log_err_mdb(rc), "sync: %s", log_mdb_text(rc));
   pthread_mutex_lock(&log->mu);
   log->dirty = 0;
   pthread_mutex_unlock(&log->mu);
@@ -798,7 +811,7 @@ int engram_backup(engram *log, const char *dest) {
     char f[4200];
     snprintf(f, sizeof f, "%s/data.mdb", dest);
     unlink(f);
-    return log_error(log, log_err_mdb(rc), "backup %s: %s", dest, mdb_strerror(rc));
+    return log_error(log, log_err_mdb(rc), "backup %s: %s", dest, log_mdb_text(rc));
   }
   char f[4200], parent[4096];
   snprintf(f, sizeof f, "%s/data.mdb", dest);
@@ -835,7 +848,7 @@ static int read_start(engram *log, MDB_txn *txn_in, MDB_txn **txn) {
 
 int log_read_begin(engram *log, MDB_txn **txn) {
   int rc = read_start(log, NULL, txn);
-  return rc ? log_error(log, log_err_mdb(rc), "read: %s", mdb_strerror(rc)) : 0;
+  return rc ? log_error(log, log_err_mdb(rc), "read: %s", log_mdb_text(rc)) : 0;
 }
 
 void log_read_end(engram *log, MDB_txn *txn) {
@@ -854,7 +867,7 @@ int log_read_resume(engram *log, MDB_txn *txn) {
   if (rc == 0) return 0;
   /* log_read_end still aborts the (reset) transaction and releases the lock. */
   pthread_rwlock_rdlock(&log->map_lock);
-  return log_error(log, log_err_mdb(rc), "read: %s", mdb_strerror(rc));
+  return log_error(log, log_err_mdb(rc), "read: %s", log_mdb_text(rc));
 }
 
 int log_disk_nearly_full(const engram *log) {
@@ -927,7 +940,7 @@ int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out
   int rc = read_start(log, NULL, &txn);
   if (rc) {
     pthread_mutex_unlock(&log->dbi_mu);
-    return log_error(log, log_err_mdb(rc), "open database %s: %s", name, mdb_strerror(rc));
+    return log_error(log, log_err_mdb(rc), "open database %s: %s", name, log_mdb_text(rc));
   }
   int mrc = mdb_dbi_open(txn, name, flags, out);
   if (mrc == 0)
@@ -938,7 +951,7 @@ int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out
   pthread_mutex_unlock(&log->dbi_mu);
   if (mrc == 0) return 0;
   if (mrc != MDB_NOTFOUND)
-    return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, mdb_strerror(mrc));
+    return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, log_mdb_text(mrc));
   struct log_dbi_req r = {.name = name, .flags = flags};
   rc = log_write_solo(log, create_dbi_job, &r);
   if (rc < 0) return rc;

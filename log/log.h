@@ -71,6 +71,12 @@ struct engram_remote_ops {
 extern void (*log_attach_hook)(engram *log);
 extern void (*log_detach_hook)(engram *log);
 
+/* Checks the records of the layers above during engram_verify()'s walk, in its read
+ * transaction: calls damage(ctx, text) for each one that does not decode. consumers/ sets
+ * it (from a constructor) for group records, so log/ needs no knowledge of groups. */
+typedef void (*log_damage_fn)(void *ctx, const char *text);
+extern void (*log_verify_hook)(engram *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
+
 /* Hook the layers above install to hear about commits (net/ publishes them). */
 typedef void (*log_commit_hook)(void *ctx, const char *topic, uint64_t head);
 
@@ -143,8 +149,14 @@ struct engram {
 int log_error(const engram *log, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void log_error_clear(const engram *log);
-/* Translates an LMDB return code (MDB_* or errno) to ENGRAM_E*. */
+/* Translates an LMDB return code (MDB_* or errno) to ENGRAM_E*. The codes LMDB returns
+ * when a page or a transaction is unusable (MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_BAD_TXN,
+ * MDB_CURSOR_FULL, MDB_PAGE_FULL, MDB_INCOMPATIBLE, MDB_INVALID) become ENGRAM_ECORRUPT:
+ * engram uses LMDB so that they arise only from a damaged data.mdb. */
 int log_err_mdb(int rc);
+/* Text for an LMDB code in a message: for damage, what is wrong and what to do; else
+ * mdb_strerror(). Valid until the calling thread's next call. */
+const char *log_mdb_text(int rc);
 
 /* The handle's clock (CLOCK_REALTIME ns; the test clock when one is set). */
 int64_t log_now_ns(const engram *log);

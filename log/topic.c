@@ -184,7 +184,7 @@ int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t) {
     int rc = mdb_get(txn, log->db_topics, &k, &v);
     if (rc == MDB_NOTFOUND)
       return log_error(log, ENGRAM_ENOTFOUND, "topic %s: no such topic", name);
-    if (rc) return log_error(log, log_err_mdb(rc), "topic %s: %s", name, mdb_strerror(rc));
+    if (rc) return log_error(log, log_err_mdb(rc), "topic %s: %s", name, log_mdb_text(rc));
     if ((rc = meta_decode(log, &v, name, t))) return rc;
     unsigned int flags;
     int cached = topic_dbi_cached(log, name, &t->dbi);
@@ -347,7 +347,7 @@ int engram_topic_info_get(engram *log, const char *topic, engram_topic_info *inf
 static int list_in(engram *log, MDB_txn *txn, int may_renew, engram_topic_info **out, size_t *n) {
   MDB_cursor *c;
   int rc = mdb_cursor_open(txn, log->db_topics, &c);
-  if (rc) return log_error(log, log_err_mdb(rc), "topic list: %s", mdb_strerror(rc));
+  if (rc) return log_error(log, log_err_mdb(rc), "topic list: %s", log_mdb_text(rc));
   size_t cap = 0, cnt = 0, n_missing = 0;
   engram_topic_info *arr = NULL;
   char(*missing)[ENGRAM_MAX_NAME + 1] = NULL;
