@@ -464,14 +464,8 @@ static int prepare(struct net_server *s, struct worker *w, struct job *j) {
   if (j->rq) return 0;
   char why[512];
   int code = 0;
-  j->rq = engram__wire__request__unpack(NULL, zmq_msg_size(&j->body), zmq_msg_data(&j->body));
-  if (!j->rq) {
-    code = ENGRAM_EPROTO;
-    snprintf(why, sizeof why, "malformed request: does not decode");
-  } else if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP__NOT_SET || !j->rq->hello) {
-    code = ENGRAM_EPROTO;
-    snprintf(why, sizeof why, "unknown operation %d", j->pk.op);
-  }
+  j->rq = net_request_unpack(zmq_msg_data(&j->body), zmq_msg_size(&j->body), &j->pk, &code, why,
+                             sizeof why);
   if (code) {
     s->bad++;
     client_error(s, &j->body, code, net_op_name(j->pk.op), why);
@@ -866,7 +860,6 @@ static int take_request(struct net_server *s) {
   }
   for (int i = 0; i < np; i++) zmq_msg_close(&parts[i]);
   char why[300];
-  const char *reason;
   if (bad) {
     s->bad++;
     snprintf(why, sizeof why, "malformed request: one frame expected, got %d", frames - j->delim);
@@ -874,24 +867,8 @@ static int take_request(struct net_server *s) {
     reply_error(s, s->router, j, ENGRAM_EPROTO, why);
     return 0;
   }
-  int code = 0;
-  if (zmq_msg_size(&j->body) == 0) {
-    code = ENGRAM_EPROTO;
-    snprintf(why, sizeof why, "empty request");
-  } else if (net_wire_scan(&engram__wire__request__descriptor, zmq_msg_data(&j->body),
-                           zmq_msg_size(&j->body), &j->pk, &reason)) {
-    code = ENGRAM_EPROTO;
-    snprintf(why, sizeof why, "malformed request: %s", reason);
-  } else if (j->pk.version != ENGRAM_PROTOCOL_VERSION) {
-    if (j->pk.version == 0 && j->pk.op == 0) {
-      code = ENGRAM_EPROTO;
-      snprintf(why, sizeof why, "malformed request: no protocol version and no operation");
-    } else {
-      code = ENGRAM_EVERSION;
-      snprintf(why, sizeof why, "protocol version %u not supported (this daemon speaks %d)",
-               j->pk.version, ENGRAM_PROTOCOL_VERSION);
-    }
-  }
+  int code =
+      net_request_peek(zmq_msg_data(&j->body), zmq_msg_size(&j->body), &j->pk, why, sizeof why);
   if (code) {
     s->bad++;
     client_error(s, &j->body, code, net_op_name(j->pk.op), why);
