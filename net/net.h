@@ -41,15 +41,16 @@ typedef struct net_peek {
 int net_wire_scan(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len, net_peek *pk,
                   const char **why);
 
-/* Checks and decodes one request frame: net_request_peek, then net_request_unpack (the
- * daemon runs the two on different threads; the fuzz target runs them here). Returns the
- * request (free it with engram__wire__request__free_unpacked(rq, NULL)) or NULL with
- * *code (ENGRAM_EPROTO or ENGRAM_EVERSION) and a message in why[cap]. *pk is filled
- * either way, as far as the frame could be read. */
+/* Checks and decodes one request frame. Returns the request (free it with
+ * engram__wire__request__free_unpacked(rq, NULL)) or NULL with *code (ENGRAM_EPROTO or
+ * ENGRAM_EVERSION) and a message in why[cap]. *pk is filled either way, as far as the
+ * frame could be read. */
 Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_peek *pk, int *code,
                                           char *why, size_t cap);
-/* The structural scan, filling *pk, and the protocol version. Returns 0 or ENGRAM_EPROTO /
- * ENGRAM_EVERSION with a message in why[cap]. */
+/* net_request_decode's two halves, which the daemon runs on two threads (the main thread
+ * peeks, a worker unpacks): one decoder for the daemon and the fuzz target.
+ * net_request_peek: the structural scan, filling *pk, and the protocol version. Returns 0
+ * or ENGRAM_EPROTO / ENGRAM_EVERSION with a message in why[cap]. */
 int net_request_peek(const uint8_t *buf, size_t len, net_peek *pk, char *why, size_t cap);
 /* protobuf-c's decoding of a frame net_request_peek passed, and an operation in it.
  * Returns the request or NULL with *code ENGRAM_EPROTO and a message in why[cap]. */
