@@ -427,8 +427,8 @@ static void refused(struct settle *s, uint64_t offset, int rc) {
  * nacks and rejects one by one. */
 static void settle_upto(struct settle *s, const engram_batch *b, size_t upto) {
   if (s->op == SETTLE_ACK && upto > s->next) {
-    engram_ack_item items[ACK_STEP];
-    int codes[ACK_STEP];
+    engram_ack_item items[ACK_STEP] = {{0}};
+    int codes[ACK_STEP] = {0};
     size_t n = upto - s->next;
     for (size_t i = 0; i < n; i++) {
       const engram_event *ev = &b->events[s->next + i];
