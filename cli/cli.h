@@ -180,8 +180,8 @@ struct cli_args {
   int npos;   /* positional arguments, compacted into pos[] */
   char **pos; /* = argv + 1 */
   const struct cli_opt *opts;
-  int nseen;                  /* options parsed so far */
-  int seen[CLI_MAX_OPTS + 1]; /* per opts[i]: 0 = not given, else nseen when it last came */
+  int nseen;              /* options parsed so far */
+  int seen[CLI_MAX_OPTS]; /* per opts[i]: 0 = not given, else nseen when it last came */
 };
 /* Parses argv[1..argc-1]; argv[0] is the command name. */
 void cli_args_init(struct cli_args *a, const char *cmd, int argc, char **argv);
