@@ -139,7 +139,10 @@ $(SHARED_TEST_BINS): $(BUILD)/tests/%-shared: tests/%.c $(TEST_HELPERS) $(BUILD)
 
 $(BUILD)/fuzz/%-replay: tests/fuzz/%.c tests/fuzz/replay_main.c $(BUILD)/libengram-internal.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@.$$$$.tmp $< tests/fuzz/replay_main.c $(BUILD)/libengram-internal.a $(LDLIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+	$(CC) $(ALL_CFLAGS) -o $@.$$$$.tmp $(filter %.c,$^) $(BUILD)/libengram-internal.a $(LDLIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+
+# The JSON target runs the command's own parser.
+$(BUILD)/fuzz/fuzz_json-replay: cli/json.c
 
 $(BUILD)/bench/%: bench/%.c $(wildcard bench/common/*.c) $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
