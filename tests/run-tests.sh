@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # run-tests.sh — runs every built C test, the exported-symbols check, every fuzz corpus
-# replay and the Python tests, each under a timeout in a fresh temporary directory, and
+# replay, the C examples, the CLI script and the Python tests, each under a timeout in a fresh temporary directory, and
 # prints one tally line.
 #
 # Environment: BUILD (build or build/san, default build), ENGRAM_TEST_TIMEOUT (seconds per
@@ -85,6 +85,11 @@ if [ -d "$BUILD/fuzz" ]; then
       printf 'FAIL  %-40s         (no corpus in %s)\n' "fuzz/$name" "$corpus"
     fi
   done
+fi
+
+# The C programs of examples/, run as a user runs them (one against `engram serve`).
+if [ -f examples/run-examples.sh ] && [ -x "$BUILD/examples/producer" ]; then
+  run_unit examples env BUILD="$BUILD" bash examples/run-examples.sh
 fi
 
 # The engram command end to end, as a user runs it.
