@@ -63,8 +63,8 @@ int main(int argc, char **argv) {
 
   engram_topic_info info;
   if ((rc = engram_topic_info_get(log, "memory", &info))) goto fail;
-  printf("appended %ld events (%ld duplicates); topic memory holds offsets up to %llu\n",
-         written, duplicates, (unsigned long long)info.head_offset);
+  printf("appended %ld events (%ld duplicates); topic memory holds offsets up to %llu\n", written,
+         duplicates, (unsigned long long)info.head_offset);
   engram_close(log);
   return 0;
 

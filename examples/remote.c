@@ -31,8 +31,11 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 3; i++) {
     char id[32];
     snprintf(id, sizeof id, "chat-line-%d", i + 1);
-    engram_event ev = {.type = "chat.line", .payload = lines[i], .payload_len = strlen(lines[i]),
-                       .content_type = "text/plain", .idempotency_key = id};
+    engram_event ev = {.type = "chat.line",
+                       .payload = lines[i],
+                       .payload_len = strlen(lines[i]),
+                       .content_type = "text/plain",
+                       .idempotency_key = id};
     uint64_t offset;
     int dup;
     if ((rc = engram_append(log, "chat", &ev, &offset, &dup))) goto fail;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run-tests.sh — runs every built C test, the exported-symbols check, every fuzz corpus
-# replay, the C examples, the CLI script and the Python tests, each under a timeout in a fresh temporary directory, and
-# prints one tally line.
+# replay, the C examples, the CLI script and the Python tests, each under a timeout in a
+# fresh temporary directory, and prints one tally line.
 #
 # Environment: BUILD (build or build/san, default build), ENGRAM_TEST_TIMEOUT (seconds per
 # unit, default 120; the slowest unit takes about 15 s under the sanitizers), ONLY (run only units whose name contains it), VERBOSE=1 (print
