@@ -42,12 +42,13 @@ SHLIB := libengram.so.$(VERSION)
 # Compiler and linker flags of the libraries engram uses, from pkg-config. A package
 # without a .pc file (or a machine without pkg-config yet: `make deps` installs it) falls
 # back to plain -l<name>. Expanded once, on first use, so after `make deps` has run.
+PKG_CONFIG ?= pkg-config
 DEP_PKGS := lmdb:lmdb libzstd:zstd libprotobuf-c:protobuf-c libzmq:zmq
-pc_cflags = $(foreach d,$(DEP_PKGS),$(shell pkg-config --cflags $(word 1,$(subst :, ,$(d))) 2>/dev/null))
-pc_libs = $(foreach d,$(DEP_PKGS),$(or $(shell pkg-config --libs $(word 1,$(subst :, ,$(d))) 2>/dev/null),-l$(word 2,$(subst :, ,$(d)))))
+pc_cflags = $(foreach d,$(DEP_PKGS),$(shell $(PKG_CONFIG) --cflags $(word 1,$(subst :, ,$(d))) 2>/dev/null))
+pc_libs = $(foreach d,$(DEP_PKGS),$(or $(shell $(PKG_CONFIG) --libs $(word 1,$(subst :, ,$(d))) 2>/dev/null),-l$(word 2,$(subst :, ,$(d)))))
 DEP_CFLAGS = $(eval DEP_CFLAGS := $(call pc_cflags))$(DEP_CFLAGS)
 DEP_LIBS = $(eval DEP_LIBS := $(call pc_libs) -lpthread -lm)$(DEP_LIBS)
-CMOCKA_LIBS = $(eval CMOCKA_LIBS := $(or $(shell pkg-config --libs cmocka 2>/dev/null),-lcmocka))$(CMOCKA_LIBS)
+CMOCKA_LIBS = $(eval CMOCKA_LIBS := $(or $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null),-lcmocka))$(CMOCKA_LIBS)
 
 CFLAGS ?= -O2 -g
 WARN := -Wall -Wextra -Werror -Wno-unused-parameter
@@ -236,8 +237,8 @@ python: all
 # engram.pc: Requires.private names the packages that have a .pc file here; the others
 # go into Libs.private as plain -l flags, so `pkg-config engram` never names a missing
 # package.
-pc_requires = $(foreach d,$(DEP_PKGS),$(shell pkg-config --exists $(word 1,$(subst :, ,$(d))) 2>/dev/null && echo $(word 1,$(subst :, ,$(d)))))
-pc_plain_libs = $(foreach d,$(DEP_PKGS),$(shell pkg-config --exists $(word 1,$(subst :, ,$(d))) 2>/dev/null || echo -l$(word 2,$(subst :, ,$(d)))))
+pc_requires = $(foreach d,$(DEP_PKGS),$(shell $(PKG_CONFIG) --exists $(word 1,$(subst :, ,$(d))) 2>/dev/null && echo $(word 1,$(subst :, ,$(d)))))
+pc_plain_libs = $(foreach d,$(DEP_PKGS),$(shell $(PKG_CONFIG) --exists $(word 1,$(subst :, ,$(d))) 2>/dev/null || echo -l$(word 2,$(subst :, ,$(d)))))
 
 $(BUILD)/engram.pc: engram.pc.in include/engram.h Makefile
 	@mkdir -p $(dir $@)
