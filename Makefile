@@ -1,6 +1,7 @@
 # engram — build, test, bench, install. GNU make; no other build system.
 #   make deps        install the Debian packages engram needs (idempotent; root or sudo)
-#   make             library (build/libengram.a, build/libengram.so) and CLI (build/engram)
+#   make             library (build/libengram.a, build/libengram.so.X.Y.Z and its links),
+#                    CLI (build/engram) and the C examples (build/examples/)
 #                    (only engram_* names are visible in either library: see "Visibility")
 #   make run         builds and runs the main job on ./engram-data
 #   make test        builds and runs every test (SAN=1: under ASan + UBSan)
@@ -220,7 +221,7 @@ bench-peers: deps all $(BENCH_BINS)
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	  --suppress=missingIncludeSystem -Iinclude -Icommon -I. $(LIB_SRCS) $(CLI_SRCS)
+	  --suppress=missingIncludeSystem -Iinclude -Icommon -I. $(LIB_SRCS) $(CLI_SRCS) $(EXAMPLE_SRCS)
 
 # The main job: a short demo fills ./engram-data, then the daemon serves it in the
 # foreground (Ctrl-C stops it). LISTEN=tcp://127.0.0.1:7450 by default.
