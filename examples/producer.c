@@ -30,7 +30,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   rc = engram_topic_create(log, "memory", NULL);
-  if (rc && rc != ENGRAM_EEXIST) goto fail;
+  if (rc && rc != ENGRAM_EEXIST) goto fail_close;
 
   long written = 0, duplicates = 0;
   for (long first = 0; first < count; first += BATCH) {
@@ -52,7 +52,7 @@ int main(int argc, char **argv) {
     }
     uint64_t offsets[BATCH];
     int dups[BATCH];
-    if ((rc = engram_append_batch(log, "memory", evs, n, offsets, dups))) goto fail;
+    if ((rc = engram_append_batch(log, "memory", evs, n, offsets, dups))) goto fail_close;
     for (size_t i = 0; i < n; i++) {
       if (dups[i])
         duplicates++;
@@ -62,13 +62,13 @@ int main(int argc, char **argv) {
   }
 
   engram_topic_info info;
-  if ((rc = engram_topic_info_get(log, "memory", &info))) goto fail;
+  if ((rc = engram_topic_info_get(log, "memory", &info))) goto fail_close;
   printf("appended %ld events (%ld duplicates); topic memory holds offsets up to %llu\n", written,
          duplicates, (unsigned long long)info.head_offset);
   engram_close(log);
   return 0;
 
-fail:
+fail_close:
   fprintf(stderr, "producer: %s: %s\n", engram_errname(rc), engram_errmsg(log));
   engram_close(log);
   return 1;

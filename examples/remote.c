@@ -23,9 +23,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   rc = engram_topic_create(log, "chat", NULL);
-  if (rc && rc != ENGRAM_EEXIST) goto fail;
+  if (rc && rc != ENGRAM_EEXIST) goto fail_close;
   rc = engram_group_create(log, "chat", "archiver", NULL);
-  if (rc && rc != ENGRAM_EEXIST) goto fail;
+  if (rc && rc != ENGRAM_EEXIST) goto fail_close;
 
   static const char *const lines[] = {"hello", "how are you?", "fine, thanks"};
   for (int i = 0; i < 3; i++) {
@@ -38,13 +38,13 @@ int main(int argc, char **argv) {
                        .idempotency_key = id};
     uint64_t offset;
     int dup;
-    if ((rc = engram_append(log, "chat", &ev, &offset, &dup))) goto fail;
+    if ((rc = engram_append(log, "chat", &ev, &offset, &dup))) goto fail_close;
     printf("append %-14s -> offset %llu%s\n", lines[i], (unsigned long long)offset,
            dup ? " (duplicate)" : "");
   }
 
   engram_batch *b;
-  if ((rc = engram_fetch(log, "chat", "archiver", "remote-1", 10, 1000, &b))) goto fail;
+  if ((rc = engram_fetch(log, "chat", "archiver", "remote-1", 10, 1000, &b))) goto fail_close;
   for (size_t i = 0; i < b->count && !rc; i++) {
     const engram_event *e = &b->events[i];
     printf("fetch  offset %llu attempt %u: %.*s\n", (unsigned long long)e->offset, e->attempt,
@@ -52,11 +52,11 @@ int main(int argc, char **argv) {
     rc = engram_ack(log, "chat", "archiver", e->offset, e->attempt, NULL, 0);
   }
   engram_batch_free(b);
-  if (rc) goto fail;
+  if (rc) goto fail_close;
   engram_close(log);
   return 0;
 
-fail:
+fail_close:
   fprintf(stderr, "remote: %s: %s\n", engram_errname(rc), engram_errmsg(log));
   engram_close(log);
   return 1;

@@ -31,12 +31,12 @@ int main(int argc, char **argv) {
   static const char *const filters[] = {"memory.*"};
   engram_group_config cfg = {.filters = filters, .n_filters = 1, .ack_wait_ms = 10000};
   rc = engram_group_create(log, TOPIC, GROUP, &cfg);
-  if (rc && rc != ENGRAM_EEXIST) goto fail;
+  if (rc && rc != ENGRAM_EEXIST) goto fail_close;
 
   unsigned long acked = 0, rejected = 0;
   for (;;) {
     engram_batch *b;
-    if ((rc = engram_fetch(log, TOPIC, GROUP, consumer, 50, 200, &b))) goto fail;
+    if ((rc = engram_fetch(log, TOPIC, GROUP, consumer, 50, 200, &b))) goto fail_close;
     size_t n = b->count;
     for (size_t i = 0; i < n && !rc; i++) {
       const engram_event *e = &b->events[i];
@@ -54,19 +54,19 @@ int main(int argc, char **argv) {
         acked += rc == 0;
     }
     engram_batch_free(b);
-    if (rc) goto fail;
+    if (rc) goto fail_close;
     if (n == 0) break;
   }
 
   engram_group_info info;
-  if ((rc = engram_group_info_get(log, TOPIC, GROUP, &info))) goto fail;
+  if ((rc = engram_group_info_get(log, TOPIC, GROUP, &info))) goto fail_close;
   printf("%s: acked %lu, rejected %lu; group %s: lag %llu, in flight %llu, dead %llu\n", consumer,
          acked, rejected, GROUP, (unsigned long long)info.lag, (unsigned long long)info.in_flight,
          (unsigned long long)info.dead);
   engram_close(log);
   return 0;
 
-fail:
+fail_close:
   fprintf(stderr, "worker: %s: %s\n", engram_errname(rc), engram_errmsg(log));
   engram_close(log);
   return 1;
