@@ -150,6 +150,11 @@ static void stretch_record(const char *dir, uint64_t offset) {
 
 static void a_fault_in_the_verify_walk_becomes_a_damage_report(void **state) {
   fx *f = *state;
+#if defined(__SANITIZE_ADDRESS__)
+  /* Sanitizer builds walk in the calling process (log/read.c): no isolation to test. */
+  (void)f;
+  skip();
+#endif
   make_log(f->logdir, 50);
   stretch_record(f->logdir, 50);
   engram *log = tu_open(f->logdir, NULL);
