@@ -48,7 +48,7 @@ setup(
     name="engram",
     version="0.1.0",
     description="Python binding of engram, a durable event log with consumer groups",
-    packages=["engram"],
+    packages=["engram", "engram.celery"],
     package_data={"engram": ["py.typed"]},
     ext_modules=[ext],
     python_requires=">=3.9",

@@ -276,6 +276,10 @@ class App:
         # Orders fetched events before they are handed to workers (highest first); default:
         # the "priority" header (an int), else 0.
         self.priority_key: Optional[Callable[[Event], int]] = None
+        # What `python -m engram worker` uses for the flags it is not given (concurrency,
+        # batch, mode, max_tasks_per_child), and what runs before the workers start.
+        self.worker_defaults: Dict[str, Any] = {}
+        self.before_run: List[Callable[[], None]] = []
         self._control_seen = 0   # control topic offset read up to (this process)
         self._revoked: Dict[str, bool] = {}  # event id -> terminate, from the control topic
         self._control_lock = threading.Lock()
@@ -324,6 +328,19 @@ class App:
     def group(self) -> Group:
         """The consumer group on the App's topic."""
         return self.group_for(self.topic)
+
+    def set_durability(self, durability: str) -> None:
+        """Sets the durability the App opens its log directory with (before it is open).
+        A Log given to the App, or a served log, keeps its own: asking for another is
+        an error."""
+        if durability not in client._DURABILITY:
+            raise InvalidArgument(f"durability {durability!r}: use 'sync', 'nometasync' or 'async'")
+        if self._target is None or "://" in self._target:
+            raise InvalidArgument("durability: a served log's durability is set by engram serve")
+        have = self.open_options.get("durability", "sync")
+        if self._log is not None and not self._log.closed and have != durability:
+            raise InvalidArgument(f"durability {durability!r}: the log is open already with {have!r}")
+        self.open_options["durability"] = durability
 
     def close(self) -> None:
         """Closes the log handle this App opened."""
@@ -578,7 +595,7 @@ class App:
             raise InvalidArgument(f"concurrency {concurrency} must be at least 1")
         if mode not in ("thread", "process"):
             raise InvalidArgument(f"mode {mode!r}: use 'thread' or 'process'")
-        if not self.handlers:
+        if not self.handlers and not self.before_run:
             raise InvalidArgument("App.run: no handlers registered")
         t_ms = _ms(timeout, "timeout")
         g_ms = _ms(grace, "grace", allow_none=False)
@@ -595,6 +612,10 @@ class App:
             client._str(q, "queue")
         if len(set(qs)) != len(qs):
             raise InvalidArgument(f"queues {qs}: a queue is named twice")
+        for hook in self.before_run:
+            hook()
+        if not self.handlers:
+            raise InvalidArgument("App.run: no handlers registered")
         self._stop.clear()
         restore = self._install_signals() if install_signals else None
         try:

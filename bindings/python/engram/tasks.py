@@ -324,11 +324,7 @@ class Task:
 
     si = signature = s
 
-    def apply_async(self, args: Optional[Sequence[Any]] = None, kwargs: Optional[Dict[str, Any]] = None, *,
-                    countdown: Optional[Duration] = None, eta: Any = None, expires: Any = None,
-                    priority: Optional[int] = None, queue: Any = None,
-                    routing_key: Optional[str] = None, task_id: Optional[str] = None,
-                    headers: Optional[Dict[str, str]] = None, ignore_result: Optional[bool] = None,
+    def apply_async(self, args: Optional[Sequence[Any]] = None, kwargs: Optional[Dict[str, Any]] = None,
                     **options: Any) -> "AsyncResult":
         """Sends the task: one durable append. ``countdown`` (seconds) or ``eta``
         (datetime; naive = UTC) hold it back until then; ``expires`` (seconds or datetime):
@@ -338,87 +334,103 @@ class Task:
         id, also an idempotency key (sending it twice inside the dedup window runs it
         once). Options engram cannot honour (``link``, ``exchange`` ...) raise
         NotSupported; unknown ones TypeError."""
-        for k, v in options.items():
-            if k in ("retry", "retry_policy", "add_to_parent", "serializer", "delivery_mode"):
-                if k == "serializer" and v not in (None, "json"):
-                    raise NotSupported(f"serializer {v!r}: tasks are JSON only")
-                if k == "delivery_mode" and v not in (None, 2, "persistent"):
-                    raise NotSupported("delivery_mode: every engram event is persistent")
-                continue  # publishing is one durable append: nothing to retry or declare
-            if k in ("link", "link_error", "chain", "chord", "group_id", "exchange", "exchange_type",
-                     "compression", "shadow", "time_limit", "soft_time_limit", "connection",
-                     "producer", "publisher", "router", "declare", "mandatory", "immediate",
-                     "reply_to", "stamped_headers"):
-                if v is None:
-                    continue
-                raise NotSupported(f"apply_async({k}=...) is not supported by engram's tasks")
-            raise TypeError(f"apply_async() got an unexpected keyword argument {k!r}")
-        if args is None:
-            args = ()
-        if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
-            raise TypeError("args must be a list or tuple")
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise TypeError("kwargs must be a dict")
-        if queue is not None:
-            topic = _str(getattr(queue, "name", queue), "queue")
-        elif routing_key is not None:
-            topic = self._queue_for_key(_str(routing_key, "routing_key"))
-        else:
-            topic = self.queue
-        body = {"args": list(args), "kwargs": kwargs or {}, "task": self.name}
-        try:
-            json.dumps(body)
-        except (TypeError, ValueError) as e:
-            raise InvalidArgument(f"task {self.name}: arguments are not JSON-serialisable: {e}") from None
-        hdr: Dict[str, str] = {"task": self.name}
-        if headers:
-            for k, v in headers.items():
-                if not isinstance(k, str) or not isinstance(v, str):
-                    raise TypeError("headers must map str to str")
-                hdr[k] = v
-        if countdown is not None and eta is not None:
-            raise InvalidArgument("give countdown or eta, not both")
-        deliver_at = None
-        if countdown is not None:
-            ms = _ms(countdown, "countdown")
-            deliver_at = time.time() + ms / 1000 if ms else None
-        elif eta is not None:
-            deliver_at = _when_ns(eta, "eta") / 1e9
-            hdr["eta"] = _dt.datetime.fromtimestamp(deliver_at, _dt.timezone.utc).isoformat()
-        if deliver_at is not None and deliver_at <= time.time():
-            deliver_at = None  # due already
-        expires = self.expires if expires is None else expires
-        if expires is not None:
-            if isinstance(expires, (int, float)) and not isinstance(expires, bool):
-                ns = time.time_ns() + (_ms(expires, "expires") or 0) * 1_000_000
-            else:
-                ns = _when_ns(expires, "expires")
-            hdr["expires"] = str(ns)
-        priority = self.priority if priority is None else priority
-        if priority is not None:
-            if isinstance(priority, bool) or not isinstance(priority, int):
-                raise TypeError("priority must be an int")
-            if not 0 <= priority <= 255:
-                raise InvalidArgument(f"priority {priority}: use 0..255 (higher runs first)")
-            hdr["priority"] = str(priority)
-        if task_id is not None:
-            _str(task_id, "task_id")
-            hdr["task_id"] = task_id
-        if ignore_result:
-            raise NotSupported("apply_async(ignore_result=True): set ignore_result on the task")
-        off = self.app.log.append(topic, self.type, body, deliver_at=deliver_at,
-                                  idempotency_key=task_id, headers=hdr)
-        cls = getattr(self.app, "result_class", None) or AsyncResult
-        return cls(Group(self.app.log, topic, self.app.group_name), off, app=self.app, id=task_id)
+        return send_task(self.app, self.name, args, kwargs, _queue=self.queue,
+                         _priority=self.priority, _expires=self.expires, **options)
 
-    def _queue_for_key(self, key: str) -> str:
-        for pattern, q in self.app.bindings:
-            if match_routing_key(pattern, key):
-                return q
-        if self.app.bindings:
-            raise InvalidArgument(f"routing_key {key!r}: no queue is bound to it "
-                                  f"(bindings: {[p for p, _ in self.app.bindings]})")
-        return key  # no bindings: as Celery's automatic queues, the key names the queue
+def send_task(app: "App", name: str, args: Optional[Sequence[Any]] = None,
+              kwargs: Optional[Dict[str, Any]] = None, *, _queue: Optional[str] = None,
+              _priority: Optional[int] = None, _expires: Any = None,
+              countdown: Optional[Duration] = None, eta: Any = None, expires: Any = None,
+              priority: Optional[int] = None, queue: Any = None,
+              routing_key: Optional[str] = None, task_id: Optional[str] = None,
+              headers: Optional[Dict[str, str]] = None, ignore_result: Optional[bool] = None,
+              **options: Any) -> "AsyncResult":
+    """Sends task ``name`` (registered here or only on the workers): one durable append,
+    with the options of :meth:`Task.apply_async`; ``_queue``, ``_priority`` and
+    ``_expires`` are the task's defaults."""
+    for k, v in options.items():
+        if k in ("retry", "retry_policy", "add_to_parent", "serializer", "delivery_mode"):
+            if k == "serializer" and v not in (None, "json"):
+                raise NotSupported(f"serializer {v!r}: tasks are JSON only")
+            if k == "delivery_mode" and v not in (None, 2, "persistent"):
+                raise NotSupported("delivery_mode: every engram event is persistent")
+            continue  # publishing is one durable append: nothing to retry or declare
+        if k in ("link", "link_error", "chain", "chord", "group_id", "exchange", "exchange_type",
+                 "compression", "shadow", "time_limit", "soft_time_limit", "connection",
+                 "producer", "publisher", "router", "declare", "mandatory", "immediate",
+                 "reply_to", "stamped_headers"):
+            if v is None:
+                continue
+            raise NotSupported(f"apply_async({k}=...) is not supported by engram's tasks")
+        raise TypeError(f"apply_async() got an unexpected keyword argument {k!r}")
+    if args is None:
+        args = ()
+    if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
+        raise TypeError("args must be a list or tuple")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError("kwargs must be a dict")
+    if queue is not None:
+        topic = _str(getattr(queue, "name", queue), "queue")
+    elif routing_key is not None:
+        topic = queue_for_key(app, _str(routing_key, "routing_key"))
+    else:
+        topic = _queue or app.topic
+    body = {"args": list(args), "kwargs": kwargs or {}, "task": name}
+    try:
+        json.dumps(body)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"task {name}: arguments are not JSON-serialisable: {e}") from None
+    hdr: Dict[str, str] = {"task": _str(name, "name")}
+    if headers:
+        for k, v in headers.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError("headers must map str to str")
+            hdr[k] = v
+    if countdown is not None and eta is not None:
+        raise InvalidArgument("give countdown or eta, not both")
+    deliver_at = None
+    if countdown is not None:
+        ms = _ms(countdown, "countdown")
+        deliver_at = time.time() + ms / 1000 if ms else None
+    elif eta is not None:
+        deliver_at = _when_ns(eta, "eta") / 1e9
+        hdr["eta"] = _dt.datetime.fromtimestamp(deliver_at, _dt.timezone.utc).isoformat()
+    if deliver_at is not None and deliver_at <= time.time():
+        deliver_at = None  # due already
+    expires = _expires if expires is None else expires
+    if expires is not None:
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+            ns = time.time_ns() + (_ms(expires, "expires") or 0) * 1_000_000
+        else:
+            ns = _when_ns(expires, "expires")
+        hdr["expires"] = str(ns)
+    priority = _priority if priority is None else priority
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError("priority must be an int")
+        if not 0 <= priority <= 255:
+            raise InvalidArgument(f"priority {priority}: use 0..255 (higher runs first)")
+        hdr["priority"] = str(priority)
+    if task_id is not None:
+        _str(task_id, "task_id")
+        hdr["task_id"] = task_id
+    if ignore_result:
+        raise NotSupported("apply_async(ignore_result=True): set ignore_result on the task")
+    off = app.log.append(topic, _type_for(name), body, deliver_at=deliver_at,
+                         idempotency_key=task_id, headers=hdr)
+    cls = getattr(app, "result_class", None) or AsyncResult
+    return cls(Group(app.log, topic, app.group_name), off, app=app, task_id=task_id)
+
+
+def queue_for_key(app: "App", key: str) -> str:
+    """The queue a routing key goes to: the first of the app's bindings it matches."""
+    for pattern, q in app.bindings:
+        if match_routing_key(pattern, key):
+            return q
+    if app.bindings:
+        raise InvalidArgument(f"routing_key {key!r}: no queue is bound to it "
+                              f"(bindings: {[p for p, _ in app.bindings]})")
+    return key  # no bindings: as Celery's automatic queues, the key names the queue
 
 
 async def _awaited(aw: Any) -> Any:
@@ -450,11 +462,11 @@ class AsyncResult:
     ``result``, ``get()``, ``ready()``; ``await result`` waits without blocking the loop."""
 
     def __init__(self, group: Group, offset: int, *, app: Optional["App"] = None,
-                 id: Optional[str] = None) -> None:
+                 task_id: Optional[str] = None) -> None:
         self.group = group
         self.offset = int(offset)
         self.app = app
-        self._id = id
+        self._id = task_id
         self._revoked = False
 
     @classmethod
@@ -463,8 +475,8 @@ class AsyncResult:
         apply_async) as ``app``'s workers see it; an id nobody sent reads PENDING."""
         where = _locate(app, task_id)
         if where is None:
-            return cls(Group(app.log, app.topic, app.group_name), 0, app=app, id=task_id)
-        return cls(Group(app.log, where[0], app.group_name), where[1], app=app, id=task_id)
+            return cls(Group(app.log, app.topic, app.group_name), 0, app=app, task_id=task_id)
+        return cls(Group(app.log, where[0], app.group_name), where[1], app=app, task_id=task_id)
 
     @property
     def id(self) -> str:
