@@ -28,8 +28,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
-from .app import (Reject, Retry, SoftTimeLimitExceeded, Terminated, _describe, parse_event_id,
-                  run_coroutine)
+from .app import (Reject, Retry, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded, _describe,
+                  parse_event_id, run_coroutine)
 from .client import Duration, Group, _ms, _str
 from .errors import InvalidArgument, NotFound, NotSupported, TaskFailed, TaskRevoked, Timeout
 
@@ -437,6 +437,13 @@ async def _awaited(aw: Any) -> Any:
     return await aw
 
 
+# Exceptions a failure is rebuilt as, by name, besides the built-in ones.
+KNOWN_EXCEPTIONS: Dict[str, Type[BaseException]] = {
+    "SoftTimeLimitExceeded": SoftTimeLimitExceeded, "TimeLimitExceeded": TimeLimitExceeded,
+    "MaxRetriesExceededError": MaxRetriesExceededError,
+}
+
+
 def _exception_from(last_error: str) -> BaseException:
     """Rebuilds the exception a task failed with from "Type: message (where:line)"."""
     text = last_error
@@ -448,7 +455,7 @@ def _exception_from(last_error: str) -> BaseException:
         return TaskFailed(last_error or "the task failed")
     if msg.endswith(")") and " (" in msg:
         msg = msg[:msg.rindex(" (")]
-    cls = getattr(builtins, name, None)
+    cls = KNOWN_EXCEPTIONS.get(name) or getattr(builtins, name, None)
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         cls = type(name, (Exception,), {"__module__": "engram.tasks.remote"})
     try:

@@ -20,6 +20,7 @@ import fnmatch
 import importlib
 import logging
 import os
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from .. import client
@@ -76,6 +77,7 @@ _HONOURED = {
     "imports", "include", "task_ignore_result", "task_create_missing_queues",
     "task_default_rate_limit", "task_always_eager", "worker_pool", "task_default_retry_delay",
     "task_publish_retry", "task_publish_retry_policy", "task_default_delivery_mode",
+    "broker_transport_options",
 }
 # Accepted and without effect: they tune Redis/AMQP, logging or Celery internals that have
 # no counterpart (a warning says so once).
@@ -83,7 +85,7 @@ _HARMLESS = {
     "result_persistent", "result_compression", "result_extended", "worker_log_format",
     "worker_task_log_format", "worker_disable_rate_limits", "broker_connection_retry_on_startup",
     "broker_connection_retry", "broker_connection_max_retries", "broker_connection_timeout",
-    "broker_heartbeat", "broker_pool_limit", "broker_transport_options",
+    "broker_heartbeat", "broker_pool_limit",
     "result_backend_transport_options", "task_default_exchange", "task_default_exchange_type",
     "task_default_routing_key", "worker_hijack_root_logger", "worker_redirect_stdouts",
     "worker_redirect_stdouts_level", "worker_send_task_events", "task_send_sent_event",
@@ -239,6 +241,7 @@ class Celery:
         self.main = main or "__main__"
         self.app = App(broker if isinstance(broker, Log) else os.fspath(broker), group=group,
                        topic="celery", durability=durability, max_deliver=_GROUP_MAX_DELIVER,
+                       backoff=[0.001],  # a lost worker's task runs again at once, as in Celery
                        result_ttl=86400)
         self.app.result_class = AsyncResult  # type: ignore[attr-defined]
         self.app.route_for = self._route_for  # type: ignore[attr-defined]
@@ -281,6 +284,10 @@ class Celery:
             self._refresh_queues()
         elif key == "task_routes":
             self._routes = list(value) if isinstance(value, (list, tuple)) else ([value] if value else [])
+        elif key == "broker_transport_options":
+            vt = (value or {}).get("visibility_timeout")
+            if vt is not None:
+                a.group_config["ack_wait"] = vt  # Redis's redelivery timeout is the lease
         elif key == "result_expires":
             secs = value.total_seconds() if hasattr(value, "total_seconds") else value
             if secs is not None:
@@ -516,11 +523,11 @@ class Inspect:
                 info = g.info()
             except NotFound:
                 continue
-            for ev in a.log.scan(q, info.floor + 1 if info.floor else 1):
-                if ev.offset >= info.next or len(out) >= limit:
+            for i, ev in enumerate(a.log.scan(q, info.floor + 1)):
+                if len(out) >= limit or i >= 10 * limit:
                     break
                 st = g.status(ev.offset)
-                if want(st):
+                if want(st, ev):
                     body = ev.json() if ev.type.startswith("task.") else {}
                     out.append({"id": ev.headers.get("task_id") or ev.id, "name": ev.headers.get("task"),
                                 "args": body.get("args"), "kwargs": body.get("kwargs"),
@@ -530,14 +537,21 @@ class Inspect:
         return out
 
     def active(self) -> Dict[str, List[Dict[str, Any]]]:
-        return {self.node: self._scan(lambda st: st.state == "in_flight")}
+        return {self.node: self._scan(lambda st, ev: st.state == "in_flight")}
 
     def scheduled(self) -> Dict[str, List[Dict[str, Any]]]:
         return {self.node: [{"eta": d["eta"], "priority": d["delivery_info"]["priority"], "request": d}
-                            for d in self._scan(lambda st: st.state == "retrying" and st.attempt == 0)]}
+                            for d in self._scan(lambda st, ev: self._waiting(st, ev, True))]}
 
     def reserved(self) -> Dict[str, List[Dict[str, Any]]]:
-        return {self.node: self._scan(lambda st: st.state == "pending")}
+        return {self.node: self._scan(lambda st, ev: self._waiting(st, ev, False))}
+
+    @staticmethod
+    def _waiting(st: Any, ev: Any, eta: bool) -> bool:
+        """Not started yet: with an eta/countdown still ahead (scheduled) or due (reserved)."""
+        if st.state not in ("pending", "retrying") or st.attempt:
+            return False
+        return (ev.deliver_at_ns > time.time_ns()) == eta
 
     def registered(self) -> Dict[str, List[str]]:
         return {self.node: sorted(self.app.tasks)}

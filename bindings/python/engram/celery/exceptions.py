@@ -50,3 +50,9 @@ class ImproperlyConfigured(InvalidArgument):
 
 class WorkerLostError(Exception):
     """Kept for imports; engram redelivers the task of a lost worker."""
+
+
+from ..tasks import KNOWN_EXCEPTIONS as _KNOWN  # noqa: E402
+
+_KNOWN.update({"NotRegistered": NotRegistered, "TaskRevokedError": TaskRevokedError,
+               "WorkerLostError": WorkerLostError})
