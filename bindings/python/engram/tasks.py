@@ -132,11 +132,33 @@ _OPTIONS: Dict[str, Any] = dict(
     autoretry_for=(), retry_kwargs=None, retry_backoff=False, retry_backoff_max=600,
     retry_jitter=True, soft_time_limit=None, time_limit=None, ignore_result=False,
     priority=None, expires=None, autoretry=False, acks_late=True, track_started=True,
-    reject_on_worker_lost=True, typing=True, throws=(), serializer="json",
+    reject_on_worker_lost=True, typing=True, throws=(), serializer="json", rate_limit=None,
 )
+
+
+def parse_rate(rate: Any) -> Optional[float]:
+    """Celery's rate strings ("100/h", "10/m", "2/s", or a number per second) -> seconds
+    between two runs; None or 0 -> no limit."""
+    if rate in (None, "", 0):
+        return None
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+        n, per = float(rate), 1.0
+    elif isinstance(rate, str):
+        num, _, unit = rate.partition("/")
+        try:
+            n = float(num)
+        except ValueError:
+            raise InvalidArgument(f"rate_limit {rate!r}: expected like '100/h'") from None
+        per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip())
+        if per is None:
+            raise InvalidArgument(f"rate_limit {rate!r}: the unit is s, m or h")
+    else:
+        raise TypeError("rate_limit must be a str like '100/h' or a number")
+    if n < 0:
+        raise InvalidArgument(f"rate_limit {rate!r} is negative")
+    return per / n if n else None
 # Celery options engram cannot honour: refused rather than ignored.
 _REFUSED = {
-    "rate_limit": "rate limits are not implemented; throttle in the task or run fewer workers",
     "base": "custom Task base classes are not supported; use the task options",
     "acks_on_failure_or_timeout": "a failed task always goes to the dead-letter queue",
     "store_errors_even_if_ignored": "not implemented",
@@ -194,6 +216,10 @@ class Task:
                                   f"max_deliver > {self.max_retries} on the App (it is {md})")
         self.soft_time_limit = o["soft_time_limit"]
         self.time_limit = o["time_limit"]
+        self.rate_limit = o["rate_limit"]
+        self._interval = parse_rate(self.rate_limit)  # seconds between two starts here
+        self._next_start = 0.0
+        self._rate_lock = threading.Lock()
         self._local = threading.local()
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
@@ -241,6 +267,13 @@ class Task:
         if exp and time.time_ns() > int(exp):
             raise Terminated("expired")
         args, kwargs = body.get("args", []), body.get("kwargs", {})
+        if self._interval:
+            # Celery's rate limit: per worker process, runs start at most this often (the
+            # lease is kept alive while it waits).
+            with self._rate_lock:
+                start = max(time.monotonic(), self._next_start)
+                self._next_start = start + self._interval
+            time.sleep(max(0.0, start - time.monotonic()))
         req = Context(id=h.get("task_id") or ev.id, retries=max(0, ev.attempt - 1), args=args,
                       kwargs=kwargs, task=self.name, called_directly=False, attempt=ev.attempt,
                       delivery_info={"queue": ev.topic, "routing_key": ev.topic,

@@ -28,12 +28,12 @@ from ..app import App
 from ..client import Log
 from ..errors import InvalidArgument, NotFound, NotSupported
 from ..tasks import Task, send_task
-from . import exceptions, states
+from . import exceptions, signals, states
 from .exceptions import ImproperlyConfigured
 from .result import AsyncResult
 
 __all__ = ["Celery", "shared_task", "current_app", "Queue", "Exchange", "AsyncResult", "Task",
-           "states", "exceptions"]
+           "states", "exceptions", "signals"]
 
 logger = logging.getLogger("engram.celery")
 
@@ -77,7 +77,7 @@ _HONOURED = {
     "imports", "include", "task_ignore_result", "task_create_missing_queues",
     "task_default_rate_limit", "task_always_eager", "worker_pool", "task_default_retry_delay",
     "task_publish_retry", "task_publish_retry_policy", "task_default_delivery_mode",
-    "broker_transport_options",
+    "broker_transport_options", "task_acks_on_failure_or_timeout",
 }
 # Accepted and without effect: they tune Redis/AMQP, logging or Celery internals that have
 # no counterpart (a warning says so once).
@@ -95,6 +95,7 @@ _HARMLESS = {
     "result_cache_max", "redis_max_connections", "redis_socket_timeout",
     "redis_socket_connect_timeout", "redis_retry_on_timeout", "broker_channel_error_retry",
     "task_compression", "worker_max_memory_per_child", "worker_state_db",
+    "task_store_eager_result",
 }
 _REFUSED = {
     "beat_schedule": "periodic schedules (Celery beat) come with engram's schedules feature; "
@@ -165,8 +166,11 @@ class Settings(dict):
             bad = "tasks and results are JSON"
         elif key == "task_always_eager" and value:
             bad = "no eager mode: run a worker (an embedded log needs no server)"
-        elif key == "task_default_rate_limit" and value:
-            bad = "rate limits are not implemented"
+        elif key == "task_default_rate_limit":
+            from ..tasks import parse_rate
+            parse_rate(value)
+        elif key == "task_acks_on_failure_or_timeout" and not value:
+            bad = "a failed task always goes to the dead-letter queue (redrive it to run it again)"
         elif key == "task_create_missing_queues" and not value:
             bad = "queues are topics, created when first used"
         elif key == "worker_pool" and value not in (None, "prefork", "threads", "solo", "processes"):
@@ -246,6 +250,7 @@ class Celery:
         self.app.result_class = AsyncResult  # type: ignore[attr-defined]
         self.app.route_for = self._route_for  # type: ignore[attr-defined]
         self.app.before_run.append(self._import_modules)
+        self.app.before_run.append(lambda: signals.setup_logging.send(sender=None, loglevel=None))
         self.tasks: Dict[str, Task] = {}
         self._explicit: Dict[str, Dict[str, Any]] = {}
         self._routes: List[Any] = []
@@ -381,6 +386,8 @@ class Celery:
                 opts[k] = self.conf[ck]
         if "priority" not in opts and self.conf.get("task_default_priority") is not None:
             opts["priority"] = self.conf["task_default_priority"]
+        if "rate_limit" not in opts and self.conf.get("task_default_rate_limit"):
+            opts["rate_limit"] = self.conf["task_default_rate_limit"]
         if "ignore_result" not in opts and self.conf.get("task_ignore_result"):
             opts["ignore_result"] = True
         opts["name"] = name
