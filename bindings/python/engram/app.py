@@ -295,6 +295,8 @@ class App:
         if self._log is None or self._log.closed or self._pid != os.getpid():
             if self._target is None:
                 raise InvalidArgument("App: the log it was given cannot be reopened")
+            if not self._target:
+                raise InvalidArgument("App: no log configured (Celery(broker=...) or conf.broker_url)")
             if "://" in self._target:
                 self._log = client.connect(self._target)
             else:

@@ -38,6 +38,7 @@ __all__ = ["Celery", "shared_task", "current_app", "Queue", "Exchange", "AsyncRe
 logger = logging.getLogger("engram.celery")
 
 _GROUP_MAX_DELIVER = 100  # attempts per task: retries are bounded by each task's max_retries
+_NO_BROKER = ""  # the App's target until conf.broker_url names the log
 
 
 class Exchange:
@@ -234,16 +235,16 @@ class Celery:
             if k not in ("namespace", "strict_typing", "changes"):
                 raise TypeError(f"Celery() got an unexpected keyword argument {k!r}")
         broker = broker if broker is not None else os.environ.get("CELERY_BROKER_URL")
-        if broker is None:
-            raise ImproperlyConfigured("Celery(broker=...): give the engram log directory or endpoint")
-        _check_target("broker", broker)
+        if broker is not None:
+            _check_target("broker", broker)
         if backend is not None and backend is not broker and backend != "engram" and not (
                 isinstance(backend, (str, os.PathLike)) and isinstance(broker, (str, os.PathLike))
                 and os.fspath(backend) == os.fspath(broker)):
             _check_target("backend", backend)
             raise ImproperlyConfigured("backend: results live in the broker's log; omit backend")
         self.main = main or "__main__"
-        self.app = App(broker if isinstance(broker, Log) else os.fspath(broker), group=group,
+        # Without a broker yet, conf.broker_url must give one before the log is used.
+        self.app = App(broker if isinstance(broker, Log) else os.fspath(broker or _NO_BROKER), group=group,
                        topic="celery", durability=durability, max_deliver=_GROUP_MAX_DELIVER,
                        backoff=[0.001],  # a lost worker's task runs again at once, as in Celery
                        result_ttl=86400)
@@ -289,6 +290,7 @@ class Celery:
             self._refresh_queues()
         elif key == "task_routes":
             self._routes = list(value) if isinstance(value, (list, tuple)) else ([value] if value else [])
+            self._refresh_queues()
         elif key == "broker_transport_options":
             vt = (value or {}).get("visibility_timeout")
             if vt is not None:
@@ -310,15 +312,36 @@ class Celery:
             n = self.conf.get("worker_concurrency") or 1
             a.worker_defaults["batch"] = max(1, int(self.conf.get("worker_prefetch_multiplier") or 1) * n)
         elif key == "broker_url" and value is not None:
-            raise NotSupported("broker_url: give the log to Celery(broker=...) (the constructor)")
+            target = value.path or value.endpoint if isinstance(value, Log) else os.fspath(value)
+            if target != a._target:
+                if a._target != _NO_BROKER and a._log is not None:
+                    raise ImproperlyConfigured(f"broker_url: the app uses {a._target!r} already")
+                if isinstance(value, Log):
+                    a._log, a.open_options = value, dict(value.open_options)
+                a._target = target
+                if "://" in target:
+                    a.open_options = {}
+                else:
+                    a.open_options.setdefault("durability", "sync")
+        elif key == "result_backend" and value is not None and value not in ("engram", a._target):
+            raise ImproperlyConfigured("result_backend: results live in the broker's log; omit it")
         if key == "worker_concurrency":
             n = value or 1
             a.worker_defaults["batch"] = max(1, int(self.conf.get("worker_prefetch_multiplier") or 1) * n)
 
     def _refresh_queues(self) -> None:
-        qs = [name for _, name in self.app.bindings] if self.app.bindings else []
-        if not qs:
-            qs = [self.app.topic]
+        """The queues a worker serves without -Q: the declared ones (task_queues) or the
+        default queue, then every queue task_routes or a task names (Celery serves only
+        the first set; a task routed elsewhere would wait for a worker started with -Q)."""
+        qs = [name for _, name in self.app.bindings] if self.app.bindings else [self.app.topic]
+        for r in getattr(self, "_routes", ()):
+            for route in (r.values() if isinstance(r, dict) else ()):
+                q = route if isinstance(route, str) else route.get("queue")
+                if q is not None:
+                    qs.append(getattr(q, "name", q))
+        for t in getattr(self, "tasks", {}).values():
+            if t._queue:
+                qs.append(t._queue)
         self.app.queues = list(dict.fromkeys(qs))
 
     def config_from_object(self, obj: Any, silent: bool = False, force: bool = False,
@@ -348,15 +371,21 @@ class Celery:
 
     def autodiscover_tasks(self, packages: Any = None, related_name: str = "tasks",
                            force: bool = False) -> None:
-        """Imports ``<package>.<related_name>`` for each package (now)."""
-        if callable(packages):
-            packages = packages()
-        for pkg in packages or ():
-            try:
-                importlib.import_module(f"{pkg}.{related_name}")
-            except ModuleNotFoundError as e:
-                if e.name != f"{pkg}.{related_name}":
-                    raise
+        """Imports ``<package>.<related_name>`` for each package when a worker starts (now
+        with ``force``), as Celery does; a package without that module is skipped."""
+        def discover() -> None:
+            pkgs = packages() if callable(packages) else packages
+            for pkg in pkgs or ():
+                name = f"{pkg}.{related_name}"
+                try:
+                    importlib.import_module(name)
+                except ModuleNotFoundError as e:
+                    if e.name != name:
+                        raise
+        if force:
+            discover()
+        else:
+            self.app.before_run.insert(0, discover)
 
     def _import_modules(self) -> None:
         for m in list(self.conf.get("imports") or ()) + list(self.conf.get("include") or ()):
@@ -395,6 +424,8 @@ class Celery:
         self.app.tasks[t.name] = t
         self.tasks[t.name] = t
         self._explicit[t.name] = explicit
+        if t._queue:
+            self._refresh_queues()
         return t
 
     def _apply_limits(self, t: Task) -> None:
