@@ -5,7 +5,6 @@
 import importlib.util
 import itertools
 import os
-import time
 
 import pytest
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 from .. import client
 from ..app import App
 from ..client import Log
-from ..errors import InvalidArgument, NotFound, NotSupported
+from ..errors import NotFound, NotSupported
 from ..tasks import Task, send_task
 from . import exceptions, signals, states
 from .exceptions import ImproperlyConfigured
