@@ -257,6 +257,15 @@ def test_process_mode_reopens_the_log_with_the_durability_it_was_given(tmp_path,
     assert app2.open_options["durability"] == "async"
     with pytest.raises(engram.InvalidArgument):
         engram.App(str(tmp_path / "log3"), durability="fast")
+    # what `python -m engram worker ... --durability` calls
+    app3 = engram.App(str(tmp_path / "log4"))
+    app3.set_durability("nometasync")
+    assert app3.open_options["durability"] == "nometasync"
+    with engram.open(str(tmp_path / "log5"), durability="async") as lg5:
+        app4 = engram.App(lg5)
+        assert app4.open_options["durability"] == "async"
+        with pytest.raises(engram.InvalidArgument, match="open already"):
+            app4.set_durability("sync")
 
 
 # -- 13: delay() is one request -----------------------------------------------------------------

@@ -592,11 +592,15 @@ class AsyncResult:
         return Timeout(f"task {self.id} not finished after {t:g}s (state {state})")
 
     def get(self, timeout: Optional[Duration] = None, propagate: bool = True,
-            interval: float = 0.005, **_compat: Any) -> Any:
+            interval: float = 0.005, no_ack: bool = True, follow_parents: bool = True,
+            disable_sync_subtasks: bool = True, callback: Any = None, on_message: Any = None,
+            on_interval: Any = None) -> Any:
         """Waits for the task and returns its return value. When it failed or was
         revoked, raises (TaskFailed / TaskRevoked here; Celery's exceptions in
         :mod:`engram.celery`) unless ``propagate=False``; after ``timeout`` seconds raises
         a Timeout."""
+        if callback is not None or on_message is not None or on_interval is not None:
+            raise NotSupported("get(callback=, on_message=, on_interval=) are not supported")
         t = _ms(timeout, "timeout")
         deadline = None if t is None else time.monotonic() + t / 1000
         pause = 0.001
@@ -654,10 +658,14 @@ class AsyncResult:
         state, value = self._meta()
         return value if state == states.FAILURE else None
 
-    def revoke(self, terminate: bool = False, signal: Optional[str] = None, **_kw: Any) -> bool:
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: Optional[str] = None,
+               wait: bool = False, timeout: Optional[float] = None) -> bool:
         """Revokes the task: one not started never runs; with ``terminate=True`` one that
-        runs is stopped. Either way it reads REVOKED. Returns True when it was cancelled
-        before it started."""
+        runs is stopped (``signal`` is not used: process mode kills the worker process,
+        thread mode raises Terminated in the task). Either way it reads REVOKED. Returns
+        True when it was cancelled before it started."""
+        if connection is not None:
+            raise NotSupported("revoke(connection=): the app's log is the connection")
         if self.app is None:
             try:
                 self.group.cancel(self.offset)

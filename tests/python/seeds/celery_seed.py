@@ -67,12 +67,12 @@ def broker(request, tmp_path):
     stop_daemon(p)
 
 
-def run_worker(celery_app, seconds=0.4, concurrency=2, **kw):
+def run_worker(celery_app, seconds=0.3, concurrency=2, **kw):
     """Runs the app's workers in this thread until idle for ``seconds``."""
     return celery_app.app.run(concurrency, idle_timeout=seconds, wait=0.05, install_signals=False, **kw)
 
 
-def worker_thread(celery_app, seconds=0.6, **kw):
+def worker_thread(celery_app, seconds=0.4, **kw):
     t = threading.Thread(target=run_worker, args=(celery_app, seconds), kwargs=kw, daemon=True)
     t.start()
     return t

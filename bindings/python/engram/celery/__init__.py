@@ -230,10 +230,10 @@ class Celery:
                  durability: Optional[str] = None, set_as_current: bool = True,
                  config_source: Any = None, **kw: Any) -> None:
         for k in kw:
-            if k in ("loader", "log", "control", "events", "amqp", "task_cls", "fixups", "autofinalize"):
+            if k in ("loader", "log", "control", "events", "amqp", "task_cls", "fixups",
+                     "autofinalize", "namespace", "changes", "strict_typing"):
                 raise NotSupported(f"Celery({k}=...) is not supported")
-            if k not in ("namespace", "strict_typing", "changes"):
-                raise TypeError(f"Celery() got an unexpected keyword argument {k!r}")
+            raise TypeError(f"Celery() got an unexpected keyword argument {k!r}")
         broker = broker if broker is not None else os.environ.get("CELERY_BROKER_URL")
         if broker is not None:
             _check_target("broker", broker)
