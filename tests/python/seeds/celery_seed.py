@@ -23,8 +23,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_daemon(tmp_path):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+def start_daemon(tmp_path, endpoint=None):
+    endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
     p = subprocess.Popen([ENGRAM, "serve", "--data", str(tmp_path / "served"), "--listen", endpoint,
                           "--notify", f"ipc://{tmp_path}/notify.ipc"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -9,7 +9,8 @@ import os
 import pytest
 
 import engram
-from celery_seed import HERE, broker, spawn, stop, worker_thread, run_worker  # noqa: F401
+from celery_seed import (ENGRAM, HERE, broker, run_worker, spawn, start_daemon, stop,  # noqa: F401
+                         stop_daemon, worker_thread)
 from conftest import needs_groups, wait_until
 
 pytestmark = needs_groups
@@ -328,3 +329,27 @@ def test_beat_schedules_are_refused_not_ignored(hippo):
         }
     with pytest.raises(engram.celery.exceptions.ImproperlyConfigured):
         h.celery_app.conf.update(no_such_setting=1)
+
+
+def test_tasks_sent_before_the_daemon_is_killed_run_after_its_restart(tmp_path, monkeypatch):
+    if not os.access(ENGRAM, os.X_OK):
+        pytest.skip(f"{ENGRAM} is not built")
+    d, endpoint = start_daemon(tmp_path)
+    monkeypatch.setenv("CELERY_BROKER_URL", endpoint)
+    spec = importlib.util.spec_from_file_location("hippo_port_restart", os.path.join(HERE, "hippo_port.py"))
+    h = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(h)
+    try:
+        tasks = [h.health_check_task.delay() for _ in range(3)]
+        ids = [t.id for t in tasks]
+        h.celery_app.close()
+        d.kill()  # SIGKILL: each delay() returned once its task was on disk
+        d.wait()
+        d, _ = start_daemon(tmp_path, endpoint)
+        run_worker(h.celery_app)
+        from engram.celery.result import AsyncResult
+        assert [AsyncResult(i, app=h.celery_app).get(timeout=5) for i in ids] == [
+            {"qdrant": True, "redis": True, "embedder": True}] * 3
+    finally:
+        h.celery_app.close()
+        stop_daemon(d)
