@@ -48,6 +48,23 @@ def test_a_task_longer_than_ack_wait_runs_once_while_its_lease_is_kept_alive(log
     assert r.status == "SUCCESS" and r.get(timeout=1) == "done"
 
 
+def test_a_long_task_in_a_worker_process_runs_once_too(tmp_path):
+    path, out = str(tmp_path / "log"), str(tmp_path / "runs")
+    app = engram.App(path, group="tasks", topic="tasks", **{**FAST, "ack_wait": 0.4})
+
+    @app.task(name="slow")
+    def slow():
+        with open(out, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.3)
+        return "done"
+    r = slow.delay()
+    app.run(2, mode="process", idle_timeout=0.6, wait=0.1, install_signals=False)
+    assert len(open(out).read().split()) == 1
+    assert r.get(timeout=1) == "done"
+    app.close()
+
+
 def test_a_hung_handler_stops_being_extended_at_its_hard_time_limit(log):
     app = task_app(log, ack_wait=0.3, max_deliver=1)
     runs = []
