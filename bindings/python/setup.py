@@ -78,7 +78,7 @@ setup(
     name="engram",
     version=version(),
     description="Python binding of engram, a durable event log with consumer groups",
-    packages=["engram"],
+    packages=["engram", "engram.celery"],
     package_data={"engram": ["py.typed"]},
     ext_modules=[ext],
     python_requires=">=3.9",
