@@ -149,6 +149,17 @@ ENGRAM_API const char *engram_errmsg(const engram *log);
 /* Forces everything committed so far to disk (useful in nometasync/async modes). */
 ENGRAM_API int engram_sync(engram *log);
 
+/* What the commit path of this handle did since it was opened: how many writes each
+ * commit carried and how many flushes they cost. For benchmarks and diagnostics.
+ * Errors: EINVAL (NULL argument), ENOTSUP (a remote handle). */
+typedef struct engram_commit_stats {
+  uint64_t commits;       /* write transactions that changed something */
+  uint64_t jobs;          /* writes (appends, batches, acks, fetches ...) they carried */
+  uint64_t flushes;       /* fdatasync calls of the data file by the commit path */
+  uint64_t batch_hist[8]; /* commits carrying 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ writes */
+} engram_commit_stats;
+ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
+
 /* Consistent, compacted hot copy of the log into directory `dest` (created; must not
  * exist or be empty) while writers keep running. Errors: EEXIST, EIO, ENOSPC. */
 ENGRAM_API int engram_backup(engram *log, const char *dest);

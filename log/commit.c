@@ -7,6 +7,12 @@
  * released once the next batch's commit has flushed (under load: one flush per commit),
  * or, when no more work is queued, after an explicit mdb_env_sync(). A commit that
  * changed nothing flushes nothing, so it never counts as the next flush.
+ *
+ * Leadership. The first waiting writer to find work and no leader leads: it commits
+ * batches until its own job is released, then hands over to a waiting writer, so no
+ * writer's call lasts longer than the couple of commits its own job needs. The batch
+ * awaiting its flush (pending) belongs to the handle, not to the leader that committed
+ * it: the next leader's commit releases it.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -160,6 +166,18 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
   }
 }
 
+/* Counts a commit that wrote (and, unless async, flushed). Called with mu held. */
+static void count_commit(engram *log, const struct log_job *jobs) {
+  uint64_t n = 0;
+  for (const struct log_job *j = jobs; j; j = j->next) n++;
+  int bucket = 0;
+  while (bucket < 7 && n > (1ull << bucket)) bucket++;
+  log->st_commits++;
+  log->st_jobs += n;
+  log->st_batch_hist[bucket]++;
+  if (log->opts.durability != ENGRAM_DURABILITY_ASYNC) log->st_flushes++;
+}
+
 /* Releases a batch: publishes its appends, then marks its jobs done. Called with mu held. */
 static void release(engram *log, struct batch *b, int rc, const char *msg) {
   if (b->touched) {
@@ -188,10 +206,22 @@ static void release(engram *log, struct batch *b, int rc, const char *msg) {
   pthread_cond_broadcast(&log->cv);
 }
 
+/* Releases the batch whose meta page a flush just made durable. Called with mu held. */
+static void release_pending(engram *log, int rc, const char *msg) {
+  if (!log->pending_jobs) return;
+  struct batch b = {log->pending_jobs, log->pending_touched, NULL};
+  log->pending_jobs = NULL;
+  log->pending_touched = NULL;
+  release(log, &b, rc, msg);
+}
+
 static int sync_env(engram *log) {
   int64_t t0 = clock_monotonic_ns();
   int rc = mdb_env_sync(log->env, 1);
   log->last_flush_ns = clock_monotonic_ns() - t0;
+  pthread_mutex_lock(&log->mu);
+  log->st_flushes++;
+  pthread_mutex_unlock(&log->mu);
   return rc ? log_error(log, log_err_mdb(rc), "commit: flush: %s", strerror(rc)) : 0;
 }
 
@@ -213,17 +243,18 @@ static struct log_job *take(engram *log) {
   }
   if (!log->q_head) log->q_tail = NULL;
   log->q_len -= n;
-  log->last_batch = n;
   return head;
 }
 
-/* Writers that wait for their commit come back together a moment after it is released.
- * When the last batch was bigger than what is queued now, wait up to one flush's time
- * for the rest to queue, so they share the next commit instead of each paying two
- * flushes of their own: a batch of eight for two flushes beats eight batches of one.
- * Called with mu held. */
+/* Writers that wait for their commit come back a moment after it is released. When
+ * fewer writers have a job queued or committed than recently did, wait up to one flush's
+ * time for the missing ones to queue, so they share the next commit (whose flush also
+ * makes the pending batch durable) instead of paying flushes of their own. Writers that
+ * do not come back within that time have stopped: they are no longer expected. The
+ * leader's own job is queued or pending, so it is counted: the leader never waits for
+ * itself. Called with mu held. */
 static void gather(engram *log) {
-  if (log->opts.durability != ENGRAM_DURABILITY_SYNC || log->q_len >= log->last_batch) return;
+  if (log->opts.durability != ENGRAM_DURABILITY_SYNC || log->active >= log->writers_hint) return;
   int64_t wait = log->last_flush_ns,
           max = log->gather_max_ns ? log->gather_max_ns : LOG_GATHER_MAX_NS;
   if (wait > max) wait = max;
@@ -234,28 +265,35 @@ static void gather(engram *log) {
   ts.tv_sec += t / 1000000000;
   ts.tv_nsec = t % 1000000000;
   log->gathering = 1;
-  while (log->q_len < log->last_batch && !log->closing)
-    if (pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts) == ETIMEDOUT) break;
+  while (log->active < log->writers_hint && !log->closing) {
+    if (pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts) == ETIMEDOUT) {
+      log->writers_hint = log->active;
+      break;
+    }
+  }
   log->gathering = 0;
 }
 
-/* The leader's loop. Entered and left with mu held. */
-static void lead(engram *log) {
+/* The leader's loop: commits batches until its own job is released, then hands over.
+ * A batch committed in sync mode stays pending until a later flush covers its meta page:
+ * the next leader's commit, or an explicit flush when no more work comes. Entered and
+ * left with mu held. */
+static void lead(engram *log, struct log_job *self) {
   int sync_mode = log->opts.durability == ENGRAM_DURABILITY_SYNC;
-  struct batch pending = {0}; /* committed, its meta page not yet flushed */
-  for (;;) {
+  while (!self->done) {
+    gather(log);
     if (!log->q_head) {
-      if (!pending.jobs) break;
+      if (!log->pending_jobs) break;
       pthread_mutex_unlock(&log->mu);
       int rc = sync_env(log);
       char msg[256];
       snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
       pthread_mutex_lock(&log->mu);
-      release(log, &pending, rc, msg);
+      release_pending(log, rc, msg);
       continue;
     }
-    gather(log);
     struct log_job *jobs = take(log);
+    int pending = log->pending_jobs != NULL; /* only the leader changes it */
     pthread_mutex_unlock(&log->mu);
     int wrote = 0;
     struct log_touched *touched = NULL;
@@ -268,19 +306,21 @@ static void lead(engram *log) {
     snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
     int prc = 0;
     char pmsg[256] = "";
-    if (sync_mode && pending.jobs && !(rc == 0 && wrote)) {
+    if (sync_mode && pending && !(rc == 0 && wrote)) {
       /* This commit flushed nothing, so the pending batch needs a flush of its own. */
       prc = sync_env(log);
       snprintf(pmsg, sizeof pmsg, "%s", engram_errmsg(NULL));
     }
     pthread_mutex_lock(&log->mu);
     log->last_commit_ns = clock_monotonic_ns();
-    if (pending.jobs) release(log, &pending, prc, pmsg);
+    if (rc == 0 && wrote) count_commit(log, jobs);
+    release_pending(log, prc, pmsg);
     struct batch b = {jobs, touched, NULL};
     int strict = 0;
     for (struct log_job *j = jobs; j; j = j->next) strict |= !j->relaxed;
     if (rc == 0 && wrote && sync_mode && strict) {
-      pending = b;
+      log->pending_jobs = jobs;
+      log->pending_touched = touched;
     } else {
       if (rc == 0 && wrote) log->dirty = 1;
       release(log, &b, rc, msg);
@@ -305,6 +345,7 @@ int log_job_enqueue(engram *log, struct log_job *job) {
     log->q_head = job;
   log->q_tail = job;
   log->q_len++;
+  if (++log->active > log->writers_hint) log->writers_hint = log->active;
   if (log->gathering) pthread_cond_broadcast(&log->flush_cv);
   pthread_mutex_unlock(&log->mu);
   return 0;
@@ -313,19 +354,34 @@ int log_job_enqueue(engram *log, struct log_job *job) {
 int log_job_wait(engram *log, struct log_job *job) {
   pthread_mutex_lock(&log->mu);
   while (!job->done) {
-    /* Lead while there is queued work; a job already committed waits for its flush. */
-    if (!log->leader && log->q_head) {
+    /* Lead while there is work (queued, or committed and waiting for its flush) and
+     * nobody leads; the leader hands over as soon as its own job is released. */
+    if (!log->leader && (log->q_head || log->pending_jobs)) {
       log->leader = 1;
-      lead(log);
+      lead(log, job);
       log->leader = 0;
       pthread_cond_broadcast(&log->cv);
     } else {
       pthread_cond_wait(&log->cv, &log->mu);
     }
   }
+  log->active--;
   pthread_mutex_unlock(&log->mu);
   if (job->rc < 0) log_error(log, job->rc, "%s", job->msg);
   return job->rc;
+}
+
+int engram_commit_stats_get(engram *log, engram_commit_stats *out) {
+  if (!log || !out) return log_error(log, ENGRAM_EINVAL, "commit stats: NULL argument");
+  if (log->remote) return log_error(log, ENGRAM_ENOTSUP, "commit stats: only for embedded handles");
+  memset(out, 0, sizeof *out);
+  pthread_mutex_lock(&log->mu);
+  out->commits = log->st_commits;
+  out->jobs = log->st_jobs;
+  out->flushes = log->st_flushes;
+  memcpy(out->batch_hist, log->st_batch_hist, sizeof out->batch_hist);
+  pthread_mutex_unlock(&log->mu);
+  return 0;
 }
 
 void log_train_request(engram *log, const char *topic) {
@@ -407,7 +463,7 @@ void log_commit_stop(engram *log) {
   pthread_mutex_lock(&log->mu);
   log->closing = 1;
   pthread_cond_broadcast(&log->flush_cv);
-  while (log->leader || log->q_head) pthread_cond_wait(&log->cv, &log->mu);
+  while (log->leader || log->q_head || log->pending_jobs) pthread_cond_wait(&log->cv, &log->mu);
   pthread_mutex_unlock(&log->mu);
   if (log->flusher_running) pthread_join(log->flusher, NULL);
   log->flusher_running = 0;

@@ -56,8 +56,8 @@ static void expected_event(uint64_t seq, expected *e) {
 }
 
 static engram_event as_event(const expected *x) {
-  return (engram_event){.type = x->type, .key = x->key, .payload = x->payload,
-                        .payload_len = x->len};
+  return (engram_event){
+      .type = x->type, .key = x->key, .payload = x->payload, .payload_len = x->len};
 }
 
 /* ---- workloads ---- */
@@ -288,8 +288,7 @@ static void check_image(const char *root, const char *acks) {
       engram_status st;
       rc = engram_status_get(log, t, g, off, &st);
       if (rc || st.state != ENGRAM_STATE_DONE) {
-        printf("FAIL lost: %s (%s)\n", line,
-               rc ? engram_errname(rc) : engram_state_name(st.state));
+        printf("FAIL lost: %s (%s)\n", line, rc ? engram_errname(rc) : engram_state_name(st.state));
         if (!rc) engram_free(st.result);
         goto out;
       }

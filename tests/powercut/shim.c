@@ -146,8 +146,8 @@ static const char *rel_of(int dirfd, const char *path, char *buf) {
   const char *base = strrchr(buf, '/');
   base = base ? base + 1 : buf;
   size_t bl = strlen(base);
-  if (!strcmp(base, "lock.mdb") || !strcmp(base, "notify.board") ||
-      !strcmp(base, "daemon.lock") || (bl > 4 && !strcmp(base + bl - 4, ".ipc")))
+  if (!strcmp(base, "lock.mdb") || !strcmp(base, "notify.board") || !strcmp(base, "daemon.lock") ||
+      (bl > 4 && !strcmp(base + bl - 4, ".ipc")))
     return NULL;
   return buf;
 }
