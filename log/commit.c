@@ -384,8 +384,29 @@ int engram_commit_stats_get(engram *log, engram_commit_stats *out) {
   return 0;
 }
 
+/* Automatic dictionary training runs on a thread of its own: ZDICT takes 100-300 ms, and
+ * the append that crossed dict_train_after (or any other write) must not wait for it.
+ * The thread starts on the first request and ends at close; a topic whose training was
+ * cut short by close keeps no dictionary, as when training fails. */
+static void *trainer_main(void *arg) {
+  engram *log = arg;
+  pthread_mutex_lock(&log->mu);
+  for (;;) {
+    while (!log->train && !log->closing) pthread_cond_wait(&log->train_cv, &log->mu);
+    if (log->closing) break;
+    struct log_touched *t = log->train;
+    log->train = t->next;
+    pthread_mutex_unlock(&log->mu);
+    log_dict_train(log, t->topic, NULL);
+    free(t);
+    pthread_mutex_lock(&log->mu);
+  }
+  pthread_mutex_unlock(&log->mu);
+  return NULL;
+}
+
 void log_train_request(engram *log, const char *topic) {
-  pthread_mutex_lock(&log->aux_mu);
+  pthread_mutex_lock(&log->mu);
   struct log_touched *t;
   for (t = log->train; t; t = t->next)
     if (!strcmp(t->topic, topic)) break;
@@ -394,30 +415,22 @@ void log_train_request(engram *log, const char *topic) {
     t->next = log->train;
     log->train = t;
   }
-  pthread_mutex_unlock(&log->aux_mu);
-}
-
-void log_train_pending(engram *log) {
-  for (;;) {
-    pthread_mutex_lock(&log->aux_mu);
-    struct log_touched *t = log->train;
-    if (t) log->train = t->next;
-    pthread_mutex_unlock(&log->aux_mu);
-    if (!t) return;
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", engram_errmsg(log)); /* keep the caller's message */
-    log_dict_train(log, t->topic, NULL);
-    log_error(log, 0, "%s", msg);
-    free(t);
+  if (!log->trainer_running && !log->closing) {
+    /* Made here, not at open: most handles never train. */
+    pthread_cond_init(&log->train_cv, NULL);
+    if (pthread_create(&log->trainer, NULL, trainer_main, log) == 0)
+      log->trainer_running = 1;
+    else
+      pthread_cond_destroy(&log->train_cv);
   }
+  if (log->trainer_running) pthread_cond_signal(&log->train_cv);
+  pthread_mutex_unlock(&log->mu);
 }
 
 static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
   struct log_job job = {.fn = fn, .arg = arg, .solo = solo};
   int rc = log_job_enqueue(log, &job);
-  if (rc == 0) rc = log_job_wait(log, &job);
-  if (__atomic_load_n(&log->train, __ATOMIC_ACQUIRE)) log_train_pending(log);
-  return rc;
+  return rc ? rc : log_job_wait(log, &job);
 }
 
 int log_write(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }
@@ -464,7 +477,16 @@ void log_commit_stop(engram *log) {
   log->closing = 1;
   pthread_cond_broadcast(&log->flush_cv);
   while (log->leader || log->q_head || log->pending_jobs) pthread_cond_wait(&log->cv, &log->mu);
+  int trainer = log->trainer_running;
+  log->trainer_running = 0;
+  if (trainer) pthread_cond_signal(&log->train_cv);
   pthread_mutex_unlock(&log->mu);
+  /* The trainer may still be storing a dictionary: its job was queued before closing
+   * (and ran above) or is refused. */
+  if (trainer) {
+    pthread_join(log->trainer, NULL);
+    pthread_cond_destroy(&log->train_cv);
+  }
   if (log->flusher_running) pthread_join(log->flusher, NULL);
   log->flusher_running = 0;
 }

@@ -137,7 +137,10 @@ struct engram {
   struct log_dict_cache *dicts;
 
   struct log_pipe *pipe;     /* pipelined appends (pipeline.c), made on first use */
-  struct log_touched *train; /* topics waiting for their automatic dictionary (aux_mu) */
+  struct log_touched *train; /* topics waiting for their automatic dictionary (mu) */
+  pthread_t trainer;         /* trains them (commit.c), started on the first request */
+  pthread_cond_t train_cv;   /* wakes it; initialised when it starts */
+  int trainer_running;
 
   log_commit_hook commit_hook; /* may be NULL */
   void *commit_hook_ctx;

@@ -97,10 +97,9 @@ int log_dict_build(engram *log, const char *topic, const log_samples *s, log_dic
 int log_dict_store(engram *log, MDB_txn *txn, log_topic *t, const log_dict *d);
 /* Trains a topic's dictionary outside any transaction (topic.c). */
 int log_dict_train(engram *log, const char *topic, uint32_t *dict_id);
-/* Topics whose automatic training an append claimed; trained after the commit by the
- * writer that sees them (commit.c). */
+/* A topic whose automatic training an append claimed: trained on the handle's trainer
+ * thread, outside every commit (commit.c). */
 void log_train_request(engram *log, const char *topic);
-void log_train_pending(engram *log);
 void log_dict_forget_topic(engram *log, uint32_t topic_id);
 
 #endif

@@ -1,5 +1,6 @@
 /* test_commit.c — the group commit path: every writer's call returns as soon as its own
- * write is durable, whoever leads; the commit statistics add up. */
+ * write is durable, whoever leads; the commit statistics add up; dictionary training
+ * happens beside the commit path, not in it. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -128,12 +129,80 @@ static void commit_statistics_count_commits_writes_and_flushes(void **state) {
   assert_int_equal(engram_commit_stats_get(NULL, &after), ENGRAM_EINVAL);
 }
 
+/* Training a topic's dictionary takes 100-300 ms of CPU: the append that crosses
+ * dict_train_after must not pay it. It returns before the dictionary exists (training
+ * takes far longer than the moment between the return and the look), and the dictionary
+ * follows in the background. */
+static void the_append_that_crosses_dict_train_after_returns_before_the_training(void **state) {
+  fx *f = *state;
+  f->log = tu_open(f->logdir, NULL);
+  engram_topic_config cfg = {.dict_train_after = 2000};
+  tu_topic(f->log, "memory", &cfg);
+  tu_events *e = tu_memory_events(2000);
+  assert_int_equal(e->n, 2000);
+  engram_event evs[100];
+  uint64_t offs[100];
+  for (size_t i = 0; i + 1 < e->n; i += 100) {
+    size_t n = i + 100 < e->n ? 100 : e->n - 1 - i;
+    for (size_t k = 0; k < n; k++) evs[k] = tu_event_of(&e->ev[i + k]);
+    assert_int_equal(engram_append_batch(f->log, "memory", evs, n, offs, NULL), 0);
+  }
+  engram_topic_info info;
+  assert_int_equal(engram_topic_info_get(f->log, "memory", &info), 0);
+  assert_int_equal(info.count, 1999);
+  assert_int_equal(info.dict_id, 0);
+  engram_event last = tu_event_of(&e->ev[1999]);
+  assert_int_equal(engram_append(f->log, "memory", &last, NULL, NULL), 0);
+  assert_int_equal(engram_topic_info_get(f->log, "memory", &info), 0);
+  assert_int_equal(info.dict_id, 0);
+  for (int i = 0; i < 3000 && info.dict_id == 0; i++) {
+    tu_sleep_ms(10);
+    assert_int_equal(engram_topic_info_get(f->log, "memory", &info), 0);
+  }
+  assert_true(info.dict_id != 0);
+  /* New appends use it and every event still reads back. */
+  assert_int_equal(engram_append(f->log, "memory", &last, NULL, NULL), 0);
+  engram_batch *b = NULL;
+  assert_int_equal(engram_read_range(f->log, "memory", 1, 3000, &b), 0);
+  assert_int_equal(b->count, 2001);
+  for (size_t i = 0; i < 2000; i++) {
+    assert_int_equal(b->events[i].payload_len, e->ev[i].len);
+    assert_memory_equal(b->events[i].payload, e->ev[i].payload, e->ev[i].len);
+  }
+  engram_batch_free(b);
+  tu_events_free(e);
+}
+
+/* A log closed while its dictionary trains closes cleanly and reopens. */
+static void closing_while_a_dictionary_trains_is_clean(void **state) {
+  fx *f = *state;
+  f->log = tu_open(f->logdir, NULL);
+  engram_topic_config cfg = {.dict_train_after = 1000};
+  tu_topic(f->log, "memory", &cfg);
+  tu_events *e = tu_memory_events(1000);
+  engram_event evs[100];
+  uint64_t offs[100];
+  for (size_t i = 0; i < e->n; i += 100) {
+    for (size_t k = 0; k < 100; k++) evs[k] = tu_event_of(&e->ev[i + k]);
+    assert_int_equal(engram_append_batch(f->log, "memory", evs, 100, offs, NULL), 0);
+  }
+  engram_close(f->log);
+  f->log = tu_open(f->logdir, NULL);
+  engram_verify_report vr;
+  assert_int_equal(engram_verify(f->log, &vr), 0);
+  assert_int_equal(vr.records, 1000);
+  assert_int_equal(vr.damaged, 0);
+  tu_events_free(e);
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
       T(every_writer_returns_within_a_few_commits_while_others_keep_writing),
       T(commit_statistics_count_commits_writes_and_flushes),
+      T(the_append_that_crosses_dict_train_after_returns_before_the_training),
+      T(closing_while_a_dictionary_trains_is_clean),
   };
   return cmocka_run_group_tests_name("commit", tests, NULL, NULL);
 }
