@@ -179,6 +179,42 @@ static void run_groups(engram *log, int n) {
   }
 }
 
+/* Appends from three threads while a consumer fetches and acks them. */
+struct consumer {
+  engram *log;
+  int target;
+};
+
+static void *consume(void *arg) {
+  struct consumer *c = arg;
+  int done = 0;
+  for (int idle = 0; done < c->target && idle < 2000;) {
+    engram_batch *b;
+    int rc = engram_fetch(c->log, TOPIC, "g", "c1", 5, 10, &b);
+    if (rc) die(c->log, "fetch", rc);
+    idle = b->count ? 0 : idle + 1;
+    for (size_t i = 0; i < b->count; i++) {
+      rc = engram_ack(c->log, TOPIC, "g", b->events[i].offset, b->events[i].attempt, NULL, 0);
+      if (rc) die(c->log, "ack", rc);
+      ack("ack %s g %llu", TOPIC, (unsigned long long)b->events[i].offset);
+      done++;
+    }
+    engram_batch_free(b);
+  }
+  return NULL;
+}
+
+static void run_mixed(engram *log, int each) {
+  int rc = engram_group_create(log, TOPIC, "g", NULL);
+  if (rc) die(log, "group_create", rc);
+  ack("group %s g", TOPIC);
+  struct consumer c = {log, 3 * each};
+  pthread_t th;
+  pthread_create(&th, NULL, consume, &c);
+  run_threads(log, 3, each);
+  pthread_join(th, NULL);
+}
+
 static int cmd_run(int argc, char **argv) {
   if (argc < 4) return 2;
   const char *scen = argv[2];
@@ -194,7 +230,9 @@ static int cmd_run(int argc, char **argv) {
   int rc = engram_open(path, &o, &log);
   if (rc) die(NULL, "open", rc);
   ack("open");
+  /* "train": the topic trains its dictionary (in the background) part-way through. */
   engram_topic_config tc = {.flags = ENGRAM_TOPIC_NO_DICT};
+  if (!strcmp(scen, "train")) tc = (engram_topic_config){.dict_train_after = 200};
   rc = engram_topic_create(log, TOPIC, &tc);
   if (rc) die(log, "topic_create", rc);
   ack("topic %s", TOPIC);
@@ -212,6 +250,18 @@ static int cmd_run(int argc, char **argv) {
     run_batches(log, 6 * scale, 8);
   } else if (!strcmp(scen, "groups")) {
     run_groups(log, 12 * scale);
+  } else if (!strcmp(scen, "mixed")) {
+    run_mixed(log, 8 * scale);
+  } else if (!strcmp(scen, "train")) {
+    run_batches(log, 25, 8);
+    /* Appends go on while the dictionary trains; then more that use it. */
+    engram_topic_info ti = {0};
+    for (int i = 0; i < 2000 && !ti.dict_id; i++) {
+      append_one(log, (uint64_t)(1000 + i));
+      if ((rc = engram_topic_info_get(log, TOPIC, &ti)) != 0) die(log, "topic_info", rc);
+    }
+    if (!ti.dict_id) die(log, "no dictionary trained", ENGRAM_EINTERNAL);
+    for (int i = 0; i < 10 * scale; i++) append_one(log, (uint64_t)(5000 + i));
   } else {
     fprintf(stderr, "pc_work: unknown scenario %s\n", scen);
     return 2;
