@@ -174,7 +174,8 @@ typedef struct engram_topic_config {
                                   compressed; default 256; UINT32_MAX = never */
   uint32_t max_payload;        /* bytes, default 1 MiB, at most ENGRAM_MAX_PAYLOAD_LIMIT */
   uint32_t dict_train_after;   /* train a dictionary automatically once the topic holds
-                                  this many events; default 4096 */
+                                  this many events (in the background: no append waits
+                                  for it); default 4096 */
   uint32_t flags;              /* ENGRAM_TOPIC_* */
 } engram_topic_config;
 
