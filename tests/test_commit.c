@@ -50,8 +50,8 @@ typedef struct writer {
   engram *log;
   int id;
   _Atomic int *stop;
-  uint64_t appends;
-  uint64_t worst; /* most commits seen between calling append and its return */
+  _Atomic uint64_t appends; /* read by the main thread while the writer runs */
+  uint64_t worst;           /* most commits seen between calling append and its return */
   int rc;
 } writer;
 
@@ -98,8 +98,9 @@ static void every_writer_returns_within_a_few_commits_while_others_keep_writing(
   stop = 1;
   for (int i = 0; i < WRITERS; i++) pthread_join(th[i], NULL);
   for (int i = 0; i < WRITERS; i++) {
-    print_message("writer %d: %llu appends, worst %llu commits\n", i,
-                  (unsigned long long)w[i].appends, (unsigned long long)w[i].worst);
+    uint64_t n = w[i].appends;
+    print_message("writer %d: %llu appends, worst %llu commits\n", i, (unsigned long long)n,
+                  (unsigned long long)w[i].worst);
     assert_int_equal(w[i].rc, 0);
     assert_true(w[i].appends >= 5);
     assert_true(w[i].worst <= 4);
