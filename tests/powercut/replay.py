@@ -99,8 +99,8 @@ class Replay:
             elif t == 'A':
                 self.acks.append(data.decode())
             elif t == 'Z':
-                raise SystemExit('replay: a tracked file was mapped writable (MDB_WRITEMAP?): '
-                                 'the replay cannot model writes through a mapping')
+                raise SystemExit('replay: the workload called msync (MDB_WRITEMAP?): the '
+                                 'replay cannot model writes through a mapping')
 
     def fold(self, fid):
         buf, n = self.base[fid]
@@ -213,8 +213,10 @@ def main():
         root = os.path.join(tmp, 'run')
         os.mkdir(root)
         trace = os.path.join(tmp, 'trace')
+        # Under SAN=1 the shim comes before the ASan runtime in the library list.
         env = dict(os.environ, PC_ROOT=root, PC_TRACE=trace, LD_PRELOAD=shim,
-                   PC_SCALE=str(a.scale))
+                   PC_SCALE=str(a.scale),
+                   ASAN_OPTIONS=os.environ.get('ASAN_OPTIONS', 'verify_asan_link_order=0'))
         r = subprocess.run([work, 'run', a.scenario, root, a.mode], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
         if r.returncode:

@@ -12,7 +12,7 @@
  *   C  file created (payload: path); M mkdir, U unlink, X rmdir (payload: path);
  *   R  rename (payload: old path, NUL, new path)
  *   A  the workload's acknowledgement (payload: its text)
- *   Z  a shared writable mapping of a tracked file (the replay cannot model it)
+ *   Z  msync: LMDB writes through its map (MDB_WRITEMAP), which the replay cannot model
  * Paths are relative to $PC_ROOT ("." is the root itself). LMDB's lock file, the
  * notification board and sockets hold no data and are not tracked.
  *
@@ -32,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -71,9 +70,14 @@ static int (*real_rename)(const char *, const char *);
 static int (*real_unlink)(const char *);
 static int (*real_mkdir)(const char *, mode_t);
 static int (*real_rmdir)(const char *);
-static void *(*real_mmap)(void *, size_t, int, int, int, off_t);
+static int (*real_msync)(void *, size_t, int);
 
-__attribute__((constructor)) static void init(void) {
+/* Finds the real functions. Called by the constructor, or earlier by the first wrapper
+ * a sanitizer runtime calls while it starts (before this library's constructor ran). */
+static void resolve(void) {
+  static int done;
+  if (done) return;
+  done = 1;
   real_open = dlsym(RTLD_NEXT, "open");
   real_open64 = dlsym(RTLD_NEXT, "open64");
   real_openat = dlsym(RTLD_NEXT, "openat");
@@ -90,7 +94,11 @@ __attribute__((constructor)) static void init(void) {
   real_unlink = dlsym(RTLD_NEXT, "unlink");
   real_mkdir = dlsym(RTLD_NEXT, "mkdir");
   real_rmdir = dlsym(RTLD_NEXT, "rmdir");
-  real_mmap = dlsym(RTLD_NEXT, "mmap");
+  real_msync = dlsym(RTLD_NEXT, "msync");
+}
+
+__attribute__((constructor)) static void init(void) {
+  resolve();
   const char *r = getenv("PC_ROOT"), *t = getenv("PC_TRACE");
   if (!r || !t || strlen(r) >= sizeof root) return;
   snprintf(root, sizeof root, "%s", r);
@@ -155,6 +163,7 @@ static const char *rel_of(int dirfd, const char *path, char *buf) {
 static int tracked(int fd) { return ready && fd >= 0 && fd < MAXFD && fds[fd].tracked; }
 
 static int do_open(int dirfd, const char *path, int flags, mode_t mode, int at) {
+  resolve();
   if (!ready) {
     return at ? real_openat(dirfd, path, flags, mode) : real_open(path, flags, mode);
   }
@@ -225,6 +234,7 @@ int creat(const char *path, mode_t mode) {
 }
 
 int close(int fd) {
+  resolve();
   if (tracked(fd)) {
     pthread_mutex_lock(&mu);
     fds[fd].tracked = 0;
@@ -264,34 +274,40 @@ static ssize_t vwrite(int fd, const struct iovec *iov, int n, off_t off, int pos
 }
 
 ssize_t write(int fd, const void *b, size_t n) {
+  resolve();
   if (!tracked(fd)) return real_write(fd, b, n);
   struct iovec v = {(void *)b, n};
   return vwrite(fd, &v, 1, 0, 0);
 }
 
 ssize_t pwrite(int fd, const void *b, size_t n, off_t off) {
+  resolve();
   if (!tracked(fd)) return real_pwrite(fd, b, n, off);
   struct iovec v = {(void *)b, n};
   return vwrite(fd, &v, 1, off, 1);
 }
 
 ssize_t pwrite64(int fd, const void *b, size_t n, off_t off) {
+  resolve();
   if (!tracked(fd)) return real_pwrite64(fd, b, n, off);
   struct iovec v = {(void *)b, n};
   return vwrite(fd, &v, 1, off, 1);
 }
 
 ssize_t writev(int fd, const struct iovec *iov, int n) {
+  resolve();
   if (!tracked(fd)) return real_writev(fd, iov, n);
   return vwrite(fd, iov, n, 0, 0);
 }
 
 ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t off) {
+  resolve();
   if (!tracked(fd)) return real_pwritev(fd, iov, n, off);
   return vwrite(fd, iov, n, off, 1);
 }
 
 int ftruncate(int fd, off_t len) {
+  resolve();
   if (!tracked(fd)) return real_ftruncate(fd, len);
   pthread_mutex_lock(&mu);
   int rc = real_ftruncate(fd, len);
@@ -303,6 +319,7 @@ int ftruncate(int fd, off_t len) {
 }
 
 static int flush(int fd, int (*fn)(int)) {
+  resolve();
   if (!tracked(fd)) return fn(fd);
   pthread_mutex_lock(&mu);
   uint64_t id = ++flush_seq;
@@ -326,11 +343,19 @@ static int flush(int fd, int (*fn)(int)) {
   return rc;
 }
 
-int fsync(int fd) { return flush(fd, real_fsync); }
-int fdatasync(int fd) { return flush(fd, real_fdatasync); }
+int fsync(int fd) {
+  resolve();
+  return flush(fd, real_fsync);
+}
+
+int fdatasync(int fd) {
+  resolve();
+  return flush(fd, real_fdatasync);
+}
 
 static int path_op(int type, const char *path, int (*fn)(const char *), const char *path2,
                    int (*fn2)(const char *, const char *)) {
+  resolve();
   char b1[PATH_MAX], b2[PATH_MAX];
   if (!ready) return fn ? fn(path) : fn2(path, path2);
   pthread_mutex_lock(&mu);
@@ -351,17 +376,31 @@ int mkdir(const char *path, mode_t mode) {
   mkdir_mode = mode;
   return path_op('M', path, mkdir_with_mode, NULL, NULL);
 }
-int unlink(const char *path) { return path_op('U', path, real_unlink, NULL, NULL); }
-int rmdir(const char *path) { return path_op('X', path, real_rmdir, NULL, NULL); }
-int rename(const char *a, const char *b) { return path_op('R', a, NULL, b, real_rename); }
+int unlink(const char *path) {
+  resolve();
+  return path_op('U', path, real_unlink, NULL, NULL);
+}
 
-void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-  if (tracked(fd) && (prot & PROT_WRITE) && (flags & MAP_SHARED)) {
+int rmdir(const char *path) {
+  resolve();
+  return path_op('X', path, real_rmdir, NULL, NULL);
+}
+
+int rename(const char *a, const char *b) {
+  resolve();
+  return path_op('R', a, NULL, b, real_rename);
+}
+
+/* LMDB calls msync only when it writes through its map (MDB_WRITEMAP): those writes are
+ * invisible here, so the replay refuses such a trace. */
+int msync(void *addr, size_t len, int flags) {
+  resolve();
+  if (ready) {
     pthread_mutex_lock(&mu);
-    put('Z', fds[fd].ino, 0, NULL, 0, NULL, 0);
+    put('Z', 0, 0, NULL, 0, NULL, 0);
     pthread_mutex_unlock(&mu);
   }
-  return real_mmap(addr, len, prot, flags, fd, off);
+  return real_msync(addr, len, flags);
 }
 
 /* The workload reports an acknowledged operation; found with dlsym, so the workload runs
