@@ -132,6 +132,7 @@ static void acc_commits(acc *a, engram *log, const engram_commit_stats *from) {
   a->cs.commits += now.commits - from->commits;
   a->cs.jobs += now.jobs - from->jobs;
   a->cs.flushes += now.flushes - from->flushes;
+  if (now.max_wait > a->cs.max_wait) a->cs.max_wait = now.max_wait;
   for (int i = 0; i < 8; i++) a->cs.batch_hist[i] += now.batch_hist[i] - from->batch_hist[i];
 }
 
@@ -146,6 +147,7 @@ static void commit_extras(const acc *a, bench_result *r) {
   extra_add(r, "commits", c);
   extra_add(r, "writes_per_commit", (double)a->cs.jobs / c);
   extra_add(r, "flushes_per_commit", (double)a->cs.flushes / c);
+  extra_add(r, "max_wait_commits", (double)a->cs.max_wait);
   if (a->worst_ns) extra_add(r, "slowest_append_ms", (double)a->worst_ns / 1e6);
   if (a->fair > 0) extra_add(r, "slowest_thread_share", a->fair);
   size_t l = strlen(r->extra);
@@ -165,6 +167,7 @@ static void commit_line(const acc *a, const bench_result *r) {
   for (int i = 0; i < 8; i++)
     if (a->cs.batch_hist[i])
       printf(" %s:%.0f%%", hist_label[i], 100.0 * (double)a->cs.batch_hist[i] / c);
+  printf("; longest wait %llu commits", (unsigned long long)a->cs.max_wait);
   if (a->worst_ns) printf("; slowest append %.1f ms", (double)a->worst_ns / 1e6);
   if (a->fair > 0) printf("; slowest thread %.2f x the mean", a->fair);
   printf("\n");

@@ -157,6 +157,10 @@ typedef struct engram_commit_stats {
   uint64_t jobs;          /* writes (appends, batches, acks, fetches ...) they carried */
   uint64_t flushes;       /* fdatasync calls of the data file by the commit path */
   uint64_t batch_hist[8]; /* commits carrying 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ writes */
+  uint64_t max_wait;      /* most commits one write waited through, from queueing to its
+                             release (for the thread that led: to handing the lead over);
+                             at most 3 (the one running, its own, the one that makes it
+                             durable) when the lead passes on in turn */
 } engram_commit_stats;
 ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
 

@@ -178,6 +178,13 @@ static void count_commit(engram *log, const struct log_job *jobs) {
   if (log->opts.durability != ENGRAM_DURABILITY_ASYNC) log->st_flushes++;
 }
 
+/* Counts the commits a job waited through: from queueing to its release or, for the
+ * leader's own job, to the moment the leader hands over. Called with mu held. */
+static void note_wait(engram *log, const struct log_job *j) {
+  if (log->st_commits - j->enq_commits > log->st_max_wait)
+    log->st_max_wait = log->st_commits - j->enq_commits;
+}
+
 /* Releases a batch: publishes its appends, then marks its jobs done. Called with mu held. */
 static void release(engram *log, struct batch *b, int rc, const char *msg) {
   if (b->touched) {
@@ -194,6 +201,7 @@ static void release(engram *log, struct batch *b, int rc, const char *msg) {
   struct log_job *j = b->jobs;
   while (j) {
     struct log_job *next = j->next;
+    if (j != log->leader_job) note_wait(log, j);
     if (rc < 0 && j->rc >= 0) {
       j->rc = rc;
       snprintf(j->msg, sizeof j->msg, "%s", msg);
@@ -339,6 +347,7 @@ int log_job_enqueue(engram *log, struct log_job *job) {
   }
   job->next = NULL;
   job->done = 0;
+  job->enq_commits = log->st_commits;
   if (log->q_tail)
     log->q_tail->next = job;
   else
@@ -358,7 +367,10 @@ int log_job_wait(engram *log, struct log_job *job) {
      * nobody leads; the leader hands over as soon as its own job is released. */
     if (!log->leader && (log->q_head || log->pending_jobs)) {
       log->leader = 1;
+      log->leader_job = job;
       lead(log, job);
+      note_wait(log, job);
+      log->leader_job = NULL;
       log->leader = 0;
       pthread_cond_broadcast(&log->cv);
     } else {
@@ -379,6 +391,7 @@ int engram_commit_stats_get(engram *log, engram_commit_stats *out) {
   out->commits = log->st_commits;
   out->jobs = log->st_jobs;
   out->flushes = log->st_flushes;
+  out->max_wait = log->st_max_wait;
   memcpy(out->batch_hist, log->st_batch_hist, sizeof out->batch_hist);
   pthread_mutex_unlock(&log->mu);
   return 0;

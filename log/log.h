@@ -111,6 +111,7 @@ struct engram {
   int64_t gather_max_ns;  /* longest such wait; 0 = 500 us. The daemon raises it to
                              about a network round trip. */
   int leader;             /* 1 while a thread leads a commit */
+  struct log_job *leader_job; /* that thread's own job */
   uint64_t append_seq;    /* bumped after every commit that appended */
   int64_t last_commit_ns; /* monotonic time of the last commit */
   int dirty;              /* commits not yet forced to disk (nometasync/async) */
@@ -122,6 +123,8 @@ struct engram {
   uint64_t st_commits;       /* write transactions that changed something */
   uint64_t st_jobs;          /* jobs those carried */
   uint64_t st_flushes;       /* flushes of the data file by the commit path */
+  uint64_t st_max_wait;      /* most commits a job waited through, from queueing to its
+                                release (the leader's own: to its handing over) */
   uint64_t st_batch_hist[8]; /* commits of 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ jobs */
 
   pthread_cond_t flush_cv; /* wakes the flusher early at close */

@@ -38,6 +38,7 @@ struct log_job {
   int relaxed;   /* released after its commit, without waiting for the meta flush */
   int rc;        /* the job's result, or the commit's error */
   int done;      /* set under log->mu; the job may vanish right after */
+  uint64_t enq_commits; /* log->st_commits when it was queued */
   char msg[256]; /* the leader's error message for this job */
   struct log_job *next;
 };

@@ -51,7 +51,8 @@ typedef struct writer {
   int id;
   _Atomic int *stop;
   _Atomic uint64_t appends; /* read by the main thread while the writer runs */
-  uint64_t worst;           /* most commits seen between calling append and its return */
+  uint64_t worst;           /* most commits seen between calling append and its return
+                               (printed: it includes time the scheduler parks the thread) */
   int rc;
 } writer;
 
@@ -74,8 +75,8 @@ static void *writer_main(void *arg) {
 /* The writer that happens to lead must not keep leading while others queue more: its
  * append is durable after two commits (its own and the one whose flush makes it
  * current), so it returns then and another writer leads. Counted in commits, not time:
- * from the call to the return at most one commit already running, the one carrying the
- * append and the one releasing it, plus one for slack. */
+ * from queueing to release at most the commit already running, the one carrying the
+ * append and the one releasing it. */
 static void every_writer_returns_within_a_few_commits_while_others_keep_writing(void **state) {
   fx *f = *state;
   f->log = tu_open(f->logdir, NULL);
@@ -97,13 +98,19 @@ static void every_writer_returns_within_a_few_commits_while_others_keep_writing(
   }
   stop = 1;
   for (int i = 0; i < WRITERS; i++) pthread_join(th[i], NULL);
+  engram_commit_stats st;
+  assert_int_equal(engram_commit_stats_get(f->log, &st), 0);
+  print_message("%llu commits, longest wait %llu commits\n", (unsigned long long)st.commits,
+                (unsigned long long)st.max_wait);
+  /* Counted by the library from queueing to release (for a leader: to handing over), so
+   * a writer the scheduler parks after its release does not count against it. */
+  assert_true(st.max_wait <= 3);
   for (int i = 0; i < WRITERS; i++) {
     uint64_t n = w[i].appends;
     print_message("writer %d: %llu appends, worst %llu commits\n", i, (unsigned long long)n,
                   (unsigned long long)w[i].worst);
     assert_int_equal(w[i].rc, 0);
     assert_true(w[i].appends >= 5);
-    assert_true(w[i].worst <= 4);
   }
 }
 
