@@ -58,7 +58,7 @@ static void touched_rollback(log_wtx *w, struct log_touched *mark) {
   }
 }
 
-static int begin_txn(engram *log, MDB_txn **txn) {
+static int begin_txn(struct log *log, MDB_txn **txn) {
   for (;;) {
     int rc = mdb_txn_begin(log->env, NULL, 0, txn);
     if (rc == MDB_MAP_RESIZED) {
@@ -71,7 +71,7 @@ static int begin_txn(engram *log, MDB_txn **txn) {
 
 static void set_job_error(struct log_job *j, int rc) {
   j->rc = rc;
-  snprintf(j->msg, sizeof j->msg, "%s", engram_errmsg(NULL));
+  snprintf(j->msg, sizeof j->msg, "%s", log_errmsg(NULL));
 }
 
 static __thread int tls_in_job;
@@ -87,7 +87,8 @@ static int run_job(struct log_job *j, log_wtx *w) {
 
 /* Runs the jobs of one batch and commits. Sets each job's rc. Returns 0 or the commit's
  * error; *wrote tells whether the commit wrote (and so flushed) anything. */
-static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_touched **touched) {
+static int run_batch(struct log *log, struct log_job *jobs, int *wrote,
+                     struct log_touched **touched) {
   int n = 0;
   for (struct log_job *j = jobs; j; j = j->next) n++;
   *wrote = 0;
@@ -172,7 +173,7 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
 }
 
 /* Releases a batch: publishes its appends, then marks its jobs done. Called with mu held. */
-static void release(engram *log, struct batch *b, int rc, const char *msg) {
+static void release(struct log *log, struct batch *b, int rc, const char *msg) {
   if (b->touched) {
     log->append_seq++;
     pthread_cond_broadcast(&log->append_cv);
@@ -199,7 +200,7 @@ static void release(engram *log, struct batch *b, int rc, const char *msg) {
   pthread_cond_broadcast(&log->cv);
 }
 
-static int sync_env(engram *log) {
+static int sync_env(struct log *log) {
   int64_t t0 = clock_monotonic_ns();
   int rc = mdb_env_sync(log->env, 1);
   log->last_flush_ns = clock_monotonic_ns() - t0;
@@ -207,7 +208,7 @@ static int sync_env(engram *log) {
 }
 
 /* Takes the next batch off the queue: one solo job, or every queued ordinary job. */
-static struct log_job *take(engram *log) {
+static struct log_job *take(struct log *log) {
   struct log_job *head = log->q_head;
   size_t n = 1;
   if (head->solo) {
@@ -233,7 +234,7 @@ static struct log_job *take(engram *log) {
  * for the rest to queue, so they share the next commit instead of each paying two
  * flushes of their own: a batch of eight for two flushes beats eight batches of one.
  * Called with mu held. */
-static void gather(engram *log) {
+static void gather(struct log *log) {
   if (log->opts.durability != ENGRAM_DURABILITY_SYNC || log->q_len >= log->last_batch) return;
   int64_t wait = log->last_flush_ns,
           max = log->gather_max_ns ? log->gather_max_ns : LOG_GATHER_MAX_NS;
@@ -251,7 +252,7 @@ static void gather(engram *log) {
 }
 
 /* The leader's loop. Entered and left with mu held. */
-static void lead(engram *log) {
+static void lead(struct log *log) {
   int sync_mode = log->opts.durability == ENGRAM_DURABILITY_SYNC;
   struct batch pending = {0}; /* committed, its meta page not yet flushed */
   for (;;) {
@@ -260,7 +261,7 @@ static void lead(engram *log) {
       pthread_mutex_unlock(&log->mu);
       int rc = sync_env(log);
       char msg[256];
-      snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
+      snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
       pthread_mutex_lock(&log->mu);
       release(log, &pending, rc, msg);
       continue;
@@ -279,13 +280,13 @@ static void lead(engram *log) {
       pthread_mutex_unlock(&log->dbi_mu);
     }
     char msg[256];
-    snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
+    snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
     int prc = 0;
     char pmsg[256] = "";
     if (sync_mode && pending.jobs && !(rc == 0 && wrote)) {
       /* This commit flushed nothing, so the pending batch needs a flush of its own. */
       prc = sync_env(log);
-      snprintf(pmsg, sizeof pmsg, "%s", engram_errmsg(NULL));
+      snprintf(pmsg, sizeof pmsg, "%s", log_errmsg(NULL));
     }
     pthread_mutex_lock(&log->mu);
     log->last_commit_ns = clock_monotonic_ns();
@@ -302,7 +303,7 @@ static void lead(engram *log) {
   }
 }
 
-int log_job_enqueue(engram *log, struct log_job *job) {
+int log_job_enqueue(struct log *log, struct log_job *job) {
   if (log->env_flags & MDB_RDONLY)
     return log_error(log, ENGRAM_ENOTSUP,
                      "write: the log %s is open read-only: open it read-write (as a user who "
@@ -329,7 +330,7 @@ int log_job_enqueue(engram *log, struct log_job *job) {
   return 0;
 }
 
-int log_job_wait(engram *log, struct log_job *job) {
+int log_job_wait(struct log *log, struct log_job *job) {
   pthread_mutex_lock(&log->mu);
   while (!job->done) {
     /* Lead while there is queued work; a job already committed waits for its flush. */
@@ -357,7 +358,7 @@ int log_job_wait(engram *log, struct log_job *job) {
   return job->rc;
 }
 
-void log_train_request(engram *log, const char *topic) {
+void log_train_request(struct log *log, const char *topic) {
   pthread_mutex_lock(&log->aux_mu);
   struct log_touched *t;
   for (t = log->train; t; t = t->next)
@@ -370,7 +371,7 @@ void log_train_request(engram *log, const char *topic) {
   pthread_mutex_unlock(&log->aux_mu);
 }
 
-void log_train_pending(engram *log) {
+void log_train_pending(struct log *log) {
   for (;;) {
     pthread_mutex_lock(&log->aux_mu);
     struct log_touched *t = log->train;
@@ -378,14 +379,14 @@ void log_train_pending(engram *log) {
     pthread_mutex_unlock(&log->aux_mu);
     if (!t) return;
     char msg[512];
-    snprintf(msg, sizeof msg, "%s", engram_errmsg(log)); /* keep the caller's message */
+    snprintf(msg, sizeof msg, "%s", log_errmsg(log)); /* keep the caller's message */
     log_dict_train(log, t->topic, NULL);
     log_error(log, 0, "%s", msg);
     free(t);
   }
 }
 
-static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
+static int write_job(struct log *log, log_job_fn fn, void *arg, int solo) {
   struct log_job job = {.fn = fn, .arg = arg, .solo = solo};
   int rc = log_job_enqueue(log, &job);
   if (rc == 0) rc = log_job_wait(log, &job);
@@ -393,11 +394,11 @@ static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
   return rc;
 }
 
-int log_write(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }
+int log_write(struct log *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }
 
-int log_write_solo(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 1); }
+int log_write_solo(struct log *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 1); }
 
-int log_write_relaxed(engram *log, log_job_fn fn, void *arg) {
+int log_write_relaxed(struct log *log, log_job_fn fn, void *arg) {
   struct log_job job = {.fn = fn, .arg = arg, .relaxed = 1};
   int rc = log_job_enqueue(log, &job);
   return rc ? rc : log_job_wait(log, &job);
@@ -405,7 +406,7 @@ int log_write_relaxed(engram *log, log_job_fn fn, void *arg) {
 
 /* Nometasync and async modes: forces commits to disk every flush interval. */
 static void *flusher_main(void *arg) {
-  engram *log = arg;
+  struct log *log = arg;
   pthread_mutex_lock(&log->mu);
   while (!log->closing) {
     struct timespec ts;
@@ -425,14 +426,14 @@ static void *flusher_main(void *arg) {
   return NULL;
 }
 
-int log_commit_start(engram *log) {
+int log_commit_start(struct log *log) {
   if (log->opts.durability == ENGRAM_DURABILITY_SYNC) return 0;
   if (pthread_create(&log->flusher, NULL, flusher_main, log) != 0) return ENGRAM_ENOMEM;
   log->flusher_running = 1;
   return 0;
 }
 
-void log_commit_stop(engram *log) {
+void log_commit_stop(struct log *log) {
   pthread_mutex_lock(&log->mu);
   log->closing = 1;
   pthread_cond_broadcast(&log->flush_cv);
@@ -442,7 +443,7 @@ void log_commit_stop(engram *log) {
   log->flusher_running = 0;
 }
 
-void log_wait_append(engram *log, const char *topic, int64_t deadline_mono_ns) {
+void log_wait_append(struct log *log, const char *topic, int64_t deadline_mono_ns) {
   if (log->wait_hook) {
     log->wait_hook(log->wait_hook_ctx, log, topic, deadline_mono_ns);
     return;

@@ -100,9 +100,7 @@ struct conn {
   pthread_cond_t f_cv;
 };
 
-static const struct engram_remote_ops ops;
-
-static struct conn *C(engram *log) { return log->remote_ctx; }
+static struct conn *C(engram *log) { return log->state; }
 
 /* ---------------------------------------------------------------------------------
  * Pending requests.
@@ -513,7 +511,7 @@ static void wait_pend(struct conn *c, struct pend *p) {
 static struct pend *submit(engram *log, struct conn *c, Engram__Wire__Request *rq, int retry,
                            uint64_t extra_ms, int *rc) {
   if (c->denied) {
-    *rc = log_error(log, ENGRAM_EDENIED, "%s: the daemon refused this client's CURVE key",
+    *rc = log_error(NULL, ENGRAM_EDENIED, "%s: the daemon refused this client's CURVE key",
                     c->endpoint);
     return NULL;
   }
@@ -523,7 +521,7 @@ static struct pend *submit(engram *log, struct conn *c, Engram__Wire__Request *r
   size_t n = engram__wire__request__get_packed_size(rq);
   if (c->max_message && n > c->max_message) {
     *rc =
-        log_error(log, ENGRAM_ETOOBIG, "%s %s: request of %zu bytes over the daemon's limit of %u",
+        log_error(NULL, ENGRAM_ETOOBIG, "%s %s: request of %zu bytes over the daemon's limit of %u",
                   c->endpoint, net_op_name(rq->op_case), n, c->max_message);
     return NULL;
   }
@@ -532,7 +530,7 @@ static struct pend *submit(engram *log, struct conn *c, Engram__Wire__Request *r
   if (!p || !buf) {
     free(p);
     free(buf);
-    *rc = log_error(log, ENGRAM_ENOMEM, "%s: out of memory", c->endpoint);
+    *rc = log_error(NULL, ENGRAM_ENOMEM, "%s: out of memory", c->endpoint);
     return NULL;
   }
   engram__wire__request__pack(rq, buf);
@@ -565,7 +563,7 @@ static int rpc(engram *log, Engram__Wire__Request *rq, int retry, uint64_t extra
   wait_pend(c, p);
   pthread_mutex_unlock(&c->mu);
   if (!p->rp) {
-    rc = log_error(log, p->code, "%s", p->msg);
+    rc = log_error(NULL, p->code, "%s", p->msg);
     pend_free(p);
     return rc;
   }
@@ -574,19 +572,19 @@ static int rpc(engram *log, Engram__Wire__Request *rq, int retry, uint64_t extra
   pend_free(p);
   if (rp->code > 0 || rp->code < -1000) {
     engram__wire__reply__free_unpacked(rp, NULL);
-    return log_error(log, ENGRAM_EPROTO, "%s: reply with an invalid code", c->endpoint);
+    return log_error(NULL, ENGRAM_EPROTO, "%s: reply with an invalid code", c->endpoint);
   }
   if (rp->code) {
-    rc = log_error(log, rp->code, "%s", *rp->error ? rp->error : engram_strerror(rp->code));
+    rc = log_error(NULL, rp->code, "%s", *rp->error ? rp->error : engram_strerror(rp->code));
     *out = rp;
     return rc;
   }
   if (want != ENGRAM__WIRE__REPLY__RESULT__NOT_SET && (int)rp->result_case != want) {
     engram__wire__reply__free_unpacked(rp, NULL);
-    return log_error(log, ENGRAM_EPROTO, "%s %s: reply of the wrong kind", c->endpoint,
+    return log_error(NULL, ENGRAM_EPROTO, "%s %s: reply of the wrong kind", c->endpoint,
                      net_op_name(rq->op_case));
   }
-  log_error_clear(log);
+  log_error_clear(NULL);
   *out = rp;
   return 0;
 }
@@ -600,7 +598,7 @@ static int call(engram *log, Engram__Wire__Request *rq, int retry) {
 
 static int bad_reply(engram *log, Engram__Wire__Reply *rp, const char *what) {
   if (rp) engram__wire__reply__free_unpacked(rp, NULL);
-  return log_error(log, ENGRAM_EPROTO, "%s: %s: malformed reply from the daemon", C(log)->endpoint,
+  return log_error(NULL, ENGRAM_EPROTO, "%s: %s: malformed reply from the daemon", C(log)->endpoint,
                    what);
 }
 
@@ -661,7 +659,7 @@ static int batch_from_wire(engram *log, const Engram__Wire__Events *w, engram_ba
   memset(&t, 0, sizeof t);
   if (net_copy_text(t.name, sizeof t.name, w->topic)) return -1;
   log_bb *bb = log_bb_new(w->n_events);
-  if (!bb) return log_error(log, ENGRAM_ENOMEM, "read: out of memory"), -2;
+  if (!bb) return log_error(NULL, ENGRAM_ENOMEM, "read: out of memory"), -2;
   for (size_t i = 0; i < w->n_events; i++) {
     const Engram__Wire__Event *e = w->events[i];
     if (e->n_headers > ENGRAM_MAX_HEADERS || e->payload.len > UINT32_MAX) {
@@ -693,10 +691,10 @@ static int batch_from_wire(engram *log, const Engram__Wire__Events *w, engram_ba
       v.headers[h].value_len = strlen(e->headers[h]->value);
     }
     int rc;
-    engram_event *ev = log_bb_add(bb, log, NULL, &t, &v, &rc);
+    engram_event *ev = log_bb_add(bb, NULL, NULL, &t, &v, &rc);
     if (!ev) {
       log_bb_free(bb);
-      return log_error(log, ENGRAM_ENOMEM, "read: out of memory"), -2;
+      return log_error(NULL, ENGRAM_ENOMEM, "read: out of memory"), -2;
     }
     ev->attempt = e->attempt;
   }
@@ -721,7 +719,6 @@ static void r_close(engram *log) {
     engram_append_wait(log);
     conn_free(c);
   }
-  free(log);
 }
 
 static int r_sync(engram *log) {
@@ -751,7 +748,7 @@ static int r_topic_create(engram *log, const char *topic, const engram_topic_con
 }
 
 static int r_topic_info_get(engram *log, const char *topic, engram_topic_info *info) {
-  if (!info) return log_error(log, ENGRAM_EINVAL, "topic info: info is NULL");
+  if (!info) return log_error(NULL, ENGRAM_EINVAL, "topic info: info is NULL");
   REQ(topic_get, TOPIC_GET, Engram__Wire__TopicGet, ENGRAM__WIRE__TOPIC_GET__INIT);
   m.topic = net_str(topic);
   Engram__Wire__Reply *rp;
@@ -766,7 +763,7 @@ static int r_topic_info_get(engram *log, const char *topic, engram_topic_info *i
 }
 
 static int r_topic_list(engram *log, engram_topic_info **out, size_t *n) {
-  if (!out || !n) return log_error(log, ENGRAM_EINVAL, "topic list: NULL argument");
+  if (!out || !n) return log_error(NULL, ENGRAM_EINVAL, "topic list: NULL argument");
   *out = NULL;
   *n = 0;
   REQ(topic_list, TOPIC_LIST, Engram__Wire__TopicList, ENGRAM__WIRE__TOPIC_LIST__INIT);
@@ -781,7 +778,7 @@ static int r_topic_list(engram *log, engram_topic_info **out, size_t *n) {
   engram_topic_info *list = calloc(k ? k : 1, sizeof *list);
   if (!list) {
     engram__wire__reply__free_unpacked(rp, NULL);
-    return log_error(log, ENGRAM_ENOMEM, "topic list: out of memory");
+    return log_error(NULL, ENGRAM_ENOMEM, "topic list: out of memory");
   }
   for (size_t i = 0; i < k; i++) {
     if (topic_from_wire(rp->topics->topics[i], &list[i])) {
@@ -854,9 +851,9 @@ static int wev_build(engram *log, const char *topic, const engram_event *evs, si
   *all_idem = 1;
   for (size_t i = 0; i < n; i++) {
     if (inexpressible(&evs[i])) {
-      int rc = log_check_event(log, net_str(topic), &evs[i], ENGRAM_MAX_PAYLOAD_LIMIT);
+      int rc = log_check_event(NULL, net_str(topic), &evs[i], ENGRAM_MAX_PAYLOAD_LIMIT);
       if (rc) return rc;
-      return log_error(log, ENGRAM_EINVAL, "append %s: event %zu has a NULL field", net_str(topic),
+      return log_error(NULL, ENGRAM_EINVAL, "append %s: event %zu has a NULL field", net_str(topic),
                        i);
     }
     if (!evs[i].idempotency_key) *all_idem = 0;
@@ -878,7 +875,7 @@ static int wev_build(engram *log, const char *topic, const engram_event *evs, si
   }
   if (!w->ev || !w->evp || !w->h || !w->hp) {
     wev_free(w);
-    return log_error(log, ENGRAM_ENOMEM, "append %s: out of memory", topic ? topic : "");
+    return log_error(NULL, ENGRAM_ENOMEM, "append %s: out of memory", topic ? topic : "");
   }
   size_t at = 0;
   for (size_t i = 0; i < n; i++) {
@@ -912,11 +909,11 @@ static int wev_build(engram *log, const char *topic, const engram_event *evs, si
 static int r_append_batch(engram *log, const char *topic, const engram_event *evs, size_t n,
                           uint64_t *offsets, int *duplicates) {
   if (!evs || !offsets)
-    return log_error(log, ENGRAM_EINVAL, "append %s: events or offsets is NULL",
+    return log_error(NULL, ENGRAM_EINVAL, "append %s: events or offsets is NULL",
                      topic ? topic : "");
-  if (n == 0) return log_error(log, ENGRAM_EINVAL, "append %s: empty batch", topic ? topic : "");
+  if (n == 0) return log_error(NULL, ENGRAM_EINVAL, "append %s: empty batch", topic ? topic : "");
   if (n > NET_MAX_EVENTS)
-    return log_error(log, ENGRAM_ETOOBIG, "append %s: batch of %zu events over limit %d",
+    return log_error(NULL, ENGRAM_ETOOBIG, "append %s: batch of %zu events over limit %d",
                      topic ? topic : "", n, NET_MAX_EVENTS);
   struct wev w;
   int idem;
@@ -946,7 +943,7 @@ static int r_append_batch(engram *log, const char *topic, const engram_event *ev
 
 static int r_append(engram *log, const char *topic, const engram_event *ev, uint64_t *offset,
                     int *duplicate) {
-  if (!ev) return log_error(log, ENGRAM_EINVAL, "append %s: event is NULL", topic ? topic : "");
+  if (!ev) return log_error(NULL, ENGRAM_EINVAL, "append %s: event is NULL", topic ? topic : "");
   uint64_t off = 0;
   int dup = 0;
   int rc = r_append_batch(log, topic, ev, 1, &off, &dup);
@@ -971,7 +968,7 @@ static int read_reply(engram *log, Engram__Wire__Request *rq, engram_batch **out
 }
 
 static int r_read(engram *log, const char *topic, uint64_t offset, engram_batch **out) {
-  if (!out) return log_error(log, ENGRAM_EINVAL, "read: out is NULL");
+  if (!out) return log_error(NULL, ENGRAM_EINVAL, "read: out is NULL");
   *out = NULL;
   REQ(read, READ, Engram__Wire__Read, ENGRAM__WIRE__READ__INIT);
   m.topic = net_str(topic);
@@ -981,9 +978,9 @@ static int r_read(engram *log, const char *topic, uint64_t offset, engram_batch 
 
 static int r_read_range(engram *log, const char *topic, uint64_t from, size_t max,
                         engram_batch **out) {
-  if (!out) return log_error(log, ENGRAM_EINVAL, "read: out is NULL");
+  if (!out) return log_error(NULL, ENGRAM_EINVAL, "read: out is NULL");
   *out = NULL;
-  if (max == 0) return log_error(log, ENGRAM_EINVAL, "read %s: max is 0", topic ? topic : "");
+  if (max == 0) return log_error(NULL, ENGRAM_EINVAL, "read %s: max is 0", topic ? topic : "");
   REQ(read_range, READ_RANGE, Engram__Wire__ReadRange, ENGRAM__WIRE__READ_RANGE__INIT);
   m.topic = net_str(topic);
   m.from = from;
@@ -992,7 +989,7 @@ static int r_read_range(engram *log, const char *topic, uint64_t from, size_t ma
 }
 
 static int r_verify(engram *log, engram_verify_report *report) {
-  if (!report) return log_error(log, ENGRAM_EINVAL, "verify: NULL argument");
+  if (!report) return log_error(NULL, ENGRAM_EINVAL, "verify: NULL argument");
   REQ(verify, VERIFY, Engram__Wire__Verify, ENGRAM__WIRE__VERIFY__INIT);
   (void)m;
   Engram__Wire__Reply *rp;
@@ -1018,17 +1015,18 @@ static int r_group_create(engram *log, const char *topic, const char *group,
   m.group = net_str(group);
   if (cfg) {
     if (cfg->n_filters > ENGRAM_MAX_FILTERS || (cfg->n_filters && !cfg->filters))
-      return log_error(log, ENGRAM_EINVAL, "group create %s/%s: filters invalid (at most %d)",
+      return log_error(NULL, ENGRAM_EINVAL, "group create %s/%s: filters invalid (at most %d)",
                        net_str(topic), net_str(group), ENGRAM_MAX_FILTERS);
     if (cfg->n_backoff > ENGRAM_MAX_BACKOFF || (cfg->n_backoff && !cfg->backoff_ms))
-      return log_error(log, ENGRAM_EINVAL, "group create %s/%s: backoff invalid (at most %d steps)",
-                       net_str(topic), net_str(group), ENGRAM_MAX_BACKOFF);
+      return log_error(NULL, ENGRAM_EINVAL,
+                       "group create %s/%s: backoff invalid (at most %d steps)", net_str(topic),
+                       net_str(group), ENGRAM_MAX_BACKOFF);
     for (size_t i = 0; i < cfg->n_filters; i++)
       if (!cfg->filters[i])
-        return log_error(log, ENGRAM_EINVAL, "group create %s/%s: filter %zu is NULL",
+        return log_error(NULL, ENGRAM_EINVAL, "group create %s/%s: filter %zu is NULL",
                          net_str(topic), net_str(group), i);
     if ((unsigned)cfg->start > ENGRAM_START_TIME)
-      return log_error(log, ENGRAM_EINVAL, "group create %s/%s: unknown start %d", net_str(topic),
+      return log_error(NULL, ENGRAM_EINVAL, "group create %s/%s: unknown start %d", net_str(topic),
                        net_str(group), (int)cfg->start);
     wc.filters = (char **)cfg->filters;
     wc.n_filters = cfg->n_filters;
@@ -1048,7 +1046,7 @@ static int r_group_create(engram *log, const char *topic, const char *group,
 
 static int r_group_info_get(engram *log, const char *topic, const char *group,
                             engram_group_info *info) {
-  if (!info) return log_error(log, ENGRAM_EINVAL, "group info: info is NULL");
+  if (!info) return log_error(NULL, ENGRAM_EINVAL, "group info: info is NULL");
   REQ(group_get, GROUP_GET, Engram__Wire__GroupGet, ENGRAM__WIRE__GROUP_GET__INIT);
   m.topic = net_str(topic);
   m.group = net_str(group);
@@ -1064,7 +1062,7 @@ static int r_group_info_get(engram *log, const char *topic, const char *group,
 }
 
 static int r_group_list(engram *log, const char *topic, engram_group_info **out, size_t *n) {
-  if (!out || !n) return log_error(log, ENGRAM_EINVAL, "group list: NULL argument");
+  if (!out || !n) return log_error(NULL, ENGRAM_EINVAL, "group list: NULL argument");
   *out = NULL;
   *n = 0;
   REQ(group_list, GROUP_LIST, Engram__Wire__GroupList, ENGRAM__WIRE__GROUP_LIST__INIT);
@@ -1079,7 +1077,7 @@ static int r_group_list(engram *log, const char *topic, engram_group_info **out,
   engram_group_info *list = calloc(k ? k : 1, sizeof *list);
   if (!list) {
     engram__wire__reply__free_unpacked(rp, NULL);
-    return log_error(log, ENGRAM_ENOMEM, "group list: out of memory");
+    return log_error(NULL, ENGRAM_ENOMEM, "group list: out of memory");
   }
   for (size_t i = 0; i < k; i++) {
     if (group_from_wire(rp->groups->groups[i], &list[i])) {
@@ -1103,7 +1101,7 @@ static int r_group_delete(engram *log, const char *topic, const char *group) {
 static int r_group_reset(engram *log, const char *topic, const char *group, engram_start to,
                          uint64_t offset, int64_t time_ns) {
   if ((unsigned)to > ENGRAM_START_TIME)
-    return log_error(log, ENGRAM_EINVAL, "group reset %s/%s: unknown position %d", net_str(topic),
+    return log_error(NULL, ENGRAM_EINVAL, "group reset %s/%s: unknown position %d", net_str(topic),
                      net_str(group), (int)to);
   REQ(group_reset, GROUP_RESET, Engram__Wire__GroupReset, ENGRAM__WIRE__GROUP_RESET__INIT);
   m.topic = net_str(topic);
@@ -1116,11 +1114,11 @@ static int r_group_reset(engram *log, const char *topic, const char *group, engr
 
 static int r_fetch(engram *log, const char *topic, const char *group, const char *consumer,
                    size_t max, uint64_t wait_ms, engram_batch **out) {
-  if (!out) return log_error(log, ENGRAM_EINVAL, "fetch: out is NULL");
+  if (!out) return log_error(NULL, ENGRAM_EINVAL, "fetch: out is NULL");
   *out = NULL;
   if (max > UINT32_MAX) max = UINT32_MAX; /* the daemon refuses it with the embedded message */
   if (wait_ms > ENGRAM_MAX_FETCH_WAIT_MS)
-    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait %llu ms over the limit of %u (1 hour)",
+    return log_error(NULL, ENGRAM_EINVAL, "fetch %s/%s: wait %llu ms over the limit of %u (1 hour)",
                      net_str(topic), net_str(group), (unsigned long long)wait_ms,
                      ENGRAM_MAX_FETCH_WAIT_MS);
   REQ(fetch, FETCH, Engram__Wire__Fetch, ENGRAM__WIRE__FETCH__INIT);
@@ -1143,15 +1141,15 @@ static int r_fetch(engram *log, const char *topic, const char *group, const char
 
 static int r_ack_many(engram *log, const char *topic, const char *group,
                       const engram_ack_item *items, size_t n, int *codes) {
-  if (!items || n == 0) return log_error(log, ENGRAM_EINVAL, "ack: no items");
+  if (!items || n == 0) return log_error(NULL, ENGRAM_EINVAL, "ack: no items");
   if (n > NET_MAX_ITEMS)
-    return log_error(log, ENGRAM_ETOOBIG, "ack: %zu items over limit %d", n, NET_MAX_ITEMS);
+    return log_error(NULL, ENGRAM_ETOOBIG, "ack: %zu items over limit %d", n, NET_MAX_ITEMS);
   Engram__Wire__AckItem *wi = calloc(n, sizeof *wi);
   Engram__Wire__AckItem **wp = calloc(n, sizeof *wp);
   if (!wi || !wp) {
     free(wi);
     free(wp);
-    return log_error(log, ENGRAM_ENOMEM, "ack: out of memory");
+    return log_error(NULL, ENGRAM_ENOMEM, "ack: out of memory");
   }
   for (size_t i = 0; i < n; i++) {
     engram__wire__ack_item__init(&wi[i]);
@@ -1164,7 +1162,7 @@ static int r_ack_many(engram *log, const char *topic, const char *group,
     } else if (items[i].result_len) {
       free(wi);
       free(wp);
-      return log_error(log, ENGRAM_EINVAL, "ack %s/%s: result is NULL but result_len is %zu",
+      return log_error(NULL, ENGRAM_EINVAL, "ack %s/%s: result is NULL but result_len is %zu",
                        net_str(topic), net_str(group), items[i].result_len);
     }
     wp[i] = &wi[i];
@@ -1236,7 +1234,7 @@ static int r_cancel(engram *log, const char *topic, const char *group, uint64_t 
 
 static int r_status_get(engram *log, const char *topic, const char *group, uint64_t offset,
                         engram_status *st) {
-  if (!st) return log_error(log, ENGRAM_EINVAL, "status: st is NULL");
+  if (!st) return log_error(NULL, ENGRAM_EINVAL, "status: st is NULL");
   memset(st, 0, sizeof *st);
   REQ(status_get, STATUS_GET, Engram__Wire__StatusGet, ENGRAM__WIRE__STATUS_GET__INIT);
   m.topic = net_str(topic);
@@ -1260,7 +1258,7 @@ static int r_status_get(engram *log, const char *topic, const char *group, uint6
     st->result = malloc(w->result.len + 1);
     if (!st->result) {
       engram__wire__reply__free_unpacked(rp, NULL);
-      return log_error(log, ENGRAM_ENOMEM, "status: out of memory");
+      return log_error(NULL, ENGRAM_ENOMEM, "status: out of memory");
     }
     if (w->result.len) memcpy(st->result, w->result.data, w->result.len);
     ((char *)st->result)[w->result.len] = '\0';
@@ -1272,7 +1270,7 @@ static int r_status_get(engram *log, const char *topic, const char *group, uint6
 
 static int r_dlq_list(engram *log, const char *topic, const char *group, uint64_t from, size_t max,
                       engram_dlq_entry **out, size_t *n) {
-  if (!out || !n) return log_error(log, ENGRAM_EINVAL, "dlq list: NULL argument");
+  if (!out || !n) return log_error(NULL, ENGRAM_EINVAL, "dlq list: NULL argument");
   *out = NULL;
   *n = 0;
   REQ(dlq_list, DLQ_LIST, Engram__Wire__DlqList, ENGRAM__WIRE__DLQ_LIST__INIT);
@@ -1290,7 +1288,7 @@ static int r_dlq_list(engram *log, const char *topic, const char *group, uint64_
   engram_dlq_entry *list = calloc(k ? k : 1, sizeof *list);
   if (!list) {
     engram__wire__reply__free_unpacked(rp, NULL);
-    return log_error(log, ENGRAM_ENOMEM, "dlq list: out of memory");
+    return log_error(NULL, ENGRAM_ENOMEM, "dlq list: out of memory");
   }
   for (size_t i = 0; i < k; i++) {
     const Engram__Wire__DlqEntry *e = rp->dlq->entries[i];
@@ -1318,7 +1316,7 @@ static int dlq_select(engram *log, int redrive, const char *topic, const char *g
     return 0;
   }
   if (n > NET_MAX_OFFSETS)
-    return log_error(log, ENGRAM_ETOOBIG, "dlq: %zu offsets over limit %d", n, NET_MAX_OFFSETS);
+    return log_error(NULL, ENGRAM_ETOOBIG, "dlq: %zu offsets over limit %d", n, NET_MAX_OFFSETS);
   Engram__Wire__Request rq = ENGRAM__WIRE__REQUEST__INIT;
   Engram__Wire__DlqSelect m = ENGRAM__WIRE__DLQ_SELECT__INIT;
   if (redrive) {
@@ -1475,10 +1473,10 @@ static int pipeline_start(engram *log, struct conn *c) {
     free(c->sbuf);
     c->ring = NULL;
     c->sbuf = NULL;
-    return log_error(log, ENGRAM_ENOMEM, "append: out of memory");
+    return log_error(NULL, ENGRAM_ENOMEM, "append: out of memory");
   }
   if (pthread_create(&c->flusher, NULL, flusher_main, c) != 0)
-    return log_error(log, ENGRAM_ENOMEM, "append: cannot start a thread");
+    return log_error(NULL, ENGRAM_ENOMEM, "append: cannot start a thread");
   c->f_running = 1;
   return 0;
 }
@@ -1488,9 +1486,9 @@ static int r_append_async(engram *log, const char *topic, const engram_event *ev
   struct conn *c = C(log);
   /* As the embedded pipeline does: what can be judged here is refused at once. */
   if (!log_valid_name(topic))
-    return log_error(log, ENGRAM_EINVAL,
+    return log_error(NULL, ENGRAM_EINVAL,
                      "append: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
-  int rc = log_check_event(log, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
+  int rc = log_check_event(NULL, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
   if (rc) return rc;
   struct wev w;
   int idem;
@@ -1499,7 +1497,7 @@ static int r_append_async(engram *log, const char *topic, const engram_event *ev
   size_t esz = engram__wire__event__get_packed_size(w.evp[0]);
   if (c->max_message && esz + 4096 > c->max_message) {
     wev_free(&w);
-    return log_error(log, ENGRAM_ETOOBIG,
+    return log_error(NULL, ENGRAM_ETOOBIG,
                      "append %s: event of %zu bytes over the daemon's request limit of %u", topic,
                      esz, c->max_message);
   }
@@ -1509,7 +1507,7 @@ static int r_append_async(engram *log, const char *topic, const engram_event *ev
   if (c->denied) {
     pthread_mutex_unlock(&c->mu);
     wev_free(&w);
-    return log_error(log, ENGRAM_EDENIED, "%s: the daemon refused this client's CURVE key",
+    return log_error(NULL, ENGRAM_EDENIED, "%s: the daemon refused this client's CURVE key",
                      c->endpoint);
   }
   if ((rc = pipeline_start(log, c))) {
@@ -1545,7 +1543,7 @@ static int r_append_async(engram *log, const char *topic, const engram_event *ev
     if (!b) {
       pthread_mutex_unlock(&c->mu);
       wev_free(&w);
-      return log_error(log, ENGRAM_ENOMEM, "append %s: out of memory", topic);
+      return log_error(NULL, ENGRAM_ENOMEM, "append %s: out of memory", topic);
     }
     c->sbuf = b;
     c->s_cap = cap;
@@ -1587,7 +1585,7 @@ static int r_append_wait(engram *log) {
   c->a_err = 0;
   c->a_msg[0] = '\0';
   pthread_mutex_unlock(&c->mu);
-  if (rc) return log_error(log, rc, "%s", msg);
+  if (rc) return log_error(NULL, rc, "%s", msg);
   return 0;
 }
 
@@ -1651,16 +1649,16 @@ static int tx_add(void *ctx, const txn_op_view *v) {
 static int r_txn_commit(engram *log, const struct engram_txn *txn) {
   size_t n = txn_count(txn);
   if (n == 0) { /* as embedded: nothing to apply */
-    log_error_clear(log);
+    log_error_clear(NULL);
     return 0;
   }
   if (n > NET_MAX_ITEMS)
-    return log_error(log, ENGRAM_ETOOBIG, "txn commit: %zu operations over limit %d", n,
+    return log_error(NULL, ENGRAM_ETOOBIG, "txn commit: %zu operations over limit %d", n,
                      NET_MAX_ITEMS);
   struct txbuild b = {.log = log, .ops = calloc(n, sizeof *b.ops), .opp = calloc(n, sizeof *b.opp)};
   int rc;
   if (!b.ops || !b.opp) {
-    rc = log_error(log, ENGRAM_ENOMEM, "txn commit: out of memory");
+    rc = log_error(NULL, ENGRAM_ENOMEM, "txn commit: out of memory");
     goto out;
   }
   rc = txn_each(txn, tx_add, &b);
@@ -1693,7 +1691,8 @@ out:
   return rc;
 }
 
-static const struct engram_remote_ops ops = {
+const struct engram_backend net_remote = {
+    .name = "remote",
     .close = r_close,
     .sync = r_sync,
     .backup = r_backup,
@@ -1819,12 +1818,8 @@ static int conn_open(struct conn *c, const char *endpoint) {
   return 0;
 }
 
-int engram_connect(const char *endpoint, const engram_connect_options *opts, engram **out) {
+int net_connect(const char *endpoint, const engram_connect_options *opts, engram **out) {
   (void)net_notify_linked;
-  if (!out) return log_error(NULL, ENGRAM_EINVAL, "connect: out is NULL");
-  *out = NULL;
-  if (!endpoint || !*endpoint || strlen(endpoint) >= 512)
-    return log_error(NULL, ENGRAM_EINVAL, "connect: invalid endpoint");
   engram_connect_options o = opts ? *opts : (engram_connect_options){0};
   if (o.timeout_ms > ENGRAM_MAX_TIMEOUT_MS)
     return log_error(NULL, ENGRAM_EINVAL, "connect %s: timeout_ms %u over the limit of %u (1 day)",
@@ -1844,8 +1839,8 @@ int engram_connect(const char *endpoint, const engram_connect_options *opts, eng
                        endpoint);
   }
   struct conn *c = calloc(1, sizeof *c);
-  engram *log = calloc(1, sizeof *log);
-  if (!c || !log) {
+  engram *log = NULL;
+  if (!c || api_handle_new(&net_remote, c, &log)) {
     free(c);
     free(log);
     return log_error(NULL, ENGRAM_ENOMEM, "connect: out of memory");
@@ -1868,8 +1863,6 @@ int engram_connect(const char *endpoint, const engram_connect_options *opts, eng
     c->o.public_key = c->public_key;
     c->o.secret_key = c->secret_key;
   }
-  log->remote = &ops;
-  log->remote_ctx = c;
   int rc = conn_open(c, endpoint);
   if (rc) {
     char msg[512];
@@ -1885,9 +1878,9 @@ int engram_connect(const char *endpoint, const engram_connect_options *opts, eng
   rc = rpc(log, &rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_HELLO, &rp);
   if (!rc && (rp->version != ENGRAM_PROTOCOL_VERSION ||
               rp->hello->protocol_version != ENGRAM_PROTOCOL_VERSION))
-    rc =
-        log_error(log, ENGRAM_EVERSION, "connect %s: the daemon speaks protocol %u, this client %d",
-                  endpoint, rp->hello->protocol_version, ENGRAM_PROTOCOL_VERSION);
+    rc = log_error(NULL, ENGRAM_EVERSION,
+                   "connect %s: the daemon speaks protocol %u, this client %d", endpoint,
+                   rp->hello->protocol_version, ENGRAM_PROTOCOL_VERSION);
   if (!rc) c->max_message = rp->hello->max_message;
   if (rp) engram__wire__reply__free_unpacked(rp, NULL);
   if (rc) {

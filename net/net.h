@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "consumers/consumers.h"
+#include "api/api.h"
 #include "schema/wire.pb-c.h"
 
 #define NET_DEFAULT_LISTEN "tcp://127.0.0.1:7450"
@@ -88,11 +88,11 @@ int net_ipc_path(const char *dir, const char *name, char *out, size_t cap);
 /* The daemon's handle publishes its own commits: this replaces the embedded commit hook
  * (which would send them to the daemon itself) with `hook`, keeping the wake-ups of
  * embedded waiters. */
-void net_notify_set_daemon(engram *log, log_commit_hook hook, void *ctx);
+void net_notify_set_daemon(struct log *log, log_commit_hook hook, void *ctx);
 /* Wakes embedded waiters on `topic` of this handle's directory (the daemon calls it for
  * (topic, head) pushed by writers in other processes: they already did, so this is for
  * group changes that make events deliverable without an append). */
-void net_notify_wake(engram *log, const char *topic);
+void net_notify_wake(struct log *log, const char *topic);
 /* Referenced by client.c and server.c so a static link always carries notify.o, whose
  * constructor installs the attach hooks. */
 extern const int net_notify_linked;
@@ -112,6 +112,9 @@ void net_server_topic_changed(struct net_server *s, const char *topic);
 void net_server_stats(struct net_server *s, Engram__Wire__StatsResult *st);
 uint32_t net_server_max_message(const struct net_server *s);
 void net_server_count_appended(struct net_server *s, uint64_t n);
+
+/* The remote backend (client.c): a handle made by engram_connect. */
+extern const struct engram_backend net_remote;
 
 /* Fixed-size text out of a reply: copies s into dst[cap] and returns 0, or -1 when it
  * does not fit (the daemon sent something no engram daemon sends). */

@@ -47,7 +47,7 @@ struct slot {
 };
 
 struct notify {
-  engram *log;
+  struct log *log;
   uint64_t gen;                /* tells a thread's saved reading from another handle's */
   struct slot *board;          /* BOARD_SLOTS entries, NULL = none (polling fallback) */
   char in_path[512];           /* the daemon's notify-in ipc socket */
@@ -171,7 +171,7 @@ static void on_commit(void *arg, const char *topic, uint64_t head) {
 
 /* Without a board: what log_wait_append does without a hook — sleep on the handle's own
  * append signal, never longer than a short poll, since other processes do not signal it. */
-static void poll_wait(engram *log, int64_t deadline) {
+static void poll_wait(struct log *log, int64_t deadline) {
   int64_t now = clock_monotonic_ns();
   int64_t until = now + 2000000;
   if (until > deadline) until = deadline;
@@ -184,7 +184,7 @@ static void poll_wait(engram *log, int64_t deadline) {
   pthread_mutex_unlock(&log->mu);
 }
 
-static void on_wait(void *arg, engram *log, const char *topic, int64_t deadline) {
+static void on_wait(void *arg, struct log *log, const char *topic, int64_t deadline) {
   struct notify *n = arg;
   if (!n->board) {
     poll_wait(log, deadline);
@@ -214,7 +214,7 @@ static void on_wait(void *arg, engram *log, const char *topic, int64_t deadline)
   last.seq = atomic_load(&s->seq);
 }
 
-static void attach(engram *log) {
+static void attach(struct log *log) {
   struct notify *n = calloc(1, sizeof *n);
   if (!n) return; /* the handle polls instead */
   n->log = log;
@@ -231,11 +231,11 @@ static void attach(engram *log) {
   pthread_mutex_unlock(&log->mu);
 }
 
-static struct notify *of(engram *log) {
+static struct notify *of(struct log *log) {
   return log && log->wait_hook == on_wait ? log->wait_hook_ctx : NULL;
 }
 
-static void detach(engram *log) {
+static void detach(struct log *log) {
   struct notify *n = of(log);
   if (!n) return;
   pthread_mutex_lock(&log->mu);
@@ -251,7 +251,7 @@ static void detach(engram *log) {
   free(n);
 }
 
-void net_notify_set_daemon(engram *log, log_commit_hook hook, void *ctx) {
+void net_notify_set_daemon(struct log *log, log_commit_hook hook, void *ctx) {
   struct notify *n = of(log);
   pthread_mutex_lock(&log->mu);
   if (n) {
@@ -264,7 +264,7 @@ void net_notify_set_daemon(engram *log, log_commit_hook hook, void *ctx) {
   pthread_mutex_unlock(&log->mu);
 }
 
-void net_notify_wake(engram *log, const char *topic) {
+void net_notify_wake(struct log *log, const char *topic) {
   struct notify *n = of(log);
   if (n) bump(n, topic);
 }

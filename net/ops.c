@@ -124,7 +124,7 @@ static engram_ack_item *acks_from_wire(net_arena *a, Engram__Wire__AckItem *cons
 }
 
 static int nomem(engram *log) {
-  return log_error(log, ENGRAM_ENOMEM, "daemon: out of memory for the reply");
+  return log_error(NULL, ENGRAM_ENOMEM, "daemon: out of memory for the reply");
 }
 
 static int run_txn(engram *log, net_arena *a, const Engram__Wire__TxnCommit *t, Reply *rp) {
@@ -176,7 +176,7 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
   int rc = 0;
   *batch = NULL;
   *empty_fetch = 0;
-  log_error_clear(log);
+  log_error_clear(NULL);
   switch (rq->op_case) {
     case ENGRAM__WIRE__REQUEST__OP_HELLO: {
       Engram__Wire__HelloResult *h = net_arena_alloc(a, sizeof *h);
@@ -510,7 +510,7 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       break;
     }
     default: /* appends run in server.c, in lanes */
-      rc = log_error(log, ENGRAM_EPROTO, "operation %d not handled here", (int)rq->op_case);
+      rc = log_error(NULL, ENGRAM_EPROTO, "operation %d not handled here", (int)rq->op_case);
       break;
   }
   rp->code = rc;

@@ -134,7 +134,7 @@ static volatile sig_atomic_t stop_requested;
 static volatile int stop_fd = -1;
 static _Atomic int serving;
 
-void engram_serve_stop(void) {
+void net_serve_stop(void) {
   stop_requested = 1;
   int fd = stop_fd;
   if (fd >= 0) {
@@ -354,7 +354,7 @@ void net_server_topic_changed(struct net_server *s, const char *topic) {
   pthread_mutex_lock(&s->mu);
   topic_changed_locked(s, topic, 0);
   pthread_mutex_unlock(&s->mu);
-  net_notify_wake(s->log, topic);
+  net_notify_wake(api_log(s->log), topic);
 }
 
 /* The daemon handle's commit hook: runs on the committing worker. */
@@ -1132,8 +1132,7 @@ static int valid_z85_key(const char *k, unsigned char out[32]) {
   return k && strlen(k) == 40 && zmq_z85_decode(out, k) != NULL;
 }
 
-int engram_keygen(char public_key[41], char secret_key[41]) {
-  if (!public_key || !secret_key) return log_error(NULL, ENGRAM_EINVAL, "keygen: NULL buffer");
+int net_keygen(char public_key[41], char secret_key[41]) {
   if (!zmq_has("curve"))
     return log_error(NULL, ENGRAM_ENOTSUP, "keygen: this libzmq has no CURVE support");
   if (zmq_curve_keypair(public_key, secret_key) != 0)
@@ -1329,7 +1328,7 @@ static void teardown(struct net_server *s) {
   if (s->in_path[0]) unlink(s->in_path);
   if (s->notify_path[0]) unlink(s->notify_path);
   if (s->log) {
-    net_notify_set_daemon(s->log, NULL, NULL);
+    net_notify_set_daemon(api_log(s->log), NULL, NULL);
     engram_close(s->log);
   }
   if (s->wake_fd >= 0) close(s->wake_fd);
@@ -1350,9 +1349,9 @@ static int start(struct net_server *s) {
   }
   /* A client waiting for its ack comes back a network round trip after its reply: the
    * commit leader waits about that long for released writers to queue again. */
-  s->log->gather_max_ns = NET_GATHER_NS;
+  api_log(s->log)->gather_max_ns = NET_GATHER_NS;
   if ((rc = take_lock(s))) return rc;
-  net_notify_set_daemon(s->log, on_commit, s);
+  net_notify_set_daemon(api_log(s->log), on_commit, s);
 
   if ((s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
     return log_error(NULL, err_from_errno(errno), "serve: eventfd: %s", strerror(errno));
@@ -1437,7 +1436,7 @@ static int start(struct net_server *s) {
   return 0;
 }
 
-int engram_serve(const char *data_dir, const engram_serve_options *opts) {
+int net_serve(const char *data_dir, const engram_serve_options *opts) {
   (void)net_notify_linked;
   engram_serve_options o = opts ? *opts : (engram_serve_options){0};
   int rc = check_options(data_dir, &o);
