@@ -442,6 +442,22 @@ static void creating_and_dropping_many_distinct_topics_never_runs_out_of_handles
   engram_close(log);
 }
 
+/* A dropped topic leaves its emptied database behind: verify counts it as no damage. */
+static void a_log_with_a_dropped_topic_verifies_clean(void **state) {
+  fx *f = *state;
+  engram *log = tu_open(f->logdir, NULL);
+  make_topics(log, "gone");
+  engram_verify_report r;
+  EXPECT_OK(log, "verify before", engram_verify(log, &r));
+  uint64_t before = r.records;
+  assert_true(before > 0);
+  EXPECT_OK(log, "drop", engram_topic_drop(log, "gone0"));
+  EXPECT_OK(log, "verify", engram_verify(log, &r));
+  assert_int_equal(r.damaged, 0);
+  assert_int_equal(r.records, before - N_EVENTS);
+  engram_close(log);
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -452,6 +468,7 @@ int main(void) {
       T(the_daemon_serves_topics_another_process_creates_after_it_started),
       T(reads_and_appends_racing_drop_and_recreate_never_crash_or_leak_codes),
       T(creating_and_dropping_many_distinct_topics_never_runs_out_of_handles),
+      T(a_log_with_a_dropped_topic_verifies_clean),
   };
   return cmocka_run_group_tests_name("topic_drop", tests, NULL, NULL);
 }
