@@ -31,8 +31,12 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
   int rc = log_open(path, opts, &log);
   if (rc) return rc;
   rc = api_handle_new(&api_embedded, log, out);
-  if (rc) log_close(log);
-  return rc;
+  if (rc) {
+    log_close(log);
+    return rc;
+  }
+  net_notify_attach(log);
+  return 0;
 }
 
 void engram_close(engram *log) {

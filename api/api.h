@@ -79,5 +79,8 @@ int net_connect(const char *endpoint, const engram_connect_options *opts, engram
 int net_serve(const char *data_dir, const engram_serve_options *opts);
 void net_serve_stop(void);
 int net_keygen(char public_key[41], char secret_key[41]);
+/* Attaches the push of an embedded handle's commits to a daemon serving its directory
+ * (nothing for a read-only handle). */
+void net_notify_attach(struct log *log);
 
 #endif

@@ -93,7 +93,9 @@ static int e_dlq_redrive(engram *h, const char *topic, const char *group, const 
   return cg_dlq_redrive(L(h), topic, group, offsets, n, count);
 }
 static int e_txn_commit(engram *h, const engram_txn *txn) { return cg_txn_commit(L(h), txn); }
-static int e_verify(engram *h, engram_verify_report *report) { return log_verify(L(h), report); }
+static int e_verify(engram *h, engram_verify_report *report) {
+  return log_verify(L(h), report, cg_verify_records);
+}
 static int e_append_async(engram *h, const char *topic, const engram_event *ev, engram_append_cb cb,
                           void *ctx) {
   return log_append_async(L(h), topic, ev, cb, ctx);

@@ -40,6 +40,9 @@ int cg_dlq_purge(struct log *log, const char *topic, const char *group, const ui
 int cg_dlq_redrive(struct log *log, const char *topic, const char *group, const uint64_t *offsets,
                    size_t n, size_t *count);
 
+/* Checks the group records in log_verify's walk (its log_verify_fn). */
+void cg_verify_records(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
+
 /* Transactions: a buffer of acks and appends (memory only) made for an API handle
  * (`owner`, opaque here), committed on a log by cg_txn_commit (which leaves the buffer
  * to cg_txn_abort, its destructor). */

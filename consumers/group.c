@@ -43,7 +43,7 @@ int cg_del_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t gid) {
 /* log_verify's check of the group records: each key is "topic\0group" with valid
  * names and each value decodes (keys that start with NUL are counters). Reads only: a log without
  * groups has no database. */
-static void verify_groups(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx) {
+void cg_verify_records(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx) {
   MDB_dbi dbi;
   MDB_cursor *c;
   if (mdb_dbi_open(txn, "groups", 0, &dbi) || mdb_cursor_open(txn, dbi, &c)) return;
@@ -72,8 +72,6 @@ static void verify_groups(struct log *log, MDB_txn *txn, log_damage_fn damage, v
   }
   mdb_cursor_close(c);
 }
-
-__attribute__((constructor)) static void verify_hook_init(void) { log_verify_hook = verify_groups; }
 
 static size_t group_key(unsigned char *buf, const char *topic, const char *group) {
   size_t a = strlen(topic), b = strlen(group);

@@ -15,9 +15,6 @@
 
 static __thread char tls_err[512];
 
-void (*log_attach_hook)(struct log *log);
-void (*log_detach_hook)(struct log *log);
-
 int log_error(const struct log *log, int code, const char *fmt, ...) {
   (void)log;
   va_list ap;
@@ -742,7 +739,7 @@ int log_open(const char *path, const engram_options *opts, struct log **out) {
   }
   /* A read-only handle commits nothing, and the notification board is a file it must
    * not create. */
-  if (log_attach_hook && !rdonly) log_attach_hook(log);
+  if (!rdonly) log_board_attach(log);
   *out = log;
   log_error_clear(log);
   return 0;
@@ -753,7 +750,7 @@ fail:
 
 void log_close(struct log *log) {
   if (!log) return;
-  if (log->env && log_detach_hook) log_detach_hook(log);
+  if (log->env) log_board_detach(log);
   log_pipe_stop(log);
   log_commit_stop(log);
   if (log->env) {

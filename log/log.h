@@ -13,17 +13,11 @@
 
 struct log;
 
-/* Called at the end of log_open() and the start of log_close() of every embedded
- * handle when set. net/ sets them (from a constructor) to attach notifications, so log/
- * needs no knowledge of ZeroMQ. */
-extern void (*log_attach_hook)(struct log *log);
-extern void (*log_detach_hook)(struct log *log);
-
 /* Checks the records of the layers above during log_verify()'s walk, in its read
- * transaction: calls damage(ctx, text) for each one that does not decode. consumers/ sets
- * it (from a constructor) for group records, so log/ needs no knowledge of groups. */
+ * transaction: calls damage(ctx, text) for each one that does not decode. consumers/
+ * supplies one for group records (api/ passes it), so log/ needs no knowledge of groups. */
 typedef void (*log_damage_fn)(void *ctx, const char *text);
-extern void (*log_verify_hook)(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
+typedef void (*log_verify_fn)(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
 
 /* Hook the layers above install to hear about commits (net/ publishes them). */
 typedef void (*log_commit_hook)(void *ctx, const char *topic, uint64_t head);
@@ -79,7 +73,11 @@ struct log {
   struct log_pipe *pipe;     /* pipelined appends (pipeline.c), made on first use */
   struct log_touched *train; /* topics waiting for their automatic dictionary (aux_mu) */
 
-  log_commit_hook commit_hook; /* may be NULL */
+  struct log_board *board;        /* board.c; NULL for read-only handles */
+  log_commit_hook notify_hook;    /* the layer above hears commits (log_notify_set) */
+  void *notify_ctx;               /* its argument */
+  void (*notify_release)(void *); /* frees notify_ctx when replaced or at close; may be NULL */
+  log_commit_hook commit_hook;    /* may be NULL */
   void *commit_hook_ctx;
   /* Wait hook for fetch: when set (net/ notifications), called instead of the polling
    * fallback. Returns when something may have been appended to `topic` or the deadline
@@ -264,10 +262,24 @@ int log_append_batch(struct log *log, const char *topic, const engram_event *evs
 int log_read(struct log *log, const char *topic, uint64_t offset, engram_batch **out);
 int log_read_range(struct log *log, const char *topic, uint64_t from, size_t max,
                    engram_batch **out);
-int log_verify(struct log *log, engram_verify_report *report);
+int log_verify(struct log *log, engram_verify_report *report, log_verify_fn records);
 int log_append_async(struct log *log, const char *topic, const engram_event *ev,
                      engram_append_cb cb, void *ctx);
 int log_append_wait(struct log *log);
+
+/* ---------------------------------------------------------------------------------
+ * The wake-up board (board.c): every writable handle maps DIR/notify.board at open, so a
+ * commit wakes fetches waiting on its topic in any process on the directory.
+ * ------------------------------------------------------------------------------ */
+void log_board_attach(struct log *log); /* at open; without memory the handle polls */
+void log_board_detach(struct log *log); /* at close; also releases the notify hook */
+/* Wakes waiters on `topic` of this handle's directory (for group changes that make
+ * events deliverable without an append). */
+void log_board_wake(struct log *log, const char *topic);
+/* The layer above hears every commit's (topic, head) through hook(ctx, ...), after the
+ * board's wake-up; replacing it (or closing the handle) calls release(ctx) when set.
+ * NULL hook: nobody hears. */
+void log_notify_set(struct log *log, log_commit_hook hook, void *ctx, void (*release)(void *));
 
 /* Record codec (log/codec.c), exposed for the fuzz target and `verify`. */
 int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_view *v);

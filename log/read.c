@@ -349,6 +349,7 @@ static const char *check_record(struct log *log, MDB_txn *txn, const log_topic *
 /* What a verify walk shares with the process that asked for it: the report so far and
  * what it is reading, so that a fault in the walk still names where it happened. */
 struct walk {
+  log_verify_fn records; /* the upper layers' records, or NULL */
   engram_verify_report report;
   int rc;        /* an error that is not damage (ENOMEM, EIO ...) */
   char msg[512]; /* its message */
@@ -462,8 +463,6 @@ static void walk_free_pages(struct log *log, MDB_txn *txn, struct walk *w) {
   mdb_cursor_close(c);
 }
 
-void (*log_verify_hook)(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
-
 static void hook_damage(void *ctx, const char *text) { damage(ctx, "%s", text); }
 
 /* Every record of `topics` decodes and has its topic database; a topic whose record
@@ -575,9 +574,9 @@ static void walk_databases(struct log *log, struct walk *w) {
   if (rc != MDB_NOTFOUND) damage(w, "the list of databases: %s", log_mdb_text(rc));
   mdb_cursor_close(mc);
   walk_topic_records(log, txn, main, w);
-  if (log_verify_hook) {
+  if (w->records) {
     snprintf(w->where, sizeof w->where, "the consumer groups");
-    log_verify_hook(log, txn, hook_damage, w);
+    w->records(log, txn, hook_damage, w);
   }
   log_read_end(log, txn);
 }
@@ -611,12 +610,13 @@ static int is_fault(int sig) {
 /* The walk runs in a child process with a handle of its own: LMDB trusts the pages it
  * reads, so a damaged page can make it read outside the map. In the child that is a
  * report, not the caller's death. */
-int log_verify(struct log *log, engram_verify_report *report) {
+int log_verify(struct log *log, engram_verify_report *report, log_verify_fn records) {
   if (!log || !report) return log_error(log, ENGRAM_EINVAL, "verify: NULL argument");
   memset(report, 0, sizeof *report);
   struct walk *w = mmap(NULL, sizeof *w, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (w == MAP_FAILED) return log_error(log, err_from_errno(errno), "verify: %s", strerror(errno));
   memset(w, 0, sizeof *w);
+  w->records = records;
   pid_t pid = fork();
   if (pid < 0) {
     int rc = log_error(log, err_from_errno(errno), "verify: fork: %s", strerror(errno));

@@ -1819,7 +1819,6 @@ static int conn_open(struct conn *c, const char *endpoint) {
 }
 
 int net_connect(const char *endpoint, const engram_connect_options *opts, engram **out) {
-  (void)net_notify_linked;
   engram_connect_options o = opts ? *opts : (engram_connect_options){0};
   if (o.timeout_ms > ENGRAM_MAX_TIMEOUT_MS)
     return log_error(NULL, ENGRAM_EINVAL, "connect %s: timeout_ms %u over the limit of %u (1 day)",

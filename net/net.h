@@ -102,9 +102,6 @@ void net_notify_set_daemon(struct log *log, log_commit_hook hook, void *ctx);
  * (topic, head) pushed by writers in other processes: they already did, so this is for
  * group changes that make events deliverable without an append). */
 void net_notify_wake(struct log *log, const char *topic);
-/* Referenced by client.c and server.c so a static link always carries notify.o, whose
- * constructor installs the attach hooks. */
-extern const int net_notify_linked;
 
 /* ---------------------------------------------------------------------------------
  * Daemon internals shared with the ops (server.c, ops.c).

@@ -328,7 +328,6 @@ static int start(struct net_server *s) {
 }
 
 int net_serve(const char *data_dir, const engram_serve_options *opts) {
-  (void)net_notify_linked;
   engram_serve_options o = opts ? *opts : (engram_serve_options){0};
   int rc = check_options(data_dir, &o);
   if (rc) return rc;
