@@ -589,9 +589,15 @@ static int rpc(engram *log, Engram__Wire__Request *rq, int retry, uint64_t extra
   return 0;
 }
 
-static int call(engram *log, Engram__Wire__Request *rq, int retry) {
+/* Whether a request may be sent again after a lost connection: its operation's policy in
+ * NET_OPS (appends decide per request: r_append_batch). */
+static int retry_of(const Engram__Wire__Request *rq) {
+  return net_op_retry(rq->op_case) == NET_RETRY_SAFE;
+}
+
+static int call(engram *log, Engram__Wire__Request *rq) {
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, rq, retry, 0, ENGRAM__WIRE__REPLY__RESULT__NOT_SET, &rp);
+  int rc = rpc(log, rq, retry_of(rq), 0, ENGRAM__WIRE__REPLY__RESULT__NOT_SET, &rp);
   if (rp) engram__wire__reply__free_unpacked(rp, NULL);
   return rc;
 }
@@ -724,13 +730,13 @@ static void r_close(engram *log) {
 static int r_sync(engram *log) {
   REQ(sync, SYNC, Engram__Wire__Sync, ENGRAM__WIRE__SYNC__INIT);
   (void)m;
-  return call(log, &rq, 1);
+  return call(log, &rq);
 }
 
 static int r_backup(engram *log, const char *dest) {
   REQ(backup, BACKUP, Engram__Wire__Backup, ENGRAM__WIRE__BACKUP__INIT);
   m.dest = net_str(dest);
-  return call(log, &rq, 0);
+  return call(log, &rq);
 }
 
 static int r_topic_create(engram *log, const char *topic, const engram_topic_config *cfg) {
@@ -744,7 +750,7 @@ static int r_topic_create(engram *log, const char *topic, const engram_topic_con
     wc.flags = cfg->flags;
     m.config = &wc;
   }
-  return call(log, &rq, 0);
+  return call(log, &rq);
 }
 
 static int r_topic_info_get(engram *log, const char *topic, engram_topic_info *info) {
@@ -752,7 +758,7 @@ static int r_topic_info_get(engram *log, const char *topic, engram_topic_info *i
   REQ(topic_get, TOPIC_GET, Engram__Wire__TopicGet, ENGRAM__WIRE__TOPIC_GET__INIT);
   m.topic = net_str(topic);
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_TOPIC_INFO, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_TOPIC_INFO, &rp);
   if (rc) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return rc;
@@ -769,7 +775,7 @@ static int r_topic_list(engram *log, engram_topic_info **out, size_t *n) {
   REQ(topic_list, TOPIC_LIST, Engram__Wire__TopicList, ENGRAM__WIRE__TOPIC_LIST__INIT);
   (void)m;
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_TOPICS, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_TOPICS, &rp);
   if (rc) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return rc;
@@ -795,7 +801,7 @@ static int r_topic_list(engram *log, engram_topic_info **out, size_t *n) {
 static int r_topic_drop(engram *log, const char *topic) {
   REQ(topic_drop, TOPIC_DROP, Engram__Wire__TopicDrop, ENGRAM__WIRE__TOPIC_DROP__INIT);
   m.topic = net_str(topic);
-  return call(log, &rq, 0);
+  return call(log, &rq);
 }
 
 static int r_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id) {
@@ -803,7 +809,7 @@ static int r_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id)
       ENGRAM__WIRE__TOPIC_TRAIN_DICT__INIT);
   m.topic = net_str(topic);
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 0, 0, ENGRAM__WIRE__REPLY__RESULT_DICT_ID, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_DICT_ID, &rp);
   if (!rc && dict_id) *dict_id = rp->dict_id;
   if (rp) engram__wire__reply__free_unpacked(rp, NULL);
   return rc;
@@ -956,7 +962,7 @@ static int r_append(engram *log, const char *topic, const engram_event *ev, uint
 static int read_reply(engram *log, Engram__Wire__Request *rq, engram_batch **out,
                       const char *what) {
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_EVENTS, &rp);
+  int rc = rpc(log, rq, retry_of(rq), 0, ENGRAM__WIRE__REPLY__RESULT_EVENTS, &rp);
   if (rc) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return rc;
@@ -993,7 +999,7 @@ static int r_verify(engram *log, engram_verify_report *report) {
   REQ(verify, VERIFY, Engram__Wire__Verify, ENGRAM__WIRE__VERIFY__INIT);
   (void)m;
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_VERIFY, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_VERIFY, &rp);
   if (rc) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return rc;
@@ -1041,7 +1047,7 @@ static int r_group_create(engram *log, const char *topic, const char *group,
     wc.flags = cfg->flags;
     m.config = &wc;
   }
-  return call(log, &rq, 0);
+  return call(log, &rq);
 }
 
 static int r_group_info_get(engram *log, const char *topic, const char *group,
@@ -1051,7 +1057,7 @@ static int r_group_info_get(engram *log, const char *topic, const char *group,
   m.topic = net_str(topic);
   m.group = net_str(group);
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_GROUP_INFO, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_GROUP_INFO, &rp);
   if (rc) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return rc;
@@ -1068,7 +1074,7 @@ static int r_group_list(engram *log, const char *topic, engram_group_info **out,
   REQ(group_list, GROUP_LIST, Engram__Wire__GroupList, ENGRAM__WIRE__GROUP_LIST__INIT);
   m.topic = net_str(topic);
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_GROUPS, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_GROUPS, &rp);
   if (rc) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return rc;
@@ -1095,7 +1101,7 @@ static int r_group_delete(engram *log, const char *topic, const char *group) {
   REQ(group_delete, GROUP_DELETE, Engram__Wire__GroupDelete, ENGRAM__WIRE__GROUP_DELETE__INIT);
   m.topic = net_str(topic);
   m.group = net_str(group);
-  return call(log, &rq, 0);
+  return call(log, &rq);
 }
 
 static int r_group_reset(engram *log, const char *topic, const char *group, engram_start to,
@@ -1109,7 +1115,7 @@ static int r_group_reset(engram *log, const char *topic, const char *group, engr
   m.to = (Engram__Wire__Start)to;
   m.offset = offset;
   m.time_ns = time_ns;
-  return call(log, &rq, 0);
+  return call(log, &rq);
 }
 
 static int r_fetch(engram *log, const char *topic, const char *group, const char *consumer,
@@ -1128,7 +1134,7 @@ static int r_fetch(engram *log, const char *topic, const char *group, const char
   m.max = (uint32_t)max;
   m.wait_ms = wait_ms;
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 0, wait_ms, ENGRAM__WIRE__REPLY__RESULT_EVENTS, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), wait_ms, ENGRAM__WIRE__REPLY__RESULT_EVENTS, &rp);
   if (rc) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return rc;
@@ -1173,7 +1179,7 @@ static int r_ack_many(engram *log, const char *topic, const char *group,
   m.items = wp;
   m.n_items = n;
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 0, 0, ENGRAM__WIRE__REPLY__RESULT_ACK, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_ACK, &rp);
   free(wi);
   free(wp);
   if (rp && rp->result_case == ENGRAM__WIRE__REPLY__RESULT_ACK && rp->ack->n_codes == n) {
@@ -1198,7 +1204,7 @@ static int r_nack(engram *log, const char *topic, const char *group, uint64_t of
   m.delay_ms = delay_ms;
   m.has_error = error != NULL;
   m.error = net_str(error);
-  return call(log, &rq, 0);
+  return call(log, &rq);
 }
 
 static int r_reject(engram *log, const char *topic, const char *group, uint64_t offset,
@@ -1210,7 +1216,7 @@ static int r_reject(engram *log, const char *topic, const char *group, uint64_t 
   m.attempt = attempt;
   m.has_reason = reason != NULL;
   m.reason = net_str(reason);
-  return call(log, &rq, 0);
+  return call(log, &rq);
 }
 
 static int r_extend(engram *log, const char *topic, const char *group, uint64_t offset,
@@ -1221,7 +1227,7 @@ static int r_extend(engram *log, const char *topic, const char *group, uint64_t 
   m.offset = offset;
   m.attempt = attempt;
   m.ms = ms;
-  return call(log, &rq, 0);
+  return call(log, &rq);
 }
 
 static int r_cancel(engram *log, const char *topic, const char *group, uint64_t offset) {
@@ -1229,7 +1235,7 @@ static int r_cancel(engram *log, const char *topic, const char *group, uint64_t 
   m.topic = net_str(topic);
   m.group = net_str(group);
   m.offset = offset;
-  return call(log, &rq, 0);
+  return call(log, &rq);
 }
 
 static int r_status_get(engram *log, const char *topic, const char *group, uint64_t offset,
@@ -1241,7 +1247,7 @@ static int r_status_get(engram *log, const char *topic, const char *group, uint6
   m.group = net_str(group);
   m.offset = offset;
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_STATUS, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_STATUS, &rp);
   if (rc) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return rc;
@@ -1279,7 +1285,7 @@ static int r_dlq_list(engram *log, const char *topic, const char *group, uint64_
   m.from = from;
   m.max = max;
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_DLQ, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_DLQ, &rp);
   if (rc) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     return rc;
@@ -1332,7 +1338,7 @@ static int dlq_select(engram *log, int redrive, const char *topic, const char *g
   m.offsets = (uint64_t *)offsets;
   m.n_offsets = offsets ? n : 0;
   Engram__Wire__Reply *rp;
-  int rc = rpc(log, &rq, 0, 0, ENGRAM__WIRE__REPLY__RESULT_COUNT, &rp);
+  int rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_COUNT, &rp);
   if (!rc && count) *count = (size_t)rp->count;
   if (rp) engram__wire__reply__free_unpacked(rp, NULL);
   return rc;
@@ -1667,7 +1673,7 @@ static int r_txn_commit(engram *log, const struct engram_txn *txn) {
   m.ops = b.opp;
   m.n_ops = b.n;
   Engram__Wire__Reply *rp;
-  rc = rpc(log, &rq, 0, 0, ENGRAM__WIRE__REPLY__RESULT_TXN, &rp);
+  rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_TXN, &rp);
   if (rc) {
     if (rp) engram__wire__reply__free_unpacked(rp, NULL);
     goto out;
@@ -1874,7 +1880,7 @@ int net_connect(const char *endpoint, const engram_connect_options *opts, engram
   REQ(hello, HELLO, Engram__Wire__Hello, ENGRAM__WIRE__HELLO__INIT);
   m.client = "engram-c " ENGRAM_VERSION_STRING;
   Engram__Wire__Reply *rp;
-  rc = rpc(log, &rq, 1, 0, ENGRAM__WIRE__REPLY__RESULT_HELLO, &rp);
+  rc = rpc(log, &rq, retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_HELLO, &rp);
   if (!rc && (rp->version != ENGRAM_PROTOCOL_VERSION ||
               rp->hello->protocol_version != ENGRAM_PROTOCOL_VERSION))
     rc = log_error(NULL, ENGRAM_EVERSION,

@@ -171,14 +171,12 @@ static int run_txn(engram *log, net_arena *a, const Engram__Wire__TxnCommit *t, 
   return 0;
 }
 
-void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                 net_arena *a, engram_batch **batch, int *empty_fetch) {
+/* hello */
+static int op_hello(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                    net_arena *a, engram_batch **batch, int *empty_fetch) {
   int rc = 0;
-  *batch = NULL;
-  *empty_fetch = 0;
-  log_error_clear(NULL);
-  switch (rq->op_case) {
-    case ENGRAM__WIRE__REQUEST__OP_HELLO: {
+  do {
+    {
       Engram__Wire__HelloResult *h = net_arena_alloc(a, sizeof *h);
       if (!h) {
         rc = nomem(log);
@@ -192,13 +190,38 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->hello = h;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_SYNC:
-      rc = engram_sync(log);
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_BACKUP:
-      rc = engram_backup(log, rq->backup->dest);
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_CREATE: {
+  } while (0);
+  return rc;
+}
+
+/* sync */
+static int op_sync(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                   net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    rc = engram_sync(log);
+    break;
+  } while (0);
+  return rc;
+}
+
+/* backup */
+static int op_backup(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                     net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    rc = engram_backup(log, rq->backup->dest);
+    break;
+  } while (0);
+  return rc;
+}
+
+/* topic_create */
+static int op_topic_create(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                           Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       const Engram__Wire__TopicConfig *w = rq->topic_create->config;
       engram_topic_config c = {0};
       if (w) {
@@ -210,7 +233,16 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rc = engram_topic_create(log, rq->topic_create->topic, w ? &c : NULL);
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_GET: {
+  } while (0);
+  return rc;
+}
+
+/* topic_get */
+static int op_topic_get(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                        Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       engram_topic_info info;
       rc = engram_topic_info_get(log, rq->topic_get->topic, &info);
       if (rc) break;
@@ -221,7 +253,16 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->result_case = ENGRAM__WIRE__REPLY__RESULT_TOPIC_INFO;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_LIST: {
+  } while (0);
+  return rc;
+}
+
+/* topic_list */
+static int op_topic_list(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       engram_topic_info *list = NULL;
       size_t n = 0;
       rc = engram_topic_list(log, &list, &n);
@@ -242,11 +283,28 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->topics = w;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_DROP:
-      rc = engram_topic_drop(log, rq->topic_drop->topic);
-      if (!rc) net_server_topic_changed(s, rq->topic_drop->topic);
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_TRAIN_DICT: {
+  } while (0);
+  return rc;
+}
+
+/* topic_drop */
+static int op_topic_drop(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    rc = engram_topic_drop(log, rq->topic_drop->topic);
+    if (!rc) net_server_topic_changed(s, rq->topic_drop->topic);
+    break;
+  } while (0);
+  return rc;
+}
+
+/* topic_train_dict */
+static int op_train(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                    net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       uint32_t id = 0;
       rc = engram_topic_train_dict(log, rq->topic_train_dict->topic, &id);
       if (rc) break;
@@ -254,8 +312,16 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->dict_id = id;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_READ:
-    case ENGRAM__WIRE__REQUEST__OP_READ_RANGE: {
+  } while (0);
+  return rc;
+}
+
+/* read, read_range */
+static int op_read(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                   net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       const char *topic;
       if (rq->op_case == ENGRAM__WIRE__REQUEST__OP_READ) {
         topic = rq->read->topic;
@@ -274,7 +340,16 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_VERIFY: {
+  } while (0);
+  return rc;
+}
+
+/* verify */
+static int op_verify(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                     net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       engram_verify_report r;
       rc = engram_verify(log, &r);
       if (rc) break;
@@ -292,14 +367,32 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->verify = w;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_CREATE: {
+  } while (0);
+  return rc;
+}
+
+/* group_create */
+static int op_group_create(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                           Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       const Engram__Wire__GroupCreate *g = rq->group_create;
       engram_group_config c;
       if (g->config) group_cfg_from_wire(g->config, &c);
       rc = engram_group_create(log, g->topic, g->group, g->config ? &c : NULL);
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_GET: {
+  } while (0);
+  return rc;
+}
+
+/* group_get */
+static int op_group_get(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                        Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       engram_group_info info;
       rc = engram_group_info_get(log, rq->group_get->topic, rq->group_get->group, &info);
       if (rc) break;
@@ -310,7 +403,16 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->result_case = ENGRAM__WIRE__REPLY__RESULT_GROUP_INFO;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_LIST: {
+  } while (0);
+  return rc;
+}
+
+/* group_list */
+static int op_group_list(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       engram_group_info *list = NULL;
       size_t n = 0;
       const char *topic = *rq->group_list->topic ? rq->group_list->topic : NULL;
@@ -332,16 +434,42 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->groups = w;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_DELETE:
-      rc = engram_group_delete(log, rq->group_delete->topic, rq->group_delete->group);
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_RESET: {
+  } while (0);
+  return rc;
+}
+
+/* group_delete */
+static int op_group_delete(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                           Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    rc = engram_group_delete(log, rq->group_delete->topic, rq->group_delete->group);
+    break;
+  } while (0);
+  return rc;
+}
+
+/* group_reset */
+static int op_group_reset(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                          Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       const Engram__Wire__GroupReset *g = rq->group_reset;
       rc = engram_group_reset(log, g->topic, g->group, (engram_start)g->to, g->offset, g->time_ns);
       if (!rc) net_server_topic_changed(s, g->topic);
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_FETCH: {
+  } while (0);
+  return rc;
+}
+
+/* fetch */
+static int op_fetch(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                    net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       const Engram__Wire__Fetch *f = rq->fetch;
       /* Never waits here: the daemon parks an empty fetch instead of holding a worker. A
        * wait over the API's limit is passed on so the API refuses it as it would. */
@@ -356,7 +484,16 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_ACK: {
+  } while (0);
+  return rc;
+}
+
+/* ack */
+static int op_ack(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                  net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       const Engram__Wire__Ack *ak = rq->ack;
       engram_ack_item *items = acks_from_wire(a, ak->items, ak->n_items);
       int *codes = net_arena_alloc(a, ak->n_items * sizeof *codes);
@@ -377,30 +514,74 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       net_server_topic_changed(s, ak->topic);
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_NACK: {
+  } while (0);
+  return rc;
+}
+
+/* nack */
+static int op_nack(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                   net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       const Engram__Wire__Nack *n = rq->nack;
       rc = engram_nack(log, n->topic, n->group, n->offset, n->attempt, n->delay_ms,
                        n->has_error ? n->error : NULL);
       if (!rc) net_server_topic_changed(s, n->topic);
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_REJECT: {
+  } while (0);
+  return rc;
+}
+
+/* reject */
+static int op_reject(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                     net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       const Engram__Wire__Reject *r = rq->reject;
       rc = engram_reject(log, r->topic, r->group, r->offset, r->attempt,
                          r->has_reason ? r->reason : NULL);
       if (!rc) net_server_topic_changed(s, r->topic);
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_EXTEND: {
+  } while (0);
+  return rc;
+}
+
+/* extend */
+static int op_extend(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                     net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       const Engram__Wire__Extend *e = rq->extend;
       rc = engram_extend(log, e->topic, e->group, e->offset, e->attempt, e->ms);
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_CANCEL:
-      rc = engram_cancel(log, rq->cancel->topic, rq->cancel->group, rq->cancel->offset);
-      if (!rc) net_server_topic_changed(s, rq->cancel->topic);
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_STATUS_GET: {
+  } while (0);
+  return rc;
+}
+
+/* cancel */
+static int op_cancel(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                     net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    rc = engram_cancel(log, rq->cancel->topic, rq->cancel->group, rq->cancel->offset);
+    if (!rc) net_server_topic_changed(s, rq->cancel->topic);
+    break;
+  } while (0);
+  return rc;
+}
+
+/* status_get */
+static int op_status_get(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       engram_status st;
       memset(&st, 0, sizeof st);
       rc = engram_status_get(log, rq->status_get->topic, rq->status_get->group,
@@ -430,7 +611,16 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->status = w;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_LIST: {
+  } while (0);
+  return rc;
+}
+
+/* dlq_list */
+static int op_dlq_list(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                       Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       const Engram__Wire__DlqList *d = rq->dlq_list;
       /* A reply must stay a bounded message: at most NET_MAX_READ entries per call. */
       uint64_t max = d->max == 0 || d->max > NET_MAX_READ ? NET_MAX_READ : d->max;
@@ -468,8 +658,16 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->dlq = w;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE:
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE: {
+  } while (0);
+  return rc;
+}
+
+/* dlq_purge, dlq_redrive */
+static int op_dlq_select(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       int redrive = rq->op_case == ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE;
       const Engram__Wire__DlqSelect *d = redrive ? rq->dlq_redrive : rq->dlq_purge;
       size_t count = 0;
@@ -483,21 +681,38 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->count = count;
       break;
     }
-    case ENGRAM__WIRE__REQUEST__OP_TXN_COMMIT:
-      rc = run_txn(log, a, rq->txn_commit, rp);
-      if (!rc) {
-        uint64_t napp = 0;
-        for (size_t i = 0; i < rq->txn_commit->n_ops; i++) {
-          const Engram__Wire__TxnOp *o = rq->txn_commit->ops[i];
-          if (o->op_case == ENGRAM__WIRE__TXN_OP__OP_ACK)
-            net_server_topic_changed(s, o->ack->topic);
-          else
-            napp++;
-        }
-        net_server_count_appended(s, napp);
+  } while (0);
+  return rc;
+}
+
+/* txn_commit */
+static int op_txn_commit(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
+                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    rc = run_txn(log, a, rq->txn_commit, rp);
+    if (!rc) {
+      uint64_t napp = 0;
+      for (size_t i = 0; i < rq->txn_commit->n_ops; i++) {
+        const Engram__Wire__TxnOp *o = rq->txn_commit->ops[i];
+        if (o->op_case == ENGRAM__WIRE__TXN_OP__OP_ACK)
+          net_server_topic_changed(s, o->ack->topic);
+        else
+          napp++;
       }
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_STATS: {
+      net_server_count_appended(s, napp);
+    }
+    break;
+  } while (0);
+  return rc;
+}
+
+/* stats */
+static int op_stats(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                    net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  do {
+    {
       Engram__Wire__StatsResult *st = net_arena_alloc(a, sizeof *st);
       if (!st) {
         rc = nomem(log);
@@ -509,10 +724,31 @@ void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request 
       rp->stats = st;
       break;
     }
-    default: /* appends run in server.c, in lanes */
-      rc = log_error(NULL, ENGRAM_EPROTO, "operation %d not handled here", (int)rq->op_case);
-      break;
-  }
+  } while (0);
+  return rc;
+}
+
+typedef int (*op_fn)(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                     net_arena *a, engram_batch **batch, int *empty_fetch);
+
+/* The daemon's handler of each operation, from NET_OPS (net.h). */
+static const op_fn handlers[] = {
+#define X(name, CASE, retry, run) [ENGRAM__WIRE__REQUEST__OP_##CASE] = run,
+    NET_OPS(X)
+#undef X
+};
+
+void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                 net_arena *a, engram_batch **batch, int *empty_fetch) {
+  int rc = 0;
+  *batch = NULL;
+  *empty_fetch = 0;
+  log_error_clear(NULL);
+  size_t op = (size_t)rq->op_case;
+  if (op < sizeof handlers / sizeof *handlers && handlers[op])
+    rc = handlers[op](s, log, rq, rp, a, batch, empty_fetch);
+  else /* appends run in server_append.c, in lanes */
+    rc = log_error(NULL, ENGRAM_EPROTO, "operation %d not handled here", (int)rq->op_case);
   rp->code = rc;
   if (rc) {
     const char *m = engram_errmsg(log);
