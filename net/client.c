@@ -620,11 +620,9 @@ static int topic_from_wire(const Engram__Wire__TopicInfo *w, engram_topic_info *
     t->config.dict_train_after = w->config->dict_train_after;
     t->config.flags = w->config->flags;
   }
-  t->first_offset = w->first_offset;
-  t->head_offset = w->head_offset;
-  t->count = w->count;
-  t->dict_id = w->dict_id;
-  t->created_ns = w->created_ns;
+#define X(type, name) t->name = (type)w->name;
+  ENGRAM_TOPIC_INFO_FIELDS(X)
+#undef X
   return 0;
 }
 
@@ -645,16 +643,9 @@ static int group_from_wire(const Engram__Wire__GroupInfo *w, engram_group_info *
   g->result_ttl_ms = w->result_ttl_ms;
   g->flags = w->flags;
   g->created_ns = w->created_ns;
-  g->floor = w->floor;
-  g->next = w->next;
-  g->lag = w->lag;
-  g->in_flight = w->in_flight;
-  g->retrying = w->retrying;
-  g->dead = w->dead;
-  g->acked = w->acked;
-  g->redelivered = w->redelivered;
-  g->delivered = w->delivered;
-  g->oldest_unfinished_ns = w->oldest_unfinished_ns;
+#define X(type, name) g->name = (type)w->name;
+  ENGRAM_GROUP_INFO_COUNTERS(X)
+#undef X
   return 0;
 }
 

@@ -27,11 +27,9 @@ static Engram__Wire__TopicInfo *topic_to_wire(net_arena *a, const engram_topic_i
   c->dict_train_after = t->config.dict_train_after;
   c->flags = t->config.flags;
   w->config = c;
-  w->first_offset = t->first_offset;
-  w->head_offset = t->head_offset;
-  w->count = t->count;
-  w->dict_id = t->dict_id;
-  w->created_ns = t->created_ns;
+#define X(type, name) w->name = t->name;
+  ENGRAM_TOPIC_INFO_FIELDS(X)
+#undef X
   return w;
 }
 
@@ -60,16 +58,9 @@ static Engram__Wire__GroupInfo *group_to_wire(net_arena *a, const engram_group_i
   w->result_ttl_ms = g->result_ttl_ms;
   w->flags = g->flags;
   w->created_ns = g->created_ns;
-  w->floor = g->floor;
-  w->next = g->next;
-  w->lag = g->lag;
-  w->in_flight = g->in_flight;
-  w->retrying = g->retrying;
-  w->dead = g->dead;
-  w->acked = g->acked;
-  w->redelivered = g->redelivered;
-  w->delivered = g->delivered;
-  w->oldest_unfinished_ns = g->oldest_unfinished_ns;
+#define X(type, name) w->name = g->name;
+  ENGRAM_GROUP_INFO_COUNTERS(X)
+#undef X
   return w;
 }
 
