@@ -166,7 +166,7 @@ void net_server_stats(struct net_server *s, Engram__Wire__StatsResult *st);
 uint32_t net_server_max_message(const struct net_server *s);
 void net_server_count_appended(struct net_server *s, uint64_t n);
 
-/* The remote backend (client.c): a handle made by engram_connect. */
+/* The remote backend (client_ops.c): a handle made by engram_connect. */
 extern const struct engram_backend net_remote;
 
 /* Fixed-size text out of a reply: copies s into dst[cap] and returns 0, or -1 when it
