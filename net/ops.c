@@ -162,32 +162,37 @@ static int run_txn(engram *log, net_arena *a, const Engram__Wire__TxnCommit *t, 
   return 0;
 }
 
-/* hello */
-static int op_hello(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                    net_arena *a, engram_batch **batch, int *empty_fetch) {
+/* ---------------------------------------------------------------------------------
+ * One handler per operation of NET_OPS (net.h). Each sets rc and leaves its do-while with
+ * `break` on the first failure, so the reply's code and message are set in one place
+ * (net_ops_run).
+ * ------------------------------------------------------------------------------ */
+typedef int (*op_fn)(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                     net_arena *a, engram_batch **batch, int *empty_fetch);
+#define OP(name)                                                                                 \
+  static int name(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp, \
+                  net_arena *a, engram_batch **batch, int *empty_fetch)
+
+OP(op_hello) {
   int rc = 0;
   do {
-    {
-      Engram__Wire__HelloResult *h = net_arena_alloc(a, sizeof *h);
-      if (!h) {
-        rc = nomem(log);
-        break;
-      }
-      engram__wire__hello_result__init(h);
-      h->protocol_version = ENGRAM_PROTOCOL_VERSION;
-      h->server_version = ENGRAM_VERSION_STRING;
-      h->max_message = net_server_max_message(s);
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_HELLO;
-      rp->hello = h;
+    Engram__Wire__HelloResult *h = net_arena_alloc(a, sizeof *h);
+    if (!h) {
+      rc = nomem(log);
       break;
     }
+    engram__wire__hello_result__init(h);
+    h->protocol_version = ENGRAM_PROTOCOL_VERSION;
+    h->server_version = ENGRAM_VERSION_STRING;
+    h->max_message = net_server_max_message(s);
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_HELLO;
+    rp->hello = h;
+    break;
   } while (0);
   return rc;
 }
 
-/* sync */
-static int op_sync(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                   net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_sync) {
   int rc = 0;
   do {
     rc = engram_sync(log);
@@ -196,9 +201,7 @@ static int op_sync(struct net_server *s, engram *log, const Engram__Wire__Reques
   return rc;
 }
 
-/* backup */
-static int op_backup(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                     net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_backup) {
   int rc = 0;
   do {
     rc = engram_backup(log, rq->backup->dest);
@@ -207,80 +210,66 @@ static int op_backup(struct net_server *s, engram *log, const Engram__Wire__Requ
   return rc;
 }
 
-/* topic_create */
-static int op_topic_create(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                           Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_topic_create) {
   int rc = 0;
   do {
-    {
-      const Engram__Wire__TopicConfig *w = rq->topic_create->config;
-      engram_topic_config c = {0};
-      if (w) {
-        c.compress_threshold = w->compress_threshold;
-        c.max_payload = w->max_payload;
-        c.dict_train_after = w->dict_train_after;
-        c.flags = w->flags;
-      }
-      rc = engram_topic_create(log, rq->topic_create->topic, w ? &c : NULL);
-      break;
+    const Engram__Wire__TopicConfig *w = rq->topic_create->config;
+    engram_topic_config c = {0};
+    if (w) {
+      c.compress_threshold = w->compress_threshold;
+      c.max_payload = w->max_payload;
+      c.dict_train_after = w->dict_train_after;
+      c.flags = w->flags;
     }
+    rc = engram_topic_create(log, rq->topic_create->topic, w ? &c : NULL);
+    break;
   } while (0);
   return rc;
 }
 
-/* topic_get */
-static int op_topic_get(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                        Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_topic_get) {
   int rc = 0;
   do {
-    {
-      engram_topic_info info;
-      rc = engram_topic_info_get(log, rq->topic_get->topic, &info);
-      if (rc) break;
-      if (!(rp->topic_info = topic_to_wire(a, &info))) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_TOPIC_INFO;
+    engram_topic_info info;
+    rc = engram_topic_info_get(log, rq->topic_get->topic, &info);
+    if (rc) break;
+    if (!(rp->topic_info = topic_to_wire(a, &info))) {
+      rc = nomem(log);
       break;
     }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_TOPIC_INFO;
+    break;
   } while (0);
   return rc;
 }
 
-/* topic_list */
-static int op_topic_list(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_topic_list) {
   int rc = 0;
   do {
-    {
-      engram_topic_info *list = NULL;
-      size_t n = 0;
-      rc = engram_topic_list(log, &list, &n);
-      if (rc) break;
-      Engram__Wire__TopicInfoList *w = net_arena_alloc(a, sizeof *w);
-      if (w) {
-        engram__wire__topic_info_list__init(w);
-        w->topics = net_arena_alloc(a, (n ? n : 1) * sizeof *w->topics);
-      }
-      for (size_t i = 0; w && w->topics && i < n; i++)
-        if (!(w->topics[w->n_topics++] = topic_to_wire(a, &list[i]))) w->topics = NULL;
-      engram_free(list);
-      if (!w || !w->topics) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_TOPICS;
-      rp->topics = w;
+    engram_topic_info *list = NULL;
+    size_t n = 0;
+    rc = engram_topic_list(log, &list, &n);
+    if (rc) break;
+    Engram__Wire__TopicInfoList *w = net_arena_alloc(a, sizeof *w);
+    if (w) {
+      engram__wire__topic_info_list__init(w);
+      w->topics = net_arena_alloc(a, (n ? n : 1) * sizeof *w->topics);
+    }
+    for (size_t i = 0; w && w->topics && i < n; i++)
+      if (!(w->topics[w->n_topics++] = topic_to_wire(a, &list[i]))) w->topics = NULL;
+    engram_free(list);
+    if (!w || !w->topics) {
+      rc = nomem(log);
       break;
     }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_TOPICS;
+    rp->topics = w;
+    break;
   } while (0);
   return rc;
 }
 
-/* topic_drop */
-static int op_topic_drop(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_topic_drop) {
   int rc = 0;
   do {
     rc = engram_topic_drop(log, rq->topic_drop->topic);
@@ -290,148 +279,122 @@ static int op_topic_drop(struct net_server *s, engram *log, const Engram__Wire__
   return rc;
 }
 
-/* topic_train_dict */
-static int op_train(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                    net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_train) {
   int rc = 0;
   do {
-    {
-      uint32_t id = 0;
-      rc = engram_topic_train_dict(log, rq->topic_train_dict->topic, &id);
-      if (rc) break;
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_DICT_ID;
-      rp->dict_id = id;
-      break;
-    }
+    uint32_t id = 0;
+    rc = engram_topic_train_dict(log, rq->topic_train_dict->topic, &id);
+    if (rc) break;
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_DICT_ID;
+    rp->dict_id = id;
+    break;
   } while (0);
   return rc;
 }
 
-/* read, read_range */
-static int op_read(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                   net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_read) {
   int rc = 0;
   do {
-    {
-      const char *topic;
-      if (rq->op_case == ENGRAM__WIRE__REQUEST__OP_READ) {
-        topic = rq->read->topic;
-        rc = engram_read(log, topic, rq->read->offset, batch);
-      } else {
-        topic = rq->read_range->topic;
-        uint64_t max = rq->read_range->max;
-        if (max > NET_MAX_READ) max = NET_MAX_READ;
-        rc = engram_read_range(log, topic, rq->read_range->from, (size_t)max, batch);
-      }
-      if (rc) break;
-      if (!(rp->events = events_to_wire(a, *batch, topic, 0, NET_MAX_REPLY_EVENTS_BYTES))) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
+    const char *topic;
+    if (rq->op_case == ENGRAM__WIRE__REQUEST__OP_READ) {
+      topic = rq->read->topic;
+      rc = engram_read(log, topic, rq->read->offset, batch);
+    } else {
+      topic = rq->read_range->topic;
+      uint64_t max = rq->read_range->max;
+      if (max > NET_MAX_READ) max = NET_MAX_READ;
+      rc = engram_read_range(log, topic, rq->read_range->from, (size_t)max, batch);
+    }
+    if (rc) break;
+    if (!(rp->events = events_to_wire(a, *batch, topic, 0, NET_MAX_REPLY_EVENTS_BYTES))) {
+      rc = nomem(log);
       break;
     }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
+    break;
   } while (0);
   return rc;
 }
 
-/* verify */
-static int op_verify(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                     net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_verify) {
   int rc = 0;
   do {
-    {
-      engram_verify_report r;
-      rc = engram_verify(log, &r);
-      if (rc) break;
-      Engram__Wire__VerifyReport *w = net_arena_alloc(a, sizeof *w);
-      if (!w) {
-        rc = nomem(log);
-        break;
-      }
-      engram__wire__verify_report__init(w);
-      w->topics = r.topics;
-      w->records = r.records;
-      w->damaged = r.damaged;
-      w->first_damage = adup(a, r.first_damage);
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_VERIFY;
-      rp->verify = w;
+    engram_verify_report r;
+    rc = engram_verify(log, &r);
+    if (rc) break;
+    Engram__Wire__VerifyReport *w = net_arena_alloc(a, sizeof *w);
+    if (!w) {
+      rc = nomem(log);
       break;
     }
+    engram__wire__verify_report__init(w);
+    w->topics = r.topics;
+    w->records = r.records;
+    w->damaged = r.damaged;
+    w->first_damage = adup(a, r.first_damage);
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_VERIFY;
+    rp->verify = w;
+    break;
   } while (0);
   return rc;
 }
 
-/* group_create */
-static int op_group_create(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                           Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_group_create) {
   int rc = 0;
   do {
-    {
-      const Engram__Wire__GroupCreate *g = rq->group_create;
-      engram_group_config c;
-      if (g->config) group_cfg_from_wire(g->config, &c);
-      rc = engram_group_create(log, g->topic, g->group, g->config ? &c : NULL);
-      break;
-    }
+    const Engram__Wire__GroupCreate *g = rq->group_create;
+    engram_group_config c;
+    if (g->config) group_cfg_from_wire(g->config, &c);
+    rc = engram_group_create(log, g->topic, g->group, g->config ? &c : NULL);
+    break;
   } while (0);
   return rc;
 }
 
-/* group_get */
-static int op_group_get(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                        Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_group_get) {
   int rc = 0;
   do {
-    {
-      engram_group_info info;
-      rc = engram_group_info_get(log, rq->group_get->topic, rq->group_get->group, &info);
-      if (rc) break;
-      if (!(rp->group_info = group_to_wire(a, &info))) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_GROUP_INFO;
+    engram_group_info info;
+    rc = engram_group_info_get(log, rq->group_get->topic, rq->group_get->group, &info);
+    if (rc) break;
+    if (!(rp->group_info = group_to_wire(a, &info))) {
+      rc = nomem(log);
       break;
     }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_GROUP_INFO;
+    break;
   } while (0);
   return rc;
 }
 
-/* group_list */
-static int op_group_list(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_group_list) {
   int rc = 0;
   do {
-    {
-      engram_group_info *list = NULL;
-      size_t n = 0;
-      const char *topic = *rq->group_list->topic ? rq->group_list->topic : NULL;
-      rc = engram_group_list(log, topic, &list, &n);
-      if (rc) break;
-      Engram__Wire__GroupInfoList *w = net_arena_alloc(a, sizeof *w);
-      if (w) {
-        engram__wire__group_info_list__init(w);
-        w->groups = net_arena_alloc(a, (n ? n : 1) * sizeof *w->groups);
-      }
-      for (size_t i = 0; w && w->groups && i < n; i++)
-        if (!(w->groups[w->n_groups++] = group_to_wire(a, &list[i]))) w->groups = NULL;
-      engram_free(list);
-      if (!w || !w->groups) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_GROUPS;
-      rp->groups = w;
+    engram_group_info *list = NULL;
+    size_t n = 0;
+    const char *topic = *rq->group_list->topic ? rq->group_list->topic : NULL;
+    rc = engram_group_list(log, topic, &list, &n);
+    if (rc) break;
+    Engram__Wire__GroupInfoList *w = net_arena_alloc(a, sizeof *w);
+    if (w) {
+      engram__wire__group_info_list__init(w);
+      w->groups = net_arena_alloc(a, (n ? n : 1) * sizeof *w->groups);
+    }
+    for (size_t i = 0; w && w->groups && i < n; i++)
+      if (!(w->groups[w->n_groups++] = group_to_wire(a, &list[i]))) w->groups = NULL;
+    engram_free(list);
+    if (!w || !w->groups) {
+      rc = nomem(log);
       break;
     }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_GROUPS;
+    rp->groups = w;
+    break;
   } while (0);
   return rc;
 }
 
-/* group_delete */
-static int op_group_delete(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                           Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_group_delete) {
   int rc = 0;
   do {
     rc = engram_group_delete(log, rq->group_delete->topic, rq->group_delete->group);
@@ -440,124 +403,98 @@ static int op_group_delete(struct net_server *s, engram *log, const Engram__Wire
   return rc;
 }
 
-/* group_reset */
-static int op_group_reset(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                          Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_group_reset) {
   int rc = 0;
   do {
-    {
-      const Engram__Wire__GroupReset *g = rq->group_reset;
-      rc = engram_group_reset(log, g->topic, g->group, (engram_start)g->to, g->offset, g->time_ns);
-      if (!rc) net_server_topic_changed(s, g->topic);
-      break;
-    }
+    const Engram__Wire__GroupReset *g = rq->group_reset;
+    rc = engram_group_reset(log, g->topic, g->group, (engram_start)g->to, g->offset, g->time_ns);
+    if (!rc) net_server_topic_changed(s, g->topic);
+    break;
   } while (0);
   return rc;
 }
 
-/* fetch */
-static int op_fetch(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                    net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_fetch) {
   int rc = 0;
   do {
-    {
-      const Engram__Wire__Fetch *f = rq->fetch;
-      /* Never waits here: the daemon parks an empty fetch instead of holding a worker. A
-       * wait over the API's limit is passed on so the API refuses it as it would. */
-      rc = engram_fetch(log, f->topic, f->group, f->consumer, f->max,
-                        f->wait_ms > ENGRAM_MAX_FETCH_WAIT_MS ? f->wait_ms : 0, batch);
-      if (rc) break;
-      *empty_fetch = (*batch)->count == 0;
-      if (!(rp->events = events_to_wire(a, *batch, f->topic, 1, SIZE_MAX))) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
+    const Engram__Wire__Fetch *f = rq->fetch;
+    /* Never waits here: the daemon parks an empty fetch instead of holding a worker. A
+     * wait over the API's limit is passed on so the API refuses it as it would. */
+    rc = engram_fetch(log, f->topic, f->group, f->consumer, f->max,
+                      f->wait_ms > ENGRAM_MAX_FETCH_WAIT_MS ? f->wait_ms : 0, batch);
+    if (rc) break;
+    *empty_fetch = (*batch)->count == 0;
+    if (!(rp->events = events_to_wire(a, *batch, f->topic, 1, SIZE_MAX))) {
+      rc = nomem(log);
       break;
     }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
+    break;
   } while (0);
   return rc;
 }
 
-/* ack */
-static int op_ack(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                  net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_ack) {
   int rc = 0;
   do {
-    {
-      const Engram__Wire__Ack *ak = rq->ack;
-      engram_ack_item *items = acks_from_wire(a, ak->items, ak->n_items);
-      int *codes = net_arena_alloc(a, ak->n_items * sizeof *codes);
-      Engram__Wire__AckResult *res = net_arena_alloc(a, sizeof *res);
-      if (!items || !codes || !res) {
-        rc = nomem(log);
-        break;
-      }
-      /* 1 marks a code the call did not set (it failed before the items). */
-      for (size_t i = 0; i < ak->n_items; i++) codes[i] = 1;
-      rc = engram_ack_many(log, ak->topic, ak->group, items, ak->n_items, codes);
-      engram__wire__ack_result__init(res);
-      res->codes = codes;
-      res->n_codes = ak->n_items;
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_ACK;
-      rp->ack = res;
-      /* Acks free keys of key-ordered groups: events may have become deliverable. */
-      net_server_topic_changed(s, ak->topic);
+    const Engram__Wire__Ack *ak = rq->ack;
+    engram_ack_item *items = acks_from_wire(a, ak->items, ak->n_items);
+    int *codes = net_arena_alloc(a, ak->n_items * sizeof *codes);
+    Engram__Wire__AckResult *res = net_arena_alloc(a, sizeof *res);
+    if (!items || !codes || !res) {
+      rc = nomem(log);
       break;
     }
+    /* 1 marks a code the call did not set (it failed before the items). */
+    for (size_t i = 0; i < ak->n_items; i++) codes[i] = 1;
+    rc = engram_ack_many(log, ak->topic, ak->group, items, ak->n_items, codes);
+    engram__wire__ack_result__init(res);
+    res->codes = codes;
+    res->n_codes = ak->n_items;
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_ACK;
+    rp->ack = res;
+    /* Acks free keys of key-ordered groups: events may have become deliverable. */
+    net_server_topic_changed(s, ak->topic);
+    break;
   } while (0);
   return rc;
 }
 
-/* nack */
-static int op_nack(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                   net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_nack) {
   int rc = 0;
   do {
-    {
-      const Engram__Wire__Nack *n = rq->nack;
-      rc = engram_nack(log, n->topic, n->group, n->offset, n->attempt, n->delay_ms,
-                       n->has_error ? n->error : NULL);
-      if (!rc) net_server_topic_changed(s, n->topic);
-      break;
-    }
+    const Engram__Wire__Nack *n = rq->nack;
+    rc = engram_nack(log, n->topic, n->group, n->offset, n->attempt, n->delay_ms,
+                     n->has_error ? n->error : NULL);
+    if (!rc) net_server_topic_changed(s, n->topic);
+    break;
   } while (0);
   return rc;
 }
 
-/* reject */
-static int op_reject(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                     net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_reject) {
   int rc = 0;
   do {
-    {
-      const Engram__Wire__Reject *r = rq->reject;
-      rc = engram_reject(log, r->topic, r->group, r->offset, r->attempt,
-                         r->has_reason ? r->reason : NULL);
-      if (!rc) net_server_topic_changed(s, r->topic);
-      break;
-    }
+    const Engram__Wire__Reject *r = rq->reject;
+    rc = engram_reject(log, r->topic, r->group, r->offset, r->attempt,
+                       r->has_reason ? r->reason : NULL);
+    if (!rc) net_server_topic_changed(s, r->topic);
+    break;
   } while (0);
   return rc;
 }
 
-/* extend */
-static int op_extend(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                     net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_extend) {
   int rc = 0;
   do {
-    {
-      const Engram__Wire__Extend *e = rq->extend;
-      rc = engram_extend(log, e->topic, e->group, e->offset, e->attempt, e->ms);
-      break;
-    }
+    const Engram__Wire__Extend *e = rq->extend;
+    rc = engram_extend(log, e->topic, e->group, e->offset, e->attempt, e->ms);
+    break;
   } while (0);
   return rc;
 }
 
-/* cancel */
-static int op_cancel(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                     net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_cancel) {
   int rc = 0;
   do {
     rc = engram_cancel(log, rq->cancel->topic, rq->cancel->group, rq->cancel->offset);
@@ -567,118 +504,104 @@ static int op_cancel(struct net_server *s, engram *log, const Engram__Wire__Requ
   return rc;
 }
 
-/* status_get */
-static int op_status_get(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_status_get) {
   int rc = 0;
   do {
-    {
-      engram_status st;
-      memset(&st, 0, sizeof st);
-      rc = engram_status_get(log, rq->status_get->topic, rq->status_get->group,
-                             rq->status_get->offset, &st);
-      if (rc) break;
-      Engram__Wire__Status *w = net_arena_alloc(a, sizeof *w);
-      void *res = st.result ? net_arena_alloc(a, st.result_len + 1) : NULL;
-      if (!w || (st.result && !res)) {
-        engram_free(st.result);
-        rc = nomem(log);
-        break;
-      }
-      engram__wire__status__init(w);
-      w->state = (uint32_t)st.state;
-      w->consumer = adup(a, st.consumer);
-      w->attempt = st.attempt;
-      w->deadline_ns = st.deadline_ns;
-      w->last_error = adup(a, st.last_error);
-      if (st.result) {
-        memcpy(res, st.result, st.result_len);
-        w->has_result = 1;
-        w->result.data = res;
-        w->result.len = st.result_len;
-      }
+    engram_status st;
+    memset(&st, 0, sizeof st);
+    rc = engram_status_get(log, rq->status_get->topic, rq->status_get->group,
+                           rq->status_get->offset, &st);
+    if (rc) break;
+    Engram__Wire__Status *w = net_arena_alloc(a, sizeof *w);
+    void *res = st.result ? net_arena_alloc(a, st.result_len + 1) : NULL;
+    if (!w || (st.result && !res)) {
       engram_free(st.result);
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_STATUS;
-      rp->status = w;
+      rc = nomem(log);
       break;
     }
+    engram__wire__status__init(w);
+    w->state = (uint32_t)st.state;
+    w->consumer = adup(a, st.consumer);
+    w->attempt = st.attempt;
+    w->deadline_ns = st.deadline_ns;
+    w->last_error = adup(a, st.last_error);
+    if (st.result) {
+      memcpy(res, st.result, st.result_len);
+      w->has_result = 1;
+      w->result.data = res;
+      w->result.len = st.result_len;
+    }
+    engram_free(st.result);
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_STATUS;
+    rp->status = w;
+    break;
   } while (0);
   return rc;
 }
 
-/* dlq_list */
-static int op_dlq_list(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                       Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_dlq_list) {
   int rc = 0;
   do {
-    {
-      const Engram__Wire__DlqList *d = rq->dlq_list;
-      /* A reply must stay a bounded message: at most NET_MAX_READ entries per call. */
-      uint64_t max = d->max == 0 || d->max > NET_MAX_READ ? NET_MAX_READ : d->max;
-      engram_dlq_entry *list = NULL;
-      size_t n = 0;
-      rc = engram_dlq_list(log, d->topic, d->group, d->from, (size_t)max, &list, &n);
-      if (rc) break;
-      Engram__Wire__DlqEntries *w = net_arena_alloc(a, sizeof *w);
-      if (w) {
-        engram__wire__dlq_entries__init(w);
-        w->entries = net_arena_alloc(a, (n ? n : 1) * sizeof *w->entries);
-      }
-      for (size_t i = 0; w && w->entries && i < n; i++) {
-        Engram__Wire__DlqEntry *e = net_arena_alloc(a, sizeof *e);
-        if (!e) {
-          w->entries = NULL;
-          break;
-        }
-        engram__wire__dlq_entry__init(e);
-        e->offset = list[i].offset;
-        e->attempts = list[i].attempts;
-        e->reason = adup(a, list[i].reason);
-        e->last_error = adup(a, list[i].last_error);
-        e->consumer = adup(a, list[i].consumer);
-        e->first_delivered_ns = list[i].first_delivered_ns;
-        e->dead_ns = list[i].dead_ns;
-        w->entries[w->n_entries++] = e;
-      }
-      engram_free(list);
-      if (!w || !w->entries) {
-        rc = nomem(log);
+    const Engram__Wire__DlqList *d = rq->dlq_list;
+    /* A reply must stay a bounded message: at most NET_MAX_READ entries per call. */
+    uint64_t max = d->max == 0 || d->max > NET_MAX_READ ? NET_MAX_READ : d->max;
+    engram_dlq_entry *list = NULL;
+    size_t n = 0;
+    rc = engram_dlq_list(log, d->topic, d->group, d->from, (size_t)max, &list, &n);
+    if (rc) break;
+    Engram__Wire__DlqEntries *w = net_arena_alloc(a, sizeof *w);
+    if (w) {
+      engram__wire__dlq_entries__init(w);
+      w->entries = net_arena_alloc(a, (n ? n : 1) * sizeof *w->entries);
+    }
+    for (size_t i = 0; w && w->entries && i < n; i++) {
+      Engram__Wire__DlqEntry *e = net_arena_alloc(a, sizeof *e);
+      if (!e) {
+        w->entries = NULL;
         break;
       }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_DLQ;
-      rp->dlq = w;
+      engram__wire__dlq_entry__init(e);
+      e->offset = list[i].offset;
+      e->attempts = list[i].attempts;
+      e->reason = adup(a, list[i].reason);
+      e->last_error = adup(a, list[i].last_error);
+      e->consumer = adup(a, list[i].consumer);
+      e->first_delivered_ns = list[i].first_delivered_ns;
+      e->dead_ns = list[i].dead_ns;
+      w->entries[w->n_entries++] = e;
+    }
+    engram_free(list);
+    if (!w || !w->entries) {
+      rc = nomem(log);
       break;
     }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_DLQ;
+    rp->dlq = w;
+    break;
   } while (0);
   return rc;
 }
 
-/* dlq_purge, dlq_redrive */
-static int op_dlq_select(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_dlq_select) {
   int rc = 0;
   do {
-    {
-      int redrive = rq->op_case == ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE;
-      const Engram__Wire__DlqSelect *d = redrive ? rq->dlq_redrive : rq->dlq_purge;
-      size_t count = 0;
-      const uint64_t *offs = d->all ? NULL : d->offsets;
-      size_t n = d->all ? 0 : d->n_offsets;
-      rc = redrive ? engram_dlq_redrive(log, d->topic, d->group, offs, n, &count)
-                   : engram_dlq_purge(log, d->topic, d->group, offs, n, &count);
-      if (rc) break;
-      if (redrive) net_server_topic_changed(s, d->topic);
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_COUNT;
-      rp->count = count;
-      break;
-    }
+    int redrive = rq->op_case == ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE;
+    const Engram__Wire__DlqSelect *d = redrive ? rq->dlq_redrive : rq->dlq_purge;
+    size_t count = 0;
+    const uint64_t *offs = d->all ? NULL : d->offsets;
+    size_t n = d->all ? 0 : d->n_offsets;
+    rc = redrive ? engram_dlq_redrive(log, d->topic, d->group, offs, n, &count)
+                 : engram_dlq_purge(log, d->topic, d->group, offs, n, &count);
+    if (rc) break;
+    if (redrive) net_server_topic_changed(s, d->topic);
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_COUNT;
+    rp->count = count;
+    break;
   } while (0);
   return rc;
 }
 
-/* txn_commit */
-static int op_txn_commit(struct net_server *s, engram *log, const Engram__Wire__Request *rq,
-                         Reply *rp, net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_txn_commit) {
   int rc = 0;
   do {
     rc = run_txn(log, a, rq->txn_commit, rp);
@@ -698,29 +621,22 @@ static int op_txn_commit(struct net_server *s, engram *log, const Engram__Wire__
   return rc;
 }
 
-/* stats */
-static int op_stats(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                    net_arena *a, engram_batch **batch, int *empty_fetch) {
+OP(op_stats) {
   int rc = 0;
   do {
-    {
-      Engram__Wire__StatsResult *st = net_arena_alloc(a, sizeof *st);
-      if (!st) {
-        rc = nomem(log);
-        break;
-      }
-      engram__wire__stats_result__init(st);
-      net_server_stats(s, st);
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_STATS;
-      rp->stats = st;
+    Engram__Wire__StatsResult *st = net_arena_alloc(a, sizeof *st);
+    if (!st) {
+      rc = nomem(log);
       break;
     }
+    engram__wire__stats_result__init(st);
+    net_server_stats(s, st);
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_STATS;
+    rp->stats = st;
+    break;
   } while (0);
   return rc;
 }
-
-typedef int (*op_fn)(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
-                     net_arena *a, engram_batch **batch, int *empty_fetch);
 
 /* The daemon's handler of each operation, from NET_OPS (net.h). */
 static const op_fn handlers[] = {
