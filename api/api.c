@@ -275,6 +275,13 @@ int engram_verify(engram *log, engram_verify_report *report) {
 int engram_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb,
                         void *ctx) {
   if (!log) return ENGRAM_EINVAL;
+  /* What can be judged without the topic is refused at once, for both backends alike;
+   * the rest comes through the callback. */
+  if (!log_valid_name(topic))
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "append: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
+  int rc = log_check_event(NULL, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
+  if (rc) return rc;
   return log->be->append_async(log, topic, ev, cb, ctx);
 }
 

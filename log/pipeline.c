@@ -153,11 +153,6 @@ static struct log_pipe *pipe_get(struct log *log) {
 int log_append_async(struct log *log, const char *topic, const engram_event *ev,
                      engram_append_cb cb, void *ctx) {
   if (!log) return ENGRAM_EINVAL;
-  if (!log_valid_name(topic))
-    return log_error(log, ENGRAM_EINVAL,
-                     "append: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
-  int rc = log_check_event(log, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
-  if (rc) return rc;
   if (log->owner_pid != getpid())
     return log_error(log, ENGRAM_EINVAL,
                      "append: handle used in a child after fork; open a new one");

@@ -148,15 +148,9 @@ static int pipeline_start(engram *log, struct conn *c) {
 int client_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb,
                         void *ctx) {
   struct conn *c = C(log);
-  /* As the embedded pipeline does: what can be judged here is refused at once. */
-  if (!log_valid_name(topic))
-    return log_error(NULL, ENGRAM_EINVAL,
-                     "append: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
-  int rc = log_check_event(NULL, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
-  if (rc) return rc;
   struct wev w;
   int idem;
-  rc = client_wev_build(log, topic, ev, 1, &w, &idem);
+  int rc = client_wev_build(log, topic, ev, 1, &w, &idem);
   if (rc) return rc;
   size_t esz = engram__wire__event__get_packed_size(w.evp[0]);
   if (c->max_message && esz + 4096 > c->max_message) {
