@@ -476,14 +476,21 @@ ENGRAM_API int engram_status_get(engram *log, const char *topic, const char *gro
 ENGRAM_API const char *engram_state_name(engram_event_state s);
 
 /* Dead-letter queue. */
+/* The fields of engram_dlq_entry in the struct's order, numbers as NUM(type, name) and
+ * text as TEXT(size, name) (see ENGRAM_TOPIC_INFO_FIELDS). */
+#define ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)                                        \
+  NUM(uint64_t, offset)                                                           \
+  NUM(uint32_t, attempts)                                                         \
+  TEXT(256, reason) /* "rejected: ...", "max_deliver exceeded", ... */            \
+  TEXT(256, last_error)                                                           \
+  TEXT(ENGRAM_MAX_NAME + 1, consumer) /* last holder */                           \
+  NUM(int64_t, first_delivered_ns)                                                \
+  NUM(int64_t, dead_ns)
+/* Declares one text field of such a list. */
+#define ENGRAM_TEXT_FIELD_(size, name) char name[size];
+
 typedef struct engram_dlq_entry {
-  uint64_t offset;
-  uint32_t attempts;
-  char reason[256]; /* "rejected: ...", "max_deliver exceeded", ... */
-  char last_error[256];
-  char consumer[ENGRAM_MAX_NAME + 1]; /* last holder */
-  int64_t first_delivered_ns;
-  int64_t dead_ns;
+  ENGRAM_DLQ_ENTRY_FIELDS(ENGRAM_FIELD_, ENGRAM_TEXT_FIELD_)
 } engram_dlq_entry;
 /* Lists up to max entries with offset >= from (max 0 = all): array freed with engram_free(). */
 ENGRAM_API int engram_dlq_list(engram *log, const char *topic, const char *group, uint64_t from,

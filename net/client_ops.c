@@ -684,12 +684,12 @@ static int r_dlq_list(engram *log, const char *topic, const char *group, uint64_
       free(list);
       return client_bad_reply(log, rp, "dlq list");
     }
-    list[i].offset = e->offset;
-    list[i].attempts = e->attempts;
-    snprintf(list[i].reason, sizeof list[i].reason, "%s", e->reason);
-    snprintf(list[i].last_error, sizeof list[i].last_error, "%s", e->last_error);
-    list[i].first_delivered_ns = e->first_delivered_ns;
-    list[i].dead_ns = e->dead_ns;
+    /* Text that does not fit is cut, except the consumer's name (checked above). */
+#define NUM(type, name) list[i].name = (type)e->name;
+#define TEXT(size, name) snprintf(list[i].name, sizeof list[i].name, "%s", e->name);
+    ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)
+#undef NUM
+#undef TEXT
   }
   engram__wire__reply__free_unpacked(rp, NULL);
   *out = list;

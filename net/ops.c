@@ -561,13 +561,11 @@ OP(op_dlq_list) {
         break;
       }
       engram__wire__dlq_entry__init(e);
-      e->offset = list[i].offset;
-      e->attempts = list[i].attempts;
-      e->reason = adup(a, list[i].reason);
-      e->last_error = adup(a, list[i].last_error);
-      e->consumer = adup(a, list[i].consumer);
-      e->first_delivered_ns = list[i].first_delivered_ns;
-      e->dead_ns = list[i].dead_ns;
+#define NUM(type, name) e->name = list[i].name;
+#define TEXT(size, name) e->name = adup(a, list[i].name);
+      ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)
+#undef NUM
+#undef TEXT
       w->entries[w->n_entries++] = e;
     }
     engram_free(list);

@@ -358,6 +358,13 @@ static int put_int64_t(PyObject *d, const char *name, int64_t v) {
   return rc;
 }
 
+static int put_text(PyObject *d, const char *name, const char *v) {
+  PyObject *o = PyUnicode_FromString(v);
+  int rc = o ? PyDict_SetItemString(d, name, o) : -1;
+  Py_XDECREF(o);
+  return rc;
+}
+
 static PyObject *topic_dict(const engram_topic_info *t) {
   PyObject *d =
       Py_BuildValue("{s:s,s:{s:I,s:I,s:I,s:I}}", "name", t->name, "config", "compress_threshold",
@@ -1103,10 +1110,14 @@ static PyObject *Log_dlq_list(LogObject *self, PyObject *args) {
   PyObject *list = PyList_New((Py_ssize_t)n);
   for (size_t i = 0; list && i < n; i++) {
     engram_dlq_entry *e = &es[i];
-    PyObject *d = Py_BuildValue(
-        "{s:K,s:I,s:s,s:s,s:s,s:L,s:L}", "offset", (unsigned long long)e->offset, "attempts",
-        e->attempts, "reason", e->reason, "last_error", e->last_error, "consumer", e->consumer,
-        "first_delivered_ns", (long long)e->first_delivered_ns, "dead_ns", (long long)e->dead_ns);
+    PyObject *d = PyDict_New();
+#define NUM(type, name) \
+  if (d && put_##type(d, #name, e->name) < 0) Py_CLEAR(d);
+#define TEXT(size, name) \
+  if (d && put_text(d, #name, e->name) < 0) Py_CLEAR(d);
+    ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)
+#undef NUM
+#undef TEXT
     if (!d) {
       Py_CLEAR(list);
       break;
