@@ -228,11 +228,11 @@ typedef struct engram_topic_config {
 /* The numeric fields of engram_topic_info, one X(type, name) each, in the struct's order:
  * the wire, the CLI and the bindings copy and print them from this list, so a new one is
  * a line here (and its field in schema/wire.proto). */
-#define ENGRAM_TOPIC_INFO_FIELDS(X)                                       \
-  X(uint64_t, first_offset) /* lowest stored offset, 0 when empty */      \
+#define ENGRAM_TOPIC_INFO_FIELDS(X)                                         \
+  X(uint64_t, first_offset) /* lowest stored offset, 0 when empty */        \
   X(uint64_t, head_offset)  /* highest offset ever assigned, 0 when none */ \
-  X(uint64_t, count)        /* events stored */                           \
-  X(uint32_t, dict_id)      /* current zstd dictionary id, 0 = none */    \
+  X(uint64_t, count)        /* events stored */                             \
+  X(uint32_t, dict_id)      /* current zstd dictionary id, 0 = none */      \
   X(int64_t, created_ns)    /* CLOCK_REALTIME */
 /* Declares one field of such a list. */
 #define ENGRAM_FIELD_(type, name) type name;
@@ -359,16 +359,16 @@ typedef struct engram_group_config {
 
 /* The counters of engram_group_info, one X(type, name) each, in the struct's order (see
  * ENGRAM_TOPIC_INFO_FIELDS): a new counter is a line here and its field in wire.proto. */
-#define ENGRAM_GROUP_INFO_COUNTERS(X)                                                          \
-  X(uint64_t, floor)               /* every offset <= floor is finished for this group */      \
-  X(uint64_t, next)                /* next offset the group has not yet looked at */           \
-  X(uint64_t, lag)                 /* topic head - floor */                                    \
-  X(uint64_t, in_flight)           /* events leased and not yet finished */                    \
+#define ENGRAM_GROUP_INFO_COUNTERS(X)                                                            \
+  X(uint64_t, floor)               /* every offset <= floor is finished for this group */        \
+  X(uint64_t, next)                /* next offset the group has not yet looked at */             \
+  X(uint64_t, lag)                 /* topic head - floor */                                      \
+  X(uint64_t, in_flight)           /* events leased and not yet finished */                      \
   X(uint64_t, retrying)            /* events waiting for a retry delay (incl. delayed events) */ \
-  X(uint64_t, dead)                /* events in the dead-letter queue */                       \
-  X(uint64_t, acked)               /* acks accepted since creation */                          \
-  X(uint64_t, redelivered)         /* deliveries with attempt > 1 since creation */            \
-  X(uint64_t, delivered)           /* deliveries since creation */                             \
+  X(uint64_t, dead)                /* events in the dead-letter queue */                         \
+  X(uint64_t, acked)               /* acks accepted since creation */                            \
+  X(uint64_t, redelivered)         /* deliveries with attempt > 1 since creation */              \
+  X(uint64_t, delivered)           /* deliveries since creation */                               \
   X(int64_t, oldest_unfinished_ns) /* append time of the oldest unfinished event, 0 = none */
 
 typedef struct engram_group_info {
@@ -478,13 +478,13 @@ ENGRAM_API const char *engram_state_name(engram_event_state s);
 /* Dead-letter queue. */
 /* The fields of engram_dlq_entry in the struct's order, numbers as NUM(type, name) and
  * text as TEXT(size, name) (see ENGRAM_TOPIC_INFO_FIELDS). */
-#define ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)                                        \
-  NUM(uint64_t, offset)                                                           \
-  NUM(uint32_t, attempts)                                                         \
-  TEXT(256, reason) /* "rejected: ...", "max_deliver exceeded", ... */            \
-  TEXT(256, last_error)                                                           \
-  TEXT(ENGRAM_MAX_NAME + 1, consumer) /* last holder */                           \
-  NUM(int64_t, first_delivered_ns)                                                \
+#define ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)                             \
+  NUM(uint64_t, offset)                                                \
+  NUM(uint32_t, attempts)                                              \
+  TEXT(256, reason) /* "rejected: ...", "max_deliver exceeded", ... */ \
+  TEXT(256, last_error)                                                \
+  TEXT(ENGRAM_MAX_NAME + 1, consumer) /* last holder */                \
+  NUM(int64_t, first_delivered_ns)                                     \
   NUM(int64_t, dead_ns)
 /* Declares one text field of such a list. */
 #define ENGRAM_TEXT_FIELD_(size, name) char name[size];

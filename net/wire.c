@@ -156,7 +156,7 @@ Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_pe
  * ------------------------------------------------------------------------------ */
 const char *net_op_name(int op) {
   switch (op) {
-#define X(name, CASE, retry, run)      \
+#define X(name, CASE, retry, run)        \
   case ENGRAM__WIRE__REQUEST__OP_##CASE: \
     return #name;
     NET_OPS(X)
@@ -168,7 +168,7 @@ const char *net_op_name(int op) {
 
 int net_op_retry(int op) {
   switch (op) {
-#define X(name, CASE, retry, run)      \
+#define X(name, CASE, retry, run)        \
   case ENGRAM__WIRE__REQUEST__OP_##CASE: \
     return retry;
     NET_OPS(X)
