@@ -72,7 +72,7 @@ PYTHON ?= /usr/bin/python3
 PROTOS := $(wildcard schema/*.proto)
 GEN_C := $(patsubst schema/%.proto,$(BUILD)/gen/schema/%.pb-c.c,$(PROTOS))
 GEN_H := $(GEN_C:.c=.h)
-LIB_SRCS := $(wildcard common/*.c log/*.c consumers/*.c net/*.c)
+LIB_SRCS := $(wildcard common/*.c log/*.c consumers/*.c api/*.c net/*.c)
 LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS)) $(patsubst %.c,%.o,$(GEN_C))
 CLI_SRCS := $(wildcard cli/*.c)
 CLI_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(CLI_SRCS))

@@ -23,7 +23,7 @@ typedef struct cg_dbs {
   MDB_dbi keys;    /* gid|key -> KeyState (the owner); gid|key|0|offset -> "" (waiting) */
   MDB_dbi skips;   /* gid|offset -> "" : cancelled before the cursor reached them */
 } cg_dbs;
-int cg_dbs_get(engram *log, cg_dbs *d);
+int cg_dbs_get(struct log *log, cg_dbs *d);
 
 /* A loaded group: its meta record and the names it is stored under. */
 typedef struct cg_group {
@@ -33,9 +33,9 @@ typedef struct cg_group {
   log_topic t;
 } cg_group;
 /* Loads a group in txn. Errors: EINVAL (names), ENOTFOUND (topic or group). */
-int cg_group_load(engram *log, MDB_txn *txn, const cg_dbs *d, const char *topic, const char *group,
-                  cg_group *g);
-int cg_group_store(engram *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g);
+int cg_group_load(struct log *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
+                  const char *group, cg_group *g);
+int cg_group_store(struct log *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g);
 void cg_group_free(cg_group *g);
 int cg_filter_match(const Engram__GroupMeta *m, const char *type, size_t len);
 

@@ -7,6 +7,54 @@
 /* Deletes every group of `topic` (leases, DLQ, results ...) inside a write job. */
 int group_drop_topic_in(log_wtx *w, const char *topic);
 
+/* The consumer-group operations, one per public call of engram.h that an embedded
+ * handle runs here (api/ checks the arguments that need no log, then calls them).
+ * Same contracts, but a caller must pass a valid handle. */
+int cg_topic_drop(struct log *log, const char *topic);
+int cg_group_create(struct log *log, const char *topic, const char *group,
+                    const engram_group_config *cfg);
+int cg_group_info_get(struct log *log, const char *topic, const char *group,
+                      engram_group_info *info);
+int cg_group_list(struct log *log, const char *topic, engram_group_info **out, size_t *n);
+int cg_group_delete(struct log *log, const char *topic, const char *group);
+int cg_group_reset(struct log *log, const char *topic, const char *group, engram_start to,
+                   uint64_t offset, int64_t time_ns);
+int cg_fetch(struct log *log, const char *topic, const char *group, const char *consumer,
+             size_t max, uint64_t wait_ms, engram_batch **out);
+int cg_ack_many(struct log *log, const char *topic, const char *group, const engram_ack_item *items,
+                size_t n, int *codes);
+int cg_nack(struct log *log, const char *topic, const char *group, uint64_t offset,
+            uint32_t attempt, int64_t delay_ms, const char *error);
+int cg_reject(struct log *log, const char *topic, const char *group, uint64_t offset,
+              uint32_t attempt, const char *reason);
+int cg_extend(struct log *log, const char *topic, const char *group, uint64_t offset,
+              uint32_t attempt, uint64_t ms);
+int cg_cancel(struct log *log, const char *topic, const char *group, uint64_t offset);
+int cg_status_get(struct log *log, const char *topic, const char *group, uint64_t offset,
+                  engram_status *st);
+const char *cg_state_name(engram_event_state s);
+int cg_dlq_list(struct log *log, const char *topic, const char *group, uint64_t from, size_t max,
+                engram_dlq_entry **out, size_t *n);
+int cg_dlq_purge(struct log *log, const char *topic, const char *group, const uint64_t *offsets,
+                 size_t n, size_t *count);
+int cg_dlq_redrive(struct log *log, const char *topic, const char *group, const uint64_t *offsets,
+                   size_t n, size_t *count);
+
+/* Checks the group records in log_verify's walk (its log_verify_fn). */
+void cg_verify_records(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
+
+/* Transactions: a buffer of acks and appends (memory only) made for an API handle
+ * (`owner`, opaque here), committed on a log by cg_txn_commit (which leaves the buffer
+ * to cg_txn_abort, its destructor). */
+int cg_txn_begin(void *owner, engram_txn **out);
+void *cg_txn_owner(const engram_txn *txn);
+int cg_txn_failed(const engram_txn *txn); /* an operation could not be queued */
+int cg_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64_t offset,
+               uint32_t attempt, const void *result, size_t result_len);
+int cg_txn_append(engram_txn *txn, const char *topic, const engram_event *ev, uint64_t *offset);
+int cg_txn_commit(struct log *log, const engram_txn *txn);
+void cg_txn_abort(engram_txn *txn);
+
 /* A read-only view of one buffered operation of an engram_txn, for remote handles that
  * send a transaction's operations to the daemon. */
 typedef struct txn_op_view {

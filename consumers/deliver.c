@@ -82,7 +82,7 @@ static int redeliver(log_wtx *w, struct fetch_req *r, cg_group *g, cg_lease *l, 
     int added;
     rc = add_event(w, r, g, o, attempt, &added);
     if (rc == ENGRAM_ECORRUPT) {
-      if ((rc = cg_dead(w, &r->d, g, l, o, "record damaged", engram_errmsg(w->log)))) return rc;
+      if ((rc = cg_dead(w, &r->d, g, l, o, "record damaged", log_errmsg(w->log)))) return rc;
       if (!l->pb) break;
       continue;
     }
@@ -168,7 +168,7 @@ static int deliver_new(log_wtx *w, struct fetch_req *r, cg_group *g, size_t *roo
       continue;
     }
     if (rc == ENGRAM_ECORRUPT) {
-      if ((rc = cg_dead(w, &r->d, g, NULL, o, "record damaged", engram_errmsg(w->log)))) break;
+      if ((rc = cg_dead(w, &r->d, g, NULL, o, "record damaged", log_errmsg(w->log)))) break;
       continue;
     }
     if (rc) break;
@@ -273,7 +273,7 @@ out:
 
 /* Read-only look: could a fetch deliver anything now? Saves write transactions while
  * a consumer waits. Also reports when the next due entry falls. */
-static int anything_due(engram *log, struct fetch_req *r, int64_t *next_due) {
+static int anything_due(struct log *log, struct fetch_req *r, int64_t *next_due) {
   MDB_txn *txn;
   *next_due = INT64_MAX;
   if (log_read_begin(log, &txn)) return 1;
@@ -299,10 +299,9 @@ static int anything_due(engram *log, struct fetch_req *r, int64_t *next_due) {
   return yes;
 }
 
-int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
-                 size_t max, uint64_t wait_ms, engram_batch **out) {
+int cg_fetch(struct log *log, const char *topic, const char *group, const char *consumer,
+             size_t max, uint64_t wait_ms, engram_batch **out) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->fetch(log, topic, group, consumer, max, wait_ms, out);
   if (!out) return log_error(log, ENGRAM_EINVAL, "fetch: out is NULL");
   *out = NULL;
   if (!log_valid_name(consumer))

@@ -8,9 +8,8 @@ static int drop_job(log_wtx *w, void *arg) {
   return log_topic_drop_in(w, topic);
 }
 
-int engram_topic_drop(engram *log, const char *topic) {
+int cg_topic_drop(struct log *log, const char *topic) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->topic_drop(log, topic);
   if (!log_valid_name(topic)) return log_error(log, ENGRAM_EINVAL, "drop topic: invalid name");
   /* Open the group databases first: a solo job may not open handles through
    * log_aux_dbi (it holds the handle lock). */

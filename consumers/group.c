@@ -5,7 +5,7 @@
 
 #include "consumers/cg.h"
 
-int cg_dbs_get(engram *log, cg_dbs *d) {
+int cg_dbs_get(struct log *log, cg_dbs *d) {
   int rc;
   if ((rc = log_aux_dbi(log, "groups", 0, &d->groups))) return rc;
   if ((rc = log_aux_dbi(log, "leases", 0, &d->leases))) return rc;
@@ -40,10 +40,10 @@ int cg_del_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t gid) {
   return rc == 0 || rc == MDB_NOTFOUND ? 0 : log_err_mdb(rc);
 }
 
-/* engram_verify's check of the group records: each key is "topic\0group" with valid
+/* log_verify's check of the group records: each key is "topic\0group" with valid
  * names and each value decodes (keys that start with NUL are counters). Reads only: a log without
  * groups has no database. */
-static void verify_groups(engram *log, MDB_txn *txn, log_damage_fn damage, void *ctx) {
+void cg_verify_records(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx) {
   MDB_dbi dbi;
   MDB_cursor *c;
   if (mdb_dbi_open(txn, "groups", 0, &dbi) || mdb_cursor_open(txn, dbi, &c)) return;
@@ -73,8 +73,6 @@ static void verify_groups(engram *log, MDB_txn *txn, log_damage_fn damage, void 
   mdb_cursor_close(c);
 }
 
-__attribute__((constructor)) static void verify_hook_init(void) { log_verify_hook = verify_groups; }
-
 static size_t group_key(unsigned char *buf, const char *topic, const char *group) {
   size_t a = strlen(topic), b = strlen(group);
   memcpy(buf, topic, a);
@@ -83,8 +81,8 @@ static size_t group_key(unsigned char *buf, const char *topic, const char *group
   return a + 1 + b;
 }
 
-int cg_group_load(engram *log, MDB_txn *txn, const cg_dbs *d, const char *topic, const char *group,
-                  cg_group *g) {
+int cg_group_load(struct log *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
+                  const char *group, cg_group *g) {
   memset(g, 0, sizeof *g);
   if (!log_valid_name(group))
     return log_error(log, ENGRAM_EINVAL,
@@ -110,7 +108,7 @@ int cg_group_load(engram *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
   return 0;
 }
 
-int cg_group_store(engram *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g) {
+int cg_group_store(struct log *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g) {
   size_t n = engram__group_meta__get_packed_size(g->meta);
   unsigned char kb[2 * ENGRAM_MAX_NAME + 2];
   MDB_val k = {group_key(kb, g->topic, g->name), kb}, v = {n, NULL};
@@ -164,7 +162,7 @@ struct create_req {
   cg_dbs d;
 };
 
-static int resolve_start(engram *log, MDB_txn *txn, const log_topic *t, engram_start s,
+static int resolve_start(struct log *log, MDB_txn *txn, const log_topic *t, engram_start s,
                          uint64_t off, int64_t time_ns, uint64_t *next) {
   uint64_t head = log_topic_head(log, txn, t);
   switch (s) {
@@ -193,7 +191,7 @@ static int resolve_start(engram *log, MDB_txn *txn, const log_topic *t, engram_s
 
 static int create_job(log_wtx *w, void *arg) {
   struct create_req *r = arg;
-  engram *log = w->log;
+  struct log *log = w->log;
   const engram_group_config *c = r->cfg;
   log_topic t;
   int rc = log_topic_get(log, w->txn, r->topic, &t);
@@ -230,7 +228,7 @@ static int create_job(log_wtx *w, void *arg) {
   m.created_ns = w->now_ns;
   if ((rc = resolve_start(log, w->txn, &t, c->start, c->start_offset, c->start_time_ns, &m.next))) {
     char why[256]; /* the message buffer cannot be its own argument */
-    snprintf(why, sizeof why, "%s", engram_errmsg(log));
+    snprintf(why, sizeof why, "%s", log_errmsg(log));
     return log_error(log, rc, "create group %s/%s: %s", r->topic, r->group, why);
   }
   cg_group g = {.meta = &m};
@@ -239,7 +237,7 @@ static int create_job(log_wtx *w, void *arg) {
   return cg_group_store(log, w->txn, &r->d, &g);
 }
 
-static int check_config(engram *log, const char *topic, const char *group,
+static int check_config(struct log *log, const char *topic, const char *group,
                         const engram_group_config *c) {
   if (!log_valid_name(group))
     return log_error(log, ENGRAM_EINVAL,
@@ -287,10 +285,9 @@ static int check_config(engram *log, const char *topic, const char *group,
   return 0;
 }
 
-int engram_group_create(engram *log, const char *topic, const char *group,
-                        const engram_group_config *cfg) {
+int cg_group_create(struct log *log, const char *topic, const char *group,
+                    const engram_group_config *cfg) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->group_create(log, topic, group, cfg);
   engram_group_config def = {0};
   if (!cfg) cfg = &def;
   if (!log_valid_name(topic))
@@ -307,7 +304,7 @@ int engram_group_create(engram *log, const char *topic, const char *group,
  * Info and counters. Counters that follow from state (in flight, retrying, dead, lag)
  * are computed from the leases and DLQ, so they can never drift from them.
  * ------------------------------------------------------------------------------ */
-static void info_fill(engram *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g,
+static void info_fill(struct log *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g,
                       engram_group_info *info) {
   const Engram__GroupMeta *m = g->meta;
   memset(info, 0, sizeof *info);
@@ -381,10 +378,9 @@ static void info_fill(engram *log, MDB_txn *txn, const cg_dbs *d, const cg_group
   log_error_clear(log);
 }
 
-int engram_group_info_get(engram *log, const char *topic, const char *group,
-                          engram_group_info *info) {
+int cg_group_info_get(struct log *log, const char *topic, const char *group,
+                      engram_group_info *info) {
   if (!log || !info) return log_error(log, ENGRAM_EINVAL, "group info: NULL argument");
-  if (log->remote) return log->remote->group_info_get(log, topic, group, info);
   cg_dbs d;
   int rc = cg_dbs_get(log, &d);
   if (rc) return rc;
@@ -398,9 +394,8 @@ int engram_group_info_get(engram *log, const char *topic, const char *group,
   return rc;
 }
 
-int engram_group_list(engram *log, const char *topic, engram_group_info **out, size_t *n) {
+int cg_group_list(struct log *log, const char *topic, engram_group_info **out, size_t *n) {
   if (!log || !out || !n) return log_error(log, ENGRAM_EINVAL, "group list: NULL argument");
-  if (log->remote) return log->remote->group_list(log, topic, out, n);
   *out = NULL;
   *n = 0;
   if (topic && !log_valid_name(topic))
@@ -520,9 +515,8 @@ static int delete_job(log_wtx *w, void *arg) {
   return rc;
 }
 
-int engram_group_delete(engram *log, const char *topic, const char *group) {
+int cg_group_delete(struct log *log, const char *topic, const char *group) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->group_delete(log, topic, group);
   struct name_req r = {.topic = topic, .group = group};
   int rc = cg_dbs_get(log, &r.d);
   if (rc) return rc;
@@ -538,7 +532,7 @@ static int reset_job(log_wtx *w, void *arg) {
   uint64_t next;
   if ((rc = resolve_start(w->log, w->txn, &g.t, r->to, r->offset, r->time_ns, &next))) {
     char why[256]; /* the message buffer cannot be its own argument */
-    snprintf(why, sizeof why, "%s", engram_errmsg(w->log));
+    snprintf(why, sizeof why, "%s", log_errmsg(w->log));
     rc = log_error(w->log, rc, "reset group %s/%s: %s", r->topic, r->group, why);
     goto out;
   }
@@ -551,10 +545,9 @@ out:
   return rc;
 }
 
-int engram_group_reset(engram *log, const char *topic, const char *group, engram_start to,
-                       uint64_t offset, int64_t time_ns) {
+int cg_group_reset(struct log *log, const char *topic, const char *group, engram_start to,
+                   uint64_t offset, int64_t time_ns) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->group_reset(log, topic, group, to, offset, time_ns);
   struct name_req r = {
       .topic = topic, .group = group, .to = to, .offset = offset, .time_ns = time_ns};
   int rc = cg_dbs_get(log, &r.d);

@@ -5,7 +5,7 @@
 
 #include "consumers/cg.h"
 
-const char *engram_state_name(engram_event_state s) {
+const char *cg_state_name(engram_event_state s) {
   switch (s) {
     case ENGRAM_STATE_PENDING:
       return "pending";
@@ -40,10 +40,9 @@ static void copy_result(MDB_txn *txn, const cg_dbs *d, uint32_t gid, uint64_t of
   ((char *)st->result)[st->result_len] = '\0';
 }
 
-int engram_status_get(engram *log, const char *topic, const char *group, uint64_t offset,
-                      engram_status *st) {
+int cg_status_get(struct log *log, const char *topic, const char *group, uint64_t offset,
+                  engram_status *st) {
   if (!log || !st) return log_error(log, ENGRAM_EINVAL, "status: NULL argument");
-  if (log->remote) return log->remote->status_get(log, topic, group, offset, st);
   memset(st, 0, sizeof *st);
   cg_dbs d;
   int rc = cg_dbs_get(log, &d);
@@ -112,10 +111,9 @@ out:
   return rc;
 }
 
-int engram_dlq_list(engram *log, const char *topic, const char *group, uint64_t from, size_t max,
-                    engram_dlq_entry **out, size_t *n) {
+int cg_dlq_list(struct log *log, const char *topic, const char *group, uint64_t from, size_t max,
+                engram_dlq_entry **out, size_t *n) {
   if (!log || !out || !n) return log_error(log, ENGRAM_EINVAL, "dlq list: NULL argument");
-  if (log->remote) return log->remote->dlq_list(log, topic, group, from, max, out, n);
   *out = NULL;
   *n = 0;
   cg_dbs d;
@@ -245,7 +243,7 @@ static int dlq_job(log_wtx *w, void *arg) {
   return rc;
 }
 
-static int dlq_run(engram *log, struct dlq_req *r, size_t *count) {
+static int dlq_run(struct log *log, struct dlq_req *r, size_t *count) {
   if (r->offsets == NULL && r->n) return log_error(log, ENGRAM_EINVAL, "dlq: offsets is NULL");
   int rc = cg_dbs_get(log, &r->d);
   if (rc) return rc;
@@ -255,18 +253,16 @@ static int dlq_run(engram *log, struct dlq_req *r, size_t *count) {
   return 0;
 }
 
-int engram_dlq_purge(engram *log, const char *topic, const char *group, const uint64_t *offsets,
-                     size_t n, size_t *count) {
+int cg_dlq_purge(struct log *log, const char *topic, const char *group, const uint64_t *offsets,
+                 size_t n, size_t *count) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->dlq_purge(log, topic, group, offsets, n, count);
   struct dlq_req r = {.topic = topic, .group = group, .offsets = offsets, .n = n};
   return dlq_run(log, &r, count);
 }
 
-int engram_dlq_redrive(engram *log, const char *topic, const char *group, const uint64_t *offsets,
-                       size_t n, size_t *count) {
+int cg_dlq_redrive(struct log *log, const char *topic, const char *group, const uint64_t *offsets,
+                   size_t n, size_t *count) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->dlq_redrive(log, topic, group, offsets, n, count);
   struct dlq_req r = {.topic = topic, .group = group, .offsets = offsets, .n = n, .redrive = 1};
   return dlq_run(log, &r, count);
 }

@@ -7,7 +7,7 @@
 
 /* Why an offset has no open lease: the error an ack/nack of it gets. */
 static int classify(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, const char *verb) {
-  engram *log = w->log;
+  struct log *log = w->log;
   unsigned char kb[12];
   cg_key_gid_off(kb, g->meta->id, offset);
   MDB_val k = {12, kb}, v;
@@ -36,7 +36,7 @@ static int classify(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, c
  * delay. */
 static int check_lease(log_wtx *w, const cg_dbs *d, cg_group *g, const cg_lease *l, uint64_t offset,
                        uint32_t attempt, const char *verb) {
-  engram *log = w->log;
+  struct log *log = w->log;
   /* Finished in this lease: acked, cancelled or dead (a dead member stays marked in its
    * batch's lease while the rest of the batch is open). */
   if (cg_bit(&l->pb->done, offset - l->first)) return classify(w, d, g, offset, verb);
@@ -129,7 +129,7 @@ static int ack_items(log_wtx *w, const cg_dbs *d, cg_group *g, const engram_ack_
     if (codes) codes[i] = code;
     if (code && !first_err) {
       first_err = code;
-      if (first_msg) snprintf(first_msg, msg_cap, "%s", engram_errmsg(w->log));
+      if (first_msg) snprintf(first_msg, msg_cap, "%s", log_errmsg(w->log));
     }
   }
   if (rc == 0) rc = lease_flush(w, d, g, &cur);
@@ -185,12 +185,9 @@ static int ack_job(log_wtx *w, void *arg) {
   return rc;
 }
 
-int engram_ack_many(engram *log, const char *topic, const char *group, const engram_ack_item *items,
-                    size_t n, int *codes) {
+int cg_ack_many(struct log *log, const char *topic, const char *group, const engram_ack_item *items,
+                size_t n, int *codes) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->ack_many(log, topic, group, items, n, codes);
-  if (!items || n == 0) return log_error(log, ENGRAM_EINVAL, "ack: no items");
-  if (n > 100000) return log_error(log, ENGRAM_ETOOBIG, "ack: %zu items over limit 100000", n);
   struct settle_req r = {.topic = topic, .group = group, .items = items, .n = n, .codes = codes};
   int rc = cg_dbs_get(log, &r.d);
   if (rc) return rc;
@@ -199,12 +196,6 @@ int engram_ack_many(engram *log, const char *topic, const char *group, const eng
   if (r.first_err) return log_error(log, r.first_err, "%s", r.msg);
   log_error_clear(log);
   return 0;
-}
-
-int engram_ack(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
-               const void *result, size_t result_len) {
-  engram_ack_item it = {offset, attempt, result, result_len};
-  return engram_ack_many(log, topic, group, &it, 1, NULL);
 }
 
 static uint64_t backoff_for(const Engram__GroupMeta *m, uint32_t attempt) {
@@ -293,22 +284,16 @@ out:
   return rc;
 }
 
-static int run_one(engram *log, struct settle_req *r) {
+static int run_one(struct log *log, struct settle_req *r) {
   int rc = cg_dbs_get(log, &r->d);
   if (rc) return rc;
   rc = log_write(log, one_job, r);
   return rc < 0 ? rc : 0;
 }
 
-int engram_nack(engram *log, const char *topic, const char *group, uint64_t offset,
-                uint32_t attempt, int64_t delay_ms, const char *error) {
+int cg_nack(struct log *log, const char *topic, const char *group, uint64_t offset,
+            uint32_t attempt, int64_t delay_ms, const char *error) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->nack(log, topic, group, offset, attempt, delay_ms, error);
-  if (delay_ms > (int64_t)ENGRAM_MAX_DELAY_MS)
-    return log_error(log, ENGRAM_EINVAL, "nack: delay of %lld ms over the limit of %llu (30 days)",
-                     (long long)delay_ms, ENGRAM_MAX_DELAY_MS);
-  if (error && strlen(error) > 4096)
-    return log_error(log, ENGRAM_ETOOBIG, "nack: error text over 4096 bytes");
   struct settle_req r = {.topic = topic,
                          .group = group,
                          .op = OP_NACK,
@@ -319,12 +304,9 @@ int engram_nack(engram *log, const char *topic, const char *group, uint64_t offs
   return run_one(log, &r);
 }
 
-int engram_reject(engram *log, const char *topic, const char *group, uint64_t offset,
-                  uint32_t attempt, const char *reason) {
+int cg_reject(struct log *log, const char *topic, const char *group, uint64_t offset,
+              uint32_t attempt, const char *reason) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->reject(log, topic, group, offset, attempt, reason);
-  if (reason && strlen(reason) > 200)
-    return log_error(log, ENGRAM_ETOOBIG, "reject: reason over 200 bytes");
   struct settle_req r = {.topic = topic,
                          .group = group,
                          .op = OP_REJECT,
@@ -334,13 +316,9 @@ int engram_reject(engram *log, const char *topic, const char *group, uint64_t of
   return run_one(log, &r);
 }
 
-int engram_extend(engram *log, const char *topic, const char *group, uint64_t offset,
-                  uint32_t attempt, uint64_t ms) {
+int cg_extend(struct log *log, const char *topic, const char *group, uint64_t offset,
+              uint32_t attempt, uint64_t ms) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->extend(log, topic, group, offset, attempt, ms);
-  if (ms > ENGRAM_MAX_DELAY_MS)
-    return log_error(log, ENGRAM_EINVAL, "extend: %llu ms over the limit of %llu (30 days)",
-                     (unsigned long long)ms, ENGRAM_MAX_DELAY_MS);
   struct settle_req r = {.topic = topic,
                          .group = group,
                          .op = OP_EXTEND,
@@ -350,9 +328,8 @@ int engram_extend(engram *log, const char *topic, const char *group, uint64_t of
   return run_one(log, &r);
 }
 
-int engram_cancel(engram *log, const char *topic, const char *group, uint64_t offset) {
+int cg_cancel(struct log *log, const char *topic, const char *group, uint64_t offset) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->cancel(log, topic, group, offset);
   struct settle_req r = {.topic = topic, .group = group, .op = OP_CANCEL, .offset = offset};
   return run_one(log, &r);
 }

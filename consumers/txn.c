@@ -21,7 +21,7 @@ struct txn_op {
 };
 
 struct engram_txn {
-  engram *log;
+  void *owner; /* the API handle the transaction was begun on */
   struct txn_op *head, *tail;
   size_t n;
   int failed; /* an op could not be queued (out of memory): commit refuses */
@@ -35,7 +35,7 @@ static void op_free(struct txn_op *o) {
   free(o);
 }
 
-void engram_txn_abort(engram_txn *txn) {
+void cg_txn_abort(engram_txn *txn) {
   if (!txn) return;
   struct txn_op *o = txn->head;
   while (o) {
@@ -46,13 +46,16 @@ void engram_txn_abort(engram_txn *txn) {
   free(txn);
 }
 
-int engram_txn_begin(engram *log, engram_txn **out) {
-  if (!log || !out) return log_error(log, ENGRAM_EINVAL, "txn: NULL argument");
+int cg_txn_begin(void *owner, engram_txn **out) {
   *out = calloc(1, sizeof **out);
-  if (!*out) return log_error(log, ENGRAM_ENOMEM, "txn: out of memory");
-  (*out)->log = log;
+  if (!*out) return log_error(NULL, ENGRAM_ENOMEM, "txn: out of memory");
+  (*out)->owner = owner;
   return 0;
 }
+
+void *cg_txn_owner(const engram_txn *txn) { return txn->owner; }
+
+int cg_txn_failed(const engram_txn *txn) { return txn->failed; }
 
 static char *dup_or_null(const char *s, int *bad) {
   if (!s) return NULL;
@@ -70,10 +73,10 @@ static void push(engram_txn *txn, struct txn_op *o) {
   txn->n++;
 }
 
-int engram_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64_t offset,
-                   uint32_t attempt, const void *result, size_t result_len) {
+int cg_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64_t offset,
+               uint32_t attempt, const void *result, size_t result_len) {
   if (!txn) return ENGRAM_EINVAL;
-  engram *log = txn->log;
+  const struct log *log = NULL;
   if (!log_valid_name(topic) || !log_valid_name(group))
     return log_error(log, ENGRAM_EINVAL, "txn ack: invalid topic or group name");
   if (result_len > CG_MAX_RESULT)
@@ -103,10 +106,9 @@ int engram_txn_ack(engram_txn *txn, const char *topic, const char *group, uint64
   return 0;
 }
 
-int engram_txn_append(engram_txn *txn, const char *topic, const engram_event *ev,
-                      uint64_t *offset) {
+int cg_txn_append(engram_txn *txn, const char *topic, const engram_event *ev, uint64_t *offset) {
   if (!txn) return ENGRAM_EINVAL;
-  engram *log = txn->log;
+  const struct log *log = NULL;
   if (!log_valid_name(topic))
     return log_error(log, ENGRAM_EINVAL, "txn append: invalid topic name");
   int rc = log_check_event(log, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
@@ -152,24 +154,12 @@ static int txn_job(log_wtx *w, void *arg) {
   return rc;
 }
 
-int engram_txn_commit(engram_txn *txn) {
-  if (!txn) return ENGRAM_EINVAL;
-  engram *log = txn->log;
-  int rc;
-  if (txn->failed) {
-    rc = log_error(log, ENGRAM_ENOMEM, "txn commit: an operation could not be queued");
-  } else if (log->remote) {
-    rc = log->remote->txn_commit(log, txn);
-  } else if (txn->n == 0) {
-    rc = 0;
-  } else {
-    cg_dbs d;
-    rc = cg_dbs_get(log, &d); /* open the databases outside the job */
-    if (rc == 0) rc = log_write(log, txn_job, txn);
-    if (rc > 0) rc = 0;
-  }
-  engram_txn_abort(txn);
-  return rc;
+int cg_txn_commit(struct log *log, const engram_txn *txn) {
+  if (txn->n == 0) return 0;
+  cg_dbs d;
+  int rc = cg_dbs_get(log, &d); /* open the databases outside the job */
+  if (rc == 0) rc = log_write(log, txn_job, (void *)txn);
+  return rc > 0 ? 0 : rc;
 }
 
 int txn_each(const struct engram_txn *txn, int (*fn)(void *ctx, const txn_op_view *op), void *ctx) {

@@ -241,14 +241,22 @@ typedef struct engram_topic_config {
   uint32_t flags;              /* ENGRAM_TOPIC_* */
 } engram_topic_config;
 
+/* The numeric fields of engram_topic_info, one X(type, name) each, in the struct's order:
+ * the wire, the CLI and the bindings copy and print them from this list, so a new one is
+ * a line here (and its field in schema/wire.proto). */
+#define ENGRAM_TOPIC_INFO_FIELDS(X)                                         \
+  X(uint64_t, first_offset) /* lowest stored offset, 0 when empty */        \
+  X(uint64_t, head_offset)  /* highest offset ever assigned, 0 when none */ \
+  X(uint64_t, count)        /* events stored */                             \
+  X(uint32_t, dict_id)      /* current zstd dictionary id, 0 = none */      \
+  X(int64_t, created_ns)    /* CLOCK_REALTIME */
+/* Declares one field of such a list. */
+#define ENGRAM_FIELD_(type, name) type name;
+
 typedef struct engram_topic_info {
   char name[ENGRAM_MAX_NAME + 1];
   engram_topic_config config; /* with defaults filled in */
-  uint64_t first_offset;      /* lowest stored offset, 0 when empty */
-  uint64_t head_offset;       /* highest offset ever assigned, 0 when none */
-  uint64_t count;             /* events stored */
-  uint32_t dict_id;           /* current zstd dictionary id, 0 = none */
-  int64_t created_ns;         /* CLOCK_REALTIME */
+  ENGRAM_TOPIC_INFO_FIELDS(ENGRAM_FIELD_)
 } engram_topic_info;
 
 /* Topic names are 1..200 bytes of [A-Za-z0-9._-]. Errors: EINVAL, EEXIST, ELIMIT. */
@@ -365,6 +373,20 @@ typedef struct engram_group_config {
   uint32_t flags;             /* ENGRAM_GROUP_* */
 } engram_group_config;
 
+/* The counters of engram_group_info, one X(type, name) each, in the struct's order (see
+ * ENGRAM_TOPIC_INFO_FIELDS): a new counter is a line here and its field in wire.proto. */
+#define ENGRAM_GROUP_INFO_COUNTERS(X)                                                            \
+  X(uint64_t, floor)               /* every offset <= floor is finished for this group */        \
+  X(uint64_t, next)                /* next offset the group has not yet looked at */             \
+  X(uint64_t, lag)                 /* topic head - floor */                                      \
+  X(uint64_t, in_flight)           /* events leased and not yet finished */                      \
+  X(uint64_t, retrying)            /* events waiting for a retry delay (incl. delayed events) */ \
+  X(uint64_t, dead)                /* events in the dead-letter queue */                         \
+  X(uint64_t, acked)               /* acks accepted since creation */                            \
+  X(uint64_t, redelivered)         /* deliveries with attempt > 1 since creation */              \
+  X(uint64_t, delivered)           /* deliveries since creation */                               \
+  X(int64_t, oldest_unfinished_ns) /* append time of the oldest unfinished event, 0 = none */
+
 typedef struct engram_group_info {
   char topic[ENGRAM_MAX_NAME + 1];
   char name[ENGRAM_MAX_NAME + 1];
@@ -377,17 +399,7 @@ typedef struct engram_group_info {
   uint64_t result_ttl_ms;
   uint32_t flags;
   int64_t created_ns;
-  /* counters */
-  uint64_t floor;               /* every offset <= floor is finished for this group */
-  uint64_t next;                /* next offset the group has not yet looked at */
-  uint64_t lag;                 /* topic head - floor */
-  uint64_t in_flight;           /* events leased and not yet finished */
-  uint64_t retrying;            /* events waiting for a retry delay (incl. delayed events) */
-  uint64_t dead;                /* events in the dead-letter queue */
-  uint64_t acked;               /* acks accepted since creation */
-  uint64_t redelivered;         /* deliveries with attempt > 1 since creation */
-  uint64_t delivered;           /* deliveries since creation */
-  int64_t oldest_unfinished_ns; /* append time of the oldest unfinished event, 0 = none */
+  ENGRAM_GROUP_INFO_COUNTERS(ENGRAM_FIELD_)
 } engram_group_info;
 
 /* Creates a group on an existing topic. Errors: EINVAL (name, pattern, max_deliver or
@@ -480,14 +492,21 @@ ENGRAM_API int engram_status_get(engram *log, const char *topic, const char *gro
 ENGRAM_API const char *engram_state_name(engram_event_state s);
 
 /* Dead-letter queue. */
+/* The fields of engram_dlq_entry in the struct's order, numbers as NUM(type, name) and
+ * text as TEXT(size, name) (see ENGRAM_TOPIC_INFO_FIELDS). */
+#define ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)                             \
+  NUM(uint64_t, offset)                                                \
+  NUM(uint32_t, attempts)                                              \
+  TEXT(256, reason) /* "rejected: ...", "max_deliver exceeded", ... */ \
+  TEXT(256, last_error)                                                \
+  TEXT(ENGRAM_MAX_NAME + 1, consumer) /* last holder */                \
+  NUM(int64_t, first_delivered_ns)                                     \
+  NUM(int64_t, dead_ns)
+/* Declares one text field of such a list. */
+#define ENGRAM_TEXT_FIELD_(size, name) char name[size];
+
 typedef struct engram_dlq_entry {
-  uint64_t offset;
-  uint32_t attempts;
-  char reason[256]; /* "rejected: ...", "max_deliver exceeded", ... */
-  char last_error[256];
-  char consumer[ENGRAM_MAX_NAME + 1]; /* last holder */
-  int64_t first_delivered_ns;
-  int64_t dead_ns;
+  ENGRAM_DLQ_ENTRY_FIELDS(ENGRAM_FIELD_, ENGRAM_TEXT_FIELD_)
 } engram_dlq_entry;
 /* Lists up to max entries with offset >= from (max 0 = all): array freed with engram_free(). */
 ENGRAM_API int engram_dlq_list(engram *log, const char *topic, const char *group, uint64_t from,

@@ -26,7 +26,7 @@ int log_valid_type(const char *s) {
   return n > 0 && word > 0;
 }
 
-int log_check_event(const engram *log, const char *topic, const engram_event *ev,
+int log_check_event(const struct log *log, const char *topic, const engram_event *ev,
                     uint32_t max_payload) {
   if (!ev) return log_error(log, ENGRAM_EINVAL, "append %s: event is NULL", topic);
   if (!log_valid_type(ev->type))
@@ -139,7 +139,7 @@ static int maybe_train(log_wtx *w, log_topic *t, uint64_t head) {
 
 static int append_job(log_wtx *w, void *arg) {
   struct append_req *r = arg;
-  engram *log = w->log;
+  struct log *log = w->log;
   log_topic t;
   int rc = log_topic_get(log, w->txn, r->topic, &t);
   if (rc) return rc;
@@ -201,10 +201,9 @@ int log_append_in(log_wtx *w, const char *topic, const engram_event *ev, uint64_
   return 0;
 }
 
-int engram_append_batch(engram *log, const char *topic, const engram_event *evs, size_t n,
-                        uint64_t *offsets, int *duplicates) {
+int log_append_batch(struct log *log, const char *topic, const engram_event *evs, size_t n,
+                     uint64_t *offsets, int *duplicates) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->append_batch(log, topic, evs, n, offsets, duplicates);
   if (!evs || !offsets)
     return log_error(log, ENGRAM_EINVAL, "append %s: events or offsets is NULL",
                      topic ? topic : "");
@@ -217,13 +216,12 @@ int engram_append_batch(engram *log, const char *topic, const engram_event *evs,
   return rc < 0 ? rc : 0;
 }
 
-int engram_append(engram *log, const char *topic, const engram_event *ev, uint64_t *offset,
-                  int *duplicate) {
+int log_append(struct log *log, const char *topic, const engram_event *ev, uint64_t *offset,
+               int *duplicate) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->append(log, topic, ev, offset, duplicate);
   uint64_t off = 0;
   int dup = 0;
-  int rc = engram_append_batch(log, topic, ev, 1, &off, &dup);
+  int rc = log_append_batch(log, topic, ev, 1, &off, &dup);
   if (rc) return rc;
   if (offset) *offset = off;
   if (duplicate) *duplicate = dup;

@@ -43,7 +43,7 @@ static void dict_key(unsigned char k[8], uint32_t topic_id, uint32_t dict_id) {
 }
 
 /* Finds or loads a dictionary. Returns NULL when it is not stored. */
-static struct log_dict_cache *dict_get(engram *log, MDB_txn *txn, uint32_t topic_id,
+static struct log_dict_cache *dict_get(struct log *log, MDB_txn *txn, uint32_t topic_id,
                                        uint32_t dict_id) {
   pthread_mutex_lock(&dict_mu);
   for (struct log_dict_cache *d = log->dicts; d; d = d->next) {
@@ -76,7 +76,7 @@ static struct log_dict_cache *dict_get(engram *log, MDB_txn *txn, uint32_t topic
   return d;
 }
 
-void log_dict_forget_topic(engram *log, uint32_t topic_id) {
+void log_dict_forget_topic(struct log *log, uint32_t topic_id) {
   pthread_mutex_lock(&dict_mu);
   struct log_dict_cache **pp = &log->dicts;
   while (*pp) {
@@ -93,7 +93,7 @@ void log_dict_forget_topic(engram *log, uint32_t topic_id) {
   pthread_mutex_unlock(&dict_mu);
 }
 
-void log_codec_caches_free(engram *log) {
+void log_codec_caches_free(struct log *log) {
   struct log_dict_cache *d = log->dicts;
   while (d) {
     struct log_dict_cache *n = d->next;
@@ -170,7 +170,7 @@ static unsigned char *scratch(size_t n) {
   return ztmp;
 }
 
-int log_codec_encode(engram *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
+int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
                      int64_t ts, uint64_t offset, log_enc *out) {
   Engram__Record r = ENGRAM__RECORD__INIT;
   Engram__Header hs[ENGRAM_MAX_HEADERS], *hp[ENGRAM_MAX_HEADERS];
@@ -372,7 +372,8 @@ int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_
   return 0;
 }
 
-int log_codec_payload(engram *log, MDB_txn *txn, uint32_t topic_id, const log_view *v, void *dst) {
+int log_codec_payload(struct log *log, MDB_txn *txn, uint32_t topic_id, const log_view *v,
+                      void *dst) {
   if (v->compression == 0) {
     if (v->payload_len) memcpy(dst, v->payload, v->payload_len);
     return 0;
@@ -398,7 +399,7 @@ int log_codec_payload(engram *log, MDB_txn *txn, uint32_t topic_id, const log_vi
 /* ---------------------------------------------------------------------------------
  * Dictionary training from the topic's newest events.
  * ------------------------------------------------------------------------------ */
-int log_dict_samples(engram *log, MDB_txn *txn, const log_topic *t, log_samples *out) {
+int log_dict_samples(struct log *log, MDB_txn *txn, const log_topic *t, log_samples *out) {
   memset(out, 0, sizeof *out);
   MDB_cursor *c;
   int rc = mdb_cursor_open(txn, t->dbi, &c);
@@ -444,7 +445,7 @@ void log_samples_free(log_samples *s) {
   memset(s, 0, sizeof *s);
 }
 
-int log_dict_build(engram *log, const char *topic, const log_samples *s, log_dict *out) {
+int log_dict_build(struct log *log, const char *topic, const log_samples *s, log_dict *out) {
   if (s->n < 16)
     return log_error(log, ENGRAM_EINVAL, "train dictionary %s: %zu events, need at least 16", topic,
                      s->n);
@@ -458,7 +459,7 @@ int log_dict_build(engram *log, const char *topic, const log_samples *s, log_dic
   return 0;
 }
 
-int log_dict_store(engram *log, MDB_txn *txn, log_topic *t, const log_dict *d) {
+int log_dict_store(struct log *log, MDB_txn *txn, log_topic *t, const log_dict *d) {
   unsigned char kb[8];
   dict_key(kb, t->id, d->id);
   MDB_val key = {8, kb}, val = {d->len, (void *)d->bytes};

@@ -64,7 +64,7 @@ static void touched_rollback(log_wtx *w, struct log_touched *mark) {
   }
 }
 
-static int begin_txn(engram *log, MDB_txn **txn) {
+static int begin_txn(struct log *log, MDB_txn **txn) {
   for (;;) {
     int rc = mdb_txn_begin(log->env, NULL, 0, txn);
     if (rc == MDB_MAP_RESIZED) {
@@ -77,7 +77,7 @@ static int begin_txn(engram *log, MDB_txn **txn) {
 
 static void set_job_error(struct log_job *j, int rc) {
   j->rc = rc;
-  snprintf(j->msg, sizeof j->msg, "%s", engram_errmsg(NULL));
+  snprintf(j->msg, sizeof j->msg, "%s", log_errmsg(NULL));
 }
 
 static __thread int tls_in_job;
@@ -93,7 +93,8 @@ static int run_job(struct log_job *j, log_wtx *w) {
 
 /* Runs the jobs of one batch and commits. Sets each job's rc. Returns 0 or the commit's
  * error; *wrote tells whether the commit wrote (and so flushed) anything. */
-static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_touched **touched) {
+static int run_batch(struct log *log, struct log_job *jobs, int *wrote,
+                     struct log_touched **touched) {
   int n = 0;
   for (struct log_job *j = jobs; j; j = j->next) n++;
   *wrote = 0;
@@ -178,7 +179,7 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
 }
 
 /* Counts a commit that wrote (and, unless async, flushed). Called with mu held. */
-static void count_commit(engram *log, const struct log_job *jobs) {
+static void count_commit(struct log *log, const struct log_job *jobs) {
   uint64_t n = 0;
   for (const struct log_job *j = jobs; j; j = j->next) n++;
   int bucket = 0;
@@ -191,13 +192,13 @@ static void count_commit(engram *log, const struct log_job *jobs) {
 
 /* Counts the commits a job waited through: from queueing to its release or, for the
  * leader's own job, to the moment the leader hands over. Called with mu held. */
-static void note_wait(engram *log, const struct log_job *j) {
+static void note_wait(struct log *log, const struct log_job *j) {
   if (log->st_commits - j->enq_commits > log->st_max_wait)
     log->st_max_wait = log->st_commits - j->enq_commits;
 }
 
 /* Releases a batch: publishes its appends, then marks its jobs done. Called with mu held. */
-static void release(engram *log, struct batch *b, int rc, const char *msg) {
+static void release(struct log *log, struct batch *b, int rc, const char *msg) {
   if (b->touched) {
     log->append_seq++;
     pthread_cond_broadcast(&log->append_cv);
@@ -226,7 +227,7 @@ static void release(engram *log, struct batch *b, int rc, const char *msg) {
 }
 
 /* Releases the batch whose meta page a flush just made durable. Called with mu held. */
-static void release_pending(engram *log, int rc, const char *msg) {
+static void release_pending(struct log *log, int rc, const char *msg) {
   if (!log->pending_jobs) return;
   struct batch b = {log->pending_jobs, log->pending_touched, NULL};
   log->pending_jobs = NULL;
@@ -234,7 +235,7 @@ static void release_pending(engram *log, int rc, const char *msg) {
   release(log, &b, rc, msg);
 }
 
-static int sync_env(engram *log) {
+static int sync_env(struct log *log) {
   int64_t t0 = clock_monotonic_ns();
   int rc = mdb_env_sync(log->env, 1);
   log->last_flush_ns = clock_monotonic_ns() - t0;
@@ -245,7 +246,7 @@ static int sync_env(engram *log) {
 }
 
 /* Takes the next batch off the queue: one solo job, or every queued ordinary job. */
-static struct log_job *take(engram *log) {
+static struct log_job *take(struct log *log) {
   struct log_job *head = log->q_head;
   size_t n = 1;
   if (head->solo) {
@@ -272,7 +273,7 @@ static struct log_job *take(engram *log) {
  * do not come back within that time have stopped: they are no longer expected. The
  * leader's own job is queued or pending, so it is counted: the leader never waits for
  * itself. Called with mu held. */
-static void gather(engram *log) {
+static void gather(struct log *log) {
   if (log->opts.durability != ENGRAM_DURABILITY_SYNC || log->active >= log->writers_hint) return;
   int64_t wait = log->last_flush_ns,
           max = log->gather_max_ns ? log->gather_max_ns : LOG_GATHER_MAX_NS;
@@ -297,7 +298,7 @@ static void gather(engram *log) {
  * A batch committed in sync mode stays pending until a later flush covers its meta page:
  * the next leader's commit, or an explicit flush when no more work comes. Entered and
  * left with mu held. */
-static void lead(engram *log, struct log_job *self) {
+static void lead(struct log *log, struct log_job *self) {
   int sync_mode = log->opts.durability == ENGRAM_DURABILITY_SYNC;
   while (!self->done) {
     gather(log);
@@ -306,7 +307,7 @@ static void lead(engram *log, struct log_job *self) {
       pthread_mutex_unlock(&log->mu);
       int rc = sync_env(log);
       char msg[256];
-      snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
+      snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
       pthread_mutex_lock(&log->mu);
       release_pending(log, rc, msg);
       continue;
@@ -325,13 +326,13 @@ static void lead(engram *log, struct log_job *self) {
       pthread_mutex_unlock(&log->dbi_mu);
     }
     char msg[256];
-    snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
+    snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
     int prc = 0;
     char pmsg[256] = "";
     if (sync_mode && pending && !(rc == 0 && wrote)) {
       /* This commit flushed nothing, so the pending batch needs a flush of its own. */
       prc = sync_env(log);
-      snprintf(pmsg, sizeof pmsg, "%s", engram_errmsg(NULL));
+      snprintf(pmsg, sizeof pmsg, "%s", log_errmsg(NULL));
     }
     pthread_mutex_lock(&log->mu);
     log->last_commit_ns = clock_monotonic_ns();
@@ -350,7 +351,7 @@ static void lead(engram *log, struct log_job *self) {
   }
 }
 
-int log_job_enqueue(engram *log, struct log_job *job) {
+int log_job_enqueue(struct log *log, struct log_job *job) {
   if (log->env_flags & MDB_RDONLY)
     return log_error(log, ENGRAM_ENOTSUP,
                      "write: the log %s is open read-only: open it read-write (as a user who "
@@ -379,7 +380,7 @@ int log_job_enqueue(engram *log, struct log_job *job) {
   return 0;
 }
 
-int log_job_wait(engram *log, struct log_job *job) {
+int log_job_wait(struct log *log, struct log_job *job) {
   pthread_mutex_lock(&log->mu);
   while (!job->done) {
     /* Lead while there is work (queued, or committed and waiting for its flush) and
@@ -412,9 +413,7 @@ int log_job_wait(engram *log, struct log_job *job) {
   return job->rc;
 }
 
-int engram_commit_stats_get(engram *log, engram_commit_stats *out) {
-  if (!log || !out) return log_error(log, ENGRAM_EINVAL, "commit stats: NULL argument");
-  if (log->remote) return log_error(log, ENGRAM_ENOTSUP, "commit stats: only for embedded handles");
+int log_commit_stats(struct log *log, engram_commit_stats *out) {
   memset(out, 0, sizeof *out);
   pthread_mutex_lock(&log->mu);
   out->commits = log->st_commits;
@@ -431,7 +430,7 @@ int engram_commit_stats_get(engram *log, engram_commit_stats *out) {
  * The thread starts on the first request and ends at close; a topic whose training was
  * cut short by close keeps no dictionary, as when training fails. */
 static void *trainer_main(void *arg) {
-  engram *log = arg;
+  struct log *log = arg;
   pthread_mutex_lock(&log->mu);
   for (;;) {
     while (!log->train && !log->closing) pthread_cond_wait(&log->train_cv, &log->mu);
@@ -447,7 +446,7 @@ static void *trainer_main(void *arg) {
   return NULL;
 }
 
-void log_train_request(engram *log, const char *topic) {
+void log_train_request(struct log *log, const char *topic) {
   pthread_mutex_lock(&log->mu);
   struct log_touched *t;
   for (t = log->train; t; t = t->next)
@@ -469,17 +468,17 @@ void log_train_request(engram *log, const char *topic) {
   pthread_mutex_unlock(&log->mu);
 }
 
-static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
+static int write_job(struct log *log, log_job_fn fn, void *arg, int solo) {
   struct log_job job = {.fn = fn, .arg = arg, .solo = solo};
   int rc = log_job_enqueue(log, &job);
   return rc ? rc : log_job_wait(log, &job);
 }
 
-int log_write(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }
+int log_write(struct log *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }
 
-int log_write_solo(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 1); }
+int log_write_solo(struct log *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 1); }
 
-int log_write_relaxed(engram *log, log_job_fn fn, void *arg) {
+int log_write_relaxed(struct log *log, log_job_fn fn, void *arg) {
   struct log_job job = {.fn = fn, .arg = arg, .relaxed = 1};
   int rc = log_job_enqueue(log, &job);
   return rc ? rc : log_job_wait(log, &job);
@@ -487,7 +486,7 @@ int log_write_relaxed(engram *log, log_job_fn fn, void *arg) {
 
 /* Nometasync and async modes: forces commits to disk every flush interval. */
 static void *flusher_main(void *arg) {
-  engram *log = arg;
+  struct log *log = arg;
   pthread_mutex_lock(&log->mu);
   while (!log->closing) {
     struct timespec ts;
@@ -507,14 +506,14 @@ static void *flusher_main(void *arg) {
   return NULL;
 }
 
-int log_commit_start(engram *log) {
+int log_commit_start(struct log *log) {
   if (log->opts.durability == ENGRAM_DURABILITY_SYNC) return 0;
   if (pthread_create(&log->flusher, NULL, flusher_main, log) != 0) return ENGRAM_ENOMEM;
   log->flusher_running = 1;
   return 0;
 }
 
-void log_commit_stop(engram *log) {
+void log_commit_stop(struct log *log) {
   pthread_mutex_lock(&log->mu);
   log->closing = 1;
   pthread_cond_broadcast(&log->flush_cv);
@@ -533,7 +532,7 @@ void log_commit_stop(engram *log) {
   log->flusher_running = 0;
 }
 
-void log_wait_append(engram *log, const char *topic, int64_t deadline_mono_ns) {
+void log_wait_append(struct log *log, const char *topic, int64_t deadline_mono_ns) {
   if (log->wait_hook) {
     log->wait_hook(log->wait_hook_ctx, log, topic, deadline_mono_ns);
     return;

@@ -15,10 +15,7 @@
 
 static __thread char tls_err[512];
 
-void (*log_attach_hook)(engram *log);
-void (*log_detach_hook)(engram *log);
-
-int log_error(const engram *log, int code, const char *fmt, ...) {
+int log_error(const struct log *log, int code, const char *fmt, ...) {
   (void)log;
   va_list ap;
   va_start(ap, fmt);
@@ -27,12 +24,12 @@ int log_error(const engram *log, int code, const char *fmt, ...) {
   return code;
 }
 
-void log_error_clear(const engram *log) {
+void log_error_clear(const struct log *log) {
   (void)log;
   tls_err[0] = '\0';
 }
 
-const char *engram_errmsg(const engram *log) {
+const char *log_errmsg(const struct log *log) {
   (void)log;
   return tls_err;
 }
@@ -82,7 +79,7 @@ const char *log_mdb_text(int rc) {
   return buf;
 }
 
-int64_t log_now_ns(const engram *log) {
+int64_t log_now_ns(const struct log *log) {
   if (log && log->opts.clock_ns) return log->opts.clock_ns(log->opts.clock_ctx);
   return clock_realtime_ns();
 }
@@ -530,7 +527,7 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
  * before anything else, so nothing is ever written into an environment that is not an
  * engram log. The other databases exist from creation on; a write transaction makes
  * them only for a log created by an older build and never opened since. */
-static int open_core_dbs(engram *log) {
+static int open_core_dbs(struct log *log) {
   MDB_txn *txn;
   int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, &txn);
   if (rc) return env_open_error(log->path, rc);
@@ -586,7 +583,7 @@ static int open_core_dbs(engram *log) {
 
 /* Opens every named database that exists, so their handles are valid in every later
  * transaction of this process (LMDB ties a handle to transactions begun after it). */
-static int open_all_dbs(engram *log) {
+static int open_all_dbs(struct log *log) {
   MDB_txn *txn;
   int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, &txn);
   if (rc) return log_err_mdb(rc);
@@ -670,7 +667,7 @@ static int inspect_target(const char *path, const engram_options *o) {
   return 1;
 }
 
-int engram_open(const char *path, const engram_options *opts, engram **out) {
+int log_open(const char *path, const engram_options *opts, struct log **out) {
   if (!out) return log_error(NULL, ENGRAM_EINVAL, "open: out is NULL");
   *out = NULL;
   char norm[3900];
@@ -702,7 +699,7 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
     if ((rc = log_create(path, &o, now))) return rc;
   }
 
-  engram *log = calloc(1, sizeof *log);
+  struct log *log = calloc(1, sizeof *log);
   if (!log) return log_error(NULL, ENGRAM_ENOMEM, "open: out of memory");
   log->path = strdup(path);
   log->opts = o;
@@ -742,22 +739,18 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
   }
   /* A read-only handle commits nothing, and the notification board is a file it must
    * not create. */
-  if (log_attach_hook && !rdonly) log_attach_hook(log);
+  if (!rdonly) log_board_attach(log);
   *out = log;
   log_error_clear(log);
   return 0;
 fail:
-  engram_close(log);
+  log_close(log);
   return rc;
 }
 
-void engram_close(engram *log) {
+void log_close(struct log *log) {
   if (!log) return;
-  if (log->remote) {
-    log->remote->close(log);
-    return;
-  }
-  if (log->env && log_detach_hook) log_detach_hook(log);
+  if (log->env) log_board_detach(log);
   log_pipe_stop(log);
   log_commit_stop(log);
   if (log->env) {
@@ -782,9 +775,8 @@ void engram_close(engram *log) {
   free(log);
 }
 
-int engram_sync(engram *log) {
+int log_sync(struct log *log) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->sync(log);
   if (log->env_flags & MDB_RDONLY) return 0; /* a read-only handle has written nothing */
   int rc = mdb_env_sync(log->env, 1);
   if (rc) return log_error(log, log_err_mdb(rc), "sync: %s", log_mdb_text(rc));
@@ -794,9 +786,8 @@ int engram_sync(engram *log) {
   return 0;
 }
 
-int engram_backup(engram *log, const char *dest) {
+int log_backup(struct log *log, const char *dest) {
   if (!log || !dest || !*dest) return log_error(log, ENGRAM_EINVAL, "backup: no destination");
-  if (log->remote) return log->remote->backup(log, dest);
   struct stat st;
   if (stat(dest, &st) == 0) {
     if (!S_ISDIR(st.st_mode) || dir_is_empty(dest) != 1)
@@ -824,7 +815,7 @@ int engram_backup(engram *log, const char *dest) {
 /* Begins (txn_in NULL) or renews (txn_in reset) a read-only transaction and returns with
  * the map lock held shared, or with an error and the lock released. Another process
  * growing the map is adopted here, where this thread holds no lock. */
-static int read_start(engram *log, MDB_txn *txn_in, MDB_txn **txn) {
+static int read_start(struct log *log, MDB_txn *txn_in, MDB_txn **txn) {
   for (;;) {
     pthread_rwlock_rdlock(&log->map_lock);
     int rc = txn_in ? mdb_txn_renew(txn_in) : mdb_txn_begin(log->env, NULL, MDB_RDONLY, txn);
@@ -846,22 +837,22 @@ static int read_start(engram *log, MDB_txn *txn_in, MDB_txn **txn) {
   }
 }
 
-int log_read_begin(engram *log, MDB_txn **txn) {
+int log_read_begin(struct log *log, MDB_txn **txn) {
   int rc = read_start(log, NULL, txn);
   return rc ? log_error(log, log_err_mdb(rc), "read: %s", log_mdb_text(rc)) : 0;
 }
 
-void log_read_end(engram *log, MDB_txn *txn) {
+void log_read_end(struct log *log, MDB_txn *txn) {
   if (txn) mdb_txn_abort(txn);
   pthread_rwlock_unlock(&log->map_lock);
 }
 
-void log_read_pause(engram *log, MDB_txn *txn) {
+void log_read_pause(struct log *log, MDB_txn *txn) {
   mdb_txn_reset(txn);
   pthread_rwlock_unlock(&log->map_lock);
 }
 
-int log_read_resume(engram *log, MDB_txn *txn) {
+int log_read_resume(struct log *log, MDB_txn *txn) {
   MDB_txn *same;
   int rc = read_start(log, txn, &same);
   if (rc == 0) return 0;
@@ -870,21 +861,21 @@ int log_read_resume(engram *log, MDB_txn *txn) {
   return log_error(log, log_err_mdb(rc), "read: %s", log_mdb_text(rc));
 }
 
-int log_disk_nearly_full(const engram *log) {
+int log_disk_nearly_full(const struct log *log) {
   struct statvfs st;
   if (statvfs(log->path, &st) != 0) return 0;
   return (uint64_t)st.f_bavail * st.f_frsize < (8u << 20);
 }
 
 /* Another process grew the map: adopt its size. */
-void log_map_adopt(engram *log) {
+void log_map_adopt(struct log *log) {
   pthread_rwlock_wrlock(&log->map_lock);
   mdb_env_set_mapsize(log->env, 0);
   pthread_rwlock_unlock(&log->map_lock);
 }
 
 /* Doubles the map. Called by the commit leader with no transaction open. */
-int log_map_grow(engram *log) {
+int log_map_grow(struct log *log) {
   pthread_rwlock_wrlock(&log->map_lock);
   MDB_envinfo info;
   mdb_env_info(log->env, &info);
@@ -894,7 +885,7 @@ int log_map_grow(engram *log) {
   return rc ? log_err_mdb(rc) : 0;
 }
 
-int log_aux_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out) {
+int log_aux_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out) {
   pthread_mutex_lock(&log->aux_mu);
   for (int i = 0; i < log->n_aux; i++) {
     if (!strcmp(log->aux[i].name, name)) {
@@ -929,7 +920,7 @@ static int create_dbi_job(log_wtx *w, void *arg) {
   return rc ? log_err_mdb(rc) : 0;
 }
 
-int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out) {
+int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out) {
   /* Fast path: the database exists; open it in a read transaction of its own and commit
    * that, so the handle stays valid for every transaction begun after. It is not the
    * thread's read transaction (log_read_begin): the caller may hold a paused one, and

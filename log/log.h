@@ -11,82 +11,21 @@
 #include "common/common.h"
 #include "engram.h"
 
-/* ---------------------------------------------------------------------------------
- * Remote back end. A handle made by engram_connect() has `remote` set; every public
- * function first checks it and forwards the call. The table is filled by net/, so the
- * layers below never know about ZeroMQ.
- * ------------------------------------------------------------------------------ */
-struct engram_remote_ops {
-  void (*close)(engram *log);
-  int (*sync)(engram *log);
-  int (*backup)(engram *log, const char *dest);
-  int (*topic_create)(engram *log, const char *topic, const engram_topic_config *cfg);
-  int (*topic_info_get)(engram *log, const char *topic, engram_topic_info *info);
-  int (*topic_list)(engram *log, engram_topic_info **out, size_t *n);
-  int (*topic_drop)(engram *log, const char *topic);
-  int (*topic_train_dict)(engram *log, const char *topic, uint32_t *dict_id);
-  int (*append)(engram *log, const char *topic, const engram_event *ev, uint64_t *offset,
-                int *duplicate);
-  int (*append_batch)(engram *log, const char *topic, const engram_event *evs, size_t n,
-                      uint64_t *offsets, int *duplicates);
-  int (*read)(engram *log, const char *topic, uint64_t offset, engram_batch **out);
-  int (*read_range)(engram *log, const char *topic, uint64_t from, size_t max, engram_batch **out);
-  int (*verify)(engram *log, engram_verify_report *report);
-  int (*group_create)(engram *log, const char *topic, const char *group,
-                      const engram_group_config *cfg);
-  int (*group_info_get)(engram *log, const char *topic, const char *group, engram_group_info *info);
-  int (*group_list)(engram *log, const char *topic, engram_group_info **out, size_t *n);
-  int (*group_delete)(engram *log, const char *topic, const char *group);
-  int (*group_reset)(engram *log, const char *topic, const char *group, engram_start to,
-                     uint64_t offset, int64_t time_ns);
-  int (*fetch)(engram *log, const char *topic, const char *group, const char *consumer, size_t max,
-               uint64_t wait_ms, engram_batch **out);
-  int (*ack_many)(engram *log, const char *topic, const char *group, const engram_ack_item *items,
-                  size_t n, int *codes);
-  int (*nack)(engram *log, const char *topic, const char *group, uint64_t offset, uint32_t attempt,
-              int64_t delay_ms, const char *error);
-  int (*reject)(engram *log, const char *topic, const char *group, uint64_t offset,
-                uint32_t attempt, const char *reason);
-  int (*extend)(engram *log, const char *topic, const char *group, uint64_t offset,
-                uint32_t attempt, uint64_t ms);
-  int (*cancel)(engram *log, const char *topic, const char *group, uint64_t offset);
-  int (*status_get)(engram *log, const char *topic, const char *group, uint64_t offset,
-                    engram_status *st);
-  int (*dlq_list)(engram *log, const char *topic, const char *group, uint64_t from, size_t max,
-                  engram_dlq_entry **out, size_t *n);
-  int (*dlq_purge)(engram *log, const char *topic, const char *group, const uint64_t *offsets,
-                   size_t n, size_t *count);
-  int (*dlq_redrive)(engram *log, const char *topic, const char *group, const uint64_t *offsets,
-                     size_t n, size_t *count);
-  int (*append_async)(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb,
-                      void *ctx);
-  int (*append_wait)(engram *log);
-  /* The buffered operations of an engram_txn (see consumers/txn.c). */
-  int (*txn_commit)(engram *log, const struct engram_txn *txn);
-};
+struct log;
 
-/* Called at the end of engram_open() and the start of engram_close() of every embedded
- * handle when set. net/ sets them (from a constructor) to attach notifications, so log/
- * needs no knowledge of ZeroMQ. */
-extern void (*log_attach_hook)(engram *log);
-extern void (*log_detach_hook)(engram *log);
-
-/* Checks the records of the layers above during engram_verify()'s walk, in its read
- * transaction: calls damage(ctx, text) for each one that does not decode. consumers/ sets
- * it (from a constructor) for group records, so log/ needs no knowledge of groups. */
+/* Checks the records of the layers above during log_verify()'s walk, in its read
+ * transaction: calls damage(ctx, text) for each one that does not decode. consumers/
+ * supplies one for group records (api/ passes it), so log/ needs no knowledge of groups. */
 typedef void (*log_damage_fn)(void *ctx, const char *text);
-extern void (*log_verify_hook)(engram *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
+typedef void (*log_verify_fn)(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
 
 /* Hook the layers above install to hear about commits (net/ publishes them). */
 typedef void (*log_commit_hook)(void *ctx, const char *topic, uint64_t head);
 
 #define LOG_MAX_AUX 16
 
-/* A handle. Embedded fields are unused by remote handles except `remote*`. */
-struct engram {
-  const struct engram_remote_ops *remote; /* non-NULL: a remote handle */
-  void *remote_ctx;                       /* net/'s connection state */
-
+/* An open log: what an embedded engram handle (api/) holds. */
+struct log {
   MDB_env *env;
   char *path;
   engram_options opts;       /* with defaults filled in */
@@ -151,21 +90,25 @@ struct engram {
   pthread_cond_t train_cv;   /* wakes it; initialised when it starts */
   int trainer_running;
 
-  log_commit_hook commit_hook; /* may be NULL */
+  struct log_board *board;        /* board.c; NULL for read-only handles */
+  log_commit_hook notify_hook;    /* the layer above hears commits (log_notify_set) */
+  void *notify_ctx;               /* its argument */
+  void (*notify_release)(void *); /* frees notify_ctx when replaced or at close; may be NULL */
+  log_commit_hook commit_hook;    /* may be NULL */
   void *commit_hook_ctx;
   /* Wait hook for fetch: when set (net/ notifications), called instead of the polling
    * fallback. Returns when something may have been appended to `topic` or the deadline
    * (CLOCK_MONOTONIC ns) passed. */
-  void (*wait_hook)(void *ctx, engram *log, const char *topic, int64_t deadline_mono_ns);
+  void (*wait_hook)(void *ctx, struct log *log, const char *topic, int64_t deadline_mono_ns);
   void *wait_hook_ctx;
 };
 
 /* ---------------------------------------------------------------------------------
  * Errors with context. Sets the calling thread's message and returns `code`.
  * ------------------------------------------------------------------------------ */
-int log_error(const engram *log, int code, const char *fmt, ...)
+int log_error(const struct log *log, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-void log_error_clear(const engram *log);
+void log_error_clear(const struct log *log);
 /* Translates an LMDB return code (MDB_* or errno) to ENGRAM_E*. The codes LMDB returns
  * when a page or a transaction is unusable (MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_BAD_TXN,
  * MDB_CURSOR_FULL, MDB_PAGE_FULL, MDB_INCOMPATIBLE, MDB_INVALID) become ENGRAM_ECORRUPT:
@@ -176,7 +119,7 @@ int log_err_mdb(int rc);
 const char *log_mdb_text(int rc);
 
 /* The handle's clock (CLOCK_REALTIME ns; the test clock when one is set). */
-int64_t log_now_ns(const engram *log);
+int64_t log_now_ns(const struct log *log);
 
 /* ---------------------------------------------------------------------------------
  * Validation shared by all layers.
@@ -184,14 +127,14 @@ int64_t log_now_ns(const engram *log);
 int log_valid_name(const char *s); /* topic/group/consumer: [A-Za-z0-9._-]{1,200} */
 int log_valid_type(const char *s); /* dotted words of [A-Za-z0-9_-] */
 /* Checks a whole event for append against a topic's limits; sets the error message. */
-int log_check_event(const engram *log, const char *topic, const engram_event *ev,
+int log_check_event(const struct log *log, const char *topic, const engram_event *ev,
                     uint32_t max_payload);
 
 /* ---------------------------------------------------------------------------------
  * Write jobs and group commit.
  * ------------------------------------------------------------------------------ */
 typedef struct log_wtx {
-  engram *log;
+  struct log *log;
   MDB_txn *txn;   /* the job's own (nested) write transaction */
   int64_t now_ns; /* one clock reading for the whole commit */
   /* Topics appended to in this commit: published to the commit hook afterwards. */
@@ -206,29 +149,29 @@ typedef int (*log_job_fn)(log_wtx *w, void *arg);
 
 /* Runs fn in a group-committed write transaction and returns once the commit is as
  * durable as the handle's mode promises. Returns fn's result (>= 0) or an error. */
-int log_write(engram *log, log_job_fn fn, void *arg);
+int log_write(struct log *log, log_job_fn fn, void *arg);
 /* Same, but the job runs alone in a top-level transaction of its own: needed by jobs
  * that create or delete named databases (LMDB ties new handles to their transaction).
  * A solo job may call mdb_dbi_open itself; other jobs must use log_aux_dbi /
  * log_topic_get, which open handles in transactions of their own.
  * Never call log_write* while holding a read transaction (map growth would deadlock). */
-int log_write_solo(engram *log, log_job_fn fn, void *arg);
+int log_write_solo(struct log *log, log_job_fn fn, void *arg);
 /* Same as log_write, but in sync mode returns once the commit's data pages are flushed,
  * without waiting for the flush that makes its meta page durable: a power cut may undo
  * this commit (never a later one, and never corrupt anything). For state whose loss only
  * repeats work, such as the leases a fetch takes. */
-int log_write_relaxed(engram *log, log_job_fn fn, void *arg);
+int log_write_relaxed(struct log *log, log_job_fn fn, void *arg);
 
 /* Opens (creating on first use) a named database for an upper layer, e.g. "groups".
  * With `dupsort` the database is opened MDB_DUPSORT. */
-int log_aux_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out);
+int log_aux_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out);
 
 /* ---------------------------------------------------------------------------------
  * Reads.
  * ------------------------------------------------------------------------------ */
 /* Begins a read-only transaction (holds the map lock shared until log_read_end). */
-int log_read_begin(engram *log, MDB_txn **txn);
-void log_read_end(engram *log, MDB_txn *txn);
+int log_read_begin(struct log *log, MDB_txn **txn);
+void log_read_end(struct log *log, MDB_txn *txn);
 
 typedef struct log_topic {
   char name[ENGRAM_MAX_NAME + 1];
@@ -243,15 +186,15 @@ typedef struct log_topic {
 } log_topic;
 
 /* Looks a topic up in txn (read or write). Errors: EINVAL (name), ENOTFOUND. */
-int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t);
+int log_topic_get(struct log *log, MDB_txn *txn, const char *name, log_topic *t);
 /* Highest offset ever assigned in the topic (0 = none). */
-uint64_t log_topic_head(engram *log, MDB_txn *txn, const log_topic *t);
+uint64_t log_topic_head(struct log *log, MDB_txn *txn, const log_topic *t);
 /* Lowest stored offset (0 = empty). */
-uint64_t log_topic_first(engram *log, MDB_txn *txn, const log_topic *t);
+uint64_t log_topic_first(struct log *log, MDB_txn *txn, const log_topic *t);
 /* First offset whose append time is >= time_ns (head + 1 when none). */
-uint64_t log_topic_seek_time(engram *log, MDB_txn *txn, const log_topic *t, int64_t time_ns);
+uint64_t log_topic_seek_time(struct log *log, MDB_txn *txn, const log_topic *t, int64_t time_ns);
 
-/* Appends inside a write job. Same contract as engram_append. */
+/* Appends inside a write job. Same contract as log_append. */
 int log_append_in(log_wtx *w, const char *topic, const engram_event *ev, uint64_t *offset,
                   int *duplicate);
 /* Deep copy of an event's input fields (strings, payload, headers) into malloc'd memory
@@ -293,14 +236,14 @@ typedef struct log_view {
 } log_view;
 
 /* Fetches and decodes the record at `offset` (CRC checked). Errors: ENOTFOUND, ECORRUPT. */
-int log_view_get(engram *log, MDB_txn *txn, const log_topic *t, uint64_t offset, log_view *v);
+int log_view_get(struct log *log, MDB_txn *txn, const log_topic *t, uint64_t offset, log_view *v);
 
-/* Builds engram_batch results: one growing allocation freed by engram_batch_free. */
+/* Builds engram_batch results: one growing allocation freed by log_batch_free. */
 typedef struct log_bb log_bb;
 log_bb *log_bb_new(size_t expected);
 /* Copies the view's event into the batch (decompressing the payload). Returns the new
  * event (valid until the next add) or NULL with *rc set. */
-engram_event *log_bb_add(log_bb *bb, engram *log, MDB_txn *txn, const log_topic *t,
+engram_event *log_bb_add(log_bb *bb, struct log *log, MDB_txn *txn, const log_topic *t,
                          const log_view *v, int *rc);
 /* Finishes building: returns the batch (never NULL unless out of memory). */
 engram_batch *log_bb_finish(log_bb *bb);
@@ -312,7 +255,50 @@ void *log_bb_copy(log_bb *bb, const void *p, size_t n);
 /* Waits until an append to `topic` may have happened or the deadline passes
  * (CLOCK_MONOTONIC ns). Uses the wait hook when installed, else in-process signals
  * plus short polling for appends from other processes. */
-void log_wait_append(engram *log, const char *topic, int64_t deadline_mono_ns);
+void log_wait_append(struct log *log, const char *topic, int64_t deadline_mono_ns);
+
+/* ---------------------------------------------------------------------------------
+ * The log's operations, one per public call of engram.h that an embedded handle
+ * runs here (api/ checks the arguments and calls them). Same contracts as engram.h.
+ * ------------------------------------------------------------------------------ */
+int log_open(const char *path, const engram_options *opts, struct log **out);
+void log_close(struct log *log);
+/* The calling thread's last message (log_error's; the handle is not needed). */
+const char *log_errmsg(const struct log *log);
+int log_sync(struct log *log);
+/* The handle's commit statistics (engram_commit_stats_get). */
+int log_commit_stats(struct log *log, engram_commit_stats *out);
+int log_backup(struct log *log, const char *dest);
+int log_topic_create(struct log *log, const char *topic, const engram_topic_config *cfg);
+int log_topic_info_get(struct log *log, const char *topic, engram_topic_info *info);
+int log_topic_list(struct log *log, engram_topic_info **out, size_t *n);
+int log_topic_train_dict(struct log *log, const char *topic, uint32_t *dict_id);
+void log_batch_free(engram_batch *b);
+int log_append(struct log *log, const char *topic, const engram_event *ev, uint64_t *offset,
+               int *duplicate);
+int log_append_batch(struct log *log, const char *topic, const engram_event *evs, size_t n,
+                     uint64_t *offsets, int *duplicates);
+int log_read(struct log *log, const char *topic, uint64_t offset, engram_batch **out);
+int log_read_range(struct log *log, const char *topic, uint64_t from, size_t max,
+                   engram_batch **out);
+int log_verify(struct log *log, engram_verify_report *report, log_verify_fn records);
+int log_append_async(struct log *log, const char *topic, const engram_event *ev,
+                     engram_append_cb cb, void *ctx);
+int log_append_wait(struct log *log);
+
+/* ---------------------------------------------------------------------------------
+ * The wake-up board (board.c): every writable handle maps DIR/notify.board at open, so a
+ * commit wakes fetches waiting on its topic in any process on the directory.
+ * ------------------------------------------------------------------------------ */
+void log_board_attach(struct log *log); /* at open; without memory the handle polls */
+void log_board_detach(struct log *log); /* at close; also releases the notify hook */
+/* Wakes waiters on `topic` of this handle's directory (for group changes that make
+ * events deliverable without an append). */
+void log_board_wake(struct log *log, const char *topic);
+/* The layer above hears every commit's (topic, head) through hook(ctx, ...), after the
+ * board's wake-up; replacing it (or closing the handle) calls release(ctx) when set.
+ * NULL hook: nobody hears. */
+void log_notify_set(struct log *log, log_commit_hook hook, void *ctx, void (*release)(void *));
 
 /* Record codec (log/codec.c), exposed for the fuzz target and `verify`. */
 int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_view *v);

@@ -44,36 +44,36 @@ struct log_job {
   struct log_job *next;
 };
 /* log_write in two steps, so a caller can fix the order of its jobs in the queue. */
-int log_job_enqueue(engram *log, struct log_job *job);
-int log_job_wait(engram *log, struct log_job *job);
-int log_commit_start(engram *log);
+int log_job_enqueue(struct log *log, struct log_job *job);
+int log_job_wait(struct log *log, struct log_job *job);
+int log_commit_start(struct log *log);
 /* Whether the calling thread is running a write job (its transaction is a write one). */
 int log_in_write_job(void);
-void log_commit_stop(engram *log);
+void log_commit_stop(struct log *log);
 
 /* pipeline.c */
-void log_pipe_stop(engram *log);
+void log_pipe_stop(struct log *log);
 
 /* env.c */
-void log_map_adopt(engram *log);
-int log_map_grow(engram *log);
-int log_open_dbi(engram *log, const char *name, unsigned int flags, MDB_dbi *out);
+void log_map_adopt(struct log *log);
+int log_map_grow(struct log *log);
+int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out);
 int log_rmtree(const char *path);
 /* Less than 8 MiB free where the log lives. */
-int log_disk_nearly_full(const engram *log);
+int log_disk_nearly_full(const struct log *log);
 /* Moves a read transaction from log_read_begin to the newest snapshot in two steps, so
  * that it sees database handles opened since it began: pause resets it and releases the
  * map lock (the thread may then open handles, see log_open_dbi), resume renews it. Data
  * read through it before the pause is invalid after. After a failed resume the
  * transaction stays reset; log_read_end still ends it. */
-void log_read_pause(engram *log, MDB_txn *txn);
-int log_read_resume(engram *log, MDB_txn *txn);
-void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi);
+void log_read_pause(struct log *log, MDB_txn *txn);
+int log_read_resume(struct log *log, MDB_txn *txn);
+void log_topic_cache_add(struct log *log, const char *name, MDB_dbi dbi);
 
 /* topic.c */
-void log_topic_cache_free(engram *log);
-void log_topic_handles_reclaim(engram *log);
-int log_topic_meta_put(engram *log, MDB_txn *txn, const log_topic *t);
+void log_topic_cache_free(struct log *log);
+void log_topic_handles_reclaim(struct log *log);
+int log_topic_meta_put(struct log *log, MDB_txn *txn, const log_topic *t);
 
 /* codec.c: record encoding and payload compression. */
 typedef struct log_enc {
@@ -81,11 +81,11 @@ typedef struct log_enc {
   size_t len;
   size_t cap;
 } log_enc;
-int log_codec_encode(engram *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
+int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
                      int64_t ts, uint64_t offset, log_enc *out);
 /* Decompresses a view's payload into dst (raw_len bytes). */
-int log_codec_payload(engram *log, MDB_txn *txn, uint32_t topic_id, const log_view *v, void *dst);
-void log_codec_caches_free(engram *log);
+int log_codec_payload(struct log *log, MDB_txn *txn, uint32_t topic_id, const log_view *v, void *dst);
+void log_codec_caches_free(struct log *log);
 /* Makes the codec's process-wide lock usable in a child made by fork(). */
 void log_codec_after_fork(void);
 /* Dictionary training in three steps, so only the first and last hold a transaction:
@@ -101,15 +101,15 @@ typedef struct log_dict {
   size_t len;
   uint32_t id;
 } log_dict;
-int log_dict_samples(engram *log, MDB_txn *txn, const log_topic *t, log_samples *out);
+int log_dict_samples(struct log *log, MDB_txn *txn, const log_topic *t, log_samples *out);
 void log_samples_free(log_samples *s);
-int log_dict_build(engram *log, const char *topic, const log_samples *s, log_dict *out);
-int log_dict_store(engram *log, MDB_txn *txn, log_topic *t, const log_dict *d);
+int log_dict_build(struct log *log, const char *topic, const log_samples *s, log_dict *out);
+int log_dict_store(struct log *log, MDB_txn *txn, log_topic *t, const log_dict *d);
 /* Trains a topic's dictionary outside any transaction (topic.c). */
-int log_dict_train(engram *log, const char *topic, uint32_t *dict_id);
+int log_dict_train(struct log *log, const char *topic, uint32_t *dict_id);
 /* A topic whose automatic training an append claimed: trained on the handle's trainer
  * thread, outside every commit (commit.c). */
-void log_train_request(engram *log, const char *topic);
-void log_dict_forget_topic(engram *log, uint32_t topic_id);
+void log_train_request(struct log *log, const char *topic);
+void log_dict_forget_topic(struct log *log, uint32_t topic_id);
 
 #endif

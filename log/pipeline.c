@@ -74,7 +74,7 @@ static int bulk_job(log_wtx *w, void *arg) {
 }
 
 static void *writer_main(void *arg) {
-  engram *log = arg;
+  struct log *log = arg;
   struct log_pipe *p = log->pipe;
   pthread_mutex_lock(&p->mu);
   for (;;) {
@@ -92,7 +92,7 @@ static void *writer_main(void *arg) {
     pthread_mutex_unlock(&p->mu);
     if (rc == 0) rc = log_job_wait(log, &job);
     char msg[256];
-    snprintf(msg, sizeof msg, "%s", engram_errmsg(log));
+    snprintf(msg, sizeof msg, "%s", log_errmsg(log));
     pthread_mutex_lock(&p->mu);
     size_t n = 0;
     for (struct aitem *it = head; it; it = it->next, n++) {
@@ -135,7 +135,7 @@ static void deliver(struct log_pipe *p) {
   }
 }
 
-static struct log_pipe *pipe_get(engram *log) {
+static struct log_pipe *pipe_get(struct log *log) {
   pthread_mutex_lock(&log->mu);
   struct log_pipe *p = log->pipe;
   if (!p && (p = calloc(1, sizeof *p))) {
@@ -149,15 +149,9 @@ static struct log_pipe *pipe_get(engram *log) {
   return p && p->nwriters ? p : NULL;
 }
 
-int engram_append_async(engram *log, const char *topic, const engram_event *ev, engram_append_cb cb,
-                        void *ctx) {
+int log_append_async(struct log *log, const char *topic, const engram_event *ev,
+                     engram_append_cb cb, void *ctx) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->append_async(log, topic, ev, cb, ctx);
-  if (!log_valid_name(topic))
-    return log_error(log, ENGRAM_EINVAL,
-                     "append: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
-  int rc = log_check_event(log, topic, ev, ENGRAM_MAX_PAYLOAD_LIMIT);
-  if (rc) return rc;
   if (log->owner_pid != getpid())
     return log_error(log, ENGRAM_EINVAL,
                      "append: handle used in a child after fork; open a new one");
@@ -187,9 +181,8 @@ int engram_append_async(engram *log, const char *topic, const engram_event *ev, 
   return 0;
 }
 
-int engram_append_wait(engram *log) {
+int log_append_wait(struct log *log) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->append_wait(log);
   struct log_pipe *p = log->pipe;
   if (!p) return 0;
   pthread_mutex_lock(&p->mu);
@@ -208,7 +201,7 @@ int engram_append_wait(engram *log) {
 
 /* At close: lets the writers finish what is queued, then frees everything. Callbacks of
  * appends not waited for are not run. */
-void log_pipe_stop(engram *log) {
+void log_pipe_stop(struct log *log) {
   struct log_pipe *p = log->pipe;
   if (!p) return;
   pthread_mutex_lock(&p->mu);

@@ -100,7 +100,7 @@ void log_bb_free(log_bb *bb) {
   free(bb);
 }
 
-void engram_batch_free(engram_batch *b) { log_bb_free((log_bb *)b); }
+void log_batch_free(engram_batch *b) { log_bb_free((log_bb *)b); }
 
 engram_batch *log_bb_finish(log_bb *bb) { return &bb->pub; }
 
@@ -136,7 +136,7 @@ void *log_bb_copy(log_bb *bb, const void *p, size_t n) {
   return d;
 }
 
-engram_event *log_bb_add(log_bb *bb, engram *log, MDB_txn *txn, const log_topic *t,
+engram_event *log_bb_add(log_bb *bb, struct log *log, MDB_txn *txn, const log_topic *t,
                          const log_view *v, int *rc) {
   *rc = ENGRAM_ENOMEM;
   if (bb->pub.count == bb->cap) {
@@ -197,7 +197,7 @@ static uint64_t lowest_offset(const log_topic *t) {
   return t->first_removed > 1 ? t->first_removed : 1;
 }
 
-static int hole(engram *log, const log_topic *t, uint64_t offset, uint64_t found) {
+static int hole(struct log *log, const log_topic *t, uint64_t offset, uint64_t found) {
   if (found)
     return log_error(log, ENGRAM_ECORRUPT,
                      "topic %s: offset %llu is missing (the next stored is %llu): data.mdb is "
@@ -209,7 +209,7 @@ static int hole(engram *log, const log_topic *t, uint64_t offset, uint64_t found
                    t->name, (unsigned long long)offset);
 }
 
-int log_view_get(engram *log, MDB_txn *txn, const log_topic *t, uint64_t offset, log_view *v) {
+int log_view_get(struct log *log, MDB_txn *txn, const log_topic *t, uint64_t offset, log_view *v) {
   MDB_val k = {8, &offset}, val;
   int rc = mdb_get(txn, t->dbi, &k, &val);
   if (rc == MDB_NOTFOUND) {
@@ -225,10 +225,9 @@ int log_view_get(engram *log, MDB_txn *txn, const log_topic *t, uint64_t offset,
   return 0;
 }
 
-int engram_read_range(engram *log, const char *topic, uint64_t from, size_t max,
-                      engram_batch **out) {
+int log_read_range(struct log *log, const char *topic, uint64_t from, size_t max,
+                   engram_batch **out) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->read_range(log, topic, from, max, out);
   if (!out) return log_error(log, ENGRAM_EINVAL, "read: out is NULL");
   *out = NULL;
   if (max == 0) return log_error(log, ENGRAM_EINVAL, "read %s: max is 0", topic ? topic : "");
@@ -297,9 +296,8 @@ done:
   return 0;
 }
 
-int engram_read(engram *log, const char *topic, uint64_t offset, engram_batch **out) {
+int log_read(struct log *log, const char *topic, uint64_t offset, engram_batch **out) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->read(log, topic, offset, out);
   if (!out) return log_error(log, ENGRAM_EINVAL, "read: out is NULL");
   *out = NULL;
   MDB_txn *txn;
@@ -327,8 +325,8 @@ int engram_read(engram *log, const char *topic, uint64_t offset, engram_batch **
 }
 
 /* Checks one record fully: CRC, our decoder, protobuf-c's decoder, and decompression. */
-static const char *check_record(engram *log, MDB_txn *txn, const log_topic *t, const MDB_val *val,
-                                uint64_t off, void **scratch, size_t *scap) {
+static const char *check_record(struct log *log, MDB_txn *txn, const log_topic *t,
+                                const MDB_val *val, uint64_t off, void **scratch, size_t *scap) {
   log_view v;
   if (log_codec_decode(val->mv_data, val->mv_size, off, &v)) return "CRC mismatch or undecodable";
   Engram__Record *r =
@@ -351,6 +349,7 @@ static const char *check_record(engram *log, MDB_txn *txn, const log_topic *t, c
 /* What a verify walk shares with the process that asked for it: the report so far and
  * what it is reading, so that a fault in the walk still names where it happened. */
 struct walk {
+  log_verify_fn records; /* the upper layers' records, or NULL */
   engram_verify_report report;
   int rc;        /* an error that is not damage (ENOMEM, EIO ...) */
   char msg[512]; /* its message */
@@ -370,19 +369,19 @@ static void damage(struct walk *w, const char *fmt, ...) {
 
 /* Every record of one topic: CRC and decoding, offsets dense from the lowest to the head,
  * and as many records as that range holds. */
-static void walk_topic(engram *log, struct walk *w, const char *name, void **scratch,
+static void walk_topic(struct log *log, struct walk *w, const char *name, void **scratch,
                        size_t *scap) {
   MDB_txn *txn;
   int rc = log_read_begin(log, &txn);
   if (rc) {
     w->rc = rc;
-    snprintf(w->msg, sizeof w->msg, "%s", engram_errmsg(log));
+    snprintf(w->msg, sizeof w->msg, "%s", log_errmsg(log));
     return;
   }
   log_topic t;
   rc = log_topic_get(log, txn, name, &t);
   if (rc) {
-    if (rc != ENGRAM_ENOTFOUND) damage(w, "topic %s: %s", name, engram_errmsg(log));
+    if (rc != ENGRAM_ENOTFOUND) damage(w, "topic %s: %s", name, log_errmsg(log));
     log_read_end(log, txn); /* ENOTFOUND: dropped meanwhile */
     return;
   }
@@ -430,7 +429,7 @@ static void walk_topic(engram *log, struct walk *w, const char *name, void **scr
 /* LMDB's own structure: every named database opens, a cursor walks all its entries in
  * key order, their number matches the database's header (mdb_stat), and every topic
  * database has its record in `topics`. */
-static void walk_free_pages(engram *log, MDB_txn *txn, struct walk *w) {
+static void walk_free_pages(struct log *log, MDB_txn *txn, struct walk *w) {
   /* LMDB's free-page list (database 0): each entry is a transaction id and a list of
    * page numbers led by its length. Writers take pages from it, so a damaged entry
    * crashes or corrupts the next write even when every record reads back. */
@@ -464,13 +463,11 @@ static void walk_free_pages(engram *log, MDB_txn *txn, struct walk *w) {
   mdb_cursor_close(c);
 }
 
-void (*log_verify_hook)(engram *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
-
 static void hook_damage(void *ctx, const char *text) { damage(ctx, "%s", text); }
 
 /* Every record of `topics` decodes and has its topic database; a topic whose record
  * does not decode is left out of topic lists, so this is where verify sees it. */
-static void walk_topic_records(engram *log, MDB_txn *txn, MDB_dbi main, struct walk *w) {
+static void walk_topic_records(struct log *log, MDB_txn *txn, MDB_dbi main, struct walk *w) {
   MDB_cursor *c;
   snprintf(w->where, sizeof w->where, "the topics database");
   int rc = mdb_cursor_open(txn, log->db_topics, &c);
@@ -503,12 +500,12 @@ static void walk_topic_records(engram *log, MDB_txn *txn, MDB_dbi main, struct w
   mdb_cursor_close(c);
 }
 
-static void walk_databases(engram *log, struct walk *w) {
+static void walk_databases(struct log *log, struct walk *w) {
   MDB_txn *txn;
   int rc = log_read_begin(log, &txn);
   if (rc) {
     w->rc = rc;
-    snprintf(w->msg, sizeof w->msg, "%s", engram_errmsg(log));
+    snprintf(w->msg, sizeof w->msg, "%s", log_errmsg(log));
     return;
   }
   walk_free_pages(log, txn, w);
@@ -577,23 +574,23 @@ static void walk_databases(engram *log, struct walk *w) {
   if (rc != MDB_NOTFOUND) damage(w, "the list of databases: %s", log_mdb_text(rc));
   mdb_cursor_close(mc);
   walk_topic_records(log, txn, main, w);
-  if (log_verify_hook) {
+  if (w->records) {
     snprintf(w->where, sizeof w->where, "the consumer groups");
-    log_verify_hook(log, txn, hook_damage, w);
+    w->records(log, txn, hook_damage, w);
   }
   log_read_end(log, txn);
 }
 
-static void walk(engram *log, struct walk *w) {
+static void walk(struct log *log, struct walk *w) {
   engram_topic_info *topics = NULL;
   size_t n = 0;
   snprintf(w->where, sizeof w->where, "the list of topics");
-  int rc = engram_topic_list(log, &topics, &n);
+  int rc = log_topic_list(log, &topics, &n);
   if (rc == ENGRAM_ECORRUPT) {
-    damage(w, "%s", engram_errmsg(log));
+    damage(w, "%s", log_errmsg(log));
   } else if (rc) {
     w->rc = rc;
-    snprintf(w->msg, sizeof w->msg, "%s", engram_errmsg(log));
+    snprintf(w->msg, sizeof w->msg, "%s", log_errmsg(log));
     return;
   }
   void *scratch = NULL;
@@ -613,13 +610,13 @@ static int is_fault(int sig) {
 /* The walk runs in a child process with a handle of its own: LMDB trusts the pages it
  * reads, so a damaged page can make it read outside the map. In the child that is a
  * report, not the caller's death. */
-int engram_verify(engram *log, engram_verify_report *report) {
+int log_verify(struct log *log, engram_verify_report *report, log_verify_fn records) {
   if (!log || !report) return log_error(log, ENGRAM_EINVAL, "verify: NULL argument");
-  if (log->remote) return log->remote->verify(log, report);
   memset(report, 0, sizeof *report);
   struct walk *w = mmap(NULL, sizeof *w, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (w == MAP_FAILED) return log_error(log, err_from_errno(errno), "verify: %s", strerror(errno));
   memset(w, 0, sizeof *w);
+  w->records = records;
 #if defined(__SANITIZE_ADDRESS__)
   /* AddressSanitizer's allocator (GCC 12) is not fork-safe: a child forked while another
    * thread allocates can block for good in its first malloc. Sanitizer builds walk in the
@@ -645,17 +642,17 @@ int engram_verify(engram *log, engram_verify_report *report) {
     /* Read-only: no flusher thread, no notifications, nothing written. */
     engram_options o = log->opts;
     o.flags |= ENGRAM_OPEN_NOCREATE | ENGRAM_OPEN_RDONLY;
-    engram *own;
+    struct log *own;
     snprintf(w->where, sizeof w->where, "the environment");
-    int rc = engram_open(log->path, &o, &own);
+    int rc = log_open(log->path, &o, &own);
     if (rc == ENGRAM_ECORRUPT || rc == ENGRAM_EVERSION) {
-      damage(w, "%s", engram_errmsg(NULL));
+      damage(w, "%s", log_errmsg(NULL));
     } else if (rc) {
       w->rc = rc;
-      snprintf(w->msg, sizeof w->msg, "%s", engram_errmsg(NULL));
+      snprintf(w->msg, sizeof w->msg, "%s", log_errmsg(NULL));
     } else {
       walk(own, w);
-      engram_close(own);
+      log_close(own);
     }
     _exit(0);
   }

@@ -18,7 +18,7 @@ struct log_topic_cache {
   struct log_topic_cache *next;
 };
 
-void log_topic_cache_free(engram *log) {
+void log_topic_cache_free(struct log *log) {
   struct log_topic_cache *c = log->topics;
   while (c) {
     struct log_topic_cache *n = c->next;
@@ -28,7 +28,7 @@ void log_topic_cache_free(engram *log) {
   log->topics = NULL;
 }
 
-void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi) {
+void log_topic_cache_add(struct log *log, const char *name, MDB_dbi dbi) {
   struct log_topic_cache *c = calloc(1, sizeof *c);
   if (!c) return;
   snprintf(c->name, sizeof c->name, "%s", name);
@@ -46,7 +46,7 @@ void log_topic_cache_add(engram *log, const char *name, MDB_dbi dbi) {
  * read transaction holds it shared; write transactions run only in the leader). Busy
  * readers make it give up after a short wait: the next solo batch tries again. The
  * emptied database stays in the file for a later re-creation (log_topic_drop_in). */
-void log_topic_handles_reclaim(engram *log) {
+void log_topic_handles_reclaim(struct log *log) {
   struct timespec until;
   clock_gettime(CLOCK_REALTIME, &until);
   until.tv_nsec += 20000000;
@@ -91,7 +91,7 @@ void log_topic_handles_reclaim(engram *log) {
  * while no transaction runs (log_topic_handles_reclaim), so a cached one is valid for
  * every transaction begun after it was opened, across drops and re-creations by any
  * process. */
-static int topic_dbi_cached(engram *log, const char *name, MDB_dbi *dbi) {
+static int topic_dbi_cached(struct log *log, const char *name, MDB_dbi *dbi) {
   int found = 0;
   pthread_mutex_lock(&log->aux_mu);
   for (struct log_topic_cache *c = log->topics; c; c = c->next) {
@@ -107,7 +107,7 @@ static int topic_dbi_cached(engram *log, const char *name, MDB_dbi *dbi) {
 
 /* Opens a topic's database in a transaction of its own (log_open_dbi) and caches it.
  * The handle is valid only in transactions begun after this returns. */
-static int topic_dbi_open(engram *log, const char *name, MDB_dbi *dbi) {
+static int topic_dbi_open(struct log *log, const char *name, MDB_dbi *dbi) {
   if (topic_dbi_cached(log, name, dbi)) return 0;
   char dbname[ENGRAM_MAX_NAME + 8];
   snprintf(dbname, sizeof dbname, LOG_TOPIC_DB_PREFIX "%s", name);
@@ -136,7 +136,7 @@ static void config_defaults(engram_topic_config *c) {
   if (!c->dict_train_after) c->dict_train_after = DEFAULT_DICT_TRAIN_AFTER;
 }
 
-static int meta_decode(engram *log, const MDB_val *v, const char *name, log_topic *t) {
+static int meta_decode(struct log *log, const MDB_val *v, const char *name, log_topic *t) {
   Engram__TopicMeta *m = engram__topic_meta__unpack(NULL, v->mv_size, v->mv_data);
   if (!m) return log_error(log, ENGRAM_ECORRUPT, "topic %s: metadata does not decode", name);
   memset(t, 0, sizeof *t);
@@ -156,7 +156,7 @@ static int meta_decode(engram *log, const MDB_val *v, const char *name, log_topi
   return 0;
 }
 
-int log_topic_meta_put(engram *log, MDB_txn *txn, const log_topic *t) {
+int log_topic_meta_put(struct log *log, MDB_txn *txn, const log_topic *t) {
   Engram__TopicMeta m = ENGRAM__TOPIC_META__INIT;
   m.id = t->id;
   m.compress_threshold = t->cfg.compress_threshold;
@@ -175,7 +175,7 @@ int log_topic_meta_put(engram *log, MDB_txn *txn, const log_topic *t) {
   return rc ? log_err_mdb(rc) : 0;
 }
 
-int log_topic_get(engram *log, MDB_txn *txn, const char *name, log_topic *t) {
+int log_topic_get(struct log *log, MDB_txn *txn, const char *name, log_topic *t) {
   if (!log_valid_name(name))
     return log_error(log, ENGRAM_EINVAL, "topic name %s%.40s%s: use 1-200 of [A-Za-z0-9._-]",
                      name ? "'" : "", name ? name : "(null)", name ? "'" : "");
@@ -220,16 +220,16 @@ static uint64_t last_key(MDB_txn *txn, MDB_dbi dbi, int op) {
   return off;
 }
 
-uint64_t log_topic_head(engram *log, MDB_txn *txn, const log_topic *t) {
+uint64_t log_topic_head(struct log *log, MDB_txn *txn, const log_topic *t) {
   uint64_t last = last_key(txn, t->dbi, MDB_LAST);
   return last ? last : t->next_offset - 1;
 }
 
-uint64_t log_topic_first(engram *log, MDB_txn *txn, const log_topic *t) {
+uint64_t log_topic_first(struct log *log, MDB_txn *txn, const log_topic *t) {
   return last_key(txn, t->dbi, MDB_FIRST);
 }
 
-uint64_t log_topic_seek_time(engram *log, MDB_txn *txn, const log_topic *t, int64_t time_ns) {
+uint64_t log_topic_seek_time(struct log *log, MDB_txn *txn, const log_topic *t, int64_t time_ns) {
   /* Append times never decrease with offset (the commit clock reading is taken under the
    * write lock), so binary search over offsets. */
   uint64_t lo = log_topic_first(log, txn, t), hi = log_topic_head(log, txn, t);
@@ -263,7 +263,7 @@ struct create_req {
 
 static int create_job(log_wtx *w, void *arg) {
   struct create_req *r = arg;
-  engram *log = w->log;
+  struct log *log = w->log;
   MDB_val k = {strlen(r->name), (void *)r->name}, v;
   if (mdb_get(w->txn, log->db_topics, &k, &v) == 0)
     return log_error(log, ENGRAM_EEXIST, "create topic %s: already exists", r->name);
@@ -297,9 +297,8 @@ static int create_job(log_wtx *w, void *arg) {
   return log_topic_meta_put(log, w->txn, &t);
 }
 
-int engram_topic_create(engram *log, const char *topic, const engram_topic_config *cfg) {
+int log_topic_create(struct log *log, const char *topic, const engram_topic_config *cfg) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->topic_create(log, topic, cfg);
   if (!log_valid_name(topic))
     return log_error(log, ENGRAM_EINVAL,
                      "create topic: invalid name (use 1-200 of [A-Za-z0-9._-])");
@@ -315,7 +314,7 @@ int engram_topic_create(engram *log, const char *topic, const engram_topic_confi
   return rc < 0 ? rc : 0;
 }
 
-static void info_fill(engram *log, MDB_txn *txn, const log_topic *t, engram_topic_info *info) {
+static void info_fill(struct log *log, MDB_txn *txn, const log_topic *t, engram_topic_info *info) {
   memset(info, 0, sizeof *info);
   snprintf(info->name, sizeof info->name, "%s", t->name);
   info->config = t->cfg;
@@ -327,9 +326,8 @@ static void info_fill(engram *log, MDB_txn *txn, const log_topic *t, engram_topi
   info->created_ns = t->created_ns;
 }
 
-int engram_topic_info_get(engram *log, const char *topic, engram_topic_info *info) {
+int log_topic_info_get(struct log *log, const char *topic, engram_topic_info *info) {
   if (!log || !info) return log_error(log, ENGRAM_EINVAL, "topic info: NULL argument");
-  if (log->remote) return log->remote->topic_info_get(log, topic, info);
   MDB_txn *txn;
   int rc = log_read_begin(log, &txn);
   if (rc) return rc;
@@ -344,7 +342,8 @@ int engram_topic_info_get(engram *log, const char *topic, engram_topic_info *inf
  * when this handle lacks a usable database handle for some topic: then every such
  * topic's handle has been opened (outside any snapshot) and txn renewed, so the caller
  * lists again. */
-static int list_in(engram *log, MDB_txn *txn, int may_renew, engram_topic_info **out, size_t *n) {
+static int list_in(struct log *log, MDB_txn *txn, int may_renew, engram_topic_info **out,
+                   size_t *n) {
   MDB_cursor *c;
   int rc = mdb_cursor_open(txn, log->db_topics, &c);
   if (rc) return log_error(log, log_err_mdb(rc), "topic list: %s", log_mdb_text(rc));
@@ -409,9 +408,8 @@ static int list_in(engram *log, MDB_txn *txn, int may_renew, engram_topic_info *
   return 0;
 }
 
-int engram_topic_list(engram *log, engram_topic_info **out, size_t *n) {
+int log_topic_list(struct log *log, engram_topic_info **out, size_t *n) {
   if (!log || !out || !n) return log_error(log, ENGRAM_EINVAL, "topic list: NULL argument");
-  if (log->remote) return log->remote->topic_list(log, out, n);
   *out = NULL;
   *n = 0;
   MDB_txn *txn;
@@ -422,8 +420,6 @@ int engram_topic_list(engram *log, engram_topic_info **out, size_t *n) {
   log_read_end(log, txn);
   return rc;
 }
-
-void engram_free(void *p) { free(p); }
 
 /* Deletes every key of `dbi` that starts with the 4-byte topic id. */
 static int delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t id) {
@@ -445,7 +441,7 @@ static int delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t id) {
 }
 
 int log_topic_drop_in(log_wtx *w, const char *topic) {
-  engram *log = w->log;
+  struct log *log = w->log;
   if (!log_valid_name(topic)) return log_error(log, ENGRAM_EINVAL, "drop topic: invalid name");
   MDB_val k = {strlen(topic), (void *)topic}, v;
   int rc = mdb_get(w->txn, log->db_topics, &k, &v);
@@ -491,7 +487,7 @@ static int store_job(log_wtx *w, void *arg) {
   return log_dict_store(w->log, w->txn, &t, r->dict);
 }
 
-int log_dict_train(engram *log, const char *topic, uint32_t *dict_id) {
+int log_dict_train(struct log *log, const char *topic, uint32_t *dict_id) {
   MDB_txn *txn;
   int rc = log_read_begin(log, &txn);
   if (rc) return rc;
@@ -520,8 +516,7 @@ int log_dict_train(engram *log, const char *topic, uint32_t *dict_id) {
   return rc;
 }
 
-int engram_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id) {
+int log_topic_train_dict(struct log *log, const char *topic, uint32_t *dict_id) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->remote) return log->remote->topic_train_dict(log, topic, dict_id);
   return log_dict_train(log, topic, dict_id);
 }

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "consumers/consumers.h"
+#include "api/api.h"
 #include "schema/wire.pb-c.h"
 
 #define NET_DEFAULT_LISTEN "tcp://127.0.0.1:7450"
@@ -63,8 +63,55 @@ Engram__Wire__Request *net_request_unpack(const uint8_t *buf, size_t len, const 
  * messages of an embedded one. Returns 0 or an ENGRAM_E* code with a message in why[cap]. */
 int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
 
-/* The operation's name ("append", "fetch" ...) for logs and messages. */
+/* ---------------------------------------------------------------------------------
+ * The wire operations, one line each: X(name, CASE, retry, run)
+ *   name   for logs and messages (net_op_name)
+ *   CASE   the request's ENGRAM__WIRE__REQUEST__OP_<CASE>
+ *   retry  whether the client sends it again after a lost connection (net_op_retry):
+ *          NET_RETRY_SAFE (repeating changes nothing), NET_RETRY_NEVER (it may have been
+ *          applied), NET_RETRY_KEYED (an append: safe when every event has an
+ *          idempotency key)
+ *   run    the daemon's handler in ops.c (NULL: run elsewhere, appends in their lanes)
+ * A new operation is its .proto message, one line here, its handler and its client stub.
+ * ------------------------------------------------------------------------------ */
+#define NET_OPS(X)                                                 \
+  X(hello, HELLO, NET_RETRY_SAFE, op_hello)                        \
+  X(sync, SYNC, NET_RETRY_SAFE, op_sync)                           \
+  X(backup, BACKUP, NET_RETRY_NEVER, op_backup)                    \
+  X(topic_create, TOPIC_CREATE, NET_RETRY_NEVER, op_topic_create)  \
+  X(topic_get, TOPIC_GET, NET_RETRY_SAFE, op_topic_get)            \
+  X(topic_list, TOPIC_LIST, NET_RETRY_SAFE, op_topic_list)         \
+  X(topic_drop, TOPIC_DROP, NET_RETRY_NEVER, op_topic_drop)        \
+  X(topic_train_dict, TOPIC_TRAIN_DICT, NET_RETRY_NEVER, op_train) \
+  X(append, APPEND, NET_RETRY_KEYED, NULL)                         \
+  X(read, READ, NET_RETRY_SAFE, op_read)                           \
+  X(read_range, READ_RANGE, NET_RETRY_SAFE, op_read)               \
+  X(verify, VERIFY, NET_RETRY_SAFE, op_verify)                     \
+  X(group_create, GROUP_CREATE, NET_RETRY_NEVER, op_group_create)  \
+  X(group_get, GROUP_GET, NET_RETRY_SAFE, op_group_get)            \
+  X(group_list, GROUP_LIST, NET_RETRY_SAFE, op_group_list)         \
+  X(group_delete, GROUP_DELETE, NET_RETRY_NEVER, op_group_delete)  \
+  X(group_reset, GROUP_RESET, NET_RETRY_NEVER, op_group_reset)     \
+  X(fetch, FETCH, NET_RETRY_NEVER, op_fetch)                       \
+  X(ack, ACK, NET_RETRY_NEVER, op_ack)                             \
+  X(nack, NACK, NET_RETRY_NEVER, op_nack)                          \
+  X(reject, REJECT, NET_RETRY_NEVER, op_reject)                    \
+  X(extend, EXTEND, NET_RETRY_NEVER, op_extend)                    \
+  X(cancel, CANCEL, NET_RETRY_NEVER, op_cancel)                    \
+  X(status_get, STATUS_GET, NET_RETRY_SAFE, op_status_get)         \
+  X(dlq_list, DLQ_LIST, NET_RETRY_SAFE, op_dlq_list)               \
+  X(dlq_purge, DLQ_PURGE, NET_RETRY_NEVER, op_dlq_select)          \
+  X(dlq_redrive, DLQ_REDRIVE, NET_RETRY_NEVER, op_dlq_select)      \
+  X(txn_commit, TXN_COMMIT, NET_RETRY_NEVER, op_txn_commit)        \
+  X(stats, STATS, NET_RETRY_SAFE, op_stats)
+
+enum { NET_RETRY_NEVER, NET_RETRY_SAFE, NET_RETRY_KEYED };
+
+/* The operation's name ("append", "fetch" ...) for logs and messages; "unknown" for a
+ * number that names none. */
 const char *net_op_name(int op);
+/* The operation's retry policy (NET_RETRY_*); NET_RETRY_NEVER for an unknown one. */
+int net_op_retry(int op);
 
 /* Wire events -> engram events pointing into the wire messages. *evs and *hdrs are one
  * malloc'd block each (free both with free()). Returns 0, ENGRAM_ETOOBIG or ENGRAM_ENOMEM. */
@@ -97,14 +144,11 @@ int net_ipc_path(const char *dir, const char *name, char *out, size_t cap);
 /* The daemon's handle publishes its own commits: this replaces the embedded commit hook
  * (which would send them to the daemon itself) with `hook`, keeping the wake-ups of
  * embedded waiters. */
-void net_notify_set_daemon(engram *log, log_commit_hook hook, void *ctx);
+void net_notify_set_daemon(struct log *log, log_commit_hook hook, void *ctx);
 /* Wakes embedded waiters on `topic` of this handle's directory (the daemon calls it for
  * (topic, head) pushed by writers in other processes: they already did, so this is for
  * group changes that make events deliverable without an append). */
-void net_notify_wake(engram *log, const char *topic);
-/* Referenced by client.c and server.c so a static link always carries notify.o, whose
- * constructor installs the attach hooks. */
-extern const int net_notify_linked;
+void net_notify_wake(struct log *log, const char *topic);
 
 /* ---------------------------------------------------------------------------------
  * Daemon internals shared with the ops (server.c, ops.c).
@@ -121,6 +165,9 @@ void net_server_topic_changed(struct net_server *s, const char *topic);
 void net_server_stats(struct net_server *s, Engram__Wire__StatsResult *st);
 uint32_t net_server_max_message(const struct net_server *s);
 void net_server_count_appended(struct net_server *s, uint64_t n);
+
+/* The remote backend (client_ops.c): a handle made by engram_connect. */
+extern const struct engram_backend net_remote;
 
 /* Fixed-size text out of a reply: copies s into dst[cap] and returns 0, or -1 when it
  * does not fit (the daemon sent something no engram daemon sends). */

@@ -27,11 +27,9 @@ static Engram__Wire__TopicInfo *topic_to_wire(net_arena *a, const engram_topic_i
   c->dict_train_after = t->config.dict_train_after;
   c->flags = t->config.flags;
   w->config = c;
-  w->first_offset = t->first_offset;
-  w->head_offset = t->head_offset;
-  w->count = t->count;
-  w->dict_id = t->dict_id;
-  w->created_ns = t->created_ns;
+#define X(type, name) w->name = t->name;
+  ENGRAM_TOPIC_INFO_FIELDS(X)
+#undef X
   return w;
 }
 
@@ -60,16 +58,9 @@ static Engram__Wire__GroupInfo *group_to_wire(net_arena *a, const engram_group_i
   w->result_ttl_ms = g->result_ttl_ms;
   w->flags = g->flags;
   w->created_ns = g->created_ns;
-  w->floor = g->floor;
-  w->next = g->next;
-  w->lag = g->lag;
-  w->in_flight = g->in_flight;
-  w->retrying = g->retrying;
-  w->dead = g->dead;
-  w->acked = g->acked;
-  w->redelivered = g->redelivered;
-  w->delivered = g->delivered;
-  w->oldest_unfinished_ns = g->oldest_unfinished_ns;
+#define X(type, name) w->name = g->name;
+  ENGRAM_GROUP_INFO_COUNTERS(X)
+#undef X
   return w;
 }
 
@@ -124,7 +115,7 @@ static engram_ack_item *acks_from_wire(net_arena *a, Engram__Wire__AckItem *cons
 }
 
 static int nomem(engram *log) {
-  return log_error(log, ENGRAM_ENOMEM, "daemon: out of memory for the reply");
+  return log_error(NULL, ENGRAM_ENOMEM, "daemon: out of memory for the reply");
 }
 
 static int run_txn(engram *log, net_arena *a, const Engram__Wire__TxnCommit *t, Reply *rp) {
@@ -171,348 +162,498 @@ static int run_txn(engram *log, net_arena *a, const Engram__Wire__TxnCommit *t, 
   return 0;
 }
 
+/* ---------------------------------------------------------------------------------
+ * One handler per operation of NET_OPS (net.h). Each sets rc and leaves its do-while with
+ * `break` on the first failure, so the reply's code and message are set in one place
+ * (net_ops_run).
+ * ------------------------------------------------------------------------------ */
+typedef int (*op_fn)(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
+                     net_arena *a, engram_batch **batch, int *empty_fetch);
+#define OP(name)                                                                                 \
+  static int name(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp, \
+                  net_arena *a, engram_batch **batch, int *empty_fetch)
+
+OP(op_hello) {
+  int rc = 0;
+  do {
+    Engram__Wire__HelloResult *h = net_arena_alloc(a, sizeof *h);
+    if (!h) {
+      rc = nomem(log);
+      break;
+    }
+    engram__wire__hello_result__init(h);
+    h->protocol_version = ENGRAM_PROTOCOL_VERSION;
+    h->server_version = ENGRAM_VERSION_STRING;
+    h->max_message = net_server_max_message(s);
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_HELLO;
+    rp->hello = h;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_sync) {
+  int rc = 0;
+  do {
+    rc = engram_sync(log);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_backup) {
+  int rc = 0;
+  do {
+    rc = engram_backup(log, rq->backup->dest);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_topic_create) {
+  int rc = 0;
+  do {
+    const Engram__Wire__TopicConfig *w = rq->topic_create->config;
+    engram_topic_config c = {0};
+    if (w) {
+      c.compress_threshold = w->compress_threshold;
+      c.max_payload = w->max_payload;
+      c.dict_train_after = w->dict_train_after;
+      c.flags = w->flags;
+    }
+    rc = engram_topic_create(log, rq->topic_create->topic, w ? &c : NULL);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_topic_get) {
+  int rc = 0;
+  do {
+    engram_topic_info info;
+    rc = engram_topic_info_get(log, rq->topic_get->topic, &info);
+    if (rc) break;
+    if (!(rp->topic_info = topic_to_wire(a, &info))) {
+      rc = nomem(log);
+      break;
+    }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_TOPIC_INFO;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_topic_list) {
+  int rc = 0;
+  do {
+    engram_topic_info *list = NULL;
+    size_t n = 0;
+    rc = engram_topic_list(log, &list, &n);
+    if (rc) break;
+    Engram__Wire__TopicInfoList *w = net_arena_alloc(a, sizeof *w);
+    if (w) {
+      engram__wire__topic_info_list__init(w);
+      w->topics = net_arena_alloc(a, (n ? n : 1) * sizeof *w->topics);
+    }
+    for (size_t i = 0; w && w->topics && i < n; i++)
+      if (!(w->topics[w->n_topics++] = topic_to_wire(a, &list[i]))) w->topics = NULL;
+    engram_free(list);
+    if (!w || !w->topics) {
+      rc = nomem(log);
+      break;
+    }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_TOPICS;
+    rp->topics = w;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_topic_drop) {
+  int rc = 0;
+  do {
+    rc = engram_topic_drop(log, rq->topic_drop->topic);
+    if (!rc) net_server_topic_changed(s, rq->topic_drop->topic);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_train) {
+  int rc = 0;
+  do {
+    uint32_t id = 0;
+    rc = engram_topic_train_dict(log, rq->topic_train_dict->topic, &id);
+    if (rc) break;
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_DICT_ID;
+    rp->dict_id = id;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_read) {
+  int rc = 0;
+  do {
+    const char *topic;
+    if (rq->op_case == ENGRAM__WIRE__REQUEST__OP_READ) {
+      topic = rq->read->topic;
+      rc = engram_read(log, topic, rq->read->offset, batch);
+    } else {
+      topic = rq->read_range->topic;
+      uint64_t max = rq->read_range->max;
+      if (max > NET_MAX_READ) max = NET_MAX_READ;
+      rc = engram_read_range(log, topic, rq->read_range->from, (size_t)max, batch);
+    }
+    if (rc) break;
+    if (!(rp->events = events_to_wire(a, *batch, topic, 0, NET_MAX_REPLY_EVENTS_BYTES))) {
+      rc = nomem(log);
+      break;
+    }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_verify) {
+  int rc = 0;
+  do {
+    engram_verify_report r;
+    rc = engram_verify(log, &r);
+    if (rc) break;
+    Engram__Wire__VerifyReport *w = net_arena_alloc(a, sizeof *w);
+    if (!w) {
+      rc = nomem(log);
+      break;
+    }
+    engram__wire__verify_report__init(w);
+    w->topics = r.topics;
+    w->records = r.records;
+    w->damaged = r.damaged;
+    w->first_damage = adup(a, r.first_damage);
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_VERIFY;
+    rp->verify = w;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_group_create) {
+  int rc = 0;
+  do {
+    const Engram__Wire__GroupCreate *g = rq->group_create;
+    engram_group_config c;
+    if (g->config) group_cfg_from_wire(g->config, &c);
+    rc = engram_group_create(log, g->topic, g->group, g->config ? &c : NULL);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_group_get) {
+  int rc = 0;
+  do {
+    engram_group_info info;
+    rc = engram_group_info_get(log, rq->group_get->topic, rq->group_get->group, &info);
+    if (rc) break;
+    if (!(rp->group_info = group_to_wire(a, &info))) {
+      rc = nomem(log);
+      break;
+    }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_GROUP_INFO;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_group_list) {
+  int rc = 0;
+  do {
+    engram_group_info *list = NULL;
+    size_t n = 0;
+    const char *topic = *rq->group_list->topic ? rq->group_list->topic : NULL;
+    rc = engram_group_list(log, topic, &list, &n);
+    if (rc) break;
+    Engram__Wire__GroupInfoList *w = net_arena_alloc(a, sizeof *w);
+    if (w) {
+      engram__wire__group_info_list__init(w);
+      w->groups = net_arena_alloc(a, (n ? n : 1) * sizeof *w->groups);
+    }
+    for (size_t i = 0; w && w->groups && i < n; i++)
+      if (!(w->groups[w->n_groups++] = group_to_wire(a, &list[i]))) w->groups = NULL;
+    engram_free(list);
+    if (!w || !w->groups) {
+      rc = nomem(log);
+      break;
+    }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_GROUPS;
+    rp->groups = w;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_group_delete) {
+  int rc = 0;
+  do {
+    rc = engram_group_delete(log, rq->group_delete->topic, rq->group_delete->group);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_group_reset) {
+  int rc = 0;
+  do {
+    const Engram__Wire__GroupReset *g = rq->group_reset;
+    rc = engram_group_reset(log, g->topic, g->group, (engram_start)g->to, g->offset, g->time_ns);
+    if (!rc) net_server_topic_changed(s, g->topic);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_fetch) {
+  int rc = 0;
+  do {
+    const Engram__Wire__Fetch *f = rq->fetch;
+    /* Never waits here: the daemon parks an empty fetch instead of holding a worker. A
+     * wait over the API's limit is passed on so the API refuses it as it would. */
+    rc = engram_fetch(log, f->topic, f->group, f->consumer, f->max,
+                      f->wait_ms > ENGRAM_MAX_FETCH_WAIT_MS ? f->wait_ms : 0, batch);
+    if (rc) break;
+    *empty_fetch = (*batch)->count == 0;
+    if (!(rp->events = events_to_wire(a, *batch, f->topic, 1, SIZE_MAX))) {
+      rc = nomem(log);
+      break;
+    }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_ack) {
+  int rc = 0;
+  do {
+    const Engram__Wire__Ack *ak = rq->ack;
+    engram_ack_item *items = acks_from_wire(a, ak->items, ak->n_items);
+    int *codes = net_arena_alloc(a, ak->n_items * sizeof *codes);
+    Engram__Wire__AckResult *res = net_arena_alloc(a, sizeof *res);
+    if (!items || !codes || !res) {
+      rc = nomem(log);
+      break;
+    }
+    /* 1 marks a code the call did not set (it failed before the items). */
+    for (size_t i = 0; i < ak->n_items; i++) codes[i] = 1;
+    rc = engram_ack_many(log, ak->topic, ak->group, items, ak->n_items, codes);
+    engram__wire__ack_result__init(res);
+    res->codes = codes;
+    res->n_codes = ak->n_items;
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_ACK;
+    rp->ack = res;
+    /* Acks free keys of key-ordered groups: events may have become deliverable. */
+    net_server_topic_changed(s, ak->topic);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_nack) {
+  int rc = 0;
+  do {
+    const Engram__Wire__Nack *n = rq->nack;
+    rc = engram_nack(log, n->topic, n->group, n->offset, n->attempt, n->delay_ms,
+                     n->has_error ? n->error : NULL);
+    if (!rc) net_server_topic_changed(s, n->topic);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_reject) {
+  int rc = 0;
+  do {
+    const Engram__Wire__Reject *r = rq->reject;
+    rc = engram_reject(log, r->topic, r->group, r->offset, r->attempt,
+                       r->has_reason ? r->reason : NULL);
+    if (!rc) net_server_topic_changed(s, r->topic);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_extend) {
+  int rc = 0;
+  do {
+    const Engram__Wire__Extend *e = rq->extend;
+    rc = engram_extend(log, e->topic, e->group, e->offset, e->attempt, e->ms);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_cancel) {
+  int rc = 0;
+  do {
+    rc = engram_cancel(log, rq->cancel->topic, rq->cancel->group, rq->cancel->offset);
+    if (!rc) net_server_topic_changed(s, rq->cancel->topic);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_status_get) {
+  int rc = 0;
+  do {
+    engram_status st;
+    memset(&st, 0, sizeof st);
+    rc = engram_status_get(log, rq->status_get->topic, rq->status_get->group,
+                           rq->status_get->offset, &st);
+    if (rc) break;
+    Engram__Wire__Status *w = net_arena_alloc(a, sizeof *w);
+    void *res = st.result ? net_arena_alloc(a, st.result_len + 1) : NULL;
+    if (!w || (st.result && !res)) {
+      engram_free(st.result);
+      rc = nomem(log);
+      break;
+    }
+    engram__wire__status__init(w);
+    w->state = (uint32_t)st.state;
+    w->consumer = adup(a, st.consumer);
+    w->attempt = st.attempt;
+    w->deadline_ns = st.deadline_ns;
+    w->last_error = adup(a, st.last_error);
+    if (st.result) {
+      memcpy(res, st.result, st.result_len);
+      w->has_result = 1;
+      w->result.data = res;
+      w->result.len = st.result_len;
+    }
+    engram_free(st.result);
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_STATUS;
+    rp->status = w;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_dlq_list) {
+  int rc = 0;
+  do {
+    const Engram__Wire__DlqList *d = rq->dlq_list;
+    /* A reply must stay a bounded message: at most NET_MAX_READ entries per call. */
+    uint64_t max = d->max == 0 || d->max > NET_MAX_READ ? NET_MAX_READ : d->max;
+    engram_dlq_entry *list = NULL;
+    size_t n = 0;
+    rc = engram_dlq_list(log, d->topic, d->group, d->from, (size_t)max, &list, &n);
+    if (rc) break;
+    Engram__Wire__DlqEntries *w = net_arena_alloc(a, sizeof *w);
+    if (w) {
+      engram__wire__dlq_entries__init(w);
+      w->entries = net_arena_alloc(a, (n ? n : 1) * sizeof *w->entries);
+    }
+    for (size_t i = 0; w && w->entries && i < n; i++) {
+      Engram__Wire__DlqEntry *e = net_arena_alloc(a, sizeof *e);
+      if (!e) {
+        w->entries = NULL;
+        break;
+      }
+      engram__wire__dlq_entry__init(e);
+#define NUM(type, name) e->name = list[i].name;
+#define TEXT(size, name) e->name = adup(a, list[i].name);
+      ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)
+#undef NUM
+#undef TEXT
+      w->entries[w->n_entries++] = e;
+    }
+    engram_free(list);
+    if (!w || !w->entries) {
+      rc = nomem(log);
+      break;
+    }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_DLQ;
+    rp->dlq = w;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_dlq_select) {
+  int rc = 0;
+  do {
+    int redrive = rq->op_case == ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE;
+    const Engram__Wire__DlqSelect *d = redrive ? rq->dlq_redrive : rq->dlq_purge;
+    size_t count = 0;
+    const uint64_t *offs = d->all ? NULL : d->offsets;
+    size_t n = d->all ? 0 : d->n_offsets;
+    rc = redrive ? engram_dlq_redrive(log, d->topic, d->group, offs, n, &count)
+                 : engram_dlq_purge(log, d->topic, d->group, offs, n, &count);
+    if (rc) break;
+    if (redrive) net_server_topic_changed(s, d->topic);
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_COUNT;
+    rp->count = count;
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_txn_commit) {
+  int rc = 0;
+  do {
+    rc = run_txn(log, a, rq->txn_commit, rp);
+    if (!rc) {
+      uint64_t napp = 0;
+      for (size_t i = 0; i < rq->txn_commit->n_ops; i++) {
+        const Engram__Wire__TxnOp *o = rq->txn_commit->ops[i];
+        if (o->op_case == ENGRAM__WIRE__TXN_OP__OP_ACK)
+          net_server_topic_changed(s, o->ack->topic);
+        else
+          napp++;
+      }
+      net_server_count_appended(s, napp);
+    }
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_stats) {
+  int rc = 0;
+  do {
+    Engram__Wire__StatsResult *st = net_arena_alloc(a, sizeof *st);
+    if (!st) {
+      rc = nomem(log);
+      break;
+    }
+    engram__wire__stats_result__init(st);
+    net_server_stats(s, st);
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_STATS;
+    rp->stats = st;
+    break;
+  } while (0);
+  return rc;
+}
+
+/* The daemon's handler of each operation, from NET_OPS (net.h). */
+static const op_fn handlers[] = {
+#define X(name, CASE, retry, run) [ENGRAM__WIRE__REQUEST__OP_##CASE] = run,
+    NET_OPS(X)
+#undef X
+};
+
 void net_ops_run(struct net_server *s, engram *log, const Engram__Wire__Request *rq, Reply *rp,
                  net_arena *a, engram_batch **batch, int *empty_fetch) {
   int rc = 0;
   *batch = NULL;
   *empty_fetch = 0;
-  log_error_clear(log);
-  switch (rq->op_case) {
-    case ENGRAM__WIRE__REQUEST__OP_HELLO: {
-      Engram__Wire__HelloResult *h = net_arena_alloc(a, sizeof *h);
-      if (!h) {
-        rc = nomem(log);
-        break;
-      }
-      engram__wire__hello_result__init(h);
-      h->protocol_version = ENGRAM_PROTOCOL_VERSION;
-      h->server_version = ENGRAM_VERSION_STRING;
-      h->max_message = net_server_max_message(s);
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_HELLO;
-      rp->hello = h;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_SYNC:
-      rc = engram_sync(log);
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_BACKUP:
-      rc = engram_backup(log, rq->backup->dest);
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_CREATE: {
-      const Engram__Wire__TopicConfig *w = rq->topic_create->config;
-      engram_topic_config c = {0};
-      if (w) {
-        c.compress_threshold = w->compress_threshold;
-        c.max_payload = w->max_payload;
-        c.dict_train_after = w->dict_train_after;
-        c.flags = w->flags;
-      }
-      rc = engram_topic_create(log, rq->topic_create->topic, w ? &c : NULL);
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_GET: {
-      engram_topic_info info;
-      rc = engram_topic_info_get(log, rq->topic_get->topic, &info);
-      if (rc) break;
-      if (!(rp->topic_info = topic_to_wire(a, &info))) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_TOPIC_INFO;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_LIST: {
-      engram_topic_info *list = NULL;
-      size_t n = 0;
-      rc = engram_topic_list(log, &list, &n);
-      if (rc) break;
-      Engram__Wire__TopicInfoList *w = net_arena_alloc(a, sizeof *w);
-      if (w) {
-        engram__wire__topic_info_list__init(w);
-        w->topics = net_arena_alloc(a, (n ? n : 1) * sizeof *w->topics);
-      }
-      for (size_t i = 0; w && w->topics && i < n; i++)
-        if (!(w->topics[w->n_topics++] = topic_to_wire(a, &list[i]))) w->topics = NULL;
-      engram_free(list);
-      if (!w || !w->topics) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_TOPICS;
-      rp->topics = w;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_DROP:
-      rc = engram_topic_drop(log, rq->topic_drop->topic);
-      if (!rc) net_server_topic_changed(s, rq->topic_drop->topic);
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_TRAIN_DICT: {
-      uint32_t id = 0;
-      rc = engram_topic_train_dict(log, rq->topic_train_dict->topic, &id);
-      if (rc) break;
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_DICT_ID;
-      rp->dict_id = id;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_READ:
-    case ENGRAM__WIRE__REQUEST__OP_READ_RANGE: {
-      const char *topic;
-      if (rq->op_case == ENGRAM__WIRE__REQUEST__OP_READ) {
-        topic = rq->read->topic;
-        rc = engram_read(log, topic, rq->read->offset, batch);
-      } else {
-        topic = rq->read_range->topic;
-        uint64_t max = rq->read_range->max;
-        if (max > NET_MAX_READ) max = NET_MAX_READ;
-        rc = engram_read_range(log, topic, rq->read_range->from, (size_t)max, batch);
-      }
-      if (rc) break;
-      if (!(rp->events = events_to_wire(a, *batch, topic, 0, NET_MAX_REPLY_EVENTS_BYTES))) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_VERIFY: {
-      engram_verify_report r;
-      rc = engram_verify(log, &r);
-      if (rc) break;
-      Engram__Wire__VerifyReport *w = net_arena_alloc(a, sizeof *w);
-      if (!w) {
-        rc = nomem(log);
-        break;
-      }
-      engram__wire__verify_report__init(w);
-      w->topics = r.topics;
-      w->records = r.records;
-      w->damaged = r.damaged;
-      w->first_damage = adup(a, r.first_damage);
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_VERIFY;
-      rp->verify = w;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_CREATE: {
-      const Engram__Wire__GroupCreate *g = rq->group_create;
-      engram_group_config c;
-      if (g->config) group_cfg_from_wire(g->config, &c);
-      rc = engram_group_create(log, g->topic, g->group, g->config ? &c : NULL);
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_GET: {
-      engram_group_info info;
-      rc = engram_group_info_get(log, rq->group_get->topic, rq->group_get->group, &info);
-      if (rc) break;
-      if (!(rp->group_info = group_to_wire(a, &info))) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_GROUP_INFO;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_LIST: {
-      engram_group_info *list = NULL;
-      size_t n = 0;
-      const char *topic = *rq->group_list->topic ? rq->group_list->topic : NULL;
-      rc = engram_group_list(log, topic, &list, &n);
-      if (rc) break;
-      Engram__Wire__GroupInfoList *w = net_arena_alloc(a, sizeof *w);
-      if (w) {
-        engram__wire__group_info_list__init(w);
-        w->groups = net_arena_alloc(a, (n ? n : 1) * sizeof *w->groups);
-      }
-      for (size_t i = 0; w && w->groups && i < n; i++)
-        if (!(w->groups[w->n_groups++] = group_to_wire(a, &list[i]))) w->groups = NULL;
-      engram_free(list);
-      if (!w || !w->groups) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_GROUPS;
-      rp->groups = w;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_DELETE:
-      rc = engram_group_delete(log, rq->group_delete->topic, rq->group_delete->group);
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_RESET: {
-      const Engram__Wire__GroupReset *g = rq->group_reset;
-      rc = engram_group_reset(log, g->topic, g->group, (engram_start)g->to, g->offset, g->time_ns);
-      if (!rc) net_server_topic_changed(s, g->topic);
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_FETCH: {
-      const Engram__Wire__Fetch *f = rq->fetch;
-      /* Never waits here: the daemon parks an empty fetch instead of holding a worker. A
-       * wait over the API's limit is passed on so the API refuses it as it would. */
-      rc = engram_fetch(log, f->topic, f->group, f->consumer, f->max,
-                        f->wait_ms > ENGRAM_MAX_FETCH_WAIT_MS ? f->wait_ms : 0, batch);
-      if (rc) break;
-      *empty_fetch = (*batch)->count == 0;
-      if (!(rp->events = events_to_wire(a, *batch, f->topic, 1, SIZE_MAX))) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_ACK: {
-      const Engram__Wire__Ack *ak = rq->ack;
-      engram_ack_item *items = acks_from_wire(a, ak->items, ak->n_items);
-      int *codes = net_arena_alloc(a, ak->n_items * sizeof *codes);
-      Engram__Wire__AckResult *res = net_arena_alloc(a, sizeof *res);
-      if (!items || !codes || !res) {
-        rc = nomem(log);
-        break;
-      }
-      /* 1 marks a code the call did not set (it failed before the items). */
-      for (size_t i = 0; i < ak->n_items; i++) codes[i] = 1;
-      rc = engram_ack_many(log, ak->topic, ak->group, items, ak->n_items, codes);
-      engram__wire__ack_result__init(res);
-      res->codes = codes;
-      res->n_codes = ak->n_items;
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_ACK;
-      rp->ack = res;
-      /* Acks free keys of key-ordered groups: events may have become deliverable. */
-      net_server_topic_changed(s, ak->topic);
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_NACK: {
-      const Engram__Wire__Nack *n = rq->nack;
-      rc = engram_nack(log, n->topic, n->group, n->offset, n->attempt, n->delay_ms,
-                       n->has_error ? n->error : NULL);
-      if (!rc) net_server_topic_changed(s, n->topic);
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_REJECT: {
-      const Engram__Wire__Reject *r = rq->reject;
-      rc = engram_reject(log, r->topic, r->group, r->offset, r->attempt,
-                         r->has_reason ? r->reason : NULL);
-      if (!rc) net_server_topic_changed(s, r->topic);
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_EXTEND: {
-      const Engram__Wire__Extend *e = rq->extend;
-      rc = engram_extend(log, e->topic, e->group, e->offset, e->attempt, e->ms);
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_CANCEL:
-      rc = engram_cancel(log, rq->cancel->topic, rq->cancel->group, rq->cancel->offset);
-      if (!rc) net_server_topic_changed(s, rq->cancel->topic);
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_STATUS_GET: {
-      engram_status st;
-      memset(&st, 0, sizeof st);
-      rc = engram_status_get(log, rq->status_get->topic, rq->status_get->group,
-                             rq->status_get->offset, &st);
-      if (rc) break;
-      Engram__Wire__Status *w = net_arena_alloc(a, sizeof *w);
-      void *res = st.result ? net_arena_alloc(a, st.result_len + 1) : NULL;
-      if (!w || (st.result && !res)) {
-        engram_free(st.result);
-        rc = nomem(log);
-        break;
-      }
-      engram__wire__status__init(w);
-      w->state = (uint32_t)st.state;
-      w->consumer = adup(a, st.consumer);
-      w->attempt = st.attempt;
-      w->deadline_ns = st.deadline_ns;
-      w->last_error = adup(a, st.last_error);
-      if (st.result) {
-        memcpy(res, st.result, st.result_len);
-        w->has_result = 1;
-        w->result.data = res;
-        w->result.len = st.result_len;
-      }
-      engram_free(st.result);
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_STATUS;
-      rp->status = w;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_LIST: {
-      const Engram__Wire__DlqList *d = rq->dlq_list;
-      /* A reply must stay a bounded message: at most NET_MAX_READ entries per call. */
-      uint64_t max = d->max == 0 || d->max > NET_MAX_READ ? NET_MAX_READ : d->max;
-      engram_dlq_entry *list = NULL;
-      size_t n = 0;
-      rc = engram_dlq_list(log, d->topic, d->group, d->from, (size_t)max, &list, &n);
-      if (rc) break;
-      Engram__Wire__DlqEntries *w = net_arena_alloc(a, sizeof *w);
-      if (w) {
-        engram__wire__dlq_entries__init(w);
-        w->entries = net_arena_alloc(a, (n ? n : 1) * sizeof *w->entries);
-      }
-      for (size_t i = 0; w && w->entries && i < n; i++) {
-        Engram__Wire__DlqEntry *e = net_arena_alloc(a, sizeof *e);
-        if (!e) {
-          w->entries = NULL;
-          break;
-        }
-        engram__wire__dlq_entry__init(e);
-        e->offset = list[i].offset;
-        e->attempts = list[i].attempts;
-        e->reason = adup(a, list[i].reason);
-        e->last_error = adup(a, list[i].last_error);
-        e->consumer = adup(a, list[i].consumer);
-        e->first_delivered_ns = list[i].first_delivered_ns;
-        e->dead_ns = list[i].dead_ns;
-        w->entries[w->n_entries++] = e;
-      }
-      engram_free(list);
-      if (!w || !w->entries) {
-        rc = nomem(log);
-        break;
-      }
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_DLQ;
-      rp->dlq = w;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE:
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE: {
-      int redrive = rq->op_case == ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE;
-      const Engram__Wire__DlqSelect *d = redrive ? rq->dlq_redrive : rq->dlq_purge;
-      size_t count = 0;
-      const uint64_t *offs = d->all ? NULL : d->offsets;
-      size_t n = d->all ? 0 : d->n_offsets;
-      rc = redrive ? engram_dlq_redrive(log, d->topic, d->group, offs, n, &count)
-                   : engram_dlq_purge(log, d->topic, d->group, offs, n, &count);
-      if (rc) break;
-      if (redrive) net_server_topic_changed(s, d->topic);
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_COUNT;
-      rp->count = count;
-      break;
-    }
-    case ENGRAM__WIRE__REQUEST__OP_TXN_COMMIT:
-      rc = run_txn(log, a, rq->txn_commit, rp);
-      if (!rc) {
-        uint64_t napp = 0;
-        for (size_t i = 0; i < rq->txn_commit->n_ops; i++) {
-          const Engram__Wire__TxnOp *o = rq->txn_commit->ops[i];
-          if (o->op_case == ENGRAM__WIRE__TXN_OP__OP_ACK)
-            net_server_topic_changed(s, o->ack->topic);
-          else
-            napp++;
-        }
-        net_server_count_appended(s, napp);
-      }
-      break;
-    case ENGRAM__WIRE__REQUEST__OP_STATS: {
-      Engram__Wire__StatsResult *st = net_arena_alloc(a, sizeof *st);
-      if (!st) {
-        rc = nomem(log);
-        break;
-      }
-      engram__wire__stats_result__init(st);
-      net_server_stats(s, st);
-      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_STATS;
-      rp->stats = st;
-      break;
-    }
-    default: /* appends run in server.c, in lanes */
-      rc = log_error(log, ENGRAM_EPROTO, "operation %d not handled here", (int)rq->op_case);
-      break;
-  }
+  log_error_clear(NULL);
+  size_t op = (size_t)rq->op_case;
+  if (op < sizeof handlers / sizeof *handlers && handlers[op])
+    rc = handlers[op](s, log, rq, rp, a, batch, empty_fetch);
+  else /* appends run in server_append.c, in lanes */
+    rc = log_error(NULL, ENGRAM_EPROTO, "operation %d not handled here", (int)rq->op_case);
   rp->code = rc;
   if (rc) {
     const char *m = engram_errmsg(log);

@@ -16,7 +16,7 @@ volatile sig_atomic_t server_stop_requested;
 static volatile int stop_fd = -1;
 static _Atomic int serving;
 
-void engram_serve_stop(void) {
+void net_serve_stop(void) {
   server_stop_requested = 1;
   int fd = stop_fd;
   if (fd >= 0) {
@@ -219,7 +219,7 @@ static void teardown(struct net_server *s) {
   if (s->in_path[0]) unlink(s->in_path);
   if (s->notify_path[0]) unlink(s->notify_path);
   if (s->log) {
-    net_notify_set_daemon(s->log, NULL, NULL);
+    net_notify_set_daemon(api_log(s->log), NULL, NULL);
     engram_close(s->log);
   }
   if (s->wake_fd >= 0) close(s->wake_fd);
@@ -240,9 +240,9 @@ static int start(struct net_server *s) {
   }
   /* A client waiting for its ack comes back a network round trip after its reply: the
    * commit leader waits about that long for released writers to queue again. */
-  s->log->gather_max_ns = NET_GATHER_NS;
+  api_log(s->log)->gather_max_ns = NET_GATHER_NS;
   if ((rc = take_lock(s))) return rc;
-  net_notify_set_daemon(s->log, server_on_commit, s);
+  net_notify_set_daemon(api_log(s->log), server_on_commit, s);
 
   if ((s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
     return log_error(NULL, err_from_errno(errno), "serve: eventfd: %s", strerror(errno));
@@ -327,8 +327,7 @@ static int start(struct net_server *s) {
   return 0;
 }
 
-int engram_serve(const char *data_dir, const engram_serve_options *opts) {
-  (void)net_notify_linked;
+int net_serve(const char *data_dir, const engram_serve_options *opts) {
   engram_serve_options o = opts ? *opts : (engram_serve_options){0};
   int rc = check_options(data_dir, &o);
   if (rc) return rc;

@@ -85,7 +85,7 @@ void net_server_topic_changed(struct net_server *s, const char *topic) {
   pthread_mutex_lock(&s->mu);
   server_topic_changed_locked(s, topic, 0);
   pthread_mutex_unlock(&s->mu);
-  net_notify_wake(s->log, topic);
+  net_notify_wake(api_log(s->log), topic);
 }
 
 /* The daemon handle's commit hook: runs on the committing worker. */

@@ -70,8 +70,7 @@ int server_valid_z85_key(const char *k, unsigned char out[32]) {
   return k && strlen(k) == 40 && zmq_z85_decode(out, k) != NULL;
 }
 
-int engram_keygen(char public_key[41], char secret_key[41]) {
-  if (!public_key || !secret_key) return log_error(NULL, ENGRAM_EINVAL, "keygen: NULL buffer");
+int net_keygen(char public_key[41], char secret_key[41]) {
   if (!zmq_has("curve"))
     return log_error(NULL, ENGRAM_ENOTSUP, "keygen: this libzmq has no CURVE support");
   if (zmq_curve_keypair(public_key, secret_key) != 0)

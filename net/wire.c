@@ -156,66 +156,25 @@ Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_pe
  * ------------------------------------------------------------------------------ */
 const char *net_op_name(int op) {
   switch (op) {
-    case ENGRAM__WIRE__REQUEST__OP_HELLO:
-      return "hello";
-    case ENGRAM__WIRE__REQUEST__OP_SYNC:
-      return "sync";
-    case ENGRAM__WIRE__REQUEST__OP_BACKUP:
-      return "backup";
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_CREATE:
-      return "topic_create";
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_GET:
-      return "topic_get";
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_LIST:
-      return "topic_list";
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_DROP:
-      return "topic_drop";
-    case ENGRAM__WIRE__REQUEST__OP_TOPIC_TRAIN_DICT:
-      return "topic_train_dict";
-    case ENGRAM__WIRE__REQUEST__OP_APPEND:
-      return "append";
-    case ENGRAM__WIRE__REQUEST__OP_READ:
-      return "read";
-    case ENGRAM__WIRE__REQUEST__OP_READ_RANGE:
-      return "read_range";
-    case ENGRAM__WIRE__REQUEST__OP_VERIFY:
-      return "verify";
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_CREATE:
-      return "group_create";
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_GET:
-      return "group_get";
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_LIST:
-      return "group_list";
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_DELETE:
-      return "group_delete";
-    case ENGRAM__WIRE__REQUEST__OP_GROUP_RESET:
-      return "group_reset";
-    case ENGRAM__WIRE__REQUEST__OP_FETCH:
-      return "fetch";
-    case ENGRAM__WIRE__REQUEST__OP_ACK:
-      return "ack";
-    case ENGRAM__WIRE__REQUEST__OP_NACK:
-      return "nack";
-    case ENGRAM__WIRE__REQUEST__OP_REJECT:
-      return "reject";
-    case ENGRAM__WIRE__REQUEST__OP_EXTEND:
-      return "extend";
-    case ENGRAM__WIRE__REQUEST__OP_CANCEL:
-      return "cancel";
-    case ENGRAM__WIRE__REQUEST__OP_STATUS_GET:
-      return "status_get";
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_LIST:
-      return "dlq_list";
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE:
-      return "dlq_purge";
-    case ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE:
-      return "dlq_redrive";
-    case ENGRAM__WIRE__REQUEST__OP_TXN_COMMIT:
-      return "txn_commit";
-    case ENGRAM__WIRE__REQUEST__OP_STATS:
-      return "stats";
+#define X(name, CASE, retry, run)        \
+  case ENGRAM__WIRE__REQUEST__OP_##CASE: \
+    return #name;
+    NET_OPS(X)
+#undef X
     default:
       return "unknown";
+  }
+}
+
+int net_op_retry(int op) {
+  switch (op) {
+#define X(name, CASE, retry, run)        \
+  case ENGRAM__WIRE__REQUEST__OP_##CASE: \
+    return retry;
+    NET_OPS(X)
+#undef X
+    default:
+      return NET_RETRY_NEVER;
   }
 }
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # check-deps.sh — fails when an #include points the wrong way between engram's layers.
 #
-# Layers, lowest first: common -> log -> consumers -> net; cli/, bench/ and bindings/ use
-# only include/engram.h (plus headers of their own folder). Generated protobuf-c headers
+# Layers, lowest first: common -> log -> consumers -> api -> net; each may include the
+# layers below it (log/ only common/; net/ reaches the others through api/api.h); cli/,
+# bench/ and bindings/ use only include/engram.h (plus headers of their own folder).
+# Also: the exported engram_* functions are defined only in api/ (and the error table's
+# in common/errors.c), so each public call is written once, over every backend. Generated protobuf-c headers
 # (build/gen/schema/*.pb-c.h) count as the "schema" layer. Nothing below net/ knows about
 # ZeroMQ. Each violation is reported on one line; the exit status is 1 when there is any.
 set -u
@@ -32,7 +35,7 @@ resolve() {
   # Not built yet or not present: judge by its spelling.
   case $inc in
     schema/*.pb-c.h | *.pb-c.h) echo schema ;;
-    common/* | log/* | consumers/* | net/* | include/*) echo "${inc%%/*}" ;;
+    common/* | log/* | consumers/* | api/* | net/* | include/*) echo "${inc%%/*}" ;;
     *) echo "" ;;
   esac
 }
@@ -43,7 +46,7 @@ report() {
   violations=$((violations + 1))
 }
 
-files=$(find common log consumers net cli bench bindings -type f \( -name '*.c' -o -name '*.h' \) \
+files=$(find common log consumers api net cli bench bindings -type f \( -name '*.c' -o -name '*.h' \) \
   -not -path '*/build/*' 2>/dev/null | sort)
 
 for f in $files; do
@@ -62,7 +65,7 @@ for f in $files; do
     fi
     if [ "$inc" = zmq.h ] || [ "$inc" = zmq_utils.h ] || [ "$inc" = czmq.h ]; then
       case $layer in
-        common | log | consumers) report "$f:$line includes <$inc> ($layer/ must not know about ZeroMQ)" ;;
+        common | log | consumers | api) report "$f:$line includes <$inc> ($layer/ must not know about ZeroMQ)" ;;
       esac
       continue
     fi
@@ -73,15 +76,29 @@ for f in $files; do
       common)
         [ "$target" = include ] || report "$f:$line includes $inc from $target/ (common/ depends on nothing)" ;;
       log)
-        case $target in consumers | net) report "$f:$line includes $inc from $target/ (log/ must not include $target/)" ;; esac ;;
+        case $target in consumers | api | net) report "$f:$line includes $inc from $target/ (log/ may include only common/)" ;; esac ;;
       consumers)
-        [ "$target" = net ] && report "$f:$line includes $inc from net/ (consumers/ must not include net/)" ;;
+        case $target in api | net) report "$f:$line includes $inc from $target/ (consumers/ may include only log/ and common/)" ;; esac ;;
+      api)
+        [ "$target" = net ] && report "$f:$line includes $inc from net/ (api/ may include only consumers/, log/ and common/)" ;;
+      net)
+        case $target in log | consumers) report "$f:$line includes $inc from $target/ (net/ reaches the layers below through api/api.h)" ;; esac ;;
       cli | bench | bindings)
         if [ "$target" != include ] || [ "$(basename "$inc")" != engram.h ]; then
           report "$f:$line includes $inc from $target/ ($layer/ may use only engram.h)"
         fi ;;
     esac
   done < <(grep -nE '^[[:space:]]*#[[:space:]]*include' "$f")
+done
+
+# Public functions defined outside api/: a definition is a line at column 0 that names
+# engram_x( and does not end its declaration with ';'.
+for f in $(find common log consumers net -name '*.c' -not -path '*/build/*' | sort); do
+  [ "$f" = common/errors.c ] && continue
+  while IFS= read -r hit; do
+    report "$f:${hit%%:*} defines ${hit#*:} (public functions are defined only in api/)"
+  done < <(grep -nE '^[a-z][a-z_ ]*[ *]engram_[a-z0-9_]+\(' "$f" | grep -v ';[[:space:]]*$' |
+    sed -E 's/^([0-9]+):.*(engram_[a-z0-9_]+)\(.*/\1:\2/')
 done
 
 [ "$violations" -eq 0 ] || exit 1

@@ -222,6 +222,166 @@ static void errors_carry_the_same_code_and_message_as_embedded(void **state) {
   td_done(&d);
 }
 
+/* One bad input per case, for every entry point of engram.h that takes a handle: run
+ * by the table below on an embedded and on a remote handle. Returns the call's code, or
+ * 1 past the last case. */
+static int bad_input(engram *log, int k) {
+  static char long_text[5000];
+  memset(long_text, 'x', sizeof long_text - 1);
+  engram_event ev = ev_of("memory.saved", NULL, "x");
+  engram_event badtype = ev_of("memory..saved", NULL, "x");
+  engram_event big = ev_of("memory.saved", NULL, "0123456789abcdefXYZ");
+  engram_ack_item item = {1, 1, NULL, 0};
+  engram_topic_info ti;
+  engram_group_info gi, *gl;
+  engram_status st;
+  engram_dlq_entry *dl;
+  engram_batch *b;
+  engram_txn *txn;
+  uint32_t id;
+  size_t n;
+  uint64_t off;
+  int rc;
+  switch (k) {
+    case 0:
+      return engram_backup(log, "");
+    case 1:
+      return engram_topic_create(log, "bad/name", NULL);
+    case 2:
+      return engram_topic_info_get(log, "missing", &ti);
+    case 3:
+      return engram_topic_info_get(log, "bad name", &ti);
+    case 4:
+      return engram_topic_drop(log, "missing");
+    case 5:
+      return engram_topic_drop(log, "bad name");
+    case 6:
+      return engram_topic_train_dict(log, "missing", &id);
+    case 7:
+      return engram_append(log, "memory", &big, NULL, NULL);
+    case 8:
+      return engram_append(log, "memory", &badtype, NULL, NULL);
+    case 9:
+      return engram_append(log, "missing", &ev, NULL, NULL);
+    case 10:
+      return engram_append_batch(log, "memory", &ev, 0, NULL, NULL);
+    case 11:
+      return engram_append_batch(log, "bad name", &ev, 1, NULL, NULL);
+    case 12:
+      return engram_read(log, "missing", 1, &b);
+    case 13:
+      return engram_read_range(log, "memory", 1, 0, &b);
+    case 14:
+      return engram_group_create(log, "missing", "g", NULL);
+    case 15:
+      return engram_group_create(log, "memory", "bad name", NULL);
+    case 16:
+      return engram_group_info_get(log, "memory", "nosuch", &gi);
+    case 17:
+      return engram_group_list(log, "missing", &gl, &n);
+    case 18:
+      return engram_group_delete(log, "memory", "nosuch");
+    case 19:
+      return engram_group_reset(log, "memory", "nosuch", ENGRAM_START_EARLIEST, 0, 0);
+    case 20:
+      return engram_fetch(log, "memory", "nosuch", "c", 10, 0, &b);
+    case 21:
+      return engram_fetch(log, "memory", "g", "bad name", 10, 0, &b);
+    case 22:
+      return engram_ack(log, "memory", "g", 99, 1, NULL, 0);
+    case 23:
+      return engram_ack_many(log, "memory", "g", NULL, 0, NULL);
+    case 24:
+      return engram_ack_many(log, "memory", "g", &item, 100001, NULL);
+    case 25:
+      return engram_nack(log, "memory", "g", 1, 1, (int64_t)ENGRAM_MAX_DELAY_MS + 1, NULL);
+    case 26:
+      return engram_nack(log, "memory", "g", 1, 1, 0, long_text);
+    case 27:
+      return engram_nack(log, "memory", "g", 99, 1, 0, "boom");
+    case 28:
+      return engram_reject(log, "memory", "g", 1, 1, long_text);
+    case 29:
+      return engram_reject(log, "memory", "g", 99, 1, "bad");
+    case 30:
+      return engram_extend(log, "memory", "g", 1, 1, ENGRAM_MAX_DELAY_MS + 1);
+    case 31:
+      return engram_extend(log, "memory", "g", 99, 1, 1000);
+    case 32:
+      return engram_cancel(log, "memory", "nosuch", 1);
+    case 33:
+      return engram_status_get(log, "memory", "nosuch", 1, &st);
+    case 34:
+      return engram_dlq_list(log, "memory", "nosuch", 0, 10, &dl, &n);
+    case 35:
+      return engram_dlq_purge(log, "memory", "nosuch", NULL, 0, &n);
+    case 36:
+      return engram_dlq_redrive(log, "memory", "nosuch", NULL, 0, &n);
+    case 37:
+      if ((rc = engram_txn_begin(log, &txn))) return rc;
+      rc = engram_txn_ack(txn, "memory", "bad name", 1, 1, NULL, 0);
+      engram_txn_abort(txn);
+      return rc;
+    case 38:
+      if ((rc = engram_txn_begin(log, &txn))) return rc;
+      if ((rc = engram_txn_append(txn, "missing", &ev, &off))) return rc;
+      return engram_txn_commit(txn);
+    case 39:
+      return engram_append_async(log, "bad name", &ev, NULL, NULL);
+    case 40:
+      return engram_append_async(log, "memory", &badtype, NULL, NULL);
+    case 41:
+      return engram_txn_begin(log, NULL);
+    default:
+      return 1;
+  }
+}
+
+/* The same bad-input table on both backends: the same code and the same message, and
+ * nothing written. The argument checks live once in api/, the rest is the embedded
+ * library's on both sides (the daemon runs it). */
+static void every_entry_point_answers_bad_input_alike_on_both_backends(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-badtable");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  char *edir = tu_join(d.dir, "embedded");
+  engram *l = tu_open(edir, NULL);
+  engram_topic_config cfg = {.max_payload = 16};
+  engram *both[2] = {l, r};
+  for (int s = 0; s < 2; s++) {
+    OK(both[s], engram_topic_create(both[s], "memory", &cfg));
+    OK(both[s], engram_group_create(both[s], "memory", "g", NULL));
+  }
+  int failures = 0, k;
+  for (k = 0; bad_input(l, k) != 1; k++) {
+    int code[2];
+    char msg[2][512];
+    for (int s = 0; s < 2; s++) {
+      code[s] = bad_input(both[s], k);
+      snprintf(msg[s], sizeof msg[s], "%s", engram_errmsg(both[s]));
+    }
+    if (code[0] >= 0 || code[0] != code[1] || strcmp(msg[0], msg[1])) {
+      fprintf(stderr, "case %d: embedded %s '%s', remote %s '%s'\n", k, engram_errname(code[0]),
+              msg[0], engram_errname(code[1]), msg[1]);
+      failures++;
+    }
+  }
+  assert_true(k >= 40);
+  assert_int_equal(failures, 0);
+  engram_topic_info ti;
+  for (int s = 0; s < 2; s++) {
+    OK(both[s], engram_topic_info_get(both[s], "memory", &ti));
+    assert_int_equal(ti.count, 0);
+  }
+  engram_close(l);
+  free(edir);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
 /* ---------------------------------------------------------------------------------
  * Groups: a seeded random walk of group operations, run on an embedded handle and on a
  * remote one side by side; every result, code and message must agree.
@@ -1489,6 +1649,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(every_log_operation_works_through_the_daemon),
       cmocka_unit_test(errors_carry_the_same_code_and_message_as_embedded),
+      cmocka_unit_test(every_entry_point_answers_bad_input_alike_on_both_backends),
       cmocka_unit_test(group_operations_agree_with_the_embedded_library_step_by_step),
       cmocka_unit_test(leases_expire_and_retries_come_back_through_the_daemon),
       cmocka_unit_test(a_long_poll_returns_when_events_arrive_or_its_wait_ends),

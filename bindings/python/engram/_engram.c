@@ -341,14 +341,44 @@ static PyObject *Log_verify(LogObject *self, PyObject *unused) {
 /* ---------------------------------------------------------------------------------
  * Topics.
  * ------------------------------------------------------------------------------ */
+/* Sets d[name] to a number of the C type in its name; -1 with an exception set. */
+static int put_uint64_t(PyObject *d, const char *name, uint64_t v) {
+  PyObject *o = PyLong_FromUnsignedLongLong(v);
+  int rc = o ? PyDict_SetItemString(d, name, o) : -1;
+  Py_XDECREF(o);
+  return rc;
+}
+static int put_uint32_t(PyObject *d, const char *name, uint32_t v) {
+  return put_uint64_t(d, name, v);
+}
+static int put_int64_t(PyObject *d, const char *name, int64_t v) {
+  PyObject *o = PyLong_FromLongLong(v);
+  int rc = o ? PyDict_SetItemString(d, name, o) : -1;
+  Py_XDECREF(o);
+  return rc;
+}
+
+static int put_text(PyObject *d, const char *name, const char *v) {
+  PyObject *o = PyUnicode_FromString(v);
+  int rc = o ? PyDict_SetItemString(d, name, o) : -1;
+  Py_XDECREF(o);
+  return rc;
+}
+
 static PyObject *topic_dict(const engram_topic_info *t) {
-  return Py_BuildValue("{s:s,s:{s:I,s:I,s:I,s:I},s:K,s:K,s:K,s:I,s:L}", "name", t->name, "config",
-                       "compress_threshold", t->config.compress_threshold, "max_payload",
-                       t->config.max_payload, "dict_train_after", t->config.dict_train_after,
-                       "flags", t->config.flags, "first_offset",
-                       (unsigned long long)t->first_offset, "head_offset",
-                       (unsigned long long)t->head_offset, "count", (unsigned long long)t->count,
-                       "dict_id", t->dict_id, "created_ns", (long long)t->created_ns);
+  PyObject *d =
+      Py_BuildValue("{s:s,s:{s:I,s:I,s:I,s:I}}", "name", t->name, "config", "compress_threshold",
+                    t->config.compress_threshold, "max_payload", t->config.max_payload,
+                    "dict_train_after", t->config.dict_train_after, "flags", t->config.flags);
+  if (!d) return NULL;
+#define X(type, name)                      \
+  if (put_##type(d, #name, t->name) < 0) { \
+    Py_DECREF(d);                          \
+    return NULL;                           \
+  }
+  ENGRAM_TOPIC_INFO_FIELDS(X)
+#undef X
+  return d;
 }
 
 static PyObject *Log_topic_create(LogObject *self, PyObject *args, PyObject *kw) {
@@ -712,17 +742,20 @@ static PyObject *group_dict(const engram_group_info *g) {
     }
     Py_DECREF(v);
   }
-  return Py_BuildValue(
-      "{s:s,s:s,s:N,s:K,s:I,s:N,s:K,s:I,s:L,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:L}", "topic",
-      g->topic, "name", g->name, "filters", filters, "ack_wait_ms",
-      (unsigned long long)g->ack_wait_ms, "max_deliver", g->max_deliver, "backoff_ms", backoff,
-      "result_ttl_ms", (unsigned long long)g->result_ttl_ms, "flags", g->flags, "created_ns",
-      (long long)g->created_ns, "floor", (unsigned long long)g->floor, "next",
-      (unsigned long long)g->next, "lag", (unsigned long long)g->lag, "in_flight",
-      (unsigned long long)g->in_flight, "retrying", (unsigned long long)g->retrying, "dead",
-      (unsigned long long)g->dead, "acked", (unsigned long long)g->acked, "redelivered",
-      (unsigned long long)g->redelivered, "delivered", (unsigned long long)g->delivered,
-      "oldest_unfinished_ns", (long long)g->oldest_unfinished_ns);
+  PyObject *d = Py_BuildValue(
+      "{s:s,s:s,s:N,s:K,s:I,s:N,s:K,s:I,s:L}", "topic", g->topic, "name", g->name, "filters",
+      filters, "ack_wait_ms", (unsigned long long)g->ack_wait_ms, "max_deliver", g->max_deliver,
+      "backoff_ms", backoff, "result_ttl_ms", (unsigned long long)g->result_ttl_ms, "flags",
+      g->flags, "created_ns", (long long)g->created_ns);
+  if (!d) return NULL; /* "N" consumed filters and backoff */
+#define X(type, name)                      \
+  if (put_##type(d, #name, g->name) < 0) { \
+    Py_DECREF(d);                          \
+    return NULL;                           \
+  }
+  ENGRAM_GROUP_INFO_COUNTERS(X)
+#undef X
+  return d;
 fail:
   Py_XDECREF(filters);
   Py_XDECREF(backoff);
@@ -1077,10 +1110,14 @@ static PyObject *Log_dlq_list(LogObject *self, PyObject *args) {
   PyObject *list = PyList_New((Py_ssize_t)n);
   for (size_t i = 0; list && i < n; i++) {
     engram_dlq_entry *e = &es[i];
-    PyObject *d = Py_BuildValue(
-        "{s:K,s:I,s:s,s:s,s:s,s:L,s:L}", "offset", (unsigned long long)e->offset, "attempts",
-        e->attempts, "reason", e->reason, "last_error", e->last_error, "consumer", e->consumer,
-        "first_delivered_ns", (long long)e->first_delivered_ns, "dead_ns", (long long)e->dead_ns);
+    PyObject *d = PyDict_New();
+#define NUM(type, name) \
+  if (d && put_##type(d, #name, e->name) < 0) Py_CLEAR(d);
+#define TEXT(size, name) \
+  if (d && put_text(d, #name, e->name) < 0) Py_CLEAR(d);
+    ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)
+#undef NUM
+#undef TEXT
     if (!d) {
       Py_CLEAR(list);
       break;
