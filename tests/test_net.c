@@ -1341,6 +1341,8 @@ static void every_cli_command_works_with_connect(void **state) {
       {{E, C, P, "backup", bk, NULL}},
       {{E, C, P, "group", "reset", "memory", "g", "--to", "earliest", NULL}},
       {{E, C, P, "group", "delete", "memory", "g", NULL}},
+      {{E, C, P, "info", NULL}},
+      {{E, C, P, "info", "--json", NULL}},
   };
   int failed = 0;
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
