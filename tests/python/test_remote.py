@@ -102,6 +102,21 @@ def test_a_client_asks_the_daemon_what_it_is(daemon, tmp_path):
             log.server_info()
 
 
+def test_task_delay_through_the_daemon_is_one_request(daemon):
+    app = engram.App(daemon, "workers", topic="tasks")
+
+    @app.task
+    def add(x, y):
+        return x + y
+    add.delay(0, 0)  # the first one may create the topic
+    with engram.connect(daemon) as probe:
+        before = probe.server_info()["requests"]
+        add.delay(2, 3)
+        after = probe.server_info()["requests"]
+    assert after - before == 2  # the delay() and the first server_info() itself
+    app.close()
+
+
 def test_connect_to_nothing_fails_cleanly():
     with pytest.raises(engram.Error):
         with engram.connect(f"tcp://127.0.0.1:{free_port()}", timeout=0.3) as log:
