@@ -30,7 +30,9 @@ static const char *usage =
     "  --drain-events N   events prefilled for the drain (default 200000)\n"
     "  --flush-ms N       embedded latency run: the handles' background flush interval\n"
     "                     (default: the library's, 1000)\n"
-    "  --only LIST        one,eight,pipelined,batch,drain,latency (default all)\n"
+    "  --only LIST        one,eight,pipelined,batch,drain,latency,hops (default all); hops:\n"
+    "                     one request's time by difference, embedded append, served\n"
+    "                     server info (no storage) and served append taken in turns\n"
     "  --json PATH        write results as JSON (one result per line) to PATH\n"
     "  --dir DIR          where to create the logs (default a temporary directory)\n"
     "  --quick            1 s bounds, 20k drain events, 2 s latency runs: a smoke run\n";
@@ -557,6 +559,63 @@ static void latency(int remote) {
     bench_rmrf(dir);
 }
 
+/* ---------------------------------------------------------------------------------
+ * Where the time of one served request goes: by difference, sampled in turns in one
+ * loop (so drift on a shared machine hits all three alike). An embedded append is the
+ * storage's share; a remote engram_server_info_get (no storage) is the transport's and
+ * the daemon's hops and codec; a remote append is both plus the append's own path.
+ * ------------------------------------------------------------------------------ */
+static void hops(engram_durability dur) {
+  daemon_proc d;
+  daemon_start(&d, dur, 0);
+  engram *r = client(d.ep, 0);
+  char edir[4300];
+  snprintf(edir, sizeof edir, "%s/hops-embedded-%d", root, run_no);
+  engram_options eo = {.durability = dur};
+  engram *e = NULL;
+  bench_engram_check(NULL, engram_open(edir, &eo, &e), "open");
+  bench_engram_check(e, engram_topic_create(e, "memory", NULL), "topic create");
+  bench_samples s_info = {0}, s_rapp = {0}, s_eapp = {0};
+  bench_bound b = bench_bound_make(seconds, 0);
+  uint64_t n = 0;
+  while (!bench_bound_done(&b, n)) {
+    engram_event ev = bench_engram_event(bench_event_at(&evs, n));
+    engram_server_info in;
+    int64_t t0 = bench_now_ns();
+    bench_engram_check(r, engram_server_info_get(r, &in), "server info");
+    int64_t t1 = bench_now_ns();
+    bench_engram_check(r, engram_append(r, "memory", &ev, NULL, NULL), "remote append");
+    int64_t t2 = bench_now_ns();
+    bench_engram_check(e, engram_append(e, "memory", &ev, NULL, NULL), "embedded append");
+    int64_t t3 = bench_now_ns();
+    bench_samples_add(&s_info, t1 - t0);
+    bench_samples_add(&s_rapp, t2 - t1);
+    bench_samples_add(&s_eapp, t3 - t2);
+    n++;
+  }
+  engram_close(r);
+  engram_close(e);
+  daemon_stop(&d);
+  bench_rmrf(edir);
+  const char *names[3] = {"hops_embedded_append", "hops_remote_info", "hops_remote_append"};
+  bench_samples *ss[3] = {&s_eapp, &s_info, &s_rapp};
+  const char *notes[3] = {
+      "the storage's share: an embedded append on its own log, in turns with the two below",
+      "a served request without storage: transport, the daemon's hops, codec",
+      "a served append: both of the above plus the append's own path (lane, batch, reply)"};
+  for (int i = 0; i < 3; i++) {
+    bench_result res;
+    bench_result_init(&res, names[i], i ? "engram-remote" : "engram", dname(dur));
+    bench_result_rate(&res, n, (double)(bench_now_ns() - b.start_ns) / 1e9, 0);
+    res.p50_us = (double)bench_samples_pct(ss[i], 50) / 1e3;
+    res.p99_us = (double)bench_samples_pct(ss[i], 99) / 1e3;
+    res.p999_us = (double)bench_samples_pct(ss[i], 99.9) / 1e3;
+    bench_result_note(&res, "%s", notes[i]);
+    emit(&res);
+    bench_samples_free(ss[i]);
+  }
+}
+
 int main(int argc, char **argv) {
   const char *json = NULL, *dir = NULL;
   for (int i = 1; i < argc; i++) {
@@ -632,6 +691,8 @@ int main(int argc, char **argv) {
     latency(0);
     latency(1);
   }
+  for (int k = 0; k < 2; k++)
+    if (wanted("hops")) hops(both[k]);
 
   bench_out_close(&out);
   bench_rmrf(root);

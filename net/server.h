@@ -166,6 +166,9 @@ void server_reply_send(struct net_server *s, void *sock, struct job *j, Engram__
 void server_reply_error(struct net_server *s, void *sock, struct job *j, int code, const char *why);
 int server_prepare(struct net_server *s, struct worker *w, struct job *j);
 void server_run_one(struct net_server *s, struct worker *w, struct job *j);
+/* Runs one request of any kind: decoded, then a fetch (maybe parked), an append (as a
+ * lane of one) or any other operation; its reply leaves through w->push. */
+void server_run_job(struct net_server *s, struct worker *w, struct job *j);
 void server_lane_ready_locked(struct net_server *s, struct lane *l);
 void *server_worker_thread(void *arg);
 

@@ -127,8 +127,7 @@ static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
   net_arena_free(&a);
 }
 
-/* Results of the appends of one job. */
-static void run_job(struct net_server *s, struct worker *w, struct job *j) {
+void server_run_job(struct net_server *s, struct worker *w, struct job *j) {
   if (server_prepare(s, w, j)) return;
   if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_FETCH)
     run_fetch(s, w, j);
@@ -177,7 +176,7 @@ static void *worker_main(void *arg) {
       s->queued--;
       s->running++;
       pthread_mutex_unlock(&s->mu);
-      run_job(s, w, j);
+      server_run_job(s, w, j);
       pthread_mutex_lock(&s->mu);
       s->running--;
       continue;
@@ -231,7 +230,7 @@ static void *worker_main(void *arg) {
       s->queued--;
       s->running++;
       pthread_mutex_unlock(&s->mu);
-      run_job(s, w, j);
+      server_run_job(s, w, j);
       pthread_mutex_lock(&s->mu);
       s->running--;
     }
