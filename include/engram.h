@@ -615,7 +615,7 @@ typedef struct engram_serve_options {
   const char *const *allow_keys; /* client public keys allowed (Z85); with CURVE required */
   size_t n_allow_keys;
   uint32_t max_message; /* largest request in bytes, default 16 MiB */
-  uint32_t workers;     /* request worker threads, default 16 */
+  uint32_t workers;     /* request worker threads, default the machine's cores (at least 2) */
 } engram_serve_options;
 /* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
  * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with

@@ -13,10 +13,12 @@
  * notification to publish or a newly parked fetch.
  *
  * Appends. The appends of one client connection form a lane: a worker takes every
- * append queued on the lane at once, so a pipelining client's events keep their order
- * and share one commit (consecutive appends to one topic become one
- * engram_append_batch). Lanes of different clients run on different workers, whose
- * commits the library's group commit shares.
+ * append queued on every ready lane at once, so a pipelining client's events keep their
+ * order and the appends of all connections share one commit (consecutive appends to one
+ * topic become one engram_append_batch).
+ *
+ * An idle daemon runs a quick request on the main thread itself (server_loop.c,
+ * run_here): no hand-off to a worker and back.
  *
  * Long polls. A fetch runs with no wait; when it finds nothing it is parked with the
  * topic's change sequence. A commit on the topic (from any worker, or from another
