@@ -39,6 +39,9 @@ static int run_here(struct net_server *s, struct job *j) {
   server_run_job(s, &here, j);
   pthread_mutex_lock(&s->mu);
   s->running--;
+  /* Parked fetches its commit or group change woke wait for the committing thread to
+   * take them next (server_on_commit does not signal): here that is a worker's job. */
+  if (s->w_head || s->q_head || s->ready_head) pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
   return 1;
 }
