@@ -108,11 +108,12 @@ struct net_server {
   size_t n_parked;
   struct tseq *seqs[SEQ_BUCKETS];
   size_t n_seqs;
-  struct tseq *dirty; /* topics with a head to publish */
-  int stopping;       /* no new requests; parked fetches answer now */
-  int exiting;        /* workers leave when the queue is empty */
-  int running;        /* jobs being executed */
-  int park_signal;    /* main thread must look at the parked list */
+  struct tseq *dirty;    /* topics with a head to publish */
+  int stopping;          /* no new requests; parked fetches answer now */
+  int exiting;           /* workers leave when the queue is empty */
+  int running;           /* jobs being executed */
+  int park_signal;       /* main thread must look at the parked list */
+  pthread_t main_thread; /* runs server_main_loop */
 
   pthread_t *workers;
   int n_workers;

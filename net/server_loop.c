@@ -265,6 +265,7 @@ void server_main_loop(struct net_server *s) {
         pthread_mutex_unlock(&s->mu);
         if (full || take_request(s) < 0) break;
       }
+      server_publish_dirty(s); /* commits of requests run right here */
     }
     if (it[2].revents & ZMQ_POLLIN) take_notify_in(s);
     timeout = check_parked(s);
