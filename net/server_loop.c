@@ -46,8 +46,10 @@ static int run_here(struct net_server *s, struct job *j) {
   return 1;
 }
 
-/* Reads one request off the ROUTER and queues it (or answers a bad frame at once).
- * Returns 0, or -1 when nothing was waiting. */
+/* Reads one request off the ROUTER and queues it (or answers a bad frame at once, or runs
+ * it here). Returns 0; 1 when it ran here, having seen nothing else waiting (so the
+ * caller need not ask the ROUTER again before its next poll); -1 when nothing was
+ * waiting. */
 static int take_request(struct net_server *s) {
   struct job *j = calloc(1, sizeof *j);
   if (!j) return -1;
@@ -104,7 +106,7 @@ static int take_request(struct net_server *s) {
     server_reply_error(s, s->router, j, code, why);
     return 0;
   }
-  if (run_here(s, j)) return 0;
+  if (run_here(s, j)) return 1;
   pthread_mutex_lock(&s->mu);
   if (j->pk.op == ENGRAM__WIRE__REQUEST__OP_APPEND) {
     const void *id = zmq_msg_data(&j->ident);
@@ -263,7 +265,7 @@ void server_main_loop(struct net_server *s) {
         pthread_mutex_lock(&s->mu);
         int full = s->queued >= MAX_QUEUED;
         pthread_mutex_unlock(&s->mu);
-        if (full || take_request(s) < 0) break;
+        if (full || take_request(s) != 0) break; /* nothing left, or it ran here */
       }
       server_publish_dirty(s); /* commits of requests run right here */
     }
