@@ -4,7 +4,7 @@
 # fresh temporary directory, and prints one tally line.
 #
 # Environment: BUILD (build or build/san, default build), ENGRAM_TEST_TIMEOUT (seconds per
-# unit, default 120; the slowest unit takes about 15 s under the sanitizers), ONLY (run only units whose name contains it), VERBOSE=1 (print
+# unit, default 120; Python units: ENGRAM_PY_TIMEOUT, default 300; the slowest unit takes about 15 s under the sanitizers), ONLY (run only units whose name contains it), VERBOSE=1 (print
 # every unit's output, not only failing ones), ENGRAM_KEEP_TMP=1 (keep temp dirs).
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -114,8 +114,14 @@ if [ -d tests/python ]; then
     if [ -z "$py" ]; then
       echo "SKIP  python (no python3 with pytest: apt-get install python3-pytest)"
     else
-      PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}" \
-        run_unit python "$py" -m pytest -q tests/python
+      # Three units, each under its own timeout (ENGRAM_PY_TIMEOUT, default 300 s): the
+      # package, the task runtime, and the seed systems' ported examples.
+      export PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}"
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python "$py" -m pytest -q tests/python \
+        --ignore=tests/python/seeds --ignore=tests/python/test_tasks.py
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/tasks "$py" -m pytest -q \
+        tests/python/test_tasks.py
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/seeds "$py" -m pytest -q tests/python/seeds
     fi
   fi
 fi
