@@ -31,7 +31,8 @@ ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
 
 DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
   protobuf-c-compiler libzmq3-dev libcmocka-dev lmdb-utils python3 python3-dev \
-  python3-pytest python3-setuptools python3-pip python3-wheel clang cppcheck
+  python3-pytest python3-setuptools python3-pip python3-wheel clang cppcheck \
+  nats-server libnats-dev
 # libFuzzer's runtime for `make fuzz` (only a Recommends of clang): installed when this
 # Debian release has it under that name.
 DEB_OPTIONAL := libclang-rt-14-dev
@@ -122,8 +123,10 @@ $(BUILD)/libengram.so: $(LIB_OBJS)
 	$(CC) -shared $(ALL_LDFLAGS) -Wl,-soname,libengram.so.0 -o $@.$$$$.tmp $^ $(LDLIBS) && mv $@.$$$$.tmp $@
 	ln -sf libengram.so $(BUILD)/libengram.so.0
 
+# Only the command links libnats (engram mirror / restore, serve --mirror-nats): the
+# library never depends on it.
 $(BUILD)/engram: $(CLI_OBJS) $(BUILD)/libengram.a
-	$(CC) $(ALL_LDFLAGS) -o $@.$$$$.tmp $(CLI_OBJS) $(BUILD)/libengram.a $(LDLIBS) && mv $@.$$$$.tmp $@
+	$(CC) $(ALL_LDFLAGS) -o $@.$$$$.tmp $(CLI_OBJS) $(BUILD)/libengram.a $(LDLIBS) -lnats && mv $@.$$$$.tmp $@
 
 $(PUBLIC_TEST_BINS): $(BUILD)/tests/%: tests/%.c $(TEST_HELPERS) $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
