@@ -4,6 +4,7 @@
 #                    (only engram_* names are visible in either library: see "Visibility")
 #   make run         builds and runs the main job on ./engram-data
 #   make test        builds and runs every test (SAN=1: under ASan + UBSan)
+#   make mirrortest  the NATS mirror's real-server test with 100,000 events
 #   make bench       the benchmark suite (see docs/benchmarks.md)
 #   make install     PREFIX=/usr/local DESTDIR=
 SHELL := /bin/bash
@@ -61,7 +62,7 @@ FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%-replay,$(FUZZ_SRCS))
 BENCH_SRCS := $(wildcard bench/bench_*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 
-.PHONY: all deps run test test-c test-python bench bench-peers fuzz install clean check-deps format python lint
+.PHONY: mirrortest all deps run test test-c test-python bench bench-peers fuzz install clean check-deps format python lint
 .SECONDARY:
 
 all: $(BUILD)/libengram.a $(BUILD)/libengram.so $(BUILD)/engram
@@ -154,6 +155,12 @@ check-deps:
 
 test: deps check-deps all $(TEST_BINS) $(SHARED_TEST_BINS) $(FUZZ_REPLAY)
 	@BUILD=$(BUILD) bash tests/run-tests.sh
+
+# The NATS mirror's real-server test at full size: 100,000 events through a 3-node
+# JetStream cluster while the mirror and a node are killed (make test runs 20,000).
+MIRROR_EVENTS ?= 100000
+mirrortest: deps all
+	@BUILD=$(BUILD) EVENTS=$(MIRROR_EVENTS) ENGRAM_TEST_TIMEOUT=1200 bash cli/test-mirror.sh
 
 fuzz: deps
 	@bash tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS)

@@ -32,7 +32,7 @@ static const char help[] =
     "  --nats URL               NATS server(s), comma-separated; tls:// for TLS\n"
     "  --topic T                a topic to mirror (repeat, or T1,T2)\n"
     "  --stream NAME            the stream (default ENGRAM)\n"
-    "  --subject-prefix P       subjects are P.<topic> (default engram)\n"
+    "  --subject-prefix P       subjects are P.<topic> (default engram.<stream>)\n"
     "  --group NAME             the group holding the position (default mirror.<stream>)\n"
     "  --replicas N             replicas of a stream it creates (default 1; 3 for a cluster)\n"
     "  --duplicate-window DUR   duplicate window of a stream it creates (default 2m)\n"
@@ -202,6 +202,7 @@ int cmd_mirror(struct cli *c, int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     status = mirror_run(c->log, &mc);
+    if (status == MIRROR_RETRY) status = cli_error("mirror: the log stopped answering");
   }
   free(topics);
   return status;
@@ -235,7 +236,10 @@ static void *mirror_main(void *arg) {
     struct timespec ts = {0, 200000000L};
     nanosleep(&ts, NULL);
   }
-  if (!t->stop) mirror_run(log, &t->cfg);
+  while (!t->stop && mirror_run(log, &t->cfg) == MIRROR_RETRY) {
+    struct timespec ts = {1, 0};
+    nanosleep(&ts, NULL);
+  }
   engram_close(log);
   return NULL;
 }

@@ -9,12 +9,14 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "mirror.h"
 
 static const char serve_help[] =
     "usage: engram serve [--data DIR] [--listen ENDPOINT] [--notify ENDPOINT]\n"
     "                    [--config FILE] [--log-json] [--durability MODE]\n"
     "                    [--workers N] [--max-message SIZE]\n"
     "                    [--curve-secret-file FILE --allow-keys-file FILE]\n"
+    "                    [--mirror-nats URL --mirror-topic T [--mirror-stream NAME]]\n"
     "\n"
     "Serves the log in DIR over ZeroMQ in the foreground until SIGTERM or SIGINT, then\n"
     "answers the requests in flight and stops. Clients use `engram --connect ENDPOINT`\n"
@@ -37,6 +39,10 @@ static const char serve_help[] =
     "  --curve-secret-file FILE the daemon's key pair from `engram keygen --out`: turns\n"
     "                           on CURVE encryption and authentication\n"
     "  --allow-keys-file FILE   client public keys allowed in, one per line (with CURVE)\n"
+    "  --mirror-nats URL        also mirror topics into NATS JetStream, as `engram mirror`\n"
+    "                           does (credentials in the URL: nats://user:pass@host:4222)\n"
+    "  --mirror-topic T         a topic to mirror (repeat, or T1,T2)\n"
+    "  --mirror-stream NAME     the stream (default ENGRAM)\n"
     "  -h, --help               this help\n";
 
 static const char keygen_help[] =
@@ -63,6 +69,9 @@ enum {
   O_MAX_MESSAGE,
   O_SECRET_FILE,
   O_ALLOW_FILE,
+  O_MIRROR_NATS,
+  O_MIRROR_TOPIC,
+  O_MIRROR_STREAM,
   O_COUNT
 };
 
@@ -77,6 +86,9 @@ static const struct cli_opt serve_opts[] = {
     {"--max-message", 1, O_MAX_MESSAGE},
     {"--curve-secret-file", 1, O_SECRET_FILE},
     {"--allow-keys-file", 1, O_ALLOW_FILE},
+    {"--mirror-nats", 1, O_MIRROR_NATS},
+    {"--mirror-topic", 1, O_MIRROR_TOPIC},
+    {"--mirror-stream", 1, O_MIRROR_STREAM},
     {"-h", 0, CLI_OPT_HELP},
     {"--help", 0, CLI_OPT_HELP},
     {NULL, 0, 0},
@@ -241,6 +253,28 @@ static int read_allow(const char *path, char ***keys, size_t *n) {
   return status;
 }
 
+/* --mirror-nats: the mirror thread (cli/cmd_mirror.c) beside the daemon. */
+static int mirror_start(struct settings *st, const engram_serve_options *so,
+                        struct mirror_thread **out, const char ***topics) {
+  if (!st->v[O_MIRROR_NATS] && !st->v[O_MIRROR_TOPIC] && !st->v[O_MIRROR_STREAM]) return 0;
+  if (!st->v[O_MIRROR_NATS] || !st->v[O_MIRROR_TOPIC])
+    return cli_usage("serve", "--mirror-nats and --mirror-topic go together");
+  if (so->secret_key)
+    return cli_usage("serve", "--mirror-nats with CURVE: run `engram mirror` beside the daemon");
+  struct mirror_config mc;
+  memset(&mc, 0, sizeof mc);
+  mc.nats.url = st->v[O_MIRROR_NATS];
+  mc.stream = st->v[O_MIRROR_STREAM];
+  for (char *p = strtok(st->v[O_MIRROR_TOPIC], ","); p; p = strtok(NULL, ",")) {
+    const char **l = realloc(*topics, (mc.n_topics + 1) * sizeof *l);
+    if (!l) return cli_error("serve: out of memory");
+    *topics = l;
+    l[mc.n_topics++] = p;
+  }
+  mc.topics = *topics;
+  return mirror_thread_start(so->listen, &mc, out) ? CLI_EXIT_FAIL : 0;
+}
+
 int cmd_serve(struct cli *c, int argc, char **argv) {
   struct cli_args a;
   struct settings st;
@@ -249,6 +283,13 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
   int o, status = 0;
   while ((o = cli_args_next(&a, serve_opts)) > 0) {
     if (o == CLI_OPT_HELP) return cli_help(serve_help);
+    if (o == O_MIRROR_TOPIC && st.v[o]) { /* repeatable: a comma-separated list */
+      char *l = malloc(strlen(st.v[o]) + strlen(a.val) + 2);
+      if (l) sprintf(l, "%s,%s", st.v[o], a.val);
+      free(st.v[o]);
+      st.v[o] = l;
+      continue;
+    }
     free(st.v[o]);
     st.v[o] = strdup(o == O_LOG_JSON ? "true" : a.val);
   }
@@ -330,7 +371,12 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
     so.allow_keys = (const char *const *)allow;
     so.n_allow_keys = nallow;
   }
+  struct mirror_thread *mirror = NULL;
+  const char **topics = NULL;
+  if ((status = mirror_start(&st, &so, &mirror, &topics))) goto free_allow;
   int rc = engram_serve(dir, &so);
+  mirror_thread_stop(mirror);
+  free(topics);
   if (rc)
     status = cli_error("%s", *engram_errmsg(NULL) ? engram_errmsg(NULL) : engram_strerror(rc));
 free_allow:

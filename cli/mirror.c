@@ -75,13 +75,37 @@ const char *mirror_nats_why(natsStatus s) {
   return t && *t ? t : natsStatus_GetText(s);
 }
 
+/* Operators see the connection come and go; publishes meanwhile wait in the client's
+ * reconnect buffer or fail after their ack wait, and are read back and sent again. */
+static void on_disconnected(natsConnection *nc, void *closure) {
+  (void)closure;
+  if (natsConnection_IsClosed(nc)) return; /* our own close */
+  fprintf(stderr, "engram: nats: disconnected: reconnecting, retrying\n");
+}
+
+static void on_reconnected(natsConnection *nc, void *closure) {
+  (void)closure;
+  char url[256] = "";
+  natsConnection_GetConnectedUrl(nc, url, sizeof url);
+  fprintf(stderr, "engram: nats: reconnected to %s\n", url);
+}
+
 natsStatus mirror_link_open(const struct mirror_nats *n, jsOptions *jo, natsConnection **nc,
                             jsCtx **js, char *err, size_t errlen) {
   natsOptions *o = NULL;
   natsStatus s = natsOptions_Create(&o);
   const char *url = n->url ? n->url : "nats://127.0.0.1:4222";
   const char *password = n->password ? n->password : getenv("ENGRAM_NATS_PASSWORD");
-  if (s == NATS_OK) s = natsOptions_SetURL(o, url);
+  /* A comma-separated list: every server of a cluster to try (nats.c's SetURL takes
+   * one). */
+  char *list = strdup(url);
+  const char *servers[16];
+  int nservers = 0;
+  if (!list) s = NATS_NO_MEMORY;
+  for (char *p = list ? strtok(list, ", ") : NULL; p && nservers < 16; p = strtok(NULL, ", "))
+    servers[nservers++] = p;
+  if (s == NATS_OK) s = natsOptions_SetServers(o, servers, nservers);
+  if (s == NATS_OK) s = natsOptions_SetNoRandomize(o, false);
   if (s == NATS_OK) s = natsOptions_SetName(o, "engram-mirror");
   if (s == NATS_OK && (!strncmp(url, "tls://", 6) || n->ca)) s = natsOptions_SetSecure(o, true);
   if (s == NATS_OK && n->ca) s = natsOptions_LoadCATrustedCertificates(o, n->ca);
@@ -91,6 +115,8 @@ natsStatus mirror_link_open(const struct mirror_nats *n, jsOptions *jo, natsConn
   if (s == NATS_OK && n->creds) s = natsOptions_SetUserCredentialsFromFiles(o, n->creds, NULL);
   if (s == NATS_OK && n->nkey_seed)
     s = natsOptions_SetNKeyFromSeed(o, n->nkey_public, n->nkey_seed);
+  if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(o, on_disconnected, NULL);
+  if (s == NATS_OK) s = natsOptions_SetReconnectedCB(o, on_reconnected, NULL);
   if (s == NATS_OK) s = natsOptions_SetMaxReconnect(o, -1);
   if (s == NATS_OK) s = natsOptions_SetReconnectWait(o, 250);
   if (s == NATS_OK) s = natsOptions_SetTimeout(o, 2000);
@@ -104,6 +130,7 @@ natsStatus mirror_link_open(const struct mirror_nats *n, jsOptions *jo, natsConn
     *js = NULL;
   }
   natsOptions_Destroy(o);
+  free(list);
   return s;
 }
 
@@ -156,6 +183,7 @@ struct mirror {
   size_t awaited; /* acks still to come */
   char last_error[1024];
   uint64_t mirrored; /* events published since start */
+  uint64_t reported; /* mirrored at the last progress line */
   int64_t last_progress_ns;
   int degraded; /* a failure was logged; the next success logs the recovery */
 };
@@ -559,7 +587,9 @@ static int mirror_batch(struct mirror *m, struct topic_state *t, engram_batch *b
   }
   for (size_t i = 0; i < b->count; i++) items[i].offset = b->events[i].offset;
   int arc = engram_ack_many(m->log, t->name, m->group, items, b->count, codes);
-  if (arc) {
+  if (arc && stopping(m)) {
+    rc = -1; /* serve's daemon stopped first: the next run reads the stream back */
+  } else if (arc) {
     /* An event already finished (EALREADY) is fine; anything else ends the run. */
     for (size_t i = 0; i < b->count && !rc; i++)
       if (codes[i] && codes[i] != ENGRAM_EALREADY)
@@ -597,7 +627,11 @@ int mirror_run(engram *log, const struct mirror_config *cfg) {
   memset(&m, 0, sizeof m);
   struct mirror_config c = *cfg;
   if (!c.stream) c.stream = "ENGRAM";
-  if (!c.prefix) c.prefix = "engram";
+  char prefix[ENGRAM_MAX_NAME + 16];
+  if (!c.prefix) {
+    snprintf(prefix, sizeof prefix, "engram.%s", c.stream);
+    c.prefix = prefix;
+  }
   if (!c.replicas) c.replicas = 1;
   if (!c.dup_window_ms) c.dup_window_ms = 120000;
   if (!c.batch) c.batch = 1000;
@@ -669,6 +703,14 @@ int mirror_run(engram *log, const struct mirror_config *cfg) {
         }
       }
       int rc = engram_fetch(log, t->name, m.group, "mirror", c.batch, 0, &b);
+      if (rc && stopping(&m)) goto done;
+      if (rc == ENGRAM_ECONN || rc == ENGRAM_ETIMEDOUT || rc == ENGRAM_ECLOSED) {
+        /* A remote log (serve's own daemon, or --connect) went away: the caller may run
+         * the mirror again, which reads the stream back first. */
+        note(&m, "fetch from %s: %s", t->name, engram_errmsg(log));
+        status = MIRROR_RETRY;
+        goto done;
+      }
       if (rc) {
         status = cli_error("%s: fetch from %s: %s", who(&m), t->name,
                            *engram_errmsg(log) ? engram_errmsg(log) : engram_strerror(rc));
@@ -689,7 +731,8 @@ int mirror_run(engram *log, const struct mirror_config *cfg) {
       if (engram_group_info_get(log, t->name, m.group, &gi) == 0) lag += gi.lag;
     }
     int64_t now = cli_now_ns();
-    if (now - m.last_progress_ns > PROGRESS_NS) {
+    if (now - m.last_progress_ns > PROGRESS_NS && (m.mirrored != m.reported || lag)) {
+      m.reported = m.mirrored;
       note(&m, "%" PRIu64 " events mirrored into %s, lag %" PRIu64, m.mirrored, c.stream, lag);
       m.last_progress_ns = now;
     }
@@ -728,6 +771,7 @@ done:
   free(m.topics);
   pthread_cond_destroy(&m.cv);
   pthread_mutex_destroy(&m.mu);
-  if (!status) note(&m, "stopped: %" PRIu64 " events mirrored into %s", m.mirrored, c.stream);
+  if (status != CLI_EXIT_FAIL)
+    note(&m, "stopped: %" PRIu64 " events mirrored into %s", m.mirrored, c.stream);
   return status;
 }

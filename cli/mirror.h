@@ -38,7 +38,7 @@ struct mirror_nats {
 struct mirror_config {
   struct mirror_nats nats;
   const char *stream;        /* JetStream stream, default "ENGRAM" */
-  const char *prefix;        /* subject = prefix "." topic; default "engram" */
+  const char *prefix;        /* subject = prefix "." topic; default "engram.<stream>" */
   const char *const *topics; /* the topics to follow */
   size_t n_topics;
   const char *group;           /* the consumer group keeping the position; default
@@ -54,8 +54,10 @@ struct mirror_config {
 
 /* Follows the topics and publishes every event into the stream once, until *stop is
  * set (or, with once, until caught up). Waits and retries while NATS or the topics are
- * missing. Returns 0, or 1 after printing one line on stderr (a fatal problem: the
- * subject belongs to another topic, the log failed). */
+ * missing. Returns 0, MIRROR_RETRY when a remote log stopped answering (run it again),
+ * or 1 after printing one line on stderr (a fatal problem: the subject belongs to
+ * another topic, the log failed). */
+#define MIRROR_RETRY 3
 int mirror_run(engram *log, const struct mirror_config *cfg);
 
 /* NATS plumbing shared with restore. mirror_link_open connects (reconnecting forever
