@@ -126,6 +126,10 @@ while [ ! -e "$TMP/append.done" ] || [ $kills -lt 8 ]; do
     log "restart nats node n1"
     start_node 1
   fi
+  # Every third restart comes after the stream's duplicate window (1 s) has passed:
+  # what the killed mirror had published must then be recognised by reading the stream
+  # back, not by its message ids.
+  [ $((kills % 3)) = 0 ] && sleep 3
   start_mirror
 done
 wait "${PIDS[load]}"
