@@ -62,7 +62,7 @@ FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%-replay,$(FUZZ_SRCS))
 BENCH_SRCS := $(wildcard bench/bench_*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 
-.PHONY: mirrortest all deps run test test-c test-python bench bench-peers fuzz install clean check-deps format python lint
+.PHONY: mirrortest bench-mirror all deps run test test-c test-python bench bench-peers fuzz install clean check-deps format python lint
 .SECONDARY:
 
 all: $(BUILD)/libengram.a $(BUILD)/libengram.so $(BUILD)/engram
@@ -172,6 +172,11 @@ bench: deps all $(BENCH_BINS)
 # 127.0.0.1 with throw-away data). PEERS=--quick for a short run.
 bench-peers: deps all $(BENCH_BINS)
 	@BUILD=$(BUILD) bash bench/peers/run.sh $(PEERS)
+
+# engram mirror against a 3-node JetStream cluster (R3), next to the cluster's own
+# ceiling (bench/mirror/run.sh; MIRROR_BENCH=--quick for a short run).
+bench-mirror: deps all
+	@BUILD=$(BUILD) bash bench/mirror/run.sh $(MIRROR_BENCH)
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
