@@ -190,6 +190,18 @@ struct mirror {
 
 static const char *who(const struct mirror *m) { return m->cfg->who ? m->cfg->who : "mirror"; }
 
+/* A problem that ends the run: one line on stderr (cli_error), then -1. */
+static int fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fatal(const char *fmt, ...) {
+  char buf[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  cli_error("%s", buf);
+  return -1;
+}
+
 static void note(struct mirror *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void note(struct mirror *m, const char *fmt, ...) {
   va_list ap;
@@ -331,7 +343,7 @@ static int read_back(struct mirror *m, struct topic_state *t, uint64_t lo) {
       cap = cap ? cap * 2 : 1024;
       uint64_t *p = realloc(t->present, cap * sizeof *p);
       if (!p) {
-        rc = cli_error("%s: out of memory", who(m)) ? -1 : -1;
+        rc = fatal("%s: out of memory", who(m));
         break;
       }
       t->present = p;
@@ -389,7 +401,7 @@ static int prepare_topic(struct mirror *m, struct topic_state *t) {
     snprintf(m->last_error, sizeof m->last_error, "topic %s does not exist yet", t->name);
     return 1;
   }
-  if (rc) return cli_error("%s: topic %s: %s", who(m), t->name, engram_errmsg(m->log)) ? -1 : -1;
+  if (rc) return fatal("%s: topic %s: %s", who(m), t->name, engram_errmsg(m->log));
   t->created_ns = ti.created_ns;
   engram_group_info gi;
   rc = engram_group_info_get(m->log, t->name, m->group, &gi);
@@ -403,19 +415,14 @@ static int prepare_topic(struct mirror *m, struct topic_state *t) {
     if (rc == 0 || rc == ENGRAM_EEXIST) rc = engram_group_info_get(m->log, t->name, m->group, &gi);
   }
   if (rc)
-    return cli_error("%s: group %s of topic %s: %s", who(m), m->group, t->name,
-                     engram_errmsg(m->log))
-               ? -1
-               : -1;
+    return fatal("%s: group %s of topic %s: %s", who(m), m->group, t->name, engram_errmsg(m->log));
   /* Events a previous run fetched and did not ack come again at once, not after their
    * lease; whether they reached the stream is read back below. */
   if (gi.in_flight > 0 || gi.retrying > 0) {
     rc = engram_group_reset(m->log, t->name, m->group, ENGRAM_START_OFFSET, gi.floor + 1, 0);
     if (rc)
-      return cli_error("%s: resetting group %s of topic %s: %s", who(m), m->group, t->name,
-                       engram_errmsg(m->log))
-                 ? -1
-                 : -1;
+      return fatal("%s: resetting group %s of topic %s: %s", who(m), m->group, t->name,
+                   engram_errmsg(m->log));
   }
   rc = read_back(m, t, gi.floor + 1);
   if (rc == 0) t->ready = 1;
@@ -490,7 +497,7 @@ static natsStatus publish_one(struct mirror *m, const struct topic_state *t,
  * them in the group. Returns 0, or -1 when stopped or fatal (printed). */
 static int mirror_batch(struct mirror *m, struct topic_state *t, engram_batch *b) {
   unsigned char *state = calloc(b->count, 1);
-  if (!state) return cli_error("%s: out of memory", who(m)) ? -1 : -1;
+  if (!state) return fatal("%s: out of memory", who(m));
   pthread_mutex_lock(&m->mu);
   m->evs = b->events;
   m->n = b->count;
@@ -502,14 +509,16 @@ static int mirror_batch(struct mirror *m, struct topic_state *t, engram_batch *b
   uint64_t delay = BACKOFF_MIN_MS;
   int rc = 0;
   for (;;) {
-    size_t sent = 0, failed_send = 0;
     natsStatus s = NATS_OK;
     for (size_t i = 0; i < b->count; i++) {
-      if (state[i] == 1) continue;
       pthread_mutex_lock(&m->mu);
-      state[i] = 0;
-      m->awaited++;
+      int done = state[i] == 1;
+      if (!done) {
+        state[i] = 0;
+        m->awaited++;
+      }
       pthread_mutex_unlock(&m->mu);
+      if (done) continue;
       s = m->js ? publish_one(m, t, &b->events[i]) : NATS_CONNECTION_CLOSED;
       if (s != NATS_OK) {
         pthread_mutex_lock(&m->mu);
@@ -518,11 +527,9 @@ static int mirror_batch(struct mirror *m, struct topic_state *t, engram_batch *b
           m->awaited--;
         }
         pthread_mutex_unlock(&m->mu);
-        failed_send++;
         snprintf(m->last_error, sizeof m->last_error, "publish: %s", mirror_nats_why(s));
         break;
       }
-      sent++;
     }
     /* Every publish sent gets its ack, an error or a timeout after ACK_WAIT_MS. */
     pthread_mutex_lock(&m->mu);
@@ -550,8 +557,6 @@ static int mirror_batch(struct mirror *m, struct topic_state *t, engram_batch *b
       note(m, "%zu of %zu events of %s not acknowledged by the stream (%s): retrying", missing,
            b->count, t->name, m->last_error);
     m->degraded = 1;
-    (void)sent;
-    (void)failed_send;
     /* Back off, then read back what reached the stream and publish only the rest: past
      * the stream's duplicate window a message id alone would not stop a second copy. */
     for (;;) {
@@ -582,7 +587,7 @@ static int mirror_batch(struct mirror *m, struct topic_state *t, engram_batch *b
   if (!items || !codes) {
     free(items);
     free(codes);
-    rc = cli_error("%s: out of memory", who(m)) ? -1 : -1;
+    rc = fatal("%s: out of memory", who(m));
     goto out;
   }
   for (size_t i = 0; i < b->count; i++) items[i].offset = b->events[i].offset;
@@ -593,11 +598,9 @@ static int mirror_batch(struct mirror *m, struct topic_state *t, engram_batch *b
     /* An event already finished (EALREADY) is fine; anything else ends the run. */
     for (size_t i = 0; i < b->count && !rc; i++)
       if (codes[i] && codes[i] != ENGRAM_EALREADY)
-        rc = cli_error("%s: ack of %s offset %" PRIu64 " in group %s: %s", who(m), t->name,
-                       items[i].offset, m->group,
-                       *engram_errmsg(m->log) ? engram_errmsg(m->log) : engram_strerror(codes[i]))
-                 ? -1
-                 : -1;
+        rc = fatal("%s: ack of %s offset %" PRIu64 " in group %s: %s", who(m), t->name,
+                   items[i].offset, m->group,
+                   *engram_errmsg(m->log) ? engram_errmsg(m->log) : engram_strerror(codes[i]));
   }
   free(items);
   free(codes);

@@ -96,9 +96,10 @@ int main(int argc, char **argv) {
   po.MaxWait = 60000;
   if (s == NATS_OK) s = js_PublishAsyncComplete(js, &po);
   double secs = now() - t0;
-  printf("{\"what\":\"nats_ceiling\",\"replicas\":%ld,\"count\":%ld,\"size\":%ld,"
-         "\"max_pending\":%ld,\"failed\":%d,\"status\":\"%s\",\"secs\":%.3f,\"rate\":%.0f}\n",
-         replicas, count, size, pending, failed, natsStatus_GetText(s), secs, count / secs);
+  printf(
+      "{\"what\":\"nats_ceiling\",\"replicas\":%ld,\"count\":%ld,\"size\":%ld,"
+      "\"max_pending\":%ld,\"failed\":%d,\"status\":\"%s\",\"secs\":%.3f,\"rate\":%.0f}\n",
+      replicas, count, size, pending, failed, natsStatus_GetText(s), secs, count / secs);
   js_DeleteStream(js, stream, NULL, NULL);
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
