@@ -10,7 +10,8 @@
 #      directory counts as many messages as events with no duplicates, verifies clean,
 #      and every event equals the original (all fields but the append time).
 #   2. `engram serve --mirror-nats` mirrors what clients append through the daemon.
-#   3. a NATS server with user/password: the right password mirrors, a wrong one waits.
+#   3. a NATS server with user/password: the right password mirrors, a wrong one waits;
+#      a NATS server with TLS (a CA and certificate made here with openssl).
 # Usage: BUILD=build [EVENTS=N] bash cli/test-mirror.sh   (exit 0 when all pass)
 set -u
 BUILD=${BUILD:-build}
@@ -46,7 +47,7 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r -a PORTS <<<"$(free_ports 8)"
+read -r -a PORTS <<<"$(free_ports 9)"
 CP=("${PORTS[0]}" "${PORTS[1]}" "${PORTS[2]}") # client ports
 RP=("${PORTS[3]}" "${PORTS[4]}" "${PORTS[5]}") # cluster route ports
 URL="nats://127.0.0.1:${CP[0]},nats://127.0.0.1:${CP[1]},nats://127.0.0.1:${CP[2]}"
@@ -78,7 +79,7 @@ kill_mirror() {
 
 # EVENTS memory events of about 300 bytes (keys, headers, content types, odd bytes in
 # keys and header values), appended in batches of 500; every 10th batch also appends
-# to the second topic.
+# to the second topic (the first batch too).
 python3 - "$EVENTS" >"$TMP/events.jsonl" <<'EOF'
 import json, random, sys
 rnd = random.Random(17)
@@ -100,7 +101,7 @@ append_load() {
   for f in "$TMP"/chunk.*; do
     "$BIN" --data "$DATA" append memory --batch <"$f" >/dev/null || echo "append failed" >>"$TMP/append.err"
     n=$((n + 1))
-    [ $((n % 10)) = 0 ] && head -n 50 "$f" | "$BIN" --data "$DATA" append audit --batch >/dev/null
+    [ $((n % 10)) = 1 ] && head -n 50 "$f" | "$BIN" --data "$DATA" append audit --batch >/dev/null
     sleep 0.05
   done
   touch "$TMP/append.done"
@@ -238,6 +239,38 @@ ENGRAM_NATS_PASSWORD="s3cret pass" timeout 30 "$BIN" --data "$TMP/sec" mirror --
   ENGRAM_NATS_PASSWORD="s3cret pass" "$BIN" restore --from-nats "nats://127.0.0.1:$AP" --nats-user engram \
     --stream ENGRAM --data "$TMP/sec-restored" | grep -q "100 events from 100 messages" &&
   ok "user/password: mirrored and restored" || fail "user/password mirror"
+
+log "TLS"
+if command -v openssl >/dev/null; then
+  TP=${PORTS[8]}
+  (cd "$TMP" &&
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+      -out ca.pem -days 2 -subj /CN=engram-test-ca &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key \
+      -out server.csr -subj /CN=127.0.0.1 &&
+    printf 'subjectAltName=IP:127.0.0.1\n' >san.ext &&
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile san.ext -out server.pem) >"$TMP/openssl.log" 2>&1
+  cat >"$TMP/tls.conf" <<EOF
+listen: 127.0.0.1:$TP
+jetstream { store_dir: "$TMP/tls" }
+tls { cert_file: "$TMP/server.pem", key_file: "$TMP/server.key" }
+EOF
+  nats-server -c "$TMP/tls.conf" >"$TMP/tls.log" 2>&1 &
+  PIDS[tls]=$!
+  "$BIN" --data "$TMP/tlslog" topic create s >/dev/null
+  head -n 100 "$TMP/events.jsonl" | "$BIN" --data "$TMP/tlslog" append s --batch >/dev/null
+  timeout 30 "$BIN" --data "$TMP/tlslog" mirror --nats "tls://127.0.0.1:$TP" --nats-ca "$TMP/ca.pem" \
+    --topic s --once 2>"$TMP/tls.err" &&
+    "$BIN" restore --from-nats "tls://127.0.0.1:$TP" --nats-ca "$TMP/ca.pem" --stream ENGRAM \
+      --data "$TMP/tls-restored" | grep -q "100 events from 100 messages" &&
+    ok "TLS: mirrored and restored" || fail "TLS mirror: $(tail -n 2 "$TMP/tls.err")"
+  timeout 3 "$BIN" --data "$TMP/tlslog" mirror --nats "tls://127.0.0.1:$TP" --topic s --once \
+    >/dev/null 2>"$TMP/tls-noca.err"
+  [ $? = 124 ] && ok "TLS without the CA: refused and retried" || fail "TLS without the CA"
+else
+  echo "skip TLS (no openssl)"
+fi
 
 [ $fails = 0 ] && echo "test-mirror: all passed" || echo "test-mirror: $fails failed"
 [ $fails = 0 ]
