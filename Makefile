@@ -1,12 +1,15 @@
 # engram — build, test, bench, install. GNU make; no other build system.
 #   make deps        install the Debian packages engram needs (idempotent; root or sudo)
-#   make             library (build/libengram.a, build/libengram.so) and CLI (build/engram)
+#   make             library (build/libengram.a, build/libengram.so.X.Y.Z and its links),
+#                    CLI (build/engram) and the C examples (build/examples/)
 #                    (only engram_* names are visible in either library: see "Visibility")
 #   make run         builds and runs the main job on ./engram-data
 #   make test        builds and runs every test (SAN=1: under ASan + UBSan)
 #   make mirrortest  the NATS mirror's real-server test with 100,000 events
 #   make bench       the benchmark suite (see docs/benchmarks.md)
-#   make install     PREFIX=/usr/local DESTDIR=
+#   make install     PREFIX=/usr/local DESTDIR= (runs ldconfig when root installs to the system)
+#   make uninstall   removes what `make install` put there (same PREFIX and DESTDIR)
+# Honours CC, CPPFLAGS, CFLAGS, LDFLAGS, LDLIBS, PREFIX, LIBDIR, INCLUDEDIR, BINDIR, DESTDIR.
 SHELL := /bin/bash
 CC ?= cc
 PREFIX ?= /usr/local
@@ -21,11 +24,39 @@ BUILD ?= build
 SANFLAGS :=
 endif
 
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+
+# The version, read from include/engram.h (its one home): libengram.so.MAJOR.MINOR.PATCH
+# with the soname libengram.so.MAJOR, engram.pc's Version, the Python package's version.
+version_part = $(shell sed -n 's/^\#define ENGRAM_VERSION_$(1) *\([0-9][0-9]*\).*/\1/p' include/engram.h)
+VERSION_MAJOR := $(call version_part,MAJOR)
+VERSION_MINOR := $(call version_part,MINOR)
+VERSION_PATCH := $(call version_part,PATCH)
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+ifneq ($(VERSION),$(shell sed -n 's/^\#define ENGRAM_VERSION_STRING "\(.*\)".*/\1/p' include/engram.h))
+$(error include/engram.h: ENGRAM_VERSION_STRING differs from MAJOR.MINOR.PATCH ($(VERSION)))
+endif
+SONAME := libengram.so.$(VERSION_MAJOR)
+SHLIB := libengram.so.$(VERSION)
+
+# Compiler and linker flags of the libraries engram uses, from pkg-config. A package
+# without a .pc file (or a machine without pkg-config yet: `make deps` installs it) falls
+# back to plain -l<name>. Expanded once, on first use, so after `make deps` has run.
+PKG_CONFIG ?= pkg-config
+DEP_PKGS := lmdb:lmdb libzstd:zstd libprotobuf-c:protobuf-c libzmq:zmq
+pc_cflags = $(foreach d,$(DEP_PKGS),$(shell $(PKG_CONFIG) --cflags $(word 1,$(subst :, ,$(d))) 2>/dev/null))
+pc_libs = $(foreach d,$(DEP_PKGS),$(or $(shell $(PKG_CONFIG) --libs $(word 1,$(subst :, ,$(d))) 2>/dev/null),-l$(word 2,$(subst :, ,$(d)))))
+DEP_CFLAGS = $(eval DEP_CFLAGS := $(call pc_cflags))$(DEP_CFLAGS)
+DEP_LIBS = $(eval DEP_LIBS := $(call pc_libs) -lpthread -lm)$(DEP_LIBS)
+CMOCKA_LIBS = $(eval CMOCKA_LIBS := $(or $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null),-lcmocka))$(CMOCKA_LIBS)
+
 CFLAGS ?= -O2 -g
 WARN := -Wall -Wextra -Werror -Wno-unused-parameter
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SANFLAGS) -fPIC -pthread \
-  -Iinclude -Icommon -I. -I$(BUILD)/gen
-LDLIBS := -llmdb -lzstd -lprotobuf-c -lzmq -lpthread -lm
+ALL_CPPFLAGS = -D_GNU_SOURCE -Iinclude -Icommon -I. -I$(BUILD)/gen $(DEP_CFLAGS) $(CPPFLAGS)
+ALL_CFLAGS = -std=c11 $(ALL_CPPFLAGS) $(WARN) $(CFLAGS) $(SANFLAGS) -fPIC -pthread
+ENGRAM_LIBS = $(DEP_LIBS) $(LDLIBS)
 LD ?= ld
 OBJCOPY ?= objcopy
 ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
@@ -61,11 +92,19 @@ FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%-replay,$(FUZZ_SRCS))
 BENCH_SRCS := $(wildcard bench/bench_*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+BENCH_COMMON_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard bench/common/*.c))
+TEST_HELPER_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(TEST_HELPERS))
+# Small programs that use only include/engram.h, linked as a user links them; built by
+# `make` and run by `make test` (examples/run-examples.sh) so they cannot rot.
+EXAMPLE_SRCS := $(wildcard examples/*.c)
+EXAMPLE_BINS := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRCS))
 
-.PHONY: mirrortest bench-mirror all deps run test test-c test-python bench bench-peers fuzz install clean check-deps format python lint
+.PHONY: all deps run test test-c test-python bench bench-peers fuzz install uninstall clean \
+  check-deps format python lint examples mirrortest bench-mirror
 .SECONDARY:
 
-all: $(BUILD)/libengram.a $(BUILD)/libengram.so $(BUILD)/engram
+all: $(BUILD)/libengram.a $(BUILD)/libengram.so $(BUILD)/engram $(EXAMPLE_BINS)
+examples: $(EXAMPLE_BINS)
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -90,9 +129,15 @@ $(BUILD)/gen/schema/%.pb-c.c $(BUILD)/gen/schema/%.pb-c.h: schema/%.proto
 $(BUILD)/gen/schema/%.pb-c.o: $(BUILD)/gen/schema/%.pb-c.c
 	$(CC) $(ALL_CFLAGS) -Wno-unused -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
 
+# Every object, the library's and those of the CLI, tests, fuzz replays, benches and
+# examples, writes a dependency file (-MMD): a change to any header it includes rebuilds
+# it, and the programs it goes into are relinked.
 $(BUILD)/obj/%.o: %.c $(GEN_H) include/engram.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MF $(@:.o=.d) -MT $@ -MP -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
+
+$(BUILD)/obj/tests/%.o: ALL_CFLAGS += -Itests
+$(BUILD)/obj/bench/%.o: ALL_CFLAGS += -Ibench
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
@@ -118,42 +163,56 @@ $(BUILD)/libengram.a $(BUILD)/libengram-internal.a: $(BUILD)/lib%.a: $(BUILD)/ob
 	@rm -f $@.$$$$.tmp
 	ar rcs $@.$$$$.tmp $< && mv $@.$$$$.tmp $@
 
-# libengram.so.0 (the soname) beside it lets programs linked in the tree (test_symbols-
-# shared, with an rpath to $(BUILD)) run without installing.
-$(BUILD)/libengram.so: $(LIB_OBJS)
-	$(CC) -shared $(ALL_LDFLAGS) -Wl,-soname,libengram.so.0 -o $@.$$$$.tmp $^ $(LDLIBS) && mv $@.$$$$.tmp $@
-	ln -sf libengram.so $(BUILD)/libengram.so.0
+# The shared library as installed: the file libengram.so.MAJOR.MINOR.PATCH, its soname
+# link libengram.so.MAJOR (what programs record and load) and the link libengram.so
+# (what -lengram finds when linking). The soname link beside it lets programs linked in
+# the tree (test_symbols-shared, with an rpath to $(BUILD)) run without installing.
+$(BUILD)/$(SHLIB): $(LIB_OBJS)
+	$(CC) -shared $(ALL_LDFLAGS) -Wl,-soname,$(SONAME) -o $@.$$$$.tmp $^ $(ENGRAM_LIBS) && mv $@.$$$$.tmp $@
+
+$(BUILD)/$(SONAME): $(BUILD)/$(SHLIB)
+	ln -sfn $(SHLIB) $@
+
+$(BUILD)/libengram.so: $(BUILD)/$(SONAME)
+	ln -sfn $(SONAME) $@
 
 # Only the command links libnats (engram mirror / restore, serve --mirror-nats): the
 # library never depends on it.
 $(BUILD)/engram: $(CLI_OBJS) $(BUILD)/libengram.a
-	$(CC) $(ALL_LDFLAGS) -o $@.$$$$.tmp $(CLI_OBJS) $(BUILD)/libengram.a $(LDLIBS) -lnats && mv $@.$$$$.tmp $@
+	$(CC) $(ALL_LDFLAGS) -o $@.$$$$.tmp $(CLI_OBJS) $(BUILD)/libengram.a $(ENGRAM_LIBS) -lnats && mv $@.$$$$.tmp $@
 
-$(PUBLIC_TEST_BINS): $(BUILD)/tests/%: tests/%.c $(TEST_HELPERS) $(BUILD)/libengram.a
+$(PUBLIC_TEST_BINS): $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HELPER_OBJS) $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests -o $@.$$$$.tmp $< $(TEST_HELPERS) $(BUILD)/libengram.a $(LDLIBS) -lcmocka $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+	$(CC) -o $@.$$$$.tmp $^ $(ENGRAM_LIBS) $(CMOCKA_LIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
-$(INTERNAL_TEST_BINS): $(BUILD)/tests/%: tests/%.c $(TEST_HELPERS) $(BUILD)/libengram-internal.a
+$(INTERNAL_TEST_BINS): $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HELPER_OBJS) $(BUILD)/libengram-internal.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests -o $@.$$$$.tmp $< $(TEST_HELPERS) $(BUILD)/libengram-internal.a $(LDLIBS) -lcmocka $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+	$(CC) -o $@.$$$$.tmp $^ $(ENGRAM_LIBS) $(CMOCKA_LIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
-$(SHARED_TEST_BINS): $(BUILD)/tests/%-shared: tests/%.c $(TEST_HELPERS) $(BUILD)/libengram.so
+$(SHARED_TEST_BINS): $(BUILD)/tests/%-shared: $(BUILD)/obj/tests/%.o $(TEST_HELPER_OBJS) $(BUILD)/libengram.so
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests -o $@.$$$$.tmp $< $(TEST_HELPERS) -L$(BUILD) -l:libengram.so -Wl,-rpath,$(abspath $(BUILD)) $(LDLIBS) -lcmocka $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+	$(CC) -o $@.$$$$.tmp $(filter %.o,$^) -L$(BUILD) -lengram -Wl,-rpath,$(abspath $(BUILD)) $(ENGRAM_LIBS) $(CMOCKA_LIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
-$(BUILD)/fuzz/%-replay: tests/fuzz/%.c tests/fuzz/replay_main.c $(BUILD)/libengram-internal.a
+$(BUILD)/fuzz/%-replay: $(BUILD)/obj/tests/fuzz/%.o $(BUILD)/obj/tests/fuzz/replay_main.o $(BUILD)/libengram-internal.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@.$$$$.tmp $< tests/fuzz/replay_main.c $(BUILD)/libengram-internal.a $(LDLIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+	$(CC) -o $@.$$$$.tmp $^ $(ENGRAM_LIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
-$(BUILD)/bench/%: bench/%.c $(wildcard bench/common/*.c) $(BUILD)/libengram.a
+# The JSON target runs the command's own parser.
+$(BUILD)/fuzz/fuzz_json-replay: $(BUILD)/obj/cli/json.o
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BENCH_COMMON_OBJS) $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Ibench -o $@.$$$$.tmp $< $(wildcard bench/common/*.c) $(BUILD)/libengram.a $(LDLIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+	$(CC) -o $@.$$$$.tmp $^ $(ENGRAM_LIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+
+$(BUILD)/examples/%: $(BUILD)/obj/examples/%.o $(BUILD)/libengram.a
+	@mkdir -p $(dir $@)
+	$(CC) -o $@.$$$$.tmp $^ $(ENGRAM_LIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
 # Layering: a wrong-way include fails the build.
 check-deps:
 	@bash tests/check-deps.sh
 
-test: deps check-deps all $(TEST_BINS) $(SHARED_TEST_BINS) $(FUZZ_REPLAY)
+test: deps check-deps all $(TEST_BINS) $(SHARED_TEST_BINS) $(FUZZ_REPLAY) $(EXAMPLE_BINS)
 	@BUILD=$(BUILD) bash tests/run-tests.sh
 
 # The NATS mirror's real-server test at full size: 100,000 events through a 3-node
@@ -180,7 +239,7 @@ bench-mirror: deps all
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	  --suppress=missingIncludeSystem -Iinclude -Icommon -I. $(LIB_SRCS) $(CLI_SRCS)
+	  --suppress=missingIncludeSystem -Iinclude -Icommon -I. $(LIB_SRCS) $(CLI_SRCS) $(EXAMPLE_SRCS)
 
 # The main job: a short demo fills ./engram-data, then the daemon serves it in the
 # foreground (Ctrl-C stops it). LISTEN=tcp://127.0.0.1:7450 by default.
@@ -194,14 +253,40 @@ run: deps all
 python: all
 	cd bindings/python && $(PYTHON) setup.py build_ext --inplace -q
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig
-	install -m 644 $(BUILD)/libengram.a $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(BUILD)/libengram.so $(DESTDIR)$(PREFIX)/lib/libengram.so.0
-	ln -sf libengram.so.0 $(DESTDIR)$(PREFIX)/lib/libengram.so
-	install -m 644 include/engram.h $(DESTDIR)$(PREFIX)/include/
-	install -m 755 $(BUILD)/engram $(DESTDIR)$(PREFIX)/bin/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' engram.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/engram.pc
+# engram.pc: Requires.private names the packages that have a .pc file here; the others
+# go into Libs.private as plain -l flags, so `pkg-config engram` never names a missing
+# package.
+pc_requires = $(foreach d,$(DEP_PKGS),$(shell $(PKG_CONFIG) --exists $(word 1,$(subst :, ,$(d))) 2>/dev/null && echo $(word 1,$(subst :, ,$(d)))))
+pc_plain_libs = $(foreach d,$(DEP_PKGS),$(shell $(PKG_CONFIG) --exists $(word 1,$(subst :, ,$(d))) 2>/dev/null || echo -l$(word 2,$(subst :, ,$(d)))))
+
+$(BUILD)/engram.pc: engram.pc.in include/engram.h Makefile
+	@mkdir -p $(dir $@)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	  -e 's|@VERSION@|$(VERSION)|' -e 's|@REQUIRES_PRIVATE@|$(strip $(pc_requires))|' \
+	  -e 's|@LIBS_PRIVATE@|$(strip $(pc_plain_libs) -lpthread -lm)|' $< > $@.$$$$.tmp && mv $@.$$$$.tmp $@
+
+# The soname link is made here as well as by ldconfig, so a staged install (DESTDIR) is
+# complete; ldconfig runs when root installs to the system.
+.PHONY: $(BUILD)/engram.pc
+install: all $(BUILD)/engram.pc
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR)
+	install -m 644 $(BUILD)/libengram.a $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(BUILD)/$(SHLIB) $(DESTDIR)$(LIBDIR)/
+	ln -sfn $(SHLIB) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sfn $(SONAME) $(DESTDIR)$(LIBDIR)/libengram.so
+	install -m 644 include/engram.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 755 $(BUILD)/engram $(DESTDIR)$(BINDIR)/
+	install -m 644 $(BUILD)/engram.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then \
+	  echo ldconfig; ldconfig; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libengram.a $(DESTDIR)$(LIBDIR)/$(SHLIB) \
+	  $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libengram.so \
+	  $(DESTDIR)$(INCLUDEDIR)/engram.h $(DESTDIR)$(BINDIR)/engram \
+	  $(DESTDIR)$(LIBDIR)/pkgconfig/engram.pc
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then \
+	  echo ldconfig; ldconfig; fi
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -1,5 +1,6 @@
-/* args.c — command-line parsing: options and positionals, numbers, durations, times,
- * sizes, start positions and name=value pairs. */
+/* args.c — command-line parsing: typed option tables and positionals, numbers,
+ * durations, times, sizes, start positions and name=value pairs. */
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -12,54 +13,157 @@ void cli_args_init(struct cli_args *a, const char *cmd, int argc, char **argv) {
   a->cmd = cmd;
   a->argc = argc;
   a->argv = argv;
-  a->i = 1;
   a->pos = argv + 1;
+}
+
+/* "must be at least 1", "at most 100000": the default refusals of a bound. */
+static const char *bound(const char *custom, const char *word, uint64_t v, char *why, size_t len) {
+  if (custom) return custom;
+  snprintf(why, len, "%s %" PRIu64, word, v);
+  return why;
+}
+
+/* The bounds of a number, size or duration (durations' max is their own limit). */
+static const char *in_bounds(const struct cli_opt *o, uint64_t v, char *why, size_t len) {
+  if (v < o->min) return bound(o->low, "must be at least", o->min, why, len);
+  if (o->max && o->type != CLI_T_DURATION && v > o->max)
+    return bound(o->high, "at most", o->max, why, len);
+  return NULL;
+}
+
+const char *cli_opt_set(const struct cli_opt *o, const char *value, char *why, size_t len,
+                        int *bare) {
+  const char *e = NULL;
+  uint64_t v = 0;
+  *bare = 0;
+  switch (o->type) {
+    case CLI_T_FLAG:
+      if (!value || !strcmp(value, "true") || !strcmp(value, "1"))
+        *(int *)o->to = 1;
+      else if (!strcmp(value, "false") || !strcmp(value, "0"))
+        *(int *)o->to = 0;
+      else
+        e = "must be true or false";
+      return e;
+    case CLI_T_STR:
+      *(const char **)o->to = value;
+      return NULL;
+    case CLI_T_TEXT:
+      if (!value[0]) {
+        *bare = 1;
+        return o->what ? o->what : "needs a non-empty value";
+      }
+      *(const char **)o->to = value;
+      return NULL;
+    case CLI_T_U64:
+    case CLI_T_U32:
+      if ((e = o->type == CLI_T_U32 ? cli_parse_u32(value, (uint32_t *)o->to)
+                                    : cli_parse_u64(value, (uint64_t *)o->to)))
+        return e;
+      v = o->type == CLI_T_U32 ? *(uint32_t *)o->to : *(uint64_t *)o->to;
+      return in_bounds(o, v, why, len);
+    case CLI_T_OFFSET:
+      return cli_parse_offset(value, (uint64_t *)o->to);
+    case CLI_T_DURATION:
+      if ((e = cli_parse_duration_ms(value, o->max, (uint64_t *)o->to))) return e;
+      return in_bounds(o, *(uint64_t *)o->to, why, len);
+    case CLI_T_SIZE:
+      if ((e = cli_parse_size(value, (uint64_t *)o->to))) return e;
+      return in_bounds(o, *(uint64_t *)o->to, why, len);
+    case CLI_T_START: {
+      struct cli_start *st = o->to;
+      if ((e = cli_parse_start(value, &st->start, &st->offset, &st->time_ns))) return e;
+      st->text = value;
+      return NULL;
+    }
+    case CLI_T_ENUM: {
+      size_t n = 0, at = 0;
+      for (; o->names[n]; n++)
+        if (!strcmp(o->names[n], value)) {
+          *(int *)o->to = (int)n;
+          return NULL;
+        }
+      /* "must be sync, nometasync or async, not 'fast'" */
+      at = (size_t)snprintf(why, len, "must be");
+      for (size_t i = 0; i < n && at < len; i++)
+        at += (size_t)snprintf(why + at, len - at, "%s %s",
+                               i == 0      ? ""
+                               : i + 1 < n ? ","
+                                           : " or",
+                               o->names[i]);
+      if (at < len) snprintf(why + at, len - at, ", not '%s'", value);
+      *bare = 1;
+      return why;
+    }
+    case CLI_T_CUSTOM:
+      break;
+  }
+  return "cannot be set here";
 }
 
 /* Positionals are moved down into pos[] as they are met; pos[npos] never lies past the
  * argument being read, so the compaction overwrites only what was already consumed. */
-int cli_args_next(struct cli_args *a, const struct cli_opt *opts) {
-  a->opt = NULL;
-  a->val = NULL;
-  while (a->i < a->argc) {
-    char *s = a->argv[a->i];
-    if (a->only_pos || s[0] != '-' || s[1] == '\0') {
+int cli_args_parse(struct cli_args *a, const struct cli_opt *opts, const char *help, int min,
+                   int max, const char *names) {
+  a->opts = opts;
+  int nopts = 0;
+  while (opts[nopts].name) nopts++;
+  if (nopts > CLI_MAX_OPTS) /* a table this file cannot track: a bug, caught by any test */
+    return cli_error("%s: over %d options in its table", a->cmd, CLI_MAX_OPTS);
+  int only_pos = 0;
+  for (int i = 1; i < a->argc;) {
+    char *s = a->argv[i];
+    if (only_pos || s[0] != '-' || s[1] == '\0') {
       a->pos[a->npos++] = s;
-      a->i++;
+      i++;
       continue;
     }
+    i++;
     if (strcmp(s, "--") == 0) {
-      a->only_pos = 1;
-      a->i++;
+      only_pos = 1;
       continue;
     }
     size_t nl = strlen(s);
     const char *eq = NULL;
     if (s[1] == '-' && (eq = strchr(s, '=')) != NULL) nl = (size_t)(eq - s);
-    const struct cli_opt *o = opts;
-    for (; o->name; o++)
-      if (strlen(o->name) == nl && memcmp(o->name, s, nl) == 0) break;
-    if (!o->name) {
-      cli_usage(a->cmd, "unknown option '%.*s'", (int)nl, s);
-      return -1;
+    if ((nl == 2 && !memcmp(s, "-h", 2)) || (nl == 6 && !memcmp(s, "--help", 6))) {
+      if (eq) return cli_usage(a->cmd, "--help takes no value");
+      return cli_help(help);
     }
-    a->opt = o->name;
-    a->i++;
-    if (o->has_arg) {
-      if (eq) {
-        a->val = eq + 1;
-      } else if (a->i < a->argc) {
-        a->val = a->argv[a->i++];
-      } else {
-        cli_usage(a->cmd, "%s needs a value", o->name);
-        return -1;
-      }
+    int k = 0;
+    for (; opts[k].name; k++)
+      if (strlen(opts[k].name) == nl && memcmp(opts[k].name, s, nl) == 0) break;
+    const struct cli_opt *o = &opts[k];
+    if (!o->name) return cli_usage(a->cmd, "unknown option '%.*s'", (int)nl, s);
+    const char *val = NULL;
+    if (o->type != CLI_T_FLAG) {
+      if (eq)
+        val = eq + 1;
+      else if (i < a->argc)
+        val = a->argv[i++];
+      else
+        return cli_usage(a->cmd, "%s needs a value", o->name);
     } else if (eq) {
-      cli_usage(a->cmd, "%s takes no value", o->name);
-      return -1;
+      return cli_usage(a->cmd, "%s takes no value", o->name);
     }
-    return o->id;
+    a->seen[k] = ++a->nseen;
+    if (o->type == CLI_T_CUSTOM) {
+      int r = o->parse(a, o, val);
+      if (r) return r;
+      continue;
+    }
+    char why[256];
+    int bare;
+    const char *e = cli_opt_set(o, val, why, sizeof why, &bare);
+    if (e && bare) return cli_usage(a->cmd, "%s %s", o->name, e);
+    if (e) return cli_usage(a->cmd, "%s '%s': %s", o->name, val, e);
   }
+  return cli_args_count(a, min, max, names) ? CLI_EXIT_USAGE : CLI_GO;
+}
+
+int cli_args_given(const struct cli_args *a, const char *name) {
+  for (int k = 0; a->opts && a->opts[k].name; k++)
+    if (strcmp(a->opts[k].name, name) == 0) return a->seen[k];
   return 0;
 }
 

@@ -104,33 +104,108 @@ int cli_dispatch_sub(struct cli *c, const char *cmd, const struct cli_sub *subs,
 
 /* ---------------------------------------------------------------------------------
  * Command-line parsing (args.c).
+ *
+ * A command describes its options in a table: each entry names the option, what its
+ * value is and where it goes; cli_args_parse() fills the targets, refuses what does
+ * not parse with one usage line, and handles -h / --help (every command takes them):
+ *
+ *   struct cli_opt opts[] = {CLI_OPT_U64("--count", &count, .min = 1),
+ *                            CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
+ *   int r = cli_args_parse(&a, opts, help, 1, 1, "TOPIC");
+ *   if (r != CLI_GO) return r;
  * ------------------------------------------------------------------------------ */
-struct cli_opt {
-  const char *name; /* as typed: "--key", "-h" */
-  int has_arg;      /* takes a value: "--key K" or "--key=K" */
-  int id;           /* > 0, returned by cli_args_next() */
+enum cli_opt_type {
+  CLI_T_FLAG,     /* int: set to 1 (no value) */
+  CLI_T_STR,      /* const char *: the value as typed */
+  CLI_T_TEXT,     /* const char *: a non-empty value; "" is refused with "NAME <what>" */
+  CLI_T_U64,      /* uint64_t: decimal, at least min, at most max (0 = no limit) */
+  CLI_T_U32,      /* uint32_t: the same within 32 bits */
+  CLI_T_OFFSET,   /* uint64_t: an offset, >= 1 */
+  CLI_T_DURATION, /* uint64_t milliseconds (cli_parse_duration_ms), at least min, at most
+                   * max: the library's ENGRAM_MAX_*_MS for the option (required) */
+  CLI_T_SIZE,     /* uint64_t bytes with K/M/G suffixes, at least min, at most max */
+  CLI_T_START,    /* struct cli_start: earliest | latest | OFFSET | @TIME */
+  CLI_T_ENUM,     /* int: the index of the value in names[] */
+  CLI_T_CUSTOM    /* parse(a, opt, value) */
 };
-#define CLI_OPT_HELP 1000 /* id conventionally used for -h / --help */
+
+/* Where a CLI_T_START option lands. */
+struct cli_start {
+  engram_start start;
+  uint64_t offset;  /* ENGRAM_START_OFFSET */
+  int64_t time_ns;  /* ENGRAM_START_TIME */
+  const char *text; /* the value as typed; NULL when the option was not given */
+};
+
+struct cli_args;
+struct cli_opt {
+  const char *name; /* as typed: "--key"; "--key K" and "--key=K" both work */
+  enum cli_opt_type type;
+  void *to;                 /* the target, of the type named above */
+  uint64_t min;             /* numbers, sizes and durations: the smallest value accepted */
+  uint64_t max;             /* the largest (0 = no limit, except for durations) */
+  const char *low;          /* refusal below min (default "must be at least MIN") */
+  const char *high;         /* refusal above max (default "at most MAX") */
+  const char *what;         /* CLI_T_TEXT: completes the refusal of "" ("needs a non-empty name") */
+  const char *const *names; /* CLI_T_ENUM: the values, NULL-terminated */
+  /* CLI_T_CUSTOM: stores value into opt->to; returns 0 or the status of the usage error
+   * it printed (cli_usage). */
+  int (*parse)(struct cli_args *a, const struct cli_opt *opt, const char *value);
+};
+
+/* One entry per option; the target pointer's type is checked at compile time. Further
+ * fields follow as designated initializers: CLI_OPT_U64("--count", &n, .min = 1). */
+#define CLI_OPT_(opt, kind, ctype, target, ...) \
+  { .name = (opt), .type = (kind), .to = (1 ? (target) : (ctype *)0), __VA_ARGS__ }
+#define CLI_OPT_FLAG(opt, p, ...) CLI_OPT_(opt, CLI_T_FLAG, int, p, __VA_ARGS__)
+#define CLI_OPT_STR(opt, p, ...) CLI_OPT_(opt, CLI_T_STR, const char *, p, __VA_ARGS__)
+#define CLI_OPT_TEXT(opt, p, ...) CLI_OPT_(opt, CLI_T_TEXT, const char *, p, __VA_ARGS__)
+#define CLI_OPT_U64(opt, p, ...) CLI_OPT_(opt, CLI_T_U64, uint64_t, p, __VA_ARGS__)
+#define CLI_OPT_U32(opt, p, ...) CLI_OPT_(opt, CLI_T_U32, uint32_t, p, __VA_ARGS__)
+#define CLI_OPT_OFFSET(opt, p, ...) CLI_OPT_(opt, CLI_T_OFFSET, uint64_t, p, __VA_ARGS__)
+#define CLI_OPT_DURATION(opt, p, ...) CLI_OPT_(opt, CLI_T_DURATION, uint64_t, p, __VA_ARGS__)
+#define CLI_OPT_SIZE(opt, p, ...) CLI_OPT_(opt, CLI_T_SIZE, uint64_t, p, __VA_ARGS__)
+#define CLI_OPT_START(opt, p, ...) CLI_OPT_(opt, CLI_T_START, struct cli_start, p, __VA_ARGS__)
+#define CLI_OPT_ENUM(opt, p, ...) CLI_OPT_(opt, CLI_T_ENUM, int, p, __VA_ARGS__)
+#define CLI_OPT_CUSTOM(opt, p, fn, ...) \
+  { .name = (opt), .type = CLI_T_CUSTOM, .to = (p), .parse = (fn), __VA_ARGS__ }
+#define CLI_OPT_END \
+  { .name = NULL }
+
+#define CLI_MAX_OPTS 16 /* options of one command */
+#define CLI_GO (-1)     /* cli_args_parse: the command goes on */
 
 struct cli_args {
   const char *cmd; /* for messages: "group create" */
   int argc;
   char **argv;
-  int i;           /* next argv index to look at */
-  int npos;        /* positional arguments seen so far, compacted into pos[] */
-  char **pos;      /* = argv + 1 */
-  const char *opt; /* the option just returned, as typed */
-  const char *val; /* its value when it takes one */
-  int only_pos;    /* after "--" */
+  int npos;   /* positional arguments, compacted into pos[] */
+  char **pos; /* = argv + 1 */
+  const struct cli_opt *opts;
+  int nseen;              /* options parsed so far */
+  int seen[CLI_MAX_OPTS]; /* per opts[i]: 0 = not given, else nseen when it last came */
 };
 /* Parses argv[1..argc-1]; argv[0] is the command name. */
 void cli_args_init(struct cli_args *a, const char *cmd, int argc, char **argv);
-/* Returns the id of the next option, 0 at the end (positionals are then in a->pos[0 ..
- * a->npos-1]), or -1 after printing a usage error. */
-int cli_args_next(struct cli_args *a, const struct cli_opt *opts);
+/* Parses every option into its target, in command-line order (a repeated option: the
+ * last value wins), then checks that there are min..max positionals (max < 0: no upper
+ * bound; names describes them for the message). "--" ends the options. Returns CLI_GO to
+ * go on, 0 after printing `help` for -h / --help, or CLI_EXIT_USAGE after printing why
+ * the command line is refused. */
+int cli_args_parse(struct cli_args *a, const struct cli_opt *opts, const char *help, int min,
+                   int max, const char *names);
+/* 0 when the option `name` was not on the command line, else a number that grows with
+ * its place there (of its last occurrence). */
+int cli_args_given(const struct cli_args *a, const char *name);
 /* Checks the number of positionals (names describes them for the message); returns 0
  * or prints a usage error and returns 2. max < 0 means no upper bound. */
 int cli_args_count(const struct cli_args *a, int min, int max, const char *names);
+/* Stores `value` (NULL for a flag on the command line; "true"/"false"/"1"/"0" from a
+ * file) into the target of a typed option other than CLI_T_CUSTOM. Returns NULL or why
+ * the value is refused; *bare is set when that reason stands without the value
+ * ("needs a non-empty name"). why[len] holds formatted reasons. */
+const char *cli_opt_set(const struct cli_opt *o, const char *value, char *why, size_t len,
+                        int *bare);
 
 /* Value parsers: each returns NULL on success or a short reason why `s` is refused. */
 const char *cli_parse_u64(const char *s, uint64_t *out); /* decimal digits */
@@ -149,6 +224,30 @@ const char *cli_parse_size(const char *s, uint64_t *out);
 const char *cli_parse_start(const char *s, engram_start *start, uint64_t *offset, int64_t *time_ns);
 /* Splits "name=value" in place at the first '='; the name must not be empty. */
 const char *cli_parse_kv(char *s, const char **name, const char **value);
+
+/* ---------------------------------------------------------------------------------
+ * Files of lines: `serve`'s config and key files (lines.c).
+ * ------------------------------------------------------------------------------ */
+struct cli_lines {
+  FILE *f;
+  const char *path;
+  unsigned long line; /* number of the line last read, from 1; blank lines count */
+  char *buf;
+  size_t cap;
+  int status; /* the exit status of a failure already reported, else 0 */
+};
+/* Opens path; returns 0, or prints "engram: WHAT PATH: <why>" and returns 1. */
+int cli_lines_open(struct cli_lines *r, const char *path, const char *what);
+/* The next line with something in it, without its leading and trailing blanks and line
+ * end (it stops at a NUL byte). Blank lines and lines whose first character is '#' are
+ * skipped. NULL at the end of the file, or after a read error or a line over 64 KiB
+ * (reported; cli_lines_close returns its status). The line lives until the next call. */
+char *cli_lines_next(struct cli_lines *r);
+/* "engram: PATH:LINE: <message>" for the line last returned; returns 1. */
+int cli_lines_error(const struct cli_lines *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Closes the file; returns 0 or the status of a failure cli_lines_next reported. */
+int cli_lines_close(struct cli_lines *r);
 
 /* CLOCK_REALTIME now, in nanoseconds. */
 int64_t cli_now_ns(void);

@@ -48,26 +48,6 @@ static const char help[] =
     "number of events and their offsets; with --json\n"
     "{\"count\":N,\"duplicates\":N,\"first_offset\":N,\"last_offset\":N}.\n";
 
-enum {
-  O_KEY = 1,
-  O_IDEM,
-  O_HEADER,
-  O_CTYPE,
-  O_PAYLOAD,
-  O_DELAY,
-  O_CREATE,
-  O_JSON,
-  O_BATCH,
-  O_HELP = CLI_OPT_HELP
-};
-
-static const struct cli_opt opts[] = {{"--key", 1, O_KEY},         {"--idem", 1, O_IDEM},
-                                      {"--header", 1, O_HEADER},   {"--content-type", 1, O_CTYPE},
-                                      {"--payload", 1, O_PAYLOAD}, {"--delay", 1, O_DELAY},
-                                      {"--create", 0, O_CREATE},   {"--json", 0, O_JSON},
-                                      {"--batch", 0, O_BATCH},     {"-h", 0, O_HELP},
-                                      {"--help", 0, O_HELP},       {NULL, 0, 0}};
-
 #define BATCH_EVENTS 500
 #define BATCH_BYTES (16u << 20) /* a batch also ends once its payloads reach this */
 #define MAX_LINE ((size_t)ENGRAM_MAX_PAYLOAD_LIMIT / 3 * 4 + (1u << 20))
@@ -613,59 +593,51 @@ out:
   return status;
 }
 
+/* --header NAME=VALUE: repeatable, at most ENGRAM_MAX_HEADERS. */
+struct headers {
+  engram_header v[ENGRAM_MAX_HEADERS];
+  size_t n;
+};
+
+static int add_header(struct cli_args *a, const struct cli_opt *o, const char *val) {
+  struct headers *h = o->to;
+  if (h->n == ENGRAM_MAX_HEADERS)
+    return cli_usage(a->cmd, "at most %d --header options", ENGRAM_MAX_HEADERS);
+  /* Split in place: the value lies in an argv string, which is ours to edit. */
+  const char *e = cli_parse_kv((char *)val, &h->v[h->n].name, &h->v[h->n].value);
+  if (e) return cli_usage(a->cmd, "--header '%s': %s", val, e);
+  h->n++;
+  return 0;
+}
+
 int cmd_append(struct cli *c, int argc, char **argv) {
+  const char *key = NULL, *idem = NULL, *ctype = NULL, *payload = NULL;
+  struct headers hdrs = {.n = 0};
+  uint64_t delay_ms = 0;
+  int create = 0, json = 0, batch = 0;
+  const struct cli_opt opts[] = {CLI_OPT_STR("--key", &key),
+                                 CLI_OPT_STR("--idem", &idem),
+                                 CLI_OPT_CUSTOM("--header", &hdrs, add_header),
+                                 CLI_OPT_STR("--content-type", &ctype),
+                                 CLI_OPT_STR("--payload", &payload),
+                                 CLI_OPT_DURATION("--delay", &delay_ms, .max = ENGRAM_MAX_DELAY_MS),
+                                 CLI_OPT_FLAG("--create", &create),
+                                 CLI_OPT_FLAG("--json", &json),
+                                 CLI_OPT_FLAG("--batch", &batch),
+                                 CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "append", argc, argv);
-  const char *key = NULL, *idem = NULL, *ctype = NULL, *payload = NULL, *single_opt = NULL;
-  engram_header hdrs[ENGRAM_MAX_HEADERS];
-  size_t nh = 0;
-  uint64_t delay_ms = 0;
-  int create = 0, json = 0, batch = 0, o;
-  while ((o = cli_args_next(&a, opts)) > 0) {
-    const char *e;
-    switch (o) {
-      case O_HELP:
-        return cli_help(help);
-      case O_KEY:
-        key = a.val;
-        break;
-      case O_IDEM:
-        idem = a.val;
-        break;
-      case O_CTYPE:
-        ctype = a.val;
-        break;
-      case O_PAYLOAD:
-        payload = a.val;
-        break;
-      case O_HEADER: {
-        if (nh == ENGRAM_MAX_HEADERS)
-          return cli_usage(a.cmd, "at most %d --header options", ENGRAM_MAX_HEADERS);
-        /* Split in place: the value lies in an argv string, which is ours to edit. */
-        if ((e = cli_parse_kv((char *)a.val, &hdrs[nh].name, &hdrs[nh].value)))
-          return cli_usage(a.cmd, "--header '%s': %s", a.val, e);
-        nh++;
-        break;
-      }
-      case O_DELAY:
-        if ((e = cli_parse_duration_ms(a.val, ENGRAM_MAX_DELAY_MS, &delay_ms)))
-          return cli_usage(a.cmd, "--delay '%s': %s", a.val, e);
-        break;
-      case O_CREATE:
-        create = 1;
-        break;
-      case O_JSON:
-        json = 1;
-        break;
-      case O_BATCH:
-        batch = 1;
-        break;
+  int r = cli_args_parse(&a, opts, help, 0, -1, "");
+  if (r != CLI_GO) return r;
+  /* The options of a single event: --batch refuses them, naming the one given last. */
+  static const char *const single[] = {"--key",          "--idem",    "--header",
+                                       "--content-type", "--payload", "--delay"};
+  const char *single_opt = NULL;
+  for (size_t i = 0, last = 0; i < sizeof single / sizeof single[0]; i++)
+    if ((size_t)cli_args_given(&a, single[i]) > last) {
+      last = (size_t)cli_args_given(&a, single[i]);
+      single_opt = single[i];
     }
-    if (o == O_KEY || o == O_IDEM || o == O_CTYPE || o == O_PAYLOAD || o == O_HEADER ||
-        o == O_DELAY)
-      single_opt = a.opt;
-  }
-  if (o < 0) return CLI_EXIT_USAGE;
   if (batch) {
     if (single_opt)
       return cli_usage(a.cmd, "%s does not apply to --batch (give it in each line)", single_opt);
@@ -676,5 +648,6 @@ int cmd_append(struct cli *c, int argc, char **argv) {
   if (!type_ok(a.pos[1], strlen(a.pos[1])))
     return cli_usage(a.cmd, "bad type '%s': words of A-Z a-z 0-9 _ - joined by single dots",
                      a.pos[1]);
-  return append_one(c, &a, key, idem, nh ? hdrs : NULL, nh, ctype, payload, delay_ms, create, json);
+  return append_one(c, &a, key, idem, hdrs.n ? hdrs.v : NULL, hdrs.n, ctype, payload, delay_ms,
+                    create, json);
 }

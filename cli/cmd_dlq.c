@@ -14,9 +14,6 @@ static const char dlq_help[] =
     "The dead-letter queue holds a group's events that were rejected or ran out of\n"
     "attempts. `engram dlq SUBCOMMAND --help` describes each one.\n";
 
-static const struct cli_opt json_opts[] = {
-    {"--json", 0, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
-
 static int dlq_list(struct cli *c, int argc, char **argv) {
   static const char h[] =
       "usage: engram dlq list TOPIC GROUP [--json]\n"
@@ -28,16 +25,13 @@ static int dlq_list(struct cli *c, int argc, char **argv) {
       "  --json     a JSON array of {\"offset\",\"attempts\",\"reason\",\"last_error\",\n"
       "             \"consumer\",\"first_delivered_ns\",\"dead_ns\"}\n"
       "  -h, --help this help\n";
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "dlq list", argc, argv);
-  int o, json = 0;
-  while ((o = cli_args_next(&a, json_opts)) > 0) {
-    if (o == CLI_OPT_HELP) return cli_help(h);
-    json = 1;
-  }
-  if (o < 0 || cli_args_count(&a, 2, 2, "TOPIC GROUP")) return CLI_EXIT_USAGE;
-  int status = cli_open(c, CLI_OPEN_READ);
-  if (status) return status;
+  int status = cli_args_parse(&a, opts, h, 2, 2, "TOPIC GROUP");
+  if (status != CLI_GO) return status;
+  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_dlq_entry *e = NULL;
   size_t n = 0;
   int rc = engram_dlq_list(c->log, a.pos[0], a.pos[1], 0, 0, &e, &n);
@@ -88,20 +82,17 @@ static int dlq_show(struct cli *c, int argc, char **argv) {
       "  --json     the entry's fields (as in `dlq list --json`) plus \"event\": the event\n"
       "             as `engram read --json` prints it, or null when it is no longer stored\n"
       "  -h, --help this help\n";
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "dlq show", argc, argv);
-  int o, json = 0;
-  while ((o = cli_args_next(&a, json_opts)) > 0) {
-    if (o == CLI_OPT_HELP) return cli_help(h);
-    json = 1;
-  }
-  if (o < 0 || cli_args_count(&a, 3, 3, "TOPIC GROUP OFFSET")) return CLI_EXIT_USAGE;
+  int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
+  if (status != CLI_GO) return status;
   uint64_t off;
   const char *pe = cli_parse_offset(a.pos[2], &off);
   if (pe) return cli_usage(a.cmd, "OFFSET '%s': %s", a.pos[2], pe);
   const char *topic = a.pos[0], *group = a.pos[1];
-  int status = cli_open(c, CLI_OPEN_READ);
-  if (status) return status;
+  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_dlq_entry *e = NULL;
   size_t n = 0;
   int rc = engram_dlq_list(c->log, topic, group, off, 1, &e, &n);
@@ -198,14 +189,11 @@ static int dlq_apply(struct cli *c, int argc, char **argv, int redrive) {
       "\n"
       "Delivers the given dead-letter entries again, or every entry when no OFFSET is\n"
       "given, to this group only and with fresh attempt counts; prints how many.\n";
-  static const struct cli_opt opts[] = {
-      {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
+  const struct cli_opt opts[] = {CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, redrive ? "dlq redrive" : "dlq purge", argc, argv);
-  int o;
-  while ((o = cli_args_next(&a, opts)) > 0)
-    if (o == CLI_OPT_HELP) return cli_help(redrive ? redrive_h : purge_h);
-  if (o < 0 || cli_args_count(&a, 2, -1, "TOPIC GROUP [OFFSET...]")) return CLI_EXIT_USAGE;
+  int r = cli_args_parse(&a, opts, redrive ? redrive_h : purge_h, 2, -1, "TOPIC GROUP [OFFSET...]");
+  if (r != CLI_GO) return r;
   size_t n = (size_t)a.npos - 2;
   uint64_t *offs = NULL;
   if (n) {

@@ -73,40 +73,16 @@ static int read_singly(struct cli *c, json_writer *w, int json, const char *topi
 }
 
 int cmd_read(struct cli *c, int argc, char **argv) {
-  enum { O_FROM = 1, O_LAST, O_COUNT, O_JSON };
-  static const struct cli_opt opts[] = {
-      {"--from", 1, O_FROM}, {"--last", 1, O_LAST},   {"--count", 1, O_COUNT},
-      {"--json", 0, O_JSON}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP},
-      {NULL, 0, 0}};
+  uint64_t from = 1, last = 0, count = UINT64_MAX;
+  int json = 0;
+  const struct cli_opt opts[] = {
+      CLI_OPT_OFFSET("--from", &from), CLI_OPT_U64("--last", &last, .min = 1),
+      CLI_OPT_U64("--count", &count, .min = 1), CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "read", argc, argv);
-  uint64_t from = 1, last = 0, count = UINT64_MAX;
-  int json = 0, have_from = 0, o;
-  const char *e;
-  while ((o = cli_args_next(&a, opts)) > 0) {
-    switch (o) {
-      case CLI_OPT_HELP:
-        return cli_help(read_help);
-      case O_FROM:
-        if ((e = cli_parse_offset(a.val, &from)))
-          return cli_usage(a.cmd, "--from '%s': %s", a.val, e);
-        have_from = 1;
-        break;
-      case O_LAST:
-        if ((e = cli_parse_u64(a.val, &last)) || (!last && (e = "must be at least 1")))
-          return cli_usage(a.cmd, "--last '%s': %s", a.val, e);
-        break;
-      case O_COUNT:
-        if ((e = cli_parse_u64(a.val, &count)) || (!count && (e = "must be at least 1")))
-          return cli_usage(a.cmd, "--count '%s': %s", a.val, e);
-        break;
-      case O_JSON:
-        json = 1;
-        break;
-    }
-  }
-  if (o < 0) return CLI_EXIT_USAGE;
-  if (cli_args_count(&a, 1, 1, "TOPIC")) return CLI_EXIT_USAGE;
+  int r = cli_args_parse(&a, opts, read_help, 1, 1, "TOPIC");
+  if (r != CLI_GO) return r;
+  const int have_from = cli_args_given(&a, "--from") != 0;
   if (have_from && last) return cli_usage(a.cmd, "--from and --last exclude each other");
   const char *topic = a.pos[0];
   int status = cli_open(c, CLI_OPEN_READ);
@@ -157,35 +133,21 @@ static const char topics_help[] =
     "  --json     a JSON array of topic objects (the shape of `engram topic show --json`)\n"
     "  -h, --help this help\n";
 
-static const struct cli_opt json_opts[] = {
-    {"--json", 0, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
-
-/* Parses a command whose only option is --json; returns -1 (help shown), or 0/1 (json)
- * with *status set to the exit status when something was wrong. */
+/* Parses a command whose only option is --json: CLI_GO with *json set, or the exit
+ * status. */
 static int json_only(struct cli_args *a, const char *help, int min, int max, const char *names,
-                     int *status) {
-  int json = 0, o;
-  *status = 0;
-  while ((o = cli_args_next(a, json_opts)) > 0) {
-    if (o == CLI_OPT_HELP) {
-      *status = cli_help(help);
-      return -1;
-    }
-    json = 1;
-  }
-  if (o < 0 || cli_args_count(a, min, max, names)) {
-    *status = CLI_EXIT_USAGE;
-    return -1;
-  }
-  return json;
+                     int *json) {
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", json), CLI_OPT_END};
+  *json = 0;
+  return cli_args_parse(a, opts, help, min, max, names);
 }
 
 int cmd_topics(struct cli *c, int argc, char **argv) {
   struct cli_args a;
-  int status;
+  int json;
   cli_args_init(&a, "topics", argc, argv);
-  int json = json_only(&a, topics_help, 0, 0, "no arguments", &status);
-  if (json < 0) return status;
+  int status = json_only(&a, topics_help, 0, 0, "no arguments", &json);
+  if (status != CLI_GO) return status;
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_topic_info *t = NULL;
   size_t n = 0;
@@ -272,53 +234,39 @@ static const char create_help[] =
     "                          (default 4096)\n"
     "  -h, --help              this help\n";
 
+/* --compress-threshold N|never */
+static int set_threshold(struct cli_args *a, const struct cli_opt *o, const char *val) {
+  uint32_t *to = o->to;
+  uint64_t v;
+  const char *e;
+  if (strcmp(val, "never") == 0) {
+    *to = UINT32_MAX;
+    return 0;
+  }
+  if ((e = cli_parse_size(val, &v)) || (v == 0 && (e = "must be at least 1")) ||
+      (v >= UINT32_MAX && (e = "too large (use 'never')")))
+    return cli_usage(a->cmd, "--compress-threshold '%s': %s", val, e);
+  *to = (uint32_t)v;
+  return 0;
+}
+
 static int topic_create(struct cli *c, int argc, char **argv) {
-  enum { O_THRESH = 1, O_MAXP, O_NODICT, O_DICTAFTER };
-  static const struct cli_opt opts[] = {{"--compress-threshold", 1, O_THRESH},
-                                        {"--max-payload", 1, O_MAXP},
-                                        {"--no-dict", 0, O_NODICT},
-                                        {"--dict-after", 1, O_DICTAFTER},
-                                        {"-h", 0, CLI_OPT_HELP},
-                                        {"--help", 0, CLI_OPT_HELP},
-                                        {NULL, 0, 0}};
-  struct cli_args a;
-  cli_args_init(&a, "topic create", argc, argv);
   engram_topic_config cfg;
   memset(&cfg, 0, sizeof cfg);
-  int o;
-  const char *e;
-  uint64_t v;
-  while ((o = cli_args_next(&a, opts)) > 0) {
-    switch (o) {
-      case CLI_OPT_HELP:
-        return cli_help(create_help);
-      case O_THRESH:
-        if (strcmp(a.val, "never") == 0) {
-          cfg.compress_threshold = UINT32_MAX;
-          break;
-        }
-        if ((e = cli_parse_size(a.val, &v)) || (v == 0 && (e = "must be at least 1")) ||
-            (v >= UINT32_MAX && (e = "too large (use 'never')")))
-          return cli_usage(a.cmd, "--compress-threshold '%s': %s", a.val, e);
-        cfg.compress_threshold = (uint32_t)v;
-        break;
-      case O_MAXP:
-        if ((e = cli_parse_size(a.val, &v)) || (v == 0 && (e = "must be at least 1")) ||
-            (v > ENGRAM_MAX_PAYLOAD_LIMIT && (e = "over the 64 MiB limit")))
-          return cli_usage(a.cmd, "--max-payload '%s': %s", a.val, e);
-        cfg.max_payload = (uint32_t)v;
-        break;
-      case O_NODICT:
-        cfg.flags |= ENGRAM_TOPIC_NO_DICT;
-        break;
-      case O_DICTAFTER:
-        if ((e = cli_parse_u32(a.val, &cfg.dict_train_after)) ||
-            (cfg.dict_train_after == 0 && (e = "must be at least 1")))
-          return cli_usage(a.cmd, "--dict-after '%s': %s", a.val, e);
-        break;
-    }
-  }
-  if (o < 0 || cli_args_count(&a, 1, 1, "TOPIC")) return CLI_EXIT_USAGE;
+  uint64_t max_payload = 0;
+  int no_dict = 0;
+  const struct cli_opt opts[] = {
+      CLI_OPT_CUSTOM("--compress-threshold", &cfg.compress_threshold, set_threshold),
+      CLI_OPT_SIZE("--max-payload", &max_payload, .min = 1, .max = ENGRAM_MAX_PAYLOAD_LIMIT,
+                   .high = "over the 64 MiB limit"),
+      CLI_OPT_FLAG("--no-dict", &no_dict),
+      CLI_OPT_U32("--dict-after", &cfg.dict_train_after, .min = 1), CLI_OPT_END};
+  struct cli_args a;
+  cli_args_init(&a, "topic create", argc, argv);
+  int r = cli_args_parse(&a, opts, create_help, 1, 1, "TOPIC");
+  if (r != CLI_GO) return r;
+  cfg.max_payload = (uint32_t)max_payload;
+  if (no_dict) cfg.flags |= ENGRAM_TOPIC_NO_DICT;
   if ((cfg.flags & ENGRAM_TOPIC_NO_DICT) && cfg.dict_train_after)
     return cli_usage(a.cmd, "--no-dict and --dict-after exclude each other");
   int status = cli_open(c, CLI_OPEN_CREATE);
@@ -329,19 +277,10 @@ static int topic_create(struct cli *c, int argc, char **argv) {
   return 0;
 }
 
-/* Parses `topic SUB TOPIC` with no options: 0 to go on, -1 when the help was shown, 2
- * after a usage error. */
+/* Parses `topic SUB TOPIC` with no options: CLI_GO or the exit status. */
 static int topic_only(struct cli_args *a, const char *help) {
-  static const struct cli_opt opts[] = {
-      {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
-  int o;
-  while ((o = cli_args_next(a, opts)) > 0)
-    if (o == CLI_OPT_HELP) {
-      cli_help(help);
-      return -1;
-    }
-  if (o < 0 || cli_args_count(a, 1, 1, "TOPIC")) return CLI_EXIT_USAGE;
-  return 0;
+  const struct cli_opt opts[] = {CLI_OPT_END};
+  return cli_args_parse(a, opts, help, 1, 1, "TOPIC");
 }
 
 static int topic_drop(struct cli *c, int argc, char **argv) {
@@ -354,10 +293,9 @@ static int topic_drop(struct cli *c, int argc, char **argv) {
       "offset 1.\n";
   struct cli_args a;
   cli_args_init(&a, "topic drop", argc, argv);
-  int r = topic_only(&a, h);
-  if (r) return r < 0 ? 0 : r;
-  int status = cli_open(c, CLI_OPEN_EXISTING);
-  if (status) return status;
+  int status = topic_only(&a, h);
+  if (status != CLI_GO) return status;
+  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc = engram_topic_drop(c->log, a.pos[0]);
   if (rc != 0) return cli_fail(c, rc, "drop topic %s", a.pos[0]);
   printf("dropped topic %s\n", a.pos[0]);
@@ -376,10 +314,10 @@ static int topic_show(struct cli *c, int argc, char **argv) {
       "             \"dict_train_after\",\"no_dict\"}}\n"
       "  -h, --help this help\n";
   struct cli_args a;
-  int status;
+  int json;
   cli_args_init(&a, "topic show", argc, argv);
-  int json = json_only(&a, h, 1, 1, "TOPIC", &status);
-  if (json < 0) return status;
+  int status = json_only(&a, h, 1, 1, "TOPIC", &json);
+  if (status != CLI_GO) return status;
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_topic_info info;
   int rc = engram_topic_info_get(c->log, a.pos[0], &info);
@@ -405,10 +343,9 @@ static int topic_train(struct cli *c, int argc, char **argv) {
       "written with.\n";
   struct cli_args a;
   cli_args_init(&a, "topic train-dict", argc, argv);
-  int r = topic_only(&a, h);
-  if (r) return r < 0 ? 0 : r;
-  int status = cli_open(c, CLI_OPEN_EXISTING);
-  if (status) return status;
+  int status = topic_only(&a, h);
+  if (status != CLI_GO) return status;
+  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   uint32_t id = 0;
   int rc = engram_topic_train_dict(c->log, a.pos[0], &id);
   if (rc != 0) return cli_fail(c, rc, "train dictionary for %s", a.pos[0]);
@@ -443,10 +380,10 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
       "  --json     {\"topics\":N,\"records\":N,\"damaged\":N,\"first_damage\":STR|null}\n"
       "  -h, --help this help\n";
   struct cli_args a;
-  int status;
+  int json;
   cli_args_init(&a, "verify", argc, argv);
-  int json = json_only(&a, h, 0, 0, "no arguments", &status);
-  if (json < 0) return status;
+  int status = json_only(&a, h, 0, 0, "no arguments", &json);
+  if (status != CLI_GO) return status;
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_verify_report r;
   memset(&r, 0, sizeof r);
@@ -485,17 +422,13 @@ int cmd_backup(struct cli *c, int argc, char **argv) {
       "Writes a consistent, compacted copy of the log into directory DEST (created; it\n"
       "must not exist or must be empty) while writers keep running. Open the copy with\n"
       "--data DEST.\n";
+  const struct cli_opt opts[] = {CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "backup", argc, argv);
-  static const struct cli_opt opts[] = {
-      {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
-  int o;
-  while ((o = cli_args_next(&a, opts)) > 0)
-    if (o == CLI_OPT_HELP) return cli_help(h);
-  if (o < 0 || cli_args_count(&a, 1, 1, "DEST")) return CLI_EXIT_USAGE;
+  int status = cli_args_parse(&a, opts, h, 1, 1, "DEST");
+  if (status != CLI_GO) return status;
   if (!a.pos[0][0]) return cli_usage(a.cmd, "DEST must not be empty");
-  int status = cli_open(c, CLI_OPEN_READ);
-  if (status) return status;
+  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   int rc = engram_backup(c->log, a.pos[0]);
   if (rc != 0) return cli_fail(c, rc, "backup to %s", a.pos[0]);
   printf("backup written to %s\n", a.pos[0]);
@@ -508,16 +441,12 @@ int cmd_sync(struct cli *c, int argc, char **argv) {
       "\n"
       "Forces everything committed so far to disk. Useful after writes made with\n"
       "--durability nometasync or async. Prints nothing.\n";
+  const struct cli_opt opts[] = {CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "sync", argc, argv);
-  static const struct cli_opt opts[] = {
-      {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
-  int o;
-  while ((o = cli_args_next(&a, opts)) > 0)
-    if (o == CLI_OPT_HELP) return cli_help(h);
-  if (o < 0 || cli_args_count(&a, 0, 0, "no arguments")) return CLI_EXIT_USAGE;
-  int status = cli_open(c, CLI_OPEN_EXISTING);
-  if (status) return status;
+  int status = cli_args_parse(&a, opts, h, 0, 0, "no arguments");
+  if (status != CLI_GO) return status;
+  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc = engram_sync(c->log);
   if (rc != 0) return cli_fail(c, rc, "sync");
   return 0;

@@ -11,7 +11,7 @@
 
 static const char help[] =
     "usage: engram mirror --nats URL --topic T [--topic T2 ...] [--stream NAME]\n"
-    "                     [--subject-prefix P] [--group NAME] [--replicas N]\n"
+    "                     [--subject-prefix P] [--replicas N]\n"
     "                     [--duplicate-window DURATION] [--batch N] [--max-pending N]\n"
     "                     [--once] [--nats-user U] [--nats-creds FILE]\n"
     "                     [--nats-nkey PUBLIC --nats-seed FILE] [--nats-ca FILE]\n"
@@ -22,7 +22,7 @@ static const char help[] =
     "The event's offset, type, key, content type, headers, idempotency key, deliver_at\n"
     "and append time travel as Engram-* message headers, the payload as the body, and\n"
     "Nats-Msg-Id is <topic created_ns>:<topic>:<offset>. The position is the consumer\n"
-    "group NAME of each topic (lag, `engram stat` and the dashboard show it); after a\n"
+    "group mirror.<stream> of each topic (lag, `engram stat` and the dashboard show it); after a\n"
     "crash the mirror reads back what reached the stream and publishes only the rest.\n"
     "While NATS is unreachable it waits and retries with backoff. Run one mirror per\n"
     "stream and group. The stream is created when missing (file storage, subjects P.>).\n"
@@ -33,7 +33,6 @@ static const char help[] =
     "  --topic T                a topic to mirror (repeat, or T1,T2)\n"
     "  --stream NAME            the stream (default ENGRAM)\n"
     "  --subject-prefix P       subjects are P.<topic> (default engram.<stream>)\n"
-    "  --group NAME             the group holding the position (default mirror.<stream>)\n"
     "  --replicas N             replicas of a stream it creates (default 1; 3 for a cluster)\n"
     "  --duplicate-window DUR   duplicate window of a stream it creates (default 2m)\n"
     "  --batch N                events fetched and published at a time (default 1000)\n"
@@ -48,163 +47,87 @@ static const char help[] =
     "  --nats-key FILE          its private key\n"
     "  -h, --help               this help\n";
 
-enum {
-  O_NATS = 1,
-  O_TOPIC,
-  O_STREAM,
-  O_PREFIX,
-  O_GROUP,
-  O_REPLICAS,
-  O_DUP,
-  O_BATCH,
-  O_PENDING,
-  O_ONCE,
-  O_USER,
-  O_CREDS,
-  O_NKEY,
-  O_SEED,
-  O_CA,
-  O_CERT,
-  O_KEY
-};
-
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig) {
   (void)sig;
   stop_flag = 1;
 }
 
-/* Splits "a,b" into topics appended to *list. Returns 0 or -1 (out of memory). */
-static int add_topics(char *val, const char ***list, size_t *n) {
-  for (char *p = strtok(val, ","); p; p = strtok(NULL, ",")) {
-    const char **l = realloc(*list, (*n + 1) * sizeof *l);
-    if (!l) return -1;
-    *list = l;
-    l[(*n)++] = p;
+/* --topic T (repeatable, or T1,T2): the topics, copied. */
+struct topic_list {
+  char **v;
+  size_t n;
+};
+
+static int parse_topics(struct cli_args *a, const struct cli_opt *opt, const char *value) {
+  struct topic_list *l = opt->to;
+  char *copy = strdup(value), *save = NULL;
+  if (!copy) return cli_error("mirror: out of memory");
+  for (char *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+    char **v = realloc(l->v, (l->n + 1) * sizeof *v);
+    if (!v || !(v[l->n] = strdup(p))) {
+      if (v) l->v = v;
+      free(copy);
+      return cli_error("mirror: out of memory");
+    }
+    l->v = v;
+    l->n++;
   }
+  free(copy);
+  if (!l->n) return cli_usage(a->cmd, "--topic needs a topic");
   return 0;
 }
 
 int cmd_mirror(struct cli *c, int argc, char **argv) {
-  static const struct cli_opt opts[] = {{"--nats", 1, O_NATS},
-                                        {"--topic", 1, O_TOPIC},
-                                        {"--stream", 1, O_STREAM},
-                                        {"--subject-prefix", 1, O_PREFIX},
-                                        {"--group", 1, O_GROUP},
-                                        {"--replicas", 1, O_REPLICAS},
-                                        {"--duplicate-window", 1, O_DUP},
-                                        {"--batch", 1, O_BATCH},
-                                        {"--max-pending", 1, O_PENDING},
-                                        {"--once", 0, O_ONCE},
-                                        {"--nats-user", 1, O_USER},
-                                        {"--nats-creds", 1, O_CREDS},
-                                        {"--nats-nkey", 1, O_NKEY},
-                                        {"--nats-seed", 1, O_SEED},
-                                        {"--nats-ca", 1, O_CA},
-                                        {"--nats-cert", 1, O_CERT},
-                                        {"--nats-key", 1, O_KEY},
-                                        {"-h", 0, CLI_OPT_HELP},
-                                        {"--help", 0, CLI_OPT_HELP},
-                                        {NULL, 0, 0}};
-  struct cli_args a;
-  cli_args_init(&a, "mirror", argc, argv);
   struct mirror_config mc;
   memset(&mc, 0, sizeof mc);
-  const char **topics = NULL;
-  size_t ntopics = 0;
-  int o, status = 0;
-  const char *why = NULL;
-  uint64_t v;
-  while ((o = cli_args_next(&a, opts)) > 0) {
-    switch (o) {
-      case CLI_OPT_HELP:
-        free(topics);
-        return cli_help(help);
-      case O_NATS:
-        mc.nats.url = a.val;
-        break;
-      case O_TOPIC:
-        if (add_topics((char *)a.val, &topics, &ntopics)) {
-          free(topics);
-          return cli_error("mirror: out of memory");
-        }
-        break;
-      case O_STREAM:
-        mc.stream = a.val;
-        break;
-      case O_PREFIX:
-        mc.prefix = a.val;
-        break;
-      case O_GROUP:
-        mc.group = a.val;
-        break;
-      case O_REPLICAS:
-        if ((why = cli_parse_u32(a.val, &mc.replicas)) || mc.replicas == 0 || mc.replicas > 5)
-          status = cli_usage("mirror", "--replicas '%s': %s", a.val, why ? why : "must be 1..5");
-        break;
-      case O_DUP:
-        if ((why = cli_parse_duration_ms(a.val, 365ull * 86400000, &mc.dup_window_ms)) ||
-            mc.dup_window_ms == 0)
-          status = cli_usage("mirror", "--duplicate-window '%s': %s", a.val,
-                             why ? why : "must be longer than 0");
-        break;
-      case O_BATCH:
-        if ((why = cli_parse_u64(a.val, &v)) || v == 0 || v > 100000)
-          status = cli_usage("mirror", "--batch '%s': %s", a.val, why ? why : "must be 1..100000");
-        mc.batch = (uint32_t)v;
-        break;
-      case O_PENDING:
-        if ((why = cli_parse_u64(a.val, &v)) || v == 0 || v > 1000000)
-          status = cli_usage("mirror", "--max-pending '%s': %s", a.val,
-                             why ? why : "must be 1..1000000");
-        mc.max_pending = (uint32_t)v;
-        break;
-      case O_ONCE:
-        mc.once = 1;
-        break;
-      case O_USER:
-        mc.nats.user = a.val;
-        break;
-      case O_CREDS:
-        mc.nats.creds = a.val;
-        break;
-      case O_NKEY:
-        mc.nats.nkey_public = a.val;
-        break;
-      case O_SEED:
-        mc.nats.nkey_seed = a.val;
-        break;
-      case O_CA:
-        mc.nats.ca = a.val;
-        break;
-      case O_CERT:
-        mc.nats.cert = a.val;
-        break;
-      case O_KEY:
-        mc.nats.key = a.val;
-        break;
+  struct topic_list topics = {NULL, 0};
+  uint64_t batch = 0, pending = 0;
+  const struct cli_opt opts[] = {
+      CLI_OPT_TEXT("--nats", &mc.nats.url, .what = "needs a URL"),
+      CLI_OPT_CUSTOM("--topic", &topics, parse_topics),
+      CLI_OPT_TEXT("--stream", &mc.stream, .what = "needs a stream name"),
+      CLI_OPT_TEXT("--subject-prefix", &mc.prefix, .what = "needs a prefix"),
+      CLI_OPT_U32("--replicas", &mc.replicas, .min = 1, .max = 5),
+      CLI_OPT_DURATION("--duplicate-window", &mc.dup_window_ms, .min = 1, .max = 365ull * 86400000),
+      CLI_OPT_U64("--batch", &batch, .min = 1, .max = 100000),
+      CLI_OPT_U64("--max-pending", &pending, .min = 1, .max = 1000000),
+      CLI_OPT_FLAG("--once", &mc.once),
+      CLI_OPT_TEXT("--nats-user", &mc.nats.user, .what = "needs a user name"),
+      CLI_OPT_STR("--nats-creds", &mc.nats.creds),
+      CLI_OPT_STR("--nats-nkey", &mc.nats.nkey_public),
+      CLI_OPT_STR("--nats-seed", &mc.nats.nkey_seed),
+      CLI_OPT_STR("--nats-ca", &mc.nats.ca),
+      CLI_OPT_STR("--nats-cert", &mc.nats.cert),
+      CLI_OPT_STR("--nats-key", &mc.nats.key),
+      CLI_OPT_END};
+  struct cli_args a;
+  cli_args_init(&a, "mirror", argc, argv);
+  int status = cli_args_parse(&a, opts, help, 0, 0, "no arguments");
+  if (status == CLI_GO) {
+    status = 0;
+    mc.batch = (uint32_t)batch;
+    mc.max_pending = (uint32_t)pending;
+    if (!mc.nats.url) status = cli_usage("mirror", "--nats URL is required");
+    if (!status && !topics.n) status = cli_usage("mirror", "give at least one --topic");
+    if (!status && !mc.nats.nkey_public != !mc.nats.nkey_seed)
+      status = cli_usage("mirror", "--nats-nkey and --nats-seed go together");
+    if (!status) status = cli_open(c, CLI_OPEN_EXISTING);
+    if (!status) {
+      mc.topics = (const char *const *)topics.v;
+      mc.n_topics = topics.n;
+      mc.stop = &stop_flag;
+      struct sigaction sa;
+      memset(&sa, 0, sizeof sa);
+      sa.sa_handler = on_signal;
+      sigaction(SIGTERM, &sa, NULL);
+      sigaction(SIGINT, &sa, NULL);
+      status = mirror_run(c->log, &mc);
+      if (status == MIRROR_RETRY) status = cli_error("mirror: the log stopped answering");
     }
-    if (status) break;
   }
-  if (!status && (o < 0 || cli_args_count(&a, 0, 0, "no arguments"))) status = CLI_EXIT_USAGE;
-  if (!status && !mc.nats.url) status = cli_usage("mirror", "--nats URL is required");
-  if (!status && !ntopics) status = cli_usage("mirror", "give at least one --topic");
-  if (!status && !mc.nats.nkey_public != !mc.nats.nkey_seed)
-    status = cli_usage("mirror", "--nats-nkey and --nats-seed go together");
-  if (!status) status = cli_open(c, CLI_OPEN_EXISTING);
-  if (!status) {
-    mc.topics = topics;
-    mc.n_topics = ntopics;
-    mc.stop = &stop_flag;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    status = mirror_run(c->log, &mc);
-    if (status == MIRROR_RETRY) status = cli_error("mirror: the log stopped answering");
-  }
-  free(topics);
+  for (size_t i = 0; i < topics.n; i++) free(topics.v[i]);
+  free(topics.v);
   return status;
 }
 

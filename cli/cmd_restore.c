@@ -38,20 +38,6 @@ static const char help[] =
     "  --nats-key FILE        its private key\n"
     "  -h, --help             this help\n";
 
-enum {
-  O_URL = 1,
-  O_STREAM,
-  O_DATA,
-  O_PREFIX,
-  O_USER,
-  O_CREDS,
-  O_NKEY,
-  O_SEED,
-  O_CA,
-  O_CERT,
-  O_KEY
-};
-
 struct rec {
   uint64_t offset;
   natsMsg *msg;
@@ -178,60 +164,27 @@ static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
 }
 
 int cmd_restore(struct cli *c, int argc, char **argv) {
-  static const struct cli_opt opts[] = {
-      {"--from-nats", 1, O_URL},   {"--stream", 1, O_STREAM},
-      {"--data", 1, O_DATA},       {"--subject-prefix", 1, O_PREFIX},
-      {"--nats-user", 1, O_USER},  {"--nats-creds", 1, O_CREDS},
-      {"--nats-nkey", 1, O_NKEY},  {"--nats-seed", 1, O_SEED},
-      {"--nats-ca", 1, O_CA},      {"--nats-cert", 1, O_CERT},
-      {"--nats-key", 1, O_KEY},    {"-h", 0, CLI_OPT_HELP},
-      {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
-  struct cli_args a;
-  cli_args_init(&a, "restore", argc, argv);
   struct mirror_nats nats;
   memset(&nats, 0, sizeof nats);
-  const char *stream = NULL, *prefix = NULL;
-  int o;
-  while ((o = cli_args_next(&a, opts)) > 0) {
-    switch (o) {
-      case CLI_OPT_HELP:
-        return cli_help(help);
-      case O_URL:
-        nats.url = a.val;
-        break;
-      case O_STREAM:
-        stream = a.val;
-        break;
-      case O_DATA:
-        c->data = a.val;
-        break;
-      case O_PREFIX:
-        prefix = a.val;
-        break;
-      case O_USER:
-        nats.user = a.val;
-        break;
-      case O_CREDS:
-        nats.creds = a.val;
-        break;
-      case O_NKEY:
-        nats.nkey_public = a.val;
-        break;
-      case O_SEED:
-        nats.nkey_seed = a.val;
-        break;
-      case O_CA:
-        nats.ca = a.val;
-        break;
-      case O_CERT:
-        nats.cert = a.val;
-        break;
-      case O_KEY:
-        nats.key = a.val;
-        break;
-    }
-  }
-  if (o < 0 || cli_args_count(&a, 0, 0, "no arguments")) return CLI_EXIT_USAGE;
+  const char *stream = NULL, *prefix = NULL, *data = NULL;
+  const struct cli_opt opts[] = {
+      CLI_OPT_TEXT("--from-nats", &nats.url, .what = "needs a URL"),
+      CLI_OPT_TEXT("--stream", &stream, .what = "needs a stream name"),
+      CLI_OPT_TEXT("--data", &data, .what = "needs a directory"),
+      CLI_OPT_TEXT("--subject-prefix", &prefix, .what = "needs a prefix"),
+      CLI_OPT_TEXT("--nats-user", &nats.user, .what = "needs a user name"),
+      CLI_OPT_STR("--nats-creds", &nats.creds),
+      CLI_OPT_STR("--nats-nkey", &nats.nkey_public),
+      CLI_OPT_STR("--nats-seed", &nats.nkey_seed),
+      CLI_OPT_STR("--nats-ca", &nats.ca),
+      CLI_OPT_STR("--nats-cert", &nats.cert),
+      CLI_OPT_STR("--nats-key", &nats.key),
+      CLI_OPT_END};
+  struct cli_args a;
+  cli_args_init(&a, "restore", argc, argv);
+  int r = cli_args_parse(&a, opts, help, 0, 0, "no arguments");
+  if (r != CLI_GO) return r;
+  if (data) c->data = data;
   if (!nats.url) return cli_usage("restore", "--from-nats URL is required");
   if (!stream) return cli_usage("restore", "--stream NAME is required");
   if (c->connect)

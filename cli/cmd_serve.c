@@ -16,7 +16,7 @@ static const char serve_help[] =
     "                    [--config FILE] [--log-json] [--durability MODE]\n"
     "                    [--workers N] [--max-message SIZE]\n"
     "                    [--curve-secret-file FILE --allow-keys-file FILE]\n"
-    "                    [--mirror-nats URL --mirror-topic T [--mirror-stream NAME]]\n"
+    "                    [--mirror-nats URL --mirror-topic T1,T2 [--mirror-stream NAME]]\n"
     "\n"
     "Serves the log in DIR over ZeroMQ in the foreground until SIGTERM or SIGINT, then\n"
     "answers the requests in flight and stops. Clients use `engram --connect ENDPOINT`\n"
@@ -30,7 +30,8 @@ static const char serve_help[] =
     "                           ipc://DIR/notify.ipc)\n"
     "  --config FILE            `key = value` lines with the same names as these options\n"
     "                           (data, listen, notify, log-json, durability, workers,\n"
-    "                           max-message, curve-secret-file, allow-keys-file); the\n"
+    "                           max-message, curve-secret-file, allow-keys-file,\n"
+    "                           mirror-nats, mirror-topic, mirror-stream); the\n"
     "                           command line wins\n"
     "  --log-json               log JSON lines instead of text\n"
     "  --durability MODE        sync (default), nometasync or async\n"
@@ -41,7 +42,7 @@ static const char serve_help[] =
     "  --allow-keys-file FILE   client public keys allowed in, one per line (with CURVE)\n"
     "  --mirror-nats URL        also mirror topics into NATS JetStream, as `engram mirror`\n"
     "                           does (credentials in the URL: nats://user:pass@host:4222)\n"
-    "  --mirror-topic T         a topic to mirror (repeat, or T1,T2)\n"
+    "  --mirror-topic T1,T2     the topics to mirror\n"
     "  --mirror-stream NAME     the stream (default ENGRAM)\n"
     "  -h, --help               this help\n";
 
@@ -58,63 +59,23 @@ static const char keygen_help[] =
     "  --out BASE   write BASE.key and BASE.pub\n"
     "  -h, --help   this help\n";
 
-enum {
-  O_DATA = 1,
-  O_LISTEN,
-  O_NOTIFY,
-  O_CONFIG,
-  O_LOG_JSON,
-  O_DURABILITY,
-  O_WORKERS,
-  O_MAX_MESSAGE,
-  O_SECRET_FILE,
-  O_ALLOW_FILE,
-  O_MIRROR_NATS,
-  O_MIRROR_TOPIC,
-  O_MIRROR_STREAM,
-  O_COUNT
-};
-
-static const struct cli_opt serve_opts[] = {
-    {"--data", 1, O_DATA},
-    {"--listen", 1, O_LISTEN},
-    {"--notify", 1, O_NOTIFY},
-    {"--config", 1, O_CONFIG},
-    {"--log-json", 0, O_LOG_JSON},
-    {"--durability", 1, O_DURABILITY},
-    {"--workers", 1, O_WORKERS},
-    {"--max-message", 1, O_MAX_MESSAGE},
-    {"--curve-secret-file", 1, O_SECRET_FILE},
-    {"--allow-keys-file", 1, O_ALLOW_FILE},
-    {"--mirror-nats", 1, O_MIRROR_NATS},
-    {"--mirror-topic", 1, O_MIRROR_TOPIC},
-    {"--mirror-stream", 1, O_MIRROR_STREAM},
-    {"-h", 0, CLI_OPT_HELP},
-    {"--help", 0, CLI_OPT_HELP},
-    {NULL, 0, 0},
-};
-
-/* Option values by id, from the command line or the config file (owned strings). */
-struct settings {
-  char *v[O_COUNT];
-};
+/* Cuts a comment off a config line: '#' after a blank (Z85 keys and paths may hold '#'
+ * elsewhere; a '#' opening the line is skipped by the reader), and the blanks before it. */
+static void strip_comment(char *line) {
+  for (char *p = line + 1; *p; p++)
+    if (*p == '#' && (p[-1] == ' ' || p[-1] == '\t')) {
+      *p = '\0';
+      break;
+    }
+  size_t n = strlen(line);
+  while (n && (line[n - 1] == ' ' || line[n - 1] == '\t')) line[--n] = '\0';
+}
 
 static char *trim(char *s) {
   while (*s == ' ' || *s == '\t') s++;
   size_t n = strlen(s);
-  while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
-    s[--n] = '\0';
+  while (n && (s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = '\0';
   return s;
-}
-
-/* Cuts a comment off a config line: '#' at the start or after a blank (Z85 keys and
- * paths may hold '#' elsewhere). */
-static void strip_comment(char *line) {
-  for (char *p = line; *p; p++)
-    if (*p == '#' && (p == line || p[-1] == ' ' || p[-1] == '\t')) {
-      *p = '\0';
-      return;
-    }
 }
 
 /* The value of a `name = value` line, or NULL when the line is not about `name`. */
@@ -127,116 +88,113 @@ static char *named(char *line, const char *name) {
   return trim(p + 1);
 }
 
-/* Reads a whole small file into a NUL-terminated buffer. */
-static char *slurp(const char *path, const char *what) {
-  FILE *f = fopen(path, "r");
-  if (!f) {
-    cli_error("%s %s: %s", what, path, strerror(errno));
-    return NULL;
-  }
-  size_t cap = 4096, n = 0;
-  char *buf = malloc(cap);
-  size_t got;
-  while (buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-    n += got;
-    if (n + 1 == cap) {
-      if (cap >= (1u << 20)) break;
-      char *b = realloc(buf, cap * 2);
-      if (!b) {
-        free(buf);
-        buf = NULL;
-        break;
-      }
-      buf = b;
-      cap *= 2;
-    }
-  }
-  fclose(f);
-  if (!buf) {
-    cli_error("%s %s: out of memory", what, path);
-    return NULL;
-  }
-  buf[n] = '\0';
-  return buf;
-}
-
-/* `key = value` lines; values already given on the command line are kept. */
-static int read_config(const char *path, struct settings *st) {
-  char *text = slurp(path, "config");
-  if (!text) return CLI_EXIT_FAIL;
-  int lineno = 0, status = 0;
-  for (char *line = strtok(text, "\n"); line && !status; line = strtok(NULL, "\n")) {
-    lineno++;
-    strip_comment(line);
-    char *l = trim(line);
-    if (!*l) continue;
+/* `key = value` lines named like the options (without "--"; not "config"), each at most
+ * once. Values of options given on the command line are not read: the command line
+ * wins. The values kept are copied into owned[] (by option). */
+static int read_config(const char *path, const struct cli_args *a, const struct cli_opt *opts,
+                       char *owned[CLI_MAX_OPTS]) {
+  struct cli_lines r;
+  if (cli_lines_open(&r, path, "config")) return CLI_EXIT_FAIL;
+  unsigned long first[CLI_MAX_OPTS] = {0}; /* line of each key, 0 = not in the file */
+  int status = 0;
+  char *l;
+  while (!status && (l = cli_lines_next(&r))) {
+    strip_comment(l);
     char *eq = strchr(l, '=');
     if (!eq) {
-      status = cli_error("config %s line %d: expected `key = value`", path, lineno);
+      status = cli_lines_error(&r, "expected `key = value`");
       break;
     }
     *eq = '\0';
     char *key = trim(l), *val = trim(eq + 1);
-    char opt[64];
-    snprintf(opt, sizeof opt, "--%s", key);
-    int id = 0;
-    for (const struct cli_opt *o = serve_opts; o->name; o++)
-      if (!strcmp(o->name, opt) && o->id != O_CONFIG && o->id != CLI_OPT_HELP) id = o->id;
-    if (!id) {
-      status = cli_error("config %s line %d: unknown key '%s'", path, lineno, key);
+    int k = 0;
+    for (; opts[k].name; k++)
+      if (strcmp(opts[k].name + 2, key) == 0 && strcmp(key, "config") != 0) break;
+    if (!opts[k].name) {
+      status = cli_lines_error(&r, "unknown key '%s'", key);
       break;
     }
-    if (id == O_LOG_JSON) {
-      if (strcmp(val, "true") && strcmp(val, "false") && strcmp(val, "1") && strcmp(val, "0")) {
-        status = cli_error("config %s line %d: log-json must be true or false", path, lineno);
-        break;
-      }
-      if (!strcmp(val, "false") || !strcmp(val, "0")) continue;
+    if (first[k]) {
+      status = cli_lines_error(&r, "'%s' again (first set on line %lu)", key, first[k]);
+      break;
     }
+    first[k] = r.line;
     if (!*val) {
-      status = cli_error("config %s line %d: '%s' needs a value", path, lineno, key);
+      status = cli_lines_error(&r, "'%s' needs a value", key);
       break;
     }
-    if (!st->v[id] && !(st->v[id] = strdup(val))) status = cli_error("config: out of memory");
+    if (cli_args_given(a, opts[k].name)) continue;
+    if (!(owned[k] = strdup(val))) {
+      status = cli_error("config: out of memory");
+      break;
+    }
+    char why[256];
+    int bare;
+    const char *e = cli_opt_set(&opts[k], owned[k], why, sizeof why, &bare);
+    if (e && bare)
+      status = cli_lines_error(&r, "%s %s", key, e);
+    else if (e)
+      status = cli_lines_error(&r, "%s '%s': %s", key, val, e);
   }
-  free(text);
-  return status;
+  int rs = cli_lines_close(&r);
+  return status ? status : rs;
 }
 
-/* The value of a `name = KEY` line of text, or with name NULL a line that is a lone key.
- * Copies the 40 characters into out[41]; returns 0 or -1. */
-static int key_line(const char *text, const char *name, char out[41]) {
-  char *copy = strdup(text);
-  if (!copy) return -1;
-  int found = -1;
-  for (char *line = strtok(copy, "\n"); line && found; line = strtok(NULL, "\n")) {
-    char *l = trim(line);
-    if (!*l || *l == '#') continue;
-    char *val = name ? named(l, name) : l;
-    if (val && strlen(val) == 40) {
-      memcpy(out, val, 41);
-      found = 0;
+/* Copies a 40-character key into out[41]; 0, or -1 when it has another length. */
+static int key40(const char *k, char out[41]) {
+  if (strlen(k) != 40) return -1;
+  memcpy(out, k, 41);
+  return 0;
+}
+
+/* The daemon's key pair as `engram keygen --out` writes it: a `secret-key = KEY` line
+ * (or else a line holding just the key) and an optional `public-key = KEY` line. */
+static int read_secret(const char *path, char sec[41], char pub[41]) {
+  struct cli_lines r;
+  if (cli_lines_open(&r, path, "secret key file")) return CLI_EXIT_FAIL;
+  unsigned long sec_line = 0, pub_line = 0, lone_line = 0;
+  char lone[41] = "";
+  int status = 0;
+  char *l, *v;
+  while (!status && (l = cli_lines_next(&r))) {
+    if ((v = named(l, "secret-key")) || (v = named(l, "public-key"))) {
+      int is_sec = l[0] == 's';
+      unsigned long *at = is_sec ? &sec_line : &pub_line;
+      if (*at)
+        status = cli_lines_error(&r, "a second %s line (the first is line %lu)",
+                                 is_sec ? "secret-key" : "public-key", *at);
+      else if (key40(v, is_sec ? sec : pub))
+        status = cli_lines_error(&r, "a key is 40 Z85 characters");
+      *at = r.line;
+    } else if (!lone_line && key40(l, lone) == 0) {
+      lone_line = r.line;
+    } else {
+      status = cli_lines_error(&r, "expected `secret-key = KEY` or `public-key = KEY`");
     }
   }
-  free(copy);
-  return found;
+  int rs = cli_lines_close(&r);
+  if (status || rs) return status ? status : rs;
+  if (!sec_line && lone_line) memcpy(sec, lone, 41);
+  if (!sec_line && !lone_line)
+    return cli_error(
+        "secret key file %s: no `secret-key = KEY` line (make one with 'engram keygen --out')",
+        path);
+  if (!pub_line) pub[0] = '\0';
+  return 0;
 }
 
 /* Allowed client keys: one per line, bare or as `public-key = KEY`. */
 static int read_allow(const char *path, char ***keys, size_t *n) {
-  char *text = slurp(path, "allow-keys file");
-  if (!text) return CLI_EXIT_FAIL;
-  int lineno = 0, status = 0;
+  struct cli_lines r;
   *keys = NULL;
   *n = 0;
-  for (char *line = strtok(text, "\n"); line && !status; line = strtok(NULL, "\n")) {
-    lineno++;
-    char *l = trim(line);
-    if (!*l || *l == '#') continue;
-    char *v = named(l, "public-key");
-    if (v) l = v;
+  if (cli_lines_open(&r, path, "allow-keys file")) return CLI_EXIT_FAIL;
+  int status = 0;
+  char *l, *v;
+  while (!status && (l = cli_lines_next(&r))) {
+    if ((v = named(l, "public-key"))) l = v;
     if (strlen(l) != 40) {
-      status = cli_error("allow-keys file %s line %d: a key is 40 Z85 characters", path, lineno);
+      status = cli_lines_error(&r, "a key is 40 Z85 characters");
       break;
     }
     char **k = realloc(*keys, (*n + 1) * sizeof *k);
@@ -248,60 +206,75 @@ static int read_allow(const char *path, char ***keys, size_t *n) {
     *keys = k;
     (*n)++;
   }
-  free(text);
+  int rs = cli_lines_close(&r);
+  if (!status) status = rs;
   if (!status && *n == 0) status = cli_error("allow-keys file %s: no keys in it", path);
   return status;
 }
 
-/* --mirror-nats: the mirror thread (cli/cmd_mirror.c) beside the daemon. */
-static int mirror_start(struct settings *st, const engram_serve_options *so,
-                        struct mirror_thread **out, const char ***topics) {
-  if (!st->v[O_MIRROR_NATS] && !st->v[O_MIRROR_TOPIC] && !st->v[O_MIRROR_STREAM]) return 0;
-  if (!st->v[O_MIRROR_NATS] || !st->v[O_MIRROR_TOPIC])
-    return cli_usage("serve", "--mirror-nats and --mirror-topic go together");
+/* --mirror-nats: the mirror thread (cli/cmd_mirror.c) beside the daemon. topics is
+ * the comma-separated --mirror-topic, split in place into *list. */
+static int mirror_start(const char *url, char *topics, const char *stream,
+                        const engram_serve_options *so, struct mirror_thread **out,
+                        const char ***list) {
+  if (!url && !topics && !stream) return 0;
+  if (!url || !topics) return cli_usage("serve", "--mirror-nats and --mirror-topic go together");
   if (so->secret_key)
     return cli_usage("serve", "--mirror-nats with CURVE: run `engram mirror` beside the daemon");
   struct mirror_config mc;
   memset(&mc, 0, sizeof mc);
-  mc.nats.url = st->v[O_MIRROR_NATS];
-  mc.stream = st->v[O_MIRROR_STREAM];
-  for (char *p = strtok(st->v[O_MIRROR_TOPIC], ","); p; p = strtok(NULL, ",")) {
-    const char **l = realloc(*topics, (mc.n_topics + 1) * sizeof *l);
+  mc.nats.url = url;
+  mc.stream = stream;
+  for (char *p = strtok(topics, ","); p; p = strtok(NULL, ",")) {
+    const char **l = realloc(*list, (mc.n_topics + 1) * sizeof *l);
     if (!l) return cli_error("serve: out of memory");
-    *topics = l;
+    *list = l;
     l[mc.n_topics++] = p;
   }
-  mc.topics = *topics;
+  if (!mc.n_topics) return cli_usage("serve", "--mirror-topic needs a topic");
+  mc.topics = *list;
   return mirror_thread_start(so->listen, &mc, out) ? CLI_EXIT_FAIL : 0;
 }
 
-int cmd_serve(struct cli *c, int argc, char **argv) {
-  struct cli_args a;
-  struct settings st;
-  memset(&st, 0, sizeof st);
-  cli_args_init(&a, "serve", argc, argv);
-  int o, status = 0;
-  while ((o = cli_args_next(&a, serve_opts)) > 0) {
-    if (o == CLI_OPT_HELP) return cli_help(serve_help);
-    if (o == O_MIRROR_TOPIC && st.v[o]) { /* repeatable: a comma-separated list */
-      char *l = malloc(strlen(st.v[o]) + strlen(a.val) + 2);
-      if (l) sprintf(l, "%s,%s", st.v[o], a.val);
-      free(st.v[o]);
-      st.v[o] = l;
-      continue;
-    }
-    free(st.v[o]);
-    st.v[o] = strdup(o == O_LOG_JSON ? "true" : a.val);
-  }
-  if (o < 0 || cli_args_count(&a, 0, 0, "no arguments")) {
-    status = CLI_EXIT_USAGE;
-    goto done;
-  }
-  if (st.v[O_CONFIG] && (status = read_config(st.v[O_CONFIG], &st))) goto done;
+static const char *const durabilities[] = {"sync", "nometasync", "async", NULL};
+static const engram_durability durability_of[] = {
+    ENGRAM_DURABILITY_SYNC, ENGRAM_DURABILITY_NOMETASYNC, ENGRAM_DURABILITY_ASYNC};
 
+int cmd_serve(struct cli *c, int argc, char **argv) {
+  const char *data = NULL, *config = NULL, *secret_file = NULL, *allow_file = NULL;
+  const char *mirror_nats = NULL, *mirror_topic = NULL, *mirror_stream = NULL;
+  int durability = -1;
+  uint64_t max_message = 0;
   engram_serve_options so;
   memset(&so, 0, sizeof so);
-  const char *dir = st.v[O_DATA] ? st.v[O_DATA] : c->data ? c->data : getenv("ENGRAM_DATA");
+  /* The config file's keys are these names without "--". */
+  const struct cli_opt opts[] = {
+      CLI_OPT_STR("--data", &data),
+      CLI_OPT_STR("--listen", &so.listen),
+      CLI_OPT_STR("--notify", &so.notify),
+      CLI_OPT_STR("--config", &config),
+      CLI_OPT_FLAG("--log-json", &so.log_json),
+      CLI_OPT_ENUM("--durability", &durability, .names = durabilities),
+      CLI_OPT_U32("--workers", &so.workers, .min = 1),
+      CLI_OPT_SIZE("--max-message", &max_message, .max = UINT32_MAX, .high = "over 4GiB"),
+      CLI_OPT_STR("--curve-secret-file", &secret_file),
+      CLI_OPT_STR("--allow-keys-file", &allow_file),
+      CLI_OPT_STR("--mirror-nats", &mirror_nats),
+      CLI_OPT_TEXT("--mirror-topic", &mirror_topic, .what = "needs a topic"),
+      CLI_OPT_STR("--mirror-stream", &mirror_stream),
+      CLI_OPT_END};
+  char *owned[CLI_MAX_OPTS] = {NULL}; /* values read from the config file */
+  char **allow = NULL;
+  size_t nallow = 0;
+  char pub[41] = "", sec[41] = "";
+  struct cli_args a;
+  cli_args_init(&a, "serve", argc, argv);
+  int status = cli_args_parse(&a, opts, serve_help, 0, 0, "no arguments");
+  if (status != CLI_GO) return status;
+  status = 0;
+  if (config && (status = read_config(config, &a, opts, owned))) goto done;
+
+  const char *dir = data ? data : c->data ? c->data : getenv("ENGRAM_DATA");
   if (c->connect) {
     status = cli_usage("serve", "--connect does not apply: serve owns a directory (--data)");
     goto done;
@@ -310,80 +283,36 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
     status = cli_usage("serve", "no log given: use --data DIR or set ENGRAM_DATA");
     goto done;
   }
-  so.listen = st.v[O_LISTEN];
-  so.notify = st.v[O_NOTIFY];
-  so.log_json = st.v[O_LOG_JSON] != NULL;
   so.durability = c->durability_set ? c->durability : ENGRAM_DURABILITY_SYNC;
-  if (st.v[O_DURABILITY]) {
-    const char *d = st.v[O_DURABILITY];
-    if (!strcmp(d, "sync"))
-      so.durability = ENGRAM_DURABILITY_SYNC;
-    else if (!strcmp(d, "nometasync"))
-      so.durability = ENGRAM_DURABILITY_NOMETASYNC;
-    else if (!strcmp(d, "async"))
-      so.durability = ENGRAM_DURABILITY_ASYNC;
-    else {
-      status = cli_usage("serve", "--durability must be sync, nometasync or async, not '%s'", d);
-      goto done;
-    }
-  }
-  const char *why;
-  if (st.v[O_WORKERS]) {
-    if ((why = cli_parse_u32(st.v[O_WORKERS], &so.workers)) || so.workers == 0) {
-      status = cli_usage("serve", "--workers '%s': %s", st.v[O_WORKERS],
-                         why ? why : "must be at least 1");
-      goto done;
-    }
-  }
-  if (st.v[O_MAX_MESSAGE]) {
-    uint64_t v;
-    if ((why = cli_parse_size(st.v[O_MAX_MESSAGE], &v)) || v > UINT32_MAX) {
-      status = cli_usage("serve", "--max-message '%s': %s", st.v[O_MAX_MESSAGE],
-                         why ? why : "over 4GiB");
-      goto done;
-    }
-    so.max_message = (uint32_t)v;
-  }
-  char pub[41] = "", sec[41] = "";
-  char **allow = NULL;
-  size_t nallow = 0;
-  if (!st.v[O_SECRET_FILE] != !st.v[O_ALLOW_FILE]) {
+  if (durability >= 0) so.durability = durability_of[durability];
+  so.max_message = (uint32_t)max_message;
+  if (!secret_file != !allow_file) {
     status = cli_usage("serve", "--curve-secret-file and --allow-keys-file go together");
     goto done;
   }
-  if (st.v[O_SECRET_FILE]) {
-    char *text = slurp(st.v[O_SECRET_FILE], "secret key file");
-    if (!text) {
-      status = CLI_EXIT_FAIL;
-      goto done;
-    }
-    int bad = key_line(text, "secret-key", sec) && key_line(text, NULL, sec);
-    if (!bad && key_line(text, "public-key", pub) == 0) so.public_key = pub;
-    free(text);
-    if (bad) {
-      status = cli_error(
-          "secret key file %s: no `secret-key = KEY` line (make one with 'engram keygen --out')",
-          st.v[O_SECRET_FILE]);
-      goto done;
-    }
+  if (secret_file) {
+    if ((status = read_secret(secret_file, sec, pub))) goto done;
     so.secret_key = sec;
-    if ((status = read_allow(st.v[O_ALLOW_FILE], &allow, &nallow))) goto free_allow;
+    so.public_key = pub[0] ? pub : NULL;
+    if ((status = read_allow(allow_file, &allow, &nallow))) goto done;
     so.allow_keys = (const char *const *)allow;
     so.n_allow_keys = nallow;
   }
   struct mirror_thread *mirror = NULL;
   const char **topics = NULL;
-  if ((status = mirror_start(&st, &so, &mirror, &topics))) goto free_allow;
-  int rc = engram_serve(dir, &so);
+  char *topic_list = mirror_topic ? strdup(mirror_topic) : NULL;
+  if (mirror_topic && !topic_list) status = cli_error("serve: out of memory");
+  if (!status) status = mirror_start(mirror_nats, topic_list, mirror_stream, &so, &mirror, &topics);
+  int rc = status ? 0 : engram_serve(dir, &so);
   mirror_thread_stop(mirror);
   free(topics);
+  free(topic_list);
   if (rc)
     status = cli_error("%s", *engram_errmsg(NULL) ? engram_errmsg(NULL) : engram_strerror(rc));
-free_allow:
+done:
   for (size_t i = 0; i < nallow; i++) free(allow[i]);
   free(allow);
-done:
-  for (int i = 0; i < O_COUNT; i++) free(st.v[i]);
+  for (int i = 0; i < CLI_MAX_OPTS; i++) free(owned[i]);
   return status;
 }
 
@@ -402,17 +331,12 @@ static int write_new(const char *path, const char *text, mode_t mode) {
 
 int cmd_keygen(struct cli *c, int argc, char **argv) {
   (void)c;
-  static const struct cli_opt opts[] = {
-      {"--out", 1, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
+  const char *out = NULL;
+  const struct cli_opt opts[] = {CLI_OPT_STR("--out", &out), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "keygen", argc, argv);
-  int o;
-  const char *out = NULL;
-  while ((o = cli_args_next(&a, opts)) > 0) {
-    if (o == CLI_OPT_HELP) return cli_help(keygen_help);
-    out = a.val;
-  }
-  if (o < 0 || cli_args_count(&a, 0, 0, "no arguments")) return CLI_EXIT_USAGE;
+  int r = cli_args_parse(&a, opts, keygen_help, 0, 0, "no arguments");
+  if (r != CLI_GO) return r;
   char pub[41], sec[41];
   int rc = engram_keygen(pub, sec);
   if (rc) return cli_error("%s", *engram_errmsg(NULL) ? engram_errmsg(NULL) : engram_strerror(rc));

@@ -59,18 +59,13 @@ static int text(const engram_topic_info *t, size_t nt, const engram_group_info *
 }
 
 int cmd_stat(struct cli *c, int argc, char **argv) {
-  static const struct cli_opt opts[] = {
-      {"--json", 0, 1}, {"-h", 0, CLI_OPT_HELP}, {"--help", 0, CLI_OPT_HELP}, {NULL, 0, 0}};
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "stat", argc, argv);
-  int o, json = 0;
-  while ((o = cli_args_next(&a, opts)) > 0) {
-    if (o == CLI_OPT_HELP) return cli_help(help);
-    json = 1;
-  }
-  if (o < 0 || cli_args_count(&a, 0, 0, "no arguments")) return CLI_EXIT_USAGE;
-  int status = cli_open(c, CLI_OPEN_READ);
-  if (status) return status;
+  int status = cli_args_parse(&a, opts, help, 0, 0, "no arguments");
+  if (status != CLI_GO) return status;
+  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_topic_info *t = NULL;
   engram_group_info *g = NULL;
   size_t nt = 0, ng = 0;

@@ -402,5 +402,36 @@ if [[ $(id -u) == 0 ]] && mount --bind "$TMP/empty" "$TMP/ro" 2>/dev/null; then
   umount -l "$TMP/ro"
 fi
 
+# --- serve's config and key files ----------------------------------------------------
+# Every case fails before the daemon would start, so no socket is opened.
+CONF=$TMP/serve.conf
+printf '# engram serve settings\n\nlisten = tcp://127.0.0.1:1\n\n   \n# a comment\nno-such-key = 1\n' >"$CONF"
+e serve --config "$CONF"
+check "a bad config line is named by its true line number" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$CONF:7: unknown key '"'no-such-key'"'"'
+printf 'workers = 4\nlisten = tcp://127.0.0.1:1\n\nworkers = 8\n' >"$CONF"
+e serve --config "$CONF"
+check "a key repeated in the config is refused, not the first value kept" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$CONF:4:" && has "$err" "line 1"'
+printf 'listen = tcp://127.0.0.1:1   # a comment\nworkers = 0\n' >"$CONF"
+e serve --config "$CONF"
+check "a bad value in the config names its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$CONF:2: workers '"'0'"': must be at least 1"'
+printf 'durability = fast\n' >"$CONF"
+e serve --config "$CONF"
+check "a bad durability in the config names its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$CONF:1: durability must be sync, nometasync or async"'
+printf '\nlisten\n' >"$CONF"
+e serve --config "$CONF"
+check "a config line without = names its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$CONF:2: expected"'
+e serve --workers 0
+check "serve --workers 0 is a usage error" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "--workers '"'0'"': must be at least 1"'
+e serve --durability fast
+check "serve --durability names the modes" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "--durability must be sync, nometasync or async, not '"'fast'"'"'
+KEYS=$TMP/keys
+printf '# keys\n\n%s\n\nshort\n' "$(printf 'k%.0s' {1..40})" >"$KEYS.allow"
+printf 'secret-key = %s\n' "$(printf 's%.0s' {1..40})" >"$KEYS.key"
+e serve --curve-secret-file "$KEYS.key" --allow-keys-file "$KEYS.allow"
+check "a bad allowed key is named by its true line number" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$KEYS.allow:5: a key is 40 Z85 characters"'
+printf 'secret-key = %s\n\nsecret-key = %s\n' "$(printf 's%.0s' {1..40})" "$(printf 't%.0s' {1..40})" >"$KEYS.key"
+e serve --curve-secret-file "$KEYS.key" --allow-keys-file "$KEYS.allow"
+check "a second secret-key line is refused with its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$KEYS.key:3:"'
+
 echo "test-cli: $((checks - fails)) of $checks checks passed"
 ((fails == 0))

@@ -24,8 +24,9 @@
  *
  * ERRORS. Every function that can fail returns 0 or a negative ENGRAM_E* code from the
  * table below (never any other value: an internal code that would escape becomes
- * ENGRAM_EINTERNAL); the handle keeps a message with context for the last error of the
- * calling thread (engram_errmsg()). Nothing is written when a call fails.
+ * ENGRAM_EINTERNAL). A message with context for the calling thread's last failure, on
+ * any handle, is kept in one buffer per thread (engram_errmsg()). Nothing is written
+ * when a call fails, except by engram_ack_many(), whose good items commit.
  *
  * DAMAGE. If data.mdb is damaged (a failing disk, a power cut under ASYNC), reads never
  * return damaged data nor skip an event: a record failing its CRC, a missing offset between
@@ -122,7 +123,7 @@ extern "C" {
 #define ENGRAM_ENOTSUP -21    /* not supported by this handle or build */
 #define ENGRAM_EINTERNAL -22  /* a bug: an invariant did not hold */
 
-/* The fixed description of a code ("no such topic, group or event"); never NULL. */
+/* The fixed description of a code ("not found" for ENGRAM_ENOTFOUND); never NULL. */
 ENGRAM_API const char *engram_strerror(int code);
 /* The code's name ("ENGRAM_ENOTFOUND"); never NULL. */
 ENGRAM_API const char *engram_errname(int code);
@@ -193,10 +194,14 @@ ENGRAM_API int engram_open(const char *path, const engram_options *opts, engram 
 /* Flushes what is still pending and closes. Accepts NULL. */
 ENGRAM_API void engram_close(engram *log);
 
-/* The message of the last error of the calling thread on this handle, with context
- * ("append memory: payload 2097152 bytes over limit 1048576"); "" when none. Valid until
- * the next call on the handle from this thread. With log NULL: the message of the
- * calling thread's last failed engram_open() or engram_connect(). */
+/* The message of the calling thread's last failure, with context ("append memory:
+ * payload 2097152 bytes over limit 1048576"); "" when the thread has had none. Each
+ * thread has one message buffer, shared by all handles: `log` is not used (NULL is
+ * fine, e.g. after a failed engram_open() or engram_connect()), so a failure on one
+ * handle is what every handle reports on that thread, and other threads never see it.
+ * Read it right after the call that failed: the next failing call of the thread, on any
+ * handle, overwrites it, and a call that succeeds may clear it or leave it in place.
+ * The pointer stays valid for the life of the thread. */
 ENGRAM_API const char *engram_errmsg(const engram *log);
 
 /* Forces everything committed so far to disk (useful in nometasync/async modes). */

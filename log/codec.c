@@ -31,6 +31,12 @@ struct log_dict_cache {
 
 static pthread_mutex_t dict_mu = PTHREAD_MUTEX_INITIALIZER;
 
+void log_codec_after_fork(void) {
+  /* Another thread of the parent may have held it at the fork: it is locked for good in
+   * the child, whose only thread is the caller. */
+  pthread_mutex_init(&dict_mu, NULL);
+}
+
 static void dict_key(unsigned char k[8], uint32_t topic_id, uint32_t dict_id) {
   be32_put(k, topic_id);
   be32_put(k + 4, dict_id);

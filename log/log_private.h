@@ -85,6 +85,8 @@ int log_codec_encode(engram *log, MDB_txn *txn, const log_topic *t, const engram
 /* Decompresses a view's payload into dst (raw_len bytes). */
 int log_codec_payload(engram *log, MDB_txn *txn, uint32_t topic_id, const log_view *v, void *dst);
 void log_codec_caches_free(engram *log);
+/* Makes the codec's process-wide lock usable in a child made by fork(). */
+void log_codec_after_fork(void);
 /* Dictionary training in three steps, so only the first and last hold a transaction:
  * samples from the newest events (read txn), ZDICT training (no txn, the slow part), and
  * storing the dictionary as the topic's current one (write job). */

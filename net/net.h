@@ -47,6 +47,15 @@ int net_wire_scan(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_
  * frame could be read. */
 Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_peek *pk, int *code,
                                           char *why, size_t cap);
+/* net_request_decode's two halves, which the daemon runs on two threads (the main thread
+ * peeks, a worker unpacks): one decoder for the daemon and the fuzz target.
+ * net_request_peek: the structural scan, filling *pk, and the protocol version. Returns 0
+ * or ENGRAM_EPROTO / ENGRAM_EVERSION with a message in why[cap]. */
+int net_request_peek(const uint8_t *buf, size_t len, net_peek *pk, char *why, size_t cap);
+/* protobuf-c's decoding of a frame net_request_peek passed, and an operation in it.
+ * Returns the request or NULL with *code ENGRAM_EPROTO and a message in why[cap]. */
+Engram__Wire__Request *net_request_unpack(const uint8_t *buf, size_t len, const net_peek *pk,
+                                          int *code, char *why, size_t cap);
 
 /* Checks what must hold before a decoded request can be handed to the API: members
  * present, and counts bounded before anything is allocated for them. Names, values and

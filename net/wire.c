@@ -100,51 +100,55 @@ int net_wire_scan(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_
   return scan(d, buf, buf + len, 0, pk, why);
 }
 
-Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_peek *pk, int *code,
-                                          char *why, size_t cap) {
+/* The daemon's main thread peeks (it routes appends by connection and answers a frame
+ * that fails here at once); a worker unpacks. The fuzz target runs both through
+ * net_request_decode: one decoder for the daemon and the fuzzer. */
+int net_request_peek(const uint8_t *buf, size_t len, net_peek *pk, char *why, size_t cap) {
   const char *reason;
-  *code = ENGRAM_EPROTO;
   if (len == 0) {
     memset(pk, 0, sizeof *pk);
     snprintf(why, cap, "empty request");
-    return NULL;
+    return ENGRAM_EPROTO;
   }
   if (net_wire_scan(&engram__wire__request__descriptor, buf, len, pk, &reason)) {
     snprintf(why, cap, "malformed request: %s", reason);
-    return NULL;
+    return ENGRAM_EPROTO;
   }
   if (pk->version != ENGRAM_PROTOCOL_VERSION) {
     if (pk->version == 0 && pk->op == 0) {
       snprintf(why, cap, "malformed request: no protocol version and no operation");
-      return NULL;
+      return ENGRAM_EPROTO;
     }
-    *code = ENGRAM_EVERSION;
     snprintf(why, cap, "protocol version %u not supported (this daemon speaks %d)", pk->version,
              ENGRAM_PROTOCOL_VERSION);
-    return NULL;
+    return ENGRAM_EVERSION;
   }
+  return 0;
+}
+
+Engram__Wire__Request *net_request_unpack(const uint8_t *buf, size_t len, const net_peek *pk,
+                                          int *code, char *why, size_t cap) {
+  *code = ENGRAM_EPROTO;
   Engram__Wire__Request *rq = engram__wire__request__unpack(NULL, len, buf);
   if (!rq) {
     snprintf(why, cap, "malformed request: does not decode");
     return NULL;
   }
-  if (rq->op_case == ENGRAM__WIRE__REQUEST__OP__NOT_SET) {
-    if (pk->op)
-      snprintf(why, cap, "unknown operation %d", pk->op);
-    else
-      snprintf(why, cap, "request without an operation");
-    engram__wire__request__free_unpacked(rq, NULL);
-    return NULL;
-  }
   /* A oneof member present on the wire is never NULL after unpacking, but the check
    * costs nothing and keeps every later dereference honest. */
-  if (!rq->hello) {
-    snprintf(why, cap, "malformed request: empty operation");
+  if (rq->op_case == ENGRAM__WIRE__REQUEST__OP__NOT_SET || !rq->hello) {
+    snprintf(why, cap, "unknown operation %d", pk->op);
     engram__wire__request__free_unpacked(rq, NULL);
     return NULL;
   }
   *code = 0;
   return rq;
+}
+
+Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_peek *pk, int *code,
+                                          char *why, size_t cap) {
+  if ((*code = net_request_peek(buf, len, pk, why, cap)) != 0) return NULL;
+  return net_request_unpack(buf, len, pk, code, why, cap);
 }
 
 /* ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run-tests.sh — runs every built C test, the exported-symbols check, every fuzz corpus
-# replay and the Python tests, each under a timeout in a fresh temporary directory, and
-# prints one tally line.
+# replay, the C examples, the CLI script and the Python tests, each under a timeout in a
+# fresh temporary directory, and prints one tally line.
 #
 # Environment: BUILD (build or build/san, default build), ENGRAM_TEST_TIMEOUT (seconds per
 # unit, default 120; the slowest unit takes about 15 s under the sanitizers), ONLY (run only units whose name contains it), VERBOSE=1 (print
@@ -85,6 +85,11 @@ if [ -d "$BUILD/fuzz" ]; then
       printf 'FAIL  %-40s         (no corpus in %s)\n' "fuzz/$name" "$corpus"
     fi
   done
+fi
+
+# The C programs of examples/, run as a user runs them (one against `engram serve`).
+if [ -f examples/run-examples.sh ] && [ -x "$BUILD/examples/producer" ]; then
+  run_unit examples env BUILD="$BUILD" bash examples/run-examples.sh
 fi
 
 # The engram command end to end, as a user runs it.

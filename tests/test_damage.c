@@ -25,6 +25,14 @@ typedef struct fx {
   char *logdir; /* dir/log: the undamaged log */
 } fx;
 
+/* Copies damaged per run: fewer under the sanitizers, where every command of the CLI
+ * runs several times slower (ENGRAM_DAMAGE_COPIES overrides). */
+#if defined(__SANITIZE_ADDRESS__)
+#define DEFAULT_COPIES 25
+#else
+#define DEFAULT_COPIES 100
+#endif
+
 static int setup(void **state) {
   fx *f = calloc(1, sizeof *f);
   f->dir = tu_tmpdir("damage");
@@ -142,6 +150,11 @@ static void stretch_record(const char *dir, uint64_t offset) {
 
 static void a_fault_in_the_verify_walk_becomes_a_damage_report(void **state) {
   fx *f = *state;
+#if defined(__SANITIZE_ADDRESS__)
+  /* Sanitizer builds walk in the calling process (log/read.c): no isolation to test. */
+  (void)f;
+  skip();
+#endif
   make_log(f->logdir, 50);
   stretch_record(f->logdir, 50);
   engram *log = tu_open(f->logdir, NULL);
@@ -313,7 +326,7 @@ static void flipped_bits_never_kill_a_reader_nor_hide_an_event(void **state) {
   char *src = tu_join(f->logdir, "data.mdb");
 
   const char *env = getenv("ENGRAM_DAMAGE_COPIES");
-  int copies = env && atoi(env) > 0 ? atoi(env) : 100;
+  int copies = env && atoi(env) > 0 ? atoi(env) : DEFAULT_COPIES;
   const char *seed_env = getenv("ENGRAM_TEST_SEED");
   uint64_t rng = seed_env ? strtoull(seed_env, NULL, 0) : 0xda11a9e5eedULL;
   if (!rng) rng = 1;

@@ -16,6 +16,7 @@
 
 #include "engram.h"
 #include "helpers/testutil.h"
+#include "net/net.h"
 #include "schema/wire.pb-c.h"
 #include "test_net_daemon.h"
 
@@ -592,11 +593,95 @@ static void client_text_reaches_the_daemon_log_escaped(void **state) {
   }
 }
 
+/* The daemon answers a bad frame with what net_request_decode and net_request_check (the
+ * fuzz target's path) say about it: one decoder, so the fuzzer tests what the daemon runs. */
+static void bad_frames_get_the_decoders_code_and_message(void **state) {
+  (void)state;
+  struct {
+    const char *what;
+    uint8_t p[64];
+    size_t n;
+    int code;
+    const char *msg;
+  } cases[] = {
+      {"truncated tag",
+       {0x08, 0x01, 0x80},
+       3,
+       ENGRAM_EPROTO,
+       "malformed request: truncated field tag"},
+      {"NUL in a topic",
+       {0x08, 0x01, 0x10, 0x05, 0x72, 0x03, 0x0a, 0x01, 0x00},
+       9,
+       ENGRAM_EPROTO,
+       "malformed request: text field holds a NUL byte"},
+      {"an id alone",
+       {0x10, 0x07},
+       2,
+       ENGRAM_EPROTO,
+       "malformed request: no protocol version and no operation"},
+      {"version 2",
+       {0x08, 0x02, 0x10, 0x07, 0x52, 0x00},
+       6,
+       ENGRAM_EVERSION,
+       "protocol version 2 not supported (this daemon speaks 1)"},
+      {"no operation", {0x08, 0x01, 0x10, 0x07}, 4, ENGRAM_EPROTO, "unknown operation 0"},
+      {"unknown operation",
+       {0x08, 0x01, 0x10, 0x07, 0xba, 0x3e, 0x00},
+       7,
+       ENGRAM_EPROTO,
+       "unknown operation 999"},
+      {"hello as a number",
+       {0x08, 0x01, 0x10, 0x07, 0x50, 0x01},
+       6,
+       ENGRAM_EPROTO,
+       "malformed request: does not decode"},
+      {"dlq purge: all and offsets",
+       {0x08, 0x01, 0x10, 0x07, 0x9a, 0x02, 0x0a, 0x0a, 0x01, 't', 0x12, 0x01, 'g', 0x18, 0x01,
+        0x20, 0x05},
+       17,
+       ENGRAM_EINVAL,
+       "dlq t/g: both all and offsets given"},
+  };
+  td d;
+  td_init(&d, "net-badcodes");
+  td_start(&d);
+  void *ctx = zmq_ctx_new();
+  void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+  int zero = 0;
+  zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
+  assert_int_equal(zmq_connect(dealer, d.ep), 0);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    size_t n = cases[i].n;
+    net_peek pk;
+    int code = 0;
+    char why[512] = "";
+    Engram__Wire__Request *rq = net_request_decode(cases[i].p, n, &pk, &code, why, sizeof why);
+    if (rq) {
+      code = net_request_check(rq, why, sizeof why);
+      engram__wire__request__free_unpacked(rq, NULL);
+    }
+    zmq_send(dealer, cases[i].p, n, 0);
+    Engram__Wire__Reply *rp = recv_reply(dealer, 5000);
+    assert_non_null(rp);
+    if (rp->code != cases[i].code || strcmp(rp->error, cases[i].msg) || code != rp->code ||
+        strcmp(why, rp->error))
+      fail_msg("%s: daemon %s \"%s\", decoder %s \"%s\", expected %s \"%s\"", cases[i].what,
+               engram_errname(rp->code), rp->error, engram_errname(code), why,
+               engram_errname(cases[i].code), cases[i].msg);
+    engram__wire__reply__free_unpacked(rp, NULL);
+  }
+  zmq_close(dealer);
+  zmq_ctx_term(ctx);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
 int main(void) {
   tu_test_filter();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(thousands_of_bad_frames_leave_the_daemon_serving_and_the_log_intact),
       cmocka_unit_test(client_text_reaches_the_daemon_log_escaped),
+      cmocka_unit_test(bad_frames_get_the_decoders_code_and_message),
   };
   return cmocka_run_group_tests_name("net_garbage", tests, NULL, NULL);
 }

@@ -5,6 +5,7 @@
 # an ASan-instrumented archive cannot be loaded into an uninstrumented interpreter.) The
 # extension uses only include/engram.h.
 import os
+import re
 import subprocess
 
 from setuptools import Extension, setup
@@ -30,6 +31,31 @@ def include_dir() -> str:
     return os.environ.get("ENGRAM_INCLUDE", "/usr/local/include")
 
 
+def version() -> str:
+    """ENGRAM_VERSION_MAJOR.MINOR.PATCH of engram.h: the version's one home."""
+    with open(os.path.join(include_dir(), "engram.h")) as f:
+        text = f.read()
+    parts = [re.search(rf"^#define ENGRAM_VERSION_{p} (\d+)", text, re.M) for p in ("MAJOR", "MINOR", "PATCH")]
+    if not all(parts):
+        raise SystemExit("engram.h: ENGRAM_VERSION_MAJOR/MINOR/PATCH not found")
+    return ".".join(m.group(1) for m in parts)
+
+
+def dep_libs() -> list:
+    """The link flags of the libraries engram uses, from pkg-config as the Makefile takes
+    them; plain -l<name> for a package without a .pc file."""
+    out = []
+    for pkg, name in (("lmdb", "lmdb"), ("libzstd", "zstd"), ("libprotobuf-c", "protobuf-c"),
+                      ("libzmq", "zmq")):
+        try:
+            flags = subprocess.run(["pkg-config", "--libs", pkg], capture_output=True,
+                                   text=True, check=True).stdout.split()
+        except (OSError, subprocess.CalledProcessError):
+            flags = []
+        out += flags or [f"-l{name}"]
+    return out
+
+
 lib = library()
 ext = Extension(
     "engram._engram",
@@ -44,15 +70,15 @@ ext = Extension(
     # needs, in link order.
     extra_link_args=["-Wl,--exclude-libs,ALL",
                      "-Wl,--whole-archive", lib, "-Wl,--no-whole-archive",
-                     "-llmdb", "-lzstd", "-lprotobuf-c", "-lzmq", "-lpthread", "-lm"],
+                     *dep_libs(), "-lpthread", "-lm"],
     depends=[lib, os.path.join(include_dir(), "engram.h")],
 )
 
 setup(
     name="engram",
-    version="0.1.0",
+    version=version(),
     description="Python binding of engram, a durable event log with consumer groups",
-    packages=["engram"],
+    packages=["engram", "engram.celery"],
     package_data={"engram": ["py.typed"]},
     ext_modules=[ext],
     python_requires=">=3.9",

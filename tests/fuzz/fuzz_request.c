@@ -1,6 +1,8 @@
-/* fuzz_request.c — libFuzzer target for the daemon's request decoder: the structural scan,
- * the version and operation checks, protobuf-c's decoder behind them, the field checks
- * and the conversions to API structs; and, on the same bytes, the client's reply path.
+/* fuzz_request.c — libFuzzer target for the daemon's request path: net_request_decode (the
+ * structural scan and version check the daemon's main thread runs, then protobuf-c's
+ * decoder and the operation check its workers run: the same functions), the field checks
+ * (net_request_check, as a worker runs them before the API sees a request) and the
+ * conversions to API structs; and, on the same bytes, the client's reply path.
  *
  * Input: one request frame as a client would send it (schema/wire.proto, Request). */
 #include <stdint.h>

@@ -1,5 +1,7 @@
-"""``python -m engram worker module:app`` — runs an App (or an EventManager, EventBus or
-TractApp, which carry one) until SIGTERM/SIGINT."""
+"""``python -m engram worker module:app`` — runs an App (or an object that carries one:
+an EventManager, EventBus, TractApp or a Celery-compatible ``engram.celery.Celery``) until
+SIGTERM/SIGINT. Celery's worker flags are understood: ``-Q/--queues``, ``-c``, ``-P``,
+``--max-tasks-per-child``, ``-l/--loglevel``, ``-n/--hostname``."""
 from __future__ import annotations
 
 import argparse
@@ -54,9 +56,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("worker", help="run the handlers of an App")
     w.add_argument("app", help="module:attribute naming an engram.App")
-    w.add_argument("-c", "--concurrency", type=int, default=1, help="workers (default 1)")
+    w.add_argument("-c", "--concurrency", type=int, default=None,
+                   help="workers (default: the app's worker_concurrency, else 1)")
     w.add_argument("-t", "--timeout", type=float, default=None, help="seconds per event")
-    w.add_argument("-m", "--mode", choices=("thread", "process"), default="thread")
+    w.add_argument("-m", "--mode", choices=("thread", "process"), default=None,
+                   help="thread (default) or process workers")
     w.add_argument("-g", "--grace", type=float, default=30.0,
                    help="seconds in-flight handlers may finish after SIGTERM (default 30)")
     w.add_argument("--consumer", default=None, help="consumer name (default host-pid-n)")
@@ -65,15 +69,39 @@ def main(argv: Optional[List[str]] = None) -> int:
     w.add_argument("--idle-timeout", type=float, default=None, help="exit after this long idle")
     w.add_argument("--max-events", type=int, default=None, help="exit after this many events")
     w.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    w.add_argument("-Q", "--queues", default=None,
+                   help="queues (topics) to serve, comma-separated, highest priority first")
+    w.add_argument("-P", "--pool", choices=("threads", "prefork", "processes", "solo"), default=None,
+                   help="Celery's pool names: prefork/processes = --mode process, "
+                        "threads = --mode thread, solo = one thread")
+    w.add_argument("--max-tasks-per-child", type=int, default=None,
+                   help="process mode: replace a worker process after this many events")
+    w.add_argument("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    w.add_argument("-n", "--hostname", default=None, help="consumer name (as --consumer)")
+    w.add_argument("--durability", choices=("sync", "nometasync", "async"), default=None,
+                   help="how the worker opens a log directory (default: the App's, else sync)")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+    level = (a.loglevel or ("INFO" if a.verbose else "WARNING")).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        p.error(f"--loglevel {a.loglevel!r}: use DEBUG, INFO, WARNING or ERROR")
+    logging.basicConfig(level=getattr(logging, level),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = load_app(a.app)
-    if a.consumer:
-        app.consumer_name = a.consumer
+    d = app.worker_defaults
+    if a.consumer or a.hostname:
+        app.consumer_name = a.consumer or a.hostname
+    mode = a.mode or d.get("mode", "thread")
+    if a.pool is not None:
+        mode = "process" if a.pool in ("prefork", "processes") else "thread"
+    concurrency = 1 if a.pool == "solo" else (a.concurrency or d.get("concurrency", 1))
+    queues = [q.strip() for q in a.queues.split(",") if q.strip()] if a.queues else None
     try:
-        stats = app.run(a.concurrency, a.timeout, mode=a.mode, grace=a.grace,
-                        idle_timeout=a.idle_timeout, max_events=a.max_events, batch=a.prefetch)
+        if a.durability:
+            app.set_durability(a.durability)
+        stats = app.run(concurrency, a.timeout, mode=mode, grace=a.grace,
+                        idle_timeout=a.idle_timeout, max_events=a.max_events,
+                        batch=a.prefetch or d.get("batch"), queues=queues,
+                        max_tasks_per_child=a.max_tasks_per_child or d.get("max_tasks_per_child"))
     except Exception as e:
         print(f"engram worker: {e}", file=sys.stderr)
         return 1

@@ -406,6 +406,7 @@ class Log:
         self.create_topics = create_topics
         self._closed = False
         self._pipe: Optional[_Pipeline] = None
+        self.open_options: Dict[str, Any] = {}  # open()'s keyword arguments, to reopen alike
 
     # -- lifetime -----------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -1123,7 +1124,13 @@ def open(path: Union[str, os.PathLike], *, durability: str = "sync", map_size: O
             h = _engram.open(p, **kw)
             ent = _shared[key] = [h, 0, read_only]
         ent[1] += 1
-        return Log(ent[0], path=key, create_topics=create_topics)
+        lg = Log(ent[0], path=key, create_topics=create_topics)
+    # What reopening it elsewhere (a forked worker process) needs to behave the same.
+    lg.open_options = {k: v for k, v in (("durability", durability), ("map_size", map_size),
+                                         ("max_topics", max_topics), ("dedup_window", dedup_window),
+                                         ("flush_interval", flush_interval),
+                                         ("create_topics", create_topics)) if v is not None}
+    return lg
 
 
 def connect(endpoint: str, *, timeout: Optional[Duration] = None, server_key: Optional[str] = None,

@@ -1,47 +1,63 @@
-"""A Celery-style task facade over an :class:`engram.App`.
-
-Before (Celery)::
-
-    app = Celery("memory", broker="redis://localhost:6379/0", backend="redis://...")
-
-    @app.task
-    def embed(memory_id, text): ...
-
-    r = embed.delay("m1", "hello")
-    r.get(timeout=10)
-
-After (engram)::
+"""Tasks over an :class:`engram.App`, with Celery's calling conventions and semantics.
 
     app = engram.App("/var/lib/memory-log", group="tasks", topic="tasks")
 
-    @app.task
-    def embed(memory_id, text): ...
+    @app.task(bind=True, max_retries=3, autoretry_for=(ConnectionError,), retry_backoff=True)
+    def embed(self, memory_id, text): ...
 
     r = embed.delay("m1", "hello")      # one durable append
-    r.get(timeout=10)                    # the handler's return value, kept with its ack
+    r.get(timeout=10)                    # the return value, kept with the ack
 
-Workers: ``python -m engram worker mymodule:app``. A task's arguments and return value
-must be JSON-serialisable. ``queue=`` names the topic the task goes to (a worker App on
-that topic runs it). A task that raises fails at once (``status == "FAILURE"``, the
-event goes to the dead-letter queue with the error) unless ``autoretry=True``, in which
-case it is retried with the group's backoff up to ``max_deliver`` attempts.
+Workers: ``python -m engram worker mymodule:app``. Arguments and return values must be
+JSON-serialisable. A task that raises fails (``FAILURE``, the event goes to the
+dead-letter queue with the error) unless it asks for a retry: ``self.retry(...)``,
+``raise engram.Retry(delay=...)``, an exception listed in ``autoretry_for``, or any
+exception with the older ``autoretry=True`` (the group's backoff). The Celery-compatible
+app object that sits on this module is :mod:`engram.celery`.
 """
 from __future__ import annotations
 
+import asyncio
+import builtins
+import datetime as _dt
+import inspect
 import json
+import random
+import socket
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
-from .client import Duration, Event, Group, _ms, _str
-from .errors import Busy, InvalidArgument, NotFound, TaskFailed, TaskRevoked, Timeout
+from .app import (Reject, Retry, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded, _describe,
+                  parse_event_id, run_coroutine)
+from .client import Duration, Group, _ms, _str
+from .errors import InvalidArgument, NotFound, NotSupported, TaskFailed, TaskRevoked, Timeout
 
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["Task", "AsyncResult"]
+__all__ = ["Task", "AsyncResult", "Context", "MaxRetriesExceededError", "states"]
 
-_STATUS = {"pending": "PENDING", "in_flight": "STARTED", "retrying": "RETRY", "done": "SUCCESS",
-           "dead": "FAILURE", "skipped": "PENDING"}
+
+class states:
+    """Celery's task state names."""
+
+    PENDING = "PENDING"
+    RECEIVED = "RECEIVED"
+    STARTED = "STARTED"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    REVOKED = "REVOKED"
+    RETRY = "RETRY"
+    READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
+    UNREADY_STATES = frozenset({PENDING, RECEIVED, STARTED, RETRY})
+    EXCEPTION_STATES = frozenset({RETRY, FAILURE, REVOKED})
+    PROPAGATE_STATES = frozenset({FAILURE, REVOKED})
+    ALL_STATES = frozenset({PENDING, RECEIVED, STARTED, SUCCESS, FAILURE, RETRY, REVOKED})
+
+
+class MaxRetriesExceededError(Exception):
+    """``self.retry()`` was called on a task already retried ``max_retries`` times."""
 
 
 def _type_for(name: str) -> str:
@@ -49,146 +65,652 @@ def _type_for(name: str) -> str:
     return t.strip(".")
 
 
-class Task:
-    """A function registered with ``@app.task``. Calling it runs it here; ``delay`` and
-    ``apply_async`` send it to the workers."""
+def _when_ns(when: Union[_dt.datetime, str, int, float], what: str) -> int:
+    """A datetime (naive = UTC, as Celery with enable_utc), an ISO string, or epoch seconds."""
+    if isinstance(when, str):
+        try:
+            when = _dt.datetime.fromisoformat(when)
+        except ValueError:
+            raise InvalidArgument(f"{what}: {when!r} is not an ISO 8601 time") from None
+    if isinstance(when, _dt.datetime):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        return int(when.timestamp() * 1e9)
+    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        raise TypeError(f"{what}: expected a datetime, an ISO string or epoch seconds")
+    return int(when * 1e9)
 
-    def __init__(self, app: "App", fn: Callable[..., Any], *, name: Optional[str] = None,
-                 queue: Optional[str] = None, autoretry: bool = False) -> None:
-        if not callable(fn):
-            raise TypeError("a task must be callable")
-        self.app = app
-        self.fn = fn
-        self.name = _str(name, "name", optional=True) or f"{fn.__module__}.{fn.__qualname__}"
-        self.type = _type_for(self.name)
-        self.queue = _str(queue, "queue", optional=True) or app.topic
-        self.autoretry = autoretry
-        self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", self.name)
-        app.add_handler(self.type, self._handle, name=self.name)
+
+def match_routing_key(pattern: str, key: str) -> bool:
+    """AMQP topic-exchange matching: words split by '.', ``*`` one word, ``#`` zero or more."""
+    p, k = pattern.split("."), key.split(".")
+
+    def m(i: int, j: int) -> bool:
+        if i == len(p):
+            return j == len(k)
+        if p[i] == "#":
+            return any(m(i + 1, jj) for jj in range(j, len(k) + 1))
+        return j < len(k) and (p[i] == "*" or p[i] == k[j]) and m(i + 1, j + 1)
+    return m(0, 0)
+
+
+class Context:
+    """``self.request`` inside a bound task: the id, retries and call of this run."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.id: Optional[str] = None
+        self.retries = 0
+        self.args: List[Any] = []
+        self.kwargs: Dict[str, Any] = {}
+        self.task: Optional[str] = None
+        self.delivery_info: Dict[str, Any] = {}
+        self.eta: Optional[str] = None
+        self.expires: Optional[str] = None
+        self.hostname = socket.gethostname()
+        self.is_eager = False
+        self.called_directly = True
+        self.attempt = 0
+        self.__dict__.update(kw)
+
+    @property
+    def correlation_id(self) -> Optional[str]:
+        return self.id
+
+    @property
+    def root_id(self) -> Optional[str]:
+        return self.id
+
+    parent_id = None
 
     def __repr__(self) -> str:
-        return f"<engram.Task {self.name} -> {self.queue}>"
+        return f"<Context {self.__dict__!r}>"
+
+
+# Task options: Celery's names; the value each gets when not given.
+_OPTIONS: Dict[str, Any] = dict(
+    name=None, bind=False, queue=None, max_retries=3, default_retry_delay=180,
+    autoretry_for=(), retry_kwargs=None, retry_backoff=False, retry_backoff_max=600,
+    retry_jitter=True, soft_time_limit=None, time_limit=None, ignore_result=False,
+    priority=None, expires=None, autoretry=False, acks_late=True, track_started=True,
+    reject_on_worker_lost=True, typing=True, throws=(), serializer="json", rate_limit=None,
+)
+
+
+def parse_rate(rate: Any) -> Optional[float]:
+    """Celery's rate strings ("100/h", "10/m", "2/s", or a number per second) -> seconds
+    between two runs; None or 0 -> no limit."""
+    if rate in (None, "", 0):
+        return None
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+        n, per = float(rate), 1.0
+    elif isinstance(rate, str):
+        num, _, unit = rate.partition("/")
+        try:
+            n = float(num)
+        except ValueError:
+            raise InvalidArgument(f"rate_limit {rate!r}: expected like '100/h'") from None
+        per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip())
+        if per is None:
+            raise InvalidArgument(f"rate_limit {rate!r}: the unit is s, m or h")
+    else:
+        raise TypeError("rate_limit must be a str like '100/h' or a number")
+    if n < 0:
+        raise InvalidArgument(f"rate_limit {rate!r} is negative")
+    return per / n if n else None
+# Celery options engram cannot honour: refused rather than ignored.
+_REFUSED = {
+    "base": "custom Task base classes are not supported; use the task options",
+    "acks_on_failure_or_timeout": "a failed task always goes to the dead-letter queue",
+    "store_errors_even_if_ignored": "not implemented",
+    "trail": "not implemented",
+}
+
+
+class Task:
+    """A function registered with ``@app.task``. Calling it runs it here; ``delay`` and
+    ``apply_async`` send it to the workers. Options are Celery's: ``name``, ``bind``,
+    ``queue``, ``max_retries``, ``default_retry_delay``, ``autoretry_for``,
+    ``retry_kwargs``, ``retry_backoff``/``retry_backoff_max``/``retry_jitter``,
+    ``soft_time_limit``, ``time_limit``, ``ignore_result``, ``priority``, ``expires``."""
+
+    def __init__(self, app: "App", fn: Callable[..., Any], **options: Any) -> None:
+        if not callable(fn):
+            raise TypeError("a task must be callable")
+        for k in options:
+            if k in _REFUSED:
+                raise NotSupported(f"task option {k}=: {_REFUSED[k]}")
+            if k not in _OPTIONS:
+                raise TypeError(f"task() got an unexpected option {k!r}")
+        o = {**_OPTIONS, **options}
+        self.app = app
+        self.fn = fn
+        self.name = _str(o["name"], "name", optional=True) or f"{fn.__module__}.{fn.__qualname__}"
+        self.type = _type_for(self.name)
+        self._queue = _str(getattr(o["queue"], "name", o["queue"]), "queue", optional=True)
+        self.bind = bool(o["bind"])
+        self.max_retries: Optional[int] = o["max_retries"]
+        self.default_retry_delay = o["default_retry_delay"]
+        self.autoretry_for: Tuple[Type[BaseException], ...] = tuple(o["autoretry_for"] or ())
+        self.retry_kwargs: Dict[str, Any] = dict(o["retry_kwargs"] or {})
+        self.retry_backoff = o["retry_backoff"]
+        self.retry_backoff_max = o["retry_backoff_max"]
+        self.retry_jitter = bool(o["retry_jitter"])
+        self.ignore_result = bool(o["ignore_result"])
+        self.priority = o["priority"]
+        self.expires = o["expires"]
+        self.autoretry = bool(o["autoretry"])
+        self.throws = tuple(o["throws"] or ())
+        if o["serializer"] != "json":
+            raise NotSupported(f"serializer {o['serializer']!r}: tasks are JSON only")
+        if not o["acks_late"] or not o["reject_on_worker_lost"]:
+            pass  # engram always acks after the task and redelivers on a lost worker
+        for k in ("soft_time_limit", "time_limit", "default_retry_delay", "retry_backoff_max"):
+            _ms(o[k], k)
+        if self.max_retries is not None and (isinstance(self.max_retries, bool) or
+                                             not isinstance(self.max_retries, int) or
+                                             self.max_retries < 0):
+            raise InvalidArgument(f"max_retries {self.max_retries!r} must be None or an int >= 0")
+        md = app.group_config.get("max_deliver", 5)
+        if "max_retries" in options and self.max_retries is not None and self.max_retries >= md:
+            raise InvalidArgument(f"task {self.name}: max_retries={self.max_retries} needs "
+                                  f"max_deliver > {self.max_retries} on the App (it is {md})")
+        self.soft_time_limit = o["soft_time_limit"]
+        self.time_limit = o["time_limit"]
+        self.rate_limit = o["rate_limit"]
+        self._interval = parse_rate(self.rate_limit)  # seconds between two starts here
+        self._next_start = 0.0
+        self._rate_lock = threading.Lock()
+        self._local = threading.local()
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self.name)
+        self.__wrapped__ = fn
+        app.add_handler(self.type, self._handle, name=self.name, timeout=self.time_limit,
+                        soft_timeout=self.soft_time_limit, fail_on_timeout=True)
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name} of {self.app.group_name}>"
+
+    @property
+    def queue(self) -> str:
+        """The queue (topic) the task is sent to unless apply_async names another."""
+        if self._queue:
+            return self._queue
+        route = getattr(self.app, "route_for", None)
+        q = route(self.name) if route is not None else None
+        return q or self.app.topic
+
+    @property
+    def request(self) -> Context:
+        """The running call's context (id, retries, args ...) in this thread."""
+        stack = getattr(self._local, "stack", None)
+        return stack[-1] if stack else Context(task=self.name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
+        """Runs the task here, as a plain call (``self.request.called_directly``)."""
+        if self.bind:
+            r = self.fn(self, *args, **kwargs)
+        else:
+            r = self.fn(*args, **kwargs)
+        if inspect.iscoroutine(r):
+            try:
+                asyncio.get_running_loop()
+                return r  # called from async code: the caller awaits it
+            except RuntimeError:
+                return run_coroutine(r)
+        return r
 
-    def _handle(self, ev: Event) -> Any:
+    # -- running in a worker ----------------------------------------------------------------
+    def _handle(self, ev: Any) -> Any:
         body = ev.json()
+        h = ev.headers
+        exp = h.get("expires")
+        if exp and time.time_ns() > int(exp):
+            raise Terminated("expired")
+        args, kwargs = body.get("args", []), body.get("kwargs", {})
+        if self._interval:
+            # Celery's rate limit: per worker process, runs start at most this often (the
+            # lease is kept alive while it waits).
+            with self._rate_lock:
+                start = max(time.monotonic(), self._next_start)
+                self._next_start = start + self._interval
+            time.sleep(max(0.0, start - time.monotonic()))
+        req = Context(id=h.get("task_id") or ev.id, retries=max(0, ev.attempt - 1), args=args,
+                      kwargs=kwargs, task=self.name, called_directly=False, attempt=ev.attempt,
+                      delivery_info={"queue": ev.topic, "routing_key": ev.topic,
+                                     "priority": int(h.get("priority", 0) or 0)},
+                      eta=h.get("eta"), expires=exp)
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        stack.append(req)
         try:
-            value = self.fn(*body.get("args", []), **body.get("kwargs", {}))
-        except Exception as e:
-            if self.autoretry:
+            try:
+                r = self.fn(self, *args, **kwargs) if self.bind else self.fn(*args, **kwargs)
+                if inspect.isawaitable(r):
+                    r = run_coroutine(_awaited(r))
+            except (Retry, Reject):
                 raise
-            from .app import Reject
-            raise Reject(f"{type(e).__name__}: {e}"[:250]) from e
+            except Exception as e:  # a task failure, or a retry it asked for
+                if self.autoretry_for and isinstance(e, self.autoretry_for):
+                    try:
+                        kw = dict(self.retry_kwargs)
+                        if self.retry_backoff and "countdown" not in kw:
+                            kw["countdown"] = self._backoff(req.retries)
+                        self.retry(exc=e, **kw)
+                    except Retry:
+                        raise
+                    except Exception as e2:
+                        raise Reject(_describe(e2)) from e2
+                if self.autoretry:
+                    raise
+                raise Reject(_describe(e)) from e
+        finally:
+            stack.pop()
+        if self.ignore_result:
+            return None
         # Wrapped, so a task returning None still leaves a result behind.
-        return json.dumps({"value": value}, separators=(",", ":"), default=str).encode()
+        return json.dumps({"value": r}, separators=(",", ":"), default=str).encode()
 
+    def _backoff(self, retries: int) -> float:
+        """Celery's exponential backoff: factor x 2^retries, capped, with full jitter."""
+        factor = 1 if self.retry_backoff is True else int(self.retry_backoff)
+        countdown = min(self.retry_backoff_max, factor * (2 ** retries))
+        if self.retry_jitter:
+            countdown = random.randrange(int(countdown) + 1)
+        return max(0, countdown)
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: Optional[BaseException] = None,
+              throw: bool = True, eta: Any = None, countdown: Optional[Duration] = None,
+              max_retries: Optional[int] = None, **options: Any) -> Retry:
+        """Asks for this run to be retried after ``countdown`` seconds (or at ``eta``;
+        default ``default_retry_delay``). Past ``max_retries`` it raises ``exc`` (or
+        MaxRetriesExceededError) and the task fails. Raises Retry (``raise self.retry(...)``
+        reads as in Celery)."""
+        if args is not None or kwargs is not None:
+            raise NotSupported("retry(args=, kwargs=): a retry re-runs the same call")
+        if options:
+            raise NotSupported(f"retry() options {sorted(options)} are not supported")
+        req = self.request
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and req.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{req.id}] args:{req.args} kwargs:{req.kwargs}")
+        if countdown is None and eta is not None:
+            countdown = max(0.0, (_when_ns(eta, "eta") - time.time_ns()) / 1e9)
+        if countdown is None:
+            countdown = self.default_retry_delay
+        why = f"Retry in {countdown:g}s" + (f": {_describe(exc)}" if exc is not None else "")
+        err = Retry(delay=countdown, error=why[:250])
+        if throw:
+            raise err
+        return err
+
+    # -- sending -----------------------------------------------------------------------------
     def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult":
         """Sends the task with these arguments; returns a handle to its result."""
         return self.apply_async(args, kwargs)
 
-    def apply_async(self, args: Sequence[Any] = (), kwargs: Optional[Dict[str, Any]] = None, *,
-                    countdown: Optional[Duration] = None, queue: Optional[str] = None,
-                    task_id: Optional[str] = None, **_ignored: Any) -> "AsyncResult":
-        """Sends the task. ``countdown``: seconds before it may run; ``queue``: the topic
-        (default the task's); ``task_id``: an idempotency key — sending the same id twice
-        inside the dedup window runs the task once."""
-        if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
-            raise TypeError("args must be a list or tuple")
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise TypeError("kwargs must be a dict")
-        topic = _str(queue, "queue", optional=True) or self.queue
-        body = {"args": list(args), "kwargs": kwargs or {}, "task": self.name}
-        try:
-            json.dumps(body)
-        except (TypeError, ValueError) as e:
-            raise InvalidArgument(f"task {self.name}: arguments are not JSON-serialisable: {e}") from None
-        _ms(countdown, "countdown")
-        off = self.app.log.append(topic, self.type, body, delay=countdown or None,
-                                  idempotency_key=task_id, headers={"task": self.name})
-        group = Group(self.app.log, topic, self.app.group_name)
-        try:
-            group.info()
-        except NotFound:
-            self.app.log.group(topic, self.app.group_name, **self.app.group_config)
-        return AsyncResult(group, off)
+    def s(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotSupported("signatures, chains and groups (canvas) are not supported")
+
+    si = signature = s
+
+    def apply_async(self, args: Optional[Sequence[Any]] = None, kwargs: Optional[Dict[str, Any]] = None,
+                    **options: Any) -> "AsyncResult":
+        """Sends the task: one durable append. ``countdown`` (seconds) or ``eta``
+        (datetime; naive = UTC) hold it back until then; ``expires`` (seconds or datetime):
+        a task not started by then is revoked; ``priority`` (0-255, higher runs first among
+        the events a worker has fetched); ``queue`` (a topic) or ``routing_key`` (matched
+        against the app's queue bindings, else the queue of that name); ``task_id``: the
+        id, also an idempotency key (sending it twice inside the dedup window runs it
+        once). Options engram cannot honour (``link``, ``exchange`` ...) raise
+        NotSupported; unknown ones TypeError."""
+        return send_task(self.app, self.name, args, kwargs, _queue=self.queue,
+                         _priority=self.priority, _expires=self.expires, **options)
+
+def send_task(app: "App", name: str, args: Optional[Sequence[Any]] = None,
+              kwargs: Optional[Dict[str, Any]] = None, *, _queue: Optional[str] = None,
+              _priority: Optional[int] = None, _expires: Any = None,
+              countdown: Optional[Duration] = None, eta: Any = None, expires: Any = None,
+              priority: Optional[int] = None, queue: Any = None,
+              routing_key: Optional[str] = None, task_id: Optional[str] = None,
+              headers: Optional[Dict[str, str]] = None, ignore_result: Optional[bool] = None,
+              **options: Any) -> "AsyncResult":
+    """Sends task ``name`` (registered here or only on the workers): one durable append,
+    with the options of :meth:`Task.apply_async`; ``_queue``, ``_priority`` and
+    ``_expires`` are the task's defaults."""
+    for k, v in options.items():
+        if k in ("retry", "retry_policy", "add_to_parent", "serializer", "delivery_mode"):
+            if k == "serializer" and v not in (None, "json"):
+                raise NotSupported(f"serializer {v!r}: tasks are JSON only")
+            if k == "delivery_mode" and v not in (None, 2, "persistent"):
+                raise NotSupported("delivery_mode: every engram event is persistent")
+            continue  # publishing is one durable append: nothing to retry or declare
+        if k in ("link", "link_error", "chain", "chord", "group_id", "exchange", "exchange_type",
+                 "compression", "shadow", "time_limit", "soft_time_limit", "connection",
+                 "producer", "publisher", "router", "declare", "mandatory", "immediate",
+                 "reply_to", "stamped_headers"):
+            if v is None:
+                continue
+            raise NotSupported(f"apply_async({k}=...) is not supported by engram's tasks")
+        raise TypeError(f"apply_async() got an unexpected keyword argument {k!r}")
+    if args is None:
+        args = ()
+    if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
+        raise TypeError("args must be a list or tuple")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError("kwargs must be a dict")
+    if queue is not None:
+        topic = _str(getattr(queue, "name", queue), "queue")
+    elif routing_key is not None:
+        topic = queue_for_key(app, _str(routing_key, "routing_key"))
+    else:
+        topic = _queue or app.topic
+    body = {"args": list(args), "kwargs": kwargs or {}, "task": name}
+    try:
+        json.dumps(body)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"task {name}: arguments are not JSON-serialisable: {e}") from None
+    hdr: Dict[str, str] = {"task": _str(name, "name")}
+    if headers:
+        for k, v in headers.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError("headers must map str to str")
+            hdr[k] = v
+    if countdown is not None and eta is not None:
+        raise InvalidArgument("give countdown or eta, not both")
+    deliver_at = None
+    if countdown is not None:
+        ms = _ms(countdown, "countdown")
+        deliver_at = time.time() + ms / 1000 if ms else None
+    elif eta is not None:
+        deliver_at = _when_ns(eta, "eta") / 1e9
+        hdr["eta"] = _dt.datetime.fromtimestamp(deliver_at, _dt.timezone.utc).isoformat()
+    if deliver_at is not None and deliver_at <= time.time():
+        deliver_at = None  # due already
+    expires = _expires if expires is None else expires
+    if expires is not None:
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+            ns = time.time_ns() + (_ms(expires, "expires") or 0) * 1_000_000
+        else:
+            ns = _when_ns(expires, "expires")
+        hdr["expires"] = str(ns)
+    priority = _priority if priority is None else priority
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError("priority must be an int")
+        if not 0 <= priority <= 255:
+            raise InvalidArgument(f"priority {priority}: use 0..255 (higher runs first)")
+        hdr["priority"] = str(priority)
+    if task_id is not None:
+        _str(task_id, "task_id")
+        hdr["task_id"] = task_id
+    if ignore_result:
+        raise NotSupported("apply_async(ignore_result=True): set ignore_result on the task")
+    off = app.log.append(topic, _type_for(name), body, deliver_at=deliver_at,
+                         idempotency_key=task_id, headers=hdr)
+    cls = getattr(app, "result_class", None) or AsyncResult
+    return cls(Group(app.log, topic, app.group_name), off, app=app, task_id=task_id)
+
+
+def queue_for_key(app: "App", key: str) -> str:
+    """The queue a routing key goes to: the first of the app's bindings it matches."""
+    for pattern, q in app.bindings:
+        if match_routing_key(pattern, key):
+            return q
+    if app.bindings:
+        raise InvalidArgument(f"routing_key {key!r}: no queue is bound to it "
+                              f"(bindings: {[p for p, _ in app.bindings]})")
+    return key  # no bindings: as Celery's automatic queues, the key names the queue
+
+
+async def _awaited(aw: Any) -> Any:
+    return await aw
+
+
+# Exceptions a failure is rebuilt as, by name, besides the built-in ones.
+KNOWN_EXCEPTIONS: Dict[str, Type[BaseException]] = {
+    "SoftTimeLimitExceeded": SoftTimeLimitExceeded, "TimeLimitExceeded": TimeLimitExceeded,
+    "MaxRetriesExceededError": MaxRetriesExceededError,
+}
+
+
+def _exception_from(last_error: str) -> BaseException:
+    """Rebuilds the exception a task failed with from "Type: message (where:line)"."""
+    text = last_error
+    for prefix in ("rejected: ", "rejected by handler: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    name, sep, msg = text.partition(": ")
+    if not sep or not name.isidentifier():
+        return TaskFailed(last_error or "the task failed")
+    if msg.endswith(")") and " (" in msg:
+        msg = msg[:msg.rindex(" (")]
+    cls = KNOWN_EXCEPTIONS.get(name) or getattr(builtins, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        cls = type(name, (Exception,), {"__module__": "engram.tasks.remote"})
+    try:
+        return cls(msg)
+    except Exception:
+        return TaskFailed(last_error)
 
 
 class AsyncResult:
-    """A handle on one sent task. ``id`` is "topic:offset"."""
+    """A handle on one sent task: ``id``, ``status``/``state`` (Celery's names),
+    ``result``, ``get()``, ``ready()``; ``await result`` waits without blocking the loop."""
 
-    def __init__(self, group: Group, offset: int) -> None:
+    def __init__(self, group: Group, offset: int, *, app: Optional["App"] = None,
+                 task_id: Optional[str] = None) -> None:
         self.group = group
         self.offset = int(offset)
+        self.app = app
+        self._id = task_id
         self._revoked = False
+
+    @classmethod
+    def from_id(cls, app: "App", task_id: str) -> "AsyncResult":
+        """The result of task ``task_id`` ("queue:offset", or a task_id given to
+        apply_async) as ``app``'s workers see it; an id nobody sent reads PENDING."""
+        where = _locate(app, task_id)
+        if where is None:
+            return cls(Group(app.log, app.topic, app.group_name), 0, app=app, task_id=task_id)
+        return cls(Group(app.log, where[0], app.group_name), where[1], app=app, task_id=task_id)
 
     @property
     def id(self) -> str:
-        return f"{self.group.topic}:{self.offset}"
+        return self._id or f"{self.group.topic}:{self.offset}"
+
+    task_id = id
 
     def __repr__(self) -> str:
-        return f"<AsyncResult {self.id} {self.status}>"
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _meta(self) -> Tuple[str, Any]:
+        """(state, value): the return value on SUCCESS, the last error otherwise."""
+        if self.offset < 1:
+            return states.PENDING, None
+        try:
+            st = self.group.status(self.offset)
+        except NotFound:
+            return states.PENDING, None  # no worker created the group yet, or unknown id
+        if st.state == "in_flight":
+            return states.STARTED, None
+        if st.state == "retrying":
+            return (states.RETRY, st.last_error) if st.attempt else (states.PENDING, None)
+        if st.state == "dead":
+            return states.FAILURE, st.last_error or "dead-lettered"
+        if st.state == "done":
+            if st.result is not None:
+                try:
+                    d = json.loads(st.result)
+                except ValueError:
+                    d = None
+                if isinstance(d, dict) and "value" in d:
+                    return states.SUCCESS, d["value"]
+                if isinstance(d, dict) and "revoked" in d:
+                    return states.REVOKED, d["revoked"]
+            # Cancelled before it ran, or its result expired (or was ignored).
+            if self._revoked or (self.app is not None and
+                                 self.app.revoked(f"{self.group.topic}:{self.offset}") is not None):
+                return states.REVOKED, "revoked"
+            return states.PENDING, None
+        return states.PENDING, None
 
     @property
     def status(self) -> str:
-        """PENDING, STARTED, RETRY, SUCCESS, FAILURE or REVOKED (Celery's names)."""
-        st = self.group.status(self.offset)
-        if st.state == "done" and (self._revoked or st.result is None):
-            return "REVOKED"
-        return _STATUS.get(st.state, "PENDING")
+        """PENDING (also: unknown, or its result expired), STARTED, RETRY, SUCCESS,
+        FAILURE or REVOKED."""
+        return self._meta()[0]
 
     state = status
 
     def ready(self) -> bool:
         """True once the task succeeded, failed or was revoked."""
-        return self.status in ("SUCCESS", "FAILURE", "REVOKED")
+        return self.status in states.READY_STATES
 
     def successful(self) -> bool:
-        return self.status == "SUCCESS"
+        return self.status == states.SUCCESS
 
     def failed(self) -> bool:
-        return self.status == "FAILURE"
+        return self.status == states.FAILURE
 
-    def get(self, timeout: Optional[Duration] = None, interval: float = 0.005) -> Any:
-        """Waits for the task and returns its return value. Raises TaskFailed when it
-        failed, TaskRevoked when revoked, engram.Timeout after ``timeout`` seconds."""
+    def _failure(self, error: str) -> BaseException:
+        return TaskFailed(f"task {self.id} failed: {error}")
+
+    def _revocation(self) -> BaseException:
+        return TaskRevoked(f"task {self.id} was revoked")
+
+    def _timeout(self, t: float, state: str) -> BaseException:
+        return Timeout(f"task {self.id} not finished after {t:g}s (state {state})")
+
+    def get(self, timeout: Optional[Duration] = None, propagate: bool = True,
+            interval: float = 0.005, no_ack: bool = True, follow_parents: bool = True,
+            disable_sync_subtasks: bool = True, callback: Any = None, on_message: Any = None,
+            on_interval: Any = None) -> Any:
+        """Waits for the task and returns its return value. When it failed or was
+        revoked, raises (TaskFailed / TaskRevoked here; Celery's exceptions in
+        :mod:`engram.celery`) unless ``propagate=False``; after ``timeout`` seconds raises
+        a Timeout."""
+        if callback is not None or on_message is not None or on_interval is not None:
+            raise NotSupported("get(callback=, on_message=, on_interval=) are not supported")
         t = _ms(timeout, "timeout")
         deadline = None if t is None else time.monotonic() + t / 1000
         pause = 0.001
         while True:
-            st = self.group.status(self.offset)
-            if st.state == "done":
-                if st.result is None:
-                    raise TaskRevoked(f"task {self.id} was revoked")
-                return json.loads(st.result)["value"]
-            if st.state == "dead":
-                raise TaskFailed(f"task {self.id} failed: {st.last_error or 'dead-lettered'}")
+            state, value = self._meta()
+            if state == states.SUCCESS:
+                return value
+            if state == states.FAILURE:
+                if propagate:
+                    raise self._failure(value)
+                return self._failure(value)
+            if state == states.REVOKED:
+                if propagate:
+                    raise self._revocation()
+                return self._revocation()
             if deadline is not None and time.monotonic() >= deadline:
-                raise Timeout(f"task {self.id} not finished after {t / 1000:g}s (state {st.state})")
+                raise self._timeout(t / 1000, state)
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(pause * 2, max(interval, 0.001) * 10)
 
+    wait = get
+
+    def __await__(self) -> Any:
+        return self._aget().__await__()
+
+    async def _aget(self, timeout: Optional[float] = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while not self.ready():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self._timeout(timeout or 0, self.status)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return self.get(timeout=0)
+
     @property
     def result(self) -> Any:
-        """The return value when SUCCESS, else None."""
-        st = self.group.status(self.offset)
-        if st.state == "done" and st.result is not None:
-            return json.loads(st.result)["value"]
+        """The return value on SUCCESS; the exception on FAILURE or REVOKED (as Celery);
+        the exception being retried on RETRY; else None."""
+        state, value = self._meta()
+        if state == states.SUCCESS:
+            return value
+        if state == states.FAILURE:
+            return _exception_from(value)
+        if state == states.REVOKED:
+            return self._revocation()
+        if state == states.RETRY:
+            return _exception_from(value.split(": ", 1)[1] if value and value.startswith("Retry in") else value or "")
         return None
 
-    def revoke(self) -> bool:
-        """Cancels the task if it has not started; returns False when it is running or
-        already finished."""
-        try:
-            self.group.cancel(self.offset)
-        except Busy:
-            return False
-        except Exception as e:  # already done or dead
-            from .errors import AlreadyDone, Dead
-            if isinstance(e, (AlreadyDone, Dead)):
+    info = result
+
+    @property
+    def traceback(self) -> Optional[str]:
+        state, value = self._meta()
+        return value if state == states.FAILURE else None
+
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: Optional[str] = None,
+               wait: bool = False, timeout: Optional[float] = None) -> bool:
+        """Revokes the task: one not started never runs; with ``terminate=True`` one that
+        runs is stopped (``signal`` is not used: process mode kills the worker process,
+        thread mode raises Terminated in the task). Either way it reads REVOKED. Returns
+        True when it was cancelled before it started."""
+        if connection is not None:
+            raise NotSupported("revoke(connection=): the app's log is the connection")
+        if self.app is None:
+            try:
+                self.group.cancel(self.offset)
+            except Exception:
                 return False
-            raise
+            self._revoked = True
+            return True
+        if self.offset < 1:
+            return False
+        done = self.app.revoke(f"{self.group.topic}:{self.offset}", terminate=terminate)
         self._revoked = True
-        return True
+        return done
+
+    def forget(self) -> None:
+        raise NotSupported("forget(): results are kept for the group's result_ttl")
+
+
+_located: Dict[Tuple[int, str], Tuple[str, int]] = {}
+_SCAN = 100_000  # events per queue searched for a task_id given to apply_async
+
+
+def _locate(app: "App", task_id: str) -> Optional[Tuple[str, int]]:
+    """(queue, offset) of a task id: "queue:offset" directly, else the event whose
+    task_id header it is among the newest events of the app's queues."""
+    _str(task_id, "task_id")
+    try:
+        topic, off = parse_event_id(task_id)
+        return topic, off
+    except InvalidArgument:
+        pass
+    key = (id(app), task_id)
+    if key in _located:
+        return _located[key]
+    queues: List[str] = []
+    for q in list(getattr(app, "queues", [])) + [app.topic] + [t.queue for t in app.tasks.values()]:
+        if q not in queues:
+            queues.append(q)
+    for q in queues:
+        try:
+            head = app.log.topic(q).head_offset
+        except NotFound:
+            continue
+        start = max(1, head - _SCAN + 1)
+        for ev in app.log.scan(q, start):
+            if ev.headers.get("task_id") == task_id:
+                _located[key] = (q, ev.offset)
+                return _located[key]
+    return None

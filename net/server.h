@@ -1,0 +1,183 @@
+/* server.h — what the daemon's files (server*.c) share: its state, its jobs, and the
+ * functions one file calls in another. Private to them.
+ *
+ * The daemon (engram serve): one thread owns the ZeroMQ sockets, a pool of workers runs
+ * requests on the embedded handle, appends of each client run in order and in batches,
+ * and long-poll fetches wait parked instead of holding a worker.
+ *
+ * Threads. The main thread alone touches the ROUTER (requests in, replies out), the PUB
+ * (notifications) and the notify-in PULL (commits of embedded writers in other
+ * processes). It hands requests to workers through a queue under `mu`; workers send
+ * replies back over inproc PUSH sockets, one per worker, to a PULL the main thread
+ * forwards to the ROUTER. An eventfd wakes the main thread for a stop request, a
+ * notification to publish or a newly parked fetch.
+ *
+ * Appends. The appends of one client connection form a lane: a worker takes every
+ * append queued on the lane at once, so a pipelining client's events keep their order
+ * and share one commit (consecutive appends to one topic become one
+ * engram_append_batch). Lanes of different clients run on different workers, whose
+ * commits the library's group commit shares.
+ *
+ * Long polls. A fetch runs with no wait; when it finds nothing it is parked with the
+ * topic's change sequence. A commit on the topic (from any worker, or from another
+ * process through notify-in) or a group change made here moves its parked fetches back
+ * to the queue; the main thread also requeues them every PARK_RECHECK_MS (leases that
+ * expire and retry delays that pass announce themselves to nobody) and at their
+ * deadline, when the last look answers whatever it finds.
+ */
+#ifndef ENGRAM_NET_SERVER_H
+#define ENGRAM_NET_SERVER_H
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#include "net/net.h"
+
+#define PARK_RECHECK_MS 100
+#define MAX_QUEUED 20000 /* requests waiting for a worker before the ROUTER is left unread */
+#define MAX_PARKED 100000
+#define LANE_TAKE 1024 /* appends one worker takes from a lane at once */
+#define LANE_BUCKETS 1024
+#define SEQ_BUCKETS 1024
+#define MAX_TOPIC_SEQS 100000
+#define RECV_BURST 512 /* requests read per wake before looking at replies again */
+#define REPLIES_EP "inproc://engram-replies"
+#define ZAP_EP "inproc://zeromq.zap.01"
+#define LOG_BURST 20 /* client-error lines per second before suppressing */
+
+struct job {
+  struct job *next;
+  zmq_msg_t ident; /* the ROUTER routing id of the client */
+  int delim;       /* the client sent an empty delimiter frame (REQ socket) */
+  zmq_msg_t body;  /* the request frame */
+  net_peek pk;
+  Engram__Wire__Request *rq; /* decoded by the worker; kept while parked */
+  struct lane *lane;         /* appends: the client's lane */
+  int64_t received_ns;       /* monotonic */
+  int64_t deadline_ns;       /* fetch: end of its long poll */
+  int64_t recheck_ns;        /* parked: next look regardless of notifications */
+  uint32_t seq;              /* fetch: the topic's change sequence before its last look */
+  int final;                 /* fetch: answer after this look, whatever it finds */
+};
+
+/* The appends of one client connection, run in order. */
+struct lane {
+  struct lane *next; /* hash chain */
+  struct lane *next_ready;
+  struct job *head, *tail;
+  int busy;  /* a worker runs its appends */
+  int ready; /* on the ready list */
+  size_t id_len;
+  unsigned char id[];
+};
+
+/* A topic's change sequence: bumped by commits and group changes. */
+struct tseq {
+  struct tseq *next;
+  uint32_t seq;
+  uint64_t head; /* newest head to publish */
+  int dirty;     /* head not yet published */
+  struct tseq *next_dirty;
+  char name[];
+};
+
+struct net_server {
+  engram *log;
+  char dir[4096];
+  engram_serve_options o;
+  int log_json;
+  void *zctx, *router, *pub, *in_pull, *replies, *zap;
+  char listen_ep[512], notify_ep[600], in_path[512], notify_path[512];
+  int wake_fd;
+  int lock_fd;
+
+  pthread_mutex_t mu;
+  pthread_cond_t cv; /* workers wait for jobs */
+  struct job *q_head, *q_tail;
+  struct job *w_head, *w_tail; /* parked fetches a commit woke: run before anything else */
+  size_t queued;               /* jobs in the queues and in lanes */
+  struct lane *lanes[LANE_BUCKETS];
+  struct lane *ready_head, *ready_tail;
+  struct job *parked;
+  size_t n_parked;
+  struct tseq *seqs[SEQ_BUCKETS];
+  size_t n_seqs;
+  struct tseq *dirty; /* topics with a head to publish */
+  int stopping;       /* no new requests; parked fetches answer now */
+  int exiting;        /* workers leave when the queue is empty */
+  int running;        /* jobs being executed */
+  int park_signal;    /* main thread must look at the parked list */
+
+  pthread_t *workers;
+  int n_workers;
+  pthread_t zap_thread;
+  int zap_running;
+  _Atomic int zap_stop;
+  unsigned char (*allow)[32];
+  size_t n_allow;
+
+  _Atomic uint64_t requests, errors, bad, appended, notifications;
+  int64_t started_ns;
+
+  pthread_mutex_t log_mu; /* rate limit of client-error lines */
+  int64_t log_window;
+  int log_count, log_dropped;
+};
+
+/* A worker thread: its reply socket and its turn between plain requests and lanes. */
+struct worker {
+  struct net_server *s;
+  void *push;
+  unsigned turn;
+};
+
+/* Set by engram_serve_stop() (and SIGTERM, SIGINT); the main loop then stops. */
+extern volatile sig_atomic_t server_stop_requested;
+
+/* Logging (server_log.c): one line per notable event, text or JSON, client text escaped. */
+void server_log(struct net_server *s, const char *level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Whether another client-error line fits this second (LOG_BURST); *dropped: lines
+ * suppressed in the second before, to report. */
+int server_client_log_ok(struct net_server *s, int *dropped);
+/* Logs a client's error, rate-limited: its peer address, the operation, code and text. */
+void server_client_error(struct net_server *s, zmq_msg_t *body, int code, const char *op,
+                         const char *why);
+
+/* Topic sequences, parking, notifications (server_park.c); the _locked ones and the
+ * tseq lookups under s->mu. */
+unsigned server_hash(const void *p, size_t n);
+struct tseq *server_tseq_lookup(struct net_server *s, const char *topic, int create);
+struct tseq *server_tseq_get(struct net_server *s, const char *topic);
+void server_wake_main(struct net_server *s);
+void server_enqueue(struct net_server *s, struct job *j);
+void server_topic_changed_locked(struct net_server *s, const char *topic, int signal);
+void server_on_commit(void *ctx, const char *topic, uint64_t head);
+void server_publish(struct net_server *s, const char *topic, uint64_t head);
+void server_publish_dirty(struct net_server *s);
+
+/* Replies and workers (server_worker.c). */
+void server_job_free(struct job *j);
+void server_reply_send(struct net_server *s, void *sock, struct job *j, Engram__Wire__Reply *rp);
+void server_reply_error(struct net_server *s, void *sock, struct job *j, int code, const char *why);
+int server_prepare(struct net_server *s, struct worker *w, struct job *j);
+void server_run_one(struct net_server *s, struct worker *w, struct job *j);
+void server_lane_ready_locked(struct net_server *s, struct lane *l);
+void *server_worker_thread(void *arg);
+
+/* Appends (server_append.c): runs a list of jobs taken from one lane, in order. */
+void server_run_lane(struct net_server *s, struct worker *w, struct job *list);
+
+/* The main thread (server_loop.c). */
+void server_forward_replies(struct net_server *s);
+void server_main_loop(struct net_server *s);
+
+/* CURVE (server_zap.c). */
+void *server_zap_main(void *arg);
+int server_valid_z85_key(const char *k, unsigned char out[32]);
+
+#endif

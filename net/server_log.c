@@ -1,0 +1,129 @@
+/* server_log.c — the daemon's log lines: text or JSON, client text escaped, client errors
+ * rate-limited. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "net/server.h"
+
+/* The length of the well-formed UTF-8 sequence at s (1..4) with its code point in *u;
+ * 0 when the bytes there are not UTF-8. */
+static size_t utf8_seq(const unsigned char *s, uint32_t *u) {
+  unsigned char c = s[0];
+  size_t k;
+  uint32_t v, lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+  if (c < 0x80) {
+    *u = c;
+    return 1;
+  } else if (c >= 0xC2 && c <= 0xDF) {
+    k = 2, v = c & 0x1F;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    k = 3, v = c & 0x0F;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    k = 4, v = c & 0x07;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (s[1] < lo || s[1] > hi) return 0; /* also stops at the NUL */
+  for (size_t i = 1; i < k; i++) {
+    if ((s[i] & 0xC0) != 0x80) return 0;
+    v = (v << 6) | (s[i] & 0x3F);
+  }
+  *u = v;
+  return k;
+}
+
+/* Log lines carry text from clients (names, patterns, messages quoting them): written
+ * raw, an ESC or a C1 CSI in it would drive the terminal of whoever tails the log. So
+ * every control character is escaped: C0 and DEL as \xHH (\n \t \r by name) in text and
+ * \u00HH in JSON, C1 controls and Unicode's invisible line and direction controls as
+ * \uHHHH, bytes that are not UTF-8 as \xHH (in JSON a literal "\\xHH"), and '\' (and in
+ * JSON '"') with a backslash. Printable UTF-8 is kept. out is cut between characters. */
+static void log_escape(char *out, size_t cap, const char *s, int json) {
+  size_t o = 0;
+  while (*s) {
+    const unsigned char *p = (const unsigned char *)s;
+    char e[16];
+    size_t el;
+    uint32_t u;
+    size_t k = utf8_seq(p, &u);
+    if (k == 0) {
+      el = (size_t)snprintf(e, sizeof e, json ? "\\\\x%02x" : "\\x%02x", p[0]);
+      k = 1;
+    } else if (u == '\\' || (json && u == '"')) {
+      e[0] = '\\', e[1] = (char)u, el = 2;
+    } else if (u == '\n' || u == '\t' || u == '\r') {
+      e[0] = '\\', e[1] = u == '\n' ? 'n' : u == '\t' ? 't' : 'r', el = 2;
+    } else if (u < 0x20 || u == 0x7F) {
+      el = (size_t)snprintf(e, sizeof e, json ? "\\u%04x" : "\\x%02x", (unsigned)u);
+    } else if ((u >= 0x80 && u <= 0x9F) || u == 0x061C || u == 0x200E || u == 0x200F ||
+               (u >= 0x2028 && u <= 0x202E) || (u >= 0x2066 && u <= 0x2069)) {
+      el = (size_t)snprintf(e, sizeof e, "\\u%04x", (unsigned)u);
+    } else {
+      memcpy(e, s, k);
+      el = k;
+    }
+    if (o + el >= cap) break;
+    memcpy(out + o, e, el);
+    o += el;
+    s += k;
+  }
+  out[o] = '\0';
+}
+
+void server_log(struct net_server *s, const char *level, const char *event, const char *fmt, ...) {
+  char msg[1024], ts[64], line[2300];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  struct tm tm;
+  gmtime_r(&now.tv_sec, &tm);
+  size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(ts + n, sizeof ts - n, ".%03ldZ", now.tv_nsec / 1000000);
+  char esc[2100];
+  log_escape(esc, sizeof esc, msg, s->log_json);
+  if (s->log_json)
+    snprintf(line, sizeof line,
+             "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"%s\",\"msg\":\"%s\"}\n", ts, level, event,
+             esc);
+  else
+    snprintf(line, sizeof line, "%s %-5s %s: %s\n", ts, level, event, esc);
+  fputs(line, stderr);
+  fflush(stderr);
+}
+
+/* Client errors can come by the thousand from one bad client: a few lines per second
+ * tell the operator without flooding the log. */
+int server_client_log_ok(struct net_server *s, int *dropped) {
+  pthread_mutex_lock(&s->log_mu);
+  int64_t sec = clock_monotonic_ns() / 1000000000;
+  *dropped = 0;
+  if (sec != s->log_window) {
+    *dropped = s->log_dropped;
+    s->log_window = sec;
+    s->log_count = 0;
+    s->log_dropped = 0;
+  }
+  int ok = s->log_count++ < LOG_BURST;
+  if (!ok) s->log_dropped++;
+  pthread_mutex_unlock(&s->log_mu);
+  return ok;
+}
+
+void server_client_error(struct net_server *s, zmq_msg_t *body, int code, const char *op,
+                         const char *why) {
+  int dropped;
+  if (!server_client_log_ok(s, &dropped)) return;
+  const char *peer = body ? zmq_msg_gets(body, "Peer-Address") : NULL;
+  if (dropped) server_log(s, "warn", "client_error", "%d more client errors not logged", dropped);
+  server_log(s, "warn", "client_error", "peer %s op %s: %s: %s", peer ? peer : "-", op,
+             engram_errname(code), why);
+}

@@ -1,0 +1,232 @@
+/* server_loop.c — the daemon's main thread: requests read off the ROUTER and queued,
+ * replies forwarded, embedded writers' commits published, parked fetches timed. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "net/server.h"
+
+/* Reads one request off the ROUTER and queues it (or answers a bad frame at once).
+ * Returns 0, or -1 when nothing was waiting. */
+static int take_request(struct net_server *s) {
+  struct job *j = calloc(1, sizeof *j);
+  if (!j) return -1;
+  zmq_msg_init(&j->ident);
+  zmq_msg_init(&j->body);
+  if (zmq_msg_recv(&j->ident, s->router, ZMQ_DONTWAIT) < 0) {
+    server_job_free(j);
+    return -1;
+  }
+  j->received_ns = clock_monotonic_ns();
+  /* Frames after the routing id: the request, or an empty delimiter and the request. */
+  zmq_msg_t parts[2];
+  int np = 0, frames = 0, more = zmq_msg_more(&j->ident);
+  while (more) {
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, s->router, 0) < 0) {
+      zmq_msg_close(&m);
+      break;
+    }
+    more = zmq_msg_more(&m);
+    frames++;
+    if (np < 2) {
+      zmq_msg_init(&parts[np]);
+      zmq_msg_move(&parts[np++], &m);
+    }
+    zmq_msg_close(&m);
+  }
+  int bad = 0;
+  if (frames == 2 && zmq_msg_size(&parts[0]) == 0) {
+    j->delim = 1; /* a REQ socket's envelope */
+    zmq_msg_move(&j->body, &parts[1]);
+  } else if (frames == 1) {
+    zmq_msg_move(&j->body, &parts[0]);
+  } else {
+    bad = 1;
+    if (frames >= 2) j->delim = zmq_msg_size(&parts[0]) == 0;
+    if (np) zmq_msg_move(&j->body, &parts[np - 1]);
+  }
+  for (int i = 0; i < np; i++) zmq_msg_close(&parts[i]);
+  char why[300];
+  if (bad) {
+    s->bad++;
+    snprintf(why, sizeof why, "malformed request: one frame expected, got %d", frames - j->delim);
+    server_client_error(s, &j->body, ENGRAM_EPROTO, "-", why);
+    server_reply_error(s, s->router, j, ENGRAM_EPROTO, why);
+    return 0;
+  }
+  int code =
+      net_request_peek(zmq_msg_data(&j->body), zmq_msg_size(&j->body), &j->pk, why, sizeof why);
+  if (code) {
+    s->bad++;
+    server_client_error(s, &j->body, code, net_op_name(j->pk.op), why);
+    server_reply_error(s, s->router, j, code, why);
+    return 0;
+  }
+  pthread_mutex_lock(&s->mu);
+  if (j->pk.op == ENGRAM__WIRE__REQUEST__OP_APPEND) {
+    const void *id = zmq_msg_data(&j->ident);
+    size_t n = zmq_msg_size(&j->ident);
+    struct lane **b = &s->lanes[server_hash(id, n) % LANE_BUCKETS], *l;
+    for (l = *b; l; l = l->next)
+      if (l->id_len == n && !memcmp(l->id, id, n)) break;
+    if (!l && (l = calloc(1, sizeof *l + n)) != NULL) {
+      l->id_len = n;
+      memcpy(l->id, id, n);
+      l->next = *b;
+      *b = l;
+    }
+    if (l) {
+      j->lane = l;
+      if (l->tail)
+        l->tail->next = j;
+      else
+        l->head = j;
+      l->tail = j;
+      s->queued++;
+      server_lane_ready_locked(s, l);
+      pthread_mutex_unlock(&s->mu);
+      return 0;
+    }
+  }
+  server_enqueue(s, j);
+  pthread_mutex_unlock(&s->mu);
+  return 0;
+}
+
+/* Forwards replies from workers to the ROUTER. */
+void server_forward_replies(struct net_server *s) {
+  for (int n = 0; n < 4096; n++) {
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, s->replies, ZMQ_DONTWAIT) < 0) {
+      zmq_msg_close(&m);
+      return;
+    }
+    for (;;) {
+      int more = zmq_msg_more(&m);
+      zmq_msg_send(&m, s->router, ZMQ_DONTWAIT | (more ? ZMQ_SNDMORE : 0));
+      zmq_msg_close(&m);
+      if (!more) break;
+      zmq_msg_init(&m);
+      if (zmq_msg_recv(&m, s->replies, 0) < 0) {
+        zmq_msg_close(&m);
+        break;
+      }
+    }
+  }
+}
+
+/* (topic, head) from an embedded writer in another process: publish and wake. */
+static void take_notify_in(struct net_server *s) {
+  for (int n = 0; n < 4096; n++) {
+    char topic[ENGRAM_MAX_NAME + 2];
+    unsigned char head[9];
+    int tn = zmq_recv(s->in_pull, topic, sizeof topic - 1, ZMQ_DONTWAIT);
+    if (tn < 0) return;
+    int more = 0;
+    size_t ml = sizeof more;
+    zmq_getsockopt(s->in_pull, ZMQ_RCVMORE, &more, &ml);
+    int hn = more ? zmq_recv(s->in_pull, head, sizeof head, 0) : -1;
+    for (;;) { /* drop any extra frames */
+      zmq_getsockopt(s->in_pull, ZMQ_RCVMORE, &more, &ml);
+      if (!more) break;
+      char junk[1];
+      zmq_recv(s->in_pull, junk, 1, 0);
+    }
+    if (tn > ENGRAM_MAX_NAME || hn != 8) continue;
+    topic[tn] = '\0';
+    if (!log_valid_name(topic)) continue;
+    server_publish(s, topic, be64_get(head));
+    pthread_mutex_lock(&s->mu);
+    server_topic_changed_locked(s, topic, 1);
+    pthread_mutex_unlock(&s->mu);
+  }
+}
+
+/* Requeues parked fetches whose recheck time or deadline came; returns the poll timeout
+ * in ms until the next one (-1 = none). */
+static long check_parked(struct net_server *s) {
+  int64_t now = clock_monotonic_ns(), next = INT64_MAX;
+  pthread_mutex_lock(&s->mu);
+  s->park_signal = 0;
+  struct job **pp = &s->parked;
+  while (*pp) {
+    struct job *j = *pp;
+    if (s->stopping || now >= j->deadline_ns || now >= j->recheck_ns) {
+      *pp = j->next;
+      s->n_parked--;
+      if (s->stopping || now >= j->deadline_ns) j->final = 1;
+      server_enqueue(s, j);
+      continue;
+    }
+    int64_t t = j->recheck_ns < j->deadline_ns ? j->recheck_ns : j->deadline_ns;
+    if (t < next) next = t;
+    pp = &j->next;
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (next == INT64_MAX) return -1;
+  long ms = (long)((next - now + 999999) / 1000000);
+  return ms < 1 ? 1 : ms;
+}
+
+static int idle(struct net_server *s) {
+  pthread_mutex_lock(&s->mu);
+  int yes = !s->w_head && !s->q_head && !s->ready_head && s->running == 0 && !s->parked;
+  pthread_mutex_unlock(&s->mu);
+  return yes;
+}
+
+void server_main_loop(struct net_server *s) {
+  long timeout = -1;
+  for (;;) {
+    if (server_stop_requested && !s->stopping) {
+      server_log(s, "info", "stop", "stopping: no new requests, finishing those in flight");
+      pthread_mutex_lock(&s->mu);
+      s->stopping = 1;
+      pthread_mutex_unlock(&s->mu);
+      check_parked(s);
+    }
+    if (s->stopping) {
+      server_forward_replies(s);
+      if (idle(s)) {
+        server_forward_replies(s);
+        return;
+      }
+      timeout = 20;
+    }
+    pthread_mutex_lock(&s->mu);
+    int room = s->queued < MAX_QUEUED;
+    pthread_mutex_unlock(&s->mu);
+    zmq_pollitem_t it[4] = {
+        {s->router, 0, (short)(room && !s->stopping ? ZMQ_POLLIN : 0), 0},
+        {s->replies, 0, ZMQ_POLLIN, 0},
+        {s->in_pull, 0, ZMQ_POLLIN, 0},
+        {NULL, s->wake_fd, ZMQ_POLLIN, 0},
+    };
+    int rc = zmq_poll(it, 4, timeout);
+    if (rc < 0 && errno != EINTR) {
+      server_log(s, "error", "poll", "zmq_poll: %s", zmq_strerror(errno));
+      clock_sleep_ns(10000000);
+    }
+    if (it[3].revents & ZMQ_POLLIN) {
+      uint64_t v;
+      ssize_t r = read(s->wake_fd, &v, sizeof v);
+      (void)r;
+    }
+    server_publish_dirty(s);
+    if (it[1].revents & ZMQ_POLLIN) server_forward_replies(s);
+    if (it[0].revents & ZMQ_POLLIN && !s->stopping) {
+      for (int n = 0; n < RECV_BURST; n++) {
+        pthread_mutex_lock(&s->mu);
+        int full = s->queued >= MAX_QUEUED;
+        pthread_mutex_unlock(&s->mu);
+        if (full || take_request(s) < 0) break;
+      }
+    }
+    if (it[2].revents & ZMQ_POLLIN) take_notify_in(s);
+    timeout = check_parked(s);
+  }
+}

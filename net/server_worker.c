@@ -1,0 +1,234 @@
+/* server_worker.c — the worker pool: requests decoded and run on the daemon's handle,
+ * long-poll fetches parked, replies sent back to the main thread. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "net/server.h"
+
+/* ---------------------------------------------------------------------------------
+ * Replies.
+ * ------------------------------------------------------------------------------ */
+void server_job_free(struct job *j) {
+  if (!j) return;
+  zmq_msg_close(&j->ident);
+  zmq_msg_close(&j->body);
+  if (j->rq) engram__wire__request__free_unpacked(j->rq, NULL);
+  free(j);
+}
+
+/* Sends the reply to j's client through `sock` (a worker's PUSH or the ROUTER) and frees j. */
+void server_reply_send(struct net_server *s, void *sock, struct job *j, Engram__Wire__Reply *rp) {
+  rp->id = j->pk.id;
+  rp->version = ENGRAM_PROTOCOL_VERSION;
+  rp->code = err_public(rp->code); /* never "a reply with an invalid code" */
+  s->requests++;
+  if (rp->code) s->errors++;
+  size_t n = engram__wire__reply__get_packed_size(rp);
+  zmq_msg_t m;
+  if (zmq_msg_init_size(&m, n) != 0) {
+    server_job_free(j);
+    return;
+  }
+  engram__wire__reply__pack(rp, zmq_msg_data(&m));
+  int flags = sock == s->router ? ZMQ_DONTWAIT : 0;
+  if (zmq_msg_send(&j->ident, sock, flags | ZMQ_SNDMORE) >= 0 &&
+      (!j->delim || zmq_send(sock, "", 0, flags | ZMQ_SNDMORE) >= 0))
+    zmq_msg_send(&m, sock, flags);
+  zmq_msg_close(&m);
+  server_job_free(j);
+}
+
+void server_reply_error(struct net_server *s, void *sock, struct job *j, int code,
+                        const char *why) {
+  Engram__Wire__Reply rp = ENGRAM__WIRE__REPLY__INIT;
+  rp.code = code;
+  rp.error = (char *)why;
+  server_reply_send(s, sock, j, &rp);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Workers.
+ * ------------------------------------------------------------------------------ */
+
+/* Decodes and checks j's request (once: a parked fetch keeps its decoded form). Returns 0,
+ * or replies with the error and returns -1. */
+int server_prepare(struct net_server *s, struct worker *w, struct job *j) {
+  if (j->rq) return 0;
+  char why[512];
+  int code = 0;
+  j->rq = net_request_unpack(zmq_msg_data(&j->body), zmq_msg_size(&j->body), &j->pk, &code, why,
+                             sizeof why);
+  if (code) {
+    s->bad++;
+    server_client_error(s, &j->body, code, net_op_name(j->pk.op), why);
+  } else if ((code = net_request_check(j->rq, why, sizeof why)) != 0) {
+    if (code == ENGRAM_EPROTO) {
+      s->bad++;
+      server_client_error(s, &j->body, code, net_op_name(j->pk.op), why);
+    }
+  }
+  if (!code) return 0;
+  server_reply_error(s, w->push, j, code, why);
+  return -1;
+}
+
+void server_run_one(struct net_server *s, struct worker *w, struct job *j) {
+  Engram__Wire__Reply rp = ENGRAM__WIRE__REPLY__INIT;
+  net_arena a = {0};
+  engram_batch *batch = NULL;
+  int empty = 0;
+  net_ops_run(s, s->log, j->rq, &rp, &a, &batch, &empty);
+  server_reply_send(s, w->push, j, &rp);
+  engram_batch_free(batch);
+  net_arena_free(&a);
+}
+
+static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
+  const Engram__Wire__Fetch *f = j->rq->fetch;
+  if (!j->deadline_ns) j->deadline_ns = clock_after_ms(j->received_ns, f->wait_ms);
+  /* Looked up, not made: the topic name is not validated until the fetch runs. */
+  pthread_mutex_lock(&s->mu);
+  struct tseq *t = server_tseq_lookup(s, f->topic, 0);
+  j->seq = t ? t->seq : 0;
+  pthread_mutex_unlock(&s->mu);
+
+  Engram__Wire__Reply rp = ENGRAM__WIRE__REPLY__INIT;
+  net_arena a = {0};
+  engram_batch *batch = NULL;
+  int empty = 0;
+  net_ops_run(s, s->log, j->rq, &rp, &a, &batch, &empty);
+  if (empty && !j->final && clock_monotonic_ns() < j->deadline_ns) {
+    engram_batch_free(batch);
+    net_arena_free(&a);
+    pthread_mutex_lock(&s->mu);
+    t = server_tseq_get(s, f->topic);
+    if (s->stopping) {
+      j->final = 1;
+      server_enqueue(s, j);
+    } else if ((t ? t->seq : 0) != j->seq) {
+      server_enqueue(s, j); /* something changed while it looked: look again */
+    } else if (s->n_parked >= MAX_PARKED) {
+      j->final = 1;
+      server_enqueue(s, j);
+    } else {
+      j->recheck_ns = clock_monotonic_ns() + PARK_RECHECK_MS * 1000000ll;
+      j->next = s->parked;
+      s->parked = j;
+      s->n_parked++;
+      s->park_signal = 1;
+    }
+    pthread_mutex_unlock(&s->mu);
+    server_wake_main(s);
+    return;
+  }
+  server_reply_send(s, w->push, j, &rp);
+  engram_batch_free(batch);
+  net_arena_free(&a);
+}
+
+/* Results of the appends of one job. */
+static void run_job(struct net_server *s, struct worker *w, struct job *j) {
+  if (server_prepare(s, w, j)) return;
+  if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_FETCH)
+    run_fetch(s, w, j);
+  else if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_APPEND) {
+    j->next = NULL;
+    server_run_lane(s, w, j);
+  } else
+    server_run_one(s, w, j);
+}
+
+void server_lane_ready_locked(struct net_server *s, struct lane *l) {
+  if (l->ready || l->busy || !l->head) return;
+  l->ready = 1;
+  l->next_ready = NULL;
+  if (s->ready_tail)
+    s->ready_tail->next_ready = l;
+  else
+    s->ready_head = l;
+  s->ready_tail = l;
+  pthread_cond_signal(&s->cv);
+}
+
+static void lane_drop_locked(struct net_server *s, struct lane *l) {
+  struct lane **pp = &s->lanes[server_hash(l->id, l->id_len) % LANE_BUCKETS];
+  for (; *pp; pp = &(*pp)->next) {
+    if (*pp == l) {
+      *pp = l->next;
+      free(l);
+      return;
+    }
+  }
+}
+
+static void *worker_main(void *arg) {
+  struct worker *w = arg;
+  struct net_server *s = w->s;
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    while (!s->w_head && !s->q_head && !s->ready_head && !s->exiting)
+      pthread_cond_wait(&s->cv, &s->mu);
+    if (!s->w_head && !s->q_head && !s->ready_head) break;
+    if (s->w_head) {
+      struct job *j = s->w_head;
+      s->w_head = j->next;
+      if (!s->w_head) s->w_tail = NULL;
+      s->queued--;
+      s->running++;
+      pthread_mutex_unlock(&s->mu);
+      run_job(s, w, j);
+      pthread_mutex_lock(&s->mu);
+      s->running--;
+      continue;
+    }
+    /* Alternate between plain requests and lanes so neither starves the other. */
+    if (s->ready_head && (!s->q_head || (w->turn++ & 1))) {
+      struct lane *l = s->ready_head;
+      s->ready_head = l->next_ready;
+      if (!s->ready_head) s->ready_tail = NULL;
+      l->ready = 0;
+      l->busy = 1;
+      struct job *list = l->head, *last = l->head;
+      size_t n = 1;
+      while (last->next && n < LANE_TAKE) {
+        last = last->next;
+        n++;
+      }
+      l->head = last->next;
+      if (!l->head) l->tail = NULL;
+      last->next = NULL;
+      s->queued -= n;
+      s->running++;
+      pthread_mutex_unlock(&s->mu);
+      server_run_lane(s, w, list);
+      pthread_mutex_lock(&s->mu);
+      s->running--;
+      l->busy = 0;
+      if (l->head)
+        server_lane_ready_locked(s, l);
+      else
+        lane_drop_locked(s, l);
+    } else {
+      struct job *j = s->q_head;
+      s->q_head = j->next;
+      if (!s->q_head) s->q_tail = NULL;
+      s->queued--;
+      s->running++;
+      pthread_mutex_unlock(&s->mu);
+      run_job(s, w, j);
+      pthread_mutex_lock(&s->mu);
+      s->running--;
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+void *server_worker_thread(void *arg) {
+  struct worker *w = arg;
+  worker_main(w);
+  zmq_close(w->push);
+  free(w);
+  return NULL;
+}

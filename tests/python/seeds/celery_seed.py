@@ -1,0 +1,97 @@
+# celery_seed.py — shared by the Celery seed tests: a broker fixture that runs each test
+# against an embedded log and against a real `engram serve`, and helpers to run workers
+# (in a thread, or as `python -m engram worker` processes).
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import engram
+from conftest import ROOT, child_env, wait_until
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENGRAM = os.path.join(os.environ.get("ENGRAM_BUILD") or os.path.join(ROOT, "build"), "engram")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_daemon(tmp_path, endpoint=None):
+    endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
+    p = subprocess.Popen([ENGRAM, "serve", "--data", str(tmp_path / "served"), "--listen", endpoint,
+                          "--notify", f"ipc://{tmp_path}/notify.ipc"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def up():
+        if p.poll() is not None:
+            return True
+        try:
+            with engram.connect(endpoint, timeout=0.5) as c:
+                c.topics()
+            return True
+        except engram.Error:
+            return False
+    if not wait_until(up, 10) or p.poll() is not None:
+        p.kill()
+        pytest.skip("engram serve did not start")
+    return p, endpoint
+
+
+def stop_daemon(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+@pytest.fixture(params=["embedded", "served"])
+def broker(request, tmp_path):
+    """The log a seed's Celery app is given: a directory, or a daemon's endpoint."""
+    if request.param == "embedded":
+        yield str(tmp_path / "log")
+        return
+    if request.node.originalname in getattr(request.module, "EMBEDDED_ONLY", ()):
+        pytest.skip("run embedded only, to keep the suite quick (the served path is the same API)")
+    if not os.access(ENGRAM, os.X_OK):
+        pytest.skip(f"{ENGRAM} is not built")
+    p, endpoint = start_daemon(tmp_path)
+    yield endpoint
+    stop_daemon(p)
+
+
+def run_worker(celery_app, seconds=0.3, concurrency=2, **kw):
+    """Runs the app's workers in this thread until idle for ``seconds``."""
+    return celery_app.app.run(concurrency, idle_timeout=seconds, wait=0.05, install_signals=False, **kw)
+
+
+def worker_thread(celery_app, seconds=0.4, **kw):
+    t = threading.Thread(target=run_worker, args=(celery_app, seconds), kwargs=kw, daemon=True)
+    t.start()
+    return t
+
+
+def spawn(spec, *args, **env):
+    """`python -m engram worker spec args...` with the seed modules importable."""
+    e = child_env(**env)
+    e["PYTHONPATH"] = os.pathsep.join([HERE, e["PYTHONPATH"]])
+    return subprocess.Popen([sys.executable, "-m", "engram", "worker", spec, *args], env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def stop(p, timeout=10):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+    return out.decode(errors="replace")

@@ -1,0 +1,382 @@
+# test_tasks.py — the worker runtime and the task layer under tasks that run long, are
+# async, are routed, delayed, retried and revoked: each test pins one wrong result that the
+# runtime once gave (issue 10) and the behaviour that replaced it.
+import asyncio
+import datetime as dt
+import os
+import threading
+import time
+
+import pytest
+
+import engram
+from conftest import needs_groups, wait_until
+
+pytestmark = needs_groups
+
+FAST = dict(ack_wait=1.0, backoff=[0.05], max_deliver=5)
+
+
+def task_app(log, **kw):
+    return engram.App(log, group="tasks", topic="tasks", **{**FAST, **kw})
+
+
+def run(app, seconds=0.5, **kw):
+    kw.setdefault("concurrency", 2)
+    return app.run(idle_timeout=seconds, wait=0.1, install_signals=False, **kw)
+
+
+def in_thread(fn, *a, **kw):
+    t = threading.Thread(target=fn, args=a, kwargs=kw, daemon=True)
+    t.start()
+    return t
+
+
+# -- 1: a task longer than ack_wait ----------------------------------------------------------
+def test_a_task_longer_than_ack_wait_runs_once_while_its_lease_is_kept_alive(log):
+    app = task_app(log, ack_wait=0.4)
+    runs = []
+
+    @app.task
+    def slow():
+        runs.append(time.monotonic())
+        time.sleep(1.3)  # more than three lease lengths
+        return "done"
+    r = slow.delay()
+    run(app, 0.6, concurrency=3)
+    assert len(runs) == 1
+    assert r.status == "SUCCESS" and r.get(timeout=1) == "done"
+
+
+def test_a_long_task_in_a_worker_process_runs_once_too(tmp_path):
+    path, out = str(tmp_path / "log"), str(tmp_path / "runs")
+    app = engram.App(path, group="tasks", topic="tasks", **{**FAST, "ack_wait": 0.4})
+
+    @app.task(name="slow")
+    def slow():
+        with open(out, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.3)
+        return "done"
+    r = slow.delay()
+    app.run(2, mode="process", idle_timeout=0.6, wait=0.1, install_signals=False)
+    assert len(open(out).read().split()) == 1
+    assert r.get(timeout=1) == "done"
+    app.close()
+
+
+def test_a_hung_handler_stops_being_extended_at_its_hard_time_limit(log):
+    app = task_app(log, ack_wait=0.3, max_deliver=1)
+    runs = []
+
+    @app.task(time_limit=0.6)
+    def hang():
+        runs.append(1)
+        for _ in range(30):
+            time.sleep(0.05)
+    r = hang.delay()
+    run(app, 0.8)
+    assert runs == [1]
+    assert r.status == "FAILURE" and "TimeLimitExceeded" in r.group.status(r.offset).last_error
+
+
+# -- 2 and 4: async tasks and handlers share a persistent loop --------------------------------
+def test_an_async_task_runs_its_coroutine_and_returns_its_value(log):
+    app = task_app(log)
+
+    @app.task
+    async def double(x):
+        await asyncio.sleep(0.01)
+        return 2 * x
+    r = double.delay(21)
+    run(app)
+    assert r.get(timeout=1) == 42
+
+
+def test_async_tasks_keep_state_bound_to_their_loop_across_calls(log):
+    app = task_app(log)
+    state = {}
+
+    @app.task
+    async def use_client():
+        loop = asyncio.get_running_loop()
+        if "client" not in state:
+            state["client"] = (loop, asyncio.Lock())  # a component bound to the first loop
+        bound, lock = state["client"]
+        async with lock:
+            await asyncio.sleep(0)
+        return bound is loop
+    rs = [use_client.delay() for _ in range(4)]
+    run(app, concurrency=1)
+    assert [r.get(timeout=1) for r in rs] == [True] * 4
+
+
+def test_async_handlers_of_one_worker_share_one_persistent_loop(log):
+    app = engram.App(log, group="g", topic="t", **FAST)
+    loops = []
+    q = {}
+
+    @app.on("x.*")
+    async def h(ev):
+        if "q" not in q:
+            q["q"] = asyncio.Queue()  # set up once; bound to the loop from then on
+        await q["q"].put(ev.offset)
+        loops.append(id(asyncio.get_running_loop()))
+        return await q["q"].get()
+    for i in range(3):
+        log.append("t", "x.y", {"i": i})
+    stats = run(app, concurrency=1)
+    assert stats.handled == 3 and stats.failed == 0
+    assert len(set(loops)) == 1
+
+
+# -- 5: apply_async options are honoured or refused -------------------------------------------
+def test_apply_async_eta_delays_the_task(log):
+    app = task_app(log)
+    ran = []
+
+    @app.task
+    def stamp():
+        ran.append(time.time())
+    eta = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=0.6)
+    r = stamp.apply_async(eta=eta)
+    t0 = time.time()
+    run(app, 1.0)
+    assert ran and ran[0] >= eta.timestamp() - 0.01 and ran[0] - t0 > 0.4
+    assert r.status == "SUCCESS"
+
+
+def test_apply_async_expires_revokes_a_task_not_started_in_time(log):
+    app = task_app(log)
+    ran = []
+
+    @app.task
+    def late():
+        ran.append(1)
+    r = late.apply_async(expires=0.05)
+    time.sleep(0.15)
+    run(app)
+    assert ran == [] and r.status == "REVOKED"
+
+
+def test_apply_async_priority_runs_higher_priorities_first(log):
+    app = task_app(log)
+    order = []
+
+    @app.task
+    def job(n):
+        order.append(n)
+    job.apply_async((1,), priority=1)
+    job.apply_async((9,), priority=9)
+    job.apply_async((5,), priority=5)
+    run(app, concurrency=1)
+    assert order == [9, 5, 1]
+
+
+def test_apply_async_refuses_options_it_does_not_honour(log):
+    app = task_app(log)
+
+    @app.task
+    def t():
+        pass
+    with pytest.raises(TypeError, match="no_such_option"):
+        t.apply_async(no_such_option=1)
+    with pytest.raises(engram.NotSupported, match="link"):
+        t.apply_async(link=t)
+    with pytest.raises(engram.InvalidArgument):
+        t.apply_async(priority=-1)
+    with pytest.raises(engram.InvalidArgument):
+        t.apply_async(countdown=1, eta=dt.datetime.now())
+    assert "tasks" not in [t.name for t in log.topics()]  # nothing was sent
+
+
+def test_apply_async_routing_key_names_the_queue(log):
+    app = task_app(log)
+
+    @app.task
+    def t():
+        return 1
+    r = t.apply_async(routing_key="other")
+    assert r.id == "other:1"
+
+
+# -- 6: unregistered tasks and expired results -------------------------------------------------
+def test_a_task_the_worker_does_not_know_fails_loudly_instead_of_reading_revoked(log):
+    sender = task_app(log)
+    worker = task_app(log)
+
+    @sender.task(name="only.here")
+    def only_here():
+        return 1
+
+    @worker.task(name="other")
+    def other():
+        return 2
+    r = only_here.delay()
+    run(worker)
+    assert r.status == "FAILURE"
+    with pytest.raises(engram.TaskFailed, match="unregistered task 'only.here'"):
+        r.get(timeout=1)
+
+
+def test_an_expired_result_reads_pending_like_celery(log):
+    app = task_app(log, result_ttl=1.0)
+
+    @app.task
+    def t():
+        return 1
+    r = t.delay()
+    th = in_thread(run, app, 0.3)
+    assert r.get(timeout=5) == 1 and r.status == "SUCCESS"
+    assert wait_until(lambda: r.status == "PENDING", 5)
+    th.join()
+
+
+# -- 7: Retry without autoretry ----------------------------------------------------------------
+def test_raising_retry_retries_a_task_without_autoretry(log):
+    app = task_app(log)
+    calls = []
+
+    @app.task
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise engram.Retry(delay=0.05)
+        return len(calls)
+    r = flaky.delay()
+    run(app, 0.6)
+    assert r.get(timeout=1) == 3
+
+
+# -- 12: durability is kept in process mode and settable ---------------------------------------
+def test_process_mode_reopens_the_log_with_the_durability_it_was_given(tmp_path, monkeypatch):
+    seen = str(tmp_path / "seen")
+    real_open = engram.client.open
+
+    def spy(path, **kw):
+        with open(seen, "a") as f:
+            f.write(f"{os.getpid()} {kw.get('durability', 'sync')}\n")
+        return real_open(path, **kw)
+    path = str(tmp_path / "log")
+    with engram.open(path, durability="nometasync") as lg:
+        monkeypatch.setattr(engram.client, "open", spy)
+        app = engram.App(lg, group="g", topic="t", **FAST)
+
+        @app.on("x")
+        def h(ev):
+            return 1
+        lg.append("t", "x")
+        stats = app.run(1, mode="process", idle_timeout=0.3, wait=0.1, install_signals=False)
+    lines = open(seen).read().split()
+    assert lines and all(d == "nometasync" for d in lines[1::2])
+    del stats
+    app2 = engram.App(str(tmp_path / "log2"), durability="async")
+    assert app2.open_options["durability"] == "async"
+    with pytest.raises(engram.InvalidArgument):
+        engram.App(str(tmp_path / "log3"), durability="fast")
+    # what `python -m engram worker ... --durability` calls
+    app3 = engram.App(str(tmp_path / "log4"))
+    app3.set_durability("nometasync")
+    assert app3.open_options["durability"] == "nometasync"
+    with engram.open(str(tmp_path / "log5"), durability="async") as lg5:
+        app4 = engram.App(lg5)
+        assert app4.open_options["durability"] == "async"
+        with pytest.raises(engram.InvalidArgument, match="open already"):
+            app4.set_durability("sync")
+
+
+# -- 13: delay() is one request -----------------------------------------------------------------
+class CountingHandle:
+    def __init__(self, h):
+        self._h, self.calls = h, []
+
+    def __getattr__(self, name):
+        attr = getattr(self._h, name)
+        if callable(attr):
+            def call(*a, **kw):
+                self.calls.append(name)
+                return attr(*a, **kw)
+            return call
+        return attr
+
+
+def test_delay_makes_one_request(log):
+    app = task_app(log)
+
+    @app.task
+    def t(x):
+        return x
+    t.delay(0)  # the topic exists from here on
+    counting = CountingHandle(log._h)
+    log._h = counting
+    try:
+        for i in range(5):
+            t.delay(i)
+    finally:
+        log._h = counting._h
+    assert counting.calls == ["append"] * 5
+
+
+# -- 15: error locations keep their module path ------------------------------------------------
+def test_a_timeout_error_names_the_module_path_not_a_bare_file_name(log):
+    app = task_app(log, max_deliver=1)
+
+    @app.task
+    async def waits():
+        await asyncio.wait_for(asyncio.sleep(1), 0.01)
+    r = waits.delay()
+    run(app)
+    err = r.group.status(r.offset).last_error
+    assert "TimeoutError" in err and "asyncio/tasks.py:" in err
+
+
+# -- revoke --------------------------------------------------------------------------------------
+def test_revoke_terminate_stops_a_running_task(log):
+    app = task_app(log)
+    started, finished = threading.Event(), []
+
+    @app.task
+    def long():
+        started.set()
+        for _ in range(100):
+            time.sleep(0.02)
+        finished.append(1)
+    r = long.delay()
+    th = in_thread(run, app, 0.5)
+    assert started.wait(5)
+    r.revoke(terminate=True)
+    th.join(10)
+    assert finished == [] and r.status == "REVOKED"
+
+
+def test_revoke_before_start_reads_revoked_and_never_runs(log):
+    app = task_app(log)
+    ran = []
+
+    @app.task
+    def work():
+        ran.append(1)
+    r = work.delay()
+    assert r.revoke()
+    run(app)
+    assert ran == [] and r.status == "REVOKED"
+    # from the id alone, in another handle
+    assert engram.AsyncResult.from_id(app, r.id).status == "REVOKED"
+
+
+def test_a_worker_serves_several_queues_in_priority_order(log):
+    app = task_app(log)
+    order = []
+
+    @app.task(queue="low")
+    def low(n):
+        order.append(("low", n))
+
+    @app.task(queue="high")
+    def high(n):
+        order.append(("high", n))
+    for i in range(3):
+        low.delay(i)
+        high.delay(i)
+    run(app, concurrency=1, queues=["high", "low"])
+    assert order == [("high", 0), ("high", 1), ("high", 2), ("low", 0), ("low", 1), ("low", 2)]
