@@ -9,7 +9,8 @@
 #      comes back. The stream must hold every event once: a restore into a fresh
 #      directory counts as many messages as events with no duplicates, verifies clean,
 #      and every event equals the original (all fields but the append time).
-#   2. `engram serve --mirror-nats` mirrors what clients append through the daemon.
+#   2. `engram serve` with mirror-nats in its config file mirrors what clients append
+#      through the daemon.
 #   3. a NATS server with user/password: the right password mirrors, a wrong one waits;
 #      a NATS server with TLS (a CA and certificate made here with openssl).
 # Usage: BUILD=build [EVENTS=N] bash cli/test-mirror.sh   (exit 0 when all pass)
@@ -198,8 +199,10 @@ out=$("$BIN" restore --from-nats "$URL" --stream MEM --data "$TMP/restored" 2>&1
 
 log "engram serve --mirror-nats"
 SP=${PORTS[6]}
-"$BIN" serve --data "$TMP/served" --listen "tcp://127.0.0.1:$SP" --mirror-nats "$URL" \
-  --mirror-topic jobs --mirror-stream JOBS >"$TMP/serve.log" 2>&1 &
+# The mirror's settings from the config file, as an operator keeps them.
+printf 'mirror-nats = %s\nmirror-topic = jobs\nmirror-stream = JOBS\n' "$URL" >"$TMP/serve.conf"
+"$BIN" serve --data "$TMP/served" --listen "tcp://127.0.0.1:$SP" --config "$TMP/serve.conf" \
+  >"$TMP/serve.log" 2>&1 &
 PIDS[serve]=$!
 for _ in $(seq 50); do "$BIN" --connect "tcp://127.0.0.1:$SP" topic create jobs >/dev/null 2>&1 && break; sleep 0.2; done
 head -n 300 "$TMP/events.jsonl" | "$BIN" --connect "tcp://127.0.0.1:$SP" append jobs --batch >/dev/null
@@ -212,7 +215,7 @@ wait "${PIDS[serve]}"
 unset "PIDS[serve]"
 out=$("$BIN" restore --from-nats "$URL" --stream JOBS --data "$TMP/served-restored" 2>&1)
 [ "$out" = "restored 1 topics, 300 events from 300 messages (0 duplicates)" ] &&
-  ok "serve --mirror-nats mirrors what clients append" || {
+  ok "serve with mirror-nats in its config mirrors what clients append" || {
   fail "serve mirror: $out"
   tail -n 5 "$TMP/serve.log"
 }
