@@ -216,7 +216,7 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
     status = cli_error("restore: stream %s: %s", stream, mirror_nats_why(s));
     goto out;
   }
-  uint64_t last = si->State.LastSeq;
+  uint64_t total = 0; /* messages the subscription has to deliver */
   if (si->State.Msgs > 0) {
     char filter[ENGRAM_MAX_NAME + 8];
     snprintf(filter, sizeof filter, "%s.>", prefix ? prefix : "");
@@ -229,12 +229,18 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
                        : si->Config->SubjectsLen == 1 ? si->Config->Subjects[0]
                                                       : ">";
     s = js_SubscribeSync(&sub, js, subj, NULL, &so, &ec);
+    /* How many match the filter as the consumer starts: those delivered so far plus
+     * those pending (one answer of the server, so nothing is counted twice). */
+    jsConsumerInfo *ci = NULL;
+    if (s == NATS_OK) s = natsSubscription_GetConsumerInfo(&ci, sub, NULL, &ec);
     if (s != NATS_OK) {
       status = cli_error("restore: reading stream %s: %s", stream, mirror_nats_why(s));
       goto out;
     }
+    total = ci->Delivered.Consumer + ci->NumPending;
+    jsConsumerInfo_Destroy(ci);
   }
-  for (uint64_t seq = 0; si->State.Msgs > 0 && seq < last;) {
+  for (uint64_t seq = 0; msgs < total;) {
     natsMsg *m = NULL;
     s = natsSubscription_NextMsg(&m, sub, 10000);
     if (s != NATS_OK) {

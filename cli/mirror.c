@@ -262,6 +262,14 @@ static int reconnect(struct mirror *m) {
   return -1;
 }
 
+/* 1 when the stream subject `have` takes every subject of `want` ("P.>"): the same, or
+ * a "X.>" (or ">") with P under X. */
+static int covers(const char *have, const char *want) {
+  if (!strcmp(have, want) || !strcmp(have, ">")) return 1;
+  size_t n = strlen(have);
+  return n >= 2 && !strcmp(have + n - 2, ".>") && !strncmp(have, want, n - 1);
+}
+
 /* Makes the stream when missing and checks that it takes the prefix's subjects. Returns
  * 0, 1 (retry: NATS trouble) or -1 (fatal, printed). */
 static int ensure_stream(struct mirror *m) {
@@ -294,11 +302,11 @@ static int ensure_stream(struct mirror *m) {
   }
   int covered = 0;
   for (int i = 0; i < si->Config->SubjectsLen; i++)
-    if (!strcmp(si->Config->Subjects[i], subj)) covered = 1;
+    if (covers(si->Config->Subjects[i], subj)) covered = 1;
   jsStreamInfo_Destroy(si);
   if (!covered) {
     cli_error(
-        "%s: stream %s does not take subjects %s: use --subject-prefix with one of its "
+        "%s: stream %s does not take subjects %s: use a --subject-prefix under one of its "
         "subjects or another --stream",
         who(m), c->stream, subj);
     return -1;

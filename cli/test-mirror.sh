@@ -243,6 +243,34 @@ ENGRAM_NATS_PASSWORD="s3cret pass" timeout 30 "$BIN" --data "$TMP/sec" mirror --
     --stream ENGRAM --data "$TMP/sec-restored" | grep -q "100 events from 100 messages" &&
   ok "user/password: mirrored and restored" || fail "user/password mirror"
 
+# Another log's topic of the same name: refused on the first log's subject, mirrored
+# under a prefix of its own inside the same stream; restore then refuses the two
+# different events at each offset unless --subject-prefix picks one log.
+"$BIN" --data "$TMP/sec2" topic create s >/dev/null
+sed -n '101,150p' "$TMP/events.jsonl" | "$BIN" --data "$TMP/sec2" append s --batch >/dev/null
+export ENGRAM_NATS_PASSWORD="s3cret pass"
+m2() { timeout 30 "$BIN" --data "$TMP/sec2" mirror --nats "nats://127.0.0.1:$AP" --nats-user engram --topic s --once "$@"; }
+out=$(m2 2>&1)
+rc=$?
+[ $rc = 1 ] && [[ $out == *"holds events of another topic"* ]] &&
+  ok "a subject holding another log's topic is refused" || fail "same subject, other log: exit $rc, $out"
+m2 --subject-prefix engram.ENGRAM.second 2>/dev/null && ok "a second log mirrored under its own prefix" ||
+  fail "mirror under a prefix inside the stream"
+# The stream's newest messages are the first log's again (restore --subject-prefix must
+# not wait for a message its filter never delivers).
+sed -n '151,160p' "$TMP/events.jsonl" | "$BIN" --data "$TMP/sec" append s --batch >/dev/null
+timeout 30 "$BIN" --data "$TMP/sec" mirror --nats "nats://127.0.0.1:$AP" --nats-user engram --topic s \
+  --once 2>/dev/null || fail "second mirror run of the first log"
+out=$("$BIN" restore --from-nats "nats://127.0.0.1:$AP" --nats-user engram --stream ENGRAM \
+  --data "$TMP/sec-both" 2>&1)
+[[ $out == *"offset 1 has two different events"* ]] && ok "restore refuses two different events at one offset" ||
+  fail "restore of two logs' events: $out"
+out=$("$BIN" restore --from-nats "nats://127.0.0.1:$AP" --nats-user engram --stream ENGRAM \
+  --subject-prefix engram.ENGRAM.second --data "$TMP/sec-second" 2>&1)
+[ "$out" = "restored 1 topics, 50 events from 50 messages (0 duplicates)" ] &&
+  ok "restore --subject-prefix picks one log" || fail "restore --subject-prefix: $out"
+unset ENGRAM_NATS_PASSWORD
+
 log "TLS"
 if command -v openssl >/dev/null; then
   TP=${PORTS[8]}
