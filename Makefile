@@ -90,6 +90,10 @@ SHARED_TEST_BINS := $(BUILD)/tests/test_symbols-shared
 TEST_HELPERS := $(wildcard tests/helpers/*.c)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%-replay,$(FUZZ_SRCS))
+# The power-cut test (tests/powercut/): a recording LD_PRELOAD shim, the workload and
+# checker, and test_powercut, the wrapper run-tests.sh runs as a unit.
+POWERCUT := $(BUILD)/tests/powercut/shim.so $(BUILD)/tests/powercut/pc_work \
+  $(BUILD)/tests/test_powercut
 BENCH_SRCS := $(wildcard bench/bench_*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 BENCH_COMMON_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard bench/common/*.c))
@@ -208,11 +212,29 @@ $(BUILD)/examples/%: $(BUILD)/obj/examples/%.o $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
 	$(CC) -o $@.$$$$.tmp $^ $(ENGRAM_LIBS) $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
+# The shim is preloaded into sanitized programs too, so it is built without sanitizers.
+$(BUILD)/tests/powercut/shim.so: tests/powercut/shim.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fPIC -shared -pthread -o $@.$$$$.tmp $< -ldl && mv $@.$$$$.tmp $@
+
+$(BUILD)/tests/powercut/pc_work: tests/powercut/pc_work.c $(BUILD)/libengram.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@.$$$$.tmp $< $(BUILD)/libengram.a $(ENGRAM_LIBS) -ldl $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+
+$(BUILD)/tests/test_powercut: tests/powercut/run.sh $(BUILD)/tests/powercut/shim.so $(BUILD)/tests/powercut/pc_work
+	@mkdir -p $(dir $@)
+	printf '#!/bin/sh\nexec env BUILD=$(BUILD) bash tests/powercut/run.sh "$$@"\n' > $@.$$$$.tmp && chmod +x $@.$$$$.tmp && mv $@.$$$$.tmp $@
+
+# The long power-cut run: more seeds, crash points and images (tests/powercut/run.sh).
+.PHONY: crashtest
+crashtest: deps all $(POWERCUT)
+	@BUILD=$(BUILD) bash tests/powercut/run.sh --long
+
 # Layering: a wrong-way include fails the build.
 check-deps:
 	@bash tests/check-deps.sh
 
-test: deps check-deps all $(TEST_BINS) $(SHARED_TEST_BINS) $(FUZZ_REPLAY) $(EXAMPLE_BINS)
+test: deps check-deps all $(TEST_BINS) $(SHARED_TEST_BINS) $(FUZZ_REPLAY) $(EXAMPLE_BINS) $(POWERCUT)
 	@BUILD=$(BUILD) bash tests/run-tests.sh
 
 # The NATS mirror's real-server test at full size: 100,000 events through a 3-node

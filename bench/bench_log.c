@@ -63,6 +63,9 @@ typedef struct acc {
   double rate[MAX_ROUNDS];
   int n;
   bench_samples lat;
+  engram_commit_stats cs; /* commit path of the engram rounds, summed */
+  int64_t worst_ns;       /* slowest single append */
+  double fair;            /* lowest (slowest thread's appends / mean thread's), 0 = n/a */
 } acc;
 
 static void acc_init(acc *a, const char *workload, const char *system, const char *durability) {
@@ -117,12 +120,77 @@ static void extra_add(bench_result *r, const char *key, double v) {
 
 static double round_s(void) { return seconds / rounds; }
 
+static engram_commit_stats stats_of(engram *log) {
+  engram_commit_stats st = {0};
+  engram_commit_stats_get(log, &st);
+  return st;
+}
+
+/* Adds what the commit path did since `from`. */
+static void acc_commits(acc *a, engram *log, const engram_commit_stats *from) {
+  engram_commit_stats now = stats_of(log);
+  a->cs.commits += now.commits - from->commits;
+  a->cs.jobs += now.jobs - from->jobs;
+  a->cs.flushes += now.flushes - from->flushes;
+  if (now.max_wait > a->cs.max_wait) a->cs.max_wait = now.max_wait;
+  for (int i = 0; i < 8; i++) a->cs.batch_hist[i] += now.batch_hist[i] - from->batch_hist[i];
+}
+
+/* Records (commit_extras, before emit) and prints (commit_line, after) the commit histogram,
+ * flushes per commit, the slowest append and the thread balance, so the cause of a miss is visible
+ * in the output. */
+static const char *hist_label[8] = {"1", "2", "3-4", "5-8", "9-16", "17-32", "33-64", "65+"};
+
+static void commit_extras(const acc *a, bench_result *r) {
+  if (!a->cs.commits) return;
+  double c = (double)a->cs.commits;
+  extra_add(r, "commits", c);
+  extra_add(r, "writes_per_commit", (double)a->cs.jobs / c);
+  extra_add(r, "flushes_per_commit", (double)a->cs.flushes / c);
+  extra_add(r, "max_wait_commits", (double)a->cs.max_wait);
+  if (a->worst_ns) extra_add(r, "slowest_append_ms", (double)a->worst_ns / 1e6);
+  if (a->fair > 0) extra_add(r, "slowest_thread_share", a->fair);
+  size_t l = strlen(r->extra);
+  l += (size_t)snprintf(r->extra + l, sizeof r->extra - l, ", \"batch_hist\": [");
+  for (int i = 0; i < 8 && l < sizeof r->extra; i++)
+    l += (size_t)snprintf(r->extra + l, sizeof r->extra - l, "%s%llu", i ? ", " : "",
+                          (unsigned long long)a->cs.batch_hist[i]);
+  if (l < sizeof r->extra) snprintf(r->extra + l, sizeof r->extra - l, "]");
+}
+
+static void commit_line(const acc *a, const bench_result *r) {
+  if (!a->cs.commits) return;
+  double c = (double)a->cs.commits;
+  printf("    %s: %llu commits, %.2f writes and %.2f flushes per commit; writes per commit:",
+         r->workload, (unsigned long long)a->cs.commits, (double)a->cs.jobs / c,
+         (double)a->cs.flushes / c);
+  for (int i = 0; i < 8; i++)
+    if (a->cs.batch_hist[i])
+      printf(" %s:%.0f%%", hist_label[i], 100.0 * (double)a->cs.batch_hist[i] / c);
+  printf("; longest wait %llu commits", (unsigned long long)a->cs.max_wait);
+  if (a->worst_ns) printf("; slowest append %.1f ms", (double)a->worst_ns / 1e6);
+  if (a->fair > 0) printf("; slowest thread %.2f x the mean", a->fair);
+  printf("\n");
+}
+
 /* ---------------------------------------------------------------------------------
  * engram workloads: each runs one round into an accumulator.
  * ------------------------------------------------------------------------------ */
 /* Events written before the clock starts, so each workload measures the steady state:
  * engram trains a topic's zstd dictionary once, when it reaches 4,096 events. */
 #define WARM_EVENTS 5000
+
+/* Waits (up to 10 s) for the topic's automatic dictionary, which engram trains in the
+ * background once the topic holds 4,096 events, so no workload measures that training. */
+static uint32_t wait_dict(engram *log) {
+  engram_topic_info info = {0};
+  for (int i = 0; i < 2000; i++) {
+    bench_engram_check(log, engram_topic_info_get(log, "memory", &info), "topic info");
+    if (info.dict_id) break;
+    usleep(5000);
+  }
+  return info.dict_id;
+}
 
 static engram *open_log(const char *name, engram_durability d, int warm) {
   char dir[4200];
@@ -139,6 +207,7 @@ static engram *open_log(const char *name, engram_durability d, int warm) {
     for (int i = 0; i < 1000; i++) b[i] = bench_engram_event(bench_event_at(&evs, n + (uint64_t)i));
     bench_engram_check(log, engram_append_batch(log, "memory", b, 1000, offs, NULL), "warm-up");
   }
+  if (warm) wait_dict(log);
   return log;
 }
 
@@ -151,6 +220,7 @@ static void close_log(engram *log, const char *name) {
 
 static void one_thread(acc *a) {
   engram *log = open_log("one", ENGRAM_DURABILITY_SYNC, 1);
+  engram_commit_stats from = stats_of(log);
   uint64_t n = 0, bytes = 0;
   bench_bound b = bench_bound_make(round_s(), 50000);
   while (!bench_bound_done(&b, n)) {
@@ -158,11 +228,14 @@ static void one_thread(acc *a) {
     engram_event ev = bench_engram_event(e);
     int64_t t0 = bench_now_ns();
     bench_engram_check(log, engram_append(log, "memory", &ev, NULL, NULL), "append");
-    bench_samples_add(&a->lat, bench_now_ns() - t0);
+    int64_t dt = bench_now_ns() - t0;
+    bench_samples_add(&a->lat, dt);
+    if (dt > a->worst_ns) a->worst_ns = dt;
     bytes += e->payload_len;
     n++;
   }
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  acc_commits(a, log, &from);
   close_log(log, "one");
   acc_add(a, n, bytes, s);
 }
@@ -173,6 +246,7 @@ typedef struct producer {
   int id;
   bench_bound *bound;
   uint64_t n, bytes;
+  int64_t worst_ns;
 } producer;
 
 static void *produce(void *arg) {
@@ -181,7 +255,10 @@ static void *produce(void *arg) {
   while (!bench_bound_done(p->bound, p->n)) {
     const bench_event *e = bench_event_at(&evs, i++);
     engram_event ev = bench_engram_event(e);
+    int64_t t0 = bench_now_ns();
     bench_engram_check(p->log, engram_append(p->log, "memory", &ev, NULL, NULL), "append");
+    int64_t dt = bench_now_ns() - t0;
+    if (dt > p->worst_ns) p->worst_ns = dt;
     p->bytes += e->payload_len;
     p->n++;
   }
@@ -190,6 +267,7 @@ static void *produce(void *arg) {
 
 static void many_threads(acc *a) {
   engram *log = open_log("many", ENGRAM_DURABILITY_SYNC, 1);
+  engram_commit_stats from = stats_of(log);
   producer *ps = calloc((size_t)threads, sizeof *ps);
   if (!ps) bench_die("out of memory");
   bench_bound b = bench_bound_make(round_s(), 50000);
@@ -197,13 +275,18 @@ static void many_threads(acc *a) {
     ps[i] = (producer){.log = log, .id = i, .bound = &b};
     if (pthread_create(&ps[i].th, NULL, produce, &ps[i])) bench_die("pthread_create failed");
   }
-  uint64_t n = 0, bytes = 0;
+  uint64_t n = 0, bytes = 0, least = UINT64_MAX;
   for (int i = 0; i < threads; i++) {
     pthread_join(ps[i].th, NULL);
     n += ps[i].n;
     bytes += ps[i].bytes;
+    if (ps[i].n < least) least = ps[i].n;
+    if (ps[i].worst_ns > a->worst_ns) a->worst_ns = ps[i].worst_ns;
   }
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  double share = n ? (double)least * threads / (double)n : 0;
+  if (a->fair == 0 || share < a->fair) a->fair = share;
+  acc_commits(a, log, &from);
   free(ps);
   close_log(log, "many");
   acc_add(a, n, bytes, s);
@@ -216,6 +299,7 @@ static void on_ack(void *ctx, int rc, uint64_t offset, int duplicate) {
 
 static void pipelined(acc *a) {
   engram *log = open_log("pipe", ENGRAM_DURABILITY_SYNC, 1);
+  engram_commit_stats from = stats_of(log);
   uint64_t n = 0, bytes = 0;
   acked = 0;
   bench_bound b = bench_bound_make(round_s(), 50000);
@@ -228,6 +312,7 @@ static void pipelined(acc *a) {
   }
   bench_engram_check(log, engram_append_wait(log), "append_wait");
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
+  acc_commits(a, log, &from);
   close_log(log, "pipe");
   acc_add(a, acked, bytes, s);
 }
@@ -303,19 +388,25 @@ static void group_commits(void) {
   if (commit_rate > 0) extra_add(r, "ratio_to_lmdb_commit_sync", one_rate / commit_rate);
   bench_result_note(r, "one event per commit; %.2f x a plain synced LMDB commit",
                     commit_rate > 0 ? one_rate / commit_rate : 0);
+  commit_extras(&one, r);
   emit(r);
+  commit_line(&one, r);
   r = acc_done(&many);
   bench_result_ratio(r, one_rate, "append_1thread", 6);
   if (fsync_rate > 0) extra_add(r, "ratio_to_fdatasync", r->events_per_s / fsync_rate);
   bench_result_note(
       r, "%d threads, one event per append, commits shared (group commit); %.2f x fdatasync",
       threads, fsync_rate > 0 ? r->events_per_s / fsync_rate : 0);
+  commit_extras(&many, r);
   emit(r);
+  commit_line(&many, r);
   if (pipe_on) {
     r = acc_done(&pipe);
     bench_result_ratio(r, fsync_rate, "fdatasync", 0.9);
     bench_result_note(r, "one producer, engram_append_async + engram_append_wait");
+    commit_extras(&pipe, r);
     emit(r);
+    commit_line(&pipe, r);
   }
 }
 
@@ -387,7 +478,7 @@ static void dict_training(void) {
   }
   double s = (double)(bench_now_ns() - t0) / 1e9;
   engram_topic_info info;
-  bench_engram_check(log, engram_topic_info_get(log, "memory", &info), "topic info");
+  info.dict_id = wait_dict(log);
   close_log(log, "train");
   bench_result r;
   bench_result_init(&r, "append_through_dict_training", "engram", "async");

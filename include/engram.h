@@ -207,6 +207,21 @@ ENGRAM_API const char *engram_errmsg(const engram *log);
 /* Forces everything committed so far to disk (useful in nometasync/async modes). */
 ENGRAM_API int engram_sync(engram *log);
 
+/* What the commit path of this handle did since it was opened: how many writes each
+ * commit carried and how many flushes they cost. For benchmarks and diagnostics.
+ * Errors: EINVAL (NULL argument), ENOTSUP (a remote handle). */
+typedef struct engram_commit_stats {
+  uint64_t commits;       /* write transactions that changed something */
+  uint64_t jobs;          /* writes (appends, batches, acks, fetches ...) they carried */
+  uint64_t flushes;       /* fdatasync calls of the data file by the commit path */
+  uint64_t batch_hist[8]; /* commits carrying 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ writes */
+  uint64_t max_wait;      /* most commits one write waited through, from queueing to its
+                             release (for the thread that led: to handing the lead over);
+                             at most 3 (the one running, its own, the one that makes it
+                             durable) when the lead passes on in turn */
+} engram_commit_stats;
+ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
+
 /* Consistent, compacted hot copy of the log into directory `dest` (created; must not
  * exist or be empty) while writers keep running. Errors: EEXIST, EIO, ENOSPC. */
 ENGRAM_API int engram_backup(engram *log, const char *dest);
@@ -221,7 +236,8 @@ typedef struct engram_topic_config {
                                   compressed; default 256; UINT32_MAX = never */
   uint32_t max_payload;        /* bytes, default 1 MiB, at most ENGRAM_MAX_PAYLOAD_LIMIT */
   uint32_t dict_train_after;   /* train a dictionary automatically once the topic holds
-                                  this many events; default 4096 */
+                                  this many events (in the background: no append waits
+                                  for it); default 4096 */
   uint32_t flags;              /* ENGRAM_TOPIC_* */
 } engram_topic_config;
 

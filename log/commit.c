@@ -7,6 +7,12 @@
  * released once the next batch's commit has flushed (under load: one flush per commit),
  * or, when no more work is queued, after an explicit mdb_env_sync(). A commit that
  * changed nothing flushes nothing, so it never counts as the next flush.
+ *
+ * Leadership. The first waiting writer to find work and no leader leads: it commits
+ * batches until its own job is released, then hands over to a waiting writer, so no
+ * writer's call lasts longer than the couple of commits its own job needs. The batch
+ * awaiting its flush (pending) belongs to the handle, not to the leader that committed
+ * it: the next leader's commit releases it.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -171,6 +177,25 @@ static int run_batch(engram *log, struct log_job *jobs, int *wrote, struct log_t
   }
 }
 
+/* Counts a commit that wrote (and, unless async, flushed). Called with mu held. */
+static void count_commit(engram *log, const struct log_job *jobs) {
+  uint64_t n = 0;
+  for (const struct log_job *j = jobs; j; j = j->next) n++;
+  int bucket = 0;
+  while (bucket < 7 && n > (1ull << bucket)) bucket++;
+  log->st_commits++;
+  log->st_jobs += n;
+  log->st_batch_hist[bucket]++;
+  if (log->opts.durability != ENGRAM_DURABILITY_ASYNC) log->st_flushes++;
+}
+
+/* Counts the commits a job waited through: from queueing to its release or, for the
+ * leader's own job, to the moment the leader hands over. Called with mu held. */
+static void note_wait(engram *log, const struct log_job *j) {
+  if (log->st_commits - j->enq_commits > log->st_max_wait)
+    log->st_max_wait = log->st_commits - j->enq_commits;
+}
+
 /* Releases a batch: publishes its appends, then marks its jobs done. Called with mu held. */
 static void release(engram *log, struct batch *b, int rc, const char *msg) {
   if (b->touched) {
@@ -187,6 +212,7 @@ static void release(engram *log, struct batch *b, int rc, const char *msg) {
   struct log_job *j = b->jobs;
   while (j) {
     struct log_job *next = j->next;
+    if (j != log->leader_job) note_wait(log, j);
     if (rc < 0 && j->rc >= 0) {
       j->rc = rc;
       snprintf(j->msg, sizeof j->msg, "%s", msg);
@@ -199,10 +225,22 @@ static void release(engram *log, struct batch *b, int rc, const char *msg) {
   pthread_cond_broadcast(&log->cv);
 }
 
+/* Releases the batch whose meta page a flush just made durable. Called with mu held. */
+static void release_pending(engram *log, int rc, const char *msg) {
+  if (!log->pending_jobs) return;
+  struct batch b = {log->pending_jobs, log->pending_touched, NULL};
+  log->pending_jobs = NULL;
+  log->pending_touched = NULL;
+  release(log, &b, rc, msg);
+}
+
 static int sync_env(engram *log) {
   int64_t t0 = clock_monotonic_ns();
   int rc = mdb_env_sync(log->env, 1);
   log->last_flush_ns = clock_monotonic_ns() - t0;
+  pthread_mutex_lock(&log->mu);
+  log->st_flushes++;
+  pthread_mutex_unlock(&log->mu);
   return rc ? log_error(log, log_err_mdb(rc), "commit: flush: %s", strerror(rc)) : 0;
 }
 
@@ -224,17 +262,18 @@ static struct log_job *take(engram *log) {
   }
   if (!log->q_head) log->q_tail = NULL;
   log->q_len -= n;
-  log->last_batch = n;
   return head;
 }
 
-/* Writers that wait for their commit come back together a moment after it is released.
- * When the last batch was bigger than what is queued now, wait up to one flush's time
- * for the rest to queue, so they share the next commit instead of each paying two
- * flushes of their own: a batch of eight for two flushes beats eight batches of one.
- * Called with mu held. */
+/* Writers that wait for their commit come back a moment after it is released. When
+ * fewer writers have a job queued or committed than recently did, wait up to one flush's
+ * time for the missing ones to queue, so they share the next commit (whose flush also
+ * makes the pending batch durable) instead of paying flushes of their own. Writers that
+ * do not come back within that time have stopped: they are no longer expected. The
+ * leader's own job is queued or pending, so it is counted: the leader never waits for
+ * itself. Called with mu held. */
 static void gather(engram *log) {
-  if (log->opts.durability != ENGRAM_DURABILITY_SYNC || log->q_len >= log->last_batch) return;
+  if (log->opts.durability != ENGRAM_DURABILITY_SYNC || log->active >= log->writers_hint) return;
   int64_t wait = log->last_flush_ns,
           max = log->gather_max_ns ? log->gather_max_ns : LOG_GATHER_MAX_NS;
   if (wait > max) wait = max;
@@ -245,28 +284,35 @@ static void gather(engram *log) {
   ts.tv_sec += t / 1000000000;
   ts.tv_nsec = t % 1000000000;
   log->gathering = 1;
-  while (log->q_len < log->last_batch && !log->closing)
-    if (pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts) == ETIMEDOUT) break;
+  while (log->active < log->writers_hint && !log->closing) {
+    if (pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts) == ETIMEDOUT) {
+      log->writers_hint = log->active;
+      break;
+    }
+  }
   log->gathering = 0;
 }
 
-/* The leader's loop. Entered and left with mu held. */
-static void lead(engram *log) {
+/* The leader's loop: commits batches until its own job is released, then hands over.
+ * A batch committed in sync mode stays pending until a later flush covers its meta page:
+ * the next leader's commit, or an explicit flush when no more work comes. Entered and
+ * left with mu held. */
+static void lead(engram *log, struct log_job *self) {
   int sync_mode = log->opts.durability == ENGRAM_DURABILITY_SYNC;
-  struct batch pending = {0}; /* committed, its meta page not yet flushed */
-  for (;;) {
+  while (!self->done) {
+    gather(log);
     if (!log->q_head) {
-      if (!pending.jobs) break;
+      if (!log->pending_jobs) break;
       pthread_mutex_unlock(&log->mu);
       int rc = sync_env(log);
       char msg[256];
       snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
       pthread_mutex_lock(&log->mu);
-      release(log, &pending, rc, msg);
+      release_pending(log, rc, msg);
       continue;
     }
-    gather(log);
     struct log_job *jobs = take(log);
+    int pending = log->pending_jobs != NULL; /* only the leader changes it */
     pthread_mutex_unlock(&log->mu);
     int wrote = 0;
     struct log_touched *touched = NULL;
@@ -282,19 +328,21 @@ static void lead(engram *log) {
     snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
     int prc = 0;
     char pmsg[256] = "";
-    if (sync_mode && pending.jobs && !(rc == 0 && wrote)) {
+    if (sync_mode && pending && !(rc == 0 && wrote)) {
       /* This commit flushed nothing, so the pending batch needs a flush of its own. */
       prc = sync_env(log);
       snprintf(pmsg, sizeof pmsg, "%s", engram_errmsg(NULL));
     }
     pthread_mutex_lock(&log->mu);
     log->last_commit_ns = clock_monotonic_ns();
-    if (pending.jobs) release(log, &pending, prc, pmsg);
+    if (rc == 0 && wrote) count_commit(log, jobs);
+    release_pending(log, prc, pmsg);
     struct batch b = {jobs, touched, NULL};
     int strict = 0;
     for (struct log_job *j = jobs; j; j = j->next) strict |= !j->relaxed;
     if (rc == 0 && wrote && sync_mode && strict) {
-      pending = b;
+      log->pending_jobs = jobs;
+      log->pending_touched = touched;
     } else {
       if (rc == 0 && wrote) log->dirty = 1;
       release(log, &b, rc, msg);
@@ -318,12 +366,14 @@ int log_job_enqueue(engram *log, struct log_job *job) {
   }
   job->next = NULL;
   job->done = 0;
+  job->enq_commits = log->st_commits;
   if (log->q_tail)
     log->q_tail->next = job;
   else
     log->q_head = job;
   log->q_tail = job;
   log->q_len++;
+  if (++log->active > log->writers_hint) log->writers_hint = log->active;
   if (log->gathering) pthread_cond_broadcast(&log->flush_cv);
   pthread_mutex_unlock(&log->mu);
   return 0;
@@ -332,16 +382,21 @@ int log_job_enqueue(engram *log, struct log_job *job) {
 int log_job_wait(engram *log, struct log_job *job) {
   pthread_mutex_lock(&log->mu);
   while (!job->done) {
-    /* Lead while there is queued work; a job already committed waits for its flush. */
-    if (!log->leader && log->q_head) {
+    /* Lead while there is work (queued, or committed and waiting for its flush) and
+     * nobody leads; the leader hands over as soon as its own job is released. */
+    if (!log->leader && (log->q_head || log->pending_jobs)) {
       log->leader = 1;
-      lead(log);
+      log->leader_job = job;
+      lead(log, job);
+      note_wait(log, job);
+      log->leader_job = NULL;
       log->leader = 0;
       pthread_cond_broadcast(&log->cv);
     } else {
       pthread_cond_wait(&log->cv, &log->mu);
     }
   }
+  log->active--;
   pthread_mutex_unlock(&log->mu);
   if (job->rc < 0) {
     /* The leader handles the private codes (LOG_EMAPFULL, LOG_ENEWDBI); should one ever
@@ -357,8 +412,43 @@ int log_job_wait(engram *log, struct log_job *job) {
   return job->rc;
 }
 
+int engram_commit_stats_get(engram *log, engram_commit_stats *out) {
+  if (!log || !out) return log_error(log, ENGRAM_EINVAL, "commit stats: NULL argument");
+  if (log->remote) return log_error(log, ENGRAM_ENOTSUP, "commit stats: only for embedded handles");
+  memset(out, 0, sizeof *out);
+  pthread_mutex_lock(&log->mu);
+  out->commits = log->st_commits;
+  out->jobs = log->st_jobs;
+  out->flushes = log->st_flushes;
+  out->max_wait = log->st_max_wait;
+  memcpy(out->batch_hist, log->st_batch_hist, sizeof out->batch_hist);
+  pthread_mutex_unlock(&log->mu);
+  return 0;
+}
+
+/* Automatic dictionary training runs on a thread of its own: ZDICT takes 100-300 ms, and
+ * the append that crossed dict_train_after (or any other write) must not wait for it.
+ * The thread starts on the first request and ends at close; a topic whose training was
+ * cut short by close keeps no dictionary, as when training fails. */
+static void *trainer_main(void *arg) {
+  engram *log = arg;
+  pthread_mutex_lock(&log->mu);
+  for (;;) {
+    while (!log->train && !log->closing) pthread_cond_wait(&log->train_cv, &log->mu);
+    if (log->closing) break;
+    struct log_touched *t = log->train;
+    log->train = t->next;
+    pthread_mutex_unlock(&log->mu);
+    log_dict_train(log, t->topic, NULL);
+    free(t);
+    pthread_mutex_lock(&log->mu);
+  }
+  pthread_mutex_unlock(&log->mu);
+  return NULL;
+}
+
 void log_train_request(engram *log, const char *topic) {
-  pthread_mutex_lock(&log->aux_mu);
+  pthread_mutex_lock(&log->mu);
   struct log_touched *t;
   for (t = log->train; t; t = t->next)
     if (!strcmp(t->topic, topic)) break;
@@ -367,30 +457,22 @@ void log_train_request(engram *log, const char *topic) {
     t->next = log->train;
     log->train = t;
   }
-  pthread_mutex_unlock(&log->aux_mu);
-}
-
-void log_train_pending(engram *log) {
-  for (;;) {
-    pthread_mutex_lock(&log->aux_mu);
-    struct log_touched *t = log->train;
-    if (t) log->train = t->next;
-    pthread_mutex_unlock(&log->aux_mu);
-    if (!t) return;
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", engram_errmsg(log)); /* keep the caller's message */
-    log_dict_train(log, t->topic, NULL);
-    log_error(log, 0, "%s", msg);
-    free(t);
+  if (!log->trainer_running && !log->closing) {
+    /* Made here, not at open: most handles never train. */
+    pthread_cond_init(&log->train_cv, NULL);
+    if (pthread_create(&log->trainer, NULL, trainer_main, log) == 0)
+      log->trainer_running = 1;
+    else
+      pthread_cond_destroy(&log->train_cv);
   }
+  if (log->trainer_running) pthread_cond_signal(&log->train_cv);
+  pthread_mutex_unlock(&log->mu);
 }
 
 static int write_job(engram *log, log_job_fn fn, void *arg, int solo) {
   struct log_job job = {.fn = fn, .arg = arg, .solo = solo};
   int rc = log_job_enqueue(log, &job);
-  if (rc == 0) rc = log_job_wait(log, &job);
-  if (__atomic_load_n(&log->train, __ATOMIC_ACQUIRE)) log_train_pending(log);
-  return rc;
+  return rc ? rc : log_job_wait(log, &job);
 }
 
 int log_write(engram *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }
@@ -436,8 +518,17 @@ void log_commit_stop(engram *log) {
   pthread_mutex_lock(&log->mu);
   log->closing = 1;
   pthread_cond_broadcast(&log->flush_cv);
-  while (log->leader || log->q_head) pthread_cond_wait(&log->cv, &log->mu);
+  while (log->leader || log->q_head || log->pending_jobs) pthread_cond_wait(&log->cv, &log->mu);
+  int trainer = log->trainer_running;
+  log->trainer_running = 0;
+  if (trainer) pthread_cond_signal(&log->train_cv);
   pthread_mutex_unlock(&log->mu);
+  /* The trainer may still be storing a dictionary: its job was queued before closing
+   * (and ran above) or is refused. */
+  if (trainer) {
+    pthread_join(log->trainer, NULL);
+    pthread_cond_destroy(&log->train_cv);
+  }
   if (log->flusher_running) pthread_join(log->flusher, NULL);
   log->flusher_running = 0;
 }

@@ -109,15 +109,29 @@ struct engram {
   pthread_cond_t append_cv; /* broadcast after every commit that appended */
   struct log_job *q_head, *q_tail;
   size_t q_len;           /* jobs queued */
-  size_t last_batch;      /* jobs in the last batch taken */
+  size_t active;          /* jobs queued, running or pending: their writers wait */
+  size_t writers_hint;    /* writers expected back: the most recently active, lowered
+                             when a gather wait times out */
   int64_t last_flush_ns;  /* duration of the last explicit flush */
   int gathering;          /* the leader waits on flush_cv for writers to queue */
   int64_t gather_max_ns;  /* longest such wait; 0 = 500 us. The daemon raises it to
                              about a network round trip. */
   int leader;             /* 1 while a thread leads a commit */
+  struct log_job *leader_job; /* that thread's own job */
   uint64_t append_seq;    /* bumped after every commit that appended */
   int64_t last_commit_ns; /* monotonic time of the last commit */
   int dirty;              /* commits not yet forced to disk (nometasync/async) */
+  /* Sync mode: the batch committed last, released once a later flush covers its meta
+   * page. Whoever leads next releases it. */
+  struct log_job *pending_jobs;
+  struct log_touched *pending_touched;
+  /* Commit statistics (under mu) for engram_commit_stats_get(). */
+  uint64_t st_commits;       /* write transactions that changed something */
+  uint64_t st_jobs;          /* jobs those carried */
+  uint64_t st_flushes;       /* flushes of the data file by the commit path */
+  uint64_t st_max_wait;      /* most commits a job waited through, from queueing to its
+                                release (the leader's own: to its handing over) */
+  uint64_t st_batch_hist[8]; /* commits of 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ jobs */
 
   pthread_cond_t flush_cv; /* wakes the flusher early at close */
   pid_t owner_pid;         /* the process that opened the handle */
@@ -132,7 +146,10 @@ struct engram {
   struct log_dict_cache *dicts;
 
   struct log_pipe *pipe;     /* pipelined appends (pipeline.c), made on first use */
-  struct log_touched *train; /* topics waiting for their automatic dictionary (aux_mu) */
+  struct log_touched *train; /* topics waiting for their automatic dictionary (mu) */
+  pthread_t trainer;         /* trains them (commit.c), started on the first request */
+  pthread_cond_t train_cv;   /* wakes it; initialised when it starts */
+  int trainer_running;
 
   log_commit_hook commit_hook; /* may be NULL */
   void *commit_hook_ctx;

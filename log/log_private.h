@@ -39,6 +39,7 @@ struct log_job {
   int relaxed;   /* released after its commit, without waiting for the meta flush */
   int rc;        /* the job's result, or the commit's error */
   int done;      /* set under log->mu; the job may vanish right after */
+  uint64_t enq_commits; /* log->st_commits when it was queued */
   char msg[256]; /* the leader's error message for this job */
   struct log_job *next;
 };
@@ -106,10 +107,9 @@ int log_dict_build(engram *log, const char *topic, const log_samples *s, log_dic
 int log_dict_store(engram *log, MDB_txn *txn, log_topic *t, const log_dict *d);
 /* Trains a topic's dictionary outside any transaction (topic.c). */
 int log_dict_train(engram *log, const char *topic, uint32_t *dict_id);
-/* Topics whose automatic training an append claimed; trained after the commit by the
- * writer that sees them (commit.c). */
+/* A topic whose automatic training an append claimed: trained on the handle's trainer
+ * thread, outside every commit (commit.c). */
 void log_train_request(engram *log, const char *topic);
-void log_train_pending(engram *log);
 void log_dict_forget_topic(engram *log, uint32_t topic_id);
 
 #endif

@@ -91,7 +91,6 @@ static void *writer_main(void *arg) {
     int rc = log_job_enqueue(log, &job);
     pthread_mutex_unlock(&p->mu);
     if (rc == 0) rc = log_job_wait(log, &job);
-    if (__atomic_load_n(&log->train, __ATOMIC_ACQUIRE)) log_train_pending(log);
     char msg[256];
     snprintf(msg, sizeof msg, "%s", engram_errmsg(log));
     pthread_mutex_lock(&p->mu);

@@ -1,0 +1,372 @@
+/* pc_work.c — the power-cut test's workload and checker. `run` drives a real engram
+ * workload and reports each acknowledged operation through the shim's pc_ack() (run
+ * under tests/powercut/shim.so); `check` opens crash images and checks that everything
+ * acknowledged before the cut is there and that the log verifies clean.
+ *
+ *   pc_work run SCENARIO ROOT [sync|nometasync|async]   the log is ROOT/log
+ *   pc_work check ROOT ACKS [ROOT ACKS ...]             one result line per image
+ *
+ * Acknowledgement lines: "open", "topic T", "append T OFFSET SEQ", "group T G",
+ * "ack T G OFFSET". An append's content is a function of SEQ, so the checker compares
+ * the stored event byte for byte. */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engram.h"
+
+static void (*ack_fn)(const char *);
+
+static void ack(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void ack(const char *fmt, ...) {
+  char line[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  if (ack_fn) ack_fn(line);
+}
+
+/* ---- the events ---- */
+typedef struct expected {
+  char type[24];
+  char key[32];
+  unsigned char payload[5000];
+  size_t len;
+} expected;
+
+static void expected_event(uint64_t seq, expected *e) {
+  snprintf(e->type, sizeof e->type, "%s", seq % 3 ? "memory.saved" : "memory.updated");
+  snprintf(e->key, sizeof e->key, "conv-%llu", (unsigned long long)(seq % 17));
+  /* Mostly small records; every seventh spans pages (LMDB overflow pages). */
+  e->len = seq % 7 == 3 ? 4500 : 60 + (size_t)(seq * 37 % 600);
+  uint64_t x = seq * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < e->len; i++) {
+    if (i < e->len / 2) {
+      e->payload[i] = (unsigned char)"I remember the tournament "[i % 26];
+    } else {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      e->payload[i] = (unsigned char)x;
+    }
+  }
+}
+
+static engram_event as_event(const expected *x) {
+  return (engram_event){
+      .type = x->type, .key = x->key, .payload = x->payload, .payload_len = x->len};
+}
+
+/* ---- workloads ---- */
+static const char *TOPIC = "t";
+
+static int die(engram *log, const char *what, int rc) {
+  fprintf(stderr, "pc_work: %s: %s (%s)\n", what, engram_errname(rc), engram_errmsg(log));
+  exit(3);
+}
+
+static void append_one(engram *log, uint64_t seq) {
+  expected x;
+  expected_event(seq, &x);
+  engram_event ev = as_event(&x);
+  uint64_t off;
+  int rc = engram_append(log, TOPIC, &ev, &off, NULL);
+  if (rc) die(log, "append", rc);
+  ack("append %s %llu %llu", TOPIC, (unsigned long long)off, (unsigned long long)seq);
+}
+
+struct thr {
+  engram *log;
+  int id, n;
+};
+
+static void *appender(void *arg) {
+  struct thr *t = arg;
+  for (int i = 0; i < t->n; i++) append_one(t->log, (uint64_t)t->id * 1000 + (uint64_t)i);
+  return NULL;
+}
+
+static void run_threads(engram *log, int nthreads, int each) {
+  pthread_t th[16];
+  struct thr a[16];
+  for (int i = 0; i < nthreads; i++) {
+    a[i] = (struct thr){log, i + 1, each};
+    pthread_create(&th[i], NULL, appender, &a[i]);
+  }
+  for (int i = 0; i < nthreads; i++) pthread_join(th[i], NULL);
+}
+
+struct pctx {
+  uint64_t seq;
+};
+
+static void piped(void *ctx, int rc, uint64_t off, int dup) {
+  struct pctx *p = ctx;
+  (void)dup;
+  if (rc) {
+    fprintf(stderr, "pc_work: pipelined append: %s\n", engram_errname(rc));
+    exit(3);
+  }
+  ack("append %s %llu %llu", TOPIC, (unsigned long long)off, (unsigned long long)p->seq);
+}
+
+static void run_pipeline(engram *log, int n) {
+  static struct pctx ctx[4096];
+  static expected x;
+  for (int i = 0; i < n; i++) {
+    ctx[i].seq = (uint64_t)i;
+    expected_event((uint64_t)i, &x);
+    engram_event ev = as_event(&x);
+    int rc = engram_append_async(log, TOPIC, &ev, piped, &ctx[i]);
+    if (rc) die(log, "append_async", rc);
+  }
+  int rc = engram_append_wait(log);
+  if (rc) die(log, "append_wait", rc);
+}
+
+static void run_batches(engram *log, int nb, int each) {
+  static expected xs[64];
+  engram_event evs[64];
+  uint64_t offs[64];
+  for (int b = 0; b < nb; b++) {
+    for (int i = 0; i < each; i++) {
+      expected_event((uint64_t)(b * each + i), &xs[i]);
+      evs[i] = as_event(&xs[i]);
+    }
+    int rc = engram_append_batch(log, TOPIC, evs, (size_t)each, offs, NULL);
+    if (rc) die(log, "append_batch", rc);
+    for (int i = 0; i < each; i++)
+      ack("append %s %llu %llu", TOPIC, (unsigned long long)offs[i],
+          (unsigned long long)(b * each + i));
+  }
+}
+
+static void run_groups(engram *log, int n) {
+  for (int i = 0; i < n; i++) append_one(log, (uint64_t)i);
+  int rc = engram_group_create(log, TOPIC, "g", NULL);
+  if (rc) die(log, "group_create", rc);
+  ack("group %s g", TOPIC);
+  for (;;) {
+    engram_batch *b;
+    rc = engram_fetch(log, TOPIC, "g", "c1", 4, 0, &b);
+    if (rc) die(log, "fetch", rc);
+    size_t cnt = b->count;
+    if (cnt >= 2) {
+      /* One by one, then the rest in one call. */
+      engram_event *e = &b->events[0];
+      rc = engram_ack(log, TOPIC, "g", e->offset, e->attempt, "r", 1);
+      if (rc) die(log, "ack", rc);
+      ack("ack %s g %llu", TOPIC, (unsigned long long)e->offset);
+      engram_ack_item items[4];
+      for (size_t i = 1; i < cnt; i++)
+        items[i - 1] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
+      rc = engram_ack_many(log, TOPIC, "g", items, cnt - 1, NULL);
+      if (rc) die(log, "ack_many", rc);
+      for (size_t i = 1; i < cnt; i++)
+        ack("ack %s g %llu", TOPIC, (unsigned long long)b->events[i].offset);
+    } else {
+      for (size_t i = 0; i < cnt; i++) {
+        rc = engram_ack(log, TOPIC, "g", b->events[i].offset, b->events[i].attempt, NULL, 0);
+        if (rc) die(log, "ack", rc);
+        ack("ack %s g %llu", TOPIC, (unsigned long long)b->events[i].offset);
+      }
+    }
+    engram_batch_free(b);
+    if (cnt == 0) break;
+  }
+}
+
+/* Appends from three threads while a consumer fetches and acks them. */
+struct consumer {
+  engram *log;
+  int target;
+};
+
+static void *consume(void *arg) {
+  struct consumer *c = arg;
+  int done = 0;
+  for (int idle = 0; done < c->target && idle < 2000;) {
+    engram_batch *b;
+    int rc = engram_fetch(c->log, TOPIC, "g", "c1", 5, 10, &b);
+    if (rc) die(c->log, "fetch", rc);
+    idle = b->count ? 0 : idle + 1;
+    for (size_t i = 0; i < b->count; i++) {
+      rc = engram_ack(c->log, TOPIC, "g", b->events[i].offset, b->events[i].attempt, NULL, 0);
+      if (rc) die(c->log, "ack", rc);
+      ack("ack %s g %llu", TOPIC, (unsigned long long)b->events[i].offset);
+      done++;
+    }
+    engram_batch_free(b);
+  }
+  return NULL;
+}
+
+static void run_mixed(engram *log, int each) {
+  int rc = engram_group_create(log, TOPIC, "g", NULL);
+  if (rc) die(log, "group_create", rc);
+  ack("group %s g", TOPIC);
+  struct consumer c = {log, 3 * each};
+  pthread_t th;
+  pthread_create(&th, NULL, consume, &c);
+  run_threads(log, 3, each);
+  pthread_join(th, NULL);
+}
+
+static int cmd_run(int argc, char **argv) {
+  if (argc < 4) return 2;
+  const char *scen = argv[2];
+  char path[4096];
+  snprintf(path, sizeof path, "%s/log", argv[3]);
+  engram_options o = {0};
+  if (argc > 4 && !strcmp(argv[4], "nometasync")) o.durability = ENGRAM_DURABILITY_NOMETASYNC;
+  if (argc > 4 && !strcmp(argv[4], "async")) o.durability = ENGRAM_DURABILITY_ASYNC;
+  int scale = getenv("PC_SCALE") ? atoi(getenv("PC_SCALE")) : 1;
+  if (scale < 1) scale = 1;
+  ack_fn = (void (*)(const char *))dlsym(RTLD_DEFAULT, "pc_ack");
+  engram *log;
+  int rc = engram_open(path, &o, &log);
+  if (rc) die(NULL, "open", rc);
+  ack("open");
+  /* "train": the topic trains its dictionary (in the background) part-way through. */
+  engram_topic_config tc = {.flags = ENGRAM_TOPIC_NO_DICT};
+  if (!strcmp(scen, "train")) tc = (engram_topic_config){.dict_train_after = 200};
+  rc = engram_topic_create(log, TOPIC, &tc);
+  if (rc) die(log, "topic_create", rc);
+  ack("topic %s", TOPIC);
+  if (!strcmp(scen, "create")) {
+    append_one(log, 0);
+  } else if (!strcmp(scen, "single")) {
+    for (int i = 0; i < 20 * scale; i++) append_one(log, (uint64_t)i);
+  } else if (!strcmp(scen, "threads")) {
+    run_threads(log, 4, 8 * scale);
+  } else if (!strcmp(scen, "threads8")) {
+    run_threads(log, 8, 10 * scale);
+  } else if (!strcmp(scen, "pipeline")) {
+    run_pipeline(log, 150 * scale);
+  } else if (!strcmp(scen, "batch")) {
+    run_batches(log, 6 * scale, 8);
+  } else if (!strcmp(scen, "groups")) {
+    run_groups(log, 12 * scale);
+  } else if (!strcmp(scen, "mixed")) {
+    run_mixed(log, 8 * scale);
+  } else if (!strcmp(scen, "train")) {
+    run_batches(log, 25, 8);
+    /* Appends go on while the dictionary trains; then more that use it. */
+    engram_topic_info ti = {0};
+    for (int i = 0; i < 2000 && !ti.dict_id; i++) {
+      append_one(log, (uint64_t)(1000 + i));
+      if ((rc = engram_topic_info_get(log, TOPIC, &ti)) != 0) die(log, "topic_info", rc);
+    }
+    if (!ti.dict_id) die(log, "no dictionary trained", ENGRAM_EINTERNAL);
+    for (int i = 0; i < 10 * scale; i++) append_one(log, (uint64_t)(5000 + i));
+  } else {
+    fprintf(stderr, "pc_work: unknown scenario %s\n", scen);
+    return 2;
+  }
+  engram_close(log);
+  return 0;
+}
+
+/* ---- the checker ---- */
+/* Checks one image. Writes one line to stdout: "ok N" (N acknowledgements checked) or
+ * "FAIL <why>". */
+static void check_image(const char *root, const char *acks) {
+  FILE *f = fopen(acks, "r");
+  if (!f) {
+    printf("FAIL cannot read %s\n", acks);
+    return;
+  }
+  char path[4096];
+  snprintf(path, sizeof path, "%s/log", root);
+  char line[256];
+  int opened = 0;
+  while (fgets(line, sizeof line, f))
+    if (!strncmp(line, "open", 4)) opened = 1;
+  rewind(f);
+  /* The image is a throw-away copy: no need to flush what the open writes. */
+  engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC,
+                      .flags = opened ? ENGRAM_OPEN_NOCREATE : 0};
+  engram *log;
+  int rc = engram_open(path, &o, &log);
+  if (rc) {
+    printf("FAIL open: %s: %s\n", engram_errname(rc), engram_errmsg(NULL));
+    fclose(f);
+    return;
+  }
+  engram_verify_report vr;
+  rc = engram_verify(log, &vr);
+  if (rc || vr.damaged) {
+    printf("FAIL verify: %s %s\n", engram_errname(rc), vr.first_damage);
+    goto out;
+  }
+  int n = 0;
+  while (fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\n")] = '\0';
+    char t[256], g[256];
+    unsigned long long off, seq;
+    n++;
+    if (!strcmp(line, "open")) continue;
+    if (sscanf(line, "topic %255s", t) == 1) {
+      engram_topic_info ti;
+      if ((rc = engram_topic_info_get(log, t, &ti)) != 0) {
+        printf("FAIL lost: %s (%s)\n", line, engram_errname(rc));
+        goto out;
+      }
+    } else if (sscanf(line, "append %255s %llu %llu", t, &off, &seq) == 3) {
+      engram_batch *b = NULL;
+      rc = engram_read(log, t, off, &b);
+      expected x;
+      expected_event(seq, &x);
+      if (rc || b->count != 1 || b->events[0].payload_len != x.len ||
+          memcmp(b->events[0].payload, x.payload, x.len) || strcmp(b->events[0].type, x.type) ||
+          strcmp(b->events[0].key, x.key)) {
+        printf("FAIL lost: %s (%s)\n", line, rc ? engram_errname(rc) : "content differs");
+        engram_batch_free(b);
+        goto out;
+      }
+      engram_batch_free(b);
+    } else if (sscanf(line, "group %255s %255s", t, g) == 2) {
+      engram_group_info gi;
+      if ((rc = engram_group_info_get(log, t, g, &gi)) != 0) {
+        printf("FAIL lost: %s (%s)\n", line, engram_errname(rc));
+        goto out;
+      }
+    } else if (sscanf(line, "ack %255s %255s %llu", t, g, &off) == 3) {
+      engram_status st;
+      rc = engram_status_get(log, t, g, off, &st);
+      if (rc || st.state != ENGRAM_STATE_DONE) {
+        printf("FAIL lost: %s (%s)\n", line, rc ? engram_errname(rc) : engram_state_name(st.state));
+        if (!rc) engram_free(st.result);
+        goto out;
+      }
+      engram_free(st.result);
+    } else {
+      printf("FAIL unknown acknowledgement: %s\n", line);
+      goto out;
+    }
+  }
+  printf("ok %d\n", n);
+out:
+  engram_close(log);
+  fclose(f);
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 2 && !strcmp(argv[1], "run")) {
+    int rc = cmd_run(argc, argv);
+    if (rc == 2) fprintf(stderr, "usage: pc_work run SCENARIO ROOT [sync|nometasync|async]\n");
+    return rc;
+  }
+  if (argc >= 4 && !strcmp(argv[1], "check") && argc % 2 == 0) {
+    for (int i = 2; i + 1 < argc; i += 2) {
+      check_image(argv[i], argv[i + 1]);
+      fflush(stdout);
+    }
+    return 0;
+  }
+  fprintf(stderr, "usage: pc_work run SCENARIO ROOT [mode] | pc_work check ROOT ACKS ...\n");
+  return 2;
+}

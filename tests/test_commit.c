@@ -1,0 +1,216 @@
+/* test_commit.c — the group commit path: every writer's call returns as soon as its own
+ * write is durable, whoever leads; the commit statistics add up; dictionary training
+ * happens beside the commit path, not in it. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "engram.h"
+#include "helpers/testutil.h"
+
+typedef struct fx {
+  char *dir;
+  char *logdir;
+  engram *log;
+} fx;
+
+static int setup(void **state) {
+  fx *f = calloc(1, sizeof *f);
+  f->dir = tu_tmpdir("commit");
+  f->logdir = tu_join(f->dir, "log");
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx *f = *state;
+  engram_close(f->log);
+  free(f->logdir);
+  tu_tmpdir_done(f->dir);
+  free(f);
+  return 0;
+}
+
+static uint64_t commits(engram *log) {
+  engram_commit_stats st;
+  assert_int_equal(engram_commit_stats_get(log, &st), 0);
+  return st.commits;
+}
+
+#define WRITERS 8
+
+typedef struct writer {
+  engram *log;
+  int id;
+  _Atomic int *stop;
+  _Atomic uint64_t appends; /* read by the main thread while the writer runs */
+  uint64_t worst;           /* most commits seen between calling append and its return
+                               (printed: it includes time the scheduler parks the thread) */
+  int rc;
+} writer;
+
+static void *writer_main(void *arg) {
+  writer *w = arg;
+  char p[64];
+  while (!*w->stop) {
+    int n = snprintf(p, sizeof p, "writer-%d-%llu", w->id, (unsigned long long)w->appends);
+    engram_event ev = {.type = "memory.saved", .payload = p, .payload_len = (size_t)n};
+    uint64_t before = commits(w->log);
+    w->rc = engram_append(w->log, "memory", &ev, NULL, NULL);
+    uint64_t seen = commits(w->log) - before;
+    if (w->rc) break;
+    if (seen > w->worst) w->worst = seen;
+    w->appends++;
+  }
+  return NULL;
+}
+
+/* The writer that happens to lead must not keep leading while others queue more: its
+ * append is durable after two commits (its own and the one whose flush makes it
+ * current), so it returns then and another writer leads. Counted in commits, not time:
+ * from queueing to release at most the commit already running, the one carrying the
+ * append and the one releasing it. */
+static void every_writer_returns_within_a_few_commits_while_others_keep_writing(void **state) {
+  fx *f = *state;
+  f->log = tu_open(f->logdir, NULL);
+  tu_topic(f->log, "memory", NULL);
+  _Atomic int stop = 0;
+  writer w[WRITERS];
+  pthread_t th[WRITERS];
+  for (int i = 0; i < WRITERS; i++) {
+    w[i] = (writer){.log = f->log, .id = i, .stop = &stop};
+    pthread_create(&th[i], NULL, writer_main, &w[i]);
+  }
+  /* Until every writer has done a few appends, and enough commits happened that a
+   * writer stuck leading would show. */
+  for (int round = 0; round < 20000; round++) {
+    int slow = 0;
+    for (int i = 0; i < WRITERS; i++) slow |= w[i].appends < 5;
+    if (!slow && commits(f->log) > 300) break;
+    tu_sleep_ms(2);
+  }
+  stop = 1;
+  for (int i = 0; i < WRITERS; i++) pthread_join(th[i], NULL);
+  engram_commit_stats st;
+  assert_int_equal(engram_commit_stats_get(f->log, &st), 0);
+  print_message("%llu commits, longest wait %llu commits\n", (unsigned long long)st.commits,
+                (unsigned long long)st.max_wait);
+  /* Counted by the library from queueing to release (for a leader: to handing over), so
+   * a writer the scheduler parks after its release does not count against it. */
+  assert_true(st.max_wait <= 3);
+  for (int i = 0; i < WRITERS; i++) {
+    uint64_t n = w[i].appends;
+    print_message("writer %d: %llu appends, worst %llu commits\n", i, (unsigned long long)n,
+                  (unsigned long long)w[i].worst);
+    assert_int_equal(w[i].rc, 0);
+    assert_true(w[i].appends >= 5);
+  }
+}
+
+static void commit_statistics_count_commits_writes_and_flushes(void **state) {
+  fx *f = *state;
+  f->log = tu_open(f->logdir, NULL);
+  tu_topic(f->log, "memory", NULL);
+  engram_commit_stats before, after;
+  assert_int_equal(engram_commit_stats_get(f->log, &before), 0);
+  engram_event ev = {.type = "memory.saved", .payload = "x", .payload_len = 1};
+  for (int i = 0; i < 10; i++)
+    assert_int_equal(engram_append(f->log, "memory", &ev, NULL, NULL), 0);
+  assert_int_equal(engram_commit_stats_get(f->log, &after), 0);
+  /* One writer that waits for each append: one commit of one write each. */
+  assert_int_equal(after.commits - before.commits, 10);
+  assert_int_equal(after.jobs - before.jobs, 10);
+  assert_int_equal(after.batch_hist[0] - before.batch_hist[0], 10);
+  assert_true(after.flushes - before.flushes >= 10);
+  uint64_t sum = 0;
+  for (int i = 0; i < 8; i++) sum += after.batch_hist[i];
+  assert_int_equal(sum, after.commits);
+
+  assert_int_equal(engram_commit_stats_get(f->log, NULL), ENGRAM_EINVAL);
+  assert_int_equal(engram_commit_stats_get(NULL, &after), ENGRAM_EINVAL);
+}
+
+/* Training a topic's dictionary takes 100-300 ms of CPU: the append that crosses
+ * dict_train_after must not pay it. It returns before the dictionary exists (training
+ * takes far longer than the moment between the return and the look), and the dictionary
+ * follows in the background. */
+static void the_append_that_crosses_dict_train_after_returns_before_the_training(void **state) {
+  fx *f = *state;
+  f->log = tu_open(f->logdir, NULL);
+  engram_topic_config cfg = {.dict_train_after = 2000};
+  tu_topic(f->log, "memory", &cfg);
+  tu_events *e = tu_memory_events(2000);
+  assert_int_equal(e->n, 2000);
+  engram_event evs[100];
+  uint64_t offs[100];
+  for (size_t i = 0; i + 1 < e->n; i += 100) {
+    size_t n = i + 100 < e->n ? 100 : e->n - 1 - i;
+    for (size_t k = 0; k < n; k++) evs[k] = tu_event_of(&e->ev[i + k]);
+    assert_int_equal(engram_append_batch(f->log, "memory", evs, n, offs, NULL), 0);
+  }
+  engram_topic_info info;
+  assert_int_equal(engram_topic_info_get(f->log, "memory", &info), 0);
+  assert_int_equal(info.count, 1999);
+  assert_int_equal(info.dict_id, 0);
+  engram_event last = tu_event_of(&e->ev[1999]);
+  assert_int_equal(engram_append(f->log, "memory", &last, NULL, NULL), 0);
+  assert_int_equal(engram_topic_info_get(f->log, "memory", &info), 0);
+  assert_int_equal(info.dict_id, 0);
+  for (int i = 0; i < 3000 && info.dict_id == 0; i++) {
+    tu_sleep_ms(10);
+    assert_int_equal(engram_topic_info_get(f->log, "memory", &info), 0);
+  }
+  assert_true(info.dict_id != 0);
+  /* New appends use it and every event still reads back. */
+  assert_int_equal(engram_append(f->log, "memory", &last, NULL, NULL), 0);
+  engram_batch *b = NULL;
+  assert_int_equal(engram_read_range(f->log, "memory", 1, 3000, &b), 0);
+  assert_int_equal(b->count, 2001);
+  for (size_t i = 0; i < 2000; i++) {
+    assert_int_equal(b->events[i].payload_len, e->ev[i].len);
+    assert_memory_equal(b->events[i].payload, e->ev[i].payload, e->ev[i].len);
+  }
+  engram_batch_free(b);
+  tu_events_free(e);
+}
+
+/* A log closed while its dictionary trains closes cleanly and reopens. */
+static void closing_while_a_dictionary_trains_is_clean(void **state) {
+  fx *f = *state;
+  f->log = tu_open(f->logdir, NULL);
+  engram_topic_config cfg = {.dict_train_after = 1000};
+  tu_topic(f->log, "memory", &cfg);
+  tu_events *e = tu_memory_events(1000);
+  engram_event evs[100];
+  uint64_t offs[100];
+  for (size_t i = 0; i < e->n; i += 100) {
+    for (size_t k = 0; k < 100; k++) evs[k] = tu_event_of(&e->ev[i + k]);
+    assert_int_equal(engram_append_batch(f->log, "memory", evs, 100, offs, NULL), 0);
+  }
+  engram_close(f->log);
+  f->log = tu_open(f->logdir, NULL);
+  engram_verify_report vr;
+  assert_int_equal(engram_verify(f->log, &vr), 0);
+  assert_int_equal(vr.records, 1000);
+  assert_int_equal(vr.damaged, 0);
+  tu_events_free(e);
+}
+
+int main(void) {
+  tu_test_filter();
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+  const struct CMUnitTest tests[] = {
+      T(every_writer_returns_within_a_few_commits_while_others_keep_writing),
+      T(commit_statistics_count_commits_writes_and_flushes),
+      T(the_append_that_crosses_dict_train_after_returns_before_the_training),
+      T(closing_while_a_dictionary_trains_is_clean),
+  };
+  return cmocka_run_group_tests_name("commit", tests, NULL, NULL);
+}
