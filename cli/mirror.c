@@ -603,9 +603,14 @@ static int mirror_batch(struct mirror *m, struct topic_state *t, engram_batch *b
   if (arc && stopping(m)) {
     rc = -1; /* serve's daemon stopped first: the next run reads the stream back */
   } else if (arc) {
-    /* An event already finished (EALREADY) is fine; anything else ends the run. */
+    /* An event already finished (EALREADY) is fine. A lease that ran out while NATS was
+     * away (ENOTLEASED, ESTALE: the batch was held past the group's ack_wait) is taken
+     * up again: the topic is prepared anew, which reads the stream back. Anything else
+     * ends the run. */
     for (size_t i = 0; i < b->count && !rc; i++)
-      if (codes[i] && codes[i] != ENGRAM_EALREADY)
+      if (codes[i] == ENGRAM_ENOTLEASED || codes[i] == ENGRAM_ESTALE)
+        t->ready = 0;
+      else if (codes[i] && codes[i] != ENGRAM_EALREADY)
         rc = fatal("%s: ack of %s offset %" PRIu64 " in group %s: %s", who(m), t->name,
                    items[i].offset, m->group,
                    *engram_errmsg(m->log) ? engram_errmsg(m->log) : engram_strerror(codes[i]));
