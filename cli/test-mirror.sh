@@ -270,6 +270,9 @@ out=$("$BIN" restore --from-nats "nats://127.0.0.1:$AP" --nats-user engram --str
 [ "$out" = "restored 1 topics, 50 events from 50 messages (0 duplicates)" ] &&
   ok "restore --subject-prefix picks one log" || fail "restore --subject-prefix: $out"
 unset ENGRAM_NATS_PASSWORD
+kill -TERM "${PIDS[auth]}"
+wait "${PIDS[auth]}" 2>/dev/null
+unset "PIDS[auth]"
 
 log "TLS"
 if command -v openssl >/dev/null; then
@@ -299,6 +302,9 @@ EOF
   timeout 3 "$BIN" --data "$TMP/tlslog" mirror --nats "tls://127.0.0.1:$TP" --topic s --once \
     >/dev/null 2>"$TMP/tls-noca.err"
   [ $? = 124 ] && ok "TLS without the CA: refused and retried" || fail "TLS without the CA"
+  kill -TERM "${PIDS[tls]}"
+  wait "${PIDS[tls]}" 2>/dev/null
+  unset "PIDS[tls]"
 else
   echo "skip TLS (no openssl)"
 fi
