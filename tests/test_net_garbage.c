@@ -22,12 +22,7 @@
 
 #define FRAMES 6000
 
-#define OK(log, call) ok_at(log, (call), #call, __LINE__)
-static void ok_at(engram *log, int rc, const char *what, int line) {
-  if (rc)
-    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
-  assert_int_equal(rc, 0);
-}
+#define OK(log, call) TU_OK(log, call)
 
 /* ---------------------------------------------------------------------------------
  * Valid requests to mutate. None names the topic the well-behaved client uses, and the
