@@ -36,7 +36,8 @@
   X(backup, "write a consistent copy of the log to a new directory")                \
   X(serve, "serve a log over ZeroMQ (the daemon, in the foreground)")               \
   X(keygen, "make a CURVE key pair for serve and its clients")                      \
-  X(sync, "force everything committed so far to disk")
+  X(sync, "force everything committed so far to disk")                              \
+  X(workers, "list the workers serving groups (alive or lost), or forget one")
 
 /* State shared by all commands: the global options and the handle they open. */
 struct cli {
