@@ -15,6 +15,7 @@ static const char serve_help[] =
     "                    [--config FILE] [--log-json] [--durability MODE]\n"
     "                    [--workers N] [--max-message SIZE]\n"
     "                    [--curve-secret-file FILE --allow-keys-file FILE]\n"
+    "                    [--http HOST:PORT [--http-token TOKEN]]\n"
     "\n"
     "Serves the log in DIR over ZeroMQ in the foreground until SIGTERM or SIGINT, then\n"
     "answers the requests in flight and stops. Clients use `engram --connect ENDPOINT`\n"
@@ -37,6 +38,11 @@ static const char serve_help[] =
     "  --curve-secret-file FILE the daemon's key pair from `engram keygen --out`: turns\n"
     "                           on CURVE encryption and authentication\n"
     "  --allow-keys-file FILE   client public keys allowed in, one per line (with CURVE)\n"
+    "  --http HOST:PORT         serve the dashboard, /api, /metrics, /healthz, /readyz\n"
+    "                           (e.g. 127.0.0.1:8080; see docs/operations.md)\n"
+    "  --http-token TOKEN       every HTTP request needs it (Bearer, or Basic password);\n"
+    "                           required for a non-loopback HOST (default\n"
+    "                           $ENGRAM_HTTP_TOKEN)\n"
     "  -h, --help               this help\n";
 
 static const char keygen_help[] =
@@ -227,6 +233,8 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
       CLI_OPT_SIZE("--max-message", &max_message, .max = UINT32_MAX, .high = "over 4GiB"),
       CLI_OPT_STR("--curve-secret-file", &secret_file),
       CLI_OPT_STR("--allow-keys-file", &allow_file),
+      CLI_OPT_STR("--http", &so.http),
+      CLI_OPT_STR("--http-token", &so.http_token),
       CLI_OPT_END};
   char *owned[CLI_MAX_OPTS] = {NULL}; /* values read from the config file */
   char **allow = NULL;
@@ -251,6 +259,8 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
   so.durability = c->durability_set ? c->durability : ENGRAM_DURABILITY_SYNC;
   if (durability >= 0) so.durability = durability_of[durability];
   so.max_message = (uint32_t)max_message;
+  if (!so.http_token && getenv("ENGRAM_HTTP_TOKEN") && *getenv("ENGRAM_HTTP_TOKEN"))
+    so.http_token = getenv("ENGRAM_HTTP_TOKEN");
   if (!secret_file != !allow_file) {
     status = cli_usage("serve", "--curve-secret-file and --allow-keys-file go together");
     goto done;

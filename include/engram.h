@@ -614,8 +614,12 @@ typedef struct engram_serve_options {
   const char *public_key;
   const char *const *allow_keys; /* client public keys allowed (Z85); with CURVE required */
   size_t n_allow_keys;
-  uint32_t max_message; /* largest request in bytes, default 16 MiB */
-  uint32_t workers;     /* request worker threads, default 16 */
+  uint32_t max_message;   /* largest request in bytes, default 16 MiB */
+  uint32_t workers;       /* request worker threads, default 16 */
+  const char *http;       /* "127.0.0.1:8080": serve the dashboard, /api, /metrics, /healthz and
+                             /readyz there (docs/operations.md); NULL = no HTTP */
+  const char *http_token; /* when set, every HTTP request needs it (Bearer token, or the
+                             password of Basic auth); required for a non-loopback http */
 } engram_serve_options;
 /* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
  * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with
