@@ -916,9 +916,12 @@ static void ep_metrics(struct req *r) {
         b, "engram_oldest_unfinished_seconds{topic=\"%s\",group=\"%s\"} %.3f\n", g[i].topic,
         g[i].name,
         g[i].oldest_unfinished_ns > 0 ? (double)(now - g[i].oldest_unfinished_ns) / 1e9 : 0.0);
-  pthread_mutex_lock(&h->mu);
-  uint64_t alive = h->workers_alive, lost = h->workers_lost;
-  pthread_mutex_unlock(&h->mu);
+  uint64_t alive = 0, lost = 0;
+  engram_worker_info *w = NULL;
+  size_t nw = 0;
+  if (engram_worker_list(h->log, 0, &w, &nw) == 0)
+    for (size_t i = 0; i < nw; i++) *(w[i].lost ? &lost : &alive) += 1;
+  engram_free(w);
   metric(b, "engram_workers_alive", "gauge", "workers seen within the lost timeout (30 s)");
   hb_printf(b, "engram_workers_alive %llu\n", (unsigned long long)alive);
   metric(b, "engram_workers_lost", "gauge", "known workers not seen within the lost timeout");
@@ -1000,7 +1003,7 @@ static void route(struct req *r) {
   int post = !strcmp(r->method, "POST");
   r->status = 200;
   r->type = "application/json";
-  if (!strcmp(u, "/healthz") && get) {
+  if (!strcmp(u, "/healthz")) { /* liveness: any method, no token */
     r->type = "text/plain; charset=utf-8";
     hb_puts(&r->out, "ok\n");
     return;
@@ -1021,8 +1024,9 @@ static void route(struct req *r) {
     fail(r, 404, "ENGRAM_ENOTFOUND", "no such endpoint");
     return;
   }
-  if (!get) {
-    fail(r, 405, "ENGRAM_EINVAL", "only GET, HEAD and POST");
+  if (!get || !strncmp(u, "/api/dlq/", 9)) { /* never a change through GET */
+    fail(r, 405, "ENGRAM_EINVAL",
+         get ? "this endpoint changes state: use POST" : "only GET, HEAD and POST");
     return;
   }
   if (!strcmp(u, "/") || !strcmp(u, "/index.html")) {
