@@ -37,7 +37,8 @@
   X(serve, "serve a log over ZeroMQ (the daemon, in the foreground)")               \
   X(keygen, "make a CURVE key pair for serve and its clients")                      \
   X(sync, "force everything committed so far to disk")                              \
-  X(workers, "list the workers serving groups (alive or lost), or forget one")
+  X(workers, "list the workers serving groups (alive or lost), or forget one")      \
+  X(top, "a live view of groups and workers: lag, rates, oldest unfinished")
 
 /* State shared by all commands: the global options and the handle they open. */
 struct cli {
