@@ -741,7 +741,7 @@ static void flower_task(struct req *r, const char *topic, const char *group, uin
 }
 
 /* Flower's state names back to engram's. */
-static const char *engram_state_of(const char *celery) {
+static const char *state_from_celery(const char *celery) {
   static const char *const m[][2] = {{"RECEIVED", "pending"},  {"PENDING", "pending"},
                                      {"STARTED", "in_flight"}, {"RETRY", "retrying"},
                                      {"SUCCESS", "done"},      {"FAILURE", "dead"}};
@@ -754,7 +754,7 @@ static void ep_flower_tasks(struct req *r) {
   uint64_t limit;
   if (u64_arg(r, "limit", 100, &limit)) return;
   if (limit == 0 || limit > HTTP_MAX_LIST) limit = HTTP_MAX_LIST;
-  const char *state = engram_state_of(arg(r, "state"));
+  const char *state = state_from_celery(arg(r, "state"));
   engram_group_info *g = NULL;
   size_t ng = 0;
   int rc = engram_group_list(r->h->log, NULL, &g, &ng);
