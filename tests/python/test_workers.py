@@ -88,3 +88,26 @@ def test_an_app_worker_registers_itself_while_it_runs_and_leaves_when_it_stops(l
         app.stop()
         t.join(30)
     assert by_name(log, "app-worker") is None
+
+
+def test_event_bus_subscribers_register_as_workers(log):
+    bus = engram.EventBus(log, topic="bus-events")
+    seen = threading.Event()
+    release = threading.Event()
+
+    def handler(ev):
+        seen.set()
+        release.wait(20)
+
+    bus.subscribe("memory.*", handler, name="indexer")
+    bus.start()
+    try:
+        bus.publish("memory.saved", {"id": 1})
+        assert seen.wait(20)
+        assert wait_until(lambda: any(w.pid == os.getpid() and w.running
+                                      for w in log.workers()), 20)
+        w = [w for w in log.workers() if w.pid == os.getpid()][0]
+        assert w.host == socket.gethostname()[:255] and w.running[0][0] == "bus-events"
+    finally:
+        release.set()
+        bus.stop()
