@@ -9,6 +9,9 @@
 /* A fetch refreshes its consumer's record at most this often, so a busy consumer adds
  * no write of its own to most fetches. */
 #define SEEN_EVERY_NS 1000000000ll
+/* A heartbeat drops the records of workers not seen for this long (7 days), so names that
+ * come and go (host-pid-N) do not pile up. */
+#define FORGET_AFTER_NS (7ll * 86400 * 1000000000)
 
 int cg_worker_dbi(struct log *log, MDB_dbi *out) { return log_aux_dbi(log, "workers", 0, out); }
 
@@ -91,6 +94,23 @@ int cg_worker_seen(log_wtx *w, MDB_dbi dbi, const char *consumer, const char *to
   return rc;
 }
 
+/* Deletes the records of workers not seen for FORGET_AFTER_NS. */
+static int prune(log_wtx *w, MDB_dbi dbi) {
+  MDB_cursor *c;
+  int rc = mdb_cursor_open(w->txn, dbi, &c);
+  if (rc) return log_err_mdb(rc);
+  MDB_val k, v;
+  for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    Engram__WorkerRecord *r = engram__worker_record__unpack(NULL, v.mv_size, v.mv_data);
+    int stale = r && w->now_ns - r->last_seen_ns > FORGET_AFTER_NS;
+    if (r) engram__worker_record__free_unpacked(r, NULL);
+    if (stale && (rc = mdb_cursor_del(c, 0))) break;
+  }
+  mdb_cursor_close(c);
+  return rc == 0 || rc == MDB_NOTFOUND ? 0 : log_err_mdb(rc);
+}
+
 struct beat_req {
   MDB_dbi dbi;
   const engram_worker_info *info;
@@ -132,6 +152,7 @@ static int beat_job(log_wtx *w, void *arg) {
   rc = store(w->txn, q->dbi, in->name, &n);
   free(g);
   if (r) engram__worker_record__free_unpacked(r, NULL);
+  if (rc == 0) rc = prune(w, q->dbi);
   return rc;
 }
 

@@ -678,7 +678,8 @@ typedef struct engram_worker_info {
 /* Registers or refreshes the worker `w->name`: its last-seen time becomes now; host, pid,
  * concurrency, handled, failed and running replace the stored ones; the groups are added
  * to those it is known to serve (at most ENGRAM_MAX_WORKER_GROUPS, oldest dropped);
- * started_ns 0 keeps the stored start (or now for a new worker); lost is ignored.
+ * started_ns 0 keeps the stored start (or now for a new worker); lost is ignored. The
+ * heartbeat also forgets every worker not seen for 7 days.
  * Errors: EINVAL (NULL, a name not of 1-200 [A-Za-z0-9._-], n_groups or n_running over
  * their limits, a group not "topic/group" of valid names, a running task's names). */
 ENGRAM_API int engram_worker_heartbeat(engram *log, const engram_worker_info *w);

@@ -168,6 +168,38 @@ static void a_worker_not_seen_for_the_timeout_is_lost_and_a_fetch_revives_it(voi
   tu_tmpdir_done(dir);
 }
 
+/* A heartbeat forgets workers not seen for 7 days. */
+static void workers_not_seen_for_a_week_are_forgotten_by_the_next_heartbeat(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("workers");
+  tu_clock clk;
+  tu_clock_init(&clk, 0);
+  engram_options o = {.clock_ns = tu_clock_ns, .clock_ctx = &clk};
+  engram *log = tu_open(dir, &o);
+  make_topic_group(log, "t", "g", 1);
+  engram_batch *b = NULL;
+  EXPECT_OK(log, "fetch", engram_fetch(log, "t", "g", "old", 1, 0, &b));
+  engram_batch_free(b);
+  tu_clock_advance_ms(&clk, 6ll * 86400 * 1000);
+  engram_worker_info *w = calloc(1, sizeof *w);
+  snprintf(w->name, sizeof w->name, "new");
+  EXPECT_OK(log, "heartbeat", engram_worker_heartbeat(log, w));
+  engram_worker_info *list = NULL;
+  size_t n = 0;
+  EXPECT_OK(log, "list", engram_worker_list(log, 0, &list, &n));
+  assert_int_equal(n, 2); /* six days: lost, still listed */
+  engram_free(list);
+  tu_clock_advance_ms(&clk, 2ll * 86400 * 1000);
+  EXPECT_OK(log, "heartbeat", engram_worker_heartbeat(log, w));
+  EXPECT_OK(log, "list", engram_worker_list(log, 0, &list, &n));
+  assert_int_equal(n, 1);
+  assert_string_equal(list[0].name, "new");
+  engram_free(list);
+  free(w);
+  engram_close(log);
+  tu_tmpdir_done(dir);
+}
+
 /* Fetches that follow each other within a second add no write of their own. */
 static void repeated_fetches_refresh_the_worker_without_extra_commits(void **state) {
   (void)state;
@@ -291,6 +323,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(a_fetch_registers_its_consumer_and_a_heartbeat_adds_details),
       cmocka_unit_test(a_worker_not_seen_for_the_timeout_is_lost_and_a_fetch_revives_it),
+      cmocka_unit_test(workers_not_seen_for_a_week_are_forgotten_by_the_next_heartbeat),
       cmocka_unit_test(repeated_fetches_refresh_the_worker_without_extra_commits),
       cmocka_unit_test(workers_of_other_processes_and_of_the_daemon_all_appear),
       cmocka_unit_test(a_sigkilled_worker_is_shown_lost_with_its_in_flight_event),
