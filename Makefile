@@ -45,7 +45,7 @@ SHLIB := libengram.so.$(VERSION)
 # without a .pc file (or a machine without pkg-config yet: `make deps` installs it) falls
 # back to plain -l<name>. Expanded once, on first use, so after `make deps` has run.
 PKG_CONFIG ?= pkg-config
-DEP_PKGS := lmdb:lmdb libzstd:zstd libprotobuf-c:protobuf-c libzmq:zmq
+DEP_PKGS := lmdb:lmdb libzstd:zstd libprotobuf-c:protobuf-c libzmq:zmq libmicrohttpd:microhttpd
 pc_cflags = $(foreach d,$(DEP_PKGS),$(shell $(PKG_CONFIG) --cflags $(word 1,$(subst :, ,$(d))) 2>/dev/null))
 pc_libs = $(foreach d,$(DEP_PKGS),$(or $(shell $(PKG_CONFIG) --libs $(word 1,$(subst :, ,$(d))) 2>/dev/null),-l$(word 2,$(subst :, ,$(d)))))
 DEP_CFLAGS = $(eval DEP_CFLAGS := $(call pc_cflags))$(DEP_CFLAGS)
@@ -64,7 +64,7 @@ ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
 DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
   protobuf-c-compiler libzmq3-dev libcmocka-dev lmdb-utils python3 python3-dev \
   python3-pytest python3-setuptools python3-pip python3-wheel clang cppcheck \
-  nats-server libnats-dev
+  nats-server libnats-dev libmicrohttpd-dev chromium prometheus tmux
 # libFuzzer's runtime for `make fuzz` (only a Recommends of clang): installed when this
 # Debian release has it under that name.
 DEB_OPTIONAL := libclang-rt-14-dev

@@ -326,3 +326,69 @@ int engram_server_info_get(engram *log, engram_server_info *out) {
                      "server info: an embedded handle has no daemon; ask one from engram_connect");
   return net_server_info(log, out);
 }
+
+/* ---------------------------------------------------------------------------------
+ * Workers.
+ * ------------------------------------------------------------------------------ */
+/* "topic/group" of two valid names. */
+static int valid_topic_group(const char *s, size_t cap) {
+  const char *end = memchr(s, '\0', cap), *slash = end ? memchr(s, '/', (size_t)(end - s)) : NULL;
+  if (!slash) return 0;
+  char t[ENGRAM_MAX_NAME + 1];
+  size_t tn = (size_t)(slash - s);
+  if (tn == 0 || tn > ENGRAM_MAX_NAME) return 0;
+  memcpy(t, s, tn);
+  t[tn] = '\0';
+  return log_valid_name(t) && log_valid_name(slash + 1);
+}
+
+int engram_worker_heartbeat(engram *log, const engram_worker_info *w) {
+  if (!log || !w) return log_error(NULL, ENGRAM_EINVAL, "worker heartbeat: NULL argument");
+  if (!memchr(w->name, '\0', sizeof w->name) || !log_valid_name(w->name))
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "worker heartbeat: name invalid (use 1-200 of [A-Za-z0-9._-])");
+  const char *end = memchr(w->host, '\0', sizeof w->host);
+  if (!end)
+    return log_error(NULL, ENGRAM_EINVAL, "worker heartbeat %s: host not terminated", w->name);
+  for (const char *p = w->host; p < end; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f)
+      return log_error(NULL, ENGRAM_EINVAL, "worker heartbeat %s: control character in host",
+                       w->name);
+  if (w->n_groups > ENGRAM_MAX_WORKER_GROUPS || w->n_running > ENGRAM_MAX_WORKER_RUNNING)
+    return log_error(
+        NULL, ENGRAM_EINVAL, "worker heartbeat %s: %zu groups, %zu running over the limits %d, %d",
+        w->name, w->n_groups, w->n_running, ENGRAM_MAX_WORKER_GROUPS, ENGRAM_MAX_WORKER_RUNNING);
+  for (size_t i = 0; i < w->n_groups; i++)
+    if (!valid_topic_group(w->groups[i], sizeof w->groups[i]))
+      return log_error(NULL, ENGRAM_EINVAL,
+                       "worker heartbeat %s: group %zu is not \"topic/group\" of valid names",
+                       w->name, i);
+  for (size_t i = 0; i < w->n_running; i++) {
+    const engram_worker_task *t = &w->running[i];
+    if (!memchr(t->topic, '\0', sizeof t->topic) || !memchr(t->group, '\0', sizeof t->group) ||
+        !log_valid_name(t->topic) || !log_valid_name(t->group))
+      return log_error(NULL, ENGRAM_EINVAL,
+                       "worker heartbeat %s: running task %zu names no valid topic and group",
+                       w->name, i);
+  }
+  return log->be->worker_heartbeat(log, w);
+}
+
+int engram_worker_list(engram *log, uint64_t lost_after_ms, engram_worker_info **out, size_t *n) {
+  if (!log || !out || !n) return log_error(NULL, ENGRAM_EINVAL, "worker list: NULL argument");
+  *out = NULL;
+  *n = 0;
+  if (lost_after_ms > ENGRAM_MAX_DELAY_MS)
+    return log_error(NULL, ENGRAM_EINVAL, "worker list: lost after %llu ms over the limit of %llu",
+                     (unsigned long long)lost_after_ms, ENGRAM_MAX_DELAY_MS);
+  return log->be->worker_list(log, lost_after_ms ? lost_after_ms : ENGRAM_DEFAULT_WORKER_LOST_MS,
+                              out, n);
+}
+
+int engram_worker_forget(engram *log, const char *name) {
+  if (!log) return ENGRAM_EINVAL;
+  if (!log_valid_name(name))
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "worker forget: name invalid (use 1-200 of [A-Za-z0-9._-])");
+  return log->be->worker_forget(log, name);
+}

@@ -58,6 +58,9 @@ struct engram_backend {
   int (*append_async)(engram *h, const char *topic, const engram_event *ev, engram_append_cb cb,
                       void *ctx);
   int (*append_wait)(engram *h);
+  int (*worker_heartbeat)(engram *h, const engram_worker_info *w);
+  int (*worker_list)(engram *h, uint64_t lost_after_ms, engram_worker_info **out, size_t *n);
+  int (*worker_forget)(engram *h, const char *name);
 };
 
 /* A public handle: its backend and that backend's state (a struct log for the embedded

@@ -101,6 +101,13 @@ static int e_append_async(engram *h, const char *topic, const engram_event *ev, 
   return log_append_async(L(h), topic, ev, cb, ctx);
 }
 static int e_append_wait(engram *h) { return log_append_wait(L(h)); }
+static int e_worker_heartbeat(engram *h, const engram_worker_info *w) {
+  return cg_worker_heartbeat(L(h), w);
+}
+static int e_worker_list(engram *h, uint64_t lost_after_ms, engram_worker_info **out, size_t *n) {
+  return cg_worker_list(L(h), lost_after_ms, out, n);
+}
+static int e_worker_forget(engram *h, const char *name) { return cg_worker_forget(L(h), name); }
 
 const struct engram_backend api_embedded = {
     .name = "embedded",
@@ -135,6 +142,9 @@ const struct engram_backend api_embedded = {
     .verify = e_verify,
     .append_async = e_append_async,
     .append_wait = e_append_wait,
+    .worker_heartbeat = e_worker_heartbeat,
+    .worker_list = e_worker_list,
+    .worker_forget = e_worker_forget,
 };
 
 struct log *api_log(engram *h) {

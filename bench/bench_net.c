@@ -9,7 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -37,7 +40,11 @@ static const char *usage =
     "                     and with CURVE, in turns\n"
     "  --json PATH        write results as JSON (one result per line) to PATH\n"
     "  --dir DIR          where to create the logs (default a temporary directory)\n"
-    "  --quick            1 s bounds, 20k drain events, 2 s latency runs: a smoke run\n";
+    "  --quick            1 s bounds, 20k drain events, 2 s latency runs: a smoke run\n"
+    "  --http-load        each daemon also serves HTTP (--http) while a thread here does\n"
+    "                     every second what an open dashboard and a Prometheus scraping\n"
+    "                     every second do: GET /api/overview, /api/series, /api/workers,\n"
+    "                     /metrics\n";
 
 static bench_events evs;
 static double seconds = 5, latency_seconds = 5;
@@ -53,6 +60,58 @@ static double one_client_sync; /* events/s of remote_append_1client in sync mode
 static int use_curve;
 static char srv_pub[41], srv_sec[41], cli_pub[41], cli_sec[41];
 static const char *remote_name(void) { return use_curve ? "engram-remote-curve" : "engram-remote"; }
+static int http_load; /* --http-load */
+
+/* ---------------------------------------------------------------------------------
+ * --http-load: the dashboard's and Prometheus's requests, once a second each.
+ * ------------------------------------------------------------------------------ */
+static int http_port;
+static pthread_t scraper;
+static _Atomic int scraper_stop;
+static _Atomic uint64_t scrapes, scrape_bytes;
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof sa;
+  if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) ||
+      getsockname(fd, (struct sockaddr *)&sa, &len))
+    bench_die("no free port: %s", strerror(errno));
+  close(fd);
+  return ntohs(sa.sin_port);
+}
+
+static void http_get(const char *path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)http_port),
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (fd < 0) return;
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+    char req[512], buf[65536];
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
+    if (write(fd, req, (size_t)n) == n) {
+      ssize_t k;
+      while ((k = read(fd, buf, sizeof buf)) > 0) scrape_bytes += (uint64_t)k;
+      scrapes++;
+    }
+  }
+  close(fd);
+}
+
+static void *scraper_main(void *arg) {
+  (void)arg;
+  while (!scraper_stop) {
+    int64_t next = bench_now_ns() + 1000000000;
+    http_get("/metrics");
+    http_get("/api/overview");
+    http_get("/api/series?topic=memory&group=workers");
+    http_get("/api/workers");
+    while (!scraper_stop && bench_now_ns() < next) bench_sleep_until_ns(bench_now_ns() + 20000000);
+  }
+  return NULL;
+}
 
 static int wanted(const char *name) {
   if (!only) return 1;
@@ -63,6 +122,11 @@ static int wanted(const char *name) {
 }
 
 static void emit(bench_result *r) {
+  if (http_load) {
+    size_t n = strlen(r->note);
+    snprintf(r->note + n, sizeof r->note - n,
+             "; with the dashboard and /metrics polled every second");
+  }
   bench_table_row(r);
   bench_out_add(&out, r);
 }
@@ -80,6 +144,7 @@ typedef struct daemon_proc {
 
 static void daemon_start(daemon_proc *d, engram_durability dur, int prefill) {
   run_no++;
+  if (http_load) http_port = free_port();
   snprintf(d->dir, sizeof d->dir, "%s/log-%d", root, run_no);
   snprintf(d->ep, sizeof d->ep, "ipc://%s/req-%d.ipc", root, run_no);
   if (prefill) {
@@ -115,6 +180,9 @@ static void daemon_start(daemon_proc *d, engram_durability dur, int prefill) {
       so.allow_keys = allow;
       so.n_allow_keys = 1;
     }
+    char http[64];
+    snprintf(http, sizeof http, "127.0.0.1:%d", http_port);
+    if (http_load) so.http = http;
     _exit(engram_serve(d->dir, &so) ? 1 : 0);
   }
   /* Ready when it answers. */
@@ -132,6 +200,10 @@ static void daemon_start(daemon_proc *d, engram_durability dur, int prefill) {
         if (rc && rc != ENGRAM_EEXIST) bench_engram_check(log, rc, "topic create");
       }
       engram_close(log);
+      if (http_load) {
+        scraper_stop = 0;
+        if (pthread_create(&scraper, NULL, scraper_main, NULL)) bench_die("scraper thread");
+      }
       return;
     }
     bench_sleep_until_ns(bench_now_ns() + 10000000);
@@ -140,6 +212,10 @@ static void daemon_start(daemon_proc *d, engram_durability dur, int prefill) {
 }
 
 static void daemon_stop(daemon_proc *d) {
+  if (http_load) {
+    scraper_stop = 1;
+    pthread_join(scraper, NULL);
+  }
   kill(d->pid, SIGTERM);
   int st;
   waitpid(d->pid, &st, 0);
@@ -671,6 +747,8 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--dir") && v) {
       dir = v;
       i++;
+    } else if (!strcmp(a, "--http-load")) {
+      http_load = 1;
     } else if (!strcmp(a, "--quick")) {
       seconds = 1;
       latency_seconds = 2;

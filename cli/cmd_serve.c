@@ -17,6 +17,7 @@ static const char serve_help[] =
     "                    [--workers N] [--max-message SIZE]\n"
     "                    [--curve-secret-file FILE --allow-keys-file FILE]\n"
     "                    [--mirror-nats URL --mirror-topic T1,T2 [--mirror-stream NAME]]\n"
+    "                    [--http HOST:PORT [--http-token TOKEN]]\n"
     "\n"
     "Serves the log in DIR over ZeroMQ in the foreground until SIGTERM or SIGINT, then\n"
     "answers the requests in flight and stops. Clients use `engram --connect ENDPOINT`\n"
@@ -45,6 +46,11 @@ static const char serve_help[] =
     "                           does (credentials in the URL: nats://user:pass@host:4222)\n"
     "  --mirror-topic T1,T2     the topics to mirror\n"
     "  --mirror-stream NAME     the stream (default ENGRAM)\n"
+    "  --http HOST:PORT         serve the dashboard, /api, /metrics, /healthz, /readyz\n"
+    "                           (e.g. 127.0.0.1:8080; see docs/operations.md)\n"
+    "  --http-token TOKEN       every HTTP request needs it (Bearer, or Basic password);\n"
+    "                           required for a non-loopback HOST (default\n"
+    "                           $ENGRAM_HTTP_TOKEN)\n"
     "  -h, --help               this help\n";
 
 static const char keygen_help[] =
@@ -263,6 +269,8 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
       CLI_OPT_STR("--mirror-nats", &mirror_nats),
       CLI_OPT_TEXT("--mirror-topic", &mirror_topic, .what = "needs a topic"),
       CLI_OPT_STR("--mirror-stream", &mirror_stream),
+      CLI_OPT_STR("--http", &so.http),
+      CLI_OPT_STR("--http-token", &so.http_token),
       CLI_OPT_END};
   char *owned[CLI_MAX_OPTS] = {NULL}; /* values read from the config file */
   char **allow = NULL;
@@ -287,6 +295,8 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
   so.durability = c->durability_set ? c->durability : ENGRAM_DURABILITY_SYNC;
   if (durability >= 0) so.durability = durability_of[durability];
   so.max_message = (uint32_t)max_message;
+  if (!so.http_token && getenv("ENGRAM_HTTP_TOKEN") && *getenv("ENGRAM_HTTP_TOKEN"))
+    so.http_token = getenv("ENGRAM_HTTP_TOKEN");
   if (!secret_file != !allow_file) {
     status = cli_usage("serve", "--curve-secret-file and --allow-keys-file go together");
     goto done;

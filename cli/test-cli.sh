@@ -433,5 +433,25 @@ printf 'secret-key = %s\n\nsecret-key = %s\n' "$(printf 's%.0s' {1..40})" "$(pri
 e serve --curve-secret-file "$KEYS.key" --allow-keys-file "$KEYS.allow"
 check "a second secret-key line is refused with its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$KEYS.key:3:"'
 
+# --- workers and top ---------------------------------------------------------------
+e workers
+check "workers lists the consumers that fetched" eval '[[ $rc == 0 ]] && has "$out" alive && has "$out" "memory/g"'
+e workers --json
+check "workers --json is one array with the consumer w" eval '[[ $rc == 0 && $out == "["* ]] && has "$out" "\"name\":\"w\""'
+e workers --lost-after 1ms
+check "workers --lost-after marks the silent ones lost" eval '[[ $rc == 0 ]] && has "$out" lost'
+e workers --lost-after 2
+check "workers --lost-after wants a unit" eval '[[ $rc == 2 ]] && one_line_err'
+e workers forget nobody
+check "workers forget of an unknown name fails with one line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "no worker named nobody"'
+e workers forget w
+check "workers forget removes it" eval '[[ $rc == 0 ]]'
+e workers --json
+check "... and it is gone" eval '[[ $rc == 0 ]] && ! has "$out" "\"name\":\"w\""'
+e top --once --sort name
+check "top --once prints the groups" eval '[[ $rc == 0 ]] && has "$out" LAG && has "$out" "sort name"'
+e top --sort fast
+check "top --sort names the keys" eval '[[ $rc == 2 ]] && one_line_err'
+
 echo "test-cli: $((checks - fails)) of $checks checks passed"
 ((fails == 0))

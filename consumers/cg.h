@@ -94,6 +94,12 @@ int cg_del_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t gid);
 /* Appends "offset" details of the group for messages. */
 #define CG_WHAT "%s/%s"
 
+/* worker.c: the "workers" database, and a fetch's refresh of its consumer's record
+ * (at most once a second per consumer, unless it fetches from a new group). */
+int cg_worker_dbi(struct log *log, MDB_dbi *out);
+int cg_worker_seen(log_wtx *w, MDB_dbi dbi, const char *consumer, const char *topic,
+                   const char *group);
+
 /* settle.c: one ack inside a job (used by txn.c too). */
 int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt,
                const void *result, size_t result_len);

@@ -40,6 +40,11 @@ int cg_dlq_purge(struct log *log, const char *topic, const char *group, const ui
 int cg_dlq_redrive(struct log *log, const char *topic, const char *group, const uint64_t *offsets,
                    size_t n, size_t *count);
 
+/* Workers (worker.c): engram_worker_heartbeat / _list / _forget, arguments checked. */
+int cg_worker_heartbeat(struct log *log, const engram_worker_info *info);
+int cg_worker_list(struct log *log, uint64_t lost_after_ms, engram_worker_info **out, size_t *n);
+int cg_worker_forget(struct log *log, const char *name);
+
 /* Checks the group records in log_verify's walk (its log_verify_fn). */
 void cg_verify_records(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
 

@@ -12,6 +12,7 @@ struct fetch_req {
   const char *topic, *group, *consumer;
   size_t max;
   cg_dbs d;
+  MDB_dbi workers;
   log_bb *bb; /* the events delivered; rebuilt when the job is retried */
 };
 
@@ -266,6 +267,8 @@ static int fetch_job(log_wtx *w, void *arg) {
   if (rc == 0 &&
       (g.meta->next != before || g.meta->delivered != delivered || g.meta->skips != skips))
     rc = cg_group_store(w->log, w->txn, &r->d, &g);
+  /* The fetch registers its consumer in its own write transaction: no commit of its own. */
+  if (rc == 0) rc = cg_worker_seen(w, r->workers, r->consumer, r->topic, r->group);
 out:
   cg_group_free(&g);
   return rc;
@@ -317,6 +320,7 @@ int cg_fetch(struct log *log, const char *topic, const char *group, const char *
                      ENGRAM_MAX_FETCH_WAIT_MS);
   struct fetch_req r = {.topic = topic, .group = group, .consumer = consumer, .max = max};
   int rc = cg_dbs_get(log, &r.d);
+  if (rc == 0) rc = cg_worker_dbi(log, &r.workers);
   if (rc) return rc;
   int64_t deadline = clock_after_ms(clock_monotonic_ns(), wait_ms);
   for (;;) {

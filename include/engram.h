@@ -614,8 +614,12 @@ typedef struct engram_serve_options {
   const char *public_key;
   const char *const *allow_keys; /* client public keys allowed (Z85); with CURVE required */
   size_t n_allow_keys;
-  uint32_t max_message; /* largest request in bytes, default 16 MiB */
-  uint32_t workers;     /* request worker threads, default the machine's cores (at least 2) */
+  uint32_t max_message;   /* largest request in bytes, default 16 MiB */
+  uint32_t workers;       /* request worker threads, default the machine's cores (at least 2) */
+  const char *http;       /* "127.0.0.1:8080": serve the dashboard, /api, /metrics, /healthz and
+                             /readyz there (docs/operations.md); NULL = no HTTP */
+  const char *http_token; /* when set, every HTTP request needs it (Bearer token, or the
+                             password of Basic auth); required for a non-loopback http */
 } engram_serve_options;
 /* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
  * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with
@@ -633,22 +637,22 @@ ENGRAM_API int engram_keygen(char public_key[41], char secret_key[41]);
 
 /* The numeric fields of engram_server_info, one X(type, name) each, in the struct's order
  * (the wire, the CLI and the bindings copy and print them from this list). */
-#define ENGRAM_SERVER_INFO_FIELDS(X)                                                     \
-  X(uint32_t, protocol_version) /* ENGRAM_PROTOCOL_VERSION the daemon speaks */          \
-  X(uint32_t, durability)       /* engram_durability of the daemon's log */               \
-  X(uint32_t, max_message)      /* largest request it accepts, bytes */                  \
-  X(uint32_t, max_events)       /* most events in one append request */                  \
-  X(uint32_t, workers)          /* request worker threads */                             \
-  X(uint32_t, curve)            /* 1: clients must use CURVE */                          \
-  X(uint64_t, uptime_ms)        /* since the daemon started */                           \
-  X(uint64_t, requests)         /* requests answered */                                  \
-  X(uint64_t, errors)           /* of which with an error */                             \
-  X(uint64_t, bad_requests)     /* malformed, unknown operation or other protocol */     \
-  X(uint64_t, appended)         /* events appended through the daemon */                 \
-  X(uint64_t, notifications)    /* (topic, head) notifications published */             \
-  X(uint32_t, queued)           /* requests waiting for a worker now */                  \
-  X(uint32_t, parked)           /* long-poll fetches waiting for events now */          \
-  X(uint64_t, commits)          /* write transactions of the daemon's handle */          \
+#define ENGRAM_SERVER_INFO_FIELDS(X)                                                 \
+  X(uint32_t, protocol_version) /* ENGRAM_PROTOCOL_VERSION the daemon speaks */      \
+  X(uint32_t, durability)       /* engram_durability of the daemon's log */          \
+  X(uint32_t, max_message)      /* largest request it accepts, bytes */              \
+  X(uint32_t, max_events)       /* most events in one append request */              \
+  X(uint32_t, workers)          /* request worker threads */                         \
+  X(uint32_t, curve)            /* 1: clients must use CURVE */                      \
+  X(uint64_t, uptime_ms)        /* since the daemon started */                       \
+  X(uint64_t, requests)         /* requests answered */                              \
+  X(uint64_t, errors)           /* of which with an error */                         \
+  X(uint64_t, bad_requests)     /* malformed, unknown operation or other protocol */ \
+  X(uint64_t, appended)         /* events appended through the daemon */             \
+  X(uint64_t, notifications)    /* (topic, head) notifications published */          \
+  X(uint32_t, queued)           /* requests waiting for a worker now */              \
+  X(uint32_t, parked)           /* long-poll fetches waiting for events now */       \
+  X(uint64_t, commits)          /* write transactions of the daemon's handle */      \
   X(uint64_t, flushes)          /* and the fdatasync calls they cost */
 
 typedef struct engram_server_info {
@@ -660,6 +664,62 @@ typedef struct engram_server_info {
  * Errors: EINVAL (NULL argument), ENOTSUP (an embedded handle: there is no daemon),
  * ECONN, ETIMEDOUT, EPROTO (a reply no engram daemon sends). */
 ENGRAM_API int engram_server_info_get(engram *log, engram_server_info *out);
+/* ---------------------------------------------------------------------------------
+ * Workers: the consumers that serve groups, as an operator sees them. A fetch by consumer
+ * C registers C (or refreshes its last-seen time, at most once a second, inside the
+ * fetch's own write transaction); engram_worker_heartbeat() adds what a fetch cannot
+ * know (host, pid, concurrency, counts, what runs now). The records live in the log, so
+ * embedded workers of every process and remote workers through the daemon all appear.
+ * ------------------------------------------------------------------------------ */
+#define ENGRAM_MAX_WORKER_GROUPS 16  /* "topic/group" entries kept per worker */
+#define ENGRAM_MAX_WORKER_RUNNING 16 /* running tasks reported per worker */
+#define ENGRAM_DEFAULT_WORKER_LOST_MS 30000
+
+/* One event a worker is handling now. */
+typedef struct engram_worker_task {
+  char topic[ENGRAM_MAX_NAME + 1];
+  char group[ENGRAM_MAX_NAME + 1];
+  uint64_t offset;
+  int64_t since_ns; /* CLOCK_REALTIME: when the worker started it */
+} engram_worker_task;
+
+/* The scalar fields of engram_worker_info, numbers as NUM(type, name) and text as
+ * TEXT(size, name) (see ENGRAM_DLQ_ENTRY_FIELDS). */
+#define ENGRAM_WORKER_INFO_FIELDS(NUM, TEXT)                                                \
+  TEXT(ENGRAM_MAX_NAME + 1, name) /* the consumer name it fetches with */                   \
+  TEXT(256, host)                 /* "" = unknown */                                        \
+  NUM(uint32_t, pid)              /* 0 = unknown */                                         \
+  NUM(uint32_t, concurrency)      /* events it may handle at once, 0 = unknown */           \
+  NUM(int64_t, started_ns)        /* CLOCK_REALTIME: first registration (or given start) */ \
+  NUM(int64_t, last_seen_ns)      /* CLOCK_REALTIME: last fetch or heartbeat */             \
+  NUM(uint64_t, handled)          /* events it finished, as it last reported */             \
+  NUM(uint64_t, failed)           /* events that failed in it, as it last reported */       \
+  NUM(uint32_t, lost)             /* out: 1 when not seen for the list's lost_after_ms */
+
+typedef struct engram_worker_info {
+  ENGRAM_WORKER_INFO_FIELDS(ENGRAM_FIELD_, ENGRAM_TEXT_FIELD_)
+  size_t n_groups;
+  char groups[ENGRAM_MAX_WORKER_GROUPS][2 * ENGRAM_MAX_NAME + 2]; /* "topic/group" it serves */
+  size_t n_running;
+  engram_worker_task running[ENGRAM_MAX_WORKER_RUNNING];
+} engram_worker_info;
+
+/* Registers or refreshes the worker `w->name`: its last-seen time becomes now; host, pid,
+ * concurrency, handled, failed and running replace the stored ones; the groups are added
+ * to those it is known to serve (at most ENGRAM_MAX_WORKER_GROUPS, oldest dropped);
+ * started_ns 0 keeps the stored start (or now for a new worker); lost is ignored. The
+ * heartbeat also forgets every worker not seen for 7 days.
+ * Errors: EINVAL (NULL, a name not of 1-200 [A-Za-z0-9._-], n_groups or n_running over
+ * their limits, a group not "topic/group" of valid names, a running task's names). */
+ENGRAM_API int engram_worker_heartbeat(engram *log, const engram_worker_info *w);
+/* Lists the known workers in name order, each marked lost when not seen for lost_after_ms
+ * (0 = ENGRAM_DEFAULT_WORKER_LOST_MS): *out is a malloc'd array of *n entries freed with
+ * engram_free(). Errors: EINVAL. */
+ENGRAM_API int engram_worker_list(engram *log, uint64_t lost_after_ms, engram_worker_info **out,
+                                  size_t *n);
+/* Forgets a worker (a worker that stops cleanly; a lost one the operator removes). A fetch
+ * or heartbeat by that name registers it again. Errors: EINVAL, ENOTFOUND. */
+ENGRAM_API int engram_worker_forget(engram *log, const char *name);
 
 #ifdef __cplusplus
 }

@@ -861,6 +861,49 @@ out:
   return rc;
 }
 
+static int r_worker_heartbeat(engram *log, const engram_worker_info *w) {
+  REQ(worker_heartbeat, WORKER_HEARTBEAT, Engram__Wire__WorkerHeartbeat,
+      ENGRAM__WIRE__WORKER_HEARTBEAT__INIT);
+  net_arena a = {0};
+  m.worker = net_worker_to_wire(&a, w);
+  int rc = m.worker ? client_call(log, &rq)
+                    : log_error(NULL, ENGRAM_ENOMEM, "worker heartbeat: out of memory");
+  net_arena_free(&a);
+  return rc;
+}
+
+static int r_worker_list(engram *log, uint64_t lost_after_ms, engram_worker_info **out, size_t *n) {
+  REQ(worker_list, WORKER_LIST, Engram__Wire__WorkerList, ENGRAM__WIRE__WORKER_LIST__INIT);
+  m.lost_after_ms = lost_after_ms;
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_WORKERS, &rp);
+  if (rc) {
+    if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+    return rc;
+  }
+  size_t k = rp->workers->n_workers;
+  engram_worker_info *list = calloc(k ? k : 1, sizeof *list);
+  if (!list) {
+    engram__wire__reply__free_unpacked(rp, NULL);
+    return log_error(NULL, ENGRAM_ENOMEM, "worker list: out of memory");
+  }
+  for (size_t i = 0; i < k; i++)
+    if (net_worker_from_wire(rp->workers->workers[i], &list[i])) {
+      free(list);
+      return client_bad_reply(log, rp, "worker list");
+    }
+  engram__wire__reply__free_unpacked(rp, NULL);
+  *out = list;
+  *n = k;
+  return 0;
+}
+
+static int r_worker_forget(engram *log, const char *name) {
+  REQ(worker_forget, WORKER_FORGET, Engram__Wire__WorkerForget, ENGRAM__WIRE__WORKER_FORGET__INIT);
+  m.name = net_str(name);
+  return client_call(log, &rq);
+}
+
 const struct engram_backend net_remote = {
     .name = "remote",
     .close = r_close,
@@ -894,4 +937,7 @@ const struct engram_backend net_remote = {
     .append_async = client_append_async,
     .append_wait = client_append_wait,
     .txn_commit = r_txn_commit,
+    .worker_heartbeat = r_worker_heartbeat,
+    .worker_list = r_worker_list,
+    .worker_forget = r_worker_forget,
 };

@@ -102,7 +102,10 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
   X(dlq_purge, DLQ_PURGE, NET_RETRY_NEVER, op_dlq_select)          \
   X(dlq_redrive, DLQ_REDRIVE, NET_RETRY_NEVER, op_dlq_select)      \
   X(txn_commit, TXN_COMMIT, NET_RETRY_NEVER, op_txn_commit)        \
-  X(stats, STATS, NET_RETRY_SAFE, op_stats)
+  X(stats, STATS, NET_RETRY_SAFE, op_stats)                        \
+  X(worker_heartbeat, WORKER_HEARTBEAT, NET_RETRY_SAFE, op_beat)   \
+  X(worker_list, WORKER_LIST, NET_RETRY_SAFE, op_workers)          \
+  X(worker_forget, WORKER_FORGET, NET_RETRY_NEVER, op_forget)
 
 enum { NET_RETRY_NEVER, NET_RETRY_SAFE, NET_RETRY_KEYED };
 
@@ -173,5 +176,9 @@ extern const struct engram_backend net_remote;
 /* Fixed-size text out of a reply: copies s into dst[cap] and returns 0, or -1 when it
  * does not fit (the daemon sent something no engram daemon sends). */
 int net_copy_text(char *dst, size_t cap, const char *s);
+/* A worker's info -> wire, allocated in the arena (NULL when out of memory). */
+Engram__Wire__WorkerInfo *net_worker_to_wire(net_arena *a, const engram_worker_info *in);
+/* Wire -> a worker's info; -1 when a text does not fit or a count is over its limit. */
+int net_worker_from_wire(const Engram__Wire__WorkerInfo *w, engram_worker_info *out);
 
 #endif

@@ -636,6 +636,36 @@ OP(op_stats) {
   return rc;
 }
 
+OP(op_beat) {
+  engram_worker_info *w = net_arena_alloc(a, sizeof *w);
+  if (!w) return nomem(log);
+  if (!rq->worker_heartbeat->worker || net_worker_from_wire(rq->worker_heartbeat->worker, w))
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "worker heartbeat: worker missing, or a name, text or list over its limit");
+  return engram_worker_heartbeat(log, w);
+}
+
+OP(op_workers) {
+  engram_worker_info *list = NULL;
+  size_t n = 0;
+  int rc = engram_worker_list(log, rq->worker_list->lost_after_ms, &list, &n);
+  if (rc) return rc;
+  Engram__Wire__WorkerInfoList *w = net_arena_alloc(a, sizeof *w);
+  if (w) {
+    engram__wire__worker_info_list__init(w);
+    w->workers = net_arena_alloc(a, (n ? n : 1) * sizeof *w->workers);
+  }
+  for (size_t i = 0; w && w->workers && i < n; i++)
+    if (!(w->workers[w->n_workers++] = net_worker_to_wire(a, &list[i]))) w->workers = NULL;
+  engram_free(list);
+  if (!w || !w->workers) return nomem(log);
+  rp->result_case = ENGRAM__WIRE__REPLY__RESULT_WORKERS;
+  rp->workers = w;
+  return 0;
+}
+
+OP(op_forget) { return engram_worker_forget(log, rq->worker_forget->name); }
+
 /* The daemon's handler of each operation, from NET_OPS (net.h). */
 static const op_fn handlers[] = {
 #define X(name, CASE, retry, run) [ENGRAM__WIRE__REQUEST__OP_##CASE] = run,

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "net/http.h"
 #include "net/server.h"
 
 volatile sig_atomic_t server_stop_requested;
@@ -132,6 +133,8 @@ static int check_options(const char *dir, const engram_serve_options *o) {
   if (o->max_message && o->max_message < NET_MIN_MAX_MESSAGE)
     return log_error(NULL, ENGRAM_EINVAL, "serve: max_message %u under %u bytes", o->max_message,
                      NET_MIN_MAX_MESSAGE);
+  int rc = http_check_options(o->http, o->http_token);
+  if (rc) return rc;
   unsigned char k[32];
   if (o->secret_key || o->public_key || o->n_allow_keys) {
     if (!zmq_has("curve"))
@@ -151,6 +154,8 @@ static int check_options(const char *dir, const engram_serve_options *o) {
 }
 
 static void teardown(struct net_server *s) {
+  http_stop(s->http); /* its handlers use the handle: first */
+  s->http = NULL;
   if (s->workers) {
     pthread_mutex_lock(&s->mu);
     s->exiting = 1;
@@ -325,7 +330,7 @@ static int start(struct net_server *s) {
       return log_error(NULL, ENGRAM_ENOMEM, "serve: cannot start worker %d", i);
     }
   }
-  return 0;
+  return http_start(s, s->log, s->o.http, s->o.http_token, &s->http, s->http_ep, sizeof s->http_ep);
 }
 
 int net_serve(const char *data_dir, const engram_serve_options *opts) {
@@ -377,6 +382,9 @@ int net_serve(const char *data_dir, const engram_serve_options *opts) {
     server_log(s, "info", "listen", "requests on %s%s", s->listen_ep,
                o.secret_key ? " (CURVE, allow-listed keys only)" : "");
     server_log(s, "info", "notify", "notifications on %s", s->notify_ep);
+    if (s->http)
+      server_log(s, "info", "http", "dashboard and metrics on http://%s/%s", s->http_ep,
+                 o.http_token ? " (token required)" : "");
     if (strncmp(s->listen_ep, "tcp://127.", 10) && strncmp(s->listen_ep, "tcp://[::1]", 11) &&
         strncmp(s->listen_ep, "ipc://", 6) && strncmp(s->listen_ep, "inproc://", 9) &&
         !o.secret_key)

@@ -126,6 +126,9 @@ struct net_server {
   _Atomic uint64_t requests, errors, bad, appended, notifications;
   int64_t started_ns;
 
+  struct http_server *http; /* the dashboard and /metrics (http.c), NULL = off */
+  char http_ep[128];        /* its bound HOST:PORT */
+
   pthread_mutex_t log_mu; /* rate limit of client-error lines */
   int64_t log_window;
   int log_count, log_dropped;

@@ -377,3 +377,74 @@ int net_copy_text(char *dst, size_t cap, const char *s) {
   dst[n] = '\0';
   return 0;
 }
+
+/* ---------------------------------------------------------------------------------
+ * Workers.
+ * ------------------------------------------------------------------------------ */
+static char *arena_dup(net_arena *a, const char *s) {
+  size_t n = strlen(s);
+  char *d = net_arena_alloc(a, n + 1);
+  if (d) memcpy(d, s, n + 1);
+  return d;
+}
+
+Engram__Wire__WorkerInfo *net_worker_to_wire(net_arena *a, const engram_worker_info *in) {
+  Engram__Wire__WorkerInfo *w = net_arena_alloc(a, sizeof *w);
+  if (!w) return NULL;
+  engram__wire__worker_info__init(w);
+#define NUM(type, name) w->name = in->name;
+#define TEXT(size, name) \
+  if (!(w->name = arena_dup(a, in->name))) return NULL;
+  ENGRAM_WORKER_INFO_FIELDS(NUM, TEXT)
+#undef NUM
+#undef TEXT
+  size_t ng = in->n_groups > ENGRAM_MAX_WORKER_GROUPS ? ENGRAM_MAX_WORKER_GROUPS : in->n_groups;
+  size_t nr = in->n_running > ENGRAM_MAX_WORKER_RUNNING ? ENGRAM_MAX_WORKER_RUNNING : in->n_running;
+  if (ng) {
+    if (!(w->groups = net_arena_alloc(a, ng * sizeof *w->groups))) return NULL;
+    for (size_t i = 0; i < ng; i++)
+      if (!(w->groups[i] = arena_dup(a, in->groups[i]))) return NULL;
+    w->n_groups = ng;
+  }
+  if (nr) {
+    if (!(w->running = net_arena_alloc(a, nr * sizeof *w->running))) return NULL;
+    for (size_t i = 0; i < nr; i++) {
+      Engram__Wire__WorkerTask *t = net_arena_alloc(a, sizeof *t);
+      if (!t) return NULL;
+      engram__wire__worker_task__init(t);
+      if (!(t->topic = arena_dup(a, in->running[i].topic)) ||
+          !(t->group = arena_dup(a, in->running[i].group)))
+        return NULL;
+      t->offset = in->running[i].offset;
+      t->since_ns = in->running[i].since_ns;
+      w->running[i] = t;
+    }
+    w->n_running = nr;
+  }
+  return w;
+}
+
+int net_worker_from_wire(const Engram__Wire__WorkerInfo *w, engram_worker_info *out) {
+  memset(out, 0, sizeof *out);
+  if (!w || w->n_groups > ENGRAM_MAX_WORKER_GROUPS || w->n_running > ENGRAM_MAX_WORKER_RUNNING)
+    return -1;
+#define NUM(type, name) out->name = (type)w->name;
+#define TEXT(size, name) \
+  if (net_copy_text(out->name, sizeof out->name, w->name)) return -1;
+  ENGRAM_WORKER_INFO_FIELDS(NUM, TEXT)
+#undef NUM
+#undef TEXT
+  for (size_t i = 0; i < w->n_groups; i++)
+    if (net_copy_text(out->groups[i], sizeof out->groups[i], w->groups[i])) return -1;
+  out->n_groups = w->n_groups;
+  for (size_t i = 0; i < w->n_running; i++) {
+    const Engram__Wire__WorkerTask *t = w->running[i];
+    if (!t || net_copy_text(out->running[i].topic, sizeof out->running[i].topic, t->topic) ||
+        net_copy_text(out->running[i].group, sizeof out->running[i].group, t->group))
+      return -1;
+    out->running[i].offset = t->offset;
+    out->running[i].since_ns = t->since_ns;
+  }
+  out->n_running = w->n_running;
+  return 0;
+}

@@ -123,13 +123,17 @@ if [ -d tests/python ]; then
     if [ -z "$py" ]; then
       echo "SKIP  python (no python3 with pytest: apt-get install python3-pytest)"
     else
-      # Three units, each under its own timeout (ENGRAM_PY_TIMEOUT, default 300 s): the
-      # package, the task runtime, and the seed systems' ported examples.
+      # Four units, each under its own timeout (ENGRAM_PY_TIMEOUT, default 300 s): the
+      # package, the task runtime, the daemon's HTTP, and the seed systems' ported examples.
       export PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}"
       TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python "$py" -m pytest -q tests/python \
-        --ignore=tests/python/seeds --ignore=tests/python/test_tasks.py
+        --ignore=tests/python/seeds --ignore=tests/python/test_tasks.py \
+        --ignore=tests/python/test_http.py --ignore=tests/python/test_top.py
       TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/tasks "$py" -m pytest -q \
         tests/python/test_tasks.py
+      # The daemon's HTTP with a real Chromium, Prometheus and tmux.
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/http "$py" -m pytest -q \
+        tests/python/test_http.py tests/python/test_top.py
       TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/seeds "$py" -m pytest -q tests/python/seeds
     fi
   fi

@@ -91,7 +91,7 @@ build() { # name, extra args...
 # The whole library is linked so that engram_connect is present exactly when this build
 # has a client (peer_engram marks remote rows unsupported otherwise).
 build peer_engram -Iinclude -Wl,--whole-archive "$BUILD/libengram.a" -Wl,--no-whole-archive \
-  -lzstd -lprotobuf-c -lzmq || { SYSTEMS=${SYSTEMS//engram-remote/}; SYSTEMS=${SYSTEMS//engram/}; NOTES+=("engram: client did not build"); }
+  -lzstd -lprotobuf-c -lzmq -lmicrohttpd || { SYSTEMS=${SYSTEMS//engram-remote/}; SYSTEMS=${SYSTEMS//engram/}; NOTES+=("engram: client did not build"); }
 if has "$SYSTEMS" redis && ! build peer_redis -lhiredis; then SYSTEMS=${SYSTEMS//redis/}; NOTES+=("redis: client did not build"); fi
 if has "$SYSTEMS" zmq-echo && ! build peer_zmq_echo -lzmq; then SYSTEMS=${SYSTEMS//zmq-echo/}; NOTES+=("zmq-echo: did not build"); fi
 if has "$SYSTEMS" nats && ! build peer_nats -lnats; then SYSTEMS=${SYSTEMS//nats/}; NOTES+=("nats: client did not build"); fi

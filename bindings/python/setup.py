@@ -46,7 +46,7 @@ def dep_libs() -> list:
     them; plain -l<name> for a package without a .pc file."""
     out = []
     for pkg, name in (("lmdb", "lmdb"), ("libzstd", "zstd"), ("libprotobuf-c", "protobuf-c"),
-                      ("libzmq", "zmq")):
+                      ("libzmq", "zmq"), ("libmicrohttpd", "microhttpd")):
         try:
             flags = subprocess.run(["pkg-config", "--libs", pkg], capture_output=True,
                                    text=True, check=True).stdout.split()

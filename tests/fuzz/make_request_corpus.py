@@ -124,6 +124,12 @@ def main() -> None:
     txn_app = ld(2, ld(1, "derived") + ld(2, event(type_="memory.indexed")))
     seeds["txn"] = request(37, ld(1, txn_ack) + ld(1, txn_app))
     seeds["stats"] = request(38, b"")
+    task = ld(1, "memory") + ld(2, "g") + vi(3, 5) + si(4, 1700000000000000000)
+    worker = (ld(1, "w1") + ld(2, "box") + vi(3, 42) + vi(4, 4) + si(5, 1) + vi(7, 10) +
+              vi(8, 1) + ld(10, "memory/g") + ld(11, task))
+    seeds["worker-heartbeat"] = request(120, ld(1, worker))
+    seeds["worker-list"] = request(121, vi(1, 30000))
+    seeds["worker-forget"] = request(122, ld(1, "w1"))
     # Malformed and unusual.
     good = seeds["append-full"]
     seeds["bad-empty"] = b""
@@ -148,12 +154,15 @@ def main() -> None:
     seeds["bad-65-headers"] = request(18, ld(1, "memory") + ld(2, event(headers=[("h", "v")] * 65)))
     seeds["bad-txn-empty-op"] = request(37, ld(1, b""))
     seeds["bad-ack-empty-item"] = request(28, tg() + ld(3, b""))
+    seeds["bad-worker-17-groups"] = request(120, ld(1, ld(1, "w1") + ld(10, "a/b") * 17))
+    seeds["bad-worker-no-info"] = request(120, b"")
     seeds["bad-dlq-both"] = request(35, tg() + vi(3, 1) + packed(4, [1]))
     # Replies, for the client's side of the target.
     seeds["reply-error"] = vi(1, 5) + si(2, -2) + ld(3, "topic memory: no such topic") + vi(4, 1)
     seeds["reply-append"] = vi(1, 6) + vi(4, 1) + ld(14, packed(1, [1, 2]) + packed(2, [0, 1]))
     seeds["reply-events"] = vi(1, 7) + vi(4, 1) + ld(15, ld(1, "memory") + ld(2, vi(1, 1) + event() + vi(11, 2)))
     seeds["reply-hello"] = vi(1, 1) + vi(4, 1) + ld(10, vi(1, 1) + ld(2, "0.1.0") + vi(3, 16 << 20))
+    seeds["reply-workers"] = vi(1, 8) + vi(4, 1) + ld(120, ld(1, worker))
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)

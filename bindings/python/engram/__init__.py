@@ -26,7 +26,8 @@ _engram._register_errors(Error, dict(_BY_CODE))
 _logging.getLogger("engram").addHandler(_logging.NullHandler())
 
 from .client import (DeadLetter, Event, EventStatus, Group, GroupInfo, Log, Message,  # noqa: E402
-                     Offset, TopicInfo, Transaction, Consumer, connect, open, encode_payload)
+                     Offset, TopicInfo, Transaction, Consumer, WorkerInfo, connect, open,
+                     encode_payload)
 from .app import App, Reject, Retry, RunStats  # noqa: E402
 from .tasks import AsyncResult, Task  # noqa: E402
 from .events import EventManager  # noqa: E402
@@ -62,7 +63,7 @@ def keygen() -> "tuple[str, str]":
 
 __all__ = [
     "open", "connect", "Log", "Event", "Message", "Offset", "Group", "Consumer", "Transaction",
-    "TopicInfo", "GroupInfo", "DeadLetter", "EventStatus", "encode_payload", "App", "Reject",
+    "TopicInfo", "GroupInfo", "DeadLetter", "EventStatus", "WorkerInfo", "encode_payload", "App", "Reject",
     "Retry", "RunStats", "Task", "AsyncResult", "EventManager", "EventBus", "BusEvent",
     "Priority", "TractApp", "HandlerContext", "on_event", "MemoryValidator", "strerror",
     "errname", "missing_features", "keygen", "VERSION", "FORMAT_VERSION", "PROTOCOL_VERSION",

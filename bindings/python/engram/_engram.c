@@ -38,6 +38,9 @@ WEAK(engram_txn_commit);
 WEAK(engram_txn_abort);
 WEAK(engram_connect);
 WEAK(engram_keygen);
+WEAK(engram_worker_heartbeat);
+WEAK(engram_worker_list);
+WEAK(engram_worker_forget);
 
 #define MSG_MAX 512
 
@@ -1128,6 +1131,162 @@ static PyObject *Log_dlq_list(LogObject *self, PyObject *args) {
   return list;
 }
 
+/* Copies Python text into a fixed field; raises EINVAL and returns -1 when it does not fit. */
+static int copy_fixed(char *dst, size_t cap, PyObject *o, const char *what) {
+  Py_ssize_t n;
+  const char *s = PyUnicode_Check(o) ? PyUnicode_AsUTF8AndSize(o, &n) : NULL;
+  if (!s) {
+    if (!PyErr_Occurred())
+      PyErr_Format(PyExc_TypeError, "%s: expected str, got %.80s", what, Py_TYPE(o)->tp_name);
+    return -1;
+  }
+  if ((size_t)n >= cap || memchr(s, '\0', (size_t)n)) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "worker heartbeat: %s too long or holds NUL", what);
+    raise_code(ENGRAM_EINVAL, msg);
+    return -1;
+  }
+  memcpy(dst, s, (size_t)n + 1);
+  return 0;
+}
+
+/* worker_heartbeat(name, host, pid, concurrency, handled, failed, groups, running,
+ * started_ns): groups a sequence of "topic/group", running of (topic, group, offset,
+ * since_ns) tuples. */
+static PyObject *Log_worker_heartbeat(LogObject *self, PyObject *args) {
+  PyObject *name, *host, *groups, *running;
+  uint32_t pid = 0, conc = 0;
+  uint64_t handled = 0, failed = 0;
+  int64_t started = 0;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_worker_heartbeat);
+  if (!PyArg_ParseTuple(args, "UUO&O&O&O&OOO&:worker_heartbeat", &name, &host, conv_u32, &pid,
+                        conv_u32, &conc, conv_u64, &handled, conv_u64, &failed, &groups, &running,
+                        conv_i64, &started))
+    return NULL;
+  engram_worker_info *w = calloc(1, sizeof *w);
+  if (!w) return PyErr_NoMemory();
+  PyObject *gs = NULL, *rs = NULL;
+  if (copy_fixed(w->name, sizeof w->name, name, "name") ||
+      copy_fixed(w->host, sizeof w->host, host, "host"))
+    goto fail;
+  w->pid = pid;
+  w->concurrency = conc;
+  w->handled = handled;
+  w->failed = failed;
+  w->started_ns = started;
+  if (!(gs = PySequence_Fast(groups, "groups: expected a sequence")) ||
+      !(rs = PySequence_Fast(running, "running: expected a sequence")))
+    goto fail;
+  if (PySequence_Fast_GET_SIZE(gs) > ENGRAM_MAX_WORKER_GROUPS ||
+      PySequence_Fast_GET_SIZE(rs) > ENGRAM_MAX_WORKER_RUNNING) {
+    raise_code(ENGRAM_EINVAL, "worker heartbeat: too many groups or running tasks");
+    goto fail;
+  }
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(gs); i++)
+    if (copy_fixed(w->groups[i], sizeof w->groups[i], PySequence_Fast_GET_ITEM(gs, i), "group"))
+      goto fail;
+  w->n_groups = (size_t)PySequence_Fast_GET_SIZE(gs);
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(rs); i++) {
+    engram_worker_task *t = &w->running[i];
+    PyObject *tp, *gp;
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(rs, i), "UUO&O&:running task", &tp, &gp,
+                          conv_u64, &t->offset, conv_i64, &t->since_ns) ||
+        copy_fixed(t->topic, sizeof t->topic, tp, "running topic") ||
+        copy_fixed(t->group, sizeof t->group, gp, "running group"))
+      goto fail;
+  }
+  w->n_running = (size_t)PySequence_Fast_GET_SIZE(rs);
+  Py_CLEAR(gs);
+  Py_CLEAR(rs);
+  if (enter(self)) goto fail;
+  RUN(self, rc, msg, engram_worker_heartbeat(self->log, w));
+  leave(self);
+  free(w);
+  if (rc < 0) return raise_code(rc, msg);
+  Py_RETURN_NONE;
+fail:
+  Py_XDECREF(gs);
+  Py_XDECREF(rs);
+  free(w);
+  return NULL;
+}
+
+static PyObject *worker_dict(const engram_worker_info *w) {
+  PyObject *d = PyDict_New();
+#define NUM(type, name) \
+  if (d && put_##type(d, #name, w->name) < 0) Py_CLEAR(d);
+#define TEXT(size, name) \
+  if (d && put_text(d, #name, w->name) < 0) Py_CLEAR(d);
+  ENGRAM_WORKER_INFO_FIELDS(NUM, TEXT)
+#undef NUM
+#undef TEXT
+  PyObject *gs = PyList_New((Py_ssize_t)w->n_groups), *rs = PyList_New((Py_ssize_t)w->n_running);
+  for (size_t i = 0; gs && i < w->n_groups; i++) {
+    PyObject *g = PyUnicode_FromString(w->groups[i]);
+    if (!g) {
+      Py_CLEAR(gs);
+      break;
+    }
+    PyList_SET_ITEM(gs, (Py_ssize_t)i, g);
+  }
+  for (size_t i = 0; rs && i < w->n_running; i++) {
+    PyObject *t = Py_BuildValue(
+        "{s:s,s:s,s:K,s:L}", "topic", w->running[i].topic, "group", w->running[i].group, "offset",
+        (unsigned long long)w->running[i].offset, "since_ns", (long long)w->running[i].since_ns);
+    if (!t) {
+      Py_CLEAR(rs);
+      break;
+    }
+    PyList_SET_ITEM(rs, (Py_ssize_t)i, t);
+  }
+  if (!d || !gs || !rs || PyDict_SetItemString(d, "groups", gs) < 0 ||
+      PyDict_SetItemString(d, "running", rs) < 0)
+    Py_CLEAR(d);
+  Py_XDECREF(gs);
+  Py_XDECREF(rs);
+  return d;
+}
+
+static PyObject *Log_worker_list(LogObject *self, PyObject *args) {
+  uint64_t lost_after = 0;
+  size_t n = 0;
+  engram_worker_info *ws = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_worker_list);
+  if (!PyArg_ParseTuple(args, "|O&:worker_list", conv_u64, &lost_after)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_worker_list(self->log, lost_after, &ws, &n));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *list = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; list && i < n; i++) {
+    PyObject *d = worker_dict(&ws[i]);
+    if (!d) {
+      Py_CLEAR(list);
+      break;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)i, d);
+  }
+  engram_free(ws);
+  return list;
+}
+
+static PyObject *Log_worker_forget(LogObject *self, PyObject *args) {
+  const char *name;
+  int rc;
+  char msg[MSG_MAX];
+  NEED(engram_worker_forget);
+  if (!PyArg_ParseTuple(args, "O&:worker_forget", conv_str, &name)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_worker_forget(self->log, name));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  Py_RETURN_NONE;
+}
+
 typedef int (*dlq_op)(engram *, const char *, const char *, const uint64_t *, size_t, size_t *);
 
 static PyObject *dlq_apply(LogObject *self, PyObject *args, const char *fmt, dlq_op op) {
@@ -1405,6 +1564,12 @@ static PyMethodDef Log_methods[] = {
     {"dlq_redrive", (PyCFunction)Log_dlq_redrive, METH_VARARGS,
      "dlq_redrive(topic, group, offsets=None) -> count"},
     {"txn_begin", (PyCFunction)Log_txn_begin, METH_NOARGS, "txn_begin() -> Txn"},
+    {"worker_heartbeat", (PyCFunction)Log_worker_heartbeat, METH_VARARGS,
+     "worker_heartbeat(name, host, pid, concurrency, handled, failed, groups, running, "
+     "started_ns)"},
+    {"worker_list", (PyCFunction)Log_worker_list, METH_VARARGS,
+     "worker_list(lost_after_ms=0) -> list of dict"},
+    {"worker_forget", (PyCFunction)Log_worker_forget, METH_VARARGS, "worker_forget(name)"},
     {NULL}};
 
 static PyGetSetDef Log_getset[] = {

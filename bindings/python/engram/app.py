@@ -207,7 +207,7 @@ class RunStats:
 
 class _Job:
     __slots__ = ("ev", "deadline", "timeout", "timed_out", "thread", "fetched", "settling",
-                 "soft", "soft_deadline", "fail", "extended", "revoked")
+                 "soft", "soft_deadline", "fail", "extended", "revoked", "started_ns")
 
     def __init__(self, ev: Event, limits: "Tuple[Optional[float], Optional[float], bool]") -> None:
         self.ev = ev
@@ -220,6 +220,7 @@ class _Job:
         self.thread: Optional[threading.Thread] = None
         self.extended = self.fetched  # when the lease was last renewed (monotonic)
         self.revoked: Optional[str] = None  # set when a revoke terminated it
+        self.started_ns = 0  # CLOCK_REALTIME when a worker thread took it
 
 
 class App:
@@ -649,6 +650,27 @@ class App:
                 signal.signal(s, h)
         return restore
 
+    _BEAT_EVERY = 5.0  # seconds between worker heartbeats (the default lost timeout is 30 s)
+
+    def _beat(self, name: str, concurrency: int, stats: RunStats, groups: List[Group],
+              running: List[Tuple[str, str, int, int]]) -> None:
+        """Tells the log who this worker is and what it runs now (engram workers, the
+        dashboard); a failed heartbeat is logged, never fatal."""
+        try:
+            self.log.worker_heartbeat(
+                name, host=socket.gethostname()[:255], pid=os.getpid(), concurrency=concurrency,
+                handled=stats.handled, failed=stats.failed + stats.rejected,
+                groups=[f"{g.topic}/{g.name}" for g in groups][:16], running=running[:16])
+        except Error as e:
+            logger.info("worker heartbeat failed: %s", e)
+
+    def _forget(self, name: str) -> None:
+        """A worker that stops cleanly leaves the list instead of showing as lost."""
+        try:
+            self.log.forget_worker(name)
+        except Error:
+            pass
+
     def _ack_wait(self, group: Group) -> float:
         try:
             return group.info().ack_wait
@@ -741,6 +763,7 @@ class App:
                         return
                     job = heapq.heappop(heap)[3]
                     job.thread = me
+                    job.started_ns = time.time_ns()
                     now = time.monotonic()
                     if job.timeout:
                         job.deadline = now + job.timeout
@@ -832,10 +855,18 @@ class App:
             after the last renewal (until it returns or hits its hard limit, when it
             leaves ``running``), and applies revocations that terminate."""
             tick = max(0.02, min(ack_wait / 3, 0.25))
+            beat, beat_ids = 0.0, frozenset()
             while not ka_stop.wait(tick):
                 now = time.monotonic()
                 with lock:
                     live = [j for j in running.values() if not j.settling and not j.timed_out]
+                ids = frozenset(id(j) for j in live)
+                # Every _BEAT_EVERY, and at most once a second when what runs changed.
+                if now - beat >= self._BEAT_EVERY or (ids != beat_ids and now - beat >= 1.0):
+                    beat, beat_ids = now, ids
+                    self._beat(consumer_name, n, stats, groups,
+                               [(j.ev.topic, j.ev.group.name if j.ev.group else "", j.ev.offset,
+                                 j.started_ns) for j in live if j.ev.group])
                 for j in live:
                     if now - j.extended >= ack_wait / 3:
                         try:
@@ -862,6 +893,7 @@ class App:
         ack_thread = threading.Thread(target=acker, name="engram-acker", daemon=True)
         ack_thread.start()
         ka_stop = threading.Event()
+        self._beat(consumer_name, n, stats, groups, [])
         ka = threading.Thread(target=keeper, name="engram-heartbeat", daemon=True)
         ka.start()
         idle_since = time.monotonic()
@@ -941,6 +973,7 @@ class App:
             ack_thread.join(timeout=30)
             dog.join(timeout=1.0)
             ka.join(timeout=1.0)
+            self._forget(consumer_name)
         return stats
 
     # -- process mode ---------------------------------------------------------------------
@@ -1037,9 +1070,15 @@ class App:
 
         def keeper() -> None:
             tick = max(0.02, min(ack_wait / 3, 0.25))
+            beat = 0.0
             while not ka_stop.wait(tick):
                 ev = cur["ev"]
                 now = time.monotonic()
+                if now - beat >= self._BEAT_EVERY:
+                    beat = now
+                    self._beat(consumer_name, 1, stats, groups,
+                               [(ev.topic, ev.group.name, ev.offset, cur.get("since_ns", 0))]
+                               if ev is not None and ev.group else [])
                 if ev is not None and cur["hard"] is not None and now >= cur["hard"]:
                     finish_and_die(ev, Reject(f"TimeLimitExceeded: the task ran past its time "
                                               f"limit of {cur['limit']:g}s (worker process killed)"))
@@ -1077,7 +1116,7 @@ class App:
             soft, hard, fail = self._limits_for(ev, t_ms / 1000 if t_ms else None)
             with cur_lock:
                 cur.update(ev=ev, settled=False, extended=time.monotonic(), fail=fail, limit=hard,
-                           soft=bool(soft and fail), hard=None)
+                           soft=bool(soft and fail), hard=None, since_ns=time.time_ns())
                 if fail and hard:
                     cur["hard"] = time.monotonic() + hard
             alarm = soft if fail else hard  # tasks: soft limit by signal, hard by kill
@@ -1099,6 +1138,7 @@ class App:
                 stats.timed_out += 1
             self._settle(ev, stats, result, exc)
         ka_stop.set()
+        self._forget(consumer_name)
         os._exit(0)
 
 

@@ -140,6 +140,7 @@ class Subscription:
     stopped: bool = False
     thread: Optional[threading.Thread] = None
     current: Optional[Event] = None          # the event its handler runs now (heartbeat)
+    current_since: int = 0                   # CLOCK_REALTIME ns when it started
 
     def matches(self, ev: Event) -> bool:
         if CONTROL_HEADER in ev.headers:
@@ -625,10 +626,32 @@ class EventBus:
                                       name=f"engram-bus-{sub.name}"[:60])
         sub.thread.start()
 
+    _BEAT_EVERY = 5.0  # seconds between worker heartbeats (engram workers, the dashboard)
+
+    def _beat(self) -> None:
+        """Describes each subscriber's consumer to the log: host, pid, its group and the
+        event it runs now. A failed heartbeat is logged, never fatal."""
+        with self._cv:
+            subs = [s for s in self._subs.values() if s.group is not None and not s.stopped]
+        for s in subs:
+            ev = s.current
+            try:
+                self.log.worker_heartbeat(
+                    f"{self._consumer_prefix}-{s.name}"[:200], host=socket.gethostname()[:255],
+                    pid=os.getpid(), concurrency=1, groups=[f"{self.topic}/{s.group.name}"],
+                    running=[(ev.topic, s.group.name, ev.offset, s.current_since)] if ev else [])
+            except Error as e:
+                logger.debug("worker heartbeat for %s: %s", s.id, e)
+
     def _heartbeat(self) -> None:
-        """Renews the lease of every event a handler is running, every ack_wait/3."""
+        """Renews the lease of every event a handler is running, every ack_wait/3, and
+        sends the subscribers' worker heartbeats every _BEAT_EVERY seconds."""
         me = threading.current_thread()
+        beat = 0.0
         while True:
+            if time.monotonic() - beat >= self._BEAT_EVERY:
+                beat = time.monotonic()
+                self._beat()
             with self._cv:
                 if not self._running or self._heart is not me:
                     return
@@ -705,6 +728,7 @@ class EventBus:
             self._settled(sub, eid, "done")
             return loop
         sub.current = ev  # the heartbeat keeps its lease while it waits for a slot and runs
+        sub.current_since = time.time_ns()
         self._acquire(sub, eid)
         exc: Optional[BaseException] = None
         try:

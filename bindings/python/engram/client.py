@@ -293,6 +293,34 @@ class EventStatus:
                    d["last_error"], d["result"])
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker (consumer) as the log knows it: registered by its fetches, described by
+    its heartbeats. ``lost`` when not seen for the listing's ``lost_after``; ``running``
+    holds (topic, group, offset, since) of what it handles now."""
+
+    name: str
+    host: str
+    pid: int
+    concurrency: int
+    started: Optional[_dt.datetime]
+    last_seen: Optional[_dt.datetime]
+    handled: int
+    failed: int
+    lost: bool
+    groups: Tuple[str, ...]
+    running: Tuple[Tuple[str, str, int, Optional[_dt.datetime]], ...]
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "WorkerInfo":
+        def t(ns: int) -> Optional[_dt.datetime]:
+            return _dt.datetime.fromtimestamp(ns / 1e9, _dt.timezone.utc) if ns else None
+        return cls(d["name"], d["host"], d["pid"], d["concurrency"], t(d["started_ns"]),
+                   t(d["last_seen_ns"]), d["handled"], d["failed"], bool(d["lost"]),
+                   tuple(d["groups"]),
+                   tuple((r["topic"], r["group"], r["offset"], t(r["since_ns"])) for r in d["running"]))
+
+
 # ---------------------------------------------------------------------------------------
 # Events
 # ---------------------------------------------------------------------------------------
@@ -607,6 +635,29 @@ class Log:
     def delete_group(self, topic: str, name: str) -> None:
         """Deletes a group with its leases, DLQ and results."""
         self.h.group_delete(topic, name)
+
+    # -- workers --------------------------------------------------------------------------
+    def worker_heartbeat(self, name: str, *, host: str = "", pid: int = 0, concurrency: int = 0,
+                         handled: int = 0, failed: int = 0, groups: Sequence[str] = (),
+                         running: Sequence[Tuple[str, str, int, int]] = (),
+                         started_ns: int = 0) -> None:
+        """Registers or refreshes worker ``name``: host, pid, concurrency and the handled /
+        failed counts replace the stored ones, ``groups`` ("topic/group") are added to those
+        it serves, ``running`` is what it handles now as (topic, group, offset, since_ns).
+        A fetch registers its consumer by itself; this adds the details."""
+        _str(name, "worker name")
+        self.h.worker_heartbeat(name, host, pid, concurrency, handled, failed, list(groups),
+                                [tuple(r) for r in running], started_ns)
+
+    def workers(self, lost_after: Optional[Duration] = None) -> List[WorkerInfo]:
+        """Every known worker in name order, ``lost`` when not seen for ``lost_after``
+        seconds (default 30)."""
+        return [WorkerInfo._from(d) for d in self.h.worker_list(_ms(lost_after, "lost_after") or 0)]
+
+    def forget_worker(self, name: str) -> None:
+        """Removes worker ``name``'s record (NotFound when there is none)."""
+        _str(name, "worker name")
+        self.h.worker_forget(name)
 
     # -- the rest -------------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:

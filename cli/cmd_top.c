@@ -1,0 +1,250 @@
+/* cmd_top.c — `engram top`: a live terminal view of groups (lag, rates, oldest
+ * unfinished) and workers, over --data or --connect. */
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const char help[] =
+    "usage: engram top [--interval DURATION] [--sort KEY] [--once]\n"
+    "\n"
+    "A live view of every consumer group (lag, in flight, retrying, dead, appends and\n"
+    "acks per second, age of the oldest unfinished event) and of the workers (alive or\n"
+    "lost, handled, failed, what each runs now), redrawn every interval, over --data\n"
+    "or --connect. Keys: q quits; l, n, d, i, a sort by lag, name, dead, in flight,\n"
+    "acks per second.\n"
+    "\n"
+    "options:\n"
+    "  --interval DURATION  redraw period (default 1s, at least 100ms)\n"
+    "  --sort KEY           lag (default), name, dead, inflight or rate\n"
+    "  --once               print one frame (rates need two: shown as -) and exit\n"
+    "  -h, --help           this help\n";
+
+enum { SORT_LAG, SORT_NAME, SORT_DEAD, SORT_INFLIGHT, SORT_RATE };
+static const char *const sort_names[] = {"lag", "name", "dead", "inflight", "rate", NULL};
+
+struct row {
+  engram_group_info g;
+  double append_rate, ack_rate; /* per second, < 0 = unknown */
+};
+
+static int sort_key;
+static int cmp(const void *a, const void *b) {
+  const struct row *x = a, *y = b;
+  int c = 0;
+  switch (sort_key) {
+    case SORT_LAG:
+      c = (x->g.lag < y->g.lag) - (x->g.lag > y->g.lag);
+      break;
+    case SORT_DEAD:
+      c = (x->g.dead < y->g.dead) - (x->g.dead > y->g.dead);
+      break;
+    case SORT_INFLIGHT:
+      c = (x->g.in_flight < y->g.in_flight) - (x->g.in_flight > y->g.in_flight);
+      break;
+    case SORT_RATE:
+      c = (x->ack_rate < y->ack_rate) - (x->ack_rate > y->ack_rate);
+      break;
+  }
+  if (c) return c;
+  c = strcmp(x->g.topic, y->g.topic);
+  return c ? c : strcmp(x->g.name, y->g.name);
+}
+
+static struct termios saved;
+static int raw_on;
+static volatile sig_atomic_t quit;
+static void on_signal(int sig) { quit = sig; }
+static void raw_off(void) {
+  if (raw_on) tcsetattr(STDIN_FILENO, TCSANOW, &saved);
+  raw_on = 0;
+}
+
+/* The previous frame's counters, to turn into rates. */
+struct prev {
+  char topic[ENGRAM_MAX_NAME + 1], name[ENGRAM_MAX_NAME + 1];
+  uint64_t head, acked;
+};
+
+static void rate(const struct prev *p, size_t np, struct row *r, double dt) {
+  r->append_rate = r->ack_rate = -1;
+  for (size_t i = 0; i < np && dt > 0; i++)
+    if (!strcmp(p[i].topic, r->g.topic) && !strcmp(p[i].name, r->g.name)) {
+      uint64_t head = r->g.floor + r->g.lag;
+      r->append_rate = head >= p[i].head ? (double)(head - p[i].head) / dt : 0;
+      r->ack_rate = r->g.acked >= p[i].acked ? (double)(r->g.acked - p[i].acked) / dt : 0;
+    }
+}
+
+static void fmt_rate(double v, char *buf, size_t n) {
+  if (v < 0)
+    snprintf(buf, n, "-");
+  else
+    snprintf(buf, n, "%.1f", v);
+}
+
+static int frame(struct cli *c, struct prev **prev, size_t *nprev, int64_t *prev_ns, int clear) {
+  engram_group_info *g = NULL;
+  engram_worker_info *w = NULL;
+  size_t ng = 0, nw = 0;
+  int rc = engram_group_list(c->log, NULL, &g, &ng);
+  if (rc) return cli_fail(c, rc, "top: list groups");
+  if ((rc = engram_worker_list(c->log, 0, &w, &nw))) {
+    engram_free(g);
+    return cli_fail(c, rc, "top: list workers");
+  }
+  int64_t now = cli_now_ns();
+  double dt = *prev_ns ? (double)(now - *prev_ns) / 1e9 : 0;
+  struct row *rows = calloc(ng ? ng : 1, sizeof *rows);
+  struct prev *next = calloc(ng ? ng : 1, sizeof *next);
+  if (!rows || !next) {
+    free(rows);
+    free(next);
+    engram_free(g);
+    engram_free(w);
+    return cli_error("top: out of memory");
+  }
+  for (size_t i = 0; i < ng; i++) {
+    rows[i].g = g[i];
+    rate(*prev, *nprev, &rows[i], dt);
+    snprintf(next[i].topic, sizeof next[i].topic, "%s", g[i].topic);
+    snprintf(next[i].name, sizeof next[i].name, "%s", g[i].name);
+    next[i].head = g[i].floor + g[i].lag;
+    next[i].acked = g[i].acked;
+  }
+  free(*prev);
+  *prev = next;
+  *nprev = ng;
+  *prev_ns = now;
+  qsort(rows, ng, sizeof *rows, cmp);
+  if (clear) fputs("\033[H\033[2J", stdout);
+  size_t alive = 0;
+  for (size_t i = 0; i < nw; i++) alive += !w[i].lost;
+  char when[40];
+  cli_fmt_time(now, when, sizeof when);
+  printf("engram top  %s  groups %zu  workers %zu alive, %zu lost  sort %s  (q quits)\n\n", when,
+         ng, alive, nw - alive, sort_names[sort_key]);
+  struct cli_table *tb = cli_table_new(10);
+  cli_table_row(tb, "TOPIC", "GROUP", "LAG", "IN_FLIGHT", "RETRYING", "DEAD", "APPENDS/S", "ACKS/S",
+                "OLDEST", "ACKED");
+  for (size_t i = 0; i < ng; i++) {
+    const engram_group_info *x = &rows[i].g;
+    char lag[24], inf[24], rt[24], dead[24], ar[24], kr[24], age[32], acked[24];
+    snprintf(lag, sizeof lag, "%" PRIu64, x->lag);
+    snprintf(inf, sizeof inf, "%" PRIu64, x->in_flight);
+    snprintf(rt, sizeof rt, "%" PRIu64, x->retrying);
+    snprintf(dead, sizeof dead, "%" PRIu64, x->dead);
+    snprintf(acked, sizeof acked, "%" PRIu64, x->acked);
+    fmt_rate(rows[i].append_rate, ar, sizeof ar);
+    fmt_rate(rows[i].ack_rate, kr, sizeof kr);
+    if (x->oldest_unfinished_ns > 0)
+      cli_fmt_age(now - x->oldest_unfinished_ns, age, sizeof age);
+    else
+      snprintf(age, sizeof age, "-");
+    cli_table_row(tb, x->topic, x->name, lag, inf, rt, dead, ar, kr, age, acked);
+  }
+  int status = cli_table_print(tb, stdout);
+  printf("\n");
+  tb = cli_table_new(6);
+  cli_table_row(tb, "WORKER", "STATE", "HANDLED", "FAILED", "LAST_SEEN", "RUNNING");
+  for (size_t i = 0; i < nw && !status; i++) {
+    char handled[24], failed[24], seen[32], running[256] = "";
+    snprintf(handled, sizeof handled, "%" PRIu64, w[i].handled);
+    snprintf(failed, sizeof failed, "%" PRIu64, w[i].failed);
+    cli_fmt_age(now - w[i].last_seen_ns, seen, sizeof seen);
+    size_t used = 0;
+    for (size_t k = 0; k < w[i].n_running && used < sizeof running; k++)
+      used += (size_t)snprintf(running + used, sizeof running - used, "%s%s@%" PRIu64, k ? "," : "",
+                               w[i].running[k].topic, w[i].running[k].offset);
+    cli_table_row(tb, w[i].name, w[i].lost ? "lost" : "alive", handled, failed, seen,
+                  *running ? running : "-");
+  }
+  if (!status) status = cli_table_print(tb, stdout);
+  fflush(stdout);
+  free(rows);
+  engram_free(g);
+  engram_free(w);
+  return status;
+}
+
+int cmd_top(struct cli *c, int argc, char **argv) {
+  uint64_t interval = 1000;
+  int once = 0, sort = SORT_LAG;
+  const struct cli_opt opts[] = {
+      CLI_OPT_DURATION("--interval", &interval, .min = 100, .max = 3600000),
+      CLI_OPT_ENUM("--sort", &sort, .names = sort_names), CLI_OPT_FLAG("--once", &once),
+      CLI_OPT_END};
+  struct cli_args a;
+  cli_args_init(&a, "top", argc, argv);
+  int status = cli_args_parse(&a, opts, help, 0, 0, "no arguments");
+  if (status != CLI_GO) return status;
+  sort_key = sort < 0 ? SORT_LAG : sort;
+  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
+  struct prev *prev = NULL;
+  size_t nprev = 0;
+  int64_t prev_ns = 0;
+  if (once) {
+    status = frame(c, &prev, &nprev, &prev_ns, 0);
+    free(prev);
+    return status;
+  }
+  if (isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0) {
+    struct termios t = saved;
+    t.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+    t.c_cc[VMIN] = 0;
+    t.c_cc[VTIME] = 0;
+    if (tcsetattr(STDIN_FILENO, TCSANOW, &t) == 0) raw_on = 1;
+  }
+  signal(SIGINT, on_signal);
+  signal(SIGTERM, on_signal);
+  while (!quit && !(status = frame(c, &prev, &nprev, &prev_ns, 1))) {
+    int64_t end = cli_now_ns() + (int64_t)interval * 1000000;
+    int redraw = 0;
+    while (!quit && !redraw) {
+      int64_t left = (end - cli_now_ns()) / 1000000;
+      if (left <= 0) break;
+      struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+      if (poll(&p, 1, (int)left) <= 0 || !(p.revents & (POLLIN | POLLHUP))) continue;
+      char ch;
+      if (read(STDIN_FILENO, &ch, 1) != 1) {
+        p.fd = -1; /* stdin closed: keep redrawing until a signal */
+        usleep((useconds_t)(left > 0 ? left : 1) * 1000);
+        break;
+      }
+      redraw = 1;
+      switch (ch) {
+        case 'q':
+        case 'Q':
+          quit = 1;
+          break;
+        case 'l':
+          sort_key = SORT_LAG;
+          break;
+        case 'n':
+          sort_key = SORT_NAME;
+          break;
+        case 'd':
+          sort_key = SORT_DEAD;
+          break;
+        case 'i':
+          sort_key = SORT_INFLIGHT;
+          break;
+        case 'a':
+          sort_key = SORT_RATE;
+          break;
+        default:
+          redraw = 0;
+      }
+    }
+  }
+  raw_off();
+  free(prev);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  return status;
+}
