@@ -95,6 +95,12 @@ int engram_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id) {
   return log->be->topic_train_dict(log, topic, dict_id);
 }
 
+int engram_topic_set(engram *log, const char *topic, const engram_topic_config *cfg) {
+  if (!log) return ENGRAM_EINVAL;
+  if (!cfg) return log_error(NULL, ENGRAM_EINVAL, "set topic: config is NULL");
+  return log->be->topic_set(log, topic, cfg);
+}
+
 void engram_free(void *p) { free(p); }
 
 /* ---------------------------------------------------------------------------------
@@ -317,4 +323,13 @@ void engram_serve_stop(void) { net_serve_stop(); }
 int engram_keygen(char public_key[41], char secret_key[41]) {
   if (!public_key || !secret_key) return log_error(NULL, ENGRAM_EINVAL, "keygen: NULL buffer");
   return net_keygen(public_key, secret_key);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Maintenance.
+ * ------------------------------------------------------------------------------ */
+int engram_compact(engram *log, const char *topic, engram_compact_report *report) {
+  if (!log) return ENGRAM_EINVAL;
+  if (report) memset(report, 0, sizeof *report);
+  return log->be->compact(log, topic, report);
 }

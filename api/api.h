@@ -58,6 +58,8 @@ struct engram_backend {
   int (*append_async)(engram *h, const char *topic, const engram_event *ev, engram_append_cb cb,
                       void *ctx);
   int (*append_wait)(engram *h);
+  int (*topic_set)(engram *h, const char *topic, const engram_topic_config *cfg);
+  int (*compact)(engram *h, const char *topic, engram_compact_report *report);
 };
 
 /* A public handle: its backend and that backend's state (a struct log for the embedded

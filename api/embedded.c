@@ -17,6 +17,14 @@ static int e_topic_list(engram *h, engram_topic_info **out, size_t *n) {
   return log_topic_list(L(h), out, n);
 }
 static int e_topic_drop(engram *h, const char *topic) { return cg_topic_drop(L(h), topic); }
+static int e_topic_set(engram *h, const char *topic, const engram_topic_config *cfg) {
+  return log_topic_set(L(h), topic, cfg);
+}
+
+static int e_compact(engram *h, const char *topic, engram_compact_report *report) {
+  return cg_compact(L(h), topic, report);
+}
+
 static int e_topic_train_dict(engram *h, const char *topic, uint32_t *dict_id) {
   return log_topic_train_dict(L(h), topic, dict_id);
 }
@@ -135,6 +143,8 @@ const struct engram_backend api_embedded = {
     .verify = e_verify,
     .append_async = e_append_async,
     .append_wait = e_append_wait,
+    .topic_set = e_topic_set,
+    .compact = e_compact,
 };
 
 struct log *api_log(engram *h) {

@@ -40,6 +40,9 @@ int cg_dlq_purge(struct log *log, const char *topic, const char *group, const ui
 int cg_dlq_redrive(struct log *log, const char *topic, const char *group, const uint64_t *offsets,
                    size_t n, size_t *count);
 
+/* Retention (retain.c): engram_compact. */
+int cg_compact(struct log *log, const char *topic, engram_compact_report *report);
+
 /* Checks the group records in log_verify's walk (its log_verify_fn). */
 void cg_verify_records(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx);
 

@@ -103,7 +103,9 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
   X(dlq_purge, DLQ_PURGE, NET_RETRY_NEVER, op_dlq_select)          \
   X(dlq_redrive, DLQ_REDRIVE, NET_RETRY_NEVER, op_dlq_select)      \
   X(txn_commit, TXN_COMMIT, NET_RETRY_NEVER, op_txn_commit)        \
-  X(stats, STATS, NET_RETRY_SAFE, op_stats)
+  X(stats, STATS, NET_RETRY_SAFE, op_stats)                        \
+  X(topic_set, TOPIC_SET, NET_RETRY_SAFE, op_topic_set)            \
+  X(compact, COMPACT, NET_RETRY_SAFE, op_compact)
 
 enum { NET_RETRY_NEVER, NET_RETRY_SAFE, NET_RETRY_KEYED };
 
