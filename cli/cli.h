@@ -22,7 +22,7 @@
   X(append, "append events to a topic (one, or a JSON-lines batch from stdin)")     \
   X(read, "print events of a topic")                                                \
   X(topics, "list topics")                                                          \
-  X(topic, "create, drop, show a topic or train its dictionary")                    \
+  X(topic, "create, drop, show, set a topic or train its dictionary")               \
   X(group, "create, list, show, delete or reset consumer groups")                   \
   X(consume, "fetch events for a group member, print them and ack / nack / reject") \
   X(ack, "acknowledge one event for a group")                                       \
@@ -36,7 +36,8 @@
   X(backup, "write a consistent copy of the log to a new directory")                \
   X(serve, "serve a log over ZeroMQ (the daemon, in the foreground)")               \
   X(keygen, "make a CURVE key pair for serve and its clients")                      \
-  X(sync, "force everything committed so far to disk")
+  X(sync, "force everything committed so far to disk")                              \
+  X(compact, "apply retention limits now")
 
 /* State shared by all commands: the global options and the handle they open. */
 struct cli {

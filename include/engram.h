@@ -237,6 +237,7 @@ ENGRAM_API int engram_backup(engram *log, const char *dest);
  * waits for (bounded disk over completeness); the groups concerned count them in
  * retention_skipped. Without it retention waits for them (docs/operations.md). */
 #define ENGRAM_TOPIC_RETAIN_FORCE 0x2
+#define ENGRAM_MAX_RETENTION_AGE_MS (3650ull * 86400000) /* max_age_ms: 10 years */
 
 /* The retention limits of engram_topic_config, one X(type, name) each, in the struct's
  * order: the wire, the CLI and the bindings copy them from this list. 0 = no limit.

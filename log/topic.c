@@ -311,9 +311,10 @@ static int config_check(struct log *log, const char *verb, const char *topic,
                      c->max_payload, ENGRAM_MAX_PAYLOAD_LIMIT);
   if (c->flags & ~(uint32_t)(ENGRAM_TOPIC_NO_DICT | ENGRAM_TOPIC_RETAIN_FORCE))
     return log_error(log, ENGRAM_EINVAL, "%s topic %s: unknown flags 0x%x", verb, topic, c->flags);
-  if (c->max_age_ms > (uint64_t)INT64_MAX / 1000000)
-    return log_error(log, ENGRAM_EINVAL, "%s topic %s: max_age_ms %llu is too large", verb, topic,
-                     (unsigned long long)c->max_age_ms);
+  if (c->max_age_ms > ENGRAM_MAX_RETENTION_AGE_MS)
+    return log_error(log, ENGRAM_EINVAL, "%s topic %s: max_age_ms %llu over %llu (10 years)", verb,
+                     topic, (unsigned long long)c->max_age_ms,
+                     (unsigned long long)ENGRAM_MAX_RETENTION_AGE_MS);
   config_defaults(c);
   return 0;
 }
