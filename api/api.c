@@ -36,6 +36,7 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
     return rc;
   }
   net_notify_attach(log);
+  cg_maint_start(log);
   return 0;
 }
 

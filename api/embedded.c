@@ -4,7 +4,10 @@
 
 static struct log *L(engram *h) { return h->state; }
 
-static void e_close(engram *h) { log_close(L(h)); }
+static void e_close(engram *h) {
+  cg_maint_stop(L(h));
+  log_close(L(h));
+}
 static int e_sync(engram *h) { return log_sync(L(h)); }
 static int e_backup(engram *h, const char *dest) { return log_backup(L(h), dest); }
 static int e_topic_create(engram *h, const char *topic, const engram_topic_config *cfg) {

@@ -42,6 +42,12 @@ int cg_dlq_redrive(struct log *log, const char *topic, const char *group, const 
 
 /* Retention (retain.c): engram_compact. */
 int cg_compact(struct log *log, const char *topic, engram_compact_report *report);
+/* The maintenance runner (maintain.c): a thread that runs retention on every topic with
+ * limits each opts.maintenance_ms while this handle holds DIR/maintenance.lock. Start
+ * after the open of a writable handle (a failure only leaves it without one); stop
+ * before its close. */
+void cg_maint_start(struct log *log);
+void cg_maint_stop(struct log *log);
 
 /* Checks the group records in log_verify's walk (its log_verify_fn). */
 void cg_verify_records(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx);

@@ -154,7 +154,13 @@ typedef struct engram_options {
    * timestamp, lease deadline and retry delay of this handle is read from it. */
   int64_t (*clock_ns)(void *ctx);
   void *clock_ctx;
+  /* How often this handle runs retention while its process holds the log's maintenance
+   * lease (DIR/maintenance.lock: one process at a time, taken over when its holder
+   * exits or dies), default 1000 ms; ENGRAM_MAINTENANCE_OFF = never (read-only handles
+   * never do). `engram serve` runs it through its own handle. */
+  uint32_t maintenance_ms;
 } engram_options;
+#define ENGRAM_MAINTENANCE_OFF UINT32_MAX
 
 #define ENGRAM_OPEN_NOCREATE 0x1 /* fail with ENGRAM_ENOTFOUND if the log does not exist */
 /* Open for reading only (implies NOCREATE). The environment is opened with LMDB's

@@ -101,6 +101,7 @@ struct log {
    * (CLOCK_MONOTONIC ns) passed. */
   void (*wait_hook)(void *ctx, struct log *log, const char *topic, int64_t deadline_mono_ns);
   void *wait_hook_ctx;
+  struct cg_maint *maint; /* the consumer layer's maintenance runner, NULL = none */
 };
 
 /* ---------------------------------------------------------------------------------

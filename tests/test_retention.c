@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -294,6 +296,80 @@ static void an_hour_of_appends_under_an_event_limit_keeps_data_mdb_bounded(void 
   assert_true((uint64_t)st.st_blocks * 512 < HOUR_BOUND);
 }
 
+/* ---------------------------------------------------------------------------------
+ * The maintenance lease: retention in the background of one process at a time.
+ * ------------------------------------------------------------------------------ */
+/* The pid in DIR/maintenance.lock, 0 when none. */
+static long lease_pid(const char *logdir) {
+  char *path = tu_join(logdir, "maintenance.lock");
+  FILE *fp = fopen(path, "r");
+  free(path);
+  long pid = 0;
+  if (fp) {
+    if (fscanf(fp, "%ld", &pid) != 1) pid = 0;
+    fclose(fp);
+  }
+  return pid;
+}
+
+static int wait_count(engram *log, const char *topic, uint64_t want, int timeout_ms) {
+  int64_t until = tu_mono_ms() + timeout_ms;
+  while (tu_mono_ms() < until) {
+    engram_topic_info i;
+    if (engram_topic_info_get(log, topic, &i) == 0 && i.count == want) return 1;
+    tu_sleep_ms(10);
+  }
+  return 0;
+}
+
+static void the_lease_holder_applies_retention_in_the_background(void **state) {
+  fx *f = *state;
+  engram_close(f->log);
+  engram_options o = {.durability = ENGRAM_DURABILITY_NOMETASYNC, .maintenance_ms = 10};
+  f->log = tu_open(f->logdir, &o);
+  engram_topic_config cfg = {.max_events = 10};
+  tu_topic(f->log, "t", &cfg);
+  append_n(f->log, "t", 100, 10);
+  assert_true(wait_count(f->log, "t", 10, 30000));
+  assert_int_equal(lease_pid(f->logdir), (long)getpid());
+  assert_int_equal(info_of(f->log, "t").first_offset, 91);
+}
+
+static const char *child_dir;
+static int hold_lease(void *arg) {
+  (void)arg;
+  engram_options o = {.maintenance_ms = 10};
+  engram *log = NULL;
+  if (engram_open(child_dir, &o, &log)) return 1;
+  for (;;) pause(); /* killed by the test */
+}
+
+static void another_process_takes_the_lease_over_when_its_holder_dies(void **state) {
+  fx *f = *state;
+  engram_close(f->log);
+  child_dir = f->logdir;
+  pid_t child = tu_spawn(hold_lease, NULL);
+  int64_t until = tu_mono_ms() + 30000;
+  while (lease_pid(f->logdir) != (long)child && tu_mono_ms() < until) tu_sleep_ms(10);
+  assert_int_equal(lease_pid(f->logdir), (long)child);
+
+  /* This process runs no retention while the child holds the lease. */
+  engram_options o = {.durability = ENGRAM_DURABILITY_NOMETASYNC, .maintenance_ms = 10};
+  f->log = tu_open(f->logdir, &o);
+  tu_sleep_ms(100);
+  assert_int_equal(lease_pid(f->logdir), (long)child);
+
+  kill(child, SIGKILL);
+  assert_int_equal(tu_wait(child, 30000), 128 + SIGKILL);
+  until = tu_mono_ms() + 30000;
+  while (lease_pid(f->logdir) != (long)getpid() && tu_mono_ms() < until) tu_sleep_ms(10);
+  assert_int_equal(lease_pid(f->logdir), (long)getpid());
+  engram_topic_config cfg = {.max_events = 5};
+  tu_topic(f->log, "t", &cfg);
+  append_n(f->log, "t", 50, 10);
+  assert_true(wait_count(f->log, "t", 5, 30000));
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -306,6 +382,8 @@ int main(void) {
       T(a_delayed_delivery_still_ahead_holds_retention),
       T(topic_set_checks_its_config_and_changes_only_the_named_topic),
       T(an_hour_of_appends_under_an_event_limit_keeps_data_mdb_bounded),
+      T(the_lease_holder_applies_retention_in_the_background),
+      T(another_process_takes_the_lease_over_when_its_holder_dies),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
