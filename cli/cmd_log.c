@@ -540,7 +540,8 @@ int cmd_compact(struct cli *c, int argc, char **argv) {
       "shrink: LMDB reuses the freed pages for new events.\n"
       "\n"
       "options:\n"
-      "  --json     {\"removed\",\"slices\",\"skipped\",\"held_at\",\"max_slice_ns\"}\n"
+      "  --json     {\"removed\",\"slices\",\"skipped\",\"held_at\",\"max_slice_ns\",\n"
+      "             \"max_slice_cpu_ns\"}\n"
       "  -h, --help this help\n";
   struct cli_args a;
   int json;

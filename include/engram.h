@@ -665,13 +665,15 @@ ENGRAM_API int engram_keygen(char public_key[41], char secret_key[41]);
  * Maintenance: retention (docs/operations.md).
  * ------------------------------------------------------------------------------ */
 /* What engram_compact() did, one X(type, name) each. */
-#define ENGRAM_COMPACT_REPORT_FIELDS(X)                                                 \
-  X(uint64_t, removed)     /* events removed */                                         \
-  X(uint64_t, slices)      /* write transactions that removed something */              \
-  X(uint64_t, skipped)     /* of them, unfinished for some group (forced retention) */  \
-  X(uint64_t, held_at)     /* the offset retention stopped at because a group has not   \
-                              finished it or its delayed delivery is ahead; 0 = none */ \
-  X(int64_t, max_slice_ns) /* longest time one slice spent in its write transaction */
+#define ENGRAM_COMPACT_REPORT_FIELDS(X)                                                     \
+  X(uint64_t, removed)         /* events removed */                                         \
+  X(uint64_t, slices)          /* write transactions that removed something */              \
+  X(uint64_t, skipped)         /* of them, unfinished for some group (forced retention) */  \
+  X(uint64_t, held_at)         /* the offset retention stopped at because a group has not   \
+                                  finished it or its delayed delivery is ahead; 0 = none */ \
+  X(int64_t, max_slice_ns)     /* longest time one slice spent in its write transaction */  \
+  X(int64_t, max_slice_cpu_ns) /* the most CPU time one slice used there (max_slice_ns      \
+                                  minus this is waiting: I/O, or the CPU busy elsewhere) */
 typedef struct engram_compact_report {
   ENGRAM_COMPACT_REPORT_FIELDS(ENGRAM_FIELD_)
 } engram_compact_report;
