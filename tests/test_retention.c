@@ -46,12 +46,7 @@ static int teardown(void **state) {
   return 0;
 }
 
-#define OK(log, call)                                                                         \
-  do {                                                                                        \
-    int rc_ = (call);                                                                         \
-    if (rc_) fprintf(stderr, "%s: %s: %s\n", #call, engram_errname(rc_), engram_errmsg(log)); \
-    assert_int_equal(rc_, 0);                                                                 \
-  } while (0)
+#define OK(log, call) TU_OK(log, call)
 
 static void append_n(engram *log, const char *topic, size_t n, size_t payload) {
   static uint64_t seed = 1;

@@ -7,7 +7,14 @@ import pytest
 
 import engram
 from conftest import wait_until
-from test_remote import daemon  # noqa: F401  (the fixture)
+from served import start_daemon, stop_daemon
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    p, endpoint = start_daemon(tmp_path)
+    yield endpoint
+    stop_daemon(p)
 
 
 def test_limits_are_set_at_creation_and_shown_by_topic(log):
@@ -50,7 +57,7 @@ def test_forced_retention_counts_skipped_events_in_the_group(log):
     assert g.info().retention_skipped == 4
 
 
-def test_the_daemon_applies_retention_in_the_background(daemon):  # noqa: F811
+def test_the_daemon_applies_retention_in_the_background(daemon):
     with engram.connect(daemon) as c:
         c.create_topic("t", max_events=4)
         for i in range(20):
