@@ -119,6 +119,27 @@ static int skip_below(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t first, 
   return cg_group_store(w->log, w->txn, d, g);
 }
 
+/* The group's dead-letter entries of offsets below cut: they go with their events (an
+ * entry whose event is gone can be neither inspected nor redriven). */
+static int dlq_drop_below(log_wtx *w, const cg_dbs *d, uint32_t gid, uint64_t cut) {
+  unsigned char kb[12];
+  cg_key_gid_off(kb, gid, 0);
+  MDB_cursor *c;
+  int rc = mdb_cursor_open(w->txn, d->dlq, &c);
+  if (rc) return log_err_mdb(rc);
+  MDB_val k, v;
+  for (;;) {
+    k = (MDB_val){12, kb}; /* from the group's start again after each delete */
+    if ((rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE))) break;
+    if (k.mv_size != 12 || memcmp(k.mv_data, kb, 4) ||
+        be64_get((unsigned char *)k.mv_data + 4) >= cut)
+      break;
+    if ((rc = mdb_cursor_del(c, 0))) break;
+  }
+  mdb_cursor_close(c);
+  return rc && rc != MDB_NOTFOUND ? log_err_mdb(rc) : 0;
+}
+
 static int64_t thread_cpu_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -188,15 +209,17 @@ static int slice_job(log_wtx *w, void *arg) {
     cut = o + 1;
   }
   if (cut - first == SLICE_MAX) r->more = 1;
-  if (cut > first && force) {
+  if (cut > first) {
     const char *name = names;
     for (size_t i = 0; i < n_groups && rc == 0; i++, name += strlen(name) + 1) {
       cg_group g;
-      if (cg_group_load(log, w->txn, &r->d, r->topic, name, &g) == 0)
-        rc = skip_below(w, &r->d, &g, first, cut, &r->skipped);
+      if (cg_group_load(log, w->txn, &r->d, r->topic, name, &g) == 0) {
+        rc = dlq_drop_below(w, &r->d, g.meta->id, cut);
+        if (rc == 0 && force) rc = skip_below(w, &r->d, &g, first, cut, &r->skipped);
+      }
       cg_group_free(&g);
     }
-    log_error_clear(log);
+    if (rc == 0) log_error_clear(log);
   }
   free(names);
   if (rc) return rc;

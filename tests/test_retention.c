@@ -212,6 +212,39 @@ static void an_unfinished_group_holds_retention_unless_forced(void **state) {
   assert_int_equal(vr.damaged, 0);
 }
 
+static void dead_letters_of_removed_events_go_with_them(void **state) {
+  fx *f = *state;
+  engram_topic_config cfg = {.max_events = 2};
+  tu_topic(f->log, "t", &cfg);
+  OK(f->log, engram_group_create(f->log, "t", "g", NULL));
+  append_n(f->log, "t", 6, 10);
+  engram_batch *b = NULL;
+  OK(f->log, engram_fetch(f->log, "t", "g", "w", 6, 0, &b));
+  OK(f->log, engram_reject(f->log, "t", "g", 1, 0, "bad"));
+  for (uint64_t o = 2; o <= 6; o++) OK(f->log, engram_ack(f->log, "t", "g", o, 0, NULL, 0));
+  engram_batch_free(b);
+  engram_compact_report r;
+  OK(f->log, engram_compact(f->log, "t", &r));
+  assert_int_equal(r.removed, 4); /* a dead-lettered event is finished: it may go */
+  engram_dlq_entry *e = NULL;
+  size_t n = 9;
+  OK(f->log, engram_dlq_list(f->log, "t", "g", 0, 0, &e, &n));
+  engram_free(e);
+  assert_int_equal(n, 0);
+  size_t count = 9;
+  OK(f->log, engram_dlq_redrive(f->log, "t", "g", NULL, 0, &count));
+  assert_int_equal(count, 0);
+  /* The group goes on fetching. */
+  append_n(f->log, "t", 1, 10);
+  OK(f->log, engram_fetch(f->log, "t", "g", "w", 10, 0, &b));
+  assert_int_equal(b->count, 1);
+  assert_int_equal(b->events[0].offset, 7);
+  engram_batch_free(b);
+  engram_group_info gi;
+  OK(f->log, engram_group_info_get(f->log, "t", "g", &gi));
+  assert_int_equal(gi.dead, 0);
+}
+
 static void a_delayed_delivery_still_ahead_holds_retention(void **state) {
   fx *f = *state;
   engram_topic_config cfg = {.max_events = 1};
@@ -445,6 +478,7 @@ int main(void) {
       T(a_max_bytes_limit_keeps_the_topic_under_it),
       T(an_unfinished_group_holds_retention_unless_forced),
       T(a_delayed_delivery_still_ahead_holds_retention),
+      T(dead_letters_of_removed_events_go_with_them),
       T(topic_set_checks_its_config_and_changes_only_the_named_topic),
       T(an_hour_of_appends_under_an_event_limit_keeps_data_mdb_bounded),
       T(the_lease_holder_applies_retention_in_the_background),
