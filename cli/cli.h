@@ -18,27 +18,28 @@
 /* Every top-level command: name, handler suffix and one-line summary, in the order
  * `engram --help` lists them. Adding a command is one line here and one file that
  * defines cmd_<name>(). */
-#define CLI_COMMANDS(X)                                                             \
-  X(append, "append events to a topic (one, or a JSON-lines batch from stdin)")     \
-  X(read, "print events of a topic")                                                \
-  X(topics, "list topics")                                                          \
-  X(topic, "create, drop, show, set a topic or train its dictionary")               \
-  X(group, "create, list, show, delete or reset consumer groups")                   \
-  X(consume, "fetch events for a group member, print them and ack / nack / reject") \
-  X(ack, "acknowledge one event for a group")                                       \
-  X(nack, "ask for one event to be delivered again")                                \
-  X(reject, "send one event to the group's dead-letter queue")                      \
-  X(cancel, "finish a pending or retrying event without delivering it")             \
-  X(status, "show one event's state in a group")                                    \
-  X(dlq, "list, show, purge or redrive a group's dead-letter queue")                \
-  X(stat, "topics and groups at a glance: heads, lag, in flight, dead")             \
-  X(verify, "check every stored record and the database structure")                 \
-  X(backup, "write a consistent copy of the log to a new directory")                \
-  X(serve, "serve a log over ZeroMQ (the daemon, in the foreground)")               \
-  X(keygen, "make a CURVE key pair for serve and its clients")                      \
-  X(mirror, "publish topics into a NATS JetStream stream, exactly once")            \
-  X(restore, "rebuild a log from a stream written by mirror (--from-nats)")         \
-  X(sync, "force everything committed so far to disk")                              \
+#define CLI_COMMANDS(X)                                                               \
+  X(append, "append events to a topic (one, or a JSON-lines batch from stdin)")       \
+  X(read, "print events of a topic")                                                  \
+  X(topics, "list topics")                                                            \
+  X(topic, "create, drop, show, set a topic or train its dictionary")                 \
+  X(group, "create, list, show, delete or reset consumer groups")                     \
+  X(consume, "fetch events for a group member, print them and ack / nack / reject")   \
+  X(ack, "acknowledge one event for a group")                                         \
+  X(nack, "ask for one event to be delivered again")                                  \
+  X(reject, "send one event to the group's dead-letter queue")                        \
+  X(cancel, "finish a pending or retrying event without delivering it")               \
+  X(status, "show one event's state in a group")                                      \
+  X(dlq, "list, show, purge or redrive a group's dead-letter queue")                  \
+  X(stat, "topics and groups at a glance: heads, lag, in flight, dead")               \
+  X(verify, "check every stored record and the database structure")                   \
+  X(backup, "write a consistent copy of the log to a new directory")                  \
+  X(serve, "serve a log over ZeroMQ (the daemon, in the foreground)")                 \
+  X(keygen, "make a CURVE key pair for serve and its clients")                        \
+  X(mirror, "publish topics into a NATS JetStream stream, exactly once")              \
+  X(restore, "rebuild a log from a stream written by mirror (--from-nats)")           \
+  X(sync, "force everything committed so far to disk")                                \
+  X(info, "what the daemon behind --connect is: version, durability, limits, uptime") \
   X(compact, "apply retention limits now")
 
 /* State shared by all commands: the global options and the handle they open. */
