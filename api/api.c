@@ -36,6 +36,7 @@ int engram_open(const char *path, const engram_options *opts, engram **out) {
     return rc;
   }
   net_notify_attach(log);
+  cg_maint_start(log);
   return 0;
 }
 
@@ -93,6 +94,12 @@ int engram_topic_drop(engram *log, const char *topic) {
 int engram_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id) {
   if (!log) return ENGRAM_EINVAL;
   return log->be->topic_train_dict(log, topic, dict_id);
+}
+
+int engram_topic_set(engram *log, const char *topic, const engram_topic_config *cfg) {
+  if (!log) return ENGRAM_EINVAL;
+  if (!cfg) return log_error(NULL, ENGRAM_EINVAL, "set topic: config is NULL");
+  return log->be->topic_set(log, topic, cfg);
 }
 
 void engram_free(void *p) { free(p); }
@@ -391,4 +398,13 @@ int engram_worker_forget(engram *log, const char *name) {
     return log_error(NULL, ENGRAM_EINVAL,
                      "worker forget: name invalid (use 1-200 of [A-Za-z0-9._-])");
   return log->be->worker_forget(log, name);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Maintenance.
+ * ------------------------------------------------------------------------------ */
+int engram_compact(engram *log, const char *topic, engram_compact_report *report) {
+  if (!log) return ENGRAM_EINVAL;
+  if (report) memset(report, 0, sizeof *report);
+  return log->be->compact(log, topic, report);
 }

@@ -61,6 +61,8 @@ struct engram_backend {
   int (*worker_heartbeat)(engram *h, const engram_worker_info *w);
   int (*worker_list)(engram *h, uint64_t lost_after_ms, engram_worker_info **out, size_t *n);
   int (*worker_forget)(engram *h, const char *name);
+  int (*topic_set)(engram *h, const char *topic, const engram_topic_config *cfg);
+  int (*compact)(engram *h, const char *topic, engram_compact_report *report);
 };
 
 /* A public handle: its backend and that backend's state (a struct log for the embedded

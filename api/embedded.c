@@ -4,7 +4,10 @@
 
 static struct log *L(engram *h) { return h->state; }
 
-static void e_close(engram *h) { log_close(L(h)); }
+static void e_close(engram *h) {
+  cg_maint_stop(L(h));
+  log_close(L(h));
+}
 static int e_sync(engram *h) { return log_sync(L(h)); }
 static int e_backup(engram *h, const char *dest) { return log_backup(L(h), dest); }
 static int e_topic_create(engram *h, const char *topic, const engram_topic_config *cfg) {
@@ -17,6 +20,14 @@ static int e_topic_list(engram *h, engram_topic_info **out, size_t *n) {
   return log_topic_list(L(h), out, n);
 }
 static int e_topic_drop(engram *h, const char *topic) { return cg_topic_drop(L(h), topic); }
+static int e_topic_set(engram *h, const char *topic, const engram_topic_config *cfg) {
+  return log_topic_set(L(h), topic, cfg);
+}
+
+static int e_compact(engram *h, const char *topic, engram_compact_report *report) {
+  return cg_compact(L(h), topic, report);
+}
+
 static int e_topic_train_dict(engram *h, const char *topic, uint32_t *dict_id) {
   return log_topic_train_dict(L(h), topic, dict_id);
 }
@@ -145,6 +156,8 @@ const struct engram_backend api_embedded = {
     .worker_heartbeat = e_worker_heartbeat,
     .worker_list = e_worker_list,
     .worker_forget = e_worker_forget,
+    .topic_set = e_topic_set,
+    .compact = e_compact,
 };
 
 struct log *api_log(engram *h) {

@@ -3,7 +3,7 @@
 #
 #   BUILD=build bash bench/run.sh [--quick] [NAME...]     (make bench runs it)
 #
-# NAME is log, groups, net or python (default: all that are built). --quick gives each bench
+# NAME is log, groups, net, python or retention (default: all that are built). --quick gives each bench
 # short bounds for a smoke run. Each bench prints its table; a summary of the targets
 # follows. Logs are created under $TMPDIR (default /tmp): point it at the disk you want
 # measured.
@@ -17,11 +17,11 @@ for a in "$@"; do
   case "$a" in
     --quick) QUICK=(--quick) ;;
     -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    log|groups|net|python) NAMES+=("$a") ;;
+    log|groups|net|python|retention) NAMES+=("$a") ;;
     *) echo "run.sh: unknown argument $a" >&2; exit 2 ;;
   esac
 done
-[ ${#NAMES[@]} -gt 0 ] || NAMES=(log groups net python)
+[ ${#NAMES[@]} -gt 0 ] || NAMES=(log groups net python retention)
 mkdir -p "$RESULTS"
 
 ran=()

@@ -22,7 +22,7 @@
   X(append, "append events to a topic (one, or a JSON-lines batch from stdin)")       \
   X(read, "print events of a topic")                                                  \
   X(topics, "list topics")                                                            \
-  X(topic, "create, drop, show a topic or train its dictionary")                      \
+  X(topic, "create, drop, show, set a topic or train its dictionary")                 \
   X(group, "create, list, show, delete or reset consumer groups")                     \
   X(consume, "fetch events for a group member, print them and ack / nack / reject")   \
   X(ack, "acknowledge one event for a group")                                         \
@@ -41,7 +41,8 @@
   X(sync, "force everything committed so far to disk")                                \
   X(info, "what the daemon behind --connect is: version, durability, limits, uptime") \
   X(workers, "list the workers serving groups (alive or lost), or forget one")        \
-  X(top, "a live view of groups and workers: lag, rates, oldest unfinished")
+  X(top, "a live view of groups and workers: lag, rates, oldest unfinished")          \
+  X(compact, "apply retention limits now")
 
 /* State shared by all commands: the global options and the handle they open. */
 struct cli {

@@ -236,6 +236,9 @@ static void show_group_text(const engram_group_info *g, int64_t now) {
   } else {
     printf("oldest unfinished:  -\n");
   }
+  if (g->retention_skipped)
+    printf("skipped by retention: %" PRIu64 " (removed before the group finished them)\n",
+           g->retention_skipped);
 }
 
 static int group_show(struct cli *c, int argc, char **argv) {
@@ -250,7 +253,8 @@ static int group_show(struct cli *c, int argc, char **argv) {
       "  --json     {\"topic\",\"group\",\"filters\",\"ack_wait_ms\",\"max_deliver\",\n"
       "             \"backoff_ms\",\"result_ttl_ms\",\"key_ordered\",\"created_ns\",\"floor\",\n"
       "             \"next\",\"lag\",\"in_flight\",\"retrying\",\"dead\",\"acked\",\"delivered\",\n"
-      "             \"redelivered\",\"oldest_unfinished_ns\",\"oldest_unfinished_age_ms\"}\n"
+      "             \"redelivered\",\"oldest_unfinished_ns\",\"oldest_unfinished_age_ms\",\n"
+      "             \"retention_skipped\"}\n"
       "  -h, --help this help\n";
   int json = 0;
   const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};

@@ -203,6 +203,23 @@ static void show_topic_text(const engram_topic_info *t) {
   else
     printf("dictionary:          none yet (trained after %" PRIu32 " events)\n",
            t->config.dict_train_after);
+  char age[48];
+  if (t->config.max_age_ms)
+    cli_fmt_age((int64_t)t->config.max_age_ms * 1000000, age, sizeof age);
+  else
+    snprintf(age, sizeof age, "none");
+  printf("retention max age:   %s\n", age);
+  if (t->config.max_bytes)
+    printf("retention max bytes: %" PRIu64 "\n", t->config.max_bytes);
+  else
+    printf("retention max bytes: none\n");
+  if (t->config.max_events)
+    printf("retention max events: %" PRIu64 "\n", t->config.max_events);
+  else
+    printf("retention max events: none\n");
+  printf("retention:           %s\n", t->config.flags & ENGRAM_TOPIC_RETAIN_FORCE
+                                          ? "forced (may remove events groups have not finished)"
+                                          : "safe (waits for unfinished groups)");
   printf("created:             %s\n", created);
 }
 
@@ -211,13 +228,24 @@ static void show_topic_text(const engram_topic_info *t) {
  * ------------------------------------------------------------------------------ */
 static const char topic_help[] =
     "usage: engram topic create TOPIC [--compress-threshold N|never] [--max-payload BYTES]\n"
-    "                                 [--no-dict | --dict-after N]\n"
+    "                                 [--no-dict | --dict-after N] [retention options]\n"
+    "       engram topic set TOPIC [--max-age D] [--max-bytes SIZE] [--max-events N]\n"
+    "                              [--force | --no-force]\n"
     "       engram topic drop TOPIC\n"
     "       engram topic show TOPIC [--json]\n"
     "       engram topic train-dict TOPIC\n"
     "\n"
     "Manages topics. Topic names are 1..200 bytes of A-Z a-z 0-9 . _ -\n"
     "`engram topic SUBCOMMAND --help` describes each one.\n";
+
+#define RETENTION_HELP                                                                    \
+  "  --max-age D             retention: remove events older than D (e.g. 7d, 12h; 0 =\n"  \
+  "                          no limit)\n"                                                 \
+  "  --max-bytes SIZE        retention: keep the topic's records under SIZE (K, M, G)\n"  \
+  "  --max-events N          retention: keep at most N events\n"                          \
+  "  --force                 retention may remove events a group has not finished or a\n" \
+  "                          delayed delivery waits for (the groups count them as\n"      \
+  "                          skipped by retention); by default it waits for them\n"
 
 static const char create_help[] =
     "usage: engram topic create TOPIC [options]\n"
@@ -231,7 +259,7 @@ static const char create_help[] =
     "                          K, M, G suffixes are powers of 1024\n"
     "  --no-dict               never train or use a zstd dictionary\n"
     "  --dict-after N          train a dictionary once the topic holds N events\n"
-    "                          (default 4096)\n"
+    "                          (default 4096)\n" RETENTION_HELP
     "  -h, --help              this help\n";
 
 /* --compress-threshold N|never */
@@ -254,19 +282,25 @@ static int topic_create(struct cli *c, int argc, char **argv) {
   engram_topic_config cfg;
   memset(&cfg, 0, sizeof cfg);
   uint64_t max_payload = 0;
-  int no_dict = 0;
+  int no_dict = 0, force = 0;
   const struct cli_opt opts[] = {
       CLI_OPT_CUSTOM("--compress-threshold", &cfg.compress_threshold, set_threshold),
       CLI_OPT_SIZE("--max-payload", &max_payload, .min = 1, .max = ENGRAM_MAX_PAYLOAD_LIMIT,
                    .high = "over the 64 MiB limit"),
       CLI_OPT_FLAG("--no-dict", &no_dict),
-      CLI_OPT_U32("--dict-after", &cfg.dict_train_after, .min = 1), CLI_OPT_END};
+      CLI_OPT_U32("--dict-after", &cfg.dict_train_after, .min = 1),
+      CLI_OPT_DURATION("--max-age", &cfg.max_age_ms, .max = ENGRAM_MAX_RETENTION_AGE_MS),
+      CLI_OPT_SIZE("--max-bytes", &cfg.max_bytes),
+      CLI_OPT_U64("--max-events", &cfg.max_events),
+      CLI_OPT_FLAG("--force", &force),
+      CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "topic create", argc, argv);
   int r = cli_args_parse(&a, opts, create_help, 1, 1, "TOPIC");
   if (r != CLI_GO) return r;
   cfg.max_payload = (uint32_t)max_payload;
   if (no_dict) cfg.flags |= ENGRAM_TOPIC_NO_DICT;
+  if (force) cfg.flags |= ENGRAM_TOPIC_RETAIN_FORCE;
   if ((cfg.flags & ENGRAM_TOPIC_NO_DICT) && cfg.dict_train_after)
     return cli_usage(a.cmd, "--no-dict and --dict-after exclude each other");
   int status = cli_open(c, CLI_OPEN_CREATE);
@@ -274,6 +308,48 @@ static int topic_create(struct cli *c, int argc, char **argv) {
   int rc = engram_topic_create(c->log, a.pos[0], &cfg);
   if (rc != 0) return cli_fail(c, rc, "create topic %s", a.pos[0]);
   printf("created topic %s\n", a.pos[0]);
+  return 0;
+}
+
+static int topic_set(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram topic set TOPIC [options]\n"
+      "\n"
+      "Changes TOPIC's retention; settings not given stay as they are. New limits apply\n"
+      "from the next retention slice (`engram serve` runs them in the background; or\n"
+      "run `engram compact`).\n"
+      "\n"
+      "options:\n" RETENTION_HELP
+      "  --no-force              retention waits for unfinished groups again\n"
+      "  -h, --help              this help\n";
+  /* UINT64_MAX marks an option not given. */
+  uint64_t age = UINT64_MAX, bytes = UINT64_MAX, events = UINT64_MAX;
+  int force = 0, no_force = 0;
+  const struct cli_opt opts[] = {
+      CLI_OPT_DURATION("--max-age", &age, .max = ENGRAM_MAX_RETENTION_AGE_MS),
+      CLI_OPT_SIZE("--max-bytes", &bytes, .max = UINT64_MAX - 1),
+      CLI_OPT_U64("--max-events", &events, .max = UINT64_MAX - 1),
+      CLI_OPT_FLAG("--force", &force),
+      CLI_OPT_FLAG("--no-force", &no_force),
+      CLI_OPT_END};
+  struct cli_args a;
+  cli_args_init(&a, "topic set", argc, argv);
+  int status = cli_args_parse(&a, opts, h, 1, 1, "TOPIC");
+  if (status != CLI_GO) return status;
+  if (force && no_force) return cli_usage(a.cmd, "--force and --no-force exclude each other");
+  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
+  engram_topic_info info;
+  int rc = engram_topic_info_get(c->log, a.pos[0], &info);
+  if (rc != 0) return cli_fail(c, rc, "set topic %s", a.pos[0]);
+  engram_topic_config cfg = info.config;
+  if (age != UINT64_MAX) cfg.max_age_ms = age;
+  if (bytes != UINT64_MAX) cfg.max_bytes = bytes;
+  if (events != UINT64_MAX) cfg.max_events = events;
+  if (force) cfg.flags |= ENGRAM_TOPIC_RETAIN_FORCE;
+  if (no_force) cfg.flags &= ~(uint32_t)ENGRAM_TOPIC_RETAIN_FORCE;
+  if ((rc = engram_topic_set(c->log, a.pos[0], &cfg)) != 0)
+    return cli_fail(c, rc, "set topic %s", a.pos[0]);
+  printf("updated topic %s\n", a.pos[0]);
   return 0;
 }
 
@@ -311,7 +387,8 @@ static int topic_show(struct cli *c, int argc, char **argv) {
       "options:\n"
       "  --json     {\"topic\",\"count\",\"first_offset\",\"head_offset\",\"dict_id\",\n"
       "             \"created_ns\",\"config\":{\"compress_threshold\",\"max_payload\",\n"
-      "             \"dict_train_after\",\"no_dict\"}}\n"
+      "             \"dict_train_after\",\"no_dict\",\"max_age_ms\",\"max_bytes\",\n"
+      "             \"max_events\",\"retain_force\"}}\n"
       "  -h, --help this help\n";
   struct cli_args a;
   int json;
@@ -354,11 +431,9 @@ static int topic_train(struct cli *c, int argc, char **argv) {
 }
 
 int cmd_topic(struct cli *c, int argc, char **argv) {
-  static const struct cli_sub subs[] = {{"create", topic_create},
-                                        {"drop", topic_drop},
-                                        {"show", topic_show},
-                                        {"train-dict", topic_train},
-                                        {NULL, NULL}};
+  static const struct cli_sub subs[] = {{"create", topic_create}, {"drop", topic_drop},
+                                        {"show", topic_show},     {"train-dict", topic_train},
+                                        {"set", topic_set},       {NULL, NULL}};
   return cli_dispatch_sub(c, "topic", subs, topic_help, argc, argv);
 }
 
@@ -449,5 +524,55 @@ int cmd_sync(struct cli *c, int argc, char **argv) {
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc = engram_sync(c->log);
   if (rc != 0) return cli_fail(c, rc, "sync");
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * compact
+ * ------------------------------------------------------------------------------ */
+int cmd_compact(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram compact [TOPIC] [--json]\n"
+      "\n"
+      "Applies the retention limits of TOPIC (default: every topic) now, in short\n"
+      "slices that let appends go on, and prints what was removed. Events a group has\n"
+      "not finished are kept unless the topic was set with --force. The file does not\n"
+      "shrink: LMDB reuses the freed pages for new events.\n"
+      "\n"
+      "options:\n"
+      "  --json     {\"removed\",\"slices\",\"skipped\",\"held_at\",\"max_slice_ns\",\n"
+      "             \"max_slice_cpu_ns\"}\n"
+      "  -h, --help this help\n";
+  struct cli_args a;
+  int json;
+  cli_args_init(&a, "compact", argc, argv);
+  int status = json_only(&a, h, 0, 1, "[TOPIC]", &json);
+  if (status != CLI_GO) return status;
+  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
+  const char *topic = a.npos ? a.pos[0] : NULL;
+  engram_compact_report r;
+  int rc = engram_compact(c->log, topic, &r);
+  if (rc != 0) return cli_fail(c, rc, "compact %s", topic ? topic : "");
+  if (json) {
+    json_writer w;
+    json_w_init(&w);
+    json_obj(&w);
+#define X(type, name) json_ku64(&w, #name, (uint64_t)r.name);
+    ENGRAM_COMPACT_REPORT_FIELDS(X)
+#undef X
+    json_obj_end(&w);
+    status = cli_json_emit(&w);
+    json_w_free(&w);
+    return status;
+  }
+  printf("removed %" PRIu64 " events in %" PRIu64 " slices (longest %.2f ms)\n", r.removed,
+         r.slices, r.max_slice_ns / 1e6);
+  if (r.skipped)
+    printf("%" PRIu64 " of them were unfinished for some group (forced retention)\n", r.skipped);
+  if (r.held_at)
+    printf("held at offset %" PRIu64
+           ": a group has not finished it or its delayed delivery is "
+           "ahead\n",
+           r.held_at);
   return 0;
 }

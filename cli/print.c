@@ -265,6 +265,10 @@ void cli_json_topic(json_writer *w, const engram_topic_info *t) {
   json_ku64(w, "max_payload", t->config.max_payload);
   json_ku64(w, "dict_train_after", t->config.dict_train_after);
   json_kbool(w, "no_dict", (t->config.flags & ENGRAM_TOPIC_NO_DICT) != 0);
+#define X(type, name) json_ku64(w, #name, t->config.name);
+  ENGRAM_TOPIC_RETENTION_FIELDS(X)
+#undef X
+  json_kbool(w, "retain_force", (t->config.flags & ENGRAM_TOPIC_RETAIN_FORCE) != 0);
   json_obj_end(w);
   json_obj_end(w);
 }
@@ -296,6 +300,7 @@ void cli_json_group(json_writer *w, const engram_group_info *g, int64_t now_ns) 
   json_ku64(w, "acked", g->acked);
   json_ku64(w, "delivered", g->delivered);
   json_ku64(w, "redelivered", g->redelivered);
+  json_ku64(w, "retention_skipped", g->retention_skipped);
   json_ki64(w, "oldest_unfinished_ns", g->oldest_unfinished_ns);
   json_key(w, "oldest_unfinished_age_ms");
   if (g->oldest_unfinished_ns > 0 && now_ns >= g->oldest_unfinished_ns)

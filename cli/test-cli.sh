@@ -452,6 +452,27 @@ e top --once --sort name
 check "top --once prints the groups" eval '[[ $rc == 0 ]] && has "$out" LAG && has "$out" "sort name"'
 e top --sort fast
 check "top --sort names the keys" eval '[[ $rc == 2 ]] && one_line_err'
+# Retention: limits at creation, changed by topic set, applied by compact.
+e topic create kept --max-events 3 --max-age 7d
+check "topic create takes retention limits" eval '[[ $rc == 0 ]]'
+for i in 1 2 3 4 5 6 7 8; do e append kept memory.saved --payload "p$i"; done
+e compact kept --json
+check "compact removes the events over max-events" eval '[[ $rc == 0 ]] && has "$out" "\"removed\":5"'
+e topic show kept --json
+check "topic show gives the limits and the moved first offset" eval 'has "$out" "\"first_offset\":6" && has "$out" "\"max_events\":3" && has "$out" "\"max_age_ms\":604800000"'
+e read kept --from 1 --count 1 --json
+check "a read from below first starts at first" eval '[[ $rc == 0 ]] && has "$out" "\"offset\":6"'
+e topic set kept --max-age 20y
+check "topic set with a bad duration is a usage error" eval '[[ $rc == 2 ]] && one_line_err'
+e topic set kept --force --no-force
+check "topic set --force --no-force is a usage error" eval '[[ $rc == 2 ]] && one_line_err'
+e topic set missing --max-events 1
+check "topic set of a missing topic fails with one line" eval '[[ $rc == 1 ]] && one_line_err'
+e topic set kept --max-events 0 --force
+e topic show kept
+check "topic set changes only what is given" eval '[[ $rc == 0 ]] && has "$out" "max events: none" && has "$out" "max age:   7d" && has "$out" forced'
+e compact missing
+check "compact of a missing topic fails with one line" eval '[[ $rc == 1 ]] && one_line_err'
 
 echo "test-cli: $((checks - fails)) of $checks checks passed"
 ((fails == 0))

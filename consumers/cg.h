@@ -37,6 +37,9 @@ int cg_group_load(struct log *log, MDB_txn *txn, const cg_dbs *d, const char *to
                   const char *group, cg_group *g);
 int cg_group_store(struct log *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g);
 void cg_group_free(cg_group *g);
+/* The group's lowest unfinished offset: its cursor, or the lowest open member of a lease
+ * below it. Retention keeps everything from there on. 0 when the leases cannot be read. */
+uint64_t cg_group_lowest_open(MDB_txn *txn, const cg_dbs *d, const cg_group *g);
 int cg_filter_match(const Engram__GroupMeta *m, const char *type, size_t len);
 
 /* A lease in memory. */

@@ -44,6 +44,14 @@ int cg_dlq_redrive(struct log *log, const char *topic, const char *group, const 
 int cg_worker_heartbeat(struct log *log, const engram_worker_info *info);
 int cg_worker_list(struct log *log, uint64_t lost_after_ms, engram_worker_info **out, size_t *n);
 int cg_worker_forget(struct log *log, const char *name);
+/* Retention (retain.c): engram_compact. */
+int cg_compact(struct log *log, const char *topic, engram_compact_report *report);
+/* The maintenance runner (maintain.c): a thread that runs retention on every topic with
+ * limits each opts.maintenance_ms while this handle holds DIR/maintenance.lock. Start
+ * after the open of a writable handle (a failure only leaves it without one); stop
+ * before its close. */
+void cg_maint_start(struct log *log);
+void cg_maint_stop(struct log *log);
 
 /* Checks the group records in log_verify's walk (its log_verify_fn). */
 void cg_verify_records(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx);

@@ -300,6 +300,35 @@ int cg_group_create(struct log *log, const char *topic, const char *group,
   return rc < 0 ? rc : 0;
 }
 
+uint64_t cg_group_lowest_open(MDB_txn *txn, const cg_dbs *d, const cg_group *g) {
+  uint64_t lowest = g->meta->next;
+  unsigned char p[4];
+  be32_put(p, g->meta->id);
+  MDB_cursor *c;
+  if (mdb_cursor_open(txn, d->leases, &c)) return 0;
+  MDB_val k = {4, p}, v;
+  int op = MDB_SET_RANGE;
+  while (mdb_cursor_get(c, &k, &v, op) == 0 && k.mv_size == 12 && !memcmp(k.mv_data, p, 4)) {
+    op = MDB_NEXT;
+    uint64_t first = be64_get((unsigned char *)k.mv_data + 4);
+    if (first >= lowest) break; /* leases are in offset order */
+    cg_lease l = {first, engram__lease__unpack(NULL, v.mv_size, v.mv_data)};
+    if (!l.pb) {
+      lowest = first; /* an unreadable lease holds what it may cover */
+      break;
+    }
+    for (uint64_t i = 0; i <= l.pb->last - l.first; i++) {
+      if (cg_bit(&l.pb->members, i) && !cg_bit(&l.pb->done, i)) {
+        if (l.first + i < lowest) lowest = l.first + i;
+        break;
+      }
+    }
+    cg_lease_free(&l);
+  }
+  mdb_cursor_close(c);
+  return lowest;
+}
+
 /* ---------------------------------------------------------------------------------
  * Info and counters. Counters that follow from state (in flight, retrying, dead, lag)
  * are computed from the leases and DLQ, so they can never drift from them.
@@ -326,6 +355,7 @@ static void info_fill(struct log *log, MDB_txn *txn, const cg_dbs *d, const cg_g
   info->delivered = m->delivered;
   info->redelivered = m->redelivered;
 
+  info->retention_skipped = m->retention_skipped;
   uint64_t floor_next = m->next; /* lowest unfinished offset */
   unsigned char p[4];
   be32_put(p, m->id);

@@ -154,7 +154,13 @@ typedef struct engram_options {
    * timestamp, lease deadline and retry delay of this handle is read from it. */
   int64_t (*clock_ns)(void *ctx);
   void *clock_ctx;
+  /* How often this handle runs retention while its process holds the log's maintenance
+   * lease (DIR/maintenance.lock: one process at a time, taken over when its holder
+   * exits or dies), default 1000 ms; ENGRAM_MAINTENANCE_OFF = never (read-only handles
+   * never do). `engram serve` runs it through its own handle. */
+  uint32_t maintenance_ms;
 } engram_options;
+#define ENGRAM_MAINTENANCE_OFF UINT32_MAX
 
 #define ENGRAM_OPEN_NOCREATE 0x1 /* fail with ENGRAM_ENOTFOUND if the log does not exist */
 /* Open for reading only (implies NOCREATE). The environment is opened with LMDB's
@@ -229,7 +235,25 @@ ENGRAM_API int engram_backup(engram *log, const char *dest);
 /* ---------------------------------------------------------------------------------
  * Topics.
  * ------------------------------------------------------------------------------ */
+/* Declares one field of a field list (ENGRAM_*_FIELDS). */
+#define ENGRAM_FIELD_(type, name) type name;
+
 #define ENGRAM_TOPIC_NO_DICT 0x1 /* never train or use a zstd dictionary */
+/* Retention may remove events that a group has not finished or that a delayed delivery
+ * waits for (bounded disk over completeness); the groups concerned count them in
+ * retention_skipped. Without it retention waits for them (docs/operations.md). */
+#define ENGRAM_TOPIC_RETAIN_FORCE 0x2
+#define ENGRAM_MAX_RETENTION_AGE_MS (3650ull * 86400000) /* max_age_ms: 10 years */
+
+/* The retention limits of engram_topic_config, one X(type, name) each, in the struct's
+ * order: the wire, the CLI and the bindings copy them from this list. 0 = no limit.
+ * Retention removes the oldest events while any limit is exceeded, in slices of at most
+ * a few milliseconds each, run in the background by `engram serve` or by the embedded
+ * process holding the maintenance lease, and on demand by engram_compact(). */
+#define ENGRAM_TOPIC_RETENTION_FIELDS(X)                                                \
+  X(uint64_t, max_age_ms) /* remove events appended more than this long ago */          \
+  X(uint64_t, max_bytes)  /* keep the topic's stored records (LMDB pages) under this */ \
+  X(uint64_t, max_events) /* keep at most this many events */
 
 typedef struct engram_topic_config {
   uint32_t compress_threshold; /* payloads of at least this many bytes are zstd
@@ -239,6 +263,7 @@ typedef struct engram_topic_config {
                                   this many events (in the background: no append waits
                                   for it); default 4096 */
   uint32_t flags;              /* ENGRAM_TOPIC_* */
+  ENGRAM_TOPIC_RETENTION_FIELDS(ENGRAM_FIELD_)
 } engram_topic_config;
 
 /* The numeric fields of engram_topic_info, one X(type, name) each, in the struct's order:
@@ -250,9 +275,6 @@ typedef struct engram_topic_config {
   X(uint64_t, count)        /* events stored */                             \
   X(uint32_t, dict_id)      /* current zstd dictionary id, 0 = none */      \
   X(int64_t, created_ns)    /* CLOCK_REALTIME */
-/* Declares one field of such a list. */
-#define ENGRAM_FIELD_(type, name) type name;
-
 typedef struct engram_topic_info {
   char name[ENGRAM_MAX_NAME + 1];
   engram_topic_config config; /* with defaults filled in */
@@ -278,6 +300,12 @@ ENGRAM_API int engram_topic_drop(engram *log, const char *topic);
  * keep the id of the dictionary they were written with, so old records stay readable.
  * *dict_id (may be NULL) receives the new id. Errors: ENOTFOUND, EINVAL (too few events). */
 ENGRAM_API int engram_topic_train_dict(engram *log, const char *topic, uint32_t *dict_id);
+/* Replaces the topic's configuration with *cfg (zero fields take their defaults, as in
+ * engram_topic_create): to change one setting, read the config with
+ * engram_topic_info_get(), change it and pass it back. New retention limits apply from the
+ * next retention slice; lowering one never removes anything in this call.
+ * Errors: EINVAL (config), ENOTFOUND (topic). */
+ENGRAM_API int engram_topic_set(engram *log, const char *topic, const engram_topic_config *cfg);
 
 /* Frees memory returned by engram_topic_list(), engram_group_list() and
  * engram_dlq_list(). Accepts NULL. */
@@ -385,7 +413,9 @@ typedef struct engram_group_config {
   X(uint64_t, acked)               /* acks accepted since creation */                            \
   X(uint64_t, redelivered)         /* deliveries with attempt > 1 since creation */              \
   X(uint64_t, delivered)           /* deliveries since creation */                               \
-  X(int64_t, oldest_unfinished_ns) /* append time of the oldest unfinished event, 0 = none */
+  X(int64_t, oldest_unfinished_ns) /* append time of the oldest unfinished event, 0 = none */    \
+  X(uint64_t, retention_skipped)   /* events removed by forced retention before the group        \
+                                      finished them (ENGRAM_TOPIC_RETAIN_FORCE) */
 
 typedef struct engram_group_info {
   char topic[ENGRAM_MAX_NAME + 1];
@@ -720,6 +750,33 @@ ENGRAM_API int engram_worker_list(engram *log, uint64_t lost_after_ms, engram_wo
 /* Forgets a worker (a worker that stops cleanly; a lost one the operator removes). A fetch
  * or heartbeat by that name registers it again. Errors: EINVAL, ENOTFOUND. */
 ENGRAM_API int engram_worker_forget(engram *log, const char *name);
+
+/* ---------------------------------------------------------------------------------
+ * Maintenance: retention (docs/operations.md).
+ * ------------------------------------------------------------------------------ */
+/* What engram_compact() did, one X(type, name) each. */
+#define ENGRAM_COMPACT_REPORT_FIELDS(X)                                                     \
+  X(uint64_t, removed)         /* events removed */                                         \
+  X(uint64_t, slices)          /* write transactions that removed something */              \
+  X(uint64_t, skipped)         /* of them, unfinished for some group (forced retention) */  \
+  X(uint64_t, held_at)         /* the offset retention stopped at because a group has not   \
+                                  finished it or its delayed delivery is ahead; 0 = none */ \
+  X(int64_t, max_slice_ns)     /* longest time one slice spent in its write transaction */  \
+  X(int64_t, max_slice_cpu_ns) /* the most CPU time one slice used there (max_slice_ns      \
+                                  minus this is waiting: I/O, or the CPU busy elsewhere) */
+typedef struct engram_compact_report {
+  ENGRAM_COMPACT_REPORT_FIELDS(ENGRAM_FIELD_)
+} engram_compact_report;
+/* Applies the retention limits of `topic` (NULL = every topic) now, in slices of at most
+ * a few milliseconds each so that appends keep flowing, until nothing more may be
+ * removed. The topic's first offset moves up; offsets are never reused; a read of a
+ * removed offset gets ENGRAM_ENOTFOUND saying so. Unless the topic has
+ * ENGRAM_TOPIC_RETAIN_FORCE, an event that a group has not finished (acked,
+ * dead-lettered or cancelled) or whose delayed delivery is still ahead is kept, with
+ * everything after it. *report (may be NULL) receives what was done. LMDB reuses the
+ * freed pages: data.mdb stops growing but does not shrink.
+ * Errors: ENOTFOUND (topic), ENOTSUP (read-only handle), EIO, ENOSPC. */
+ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_report *report);
 
 #ifdef __cplusplus
 }

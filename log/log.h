@@ -101,6 +101,7 @@ struct log {
    * (CLOCK_MONOTONIC ns) passed. */
   void (*wait_hook)(void *ctx, struct log *log, const char *topic, int64_t deadline_mono_ns);
   void *wait_hook_ctx;
+  struct cg_maint *maint; /* the consumer layer's maintenance runner, NULL = none */
 };
 
 /* ---------------------------------------------------------------------------------
@@ -202,6 +203,13 @@ int log_append_in(log_wtx *w, const char *topic, const engram_event *ev, uint64_
 int log_event_copy(engram_event *dst, const engram_event *src);
 void log_event_free(engram_event *e);
 
+/* Removes the topic's records with offsets below `below` (at most up to its head) inside
+ * a write job, and records the new first offset (the head and the next offset to assign
+ * do not move). *removed (may be NULL) receives how many records went. */
+int log_topic_trim_in(log_wtx *w, log_topic *t, uint64_t below, uint64_t *removed);
+/* Bytes of the pages holding the topic's records, in txn. */
+uint64_t log_topic_bytes(struct log *log, MDB_txn *txn, const log_topic *t);
+
 /* Removes a topic with its events, idempotency keys and dictionaries; only inside a job
  * run with log_write_solo (it deletes a named database). */
 int log_topic_drop_in(log_wtx *w, const char *topic);
@@ -273,6 +281,7 @@ int log_topic_create(struct log *log, const char *topic, const engram_topic_conf
 int log_topic_info_get(struct log *log, const char *topic, engram_topic_info *info);
 int log_topic_list(struct log *log, engram_topic_info **out, size_t *n);
 int log_topic_train_dict(struct log *log, const char *topic, uint32_t *dict_id);
+int log_topic_set(struct log *log, const char *topic, const engram_topic_config *cfg);
 void log_batch_free(engram_batch *b);
 int log_append(struct log *log, const char *topic, const engram_event *ev, uint64_t *offset,
                int *duplicate);

@@ -215,6 +215,11 @@ int log_view_get(struct log *log, MDB_txn *txn, const log_topic *t, uint64_t off
   if (rc == MDB_NOTFOUND) {
     if (offset >= lowest_offset(t) && offset <= log_topic_head(log, txn, t))
       return hole(log, t, offset, 0);
+    if (offset && offset < lowest_offset(t))
+      return log_error(log, ENGRAM_ENOTFOUND,
+                       "topic %s: offset %llu was removed by retention (the first offset is "
+                       "now %llu)",
+                       t->name, (unsigned long long)offset, (unsigned long long)lowest_offset(t));
     return log_error(log, ENGRAM_ENOTFOUND, "topic %s: no event at offset %llu", t->name,
                      (unsigned long long)offset);
   }

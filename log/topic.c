@@ -146,6 +146,9 @@ static int meta_decode(struct log *log, const MDB_val *v, const char *name, log_
   t->cfg.max_payload = m->max_payload;
   t->cfg.dict_train_after = m->dict_train_after;
   t->cfg.flags = m->flags;
+#define X(type, name) t->cfg.name = m->name;
+  ENGRAM_TOPIC_RETENTION_FIELDS(X)
+#undef X
   t->first_removed = m->first_offset;
   t->next_offset = m->next_offset ? m->next_offset : 1;
   t->dict_id = m->dict_id;
@@ -163,12 +166,15 @@ int log_topic_meta_put(struct log *log, MDB_txn *txn, const log_topic *t) {
   m.max_payload = t->cfg.max_payload;
   m.dict_train_after = t->cfg.dict_train_after;
   m.flags = t->cfg.flags;
+#define X(type, name) m.name = t->cfg.name;
+  ENGRAM_TOPIC_RETENTION_FIELDS(X)
+#undef X
   m.first_offset = t->first_removed;
   m.next_offset = t->next_offset;
   m.dict_id = t->dict_id;
   m.created_ns = t->created_ns;
   m.dict_trained_auto = t->dict_trained_auto;
-  unsigned char buf[128];
+  unsigned char buf[192];
   size_t n = engram__topic_meta__pack(&m, buf);
   MDB_val k = {strlen(t->name), (void *)t->name}, v = {n, buf};
   int rc = mdb_put(txn, log->db_topics, &k, &v, 0);
@@ -297,6 +303,22 @@ static int create_job(log_wtx *w, void *arg) {
   return log_topic_meta_put(log, w->txn, &t);
 }
 
+/* Checks a config for create or set and fills in its defaults. */
+static int config_check(struct log *log, const char *verb, const char *topic,
+                        engram_topic_config *c) {
+  if (c->max_payload > ENGRAM_MAX_PAYLOAD_LIMIT)
+    return log_error(log, ENGRAM_EINVAL, "%s topic %s: max_payload %u over %u", verb, topic,
+                     c->max_payload, ENGRAM_MAX_PAYLOAD_LIMIT);
+  if (c->flags & ~(uint32_t)(ENGRAM_TOPIC_NO_DICT | ENGRAM_TOPIC_RETAIN_FORCE))
+    return log_error(log, ENGRAM_EINVAL, "%s topic %s: unknown flags 0x%x", verb, topic, c->flags);
+  if (c->max_age_ms > ENGRAM_MAX_RETENTION_AGE_MS)
+    return log_error(log, ENGRAM_EINVAL, "%s topic %s: max_age_ms %llu over %llu (10 years)", verb,
+                     topic, (unsigned long long)c->max_age_ms,
+                     (unsigned long long)ENGRAM_MAX_RETENTION_AGE_MS);
+  config_defaults(c);
+  return 0;
+}
+
 int log_topic_create(struct log *log, const char *topic, const engram_topic_config *cfg) {
   if (!log) return ENGRAM_EINVAL;
   if (!log_valid_name(topic))
@@ -304,13 +326,30 @@ int log_topic_create(struct log *log, const char *topic, const engram_topic_conf
                      "create topic: invalid name (use 1-200 of [A-Za-z0-9._-])");
   struct create_req r = {.name = topic};
   if (cfg) r.cfg = *cfg;
-  if (r.cfg.max_payload > ENGRAM_MAX_PAYLOAD_LIMIT)
-    return log_error(log, ENGRAM_EINVAL, "create topic %s: max_payload %u over %u", topic,
-                     r.cfg.max_payload, ENGRAM_MAX_PAYLOAD_LIMIT);
-  if (r.cfg.flags & ~(uint32_t)ENGRAM_TOPIC_NO_DICT)
-    return log_error(log, ENGRAM_EINVAL, "create topic %s: unknown flags 0x%x", topic, r.cfg.flags);
-  config_defaults(&r.cfg);
-  int rc = log_write_solo(log, create_job, &r);
+  int rc = config_check(log, "create", topic, &r.cfg);
+  if (rc) return rc;
+  rc = log_write_solo(log, create_job, &r);
+  return rc < 0 ? rc : 0;
+}
+
+static int set_job(log_wtx *w, void *arg) {
+  struct create_req *r = arg;
+  log_topic t;
+  int rc = log_topic_get(w->log, w->txn, r->name, &t);
+  if (rc) return rc;
+  t.cfg = r->cfg;
+  return log_topic_meta_put(w->log, w->txn, &t);
+}
+
+int log_topic_set(struct log *log, const char *topic, const engram_topic_config *cfg) {
+  if (!log) return ENGRAM_EINVAL;
+  if (!cfg) return log_error(log, ENGRAM_EINVAL, "set topic: config is NULL");
+  if (!log_valid_name(topic))
+    return log_error(log, ENGRAM_EINVAL, "set topic: invalid name (use 1-200 of [A-Za-z0-9._-])");
+  struct create_req r = {.name = topic, .cfg = *cfg};
+  int rc = config_check(log, "set", topic, &r.cfg);
+  if (rc) return rc;
+  rc = log_write(log, set_job, &r);
   return rc < 0 ? rc : 0;
 }
 
@@ -519,4 +558,42 @@ int log_dict_train(struct log *log, const char *topic, uint32_t *dict_id) {
 int log_topic_train_dict(struct log *log, const char *topic, uint32_t *dict_id) {
   if (!log) return ENGRAM_EINVAL;
   return log_dict_train(log, topic, dict_id);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Retention's primitives (the policy, which needs the groups, is consumers/retain.c).
+ * ------------------------------------------------------------------------------ */
+int log_topic_trim_in(log_wtx *w, log_topic *t, uint64_t below, uint64_t *removed) {
+  struct log *log = w->log;
+  uint64_t head = log_topic_head(log, w->txn, t), n = 0;
+  if (removed) *removed = 0;
+  if (below > head + 1) below = head + 1;
+  MDB_cursor *c;
+  int rc = mdb_cursor_open(w->txn, t->dbi, &c);
+  if (rc) return log_error(log, log_err_mdb(rc), "trim %s: %s", t->name, log_mdb_text(rc));
+  MDB_val k, v;
+  while ((rc = mdb_cursor_get(c, &k, &v, MDB_FIRST)) == 0) {
+    uint64_t off = 0;
+    if (k.mv_size == 8) memcpy(&off, k.mv_data, 8);
+    if (off >= below) break;
+    if ((rc = mdb_cursor_del(c, 0))) break;
+    n++;
+  }
+  mdb_cursor_close(c);
+  if (rc && rc != MDB_NOTFOUND)
+    return log_error(log, log_err_mdb(rc), "trim %s: %s", t->name, log_mdb_text(rc));
+  /* The head survives an emptied database through next_offset, so offsets are never
+   * reused; first_removed says where the dense range now begins. */
+  if (t->next_offset < head + 1) t->next_offset = head + 1;
+  if (t->first_removed < below) t->first_removed = below;
+  if ((rc = log_topic_meta_put(log, w->txn, t))) return rc;
+  if (removed) *removed = n;
+  return 0;
+}
+
+uint64_t log_topic_bytes(struct log *log, MDB_txn *txn, const log_topic *t) {
+  MDB_stat st;
+  if (mdb_stat(txn, t->dbi, &st)) return 0;
+  (void)log;
+  return (uint64_t)st.ms_psize * (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages);
 }

@@ -23,6 +23,9 @@ static int topic_from_wire(const Engram__Wire__TopicInfo *w, engram_topic_info *
     t->config.max_payload = w->config->max_payload;
     t->config.dict_train_after = w->config->dict_train_after;
     t->config.flags = w->config->flags;
+#define X(type, name) t->config.name = w->config->name;
+    ENGRAM_TOPIC_RETENTION_FIELDS(X)
+#undef X
   }
 #define X(type, name) t->name = (type)w->name;
   ENGRAM_TOPIC_INFO_FIELDS(X)
@@ -129,18 +132,49 @@ static int r_backup(engram *log, const char *dest) {
   return client_call(log, &rq);
 }
 
+static void topic_config_to_wire(const engram_topic_config *cfg, Engram__Wire__TopicConfig *wc) {
+  wc->compress_threshold = cfg->compress_threshold;
+  wc->max_payload = cfg->max_payload;
+  wc->dict_train_after = cfg->dict_train_after;
+  wc->flags = cfg->flags;
+#define X(type, name) wc->name = cfg->name;
+  ENGRAM_TOPIC_RETENTION_FIELDS(X)
+#undef X
+}
+
 static int r_topic_create(engram *log, const char *topic, const engram_topic_config *cfg) {
   REQ(topic_create, TOPIC_CREATE, Engram__Wire__TopicCreate, ENGRAM__WIRE__TOPIC_CREATE__INIT);
   Engram__Wire__TopicConfig wc = ENGRAM__WIRE__TOPIC_CONFIG__INIT;
   m.topic = net_str(topic);
   if (cfg) {
-    wc.compress_threshold = cfg->compress_threshold;
-    wc.max_payload = cfg->max_payload;
-    wc.dict_train_after = cfg->dict_train_after;
-    wc.flags = cfg->flags;
+    topic_config_to_wire(cfg, &wc);
     m.config = &wc;
   }
   return client_call(log, &rq);
+}
+
+static int r_topic_set(engram *log, const char *topic, const engram_topic_config *cfg) {
+  REQ(topic_set, TOPIC_SET, Engram__Wire__TopicSet, ENGRAM__WIRE__TOPIC_SET__INIT);
+  Engram__Wire__TopicConfig wc = ENGRAM__WIRE__TOPIC_CONFIG__INIT;
+  m.topic = net_str(topic);
+  topic_config_to_wire(cfg, &wc);
+  m.config = &wc;
+  return client_call(log, &rq);
+}
+
+static int r_compact(engram *log, const char *topic, engram_compact_report *report) {
+  REQ(compact, COMPACT, Engram__Wire__Compact, ENGRAM__WIRE__COMPACT__INIT);
+  m.topic = net_str(topic);
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_COMPACT_REPORT,
+                      &rp);
+  if (!rc && report) {
+#define X(type, name) report->name = (type)rp->compact_report->name;
+    ENGRAM_COMPACT_REPORT_FIELDS(X)
+#undef X
+  }
+  if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+  return rc;
 }
 
 static int r_topic_info_get(engram *log, const char *topic, engram_topic_info *info) {
@@ -914,6 +948,8 @@ const struct engram_backend net_remote = {
     .topic_list = r_topic_list,
     .topic_drop = r_topic_drop,
     .topic_train_dict = r_topic_train_dict,
+    .topic_set = r_topic_set,
+    .compact = r_compact,
     .append = r_append,
     .append_batch = r_append_batch,
     .read = r_read,

@@ -105,7 +105,9 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
   X(stats, STATS, NET_RETRY_SAFE, op_stats)                        \
   X(worker_heartbeat, WORKER_HEARTBEAT, NET_RETRY_SAFE, op_beat)   \
   X(worker_list, WORKER_LIST, NET_RETRY_SAFE, op_workers)          \
-  X(worker_forget, WORKER_FORGET, NET_RETRY_NEVER, op_forget)
+  X(worker_forget, WORKER_FORGET, NET_RETRY_NEVER, op_forget)      \
+  X(topic_set, TOPIC_SET, NET_RETRY_SAFE, op_topic_set)            \
+  X(compact, COMPACT, NET_RETRY_SAFE, op_compact)
 
 enum { NET_RETRY_NEVER, NET_RETRY_SAFE, NET_RETRY_KEYED };
 

@@ -26,6 +26,9 @@ static Engram__Wire__TopicInfo *topic_to_wire(net_arena *a, const engram_topic_i
   c->max_payload = t->config.max_payload;
   c->dict_train_after = t->config.dict_train_after;
   c->flags = t->config.flags;
+#define X(type, name) c->name = t->config.name;
+  ENGRAM_TOPIC_RETENTION_FIELDS(X)
+#undef X
   w->config = c;
 #define X(type, name) w->name = t->name;
   ENGRAM_TOPIC_INFO_FIELDS(X)
@@ -210,18 +213,60 @@ OP(op_backup) {
   return rc;
 }
 
+/* A wire topic config -> the API's. */
+static void topic_config_from_wire(const Engram__Wire__TopicConfig *w, engram_topic_config *c) {
+  memset(c, 0, sizeof *c);
+  if (!w) return;
+  c->compress_threshold = w->compress_threshold;
+  c->max_payload = w->max_payload;
+  c->dict_train_after = w->dict_train_after;
+  c->flags = w->flags;
+#define X(type, name) c->name = w->name;
+  ENGRAM_TOPIC_RETENTION_FIELDS(X)
+#undef X
+}
+
 OP(op_topic_create) {
   int rc = 0;
   do {
     const Engram__Wire__TopicConfig *w = rq->topic_create->config;
-    engram_topic_config c = {0};
-    if (w) {
-      c.compress_threshold = w->compress_threshold;
-      c.max_payload = w->max_payload;
-      c.dict_train_after = w->dict_train_after;
-      c.flags = w->flags;
-    }
+    engram_topic_config c;
+    topic_config_from_wire(w, &c);
     rc = engram_topic_create(log, rq->topic_create->topic, w ? &c : NULL);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_topic_set) {
+  int rc = 0;
+  do {
+    engram_topic_config c;
+    topic_config_from_wire(rq->topic_set->config, &c);
+    rc = engram_topic_set(log, rq->topic_set->topic, &c);
+    break;
+  } while (0);
+  return rc;
+}
+
+OP(op_compact) {
+  int rc = 0;
+  do {
+    engram_compact_report r;
+    const char *topic = rq->compact->topic;
+    rc = engram_compact(log, topic && *topic ? topic : NULL, &r);
+    if (rc) break;
+    Engram__Wire__CompactReport *w = net_arena_alloc(a, sizeof *w);
+    if (!w) {
+      rc = nomem(log);
+      break;
+    }
+    engram__wire__compact_report__init(w);
+#define X(type, name) w->name = r.name;
+    ENGRAM_COMPACT_REPORT_FIELDS(X)
+#undef X
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_COMPACT_REPORT;
+    rp->compact_report = w;
     break;
   } while (0);
   return rc;

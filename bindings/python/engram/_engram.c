@@ -381,25 +381,70 @@ static PyObject *topic_dict(const engram_topic_info *t) {
   }
   ENGRAM_TOPIC_INFO_FIELDS(X)
 #undef X
+  PyObject *cfg = PyDict_GetItemString(d, "config"); /* borrowed */
+#define X(type, name)                               \
+  if (put_##type(cfg, #name, t->config.name) < 0) { \
+    Py_DECREF(d);                                   \
+    return NULL;                                    \
+  }
+  ENGRAM_TOPIC_RETENTION_FIELDS(X)
+#undef X
   return d;
 }
 
-static PyObject *Log_topic_create(LogObject *self, PyObject *args, PyObject *kw) {
-  static char *kws[] = {"topic", "compress_threshold", "max_payload", "dict_train_after", "flags",
+/* topic_create and topic_set: (topic, config keywords) -> the call. */
+static PyObject *topic_config_call(LogObject *self, PyObject *args, PyObject *kw, int set) {
+  static char *kws[] = {"topic", "compress_threshold", "max_payload", "dict_train_after",
+                        "flags", "max_age_ms",         "max_bytes",   "max_events",
                         NULL};
   const char *topic;
   engram_topic_config c;
   memset(&c, 0, sizeof c);
   int rc;
   char msg[MSG_MAX];
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O&O&O&O&:topic_create", kws, conv_str, &topic,
-                                   conv_u32, &c.compress_threshold, conv_u32, &c.max_payload,
-                                   conv_u32, &c.dict_train_after, conv_u32, &c.flags))
+  if (!PyArg_ParseTupleAndKeywords(
+          args, kw, set ? "O&|O&O&O&O&O&O&O&:topic_set" : "O&|O&O&O&O&O&O&O&:topic_create", kws,
+          conv_str, &topic, conv_u32, &c.compress_threshold, conv_u32, &c.max_payload, conv_u32,
+          &c.dict_train_after, conv_u32, &c.flags, conv_u64, &c.max_age_ms, conv_u64, &c.max_bytes,
+          conv_u64, &c.max_events))
     return NULL;
   if (enter(self)) return NULL;
-  RUN(self, rc, msg, engram_topic_create(self->log, topic, &c));
+  if (set)
+    RUN(self, rc, msg, engram_topic_set(self->log, topic, &c));
+  else
+    RUN(self, rc, msg, engram_topic_create(self->log, topic, &c));
   leave(self);
   return done(rc, msg);
+}
+
+static PyObject *Log_topic_create(LogObject *self, PyObject *args, PyObject *kw) {
+  return topic_config_call(self, args, kw, 0);
+}
+
+static PyObject *Log_topic_set(LogObject *self, PyObject *args, PyObject *kw) {
+  return topic_config_call(self, args, kw, 1);
+}
+
+static PyObject *Log_compact(LogObject *self, PyObject *args) {
+  const char *topic = NULL;
+  engram_compact_report r;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "|z:compact", &topic)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_compact(self->log, topic, &r));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *d = PyDict_New();
+  if (!d) return NULL;
+#define X(type, name)                     \
+  if (put_##type(d, #name, r.name) < 0) { \
+    Py_DECREF(d);                         \
+    return NULL;                          \
+  }
+  ENGRAM_COMPACT_REPORT_FIELDS(X)
+#undef X
+  return d;
 }
 
 static PyObject *Log_topic_info(LogObject *self, PyObject *args) {
@@ -1522,8 +1567,14 @@ static PyMethodDef Log_methods[] = {
     {"verify", (PyCFunction)Log_verify, METH_NOARGS, "verify() -> dict"},
     {"server_info", (PyCFunction)Log_server_info, METH_NOARGS, "server_info() -> dict"},
     {"topic_create", (PyCFunction)(void (*)(void))Log_topic_create, METH_VARARGS | METH_KEYWORDS,
-     "topic_create(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0)"},
+     "topic_create(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0, "
+     "max_age_ms=0, max_bytes=0, max_events=0)"},
     {"topic_info", (PyCFunction)Log_topic_info, METH_VARARGS, "topic_info(topic) -> dict"},
+    {"topic_set", (PyCFunction)(void (*)(void))Log_topic_set, METH_VARARGS | METH_KEYWORDS,
+     "topic_set(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0, "
+     "max_age_ms=0, max_bytes=0, max_events=0): replaces the topic's config"},
+    {"compact", (PyCFunction)Log_compact, METH_VARARGS,
+     "compact(topic=None) -> dict: applies retention limits now"},
     {"topic_list", (PyCFunction)Log_topic_list, METH_NOARGS, "topic_list() -> list of dict"},
     {"topic_drop", (PyCFunction)Log_topic_drop, METH_VARARGS, "topic_drop(topic)"},
     {"topic_train_dict", (PyCFunction)Log_topic_train_dict, METH_VARARGS,
@@ -1746,6 +1797,7 @@ PyMODINIT_FUNC PyInit__engram(void) {
   INT("OPEN_NOCREATE", ENGRAM_OPEN_NOCREATE);
   INT("OPEN_RDONLY", ENGRAM_OPEN_RDONLY);
   INT("TOPIC_NO_DICT", ENGRAM_TOPIC_NO_DICT);
+  INT("TOPIC_RETAIN_FORCE", ENGRAM_TOPIC_RETAIN_FORCE);
   INT("GROUP_KEY_ORDERED", ENGRAM_GROUP_KEY_ORDERED);
   INT("START_EARLIEST", ENGRAM_START_EARLIEST);
   INT("START_LATEST", ENGRAM_START_LATEST);

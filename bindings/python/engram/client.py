@@ -196,6 +196,23 @@ class Offset(int):
 # ---------------------------------------------------------------------------------------
 # Records returned by the API
 # ---------------------------------------------------------------------------------------
+_KEEP: Any = object()  # "not given" for set_retention
+
+
+def _retention_kw(max_age: Any, max_bytes: Optional[int],
+                  max_events: Optional[int]) -> Dict[str, int]:
+    """Retention keywords for topic_create / topic_set: 0 means no limit."""
+    if isinstance(max_age, _dt.timedelta):
+        max_age = max_age.total_seconds()
+    kw = {"max_age_ms": int(round(max_age * 1000)) if max_age else 0,
+          "max_bytes": int(max_bytes) if max_bytes else 0,
+          "max_events": int(max_events) if max_events else 0}
+    for k, v in kw.items():
+        if v < 0:
+            raise ValueError(f"{k.replace('_ms', '')} must not be negative")
+    return kw
+
+
 @dataclass(frozen=True)
 class TopicInfo:
     """A topic's configuration and counters."""
@@ -210,13 +227,20 @@ class TopicInfo:
     max_payload: int
     dict_train_after: int
     flags: int
+    max_age: Optional[float] = None  #: retention: seconds, None = no limit
+    max_bytes: Optional[int] = None  #: retention: bytes of stored records, None = no limit
+    max_events: Optional[int] = None  #: retention: events kept, None = no limit
+    retain_force: bool = False  #: retention may remove events groups have not finished
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> "TopicInfo":
         c = d["config"]
         return cls(d["name"], d["first_offset"], d["head_offset"], d["count"], d["dict_id"],
                    _dt.datetime.fromtimestamp(d["created_ns"] / 1e9, _dt.timezone.utc),
-                   c["compress_threshold"], c["max_payload"], c["dict_train_after"], c["flags"])
+                   c["compress_threshold"], c["max_payload"], c["dict_train_after"], c["flags"],
+                   c["max_age_ms"] / 1000 if c["max_age_ms"] else None,
+                   c["max_bytes"] or None, c["max_events"] or None,
+                   bool(c["flags"] & _engram.TOPIC_RETAIN_FORCE))
 
 
 @dataclass(frozen=True)
@@ -241,6 +265,7 @@ class GroupInfo:
     redelivered: int
     delivered: int
     oldest_unfinished: Optional[_dt.datetime]
+    retention_skipped: int = 0  #: events forced retention removed before the group finished them
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> "GroupInfo":
@@ -250,7 +275,8 @@ class GroupInfo:
                    bool(d["flags"] & _engram.GROUP_KEY_ORDERED), d["floor"], d["next"], d["lag"],
                    d["in_flight"], d["retrying"], d["dead"], d["acked"], d["redelivered"],
                    d["delivered"],
-                   _dt.datetime.fromtimestamp(old / 1e9, _dt.timezone.utc) if old else None)
+                   _dt.datetime.fromtimestamp(old / 1e9, _dt.timezone.utc) if old else None,
+                   d.get("retention_skipped", 0))
 
 
 @dataclass(frozen=True)
@@ -480,17 +506,45 @@ class Log:
     # -- topics ---------------------------------------------------------------------------
     def create_topic(self, name: str, *, compress_threshold: Optional[int] = None,
                      max_payload: Optional[int] = None, dict_train_after: Optional[int] = None,
-                     no_dict: bool = False, exist_ok: bool = False) -> None:
+                     no_dict: bool = False, exist_ok: bool = False,
+                     max_age: Optional[Duration] = None, max_bytes: Optional[int] = None,
+                     max_events: Optional[int] = None, retain_force: bool = False) -> None:
         """Creates a topic (names: 1..200 bytes of [A-Za-z0-9._-]). Raises AlreadyExists
-        unless ``exist_ok``."""
+        unless ``exist_ok``. Retention: ``max_age`` (seconds or timedelta), ``max_bytes``,
+        ``max_events`` (None = no limit); ``retain_force`` lets retention remove events
+        groups have not finished (docs/operations.md)."""
         kw = {k: v for k, v in (("compress_threshold", compress_threshold),
                                  ("max_payload", max_payload),
                                  ("dict_train_after", dict_train_after)) if v is not None}
+        kw.update(_retention_kw(max_age, max_bytes, max_events))
+        flags = (_engram.TOPIC_NO_DICT if no_dict else 0) | \
+            (_engram.TOPIC_RETAIN_FORCE if retain_force else 0)
         try:
-            self.h.topic_create(name, flags=_engram.TOPIC_NO_DICT if no_dict else 0, **kw)
+            self.h.topic_create(name, flags=flags, **kw)
         except AlreadyExists:
             if not exist_ok:
                 raise
+
+    def set_retention(self, topic: str, *, max_age: Any = _KEEP, max_bytes: Any = _KEEP,
+                      max_events: Any = _KEEP, retain_force: Optional[bool] = None) -> TopicInfo:
+        """Changes a topic's retention; arguments not given stay as they are, None removes
+        a limit. Returns the topic's new information."""
+        t = self.topic(topic)
+        age = t.max_age if max_age is _KEEP else max_age
+        size = t.max_bytes if max_bytes is _KEEP else max_bytes
+        events = t.max_events if max_events is _KEEP else max_events
+        force = t.retain_force if retain_force is None else retain_force
+        flags = (t.flags & ~_engram.TOPIC_RETAIN_FORCE) | \
+            (_engram.TOPIC_RETAIN_FORCE if force else 0)
+        self.h.topic_set(topic, compress_threshold=t.compress_threshold,
+                         max_payload=t.max_payload, dict_train_after=t.dict_train_after,
+                         flags=flags, **_retention_kw(age, size, events))
+        return self.topic(topic)
+
+    def compact(self, topic: Optional[str] = None) -> Dict[str, int]:
+        """Applies the retention limits of ``topic`` (None = every topic) now and returns
+        what was done: removed, slices, skipped, held_at, max_slice_ns."""
+        return self.h.compact(topic)
 
     def topic(self, name: str) -> TopicInfo:
         """A topic's information; NotFound when it does not exist."""

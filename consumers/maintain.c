@@ -1,0 +1,126 @@
+/* maintain.c — the maintenance runner: while its process holds DIR/maintenance.lock, a
+ * handle's thread runs retention on every topic with limits, one slice at a time. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "consumers/cg.h"
+
+#define DEFAULT_INTERVAL_MS 1000
+
+struct cg_maint {
+  struct log *log;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv; /* CLOCK_MONOTONIC; signalled at stop */
+  int stop;          /* under mu */
+  int fd;            /* DIR/maintenance.lock, -1 until opened */
+  int holder;        /* this handle holds the lock: flock is released when the holder's
+                        process exits or dies, so another one takes over */
+  uint32_t interval_ms;
+};
+
+/* Takes the lock when free. The holder writes its pid into the file for operators. */
+static void try_take(struct cg_maint *m) {
+  if (m->fd < 0) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/maintenance.lock", m->log->path);
+    m->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (m->fd < 0) return;
+  }
+  if (flock(m->fd, LOCK_EX | LOCK_NB) != 0) return;
+  m->holder = 1;
+  char pid[32];
+  int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  if (ftruncate(m->fd, 0) == 0 && pwrite(m->fd, pid, (size_t)n, 0) < 0) {
+    /* The pid is for people; the lock works without it. */
+  }
+}
+
+/* One pass: the limits of each topic that has any, until nothing more may be removed. */
+static void pass(struct cg_maint *m) {
+  engram_topic_info *list = NULL;
+  size_t n = 0;
+  if (log_topic_list(m->log, &list, &n)) return;
+  for (size_t i = 0; i < n; i++) {
+    const engram_topic_config *c = &list[i].config;
+    if (!c->max_age_ms && !c->max_bytes && !c->max_events) continue;
+    pthread_mutex_lock(&m->mu);
+    int stop = m->stop;
+    pthread_mutex_unlock(&m->mu);
+    if (stop) break;
+    cg_compact(m->log, list[i].name, NULL); /* errors show again next pass */
+  }
+  free(list);
+  log_error_clear(m->log);
+}
+
+static void *run(void *arg) {
+  struct cg_maint *m = arg;
+  pthread_mutex_lock(&m->mu);
+  while (!m->stop) {
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += m->interval_ms / 1000;
+    until.tv_nsec += (long)(m->interval_ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+      until.tv_sec++;
+      until.tv_nsec -= 1000000000;
+    }
+    while (!m->stop && pthread_cond_timedwait(&m->cv, &m->mu, &until) != ETIMEDOUT) {
+    }
+    if (m->stop) break;
+    pthread_mutex_unlock(&m->mu);
+    if (!m->holder) try_take(m);
+    if (m->holder) pass(m);
+    pthread_mutex_lock(&m->mu);
+  }
+  pthread_mutex_unlock(&m->mu);
+  return NULL;
+}
+
+void cg_maint_start(struct log *log) {
+  if (!log || (log->opts.flags & ENGRAM_OPEN_RDONLY)) return;
+  if (log->opts.maintenance_ms == ENGRAM_MAINTENANCE_OFF) return;
+  struct cg_maint *m = calloc(1, sizeof *m);
+  if (!m) return;
+  m->log = log;
+  m->fd = -1;
+  m->interval_ms = log->opts.maintenance_ms ? log->opts.maintenance_ms : DEFAULT_INTERVAL_MS;
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&m->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  pthread_mutex_init(&m->mu, NULL);
+  if (pthread_create(&m->thread, NULL, run, m) != 0) {
+    pthread_cond_destroy(&m->cv);
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+    return;
+  }
+  log->maint = m;
+}
+
+void cg_maint_stop(struct log *log) {
+  struct cg_maint *m = log ? log->maint : NULL;
+  if (!m) return;
+  log->maint = NULL;
+  /* A forked child has no copy of the thread: it only forgets the runner. */
+  if (log->owner_pid != getpid()) return;
+  pthread_mutex_lock(&m->mu);
+  m->stop = 1;
+  pthread_cond_signal(&m->cv);
+  pthread_mutex_unlock(&m->mu);
+  pthread_join(m->thread, NULL);
+  if (m->fd >= 0) close(m->fd); /* releases the lock */
+  pthread_cond_destroy(&m->cv);
+  pthread_mutex_destroy(&m->mu);
+  free(m);
+}
