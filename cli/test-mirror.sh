@@ -176,7 +176,8 @@ print(sum(x["head_offset"] for x in ts))')
 out=$("$BIN" restore --from-nats "$URL" --stream MEM --data "$TMP/restored" 2>&1)
 echo "     $out"
 [ "$out" = "restored 2 topics, $heads events from $heads messages (0 duplicates)" ] &&
-  ok "the stream holds the $heads events of the log, each once" || fail "restore: $out"
+  ok "the stream holds the $heads events of the log, each once" ||
+  fail "restore: $out (the log's heads add up to $heads)"
 "$BIN" --data "$TMP/restored" verify >/dev/null 2>&1 && ok "the restored log verifies clean" ||
   fail "verify of the restored log"
 same=1

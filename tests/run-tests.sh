@@ -101,10 +101,6 @@ if [ -f cli/test-cli.sh ] && [ -x "$BUILD/engram" ]; then
   run_unit cli env BUILD="$BUILD" bash cli/test-cli.sh
 fi
 
-# The NATS mirror against real nats-server processes (a 3-node JetStream cluster).
-if [ -f cli/test-mirror.sh ] && [ -x "$BUILD/engram" ] && command -v nats-server >/dev/null; then
-  run_unit mirror env BUILD="$BUILD" bash cli/test-mirror.sh
-fi
 
 # Python tests, when the binding and its tests exist.
 if [ -d tests/python ]; then

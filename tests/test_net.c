@@ -1046,7 +1046,16 @@ static void sigterm_answers_requests_in_flight_and_stops_cleanly(void **state) {
   struct poller p = {.log = r, .wait_ms = 20000};
   pthread_t t;
   pthread_create(&t, NULL, poll_thread, &p);
-  tu_sleep_ms(200);
+  /* The signal comes once the daemon holds the fetch parked (its own counter says so),
+   * however slowly the request travels on a loaded machine. */
+  engram *watch = conn(&d, 5000);
+  engram_server_info info = {0};
+  for (int64_t until = tu_mono_ms() + 10000; tu_mono_ms() < until; tu_sleep_ms(10)) {
+    OK(watch, engram_server_info_get(watch, &info));
+    if (info.parked > 0) break;
+  }
+  assert_int_equal(info.parked, 1);
+  engram_close(watch);
   int64_t t0 = tu_mono_ms();
   kill(d.pid, SIGTERM);
   pthread_join(t, NULL);

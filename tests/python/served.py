@@ -21,12 +21,13 @@ def free_port():
 
 def start_daemon(tmp, endpoint=None, data=None):
     """Starts `engram serve` with its data in ``data`` (default ``tmp``/served) and its
-    notify socket in ``tmp``, listening on ``endpoint`` (default a free loopback port).
+    notifications on a free loopback port, listening on ``endpoint`` (default a free
+    loopback port).
     Returns (process, endpoint) once it answers; skips the test if it cannot start."""
     endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
     data = str(data or tmp / "served")
     p = subprocess.Popen([ENGRAM, "serve", "--data", data, "--listen", endpoint,
-                          "--notify", f"ipc://{tmp}/notify.ipc"],
+                          "--notify", f"tcp://127.0.0.1:{free_port()}"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def up():

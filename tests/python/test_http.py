@@ -42,7 +42,7 @@ class Daemon:
         env = dict(os.environ)
         env.pop("ENGRAM_HTTP_TOKEN", None)
         args = [ENGRAM, "serve", "--data", self.data, "--listen", self.endpoint, "--notify",
-                f"ipc://{tmp_path}/notify.ipc", "--http", f"{http_host}:{self.http_port}"]
+                f"tcp://127.0.0.1:{free_port()}", "--http", f"{http_host}:{self.http_port}"]
         if token:
             args += ["--http-token", token]
         self.p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
