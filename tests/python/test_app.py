@@ -10,9 +10,8 @@ import time
 import pytest
 
 import engram
-from conftest import child_env, needs_groups, read_records, spawn_worker, wait_until
+from conftest import child_env, read_records, spawn_worker, wait_until
 
-pytestmark = needs_groups
 
 
 def make_app(log, **cfg):

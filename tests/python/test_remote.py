@@ -9,13 +9,12 @@ import time
 import pytest
 
 import engram
-from conftest import ROOT, has, read_records, spawn_worker, wait_until
+from conftest import ROOT, read_records, spawn_worker, wait_until
 
 BUILD = os.environ.get("ENGRAM_BUILD") or os.path.join(ROOT, "build")
 ENGRAM = os.path.join(BUILD, "engram")
 
 pytestmark = [
-    pytest.mark.skipif(not has("engram_connect"), reason="libengram has no engram_connect yet"),
     pytest.mark.skipif(not os.access(ENGRAM, os.X_OK), reason=f"{ENGRAM} is not built"),
 ]
 

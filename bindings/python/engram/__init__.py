@@ -25,8 +25,14 @@ _engram._register_errors(Error, dict(_BY_CODE))
 # Library practice: say nothing unless the application configures logging.
 _logging.getLogger("engram").addHandler(_logging.NullHandler())
 
-from .client import (DeadLetter, Event, EventStatus, Group, GroupInfo, Log, Message,  # noqa: E402
-                     Offset, TopicInfo, Transaction, Consumer, connect, open, encode_payload)
+from .log import Log, connect, open  # noqa: E402
+from .event import Event  # noqa: E402
+from .group import Group  # noqa: E402
+from .consumer import Consumer  # noqa: E402
+from .txn import Transaction  # noqa: E402
+from .records import DeadLetter, EventStatus, GroupInfo, TopicInfo  # noqa: E402
+from .message import Message, Offset, encode_payload  # noqa: E402
+from . import client  # noqa: E402,F401 - the old module name, still importable
 from .app import App, Reject, Retry, RunStats  # noqa: E402
 from .tasks import AsyncResult, Task  # noqa: E402
 from .events import EventManager  # noqa: E402
@@ -51,8 +57,12 @@ def errname(code: int) -> str:
 
 
 def missing_features() -> "list[str]":
-    """C functions this build of libengram lacks (calling them raises NotSupported)."""
-    return _engram.missing()
+    """Deprecated; always ``[]``. The extension links the whole libengram, so every C
+    function is there."""
+    import warnings
+    warnings.warn("engram.missing_features() is deprecated: every libengram function is "
+                  "always present", DeprecationWarning, stacklevel=2)
+    return []
 
 
 def keygen() -> "tuple[str, str]":

@@ -20,10 +20,6 @@ BINDING = os.path.join(ROOT, "bindings", "python")
 ENGRAM = os.path.join(os.environ.get("ENGRAM_BUILD") or os.path.join(ROOT, "build"), "engram")
 _topics = itertools.count(1)
 
-needs_groups = pytest.mark.skipif("engram_fetch" in engram.missing_features(),
-                                  reason="libengram has no consumer groups yet")
-
-
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,7 +38,7 @@ def wait_until(cond, timeout=5.0, interval=0.01):
 def serve(tmp, endpoint):
     """Starts `engram serve` on ``endpoint`` with its data in ``tmp``/data; returns the
     process once it answers (skips the test if it cannot start)."""
-    if not os.access(ENGRAM, os.X_OK) or "engram_connect" in engram.missing_features():
+    if not os.access(ENGRAM, os.X_OK):
         pytest.skip("engram serve is not built")
     p = subprocess.Popen([ENGRAM, "serve", "--data", str(tmp / "data"), "--listen", endpoint,
                           "--notify", f"ipc://{tmp}/notify.ipc"],

@@ -15,9 +15,8 @@ import engram
 from engram import ValidationError
 from engram.compat import memu
 from engram.compat.memu import EventManager, MemorizeTaskInput  # was: from memu.events import ...
-from seedkit import daemon, needs_groups, run_script, wait_until, where  # noqa: F401 - fixtures
+from seedkit import daemon, run_script, wait_until, where  # noqa: F401 - fixtures
 
-pytestmark = needs_groups
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ from engram.compat import nagatha
 from engram.compat.nagatha import (Event, EventBus, EventBusError, EventPriority,  # was: nagatha_assistant.core.*
                                    StandardEventTypes, create_agent_event, create_mcp_event,
                                    create_system_event)
-from seedkit import daemon, needs_groups, run_script, wait_until, where  # noqa: F401 - fixtures
+from seedkit import daemon, run_script, wait_until, where  # noqa: F401 - fixtures
 
-pytestmark = needs_groups
 
 
 async def until(cond, timeout=5.0):

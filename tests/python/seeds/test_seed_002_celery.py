@@ -11,9 +11,7 @@ import pytest
 import engram
 import engram.celery
 from celery_seed import HERE, broker, spawn, stop, worker_thread, run_worker  # noqa: F401
-from conftest import needs_groups
 
-pytestmark = needs_groups
 EMBEDDED_ONLY = {"test_the_worker_command_with_concurrency"}
 
 

@@ -15,9 +15,8 @@ from engram.compat import solstone
 from engram.compat.solstone import (EventContext, _get_handlers, _handlers, clear_handlers,  # was: apps.events
                                     discover_handlers, dispatch, get_handler_count, on_event,
                                     start_dispatcher, stop_dispatcher)
-from seedkit import daemon, needs_groups, run_script, wait_until, where  # noqa: F401 - fixtures
+from seedkit import daemon, run_script, wait_until, where  # noqa: F401 - fixtures
 
-pytestmark = needs_groups
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,349 @@
+"""The :class:`Log` handle and its entry points: ``open(path)`` (embedded) and
+``connect(endpoint)`` (through ``engram serve``) both return a Log; topics, appends
+(plain, batched and pipelined), reads, groups and transactions hang off it."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import threading
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+
+from . import _engram
+from .errors import AlreadyExists, Closed, Error, InvalidArgument, NotFound, NotSupported
+from .event import Event
+from .group import Group, _group_config
+from .message import Duration, Message, Offset, Payload, When, _message, _ms, _str
+from .records import GroupInfo, TopicInfo
+from .txn import Transaction
+
+__all__ = ["Log", "open", "connect"]
+
+_DURABILITY = {"sync": _engram.DURABILITY_SYNC, "nometasync": _engram.DURABILITY_NOMETASYNC,
+               "async": _engram.DURABILITY_ASYNC}
+
+_shared_lock = threading.Lock()
+_shared: Dict[str, List[Any]] = {}  # realpath -> [C handle, users]; LMDB wants one per process
+
+
+class Log:
+    """A log handle, embedded (:func:`open`) or remote (:func:`connect`). Thread-safe; a
+    context manager that closes it. Do not use it in a child after ``fork()``."""
+
+    def __init__(self, handle: Any, *, path: Optional[str] = None, endpoint: Optional[str] = None,
+                 create_topics: bool = True) -> None:
+        self._h = handle
+        self.path = path
+        self.endpoint = endpoint
+        self.create_topics = create_topics
+        self._closed = False
+        self._pipelined: set = set()  # topics append_async() has checked exist
+        self.open_options: Dict[str, Any] = {}  # open()'s keyword arguments, to reopen alike
+
+    # -- lifetime -----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        where = self.path or self.endpoint
+        return f"<engram.Log {where!r}{' closed' if self.closed else ''}>"
+
+    def __enter__(self) -> "Log":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once closed (or when inherited through fork())."""
+        return self._closed or self._h.closed
+
+    def close(self) -> None:
+        """Closes the handle (after calls running in other threads return). Idempotent.
+        Pipelined appends still queued are written first."""
+        if self._closed:
+            return
+        if self._pipelined:
+            try:
+                self._h.append_wait()
+            except Error:
+                pass  # nobody is left to see it
+        self._closed = True
+        if self.path is not None:
+            with _shared_lock:
+                ent = _shared.get(self.path)
+                if ent is not None and ent[0] is self._h:
+                    ent[1] -= 1
+                    if ent[1] > 0:
+                        return
+                    del _shared[self.path]
+        self._h.close()
+
+    @property
+    def h(self) -> Any:
+        """The C handle (engram._engram.Log); raises Closed after close()."""
+        if self._closed:
+            raise Closed("the log handle is closed")
+        return self._h
+
+    # -- topics ---------------------------------------------------------------------------
+    def create_topic(self, name: str, *, compress_threshold: Optional[int] = None,
+                     max_payload: Optional[int] = None, dict_train_after: Optional[int] = None,
+                     no_dict: bool = False, exist_ok: bool = False) -> None:
+        """Creates a topic (names: 1..200 bytes of [A-Za-z0-9._-]). Raises AlreadyExists
+        unless ``exist_ok``."""
+        kw = {k: v for k, v in (("compress_threshold", compress_threshold),
+                                 ("max_payload", max_payload),
+                                 ("dict_train_after", dict_train_after)) if v is not None}
+        try:
+            self.h.topic_create(name, flags=_engram.TOPIC_NO_DICT if no_dict else 0, **kw)
+        except AlreadyExists:
+            if not exist_ok:
+                raise
+
+    def topic(self, name: str) -> TopicInfo:
+        """A topic's information; NotFound when it does not exist."""
+        return TopicInfo._from(self.h.topic_info(name))
+
+    def topics(self) -> List[TopicInfo]:
+        """Every topic, in name order."""
+        return [TopicInfo._from(d) for d in self.h.topic_list()]
+
+    def drop_topic(self, name: str) -> None:
+        """Drops a topic with its events, keys, dictionaries and groups."""
+        self.h.topic_drop(name)
+
+    def train_dict(self, topic: str) -> int:
+        """Trains the topic's zstd dictionary from its newest events; returns its id."""
+        return self.h.topic_train_dict(topic)
+
+    def _autocreate(self, topic: str, err: NotFound) -> bool:
+        if not self.create_topics or not isinstance(topic, str):
+            return False
+        try:
+            self.h.topic_info(topic)
+            return False  # the topic exists: the NotFound was about something else
+        except NotFound:
+            pass
+        self.create_topic(topic, exist_ok=True)
+        return True
+
+    # -- events ---------------------------------------------------------------------------
+    def append(self, topic: str, type: str, payload: Payload = None, *, key: Optional[str] = None,
+               headers: Optional[Mapping[str, str]] = None, idempotency_key: Optional[str] = None,
+               delay: Optional[Duration] = None, deliver_at: Optional[When] = None,
+               content_type: Optional[str] = None) -> Offset:
+        """Appends one event and returns its offset once it is durable. ``payload`` may be
+        bytes, str or a dict/list (stored as JSON). ``delay`` (seconds) or ``deliver_at``
+        holds it back from groups until then. With an ``idempotency_key`` seen in the dedup
+        window nothing is written and the original offset comes back with
+        ``.duplicate = True``. A missing topic is created unless the log was opened with
+        ``create_topics=False``."""
+        spec = Message(type, payload, key, headers, idempotency_key, delay, deliver_at,
+                       content_type).spec()
+        try:
+            off, dup = self.h.append(topic, spec)
+        except NotFound as e:
+            if not self._autocreate(topic, e):
+                raise
+            off, dup = self.h.append(topic, spec)
+        return Offset(off, dup)
+
+    def append_many(self, topic: str, events: Iterable[Union[Message, Mapping[str, Any], tuple]]) -> List[Offset]:
+        """Appends several events in one transaction (all or none); returns their offsets.
+        Items are :class:`Message` objects, dicts with its fields, or ``(type, payload)``."""
+        if isinstance(events, (str, bytes, Mapping)):
+            raise TypeError("events must be an iterable of Message, dict or (type, payload)")
+        specs = [_message(e).spec() for e in events]
+        try:
+            res = self.h.append_batch(topic, specs)
+        except NotFound as e:
+            if not self._autocreate(topic, e):
+                raise
+            res = self.h.append_batch(topic, specs)
+        return [Offset(o, d) for o, d in res]
+
+    def append_async(self, topic: str, type: str, payload: Payload = None, *,
+                     key: Optional[str] = None, headers: Optional[Mapping[str, str]] = None,
+                     idempotency_key: Optional[str] = None, delay: Optional[Duration] = None,
+                     content_type: Optional[str] = None) -> None:
+        """Queues an append without waiting for it to be durable (pipelining, done by the
+        library: engram_append_async); :meth:`flush` waits for all of them and raises the
+        first error. An event refused later (too big ...) fails alone."""
+        spec = Message(type, payload, key, headers, idempotency_key, delay, None,
+                       content_type).spec()
+        _str(topic, "topic")
+        if topic not in self._pipelined:
+            # A missing topic would only surface at flush(): create it now, once per topic.
+            if self.create_topics:
+                try:
+                    self.h.topic_info(topic)
+                except NotFound:
+                    self.create_topic(topic, exist_ok=True)
+            self._pipelined.add(topic)
+        self.h.append_async(topic, spec)
+
+    def flush(self) -> None:
+        """Waits until every :meth:`append_async` of this handle is durable; raises the
+        first error any of them got since the last flush. Logs opened on the same
+        directory in one process share one handle, so they share this wait and its error."""
+        self.h.append_wait()
+
+    def get(self, topic: str, offset: int) -> Event:
+        """The event at ``offset``; NotFound when there is none."""
+        return Event(self.h.read(topic, offset))
+
+    def read(self, topic: str, start: int = 1, count: int = 100) -> List[Event]:
+        """Up to ``count`` events with offsets >= ``start``, in order."""
+        if isinstance(count, int) and not isinstance(count, bool) and count < 0:
+            raise InvalidArgument(f"read: count {count} is negative")
+        return [Event(t) for t in self.h.read_range(topic, start, count)]
+
+    def scan(self, topic: str, start: int = 1, batch: int = 1000) -> Iterator[Event]:
+        """Every event from ``start`` on, read in batches."""
+        while True:
+            evs = self.read(topic, start, batch)
+            if not evs:
+                return
+            yield from evs
+            start = evs[-1].offset + 1
+
+    # -- groups ---------------------------------------------------------------------------
+    def group(self, topic: str, name: str, *, create: bool = True, filters: Union[None, str, Sequence[str]] = None,
+              start: Union[str, int, _dt.datetime] = "earliest", ack_wait: Optional[Duration] = None,
+              max_deliver: Optional[int] = None, backoff: Optional[Sequence[Duration]] = None,
+              result_ttl: Optional[Duration] = None, key_ordered: bool = False) -> "Group":
+        """The consumer group ``name`` on ``topic``, created (with the topic, when the log
+        allows) if missing. Config applies at creation: ``filters`` (type patterns:
+        ``"memory.saved"``, ``"memory.*"``, ``"*"``), ``start`` ("earliest", "latest", an
+        offset or a datetime), ``ack_wait`` (lease, seconds), ``max_deliver`` (attempts
+        before the DLQ), ``backoff`` (seconds before each retry), ``result_ttl``,
+        ``key_ordered``."""
+        _str(topic, "topic")
+        _str(name, "group")
+        if create:
+            kw = _group_config(filters, start, ack_wait, max_deliver, backoff, result_ttl, key_ordered)
+            try:
+                self.h.group_create(topic, name, **kw)
+            except AlreadyExists:
+                pass
+            except NotFound as e:
+                if not self._autocreate(topic, e):
+                    raise
+                try:
+                    self.h.group_create(topic, name, **kw)
+                except AlreadyExists:
+                    pass
+        else:
+            self.h.group_info(topic, name)
+        return Group(self, topic, name)
+
+    def groups(self, topic: Optional[str] = None) -> List[GroupInfo]:
+        """Every group (of ``topic``, or of all topics)."""
+        return [GroupInfo._from(d) for d in self.h.group_list(topic)]
+
+    def delete_group(self, topic: str, name: str) -> None:
+        """Deletes a group with its leases, DLQ and results."""
+        self.h.group_delete(topic, name)
+
+    # -- the rest -------------------------------------------------------------------------
+    def stats(self) -> Dict[str, Any]:
+        """Topics and groups with their counters, as plain dicts (for JSON)."""
+        out: Dict[str, Any] = {"topics": [], "groups": []}
+        for t in self.h.topic_list():
+            out["topics"].append({"name": t["name"], "count": t["count"],
+                                  "first_offset": t["first_offset"], "head_offset": t["head_offset"],
+                                  "dict_id": t["dict_id"]})
+        try:
+            for g in self.h.group_list(None):
+                out["groups"].append({k: g[k] for k in ("topic", "name", "floor", "next", "lag",
+                                                        "in_flight", "retrying", "dead", "acked",
+                                                        "redelivered", "delivered")})
+        except NotSupported:
+            out["groups"] = None
+        return out
+
+    def sync(self) -> None:
+        """Forces everything committed so far to disk (nometasync/async modes)."""
+        self.h.sync()
+
+    def backup(self, dest: Union[str, os.PathLike]) -> None:
+        """A consistent, compacted hot copy into directory ``dest`` (new or empty)."""
+        self.h.backup(os.fspath(dest))
+
+    def verify(self) -> Dict[str, Any]:
+        """Checks every record's CRC; returns topics, records, damaged, first_damage."""
+        return self.h.verify()
+
+    def transaction(self) -> "Transaction":
+        """Acks and appends committed together: ``with log.transaction() as tx: ...``."""
+        return Transaction(self)
+
+
+def open(path: Union[str, os.PathLike], *, durability: str = "sync", map_size: Optional[int] = None,
+         max_topics: Optional[int] = None, dedup_window: Optional[Duration] = None,
+         flush_interval: Optional[Duration] = None, create: bool = True,
+         create_topics: bool = True, read_only: bool = False) -> Log:
+    """Opens (creating unless ``create=False``) the log in directory ``path``.
+
+    ``durability``: "sync" (default; a write returns once on disk), "nometasync" (a power
+    cut may lose the newest commit) or "async" (may lose the last ``flush_interval``).
+    ``create_topics``: appends and groups create missing topics. ``read_only``: open an
+    existing log for reading only (ENGRAM_OPEN_RDONLY: works on a read-only mount or a
+    directory this user may not write; every write raises :class:`NotSupported`; see
+    docs/storage.md). Opening a directory that this process already has open shares that
+    handle (an LMDB rule): a read-write handle serves a read-only request as is, and a
+    read-write request while the directory is open read-only raises
+    :class:`InvalidArgument`."""
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        raise TypeError("path must be str or os.PathLike[str]")
+    if not p or "\0" in p:
+        raise InvalidArgument(f"open: path {p!r} is invalid")
+    if durability not in _DURABILITY:
+        raise InvalidArgument(f"durability {durability!r}: use 'sync', 'nometasync' or 'async'")
+    kw: Dict[str, Any] = {"durability": _DURABILITY[durability]}
+    if map_size is not None:
+        kw["map_size"] = map_size
+    if max_topics is not None:
+        kw["max_topics"] = max_topics
+    if dedup_window is not None:
+        kw["dedup_window_ms"] = _ms(dedup_window, "dedup_window")
+    if flush_interval is not None:
+        kw["flush_interval_ms"] = _ms(flush_interval, "flush_interval")
+    if not create:
+        kw["flags"] = _engram.OPEN_NOCREATE
+    if read_only:
+        kw["flags"] = _engram.OPEN_NOCREATE | _engram.OPEN_RDONLY
+    key = os.path.realpath(p)
+    with _shared_lock:
+        ent = _shared.get(key)
+        if ent is not None and ent[0].closed:
+            del _shared[key]  # inherited through fork, or closed underneath
+            ent = None
+        if ent is not None and ent[2] and not read_only:
+            raise InvalidArgument(f"open {p}: already open read-only in this process; close "
+                                  "that handle first")
+        if ent is None:
+            h = _engram.open(p, **kw)
+            ent = _shared[key] = [h, 0, read_only]
+        ent[1] += 1
+        lg = Log(ent[0], path=key, create_topics=create_topics)
+    # What reopening it elsewhere (a forked worker process) needs to behave the same.
+    lg.open_options = {k: v for k, v in (("durability", durability), ("map_size", map_size),
+                                         ("max_topics", max_topics), ("dedup_window", dedup_window),
+                                         ("flush_interval", flush_interval),
+                                         ("create_topics", create_topics)) if v is not None}
+    return lg
+
+
+def connect(endpoint: str, *, timeout: Optional[Duration] = None, server_key: Optional[str] = None,
+            public_key: Optional[str] = None, secret_key: Optional[str] = None,
+            pipeline_window: Optional[int] = None, create_topics: bool = True) -> Log:
+    """Connects to ``engram serve`` at ``endpoint`` (e.g. "tcp://127.0.0.1:7450"); the
+    returned :class:`Log` has the same interface and semantics as an embedded one.
+    ``timeout`` is per request (default 10 s); the keys enable CURVE (Z85 strings)."""
+    _str(endpoint, "endpoint")
+    kw: Dict[str, Any] = {"server_key": server_key, "public_key": public_key, "secret_key": secret_key}
+    if timeout is not None:
+        kw["timeout_ms"] = _ms(timeout, "timeout")
+    if pipeline_window is not None:
+        kw["pipeline_window"] = pipeline_window
+    return Log(_engram.connect(endpoint, **kw), endpoint=endpoint, create_topics=create_topics)
