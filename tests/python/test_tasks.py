@@ -379,3 +379,12 @@ def test_a_worker_serves_several_queues_in_priority_order(log):
         high.delay(i)
     run(app, concurrency=1, queues=["high", "low"])
     assert order == [("high", 0), ("high", 1), ("high", 2), ("low", 0), ("low", 1), ("low", 2)]
+
+
+# -- the time-limit and revocation exceptions, where App and Celery users import them -----------
+def test_time_limit_and_terminate_exceptions_are_exported_for_app_and_celery_users():
+    import engram.app
+    import engram.celery.exceptions as cex
+    for name in ("SoftTimeLimitExceeded", "TimeLimitExceeded", "Terminated"):
+        assert getattr(engram, name) is getattr(engram.app, name) is getattr(cex, name)
+        assert name in engram.__all__ and name in cex.__all__
