@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Union
 
 from . import _engram
 from .errors import AlreadyExists, Closed, Error, InvalidArgument, NotFound, NotSupported
@@ -36,7 +36,7 @@ class Log:
         self.endpoint = endpoint
         self.create_topics = create_topics
         self._closed = False
-        self._pipelined: set = set()  # topics append_async() has checked exist
+        self._pipelined: Set[str] = set()  # topics append_async() has checked exist
         self.open_options: Dict[str, Any] = {}  # open()'s keyword arguments, to reopen alike
 
     # -- lifetime -----------------------------------------------------------------------
