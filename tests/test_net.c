@@ -25,18 +25,27 @@
 #include "helpers/testutil.h"
 #include "test_net_daemon.h"
 
-#define OK(log, call) ok_at(log, (call), #call, __LINE__)
-static void ok_at(engram *log, int rc, const char *what, int line) {
-  if (rc)
-    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
-  assert_int_equal(rc, 0);
-}
+#define OK(log, call) TU_OK(log, call)
 
 static engram *conn(td *d, uint32_t timeout_ms) {
   engram_connect_options o = {.timeout_ms = timeout_ms};
   engram *log = td_connect_within(d->ep, 5000, &o);
   assert_non_null(log);
   return log;
+}
+
+/* A daemon started in a new temp dir named after tag, and a client connected to it. */
+static engram *serve_and_conn(td *d, const char *tag) {
+  td_init(d, tag);
+  td_start(d);
+  return conn(d, 5000);
+}
+
+/* Closes the client, stops the daemon (which must exit 0) and removes its temp dir. */
+static void conn_and_serve_done(td *d, engram *r) {
+  engram_close(r);
+  assert_int_equal(td_stop(d), 0);
+  td_done(d);
 }
 
 static engram_event ev_of(const char *type, const char *key, const char *payload) {
@@ -50,9 +59,7 @@ static engram_event ev_of(const char *type, const char *key, const char *payload
 static void every_log_operation_works_through_the_daemon(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-log");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-log");
 
   engram_topic_config cfg = {.max_payload = 4096, .compress_threshold = 64};
   OK(r, engram_topic_create(r, "memory", &cfg));
@@ -152,18 +159,14 @@ static void every_log_operation_works_through_the_daemon(void **state) {
   engram_close(copy);
   free(dest);
 
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* Errors: the daemon's code and its message, as the embedded library gives them. */
 static void errors_carry_the_same_code_and_message_as_embedded(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-errors");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-errors");
   char *edir = tu_join(d.dir, "embedded");
   engram *l = tu_open(edir, NULL);
   engram_topic_config cfg = {.max_payload = 16};
@@ -217,9 +220,7 @@ static void errors_carry_the_same_code_and_message_as_embedded(void **state) {
   assert_int_equal(ti.count, 0);
   engram_close(l);
   free(edir);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* One bad input per case, for every entry point of engram.h that takes a handle: run
@@ -343,9 +344,7 @@ static int bad_input(engram *log, int k) {
 static void every_entry_point_answers_bad_input_alike_on_both_backends(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-badtable");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-badtable");
   char *edir = tu_join(d.dir, "embedded");
   engram *l = tu_open(edir, NULL);
   engram_topic_config cfg = {.max_payload = 16};
@@ -377,9 +376,7 @@ static void every_entry_point_answers_bad_input_alike_on_both_backends(void **st
   }
   engram_close(l);
   free(edir);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -580,18 +577,14 @@ static void group_operations_agree_with_the_embedded_library_step_by_step(void *
   assert_int_equal(mismatches, 0);
   engram_close(l);
   free(edir);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* Time-driven group behaviour, on the daemon's own clock. */
 static void leases_expire_and_retries_come_back_through_the_daemon(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-lease");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-lease");
   OK(r, engram_topic_create(r, "memory", NULL));
   engram_event e = ev_of("memory.saved", NULL, "x");
   OK(r, engram_append(r, "memory", &e, NULL, NULL));
@@ -641,9 +634,7 @@ static void leases_expire_and_retries_come_back_through_the_daemon(void **state)
   assert_int_equal(st.result_len, 2);
   assert_memory_equal(st.result, "ok", 2);
   engram_free(st.result);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -671,9 +662,7 @@ static void *poll_thread(void *arg) {
 static void a_long_poll_returns_when_events_arrive_or_its_wait_ends(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-poll");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-poll");
   engram *w = conn(&d, 5000);
   OK(r, engram_topic_create(r, "memory", NULL));
   OK(r, engram_group_create(r, "memory", "g", NULL));
@@ -712,9 +701,7 @@ static void a_long_poll_returns_when_events_arrive_or_its_wait_ends(void **state
   engram_close(l);
 
   engram_close(w);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 struct acks {
@@ -773,9 +760,7 @@ static void pipelined_appends_keep_their_order_and_report_every_offset(void **st
     assert_string_equal((const char *)b->events[i].payload, payload);
   }
   engram_batch_free(b);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 struct results {
@@ -839,9 +824,7 @@ static void pipelined_appends_fail_alone_and_leave_without_further_calls(void **
   OK(r, engram_append_wait(r));
   assert_int_equal(quiet.n, 30);
   engram_close(other);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 struct appender {
@@ -903,9 +886,7 @@ static void replies_come_back_out_of_order_on_one_connection(void **state) {
   engram_topic_info ti;
   OK(r, engram_topic_info_get(r, "memory", &ti));
   assert_int_equal(ti.count, 801);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -945,9 +926,7 @@ static void no_daemon_means_econn_and_a_frozen_one_etimedout(void **state) {
     tu_sleep_ms(20);
   }
   assert_int_equal(ti.count, 1);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 struct infoer {
@@ -1012,9 +991,7 @@ static void clients_reconnect_after_a_daemon_restart(void **state) {
             engram_errname(in.rc), (long long)took, (long long)up_ms);
   OK(r, in.rc);
   assert_int_equal(in.count, 2);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* A TCP port nothing listens on (bound and released: good enough for a test). */
@@ -1063,9 +1040,7 @@ static void a_second_daemon_on_the_same_directory_is_refused(void **state) {
 static void sigterm_answers_requests_in_flight_and_stops_cleanly(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-sigterm");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-sigterm");
   OK(r, engram_topic_create(r, "memory", NULL));
   OK(r, engram_group_create(r, "memory", "g", NULL));
   struct poller p = {.log = r, .wait_ms = 20000};
@@ -1229,9 +1204,7 @@ static void commits_are_published_and_wake_embedded_waiters(void **state) {
 
   zmq_close(sub);
   zmq_ctx_term(ctx);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* Without a daemon, embedded processes still wake each other. */
@@ -1493,9 +1466,7 @@ static void the_serve_command_takes_a_config_file_and_curve_key_files(void **sta
 static void a_remote_transaction_commits_acks_and_appends_together(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-txn");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-txn");
   OK(r, engram_topic_create(r, "memory", NULL));
   OK(r, engram_topic_create(r, "derived", NULL));
   engram_event in[2] = {ev_of("memory.saved", NULL, "a"), ev_of("memory.saved", NULL, "b")};
@@ -1551,17 +1522,13 @@ static void a_remote_transaction_commits_acks_and_appends_together(void **state)
   assert_int_equal(b->events[0].offset, 3);
   engram_batch_free(b);
 
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 static void a_failing_ack_aborts_the_whole_remote_transaction(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-txn-fail");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-txn-fail");
   OK(r, engram_topic_create(r, "memory", NULL));
   OK(r, engram_topic_create(r, "derived", NULL));
   engram_event e = ev_of("memory.saved", NULL, "a");
@@ -1619,17 +1586,13 @@ static void a_failing_ack_aborts_the_whole_remote_transaction(void **state) {
   OK(r, engram_status_get(r, "memory", "g", 2, &st));
   assert_int_equal(st.state, ENGRAM_STATE_IN_FLIGHT);
 
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 static void an_empty_remote_transaction_commits_as_a_no_op(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-txn-empty");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-txn-empty");
   OK(r, engram_topic_create(r, "memory", NULL));
   engram_txn *txn;
   OK(r, engram_txn_begin(r, &txn));
@@ -1639,9 +1602,7 @@ static void an_empty_remote_transaction_commits_as_a_no_op(void **state) {
   engram_topic_info ti;
   OK(r, engram_topic_info_get(r, "memory", &ti));
   assert_int_equal(ti.head_offset, 0);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 int main(void) {

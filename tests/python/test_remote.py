@@ -1,57 +1,24 @@
 # test_remote.py — the same API through `engram serve`: engram.connect() against a daemon
 # started on a loopback port for the test, and worker processes sharing a group over it.
 import os
-import signal
-import socket
-import subprocess
 import time
 
 import pytest
 
 import engram
-from conftest import ROOT, read_records, spawn_worker, wait_until
-
-BUILD = os.environ.get("ENGRAM_BUILD") or os.path.join(ROOT, "build")
-ENGRAM = os.path.join(BUILD, "engram")
+from conftest import read_records, spawn_worker, wait_until
+from served import ENGRAM, free_port, start_daemon, stop_daemon
 
 pytestmark = [
     pytest.mark.skipif(not os.access(ENGRAM, os.X_OK), reason=f"{ENGRAM} is not built"),
 ]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def daemon(tmp_path):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    data = str(tmp_path / "served")
-    p = subprocess.Popen([ENGRAM, "serve", "--data", data, "--listen", endpoint,
-                          "--notify", f"ipc://{tmp_path}/notify.ipc"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def up():
-        if p.poll() is not None:
-            return True
-        try:
-            with engram.connect(endpoint, timeout=0.5) as c:
-                c.topics()
-            return True
-        except engram.Error:
-            return False
-    if not wait_until(up, 10) or p.poll() is not None:
-        err = p.stderr.read().decode() if p.poll() is not None else ""
-        p.kill()
-        pytest.skip(f"engram serve did not start: {err.strip()[:200]}")
+    p, endpoint = start_daemon(tmp_path)
     yield endpoint
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        p.kill()
+    stop_daemon(p)
 
 
 def test_connect_offers_the_same_interface(daemon):
