@@ -318,3 +318,11 @@ int engram_keygen(char public_key[41], char secret_key[41]) {
   if (!public_key || !secret_key) return log_error(NULL, ENGRAM_EINVAL, "keygen: NULL buffer");
   return net_keygen(public_key, secret_key);
 }
+
+int engram_server_info_get(engram *log, engram_server_info *out) {
+  if (!log || !out) return log_error(NULL, ENGRAM_EINVAL, "server info: NULL argument");
+  if (api_log(log))
+    return log_error(NULL, ENGRAM_ENOTSUP,
+                     "server info: an embedded handle has no daemon; ask one from engram_connect");
+  return net_server_info(log, out);
+}

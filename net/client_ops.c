@@ -393,6 +393,29 @@ static int r_verify(engram *log, engram_verify_report *report) {
   return 0;
 }
 
+/* engram_server_info_get: the daemon's stats request (api.h). */
+int net_server_info(engram *log, engram_server_info *out) {
+  REQ(stats, STATS, Engram__Wire__Stats, ENGRAM__WIRE__STATS__INIT);
+  (void)m;
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_STATS, &rp);
+  if (rc) {
+    if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+    return rc;
+  }
+  memset(out, 0, sizeof *out);
+  const Engram__Wire__StatsResult *st = rp->stats;
+  if (net_copy_text(out->version, sizeof out->version, st->version)) {
+    engram__wire__reply__free_unpacked(rp, NULL);
+    return log_error(NULL, ENGRAM_EPROTO, "server info: version text too long");
+  }
+#define X(type, name) out->name = (type)st->name;
+  ENGRAM_SERVER_INFO_FIELDS(X)
+#undef X
+  engram__wire__reply__free_unpacked(rp, NULL);
+  return 0;
+}
+
 static int r_group_create(engram *log, const char *topic, const char *group,
                           const engram_group_config *cfg) {
   REQ(group_create, GROUP_CREATE, Engram__Wire__GroupCreate, ENGRAM__WIRE__GROUP_CREATE__INIT);

@@ -1314,6 +1314,8 @@ static void every_cli_command_works_with_connect(void **state) {
       {{E, C, P, "backup", bk, NULL}},
       {{E, C, P, "group", "reset", "memory", "g", "--to", "earliest", NULL}},
       {{E, C, P, "group", "delete", "memory", "g", NULL}},
+      {{E, C, P, "info", NULL}},
+      {{E, C, P, "info", "--json", NULL}},
   };
   int failed = 0;
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
@@ -1605,6 +1607,141 @@ static void an_empty_remote_transaction_commits_as_a_no_op(void **state) {
   conn_and_serve_done(&d, r);
 }
 
+/* ---------------------------------------------------------------------------------
+ * What the daemon is; appends of many connections together.
+ * ------------------------------------------------------------------------------ */
+static void the_daemon_says_what_it_is(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-info");
+  d.o.durability = ENGRAM_DURABILITY_NOMETASYNC;
+  d.o.max_message = 1u << 20;
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_event e = ev_of("memory.saved", "k", "{}");
+  OK(r, engram_append(r, "memory", &e, NULL, NULL));
+
+  engram_server_info info;
+  memset(&info, 0xff, sizeof info);
+  OK(r, engram_server_info_get(r, &info));
+  assert_string_equal(info.version, ENGRAM_VERSION_STRING);
+  assert_int_equal(info.protocol_version, ENGRAM_PROTOCOL_VERSION);
+  assert_int_equal(info.durability, ENGRAM_DURABILITY_NOMETASYNC);
+  assert_int_equal(info.max_message, 1u << 20);
+  assert_int_equal(info.max_events, 65536);
+  assert_int_equal(info.curve, 0);
+  /* Workers default to the machine's cores, at least two. */
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  assert_int_equal(info.workers, cores < 2 ? 2 : cores);
+  assert_true(info.requests >= 2); /* the topic and the append, answered before this one */
+  assert_int_equal(info.appended, 1);
+  assert_int_equal(info.errors, 0);
+  assert_true(info.commits >= 1 && info.flushes >= 1);
+  assert_true(info.uptime_ms < 600000);
+
+  /* Bad input and an embedded handle. */
+  assert_int_equal(engram_server_info_get(r, NULL), ENGRAM_EINVAL);
+  assert_int_equal(engram_server_info_get(NULL, &info), ENGRAM_EINVAL);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  engram *l;
+  OK(NULL, engram_open(d.logdir, NULL, &l));
+  assert_int_equal(engram_server_info_get(l, &info), ENGRAM_ENOTSUP);
+  assert_non_null(strstr(engram_errmsg(l), "engram_connect"));
+  engram_close(l);
+  td_done(&d);
+}
+
+#define SHARERS 8
+#define SHARE_EACH 40
+struct sharer {
+  const char *ep;
+  int id;
+  uint64_t offs[SHARE_EACH];
+  int bad_rc[SHARE_EACH];
+  int fails;
+};
+
+static void *share_thread(void *arg) {
+  struct sharer *t = arg;
+  engram_connect_options o = {.timeout_ms = 30000};
+  engram *r = td_connect_within(t->ep, 10000, &o);
+  if (!r) {
+    t->fails++;
+    return NULL;
+  }
+  static char big[3000];
+  memset(big, 'x', sizeof big - 1);
+  for (int i = 0; i < SHARE_EACH; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "c%d-%d", t->id, i);
+    engram_event e = ev_of("memory.saved", key, "{}");
+    if (t->id == 0 && i % 2) { /* over the topic's max_payload: refused alone */
+      engram_event b = ev_of("memory.saved", key, big);
+      t->bad_rc[i] = engram_append(r, "memory", &b, &t->offs[i], NULL);
+      continue;
+    }
+    if (engram_append(r, "memory", &e, &t->offs[i], NULL)) t->fails++;
+  }
+  engram_close(r);
+  return NULL;
+}
+
+static void appends_of_many_connections_commit_together_in_each_ones_order(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-share");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  engram_topic_config cfg = {.max_payload = 1024};
+  OK(r, engram_topic_create(r, "memory", &cfg));
+  struct sharer ts[SHARERS];
+  pthread_t th[SHARERS];
+  memset(ts, 0, sizeof ts);
+  for (int i = 0; i < SHARERS; i++) {
+    ts[i].ep = d.ep;
+    ts[i].id = i;
+    assert_int_equal(pthread_create(&th[i], NULL, share_thread, &ts[i]), 0);
+  }
+  for (int i = 0; i < SHARERS; i++) pthread_join(th[i], NULL);
+  size_t good = 0;
+  for (int i = 0; i < SHARERS; i++) {
+    assert_int_equal(ts[i].fails, 0);
+    uint64_t last = 0;
+    for (int k = 0; k < SHARE_EACH; k++) {
+      if (i == 0 && k % 2) { /* each bad append got its own answer, nothing else did */
+        assert_int_equal(ts[i].bad_rc[k], ENGRAM_ETOOBIG);
+        continue;
+      }
+      assert_true(ts[i].offs[k] > last); /* a connection's appends keep their order */
+      last = ts[i].offs[k];
+      good++;
+    }
+  }
+  /* Every good append has its own offset and its own event. */
+  engram_topic_info ti;
+  OK(r, engram_topic_info_get(r, "memory", &ti));
+  assert_int_equal(ti.count, good);
+  assert_int_equal(ti.head_offset, good);
+  for (int i = 0; i < SHARERS; i++)
+    for (int k = 0; k < SHARE_EACH; k++) {
+      if (i == 0 && k % 2) continue;
+      engram_batch *b;
+      OK(r, engram_read(r, "memory", ts[i].offs[k], &b));
+      char key[32];
+      snprintf(key, sizeof key, "c%d-%d", i, k);
+      assert_string_equal(b->events[0].key, key);
+      engram_batch_free(b);
+    }
+  engram_server_info info;
+  OK(r, engram_server_info_get(r, &info));
+  assert_int_equal(info.appended, good);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
 int main(void) {
   tu_test_filter();
   const struct CMUnitTest tests[] = {
@@ -1630,6 +1767,8 @@ int main(void) {
       cmocka_unit_test(a_remote_transaction_commits_acks_and_appends_together),
       cmocka_unit_test(a_failing_ack_aborts_the_whole_remote_transaction),
       cmocka_unit_test(an_empty_remote_transaction_commits_as_a_no_op),
+      cmocka_unit_test(the_daemon_says_what_it_is),
+      cmocka_unit_test(appends_of_many_connections_commit_together_in_each_ones_order),
   };
   return cmocka_run_group_tests_name("net", tests, NULL, NULL);
 }

@@ -53,6 +53,36 @@ def test_connect_offers_the_same_interface(daemon):
             log.append("bad topic!", "x.y", b"")
 
 
+def test_a_client_asks_the_daemon_what_it_is(daemon, tmp_path):
+    with engram.connect(daemon) as log:
+        log.append("memory", "memory.saved", {"memory_id": "m1"})
+        info = log.server_info()
+        assert info["version"] == engram.__version__
+        assert info["protocol_version"] == 1 and info["durability"] == 0  # sync, the default
+        assert info["max_message"] == 16 << 20 and info["max_events"] == 65536
+        assert info["workers"] == max(2, os.cpu_count() or 1)
+        assert info["appended"] == 1 and info["requests"] >= 2 and info["curve"] == 0
+        assert info["commits"] >= 1 and info["uptime_ms"] >= 0
+    with engram.open(str(tmp_path / "embedded")) as log:
+        with pytest.raises(engram.NotSupported):
+            log.server_info()
+
+
+def test_task_delay_through_the_daemon_is_one_request(daemon):
+    app = engram.App(daemon, "workers", topic="tasks")
+
+    @app.task
+    def add(x, y):
+        return x + y
+    add.delay(0, 0)  # the first one may create the topic
+    with engram.connect(daemon) as probe:
+        before = probe.server_info()["requests"]
+        add.delay(2, 3)
+        after = probe.server_info()["requests"]
+    assert after - before == 2  # the delay() and the first server_info() itself
+    app.close()
+
+
 def test_connect_to_nothing_fails_cleanly():
     with pytest.raises(engram.Error):
         with engram.connect(f"tcp://127.0.0.1:{free_port()}", timeout=0.3) as log:

@@ -272,6 +272,15 @@ class Log:
         """Checks every record's CRC; returns topics, records, damaged, first_damage."""
         return self.h.verify()
 
+    def server_info(self) -> Dict[str, Any]:
+        """What the daemon behind a handle from :func:`connect` is: ``version``,
+        ``protocol_version``, ``durability`` (0 sync, 1 nometasync, 2 async),
+        ``max_message``, ``max_events``, ``workers``, ``curve``, ``uptime_ms`` and its
+        counters (``requests``, ``errors``, ``bad_requests``, ``appended``,
+        ``notifications``, ``queued``, ``parked``, ``commits``, ``flushes``). One request.
+        Raises :class:`NotSupported` on an embedded log (it has no daemon)."""
+        return self.h.server_info()
+
     def transaction(self) -> "Transaction":
         """Acks and appends committed together: ``with log.transaction() as tx: ...``."""
         return Transaction(self)
