@@ -251,14 +251,19 @@ static void kfixed_opt(json_writer *w, const char *key, const char *s, size_t si
   kfixed(w, key, s, size);
 }
 
+/* One numeric field of an info struct's field list (X(type, name) in engram.h), by type. */
+static void knum_uint64_t(json_writer *w, const char *key, uint64_t v) { json_ku64(w, key, v); }
+static void knum_uint32_t(json_writer *w, const char *key, uint32_t v) { json_ku64(w, key, v); }
+static void knum_int64_t(json_writer *w, const char *key, int64_t v) { json_ki64(w, key, v); }
+
+/* The JSON objects of topics, groups and dead letters take their numeric fields from the
+ * lists in engram.h, in the struct's order: a field added there is printed here too. */
 void cli_json_topic(json_writer *w, const engram_topic_info *t) {
   json_obj(w);
   kfixed(w, "topic", t->name, sizeof t->name);
-  json_ku64(w, "count", t->count);
-  json_ku64(w, "first_offset", t->first_offset);
-  json_ku64(w, "head_offset", t->head_offset);
-  json_ku64(w, "dict_id", t->dict_id);
-  json_ki64(w, "created_ns", t->created_ns);
+#define X(type, name) knum_##type(w, #name, t->name);
+  ENGRAM_TOPIC_INFO_FIELDS(X)
+#undef X
   json_key(w, "config");
   json_obj(w);
   json_ku64(w, "compress_threshold", t->config.compress_threshold);
@@ -291,17 +296,9 @@ void cli_json_group(json_writer *w, const engram_group_info *g, int64_t now_ns) 
   json_ku64(w, "result_ttl_ms", g->result_ttl_ms);
   json_kbool(w, "key_ordered", (g->flags & ENGRAM_GROUP_KEY_ORDERED) != 0);
   json_ki64(w, "created_ns", g->created_ns);
-  json_ku64(w, "floor", g->floor);
-  json_ku64(w, "next", g->next);
-  json_ku64(w, "lag", g->lag);
-  json_ku64(w, "in_flight", g->in_flight);
-  json_ku64(w, "retrying", g->retrying);
-  json_ku64(w, "dead", g->dead);
-  json_ku64(w, "acked", g->acked);
-  json_ku64(w, "delivered", g->delivered);
-  json_ku64(w, "redelivered", g->redelivered);
-  json_ku64(w, "retention_skipped", g->retention_skipped);
-  json_ki64(w, "oldest_unfinished_ns", g->oldest_unfinished_ns);
+#define X(type, name) knum_##type(w, #name, g->name);
+  ENGRAM_GROUP_INFO_COUNTERS(X)
+#undef X
   json_key(w, "oldest_unfinished_age_ms");
   if (g->oldest_unfinished_ns > 0 && now_ns >= g->oldest_unfinished_ns)
     json_i64(w, (now_ns - g->oldest_unfinished_ns) / NS_PER_MS);
@@ -310,14 +307,13 @@ void cli_json_group(json_writer *w, const engram_group_info *g, int64_t now_ns) 
   json_obj_end(w);
 }
 
+/* Empty text is null. */
 void cli_json_dlq_entry(json_writer *w, const engram_dlq_entry *e) {
-  json_ku64(w, "offset", e->offset);
-  json_ku64(w, "attempts", e->attempts);
-  kfixed(w, "reason", e->reason, sizeof e->reason);
-  kfixed_opt(w, "last_error", e->last_error, sizeof e->last_error);
-  kfixed_opt(w, "consumer", e->consumer, sizeof e->consumer);
-  json_ki64(w, "first_delivered_ns", e->first_delivered_ns);
-  json_ki64(w, "dead_ns", e->dead_ns);
+#define NUM(type, name) knum_##type(w, #name, e->name);
+#define TEXT(size, name) kfixed_opt(w, #name, e->name, sizeof e->name);
+  ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)
+#undef NUM
+#undef TEXT
 }
 
 int cli_json_emit(json_writer *w) {

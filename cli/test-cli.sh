@@ -54,6 +54,22 @@ check() { # check NAME CONDITION...
 has() { [[ $1 == *"$2"* ]]; }
 lines() { [[ $(printf '%s' "$1" | grep -c '') == "$2" ]]; }
 one_line_err() { [[ $(printf '%s\n' "$err" | grep -c '') == 1 && $err == "engram: "* ]]; }
+HDR=$(cd "$(dirname "$0")/.." && pwd)/include/engram.h
+# fields MACRO: the names of an info struct's field list in engram.h, in its order.
+fields() {
+  awk -v m="#define $1(" 'index($0, m) == 1 { on = 1 } on { print } on && !/\\$/ { exit }' "$HDR" |
+    grep -oE '(X|NUM|TEXT)\([^,]+, *[a-z_]+\)' | sed -E 's/.*, *([a-z_]+)\)$/\1/'
+}
+# keys_in_order JSON KEY...: every "KEY": is in JSON, in this order (at least 5 keys).
+keys_in_order() {
+  local rest=$1 k
+  shift
+  (($# >= 5)) || return 1
+  for k; do
+    [[ $rest == *"\"$k\":"* ]] || return 1
+    rest=${rest#*"\"$k\":"}
+  done
+}
 
 # --- the command line -------------------------------------------------------------
 out=$("$BIN" --help) rc=$?
@@ -187,6 +203,8 @@ e reject memory g 4 --reason "bad text" --attempt 1
 check "reject" eval '[[ $rc == 0 ]]'
 e dlq list memory g --json
 check "dlq list" eval 'has "$out" "\"offset\":4" && has "$out" "bad text"'
+check "dlq list --json: the fields of ENGRAM_DLQ_ENTRY_FIELDS in its order" \
+  eval 'keys_in_order "$out" $(fields ENGRAM_DLQ_ENTRY_FIELDS)'
 e dlq show memory g 4 --json
 check "dlq show includes the event" eval 'has "$out" "\"event\":{"'
 e dlq redrive memory g 4
@@ -206,6 +224,11 @@ e group reset memory g --to @2024-01-12T10:00:00Z
 check "group reset to a time" eval '[[ $rc == 0 ]]'
 e group show memory g --json
 check "group show --json" eval 'has "$out" "\"max_deliver\":2" && has "$out" "\"filters\":[\"memory.*\"]"'
+check "group show --json: the counters of ENGRAM_GROUP_INFO_COUNTERS in its order" \
+  eval 'keys_in_order "$out" group created_ns $(fields ENGRAM_GROUP_INFO_COUNTERS) oldest_unfinished_age_ms'
+e topic show memory --json
+check "topic show --json: the fields of ENGRAM_TOPIC_INFO_FIELDS in its order" \
+  eval 'keys_in_order "$out" topic $(fields ENGRAM_TOPIC_INFO_FIELDS) config'
 e stat --json
 check "stat --json" eval 'has "$out" "\"topics\":[" && has "$out" "\"groups\":["'
 e stat

@@ -1,5 +1,5 @@
 # conftest.py — fixtures for the Python binding's tests: a fresh log per test, helpers to
-# run worker processes, and skips for parts the library build does not have yet.
+# run worker processes.
 import os
 import subprocess
 import sys
@@ -20,13 +20,6 @@ if not os.environ.get("ENGRAM_PY_NO_BUILD"):
         pytest.exit(f"building the engram extension failed:\n{_r.stdout[-2000:]}{_r.stderr[-2000:]}", 2)
 
 import engram  # noqa: E402
-
-
-def has(fn: str) -> bool:
-    return fn not in engram.missing_features()
-
-
-needs_groups = pytest.mark.skipif(not has("engram_fetch"), reason="libengram has no consumer groups yet")
 
 
 @pytest.fixture

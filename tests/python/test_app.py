@@ -10,9 +10,8 @@ import time
 import pytest
 
 import engram
-from conftest import child_env, needs_groups, read_records, spawn_worker, wait_until
+from conftest import child_env, read_records, spawn_worker, wait_until
 
-pytestmark = needs_groups
 
 
 def make_app(log, **cfg):
@@ -278,4 +277,4 @@ def test_the_worker_command_refuses_a_bad_app_spec():
     assert r.returncode != 0 and b"module:attribute" in r.stderr
     r = subprocess.run([sys.executable, "-m", "engram", "worker", "json:dumps"], env=child_env(),
                        capture_output=True, timeout=30)
-    assert r.returncode != 0 and b"not an engram.App" in r.stderr
+    assert r.returncode != 0 and b"neither an engram.App nor an object with a run() method" in r.stderr

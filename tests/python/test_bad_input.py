@@ -3,7 +3,6 @@
 import pytest
 
 import engram
-from conftest import needs_groups
 
 
 def test_open_and_connect_refuse_bad_arguments(tmp_path):
@@ -87,9 +86,6 @@ def test_other_log_functions_refuse_bad_input(log):
     with pytest.raises(TypeError):
         log.backup(None)
     assert log.topic("t").count == 0
-
-
-@needs_groups
 def test_group_functions_refuse_bad_input(log):
     log.create_topic("t")
     log.append("t", "x.y", b"")

@@ -8,9 +8,7 @@ import pytest
 
 import engram
 from engram.tracts import HandlerContext, TractApp, on_event
-from conftest import needs_groups
 
-pytestmark = needs_groups
 
 FAST = dict(ack_wait=0.5, backoff=[0.02], max_deliver=2)
 

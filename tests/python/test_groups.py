@@ -8,9 +8,7 @@ import time
 import pytest
 
 import engram
-from conftest import needs_groups
 
-pytestmark = needs_groups
 
 
 def fill(log, n, topic="memory", type="memory.saved"):

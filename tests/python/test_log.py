@@ -8,7 +8,6 @@ import time
 import pytest
 
 import engram
-from conftest import needs_groups
 
 
 def test_append_returns_dense_offsets_from_one(log):
@@ -84,6 +83,38 @@ def test_append_async_then_flush_makes_everything_durable(log):
         log.append_async("memory", "memory.saved", {"i": i})
     log.flush()
     assert log.topic("memory").count == 50
+
+
+def test_pipelined_appends_are_the_librarys_and_a_refused_event_fails_alone(log):
+    # engram_append_async does the pipelining: no Python writer thread is started.
+    log.create_topic("small", max_payload=100)
+    log.append_async("small", "a.b", b"ok-1")
+    log.append_async("small", "a.b", b"x" * 1000)
+    log.append_async("small", "a.b", b"ok-2")
+    assert not [t for t in threading.enumerate() if t.name == "engram-append-pipeline"]
+    with pytest.raises(engram.TooBig):
+        log.flush()
+    assert [e.payload for e in log.read("small")] == [b"ok-1", b"ok-2"]
+    log.flush()  # the error was reported once
+
+
+def test_pipelined_appends_create_a_missing_topic_and_close_writes_them(log_path):
+    with engram.open(log_path) as lg:
+        for i in range(20):
+            lg.append_async("fresh", "a.b", {"i": i})
+    with engram.open(log_path) as lg:
+        assert lg.topic("fresh").count == 20
+    with engram.open(log_path, create_topics=False) as lg:
+        lg.append_async("absent", "a.b", b"")
+        with pytest.raises(engram.NotFound):
+            lg.flush()
+
+
+def test_missing_features_is_deprecated_and_empty():
+    # The extension links the whole libengram: nothing is ever missing.
+    with pytest.warns(DeprecationWarning):
+        assert engram.missing_features() == []
+    assert not hasattr(engram._engram, "missing")
 
 
 def test_read_range_and_scan(log):
@@ -216,9 +247,6 @@ def test_a_forked_child_cannot_use_the_parents_handle_but_can_open_its_own(log, 
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     assert log.topic("t").count == 2
-
-
-@needs_groups
 def test_a_blocking_fetch_releases_the_gil(log):
     g = log.group("t", "g")
     got = []

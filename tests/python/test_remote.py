@@ -6,11 +6,10 @@ import time
 import pytest
 
 import engram
-from conftest import has, read_records, spawn_worker, wait_until
+from conftest import read_records, spawn_worker, wait_until
 from served import ENGRAM, free_port, start_daemon, stop_daemon
 
 pytestmark = [
-    pytest.mark.skipif(not has("engram_connect"), reason="libengram has no engram_connect yet"),
     pytest.mark.skipif(not os.access(ENGRAM, os.X_OK), reason=f"{ENGRAM} is not built"),
 ]
 

@@ -10,9 +10,8 @@ import time
 import pytest
 
 import engram
-from conftest import needs_groups, wait_until
+from conftest import wait_until
 
-pytestmark = needs_groups
 
 FAST = dict(ack_wait=1.0, backoff=[0.05], max_deliver=5)
 
@@ -251,7 +250,7 @@ def test_raising_retry_retries_a_task_without_autoretry(log):
 # -- 12: durability is kept in process mode and settable ---------------------------------------
 def test_process_mode_reopens_the_log_with_the_durability_it_was_given(tmp_path, monkeypatch):
     seen = str(tmp_path / "seen")
-    real_open = engram.client.open
+    real_open = engram.log.open
 
     def spy(path, **kw):
         with open(seen, "a") as f:
@@ -259,7 +258,7 @@ def test_process_mode_reopens_the_log_with_the_durability_it_was_given(tmp_path,
         return real_open(path, **kw)
     path = str(tmp_path / "log")
     with engram.open(path, durability="nometasync") as lg:
-        monkeypatch.setattr(engram.client, "open", spy)
+        monkeypatch.setattr(engram.log, "open", spy)
         app = engram.App(lg, group="g", topic="t", **FAST)
 
         @app.on("x")
@@ -383,3 +382,12 @@ def test_a_worker_serves_several_queues_in_priority_order(log):
         high.delay(i)
     run(app, concurrency=1, queues=["high", "low"])
     assert order == [("high", 0), ("high", 1), ("high", 2), ("low", 0), ("low", 1), ("low", 2)]
+
+
+# -- the time-limit and revocation exceptions, where App and Celery users import them -----------
+def test_time_limit_and_terminate_exceptions_are_exported_for_app_and_celery_users():
+    import engram.app
+    import engram.celery.exceptions as cex
+    for name in ("SoftTimeLimitExceeded", "TimeLimitExceeded", "Terminated"):
+        assert getattr(engram, name) is getattr(engram.app, name) is getattr(cex, name)
+        assert name in engram.__all__ and name in cex.__all__

@@ -9,10 +9,20 @@
             index(ev.json())
             ev.ack()
 
-The worker runtime is :class:`App`; drop-in APIs for in-process event managers
-(:class:`EventManager`), ``@on_event`` registries (:mod:`engram.tracts`), pub/sub buses
-(:class:`EventBus`) and Celery-style tasks (``@app.task``) sit on top of it, and
-:mod:`engram.validation` checks memory events before they are appended.
+The core API is :func:`open` / :func:`connect` returning a :class:`Log`, with
+:class:`Event`, :class:`Group`, :class:`Consumer` and :class:`Transaction` (modules
+``log``, ``event``, ``group``, ``consumer``, ``txn``; ``engram.client`` is the old name).
+Two runtimes sit on it, each over consumer groups:
+
+- :class:`App`, the worker runtime (handlers, thread and process pools, time limits,
+  revocation), with Celery-style tasks (``@app.task``, :mod:`engram.celery`);
+- :class:`EventBus`, the in-process pub/sub bus, with the drop-ins built on it:
+  :class:`EventManager` (``on``/``emit``), :class:`TractApp` and ``@on_event``
+  (:mod:`engram.tracts`), and :mod:`engram.compat`.
+
+``python -m engram worker module:obj`` runs either: an App (or a Celery app), or any
+object with ``run()``. :mod:`engram.validation` checks memory events before they are
+appended.
 """
 import logging as _logging
 
@@ -25,10 +35,16 @@ _engram._register_errors(Error, dict(_BY_CODE))
 # Library practice: say nothing unless the application configures logging.
 _logging.getLogger("engram").addHandler(_logging.NullHandler())
 
-from .client import (DeadLetter, Event, EventStatus, Group, GroupInfo, Log, Message,  # noqa: E402
-                     Offset, TopicInfo, Transaction, Consumer, WorkerInfo, connect, open,
-                     encode_payload)
-from .app import App, Reject, Retry, RunStats  # noqa: E402
+from .log import Log, connect, open  # noqa: E402
+from .event import Event  # noqa: E402
+from .group import Group  # noqa: E402
+from .consumer import Consumer  # noqa: E402
+from .txn import Transaction  # noqa: E402
+from .records import DeadLetter, EventStatus, GroupInfo, TopicInfo, WorkerInfo  # noqa: E402
+from .message import Message, Offset, encode_payload  # noqa: E402
+from . import client  # noqa: E402,F401 - the old module name, still importable
+from .app import (App, Reject, Retry, RunStats, SoftTimeLimitExceeded, Terminated,  # noqa: E402
+                  TimeLimitExceeded)
 from .tasks import AsyncResult, Task  # noqa: E402
 from .events import EventManager  # noqa: E402
 from .bus import BusEvent, EventBus, Priority  # noqa: E402
@@ -52,8 +68,12 @@ def errname(code: int) -> str:
 
 
 def missing_features() -> "list[str]":
-    """C functions this build of libengram lacks (calling them raises NotSupported)."""
-    return _engram.missing()
+    """Deprecated; always ``[]``. The extension links the whole libengram, so every C
+    function is there."""
+    import warnings
+    warnings.warn("engram.missing_features() is deprecated: every libengram function is "
+                  "always present", DeprecationWarning, stacklevel=2)
+    return []
 
 
 def keygen() -> "tuple[str, str]":
@@ -64,7 +84,7 @@ def keygen() -> "tuple[str, str]":
 __all__ = [
     "open", "connect", "Log", "Event", "Message", "Offset", "Group", "Consumer", "Transaction",
     "TopicInfo", "GroupInfo", "DeadLetter", "EventStatus", "WorkerInfo", "encode_payload", "App", "Reject",
-    "Retry", "RunStats", "Task", "AsyncResult", "EventManager", "EventBus", "BusEvent",
+    "Retry", "RunStats", "SoftTimeLimitExceeded", "TimeLimitExceeded", "Terminated", "Task", "AsyncResult", "EventManager", "EventBus", "BusEvent",
     "Priority", "TractApp", "HandlerContext", "on_event", "MemoryValidator", "strerror",
     "errname", "missing_features", "keygen", "VERSION", "FORMAT_VERSION", "PROTOCOL_VERSION",
 ] + list(_errors_all)

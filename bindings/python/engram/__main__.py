@@ -1,7 +1,9 @@
-"""``python -m engram worker module:app`` — runs an App (or an object that carries one:
-an EventManager, EventBus, TractApp or a Celery-compatible ``engram.celery.Celery``) until
-SIGTERM/SIGINT. Celery's worker flags are understood: ``-Q/--queues``, ``-c``, ``-P``,
-``--max-tasks-per-child``, ``-l/--loglevel``, ``-n/--hostname``."""
+"""``python -m engram worker module:obj`` — runs a worker until SIGTERM/SIGINT. ``obj`` is an
+:class:`App` (or what carries one as ``.app``: a Celery-compatible ``engram.celery.Celery``),
+or any object with a ``run()`` method — an EventManager, EventBus or TractApp — or a
+function without arguments returning one of these. Celery's worker flags are understood
+for an App: ``-Q/--queues``, ``-c``, ``-P``, ``--max-tasks-per-child``, ``-l/--loglevel``,
+``-n/--hostname``; an object that is not an App takes only ``-l``/``-v``."""
 from __future__ import annotations
 
 import argparse
@@ -24,9 +26,21 @@ def _no_required_args(fn: Any) -> bool:
                for p in sig.parameters.values())
 
 
-def load_app(spec: str) -> App:
+def _worker(obj: Any) -> Any:
+    """The App ``obj`` is or carries, else ``obj`` itself when it has a ``run()``; else None."""
+    if isinstance(obj, App):
+        return obj
+    if isinstance(getattr(obj, "app", None), App):
+        return obj.app
+    if not isinstance(obj, type) and callable(getattr(obj, "run", None)):
+        return obj
+    return None
+
+
+def load_app(spec: str) -> Any:
     """Imports ``module:attribute`` and returns the App it names (or that it carries as
-    ``.app``, or that calling it returns)."""
+    ``.app``), else the object with a ``run()`` it names; a function without required
+    arguments is called first and its result taken the same way."""
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise SystemExit(f"engram worker: {spec!r}: expected module:attribute")
@@ -40,28 +54,32 @@ def load_app(spec: str) -> App:
             obj = getattr(obj, part)
         except AttributeError:
             raise SystemExit(f"engram worker: {mod_name} has no attribute {attr}")
-    if not isinstance(obj, App) and isinstance(getattr(obj, "app", None), App):
-        obj = obj.app
-    if not isinstance(obj, App) and callable(obj) and _no_required_args(obj):
-        obj = obj()  # a factory
-    if not isinstance(obj, App) and isinstance(getattr(obj, "app", None), App):
-        obj = obj.app
-    if not isinstance(obj, App):
-        raise SystemExit(f"engram worker: {spec} is not an engram.App")
-    return obj
+    worker = _worker(obj)
+    if worker is None and callable(obj) and _no_required_args(obj):
+        worker = _worker(obj())  # a factory
+    if worker is None:
+        raise SystemExit(f"engram worker: {spec} is neither an engram.App nor an object with "
+                         "a run() method")
+    return worker
+
+
+# Options that configure an App's run(); an object that only has run() takes none of them.
+_APP_ONLY = ("concurrency", "timeout", "mode", "grace", "consumer", "prefetch", "idle_timeout",
+             "max_events", "queues", "pool", "max_tasks_per_child", "hostname", "durability")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m engram", description="engram worker runtime")
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("worker", help="run the handlers of an App")
-    w.add_argument("app", help="module:attribute naming an engram.App")
+    w.add_argument("app", help="module:attribute naming an engram.App, or an object with run() "
+                   "(EventManager, EventBus, TractApp)")
     w.add_argument("-c", "--concurrency", type=int, default=None,
                    help="workers (default: the app's worker_concurrency, else 1)")
     w.add_argument("-t", "--timeout", type=float, default=None, help="seconds per event")
     w.add_argument("-m", "--mode", choices=("thread", "process"), default=None,
                    help="thread (default) or process workers")
-    w.add_argument("-g", "--grace", type=float, default=30.0,
+    w.add_argument("-g", "--grace", type=float, default=None,
                    help="seconds in-flight handlers may finish after SIGTERM (default 30)")
     w.add_argument("--consumer", default=None, help="consumer name (default host-pid-n)")
     w.add_argument("--prefetch", type=int, default=None,
@@ -87,6 +105,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=getattr(logging, level),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = load_app(a.app)
+    if not isinstance(app, App):
+        given = [n for n in _APP_ONLY if getattr(a, n) is not None]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            print(f"engram worker: {flags}: only for an engram.App; {a.app} is a "
+                  f"{type(app).__name__}, which runs as it was configured", file=sys.stderr)
+            return 2
+        try:
+            app.run()
+        except Exception as e:
+            print(f"engram worker: {e}", file=sys.stderr)
+            return 1
+        return 0
     d = app.worker_defaults
     if a.consumer or a.hostname:
         app.consumer_name = a.consumer or a.hostname
@@ -98,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if a.durability:
             app.set_durability(a.durability)
-        stats = app.run(concurrency, a.timeout, mode=mode, grace=a.grace,
+        stats = app.run(concurrency, a.timeout, mode=mode, grace=30.0 if a.grace is None else a.grace,
                         idle_timeout=a.idle_timeout, max_events=a.max_events,
                         batch=a.prefetch or d.get("batch"), queues=queues,
                         max_tasks_per_child=a.max_tasks_per_child or d.get("max_tasks_per_child"))

@@ -10,38 +10,6 @@
 
 #include "engram.h"
 
-/* Parts of the API that a library build may lack (consumer groups, transactions, the
- * client) are referenced weakly, so the module still imports against such a build and
- * a call to a missing function raises engram.NotSupported instead of failing the load. */
-#define WEAK(fn) extern __typeof__(fn) fn __attribute__((weak))
-WEAK(engram_group_create);
-WEAK(engram_group_info_get);
-WEAK(engram_group_list);
-WEAK(engram_group_delete);
-WEAK(engram_group_reset);
-WEAK(engram_fetch);
-WEAK(engram_ack);
-WEAK(engram_ack_many);
-WEAK(engram_nack);
-WEAK(engram_reject);
-WEAK(engram_extend);
-WEAK(engram_cancel);
-WEAK(engram_status_get);
-WEAK(engram_state_name);
-WEAK(engram_dlq_list);
-WEAK(engram_dlq_purge);
-WEAK(engram_dlq_redrive);
-WEAK(engram_txn_begin);
-WEAK(engram_txn_ack);
-WEAK(engram_txn_append);
-WEAK(engram_txn_commit);
-WEAK(engram_txn_abort);
-WEAK(engram_connect);
-WEAK(engram_keygen);
-WEAK(engram_worker_heartbeat);
-WEAK(engram_worker_list);
-WEAK(engram_worker_forget);
-
 #define MSG_MAX 512
 
 static PyObject *error_base;   /* engram.Error, set by _register_errors() */
@@ -73,17 +41,6 @@ static PyObject *raise_code(int code, const char *msg) {
   Py_DECREF(exc);
   return NULL;
 }
-
-static PyObject *raise_missing(const char *fn) {
-  char msg[128];
-  snprintf(msg, sizeof msg, "%s is not in this build of libengram", fn);
-  return raise_code(ENGRAM_ENOTSUP, msg);
-}
-
-#define NEED(fn)                          \
-  do {                                    \
-    if (!(fn)) return raise_missing(#fn); \
-  } while (0)
 
 /* ---------------------------------------------------------------------------------
  * Argument converters (for "O&"): they raise engram.InvalidArgument for values of the
@@ -824,7 +781,6 @@ static PyObject *Log_group_create(LogObject *self, PyObject *args, PyObject *kw)
   int rc;
   char msg[MSG_MAX];
   PyObject *ret = NULL;
-  NEED(engram_group_create);
   if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&|OO&O&O&O&O&O&O&O&:group_create", kws, conv_str,
                                    &topic, conv_str, &group, &filters, conv_u32, &start, conv_u64,
                                    &c.start_offset, conv_i64, &c.start_time_ns, conv_u64,
@@ -872,7 +828,6 @@ static PyObject *Log_group_info(LogObject *self, PyObject *args) {
   engram_group_info g;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_group_info_get);
   if (!PyArg_ParseTuple(args, "O&O&:group_info", conv_str, &topic, conv_str, &group)) return NULL;
   memset(&g, 0, sizeof g);
   if (enter(self)) return NULL;
@@ -888,7 +843,6 @@ static PyObject *Log_group_list(LogObject *self, PyObject *args) {
   size_t n = 0;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_group_list);
   if (!PyArg_ParseTuple(args, "|O&:group_list", conv_str_opt, &topic)) return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_group_list(self->log, topic, &gs, &n));
@@ -911,7 +865,6 @@ static PyObject *Log_group_delete(LogObject *self, PyObject *args) {
   const char *topic, *group;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_group_delete);
   if (!PyArg_ParseTuple(args, "O&O&:group_delete", conv_str, &topic, conv_str, &group)) return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_group_delete(self->log, topic, group));
@@ -926,7 +879,6 @@ static PyObject *Log_group_reset(LogObject *self, PyObject *args) {
   int64_t t = 0;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_group_reset);
   if (!PyArg_ParseTuple(args, "O&O&O&|O&O&:group_reset", conv_str, &topic, conv_str, &group,
                         conv_u32, &to, conv_u64, &off, conv_i64, &t))
     return NULL;
@@ -945,7 +897,6 @@ static PyObject *Log_fetch(LogObject *self, PyObject *args) {
   engram_batch *b = NULL;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_fetch);
   if (!PyArg_ParseTuple(args, "O&O&O&O&O&:fetch", conv_str, &topic, conv_str, &group, conv_str,
                         &consumer, conv_size, &max, conv_u64, &wait_ms))
     return NULL;
@@ -964,7 +915,6 @@ static PyObject *Log_ack(LogObject *self, PyObject *args) {
   Py_buffer rb = {0};
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_ack);
   if (!PyArg_ParseTuple(args, "O&O&O&O&|O:ack", conv_str, &topic, conv_str, &group, conv_u64, &off,
                         conv_u32, &attempt, &result))
     return NULL;
@@ -990,7 +940,6 @@ static PyObject *Log_ack_many(LogObject *self, PyObject *args) {
   int *codes = NULL, rc;
   Py_ssize_t n, got = 0;
   char msg[MSG_MAX];
-  NEED(engram_ack_many);
   if (!PyArg_ParseTuple(args, "O&O&O:ack_many", conv_str, &topic, conv_str, &group, &items))
     return NULL;
   seq = PySequence_Fast(items, "items must be a sequence of (offset, attempt, result)");
@@ -1051,7 +1000,6 @@ static PyObject *Log_nack(LogObject *self, PyObject *args) {
   int64_t delay = -1;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_nack);
   if (!PyArg_ParseTuple(args, "O&O&O&O&|O&O&:nack", conv_str, &topic, conv_str, &group, conv_u64,
                         &off, conv_u32, &attempt, conv_i64, &delay, conv_str_opt, &error))
     return NULL;
@@ -1067,7 +1015,6 @@ static PyObject *Log_reject(LogObject *self, PyObject *args) {
   uint32_t attempt;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_reject);
   if (!PyArg_ParseTuple(args, "O&O&O&O&|O&:reject", conv_str, &topic, conv_str, &group, conv_u64,
                         &off, conv_u32, &attempt, conv_str_opt, &reason))
     return NULL;
@@ -1083,7 +1030,6 @@ static PyObject *Log_extend(LogObject *self, PyObject *args) {
   uint32_t attempt;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_extend);
   if (!PyArg_ParseTuple(args, "O&O&O&O&|O&:extend", conv_str, &topic, conv_str, &group, conv_u64,
                         &off, conv_u32, &attempt, conv_u64, &ms))
     return NULL;
@@ -1098,7 +1044,6 @@ static PyObject *Log_cancel(LogObject *self, PyObject *args) {
   uint64_t off;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_cancel);
   if (!PyArg_ParseTuple(args, "O&O&O&:cancel", conv_str, &topic, conv_str, &group, conv_u64, &off))
     return NULL;
   if (enter(self)) return NULL;
@@ -1107,19 +1052,12 @@ static PyObject *Log_cancel(LogObject *self, PyObject *args) {
   return done(rc, msg);
 }
 
-static const char *state_name(engram_event_state s) {
-  if (engram_state_name) return engram_state_name(s);
-  static const char *names[] = {"pending", "in_flight", "retrying", "done", "dead", "skipped"};
-  return (unsigned)s < 6 ? names[s] : "unknown";
-}
-
 static PyObject *Log_status(LogObject *self, PyObject *args) {
   const char *topic, *group;
   uint64_t off;
   engram_status st;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_status_get);
   if (!PyArg_ParseTuple(args, "O&O&O&:status", conv_str, &topic, conv_str, &group, conv_u64, &off))
     return NULL;
   memset(&st, 0, sizeof st);
@@ -1135,7 +1073,7 @@ static PyObject *Log_status(LogObject *self, PyObject *args) {
   engram_free(st.result);
   if (!res) return NULL;
   return Py_BuildValue("{s:i,s:s,s:s,s:I,s:L,s:s,s:N}", "state", (int)st.state, "state_name",
-                       state_name(st.state), "consumer", st.consumer, "attempt", st.attempt,
+                       engram_state_name(st.state), "consumer", st.consumer, "attempt", st.attempt,
                        "deadline_ns", (long long)st.deadline_ns, "last_error", st.last_error,
                        "result", res);
 }
@@ -1147,7 +1085,6 @@ static PyObject *Log_dlq_list(LogObject *self, PyObject *args) {
   engram_dlq_entry *es = NULL;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_dlq_list);
   if (!PyArg_ParseTuple(args, "O&O&|O&O&:dlq_list", conv_str, &topic, conv_str, &group, conv_u64,
                         &from, conv_size, &max))
     return NULL;
@@ -1205,7 +1142,6 @@ static PyObject *Log_worker_heartbeat(LogObject *self, PyObject *args) {
   int64_t started = 0;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_worker_heartbeat);
   if (!PyArg_ParseTuple(args, "UUO&O&O&O&OOO&:worker_heartbeat", &name, &host, conv_u32, &pid,
                         conv_u32, &conc, conv_u64, &handled, conv_u64, &failed, &groups, &running,
                         conv_i64, &started))
@@ -1300,7 +1236,6 @@ static PyObject *Log_worker_list(LogObject *self, PyObject *args) {
   engram_worker_info *ws = NULL;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_worker_list);
   if (!PyArg_ParseTuple(args, "|O&:worker_list", conv_u64, &lost_after)) return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_worker_list(self->log, lost_after, &ws, &n));
@@ -1323,7 +1258,6 @@ static PyObject *Log_worker_forget(LogObject *self, PyObject *args) {
   const char *name;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_worker_forget);
   if (!PyArg_ParseTuple(args, "O&:worker_forget", conv_str, &name)) return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_worker_forget(self->log, name));
@@ -1354,12 +1288,10 @@ static PyObject *dlq_apply(LogObject *self, PyObject *args, const char *fmt, dlq
 }
 
 static PyObject *Log_dlq_purge(LogObject *self, PyObject *args) {
-  NEED(engram_dlq_purge);
   return dlq_apply(self, args, "O&O&|O&:dlq_purge", engram_dlq_purge);
 }
 
 static PyObject *Log_dlq_redrive(LogObject *self, PyObject *args) {
-  NEED(engram_dlq_redrive);
   return dlq_apply(self, args, "O&O&|O&:dlq_redrive", engram_dlq_redrive);
 }
 
@@ -1398,7 +1330,6 @@ static PyObject *Log_txn_begin(LogObject *self, PyObject *unused) {
   engram_txn *txn = NULL;
   int rc;
   char msg[MSG_MAX];
-  NEED(engram_txn_begin);
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_txn_begin(self->log, &txn));
   leave(self);
@@ -1677,7 +1608,6 @@ static PyObject *mod_connect(PyObject *m, PyObject *args, PyObject *kw) {
   memset(&o, 0, sizeof o);
   engram *h = NULL;
   int rc;
-  NEED(engram_connect);
   if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O&O&O&O&O&:connect", kws, conv_str, &endpoint,
                                    conv_u32, &o.timeout_ms, conv_str_opt, &o.server_key,
                                    conv_str_opt, &o.public_key, conv_str_opt, &o.secret_key,
@@ -1706,33 +1636,9 @@ static PyObject *mod_errname(PyObject *m, PyObject *args) {
 
 static PyObject *mod_keygen(PyObject *m, PyObject *unused) {
   char pub[41], sec[41];
-  NEED(engram_keygen);
   int rc = engram_keygen(pub, sec);
   if (rc < 0) return raise_code(rc, NULL);
   return Py_BuildValue("(ss)", pub, sec);
-}
-
-static PyObject *mod_missing(PyObject *m, PyObject *unused) {
-  /* Names of the functions this build lacks, for engram.features(). */
-  struct {
-    const char *name;
-    int have;
-  } fns[] = {{"engram_group_create", engram_group_create != NULL},
-             {"engram_fetch", engram_fetch != NULL},
-             {"engram_ack", engram_ack != NULL},
-             {"engram_dlq_redrive", engram_dlq_redrive != NULL},
-             {"engram_txn_begin", engram_txn_begin != NULL},
-             {"engram_status_get", engram_status_get != NULL},
-             {"engram_connect", engram_connect != NULL},
-             {"engram_keygen", engram_keygen != NULL}};
-  PyObject *list = PyList_New(0);
-  for (size_t i = 0; list && i < sizeof fns / sizeof fns[0]; i++) {
-    if (fns[i].have) continue;
-    PyObject *s = PyUnicode_FromString(fns[i].name);
-    if (!s || PyList_Append(list, s) < 0) Py_CLEAR(list);
-    Py_XDECREF(s);
-  }
-  return list;
 }
 
 static PyObject *mod_register_errors(PyObject *m, PyObject *args) {
@@ -1753,7 +1659,6 @@ static PyMethodDef mod_methods[] = {
     {"strerror", mod_strerror, METH_VARARGS, "strerror(code) -> str"},
     {"errname", mod_errname, METH_VARARGS, "errname(code) -> str"},
     {"keygen", mod_keygen, METH_NOARGS, "keygen() -> (public_key, secret_key)"},
-    {"missing", mod_missing, METH_NOARGS, "missing() -> names of functions this build lacks"},
     {"_register_errors", mod_register_errors, METH_VARARGS, "_register_errors(base, types)"},
     {NULL}};
 

@@ -41,8 +41,13 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import client
-from .client import Duration, Event, Group, Log, _ms
+from . import _engram
+from . import log as _logs
+from .consumer import _default_consumer_name
+from .event import Event
+from .group import Group, _group_config
+from .log import _DURABILITY, Log
+from .message import Duration, Offset, Payload, _encode_result, _ms, _str
 from .errors import (AlreadyDone, Busy, Dead, Error, HandlerTimeout, InvalidArgument, NotFound,
                      NotLeased)
 
@@ -236,7 +241,7 @@ class App:
     def __init__(self, target: Union[Log, str, "os.PathLike[str]"], group: str = "workers", *,
                  topic: str = "events", consumer: Optional[str] = None,
                  durability: Optional[str] = None, **group_config: Any) -> None:
-        if durability is not None and durability not in client._DURABILITY:
+        if durability is not None and durability not in _DURABILITY:
             raise InvalidArgument(f"durability {durability!r}: use 'sync', 'nometasync' or 'async'")
         if isinstance(target, Log):
             if durability is not None:
@@ -255,13 +260,13 @@ class App:
                 self.open_options = {"durability": durability or "sync"}
         else:
             raise TypeError("App target must be an engram.Log, a path or an endpoint")
-        client._str(group, "group")
-        client._str(topic, "topic")
+        _str(group, "group")
+        _str(topic, "topic")
         self.group_name = group
         self.topic = topic
         self.consumer_name = consumer
         self.group_config = group_config
-        client._group_config(**{**dict(filters=None, start="earliest", ack_wait=None,
+        _group_config(**{**dict(filters=None, start="earliest", ack_wait=None,
                                        max_deliver=None, backoff=None, result_ttl=None,
                                        key_ordered=False), **group_config})  # validate now
         self.handlers: List[Handler] = []
@@ -299,9 +304,9 @@ class App:
             if not self._target:
                 raise InvalidArgument("App: no log configured (Celery(broker=...) or conf.broker_url)")
             if "://" in self._target:
-                self._log = client.connect(self._target)
+                self._log = _logs.connect(self._target)
             else:
-                self._log = client.open(self._target, **self.open_options)
+                self._log = _logs.open(self._target, **self.open_options)
             self._pid = os.getpid()
             self._groups = {}
             self._control_seen = 0
@@ -336,7 +341,7 @@ class App:
         """Sets the durability the App opens its log directory with (before it is open).
         A Log given to the App, or a served log, keeps its own: asking for another is
         an error."""
-        if durability not in client._DURABILITY:
+        if durability not in _DURABILITY:
             raise InvalidArgument(f"durability {durability!r}: use 'sync', 'nometasync' or 'async'")
         if self._target is None or "://" in self._target:
             raise InvalidArgument("durability: a served log's durability is set by engram serve")
@@ -408,7 +413,7 @@ class App:
             return t
         return deco(fn) if fn is not None else deco
 
-    def send(self, type: str, payload: client.Payload = None, **kw: Any) -> client.Offset:
+    def send(self, type: str, payload: Payload = None, **kw: Any) -> Offset:
         """Appends an event to the App's topic (what producers call)."""
         return self.log.append(self.topic, type, payload, **kw)
 
@@ -613,7 +618,7 @@ class App:
             raise InvalidArgument("max_tasks_per_child must be a positive int")
         qs = list(queues) if queues else (list(self.queues) or [self.topic])
         for q in qs:
-            client._str(q, "queue")
+            _str(q, "queue")
         if len(set(qs)) != len(qs):
             raise InvalidArgument(f"queues {qs}: a queue is named twice")
         for hook in self.before_run:
@@ -698,7 +703,7 @@ class App:
                      batch: Optional[int], queues: List[str]) -> RunStats:
         stats = RunStats()
         groups = [self.group_for(q) for q in queues]
-        consumer_name = self.consumer_name or client._default_consumer_name()
+        consumer_name = self.consumer_name or _default_consumer_name()
         consumers = [g.consumer(consumer_name, wait=wait) for g in groups]
         ack_wait = min(self._ack_wait(g) for g in groups)
         control = bool(self.tasks)
@@ -742,7 +747,7 @@ class App:
                             e.finished = "acked"
                         else:
                             logger.info("ack of %s (attempt %d) failed: %s", e.id, e.attempt,
-                                        client._engram.errname(code))
+                                        _engram.errname(code))
                 with ack_cv:
                     ack_state["busy"] = False
                     ack_cv.notify_all()
@@ -1052,7 +1057,7 @@ class App:
         signal.signal(signal.SIGALRM, on_alarm)
         stats = RunStats()
         groups = [self.group_for(q) for q in queues]
-        consumer_name = self.consumer_name or client._default_consumer_name()
+        consumer_name = self.consumer_name or _default_consumer_name()
         consumers = [g.consumer(consumer_name, wait=min(w_ms, 500) / 1000) for g in groups]
         ack_wait = min(self._ack_wait(g) for g in groups)
         control = bool(self.tasks)
@@ -1146,7 +1151,7 @@ def _result_bytes(result: Any) -> Optional[bytes]:
     """A handler's return value as the ack's result: bytes, str, dict and list as
     :func:`engram.encode_payload` stores them; other values (numbers, True ...) as JSON."""
     try:
-        return client._encode_result(result)
+        return _encode_result(result)
     except (TypeError, InvalidArgument):
         return json.dumps(result, separators=(",", ":"), default=str).encode()
 

@@ -49,9 +49,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
-from . import client
+from . import log as _logs
 from .app import Reject, Retry, c_filters, match_type
-from .client import Event, Group, Log, When, _ms, _ns
+from .event import Event
+from .group import Group, _group_config
+from .log import Log
+from .message import When, _ms, _ns, _str
 from .errors import Closed, Error, HandlerTimeout, InvalidArgument, NotFound
 
 __all__ = ["EventBus", "BusEvent", "Priority", "Subscription", "HandlerFailed", "CONTROL_HEADER"]
@@ -190,8 +193,8 @@ class EventBus:
             self._target = os.fspath(target)
         else:
             raise TypeError("EventBus target must be an engram.Log, a path or an endpoint")
-        client._str(topic, "topic")
-        client._str(group, "group")
+        _str(topic, "topic")
+        _str(group, "group")
         if on_error not in ("retry", "log"):
             raise InvalidArgument(f"on_error {on_error!r}: use 'retry' or 'log'")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -202,7 +205,7 @@ class EventBus:
         self.batch = batch
         self.poll = poll
         cfg = {"start": "latest", **group_config}
-        client._group_config(**{**dict(filters=None, start="earliest", ack_wait=None, max_deliver=None,
+        _group_config(**{**dict(filters=None, start="earliest", ack_wait=None, max_deliver=None,
                                        backoff=None, result_ttl=None, key_ordered=False), **cfg})
         self.group_config = cfg
         self.errors: Deque[HandlerFailed] = deque(maxlen=max_errors)
@@ -230,7 +233,7 @@ class EventBus:
         if self._log is None or self._log.closed:
             if self._target is None:
                 raise Closed("EventBus: the Log it was given is closed")
-            self._log = client.connect(self._target) if "://" in self._target else client.open(self._target)
+            self._log = _logs.connect(self._target) if "://" in self._target else _logs.open(self._target)
         return self._log
 
     def close(self) -> None:

@@ -25,7 +25,9 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .bus import EventBus, Subscription
-from .client import Event, Log, Offset
+from .event import Event
+from .log import Log
+from .message import Offset
 from .errors import InvalidArgument
 
 __all__ = ["EventManager", "MEMORY_EVENTS", "method_name"]

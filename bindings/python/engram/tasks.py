@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from .app import (Reject, Retry, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded, _describe,
                   parse_event_id, run_coroutine)
-from .client import Duration, Group, _ms, _str
+from .group import Group
+from .message import Duration, _ms, _str
 from .errors import InvalidArgument, NotFound, NotSupported, TaskFailed, TaskRevoked, Timeout
 
 if TYPE_CHECKING:

@@ -35,7 +35,9 @@ from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from .bus import EventBus
-from .client import Event, Log, Offset, _ms
+from .event import Event
+from .log import Log
+from .message import Offset, _ms
 from .errors import InvalidArgument
 
 __all__ = ["on_event", "HandlerContext", "TractApp", "TractHandler", "registry", "handler_rank",

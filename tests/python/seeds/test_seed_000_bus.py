@@ -15,10 +15,9 @@ import engram
 from engram import ValidationError
 from engram.compat import memu
 from engram.compat.memu import EventManager, MemorizeTaskInput  # was: from memu.events import ...
-from seedkit import (daemon, handoff_dir, needs_groups, run_script, run_until, started_in,  # noqa: F401 - fixtures
+from seedkit import (daemon, handoff_dir, run_script, run_until, started_in,  # noqa: F401 - fixtures
                      wait_until, where)
 
-pytestmark = needs_groups
 
 
 @pytest.fixture

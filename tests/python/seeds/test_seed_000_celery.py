@@ -10,9 +10,8 @@ import time
 import pytest
 
 from celery_seed import broker, load_port, spawn, stop, worker_thread, run_worker  # noqa: F401
-from conftest import needs_groups, wait_until
+from conftest import wait_until
 
-pytestmark = needs_groups
 EMBEDDED_ONLY = {"test_worker_entry_point_runs_the_tasks_and_the_logging_hook",
                  "test_the_global_rate_limit_is_honoured_per_worker"}
 

@@ -10,9 +10,8 @@ import pytest
 import engram
 from celery_seed import (ENGRAM, broker, load_port, run_worker, spawn, start_daemon, stop,  # noqa: F401
                          stop_daemon, worker_thread)
-from conftest import needs_groups, wait_until
+from conftest import wait_until
 
-pytestmark = needs_groups
 _n = itertools.count()
 # Through `engram serve` too, except these (same API underneath; kept quick).
 EMBEDDED_ONLY = {

@@ -18,10 +18,9 @@ from engram.compat import nagatha
 from engram.compat.nagatha import (Event, EventBus, EventBusError, EventPriority,  # was: nagatha_assistant.core.*
                                    StandardEventTypes, create_agent_event, create_mcp_event,
                                    create_system_event)
-from seedkit import (daemon, handoff_dir, needs_groups, run_script, run_until, started_in,  # noqa: F401 - fixtures
+from seedkit import (daemon, handoff_dir, run_script, run_until, started_in,  # noqa: F401 - fixtures
                      wait_until, where)
 
-pytestmark = needs_groups
 
 
 async def until(cond, timeout=5.0):

@@ -10,9 +10,7 @@ import pytest
 import engram
 import engram.celery
 from celery_seed import broker, load_port, spawn, stop, worker_thread, run_worker  # noqa: F401
-from conftest import needs_groups
 
-pytestmark = needs_groups
 EMBEDDED_ONLY = {"test_the_worker_command_with_concurrency"}
 
 

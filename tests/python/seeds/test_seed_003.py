@@ -15,10 +15,9 @@ from engram.compat import solstone
 from engram.compat.solstone import (EventContext, _get_handlers, _handlers, clear_handlers,  # was: apps.events
                                     discover_handlers, dispatch, get_handler_count, on_event,
                                     start_dispatcher, stop_dispatcher)
-from seedkit import (daemon, handoff_dir, needs_groups, run_script, run_until, started_in,  # noqa: F401 - fixtures
+from seedkit import (daemon, handoff_dir, run_script, run_until, started_in,  # noqa: F401 - fixtures
                      wait_until, where)
 
-pytestmark = needs_groups
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,8 @@ import pytest
 import engram
 import engram.celery
 from celery_seed import broker, load_port, spawn, stop, worker_thread, run_worker  # noqa: F401
-from conftest import needs_groups, wait_until
+from conftest import wait_until
 
-pytestmark = needs_groups
 EMBEDDED_ONLY = {
     "test_beat_schedule_in_the_settings_is_refused",
     "test_two_worker_processes_share_the_tasks_and_a_killed_one_loses_nothing",

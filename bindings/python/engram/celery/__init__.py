@@ -23,9 +23,9 @@ import os
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from .. import client
 from ..app import App
-from ..client import Log
+from ..log import Log
+from ..message import _str
 from ..errors import NotFound, NotSupported
 from ..tasks import Task, send_task
 from . import exceptions, signals, states
@@ -56,7 +56,7 @@ class Queue:
 
     def __init__(self, name: str, exchange: Optional[Exchange] = None, routing_key: Optional[str] = None,
                  queue_arguments: Optional[Dict[str, Any]] = None, **kw: Any) -> None:
-        client._str(name, "queue name")
+        _str(name, "queue name")
         self.name = name
         self.exchange = exchange
         self.routing_key = routing_key if routing_key is not None else name
@@ -279,7 +279,7 @@ class Celery:
     def _configure(self, key: str, value: Any) -> None:
         a = self.app
         if key == "task_default_queue":
-            a.topic = client._str(value, "task_default_queue")
+            a.topic = _str(value, "task_default_queue")
             self._refresh_queues()
         elif key == "task_queues":
             qs = list(value or ())

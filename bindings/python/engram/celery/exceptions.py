@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from ..app import Reject as _Reject
 from ..app import Retry as _Retry
-from ..app import SoftTimeLimitExceeded, TimeLimitExceeded
+from ..app import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
 from ..errors import InvalidArgument, NotSupported, TaskRevoked, Timeout
 from ..tasks import MaxRetriesExceededError
 
-__all__ = ["SoftTimeLimitExceeded", "TimeLimitExceeded", "Retry", "Reject", "MaxRetriesExceededError",
+__all__ = ["SoftTimeLimitExceeded", "TimeLimitExceeded", "Terminated", "Retry", "Reject", "MaxRetriesExceededError",
            "TaskRevokedError", "TimeoutError", "NotRegistered", "ImproperlyConfigured",
            "NotSupported", "WorkerLostError"]
 

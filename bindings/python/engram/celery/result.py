@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..client import Group
+from ..group import Group
 from ..tasks import AsyncResult as _Native
 from ..tasks import _exception_from, _locate
 from .exceptions import TaskRevokedError, TimeoutError

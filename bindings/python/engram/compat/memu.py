@@ -30,7 +30,7 @@ import os
 import threading
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from ..client import Log
+from ..log import Log
 from ..errors import ValidationError
 from ..events import EventManager as _NativeManager
 from ..validation import validate_modality, validate_url

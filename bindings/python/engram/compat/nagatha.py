@@ -45,7 +45,8 @@ from enum import IntEnum
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 from ..bus import EventBus as _Bus, Priority as _Native, Subscription
-from ..client import Event as _Stored, Log
+from ..event import Event as _Stored
+from ..log import Log
 from . import default_target
 
 __all__ = ["Event", "EventPriority", "EventBus", "EventBusError", "EventSubscription", "StandardEventTypes",

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ..bus import EventBus, Subscription
-from ..client import Event, Log
+from ..event import Event
+from ..log import Log
 from . import default_target
 
 __all__ = ["on_event", "EventContext", "HandlerContext", "discover_handlers", "dispatch", "start_dispatcher",

@@ -1,0 +1,113 @@
+"""The information records the API returns: :class:`TopicInfo`, :class:`GroupInfo`,
+:class:`DeadLetter` and :class:`EventStatus`, built from the C extension's dicts (times as
+UTC datetimes, durations in seconds)."""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from . import _engram
+
+__all__ = ["TopicInfo", "GroupInfo", "DeadLetter", "EventStatus"]
+
+_STATES = {_engram.STATE_PENDING: "pending", _engram.STATE_IN_FLIGHT: "in_flight",
+           _engram.STATE_RETRYING: "retrying", _engram.STATE_DONE: "done",
+           _engram.STATE_DEAD: "dead", _engram.STATE_SKIPPED: "skipped"}
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """A topic's configuration and counters."""
+
+    name: str
+    first_offset: int
+    head_offset: int
+    count: int
+    dict_id: int
+    created: _dt.datetime
+    compress_threshold: int
+    max_payload: int
+    dict_train_after: int
+    flags: int
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "TopicInfo":
+        c = d["config"]
+        return cls(d["name"], d["first_offset"], d["head_offset"], d["count"], d["dict_id"],
+                   _dt.datetime.fromtimestamp(d["created_ns"] / 1e9, _dt.timezone.utc),
+                   c["compress_threshold"], c["max_payload"], c["dict_train_after"], c["flags"])
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """A consumer group's configuration and counters (durations in seconds)."""
+
+    topic: str
+    name: str
+    filters: List[str]
+    ack_wait: float
+    max_deliver: int
+    backoff: List[float]
+    result_ttl: float
+    key_ordered: bool
+    floor: int
+    next: int
+    lag: int
+    in_flight: int
+    retrying: int
+    dead: int
+    acked: int
+    redelivered: int
+    delivered: int
+    oldest_unfinished: Optional[_dt.datetime]
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "GroupInfo":
+        old = d["oldest_unfinished_ns"]
+        return cls(d["topic"], d["name"], list(d["filters"]), d["ack_wait_ms"] / 1000,
+                   d["max_deliver"], [b / 1000 for b in d["backoff_ms"]], d["result_ttl_ms"] / 1000,
+                   bool(d["flags"] & _engram.GROUP_KEY_ORDERED), d["floor"], d["next"], d["lag"],
+                   d["in_flight"], d["retrying"], d["dead"], d["acked"], d["redelivered"],
+                   d["delivered"],
+                   _dt.datetime.fromtimestamp(old / 1e9, _dt.timezone.utc) if old else None)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One entry of a group's dead-letter queue."""
+
+    offset: int
+    attempts: int
+    reason: str
+    last_error: str
+    consumer: str
+    first_delivered: Optional[_dt.datetime]
+    dead_at: Optional[_dt.datetime]
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "DeadLetter":
+        def t(ns: int) -> Optional[_dt.datetime]:
+            return _dt.datetime.fromtimestamp(ns / 1e9, _dt.timezone.utc) if ns else None
+        return cls(d["offset"], d["attempts"], d["reason"], d["last_error"], d["consumer"],
+                   t(d["first_delivered_ns"]), t(d["dead_ns"]))
+
+
+@dataclass(frozen=True)
+class EventStatus:
+    """Where one event stands in one group: ``state`` is pending, in_flight, retrying,
+    done, dead or skipped; ``result`` holds the ack's result bytes when done."""
+
+    state: str
+    consumer: str
+    attempt: int
+    deadline: Optional[_dt.datetime]
+    last_error: str
+    result: Optional[bytes]
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "EventStatus":
+        dl = d["deadline_ns"]
+        return cls(_STATES.get(d["state"], d["state_name"]), d["consumer"], d["attempt"],
+                   _dt.datetime.fromtimestamp(dl / 1e9, _dt.timezone.utc) if dl else None,
+                   d["last_error"], d["result"])
