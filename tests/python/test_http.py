@@ -19,9 +19,8 @@ import urllib.request
 import pytest
 
 import engram
-from conftest import ROOT, needs_groups, wait_until
+from conftest import ROOT, wait_until
 
-pytestmark = needs_groups
 
 ENGRAM = os.path.join(ROOT, os.environ.get("BUILD", "build"), "engram")
 ARTIFACTS = os.path.join(ROOT, os.environ.get("BUILD", "build"), "artifacts")

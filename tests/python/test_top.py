@@ -6,9 +6,8 @@ import subprocess
 import uuid
 
 import engram
-from conftest import ROOT, needs_groups, wait_until
+from conftest import ROOT, wait_until
 
-pytestmark = needs_groups
 
 ENGRAM = os.path.join(ROOT, os.environ.get("BUILD", "build"), "engram")
 

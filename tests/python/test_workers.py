@@ -9,10 +9,9 @@ import time
 import pytest
 
 import engram
-from conftest import needs_groups, wait_until
+from conftest import wait_until
 from test_remote import daemon  # noqa: F401  (fixture)
 
-pytestmark = needs_groups
 
 
 def by_name(log, name, **kw):

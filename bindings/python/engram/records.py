@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import _engram
 
-__all__ = ["TopicInfo", "GroupInfo", "DeadLetter", "EventStatus"]
+__all__ = ["TopicInfo", "GroupInfo", "DeadLetter", "EventStatus", "WorkerInfo"]
 
 _STATES = {_engram.STATE_PENDING: "pending", _engram.STATE_IN_FLIGHT: "in_flight",
            _engram.STATE_RETRYING: "retrying", _engram.STATE_DONE: "done",
@@ -30,13 +30,20 @@ class TopicInfo:
     max_payload: int
     dict_train_after: int
     flags: int
+    max_age: Optional[float] = None  #: retention: seconds, None = no limit
+    max_bytes: Optional[int] = None  #: retention: bytes of stored records, None = no limit
+    max_events: Optional[int] = None  #: retention: events kept, None = no limit
+    retain_force: bool = False  #: retention may remove events groups have not finished
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> "TopicInfo":
         c = d["config"]
         return cls(d["name"], d["first_offset"], d["head_offset"], d["count"], d["dict_id"],
                    _dt.datetime.fromtimestamp(d["created_ns"] / 1e9, _dt.timezone.utc),
-                   c["compress_threshold"], c["max_payload"], c["dict_train_after"], c["flags"])
+                   c["compress_threshold"], c["max_payload"], c["dict_train_after"], c["flags"],
+                   c["max_age_ms"] / 1000 if c["max_age_ms"] else None,
+                   c["max_bytes"] or None, c["max_events"] or None,
+                   bool(c["flags"] & _engram.TOPIC_RETAIN_FORCE))
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class GroupInfo:
     redelivered: int
     delivered: int
     oldest_unfinished: Optional[_dt.datetime]
+    retention_skipped: int = 0  #: events forced retention removed before the group finished them
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> "GroupInfo":
@@ -70,7 +78,8 @@ class GroupInfo:
                    bool(d["flags"] & _engram.GROUP_KEY_ORDERED), d["floor"], d["next"], d["lag"],
                    d["in_flight"], d["retrying"], d["dead"], d["acked"], d["redelivered"],
                    d["delivered"],
-                   _dt.datetime.fromtimestamp(old / 1e9, _dt.timezone.utc) if old else None)
+                   _dt.datetime.fromtimestamp(old / 1e9, _dt.timezone.utc) if old else None,
+                   d.get("retention_skipped", 0))
 
 
 @dataclass(frozen=True)
@@ -111,3 +120,31 @@ class EventStatus:
         return cls(_STATES.get(d["state"], d["state_name"]), d["consumer"], d["attempt"],
                    _dt.datetime.fromtimestamp(dl / 1e9, _dt.timezone.utc) if dl else None,
                    d["last_error"], d["result"])
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker (consumer) as the log knows it: registered by its fetches, described by
+    its heartbeats. ``lost`` when not seen for the listing's ``lost_after``; ``running``
+    holds (topic, group, offset, since) of what it handles now."""
+
+    name: str
+    host: str
+    pid: int
+    concurrency: int
+    started: Optional[_dt.datetime]
+    last_seen: Optional[_dt.datetime]
+    handled: int
+    failed: int
+    lost: bool
+    groups: Tuple[str, ...]
+    running: Tuple[Tuple[str, str, int, Optional[_dt.datetime]], ...]
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "WorkerInfo":
+        def t(ns: int) -> Optional[_dt.datetime]:
+            return _dt.datetime.fromtimestamp(ns / 1e9, _dt.timezone.utc) if ns else None
+        return cls(d["name"], d["host"], d["pid"], d["concurrency"], t(d["started_ns"]),
+                   t(d["last_seen_ns"]), d["handled"], d["failed"], bool(d["lost"]),
+                   tuple(d["groups"]),
+                   tuple((r["topic"], r["group"], r["offset"], t(r["since_ns"])) for r in d["running"]))
