@@ -75,6 +75,11 @@ void cli_fault_guard(const char *dir);
 /* A failed library call: "engram: <errmsg>" when the handle has a message, else
  * "engram: <context>: <strerror(code)>". */
 int cli_fail(struct cli *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The same for a call whose arguments came from the command line: ENGRAM_EINVAL (a value
+ * the library refuses, such as a filter pattern or a count over its limit) is a bad
+ * command line and returns CLI_EXIT_USAGE (2), as `engram --help` documents. */
+int cli_fail_arg(struct cli *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Call after a failure the command handles itself (a missing topic about to be
  * created ...): the library keeps its message until the next error, and a later failure
  * that sets none must not be reported with it. */

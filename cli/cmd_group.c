@@ -130,7 +130,7 @@ static int group_create(struct cli *c, int argc, char **argv) {
   int status = cli_open(c, CLI_OPEN_EXISTING);
   if (status) return status;
   int rc = engram_group_create(c->log, a.pos[0], a.pos[1], &cfg);
-  if (rc != 0) return cli_fail(c, rc, "create group %s on %s", a.pos[1], a.pos[0]);
+  if (rc != 0) return cli_fail_arg(c, rc, "create group %s on %s", a.pos[1], a.pos[0]);
   printf("created group %s on topic %s\n", a.pos[1], a.pos[0]);
   return 0;
 }
@@ -317,7 +317,7 @@ static int group_reset(struct cli *c, int argc, char **argv) {
   int status = cli_open(c, CLI_OPEN_EXISTING);
   if (status) return status;
   int rc = engram_group_reset(c->log, a.pos[0], a.pos[1], to.start, to.offset, to.time_ns);
-  if (rc != 0) return cli_fail(c, rc, "reset group %s of %s", a.pos[1], a.pos[0]);
+  if (rc != 0) return cli_fail_arg(c, rc, "reset group %s of %s", a.pos[1], a.pos[0]);
   printf("reset group %s of topic %s to %s\n", a.pos[1], a.pos[0], to.text);
   return 0;
 }

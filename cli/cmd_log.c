@@ -272,7 +272,7 @@ static int topic_create(struct cli *c, int argc, char **argv) {
   int status = cli_open(c, CLI_OPEN_CREATE);
   if (status) return status;
   int rc = engram_topic_create(c->log, a.pos[0], &cfg);
-  if (rc != 0) return cli_fail(c, rc, "create topic %s", a.pos[0]);
+  if (rc != 0) return cli_fail_arg(c, rc, "create topic %s", a.pos[0]);
   printf("created topic %s\n", a.pos[0]);
   return 0;
 }

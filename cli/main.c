@@ -216,20 +216,33 @@ const char *cli_errtext(struct cli *c, int code) {
   return m ? m : engram_strerror(code);
 }
 
-int cli_fail(struct cli *c, int code, const char *fmt, ...) {
+static int vfail(struct cli *c, int code, const char *fmt, va_list ap) {
   const char *m = fresh_errmsg(c);
   fflush(stdout);
   if (m) {
     fprintf(stderr, "engram: %s\n", m);
   } else {
-    va_list ap;
-    va_start(ap, fmt);
     fputs("engram: ", stderr);
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, ": %s\n", engram_strerror(code));
-    va_end(ap);
   }
   return CLI_EXIT_FAIL;
+}
+
+int cli_fail(struct cli *c, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int r = vfail(c, code, fmt, ap);
+  va_end(ap);
+  return r;
+}
+
+int cli_fail_arg(struct cli *c, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int r = vfail(c, code, fmt, ap);
+  va_end(ap);
+  return code == ENGRAM_EINVAL ? CLI_EXIT_USAGE : r;
 }
 
 int cli_error(const char *fmt, ...) {

@@ -154,6 +154,17 @@ e group create memory g --ack-wait 99999999999d
 check "a duration too large to count is refused, not wrapped" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "over the limit of 30d"'
 e group create memory g --ack-wait 18446744073709551617ms
 check "... also in milliseconds" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+# A value the library refuses is a bad command line too: exit 2, as documented.
+e group create memory g --filter 'memory*'
+check "a filter the library refuses exits 2 with its reason" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "memory.*"'
+e group list memory --json
+check "... and no group was made" eval '! has "$out" "\"name\":\"g\""'
+e consume memory g --consumer w --count 10001
+check "consume --count over the fetch limit (10000) exits 2" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "at most 10000"'
+e consume memory g --consumer w --wait 2h
+check "consume --wait over an hour exits 2" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 1h"'
+e group create memory ttl60 --result-ttl 60d
+check "group create --result-ttl 60d is accepted (up to a year)" eval '[[ $rc == 0 ]]'
 e group create memory dur-max --ack-wait 30d --backoff 1s,30d --result-ttl 365d
 check "each group duration at its maximum is accepted" eval '[[ $rc == 0 ]]'
 e group show memory dur-max --json
