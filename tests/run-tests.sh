@@ -97,6 +97,11 @@ if [ -f cli/test-cli.sh ] && [ -x "$BUILD/engram" ]; then
   run_unit cli env BUILD="$BUILD" bash cli/test-cli.sh
 fi
 
+# The examples of README.md and docs/*.md marked runnable, run as written.
+if [ -f tests/check-docs.py ] && [ -x "$BUILD/engram" ]; then
+  run_unit docs env BUILD="$BUILD" /usr/bin/python3 tests/check-docs.py
+fi
+
 # Python tests, when the binding and its tests exist.
 if [ -d tests/python ]; then
   if [ ! -d bindings/python ]; then
