@@ -220,7 +220,7 @@ def test_a_forked_child_cannot_use_the_parents_handle_but_can_open_its_own(log, 
 
 @needs_groups
 def test_a_blocking_fetch_releases_the_gil(log):
-    g = log.group("t", "g")
+    g = log.group("t", "g", create_topic=True)
     got = []
     t = threading.Thread(target=lambda: got.extend(g.fetch("c", 1, wait=2.0)))
     t.start()

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import (Any, AsyncIterator, Deque, Dict, Iterable, Iterator, List, Mapping, Optional,
-                    Sequence, Tuple, Union)
+                    Sequence, Set, Tuple, Union)
 
 from . import _engram
 from .errors import AlreadyExists, Closed, Error, InvalidArgument, NotFound, NotSupported
@@ -574,28 +574,32 @@ class Log:
     def group(self, topic: str, name: str, *, create: bool = True, filters: Union[None, str, Sequence[str]] = None,
               start: Union[str, int, _dt.datetime] = "earliest", ack_wait: Optional[Duration] = None,
               max_deliver: Optional[int] = None, backoff: Optional[Sequence[Duration]] = None,
-              result_ttl: Optional[Duration] = None, key_ordered: bool = False) -> "Group":
-        """The consumer group ``name`` on ``topic``, created (with the topic, when the log
-        allows) if missing. Config applies at creation: ``filters`` (type patterns:
-        ``"memory.saved"``, ``"memory.*"``, ``"*"``), ``start`` ("earliest", "latest", an
-        offset or a datetime), ``ack_wait`` (lease, seconds), ``max_deliver`` (attempts
-        before the DLQ), ``backoff`` (seconds before each retry), ``result_ttl``,
-        ``key_ordered``."""
+              result_ttl: Optional[Duration] = None, key_ordered: Optional[bool] = None,
+              create_topic: bool = False) -> "Group":
+        """The consumer group ``name`` on ``topic``, created if missing. Config applies at
+        creation: ``filters`` (type patterns: ``"memory.saved"``, ``"memory.*"``, ``"*"``),
+        ``start`` ("earliest", "latest", an offset or a datetime), ``ack_wait`` (lease,
+        seconds), ``max_deliver`` (attempts before the DLQ), ``backoff`` (seconds before
+        each retry), ``result_ttl``, ``key_ordered``. Declaring an existing group with a
+        setting that differs from its own raises :class:`AlreadyExists` naming it (the
+        group keeps its settings); settings left out are not checked. A missing topic
+        raises :class:`NotFound` unless ``create_topic=True``."""
         _str(topic, "topic")
         _str(name, "group")
         if create:
-            kw = _group_config(filters, start, ack_wait, max_deliver, backoff, result_ttl, key_ordered)
+            kw = _group_config(filters, start, ack_wait, max_deliver, backoff, result_ttl, bool(key_ordered))
             try:
                 self.h.group_create(topic, name, **kw)
             except AlreadyExists:
-                pass
-            except NotFound as e:
-                if not self._autocreate(topic, e):
+                _check_declared(self.h.group_info(topic, name), kw, key_ordered)
+            except NotFound:
+                if not create_topic:
                     raise
+                self.create_topic(topic, exist_ok=True)
                 try:
                     self.h.group_create(topic, name, **kw)
                 except AlreadyExists:
-                    pass
+                    _check_declared(self.h.group_info(topic, name), kw, key_ordered)
         else:
             self.h.group_info(topic, name)
         return Group(self, topic, name)
@@ -729,6 +733,27 @@ class _Pipeline:
             self.closing = True
             self.cv.notify_all()
         self.thread.join(10)
+
+
+def _check_declared(have: Dict[str, Any], kw: Dict[str, Any], key_ordered: Optional[bool]) -> None:
+    """Raises AlreadyExists when a setting asked for in ``kw`` differs from the existing
+    group's (``have``, as group_info returns it)."""
+    diff = []
+    for k in ("filters", "ack_wait_ms", "max_deliver", "backoff_ms", "result_ttl_ms"):
+        if k not in kw:
+            continue
+        want, old = kw[k], have[k]
+        if isinstance(want, list):
+            old = list(old)
+        if want != old:
+            unit = " ms" if k.endswith("_ms") else ""
+            diff.append(f"{k[:-3] if unit else k} {want}{unit} (it has {old}{unit})")
+    ko = bool(have["flags"] & _engram.GROUP_KEY_ORDERED)
+    if key_ordered is not None and bool(key_ordered) != ko:
+        diff.append(f"key_ordered {bool(key_ordered)} (it has {ko})")
+    if diff:
+        raise AlreadyExists(f"group {have['topic']}/{have['name']} exists with other settings: "
+                            + ", ".join(diff) + "; delete it first or declare it as it is")
 
 
 def _group_config(filters: Union[None, str, Sequence[str]], start: Union[str, int, _dt.datetime],
@@ -1040,6 +1065,7 @@ class Transaction:
         self._t = log.h.txn_begin()
         self.log = log
         self.offsets: List[int] = []
+        self._topics: Set[str] = set()  # topics known to exist
 
     def ack(self, event: Union[Event, Tuple[str, str, int, int]], result: Payload = None) -> None:
         """Queues an ack of a fetched event (fenced by its attempt)."""
@@ -1051,8 +1077,17 @@ class Transaction:
             self._t.ack(topic, group, offset, attempt, _encode_result(result))
 
     def append(self, topic: str, type: str, payload: Payload = None, **kw: Any) -> int:
-        """Queues an append; returns its index into ``offsets`` after commit."""
-        return self._t.append(topic, Message(type, payload, **kw).spec())
+        """Queues an append; returns its index into ``offsets`` after commit. A missing
+        topic is created now (outside the transaction, as ``log.append`` would) unless the
+        log was opened with ``create_topics=False``."""
+        spec = Message(type, payload, **kw).spec()
+        if self.log.create_topics and topic not in self._topics:
+            try:
+                self.log.h.topic_info(topic)
+            except NotFound:
+                self.log.create_topic(topic, exist_ok=True)
+            self._topics.add(topic)
+        return self._t.append(topic, spec)
 
     def commit(self) -> List[int]:
         """Applies everything (or nothing, raising the error)."""
