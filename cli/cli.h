@@ -40,9 +40,11 @@
 
 /* State shared by all commands: the global options and the handle they open. */
 struct cli {
-  const char *data;    /* --data or $ENGRAM_DATA; NULL when neither */
-  const char *connect; /* --connect endpoint; NULL = embedded */
-  int durability_set;  /* --durability was given */
+  const char *data;            /* --data or $ENGRAM_DATA; NULL when neither */
+  const char *connect;         /* --connect endpoint; NULL = embedded */
+  const char *server_key;      /* --server-key: the daemon's CURVE public key (Z85) */
+  const char *client_key_file; /* --client-key-file: this client's pair (keygen --out) */
+  int durability_set;          /* --durability was given */
   engram_durability durability;
   engram *log;     /* opened by cli_open(), closed by main */
   char stale[256]; /* the message of a failure a command chose to ignore */
@@ -251,6 +253,11 @@ int cli_lines_error(const struct cli_lines *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Closes the file; returns 0 or the status of a failure cli_lines_next reported. */
 int cli_lines_close(struct cli_lines *r);
+
+/* A key pair as `engram keygen --out` writes it (cmd_serve.c): a `secret-key = KEY` line
+ * (or else a line holding just the key) and an optional `public-key = KEY` line; pub is
+ * "" without one. Returns 0, or prints why (with FILE:LINE) and returns 1. */
+int cli_read_key_file(const char *path, char sec[41], char pub[41]);
 
 /* CLOCK_REALTIME now, in nanoseconds. */
 int64_t cli_now_ns(void);

@@ -444,5 +444,41 @@ printf 'secret-key = %s\n\nsecret-key = %s\n' "$(printf 's%.0s' {1..40})" "$(pri
 e serve --curve-secret-file "$KEYS.key" --allow-keys-file "$KEYS.allow"
 check "a second secret-key line is refused with its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$KEYS.key:3:"'
 
+# --- CURVE from the command line ----------------------------------------------------------
+CV=$TMP/curve
+mkdir -p "$CV"
+"$BIN" keygen --out "$CV/server" >/dev/null && "$BIN" keygen --out "$CV/client" >/dev/null &&
+  "$BIN" keygen --out "$CV/stranger" >/dev/null
+cp "$CV/client.pub" "$CV/allow"
+SKEY=$(sed -n 's/^public-key = //p' "$CV/server.pub")
+EP=ipc://$CV/s.ipc
+timeout 120 "$BIN" --data "$CV/log" serve --listen "$EP" --notify "ipc://$CV/n.ipc" \
+  --curve-secret-file "$CV/server.key" --allow-keys-file "$CV/allow" 2>"$CV/serve.err" &
+SERVE_PID=$!
+c() { # c ARGS...: the command against the CURVE daemon; $out, $err, $rc
+  out=$(timeout 60 "$BIN" "$@" 2>"$TMP/err") rc=$?
+  sanitized "$@"
+  err=$(cat "$TMP/err")
+}
+for _ in $(seq 1 100); do
+  c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" topic create curved
+  [[ $rc == 0 ]] && break
+  sleep 0.2
+done
+check "--server-key and --client-key-file reach a CURVE daemon" eval '[[ $rc == 0 ]] && has "$out" "created topic curved"'
+out=$(ENGRAM_CONNECT=$EP ENGRAM_SERVER_KEY=$SKEY ENGRAM_CLIENT_KEY_FILE=$CV/client.key \
+  timeout 60 "$BIN" topics 2>&1) rc=$?
+check "... and so do ENGRAM_CONNECT, ENGRAM_SERVER_KEY, ENGRAM_CLIENT_KEY_FILE" eval '[[ $rc == 0 ]] && has "$out" curved'
+out=$(ENGRAM_CONNECT=$EP ENGRAM_DATA=$DATA timeout 60 "$BIN" topics 2>&1) rc=$?
+check "ENGRAM_CONNECT with ENGRAM_DATA is refused as ambiguous" eval '[[ $rc == 2 ]] && has "$out" "both set"'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/stranger.key" topics
+check "a client key not allowed in fails with one line" eval '[[ $rc == 1 ]] && one_line_err'
+c --connect "$EP" --server-key "$SKEY" topics
+check "--server-key without a client key is a usage error" eval '[[ $rc == 2 ]] && has "$err" "--client-key-file"'
+c --data "$DATA" --server-key "$SKEY" topics
+check "--server-key with --data is a usage error" eval '[[ $rc == 2 ]]'
+kill "$SERVE_PID" 2>/dev/null
+wait "$SERVE_PID" 2>/dev/null
+
 echo "test-cli: $((checks - fails)) of $checks checks passed"
 ((fails == 0))
