@@ -31,7 +31,7 @@ static const char consume_help[] =
     "  --consumer NAME  this member's name (required)\n"
     "  --count N        fetch at most N events (default 1, at most 10000)\n"
     "  --wait D         when nothing is ready, wait up to D for events (default: no wait,\n"
-    "                   at most 1h)\n"
+    "                   at most 1h); Ctrl-C while waiting exits 130, leasing nothing\n"
     "  --json           one JSON object per event: the shape of `engram read --json`\n"
     "                   plus \"group\" and \"attempt\"\n"
     "  --result STR     keep STR as each ack's result (see `engram status`)\n"

@@ -55,6 +55,20 @@ has() { [[ $1 == *"$2"* ]]; }
 lines() { [[ $(printf '%s' "$1" | grep -c '') == "$2" ]]; }
 one_line_err() { [[ $(printf '%s\n' "$err" | grep -c '') == 1 && $err == "engram: "* ]]; }
 
+# Ctrl-C while `consume --wait` waits: the command dies of SIGINT (status 130 in a shell),
+# embedded and through the daemon alike. Python starts it with SIGINT at its default (a
+# background job of this script would have it ignored).
+ctrl_c() {
+  python3 - "$BIN" "$@" <<'PY'
+import signal, subprocess, sys, time
+p = subprocess.Popen(sys.argv[1:] + ["consume", "memory", "idle", "--consumer", "w", "--wait", "1h"])
+time.sleep(1)
+p.send_signal(signal.SIGINT)
+rc = p.wait(timeout=60)
+sys.exit(128 - rc if rc < 0 else rc)  # as a shell reports it
+PY
+}
+
 # --- the command line -------------------------------------------------------------
 out=$("$BIN" --help) rc=$?
 check "engram --help exits 0 and lists commands" eval '[[ $rc == 0 ]] && has "$out" consume'
@@ -165,6 +179,10 @@ e consume memory g --consumer w --wait 2h
 check "consume --wait over an hour exits 2" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 1h"'
 e group create memory ttl60 --result-ttl 60d
 check "group create --result-ttl 60d is accepted (up to a year)" eval '[[ $rc == 0 ]]'
+e group create memory idle --filter nothing.here
+ctrl_c --data "$DATA"
+rc=$?
+check "Ctrl-C during consume --wait exits 130" eval '[[ $rc == 130 ]]'
 e group create memory dur-max --ack-wait 30d --backoff 1s,30d --result-ttl 365d
 check "each group duration at its maximum is accepted" eval '[[ $rc == 0 ]]'
 e group show memory dur-max --json
@@ -477,6 +495,11 @@ c --connect "$EP" --server-key "$SKEY" topics
 check "--server-key without a client key is a usage error" eval '[[ $rc == 2 ]] && has "$err" "--client-key-file"'
 c --data "$DATA" --server-key "$SKEY" topics
 check "--server-key with --data is a usage error" eval '[[ $rc == 2 ]]'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" topic create memory
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" group create memory idle
+ctrl_c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key"
+rc=$?
+check "... also through the daemon" eval '[[ $rc == 130 ]]'
 kill "$SERVE_PID" 2>/dev/null
 wait "$SERVE_PID" 2>/dev/null
 
