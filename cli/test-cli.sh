@@ -500,8 +500,52 @@ c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" group 
 ctrl_c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key"
 rc=$?
 check "... also through the daemon" eval '[[ $rc == 130 ]]'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" group delete memory idle
+CKEY=$(sed -n 's/^public-key = //p' "$CV/client.pub")
+check "an admin action through a CURVE daemon is logged with the client's key" eval 'grep -F "admin: group_delete group memory/idle by peer" "$CV/serve.err" | grep -qF "key $CKEY"'
 kill "$SERVE_PID" 2>/dev/null
 wait "$SERVE_PID" 2>/dev/null
+
+# --- serve under systemd: sd_notify readiness and stopping, journald priorities, SIGHUP,
+# admin actions logged with who did them. Python plays the service manager.
+SD=$TMP/sd
+mkdir -p "$SD"
+out=$(timeout 120 python3 - "$BIN" "$SD" <<'PY' 2>&1
+import os, signal, socket, subprocess, sys, time
+bin, d = sys.argv[1], sys.argv[2]
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(os.path.join(d, "notify.sock"))
+sock.settimeout(60)
+err = open(os.path.join(d, "serve.err"), "w")
+st = os.fstat(err.fileno())
+env = dict(os.environ, NOTIFY_SOCKET=os.path.join(d, "notify.sock"),
+           JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+ep = "ipc://" + os.path.join(d, "s.ipc")
+p = subprocess.Popen([bin, "--data", os.path.join(d, "log"), "serve", "--listen", ep,
+                      "--notify", "ipc://" + os.path.join(d, "n.ipc")], env=env, stderr=err)
+msg = sock.recv(4096).decode()
+print("got:", msg.replace("\n", "|"))
+assert msg.startswith("READY=1") and f"MAINPID={p.pid}" in msg, msg
+def cli(*a):
+    return subprocess.run([bin, "--connect", ep, *a], capture_output=True, text=True, timeout=60)
+assert cli("topic", "create", "doomed").returncode == 0
+p.send_signal(signal.SIGHUP)
+time.sleep(0.5)
+assert p.poll() is None, "SIGHUP killed the daemon"
+r = cli("topic", "drop", "doomed")
+assert r.returncode == 0, r.stderr
+p.send_signal(signal.SIGTERM)
+msg = sock.recv(4096).decode()
+assert msg.startswith("STOPPING=1"), msg
+print("exit", p.wait(timeout=60))
+log = open(os.path.join(d, "serve.err")).read()
+print(log)
+PY
+) rc=$?
+check "serve tells the service manager READY=1 with its pid, then STOPPING=1, and exits 0" eval '[[ $rc == 0 ]] && has "$out" "exit 0"'
+check "... SIGHUP is logged, not fatal" eval 'has "$out" "sighup: SIGHUP: still serving"'
+check "... log lines carry journald priorities when stderr is the journal" eval '[[ $out == *"<6>"*"info  start: engram"* && $out == *"<6>"*"admin: topic_drop"* ]]'
+check "... a topic drop is logged with who did it" eval 'has "$out" "admin: topic_drop topic doomed by peer"'
 
 echo "test-cli: $((checks - fails)) of $checks checks passed"
 ((fails == 0))
