@@ -3,6 +3,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 
@@ -12,7 +13,8 @@
  * read
  * ------------------------------------------------------------------------------ */
 static const char read_help[] =
-    "usage: engram read TOPIC [--from OFFSET | --last N] [--count N] [--json]\n"
+    "usage: engram read TOPIC [--from OFFSET | --last N | --since TIME] [--count N]\n"
+    "                   [--follow] [--json]\n"
     "\n"
     "Prints events of TOPIC in offset order, one per line: offset, append time, type,\n"
     "key (- when none) and the start of the payload.\n"
@@ -20,7 +22,11 @@ static const char read_help[] =
     "options:\n"
     "  --from OFFSET  first offset to print (default 1: the oldest stored event)\n"
     "  --last N       the newest N events instead\n"
+    "  --since TIME   from the first event appended at or after TIME: @RFC3339,\n"
+    "                 @UNIX-SECONDS, or a duration ago (10m, 2h, 7d)\n"
     "  --count N      at most N events (default: all)\n"
+    "  --follow       at the head, wait for new events and print them as they come\n"
+    "                 (until Ctrl-C, or --count events in all)\n"
     "  --json         one JSON object per line: {\"topic\",\"offset\",\"type\",\"key\",\n"
     "                 \"headers\",\"timestamp_ns\",\"content_type\",\"payload\",\n"
     "                 \"idempotency_key\"} plus \"deliver_at_ns\" when set; a payload that\n"
@@ -29,6 +35,42 @@ static const char read_help[] =
     "\n"
     "Offsets are dense, so a missing offset below the head is damage: read prints the\n"
     "events before a damaged or missing record, then fails with its offset (status 1).\n";
+
+/* The first offset of topic whose event was appended at or after since_ns (head + 1 when
+ * none): a binary search over the stored offsets, whose append times do not decrease. */
+static int offset_since(struct cli *c, const char *topic, int64_t since_ns, uint64_t *out) {
+  engram_topic_info info;
+  int rc = engram_topic_info_get(c->log, topic, &info);
+  if (rc != 0) return cli_fail(c, rc, "read %s", topic);
+  uint64_t lo = info.first_offset ? info.first_offset : 1, hi = info.head_offset + 1;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    engram_batch *b = NULL;
+    rc = engram_read(c->log, topic, mid, &b);
+    if (rc != 0) return cli_fail(c, rc, "read %s offset %" PRIu64, topic, mid);
+    int64_t t = b && b->count ? b->events[0].timestamp_ns : 0;
+    engram_batch_free(b);
+    if (t < since_ns)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  *out = lo;
+  return 0;
+}
+
+/* --since: "@TIME", or a duration ago. */
+static const char *parse_since(const char *v, int64_t *ns) {
+  if (v[0] == '@') return cli_parse_time_ns(v, ns);
+  uint64_t ms;
+  const char *e = cli_parse_duration_ms(v, 100ull * 365 * 86400000, &ms);
+  if (e) return "expected @TIME or a duration ago (e.g. 10m, 2h, 7d)";
+  *ns = cli_now_ns() - (int64_t)ms * 1000000;
+  return NULL;
+}
+
+/* How long --follow sleeps between looks at a topic's head. */
+#define FOLLOW_POLL_NS 100000000L
 
 /* Prints b's events, moving *from past them and counting them off *count. */
 static int print_events(json_writer *w, int json, const char *topic, const engram_batch *b,
@@ -74,16 +116,25 @@ static int read_singly(struct cli *c, json_writer *w, int json, const char *topi
 
 int cmd_read(struct cli *c, int argc, char **argv) {
   uint64_t from = 1, last = 0, count = UINT64_MAX;
-  int json = 0;
-  const struct cli_opt opts[] = {
-      CLI_OPT_OFFSET("--from", &from), CLI_OPT_U64("--last", &last, .min = 1),
-      CLI_OPT_U64("--count", &count, .min = 1), CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
+  int json = 0, follow = 0;
+  const char *since = NULL;
+  const struct cli_opt opts[] = {CLI_OPT_OFFSET("--from", &from),
+                                 CLI_OPT_U64("--last", &last, .min = 1),
+                                 CLI_OPT_TEXT("--since", &since),
+                                 CLI_OPT_U64("--count", &count, .min = 1),
+                                 CLI_OPT_FLAG("--follow", &follow),
+                                 CLI_OPT_FLAG("--json", &json),
+                                 CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "read", argc, argv);
   int r = cli_args_parse(&a, opts, read_help, 1, 1, "TOPIC");
   if (r != CLI_GO) return r;
   const int have_from = cli_args_given(&a, "--from") != 0;
-  if (have_from && last) return cli_usage(a.cmd, "--from and --last exclude each other");
+  if (have_from + (last != 0) + (since != NULL) > 1)
+    return cli_usage(a.cmd, "--from, --last and --since exclude each other");
+  int64_t since_ns = 0;
+  const char *e = since ? parse_since(since, &since_ns) : NULL;
+  if (e) return cli_usage(a.cmd, "--since '%s': %s", since, e);
   const char *topic = a.pos[0];
   int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;
@@ -92,10 +143,11 @@ int cmd_read(struct cli *c, int argc, char **argv) {
     engram_topic_info info;
     if ((rc = engram_topic_info_get(c->log, topic, &info)) != 0)
       return cli_fail(c, rc, "read %s", topic);
-    if (info.head_offset == 0) return 0;
+    if (info.head_offset == 0 && !follow) return 0;
     from = info.head_offset >= last ? info.head_offset - last + 1 : 1;
-    if (last < count) count = last;
+    if (last < count && !follow) count = last;
   }
+  if (since && (status = offset_since(c, topic, since_ns, &from))) return status;
 
   json_writer w;
   json_w_init(&w);
@@ -115,7 +167,14 @@ int cmd_read(struct cli *c, int argc, char **argv) {
     status = print_events(&w, json, topic, b, &from, &count);
     size_t n = b ? b->count : 0;
     engram_batch_free(b);
-    if (n == 0 || from == 0 || from == before) break;
+    if (from == 0) break;
+    if (n == 0 || from == before) {
+      if (!follow) break;
+      /* At the head: what was printed is out before waiting for more. */
+      if (fflush(stdout) != 0) break;
+      struct timespec ts = {0, FOLLOW_POLL_NS};
+      nanosleep(&ts, NULL);
+    }
   }
   json_w_free(&w);
   return status;

@@ -462,6 +462,27 @@ printf 'secret-key = %s\n\nsecret-key = %s\n' "$(printf 's%.0s' {1..40})" "$(pri
 e serve --curve-secret-file "$KEYS.key" --allow-keys-file "$KEYS.allow"
 check "a second secret-key line is refused with its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$KEYS.key:3:"'
 
+# --- read --since and --follow ---------------------------------------------------------------
+e topic create timed
+e append timed old.one --payload a
+T0=$(date +%s.%N)
+e append timed new.one --payload b
+e read timed --since "@$T0" --json
+check "read --since @TIME starts at the first event appended at or after TIME" eval '[[ $rc == 0 ]] && lines "$out" 1 && has "$out" new.one'
+e read timed --since 1h
+check "read --since DURATION reads what came in that long ago" eval '[[ $rc == 0 ]] && lines "$out" 2'
+e read timed --since yesterday
+check "read --since with a bad value is a usage error" eval '[[ $rc == 2 ]] && one_line_err'
+timeout 60 "$BIN" --data "$DATA" read timed --from 2 --follow --count 3 >"$TMP/follow.out" 2>&1 &
+FP=$!
+for _ in $(seq 1 600); do [[ -s $TMP/follow.out ]] && break; sleep 0.1; done
+e append timed later.one --payload c
+e append timed later.two --payload d
+wait "$FP"
+rc=$?
+out=$(cat "$TMP/follow.out")
+check "read --follow prints events appended while it waits, then stops at --count" eval '[[ $rc == 0 ]] && lines "$out" 3 && has "$out" later.two'
+
 # --- CURVE from the command line ----------------------------------------------------------
 CV=$TMP/curve
 mkdir -p "$CV"
