@@ -483,6 +483,15 @@ rc=$?
 out=$(cat "$TMP/follow.out")
 check "read --follow prints events appended while it waits, then stops at --count" eval '[[ $rc == 0 ]] && lines "$out" 3 && has "$out" later.two'
 
+e stat --watch 100ms --count 2 --json
+check "stat --watch --count 2 --json prints two objects of stat --json's shape plus rates" eval '[[ $rc == 0 ]] && lines "$out" 2 && has "$out" "\"rates\":{\"topics\":{" && has "$out" "\"groups\":["'
+second=$(printf '%s\n' "$out" | sed -n 2p)
+check "... the second with a number per topic (the first has null: no interval yet)" eval '[[ $second =~ \"rates\":\{\"topics\":\{\"[a-z]+\":[0-9] ]]'
+e stat --watch 100ms --count 2
+check "stat --watch in text: IN/S and ACK/S columns, a time line per print" eval '[[ $rc == 0 ]] && has "$out" "IN/S" && [[ $(grep -c "^--- " <<<"$out") == 2 ]]'
+e stat --count 2
+check "stat --count without --watch is a usage error" eval '[[ $rc == 2 ]]'
+
 # --- CURVE from the command line ----------------------------------------------------------
 CV=$TMP/curve
 mkdir -p "$CV"
