@@ -292,6 +292,20 @@ void cli_text_event(FILE *f, const engram_event *ev, int with_attempt);
 void cli_json_topic(json_writer *w, const engram_topic_info *t);
 void cli_json_group(json_writer *w, const engram_group_info *g, int64_t now_ns);
 void cli_json_dlq_entry(json_writer *w, const engram_dlq_entry *e);
+/* The outcome of a command that writes: with json, one object
+ * {"ok":true,"action":ACTION,"topic":T,"group":G,"offset":N,"count":N} holding the fields
+ * set (NULL / has_offset 0 / count < 0 leave them out); else `text` and a newline. */
+struct cli_done {
+  const char *action; /* "topic create", "ack" ... */
+  const char *topic, *group;
+  uint64_t offset;
+  int has_offset;
+  int64_t count; /* < 0: none */
+};
+int cli_done(int json, const struct cli_done *d, const char *text);
+#define CLI_JSON_DONE_HELP \
+  "  --json      print {\"ok\":true,\"action\",\"topic\",...} instead of the text line\n"
+
 /* Writes the writer's buffer plus a newline to stdout and empties it. Returns 0, or
  * prints "out of memory" and returns 1 when the writer could not build it. */
 int cli_json_emit(json_writer *w);

@@ -38,6 +38,7 @@ static const char create_help[] =
     "  --key-ordered       events with the same key are never in flight together and\n"
     "                      finish in order\n"
     "  --result-ttl D      how long ack results are kept (default 1d, at most 365d)\n"
+    "  --json              print {\"ok\":true,\"action\",\"topic\",\"group\"} instead\n"
     "  -h, --help          this help\n"
     "Durations: 250ms, 30s, 2m, 1h, 1d, or combined (1h30m).\n";
 
@@ -103,8 +104,9 @@ static int group_create(struct cli *c, int argc, char **argv) {
   struct filters filters = {.n = 0};
   struct backoff backoff = {.n = 0};
   struct cli_start start = {.start = ENGRAM_START_EARLIEST};
-  int key_ordered = 0;
+  int key_ordered = 0, json = 0;
   const struct cli_opt opts[] = {
+      CLI_OPT_FLAG("--json", &json),
       CLI_OPT_CUSTOM("--filter", &filters, add_filter),
       CLI_OPT_DURATION("--ack-wait", &cfg.ack_wait_ms, .min = 1, .max = ENGRAM_MAX_ACK_WAIT_MS,
                        .low = "must be more than 0"),
@@ -131,8 +133,10 @@ static int group_create(struct cli *c, int argc, char **argv) {
   if (status) return status;
   int rc = engram_group_create(c->log, a.pos[0], a.pos[1], &cfg);
   if (rc != 0) return cli_fail_arg(c, rc, "create group %s on %s", a.pos[1], a.pos[0]);
-  printf("created group %s on topic %s\n", a.pos[1], a.pos[0]);
-  return 0;
+  char text[2 * ENGRAM_MAX_NAME + 32];
+  snprintf(text, sizeof text, "created group %s on topic %s", a.pos[1], a.pos[0]);
+  struct cli_done d = {"group create", a.pos[0], a.pos[1], 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
 static int group_list(struct cli *c, int argc, char **argv) {
@@ -278,11 +282,14 @@ static int group_show(struct cli *c, int argc, char **argv) {
 
 static int group_delete(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram group delete TOPIC GROUP\n"
+      "usage: engram group delete TOPIC GROUP [--json]\n"
       "\n"
       "Deletes the group with its leases, dead-letter queue and results. The topic's\n"
-      "events stay.\n";
-  const struct cli_opt opts[] = {CLI_OPT_END};
+      "events stay.\n"
+      "\n"
+      "options:\n" CLI_JSON_DONE_HELP;
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "group delete", argc, argv);
   int r = cli_args_parse(&a, opts, h, 2, 2, "TOPIC GROUP");
@@ -291,13 +298,15 @@ static int group_delete(struct cli *c, int argc, char **argv) {
   if (status) return status;
   int rc = engram_group_delete(c->log, a.pos[0], a.pos[1]);
   if (rc != 0) return cli_fail(c, rc, "delete group %s of %s", a.pos[1], a.pos[0]);
-  printf("deleted group %s of topic %s\n", a.pos[1], a.pos[0]);
-  return 0;
+  char text[2 * ENGRAM_MAX_NAME + 32];
+  snprintf(text, sizeof text, "deleted group %s of topic %s", a.pos[1], a.pos[0]);
+  struct cli_done d = {"group delete", a.pos[0], a.pos[1], 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
 static int group_reset(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram group reset TOPIC GROUP --to OFFSET|@TIME|earliest|latest\n"
+      "usage: engram group reset TOPIC GROUP --to OFFSET|@TIME|earliest|latest [--json]\n"
       "\n"
       "Replay: moves the group's cursor to OFFSET, to the first event appended at or\n"
       "after @TIME, to the first stored event (earliest) or past the last (latest).\n"
@@ -306,9 +315,12 @@ static int group_reset(struct cli *c, int argc, char **argv) {
       "\n"
       "options:\n"
       "  --to WHERE   where to move the cursor (required)\n"
+      "  --json       print {\"ok\":true,\"action\",\"topic\",\"group\"} instead\n"
       "  -h, --help   this help\n";
   struct cli_start to = {.text = NULL};
-  const struct cli_opt opts[] = {CLI_OPT_START("--to", &to), CLI_OPT_END};
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_START("--to", &to), CLI_OPT_FLAG("--json", &json),
+                                 CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "group reset", argc, argv);
   int r = cli_args_parse(&a, opts, h, 2, 2, "TOPIC GROUP");
@@ -318,8 +330,10 @@ static int group_reset(struct cli *c, int argc, char **argv) {
   if (status) return status;
   int rc = engram_group_reset(c->log, a.pos[0], a.pos[1], to.start, to.offset, to.time_ns);
   if (rc != 0) return cli_fail_arg(c, rc, "reset group %s of %s", a.pos[1], a.pos[0]);
-  printf("reset group %s of topic %s to %s\n", a.pos[1], a.pos[0], to.text);
-  return 0;
+  char text[3 * ENGRAM_MAX_NAME + 48];
+  snprintf(text, sizeof text, "reset group %s of topic %s to %s", a.pos[1], a.pos[0], to.text);
+  struct cli_done d = {"group reset", a.pos[0], a.pos[1], 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
 int cmd_group(struct cli *c, int argc, char **argv) {

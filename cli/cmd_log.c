@@ -291,6 +291,7 @@ static const char create_help[] =
     "  --no-dict               never train or use a zstd dictionary\n"
     "  --dict-after N          train a dictionary once the topic holds N events\n"
     "                          (default 4096)\n"
+    "  --json                  print {\"ok\":true,\"action\",\"topic\"} instead\n"
     "  -h, --help              this help\n";
 
 /* --compress-threshold N|never */
@@ -313,13 +314,15 @@ static int topic_create(struct cli *c, int argc, char **argv) {
   engram_topic_config cfg;
   memset(&cfg, 0, sizeof cfg);
   uint64_t max_payload = 0;
-  int no_dict = 0;
+  int no_dict = 0, json = 0;
   const struct cli_opt opts[] = {
+      CLI_OPT_FLAG("--json", &json),
       CLI_OPT_CUSTOM("--compress-threshold", &cfg.compress_threshold, set_threshold),
       CLI_OPT_SIZE("--max-payload", &max_payload, .min = 1, .max = ENGRAM_MAX_PAYLOAD_LIMIT,
                    .high = "over the 64 MiB limit"),
       CLI_OPT_FLAG("--no-dict", &no_dict),
-      CLI_OPT_U32("--dict-after", &cfg.dict_train_after, .min = 1), CLI_OPT_END};
+      CLI_OPT_U32("--dict-after", &cfg.dict_train_after, .min = 1),
+      CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "topic create", argc, argv);
   int r = cli_args_parse(&a, opts, create_help, 1, 1, "TOPIC");
@@ -332,33 +335,40 @@ static int topic_create(struct cli *c, int argc, char **argv) {
   if (status) return status;
   int rc = engram_topic_create(c->log, a.pos[0], &cfg);
   if (rc != 0) return cli_fail_arg(c, rc, "create topic %s", a.pos[0]);
-  printf("created topic %s\n", a.pos[0]);
-  return 0;
+  char text[ENGRAM_MAX_NAME + 32];
+  snprintf(text, sizeof text, "created topic %s", a.pos[0]);
+  struct cli_done d = {"topic create", a.pos[0], NULL, 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
-/* Parses `topic SUB TOPIC` with no options: CLI_GO or the exit status. */
-static int topic_only(struct cli_args *a, const char *help) {
-  const struct cli_opt opts[] = {CLI_OPT_END};
+/* Parses `topic SUB TOPIC [--json]`: CLI_GO or the exit status. */
+static int topic_only(struct cli_args *a, const char *help, int *json) {
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", json), CLI_OPT_END};
   return cli_args_parse(a, opts, help, 1, 1, "TOPIC");
 }
 
 static int topic_drop(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram topic drop TOPIC\n"
+      "usage: engram topic drop TOPIC [--json]\n"
       "\n"
       "Drops TOPIC with its events, idempotency keys, dictionaries and consumer groups.\n"
       "There is no undo. Readers and writers of TOPIC (threads, other processes, the\n"
       "daemon) get 'no such topic' from then on; created again, it starts empty at\n"
-      "offset 1.\n";
+      "offset 1.\n"
+      "\n"
+      "options:\n" CLI_JSON_DONE_HELP;
   struct cli_args a;
+  int json = 0;
   cli_args_init(&a, "topic drop", argc, argv);
-  int status = topic_only(&a, h);
+  int status = topic_only(&a, h, &json);
   if (status != CLI_GO) return status;
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc = engram_topic_drop(c->log, a.pos[0]);
   if (rc != 0) return cli_fail(c, rc, "drop topic %s", a.pos[0]);
-  printf("dropped topic %s\n", a.pos[0]);
-  return 0;
+  char text[ENGRAM_MAX_NAME + 32];
+  snprintf(text, sizeof text, "dropped topic %s", a.pos[0]);
+  struct cli_done d = {"topic drop", a.pos[0], NULL, 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
 static int topic_show(struct cli *c, int argc, char **argv) {
@@ -395,21 +405,27 @@ static int topic_show(struct cli *c, int argc, char **argv) {
 
 static int topic_train(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram topic train-dict TOPIC\n"
+      "usage: engram topic train-dict TOPIC [--json]\n"
       "\n"
       "Trains (or retrains) TOPIC's zstd dictionary from its newest events now and\n"
       "prints the new dictionary id. Older records keep the dictionary they were\n"
-      "written with.\n";
+      "written with.\n"
+      "\n"
+      "options:\n"
+      "  --json      print {\"ok\":true,\"action\",\"topic\",\"count\":DICT_ID}\n";
   struct cli_args a;
+  int json = 0;
   cli_args_init(&a, "topic train-dict", argc, argv);
-  int status = topic_only(&a, h);
+  int status = topic_only(&a, h, &json);
   if (status != CLI_GO) return status;
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   uint32_t id = 0;
   int rc = engram_topic_train_dict(c->log, a.pos[0], &id);
   if (rc != 0) return cli_fail(c, rc, "train dictionary for %s", a.pos[0]);
-  printf("topic %s: dictionary %" PRIu32 "\n", a.pos[0], id);
-  return 0;
+  char text[ENGRAM_MAX_NAME + 48];
+  snprintf(text, sizeof text, "topic %s: dictionary %" PRIu32, a.pos[0], id);
+  struct cli_done d = {"topic train-dict", a.pos[0], NULL, 0, 0, (int64_t)id};
+  return cli_done(json, &d, text);
 }
 
 int cmd_topic(struct cli *c, int argc, char **argv) {
@@ -476,12 +492,15 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
 
 int cmd_backup(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram backup DEST\n"
+      "usage: engram backup DEST [--json]\n"
       "\n"
       "Writes a consistent, compacted copy of the log into directory DEST (created; it\n"
-      "must not exist or must be empty) while writers keep running. Open the copy with\n"
-      "--data DEST.\n";
-  const struct cli_opt opts[] = {CLI_OPT_END};
+      "must not exist or must be empty; its parent must exist: mkdir -p it first)\n"
+      "while writers keep running. Open the copy with --data DEST.\n"
+      "\n"
+      "options:\n" CLI_JSON_DONE_HELP;
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "backup", argc, argv);
   int status = cli_args_parse(&a, opts, h, 1, 1, "DEST");
@@ -490,17 +509,20 @@ int cmd_backup(struct cli *c, int argc, char **argv) {
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   int rc = engram_backup(c->log, a.pos[0]);
   if (rc != 0) return cli_fail(c, rc, "backup to %s", a.pos[0]);
-  printf("backup written to %s\n", a.pos[0]);
-  return 0;
+  char text[4200];
+  snprintf(text, sizeof text, "backup written to %s", a.pos[0]);
+  struct cli_done d = {"backup", NULL, NULL, 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
 int cmd_sync(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram sync\n"
+      "usage: engram sync [--json]\n"
       "\n"
       "Forces everything committed so far to disk. Useful after writes made with\n"
-      "--durability nometasync or async. Prints nothing.\n";
-  const struct cli_opt opts[] = {CLI_OPT_END};
+      "--durability nometasync or async. Prints nothing (with --json: {\"ok\":true,...}).\n";
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "sync", argc, argv);
   int status = cli_args_parse(&a, opts, h, 0, 0, "no arguments");
@@ -508,5 +530,6 @@ int cmd_sync(struct cli *c, int argc, char **argv) {
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc = engram_sync(c->log);
   if (rc != 0) return cli_fail(c, rc, "sync");
-  return 0;
+  struct cli_done d = {"sync", NULL, NULL, 0, 0, -1};
+  return json ? cli_done(json, &d, "") : 0;
 }

@@ -315,6 +315,26 @@ void cli_json_dlq_entry(json_writer *w, const engram_dlq_entry *e) {
   json_ki64(w, "dead_ns", e->dead_ns);
 }
 
+int cli_done(int json, const struct cli_done *d, const char *text) {
+  if (!json) {
+    printf("%s\n", text);
+    return 0;
+  }
+  json_writer w;
+  json_w_init(&w);
+  json_obj(&w);
+  json_kbool(&w, "ok", 1);
+  json_kstr(&w, "action", d->action);
+  if (d->topic) json_kstr(&w, "topic", d->topic);
+  if (d->group) json_kstr(&w, "group", d->group);
+  if (d->has_offset) json_ku64(&w, "offset", d->offset);
+  if (d->count >= 0) json_ki64(&w, "count", d->count);
+  json_obj_end(&w);
+  int st = cli_json_emit(&w);
+  json_w_free(&w);
+  return st;
+}
+
 int cli_json_emit(json_writer *w) {
   if (w->failed) {
     json_w_reset(w);

@@ -492,6 +492,39 @@ check "stat --watch in text: IN/S and ACK/S columns, a time line per print" eval
 e stat --count 2
 check "stat --count without --watch is a usage error" eval '[[ $rc == 2 ]]'
 
+# --- --json on every command that writes -------------------------------------------------
+jok() { [[ $rc == 0 && $out == '{"ok":true,"action":"'"$1"'"'* ]] && lines "$out" 1; }
+e topic create jt --json
+check "topic create --json" jok "topic create"
+e group create jt jg --json
+check "group create --json names topic and group" eval 'jok "group create" && has "$out" "\"topic\":\"jt\",\"group\":\"jg\""'
+e append jt x.y --payload 1 --json
+e append jt x.y --payload 2 --json
+e consume jt jg --consumer w --count 2 --no-ack --json
+e ack jt jg 1 --json
+check "ack --json names the offset" eval 'jok ack && has "$out" "\"offset\":1"'
+e reject jt jg 2 --reason bad --json
+check "reject --json" jok reject
+e dlq redrive jt jg --json
+check "dlq redrive --json counts" eval 'jok "dlq redrive" && has "$out" "\"count\":1"'
+e consume jt jg --consumer w --no-ack
+e nack jt jg 2 --json
+check "nack --json" jok nack
+e dlq purge jt jg --json
+check "dlq purge --json" eval 'jok "dlq purge" && has "$out" "\"count\":0"'
+e group reset jt jg --to earliest --json
+check "group reset --json" jok "group reset"
+e cancel jt jg 1 --json
+check "cancel --json" jok cancel
+e sync --json
+check "sync --json" jok sync
+e backup "$TMP/jbackup" --json
+check "backup --json" jok backup
+e group delete jt jg --json
+check "group delete --json" jok "group delete"
+e topic drop jt --json
+check "topic drop --json" jok "topic drop"
+
 # --- CURVE from the command line ----------------------------------------------------------
 CV=$TMP/curve
 mkdir -p "$CV"
