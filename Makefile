@@ -5,6 +5,7 @@
 #                    (only engram_* names are visible in either library: see "Visibility")
 #   make run         builds and runs the main job on ./engram-data
 #   make test        builds and runs every test (SAN=1: under ASan + UBSan)
+#   make mirrortest  the NATS mirror's real-server test with 100,000 events
 #   make bench       the benchmark suite (see docs/benchmarks.md)
 #   make install     PREFIX=/usr/local DESTDIR= (runs ldconfig when root installs to the system)
 #   make uninstall   removes what `make install` put there (same PREFIX and DESTDIR)
@@ -70,7 +71,7 @@ ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
 DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
   protobuf-c-compiler libzmq3-dev libcmocka-dev lmdb-utils python3 python3-dev \
   python3-pytest python3-setuptools python3-pip python3-wheel python3-mypy help2man clang \
-  cppcheck
+  cppcheck nats-server libnats-dev
 # libFuzzer's runtime for `make fuzz` (only a Recommends of clang): installed when this
 # Debian release has it under that name.
 DEB_OPTIONAL := libclang-rt-14-dev
@@ -110,7 +111,7 @@ EXAMPLE_SRCS := $(wildcard examples/*.c)
 EXAMPLE_BINS := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRCS))
 
 .PHONY: all deps run test test-c test-python bench bench-peers fuzz install uninstall man clean \
-  check-deps format python lint examples
+  check-deps format python lint examples mirrortest bench-mirror
 .SECONDARY:
 
 all: $(BUILD)/libengram.a $(BUILD)/libengram.so $(BUILD)/engram $(EXAMPLE_BINS)
@@ -186,8 +187,10 @@ $(BUILD)/$(SONAME): $(BUILD)/$(SHLIB)
 $(BUILD)/libengram.so: $(BUILD)/$(SONAME)
 	ln -sfn $(SONAME) $@
 
+# Only the command links libnats (engram mirror / restore, serve --mirror-nats): the
+# library never depends on it.
 $(BUILD)/engram: $(CLI_OBJS) $(BUILD)/libengram.a
-	$(CC) $(ALL_LDFLAGS) -o $@.$$$$.tmp $(CLI_OBJS) $(BUILD)/libengram.a $(ENGRAM_LIBS) && mv $@.$$$$.tmp $@
+	$(CC) $(ALL_LDFLAGS) -o $@.$$$$.tmp $(CLI_OBJS) $(BUILD)/libengram.a $(ENGRAM_LIBS) -lnats && mv $@.$$$$.tmp $@
 
 $(PUBLIC_TEST_BINS): $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HELPER_OBJS) $(BUILD)/libengram.a
 	@mkdir -p $(dir $@)
@@ -241,6 +244,12 @@ check-deps:
 test: deps check-deps all $(TEST_BINS) $(SHARED_TEST_BINS) $(FUZZ_REPLAY) $(EXAMPLE_BINS) $(POWERCUT)
 	@BUILD=$(BUILD) bash tests/run-tests.sh
 
+# The NATS mirror's real-server test at full size: 100,000 events through a 3-node
+# JetStream cluster while the mirror and a node are killed (make test runs 20,000).
+MIRROR_EVENTS ?= 100000
+mirrortest: deps all
+	@BUILD=$(BUILD) EVENTS=$(MIRROR_EVENTS) ENGRAM_TEST_TIMEOUT=1200 bash cli/test-mirror.sh
+
 fuzz: deps
 	@bash tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS)
 
@@ -251,6 +260,11 @@ bench: deps all $(BENCH_BINS)
 # 127.0.0.1 with throw-away data). PEERS=--quick for a short run.
 bench-peers: deps all $(BENCH_BINS)
 	@BUILD=$(BUILD) bash bench/peers/run.sh $(PEERS)
+
+# engram mirror against a 3-node JetStream cluster (R3), next to the cluster's own
+# ceiling (bench/mirror/run.sh; MIRROR_BENCH=--quick for a short run).
+bench-mirror: deps all
+	@BUILD=$(BUILD) bash bench/mirror/run.sh $(MIRROR_BENCH)
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \

@@ -36,6 +36,8 @@
   X(backup, "write a consistent copy of the log to a new directory")                \
   X(serve, "serve a log over ZeroMQ (the daemon, in the foreground)")               \
   X(keygen, "make a CURVE key pair for serve and its clients")                      \
+  X(mirror, "publish topics into a NATS JetStream stream, exactly once")            \
+  X(restore, "rebuild a log from a stream written by mirror (--from-nats)")         \
   X(sync, "force everything committed so far to disk")
 
 /* State shared by all commands: the global options and the handle they open. */

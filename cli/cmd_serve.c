@@ -9,12 +9,14 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "mirror.h"
 
 static const char serve_help[] =
     "usage: engram serve [--data DIR] [--listen ENDPOINT] [--notify ENDPOINT]\n"
     "                    [--config FILE] [--log-json] [--durability MODE]\n"
     "                    [--workers N] [--max-message SIZE]\n"
     "                    [--curve-secret-file FILE --allow-keys-file FILE]\n"
+    "                    [--mirror-nats URL --mirror-topic T1,T2 [--mirror-stream NAME]]\n"
     "\n"
     "Serves the log in DIR over ZeroMQ in the foreground until SIGTERM or SIGINT, then\n"
     "answers the requests in flight and stops. Clients use `engram --connect ENDPOINT`\n"
@@ -32,7 +34,8 @@ static const char serve_help[] =
     "                           ipc://DIR/notify.ipc)\n"
     "  --config FILE            `key = value` lines with the same names as these options\n"
     "                           (data, listen, notify, log-json, durability, workers,\n"
-    "                           max-message, curve-secret-file, allow-keys-file); the\n"
+    "                           max-message, curve-secret-file, allow-keys-file,\n"
+    "                           mirror-nats, mirror-topic, mirror-stream); the\n"
     "                           command line wins\n"
     "  --log-json               log JSON lines instead of text\n"
     "  --durability MODE        sync (default), nometasync or async\n"
@@ -41,6 +44,10 @@ static const char serve_help[] =
     "  --curve-secret-file FILE the daemon's key pair from `engram keygen --out`: turns\n"
     "                           on CURVE encryption and authentication\n"
     "  --allow-keys-file FILE   client public keys allowed in, one per line (with CURVE)\n"
+    "  --mirror-nats URL        also mirror topics into NATS JetStream, as `engram mirror`\n"
+    "                           does (credentials in the URL: nats://user:pass@host:4222)\n"
+    "  --mirror-topic T1,T2     the topics to mirror\n"
+    "  --mirror-stream NAME     the stream (default ENGRAM)\n"
     "  -h, --help               this help\n";
 
 static const char keygen_help[] =
@@ -207,12 +214,37 @@ static int read_allow(const char *path, char ***keys, size_t *n) {
   return status;
 }
 
+/* --mirror-nats: the mirror thread (cli/cmd_mirror.c) beside the daemon. topics is
+ * the comma-separated --mirror-topic, split in place into *list. */
+static int mirror_start(const char *url, char *topics, const char *stream,
+                        const engram_serve_options *so, struct mirror_thread **out,
+                        const char ***list) {
+  if (!url && !topics && !stream) return 0;
+  if (!url || !topics) return cli_usage("serve", "--mirror-nats and --mirror-topic go together");
+  if (so->secret_key)
+    return cli_usage("serve", "--mirror-nats with CURVE: run `engram mirror` beside the daemon");
+  struct mirror_config mc;
+  memset(&mc, 0, sizeof mc);
+  mc.nats.url = url;
+  mc.stream = stream;
+  for (char *p = strtok(topics, ","); p; p = strtok(NULL, ",")) {
+    const char **l = realloc(*list, (mc.n_topics + 1) * sizeof *l);
+    if (!l) return cli_error("serve: out of memory");
+    *list = l;
+    l[mc.n_topics++] = p;
+  }
+  if (!mc.n_topics) return cli_usage("serve", "--mirror-topic needs a topic");
+  mc.topics = *list;
+  return mirror_thread_start(so->listen, &mc, out) ? CLI_EXIT_FAIL : 0;
+}
+
 static const char *const durabilities[] = {"sync", "nometasync", "async", NULL};
 static const engram_durability durability_of[] = {
     ENGRAM_DURABILITY_SYNC, ENGRAM_DURABILITY_NOMETASYNC, ENGRAM_DURABILITY_ASYNC};
 
 int cmd_serve(struct cli *c, int argc, char **argv) {
   const char *data = NULL, *config = NULL, *secret_file = NULL, *allow_file = NULL;
+  const char *mirror_nats = NULL, *mirror_topic = NULL, *mirror_stream = NULL;
   int durability = -1;
   uint64_t max_message = 0;
   engram_serve_options so;
@@ -229,6 +261,9 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
       CLI_OPT_SIZE("--max-message", &max_message, .max = UINT32_MAX, .high = "over 4GiB"),
       CLI_OPT_STR("--curve-secret-file", &secret_file),
       CLI_OPT_STR("--allow-keys-file", &allow_file),
+      CLI_OPT_STR("--mirror-nats", &mirror_nats),
+      CLI_OPT_TEXT("--mirror-topic", &mirror_topic, .what = "needs a topic"),
+      CLI_OPT_STR("--mirror-stream", &mirror_stream),
       CLI_OPT_END};
   char *owned[CLI_MAX_OPTS] = {NULL}; /* values read from the config file */
   char **allow = NULL;
@@ -265,7 +300,15 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
     so.allow_keys = (const char *const *)allow;
     so.n_allow_keys = nallow;
   }
-  int rc = engram_serve(dir, &so);
+  struct mirror_thread *mirror = NULL;
+  const char **topics = NULL;
+  char *topic_list = mirror_topic ? strdup(mirror_topic) : NULL;
+  if (mirror_topic && !topic_list) status = cli_error("serve: out of memory");
+  if (!status) status = mirror_start(mirror_nats, topic_list, mirror_stream, &so, &mirror, &topics);
+  int rc = status ? 0 : engram_serve(dir, &so);
+  mirror_thread_stop(mirror);
+  free(topics);
+  free(topic_list);
   if (rc)
     status = cli_error("%s", *engram_errmsg(NULL) ? engram_errmsg(NULL) : engram_strerror(rc));
 done:

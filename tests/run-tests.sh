@@ -4,7 +4,7 @@
 # fresh temporary directory, and prints one tally line.
 #
 # Environment: BUILD (build or build/san, default build), ENGRAM_TEST_TIMEOUT (seconds per
-# unit, default 120; the slowest unit takes about 15 s under the sanitizers), ONLY (run only units whose name contains it), VERBOSE=1 (print
+# unit, default 120; Python units: ENGRAM_PY_TIMEOUT, default 300; the slowest unit takes about 15 s under the sanitizers), ONLY (run only units whose name contains it), VERBOSE=1 (print
 # every unit's output, not only failing ones), ENGRAM_KEEP_TMP=1 (keep temp dirs).
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -62,7 +62,11 @@ if [ -d "$BUILD/tests" ]; then
   for t in "$BUILD"/tests/test_*; do
     [ -f "$t" ] && [ -x "$t" ] || continue
     case $t in *.o | *.d) continue ;; esac
-    run_unit "$(basename "$t")" "$t"
+    case $t in
+      # The power-cut run replays hundreds of crash images: more time on a loaded machine.
+      */test_powercut) TIMEOUT=${ENGRAM_PC_TIMEOUT:-300} run_unit "$(basename "$t")" "$t" ;;
+      *) run_unit "$(basename "$t")" "$t" ;;
+    esac
   done
 fi
 
@@ -107,6 +111,11 @@ if [ -f tests/check-docs.py ] && [ -x "$BUILD/engram" ]; then
   run_unit docs env BUILD="$BUILD" /usr/bin/python3 tests/check-docs.py
 fi
 
+# The NATS mirror against real nats-server processes (a 3-node JetStream cluster).
+if [ -f cli/test-mirror.sh ] && [ -x "$BUILD/engram" ] && command -v nats-server >/dev/null; then
+  run_unit mirror env BUILD="$BUILD" bash cli/test-mirror.sh
+fi
+
 # Python tests, when the binding and its tests exist.
 if [ -d tests/python ]; then
   if [ ! -d bindings/python ]; then
@@ -124,8 +133,14 @@ if [ -d tests/python ]; then
     if [ -z "$py" ]; then
       echo "SKIP  python (no python3 with pytest: apt-get install python3-pytest)"
     else
-      PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}" \
-        run_unit python "$py" -m pytest -q tests/python
+      # Three units, each under its own timeout (ENGRAM_PY_TIMEOUT, default 300 s): the
+      # package, the task runtime, and the seed systems' ported examples.
+      export PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}"
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python "$py" -m pytest -q tests/python \
+        --ignore=tests/python/seeds --ignore=tests/python/test_tasks.py
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/tasks "$py" -m pytest -q \
+        tests/python/test_tasks.py
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/seeds "$py" -m pytest -q tests/python/seeds
     fi
   fi
 fi

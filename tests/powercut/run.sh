@@ -14,7 +14,7 @@ if [ "${1:-}" = --long ]; then
   opts=(--random 6 --between 0.2 --scale 3)
 else
   seeds=1
-  opts=(--random 1 --between 0.02 --max-points 30)
+  opts=(--random 1 --between 0.02 --max-points 15)
 fi
 py=python3
 command -v "$py" >/dev/null || py=/usr/bin/python3

@@ -1,0 +1,340 @@
+/* cmd_restore.c — `engram restore --from-nats`: rebuilds a log (same topics, offsets,
+ * payloads, types, keys, headers) from a stream written by `engram mirror`. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "mirror.h"
+
+static const char help[] =
+    "usage: engram restore --from-nats URL --stream NAME --data DIR\n"
+    "                      [--subject-prefix P] [--nats-user U] [--nats-creds FILE]\n"
+    "                      [--nats-nkey PUBLIC --nats-seed FILE] [--nats-ca FILE]\n"
+    "                      [--nats-cert FILE --nats-key FILE]\n"
+    "\n"
+    "Reads every message of the JetStream stream NAME that `engram mirror` wrote and\n"
+    "appends its events, topic by topic in offset order, to the log in DIR, which must\n"
+    "be new or empty (no topics). Each topic's events must be the offsets 1..N, each\n"
+    "once: a hole or two different events at one offset is refused and nothing of that\n"
+    "topic is written. Copies of one event (the same offset and bytes) count once.\n"
+    "Prints `restored T topics, E events from M messages (D duplicates)`.\n"
+    "Restored events carry their type, key, payload, content type, headers and\n"
+    "deliver_at; their append time is the time of the restore (the original is in the\n"
+    "stream's Engram-Timestamp header), and groups are not restored. See\n"
+    "docs/scale-out.md.\n"
+    "\n"
+    "options:\n"
+    "  --from-nats URL        NATS server(s), comma-separated; tls:// for TLS\n"
+    "  --stream NAME          the stream to read\n"
+    "  --data DIR             the log to write (or the global --data / $ENGRAM_DATA)\n"
+    "  --subject-prefix P     only subjects P.<topic> (default: every message)\n"
+    "  --nats-user U          user name; the password comes from $ENGRAM_NATS_PASSWORD\n"
+    "  --nats-creds FILE      NATS credentials file (JWT and nkey seed)\n"
+    "  --nats-nkey PUBLIC     nkey authentication: the public key, with --nats-seed FILE\n"
+    "  --nats-seed FILE       the file holding the nkey's seed\n"
+    "  --nats-ca FILE         CA certificates for TLS (turns TLS on)\n"
+    "  --nats-cert FILE       client certificate for TLS, with --nats-key FILE\n"
+    "  --nats-key FILE        its private key\n"
+    "  -h, --help             this help\n";
+
+struct rec {
+  uint64_t offset;
+  natsMsg *msg;
+};
+
+struct topic_recs {
+  char *name;
+  struct rec *r; /* every message of the topic, in stream order, then by offset */
+  size_t n, cap;
+  struct rec *w; /* the events to write: r without copies, offsets 1..nw */
+  size_t nw;
+};
+
+static int by_offset(const void *a, const void *b) {
+  const struct rec *x = a, *y = b;
+  return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static const char *hdr(natsMsg *m, const char *name) {
+  const char *v = NULL;
+  return natsMsgHeader_Get(m, name, &v) == NATS_OK ? v : NULL;
+}
+
+static int same_msg(natsMsg *a, natsMsg *b) {
+  static const char *const names[] = {MIRROR_H_TYPE,    MIRROR_H_KEY,        MIRROR_H_CONTENT_TYPE,
+                                      MIRROR_H_HEADERS, MIRROR_H_DELIVER_AT, MIRROR_H_TIME};
+  if (natsMsg_GetDataLength(a) != natsMsg_GetDataLength(b) ||
+      memcmp(natsMsg_GetData(a), natsMsg_GetData(b), (size_t)natsMsg_GetDataLength(a)))
+    return 0;
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    const char *x = hdr(a, names[i]), *y = hdr(b, names[i]);
+    if (!x != !y || (x && strcmp(x, y))) return 0;
+  }
+  return 1;
+}
+
+/* The event of one message; strings are copied into *mem (freed by the caller). Returns
+ * NULL or what is wrong. */
+static const char *to_event(natsMsg *m, engram_event *ev, engram_header *hs, char **mem) {
+  memset(ev, 0, sizeof *ev);
+  const char *type = hdr(m, MIRROR_H_TYPE), *key = hdr(m, MIRROR_H_KEY),
+             *ct = hdr(m, MIRROR_H_CONTENT_TYPE), *h = hdr(m, MIRROR_H_HEADERS);
+  if (!type) return "no " MIRROR_H_TYPE " header";
+  size_t need =
+      strlen(type) + (key ? strlen(key) : 0) + (ct ? strlen(ct) : 0) + (h ? strlen(h) : 0) + 4;
+  char *p = *mem = malloc(need);
+  if (!p) return "out of memory";
+#define COPY(dst, src)                                     \
+  do {                                                     \
+    strcpy(p, src);                                        \
+    if (mirror_pct_decode(p) < 0) return "a bad %-escape"; \
+    dst = p;                                               \
+    p += strlen(src) + 1;                                  \
+  } while (0)
+  COPY(ev->type, type);
+  if (key) COPY(ev->key, key);
+  if (ct) COPY(ev->content_type, ct);
+  if (h && *h) {
+    strcpy(p, h);
+    size_t n = 0;
+    for (char *part = strtok(p, "&"); part; part = strtok(NULL, "&")) {
+      if (n == ENGRAM_MAX_HEADERS) return "too many headers";
+      char *eq = strchr(part, '=');
+      if (!eq) return "a header without '='";
+      *eq = '\0';
+      if (mirror_pct_decode(part) < 0 || mirror_pct_decode(eq + 1) < 0) return "a bad %-escape";
+      hs[n].name = part;
+      hs[n].value = eq + 1;
+      n++;
+    }
+    ev->headers = hs;
+    ev->n_headers = n;
+  }
+#undef COPY
+  uint64_t at = 0;
+  if (!mirror_header_u64(m, MIRROR_H_DELIVER_AT, &at)) ev->deliver_at_ns = (int64_t)at;
+  ev->payload = natsMsg_GetData(m);
+  ev->payload_len = (size_t)natsMsg_GetDataLength(m);
+  return NULL;
+}
+
+/* Appends one topic's events, offsets 1..n, in batches; checks each offset. */
+static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
+  int rc = engram_topic_create(c->log, t->name, NULL);
+  if (rc) return cli_fail(c, rc, "restore: topic %s", t->name);
+  enum { CHUNK = 1000 };
+  engram_event *evs = calloc(CHUNK, sizeof *evs);
+  engram_header *hs = calloc((size_t)CHUNK * ENGRAM_MAX_HEADERS, sizeof *hs);
+  char **mem = calloc(CHUNK, sizeof *mem);
+  uint64_t *offs = calloc(CHUNK, sizeof *offs);
+  int status = 0;
+  if (!evs || !hs || !mem || !offs) status = cli_error("restore: out of memory");
+  for (size_t i = 0; i < t->nw && !status;) {
+    size_t k = 0;
+    for (; k < CHUNK && i + k < t->nw; k++) {
+      const char *why = to_event(t->w[i + k].msg, &evs[k], hs + k * ENGRAM_MAX_HEADERS, &mem[k]);
+      if (why) {
+        status =
+            cli_error("restore: topic %s offset %" PRIu64 ": %s", t->name, t->w[i + k].offset, why);
+        k++;
+        break;
+      }
+    }
+    if (!status) {
+      rc = engram_append_batch(c->log, t->name, evs, k, offs, NULL);
+      if (rc) status = cli_fail(c, rc, "restore: appending to %s", t->name);
+      for (size_t j = 0; j < k && !status; j++)
+        if (offs[j] != t->w[i + j].offset)
+          status = cli_error("restore: topic %s: event %" PRIu64 " landed at offset %" PRIu64,
+                             t->name, t->w[i + j].offset, offs[j]);
+    }
+    for (size_t j = 0; j < k; j++) {
+      free(mem[j]);
+      mem[j] = NULL;
+    }
+    i += k;
+    *events += k;
+  }
+  free(evs);
+  free(hs);
+  free(mem);
+  free(offs);
+  return status;
+}
+
+int cmd_restore(struct cli *c, int argc, char **argv) {
+  struct mirror_nats nats;
+  memset(&nats, 0, sizeof nats);
+  const char *stream = NULL, *prefix = NULL, *data = NULL;
+  const struct cli_opt opts[] = {
+      CLI_OPT_TEXT("--from-nats", &nats.url, .what = "needs a URL"),
+      CLI_OPT_TEXT("--stream", &stream, .what = "needs a stream name"),
+      CLI_OPT_TEXT("--data", &data, .what = "needs a directory"),
+      CLI_OPT_TEXT("--subject-prefix", &prefix, .what = "needs a prefix"),
+      CLI_OPT_TEXT("--nats-user", &nats.user, .what = "needs a user name"),
+      CLI_OPT_STR("--nats-creds", &nats.creds),
+      CLI_OPT_STR("--nats-nkey", &nats.nkey_public),
+      CLI_OPT_STR("--nats-seed", &nats.nkey_seed),
+      CLI_OPT_STR("--nats-ca", &nats.ca),
+      CLI_OPT_STR("--nats-cert", &nats.cert),
+      CLI_OPT_STR("--nats-key", &nats.key),
+      CLI_OPT_END};
+  struct cli_args a;
+  cli_args_init(&a, "restore", argc, argv);
+  int r = cli_args_parse(&a, opts, help, 0, 0, "no arguments");
+  if (r != CLI_GO) return r;
+  if (data) c->data = data;
+  if (!nats.url) return cli_usage("restore", "--from-nats URL is required");
+  if (!stream) return cli_usage("restore", "--stream NAME is required");
+  if (c->connect)
+    return cli_usage("restore", "--connect does not apply: restore writes --data DIR");
+  int status = cli_open(c, CLI_OPEN_CREATE);
+  if (status) return status;
+  engram_topic_info *ti = NULL;
+  size_t nt = 0;
+  int rc = engram_topic_list(c->log, &ti, &nt);
+  engram_free(ti);
+  if (rc) return cli_fail(c, rc, "restore: listing topics");
+  if (nt)
+    return cli_error("restore: %s already holds %zu topics: restore into a new directory",
+                     cli_data_dir(c), nt);
+
+  natsConnection *nc = NULL;
+  jsCtx *js = NULL;
+  char err[512];
+  if (mirror_link_open(&nats, NULL, &nc, &js, err, sizeof err) != NATS_OK)
+    return cli_error("restore: %s", err);
+  jsStreamInfo *si = NULL;
+  jsErrCode ec = 0;
+  natsSubscription *sub = NULL;
+  struct topic_recs *tops = NULL;
+  size_t ntops = 0;
+  uint64_t msgs = 0, dups = 0, events = 0;
+  natsStatus s = js_GetStreamInfo(&si, js, stream, NULL, &ec);
+  if (s != NATS_OK) {
+    status = cli_error("restore: stream %s: %s", stream, mirror_nats_why(s));
+    goto out;
+  }
+  uint64_t total = 0; /* messages the subscription has to deliver */
+  if (si->State.Msgs > 0) {
+    char filter[ENGRAM_MAX_NAME + 8];
+    snprintf(filter, sizeof filter, "%s.>", prefix ? prefix : "");
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream;
+    so.Ordered = true;
+    /* One subject filter the stream accepts: its own when it has one. */
+    const char *subj = prefix                         ? filter
+                       : si->Config->SubjectsLen == 1 ? si->Config->Subjects[0]
+                                                      : ">";
+    s = js_SubscribeSync(&sub, js, subj, NULL, &so, &ec);
+    /* How many match the filter as the consumer starts: those delivered so far plus
+     * those pending (one answer of the server, so nothing is counted twice). */
+    jsConsumerInfo *ci = NULL;
+    if (s == NATS_OK) s = natsSubscription_GetConsumerInfo(&ci, sub, NULL, &ec);
+    if (s != NATS_OK) {
+      status = cli_error("restore: reading stream %s: %s", stream, mirror_nats_why(s));
+      goto out;
+    }
+    total = ci->Delivered.Consumer + ci->NumPending;
+    jsConsumerInfo_Destroy(ci);
+  }
+  for (uint64_t seq = 0; msgs < total;) {
+    natsMsg *m = NULL;
+    s = natsSubscription_NextMsg(&m, sub, 10000);
+    if (s != NATS_OK) {
+      status = cli_error("restore: reading stream %s after sequence %" PRIu64 ": %s", stream, seq,
+                         mirror_nats_why(s));
+      goto out;
+    }
+    jsMsgMetaData *md = NULL;
+    if (natsMsg_GetMetaData(&md, m) == NATS_OK) {
+      seq = md->Sequence.Stream;
+      jsMsgMetaData_Destroy(md);
+    }
+    msgs++;
+    uint64_t off;
+    const char *topic = hdr(m, MIRROR_H_TOPIC);
+    if (!topic || mirror_header_u64(m, MIRROR_H_OFFSET, &off) || off == 0) {
+      status = cli_error("restore: stream %s sequence %" PRIu64
+                         " on %s was not written by "
+                         "engram mirror (no %s / %s headers)",
+                         stream, seq, natsMsg_GetSubject(m), MIRROR_H_TOPIC, MIRROR_H_OFFSET);
+      natsMsg_Destroy(m);
+      goto out;
+    }
+    size_t i = 0;
+    while (i < ntops && strcmp(tops[i].name, topic)) i++;
+    if (i == ntops) {
+      struct topic_recs *tt = realloc(tops, (ntops + 1) * sizeof *tt);
+      if (!tt || !(tt[ntops].name = strdup(topic))) {
+        if (tt) tops = tt;
+        natsMsg_Destroy(m);
+        status = cli_error("restore: out of memory");
+        goto out;
+      }
+      tops = tt;
+      tops[ntops].r = tops[ntops].w = NULL;
+      tops[ntops].n = tops[ntops].cap = tops[ntops].nw = 0;
+      ntops++;
+    }
+    struct topic_recs *t = &tops[i];
+    if (t->n == t->cap) {
+      size_t cap = t->cap ? t->cap * 2 : 1024;
+      struct rec *r = realloc(t->r, cap * sizeof *r);
+      if (!r) {
+        natsMsg_Destroy(m);
+        status = cli_error("restore: out of memory");
+        goto out;
+      }
+      t->r = r;
+      t->cap = cap;
+    }
+    t->r[t->n].offset = off;
+    t->r[t->n].msg = m;
+    t->n++;
+  }
+  /* Offset order; copies of one event count once; holes and conflicts are refused. The
+   * events to write go to t->w (pointers into t->r, which keeps every message). */
+  for (size_t i = 0; i < ntops && !status; i++) {
+    struct topic_recs *t = &tops[i];
+    qsort(t->r, t->n, sizeof *t->r, by_offset);
+    if (!(t->w = calloc(t->n ? t->n : 1, sizeof *t->w)))
+      status = cli_error("restore: out of memory");
+    for (size_t j = 0; j < t->n && !status; j++) {
+      if (t->nw && t->w[t->nw - 1].offset == t->r[j].offset) {
+        if (!same_msg(t->w[t->nw - 1].msg, t->r[j].msg))
+          status = cli_error("restore: topic %s offset %" PRIu64
+                             " has two different events in "
+                             "stream %s",
+                             t->name, t->r[j].offset, stream);
+        dups++;
+        continue;
+      }
+      if (t->r[j].offset != t->nw + 1)
+        status = cli_error("restore: topic %s: offset %" PRIu64
+                           " is missing from stream %s "
+                           "(its events must be 1..N to keep their offsets)",
+                           t->name, (uint64_t)t->nw + 1, stream);
+      t->w[t->nw++] = t->r[j];
+    }
+  }
+  for (size_t i = 0; i < ntops && !status; i++) status = write_topic(c, &tops[i], &events);
+  if (!status)
+    printf("restored %zu topics, %" PRIu64 " events from %" PRIu64 " messages (%" PRIu64
+           " duplicates)\n",
+           ntops, events, msgs, dups);
+out:
+  for (size_t i = 0; i < ntops; i++) {
+    for (size_t j = 0; j < tops[i].n; j++) natsMsg_Destroy(tops[i].r[j].msg);
+    free(tops[i].r);
+    free(tops[i].w);
+    free(tops[i].name);
+  }
+  free(tops);
+  natsSubscription_Destroy(sub);
+  jsStreamInfo_Destroy(si);
+  mirror_link_close(&nc, &js);
+  return cli_finish(status);
+}

@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# test-mirror.sh — `engram mirror`, `engram restore --from-nats` and `engram serve
+# --mirror-nats` against real nats-server processes on 127.0.0.1, started and stopped
+# here on free ports, each with its own store under a temporary directory:
+#   1. a 3-node JetStream cluster (cluster routes), stream with 3 replicas and a 1 s
+#      duplicate window; EVENTS events (default 20000; `make mirrortest`: 100000) are
+#      appended while the mirror is SIGKILLed and restarted several times and one node
+#      is SIGKILLed and later restarted; then the whole cluster is down for a while and
+#      comes back. The stream must hold every event once: a restore into a fresh
+#      directory counts as many messages as events with no duplicates, verifies clean,
+#      and every event equals the original (all fields but the append time).
+#   2. `engram serve` with mirror-nats in its config file mirrors what clients append
+#      through the daemon.
+#   3. a NATS server with user/password: the right password mirrors, a wrong one waits;
+#      a NATS server with TLS (a CA and certificate made here with openssl).
+# Usage: BUILD=build [EVENTS=N] bash cli/test-mirror.sh   (exit 0 when all pass)
+set -u
+BUILD=${BUILD:-build}
+BIN=$(cd "$BUILD" && pwd)/engram
+EVENTS=${EVENTS:-20000}
+command -v nats-server >/dev/null || {
+  echo "test-mirror: no nats-server (make deps installs it)" >&2
+  exit 2
+}
+TMP=$(mktemp -d)
+declare -A PIDS # name -> pid of every process started here
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  if [ -n "${ENGRAM_KEEP_TMP:-}" ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+fails=0
+ok() { echo "ok   $*"; }
+fail() {
+  echo "FAIL $*"
+  fails=$((fails + 1))
+}
+log() { echo "---- $(date +%T) $*"; }
+
+# Free loopback ports: bound to port 0 by the kernel, released, then used at once.
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+read -r -a PORTS <<<"$(free_ports 9)"
+CP=("${PORTS[0]}" "${PORTS[1]}" "${PORTS[2]}") # client ports
+RP=("${PORTS[3]}" "${PORTS[4]}" "${PORTS[5]}") # cluster route ports
+URL="nats://127.0.0.1:${CP[0]},nats://127.0.0.1:${CP[1]},nats://127.0.0.1:${CP[2]}"
+
+start_node() {
+  local i=$1 routes=""
+  for j in 0 1 2; do [ "$j" != "$i" ] && routes+="${routes:+,}nats://127.0.0.1:${RP[$j]}"; done
+  nats-server -js -n "n$i" -a 127.0.0.1 -p "${CP[$i]}" -sd "$TMP/n$i" --cluster_name engram \
+    --cluster "nats://127.0.0.1:${RP[$i]}" --routes "$routes" >>"$TMP/n$i.log" 2>&1 &
+  PIDS[n$i]=$!
+}
+stop_node() { # stop_node I SIGNAL
+  kill "-$2" "${PIDS[n$1]}" 2>/dev/null
+  wait "${PIDS[n$1]}" 2>/dev/null
+  unset "PIDS[n$1]"
+}
+
+DATA=$TMP/log
+start_mirror() {
+  "$BIN" --data "$DATA" mirror --nats "$URL" --topic memory --topic audit --stream MEM \
+    --replicas 3 --duplicate-window 1s >>"$TMP/mirror.log" 2>&1 &
+  PIDS[mirror]=$!
+}
+kill_mirror() {
+  kill -9 "${PIDS[mirror]}" 2>/dev/null
+  wait "${PIDS[mirror]}" 2>/dev/null
+  unset "PIDS[mirror]"
+}
+
+# EVENTS memory events of about 300 bytes (keys, headers, content types, odd bytes in
+# keys and header values), appended in batches of 500; every 10th batch also appends
+# to the second topic (the first batch too).
+python3 - "$EVENTS" >"$TMP/events.jsonl" <<'EOF'
+import json, random, sys
+rnd = random.Random(17)
+for i in range(int(sys.argv[1])):
+    ev = {"type": rnd.choice(["memory.saved", "memory.updated", "memory.deleted"]),
+          "key": "m-%d %s" % (rnd.randrange(5000), rnd.choice(["", "&=%", "\u00e9\t"])),
+          "payload": "".join(rnd.choice("abcdefghij klmnop") for _ in range(rnd.randrange(200, 400)))}
+    if i % 3 == 0:
+        ev["headers"] = {"trace": "t-%d" % i, "odd": "a=b&c %% \n d"}
+    if i % 5 == 0:
+        ev["content_type"] = "text/plain"
+    print(json.dumps(ev))
+EOF
+"$BIN" --data "$DATA" topic create memory >/dev/null && "$BIN" --data "$DATA" topic create audit >/dev/null ||
+  fail "topics created"
+append_load() {
+  local n=0
+  split -l 500 "$TMP/events.jsonl" "$TMP/chunk."
+  for f in "$TMP"/chunk.*; do
+    "$BIN" --data "$DATA" append memory --batch <"$f" >/dev/null || echo "append failed" >>"$TMP/append.err"
+    n=$((n + 1))
+    [ $((n % 10)) = 1 ] && head -n 50 "$f" | "$BIN" --data "$DATA" append audit --batch >/dev/null
+    sleep 0.05
+  done
+  touch "$TMP/append.done"
+}
+
+log "3-node cluster on ${CP[*]} (routes ${RP[*]}), $EVENTS events"
+for i in 0 1 2; do start_node "$i"; done
+append_load &
+PIDS[load]=$!
+start_mirror
+kills=0
+node_killed=0
+while [ ! -e "$TMP/append.done" ] || [ $kills -lt 8 ]; do
+  sleep "0.$((RANDOM % 9 + 4))"
+  kill_mirror
+  kills=$((kills + 1))
+  if [ $kills = 2 ]; then
+    log "SIGKILL nats node n1"
+    stop_node 1 9
+    node_killed=1
+  fi
+  if [ $kills = 6 ] && [ $node_killed = 1 ]; then
+    log "restart nats node n1"
+    start_node 1
+  fi
+  # Every third restart comes after the stream's duplicate window (1 s) has passed:
+  # what the killed mirror had published must then be recognised by reading the stream
+  # back, not by its message ids.
+  [ $((kills % 3)) = 0 ] && sleep 3
+  start_mirror
+done
+wait "${PIDS[load]}"
+unset "PIDS[load]"
+[ -e "$TMP/append.err" ] && fail "appends: $(head -n 3 "$TMP/append.err")"
+ok "mirror SIGKILLed and restarted $kills times; node n1 SIGKILLed and restarted"
+
+log "whole cluster down for a while; appends go on"
+for i in 0 1 2; do stop_node "$i" TERM; done
+head -n 2000 "$TMP/events.jsonl" | "$BIN" --data "$DATA" append memory --batch >/dev/null
+sleep 3
+grep -q "retrying\|not acknowledged" "$TMP/mirror.log" && ok "the mirror waits while NATS is down" ||
+  fail "no retry line while NATS was down"
+kill -0 "${PIDS[mirror]}" 2>/dev/null && ok "the mirror is still running" || fail "the mirror died"
+for i in 0 1 2; do start_node "$i"; done
+head -n 1000 "$TMP/events.jsonl" | "$BIN" --data "$DATA" append memory --batch >/dev/null
+
+# Caught up: the groups' lag reaches 0 (at most 120 s).
+lag=-1
+for _ in $(seq 240); do
+  lag=$("$BIN" --data "$DATA" group list --json 2>/dev/null | python3 -c '
+import json, sys
+t = sys.stdin.read().strip()
+gs = json.loads(t) if t.startswith("[") else [json.loads(l) for l in t.splitlines() if l]
+ms = [g for g in gs if g["group"] == "mirror.MEM"]
+print(sum(g["lag"] for g in ms) if len(ms) == 2 else "no-groups")' 2>/dev/null)
+  [ "$lag" = 0 ] && break
+  sleep 0.5
+done
+[ "$lag" = 0 ] && ok "the mirror caught up (lag 0)" || fail "lag $lag after NATS came back"
+kill -TERM "${PIDS[mirror]}"
+wait "${PIDS[mirror]}"
+rc=$?
+unset "PIDS[mirror]"
+[ $rc = 0 ] && ok "SIGTERM stops the mirror with status 0" || fail "mirror exit $rc"
+
+heads=$("$BIN" --data "$DATA" topics --json | python3 -c '
+import json, sys
+t = sys.stdin.read().strip()
+ts = json.loads(t) if t.startswith("[") else [json.loads(l) for l in t.splitlines() if l]
+print(sum(x["head_offset"] for x in ts))')
+out=$("$BIN" restore --from-nats "$URL" --stream MEM --data "$TMP/restored" 2>&1)
+echo "     $out"
+[ "$out" = "restored 2 topics, $heads events from $heads messages (0 duplicates)" ] &&
+  ok "the stream holds the $heads events of the log, each once" || fail "restore: $out"
+"$BIN" --data "$TMP/restored" verify >/dev/null 2>&1 && ok "the restored log verifies clean" ||
+  fail "verify of the restored log"
+same=1
+for t in memory audit; do
+  for d in "$DATA" "$TMP/restored"; do
+    "$BIN" --data "$d" read "$t" --json 2>/dev/null |
+      python3 -c '
+import json, sys
+for l in sys.stdin:
+    e = json.loads(l); e.pop("timestamp_ns", None); print(json.dumps(e, sort_keys=True))' >"$d.$t.cmp"
+  done
+  cmp -s "$DATA.$t.cmp" "$TMP/restored.$t.cmp" || same=0
+  [ -s "$DATA.$t.cmp" ] || same=0
+done
+[ $same = 1 ] && ok "every restored event equals the original (offset, type, key, headers, payload)" ||
+  fail "restored events differ"
+out=$("$BIN" restore --from-nats "$URL" --stream MEM --data "$TMP/restored" 2>&1)
+[[ $out == *"already holds 2 topics"* ]] && ok "restore refuses a log that is not empty" ||
+  fail "restore into a full log: $out"
+
+log "engram serve --mirror-nats"
+SP=${PORTS[6]}
+# The mirror's settings from the config file, as an operator keeps them.
+printf 'mirror-nats = %s\nmirror-topic = jobs\nmirror-stream = JOBS\n' "$URL" >"$TMP/serve.conf"
+"$BIN" serve --data "$TMP/served" --listen "tcp://127.0.0.1:$SP" --config "$TMP/serve.conf" \
+  >"$TMP/serve.log" 2>&1 &
+PIDS[serve]=$!
+for _ in $(seq 50); do "$BIN" --connect "tcp://127.0.0.1:$SP" topic create jobs >/dev/null 2>&1 && break; sleep 0.2; done
+head -n 300 "$TMP/events.jsonl" | "$BIN" --connect "tcp://127.0.0.1:$SP" append jobs --batch >/dev/null
+for _ in $(seq 100); do
+  "$BIN" --connect "tcp://127.0.0.1:$SP" stat 2>/dev/null | grep -qE '^jobs +mirror.JOBS +0 ' && break
+  sleep 0.2
+done
+kill -TERM "${PIDS[serve]}"
+wait "${PIDS[serve]}"
+unset "PIDS[serve]"
+out=$("$BIN" restore --from-nats "$URL" --stream JOBS --data "$TMP/served-restored" 2>&1)
+[ "$out" = "restored 1 topics, 300 events from 300 messages (0 duplicates)" ] &&
+  ok "serve with mirror-nats in its config mirrors what clients append" || {
+  fail "serve mirror: $out"
+  tail -n 5 "$TMP/serve.log"
+}
+for i in 0 1 2; do stop_node "$i" TERM; done
+
+log "user/password"
+AP=${PORTS[7]}
+cat >"$TMP/auth.conf" <<EOF
+listen: 127.0.0.1:$AP
+jetstream { store_dir: "$TMP/auth" }
+authorization { user: engram, password: "s3cret pass" }
+EOF
+nats-server -c "$TMP/auth.conf" >"$TMP/auth.log" 2>&1 &
+PIDS[auth]=$!
+"$BIN" --data "$TMP/sec" topic create s >/dev/null
+head -n 100 "$TMP/events.jsonl" | "$BIN" --data "$TMP/sec" append s --batch >/dev/null
+ENGRAM_NATS_PASSWORD=wrong timeout 3 "$BIN" --data "$TMP/sec" mirror --nats "nats://127.0.0.1:$AP" \
+  --nats-user engram --topic s --once >/dev/null 2>"$TMP/wrong.err"
+rc=$?
+[ $rc = 124 ] && grep -qi "authoriz" "$TMP/wrong.err" && ok "a wrong password: the mirror says why and retries" ||
+  fail "wrong password: exit $rc, $(head -c 300 "$TMP/wrong.err")"
+ENGRAM_NATS_PASSWORD="s3cret pass" timeout 30 "$BIN" --data "$TMP/sec" mirror --nats "nats://127.0.0.1:$AP" \
+  --nats-user engram --topic s --once 2>/dev/null &&
+  ENGRAM_NATS_PASSWORD="s3cret pass" "$BIN" restore --from-nats "nats://127.0.0.1:$AP" --nats-user engram \
+    --stream ENGRAM --data "$TMP/sec-restored" | grep -q "100 events from 100 messages" &&
+  ok "user/password: mirrored and restored" || fail "user/password mirror"
+
+# Another log's topic of the same name: refused on the first log's subject, mirrored
+# under a prefix of its own inside the same stream; restore then refuses the two
+# different events at each offset unless --subject-prefix picks one log.
+"$BIN" --data "$TMP/sec2" topic create s >/dev/null
+sed -n '101,150p' "$TMP/events.jsonl" | "$BIN" --data "$TMP/sec2" append s --batch >/dev/null
+export ENGRAM_NATS_PASSWORD="s3cret pass"
+m2() { timeout 30 "$BIN" --data "$TMP/sec2" mirror --nats "nats://127.0.0.1:$AP" --nats-user engram --topic s --once "$@"; }
+out=$(m2 2>&1)
+rc=$?
+[ $rc = 1 ] && [[ $out == *"holds events of another topic"* ]] &&
+  ok "a subject holding another log's topic is refused" || fail "same subject, other log: exit $rc, $out"
+m2 --subject-prefix engram.ENGRAM.second 2>/dev/null && ok "a second log mirrored under its own prefix" ||
+  fail "mirror under a prefix inside the stream"
+# The stream's newest messages are the first log's again (restore --subject-prefix must
+# not wait for a message its filter never delivers).
+sed -n '151,160p' "$TMP/events.jsonl" | "$BIN" --data "$TMP/sec" append s --batch >/dev/null
+timeout 30 "$BIN" --data "$TMP/sec" mirror --nats "nats://127.0.0.1:$AP" --nats-user engram --topic s \
+  --once 2>/dev/null || fail "second mirror run of the first log"
+out=$("$BIN" restore --from-nats "nats://127.0.0.1:$AP" --nats-user engram --stream ENGRAM \
+  --data "$TMP/sec-both" 2>&1)
+[[ $out == *"offset 1 has two different events"* ]] && ok "restore refuses two different events at one offset" ||
+  fail "restore of two logs' events: $out"
+out=$("$BIN" restore --from-nats "nats://127.0.0.1:$AP" --nats-user engram --stream ENGRAM \
+  --subject-prefix engram.ENGRAM.second --data "$TMP/sec-second" 2>&1)
+[ "$out" = "restored 1 topics, 50 events from 50 messages (0 duplicates)" ] &&
+  ok "restore --subject-prefix picks one log" || fail "restore --subject-prefix: $out"
+unset ENGRAM_NATS_PASSWORD
+kill -TERM "${PIDS[auth]}"
+wait "${PIDS[auth]}" 2>/dev/null
+unset "PIDS[auth]"
+
+log "TLS"
+if command -v openssl >/dev/null; then
+  TP=${PORTS[8]}
+  (cd "$TMP" &&
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+      -out ca.pem -days 2 -subj /CN=engram-test-ca &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key \
+      -out server.csr -subj /CN=127.0.0.1 &&
+    printf 'subjectAltName=IP:127.0.0.1\n' >san.ext &&
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile san.ext -out server.pem) >"$TMP/openssl.log" 2>&1
+  cat >"$TMP/tls.conf" <<EOF
+listen: 127.0.0.1:$TP
+jetstream { store_dir: "$TMP/tls" }
+tls { cert_file: "$TMP/server.pem", key_file: "$TMP/server.key" }
+EOF
+  nats-server -c "$TMP/tls.conf" >"$TMP/tls.log" 2>&1 &
+  PIDS[tls]=$!
+  "$BIN" --data "$TMP/tlslog" topic create s >/dev/null
+  head -n 100 "$TMP/events.jsonl" | "$BIN" --data "$TMP/tlslog" append s --batch >/dev/null
+  timeout 30 "$BIN" --data "$TMP/tlslog" mirror --nats "tls://127.0.0.1:$TP" --nats-ca "$TMP/ca.pem" \
+    --topic s --once 2>"$TMP/tls.err" &&
+    "$BIN" restore --from-nats "tls://127.0.0.1:$TP" --nats-ca "$TMP/ca.pem" --stream ENGRAM \
+      --data "$TMP/tls-restored" | grep -q "100 events from 100 messages" &&
+    ok "TLS: mirrored and restored" || fail "TLS mirror: $(tail -n 2 "$TMP/tls.err")"
+  timeout 3 "$BIN" --data "$TMP/tlslog" mirror --nats "tls://127.0.0.1:$TP" --topic s --once \
+    >/dev/null 2>"$TMP/tls-noca.err"
+  [ $? = 124 ] && ok "TLS without the CA: refused and retried" || fail "TLS without the CA"
+  kill -TERM "${PIDS[tls]}"
+  wait "${PIDS[tls]}" 2>/dev/null
+  unset "PIDS[tls]"
+else
+  echo "skip TLS (no openssl)"
+fi
+
+[ $fails = 0 ] && echo "test-mirror: all passed" || echo "test-mirror: $fails failed"
+[ $fails = 0 ]
