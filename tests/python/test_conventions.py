@@ -94,3 +94,26 @@ def test_the_public_surface_passes_mypy_strict(tmp_path):
                         "--cache-dir", str(tmp_path / "cache"), str(user)],
                        capture_output=True, text=True, env=dict(os.environ, MYPYPATH=BINDING))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _engram_cli():
+    return os.path.join(os.path.dirname(BINDING), "..", "build", "engram")
+
+
+@needs_groups
+@pytest.mark.skipif(not os.access(os.path.join(os.path.dirname(os.path.dirname(BINDING)), "build", "engram"), os.X_OK),
+                    reason="no build/engram")
+def test_stats_has_the_shape_of_engram_stat_json(log, log_path):
+    import json
+    log.append("memory", "memory.saved", {"a": 1})
+    log.group("memory", "indexer", filters="memory.*", backoff=[1, 2], key_ordered=True)
+    g = log.group("memory", "all")
+    g.fetch("w", max=1)
+    mine = log.stats()
+    cli = os.path.join(os.path.dirname(os.path.dirname(BINDING)), "build", "engram")
+    out = subprocess.run([cli, "--data", log_path, "stat", "--json"], capture_output=True, text=True, check=True)
+    theirs = json.loads(out.stdout)
+    for d in (mine, theirs):          # the only values that move between the two calls
+        for grp in d["groups"]:
+            grp.pop("oldest_unfinished_age_ms")
+    assert mine == theirs

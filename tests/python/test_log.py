@@ -194,7 +194,7 @@ def test_backup_and_verify(log, tmp_path):
 def test_stats_lists_topics(log):
     log.append("memory", "memory.saved", b"")
     s = log.stats()
-    assert s["topics"][0]["name"] == "memory" and s["topics"][0]["count"] == 1
+    assert s["topics"][0]["topic"] == "memory" and s["topics"][0]["count"] == 1
 
 
 def test_a_forked_child_cannot_use_the_parents_handle_but_can_open_its_own(log, log_path):

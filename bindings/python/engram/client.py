@@ -614,19 +614,36 @@ class Log:
 
     # -- the rest -------------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
-        """Topics and groups with their counters, as plain dicts (for JSON)."""
+        """Topics and groups with their counters, as plain dicts in the shape of
+        ``engram stat --json`` (the same keys and values, for JSON)."""
         out: Dict[str, Any] = {"topics": [], "groups": []}
         for t in self.h.topic_list():
-            out["topics"].append({"name": t["name"], "count": t["count"],
+            c = t["config"]
+            out["topics"].append({"topic": t["name"], "count": t["count"],
                                   "first_offset": t["first_offset"], "head_offset": t["head_offset"],
-                                  "dict_id": t["dict_id"]})
+                                  "dict_id": t["dict_id"], "created_ns": t["created_ns"],
+                                  "config": {"compress_threshold": c["compress_threshold"],
+                                             "max_payload": c["max_payload"],
+                                             "dict_train_after": c["dict_train_after"],
+                                             "no_dict": bool(c["flags"] & _engram.TOPIC_NO_DICT)}})
         try:
-            for g in self.h.group_list(None):
-                out["groups"].append({k: g[k] for k in ("topic", "name", "floor", "next", "lag",
-                                                        "in_flight", "retrying", "dead", "acked",
-                                                        "redelivered", "delivered")})
+            groups = self.h.group_list(None)
         except NotSupported:
             out["groups"] = None
+            return out
+        now = time.time_ns()
+        for g in groups:
+            old = g["oldest_unfinished_ns"]
+            out["groups"].append({
+                "topic": g["topic"], "group": g["name"], "filters": list(g["filters"]),
+                "ack_wait_ms": g["ack_wait_ms"], "max_deliver": g["max_deliver"],
+                "backoff_ms": list(g["backoff_ms"]), "result_ttl_ms": g["result_ttl_ms"],
+                "key_ordered": bool(g["flags"] & _engram.GROUP_KEY_ORDERED),
+                "created_ns": g["created_ns"], "floor": g["floor"], "next": g["next"],
+                "lag": g["lag"], "in_flight": g["in_flight"], "retrying": g["retrying"],
+                "dead": g["dead"], "acked": g["acked"], "delivered": g["delivered"],
+                "redelivered": g["redelivered"], "oldest_unfinished_ns": old,
+                "oldest_unfinished_age_ms": (now - old) // 1000000 if 0 < old <= now else None})
         return out
 
     def sync(self) -> None:
