@@ -525,6 +525,35 @@ check "group delete --json" jok "group delete"
 e topic drop jt --json
 check "topic drop --json" jok "topic drop"
 
+# Ctrl-C during append --batch: the batches appended stay, the one being read is not, and
+# the message says from which line to resume; resuming appends every line exactly once.
+seq 1 1200 | sed 's/.*/{"type":"n.x","payload":&}/' >"$TMP/big.jsonl"
+out=$(python3 - "$BIN" "$DATA" "$TMP/big.jsonl" <<'PY' 2>&1
+import json, signal, subprocess, sys, time
+bin, data, path = sys.argv[1:]
+lines = open(path, "rb").read().splitlines(keepends=True)
+p = subprocess.Popen([bin, "--data", data, "append", "bigint", "--batch", "--create"],
+                     stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+p.stdin.write(b"".join(lines[:1200]))   # two full batches and 200 lines; stdin stays open
+p.stdin.flush()
+deadline = time.time() + 60
+while time.time() < deadline:          # wait until both batches are in
+    r = subprocess.run([bin, "--data", data, "topic", "show", "bigint", "--json"],
+                       capture_output=True, text=True)
+    if r.returncode == 0 and json.loads(r.stdout)["count"] == 1000:
+        break
+    time.sleep(0.05)
+p.send_signal(signal.SIGINT)
+err = p.stderr.read().decode()
+print("rc", p.wait(timeout=60))
+print(err)
+PY
+)
+check "Ctrl-C during append --batch exits 130 naming the line to resume from" eval 'has "$out" "rc 130" && has "$out" "lines 1..1000 were appended" && has "$out" "tail -n +1001"'
+tail -n +1001 "$TMP/big.jsonl" | timeout 60 "$BIN" --data "$DATA" append bigint --batch >/dev/null
+e read bigint --json
+check "... and resuming there appends each line once" eval '[[ $(grep -c . <<<"$out") == 1200 ]] && [[ $(sed -n 1200p <<<"$out") == *"\"payload\":\"1200\""* ]]'
+
 # --- CURVE from the command line ----------------------------------------------------------
 CV=$TMP/curve
 mkdir -p "$CV"
