@@ -55,6 +55,14 @@ int engram_sync(engram *log) {
   return log->be->sync(log);
 }
 
+int engram_server_stats_get(engram *log, engram_server_stats *out) {
+  if (!log || !out) return log_error(NULL, ENGRAM_EINVAL, "server stats: NULL argument");
+  if (!log->be->server_stats)
+    return log_error(NULL, ENGRAM_ENOTSUP,
+                     "server stats: a daemon's counters, only through engram_connect()");
+  return log->be->server_stats(log, out);
+}
+
 int engram_commit_stats_get(engram *log, engram_commit_stats *out) {
   if (!log || !out) return log_error(NULL, ENGRAM_EINVAL, "commit stats: NULL argument");
   struct log *l = api_log(log);

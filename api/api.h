@@ -58,6 +58,8 @@ struct engram_backend {
   int (*append_async)(engram *h, const char *topic, const engram_event *ev, engram_append_cb cb,
                       void *ctx);
   int (*append_wait)(engram *h);
+  /* The daemon's own counters; NULL for a backend without a daemon. */
+  int (*server_stats)(engram *h, engram_server_stats *out);
 };
 
 /* A public handle: its backend and that backend's state (a struct log for the embedded

@@ -38,7 +38,8 @@
   X(keygen, "make a CURVE key pair for serve and its clients")                      \
   X(mirror, "publish topics into a NATS JetStream stream, exactly once")            \
   X(restore, "rebuild a log from a stream written by mirror (--from-nats)")         \
-  X(sync, "force everything committed so far to disk")
+  X(sync, "force everything committed so far to disk")                              \
+  X(info, "a daemon's own counters: requests, errors, waiting fetches (--connect)")
 
 /* State shared by all commands: the global options and the handle they open. */
 struct cli {

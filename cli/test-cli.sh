@@ -581,6 +581,12 @@ out=$(ENGRAM_CONNECT=$EP ENGRAM_SERVER_KEY=$SKEY ENGRAM_CLIENT_KEY_FILE=$CV/clie
 check "... and so do ENGRAM_CONNECT, ENGRAM_SERVER_KEY, ENGRAM_CLIENT_KEY_FILE" eval '[[ $rc == 0 ]] && has "$out" curved'
 out=$(ENGRAM_CONNECT=$EP ENGRAM_DATA=$DATA timeout 60 "$BIN" topics 2>&1) rc=$?
 check "ENGRAM_CONNECT with ENGRAM_DATA is refused as ambiguous" eval '[[ $rc == 2 ]] && has "$out" "both set"'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" info --json
+check "info --json shows the daemon's counters" eval '[[ $rc == 0 ]] && has "$out" "\"requests\":" && has "$out" "\"waiting_fetches\":0" && has "$out" "\"workers\":16"'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" info
+check "info in text" eval '[[ $rc == 0 ]] && has "$out" "waiting fetches:"'
+c --data "$DATA" info
+check "info on a directory is a usage error naming --connect" eval '[[ $rc == 2 ]] && has "$err" "--connect"'
 c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/stranger.key" topics
 check "a client key not allowed in fails with one line" eval '[[ $rc == 1 ]] && one_line_err'
 c --connect "$EP" --server-key "$SKEY" topics

@@ -632,6 +632,24 @@ ENGRAM_API void engram_serve_stop(void);
 /* Makes a CURVE key pair as two 40-character Z85 strings (plus NUL). */
 ENGRAM_API int engram_keygen(char public_key[41], char secret_key[41]);
 
+/* The counters a daemon keeps about itself (`engram info`). */
+typedef struct engram_server_stats {
+  uint64_t uptime_ms;     /* since engram_serve started */
+  uint64_t requests;      /* requests answered */
+  uint64_t errors;        /* of which with a code other than 0 */
+  uint64_t bad_requests;  /* malformed, unknown operation or wrong protocol version */
+  uint64_t appended;      /* events appended through the daemon */
+  uint64_t notifications; /* (topic, head) messages published */
+  uint32_t workers;       /* request worker threads */
+  uint32_t queued;        /* requests waiting for a worker now */
+  uint32_t parked;        /* long-poll fetches waiting for events now */
+  char version[32];       /* the daemon's ENGRAM_VERSION_STRING */
+} engram_server_stats;
+/* Fills *out with the counters of the daemon a remote handle (engram_connect) talks to.
+ * Errors: EINVAL (NULL argument), ENOTSUP (an embedded handle: there is no daemon),
+ * ECONN, ETIMEDOUT. */
+ENGRAM_API int engram_server_stats_get(engram *log, engram_server_stats *out);
+
 #ifdef __cplusplus
 }
 #endif
