@@ -87,6 +87,16 @@ def test_connect_offers_the_same_interface(daemon):
             log.append("bad topic!", "x.y", b"")
 
 
+def test_server_stats_are_the_daemons_counters(daemon, log):
+    with engram.connect(daemon) as remote:
+        remote.append("memory", "memory.saved", b"x")
+        st = remote.server_stats()
+    assert st["requests"] >= 2 and st["appended"] == 1 and st["waiting_fetches"] == 0
+    assert st["workers"] > 0 and st["version"] == engram.VERSION
+    with pytest.raises(engram.NotSupported):
+        log.server_stats()
+
+
 def test_connect_to_nothing_fails_cleanly():
     with pytest.raises(engram.Error):
         with engram.connect(f"tcp://127.0.0.1:{free_port()}", timeout=0.3) as log:

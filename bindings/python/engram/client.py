@@ -646,6 +646,13 @@ class Log:
                 "oldest_unfinished_age_ms": (now - old) // 1000000 if 0 < old <= now else None})
         return out
 
+    def server_stats(self) -> Dict[str, Any]:
+        """The daemon's own counters (a handle from :func:`connect`): version, uptime_ms,
+        requests, errors, bad_requests, appended, notifications, workers, queued and
+        waiting_fetches, as ``engram info --json`` prints them. An embedded log raises
+        :class:`NotSupported`."""
+        return dict(self.h.server_stats())
+
     def sync(self) -> None:
         """Forces everything committed so far to disk (nometasync/async modes)."""
         self.h.sync()
