@@ -23,7 +23,7 @@
   X(read, "print events of a topic")                                                \
   X(topics, "list topics")                                                          \
   X(topic, "create, drop, show a topic or train its dictionary")                    \
-  X(group, "create, list, show, delete or reset consumer groups")                   \
+  X(group, "create, list, show, delete, reset consumer groups; who holds what")     \
   X(consume, "fetch events for a group member, print them and ack / nack / reject") \
   X(ack, "acknowledge one event for a group")                                       \
   X(nack, "ask for one event to be delivered again")                                \

@@ -554,6 +554,19 @@ tail -n +1001 "$TMP/big.jsonl" | timeout 60 "$BIN" --data "$DATA" append bigint 
 e read bigint --json
 check "... and resuming there appends each line once" eval '[[ $(grep -c . <<<"$out") == 1200 ]] && [[ $(sed -n 1200p <<<"$out") == *"\"payload\":\"1200\""* ]]'
 
+# --- group consumers: who holds what ------------------------------------------------------
+e topic create held
+for i in 1 2 3; do e append held h.x --payload "$i"; done
+e group create held hg
+e group consumers held hg
+check "group consumers with nothing in flight says so" eval '[[ $rc == 0 ]] && has "$out" "no events in flight"'
+e consume held hg --consumer w1 --count 2 --no-ack
+e consume held hg --consumer w2 --no-ack
+e group consumers held hg --json
+check "group consumers --json: each holder, its count and offsets" eval '[[ $rc == 0 ]] && has "$out" "\"consumer\":\"w1\",\"in_flight\":2,\"offsets\":[1,2]" && has "$out" "\"consumer\":\"w2\",\"in_flight\":1,\"offsets\":[3]"'
+e group consumers held hg
+check "group consumers in text: since when and the next expiry" eval '[[ $rc == 0 ]] && has "$out" HOLDING_FOR && has "$out" w2'
+
 # --- CURVE from the command line ----------------------------------------------------------
 CV=$TMP/curve
 mkdir -p "$CV"
