@@ -55,14 +55,6 @@ int engram_sync(engram *log) {
   return log->be->sync(log);
 }
 
-int engram_server_stats_get(engram *log, engram_server_stats *out) {
-  if (!log || !out) return log_error(NULL, ENGRAM_EINVAL, "server stats: NULL argument");
-  if (!log->be->server_stats)
-    return log_error(NULL, ENGRAM_ENOTSUP,
-                     "server stats: a daemon's counters, only through engram_connect()");
-  return log->be->server_stats(log, out);
-}
-
 int engram_commit_stats_get(engram *log, engram_commit_stats *out) {
   if (!log || !out) return log_error(NULL, ENGRAM_EINVAL, "commit stats: NULL argument");
   struct log *l = api_log(log);
@@ -325,4 +317,12 @@ void engram_serve_stop(void) { net_serve_stop(); }
 int engram_keygen(char public_key[41], char secret_key[41]) {
   if (!public_key || !secret_key) return log_error(NULL, ENGRAM_EINVAL, "keygen: NULL buffer");
   return net_keygen(public_key, secret_key);
+}
+
+int engram_server_info_get(engram *log, engram_server_info *out) {
+  if (!log || !out) return log_error(NULL, ENGRAM_EINVAL, "server info: NULL argument");
+  if (api_log(log))
+    return log_error(NULL, ENGRAM_ENOTSUP,
+                     "server info: an embedded handle has no daemon; ask one from engram_connect");
+  return net_server_info(log, out);
 }

@@ -58,8 +58,6 @@ struct engram_backend {
   int (*append_async)(engram *h, const char *topic, const engram_event *ev, engram_append_cb cb,
                       void *ctx);
   int (*append_wait)(engram *h);
-  /* The daemon's own counters; NULL for a backend without a daemon. */
-  int (*server_stats)(engram *h, engram_server_stats *out);
 };
 
 /* A public handle: its backend and that backend's state (a struct log for the embedded
@@ -84,5 +82,7 @@ int net_keygen(char public_key[41], char secret_key[41]);
 /* Attaches the push of an embedded handle's commits to a daemon serving its directory
  * (nothing for a read-only handle). */
 void net_notify_attach(struct log *log);
+/* engram_server_info_get of a handle from net_connect (the daemon's stats request). */
+int net_server_info(engram *h, engram_server_info *out);
 
 #endif

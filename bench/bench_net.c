@@ -30,7 +30,11 @@ static const char *usage =
     "  --drain-events N   events prefilled for the drain (default 200000)\n"
     "  --flush-ms N       embedded latency run: the handles' background flush interval\n"
     "                     (default: the library's, 1000)\n"
-    "  --only LIST        one,eight,pipelined,batch,drain,latency (default all)\n"
+    "  --only LIST        one,eight,pipelined,batch,drain,latency,hops,curve (default all\n"
+    "                     but curve); hops: one request's time by difference (embedded\n"
+    "                     append, served server info without storage, served append, in\n"
+    "                     turns); curve: one, eight, pipelined, batch and drain without\n"
+    "                     and with CURVE, in turns\n"
     "  --json PATH        write results as JSON (one result per line) to PATH\n"
     "  --dir DIR          where to create the logs (default a temporary directory)\n"
     "  --quick            1 s bounds, 20k drain events, 2 s latency runs: a smoke run\n";
@@ -45,6 +49,10 @@ static char root[4096];
 static bench_out out;
 static int run_no;
 static double one_client_sync; /* events/s of remote_append_1client in sync mode */
+/* CURVE on the daemons started from now on and their clients (the curve workload). */
+static int use_curve;
+static char srv_pub[41], srv_sec[41], cli_pub[41], cli_sec[41];
+static const char *remote_name(void) { return use_curve ? "engram-remote-curve" : "engram-remote"; }
 
 static int wanted(const char *name) {
   if (!only) return 1;
@@ -100,11 +108,23 @@ static void daemon_start(daemon_proc *d, engram_durability dur, int prefill) {
     snprintf(logf, sizeof logf, "%s.log", d->dir);
     if (!freopen(logf, "w", stderr)) _exit(3);
     engram_serve_options so = {.listen = d->ep, .durability = dur};
+    const char *allow[1] = {cli_pub};
+    if (use_curve) {
+      so.secret_key = srv_sec;
+      so.public_key = srv_pub;
+      so.allow_keys = allow;
+      so.n_allow_keys = 1;
+    }
     _exit(engram_serve(d->dir, &so) ? 1 : 0);
   }
   /* Ready when it answers. */
   for (int i = 0; i < 500; i++) {
     engram_connect_options o = {.timeout_ms = 200};
+    if (use_curve) {
+      o.server_key = srv_pub;
+      o.public_key = cli_pub;
+      o.secret_key = cli_sec;
+    }
     engram *log = NULL;
     if (engram_connect(d->ep, &o, &log) == 0) {
       if (!prefill) {
@@ -130,6 +150,11 @@ static void daemon_stop(daemon_proc *d) {
 
 static engram *client(const char *ep, uint32_t window) {
   engram_connect_options o = {.timeout_ms = 30000, .pipeline_window = window};
+  if (use_curve) {
+    o.server_key = srv_pub;
+    o.public_key = cli_pub;
+    o.secret_key = cli_sec;
+  }
   engram *log = NULL;
   bench_engram_check(NULL, engram_connect(ep, &o, &log), "connect");
   return log;
@@ -195,7 +220,7 @@ static void remote_appends(engram_durability dur, int nthreads) {
   char wl[64];
   snprintf(wl, sizeof wl, nthreads == 1 ? "remote_append_1client" : "remote_append_%dclients",
            nthreads);
-  bench_result_init(&r, wl, "engram-remote", dname(dur));
+  bench_result_init(&r, wl, remote_name(), dname(dur));
   bench_result_rate(&r, n, (double)(t1 - t0) / 1e9, bytes);
   r.p50_us = (double)bench_samples_pct(&all, 50) / 1e3;
   r.p99_us = (double)bench_samples_pct(&all, 99) / 1e3;
@@ -246,7 +271,7 @@ static void pipelined(engram_durability dur) {
   engram_close(log);
   daemon_stop(&d);
   bench_result r;
-  bench_result_init(&r, "remote_append_pipelined", "engram-remote", dname(dur));
+  bench_result_init(&r, "remote_append_pipelined", remote_name(), dname(dur));
   bench_result_rate(&r, n, s, bytes);
   if (dur == ENGRAM_DURABILITY_ASYNC) bench_result_target_rate(&r, 100000);
   bench_result_note(&r,
@@ -276,7 +301,7 @@ static void batched(engram_durability dur) {
   engram_close(log);
   daemon_stop(&d);
   bench_result r;
-  bench_result_init(&r, "remote_append_batch100", "engram-remote", dname(dur));
+  bench_result_init(&r, "remote_append_batch100", remote_name(), dname(dur));
   bench_result_rate(&r, n, s, bytes);
   bench_result_note(&r, "one client, 100 events per engram_append_batch request");
   emit(&r);
@@ -343,7 +368,7 @@ static void group_drain(engram_durability dur, int consumers) {
   engram_close(admin);
   daemon_stop(&d);
   bench_result r;
-  bench_result_init(&r, "remote_group_drain", "engram-remote", dname(dur));
+  bench_result_init(&r, "remote_group_drain", remote_name(), dname(dur));
   bench_result_rate(&r, total, s, 0);
   snprintf(r.extra, sizeof r.extra, "\"consumers\": %d, \"acked\": %llu, \"redelivered\": %llu",
            consumers, (unsigned long long)gi.acked, (unsigned long long)gi.redelivered);
@@ -557,6 +582,63 @@ static void latency(int remote) {
     bench_rmrf(dir);
 }
 
+/* ---------------------------------------------------------------------------------
+ * Where the time of one served request goes: by difference, sampled in turns in one
+ * loop (so drift on a shared machine hits all three alike). An embedded append is the
+ * storage's share; a remote engram_server_info_get (no storage) is the transport's and
+ * the daemon's hops and codec; a remote append is both plus the append's own path.
+ * ------------------------------------------------------------------------------ */
+static void hops(engram_durability dur) {
+  daemon_proc d;
+  daemon_start(&d, dur, 0);
+  engram *r = client(d.ep, 0);
+  char edir[4300];
+  snprintf(edir, sizeof edir, "%s/hops-embedded-%d", root, run_no);
+  engram_options eo = {.durability = dur};
+  engram *e = NULL;
+  bench_engram_check(NULL, engram_open(edir, &eo, &e), "open");
+  bench_engram_check(e, engram_topic_create(e, "memory", NULL), "topic create");
+  bench_samples s_info = {0}, s_rapp = {0}, s_eapp = {0};
+  bench_bound b = bench_bound_make(seconds, 0);
+  uint64_t n = 0;
+  while (!bench_bound_done(&b, n)) {
+    engram_event ev = bench_engram_event(bench_event_at(&evs, n));
+    engram_server_info in;
+    int64_t t0 = bench_now_ns();
+    bench_engram_check(r, engram_server_info_get(r, &in), "server info");
+    int64_t t1 = bench_now_ns();
+    bench_engram_check(r, engram_append(r, "memory", &ev, NULL, NULL), "remote append");
+    int64_t t2 = bench_now_ns();
+    bench_engram_check(e, engram_append(e, "memory", &ev, NULL, NULL), "embedded append");
+    int64_t t3 = bench_now_ns();
+    bench_samples_add(&s_info, t1 - t0);
+    bench_samples_add(&s_rapp, t2 - t1);
+    bench_samples_add(&s_eapp, t3 - t2);
+    n++;
+  }
+  engram_close(r);
+  engram_close(e);
+  daemon_stop(&d);
+  bench_rmrf(edir);
+  const char *names[3] = {"hops_embedded_append", "hops_remote_info", "hops_remote_append"};
+  bench_samples *ss[3] = {&s_eapp, &s_info, &s_rapp};
+  const char *notes[3] = {
+      "the storage's share: an embedded append on its own log, in turns with the two below",
+      "a served request without storage: transport, the daemon's hops, codec",
+      "a served append: both of the above plus the append's own path (lane, batch, reply)"};
+  for (int i = 0; i < 3; i++) {
+    bench_result res;
+    bench_result_init(&res, names[i], i ? "engram-remote" : "engram", dname(dur));
+    bench_result_rate(&res, n, (double)(bench_now_ns() - b.start_ns) / 1e9, 0);
+    res.p50_us = (double)bench_samples_pct(ss[i], 50) / 1e3;
+    res.p99_us = (double)bench_samples_pct(ss[i], 99) / 1e3;
+    res.p999_us = (double)bench_samples_pct(ss[i], 99.9) / 1e3;
+    bench_result_note(&res, "%s", notes[i]);
+    emit(&res);
+    bench_samples_free(ss[i]);
+  }
+}
+
 int main(int argc, char **argv) {
   const char *json = NULL, *dir = NULL;
   for (int i = 1; i < argc; i++) {
@@ -631,6 +713,22 @@ int main(int argc, char **argv) {
   if (wanted("latency")) {
     latency(0);
     latency(1);
+  }
+  for (int k = 0; k < 2; k++)
+    if (wanted("hops")) hops(both[k]);
+  if (only && wanted("curve")) { /* only when asked: it runs ten workloads twice */
+    /* The same rows without and with CURVE, in turns: its cost per row. */
+    if (engram_keygen(srv_pub, srv_sec) || engram_keygen(cli_pub, cli_sec))
+      bench_die("keygen: %s", engram_errmsg(NULL));
+    for (int k = 0; k < 2; k++)
+      for (use_curve = 0; use_curve < 2; use_curve++) {
+        remote_appends(both[k], 1);
+        remote_appends(both[k], 8);
+        pipelined(both[k]);
+        batched(both[k]);
+        group_drain(both[k], 4);
+      }
+    use_curve = 0;
   }
 
   bench_out_close(&out);

@@ -82,7 +82,6 @@ extern "C" {
 #define ENGRAM_MAX_FILTERS 16                /* type filter patterns per group */
 #define ENGRAM_MAX_BACKOFF 16                /* steps in a group's backoff schedule */
 #define ENGRAM_MAX_PAYLOAD_LIMIT (64u << 20) /* highest max_payload a topic may set */
-#define ENGRAM_MAX_FETCH 10000               /* events one engram_fetch may lease */
 
 /* The longest duration each option or argument may give, in milliseconds. A longer one
  * is refused with ENGRAM_EINVAL, so no duration can overflow the nanosecond clock. */
@@ -422,7 +421,7 @@ ENGRAM_API int engram_group_delete(engram *log, const char *topic, const char *g
 ENGRAM_API int engram_group_reset(engram *log, const char *topic, const char *group,
                                   engram_start to, uint64_t offset, int64_t time_ns);
 
-/* Leases up to `max` events (1 .. ENGRAM_MAX_FETCH) to `consumer`: first events whose lease expired or whose
+/* Leases up to `max` events to `consumer`: first events whose lease expired or whose
  * retry delay passed, then new ones matching the group's filters. Each event's attempt
  * is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to wait_ms
  * for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a fetch
@@ -616,7 +615,7 @@ typedef struct engram_serve_options {
   const char *const *allow_keys; /* client public keys allowed (Z85); with CURVE required */
   size_t n_allow_keys;
   uint32_t max_message; /* largest request in bytes, default 16 MiB */
-  uint32_t workers;     /* request worker threads, default 16 */
+  uint32_t workers;     /* request worker threads, default the machine's cores (at least 2) */
 } engram_serve_options;
 /* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
  * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with
@@ -632,23 +631,35 @@ ENGRAM_API void engram_serve_stop(void);
 /* Makes a CURVE key pair as two 40-character Z85 strings (plus NUL). */
 ENGRAM_API int engram_keygen(char public_key[41], char secret_key[41]);
 
-/* The counters a daemon keeps about itself (`engram info`). */
-typedef struct engram_server_stats {
-  uint64_t uptime_ms;     /* since engram_serve started */
-  uint64_t requests;      /* requests answered */
-  uint64_t errors;        /* of which with a code other than 0 */
-  uint64_t bad_requests;  /* malformed, unknown operation or wrong protocol version */
-  uint64_t appended;      /* events appended through the daemon */
-  uint64_t notifications; /* (topic, head) messages published */
-  uint32_t workers;       /* request worker threads */
-  uint32_t queued;        /* requests waiting for a worker now */
-  uint32_t parked;        /* long-poll fetches waiting for events now */
-  char version[32];       /* the daemon's ENGRAM_VERSION_STRING */
-} engram_server_stats;
-/* Fills *out with the counters of the daemon a remote handle (engram_connect) talks to.
+/* The numeric fields of engram_server_info, one X(type, name) each, in the struct's order
+ * (the wire, the CLI and the bindings copy and print them from this list). */
+#define ENGRAM_SERVER_INFO_FIELDS(X)                                                     \
+  X(uint32_t, protocol_version) /* ENGRAM_PROTOCOL_VERSION the daemon speaks */          \
+  X(uint32_t, durability)       /* engram_durability of the daemon's log */               \
+  X(uint32_t, max_message)      /* largest request it accepts, bytes */                  \
+  X(uint32_t, max_events)       /* most events in one append request */                  \
+  X(uint32_t, workers)          /* request worker threads */                             \
+  X(uint32_t, curve)            /* 1: clients must use CURVE */                          \
+  X(uint64_t, uptime_ms)        /* since the daemon started */                           \
+  X(uint64_t, requests)         /* requests answered */                                  \
+  X(uint64_t, errors)           /* of which with an error */                             \
+  X(uint64_t, bad_requests)     /* malformed, unknown operation or other protocol */     \
+  X(uint64_t, appended)         /* events appended through the daemon */                 \
+  X(uint64_t, notifications)    /* (topic, head) notifications published */             \
+  X(uint32_t, queued)           /* requests waiting for a worker now */                  \
+  X(uint32_t, parked)           /* long-poll fetches waiting for events now */          \
+  X(uint64_t, commits)          /* write transactions of the daemon's handle */          \
+  X(uint64_t, flushes)          /* and the fdatasync calls they cost */
+
+typedef struct engram_server_info {
+  char version[32]; /* ENGRAM_VERSION_STRING of the daemon */
+  ENGRAM_SERVER_INFO_FIELDS(ENGRAM_FIELD_)
+} engram_server_info;
+/* Asks the daemon behind a handle from engram_connect() what it is: its version,
+ * durability, limits, uptime and counters (one request; safe to repeat). Fills *out.
  * Errors: EINVAL (NULL argument), ENOTSUP (an embedded handle: there is no daemon),
- * ECONN, ETIMEDOUT. */
-ENGRAM_API int engram_server_stats_get(engram *log, engram_server_stats *out);
+ * ECONN, ETIMEDOUT, EPROTO (a reply no engram daemon sends). */
+ENGRAM_API int engram_server_info_get(engram *log, engram_server_info *out);
 
 #ifdef __cplusplus
 }

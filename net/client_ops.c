@@ -374,31 +374,6 @@ static int r_read_range(engram *log, const char *topic, uint64_t from, size_t ma
   return read_reply(log, &rq, out, "read");
 }
 
-static int r_server_stats(engram *log, engram_server_stats *out) {
-  REQ(stats, STATS, Engram__Wire__Stats, ENGRAM__WIRE__STATS__INIT);
-  (void)m;
-  Engram__Wire__Reply *rp;
-  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_STATS, &rp);
-  if (rc) {
-    if (rp) engram__wire__reply__free_unpacked(rp, NULL);
-    return rc;
-  }
-  const Engram__Wire__StatsResult *st = rp->stats;
-  memset(out, 0, sizeof *out);
-  out->uptime_ms = st->uptime_ms;
-  out->requests = st->requests;
-  out->errors = st->errors;
-  out->bad_requests = st->bad_requests;
-  out->appended = st->appended;
-  out->notifications = st->notifications;
-  out->workers = st->workers;
-  out->queued = st->queued;
-  out->parked = st->parked;
-  snprintf(out->version, sizeof out->version, "%s", st->version ? st->version : "");
-  engram__wire__reply__free_unpacked(rp, NULL);
-  return 0;
-}
-
 static int r_verify(engram *log, engram_verify_report *report) {
   if (!report) return log_error(NULL, ENGRAM_EINVAL, "verify: NULL argument");
   REQ(verify, VERIFY, Engram__Wire__Verify, ENGRAM__WIRE__VERIFY__INIT);
@@ -414,6 +389,29 @@ static int r_verify(engram *log, engram_verify_report *report) {
   report->records = rp->verify->records;
   report->damaged = rp->verify->damaged;
   snprintf(report->first_damage, sizeof report->first_damage, "%s", rp->verify->first_damage);
+  engram__wire__reply__free_unpacked(rp, NULL);
+  return 0;
+}
+
+/* engram_server_info_get: the daemon's stats request (api.h). */
+int net_server_info(engram *log, engram_server_info *out) {
+  REQ(stats, STATS, Engram__Wire__Stats, ENGRAM__WIRE__STATS__INIT);
+  (void)m;
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_STATS, &rp);
+  if (rc) {
+    if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+    return rc;
+  }
+  memset(out, 0, sizeof *out);
+  const Engram__Wire__StatsResult *st = rp->stats;
+  if (net_copy_text(out->version, sizeof out->version, st->version)) {
+    engram__wire__reply__free_unpacked(rp, NULL);
+    return log_error(NULL, ENGRAM_EPROTO, "server info: version text too long");
+  }
+#define X(type, name) out->name = (type)st->name;
+  ENGRAM_SERVER_INFO_FIELDS(X)
+#undef X
   engram__wire__reply__free_unpacked(rp, NULL);
   return 0;
 }
@@ -878,7 +876,6 @@ const struct engram_backend net_remote = {
     .read = r_read,
     .read_range = r_read_range,
     .verify = r_verify,
-    .server_stats = r_server_stats,
     .group_create = r_group_create,
     .group_info_get = r_group_info_get,
     .group_list = r_group_list,

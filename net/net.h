@@ -12,7 +12,6 @@
 #define NET_DEFAULT_LISTEN "tcp://127.0.0.1:7450"
 #define NET_DEFAULT_MAX_MESSAGE (16u << 20)
 #define NET_MIN_MAX_MESSAGE (64u << 10)
-#define NET_DEFAULT_WORKERS 16
 #define NET_MAX_WORKERS 256
 #define NET_DEFAULT_TIMEOUT_MS 10000
 #define NET_DEFAULT_WINDOW 256
@@ -164,6 +163,8 @@ void net_server_topic_changed(struct net_server *s, const char *topic);
 /* Fills the daemon's counters into a Stats reply. */
 void net_server_stats(struct net_server *s, Engram__Wire__StatsResult *st);
 uint32_t net_server_max_message(const struct net_server *s);
+/* The daemon's worker threads when the options say 0: the machine's cores, at least 2. */
+int net_default_workers(void);
 void net_server_count_appended(struct net_server *s, uint64_t n);
 
 /* The remote backend (client_ops.c): a handle made by engram_connect. */

@@ -321,7 +321,8 @@ static int start(struct net_server *s) {
   zmq_setsockopt(s->replies, ZMQ_RCVHWM, &big, sizeof big);
   if ((rc = bind_ep(s, s->replies, REPLIES_EP, NULL, 0, "replies"))) return rc;
 
-  s->n_workers = s->o.workers ? (int)s->o.workers : NET_DEFAULT_WORKERS;
+  s->main_thread = pthread_self(); /* before any thread that reads it starts */
+  s->n_workers = s->o.workers ? (int)s->o.workers : net_default_workers();
   s->workers = calloc((size_t)s->n_workers, sizeof *s->workers);
   if (!s->workers) return log_error(NULL, ENGRAM_ENOMEM, "serve: out of memory");
   for (int i = 0; i < s->n_workers; i++) {
@@ -436,8 +437,28 @@ void net_server_stats(struct net_server *s, Engram__Wire__StatsResult *st) {
   st->parked = (uint32_t)s->n_parked;
   pthread_mutex_unlock(&s->mu);
   st->version = ENGRAM_VERSION_STRING;
+  st->durability = (uint32_t)s->o.durability;
+  st->max_message = s->o.max_message;
+  st->max_events = NET_MAX_EVENTS;
+  st->protocol_version = ENGRAM_PROTOCOL_VERSION;
+  st->curve = s->o.secret_key != NULL;
+  engram_commit_stats cs;
+  if (engram_commit_stats_get(s->log, &cs) == 0) {
+    st->commits = cs.commits;
+    st->flushes = cs.flushes;
+  }
 }
 
 uint32_t net_server_max_message(const struct net_server *s) { return s->o.max_message; }
+
+/* One worker per core, at least two: requests and parked fetches are never left to wait
+ * on a worker (a long poll holds none), so more threads than cores only add hand-offs;
+ * the second keeps a lane's next batch forming while the first waits for its flush. */
+int net_default_workers(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n < 2) n = 2;
+  if (n > NET_MAX_WORKERS) n = NET_MAX_WORKERS;
+  return (int)n;
+}
 
 void net_server_count_appended(struct net_server *s, uint64_t n) { s->appended += n; }

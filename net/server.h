@@ -13,10 +13,12 @@
  * notification to publish or a newly parked fetch.
  *
  * Appends. The appends of one client connection form a lane: a worker takes every
- * append queued on the lane at once, so a pipelining client's events keep their order
- * and share one commit (consecutive appends to one topic become one
- * engram_append_batch). Lanes of different clients run on different workers, whose
- * commits the library's group commit shares.
+ * append queued on every ready lane at once, so a pipelining client's events keep their
+ * order and the appends of all connections share one commit (consecutive appends to one
+ * topic become one engram_append_batch).
+ *
+ * An idle daemon runs a quick request on the main thread itself (server_loop.c,
+ * run_here): no hand-off to a worker and back.
  *
  * Long polls. A fetch runs with no wait; when it finds nothing it is parked with the
  * topic's change sequence. A commit on the topic (from any worker, or from another
@@ -106,11 +108,12 @@ struct net_server {
   size_t n_parked;
   struct tseq *seqs[SEQ_BUCKETS];
   size_t n_seqs;
-  struct tseq *dirty; /* topics with a head to publish */
-  int stopping;       /* no new requests; parked fetches answer now */
-  int exiting;        /* workers leave when the queue is empty */
-  int running;        /* jobs being executed */
-  int park_signal;    /* main thread must look at the parked list */
+  struct tseq *dirty;    /* topics with a head to publish */
+  int stopping;          /* no new requests; parked fetches answer now */
+  int exiting;           /* workers leave when the queue is empty */
+  int running;           /* jobs being executed */
+  int park_signal;       /* main thread must look at the parked list */
+  pthread_t main_thread; /* runs server_main_loop */
 
   pthread_t *workers;
   int n_workers;
@@ -180,6 +183,9 @@ void server_reply_send(struct net_server *s, void *sock, struct job *j, Engram__
 void server_reply_error(struct net_server *s, void *sock, struct job *j, int code, const char *why);
 int server_prepare(struct net_server *s, struct worker *w, struct job *j);
 void server_run_one(struct net_server *s, struct worker *w, struct job *j);
+/* Runs one request of any kind: decoded, then a fetch (maybe parked), an append (as a
+ * lane of one) or any other operation; its reply leaves through w->push. */
+void server_run_job(struct net_server *s, struct worker *w, struct job *j);
 void server_lane_ready_locked(struct net_server *s, struct lane *l);
 void *server_worker_thread(void *arg);
 

@@ -7,8 +7,49 @@
 
 #include "net/server.h"
 
-/* Reads one request off the ROUTER and queues it (or answers a bad frame at once).
- * Returns 0, or -1 when nothing was waiting. */
+/* Runs j on the main thread when that is the fastest way to answer it: the daemon is
+ * idle (nothing queued, no worker running, no earlier request of this client waiting),
+ * nothing else waits on the ROUTER, and the operation cannot block on a flush (hello and
+ * stats; appends, fetches and acks unless every commit is synced). The reply then leaves
+ * through the ROUTER at once: no hand-off to a worker and back, two thread wake-ups that
+ * cost more than the request itself on a machine with few cores. Under load requests go
+ * to the workers, whose lanes batch them. Returns 1 when j was run (and freed). */
+static int run_here(struct net_server *s, struct job *j) {
+  int op = j->pk.op;
+  int cheap = op == ENGRAM__WIRE__REQUEST__OP_HELLO || op == ENGRAM__WIRE__REQUEST__OP_STATS;
+  int quick = s->o.durability != ENGRAM_DURABILITY_SYNC &&
+              (op == ENGRAM__WIRE__REQUEST__OP_APPEND || op == ENGRAM__WIRE__REQUEST__OP_FETCH ||
+               op == ENGRAM__WIRE__REQUEST__OP_ACK);
+  if (!cheap && !quick) return 0;
+  int ev = 0;
+  size_t el = sizeof ev;
+  if (zmq_getsockopt(s->router, ZMQ_EVENTS, &ev, &el) != 0 || (ev & ZMQ_POLLIN)) return 0;
+  pthread_mutex_lock(&s->mu);
+  int idle = s->queued == 0 && s->running == 0 && !s->stopping;
+  if (idle && op == ENGRAM__WIRE__REQUEST__OP_APPEND) {
+    const void *id = zmq_msg_data(&j->ident);
+    size_t n = zmq_msg_size(&j->ident);
+    for (struct lane *l = s->lanes[server_hash(id, n) % LANE_BUCKETS]; l; l = l->next)
+      if (l->id_len == n && !memcmp(l->id, id, n)) idle = 0; /* its appends keep their order */
+  }
+  if (idle) s->running++;
+  pthread_mutex_unlock(&s->mu);
+  if (!idle) return 0;
+  struct worker here = {.s = s, .push = s->router};
+  server_run_job(s, &here, j);
+  pthread_mutex_lock(&s->mu);
+  s->running--;
+  /* Parked fetches its commit or group change woke wait for the committing thread to
+   * take them next (server_on_commit does not signal): here that is a worker's job. */
+  if (s->w_head || s->q_head || s->ready_head) pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  return 1;
+}
+
+/* Reads one request off the ROUTER and queues it (or answers a bad frame at once, or runs
+ * it here). Returns 0; 1 when it ran here, having seen nothing else waiting (so the
+ * caller need not ask the ROUTER again before its next poll); -1 when nothing was
+ * waiting. */
 static int take_request(struct net_server *s) {
   struct job *j = calloc(1, sizeof *j);
   if (!j) return -1;
@@ -65,6 +106,7 @@ static int take_request(struct net_server *s) {
     server_reply_error(s, s->router, j, code, why);
     return 0;
   }
+  if (run_here(s, j)) return 1;
   pthread_mutex_lock(&s->mu);
   if (j->pk.op == ENGRAM__WIRE__REQUEST__OP_APPEND) {
     const void *id = zmq_msg_data(&j->ident);
@@ -230,8 +272,9 @@ void server_main_loop(struct net_server *s) {
         pthread_mutex_lock(&s->mu);
         int full = s->queued >= MAX_QUEUED;
         pthread_mutex_unlock(&s->mu);
-        if (full || take_request(s) < 0) break;
+        if (full || take_request(s) != 0) break; /* nothing left, or it ran here */
       }
+      server_publish_dirty(s); /* commits of requests run right here */
     }
     if (it[2].revents & ZMQ_POLLIN) take_notify_in(s);
     timeout = check_parked(s);

@@ -105,7 +105,9 @@ void server_on_commit(void *ctx, const char *topic, uint64_t head) {
     }
   }
   pthread_mutex_unlock(&s->mu);
-  if (wake) server_wake_main(s);
+  /* A commit the main thread made itself is published after its request (a wake-up
+   * would cost it a write, a read and another turn of its loop: syscalls are dear). */
+  if (wake && !pthread_equal(pthread_self(), s->main_thread)) server_wake_main(s);
 }
 
 void server_publish(struct net_server *s, const char *topic, uint64_t head) {

@@ -160,8 +160,7 @@ static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
   net_arena_free(&a);
 }
 
-/* Results of the appends of one job. */
-static void run_job(struct net_server *s, struct worker *w, struct job *j) {
+void server_run_job(struct net_server *s, struct worker *w, struct job *j) {
   if (server_prepare(s, w, j)) return;
   if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_FETCH)
     run_fetch(s, w, j);
@@ -210,38 +209,53 @@ static void *worker_main(void *arg) {
       s->queued--;
       s->running++;
       pthread_mutex_unlock(&s->mu);
-      run_job(s, w, j);
+      server_run_job(s, w, j);
       pthread_mutex_lock(&s->mu);
       s->running--;
       continue;
     }
     /* Alternate between plain requests and lanes so neither starves the other. */
     if (s->ready_head && (!s->q_head || (w->turn++ & 1))) {
-      struct lane *l = s->ready_head;
-      s->ready_head = l->next_ready;
-      if (!s->ready_head) s->ready_tail = NULL;
-      l->ready = 0;
-      l->busy = 1;
-      struct job *list = l->head, *last = l->head;
-      size_t n = 1;
-      while (last->next && n < LANE_TAKE) {
-        last = last->next;
+      /* Every ready lane at once (up to LANE_TAKE appends): the appends of all
+       * connections then share one transaction and one flush, as a single-threaded
+       * server's would, instead of one commit per connection. Each lane's appends stay
+       * in order; lanes are busy until this worker is done with them. */
+      struct lane *taken[LANE_TAKE];
+      size_t nl = 0, n = 0;
+      struct job *list = NULL, **tail = &list;
+      while (s->ready_head && n < LANE_TAKE) {
+        struct lane *l = s->ready_head;
+        s->ready_head = l->next_ready;
+        if (!s->ready_head) s->ready_tail = NULL;
+        l->ready = 0;
+        l->busy = 1;
+        taken[nl++] = l;
+        struct job *last = l->head;
         n++;
+        while (last->next && n < LANE_TAKE) {
+          last = last->next;
+          n++;
+        }
+        *tail = l->head;
+        tail = &last->next;
+        l->head = last->next;
+        if (!l->head) l->tail = NULL;
+        last->next = NULL;
       }
-      l->head = last->next;
-      if (!l->head) l->tail = NULL;
-      last->next = NULL;
       s->queued -= n;
       s->running++;
       pthread_mutex_unlock(&s->mu);
       server_run_lane(s, w, list);
       pthread_mutex_lock(&s->mu);
       s->running--;
-      l->busy = 0;
-      if (l->head)
-        server_lane_ready_locked(s, l);
-      else
-        lane_drop_locked(s, l);
+      for (size_t i = 0; i < nl; i++) {
+        struct lane *l = taken[i];
+        l->busy = 0;
+        if (l->head)
+          server_lane_ready_locked(s, l);
+        else
+          lane_drop_locked(s, l);
+      }
     } else {
       struct job *j = s->q_head;
       s->q_head = j->next;
@@ -249,7 +263,7 @@ static void *worker_main(void *arg) {
       s->queued--;
       s->running++;
       pthread_mutex_unlock(&s->mu);
-      run_job(s, w, j);
+      server_run_job(s, w, j);
       pthread_mutex_lock(&s->mu);
       s->running--;
     }

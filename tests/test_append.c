@@ -25,8 +25,7 @@ typedef struct fx {
 
 static int setup(void **state) {
   fx *f = calloc(1, sizeof *f);
-  f->dir = tu_tmpdir("append");
-  f->logdir = tu_join(f->dir, "log");
+  tu_fx_dirs("append", &f->dir, &f->logdir);
   tu_clock_init(&f->clock, 0);
   *state = f;
   return 0;
@@ -34,9 +33,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   fx *f = *state;
-  engram_close(f->log);
-  free(f->logdir);
-  tu_tmpdir_done(f->dir);
+  tu_fx_dirs_done(f->log, f->dir, f->logdir);
   free(f);
   return 0;
 }

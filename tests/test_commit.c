@@ -15,26 +15,10 @@
 #include "engram.h"
 #include "helpers/testutil.h"
 
-typedef struct fx {
-  char *dir;
-  char *logdir;
-  engram *log;
-} fx;
+typedef tu_fx fx;
 
 static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  f->dir = tu_tmpdir("commit");
-  f->logdir = tu_join(f->dir, "log");
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  engram_close(f->log);
-  free(f->logdir);
-  tu_tmpdir_done(f->dir);
-  free(f);
+  *state = tu_fx_new("commit");
   return 0;
 }
 
@@ -205,7 +189,7 @@ static void closing_while_a_dictionary_trains_is_clean(void **state) {
 
 int main(void) {
   tu_test_filter();
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, tu_fx_teardown)
   const struct CMUnitTest tests[] = {
       T(every_writer_returns_within_a_few_commits_while_others_keep_writing),
       T(commit_statistics_count_commits_writes_and_flushes),

@@ -30,8 +30,7 @@ typedef struct fx {
 
 static int setup(void **state) {
   fx *f = calloc(1, sizeof *f);
-  f->dir = tu_tmpdir("crash");
-  f->logdir = tu_join(f->dir, "log");
+  tu_fx_dirs("crash", &f->dir, &f->logdir);
   const char *seed = getenv("ENGRAM_TEST_SEED");
   f->rng = seed ? strtoull(seed, NULL, 0) : (uint64_t)tu_now_ns() ^ ((uint64_t)getpid() << 32);
   if (!f->rng) f->rng = 1;
@@ -42,8 +41,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   fx *f = *state;
-  free(f->logdir);
-  tu_tmpdir_done(f->dir);
+  tu_fx_dirs_done(NULL, f->dir, f->logdir);
   free(f);
   return 0;
 }

@@ -20,10 +20,7 @@
 
 #define EVENTS 400
 
-typedef struct fx {
-  char *dir;    /* the test's own temp dir */
-  char *logdir; /* dir/log: the undamaged log */
-} fx;
+typedef tu_fx fx; /* logdir: the undamaged log */
 
 /* Copies damaged per run: fewer under the sanitizers, where every command of the CLI
  * runs several times slower (ENGRAM_DAMAGE_COPIES overrides). */
@@ -34,18 +31,7 @@ typedef struct fx {
 #endif
 
 static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  f->dir = tu_tmpdir("damage");
-  f->logdir = tu_join(f->dir, "log");
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  free(f->logdir);
-  tu_tmpdir_done(f->dir);
-  free(f);
+  *state = tu_fx_new("damage");
   return 0;
 }
 
@@ -428,7 +414,7 @@ static void flipped_bits_never_kill_a_reader_nor_hide_an_event(void **state) {
 
 int main(void) {
   tu_test_filter();
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, tu_fx_teardown)
   const struct CMUnitTest tests[] = {
       T(a_missing_offset_inside_the_range_is_damage_not_a_gap),
       T(a_topic_record_that_does_not_decode_is_damage),

@@ -18,12 +18,7 @@
 #include "helpers/testutil.h"
 #include "test_net_daemon.h"
 
-#define OK(log, call) ok_at(log, (call), #call, __LINE__)
-static void ok_at(engram *log, int rc, const char *what, int line) {
-  if (rc)
-    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
-  assert_int_equal(rc, 0);
-}
+#define OK(log, call) TU_OK(log, call)
 
 /* The call was refused as invalid, with a message naming the limit. */
 #define INVALID(log, call) invalid_at(log, (call), #call, __LINE__)

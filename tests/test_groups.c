@@ -32,8 +32,7 @@ typedef struct fx {
 
 static int setup(void **state) {
   fx *f = calloc(1, sizeof *f);
-  f->dir = tu_tmpdir("groups");
-  f->logdir = tu_join(f->dir, "log");
+  tu_fx_dirs("groups", &f->dir, &f->logdir);
   tu_clock_init(&f->clock, T0);
   f->opts.clock_ns = tu_clock_ns;
   f->opts.clock_ctx = &f->clock;
@@ -45,9 +44,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   fx *f = *state;
-  engram_close(f->log);
-  free(f->logdir);
-  tu_tmpdir_done(f->dir);
+  tu_fx_dirs_done(f->log, f->dir, f->logdir);
   free(f);
   return 0;
 }

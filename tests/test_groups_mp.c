@@ -38,8 +38,7 @@ typedef struct fx {
 
 static int setup(void **state) {
   fx *f = calloc(1, sizeof *f);
-  f->dir = tu_tmpdir("groups-mp");
-  f->logdir = tu_join(f->dir, "log");
+  tu_fx_dirs("groups-mp", &f->dir, &f->logdir);
   f->opts.durability = ENGRAM_DURABILITY_ASYNC;
   *state = f;
   return 0;
@@ -47,8 +46,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   fx *f = *state;
-  free(f->logdir);
-  tu_tmpdir_done(f->dir);
+  tu_fx_dirs_done(NULL, f->dir, f->logdir);
   free(f);
   return 0;
 }

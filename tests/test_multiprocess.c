@@ -17,27 +17,14 @@
 #define NPROC 4
 #define PER_PROC 500
 
-typedef struct fx {
-  char *dir;
-  char *logdir;
-} fx;
+typedef tu_fx fx;
 
 static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  f->dir = tu_tmpdir("multiprocess");
-  f->logdir = tu_join(f->dir, "log");
+  fx *f = tu_fx_new("multiprocess");
   engram *log = tu_open(f->logdir, NULL);
   tu_topic(log, "memory", NULL);
   engram_close(log); /* children open their own handles; the parent holds none while forking */
   *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  free(f->logdir);
-  tu_tmpdir_done(f->dir);
-  free(f);
   return 0;
 }
 
@@ -317,7 +304,7 @@ static void four_processes_creating_a_topic_and_appending_on_a_fresh_log_all_suc
 
 int main(void) {
   tu_test_filter();
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, tu_fx_teardown)
   const struct CMUnitTest tests[] = {
       T(four_processes_appending_at_once_lose_nothing_and_share_dense_offsets),
       T(batches_from_different_processes_never_interleave),

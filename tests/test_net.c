@@ -25,18 +25,27 @@
 #include "helpers/testutil.h"
 #include "test_net_daemon.h"
 
-#define OK(log, call) ok_at(log, (call), #call, __LINE__)
-static void ok_at(engram *log, int rc, const char *what, int line) {
-  if (rc)
-    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
-  assert_int_equal(rc, 0);
-}
+#define OK(log, call) TU_OK(log, call)
 
 static engram *conn(td *d, uint32_t timeout_ms) {
   engram_connect_options o = {.timeout_ms = timeout_ms};
   engram *log = td_connect_within(d->ep, 5000, &o);
   assert_non_null(log);
   return log;
+}
+
+/* A daemon started in a new temp dir named after tag, and a client connected to it. */
+static engram *serve_and_conn(td *d, const char *tag) {
+  td_init(d, tag);
+  td_start(d);
+  return conn(d, 5000);
+}
+
+/* Closes the client, stops the daemon (which must exit 0) and removes its temp dir. */
+static void conn_and_serve_done(td *d, engram *r) {
+  engram_close(r);
+  assert_int_equal(td_stop(d), 0);
+  td_done(d);
 }
 
 static engram_event ev_of(const char *type, const char *key, const char *payload) {
@@ -50,9 +59,7 @@ static engram_event ev_of(const char *type, const char *key, const char *payload
 static void every_log_operation_works_through_the_daemon(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-log");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-log");
 
   engram_topic_config cfg = {.max_payload = 4096, .compress_threshold = 64};
   OK(r, engram_topic_create(r, "memory", &cfg));
@@ -152,18 +159,14 @@ static void every_log_operation_works_through_the_daemon(void **state) {
   engram_close(copy);
   free(dest);
 
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* Errors: the daemon's code and its message, as the embedded library gives them. */
 static void errors_carry_the_same_code_and_message_as_embedded(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-errors");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-errors");
   char *edir = tu_join(d.dir, "embedded");
   engram *l = tu_open(edir, NULL);
   engram_topic_config cfg = {.max_payload = 16};
@@ -217,9 +220,7 @@ static void errors_carry_the_same_code_and_message_as_embedded(void **state) {
   assert_int_equal(ti.count, 0);
   engram_close(l);
   free(edir);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* One bad input per case, for every entry point of engram.h that takes a handle: run
@@ -343,9 +344,7 @@ static int bad_input(engram *log, int k) {
 static void every_entry_point_answers_bad_input_alike_on_both_backends(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-badtable");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-badtable");
   char *edir = tu_join(d.dir, "embedded");
   engram *l = tu_open(edir, NULL);
   engram_topic_config cfg = {.max_payload = 16};
@@ -377,9 +376,7 @@ static void every_entry_point_answers_bad_input_alike_on_both_backends(void **st
   }
   engram_close(l);
   free(edir);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -580,18 +577,14 @@ static void group_operations_agree_with_the_embedded_library_step_by_step(void *
   assert_int_equal(mismatches, 0);
   engram_close(l);
   free(edir);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* Time-driven group behaviour, on the daemon's own clock. */
 static void leases_expire_and_retries_come_back_through_the_daemon(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-lease");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-lease");
   OK(r, engram_topic_create(r, "memory", NULL));
   engram_event e = ev_of("memory.saved", NULL, "x");
   OK(r, engram_append(r, "memory", &e, NULL, NULL));
@@ -641,9 +634,7 @@ static void leases_expire_and_retries_come_back_through_the_daemon(void **state)
   assert_int_equal(st.result_len, 2);
   assert_memory_equal(st.result, "ok", 2);
   engram_free(st.result);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -671,9 +662,7 @@ static void *poll_thread(void *arg) {
 static void a_long_poll_returns_when_events_arrive_or_its_wait_ends(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-poll");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-poll");
   engram *w = conn(&d, 5000);
   OK(r, engram_topic_create(r, "memory", NULL));
   OK(r, engram_group_create(r, "memory", "g", NULL));
@@ -712,9 +701,7 @@ static void a_long_poll_returns_when_events_arrive_or_its_wait_ends(void **state
   engram_close(l);
 
   engram_close(w);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 struct acks {
@@ -773,9 +760,7 @@ static void pipelined_appends_keep_their_order_and_report_every_offset(void **st
     assert_string_equal((const char *)b->events[i].payload, payload);
   }
   engram_batch_free(b);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 struct results {
@@ -839,9 +824,7 @@ static void pipelined_appends_fail_alone_and_leave_without_further_calls(void **
   OK(r, engram_append_wait(r));
   assert_int_equal(quiet.n, 30);
   engram_close(other);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 struct appender {
@@ -903,9 +886,7 @@ static void replies_come_back_out_of_order_on_one_connection(void **state) {
   engram_topic_info ti;
   OK(r, engram_topic_info_get(r, "memory", &ti));
   assert_int_equal(ti.count, 801);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -945,9 +926,7 @@ static void no_daemon_means_econn_and_a_frozen_one_etimedout(void **state) {
     tu_sleep_ms(20);
   }
   assert_int_equal(ti.count, 1);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 struct infoer {
@@ -1012,9 +991,7 @@ static void clients_reconnect_after_a_daemon_restart(void **state) {
             engram_errname(in.rc), (long long)took, (long long)up_ms);
   OK(r, in.rc);
   assert_int_equal(in.count, 2);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* A TCP port nothing listens on (bound and released: good enough for a test). */
@@ -1063,9 +1040,7 @@ static void a_second_daemon_on_the_same_directory_is_refused(void **state) {
 static void sigterm_answers_requests_in_flight_and_stops_cleanly(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-sigterm");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-sigterm");
   OK(r, engram_topic_create(r, "memory", NULL));
   OK(r, engram_group_create(r, "memory", "g", NULL));
   struct poller p = {.log = r, .wait_ms = 20000};
@@ -1229,9 +1204,7 @@ static void commits_are_published_and_wake_embedded_waiters(void **state) {
 
   zmq_close(sub);
   zmq_ctx_term(ctx);
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 /* Without a daemon, embedded processes still wake each other. */
@@ -1341,6 +1314,8 @@ static void every_cli_command_works_with_connect(void **state) {
       {{E, C, P, "backup", bk, NULL}},
       {{E, C, P, "group", "reset", "memory", "g", "--to", "earliest", NULL}},
       {{E, C, P, "group", "delete", "memory", "g", NULL}},
+      {{E, C, P, "info", NULL}},
+      {{E, C, P, "info", "--json", NULL}},
   };
   int failed = 0;
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
@@ -1493,9 +1468,7 @@ static void the_serve_command_takes_a_config_file_and_curve_key_files(void **sta
 static void a_remote_transaction_commits_acks_and_appends_together(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-txn");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-txn");
   OK(r, engram_topic_create(r, "memory", NULL));
   OK(r, engram_topic_create(r, "derived", NULL));
   engram_event in[2] = {ev_of("memory.saved", NULL, "a"), ev_of("memory.saved", NULL, "b")};
@@ -1551,17 +1524,13 @@ static void a_remote_transaction_commits_acks_and_appends_together(void **state)
   assert_int_equal(b->events[0].offset, 3);
   engram_batch_free(b);
 
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 static void a_failing_ack_aborts_the_whole_remote_transaction(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-txn-fail");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-txn-fail");
   OK(r, engram_topic_create(r, "memory", NULL));
   OK(r, engram_topic_create(r, "derived", NULL));
   engram_event e = ev_of("memory.saved", NULL, "a");
@@ -1619,17 +1588,13 @@ static void a_failing_ack_aborts_the_whole_remote_transaction(void **state) {
   OK(r, engram_status_get(r, "memory", "g", 2, &st));
   assert_int_equal(st.state, ENGRAM_STATE_IN_FLIGHT);
 
-  engram_close(r);
-  assert_int_equal(td_stop(&d), 0);
-  td_done(&d);
+  conn_and_serve_done(&d, r);
 }
 
 static void an_empty_remote_transaction_commits_as_a_no_op(void **state) {
   (void)state;
   td d;
-  td_init(&d, "net-txn-empty");
-  td_start(&d);
-  engram *r = conn(&d, 5000);
+  engram *r = serve_and_conn(&d, "net-txn-empty");
   OK(r, engram_topic_create(r, "memory", NULL));
   engram_txn *txn;
   OK(r, engram_txn_begin(r, &txn));
@@ -1639,6 +1604,139 @@ static void an_empty_remote_transaction_commits_as_a_no_op(void **state) {
   engram_topic_info ti;
   OK(r, engram_topic_info_get(r, "memory", &ti));
   assert_int_equal(ti.head_offset, 0);
+  conn_and_serve_done(&d, r);
+}
+
+/* ---------------------------------------------------------------------------------
+ * What the daemon is; appends of many connections together.
+ * ------------------------------------------------------------------------------ */
+static void the_daemon_says_what_it_is(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-info");
+  d.o.durability = ENGRAM_DURABILITY_NOMETASYNC;
+  d.o.max_message = 1u << 20;
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_event e = ev_of("memory.saved", "k", "{}");
+  OK(r, engram_append(r, "memory", &e, NULL, NULL));
+
+  engram_server_info info;
+  memset(&info, 0xff, sizeof info);
+  OK(r, engram_server_info_get(r, &info));
+  assert_string_equal(info.version, ENGRAM_VERSION_STRING);
+  assert_int_equal(info.protocol_version, ENGRAM_PROTOCOL_VERSION);
+  assert_int_equal(info.durability, ENGRAM_DURABILITY_NOMETASYNC);
+  assert_int_equal(info.max_message, 1u << 20);
+  assert_int_equal(info.max_events, 65536);
+  assert_int_equal(info.curve, 0);
+  /* Workers default to the machine's cores, at least two. */
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  assert_int_equal(info.workers, cores < 2 ? 2 : cores);
+  assert_true(info.requests >= 2); /* the topic and the append, answered before this one */
+  assert_int_equal(info.appended, 1);
+  assert_int_equal(info.errors, 0);
+  assert_true(info.commits >= 1 && info.flushes >= 1);
+  assert_true(info.uptime_ms < 600000);
+
+  /* Bad input and an embedded handle. */
+  assert_int_equal(engram_server_info_get(r, NULL), ENGRAM_EINVAL);
+  assert_int_equal(engram_server_info_get(NULL, &info), ENGRAM_EINVAL);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  engram *l;
+  OK(NULL, engram_open(d.logdir, NULL, &l));
+  assert_int_equal(engram_server_info_get(l, &info), ENGRAM_ENOTSUP);
+  assert_non_null(strstr(engram_errmsg(l), "engram_connect"));
+  engram_close(l);
+  td_done(&d);
+}
+
+#define SHARERS 8
+#define SHARE_EACH 40
+struct sharer {
+  const char *ep;
+  int id;
+  uint64_t offs[SHARE_EACH];
+  int bad_rc[SHARE_EACH];
+  int fails;
+};
+
+static void *share_thread(void *arg) {
+  struct sharer *t = arg;
+  engram_connect_options o = {.timeout_ms = 30000};
+  engram *r = td_connect_within(t->ep, 10000, &o);
+  if (!r) {
+    t->fails++;
+    return NULL;
+  }
+  static char big[3000];
+  memset(big, 'x', sizeof big - 1);
+  for (int i = 0; i < SHARE_EACH; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "c%d-%d", t->id, i);
+    engram_event e = ev_of("memory.saved", key, "{}");
+    if (t->id == 0 && i % 2) { /* over the topic's max_payload: refused alone */
+      engram_event b = ev_of("memory.saved", key, big);
+      t->bad_rc[i] = engram_append(r, "memory", &b, &t->offs[i], NULL);
+      continue;
+    }
+    if (engram_append(r, "memory", &e, &t->offs[i], NULL)) t->fails++;
+  }
+  engram_close(r);
+  return NULL;
+}
+
+static void appends_of_many_connections_commit_together_in_each_ones_order(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-share");
+  td_start(&d);
+  engram *r = conn(&d, 5000);
+  engram_topic_config cfg = {.max_payload = 1024};
+  OK(r, engram_topic_create(r, "memory", &cfg));
+  struct sharer ts[SHARERS];
+  pthread_t th[SHARERS];
+  memset(ts, 0, sizeof ts);
+  for (int i = 0; i < SHARERS; i++) {
+    ts[i].ep = d.ep;
+    ts[i].id = i;
+    assert_int_equal(pthread_create(&th[i], NULL, share_thread, &ts[i]), 0);
+  }
+  for (int i = 0; i < SHARERS; i++) pthread_join(th[i], NULL);
+  size_t good = 0;
+  for (int i = 0; i < SHARERS; i++) {
+    assert_int_equal(ts[i].fails, 0);
+    uint64_t last = 0;
+    for (int k = 0; k < SHARE_EACH; k++) {
+      if (i == 0 && k % 2) { /* each bad append got its own answer, nothing else did */
+        assert_int_equal(ts[i].bad_rc[k], ENGRAM_ETOOBIG);
+        continue;
+      }
+      assert_true(ts[i].offs[k] > last); /* a connection's appends keep their order */
+      last = ts[i].offs[k];
+      good++;
+    }
+  }
+  /* Every good append has its own offset and its own event. */
+  engram_topic_info ti;
+  OK(r, engram_topic_info_get(r, "memory", &ti));
+  assert_int_equal(ti.count, good);
+  assert_int_equal(ti.head_offset, good);
+  for (int i = 0; i < SHARERS; i++)
+    for (int k = 0; k < SHARE_EACH; k++) {
+      if (i == 0 && k % 2) continue;
+      engram_batch *b;
+      OK(r, engram_read(r, "memory", ts[i].offs[k], &b));
+      char key[32];
+      snprintf(key, sizeof key, "c%d-%d", i, k);
+      assert_string_equal(b->events[0].key, key);
+      engram_batch_free(b);
+    }
+  engram_server_info info;
+  OK(r, engram_server_info_get(r, &info));
+  assert_int_equal(info.appended, good);
   engram_close(r);
   assert_int_equal(td_stop(&d), 0);
   td_done(&d);
@@ -1669,6 +1767,8 @@ int main(void) {
       cmocka_unit_test(a_remote_transaction_commits_acks_and_appends_together),
       cmocka_unit_test(a_failing_ack_aborts_the_whole_remote_transaction),
       cmocka_unit_test(an_empty_remote_transaction_commits_as_a_no_op),
+      cmocka_unit_test(the_daemon_says_what_it_is),
+      cmocka_unit_test(appends_of_many_connections_commit_together_in_each_ones_order),
   };
   return cmocka_run_group_tests_name("net", tests, NULL, NULL);
 }

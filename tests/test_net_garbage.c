@@ -22,12 +22,7 @@
 
 #define FRAMES 6000
 
-#define OK(log, call) ok_at(log, (call), #call, __LINE__)
-static void ok_at(engram *log, int rc, const char *what, int line) {
-  if (rc)
-    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
-  assert_int_equal(rc, 0);
-}
+#define OK(log, call) TU_OK(log, call)
 
 /* ---------------------------------------------------------------------------------
  * Valid requests to mutate. None names the topic the well-behaved client uses, and the
@@ -46,6 +41,17 @@ static struct frame pack(Engram__Wire__Request *rq) {
   engram__wire__request__pack(rq, f.p);
   return f;
 }
+
+/* Completes the request in rq (version 1, the id, the op with its field set to v) and
+ * adds it packed to out. */
+#define ADD(id_, op_, field_, v_)                 \
+  do {                                            \
+    rq.version = 1;                               \
+    rq.id = (id_);                                \
+    rq.op_case = ENGRAM__WIRE__REQUEST__OP_##op_; \
+    rq.field_ = (v_);                             \
+    out[n++] = pack(&rq);                         \
+  } while (0)
 
 static int templates(struct frame *out) {
   int n = 0;
@@ -74,11 +80,7 @@ static int templates(struct frame *out) {
     a.topic = "memory";
     a.events = ep;
     a.n_events = 2;
-    rq.version = 1;
-    rq.id = 7;
-    rq.op_case = ENGRAM__WIRE__REQUEST__OP_APPEND;
-    rq.append = &a;
-    out[n++] = pack(&rq);
+    ADD(7, APPEND, append, &a);
   }
   {
     engram__wire__request__init(&rq);
@@ -86,11 +88,7 @@ static int templates(struct frame *out) {
     r.topic = "memory";
     r.from = 1;
     r.max = 5;
-    rq.version = 1;
-    rq.id = 8;
-    rq.op_case = ENGRAM__WIRE__REQUEST__OP_READ_RANGE;
-    rq.read_range = &r;
-    out[n++] = pack(&rq);
+    ADD(8, READ_RANGE, read_range, &r);
   }
   {
     engram__wire__request__init(&rq);
@@ -100,11 +98,7 @@ static int templates(struct frame *out) {
     f.consumer = "c1";
     f.max = 3;
     f.wait_ms = 0;
-    rq.version = 1;
-    rq.id = 9;
-    rq.op_case = ENGRAM__WIRE__REQUEST__OP_FETCH;
-    rq.fetch = &f;
-    out[n++] = pack(&rq);
+    ADD(9, FETCH, fetch, &f);
   }
   {
     engram__wire__request__init(&rq);
@@ -119,11 +113,7 @@ static int templates(struct frame *out) {
     a.group = "g";
     a.items = &ip;
     a.n_items = 1;
-    rq.version = 1;
-    rq.id = 10;
-    rq.op_case = ENGRAM__WIRE__REQUEST__OP_ACK;
-    rq.ack = &a;
-    out[n++] = pack(&rq);
+    ADD(10, ACK, ack, &a);
   }
   {
     engram__wire__request__init(&rq);
@@ -139,11 +129,7 @@ static int templates(struct frame *out) {
     g.topic = "memory";
     g.group = "h";
     g.config = &c;
-    rq.version = 1;
-    rq.id = 11;
-    rq.op_case = ENGRAM__WIRE__REQUEST__OP_GROUP_CREATE;
-    rq.group_create = &g;
-    out[n++] = pack(&rq);
+    ADD(11, GROUP_CREATE, group_create, &g);
   }
   {
     engram__wire__request__init(&rq);
@@ -155,21 +141,13 @@ static int templates(struct frame *out) {
     k.delay_ms = -1;
     k.has_error = 1;
     k.error = "boom";
-    rq.version = 1;
-    rq.id = 12;
-    rq.op_case = ENGRAM__WIRE__REQUEST__OP_NACK;
-    rq.nack = &k;
-    out[n++] = pack(&rq);
+    ADD(12, NACK, nack, &k);
   }
   {
     engram__wire__request__init(&rq);
     Engram__Wire__Hello h = ENGRAM__WIRE__HELLO__INIT;
     h.client = "garbage test";
-    rq.version = 1;
-    rq.id = 13;
-    rq.op_case = ENGRAM__WIRE__REQUEST__OP_HELLO;
-    rq.hello = &h;
-    out[n++] = pack(&rq);
+    ADD(13, HELLO, hello, &h);
   }
   {
     engram__wire__request__init(&rq);
@@ -195,14 +173,11 @@ static int templates(struct frame *out) {
     o[1].append = &tp;
     t.ops = op;
     t.n_ops = 2;
-    rq.version = 1;
-    rq.id = 14;
-    rq.op_case = ENGRAM__WIRE__REQUEST__OP_TXN_COMMIT;
-    rq.txn_commit = &t;
-    out[n++] = pack(&rq);
+    ADD(14, TXN_COMMIT, txn_commit, &t);
   }
   return n;
 }
+#undef ADD
 
 /* ---------------------------------------------------------------------------------
  * Malformed frames.

@@ -23,12 +23,7 @@
 #define MAX_SEQ 200000 /* appends one producer can make in a run, bounded for the tables */
 #define MAX_OFFSETS 2000000
 
-#define OK(log, call) ok_at(log, (call), #call, __LINE__)
-static void ok_at(engram *log, int rc, const char *what, int line) {
-  if (rc)
-    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
-  assert_int_equal(rc, 0);
-}
+#define OK(log, call) TU_OK(log, call)
 
 enum { UNSENT = 0, ACKED = 1, UNKNOWN = 2 };
 

@@ -16,24 +16,10 @@
 #include "engram.h"
 #include "helpers/testutil.h"
 
-typedef struct fx {
-  char *dir;
-  char *logdir;
-} fx;
+typedef tu_fx fx;
 
 static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  f->dir = tu_tmpdir("pipeline");
-  f->logdir = tu_join(f->dir, "log");
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  free(f->logdir);
-  tu_tmpdir_done(f->dir);
-  free(f);
+  *state = tu_fx_new("pipeline");
   return 0;
 }
 
@@ -193,12 +179,13 @@ int main(void) {
   tu_test_filter();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(appends_keep_their_order_and_call_back_in_order, setup,
-                                      teardown),
+                                      tu_fx_teardown),
       cmocka_unit_test_setup_teardown(a_bad_event_is_refused_at_once_and_a_missing_topic_at_wait,
-                                      setup, teardown),
-      cmocka_unit_test_setup_teardown(idempotency_keys_work_through_the_pipeline, setup, teardown),
+                                      setup, tu_fx_teardown),
+      cmocka_unit_test_setup_teardown(idempotency_keys_work_through_the_pipeline, setup,
+                                      tu_fx_teardown),
       cmocka_unit_test_setup_teardown(a_producer_killed_mid_pipeline_loses_no_acknowledged_append,
-                                      setup, teardown),
+                                      setup, tu_fx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,25 +18,12 @@
 #include "helpers/testutil.h"
 #include "test_net_daemon.h"
 
-typedef struct fx {
-  char *dir;
-  char *logdir;
-} fx;
+typedef tu_fx fx;
 
 static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  f->dir = tu_tmpdir("topic_drop");
-  f->logdir = tu_join(f->dir, "log");
+  fx *f = tu_fx_new("topic_drop");
   engram_close(tu_open(f->logdir, NULL)); /* the log exists; no handle is held */
   *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  free(f->logdir);
-  tu_tmpdir_done(f->dir);
-  free(f);
   return 0;
 }
 
@@ -460,7 +447,7 @@ static void a_log_with_a_dropped_topic_verifies_clean(void **state) {
 
 int main(void) {
   tu_test_filter();
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, tu_fx_teardown)
   const struct CMUnitTest tests[] = {
       T(topics_another_process_creates_after_the_open_work_with_every_call),
       T(a_topic_dropped_and_recreated_in_this_process_works_with_every_call),

@@ -4,7 +4,9 @@
 #   bash bench/peers/run.sh [--quick] [--systems LIST] [--workloads LIST] [--rows LIST]
 #                           [--no-install]                    (make bench-peers runs it)
 #
-#   --systems    engram,engram-remote,redis,nats (default all)
+#   --systems    engram,engram-remote,redis,nats,zmq-echo (default all); zmq-echo is a bare
+#                ZeroMQ DEALER/ROUTER echo of engram-sized requests: the floor under the
+#                served rows (append workloads only)
 #   --workloads  append1,append8,batch100,drain,latency (default all)
 #   --rows       fsync,everyday (default both): fsync = a write is on disk before its ack
 #                (engram sync, Redis appendfsync always; NATS 2.9 cannot, its rows say so);
@@ -22,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 RESULTS=bench/results
-SYSTEMS=engram,engram-remote,redis,nats
+SYSTEMS=engram,engram-remote,redis,nats,zmq-echo
 WORKLOADS=append1,append8,batch100,drain,latency
 ROWS=fsync,everyday
 QUICK=()
@@ -91,6 +93,7 @@ build() { # name, extra args...
 build peer_engram -Iinclude -Wl,--whole-archive "$BUILD/libengram.a" -Wl,--no-whole-archive \
   -lzstd -lprotobuf-c -lzmq || { SYSTEMS=${SYSTEMS//engram-remote/}; SYSTEMS=${SYSTEMS//engram/}; NOTES+=("engram: client did not build"); }
 if has "$SYSTEMS" redis && ! build peer_redis -lhiredis; then SYSTEMS=${SYSTEMS//redis/}; NOTES+=("redis: client did not build"); fi
+if has "$SYSTEMS" zmq-echo && ! build peer_zmq_echo -lzmq; then SYSTEMS=${SYSTEMS//zmq-echo/}; NOTES+=("zmq-echo: did not build"); fi
 if has "$SYSTEMS" nats && ! build peer_nats -lnats; then SYSTEMS=${SYSTEMS//nats/}; NOTES+=("nats: client did not build"); fi
 
 # --- servers ------------------------------------------------------------------------
@@ -147,6 +150,14 @@ if has "$SYSTEMS" nats; then
   NATS_VERSION=$(nats-server --version 2>/dev/null | head -1)
 fi
 
+ECHO_ARGS=()
+if has "$SYSTEMS" zmq-echo; then
+  ECHO_EP="tcp://127.0.0.1:$(free_port)"
+  "$OUT/peer_zmq_echo" --serve "$ECHO_EP" >"$WORK/echo.log" 2>&1 &
+  PIDS+=("$!")
+  ECHO_ARGS=(--connect "$ECHO_EP")
+fi
+
 # --- the run ------------------------------------------------------------------------
 run_client() { # system row workload
   local sys=$1 row=$2 wl=$3 cmd
@@ -155,6 +166,9 @@ run_client() { # system row workload
     engram-remote) cmd=("$OUT/peer_engram" --connect "$SERVE_EP" --durability "$ENGRAM_MODE") ;;
     redis) cmd=("$OUT/peer_redis" --port "$REDIS_PORT" --durability "appendfsync $REDIS_FSYNC") ;;
     nats) cmd=("$OUT/peer_nats" "${NATS_ARGS[@]}") ;;
+    zmq-echo)
+      case "$wl" in append1|append8|batch100) ;; *) return 0 ;; esac
+      cmd=("$OUT/peer_zmq_echo" "${ECHO_ARGS[@]}") ;;
   esac
   log "$row $wl $sys"
   if ! timeout 300 "${cmd[@]}" --workload "$wl" --row "$row" "${QUICK[@]}" >>"$JSONL" 2>"$WORK/client.err"; then
@@ -187,6 +201,7 @@ for row in "${row_list[@]}"; do
     fi
   fi
   if has "$SYSTEMS" nats; then active+=(nats); fi
+  if has "$SYSTEMS" zmq-echo; then active+=(zmq-echo); fi
   SERVE_PID=
   if has "$SYSTEMS" engram-remote; then
     SERVE_EP="tcp://127.0.0.1:$(free_port)"

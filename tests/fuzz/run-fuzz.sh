@@ -22,7 +22,7 @@ LIBS="$(pkg-config --libs lmdb libzstd libprotobuf-c libzmq 2>/dev/null || echo 
 
 mkdir -p "$OUT/obj"
 objs=()
-for src in common/*.c log/*.c consumers/*.c net/*.c build/gen/schema/*.pb-c.c; do
+for src in common/*.c log/*.c consumers/*.c api/*.c net/*.c build/gen/schema/*.pb-c.c; do
   obj="$OUT/obj/$(echo "$src" | tr / _).o"
   if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ include/engram.h -nt "$obj" ]; then
     "$CLANG" $CFLAGS -fsanitize=fuzzer-no-link -Wno-unused -c "$src" -o "$obj"

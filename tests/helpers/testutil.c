@@ -108,6 +108,37 @@ engram *tu_open(const char *dir, const engram_options *opts) {
   return log;
 }
 
+void tu_ok_at(engram *log, int rc, const char *what, int line) {
+  if (rc)
+    fprintf(stderr, "line %d: %s: %s: %s\n", line, what, engram_errname(rc), engram_errmsg(log));
+  assert_int_equal(rc, 0);
+}
+
+void tu_fx_dirs(const char *tag, char **dir, char **logdir) {
+  *dir = tu_tmpdir(tag);
+  *logdir = tu_join(*dir, "log");
+}
+
+void tu_fx_dirs_done(engram *log, char *dir, char *logdir) {
+  engram_close(log);
+  free(logdir);
+  tu_tmpdir_done(dir);
+}
+
+tu_fx *tu_fx_new(const char *tag) {
+  tu_fx *f = xmalloc(sizeof *f);
+  f->log = NULL;
+  tu_fx_dirs(tag, &f->dir, &f->logdir);
+  return f;
+}
+
+int tu_fx_teardown(void **state) {
+  tu_fx *f = *state;
+  tu_fx_dirs_done(f->log, f->dir, f->logdir);
+  free(f);
+  return 0;
+}
+
 void tu_topic(engram *log, const char *topic, const engram_topic_config *cfg) {
   int rc = engram_topic_create(log, topic, cfg);
   if (rc != 0) {

@@ -31,6 +31,27 @@ engram *tu_open(const char *dir, const engram_options *opts);
 /* Creates a topic (cfg may be NULL) or aborts. */
 void tu_topic(engram *log, const char *topic, const engram_topic_config *cfg);
 
+/* Fails the test (cmocka) unless rc is 0, printing the line, the call and the log's
+ * message first. Files use it as `#define OK(log, call) TU_OK(log, call)`. */
+#define TU_OK(log, call) tu_ok_at((log), (call), #call, __LINE__)
+void tu_ok_at(engram *log, int rc, const char *what, int line);
+
+/* ---------------------------------------------------------------------------------
+ * The usual cmocka fixture: the test's own temp dir, the path dir/log inside it (not
+ * created), and a handle the test may open there (closed at teardown when set).
+ * ------------------------------------------------------------------------------ */
+typedef struct tu_fx {
+  char *dir;    /* the test's own temp dir */
+  char *logdir; /* dir/log: where the log lives */
+  engram *log;  /* NULL, or a handle teardown closes */
+} tu_fx;
+tu_fx *tu_fx_new(const char *tag); /* a new fixture whose temp dir is named after tag */
+int tu_fx_teardown(void **state);  /* a cmocka teardown for a tu_fx in *state */
+/* The two halves for a file whose fixture has more fields: *dir = a new temp dir named
+ * after tag, *logdir = dir/log; then closes log (NULL = none) and frees/removes both. */
+void tu_fx_dirs(const char *tag, char **dir, char **logdir);
+void tu_fx_dirs_done(engram *log, char *dir, char *logdir);
+
 /* ---------------------------------------------------------------------------------
  * Agent-memory events: the shared data file when present (../shared/data/
  * memory-events.jsonl relative to the repo root, or $ENGRAM_TEST_DATA), else a

@@ -334,22 +334,6 @@ def test_apply_async_countdown_and_queue(log):
     assert q.get(timeout=5) == 30
 
 
-def test_revoke_cancels_a_task_that_has_not_started(log):
-    app = make_task_app(log)
-    ran = []
-
-    @app.task
-    def work():
-        ran.append(1)
-    r = work.delay()
-    assert r.revoke()
-    run_worker(app)
-    assert ran == [] and r.status == "REVOKED"
-    with pytest.raises(engram.TaskRevoked):
-        r.get(timeout=1)
-    assert not r.revoke()
-
-
 def test_get_times_out_when_no_worker_runs(log):
     app = make_task_app(log)
 

@@ -1,18 +1,13 @@
 # test_remote.py — the same API through `engram serve`: engram.connect() against a daemon
 # started on a loopback port for the test, and worker processes sharing a group over it.
 import os
-import signal
-import socket
-import subprocess
 import time
 
 import pytest
 
 import engram
-from conftest import ROOT, has, read_records, spawn_worker, wait_until
-
-BUILD = os.environ.get("ENGRAM_BUILD") or os.path.join(ROOT, "build")
-ENGRAM = os.path.join(BUILD, "engram")
+from conftest import has, read_records, spawn_worker, wait_until
+from served import ENGRAM, free_port, start_daemon, stop_daemon
 
 pytestmark = [
     pytest.mark.skipif(not has("engram_connect"), reason="libengram has no engram_connect yet"),
@@ -20,39 +15,11 @@ pytestmark = [
 ]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def daemon(tmp_path):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    data = str(tmp_path / "served")
-    p = subprocess.Popen([ENGRAM, "serve", "--data", data, "--listen", endpoint,
-                          "--notify", f"ipc://{tmp_path}/notify.ipc"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def up():
-        if p.poll() is not None:
-            return True
-        try:
-            with engram.connect(endpoint, timeout=0.5) as c:
-                c.topics()
-            return True
-        except engram.Error:
-            return False
-    if not wait_until(up, 10) or p.poll() is not None:
-        err = p.stderr.read().decode() if p.poll() is not None else ""
-        p.kill()
-        pytest.skip(f"engram serve did not start: {err.strip()[:200]}")
+    p, endpoint = start_daemon(tmp_path)
     yield endpoint
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        p.kill()
+    stop_daemon(p)
 
 
 def test_connect_offers_the_same_interface(daemon):
@@ -87,14 +54,34 @@ def test_connect_offers_the_same_interface(daemon):
             log.append("bad topic!", "x.y", b"")
 
 
-def test_server_stats_are_the_daemons_counters(daemon, log):
-    with engram.connect(daemon) as remote:
-        remote.append("memory", "memory.saved", b"x")
-        st = remote.server_stats()
-    assert st["requests"] >= 2 and st["appended"] == 1 and st["waiting_fetches"] == 0
-    assert st["workers"] > 0 and st["version"] == engram.VERSION
-    with pytest.raises(engram.NotSupported):
-        log.server_stats()
+def test_a_client_asks_the_daemon_what_it_is(daemon, tmp_path):
+    with engram.connect(daemon) as log:
+        log.append("memory", "memory.saved", {"memory_id": "m1"})
+        info = log.server_info()
+        assert info["version"] == engram.__version__
+        assert info["protocol_version"] == 1 and info["durability"] == 0  # sync, the default
+        assert info["max_message"] == 16 << 20 and info["max_events"] == 65536
+        assert info["workers"] == max(2, os.cpu_count() or 1)
+        assert info["appended"] == 1 and info["requests"] >= 2 and info["curve"] == 0
+        assert info["commits"] >= 1 and info["uptime_ms"] >= 0
+    with engram.open(str(tmp_path / "embedded")) as log:
+        with pytest.raises(engram.NotSupported):
+            log.server_info()
+
+
+def test_task_delay_through_the_daemon_is_one_request(daemon):
+    app = engram.App(daemon, "workers", topic="tasks")
+
+    @app.task
+    def add(x, y):
+        return x + y
+    add.delay(0, 0)  # the first one may create the topic
+    with engram.connect(daemon) as probe:
+        before = probe.server_info()["requests"]
+        add.delay(2, 3)
+        after = probe.server_info()["requests"]
+    assert after - before == 2  # the delay() and the first server_info() itself
+    app.close()
 
 
 def test_connect_to_nothing_fails_cleanly():

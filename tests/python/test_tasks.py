@@ -360,6 +360,9 @@ def test_revoke_before_start_reads_revoked_and_never_runs(log):
     assert r.revoke()
     run(app)
     assert ran == [] and r.status == "REVOKED"
+    with pytest.raises(engram.TaskRevoked):
+        r.get(timeout=1)
+    assert not r.revoke()
     # from the id alone, in another handle
     assert engram.AsyncResult.from_id(app, r.id).status == "REVOKED"
 

@@ -338,25 +338,6 @@ static PyObject *Log_verify(LogObject *self, PyObject *unused) {
                        "first_damage", r.first_damage);
 }
 
-/* The daemon's counters of a remote handle (engram_server_stats_get). */
-static PyObject *Log_server_stats(LogObject *self, PyObject *unused) {
-  int rc;
-  char msg[MSG_MAX];
-  engram_server_stats st;
-  memset(&st, 0, sizeof st);
-  if (enter(self)) return NULL;
-  RUN(self, rc, msg, engram_server_stats_get(self->log, &st));
-  leave(self);
-  if (rc < 0) return raise_code(rc, msg);
-  return Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I}", "version", st.version,
-                       "uptime_ms", (unsigned long long)st.uptime_ms, "requests",
-                       (unsigned long long)st.requests, "errors", (unsigned long long)st.errors,
-                       "bad_requests", (unsigned long long)st.bad_requests, "appended",
-                       (unsigned long long)st.appended, "notifications",
-                       (unsigned long long)st.notifications, "workers", st.workers, "queued",
-                       st.queued, "waiting_fetches", st.parked);
-}
-
 /* ---------------------------------------------------------------------------------
  * Topics.
  * ------------------------------------------------------------------------------ */
@@ -1353,13 +1334,34 @@ static PyTypeObject TxnType = {
 /* ---------------------------------------------------------------------------------
  * Module functions.
  * ------------------------------------------------------------------------------ */
+/* engram_server_info_get: a dict by the field names of ENGRAM_SERVER_INFO_FIELDS. */
+static PyObject *Log_server_info(LogObject *self, PyObject *unused) {
+  int rc;
+  char msg[MSG_MAX];
+  engram_server_info in;
+  memset(&in, 0, sizeof in);
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_server_info_get(self->log, &in));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *d = Py_BuildValue("{s:s}", "version", in.version);
+  if (!d) return NULL;
+#define X(type, name)                      \
+  if (put_##type(d, #name, in.name) < 0) { \
+    Py_DECREF(d);                          \
+    return NULL;                           \
+  }
+  ENGRAM_SERVER_INFO_FIELDS(X)
+#undef X
+  return d;
+}
+
 static PyMethodDef Log_methods[] = {
     {"close", (PyCFunction)Log_close, METH_NOARGS, "close()"},
     {"sync", (PyCFunction)Log_sync, METH_NOARGS, "sync()"},
     {"backup", (PyCFunction)Log_backup, METH_VARARGS, "backup(dest)"},
     {"verify", (PyCFunction)Log_verify, METH_NOARGS, "verify() -> dict"},
-    {"server_stats", (PyCFunction)Log_server_stats, METH_NOARGS,
-     "server_stats() -> dict: the daemon's counters (remote handles)"},
+    {"server_info", (PyCFunction)Log_server_info, METH_NOARGS, "server_info() -> dict"},
     {"topic_create", (PyCFunction)(void (*)(void))Log_topic_create, METH_VARARGS | METH_KEYWORDS,
      "topic_create(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0)"},
     {"topic_info", (PyCFunction)Log_topic_info, METH_VARARGS, "topic_info(topic) -> dict"},

@@ -646,13 +646,6 @@ class Log:
                 "oldest_unfinished_age_ms": (now - old) // 1000000 if 0 < old <= now else None})
         return out
 
-    def server_stats(self) -> Dict[str, Any]:
-        """The daemon's own counters (a handle from :func:`connect`): version, uptime_ms,
-        requests, errors, bad_requests, appended, notifications, workers, queued and
-        waiting_fetches, as ``engram info --json`` prints them. An embedded log raises
-        :class:`NotSupported`."""
-        return dict(self.h.server_stats())
-
     def sync(self) -> None:
         """Forces everything committed so far to disk (nometasync/async modes)."""
         self.h.sync()
@@ -664,6 +657,15 @@ class Log:
     def verify(self) -> Dict[str, Any]:
         """Checks every record's CRC; returns topics, records, damaged, first_damage."""
         return self.h.verify()
+
+    def server_info(self) -> Dict[str, Any]:
+        """What the daemon behind a handle from :func:`connect` is: ``version``,
+        ``protocol_version``, ``durability`` (0 sync, 1 nometasync, 2 async),
+        ``max_message``, ``max_events``, ``workers``, ``curve``, ``uptime_ms`` and its
+        counters (``requests``, ``errors``, ``bad_requests``, ``appended``,
+        ``notifications``, ``queued``, ``parked``, ``commits``, ``flushes``). One request.
+        Raises :class:`NotSupported` on an embedded log (it has no daemon)."""
+        return self.h.server_info()
 
     def transaction(self) -> "Transaction":
         """Acks and appends committed together: ``with log.transaction() as tx: ...``."""

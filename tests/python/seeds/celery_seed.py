@@ -1,9 +1,9 @@
 # celery_seed.py — shared by the Celery seed tests: a broker fixture that runs each test
 # against an embedded log and against a real `engram serve`, and helpers to run workers
 # (in a thread, or as `python -m engram worker` processes).
+import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -11,45 +11,22 @@ import threading
 import pytest
 
 import engram
-from conftest import ROOT, child_env, wait_until
+from conftest import child_env, wait_until
+from served import ENGRAM, start_daemon, stop_daemon
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ENGRAM = os.path.join(os.environ.get("ENGRAM_BUILD") or os.path.join(ROOT, "build"), "engram")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_daemon(tmp_path, endpoint=None):
-    endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
-    p = subprocess.Popen([ENGRAM, "serve", "--data", str(tmp_path / "served"), "--listen", endpoint,
-                          "--notify", f"ipc://{tmp_path}/notify.ipc"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def up():
-        if p.poll() is not None:
-            return True
-        try:
-            with engram.connect(endpoint, timeout=0.5) as c:
-                c.topics()
-            return True
-        except engram.Error:
-            return False
-    if not wait_until(up, 10) or p.poll() is not None:
-        p.kill()
-        pytest.skip("engram serve did not start")
-    return p, endpoint
-
-
-def stop_daemon(p):
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        p.kill()
+def load_port(filename, name, out=None):
+    """A fresh import of the ported seed module ``filename`` (in this folder) under the
+    module name ``name``, reading the environment as it is now; its OUT is set to ``out``
+    when given."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, filename))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if out is not None:
+        mod.OUT = out
+    return mod
 
 
 @pytest.fixture(params=["embedded", "served"])

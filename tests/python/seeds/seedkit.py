@@ -3,8 +3,6 @@
 # test, and a helper running a seed script in a subprocess that can be SIGKILLed.
 import itertools
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +22,6 @@ needs_groups = pytest.mark.skipif("engram_fetch" in engram.missing_features(),
                                   reason="libengram has no consumer groups yet")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(cond, timeout=5.0, interval=0.01):
     deadline = time.monotonic() + timeout
     while True:
@@ -44,36 +36,20 @@ def serve(tmp, endpoint):
     process once it answers (skips the test if it cannot start)."""
     if not os.access(ENGRAM, os.X_OK) or "engram_connect" in engram.missing_features():
         pytest.skip("engram serve is not built")
-    p = subprocess.Popen([ENGRAM, "serve", "--data", str(tmp / "data"), "--listen", endpoint,
-                          "--notify", f"ipc://{tmp}/notify.ipc"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def up():
-        if p.poll() is not None:
-            return True
-        try:
-            with engram.connect(endpoint, timeout=0.5) as c:
-                c.topics()
-            return True
-        except engram.Error:
-            return False
-    if not wait_until(up, 10) or p.poll() is not None:
-        p.kill()
-        pytest.skip("engram serve did not start")
-    return p
+    # Imported here, not at the top: worker subprocesses import this module with only
+    # tests/python/seeds on their path.
+    from served import start_daemon
+    return start_daemon(tmp, endpoint, tmp / "data")[0]
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
+    from served import free_port, stop_daemon
     tmp = tmp_path_factory.mktemp("served")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     p = serve(tmp, endpoint)
     yield endpoint
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        p.kill()
+    stop_daemon(p)
 
 
 class Where:
@@ -105,6 +81,34 @@ def run_script(code, **env):
     """Starts ``python -c code`` with the binding on its path."""
     return subprocess.Popen([sys.executable, "-c", code], env=child_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_until(code, cond, settle=0.0, **env):
+    """Runs ``python -c code`` until cond() holds (10 s at most), waits ``settle`` seconds
+    more when it did, then SIGKILLs it. Returns cond()'s last value."""
+    p = run_script(code, **env)
+    try:
+        v = wait_until(cond, 10)
+        if v:
+            time.sleep(settle)
+        return v
+    finally:
+        p.kill()
+        p.wait()
+
+
+def handoff_dir(where, tmp_path):
+    """The $OUT folder and the environment of a KILL_SCRIPT: its handler writes
+    started-<pid> there when it starts (and with MODE=first then hangs), and appends
+    what it handled to ``done``."""
+    out = tmp_path / "out"
+    out.mkdir()
+    return out, dict(LOG=where.log, TOPIC=where.topic, OUT=str(out))
+
+
+def started_in(out):
+    """A condition for run_until: some handler has written its started-<pid> file."""
+    return lambda: any(n.startswith("started") for n in os.listdir(out))
 
 
 def record_listener(data):

@@ -4,13 +4,12 @@
 # constructor changes only (memu_port.py), embedded and through `engram serve`. The
 # EventManager half of the seed is tested with the bus modules.
 import asyncio
-import importlib.util
 import os
 import time
 
 import pytest
 
-from celery_seed import HERE, broker, spawn, stop, worker_thread, run_worker  # noqa: F401
+from celery_seed import broker, load_port, spawn, stop, worker_thread, run_worker  # noqa: F401
 from conftest import needs_groups, wait_until
 
 pytestmark = needs_groups
@@ -29,10 +28,7 @@ def memu(broker, tmp_path, monkeypatch):
     def load(**env):
         for k, v in env.items():
             monkeypatch.setenv(k, str(v))
-        spec = importlib.util.spec_from_file_location("memu_port", os.path.join(HERE, "memu_port.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        mod.OUT = out
+        mod = load_port("memu_port.py", "memu_port", out)
         mods.append(mod)
         return mod
     mods = []

@@ -2,14 +2,13 @@
 # Python usage example of the guide, with HippocampAI's celery_app.py / tasks.py / REST
 # routes ported by changing imports and the Celery(...) constructor only (hippo_port.py),
 # run against an embedded log and through `engram serve`.
-import importlib.util
 import itertools
 import os
 
 import pytest
 
 import engram
-from celery_seed import (ENGRAM, HERE, broker, run_worker, spawn, start_daemon, stop,  # noqa: F401
+from celery_seed import (ENGRAM, broker, load_port, run_worker, spawn, start_daemon, stop,  # noqa: F401
                          stop_daemon, worker_thread)
 from conftest import needs_groups, wait_until
 
@@ -40,12 +39,7 @@ def hippo(broker, tmp_path, monkeypatch):
     def load(**env):
         for k, v in env.items():
             monkeypatch.setenv(k, str(v))
-        spec = importlib.util.spec_from_file_location(f"hippo_port_{next(_n)}",
-                                                      os.path.join(HERE, "hippo_port.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        mod.OUT = out
-        return mod
+        return load_port("hippo_port.py", f"hippo_port_{next(_n)}", out)
     mods = []
     yield lambda **env: mods.append(load(**env)) or mods[-1]
     for m in mods:
@@ -336,9 +330,7 @@ def test_tasks_sent_before_the_daemon_is_killed_run_after_its_restart(tmp_path, 
         pytest.skip(f"{ENGRAM} is not built")
     d, endpoint = start_daemon(tmp_path)
     monkeypatch.setenv("CELERY_BROKER_URL", endpoint)
-    spec = importlib.util.spec_from_file_location("hippo_port_restart", os.path.join(HERE, "hippo_port.py"))
-    h = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(h)
+    h = load_port("hippo_port.py", "hippo_port_restart")
     try:
         tasks = [h.health_check_task.delay() for _ in range(3)]
         ids = [t.id for t in tasks]

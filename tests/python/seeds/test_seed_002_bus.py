@@ -18,7 +18,8 @@ from engram.compat import nagatha
 from engram.compat.nagatha import (Event, EventBus, EventBusError, EventPriority,  # was: nagatha_assistant.core.*
                                    StandardEventTypes, create_agent_event, create_mcp_event,
                                    create_system_event)
-from seedkit import daemon, needs_groups, run_script, wait_until, where  # noqa: F401 - fixtures
+from seedkit import (daemon, handoff_dir, needs_groups, run_script, run_until, started_in,  # noqa: F401 - fixtures
+                     wait_until, where)
 
 pytestmark = needs_groups
 
@@ -361,22 +362,9 @@ asyncio.run(main())
 
 
 def test_an_event_whose_handler_was_sigkilled_is_handled_by_the_next_process(where, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    env = dict(LOG=where.log, TOPIC=where.topic, OUT=str(out))
-    first = run_script(KILL_SCRIPT, MODE="first", **env)
-    try:
-        assert wait_until(lambda: any(n.startswith("started") for n in os.listdir(out)), 10)
-    finally:
-        first.kill()
-        first.wait()
-    second = run_script(KILL_SCRIPT, MODE="second", **env)
-    try:
-        assert wait_until(lambda: (out / "done").exists(), 10)
-        time.sleep(0.3)
-    finally:
-        second.kill()
-        second.wait()
+    out, env = handoff_dir(where, tmp_path)
+    assert run_until(KILL_SCRIPT, started_in(out), MODE="first", **env)
+    assert run_until(KILL_SCRIPT, lambda: (out / "done").exists(), settle=0.3, MODE="second", **env)
     assert (out / "done").read_text() == "work.item\n"
 
 
@@ -400,7 +388,8 @@ def test_native_event_bus_runs_async_subscribers(where):
 
 
 def test_subscribers_go_on_across_a_daemon_restart(tmp_path):
-    from seedkit import free_port, serve
+    from seedkit import serve
+    from served import free_port
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     p = serve(tmp_path, endpoint)
     got = []

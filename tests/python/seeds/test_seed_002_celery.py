@@ -3,14 +3,13 @@
 # priority=)), the Django chat and task-status views, the worker command and dead-letter
 # handling, ported with import changes only (nagatha_tasks_port.py), embedded and through
 # `engram serve`. The event-bus half of the seed is tested with the bus modules.
-import importlib.util
 import os
 
 import pytest
 
 import engram
 import engram.celery
-from celery_seed import HERE, broker, spawn, stop, worker_thread, run_worker  # noqa: F401
+from celery_seed import broker, load_port, spawn, stop, worker_thread, run_worker  # noqa: F401
 from conftest import needs_groups
 
 pytestmark = needs_groups
@@ -22,10 +21,7 @@ def nag(broker, tmp_path, monkeypatch):
     out = str(tmp_path / "calls.txt")
     monkeypatch.setenv("CELERY_BROKER_URL", broker)
     monkeypatch.setenv("NAGATHA_OUT", out)
-    spec = importlib.util.spec_from_file_location("nagatha_tasks_port", os.path.join(HERE, "nagatha_tasks_port.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.OUT = out
+    mod = load_port("nagatha_tasks_port.py", "nagatha_tasks_port", out)
     yield mod
     mod.app.close()
 

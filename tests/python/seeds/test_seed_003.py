@@ -15,7 +15,8 @@ from engram.compat import solstone
 from engram.compat.solstone import (EventContext, _get_handlers, _handlers, clear_handlers,  # was: apps.events
                                     discover_handlers, dispatch, get_handler_count, on_event,
                                     start_dispatcher, stop_dispatcher)
-from seedkit import daemon, needs_groups, run_script, wait_until, where  # noqa: F401 - fixtures
+from seedkit import (daemon, handoff_dir, needs_groups, run_script, run_until, started_in,  # noqa: F401 - fixtures
+                     wait_until, where)
 
 pytestmark = needs_groups
 
@@ -318,22 +319,9 @@ time.sleep(60)
 
 
 def test_a_message_whose_handler_was_sigkilled_is_handled_by_the_next_process(where, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    env = dict(LOG=where.log, TOPIC=where.topic, OUT=str(out))
-    first = run_script(KILL_SCRIPT, MODE="first", **env)
-    try:
-        assert wait_until(lambda: any(n.startswith("started") for n in os.listdir(out)), 10)
-    finally:
-        first.kill()
-        first.wait()
-    second = run_script(KILL_SCRIPT, MODE="second", **env)
-    try:
-        assert wait_until(lambda: (out / "done").exists(), 10)
-        time.sleep(0.3)
-    finally:
-        second.kill()
-        second.wait()
+    out, env = handoff_dir(where, tmp_path)
+    assert run_until(KILL_SCRIPT, started_in(out), MODE="first", **env)
+    assert run_until(KILL_SCRIPT, lambda: (out / "done").exists(), settle=0.3, MODE="second", **env)
     assert (out / "done").read_text() == "s9\n"
 
 

@@ -3,7 +3,6 @@
 # and system-status views and the worker, ported with import and constructor changes only
 # (nagatha_port.py), embedded and through `engram serve`.
 import asyncio
-import importlib.util
 import json
 import os
 
@@ -11,7 +10,7 @@ import pytest
 
 import engram
 import engram.celery
-from celery_seed import HERE, broker, spawn, stop, worker_thread, run_worker  # noqa: F401
+from celery_seed import broker, load_port, spawn, stop, worker_thread, run_worker  # noqa: F401
 from conftest import needs_groups, wait_until
 
 pytestmark = needs_groups
@@ -28,10 +27,7 @@ def nagatha(broker, tmp_path, monkeypatch):
     monkeypatch.setenv("NAGATHA_OUT", out)
     monkeypatch.setattr(engram.celery, "_shared", [])
     # Fresh each test, under its own name: task names come from it, as in a worker.
-    spec = importlib.util.spec_from_file_location("nagatha_port", os.path.join(HERE, "nagatha_port.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.OUT = out
+    mod = load_port("nagatha_port.py", "nagatha_port", out)
     yield mod
     mod.app.close()
 
