@@ -313,6 +313,12 @@ int cli_done(int json, const struct cli_done *d, const char *text);
  * prints "out of memory" and returns 1 when the writer could not build it. */
 int cli_json_emit(json_writer *w);
 
+/* Progress of one long library call (backup, verify) on a terminal: "WHAT... 12s" on
+ * stderr, redrawn each second by a thread until cli_progress_stop() erases it. Nothing
+ * when stderr is not a terminal. */
+void cli_progress_start(const char *what);
+void cli_progress_stop(void);
+
 /* A text table with aligned columns; cells are copied. */
 struct cli_table;
 struct cli_table *cli_table_new(size_t ncols);

@@ -462,7 +462,9 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_verify_report r;
   memset(&r, 0, sizeof r);
+  cli_progress_start("verifying");
   int rc = engram_verify(c->log, &r);
+  cli_progress_stop();
   if (rc != 0) return cli_fail(c, rc, "verify");
   size_t fdl = strnlen(r.first_damage, sizeof r.first_damage);
   if (json) {
@@ -507,7 +509,9 @@ int cmd_backup(struct cli *c, int argc, char **argv) {
   if (status != CLI_GO) return status;
   if (!a.pos[0][0]) return cli_usage(a.cmd, "DEST must not be empty");
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
+  cli_progress_start("writing the backup");
   int rc = engram_backup(c->log, a.pos[0]);
+  cli_progress_stop();
   if (rc != 0) return cli_fail(c, rc, "backup to %s", a.pos[0]);
   char text[4200];
   snprintf(text, sizeof text, "backup written to %s", a.pos[0]);

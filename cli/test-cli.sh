@@ -567,6 +567,29 @@ check "group consumers --json: each holder, its count and offsets" eval '[[ $rc 
 e group consumers held hg
 check "group consumers in text: since when and the next expiry" eval '[[ $rc == 0 ]] && has "$out" HOLDING_FOR && has "$out" w2'
 
+# Long work shows progress on a terminal and is quiet otherwise.
+out=$(python3 - "$BIN" "$DATA" "$TMP/pbackup" <<'PY'
+import os, pty, subprocess, sys
+bin, data, dest = sys.argv[1:]
+for args in (["verify"], ["backup", dest]):
+    m, s = pty.openpty()
+    r = subprocess.run([bin, "--data", data, *args], stderr=s, stdout=subprocess.DEVNULL, timeout=60)
+    os.close(s)
+    got = b""
+    try:
+        while chunk := os.read(m, 4096):
+            got += chunk
+    except OSError:
+        pass
+    os.close(m)
+    shown = got.startswith(b"\r") and b"... 0s" in got and got.endswith(b"\r\x1b[K")
+    print(args[0], r.returncode, "progress-erased" if shown else repr(got))
+PY
+)
+check "verify and backup show progress on a terminal, then erase it" eval 'has "$out" "verify 0 progress-erased" && has "$out" "backup 0 progress-erased"'
+e verify
+check "... and print nothing on stderr into a pipe" eval '[[ $rc == 0 && -z $err ]]'
+
 # --- CURVE from the command line ----------------------------------------------------------
 CV=$TMP/curve
 mkdir -p "$CV"
