@@ -28,6 +28,8 @@ command -v help2man >/dev/null || {
 MA=lib/x86_64-linux-gnu
 ST=$T/stage
 args=(DESTDIR="$ST" PREFIX=/usr LIBDIR=/usr/$MA BUILD="$BUILD")
+# The sanitizer build installs with the flags it was built with (nothing is rebuilt).
+[[ $BUILD == */san ]] && args+=(SAN=1)
 make -s install "${args[@]}" >"$T/install.log" 2>&1 || {
   cat "$T/install.log"
   exit 1
