@@ -9,7 +9,9 @@
 #   make bench       the benchmark suite (see docs/benchmarks.md)
 #   make install     PREFIX=/usr/local DESTDIR= (runs ldconfig when root installs to the system)
 #   make uninstall   removes what `make install` put there (same PREFIX and DESTDIR)
-# Honours CC, CPPFLAGS, CFLAGS, LDFLAGS, LDLIBS, PREFIX, LIBDIR, INCLUDEDIR, BINDIR, DESTDIR.
+#   make man         man pages from the help texts (help2man) into build/man/
+# Honours CC, CPPFLAGS, CFLAGS, LDFLAGS, LDLIBS, PREFIX, LIBDIR, INCLUDEDIR, BINDIR, MANDIR,
+# DOCDIR, BASHCOMPDIR, ZSHCOMPDIR, DESTDIR.
 SHELL := /bin/bash
 CC ?= cc
 PREFIX ?= /usr/local
@@ -27,6 +29,11 @@ endif
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
+DATAROOTDIR ?= $(PREFIX)/share
+MANDIR ?= $(DATAROOTDIR)/man
+DOCDIR ?= $(DATAROOTDIR)/doc/engram
+BASHCOMPDIR ?= $(DATAROOTDIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATAROOTDIR)/zsh/vendor-completions
 
 # The version, read from include/engram.h (its one home): libengram.so.MAJOR.MINOR.PATCH
 # with the soname libengram.so.MAJOR, engram.pc's Version, the Python package's version.
@@ -63,8 +70,8 @@ ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
 
 DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
   protobuf-c-compiler libzmq3-dev libcmocka-dev lmdb-utils python3 python3-dev \
-  python3-pytest python3-setuptools python3-pip python3-wheel clang cppcheck \
-  nats-server libnats-dev libmicrohttpd-dev chromium prometheus tmux
+  python3-pytest python3-setuptools python3-pip python3-wheel python3-mypy help2man clang \
+  cppcheck nats-server libnats-dev libmicrohttpd-dev chromium prometheus tmux
 # libFuzzer's runtime for `make fuzz` (only a Recommends of clang): installed when this
 # Debian release has it under that name.
 DEB_OPTIONAL := libclang-rt-14-dev
@@ -103,7 +110,7 @@ TEST_HELPER_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(TEST_HELPERS))
 EXAMPLE_SRCS := $(wildcard examples/*.c)
 EXAMPLE_BINS := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRCS))
 
-.PHONY: all deps run test test-c test-python bench bench-peers fuzz install uninstall clean \
+.PHONY: all deps run test test-c test-python bench bench-peers fuzz install uninstall man clean \
   check-deps format python lint examples mirrortest bench-mirror
 .SECONDARY:
 
@@ -292,8 +299,13 @@ $(BUILD)/engram.pc: engram.pc.in include/engram.h Makefile
 # The soname link is made here as well as by ldconfig, so a staged install (DESTDIR) is
 # complete; ldconfig runs when root installs to the system.
 .PHONY: $(BUILD)/engram.pc
-install: all $(BUILD)/engram.pc
-	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR)
+# One man page per command, generated from the help texts so they never drift.
+man: $(BUILD)/engram cli/gen-man.sh
+	bash cli/gen-man.sh $(BUILD)/engram $(BUILD)/man $(VERSION)
+
+install: all $(BUILD)/engram.pc man
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
+	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR)
 	install -m 644 $(BUILD)/libengram.a $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(BUILD)/$(SHLIB) $(DESTDIR)$(LIBDIR)/
 	ln -sfn $(SHLIB) $(DESTDIR)$(LIBDIR)/$(SONAME)
@@ -301,6 +313,11 @@ install: all $(BUILD)/engram.pc
 	install -m 644 include/engram.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 755 $(BUILD)/engram $(DESTDIR)$(BINDIR)/
 	install -m 644 $(BUILD)/engram.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	install -m 644 $(BUILD)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 contrib/engram.bash-completion $(DESTDIR)$(BASHCOMPDIR)/engram
+	install -m 644 contrib/_engram $(DESTDIR)$(ZSHCOMPDIR)/_engram
+	install -m 644 contrib/engram.conf.example $(DESTDIR)$(DOCDIR)/
+	sed 's|/usr/local/bin/engram|$(BINDIR)/engram|' contrib/engram.service > $(DESTDIR)$(DOCDIR)/engram.service
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then \
 	  echo ldconfig; ldconfig; fi
 
@@ -308,7 +325,11 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libengram.a $(DESTDIR)$(LIBDIR)/$(SHLIB) \
 	  $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libengram.so \
 	  $(DESTDIR)$(INCLUDEDIR)/engram.h $(DESTDIR)$(BINDIR)/engram \
-	  $(DESTDIR)$(LIBDIR)/pkgconfig/engram.pc
+	  $(DESTDIR)$(LIBDIR)/pkgconfig/engram.pc $(DESTDIR)$(MANDIR)/man1/engram.1 \
+	  $(DESTDIR)$(MANDIR)/man1/engram-*.1 $(DESTDIR)$(BASHCOMPDIR)/engram \
+	  $(DESTDIR)$(ZSHCOMPDIR)/_engram $(DESTDIR)$(DOCDIR)/engram.conf.example \
+	  $(DESTDIR)$(DOCDIR)/engram.service
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then \
 	  echo ldconfig; ldconfig; fi
 

@@ -23,7 +23,7 @@
   X(read, "print events of a topic")                                                  \
   X(topics, "list topics")                                                            \
   X(topic, "create, drop, show, set a topic or train its dictionary")                 \
-  X(group, "create, list, show, delete or reset consumer groups")                     \
+  X(group, "create, list, show, delete, reset consumer groups; who holds what")       \
   X(consume, "fetch events for a group member, print them and ack / nack / reject")   \
   X(ack, "acknowledge one event for a group")                                         \
   X(nack, "ask for one event to be delivered again")                                  \
@@ -46,9 +46,11 @@
 
 /* State shared by all commands: the global options and the handle they open. */
 struct cli {
-  const char *data;    /* --data or $ENGRAM_DATA; NULL when neither */
-  const char *connect; /* --connect endpoint; NULL = embedded */
-  int durability_set;  /* --durability was given */
+  const char *data;            /* --data or $ENGRAM_DATA; NULL when neither */
+  const char *connect;         /* --connect endpoint; NULL = embedded */
+  const char *server_key;      /* --server-key: the daemon's CURVE public key (Z85) */
+  const char *client_key_file; /* --client-key-file: this client's pair (keygen --out) */
+  int durability_set;          /* --durability was given */
   engram_durability durability;
   engram *log;     /* opened by cli_open(), closed by main */
   char stale[256]; /* the message of a failure a command chose to ignore */
@@ -81,6 +83,11 @@ void cli_fault_guard(const char *dir);
 /* A failed library call: "engram: <errmsg>" when the handle has a message, else
  * "engram: <context>: <strerror(code)>". */
 int cli_fail(struct cli *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The same for a call whose arguments came from the command line: ENGRAM_EINVAL (a value
+ * the library refuses, such as a filter pattern or a count over its limit) is a bad
+ * command line and returns CLI_EXIT_USAGE (2), as `engram --help` documents. */
+int cli_fail_arg(struct cli *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Call after a failure the command handles itself (a missing topic about to be
  * created ...): the library keeps its message until the next error, and a later failure
  * that sets none must not be reported with it. */
@@ -253,6 +260,11 @@ int cli_lines_error(const struct cli_lines *r, const char *fmt, ...)
 /* Closes the file; returns 0 or the status of a failure cli_lines_next reported. */
 int cli_lines_close(struct cli_lines *r);
 
+/* A key pair as `engram keygen --out` writes it (cmd_serve.c): a `secret-key = KEY` line
+ * (or else a line holding just the key) and an optional `public-key = KEY` line; pub is
+ * "" without one. Returns 0, or prints why (with FILE:LINE) and returns 1. */
+int cli_read_key_file(const char *path, char sec[41], char pub[41]);
+
 /* CLOCK_REALTIME now, in nanoseconds. */
 int64_t cli_now_ns(void);
 
@@ -286,9 +298,29 @@ void cli_text_event(FILE *f, const engram_event *ev, int with_attempt);
 void cli_json_topic(json_writer *w, const engram_topic_info *t);
 void cli_json_group(json_writer *w, const engram_group_info *g, int64_t now_ns);
 void cli_json_dlq_entry(json_writer *w, const engram_dlq_entry *e);
+/* The outcome of a command that writes: with json, one object
+ * {"ok":true,"action":ACTION,"topic":T,"group":G,"offset":N,"count":N} holding the fields
+ * set (NULL / has_offset 0 / count < 0 leave them out); else `text` and a newline. */
+struct cli_done {
+  const char *action; /* "topic create", "ack" ... */
+  const char *topic, *group;
+  uint64_t offset;
+  int has_offset;
+  int64_t count; /* < 0: none */
+};
+int cli_done(int json, const struct cli_done *d, const char *text);
+#define CLI_JSON_DONE_HELP \
+  "  --json      print {\"ok\":true,\"action\",\"topic\",...} instead of the text line\n"
+
 /* Writes the writer's buffer plus a newline to stdout and empties it. Returns 0, or
  * prints "out of memory" and returns 1 when the writer could not build it. */
 int cli_json_emit(json_writer *w);
+
+/* Progress of one long library call (backup, verify) on a terminal: "WHAT... 12s" on
+ * stderr, redrawn each second by a thread until cli_progress_stop() erases it. Nothing
+ * when stderr is not a terminal. */
+void cli_progress_start(const char *what);
+void cli_progress_stop(void);
 
 /* A text table with aligned columns; cells are copied. */
 struct cli_table;

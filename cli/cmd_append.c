@@ -2,6 +2,7 @@
  * batch from stdin appended in all-or-nothing batches. */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
@@ -46,7 +47,9 @@ static const char help[] =
     "batch in one transaction. A bad line, or a batch the log refuses, stops the\n"
     "command: nothing from that batch is appended, earlier batches stay. Prints the\n"
     "number of events and their offsets; with --json\n"
-    "{\"count\":N,\"duplicates\":N,\"first_offset\":N,\"last_offset\":N}.\n";
+    "{\"count\":N,\"duplicates\":N,\"first_offset\":N,\"last_offset\":N}.\n"
+    "On a terminal stderr shows the progress. Ctrl-C stops between batches and exits\n"
+    "130 naming the line to resume from (`tail -n +LINE FILE | engram append ...`).\n";
 
 #define BATCH_EVENTS 500
 #define BATCH_BYTES (16u << 20) /* a batch also ends once its payloads reach this */
@@ -508,6 +511,29 @@ static int flush(struct cli *c, const char *topic, struct batch *b, uint64_t las
   return 0;
 }
 
+/* Ctrl-C during a batch: the batch being read is dropped, the command says which lines
+ * went in and how to resume, and exits 130. */
+static volatile sig_atomic_t interrupted;
+static void on_interrupt(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+/* Progress on a terminal: "appended N events (line L)" on stderr, redrawn at most every
+ * PROGRESS_NS; nothing when stderr is not a terminal. */
+#define PROGRESS_NS 200000000LL
+static void progress(int tty, const struct totals *t, uint64_t lineno, int64_t *last_ns, int done) {
+  if (!tty) return;
+  int64_t now = cli_now_ns();
+  if (!done && now - *last_ns < PROGRESS_NS) return;
+  *last_ns = now;
+  if (done)
+    fputs("\r\033[K", stderr);
+  else
+    fprintf(stderr, "\rappended %" PRIu64 " events (line %" PRIu64 ")\033[K", t->count, lineno);
+  fflush(stderr);
+}
+
 static int append_batch(struct cli *c, const char *topic, int create, int json) {
   int status = cli_open(c, create ? CLI_OPEN_CREATE : CLI_OPEN_EXISTING);
   if (status) return status;
@@ -519,13 +545,34 @@ static int append_batch(struct cli *c, const char *topic, int create, int json) 
   struct batch *b = calloc(1, sizeof *b);
   if (!b) return cli_error("append %s: out of memory", topic);
   struct totals t = {0, 0, 0, 0};
-  uint64_t lineno = 0;
+  uint64_t lineno = 0, done_lines = 0; /* lines 1..done_lines are appended */
   char err[256];
+  const int tty = isatty(STDERR_FILENO);
+  int64_t shown_ns = 0;
+  struct sigaction sa, old_int;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_interrupt; /* no SA_RESTART: a read of stdin returns */
+  sigemptyset(&sa.sa_mask);
+  interrupted = 0;
+  sigaction(SIGINT, &sa, &old_int);
   for (;;) {
     char *line = NULL;
     size_t cap = 0;
     errno = 0;
-    ssize_t n = getline(&line, &cap, stdin);
+    ssize_t n = interrupted ? -1 : getline(&line, &cap, stdin);
+    if (interrupted) {
+      free(line);
+      progress(tty, &t, lineno, &shown_ns, 1);
+      if (t.count)
+        cli_error("append %s: interrupted: lines 1..%" PRIu64 " were appended (offsets %" PRIu64
+                  "..%" PRIu64 "), nothing after; resume with `tail -n +%" PRIu64
+                  " FILE | engram append %s --batch`",
+                  topic, done_lines, t.first, t.last, done_lines + 1, topic);
+      else
+        cli_error("append %s: interrupted: nothing appended", topic);
+      status = 130;
+      goto out;
+    }
     if (n < 0) {
       free(line);
       if (ferror(stdin)) {
@@ -560,10 +607,14 @@ static int append_batch(struct cli *c, const char *topic, int create, int json) 
       goto out;
     }
     if (b->n == BATCH_EVENTS || b->bytes >= BATCH_BYTES) {
+      if (interrupted) continue; /* say so above, before appending more */
       if ((status = flush(c, topic, b, lineno, &t)) != 0) goto out;
+      done_lines = lineno;
+      progress(tty, &t, lineno, &shown_ns, 0);
     }
   }
   if ((status = flush(c, topic, b, lineno, &t)) != 0) goto out;
+  progress(tty, &t, lineno, &shown_ns, 1);
   if (json) {
     json_writer w;
     json_w_init(&w);
@@ -588,6 +639,7 @@ static int append_batch(struct cli *c, const char *topic, int create, int json) 
       printf(", offsets %" PRIu64 "..%" PRIu64 "\n", t.first, t.last);
   }
 out:
+  sigaction(SIGINT, &old_int, NULL);
   batch_clear(b);
   free(b);
   return status;

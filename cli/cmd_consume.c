@@ -13,7 +13,7 @@
 
 #include "cli.h"
 
-#define MAX_CONSUME 100000 /* events one `consume` may fetch */
+#define MAX_CONSUME ENGRAM_MAX_FETCH /* events one `consume` may fetch */
 
 static const char consume_help[] =
     "usage: engram consume TOPIC GROUP --consumer NAME [--count N] [--wait D] [--json]\n"
@@ -29,9 +29,9 @@ static const char consume_help[] =
     "\n"
     "options:\n"
     "  --consumer NAME  this member's name (required)\n"
-    "  --count N        fetch at most N events (default 1, at most 100000)\n"
+    "  --count N        fetch at most N events (default 1, at most 10000)\n"
     "  --wait D         when nothing is ready, wait up to D for events (default: no wait,\n"
-    "                   at most 1h)\n"
+    "                   at most 1h); Ctrl-C while waiting exits 130, leasing nothing\n"
     "  --json           one JSON object per event: the shape of `engram read --json`\n"
     "                   plus \"group\" and \"attempt\"\n"
     "  --result STR     keep STR as each ack's result (see `engram status`)\n"
@@ -159,7 +159,7 @@ int cmd_consume(struct cli *c, int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   engram_batch *b = NULL;
   int rc = engram_fetch(c->log, topic, group, consumer, (size_t)count, wait_ms, &b);
-  if (rc != 0) return cli_fail(c, rc, "consume %s %s", topic, group);
+  if (rc != 0) return cli_fail_arg(c, rc, "consume %s %s", topic, group);
   if (!b) return 0; /* nothing delivered */
   const int op = noack ? SETTLE_NONE : nack ? SETTLE_NACK : reason ? SETTLE_REJECT : SETTLE_ACK;
   struct stat st;

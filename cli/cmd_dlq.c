@@ -180,16 +180,23 @@ static int dlq_show(struct cli *c, int argc, char **argv) {
 /* purge and redrive: the same shape, a different verb. */
 static int dlq_apply(struct cli *c, int argc, char **argv, int redrive) {
   static const char purge_h[] =
-      "usage: engram dlq purge TOPIC GROUP [OFFSET...]\n"
+      "usage: engram dlq purge TOPIC GROUP [OFFSET...] [--json]\n"
       "\n"
       "Removes the given entries from the dead-letter queue, or every entry when no\n"
-      "OFFSET is given, and prints how many were removed. The events stay in the topic.\n";
+      "OFFSET is given, and prints how many were removed. The events stay in the topic.\n"
+      "\n"
+      "options:\n"
+      "  --json      print {\"ok\":true,\"action\",\"topic\",\"group\",\"count\"}\n";
   static const char redrive_h[] =
-      "usage: engram dlq redrive TOPIC GROUP [OFFSET...]\n"
+      "usage: engram dlq redrive TOPIC GROUP [OFFSET...] [--json]\n"
       "\n"
       "Delivers the given dead-letter entries again, or every entry when no OFFSET is\n"
-      "given, to this group only and with fresh attempt counts; prints how many.\n";
-  const struct cli_opt opts[] = {CLI_OPT_END};
+      "given, to this group only and with fresh attempt counts; prints how many.\n"
+      "\n"
+      "options:\n"
+      "  --json      print {\"ok\":true,\"action\",\"topic\",\"group\",\"count\"}\n";
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, redrive ? "dlq redrive" : "dlq purge", argc, argv);
   int r = cli_args_parse(&a, opts, redrive ? redrive_h : purge_h, 2, -1, "TOPIC GROUP [OFFSET...]");
@@ -217,8 +224,11 @@ static int dlq_apply(struct cli *c, int argc, char **argv, int redrive) {
                    : engram_dlq_purge(c->log, a.pos[0], a.pos[1], offs, n, &count);
   free(offs);
   if (rc != 0) return cli_fail(c, rc, "%s %s %s", a.cmd, a.pos[0], a.pos[1]);
-  printf("%s %zu entr%s\n", redrive ? "redrove" : "purged", count, count == 1 ? "y" : "ies");
-  return 0;
+  char text[64];
+  snprintf(text, sizeof text, "%s %zu entr%s", redrive ? "redrove" : "purged", count,
+           count == 1 ? "y" : "ies");
+  struct cli_done d = {a.cmd, a.pos[0], a.pos[1], 0, 0, (int64_t)count};
+  return cli_done(json, &d, text);
 }
 
 static int dlq_purge(struct cli *c, int argc, char **argv) { return dlq_apply(c, argc, argv, 0); }

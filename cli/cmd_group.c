@@ -1,6 +1,7 @@
 /* cmd_group.c — `engram group`: create, list, show, delete and reset consumer groups. */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -14,6 +15,7 @@ static const char group_help[] =
     "       engram group show TOPIC GROUP [--json]\n"
     "       engram group delete TOPIC GROUP\n"
     "       engram group reset TOPIC GROUP --to OFFSET|@TIME|earliest|latest\n"
+    "       engram group consumers TOPIC GROUP [--json]\n"
     "\n"
     "Manages consumer groups: named cursors over one topic whose members compete for\n"
     "its events. `engram group SUBCOMMAND --help` describes each one.\n";
@@ -38,6 +40,7 @@ static const char create_help[] =
     "  --key-ordered       events with the same key are never in flight together and\n"
     "                      finish in order\n"
     "  --result-ttl D      how long ack results are kept (default 1d, at most 365d)\n"
+    "  --json              print {\"ok\":true,\"action\",\"topic\",\"group\"} instead\n"
     "  -h, --help          this help\n"
     "Durations: 250ms, 30s, 2m, 1h, 1d, or combined (1h30m).\n";
 
@@ -103,8 +106,9 @@ static int group_create(struct cli *c, int argc, char **argv) {
   struct filters filters = {.n = 0};
   struct backoff backoff = {.n = 0};
   struct cli_start start = {.start = ENGRAM_START_EARLIEST};
-  int key_ordered = 0;
+  int key_ordered = 0, json = 0;
   const struct cli_opt opts[] = {
+      CLI_OPT_FLAG("--json", &json),
       CLI_OPT_CUSTOM("--filter", &filters, add_filter),
       CLI_OPT_DURATION("--ack-wait", &cfg.ack_wait_ms, .min = 1, .max = ENGRAM_MAX_ACK_WAIT_MS,
                        .low = "must be more than 0"),
@@ -130,9 +134,11 @@ static int group_create(struct cli *c, int argc, char **argv) {
   int status = cli_open(c, CLI_OPEN_EXISTING);
   if (status) return status;
   int rc = engram_group_create(c->log, a.pos[0], a.pos[1], &cfg);
-  if (rc != 0) return cli_fail(c, rc, "create group %s on %s", a.pos[1], a.pos[0]);
-  printf("created group %s on topic %s\n", a.pos[1], a.pos[0]);
-  return 0;
+  if (rc != 0) return cli_fail_arg(c, rc, "create group %s on %s", a.pos[1], a.pos[0]);
+  char text[2 * ENGRAM_MAX_NAME + 32];
+  snprintf(text, sizeof text, "created group %s on topic %s", a.pos[1], a.pos[0]);
+  struct cli_done d = {"group create", a.pos[0], a.pos[1], 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
 static int group_list(struct cli *c, int argc, char **argv) {
@@ -282,11 +288,14 @@ static int group_show(struct cli *c, int argc, char **argv) {
 
 static int group_delete(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram group delete TOPIC GROUP\n"
+      "usage: engram group delete TOPIC GROUP [--json]\n"
       "\n"
       "Deletes the group with its leases, dead-letter queue and results. The topic's\n"
-      "events stay.\n";
-  const struct cli_opt opts[] = {CLI_OPT_END};
+      "events stay.\n"
+      "\n"
+      "options:\n" CLI_JSON_DONE_HELP;
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "group delete", argc, argv);
   int r = cli_args_parse(&a, opts, h, 2, 2, "TOPIC GROUP");
@@ -295,13 +304,15 @@ static int group_delete(struct cli *c, int argc, char **argv) {
   if (status) return status;
   int rc = engram_group_delete(c->log, a.pos[0], a.pos[1]);
   if (rc != 0) return cli_fail(c, rc, "delete group %s of %s", a.pos[1], a.pos[0]);
-  printf("deleted group %s of topic %s\n", a.pos[1], a.pos[0]);
-  return 0;
+  char text[2 * ENGRAM_MAX_NAME + 32];
+  snprintf(text, sizeof text, "deleted group %s of topic %s", a.pos[1], a.pos[0]);
+  struct cli_done d = {"group delete", a.pos[0], a.pos[1], 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
 static int group_reset(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram group reset TOPIC GROUP --to OFFSET|@TIME|earliest|latest\n"
+      "usage: engram group reset TOPIC GROUP --to OFFSET|@TIME|earliest|latest [--json]\n"
       "\n"
       "Replay: moves the group's cursor to OFFSET, to the first event appended at or\n"
       "after @TIME, to the first stored event (earliest) or past the last (latest).\n"
@@ -310,9 +321,12 @@ static int group_reset(struct cli *c, int argc, char **argv) {
       "\n"
       "options:\n"
       "  --to WHERE   where to move the cursor (required)\n"
+      "  --json       print {\"ok\":true,\"action\",\"topic\",\"group\"} instead\n"
       "  -h, --help   this help\n";
   struct cli_start to = {.text = NULL};
-  const struct cli_opt opts[] = {CLI_OPT_START("--to", &to), CLI_OPT_END};
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_START("--to", &to), CLI_OPT_FLAG("--json", &json),
+                                 CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "group reset", argc, argv);
   int r = cli_args_parse(&a, opts, h, 2, 2, "TOPIC GROUP");
@@ -321,14 +335,146 @@ static int group_reset(struct cli *c, int argc, char **argv) {
   int status = cli_open(c, CLI_OPEN_EXISTING);
   if (status) return status;
   int rc = engram_group_reset(c->log, a.pos[0], a.pos[1], to.start, to.offset, to.time_ns);
-  if (rc != 0) return cli_fail(c, rc, "reset group %s of %s", a.pos[1], a.pos[0]);
-  printf("reset group %s of topic %s to %s\n", a.pos[1], a.pos[0], to.text);
-  return 0;
+  if (rc != 0) return cli_fail_arg(c, rc, "reset group %s of %s", a.pos[1], a.pos[0]);
+  char text[3 * ENGRAM_MAX_NAME + 48];
+  snprintf(text, sizeof text, "reset group %s of topic %s to %s", a.pos[1], a.pos[0], to.text);
+  struct cli_done d = {"group reset", a.pos[0], a.pos[1], 0, 0, -1};
+  return cli_done(json, &d, text);
+}
+
+/* ---------------------------------------------------------------------------------
+ * group consumers: who holds what, since when
+ * ------------------------------------------------------------------------------ */
+#define CONSUMERS_SCAN_MAX 100000 /* unfinished offsets looked at, from the floor up */
+#define CONSUMERS_OFFSETS 16      /* offsets listed per consumer */
+
+struct holder {
+  char name[ENGRAM_MAX_NAME + 1];
+  uint64_t n;                          /* events in flight */
+  uint64_t offsets[CONSUMERS_OFFSETS]; /* the lowest of them */
+  int64_t first_deadline_ns, last_deadline_ns;
+};
+
+static int group_consumers(struct cli *c, int argc, char **argv) {
+  static const char h[] =
+      "usage: engram group consumers TOPIC GROUP [--json]\n"
+      "\n"
+      "Who holds what: for each consumer with events in flight, how many, the lowest\n"
+      "offsets, since when it holds them (the oldest lease's deadline minus the ack wait;\n"
+      "extended leases look younger) and when the next lease runs out. Looks at the\n"
+      "group's unfinished offsets from its floor up (at most 100000).\n"
+      "\n"
+      "options:\n"
+      "  --json      [{\"consumer\",\"in_flight\",\"offsets\",\"leased_since_ns\",\n"
+      "              \"next_expiry_ns\"}]\n"
+      "  -h, --help  this help\n";
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
+  struct cli_args a;
+  cli_args_init(&a, "group consumers", argc, argv);
+  int r = cli_args_parse(&a, opts, h, 2, 2, "TOPIC GROUP");
+  if (r != CLI_GO) return r;
+  int status = cli_open(c, CLI_OPEN_READ);
+  if (status) return status;
+  const char *topic = a.pos[0], *group = a.pos[1];
+  engram_group_info g;
+  int rc = engram_group_info_get(c->log, topic, group, &g);
+  if (rc != 0) return cli_fail(c, rc, "group %s of %s", group, topic);
+  struct holder *hs = NULL;
+  size_t nh = 0, cap = 0;
+  uint64_t found = 0, scanned = 0;
+  for (uint64_t off = g.floor + 1; off < g.next && found < g.in_flight; off++) {
+    if (++scanned > CONSUMERS_SCAN_MAX) break;
+    engram_status st;
+    rc = engram_status_get(c->log, topic, group, off, &st);
+    if (rc == ENGRAM_ENOTFOUND) continue; /* compacted or dropped meanwhile */
+    if (rc != 0) {
+      free(hs);
+      return cli_fail(c, rc, "status %s %s offset %" PRIu64, topic, group, off);
+    }
+    engram_free(st.result);
+    if (st.state != ENGRAM_STATE_IN_FLIGHT) continue;
+    found++;
+    size_t k = 0;
+    while (k < nh && strcmp(hs[k].name, st.consumer)) k++;
+    if (k == nh) {
+      if (nh == cap) {
+        size_t nc = cap ? 2 * cap : 8;
+        struct holder *m = realloc(hs, nc * sizeof *hs);
+        if (!m) {
+          free(hs);
+          return cli_error("group consumers: out of memory");
+        }
+        hs = m, cap = nc;
+      }
+      memset(&hs[nh], 0, sizeof hs[nh]);
+      snprintf(hs[nh].name, sizeof hs[nh].name, "%s", st.consumer);
+      hs[nh].first_deadline_ns = hs[nh].last_deadline_ns = st.deadline_ns;
+      nh++;
+    }
+    struct holder *x = &hs[k];
+    if (x->n < CONSUMERS_OFFSETS) x->offsets[x->n] = off;
+    x->n++;
+    if (st.deadline_ns < x->first_deadline_ns) x->first_deadline_ns = st.deadline_ns;
+    if (st.deadline_ns > x->last_deadline_ns) x->last_deadline_ns = st.deadline_ns;
+  }
+  const int64_t wait_ns = (int64_t)g.ack_wait_ms * 1000000;
+  if (json) {
+    json_writer w;
+    json_w_init(&w);
+    json_arr(&w);
+    for (size_t k = 0; k < nh; k++) {
+      json_obj(&w);
+      json_kstr(&w, "consumer", hs[k].name);
+      json_ku64(&w, "in_flight", hs[k].n);
+      json_key(&w, "offsets");
+      json_arr(&w);
+      for (uint64_t i = 0; i < hs[k].n && i < CONSUMERS_OFFSETS; i++)
+        json_u64(&w, hs[k].offsets[i]);
+      json_arr_end(&w);
+      json_ki64(&w, "leased_since_ns", hs[k].first_deadline_ns - wait_ns);
+      json_ki64(&w, "next_expiry_ns", hs[k].first_deadline_ns);
+      json_obj_end(&w);
+    }
+    json_arr_end(&w);
+    status = cli_json_emit(&w);
+    json_w_free(&w);
+  } else if (nh == 0) {
+    printf("no events in flight in group %s of %s\n", group, topic);
+  } else {
+    int64_t now = cli_now_ns();
+    struct cli_table *tb = cli_table_new(5);
+    cli_table_row(tb, "CONSUMER", "IN_FLIGHT", "OFFSETS", "HOLDING_FOR", "NEXT_EXPIRY_IN");
+    for (size_t k = 0; k < nh; k++) {
+      char name[4 * ENGRAM_MAX_NAME + 1], n[24], offs[400] = "", held[32], exp[32];
+      cli_escape(name, sizeof name, hs[k].name, strlen(hs[k].name));
+      snprintf(n, sizeof n, "%" PRIu64, hs[k].n);
+      size_t at = 0;
+      for (uint64_t i = 0; i < hs[k].n && i < CONSUMERS_OFFSETS && at < sizeof offs; i++)
+        at += (size_t)snprintf(offs + at, sizeof offs - at, "%s%" PRIu64, i ? "," : "",
+                               hs[k].offsets[i]);
+      if (hs[k].n > CONSUMERS_OFFSETS && at < sizeof offs)
+        snprintf(offs + at, sizeof offs - at, ",...");
+      cli_fmt_age(now - (hs[k].first_deadline_ns - wait_ns), held, sizeof held);
+      cli_fmt_age(hs[k].first_deadline_ns - now, exp, sizeof exp);
+      cli_table_row(tb, name, n, offs, held, exp);
+    }
+    status = cli_table_print(tb, stdout);
+  }
+  if (!status && scanned > CONSUMERS_SCAN_MAX)
+    fprintf(stderr, "engram: group consumers: looked at the first %d unfinished offsets only\n",
+            CONSUMERS_SCAN_MAX);
+  free(hs);
+  return status;
 }
 
 int cmd_group(struct cli *c, int argc, char **argv) {
-  static const struct cli_sub subs[] = {{"create", group_create}, {"list", group_list},
-                                        {"show", group_show},     {"delete", group_delete},
-                                        {"reset", group_reset},   {NULL, NULL}};
+  static const struct cli_sub subs[] = {{"create", group_create},
+                                        {"list", group_list},
+                                        {"show", group_show},
+                                        {"delete", group_delete},
+                                        {"reset", group_reset},
+                                        {"consumers", group_consumers},
+                                        {NULL, NULL}};
   return cli_dispatch_sub(c, "group", subs, group_help, argc, argv);
 }

@@ -3,6 +3,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 
@@ -12,7 +13,8 @@
  * read
  * ------------------------------------------------------------------------------ */
 static const char read_help[] =
-    "usage: engram read TOPIC [--from OFFSET | --last N] [--count N] [--json]\n"
+    "usage: engram read TOPIC [--from OFFSET | --last N | --since TIME] [--count N]\n"
+    "                   [--follow] [--json]\n"
     "\n"
     "Prints events of TOPIC in offset order, one per line: offset, append time, type,\n"
     "key (- when none) and the start of the payload.\n"
@@ -20,7 +22,11 @@ static const char read_help[] =
     "options:\n"
     "  --from OFFSET  first offset to print (default 1: the oldest stored event)\n"
     "  --last N       the newest N events instead\n"
+    "  --since TIME   from the first event appended at or after TIME: @RFC3339,\n"
+    "                 @UNIX-SECONDS, or a duration ago (10m, 2h, 7d)\n"
     "  --count N      at most N events (default: all)\n"
+    "  --follow       at the head, wait for new events and print them as they come\n"
+    "                 (until Ctrl-C, or --count events in all)\n"
     "  --json         one JSON object per line: {\"topic\",\"offset\",\"type\",\"key\",\n"
     "                 \"headers\",\"timestamp_ns\",\"content_type\",\"payload\",\n"
     "                 \"idempotency_key\"} plus \"deliver_at_ns\" when set; a payload that\n"
@@ -29,6 +35,42 @@ static const char read_help[] =
     "\n"
     "Offsets are dense, so a missing offset below the head is damage: read prints the\n"
     "events before a damaged or missing record, then fails with its offset (status 1).\n";
+
+/* The first offset of topic whose event was appended at or after since_ns (head + 1 when
+ * none): a binary search over the stored offsets, whose append times do not decrease. */
+static int offset_since(struct cli *c, const char *topic, int64_t since_ns, uint64_t *out) {
+  engram_topic_info info;
+  int rc = engram_topic_info_get(c->log, topic, &info);
+  if (rc != 0) return cli_fail(c, rc, "read %s", topic);
+  uint64_t lo = info.first_offset ? info.first_offset : 1, hi = info.head_offset + 1;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    engram_batch *b = NULL;
+    rc = engram_read(c->log, topic, mid, &b);
+    if (rc != 0) return cli_fail(c, rc, "read %s offset %" PRIu64, topic, mid);
+    int64_t t = b && b->count ? b->events[0].timestamp_ns : 0;
+    engram_batch_free(b);
+    if (t < since_ns)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  *out = lo;
+  return 0;
+}
+
+/* --since: "@TIME", or a duration ago. */
+static const char *parse_since(const char *v, int64_t *ns) {
+  if (v[0] == '@') return cli_parse_time_ns(v, ns);
+  uint64_t ms;
+  const char *e = cli_parse_duration_ms(v, 100ull * 365 * 86400000, &ms);
+  if (e) return "expected @TIME or a duration ago (e.g. 10m, 2h, 7d)";
+  *ns = cli_now_ns() - (int64_t)ms * 1000000;
+  return NULL;
+}
+
+/* How long --follow sleeps between looks at a topic's head. */
+#define FOLLOW_POLL_NS 100000000L
 
 /* Prints b's events, moving *from past them and counting them off *count. */
 static int print_events(json_writer *w, int json, const char *topic, const engram_batch *b,
@@ -74,16 +116,25 @@ static int read_singly(struct cli *c, json_writer *w, int json, const char *topi
 
 int cmd_read(struct cli *c, int argc, char **argv) {
   uint64_t from = 1, last = 0, count = UINT64_MAX;
-  int json = 0;
-  const struct cli_opt opts[] = {
-      CLI_OPT_OFFSET("--from", &from), CLI_OPT_U64("--last", &last, .min = 1),
-      CLI_OPT_U64("--count", &count, .min = 1), CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
+  int json = 0, follow = 0;
+  const char *since = NULL;
+  const struct cli_opt opts[] = {CLI_OPT_OFFSET("--from", &from),
+                                 CLI_OPT_U64("--last", &last, .min = 1),
+                                 CLI_OPT_TEXT("--since", &since),
+                                 CLI_OPT_U64("--count", &count, .min = 1),
+                                 CLI_OPT_FLAG("--follow", &follow),
+                                 CLI_OPT_FLAG("--json", &json),
+                                 CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "read", argc, argv);
   int r = cli_args_parse(&a, opts, read_help, 1, 1, "TOPIC");
   if (r != CLI_GO) return r;
   const int have_from = cli_args_given(&a, "--from") != 0;
-  if (have_from && last) return cli_usage(a.cmd, "--from and --last exclude each other");
+  if (have_from + (last != 0) + (since != NULL) > 1)
+    return cli_usage(a.cmd, "--from, --last and --since exclude each other");
+  int64_t since_ns = 0;
+  const char *e = since ? parse_since(since, &since_ns) : NULL;
+  if (e) return cli_usage(a.cmd, "--since '%s': %s", since, e);
   const char *topic = a.pos[0];
   int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;
@@ -92,10 +143,11 @@ int cmd_read(struct cli *c, int argc, char **argv) {
     engram_topic_info info;
     if ((rc = engram_topic_info_get(c->log, topic, &info)) != 0)
       return cli_fail(c, rc, "read %s", topic);
-    if (info.head_offset == 0) return 0;
+    if (info.head_offset == 0 && !follow) return 0;
     from = info.head_offset >= last ? info.head_offset - last + 1 : 1;
-    if (last < count) count = last;
+    if (last < count && !follow) count = last;
   }
+  if (since && (status = offset_since(c, topic, since_ns, &from))) return status;
 
   json_writer w;
   json_w_init(&w);
@@ -115,7 +167,14 @@ int cmd_read(struct cli *c, int argc, char **argv) {
     status = print_events(&w, json, topic, b, &from, &count);
     size_t n = b ? b->count : 0;
     engram_batch_free(b);
-    if (n == 0 || from == 0 || from == before) break;
+    if (from == 0) break;
+    if (n == 0 || from == before) {
+      if (!follow) break;
+      /* At the head: what was printed is out before waiting for more. */
+      if (fflush(stdout) != 0) break;
+      struct timespec ts = {0, FOLLOW_POLL_NS};
+      nanosleep(&ts, NULL);
+    }
   }
   json_w_free(&w);
   return status;
@@ -260,6 +319,7 @@ static const char create_help[] =
     "  --no-dict               never train or use a zstd dictionary\n"
     "  --dict-after N          train a dictionary once the topic holds N events\n"
     "                          (default 4096)\n" RETENTION_HELP
+    "  --json                  print {\"ok\":true,\"action\",\"topic\"} instead\n"
     "  -h, --help              this help\n";
 
 /* --compress-threshold N|never */
@@ -282,8 +342,9 @@ static int topic_create(struct cli *c, int argc, char **argv) {
   engram_topic_config cfg;
   memset(&cfg, 0, sizeof cfg);
   uint64_t max_payload = 0;
-  int no_dict = 0, force = 0;
+  int no_dict = 0, force = 0, json = 0;
   const struct cli_opt opts[] = {
+      CLI_OPT_FLAG("--json", &json),
       CLI_OPT_CUSTOM("--compress-threshold", &cfg.compress_threshold, set_threshold),
       CLI_OPT_SIZE("--max-payload", &max_payload, .min = 1, .max = ENGRAM_MAX_PAYLOAD_LIMIT,
                    .high = "over the 64 MiB limit"),
@@ -306,9 +367,11 @@ static int topic_create(struct cli *c, int argc, char **argv) {
   int status = cli_open(c, CLI_OPEN_CREATE);
   if (status) return status;
   int rc = engram_topic_create(c->log, a.pos[0], &cfg);
-  if (rc != 0) return cli_fail(c, rc, "create topic %s", a.pos[0]);
-  printf("created topic %s\n", a.pos[0]);
-  return 0;
+  if (rc != 0) return cli_fail_arg(c, rc, "create topic %s", a.pos[0]);
+  char text[ENGRAM_MAX_NAME + 32];
+  snprintf(text, sizeof text, "created topic %s", a.pos[0]);
+  struct cli_done d = {"topic create", a.pos[0], NULL, 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
 static int topic_set(struct cli *c, int argc, char **argv) {
@@ -321,11 +384,13 @@ static int topic_set(struct cli *c, int argc, char **argv) {
       "\n"
       "options:\n" RETENTION_HELP
       "  --no-force              retention waits for unfinished groups again\n"
+      "  --json                  print {\"ok\":true,\"action\",\"topic\"} instead\n"
       "  -h, --help              this help\n";
   /* UINT64_MAX marks an option not given. */
   uint64_t age = UINT64_MAX, bytes = UINT64_MAX, events = UINT64_MAX;
-  int force = 0, no_force = 0;
+  int force = 0, no_force = 0, json = 0;
   const struct cli_opt opts[] = {
+      CLI_OPT_FLAG("--json", &json),
       CLI_OPT_DURATION("--max-age", &age, .max = ENGRAM_MAX_RETENTION_AGE_MS),
       CLI_OPT_SIZE("--max-bytes", &bytes, .max = UINT64_MAX - 1),
       CLI_OPT_U64("--max-events", &events, .max = UINT64_MAX - 1),
@@ -348,34 +413,41 @@ static int topic_set(struct cli *c, int argc, char **argv) {
   if (force) cfg.flags |= ENGRAM_TOPIC_RETAIN_FORCE;
   if (no_force) cfg.flags &= ~(uint32_t)ENGRAM_TOPIC_RETAIN_FORCE;
   if ((rc = engram_topic_set(c->log, a.pos[0], &cfg)) != 0)
-    return cli_fail(c, rc, "set topic %s", a.pos[0]);
-  printf("updated topic %s\n", a.pos[0]);
-  return 0;
+    return cli_fail_arg(c, rc, "set topic %s", a.pos[0]);
+  char text[ENGRAM_MAX_NAME + 32];
+  snprintf(text, sizeof text, "updated topic %s", a.pos[0]);
+  struct cli_done d = {"topic set", a.pos[0], NULL, 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
-/* Parses `topic SUB TOPIC` with no options: CLI_GO or the exit status. */
-static int topic_only(struct cli_args *a, const char *help) {
-  const struct cli_opt opts[] = {CLI_OPT_END};
+/* Parses `topic SUB TOPIC [--json]`: CLI_GO or the exit status. */
+static int topic_only(struct cli_args *a, const char *help, int *json) {
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", json), CLI_OPT_END};
   return cli_args_parse(a, opts, help, 1, 1, "TOPIC");
 }
 
 static int topic_drop(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram topic drop TOPIC\n"
+      "usage: engram topic drop TOPIC [--json]\n"
       "\n"
       "Drops TOPIC with its events, idempotency keys, dictionaries and consumer groups.\n"
       "There is no undo. Readers and writers of TOPIC (threads, other processes, the\n"
       "daemon) get 'no such topic' from then on; created again, it starts empty at\n"
-      "offset 1.\n";
+      "offset 1.\n"
+      "\n"
+      "options:\n" CLI_JSON_DONE_HELP;
   struct cli_args a;
+  int json = 0;
   cli_args_init(&a, "topic drop", argc, argv);
-  int status = topic_only(&a, h);
+  int status = topic_only(&a, h, &json);
   if (status != CLI_GO) return status;
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc = engram_topic_drop(c->log, a.pos[0]);
   if (rc != 0) return cli_fail(c, rc, "drop topic %s", a.pos[0]);
-  printf("dropped topic %s\n", a.pos[0]);
-  return 0;
+  char text[ENGRAM_MAX_NAME + 32];
+  snprintf(text, sizeof text, "dropped topic %s", a.pos[0]);
+  struct cli_done d = {"topic drop", a.pos[0], NULL, 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
 static int topic_show(struct cli *c, int argc, char **argv) {
@@ -413,21 +485,27 @@ static int topic_show(struct cli *c, int argc, char **argv) {
 
 static int topic_train(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram topic train-dict TOPIC\n"
+      "usage: engram topic train-dict TOPIC [--json]\n"
       "\n"
       "Trains (or retrains) TOPIC's zstd dictionary from its newest events now and\n"
       "prints the new dictionary id. Older records keep the dictionary they were\n"
-      "written with.\n";
+      "written with.\n"
+      "\n"
+      "options:\n"
+      "  --json      print {\"ok\":true,\"action\",\"topic\",\"count\":DICT_ID}\n";
   struct cli_args a;
+  int json = 0;
   cli_args_init(&a, "topic train-dict", argc, argv);
-  int status = topic_only(&a, h);
+  int status = topic_only(&a, h, &json);
   if (status != CLI_GO) return status;
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   uint32_t id = 0;
   int rc = engram_topic_train_dict(c->log, a.pos[0], &id);
   if (rc != 0) return cli_fail(c, rc, "train dictionary for %s", a.pos[0]);
-  printf("topic %s: dictionary %" PRIu32 "\n", a.pos[0], id);
-  return 0;
+  char text[ENGRAM_MAX_NAME + 48];
+  snprintf(text, sizeof text, "topic %s: dictionary %" PRIu32, a.pos[0], id);
+  struct cli_done d = {"topic train-dict", a.pos[0], NULL, 0, 0, (int64_t)id};
+  return cli_done(json, &d, text);
 }
 
 int cmd_topic(struct cli *c, int argc, char **argv) {
@@ -462,7 +540,9 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_verify_report r;
   memset(&r, 0, sizeof r);
+  cli_progress_start("verifying");
   int rc = engram_verify(c->log, &r);
+  cli_progress_stop();
   if (rc != 0) return cli_fail(c, rc, "verify");
   size_t fdl = strnlen(r.first_damage, sizeof r.first_damage);
   if (json) {
@@ -492,31 +572,39 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
 
 int cmd_backup(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram backup DEST\n"
+      "usage: engram backup DEST [--json]\n"
       "\n"
       "Writes a consistent, compacted copy of the log into directory DEST (created; it\n"
-      "must not exist or must be empty) while writers keep running. Open the copy with\n"
-      "--data DEST.\n";
-  const struct cli_opt opts[] = {CLI_OPT_END};
+      "must not exist or must be empty; its parent must exist: mkdir -p it first)\n"
+      "while writers keep running. Open the copy with --data DEST.\n"
+      "\n"
+      "options:\n" CLI_JSON_DONE_HELP;
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "backup", argc, argv);
   int status = cli_args_parse(&a, opts, h, 1, 1, "DEST");
   if (status != CLI_GO) return status;
   if (!a.pos[0][0]) return cli_usage(a.cmd, "DEST must not be empty");
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
+  cli_progress_start("writing the backup");
   int rc = engram_backup(c->log, a.pos[0]);
+  cli_progress_stop();
   if (rc != 0) return cli_fail(c, rc, "backup to %s", a.pos[0]);
-  printf("backup written to %s\n", a.pos[0]);
-  return 0;
+  char text[4200];
+  snprintf(text, sizeof text, "backup written to %s", a.pos[0]);
+  struct cli_done d = {"backup", NULL, NULL, 0, 0, -1};
+  return cli_done(json, &d, text);
 }
 
 int cmd_sync(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram sync\n"
+      "usage: engram sync [--json]\n"
       "\n"
       "Forces everything committed so far to disk. Useful after writes made with\n"
-      "--durability nometasync or async. Prints nothing.\n";
-  const struct cli_opt opts[] = {CLI_OPT_END};
+      "--durability nometasync or async. Prints nothing (with --json: {\"ok\":true,...}).\n";
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "sync", argc, argv);
   int status = cli_args_parse(&a, opts, h, 0, 0, "no arguments");
@@ -524,7 +612,8 @@ int cmd_sync(struct cli *c, int argc, char **argv) {
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc = engram_sync(c->log);
   if (rc != 0) return cli_fail(c, rc, "sync");
-  return 0;
+  struct cli_done d = {"sync", NULL, NULL, 0, 0, -1};
+  return json ? cli_done(json, &d, "") : 0;
 }
 
 /* ---------------------------------------------------------------------------------

@@ -21,7 +21,11 @@ static const char serve_help[] =
     "\n"
     "Serves the log in DIR over ZeroMQ in the foreground until SIGTERM or SIGINT, then\n"
     "answers the requests in flight and stops. Clients use `engram --connect ENDPOINT`\n"
-    "or engram_connect(). One line is logged on stderr per notable event.\n"
+    "or engram_connect(). One line is logged on stderr per notable event; destructive\n"
+    "requests (topic drop, group delete and reset, DLQ purge and redrive) with the peer\n"
+    "and CURVE key that sent them. Under systemd (contrib/engram.service, Type=notify) it\n"
+    "reports READY=1 once listening and STOPPING=1 on the way out, and prefixes lines\n"
+    "with journald priorities; SIGHUP is logged and does not stop it.\n"
     "\n"
     "options:\n"
     "  --data DIR               the log directory (default: the global --data, then\n"
@@ -154,9 +158,7 @@ static int key40(const char *k, char out[41]) {
   return 0;
 }
 
-/* The daemon's key pair as `engram keygen --out` writes it: a `secret-key = KEY` line
- * (or else a line holding just the key) and an optional `public-key = KEY` line. */
-static int read_secret(const char *path, char sec[41], char pub[41]) {
+int cli_read_key_file(const char *path, char sec[41], char pub[41]) {
   struct cli_lines r;
   if (cli_lines_open(&r, path, "secret key file")) return CLI_EXIT_FAIL;
   unsigned long sec_line = 0, pub_line = 0, lone_line = 0;
@@ -302,7 +304,7 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
     goto done;
   }
   if (secret_file) {
-    if ((status = read_secret(secret_file, sec, pub))) goto done;
+    if ((status = cli_read_key_file(secret_file, sec, pub))) goto done;
     so.secret_key = sec;
     so.public_key = pub[0] ? pub : NULL;
     if ((status = read_allow(allow_file, &allow, &nallow))) goto done;

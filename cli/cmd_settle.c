@@ -17,7 +17,7 @@ static int offset_arg(const struct cli_args *a, uint64_t *offset) {
  * ------------------------------------------------------------------------------ */
 int cmd_ack(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram ack TOPIC GROUP OFFSET [--attempt N] [--result STR]\n"
+      "usage: engram ack TOPIC GROUP OFFSET [--attempt N] [--result STR] [--json]\n"
       "\n"
       "Finishes the event at OFFSET for GROUP. Acks are idempotent: acking a finished\n"
       "event says so and exits 0.\n"
@@ -25,12 +25,14 @@ int cmd_ack(struct cli *c, int argc, char **argv) {
       "options:\n"
       "  --attempt N   the attempt as fetched; refused as stale when the event was\n"
       "                delivered again since (default 0: do not check)\n"
-      "  --result STR  keep STR as the event's result (see `engram status`)\n"
+      "  --result STR  keep STR as the event's result (see `engram status`)\n" CLI_JSON_DONE_HELP
       "  -h, --help    this help\n";
   uint32_t attempt = 0;
   const char *result = NULL;
+  int json = 0;
   const struct cli_opt opts[] = {CLI_OPT_U32("--attempt", &attempt),
-                                 CLI_OPT_STR("--result", &result), CLI_OPT_END};
+                                 CLI_OPT_STR("--result", &result), CLI_OPT_FLAG("--json", &json),
+                                 CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "ack", argc, argv);
   int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
@@ -40,18 +42,22 @@ int cmd_ack(struct cli *c, int argc, char **argv) {
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc =
       engram_ack(c->log, a.pos[0], a.pos[1], off, attempt, result, result ? strlen(result) : 0);
+  char text[ENGRAM_MAX_NAME + 96];
+  struct cli_done d = {"ack", a.pos[0], a.pos[1], off, 1, -1};
   if (rc == ENGRAM_EALREADY) {
-    printf("offset %" PRIu64 " was already finished for group %s\n", off, a.pos[1]);
-    return 0;
+    snprintf(text, sizeof text, "offset %" PRIu64 " was already finished for group %s", off,
+             a.pos[1]);
+    d.action = "ack (already finished)";
+    return cli_done(json, &d, text);
   }
   if (rc != 0) return cli_fail(c, rc, "ack %s %s offset %" PRIu64, a.pos[0], a.pos[1], off);
-  printf("acked offset %" PRIu64 "\n", off);
-  return 0;
+  snprintf(text, sizeof text, "acked offset %" PRIu64, off);
+  return cli_done(json, &d, text);
 }
 
 int cmd_nack(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram nack TOPIC GROUP OFFSET [--attempt N] [--delay D] [--error STR]\n"
+      "usage: engram nack TOPIC GROUP OFFSET [--attempt N] [--delay D] [--error STR] [--json]\n"
       "\n"
       "Asks for the event at OFFSET to be delivered again. Past the group's max-deliver\n"
       "attempts it goes to the dead-letter queue instead.\n"
@@ -59,14 +65,16 @@ int cmd_nack(struct cli *c, int argc, char **argv) {
       "options:\n"
       "  --attempt N  the attempt as fetched (default 0: do not check)\n"
       "  --delay D    redeliver after D (default: the group's backoff step; at most 30d)\n"
-      "  --error STR  kept as the event's last error\n"
+      "  --error STR  kept as the event's last error\n" CLI_JSON_DONE_HELP
       "  -h, --help   this help\n";
   uint32_t attempt = 0;
+  int json = 0;
   const char *error = NULL;
   uint64_t delay_ms = 0;
   const struct cli_opt opts[] = {CLI_OPT_U32("--attempt", &attempt),
                                  CLI_OPT_DURATION("--delay", &delay_ms, .max = ENGRAM_MAX_DELAY_MS),
-                                 CLI_OPT_STR("--error", &error), CLI_OPT_END};
+                                 CLI_OPT_STR("--error", &error), CLI_OPT_FLAG("--json", &json),
+                                 CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "nack", argc, argv);
   int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
@@ -77,25 +85,28 @@ int cmd_nack(struct cli *c, int argc, char **argv) {
   const int64_t delay = cli_args_given(&a, "--delay") ? (int64_t)delay_ms : -1;
   int rc = engram_nack(c->log, a.pos[0], a.pos[1], off, attempt, delay, error);
   if (rc != 0) return cli_fail(c, rc, "nack %s %s offset %" PRIu64, a.pos[0], a.pos[1], off);
-  printf("nacked offset %" PRIu64 "\n", off);
-  return 0;
+  char text[64];
+  snprintf(text, sizeof text, "nacked offset %" PRIu64, off);
+  struct cli_done d = {"nack", a.pos[0], a.pos[1], off, 1, -1};
+  return cli_done(json, &d, text);
 }
 
 int cmd_reject(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram reject TOPIC GROUP OFFSET --reason STR [--attempt N]\n"
+      "usage: engram reject TOPIC GROUP OFFSET --reason STR [--attempt N] [--json]\n"
       "\n"
       "Sends the event at OFFSET to the group's dead-letter queue at once.\n"
       "\n"
       "options:\n"
       "  --reason STR  why (required); listed by `engram dlq list`\n"
-      "  --attempt N   the attempt as fetched (default 0: do not check)\n"
+      "  --attempt N   the attempt as fetched (default 0: do not check)\n" CLI_JSON_DONE_HELP
       "  -h, --help    this help\n";
   uint32_t attempt = 0;
+  int json = 0;
   const char *reason = NULL;
   const struct cli_opt opts[] = {CLI_OPT_U32("--attempt", &attempt),
                                  CLI_OPT_TEXT("--reason", &reason, .what = "must not be empty"),
-                                 CLI_OPT_END};
+                                 CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "reject", argc, argv);
   int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
@@ -106,17 +117,22 @@ int cmd_reject(struct cli *c, int argc, char **argv) {
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc = engram_reject(c->log, a.pos[0], a.pos[1], off, attempt, reason);
   if (rc != 0) return cli_fail(c, rc, "reject %s %s offset %" PRIu64, a.pos[0], a.pos[1], off);
-  printf("rejected offset %" PRIu64 "\n", off);
-  return 0;
+  char text[64];
+  snprintf(text, sizeof text, "rejected offset %" PRIu64, off);
+  struct cli_done d = {"reject", a.pos[0], a.pos[1], off, 1, -1};
+  return cli_done(json, &d, text);
 }
 
 int cmd_cancel(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram cancel TOPIC GROUP OFFSET\n"
+      "usage: engram cancel TOPIC GROUP OFFSET [--json]\n"
       "\n"
       "Marks a pending or retrying event finished for GROUP without delivering it.\n"
-      "Fails when the event is in flight, already finished or dead.\n";
-  const struct cli_opt opts[] = {CLI_OPT_END};
+      "Fails when the event is in flight, already finished or dead.\n"
+      "\n"
+      "options:\n" CLI_JSON_DONE_HELP;
+  int json = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "cancel", argc, argv);
   int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
@@ -126,8 +142,10 @@ int cmd_cancel(struct cli *c, int argc, char **argv) {
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc = engram_cancel(c->log, a.pos[0], a.pos[1], off);
   if (rc != 0) return cli_fail(c, rc, "cancel %s %s offset %" PRIu64, a.pos[0], a.pos[1], off);
-  printf("cancelled offset %" PRIu64 "\n", off);
-  return 0;
+  char text[64];
+  snprintf(text, sizeof text, "cancelled offset %" PRIu64, off);
+  struct cli_done d = {"cancel", a.pos[0], a.pos[1], off, 1, -1};
+  return cli_done(json, &d, text);
 }
 
 /* ---------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 /* cmd_stat.c — `engram stat`: every topic and every group on one screen. */
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
 static const char help[] =
-    "usage: engram stat [--json]\n"
+    "usage: engram stat [--json] [--watch D [--count N]]\n"
     "\n"
     "Prints every topic (events, first and head offsets) and every consumer group with\n"
     "its counters: lag, in flight, retrying, dead, acked, redelivered and the age of\n"
@@ -14,19 +17,73 @@ static const char help[] =
     "options:\n"
     "  --json     {\"topics\":[...],\"groups\":[...]} with the objects of\n"
     "             `engram topics --json` and `engram group list --json`\n"
+    "  --watch D  print again every D (e.g. 2s, at least 100ms) until Ctrl-C, with\n"
+    "             rates since the last print: IN/S (events appended per second) per\n"
+    "             topic, ACK/S per group; on a terminal the screen is redrawn, else\n"
+    "             each print starts with a time line (--json: one object per print,\n"
+    "             stat --json's plus \"ts_ns\", \"interval_ms\" and \"rates\":\n"
+    "             {\"topics\":{NAME:IN/S},\"groups\":{\"TOPIC/GROUP\":ACK/S}}, null\n"
+    "             when not known yet)\n"
+    "  --count N  with --watch: stop after N prints\n"
     "  -h, --help this help\n";
 
+/* What --watch remembers of the previous print, to give rates. */
+struct prev {
+  engram_topic_info *t;
+  engram_group_info *g;
+  size_t nt, ng;
+  int64_t at_ns; /* 0 = no previous print */
+};
+
+/* Events per second of a counter that went from was to now over dt_ns; -1 when unknown
+ * (first print, a topic or group that is new, a counter that went down). */
+static double rate(uint64_t was, uint64_t now, int64_t dt_ns) {
+  if (dt_ns <= 0 || now < was) return -1;
+  return (double)(now - was) * 1e9 / (double)dt_ns;
+}
+
+static double topic_rate(const struct prev *p, const engram_topic_info *t, int64_t now) {
+  for (size_t i = 0; p->at_ns && i < p->nt; i++)
+    if (!strcmp(p->t[i].name, t->name))
+      return rate(p->t[i].head_offset, t->head_offset, now - p->at_ns);
+  return -1;
+}
+
+static double group_rate(const struct prev *p, const engram_group_info *g, int64_t now) {
+  for (size_t i = 0; p->at_ns && i < p->ng; i++)
+    if (!strcmp(p->g[i].topic, g->topic) && !strcmp(p->g[i].name, g->name))
+      return rate(p->g[i].acked, g->acked, now - p->at_ns);
+  return -1;
+}
+
+static void fmt_rate(double r, char *buf, size_t len) {
+  if (r < 0)
+    snprintf(buf, len, "-");
+  else
+    snprintf(buf, len, "%.1f", r);
+}
+
 static int text(const engram_topic_info *t, size_t nt, const engram_group_info *g, size_t ng,
-                int64_t now) {
-  struct cli_table *tb = cli_table_new(4);
-  cli_table_row(tb, "TOPIC", "EVENTS", "FIRST", "HEAD");
+                int64_t now, const struct prev *p) {
+  const int watch = p != NULL;
+  struct cli_table *tb = cli_table_new(watch ? 5 : 4);
+  if (watch)
+    cli_table_row(tb, "TOPIC", "EVENTS", "FIRST", "HEAD", "IN/S");
+  else
+    cli_table_row(tb, "TOPIC", "EVENTS", "FIRST", "HEAD");
   for (size_t i = 0; i < nt; i++) {
     char name[ENGRAM_MAX_NAME + 1], cnt[24], first[24], head[24];
     snprintf(name, sizeof name, "%.*s", (int)sizeof name - 1, t[i].name);
     snprintf(cnt, sizeof cnt, "%" PRIu64, t[i].count);
     snprintf(first, sizeof first, "%" PRIu64, t[i].first_offset);
     snprintf(head, sizeof head, "%" PRIu64, t[i].head_offset);
-    cli_table_row(tb, name, cnt, first, head);
+    char r[32];
+    if (watch) {
+      fmt_rate(topic_rate(p, &t[i], now), r, sizeof r);
+      cli_table_row(tb, name, cnt, first, head, r);
+    } else {
+      cli_table_row(tb, name, cnt, first, head);
+    }
   }
   int status = cli_table_print(tb, stdout);
   if (status) return status;
@@ -35,9 +92,13 @@ static int text(const engram_topic_info *t, size_t nt, const engram_group_info *
     return 0;
   }
   printf("\n");
-  tb = cli_table_new(9);
-  cli_table_row(tb, "TOPIC", "GROUP", "LAG", "IN_FLIGHT", "RETRYING", "DEAD", "ACKED",
-                "REDELIVERED", "OLDEST_UNFINISHED");
+  tb = cli_table_new(watch ? 10 : 9);
+  if (watch)
+    cli_table_row(tb, "TOPIC", "GROUP", "LAG", "IN_FLIGHT", "RETRYING", "DEAD", "ACKED",
+                  "REDELIVERED", "OLDEST_UNFINISHED", "ACK/S");
+  else
+    cli_table_row(tb, "TOPIC", "GROUP", "LAG", "IN_FLIGHT", "RETRYING", "DEAD", "ACKED",
+                  "REDELIVERED", "OLDEST_UNFINISHED");
   for (size_t i = 0; i < ng; i++) {
     char tn[ENGRAM_MAX_NAME + 1], gn[ENGRAM_MAX_NAME + 1], lag[24], inf[24], rt[24], dead[24],
         acked[24], red[24], age[32];
@@ -53,19 +114,28 @@ static int text(const engram_topic_info *t, size_t nt, const engram_group_info *
       cli_fmt_age(now - g[i].oldest_unfinished_ns, age, sizeof age);
     else
       snprintf(age, sizeof age, "-");
-    cli_table_row(tb, tn, gn, lag, inf, rt, dead, acked, red, age);
+    char r[32];
+    if (watch) {
+      fmt_rate(group_rate(p, &g[i], now), r, sizeof r);
+      cli_table_row(tb, tn, gn, lag, inf, rt, dead, acked, red, age, r);
+    } else {
+      cli_table_row(tb, tn, gn, lag, inf, rt, dead, acked, red, age);
+    }
   }
   return cli_table_print(tb, stdout);
 }
 
-int cmd_stat(struct cli *c, int argc, char **argv) {
-  int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
-  struct cli_args a;
-  cli_args_init(&a, "stat", argc, argv);
-  int status = cli_args_parse(&a, opts, help, 0, 0, "no arguments");
-  if (status != CLI_GO) return status;
-  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
+/* "key": a rate, or null when unknown. */
+static void json_krate(json_writer *w, const char *key, double r) {
+  json_key(w, key);
+  if (r < 0)
+    json_null(w);
+  else
+    json_rate(w, r);
+}
+
+/* One print of every topic and group; p != NULL when watching (rates since p). */
+static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval_ms, int tty) {
   engram_topic_info *t = NULL;
   engram_group_info *g = NULL;
   size_t nt = 0, ng = 0;
@@ -77,10 +147,17 @@ int cmd_stat(struct cli *c, int argc, char **argv) {
     return cli_fail(c, rc, "list groups");
   }
   int64_t now = cli_now_ns();
+  int status;
   if (json) {
     json_writer w;
     json_w_init(&w);
     json_obj(&w);
+    if (p) {
+      json_key(&w, "ts_ns");
+      json_i64(&w, now);
+      json_key(&w, "interval_ms");
+      json_u64(&w, interval_ms);
+    }
     json_key(&w, "topics");
     json_arr(&w);
     for (size_t i = 0; i < nt; i++) cli_json_topic(&w, &t[i]);
@@ -89,13 +166,73 @@ int cmd_stat(struct cli *c, int argc, char **argv) {
     json_arr(&w);
     for (size_t i = 0; i < ng; i++) cli_json_group(&w, &g[i], now);
     json_arr_end(&w);
+    if (p) { /* the objects keep stat --json's shape; rates sit beside them */
+      json_key(&w, "rates");
+      json_obj(&w);
+      json_key(&w, "topics");
+      json_obj(&w);
+      for (size_t i = 0; i < nt; i++) json_krate(&w, t[i].name, topic_rate(p, &t[i], now));
+      json_obj_end(&w);
+      json_key(&w, "groups");
+      json_obj(&w);
+      for (size_t i = 0; i < ng; i++) {
+        char k[2 * ENGRAM_MAX_NAME + 2];
+        snprintf(k, sizeof k, "%s/%s", g[i].topic, g[i].name);
+        json_krate(&w, k, group_rate(p, &g[i], now));
+      }
+      json_obj_end(&w);
+      json_obj_end(&w);
+    }
     json_obj_end(&w);
     status = cli_json_emit(&w);
     json_w_free(&w);
   } else {
-    status = text(t, nt, g, ng, now);
+    if (p && tty) {
+      fputs("\033[H\033[2J", stdout); /* home, clear: redraw in place */
+    } else if (p) {
+      char ts[48];
+      cli_fmt_time(now, ts, sizeof ts);
+      printf("%s--- %s\n", p->at_ns ? "\n" : "", ts);
+    }
+    status = text(t, nt, g, ng, now, p);
   }
-  engram_free(t);
-  engram_free(g);
+  if (p) {
+    engram_free(p->t);
+    engram_free(p->g);
+    *p = (struct prev){t, g, nt, ng, now};
+  } else {
+    engram_free(t);
+    engram_free(g);
+  }
+  if (!status && fflush(stdout) != 0) status = CLI_EXIT_FAIL;
+  return status;
+}
+
+int cmd_stat(struct cli *c, int argc, char **argv) {
+  int json = 0;
+  uint64_t watch_ms = 0, count = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json),
+                                 CLI_OPT_DURATION("--watch", &watch_ms, .min = 100, .max = 86400000,
+                                                  .low = "must be at least 100ms"),
+                                 CLI_OPT_U64("--count", &count, .min = 1), CLI_OPT_END};
+  struct cli_args a;
+  cli_args_init(&a, "stat", argc, argv);
+  int status = cli_args_parse(&a, opts, help, 0, 0, "no arguments");
+  if (status != CLI_GO) return status;
+  const int watch = cli_args_given(&a, "--watch") != 0;
+  if (count && !watch) return cli_usage(a.cmd, "--count applies only with --watch");
+  if ((status = cli_open(c, CLI_OPEN_READ))) return status;
+  if (!watch) return print_once(c, json, NULL, 0, 0);
+  struct prev p = {0};
+  const int tty = isatty(STDOUT_FILENO);
+  for (uint64_t n = 0; !status && (!count || n < count); n++) {
+    if (n) {
+      struct timespec ts = {(time_t)(watch_ms / 1000), (long)(watch_ms % 1000) * 1000000};
+      nanosleep(&ts, NULL);
+    }
+    status = print_once(c, json, &p, watch_ms, tty);
+  }
+  engram_free(p.t);
+  engram_free(p.g);
   return status;
 }

@@ -301,6 +301,12 @@ void json_u64(json_writer *w, uint64_t v) {
   raw(w, b, (size_t)n);
 }
 
+void json_rate(json_writer *w, double v) {
+  char b[48];
+  int n = snprintf(b, sizeof b, "%.3f", v);
+  raw(w, b, (size_t)n);
+}
+
 void json_i64(json_writer *w, int64_t v) {
   char b[24];
   int n = snprintf(b, sizeof b, "%" PRId64, v);

@@ -46,6 +46,7 @@ void json_strn(json_writer *w, const void *s, size_t n);
 void json_b64(json_writer *w, const void *data, size_t n); /* a base64 string */
 void json_u64(json_writer *w, uint64_t v);
 void json_i64(json_writer *w, int64_t v);
+void json_rate(json_writer *w, double v); /* a finite, non-negative rate: 3 decimals */
 void json_bool(json_writer *w, int v);
 void json_null(json_writer *w);
 /* Key + value shortcuts. */

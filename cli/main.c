@@ -23,7 +23,8 @@ static const struct command commands[] = {
 
 static void print_help(void) {
   printf(
-      "usage: engram [--data DIR | --connect ENDPOINT] [--durability MODE] COMMAND [ARGS]\n"
+      "usage: engram [--data DIR | --connect ENDPOINT [--server-key KEY --client-key-file F]]\n"
+      "              [--durability MODE] COMMAND [ARGS]\n"
       "       engram COMMAND --help | engram help COMMAND | engram --version\n"
       "\n"
       "engram is a durable event log with consumer groups.\n"
@@ -32,6 +33,12 @@ static void print_help(void) {
       "  --data DIR           the log directory (default: $ENGRAM_DATA); commands that\n"
       "                       only read open a log they may not write read-only\n"
       "  --connect ENDPOINT   use the log served by `engram serve` at ENDPOINT instead\n"
+      "                       (default: $ENGRAM_CONNECT when $ENGRAM_DATA is not set)\n"
+      "  --server-key KEY     with --connect: the daemon's CURVE public key, 40 Z85\n"
+      "                       characters (its keygen BASE.pub; default $ENGRAM_SERVER_KEY)\n"
+      "  --client-key-file F  with --server-key: this client's key pair from `engram\n"
+      "                       keygen --out` (default $ENGRAM_CLIENT_KEY_FILE); its public\n"
+      "                       key must be in the daemon's --allow-keys-file\n"
       "  --durability MODE    with --data: sync (default), nometasync or async\n"
       "  -h, --help           this help\n"
       "  --version            print the versions and exit\n"
@@ -116,6 +123,12 @@ int main(int argc, char **argv) {
     } else if ((r = global_value(argc, argv, &i, "--connect", &v)) != 0) {
       if (r < 0) return CLI_EXIT_USAGE;
       c.connect = v;
+    } else if ((r = global_value(argc, argv, &i, "--server-key", &v)) != 0) {
+      if (r < 0) return CLI_EXIT_USAGE;
+      c.server_key = v;
+    } else if ((r = global_value(argc, argv, &i, "--client-key-file", &v)) != 0) {
+      if (r < 0) return CLI_EXIT_USAGE;
+      c.client_key_file = v;
     } else if ((r = global_value(argc, argv, &i, "--durability", &v)) != 0) {
       if (r < 0) return CLI_EXIT_USAGE;
       if (strcmp(v, "sync") == 0)
@@ -132,6 +145,8 @@ int main(int argc, char **argv) {
     }
   }
   if (c.data && c.connect) return cli_usage(NULL, "--data and --connect exclude each other");
+  if ((c.server_key || c.client_key_file) && c.data)
+    return cli_usage(NULL, "--server-key and --client-key-file apply to --connect only");
   if (c.connect && c.durability_set)
     return cli_usage(NULL, "--durability applies to --data only (a daemon keeps its own)");
   if (i >= argc) return cli_usage(NULL, "missing command");
@@ -156,19 +171,63 @@ const char *cli_data_dir(const struct cli *c) {
   return env && *env ? env : NULL;
 }
 
+/* The value of environment variable name, NULL when unset or empty. */
+static const char *env(const char *name) {
+  const char *v = getenv(name);
+  return v && *v ? v : NULL;
+}
+
+/* Connects to the daemon at c->connect, with CURVE when a server key is given (on the
+ * command line or in the environment). */
+static int connect_remote(struct cli *c) {
+  const char *server_key = c->server_key ? c->server_key : env("ENGRAM_SERVER_KEY");
+  const char *key_file = c->client_key_file ? c->client_key_file : env("ENGRAM_CLIENT_KEY_FILE");
+  engram_connect_options o;
+  memset(&o, 0, sizeof o);
+  char sec[41], pub[41];
+  if (key_file && !server_key)
+    return cli_usage(NULL, "a client key file (%s) needs the daemon's key: --server-key KEY",
+                     key_file);
+  if (server_key) {
+    if (strlen(server_key) != 40)
+      return cli_usage(NULL, "--server-key must be the daemon's 40-character Z85 public key");
+    if (!key_file)
+      return cli_usage(NULL,
+                       "--server-key needs this client's key pair: --client-key-file FILE "
+                       "(make one with 'engram keygen --out BASE')");
+    int st = cli_read_key_file(key_file, sec, pub);
+    if (st) return st;
+    if (!pub[0])
+      return cli_error(
+          "client key file %s: no `public-key = KEY` line (as 'engram keygen --out' "
+          "writes it)",
+          key_file);
+    o.server_key = server_key;
+    o.public_key = pub;
+    o.secret_key = sec;
+  }
+  int rc = engram_connect(c->connect, &o, &c->log);
+  memset(sec, 0, sizeof sec);
+  if (rc != 0) {
+    c->log = NULL;
+    const char *m = engram_errmsg(NULL);
+    if (*m) return cli_error("%s", m);
+    return cli_error("connect %s: %s", c->connect, engram_strerror(rc));
+  }
+  return 0;
+}
+
 int cli_open(struct cli *c, int create) {
   if (c->log) return 0;
   int rc;
-  if (c->connect) {
-    rc = engram_connect(c->connect, NULL, &c->log);
-    if (rc != 0) {
-      c->log = NULL;
-      const char *m = engram_errmsg(NULL);
-      if (*m) return cli_error("%s", m);
-      return cli_error("connect %s: %s", c->connect, engram_strerror(rc));
-    }
-    return 0;
+  if (!c->connect && !c->data && env("ENGRAM_CONNECT")) {
+    if (env("ENGRAM_DATA"))
+      return cli_usage(NULL,
+                       "ENGRAM_DATA and ENGRAM_CONNECT are both set: say which with --data or "
+                       "--connect");
+    c->connect = env("ENGRAM_CONNECT");
   }
+  if (c->connect) return connect_remote(c);
   const char *dir = cli_data_dir(c);
   if (!dir)
     return cli_usage(NULL,
@@ -216,20 +275,33 @@ const char *cli_errtext(struct cli *c, int code) {
   return m ? m : engram_strerror(code);
 }
 
-int cli_fail(struct cli *c, int code, const char *fmt, ...) {
+static int vfail(struct cli *c, int code, const char *fmt, va_list ap) {
   const char *m = fresh_errmsg(c);
   fflush(stdout);
   if (m) {
     fprintf(stderr, "engram: %s\n", m);
   } else {
-    va_list ap;
-    va_start(ap, fmt);
     fputs("engram: ", stderr);
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, ": %s\n", engram_strerror(code));
-    va_end(ap);
   }
   return CLI_EXIT_FAIL;
+}
+
+int cli_fail(struct cli *c, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int r = vfail(c, code, fmt, ap);
+  va_end(ap);
+  return r;
+}
+
+int cli_fail_arg(struct cli *c, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int r = vfail(c, code, fmt, ap);
+  va_end(ap);
+  return code == ENGRAM_EINVAL ? CLI_EXIT_USAGE : r;
 }
 
 int cli_error(const char *fmt, ...) {

@@ -1,10 +1,12 @@
 /* print.c — how the engram command shows things: times, ages, durations, events,
  * topics, groups and dead-letter entries, as JSON and as aligned text. */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -314,6 +316,70 @@ void cli_json_dlq_entry(json_writer *w, const engram_dlq_entry *e) {
   ENGRAM_DLQ_ENTRY_FIELDS(NUM, TEXT)
 #undef NUM
 #undef TEXT
+}
+
+int cli_done(int json, const struct cli_done *d, const char *text) {
+  if (!json) {
+    printf("%s\n", text);
+    return 0;
+  }
+  json_writer w;
+  json_w_init(&w);
+  json_obj(&w);
+  json_kbool(&w, "ok", 1);
+  json_kstr(&w, "action", d->action);
+  if (d->topic) json_kstr(&w, "topic", d->topic);
+  if (d->group) json_kstr(&w, "group", d->group);
+  if (d->has_offset) json_ku64(&w, "offset", d->offset);
+  if (d->count >= 0) json_ki64(&w, "count", d->count);
+  json_obj_end(&w);
+  int st = cli_json_emit(&w);
+  json_w_free(&w);
+  return st;
+}
+
+static struct {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int running, stop;
+  const char *what;
+} prog = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void *progress_main(void *arg) {
+  (void)arg;
+  struct timespec start, until;
+  clock_gettime(CLOCK_REALTIME, &start);
+  pthread_mutex_lock(&prog.mu);
+  for (long s = 0; !prog.stop; s++) {
+    fprintf(stderr, "\r%s... %lds\033[K", prog.what, s);
+    fflush(stderr);
+    until = start;
+    until.tv_sec += s + 1;
+    while (!prog.stop && pthread_cond_timedwait(&prog.cv, &prog.mu, &until) == 0) {
+    }
+  }
+  fputs("\r\033[K", stderr);
+  fflush(stderr);
+  pthread_mutex_unlock(&prog.mu);
+  return NULL;
+}
+
+void cli_progress_start(const char *what) {
+  if (prog.running || !isatty(STDERR_FILENO)) return;
+  prog.what = what;
+  prog.stop = 0;
+  prog.running = pthread_create(&prog.thread, NULL, progress_main, NULL) == 0;
+}
+
+void cli_progress_stop(void) {
+  if (!prog.running) return;
+  pthread_mutex_lock(&prog.mu);
+  prog.stop = 1;
+  pthread_cond_signal(&prog.cv);
+  pthread_mutex_unlock(&prog.mu);
+  pthread_join(prog.thread, NULL);
+  prog.running = 0;
 }
 
 int cli_json_emit(json_writer *w) {

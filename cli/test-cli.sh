@@ -71,6 +71,20 @@ keys_in_order() {
   done
 }
 
+# Ctrl-C while `consume --wait` waits: the command dies of SIGINT (status 130 in a shell),
+# embedded and through the daemon alike. Python starts it with SIGINT at its default (a
+# background job of this script would have it ignored).
+ctrl_c() {
+  python3 - "$BIN" "$@" <<'PY'
+import signal, subprocess, sys, time
+p = subprocess.Popen(sys.argv[1:] + ["consume", "memory", "idle", "--consumer", "w", "--wait", "1h"])
+time.sleep(1)
+p.send_signal(signal.SIGINT)
+rc = p.wait(timeout=60)
+sys.exit(128 - rc if rc < 0 else rc)  # as a shell reports it
+PY
+}
+
 # --- the command line -------------------------------------------------------------
 out=$("$BIN" --help) rc=$?
 check "engram --help exits 0 and lists commands" eval '[[ $rc == 0 ]] && has "$out" consume'
@@ -170,6 +184,21 @@ e group create memory g --ack-wait 99999999999d
 check "a duration too large to count is refused, not wrapped" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "over the limit of 30d"'
 e group create memory g --ack-wait 18446744073709551617ms
 check "... also in milliseconds" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 30d"'
+# A value the library refuses is a bad command line too: exit 2, as documented.
+e group create memory g --filter 'memory*'
+check "a filter the library refuses exits 2 with its reason" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "memory.*"'
+e group list memory --json
+check "... and no group was made" eval '! has "$out" "\"name\":\"g\""'
+e consume memory g --consumer w --count 10001
+check "consume --count over the fetch limit (10000) exits 2" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "at most 10000"'
+e consume memory g --consumer w --wait 2h
+check "consume --wait over an hour exits 2" eval '[[ $rc == 2 ]] && has "$err" "over the limit of 1h"'
+e group create memory ttl60 --result-ttl 60d
+check "group create --result-ttl 60d is accepted (up to a year)" eval '[[ $rc == 0 ]]'
+e group create memory idle --filter nothing.here
+ctrl_c --data "$DATA"
+rc=$?
+check "Ctrl-C during consume --wait exits 130" eval '[[ $rc == 130 ]]'
 e group create memory dur-max --ack-wait 30d --backoff 1s,30d --result-ttl 365d
 check "each group duration at its maximum is accepted" eval '[[ $rc == 0 ]]'
 e group show memory dur-max --json
@@ -496,6 +525,224 @@ e topic show kept
 check "topic set changes only what is given" eval '[[ $rc == 0 ]] && has "$out" "max events: none" && has "$out" "max age:   7d" && has "$out" forced'
 e compact missing
 check "compact of a missing topic fails with one line" eval '[[ $rc == 1 ]] && one_line_err'
+# --- read --since and --follow ---------------------------------------------------------------
+e topic create timed
+e append timed old.one --payload a
+T0=$(date +%s.%N)
+e append timed new.one --payload b
+e read timed --since "@$T0" --json
+check "read --since @TIME starts at the first event appended at or after TIME" eval '[[ $rc == 0 ]] && lines "$out" 1 && has "$out" new.one'
+e read timed --since 1h
+check "read --since DURATION reads what came in that long ago" eval '[[ $rc == 0 ]] && lines "$out" 2'
+e read timed --since yesterday
+check "read --since with a bad value is a usage error" eval '[[ $rc == 2 ]] && one_line_err'
+timeout 60 "$BIN" --data "$DATA" read timed --from 2 --follow --count 3 >"$TMP/follow.out" 2>&1 &
+FP=$!
+for _ in $(seq 1 600); do [[ -s $TMP/follow.out ]] && break; sleep 0.1; done
+e append timed later.one --payload c
+e append timed later.two --payload d
+wait "$FP"
+rc=$?
+out=$(cat "$TMP/follow.out")
+check "read --follow prints events appended while it waits, then stops at --count" eval '[[ $rc == 0 ]] && lines "$out" 3 && has "$out" later.two'
+
+e stat --watch 100ms --count 2 --json
+check "stat --watch --count 2 --json prints two objects of stat --json's shape plus rates" eval '[[ $rc == 0 ]] && lines "$out" 2 && has "$out" "\"rates\":{\"topics\":{" && has "$out" "\"groups\":["'
+second=$(printf '%s\n' "$out" | sed -n 2p)
+check "... the second with a number per topic (the first has null: no interval yet)" eval '[[ $second =~ \"rates\":\{\"topics\":\{\"[a-z]+\":[0-9] ]]'
+e stat --watch 100ms --count 2
+check "stat --watch in text: IN/S and ACK/S columns, a time line per print" eval '[[ $rc == 0 ]] && has "$out" "IN/S" && [[ $(grep -c "^--- " <<<"$out") == 2 ]]'
+e stat --count 2
+check "stat --count without --watch is a usage error" eval '[[ $rc == 2 ]]'
+
+# --- --json on every command that writes -------------------------------------------------
+jok() { [[ $rc == 0 && $out == '{"ok":true,"action":"'"$1"'"'* ]] && lines "$out" 1; }
+e topic create jt --json
+check "topic create --json" jok "topic create"
+e group create jt jg --json
+check "group create --json names topic and group" eval 'jok "group create" && has "$out" "\"topic\":\"jt\",\"group\":\"jg\""'
+e append jt x.y --payload 1 --json
+e append jt x.y --payload 2 --json
+e consume jt jg --consumer w --count 2 --no-ack --json
+e ack jt jg 1 --json
+check "ack --json names the offset" eval 'jok ack && has "$out" "\"offset\":1"'
+e reject jt jg 2 --reason bad --json
+check "reject --json" jok reject
+e dlq redrive jt jg --json
+check "dlq redrive --json counts" eval 'jok "dlq redrive" && has "$out" "\"count\":1"'
+e consume jt jg --consumer w --no-ack
+e nack jt jg 2 --json
+check "nack --json" jok nack
+e dlq purge jt jg --json
+check "dlq purge --json" eval 'jok "dlq purge" && has "$out" "\"count\":0"'
+e group reset jt jg --to earliest --json
+check "group reset --json" jok "group reset"
+e cancel jt jg 1 --json
+check "cancel --json" jok cancel
+e sync --json
+check "sync --json" jok sync
+e backup "$TMP/jbackup" --json
+check "backup --json" jok backup
+e group delete jt jg --json
+check "group delete --json" jok "group delete"
+e topic drop jt --json
+check "topic drop --json" jok "topic drop"
+
+# Ctrl-C during append --batch: the batches appended stay, the one being read is not, and
+# the message says from which line to resume; resuming appends every line exactly once.
+seq 1 1200 | sed 's/.*/{"type":"n.x","payload":&}/' >"$TMP/big.jsonl"
+out=$(python3 - "$BIN" "$DATA" "$TMP/big.jsonl" <<'PY' 2>&1
+import json, signal, subprocess, sys, time
+bin, data, path = sys.argv[1:]
+lines = open(path, "rb").read().splitlines(keepends=True)
+p = subprocess.Popen([bin, "--data", data, "append", "bigint", "--batch", "--create"],
+                     stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+p.stdin.write(b"".join(lines[:1200]))   # two full batches and 200 lines; stdin stays open
+p.stdin.flush()
+deadline = time.time() + 60
+while time.time() < deadline:          # wait until both batches are in
+    r = subprocess.run([bin, "--data", data, "topic", "show", "bigint", "--json"],
+                       capture_output=True, text=True)
+    if r.returncode == 0 and json.loads(r.stdout)["count"] == 1000:
+        break
+    time.sleep(0.05)
+p.send_signal(signal.SIGINT)
+err = p.stderr.read().decode()
+print("rc", p.wait(timeout=60))
+print(err)
+PY
+)
+check "Ctrl-C during append --batch exits 130 naming the line to resume from" eval 'has "$out" "rc 130" && has "$out" "lines 1..1000 were appended" && has "$out" "tail -n +1001"'
+tail -n +1001 "$TMP/big.jsonl" | timeout 60 "$BIN" --data "$DATA" append bigint --batch >/dev/null
+e read bigint --json
+check "... and resuming there appends each line once" eval '[[ $(grep -c . <<<"$out") == 1200 ]] && [[ $(sed -n 1200p <<<"$out") == *"\"payload\":\"1200\""* ]]'
+
+# --- group consumers: who holds what ------------------------------------------------------
+e topic create held
+for i in 1 2 3; do e append held h.x --payload "$i"; done
+e group create held hg
+e group consumers held hg
+check "group consumers with nothing in flight says so" eval '[[ $rc == 0 ]] && has "$out" "no events in flight"'
+e consume held hg --consumer w1 --count 2 --no-ack
+e consume held hg --consumer w2 --no-ack
+e group consumers held hg --json
+check "group consumers --json: each holder, its count and offsets" eval '[[ $rc == 0 ]] && has "$out" "\"consumer\":\"w1\",\"in_flight\":2,\"offsets\":[1,2]" && has "$out" "\"consumer\":\"w2\",\"in_flight\":1,\"offsets\":[3]"'
+e group consumers held hg
+check "group consumers in text: since when and the next expiry" eval '[[ $rc == 0 ]] && has "$out" HOLDING_FOR && has "$out" w2'
+
+# Long work shows progress on a terminal and is quiet otherwise.
+out=$(python3 - "$BIN" "$DATA" "$TMP/pbackup" <<'PY'
+import os, pty, subprocess, sys
+bin, data, dest = sys.argv[1:]
+for args in (["verify"], ["backup", dest]):
+    m, s = pty.openpty()
+    r = subprocess.run([bin, "--data", data, *args], stderr=s, stdout=subprocess.DEVNULL, timeout=60)
+    os.close(s)
+    got = b""
+    try:
+        while chunk := os.read(m, 4096):
+            got += chunk
+    except OSError:
+        pass
+    os.close(m)
+    shown = got.startswith(b"\r") and b"... 0s" in got and got.endswith(b"\r\x1b[K")
+    print(args[0], r.returncode, "progress-erased" if shown else repr(got))
+PY
+)
+check "verify and backup show progress on a terminal, then erase it" eval 'has "$out" "verify 0 progress-erased" && has "$out" "backup 0 progress-erased"'
+e verify
+check "... and print nothing on stderr into a pipe" eval '[[ $rc == 0 && -z $err ]]'
+
+# --- CURVE from the command line ----------------------------------------------------------
+CV=$TMP/curve
+mkdir -p "$CV"
+"$BIN" keygen --out "$CV/server" >/dev/null && "$BIN" keygen --out "$CV/client" >/dev/null &&
+  "$BIN" keygen --out "$CV/stranger" >/dev/null
+cp "$CV/client.pub" "$CV/allow"
+SKEY=$(sed -n 's/^public-key = //p' "$CV/server.pub")
+EP=ipc://$CV/s.ipc
+timeout 120 "$BIN" --data "$CV/log" serve --listen "$EP" --notify "ipc://$CV/n.ipc" \
+  --curve-secret-file "$CV/server.key" --allow-keys-file "$CV/allow" 2>"$CV/serve.err" &
+SERVE_PID=$!
+c() { # c ARGS...: the command against the CURVE daemon; $out, $err, $rc
+  out=$(timeout 60 "$BIN" "$@" 2>"$TMP/err") rc=$?
+  sanitized "$@"
+  err=$(cat "$TMP/err")
+}
+for _ in $(seq 1 100); do
+  c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" topic create curved
+  [[ $rc == 0 ]] && break
+  sleep 0.2
+done
+check "--server-key and --client-key-file reach a CURVE daemon" eval '[[ $rc == 0 ]] && has "$out" "created topic curved"'
+out=$(ENGRAM_CONNECT=$EP ENGRAM_SERVER_KEY=$SKEY ENGRAM_CLIENT_KEY_FILE=$CV/client.key \
+  timeout 60 "$BIN" topics 2>&1) rc=$?
+check "... and so do ENGRAM_CONNECT, ENGRAM_SERVER_KEY, ENGRAM_CLIENT_KEY_FILE" eval '[[ $rc == 0 ]] && has "$out" curved'
+out=$(ENGRAM_CONNECT=$EP ENGRAM_DATA=$DATA timeout 60 "$BIN" topics 2>&1) rc=$?
+check "ENGRAM_CONNECT with ENGRAM_DATA is refused as ambiguous" eval '[[ $rc == 2 ]] && has "$out" "both set"'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" info --json
+check "info --json shows the daemon's counters" eval '[[ $rc == 0 ]] && has "$out" "\"requests\":" && has "$out" "\"parked\":0" && has "$out" "\"workers\":"'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" info
+check "info in text" eval '[[ $rc == 0 ]] && has "$out" "parked"'
+c --data "$DATA" info
+check "info on a directory is a usage error naming --connect" eval '[[ $rc == 2 ]] && has "$err" "--connect"'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/stranger.key" topics
+check "a client key not allowed in fails with one line" eval '[[ $rc == 1 ]] && one_line_err'
+c --connect "$EP" --server-key "$SKEY" topics
+check "--server-key without a client key is a usage error" eval '[[ $rc == 2 ]] && has "$err" "--client-key-file"'
+c --data "$DATA" --server-key "$SKEY" topics
+check "--server-key with --data is a usage error" eval '[[ $rc == 2 ]]'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" topic create memory
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" group create memory idle
+ctrl_c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key"
+rc=$?
+check "... also through the daemon" eval '[[ $rc == 130 ]]'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" group delete memory idle
+CKEY=$(sed -n 's/^public-key = //p' "$CV/client.pub")
+check "an admin action through a CURVE daemon is logged with the client's key" eval 'grep -F "admin: group_delete group memory/idle by peer" "$CV/serve.err" | grep -qF "key $CKEY"'
+kill "$SERVE_PID" 2>/dev/null
+wait "$SERVE_PID" 2>/dev/null
+
+# --- serve under systemd: sd_notify readiness and stopping, journald priorities, SIGHUP,
+# admin actions logged with who did them. Python plays the service manager.
+SD=$TMP/sd
+mkdir -p "$SD"
+out=$(timeout 120 python3 - "$BIN" "$SD" <<'PY' 2>&1
+import os, signal, socket, subprocess, sys, time
+bin, d = sys.argv[1], sys.argv[2]
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(os.path.join(d, "notify.sock"))
+sock.settimeout(60)
+err = open(os.path.join(d, "serve.err"), "w")
+st = os.fstat(err.fileno())
+env = dict(os.environ, NOTIFY_SOCKET=os.path.join(d, "notify.sock"),
+           JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+ep = "ipc://" + os.path.join(d, "s.ipc")
+p = subprocess.Popen([bin, "--data", os.path.join(d, "log"), "serve", "--listen", ep,
+                      "--notify", "ipc://" + os.path.join(d, "n.ipc")], env=env, stderr=err)
+msg = sock.recv(4096).decode()
+print("got:", msg.replace("\n", "|"))
+assert msg.startswith("READY=1") and f"MAINPID={p.pid}" in msg, msg
+def cli(*a):
+    return subprocess.run([bin, "--connect", ep, *a], capture_output=True, text=True, timeout=60)
+assert cli("topic", "create", "doomed").returncode == 0
+p.send_signal(signal.SIGHUP)
+time.sleep(0.5)
+assert p.poll() is None, "SIGHUP killed the daemon"
+r = cli("topic", "drop", "doomed")
+assert r.returncode == 0, r.stderr
+p.send_signal(signal.SIGTERM)
+msg = sock.recv(4096).decode()
+assert msg.startswith("STOPPING=1"), msg
+print("exit", p.wait(timeout=60))
+log = open(os.path.join(d, "serve.err")).read()
+print(log)
+PY
+) rc=$?
+check "serve tells the service manager READY=1 with its pid, then STOPPING=1, and exits 0" eval '[[ $rc == 0 ]] && has "$out" "exit 0"'
+check "... SIGHUP is logged, not fatal" eval 'has "$out" "sighup: SIGHUP: still serving"'
+check "... log lines carry journald priorities when stderr is the journal" eval '[[ $out == *"<6>"*"info  start: engram"* && $out == *"<6>"*"admin: topic_drop"* ]]'
+check "... a topic drop is logged with who did it" eval 'has "$out" "admin: topic_drop topic doomed by peer"'
 
 echo "test-cli: $((checks - fails)) of $checks checks passed"
 ((fails == 0))

@@ -5,7 +5,7 @@
 
 #include "consumers/cg.h"
 
-#define MAX_FETCH 10000
+#define MAX_FETCH ENGRAM_MAX_FETCH
 #define SCAN_FACTOR 16 /* new events looked at per event wanted, before giving up for now */
 
 struct fetch_req {

@@ -82,6 +82,7 @@ extern "C" {
 #define ENGRAM_MAX_FILTERS 16                /* type filter patterns per group */
 #define ENGRAM_MAX_BACKOFF 16                /* steps in a group's backoff schedule */
 #define ENGRAM_MAX_PAYLOAD_LIMIT (64u << 20) /* highest max_payload a topic may set */
+#define ENGRAM_MAX_FETCH 10000               /* events one engram_fetch may lease */
 
 /* The longest duration each option or argument may give, in milliseconds. A longer one
  * is refused with ENGRAM_EINVAL, so no duration can overflow the nanosecond clock. */
@@ -451,8 +452,8 @@ ENGRAM_API int engram_group_delete(engram *log, const char *topic, const char *g
 ENGRAM_API int engram_group_reset(engram *log, const char *topic, const char *group,
                                   engram_start to, uint64_t offset, int64_t time_ns);
 
-/* Leases up to `max` events to `consumer`: first events whose lease expired or whose
- * retry delay passed, then new ones matching the group's filters. Each event's attempt
+/* Leases up to `max` events (1 .. ENGRAM_MAX_FETCH) to `consumer`: first events whose
+ * lease expired or whose retry delay passed, then new ones matching the group's filters. Each event's attempt
  * is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to wait_ms
  * for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a fetch
  * returns once its leases are written and flushed but before they are made durable: a power cut may

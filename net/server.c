@@ -14,6 +14,7 @@
 #include "net/server.h"
 
 volatile sig_atomic_t server_stop_requested;
+volatile sig_atomic_t server_hup_requested;
 static volatile int stop_fd = -1;
 static _Atomic int serving;
 
@@ -30,6 +31,19 @@ void net_serve_stop(void) {
 static void on_signal(int sig) {
   (void)sig;
   engram_serve_stop();
+}
+
+/* SIGHUP (a service manager's reload, a closed terminal) must not kill the daemon: the
+ * main loop is woken to log it. */
+static void on_hup(int sig) {
+  (void)sig;
+  server_hup_requested = 1;
+  int fd = stop_fd;
+  if (fd >= 0) {
+    uint64_t one = 1;
+    ssize_t r = write(fd, &one, sizeof one);
+    (void)r;
+  }
 }
 
 /* ---------------------------------------------------------------------------------
@@ -350,6 +364,7 @@ int net_serve(const char *data_dir, const engram_serve_options *opts) {
   snprintf(s->dir, sizeof s->dir, "%s", data_dir);
   s->o = o;
   s->log_json = o.log_json;
+  s->journal = server_stderr_is_journal();
   s->wake_fd = -1;
   s->lock_fd = -1;
   s->started_ns = clock_monotonic_ns();
@@ -358,12 +373,16 @@ int net_serve(const char *data_dir, const engram_serve_options *opts) {
   pthread_mutex_init(&s->log_mu, NULL);
 
   server_stop_requested = 0;
-  struct sigaction sa, old_term, old_int;
+  server_hup_requested = 0;
+  struct sigaction sa, hup, old_term, old_int, old_hup;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, &old_term);
   sigaction(SIGINT, &sa, &old_int);
+  hup = sa;
+  hup.sa_handler = on_hup;
+  sigaction(SIGHUP, &hup, &old_hup);
 
   rc = start(s);
   if (rc) {
@@ -390,6 +409,10 @@ int net_serve(const char *data_dir, const engram_serve_options *opts) {
         !o.secret_key)
       server_log(s, "warn", "listen", "%s is reachable beyond this host and CURVE is off",
                  s->listen_ep);
+    char ready[5200];
+    snprintf(ready, sizeof ready, "READY=1\nMAINPID=%ld\nSTATUS=serving %s on %s", (long)getpid(),
+             s->dir, s->listen_ep);
+    server_sd_notify(ready);
     server_main_loop(s);
     stop_fd = -1;
     uint64_t served = s->requests;
@@ -400,6 +423,7 @@ int net_serve(const char *data_dir, const engram_serve_options *opts) {
   }
   sigaction(SIGTERM, &old_term, NULL);
   sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGHUP, &old_hup, NULL);
   free(s);
   serving = 0;
   return rc;

@@ -129,6 +129,7 @@ struct net_server {
   struct http_server *http; /* the dashboard and /metrics (http.c), NULL = off */
   char http_ep[128];        /* its bound HOST:PORT */
 
+  int journal;            /* stderr is the journal: log lines carry "<N>" priorities */
   pthread_mutex_t log_mu; /* rate limit of client-error lines */
   int64_t log_window;
   int log_count, log_dropped;
@@ -143,6 +144,19 @@ struct worker {
 
 /* Set by engram_serve_stop() (and SIGTERM, SIGINT); the main loop then stops. */
 extern volatile sig_atomic_t server_stop_requested;
+/* Set by SIGHUP: the main loop logs it and goes on serving. */
+extern volatile sig_atomic_t server_hup_requested;
+
+/* Under a service manager (server_systemd.c). */
+/* Sends state ("READY=1", "STOPPING=1" ...) to $NOTIFY_SOCKET, when set (sd_notify). */
+void server_sd_notify(const char *state);
+/* 1 when stderr is the stream $JOURNAL_STREAM names. */
+int server_stderr_is_journal(void);
+/* The syslog priority of a log level: error 3, warn 4, else 6 (info). */
+int server_log_priority(const char *level);
+/* One "admin" line for a destructive operation that succeeded: what, and who asked (the
+ * peer's address and, with CURVE, its public key). */
+void server_log_admin(struct net_server *s, zmq_msg_t *body, const char *op, const char *what);
 
 /* Logging (server_log.c): one line per notable event, text or JSON, client text escaped. */
 void server_log(struct net_server *s, const char *level, const char *event, const char *fmt, ...)

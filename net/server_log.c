@@ -90,12 +90,14 @@ void server_log(struct net_server *s, const char *level, const char *event, cons
   snprintf(ts + n, sizeof ts - n, ".%03ldZ", now.tv_nsec / 1000000);
   char esc[2100];
   log_escape(esc, sizeof esc, msg, s->log_json);
+  char prio[8] = "";
+  if (s->journal) snprintf(prio, sizeof prio, "<%d>", server_log_priority(level));
   if (s->log_json)
     snprintf(line, sizeof line,
-             "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"%s\",\"msg\":\"%s\"}\n", ts, level, event,
-             esc);
+             "%s{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"%s\",\"msg\":\"%s\"}\n", prio, ts,
+             level, event, esc);
   else
-    snprintf(line, sizeof line, "%s %-5s %s: %s\n", ts, level, event, esc);
+    snprintf(line, sizeof line, "%s%s %-5s %s: %s\n", prio, ts, level, event, esc);
   fputs(line, stderr);
   fflush(stderr);
 }

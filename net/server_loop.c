@@ -224,8 +224,15 @@ static int idle(struct net_server *s) {
 void server_main_loop(struct net_server *s) {
   long timeout = -1;
   for (;;) {
+    if (server_hup_requested) {
+      server_hup_requested = 0;
+      server_log(s, "info", "sighup",
+                 "SIGHUP: still serving (log lines go to stderr, nothing to reopen; the "
+                 "allow-list is read at start: restart to change it)");
+    }
     if (server_stop_requested && !s->stopping) {
       server_log(s, "info", "stop", "stopping: no new requests, finishing those in flight");
+      server_sd_notify("STOPPING=1");
       pthread_mutex_lock(&s->mu);
       s->stopping = 1;
       pthread_mutex_unlock(&s->mu);

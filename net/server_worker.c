@@ -73,12 +73,45 @@ int server_prepare(struct net_server *s, struct worker *w, struct job *j) {
   return -1;
 }
 
+/* Destructive operations are logged with who asked, once they succeeded. */
+static void log_admin(struct net_server *s, struct job *j) {
+  const Engram__Wire__Request *rq = j->rq;
+  char what[512];
+  const Engram__Wire__DlqSelect *d = NULL;
+  switch (rq->op_case) {
+    case ENGRAM__WIRE__REQUEST__OP_TOPIC_DROP:
+      snprintf(what, sizeof what, "topic %s", rq->topic_drop->topic);
+      server_log_admin(s, &j->body, "topic_drop", what);
+      return;
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_DELETE:
+      snprintf(what, sizeof what, "group %s/%s", rq->group_delete->topic, rq->group_delete->group);
+      server_log_admin(s, &j->body, "group_delete", what);
+      return;
+    case ENGRAM__WIRE__REQUEST__OP_GROUP_RESET:
+      snprintf(what, sizeof what, "group %s/%s", rq->group_reset->topic, rq->group_reset->group);
+      server_log_admin(s, &j->body, "group_reset", what);
+      return;
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE:
+    case ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE:
+      d = rq->op_case == ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE ? rq->dlq_purge : rq->dlq_redrive;
+      snprintf(what, sizeof what, "group %s/%s (%s)", d->topic, d->group,
+               d->all ? "all entries" : "chosen entries");
+      server_log_admin(
+          s, &j->body,
+          rq->op_case == ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE ? "dlq_purge" : "dlq_redrive", what);
+      return;
+    default:
+      return;
+  }
+}
+
 void server_run_one(struct net_server *s, struct worker *w, struct job *j) {
   Engram__Wire__Reply rp = ENGRAM__WIRE__REPLY__INIT;
   net_arena a = {0};
   engram_batch *batch = NULL;
   int empty = 0;
   net_ops_run(s, s->log, j->rq, &rp, &a, &batch, &empty);
+  if (rp.code == 0) log_admin(s, j);
   server_reply_send(s, w->push, j, &rp);
   engram_batch_free(batch);
   net_arena_free(&a);

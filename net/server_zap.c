@@ -27,6 +27,7 @@ void *server_zap_main(void *arg) {
     }
     /* Frames: version, request id, domain, address, routing id, mechanism, credentials. */
     const char *status = "400", *text = "client key not allowed";
+    char user[41] = ""; /* the admitted client's key: each request's "User-Id" */
     char addr[64] = "-";
     if (n > 3 && zmq_msg_size(&f[3]) > 0 && zmq_msg_size(&f[3]) < sizeof addr) {
       memcpy(addr, zmq_msg_data(&f[3]), zmq_msg_size(&f[3]));
@@ -39,6 +40,7 @@ void *server_zap_main(void *arg) {
         if (!memcmp(s->allow[i], zmq_msg_data(&f[6]), 32)) {
           status = "200";
           text = "OK";
+          zmq_z85_encode(user, zmq_msg_data(&f[6]), 32);
           break;
         }
       }
@@ -59,7 +61,7 @@ void *server_zap_main(void *arg) {
     zmq_send(s->zap, rid, rid_len, ZMQ_SNDMORE);
     zmq_send(s->zap, status, 3, ZMQ_SNDMORE);
     zmq_send(s->zap, text, strlen(text), ZMQ_SNDMORE);
-    zmq_send(s->zap, "", 0, ZMQ_SNDMORE);
+    zmq_send(s->zap, user, strlen(user), ZMQ_SNDMORE);
     zmq_send(s->zap, "", 0, 0);
     for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
   }

@@ -101,6 +101,16 @@ if [ -f cli/test-cli.sh ] && [ -x "$BUILD/engram" ]; then
   run_unit cli env BUILD="$BUILD" bash cli/test-cli.sh
 fi
 
+# make install / uninstall into a staging directory: man pages, completion, unit, config.
+if [ -f tests/check-install.sh ] && [ -x "$BUILD/engram" ]; then
+  run_unit install env BUILD="$BUILD" bash tests/check-install.sh
+fi
+
+# The examples of README.md and docs/*.md marked runnable, run as written.
+if [ -f tests/check-docs.py ] && [ -x "$BUILD/engram" ]; then
+  run_unit docs env BUILD="$BUILD" /usr/bin/python3 tests/check-docs.py
+fi
+
 
 # Python tests, when the binding and its tests exist.
 if [ -d tests/python ]; then

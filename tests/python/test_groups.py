@@ -29,7 +29,7 @@ def test_a_consumer_iterates_over_every_event_and_acks(log):
 
 
 def test_group_config_is_applied(log):
-    g = log.group("memory", "cfg", filters=["memory.saved", "memory.updated"], ack_wait=2.5,
+    g = log.group("memory", "cfg", create_topic=True, filters=["memory.saved", "memory.updated"], ack_wait=2.5,
                   max_deliver=3, backoff=[0.1, 0.5], result_ttl=60, key_ordered=True)
     info = g.info()
     assert info.filters == ["memory.saved", "memory.updated"]
@@ -220,7 +220,7 @@ def test_a_failed_transaction_applies_nothing(log):
 
 
 def test_a_blocking_consumer_wakes_up_when_an_event_arrives(log):
-    g = log.group("memory", "wake")
+    g = log.group("memory", "wake", create_topic=True)
     got = []
 
     def consume():
@@ -282,7 +282,7 @@ def test_async_for_consumes_without_blocking_the_loop(log):
 
 
 def test_async_consumer_sees_events_appended_later(log):
-    g = log.group("memory", "aio2")
+    g = log.group("memory", "aio2", create_topic=True)
 
     async def main():
         c = g.consumer("c", wait=0.2)

@@ -225,7 +225,7 @@ def test_backup_and_verify(log, tmp_path):
 def test_stats_lists_topics(log):
     log.append("memory", "memory.saved", b"")
     s = log.stats()
-    assert s["topics"][0]["name"] == "memory" and s["topics"][0]["count"] == 1
+    assert s["topics"][0]["topic"] == "memory" and s["topics"][0]["count"] == 1
 
 
 def test_a_forked_child_cannot_use_the_parents_handle_but_can_open_its_own(log, log_path):
@@ -248,7 +248,7 @@ def test_a_forked_child_cannot_use_the_parents_handle_but_can_open_its_own(log, 
     assert os.WEXITSTATUS(status) == 0
     assert log.topic("t").count == 2
 def test_a_blocking_fetch_releases_the_gil(log):
-    g = log.group("t", "g")
+    g = log.group("t", "g", create_topic=True)
     got = []
     t = threading.Thread(target=lambda: got.extend(g.fetch("c", 1, wait=2.0)))
     t.start()

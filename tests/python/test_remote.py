@@ -46,7 +46,7 @@ def test_connect_offers_the_same_interface(daemon):
         assert g.status(1).result == b'{"ok":1}'
         assert [d.offset for d in g.dlq()] == [2]
         assert g.redrive() == 1
-        assert log.stats()["groups"][0]["name"] == "idx"
+        assert log.stats()["groups"][0]["group"] == "idx"
         with pytest.raises(engram.NotFound):
             log.get("memory", 9999)
         with pytest.raises(engram.InvalidArgument):

@@ -329,7 +329,7 @@ class App:
             cfg = dict(self.group_config)
             if "filters" not in cfg:
                 cfg["filters"] = self._filters() if self.handlers else None
-            g = self._groups[topic] = log.group(topic, self.group_name, **cfg)
+            g = self._groups[topic] = log.group(topic, self.group_name, create_topic=True, **cfg)
         return g
 
     @property

@@ -307,7 +307,7 @@ class EventBus:
         try:
             cfg = dict(self.group_config)
             cfg.setdefault("filters", c_filters(patterns))
-            sub.group = self.log.group(self.topic, sid, **cfg)
+            sub.group = self.log.group(self.topic, sid, create_topic=True, **cfg)
             try:
                 sub.ack_wait = sub.group.info().ack_wait or 30.0
             except Error:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
+import time
 from typing import (Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple,
                     Union)
 
@@ -41,6 +42,27 @@ def _retention_kw(max_age: Any, max_bytes: Optional[int],
         if v < 0:
             raise ValueError(f"{k.replace('_ms', '')} must not be negative")
     return kw
+
+
+def _check_declared(have: Dict[str, Any], kw: Dict[str, Any], key_ordered: Optional[bool]) -> None:
+    """Raises AlreadyExists when a setting asked for in ``kw`` differs from the existing
+    group's (``have``, as group_info returns it)."""
+    diff = []
+    for k in ("filters", "ack_wait_ms", "max_deliver", "backoff_ms", "result_ttl_ms"):
+        if k not in kw:
+            continue
+        want, old = kw[k], have[k]
+        if isinstance(want, list):
+            old = list(old)
+        if want != old:
+            unit = " ms" if k.endswith("_ms") else ""
+            diff.append(f"{k[:-3] if unit else k} {want}{unit} (it has {old}{unit})")
+    ko = bool(have["flags"] & _engram.GROUP_KEY_ORDERED)
+    if key_ordered is not None and bool(key_ordered) != ko:
+        diff.append(f"key_ordered {bool(key_ordered)} (it has {ko})")
+    if diff:
+        raise AlreadyExists(f"group {have['topic']}/{have['name']} exists with other settings: "
+                            + ", ".join(diff) + "; delete it first or declare it as it is")
 
 
 class Log:
@@ -255,28 +277,32 @@ class Log:
     def group(self, topic: str, name: str, *, create: bool = True, filters: Union[None, str, Sequence[str]] = None,
               start: Union[str, int, _dt.datetime] = "earliest", ack_wait: Optional[Duration] = None,
               max_deliver: Optional[int] = None, backoff: Optional[Sequence[Duration]] = None,
-              result_ttl: Optional[Duration] = None, key_ordered: bool = False) -> "Group":
-        """The consumer group ``name`` on ``topic``, created (with the topic, when the log
-        allows) if missing. Config applies at creation: ``filters`` (type patterns:
-        ``"memory.saved"``, ``"memory.*"``, ``"*"``), ``start`` ("earliest", "latest", an
-        offset or a datetime), ``ack_wait`` (lease, seconds), ``max_deliver`` (attempts
-        before the DLQ), ``backoff`` (seconds before each retry), ``result_ttl``,
-        ``key_ordered``."""
+              result_ttl: Optional[Duration] = None, key_ordered: Optional[bool] = None,
+              create_topic: bool = False) -> "Group":
+        """The consumer group ``name`` on ``topic``, created if missing. Config applies at
+        creation: ``filters`` (type patterns: ``"memory.saved"``, ``"memory.*"``, ``"*"``),
+        ``start`` ("earliest", "latest", an offset or a datetime), ``ack_wait`` (lease,
+        seconds), ``max_deliver`` (attempts before the DLQ), ``backoff`` (seconds before
+        each retry), ``result_ttl``, ``key_ordered``. Declaring an existing group with a
+        setting that differs from its own raises :class:`AlreadyExists` naming it (the
+        group keeps its settings); settings left out are not checked. A missing topic
+        raises :class:`NotFound` unless ``create_topic=True``."""
         _str(topic, "topic")
         _str(name, "group")
         if create:
-            kw = _group_config(filters, start, ack_wait, max_deliver, backoff, result_ttl, key_ordered)
+            kw = _group_config(filters, start, ack_wait, max_deliver, backoff, result_ttl, bool(key_ordered))
             try:
                 self.h.group_create(topic, name, **kw)
             except AlreadyExists:
-                pass
-            except NotFound as e:
-                if not self._autocreate(topic, e):
+                _check_declared(self.h.group_info(topic, name), kw, key_ordered)
+            except NotFound:
+                if not create_topic:
                     raise
+                self.create_topic(topic, exist_ok=True)
                 try:
                     self.h.group_create(topic, name, **kw)
                 except AlreadyExists:
-                    pass
+                    _check_declared(self.h.group_info(topic, name), kw, key_ordered)
         else:
             self.h.group_info(topic, name)
         return Group(self, topic, name)
@@ -314,19 +340,36 @@ class Log:
 
     # -- the rest -------------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
-        """Topics and groups with their counters, as plain dicts (for JSON)."""
+        """Topics and groups with their counters, as plain dicts in the shape of
+        ``engram stat --json`` (the same keys and values, for JSON)."""
         out: Dict[str, Any] = {"topics": [], "groups": []}
         for t in self.h.topic_list():
-            out["topics"].append({"name": t["name"], "count": t["count"],
+            c = t["config"]
+            out["topics"].append({"topic": t["name"], "count": t["count"],
                                   "first_offset": t["first_offset"], "head_offset": t["head_offset"],
-                                  "dict_id": t["dict_id"]})
+                                  "dict_id": t["dict_id"], "created_ns": t["created_ns"],
+                                  "config": {"compress_threshold": c["compress_threshold"],
+                                             "max_payload": c["max_payload"],
+                                             "dict_train_after": c["dict_train_after"],
+                                             "no_dict": bool(c["flags"] & _engram.TOPIC_NO_DICT)}})
         try:
-            for g in self.h.group_list(None):
-                out["groups"].append({k: g[k] for k in ("topic", "name", "floor", "next", "lag",
-                                                        "in_flight", "retrying", "dead", "acked",
-                                                        "redelivered", "delivered")})
+            groups = self.h.group_list(None)
         except NotSupported:
             out["groups"] = None
+            return out
+        now = time.time_ns()
+        for g in groups:
+            old = g["oldest_unfinished_ns"]
+            out["groups"].append({
+                "topic": g["topic"], "group": g["name"], "filters": list(g["filters"]),
+                "ack_wait_ms": g["ack_wait_ms"], "max_deliver": g["max_deliver"],
+                "backoff_ms": list(g["backoff_ms"]), "result_ttl_ms": g["result_ttl_ms"],
+                "key_ordered": bool(g["flags"] & _engram.GROUP_KEY_ORDERED),
+                "created_ns": g["created_ns"], "floor": g["floor"], "next": g["next"],
+                "lag": g["lag"], "in_flight": g["in_flight"], "retrying": g["retrying"],
+                "dead": g["dead"], "acked": g["acked"], "delivered": g["delivered"],
+                "redelivered": g["redelivered"], "oldest_unfinished_ns": old,
+                "oldest_unfinished_age_ms": (now - old) // 1000000 if 0 < old <= now else None})
         return out
 
     def sync(self) -> None:

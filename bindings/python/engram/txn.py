@@ -1,8 +1,9 @@
 """A :class:`Transaction`: acks and appends applied together in one commit."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Set, Tuple, Union
 
+from .errors import NotFound
 from .event import Event
 from .message import Message, Payload, _encode_result
 
@@ -21,6 +22,7 @@ class Transaction:
         self._t = log.h.txn_begin()
         self.log = log
         self.offsets: List[int] = []
+        self._topics: Set[str] = set()  # topics known to exist
 
     def ack(self, event: Union[Event, Tuple[str, str, int, int]], result: Payload = None) -> None:
         """Queues an ack of a fetched event (fenced by its attempt)."""
@@ -32,8 +34,17 @@ class Transaction:
             self._t.ack(topic, group, offset, attempt, _encode_result(result))
 
     def append(self, topic: str, type: str, payload: Payload = None, **kw: Any) -> int:
-        """Queues an append; returns its index into ``offsets`` after commit."""
-        return self._t.append(topic, Message(type, payload, **kw).spec())
+        """Queues an append; returns its index into ``offsets`` after commit. A missing
+        topic is created now (outside the transaction, as ``log.append`` would) unless the
+        log was opened with ``create_topics=False``."""
+        spec = Message(type, payload, **kw).spec()
+        if self.log.create_topics and topic not in self._topics:
+            try:
+                self.log.h.topic_info(topic)
+            except NotFound:
+                self.log.create_topic(topic, exist_ok=True)
+            self._topics.add(topic)
+        return self._t.append(topic, spec)
 
     def commit(self) -> List[int]:
         """Applies everything (or nothing, raising the error)."""
