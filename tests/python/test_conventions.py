@@ -9,10 +9,9 @@ import sys
 import pytest
 
 import engram
-from conftest import BINDING, needs_groups
+from conftest import BINDING
 
 
-@needs_groups
 def test_redeclaring_a_group_with_the_same_settings_returns_it(log):
     log.create_topic("memory")
     log.group("memory", "indexer", ack_wait=30, max_deliver=5, filters="memory.*")
@@ -20,7 +19,6 @@ def test_redeclaring_a_group_with_the_same_settings_returns_it(log):
     assert g.info().max_deliver == 5
 
 
-@needs_groups
 def test_redeclaring_a_group_with_other_settings_raises_and_keeps_the_old(log):
     log.create_topic("memory")
     log.group("memory", "indexer", ack_wait=30, max_deliver=5)
@@ -31,7 +29,6 @@ def test_redeclaring_a_group_with_other_settings_raises_and_keeps_the_old(log):
     assert info.ack_wait == 30
 
 
-@needs_groups
 def test_group_on_a_missing_topic_raises_unless_asked_to_create_it(log):
     with pytest.raises(engram.NotFound):
         log.group("nowhere", "indexer")
@@ -40,7 +37,6 @@ def test_group_on_a_missing_topic_raises_unless_asked_to_create_it(log):
     assert [t.name for t in log.topics()] == ["nowhere"]
 
 
-@needs_groups
 def test_transaction_append_creates_a_missing_topic_like_log_append(log):
     log.append("memory", "memory.saved", {"id": 1})
     g = log.group("memory", "indexer")
@@ -100,7 +96,6 @@ def _engram_cli():
     return os.path.join(os.path.dirname(BINDING), "..", "build", "engram")
 
 
-@needs_groups
 @pytest.mark.skipif(not os.access(os.path.join(os.path.dirname(os.path.dirname(BINDING)), "build", "engram"), os.X_OK),
                     reason="no build/engram")
 def test_stats_has_the_shape_of_engram_stat_json(log, log_path):

@@ -89,7 +89,7 @@ def fill(d, dead=1, pending=3):
     """A topic `memory`, a group `indexer` with `dead` events in its DLQ and `pending`
     events waiting, a worker `w1` that fetched."""
     with d.connect() as log:
-        g = log.group("memory", "indexer")
+        g = log.group("memory", "indexer", create_topic=True)
         for i in range(dead):
             log.append("memory", "memory.saved", {"id": i, "note": "dies"})
         c = g.consumer("w1")

@@ -16,7 +16,7 @@ def test_top_shows_groups_and_workers_live_and_quits_on_q(log_path):
     tmux = shutil.which("tmux")
     assert tmux, "tmux is required for this test: run `make deps`"
     with engram.open(log_path) as log:
-        g = log.group("memory", "indexer")
+        g = log.group("memory", "indexer", create_topic=True)
         for i in range(4):
             log.append("memory", "memory.saved", {"id": i})
         g.consumer("top-worker").fetch(1)

@@ -19,7 +19,7 @@ def by_name(log, name, **kw):
 
 
 def check_worker_calls(log):
-    g = log.group("memory", "indexer")
+    g = log.group("memory", "indexer", create_topic=True)
     log.append("memory", "memory.saved", {"id": 1})
     c = g.consumer("w1")
     evs = c.fetch(1)

@@ -351,7 +351,12 @@ class Log:
                                   "config": {"compress_threshold": c["compress_threshold"],
                                              "max_payload": c["max_payload"],
                                              "dict_train_after": c["dict_train_after"],
-                                             "no_dict": bool(c["flags"] & _engram.TOPIC_NO_DICT)}})
+                                             "no_dict": bool(c["flags"] & _engram.TOPIC_NO_DICT),
+                                             "max_age_ms": c["max_age_ms"],
+                                             "max_bytes": c["max_bytes"],
+                                             "max_events": c["max_events"],
+                                             "retain_force": bool(c["flags"]
+                                                                  & _engram.TOPIC_RETAIN_FORCE)}})
         try:
             groups = self.h.group_list(None)
         except NotSupported:
@@ -369,6 +374,7 @@ class Log:
                 "lag": g["lag"], "in_flight": g["in_flight"], "retrying": g["retrying"],
                 "dead": g["dead"], "acked": g["acked"], "delivered": g["delivered"],
                 "redelivered": g["redelivered"], "oldest_unfinished_ns": old,
+                "retention_skipped": g.get("retention_skipped", 0),
                 "oldest_unfinished_age_ms": (now - old) // 1000000 if 0 < old <= now else None})
         return out
 
