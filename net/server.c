@@ -251,7 +251,8 @@ static void teardown(struct net_server *s) {
 
 static int start(struct net_server *s) {
   int rc = 0;
-  engram_options lo = {.durability = s->o.durability};
+  /* The daemon runs retention in the background (an explicit interval: the default one). */
+  engram_options lo = {.durability = s->o.durability, .maintenance_ms = 1000};
   rc = engram_open(s->dir, &lo, &s->log);
   if (rc) {
     s->log = NULL;
