@@ -18,7 +18,7 @@ done
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CFLAGS="-std=c11 -D_GNU_SOURCE -g -O1 -pthread -Iinclude -Icommon -I. -Ibuild/gen $SAN"
-LIBS="$(pkg-config --libs lmdb libzstd libprotobuf-c libzmq 2>/dev/null || echo -llmdb -lzstd -lprotobuf-c -lzmq) -lpthread -lm"
+LIBS="$(pkg-config --libs lmdb libzstd libprotobuf-c libzmq libmicrohttpd 2>/dev/null || echo -llmdb -lzstd -lprotobuf-c -lzmq -lmicrohttpd) -lpthread -lm"
 
 mkdir -p "$OUT/obj"
 objs=()
