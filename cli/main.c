@@ -237,6 +237,9 @@ int cli_open(struct cli *c, int create) {
   memset(&o, 0, sizeof o);
   o.durability = c->durability;
   o.flags = create == CLI_OPEN_CREATE ? 0 : ENGRAM_OPEN_NOCREATE;
+  /* A command is a short visit: it leaves background retention to the processes that
+   * stay (engram serve, the services); `engram compact` applies it on demand. */
+  o.maintenance_ms = ENGRAM_MAINTENANCE_OFF;
   rc = engram_open(dir, &o, &c->log);
   /* A read command on a log this user or mount may not write: read it read-only. */
   if (rc == ENGRAM_EDENIED && create == CLI_OPEN_READ) {
