@@ -16,6 +16,7 @@ package on PYTHONPATH.
 
 Usage: BUILD=build python3 tests/check-docs.py [PAGE.md ...]   (exit 0 when all pass)
 """
+import json
 import os
 import re
 import shutil
@@ -80,9 +81,21 @@ def run_page(page, build):
         os.makedirs(repo)
         os.symlink(build, os.path.join(repo, "build"))
         data = os.path.join(os.path.dirname(ROOT), "shared", "data")
+        os.makedirs(os.path.join(tmp, "shared"))
         if os.path.isdir(data):
-            os.makedirs(os.path.join(tmp, "shared"))
             os.symlink(data, os.path.join(tmp, "shared", "data"))
+        else:
+            # No sample data beside this checkout: a stand-in of the same shape, so the
+            # examples still run (as the C tests fall back to generated events).
+            os.makedirs(os.path.join(tmp, "shared", "data"))
+            with open(os.path.join(tmp, "shared", "data", "memory-events.jsonl"), "w") as f:
+                for i in range(1, 2001):
+                    conv, who = f"conv-{i % 7}", ("Ann", "Bo")[i % 2]
+                    f.write(json.dumps({
+                        "type": ("memory.saved", "memory.updated", "memory.queried")[i % 3],
+                        "user_id": f"{conv}:{who}", "session": f"{conv}/s1",
+                        "ts": "2022-01-21T19:31:00Z", "text": f"turn {i} of {conv}",
+                        "memory_id": f"{conv}:D1:{i}", "kind": "turn"}) + "\n")
         env = dict(os.environ)
         env.pop("ENGRAM_DATA", None)
         env["PATH"] = build + os.pathsep + env.get("PATH", "")
