@@ -3,6 +3,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "mirror.h"
@@ -163,6 +164,56 @@ static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
   return status;
 }
 
+/* An answer of a cluster electing a leader: worth asking again. */
+static int in_transition(natsStatus s, jsErrCode ec) {
+  return s == NATS_TIMEOUT || ec == JSClusterNotAvailErr || ec == JSClusterNotLeaderErr;
+}
+
+/* The stream's information as its leader has it, with per-subject counts of the subjects
+ * matching filter (NULL: none). A cluster in transition answers otherwise: "temporarily
+ * unavailable" while its metadata leader is elected, and an empty state for a stream
+ * without a leader; those are waited out for up to 30 s. */
+static natsStatus leader_info(jsCtx *js, const char *stream, const char *filter, jsStreamInfo **si,
+                              jsErrCode *ec) {
+  int64_t until = cli_now_ns() + 30000000000LL;
+  for (;;) {
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Info.SubjectsFilter = filter;
+    *ec = 0;
+    *si = NULL;
+    natsStatus s = js_GetStreamInfo(si, js, stream, &o, ec);
+    int led =
+        s == NATS_OK && (!(*si)->Cluster || ((*si)->Cluster->Leader && *(*si)->Cluster->Leader));
+    if (led) return NATS_OK;
+    int transient = s == NATS_OK || in_transition(s, *ec);
+    if (s == NATS_OK) {
+      jsStreamInfo_Destroy(*si);
+      *si = NULL;
+      s = NATS_ERR; /* with *ec 0: no leader */
+    }
+    if (!transient || cli_now_ns() > until) return s;
+    struct timespec ts = {0, 250000000L};
+    nanosleep(&ts, NULL);
+  }
+}
+
+/* How many messages of the stream match the subject filter, as its leader counts them.
+ * Not the consumer's count: an ephemeral consumer may be placed on a replica that has
+ * not yet applied the newest acknowledged messages (a replica catching up after a
+ * restart), and would count and deliver a stream without them; reading up to the
+ * leader's count waits until it has them. */
+static natsStatus stream_count(jsCtx *js, const char *stream, const char *filter, uint64_t *n,
+                               jsErrCode *ec) {
+  jsStreamInfo *si = NULL;
+  natsStatus s = leader_info(js, stream, filter, &si, ec);
+  *n = 0;
+  if (s == NATS_OK && si->State.Subjects)
+    for (int i = 0; i < si->State.Subjects->Count; i++) *n += si->State.Subjects->List[i].Msgs;
+  jsStreamInfo_Destroy(si);
+  return s;
+}
+
 int cmd_restore(struct cli *c, int argc, char **argv) {
   struct mirror_nats nats;
   memset(&nats, 0, sizeof nats);
@@ -211,34 +262,38 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
   struct topic_recs *tops = NULL;
   size_t ntops = 0;
   uint64_t msgs = 0, dups = 0, events = 0;
-  natsStatus s = js_GetStreamInfo(&si, js, stream, NULL, &ec);
+  natsStatus s = leader_info(js, stream, NULL, &si, &ec);
   if (s != NATS_OK) {
-    status = cli_error("restore: stream %s: %s", stream, mirror_nats_why(s));
+    status = cli_error(
+        "restore: stream %s: %s", stream,
+        s == NATS_ERR && !ec ? "no leader (the cluster lost its quorum?)" : mirror_nats_why(s));
     goto out;
   }
   uint64_t total = 0; /* messages the subscription has to deliver */
   if (si->State.Msgs > 0) {
     char filter[ENGRAM_MAX_NAME + 8];
     snprintf(filter, sizeof filter, "%s.>", prefix ? prefix : "");
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = stream;
-    so.Ordered = true;
     /* One subject filter the stream accepts: its own when it has one. */
     const char *subj = prefix                         ? filter
                        : si->Config->SubjectsLen == 1 ? si->Config->Subjects[0]
                                                       : ">";
-    s = js_SubscribeSync(&sub, js, subj, NULL, &so, &ec);
-    /* How many match the filter as the consumer starts: those delivered so far plus
-     * those pending (one answer of the server, so nothing is counted twice). */
-    jsConsumerInfo *ci = NULL;
-    if (s == NATS_OK) s = natsSubscription_GetConsumerInfo(&ci, sub, NULL, &ec);
+    s = stream_count(js, stream, subj, &total, &ec);
+    if (s == NATS_OK && total > 0) {
+      jsSubOptions so;
+      jsSubOptions_Init(&so);
+      so.Stream = stream;
+      so.Ordered = true;
+      int64_t until = cli_now_ns() + 30000000000LL;
+      while ((s = js_SubscribeSync(&sub, js, subj, NULL, &so, &ec)) != NATS_OK &&
+             in_transition(s, ec) && cli_now_ns() < until) {
+        struct timespec ts = {0, 250000000L};
+        nanosleep(&ts, NULL);
+      }
+    }
     if (s != NATS_OK) {
       status = cli_error("restore: reading stream %s: %s", stream, mirror_nats_why(s));
       goto out;
     }
-    total = ci->Delivered.Consumer + ci->NumPending;
-    jsConsumerInfo_Destroy(ci);
   }
   for (uint64_t seq = 0; msgs < total;) {
     natsMsg *m = NULL;
