@@ -408,3 +408,12 @@ int engram_compact(engram *log, const char *topic, engram_compact_report *report
   if (report) memset(report, 0, sizeof *report);
   return log->be->compact(log, topic, report);
 }
+
+/* ---------------------------------------------------------------------------------
+ * The log's identity.
+ * ------------------------------------------------------------------------------ */
+int engram_log_info_get(engram *log, engram_log_info *out) {
+  if (!log || !out) return ENGRAM_EINVAL;
+  memset(out, 0, sizeof *out);
+  return log->be->log_info(log, out);
+}

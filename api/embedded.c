@@ -27,6 +27,7 @@ static int e_topic_set(engram *h, const char *topic, const engram_topic_config *
 static int e_compact(engram *h, const char *topic, engram_compact_report *report) {
   return cg_compact(L(h), topic, report);
 }
+static int e_log_info(engram *h, engram_log_info *out) { return log_info(L(h), out); }
 
 static int e_topic_train_dict(engram *h, const char *topic, uint32_t *dict_id) {
   return log_topic_train_dict(L(h), topic, dict_id);
@@ -158,6 +159,7 @@ const struct engram_backend api_embedded = {
     .worker_forget = e_worker_forget,
     .topic_set = e_topic_set,
     .compact = e_compact,
+    .log_info = e_log_info,
 };
 
 struct log *api_log(engram *h) {

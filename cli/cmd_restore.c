@@ -169,10 +169,24 @@ static int in_transition(natsStatus s, jsErrCode ec) {
   return s == NATS_TIMEOUT || ec == JSClusterNotAvailErr || ec == JSClusterNotLeaderErr;
 }
 
-/* The stream's information as its leader has it, with per-subject counts of the subjects
- * matching filter (NULL: none). A cluster in transition answers otherwise: "temporarily
- * unavailable" while its metadata leader is elected, and an empty state for a stream
- * without a leader; those are waited out for up to 30 s. */
+/* 1 when the answer comes from a stream at rest: it has a leader and every other replica
+ * is current with no lag. */
+static int settled(const jsStreamInfo *si) {
+  const jsClusterInfo *c = si->Cluster;
+  if (!c) return 1; /* a single server */
+  if (!c->Leader || !*c->Leader) return 0;
+  for (int i = 0; i < c->ReplicasLen; i++)
+    if (!c->Replicas[i]->Current || c->Replicas[i]->Lag || c->Replicas[i]->Offline) return 0;
+  return 1;
+}
+
+/* The stream's information from its leader, with per-subject counts of the subjects
+ * matching filter (NULL: none), once the stream is at rest. A cluster in transition
+ * answers otherwise: "temporarily unavailable" while its metadata leader is elected, an
+ * empty state for a stream without a leader, and a replica that was away can be elected
+ * leader while it still applies what it missed, answering with what it has applied so
+ * far. Each is waited out for up to 30 s; then a leader's answer is taken as it is (a
+ * replica that stays down keeps the stream from resting). */
 static natsStatus leader_info(jsCtx *js, const char *stream, const char *filter, jsStreamInfo **si,
                               jsErrCode *ec) {
   int64_t until = cli_now_ns() + 30000000000LL;
@@ -183,17 +197,19 @@ static natsStatus leader_info(jsCtx *js, const char *stream, const char *filter,
     *ec = 0;
     *si = NULL;
     natsStatus s = js_GetStreamInfo(si, js, stream, &o, ec);
-    int led =
-        s == NATS_OK && (!(*si)->Cluster || ((*si)->Cluster->Leader && *(*si)->Cluster->Leader));
-    if (led) return NATS_OK;
+    int late = cli_now_ns() > until;
+    if (s == NATS_OK && settled(*si)) return NATS_OK;
+    if (s == NATS_OK && late &&
+        (!(*si)->Cluster || ((*si)->Cluster->Leader && *(*si)->Cluster->Leader)))
+      return NATS_OK;
     int transient = s == NATS_OK || in_transition(s, *ec);
     if (s == NATS_OK) {
       jsStreamInfo_Destroy(*si);
       *si = NULL;
       s = NATS_ERR; /* with *ec 0: no leader */
     }
-    if (!transient || cli_now_ns() > until) return s;
-    struct timespec ts = {0, 250000000L};
+    if (!transient || late) return s;
+    struct timespec ts = {0, 100000000L};
     nanosleep(&ts, NULL);
   }
 }
@@ -269,16 +285,25 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
         s == NATS_ERR && !ec ? "no leader (the cluster lost its quorum?)" : mirror_nats_why(s));
     goto out;
   }
-  uint64_t total = 0; /* messages the subscription has to deliver */
-  if (si->State.Msgs > 0) {
-    char filter[ENGRAM_MAX_NAME + 8];
-    snprintf(filter, sizeof filter, "%s.>", prefix ? prefix : "");
-    /* One subject filter the stream accepts: its own when it has one. */
-    const char *subj = prefix                         ? filter
-                       : si->Config->SubjectsLen == 1 ? si->Config->Subjects[0]
-                                                      : ">";
-    s = stream_count(js, stream, subj, &total, &ec);
-    if (s == NATS_OK && total > 0) {
+  char filter[ENGRAM_MAX_NAME + 8];
+  snprintf(filter, sizeof filter, "%s.>", prefix ? prefix : "");
+  /* One subject filter the stream accepts: its own when it has one. */
+  const char *subj = prefix ? filter : si->Config->SubjectsLen == 1 ? si->Config->Subjects[0] : ">";
+  uint64_t total = 0; /* messages to read: the leader's count of the filter's subjects */
+  s = stream_count(js, stream, subj, &total, &ec);
+  for (uint64_t seq = 0; s == NATS_OK;) {
+    if (msgs == total) {
+      /* All counted messages are read. Ask again a moment later, and read on while the
+       * count grows: a replica that just came back can answer once as the stream's
+       * leader with the messages it has so far. */
+      uint64_t again = 0;
+      struct timespec ts = {0, 200000000L};
+      nanosleep(&ts, NULL);
+      s = stream_count(js, stream, subj, &again, &ec);
+      if (s != NATS_OK || again <= total) break;
+      total = again;
+    }
+    if (!sub) {
       jsSubOptions so;
       jsSubOptions_Init(&so);
       so.Stream = stream;
@@ -289,13 +314,8 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
         struct timespec ts = {0, 250000000L};
         nanosleep(&ts, NULL);
       }
+      if (s != NATS_OK) break;
     }
-    if (s != NATS_OK) {
-      status = cli_error("restore: reading stream %s: %s", stream, mirror_nats_why(s));
-      goto out;
-    }
-  }
-  for (uint64_t seq = 0; msgs < total;) {
     natsMsg *m = NULL;
     s = natsSubscription_NextMsg(&m, sub, 10000);
     if (s != NATS_OK) {
@@ -349,6 +369,12 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
     t->r[t->n].offset = off;
     t->r[t->n].msg = m;
     t->n++;
+  }
+  if (s != NATS_OK) {
+    status = cli_error(
+        "restore: reading stream %s: %s", stream,
+        s == NATS_ERR && !ec ? "no leader (the cluster lost its quorum?)" : mirror_nats_why(s));
+    goto out;
   }
   /* Offset order; copies of one event count once; holes and conflicts are refused. The
    * events to write go to t->w (pointers into t->r, which keeps every message). */

@@ -12,10 +12,12 @@ static const char help[] =
     "\n"
     "Prints every topic (events, first and head offsets) and every consumer group with\n"
     "its counters: lag, in flight, retrying, dead, acked, redelivered and the age of\n"
-    "the oldest unfinished event.\n"
+    "the oldest unfinished event; then the log's id (random, made when the log was\n"
+    "created, kept by backup) and creation time.\n"
     "\n"
     "options:\n"
-    "  --json     {\"topics\":[...],\"groups\":[...]} with the objects of\n"
+    "  --json     {\"topics\":[...],\"groups\":[...],\"log\":{\"id\":STR,\n"
+    "             \"created_ns\":N,\"format_version\":N}} with the objects of\n"
     "             `engram topics --json` and `engram group list --json`\n"
     "  --watch D  print again every D (e.g. 2s, at least 100ms) until Ctrl-C, with\n"
     "             rates since the last print: IN/S (events appended per second) per\n"
@@ -146,6 +148,12 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
     engram_free(t);
     return cli_fail(c, rc, "list groups");
   }
+  engram_log_info li;
+  if ((rc = engram_log_info_get(c->log, &li)) != 0) {
+    engram_free(t);
+    engram_free(g);
+    return cli_fail(c, rc, "log info");
+  }
   int64_t now = cli_now_ns();
   int status;
   if (json) {
@@ -166,6 +174,15 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
     json_arr(&w);
     for (size_t i = 0; i < ng; i++) cli_json_group(&w, &g[i], now);
     json_arr_end(&w);
+    json_key(&w, "log");
+    json_obj(&w);
+    json_key(&w, "id");
+    json_str(&w, li.id);
+    json_key(&w, "created_ns");
+    json_i64(&w, li.created_ns);
+    json_key(&w, "format_version");
+    json_u64(&w, li.format_version);
+    json_obj_end(&w);
     if (p) { /* the objects keep stat --json's shape; rates sit beside them */
       json_key(&w, "rates");
       json_obj(&w);
@@ -195,6 +212,11 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
       printf("%s--- %s\n", p->at_ns ? "\n" : "", ts);
     }
     status = text(t, nt, g, ng, now, p);
+    if (!status) {
+      char ts[48];
+      cli_fmt_time(li.created_ns, ts, sizeof ts);
+      printf("\nlog %s, created %s\n", *li.id ? li.id : "(no id yet)", ts);
+    }
   }
   if (p) {
     engram_free(p->t);

@@ -15,6 +15,9 @@
 #define MIRROR_H_TOPIC "Engram-Topic"            /* topic name */
 #define MIRROR_H_OFFSET "Engram-Offset"          /* decimal offset in the topic */
 #define MIRROR_H_TOPIC_ID "Engram-Topic-Created" /* decimal created_ns of the topic */
+#define MIRROR_H_LOG_ID                                  \
+  "Engram-Log-Id" /* the log's id (engram_log_info_get); \
+                     absent in streams of older mirrors */
 #define MIRROR_H_TYPE "Engram-Type"
 #define MIRROR_H_KEY "Engram-Key"                   /* percent-encoded; absent = none */
 #define MIRROR_H_CONTENT_TYPE "Engram-Content-Type" /* percent-encoded; absent = none */

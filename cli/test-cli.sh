@@ -260,8 +260,11 @@ check "topic show --json: the fields of ENGRAM_TOPIC_INFO_FIELDS in its order" \
   eval 'keys_in_order "$out" topic $(fields ENGRAM_TOPIC_INFO_FIELDS) config'
 e stat --json
 check "stat --json" eval 'has "$out" "\"topics\":[" && has "$out" "\"groups\":["'
+logid=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["log"]["id"])' <<<"$out")
+check "stat --json names the log by its id (32 hex digits)" eval '[[ $logid =~ ^[0-9a-f]{32}$ ]]'
 e stat
 check "stat" eval '[[ $rc == 0 ]] && has "$out" OLDEST_UNFINISHED'
+check "stat ends with the log id" eval 'has "$out" "log $logid, created "'
 
 # --- consume settles only what its reader took ------------------------------------------
 e topic create piped

@@ -779,6 +779,25 @@ typedef struct engram_compact_report {
  * Errors: ENOTFOUND (topic), ENOTSUP (read-only handle), EIO, ENOSPC. */
 ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_report *report);
 
+/* ---------------------------------------------------------------------------------
+ * The log's identity (docs/scale-out.md: the mirror names its messages by it).
+ * ------------------------------------------------------------------------------ */
+typedef struct engram_log_info {
+  char id[33];             /* the log id: 32 lowercase hex digits, random, made when the
+                              log is created and never changed. A backup (engram_backup)
+                              keeps it; a log rebuilt by `engram restore` is a new log
+                              with a new id. A log made before ids were stored gets one
+                              at its next read-write open; "" while only read-only
+                              handles have seen it. */
+  int64_t created_ns;      /* CLOCK_REALTIME when the log was created (for such an old
+                              log: when it got its id) */
+  uint32_t format_version; /* ENGRAM_FORMAT_VERSION of its files */
+} engram_log_info;
+/* Fills *out with the identity of the log behind the handle (embedded: read at open, no
+ * transaction; remote: the daemon's log, one request).
+ * Errors: EINVAL (NULL argument), ECONN, ETIMEDOUT (remote). */
+ENGRAM_API int engram_log_info_get(engram *log, engram_log_info *out);
+
 #ifdef __cplusplus
 }
 #endif

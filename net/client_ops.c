@@ -177,6 +177,21 @@ static int r_compact(engram *log, const char *topic, engram_compact_report *repo
   return rc;
 }
 
+static int r_log_info(engram *log, engram_log_info *out) {
+  REQ(log_info, LOG_INFO, Engram__Wire__LogInfoGet, ENGRAM__WIRE__LOG_INFO_GET__INIT);
+  (void)m;
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_LOG_INFO, &rp);
+  if (!rc && net_copy_text(out->id, sizeof out->id, rp->log_info->id))
+    rc = log_error(NULL, ENGRAM_EPROTO, "log info: id too long");
+  if (!rc) {
+    out->created_ns = rp->log_info->created_ns;
+    out->format_version = rp->log_info->format_version;
+  }
+  if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+  return rc;
+}
+
 static int r_topic_info_get(engram *log, const char *topic, engram_topic_info *info) {
   if (!info) return log_error(NULL, ENGRAM_EINVAL, "topic info: info is NULL");
   REQ(topic_get, TOPIC_GET, Engram__Wire__TopicGet, ENGRAM__WIRE__TOPIC_GET__INIT);
@@ -950,6 +965,7 @@ const struct engram_backend net_remote = {
     .topic_train_dict = r_topic_train_dict,
     .topic_set = r_topic_set,
     .compact = r_compact,
+    .log_info = r_log_info,
     .append = r_append,
     .append_batch = r_append_batch,
     .read = r_read,

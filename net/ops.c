@@ -272,6 +272,24 @@ OP(op_compact) {
   return rc;
 }
 
+OP(op_log_info) {
+  (void)rq;
+  engram_log_info li;
+  int rc = engram_log_info_get(log, &li);
+  if (rc) return rc;
+  Engram__Wire__LogInfo *w = net_arena_alloc(a, sizeof *w);
+  char *id = net_arena_alloc(a, sizeof li.id);
+  if (!w || !id) return nomem(log);
+  engram__wire__log_info__init(w);
+  memcpy(id, li.id, sizeof li.id);
+  w->id = id;
+  w->created_ns = li.created_ns;
+  w->format_version = li.format_version;
+  rp->result_case = ENGRAM__WIRE__REPLY__RESULT_LOG_INFO;
+  rp->log_info = w;
+  return 0;
+}
+
 OP(op_topic_get) {
   int rc = 0;
   do {

@@ -1491,12 +1491,28 @@ static PyObject *Log_server_info(LogObject *self, PyObject *unused) {
   return d;
 }
 
+/* engram_log_info_get: {"id": str, "created_ns": int, "format_version": int}. */
+static PyObject *Log_log_info(LogObject *self, PyObject *unused) {
+  int rc;
+  char msg[MSG_MAX];
+  engram_log_info in;
+  memset(&in, 0, sizeof in);
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_log_info_get(self->log, &in));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  return Py_BuildValue("{s:s,s:L,s:I}", "id", in.id, "created_ns", (long long)in.created_ns,
+                       "format_version", (unsigned int)in.format_version);
+}
+
 static PyMethodDef Log_methods[] = {
     {"close", (PyCFunction)Log_close, METH_NOARGS, "close()"},
     {"sync", (PyCFunction)Log_sync, METH_NOARGS, "sync()"},
     {"backup", (PyCFunction)Log_backup, METH_VARARGS, "backup(dest)"},
     {"verify", (PyCFunction)Log_verify, METH_NOARGS, "verify() -> dict"},
     {"server_info", (PyCFunction)Log_server_info, METH_NOARGS, "server_info() -> dict"},
+    {"log_info", (PyCFunction)Log_log_info, METH_NOARGS,
+     "log_info() -> dict: id, created_ns, format_version"},
     {"topic_create", (PyCFunction)(void (*)(void))Log_topic_create, METH_VARARGS | METH_KEYWORDS,
      "topic_create(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0, "
      "max_age_ms=0, max_bytes=0, max_events=0)"},

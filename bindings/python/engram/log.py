@@ -357,6 +357,7 @@ class Log:
                                              "max_events": c["max_events"],
                                              "retain_force": bool(c["flags"]
                                                                   & _engram.TOPIC_RETAIN_FORCE)}})
+        out["log"] = self.h.log_info()
         try:
             groups = self.h.group_list(None)
         except NotSupported:
@@ -398,6 +399,12 @@ class Log:
         ``notifications``, ``queued``, ``parked``, ``commits``, ``flushes``). One request.
         Raises :class:`NotSupported` on an embedded log (it has no daemon)."""
         return self.h.server_info()
+
+    def log_info(self) -> Dict[str, Any]:
+        """The log's identity: ``id`` (32 hex digits, random, made when the log was
+        created; a backup keeps it, a restored log has a new one), ``created_ns`` and
+        ``format_version``. Through :func:`connect`: the daemon's log."""
+        return self.h.log_info()
 
     def transaction(self) -> "Transaction":
         """Acks and appends committed together: ``with log.transaction() as tx: ...``."""
