@@ -381,13 +381,14 @@ then
     "$NP" "$TMP/nk" "$NKEY" >"$TMP/nkey.conf"
   nats-server -c "$TMP/nkey.conf" >"$TMP/nkey.log" 2>&1 &
   PIDS[nkey]=$!
+  # Stream NK: its own group mirror.NK, so the topic is mirrored from offset 1 again.
   timeout 30 "$BIN" --data "$TMP/sec" mirror --nats "nats://127.0.0.1:$NP" --nats-nkey "$NKEY" \
-    --nats-seed "$TMP/nkey.seed" --topic s --once 2>"$TMP/nkey.err" &&
+    --nats-seed "$TMP/nkey.seed" --topic s --stream NK --once 2>"$TMP/nkey.err" &&
     "$BIN" restore --from-nats "nats://127.0.0.1:$NP" --nats-nkey "$NKEY" --nats-seed "$TMP/nkey.seed" \
-      --stream ENGRAM --data "$TMP/nkey-restored" | grep -q "110 events from 110 messages" &&
+      --stream NK --data "$TMP/nkey-restored" | grep -q "110 events from 110 messages" &&
     ok "nkey: mirrored and restored" || fail "nkey mirror: $(tail -n 2 "$TMP/nkey.err")"
-  timeout 3 "$BIN" --data "$TMP/sec" mirror --nats "nats://127.0.0.1:$NP" --topic s --once \
-    >/dev/null 2>"$TMP/nkey-none.err"
+  timeout 3 "$BIN" --data "$TMP/sec" mirror --nats "nats://127.0.0.1:$NP" --topic s --stream NK \
+    --once >/dev/null 2>"$TMP/nkey-none.err"
   [ $? = 124 ] && grep -qi "authoriz" "$TMP/nkey-none.err" && ok "nkey server without the key: refused and retried" ||
     fail "nkey server without the key: $(head -c 300 "$TMP/nkey-none.err")"
   kill -TERM "${PIDS[nkey]}"
