@@ -246,7 +246,7 @@ test: deps check-deps all $(TEST_BINS) $(SHARED_TEST_BINS) $(FUZZ_REPLAY) $(EXAM
 
 # The NATS mirror's real-server test at full size: 100,000 events through a 3-node
 # JetStream cluster while the mirror and a node are killed, and the restores while a
-# replica catches up (make test runs both parts at 10,000 events: units mirror and
+# replica catches up (make test runs both parts at 6,000 events: units mirror and
 # mirror/lag).
 MIRROR_EVENTS ?= 100000
 mirrortest: deps all

@@ -3,7 +3,7 @@
 # --mirror-nats` against real nats-server processes on 127.0.0.1, started and stopped
 # here on free ports, each with its own store under a temporary directory:
 #   1. a 3-node JetStream cluster (cluster routes), stream with 3 replicas and a 1 s
-#      duplicate window; EVENTS events (default 10000; `make mirrortest`: 100000) are
+#      duplicate window; EVENTS events (default 6000; `make mirrortest`: 100000) are
 #      appended while the mirror is SIGKILLed and restarted several times and one node
 #      is SIGKILLed and later restarted; then the whole cluster is down for a while and
 #      comes back. The stream must hold every event once: a restore into a fresh
@@ -22,7 +22,7 @@
 set -u
 BUILD=${BUILD:-build}
 BIN=$(cd "$BUILD" && pwd)/engram
-EVENTS=${EVENTS:-10000}
+EVENTS=${EVENTS:-6000}
 command -v nats-server >/dev/null || {
   echo "test-mirror: no nats-server (make deps installs it)" >&2
   exit 2
