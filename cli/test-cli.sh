@@ -687,6 +687,7 @@ c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" info -
 check "info --json shows the daemon's counters" eval '[[ $rc == 0 ]] && has "$out" "\"requests\":" && has "$out" "\"parked\":0" && has "$out" "\"workers\":"'
 c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" info
 check "info in text" eval '[[ $rc == 0 ]] && has "$out" "parked"'
+check "info names the daemon's log by its id" eval '[[ $out =~ log_id\ +[0-9a-f]{32} ]]'
 c --data "$DATA" info
 check "info on a directory is a usage error naming --connect" eval '[[ $rc == 2 ]] && has "$err" "--connect"'
 c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/stranger.key" topics
