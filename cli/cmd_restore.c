@@ -21,7 +21,7 @@ static const char help[] =
     "topic is written. Copies of one event (the same offset and bytes) count once.\n"
     "Prints `restored T topics, E events from M messages (D duplicates)`.\n"
     "The messages to read are counted by the stream's leader once the stream is at\n"
-    "rest (a leader, every replica current; waited for up to 30 s), not by the\n"
+    "rest (a leader, every online replica current; waited for up to 30 s), not by the\n"
     "consumer, which may sit on a replica still catching up.\n"
     "Restored events carry their type, key, payload, content type, headers and\n"
     "deliver_at; their append time is the time of the restore (the original is in the\n"
@@ -174,13 +174,14 @@ static int in_transition(natsStatus s, jsErrCode ec) {
 }
 
 /* 1 when the answer comes from a stream at rest: it has a leader and every other replica
- * is current with no lag. */
+ * that is online is current with no lag. (An offline one hosts no consumer: NATS places
+ * them on active peers only.) */
 static int settled(const jsStreamInfo *si) {
   const jsClusterInfo *c = si->Cluster;
   if (!c) return 1; /* a single server */
   if (!c->Leader || !*c->Leader) return 0;
   for (int i = 0; i < c->ReplicasLen; i++)
-    if (!c->Replicas[i]->Current || c->Replicas[i]->Lag || c->Replicas[i]->Offline) return 0;
+    if (!c->Replicas[i]->Offline && (!c->Replicas[i]->Current || c->Replicas[i]->Lag)) return 0;
   return 1;
 }
 
