@@ -173,18 +173,6 @@ static int in_transition(natsStatus s, jsErrCode ec) {
   return s == NATS_TIMEOUT || ec == JSClusterNotAvailErr || ec == JSClusterNotLeaderErr;
 }
 
-/* 1 when the answer comes from a stream at rest: it has a leader and every other replica
- * that is online is current with no lag. (An offline one hosts no consumer: NATS places
- * them on active peers only.) */
-static int settled(const jsStreamInfo *si) {
-  const jsClusterInfo *c = si->Cluster;
-  if (!c) return 1; /* a single server */
-  if (!c->Leader || !*c->Leader) return 0;
-  for (int i = 0; i < c->ReplicasLen; i++)
-    if (!c->Replicas[i]->Offline && (!c->Replicas[i]->Current || c->Replicas[i]->Lag)) return 0;
-  return 1;
-}
-
 /* The stream's information from its leader, with per-subject counts of the subjects
  * matching filter (NULL: none), once the stream is at rest. A cluster in transition
  * answers otherwise: "temporarily unavailable" while its metadata leader is elected, an
@@ -203,7 +191,7 @@ static natsStatus leader_info(jsCtx *js, const char *stream, const char *filter,
     *si = NULL;
     natsStatus s = js_GetStreamInfo(si, js, stream, &o, ec);
     int late = cli_now_ns() > until;
-    if (s == NATS_OK && settled(*si)) return NATS_OK;
+    if (s == NATS_OK && mirror_stream_rests(*si)) return NATS_OK;
     if (s == NATS_OK && late &&
         (!(*si)->Cluster || ((*si)->Cluster->Leader && *(*si)->Cluster->Leader)))
       return NATS_OK;

@@ -142,6 +142,15 @@ void mirror_link_close(natsConnection **nc, jsCtx **js) {
   *nc = NULL;
 }
 
+int mirror_stream_rests(const jsStreamInfo *si) {
+  const jsClusterInfo *c = si->Cluster;
+  if (!c) return 1; /* a single server */
+  if (!c->Leader || !*c->Leader) return 0;
+  for (int i = 0; i < c->ReplicasLen; i++)
+    if (!c->Replicas[i]->Offline && (!c->Replicas[i]->Current || c->Replicas[i]->Lag)) return 0;
+  return 1;
+}
+
 int mirror_header_u64(natsMsg *msg, const char *name, uint64_t *out) {
   const char *v;
   if (natsMsgHeader_Get(msg, name, &v) != NATS_OK || !v || !*v) return -1;
