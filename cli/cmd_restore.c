@@ -178,8 +178,8 @@ static int in_transition(natsStatus s, jsErrCode ec) {
  * answers otherwise: "temporarily unavailable" while its metadata leader is elected, an
  * empty state for a stream without a leader, and a replica that was away can be elected
  * leader while it still applies what it missed, answering with what it has applied so
- * far. Each is waited out for up to 30 s; then a leader's answer is taken as it is (a
- * replica that stays down keeps the stream from resting). */
+ * far. Each is waited out for up to 30 s; then a leader's answer is taken as it is (an
+ * online replica that never catches up keeps the stream from resting). */
 static natsStatus leader_info(jsCtx *js, const char *stream, const char *filter, jsStreamInfo **si,
                               jsErrCode *ec) {
   int64_t until = cli_now_ns() + 30000000000LL;
