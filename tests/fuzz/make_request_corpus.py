@@ -130,6 +130,7 @@ def main() -> None:
     seeds["worker-heartbeat"] = request(120, ld(1, worker))
     seeds["worker-list"] = request(121, vi(1, 30000))
     seeds["worker-forget"] = request(122, ld(1, "w1"))
+    seeds["log-info"] = request(170, b"")
     # Malformed and unusual.
     good = seeds["append-full"]
     seeds["bad-empty"] = b""
