@@ -795,7 +795,8 @@ typedef struct engram_log_info {
 } engram_log_info;
 /* Fills *out with the identity of the log behind the handle (embedded: read at open, no
  * transaction; remote: the daemon's log, one request).
- * Errors: EINVAL (NULL argument), ECONN, ETIMEDOUT (remote). */
+ * Errors: EINVAL (NULL argument); remote: ECONN, ETIMEDOUT, EPROTO (a reply no engram
+ * daemon sends). */
 ENGRAM_API int engram_log_info_get(engram *log, engram_log_info *out);
 
 #ifdef __cplusplus
