@@ -309,7 +309,10 @@ def test_purge_discards_waiting_tasks(hippo):
     h.celery_app.app.group_for("background")  # a worker has joined the queue once
     assert h.celery_app.control.purge() == 3
     run_worker(h.celery_app)
-    assert "health" not in calls(h)
+    # The purged tasks never ran; only a beat fire of health-check (every 5 minutes, from
+    # the seed's beat schedule the worker declared) may have run since.
+    beat = [e for e in h.celery_app.log.scan("background") if e.headers.get("engram-schedule")]
+    assert calls(h).count("health") <= len(beat)
 
 
 def test_beat_entries_engram_cannot_honour_are_refused_not_ignored(hippo):
