@@ -147,9 +147,63 @@ def test_pause_resume_and_run_now(lg):
     lg.resume_schedule("s")
     lg.resume_schedule("s")
     assert not lg.schedule("s").paused
-    # the slots that fell while it was paused are skipped; the next fires at its time
-    assert lg.tick_schedules(start + 2 * HOUR + 60)["fired"] == 0
+    # resumed (on the handle's clock, before `start`): a later tick applies the missed-fire
+    # policy to the slots it finds passed ("once": the newest, as a catch-up)
+    assert lg.tick_schedules(start + 2 * HOUR + 60)["fired"] == 1
+    ev = lg.get("jobs", lg.schedule("s").last_offset)
+    assert ev.headers["engram-slot"] == slot_text(start + 2 * HOUR)
+    assert ev.headers["engram-fire"] == "catchup"
     assert lg.tick_schedules(start + 3 * HOUR)["fired"] == 1
+
+
+CLOCK_SCRIPT = r"""
+import json, struct, sys
+import engram
+clock = sys.argv[1]
+def at(secs):
+    with open(clock, "wb") as f:
+        f.write(struct.pack("<q", int(secs) * 10**9))
+T = 1_900_000_000 - 1_900_000_000 % 3600  # an hour boundary in 2030
+at(T - 10)
+out = {}
+with engram.open(sys.argv[2]) as log:
+    log.create_topic("jobs")
+    log.add_schedule("s", "jobs", "job.run", every=3600)
+    out["next"] = log.schedule("s").next_slot_ns // 10**9 - T
+    at(T)
+    out["first"] = log.tick_schedules()["fired"]
+    at(T + 1800)
+    log.pause_schedule("s")
+    at(T + 3 * 3600 + 60)        # 3 slots fall while it is paused
+    out["paused"] = log.tick_schedules()["fired"]
+    log.resume_schedule("s")     # they are skipped, not caught up
+    out["resumed"] = log.tick_schedules()["fired"]
+    s = log.schedule("s")
+    out["skipped"], out["next_after"] = s.skipped, s.next_slot_ns // 10**9 - T
+    at(T + 4 * 3600)
+    out["on_time"] = log.tick_schedules()["fired"]
+    out["slots"] = [e.headers["engram-slot"] for e in log.read("jobs", 1, 10)]
+print(json.dumps(out))
+"""
+
+
+def test_slots_that_fall_while_paused_are_skipped_on_a_test_clock(tmp_path):
+    # The handle's clock is the test clock file (ENGRAM_TEST_CLOCK_FILE, read by the C
+    # library once per process: hence a child process).
+    import json
+    import subprocess
+    import sys
+    from conftest import child_env
+    clock = tmp_path / "clock"
+    r = subprocess.run([sys.executable, "-c", CLOCK_SCRIPT, str(clock), str(tmp_path / "log")],
+                       env=child_env(ENGRAM_TEST_CLOCK_FILE=str(clock)), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    T = 1_900_000_000 - 1_900_000_000 % 3600
+    assert out == {"next": 0, "first": 1, "paused": 0, "resumed": 0, "skipped": 3,
+                   "next_after": 4 * 3600, "on_time": 1,
+                   "slots": [slot_text(T), slot_text(T + 4 * 3600)]}
 
 
 def test_a_fire_into_a_missing_topic_fails_and_is_tried_again(lg):
@@ -167,7 +221,7 @@ def test_a_fire_into_a_missing_topic_fails_and_is_tried_again(lg):
     (dict(cron="61 * * * *"), engram.InvalidArgument, "cron"),
     (dict(cron="* * * *"), engram.InvalidArgument, "cron"),
     (dict(cron="0 2 * * *", tz="Mars/Olympus_Mons"), engram.InvalidArgument, "Mars"),
-    (dict(every=0.5), engram.InvalidArgument, "every"),
+    (dict(every=0.5), engram.InvalidArgument, "interval of 500 ms"),
     (dict(every=-1), engram.InvalidArgument, "every"),
     (dict(every=60, missed="sometimes"), engram.InvalidArgument, "missed"),
     (dict(every="5m"), TypeError, "every"),

@@ -10,7 +10,8 @@ queue), its type, its JSON body and headers; a worker runs it like any task. The
 carries the headers ``periodic_task_name`` (the entry's name) and ``celery-beat`` (the
 app's name: the mark of schedules an app declared).
 
-``declare(app)`` writes them idempotently: a worker of the app does it when it starts,
+``declare(app)`` writes them idempotently (creating their queues, as a first send
+would): a worker of the app does it when it starts,
 ``python -m engram beat module:app`` too (and ``app.declare_schedules()`` on demand).
 Unchanged entries are left alone; changed ones are replaced keeping their last fire; the
 app's schedules no longer declared are removed (what Celery beat does with its schedule
@@ -207,6 +208,8 @@ def declare(app: "Celery") -> Dict[str, str]:
             raise AlreadyExists(f"beat_schedule[{name!r}]: schedule {sname!r} exists and was not "
                                 f"declared by app {app.main!r}; remove it (engram schedule remove "
                                 f"{sname}) or rename the entry")
+        if log.create_topics:  # as apply_async would create the queue on its first send
+            log.create_topic(kw["topic"], exist_ok=True)
         out[sname] = log.set_schedule(sname, **kw)
     for sname, s in existing.items():
         if s.headers.get(MARK) == app.main and sname not in configs:
