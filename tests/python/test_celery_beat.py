@@ -301,3 +301,40 @@ def test_the_beat_command_declares_and_prints(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "engram", "beat", "beatproj:nothing"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "no attribute" in bad.stderr
+
+
+def test_the_beat_command_fires_until_sigterm(tmp_path):
+    # The beat process runs on a test clock set to an hour boundary: its first tick fires
+    # the hourly entry's slot; SIGTERM stops it.
+    import signal
+    import struct
+    import time
+    from conftest import wait_until
+    clock = tmp_path / "clock"
+    T = 1_900_000_000 - 1_900_000_000 % 3600
+    clock.write_bytes(struct.pack("<q", T * 10**9))
+    mod = tmp_path / "beatproj2.py"
+    mod.write_text(
+        "from engram.celery import Celery\n"
+        f"app = Celery('beatproj2', broker={str(tmp_path / 'log')!r})\n"
+        "app.conf.beat_schedule = {'hourly': {'task': 'beatproj2.h', 'schedule': 3600.0}}\n")
+    env = child_env(ENGRAM_TEST_CLOCK_FILE=str(clock))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    p = subprocess.Popen([sys.executable, "-m", "engram", "beat", "beatproj2:app", "-l", "info"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with engram.open(str(tmp_path / "log")) as log:
+            def fired():
+                try:
+                    return [e for e in log.read("celery", 1, 10) if e.headers.get("engram-schedule")]
+                except engram.NotFound:
+                    return []
+            got = wait_until(fired, 30)
+            assert got and got[0].headers["engram-slot"] == time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(T)), p.poll()
+            assert got[0].type == "task.beatproj2.h" and got[0].json()["task"] == "beatproj2.h"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0, out
+    assert "1 schedule(s) of beatproj2" in out
