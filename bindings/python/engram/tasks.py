@@ -392,7 +392,7 @@ class Signature:
                  kwargs: Optional[Dict[str, Any]] = None, options: Optional[Dict[str, Any]] = None,
                  immutable: bool = False, app: Optional["App"] = None) -> None:
         self.task = task if isinstance(task, Task) else None
-        self.name = task.name if isinstance(task, Task) else _str(task, "task name")
+        self.name: str = task.name if isinstance(task, Task) else str(_str(task, "task name"))
         self.app = task.app if isinstance(task, Task) else app
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
@@ -534,7 +534,7 @@ def task_message(app: "App", name: str, args: Optional[Sequence[Any]] = None,
         hdr["task_id"] = task_id
     if ignore_result:
         raise NotSupported("apply_async(ignore_result=True): set ignore_result on the task")
-    return TaskMessage(topic, _type_for(name), body, hdr, deliver_at, task_id)
+    return TaskMessage(str(topic), _type_for(name), body, hdr, deliver_at, task_id)
 
 
 def queue_for_key(app: "App", key: str) -> str:

@@ -112,7 +112,7 @@ def _expand(spec: Cronspec, max_: int, min_: int = 0) -> Set[int]:
     elif isinstance(spec, str):
         result = crontab_parser(max_, min_).parse(spec)
     elif isinstance(spec, Iterable):
-        result = set(spec)
+        result = set(spec)  # type: ignore[arg-type]  # (a str was handled above)
     else:
         raise TypeError("Argument cronspec needs to be of any of the following types: int, str, "
                         f"or an iterable type. {type(spec)!r} was given.")
