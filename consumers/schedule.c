@@ -265,7 +265,7 @@ static uint64_t slots_in(const struct timing *t, int64_t after, int64_t upto, ui
       free(tmp);
     }
   }
-  return n < keep ? keep : n;
+  return n;
 }
 
 /* Slots at or before this one never fire. */
