@@ -187,7 +187,7 @@ class crontab:
             raise NotSupported(
                 f"{self!r}: restricts both day_of_month and day_of_week; Celery runs on the "
                 "days matching both, engram's cron (as cron(8)) on the days matching either: "
-                "restrict one of them (or declare two entries)")
+                "restrict one of them and test the other in the task")
         return " ".join((_field(self.minute, 60), _field(self.hour, 24), dom,
                          _field(self.month_of_year, 12, 1), dow))
 
