@@ -700,6 +700,102 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   tu_tmpdir_done(dir);
 }
 
+/* The build's engram command beside this test program (build/tests/x -> build/engram). */
+static void cli_path(char *self, size_t self_cap, char *cli, size_t cli_cap) {
+  ssize_t sl = readlink("/proc/self/exe", self, self_cap - 1);
+  assert_true(sl > 0);
+  self[sl] = '\0';
+  snprintf(cli, cli_cap, "%s", self);
+  char *slash = strrchr(cli, '/');
+  *slash = '\0';
+  slash = strrchr(cli, '/');
+  snprintf(slash, cli_cap - (size_t)(slash - cli), "/engram");
+  assert_true(access(cli, X_OK) == 0);
+}
+
+/* Connects to the daemon at ep, retrying until it answers. */
+static engram *connect_within(const char *ep, int ms) {
+  int64_t end = tu_mono_ms() + ms;
+  for (;;) {
+    engram *log = NULL;
+    engram_connect_options o = {.timeout_ms = 5000};
+    if (engram_connect(ep, &o, &log) == 0) return log;
+    if (tu_mono_ms() > end) fail_msg("no daemon at %s: %s", ep, engram_errmsg(NULL));
+    tu_sleep_ms(20);
+  }
+}
+
+static void schedules_work_the_same_through_the_daemon(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("sched-remote");
+  char *logdir = tu_join(dir, "log"), *dlog = tu_join(dir, "daemon.log");
+  char self[4096], cli[4200], ep[4200];
+  cli_path(self, sizeof self, cli, sizeof cli);
+  snprintf(ep, sizeof ep, "ipc://%s/req.ipc", dir);
+  char *argv[] = {cli, "serve", "--data", logdir, "--listen", ep, NULL};
+  pid_t daemon = spawn(argv, dlog);
+  engram *log = connect_within(ep, 20000);
+  tu_topic(log, "jobs", NULL);
+  engram_header h = {"origin", "remote"};
+  engram_schedule_config c = {.cron = "0 2 * * *",
+                              .tz = "Europe/Paris",
+                              .topic = "jobs",
+                              .type = "job.nightly",
+                              .payload = "p",
+                              .payload_len = 1,
+                              .headers = &h,
+                              .n_headers = 1,
+                              .missed = ENGRAM_MISSED_SKIP};
+  OK(log, engram_schedule_add(log, "nightly", &c));
+  assert_int_equal(engram_schedule_add(log, "nightly", &c), ENGRAM_EEXIST);
+  int changed = -1;
+  OK(log, engram_schedule_set(log, "nightly", &c, &changed));
+  assert_int_equal(changed, 0);
+  OK(log, engram_schedule_set(
+              log, "every",
+              &(engram_schedule_config){.every_ms = 3600000, .topic = "jobs", .type = "job.hourly"},
+              &changed));
+  assert_int_equal(changed, 1);
+  c.cron = "61 2 * * *";
+  assert_int_equal(engram_schedule_add(log, "bad", &c), ENGRAM_EINVAL);
+  assert_non_null(strstr(engram_errmsg(log), "minute"));
+  engram_schedule_info *i = NULL;
+  OK(log, engram_schedule_get(log, "nightly", &i));
+  assert_string_equal(i->config.tz, "Europe/Paris");
+  assert_string_equal(i->config.cron, "0 2 * * *");
+  assert_int_equal(i->config.missed, ENGRAM_MISSED_SKIP);
+  assert_int_equal(i->config.n_headers, 1);
+  assert_string_equal(i->config.headers[0].value, "remote");
+  assert_memory_equal(i->config.payload, "p", 1);
+  assert_true(i->next_slot_ns > i->created_ns);
+  engram_free(i);
+  engram_schedule_info *list = NULL;
+  size_t n = 0;
+  OK(log, engram_schedule_list(log, &list, &n));
+  assert_int_equal(n, 2);
+  assert_string_equal(list[0].name, "every");
+  assert_string_equal(list[1].name, "nightly");
+  engram_free(list);
+  OK(log, engram_schedule_pause(log, "nightly"));
+  uint64_t off = 0;
+  OK(log, engram_schedule_run_now(log, "nightly", &off));
+  assert_int_equal(off, 1);
+  engram_schedule_tick_report r;
+  OK(log, engram_schedule_tick(log, tu_now_ns() + 2 * 3600 * NS + NS, &r));
+  assert_int_equal(r.fired, 1); /* the hourly one, once for its two slots; nightly is paused */
+  assert_true(r.next_due_ns > 0);
+  OK(log, engram_schedule_resume(log, "nightly"));
+  OK(log, engram_schedule_remove(log, "nightly"));
+  assert_int_equal(engram_schedule_remove(log, "nightly"), ENGRAM_ENOTFOUND);
+  assert_int_equal(engram_schedule_get(log, "nightly", &i), ENGRAM_ENOTFOUND);
+  engram_close(log);
+  kill(daemon, SIGTERM);
+  assert_int_equal(tu_wait(daemon, 20000), 0);
+  free(logdir);
+  free(dlog);
+  tu_tmpdir_done(dir);
+}
+
 int main(int argc, char **argv) {
   if (argc == 4 && !strcmp(argv[1], "--ticker")) return ticker_main(argv[2], argv[3]);
   tu_test_filter();
@@ -720,6 +816,7 @@ int main(int argc, char **argv) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(bad_input_is_refused_and_leaves_the_log_unchanged, setup,
                                       teardown),
+      cmocka_unit_test(schedules_work_the_same_through_the_daemon),
       cmocka_unit_test(one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_once),
   };
   return cmocka_run_group_tests_name("schedule", tests, NULL, NULL);
