@@ -347,9 +347,7 @@ static int set_job(log_wtx *w, void *arg) {
   if (old && q->mode == 0) {
     engram__schedule_record__free_unpacked(old, NULL);
     return log_error(w->log, ENGRAM_EEXIST,
-                     "schedule add %s: a schedule of that name exists (remove it first, or "
-                     "declare it with engram_schedule_set)",
-                     q->name);
+                     "schedule add %s: a schedule of that name exists (remove it first)", q->name);
   }
   Engram__ScheduleRecord r;
   Engram__ScheduleHeader hdrs[ENGRAM_MAX_HEADERS], *hp[ENGRAM_MAX_HEADERS];
