@@ -493,6 +493,55 @@ static void bad_input_is_refused_and_leaves_the_log_unchanged(void **state) {
   assert_int_equal(r.fired, 1);
 }
 
+static void a_read_only_log_without_schedules_lists_none_and_verify_checks_records(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("sched-ro");
+  char *logdir = tu_join(dir, "log");
+  engram_options off = {.maintenance_ms = ENGRAM_MAINTENANCE_OFF};
+  engram *log = tu_open(logdir, &off);
+  tu_topic(log, "jobs", NULL); /* a log as older builds leave it: no schedules database */
+  engram_close(log);
+  log = tu_open(logdir, &(engram_options){.flags = ENGRAM_OPEN_RDONLY});
+  engram_schedule_info *list = NULL, *one = NULL;
+  size_t n = 9;
+  OK(log, engram_schedule_list(log, &list, &n));
+  assert_int_equal(n, 0);
+  engram_free(list);
+  assert_int_equal(engram_schedule_get(log, "x", &one), ENGRAM_ENOTFOUND);
+  engram_schedule_tick_report r;
+  assert_int_equal(engram_schedule_tick(log, 0, &r), ENGRAM_ENOTSUP);
+  engram_schedule_config c = every(60000);
+  assert_int_equal(engram_schedule_add(log, "x", &c), ENGRAM_ENOTSUP);
+  engram_close(log);
+
+  log = tu_open(logdir, &off);
+  OK(log, engram_schedule_add(log, "x", &c));
+  engram_verify_report vr;
+  OK(log, engram_verify(log, &vr));
+  assert_int_equal(vr.damaged, 0);
+  engram_close(log);
+  /* A schedule record that does not decode is damage verify names. */
+  MDB_env *env;
+  assert_int_equal(tu_raw_open(logdir, 0, &env), 0);
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "schedules", 0, &dbi), 0);
+  MDB_val k = {1, "x"}, v = {3, "\xff\xff\xff"};
+  assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  log = tu_open(logdir, &off);
+  OK(log, engram_verify(log, &vr));
+  assert_int_equal(vr.damaged, 1);
+  assert_non_null(strstr(vr.first_damage, "schedule x"));
+  assert_int_equal(engram_schedule_get(log, "x", &one), ENGRAM_ECORRUPT);
+  OK(log, engram_schedule_remove(log, "x")); /* the way out */
+  engram_close(log);
+  free(logdir);
+  tu_tmpdir_done(dir);
+}
+
 /* ---------------------------------------------------------------------------------
  * One simulated day, three processes, one log.
  * ------------------------------------------------------------------------------ */
@@ -817,6 +866,7 @@ int main(int argc, char **argv) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(bad_input_is_refused_and_leaves_the_log_unchanged, setup,
                                       teardown),
+      cmocka_unit_test(a_read_only_log_without_schedules_lists_none_and_verify_checks_records),
       cmocka_unit_test(schedules_work_the_same_through_the_daemon),
       cmocka_unit_test(one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_once),
   };
