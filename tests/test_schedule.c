@@ -493,6 +493,37 @@ static void bad_input_is_refused_and_leaves_the_log_unchanged(void **state) {
   assert_int_equal(r.fired, 1);
 }
 
+static void the_embedded_lease_holder_fires_without_being_asked(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("sched-lease");
+  char *logdir = tu_join(dir, "log");
+  tu_clock ck;
+  tu_clock_init(&ck, utc(2026, 12, 5, 0, 0) * NS + NS / 2);
+  engram *log = tu_open(
+      logdir, &(engram_options){.clock_ns = tu_clock_ns, .clock_ctx = &ck, .maintenance_ms = 50});
+  tu_topic(log, "jobs", NULL);
+  engram_schedule_config c = every(60000);
+  OK(log, engram_schedule_add(log, "m", &c));
+  atomic_store(&ck.ns, utc(2026, 12, 5, 0, 1) * NS); /* the first slot is due */
+  int64_t end = tu_mono_ms() + 30000;
+  engram_topic_info ti;
+  for (;;) {
+    OK(log, engram_topic_info_get(log, "jobs", &ti));
+    if (ti.head_offset == 1) break;
+    if (tu_mono_ms() > end) fail_msg("the maintenance runner never fired the slot");
+    tu_sleep_ms(10);
+  }
+  engram_schedule_info *i = info(log, "m");
+  assert_true(i->last_slot_ns == utc(2026, 12, 5, 0, 1) * NS);
+  engram_free(i);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/maintenance.lock", logdir);
+  assert_true(tu_exists(path));
+  engram_close(log);
+  free(logdir);
+  tu_tmpdir_done(dir);
+}
+
 static void a_read_only_log_without_schedules_lists_none_and_verify_checks_records(void **state) {
   (void)state;
   char *dir = tu_tmpdir("sched-ro");
@@ -866,6 +897,7 @@ int main(int argc, char **argv) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(bad_input_is_refused_and_leaves_the_log_unchanged, setup,
                                       teardown),
+      cmocka_unit_test(the_embedded_lease_holder_fires_without_being_asked),
       cmocka_unit_test(a_read_only_log_without_schedules_lists_none_and_verify_checks_records),
       cmocka_unit_test(schedules_work_the_same_through_the_daemon),
       cmocka_unit_test(one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_once),
