@@ -609,7 +609,8 @@ static pid_t spawn(char *const argv[], const char *errfile) {
  * the log and ticks in a loop until STOPFILE exists; its runner may hold the lease too. */
 static int ticker_main(const char *dir, const char *stop) {
   engram *log;
-  engram_options o = {.maintenance_ms = 200};
+  /* A dedup window of 1 ms: exactly once must not lean on idempotency keys. */
+  engram_options o = {.maintenance_ms = 200, .dedup_window_ms = 1};
   if (engram_open(dir, &o, &log)) {
     fprintf(stderr, "ticker: %s\n", engram_errmsg(NULL));
     return 1;
