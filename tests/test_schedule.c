@@ -643,7 +643,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   (void)state;
   char *dir = tu_tmpdir("sched-day");
   char *logdir = tu_join(dir, "log"), *clockf = tu_join(dir, "clock"), *stop = tu_join(dir, "stop"),
-       *dlog = tu_join(dir, "daemon.log");
+       *dlog = tu_join(dir, "daemon.log"), *tlog = tu_join(dir, "tickers.log");
   int64_t start = utc(2026, 12, 5, 0, 0) * NS, end = start + 24 * HOUR;
   write_clock(clockf, start);
   setenv("ENGRAM_TEST_CLOCK_FILE", clockf, 1);
@@ -701,7 +701,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
     if (tu_mono_ms() > until) fail_msg("the daemon did not take the maintenance lease");
     tu_sleep_ms(20);
   }
-  pid_t t1 = spawn(ticker_argv, NULL), t2 = spawn(ticker_argv, NULL);
+  pid_t t1 = spawn(ticker_argv, tlog), t2 = spawn(ticker_argv, tlog);
 
   engram *rd = tu_open(logdir, &(engram_options){.flags = ENGRAM_OPEN_RDONLY});
   int64_t step = 20 * MIN;
@@ -715,7 +715,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
       assert_int_equal(tu_wait(daemon, 10000), 128 + SIGKILL);
       assert_int_equal(tu_wait(t1, 10000), 128 + SIGKILL);
       daemon = spawn(daemon_argv, dlog);
-      t1 = spawn(ticker_argv, NULL);
+      t1 = spawn(ticker_argv, tlog);
       killed = 1;
     }
     /* Wait until every slot due by now has fired. */
@@ -740,6 +740,18 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   assert_int_equal(tu_wait(t2, 20000), 0);
   kill(daemon, SIGTERM);
   assert_int_equal(tu_wait(daemon, 20000), 0);
+
+  /* No process complained (a sanitizer build reports there too). */
+  const char *logs[] = {dlog, tlog};
+  for (int l = 0; l < 2; l++) {
+    FILE *f = fopen(logs[l], "r");
+    char line[4096];
+    while (f && fgets(line, sizeof line, f))
+      if (strstr(line, "ticker:") || strstr(line, "Sanitizer") || strstr(line, "runtime error") ||
+          strstr(line, " error "))
+        fail_msg("%s: %s", logs[l], line);
+    if (f) fclose(f);
+  }
 
   /* Every slot exactly once: the idempotency keys are the expected set, no duplicate. */
   engram_batch *b;
@@ -779,6 +791,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   free(clockf);
   free(stop);
   free(dlog);
+  free(tlog);
   tu_tmpdir_done(dir);
 }
 
