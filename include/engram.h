@@ -814,12 +814,15 @@ ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_rep
  * gap (03:00 local); a local time that occurs twice (a fall-back overlap) fires once, at
  * its first occurrence.
  *
- * MISSED FIRES. When the log was not ticked at a slot's time (no daemon and no process
- * open, a pause excepted), the next tick applies the schedule's `missed` policy to the
- * slots that passed: SKIP fires none of them (the schedule resumes with the next slot),
- * ONCE fires the newest of them (as "catchup"), ALL fires each of them in order, but at
- * most the newest max_catchup; older ones are skipped. Slots passed over are counted in
- * the info's `skipped`. Slots that fall while a schedule is paused are skipped on resume.
+ * MISSED FIRES. A slot a tick reaches more than 30 s after its time (or half the
+ * interval, for intervals under a minute) was missed: nothing ticked the log then (no
+ * daemon, no process open). The next tick applies the schedule's `missed` policy to the
+ * slots due: ONCE fires only the newest of them (once, as "catchup" when it was missed),
+ * SKIP fires none of the missed ones (the schedule resumes with its next slot), ALL fires
+ * each in order, but at most the newest max_catchup; older ones are skipped. Slots passed
+ * over are counted in the info's `skipped` (for cron schedules, counting stops at 100,000
+ * per tick: the rest are skipped uncounted). Slots that fall while a schedule is paused
+ * are skipped on resume.
  * ------------------------------------------------------------------------------ */
 #define ENGRAM_MAX_CRON 256                               /* cron expression: bytes */
 #define ENGRAM_MAX_TZ 64                                  /* time zone name: bytes */
@@ -830,9 +833,9 @@ ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_rep
 
 /* What a tick does with slots that passed without being fired (see MISSED FIRES). */
 typedef enum engram_missed {
-  ENGRAM_MISSED_ONCE = 0, /* default: fire the newest missed slot once */
-  ENGRAM_MISSED_SKIP,     /* fire none of them */
-  ENGRAM_MISSED_ALL       /* fire each (the newest max_catchup at most) */
+  ENGRAM_MISSED_ONCE = 0, /* default: fire the newest slot due, once */
+  ENGRAM_MISSED_SKIP,     /* fire none of the missed slots */
+  ENGRAM_MISSED_ALL       /* fire each missed slot (the newest max_catchup at most) */
 } engram_missed;
 
 /* A schedule's configuration. Zero / NULL means default for every field. Exactly one of

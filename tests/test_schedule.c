@@ -493,6 +493,86 @@ static void bad_input_is_refused_and_leaves_the_log_unchanged(void **state) {
   assert_int_equal(r.fired, 1);
 }
 
+static void the_embedded_lease_holder_fires_without_being_asked(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("sched-lease");
+  char *logdir = tu_join(dir, "log");
+  tu_clock ck;
+  tu_clock_init(&ck, utc(2026, 12, 5, 0, 0) * NS + NS / 2);
+  engram *log = tu_open(
+      logdir, &(engram_options){.clock_ns = tu_clock_ns, .clock_ctx = &ck, .maintenance_ms = 50});
+  tu_topic(log, "jobs", NULL);
+  engram_schedule_config c = every(60000);
+  OK(log, engram_schedule_add(log, "m", &c));
+  atomic_store(&ck.ns, utc(2026, 12, 5, 0, 1) * NS); /* the first slot is due */
+  int64_t end = tu_mono_ms() + 30000;
+  engram_topic_info ti;
+  for (;;) {
+    OK(log, engram_topic_info_get(log, "jobs", &ti));
+    if (ti.head_offset == 1) break;
+    if (tu_mono_ms() > end) fail_msg("the maintenance runner never fired the slot");
+    tu_sleep_ms(10);
+  }
+  engram_schedule_info *i = info(log, "m");
+  assert_true(i->last_slot_ns == utc(2026, 12, 5, 0, 1) * NS);
+  engram_free(i);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/maintenance.lock", logdir);
+  assert_true(tu_exists(path));
+  engram_close(log);
+  free(logdir);
+  tu_tmpdir_done(dir);
+}
+
+static void a_read_only_log_without_schedules_lists_none_and_verify_checks_records(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("sched-ro");
+  char *logdir = tu_join(dir, "log");
+  engram_options off = {.maintenance_ms = ENGRAM_MAINTENANCE_OFF};
+  engram *log = tu_open(logdir, &off);
+  tu_topic(log, "jobs", NULL); /* a log as older builds leave it: no schedules database */
+  engram_close(log);
+  log = tu_open(logdir, &(engram_options){.flags = ENGRAM_OPEN_RDONLY});
+  engram_schedule_info *list = NULL, *one = NULL;
+  size_t n = 9;
+  OK(log, engram_schedule_list(log, &list, &n));
+  assert_int_equal(n, 0);
+  engram_free(list);
+  assert_int_equal(engram_schedule_get(log, "x", &one), ENGRAM_ENOTFOUND);
+  engram_schedule_tick_report r;
+  assert_int_equal(engram_schedule_tick(log, 0, &r), ENGRAM_ENOTSUP);
+  engram_schedule_config c = every(60000);
+  assert_int_equal(engram_schedule_add(log, "x", &c), ENGRAM_ENOTSUP);
+  engram_close(log);
+
+  log = tu_open(logdir, &off);
+  OK(log, engram_schedule_add(log, "x", &c));
+  engram_verify_report vr;
+  OK(log, engram_verify(log, &vr));
+  assert_int_equal(vr.damaged, 0);
+  engram_close(log);
+  /* A schedule record that does not decode is damage verify names. */
+  MDB_env *env;
+  assert_int_equal(tu_raw_open(logdir, 0, &env), 0);
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "schedules", 0, &dbi), 0);
+  MDB_val k = {1, "x"}, v = {3, "\xff\xff\xff"};
+  assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  log = tu_open(logdir, &off);
+  OK(log, engram_verify(log, &vr));
+  assert_int_equal(vr.damaged, 1);
+  assert_non_null(strstr(vr.first_damage, "schedule x"));
+  assert_int_equal(engram_schedule_get(log, "x", &one), ENGRAM_ECORRUPT);
+  OK(log, engram_schedule_remove(log, "x")); /* the way out */
+  engram_close(log);
+  free(logdir);
+  tu_tmpdir_done(dir);
+}
+
 /* ---------------------------------------------------------------------------------
  * One simulated day, three processes, one log.
  * ------------------------------------------------------------------------------ */
@@ -529,7 +609,8 @@ static pid_t spawn(char *const argv[], const char *errfile) {
  * the log and ticks in a loop until STOPFILE exists; its runner may hold the lease too. */
 static int ticker_main(const char *dir, const char *stop) {
   engram *log;
-  engram_options o = {.maintenance_ms = 200};
+  /* A dedup window of 1 ms: exactly once must not lean on idempotency keys. */
+  engram_options o = {.maintenance_ms = 200, .dedup_window_ms = 1};
   if (engram_open(dir, &o, &log)) {
     fprintf(stderr, "ticker: %s\n", engram_errmsg(NULL));
     return 1;
@@ -562,7 +643,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   (void)state;
   char *dir = tu_tmpdir("sched-day");
   char *logdir = tu_join(dir, "log"), *clockf = tu_join(dir, "clock"), *stop = tu_join(dir, "stop"),
-       *dlog = tu_join(dir, "daemon.log");
+       *dlog = tu_join(dir, "daemon.log"), *tlog = tu_join(dir, "tickers.log");
   int64_t start = utc(2026, 12, 5, 0, 0) * NS, end = start + 24 * HOUR;
   write_clock(clockf, start);
   setenv("ENGRAM_TEST_CLOCK_FILE", clockf, 1);
@@ -620,7 +701,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
     if (tu_mono_ms() > until) fail_msg("the daemon did not take the maintenance lease");
     tu_sleep_ms(20);
   }
-  pid_t t1 = spawn(ticker_argv, NULL), t2 = spawn(ticker_argv, NULL);
+  pid_t t1 = spawn(ticker_argv, tlog), t2 = spawn(ticker_argv, tlog);
 
   engram *rd = tu_open(logdir, &(engram_options){.flags = ENGRAM_OPEN_RDONLY});
   int64_t step = 20 * MIN;
@@ -634,7 +715,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
       assert_int_equal(tu_wait(daemon, 10000), 128 + SIGKILL);
       assert_int_equal(tu_wait(t1, 10000), 128 + SIGKILL);
       daemon = spawn(daemon_argv, dlog);
-      t1 = spawn(ticker_argv, NULL);
+      t1 = spawn(ticker_argv, tlog);
       killed = 1;
     }
     /* Wait until every slot due by now has fired. */
@@ -659,6 +740,18 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   assert_int_equal(tu_wait(t2, 20000), 0);
   kill(daemon, SIGTERM);
   assert_int_equal(tu_wait(daemon, 20000), 0);
+
+  /* No process complained (a sanitizer build reports there too). */
+  const char *logs[] = {dlog, tlog};
+  for (int l = 0; l < 2; l++) {
+    FILE *f = fopen(logs[l], "r");
+    char line[4096];
+    while (f && fgets(line, sizeof line, f))
+      if (strstr(line, "ticker:") || strstr(line, "Sanitizer") || strstr(line, "runtime error") ||
+          strstr(line, " error "))
+        fail_msg("%s: %s", logs[l], line);
+    if (f) fclose(f);
+  }
 
   /* Every slot exactly once: the idempotency keys are the expected set, no duplicate. */
   engram_batch *b;
@@ -698,6 +791,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   free(clockf);
   free(stop);
   free(dlog);
+  free(tlog);
   tu_tmpdir_done(dir);
 }
 
@@ -817,6 +911,8 @@ int main(int argc, char **argv) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(bad_input_is_refused_and_leaves_the_log_unchanged, setup,
                                       teardown),
+      cmocka_unit_test(the_embedded_lease_holder_fires_without_being_asked),
+      cmocka_unit_test(a_read_only_log_without_schedules_lists_none_and_verify_checks_records),
       cmocka_unit_test(schedules_work_the_same_through_the_daemon),
       cmocka_unit_test(one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_once),
   };
