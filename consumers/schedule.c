@@ -620,7 +620,11 @@ static int scan_due(struct log *log, MDB_dbi dbi, int64_t now, struct due **out,
 int cg_schedule_tick(struct log *log, int64_t now, engram_schedule_tick_report *report) {
   if (now == 0) now = log_now_ns(log);
   MDB_dbi dbi;
-  int rc = sched_dbi_w(log, "schedule tick", &dbi);
+  if (log->env_flags & MDB_RDONLY)
+    return log_error(log, ENGRAM_ENOTSUP, "schedule tick: the log %s is open read-only", log->path);
+  /* A log that never had a schedule has nothing to fire: no database is made for it. */
+  int rc = log_aux_dbi_existing(log, "schedules", &dbi);
+  if (rc == ENGRAM_ENOTFOUND) return 0;
   if (rc) return rc;
   struct due *list;
   size_t n;
