@@ -968,9 +968,11 @@ static void schedules_work_the_same_through_the_daemon(void **state) {
   OK(log, engram_schedule_run_now(log, "nightly", &off));
   assert_int_equal(off, 1);
   engram_schedule_tick_report r;
-  OK(log, engram_schedule_tick(log, tu_now_ns() + 2 * 3600 * NS + NS, &r));
-  assert_int_equal(r.fired, 1); /* the hourly one, once for its two slots; nightly is paused */
-  assert_true(r.next_due_ns > 0);
+  assert_int_equal(engram_schedule_tick(log, tu_now_ns() + 2 * 3600 * NS, &r), ENGRAM_EINVAL);
+  assert_non_null(strstr(engram_errmsg(log), "ahead of the daemon's clock"));
+  OK(log, engram_schedule_tick(log, 0, &r));
+  assert_int_equal(r.fired, 0); /* the hourly one's first slot is ahead; nightly is paused */
+  assert_true(r.next_due_ns > tu_now_ns());
   OK(log, engram_schedule_resume(log, "nightly"));
   OK(log, engram_schedule_remove(log, "nightly"));
   assert_int_equal(engram_schedule_remove(log, "nightly"), ENGRAM_ENOTFOUND);
