@@ -940,11 +940,12 @@ typedef struct engram_schedule_tick_report {
  * applied, and its new last slot. Safe to call from any number of processes at once: a
  * slot fires exactly once (see EXACTLY ONCE). A schedule that cannot fire (its topic
  * missing) is counted in report->failed and does not stop the others. The daemon and
- * the maintenance lease holder call it; tests call it with a test clock. On a remote
- * handle the daemon ticks its log, and refuses (EINVAL) a now_ns more than a second ahead
- * of its clock: a slot fired early would never fire at its time. *report (may be NULL)
- * receives what was done.
- * Errors: EINVAL (now_ns < 0), ENOTSUP (read-only handle), EIO, ENOSPC. */
+ * the maintenance lease holder call it; tests call it with a test clock (a now_ns ahead
+ * of the real time fires slots early, and they never fire again at their time). On a
+ * remote handle the daemon ticks its log and refuses a now_ns more than a second ahead of
+ * its clock. *report (may be NULL) receives what was done.
+ * Errors: EINVAL (now_ns < 0, or ahead of a daemon's clock), ENOTSUP (read-only handle),
+ * EIO, ENOSPC. */
 ENGRAM_API int engram_schedule_tick(engram *log, int64_t now_ns,
                                     engram_schedule_tick_report *report);
 
