@@ -508,6 +508,20 @@ static void missed_fires_follow_skip_once_and_all_bounded_by_max_catchup(void **
   /* Nothing fires twice on the next tick. */
   r = tick(x, T0() + 2 * HOUR + MIN + 41 * NS);
   assert_int_equal(r.fired, 0);
+
+  /* A cron schedule catching up all: the newest max_catchup, in order. */
+  engram_schedule_config cc = {.cron = "*/5 * * * *", .tz = "Europe/Paris", .topic = "jobs",
+                               .type = "job.cron", .missed = ENGRAM_MISSED_ALL, .max_catchup = 4};
+  OK(log, engram_schedule_add(log, "cron-all", &cc));
+  r = tick(x, T0() + 3 * HOUR + 7 * MIN);
+  assert_int_equal(fired(log, "cron-all", slots, 64), 4);
+  assert_string_equal(slots[0], "2026-12-05T02:50:00Z");
+  assert_string_equal(slots[1], "2026-12-05T02:55:00Z");
+  assert_string_equal(slots[2], "2026-12-05T03:00:00Z");
+  assert_string_equal(slots[3], "2026-12-05T03:05:00Z");
+  engram_schedule_info *ci = info(log, "cron-all");
+  assert_int_equal(ci->skipped, 9); /* 02:05 .. 02:45 */
+  engram_free(ci);
 }
 
 static void bad_input_is_refused_and_leaves_the_log_unchanged(void **state) {
