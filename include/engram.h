@@ -905,10 +905,12 @@ ENGRAM_API int engram_schedule_set(engram *log, const char *name, const engram_s
                                    int *changed);
 /* Fills *out with a malloc'd engram_schedule_info (payload and strings in the same
  * allocation) freed with engram_free(); next_slot_ns is computed for the handle's clock.
- * Errors: EINVAL, ENOTFOUND. */
+ * Errors: EINVAL, ENOTFOUND, ECORRUPT (its record does not decode: remove it and add it
+ * again; engram_verify() reports it too). */
 ENGRAM_API int engram_schedule_get(engram *log, const char *name, engram_schedule_info **out);
 /* Lists the schedules in name order: *out is a malloc'd array of *n entries (payloads and
- * strings in the same allocation) freed with one engram_free(). Errors: EINVAL. */
+ * strings in the same allocation) freed with one engram_free(); a record that does not
+ * decode is left out. Errors: EINVAL. */
 ENGRAM_API int engram_schedule_list(engram *log, engram_schedule_info **out, size_t *n);
 /* Removes a schedule; events it appended stay. Errors: EINVAL, ENOTFOUND. */
 ENGRAM_API int engram_schedule_remove(engram *log, const char *name);
