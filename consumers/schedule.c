@@ -233,6 +233,15 @@ static int64_t next_slot(const struct timing *t, int64_t after) {
   return u == INT64_MAX || u > INT64_MAX / NS ? INT64_MAX : u * NS;
 }
 
+/* Reverses a[from, to). */
+static void reverse(int64_t *a, uint64_t from, uint64_t to) {
+  while (from + 1 < to) {
+    int64_t x = a[from];
+    a[from++] = a[--to];
+    a[to] = x;
+  }
+}
+
 /* The slots in (after, upto]: how many (up to `cap` for cron), and the newest `keep` of
  * them in order (keep <= count; out has room for keep). */
 static uint64_t slots_in(const struct timing *t, int64_t after, int64_t upto, uint64_t cap,
@@ -264,13 +273,11 @@ static uint64_t slots_in(const struct timing *t, int64_t after, int64_t upto, ui
   /* Ring of the newest `keep` slots in (from, upto]. */
   uint64_t seen = 0;
   for (int64_t s = next_slot(t, from); s <= upto; s = next_slot(t, s)) out[seen++ % keep] = s;
-  if (seen > keep) { /* rotate into order */
-    int64_t *tmp = malloc(keep * sizeof *tmp);
-    if (tmp) {
-      for (uint64_t i = 0; i < keep; i++) tmp[i] = out[(seen + i) % keep];
-      memcpy(out, tmp, keep * sizeof *tmp);
-      free(tmp);
-    }
+  if (seen > keep) { /* the oldest kept is at seen % keep: rotate it to the front */
+    uint64_t r = seen % keep;
+    reverse(out, 0, r);
+    reverse(out, r, keep);
+    reverse(out, 0, keep);
   }
   return n;
 }
@@ -620,7 +627,11 @@ static int scan_due(struct log *log, MDB_dbi dbi, int64_t now, struct due **out,
 int cg_schedule_tick(struct log *log, int64_t now, engram_schedule_tick_report *report) {
   if (now == 0) now = log_now_ns(log);
   MDB_dbi dbi;
-  int rc = sched_dbi_w(log, "schedule tick", &dbi);
+  if (log->env_flags & MDB_RDONLY)
+    return log_error(log, ENGRAM_ENOTSUP, "schedule tick: the log %s is open read-only", log->path);
+  /* A log that never had a schedule has nothing to fire: no database is made for it. */
+  int rc = log_aux_dbi_existing(log, "schedules", &dbi);
+  if (rc == ENGRAM_ENOTFOUND) return 0;
   if (rc) return rc;
   struct due *list;
   size_t n;

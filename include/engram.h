@@ -905,10 +905,12 @@ ENGRAM_API int engram_schedule_set(engram *log, const char *name, const engram_s
                                    int *changed);
 /* Fills *out with a malloc'd engram_schedule_info (payload and strings in the same
  * allocation) freed with engram_free(); next_slot_ns is computed for the handle's clock.
- * Errors: EINVAL, ENOTFOUND. */
+ * Errors: EINVAL, ENOTFOUND, ECORRUPT (its record does not decode: remove it and add it
+ * again; engram_verify() reports it too). */
 ENGRAM_API int engram_schedule_get(engram *log, const char *name, engram_schedule_info **out);
 /* Lists the schedules in name order: *out is a malloc'd array of *n entries (payloads and
- * strings in the same allocation) freed with one engram_free(). Errors: EINVAL. */
+ * strings in the same allocation) freed with one engram_free(); a record that does not
+ * decode is left out. Errors: EINVAL. */
 ENGRAM_API int engram_schedule_list(engram *log, engram_schedule_info **out, size_t *n);
 /* Removes a schedule; events it appended stay. Errors: EINVAL, ENOTFOUND. */
 ENGRAM_API int engram_schedule_remove(engram *log, const char *name);
@@ -940,9 +942,12 @@ typedef struct engram_schedule_tick_report {
  * applied, and its new last slot. Safe to call from any number of processes at once: a
  * slot fires exactly once (see EXACTLY ONCE). A schedule that cannot fire (its topic
  * missing) is counted in report->failed and does not stop the others. The daemon and
- * the maintenance lease holder call it; tests call it with a test clock. On a remote
- * handle the daemon ticks its log. *report (may be NULL) receives what was done.
- * Errors: EINVAL (now_ns < 0), ENOTSUP (read-only handle), EIO, ENOSPC. */
+ * the maintenance lease holder call it; tests call it with a test clock (a now_ns ahead
+ * of the real time fires slots early, and they never fire again at their time). On a
+ * remote handle the daemon ticks its log and refuses a now_ns more than a second ahead of
+ * its clock. *report (may be NULL) receives what was done.
+ * Errors: EINVAL (now_ns < 0, or ahead of a daemon's clock), ENOTSUP (read-only handle),
+ * EIO, ENOSPC. */
 ENGRAM_API int engram_schedule_tick(engram *log, int64_t now_ns,
                                     engram_schedule_tick_report *report);
 
