@@ -510,8 +510,12 @@ static void missed_fires_follow_skip_once_and_all_bounded_by_max_catchup(void **
   assert_int_equal(r.fired, 0);
 
   /* A cron schedule catching up all: the newest max_catchup, in order. */
-  engram_schedule_config cc = {.cron = "*/5 * * * *", .tz = "Europe/Paris", .topic = "jobs",
-                               .type = "job.cron", .missed = ENGRAM_MISSED_ALL, .max_catchup = 4};
+  engram_schedule_config cc = {.cron = "*/5 * * * *",
+                               .tz = "Europe/Paris",
+                               .topic = "jobs",
+                               .type = "job.cron",
+                               .missed = ENGRAM_MISSED_ALL,
+                               .max_catchup = 4};
   OK(log, engram_schedule_add(log, "cron-all", &cc));
   r = tick(x, T0() + 3 * HOUR + 7 * MIN);
   assert_int_equal(fired(log, "cron-all", slots, 64), 4);
@@ -593,10 +597,18 @@ static void bad_input_is_refused_and_leaves_the_log_unchanged(void **state) {
   engram_schedule_tick_report r = tick(x, T0() + MIN);
   assert_int_equal(r.failed, 1);
   assert_non_null(strstr(r.first_error, "later"));
+  engram_schedule_info *i = info(log, "later");
+  assert_non_null(strstr(i->last_error, "topic")); /* `schedule show` says why */
+  assert_true(i->last_error_ns == T0() + MIN);
+  engram_free(i);
   tu_topic(log, "later", NULL);
   r = tick(x, T0() + MIN + NS);
   assert_int_equal(r.failed, 0);
   assert_int_equal(r.fired, 1);
+  i = info(log, "later");
+  assert_string_equal(i->last_error, "");
+  assert_int_equal(i->last_error_ns, 0);
+  engram_free(i);
 }
 
 static void the_embedded_lease_holder_fires_without_being_asked(void **state) {
