@@ -548,14 +548,46 @@ static int tick_job(log_wtx *w, void *arg) {
     q->fired++;
   }
   q->skipped = n - q->fired;
+  char *err = r->last_error;  /* the record's memory, freed with it */
+  r->last_error = (char *)""; /* a fire went through */
+  r->last_error_ns = 0;
   r->fires += q->fired;
   r->skipped += q->skipped;
   r->last_slot_ns = slots[keep - 1];
   rc = store(w->txn, q->dbi, q->name, r);
+  r->last_error = err;
   q->next_ns = next_slot(&t, r->last_slot_ns);
 done:
   free(slots);
   timing_free(&t);
+  engram__schedule_record__free_unpacked(r, NULL);
+  return rc;
+}
+
+/* Keeps why a schedule's fire failed in its record, for `schedule show`: written when the
+ * reason changes or a minute after it was last written, so a schedule failing at every
+ * tick costs a write a minute, not a second. */
+#define ERROR_EVERY_NS (60 * NS)
+
+struct error_req {
+  MDB_dbi dbi;
+  const char *name;
+  const char *text;
+};
+
+static int error_job(log_wtx *w, void *arg) {
+  struct error_req *q = arg;
+  Engram__ScheduleRecord *r;
+  int rc = load(w->log, w->txn, q->dbi, q->name, &r);
+  if (rc || !r) return rc;
+  if (strcmp(r->last_error ? r->last_error : "", q->text) != 0 ||
+      w->now_ns - r->last_error_ns >= ERROR_EVERY_NS) {
+    char *old = r->last_error; /* the record's memory, freed with it */
+    r->last_error = (char *)q->text;
+    r->last_error_ns = w->now_ns;
+    rc = store(w->txn, q->dbi, q->name, r);
+    r->last_error = old;
+  }
   engram__schedule_record__free_unpacked(r, NULL);
   return rc;
 }
@@ -646,10 +678,17 @@ int cg_schedule_tick(struct log *log, int64_t now, engram_schedule_tick_report *
         if (jrc == ENGRAM_EIO || jrc == ENGRAM_ENOSPC || jrc == ENGRAM_ENOMEM ||
             jrc == ENGRAM_ECORRUPT || jrc == ENGRAM_ENOTSUP)
           rc = jrc; /* the log, not the schedule: stop */
+        char text[256];
+        snprintf(text, sizeof text, "%s", log_errmsg(log));
         if (report) {
           if (!report->failed)
-            snprintf(report->first_error, sizeof report->first_error, "%s", log_errmsg(log));
+            snprintf(report->first_error, sizeof report->first_error, "%s", text);
           report->failed++;
+        }
+        if (rc == 0) {
+          struct error_req e = {.dbi = dbi, .name = list[i].name, .text = text};
+          log_write_relaxed(log, error_job, &e); /* for people: a failure here changes nothing */
+          log_error_clear(log);
         }
         nx = now + NS; /* try again at the next tick */
       } else {
@@ -759,6 +798,8 @@ static void record_info(const char *name, size_t name_len, const Engram__Schedul
   o->last_fire_ns = r->last_fire_ns;
   o->last_offset = r->last_offset;
   o->updated_ns = r->updated_ns;
+  o->last_error_ns = r->last_error_ns;
+  snprintf(o->last_error, sizeof o->last_error, "%s", r->last_error ? r->last_error : "");
   struct timing t;
   if (timing_load(r, &t, o->name) == 0) {
     int64_t base = base_of(r);

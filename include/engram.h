@@ -876,7 +876,8 @@ typedef struct engram_schedule_config {
   X(int64_t, last_fire_ns)  /* clock time of the newest fire, manual ones included */           \
   X(uint64_t, last_offset)  /* offset of the event of the newest fire */                        \
   X(int64_t, next_slot_ns)  /* the next slot to fire (also while paused: what would fire)    */ \
-  X(int64_t, updated_ns)    /* last change of the configuration (add, a changing set) */
+  X(int64_t, updated_ns)    /* last change of the configuration (add, a changing set) */      \
+  X(int64_t, last_error_ns) /* when a fire last failed (see last_error), 0 = none */
 
 typedef struct engram_schedule_info {
   char name[ENGRAM_MAX_NAME + 1];
@@ -884,6 +885,8 @@ typedef struct engram_schedule_info {
    * pointers point into the allocation holding this info and live as long as it. */
   engram_schedule_config config;
   ENGRAM_SCHEDULE_INFO_FIELDS(ENGRAM_FIELD_)
+  char last_error[256]; /* why the last fire failed ("append jobs: no such topic"), "" when
+                           none did since the last fire that succeeded */
 } engram_schedule_info;
 
 /* Adds the schedule `name` (1-200 of [A-Za-z0-9._-]). Its first slot is the first at or

@@ -1,8 +1,10 @@
 /* test_schedule.c — schedules: the cron parser and its DST rules in real zones, interval
  * and cron fires under a test clock, pause/resume, run-now, remove, idempotent declares,
  * missed-fire policies after downtime, bad input that leaves the log unchanged, and one
- * simulated day on one log by a daemon and two embedded processes (one killed and
- * restarted) in which every slot fires exactly once. */
+ * simulated day on one log by a daemon and two embedded processes (the daemon and one
+ * process killed and restarted) in which every slot fires exactly once. Two daemons on
+ * one directory are refused by design (DIR/daemon.lock), so the third firing process is
+ * embedded. */
 #include <errno.h>
 #include <limits.h>
 #include <fcntl.h>
@@ -510,8 +512,12 @@ static void missed_fires_follow_skip_once_and_all_bounded_by_max_catchup(void **
   assert_int_equal(r.fired, 0);
 
   /* A cron schedule catching up all: the newest max_catchup, in order. */
-  engram_schedule_config cc = {.cron = "*/5 * * * *", .tz = "Europe/Paris", .topic = "jobs",
-                               .type = "job.cron", .missed = ENGRAM_MISSED_ALL, .max_catchup = 4};
+  engram_schedule_config cc = {.cron = "*/5 * * * *",
+                               .tz = "Europe/Paris",
+                               .topic = "jobs",
+                               .type = "job.cron",
+                               .missed = ENGRAM_MISSED_ALL,
+                               .max_catchup = 4};
   OK(log, engram_schedule_add(log, "cron-all", &cc));
   r = tick(x, T0() + 3 * HOUR + 7 * MIN);
   assert_int_equal(fired(log, "cron-all", slots, 64), 4);
@@ -593,10 +599,18 @@ static void bad_input_is_refused_and_leaves_the_log_unchanged(void **state) {
   engram_schedule_tick_report r = tick(x, T0() + MIN);
   assert_int_equal(r.failed, 1);
   assert_non_null(strstr(r.first_error, "later"));
+  engram_schedule_info *i = info(log, "later");
+  assert_non_null(strstr(i->last_error, "topic")); /* `schedule show` says why */
+  assert_true(i->last_error_ns == T0() + MIN);
+  engram_free(i);
   tu_topic(log, "later", NULL);
   r = tick(x, T0() + MIN + NS);
   assert_int_equal(r.failed, 0);
   assert_int_equal(r.fired, 1);
+  i = info(log, "later");
+  assert_string_equal(i->last_error, "");
+  assert_int_equal(i->last_error_ns, 0);
+  engram_free(i);
 }
 
 static void the_embedded_lease_holder_fires_without_being_asked(void **state) {
@@ -807,6 +821,13 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
     if (tu_mono_ms() > until) fail_msg("the daemon did not take the maintenance lease");
     tu_sleep_ms(20);
   }
+  /* A second daemon on the directory, at another endpoint, is refused by design
+   * (DIR/daemon.lock): hence one daemon and two embedded processes. */
+  char ep2[4200], dlog2[4200];
+  snprintf(ep2, sizeof ep2, "ipc://%s/req2.ipc", dir);
+  snprintf(dlog2, sizeof dlog2, "%s/daemon2.log", dir);
+  char *daemon2_argv[] = {cli, "serve", "--data", logdir, "--listen", ep2, NULL};
+  assert_int_equal(tu_wait(spawn(daemon2_argv, dlog2), 30000), 1);
   pid_t t1 = spawn(ticker_argv, tlog), t2 = spawn(ticker_argv, tlog);
 
   engram *rd = tu_open(logdir, &(engram_options){.flags = ENGRAM_OPEN_RDONLY});
