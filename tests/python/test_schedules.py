@@ -30,6 +30,14 @@ def lg(request, tmp_path):
         stop_daemon(p)
 
 
+def ticks_ahead(lg):
+    """Skips a test that ticks at chosen future times when it runs through a daemon, which
+    refuses such ticks (test_a_daemon_refuses_a_tick_ahead_of_its_clock)."""
+    if lg.endpoint is not None:
+        pytest.skip("a daemon refuses ticks ahead of its clock; the daemon's own firing is "
+                    "tested by tests/test_schedule.c")
+
+
 def future_start():
     """An hour boundary a day ahead: slots the daemon's own ticks cannot reach during a test."""
     now = int(dt.datetime.now(dt.timezone.utc).timestamp())
@@ -68,6 +76,7 @@ def test_add_show_list_and_remove(lg):
 
 
 def test_set_declares_idempotently_and_keeps_the_fire_state(lg):
+    ticks_ahead(lg)
     start = future_start()
     kw = dict(every=HOUR, start=start)
     assert lg.set_schedule("s", "t", "tick", {"n": 1}, **kw) == "added"
@@ -81,6 +90,7 @@ def test_set_declares_idempotently_and_keeps_the_fire_state(lg):
 
 
 def test_ticks_fire_each_slot_once(lg):
+    ticks_ahead(lg)
     start = future_start()
     lg.create_topic("jobs", exist_ok=True)
     lg.add_schedule("every-hour", "jobs", "job.run", {"x": 1}, every=HOUR, start=start)
@@ -107,6 +117,7 @@ def test_ticks_fire_each_slot_once(lg):
     ("once", 1, [5]), ("skip", 0, []), ("all", 6, [0, 1, 2, 3, 4, 5]),
 ])
 def test_missed_fire_policies_after_downtime(lg, missed, fired, slots):
+    ticks_ahead(lg)
     start = future_start()
     lg.create_topic("jobs", exist_ok=True)
     lg.add_schedule("s", "jobs", "job.run", every=HOUR, start=start, missed=missed)
@@ -121,6 +132,7 @@ def test_missed_fire_policies_after_downtime(lg, missed, fired, slots):
 
 
 def test_all_catches_up_at_most_max_catchup(lg):
+    ticks_ahead(lg)
     start = future_start()
     lg.create_topic("jobs", exist_ok=True)
     lg.add_schedule("s", "jobs", "job.run", every=60, start=start, missed="all", max_catchup=3)
@@ -131,6 +143,7 @@ def test_all_catches_up_at_most_max_catchup(lg):
 
 
 def test_pause_resume_and_run_now(lg):
+    ticks_ahead(lg)
     start = future_start()
     lg.create_topic("jobs", exist_ok=True)
     lg.add_schedule("s", "jobs", "job.run", {"n": 7}, every=HOUR, start=start)
@@ -207,6 +220,7 @@ def test_slots_that_fall_while_paused_are_skipped_on_a_test_clock(tmp_path):
 
 
 def test_a_fire_into_a_missing_topic_fails_and_is_tried_again(lg):
+    ticks_ahead(lg)
     start = future_start()
     lg.add_schedule("s", "later", "job.run", every=HOUR, start=start)
     r = lg.tick_schedules(start)
@@ -258,3 +272,16 @@ def test_types_are_checked_before_the_call(lg):
         lg.add_schedule("s", "jobs", "job.run", every=60, headers={"a": 1})  # type: ignore[dict-item]
     with pytest.raises(TypeError):
         lg.tick_schedules("now")  # type: ignore[arg-type]
+
+
+def test_a_daemon_refuses_a_tick_ahead_of_its_clock(lg):
+    # A slot fired early never fires at its time: through `engram serve` a tick may not be
+    # more than a second ahead of the daemon's clock (embedded, the caller owns the clock).
+    if lg.endpoint is None:
+        pytest.skip("a daemon's rule")
+    start = future_start()
+    lg.add_schedule("ahead", "t", "x.y", every=HOUR, start=start)
+    with pytest.raises(engram.InvalidArgument, match="ahead of the daemon's clock"):
+        lg.tick_schedules(start)
+    assert lg.schedule("ahead").fires == 0
+    assert lg.tick_schedules()["fired"] == 0  # its own clock: nothing due yet

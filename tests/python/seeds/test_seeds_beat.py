@@ -15,6 +15,12 @@ import engram
 import engram.celery
 from celery_seed import broker, load_port, run_worker  # noqa: F401
 
+# Tests that fire slots by ticking at a chosen future time: a daemon refuses a tick ahead
+# of its clock, so they run embedded only (celery_seed.broker skips the served variant).
+TICKS_AHEAD = {"test_001_fired_schedules_run_on_the_workers",
+               "test_002_a_fired_health_check_runs_on_the_system_worker",
+               "test_004_fired_schedules_run_the_integration_tasks"}
+
 MINUTE, HOUR = 60, 3600
 
 
