@@ -63,6 +63,7 @@ struct engram_backend {
   int (*worker_forget)(engram *h, const char *name);
   int (*topic_set)(engram *h, const char *topic, const engram_topic_config *cfg);
   int (*compact)(engram *h, const char *topic, engram_compact_report *report);
+  int (*rate_list)(engram *h, const char *topic, engram_rate_info **out, size_t *n);
 };
 
 /* A public handle: its backend and that backend's state (a struct log for the embedded

@@ -107,7 +107,8 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
   X(worker_list, WORKER_LIST, NET_RETRY_SAFE, op_workers)          \
   X(worker_forget, WORKER_FORGET, NET_RETRY_NEVER, op_forget)      \
   X(topic_set, TOPIC_SET, NET_RETRY_SAFE, op_topic_set)            \
-  X(compact, COMPACT, NET_RETRY_SAFE, op_compact)
+  X(compact, COMPACT, NET_RETRY_SAFE, op_compact)                  \
+  X(rate_list, RATE_LIST, NET_RETRY_SAFE, op_rates)
 
 enum { NET_RETRY_NEVER, NET_RETRY_SAFE, NET_RETRY_KEYED };
 
