@@ -214,8 +214,22 @@ ENGRAM_API const char *engram_errmsg(const engram *log);
 /* Forces everything committed so far to disk (useful in nometasync/async modes). */
 ENGRAM_API int engram_sync(engram *log);
 
+/* A histogram of durations: counts per bucket, bucket i holding the durations above
+ * bound i-1 and at most bound i of ENGRAM_DURATION_BOUNDS_US (microseconds), the last
+ * bucket those above every bound. /metrics shows them as Prometheus histograms. */
+#define ENGRAM_DURATION_BUCKETS 16
+#define ENGRAM_DURATION_BOUNDS_US                                                             \
+  {50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, \
+   2500000}
+typedef struct engram_duration_hist {
+  uint64_t count;                            /* durations counted */
+  uint64_t sum_ns;                           /* their sum, nanoseconds */
+  uint64_t buckets[ENGRAM_DURATION_BUCKETS]; /* per bucket, not cumulative */
+} engram_duration_hist;
+
 /* What the commit path of this handle did since it was opened: how many writes each
- * commit carried and how many flushes they cost. For benchmarks and diagnostics.
+ * commit carried, how many flushes they cost, and how long writes, commits and flushes
+ * took. For benchmarks, diagnostics and /metrics.
  * Errors: EINVAL (NULL argument), ENOTSUP (a remote handle). */
 typedef struct engram_commit_stats {
   uint64_t commits;       /* write transactions that changed something */
@@ -226,6 +240,15 @@ typedef struct engram_commit_stats {
                              release (for the thread that led: to handing the lead over);
                              at most 3 (the one running, its own, the one that makes it
                              durable) when the lead passes on in turn */
+  engram_duration_hist write_latency;  /* each write (append, batch, ack, fetch ...), from
+                                          queueing to its release: what its caller waits
+                                          for the commit, flush included */
+  engram_duration_hist commit_duration; /* each commit that wrote: LMDB's commit of the
+                                           transaction, its data flush included (sync and
+                                           nometasync) */
+  engram_duration_hist flush_duration;  /* each explicit flush (mdb_env_sync): the one that
+                                           makes the last commit's meta page durable, and the
+                                           background flush of nometasync/async */
 } engram_commit_stats;
 ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
 

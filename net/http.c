@@ -259,34 +259,30 @@ static void *sampler_main(void *arg) {
   return NULL;
 }
 
-/* The newest sample and the one `back` seconds before it (or the oldest held). */
-static int rate_pair(const struct series *se, size_t back, const http_sample **a,
-                     const http_sample **b) {
-  if (se->nsec < 2) return -1;
-  size_t k = back < se->nsec - 1 ? back : se->nsec - 1;
-  *b = &se->sec[(se->sec_pos + HTTP_SECONDS - 1) % HTTP_SECONDS];
-  *a = &se->sec[(se->sec_pos + HTTP_SECONDS - 1 - k) % HTTP_SECONDS];
-  return 0;
-}
-
 static double per_s(uint64_t from, uint64_t to, int64_t dt_ns) {
   if (dt_ns <= 0 || to < from) return 0;
   return (double)(to - from) * 1e9 / (double)dt_ns;
 }
 
-static void json_rates(hbuf *b, const struct series *se) {
-  const http_sample *a, *z;
-  if (!se || rate_pair(se, 10, &a, &z)) {
-    hb_puts(b, "{\"appended\":0,\"delivered\":0,\"acked\":0,\"redelivered\":0,\"dead\":0}");
-    return;
-  }
-  int64_t dt = z->t_ns - a->t_ns;
-  hb_printf(b,
-            "{\"appended\":%.3f,\"delivered\":%.3f,\"acked\":%.3f,\"redelivered\":%.3f,"
-            "\"dead\":%.3f}",
-            per_s(a->head, z->head, dt), per_s(a->delivered, z->delivered, dt),
-            per_s(a->acked, z->acked, dt), per_s(a->redelivered, z->redelivered, dt),
-            per_s(a->dead, z->dead, dt));
+/* The windows of engram_rate_info, as /metrics labels them. */
+static const char *const rate_window[ENGRAM_RATE_WINDOWS] = {"1m", "5m", "15m"};
+
+/* A row's rates as {"window":["1m","5m","15m"],"appended":[a,b,c],...}; a group's row
+ * (group != NULL) has every field, a topic's only "appended". */
+static void json_rates(hbuf *b, const engram_rate_info *r, size_t nr, const char *topic,
+                       const char *group) {
+  const engram_rate_info *row = NULL;
+  for (size_t i = 0; i < nr && !row; i++)
+    if (!strcmp(r[i].topic, topic) && !strcmp(r[i].group, group ? group : "")) row = &r[i];
+  static const engram_rate_info none;
+  if (!row) row = &none;
+  hb_puts(b, "{\"window\":[\"1m\",\"5m\",\"15m\"]");
+#define X(type, name)                      \
+  if (group || !strcmp(#name, "appended")) \
+    hb_printf(b, ",\"" #name "\":[%.3f,%.3f,%.3f]", row->name[0], row->name[1], row->name[2]);
+  ENGRAM_RATE_FIELDS(X)
+#undef X
+  hb_puts(b, "}");
 }
 
 static struct series *find_series(struct http_server *h, const char *topic, const char *group) {
@@ -365,16 +361,19 @@ static int u64_arg(struct req *r, const char *name, uint64_t def, uint64_t *out)
 /* ---------------------------------------------------------------------------------
  * JSON objects.
  * ------------------------------------------------------------------------------ */
-static void json_topic(hbuf *b, const engram_topic_info *t) {
+static void json_topic(hbuf *b, const engram_topic_info *t, const engram_rate_info *r, size_t nr) {
   hb_puts(b, "{\"name\":");
   hb_json_str(b, t->name);
 #define X(type, name) hb_printf(b, ",\"" #name "\":%lld", (long long)t->name);
   ENGRAM_TOPIC_INFO_FIELDS(X)
 #undef X
+  hb_puts(b, ",\"rates\":");
+  json_rates(b, r, nr, t->name, NULL);
   hb_puts(b, "}");
 }
 
-static void json_group(struct http_server *h, hbuf *b, const engram_group_info *g, int64_t now) {
+static void json_group(hbuf *b, const engram_group_info *g, int64_t now, const engram_rate_info *r,
+                       size_t nr) {
   hb_puts(b, "{\"topic\":");
   hb_json_str(b, g->topic);
   hb_puts(b, ",\"name\":");
@@ -386,9 +385,7 @@ static void json_group(struct http_server *h, hbuf *b, const engram_group_info *
             g->oldest_unfinished_ns > 0 ? (double)(now - g->oldest_unfinished_ns) / 1e9 : 0.0);
   hb_printf(b, ",\"ack_wait_ms\":%llu,\"max_deliver\":%u,\"rates\":",
             (unsigned long long)g->ack_wait_ms, g->max_deliver);
-  pthread_mutex_lock(&h->mu);
-  json_rates(b, find_series(h, g->topic, g->name));
-  pthread_mutex_unlock(&h->mu);
+  json_rates(b, r, nr, g->topic, g->name);
   hb_puts(b, "}");
 }
 
@@ -439,10 +436,12 @@ static void ep_overview(struct req *r) {
   engram_topic_info *t = NULL;
   engram_group_info *g = NULL;
   engram_worker_info *w = NULL;
-  size_t nt = 0, ng = 0, nw = 0;
+  engram_rate_info *rt = NULL;
+  size_t nt = 0, ng = 0, nw = 0, nr = 0;
   int rc = engram_topic_list(r->h->log, &t, &nt);
   if (rc == 0) rc = engram_group_list(r->h->log, NULL, &g, &ng);
   if (rc == 0) rc = engram_worker_list(r->h->log, 0, &w, &nw);
+  if (rc == 0) rc = engram_rate_list(r->h->log, NULL, &rt, &nr);
   if (rc) {
     fail_engram(r, rc);
     goto out;
@@ -454,12 +453,12 @@ static void ep_overview(struct req *r) {
   hb_puts(b, ",\"topics\":[");
   for (size_t i = 0; i < nt; i++) {
     if (i) hb_puts(b, ",");
-    json_topic(b, &t[i]);
+    json_topic(b, &t[i], rt, nr);
   }
   hb_puts(b, "],\"groups\":[");
   for (size_t i = 0; i < ng; i++) {
     if (i) hb_puts(b, ",");
-    json_group(r->h, b, &g[i], now);
+    json_group(b, &g[i], now, rt, nr);
   }
   hb_puts(b, "],\"workers\":[");
   for (size_t i = 0; i < nw; i++) {
@@ -471,6 +470,7 @@ out:
   engram_free(t);
   engram_free(g);
   engram_free(w);
+  engram_free(rt);
 }
 
 static void ep_series(struct req *r) {
@@ -852,6 +852,24 @@ static void metric(hbuf *b, const char *name, const char *type, const char *help
   hb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A duration histogram in Prometheus' form: cumulative _bucket{le} in seconds, _sum, _count. */
+static void metric_hist(hbuf *b, const char *name, const char *help,
+                        const engram_duration_hist *x) {
+  static const uint64_t bounds_us[] = ENGRAM_DURATION_BOUNDS_US;
+  metric(b, name, "histogram", help);
+  uint64_t cum = 0;
+  for (size_t i = 0; i < ENGRAM_DURATION_BUCKETS; i++) {
+    cum += x->buckets[i];
+    if (i < sizeof bounds_us / sizeof *bounds_us)
+      hb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, (double)bounds_us[i] / 1e6,
+                (unsigned long long)cum);
+    else
+      hb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+  }
+  hb_printf(b, "%s_sum %.9f\n%s_count %llu\n", name, (double)x->sum_ns / 1e9, name,
+            (unsigned long long)x->count);
+}
+
 static void ep_metrics(struct req *r) {
   struct http_server *h = r->h;
   hbuf *b = &r->out;
@@ -899,6 +917,13 @@ static void ep_metrics(struct req *r) {
        offsetof(engram_group_info, delivered)},
       {"engram_redeliveries_total", "counter", "deliveries with attempt > 1",
        offsetof(engram_group_info, redelivered)},
+      {"engram_nacks_total", "counter", "nacks accepted by the group",
+       offsetof(engram_group_info, nacked)},
+      {"engram_rejects_total", "counter", "rejects accepted by the group",
+       offsetof(engram_group_info, rejected)},
+      {"engram_dead_letters_total", "counter",
+       "events that entered the group's dead-letter queue (rejects, max_deliver, damage)",
+       offsetof(engram_group_info, dead_lettered)},
   };
   for (size_t k = 0; k < sizeof gm / sizeof gm[0]; k++) {
     metric(b, gm[k].name, gm[k].type, gm[k].help);
@@ -916,6 +941,30 @@ static void ep_metrics(struct req *r) {
         b, "engram_oldest_unfinished_seconds{topic=\"%s\",group=\"%s\"} %.3f\n", g[i].topic,
         g[i].name,
         g[i].oldest_unfinished_ns > 0 ? (double)(now - g[i].oldest_unfinished_ns) / 1e9 : 0.0);
+  engram_rate_info *rt = NULL;
+  size_t nr = 0;
+  if (engram_rate_list(h->log, NULL, &rt, &nr) == 0) {
+    metric(b, "engram_topic_appended_per_second", "gauge",
+           "events appended to the topic per second over the window");
+    for (size_t i = 0; i < nr; i++)
+      for (int k = 0; k < ENGRAM_RATE_WINDOWS && !rt[i].group[0]; k++)
+        hb_printf(b, "engram_topic_appended_per_second{topic=\"%s\",window=\"%s\"} %.6f\n",
+                  rt[i].topic, rate_window[k], rt[i].appended[k]);
+#define X(type, name)                                                                     \
+  if (strcmp(#name, "appended")) {                                                        \
+    metric(b, "engram_group_" #name "_per_second", "gauge",                               \
+           "the group's " #name " events per second over the window (engram_rate_list)"); \
+    for (size_t i = 0; i < nr; i++)                                                       \
+      for (int k = 0; k < ENGRAM_RATE_WINDOWS && rt[i].group[0]; k++)                     \
+        hb_printf(b,                                                                      \
+                  "engram_group_" #name                                                   \
+                  "_per_second{topic=\"%s\",group=\"%s\",window=\"%s\"} %.6f\n",          \
+                  rt[i].topic, rt[i].group, rate_window[k], rt[i].name[k]);               \
+  }
+    ENGRAM_RATE_FIELDS(X)
+#undef X
+    engram_free(rt);
+  }
   uint64_t alive = 0, lost = 0;
   engram_worker_info *w = NULL;
   size_t nw = 0;
@@ -943,6 +992,14 @@ static void ep_metrics(struct req *r) {
     sum = cs.jobs;
     hb_printf(b, "engram_commit_batch_size_sum %llu\nengram_commit_batch_size_count %llu\n",
               (unsigned long long)sum, (unsigned long long)cum);
+    metric_hist(b, "engram_write_latency_seconds",
+                "time a write (append, ack, fetch ...) waited from queueing to its durable commit",
+                &cs.write_latency);
+    metric_hist(b, "engram_commit_duration_seconds",
+                "time LMDB took to commit one write transaction, its data flush included",
+                &cs.commit_duration);
+    metric_hist(b, "engram_fsync_duration_seconds",
+                "time one explicit flush of the data file (mdb_env_sync) took", &cs.flush_duration);
   }
   Engram__Wire__StatsResult st = ENGRAM__WIRE__STATS_RESULT__INIT;
   net_server_stats(h->s, &st);

@@ -117,6 +117,25 @@ def test_api_metrics_and_health(daemon):
     assert 'engram_dlq_size{topic="memory",group="indexer"} 1' in metrics
     assert "engram_workers_alive 1" in metrics
     assert "# TYPE engram_commit_batch_size histogram" in metrics
+    # Counters of settles and the log's rates (engram_rate_list), as engram top shows them.
+    assert 'engram_rejects_total{topic="memory",group="indexer"} 1' in metrics
+    assert 'engram_dead_letters_total{topic="memory",group="indexer"} 1' in metrics
+    assert 'engram_nacks_total{topic="memory",group="indexer"} 0' in metrics
+    assert 'engram_topic_appended_per_second{topic="memory",window="15m"}' in metrics
+    assert 'engram_group_rejected_per_second{topic="memory",group="indexer",window="1m"}' in metrics
+    # Duration histograms: cumulative buckets ending in +Inf == _count.
+    for h in ("engram_write_latency_seconds", "engram_commit_duration_seconds",
+              "engram_fsync_duration_seconds"):
+        assert f"# TYPE {h} histogram" in metrics
+        lines = [ln for ln in metrics.splitlines() if ln.startswith(h + "_bucket")]
+        counts = [int(ln.rsplit(" ", 1)[1]) for ln in lines]
+        assert len(lines) == 16 and lines[-1].startswith(h + '_bucket{le="+Inf"}'), h
+        assert counts == sorted(counts) and counts[-1] > 0, h
+        assert f"{h}_count {counts[-1]}" in metrics, h
+    rates = g["rates"]
+    assert rates["window"] == ["1m", "5m", "15m"] and len(rates["acked"]) == 3
+    assert rates["appended"][0] > 0 and rates["rejected"][2] > 0 and g["rejected"] == 1
+    assert o["topics"][0]["rates"]["appended"][0] > 0
     # Event detail, by state, the DLQ, Flower's endpoints.
     ev = json.loads(get(daemon.base + "/api/event?topic=memory&group=indexer&offset=1")[1])
     assert ev["status"]["state"] == "dead" and ev["status"]["last_error"] == "rejected: bad payload"
@@ -362,8 +381,10 @@ def test_the_dashboard_in_a_real_browser(daemon, chromium, tmp_path):
             log.append("memory", "memory.saved", {"id": 200 + i})
     # Live: the number changes without a reload.
     assert cdp.wait_js(f"{lag_cell}.textContent === '8'")
-    # The worker is listed as alive.
+    # The worker is listed as alive; the group's nacks and the topic's rates are shown.
     assert cdp.wait_js("document.querySelector('#workers td.alive') !== null")
+    assert cdp.wait_js("document.getElementById('nacked-memory-indexer').textContent === '0'")
+    assert cdp.wait_js("document.querySelectorAll('#topics tbody td').length === 7")
     # Open the group, then an event's detail.
     cdp.js("document.querySelector('a.open[data-t=\"memory\"][data-g=\"indexer\"]').click()")
     assert cdp.wait_js("document.querySelectorAll('#events a.ev').length >= 3")
@@ -411,6 +432,15 @@ scrape_configs:
         assert query(lag)[0]["value"][1] == "6"
         assert wait_until(lambda: query("engram_workers_alive"), 30)
         assert query("engram_workers_alive")[0]["value"][1] == "1"
+        # The commit latency histogram answers a quantile query: the writes of fill()
+        # took a positive time, below the top bound.
+        q = "histogram_quantile(0.9, engram_write_latency_seconds_bucket)"
+        assert wait_until(lambda: query(q), 30), "no quantile of the write latency"
+        p90 = float(query(q)[0]["value"][1])
+        assert 0 < p90 <= 2.5, p90
+        q = "histogram_quantile(0.5, engram_fsync_duration_seconds_bucket)"
+        assert wait_until(lambda: query(q), 30)
+        assert float(query(q)[0]["value"][1]) > 0
     finally:
         p.terminate()
         try:
