@@ -297,7 +297,7 @@ static struct series *find_series(struct http_server *h, const char *topic, cons
  * ------------------------------------------------------------------------------ */
 struct req {
   struct http_server *h;
-  struct MHD_Connection *c;
+  const http_request *rq;
   const char *url, *method;
   hbuf out;
   unsigned status;
@@ -321,9 +321,7 @@ static void fail_engram(struct req *r, int rc) {
   fail(r, st, engram_errname(rc), m && *m ? m : engram_strerror(rc));
 }
 
-static const char *arg(struct req *r, const char *name) {
-  return MHD_lookup_connection_value(r->c, MHD_GET_ARGUMENT_KIND, name);
-}
+static const char *arg(struct req *r, const char *name) { return r->rq->arg(r->rq->ctx, name); }
 
 /* A required name argument; NULL (and the reply set) when missing or invalid. */
 static const char *name_arg(struct req *r, const char *name) {
@@ -691,7 +689,7 @@ static void ep_dlq_change(struct req *r, int redrive) {
     fail_engram(r, rc);
     return;
   }
-  net_server_topic_changed(r->h->s, topic); /* a parked fetch may now have work */
+  if (r->h->s) net_server_topic_changed(r->h->s, topic); /* a parked fetch may now have work */
   hb_printf(&r->out, "{\"count\":%zu}\n", count);
 }
 
@@ -1002,7 +1000,7 @@ static void ep_metrics(struct req *r) {
                 "time one explicit flush of the data file (mdb_env_sync) took", &cs.flush_duration);
   }
   Engram__Wire__StatsResult st = ENGRAM__WIRE__STATS_RESULT__INIT;
-  net_server_stats(h->s, &st);
+  if (h->s) net_server_stats(h->s, &st);
   metric(b, "engram_requests_total", "counter", "ZeroMQ requests answered");
   hb_printf(b, "engram_requests_total %llu\n", (unsigned long long)st.requests);
   metric(b, "engram_request_errors_total", "counter", "ZeroMQ requests answered with an error");
@@ -1041,17 +1039,40 @@ static int same(const char *a, const char *b) {
   return d == 0;
 }
 
+/* Decodes standard base64 (with padding) into out (cap bytes, NUL-terminated); -1 when
+ * src is not base64 or does not fit. */
+static int b64_decode(const char *src, char *out, size_t cap) {
+  size_t n = 0, bits = 0;
+  uint32_t acc = 0;
+  for (const char *p = src; *p && *p != '='; p++) {
+    const char *t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const char *at = strchr(t, *p);
+    if (!at) return -1;
+    acc = acc << 6 | (uint32_t)(at - t);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      if (n + 1 >= cap) return -1;
+      out[n++] = (char)(acc >> bits & 0xff);
+    }
+  }
+  for (const char *p = strchr(src, '='); p && *p; p++)
+    if (*p != '=') return -1;
+  out[n] = '\0';
+  return memchr(out, '\0', n) ? -1 : 0;
+}
+
 static int authorized(struct req *r) {
   struct http_server *h = r->h;
   if (!h->has_token) return 1;
-  const char *a = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Authorization");
-  if (a && !strncmp(a, "Bearer ", 7)) return same(a + 7, h->token);
-  char *pass = NULL;
-  char *user = MHD_basic_auth_get_username_password(r->c, &pass);
-  int ok = pass && same(pass, h->token);
-  if (user) MHD_free(user);
-  if (pass) MHD_free(pass);
-  return ok;
+  const char *a = r->rq->header(r->rq->ctx, "Authorization");
+  if (!a) return 0;
+  if (!strncmp(a, "Bearer ", 7)) return same(a + 7, h->token);
+  /* Basic auth: any user, the token as the password. */
+  char cred[512];
+  if (strncmp(a, "Basic ", 6) || b64_decode(a + 6, cred, sizeof cred)) return 0;
+  const char *colon = strchr(cred, ':');
+  return colon && same(colon + 1, h->token);
 }
 
 static void route(struct req *r) {
@@ -1071,7 +1092,7 @@ static void route(struct req *r) {
   }
   if (post) {
     /* A custom header: a cross-site form or image cannot send one (CSRF). */
-    const char *x = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "X-Engram-Csrf");
+    const char *x = r->rq->header(r->rq->ctx, "X-Engram-Csrf");
     if (!x || !*x) {
       fail(r, 403, "ENGRAM_EDENIED", "POST needs the header X-Engram-Csrf: 1");
       return;
@@ -1114,6 +1135,28 @@ static void route(struct req *r) {
   }
 }
 
+void http_handle(struct http_server *h, const http_request *rq, http_reply *rp) {
+  h->requests++;
+  struct req r = {.h = h, .rq = rq, .url = rq->url, .method = rq->method};
+  log_error_clear(NULL);
+  route(&r);
+  if (r.out.oom) {
+    hb_free(&r.out);
+    fail(&r, 500, "ENGRAM_ENOMEM", "out of memory");
+  }
+  rp->status = r.status;
+  rp->type = r.type;
+  rp->out = r.out;
+}
+
+static const char *mhd_arg(void *ctx, const char *name) {
+  return MHD_lookup_connection_value(ctx, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static const char *mhd_header(void *ctx, const char *name) {
+  return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
+}
+
 static int posted; /* a non-NULL marker for *con_cls: the request's body is being read */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -1128,14 +1171,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     *upload_size = 0;
     return MHD_YES;
   }
-  h->requests++;
-  struct req r = {.h = h, .c = c, .url = url, .method = method};
-  log_error_clear(NULL);
-  route(&r);
-  if (r.out.oom) {
-    hb_free(&r.out);
-    fail(&r, 500, "ENGRAM_ENOMEM", "out of memory");
-  }
+  http_request rq = {.method = method, .url = url, .arg = mhd_arg, .header = mhd_header, .ctx = c};
+  http_reply r = {0};
+  http_handle(h, &rq, &r);
   struct MHD_Response *resp = MHD_create_response_from_buffer(
       r.out.len, r.out.p ? r.out.p : (void *)"", MHD_RESPMEM_MUST_COPY);
   hb_free(&r.out);
@@ -1193,15 +1231,9 @@ int http_check_options(const char *addr, const char *token) {
   return 0;
 }
 
-int http_start(struct net_server *s, engram *log, const char *addr, const char *token,
-               struct http_server **out, char *bound, size_t cap) {
-  *out = NULL;
-  if (!addr) return 0;
-  struct sockaddr_in sa;
-  int loopback;
-  if (parse_addr(addr, &sa, &loopback)) return http_check_options(addr, token);
+struct http_server *http_server_new(struct net_server *s, engram *log, const char *token) {
   struct http_server *h = calloc(1, sizeof *h);
-  if (!h) return log_error(NULL, ENGRAM_ENOMEM, "serve: out of memory");
+  if (!h) return NULL;
   h->s = s;
   h->log = log;
   if (token) {
@@ -1210,6 +1242,18 @@ int http_start(struct net_server *s, engram *log, const char *addr, const char *
   }
   pthread_mutex_init(&h->mu, NULL);
   pthread_cond_init(&h->cv, NULL);
+  return h;
+}
+
+int http_start(struct net_server *s, engram *log, const char *addr, const char *token,
+               struct http_server **out, char *bound, size_t cap) {
+  *out = NULL;
+  if (!addr) return 0;
+  struct sockaddr_in sa;
+  int loopback;
+  if (parse_addr(addr, &sa, &loopback)) return http_check_options(addr, token);
+  struct http_server *h = http_server_new(s, log, token);
+  if (!h) return log_error(NULL, ENGRAM_ENOMEM, "serve: out of memory");
   h->d = MHD_start_daemon(
       MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
       on_request, h, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS,

@@ -186,6 +186,9 @@ def test_a_token_guards_every_request_but_health(tmp_path):
         assert get(d.base + "/metrics", {"Authorization": "Bearer s3cret"})[0] == 200
         basic = base64.b64encode(b"admin:s3cret").decode()
         assert get(d.base + "/api/overview", {"Authorization": "Basic " + basic})[0] == 200
+        wrong = base64.b64encode(b"admin:s3cre").decode()
+        assert get(d.base + "/api/overview", {"Authorization": "Basic " + wrong})[0] == 401
+        assert get(d.base + "/api/overview", {"Authorization": "Basic !!"})[0] == 401
         url = d.base + "/api/dlq/redrive?topic=memory&group=indexer&offset=1"
         assert get(url, {"X-Engram-Csrf": "1"}, method="POST")[0] == 401
         assert get(url, {"Authorization": "Bearer s3cret"}, method="POST")[0] == 403
