@@ -975,6 +975,36 @@ static int r_rate_list(engram *log, const char *topic, engram_rate_info **out, s
   return 0;
 }
 
+/* Schedules. */
+static int r_schedule_add(engram *log, const char *name, const engram_schedule_config *cfg) {
+  return log_error(NULL, ENGRAM_ENOTSUP, "schedule add: not over the wire yet");
+}
+static int r_schedule_set(engram *log, const char *name, const engram_schedule_config *cfg,
+                          int *changed) {
+  return log_error(NULL, ENGRAM_ENOTSUP, "schedule set: not over the wire yet");
+}
+static int r_schedule_get(engram *log, const char *name, engram_schedule_info **out) {
+  return log_error(NULL, ENGRAM_ENOTSUP, "schedule get: not over the wire yet");
+}
+static int r_schedule_list(engram *log, engram_schedule_info **out, size_t *n) {
+  return log_error(NULL, ENGRAM_ENOTSUP, "schedule list: not over the wire yet");
+}
+static int r_schedule_remove(engram *log, const char *name) {
+  return log_error(NULL, ENGRAM_ENOTSUP, "schedule remove: not over the wire yet");
+}
+static int r_schedule_pause(engram *log, const char *name) {
+  return log_error(NULL, ENGRAM_ENOTSUP, "schedule pause: not over the wire yet");
+}
+static int r_schedule_resume(engram *log, const char *name) {
+  return log_error(NULL, ENGRAM_ENOTSUP, "schedule resume: not over the wire yet");
+}
+static int r_schedule_run_now(engram *log, const char *name, uint64_t *offset) {
+  return log_error(NULL, ENGRAM_ENOTSUP, "schedule run-now: not over the wire yet");
+}
+static int r_schedule_tick(engram *log, int64_t now_ns, engram_schedule_tick_report *report) {
+  return log_error(NULL, ENGRAM_ENOTSUP, "schedule tick: not over the wire yet");
+}
+
 const struct engram_backend net_remote = {
     .name = "remote",
     .close = r_close,
@@ -1014,4 +1044,13 @@ const struct engram_backend net_remote = {
     .worker_list = r_worker_list,
     .worker_forget = r_worker_forget,
     .rate_list = r_rate_list,
+    .schedule_add = r_schedule_add,
+    .schedule_set = r_schedule_set,
+    .schedule_get = r_schedule_get,
+    .schedule_list = r_schedule_list,
+    .schedule_remove = r_schedule_remove,
+    .schedule_pause = r_schedule_pause,
+    .schedule_resume = r_schedule_resume,
+    .schedule_run_now = r_schedule_run_now,
+    .schedule_tick = r_schedule_tick,
 };

@@ -1,0 +1,722 @@
+/* test_schedule.c — schedules: the cron parser and its DST rules in real zones, interval
+ * and cron fires under a test clock, pause/resume, run-now, remove, idempotent declares,
+ * missed-fire policies after downtime, bad input that leaves the log unchanged, and one
+ * simulated day on one log by a daemon and two embedded processes (one killed and
+ * restarted) in which every slot fires exactly once. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/common.h"
+#include "common/cron.h"
+#include "engram.h"
+#include "helpers/testutil.h"
+
+#define OK(log, call) TU_OK(log, call)
+#define NS 1000000000ll
+#define MIN (60 * NS)
+#define HOUR (60 * MIN)
+
+extern char **environ;
+
+/* UTC seconds of a civil UTC time. */
+static int64_t utc(int y, int mo, int d, int h, int mi) {
+  return cron_days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60;
+}
+
+/* The next n firing instants after `after` (UTC seconds). */
+static void next_n(const char *zone, const char *expr, int64_t after, int64_t *out, int n) {
+  struct tz *z;
+  struct cron c;
+  char err[256];
+  assert_int_equal(tz_load(NULL, zone, &z, err, sizeof err), 0);
+  if (cron_parse(expr, &c, err, sizeof err)) fail_msg("%s: %s", expr, err);
+  for (int i = 0; i < n; i++) out[i] = after = cron_next(&c, z, after);
+  tz_free(z);
+}
+
+static void cron_fields_lists_ranges_steps_and_names_parse(void **state) {
+  (void)state;
+  int64_t t[4];
+  /* Steps from a start, names of days, lists. */
+  next_n("UTC", "5/20 9 * * mon,WED-fri", utc(2026, 12, 7, 0, 0), t, 4); /* Mon 7 Dec */
+  assert_true(t[0] == utc(2026, 12, 7, 9, 5));
+  assert_true(t[1] == utc(2026, 12, 7, 9, 25));
+  assert_true(t[2] == utc(2026, 12, 7, 9, 45));
+  assert_true(t[3] == utc(2026, 12, 9, 9, 5)); /* Tuesday skipped */
+  /* Months by name, 7 = Sunday. */
+  next_n("UTC", "0 0 * JAN 7", utc(2026, 12, 7, 0, 0), t, 2);
+  assert_true(t[0] == utc(2027, 1, 3, 0, 0));
+  assert_true(t[1] == utc(2027, 1, 10, 0, 0));
+  /* Vixie: both day fields restricted, either matches (Friday or the 13th). */
+  next_n("UTC", "0 0 13 * FRI", utc(2026, 11, 1, 0, 0), t, 4);
+  assert_true(t[0] == utc(2026, 11, 6, 0, 0));
+  assert_true(t[1] == utc(2026, 11, 13, 0, 0));
+  assert_true(t[2] == utc(2026, 11, 20, 0, 0));
+  assert_true(t[3] == utc(2026, 11, 27, 0, 0));
+  /* Feb 29 comes every 4 years. */
+  next_n("UTC", "0 12 29 2 *", utc(2026, 1, 1, 0, 0), t, 2);
+  assert_true(t[0] == utc(2028, 2, 29, 12, 0));
+  assert_true(t[1] == utc(2032, 2, 29, 12, 0));
+}
+
+static void bad_cron_expressions_are_refused_with_the_field_named(void **state) {
+  (void)state;
+  static const struct {
+    const char *expr, *says;
+  } bad[] = {
+      {"* * * *", "4 fields"},      {"* * * * * *", "more than 5"},    {"60 * * * *", "minute"},
+      {"* 24 * * *", "hour"},       {"* * 0 * *", "day-of-month"},     {"* * * 13 *", "month"},
+      {"* * * * 8", "day-of-week"}, {"*/0 * * * *", "step"},           {"5-1 * * * *", "backwards"},
+      {"a * * * *", "not a value"}, {"0 0 30 2 *", "matches no date"}, {"1,,2 * * * *", "empty"},
+      {"* * * FOO *", "month"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    struct cron c;
+    char err[256] = "";
+    assert_int_equal(cron_parse(bad[i].expr, &c, err, sizeof err), -1);
+    if (!strstr(err, bad[i].says))
+      fail_msg("\"%s\": message \"%s\" lacks \"%s\"", bad[i].expr, err, bad[i].says);
+  }
+  struct tz *z;
+  char err[256];
+  assert_int_equal(tz_load(NULL, "Mars/Olympus", &z, err, sizeof err), -1);
+  assert_non_null(strstr(err, "unknown time zone"));
+  assert_int_equal(tz_load(NULL, "../etc/passwd", &z, err, sizeof err), -1);
+}
+
+/* Paris: 29 Mar 2026 02:00 CET -> 03:00 CEST; 25 Oct 2026 03:00 CEST -> 02:00 CET. */
+static void paris_dst_gap_fires_once_at_its_end_and_overlap_fires_once(void **state) {
+  (void)state;
+  int64_t t[6];
+  /* 02:30 does not exist on 29 March: it fires at 03:00 CEST (01:00 UTC). */
+  next_n("Europe/Paris", "30 2 * * *", utc(2026, 3, 27, 12, 0), t, 3);
+  assert_true(t[0] == utc(2026, 3, 28, 1, 30)); /* 02:30 CET */
+  assert_true(t[1] == utc(2026, 3, 29, 1, 0));  /* the gap's end */
+  assert_true(t[2] == utc(2026, 3, 30, 0, 30)); /* 02:30 CEST */
+  /* Every 30 minutes through the gap: 02:00 and 02:30 both land on 03:00, once. */
+  next_n("Europe/Paris", "*/30 1-3 * * *", utc(2026, 3, 28, 23, 0), t, 5);
+  assert_true(t[0] == utc(2026, 3, 29, 0, 0));  /* 01:00 CET */
+  assert_true(t[1] == utc(2026, 3, 29, 0, 30)); /* 01:30 CET */
+  assert_true(t[2] == utc(2026, 3, 29, 1, 0));  /* 03:00 CEST (02:00, 02:30 in the gap) */
+  assert_true(t[3] == utc(2026, 3, 29, 1, 30)); /* 03:30 CEST */
+  assert_true(t[4] == utc(2026, 3, 29, 23, 0)); /* 01:00 CEST the next day */
+  /* 02:30 occurs twice on 25 October: once, at the first (CEST). */
+  next_n("Europe/Paris", "30 2 * * *", utc(2026, 10, 23, 12, 0), t, 3);
+  assert_true(t[0] == utc(2026, 10, 24, 0, 30));
+  assert_true(t[1] == utc(2026, 10, 25, 0, 30)); /* 02:30 CEST, not 01:30 UTC again */
+  assert_true(t[2] == utc(2026, 10, 26, 1, 30)); /* 02:30 CET */
+  /* Hourly through the overlap: 02:00 once, then 03:00 CET. */
+  next_n("Europe/Paris", "0 * * * *", utc(2026, 10, 24, 22, 30), t, 4);
+  assert_true(t[0] == utc(2026, 10, 24, 23, 0)); /* 01:00 CEST */
+  assert_true(t[1] == utc(2026, 10, 25, 0, 0));  /* 02:00 CEST */
+  assert_true(t[2] == utc(2026, 10, 25, 2, 0));  /* 03:00 CET: 02:00 CET skipped */
+  assert_true(t[3] == utc(2026, 10, 25, 3, 0));
+  /* Far beyond the file's transitions the footer rule applies (last Sunday of March). */
+  next_n("Europe/Paris", "0 2 * * *", utc(2045, 3, 25, 12, 0), t, 2);
+  assert_true(t[0] == utc(2045, 3, 26, 1, 0)); /* 26 Mar 2045 is the last Sunday: the gap */
+  assert_true(t[1] == utc(2045, 3, 27, 0, 0)); /* 02:00 CEST */
+}
+
+/* New York: 8 Mar 2026 02:00 EST -> 03:00 EDT; 1 Nov 2026 02:00 EDT -> 01:00 EST. */
+static void new_york_dst_gap_and_overlap(void **state) {
+  (void)state;
+  int64_t t[3];
+  next_n("America/New_York", "30 2 * * *", utc(2026, 3, 7, 0, 0), t, 3);
+  assert_true(t[0] == utc(2026, 3, 7, 7, 30));
+  assert_true(t[1] == utc(2026, 3, 8, 7, 0)); /* 03:00 EDT */
+  assert_true(t[2] == utc(2026, 3, 9, 6, 30));
+  next_n("America/New_York", "30 1 * * *", utc(2026, 10, 31, 0, 0), t, 3);
+  assert_true(t[0] == utc(2026, 10, 31, 5, 30));
+  assert_true(t[1] == utc(2026, 11, 1, 5, 30)); /* 01:30 EDT, the first one */
+  assert_true(t[2] == utc(2026, 11, 2, 6, 30)); /* 01:30 EST */
+}
+
+/* ---------------------------------------------------------------------------------
+ * Through the API, with a test clock.
+ * ------------------------------------------------------------------------------ */
+typedef struct fx {
+  tu_fx *f;
+  tu_clock clock;
+} fx;
+
+static int setup(void **state) {
+  fx *x = calloc(1, sizeof *x);
+  x->f = tu_fx_new("sched");
+  tu_clock_init(&x->clock, utc(2026, 12, 5, 0, 0) * NS);
+  engram_options o = {
+      .clock_ns = tu_clock_ns, .clock_ctx = &x->clock, .maintenance_ms = ENGRAM_MAINTENANCE_OFF};
+  x->f->log = tu_open(x->f->logdir, &o);
+  tu_topic(x->f->log, "jobs", NULL);
+  *state = x;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx *x = *state;
+  void *f = x->f;
+  free(x);
+  return tu_fx_teardown(&f);
+}
+
+static void at(fx *x, int64_t ns) { atomic_store(&x->clock.ns, ns); }
+static int64_t T0(void) { return utc(2026, 12, 5, 0, 0) * NS; }
+
+static engram_schedule_config every(uint64_t ms) {
+  return (engram_schedule_config){.every_ms = ms, .topic = "jobs", .type = "job.tick"};
+}
+
+static engram_schedule_tick_report tick(fx *x, int64_t now) {
+  engram_schedule_tick_report r;
+  at(x, now);
+  OK(x->f->log, engram_schedule_tick(x->f->log, 0, &r));
+  return r;
+}
+
+/* The events of topic jobs with the given schedule header, as slot strings. */
+static size_t fired(engram *log, const char *sched, char slots[][48], size_t max) {
+  engram_batch *b;
+  OK(log, engram_read_range(log, "jobs", 1, 100000, &b));
+  size_t k = 0;
+  for (size_t i = 0; i < b->count; i++) {
+    const engram_event *e = &b->events[i];
+    const char *s = NULL, *slot = NULL;
+    for (size_t h = 0; h < e->n_headers; h++) {
+      if (!strcmp(e->headers[h].name, "engram-schedule")) s = e->headers[h].value;
+      if (!strcmp(e->headers[h].name, "engram-slot")) slot = e->headers[h].value;
+    }
+    if (!s || strcmp(s, sched)) continue;
+    if (k < max && slots) snprintf(slots[k], 48, "%s", slot ? slot : "");
+    k++;
+  }
+  engram_batch_free(b);
+  return k;
+}
+
+static engram_schedule_info *info(engram *log, const char *name) {
+  engram_schedule_info *i = NULL;
+  OK(log, engram_schedule_get(log, name, &i));
+  return i;
+}
+
+static void an_interval_schedule_fires_each_slot_once_with_key_and_headers(void **state) {
+  fx *x = *state;
+  engram *log = x->f->log;
+  engram_header h = {"origin", "beat"};
+  engram_schedule_config c = every(5 * 60000);
+  c.payload = "{\"x\":1}";
+  c.payload_len = 7;
+  c.key = "k1";
+  c.content_type = "application/json";
+  c.headers = &h;
+  c.n_headers = 1;
+  OK(log, engram_schedule_add(log, "cleanup", &c));
+  assert_int_equal(engram_schedule_add(log, "cleanup", &c), ENGRAM_EEXIST);
+
+  engram_schedule_tick_report r = tick(x, T0());
+  assert_int_equal(r.fired, 1); /* created at 00:00: its first slot is 00:00 */
+  assert_true(r.next_due_ns == T0() + 5 * MIN);
+  r = tick(x, T0() + 4 * MIN);
+  assert_int_equal(r.fired, 0);
+  r = tick(x, T0() + 5 * MIN + NS / 2);
+  assert_int_equal(r.fired, 1);
+  r = tick(x, T0() + 5 * MIN + NS); /* the same slot again: nothing */
+  assert_int_equal(r.fired, 0);
+
+  engram_batch *b;
+  OK(log, engram_read(log, "jobs", 2, &b));
+  const engram_event *e = &b->events[0];
+  assert_string_equal(e->idempotency_key, "cleanup@2026-12-05T00:05:00Z");
+  assert_string_equal(e->type, "job.tick");
+  assert_string_equal(e->key, "k1");
+  assert_string_equal(e->content_type, "application/json");
+  assert_int_equal(e->payload_len, 7);
+  assert_memory_equal(e->payload, "{\"x\":1}", 7);
+  int seen = 0;
+  for (size_t i = 0; i < e->n_headers; i++) {
+    const char *n = e->headers[i].name, *v = e->headers[i].value;
+    if (!strcmp(n, "origin")) seen |= 1, assert_string_equal(v, "beat");
+    if (!strcmp(n, "engram-schedule")) seen |= 2, assert_string_equal(v, "cleanup");
+    if (!strcmp(n, "engram-slot")) seen |= 4, assert_string_equal(v, "2026-12-05T00:05:00Z");
+    if (!strcmp(n, "engram-fire")) seen |= 8, assert_string_equal(v, "scheduled");
+  }
+  assert_int_equal(seen, 15);
+  engram_batch_free(b);
+
+  engram_schedule_info *i = info(log, "cleanup");
+  assert_int_equal(i->fires, 2);
+  assert_true(i->last_slot_ns == T0() + 5 * MIN);
+  assert_true(i->next_slot_ns == T0() + 10 * MIN);
+  assert_true(i->created_ns == T0());
+  assert_int_equal(i->last_offset, 2);
+  assert_string_equal(i->config.tz, "UTC");
+  assert_int_equal(i->config.max_catchup, ENGRAM_DEFAULT_MAX_CATCHUP);
+  assert_int_equal(i->config.n_headers, 1);
+  assert_string_equal(i->config.headers[0].value, "beat");
+  assert_memory_equal(i->config.payload, "{\"x\":1}", 7);
+  engram_free(i);
+}
+
+static void a_cron_schedule_in_paris_fires_through_both_dst_changes(void **state) {
+  fx *x = *state;
+  engram *log = x->f->log;
+  at(x, utc(2026, 3, 27, 12, 0) * NS);
+  engram_schedule_config c = {
+      .cron = "30 2 * * *", .tz = "Europe/Paris", .topic = "jobs", .type = "job.nightly"};
+  OK(log, engram_schedule_add(log, "nightly", &c));
+  /* Tick every 10 minutes through the spring change. */
+  for (int64_t t = utc(2026, 3, 27, 12, 0); t <= utc(2026, 3, 30, 12, 0); t += 600) tick(x, t * NS);
+  char slots[8][48];
+  assert_int_equal(fired(log, "nightly", slots, 8), 3);
+  assert_string_equal(slots[0], "2026-03-28T01:30:00Z");
+  assert_string_equal(slots[1], "2026-03-29T01:00:00Z");
+  assert_string_equal(slots[2], "2026-03-30T00:30:00Z");
+}
+
+static void declare_is_idempotent_and_a_change_keeps_the_fire_state(void **state) {
+  fx *x = *state;
+  engram *log = x->f->log;
+  engram_schedule_config c = every(60000);
+  int changed = -1;
+  OK(log, engram_schedule_set(log, "s", &c, &changed));
+  assert_int_equal(changed, 1);
+  tick(x, T0() + 3 * MIN);
+  engram_schedule_info *i = info(log, "s");
+  uint64_t fires = i->fires;
+  int64_t updated = i->updated_ns;
+  engram_free(i);
+  at(x, T0() + 3 * MIN + NS);
+  OK(log, engram_schedule_set(log, "s", &c, &changed));
+  assert_int_equal(changed, 0);
+  c.tz = "UTC"; /* the default spelled out: the same configuration */
+  c.max_catchup = ENGRAM_DEFAULT_MAX_CATCHUP;
+  OK(log, engram_schedule_set(log, "s", &c, &changed));
+  assert_int_equal(changed, 0);
+  i = info(log, "s");
+  assert_true(i->updated_ns == updated);
+  engram_free(i);
+  c.type = "job.other";
+  OK(log, engram_schedule_set(log, "s", &c, &changed));
+  assert_int_equal(changed, 2);
+  i = info(log, "s");
+  assert_int_equal(i->fires, fires);
+  assert_true(i->created_ns == T0());
+  assert_string_equal(i->config.type, "job.other");
+  engram_free(i);
+  /* A timing change does not catch up what the new timing would have fired before. */
+  c.every_ms = 1000;
+  at(x, T0() + 10 * MIN);
+  OK(log, engram_schedule_set(log, "s", &c, &changed));
+  assert_int_equal(changed, 2);
+  engram_schedule_tick_report r = tick(x, T0() + 10 * MIN + NS);
+  assert_int_equal(r.fired, 1);
+  assert_int_equal(r.skipped, 0);
+}
+
+static void pause_skips_slots_resume_continues_and_run_now_stays_outside(void **state) {
+  fx *x = *state;
+  engram *log = x->f->log;
+  engram_schedule_config c = every(60000);
+  c.missed = ENGRAM_MISSED_ALL;
+  OK(log, engram_schedule_add(log, "p", &c));
+  tick(x, T0());
+  OK(log, engram_schedule_pause(log, "p"));
+  OK(log, engram_schedule_pause(log, "p")); /* again: nothing */
+  engram_schedule_tick_report r = tick(x, T0() + 10 * MIN);
+  assert_int_equal(r.fired, 0);
+  assert_int_equal(r.next_due_ns, 0);
+  uint64_t off = 0;
+  OK(log, engram_schedule_run_now(log, "p", &off)); /* paused, but asked for */
+  assert_int_equal(off, 2);
+  engram_batch *b;
+  OK(log, engram_read(log, "jobs", off, &b));
+  assert_string_equal(b->events[0].idempotency_key, "p@manual-2026-12-05T00:10:00.000000000Z");
+  engram_batch_free(b);
+  engram_schedule_info *i = info(log, "p");
+  assert_int_equal(i->paused, 1);
+  assert_int_equal(i->manual_fires, 1);
+  assert_int_equal(i->fires, 1);
+  assert_true(i->last_slot_ns == T0());
+  assert_true(i->next_slot_ns == T0() + 11 * MIN); /* what would fire after a resume now */
+  engram_free(i);
+  at(x, T0() + 10 * MIN + 30 * NS);
+  OK(log, engram_schedule_resume(log, "p"));
+  OK(log, engram_schedule_resume(log, "p"));
+  r = tick(x, T0() + 10 * MIN + 31 * NS);
+  assert_int_equal(r.fired, 0); /* the paused slots are not caught up */
+  r = tick(x, T0() + 11 * MIN);
+  assert_int_equal(r.fired, 1);
+  i = info(log, "p");
+  assert_int_equal(i->skipped, 10);
+  assert_int_equal(i->fires, 2);
+  engram_free(i);
+  OK(log, engram_schedule_remove(log, "p"));
+  assert_int_equal(engram_schedule_remove(log, "p"), ENGRAM_ENOTFOUND);
+  assert_int_equal(engram_schedule_run_now(log, "p", NULL), ENGRAM_ENOTFOUND);
+  engram_schedule_info *list;
+  size_t n;
+  OK(log, engram_schedule_list(log, &list, &n));
+  assert_int_equal(n, 0);
+  engram_free(list);
+  r = tick(x, T0() + 20 * MIN);
+  assert_int_equal(r.fired, 0);
+}
+
+/* Three schedules, one per policy, every minute, down from 00:01 to 01:00:30. */
+static void missed_fires_follow_skip_once_and_all_bounded_by_max_catchup(void **state) {
+  fx *x = *state;
+  engram *log = x->f->log;
+  engram_schedule_config c = every(60000);
+  c.missed = ENGRAM_MISSED_SKIP;
+  OK(log, engram_schedule_add(log, "skip", &c));
+  c.missed = ENGRAM_MISSED_ONCE;
+  OK(log, engram_schedule_add(log, "once", &c));
+  c.missed = ENGRAM_MISSED_ALL;
+  c.max_catchup = 20;
+  OK(log, engram_schedule_add(log, "all", &c));
+  engram_schedule_tick_report r = tick(x, T0());
+  assert_int_equal(r.fired, 3);
+  /* Downtime: the next tick comes 60 min 20 s later (60 slots passed, 01:00 is 20 s old). */
+  r = tick(x, T0() + HOUR + 20 * NS);
+  char slots[64][48];
+  assert_int_equal(fired(log, "skip", slots, 64), 2); /* 00:00 and the on-time 01:00 */
+  assert_string_equal(slots[1], "2026-12-05T01:00:00Z");
+  assert_int_equal(fired(log, "once", slots, 64), 2);
+  assert_string_equal(slots[1], "2026-12-05T01:00:00Z");
+  assert_int_equal(fired(log, "all", slots, 64), 21); /* the newest 20 */
+  assert_string_equal(slots[1], "2026-12-05T00:41:00Z");
+  assert_string_equal(slots[20], "2026-12-05T01:00:00Z");
+  engram_schedule_info *i = info(log, "skip");
+  assert_int_equal(i->skipped, 59);
+  engram_free(i);
+  i = info(log, "all");
+  assert_int_equal(i->skipped, 40);
+  assert_int_equal(i->fires, 21);
+  engram_free(i);
+  /* Downtime past the grace of the newest slot (30 s): SKIP fires nothing, ONCE one
+   * catch-up. */
+  r = tick(x, T0() + 2 * HOUR + MIN + 40 * NS);
+  assert_int_equal(fired(log, "skip", NULL, 0), 2);
+  assert_int_equal(fired(log, "once", slots, 64), 3);
+  assert_string_equal(slots[2], "2026-12-05T02:01:00Z");
+  /* Nothing fires twice on the next tick. */
+  r = tick(x, T0() + 2 * HOUR + MIN + 41 * NS);
+  assert_int_equal(r.fired, 0);
+}
+
+static void bad_input_is_refused_and_leaves_the_log_unchanged(void **state) {
+  fx *x = *state;
+  engram *log = x->f->log;
+  struct {
+    const char *name;
+    engram_schedule_config c;
+    int code;
+    const char *says;
+  } bad[] = {
+      {"bad name!", every(60000), ENGRAM_EINVAL, "schedule name"},
+      {"", every(60000), ENGRAM_EINVAL, "schedule name"},
+      {"both",
+       {.every_ms = 60000, .cron = "* * * * *", .topic = "jobs", .type = "a"},
+       ENGRAM_EINVAL,
+       "not both"},
+      {"neither", {.topic = "jobs", .type = "a"}, ENGRAM_EINVAL, "neither"},
+      {"cron", {.cron = "61 * * * *", .topic = "jobs", .type = "a"}, ENGRAM_EINVAL, "minute"},
+      {"zone",
+       {.cron = "* * * * *", .tz = "Europe/Atlantis", .topic = "jobs", .type = "a"},
+       ENGRAM_EINVAL,
+       "unknown time zone"},
+      {"tzint",
+       {.every_ms = 60000, .tz = "Europe/Paris", .topic = "jobs", .type = "a"},
+       ENGRAM_EINVAL,
+       "cron schedules only"},
+      {"short", every(10), ENGRAM_EINVAL, "interval"},
+      {"type", {.every_ms = 60000, .topic = "jobs", .type = "bad type"}, ENGRAM_EINVAL, "type"},
+      {"topic", {.every_ms = 60000, .topic = "no/topic", .type = "a"}, ENGRAM_EINVAL, "topic"},
+      {"missed",
+       {.every_ms = 60000, .topic = "jobs", .type = "a", .missed = 7},
+       ENGRAM_EINVAL,
+       "missed"},
+      {"catchup",
+       {.every_ms = 60000, .topic = "jobs", .type = "a", .max_catchup = 99999},
+       ENGRAM_EINVAL,
+       "max_catchup"},
+  };
+  engram_header reserved = {"engram-slot", "x"};
+  engram_schedule_config rc = every(60000);
+  rc.headers = &reserved;
+  rc.n_headers = 1;
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    int got = engram_schedule_add(log, bad[i].name, &bad[i].c);
+    if (got != bad[i].code || !strstr(engram_errmsg(log), bad[i].says))
+      fail_msg("%s: %s '%s' (wanted %s)", bad[i].name, engram_errname(got), engram_errmsg(log),
+               bad[i].says);
+    assert_int_equal(engram_schedule_set(log, bad[i].name, &bad[i].c, NULL), bad[i].code);
+  }
+  assert_int_equal(engram_schedule_add(log, "hdr", &rc), ENGRAM_EINVAL);
+  assert_non_null(strstr(engram_errmsg(log), "reserved"));
+  char big[ENGRAM_MAX_NAME + 2];
+  memset(big, 'a', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  engram_schedule_config ok = every(60000);
+  assert_int_equal(engram_schedule_add(log, big, &ok), ENGRAM_EINVAL);
+  engram_schedule_info *list;
+  size_t n;
+  OK(log, engram_schedule_list(log, &list, &n));
+  assert_int_equal(n, 0);
+  engram_free(list);
+  engram_topic_info ti;
+  OK(log, engram_topic_info_get(log, "jobs", &ti));
+  assert_int_equal(ti.head_offset, 0);
+  /* A fire into a missing topic fails, is reported and is tried again. */
+  ok.topic = "later";
+  OK(log, engram_schedule_add(log, "later", &ok));
+  engram_schedule_tick_report r = tick(x, T0() + MIN);
+  assert_int_equal(r.failed, 1);
+  assert_non_null(strstr(r.first_error, "later"));
+  tu_topic(log, "later", NULL);
+  r = tick(x, T0() + MIN + NS);
+  assert_int_equal(r.failed, 0);
+  assert_int_equal(r.fired, 1);
+}
+
+/* ---------------------------------------------------------------------------------
+ * One simulated day, three processes, one log.
+ * ------------------------------------------------------------------------------ */
+static void write_clock(const char *path, int64_t ns) {
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  unsigned char b[8];
+  for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)ns >> (8 * i));
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, b, 8), 8);
+  close(fd);
+  assert_int_equal(rename(tmp, path), 0); /* readers see the old or the new 8 bytes */
+}
+
+/* Starts argv[0] (fork + exec), its stderr appended to `errfile` when not NULL. */
+static pid_t spawn(char *const argv[], const char *errfile) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  if (errfile)
+    posix_spawn_file_actions_addopen(&fa, 2, errfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  pid_t pid;
+  int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc) fail_msg("posix_spawn %s: %s", argv[0], strerror(rc));
+  return pid;
+}
+
+/* The embedded ticker (this program run as `test_schedule --ticker DIR STOPFILE`): opens
+ * the log and ticks in a loop until STOPFILE exists; its runner may hold the lease too. */
+static int ticker_main(const char *dir, const char *stop) {
+  engram *log;
+  engram_options o = {.maintenance_ms = 200};
+  if (engram_open(dir, &o, &log)) {
+    fprintf(stderr, "ticker: %s\n", engram_errmsg(NULL));
+    return 1;
+  }
+  while (access(stop, F_OK) != 0) {
+    /* Every third step of the test is left to whichever process's runner holds the
+     * maintenance lease (the daemon's, mostly). */
+    int64_t now;
+    if (clock_test_file_ns(&now) && (now / (20 * MIN)) % 3 != 0) {
+      engram_schedule_tick_report r;
+      int rc = engram_schedule_tick(log, 0, &r);
+      if (rc) fprintf(stderr, "ticker: %s\n", engram_errmsg(log));
+    }
+    usleep(3000);
+  }
+  engram_close(log);
+  return 0;
+}
+
+/* Expected slots in (created - 1, upto] of the three schedules. */
+static size_t expected(int64_t start, int64_t upto) {
+  size_t n = 0;
+  for (int64_t t = start; t <= upto; t += 5 * MIN) n++;            /* every 5 minutes */
+  for (int64_t t = start; t <= upto; t += HOUR) n++;               /* hourly */
+  for (int64_t t = start + 7 * MIN; t <= upto; t += 15 * MIN) n++; /* "7-59/15 * * * *" */
+  return n;
+}
+
+static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_once(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("sched-day");
+  char *logdir = tu_join(dir, "log"), *clockf = tu_join(dir, "clock"), *stop = tu_join(dir, "stop"),
+       *dlog = tu_join(dir, "daemon.log");
+  int64_t start = utc(2026, 12, 5, 0, 0) * NS, end = start + 24 * HOUR;
+  write_clock(clockf, start);
+  setenv("ENGRAM_TEST_CLOCK_FILE", clockf, 1);
+
+  char self[4096], cli[4200];
+  ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+  assert_true(sl > 0);
+  self[sl] = '\0';
+  /* build/tests/test_schedule -> build/engram */
+  snprintf(cli, sizeof cli, "%s", self);
+  char *slash = strrchr(cli, '/');
+  *slash = '\0';
+  slash = strrchr(cli, '/');
+  snprintf(slash, sizeof cli - (size_t)(slash - cli), "/engram");
+  assert_true(access(cli, X_OK) == 0);
+
+  /* The schedules, made by this process at the start of the day (then closed: the
+   * children do the firing). */
+  {
+    tu_clock ck;
+    tu_clock_init(&ck, start);
+    engram *log = tu_open(logdir, &(engram_options){.clock_ns = tu_clock_ns,
+                                                    .clock_ctx = &ck,
+                                                    .maintenance_ms = ENGRAM_MAINTENANCE_OFF});
+    tu_topic(log, "jobs", NULL);
+    engram_schedule_config c = every(5 * 60000);
+    c.missed = ENGRAM_MISSED_ALL;
+    c.max_catchup = 1000;
+    OK(log, engram_schedule_add(log, "five", &c));
+    c.every_ms = 3600000;
+    OK(log, engram_schedule_add(log, "hourly", &c));
+    c.every_ms = 0;
+    c.cron = "7-59/15 * * * *";
+    c.tz = "Europe/Paris";
+    OK(log, engram_schedule_add(log, "cron", &c));
+    engram_close(log);
+  }
+  char ep[4200], lockf[4200];
+  snprintf(ep, sizeof ep, "ipc://%s/req.ipc", dir);
+  snprintf(lockf, sizeof lockf, "%s/maintenance.lock", logdir);
+  char *daemon_argv[] = {cli, "serve", "--data", logdir, "--listen", ep, NULL};
+  char *ticker_argv[] = {self, "--ticker", logdir, stop, NULL};
+  pid_t daemon = spawn(daemon_argv, dlog);
+  /* The daemon takes the maintenance lease first (its pid in the lock file). */
+  char want_pid[32];
+  snprintf(want_pid, sizeof want_pid, "%ld\n", (long)daemon);
+  for (int64_t until = tu_mono_ms() + 30000;;) {
+    char buf[32] = "";
+    FILE *f = fopen(lockf, "r");
+    if (f) {
+      if (!fgets(buf, sizeof buf, f)) buf[0] = '\0';
+      fclose(f);
+    }
+    if (!strcmp(buf, want_pid)) break;
+    if (tu_mono_ms() > until) fail_msg("the daemon did not take the maintenance lease");
+    tu_sleep_ms(20);
+  }
+  pid_t t1 = spawn(ticker_argv, NULL), t2 = spawn(ticker_argv, NULL);
+
+  engram *rd = tu_open(logdir, &(engram_options){.flags = ENGRAM_OPEN_RDONLY});
+  int64_t step = 20 * MIN;
+  int killed = 0;
+  for (int64_t now = start; now <= end; now += step) {
+    write_clock(clockf, now);
+    if (!killed && now >= start + 12 * HOUR) {
+      /* Midway: the daemon and one ticker die with SIGKILL and come back. */
+      kill(daemon, SIGKILL);
+      kill(t1, SIGKILL);
+      assert_int_equal(tu_wait(daemon, 10000), 128 + SIGKILL);
+      assert_int_equal(tu_wait(t1, 10000), 128 + SIGKILL);
+      daemon = spawn(daemon_argv, dlog);
+      t1 = spawn(ticker_argv, NULL);
+      killed = 1;
+    }
+    /* Wait until every slot due by now has fired. */
+    size_t want = expected(start, now);
+    int64_t deadline = tu_mono_ms() + 60000;
+    for (;;) {
+      engram_topic_info ti;
+      OK(rd, engram_topic_info_get(rd, "jobs", &ti));
+      if (ti.head_offset >= want) {
+        assert_int_equal(ti.head_offset, want); /* never more than the slots due */
+        break;
+      }
+      if (tu_mono_ms() > deadline)
+        fail_msg("at +%lld min: %llu events, %zu slots due", (long long)((now - start) / MIN),
+                 (unsigned long long)ti.head_offset, want);
+      tu_sleep_ms(2);
+    }
+  }
+  int sfd = open(stop, O_WRONLY | O_CREAT, 0644);
+  close(sfd);
+  assert_int_equal(tu_wait(t1, 20000), 0);
+  assert_int_equal(tu_wait(t2, 20000), 0);
+  kill(daemon, SIGTERM);
+  assert_int_equal(tu_wait(daemon, 20000), 0);
+
+  /* Every slot exactly once: the idempotency keys are the expected set, no duplicate. */
+  engram_batch *b;
+  OK(rd, engram_read_range(rd, "jobs", 1, 100000, &b));
+  size_t want = expected(start, end);
+  assert_int_equal(b->count, want);
+  char **keys = calloc(want, sizeof *keys);
+  for (size_t i = 0; i < b->count; i++) keys[i] = strdup(b->events[i].idempotency_key);
+  for (size_t i = 0; i < want; i++)
+    for (size_t j = i + 1; j < want; j++)
+      if (!strcmp(keys[i], keys[j])) fail_msg("slot fired twice: %s", keys[i]);
+  /* ... and each is a slot of its schedule. */
+  for (int64_t t = start; t <= end; t += MIN) {
+    int64_t m = (t - start) / MIN;
+    const char *names[3] = {m % 5 == 0 ? "five" : NULL, m % 60 == 0 ? "hourly" : NULL,
+                            m % 15 == 7 ? "cron" : NULL};
+    for (int j = 0; j < 3; j++) {
+      if (!names[j]) continue;
+      int64_t s = t / NS, days = s / 86400, y;
+      unsigned mo, d;
+      cron_civil_from_days(days, &y, &mo, &d);
+      char k[128];
+      snprintf(k, sizeof k, "%s@%04lld-%02u-%02uT%02d:%02d:00Z", names[j], (long long)y, mo, d,
+               (int)(s % 86400 / 3600), (int)(s % 3600 / 60));
+      int found = 0;
+      for (size_t i = 0; i < want && !found; i++) found = !strcmp(keys[i], k);
+      if (!found) fail_msg("slot never fired: %s", k);
+    }
+  }
+  for (size_t i = 0; i < want; i++) free(keys[i]);
+  free(keys);
+  engram_batch_free(b);
+  engram_close(rd);
+  unsetenv("ENGRAM_TEST_CLOCK_FILE");
+  free(logdir);
+  free(clockf);
+  free(stop);
+  free(dlog);
+  tu_tmpdir_done(dir);
+}
+
+int main(int argc, char **argv) {
+  if (argc == 4 && !strcmp(argv[1], "--ticker")) return ticker_main(argv[2], argv[3]);
+  tu_test_filter();
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(cron_fields_lists_ranges_steps_and_names_parse),
+      cmocka_unit_test(bad_cron_expressions_are_refused_with_the_field_named),
+      cmocka_unit_test(paris_dst_gap_fires_once_at_its_end_and_overlap_fires_once),
+      cmocka_unit_test(new_york_dst_gap_and_overlap),
+      cmocka_unit_test_setup_teardown(
+          an_interval_schedule_fires_each_slot_once_with_key_and_headers, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_cron_schedule_in_paris_fires_through_both_dst_changes,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(declare_is_idempotent_and_a_change_keeps_the_fire_state,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(pause_skips_slots_resume_continues_and_run_now_stays_outside,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(missed_fires_follow_skip_once_and_all_bounded_by_max_catchup,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(bad_input_is_refused_and_leaves_the_log_unchanged, setup,
+                                      teardown),
+      cmocka_unit_test(one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_once),
+  };
+  return cmocka_run_group_tests_name("schedule", tests, NULL, NULL);
+}
