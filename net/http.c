@@ -414,6 +414,37 @@ static void json_worker(hbuf *b, const engram_worker_info *w) {
   hb_puts(b, "]}");
 }
 
+static void json_schedule(hbuf *b, const engram_schedule_info *s) {
+  hb_puts(b, "{\"name\":");
+  hb_json_str(b, s->name);
+  hb_printf(b, ",\"every_ms\":%llu,\"cron\":", (unsigned long long)s->config.every_ms);
+  hb_json_str(b, s->config.cron ? s->config.cron : "");
+  hb_puts(b, ",\"tz\":");
+  hb_json_str(b, s->config.tz ? s->config.tz : "UTC");
+  hb_puts(b, ",\"topic\":");
+  hb_json_str(b, s->config.topic ? s->config.topic : "");
+  hb_puts(b, ",\"type\":");
+  hb_json_str(b, s->config.type ? s->config.type : "");
+#define X(type, name) hb_printf(b, ",\"" #name "\":%lld", (long long)s->name);
+  ENGRAM_SCHEDULE_INFO_FIELDS(X)
+#undef X
+  hb_puts(b, "}");
+}
+
+/* The schedules as a JSON array; "[]" when the handle has none (or cannot list them). */
+static void json_schedules(hbuf *b, engram *log) {
+  engram_schedule_info *s = NULL;
+  size_t n = 0;
+  hb_puts(b, "[");
+  if (engram_schedule_list(log, &s, &n) == 0)
+    for (size_t i = 0; i < n; i++) {
+      if (i) hb_puts(b, ",");
+      json_schedule(b, &s[i]);
+    }
+  engram_free(s);
+  hb_puts(b, "]");
+}
+
 static void json_payload(hbuf *b, const void *p, size_t n) {
   size_t shown = n > HTTP_MAX_PAYLOAD ? HTTP_MAX_PAYLOAD : n;
   int text = utf8_ok(p, shown) && !memchr(p, '\0', shown);
@@ -463,7 +494,9 @@ static void ep_overview(struct req *r) {
     if (i) hb_puts(b, ",");
     json_worker(b, &w[i]);
   }
-  hb_puts(b, "]}\n");
+  hb_puts(b, "],\"schedules\":");
+  json_schedules(b, r->h->log);
+  hb_puts(b, "}\n");
 out:
   engram_free(t);
   engram_free(g);
@@ -691,6 +724,30 @@ static void ep_dlq_change(struct req *r, int redrive) {
   }
   if (r->h->s) net_server_topic_changed(r->h->s, topic); /* a parked fetch may now have work */
   hb_printf(&r->out, "{\"count\":%zu}\n", count);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Schedules.
+ * ------------------------------------------------------------------------------ */
+static void ep_schedules(struct req *r) {
+  hb_puts(&r->out, "{\"schedules\":");
+  json_schedules(&r->out, r->h->log);
+  hb_puts(&r->out, "}\n");
+}
+
+/* POST /api/schedules/run, /pause or /resume ?name=N. */
+static void ep_schedule_change(struct req *r, const char *what) {
+  const char *name = name_arg(r, "name");
+  if (!name) return;
+  uint64_t off = 0;
+  int rc = !strcmp(what, "run")     ? engram_schedule_run_now(r->h->log, name, &off)
+           : !strcmp(what, "pause") ? engram_schedule_pause(r->h->log, name)
+                                    : engram_schedule_resume(r->h->log, name);
+  if (rc) {
+    fail_engram(r, rc);
+    return;
+  }
+  hb_printf(&r->out, "{\"ok\":true,\"offset\":%llu}\n", (unsigned long long)off);
 }
 
 /* Celery's names for engram's states, for the Flower-compatible endpoints. */
@@ -963,6 +1020,50 @@ static void ep_metrics(struct req *r) {
 #undef X
     engram_free(rt);
   }
+  engram_schedule_info *sc = NULL;
+  size_t nsc = 0;
+  if (engram_schedule_list(h->log, &sc, &nsc) == 0 && nsc) {
+    static const struct {
+      const char *name, *type, *help;
+      size_t off;
+      int ns; /* a time: shown in seconds */
+    } sm[] = {
+        {"engram_schedule_fires_total", "counter", "slots the schedule fired (scheduled, catch-up)",
+         offsetof(engram_schedule_info, fires), 0},
+        {"engram_schedule_manual_fires_total", "counter", "fires by run-now",
+         offsetof(engram_schedule_info, manual_fires), 0},
+        {"engram_schedule_skipped_total", "counter",
+         "slots passed over (missed-fire policy, pause)", offsetof(engram_schedule_info, skipped),
+         0},
+        {"engram_schedule_paused", "gauge", "1 while the schedule is paused",
+         offsetof(engram_schedule_info, paused), 0},
+        {"engram_schedule_last_fire_timestamp_seconds", "gauge",
+         "Unix time of the schedule's newest fire, 0 = never",
+         offsetof(engram_schedule_info, last_fire_ns), 1},
+        {"engram_schedule_next_fire_timestamp_seconds", "gauge",
+         "Unix time of the schedule's next slot", offsetof(engram_schedule_info, next_slot_ns), 1},
+    };
+    for (size_t k = 0; k < sizeof sm / sizeof sm[0]; k++) {
+      metric(b, sm[k].name, sm[k].type, sm[k].help);
+      for (size_t i = 0; i < nsc; i++) {
+        const char *p = (const char *)&sc[i] + sm[k].off;
+        if (sm[k].ns) {
+          int64_t v;
+          memcpy(&v, p, sizeof v);
+          hb_printf(b, "%s{schedule=\"%s\"} %.3f\n", sm[k].name, sc[i].name, (double)v / 1e9);
+        } else if (sm[k].off == offsetof(engram_schedule_info, paused)) {
+          uint32_t v;
+          memcpy(&v, p, sizeof v);
+          hb_printf(b, "%s{schedule=\"%s\"} %u\n", sm[k].name, sc[i].name, v);
+        } else {
+          uint64_t v;
+          memcpy(&v, p, sizeof v);
+          hb_printf(b, "%s{schedule=\"%s\"} %llu\n", sm[k].name, sc[i].name, (unsigned long long)v);
+        }
+      }
+    }
+  }
+  engram_free(sc);
   uint64_t alive = 0, lost = 0;
   engram_worker_info *w = NULL;
   size_t nw = 0;
@@ -1099,10 +1200,14 @@ static void route(struct req *r) {
     }
     if (!strcmp(u, "/api/dlq/redrive")) return ep_dlq_change(r, 1);
     if (!strcmp(u, "/api/dlq/purge")) return ep_dlq_change(r, 0);
+    if (!strcmp(u, "/api/schedules/run")) return ep_schedule_change(r, "run");
+    if (!strcmp(u, "/api/schedules/pause")) return ep_schedule_change(r, "pause");
+    if (!strcmp(u, "/api/schedules/resume")) return ep_schedule_change(r, "resume");
     fail(r, 404, "ENGRAM_ENOTFOUND", "no such endpoint");
     return;
   }
-  if (!get || !strncmp(u, "/api/dlq/", 9)) { /* never a change through GET */
+  if (!get || !strncmp(u, "/api/dlq/", 9) ||
+      !strncmp(u, "/api/schedules/", 15)) { /* never a change through GET */
     fail(r, 405, "ENGRAM_EINVAL",
          get ? "this endpoint changes state: use POST" : "only GET, HEAD and POST");
     return;
@@ -1124,6 +1229,8 @@ static void route(struct req *r) {
     ep_event(r);
   } else if (!strcmp(u, "/api/dlq")) {
     ep_dlq(r);
+  } else if (!strcmp(u, "/api/schedules")) {
+    ep_schedules(r);
   } else if (!strcmp(u, "/api/workers")) {
     ep_flower_workers(r);
   } else if (!strcmp(u, "/api/tasks")) {

@@ -1,7 +1,7 @@
 /* fuzz_http.c — libFuzzer target for the daemon's HTTP request handling: http_handle, the
  * very function libmicrohttpd's callback runs (token and CSRF checks, routing, argument
  * parsing, every endpoint's JSON and /metrics), driven without sockets over an embedded
- * log holding a topic, a group with pending and dead events, and a worker.
+ * log holding a topic, a group with pending and dead events, a worker and a schedule.
  *
  * Input: lines separated by '\n'. Line 1: the method, with a trailing '!' to ask the
  * server that has a token (the token is "t0ken"). Line 2: the URL path. Line 3: the query,
@@ -129,7 +129,8 @@ static void setup_fail(const char *what) {
 }
 
 /* A log with something to show: topic memory, group indexer with a dead event, pending
- * ones and one in flight, a worker. Async durability: no fsync per mutating request. */
+ * ones and one in flight, a worker, a schedule "nightly". Async durability: no fsync per mutating
+ * request. */
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
@@ -156,6 +157,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     engram_nack(log_handle, "memory", "indexer", b->events[1].offset, 1, 60000, "later");
   }
   engram_batch_free(b);
+  engram_schedule_config sc = {.every_ms = 3600000, .topic = "memory", .type = "memory.compact"};
+  if (engram_schedule_add(log_handle, "nightly", &sc)) setup_fail("schedule");
   open_server = http_server_new(NULL, log_handle, NULL);
   token_server = http_server_new(NULL, log_handle, "t0ken");
   if (!open_server || !token_server) setup_fail("server");

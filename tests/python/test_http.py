@@ -450,3 +450,86 @@ scrape_configs:
             p.wait(20)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+# ---------------------------------------------------------------------------------------
+# Schedules: the panel, its run-now / pause / resume buttons, and their metrics.
+# ---------------------------------------------------------------------------------------
+def add_schedule(data_dir, name, topic, every_ms):
+    """Adds an interval schedule to the daemon's log through libengram.so (an embedded
+    handle of this process beside the daemon, as any process may open the log)."""
+    import ctypes as C
+    lib = C.CDLL(os.path.join(ROOT, os.environ.get("BUILD", "build"), "libengram.so"))
+
+    class Options(C.Structure):
+        _fields_ = [("durability", C.c_int), ("map_size", C.c_uint64), ("max_topics", C.c_uint32),
+                    ("dedup_window_ms", C.c_uint64), ("flush_interval_ms", C.c_uint32),
+                    ("flags", C.c_uint32), ("clock_ns", C.c_void_p), ("clock_ctx", C.c_void_p),
+                    ("maintenance_ms", C.c_uint32)]
+
+    class Config(C.Structure):
+        _fields_ = [("every_ms", C.c_uint64), ("start_ns", C.c_int64), ("cron", C.c_char_p),
+                    ("tz", C.c_char_p), ("topic", C.c_char_p), ("type", C.c_char_p),
+                    ("payload", C.c_char_p), ("payload_len", C.c_size_t), ("key", C.c_char_p),
+                    ("content_type", C.c_char_p), ("headers", C.c_void_p),
+                    ("n_headers", C.c_size_t), ("missed", C.c_int), ("max_catchup", C.c_uint32)]
+
+    lib.engram_errmsg.restype = C.c_char_p
+    h = C.c_void_p()
+    opts = Options(maintenance_ms=0xFFFFFFFF)
+    assert lib.engram_open(data_dir.encode(), C.byref(opts), C.byref(h)) == 0, lib.engram_errmsg(None)
+    try:
+        payload = b'{"job":"compact"}'
+        cfg = Config(every_ms=every_ms, topic=topic.encode(), type=b"memory.compact",
+                     payload=payload, payload_len=len(payload))
+        rc = lib.engram_schedule_add(h, name.encode(), C.byref(cfg))
+        assert rc == 0, lib.engram_errmsg(None)
+    finally:
+        lib.engram_close(h)
+
+
+def test_schedules_panel_in_a_real_browser(daemon, chromium, tmp_path):
+    fill(daemon, dead=0, pending=2)
+    add_schedule(daemon.data, "nightly", "memory", 3600 * 1000)
+    sched = json.loads(get(daemon.base + "/api/schedules")[1])["schedules"]
+    assert [s["name"] for s in sched] == ["nightly"]
+    s = sched[0]
+    assert (s["every_ms"], s["topic"], s["paused"], s["fires"]) == (3600000, "memory", 0, 0)
+    assert s["next_slot_ns"] > time.time_ns()
+    cdp = chromium
+    cdp.call("Page.navigate", url=daemon.base + "/")
+    state = "document.getElementById('sched-state-nightly')"
+    fires = "document.getElementById('sched-fires-nightly')"
+    assert cdp.wait_js(f"{state} && {state}.textContent === 'active'")
+    assert cdp.js(f"{fires}.textContent") == "0"
+    cdp.js("window.confirm = () => true")
+    head = overview(daemon)["topics"][0]["head_offset"]
+    # Run now: one event appended to the topic, the fire counted.
+    cdp.js("document.getElementById('run-nightly').click()")
+    assert cdp.wait_js(f"{fires}.textContent === '1'")
+    assert overview(daemon)["topics"][0]["head_offset"] == head + 1
+    with daemon.connect() as log:
+        ev = log.read("memory", head + 1, 1)[0]
+        assert ev.type == "memory.compact" and ev.headers["engram-fire"] == "manual"
+    # Pause, then resume, by clicking.
+    cdp.js("document.getElementById('pause-nightly').click()")
+    assert cdp.wait_js(f"{state}.textContent === 'paused'")
+    cdp.screenshot(str(tmp_path / "dashboard-schedules.png"))
+    st, metrics = get(daemon.base + "/metrics")
+    assert 'engram_schedule_paused{schedule="nightly"} 1' in metrics
+    assert 'engram_schedule_manual_fires_total{schedule="nightly"} 1' in metrics
+    assert 'engram_schedule_fires_total{schedule="nightly"} 0' in metrics
+    nxt = [ln for ln in metrics.splitlines()
+           if ln.startswith('engram_schedule_next_fire_timestamp_seconds{schedule="nightly"}')]
+    assert len(nxt) == 1 and float(nxt[0].split()[1]) > time.time()
+    cdp.js("document.getElementById('resume-nightly').click()")
+    assert cdp.wait_js(f"{state}.textContent === 'active'")
+    # The rules of every change: POST, the CSRF header, a valid name.
+    url = daemon.base + "/api/schedules/run?name=nightly"
+    assert get(url)[0] == 405
+    assert get(url, method="POST")[0] == 403
+    assert get(daemon.base + "/api/schedules/run?name=nope", {"X-Engram-Csrf": "1"},
+               method="POST")[0] == 404
+    assert get(daemon.base + "/api/schedules/pause?name=bad%20name", {"X-Engram-Csrf": "1"},
+               method="POST")[0] == 400
+    assert json.loads(get(daemon.base + "/api/schedules")[1])["schedules"][0]["manual_fires"] == 1
