@@ -22,6 +22,13 @@ static int sched_dbi(struct log *log, MDB_dbi *out) {
   return log_aux_dbi(log, "schedules", 0, out);
 }
 
+/* The database for a change: refused on a read-only handle, which may lack it. */
+static int sched_dbi_w(struct log *log, const char *what, MDB_dbi *out) {
+  if (log->env_flags & MDB_RDONLY)
+    return log_error(log, ENGRAM_ENOTSUP, "%s: the log %s is open read-only", what, log->path);
+  return sched_dbi(log, out);
+}
+
 /* ---------------------------------------------------------------------------------
  * Checking a configuration (no log needed: api/ calls it for every backend).
  * ------------------------------------------------------------------------------ */
@@ -265,7 +272,7 @@ static uint64_t slots_in(const struct timing *t, int64_t after, int64_t upto, ui
       free(tmp);
     }
   }
-  return n < keep ? keep : n;
+  return n;
 }
 
 /* Slots at or before this one never fire. */
@@ -347,9 +354,7 @@ static int set_job(log_wtx *w, void *arg) {
   if (old && q->mode == 0) {
     engram__schedule_record__free_unpacked(old, NULL);
     return log_error(w->log, ENGRAM_EEXIST,
-                     "schedule add %s: a schedule of that name exists (remove it first, or "
-                     "declare it with engram_schedule_set)",
-                     q->name);
+                     "schedule add %s: a schedule of that name exists (remove it first)", q->name);
   }
   Engram__ScheduleRecord r;
   Engram__ScheduleHeader hdrs[ENGRAM_MAX_HEADERS], *hp[ENGRAM_MAX_HEADERS];
@@ -384,7 +389,7 @@ static int set_job(log_wtx *w, void *arg) {
 static int set_common(struct log *log, const char *name, const engram_schedule_config *cfg,
                       int mode, int *changed) {
   struct set_req q = {.name = name, .cfg = cfg, .mode = mode};
-  int rc = sched_dbi(log, &q.dbi);
+  int rc = sched_dbi_w(log, mode ? "schedule set" : "schedule add", &q.dbi);
   if (rc) return rc;
   rc = log_write(log, set_job, &q);
   if (rc < 0) return rc;
@@ -457,10 +462,9 @@ done:
 
 static int run_op(struct log *log, const char *name, int op, uint64_t *offset) {
   struct op_req q = {.name = name, .op = op};
-  int rc = sched_dbi(log, &q.dbi);
-  if (rc == ENGRAM_ENOTFOUND) /* a read-only log that never had schedules */
-    return log_error(log, ENGRAM_ENOTFOUND, "schedule %s: no schedule named %s", op_names[op],
-                     name);
+  char what[32];
+  snprintf(what, sizeof what, "schedule %s", op_names[op]);
+  int rc = sched_dbi_w(log, what, &q.dbi);
   if (rc) return rc;
   rc = log_write(log, op_job, &q);
   if (rc < 0) return rc;
@@ -616,11 +620,7 @@ static int scan_due(struct log *log, MDB_dbi dbi, int64_t now, struct due **out,
 int cg_schedule_tick(struct log *log, int64_t now, engram_schedule_tick_report *report) {
   if (now == 0) now = log_now_ns(log);
   MDB_dbi dbi;
-  int rc = sched_dbi(log, &dbi);
-  if (rc == ENGRAM_ENOTFOUND) { /* read-only, never had schedules */
-    log_error_clear(log);
-    return 0;
-  }
+  int rc = sched_dbi_w(log, "schedule tick", &dbi);
   if (rc) return rc;
   struct due *list;
   size_t n;
@@ -861,4 +861,36 @@ int cg_schedule_get(struct log *log, const char *name, engram_schedule_info **ou
 
 int cg_schedule_list(struct log *log, engram_schedule_info **out, size_t *n) {
   return read_infos(log, NULL, out, n);
+}
+
+void cg_schedule_verify(MDB_txn *txn, log_damage_fn damage, void *ctx) {
+  MDB_dbi dbi;
+  MDB_cursor *c;
+  if (mdb_dbi_open(txn, "schedules", 0, &dbi) || mdb_cursor_open(txn, dbi, &c)) return;
+  MDB_val k, v;
+  int op = MDB_FIRST, rc;
+  char text[512];
+  while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
+    op = MDB_NEXT;
+    char name[ENGRAM_MAX_NAME + 1];
+    size_t n = k.mv_size < sizeof name - 1 ? k.mv_size : sizeof name - 1;
+    memcpy(name, k.mv_data, n);
+    name[n] = '\0';
+    Engram__ScheduleRecord *r = engram__schedule_record__unpack(NULL, v.mv_size, v.mv_data);
+    int bad = !r || k.mv_size > ENGRAM_MAX_NAME || !log_valid_name(name);
+    if (!bad && !r->every_ms) { /* the zone's file belongs to the host, not to the log */
+      struct cron cr;
+      bad = cron_parse(r->cron, &cr, text, sizeof text) != 0;
+    }
+    if (bad) {
+      snprintf(text, sizeof text, "schedule %.200s: record key or value does not decode", name);
+      damage(ctx, text);
+    }
+    if (r) engram__schedule_record__free_unpacked(r, NULL);
+  }
+  if (rc != MDB_NOTFOUND) {
+    snprintf(text, sizeof text, "schedules: %s", log_mdb_text(rc));
+    damage(ctx, text);
+  }
+  mdb_cursor_close(c);
 }

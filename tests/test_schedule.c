@@ -7,13 +7,13 @@
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -493,6 +493,55 @@ static void bad_input_is_refused_and_leaves_the_log_unchanged(void **state) {
   assert_int_equal(r.fired, 1);
 }
 
+static void a_read_only_log_without_schedules_lists_none_and_verify_checks_records(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("sched-ro");
+  char *logdir = tu_join(dir, "log");
+  engram_options off = {.maintenance_ms = ENGRAM_MAINTENANCE_OFF};
+  engram *log = tu_open(logdir, &off);
+  tu_topic(log, "jobs", NULL); /* a log as older builds leave it: no schedules database */
+  engram_close(log);
+  log = tu_open(logdir, &(engram_options){.flags = ENGRAM_OPEN_RDONLY});
+  engram_schedule_info *list = NULL, *one = NULL;
+  size_t n = 9;
+  OK(log, engram_schedule_list(log, &list, &n));
+  assert_int_equal(n, 0);
+  engram_free(list);
+  assert_int_equal(engram_schedule_get(log, "x", &one), ENGRAM_ENOTFOUND);
+  engram_schedule_tick_report r;
+  assert_int_equal(engram_schedule_tick(log, 0, &r), ENGRAM_ENOTSUP);
+  engram_schedule_config c = every(60000);
+  assert_int_equal(engram_schedule_add(log, "x", &c), ENGRAM_ENOTSUP);
+  engram_close(log);
+
+  log = tu_open(logdir, &off);
+  OK(log, engram_schedule_add(log, "x", &c));
+  engram_verify_report vr;
+  OK(log, engram_verify(log, &vr));
+  assert_int_equal(vr.damaged, 0);
+  engram_close(log);
+  /* A schedule record that does not decode is damage verify names. */
+  MDB_env *env;
+  assert_int_equal(tu_raw_open(logdir, 0, &env), 0);
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "schedules", 0, &dbi), 0);
+  MDB_val k = {1, "x"}, v = {3, "\xff\xff\xff"};
+  assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  log = tu_open(logdir, &off);
+  OK(log, engram_verify(log, &vr));
+  assert_int_equal(vr.damaged, 1);
+  assert_non_null(strstr(vr.first_damage, "schedule x"));
+  assert_int_equal(engram_schedule_get(log, "x", &one), ENGRAM_ECORRUPT);
+  OK(log, engram_schedule_remove(log, "x")); /* the way out */
+  engram_close(log);
+  free(logdir);
+  tu_tmpdir_done(dir);
+}
+
 /* ---------------------------------------------------------------------------------
  * One simulated day, three processes, one log.
  * ------------------------------------------------------------------------------ */
@@ -508,16 +557,20 @@ static void write_clock(const char *path, int64_t ns) {
   assert_int_equal(rename(tmp, path), 0); /* readers see the old or the new 8 bytes */
 }
 
-/* Starts argv[0] (fork + exec), its stderr appended to `errfile` when not NULL. */
+/* Starts argv[0] (fork + exec), its stderr appended to `errfile` when not NULL; the child
+ * dies with this process (a failing test leaves no daemon behind). */
 static pid_t spawn(char *const argv[], const char *errfile) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  if (errfile)
-    posix_spawn_file_actions_addopen(&fa, 2, errfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
-  pid_t pid;
-  int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc) fail_msg("posix_spawn %s: %s", argv[0], strerror(rc));
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (errfile) {
+      int fd = open(errfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd >= 0) dup2(fd, 2);
+    }
+    execve(argv[0], argv, environ);
+    _exit(127);
+  }
   return pid;
 }
 
@@ -660,6 +713,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   engram_batch *b;
   OK(rd, engram_read_range(rd, "jobs", 1, 100000, &b));
   size_t want = expected(start, end);
+  assert_int_equal(want, 289 + 25 + 96); /* docs/operations.md quotes the 410 */
   assert_int_equal(b->count, want);
   char **keys = calloc(want, sizeof *keys);
   for (size_t i = 0; i < b->count; i++) keys[i] = strdup(b->events[i].idempotency_key);
@@ -696,6 +750,102 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   tu_tmpdir_done(dir);
 }
 
+/* The build's engram command beside this test program (build/tests/x -> build/engram). */
+static void cli_path(char *self, size_t self_cap, char *cli, size_t cli_cap) {
+  ssize_t sl = readlink("/proc/self/exe", self, self_cap - 1);
+  assert_true(sl > 0);
+  self[sl] = '\0';
+  snprintf(cli, cli_cap, "%s", self);
+  char *slash = strrchr(cli, '/');
+  *slash = '\0';
+  slash = strrchr(cli, '/');
+  snprintf(slash, cli_cap - (size_t)(slash - cli), "/engram");
+  assert_true(access(cli, X_OK) == 0);
+}
+
+/* Connects to the daemon at ep, retrying until it answers. */
+static engram *connect_within(const char *ep, int ms) {
+  int64_t end = tu_mono_ms() + ms;
+  for (;;) {
+    engram *log = NULL;
+    engram_connect_options o = {.timeout_ms = 5000};
+    if (engram_connect(ep, &o, &log) == 0) return log;
+    if (tu_mono_ms() > end) fail_msg("no daemon at %s: %s", ep, engram_errmsg(NULL));
+    tu_sleep_ms(20);
+  }
+}
+
+static void schedules_work_the_same_through_the_daemon(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("sched-remote");
+  char *logdir = tu_join(dir, "log"), *dlog = tu_join(dir, "daemon.log");
+  char self[4096], cli[4200], ep[4200];
+  cli_path(self, sizeof self, cli, sizeof cli);
+  snprintf(ep, sizeof ep, "ipc://%s/req.ipc", dir);
+  char *argv[] = {cli, "serve", "--data", logdir, "--listen", ep, NULL};
+  pid_t daemon = spawn(argv, dlog);
+  engram *log = connect_within(ep, 20000);
+  tu_topic(log, "jobs", NULL);
+  engram_header h = {"origin", "remote"};
+  engram_schedule_config c = {.cron = "0 2 * * *",
+                              .tz = "Europe/Paris",
+                              .topic = "jobs",
+                              .type = "job.nightly",
+                              .payload = "p",
+                              .payload_len = 1,
+                              .headers = &h,
+                              .n_headers = 1,
+                              .missed = ENGRAM_MISSED_SKIP};
+  OK(log, engram_schedule_add(log, "nightly", &c));
+  assert_int_equal(engram_schedule_add(log, "nightly", &c), ENGRAM_EEXIST);
+  int changed = -1;
+  OK(log, engram_schedule_set(log, "nightly", &c, &changed));
+  assert_int_equal(changed, 0);
+  OK(log, engram_schedule_set(
+              log, "every",
+              &(engram_schedule_config){.every_ms = 3600000, .topic = "jobs", .type = "job.hourly"},
+              &changed));
+  assert_int_equal(changed, 1);
+  c.cron = "61 2 * * *";
+  assert_int_equal(engram_schedule_add(log, "bad", &c), ENGRAM_EINVAL);
+  assert_non_null(strstr(engram_errmsg(log), "minute"));
+  engram_schedule_info *i = NULL;
+  OK(log, engram_schedule_get(log, "nightly", &i));
+  assert_string_equal(i->config.tz, "Europe/Paris");
+  assert_string_equal(i->config.cron, "0 2 * * *");
+  assert_int_equal(i->config.missed, ENGRAM_MISSED_SKIP);
+  assert_int_equal(i->config.n_headers, 1);
+  assert_string_equal(i->config.headers[0].value, "remote");
+  assert_memory_equal(i->config.payload, "p", 1);
+  assert_true(i->next_slot_ns > i->created_ns);
+  engram_free(i);
+  engram_schedule_info *list = NULL;
+  size_t n = 0;
+  OK(log, engram_schedule_list(log, &list, &n));
+  assert_int_equal(n, 2);
+  assert_string_equal(list[0].name, "every");
+  assert_string_equal(list[1].name, "nightly");
+  engram_free(list);
+  OK(log, engram_schedule_pause(log, "nightly"));
+  uint64_t off = 0;
+  OK(log, engram_schedule_run_now(log, "nightly", &off));
+  assert_int_equal(off, 1);
+  engram_schedule_tick_report r;
+  OK(log, engram_schedule_tick(log, tu_now_ns() + 2 * 3600 * NS + NS, &r));
+  assert_int_equal(r.fired, 1); /* the hourly one, once for its two slots; nightly is paused */
+  assert_true(r.next_due_ns > 0);
+  OK(log, engram_schedule_resume(log, "nightly"));
+  OK(log, engram_schedule_remove(log, "nightly"));
+  assert_int_equal(engram_schedule_remove(log, "nightly"), ENGRAM_ENOTFOUND);
+  assert_int_equal(engram_schedule_get(log, "nightly", &i), ENGRAM_ENOTFOUND);
+  engram_close(log);
+  kill(daemon, SIGTERM);
+  assert_int_equal(tu_wait(daemon, 20000), 0);
+  free(logdir);
+  free(dlog);
+  tu_tmpdir_done(dir);
+}
+
 int main(int argc, char **argv) {
   if (argc == 4 && !strcmp(argv[1], "--ticker")) return ticker_main(argv[2], argv[3]);
   tu_test_filter();
@@ -716,6 +866,8 @@ int main(int argc, char **argv) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(bad_input_is_refused_and_leaves_the_log_unchanged, setup,
                                       teardown),
+      cmocka_unit_test(a_read_only_log_without_schedules_lists_none_and_verify_checks_records),
+      cmocka_unit_test(schedules_work_the_same_through_the_daemon),
       cmocka_unit_test(one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_once),
   };
   return cmocka_run_group_tests_name("schedule", tests, NULL, NULL);
