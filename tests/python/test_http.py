@@ -455,42 +455,18 @@ scrape_configs:
 # ---------------------------------------------------------------------------------------
 # Schedules: the panel, its run-now / pause / resume buttons, and their metrics.
 # ---------------------------------------------------------------------------------------
-def add_schedule(data_dir, name, topic, every_ms):
-    """Adds an interval schedule to the daemon's log through libengram.so (an embedded
-    handle of this process beside the daemon, as any process may open the log)."""
-    import ctypes as C
-    lib = C.CDLL(os.path.join(ROOT, os.environ.get("BUILD", "build"), "libengram.so"))
-
-    class Options(C.Structure):
-        _fields_ = [("durability", C.c_int), ("map_size", C.c_uint64), ("max_topics", C.c_uint32),
-                    ("dedup_window_ms", C.c_uint64), ("flush_interval_ms", C.c_uint32),
-                    ("flags", C.c_uint32), ("clock_ns", C.c_void_p), ("clock_ctx", C.c_void_p),
-                    ("maintenance_ms", C.c_uint32)]
-
-    class Config(C.Structure):
-        _fields_ = [("every_ms", C.c_uint64), ("start_ns", C.c_int64), ("cron", C.c_char_p),
-                    ("tz", C.c_char_p), ("topic", C.c_char_p), ("type", C.c_char_p),
-                    ("payload", C.c_char_p), ("payload_len", C.c_size_t), ("key", C.c_char_p),
-                    ("content_type", C.c_char_p), ("headers", C.c_void_p),
-                    ("n_headers", C.c_size_t), ("missed", C.c_int), ("max_catchup", C.c_uint32)]
-
-    lib.engram_errmsg.restype = C.c_char_p
-    h = C.c_void_p()
-    opts = Options(maintenance_ms=0xFFFFFFFF)
-    assert lib.engram_open(data_dir.encode(), C.byref(opts), C.byref(h)) == 0, lib.engram_errmsg(None)
-    try:
-        payload = b'{"job":"compact"}'
-        cfg = Config(every_ms=every_ms, topic=topic.encode(), type=b"memory.compact",
-                     payload=payload, payload_len=len(payload))
-        rc = lib.engram_schedule_add(h, name.encode(), C.byref(cfg))
-        assert rc == 0, lib.engram_errmsg(None)
-    finally:
-        lib.engram_close(h)
+def add_schedule(d, name, topic, every):
+    """Adds an interval schedule through the daemon (`engram --connect ... schedule add`)."""
+    r = subprocess.run([ENGRAM, "--connect", d.endpoint, "schedule", "add", name, "--every", every,
+                        "--topic", topic, "--type", "memory.compact",
+                        "--payload", '{"job":"compact"}'], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
 
 
 def test_schedules_panel_in_a_real_browser(daemon, chromium, tmp_path):
     fill(daemon, dead=0, pending=2)
-    add_schedule(daemon.data, "nightly", "memory", 3600 * 1000)
+    add_schedule(daemon, "nightly", "memory", "1h")
     sched = json.loads(get(daemon.base + "/api/schedules")[1])["schedules"]
     assert [s["name"] for s in sched] == ["nightly"]
     s = sched[0]
