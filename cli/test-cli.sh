@@ -505,6 +505,15 @@ check "top --once prints the groups" eval '[[ $rc == 0 ]] && has "$out" LAG && h
 check "... with rates in the first frame (NACKS/S, DEAD/S, no '-' placeholders)" eval '[[ $rc == 0 ]] && has "$out" NACKS/S && has "$out" DEAD/S && has "$out" "rates over 1m"'
 e top --once --window 15m
 check "top --window 15m" eval '[[ $rc == 0 ]] && has "$out" "rates over 15m"'
+e rates
+check "rates prints a row per topic and group" eval '[[ $rc == 0 ]] && has "$out" "DEAD_LETTERED" && has "$out" "per second over the last 1m"'
+e group create auto rates-g
+e rates auto --json
+check "rates --json: every window of every field, the topic's row with a null group" eval '[[ $rc == 0 ]] && has "$out" "\"window\":[\"1m\",\"5m\",\"15m\"]" && has "$out" "\"group\":null" && has "$out" "\"dead_lettered\":["'
+e rates no-such-topic
+check "rates of a missing topic fails with one line" eval '[[ $rc == 1 ]] && one_line_err'
+e rates --window 2m
+check "rates --window names the windows" eval '[[ $rc == 2 ]] && one_line_err'
 e top --sort fast
 check "top --sort names the keys" eval '[[ $rc == 2 ]] && one_line_err'
 # Retention: limits at creation, changed by topic set, applied by compact.
