@@ -136,6 +136,7 @@ static void json_schedule(json_writer *w, const engram_schedule_info *s) {
 #undef json_kuint64_t
 #undef json_kuint32_t
 #undef X
+  json_kstr(w, "last_error", s->last_error);
   json_obj_end(w);
 }
 
@@ -193,6 +194,12 @@ static int show_text(const engram_schedule_info *s) {
   printf("next slot:     %s%s\n", t, s->paused ? " (after a resume)" : "");
   printf("fires:         %" PRIu64 " (manual %" PRIu64 ", skipped slots %" PRIu64 ")\n", s->fires,
          s->manual_fires, s->skipped);
+  if (s->last_error[0]) {
+    when(s->last_error_ns, t, sizeof t);
+    printf("last error:    %s: ", t);
+    cli_put_text(stdout, s->last_error, strlen(s->last_error), 0);
+    printf("\n");
+  }
   return 0;
 }
 

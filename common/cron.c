@@ -238,10 +238,13 @@ static int64_t resolve(const struct tz *z, int64_t lt) {
 }
 
 int64_t cron_next(const struct cron *c, const struct tz *z, int64_t after) {
-  /* Local time runs backwards by at most a few hours in an overlap: start the walk early
-   * enough to meet every local time whose instant may lie after `after`. resolve() is
-   * non-decreasing in local time, so the first match past `after` is the earliest. */
-  int64_t lt = after + tz_offset(z, after) - 4 * 3600;
+  /* Local time runs backwards by at most a few hours in an overlap: near an offset change,
+   * start the walk early enough to meet every local time whose instant may lie after
+   * `after`. resolve() is non-decreasing in local time, so the first match past `after`
+   * is the earliest. */
+  int32_t off = tz_offset(z, after);
+  int near = tz_offset(z, after - 86400) != off || tz_offset(z, after + 86400) != off;
+  int64_t lt = after + off - (near ? 4 * 3600 : 0);
   int64_t limit = after + 30ll * 366 * 86400;
   for (;;) {
     lt = next_local(c, lt, limit);

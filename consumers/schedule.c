@@ -233,6 +233,15 @@ static int64_t next_slot(const struct timing *t, int64_t after) {
   return u == INT64_MAX || u > INT64_MAX / NS ? INT64_MAX : u * NS;
 }
 
+/* Reverses a[from, to). */
+static void reverse(int64_t *a, uint64_t from, uint64_t to) {
+  while (from + 1 < to) {
+    int64_t x = a[from];
+    a[from++] = a[--to];
+    a[to] = x;
+  }
+}
+
 /* The slots in (after, upto]: how many (up to `cap` for cron), and the newest `keep` of
  * them in order (keep <= count; out has room for keep). */
 static uint64_t slots_in(const struct timing *t, int64_t after, int64_t upto, uint64_t cap,
@@ -264,13 +273,11 @@ static uint64_t slots_in(const struct timing *t, int64_t after, int64_t upto, ui
   /* Ring of the newest `keep` slots in (from, upto]. */
   uint64_t seen = 0;
   for (int64_t s = next_slot(t, from); s <= upto; s = next_slot(t, s)) out[seen++ % keep] = s;
-  if (seen > keep) { /* rotate into order */
-    int64_t *tmp = malloc(keep * sizeof *tmp);
-    if (tmp) {
-      for (uint64_t i = 0; i < keep; i++) tmp[i] = out[(seen + i) % keep];
-      memcpy(out, tmp, keep * sizeof *tmp);
-      free(tmp);
-    }
+  if (seen > keep) { /* the oldest kept is at seen % keep: rotate it to the front */
+    uint64_t r = seen % keep;
+    reverse(out, 0, r);
+    reverse(out, r, keep);
+    reverse(out, 0, keep);
   }
   return n;
 }
@@ -541,14 +548,46 @@ static int tick_job(log_wtx *w, void *arg) {
     q->fired++;
   }
   q->skipped = n - q->fired;
+  char *err = r->last_error;  /* the record's memory, freed with it */
+  r->last_error = (char *)""; /* a fire went through */
+  r->last_error_ns = 0;
   r->fires += q->fired;
   r->skipped += q->skipped;
   r->last_slot_ns = slots[keep - 1];
   rc = store(w->txn, q->dbi, q->name, r);
+  r->last_error = err;
   q->next_ns = next_slot(&t, r->last_slot_ns);
 done:
   free(slots);
   timing_free(&t);
+  engram__schedule_record__free_unpacked(r, NULL);
+  return rc;
+}
+
+/* Keeps why a schedule's fire failed in its record, for `schedule show`: written when the
+ * reason changes or a minute after it was last written, so a schedule failing at every
+ * tick costs a write a minute, not a second. */
+#define ERROR_EVERY_NS (60 * NS)
+
+struct error_req {
+  MDB_dbi dbi;
+  const char *name;
+  const char *text;
+};
+
+static int error_job(log_wtx *w, void *arg) {
+  struct error_req *q = arg;
+  Engram__ScheduleRecord *r;
+  int rc = load(w->log, w->txn, q->dbi, q->name, &r);
+  if (rc || !r) return rc;
+  if (strcmp(r->last_error ? r->last_error : "", q->text) != 0 ||
+      w->now_ns - r->last_error_ns >= ERROR_EVERY_NS) {
+    char *old = r->last_error; /* the record's memory, freed with it */
+    r->last_error = (char *)q->text;
+    r->last_error_ns = w->now_ns;
+    rc = store(w->txn, q->dbi, q->name, r);
+    r->last_error = old;
+  }
   engram__schedule_record__free_unpacked(r, NULL);
   return rc;
 }
@@ -620,7 +659,11 @@ static int scan_due(struct log *log, MDB_dbi dbi, int64_t now, struct due **out,
 int cg_schedule_tick(struct log *log, int64_t now, engram_schedule_tick_report *report) {
   if (now == 0) now = log_now_ns(log);
   MDB_dbi dbi;
-  int rc = sched_dbi_w(log, "schedule tick", &dbi);
+  if (log->env_flags & MDB_RDONLY)
+    return log_error(log, ENGRAM_ENOTSUP, "schedule tick: the log %s is open read-only", log->path);
+  /* A log that never had a schedule has nothing to fire: no database is made for it. */
+  int rc = log_aux_dbi_existing(log, "schedules", &dbi);
+  if (rc == ENGRAM_ENOTFOUND) return 0;
   if (rc) return rc;
   struct due *list;
   size_t n;
@@ -635,10 +678,17 @@ int cg_schedule_tick(struct log *log, int64_t now, engram_schedule_tick_report *
         if (jrc == ENGRAM_EIO || jrc == ENGRAM_ENOSPC || jrc == ENGRAM_ENOMEM ||
             jrc == ENGRAM_ECORRUPT || jrc == ENGRAM_ENOTSUP)
           rc = jrc; /* the log, not the schedule: stop */
+        char text[256];
+        snprintf(text, sizeof text, "%s", log_errmsg(log));
         if (report) {
           if (!report->failed)
-            snprintf(report->first_error, sizeof report->first_error, "%s", log_errmsg(log));
+            snprintf(report->first_error, sizeof report->first_error, "%s", text);
           report->failed++;
+        }
+        if (rc == 0) {
+          struct error_req e = {.dbi = dbi, .name = list[i].name, .text = text};
+          log_write_relaxed(log, error_job, &e); /* for people: a failure here changes nothing */
+          log_error_clear(log);
         }
         nx = now + NS; /* try again at the next tick */
       } else {
@@ -748,6 +798,8 @@ static void record_info(const char *name, size_t name_len, const Engram__Schedul
   o->last_fire_ns = r->last_fire_ns;
   o->last_offset = r->last_offset;
   o->updated_ns = r->updated_ns;
+  o->last_error_ns = r->last_error_ns;
+  snprintf(o->last_error, sizeof o->last_error, "%s", r->last_error ? r->last_error : "");
   struct timing t;
   if (timing_load(r, &t, o->name) == 0) {
     int64_t base = base_of(r);

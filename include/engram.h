@@ -880,12 +880,15 @@ ENGRAM_API int engram_rate_list(engram *log, const char *topic, engram_rate_info
  * gap (03:00 local); a local time that occurs twice (a fall-back overlap) fires once, at
  * its first occurrence.
  *
- * MISSED FIRES. When the log was not ticked at a slot's time (no daemon and no process
- * open, a pause excepted), the next tick applies the schedule's `missed` policy to the
- * slots that passed: SKIP fires none of them (the schedule resumes with the next slot),
- * ONCE fires the newest of them (as "catchup"), ALL fires each of them in order, but at
- * most the newest max_catchup; older ones are skipped. Slots passed over are counted in
- * the info's `skipped`. Slots that fall while a schedule is paused are skipped on resume.
+ * MISSED FIRES. A slot a tick reaches more than 30 s after its time (or half the
+ * interval, for intervals under a minute) was missed: nothing ticked the log then (no
+ * daemon, no process open). The next tick applies the schedule's `missed` policy to the
+ * slots due: ONCE fires only the newest of them (once, as "catchup" when it was missed),
+ * SKIP fires none of the missed ones (the schedule resumes with its next slot), ALL fires
+ * each in order, but at most the newest max_catchup; older ones are skipped. Slots passed
+ * over are counted in the info's `skipped` (for cron schedules, counting stops at 100,000
+ * per tick: the rest are skipped uncounted). Slots that fall while a schedule is paused
+ * are skipped on resume.
  * ------------------------------------------------------------------------------ */
 #define ENGRAM_MAX_CRON 256                               /* cron expression: bytes */
 #define ENGRAM_MAX_TZ 64                                  /* time zone name: bytes */
@@ -896,9 +899,9 @@ ENGRAM_API int engram_rate_list(engram *log, const char *topic, engram_rate_info
 
 /* What a tick does with slots that passed without being fired (see MISSED FIRES). */
 typedef enum engram_missed {
-  ENGRAM_MISSED_ONCE = 0, /* default: fire the newest missed slot once */
-  ENGRAM_MISSED_SKIP,     /* fire none of them */
-  ENGRAM_MISSED_ALL       /* fire each (the newest max_catchup at most) */
+  ENGRAM_MISSED_ONCE = 0, /* default: fire the newest slot due, once */
+  ENGRAM_MISSED_SKIP,     /* fire none of the missed slots */
+  ENGRAM_MISSED_ALL       /* fire each missed slot (the newest max_catchup at most) */
 } engram_missed;
 
 /* A schedule's configuration. Zero / NULL means default for every field. Exactly one of
@@ -939,7 +942,8 @@ typedef struct engram_schedule_config {
   X(int64_t, last_fire_ns)  /* clock time of the newest fire, manual ones included */           \
   X(uint64_t, last_offset)  /* offset of the event of the newest fire */                        \
   X(int64_t, next_slot_ns)  /* the next slot to fire (also while paused: what would fire)    */ \
-  X(int64_t, updated_ns)    /* last change of the configuration (add, a changing set) */
+  X(int64_t, updated_ns)    /* last change of the configuration (add, a changing set) */      \
+  X(int64_t, last_error_ns) /* when a fire last failed (see last_error), 0 = none */
 
 typedef struct engram_schedule_info {
   char name[ENGRAM_MAX_NAME + 1];
@@ -947,6 +951,8 @@ typedef struct engram_schedule_info {
    * pointers point into the allocation holding this info and live as long as it. */
   engram_schedule_config config;
   ENGRAM_SCHEDULE_INFO_FIELDS(ENGRAM_FIELD_)
+  char last_error[256]; /* why the last fire failed ("append jobs: no such topic"), "" when
+                           none did since the last fire that succeeded */
 } engram_schedule_info;
 
 /* Adds the schedule `name` (1-200 of [A-Za-z0-9._-]). Its first slot is the first at or
@@ -968,10 +974,12 @@ ENGRAM_API int engram_schedule_set(engram *log, const char *name, const engram_s
                                    int *changed);
 /* Fills *out with a malloc'd engram_schedule_info (payload and strings in the same
  * allocation) freed with engram_free(); next_slot_ns is computed for the handle's clock.
- * Errors: EINVAL, ENOTFOUND. */
+ * Errors: EINVAL, ENOTFOUND, ECORRUPT (its record does not decode: remove it and add it
+ * again; engram_verify() reports it too). */
 ENGRAM_API int engram_schedule_get(engram *log, const char *name, engram_schedule_info **out);
 /* Lists the schedules in name order: *out is a malloc'd array of *n entries (payloads and
- * strings in the same allocation) freed with one engram_free(). Errors: EINVAL. */
+ * strings in the same allocation) freed with one engram_free(); a record that does not
+ * decode is left out. Errors: EINVAL. */
 ENGRAM_API int engram_schedule_list(engram *log, engram_schedule_info **out, size_t *n);
 /* Removes a schedule; events it appended stay. Errors: EINVAL, ENOTFOUND. */
 ENGRAM_API int engram_schedule_remove(engram *log, const char *name);
@@ -1003,9 +1011,12 @@ typedef struct engram_schedule_tick_report {
  * applied, and its new last slot. Safe to call from any number of processes at once: a
  * slot fires exactly once (see EXACTLY ONCE). A schedule that cannot fire (its topic
  * missing) is counted in report->failed and does not stop the others. The daemon and
- * the maintenance lease holder call it; tests call it with a test clock. On a remote
- * handle the daemon ticks its log. *report (may be NULL) receives what was done.
- * Errors: EINVAL (now_ns < 0), ENOTSUP (read-only handle), EIO, ENOSPC. */
+ * the maintenance lease holder call it; tests call it with a test clock (a now_ns ahead
+ * of the real time fires slots early, and they never fire again at their time). On a
+ * remote handle the daemon ticks its log and refuses a now_ns more than a second ahead of
+ * its clock. *report (may be NULL) receives what was done.
+ * Errors: EINVAL (now_ns < 0, or ahead of a daemon's clock), ENOTSUP (read-only handle),
+ * EIO, ENOSPC. */
 ENGRAM_API int engram_schedule_tick(engram *log, int64_t now_ns,
                                     engram_schedule_tick_report *report);
 

@@ -838,8 +838,16 @@ OP(op_sched_op) {
 }
 
 OP(op_sched_tick) {
+  /* A client may tick the daemon's log, but not ahead of its clock: a slot fired early
+   * would never fire at its time. */
+  int64_t now, want = rq->schedule_tick->now_ns;
+  if (!clock_test_file_ns(&now)) now = clock_realtime_ns(); /* the handle's default clock */
+  if (want > now + 1000000000)
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "schedule tick: now_ns is %lld s ahead of the daemon's clock (0 = its clock)",
+                     (long long)((want - now) / 1000000000));
   engram_schedule_tick_report r;
-  int rc = engram_schedule_tick(log, rq->schedule_tick->now_ns, &r);
+  int rc = engram_schedule_tick(log, want, &r);
   if (rc) return rc;
   Engram__Wire__ScheduleTickReport *w = net_arena_alloc(a, sizeof *w);
   if (!w) return nomem(log);

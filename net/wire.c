@@ -535,6 +535,7 @@ Engram__Wire__ScheduleInfo *net_schedule_to_wire(net_arena *a, const engram_sche
 #define X(type, name) w->name = in->name;
   ENGRAM_SCHEDULE_INFO_FIELDS(X)
 #undef X
+  if (!(w->last_error = arena_dup(a, in->last_error))) return NULL;
   return w;
 }
 
@@ -546,5 +547,6 @@ int net_schedule_from_wire(const Engram__Wire__ScheduleInfo *w, engram_schedule_
 #define X(type, name) out->name = (type)w->name;
   ENGRAM_SCHEDULE_INFO_FIELDS(X)
 #undef X
+  if (net_copy_text(out->last_error, sizeof out->last_error, net_str(w->last_error))) return -1;
   return 0;
 }

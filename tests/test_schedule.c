@@ -4,6 +4,7 @@
  * simulated day on one log by a daemon and two embedded processes (one killed and
  * restarted) in which every slot fires exactly once. */
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -144,6 +145,97 @@ static void new_york_dst_gap_and_overlap(void **state) {
   assert_true(t[0] == utc(2026, 10, 31, 5, 30));
   assert_true(t[1] == utc(2026, 11, 1, 5, 30)); /* 01:30 EDT, the first one */
   assert_true(t[2] == utc(2026, 11, 2, 6, 30)); /* 01:30 EST */
+}
+
+/* An independent reference: glibc's localtime_r (TZ set in this test program only; the
+ * library never reads TZ) walked minute by minute over a year. A local time fires at
+ * its first occurrence; local times skipped by a gap fire at the gap's end. */
+static int matches(const struct cron *c, const struct tm *tm) {
+  if (!(c->minute >> tm->tm_min & 1) || !(c->hour >> tm->tm_hour & 1) ||
+      !(c->month >> (tm->tm_mon + 1) & 1))
+    return 0;
+  int dom = c->dom >> tm->tm_mday & 1, dow = c->dow >> tm->tm_wday & 1;
+  if (c->dom_any && c->dow_any) return 1;
+  if (c->dom_any) return dow;
+  if (c->dow_any) return dom;
+  return dom || dow;
+}
+
+static void cron_next_agrees_with_glibc_localtime_over_a_year(void **state) {
+  (void)state;
+  static const struct {
+    const char *zone, *expr;
+  } cases[] = {
+      {"Europe/Paris", "*/20 1-3 * * *"},        {"America/New_York", "0,30 1,2 * * *"},
+      {"Australia/Lord_Howe", "*/15 1-3 * * *"}, {"America/Santiago", "0 0,23 * * *"},
+      {"Europe/Dublin", "30 1 * * *"},           {"Asia/Kolkata", "45 23 13 * FRI"},
+  };
+  char *old_tz = getenv("TZ") ? strdup(getenv("TZ")) : NULL;
+  int64_t start = utc(2026, 1, 1, 0, 0), end = start + 366 * 86400;
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    struct tz *z;
+    struct cron c;
+    char err[256], tzv[80];
+    assert_int_equal(tz_load(NULL, cases[k].zone, &z, err, sizeof err), 0);
+    assert_int_equal(cron_parse(cases[k].expr, &c, err, sizeof err), 0);
+    snprintf(tzv, sizeof tzv, ":%s", cases[k].zone);
+    setenv("TZ", tzv, 1);
+    tzset();
+    int64_t ours = cron_next(&c, z, start), n = 0;
+    long prev_off = LONG_MIN;
+    for (int64_t u = start + 60; u <= end; u += 60) {
+      time_t tt = (time_t)u;
+      struct tm tm;
+      localtime_r(&tt, &tm);
+      int64_t want = 0;
+      if (prev_off != LONG_MIN && tm.tm_gmtoff > prev_off) {
+        /* A gap ends in (u - 60, u]: its exact instant, then the skipped local minutes. */
+        int64_t lo = u - 60, hi = u;
+        while (hi - lo > 1) {
+          int64_t mid = lo + (hi - lo) / 2;
+          time_t mt = (time_t)mid;
+          struct tm mm;
+          localtime_r(&mt, &mm);
+          if (mm.tm_gmtoff == prev_off)
+            lo = mid;
+          else
+            hi = mid;
+        }
+        for (int64_t l = (hi + prev_off + 59) / 60 * 60; l < hi + tm.tm_gmtoff && !want; l += 60) {
+          time_t lt = (time_t)l;
+          struct tm lm;
+          gmtime_r(&lt, &lm); /* the skipped local time's fields */
+          if (matches(&c, &lm)) want = hi;
+        }
+      }
+      time_t et = (time_t)(u - 3 * 3600);
+      struct tm em;
+      localtime_r(&et, &em);
+      /* u's local time was shown before by u - (o' - o) when the offset o' three hours
+       * earlier was larger and still held then: u is its second occurrence. */
+      time_t pt = (time_t)(u - (em.tm_gmtoff - tm.tm_gmtoff));
+      struct tm pm;
+      localtime_r(&pt, &pm);
+      int second = em.tm_gmtoff > tm.tm_gmtoff && pm.tm_gmtoff == em.tm_gmtoff;
+      if (!want && !second && matches(&c, &tm)) want = u;
+      if (want) {
+        if (ours != want)
+          fail_msg("%s \"%s\": ours %lld, glibc %lld", cases[k].zone, cases[k].expr,
+                   (long long)ours, (long long)want);
+        ours = cron_next(&c, z, want);
+        n++;
+      }
+      prev_off = tm.tm_gmtoff;
+    }
+    assert_true(n > 50);
+    tz_free(z);
+  }
+  if (old_tz)
+    setenv("TZ", old_tz, 1);
+  else
+    unsetenv("TZ");
+  tzset();
+  free(old_tz);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -416,6 +508,24 @@ static void missed_fires_follow_skip_once_and_all_bounded_by_max_catchup(void **
   /* Nothing fires twice on the next tick. */
   r = tick(x, T0() + 2 * HOUR + MIN + 41 * NS);
   assert_int_equal(r.fired, 0);
+
+  /* A cron schedule catching up all: the newest max_catchup, in order. */
+  engram_schedule_config cc = {.cron = "*/5 * * * *",
+                               .tz = "Europe/Paris",
+                               .topic = "jobs",
+                               .type = "job.cron",
+                               .missed = ENGRAM_MISSED_ALL,
+                               .max_catchup = 4};
+  OK(log, engram_schedule_add(log, "cron-all", &cc));
+  r = tick(x, T0() + 3 * HOUR + 7 * MIN);
+  assert_int_equal(fired(log, "cron-all", slots, 64), 4);
+  assert_string_equal(slots[0], "2026-12-05T02:50:00Z");
+  assert_string_equal(slots[1], "2026-12-05T02:55:00Z");
+  assert_string_equal(slots[2], "2026-12-05T03:00:00Z");
+  assert_string_equal(slots[3], "2026-12-05T03:05:00Z");
+  engram_schedule_info *ci = info(log, "cron-all");
+  assert_int_equal(ci->skipped, 9); /* 02:05 .. 02:45 */
+  engram_free(ci);
 }
 
 static void bad_input_is_refused_and_leaves_the_log_unchanged(void **state) {
@@ -487,10 +597,49 @@ static void bad_input_is_refused_and_leaves_the_log_unchanged(void **state) {
   engram_schedule_tick_report r = tick(x, T0() + MIN);
   assert_int_equal(r.failed, 1);
   assert_non_null(strstr(r.first_error, "later"));
+  engram_schedule_info *i = info(log, "later");
+  assert_non_null(strstr(i->last_error, "topic")); /* `schedule show` says why */
+  assert_true(i->last_error_ns == T0() + MIN);
+  engram_free(i);
   tu_topic(log, "later", NULL);
   r = tick(x, T0() + MIN + NS);
   assert_int_equal(r.failed, 0);
   assert_int_equal(r.fired, 1);
+  i = info(log, "later");
+  assert_string_equal(i->last_error, "");
+  assert_int_equal(i->last_error_ns, 0);
+  engram_free(i);
+}
+
+static void the_embedded_lease_holder_fires_without_being_asked(void **state) {
+  (void)state;
+  char *dir = tu_tmpdir("sched-lease");
+  char *logdir = tu_join(dir, "log");
+  tu_clock ck;
+  tu_clock_init(&ck, utc(2026, 12, 5, 0, 0) * NS + NS / 2);
+  engram *log = tu_open(
+      logdir, &(engram_options){.clock_ns = tu_clock_ns, .clock_ctx = &ck, .maintenance_ms = 50});
+  tu_topic(log, "jobs", NULL);
+  engram_schedule_config c = every(60000);
+  OK(log, engram_schedule_add(log, "m", &c));
+  atomic_store(&ck.ns, utc(2026, 12, 5, 0, 1) * NS); /* the first slot is due */
+  int64_t end = tu_mono_ms() + 30000;
+  engram_topic_info ti;
+  for (;;) {
+    OK(log, engram_topic_info_get(log, "jobs", &ti));
+    if (ti.head_offset == 1) break;
+    if (tu_mono_ms() > end) fail_msg("the maintenance runner never fired the slot");
+    tu_sleep_ms(10);
+  }
+  engram_schedule_info *i = info(log, "m");
+  assert_true(i->last_slot_ns == utc(2026, 12, 5, 0, 1) * NS);
+  engram_free(i);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/maintenance.lock", logdir);
+  assert_true(tu_exists(path));
+  engram_close(log);
+  free(logdir);
+  tu_tmpdir_done(dir);
 }
 
 static void a_read_only_log_without_schedules_lists_none_and_verify_checks_records(void **state) {
@@ -578,7 +727,8 @@ static pid_t spawn(char *const argv[], const char *errfile) {
  * the log and ticks in a loop until STOPFILE exists; its runner may hold the lease too. */
 static int ticker_main(const char *dir, const char *stop) {
   engram *log;
-  engram_options o = {.maintenance_ms = 200};
+  /* A dedup window of 1 ms: exactly once must not lean on idempotency keys. */
+  engram_options o = {.maintenance_ms = 200, .dedup_window_ms = 1};
   if (engram_open(dir, &o, &log)) {
     fprintf(stderr, "ticker: %s\n", engram_errmsg(NULL));
     return 1;
@@ -611,7 +761,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   (void)state;
   char *dir = tu_tmpdir("sched-day");
   char *logdir = tu_join(dir, "log"), *clockf = tu_join(dir, "clock"), *stop = tu_join(dir, "stop"),
-       *dlog = tu_join(dir, "daemon.log");
+       *dlog = tu_join(dir, "daemon.log"), *tlog = tu_join(dir, "tickers.log");
   int64_t start = utc(2026, 12, 5, 0, 0) * NS, end = start + 24 * HOUR;
   write_clock(clockf, start);
   setenv("ENGRAM_TEST_CLOCK_FILE", clockf, 1);
@@ -669,7 +819,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
     if (tu_mono_ms() > until) fail_msg("the daemon did not take the maintenance lease");
     tu_sleep_ms(20);
   }
-  pid_t t1 = spawn(ticker_argv, NULL), t2 = spawn(ticker_argv, NULL);
+  pid_t t1 = spawn(ticker_argv, tlog), t2 = spawn(ticker_argv, tlog);
 
   engram *rd = tu_open(logdir, &(engram_options){.flags = ENGRAM_OPEN_RDONLY});
   int64_t step = 20 * MIN;
@@ -683,7 +833,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
       assert_int_equal(tu_wait(daemon, 10000), 128 + SIGKILL);
       assert_int_equal(tu_wait(t1, 10000), 128 + SIGKILL);
       daemon = spawn(daemon_argv, dlog);
-      t1 = spawn(ticker_argv, NULL);
+      t1 = spawn(ticker_argv, tlog);
       killed = 1;
     }
     /* Wait until every slot due by now has fired. */
@@ -708,6 +858,18 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   assert_int_equal(tu_wait(t2, 20000), 0);
   kill(daemon, SIGTERM);
   assert_int_equal(tu_wait(daemon, 20000), 0);
+
+  /* No process complained (a sanitizer build reports there too). */
+  const char *logs[] = {dlog, tlog};
+  for (int l = 0; l < 2; l++) {
+    FILE *f = fopen(logs[l], "r");
+    char line[4096];
+    while (f && fgets(line, sizeof line, f))
+      if (strstr(line, "ticker:") || strstr(line, "Sanitizer") || strstr(line, "runtime error") ||
+          strstr(line, " error "))
+        fail_msg("%s: %s", logs[l], line);
+    if (f) fclose(f);
+  }
 
   /* Every slot exactly once: the idempotency keys are the expected set, no duplicate. */
   engram_batch *b;
@@ -747,6 +909,7 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
   free(clockf);
   free(stop);
   free(dlog);
+  free(tlog);
   tu_tmpdir_done(dir);
 }
 
@@ -831,9 +994,11 @@ static void schedules_work_the_same_through_the_daemon(void **state) {
   OK(log, engram_schedule_run_now(log, "nightly", &off));
   assert_int_equal(off, 1);
   engram_schedule_tick_report r;
-  OK(log, engram_schedule_tick(log, tu_now_ns() + 2 * 3600 * NS + NS, &r));
-  assert_int_equal(r.fired, 1); /* the hourly one, once for its two slots; nightly is paused */
-  assert_true(r.next_due_ns > 0);
+  assert_int_equal(engram_schedule_tick(log, tu_now_ns() + 2 * 3600 * NS, &r), ENGRAM_EINVAL);
+  assert_non_null(strstr(engram_errmsg(log), "ahead of the daemon's clock"));
+  OK(log, engram_schedule_tick(log, 0, &r));
+  assert_int_equal(r.fired, 0); /* the hourly one's first slot is ahead; nightly is paused */
+  assert_true(r.next_due_ns > tu_now_ns());
   OK(log, engram_schedule_resume(log, "nightly"));
   OK(log, engram_schedule_remove(log, "nightly"));
   assert_int_equal(engram_schedule_remove(log, "nightly"), ENGRAM_ENOTFOUND);
@@ -854,6 +1019,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(bad_cron_expressions_are_refused_with_the_field_named),
       cmocka_unit_test(paris_dst_gap_fires_once_at_its_end_and_overlap_fires_once),
       cmocka_unit_test(new_york_dst_gap_and_overlap),
+      cmocka_unit_test(cron_next_agrees_with_glibc_localtime_over_a_year),
       cmocka_unit_test_setup_teardown(
           an_interval_schedule_fires_each_slot_once_with_key_and_headers, setup, teardown),
       cmocka_unit_test_setup_teardown(a_cron_schedule_in_paris_fires_through_both_dst_changes,
@@ -866,6 +1032,7 @@ int main(int argc, char **argv) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(bad_input_is_refused_and_leaves_the_log_unchanged, setup,
                                       teardown),
+      cmocka_unit_test(the_embedded_lease_holder_fires_without_being_asked),
       cmocka_unit_test(a_read_only_log_without_schedules_lists_none_and_verify_checks_records),
       cmocka_unit_test(schedules_work_the_same_through_the_daemon),
       cmocka_unit_test(one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_once),
