@@ -428,6 +428,8 @@ static void json_schedule(hbuf *b, const engram_schedule_info *s) {
 #define X(type, name) hb_printf(b, ",\"" #name "\":%lld", (long long)s->name);
   ENGRAM_SCHEDULE_INFO_FIELDS(X)
 #undef X
+  hb_puts(b, ",\"last_error\":");
+  hb_json_str(b, s->last_error);
   hb_puts(b, "}");
 }
 

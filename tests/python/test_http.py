@@ -471,6 +471,7 @@ def test_schedules_panel_in_a_real_browser(daemon, chromium, tmp_path):
     assert [s["name"] for s in sched] == ["nightly"]
     s = sched[0]
     assert (s["every_ms"], s["topic"], s["paused"], s["fires"]) == (3600000, "memory", 0, 0)
+    assert s["last_error"] == "" and s["last_error_ns"] == 0
     assert s["next_slot_ns"] > time.time_ns()
     cdp = chromium
     cdp.call("Page.navigate", url=daemon.base + "/")
