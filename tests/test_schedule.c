@@ -1,8 +1,10 @@
 /* test_schedule.c — schedules: the cron parser and its DST rules in real zones, interval
  * and cron fires under a test clock, pause/resume, run-now, remove, idempotent declares,
  * missed-fire policies after downtime, bad input that leaves the log unchanged, and one
- * simulated day on one log by a daemon and two embedded processes (one killed and
- * restarted) in which every slot fires exactly once. */
+ * simulated day on one log by a daemon and two embedded processes (the daemon and one
+ * process killed and restarted) in which every slot fires exactly once. Two daemons on
+ * one directory are refused by design (DIR/daemon.lock), so the third firing process is
+ * embedded. */
 #include <errno.h>
 #include <limits.h>
 #include <fcntl.h>
@@ -819,6 +821,13 @@ static void one_day_with_a_daemon_and_two_processes_fires_every_slot_exactly_onc
     if (tu_mono_ms() > until) fail_msg("the daemon did not take the maintenance lease");
     tu_sleep_ms(20);
   }
+  /* A second daemon on the directory, at another endpoint, is refused by design
+   * (DIR/daemon.lock): hence one daemon and two embedded processes. */
+  char ep2[4200], dlog2[4200];
+  snprintf(ep2, sizeof ep2, "ipc://%s/req2.ipc", dir);
+  snprintf(dlog2, sizeof dlog2, "%s/daemon2.log", dir);
+  char *daemon2_argv[] = {cli, "serve", "--data", logdir, "--listen", ep2, NULL};
+  assert_int_equal(tu_wait(spawn(daemon2_argv, dlog2), 30000), 1);
   pid_t t1 = spawn(ticker_argv, tlog), t2 = spawn(ticker_argv, tlog);
 
   engram *rd = tu_open(logdir, &(engram_options){.flags = ENGRAM_OPEN_RDONLY});
