@@ -410,6 +410,19 @@ int engram_compact(engram *log, const char *topic, engram_compact_report *report
 }
 
 /* ---------------------------------------------------------------------------------
+ * Rates.
+ * ------------------------------------------------------------------------------ */
+int engram_rate_list(engram *log, const char *topic, engram_rate_info **out, size_t *n) {
+  if (!log || !out || !n) return log_error(NULL, ENGRAM_EINVAL, "rate list: NULL argument");
+  *out = NULL;
+  *n = 0;
+  if (topic && !log_valid_name(topic))
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "rate list: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
+  return log->be->rate_list(log, topic, out, n);
+}
+
+/* ---------------------------------------------------------------------------------
  * Schedules.
  * ------------------------------------------------------------------------------ */
 static int schedule_name(const char *what, const char *name) {

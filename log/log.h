@@ -71,6 +71,8 @@ struct log {
   uint64_t st_max_wait;      /* most commits a job waited through, from queueing to its
                                 release (the leader's own: to its handing over) */
   uint64_t st_batch_hist[8]; /* commits of 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ jobs */
+  engram_duration_hist st_write, st_commit, st_flush; /* engram_commit_stats' histograms */
+  int64_t commit_ns; /* the leader's last mdb_txn_commit, counted by count_commit */
 
   pthread_cond_t flush_cv; /* wakes the flusher early at close */
   pid_t owner_pid;         /* the process that opened the handle */

@@ -953,6 +953,43 @@ static int r_worker_forget(engram *log, const char *name) {
   return client_call(log, &rq);
 }
 
+static int r_rate_list(engram *log, const char *topic, engram_rate_info **out, size_t *n) {
+  REQ(rate_list, RATE_LIST, Engram__Wire__RateList, ENGRAM__WIRE__RATE_LIST__INIT);
+  m.topic = net_str(topic);
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_RATES, &rp);
+  if (rc) {
+    if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+    return rc;
+  }
+  size_t k = rp->rates->n_rates;
+  engram_rate_info *list = calloc(k ? k : 1, sizeof *list);
+  if (!list) {
+    engram__wire__reply__free_unpacked(rp, NULL);
+    return log_error(NULL, ENGRAM_ENOMEM, "rate list: out of memory");
+  }
+  for (size_t i = 0; i < k; i++) {
+    const Engram__Wire__RateInfo *w = rp->rates->rates[i];
+    int bad = net_copy_text(list[i].topic, sizeof list[i].topic, w->topic) ||
+              net_copy_text(list[i].group, sizeof list[i].group, w->group);
+#define X(type, name)                                   \
+  if (w->n_##name == ENGRAM_RATE_WINDOWS)               \
+    memcpy(list[i].name, w->name, sizeof list[i].name); \
+  else if (w->n_##name != 0)                            \
+    bad = 1;
+    ENGRAM_RATE_FIELDS(X)
+#undef X
+    if (bad) {
+      free(list);
+      return client_bad_reply(log, rp, "rate list");
+    }
+  }
+  engram__wire__reply__free_unpacked(rp, NULL);
+  *out = list;
+  *n = k;
+  return 0;
+}
+
 /* Schedules. */
 static int sched_set(engram *log, int add, const char *name, const engram_schedule_config *cfg,
                      int *changed) {
@@ -1136,6 +1173,7 @@ const struct engram_backend net_remote = {
     .worker_heartbeat = r_worker_heartbeat,
     .worker_list = r_worker_list,
     .worker_forget = r_worker_forget,
+    .rate_list = r_rate_list,
     .schedule_add = r_schedule_add,
     .schedule_set = r_schedule_set,
     .schedule_get = r_schedule_get,

@@ -1266,6 +1266,45 @@ static PyObject *Log_worker_forget(LogObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* One row of engram_rate_list: {"topic", "group", and per rate field a tuple of
+ * ENGRAM_RATE_WINDOWS floats (1, 5, 15 minutes)}. */
+static PyObject *rate_dict(const engram_rate_info *r) {
+  PyObject *d = Py_BuildValue("{s:s,s:s}", "topic", r->topic, "group", r->group);
+#define X(type, name)                                                         \
+  if (d) {                                                                    \
+    PyObject *t = Py_BuildValue("(ddd)", r->name[0], r->name[1], r->name[2]); \
+    if (!t || PyDict_SetItemString(d, #name, t) < 0) Py_CLEAR(d);             \
+    Py_XDECREF(t);                                                            \
+  }
+  ENGRAM_RATE_FIELDS(X)
+#undef X
+  return d;
+}
+
+static PyObject *Log_rate_list(LogObject *self, PyObject *args) {
+  const char *topic = NULL;
+  size_t n = 0;
+  engram_rate_info *rs = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "|z:rate_list", &topic)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_rate_list(self->log, topic, &rs, &n));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *list = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; list && i < n; i++) {
+    PyObject *d = rate_dict(&rs[i]);
+    if (!d) {
+      Py_CLEAR(list);
+      break;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)i, d);
+  }
+  engram_free(rs);
+  return list;
+}
+
 typedef int (*dlq_op)(engram *, const char *, const char *, const uint64_t *, size_t, size_t *);
 
 static PyObject *dlq_apply(LogObject *self, PyObject *args, const char *fmt, dlq_op op) {
@@ -1792,6 +1831,8 @@ static PyMethodDef Log_methods[] = {
      "started_ns)"},
     {"worker_list", (PyCFunction)Log_worker_list, METH_VARARGS,
      "worker_list(lost_after_ms=0) -> list of dict"},
+    {"rate_list", (PyCFunction)Log_rate_list, METH_VARARGS,
+     "rate_list(topic=None) -> list of dict: per second over 1, 5, 15 minutes"},
     {"worker_forget", (PyCFunction)Log_worker_forget, METH_VARARGS, "worker_forget(name)"},
     {"schedule_add", (PyCFunction)(void (*)(void))Log_schedule_add, METH_VARARGS | METH_KEYWORDS,
      "schedule_add(name, topic, type, every_ms=0, start_ns=0, cron=None, tz=None, payload=None, "
