@@ -103,6 +103,15 @@ int cg_worker_dbi(struct log *log, MDB_dbi *out);
 int cg_worker_seen(log_wtx *w, MDB_dbi dbi, const char *consumer, const char *topic,
                    const char *group);
 
+/* retain.c: the names of the groups of `topic`, malloc'd one after another ("a\0b\0"),
+ * *n of them; the calling thread's CPU time. */
+int cg_topic_group_names(struct log *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
+                         char **out, size_t *n);
+int64_t cg_thread_cpu_ns(void);
+/* keycomp.c: key compaction of one topic until nothing more may go, added to *rep. */
+int cg_keycomp_topic(struct log *log, const cg_dbs *d, const char *topic,
+                     engram_compact_report *rep);
+
 /* settle.c: one ack inside a job (used by txn.c too). */
 int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt,
                const void *result, size_t result_len);

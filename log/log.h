@@ -12,6 +12,7 @@
 #include "engram.h"
 
 struct log;
+struct log_view;
 
 /* Checks the records of the layers above during log_verify()'s walk, in its read
  * transaction: calls damage(ctx, text) for each one that does not decode. consumers/
@@ -47,19 +48,19 @@ struct log {
   pthread_cond_t cv;        /* signalled when jobs complete or the leader leaves */
   pthread_cond_t append_cv; /* broadcast after every commit that appended */
   struct log_job *q_head, *q_tail;
-  size_t q_len;           /* jobs queued */
-  size_t active;          /* jobs queued, running or pending: their writers wait */
-  size_t writers_hint;    /* writers expected back: the most recently active, lowered
-                             when a gather wait times out */
-  int64_t last_flush_ns;  /* duration of the last explicit flush */
-  int gathering;          /* the leader waits on flush_cv for writers to queue */
-  int64_t gather_max_ns;  /* longest such wait; 0 = 500 us. The daemon raises it to
-                             about a network round trip. */
-  int leader;             /* 1 while a thread leads a commit */
+  size_t q_len;               /* jobs queued */
+  size_t active;              /* jobs queued, running or pending: their writers wait */
+  size_t writers_hint;        /* writers expected back: the most recently active, lowered
+                                 when a gather wait times out */
+  int64_t last_flush_ns;      /* duration of the last explicit flush */
+  int gathering;              /* the leader waits on flush_cv for writers to queue */
+  int64_t gather_max_ns;      /* longest such wait; 0 = 500 us. The daemon raises it to
+                                 about a network round trip. */
+  int leader;                 /* 1 while a thread leads a commit */
   struct log_job *leader_job; /* that thread's own job */
-  uint64_t append_seq;    /* bumped after every commit that appended */
-  int64_t last_commit_ns; /* monotonic time of the last commit */
-  int dirty;              /* commits not yet forced to disk (nometasync/async) */
+  uint64_t append_seq;        /* bumped after every commit that appended */
+  int64_t last_commit_ns;     /* monotonic time of the last commit */
+  int dirty;                  /* commits not yet forced to disk (nometasync/async) */
   /* Sync mode: the batch committed last, released once a later flush covers its meta
    * page. Whoever leads next releases it. */
   struct log_job *pending_jobs;
@@ -184,6 +185,8 @@ typedef struct log_topic {
   uint64_t first_removed; /* offsets below this were removed */
   int64_t created_ns;
   int dict_trained_auto;
+  uint64_t compacted;  /* offsets in [first_removed, head] removed by key compaction */
+  uint64_t index_next; /* key index complete below this; 0 = complete (log/keys.c) */
 } log_topic;
 
 /* Looks a topic up in txn (read or write). Errors: EINVAL (name), ENOTFOUND. */
@@ -210,6 +213,42 @@ int log_topic_trim_in(log_wtx *w, log_topic *t, uint64_t below, uint64_t *remove
 /* Bytes of the pages holding the topic's records, in txn. */
 uint64_t log_topic_bytes(struct log *log, MDB_txn *txn, const log_topic *t);
 
+/* ---------------------------------------------------------------------------------
+ * Key compaction's primitives (log/keys.c; the policy, which needs the groups, is
+ * consumers/keycomp.c). On a topic with ENGRAM_TOPIC_COMPACT_KEY every append keeps a
+ * key index (key -> newest offset) and two queues in offset order: the offsets a newer
+ * event of their key superseded (LOG_KEYS_DEAD) and the tombstones (LOG_KEYS_TOMB).
+ * ------------------------------------------------------------------------------ */
+#define LOG_KEYS_DEAD 'd'
+#define LOG_KEYS_TOMB 't'
+/* The key index database inside a write job. Errors: as log_aux_dbi; the private code
+ * that reruns the commit when the handle is newer than the transaction. */
+int log_keys_dbi_in(log_wtx *w, MDB_dbi *dbi);
+/* Notes event `off` of key (key, key_len) in the index: supersedes the key's older
+ * newest event, or is superseded itself by a newer one; a tombstone joins its queue.
+ * Idempotent. */
+int log_keys_note_in(log_wtx *w, MDB_dbi dbi, const log_topic *t, const char *key, size_t key_len,
+                     uint64_t off, int tombstone);
+/* The lowest queued offset of `kind` at or above `from`: 0 and *off, or ENGRAM_ENOTFOUND. */
+int log_keys_next(MDB_txn *txn, MDB_dbi dbi, uint32_t topic_id, int kind, uint64_t from,
+                  uint64_t *off);
+int log_keys_forget_in(log_wtx *w, MDB_dbi dbi, uint32_t topic_id, int kind, uint64_t off);
+/* The newest offset of a key, 0 = none. */
+uint64_t log_keys_newest(MDB_txn *txn, MDB_dbi dbi, uint32_t topic_id, const char *key,
+                         size_t key_len);
+/* Indexes up to `max` stored events from t->index_next on (compaction turned on for a
+ * topic that held events), moving t->index_next (0 once past the head; the caller
+ * stores the meta). *n receives how many were read. */
+int log_keys_backfill_in(log_wtx *w, MDB_dbi dbi, log_topic *t, size_t max, uint64_t *n);
+/* Stores the topic's metadata record (after log_keys_* moved its counters). */
+int log_topic_meta_put(struct log *log, MDB_txn *txn, const log_topic *t);
+/* Forgets the key of record *v in the index when the record is its newest (the record is
+ * about to go). */
+int log_keys_unindex_in(log_wtx *w, MDB_dbi dbi, const log_topic *t, const struct log_view *v);
+/* Removes the record at `off` for key compaction (the key's index entry too when it
+ * points there), counting the gap in t->compacted; the caller stores the meta. */
+int log_keys_remove_in(log_wtx *w, MDB_dbi dbi, log_topic *t, uint64_t off);
+
 /* Removes a topic with its events, idempotency keys and dictionaries; only inside a job
  * run with log_write_solo (it deletes a named database). */
 int log_topic_drop_in(log_wtx *w, const char *topic);
@@ -234,6 +273,7 @@ typedef struct log_view {
   uint32_t compression;
   uint32_t dict_id;
   uint32_t raw_len;
+  uint32_t flags; /* ENGRAM_EVENT_* */
   uint32_t n_headers;
   struct {
     const char *name;
