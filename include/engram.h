@@ -486,12 +486,11 @@ ENGRAM_API int engram_group_reset(engram *log, const char *topic, const char *gr
                                   engram_start to, uint64_t offset, int64_t time_ns);
 
 /* Leases up to `max` events (1 .. ENGRAM_MAX_FETCH) to `consumer`: first events whose
- * lease expired or whose retry delay passed, then new ones matching the group's filters. Each
- * event's attempt is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to
- * wait_ms for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a
- * fetch returns once its leases are written and flushed but before they are made durable: a power
- * cut may undo the newest fetches, which only delivers their events again. Errors: EINVAL,
- * ENOTFOUND. */
+ * lease expired or whose retry delay passed, then new ones matching the group's filters. Each event's attempt
+ * is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to wait_ms
+ * for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a fetch
+ * returns once its leases are written and flushed but before they are made durable: a power cut may
+ * undo the newest fetches, which only delivers their events again. Errors: EINVAL, ENOTFOUND. */
 ENGRAM_API int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
                             size_t max, uint64_t wait_ms, engram_batch **out);
 
