@@ -31,6 +31,7 @@ static int settle_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t o, cons
   uint64_t n = 0;
   int changed = 0, rc = mdb_del(w->txn, d->dlq, &k, NULL);
   if (rc && rc != MDB_NOTFOUND) return log_err_mdb(rc);
+  rc = 0;
   if (!force) return 0; /* o is below every group's lowest unfinished offset */
   if (o >= m->next) {
     if (m->skips && mdb_del(w->txn, d->skips, &k, NULL) == 0) {
