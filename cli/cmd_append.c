@@ -18,6 +18,9 @@ static const char help[] =
     "\n"
     "options:\n"
     "  --key K              ordering / compaction key (e.g. a memory id)\n"
+    "  --tombstone          the event deletes its key (needs --key): on a topic compacted\n"
+    "                       by key, the key's older events go, and this one after the\n"
+    "                       topic's tombstone ttl\n"
     "  --idem KEY           idempotency key: a repeat inside the dedup window writes\n"
     "                       nothing and returns the first append's offset\n"
     "  --header NAME=VALUE  a header; repeatable, at most 64\n"
@@ -112,9 +115,9 @@ static int read_all(FILE *f, size_t max, unsigned char **out, size_t *len) {
   return 0;
 }
 
-static int append_one(struct cli *c, struct cli_args *a, const char *key, const char *idem,
-                      const engram_header *hdrs, size_t nh, const char *ctype, const char *payload,
-                      uint64_t delay_ms, int create, int json) {
+static int append_one(struct cli *c, struct cli_args *a, const char *key, uint32_t flags,
+                      const char *idem, const engram_header *hdrs, size_t nh, const char *ctype,
+                      const char *payload, uint64_t delay_ms, int create, int json) {
   const char *topic = a->pos[0], *type = a->pos[1];
   unsigned char *stdin_buf = NULL;
   size_t plen = 0;
@@ -139,6 +142,7 @@ static int append_one(struct cli *c, struct cli_args *a, const char *key, const 
   memset(&ev, 0, sizeof ev);
   ev.type = type;
   ev.key = key;
+  ev.flags = flags;
   ev.payload = payload ? (const void *)payload : stdin_buf;
   ev.payload_len = plen;
   ev.content_type = ctype;
@@ -666,8 +670,9 @@ int cmd_append(struct cli *c, int argc, char **argv) {
   const char *key = NULL, *idem = NULL, *ctype = NULL, *payload = NULL;
   struct headers hdrs = {.n = 0};
   uint64_t delay_ms = 0;
-  int create = 0, json = 0, batch = 0;
+  int create = 0, json = 0, batch = 0, tombstone = 0;
   const struct cli_opt opts[] = {CLI_OPT_STR("--key", &key),
+                                 CLI_OPT_FLAG("--tombstone", &tombstone),
                                  CLI_OPT_STR("--idem", &idem),
                                  CLI_OPT_CUSTOM("--header", &hdrs, add_header),
                                  CLI_OPT_STR("--content-type", &ctype),
@@ -682,8 +687,8 @@ int cmd_append(struct cli *c, int argc, char **argv) {
   int r = cli_args_parse(&a, opts, help, 0, -1, "");
   if (r != CLI_GO) return r;
   /* The options of a single event: --batch refuses them, naming the one given last. */
-  static const char *const single[] = {"--key",          "--idem",    "--header",
-                                       "--content-type", "--payload", "--delay"};
+  static const char *const single[] = {"--key",     "--idem",  "--header",   "--content-type",
+                                       "--payload", "--delay", "--tombstone"};
   const char *single_opt = NULL;
   for (size_t i = 0, last = 0; i < sizeof single / sizeof single[0]; i++)
     if ((size_t)cli_args_given(&a, single[i]) > last) {
@@ -700,6 +705,7 @@ int cmd_append(struct cli *c, int argc, char **argv) {
   if (!type_ok(a.pos[1], strlen(a.pos[1])))
     return cli_usage(a.cmd, "bad type '%s': words of A-Z a-z 0-9 _ - joined by single dots",
                      a.pos[1]);
-  return append_one(c, &a, key, idem, hdrs.n ? hdrs.v : NULL, hdrs.n, ctype, payload, delay_ms,
-                    create, json);
+  if (tombstone && !key) return cli_usage(a.cmd, "--tombstone needs --key (the key it deletes)");
+  return append_one(c, &a, key, tombstone ? ENGRAM_EVENT_TOMBSTONE : 0, idem,
+                    hdrs.n ? hdrs.v : NULL, hdrs.n, ctype, payload, delay_ms, create, json);
 }

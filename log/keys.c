@@ -98,6 +98,7 @@ int log_keys_backfill_in(log_wtx *w, MDB_dbi dbi, log_topic *t, size_t max, uint
   MDB_val k = {8, &from}, v;
   int op = MDB_SET_RANGE;
   uint64_t next = 0; /* 0: the walk passed the head */
+  int erc = 0;       /* the index's error (ENGRAM_E*; rc holds LMDB's) */
   while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
     op = MDB_NEXT;
     uint64_t off = 0;
@@ -110,12 +111,13 @@ int log_keys_backfill_in(log_wtx *w, MDB_dbi dbi, log_topic *t, size_t max, uint
     log_view view;
     if (log_codec_decode(v.mv_data, v.mv_size, off, &view)) continue; /* verify's job */
     if (!view.has_key) continue;
-    rc = log_keys_note_in(w, dbi, t, view.key, view.key_len, off,
-                          (view.flags & ENGRAM_EVENT_TOMBSTONE) != 0);
-    if (rc) break;
+    erc = log_keys_note_in(w, dbi, t, view.key, view.key_len, off,
+                           (view.flags & ENGRAM_EVENT_TOMBSTONE) != 0);
+    if (erc) break;
   }
   mdb_cursor_close(c);
-  if (rc && rc != MDB_NOTFOUND) return rc < 0 ? rc : log_err_mdb(rc);
+  if (erc) return erc;
+  if (rc && rc != MDB_NOTFOUND) return log_err_mdb(rc);
   t->index_next = next;
   return 0;
 }

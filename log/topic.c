@@ -613,6 +613,7 @@ int log_topic_trim_in(log_wtx *w, log_topic *t, uint64_t below, uint64_t *remove
     return rc;
   }
   uint64_t lowest = t->first_removed > 1 ? t->first_removed : 1;
+  int erc = 0; /* the key index's error (an ENGRAM_E* code, where rc holds LMDB's) */
   MDB_val k, v;
   while ((rc = mdb_cursor_get(c, &k, &v, MDB_FIRST)) == 0) {
     uint64_t off = 0;
@@ -622,13 +623,13 @@ int log_topic_trim_in(log_wtx *w, log_topic *t, uint64_t below, uint64_t *remove
     /* The key index forgets a key whose newest event goes (its queues drop their
      * entries of removed offsets when compaction meets them). */
     if (compact && log_codec_decode(v.mv_data, v.mv_size, off, &view) == 0 &&
-        (rc = log_keys_unindex_in(w, keys, t, &view)))
+        (erc = log_keys_unindex_in(w, keys, t, &view)))
       break;
     if ((rc = mdb_cursor_del(c, 0))) break;
     n++;
   }
   mdb_cursor_close(c);
-  if (rc < 0) return rc;
+  if (erc) return erc;
   if (rc && rc != MDB_NOTFOUND)
     return log_error(log, log_err_mdb(rc), "trim %s: %s", t->name, log_mdb_text(rc));
   /* Gaps key compaction left below the new first offset are no longer gaps. */
