@@ -234,8 +234,9 @@ static uint64_t last_key(MDB_txn *txn, MDB_dbi dbi, int op) {
 }
 
 uint64_t log_topic_head(struct log *log, MDB_txn *txn, const log_topic *t) {
+  /* next_offset outlives records removed at the top (key compaction's tombstones). */
   uint64_t last = last_key(txn, t->dbi, MDB_LAST);
-  return last ? last : t->next_offset - 1;
+  return last > t->next_offset - 1 ? last : t->next_offset - 1;
 }
 
 uint64_t log_topic_first(struct log *log, MDB_txn *txn, const log_topic *t) {

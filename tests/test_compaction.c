@@ -187,6 +187,21 @@ static void tombstones_delete_their_key_and_go_after_their_ttl(void **state) {
   assert_int_equal(ti.head_offset, 5);
 }
 
+static void a_removed_head_tombstone_never_lets_its_offset_be_reused(void **state) {
+  fx *f = *state;
+  engram_topic_config cfg = {.flags = ENGRAM_TOPIC_COMPACT_KEY, .tombstone_ttl_ms = 1};
+  tu_topic(f->log, "m", &cfg);
+  put(f->log, "m", "memory.queried", NULL, 0);                     /* 1 */
+  put(f->log, "m", "memory.deleted", "b", ENGRAM_EVENT_TOMBSTONE); /* 2: the head */
+  tu_clock_advance_ms(&f->clock, 10);
+  assert_int_equal(compact(f->log, "m").tombstones, 1);
+  engram_topic_info ti;
+  OK(f->log, engram_topic_info_get(f->log, "m", &ti));
+  assert_int_equal(ti.head_offset, 2);
+  assert_int_equal(put(f->log, "m", "memory.saved", "c", 0), 3);
+  assert_verify_clean(f->log);
+}
+
 static void an_unfinished_group_holds_compaction_unless_forced(void **state) {
   fx *f = *state;
   engram_topic_config cfg = {.flags = ENGRAM_TOPIC_COMPACT_KEY};
@@ -529,6 +544,7 @@ int main(int argc, char **argv) {
       T(only_the_newest_event_of_each_key_stays_and_keyless_events_stay),
       T(a_topic_without_compaction_keeps_every_event),
       T(tombstones_delete_their_key_and_go_after_their_ttl),
+      T(a_removed_head_tombstone_never_lets_its_offset_be_reused),
       T(an_unfinished_group_holds_compaction_unless_forced),
       T(turning_compaction_on_indexes_the_stored_events),
       T(retention_over_compacted_gaps_keeps_verify_clean),

@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
+from . import _engram
 from .errors import InvalidArgument
 from .message import Duration, Payload, decode_payload
 from .records import EventStatus
@@ -22,7 +23,7 @@ class Event:
 
     __slots__ = ("offset", "topic", "type", "key", "payload", "content_type", "headers",
                  "idempotency_key", "deliver_at_ns", "timestamp_ns", "attempt", "group",
-                 "finished")
+                 "finished", "flags")
 
     offset: int
     topic: str
@@ -37,11 +38,13 @@ class Event:
     attempt: int
     group: Optional["Group"]
     finished: Optional[str]
+    flags: int
 
     def __init__(self, t: tuple, group: Optional["Group"] = None) -> None:
         (self.offset, self.topic, self.type, self.key, self.payload, self.content_type,
          self.headers, self.idempotency_key, self.deliver_at_ns, self.timestamp_ns,
-         self.attempt) = t
+         self.attempt) = t[:11]
+        self.flags = t[11] if len(t) > 11 else 0
         self.group = group
         self.finished = None  # "acked", "nacked" or "rejected" once this process settled it
 
@@ -53,6 +56,11 @@ class Event:
     def timestamp(self) -> _dt.datetime:
         """When the event was appended (UTC)."""
         return _dt.datetime.fromtimestamp(self.timestamp_ns / 1e9, _dt.timezone.utc)
+
+    @property
+    def tombstone(self) -> bool:
+        """The event deletes its key (key compaction, docs/operations.md)."""
+        return bool(self.flags & _engram.EVENT_TOMBSTONE)
 
     @property
     def id(self) -> str:
