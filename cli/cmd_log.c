@@ -531,10 +531,10 @@ static int topic_show(struct cli *c, int argc, char **argv) {
       "\n"
       "options:\n"
       "  --json     {\"topic\",\"count\",\"first_offset\",\"head_offset\",\"dict_id\",\n"
-      "             \"created_ns\",\"config\":{\"compress_threshold\",\"max_payload\",\n"
+      "             \"created_ns\",\"compacted\",\"config\":{\"compress_threshold\",\"max_payload\",\n"
       "             \"dict_train_after\",\"no_dict\",\"max_age_ms\",\"max_bytes\",\n"
       "             \"max_events\",\"tombstone_ttl_ms\",\"retain_force\",\n"
-      "             \"compact_by_key\",\"tombstone_type\"},\"compacted\"}\n"
+      "             \"compact_by_key\",\"tombstone_type\"}}\n"
       "  -h, --help this help\n";
   struct cli_args a;
   int json;
