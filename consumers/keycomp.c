@@ -7,7 +7,7 @@
 #include "consumers/cg.h"
 
 #define SLICE_MAX 256           /* records one slice removes at most */
-#define BACKFILL_MAX 2048       /* records one slice indexes at most */
+#define INDEX_MAX 4096          /* records one slice indexes at most */
 #define SLICE_BUDGET_NS 1000000 /* a slice stops after this long in its transaction */
 
 struct kc_req {
@@ -90,17 +90,22 @@ static int slice_job(log_wtx *w, void *arg) {
   if (!(t.cfg.flags & ENGRAM_TOPIC_COMPACT_KEY)) return 0;
   MDB_dbi keys;
   if ((rc = log_keys_dbi_in(w, &keys))) return rc;
-  if (t.index_next) {
-    /* Compaction was turned on over stored events: index them first, a slice at a time. */
-    if ((rc = log_keys_backfill_in(w, keys, &t, BACKFILL_MAX, &r->indexed))) return rc;
+  uint64_t head = log_topic_head(log, w->txn, &t);
+  if (t.index_next <= head) {
+    /* The events appended since the last slice (or stored before compaction was turned
+     * on) join the index first: read once each, in offset order, many per commit. The
+     * queues then hold every superseded event and tombstone below index_next. */
+    if ((rc = log_keys_index_in(w, keys, &t, INDEX_MAX, t0 + SLICE_BUDGET_NS / 2, &r->indexed)))
+      return rc;
     if ((rc = log_topic_meta_put(log, w->txn, &t))) return rc;
-    r->more = 1;
-    r->took_ns = clock_monotonic_ns() - t0;
-    r->cpu_ns = cg_thread_cpu_ns() - c0;
-    return 0;
+    if (t.index_next <= head) {
+      r->more = 1;
+      r->took_ns = clock_monotonic_ns() - t0;
+      r->cpu_ns = cg_thread_cpu_ns() - c0;
+      return 0;
+    }
   }
   int force = (t.cfg.flags & ENGRAM_TOPIC_RETAIN_FORCE) != 0;
-  uint64_t head = log_topic_head(log, w->txn, &t);
   char *names = NULL;
   size_t n_groups = 0;
   if ((rc = cg_topic_group_names(log, w->txn, &r->d, r->topic, &names, &n_groups))) return rc;
@@ -121,7 +126,7 @@ static int slice_job(log_wtx *w, void *arg) {
   uint64_t n = 0, steps = 0, from = 0, off, compacted0 = t.compacted, next0 = t.next_offset;
   /* Superseded events, in offset order. */
   for (;;) {
-    if (n == SLICE_MAX || ((++steps & 15) == 0 && clock_monotonic_ns() - t0 > SLICE_BUDGET_NS)) {
+    if (n == SLICE_MAX || ((++steps & 3) == 0 && clock_monotonic_ns() - t0 > SLICE_BUDGET_NS)) {
       r->more = 1;
       break;
     }
@@ -153,7 +158,7 @@ static int slice_job(log_wtx *w, void *arg) {
   if (rc == 0 && log_keys_next(w->txn, keys, t.id, LOG_KEYS_DEAD, 0, &off) == 0) dead_low = off;
   from = 0;
   while (rc == 0 && !r->more) {
-    if (n == SLICE_MAX || ((++steps & 15) == 0 && clock_monotonic_ns() - t0 > SLICE_BUDGET_NS)) {
+    if (n == SLICE_MAX || ((++steps & 3) == 0 && clock_monotonic_ns() - t0 > SLICE_BUDGET_NS)) {
       r->more = 1;
       break;
     }

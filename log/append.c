@@ -160,12 +160,6 @@ static int append_job(log_wtx *w, void *arg) {
   if (rc) return log_err_mdb(rc);
   uint64_t head = log_topic_head(log, w->txn, &t);
   int appended = 0;
-  MDB_dbi keys = 0;
-  int compact = (t.cfg.flags & ENGRAM_TOPIC_COMPACT_KEY) != 0;
-  if (compact && (rc = log_keys_dbi_in(w, &keys))) {
-    mdb_cursor_close(c);
-    return rc;
-  }
   for (size_t i = 0; i < r->n; i++) {
     const engram_event *ev = &r->evs[i];
     engram_event tomb;
@@ -193,10 +187,6 @@ static int append_job(log_wtx *w, void *arg) {
       break;
     }
     if (ev->idempotency_key && (rc = idem_put(w, t.id, ev->idempotency_key, off))) break;
-    if (compact && ev->key &&
-        (rc = log_keys_note_in(w, keys, &t, ev->key, strlen(ev->key), off,
-                               (ev->flags & ENGRAM_EVENT_TOMBSTONE) != 0)))
-      break;
     head = off;
     appended = 1;
     r->offsets[i] = off;

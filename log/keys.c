@@ -48,8 +48,10 @@ uint64_t log_keys_newest(MDB_txn *txn, MDB_dbi dbi, uint32_t topic_id, const cha
   return be64_get(v.mv_data);
 }
 
-int log_keys_note_in(log_wtx *w, MDB_dbi dbi, const log_topic *t, const char *key, size_t key_len,
-                     uint64_t off, int tombstone) {
+/* Notes event `off` of key (key, key_len) in the index: it supersedes the key's newest
+ * event so far, or a newer one supersedes it; a tombstone joins its queue. Idempotent. */
+static int note(log_wtx *w, MDB_dbi dbi, const log_topic *t, const char *key, size_t key_len,
+                uint64_t off, int tombstone) {
   if (key_len > ENGRAM_MAX_KEY) return 0; /* refused at append; never indexed */
   uint64_t newest = log_keys_newest(w->txn, dbi, t->id, key, key_len);
   int rc = 0;
@@ -88,37 +90,33 @@ int log_keys_forget_in(log_wtx *w, MDB_dbi dbi, uint32_t topic_id, int kind, uin
   return rc && rc != MDB_NOTFOUND ? log_err_mdb(rc) : 0;
 }
 
-int log_keys_backfill_in(log_wtx *w, MDB_dbi dbi, log_topic *t, size_t max, uint64_t *n) {
+int log_keys_index_in(log_wtx *w, MDB_dbi dbi, log_topic *t, size_t max, int64_t until_ns,
+                      uint64_t *n) {
   *n = 0;
-  if (!t->index_next) return 0;
   MDB_cursor *c;
   int rc = mdb_cursor_open(w->txn, t->dbi, &c);
   if (rc) return log_err_mdb(rc);
-  uint64_t from = t->index_next;
+  uint64_t from = t->index_next, next = t->index_next;
   MDB_val k = {8, &from}, v;
   int op = MDB_SET_RANGE;
-  uint64_t next = 0; /* 0: the walk passed the head */
-  int erc = 0;       /* the index's error (ENGRAM_E*; rc holds LMDB's) */
+  int erc = 0; /* the index's error (ENGRAM_E*; rc holds LMDB's) */
   while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
     op = MDB_NEXT;
     uint64_t off = 0;
     if (k.mv_size == 8) memcpy(&off, k.mv_data, 8);
-    if (*n == max) {
-      next = off;
-      break;
-    }
+    if (*n == max || ((*n & 15) == 15 && clock_monotonic_ns() > until_ns)) break;
     (*n)++;
+    next = off + 1;
     log_view view;
     if (log_codec_decode(v.mv_data, v.mv_size, off, &view)) continue; /* verify's job */
     if (!view.has_key) continue;
-    erc = log_keys_note_in(w, dbi, t, view.key, view.key_len, off,
-                           (view.flags & ENGRAM_EVENT_TOMBSTONE) != 0);
+    erc = note(w, dbi, t, view.key, view.key_len, off, (view.flags & ENGRAM_EVENT_TOMBSTONE) != 0);
     if (erc) break;
   }
   mdb_cursor_close(c);
   if (erc) return erc;
   if (rc && rc != MDB_NOTFOUND) return log_err_mdb(rc);
-  t->index_next = next;
+  if (next > t->index_next) t->index_next = next;
   return 0;
 }
 

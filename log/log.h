@@ -186,7 +186,7 @@ typedef struct log_topic {
   int64_t created_ns;
   int dict_trained_auto;
   uint64_t compacted;  /* offsets in [first_removed, head] removed by key compaction */
-  uint64_t index_next; /* key index complete below this; 0 = complete (log/keys.c) */
+  uint64_t index_next; /* key compaction: the key index covers the offsets below this */
 } log_topic;
 
 /* Looks a topic up in txn (read or write). Errors: EINVAL (name), ENOTFOUND. */
@@ -215,20 +215,16 @@ uint64_t log_topic_bytes(struct log *log, MDB_txn *txn, const log_topic *t);
 
 /* ---------------------------------------------------------------------------------
  * Key compaction's primitives (log/keys.c; the policy, which needs the groups, is
- * consumers/keycomp.c). On a topic with ENGRAM_TOPIC_COMPACT_KEY every append keeps a
- * key index (key -> newest offset) and two queues in offset order: the offsets a newer
- * event of their key superseded (LOG_KEYS_DEAD) and the tombstones (LOG_KEYS_TOMB).
+ * consumers/keycomp.c). A topic with ENGRAM_TOPIC_COMPACT_KEY has a key index (key ->
+ * newest offset), complete below its index_next, and two queues in offset order: the
+ * offsets a newer event of their key superseded (LOG_KEYS_DEAD) and the tombstones
+ * (LOG_KEYS_TOMB). Compaction slices index the events appended since the last one.
  * ------------------------------------------------------------------------------ */
 #define LOG_KEYS_DEAD 'd'
 #define LOG_KEYS_TOMB 't'
 /* The key index database inside a write job. Errors: as log_aux_dbi; the private code
  * that reruns the commit when the handle is newer than the transaction. */
 int log_keys_dbi_in(log_wtx *w, MDB_dbi *dbi);
-/* Notes event `off` of key (key, key_len) in the index: supersedes the key's older
- * newest event, or is superseded itself by a newer one; a tombstone joins its queue.
- * Idempotent. */
-int log_keys_note_in(log_wtx *w, MDB_dbi dbi, const log_topic *t, const char *key, size_t key_len,
-                     uint64_t off, int tombstone);
 /* The lowest queued offset of `kind` at or above `from`: 0 and *off, or ENGRAM_ENOTFOUND. */
 int log_keys_next(MDB_txn *txn, MDB_dbi dbi, uint32_t topic_id, int kind, uint64_t from,
                   uint64_t *off);
@@ -236,10 +232,11 @@ int log_keys_forget_in(log_wtx *w, MDB_dbi dbi, uint32_t topic_id, int kind, uin
 /* The newest offset of a key, 0 = none. */
 uint64_t log_keys_newest(MDB_txn *txn, MDB_dbi dbi, uint32_t topic_id, const char *key,
                          size_t key_len);
-/* Indexes up to `max` stored events from t->index_next on (compaction turned on for a
- * topic that held events), moving t->index_next (0 once past the head; the caller
- * stores the meta). *n receives how many were read. */
-int log_keys_backfill_in(log_wtx *w, MDB_dbi dbi, log_topic *t, size_t max, uint64_t *n);
+/* Indexes up to `max` stored events from t->index_next on, stopping early once the
+ * monotonic clock passes until_ns, and moves t->index_next past them (the caller stores
+ * the meta). *n receives how many were read. */
+int log_keys_index_in(log_wtx *w, MDB_dbi dbi, log_topic *t, size_t max, int64_t until_ns,
+                      uint64_t *n);
 /* Stores the topic's metadata record (after log_keys_* moved its counters). */
 int log_topic_meta_put(struct log *log, MDB_txn *txn, const log_topic *t);
 /* Forgets the key of record *v in the index when the record is its newest (the record is

@@ -307,6 +307,7 @@ static int create_job(log_wtx *w, void *arg) {
   t.id = id;
   t.cfg = r->cfg;
   t.next_offset = 1;
+  t.index_next = 1; /* key compaction indexes from the first event on */
   t.created_ns = w->now_ns;
   return log_topic_meta_put(log, w->txn, &t);
 }
@@ -363,10 +364,10 @@ static int set_job(log_wtx *w, void *arg) {
   int rc = log_topic_get(w->log, w->txn, r->name, &t);
   if (rc) return rc;
   if ((r->cfg.flags & ENGRAM_TOPIC_COMPACT_KEY) && !(t.cfg.flags & ENGRAM_TOPIC_COMPACT_KEY)) {
-    /* Compaction turned on: the events stored so far were not indexed by their appends
-     * (or were, before it was last turned off: indexing again is harmless). Compaction
-     * slices index them before removing tombstones. */
-    t.index_next = log_topic_first(w->log, w->txn, &t);
+    /* Compaction turned on: its slices index the events stored so far (again, when it
+     * was on before: indexing an event twice is harmless) and those appended after. */
+    uint64_t first = log_topic_first(w->log, w->txn, &t);
+    t.index_next = first ? first : log_topic_head(w->log, w->txn, &t) + 1;
   }
   t.cfg = r->cfg;
   return log_topic_meta_put(w->log, w->txn, &t);
