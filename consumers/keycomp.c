@@ -1,5 +1,5 @@
 /* keycomp.c — key compaction: the superseded events and expired tombstones of a topic
- * compacted by key removed in bounded slices, through the key index the appends keep
+ * compacted by key removed in bounded slices, through the key index the slices extend
  * (log/keys.c), never one a group still needs unless the topic forces it. */
 #include <stdlib.h>
 #include <string.h>

@@ -819,8 +819,9 @@ typedef struct engram_compact_report {
  * Errors: ENOTFOUND (topic), ENOTSUP (read-only handle), EIO, ENOSPC. */
 /* Key compaction (ENGRAM_TOPIC_COMPACT_KEY) removes, under the same safety rule, each
  * keyed event that a newer event of its key supersedes and each tombstone older than the
- * topic's tombstone_ttl_ms; it finds them through a key index kept by the appends, never
- * by scanning the topic. Its gaps are counted in engram_topic_info.compacted, so
+ * topic's tombstone_ttl_ms; it finds them through a key index that its slices extend
+ * with the events appended since the last one (each event is read once; appends pay
+ * nothing for it), never by scanning the topic again. Its gaps are counted in engram_topic_info.compacted, so
  * engram_verify() still reports a missing record as damage. */
 ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_report *report);
 

@@ -336,7 +336,7 @@ static int config_check(struct log *log, const char *verb, const char *topic,
                      "1-200 bytes",
                      verb, topic);
   if (c->flags & ENGRAM_TOPIC_COMPACT_KEY) {
-    /* The appends keep the key index from now on: make sure its database exists. */
+    /* Compaction slices keep the key index: make sure its database exists. */
     MDB_dbi dbi;
     int rc = log_aux_dbi(log, LOG_DB_KEYIDX, 0, &dbi);
     if (rc) return rc;
