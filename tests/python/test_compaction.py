@@ -33,7 +33,9 @@ def check(log):
     time.sleep(0.01)  # the tombstones' ttl of 1 ms passes
     r = log.compact("m")
     assert (r["compacted"], r["tombstones"]) == (4, 2)
-    assert [e.offset for e in log.read("m", 1, 100)] == [2, 5]
+    b = log.read("m", 1, 100)
+    assert [e.offset for e in b] == [2, 5]
+    assert (b.from_offset, b.next_offset, b.removed, b.gone()) == (1, 7, 4, [1, 3, 4, 6])
     with pytest.raises(engram.NotFound, match="key compaction"):
         log.get("m", 1)
     t = log.topic("m")

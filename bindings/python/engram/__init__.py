@@ -36,7 +36,7 @@ _engram._register_errors(Error, dict(_BY_CODE))
 _logging.getLogger("engram").addHandler(_logging.NullHandler())
 
 from .log import Log, connect, open  # noqa: E402
-from .event import Event  # noqa: E402
+from .event import Batch, Event  # noqa: E402
 from .group import Group  # noqa: E402
 from .consumer import Consumer  # noqa: E402
 from .txn import Transaction  # noqa: E402
@@ -89,5 +89,6 @@ __all__ = [
     "Retry", "RunStats", "SoftTimeLimitExceeded", "TimeLimitExceeded", "Terminated", "Task", "AsyncResult", "EventManager", "EventBus", "BusEvent",
     "Priority", "TractApp", "HandlerContext", "on_event", "MemoryValidator", "strerror",
     "errname", "missing_features", "keygen", "VERSION", "FORMAT_VERSION", "PROTOCOL_VERSION",
+    "Batch",
 ]
 __all__ += _errors.__all__

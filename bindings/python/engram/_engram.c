@@ -724,17 +724,23 @@ static PyObject *Log_read_range(LogObject *self, PyObject *args) {
   const char *topic;
   uint64_t from;
   size_t max;
+  int covered = 0;
   engram_batch *b = NULL;
   int rc;
   char msg[MSG_MAX];
-  if (!PyArg_ParseTuple(args, "O&O&O&:read_range", conv_str, &topic, conv_u64, &from, conv_size,
-                        &max))
+  if (!PyArg_ParseTuple(args, "O&O&O&|p:read_range", conv_str, &topic, conv_u64, &from,
+                        conv_size, &max, &covered))
     return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_read_range(self->log, topic, from, max, &b));
   leave(self);
   if (rc < 0) return raise_code(rc, msg);
-  return batch_list(b);
+  if (!covered) return batch_list(b);
+  /* With the range it covered: (events, from, next, removed). */
+  unsigned long long f = b ? b->from : 0, n = b ? b->next : 0, r = b ? b->removed : 0;
+  PyObject *list = batch_list(b);
+  if (!list) return NULL;
+  return Py_BuildValue("(NKKK)", list, f, n, r);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -1530,7 +1536,9 @@ static PyMethodDef Log_methods[] = {
     {"append_wait", (PyCFunction)Log_append_wait, METH_NOARGS, "append_wait()"},
     {"read", (PyCFunction)Log_read, METH_VARARGS, "read(topic, offset) -> event tuple"},
     {"read_range", (PyCFunction)Log_read_range, METH_VARARGS,
-     "read_range(topic, from, max) -> list of event tuples"},
+     "read_range(topic, from, max, covered=False) -> list of event tuples; with covered, "
+     "(list, from, next, removed): the offsets [from, next) the read covered, removed of "
+     "them by key compaction"},
     {"group_create", (PyCFunction)(void (*)(void))Log_group_create, METH_VARARGS | METH_KEYWORDS,
      "group_create(topic, group, filters=None, start=0, start_offset=0, start_time_ns=0, "
      "ack_wait_ms=0, max_deliver=0, backoff_ms=None, result_ttl_ms=0, flags=0)"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from . import _engram
 from .errors import InvalidArgument
@@ -14,7 +14,7 @@ from .records import EventStatus
 if TYPE_CHECKING:
     from .group import Group
 
-__all__ = ["Event"]
+__all__ = ["Event", "Batch"]
 
 
 class Event:
@@ -113,3 +113,23 @@ class Event:
     def status(self) -> EventStatus:
         """The event's state in its group."""
         return self._need_group("status").status(self.offset)
+
+
+class Batch(list):
+    """The events of a range read (:meth:`Log.read`), a list, with the offsets the read
+    covered: ``[from_offset, next_offset)``, each either among the events or removed by
+    key compaction; ``removed`` counts the latter. Read on from ``next_offset``."""
+
+    from_offset: int
+    next_offset: int
+    removed: int
+
+    def __init__(self, events: List[Event], from_offset: int, next_offset: int,
+                 removed: int) -> None:
+        super().__init__(events)
+        self.from_offset, self.next_offset, self.removed = from_offset, next_offset, removed
+
+    def gone(self) -> List[int]:
+        """The offsets of the covered range that key compaction removed."""
+        have = {e.offset for e in self}
+        return [o for o in range(self.from_offset, self.next_offset) if o not in have]

@@ -12,7 +12,7 @@ from typing import (Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequ
 
 from . import _engram
 from .errors import AlreadyExists, Closed, Error, InvalidArgument, NotFound, NotSupported
-from .event import Event
+from .event import Batch, Event
 from .group import Group, _group_config
 from .message import Duration, Message, Offset, Payload, When, _message, _ms, _str
 from .records import GroupInfo, TopicInfo, WorkerInfo
@@ -284,11 +284,14 @@ class Log:
         """The event at ``offset``; NotFound when there is none."""
         return Event(self.h.read(topic, offset))
 
-    def read(self, topic: str, start: int = 1, count: int = 100) -> List[Event]:
-        """Up to ``count`` events with offsets >= ``start``, in order."""
+    def read(self, topic: str, start: int = 1, count: int = 100) -> Batch:
+        """Up to ``count`` events with offsets >= ``start``, in order: a list that also
+        says which offsets the read covered (``next_offset``, ``removed``, ``gone()``: on
+        a topic compacted by key, the offsets compaction removed are skipped)."""
         if isinstance(count, int) and not isinstance(count, bool) and count < 0:
             raise InvalidArgument(f"read: count {count} is negative")
-        return [Event(t) for t in self.h.read_range(topic, start, count)]
+        evs, lo, nxt, removed = self.h.read_range(topic, start, count, True)
+        return Batch([Event(t) for t in evs], lo, nxt, removed)
 
     def scan(self, topic: str, start: int = 1, batch: int = 1000) -> Iterator[Event]:
         """Every event from ``start`` on, read in batches."""
@@ -374,6 +377,7 @@ class Log:
             out["topics"].append({"topic": t["name"], "count": t["count"],
                                   "first_offset": t["first_offset"], "head_offset": t["head_offset"],
                                   "dict_id": t["dict_id"], "created_ns": t["created_ns"],
+                                  "compacted": t["compacted"],
                                   "config": {"compress_threshold": c["compress_threshold"],
                                              "max_payload": c["max_payload"],
                                              "dict_train_after": c["dict_train_after"],
@@ -381,8 +385,12 @@ class Log:
                                              "max_age_ms": c["max_age_ms"],
                                              "max_bytes": c["max_bytes"],
                                              "max_events": c["max_events"],
+                                             "tombstone_ttl_ms": c["tombstone_ttl_ms"],
                                              "retain_force": bool(c["flags"]
-                                                                  & _engram.TOPIC_RETAIN_FORCE)}})
+                                                                  & _engram.TOPIC_RETAIN_FORCE),
+                                             "compact_by_key": bool(c["flags"]
+                                                                    & _engram.TOPIC_COMPACT_KEY),
+                                             "tombstone_type": c["tombstone_type"]}})
         try:
             groups = self.h.group_list(None)
         except NotSupported:
