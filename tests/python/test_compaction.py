@@ -68,3 +68,7 @@ def test_set_retention_turns_compaction_on_and_off(log):
         log.set_retention("t", tombstone_type="not a type")
     with pytest.raises(engram.InvalidArgument):
         log.append("t", "memory.deleted", None, tombstone=True)  # no key
+    log.append_many("t", [engram.Message("memory.deleted", None, key="k", tombstone=True)])
+    log.append_async("t", "memory.deleted", None, key="j", tombstone=True)
+    log.flush()
+    assert [e.tombstone for e in log.read("t", 6)] == [True, True]

@@ -257,12 +257,12 @@ class Log:
     def append_async(self, topic: str, type: str, payload: Payload = None, *,
                      key: Optional[str] = None, headers: Optional[Mapping[str, str]] = None,
                      idempotency_key: Optional[str] = None, delay: Optional[Duration] = None,
-                     content_type: Optional[str] = None) -> None:
+                     content_type: Optional[str] = None, tombstone: bool = False) -> None:
         """Queues an append without waiting for it to be durable (pipelining, done by the
         library: engram_append_async); :meth:`flush` waits for all of them and raises the
         first error. An event refused later (too big ...) fails alone."""
         spec = Message(type, payload, key, headers, idempotency_key, delay, None,
-                       content_type).spec()
+                       content_type, tombstone).spec()
         _str(topic, "topic")
         if topic not in self._pipelined:
             # A missing topic would only surface at flush(): create it now, once per topic.
