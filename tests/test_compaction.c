@@ -417,6 +417,7 @@ static void model_round(fx *f, uint64_t seed, int force) {
       assert_int_equal(gaps, head - want);
       OK(f->log, engram_group_info_get(f->log, topic, "g", &gi));
       assert_int_equal(gi.retention_skipped, force ? skipped : 0);
+      assert_verify_clean(f->log);
     }
   }
   assert_verify_clean(f->log);
