@@ -226,6 +226,8 @@ static void an_unfinished_group_holds_compaction_unless_forced(void **state) {
   OK(f->log, engram_group_info_get(f->log, "m", "g", &gi));
   assert_int_equal(gi.retention_skipped, 4);
   assert_int_equal(gi.in_flight, 0);
+  /* The oldest unfinished event is the next stored one, past the gaps. */
+  assert_true(gi.oldest_unfinished_ns > 0);
   /* The group moves over the gaps to the newest event. */
   OK(f->log, engram_fetch(f->log, "m", "g", "w", 10, 0, &b));
   assert_int_equal(b->count, 1);
