@@ -37,7 +37,8 @@ static const char help[] =
     "With --batch each non-empty line is either\n"
     "  an event:  {\"type\":\"memory.saved\", \"payload\":..., \"key\":\"m-1\",\n"
     "              \"content_type\":\"text/plain\", \"headers\":{\"k\":\"v\"},\n"
-    "              \"idempotency_key\":\"...\", \"deliver_at_ns\":1705053600000000000}\n"
+    "              \"idempotency_key\":\"...\", \"deliver_at_ns\":1705053600000000000,\n"
+    "              \"tombstone\":false}\n"
     "             (only \"type\" and one of \"payload\" / \"payload_base64\" are required;\n"
     "             a string payload is stored as its UTF-8 bytes, any other JSON value as\n"
     "             compact JSON text with content type application/json, null as empty;\n"
@@ -260,7 +261,7 @@ static const char *str_field(const json_value *obj, const char *name, size_t max
 
 static const char *const known_fields[] = {
     "type", "key", "payload", "payload_base64", "content_type", "headers", "idempotency_key",
-    "deliver_at_ns",
+    "deliver_at_ns", "tombstone",
     /* written by `engram read --json` and `consume --json`; ignored on input */
     "topic", "offset", "timestamp_ns", "group", "attempt", NULL};
 
@@ -380,6 +381,20 @@ static const char *envelope(const json_value *root, struct item *it, engram_even
       return err;
     }
     ev->deliver_at_ns = t;
+  }
+  const json_value *tomb = json_get(root, "tombstone");
+  if (tomb && tomb->type != JSON_NULL) {
+    if (tomb->type != JSON_TRUE && tomb->type != JSON_FALSE) {
+      snprintf(err, errlen, "\"tombstone\" must be true or false");
+      return err;
+    }
+    if (tomb->type == JSON_TRUE) {
+      if (!ev->key) {
+        snprintf(err, errlen, "a tombstone needs a \"key\" (it deletes the events of its key)");
+        return err;
+      }
+      ev->flags |= ENGRAM_EVENT_TOMBSTONE;
+    }
   }
   return NULL;
 }

@@ -560,6 +560,12 @@ e topic set latest --tombstone-type 'not a type'
 check "topic set with a bad tombstone type fails with one line" eval '[[ $rc == 1 || $rc == 2 ]] && one_line_err'
 e verify
 check "verify is clean over the gaps" eval '[[ $rc == 0 ]]'
+ein '{"type":"memory.deleted","key":"z","payload":"","tombstone":true}
+{"type":"memory.saved","key":"z","payload":"","tombstone":false}' append latest --batch
+e read latest --from 8 --json
+check "append --batch takes the tombstone field that read --json prints" eval '[[ $rc == 0 ]] && lines "$out" 2 && has "$out" "\"tombstone\":true"'
+ein '{"type":"memory.deleted","payload":"","tombstone":true}' append latest --batch
+check "a batch tombstone without a key fails with its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "line 1"'
 # --- read --since and --follow ---------------------------------------------------------------
 e topic create timed
 e append timed old.one --payload a
