@@ -95,11 +95,12 @@ static int slice_job(log_wtx *w, void *arg) {
     /* The events appended since the last slice (or stored before compaction was turned
      * on) join the index first: read once each, in offset order, many per commit. The
      * queues then hold every superseded event and tombstone below index_next. */
+    uint64_t before = t.index_next;
     if ((rc = log_keys_index_in(w, keys, &t, INDEX_MAX, t0 + SLICE_BUDGET_NS / 2, &r->indexed)))
       return rc;
     if ((rc = log_topic_meta_put(log, w->txn, &t))) return rc;
     if (t.index_next <= head) {
-      r->more = 1;
+      r->more = t.index_next > before; /* never a slice again without progress */
       r->took_ns = clock_monotonic_ns() - t0;
       r->cpu_ns = cg_thread_cpu_ns() - c0;
       return 0;

@@ -116,6 +116,12 @@ int log_keys_index_in(log_wtx *w, MDB_dbi dbi, log_topic *t, size_t max, int64_t
   mdb_cursor_close(c);
   if (erc) return erc;
   if (rc && rc != MDB_NOTFOUND) return log_err_mdb(rc);
+  if (rc == MDB_NOTFOUND) {
+    /* The walk passed the last stored record: everything up to the head is covered, also
+     * offsets whose records retention removed before they were indexed. */
+    uint64_t head = log_topic_head(w->log, w->txn, t);
+    if (next < head + 1) next = head + 1;
+  }
   if (next > t->index_next) t->index_next = next;
   return 0;
 }

@@ -286,6 +286,21 @@ static void retention_over_compacted_gaps_keeps_verify_clean(void **state) {
   assert_verify_clean(f->log);
 }
 
+static void retention_emptying_a_topic_before_it_was_indexed_ends_compaction(void **state) {
+  fx *f = *state;
+  engram_topic_config cfg = {.flags = ENGRAM_TOPIC_COMPACT_KEY, .max_age_ms = 1000};
+  tu_topic(f->log, "m", &cfg);
+  for (int i = 0; i < 5; i++) put(f->log, "m", "memory.updated", "a", 0);
+  tu_clock_advance_ms(&f->clock, 2000);
+  engram_compact_report r = compact(f->log, "m"); /* returns: nothing is left to index */
+  assert_int_equal(r.removed, 5);
+  assert_int_equal(r.compacted, 0);
+  assert_int_equal(put(f->log, "m", "memory.updated", "a", 0), 6);
+  put(f->log, "m", "memory.updated", "a", 0);
+  assert_int_equal(compact(f->log, "m").compacted, 1);
+  assert_verify_clean(f->log);
+}
+
 static void verify_still_finds_a_missing_record_on_a_compacted_topic(void **state) {
   fx *f = *state;
   engram_topic_config cfg = {.flags = ENGRAM_TOPIC_COMPACT_KEY};
@@ -551,6 +566,7 @@ int main(int argc, char **argv) {
       T(an_unfinished_group_holds_compaction_unless_forced),
       T(turning_compaction_on_indexes_the_stored_events),
       T(retention_over_compacted_gaps_keeps_verify_clean),
+      T(retention_emptying_a_topic_before_it_was_indexed_ends_compaction),
       T(verify_still_finds_a_missing_record_on_a_compacted_topic),
       T(the_stored_set_follows_the_model_through_random_compactions),
       T(forced_compaction_follows_the_model_and_counts_what_the_group_lost),
