@@ -236,6 +236,23 @@ static void an_unfinished_group_holds_compaction_unless_forced(void **state) {
   assert_verify_clean(f->log);
 }
 
+static void a_delayed_delivery_still_ahead_holds_compaction(void **state) {
+  fx *f = *state;
+  engram_topic_config cfg = {.flags = ENGRAM_TOPIC_COMPACT_KEY};
+  tu_topic(f->log, "m", &cfg);
+  engram_event e = {.type = "memory.reminder",
+                    .key = "a",
+                    .deliver_at_ns = tu_clock_ns(&f->clock) + 3600ll * 1000000000};
+  OK(f->log, engram_append(f->log, "m", &e, NULL, NULL)); /* 1, due in an hour */
+  put(f->log, "m", "memory.updated", "a", 0);             /* 2 supersedes it */
+  engram_compact_report r = compact(f->log, "m");
+  assert_int_equal(r.compacted, 0);
+  assert_int_equal(r.compact_held_at, 1);
+  tu_clock_advance_ms(&f->clock, 2 * 3600 * 1000);
+  assert_int_equal(compact(f->log, "m").compacted, 1);
+  assert_false(stored(f->log, "m", 1));
+}
+
 static void turning_compaction_on_indexes_the_stored_events(void **state) {
   fx *f = *state;
   tu_topic(f->log, "m", NULL);
@@ -564,6 +581,7 @@ int main(int argc, char **argv) {
       T(tombstones_delete_their_key_and_go_after_their_ttl),
       T(a_removed_head_tombstone_never_lets_its_offset_be_reused),
       T(an_unfinished_group_holds_compaction_unless_forced),
+      T(a_delayed_delivery_still_ahead_holds_compaction),
       T(turning_compaction_on_indexes_the_stored_events),
       T(retention_over_compacted_gaps_keeps_verify_clean),
       T(retention_emptying_a_topic_before_it_was_indexed_ends_compaction),
