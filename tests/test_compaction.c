@@ -236,6 +236,28 @@ static void an_unfinished_group_holds_compaction_unless_forced(void **state) {
   assert_verify_clean(f->log);
 }
 
+static void a_dead_lettered_event_is_finished_and_its_entry_goes_with_it(void **state) {
+  fx *f = *state;
+  engram_topic_config cfg = {.flags = ENGRAM_TOPIC_COMPACT_KEY};
+  tu_topic(f->log, "m", &cfg);
+  OK(f->log, engram_group_create(f->log, "m", "g", NULL));
+  put(f->log, "m", "memory.updated", "a", 0); /* 1 */
+  put(f->log, "m", "memory.updated", "a", 0); /* 2 */
+  engram_batch *b = NULL;
+  OK(f->log, engram_fetch(f->log, "m", "g", "w", 2, 0, &b));
+  engram_batch_free(b);
+  OK(f->log, engram_reject(f->log, "m", "g", 1, 0, "bad"));
+  OK(f->log, engram_ack(f->log, "m", "g", 2, 0, NULL, 0));
+  engram_group_info gi;
+  OK(f->log, engram_group_info_get(f->log, "m", "g", &gi));
+  assert_int_equal(gi.dead, 1);
+  assert_int_equal(compact(f->log, "m").compacted, 1);
+  OK(f->log, engram_group_info_get(f->log, "m", "g", &gi));
+  assert_int_equal(gi.dead, 0);
+  assert_int_equal(gi.retention_skipped, 0);
+  assert_verify_clean(f->log);
+}
+
 static void a_delayed_delivery_still_ahead_holds_compaction(void **state) {
   fx *f = *state;
   engram_topic_config cfg = {.flags = ENGRAM_TOPIC_COMPACT_KEY};
@@ -581,6 +603,7 @@ int main(int argc, char **argv) {
       T(tombstones_delete_their_key_and_go_after_their_ttl),
       T(a_removed_head_tombstone_never_lets_its_offset_be_reused),
       T(an_unfinished_group_holds_compaction_unless_forced),
+      T(a_dead_lettered_event_is_finished_and_its_entry_goes_with_it),
       T(a_delayed_delivery_still_ahead_holds_compaction),
       T(turning_compaction_on_indexes_the_stored_events),
       T(retention_over_compacted_gaps_keeps_verify_clean),
