@@ -35,6 +35,7 @@ typedef struct run {
   volatile int stop;
   int64_t longest_ns, longest_cpu_ns;
   uint64_t removed, slices;
+  uint64_t passes, passes_over; /* compact calls, and those with a slice over 5 ms */
 } run;
 
 typedef struct producer {
@@ -73,6 +74,8 @@ static void *retain(void *arg) {
     if (rep.max_slice_cpu_ns > r->longest_cpu_ns) r->longest_cpu_ns = rep.max_slice_cpu_ns;
     r->removed += rep.removed + rep.compacted;
     r->slices += rep.slices;
+    r->passes++;
+    if (rep.max_slice_ns > 5000000) r->passes_over++;
     bench_sleep_until_ns(bench_now_ns() + 100000000);
   }
   return NULL;
@@ -157,6 +160,7 @@ int main(int argc, char **argv) {
   double off = 0, on = 0, kc = 0;
   int64_t longest = 0, longest_cpu = 0, kc_longest = 0, kc_longest_cpu = 0;
   uint64_t removed = 0, slices = 0, kc_removed = 0, kc_slices = 0;
+  uint64_t passes = 0, over = 0, kc_passes = 0, kc_over = 0;
   for (int k = 0; k < rounds; k++) {
     run r;
     off += round_of(root, PLAIN, &r);
@@ -165,11 +169,15 @@ int main(int argc, char **argv) {
     if (r.longest_cpu_ns > longest_cpu) longest_cpu = r.longest_cpu_ns;
     removed += r.removed;
     slices += r.slices;
+    passes += r.passes;
+    over += r.passes_over;
     kc += round_of(root, KEYCOMP, &r);
     if (r.longest_ns > kc_longest) kc_longest = r.longest_ns;
     if (r.longest_cpu_ns > kc_longest_cpu) kc_longest_cpu = r.longest_cpu_ns;
     kc_removed += r.removed;
     kc_slices += r.slices;
+    kc_passes += r.passes;
+    kc_over += r.passes_over;
   }
   off /= rounds;
   on /= rounds;
@@ -185,6 +193,8 @@ int main(int argc, char **argv) {
       "retention: %llu events removed in %llu slices; longest slice %.2f ms in its write "
       "transaction (target <= 5), of which at most %.2f ms on the CPU\n",
       (unsigned long long)removed, (unsigned long long)slices, longest / 1e6, longest_cpu / 1e6);
+  printf("retention: %llu of %llu passes had a slice over 5 ms\n", (unsigned long long)over,
+         (unsigned long long)passes);
   printf("appends/s, %d threads, sync: with key compaction %.0f: ratio %.2f (target >= 0.9)\n",
          threads, kc, kc_ratio);
   printf(
@@ -192,6 +202,8 @@ int main(int argc, char **argv) {
       "transaction (target <= 5), of which at most %.2f ms on the CPU\n",
       (unsigned long long)kc_removed, (unsigned long long)kc_slices, kc_longest / 1e6,
       kc_longest_cpu / 1e6);
+  printf("key compaction: %llu of %llu passes had a slice over 5 ms\n", (unsigned long long)kc_over,
+         (unsigned long long)kc_passes);
   if (json) {
     FILE *f = fopen(json, "w");
     if (!f) return 1;
@@ -201,11 +213,13 @@ int main(int argc, char **argv) {
             "\"longest_slice_ms\":%.3f,\"longest_slice_cpu_ms\":%.3f,"
             "\"appends_per_s_keycomp\":%.0f,\"ratio_keycomp\":%.3f,\"keycomp_removed\":%llu,"
             "\"keycomp_slices\":%llu,\"keycomp_longest_slice_ms\":%.3f,"
-            "\"keycomp_longest_slice_cpu_ms\":%.3f,\"events\":\"%s\"}\n",
+            "\"keycomp_longest_slice_cpu_ms\":%.3f,\"passes\":%llu,\"passes_over_5ms\":%llu,"
+            "\"keycomp_passes\":%llu,\"keycomp_passes_over_5ms\":%llu,\"events\":\"%s\"}\n",
             threads, (unsigned long long)keep, off, on, ratio, (unsigned long long)removed,
             (unsigned long long)slices, longest / 1e6, longest_cpu / 1e6, kc, kc_ratio,
             (unsigned long long)kc_removed, (unsigned long long)kc_slices, kc_longest / 1e6,
-            kc_longest_cpu / 1e6, evs.source);
+            kc_longest_cpu / 1e6, (unsigned long long)passes, (unsigned long long)over,
+            (unsigned long long)kc_passes, (unsigned long long)kc_over, evs.source);
     fclose(f);
   }
   bench_events_free(&evs);

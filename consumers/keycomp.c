@@ -60,8 +60,9 @@ static int settle_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t o, cons
 }
 
 /* Removes `o` (decoded in *v) with what the groups hold of it. */
-static int remove_one(log_wtx *w, struct kc_req *r, MDB_dbi keys, log_topic *t, const char *names,
-                      size_t n_groups, int force, uint64_t o, const log_view *v) {
+static int remove_one(log_wtx *w, struct kc_req *r, MDB_dbi keys, log_topic *t, uint64_t head,
+                      const char *names, size_t n_groups, int force, uint64_t o,
+                      const log_view *v) {
   int rc = 0;
   const char *name = names;
   for (size_t i = 0; i < n_groups && rc == 0; i++, name += strlen(name) + 1) {
@@ -72,7 +73,7 @@ static int remove_one(log_wtx *w, struct kc_req *r, MDB_dbi keys, log_topic *t, 
   }
   if (rc) return rc;
   log_error_clear(w->log);
-  if ((rc = log_keys_remove_in(w, keys, t, o))) return rc;
+  if ((rc = log_keys_remove_in(w, keys, t, v, head))) return rc;
   r->compacted++;
   return 0;
 }
@@ -125,13 +126,18 @@ static int slice_job(log_wtx *w, void *arg) {
   }
   /* n: records removed; steps: queue entries looked at (stale ones are only dropped). */
   uint64_t n = 0, steps = 0, from = 0, off, compacted0 = t.compacted, next0 = t.next_offset;
+  MDB_cursor *qc; /* walks the queues */
+  if ((rc = mdb_cursor_open(w->txn, keys, &qc))) {
+    free(names);
+    return log_err_mdb(rc);
+  }
   /* Superseded events, in offset order. */
   for (;;) {
     if (n == SLICE_MAX || ((++steps & 3) == 0 && clock_monotonic_ns() - t0 > SLICE_BUDGET_NS)) {
       r->more = 1;
       break;
     }
-    if ((rc = log_keys_next(w->txn, keys, t.id, LOG_KEYS_DEAD, from, &off))) break;
+    if ((rc = log_keys_next(qc, t.id, LOG_KEYS_DEAD, from, &off))) break;
     from = off + 1;
     if (!force && off >= safe) {
       r->held_at = off;
@@ -148,7 +154,7 @@ static int slice_job(log_wtx *w, void *arg) {
       r->held_at = off;
       break;
     }
-    if ((rc = remove_one(w, r, keys, &t, names, n_groups, force, off, &v))) break;
+    if ((rc = remove_one(w, r, keys, &t, head, names, n_groups, force, off, &v))) break;
     if ((rc = log_keys_forget_in(w, keys, t.id, LOG_KEYS_DEAD, off))) break;
     n++;
   }
@@ -156,14 +162,14 @@ static int slice_job(log_wtx *w, void *arg) {
   /* Tombstones whose time has come, once no older superseded event is left: a reader
    * never sees an old value of a key without the tombstone that deleted it. */
   uint64_t dead_low = UINT64_MAX;
-  if (rc == 0 && log_keys_next(w->txn, keys, t.id, LOG_KEYS_DEAD, 0, &off) == 0) dead_low = off;
+  if (rc == 0 && log_keys_next(qc, t.id, LOG_KEYS_DEAD, 0, &off) == 0) dead_low = off;
   from = 0;
   while (rc == 0 && !r->more) {
     if (n == SLICE_MAX || ((++steps & 3) == 0 && clock_monotonic_ns() - t0 > SLICE_BUDGET_NS)) {
       r->more = 1;
       break;
     }
-    if ((rc = log_keys_next(w->txn, keys, t.id, LOG_KEYS_TOMB, from, &off))) break;
+    if ((rc = log_keys_next(qc, t.id, LOG_KEYS_TOMB, from, &off))) break;
     from = off + 1;
     if (off >= dead_low) break;
     log_view v;
@@ -180,12 +186,13 @@ static int slice_job(log_wtx *w, void *arg) {
       r->held_at = off;
       break;
     }
-    if ((rc = remove_one(w, r, keys, &t, names, n_groups, force, off, &v))) break;
+    if ((rc = remove_one(w, r, keys, &t, head, names, n_groups, force, off, &v))) break;
     if ((rc = log_keys_forget_in(w, keys, t.id, LOG_KEYS_TOMB, off))) break;
     r->tombstones++;
     n++;
   }
   if (rc == ENGRAM_ENOTFOUND) rc = 0;
+  mdb_cursor_close(qc);
   free(names);
   if (rc) return rc;
   if ((t.compacted != compacted0 || t.next_offset != next0) &&

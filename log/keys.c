@@ -66,18 +66,13 @@ static int note(log_wtx *w, MDB_dbi dbi, const log_topic *t, const char *key, si
   return tombstone ? queue_put(w, dbi, t->id, LOG_KEYS_TOMB, off) : 0;
 }
 
-int log_keys_next(MDB_txn *txn, MDB_dbi dbi, uint32_t topic_id, int kind, uint64_t from,
-                  uint64_t *off) {
+int log_keys_next(MDB_cursor *c, uint32_t topic_id, int kind, uint64_t from, uint64_t *off) {
   unsigned char kb[13];
   queue_key(kb, topic_id, kind, from);
-  MDB_cursor *c;
-  int rc = mdb_cursor_open(txn, dbi, &c);
-  if (rc) return log_err_mdb(rc);
   MDB_val k = {13, kb}, v;
-  rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+  int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
   if (rc == 0 && (k.mv_size != 13 || memcmp(k.mv_data, kb, 5))) rc = MDB_NOTFOUND;
   if (rc == 0) *off = be64_get((unsigned char *)k.mv_data + 5);
-  mdb_cursor_close(c);
   if (rc == MDB_NOTFOUND) return ENGRAM_ENOTFOUND;
   return rc ? log_err_mdb(rc) : 0;
 }
@@ -134,21 +129,16 @@ int log_keys_unindex_in(log_wtx *w, MDB_dbi dbi, const log_topic *t, const log_v
   return rc ? log_err_mdb(rc) : 0;
 }
 
-int log_keys_remove_in(log_wtx *w, MDB_dbi dbi, log_topic *t, uint64_t off) {
+int log_keys_remove_in(log_wtx *w, MDB_dbi dbi, log_topic *t, const log_view *v, uint64_t head) {
   struct log *log = w->log;
-  uint64_t head = log_topic_head(log, w->txn, t);
   /* Removing the head must not let its offset be assigned again. */
   if (t->next_offset < head + 1) t->next_offset = head + 1;
-  MDB_val k = {8, &off}, v;
-  int rc = mdb_get(w->txn, t->dbi, &k, &v);
-  if (rc == MDB_NOTFOUND) return 0;
+  uint64_t off = v->offset;
+  int rc = log_keys_unindex_in(w, dbi, t, v); /* reads *v: before the record goes */
+  if (rc) return rc;
+  MDB_val k = {8, &off};
+  if ((rc = mdb_del(w->txn, t->dbi, &k, NULL)) == MDB_NOTFOUND) return 0;
   if (rc) return log_error(log, log_err_mdb(rc), "compact %s: %s", t->name, log_mdb_text(rc));
-  log_view view;
-  if (log_codec_decode(v.mv_data, v.mv_size, off, &view) == 0 &&
-      (rc = log_keys_unindex_in(w, dbi, t, &view)))
-    return rc;
-  if ((rc = mdb_del(w->txn, t->dbi, &k, NULL)))
-    return log_error(log, log_err_mdb(rc), "compact %s: %s", t->name, log_mdb_text(rc));
   if (off >= (t->first_removed > 1 ? t->first_removed : 1)) t->compacted++;
   return 0;
 }

@@ -225,9 +225,10 @@ uint64_t log_topic_bytes(struct log *log, MDB_txn *txn, const log_topic *t);
 /* The key index database inside a write job. Errors: as log_aux_dbi; the private code
  * that reruns the commit when the handle is newer than the transaction. */
 int log_keys_dbi_in(log_wtx *w, MDB_dbi *dbi);
-/* The lowest queued offset of `kind` at or above `from`: 0 and *off, or ENGRAM_ENOTFOUND. */
-int log_keys_next(MDB_txn *txn, MDB_dbi dbi, uint32_t topic_id, int kind, uint64_t from,
-                  uint64_t *off);
+/* The lowest queued offset of `kind` at or above `from`, through cursor c on the key
+ * index database (the caller's, reused for a whole slice): 0 and *off, or
+ * ENGRAM_ENOTFOUND. */
+int log_keys_next(MDB_cursor *c, uint32_t topic_id, int kind, uint64_t from, uint64_t *off);
 int log_keys_forget_in(log_wtx *w, MDB_dbi dbi, uint32_t topic_id, int kind, uint64_t off);
 /* The newest offset of a key, 0 = none. */
 uint64_t log_keys_newest(MDB_txn *txn, MDB_dbi dbi, uint32_t topic_id, const char *key,
@@ -242,9 +243,11 @@ int log_topic_meta_put(struct log *log, MDB_txn *txn, const log_topic *t);
 /* Forgets the key of record *v in the index when the record is its newest (the record is
  * about to go). */
 int log_keys_unindex_in(log_wtx *w, MDB_dbi dbi, const log_topic *t, const struct log_view *v);
-/* Removes the record at `off` for key compaction (the key's index entry too when it
- * points there), counting the gap in t->compacted; the caller stores the meta. */
-int log_keys_remove_in(log_wtx *w, MDB_dbi dbi, log_topic *t, uint64_t off);
+/* Removes the record *v (decoded in w's transaction, at v->offset; head: the topic's
+ * head) for key compaction, with the key's index entry when it points there, counting
+ * the gap in t->compacted; the caller stores the meta. */
+int log_keys_remove_in(log_wtx *w, MDB_dbi dbi, log_topic *t, const struct log_view *v,
+                       uint64_t head);
 
 /* Removes a topic with its events, idempotency keys and dictionaries; only inside a job
  * run with log_write_solo (it deletes a named database). */
