@@ -370,6 +370,27 @@ static void verify_still_finds_a_missing_record_on_a_compacted_topic(void **stat
   assert_true(vr.damaged > 0);
 }
 
+static void the_lease_holder_compacts_in_the_background(void **state) {
+  fx *f = *state;
+  engram_close(f->log);
+  engram_options o = {.durability = ENGRAM_DURABILITY_NOMETASYNC, .maintenance_ms = 10};
+  f->log = tu_open(f->logdir, &o);
+  engram_topic_config cfg = {.flags = ENGRAM_TOPIC_COMPACT_KEY};
+  tu_topic(f->log, "m", &cfg);
+  for (int i = 0; i < 40; i++) {
+    char key[8];
+    snprintf(key, sizeof key, "k%d", i % 4);
+    put(f->log, "m", "memory.updated", key, 0);
+  }
+  /* Waits for a condition, not a time: up to 30 s on a loaded machine. */
+  int64_t until = tu_mono_ms() + 30000;
+  engram_topic_info ti = {0};
+  while (tu_mono_ms() < until && (engram_topic_info_get(f->log, "m", &ti) != 0 || ti.count != 4))
+    tu_sleep_ms(10);
+  assert_int_equal(ti.count, 4);
+  assert_int_equal(ti.compacted, 36);
+}
+
 /* ---------------------------------------------------------------------------------
  * The model: random appends of keys (some keyless, some tombstones), a group holding
  * some events, the clock moving, and compaction at random points; after each, the
@@ -609,6 +630,7 @@ int main(int argc, char **argv) {
       T(retention_over_compacted_gaps_keeps_verify_clean),
       T(retention_emptying_a_topic_before_it_was_indexed_ends_compaction),
       T(verify_still_finds_a_missing_record_on_a_compacted_topic),
+      T(the_lease_holder_compacts_in_the_background),
       T(the_stored_set_follows_the_model_through_random_compactions),
       T(forced_compaction_follows_the_model_and_counts_what_the_group_lost),
       T(kill_9_during_compaction_loses_nothing_unfinished_and_verifies_clean),
