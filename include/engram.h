@@ -31,7 +31,9 @@
  * DAMAGE. If data.mdb is damaged (a failing disk, a power cut under ASYNC), reads never
  * return damaged data nor skip an event: a record failing its CRC, a missing offset between
  * the topic's first offset and its head, and LMDB's own damage codes all give
- * ENGRAM_ECORRUPT with a message naming what and where. LMDB does not checksum its pages,
+ * ENGRAM_ECORRUPT with a message naming what and where. (On a topic compacted by key,
+ * the offsets compaction removed are gaps, not damage: ENGRAM_ENOTFOUND, skipped by range
+ * reads; engram_verify() checks their number, see engram_compact().) LMDB does not checksum its pages,
  * so a damaged page can make the reading process fault (SIGSEGV/SIGBUS); engram_verify()
  * runs its walk in a child process for that reason and reports such a fault as damage,
  * but other calls read in the caller's process. Run engram_verify() (`engram verify`)
