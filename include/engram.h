@@ -33,8 +33,8 @@
  * the topic's first offset and its head, and LMDB's own damage codes all give
  * ENGRAM_ECORRUPT with a message naming what and where. (On a topic compacted by key,
  * the offsets compaction removed are gaps, not damage: ENGRAM_ENOTFOUND, skipped by range
- * reads; engram_verify() checks their number, see engram_compact().) LMDB does not checksum its pages,
- * so a damaged page can make the reading process fault (SIGSEGV/SIGBUS); engram_verify()
+ * reads; engram_verify() checks their number, see engram_compact().) LMDB does not
+ * checksum its pages, so a damaged page can make the reading process fault (SIGSEGV/SIGBUS); engram_verify()
  * runs its walk in a child process for that reason and reports such a fault as damage,
  * but other calls read in the caller's process. Run engram_verify() (`engram verify`)
  * after a crash of unknown cause, and restore a damaged log from a backup.
@@ -804,15 +804,14 @@ ENGRAM_API int engram_worker_forget(engram *log, const char *name);
   X(uint64_t, tombstones)      /* of them, tombstones whose tombstone_ttl_ms had passed */  \
   X(uint64_t, compact_held_at) /* the offset key compaction stopped at because a group has  \
                                   not finished it or its delayed delivery is ahead */       \
-  X(uint64_t, indexed)         /* events added to the key index after compaction was        \
-                                  turned on for a topic that already held events */
+  X(uint64_t, indexed)         /* events added to the key index: those appended since the   \
+                                  last slice, or stored before compaction was turned on */
 typedef struct engram_compact_report {
   ENGRAM_COMPACT_REPORT_FIELDS(ENGRAM_FIELD_)
 } engram_compact_report;
 /* Applies the retention limits and the key compaction of `topic` (NULL = every topic)
- * now, in slices of at most
- * a few milliseconds each so that appends keep flowing, until nothing more may be
- * removed. The topic's first offset moves up; offsets are never reused; a read of a
+ * now, in slices of at most a few milliseconds each so that appends keep flowing, until
+ * nothing more may be removed. The topic's first offset moves up; offsets are never reused; a read of a
  * removed offset gets ENGRAM_ENOTFOUND saying so. Unless the topic has
  * ENGRAM_TOPIC_RETAIN_FORCE, an event that a group has not finished (acked,
  * dead-lettered or cancelled) or whose delayed delivery is still ahead is kept, with
@@ -823,8 +822,9 @@ typedef struct engram_compact_report {
  * keyed event that a newer event of its key supersedes and each tombstone older than the
  * topic's tombstone_ttl_ms; it finds them through a key index that its slices extend
  * with the events appended since the last one (each event is read once; appends pay
- * nothing for it), never by scanning the topic again. Its gaps are counted in engram_topic_info.compacted, so
- * engram_verify() still reports a missing record as damage. */
+ * nothing for it), never by scanning the topic again. Its gaps are counted in
+ * engram_topic_info.compacted, so engram_verify() still reports a missing record as
+ * damage. */
 ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_report *report);
 
 #ifdef __cplusplus
