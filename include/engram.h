@@ -34,9 +34,9 @@
  * ENGRAM_ECORRUPT with a message naming what and where. (On a topic compacted by key,
  * the offsets compaction removed are gaps, not damage: ENGRAM_ENOTFOUND, skipped by range
  * reads; engram_verify() checks their number, see engram_compact().) LMDB does not
- * checksum its pages, so a damaged page can make the reading process fault (SIGSEGV/SIGBUS); engram_verify()
- * runs its walk in a child process for that reason and reports such a fault as damage,
- * but other calls read in the caller's process. Run engram_verify() (`engram verify`)
+ * checksum its pages, so a damaged page can make the reading process fault
+ * (SIGSEGV/SIGBUS); engram_verify() runs its walk in a child process for that reason and
+ * reports such a fault as damage, but other calls read in the caller's process. Run engram_verify() (`engram verify`)
  * after a crash of unknown cause, and restore a damaged log from a backup.
  *
  * OWNERSHIP. Strings and buffers passed in are copied before the call returns. Results
@@ -811,8 +811,8 @@ typedef struct engram_compact_report {
 } engram_compact_report;
 /* Applies the retention limits and the key compaction of `topic` (NULL = every topic)
  * now, in slices of at most a few milliseconds each so that appends keep flowing, until
- * nothing more may be removed. The topic's first offset moves up; offsets are never reused; a read of a
- * removed offset gets ENGRAM_ENOTFOUND saying so. Unless the topic has
+ * nothing more may be removed. The topic's first offset moves up; offsets are never
+ * reused; a read of a removed offset gets ENGRAM_ENOTFOUND saying so. Unless the topic has
  * ENGRAM_TOPIC_RETAIN_FORCE, an event that a group has not finished (acked,
  * dead-lettered or cancelled) or whose delayed delivery is still ahead is kept, with
  * everything after it. *report (may be NULL) receives what was done. LMDB reuses the
