@@ -36,8 +36,9 @@
  * reads; engram_verify() checks their number, see engram_compact().) LMDB does not
  * checksum its pages, so a damaged page can make the reading process fault
  * (SIGSEGV/SIGBUS); engram_verify() runs its walk in a child process for that reason and
- * reports such a fault as damage, but other calls read in the caller's process. Run engram_verify() (`engram verify`)
- * after a crash of unknown cause, and restore a damaged log from a backup.
+ * reports such a fault as damage, but other calls read in the caller's process. Run
+ * engram_verify() (`engram verify`) after a crash of unknown cause, and restore a damaged
+ * log from a backup.
  *
  * OWNERSHIP. Strings and buffers passed in are copied before the call returns. Results
  * are returned through out parameters and are owned by the caller, who frees them with
