@@ -18,6 +18,9 @@ static const char help[] =
     "\n"
     "options:\n"
     "  --key K              ordering / compaction key (e.g. a memory id)\n"
+    "  --tombstone          the event deletes its key (needs --key): on a topic compacted\n"
+    "                       by key, the key's older events go, and this one after the\n"
+    "                       topic's tombstone ttl\n"
     "  --idem KEY           idempotency key: a repeat inside the dedup window writes\n"
     "                       nothing and returns the first append's offset\n"
     "  --header NAME=VALUE  a header; repeatable, at most 64\n"
@@ -34,7 +37,8 @@ static const char help[] =
     "With --batch each non-empty line is either\n"
     "  an event:  {\"type\":\"memory.saved\", \"payload\":..., \"key\":\"m-1\",\n"
     "              \"content_type\":\"text/plain\", \"headers\":{\"k\":\"v\"},\n"
-    "              \"idempotency_key\":\"...\", \"deliver_at_ns\":1705053600000000000}\n"
+    "              \"idempotency_key\":\"...\", \"deliver_at_ns\":1705053600000000000,\n"
+    "              \"tombstone\":false}\n"
     "             (only \"type\" and one of \"payload\" / \"payload_base64\" are required;\n"
     "             a string payload is stored as its UTF-8 bytes, any other JSON value as\n"
     "             compact JSON text with content type application/json, null as empty;\n"
@@ -112,9 +116,9 @@ static int read_all(FILE *f, size_t max, unsigned char **out, size_t *len) {
   return 0;
 }
 
-static int append_one(struct cli *c, struct cli_args *a, const char *key, const char *idem,
-                      const engram_header *hdrs, size_t nh, const char *ctype, const char *payload,
-                      uint64_t delay_ms, int create, int json) {
+static int append_one(struct cli *c, struct cli_args *a, const char *key, uint32_t flags,
+                      const char *idem, const engram_header *hdrs, size_t nh, const char *ctype,
+                      const char *payload, uint64_t delay_ms, int create, int json) {
   const char *topic = a->pos[0], *type = a->pos[1];
   unsigned char *stdin_buf = NULL;
   size_t plen = 0;
@@ -139,6 +143,7 @@ static int append_one(struct cli *c, struct cli_args *a, const char *key, const 
   memset(&ev, 0, sizeof ev);
   ev.type = type;
   ev.key = key;
+  ev.flags = flags;
   ev.payload = payload ? (const void *)payload : stdin_buf;
   ev.payload_len = plen;
   ev.content_type = ctype;
@@ -256,7 +261,7 @@ static const char *str_field(const json_value *obj, const char *name, size_t max
 
 static const char *const known_fields[] = {
     "type", "key", "payload", "payload_base64", "content_type", "headers", "idempotency_key",
-    "deliver_at_ns",
+    "deliver_at_ns", "tombstone",
     /* written by `engram read --json` and `consume --json`; ignored on input */
     "topic", "offset", "timestamp_ns", "group", "attempt", NULL};
 
@@ -376,6 +381,20 @@ static const char *envelope(const json_value *root, struct item *it, engram_even
       return err;
     }
     ev->deliver_at_ns = t;
+  }
+  const json_value *tomb = json_get(root, "tombstone");
+  if (tomb && tomb->type != JSON_NULL) {
+    if (tomb->type != JSON_TRUE && tomb->type != JSON_FALSE) {
+      snprintf(err, errlen, "\"tombstone\" must be true or false");
+      return err;
+    }
+    if (tomb->type == JSON_TRUE) {
+      if (!ev->key) {
+        snprintf(err, errlen, "a tombstone needs a \"key\" (it deletes the events of its key)");
+        return err;
+      }
+      ev->flags |= ENGRAM_EVENT_TOMBSTONE;
+    }
   }
   return NULL;
 }
@@ -666,8 +685,9 @@ int cmd_append(struct cli *c, int argc, char **argv) {
   const char *key = NULL, *idem = NULL, *ctype = NULL, *payload = NULL;
   struct headers hdrs = {.n = 0};
   uint64_t delay_ms = 0;
-  int create = 0, json = 0, batch = 0;
+  int create = 0, json = 0, batch = 0, tombstone = 0;
   const struct cli_opt opts[] = {CLI_OPT_STR("--key", &key),
+                                 CLI_OPT_FLAG("--tombstone", &tombstone),
                                  CLI_OPT_STR("--idem", &idem),
                                  CLI_OPT_CUSTOM("--header", &hdrs, add_header),
                                  CLI_OPT_STR("--content-type", &ctype),
@@ -682,8 +702,8 @@ int cmd_append(struct cli *c, int argc, char **argv) {
   int r = cli_args_parse(&a, opts, help, 0, -1, "");
   if (r != CLI_GO) return r;
   /* The options of a single event: --batch refuses them, naming the one given last. */
-  static const char *const single[] = {"--key",          "--idem",    "--header",
-                                       "--content-type", "--payload", "--delay"};
+  static const char *const single[] = {"--key",     "--idem",  "--header",   "--content-type",
+                                       "--payload", "--delay", "--tombstone"};
   const char *single_opt = NULL;
   for (size_t i = 0, last = 0; i < sizeof single / sizeof single[0]; i++)
     if ((size_t)cli_args_given(&a, single[i]) > last) {
@@ -700,6 +720,7 @@ int cmd_append(struct cli *c, int argc, char **argv) {
   if (!type_ok(a.pos[1], strlen(a.pos[1])))
     return cli_usage(a.cmd, "bad type '%s': words of A-Z a-z 0-9 _ - joined by single dots",
                      a.pos[1]);
-  return append_one(c, &a, key, idem, hdrs.n ? hdrs.v : NULL, hdrs.n, ctype, payload, delay_ms,
-                    create, json);
+  if (tombstone && !key) return cli_usage(a.cmd, "--tombstone needs --key (the key it deletes)");
+  return append_one(c, &a, key, tombstone ? ENGRAM_EVENT_TOMBSTONE : 0, idem,
+                    hdrs.n ? hdrs.v : NULL, hdrs.n, ctype, payload, delay_ms, create, json);
 }

@@ -34,7 +34,10 @@ static const char read_help[] =
     "  -h, --help     this help\n"
     "\n"
     "Offsets are dense, so a missing offset below the head is damage: read prints the\n"
-    "events before a damaged or missing record, then fails with its offset (status 1).\n";
+    "events before a damaged or missing record, then fails with its offset (status 1).\n"
+    "On a topic compacted by key, the offsets compaction removed are shown as gaps:\n"
+    "'-- offsets A..B removed by key compaction' (with --json: {\"topic\",\n"
+    "\"removed_from\",\"removed_to\",\"removed_by\"}).\n";
 
 /* The first offset of topic whose event was appended at or after since_ns (head + 1 when
  * none): a binary search over the stored offsets, whose append times do not decrease. */
@@ -72,11 +75,35 @@ static const char *parse_since(const char *v, int64_t *ns) {
 /* How long --follow sleeps between looks at a topic's head. */
 #define FOLLOW_POLL_NS 100000000L
 
-/* Prints b's events, moving *from past them and counting them off *count. */
+/* Says that offsets [lo, hi] were removed by key compaction: a line of text, or a JSON
+ * object {"topic","removed_from","removed_to","removed_by":"key compaction"}. */
+static int print_gap(json_writer *w, int json, const char *topic, uint64_t lo, uint64_t hi) {
+  if (!json) {
+    if (lo == hi)
+      printf("-- offset %" PRIu64 " removed by key compaction\n", lo);
+    else
+      printf("-- offsets %" PRIu64 "..%" PRIu64 " removed by key compaction\n", lo, hi);
+    return 0;
+  }
+  json_obj(w);
+  json_kstr(w, "topic", topic);
+  json_ku64(w, "removed_from", lo);
+  json_ku64(w, "removed_to", hi);
+  json_kstr(w, "removed_by", "key compaction");
+  json_obj_end(w);
+  return cli_json_emit(w) ? CLI_EXIT_FAIL : 0;
+}
+
+/* Prints b's events and the gaps key compaction left between them, moving *from past
+ * them and counting the events off *count. */
 static int print_events(json_writer *w, int json, const char *topic, const engram_batch *b,
                         uint64_t *from, uint64_t *count) {
+  uint64_t at = b && b->removed ? b->from : 0; /* the next offset the gaps start from */
   for (size_t i = 0; b && i<b->count && * count> 0; i++) {
     const engram_event *ev = &b->events[i];
+    if (at && ev->offset > at && print_gap(w, json, topic, at, ev->offset - 1))
+      return CLI_EXIT_FAIL;
+    if (at) at = ev->offset + 1;
     if (json) {
       cli_json_event(w, ev, topic, NULL);
       if (cli_json_emit(w)) return CLI_EXIT_FAIL;
@@ -86,6 +113,11 @@ static int print_events(json_writer *w, int json, const char *topic, const engra
     /* Never go backwards, whatever the batch holds. */
     if (ev->offset >= *from) *from = ev->offset + 1;
     (*count)--;
+  }
+  /* A gap at the end of the range (the head's tombstone went): *from moves over it. */
+  if (at && *count > 0 && b->next > at) {
+    if (print_gap(w, json, topic, at, b->next - 1)) return CLI_EXIT_FAIL;
+    if (b->next > *from) *from = b->next;
   }
   return 0;
 }
@@ -279,6 +311,15 @@ static void show_topic_text(const engram_topic_info *t) {
   printf("retention:           %s\n", t->config.flags & ENGRAM_TOPIC_RETAIN_FORCE
                                           ? "forced (may remove events groups have not finished)"
                                           : "safe (waits for unfinished groups)");
+  if (t->config.flags & ENGRAM_TOPIC_COMPACT_KEY) {
+    char ttl[48];
+    cli_fmt_age((int64_t)t->config.tombstone_ttl_ms * 1000000, ttl, sizeof ttl);
+    printf("key compaction:      on (newest event per key; tombstones kept %s)\n", ttl);
+    if (t->config.tombstone_type[0]) printf("tombstone type:      %s\n", t->config.tombstone_type);
+    printf("compacted gaps:      %" PRIu64 " offsets removed by key compaction\n", t->compacted);
+  } else {
+    printf("key compaction:      off\n");
+  }
   printf("created:             %s\n", created);
 }
 
@@ -290,6 +331,8 @@ static const char topic_help[] =
     "                                 [--no-dict | --dict-after N] [retention options]\n"
     "       engram topic set TOPIC [--max-age D] [--max-bytes SIZE] [--max-events N]\n"
     "                              [--force | --no-force]\n"
+    "                              [--compact-by-key | --no-compact-by-key]\n"
+    "                              [--tombstone-ttl D] [--tombstone-type TYPE]\n"
     "       engram topic drop TOPIC\n"
     "       engram topic show TOPIC [--json]\n"
     "       engram topic train-dict TOPIC\n"
@@ -304,7 +347,13 @@ static const char topic_help[] =
   "  --max-events N          retention: keep at most N events\n"                          \
   "  --force                 retention may remove events a group has not finished or a\n" \
   "                          delayed delivery waits for (the groups count them as\n"      \
-  "                          skipped by retention); by default it waits for them\n"
+  "                          skipped by retention); by default it waits for them\n"       \
+  "  --compact-by-key        key compaction: keep only the newest event of each key\n"    \
+  "                          (events without a key always stay)\n"                        \
+  "  --tombstone-ttl D       key compaction: remove a tombstone D after its append\n"     \
+  "                          (default 1d)\n"                                              \
+  "  --tombstone-type TYPE   key compaction: events of TYPE (e.g. memory.deleted) are\n"  \
+  "                          tombstones, as if appended with --tombstone ('' = none)\n"
 
 static const char create_help[] =
     "usage: engram topic create TOPIC [options]\n"
@@ -342,7 +391,8 @@ static int topic_create(struct cli *c, int argc, char **argv) {
   engram_topic_config cfg;
   memset(&cfg, 0, sizeof cfg);
   uint64_t max_payload = 0;
-  int no_dict = 0, force = 0, json = 0;
+  int no_dict = 0, force = 0, json = 0, compact = 0;
+  const char *tomb_type = NULL;
   const struct cli_opt opts[] = {
       CLI_OPT_FLAG("--json", &json),
       CLI_OPT_CUSTOM("--compress-threshold", &cfg.compress_threshold, set_threshold),
@@ -354,11 +404,19 @@ static int topic_create(struct cli *c, int argc, char **argv) {
       CLI_OPT_SIZE("--max-bytes", &cfg.max_bytes),
       CLI_OPT_U64("--max-events", &cfg.max_events),
       CLI_OPT_FLAG("--force", &force),
+      CLI_OPT_FLAG("--compact-by-key", &compact),
+      CLI_OPT_DURATION("--tombstone-ttl", &cfg.tombstone_ttl_ms, .min = 1,
+                       .max = ENGRAM_MAX_RETENTION_AGE_MS),
+      CLI_OPT_STR("--tombstone-type", &tomb_type),
       CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "topic create", argc, argv);
   int r = cli_args_parse(&a, opts, create_help, 1, 1, "TOPIC");
   if (r != CLI_GO) return r;
+  if (compact) cfg.flags |= ENGRAM_TOPIC_COMPACT_KEY;
+  if (tomb_type) snprintf(cfg.tombstone_type, sizeof cfg.tombstone_type, "%s", tomb_type);
+  if (tomb_type && strlen(tomb_type) >= sizeof cfg.tombstone_type)
+    return cli_usage(a.cmd, "--tombstone-type: over %d bytes", ENGRAM_MAX_TYPE);
   cfg.max_payload = (uint32_t)max_payload;
   if (no_dict) cfg.flags |= ENGRAM_TOPIC_NO_DICT;
   if (force) cfg.flags |= ENGRAM_TOPIC_RETAIN_FORCE;
@@ -378,17 +436,20 @@ static int topic_set(struct cli *c, int argc, char **argv) {
   static const char h[] =
       "usage: engram topic set TOPIC [options]\n"
       "\n"
-      "Changes TOPIC's retention; settings not given stay as they are. New limits apply\n"
+      "Changes TOPIC's retention and key compaction; settings not given stay as they\n"
+      "are. New limits apply\n"
       "from the next retention slice (`engram serve` runs them in the background; or\n"
       "run `engram compact`).\n"
       "\n"
       "options:\n" RETENTION_HELP
       "  --no-force              retention waits for unfinished groups again\n"
+      "  --no-compact-by-key     key compaction off (removed events stay removed)\n"
       "  --json                  print {\"ok\":true,\"action\",\"topic\"} instead\n"
       "  -h, --help              this help\n";
   /* UINT64_MAX marks an option not given. */
-  uint64_t age = UINT64_MAX, bytes = UINT64_MAX, events = UINT64_MAX;
-  int force = 0, no_force = 0, json = 0;
+  uint64_t age = UINT64_MAX, bytes = UINT64_MAX, events = UINT64_MAX, ttl = UINT64_MAX;
+  int force = 0, no_force = 0, json = 0, compact = 0, no_compact = 0;
+  const char *tomb_type = NULL;
   const struct cli_opt opts[] = {
       CLI_OPT_FLAG("--json", &json),
       CLI_OPT_DURATION("--max-age", &age, .max = ENGRAM_MAX_RETENTION_AGE_MS),
@@ -396,12 +457,20 @@ static int topic_set(struct cli *c, int argc, char **argv) {
       CLI_OPT_U64("--max-events", &events, .max = UINT64_MAX - 1),
       CLI_OPT_FLAG("--force", &force),
       CLI_OPT_FLAG("--no-force", &no_force),
+      CLI_OPT_FLAG("--compact-by-key", &compact),
+      CLI_OPT_FLAG("--no-compact-by-key", &no_compact),
+      CLI_OPT_DURATION("--tombstone-ttl", &ttl, .min = 1, .max = ENGRAM_MAX_RETENTION_AGE_MS),
+      CLI_OPT_STR("--tombstone-type", &tomb_type),
       CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "topic set", argc, argv);
   int status = cli_args_parse(&a, opts, h, 1, 1, "TOPIC");
   if (status != CLI_GO) return status;
   if (force && no_force) return cli_usage(a.cmd, "--force and --no-force exclude each other");
+  if (compact && no_compact)
+    return cli_usage(a.cmd, "--compact-by-key and --no-compact-by-key exclude each other");
+  if (tomb_type && strlen(tomb_type) > ENGRAM_MAX_TYPE)
+    return cli_usage(a.cmd, "--tombstone-type: over %d bytes", ENGRAM_MAX_TYPE);
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   engram_topic_info info;
   int rc = engram_topic_info_get(c->log, a.pos[0], &info);
@@ -412,6 +481,10 @@ static int topic_set(struct cli *c, int argc, char **argv) {
   if (events != UINT64_MAX) cfg.max_events = events;
   if (force) cfg.flags |= ENGRAM_TOPIC_RETAIN_FORCE;
   if (no_force) cfg.flags &= ~(uint32_t)ENGRAM_TOPIC_RETAIN_FORCE;
+  if (compact) cfg.flags |= ENGRAM_TOPIC_COMPACT_KEY;
+  if (no_compact) cfg.flags &= ~(uint32_t)ENGRAM_TOPIC_COMPACT_KEY;
+  if (ttl != UINT64_MAX) cfg.tombstone_ttl_ms = ttl;
+  if (tomb_type) snprintf(cfg.tombstone_type, sizeof cfg.tombstone_type, "%s", tomb_type);
   if ((rc = engram_topic_set(c->log, a.pos[0], &cfg)) != 0)
     return cli_fail_arg(c, rc, "set topic %s", a.pos[0]);
   char text[ENGRAM_MAX_NAME + 32];
@@ -458,9 +531,10 @@ static int topic_show(struct cli *c, int argc, char **argv) {
       "\n"
       "options:\n"
       "  --json     {\"topic\",\"count\",\"first_offset\",\"head_offset\",\"dict_id\",\n"
-      "             \"created_ns\",\"config\":{\"compress_threshold\",\"max_payload\",\n"
+      "             \"created_ns\",\"compacted\",\"config\":{\"compress_threshold\",\"max_payload\",\n"
       "             \"dict_train_after\",\"no_dict\",\"max_age_ms\",\"max_bytes\",\n"
-      "             \"max_events\",\"retain_force\"}}\n"
+      "             \"max_events\",\"tombstone_ttl_ms\",\"retain_force\",\n"
+      "             \"compact_by_key\",\"tombstone_type\"}}\n"
       "  -h, --help this help\n";
   struct cli_args a;
   int json;
@@ -623,14 +697,16 @@ int cmd_compact(struct cli *c, int argc, char **argv) {
   static const char h[] =
       "usage: engram compact [TOPIC] [--json]\n"
       "\n"
-      "Applies the retention limits of TOPIC (default: every topic) now, in short\n"
+      "Applies the retention limits and key compaction of TOPIC (default: every topic)\n"
+      "now, in short\n"
       "slices that let appends go on, and prints what was removed. Events a group has\n"
       "not finished are kept unless the topic was set with --force. The file does not\n"
       "shrink: LMDB reuses the freed pages for new events.\n"
       "\n"
       "options:\n"
       "  --json     {\"removed\",\"slices\",\"skipped\",\"held_at\",\"max_slice_ns\",\n"
-      "             \"max_slice_cpu_ns\"}\n"
+      "             \"max_slice_cpu_ns\",\"compacted\",\"tombstones\",\"compact_held_at\",\n"
+      "             \"indexed\"}\n"
       "  -h, --help this help\n";
   struct cli_args a;
   int json;
@@ -663,5 +739,11 @@ int cmd_compact(struct cli *c, int argc, char **argv) {
            ": a group has not finished it or its delayed delivery is "
            "ahead\n",
            r.held_at);
+  if (r.compacted || r.indexed || r.compact_held_at)
+    printf("key compaction removed %" PRIu64 " events (%" PRIu64 " expired tombstones)%s\n",
+           r.compacted, r.tombstones, r.indexed ? " after indexing the stored ones" : "");
+  if (r.compact_held_at)
+    printf("key compaction held at offset %" PRIu64 ": a group has not finished it\n",
+           r.compact_held_at);
   return 0;
 }

@@ -95,6 +95,7 @@ void cli_json_event(json_writer *w, const engram_event *ev, const char *topic, c
   }
   json_kstr(w, "idempotency_key", ev->idempotency_key);
   if (ev->deliver_at_ns) json_ki64(w, "deliver_at_ns", ev->deliver_at_ns);
+  if (ev->flags & ENGRAM_EVENT_TOMBSTONE) json_kbool(w, "tombstone", 1);
   json_obj_end(w);
 }
 
@@ -276,6 +277,8 @@ void cli_json_topic(json_writer *w, const engram_topic_info *t) {
   ENGRAM_TOPIC_RETENTION_FIELDS(X)
 #undef X
   json_kbool(w, "retain_force", (t->config.flags & ENGRAM_TOPIC_RETAIN_FORCE) != 0);
+  json_kbool(w, "compact_by_key", (t->config.flags & ENGRAM_TOPIC_COMPACT_KEY) != 0);
+  kfixed(w, "tombstone_type", t->config.tombstone_type, sizeof t->config.tombstone_type);
   json_obj_end(w);
   json_obj_end(w);
 }

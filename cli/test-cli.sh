@@ -540,6 +540,47 @@ e topic show kept
 check "topic set changes only what is given" eval '[[ $rc == 0 ]] && has "$out" "max events: none" && has "$out" "max age:   7d" && has "$out" forced'
 e compact missing
 check "compact of a missing topic fails with one line" eval '[[ $rc == 1 ]] && one_line_err'
+# Key compaction: the newest event per key, tombstones by flag and by type, gaps in read.
+e topic create latest --compact-by-key --tombstone-ttl 1ms --tombstone-type memory.deleted
+check "topic create takes key compaction" eval '[[ $rc == 0 ]]'
+e append latest memory.saved --key a --payload v1
+e append latest memory.updated --key a --payload v2
+e append latest memory.saved --key b --payload v1
+e append latest memory.deleted --key b --payload ''
+e append latest memory.queried --payload q
+e append latest memory.forget --key c --tombstone --payload ''
+e read latest --from 6 --json
+check "append --tombstone stores the flag" eval '[[ $rc == 0 ]] && has "$out" "\"tombstone\":true"'
+e append latest memory.forget --tombstone --payload x
+check "append --tombstone without --key is a usage error" eval '[[ $rc == 2 ]] && one_line_err'
+sleep 0.01 # the tombstones' ttl of 1 ms passes
+e compact latest --json
+check "compact removes superseded events and expired tombstones" eval '[[ $rc == 0 ]] && has "$out" "\"compacted\":4" && has "$out" "\"tombstones\":2"'
+e read latest
+check "read shows the gaps key compaction left" eval '[[ $rc == 0 ]] && has "$out" "offset 1 removed by key compaction" && has "$out" "offsets 3..4 removed" && has "$out" "offset 6 removed"'
+e read latest --json
+check "read --json names the gaps" eval '[[ $rc == 0 ]] && has "$out" "\"removed_from\":3,\"removed_to\":4"'
+e read latest --from 1 --count 1
+check "a read of a removed offset moves on to the next event" eval '[[ $rc == 0 ]] && has "$out" "v2"'
+e topic show latest --json
+check "topic show gives key compaction and its gaps" eval 'has "$out" "\"compact_by_key\":true" && has "$out" "\"tombstone_type\":\"memory.deleted\"" && has "$out" "\"tombstone_ttl_ms\":1" && has "$out" "\"compacted\":4"'
+e append latest memory.saved --key c --payload again --json
+check "offsets go on after the head's tombstone went" eval '[[ $rc == 0 ]] && has "$out" "\"offset\":7"'
+e topic set latest --no-compact-by-key --tombstone-type ''
+e topic show latest
+check "topic set turns key compaction off" eval '[[ $rc == 0 ]] && has "$out" "key compaction:      off"'
+e topic set latest --compact-by-key --no-compact-by-key
+check "topic set --compact-by-key --no-compact-by-key is a usage error" eval '[[ $rc == 2 ]] && one_line_err'
+e topic set latest --tombstone-type 'not a type'
+check "topic set with a bad tombstone type fails with one line" eval '[[ $rc == 1 || $rc == 2 ]] && one_line_err'
+e verify
+check "verify is clean over the gaps" eval '[[ $rc == 0 ]]'
+ein '{"type":"memory.deleted","key":"z","payload":"","tombstone":true}
+{"type":"memory.saved","key":"z","payload":"","tombstone":false}' append latest --batch
+e read latest --from 8 --json
+check "append --batch takes the tombstone field that read --json prints" eval '[[ $rc == 0 ]] && lines "$out" 2 && has "$out" "\"tombstone\":true"'
+ein '{"type":"memory.deleted","payload":"","tombstone":true}' append latest --batch
+check "a batch tombstone without a key fails with its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "line 1"'
 # --- read --since and --follow ---------------------------------------------------------------
 e topic create timed
 e append timed old.one --payload a

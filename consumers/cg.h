@@ -123,6 +123,14 @@ void cg_rate_counters(const Engram__GroupMeta *m, uint64_t out[CG_RATE_N]);
  * of now_ns (rolling the ring forward), and makes g->loaded current. Returns 0 or
  * ENGRAM_ENOMEM. */
 int cg_rate_note(cg_group *g, int64_t now_ns);
+/* retain.c: the names of the groups of `topic`, malloc'd one after another ("a\0b\0"),
+ * *n of them; the calling thread's CPU time. */
+int cg_topic_group_names(struct log *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
+                         char **out, size_t *n);
+int64_t cg_thread_cpu_ns(void);
+/* keycomp.c: key compaction of one topic until nothing more may go, added to *rep. */
+int cg_keycomp_topic(struct log *log, const cg_dbs *d, const char *topic,
+                     engram_compact_report *rep);
 
 /* settle.c: one ack inside a job (used by txn.c too). */
 int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt,

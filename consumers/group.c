@@ -411,8 +411,18 @@ static void info_fill(struct log *log, MDB_txn *txn, const cg_dbs *d, const cg_g
   if (info->floor > head) info->floor = head;
   info->lag = head - info->floor;
   if (info->lag) {
+    /* The first stored offset above the floor: forced key compaction may have removed
+     * the ones right above it. */
+    uint64_t o = info->floor + 1;
+    MDB_cursor *tc;
     log_view v;
-    if (log_view_get(log, txn, &g->t, info->floor + 1, &v) == 0)
+    if (mdb_cursor_open(txn, g->t.dbi, &tc) == 0) {
+      MDB_val k = {8, &o}, val;
+      if (mdb_cursor_get(tc, &k, &val, MDB_SET_RANGE) == 0 && k.mv_size == 8)
+        memcpy(&o, k.mv_data, 8);
+      mdb_cursor_close(tc);
+    }
+    if (o <= head && log_view_get(log, txn, &g->t, o, &v) == 0)
       info->oldest_unfinished_ns = v.timestamp_ns;
   }
   log_error_clear(log);

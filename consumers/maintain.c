@@ -1,6 +1,7 @@
 /* maintain.c — the maintenance runner: while its process holds DIR/maintenance.lock, a
- * handle's thread runs retention on every topic with limits, one slice at a time, and
- * fires the schedules that are due (waking at the next slot, within a second). */
+ * handle's thread runs retention and key compaction on every topic with limits or
+ * ENGRAM_TOPIC_COMPACT_KEY, one slice at a time, and fires the schedules that are due
+ * (waking at the next slot, within a second). */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -60,7 +61,8 @@ static void pass(struct cg_maint *m) {
   if (log_topic_list(m->log, &list, &n)) return;
   for (size_t i = 0; i < n; i++) {
     const engram_topic_config *c = &list[i].config;
-    if (!c->max_age_ms && !c->max_bytes && !c->max_events) continue;
+    if (!c->max_age_ms && !c->max_bytes && !c->max_events && !(c->flags & ENGRAM_TOPIC_COMPACT_KEY))
+      continue;
     pthread_mutex_lock(&m->mu);
     int stop = m->stop;
     pthread_mutex_unlock(&m->mu);

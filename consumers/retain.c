@@ -20,9 +20,8 @@ struct slice_req {
   int more; /* the limits may ask for more than this slice removed */
 };
 
-/* The names of the groups of `topic`, malloc'd one after another ("a\0b\0"), *n of them. */
-static int group_names(struct log *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
-                       char **out, size_t *n) {
+int cg_topic_group_names(struct log *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
+                         char **out, size_t *n) {
   size_t plen = strlen(topic) + 1, len = 0, cap = 0;
   char *names = NULL;
   *out = NULL;
@@ -140,7 +139,7 @@ static int dlq_drop_below(log_wtx *w, const cg_dbs *d, uint32_t gid, uint64_t cu
   return rc && rc != MDB_NOTFOUND ? log_err_mdb(rc) : 0;
 }
 
-static int64_t thread_cpu_ns(void) {
+int64_t cg_thread_cpu_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
@@ -149,7 +148,7 @@ static int64_t thread_cpu_ns(void) {
 static int slice_job(log_wtx *w, void *arg) {
   struct slice_req *r = arg;
   struct log *log = w->log;
-  int64_t t0 = clock_monotonic_ns(), c0 = thread_cpu_ns();
+  int64_t t0 = clock_monotonic_ns(), c0 = cg_thread_cpu_ns();
   r->removed = r->skipped = r->held_at = 0;
   r->took_ns = r->cpu_ns = 0;
   r->more = 0;
@@ -178,7 +177,7 @@ static int slice_job(log_wtx *w, void *arg) {
 
   char *names = NULL;
   size_t n_groups = 0;
-  if ((rc = group_names(log, w->txn, &r->d, r->topic, &names, &n_groups))) return rc;
+  if ((rc = cg_topic_group_names(log, w->txn, &r->d, r->topic, &names, &n_groups))) return rc;
   uint64_t safe = head + 1; /* lowest offset some group has not finished */
   if (!force) {
     const char *name = names;
@@ -193,20 +192,26 @@ static int slice_job(log_wtx *w, void *arg) {
     log_error_clear(log);
   }
 
-  uint64_t cut = first;
+  uint64_t cut = first, events = 0; /* events below cut (gaps are not events) */
   for (uint64_t o = first; o <= head && cut - first < SLICE_MAX; o++) {
     if ((o & 15) == 0 && clock_monotonic_ns() - t0 > SLICE_BUDGET_NS) {
       r->more = 1;
       break;
     }
     log_view v;
-    if (log_view_get(log, w->txn, &t, o, &v)) break; /* damage stops retention here */
-    if (o - first >= want && v.timestamp_ns >= age_cut) break;
+    int vr = log_view_get(log, w->txn, &t, o, &v);
+    if (vr == ENGRAM_ENOTFOUND && t.compacted) { /* a gap key compaction left */
+      cut = o + 1;
+      continue;
+    }
+    if (vr) break; /* damage stops retention here */
+    if (events >= want && v.timestamp_ns >= age_cut) break;
     if (!force && (o >= safe || v.deliver_at_ns > w->now_ns)) {
       r->held_at = o;
       break;
     }
     cut = o + 1;
+    events++;
   }
   if (cut - first == SLICE_MAX) r->more = 1;
   if (cut > first) {
@@ -226,7 +231,7 @@ static int slice_job(log_wtx *w, void *arg) {
   if (cut > first && (rc = log_topic_trim_in(w, &t, cut, &r->removed))) return rc;
   if (r->removed == 0) r->more = 0;
   r->took_ns = clock_monotonic_ns() - t0;
-  r->cpu_ns = thread_cpu_ns() - c0;
+  r->cpu_ns = cg_thread_cpu_ns() - c0;
   return 0;
 }
 
@@ -244,7 +249,7 @@ static int compact_topic(struct log *log, const cg_dbs *d, const char *topic,
     if (r.took_ns > rep->max_slice_ns) rep->max_slice_ns = r.took_ns;
     if (r.cpu_ns > rep->max_slice_cpu_ns) rep->max_slice_cpu_ns = r.cpu_ns;
   } while (r.more);
-  return 0;
+  return cg_keycomp_topic(log, d, topic, rep);
 }
 
 int cg_compact(struct log *log, const char *topic, engram_compact_report *report) {

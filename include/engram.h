@@ -31,11 +31,14 @@
  * DAMAGE. If data.mdb is damaged (a failing disk, a power cut under ASYNC), reads never
  * return damaged data nor skip an event: a record failing its CRC, a missing offset between
  * the topic's first offset and its head, and LMDB's own damage codes all give
- * ENGRAM_ECORRUPT with a message naming what and where. LMDB does not checksum its pages,
- * so a damaged page can make the reading process fault (SIGSEGV/SIGBUS); engram_verify()
- * runs its walk in a child process for that reason and reports such a fault as damage,
- * but other calls read in the caller's process. Run engram_verify() (`engram verify`)
- * after a crash of unknown cause, and restore a damaged log from a backup.
+ * ENGRAM_ECORRUPT with a message naming what and where. (On a topic compacted by key,
+ * the offsets compaction removed are gaps, not damage: ENGRAM_ENOTFOUND, skipped by range
+ * reads; engram_verify() checks their number, see engram_compact().) LMDB does not
+ * checksum its pages, so a damaged page can make the reading process fault
+ * (SIGSEGV/SIGBUS); engram_verify() runs its walk in a child process for that reason and
+ * reports such a fault as damage, but other calls read in the caller's process. Run
+ * engram_verify() (`engram verify`) after a crash of unknown cause, and restore a damaged
+ * log from a backup.
  *
  * OWNERSHIP. Strings and buffers passed in are copied before the call returns. Results
  * are returned through out parameters and are owned by the caller, who frees them with
@@ -271,6 +274,14 @@ ENGRAM_API int engram_backup(engram *log, const char *dest);
  * waits for (bounded disk over completeness); the groups concerned count them in
  * retention_skipped. Without it retention waits for them (docs/operations.md). */
 #define ENGRAM_TOPIC_RETAIN_FORCE 0x2
+/* Key compaction: of the events that carry a key, only the newest of each key is kept;
+ * older ones are removed in the background (and by engram_compact()), and a tombstone
+ * (ENGRAM_EVENT_TOMBSTONE, or an event of the topic's tombstone_type) removes its key
+ * altogether once tombstone_ttl_ms has passed. Events without a key are never removed by
+ * compaction. The safety rule and ENGRAM_TOPIC_RETAIN_FORCE apply as for retention.
+ * Reads see the removed offsets as gaps (engram_read_range(), docs/operations.md). */
+#define ENGRAM_TOPIC_COMPACT_KEY 0x4
+#define ENGRAM_DEFAULT_TOMBSTONE_TTL_MS 86400000ull      /* tombstone_ttl_ms 0: 1 day */
 #define ENGRAM_MAX_RETENTION_AGE_MS (3650ull * 86400000) /* max_age_ms: 10 years */
 
 /* The retention limits of engram_topic_config, one X(type, name) each, in the struct's
@@ -278,10 +289,12 @@ ENGRAM_API int engram_backup(engram *log, const char *dest);
  * Retention removes the oldest events while any limit is exceeded, in slices of at most
  * a few milliseconds each, run in the background by `engram serve` or by the embedded
  * process holding the maintenance lease, and on demand by engram_compact(). */
-#define ENGRAM_TOPIC_RETENTION_FIELDS(X)                                                \
-  X(uint64_t, max_age_ms) /* remove events appended more than this long ago */          \
-  X(uint64_t, max_bytes)  /* keep the topic's stored records (LMDB pages) under this */ \
-  X(uint64_t, max_events) /* keep at most this many events */
+#define ENGRAM_TOPIC_RETENTION_FIELDS(X)                                                      \
+  X(uint64_t, max_age_ms)       /* remove events appended more than this long ago */          \
+  X(uint64_t, max_bytes)        /* keep the topic's stored records (LMDB pages) under this */ \
+  X(uint64_t, max_events)       /* keep at most this many events */                           \
+  X(uint64_t, tombstone_ttl_ms) /* key compaction: a tombstone is removed this long after     \
+                                   its append; 0 = ENGRAM_DEFAULT_TOMBSTONE_TTL_MS */
 
 typedef struct engram_topic_config {
   uint32_t compress_threshold; /* payloads of at least this many bytes are zstd
@@ -292,6 +305,10 @@ typedef struct engram_topic_config {
                                   for it); default 4096 */
   uint32_t flags;              /* ENGRAM_TOPIC_* */
   ENGRAM_TOPIC_RETENTION_FIELDS(ENGRAM_FIELD_)
+  /* Key compaction: events of this type appended from now on are tombstones, as if they
+   * carried ENGRAM_EVENT_TOMBSTONE (so `memory.deleted` deletes its key without a change
+   * to its producers); "" = none. A valid event type when set. */
+  char tombstone_type[ENGRAM_MAX_TYPE + 1];
 } engram_topic_config;
 
 /* The numeric fields of engram_topic_info, one X(type, name) each, in the struct's order:
@@ -302,7 +319,9 @@ typedef struct engram_topic_config {
   X(uint64_t, head_offset)  /* highest offset ever assigned, 0 when none */ \
   X(uint64_t, count)        /* events stored */                             \
   X(uint32_t, dict_id)      /* current zstd dictionary id, 0 = none */      \
-  X(int64_t, created_ns)    /* CLOCK_REALTIME */
+  X(int64_t, created_ns)    /* CLOCK_REALTIME */                            \
+  X(uint64_t, compacted)    /* offsets between the first and the head       \
+                               removed by key compaction (the gaps) */
 typedef struct engram_topic_info {
   char name[ENGRAM_MAX_NAME + 1];
   engram_topic_config config; /* with defaults filled in */
@@ -365,12 +384,25 @@ typedef struct engram_event {
                                   value up to INT64_MAX); 0 = deliver at once */
   int64_t timestamp_ns;        /* out: append time, CLOCK_REALTIME */
   uint32_t attempt;            /* out, fetch only: 1 on first delivery; 0 on read */
+  uint32_t flags;              /* ENGRAM_EVENT_*; on read and fetch as stored */
 } engram_event;
+
+/* The event deletes its key: on a topic compacted by key (ENGRAM_TOPIC_COMPACT_KEY) every
+ * older event of the key becomes removable at once, and the tombstone itself once the
+ * topic's tombstone_ttl_ms has passed. Needs a key (EINVAL without one). On a topic with
+ * a tombstone_type, events of that type are stored with this flag. */
+#define ENGRAM_EVENT_TOMBSTONE 0x1
 
 /* A set of events returned by read or fetch; one allocation the caller frees. */
 typedef struct engram_batch {
   size_t count;
   engram_event *events;
+  /* engram_read_range() only (0 otherwise): the read covered the offsets [from, next),
+   * each of them either in `events` or removed by key compaction, and `removed` counts
+   * those gaps. Read on from `next`. */
+  uint64_t from;
+  uint64_t next;
+  uint64_t removed;
 } engram_batch;
 ENGRAM_API void engram_batch_free(engram_batch *b);
 
@@ -388,12 +420,16 @@ ENGRAM_API int engram_append(engram *log, const char *topic, const engram_event 
 ENGRAM_API int engram_append_batch(engram *log, const char *topic, const engram_event *evs,
                                    size_t n, uint64_t *offsets, int *duplicates);
 
-/* Reads the event at `offset`. *out is a batch of one. Errors: ENOTFOUND, ECORRUPT. */
+/* Reads the event at `offset`. *out is a batch of one. Errors: ENOTFOUND (also for an
+ * offset removed by retention or by key compaction, with a message saying which),
+ * ECORRUPT. */
 ENGRAM_API int engram_read(engram *log, const char *topic, uint64_t offset, engram_batch **out);
 
 /* Reads up to `max` events with offsets >= `from` in order. An empty batch means there
- * is nothing at or after `from`. Errors: ENOTFOUND (topic), ECORRUPT (a damaged record:
- * nothing of it is returned). */
+ * is nothing at or after `from`. On a topic compacted by key the offsets removed by
+ * compaction are skipped, and the batch says which offsets are gone: every offset of
+ * [(*out)->from, (*out)->next) that is not in its events ((*out)->removed of them). Errors:
+ * ENOTFOUND (topic), ECORRUPT (a damaged record: nothing of it is returned). */
 ENGRAM_API int engram_read_range(engram *log, const char *topic, uint64_t from, size_t max,
                                  engram_batch **out);
 
@@ -785,7 +821,7 @@ ENGRAM_API int engram_worker_list(engram *log, uint64_t lost_after_ms, engram_wo
 ENGRAM_API int engram_worker_forget(engram *log, const char *name);
 
 /* ---------------------------------------------------------------------------------
- * Maintenance: retention (docs/operations.md).
+ * Maintenance: retention and key compaction (docs/operations.md).
  * ------------------------------------------------------------------------------ */
 /* What engram_compact() did, one X(type, name) each. */
 #define ENGRAM_COMPACT_REPORT_FIELDS(X)                                                     \
@@ -796,19 +832,32 @@ ENGRAM_API int engram_worker_forget(engram *log, const char *name);
                                   finished it or its delayed delivery is ahead; 0 = none */ \
   X(int64_t, max_slice_ns)     /* longest time one slice spent in its write transaction */  \
   X(int64_t, max_slice_cpu_ns) /* the most CPU time one slice used there (max_slice_ns      \
-                                  minus this is waiting: I/O, or the CPU busy elsewhere) */
+                                  minus this is waiting: I/O, or the CPU busy elsewhere) */ \
+  X(uint64_t, compacted)       /* events removed by key compaction (not in removed) */      \
+  X(uint64_t, tombstones)      /* of them, tombstones whose tombstone_ttl_ms had passed */  \
+  X(uint64_t, compact_held_at) /* the offset key compaction stopped at because a group has  \
+                                  not finished it or its delayed delivery is ahead */       \
+  X(uint64_t, indexed)         /* events added to the key index: those appended since the   \
+                                  last slice, or stored before compaction was turned on */
 typedef struct engram_compact_report {
   ENGRAM_COMPACT_REPORT_FIELDS(ENGRAM_FIELD_)
 } engram_compact_report;
-/* Applies the retention limits of `topic` (NULL = every topic) now, in slices of at most
- * a few milliseconds each so that appends keep flowing, until nothing more may be
- * removed. The topic's first offset moves up; offsets are never reused; a read of a
- * removed offset gets ENGRAM_ENOTFOUND saying so. Unless the topic has
+/* Applies the retention limits and the key compaction of `topic` (NULL = every topic)
+ * now, in slices of at most a few milliseconds each so that appends keep flowing, until
+ * nothing more may be removed. The topic's first offset moves up; offsets are never
+ * reused; a read of a removed offset gets ENGRAM_ENOTFOUND saying so. Unless the topic has
  * ENGRAM_TOPIC_RETAIN_FORCE, an event that a group has not finished (acked,
  * dead-lettered or cancelled) or whose delayed delivery is still ahead is kept, with
  * everything after it. *report (may be NULL) receives what was done. LMDB reuses the
  * freed pages: data.mdb stops growing but does not shrink.
  * Errors: ENOTFOUND (topic), ENOTSUP (read-only handle), EIO, ENOSPC. */
+/* Key compaction (ENGRAM_TOPIC_COMPACT_KEY) removes, under the same safety rule, each
+ * keyed event that a newer event of its key supersedes and each tombstone older than the
+ * topic's tombstone_ttl_ms; it finds them through a key index that its slices extend
+ * with the events appended since the last one (each event is read once; appends pay
+ * nothing for it), never by scanning the topic again. Its gaps are counted in
+ * engram_topic_info.compacted, so engram_verify() still reports a missing record as
+ * damage. */
 ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_report *report);
 
 /* ---------------------------------------------------------------------------------

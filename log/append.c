@@ -55,6 +55,12 @@ int log_check_event(const struct log *log, const char *topic, const engram_event
   }
   if (ev->deliver_at_ns < 0)
     return log_error(log, ENGRAM_EINVAL, "append %s: negative deliver_at", topic);
+  if (ev->flags & ~(uint32_t)ENGRAM_EVENT_TOMBSTONE)
+    return log_error(log, ENGRAM_EINVAL, "append %s: unknown event flags 0x%x", topic, ev->flags);
+  if ((ev->flags & ENGRAM_EVENT_TOMBSTONE) && !ev->key)
+    return log_error(log, ENGRAM_EINVAL,
+                     "append %s: a tombstone needs a key (it deletes the events of its key)",
+                     topic);
   if (ev->n_headers > ENGRAM_MAX_HEADERS)
     return log_error(log, ENGRAM_ETOOBIG, "append %s: %zu headers over limit %d", topic,
                      ev->n_headers, ENGRAM_MAX_HEADERS);
@@ -156,6 +162,12 @@ static int append_job(log_wtx *w, void *arg) {
   int appended = 0;
   for (size_t i = 0; i < r->n; i++) {
     const engram_event *ev = &r->evs[i];
+    engram_event tomb;
+    if (ev->key && t.cfg.tombstone_type[0] && !strcmp(ev->type, t.cfg.tombstone_type)) {
+      tomb = *ev; /* the topic's tombstone type: stored as a tombstone */
+      tomb.flags |= ENGRAM_EVENT_TOMBSTONE;
+      ev = &tomb;
+    }
     uint64_t off;
     if (ev->idempotency_key && idem_find(w, t.id, ev->idempotency_key, &off)) {
       r->offsets[i] = off;
@@ -243,6 +255,7 @@ int log_event_copy(engram_event *dst, const engram_event *src) {
   dst->content_type = dup_s(src->content_type, &bad);
   dst->idempotency_key = dup_s(src->idempotency_key, &bad);
   dst->deliver_at_ns = src->deliver_at_ns;
+  dst->flags = src->flags;
   dst->payload_len = src->payload_len;
   if (src->payload_len) {
     void *p = malloc(src->payload_len);

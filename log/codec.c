@@ -186,6 +186,7 @@ int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const en
   if (ev->idempotency_key) r.idempotency_key = (char *)ev->idempotency_key;
   r.timestamp_ns = ts;
   r.deliver_at_ns = ev->deliver_at_ns;
+  r.flags = ev->flags;
   for (size_t i = 0; i < ev->n_headers; i++) {
     engram__header__init(&hs[i]);
     hs[i].name = (char *)ev->headers[i].name;
@@ -345,7 +346,8 @@ int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_
         v->timestamp_ns = (int64_t)u;
       else
         v->deliver_at_ns = (int64_t)u;
-    } else if (wt == 0 && (field == 2 || field == 10 || field == 11 || field == 12)) {
+    } else if (wt == 0 &&
+               (field == 2 || field == 10 || field == 11 || field == 12 || field == 13)) {
       if (varint(&p, end, &x)) return ENGRAM_ECORRUPT;
       if (field == 2)
         v->has_key = x != 0;
@@ -355,9 +357,11 @@ int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_
         v->compression = (uint32_t)x;
       else if (field == 11)
         v->dict_id = (uint32_t)x;
-      else
+      else if (field == 12)
         v->raw_len = (uint32_t)x;
-    } else if (field <= 12) {
+      else
+        v->flags = (uint32_t)x;
+    } else if (field <= 13) {
       return ENGRAM_ECORRUPT; /* a known field with the wrong wire type */
     } else if (skip_field(&p, end, wt)) {
       return ENGRAM_ECORRUPT;
@@ -369,6 +373,7 @@ int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_
   if (v->compression == 0 && v->raw_len != v->payload_len) return ENGRAM_ECORRUPT;
   if (v->compression == 1 && v->raw_len > ENGRAM_MAX_PAYLOAD_LIMIT) return ENGRAM_ECORRUPT;
   if (!v->has_key && v->key_len) return ENGRAM_ECORRUPT;
+  if (v->flags & ~(uint32_t)ENGRAM_EVENT_TOMBSTONE) return ENGRAM_ECORRUPT;
   return 0;
 }
 

@@ -12,6 +12,7 @@
 #include "engram.h"
 
 struct log;
+struct log_view;
 
 /* Checks the records of the layers above during log_verify()'s walk, in its read
  * transaction: calls damage(ctx, text) for each one that does not decode. consumers/
@@ -192,6 +193,8 @@ typedef struct log_topic {
   uint64_t first_removed; /* offsets below this were removed */
   int64_t created_ns;
   int dict_trained_auto;
+  uint64_t compacted;  /* offsets in [first_removed, head] removed by key compaction */
+  uint64_t index_next; /* key compaction: the key index covers the offsets below this */
 } log_topic;
 
 /* Looks a topic up in txn (read or write). Errors: EINVAL (name), ENOTFOUND. */
@@ -218,6 +221,42 @@ int log_topic_trim_in(log_wtx *w, log_topic *t, uint64_t below, uint64_t *remove
 /* Bytes of the pages holding the topic's records, in txn. */
 uint64_t log_topic_bytes(struct log *log, MDB_txn *txn, const log_topic *t);
 
+/* ---------------------------------------------------------------------------------
+ * Key compaction's primitives (log/keys.c; the policy, which needs the groups, is
+ * consumers/keycomp.c). A topic with ENGRAM_TOPIC_COMPACT_KEY has a key index (key ->
+ * newest offset), complete below its index_next, and two queues in offset order: the
+ * offsets a newer event of their key superseded (LOG_KEYS_DEAD) and the tombstones
+ * (LOG_KEYS_TOMB). Compaction slices index the events appended since the last one.
+ * ------------------------------------------------------------------------------ */
+#define LOG_KEYS_DEAD 'd'
+#define LOG_KEYS_TOMB 't'
+/* The key index database inside a write job. Errors: as log_aux_dbi; the private code
+ * that reruns the commit when the handle is newer than the transaction. */
+int log_keys_dbi_in(log_wtx *w, MDB_dbi *dbi);
+/* The lowest queued offset of `kind` at or above `from`, through cursor c on the key
+ * index database (the caller's, reused for a whole slice): 0 and *off, or
+ * ENGRAM_ENOTFOUND. */
+int log_keys_next(MDB_cursor *c, uint32_t topic_id, int kind, uint64_t from, uint64_t *off);
+int log_keys_forget_in(log_wtx *w, MDB_dbi dbi, uint32_t topic_id, int kind, uint64_t off);
+/* The newest offset of a key, 0 = none. */
+uint64_t log_keys_newest(MDB_txn *txn, MDB_dbi dbi, uint32_t topic_id, const char *key,
+                         size_t key_len);
+/* Indexes up to `max` stored events from t->index_next on, stopping early once the
+ * monotonic clock passes until_ns, and moves t->index_next past them (the caller stores
+ * the meta). *n receives how many were read. */
+int log_keys_index_in(log_wtx *w, MDB_dbi dbi, log_topic *t, size_t max, int64_t until_ns,
+                      uint64_t *n);
+/* Stores the topic's metadata record (after log_keys_* moved its counters). */
+int log_topic_meta_put(struct log *log, MDB_txn *txn, const log_topic *t);
+/* Forgets the key of record *v in the index when the record is its newest (the record is
+ * about to go). */
+int log_keys_unindex_in(log_wtx *w, MDB_dbi dbi, const log_topic *t, const struct log_view *v);
+/* Removes the record *v (decoded in w's transaction, at v->offset; head: the topic's
+ * head) for key compaction, with the key's index entry when it points there, counting
+ * the gap in t->compacted; the caller stores the meta. */
+int log_keys_remove_in(log_wtx *w, MDB_dbi dbi, log_topic *t, const struct log_view *v,
+                       uint64_t head);
+
 /* Removes a topic with its events, idempotency keys and dictionaries; only inside a job
  * run with log_write_solo (it deletes a named database). */
 int log_topic_drop_in(log_wtx *w, const char *topic);
@@ -242,6 +281,7 @@ typedef struct log_view {
   uint32_t compression;
   uint32_t dict_id;
   uint32_t raw_len;
+  uint32_t flags; /* ENGRAM_EVENT_* */
   uint32_t n_headers;
   struct {
     const char *name;

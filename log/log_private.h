@@ -15,6 +15,7 @@
 #define LOG_DB_TOPICS "topics"
 #define LOG_DB_IDEM "idem"
 #define LOG_DB_DICTS "dicts"
+#define LOG_DB_KEYIDX "keyidx" /* key compaction's index and queues (keys.c) */
 #define LOG_TOPIC_DB_PREFIX "t/"
 
 struct log_dbi_req {
@@ -85,7 +86,6 @@ void log_topic_cache_add(struct log *log, const char *name, MDB_dbi dbi);
 /* topic.c */
 void log_topic_cache_free(struct log *log);
 void log_topic_handles_reclaim(struct log *log);
-int log_topic_meta_put(struct log *log, MDB_txn *txn, const log_topic *t);
 
 /* codec.c: record encoding and payload compression. */
 typedef struct log_enc {

@@ -161,6 +161,7 @@ engram_event *log_bb_add(log_bb *bb, struct log *log, MDB_txn *txn, const log_to
   e.topic = bb->topic;
   e.timestamp_ns = v->timestamp_ns;
   e.deliver_at_ns = v->deliver_at_ns;
+  e.flags = v->flags;
   if (!(e.type = log_bb_copy(bb, v->type, v->type_len))) return NULL;
   if (v->has_key && !(e.key = log_bb_copy(bb, v->key, v->key_len))) return NULL;
   if (v->content_type_len &&
@@ -192,7 +193,9 @@ engram_event *log_bb_add(log_bb *bb, struct log *log, MDB_txn *txn, const log_to
 }
 
 /* Offsets are dense: every offset from the topic's lowest (1, or the first one not
- * removed) up to its head is stored. A hole in that range is damage, never a gap. */
+ * removed) up to its head is stored, except the t->compacted ones key compaction removed.
+ * A hole in that range is damage on a topic without such gaps; with them, verify counts
+ * the holes against t->compacted. */
 static uint64_t lowest_offset(const log_topic *t) {
   return t->first_removed > 1 ? t->first_removed : 1;
 }
@@ -213,8 +216,14 @@ int log_view_get(struct log *log, MDB_txn *txn, const log_topic *t, uint64_t off
   MDB_val k = {8, &offset}, val;
   int rc = mdb_get(txn, t->dbi, &k, &val);
   if (rc == MDB_NOTFOUND) {
-    if (offset >= lowest_offset(t) && offset <= log_topic_head(log, txn, t))
+    if (offset >= lowest_offset(t) && offset <= log_topic_head(log, txn, t)) {
+      if (t->compacted)
+        return log_error(log, ENGRAM_ENOTFOUND,
+                         "topic %s: offset %llu was removed by key compaction (a newer event of "
+                         "its key, or its tombstone's expiry)",
+                         t->name, (unsigned long long)offset);
       return hole(log, t, offset, 0);
+    }
     if (offset && offset < lowest_offset(t))
       return log_error(log, ENGRAM_ENOTFOUND,
                        "topic %s: offset %llu was removed by retention (the first offset is "
@@ -248,6 +257,7 @@ int log_read_range(struct log *log, const char *topic, uint64_t from, size_t max
   }
   log_bb *bb = log_bb_new(max);
   MDB_cursor *c = NULL;
+  uint64_t expect = 0, start = 0, gone = 0; /* the walk's next offset, first one, gaps met */
   if (!bb) {
     rc = log_error(log, ENGRAM_ENOMEM, "read %s: out of memory", topic);
     goto done;
@@ -258,12 +268,16 @@ int log_read_range(struct log *log, const char *topic, uint64_t from, size_t max
   }
   MDB_val k = {8, &from}, v;
   int op = MDB_SET_RANGE;
-  uint64_t expect = from > lowest_offset(&t) ? from : lowest_offset(&t);
+  expect = start = from > lowest_offset(&t) ? from : lowest_offset(&t);
   while (bb->pub.count < max) {
     int mrc = mdb_cursor_get(c, &k, &v, op);
     if (mrc == MDB_NOTFOUND) {
       /* The walk ended: it must have reached the head. */
-      if (expect <= log_topic_head(log, txn, &t)) rc = hole(log, &t, expect, 0);
+      uint64_t head = log_topic_head(log, txn, &t);
+      if (expect <= head && (gone += head + 1 - expect) > t.compacted)
+        rc = hole(log, &t, expect, 0);
+      else if (expect <= head)
+        expect = head + 1;
       break;
     }
     if (mrc) {
@@ -275,8 +289,12 @@ int log_read_range(struct log *log, const char *topic, uint64_t from, size_t max
     uint64_t off = 0;
     if (k.mv_size == 8) memcpy(&off, k.mv_data, 8);
     if (off != expect) {
-      rc = hole(log, &t, expect, off);
-      break;
+      /* Gaps key compaction left; more of them than it counted are damage. */
+      if (off < expect || (gone += off - expect) > t.compacted) {
+        rc = hole(log, &t, expect, off);
+        break;
+      }
+      expect = off;
     }
     expect++;
     log_view view;
@@ -298,6 +316,11 @@ done:
     return rc;
   }
   *out = log_bb_finish(bb);
+  if (*out) {
+    (*out)->from = start;
+    (*out)->next = expect;
+    (*out)->removed = gone;
+  }
   return 0;
 }
 
@@ -398,7 +421,7 @@ static void walk_topic(struct log *log, struct walk *w, const char *name, void *
     log_read_end(log, txn);
     return;
   }
-  uint64_t lowest = lowest_offset(&t), expect = lowest, n = 0;
+  uint64_t lowest = lowest_offset(&t), expect = lowest, n = 0, gaps = 0;
   MDB_val k, v;
   int op = MDB_FIRST;
   while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
@@ -413,7 +436,8 @@ static void walk_topic(struct log *log, struct walk *w, const char *name, void *
              (unsigned long long)off, (unsigned long long)expect - 1);
       continue;
     }
-    if (off > expect)
+    /* Key compaction's gaps are counted (t.compacted); any more is damage. */
+    if (off > expect && (gaps += off - expect) > t.compacted)
       damage(w, "topic %s offset %llu: missing (the next stored is %llu)", name,
              (unsigned long long)expect, (unsigned long long)off);
     expect = off + 1;
@@ -425,9 +449,11 @@ static void walk_topic(struct log *log, struct walk *w, const char *name, void *
            log_mdb_text(rc));
   mdb_cursor_close(c);
   uint64_t head = log_topic_head(log, txn, &t);
-  if (head >= lowest && n != head - lowest + 1)
-    damage(w, "topic %s: %llu records stored for offsets %llu..%llu", name, (unsigned long long)n,
-           (unsigned long long)lowest, (unsigned long long)head);
+  if (head >= lowest && n + t.compacted != head - lowest + 1)
+    damage(w,
+           "topic %s: %llu records stored for offsets %llu..%llu (%llu removed by key compaction)",
+           name, (unsigned long long)n, (unsigned long long)lowest, (unsigned long long)head,
+           (unsigned long long)t.compacted);
   log_read_end(log, txn);
 }
 

@@ -134,6 +134,7 @@ static void config_defaults(engram_topic_config *c) {
   if (!c->compress_threshold) c->compress_threshold = DEFAULT_COMPRESS_THRESHOLD;
   if (!c->max_payload) c->max_payload = DEFAULT_MAX_PAYLOAD;
   if (!c->dict_train_after) c->dict_train_after = DEFAULT_DICT_TRAIN_AFTER;
+  if (!c->tombstone_ttl_ms) c->tombstone_ttl_ms = ENGRAM_DEFAULT_TOMBSTONE_TTL_MS;
 }
 
 static int meta_decode(struct log *log, const MDB_val *v, const char *name, log_topic *t) {
@@ -149,6 +150,9 @@ static int meta_decode(struct log *log, const MDB_val *v, const char *name, log_
 #define X(type, name) t->cfg.name = m->name;
   ENGRAM_TOPIC_RETENTION_FIELDS(X)
 #undef X
+  snprintf(t->cfg.tombstone_type, sizeof t->cfg.tombstone_type, "%s", m->tombstone_type);
+  t->compacted = m->compacted;
+  t->index_next = m->index_next;
   t->first_removed = m->first_offset;
   t->next_offset = m->next_offset ? m->next_offset : 1;
   t->dict_id = m->dict_id;
@@ -169,12 +173,15 @@ int log_topic_meta_put(struct log *log, MDB_txn *txn, const log_topic *t) {
 #define X(type, name) m.name = t->cfg.name;
   ENGRAM_TOPIC_RETENTION_FIELDS(X)
 #undef X
+  m.tombstone_type = (char *)t->cfg.tombstone_type;
+  m.compacted = t->compacted;
+  m.index_next = t->index_next;
   m.first_offset = t->first_removed;
   m.next_offset = t->next_offset;
   m.dict_id = t->dict_id;
   m.created_ns = t->created_ns;
   m.dict_trained_auto = t->dict_trained_auto;
-  unsigned char buf[192];
+  unsigned char buf[512];
   size_t n = engram__topic_meta__pack(&m, buf);
   MDB_val k = {strlen(t->name), (void *)t->name}, v = {n, buf};
   int rc = mdb_put(txn, log->db_topics, &k, &v, 0);
@@ -227,8 +234,9 @@ static uint64_t last_key(MDB_txn *txn, MDB_dbi dbi, int op) {
 }
 
 uint64_t log_topic_head(struct log *log, MDB_txn *txn, const log_topic *t) {
+  /* next_offset outlives records removed at the top (key compaction's tombstones). */
   uint64_t last = last_key(txn, t->dbi, MDB_LAST);
-  return last ? last : t->next_offset - 1;
+  return last > t->next_offset - 1 ? last : t->next_offset - 1;
 }
 
 uint64_t log_topic_first(struct log *log, MDB_txn *txn, const log_topic *t) {
@@ -299,6 +307,7 @@ static int create_job(log_wtx *w, void *arg) {
   t.id = id;
   t.cfg = r->cfg;
   t.next_offset = 1;
+  t.index_next = 1; /* key compaction indexes from the first event on */
   t.created_ns = w->now_ns;
   return log_topic_meta_put(log, w->txn, &t);
 }
@@ -309,12 +318,29 @@ static int config_check(struct log *log, const char *verb, const char *topic,
   if (c->max_payload > ENGRAM_MAX_PAYLOAD_LIMIT)
     return log_error(log, ENGRAM_EINVAL, "%s topic %s: max_payload %u over %u", verb, topic,
                      c->max_payload, ENGRAM_MAX_PAYLOAD_LIMIT);
-  if (c->flags & ~(uint32_t)(ENGRAM_TOPIC_NO_DICT | ENGRAM_TOPIC_RETAIN_FORCE))
+  if (c->flags &
+      ~(uint32_t)(ENGRAM_TOPIC_NO_DICT | ENGRAM_TOPIC_RETAIN_FORCE | ENGRAM_TOPIC_COMPACT_KEY))
     return log_error(log, ENGRAM_EINVAL, "%s topic %s: unknown flags 0x%x", verb, topic, c->flags);
   if (c->max_age_ms > ENGRAM_MAX_RETENTION_AGE_MS)
     return log_error(log, ENGRAM_EINVAL, "%s topic %s: max_age_ms %llu over %llu (10 years)", verb,
                      topic, (unsigned long long)c->max_age_ms,
                      (unsigned long long)ENGRAM_MAX_RETENTION_AGE_MS);
+  if (c->tombstone_ttl_ms > ENGRAM_MAX_RETENTION_AGE_MS)
+    return log_error(log, ENGRAM_EINVAL, "%s topic %s: tombstone_ttl_ms %llu over %llu (10 years)",
+                     verb, topic, (unsigned long long)c->tombstone_ttl_ms,
+                     (unsigned long long)ENGRAM_MAX_RETENTION_AGE_MS);
+  if (!memchr(c->tombstone_type, '\0', sizeof c->tombstone_type) ||
+      (c->tombstone_type[0] && !log_valid_type(c->tombstone_type)))
+    return log_error(log, ENGRAM_EINVAL,
+                     "%s topic %s: tombstone type invalid: use dotted words of [A-Za-z0-9_-], "
+                     "1-200 bytes",
+                     verb, topic);
+  if (c->flags & ENGRAM_TOPIC_COMPACT_KEY) {
+    /* Compaction slices keep the key index: make sure its database exists. */
+    MDB_dbi dbi;
+    int rc = log_aux_dbi(log, LOG_DB_KEYIDX, 0, &dbi);
+    if (rc) return rc;
+  }
   config_defaults(c);
   return 0;
 }
@@ -337,6 +363,12 @@ static int set_job(log_wtx *w, void *arg) {
   log_topic t;
   int rc = log_topic_get(w->log, w->txn, r->name, &t);
   if (rc) return rc;
+  if ((r->cfg.flags & ENGRAM_TOPIC_COMPACT_KEY) && !(t.cfg.flags & ENGRAM_TOPIC_COMPACT_KEY)) {
+    /* Compaction turned on: its slices index the events stored so far (again, when it
+     * was on before: indexing an event twice is harmless) and those appended after. */
+    uint64_t first = log_topic_first(w->log, w->txn, &t);
+    t.index_next = first ? first : log_topic_head(w->log, w->txn, &t) + 1;
+  }
   t.cfg = r->cfg;
   return log_topic_meta_put(w->log, w->txn, &t);
 }
@@ -363,6 +395,7 @@ static void info_fill(struct log *log, MDB_txn *txn, const log_topic *t, engram_
   info->count = mdb_stat(txn, t->dbi, &st) == 0 ? st.ms_entries : 0;
   info->dict_id = t->dict_id;
   info->created_ns = t->created_ns;
+  info->compacted = t->compacted;
 }
 
 int log_topic_info_get(struct log *log, const char *topic, engram_topic_info *info) {
@@ -506,6 +539,10 @@ int log_topic_drop_in(log_wtx *w, const char *topic) {
   if (rc) return log_err_mdb(rc);
   if ((rc = delete_prefix(w->txn, log->db_idem, t.id))) return rc;
   if ((rc = delete_prefix(w->txn, log->db_dicts, t.id))) return rc;
+  MDB_dbi keys;
+  rc = mdb_dbi_open(w->txn, LOG_DB_KEYIDX, 0, &keys); /* a solo job may open handles */
+  if (rc == 0 && (rc = delete_prefix(w->txn, keys, t.id))) return rc;
+  if (rc && rc != MDB_NOTFOUND) return log_err_mdb(rc);
   log_dict_forget_topic(log, t.id);
   return 0;
 }
@@ -571,17 +608,37 @@ int log_topic_trim_in(log_wtx *w, log_topic *t, uint64_t below, uint64_t *remove
   MDB_cursor *c;
   int rc = mdb_cursor_open(w->txn, t->dbi, &c);
   if (rc) return log_error(log, log_err_mdb(rc), "trim %s: %s", t->name, log_mdb_text(rc));
+  MDB_dbi keys = 0;
+  int compact = (t->cfg.flags & ENGRAM_TOPIC_COMPACT_KEY) != 0;
+  if (compact && (rc = log_keys_dbi_in(w, &keys))) {
+    mdb_cursor_close(c);
+    return rc;
+  }
+  uint64_t lowest = t->first_removed > 1 ? t->first_removed : 1;
+  int erc = 0; /* the key index's error (an ENGRAM_E* code, where rc holds LMDB's) */
   MDB_val k, v;
   while ((rc = mdb_cursor_get(c, &k, &v, MDB_FIRST)) == 0) {
     uint64_t off = 0;
     if (k.mv_size == 8) memcpy(&off, k.mv_data, 8);
     if (off >= below) break;
+    log_view view;
+    /* The key index forgets a key whose newest event goes (its queues drop their
+     * entries of removed offsets when compaction meets them). */
+    if (compact && log_codec_decode(v.mv_data, v.mv_size, off, &view) == 0 &&
+        (erc = log_keys_unindex_in(w, keys, t, &view)))
+      break;
     if ((rc = mdb_cursor_del(c, 0))) break;
     n++;
   }
   mdb_cursor_close(c);
+  if (erc) return erc;
   if (rc && rc != MDB_NOTFOUND)
     return log_error(log, log_err_mdb(rc), "trim %s: %s", t->name, log_mdb_text(rc));
+  /* Gaps key compaction left below the new first offset are no longer gaps. */
+  if (below > lowest) {
+    uint64_t gaps = below - lowest > n ? below - lowest - n : 0;
+    t->compacted = t->compacted > gaps ? t->compacted - gaps : 0;
+  }
   /* The head survives an emptied database through next_offset, so offsets are never
    * reused; first_removed says where the dense range now begins. */
   if (t->next_offset < head + 1) t->next_offset = head + 1;

@@ -26,6 +26,9 @@ static int topic_from_wire(const Engram__Wire__TopicInfo *w, engram_topic_info *
 #define X(type, name) t->config.name = w->config->name;
     ENGRAM_TOPIC_RETENTION_FIELDS(X)
 #undef X
+    if (net_copy_text(t->config.tombstone_type, sizeof t->config.tombstone_type,
+                      w->config->tombstone_type))
+      return -1;
   }
 #define X(type, name) t->name = (type)w->name;
   ENGRAM_TOPIC_INFO_FIELDS(X)
@@ -87,6 +90,7 @@ static int batch_from_wire(engram *log, const Engram__Wire__Events *w, engram_ba
     v.idem_len = strlen(e->idempotency_key);
     v.timestamp_ns = e->timestamp_ns;
     v.deliver_at_ns = e->deliver_at_ns;
+    v.flags = e->flags;
     v.n_headers = (uint32_t)e->n_headers;
     for (size_t h = 0; h < e->n_headers; h++) {
       v.headers[h].name = e->headers[h]->name;
@@ -103,6 +107,11 @@ static int batch_from_wire(engram *log, const Engram__Wire__Events *w, engram_ba
     ev->attempt = e->attempt;
   }
   *out = log_bb_finish(bb);
+  if (*out) {
+    (*out)->from = w->from;
+    (*out)->next = w->next;
+    (*out)->removed = w->removed;
+  }
   return 0;
 }
 
@@ -140,6 +149,7 @@ static void topic_config_to_wire(const engram_topic_config *cfg, Engram__Wire__T
 #define X(type, name) wc->name = cfg->name;
   ENGRAM_TOPIC_RETENTION_FIELDS(X)
 #undef X
+  wc->tombstone_type = (char *)cfg->tombstone_type;
 }
 
 static int r_topic_create(engram *log, const char *topic, const engram_topic_config *cfg) {
@@ -326,6 +336,7 @@ int client_wev_build(engram *log, const char *topic, const engram_event *evs, si
     x->idempotency_key = net_str(e->idempotency_key);
     x->has_idempotency_key = e->idempotency_key != NULL;
     x->deliver_at_ns = e->deliver_at_ns;
+    x->flags = e->flags;
     if (e->n_headers) {
       x->headers = &w->hp[at];
       x->n_headers = e->n_headers;

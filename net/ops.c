@@ -29,6 +29,7 @@ static Engram__Wire__TopicInfo *topic_to_wire(net_arena *a, const engram_topic_i
 #define X(type, name) c->name = t->config.name;
   ENGRAM_TOPIC_RETENTION_FIELDS(X)
 #undef X
+  c->tombstone_type = adup(a, t->config.tombstone_type);
   w->config = c;
 #define X(type, name) w->name = t->name;
   ENGRAM_TOPIC_INFO_FIELDS(X)
@@ -75,6 +76,9 @@ static Engram__Wire__Events *events_to_wire(net_arena *a, const engram_batch *b,
   if (!w) return NULL;
   engram__wire__events__init(w);
   w->topic = net_str(b->count ? b->events[0].topic : topic);
+  w->from = b->from;
+  w->next = b->next;
+  w->removed = b->removed;
   if (!b->count) return w;
   w->events = net_arena_alloc(a, b->count * sizeof *w->events);
   if (!w->events) return NULL;
@@ -84,6 +88,11 @@ static Engram__Wire__Events *events_to_wire(net_arena *a, const engram_batch *b,
     if (i > 0 && bytes > limit) break;
     if (!(w->events[i] = net_event_to_wire(a, &b->events[i], with_attempt))) return NULL;
     w->n_events = i + 1;
+  }
+  if (w->n_events < b->count && b->next) {
+    /* Cut short: the covered range ends after the last event sent. */
+    w->next = b->events[w->n_events - 1].offset + 1;
+    w->removed = w->next - w->from - w->n_events;
   }
   return w;
 }
@@ -224,6 +233,9 @@ static void topic_config_from_wire(const Engram__Wire__TopicConfig *w, engram_to
 #define X(type, name) c->name = w->name;
   ENGRAM_TOPIC_RETENTION_FIELDS(X)
 #undef X
+  /* Too long a type stays too long, so that the check below the API refuses it. */
+  snprintf(c->tombstone_type, sizeof c->tombstone_type, "%s", w->tombstone_type);
+  if (strlen(w->tombstone_type) >= sizeof c->tombstone_type) c->tombstone_type[0] = '.';
 }
 
 OP(op_topic_create) {

@@ -283,6 +283,7 @@ void net_event_from_wire(const Engram__Wire__Event *w, engram_event *e, engram_h
   e->content_type = *w->content_type ? w->content_type : NULL;
   e->idempotency_key = w->has_idempotency_key || *w->idempotency_key ? w->idempotency_key : NULL;
   e->deliver_at_ns = w->deliver_at_ns;
+  e->flags = w->flags;
   for (size_t i = 0; i < w->n_headers; i++) {
     h[i].name = w->headers[i]->name;
     h[i].value = w->headers[i]->value;
@@ -365,6 +366,7 @@ Engram__Wire__Event *net_event_to_wire(net_arena *a, const engram_event *e, int 
   w->deliver_at_ns = e->deliver_at_ns;
   w->timestamp_ns = e->timestamp_ns;
   w->attempt = with_attempt ? e->attempt : 0;
+  w->flags = e->flags;
   if (e->n_headers) {
     Engram__Wire__Header *h = net_arena_alloc(a, e->n_headers * sizeof *h);
     Engram__Wire__Header **hp = net_arena_alloc(a, e->n_headers * sizeof *hp);

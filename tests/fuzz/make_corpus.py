@@ -58,7 +58,7 @@ def header(name: str, value: str) -> bytes:
 
 def record(type_="memory.saved", key=None, payload=b"", content_type="", headers=(),
            ts=1700000000123456789, idem="", deliver_at=0, compression=0, dict_id=0,
-           raw_len=None, extra=b"") -> bytes:
+           raw_len=None, flags=0, extra=b"") -> bytes:
     m = ld(1, type_)
     if key is not None:
         m += vi(2, 1) + (ld(3, key) if key else b"")
@@ -82,6 +82,8 @@ def record(type_="memory.saved", key=None, payload=b"", content_type="", headers
         raw_len = len(payload)
     if raw_len:
         m += vi(12, raw_len)
+    if flags:
+        m += vi(13, flags)
     return m + extra
 
 
@@ -118,11 +120,12 @@ def main() -> None:
         "valid-binary-payload": seed(3, stored(3, record(payload=binary, content_type="application/octet-stream"))),
         "valid-compressed": seed(4, stored(4, record(payload=zstd_raw_frame(b"hello hello hello"), compression=1, raw_len=17))),
         "valid-dict": seed(5, stored(5, record(payload=zstd_raw_frame(event[:200]), compression=1, dict_id=123456, raw_len=200))),
-        "valid-unknown-fields": seed(6, stored(6, record(payload=b"p", extra=vi(13, 5) + ld(20, b"future") + tag(21, 5) + b"\x01\x02\x03\x04"))),
+        "valid-unknown-fields": seed(6, stored(6, record(payload=b"p", extra=vi(14, 5) + ld(20, b"future") + tag(21, 5) + b"\x01\x02\x03\x04"))),
         "valid-negative-times": seed(7, stored(7, record(ts=-5, deliver_at=-1))),
         "valid-64-headers": seed(8, stored(8, record(headers=[("h%d" % i, "v") for i in range(64)]))),
         "valid-huge-offset": seed(1 << 63, stored(1 << 63, record(payload=b"far"))),
         "valid-long-type": seed(9, stored(9, record(type_="a." * 99 + "b"))),
+        "valid-tombstone": seed(10, stored(10, record(type_="memory.deleted", key="m1", flags=1))),
         "bad-empty": seed(1, b""),
         "bad-three-bytes": seed(1, b"\x01\x02\x03"),
         "bad-crc-only": seed(1, stored(1, b"")),
@@ -138,6 +141,7 @@ def main() -> None:
         "bad-raw-len": seed(1, stored(1, record(payload=b"abc", raw_len=4))),
         "bad-no-type": seed(1, stored(1, ld(4, b"payload only"))),
         "bad-key-without-flag": seed(1, stored(1, ld(1, "a") + ld(3, "k"))),
+        "bad-unknown-flag": seed(1, stored(1, record(key="m1", flags=2))),
         "bad-garbage": seed(99, bytes((i * 131 + 17) % 256 for i in range(300))),
     }
     for name, data in seeds.items():

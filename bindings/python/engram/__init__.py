@@ -36,7 +36,7 @@ _engram._register_errors(Error, dict(_BY_CODE))
 _logging.getLogger("engram").addHandler(_logging.NullHandler())
 
 from .log import Log, connect, open  # noqa: E402
-from .event import Event  # noqa: E402
+from .event import Batch, Event  # noqa: E402
 from .group import Group  # noqa: E402
 from .consumer import Consumer  # noqa: E402
 from .txn import Transaction  # noqa: E402
@@ -92,5 +92,6 @@ __all__ = [
     "errname", "missing_features", "keygen", "VERSION", "FORMAT_VERSION", "PROTOCOL_VERSION",
     "ScheduleInfo",
     "RateInfo",
+    "Batch",
 ]
 __all__ += _errors.__all__

@@ -346,6 +346,10 @@ static PyObject *topic_dict(const engram_topic_info *t) {
   }
   ENGRAM_TOPIC_RETENTION_FIELDS(X)
 #undef X
+  if (put_text(cfg, "tombstone_type", t->config.tombstone_type) < 0) {
+    Py_DECREF(d);
+    return NULL;
+  }
   return d;
 }
 
@@ -353,18 +357,24 @@ static PyObject *topic_dict(const engram_topic_info *t) {
 static PyObject *topic_config_call(LogObject *self, PyObject *args, PyObject *kw, int set) {
   static char *kws[] = {"topic", "compress_threshold", "max_payload", "dict_train_after",
                         "flags", "max_age_ms",         "max_bytes",   "max_events",
-                        NULL};
-  const char *topic;
+                        "tombstone_ttl_ms", "tombstone_type", NULL};
+  const char *topic, *tomb_type = NULL;
   engram_topic_config c;
   memset(&c, 0, sizeof c);
   int rc;
   char msg[MSG_MAX];
   if (!PyArg_ParseTupleAndKeywords(
-          args, kw, set ? "O&|O&O&O&O&O&O&O&:topic_set" : "O&|O&O&O&O&O&O&O&:topic_create", kws,
-          conv_str, &topic, conv_u32, &c.compress_threshold, conv_u32, &c.max_payload, conv_u32,
-          &c.dict_train_after, conv_u32, &c.flags, conv_u64, &c.max_age_ms, conv_u64, &c.max_bytes,
-          conv_u64, &c.max_events))
+          args, kw, set ? "O&|O&O&O&O&O&O&O&O&O&:topic_set" : "O&|O&O&O&O&O&O&O&O&O&:topic_create",
+          kws, conv_str, &topic, conv_u32, &c.compress_threshold, conv_u32, &c.max_payload,
+          conv_u32, &c.dict_train_after, conv_u32, &c.flags, conv_u64, &c.max_age_ms, conv_u64,
+          &c.max_bytes, conv_u64, &c.max_events, conv_u64, &c.tombstone_ttl_ms, conv_str,
+          &tomb_type))
     return NULL;
+  if (tomb_type && strlen(tomb_type) >= sizeof c.tombstone_type) {
+    PyErr_Format(PyExc_ValueError, "tombstone_type over %d bytes", ENGRAM_MAX_TYPE);
+    return NULL;
+  }
+  if (tomb_type) snprintf(c.tombstone_type, sizeof c.tombstone_type, "%s", tomb_type);
   if (enter(self)) return NULL;
   if (set)
     RUN(self, rc, msg, engram_topic_set(self->log, topic, &c));
@@ -465,7 +475,7 @@ static PyObject *Log_topic_train_dict(LogObject *self, PyObject *args) {
 
 /* ---------------------------------------------------------------------------------
  * Events in: a Python event spec is the tuple
- *   (type, payload, key, content_type, headers, idempotency_key, deliver_at_ns)
+ *   (type, payload, key, content_type, headers, idempotency_key, deliver_at_ns[, flags])
  * with payload a bytes-like object, headers a dict of str -> str or None.
  * ------------------------------------------------------------------------------ */
 typedef struct {
@@ -488,8 +498,8 @@ static void evin_clear(evin *e) {
  * call runs without the GIL. Returns 0, or -1 with an exception set. */
 static int evin_fill(evin *e, PyObject *spec) {
   memset(e, 0, sizeof *e);
-  if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 7) {
-    PyErr_SetString(PyExc_TypeError, "event spec must be a 7-tuple");
+  if (!PyTuple_Check(spec) || (PyTuple_GET_SIZE(spec) != 7 && PyTuple_GET_SIZE(spec) != 8)) {
+    PyErr_SetString(PyExc_TypeError, "event spec must be a 7-tuple (or 8 with flags)");
     return -1;
   }
   e->keep = PyList_New(0);
@@ -510,6 +520,7 @@ static int evin_fill(evin *e, PyObject *spec) {
   if (!conv_str_opt(ctype, &e->ev.content_type)) goto fail;
   if (!conv_str_opt(idem, &e->ev.idempotency_key)) goto fail;
   if (!conv_i64(at, &e->ev.deliver_at_ns)) goto fail;
+  if (PyTuple_GET_SIZE(spec) == 8 && !conv_u32(PyTuple_GET_ITEM(spec, 7), &e->ev.flags)) goto fail;
   if (headers != Py_None) {
     if (!PyDict_Check(headers)) {
       PyErr_Format(PyExc_TypeError, "headers must be a dict of str to str, got %.80s",
@@ -545,7 +556,7 @@ fail:
 /* ---------------------------------------------------------------------------------
  * Events out: the tuple
  *   (offset, topic, type, key, payload, content_type, headers, idempotency_key,
- *    deliver_at_ns, timestamp_ns, attempt)
+ *    deliver_at_ns, timestamp_ns, attempt, flags)
  * ------------------------------------------------------------------------------ */
 static PyObject *str_or_none(const char *s) {
   if (!s) Py_RETURN_NONE;
@@ -566,10 +577,11 @@ static PyObject *event_tuple(const engram_event *ev) {
   }
   const char *ct = ev->content_type && *ev->content_type ? ev->content_type : NULL;
   return Py_BuildValue(
-      "(KNNNy#NNNLLI)", (unsigned long long)ev->offset, str_or_none(ev->topic),
+      "(KNNNy#NNNLLII)", (unsigned long long)ev->offset, str_or_none(ev->topic),
       str_or_none(ev->type), str_or_none(ev->key), ev->payload ? (const char *)ev->payload : "",
       (Py_ssize_t)ev->payload_len, str_or_none(ct), h, str_or_none(ev->idempotency_key),
-      (long long)ev->deliver_at_ns, (long long)ev->timestamp_ns, (unsigned int)ev->attempt);
+      (long long)ev->deliver_at_ns, (long long)ev->timestamp_ns, (unsigned int)ev->attempt,
+      (unsigned int)ev->flags);
 }
 
 /* Converts a batch to a list of event tuples and frees it. */
@@ -712,17 +724,23 @@ static PyObject *Log_read_range(LogObject *self, PyObject *args) {
   const char *topic;
   uint64_t from;
   size_t max;
+  int covered = 0;
   engram_batch *b = NULL;
   int rc;
   char msg[MSG_MAX];
-  if (!PyArg_ParseTuple(args, "O&O&O&:read_range", conv_str, &topic, conv_u64, &from, conv_size,
-                        &max))
+  if (!PyArg_ParseTuple(args, "O&O&O&|p:read_range", conv_str, &topic, conv_u64, &from,
+                        conv_size, &max, &covered))
     return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_read_range(self->log, topic, from, max, &b));
   leave(self);
   if (rc < 0) return raise_code(rc, msg);
-  return batch_list(b);
+  if (!covered) return batch_list(b);
+  /* With the range it covered: (events, from, next, removed). */
+  unsigned long long f = b ? b->from : 0, n = b ? b->next : 0, r = b ? b->removed : 0;
+  PyObject *list = batch_list(b);
+  if (!list) return NULL;
+  return Py_BuildValue("(NKKK)", list, f, n, r);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -1779,11 +1797,12 @@ static PyMethodDef Log_methods[] = {
      "log_info() -> dict: id, created_ns, format_version"},
     {"topic_create", (PyCFunction)(void (*)(void))Log_topic_create, METH_VARARGS | METH_KEYWORDS,
      "topic_create(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0, "
-     "max_age_ms=0, max_bytes=0, max_events=0)"},
+     "max_age_ms=0, max_bytes=0, max_events=0, tombstone_ttl_ms=0, tombstone_type='')"},
     {"topic_info", (PyCFunction)Log_topic_info, METH_VARARGS, "topic_info(topic) -> dict"},
     {"topic_set", (PyCFunction)(void (*)(void))Log_topic_set, METH_VARARGS | METH_KEYWORDS,
      "topic_set(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0, "
-     "max_age_ms=0, max_bytes=0, max_events=0): replaces the topic's config"},
+     "max_age_ms=0, max_bytes=0, max_events=0, tombstone_ttl_ms=0, tombstone_type=''): replaces the "
+     "topic's config"},
     {"compact", (PyCFunction)Log_compact, METH_VARARGS,
      "compact(topic=None) -> dict: applies retention limits now"},
     {"topic_list", (PyCFunction)Log_topic_list, METH_NOARGS, "topic_list() -> list of dict"},
@@ -1797,7 +1816,9 @@ static PyMethodDef Log_methods[] = {
     {"append_wait", (PyCFunction)Log_append_wait, METH_NOARGS, "append_wait()"},
     {"read", (PyCFunction)Log_read, METH_VARARGS, "read(topic, offset) -> event tuple"},
     {"read_range", (PyCFunction)Log_read_range, METH_VARARGS,
-     "read_range(topic, from, max) -> list of event tuples"},
+     "read_range(topic, from, max, covered=False) -> list of event tuples; with covered, "
+     "(list, from, next, removed): the offsets [from, next) the read covered, removed of "
+     "them by key compaction"},
     {"group_create", (PyCFunction)(void (*)(void))Log_group_create, METH_VARARGS | METH_KEYWORDS,
      "group_create(topic, group, filters=None, start=0, start_offset=0, start_time_ns=0, "
      "ack_wait_ms=0, max_deliver=0, backoff_ms=None, result_ttl_ms=0, flags=0)"},
@@ -2000,6 +2021,8 @@ PyMODINIT_FUNC PyInit__engram(void) {
   INT("OPEN_RDONLY", ENGRAM_OPEN_RDONLY);
   INT("TOPIC_NO_DICT", ENGRAM_TOPIC_NO_DICT);
   INT("TOPIC_RETAIN_FORCE", ENGRAM_TOPIC_RETAIN_FORCE);
+  INT("TOPIC_COMPACT_KEY", ENGRAM_TOPIC_COMPACT_KEY);
+  INT("EVENT_TOMBSTONE", ENGRAM_EVENT_TOMBSTONE);
   INT("GROUP_KEY_ORDERED", ENGRAM_GROUP_KEY_ORDERED);
   INT("START_EARLIEST", ENGRAM_START_EARLIEST);
   INT("START_LATEST", ENGRAM_START_LATEST);

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from . import _engram
 from .errors import InvalidArgument
 from .message import Duration, Payload, decode_payload
 from .records import EventStatus
@@ -13,7 +14,7 @@ from .records import EventStatus
 if TYPE_CHECKING:
     from .group import Group
 
-__all__ = ["Event"]
+__all__ = ["Event", "Batch"]
 
 
 class Event:
@@ -22,7 +23,7 @@ class Event:
 
     __slots__ = ("offset", "topic", "type", "key", "payload", "content_type", "headers",
                  "idempotency_key", "deliver_at_ns", "timestamp_ns", "attempt", "group",
-                 "finished")
+                 "finished", "flags")
 
     offset: int
     topic: str
@@ -37,11 +38,13 @@ class Event:
     attempt: int
     group: Optional["Group"]
     finished: Optional[str]
+    flags: int
 
     def __init__(self, t: tuple, group: Optional["Group"] = None) -> None:
         (self.offset, self.topic, self.type, self.key, self.payload, self.content_type,
          self.headers, self.idempotency_key, self.deliver_at_ns, self.timestamp_ns,
-         self.attempt) = t
+         self.attempt) = t[:11]
+        self.flags = t[11] if len(t) > 11 else 0
         self.group = group
         self.finished = None  # "acked", "nacked" or "rejected" once this process settled it
 
@@ -53,6 +56,11 @@ class Event:
     def timestamp(self) -> _dt.datetime:
         """When the event was appended (UTC)."""
         return _dt.datetime.fromtimestamp(self.timestamp_ns / 1e9, _dt.timezone.utc)
+
+    @property
+    def tombstone(self) -> bool:
+        """The event deletes its key (key compaction, docs/operations.md)."""
+        return bool(self.flags & _engram.EVENT_TOMBSTONE)
 
     @property
     def id(self) -> str:
@@ -105,3 +113,23 @@ class Event:
     def status(self) -> EventStatus:
         """The event's state in its group."""
         return self._need_group("status").status(self.offset)
+
+
+class Batch(list):
+    """The events of a range read (:meth:`Log.read`), a list, with the offsets the read
+    covered: ``[from_offset, next_offset)``, each either among the events or removed by
+    key compaction; ``removed`` counts the latter. Read on from ``next_offset``."""
+
+    from_offset: int
+    next_offset: int
+    removed: int
+
+    def __init__(self, events: List[Event], from_offset: int, next_offset: int,
+                 removed: int) -> None:
+        super().__init__(events)
+        self.from_offset, self.next_offset, self.removed = from_offset, next_offset, removed
+
+    def gone(self) -> List[int]:
+        """The offsets of the covered range that key compaction removed."""
+        have = {e.offset for e in self}
+        return [o for o in range(self.from_offset, self.next_offset) if o not in have]

@@ -12,7 +12,7 @@ from typing import (Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequ
 
 from . import _engram
 from .errors import AlreadyExists, Closed, Error, InvalidArgument, NotFound, NotSupported
-from .event import Event
+from .event import Batch, Event
 from .group import Group, _group_config
 from .message import (Duration, Message, Offset, Payload, When, _headers, _message, _ms, _ns,
                       _str, encode_payload)
@@ -70,6 +70,16 @@ def _retention_kw(max_age: Any, max_bytes: Optional[int],
         if v < 0:
             raise ValueError(f"{k.replace('_ms', '')} must not be negative")
     return kw
+
+
+def _compaction_kw(tombstone_ttl: Any, tombstone_type: Optional[str]) -> Dict[str, Any]:
+    """Key compaction keywords for topic_create / topic_set: 0 / "" mean the default."""
+    if isinstance(tombstone_ttl, _dt.timedelta):
+        tombstone_ttl = tombstone_ttl.total_seconds()
+    ttl = int(round(tombstone_ttl * 1000)) if tombstone_ttl else 0
+    if ttl < 0:
+        raise ValueError("tombstone_ttl must not be negative")
+    return {"tombstone_ttl_ms": ttl, "tombstone_type": tombstone_type or ""}
 
 
 def _check_declared(have: Dict[str, Any], kw: Dict[str, Any], key_ordered: Optional[bool]) -> None:
@@ -156,17 +166,24 @@ class Log:
                      max_payload: Optional[int] = None, dict_train_after: Optional[int] = None,
                      no_dict: bool = False, exist_ok: bool = False,
                      max_age: Optional[Duration] = None, max_bytes: Optional[int] = None,
-                     max_events: Optional[int] = None, retain_force: bool = False) -> None:
+                     max_events: Optional[int] = None, retain_force: bool = False,
+                     compact_by_key: bool = False, tombstone_ttl: Optional[Duration] = None,
+                     tombstone_type: Optional[str] = None) -> None:
         """Creates a topic (names: 1..200 bytes of [A-Za-z0-9._-]). Raises AlreadyExists
         unless ``exist_ok``. Retention: ``max_age`` (seconds or timedelta), ``max_bytes``,
         ``max_events`` (None = no limit); ``retain_force`` lets retention remove events
-        groups have not finished (docs/operations.md)."""
+        groups have not finished (docs/operations.md). Key compaction: ``compact_by_key``
+        keeps only the newest event of each key; a tombstone (``append(...,
+        tombstone=True)``, or an event of ``tombstone_type``) goes ``tombstone_ttl``
+        seconds after its append (default one day)."""
         kw = {k: v for k, v in (("compress_threshold", compress_threshold),
                                  ("max_payload", max_payload),
                                  ("dict_train_after", dict_train_after)) if v is not None}
         kw.update(_retention_kw(max_age, max_bytes, max_events))
+        kw.update(_compaction_kw(tombstone_ttl, tombstone_type))
         flags = (_engram.TOPIC_NO_DICT if no_dict else 0) | \
-            (_engram.TOPIC_RETAIN_FORCE if retain_force else 0)
+            (_engram.TOPIC_RETAIN_FORCE if retain_force else 0) | \
+            (_engram.TOPIC_COMPACT_KEY if compact_by_key else 0)
         try:
             self.h.topic_create(name, flags=flags, **kw)
         except AlreadyExists:
@@ -174,19 +191,27 @@ class Log:
                 raise
 
     def set_retention(self, topic: str, *, max_age: Any = _KEEP, max_bytes: Any = _KEEP,
-                      max_events: Any = _KEEP, retain_force: Optional[bool] = None) -> TopicInfo:
-        """Changes a topic's retention; arguments not given stay as they are, None removes
-        a limit. Returns the topic's new information."""
+                      max_events: Any = _KEEP, retain_force: Optional[bool] = None,
+                      compact_by_key: Optional[bool] = None, tombstone_ttl: Any = _KEEP,
+                      tombstone_type: Any = _KEEP) -> TopicInfo:
+        """Changes a topic's retention and key compaction; arguments not given stay as they
+        are, None removes a limit (``tombstone_ttl``: back to the default, one day;
+        ``tombstone_type``: none). Returns the topic's new information."""
         t = self.topic(topic)
         age = t.max_age if max_age is _KEEP else max_age
         size = t.max_bytes if max_bytes is _KEEP else max_bytes
         events = t.max_events if max_events is _KEEP else max_events
         force = t.retain_force if retain_force is None else retain_force
-        flags = (t.flags & ~_engram.TOPIC_RETAIN_FORCE) | \
-            (_engram.TOPIC_RETAIN_FORCE if force else 0)
+        compact = t.compact_by_key if compact_by_key is None else compact_by_key
+        ttl = t.tombstone_ttl if tombstone_ttl is _KEEP else tombstone_ttl
+        ttype = t.tombstone_type if tombstone_type is _KEEP else tombstone_type
+        flags = (t.flags & ~(_engram.TOPIC_RETAIN_FORCE | _engram.TOPIC_COMPACT_KEY)) | \
+            (_engram.TOPIC_RETAIN_FORCE if force else 0) | \
+            (_engram.TOPIC_COMPACT_KEY if compact else 0)
         self.h.topic_set(topic, compress_threshold=t.compress_threshold,
                          max_payload=t.max_payload, dict_train_after=t.dict_train_after,
-                         flags=flags, **_retention_kw(age, size, events))
+                         flags=flags, **_retention_kw(age, size, events),
+                         **_compaction_kw(ttl, ttype))
         return self.topic(topic)
 
     def compact(self, topic: Optional[str] = None) -> Dict[str, int]:
@@ -225,15 +250,16 @@ class Log:
     def append(self, topic: str, type: str, payload: Payload = None, *, key: Optional[str] = None,
                headers: Optional[Mapping[str, str]] = None, idempotency_key: Optional[str] = None,
                delay: Optional[Duration] = None, deliver_at: Optional[When] = None,
-               content_type: Optional[str] = None) -> Offset:
+               content_type: Optional[str] = None, tombstone: bool = False) -> Offset:
         """Appends one event and returns its offset once it is durable. ``payload`` may be
         bytes, str or a dict/list (stored as JSON). ``delay`` (seconds) or ``deliver_at``
         holds it back from groups until then. With an ``idempotency_key`` seen in the dedup
         window nothing is written and the original offset comes back with
         ``.duplicate = True``. A missing topic is created unless the log was opened with
-        ``create_topics=False``."""
+        ``create_topics=False``. ``tombstone=True`` marks it as deleting its ``key``
+        (key compaction, docs/operations.md)."""
         spec = Message(type, payload, key, headers, idempotency_key, delay, deliver_at,
-                       content_type).spec()
+                       content_type, tombstone).spec()
         try:
             off, dup = self.h.append(topic, spec)
         except NotFound as e:
@@ -259,12 +285,12 @@ class Log:
     def append_async(self, topic: str, type: str, payload: Payload = None, *,
                      key: Optional[str] = None, headers: Optional[Mapping[str, str]] = None,
                      idempotency_key: Optional[str] = None, delay: Optional[Duration] = None,
-                     content_type: Optional[str] = None) -> None:
+                     content_type: Optional[str] = None, tombstone: bool = False) -> None:
         """Queues an append without waiting for it to be durable (pipelining, done by the
         library: engram_append_async); :meth:`flush` waits for all of them and raises the
         first error. An event refused later (too big ...) fails alone."""
         spec = Message(type, payload, key, headers, idempotency_key, delay, None,
-                       content_type).spec()
+                       content_type, tombstone).spec()
         _str(topic, "topic")
         if topic not in self._pipelined:
             # A missing topic would only surface at flush(): create it now, once per topic.
@@ -286,11 +312,14 @@ class Log:
         """The event at ``offset``; NotFound when there is none."""
         return Event(self.h.read(topic, offset))
 
-    def read(self, topic: str, start: int = 1, count: int = 100) -> List[Event]:
-        """Up to ``count`` events with offsets >= ``start``, in order."""
+    def read(self, topic: str, start: int = 1, count: int = 100) -> Batch:
+        """Up to ``count`` events with offsets >= ``start``, in order: a list that also
+        says which offsets the read covered (``next_offset``, ``removed``, ``gone()``: on
+        a topic compacted by key, the offsets compaction removed are skipped)."""
         if isinstance(count, int) and not isinstance(count, bool) and count < 0:
             raise InvalidArgument(f"read: count {count} is negative")
-        return [Event(t) for t in self.h.read_range(topic, start, count)]
+        evs, lo, nxt, removed = self.h.read_range(topic, start, count, True)
+        return Batch([Event(t) for t in evs], lo, nxt, removed)
 
     def scan(self, topic: str, start: int = 1, batch: int = 1000) -> Iterator[Event]:
         """Every event from ``start`` on, read in batches."""
@@ -454,6 +483,7 @@ class Log:
             out["topics"].append({"topic": t["name"], "count": t["count"],
                                   "first_offset": t["first_offset"], "head_offset": t["head_offset"],
                                   "dict_id": t["dict_id"], "created_ns": t["created_ns"],
+                                  "compacted": t["compacted"],
                                   "config": {"compress_threshold": c["compress_threshold"],
                                              "max_payload": c["max_payload"],
                                              "dict_train_after": c["dict_train_after"],
@@ -461,8 +491,12 @@ class Log:
                                              "max_age_ms": c["max_age_ms"],
                                              "max_bytes": c["max_bytes"],
                                              "max_events": c["max_events"],
+                                             "tombstone_ttl_ms": c["tombstone_ttl_ms"],
                                              "retain_force": bool(c["flags"]
-                                                                  & _engram.TOPIC_RETAIN_FORCE)}})
+                                                                  & _engram.TOPIC_RETAIN_FORCE),
+                                             "compact_by_key": bool(c["flags"]
+                                                                    & _engram.TOPIC_COMPACT_KEY),
+                                             "tombstone_type": c["tombstone_type"]}})
         out["log"] = self.h.log_info()
         try:
             groups = self.h.group_list(None)

@@ -129,15 +129,17 @@ class Message:
     delay: Optional[Duration] = None
     deliver_at: Optional[When] = None
     content_type: Optional[str] = None
+    tombstone: bool = False  #: the event deletes its key (key compaction; needs a key)
 
     def spec(self) -> tuple:
         """The tuple the C extension takes."""
         _str(self.type, "type")
         data, ct = encode_payload(self.payload, self.content_type)
-        return (self.type, data, _str(self.key, "key", optional=True),
+        spec = (self.type, data, _str(self.key, "key", optional=True),
                 _str(ct, "content_type", optional=True), _headers(self.headers),
                 _str(self.idempotency_key, "idempotency_key", optional=True),
                 _deliver_at(self.delay, self.deliver_at))
+        return spec + (1,) if self.tombstone else spec  # flags: ENGRAM_EVENT_TOMBSTONE
 
 
 def _message(item: Any) -> Message:

@@ -34,6 +34,10 @@ class TopicInfo:
     max_bytes: Optional[int] = None  #: retention: bytes of stored records, None = no limit
     max_events: Optional[int] = None  #: retention: events kept, None = no limit
     retain_force: bool = False  #: retention may remove events groups have not finished
+    compact_by_key: bool = False  #: key compaction keeps only the newest event of each key
+    tombstone_ttl: float = 86400.0  #: key compaction: seconds a tombstone is kept
+    tombstone_type: Optional[str] = None  #: key compaction: events of this type are tombstones
+    compacted: int = 0  #: offsets between first and head removed by key compaction
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> "TopicInfo":
@@ -43,7 +47,9 @@ class TopicInfo:
                    c["compress_threshold"], c["max_payload"], c["dict_train_after"], c["flags"],
                    c["max_age_ms"] / 1000 if c["max_age_ms"] else None,
                    c["max_bytes"] or None, c["max_events"] or None,
-                   bool(c["flags"] & _engram.TOPIC_RETAIN_FORCE))
+                   bool(c["flags"] & _engram.TOPIC_RETAIN_FORCE),
+                   bool(c["flags"] & _engram.TOPIC_COMPACT_KEY), c["tombstone_ttl_ms"] / 1000,
+                   c["tombstone_type"] or None, d["compacted"])
 
 
 @dataclass(frozen=True)
