@@ -779,6 +779,54 @@ typedef struct engram_compact_report {
  * Errors: ENOTFOUND (topic), ENOTSUP (read-only handle), EIO, ENOSPC. */
 ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_report *report);
 
+
+/* ---------------------------------------------------------------------------------
+ * Progress of long calls, and giving space back to the file system (docs/operations.md).
+ * ------------------------------------------------------------------------------ */
+/* Called by a long call (engram_backup, engram_verify, engram_compact, engram_reclaim)
+ * on the caller's thread while it works: `phase` names what it does now ("copying",
+ * "checking records" ...; a static string), `done` of `total` units of that phase are
+ * finished (bytes, records or topics, as the phase says). Within a phase `done` never
+ * goes down and never exceeds `total`; `total` may grow (writers keep appending) and is
+ * 0 when unknown. Each phase ends with a call where done == total. It must not call
+ * engram on the same handle. */
+typedef void (*engram_progress_fn)(void *ctx, const char *phase, uint64_t done, uint64_t total);
+/* Sets (fn NULL: removes) the progress callback of `log`'s long calls. A remote handle
+ * keeps it but never calls it: the daemon does the work. Errors: EINVAL (log NULL). */
+ENGRAM_API int engram_progress_set(engram *log, engram_progress_fn fn, void *ctx);
+
+/* Options for engram_reclaim(). Zero means default; NULL means all defaults. */
+typedef struct engram_reclaim_options {
+  engram_progress_fn progress; /* NULL = none; phases "copying" (bytes), "swapping" (steps) */
+  void *progress_ctx;
+} engram_reclaim_options;
+/* What engram_reclaim() did, one X(type, name) each. */
+#define ENGRAM_RECLAIM_REPORT_FIELDS(X)                                     \
+  X(uint64_t, bytes_before) /* size of data.mdb before, in bytes */         \
+  X(uint64_t, bytes_after)  /* size of data.mdb after (the compacted copy) */
+typedef struct engram_reclaim_report {
+  ENGRAM_RECLAIM_REPORT_FIELDS(ENGRAM_FIELD_)
+} engram_reclaim_report;
+/* Gives the log's free pages back to the file system: LMDB never shrinks data.mdb (pages
+ * freed by retention or a dropped topic are only reused), so this writes a compacted copy
+ * of the log beside it (DIR/data.mdb.reclaim), forces it to disk, and renames it over
+ * data.mdb. Every event, group, cursor, idempotency key, worker and topic setting is kept.
+ * It needs the log to itself: every handle (read-write or read-only, of any process,
+ * this one included) holds a shared lock on DIR/open.lock, and the reclaim takes it
+ * exclusively for the whole copy and swap; while it runs, engram_open() of the log fails
+ * at once with ENGRAM_EBUSY. A crash or power cut at any step leaves the old or the new
+ * data file, complete, and at most a leftover copy that the next read-write open
+ * removes. Needs free disk space for the copy (about the size of the live data).
+ * *report (may be NULL) receives the sizes. Errors:
+ *   EINVAL    path invalid
+ *   ENOTFOUND no log there
+ *   EBUSY     some process has the log open (the message names the pids it can see:
+ *             close them, or stop `engram serve`, and retry)
+ *   EDENIED   the directory is not writable
+ *   ECORRUPT, EVERSION as engram_open(); ENOSPC (nothing changed), EIO, ENOMEM */
+ENGRAM_API int engram_reclaim(const char *path, const engram_reclaim_options *opts,
+                              engram_reclaim_report *report);
+
 #ifdef __cplusplus
 }
 #endif
