@@ -702,7 +702,7 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   /* Taken after the checks above, which only read: a reclaim swaps data.mdb by a rename,
    * so they met the old file or the new one, both whole. From here on no reclaim runs. */
   int open_fd = -1;
-  if (lock && (rc = log_open_lock(path, rdonly, &open_fd))) return rc;
+  if (lock && (rc = log_open_lock(path, &open_fd))) return rc;
   if (open_fd >= 0 && !rdonly) {
     char f[4100];
     snprintf(f, sizeof f, "%s/" LOG_RECLAIM_COPY, path);

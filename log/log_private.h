@@ -69,10 +69,10 @@ int log_open_unlocked(const char *path, const engram_options *opts, struct log *
 #define LOG_OPEN_LOCK "open.lock"
 #define LOG_RECLAIM_COPY "data.mdb.reclaim"
 /* Takes the shared lock every handle holds on DIR/open.lock (see engram_reclaim): *fd is
- * the lock's descriptor, or -1 when a read-only handle can neither open nor create the
- * file (a read-only file system). Fails with EBUSY, its message set, while a reclaim
- * holds the lock. */
-int log_open_lock(const char *dir, int rdonly, int *fd);
+ * the lock's descriptor, or -1 when the file can neither be opened nor created (a
+ * read-only file system, a directory this user may not write). Fails with EBUSY, its
+ * message set, while a reclaim holds the lock. */
+int log_open_lock(const char *dir, int *fd);
 /* Copies the environment of `log` compacted into `fd` (from the start), reporting the
  * bytes written under `phase` every 100 ms. Returns 0 or an LMDB/errno code. */
 int log_copy_compact(struct log *log, int fd, const char *phase);

@@ -44,18 +44,17 @@ static void lock_holders(int fd, char *out, size_t cap) {
   fclose(f);
 }
 
-int log_open_lock(const char *dir, int rdonly, int *fd) {
+int log_open_lock(const char *dir, int *fd) {
   char f[4100];
   snprintf(f, sizeof f, "%s/" LOG_OPEN_LOCK, dir);
   *fd = open(f, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (*fd < 0 && rdonly) *fd = open(f, O_RDONLY | O_CLOEXEC);
+  if (*fd < 0) *fd = open(f, O_RDONLY | O_CLOEXEC); /* flock needs no write access */
   if (*fd < 0) {
-    int e = errno;
-    /* A read-only handle on a read-only file system (or another user's log without the
-     * file) cannot be seen by a reclaim, which cannot run there either. */
-    if (rdonly) return 0;
-    return log_error(NULL, e == EROFS ? ENGRAM_EDENIED : err_from_errno(e),
-                     "open %s: cannot open %s: %s", dir, f, strerror(e));
+    /* Missing and not creatable: a read-only file system, or a directory this user may
+     * not write. The handle goes unseen by a reclaim, which needs to create this file
+     * and to rename in the directory: only a user who may write the directory can run
+     * one (such a handle is read-only in practice: see docs/operations.md). */
+    return 0;
   }
   if (flock(*fd, LOCK_SH | LOCK_NB) == 0) return 0;
   int e = errno;
