@@ -632,7 +632,11 @@ static int reclaim(struct cli *c, int json, const engram_compact_report *r) {
   cli_progress_start("reclaiming");
   int rc = engram_reclaim(dir, &o, &rr);
   cli_progress_stop();
-  if (rc != 0) return cli_fail(c, rc, "compact --reclaim %s", dir);
+  if (rc != 0) { /* no handle now: the message is the thread's */
+    const char *m = engram_errmsg(NULL);
+    return *m ? cli_error("compact --%s", m)
+              : cli_error("compact --reclaim %s: %s", dir, engram_strerror(rc));
+  }
   uint64_t freed = rr.bytes_before > rr.bytes_after ? rr.bytes_before - rr.bytes_after : 0;
   if (json) {
     json_writer w;

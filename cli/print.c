@@ -346,6 +346,8 @@ static struct {
   const char *what;
   const char *phase; /* the library's phase, NULL until it reports one */
   uint64_t done, total;
+  struct timespec start; /* CLOCK_MONOTONIC, when it began */
+  int64_t drawn_ns;      /* CLOCK_MONOTONIC of the last redraw */
 } prog = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 /* "12.3 MiB" of a byte count, or the count itself for other units. */
@@ -356,7 +358,18 @@ static void amount(char *out, size_t cap, uint64_t n, int bytes) {
     snprintf(out, cap, "%" PRIu64, n);
 }
 
-static void progress_draw(long s) {
+static int64_t mono_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Draws the line; called with prog.mu held. */
+static void progress_draw(void) {
+  int64_t now = mono_ns();
+  long s =
+      (long)((now - ((int64_t)prog.start.tv_sec * 1000000000 + prog.start.tv_nsec)) / 1000000000);
+  prog.drawn_ns = now;
   if (!prog.phase) {
     fprintf(stderr, "\r%s... %lds\033[K", prog.what, s);
   } else {
@@ -373,16 +386,15 @@ static void progress_draw(long s) {
   fflush(stderr);
 }
 
-/* Redraws five times a second: the elapsed time, and what the library last reported. */
+/* Redraws five times a second, for the elapsed time; a report of the library redraws at
+ * once when it starts a phase. */
 static void *progress_main(void *arg) {
   (void)arg;
-  struct timespec start, now, until;
-  clock_gettime(CLOCK_REALTIME, &start);
+  struct timespec until;
   pthread_mutex_lock(&prog.mu);
   while (!prog.stop) {
-    clock_gettime(CLOCK_REALTIME, &now);
-    progress_draw((long)(now.tv_sec - start.tv_sec));
-    until = now;
+    progress_draw();
+    clock_gettime(CLOCK_MONOTONIC, &until);
     until.tv_nsec += 200000000;
     if (until.tv_nsec >= 1000000000) {
       until.tv_sec++;
@@ -403,6 +415,13 @@ void cli_progress_start(const char *what) {
   prog.phase = NULL;
   prog.done = prog.total = 0;
   prog.stop = 0;
+  clock_gettime(CLOCK_MONOTONIC, &prog.start);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_destroy(&prog.cv);
+  pthread_cond_init(&prog.cv, &ca);
+  pthread_condattr_destroy(&ca);
   prog.running = pthread_create(&prog.thread, NULL, progress_main, NULL) == 0;
 }
 
@@ -410,9 +429,11 @@ void cli_progress_report(void *ctx, const char *phase, uint64_t done, uint64_t t
   (void)ctx;
   if (!prog.running) return;
   pthread_mutex_lock(&prog.mu);
+  int fresh = !prog.phase || strcmp(prog.phase, phase);
   prog.phase = phase;
   prog.done = done;
   prog.total = total;
+  if (fresh || mono_ns() - prog.drawn_ns >= 200000000) progress_draw();
   pthread_mutex_unlock(&prog.mu);
 }
 
