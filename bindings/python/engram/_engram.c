@@ -1641,6 +1641,55 @@ static PyObject *mod_keygen(PyObject *m, PyObject *unused) {
   return Py_BuildValue("(ss)", pub, sec);
 }
 
+/* engram_reclaim's progress, handed to a Python callable: called on the thread that
+ * runs the reclaim, which released the GIL. An exception the callable raises is kept and
+ * raised once the reclaim returns (the reclaim itself runs on). */
+struct py_progress {
+  PyObject *fn;
+  PyObject *type, *value, *tb; /* the first exception the callable raised; type NULL = none */
+};
+
+static void py_progress_cb(void *ctx, const char *phase, uint64_t done, uint64_t total) {
+  struct py_progress *p = ctx;
+  PyGILState_STATE g = PyGILState_Ensure();
+  if (!p->type) {
+    PyObject *r = PyObject_CallFunction(p->fn, "sKK", phase, (unsigned long long)done,
+                                        (unsigned long long)total);
+    if (r)
+      Py_DECREF(r);
+    else
+      PyErr_Fetch(&p->type, &p->value, &p->tb);
+  }
+  PyGILState_Release(g);
+}
+
+static PyObject *mod_reclaim(PyObject *m, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"path", "progress", NULL};
+  const char *path;
+  PyObject *progress = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O:reclaim", kwlist, conv_str, &path, &progress))
+    return NULL;
+  if (progress != Py_None && !PyCallable_Check(progress)) {
+    PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
+    return NULL;
+  }
+  struct py_progress pp = {progress, NULL, NULL, NULL};
+  engram_reclaim_options o = {.progress = progress != Py_None ? py_progress_cb : NULL,
+                              .progress_ctx = &pp};
+  engram_reclaim_report r;
+  char msg[MSG_MAX] = "";
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = engram_reclaim(path, &o, &r);
+  if (rc < 0) snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
+  Py_END_ALLOW_THREADS if (pp.type) {
+    PyErr_Restore(pp.type, pp.value, pp.tb);
+    return NULL;
+  }
+  if (rc < 0) return raise_code(rc, msg);
+  return Py_BuildValue("{s:K,s:K}", "bytes_before", (unsigned long long)r.bytes_before,
+                       "bytes_after", (unsigned long long)r.bytes_after);
+}
+
 static PyObject *mod_register_errors(PyObject *m, PyObject *args) {
   PyObject *base, *types;
   if (!PyArg_ParseTuple(args, "OO!:_register_errors", &base, &PyDict_Type, &types)) return NULL;
@@ -1659,6 +1708,8 @@ static PyMethodDef mod_methods[] = {
     {"strerror", mod_strerror, METH_VARARGS, "strerror(code) -> str"},
     {"errname", mod_errname, METH_VARARGS, "errname(code) -> str"},
     {"keygen", mod_keygen, METH_NOARGS, "keygen() -> (public_key, secret_key)"},
+    {"reclaim", (PyCFunction)(void (*)(void))mod_reclaim, METH_VARARGS | METH_KEYWORDS,
+     "reclaim(path, progress=None) -> {bytes_before, bytes_after}"},
     {"_register_errors", mod_register_errors, METH_VARARGS, "_register_errors(base, types)"},
     {NULL}};
 
