@@ -195,7 +195,11 @@ typedef struct engram_options {
  *   EDENIED   the user may not write the directory or lock.mdb, or the file system is
  *             read-only: open with ENGRAM_OPEN_RDONLY to read
  *   ENOTSUP   RDONLY on a log that lacks databases only a read-write open adds
- *   EIO, ENOSPC, ENOMEM */
+ *   EBUSY     engram_reclaim() (`engram compact --reclaim`) is rewriting the data file:
+ *             retry when it ends (the open does not wait)
+ *   EIO, ENOSPC, ENOMEM
+ * Every handle holds a shared flock on DIR/open.lock (created when missing) until it is
+ * closed, so that engram_reclaim() can tell that nobody has the log open. */
 ENGRAM_API int engram_open(const char *path, const engram_options *opts, engram **out);
 
 /* Flushes what is still pending and closes. Accepts NULL. */
@@ -230,7 +234,8 @@ typedef struct engram_commit_stats {
 ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
 
 /* Consistent, compacted hot copy of the log into directory `dest` (created; must not
- * exist or be empty) while writers keep running. Errors: EEXIST, EIO, ENOSPC. */
+ * exist or be empty) while writers keep running. Reports progress ("copying", bytes) to
+ * the handle's engram_progress_set() callback. Errors: EEXIST, EIO, ENOSPC. */
 ENGRAM_API int engram_backup(engram *log, const char *dest);
 
 /* ---------------------------------------------------------------------------------
@@ -588,7 +593,8 @@ typedef struct engram_verify_report {
  * on. The calling program must not ignore SIGCHLD (the child is waited for). Errors:
  * EINVAL; ENOMEM/EIO when fork or the child's open fails for a reason other than damage;
  * EIO when the child is killed from outside (SIGKILL ...); EINTERNAL when it cannot be
- * waited for. */
+ * waited for. Reports progress ("checking records", then "checking databases") to the
+ * handle's engram_progress_set() callback, every 100 ms while the child walks. */
 ENGRAM_API int engram_verify(engram *log, engram_verify_report *report);
 
 /* ---------------------------------------------------------------------------------
@@ -775,10 +781,10 @@ typedef struct engram_compact_report {
  * ENGRAM_TOPIC_RETAIN_FORCE, an event that a group has not finished (acked,
  * dead-lettered or cancelled) or whose delayed delivery is still ahead is kept, with
  * everything after it. *report (may be NULL) receives what was done. LMDB reuses the
- * freed pages: data.mdb stops growing but does not shrink.
- * Errors: ENOTFOUND (topic), ENOTSUP (read-only handle), EIO, ENOSPC. */
+ * freed pages: data.mdb stops growing but does not shrink (engram_reclaim() shrinks it).
+ * Reports progress ("applying retention", topics) to the handle's engram_progress_set()
+ * callback. Errors: ENOTFOUND (topic), ENOTSUP (read-only handle), EIO, ENOSPC. */
 ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_report *report);
-
 
 /* ---------------------------------------------------------------------------------
  * Progress of long calls, and giving space back to the file system (docs/operations.md).
@@ -801,8 +807,8 @@ typedef struct engram_reclaim_options {
   void *progress_ctx;
 } engram_reclaim_options;
 /* What engram_reclaim() did, one X(type, name) each. */
-#define ENGRAM_RECLAIM_REPORT_FIELDS(X)                                     \
-  X(uint64_t, bytes_before) /* size of data.mdb before, in bytes */         \
+#define ENGRAM_RECLAIM_REPORT_FIELDS(X)                             \
+  X(uint64_t, bytes_before) /* size of data.mdb before, in bytes */ \
   X(uint64_t, bytes_after)  /* size of data.mdb after (the compacted copy) */
 typedef struct engram_reclaim_report {
   ENGRAM_RECLAIM_REPORT_FIELDS(ENGRAM_FIELD_)
