@@ -223,6 +223,19 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
     return log_error(NULL, err_from_errno(e), "reclaim %s: %s: %s", dir, data, strerror(e));
   }
 
+  /* 0. An engram log of this format, checked before anything is written: a directory
+   * that holds something else is left as it is. */
+  engram_options eo = {.flags = ENGRAM_OPEN_RDONLY | ENGRAM_OPEN_NOCREATE,
+                       .maintenance_ms = ENGRAM_MAINTENANCE_OFF};
+  struct log *log;
+  int rc = log_open(dir, &eo, &log);
+  if (rc) {
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
+    return log_error(NULL, rc, "reclaim: %s", msg);
+  }
+  log_close(log);
+
   /* 1. The log to ourselves: every handle holds this lock shared. */
   int lfd = open(lockf, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (lfd < 0) {
@@ -256,10 +269,7 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
   /* 2. The compacted copy, made through a handle of our own (read-only: no threads, and
    * the format is checked as at any open). */
   unlink(copy); /* left by a reclaim that died */
-  engram_options eo = {.flags = ENGRAM_OPEN_RDONLY | ENGRAM_OPEN_NOCREATE,
-                       .maintenance_ms = ENGRAM_MAINTENANCE_OFF};
-  struct log *log;
-  int rc = log_open_unlocked(dir, &eo, &log);
+  rc = log_open_unlocked(dir, &eo, &log);
   if (rc) {
     char msg[600];
     snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));

@@ -60,6 +60,14 @@ static pid_t start_cli(const char *dir, const char *env, ...) {
   return pid;
 }
 
+/* Whether the copy of a reclaim is left in dir. */
+static int copy_left(const char *dir) {
+  char *p = tu_join(dir, "data.mdb.reclaim");
+  int there = tu_exists(p);
+  free(p);
+  return there;
+}
+
 static uint64_t file_size(const char *dir, const char *name) {
   char *p = tu_join(dir, name);
   struct stat st;
@@ -242,7 +250,7 @@ static void a_dropped_topic_s_space_goes_back_and_everything_else_stays(void **s
   assert_int_equal(r.bytes_before, before);
   assert_int_equal(r.bytes_after, after);
   assert_true(after < before / 10); /* "keep" is a few MiB at most */
-  assert_false(tu_exists(tu_join(f->logdir, "data.mdb.reclaim")));
+  assert_false(copy_left(f->logdir));
 
   log = tu_open(f->logdir, &fast);
   assert_int_equal(fingerprint(log), want);
@@ -327,7 +335,7 @@ static void reclaim_is_refused_while_another_process_has_the_log_open(void **sta
   if (!strstr(engram_errmsg(NULL), pid)) fail_msg("no %s in: %s", pid, engram_errmsg(NULL));
   assert_int_equal(stat(data, &st1), 0);
   assert_int_equal(st0.st_ino, st1.st_ino);
-  assert_false(tu_exists(tu_join(f->logdir, "data.mdb.reclaim")));
+  assert_false(copy_left(f->logdir));
   kill(child, SIGKILL);
   assert_int_equal(tu_wait(child, 30000), 128 + SIGKILL);
 
@@ -360,13 +368,31 @@ static void an_open_fails_at_once_while_a_reclaim_holds_the_log(void **state) {
   free(p);
 }
 
-static void bad_arguments_are_refused(void **state) {
+static void bad_arguments_and_other_programs_directories_are_refused(void **state) {
   tu_fx *f = *state;
   assert_int_equal(engram_reclaim(NULL, NULL, NULL), ENGRAM_EINVAL);
   assert_int_equal(engram_reclaim("", NULL, NULL), ENGRAM_EINVAL);
   assert_int_equal(engram_reclaim(f->logdir, NULL, NULL), ENGRAM_ENOTFOUND);
   assert_non_null(strstr(engram_errmsg(NULL), "no log there"));
   assert_int_equal(engram_progress_set(NULL, NULL, NULL), ENGRAM_EINVAL);
+  /* Another program's LMDB environment is refused, and not a file is added to it. */
+  assert_int_equal(mkdir(f->logdir, 0755), 0);
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_open(env, f->logdir, 0, 0644), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
+  MDB_val k = {3, "abc"}, v = {1, "x"};
+  assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  assert_int_equal(engram_reclaim(f->logdir, NULL, NULL), ENGRAM_EEXIST);
+  assert_non_null(strstr(engram_errmsg(NULL), "not an engram log"));
+  char *lock = tu_join(f->logdir, "open.lock");
+  assert_false(tu_exists(lock));
+  free(lock);
 }
 
 /* The reclaim of a child ended after step N (ENGRAM_TEST_RECLAIM_EXIT, see log/reclaim.c):
@@ -399,7 +425,7 @@ static void a_reclaim_killed_after_any_step_leaves_every_event(void **state) {
       assert_int_equal(after, before);
     log = tu_open(f->logdir, &fast);
     /* A read-write open removes the copy of a reclaim that died before its swap. */
-    assert_false(tu_exists(tu_join(f->logdir, "data.mdb.reclaim")));
+    assert_false(copy_left(f->logdir));
     assert_int_equal(fingerprint(log), want);
     verify_clean(log);
     engram_close(log);
@@ -513,7 +539,7 @@ int main(void) {
       T(reclaim_is_refused_while_a_handle_of_this_process_is_open),
       T(reclaim_is_refused_while_another_process_has_the_log_open),
       T(an_open_fails_at_once_while_a_reclaim_holds_the_log),
-      T(bad_arguments_are_refused),
+      T(bad_arguments_and_other_programs_directories_are_refused),
       T(a_reclaim_killed_after_any_step_leaves_every_event),
       T(progress_is_monotonic_and_never_past_its_total),
   };
