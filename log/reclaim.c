@@ -184,7 +184,8 @@ int log_copy_compact(struct log *log, int fd, const char *phase) {
  * ------------------------------------------------------------------------------ */
 /* Steps a test may end the process after (ENGRAM_TEST_RECLAIM_EXIT=N, tests/test_reclaim.c):
  * 1 copy begun, 2 copy written, 3 copy flushed, 4 lock.mdb removed, 5 renamed,
- * 6 directory flushed. */
+ * 6 directory flushed. ENGRAM_TEST_RECLAIM_NO_FSYNC leaves the copy unflushed: the
+ * power-cut test's control (tests/powercut/run.sh) must then see a loss. */
 static void test_exit_at(int step) {
   const char *s = getenv("ENGRAM_TEST_RECLAIM_EXIT");
   if (s && atoi(s) == step) _exit(77);
@@ -302,7 +303,8 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
   test_exit_at(2);
   /* The copy keeps the owner and mode of the file it replaces. */
   if (fchmod(cfd, before.st_mode & 07777) < 0 ||
-      (geteuid() == 0 && fchown(cfd, before.st_uid, before.st_gid) < 0) || fsync(cfd) < 0) {
+      (geteuid() == 0 && fchown(cfd, before.st_uid, before.st_gid) < 0) ||
+      (!getenv("ENGRAM_TEST_RECLAIM_NO_FSYNC") && fsync(cfd) < 0)) {
     int e = errno;
     close(cfd);
     unlink(copy);

@@ -7,9 +7,10 @@
  *   pc_work check ROOT ACKS [ROOT ACKS ...]             one result line per image
  *
  * Scenarios: create, single, threads, threads8, pipeline, batch, groups, mixed, train,
- * reclaim (see cmd_run). Acknowledgement lines: "open", "topic T", "append T OFFSET SEQ", "group T
- * G", "ack T G OFFSET". An append's content is a function of SEQ, so the checker compares the
- * stored event byte for byte. */
+ * reclaim (see cmd_run). Acknowledgement lines: "open", "topic T", "append T OFFSET SEQ",
+ * "group T G", "ack T G OFFSET", and "mark TEXT" (no state: replay.py cuts at every point
+ * between two marks). An append's content is a function of SEQ, so the checker compares
+ * the stored event byte for byte. */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -235,7 +236,9 @@ static engram *run_reclaim(engram *log, const char *path, const engram_options *
   if ((rc = engram_topic_drop(log, "big"))) die(log, "topic_drop", rc);
   engram_close(log);
   engram_reclaim_report r;
+  ack("mark reclaim");
   if ((rc = engram_reclaim(path, NULL, &r))) die(NULL, "reclaim", rc);
+  ack("mark reclaimed");
   if (r.bytes_after >= r.bytes_before) die(NULL, "reclaim gave nothing back", ENGRAM_EINTERNAL);
   if ((rc = engram_open(path, o, &log))) die(NULL, "open after reclaim", rc);
   for (int i = 0; i < 6 * scale; i++) append_one(log, (uint64_t)(1000 + i));
@@ -337,7 +340,7 @@ static void check_image(const char *root, const char *acks) {
     char t[256], g[256];
     unsigned long long off, seq;
     n++;
-    if (!strcmp(line, "open")) continue;
+    if (!strcmp(line, "open") || !strncmp(line, "mark ", 5)) continue;
     if (sscanf(line, "topic %255s", t) == 1) {
       engram_topic_info ti;
       if ((rc = engram_topic_info_get(log, t, &ti)) != 0) {
