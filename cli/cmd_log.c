@@ -527,7 +527,8 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
       "pages, key order and entry counts of every database); prints how many records\n"
       "were checked. The walk runs in a child process: a damaged page that crashes it\n"
       "is reported, not fatal. Exits with status 1 when anything is damaged, naming the\n"
-      "first damage on stderr; restore a damaged log from a backup.\n"
+      "first damage on stderr; restore a damaged log from a backup. On a terminal\n"
+      "stderr shows the progress (records checked of the total).\n"
       "\n"
       "options:\n"
       "  --json     {\"topics\":N,\"records\":N,\"damaged\":N,\"first_damage\":STR|null}\n"
@@ -577,7 +578,8 @@ int cmd_backup(struct cli *c, int argc, char **argv) {
       "\n"
       "Writes a consistent, compacted copy of the log into directory DEST (created; it\n"
       "must not exist or must be empty; its parent must exist: mkdir -p it first)\n"
-      "while writers keep running. Open the copy with --data DEST.\n"
+      "while writers keep running. Open the copy with --data DEST. On a terminal stderr\n"
+      "shows the progress (MiB copied of the total).\n"
       "\n"
       "options:\n" CLI_JSON_DONE_HELP;
   int json = 0;
