@@ -196,11 +196,6 @@ static void swap_step(const engram_reclaim_options *o, uint64_t step) {
   if (o->progress) o->progress(o->progress_ctx, "swapping", step, 4);
 }
 
-static void progress_relay(void *ctx, const char *phase, uint64_t done, uint64_t total) {
-  const engram_reclaim_options *o = ctx;
-  o->progress(o->progress_ctx, phase, done, total);
-}
-
 int log_reclaim(const char *path, const engram_reclaim_options *opts,
                 engram_reclaim_report *report) {
   engram_reclaim_options o = opts ? *opts : (engram_reclaim_options){0};
@@ -267,6 +262,12 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
     /* only the message of a refused open loses the pid */
   }
 
+  if (stat(data, &before) < 0) { /* now that no writer can grow it */
+    int e = errno;
+    rc = log_error(NULL, err_from_errno(e), "reclaim %s: %s: %s", dir, data, strerror(e));
+    goto out;
+  }
+
   /* 2. The compacted copy, made through a handle of our own (read-only: no threads, and
    * the format is checked as at any open). */
   unlink(copy); /* left by a reclaim that died */
@@ -277,10 +278,8 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
     rc = log_error(NULL, rc, "reclaim: %s", msg);
     goto out;
   }
-  if (o.progress) {
-    log->progress = progress_relay;
-    log->progress_ctx = &o;
-  }
+  log->progress = o.progress;
+  log->progress_ctx = o.progress_ctx;
   int cfd = open(copy, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, before.st_mode & 0777);
   if (cfd < 0) {
     int e = errno;
