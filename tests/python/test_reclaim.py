@@ -64,3 +64,27 @@ def test_reclaim_of_no_log_is_not_found(tmp_path):
         engram.reclaim(str(tmp_path / "none"))
     with pytest.raises(TypeError):
         engram.reclaim(str(tmp_path), progress=3)
+
+
+def test_a_log_reports_the_progress_of_verify_backup_and_compact(log, tmp_path):
+    log.create_topic("t", max_events=10)
+    for _ in range(3):
+        fill(log, "t", 200, 500)
+    seen = []
+    log.set_progress(lambda phase, done, total: seen.append((phase, done, total)))
+    log.verify()
+    log.backup(str(tmp_path / "copy"))
+    log.compact()
+    phases = []
+    for p, d, t in seen:
+        assert d <= t
+        if not phases or phases[-1] != p:
+            phases.append(p)
+    assert phases == ["checking records", "checking databases", "copying", "applying retention"]
+    assert ("checking records", 600, 600) in seen
+    log.set_progress(None)
+    n = len(seen)
+    log.verify()
+    assert len(seen) == n
+    with pytest.raises(TypeError):
+        log.set_progress(3)

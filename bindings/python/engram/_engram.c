@@ -166,6 +166,7 @@ typedef struct {
   int txns;          /* open transactions; close() refuses while > 0 */
   unsigned long gen; /* fork_gen at open: a forked child must not use the handle */
   PyObject *weakrefs;
+  PyObject *progress; /* set_progress()'s callable, or NULL */
 } LogObject;
 
 static PyTypeObject LogType;
@@ -222,6 +223,7 @@ static LogObject *log_new(engram *h) {
   self->txns = 0;
   self->gen = fork_gen;
   self->weakrefs = NULL;
+  self->progress = NULL;
   return self;
 }
 
@@ -243,6 +245,7 @@ static void log_shut(LogObject *self) {
 static void Log_dealloc(LogObject *self) {
   if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
   log_shut(self);
+  Py_CLEAR(self->progress);
   pthread_cond_destroy(&self->idle);
   pthread_mutex_destroy(&self->mu);
   PyObject_Free(self);
@@ -271,6 +274,39 @@ static PyObject *Log_sync(LogObject *self, PyObject *unused) {
   RUN(self, rc, msg, engram_sync(self->log));
   leave(self);
   return done(rc, msg);
+}
+
+/* The handle's progress callback (engram_progress_set, ctx = the Log): called on the
+ * thread of a long call, which released the GIL; it calls the Log's current callable,
+ * read under the GIL, so set_progress() may replace it at any time. What the callable
+ * raises is reported as unraisable; the call goes on. */
+static void log_progress_cb(void *ctx, const char *phase, uint64_t done, uint64_t total) {
+  LogObject *self = ctx;
+  PyGILState_STATE g = PyGILState_Ensure();
+  PyObject *fn = self->progress;
+  if (fn) {
+    Py_INCREF(fn);
+    PyObject *r = PyObject_CallFunction(fn, "sKK", phase, (unsigned long long)done,
+                                        (unsigned long long)total);
+    if (r)
+      Py_DECREF(r);
+    else
+      PyErr_WriteUnraisable(fn);
+    Py_DECREF(fn);
+  }
+  PyGILState_Release(g);
+}
+
+static PyObject *Log_set_progress(LogObject *self, PyObject *fn) {
+  if (fn != Py_None && !PyCallable_Check(fn)) {
+    PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
+    return NULL;
+  }
+  if (enter(self)) return NULL;
+  Py_XSETREF(self->progress, fn == Py_None ? NULL : Py_NewRef(fn));
+  int rc = engram_progress_set(self->log, self->progress ? log_progress_cb : NULL, self);
+  leave(self);
+  return done(rc, engram_errmsg(NULL));
 }
 
 static PyObject *Log_backup(LogObject *self, PyObject *args) {
@@ -1496,6 +1532,8 @@ static PyMethodDef Log_methods[] = {
     {"sync", (PyCFunction)Log_sync, METH_NOARGS, "sync()"},
     {"backup", (PyCFunction)Log_backup, METH_VARARGS, "backup(dest)"},
     {"verify", (PyCFunction)Log_verify, METH_NOARGS, "verify() -> dict"},
+    {"set_progress", (PyCFunction)Log_set_progress, METH_O,
+     "set_progress(fn) -- fn(phase, done, total) or None"},
     {"server_info", (PyCFunction)Log_server_info, METH_NOARGS, "server_info() -> dict"},
     {"topic_create", (PyCFunction)(void (*)(void))Log_topic_create, METH_VARARGS | METH_KEYWORDS,
      "topic_create(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0, "
