@@ -819,8 +819,9 @@ typedef struct engram_reclaim_report {
  * data.mdb. Every event, group, cursor, idempotency key, worker and topic setting is kept.
  * It needs the log to itself: every handle (read-write or read-only, of any process,
  * this one included) holds a shared lock on DIR/open.lock, and the reclaim takes it
- * exclusively for the whole copy and swap; while it runs, engram_open() of the log fails
- * at once with ENGRAM_EBUSY. A crash or power cut at any step leaves the old or the new
+ * exclusively for the whole copy and swap (and refuses as well while another process
+ * holds LMDB's own lock on lock.mdb: an older engram, another LMDB program); while it
+ * runs, engram_open() of the log fails at once with ENGRAM_EBUSY. A crash or power cut at any step leaves the old or the new
  * data file, complete, and at most a leftover copy that the next read-write open
  * removes. Needs free disk space for the copy (about the size of the live data).
  * *report (may be NULL) receives the sizes. Errors:

@@ -255,6 +255,24 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
                      "`engram serve` and the workers) and retry; nothing was changed",
                      dir, *pids ? "pid " : "another process", pids);
   }
+  /* A process that opened the environment without open.lock (an engram build from before
+   * it, a read-only handle that could not create the file, another LMDB program) still
+   * holds LMDB's own shared fcntl lock on byte 0 of lock.mdb: F_GETLK names one. */
+  int lk = open(lockmdb, O_RDONLY | O_CLOEXEC);
+  if (lk >= 0) {
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    int got = fcntl(lk, F_GETLK, &fl);
+    close(lk); /* this process holds no fcntl lock on it: closing drops none */
+    if (got == 0 && fl.l_type != F_UNLCK) {
+      close(lfd);
+      return log_error(NULL, ENGRAM_EBUSY,
+                       "reclaim %s: the log is open in pid %ld (it holds LMDB's lock on %s): "
+                       "close every process using it (stop `engram serve` and the workers) "
+                       "and retry; nothing was changed",
+                       dir, (long)fl.l_pid, lockmdb);
+    }
+  }
+
   /* Who holds it, for an open that comes meanwhile (log_open_lock names us). */
   char me[32];
   int mlen = snprintf(me, sizeof me, "%ld\n", (long)getpid());

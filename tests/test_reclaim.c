@@ -14,6 +14,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -48,6 +49,7 @@ static pid_t start_cli(const char *dir, const char *env, ...) {
   argv[n] = NULL;
   pid_t pid = fork();
   if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed test leaves no child behind */
     int null = open("/dev/null", O_RDWR);
     dup2(null, 0);
     dup2(null, 1);
@@ -348,6 +350,51 @@ static void reclaim_is_refused_while_another_process_has_the_log_open(void **sta
   free(data);
 }
 
+/* A process that opened the environment without taking open.lock (an older engram, a
+ * plain LMDB program): it waits with the environment open until it is killed. */
+static int hold_raw(void *arg) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed test leaves no child behind */
+  MDB_env *env;
+  if (tu_raw_open(arg, 1, &env)) return 1;
+  MDB_txn *txn;
+  if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn)) return 2;
+  for (;;) pause();
+}
+
+static void reclaim_is_refused_while_a_process_without_open_lock_has_the_environment(void **state) {
+  tu_fx *f = *state;
+  engram *log = tu_open(f->logdir, &fast);
+  make_keep(log);
+  uint64_t want = fingerprint(log);
+  engram_close(log);
+  pid_t child = tu_spawn(hold_raw, f->logdir); /* no handle, no thread: fork is safe */
+  char *lockmdb = tu_join(f->logdir, "lock.mdb");
+  int64_t until = tu_mono_ms() + 60000;
+  for (;;) { /* until the child holds LMDB's lock */
+    int fd = open(lockmdb, O_RDONLY | O_CLOEXEC);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    int held = fd >= 0 && fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
+    if (fd >= 0) close(fd);
+    if (held) break;
+    int st;
+    if (waitpid(child, &st, WNOHANG) == child) fail_msg("the child exited (status %d)", st);
+    if (tu_mono_ms() > until) fail_msg("the child never opened the environment");
+    tu_sleep_ms(10);
+  }
+  assert_int_equal(engram_reclaim(f->logdir, NULL, NULL), ENGRAM_EBUSY);
+  char pid[32];
+  snprintf(pid, sizeof pid, "pid %ld", (long)child);
+  if (!strstr(engram_errmsg(NULL), pid)) fail_msg("no %s in: %s", pid, engram_errmsg(NULL));
+  assert_false(copy_left(f->logdir));
+  kill(child, SIGKILL);
+  assert_int_equal(tu_wait(child, 30000), 128 + SIGKILL);
+  OK(NULL, engram_reclaim(f->logdir, NULL, NULL));
+  log = tu_open(f->logdir, &fast);
+  assert_int_equal(fingerprint(log), want);
+  engram_close(log);
+  free(lockmdb);
+}
+
 static void an_open_fails_at_once_while_a_reclaim_holds_the_log(void **state) {
   tu_fx *f = *state;
   engram *log = tu_open(f->logdir, &fast);
@@ -538,6 +585,7 @@ int main(void) {
       T(a_dropped_topic_s_space_goes_back_and_everything_else_stays),
       T(reclaim_is_refused_while_a_handle_of_this_process_is_open),
       T(reclaim_is_refused_while_another_process_has_the_log_open),
+      T(reclaim_is_refused_while_a_process_without_open_lock_has_the_environment),
       T(an_open_fails_at_once_while_a_reclaim_holds_the_log),
       T(bad_arguments_and_other_programs_directories_are_refused),
       T(a_reclaim_killed_after_any_step_leaves_every_event),
