@@ -293,17 +293,33 @@ static void reclaim_is_refused_while_a_handle_of_this_process_is_open(void **sta
   free(data);
 }
 
-/* Waits until some process holds DIR/open.lock (the child opened the log). */
+/* Whether process `pid` holds a flock on the file at `path`, from /proc/locks. (Probing
+ * with a lock of our own would not do: an exclusive one, even for an instant, is what a
+ * reclaim holds, and an open meeting it fails.) */
+static int holds_flock(const char *path, pid_t pid) {
+  struct stat st;
+  FILE *f = stat(path, &st) == 0 ? fopen("/proc/locks", "re") : NULL;
+  if (!f) return 0;
+  char line[256];
+  int found = 0;
+  while (!found && fgets(line, sizeof line, f)) {
+    char kind[16];
+    long p;
+    unsigned maj, min;
+    unsigned long ino;
+    if (strstr(line, "->")) continue;
+    if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%lu", kind, &p, &maj, &min, &ino) == 5)
+      found = !strcmp(kind, "FLOCK") && p == (long)pid && ino == (unsigned long)st.st_ino;
+  }
+  fclose(f);
+  return found;
+}
+
+/* Waits until the child holds DIR/open.lock (it opened the log). */
 static void wait_open_by_other(const char *dir, pid_t child) {
   char *p = tu_join(dir, "open.lock");
   int64_t until = tu_mono_ms() + 60000;
-  for (;;) {
-    int fd = open(p, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      int free_ = flock(fd, LOCK_EX | LOCK_NB) == 0;
-      close(fd);
-      if (!free_) break;
-    }
+  while (!holds_flock(p, child)) {
     int st;
     if (waitpid(child, &st, WNOHANG) == child) fail_msg("the child exited (status %d)", st);
     if (tu_mono_ms() > until) fail_msg("the child never opened the log");
