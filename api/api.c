@@ -500,3 +500,23 @@ int engram_log_info_get(engram *log, engram_log_info *out) {
   memset(out, 0, sizeof *out);
   return log->be->log_info(log, out);
 }
+
+/* ---------------------------------------------------------------------------------
+ * Progress of long calls, and giving space back to the file system.
+ * ------------------------------------------------------------------------------ */
+int engram_progress_set(engram *log, engram_progress_fn fn, void *ctx) {
+  if (!log) return log_error(NULL, ENGRAM_EINVAL, "progress: handle is NULL");
+  struct log *l = api_log(log);
+  if (l) { /* a remote handle's work runs in the daemon: nothing to report here */
+    l->progress = fn;
+    l->progress_ctx = fn ? ctx : NULL;
+  }
+  return 0;
+}
+
+int engram_reclaim(const char *path, const engram_reclaim_options *opts,
+                   engram_reclaim_report *report) {
+  if (report) memset(report, 0, sizeof *report);
+  if (!path || !*path) return log_error(NULL, ENGRAM_EINVAL, "reclaim: no path");
+  return log_reclaim(path, opts, report);
+}

@@ -42,8 +42,8 @@
   X(info, "what the daemon behind --connect is: version, durability, limits, uptime") \
   X(workers, "list the workers serving groups (alive or lost), or forget one")        \
   X(top, "a live view of groups and workers: lag, rates, oldest unfinished")          \
-  X(compact, "apply retention limits now")                                            \
-  X(schedule, "add, list, show, remove, pause, resume or run-now periodic appends")    \
+  X(compact, "apply retention limits now; --reclaim shrinks data.mdb")                \
+  X(schedule, "add, list, show, remove, pause, resume or run-now periodic appends")   \
   X(rates, "events per second of topics and groups over 1, 5 and 15 minutes")
 
 /* State shared by all commands: the global options and the handle they open. */
@@ -318,10 +318,13 @@ int cli_done(int json, const struct cli_done *d, const char *text);
  * prints "out of memory" and returns 1 when the writer could not build it. */
 int cli_json_emit(json_writer *w);
 
-/* Progress of one long library call (backup, verify) on a terminal: "WHAT... 12s" on
- * stderr, redrawn each second by a thread until cli_progress_stop() erases it. Nothing
- * when stderr is not a terminal. */
+/* Progress of one long library call (backup, verify, compact) on a terminal: "WHAT...
+ * 12s" on stderr, or with what the library reports through cli_progress_report (an
+ * engram_progress_fn: pass it to engram_progress_set or engram_reclaim's options)
+ * "WHAT: PHASE 12.0 MiB of 40.0 MiB (30%), 3s", redrawn five times a second by a thread
+ * until cli_progress_stop() erases it. Nothing when stderr is not a terminal. */
 void cli_progress_start(const char *what);
+void cli_progress_report(void *ctx, const char *phase, uint64_t done, uint64_t total);
 void cli_progress_stop(void);
 
 /* A text table with aligned columns; cells are copied. */

@@ -601,7 +601,8 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
       "pages, key order and entry counts of every database); prints how many records\n"
       "were checked. The walk runs in a child process: a damaged page that crashes it\n"
       "is reported, not fatal. Exits with status 1 when anything is damaged, naming the\n"
-      "first damage on stderr; restore a damaged log from a backup.\n"
+      "first damage on stderr; restore a damaged log from a backup. On a terminal\n"
+      "stderr shows the progress (records checked of the total).\n"
       "\n"
       "options:\n"
       "  --json     {\"topics\":N,\"records\":N,\"damaged\":N,\"first_damage\":STR|null}\n"
@@ -615,6 +616,7 @@ int cmd_verify(struct cli *c, int argc, char **argv) {
   engram_verify_report r;
   memset(&r, 0, sizeof r);
   cli_progress_start("verifying");
+  engram_progress_set(c->log, cli_progress_report, NULL);
   int rc = engram_verify(c->log, &r);
   cli_progress_stop();
   if (rc != 0) return cli_fail(c, rc, "verify");
@@ -650,7 +652,8 @@ int cmd_backup(struct cli *c, int argc, char **argv) {
       "\n"
       "Writes a consistent, compacted copy of the log into directory DEST (created; it\n"
       "must not exist or must be empty; its parent must exist: mkdir -p it first)\n"
-      "while writers keep running. Open the copy with --data DEST.\n"
+      "while writers keep running. Open the copy with --data DEST. On a terminal stderr\n"
+      "shows the progress (MiB copied of the total).\n"
       "\n"
       "options:\n" CLI_JSON_DONE_HELP;
   int json = 0;
@@ -662,6 +665,7 @@ int cmd_backup(struct cli *c, int argc, char **argv) {
   if (!a.pos[0][0]) return cli_usage(a.cmd, "DEST must not be empty");
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   cli_progress_start("writing the backup");
+  engram_progress_set(c->log, cli_progress_report, NULL);
   int rc = engram_backup(c->log, a.pos[0]);
   cli_progress_stop();
   if (rc != 0) return cli_fail(c, rc, "backup to %s", a.pos[0]);
@@ -693,9 +697,46 @@ int cmd_sync(struct cli *c, int argc, char **argv) {
 /* ---------------------------------------------------------------------------------
  * compact
  * ------------------------------------------------------------------------------ */
+/* With --reclaim, the log must be closed first (the reclaim needs it to itself) and may
+ * not be a daemon's. Prints the sizes; returns the exit status. */
+static int reclaim(struct cli *c, int json, const engram_compact_report *r) {
+  const char *dir = cli_data_dir(c);
+  engram_close(c->log);
+  c->log = NULL;
+  engram_reclaim_report rr;
+  engram_reclaim_options o = {.progress = cli_progress_report};
+  cli_progress_start("reclaiming");
+  int rc = engram_reclaim(dir, &o, &rr);
+  cli_progress_stop();
+  if (rc != 0) { /* no handle now: the message is the thread's */
+    const char *m = engram_errmsg(NULL);
+    return *m ? cli_error("compact --%s", m)
+              : cli_error("compact --reclaim %s: %s", dir, engram_strerror(rc));
+  }
+  uint64_t freed = rr.bytes_before > rr.bytes_after ? rr.bytes_before - rr.bytes_after : 0;
+  if (json) {
+    json_writer w;
+    json_w_init(&w);
+    json_obj(&w);
+#define X(type, name) json_ku64(&w, #name, (uint64_t)r->name);
+    ENGRAM_COMPACT_REPORT_FIELDS(X)
+#undef X
+#define X(type, name) json_ku64(&w, #name, (uint64_t)rr.name);
+    ENGRAM_RECLAIM_REPORT_FIELDS(X)
+#undef X
+    json_obj_end(&w);
+    int status = cli_json_emit(&w);
+    json_w_free(&w);
+    return status;
+  }
+  printf("data.mdb: %" PRIu64 " bytes before, %" PRIu64 " after (%.1f MiB given back)\n",
+         rr.bytes_before, rr.bytes_after, (double)freed / (1024.0 * 1024.0));
+  return 0;
+}
+
 int cmd_compact(struct cli *c, int argc, char **argv) {
   static const char h[] =
-      "usage: engram compact [TOPIC] [--json]\n"
+      "usage: engram compact [TOPIC] [--reclaim] [--json]\n"
       "\n"
       "Applies the retention limits and key compaction of TOPIC (default: every topic)\n"
       "now, in short\n"
@@ -703,21 +744,40 @@ int cmd_compact(struct cli *c, int argc, char **argv) {
       "not finished are kept unless the topic was set with --force. The file does not\n"
       "shrink: LMDB reuses the freed pages for new events.\n"
       "\n"
+      "With --reclaim it then gives the free space back to the file system: it writes a\n"
+      "compacted copy of the whole log beside data.mdb and swaps it in, crash-safely\n"
+      "(free disk space for the copy is needed). The log must not be open anywhere\n"
+      "else: it is refused, naming the pids, while a daemon, worker or other command\n"
+      "has it open; while it runs, other opens of the log fail at once. Not with\n"
+      "--connect. On a terminal stderr shows the progress.\n"
+      "\n"
       "options:\n"
+      "  --reclaim  shrink data.mdb to the data it holds (an embedded log only)\n"
       "  --json     {\"removed\",\"slices\",\"skipped\",\"held_at\",\"max_slice_ns\",\n"
       "             \"max_slice_cpu_ns\",\"compacted\",\"tombstones\",\"compact_held_at\",\n"
-      "             \"indexed\"}\n"
+      "             \"indexed\"}, with --reclaim also \"bytes_before\",\n"
+      "             \"bytes_after\" (sizes of data.mdb)\n"
       "  -h, --help this help\n";
+  int json = 0, do_reclaim = 0;
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json),
+                                 CLI_OPT_FLAG("--reclaim", &do_reclaim), CLI_OPT_END};
   struct cli_args a;
-  int json;
   cli_args_init(&a, "compact", argc, argv);
-  int status = json_only(&a, h, 0, 1, "[TOPIC]", &json);
+  int status = cli_args_parse(&a, opts, h, 0, 1, "[TOPIC]");
   if (status != CLI_GO) return status;
+  if (do_reclaim && (c->connect || (!c->data && getenv("ENGRAM_CONNECT"))))
+    return cli_error(
+        "compact --reclaim: not through --connect: the daemon holds the log open; stop "
+        "`engram serve` and run `engram compact --reclaim --data DIR` on its host");
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   const char *topic = a.npos ? a.pos[0] : NULL;
   engram_compact_report r;
+  cli_progress_start("compacting");
+  engram_progress_set(c->log, cli_progress_report, NULL);
   int rc = engram_compact(c->log, topic, &r);
+  cli_progress_stop();
   if (rc != 0) return cli_fail(c, rc, "compact %s", topic ? topic : "");
+  if (do_reclaim && json) return reclaim(c, json, &r);
   if (json) {
     json_writer w;
     json_w_init(&w);
@@ -745,5 +805,5 @@ int cmd_compact(struct cli *c, int argc, char **argv) {
   if (r.compact_held_at)
     printf("key compaction held at offset %" PRIu64 ": a group has not finished it\n",
            r.compact_held_at);
-  return 0;
+  return do_reclaim ? reclaim(c, 0, &r) : 0;
 }

@@ -347,18 +347,62 @@ static struct {
   pthread_cond_t cv;
   int running, stop;
   const char *what;
+  const char *phase; /* the library's phase, NULL until it reports one */
+  uint64_t done, total;
+  struct timespec start; /* CLOCK_MONOTONIC, when it began */
+  int64_t drawn_ns;      /* CLOCK_MONOTONIC of the last redraw */
 } prog = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
+/* "12.3 MiB" of a byte count, or the count itself for other units. */
+static void amount(char *out, size_t cap, uint64_t n, int bytes) {
+  if (bytes)
+    snprintf(out, cap, "%.1f MiB", (double)n / (1024.0 * 1024.0));
+  else
+    snprintf(out, cap, "%" PRIu64, n);
+}
+
+static int64_t mono_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Draws the line; called with prog.mu held. */
+static void progress_draw(void) {
+  int64_t now = mono_ns();
+  long s =
+      (long)((now - ((int64_t)prog.start.tv_sec * 1000000000 + prog.start.tv_nsec)) / 1000000000);
+  prog.drawn_ns = now;
+  if (!prog.phase) {
+    fprintf(stderr, "\r%s... %lds\033[K", prog.what, s);
+  } else {
+    int bytes = !strcmp(prog.phase, "copying");
+    char d[32], t[32];
+    amount(d, sizeof d, prog.done, bytes);
+    amount(t, sizeof t, prog.total, bytes);
+    if (prog.total)
+      fprintf(stderr, "\r%s: %s %s of %s (%d%%), %lds\033[K", prog.what, prog.phase, d, t,
+              (int)(prog.done * 100 / prog.total), s);
+    else
+      fprintf(stderr, "\r%s: %s %s, %lds\033[K", prog.what, prog.phase, d, s);
+  }
+  fflush(stderr);
+}
+
+/* Redraws five times a second, for the elapsed time; a report of the library redraws at
+ * once when it starts a phase. */
 static void *progress_main(void *arg) {
   (void)arg;
-  struct timespec start, until;
-  clock_gettime(CLOCK_REALTIME, &start);
+  struct timespec until;
   pthread_mutex_lock(&prog.mu);
-  for (long s = 0; !prog.stop; s++) {
-    fprintf(stderr, "\r%s... %lds\033[K", prog.what, s);
-    fflush(stderr);
-    until = start;
-    until.tv_sec += s + 1;
+  while (!prog.stop) {
+    progress_draw();
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_nsec += 200000000;
+    if (until.tv_nsec >= 1000000000) {
+      until.tv_sec++;
+      until.tv_nsec -= 1000000000;
+    }
     while (!prog.stop && pthread_cond_timedwait(&prog.cv, &prog.mu, &until) == 0) {
     }
   }
@@ -371,8 +415,29 @@ static void *progress_main(void *arg) {
 void cli_progress_start(const char *what) {
   if (prog.running || !isatty(STDERR_FILENO)) return;
   prog.what = what;
+  prog.phase = NULL;
+  prog.done = prog.total = 0;
   prog.stop = 0;
+  clock_gettime(CLOCK_MONOTONIC, &prog.start);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_destroy(&prog.cv);
+  pthread_cond_init(&prog.cv, &ca);
+  pthread_condattr_destroy(&ca);
   prog.running = pthread_create(&prog.thread, NULL, progress_main, NULL) == 0;
+}
+
+void cli_progress_report(void *ctx, const char *phase, uint64_t done, uint64_t total) {
+  (void)ctx;
+  if (!prog.running) return;
+  pthread_mutex_lock(&prog.mu);
+  int fresh = !prog.phase || strcmp(prog.phase, phase);
+  prog.phase = phase;
+  prog.done = done;
+  prog.total = total;
+  if (fresh || mono_ns() - prog.drawn_ns >= 200000000) progress_draw();
+  pthread_mutex_unlock(&prog.mu);
 }
 
 void cli_progress_stop(void) {

@@ -261,14 +261,18 @@ int cg_compact(struct log *log, const char *topic, engram_compact_report *report
   int rc = cg_dbs_get(log, &d);
   if (rc) return rc;
   if (topic) {
+    log_progress(log, "applying retention", 0, 1);
     rc = compact_topic(log, &d, topic, &rep);
+    if (rc == 0) log_progress(log, "applying retention", 1, 1);
   } else {
     engram_topic_info *list = NULL;
     size_t n = 0;
     if ((rc = log_topic_list(log, &list, &n))) return rc;
+    log_progress(log, "applying retention", 0, n);
     for (size_t i = 0; i < n && rc == 0; i++) {
       rc = compact_topic(log, &d, list[i].name, &rep);
       if (rc == ENGRAM_ENOTFOUND) rc = 0; /* dropped meanwhile */
+      if (rc == 0) log_progress(log, "applying retention", i + 1, n);
     }
     free(list);
   }

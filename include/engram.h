@@ -202,7 +202,11 @@ typedef struct engram_options {
  *   EDENIED   the user may not write the directory or lock.mdb, or the file system is
  *             read-only: open with ENGRAM_OPEN_RDONLY to read
  *   ENOTSUP   RDONLY on a log that lacks databases only a read-write open adds
- *   EIO, ENOSPC, ENOMEM */
+ *   EBUSY     engram_reclaim() (`engram compact --reclaim`) is rewriting the data file:
+ *             retry when it ends (the open does not wait)
+ *   EIO, ENOSPC, ENOMEM
+ * Every handle holds a shared flock on DIR/open.lock (created when missing) until it is
+ * closed, so that engram_reclaim() can tell that nobody has the log open. */
 ENGRAM_API int engram_open(const char *path, const engram_options *opts, engram **out);
 
 /* Flushes what is still pending and closes. Accepts NULL. */
@@ -260,7 +264,8 @@ typedef struct engram_commit_stats {
 ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
 
 /* Consistent, compacted hot copy of the log into directory `dest` (created; must not
- * exist or be empty) while writers keep running. Errors: EEXIST, EIO, ENOSPC. */
+ * exist or be empty) while writers keep running. Reports progress ("copying", bytes) to
+ * the handle's engram_progress_set() callback. Errors: EEXIST, EIO, ENOSPC. */
 ENGRAM_API int engram_backup(engram *log, const char *dest);
 
 /* ---------------------------------------------------------------------------------
@@ -656,7 +661,8 @@ typedef struct engram_verify_report {
  * on. The calling program must not ignore SIGCHLD (the child is waited for). Errors:
  * EINVAL; ENOMEM/EIO when fork or the child's open fails for a reason other than damage;
  * EIO when the child is killed from outside (SIGKILL ...); EINTERNAL when it cannot be
- * waited for. */
+ * waited for. Reports progress ("checking records", then "checking databases") to the
+ * handle's engram_progress_set() callback, every 100 ms while the child walks. */
 ENGRAM_API int engram_verify(engram *log, engram_verify_report *report);
 
 /* ---------------------------------------------------------------------------------
@@ -849,8 +855,9 @@ typedef struct engram_compact_report {
  * ENGRAM_TOPIC_RETAIN_FORCE, an event that a group has not finished (acked,
  * dead-lettered or cancelled) or whose delayed delivery is still ahead is kept, with
  * everything after it. *report (may be NULL) receives what was done. LMDB reuses the
- * freed pages: data.mdb stops growing but does not shrink.
- * Errors: ENOTFOUND (topic), ENOTSUP (read-only handle), EIO, ENOSPC. */
+ * freed pages: data.mdb stops growing but does not shrink (engram_reclaim() shrinks it).
+ * Reports progress ("applying retention", topics) to the handle's engram_progress_set()
+ * callback. Errors: ENOTFOUND (topic), ENOTSUP (read-only handle), EIO, ENOSPC. */
 /* Key compaction (ENGRAM_TOPIC_COMPACT_KEY) removes, under the same safety rule, each
  * keyed event that a newer event of its key supersedes and each tombstone older than the
  * topic's tombstone_ttl_ms; it finds them through a key index that its slices extend
@@ -1088,6 +1095,55 @@ typedef struct engram_log_info {
  * Errors: EINVAL (NULL argument); remote: ECONN, ETIMEDOUT, EPROTO (a reply no engram
  * daemon sends). */
 ENGRAM_API int engram_log_info_get(engram *log, engram_log_info *out);
+
+/* ---------------------------------------------------------------------------------
+ * Progress of long calls, and giving space back to the file system (docs/operations.md).
+ * ------------------------------------------------------------------------------ */
+/* Called by a long call (engram_backup, engram_verify, engram_compact, engram_reclaim)
+ * on the caller's thread while it works: `phase` names what it does now ("copying",
+ * "checking records" ...; a static string), `done` of `total` units of that phase are
+ * finished (bytes, records or topics, as the phase says). Within a phase `done` never
+ * goes down and never exceeds `total`; `total` may grow (writers keep appending) and is
+ * 0 when unknown. Each phase ends with a call where done == total. It must not call
+ * engram on the same handle. */
+typedef void (*engram_progress_fn)(void *ctx, const char *phase, uint64_t done, uint64_t total);
+/* Sets (fn NULL: removes) the progress callback of `log`'s long calls. A remote handle
+ * accepts it but never calls it: the daemon does the work. Errors: EINVAL (log NULL). */
+ENGRAM_API int engram_progress_set(engram *log, engram_progress_fn fn, void *ctx);
+
+/* Options for engram_reclaim(). Zero means default; NULL means all defaults. */
+typedef struct engram_reclaim_options {
+  engram_progress_fn progress; /* NULL = none; phases "copying" (bytes), "swapping" (steps) */
+  void *progress_ctx;
+} engram_reclaim_options;
+/* What engram_reclaim() did, one X(type, name) each. */
+#define ENGRAM_RECLAIM_REPORT_FIELDS(X)                             \
+  X(uint64_t, bytes_before) /* size of data.mdb before, in bytes */ \
+  X(uint64_t, bytes_after)  /* size of data.mdb after (the compacted copy) */
+typedef struct engram_reclaim_report {
+  ENGRAM_RECLAIM_REPORT_FIELDS(ENGRAM_FIELD_)
+} engram_reclaim_report;
+/* Gives the log's free pages back to the file system: LMDB never shrinks data.mdb (pages
+ * freed by retention or a dropped topic are only reused), so this writes a compacted copy
+ * of the log beside it (DIR/data.mdb.reclaim), forces it to disk, and renames it over
+ * data.mdb. Every event, group, cursor, idempotency key, worker and topic setting is kept.
+ * It needs the log to itself: every handle (read-write or read-only, of any process,
+ * this one included) holds a shared lock on DIR/open.lock, and the reclaim takes it
+ * exclusively for the whole copy and swap (and refuses as well while another process
+ * holds LMDB's own lock on lock.mdb: an older engram, another LMDB program); while it
+ * runs, engram_open() of the log fails at once with ENGRAM_EBUSY. A crash or power cut
+ * at any step leaves the old or the new data file, complete, and at most a leftover copy
+ * that the next read-write open removes. Needs free disk space for the copy (about the
+ * size of the live data).
+ * *report (may be NULL) receives the sizes. Errors:
+ *   EINVAL    path invalid
+ *   ENOTFOUND no log there
+ *   EBUSY     some process has the log open (the message names the pids it can see:
+ *             close them, or stop `engram serve`, and retry)
+ *   EDENIED   the directory is not writable
+ *   ECORRUPT, EVERSION as engram_open(); ENOSPC (nothing changed), EIO, ENOMEM */
+ENGRAM_API int engram_reclaim(const char *path, const engram_reclaim_options *opts,
+                              engram_reclaim_report *report);
 
 #ifdef __cplusplus
 }

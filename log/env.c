@@ -87,7 +87,7 @@ int64_t log_now_ns(const struct log *log) {
 }
 
 /* Makes directory entries durable: LMDB never fsyncs the directory it creates files in. */
-static int fsync_path(const char *path, int flags) {
+int log_fsync_path(const char *path, int flags) {
   int fd = open(path, flags | O_CLOEXEC);
   if (fd < 0) return -errno;
   int rc = fsync(fd) < 0 ? -errno : 0;
@@ -501,12 +501,12 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
   char f[4300];
   int frc;
   snprintf(f, sizeof f, "%s/data.mdb", tmp);
-  if (rc == 0 && (frc = fsync_path(f, O_RDONLY)) < 0)
+  if (rc == 0 && (frc = log_fsync_path(f, O_RDONLY)) < 0)
     rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush the new log: %s", path,
                    strerror(-frc));
   snprintf(f, sizeof f, "%s/lock.mdb", tmp);
   unlink(f); /* the lock file is recreated at open; it holds no data */
-  if (rc == 0 && (frc = fsync_path(tmp, O_RDONLY | O_DIRECTORY)) < 0)
+  if (rc == 0 && (frc = log_fsync_path(tmp, O_RDONLY | O_DIRECTORY)) < 0)
     rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush the new log: %s", path,
                    strerror(-frc));
   if (rc == 0 && rename(tmp, path) < 0) {
@@ -523,7 +523,7 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
                      path, strerror(e), open_advice(e));
     }
   }
-  if (rc == 0 && (frc = fsync_path(parent, O_RDONLY | O_DIRECTORY)) < 0)
+  if (rc == 0 && (frc = log_fsync_path(parent, O_RDONLY | O_DIRECTORY)) < 0)
     rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush %s: %s", path, parent,
                    strerror(-frc));
   log_rmtree(tmp);
@@ -731,7 +731,7 @@ static int inspect_target(const char *path, const engram_options *o) {
   return 1;
 }
 
-int log_open(const char *path, const engram_options *opts, struct log **out) {
+static int open_impl(const char *path, const engram_options *opts, int lock, struct log **out) {
   if (!out) return log_error(NULL, ENGRAM_EINVAL, "open: out is NULL");
   *out = NULL;
   char norm[3900];
@@ -763,8 +763,22 @@ int log_open(const char *path, const engram_options *opts, struct log **out) {
     if ((rc = log_create(path, &o, now))) return rc;
   }
 
+  /* Taken after the checks above, which only read: a reclaim swaps data.mdb by a rename,
+   * so they met the old file or the new one, both whole. From here on no reclaim runs. */
+  int open_fd = -1;
+  if (lock && (rc = log_open_lock(path, &open_fd))) return rc;
+  if (open_fd >= 0 && !rdonly) {
+    char f[4100];
+    snprintf(f, sizeof f, "%s/" LOG_RECLAIM_COPY, path);
+    unlink(f); /* the copy of a reclaim that died before its swap */
+  }
+
   struct log *log = calloc(1, sizeof *log);
-  if (!log) return log_error(NULL, ENGRAM_ENOMEM, "open: out of memory");
+  if (!log) {
+    if (open_fd >= 0) close(open_fd);
+    return log_error(NULL, ENGRAM_ENOMEM, "open: out of memory");
+  }
+  log->open_fd = open_fd;
   log->path = strdup(path);
   log->opts = o;
   log->env_flags = env_flags_for(o.durability) | (rdonly ? MDB_RDONLY : 0);
@@ -812,6 +826,18 @@ fail:
   return rc;
 }
 
+int log_open(const char *path, const engram_options *opts, struct log **out) {
+  return open_impl(path, opts, 1, out);
+}
+
+int log_open_unlocked(const char *path, const engram_options *opts, struct log **out) {
+  return open_impl(path, opts, 0, out);
+}
+
+void log_progress(struct log *log, const char *phase, uint64_t done, uint64_t total) {
+  if (log && log->progress) log->progress(log->progress_ctx, phase, done, total);
+}
+
 void log_close(struct log *log) {
   if (!log) return;
   if (log->env) log_board_detach(log);
@@ -836,6 +862,7 @@ void log_close(struct log *log) {
   pthread_cond_destroy(&log->append_cv);
   pthread_cond_destroy(&log->flush_cv);
   free(log->path);
+  if (log->open_fd >= 0) close(log->open_fd); /* last: the log is closed for a reclaim */
   free(log);
 }
 
@@ -859,20 +886,22 @@ int log_backup(struct log *log, const char *dest) {
   } else if (mkdir(dest, 0755) < 0) {
     return log_error(log, err_from_errno(errno), "backup %s: %s", dest, strerror(errno));
   }
-  pthread_rwlock_rdlock(&log->map_lock);
-  int rc = mdb_env_copy2(log->env, dest, MDB_CP_COMPACT);
-  pthread_rwlock_unlock(&log->map_lock);
+  char f[4200], parent[4096];
+  snprintf(f, sizeof f, "%s/data.mdb", dest);
+  int fd = open(f, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return log_error(log, err_from_errno(errno), "backup %s: %s: %s", dest, f, strerror(errno));
+  int rc = log_copy_compact(log, fd, "copying");
   if (rc) {
-    char f[4200];
-    snprintf(f, sizeof f, "%s/data.mdb", dest);
+    close(fd);
     unlink(f);
     return log_error(log, log_err_mdb(rc), "backup %s: %s", dest, log_mdb_text(rc));
   }
-  char f[4200], parent[4096];
-  snprintf(f, sizeof f, "%s/data.mdb", dest);
-  if (fsync_path(f, O_RDONLY) < 0 || fsync_path(dest, O_RDONLY | O_DIRECTORY) < 0)
+  rc = fsync(fd);
+  close(fd);
+  if (rc < 0 || log_fsync_path(dest, O_RDONLY | O_DIRECTORY) < 0)
     return log_error(log, ENGRAM_EIO, "backup %s: cannot flush copy", dest);
-  if (parent_dir(dest, parent, sizeof parent) == 0) fsync_path(parent, O_RDONLY | O_DIRECTORY);
+  if (parent_dir(dest, parent, sizeof parent) == 0) log_fsync_path(parent, O_RDONLY | O_DIRECTORY);
   return 0;
 }
 

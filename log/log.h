@@ -107,6 +107,9 @@ struct log {
   void (*wait_hook)(void *ctx, struct log *log, const char *topic, int64_t deadline_mono_ns);
   void *wait_hook_ctx;
   struct cg_maint *maint; /* the consumer layer's maintenance runner, NULL = none */
+  int open_fd;            /* DIR/open.lock, held shared while open (reclaim.c); -1 = none */
+  engram_progress_fn progress; /* engram_progress_set(); NULL = none */
+  void *progress_ctx;
 };
 
 /* ---------------------------------------------------------------------------------
@@ -327,6 +330,11 @@ int log_commit_stats(struct log *log, engram_commit_stats *out);
 /* The log's identity (id, creation time, format), read at open. */
 int log_info(struct log *log, engram_log_info *out);
 int log_backup(struct log *log, const char *dest);
+/* engram_reclaim (reclaim.c): a path, since no handle may be open. */
+int log_reclaim(const char *path, const engram_reclaim_options *opts,
+                engram_reclaim_report *report);
+/* Reports progress to the handle's callback, when one is set. */
+void log_progress(struct log *log, const char *phase, uint64_t done, uint64_t total);
 int log_topic_create(struct log *log, const char *topic, const engram_topic_config *cfg);
 int log_topic_info_get(struct log *log, const char *topic, engram_topic_info *info);
 int log_topic_list(struct log *log, engram_topic_info **out, size_t *n);

@@ -72,6 +72,23 @@ void log_map_adopt(struct log *log);
 int log_map_grow(struct log *log);
 int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out);
 int log_rmtree(const char *path);
+/* Makes directory entries durable (fsync of `path` opened with `flags`); 0 or -errno. */
+int log_fsync_path(const char *path, int flags);
+/* log_open for reclaim.c, which holds DIR/open.lock exclusively itself: the handle takes
+ * no lock of its own. */
+int log_open_unlocked(const char *path, const engram_options *opts, struct log **out);
+
+/* reclaim.c */
+#define LOG_OPEN_LOCK "open.lock"
+#define LOG_RECLAIM_COPY "data.mdb.reclaim"
+/* Takes the shared lock every handle holds on DIR/open.lock (see engram_reclaim): *fd is
+ * the lock's descriptor, or -1 when the file can neither be opened nor created (a
+ * read-only file system, a directory this user may not write). Fails with EBUSY, its
+ * message set, while a reclaim holds the lock. */
+int log_open_lock(const char *dir, int *fd);
+/* Copies the environment of `log` compacted into `fd` (from the start), reporting the
+ * bytes written under `phase` every 100 ms. Returns 0 or an LMDB/errno code. */
+int log_copy_compact(struct log *log, int fd, const char *phase);
 /* Less than 8 MiB free where the log lives. */
 int log_disk_nearly_full(const struct log *log);
 /* Moves a read transaction from log_read_begin to the newest snapshot in two steps, so

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log/log_private.h"
@@ -382,7 +383,19 @@ struct walk {
   int rc;        /* an error that is not damage (ENOMEM, EIO ...) */
   char msg[512]; /* its message */
   char where[320];
+  /* Progress: the records the topics held when the walk began (report.records counts up
+   * to it), and whether the record walk is over. The caller's process reads them while
+   * the child walks (wait_reporting); a walk in the caller's process reports itself. */
+  volatile uint64_t total;
+  volatile int records_done;
+  struct log *report_to; /* the caller's handle when the walk runs in its process */
 };
+
+static void walk_progress(struct walk *w) {
+  if (!w->report_to) return;
+  uint64_t done = w->report.records;
+  log_progress(w->report_to, "checking records", done < w->total ? done : w->total, w->total);
+}
 
 static void damage(struct walk *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void damage(struct walk *w, const char *fmt, ...) {
@@ -431,6 +444,7 @@ static void walk_topic(struct log *log, struct walk *w, const char *name, void *
     snprintf(w->where, sizeof w->where, "topic %s offset %llu", name, (unsigned long long)off);
     w->report.records++;
     n++;
+    if ((w->report.records & 1023) == 0) walk_progress(w);
     if (off < expect) {
       damage(w, "topic %s offset %llu: key out of order (after %llu)", name,
              (unsigned long long)off, (unsigned long long)expect - 1);
@@ -624,12 +638,59 @@ static void walk(struct log *log, struct walk *w) {
     snprintf(w->msg, sizeof w->msg, "%s", log_errmsg(log));
     return;
   }
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; i++) total += topics[i].count;
+  w->total = total;
   void *scratch = NULL;
   size_t scap = 0;
   for (size_t i = 0; i < n && !w->rc; i++) walk_topic(log, w, topics[i].name, &scratch, &scap);
   free(scratch);
   free(topics);
+  if (w->report.records > w->total) w->total = w->report.records; /* appended meanwhile */
+  w->records_done = 1;
+  if (w->report_to) {
+    log_progress(w->report_to, "checking records", w->total, w->total);
+    log_progress(w->report_to, "checking databases", 0, 1);
+  }
   if (!w->rc) walk_databases(log, w);
+  if (w->report_to) log_progress(w->report_to, "checking databases", 1, 1);
+}
+
+/* Waits for the walking child, reporting its progress every 100 ms to the handle's
+ * callback. Returns waitpid's result. */
+static pid_t wait_reporting(struct log *log, pid_t pid, int *st, struct walk *w) {
+  pid_t got;
+  uint64_t shown = 0, total = 0;
+  int phase = 0; /* 0 records, 1 databases */
+  for (;;) {
+    got = waitpid(pid, st, log->progress ? WNOHANG : 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got != 0) break;
+    uint64_t t = w->total, done = w->report.records;
+    if (t > total) total = t;
+    if (done > total) done = total;
+    if (phase == 0 && done > shown) {
+      shown = done;
+      log_progress(log, "checking records", shown, total);
+    }
+    if (phase == 0 && w->records_done) {
+      phase = 1;
+      if (w->total > total) total = w->total;
+      log_progress(log, "checking records", total, total);
+      log_progress(log, "checking databases", 0, 1);
+    }
+    struct timespec nap = {0, 100000000};
+    nanosleep(&nap, NULL);
+  }
+  if (got > 0 && log->progress) {
+    if (phase == 0) {
+      if (w->total > total) total = w->total;
+      log_progress(log, "checking records", total, total);
+      log_progress(log, "checking databases", 0, 1);
+    }
+    log_progress(log, "checking databases", 1, 1);
+  }
+  return got;
 }
 
 /* Signals a damaged page can raise in LMDB: a read outside the map, or an assertion
@@ -652,6 +713,7 @@ int log_verify(struct log *log, engram_verify_report *report, log_verify_fn reco
   /* AddressSanitizer's allocator (GCC 12) is not fork-safe: a child forked while another
    * thread allocates can block for good in its first malloc. Sanitizer builds walk in the
    * calling process, without the isolation (a damaged page can fault the caller). */
+  w->report_to = log;
   walk(log, w);
   *report = w->report;
   int src = w->rc;
@@ -689,8 +751,7 @@ int log_verify(struct log *log, engram_verify_report *report, log_verify_fn reco
   }
   int st = 0, rc = 0;
   pid_t got;
-  while ((got = waitpid(pid, &st, 0)) < 0 && errno == EINTR) {
-  }
+  got = wait_reporting(log, pid, &st, w);
   if (got < 0) { /* SIGCHLD ignored by the program: the child was reaped for us */
     rc = log_error(log, ENGRAM_EINTERNAL,
                    "verify: cannot wait for the checking process (%s): do not ignore SIGCHLD",

@@ -6,8 +6,10 @@
  *   pc_work run SCENARIO ROOT [sync|nometasync|async]   the log is ROOT/log
  *   pc_work check ROOT ACKS [ROOT ACKS ...]             one result line per image
  *
- * Acknowledgement lines: "open", "topic T", "append T OFFSET SEQ", "group T G",
- * "ack T G OFFSET". An append's content is a function of SEQ, so the checker compares
+ * Scenarios: create, single, threads, threads8, pipeline, batch, groups, mixed, train,
+ * reclaim (see cmd_run). Acknowledgement lines: "open", "topic T", "append T OFFSET SEQ",
+ * "group T G", "ack T G OFFSET", and "mark TEXT" (no state: replay.py cuts at every point
+ * between two marks). An append's content is a function of SEQ, so the checker compares
  * the stored event byte for byte. */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -215,6 +217,34 @@ static void run_mixed(engram *log, int each) {
   pthread_join(th, NULL);
 }
 
+/* "reclaim": appends and acks, a topic filled and dropped, then engram_reclaim() swaps a
+ * compacted copy in (the cut may fall at any of its steps), and appends go on after it
+ * into the new file. */
+static engram *run_reclaim(engram *log, const char *path, const engram_options *o, int scale) {
+  run_groups(log, 8 * scale);
+  engram_topic_config tc = {.flags = ENGRAM_TOPIC_NO_DICT};
+  int rc = engram_topic_create(log, "big", &tc);
+  if (rc) die(log, "topic_create big", rc);
+  static expected x;
+  engram_event evs[8];
+  uint64_t offs[8];
+  for (int b = 0; b < 5 * scale; b++) {
+    expected_event(3, &x); /* spans pages: the dropped topic leaves many free */
+    for (int i = 0; i < 8; i++) evs[i] = as_event(&x);
+    if ((rc = engram_append_batch(log, "big", evs, 8, offs, NULL))) die(log, "append big", rc);
+  }
+  if ((rc = engram_topic_drop(log, "big"))) die(log, "topic_drop", rc);
+  engram_close(log);
+  engram_reclaim_report r;
+  ack("mark reclaim");
+  if ((rc = engram_reclaim(path, NULL, &r))) die(NULL, "reclaim", rc);
+  ack("mark reclaimed");
+  if (r.bytes_after >= r.bytes_before) die(NULL, "reclaim gave nothing back", ENGRAM_EINTERNAL);
+  if ((rc = engram_open(path, o, &log))) die(NULL, "open after reclaim", rc);
+  for (int i = 0; i < 6 * scale; i++) append_one(log, (uint64_t)(1000 + i));
+  return log;
+}
+
 static int cmd_run(int argc, char **argv) {
   if (argc < 4) return 2;
   const char *scen = argv[2];
@@ -252,6 +282,8 @@ static int cmd_run(int argc, char **argv) {
     run_groups(log, 12 * scale);
   } else if (!strcmp(scen, "mixed")) {
     run_mixed(log, 8 * scale);
+  } else if (!strcmp(scen, "reclaim")) {
+    log = run_reclaim(log, path, &o, scale);
   } else if (!strcmp(scen, "train")) {
     run_batches(log, 25, 8);
     /* Appends go on while the dictionary trains; then more that use it. */
@@ -308,7 +340,7 @@ static void check_image(const char *root, const char *acks) {
     char t[256], g[256];
     unsigned long long off, seq;
     n++;
-    if (!strcmp(line, "open")) continue;
+    if (!strcmp(line, "open") || !strncmp(line, "mark ", 5)) continue;
     if (sscanf(line, "topic %255s", t) == 1) {
       engram_topic_info ti;
       if ((rc = engram_topic_info_get(log, t, &ti)) != 0) {

@@ -9,7 +9,7 @@ A crash image is what the disk may hold after a power cut at a point of the trac
   - directory entries: directory operations persist in order (ext4's journal); every one
     a completed fsync of its directory covers is there, and any prefix of the rest.
 Crash points: after every completed flush and every acknowledgement, and a sample of the
-points between. At each: the image with every uncovered write dropped, the one with all
+points between; every point between two "mark" acknowledgements of the workload. At each: the image with every uncovered write dropped, the one with all
 of them kept, and random ones (seeded). Each image must open, verify clean, and hold
 every operation acknowledged before the cut (pc_work check).
 
@@ -233,9 +233,19 @@ def main():
             if op[0] in 'EeA' or rng.random() < a.between:
                 points.add(i + 1)
         points.add(len(ops))
+        # Between a workload's "mark X" acknowledgement and its next "mark", every trace
+        # point is a crash point, whatever --max-points samples (e.g. each step of a
+        # reclaim's copy and swap).
+        forced, inside = set(), False
+        for i, op in enumerate(ops):
+            if op[0] == 'A' and op[3].startswith(b'mark '):
+                inside = not inside
+            elif inside:
+                forced.add(i + 1)
         points = sorted(points)
         if a.max_points and len(points) > a.max_points:
-            points = sorted(rng.sample(points, a.max_points))
+            points = rng.sample(points, a.max_points)
+        points = sorted(set(points) | forced)
         rep = Replay(ops)
         jobs, n_img, failures, first = [], 0, 0, []
         checkenv = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}

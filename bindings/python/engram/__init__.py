@@ -25,6 +25,8 @@ object with ``run()``. :mod:`engram.validation` checks memory events before they
 appended.
 """
 import logging as _logging
+import os as _os
+from typing import Callable as _Callable, Optional as _Optional
 
 from . import _engram
 from .errors import *  # noqa: F401,F403 - the exception classes are part of the API
@@ -82,6 +84,19 @@ def keygen() -> "tuple[str, str]":
     return _engram.keygen()
 
 
+def reclaim(path: "str | _os.PathLike[str]",
+            progress: "_Optional[_Callable[[str, int, int], None]]" = None) -> "dict[str, int]":
+    """Gives the free pages of the log in ``path`` back to the file system (LMDB never
+    shrinks ``data.mdb``): writes a compacted copy beside it and swaps it in,
+    crash-safely, keeping every event, group, cursor, idempotency key, worker and topic
+    setting. The log must not be open anywhere, this process included: raises
+    :class:`Busy` (naming the pids holding it) otherwise, and opens raise :class:`Busy`
+    while it runs. ``progress(phase, done, total)`` is called as it goes ("copying" in
+    bytes, then "swapping" in steps). Returns ``{"bytes_before": N, "bytes_after": N}``,
+    the sizes of ``data.mdb``. ``engram compact --reclaim`` on the command line."""
+    return _engram.reclaim(_os.fspath(path), progress)
+
+
 # A literal list plus the errors module's own, in the two forms type checkers read
 # (mypy --strict sees only the names listed here as exported).
 __all__ = [
@@ -89,7 +104,7 @@ __all__ = [
     "TopicInfo", "GroupInfo", "DeadLetter", "EventStatus", "WorkerInfo", "encode_payload", "App", "Reject",
     "Retry", "RunStats", "SoftTimeLimitExceeded", "TimeLimitExceeded", "Terminated", "Task", "AsyncResult", "EventManager", "EventBus", "BusEvent",
     "Priority", "TractApp", "HandlerContext", "on_event", "MemoryValidator", "strerror",
-    "errname", "missing_features", "keygen", "VERSION", "FORMAT_VERSION", "PROTOCOL_VERSION",
+    "errname", "missing_features", "keygen", "reclaim", "VERSION", "FORMAT_VERSION", "PROTOCOL_VERSION",
     "ScheduleInfo",
     "RateInfo",
     "Batch",

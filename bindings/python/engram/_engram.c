@@ -166,6 +166,7 @@ typedef struct {
   int txns;          /* open transactions; close() refuses while > 0 */
   unsigned long gen; /* fork_gen at open: a forked child must not use the handle */
   PyObject *weakrefs;
+  PyObject *progress; /* set_progress()'s callable, or NULL */
 } LogObject;
 
 static PyTypeObject LogType;
@@ -222,6 +223,7 @@ static LogObject *log_new(engram *h) {
   self->txns = 0;
   self->gen = fork_gen;
   self->weakrefs = NULL;
+  self->progress = NULL;
   return self;
 }
 
@@ -243,6 +245,7 @@ static void log_shut(LogObject *self) {
 static void Log_dealloc(LogObject *self) {
   if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
   log_shut(self);
+  Py_CLEAR(self->progress);
   pthread_cond_destroy(&self->idle);
   pthread_mutex_destroy(&self->mu);
   PyObject_Free(self);
@@ -271,6 +274,39 @@ static PyObject *Log_sync(LogObject *self, PyObject *unused) {
   RUN(self, rc, msg, engram_sync(self->log));
   leave(self);
   return done(rc, msg);
+}
+
+/* The handle's progress callback (engram_progress_set, ctx = the Log): called on the
+ * thread of a long call, which released the GIL; it calls the Log's current callable,
+ * read under the GIL, so set_progress() may replace it at any time. What the callable
+ * raises is reported as unraisable; the call goes on. */
+static void log_progress_cb(void *ctx, const char *phase, uint64_t done, uint64_t total) {
+  LogObject *self = ctx;
+  PyGILState_STATE g = PyGILState_Ensure();
+  PyObject *fn = self->progress;
+  if (fn) {
+    Py_INCREF(fn);
+    PyObject *r = PyObject_CallFunction(fn, "sKK", phase, (unsigned long long)done,
+                                        (unsigned long long)total);
+    if (r)
+      Py_DECREF(r);
+    else
+      PyErr_WriteUnraisable(fn);
+    Py_DECREF(fn);
+  }
+  PyGILState_Release(g);
+}
+
+static PyObject *Log_set_progress(LogObject *self, PyObject *fn) {
+  if (fn != Py_None && !PyCallable_Check(fn)) {
+    PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
+    return NULL;
+  }
+  if (enter(self)) return NULL;
+  Py_XSETREF(self->progress, fn == Py_None ? NULL : Py_NewRef(fn));
+  int rc = engram_progress_set(self->log, self->progress ? log_progress_cb : NULL, self);
+  leave(self);
+  return done(rc, engram_errmsg(NULL));
 }
 
 static PyObject *Log_backup(LogObject *self, PyObject *args) {
@@ -1792,6 +1828,8 @@ static PyMethodDef Log_methods[] = {
     {"sync", (PyCFunction)Log_sync, METH_NOARGS, "sync()"},
     {"backup", (PyCFunction)Log_backup, METH_VARARGS, "backup(dest)"},
     {"verify", (PyCFunction)Log_verify, METH_NOARGS, "verify() -> dict"},
+    {"set_progress", (PyCFunction)Log_set_progress, METH_O,
+     "set_progress(fn) -- fn(phase, done, total) or None"},
     {"server_info", (PyCFunction)Log_server_info, METH_NOARGS, "server_info() -> dict"},
     {"log_info", (PyCFunction)Log_log_info, METH_NOARGS,
      "log_info() -> dict: id, created_ns, format_version"},
@@ -1959,6 +1997,55 @@ static PyObject *mod_keygen(PyObject *m, PyObject *unused) {
   return Py_BuildValue("(ss)", pub, sec);
 }
 
+/* engram_reclaim's progress, handed to a Python callable: called on the thread that
+ * runs the reclaim, which released the GIL. An exception the callable raises is kept and
+ * raised once the reclaim returns (the reclaim itself runs on). */
+struct py_progress {
+  PyObject *fn;
+  PyObject *type, *value, *tb; /* the first exception the callable raised; type NULL = none */
+};
+
+static void py_progress_cb(void *ctx, const char *phase, uint64_t done, uint64_t total) {
+  struct py_progress *p = ctx;
+  PyGILState_STATE g = PyGILState_Ensure();
+  if (!p->type) {
+    PyObject *r = PyObject_CallFunction(p->fn, "sKK", phase, (unsigned long long)done,
+                                        (unsigned long long)total);
+    if (r)
+      Py_DECREF(r);
+    else
+      PyErr_Fetch(&p->type, &p->value, &p->tb);
+  }
+  PyGILState_Release(g);
+}
+
+static PyObject *mod_reclaim(PyObject *m, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"path", "progress", NULL};
+  const char *path;
+  PyObject *progress = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O:reclaim", kwlist, conv_str, &path, &progress))
+    return NULL;
+  if (progress != Py_None && !PyCallable_Check(progress)) {
+    PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
+    return NULL;
+  }
+  struct py_progress pp = {progress, NULL, NULL, NULL};
+  engram_reclaim_options o = {.progress = progress != Py_None ? py_progress_cb : NULL,
+                              .progress_ctx = &pp};
+  engram_reclaim_report r;
+  char msg[MSG_MAX] = "";
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = engram_reclaim(path, &o, &r);
+  if (rc < 0) snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
+  Py_END_ALLOW_THREADS if (pp.type) {
+    PyErr_Restore(pp.type, pp.value, pp.tb);
+    return NULL;
+  }
+  if (rc < 0) return raise_code(rc, msg);
+  return Py_BuildValue("{s:K,s:K}", "bytes_before", (unsigned long long)r.bytes_before,
+                       "bytes_after", (unsigned long long)r.bytes_after);
+}
+
 static PyObject *mod_register_errors(PyObject *m, PyObject *args) {
   PyObject *base, *types;
   if (!PyArg_ParseTuple(args, "OO!:_register_errors", &base, &PyDict_Type, &types)) return NULL;
@@ -1977,6 +2064,8 @@ static PyMethodDef mod_methods[] = {
     {"strerror", mod_strerror, METH_VARARGS, "strerror(code) -> str"},
     {"errname", mod_errname, METH_VARARGS, "errname(code) -> str"},
     {"keygen", mod_keygen, METH_NOARGS, "keygen() -> (public_key, secret_key)"},
+    {"reclaim", (PyCFunction)(void (*)(void))mod_reclaim, METH_VARARGS | METH_KEYWORDS,
+     "reclaim(path, progress=None) -> {bytes_before, bytes_after}"},
     {"_register_errors", mod_register_errors, METH_VARARGS, "_register_errors(base, types)"},
     {NULL}};
 

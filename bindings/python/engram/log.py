@@ -7,7 +7,7 @@ import datetime as _dt
 import os
 import threading
 import time
-from typing import (Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple,
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple,
                     Union)
 
 from . import _engram
@@ -528,6 +528,15 @@ class Log:
     def backup(self, dest: Union[str, os.PathLike]) -> None:
         """A consistent, compacted hot copy into directory ``dest`` (new or empty)."""
         self.h.backup(os.fspath(dest))
+
+    def set_progress(self, fn: Optional[Callable[[str, int, int], None]]) -> None:
+        """Calls ``fn(phase, done, total)`` while :meth:`backup`, :meth:`verify` or
+        :meth:`compact` of this log works ("copying" bytes, "checking records",
+        "checking databases", "applying retention" topics; ``done`` never goes down nor
+        past ``total`` within a phase); ``None`` removes it. Called on the thread of the
+        call; what ``fn`` raises is reported as unraisable and the call goes on. A log
+        from :func:`connect` never calls it (the daemon does the work)."""
+        self.h.set_progress(fn)
 
     def verify(self) -> Dict[str, Any]:
         """Checks every record's CRC; returns topics, records, damaged, first_damage."""
