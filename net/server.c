@@ -18,14 +18,19 @@ volatile sig_atomic_t server_hup_requested;
 static volatile int stop_fd = -1;
 static _Atomic int serving;
 
-void net_serve_stop(void) {
-  server_stop_requested = 1;
+/* Wakes the main loop (async-signal-safe: one write to the eventfd). */
+static void wake_main(void) {
   int fd = stop_fd;
   if (fd >= 0) {
     uint64_t one = 1;
     ssize_t r = write(fd, &one, sizeof one);
     (void)r;
   }
+}
+
+void net_serve_stop(void) {
+  server_stop_requested = 1;
+  wake_main();
 }
 
 static void on_signal(int sig) {
@@ -38,12 +43,7 @@ static void on_signal(int sig) {
 static void on_hup(int sig) {
   (void)sig;
   server_hup_requested = 1;
-  int fd = stop_fd;
-  if (fd >= 0) {
-    uint64_t one = 1;
-    ssize_t r = write(fd, &one, sizeof one);
-    (void)r;
-  }
+  wake_main();
 }
 
 /* ---------------------------------------------------------------------------------
