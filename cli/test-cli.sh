@@ -486,7 +486,8 @@ e serve --curve-secret-file "$KEYS.key" --allow-keys-file "$KEYS.allow"
 check "a second secret-key line is refused with its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$KEYS.key:3:"'
 
 # --- workers and top ---------------------------------------------------------------
-e workers
+# (--lost-after 1h: under the sanitizers the fetch above can be more than 30 s ago.)
+e workers --lost-after 1h
 check "workers lists the consumers that fetched" eval '[[ $rc == 0 ]] && has "$out" alive && has "$out" "memory/g"'
 e workers --json
 check "workers --json is one array with the consumer w" eval '[[ $rc == 0 && $out == "["* ]] && has "$out" "\"name\":\"w\""'
