@@ -408,3 +408,73 @@ int engram_compact(engram *log, const char *topic, engram_compact_report *report
   if (report) memset(report, 0, sizeof *report);
   return log->be->compact(log, topic, report);
 }
+
+/* ---------------------------------------------------------------------------------
+ * Schedules.
+ * ------------------------------------------------------------------------------ */
+static int schedule_name(const char *what, const char *name) {
+  if (log_valid_name(name)) return 0;
+  return log_error(NULL, ENGRAM_EINVAL,
+                   "%s: schedule name %s%.60s%s invalid (use 1-200 of [A-Za-z0-9._-])", what,
+                   name ? "\"" : "", name ? name : "(null)", name ? "\"" : "");
+}
+
+int engram_schedule_add(engram *log, const char *name, const engram_schedule_config *cfg) {
+  if (!log || !cfg) return log_error(NULL, ENGRAM_EINVAL, "schedule add: NULL argument");
+  int rc = cg_schedule_check("schedule add", name, cfg);
+  return rc ? rc : log->be->schedule_add(log, name, cfg);
+}
+
+int engram_schedule_set(engram *log, const char *name, const engram_schedule_config *cfg,
+                        int *changed) {
+  if (changed) *changed = 0;
+  if (!log || !cfg) return log_error(NULL, ENGRAM_EINVAL, "schedule set: NULL argument");
+  int rc = cg_schedule_check("schedule set", name, cfg);
+  return rc ? rc : log->be->schedule_set(log, name, cfg, changed);
+}
+
+int engram_schedule_get(engram *log, const char *name, engram_schedule_info **out) {
+  if (!log || !out) return log_error(NULL, ENGRAM_EINVAL, "schedule get: NULL argument");
+  *out = NULL;
+  int rc = schedule_name("schedule get", name);
+  return rc ? rc : log->be->schedule_get(log, name, out);
+}
+
+int engram_schedule_list(engram *log, engram_schedule_info **out, size_t *n) {
+  if (!log || !out || !n) return log_error(NULL, ENGRAM_EINVAL, "schedule list: NULL argument");
+  *out = NULL;
+  *n = 0;
+  return log->be->schedule_list(log, out, n);
+}
+
+int engram_schedule_remove(engram *log, const char *name) {
+  if (!log) return ENGRAM_EINVAL;
+  int rc = schedule_name("schedule remove", name);
+  return rc ? rc : log->be->schedule_remove(log, name);
+}
+
+int engram_schedule_pause(engram *log, const char *name) {
+  if (!log) return ENGRAM_EINVAL;
+  int rc = schedule_name("schedule pause", name);
+  return rc ? rc : log->be->schedule_pause(log, name);
+}
+
+int engram_schedule_resume(engram *log, const char *name) {
+  if (!log) return ENGRAM_EINVAL;
+  int rc = schedule_name("schedule resume", name);
+  return rc ? rc : log->be->schedule_resume(log, name);
+}
+
+int engram_schedule_run_now(engram *log, const char *name, uint64_t *offset) {
+  if (offset) *offset = 0;
+  if (!log) return ENGRAM_EINVAL;
+  int rc = schedule_name("schedule run-now", name);
+  return rc ? rc : log->be->schedule_run_now(log, name, offset);
+}
+
+int engram_schedule_tick(engram *log, int64_t now_ns, engram_schedule_tick_report *report) {
+  if (report) memset(report, 0, sizeof *report);
+  if (!log) return ENGRAM_EINVAL;
+  if (now_ns < 0) return log_error(NULL, ENGRAM_EINVAL, "schedule tick: negative now_ns");
+  return log->be->schedule_tick(log, now_ns, report);
+}

@@ -63,6 +63,15 @@ struct engram_backend {
   int (*worker_forget)(engram *h, const char *name);
   int (*topic_set)(engram *h, const char *topic, const engram_topic_config *cfg);
   int (*compact)(engram *h, const char *topic, engram_compact_report *report);
+  int (*schedule_add)(engram *h, const char *name, const engram_schedule_config *cfg);
+  int (*schedule_set)(engram *h, const char *name, const engram_schedule_config *cfg, int *changed);
+  int (*schedule_get)(engram *h, const char *name, engram_schedule_info **out);
+  int (*schedule_list)(engram *h, engram_schedule_info **out, size_t *n);
+  int (*schedule_remove)(engram *h, const char *name);
+  int (*schedule_pause)(engram *h, const char *name);
+  int (*schedule_resume)(engram *h, const char *name);
+  int (*schedule_run_now)(engram *h, const char *name, uint64_t *offset);
+  int (*schedule_tick)(engram *h, int64_t now_ns, engram_schedule_tick_report *report);
 };
 
 /* A public handle: its backend and that backend's state (a struct log for the embedded

@@ -119,6 +119,28 @@ static int e_worker_list(engram *h, uint64_t lost_after_ms, engram_worker_info *
   return cg_worker_list(L(h), lost_after_ms, out, n);
 }
 static int e_worker_forget(engram *h, const char *name) { return cg_worker_forget(L(h), name); }
+static int e_schedule_add(engram *h, const char *name, const engram_schedule_config *cfg) {
+  return cg_schedule_add(L(h), name, cfg);
+}
+static int e_schedule_set(engram *h, const char *name, const engram_schedule_config *cfg,
+                          int *changed) {
+  return cg_schedule_set(L(h), name, cfg, changed);
+}
+static int e_schedule_get(engram *h, const char *name, engram_schedule_info **out) {
+  return cg_schedule_get(L(h), name, out);
+}
+static int e_schedule_list(engram *h, engram_schedule_info **out, size_t *n) {
+  return cg_schedule_list(L(h), out, n);
+}
+static int e_schedule_remove(engram *h, const char *name) { return cg_schedule_remove(L(h), name); }
+static int e_schedule_pause(engram *h, const char *name) { return cg_schedule_pause(L(h), name); }
+static int e_schedule_resume(engram *h, const char *name) { return cg_schedule_resume(L(h), name); }
+static int e_schedule_run_now(engram *h, const char *name, uint64_t *offset) {
+  return cg_schedule_run_now(L(h), name, offset);
+}
+static int e_schedule_tick(engram *h, int64_t now_ns, engram_schedule_tick_report *report) {
+  return cg_schedule_tick(L(h), now_ns, report);
+}
 
 const struct engram_backend api_embedded = {
     .name = "embedded",
@@ -158,6 +180,15 @@ const struct engram_backend api_embedded = {
     .worker_forget = e_worker_forget,
     .topic_set = e_topic_set,
     .compact = e_compact,
+    .schedule_add = e_schedule_add,
+    .schedule_set = e_schedule_set,
+    .schedule_get = e_schedule_get,
+    .schedule_list = e_schedule_list,
+    .schedule_remove = e_schedule_remove,
+    .schedule_pause = e_schedule_pause,
+    .schedule_resume = e_schedule_resume,
+    .schedule_run_now = e_schedule_run_now,
+    .schedule_tick = e_schedule_tick,
 };
 
 struct log *api_log(engram *h) {

@@ -42,7 +42,8 @@
   X(info, "what the daemon behind --connect is: version, durability, limits, uptime") \
   X(workers, "list the workers serving groups (alive or lost), or forget one")        \
   X(top, "a live view of groups and workers: lag, rates, oldest unfinished")          \
-  X(compact, "apply retention limits now")
+  X(compact, "apply retention limits now")                                            \
+  X(schedule, "add, list, show, remove, pause, resume or run-now periodic appends")
 
 /* State shared by all commands: the global options and the handle they open. */
 struct cli {

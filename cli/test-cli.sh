@@ -791,5 +791,67 @@ check "... SIGHUP is logged, not fatal" eval 'has "$out" "sighup: SIGHUP: still 
 check "... log lines carry journald priorities when stderr is the journal" eval '[[ $out == *"<6>"*"info  start: engram"* && $out == *"<6>"*"admin: topic_drop"* ]]'
 check "... a topic drop is logged with who did it" eval 'has "$out" "admin: topic_drop topic doomed by peer"'
 
+# --- schedules -----------------------------------------------------------------------
+e topic create jobs
+e schedule add nightly --cron "0 2 * * *" --tz Europe/Paris --topic jobs --type job.nightly --payload '{"n":1}' --header origin=cli
+check "schedule add --cron --tz" eval '[[ $rc == 0 && $out == added ]]'
+e schedule add five --every 5m --topic jobs --type job.five --missed all --max-catchup 10 --json
+check "schedule add --every --json" eval '[[ $rc == 0 && $out == "{\"ok\":true,\"action\":\"schedule add\",\"topic\":\"jobs\"}" ]]'
+e schedule add nightly --every 5m --topic jobs --type a
+check "schedule add of an existing name fails with one line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" exists'
+e schedule add x --cron "61 * * * *" --topic jobs --type a
+check "a bad cron expression is a usage error naming the field" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "minute"'
+e schedule add x --cron "0 * * * *" --tz Mars/Olympus --topic jobs --type a
+check "an unknown zone is a usage error naming it" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "Mars/Olympus"'
+e schedule add "bad name" --every 5m --topic jobs --type a
+check "a bad schedule name is a usage error" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "schedule name"'
+e schedule add x --every 5m --cron "0 * * * *" --topic jobs --type a
+check "both --every and --cron is a usage error" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "not both"'
+e schedule add x --topic jobs --type a
+check "neither --every nor --cron is a usage error" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "--every or --cron"'
+e schedule add x --every 5m --topic jobs
+check "schedule add without --type is a usage error" eval '[[ $rc == 2 ]] && one_line_err'
+e schedule list --json
+check "... and the refused ones left nothing behind" eval '[[ $rc == 0 ]] && ! has "$out" "\"name\":\"x\""'
+e schedule list
+check "schedule list shows both with their next slot" eval '[[ $rc == 0 ]] && has "$out" "cron 0 2 * * * Europe/Paris" && has "$out" "every 5m" && has "$out" NEXT_SLOT'
+e schedule show nightly --json
+check "schedule show --json has the config and the fire state" eval '[[ $rc == 0 ]] && has "$out" "\"tz\":\"Europe/Paris\"" && has "$out" "\"headers\":{\"origin\":\"cli\"}" && keys_in_order "$out" $(fields ENGRAM_SCHEDULE_INFO_FIELDS)'
+e schedule show nightly
+check "schedule show prints last and next fire" eval '[[ $rc == 0 ]] && has "$out" "next slot:" && has "$out" "last fire:"'
+e schedule run-now nightly
+check "schedule run-now appends at once" eval '[[ $rc == 0 && $out == "fired at offset 1" ]]'
+e read jobs --json
+check "... with the schedule's headers and a manual key" eval 'has "$out" "\"engram-schedule\":\"nightly\"" && has "$out" "nightly@manual-"'
+e schedule pause five
+check "schedule pause" eval '[[ $rc == 0 && $out == paused ]]'
+e schedule show five --json
+check "... shows paused" eval 'has "$out" "\"paused\":1"'
+e schedule resume five
+check "schedule resume" eval '[[ $rc == 0 && $out == resumed ]]'
+e schedule remove five
+check "schedule remove" eval '[[ $rc == 0 && $out == removed ]]'
+e schedule remove five
+check "removing a missing schedule fails with one line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "no schedule named five"'
+SD=$TMP/sched
+mkdir -p "$SD"
+SEP=ipc://$SD/s.ipc
+timeout 120 "$BIN" --data "$DATA" serve --listen "$SEP" --notify "ipc://$SD/n.ipc" 2>"$SD/serve.err" &
+SPID=$!
+for _ in $(seq 1 100); do
+  out=$(timeout 10 "$BIN" --connect "$SEP" schedule list 2>"$TMP/err") rc=$?
+  [[ $rc == 0 ]] && break
+  sleep 0.1
+done
+check "schedule list --connect through the daemon" eval '[[ $rc == 0 ]] && has "$out" nightly'
+out=$(timeout 60 "$BIN" --connect "$SEP" schedule add hourly --every 1h --topic jobs --type job.hourly 2>"$TMP/err") rc=$?
+check "schedule add --connect" eval '[[ $rc == 0 && $out == added ]]'
+out=$(timeout 60 "$BIN" --connect "$SEP" schedule add y --cron "* * *" --topic jobs --type a 2>"$TMP/err") rc=$? err=$(cat "$TMP/err")
+check "a bad cron expression --connect is the same usage error" eval '[[ $rc == 2 ]] && one_line_err && has "$err" "3 fields"'
+out=$(timeout 60 "$BIN" --connect "$SEP" schedule show hourly --json 2>"$TMP/err") rc=$?
+check "schedule show --connect" eval '[[ $rc == 0 ]] && has "$out" "\"every_ms\":3600000"'
+kill "$SPID" 2>/dev/null
+wait "$SPID" 2>/dev/null
+
 echo "test-cli: $((checks - fails)) of $checks checks passed"
 ((fails == 0))

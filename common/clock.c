@@ -1,5 +1,9 @@
 /* clock.c — wall and monotonic clocks in nanoseconds, and errno translation. */
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "common.h"
@@ -22,6 +26,29 @@ void clock_sleep_ns(int64_t ns) {
   struct timespec ts = {.tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
   }
+}
+
+static const char *test_clock_path; /* set once, by find_test_clock */
+static pthread_once_t test_clock_once = PTHREAD_ONCE_INIT;
+
+static void find_test_clock(void) {
+  const char *p = getenv("ENGRAM_TEST_CLOCK_FILE");
+  test_clock_path = p && *p ? p : NULL;
+}
+
+int clock_test_file_ns(int64_t *ns) {
+  pthread_once(&test_clock_once, find_test_clock);
+  if (!test_clock_path) return 0;
+  int fd = open(test_clock_path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  unsigned char b[8];
+  ssize_t n = pread(fd, b, sizeof b, 0);
+  close(fd);
+  if (n != (ssize_t)sizeof b) return 0;
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | b[i];
+  *ns = (int64_t)v;
+  return 1;
 }
 
 int err_from_errno(int e) {

@@ -72,4 +72,10 @@ int err_from_errno(int e);
  * the daemon sends. */
 int err_public(int code);
 
+/* For tests only: when the environment variable ENGRAM_TEST_CLOCK_FILE names a file, its
+ * first 8 bytes (a little-endian int64 of CLOCK_REALTIME nanoseconds) are the default
+ * clock of every handle, so that test programs in several processes share one fast clock.
+ * Returns 1 with *ns set when the variable is set and the file readable, else 0. */
+int clock_test_file_ns(int64_t *ns);
+
 #endif

@@ -107,4 +107,8 @@ int cg_worker_seen(log_wtx *w, MDB_dbi dbi, const char *consumer, const char *to
 int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt,
                const void *result, size_t result_len);
 
+/* log_verify's check of the schedule records (schedule.c): each key a valid name, each
+ * value decoding to a record whose cron expression parses. Reads only. */
+void cg_schedule_verify(MDB_txn *txn, log_damage_fn damage, void *ctx);
+
 #endif

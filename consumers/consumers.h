@@ -86,4 +86,24 @@ int txn_each(const struct engram_txn *txn, int (*fn)(void *ctx, const txn_op_vie
 /* Operations queued. */
 size_t txn_count(const struct engram_txn *txn);
 
+/* Schedules (schedule.c): same contracts as engram.h's engram_schedule_*. */
+/* Checks a schedule's name and configuration (zone files included; no log needed), with
+ * `what` ("schedule add") opening the message. */
+int cg_schedule_check(const char *what, const char *name, const engram_schedule_config *cfg);
+int cg_schedule_add(struct log *log, const char *name, const engram_schedule_config *cfg);
+int cg_schedule_set(struct log *log, const char *name, const engram_schedule_config *cfg,
+                    int *changed);
+int cg_schedule_get(struct log *log, const char *name, engram_schedule_info **out);
+int cg_schedule_list(struct log *log, engram_schedule_info **out, size_t *n);
+int cg_schedule_remove(struct log *log, const char *name);
+int cg_schedule_pause(struct log *log, const char *name);
+int cg_schedule_resume(struct log *log, const char *name);
+int cg_schedule_run_now(struct log *log, const char *name, uint64_t *offset);
+/* Fires what is due at now (0 = the log's clock); report may be NULL, else zeroed by the
+ * caller. */
+int cg_schedule_tick(struct log *log, int64_t now, engram_schedule_tick_report *report);
+/* Copies n infos (their config's strings, payload and headers too) into one allocation
+ * freed with free(): what get and list return, and what the remote client builds. */
+int cg_schedule_infos_copy(const engram_schedule_info *src, size_t n, engram_schedule_info **out);
+
 #endif

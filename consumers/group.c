@@ -46,7 +46,10 @@ int cg_del_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t gid) {
 void cg_verify_records(struct log *log, MDB_txn *txn, log_damage_fn damage, void *ctx) {
   MDB_dbi dbi;
   MDB_cursor *c;
-  if (mdb_dbi_open(txn, "groups", 0, &dbi) || mdb_cursor_open(txn, dbi, &c)) return;
+  if (mdb_dbi_open(txn, "groups", 0, &dbi) || mdb_cursor_open(txn, dbi, &c)) {
+    cg_schedule_verify(txn, damage, ctx);
+    return;
+  }
   MDB_val k, v;
   int op = MDB_FIRST, rc;
   char text[512];
@@ -71,6 +74,7 @@ void cg_verify_records(struct log *log, MDB_txn *txn, log_damage_fn damage, void
     damage(ctx, text);
   }
   mdb_cursor_close(c);
+  cg_schedule_verify(txn, damage, ctx);
 }
 
 static size_t group_key(unsigned char *buf, const char *topic, const char *group) {

@@ -1,5 +1,6 @@
 /* maintain.c — the maintenance runner: while its process holds DIR/maintenance.lock, a
- * handle's thread runs retention on every topic with limits, one slice at a time. */
+ * handle's thread runs retention on every topic with limits, one slice at a time, and
+ * fires the schedules that are due (waking at the next slot, within a second). */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -43,6 +44,15 @@ static void try_take(struct cg_maint *m) {
   }
 }
 
+/* The schedules due now; returns the next slot of any (0 = none). */
+static int64_t tick(struct cg_maint *m) {
+  engram_schedule_tick_report r;
+  memset(&r, 0, sizeof r);
+  cg_schedule_tick(m->log, 0, &r); /* failures are tried again at the next pass */
+  log_error_clear(m->log);
+  return r.next_due_ns;
+}
+
 /* One pass: the limits of each topic that has any, until nothing more may be removed. */
 static void pass(struct cg_maint *m) {
   engram_topic_info *list = NULL;
@@ -63,12 +73,13 @@ static void pass(struct cg_maint *m) {
 
 static void *run(void *arg) {
   struct cg_maint *m = arg;
+  int64_t wait_ns = (int64_t)m->interval_ms * 1000000, last_pass = 0;
   pthread_mutex_lock(&m->mu);
   while (!m->stop) {
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += m->interval_ms / 1000;
-    until.tv_nsec += (long)(m->interval_ms % 1000) * 1000000;
+    until.tv_sec += wait_ns / 1000000000;
+    until.tv_nsec += (long)(wait_ns % 1000000000);
     if (until.tv_nsec >= 1000000000) {
       until.tv_sec++;
       until.tv_nsec -= 1000000000;
@@ -78,7 +89,20 @@ static void *run(void *arg) {
     if (m->stop) break;
     pthread_mutex_unlock(&m->mu);
     if (!m->holder) try_take(m);
-    if (m->holder) pass(m);
+    wait_ns = (int64_t)m->interval_ms * 1000000;
+    if (m->holder) {
+      /* Retention every interval; schedules at every wake, which comes at the next slot
+       * when that is sooner (a second at most, however long the interval). */
+      int64_t mono = clock_monotonic_ns();
+      if (!last_pass || mono - last_pass >= wait_ns - 1000000) {
+        pass(m);
+        last_pass = mono;
+      }
+      int64_t next = tick(m), limit = wait_ns < 1000000000 ? wait_ns : 1000000000;
+      int64_t until_next = next ? next - log_now_ns(m->log) : limit;
+      wait_ns = until_next < limit ? until_next : limit;
+      if (wait_ns < 1000000) wait_ns = 1000000;
+    }
     pthread_mutex_lock(&m->mu);
   }
   pthread_mutex_unlock(&m->mu);

@@ -152,7 +152,11 @@ typedef struct engram_options {
                                    at most ENGRAM_MAX_FLUSH_INTERVAL_MS */
   uint32_t flags;               /* ENGRAM_OPEN_* */
   /* Clock for tests: returns CLOCK_REALTIME nanoseconds. NULL = the system clock. Every
-   * timestamp, lease deadline and retry delay of this handle is read from it. */
+   * timestamp, lease deadline, retry delay and schedule slot of this handle is read from
+   * it. For tests only: with clock_ns NULL and the environment variable
+   * ENGRAM_TEST_CLOCK_FILE naming a file, the clock is the little-endian int64 held in that
+   * file's first 8 bytes (read at every call), so that test programs in several processes
+   * share one fast clock; never set it in production. */
   int64_t (*clock_ns)(void *ctx);
   void *clock_ctx;
   /* How often this handle runs retention while its process holds the log's maintenance
@@ -308,8 +312,8 @@ ENGRAM_API int engram_topic_train_dict(engram *log, const char *topic, uint32_t 
  * Errors: EINVAL (config), ENOTFOUND (topic). */
 ENGRAM_API int engram_topic_set(engram *log, const char *topic, const engram_topic_config *cfg);
 
-/* Frees memory returned by engram_topic_list(), engram_group_list() and
- * engram_dlq_list(). Accepts NULL. */
+/* Frees memory returned by engram_topic_list(), engram_group_list(), engram_dlq_list(),
+ * engram_worker_list(), engram_schedule_get() and engram_schedule_list(). Accepts NULL. */
 ENGRAM_API void engram_free(void *p);
 
 /* ---------------------------------------------------------------------------------
@@ -787,6 +791,177 @@ typedef struct engram_compact_report {
  * freed pages: data.mdb stops growing but does not shrink.
  * Errors: ENOTFOUND (topic), ENOTSUP (read-only handle), EIO, ENOSPC. */
 ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_report *report);
+
+/* ---------------------------------------------------------------------------------
+ * Schedules: periodic appends stored in the log (beat without its double fires; see
+ * docs/operations.md, "Schedules").
+ *
+ * A schedule appends one event to a topic at every *slot*: a scheduled time given either
+ * by an interval (every_ms, slots start_ns + k * every_ms) or by a 5-field cron
+ * expression read in an IANA time zone. Schedules live in the log, so every process and
+ * the daemon see the same ones; they are fired by engram_schedule_tick(), which
+ * `engram serve` runs and, with no daemon, the embedded process holding the log's
+ * maintenance lease (DIR/maintenance.lock) runs (at most a second after a slot falls due).
+ *
+ * EXACTLY ONCE. The fire of a slot is one append with the idempotency key "NAME@SLOT"
+ * (SLOT = the scheduled time in RFC 3339 UTC, "2026-03-29T01:00:00Z", with a fraction of
+ * a second only when it has one), committed in the same LMDB write transaction that
+ * records the slot as the schedule's last: a slot fires at most once, however many
+ * daemons and processes tick the log, across kill -9 and restarts, and long after the
+ * dedup window has passed. The event carries the headers "engram-schedule" (NAME),
+ * "engram-slot" (SLOT) and "engram-fire" ("scheduled", "catchup" or "manual").
+ *
+ * CRON. "minute hour day-of-month month day-of-week": minute 0-59, hour 0-23, day 1-31,
+ * month 1-12 or JAN-DEC, day of week 0-7 (0 and 7 are Sunday) or SUN-SAT; each field is
+ * "*", a value, a range "a-b", a list "a,b-c", with an optional step "* /n" or "a-b/n"
+ * (written without the space); names are case-insensitive. When both day-of-month and
+ * day-of-week are restricted (neither is "*"), a day matches if EITHER matches (Vixie cron).
+ * Times are local to the schedule's zone, computed from the zone's TZif file under
+ * /usr/share/zoneinfo (the TZ environment variable is never read nor set). Across DST
+ * changes: a local time that does not exist (skipped by a spring-forward gap, e.g. 02:30
+ * in Europe/Paris on the last Sunday of March) fires once at the first instant after the
+ * gap (03:00 local); a local time that occurs twice (a fall-back overlap) fires once, at
+ * its first occurrence.
+ *
+ * MISSED FIRES. A slot a tick reaches more than 30 s after its time (or half the
+ * interval, for intervals under a minute) was missed: nothing ticked the log then (no
+ * daemon, no process open). The next tick applies the schedule's `missed` policy to the
+ * slots due: ONCE fires only the newest of them (once, as "catchup" when it was missed),
+ * SKIP fires none of the missed ones (the schedule resumes with its next slot), ALL fires
+ * each in order, but at most the newest max_catchup; older ones are skipped. Slots passed
+ * over are counted in the info's `skipped` (for cron schedules, counting stops at 100,000
+ * per tick: the rest are skipped uncounted). Slots that fall while a schedule is paused
+ * are skipped on resume.
+ * ------------------------------------------------------------------------------ */
+#define ENGRAM_MAX_CRON 256                               /* cron expression: bytes */
+#define ENGRAM_MAX_TZ 64                                  /* time zone name: bytes */
+#define ENGRAM_MIN_SCHEDULE_EVERY_MS 1000u                /* shortest interval: 1 s */
+#define ENGRAM_MAX_SCHEDULE_EVERY_MS (3660ull * 86400000) /* longest interval: about 10 years */
+#define ENGRAM_DEFAULT_MAX_CATCHUP 100u                   /* max_catchup when 0 */
+#define ENGRAM_MAX_CATCHUP 10000u                         /* highest max_catchup */
+
+/* What a tick does with slots that passed without being fired (see MISSED FIRES). */
+typedef enum engram_missed {
+  ENGRAM_MISSED_ONCE = 0, /* default: fire the newest slot due, once */
+  ENGRAM_MISSED_SKIP,     /* fire none of the missed slots */
+  ENGRAM_MISSED_ALL       /* fire each missed slot (the newest max_catchup at most) */
+} engram_missed;
+
+/* A schedule's configuration. Zero / NULL means default for every field. Exactly one of
+ * every_ms and cron is set. Strings and buffers are copied. */
+typedef struct engram_schedule_config {
+  uint64_t every_ms;   /* interval, ENGRAM_MIN_SCHEDULE_EVERY_MS .. ENGRAM_MAX_SCHEDULE_EVERY_MS;
+                          0 = a cron schedule */
+  int64_t start_ns;    /* interval only: slots are start_ns + k * every_ms (CLOCK_REALTIME,
+                          >= 0); 0 = aligned to the Unix epoch, so "every 5 minutes" fires at
+                          :00, :05, :10 ... UTC */
+  const char *cron;    /* 5-field cron expression (see CRON), NULL/"" = an interval schedule */
+  const char *tz;      /* IANA zone of the cron expression ("Europe/Paris"); NULL/"" = "UTC";
+                          an interval schedule takes only "UTC" */
+  const char *topic;   /* the topic each fire appends to (existing when it fires) */
+  const char *type;    /* the event type, as engram_event.type */
+  const void *payload; /* the event payload, at most 1 MiB; may be NULL when payload_len is 0 */
+  size_t payload_len;
+  const char *key;              /* the event key, NULL/"" = none */
+  const char *content_type;     /* NULL/"" = none */
+  const engram_header *headers; /* n_headers extra headers of every fire; names starting
+                                   "engram-" are reserved */
+  size_t n_headers;             /* at most ENGRAM_MAX_HEADERS - 3 */
+  engram_missed missed;         /* default ENGRAM_MISSED_ONCE */
+  uint32_t max_catchup;         /* ENGRAM_MISSED_ALL: most slots one catch-up fires,
+                                   default ENGRAM_DEFAULT_MAX_CATCHUP, at most ENGRAM_MAX_CATCHUP */
+} engram_schedule_config;
+
+/* The state of a schedule, one X(type, name) each, in engram_schedule_info's order (the
+ * wire, the CLI and the bindings copy and print them from this list). Times are
+ * CLOCK_REALTIME nanoseconds, 0 = none. */
+#define ENGRAM_SCHEDULE_INFO_FIELDS(X)                                                          \
+  X(int64_t, created_ns)    /* when it was added; its first slot is the first at or after */    \
+  X(uint32_t, paused)       /* 1: ticks fire nothing */                                         \
+  X(uint64_t, fires)        /* slots fired (scheduled and catch-up) */                          \
+  X(uint64_t, manual_fires) /* engram_schedule_run_now() fires */                               \
+  X(uint64_t, skipped)      /* slots passed over (missed-fire policy, pause) */                 \
+  X(int64_t, last_slot_ns)  /* the newest slot fired or passed over */                          \
+  X(int64_t, last_fire_ns)  /* clock time of the newest fire, manual ones included */           \
+  X(uint64_t, last_offset)  /* offset of the event of the newest fire */                        \
+  X(int64_t, next_slot_ns)  /* the next slot to fire (also while paused: what would fire)    */ \
+  X(int64_t, updated_ns)    /* last change of the configuration (add, a changing set) */      \
+  X(int64_t, last_error_ns) /* when a fire last failed (see last_error), 0 = none */
+
+typedef struct engram_schedule_info {
+  char name[ENGRAM_MAX_NAME + 1];
+  /* The configuration with defaults filled in (tz "UTC", missed, max_catchup); its
+   * pointers point into the allocation holding this info and live as long as it. */
+  engram_schedule_config config;
+  ENGRAM_SCHEDULE_INFO_FIELDS(ENGRAM_FIELD_)
+  char last_error[256]; /* why the last fire failed ("append jobs: no such topic"), "" when
+                           none did since the last fire that succeeded */
+} engram_schedule_info;
+
+/* Adds the schedule `name` (1-200 of [A-Za-z0-9._-]). Its first slot is the first at or
+ * after now (the handle's clock). The topic need not exist yet: a fire into a missing
+ * topic fails (the tick reports it) and is tried again at the next tick.
+ * Errors: EINVAL (name, no or both of every_ms and cron, a bad cron expression, an unknown
+ * zone, a field of the event; the message names it), EEXIST (a schedule of that name),
+ * ETOOBIG (payload or headers), ENOTSUP (read-only handle). */
+ENGRAM_API int engram_schedule_add(engram *log, const char *name,
+                                   const engram_schedule_config *cfg);
+/* Declares the schedule `name` idempotently (what a beat configuration loaded by every
+ * process at start-up needs): adds it when missing; when it exists with the same
+ * configuration (defaults filled in) does nothing; otherwise replaces the configuration
+ * and keeps the fire state (last slot, counts, pause). When the timing changes (every_ms,
+ * start_ns, cron or tz), slots before now are not caught up. *changed (may be NULL)
+ * receives 0 (unchanged), 1 (added) or 2 (replaced). Errors as engram_schedule_add, but
+ * never EEXIST. */
+ENGRAM_API int engram_schedule_set(engram *log, const char *name, const engram_schedule_config *cfg,
+                                   int *changed);
+/* Fills *out with a malloc'd engram_schedule_info (payload and strings in the same
+ * allocation) freed with engram_free(); next_slot_ns is computed for the handle's clock.
+ * Errors: EINVAL, ENOTFOUND, ECORRUPT (its record does not decode: remove it and add it
+ * again; engram_verify() reports it too). */
+ENGRAM_API int engram_schedule_get(engram *log, const char *name, engram_schedule_info **out);
+/* Lists the schedules in name order: *out is a malloc'd array of *n entries (payloads and
+ * strings in the same allocation) freed with one engram_free(); a record that does not
+ * decode is left out. Errors: EINVAL. */
+ENGRAM_API int engram_schedule_list(engram *log, engram_schedule_info **out, size_t *n);
+/* Removes a schedule; events it appended stay. Errors: EINVAL, ENOTFOUND. */
+ENGRAM_API int engram_schedule_remove(engram *log, const char *name);
+/* Pauses a schedule: ticks fire nothing for it until engram_schedule_resume(). Pausing a
+ * paused schedule does nothing. Errors: EINVAL, ENOTFOUND. */
+ENGRAM_API int engram_schedule_pause(engram *log, const char *name);
+/* Resumes a paused schedule; the slots that fell while it was paused are skipped (counted
+ * in `skipped`), the next fires at its time. Resuming a running one does nothing.
+ * Errors: EINVAL, ENOTFOUND. */
+ENGRAM_API int engram_schedule_resume(engram *log, const char *name);
+/* Fires the schedule now, paused or not, outside its slot sequence: one append with the
+ * idempotency key "NAME@manual-TIME" (TIME = the handle's clock, RFC 3339 UTC with
+ * nanoseconds) and "engram-fire: manual"; the slots and the missed-fire state are not
+ * touched. *offset (may be NULL) receives the event's offset.
+ * Errors: EINVAL, ENOTFOUND (schedule or its topic), and those of engram_append(). */
+ENGRAM_API int engram_schedule_run_now(engram *log, const char *name, uint64_t *offset);
+
+/* What one engram_schedule_tick() did. */
+typedef struct engram_schedule_tick_report {
+  uint64_t fired;        /* events appended */
+  uint64_t skipped;      /* slots passed over by missed-fire policies */
+  uint64_t failed;       /* schedules whose fire failed (a missing topic ...): tried again
+                            at the next tick */
+  int64_t next_due_ns;   /* the earliest next slot of any schedule not paused, 0 = none */
+  char first_error[256]; /* the message of the first failure, "" = none */
+} engram_schedule_tick_report;
+/* Fires every slot due at now_ns (0 = the handle's clock) of every schedule not paused,
+ * each schedule in one write transaction: its appends, with its missed-fire policy
+ * applied, and its new last slot. Safe to call from any number of processes at once: a
+ * slot fires exactly once (see EXACTLY ONCE). A schedule that cannot fire (its topic
+ * missing) is counted in report->failed and does not stop the others. The daemon and
+ * the maintenance lease holder call it; tests call it with a test clock (a now_ns ahead
+ * of the real time fires slots early, and they never fire again at their time). On a
+ * remote handle the daemon ticks its log and refuses a now_ns more than a second ahead of
+ * its clock. *report (may be NULL) receives what was done.
+ * Errors: EINVAL (now_ns < 0, or ahead of a daemon's clock), ENOTSUP (read-only handle),
+ * EIO, ENOSPC. */
+ENGRAM_API int engram_schedule_tick(engram *log, int64_t now_ns,
+                                    engram_schedule_tick_report *report);
 
 #ifdef __cplusplus
 }

@@ -81,6 +81,8 @@ const char *log_mdb_text(int rc) {
 
 int64_t log_now_ns(const struct log *log) {
   if (log && log->opts.clock_ns) return log->opts.clock_ns(log->opts.clock_ctx);
+  int64_t t;
+  if (clock_test_file_ns(&t)) return t; /* tests only: ENGRAM_TEST_CLOCK_FILE */
   return clock_realtime_ns();
 }
 
@@ -947,5 +949,43 @@ int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi 
   rc = log_write_solo(log, create_dbi_job, &r);
   if (rc < 0) return rc;
   *out = r.dbi;
+  return 0;
+}
+
+int log_aux_dbi_existing(struct log *log, const char *name, MDB_dbi *out) {
+  pthread_mutex_lock(&log->aux_mu);
+  for (int i = 0; i < log->n_aux; i++) {
+    if (!strcmp(log->aux[i].name, name)) {
+      *out = log->aux[i].dbi;
+      pthread_mutex_unlock(&log->aux_mu);
+      return 0;
+    }
+  }
+  pthread_mutex_unlock(&log->aux_mu);
+  /* As log_open_dbi's fast path: a read transaction of its own, committed so that the
+   * handle stays valid; nothing is created when the database is absent. */
+  MDB_txn *txn;
+  pthread_mutex_lock(&log->dbi_mu);
+  int rc = read_start(log, NULL, &txn);
+  if (rc) {
+    pthread_mutex_unlock(&log->dbi_mu);
+    return log_error(log, log_err_mdb(rc), "open database %s: %s", name, log_mdb_text(rc));
+  }
+  int mrc = mdb_dbi_open(txn, name, 0, out);
+  if (mrc == 0)
+    mrc = mdb_txn_commit(txn);
+  else
+    mdb_txn_abort(txn);
+  pthread_rwlock_unlock(&log->map_lock);
+  pthread_mutex_unlock(&log->dbi_mu);
+  if (mrc == MDB_NOTFOUND) return ENGRAM_ENOTFOUND;
+  if (mrc) return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, log_mdb_text(mrc));
+  pthread_mutex_lock(&log->aux_mu);
+  if (log->n_aux < LOG_MAX_AUX) {
+    snprintf(log->aux[log->n_aux].name, sizeof log->aux[0].name, "%s", name);
+    log->aux[log->n_aux].dbi = *out;
+    log->n_aux++;
+  }
+  pthread_mutex_unlock(&log->aux_mu);
   return 0;
 }

@@ -166,6 +166,10 @@ int log_write_relaxed(struct log *log, log_job_fn fn, void *arg);
 /* Opens (creating on first use) a named database for an upper layer, e.g. "groups".
  * With `dupsort` the database is opened MDB_DUPSORT. */
 int log_aux_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out);
+/* The same for a database that exists, creating nothing: ENGRAM_ENOTFOUND (no message)
+ * when it does not. For background work with nothing to do on a log that never had such
+ * records (the maintenance runner's schedule ticks). */
+int log_aux_dbi_existing(struct log *log, const char *name, MDB_dbi *out);
 
 /* ---------------------------------------------------------------------------------
  * Reads.

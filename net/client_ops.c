@@ -938,6 +938,150 @@ static int r_worker_forget(engram *log, const char *name) {
   return client_call(log, &rq);
 }
 
+/* Schedules. */
+static int sched_set(engram *log, int add, const char *name, const engram_schedule_config *cfg,
+                     int *changed) {
+  Engram__Wire__Request rq = ENGRAM__WIRE__REQUEST__INIT;
+  Engram__Wire__ScheduleSet m = ENGRAM__WIRE__SCHEDULE_SET__INIT;
+  if (add) {
+    rq.op_case = ENGRAM__WIRE__REQUEST__OP_SCHEDULE_ADD;
+    rq.schedule_add = &m;
+  } else {
+    rq.op_case = ENGRAM__WIRE__REQUEST__OP_SCHEDULE_SET;
+    rq.schedule_set = &m;
+  }
+  net_arena a = {0};
+  m.name = net_str(name);
+  m.config = net_schedule_config_to_wire(&a, cfg);
+  if (!m.config) {
+    net_arena_free(&a);
+    return log_error(NULL, ENGRAM_ENOMEM, "schedule %s: out of memory", name);
+  }
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_COUNT, &rp);
+  net_arena_free(&a);
+  if (!rc && changed) *changed = (int)rp->count;
+  if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+  return rc;
+}
+
+static int r_schedule_add(engram *log, const char *name, const engram_schedule_config *cfg) {
+  return sched_set(log, 1, name, cfg, NULL);
+}
+
+static int r_schedule_set(engram *log, const char *name, const engram_schedule_config *cfg,
+                          int *changed) {
+  return sched_set(log, 0, name, cfg, changed);
+}
+
+/* Infos of a reply into one allocation, as the embedded backend returns them. */
+static int sched_infos(engram *log, Engram__Wire__Reply *rp, Engram__Wire__ScheduleInfo **w,
+                       size_t n, engram_schedule_info **out, const char *what) {
+  engram_schedule_info *tmp = calloc(n ? n : 1, sizeof *tmp);
+  engram_header *hs = calloc((n ? n : 1) * ENGRAM_MAX_HEADERS, sizeof *hs);
+  int rc = 0;
+  if (!tmp || !hs) {
+    rc = log_error(NULL, ENGRAM_ENOMEM, "%s: out of memory", what);
+  } else {
+    for (size_t i = 0; i < n && !rc; i++)
+      if (net_schedule_from_wire(w[i], &tmp[i], hs + i * ENGRAM_MAX_HEADERS)) {
+        free(tmp);
+        free(hs);
+        return client_bad_reply(log, rp, what);
+      }
+    rc = cg_schedule_infos_copy(tmp, n, out);
+  }
+  free(tmp);
+  free(hs);
+  engram__wire__reply__free_unpacked(rp, NULL);
+  return rc;
+}
+
+static int r_schedule_get(engram *log, const char *name, engram_schedule_info **out) {
+  REQ(schedule_get, SCHEDULE_GET, Engram__Wire__ScheduleName, ENGRAM__WIRE__SCHEDULE_NAME__INIT);
+  m.name = net_str(name);
+  Engram__Wire__Reply *rp;
+  int rc =
+      client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_SCHEDULE_INFO, &rp);
+  if (rc) {
+    if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+    return rc;
+  }
+  return sched_infos(log, rp, &rp->schedule_info, 1, out, "schedule get");
+}
+
+static int r_schedule_list(engram *log, engram_schedule_info **out, size_t *n) {
+  REQ(schedule_list, SCHEDULE_LIST, Engram__Wire__ScheduleList, ENGRAM__WIRE__SCHEDULE_LIST__INIT);
+  Engram__Wire__Reply *rp;
+  int rc =
+      client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_SCHEDULES, &rp);
+  if (rc) {
+    if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+    return rc;
+  }
+  size_t k = rp->schedules->n_schedules;
+  rc = sched_infos(log, rp, rp->schedules->schedules, k, out, "schedule list");
+  if (!rc) *n = k;
+  return rc;
+}
+
+static int sched_op(engram *log, int op, const char *name, uint64_t *offset) {
+  Engram__Wire__Request rq = ENGRAM__WIRE__REQUEST__INIT;
+  Engram__Wire__ScheduleName m = ENGRAM__WIRE__SCHEDULE_NAME__INIT;
+  m.name = net_str(name);
+  rq.op_case = op;
+  switch (op) {
+    case ENGRAM__WIRE__REQUEST__OP_SCHEDULE_REMOVE:
+      rq.schedule_remove = &m;
+      break;
+    case ENGRAM__WIRE__REQUEST__OP_SCHEDULE_PAUSE:
+      rq.schedule_pause = &m;
+      break;
+    case ENGRAM__WIRE__REQUEST__OP_SCHEDULE_RESUME:
+      rq.schedule_resume = &m;
+      break;
+    default:
+      rq.schedule_run_now = &m;
+      break;
+  }
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_COUNT, &rp);
+  if (!rc && offset) *offset = rp->count;
+  if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+  return rc;
+}
+
+static int r_schedule_remove(engram *log, const char *name) {
+  return sched_op(log, ENGRAM__WIRE__REQUEST__OP_SCHEDULE_REMOVE, name, NULL);
+}
+static int r_schedule_pause(engram *log, const char *name) {
+  return sched_op(log, ENGRAM__WIRE__REQUEST__OP_SCHEDULE_PAUSE, name, NULL);
+}
+static int r_schedule_resume(engram *log, const char *name) {
+  return sched_op(log, ENGRAM__WIRE__REQUEST__OP_SCHEDULE_RESUME, name, NULL);
+}
+static int r_schedule_run_now(engram *log, const char *name, uint64_t *offset) {
+  return sched_op(log, ENGRAM__WIRE__REQUEST__OP_SCHEDULE_RUN_NOW, name, offset);
+}
+
+static int r_schedule_tick(engram *log, int64_t now_ns, engram_schedule_tick_report *report) {
+  REQ(schedule_tick, SCHEDULE_TICK, Engram__Wire__ScheduleTick, ENGRAM__WIRE__SCHEDULE_TICK__INIT);
+  m.now_ns = now_ns;
+  Engram__Wire__Reply *rp;
+  int rc =
+      client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_SCHEDULE_TICK, &rp);
+  if (!rc && report) {
+    report->fired = rp->schedule_tick->fired;
+    report->skipped = rp->schedule_tick->skipped;
+    report->failed = rp->schedule_tick->failed;
+    report->next_due_ns = rp->schedule_tick->next_due_ns;
+    snprintf(report->first_error, sizeof report->first_error, "%s",
+             net_str(rp->schedule_tick->first_error));
+  }
+  if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+  return rc;
+}
+
 const struct engram_backend net_remote = {
     .name = "remote",
     .close = r_close,
@@ -976,4 +1120,13 @@ const struct engram_backend net_remote = {
     .worker_heartbeat = r_worker_heartbeat,
     .worker_list = r_worker_list,
     .worker_forget = r_worker_forget,
+    .schedule_add = r_schedule_add,
+    .schedule_set = r_schedule_set,
+    .schedule_get = r_schedule_get,
+    .schedule_list = r_schedule_list,
+    .schedule_remove = r_schedule_remove,
+    .schedule_pause = r_schedule_pause,
+    .schedule_resume = r_schedule_resume,
+    .schedule_run_now = r_schedule_run_now,
+    .schedule_tick = r_schedule_tick,
 };

@@ -107,7 +107,16 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
   X(worker_list, WORKER_LIST, NET_RETRY_SAFE, op_workers)          \
   X(worker_forget, WORKER_FORGET, NET_RETRY_NEVER, op_forget)      \
   X(topic_set, TOPIC_SET, NET_RETRY_SAFE, op_topic_set)            \
-  X(compact, COMPACT, NET_RETRY_SAFE, op_compact)
+  X(compact, COMPACT, NET_RETRY_SAFE, op_compact)                  \
+  X(schedule_add, SCHEDULE_ADD, NET_RETRY_NEVER, op_sched_set)     \
+  X(schedule_set, SCHEDULE_SET, NET_RETRY_SAFE, op_sched_set)      \
+  X(schedule_get, SCHEDULE_GET, NET_RETRY_SAFE, op_sched_get)      \
+  X(schedule_list, SCHEDULE_LIST, NET_RETRY_SAFE, op_sched_list)   \
+  X(schedule_remove, SCHEDULE_REMOVE, NET_RETRY_NEVER, op_sched_op) \
+  X(schedule_pause, SCHEDULE_PAUSE, NET_RETRY_SAFE, op_sched_op)   \
+  X(schedule_resume, SCHEDULE_RESUME, NET_RETRY_SAFE, op_sched_op) \
+  X(schedule_run_now, SCHEDULE_RUN_NOW, NET_RETRY_NEVER, op_sched_op) \
+  X(schedule_tick, SCHEDULE_TICK, NET_RETRY_SAFE, op_sched_tick)
 
 enum { NET_RETRY_NEVER, NET_RETRY_SAFE, NET_RETRY_KEYED };
 
@@ -182,5 +191,20 @@ int net_copy_text(char *dst, size_t cap, const char *s);
 Engram__Wire__WorkerInfo *net_worker_to_wire(net_arena *a, const engram_worker_info *in);
 /* Wire -> a worker's info; -1 when a text does not fit or a count is over its limit. */
 int net_worker_from_wire(const Engram__Wire__WorkerInfo *w, engram_worker_info *out);
+
+/* A schedule's configuration -> wire, its text and payload copied into the arena (NULL
+ * when out of memory). */
+Engram__Wire__ScheduleConfig *net_schedule_config_to_wire(net_arena *a,
+                                                          const engram_schedule_config *c);
+/* Wire -> a schedule's configuration pointing into w; hs has room for ENGRAM_MAX_HEADERS.
+ * -1 when w is NULL or has more headers (or a missing one). */
+int net_schedule_config_from_wire(const Engram__Wire__ScheduleConfig *w, engram_schedule_config *c,
+                                  engram_header *hs);
+/* A schedule's info -> wire, copied into the arena (NULL when out of memory). */
+Engram__Wire__ScheduleInfo *net_schedule_to_wire(net_arena *a, const engram_schedule_info *in);
+/* Wire -> a schedule's info pointing into w (hs as above); -1 as above or for a name that
+ * does not fit. */
+int net_schedule_from_wire(const Engram__Wire__ScheduleInfo *w, engram_schedule_info *out,
+                           engram_header *hs);
 
 #endif

@@ -711,6 +711,118 @@ OP(op_workers) {
 
 OP(op_forget) { return engram_worker_forget(log, rq->worker_forget->name); }
 
+/* Schedules. */
+OP(op_sched_set) {
+  int add = rq->op_case == ENGRAM__WIRE__REQUEST__OP_SCHEDULE_ADD;
+  const Engram__Wire__ScheduleSet *q = add ? rq->schedule_add : rq->schedule_set;
+  engram_header *hs = net_arena_alloc(a, ENGRAM_MAX_HEADERS * sizeof *hs);
+  if (!hs) return nomem(log);
+  engram_schedule_config c;
+  if (net_schedule_config_from_wire(q->config, &c, hs))
+    return log_error(NULL, ENGRAM_EPROTO, "schedule %s: configuration missing or malformed",
+                     q->name);
+  int changed = 0;
+  int rc =
+      add ? engram_schedule_add(log, q->name, &c) : engram_schedule_set(log, q->name, &c, &changed);
+  if (rc) return rc;
+  rp->result_case = ENGRAM__WIRE__REPLY__RESULT_COUNT;
+  rp->count = (uint64_t)changed;
+  return 0;
+}
+
+/* A reply of schedule infos: one (get) or a list. */
+static int sched_reply(engram *log, Reply *rp, net_arena *a, engram_schedule_info *list, size_t n,
+                       int one) {
+  int rc = 0;
+  if (one) {
+    Engram__Wire__ScheduleInfo *w = net_schedule_to_wire(a, &list[0]);
+    if (!w) {
+      rc = nomem(log);
+    } else {
+      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_SCHEDULE_INFO;
+      rp->schedule_info = w;
+    }
+  } else {
+    Engram__Wire__ScheduleInfoList *w = net_arena_alloc(a, sizeof *w);
+    if (w) {
+      engram__wire__schedule_info_list__init(w);
+      w->schedules = net_arena_alloc(a, (n ? n : 1) * sizeof *w->schedules);
+    }
+    for (size_t i = 0; w && w->schedules && i < n; i++)
+      if (!(w->schedules[w->n_schedules++] = net_schedule_to_wire(a, &list[i])))
+        w->schedules = NULL;
+    if (!w || !w->schedules) {
+      rc = nomem(log);
+    } else {
+      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_SCHEDULES;
+      rp->schedules = w;
+    }
+  }
+  engram_free(list);
+  return rc;
+}
+
+OP(op_sched_get) {
+  engram_schedule_info *i = NULL;
+  int rc = engram_schedule_get(log, rq->schedule_get->name, &i);
+  return rc ? rc : sched_reply(log, rp, a, i, 1, 1);
+}
+
+OP(op_sched_list) {
+  engram_schedule_info *list = NULL;
+  size_t n = 0;
+  int rc = engram_schedule_list(log, &list, &n);
+  return rc ? rc : sched_reply(log, rp, a, list, n, 0);
+}
+
+OP(op_sched_op) {
+  uint64_t off = 0;
+  int rc;
+  switch (rq->op_case) {
+    case ENGRAM__WIRE__REQUEST__OP_SCHEDULE_REMOVE:
+      rc = engram_schedule_remove(log, rq->schedule_remove->name);
+      break;
+    case ENGRAM__WIRE__REQUEST__OP_SCHEDULE_PAUSE:
+      rc = engram_schedule_pause(log, rq->schedule_pause->name);
+      break;
+    case ENGRAM__WIRE__REQUEST__OP_SCHEDULE_RESUME:
+      rc = engram_schedule_resume(log, rq->schedule_resume->name);
+      break;
+    default:
+      rc = engram_schedule_run_now(log, rq->schedule_run_now->name, &off);
+      break;
+  }
+  if (rc) return rc;
+  rp->result_case = ENGRAM__WIRE__REPLY__RESULT_COUNT;
+  rp->count = off;
+  return 0;
+}
+
+OP(op_sched_tick) {
+  /* A client may tick the daemon's log, but not ahead of its clock: a slot fired early
+   * would never fire at its time. */
+  int64_t now, want = rq->schedule_tick->now_ns;
+  if (!clock_test_file_ns(&now)) now = clock_realtime_ns(); /* the handle's default clock */
+  if (want > now + 1000000000)
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "schedule tick: now_ns is %lld s ahead of the daemon's clock (0 = its clock)",
+                     (long long)((want - now) / 1000000000));
+  engram_schedule_tick_report r;
+  int rc = engram_schedule_tick(log, want, &r);
+  if (rc) return rc;
+  Engram__Wire__ScheduleTickReport *w = net_arena_alloc(a, sizeof *w);
+  if (!w) return nomem(log);
+  engram__wire__schedule_tick_report__init(w);
+  w->fired = r.fired;
+  w->skipped = r.skipped;
+  w->failed = r.failed;
+  w->next_due_ns = r.next_due_ns;
+  w->first_error = adup(a, r.first_error);
+  rp->result_case = ENGRAM__WIRE__REPLY__RESULT_SCHEDULE_TICK;
+  rp->schedule_tick = w;
+  return 0;
+}
+
 /* The daemon's handler of each operation, from NET_OPS (net.h). */
 static const op_fn handlers[] = {
 #define X(name, CASE, retry, run) [ENGRAM__WIRE__REQUEST__OP_##CASE] = run,

@@ -250,6 +250,20 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap) {
       }
       return 0;
     }
+    case ENGRAM__WIRE__REQUEST__OP_SCHEDULE_ADD:
+    case ENGRAM__WIRE__REQUEST__OP_SCHEDULE_SET: {
+      const Engram__Wire__ScheduleSet *q = rq->op_case == ENGRAM__WIRE__REQUEST__OP_SCHEDULE_ADD
+                                               ? rq->schedule_add
+                                               : rq->schedule_set;
+      if (!q->config) return BAD(ENGRAM_EPROTO, "schedule %s: missing configuration", q->name);
+      if (q->config->n_headers > ENGRAM_MAX_HEADERS)
+        return BAD(ENGRAM_ETOOBIG, "schedule %s: %zu headers over the limit of %d", q->name,
+                   q->config->n_headers, ENGRAM_MAX_HEADERS);
+      for (size_t i = 0; i < q->config->n_headers; i++)
+        if (!q->config->headers[i])
+          return BAD(ENGRAM_EPROTO, "schedule %s: missing header", q->name);
+      return 0;
+    }
     case ENGRAM__WIRE__REQUEST__OP__NOT_SET:
       return BAD(ENGRAM_EPROTO, "request without an operation");
     default:
@@ -446,5 +460,93 @@ int net_worker_from_wire(const Engram__Wire__WorkerInfo *w, engram_worker_info *
     out->running[i].since_ns = t->since_ns;
   }
   out->n_running = w->n_running;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Schedules.
+ * ------------------------------------------------------------------------------ */
+Engram__Wire__ScheduleConfig *net_schedule_config_to_wire(net_arena *a,
+                                                          const engram_schedule_config *c) {
+  Engram__Wire__ScheduleConfig *w = net_arena_alloc(a, sizeof *w);
+  if (!w) return NULL;
+  engram__wire__schedule_config__init(w);
+  w->every_ms = c->every_ms;
+  w->start_ns = c->start_ns;
+  if (!(w->cron = arena_dup(a, net_str(c->cron))) || !(w->tz = arena_dup(a, net_str(c->tz))) ||
+      !(w->topic = arena_dup(a, net_str(c->topic))) ||
+      !(w->type = arena_dup(a, net_str(c->type))) || !(w->key = arena_dup(a, net_str(c->key))) ||
+      !(w->content_type = arena_dup(a, net_str(c->content_type))))
+    return NULL;
+  if (c->payload_len) {
+    if (!(w->payload.data = net_arena_alloc(a, c->payload_len))) return NULL;
+    memcpy(w->payload.data, c->payload, c->payload_len);
+    w->payload.len = c->payload_len;
+  }
+  if (c->n_headers) {
+    if (!(w->headers = net_arena_alloc(a, c->n_headers * sizeof *w->headers))) return NULL;
+    for (size_t i = 0; i < c->n_headers; i++) {
+      Engram__Wire__Header *h = net_arena_alloc(a, sizeof *h);
+      if (!h) return NULL;
+      engram__wire__header__init(h);
+      if (!(h->name = arena_dup(a, net_str(c->headers[i].name))) ||
+          !(h->value = arena_dup(a, net_str(c->headers[i].value))))
+        return NULL;
+      w->headers[i] = h;
+    }
+    w->n_headers = c->n_headers;
+  }
+  w->missed = (uint32_t)c->missed;
+  w->max_catchup = c->max_catchup;
+  return w;
+}
+
+int net_schedule_config_from_wire(const Engram__Wire__ScheduleConfig *w, engram_schedule_config *c,
+                                  engram_header *hs) {
+  memset(c, 0, sizeof *c);
+  if (!w || w->n_headers > ENGRAM_MAX_HEADERS) return -1;
+  for (size_t i = 0; i < w->n_headers; i++) {
+    if (!w->headers[i]) return -1;
+    hs[i] = (engram_header){w->headers[i]->name, w->headers[i]->value};
+  }
+  c->every_ms = w->every_ms;
+  c->start_ns = w->start_ns;
+  c->cron = w->cron;
+  c->tz = w->tz;
+  c->topic = w->topic;
+  c->type = w->type;
+  c->payload = w->payload.data;
+  c->payload_len = w->payload.len;
+  c->key = w->key;
+  c->content_type = w->content_type;
+  c->headers = w->n_headers ? hs : NULL;
+  c->n_headers = w->n_headers;
+  c->missed = (engram_missed)w->missed;
+  c->max_catchup = w->max_catchup;
+  return 0;
+}
+
+Engram__Wire__ScheduleInfo *net_schedule_to_wire(net_arena *a, const engram_schedule_info *in) {
+  Engram__Wire__ScheduleInfo *w = net_arena_alloc(a, sizeof *w);
+  if (!w) return NULL;
+  engram__wire__schedule_info__init(w);
+  if (!(w->name = arena_dup(a, in->name))) return NULL;
+  if (!(w->config = net_schedule_config_to_wire(a, &in->config))) return NULL;
+#define X(type, name) w->name = in->name;
+  ENGRAM_SCHEDULE_INFO_FIELDS(X)
+#undef X
+  if (!(w->last_error = arena_dup(a, in->last_error))) return NULL;
+  return w;
+}
+
+int net_schedule_from_wire(const Engram__Wire__ScheduleInfo *w, engram_schedule_info *out,
+                           engram_header *hs) {
+  memset(out, 0, sizeof *out);
+  if (!w || net_copy_text(out->name, sizeof out->name, w->name)) return -1;
+  if (net_schedule_config_from_wire(w->config, &out->config, hs)) return -1;
+#define X(type, name) out->name = (type)w->name;
+  ENGRAM_SCHEDULE_INFO_FIELDS(X)
+#undef X
+  if (net_copy_text(out->last_error, sizeof out->last_error, net_str(w->last_error))) return -1;
   return 0;
 }

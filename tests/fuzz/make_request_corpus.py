@@ -130,6 +130,19 @@ def main() -> None:
     seeds["worker-heartbeat"] = request(120, ld(1, worker))
     seeds["worker-list"] = request(121, vi(1, 30000))
     seeds["worker-forget"] = request(122, ld(1, "w1"))
+    sched = (vi(1, 300000) + ld(5, "memory") + ld(6, "memory.cleanup") + ld(7, b'{"x":1}') +
+             ld(8, "k") + ld(9, "application/json") + ld(10, ld(1, "origin") + ld(2, "beat")) +
+             vi(11, 2) + vi(12, 10))
+    cron = ld(3, "0 2 * * MON-FRI") + ld(4, "Europe/Paris") + ld(5, "memory") + ld(6, "memory.nightly")
+    seeds["schedule-add"] = request(102, ld(1, "cleanup") + ld(2, sched))
+    seeds["schedule-set-cron"] = request(103, ld(1, "nightly") + ld(2, cron))
+    seeds["schedule-get"] = request(104, ld(1, "nightly"))
+    seeds["schedule-list"] = request(105, b"")
+    seeds["schedule-remove"] = request(106, ld(1, "nightly"))
+    seeds["schedule-pause"] = request(107, ld(1, "nightly"))
+    seeds["schedule-resume"] = request(108, ld(1, "nightly"))
+    seeds["schedule-run-now"] = request(109, ld(1, "nightly"))
+    seeds["schedule-tick"] = request(110, si(1, 1700000000000000000))
     # Malformed and unusual.
     good = seeds["append-full"]
     seeds["bad-empty"] = b""
@@ -157,12 +170,17 @@ def main() -> None:
     seeds["bad-worker-17-groups"] = request(120, ld(1, ld(1, "w1") + ld(10, "a/b") * 17))
     seeds["bad-worker-no-info"] = request(120, b"")
     seeds["bad-dlq-both"] = request(35, tg() + vi(3, 1) + packed(4, [1]))
+    seeds["bad-schedule-no-config"] = request(102, ld(1, "x"))
+    seeds["bad-schedule-65-headers"] = request(103, ld(1, "x") + ld(2, cron + ld(10, ld(1, "h") + ld(2, "v")) * 65))
+    seeds["bad-schedule-cron"] = request(102, ld(1, "x") + ld(2, ld(3, "61 * * * *") + ld(5, "memory") + ld(6, "a")))
     # Replies, for the client's side of the target.
     seeds["reply-error"] = vi(1, 5) + si(2, -2) + ld(3, "topic memory: no such topic") + vi(4, 1)
     seeds["reply-append"] = vi(1, 6) + vi(4, 1) + ld(14, packed(1, [1, 2]) + packed(2, [0, 1]))
     seeds["reply-events"] = vi(1, 7) + vi(4, 1) + ld(15, ld(1, "memory") + ld(2, vi(1, 1) + event() + vi(11, 2)))
     seeds["reply-hello"] = vi(1, 1) + vi(4, 1) + ld(10, vi(1, 1) + ld(2, "0.1.0") + vi(3, 16 << 20))
     seeds["reply-workers"] = vi(1, 8) + vi(4, 1) + ld(120, ld(1, worker))
+    seeds["reply-schedule"] = vi(1, 9) + vi(4, 1) + ld(102, ld(1, "nightly") + ld(2, cron) + si(3, 1) + vi(5, 3))
+    seeds["reply-schedules"] = vi(1, 10) + vi(4, 1) + ld(103, ld(1, ld(1, "cleanup") + ld(2, sched)))
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)

@@ -86,7 +86,27 @@ def test_the_public_surface_passes_mypy_strict(tmp_path):
         "            ev.ack()\n"
         "        with log.transaction() as tx:\n"
         "            tx.append('other', 'x', b'1')\n"
-        "        return int(off)\n")
+        "        s: engram.ScheduleInfo = log.add_schedule('s', 'memory', 'tick', {'a': 1}, every=60)\n"
+        "        changed: str = log.set_schedule('s', 'memory', 'tick', cron='0 2 * * *', tz='UTC')\n"
+        "        for x in log.schedules():\n"
+        "            print(x.name, x.every, x.cron, x.next_slot, s.fires, changed)\n"
+        "        log.pause_schedule('s')\n"
+        "        log.resume_schedule('s')\n"
+        "        fired: int = log.run_schedule('s') + log.tick_schedules()['fired']\n"
+        "        log.remove_schedule('s')\n"
+        "        return int(off) + fired\n"
+        "def beat(path: str) -> None:\n"
+        "    from datetime import timedelta\n"
+        "    from engram.celery import Celery\n"
+        "    from engram.celery.schedules import crontab, schedule\n"
+        "    app = Celery('proj', broker=path)\n"
+        "    app.conf.timezone = 'Europe/Paris'\n"
+        "    app.conf.beat_schedule = {\n"
+        "        'a': {'task': 'proj.a', 'schedule': crontab(minute=0, hour='*/3')},\n"
+        "        'b': {'task': 'proj.b', 'schedule': timedelta(minutes=5), 'args': (1,)},\n"
+        "        'c': {'task': 'proj.c', 'schedule': schedule(30.0), 'options': {'queue': 'q'}},\n"
+        "    }\n"
+        "    print(app.declare_schedules())\n")
     r = subprocess.run([_mypy(), "-m", "mypy", "--strict", "--no-incremental",
                         "--cache-dir", str(tmp_path / "cache"), str(user)],
                        capture_output=True, text=True, env=dict(os.environ, MYPYPATH=BINDING))

@@ -1,4 +1,6 @@
-"""``python -m engram worker module:obj`` — runs a worker until SIGTERM/SIGINT. ``obj`` is an
+"""``python -m engram worker module:obj`` — runs a worker until SIGTERM/SIGINT.
+``python -m engram beat module:app`` — declares a Celery app's beat schedule in the log and
+fires due schedules until SIGTERM/SIGINT (``--once``: declare and exit). ``obj`` is an
 :class:`App` (or what carries one as ``.app``: a Celery-compatible ``engram.celery.Celery``),
 or any object with a ``run()`` method — an EventManager, EventBus or TractApp — or a
 function without arguments returning one of these. Celery's worker flags are understood
@@ -37,23 +39,29 @@ def _worker(obj: Any) -> Any:
     return None
 
 
-def load_app(spec: str) -> Any:
-    """Imports ``module:attribute`` and returns the App it names (or that it carries as
-    ``.app``), else the object with a ``run()`` it names; a function without required
-    arguments is called first and its result taken the same way."""
+def _import(spec: str, cmd: str = "worker") -> Any:
+    """The object ``module:attribute`` names."""
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
-        raise SystemExit(f"engram worker: {spec!r}: expected module:attribute")
+        raise SystemExit(f"engram {cmd}: {spec!r}: expected module:attribute")
     sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(mod_name)
     except ImportError as e:
-        raise SystemExit(f"engram worker: cannot import {mod_name}: {e}")
+        raise SystemExit(f"engram {cmd}: cannot import {mod_name}: {e}")
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise SystemExit(f"engram worker: {mod_name} has no attribute {attr}")
+            raise SystemExit(f"engram {cmd}: {mod_name} has no attribute {attr}")
+    return obj
+
+
+def load_app(spec: str) -> Any:
+    """Imports ``module:attribute`` and returns the App it names (or that it carries as
+    ``.app``), else the object with a ``run()`` it names; a function without required
+    arguments is called first and its result taken the same way."""
+    obj = _import(spec)
     worker = _worker(obj)
     if worker is None and callable(obj) and _no_required_args(obj):
         worker = _worker(obj())  # a factory
@@ -98,12 +106,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     w.add_argument("-n", "--hostname", default=None, help="consumer name (as --consumer)")
     w.add_argument("--durability", choices=("sync", "nometasync", "async"), default=None,
                    help="how the worker opens a log directory (default: the App's, else sync)")
+    b = sub.add_parser("beat", help="declare a Celery app's beat schedule and fire due schedules",
+                       description="Writes the beat schedule of a Celery-compatible app "
+                       "(engram.celery.Celery) into its log as engram schedules, then fires due "
+                       "schedules until SIGTERM/SIGINT. Optional: `engram serve`, and with no "
+                       "daemon the embedded process holding the log's maintenance lease, fire "
+                       "them too, and a worker of the app declares them when it starts; each "
+                       "slot fires exactly once however many of these run.")
+    b.add_argument("app", help="module:attribute naming an engram.celery.Celery app")
+    b.add_argument("--once", action="store_true", help="declare the schedule, print it and exit")
+    b.add_argument("--max-interval", type=float, default=None,
+                   help="seconds between two ticks at most (default: beat_max_loop_interval, "
+                        "else 1)")
+    b.add_argument("-S", "--scheduler", default=None,
+                   help="Celery's scheduler class: only celery.beat:PersistentScheduler (the log "
+                        "keeps the state)")
+    b.add_argument("-s", "--schedule", default=None,
+                   help="Celery's schedule file: not used (the log keeps the state)")
+    b.add_argument("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    b.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     a = p.parse_args(argv)
     level = (a.loglevel or ("INFO" if a.verbose else "WARNING")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         p.error(f"--loglevel {a.loglevel!r}: use DEBUG, INFO, WARNING or ERROR")
     logging.basicConfig(level=getattr(logging, level),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.cmd == "beat":
+        return beat(a)
     app = load_app(a.app)
     if not isinstance(app, App):
         given = [n for n in _APP_ONLY if getattr(a, n) is not None]
@@ -137,6 +166,69 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"engram worker: {e}", file=sys.stderr)
         return 1
     logging.getLogger("engram.worker").info("stopped: %s", stats)
+    return 0
+
+
+def _describe_schedule(s: Any) -> str:
+    when = f"every {s.every:g} s" if s.every else f"cron '{s.cron}' {s.tz}"
+    nxt = s.next_slot.strftime("%Y-%m-%dT%H:%M:%SZ") if s.next_slot else "-"
+    return f"{s.name}: {s.headers.get('task', s.type)} {when} -> {s.topic} (next {nxt})"
+
+
+def beat(a: Any) -> int:
+    """``python -m engram beat``: declare, print, then tick until a signal."""
+    import signal
+    import threading
+    import time
+    from .celery import Celery
+    from .celery.beat import MARK
+    obj = _import(a.app, "beat")
+    if not isinstance(obj, Celery):
+        print(f"engram beat: {a.app} is a {type(obj).__name__}, not an engram.celery.Celery app",
+              file=sys.stderr)
+        return 2
+    if a.schedule:
+        logging.getLogger("engram.beat").warning("--schedule %s: not used; the log keeps the "
+                                                 "schedules' state", a.schedule)
+    try:
+        if a.scheduler:
+            obj.conf.beat_scheduler = a.scheduler
+        for hook in obj.app.before_run:  # imports the task modules, declares the schedule
+            hook()
+        mine = [s for s in obj.log.schedules() if s.headers.get(MARK) == obj.main]
+    except Exception as e:
+        print(f"engram beat: {e}", file=sys.stderr)
+        return 1
+    print(f"engram beat: {len(mine)} schedule(s) of {obj.main} in {obj.app._target}")
+    for s in mine:
+        print("  " + _describe_schedule(s))
+    sys.stdout.flush()
+    if a.once:
+        return 0
+    interval = a.max_interval or float(obj.conf.get("beat_max_loop_interval") or 1.0)
+    interval = min(max(interval, 0.05), 1.0)
+    stop = threading.Event()
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    log = logging.getLogger("engram.beat")
+    try:
+        while not stop.is_set():
+            try:
+                r = obj.log.tick_schedules()
+            except Exception as e:
+                log.error("tick: %s", e)
+                stop.wait(interval)
+                continue
+            if r["fired"]:
+                log.info("fired %d", r["fired"])
+            if r["failed"]:
+                log.warning("%d schedule(s) could not fire: %s", r["failed"], r["first_error"])
+            wait = interval
+            if r["next_due_ns"]:
+                wait = min(wait, max(0.01, (r["next_due_ns"] - time.time_ns()) / 1e9))
+            stop.wait(wait)
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
     return 0
 
 

@@ -1296,6 +1296,231 @@ static PyObject *Log_dlq_redrive(LogObject *self, PyObject *args) {
 }
 
 /* ---------------------------------------------------------------------------------
+ * Schedules: periodic appends stored in the log.
+ * ------------------------------------------------------------------------------ */
+typedef struct {
+  engram_schedule_config cfg;
+  Py_buffer payload;
+  int has_payload;
+  engram_header *headers;
+  PyObject *keep; /* the header items whose UTF-8 the pointers use */
+} schedin;
+
+static void schedin_clear(schedin *s) {
+  if (s->has_payload) PyBuffer_Release(&s->payload);
+  s->has_payload = 0;
+  PyMem_Free(s->headers);
+  s->headers = NULL;
+  Py_CLEAR(s->keep);
+}
+
+/* schedule_add / schedule_set arguments: (name, topic, type, every_ms=0, start_ns=0,
+ * cron=None, tz=None, payload=None, key=None, content_type=None, headers=None, missed=0,
+ * max_catchup=0). Returns 0, or -1 with an exception set (and `s` cleared). */
+static int schedin_fill(schedin *s, const char **name, PyObject *args, PyObject *kw,
+                        const char *fmt) {
+  static char *kws[] = {"name",    "topic",  "type",        "every_ms", "start_ns",
+                        "cron",    "tz",     "payload",     "key",      "content_type",
+                        "headers", "missed", "max_catchup", NULL};
+  PyObject *payload = Py_None, *headers = Py_None;
+  uint32_t missed = 0;
+  memset(s, 0, sizeof *s);
+  if (!PyArg_ParseTupleAndKeywords(
+          args, kw, fmt, kws, conv_str, name, conv_str, &s->cfg.topic, conv_str, &s->cfg.type,
+          conv_u64, &s->cfg.every_ms, conv_i64, &s->cfg.start_ns, conv_str_opt, &s->cfg.cron,
+          conv_str_opt, &s->cfg.tz, &payload, conv_str_opt, &s->cfg.key, conv_str_opt,
+          &s->cfg.content_type, &headers, conv_u32, &missed, conv_u32, &s->cfg.max_catchup))
+    return -1;
+  s->cfg.missed = (engram_missed)missed;
+  if (payload != Py_None) {
+    if (PyObject_GetBuffer(payload, &s->payload, PyBUF_SIMPLE) < 0) goto fail;
+    s->has_payload = 1;
+    s->cfg.payload = s->payload.buf;
+    s->cfg.payload_len = (size_t)s->payload.len;
+  }
+  if (headers != Py_None) {
+    if (!PyDict_Check(headers)) {
+      PyErr_Format(PyExc_TypeError, "headers must be a dict of str to str, got %.80s",
+                   Py_TYPE(headers)->tp_name);
+      goto fail;
+    }
+    s->keep = PyDict_Items(headers); /* a copy the caller cannot change under us */
+    if (!s->keep) goto fail;
+    Py_ssize_t n = PyList_GET_SIZE(s->keep);
+    s->headers = PyMem_Calloc(n ? (size_t)n : 1, sizeof(engram_header));
+    if (!s->headers) {
+      PyErr_NoMemory();
+      goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+      PyObject *kv = PyList_GET_ITEM(s->keep, i);
+      if (!conv_str(PyTuple_GET_ITEM(kv, 0), &s->headers[i].name)) goto fail;
+      if (!conv_str(PyTuple_GET_ITEM(kv, 1), &s->headers[i].value)) goto fail;
+    }
+    s->cfg.headers = s->headers;
+    s->cfg.n_headers = (size_t)n;
+  }
+  return 0;
+fail:
+  schedin_clear(s);
+  return -1;
+}
+
+static PyObject *Log_schedule_add(LogObject *self, PyObject *args, PyObject *kw) {
+  schedin s;
+  const char *name;
+  int rc;
+  char msg[MSG_MAX];
+  if (schedin_fill(&s, &name, args, kw, "O&O&O&|O&O&O&O&OO&O&OO&O&:schedule_add") < 0) return NULL;
+  if (enter(self)) {
+    schedin_clear(&s);
+    return NULL;
+  }
+  RUN(self, rc, msg, engram_schedule_add(self->log, name, &s.cfg));
+  leave(self);
+  schedin_clear(&s);
+  return done(rc, msg);
+}
+
+/* schedule_set(...) -> 0 unchanged, 1 added, 2 replaced. */
+static PyObject *Log_schedule_set(LogObject *self, PyObject *args, PyObject *kw) {
+  schedin s;
+  const char *name;
+  int rc, changed = 0;
+  char msg[MSG_MAX];
+  if (schedin_fill(&s, &name, args, kw, "O&O&O&|O&O&O&O&OO&O&OO&O&:schedule_set") < 0) return NULL;
+  if (enter(self)) {
+    schedin_clear(&s);
+    return NULL;
+  }
+  RUN(self, rc, msg, engram_schedule_set(self->log, name, &s.cfg, &changed));
+  leave(self);
+  schedin_clear(&s);
+  if (rc < 0) return raise_code(rc, msg);
+  return PyLong_FromLong(changed);
+}
+
+static PyObject *schedule_dict(const engram_schedule_info *i) {
+  const engram_schedule_config *c = &i->config;
+  PyObject *h = PyDict_New();
+  for (size_t k = 0; h && k < c->n_headers; k++) {
+    PyObject *v = str_or_none(c->headers[k].value);
+    if (!v || PyDict_SetItemString(h, c->headers[k].name, v) < 0) Py_CLEAR(h);
+    Py_XDECREF(v);
+  }
+  if (!h) return NULL;
+  PyObject *d = Py_BuildValue(
+      "{s:s,s:K,s:L,s:N,s:N,s:N,s:N,s:y#,s:N,s:N,s:N,s:I,s:I}", "name", i->name, "every_ms",
+      (unsigned long long)c->every_ms, "start_ns", (long long)c->start_ns, "cron",
+      str_or_none(c->cron && *c->cron ? c->cron : NULL), "tz", str_or_none(c->tz), "topic",
+      str_or_none(c->topic), "type", str_or_none(c->type), "payload",
+      c->payload ? (const char *)c->payload : "", (Py_ssize_t)c->payload_len, "key",
+      str_or_none(c->key && *c->key ? c->key : NULL), "content_type",
+      str_or_none(c->content_type && *c->content_type ? c->content_type : NULL), "headers", h,
+      "missed", (unsigned int)c->missed, "max_catchup", (unsigned int)c->max_catchup);
+  if (!d) return NULL;
+#define X(type, name)                      \
+  if (put_##type(d, #name, i->name) < 0) { \
+    Py_DECREF(d);                          \
+    return NULL;                           \
+  }
+  ENGRAM_SCHEDULE_INFO_FIELDS(X)
+#undef X
+  return d;
+}
+
+static PyObject *Log_schedule_get(LogObject *self, PyObject *args) {
+  const char *name;
+  engram_schedule_info *info = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&:schedule_get", conv_str, &name)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_schedule_get(self->log, name, &info));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *d = schedule_dict(info);
+  engram_free(info);
+  return d;
+}
+
+static PyObject *Log_schedule_list(LogObject *self, PyObject *unused) {
+  engram_schedule_info *is = NULL;
+  size_t n = 0;
+  int rc;
+  char msg[MSG_MAX];
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_schedule_list(self->log, &is, &n));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *list = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; list && i < n; i++) {
+    PyObject *d = schedule_dict(&is[i]);
+    if (!d) {
+      Py_CLEAR(list);
+      break;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)i, d);
+  }
+  engram_free(is);
+  return list;
+}
+
+typedef int (*schedule_op)(engram *, const char *);
+
+static PyObject *schedule_apply(LogObject *self, PyObject *args, const char *fmt, schedule_op op) {
+  const char *name;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, fmt, conv_str, &name)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, op(self->log, name));
+  leave(self);
+  return done(rc, msg);
+}
+
+static PyObject *Log_schedule_remove(LogObject *self, PyObject *args) {
+  return schedule_apply(self, args, "O&:schedule_remove", engram_schedule_remove);
+}
+
+static PyObject *Log_schedule_pause(LogObject *self, PyObject *args) {
+  return schedule_apply(self, args, "O&:schedule_pause", engram_schedule_pause);
+}
+
+static PyObject *Log_schedule_resume(LogObject *self, PyObject *args) {
+  return schedule_apply(self, args, "O&:schedule_resume", engram_schedule_resume);
+}
+
+static PyObject *Log_schedule_run_now(LogObject *self, PyObject *args) {
+  const char *name;
+  uint64_t off = 0;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&:schedule_run_now", conv_str, &name)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_schedule_run_now(self->log, name, &off));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  return PyLong_FromUnsignedLongLong(off);
+}
+
+static PyObject *Log_schedule_tick(LogObject *self, PyObject *args) {
+  int64_t now = 0;
+  engram_schedule_tick_report r;
+  int rc;
+  char msg[MSG_MAX];
+  memset(&r, 0, sizeof r);
+  if (!PyArg_ParseTuple(args, "|O&:schedule_tick", conv_i64, &now)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_schedule_tick(self->log, now, &r));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  return Py_BuildValue("{s:K,s:K,s:K,s:L,s:s}", "fired", (unsigned long long)r.fired, "skipped",
+                       (unsigned long long)r.skipped, "failed", (unsigned long long)r.failed,
+                       "next_due_ns", (long long)r.next_due_ns, "first_error", r.first_error);
+}
+
+/* ---------------------------------------------------------------------------------
  * Transactions: acks and appends committed together.
  * ------------------------------------------------------------------------------ */
 typedef struct {
@@ -1552,6 +1777,21 @@ static PyMethodDef Log_methods[] = {
     {"worker_list", (PyCFunction)Log_worker_list, METH_VARARGS,
      "worker_list(lost_after_ms=0) -> list of dict"},
     {"worker_forget", (PyCFunction)Log_worker_forget, METH_VARARGS, "worker_forget(name)"},
+    {"schedule_add", (PyCFunction)(void (*)(void))Log_schedule_add, METH_VARARGS | METH_KEYWORDS,
+     "schedule_add(name, topic, type, every_ms=0, start_ns=0, cron=None, tz=None, payload=None, "
+     "key=None, content_type=None, headers=None, missed=0, max_catchup=0)"},
+    {"schedule_set", (PyCFunction)(void (*)(void))Log_schedule_set, METH_VARARGS | METH_KEYWORDS,
+     "schedule_set(as schedule_add) -> 0 unchanged, 1 added, 2 replaced"},
+    {"schedule_get", (PyCFunction)Log_schedule_get, METH_VARARGS, "schedule_get(name) -> dict"},
+    {"schedule_list", (PyCFunction)Log_schedule_list, METH_NOARGS,
+     "schedule_list() -> list of dict"},
+    {"schedule_remove", (PyCFunction)Log_schedule_remove, METH_VARARGS, "schedule_remove(name)"},
+    {"schedule_pause", (PyCFunction)Log_schedule_pause, METH_VARARGS, "schedule_pause(name)"},
+    {"schedule_resume", (PyCFunction)Log_schedule_resume, METH_VARARGS, "schedule_resume(name)"},
+    {"schedule_run_now", (PyCFunction)Log_schedule_run_now, METH_VARARGS,
+     "schedule_run_now(name) -> offset"},
+    {"schedule_tick", (PyCFunction)Log_schedule_tick, METH_VARARGS,
+     "schedule_tick(now_ns=0) -> dict (fired, skipped, failed, next_due_ns, first_error)"},
     {NULL}};
 
 static PyGetSetDef Log_getset[] = {
@@ -1714,6 +1954,11 @@ PyMODINIT_FUNC PyInit__engram(void) {
   INT("STATE_DONE", ENGRAM_STATE_DONE);
   INT("STATE_DEAD", ENGRAM_STATE_DEAD);
   INT("STATE_SKIPPED", ENGRAM_STATE_SKIPPED);
+  INT("MISSED_ONCE", ENGRAM_MISSED_ONCE);
+  INT("MISSED_SKIP", ENGRAM_MISSED_SKIP);
+  INT("MISSED_ALL", ENGRAM_MISSED_ALL);
+  INT("MIN_SCHEDULE_EVERY_MS", ENGRAM_MIN_SCHEDULE_EVERY_MS);
+  INT("MAX_CATCHUP", ENGRAM_MAX_CATCHUP);
 #undef INT
   if (PyModule_AddStringConstant(m, "VERSION", ENGRAM_VERSION_STRING) < 0) goto fail;
   return m;

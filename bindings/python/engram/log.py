@@ -14,8 +14,9 @@ from . import _engram
 from .errors import AlreadyExists, Closed, Error, InvalidArgument, NotFound, NotSupported
 from .event import Event
 from .group import Group, _group_config
-from .message import Duration, Message, Offset, Payload, When, _message, _ms, _str
-from .records import GroupInfo, TopicInfo, WorkerInfo
+from .message import (Duration, Message, Offset, Payload, When, _headers, _message, _ms, _ns,
+                      _str, encode_payload)
+from .records import GroupInfo, ScheduleInfo, TopicInfo, WorkerInfo
 from .txn import Transaction
 
 __all__ = ["Log", "open", "connect"]
@@ -28,6 +29,33 @@ _shared: Dict[str, List[Any]] = {}  # realpath -> [C handle, users]; LMDB wants 
 
 
 _KEEP: Any = object()  # "not given" for set_retention
+
+_MISSED = {"once": _engram.MISSED_ONCE, "skip": _engram.MISSED_SKIP, "all": _engram.MISSED_ALL}
+_CHANGED = {0: "unchanged", 1: "added", 2: "replaced"}
+
+
+def _schedule_kw(topic: str, type: str, payload: Payload, every: Optional[Duration],
+                 cron: Optional[str], tz: Optional[str], start: Optional[When],
+                 key: Optional[str], headers: Optional[Mapping[str, str]],
+                 content_type: Optional[str], missed: str,
+                 max_catchup: Optional[int]) -> Dict[str, Any]:
+    """schedule_add / schedule_set keywords, checked as far as Python can."""
+    _str(topic, "topic")
+    _str(type, "type")
+    _str(cron, "cron", optional=True)
+    _str(tz, "tz", optional=True)
+    if (every is None) == (cron is None or cron == ""):
+        raise InvalidArgument("schedule: give every (seconds or timedelta) or cron, one of them")
+    if missed not in _MISSED:
+        raise InvalidArgument(f"schedule: missed {missed!r}: use 'once', 'skip' or 'all'")
+    if max_catchup is not None and (isinstance(max_catchup, bool) or not isinstance(max_catchup, int)):
+        raise TypeError("max_catchup must be an int")
+    data, ct = encode_payload(payload, content_type)
+    return {"topic": topic, "type": type, "every_ms": _ms(every, "every") or 0,
+            "start_ns": _ns(start, "start") if start is not None else 0, "cron": cron or None,
+            "tz": tz, "payload": data, "key": _str(key, "key", optional=True),
+            "content_type": _str(ct, "content_type", optional=True), "headers": _headers(headers),
+            "missed": _MISSED[missed], "max_catchup": max_catchup or 0}
 
 
 def _retention_kw(max_age: Any, max_bytes: Optional[int],
@@ -337,6 +365,76 @@ class Log:
         """Removes worker ``name``'s record (NotFound when there is none)."""
         _str(name, "worker name")
         self.h.worker_forget(name)
+
+    # -- schedules ------------------------------------------------------------------------
+    def add_schedule(self, name: str, topic: str, type: str, payload: Payload = None, *,
+                     every: Optional[Duration] = None, cron: Optional[str] = None,
+                     tz: Optional[str] = None, start: Optional[When] = None,
+                     key: Optional[str] = None, headers: Optional[Mapping[str, str]] = None,
+                     content_type: Optional[str] = None, missed: str = "once",
+                     max_catchup: Optional[int] = None) -> ScheduleInfo:
+        """Adds schedule ``name`` (1..200 bytes of [A-Za-z0-9._-]): at every slot it appends
+        ``type`` with ``payload`` (bytes, str or JSON), ``key``, ``headers`` to ``topic``.
+        Slots: ``every`` seconds (or a timedelta, at least 1 s) from ``start`` (default:
+        aligned to the epoch, so every 300 s fires at :00, :05 ... UTC), or ``cron``, a
+        5-field expression read in the IANA zone ``tz`` (default UTC). ``missed``: what a
+        tick does with slots that passed unfired: "once" (the newest, default), "skip" or
+        "all" (at most ``max_catchup``, default 100). Each slot fires exactly once across
+        every process and daemon on the log; the daemon or the process holding the log's
+        maintenance lease fires them. Raises AlreadyExists for an existing name (see
+        :meth:`set_schedule`), InvalidArgument for a bad cron expression or zone."""
+        kw = _schedule_kw(topic, type, payload, every, cron, tz, start, key, headers,
+                          content_type, missed, max_catchup)
+        self.h.schedule_add(_str(name, "schedule name"), **kw)
+        return self.schedule(name)
+
+    def set_schedule(self, name: str, topic: str, type: str, payload: Payload = None, *,
+                     every: Optional[Duration] = None, cron: Optional[str] = None,
+                     tz: Optional[str] = None, start: Optional[When] = None,
+                     key: Optional[str] = None, headers: Optional[Mapping[str, str]] = None,
+                     content_type: Optional[str] = None, missed: str = "once",
+                     max_catchup: Optional[int] = None) -> str:
+        """Declares schedule ``name`` idempotently (arguments as :meth:`add_schedule`), as a
+        configuration loaded by every process at start-up needs: returns "added" when it
+        was missing, "unchanged" when it exists as given, else "replaced" (the new
+        configuration, keeping its last fire, counts and pause; when the timing changed,
+        slots before now are not caught up)."""
+        kw = _schedule_kw(topic, type, payload, every, cron, tz, start, key, headers,
+                          content_type, missed, max_catchup)
+        return _CHANGED[self.h.schedule_set(_str(name, "schedule name"), **kw)]
+
+    def schedule(self, name: str) -> ScheduleInfo:
+        """Schedule ``name`` with its state (NotFound when there is none)."""
+        return ScheduleInfo._from(self.h.schedule_get(_str(name, "schedule name")))
+
+    def schedules(self) -> List[ScheduleInfo]:
+        """Every schedule, in name order."""
+        return [ScheduleInfo._from(d) for d in self.h.schedule_list()]
+
+    def remove_schedule(self, name: str) -> None:
+        """Removes schedule ``name``; the events it appended stay (NotFound when none)."""
+        self.h.schedule_remove(_str(name, "schedule name"))
+
+    def pause_schedule(self, name: str) -> None:
+        """Stops schedule ``name`` firing until :meth:`resume_schedule`."""
+        self.h.schedule_pause(_str(name, "schedule name"))
+
+    def resume_schedule(self, name: str) -> None:
+        """Resumes schedule ``name``; the slots that fell while it was paused are skipped."""
+        self.h.schedule_resume(_str(name, "schedule name"))
+
+    def run_schedule(self, name: str) -> int:
+        """Fires schedule ``name`` now (paused or not), outside its slots; returns the
+        offset of the event appended."""
+        return int(self.h.schedule_run_now(_str(name, "schedule name")))
+
+    def tick_schedules(self, now: Optional[When] = None) -> Dict[str, Any]:
+        """Fires every slot due at ``now`` (a datetime or epoch seconds; default: the
+        handle's clock) of every schedule not paused, exactly once however many processes
+        tick; returns fired, skipped, failed, next_due_ns and first_error. The daemon and
+        the maintenance lease holder call it by themselves: call it for tests (with a test
+        clock) or from a process of your own (``python -m engram beat``)."""
+        return dict(self.h.schedule_tick(_ns(now, "now") if now is not None else 0))
 
     # -- the rest -------------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:

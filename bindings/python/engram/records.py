@@ -1,5 +1,5 @@
 """The information records the API returns: :class:`TopicInfo`, :class:`GroupInfo`,
-:class:`DeadLetter` and :class:`EventStatus`, built from the C extension's dicts (times as
+:class:`DeadLetter`, :class:`EventStatus`, :class:`WorkerInfo` and :class:`ScheduleInfo`, built from the C extension's dicts (times as
 UTC datetimes, durations in seconds)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import _engram
 
-__all__ = ["TopicInfo", "GroupInfo", "DeadLetter", "EventStatus", "WorkerInfo"]
+__all__ = ["TopicInfo", "GroupInfo", "DeadLetter", "EventStatus", "WorkerInfo", "ScheduleInfo"]
 
 _STATES = {_engram.STATE_PENDING: "pending", _engram.STATE_IN_FLIGHT: "in_flight",
            _engram.STATE_RETRYING: "retrying", _engram.STATE_DONE: "done",
@@ -148,3 +148,61 @@ class WorkerInfo:
                    t(d["last_seen_ns"]), d["handled"], d["failed"], bool(d["lost"]),
                    tuple(d["groups"]),
                    tuple((r["topic"], r["group"], r["offset"], t(r["since_ns"])) for r in d["running"]))
+
+
+_MISSED = {_engram.MISSED_ONCE: "once", _engram.MISSED_SKIP: "skip", _engram.MISSED_ALL: "all"}
+
+
+def _utc(ns: int) -> Optional[_dt.datetime]:
+    return _dt.datetime.fromtimestamp(ns / 1e9, _dt.timezone.utc) if ns else None
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A schedule: what each fire appends, when it fires (``every`` seconds from
+    ``start``, or ``cron`` in zone ``tz``), its missed-fire policy ("once", "skip", "all"
+    with at most ``max_catchup`` slots) and its state: ``paused``, ``fires`` (scheduled and
+    catch-up), ``manual_fires`` (run-now), ``skipped`` slots, the ``last_slot`` fired or
+    passed over, ``last_fire`` (clock time, manual ones included) with its ``last_offset``,
+    and the ``next_slot``."""
+
+    name: str
+    topic: str
+    type: str
+    payload: bytes
+    key: Optional[str]
+    content_type: Optional[str]
+    headers: Dict[str, str]
+    every: Optional[float]
+    start: Optional[_dt.datetime]
+    cron: Optional[str]
+    tz: str
+    missed: str
+    max_catchup: int
+    created: Optional[_dt.datetime]
+    updated: Optional[_dt.datetime]
+    paused: bool
+    fires: int
+    manual_fires: int
+    skipped: int
+    last_slot: Optional[_dt.datetime]
+    last_fire: Optional[_dt.datetime]
+    last_offset: int
+    next_slot: Optional[_dt.datetime]
+    next_slot_ns: int = 0  #: next_slot in CLOCK_REALTIME nanoseconds (0 = none)
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "ScheduleInfo":
+        return cls(d["name"], d["topic"], d["type"], d["payload"], d["key"], d["content_type"],
+                   dict(d["headers"]), d["every_ms"] / 1000 if d["every_ms"] else None,
+                   _utc(d["start_ns"]), d["cron"], d["tz"] or "UTC",
+                   _MISSED.get(d["missed"], str(d["missed"])), d["max_catchup"],
+                   _utc(d["created_ns"]), _utc(d["updated_ns"]), bool(d["paused"]), d["fires"],
+                   d["manual_fires"], d["skipped"], _utc(d["last_slot_ns"]),
+                   _utc(d["last_fire_ns"]), d["last_offset"], _utc(d["next_slot_ns"]),
+                   d["next_slot_ns"])
+
+    def data(self) -> Any:
+        """The payload of every fire, decoded by content type (JSON -> objects)."""
+        from .message import decode_payload
+        return decode_payload(self.payload, self.content_type)

@@ -26,7 +26,8 @@ import random
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple,
+                    Type, Union)
 
 from .app import (Reject, Retry, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded, _describe,
                   parse_event_id, run_coroutine)
@@ -37,7 +38,7 @@ from .errors import InvalidArgument, NotFound, NotSupported, TaskFailed, TaskRev
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["Task", "AsyncResult", "Context", "MaxRetriesExceededError", "states"]
+__all__ = ["Task", "AsyncResult", "Context", "MaxRetriesExceededError", "states", "Signature"]
 
 
 class states:
@@ -266,6 +267,9 @@ class Task:
         body = ev.json()
         h = ev.headers
         exp = h.get("expires")
+        if not exp and h.get("expires_in_ms"):
+            # A beat schedule's fire: expires that long after it was appended.
+            exp = str(ev.timestamp_ns + int(h["expires_in_ms"]) * 1_000_000)
         if exp and time.time_ns() > int(exp):
             raise Terminated("expired")
         args, kwargs = body.get("args", []), body.get("kwargs", {})
@@ -354,10 +358,18 @@ class Task:
         """Sends the task with these arguments; returns a handle to its result."""
         return self.apply_async(args, kwargs)
 
-    def s(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotSupported("signatures, chains and groups (canvas) are not supported")
+    def s(self, *args: Any, **kwargs: Any) -> "Signature":
+        """A signature: this task with arguments, to send later or to give to
+        ``add_periodic_task`` (chains, groups and chords are not supported)."""
+        return Signature(self, args, kwargs)
 
-    si = signature = s
+    def si(self, *args: Any, **kwargs: Any) -> "Signature":
+        """An immutable signature: arguments given when sending are not added."""
+        return Signature(self, args, kwargs, immutable=True)
+
+    def signature(self, args: Optional[Sequence[Any]] = None, kwargs: Optional[Dict[str, Any]] = None,
+                  **options: Any) -> "Signature":
+        return Signature(self, args or (), kwargs or {}, options)
 
     def apply_async(self, args: Optional[Sequence[Any]] = None, kwargs: Optional[Dict[str, Any]] = None,
                     **options: Any) -> "AsyncResult":
@@ -372,17 +384,89 @@ class Task:
         return send_task(self.app, self.name, args, kwargs, _queue=self.queue,
                          _priority=self.priority, _expires=self.expires, **options)
 
+class Signature:
+    """Celery's ``task.s(*args, **kwargs)``: a task name with arguments and sending
+    options. ``delay``/``apply_async`` send it (arguments given then come first, as in
+    Celery); chains, groups and chords (``|``) raise NotSupported."""
+
+    def __init__(self, task: Union["Task", str], args: Sequence[Any] = (),
+                 kwargs: Optional[Dict[str, Any]] = None, options: Optional[Dict[str, Any]] = None,
+                 immutable: bool = False, app: Optional["App"] = None) -> None:
+        self.task = task if isinstance(task, Task) else None
+        self.name: str = task.name if isinstance(task, Task) else str(_str(task, "task name"))
+        self.app = task.app if isinstance(task, Task) else app
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.options = dict(options or {})
+        self.immutable = immutable
+
+    def clone(self, args: Optional[Sequence[Any]] = None, kwargs: Optional[Dict[str, Any]] = None,
+              **options: Any) -> "Signature":
+        if self.immutable:
+            args, kwargs = (), {}
+        return Signature(self.task or self.name, tuple(args or ()) + self.args,
+                         {**self.kwargs, **(kwargs or {})}, {**self.options, **options},
+                         self.immutable, self.app)
+
+    def set(self, **options: Any) -> "Signature":
+        self.options.update(options)
+        return self
+
+    def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult":
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: Optional[Sequence[Any]] = None,
+                    kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> "AsyncResult":
+        s = self.clone(args, kwargs, **options)
+        if self.task is not None:
+            return self.task.apply_async(s.args, s.kwargs, **s.options)
+        if self.app is None:
+            raise InvalidArgument(f"signature {self.name}: no app to send it with")
+        return send_task(self.app, self.name, s.args, s.kwargs, **s.options)
+
+    def __or__(self, other: Any) -> Any:
+        raise NotSupported("chains, groups and chords (canvas) are not supported; send the "
+                           "next task from the task itself")
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{self.name}({', '.join(parts)})"
+
+
+class TaskMessage(NamedTuple):
+    """What sending a task appends: the event :func:`send_task` writes (and a beat
+    schedule's fire repeats)."""
+
+    topic: str
+    type: str
+    body: Dict[str, Any]
+    headers: Dict[str, str]
+    deliver_at: Optional[float]  # epoch seconds, None = at once
+    idempotency_key: Optional[str]
+
+
 def send_task(app: "App", name: str, args: Optional[Sequence[Any]] = None,
-              kwargs: Optional[Dict[str, Any]] = None, *, _queue: Optional[str] = None,
-              _priority: Optional[int] = None, _expires: Any = None,
-              countdown: Optional[Duration] = None, eta: Any = None, expires: Any = None,
-              priority: Optional[int] = None, queue: Any = None,
-              routing_key: Optional[str] = None, task_id: Optional[str] = None,
-              headers: Optional[Dict[str, str]] = None, ignore_result: Optional[bool] = None,
-              **options: Any) -> "AsyncResult":
+              kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> "AsyncResult":
     """Sends task ``name`` (registered here or only on the workers): one durable append,
     with the options of :meth:`Task.apply_async`; ``_queue``, ``_priority`` and
     ``_expires`` are the task's defaults."""
+    m = task_message(app, name, args, kwargs, **options)
+    off = app.log.append(m.topic, m.type, m.body, deliver_at=m.deliver_at,
+                         idempotency_key=m.idempotency_key, headers=m.headers)
+    cls = getattr(app, "result_class", None) or AsyncResult
+    return cls(Group(app.log, m.topic, app.group_name), off, app=app, task_id=m.idempotency_key)
+
+
+def task_message(app: "App", name: str, args: Optional[Sequence[Any]] = None,
+                 kwargs: Optional[Dict[str, Any]] = None, *, _queue: Optional[str] = None,
+                 _priority: Optional[int] = None, _expires: Any = None,
+                 countdown: Optional[Duration] = None, eta: Any = None, expires: Any = None,
+                 priority: Optional[int] = None, queue: Any = None,
+                 routing_key: Optional[str] = None, task_id: Optional[str] = None,
+                 headers: Optional[Dict[str, str]] = None, ignore_result: Optional[bool] = None,
+                 **options: Any) -> TaskMessage:
+    """The event sending task ``name`` with these :meth:`Task.apply_async` options
+    appends (checked; nothing is written)."""
     for k, v in options.items():
         if k in ("retry", "retry_policy", "add_to_parent", "serializer", "delivery_mode"):
             if k == "serializer" and v not in (None, "json"):
@@ -451,10 +535,7 @@ def send_task(app: "App", name: str, args: Optional[Sequence[Any]] = None,
         hdr["task_id"] = task_id
     if ignore_result:
         raise NotSupported("apply_async(ignore_result=True): set ignore_result on the task")
-    off = app.log.append(topic, _type_for(name), body, deliver_at=deliver_at,
-                         idempotency_key=task_id, headers=hdr)
-    cls = getattr(app, "result_class", None) or AsyncResult
-    return cls(Group(app.log, topic, app.group_name), off, app=app, task_id=task_id)
+    return TaskMessage(str(topic), _type_for(name), body, hdr, deliver_at, task_id)
 
 
 def queue_for_key(app: "App", key: str) -> str:

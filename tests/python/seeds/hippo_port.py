@@ -10,6 +10,7 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 from engram.celery import Celery, Exchange, Queue  # was: from celery import Celery; from kombu import ...
+from engram.celery.schedules import crontab  # was: from celery.schedules import crontab
 
 # Initialize Celery app
 celery_app = Celery(
@@ -61,7 +62,65 @@ celery_app.conf.update(
 if os.getenv("CELERY_WORKER_CONCURRENCY"):
     celery_app.conf.worker_concurrency = int(os.environ["CELERY_WORKER_CONCURRENCY"])
 
-# (celery_app.conf.beat_schedule = get_beat_schedule() is not ported: beat comes later.)
+
+
+# Scheduled tasks configuration
+def get_beat_schedule() -> dict[str, dict[str, Any]]:
+    """Get the Celery Beat schedule based on environment configuration."""
+    schedule = {}
+
+    # Automatic deduplication
+    if os.getenv("AUTO_DEDUP_ENABLED", "true").lower() == "true":
+        dedup_interval = int(os.getenv("DEDUP_INTERVAL_HOURS", "24"))
+        schedule["auto-deduplicate-memories"] = {
+            "task": "hippocampai.tasks.deduplicate_all_memories",
+            "schedule": crontab(hour=f"*/{dedup_interval}"),
+            "options": {"queue": "scheduled"},
+        }
+
+    # Memory consolidation (Sleep Phase)
+    if os.getenv("ACTIVE_CONSOLIDATION_ENABLED", "false").lower() == "true":
+        consolidation_hour = int(os.getenv("CONSOLIDATION_SCHEDULE_HOUR", "3"))
+        schedule["sleep-phase-consolidation"] = {
+            "task": "hippocampai.consolidation.run_daily_consolidation",
+            "schedule": crontab(hour=consolidation_hour, minute=0),
+            "options": {"queue": "scheduled"},
+        }
+
+    # Memory expiration cleanup
+    expiration_interval = int(os.getenv("EXPIRATION_INTERVAL_HOURS", "1"))
+    schedule["cleanup-expired-memories"] = {
+        "task": "hippocampai.tasks.cleanup_expired_memories",
+        "schedule": crontab(hour=f"*/{expiration_interval}"),
+        "options": {"queue": "scheduled"},
+    }
+
+    # Importance decay (daily at 2am)
+    schedule["decay-memory-importance"] = {
+        "task": "hippocampai.tasks.decay_memory_importance",
+        "schedule": crontab(hour=2, minute=0),
+        "options": {"queue": "scheduled"},
+    }
+
+    # Create snapshots (hourly)
+    schedule["create-snapshots"] = {
+        "task": "hippocampai.tasks.create_collection_snapshots",
+        "schedule": crontab(minute=0),  # Every hour
+        "options": {"queue": "scheduled"},
+    }
+
+    # Health check (every 5 minutes)
+    schedule["health-check"] = {
+        "task": "hippocampai.tasks.health_check_task",
+        "schedule": crontab(minute="*/5"),
+        "options": {"queue": "background"},
+    }
+
+    return schedule
+
+
+# Update beat schedule
+celery_app.conf.beat_schedule = get_beat_schedule()
 
 # Task routing
 celery_app.conf.task_routes = {
@@ -210,6 +269,7 @@ def deduplicate_all_memories(self) -> Dict[str, int]:
     try:
         async def _deduplicate():
             logger.info("Starting global deduplication task")
+            _record("dedup")
             return {"deduplicated": 0, "kept": 0}
 
         stats = asyncio.run(_deduplicate())
@@ -218,6 +278,27 @@ def deduplicate_all_memories(self) -> Dict[str, int]:
     except Exception as exc:
         logger.error(f"Task {self.request.id} failed: {exc}")
         raise
+
+
+@celery_app.task(name="hippocampai.tasks.cleanup_expired_memories", bind=True)
+def cleanup_expired_memories(self) -> Dict[str, int]:
+    _record("cleanup-expired")
+    return {"expired": 0}
+
+
+@celery_app.task(name="hippocampai.tasks.decay_memory_importance", bind=True)
+def decay_memory_importance(self) -> Dict[str, int]:
+    logger.info("Starting importance decay task")
+    stats = {"decayed": 0}
+    _record("decay")
+    logger.info(f"Task {self.request.id}: Decay completed - {stats}")
+    return stats
+
+
+@celery_app.task(name="hippocampai.tasks.create_collection_snapshots", bind=True)
+def create_collection_snapshots(self) -> Dict[str, str]:
+    _record("snapshots")
+    return {"hippocampai_facts": "facts-snapshot", "hippocampai_prefs": "prefs-snapshot"}
 
 
 @celery_app.task(name="hippocampai.tasks.health_check_task", bind=True)

@@ -14,7 +14,7 @@ from celery_seed import broker, load_port, spawn, stop, worker_thread, run_worke
 from conftest import wait_until
 
 EMBEDDED_ONLY = {
-    "test_beat_schedule_in_the_settings_is_refused",
+    "test_a_beat_setting_engram_cannot_honour_is_refused",
     "test_two_worker_processes_share_the_tasks_and_a_killed_one_loses_nothing",
 }
 
@@ -106,10 +106,11 @@ def test_results_can_be_awaited_from_async_views(nagatha):
     w.join()
 
 
-def test_beat_schedule_in_the_settings_is_refused(nagatha):
+def test_a_beat_setting_engram_cannot_honour_is_refused(nagatha):
+    # The seed's CELERY_BEAT_SCHEDULE runs (test_seeds_beat.py); a scheduler class cannot.
     class settings(nagatha.settings):
-        CELERY_BEAT_SCHEDULE = {"check-mcp-servers-health": {"task": "x", "schedule": 300.0}}
-    with pytest.raises(engram.NotSupported, match="schedules"):
+        CELERY_BEAT_SCHEDULER = "redbeat.RedBeatScheduler"
+    with pytest.raises(engram.NotSupported, match="beat schedulers"):
         nagatha.app.config_from_object(settings, namespace="CELERY")
 
 

@@ -7,7 +7,9 @@
     app = Celery("proj", broker="redis://...")  app = Celery("proj", broker="/var/lib/proj-log")
 
 Tasks, ``delay``/``apply_async``, ``AsyncResult(task_id)``, ``revoke(terminate=True)``,
-``task_routes``/``task_queues``, time limits and retries keep Celery's names and meaning;
+``task_routes``/``task_queues``, time limits, retries and beat (``conf.beat_schedule``,
+``add_periodic_task``, ``crontab``: engram schedules, see :mod:`engram.celery.beat`) keep
+Celery's names and meaning;
 the broker and the result backend are one engram log (a directory, or ``engram serve`` at
 "tcp://host:port"). Workers: ``python -m engram worker proj.celery_app:app -Q a,b -c 4``.
 Settings engram cannot honour are refused with an error, never ignored; harmless ones
@@ -30,7 +32,7 @@ from ..log import Log
 from ..message import _str
 from ..errors import NotFound, NotSupported
 from ..tasks import Task, send_task
-from . import exceptions, signals, states
+from . import beat, exceptions, signals, states
 from .exceptions import ImproperlyConfigured
 from .result import AsyncResult
 
@@ -80,7 +82,8 @@ _HONOURED = {
     "imports", "include", "task_ignore_result", "task_create_missing_queues",
     "task_default_rate_limit", "task_always_eager", "worker_pool", "task_default_retry_delay",
     "task_publish_retry", "task_publish_retry_policy", "task_default_delivery_mode",
-    "broker_transport_options", "task_acks_on_failure_or_timeout",
+    "broker_transport_options", "task_acks_on_failure_or_timeout", "beat_schedule",
+    "beat_scheduler",
 }
 # Accepted and without effect: they tune Redis/AMQP, logging or Celery internals that have
 # no counterpart (a warning says so once).
@@ -93,16 +96,15 @@ _HARMLESS = {
     "task_default_routing_key", "worker_hijack_root_logger", "worker_redirect_stdouts",
     "worker_redirect_stdouts_level", "worker_send_task_events", "task_send_sent_event",
     "worker_lost_wait", "worker_proc_alive_timeout", "task_remote_tracebacks",
-    "worker_cancel_long_running_tasks_on_connection_loss", "beat_scheduler",
-    "beat_schedule_filename", "beat_max_loop_interval", "worker_enable_remote_control",
+    "worker_cancel_long_running_tasks_on_connection_loss",
+    "beat_schedule_filename", "beat_max_loop_interval", "beat_sync_every",
+    "worker_enable_remote_control",
     "result_cache_max", "redis_max_connections", "redis_socket_timeout",
     "redis_socket_connect_timeout", "redis_retry_on_timeout", "broker_channel_error_retry",
     "task_compression", "worker_max_memory_per_child", "worker_state_db",
     "task_store_eager_result",
 }
 _REFUSED = {
-    "beat_schedule": "periodic schedules (Celery beat) come with engram's schedules feature; "
-                     "run them from cron or a loop calling .delay() until then",
     "task_annotations": "task annotations are not supported; give the options to @app.task",
 }
 _DEFAULTS: Dict[str, Any] = {
@@ -115,6 +117,12 @@ _DEFAULTS: Dict[str, Any] = {
     "task_always_eager": False, "beat_schedule": {},
 }
 _warned: Set[str] = set()
+# beat_scheduler values: Celery's own schedulers keep their state in a file, engram's in the
+# log; django_celery_beat's also reads PeriodicTask rows, which engram does not.
+_SCHEDULERS = {"celery.beat:PersistentScheduler", "celery.beat.PersistentScheduler",
+               "celery.beat:Scheduler", "celery.beat.Scheduler"}
+_DJANGO_SCHEDULERS = {"django_celery_beat.schedulers:DatabaseScheduler",
+                      "django_celery_beat.schedulers.DatabaseScheduler"}
 
 
 class Settings(Dict[str, Any]):
@@ -123,6 +131,7 @@ class Settings(Dict[str, Any]):
 
     def __init__(self, app: "Celery") -> None:
         super().__init__(_DEFAULTS)
+        dict.__setitem__(self, "beat_schedule", {})  # its own: add_periodic_task fills it
         object.__setattr__(self, "_app", app)
 
     def __getattr__(self, key: str) -> Any:
@@ -151,8 +160,6 @@ class Settings(Dict[str, Any]):
 
     def _check(self, key: str, value: Any) -> None:
         if key in _REFUSED:
-            if key == "beat_schedule" and not value:
-                return
             raise NotSupported(f"{key}: {_REFUSED[key]}")
         if key in _HARMLESS:
             if key not in _warned:
@@ -182,8 +189,41 @@ class Settings(Dict[str, Any]):
             bad = "times are UTC"
         elif key in ("broker_url", "result_backend") and value is not None:
             _check_target(key, value)
+        elif key == "beat_schedule":
+            if not isinstance(value, dict):
+                raise ImproperlyConfigured("beat_schedule: expected a dict of entries")
+            for name, entry in value.items():
+                beat.check_entry(name, entry)
+        elif key == "beat_scheduler":
+            sched = value if isinstance(value, str) else (
+                f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value)}")
+            if sched in _DJANGO_SCHEDULERS:
+                if key not in _warned:
+                    _warned.add(key)
+                    logger.warning("beat_scheduler %s: the beat_schedule entries become engram "
+                                   "schedules in the log; PeriodicTask rows edited in the Django "
+                                   "admin are not read (manage schedules with `engram schedule`)",
+                                   sched)
+            elif sched not in _SCHEDULERS:
+                bad = ("engram's schedules live in the log and are fired by engram serve or the "
+                       "maintenance lease holder; custom beat schedulers are not supported")
+        elif key == "timezone" and value is not None:
+            _check_timezone(value)
         if bad:
             raise NotSupported(f"{key}={value!r}: {bad}")
+
+
+def _check_timezone(value: Any) -> None:
+    if not isinstance(value, str):
+        raise ImproperlyConfigured(f"timezone={value!r}: give an IANA zone name, e.g. 'Europe/Paris'")
+    try:
+        import zoneinfo
+        zoneinfo.ZoneInfo(value)
+    except ImportError:
+        return  # the log checks it when a crontab schedule is declared
+    except Exception:
+        raise ImproperlyConfigured(f"timezone={value!r}: unknown time zone (an IANA name such as "
+                                   "'UTC' or 'Europe/Paris')") from None
 
 
 def _check_target(what: str, value: Any) -> None:
@@ -254,6 +294,10 @@ class Celery:
         self.app.route_for = self._route_for  # type: ignore[attr-defined]
         self.app.before_run.append(self._import_modules)
         self.app.before_run.append(lambda: signals.setup_logging.send(sender=None, loglevel=None))
+        self.app.before_run.append(self.declare_schedules)
+        self.on_after_configure = signals.Signal("on_after_configure")
+        self.on_after_finalize = signals.Signal("on_after_finalize")
+        self._finalized = False
         self.tasks: Dict[str, Task] = {}
         self._explicit: Dict[str, Dict[str, Any]] = {}
         self._routes: List[Any] = []
@@ -476,6 +520,43 @@ class Celery:
     @property
     def Task(self) -> type:  # noqa: N802
         return Task
+
+    # -- beat -----------------------------------------------------------------------------
+    def add_periodic_task(self, schedule: Any, sig: Any, args: Any = (), kwargs: Any = (),
+                          name: Optional[str] = None, **opts: Any) -> str:
+        """Celery's ``add_periodic_task``: adds an entry to ``conf.beat_schedule`` (named
+        ``name``, else the signature's repr) running ``sig`` (a task or ``task.s(...)``)
+        every ``schedule`` (seconds, timedelta or crontab); returns its name. Usually
+        called from an ``@app.on_after_configure.connect`` receiver."""
+        from ..tasks import Signature
+        kwargs = dict(kwargs) if kwargs else {}
+        if isinstance(sig, Signature):
+            sig = sig.clone(args, kwargs)
+        elif isinstance(getattr(sig, "name", None), str):
+            sig = Signature(sig.name, args, kwargs, app=self.app)
+        else:
+            raise TypeError("add_periodic_task: sig must be a task or a signature (task.s(...))")
+        key = name or repr(sig)
+        entry = {"schedule": schedule, "task": sig.name, "args": sig.args, "kwargs": sig.kwargs,
+                 "options": {**sig.options, **opts}}
+        beat.check_entry(key, entry)
+        entries = self.conf["beat_schedule"]
+        if name is None and key in entries:
+            logger.warning("Periodic task key=%r shadowed a previous unnamed periodic task. Pass a "
+                           "name kwarg to add_periodic_task to silence this warning.", key)
+        entries[key] = entry
+        return key
+
+    def declare_schedules(self) -> Dict[str, str]:
+        """Writes the beat schedule into the log as engram schedules (see
+        :mod:`engram.celery.beat`); a worker of this app does it when it starts, and
+        ``python -m engram beat``. Sends ``on_after_configure`` and ``on_after_finalize``
+        first (once). Returns {schedule: "added" / "replaced" / "unchanged" / "removed"}."""
+        if not self._finalized:
+            self._finalized = True
+            self.on_after_configure.send(sender=self, source=self.conf)
+            self.on_after_finalize.send(sender=self)
+        return beat.declare(self)
 
     # -- workers --------------------------------------------------------------------------
     def worker_main(self, argv: Optional[List[str]] = None) -> int:
