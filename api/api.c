@@ -410,6 +410,19 @@ int engram_compact(engram *log, const char *topic, engram_compact_report *report
 }
 
 /* ---------------------------------------------------------------------------------
+ * Rates.
+ * ------------------------------------------------------------------------------ */
+int engram_rate_list(engram *log, const char *topic, engram_rate_info **out, size_t *n) {
+  if (!log || !out || !n) return log_error(NULL, ENGRAM_EINVAL, "rate list: NULL argument");
+  *out = NULL;
+  *n = 0;
+  if (topic && !log_valid_name(topic))
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "rate list: topic name invalid (use 1-200 of [A-Za-z0-9._-])");
+  return log->be->rate_list(log, topic, out, n);
+}
+
+/* ---------------------------------------------------------------------------------
  * Schedules.
  * ------------------------------------------------------------------------------ */
 static int schedule_name(const char *what, const char *name) {
@@ -477,4 +490,13 @@ int engram_schedule_tick(engram *log, int64_t now_ns, engram_schedule_tick_repor
   if (!log) return ENGRAM_EINVAL;
   if (now_ns < 0) return log_error(NULL, ENGRAM_EINVAL, "schedule tick: negative now_ns");
   return log->be->schedule_tick(log, now_ns, report);
+}
+
+/* ---------------------------------------------------------------------------------
+ * The log's identity.
+ * ------------------------------------------------------------------------------ */
+int engram_log_info_get(engram *log, engram_log_info *out) {
+  if (!log || !out) return ENGRAM_EINVAL;
+  memset(out, 0, sizeof *out);
+  return log->be->log_info(log, out);
 }

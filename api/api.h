@@ -63,6 +63,7 @@ struct engram_backend {
   int (*worker_forget)(engram *h, const char *name);
   int (*topic_set)(engram *h, const char *topic, const engram_topic_config *cfg);
   int (*compact)(engram *h, const char *topic, engram_compact_report *report);
+  int (*rate_list)(engram *h, const char *topic, engram_rate_info **out, size_t *n);
   int (*schedule_add)(engram *h, const char *name, const engram_schedule_config *cfg);
   int (*schedule_set)(engram *h, const char *name, const engram_schedule_config *cfg, int *changed);
   int (*schedule_get)(engram *h, const char *name, engram_schedule_info **out);
@@ -72,6 +73,7 @@ struct engram_backend {
   int (*schedule_resume)(engram *h, const char *name);
   int (*schedule_run_now)(engram *h, const char *name, uint64_t *offset);
   int (*schedule_tick)(engram *h, int64_t now_ns, engram_schedule_tick_report *report);
+  int (*log_info)(engram *h, engram_log_info *out);
 };
 
 /* A public handle: its backend and that backend's state (a struct log for the embedded

@@ -27,6 +27,7 @@ static int e_topic_set(engram *h, const char *topic, const engram_topic_config *
 static int e_compact(engram *h, const char *topic, engram_compact_report *report) {
   return cg_compact(L(h), topic, report);
 }
+static int e_log_info(engram *h, engram_log_info *out) { return log_info(L(h), out); }
 
 static int e_topic_train_dict(engram *h, const char *topic, uint32_t *dict_id) {
   return log_topic_train_dict(L(h), topic, dict_id);
@@ -119,6 +120,9 @@ static int e_worker_list(engram *h, uint64_t lost_after_ms, engram_worker_info *
   return cg_worker_list(L(h), lost_after_ms, out, n);
 }
 static int e_worker_forget(engram *h, const char *name) { return cg_worker_forget(L(h), name); }
+static int e_rate_list(engram *h, const char *topic, engram_rate_info **out, size_t *n) {
+  return cg_rate_list(L(h), topic, out, n);
+}
 static int e_schedule_add(engram *h, const char *name, const engram_schedule_config *cfg) {
   return cg_schedule_add(L(h), name, cfg);
 }
@@ -180,6 +184,7 @@ const struct engram_backend api_embedded = {
     .worker_forget = e_worker_forget,
     .topic_set = e_topic_set,
     .compact = e_compact,
+    .rate_list = e_rate_list,
     .schedule_add = e_schedule_add,
     .schedule_set = e_schedule_set,
     .schedule_get = e_schedule_get,
@@ -189,6 +194,7 @@ const struct engram_backend api_embedded = {
     .schedule_resume = e_schedule_resume,
     .schedule_run_now = e_schedule_run_now,
     .schedule_tick = e_schedule_tick,
+    .log_info = e_log_info,
 };
 
 struct log *api_log(engram *h) {

@@ -43,7 +43,8 @@
   X(workers, "list the workers serving groups (alive or lost), or forget one")        \
   X(top, "a live view of groups and workers: lag, rates, oldest unfinished")          \
   X(compact, "apply retention limits now")                                            \
-  X(schedule, "add, list, show, remove, pause, resume or run-now periodic appends")
+  X(schedule, "add, list, show, remove, pause, resume or run-now periodic appends")    \
+  X(rates, "events per second of topics and groups over 1, 5 and 15 minutes")
 
 /* State shared by all commands: the global options and the handle they open. */
 struct cli {

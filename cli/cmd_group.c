@@ -233,6 +233,9 @@ static void show_group_text(const engram_group_info *g, int64_t now) {
   printf("acked:              %" PRIu64 "\n", g->acked);
   printf("delivered:          %" PRIu64 "\n", g->delivered);
   printf("redelivered:        %" PRIu64 "\n", g->redelivered);
+  printf("nacked:             %" PRIu64 "\n", g->nacked);
+  printf("rejected:           %" PRIu64 "\n", g->rejected);
+  printf("dead-lettered:      %" PRIu64 "\n", g->dead_lettered);
   if (g->oldest_unfinished_ns > 0) {
     cli_fmt_time(g->oldest_unfinished_ns, t, sizeof t);
     cli_fmt_age(now - g->oldest_unfinished_ns, buf, sizeof buf);
@@ -251,14 +254,15 @@ static int group_show(struct cli *c, int argc, char **argv) {
       "\n"
       "Shows the group's settings and counters: floor (every offset up to it is\n"
       "finished), next offset to look at, lag, in flight, retrying, dead, acked,\n"
-      "delivered, redelivered and the age of the oldest unfinished event.\n"
+      "delivered, redelivered, nacked, rejected, dead-lettered (events that entered the\n"
+      "DLQ) and the age of the oldest unfinished event.\n"
       "\n"
       "options:\n"
       "  --json     {\"topic\",\"group\",\"filters\",\"ack_wait_ms\",\"max_deliver\",\n"
       "             \"backoff_ms\",\"result_ttl_ms\",\"key_ordered\",\"created_ns\",\"floor\",\n"
       "             \"next\",\"lag\",\"in_flight\",\"retrying\",\"dead\",\"acked\",\"delivered\",\n"
       "             \"redelivered\",\"oldest_unfinished_ns\",\"oldest_unfinished_age_ms\",\n"
-      "             \"retention_skipped\"}\n"
+      "             \"retention_skipped\",\"nacked\",\"rejected\",\"dead_lettered\"}\n"
       "  -h, --help this help\n";
   int json = 0;
   struct cli_args a;

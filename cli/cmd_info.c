@@ -19,8 +19,8 @@ int cmd_info(struct cli *c, int argc, char **argv) {
       "Asks the daemon (engram serve) what it is: its version and protocol, the durability\n"
       "of its log, its limits (largest request, events per append), its worker threads,\n"
       "how long it has run, and its counters (requests, errors, events appended, commits\n"
-      "and the flushes they cost). One request. Needs --connect: an embedded log has no\n"
-      "daemon.\n"
+      "and the flushes they cost), and the id of its log (as `engram stat` prints it).\n"
+      "Two requests. Needs --connect: an embedded log has no daemon.\n"
       "\n"
       "options:\n"
       "  --json     one object: {\"version\":STR, \"durability\":STR, and the numbers by the\n"
@@ -39,6 +39,8 @@ int cmd_info(struct cli *c, int argc, char **argv) {
   engram_server_info in;
   int rc = engram_server_info_get(c->log, &in);
   if (rc != 0) return cli_fail(c, rc, "info");
+  engram_log_info li;
+  if ((rc = engram_log_info_get(c->log, &li)) != 0) return cli_fail(c, rc, "info: log id");
   if (json) {
     json_writer w;
     json_w_init(&w);
@@ -48,6 +50,7 @@ int cmd_info(struct cli *c, int argc, char **argv) {
     ENGRAM_SERVER_INFO_FIELDS(X)
 #undef X
     json_kstr(&w, "durability_name", durability_name(in.durability));
+    json_kstr(&w, "log_id", li.id);
     json_obj_end(&w);
     status = cli_json_emit(&w);
     json_w_free(&w);
@@ -58,5 +61,6 @@ int cmd_info(struct cli *c, int argc, char **argv) {
 #define X(type, name) printf("%-17s %" PRIu64 "\n", #name, (uint64_t)in.name);
   ENGRAM_SERVER_INFO_FIELDS(X)
 #undef X
+  printf("%-17s %s\n", "log_id", li.id);
   return 0;
 }

@@ -3,6 +3,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "mirror.h"
@@ -19,10 +20,14 @@ static const char help[] =
     "once: a hole or two different events at one offset is refused and nothing of that\n"
     "topic is written. Copies of one event (the same offset and bytes) count once.\n"
     "Prints `restored T topics, E events from M messages (D duplicates)`.\n"
+    "The messages to read are counted by the stream's leader once the stream is at\n"
+    "rest (a leader, every online replica current; waited for up to 30 s), not by the\n"
+    "consumer, which may sit on a replica still catching up.\n"
     "Restored events carry their type, key, payload, content type, headers and\n"
     "deliver_at; their append time is the time of the restore (the original is in the\n"
-    "stream's Engram-Timestamp header), and groups are not restored. See\n"
-    "docs/scale-out.md.\n"
+    "stream's Engram-Timestamp header). Not restored: idempotency keys (in the\n"
+    "Engram-Idempotency-Key header), topic settings (defaults), consumer groups.\n"
+    "The restored log has a log id of its own. See docs/scale-out.md.\n"
     "\n"
     "options:\n"
     "  --from-nats URL        NATS server(s), comma-separated; tls:// for TLS\n"
@@ -163,6 +168,61 @@ static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
   return status;
 }
 
+/* An answer of a cluster electing a leader: worth asking again. */
+static int in_transition(natsStatus s, jsErrCode ec) {
+  return s == NATS_TIMEOUT || ec == JSClusterNotAvailErr || ec == JSClusterNotLeaderErr;
+}
+
+/* The stream's information from its leader, with per-subject counts of the subjects
+ * matching filter (NULL: none), once the stream is at rest. A cluster in transition
+ * answers otherwise: "temporarily unavailable" while its metadata leader is elected, an
+ * empty state for a stream without a leader, and a replica that was away can be elected
+ * leader while it still applies what it missed, answering with what it has applied so
+ * far. Each is waited out for up to 30 s; then a leader's answer is taken as it is (an
+ * online replica that never catches up keeps the stream from resting). */
+static natsStatus leader_info(jsCtx *js, const char *stream, const char *filter, jsStreamInfo **si,
+                              jsErrCode *ec) {
+  int64_t until = cli_now_ns() + 30000000000LL;
+  for (;;) {
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Info.SubjectsFilter = filter;
+    *ec = 0;
+    *si = NULL;
+    natsStatus s = js_GetStreamInfo(si, js, stream, &o, ec);
+    int late = cli_now_ns() > until;
+    if (s == NATS_OK && mirror_stream_rests(*si)) return NATS_OK;
+    if (s == NATS_OK && late &&
+        (!(*si)->Cluster || ((*si)->Cluster->Leader && *(*si)->Cluster->Leader)))
+      return NATS_OK;
+    int transient = s == NATS_OK || in_transition(s, *ec);
+    if (s == NATS_OK) {
+      jsStreamInfo_Destroy(*si);
+      *si = NULL;
+      s = NATS_ERR; /* with *ec 0: no leader */
+    }
+    if (!transient || late) return s;
+    struct timespec ts = {0, 100000000L};
+    nanosleep(&ts, NULL);
+  }
+}
+
+/* How many messages of the stream match the subject filter, as its leader counts them.
+ * Not the consumer's count: an ephemeral consumer may be placed on a replica that has
+ * not yet applied the newest acknowledged messages (a replica catching up after a
+ * restart), and would count and deliver a stream without them; reading up to the
+ * leader's count waits until it has them. */
+static natsStatus stream_count(jsCtx *js, const char *stream, const char *filter, uint64_t *n,
+                               jsErrCode *ec) {
+  jsStreamInfo *si = NULL;
+  natsStatus s = leader_info(js, stream, filter, &si, ec);
+  *n = 0;
+  if (s == NATS_OK && si->State.Subjects)
+    for (int i = 0; i < si->State.Subjects->Count; i++) *n += si->State.Subjects->List[i].Msgs;
+  jsStreamInfo_Destroy(si);
+  return s;
+}
+
 int cmd_restore(struct cli *c, int argc, char **argv) {
   struct mirror_nats nats;
   memset(&nats, 0, sizeof nats);
@@ -211,36 +271,44 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
   struct topic_recs *tops = NULL;
   size_t ntops = 0;
   uint64_t msgs = 0, dups = 0, events = 0;
-  natsStatus s = js_GetStreamInfo(&si, js, stream, NULL, &ec);
+  natsStatus s = leader_info(js, stream, NULL, &si, &ec);
   if (s != NATS_OK) {
-    status = cli_error("restore: stream %s: %s", stream, mirror_nats_why(s));
+    status = cli_error(
+        "restore: stream %s: %s", stream,
+        s == NATS_ERR && !ec ? "no leader (the cluster lost its quorum?)" : mirror_nats_why(s));
     goto out;
   }
-  uint64_t total = 0; /* messages the subscription has to deliver */
-  if (si->State.Msgs > 0) {
-    char filter[ENGRAM_MAX_NAME + 8];
-    snprintf(filter, sizeof filter, "%s.>", prefix ? prefix : "");
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = stream;
-    so.Ordered = true;
-    /* One subject filter the stream accepts: its own when it has one. */
-    const char *subj = prefix                         ? filter
-                       : si->Config->SubjectsLen == 1 ? si->Config->Subjects[0]
-                                                      : ">";
-    s = js_SubscribeSync(&sub, js, subj, NULL, &so, &ec);
-    /* How many match the filter as the consumer starts: those delivered so far plus
-     * those pending (one answer of the server, so nothing is counted twice). */
-    jsConsumerInfo *ci = NULL;
-    if (s == NATS_OK) s = natsSubscription_GetConsumerInfo(&ci, sub, NULL, &ec);
-    if (s != NATS_OK) {
-      status = cli_error("restore: reading stream %s: %s", stream, mirror_nats_why(s));
-      goto out;
+  char filter[ENGRAM_MAX_NAME + 8];
+  snprintf(filter, sizeof filter, "%s.>", prefix ? prefix : "");
+  /* One subject filter the stream accepts: its own when it has one. */
+  const char *subj = prefix ? filter : si->Config->SubjectsLen == 1 ? si->Config->Subjects[0] : ">";
+  uint64_t total = 0; /* messages to read: the leader's count of the filter's subjects */
+  s = stream_count(js, stream, subj, &total, &ec);
+  for (uint64_t seq = 0; s == NATS_OK;) {
+    if (msgs == total) {
+      /* All counted messages are read. Ask again a moment later, and read on while the
+       * count grows: a replica that just came back can answer once as the stream's
+       * leader with the messages it has so far. */
+      uint64_t again = 0;
+      struct timespec ts = {0, 200000000L};
+      nanosleep(&ts, NULL);
+      s = stream_count(js, stream, subj, &again, &ec);
+      if (s != NATS_OK || again <= total) break;
+      total = again;
     }
-    total = ci->Delivered.Consumer + ci->NumPending;
-    jsConsumerInfo_Destroy(ci);
-  }
-  for (uint64_t seq = 0; msgs < total;) {
+    if (!sub) {
+      jsSubOptions so;
+      jsSubOptions_Init(&so);
+      so.Stream = stream;
+      so.Ordered = true;
+      int64_t until = cli_now_ns() + 30000000000LL;
+      while ((s = js_SubscribeSync(&sub, js, subj, NULL, &so, &ec)) != NATS_OK &&
+             in_transition(s, ec) && cli_now_ns() < until) {
+        struct timespec ts = {0, 250000000L};
+        nanosleep(&ts, NULL);
+      }
+      if (s != NATS_OK) break;
+    }
     natsMsg *m = NULL;
     s = natsSubscription_NextMsg(&m, sub, 10000);
     if (s != NATS_OK) {
@@ -294,6 +362,12 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
     t->r[t->n].offset = off;
     t->r[t->n].msg = m;
     t->n++;
+  }
+  if (s != NATS_OK) {
+    status = cli_error(
+        "restore: reading stream %s: %s", stream,
+        s == NATS_ERR && !ec ? "no leader (the cluster lost its quorum?)" : mirror_nats_why(s));
+    goto out;
   }
   /* Offset order; copies of one event count once; holes and conflicts are refused. The
    * events to write go to t->w (pointers into t->r, which keeps every message). */

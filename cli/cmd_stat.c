@@ -12,47 +12,44 @@ static const char help[] =
     "\n"
     "Prints every topic (events, first and head offsets) and every consumer group with\n"
     "its counters: lag, in flight, retrying, dead, acked, redelivered and the age of\n"
-    "the oldest unfinished event.\n"
+    "the oldest unfinished event; then the log's id (random, made when the log was\n"
+    "created, kept by backup) and creation time.\n"
     "\n"
     "options:\n"
-    "  --json     {\"topics\":[...],\"groups\":[...]} with the objects of\n"
+    "  --json     {\"topics\":[...],\"groups\":[...],\"log\":{\"id\":STR,\n"
+    "             \"created_ns\":N,\"format_version\":N}} with the objects of\n"
     "             `engram topics --json` and `engram group list --json`\n"
     "  --watch D  print again every D (e.g. 2s, at least 100ms) until Ctrl-C, with\n"
-    "             rates since the last print: IN/S (events appended per second) per\n"
+    "             rates over the last minute (engram_rate_list, as engram top and\n"
+    "             the dashboard show them): IN/S (events appended per second) per\n"
     "             topic, ACK/S per group; on a terminal the screen is redrawn, else\n"
     "             each print starts with a time line (--json: one object per print,\n"
     "             stat --json's plus \"ts_ns\", \"interval_ms\" and \"rates\":\n"
     "             {\"topics\":{NAME:IN/S},\"groups\":{\"TOPIC/GROUP\":ACK/S}}, null\n"
-    "             when not known yet)\n"
+    "             for one created since the rates were read)\n"
     "  --count N  with --watch: stop after N prints\n"
     "  -h, --help this help\n";
 
-/* What --watch remembers of the previous print, to give rates. */
+/* What --watch holds for one print: the rates, and when the previous print was. */
 struct prev {
-  engram_topic_info *t;
-  engram_group_info *g;
-  size_t nt, ng;
+  engram_rate_info *r;
+  size_t nr;
   int64_t at_ns; /* 0 = no previous print */
 };
 
-/* Events per second of a counter that went from was to now over dt_ns; -1 when unknown
- * (first print, a topic or group that is new, a counter that went down). */
-static double rate(uint64_t was, uint64_t now, int64_t dt_ns) {
-  if (dt_ns <= 0 || now < was) return -1;
-  return (double)(now - was) * 1e9 / (double)dt_ns;
-}
-
+/* The 1-minute rate of a topic (appends) or a group (acks); -1 when not listed. */
 static double topic_rate(const struct prev *p, const engram_topic_info *t, int64_t now) {
-  for (size_t i = 0; p->at_ns && i < p->nt; i++)
-    if (!strcmp(p->t[i].name, t->name))
-      return rate(p->t[i].head_offset, t->head_offset, now - p->at_ns);
+  (void)now;
+  for (size_t i = 0; i < p->nr; i++)
+    if (!p->r[i].group[0] && !strcmp(p->r[i].topic, t->name)) return p->r[i].appended[0];
   return -1;
 }
 
 static double group_rate(const struct prev *p, const engram_group_info *g, int64_t now) {
-  for (size_t i = 0; p->at_ns && i < p->ng; i++)
-    if (!strcmp(p->g[i].topic, g->topic) && !strcmp(p->g[i].name, g->name))
-      return rate(p->g[i].acked, g->acked, now - p->at_ns);
+  (void)now;
+  for (size_t i = 0; i < p->nr; i++)
+    if (!strcmp(p->r[i].topic, g->topic) && !strcmp(p->r[i].group, g->name))
+      return p->r[i].acked[0];
   return -1;
 }
 
@@ -146,6 +143,22 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
     engram_free(t);
     return cli_fail(c, rc, "list groups");
   }
+  engram_log_info li;
+  if ((rc = engram_log_info_get(c->log, &li)) != 0) {
+    engram_free(t);
+    engram_free(g);
+    return cli_fail(c, rc, "log info");
+  }
+  if (p) {
+    engram_free(p->r);
+    p->r = NULL;
+    p->nr = 0;
+    if ((rc = engram_rate_list(c->log, NULL, &p->r, &p->nr)) != 0) {
+      engram_free(t);
+      engram_free(g);
+      return cli_fail(c, rc, "list rates");
+    }
+  }
   int64_t now = cli_now_ns();
   int status;
   if (json) {
@@ -166,6 +179,15 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
     json_arr(&w);
     for (size_t i = 0; i < ng; i++) cli_json_group(&w, &g[i], now);
     json_arr_end(&w);
+    json_key(&w, "log");
+    json_obj(&w);
+    json_key(&w, "id");
+    json_str(&w, li.id);
+    json_key(&w, "created_ns");
+    json_i64(&w, li.created_ns);
+    json_key(&w, "format_version");
+    json_u64(&w, li.format_version);
+    json_obj_end(&w);
     if (p) { /* the objects keep stat --json's shape; rates sit beside them */
       json_key(&w, "rates");
       json_obj(&w);
@@ -195,15 +217,15 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
       printf("%s--- %s\n", p->at_ns ? "\n" : "", ts);
     }
     status = text(t, nt, g, ng, now, p);
+    if (!status) {
+      char ts[48];
+      cli_fmt_time(li.created_ns, ts, sizeof ts);
+      printf("\nlog %s, created %s\n", *li.id ? li.id : "(no id yet)", ts);
+    }
   }
-  if (p) {
-    engram_free(p->t);
-    engram_free(p->g);
-    *p = (struct prev){t, g, nt, ng, now};
-  } else {
-    engram_free(t);
-    engram_free(g);
-  }
+  if (p) p->at_ns = now;
+  engram_free(t);
+  engram_free(g);
   if (!status && fflush(stdout) != 0) status = CLI_EXIT_FAIL;
   return status;
 }
@@ -232,7 +254,6 @@ int cmd_stat(struct cli *c, int argc, char **argv) {
     }
     status = print_once(c, json, &p, watch_ms, tty);
   }
-  engram_free(p.t);
-  engram_free(p.g);
+  engram_free(p.r);
   return status;
 }

@@ -11,26 +11,29 @@
 #include "cli.h"
 
 static const char help[] =
-    "usage: engram top [--interval DURATION] [--sort KEY] [--once]\n"
+    "usage: engram top [--interval DURATION] [--sort KEY] [--window W] [--once]\n"
     "\n"
-    "A live view of every consumer group (lag, in flight, retrying, dead, appends and\n"
-    "acks per second, age of the oldest unfinished event) and of the workers (alive or\n"
-    "lost, handled, failed, what each runs now), redrawn every interval, over --data\n"
-    "or --connect. Keys: q quits; l, n, d, i, a sort by lag, name, dead, in flight,\n"
-    "acks per second.\n"
+    "A live view of every consumer group (lag, in flight, retrying, dead, appends, acks,\n"
+    "nacks and dead letters per second, age of the oldest unfinished event) and of the\n"
+    "workers (alive or lost, handled, failed, what each runs now), redrawn every\n"
+    "interval, over --data or --connect. Rates are engram_rate_list's, kept in the log:\n"
+    "the first frame has them. Keys: q quits; l, n, d, i, a sort by lag, name, dead, in\n"
+    "flight, acks per second; w switches the rate window (1m, 5m, 15m).\n"
     "\n"
     "options:\n"
     "  --interval DURATION  redraw period (default 1s, at least 100ms)\n"
     "  --sort KEY           lag (default), name, dead, inflight or rate\n"
-    "  --once               print one frame (rates need two: shown as -) and exit\n"
+    "  --window W           rates over the last 1m (default), 5m or 15m\n"
+    "  --once               print one frame and exit\n"
     "  -h, --help           this help\n";
 
 enum { SORT_LAG, SORT_NAME, SORT_DEAD, SORT_INFLIGHT, SORT_RATE };
 static const char *const sort_names[] = {"lag", "name", "dead", "inflight", "rate", NULL};
+static const char *const window_names[] = {"1m", "5m", "15m", NULL}; /* ENGRAM_RATE_WINDOWS */
 
 struct row {
   engram_group_info g;
-  double append_rate, ack_rate; /* per second, < 0 = unknown */
+  double append_rate, ack_rate, nack_rate, dead_rate; /* per second, < 0 = unknown */
 };
 
 static int sort_key;
@@ -65,19 +68,15 @@ static void raw_off(void) {
   raw_on = 0;
 }
 
-/* The previous frame's counters, to turn into rates. */
-struct prev {
-  char topic[ENGRAM_MAX_NAME + 1], name[ENGRAM_MAX_NAME + 1];
-  uint64_t head, acked;
-};
-
-static void rate(const struct prev *p, size_t np, struct row *r, double dt) {
-  r->append_rate = r->ack_rate = -1;
-  for (size_t i = 0; i < np && dt > 0; i++)
-    if (!strcmp(p[i].topic, r->g.topic) && !strcmp(p[i].name, r->g.name)) {
-      uint64_t head = r->g.floor + r->g.lag;
-      r->append_rate = head >= p[i].head ? (double)(head - p[i].head) / dt : 0;
-      r->ack_rate = r->g.acked >= p[i].acked ? (double)(r->g.acked - p[i].acked) / dt : 0;
+/* The row's rates over window w from the rate list (unknown when the group is not in it). */
+static void rate(const engram_rate_info *r, size_t nr, struct row *row, int w) {
+  row->append_rate = row->ack_rate = row->nack_rate = row->dead_rate = -1;
+  for (size_t i = 0; i < nr; i++)
+    if (!strcmp(r[i].topic, row->g.topic) && !strcmp(r[i].group, row->g.name)) {
+      row->append_rate = r[i].appended[w];
+      row->ack_rate = r[i].acked[w];
+      row->nack_rate = r[i].nacked[w];
+      row->dead_rate = r[i].dead_lettered[w];
     }
 }
 
@@ -88,53 +87,53 @@ static void fmt_rate(double v, char *buf, size_t n) {
     snprintf(buf, n, "%.1f", v);
 }
 
-static int frame(struct cli *c, struct prev **prev, size_t *nprev, int64_t *prev_ns, int clear) {
+static int window;
+
+static int frame(struct cli *c, int clear) {
   engram_group_info *g = NULL;
   engram_worker_info *w = NULL;
-  size_t ng = 0, nw = 0;
+  engram_rate_info *r = NULL;
+  size_t ng = 0, nw = 0, nr = 0;
   int rc = engram_group_list(c->log, NULL, &g, &ng);
   if (rc) return cli_fail(c, rc, "top: list groups");
   if ((rc = engram_worker_list(c->log, 0, &w, &nw))) {
     engram_free(g);
     return cli_fail(c, rc, "top: list workers");
   }
-  int64_t now = cli_now_ns();
-  double dt = *prev_ns ? (double)(now - *prev_ns) / 1e9 : 0;
-  struct row *rows = calloc(ng ? ng : 1, sizeof *rows);
-  struct prev *next = calloc(ng ? ng : 1, sizeof *next);
-  if (!rows || !next) {
-    free(rows);
-    free(next);
+  if ((rc = engram_rate_list(c->log, NULL, &r, &nr))) {
     engram_free(g);
     engram_free(w);
+    return cli_fail(c, rc, "top: list rates");
+  }
+  int64_t now = cli_now_ns();
+  struct row *rows = calloc(ng ? ng : 1, sizeof *rows);
+  if (!rows) {
+    engram_free(g);
+    engram_free(w);
+    engram_free(r);
     return cli_error("top: out of memory");
   }
   for (size_t i = 0; i < ng; i++) {
     rows[i].g = g[i];
-    rate(*prev, *nprev, &rows[i], dt);
-    snprintf(next[i].topic, sizeof next[i].topic, "%s", g[i].topic);
-    snprintf(next[i].name, sizeof next[i].name, "%s", g[i].name);
-    next[i].head = g[i].floor + g[i].lag;
-    next[i].acked = g[i].acked;
+    rate(r, nr, &rows[i], window);
   }
-  free(*prev);
-  *prev = next;
-  *nprev = ng;
-  *prev_ns = now;
+  engram_free(r);
   qsort(rows, ng, sizeof *rows, cmp);
   if (clear) fputs("\033[H\033[2J", stdout);
   size_t alive = 0;
   for (size_t i = 0; i < nw; i++) alive += !w[i].lost;
   char when[40];
   cli_fmt_time(now, when, sizeof when);
-  printf("engram top  %s  groups %zu  workers %zu alive, %zu lost  sort %s  (q quits)\n\n", when,
-         ng, alive, nw - alive, sort_names[sort_key]);
-  struct cli_table *tb = cli_table_new(10);
+  printf(
+      "engram top  %s  groups %zu  workers %zu alive, %zu lost  sort %s  rates over %s  (q "
+      "quits)\n\n",
+      when, ng, alive, nw - alive, sort_names[sort_key], window_names[window]);
+  struct cli_table *tb = cli_table_new(12);
   cli_table_row(tb, "TOPIC", "GROUP", "LAG", "IN_FLIGHT", "RETRYING", "DEAD", "APPENDS/S", "ACKS/S",
-                "OLDEST", "ACKED");
+                "NACKS/S", "DEAD/S", "OLDEST", "ACKED");
   for (size_t i = 0; i < ng; i++) {
     const engram_group_info *x = &rows[i].g;
-    char lag[24], inf[24], rt[24], dead[24], ar[24], kr[24], age[32], acked[24];
+    char lag[24], inf[24], rt[24], dead[24], ar[24], kr[24], nr_[24], dr[24], age[32], acked[24];
     snprintf(lag, sizeof lag, "%" PRIu64, x->lag);
     snprintf(inf, sizeof inf, "%" PRIu64, x->in_flight);
     snprintf(rt, sizeof rt, "%" PRIu64, x->retrying);
@@ -142,11 +141,13 @@ static int frame(struct cli *c, struct prev **prev, size_t *nprev, int64_t *prev
     snprintf(acked, sizeof acked, "%" PRIu64, x->acked);
     fmt_rate(rows[i].append_rate, ar, sizeof ar);
     fmt_rate(rows[i].ack_rate, kr, sizeof kr);
+    fmt_rate(rows[i].nack_rate, nr_, sizeof nr_);
+    fmt_rate(rows[i].dead_rate, dr, sizeof dr);
     if (x->oldest_unfinished_ns > 0)
       cli_fmt_age(now - x->oldest_unfinished_ns, age, sizeof age);
     else
       snprintf(age, sizeof age, "-");
-    cli_table_row(tb, x->topic, x->name, lag, inf, rt, dead, ar, kr, age, acked);
+    cli_table_row(tb, x->topic, x->name, lag, inf, rt, dead, ar, kr, nr_, dr, age, acked);
   }
   int status = cli_table_print(tb, stdout);
   printf("\n");
@@ -174,25 +175,20 @@ static int frame(struct cli *c, struct prev **prev, size_t *nprev, int64_t *prev
 
 int cmd_top(struct cli *c, int argc, char **argv) {
   uint64_t interval = 1000;
-  int once = 0, sort = SORT_LAG;
+  int once = 0, sort = SORT_LAG, win = 0;
   const struct cli_opt opts[] = {
       CLI_OPT_DURATION("--interval", &interval, .min = 100, .max = 3600000),
-      CLI_OPT_ENUM("--sort", &sort, .names = sort_names), CLI_OPT_FLAG("--once", &once),
+      CLI_OPT_ENUM("--sort", &sort, .names = sort_names),
+      CLI_OPT_ENUM("--window", &win, .names = window_names), CLI_OPT_FLAG("--once", &once),
       CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "top", argc, argv);
   int status = cli_args_parse(&a, opts, help, 0, 0, "no arguments");
   if (status != CLI_GO) return status;
   sort_key = sort < 0 ? SORT_LAG : sort;
+  window = win < 0 ? 0 : win;
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
-  struct prev *prev = NULL;
-  size_t nprev = 0;
-  int64_t prev_ns = 0;
-  if (once) {
-    status = frame(c, &prev, &nprev, &prev_ns, 0);
-    free(prev);
-    return status;
-  }
+  if (once) return frame(c, 0);
   if (isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0) {
     struct termios t = saved;
     t.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
@@ -202,7 +198,7 @@ int cmd_top(struct cli *c, int argc, char **argv) {
   }
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
-  while (!quit && !(status = frame(c, &prev, &nprev, &prev_ns, 1))) {
+  while (!quit && !(status = frame(c, 1))) {
     int64_t end = cli_now_ns() + (int64_t)interval * 1000000;
     int redraw = 0;
     while (!quit && !redraw) {
@@ -237,13 +233,15 @@ int cmd_top(struct cli *c, int argc, char **argv) {
         case 'a':
           sort_key = SORT_RATE;
           break;
+        case 'w':
+          window = (window + 1) % ENGRAM_RATE_WINDOWS;
+          break;
         default:
           redraw = 0;
       }
     }
   }
   raw_off();
-  free(prev);
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
   return status;

@@ -142,6 +142,15 @@ void mirror_link_close(natsConnection **nc, jsCtx **js) {
   *nc = NULL;
 }
 
+int mirror_stream_rests(const jsStreamInfo *si) {
+  const jsClusterInfo *c = si->Cluster;
+  if (!c) return 1; /* a single server */
+  if (!c->Leader || !*c->Leader) return 0;
+  for (int i = 0; i < c->ReplicasLen; i++)
+    if (!c->Replicas[i]->Offline && (!c->Replicas[i]->Current || c->Replicas[i]->Lag)) return 0;
+  return 1;
+}
+
 int mirror_header_u64(natsMsg *msg, const char *name, uint64_t *out) {
   const char *v;
   if (natsMsgHeader_Get(msg, name, &v) != NATS_OK || !v || !*v) return -1;
@@ -173,6 +182,7 @@ struct mirror {
   jsCtx *js;
   jsOptions jo;
   char group[ENGRAM_MAX_NAME + 1];
+  char log_id[33]; /* engram_log_info.id, the first part of every Nats-Msg-Id */
   struct topic_state *topics;
   /* The batch in flight: its offsets and each one's state, set by the ack handler. */
   pthread_mutex_t mu;
@@ -331,15 +341,17 @@ static int read_back(struct mirror *m, struct topic_state *t, uint64_t lo) {
     return 1;
   }
   uint64_t off = 0, created = 0;
+  const char *lid = NULL; /* absent in messages of mirrors before log ids: then the topic's
+                             creation time alone names it */
+  if (natsMsgHeader_Get(msg, MIRROR_H_LOG_ID, &lid) != NATS_OK) lid = NULL;
   if (mirror_header_u64(msg, MIRROR_H_OFFSET, &off) ||
-      mirror_header_u64(msg, MIRROR_H_TOPIC_ID, &created) || (int64_t)created != t->created_ns) {
+      mirror_header_u64(msg, MIRROR_H_TOPIC_ID, &created) || (int64_t)created != t->created_ns ||
+      (lid && strcmp(lid, m->log_id))) {
     natsMsg_Destroy(msg);
     cli_error(
-        "%s: subject %s of stream %s holds events of another topic (not this log's "
-        "topic %s created at %" PRId64
-        "): mirror into another --stream or "
-        "--subject-prefix",
-        who(m), t->subject, m->cfg->stream, t->name, t->created_ns);
+        "%s: subject %s of stream %s holds events of another topic (not topic %s "
+        "created at %" PRId64 " of log %s): mirror into another --stream or --subject-prefix",
+        who(m), t->subject, m->cfg->stream, t->name, t->created_ns, m->log_id);
     return -1;
   }
   t->present_max = off;
@@ -450,6 +462,7 @@ static natsStatus publish_one(struct mirror *m, const struct topic_state *t,
   SETH(MIRROR_H_OFFSET, num);
   snprintf(num, sizeof num, "%" PRId64, t->created_ns);
   SETH(MIRROR_H_TOPIC_ID, num);
+  SETH(MIRROR_H_LOG_ID, m->log_id);
   SETH(MIRROR_H_TYPE, ev->type);
   snprintf(num, sizeof num, "%" PRId64, ev->timestamp_ns);
   SETH(MIRROR_H_TIME, num);
@@ -489,9 +502,11 @@ static natsStatus publish_one(struct mirror *m, const struct topic_state *t,
   }
 #undef SETH
   free(enc);
-  /* The log has no public id: the topic's creation time names this incarnation of it
-   * (a dropped and re-created topic is a new one), see docs/scale-out.md. */
-  snprintf(id, sizeof id, "%" PRId64 ":%s:%" PRIu64, t->created_ns, t->name, ev->offset);
+  /* Log id, topic, offset: unique across logs and topics. (A dropped and re-created
+   * topic reuses offsets; the read-back refuses a subject holding its predecessor's
+   * events by their Engram-Topic-Created, before anything is published.) Mirrors
+   * before log ids used "<topic created_ns>:<topic>:<offset>". */
+  snprintf(id, sizeof id, "%s:%s:%" PRIu64, m->log_id, t->name, ev->offset);
   jsPubOptions po;
   jsPubOptions_Init(&po);
   po.MsgId = id;
@@ -683,6 +698,26 @@ int mirror_run(engram *log, const struct mirror_config *cfg) {
       goto done;
     }
   }
+  engram_log_info li;
+  int lrc = engram_log_info_get(log, &li);
+  if (lrc == ENGRAM_ECONN || lrc == ENGRAM_ETIMEDOUT || lrc == ENGRAM_ECLOSED) {
+    note(&m, "log info: %s", engram_errmsg(log));
+    status = MIRROR_RETRY;
+    goto done;
+  }
+  if (lrc) {
+    status = cli_error("%s: log info: %s", who(&m),
+                       *engram_errmsg(log) ? engram_errmsg(log) : engram_strerror(lrc));
+    goto done;
+  }
+  if (!*li.id) {
+    status = cli_error(
+        "%s: the log has no id yet (made by an older engram and only read "
+        "since): open it read-write once",
+        who(&m));
+    goto done;
+  }
+  snprintf(m.log_id, sizeof m.log_id, "%s", li.id);
   int stream_ok = 0;
   engram_batch *b = NULL;
   while (!stopping(&m)) {

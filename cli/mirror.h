@@ -15,6 +15,9 @@
 #define MIRROR_H_TOPIC "Engram-Topic"            /* topic name */
 #define MIRROR_H_OFFSET "Engram-Offset"          /* decimal offset in the topic */
 #define MIRROR_H_TOPIC_ID "Engram-Topic-Created" /* decimal created_ns of the topic */
+#define MIRROR_H_LOG_ID                                  \
+  "Engram-Log-Id" /* the log's id (engram_log_info_get); \
+                     absent in streams of older mirrors */
 #define MIRROR_H_TYPE "Engram-Type"
 #define MIRROR_H_KEY "Engram-Key"                   /* percent-encoded; absent = none */
 #define MIRROR_H_CONTENT_TYPE "Engram-Content-Type" /* percent-encoded; absent = none */
@@ -68,6 +71,11 @@ natsStatus mirror_link_open(const struct mirror_nats *n, jsOptions *jo, natsConn
 void mirror_link_close(natsConnection **nc, jsCtx **js);
 /* The text of natsStatus s, with the library's last error when it has one. */
 const char *mirror_nats_why(natsStatus s);
+/* 1 when stream information describes a stream at rest: it has a leader and every
+ * other online replica is current with no lag (an offline one serves nothing). A stream
+ * in transition can answer from a replica, or a new leader, that has not yet applied
+ * every acknowledged message; restore waits for rest before it counts. */
+int mirror_stream_rests(const jsStreamInfo *si);
 /* A decimal header of msg; 0, or -1 when missing or not a number. */
 int mirror_header_u64(natsMsg *msg, const char *name, uint64_t *out);
 

@@ -260,8 +260,11 @@ check "topic show --json: the fields of ENGRAM_TOPIC_INFO_FIELDS in its order" \
   eval 'keys_in_order "$out" topic $(fields ENGRAM_TOPIC_INFO_FIELDS) config'
 e stat --json
 check "stat --json" eval 'has "$out" "\"topics\":[" && has "$out" "\"groups\":["'
+logid=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["log"]["id"])' <<<"$out")
+check "stat --json names the log by its id (32 hex digits)" eval '[[ $logid =~ ^[0-9a-f]{32}$ ]]'
 e stat
 check "stat" eval '[[ $rc == 0 ]] && has "$out" OLDEST_UNFINISHED'
+check "stat ends with the log id" eval 'has "$out" "log $logid, created "'
 
 # --- consume settles only what its reader took ------------------------------------------
 e topic create piped
@@ -503,6 +506,18 @@ e workers --json
 check "... and it is gone" eval '[[ $rc == 0 ]] && ! has "$out" "\"name\":\"w\""'
 e top --once --sort name
 check "top --once prints the groups" eval '[[ $rc == 0 ]] && has "$out" LAG && has "$out" "sort name"'
+check "... with rates in the first frame (NACKS/S, DEAD/S, no '-' placeholders)" eval '[[ $rc == 0 ]] && has "$out" NACKS/S && has "$out" DEAD/S && has "$out" "rates over 1m"'
+e top --once --window 15m
+check "top --window 15m" eval '[[ $rc == 0 ]] && has "$out" "rates over 15m"'
+e rates
+check "rates prints a row per topic and group" eval '[[ $rc == 0 ]] && has "$out" "DEAD_LETTERED" && has "$out" "per second over the last 1m"'
+e group create auto rates-g
+e rates auto --json
+check "rates --json: every window of every field, the topic's row with a null group" eval '[[ $rc == 0 ]] && has "$out" "\"window\":[\"1m\",\"5m\",\"15m\"]" && has "$out" "\"group\":null" && has "$out" "\"dead_lettered\":["'
+e rates no-such-topic
+check "rates of a missing topic fails with one line" eval '[[ $rc == 1 ]] && one_line_err'
+e rates --window 2m
+check "rates --window names the windows" eval '[[ $rc == 2 ]] && one_line_err'
 e top --sort fast
 check "top --sort names the keys" eval '[[ $rc == 2 ]] && one_line_err'
 # Retention: limits at creation, changed by topic set, applied by compact.
@@ -550,7 +565,9 @@ check "read --follow prints events appended while it waits, then stops at --coun
 e stat --watch 100ms --count 2 --json
 check "stat --watch --count 2 --json prints two objects of stat --json's shape plus rates" eval '[[ $rc == 0 ]] && lines "$out" 2 && has "$out" "\"rates\":{\"topics\":{" && has "$out" "\"groups\":["'
 second=$(printf '%s\n' "$out" | sed -n 2p)
-check "... the second with a number per topic (the first has null: no interval yet)" eval '[[ $second =~ \"rates\":\{\"topics\":\{\"[a-z]+\":[0-9] ]]'
+check "... the second with a number per topic" eval '[[ $second =~ \"rates\":\{\"topics\":\{\"[a-z]+\":[0-9] ]]'
+first=$(printf '%s\n' "$out" | sed -n 1p)
+check "... and the first too: the rates are the log's last minute, not the growth between prints" eval '[[ $first =~ \"rates\":\{\"topics\":\{\"[a-z]+\":[0-9] ]]'
 e stat --watch 100ms --count 2
 check "stat --watch in text: IN/S and ACK/S columns, a time line per print" eval '[[ $rc == 0 ]] && has "$out" "IN/S" && [[ $(grep -c "^--- " <<<"$out") == 2 ]]'
 e stat --count 2
@@ -685,6 +702,7 @@ c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" info -
 check "info --json shows the daemon's counters" eval '[[ $rc == 0 ]] && has "$out" "\"requests\":" && has "$out" "\"parked\":0" && has "$out" "\"workers\":"'
 c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" info
 check "info in text" eval '[[ $rc == 0 ]] && has "$out" "parked"'
+check "info names the daemon's log by its id" eval '[[ $out =~ log_id\ +[0-9a-f]{32} ]]'
 c --data "$DATA" info
 check "info on a directory is a usage error naming --connect" eval '[[ $rc == 2 ]] && has "$err" "--connect"'
 c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/stranger.key" topics

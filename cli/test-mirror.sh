@@ -3,21 +3,26 @@
 # --mirror-nats` against real nats-server processes on 127.0.0.1, started and stopped
 # here on free ports, each with its own store under a temporary directory:
 #   1. a 3-node JetStream cluster (cluster routes), stream with 3 replicas and a 1 s
-#      duplicate window; EVENTS events (default 20000; `make mirrortest`: 100000) are
+#      duplicate window; EVENTS events (default 6000; `make mirrortest`: 100000) are
 #      appended while the mirror is SIGKILLed and restarted several times and one node
 #      is SIGKILLed and later restarted; then the whole cluster is down for a while and
 #      comes back. The stream must hold every event once: a restore into a fresh
 #      directory counts as many messages as events with no duplicates, verifies clean,
 #      and every event equals the original (all fields but the append time).
+#      Then four rounds of a restore started while a replica catches up (a node stopped
+#      while a new stream was created and filled, resumed just before): every message.
 #   2. `engram serve` with mirror-nats in its config file mirrors what clients append
 #      through the daemon.
 #   3. a NATS server with user/password: the right password mirrors, a wrong one waits;
-#      a NATS server with TLS (a CA and certificate made here with openssl).
+#      a NATS server with an nkey user; a NATS server with TLS (a CA and certificate
+#      made here with openssl).
+# MIRROR_PART=main runs 1 without the restore rounds, 2 and 3; MIRROR_PART=lag only the
+# restore rounds (units mirror and mirror/lag of make test).
 # Usage: BUILD=build [EVENTS=N] bash cli/test-mirror.sh   (exit 0 when all pass)
 set -u
 BUILD=${BUILD:-build}
 BIN=$(cd "$BUILD" && pwd)/engram
-EVENTS=${EVENTS:-20000}
+EVENTS=${EVENTS:-6000}
 command -v nats-server >/dev/null || {
   echo "test-mirror: no nats-server (make deps installs it)" >&2
   exit 2
@@ -48,15 +53,16 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r -a PORTS <<<"$(free_ports 9)"
-CP=("${PORTS[0]}" "${PORTS[1]}" "${PORTS[2]}") # client ports
-RP=("${PORTS[3]}" "${PORTS[4]}" "${PORTS[5]}") # cluster route ports
+read -r -a PORTS <<<"$(free_ports 13)"
+CP=("${PORTS[0]}" "${PORTS[1]}" "${PORTS[2]}")   # client ports
+RP=("${PORTS[3]}" "${PORTS[4]}" "${PORTS[5]}")   # cluster route ports
+MP=("${PORTS[9]}" "${PORTS[10]}" "${PORTS[11]}") # HTTP monitoring ports (/jsz)
 URL="nats://127.0.0.1:${CP[0]},nats://127.0.0.1:${CP[1]},nats://127.0.0.1:${CP[2]}"
 
 start_node() {
   local i=$1 routes=""
   for j in 0 1 2; do [ "$j" != "$i" ] && routes+="${routes:+,}nats://127.0.0.1:${RP[$j]}"; done
-  nats-server -js -n "n$i" -a 127.0.0.1 -p "${CP[$i]}" -sd "$TMP/n$i" --cluster_name engram \
+  nats-server -js -n "n$i" -a 127.0.0.1 -p "${CP[$i]}" -m "${MP[$i]}" -sd "$TMP/n$i" --cluster_name engram \
     --cluster "nats://127.0.0.1:${RP[$i]}" --routes "$routes" >>"$TMP/n$i.log" 2>&1 &
   PIDS[n$i]=$!
 }
@@ -108,6 +114,68 @@ append_load() {
   touch "$TMP/append.done"
 }
 
+# A replica that has not yet applied the newest acknowledged messages must not make a
+# restore end early: the ephemeral consumer restore reads through may be placed on it,
+# and its own count lacks them (one run in four of this test restored a few hundred
+# events short that way). The restore counts by the stream leader instead. Each round
+# makes such a replica: a node that does not lead the cluster's metadata is stopped
+# while a new R3 stream is created and filled, resumed, and the restore starts at once
+# (the consumer lands on it about one time in three; four rounds).
+meta_leader() {
+  python3 - "${MP[@]}" <<'PY'
+import json, sys, urllib.request
+for port in sys.argv[1:]:
+    try:
+        j = json.load(urllib.request.urlopen("http://127.0.0.1:%s/jsz" % port, timeout=2))
+    except Exception:
+        continue
+    lead = (j.get("meta_cluster") or {}).get("leader", "")
+    if lead:
+        print(lead)
+        sys.exit(0)
+PY
+}
+lag_rounds() {
+  log "restore while a replica catches up"
+  BURST=1500
+  short=0
+  rounds=0
+  for k in 1 2 3 4; do
+    ml=""
+    for _ in $(seq 40); do
+      ml=$(meta_leader)
+      [ -n "$ml" ] && break
+      sleep 0.25
+    done
+    x=$((k % 3))
+    [ "n$x" = "$ml" ] && x=$(((k + 1) % 3))
+    "$BIN" --data "$TMP/burst" topic create "b$k" >/dev/null
+    head -n $BURST "$TMP/events.jsonl" | "$BIN" --data "$TMP/burst" append "b$k" --batch >/dev/null
+    kill -STOP "${PIDS[n$x]}"
+    timeout 60 "$BIN" --data "$TMP/burst" mirror --nats "$URL" --topic "b$k" --stream "B$k" \
+      --replicas 3 --once 2>>"$TMP/burst.log" || fail "mirror of topic b$k"
+    kill -CONT "${PIDS[n$x]}"
+    out=$("$BIN" restore --from-nats "$URL" --stream "B$k" --data "$TMP/burst-$k" 2>&1)
+    rounds=$((rounds + 1))
+    [ "$out" = "restored 1 topics, $BURST events from $BURST messages (0 duplicates)" ] || {
+      short=$((short + 1))
+      echo "     round $k (n$x stopped): $out"
+    }
+  done
+  [ $short = 0 ] && ok "restore reads every message while a replica catches up ($rounds rounds)" ||
+    fail "restore while a replica catches up: $short of $rounds rounds differ"
+}
+
+# MIRROR_PART=lag runs only the rounds above (unit mirror/lag of make test), =main all
+# but them (unit mirror); by default everything.
+PART=${MIRROR_PART:-all}
+if [ "$PART" = lag ]; then
+  for i in 0 1 2; do start_node "$i"; done
+  lag_rounds
+  [ $fails = 0 ] && echo "test-mirror: all passed" || echo "test-mirror: $fails failed"
+  exit $((fails > 0))
+fi
+
 log "3-node cluster on ${CP[*]} (routes ${RP[*]}), $EVENTS events"
 for i in 0 1 2; do start_node "$i"; done
 append_load &
@@ -131,7 +199,7 @@ while [ ! -e "$TMP/append.done" ] || [ $kills -lt 8 ]; do
   # Every third restart comes after the stream's duplicate window (1 s) has passed:
   # what the killed mirror had published must then be recognised by reading the stream
   # back, not by its message ids.
-  [ $((kills % 3)) = 0 ] && sleep 3
+  [ $((kills % 3)) = 0 ] && sleep 1.5
   start_mirror
 done
 wait "${PIDS[load]}"
@@ -142,7 +210,7 @@ ok "mirror SIGKILLed and restarted $kills times; node n1 SIGKILLed and restarted
 log "whole cluster down for a while; appends go on"
 for i in 0 1 2; do stop_node "$i" TERM; done
 head -n 2000 "$TMP/events.jsonl" | "$BIN" --data "$DATA" append memory --batch >/dev/null
-sleep 3
+sleep 2
 grep -q "retrying\|not acknowledged" "$TMP/mirror.log" && ok "the mirror waits while NATS is down" ||
   fail "no retry line while NATS was down"
 kill -0 "${PIDS[mirror]}" 2>/dev/null && ok "the mirror is still running" || fail "the mirror died"
@@ -197,6 +265,8 @@ done
 out=$("$BIN" restore --from-nats "$URL" --stream MEM --data "$TMP/restored" 2>&1)
 [[ $out == *"already holds 2 topics"* ]] && ok "restore refuses a log that is not empty" ||
   fail "restore into a full log: $out"
+
+[ "$PART" = all ] && lag_rounds
 
 log "engram serve --mirror-nats"
 SP=${PORTS[6]}
@@ -274,6 +344,59 @@ unset ENGRAM_NATS_PASSWORD
 kill -TERM "${PIDS[auth]}"
 wait "${PIDS[auth]}" 2>/dev/null
 unset "PIDS[auth]"
+
+log "nkey"
+# An nkey user: an Ed25519 key pair in NATS's encoding (base32 of a prefix byte, the key
+# and a CRC16), made here with python3-cryptography; skipped without it.
+if /usr/bin/python3 - >"$TMP/nkey" 2>/dev/null <<'EOF'
+import base64
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+def crc16(data):  # CRC-16/XMODEM, as nkeys computes it
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+def encode(raw):
+    c = crc16(raw)
+    return base64.b32encode(raw + bytes([c & 0xFF, c >> 8])).decode().rstrip("=")
+
+k = Ed25519PrivateKey.generate()
+seed = k.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                       serialization.NoEncryption())
+public = k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+user = 20 << 3  # prefix of user keys: 'U'; seeds: 'S' then the key's prefix
+print(encode(bytes([user]) + public))
+print(encode(bytes([18 << 3 | user >> 5, (user & 31) << 3]) + seed))
+EOF
+then
+  NP=${PORTS[12]}
+  NKEY=$(sed -n 1p "$TMP/nkey")
+  sed -n 2p "$TMP/nkey" >"$TMP/nkey.seed"
+  printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s" }\nauthorization { users: [ { nkey: %s } ] }\n' \
+    "$NP" "$TMP/nk" "$NKEY" >"$TMP/nkey.conf"
+  nats-server -c "$TMP/nkey.conf" >"$TMP/nkey.log" 2>&1 &
+  PIDS[nkey]=$!
+  # Stream NK: its own group mirror.NK, so the topic is mirrored from offset 1 again.
+  timeout 30 "$BIN" --data "$TMP/sec" mirror --nats "nats://127.0.0.1:$NP" --nats-nkey "$NKEY" \
+    --nats-seed "$TMP/nkey.seed" --topic s --stream NK --once 2>"$TMP/nkey.err" &&
+    "$BIN" restore --from-nats "nats://127.0.0.1:$NP" --nats-nkey "$NKEY" --nats-seed "$TMP/nkey.seed" \
+      --stream NK --data "$TMP/nkey-restored" | grep -q "110 events from 110 messages" &&
+    ok "nkey: mirrored and restored" || fail "nkey mirror: $(tail -n 2 "$TMP/nkey.err")"
+  timeout 3 "$BIN" --data "$TMP/sec" mirror --nats "nats://127.0.0.1:$NP" --topic s --stream NK \
+    --once >/dev/null 2>"$TMP/nkey-none.err"
+  [ $? = 124 ] && grep -qi "authoriz" "$TMP/nkey-none.err" && ok "nkey server without the key: refused and retried" ||
+    fail "nkey server without the key: $(head -c 300 "$TMP/nkey-none.err")"
+  kill -TERM "${PIDS[nkey]}"
+  wait "${PIDS[nkey]}" 2>/dev/null
+  unset "PIDS[nkey]"
+else
+  echo "skip nkey (no python3-cryptography)"
+fi
 
 log "TLS"
 if command -v openssl >/dev/null; then

@@ -25,17 +25,31 @@ typedef struct cg_dbs {
 } cg_dbs;
 int cg_dbs_get(struct log *log, cg_dbs *d);
 
+/* The counters the group keeps per-minute counts of (rates.c), in their slot order. */
+#define CG_RATE_COUNTERS(X) X(delivered) X(acked) X(nacked) X(rejected) X(dead_lettered)
+enum cg_rate_counter {
+#define X(name) CG_RATE_##name,
+  CG_RATE_COUNTERS(X)
+#undef X
+      CG_RATE_N
+};
+#define CG_RATE_BUCKETS 16 /* minutes of counts kept: a 15-minute window and the current one */
+
 /* A loaded group: its meta record and the names it is stored under. */
 typedef struct cg_group {
   char topic[ENGRAM_MAX_NAME + 1];
   char name[ENGRAM_MAX_NAME + 1];
   Engram__GroupMeta *meta; /* owned; free with cg_group_free */
   log_topic t;
+  uint64_t loaded[CG_RATE_N]; /* the counters as loaded or last stored: a store adds the
+                                 growth since to the current minute's counts */
 } cg_group;
 /* Loads a group in txn. Errors: EINVAL (names), ENOTFOUND (topic or group). */
 int cg_group_load(struct log *log, MDB_txn *txn, const cg_dbs *d, const char *topic,
                   const char *group, cg_group *g);
-int cg_group_store(struct log *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g);
+/* Writes the group's record; the counters' growth since the load goes into the current
+ * minute's counts (cg_rate_note) on the way. */
+int cg_group_store(struct log *log, MDB_txn *txn, const cg_dbs *d, cg_group *g);
 void cg_group_free(cg_group *g);
 /* The group's lowest unfinished offset: its cursor, or the lowest open member of a lease
  * below it. Retention keeps everything from there on. 0 when the leases cannot be read. */
@@ -102,6 +116,13 @@ int cg_del_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t gid);
 int cg_worker_dbi(struct log *log, MDB_dbi *out);
 int cg_worker_seen(log_wtx *w, MDB_dbi dbi, const char *consumer, const char *topic,
                    const char *group);
+
+/* rates.c: the counters of CG_RATE_COUNTERS as they are now in g->meta, into out. */
+void cg_rate_counters(const Engram__GroupMeta *m, uint64_t out[CG_RATE_N]);
+/* Adds the growth of the counters since g->loaded to the per-minute counts of the minute
+ * of now_ns (rolling the ring forward), and makes g->loaded current. Returns 0 or
+ * ENGRAM_ENOMEM. */
+int cg_rate_note(cg_group *g, int64_t now_ns);
 
 /* settle.c: one ack inside a job (used by txn.c too). */
 int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt,

@@ -46,6 +46,8 @@ int cg_worker_list(struct log *log, uint64_t lost_after_ms, engram_worker_info *
 int cg_worker_forget(struct log *log, const char *name);
 /* Retention (retain.c): engram_compact. */
 int cg_compact(struct log *log, const char *topic, engram_compact_report *report);
+/* Rates (rates.c): engram_rate_list, arguments checked. */
+int cg_rate_list(struct log *log, const char *topic, engram_rate_info **out, size_t *n);
 /* The maintenance runner (maintain.c): a thread that runs retention on every topic with
  * limits each opts.maintenance_ms while this handle holds DIR/maintenance.lock. Start
  * after the open of a writable handle (a failure only leaves it without one); stop

@@ -229,7 +229,8 @@ static int fetch_job(log_wtx *w, void *arg) {
   int rc = cg_group_load(w->log, w->txn, &r->d, r->topic, r->group, &g);
   if (rc) goto out;
   size_t room = r->max;
-  uint64_t before = g.meta->next, delivered = g.meta->delivered, skips = g.meta->skips;
+  uint64_t before = g.meta->next, delivered = g.meta->delivered, skips = g.meta->skips,
+           dead = g.meta->dead_lettered;
   MDB_cursor *c;
   if ((rc = mdb_cursor_open(w->txn, r->d.due, &c))) {
     rc = log_err_mdb(rc);
@@ -264,8 +265,8 @@ static int fetch_job(log_wtx *w, void *arg) {
   }
   mdb_cursor_close(c);
   if (rc == 0) rc = deliver_new(w, r, &g, &room);
-  if (rc == 0 &&
-      (g.meta->next != before || g.meta->delivered != delivered || g.meta->skips != skips))
+  if (rc == 0 && (g.meta->next != before || g.meta->delivered != delivered ||
+                  g.meta->skips != skips || g.meta->dead_lettered != dead))
     rc = cg_group_store(w->log, w->txn, &r->d, &g);
   /* The fetch registers its consumer in its own write transaction: no commit of its own. */
   if (rc == 0) rc = cg_worker_seen(w, r->workers, r->consumer, r->topic, r->group);

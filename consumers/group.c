@@ -109,10 +109,13 @@ int cg_group_load(struct log *log, MDB_txn *txn, const cg_dbs *d, const char *to
   }
   snprintf(g->topic, sizeof g->topic, "%s", topic);
   snprintf(g->name, sizeof g->name, "%s", group);
+  cg_rate_counters(g->meta, g->loaded);
   return 0;
 }
 
-int cg_group_store(struct log *log, MDB_txn *txn, const cg_dbs *d, const cg_group *g) {
+int cg_group_store(struct log *log, MDB_txn *txn, const cg_dbs *d, cg_group *g) {
+  if (cg_rate_note(g, log_now_ns(log)))
+    return log_error(log, ENGRAM_ENOMEM, "group %s/%s: out of memory", g->topic, g->name);
   size_t n = engram__group_meta__get_packed_size(g->meta);
   unsigned char kb[2 * ENGRAM_MAX_NAME + 2];
   MDB_val k = {group_key(kb, g->topic, g->name), kb}, v = {n, NULL};
@@ -358,6 +361,9 @@ static void info_fill(struct log *log, MDB_txn *txn, const cg_dbs *d, const cg_g
   info->acked = m->acked;
   info->delivered = m->delivered;
   info->redelivered = m->redelivered;
+  info->nacked = m->nacked;
+  info->rejected = m->rejected;
+  info->dead_lettered = m->dead_lettered;
 
   info->retention_skipped = m->retention_skipped;
   uint64_t floor_next = m->next; /* lowest unfinished offset */

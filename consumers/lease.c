@@ -392,5 +392,6 @@ int cg_dead(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l, uint64_t offs
   int rc = mdb_put(w->txn, d->dlq, &k, &v, MDB_RESERVE);
   if (rc) return log_err_mdb(rc);
   engram__dlq_entry__pack(&e, v.mv_data);
+  g->meta->dead_lettered++; /* the caller stores the group */
   return l ? cg_lease_finish(w, d, g, l, offset) : 0;
 }

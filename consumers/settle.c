@@ -252,6 +252,7 @@ static int one_job(log_wtx *w, void *arg) {
   if ((rc = check_lease(w, &r->d, &g, &l, r->offset, r->attempt, verb))) goto out;
   switch (r->op) {
     case OP_NACK:
+      g.meta->nacked++;
       if (l.pb->attempt >= g.meta->max_deliver) {
         char reason[64];
         snprintf(reason, sizeof reason, "max_deliver exceeded: %u attempts", l.pb->attempt);
@@ -266,6 +267,7 @@ static int one_job(log_wtx *w, void *arg) {
     case OP_REJECT: {
       char reason[256];
       snprintf(reason, sizeof reason, "rejected: %s", r->text ? r->text : "");
+      g.meta->rejected++;
       rc = cg_dead(w, &r->d, &g, &l, r->offset, reason, r->text);
       break;
     }
@@ -277,6 +279,9 @@ static int one_job(log_wtx *w, void *arg) {
       break;
     }
   }
+  /* Nacks and rejects are counted in the group's record, in this same transaction. */
+  if (rc == 0 && (r->op == OP_NACK || r->op == OP_REJECT))
+    rc = cg_group_store(w->log, w->txn, &r->d, &g);
 out:
   cg_lease_free(&l);
   cg_lease_free(&moved);

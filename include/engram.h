@@ -218,8 +218,22 @@ ENGRAM_API const char *engram_errmsg(const engram *log);
 /* Forces everything committed so far to disk (useful in nometasync/async modes). */
 ENGRAM_API int engram_sync(engram *log);
 
+/* A histogram of durations: counts per bucket, bucket i holding the durations above
+ * bound i-1 and at most bound i of ENGRAM_DURATION_BOUNDS_US (microseconds), the last
+ * bucket those above every bound. /metrics shows them as Prometheus histograms. */
+#define ENGRAM_DURATION_BUCKETS 16
+#define ENGRAM_DURATION_BOUNDS_US                                                             \
+  {50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, \
+   2500000}
+typedef struct engram_duration_hist {
+  uint64_t count;                            /* durations counted */
+  uint64_t sum_ns;                           /* their sum, nanoseconds */
+  uint64_t buckets[ENGRAM_DURATION_BUCKETS]; /* per bucket, not cumulative */
+} engram_duration_hist;
+
 /* What the commit path of this handle did since it was opened: how many writes each
- * commit carried and how many flushes they cost. For benchmarks and diagnostics.
+ * commit carried, how many flushes they cost, and how long writes, commits and flushes
+ * took. For benchmarks, diagnostics and /metrics.
  * Errors: EINVAL (NULL argument), ENOTSUP (a remote handle). */
 typedef struct engram_commit_stats {
   uint64_t commits;       /* write transactions that changed something */
@@ -230,6 +244,15 @@ typedef struct engram_commit_stats {
                              release (for the thread that led: to handing the lead over);
                              at most 3 (the one running, its own, the one that makes it
                              durable) when the lead passes on in turn */
+  engram_duration_hist write_latency;  /* each write (append, batch, ack, fetch ...), from
+                                          queueing to its release: what its caller waits
+                                          for the commit, flush included */
+  engram_duration_hist commit_duration; /* each commit that wrote: LMDB's commit of the
+                                           transaction, its data flush included (sync and
+                                           nometasync) */
+  engram_duration_hist flush_duration;  /* each explicit flush (mdb_env_sync): the one that
+                                           makes the last commit's meta page durable, and the
+                                           background flush of nometasync/async */
 } engram_commit_stats;
 ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
 
@@ -420,7 +443,12 @@ typedef struct engram_group_config {
   X(uint64_t, delivered)           /* deliveries since creation */                               \
   X(int64_t, oldest_unfinished_ns) /* append time of the oldest unfinished event, 0 = none */    \
   X(uint64_t, retention_skipped)   /* events removed by forced retention before the group        \
-                                      finished them (ENGRAM_TOPIC_RETAIN_FORCE) */
+                                      finished them (ENGRAM_TOPIC_RETAIN_FORCE) */               \
+  X(uint64_t, nacked)              /* nacks accepted since creation (with those past             \
+                                      max_deliver that dead-lettered) */                         \
+  X(uint64_t, rejected)            /* rejects accepted since creation */                         \
+  X(uint64_t, dead_lettered)       /* events that entered the DLQ since creation: rejects,       \
+                                      max_deliver exceeded, damaged records */
 
 typedef struct engram_group_info {
   char topic[ENGRAM_MAX_NAME + 1];
@@ -793,6 +821,44 @@ typedef struct engram_compact_report {
 ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_report *report);
 
 /* ---------------------------------------------------------------------------------
+ * Rates: events per second over the last 1, 5 and 15 minutes, for every process alike.
+ * Nothing is sampled by the reader: a topic's appends are counted from its records' append
+ * times, and each group keeps per-minute counts of its deliveries, acks, nacks, rejects
+ * and dead letters for the last 15 minutes in its own record, updated in the write
+ * transactions that change those counters (no commit of their own). So an embedded
+ * `engram top --data DIR` started a moment ago shows the same rates as the daemon.
+ * ------------------------------------------------------------------------------ */
+#define ENGRAM_RATE_WINDOWS 3 /* [0] = 1 minute, [1] = 5 minutes, [2] = 15 minutes */
+/* The rate fields of engram_rate_info, one X(type, name) each, in the struct's order: each
+ * is an array of ENGRAM_RATE_WINDOWS rates in events per second (the wire, the CLI and
+ * the bindings copy them from this list). */
+#define ENGRAM_RATE_FIELDS(X)                                                              \
+  X(double, appended)      /* events appended to the topic (those retention already        \
+                              removed are not counted) */                                  \
+  X(double, delivered)     /* deliveries by the group, first and later attempts */         \
+  X(double, acked)         /* acks accepted */                                             \
+  X(double, nacked)        /* nacks accepted */                                            \
+  X(double, rejected)      /* rejects accepted */                                          \
+  X(double, dead_lettered) /* events that entered the group's dead-letter queue */
+/* Declares one field of ENGRAM_RATE_FIELDS. */
+#define ENGRAM_RATE_FIELD_(type, name) type name[ENGRAM_RATE_WINDOWS];
+
+typedef struct engram_rate_info {
+  char topic[ENGRAM_MAX_NAME + 1];
+  char group[ENGRAM_MAX_NAME + 1]; /* "" = the topic's own row: only `appended` is set */
+  ENGRAM_RATE_FIELDS(ENGRAM_RATE_FIELD_)
+} engram_rate_info;
+/* Lists the rates of `topic` (NULL = every topic), topics in name order, each topic's own
+ * row (group "") followed by one row per group of it in name order; a group's row carries
+ * its topic's `appended` too. Each rate is the count in the window divided by the
+ * window's length, or by the topic's or group's age when it is younger; the minute
+ * counts are interpolated at the window's older end, so a rate moves smoothly. *out is a
+ * malloc'd array of *n entries freed with engram_free(). Errors: EINVAL (NULL argument,
+ * topic name), ENOTFOUND (topic). */
+ENGRAM_API int engram_rate_list(engram *log, const char *topic, engram_rate_info **out,
+                                size_t *n);
+
+/* ---------------------------------------------------------------------------------
  * Schedules: periodic appends stored in the log (beat without its double fires; see
  * docs/operations.md, "Schedules").
  *
@@ -962,6 +1028,26 @@ typedef struct engram_schedule_tick_report {
  * EIO, ENOSPC. */
 ENGRAM_API int engram_schedule_tick(engram *log, int64_t now_ns,
                                     engram_schedule_tick_report *report);
+
+/* ---------------------------------------------------------------------------------
+ * The log's identity (docs/scale-out.md: the mirror names its messages by it).
+ * ------------------------------------------------------------------------------ */
+typedef struct engram_log_info {
+  char id[33];             /* the log id: 32 lowercase hex digits, random, made when the
+                              log is created and never changed. A backup (engram_backup)
+                              keeps it; a log rebuilt by `engram restore` is a new log
+                              with a new id. A log made before ids were stored gets one
+                              at its next read-write open; "" while only read-only
+                              handles have seen it. */
+  int64_t created_ns;      /* CLOCK_REALTIME when the log was created (for such an old
+                              log: when it got its id) */
+  uint32_t format_version; /* ENGRAM_FORMAT_VERSION of its files */
+} engram_log_info;
+/* Fills *out with the identity of the log behind the handle (embedded: read at open, no
+ * transaction; remote: the daemon's log, one request).
+ * Errors: EINVAL (NULL argument); remote: ECONN, ETIMEDOUT, EPROTO (a reply no engram
+ * daemon sends). */
+ENGRAM_API int engram_log_info_get(engram *log, engram_log_info *out);
 
 #ifdef __cplusplus
 }

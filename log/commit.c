@@ -155,7 +155,9 @@ static int run_batch(struct log *log, struct log_job *jobs, int *wrote,
       return 0;
     }
     size_t id = mdb_txn_id(txn);
+    int64_t t0 = clock_monotonic_ns();
     rc = mdb_txn_commit(txn);
+    log->commit_ns = clock_monotonic_ns() - t0; /* the leader's: counted under mu */
     if (rc == MDB_MAP_FULL) {
       touched_free(w.touched);
       if (log_map_grow(log)) return log_error(log, ENGRAM_ENOSPC, "commit: cannot grow the map");
@@ -188,6 +190,7 @@ static void count_commit(struct log *log, const struct log_job *jobs) {
   log->st_jobs += n;
   log->st_batch_hist[bucket]++;
   if (log->opts.durability != ENGRAM_DURABILITY_ASYNC) log->st_flushes++;
+  log_hist_add(&log->st_commit, log->commit_ns);
 }
 
 /* Counts the commits a job waited through: from queueing to its release or, for the
@@ -241,6 +244,7 @@ static int sync_env(struct log *log) {
   log->last_flush_ns = clock_monotonic_ns() - t0;
   pthread_mutex_lock(&log->mu);
   log->st_flushes++;
+  log_hist_add(&log->st_flush, log->last_flush_ns);
   pthread_mutex_unlock(&log->mu);
   return rc ? log_error(log, log_err_mdb(rc), "commit: flush: %s", strerror(rc)) : 0;
 }
@@ -368,6 +372,7 @@ int log_job_enqueue(struct log *log, struct log_job *job) {
   job->next = NULL;
   job->done = 0;
   job->enq_commits = log->st_commits;
+  job->enq_ns = clock_monotonic_ns();
   if (log->q_tail)
     log->q_tail->next = job;
   else
@@ -398,6 +403,7 @@ int log_job_wait(struct log *log, struct log_job *job) {
     }
   }
   log->active--;
+  log_hist_add(&log->st_write, clock_monotonic_ns() - job->enq_ns);
   pthread_mutex_unlock(&log->mu);
   if (job->rc < 0) {
     /* The leader handles the private codes (LOG_EMAPFULL, LOG_ENEWDBI); should one ever
@@ -421,6 +427,9 @@ int log_commit_stats(struct log *log, engram_commit_stats *out) {
   out->flushes = log->st_flushes;
   out->max_wait = log->st_max_wait;
   memcpy(out->batch_hist, log->st_batch_hist, sizeof out->batch_hist);
+  out->write_latency = log->st_write;
+  out->commit_duration = log->st_commit;
+  out->flush_duration = log->st_flush;
   pthread_mutex_unlock(&log->mu);
   return 0;
 }
@@ -498,8 +507,10 @@ static void *flusher_main(void *arg) {
     if (log->dirty) {
       log->dirty = 0;
       pthread_mutex_unlock(&log->mu);
+      int64_t t0 = clock_monotonic_ns();
       mdb_env_sync(log->env, 1);
       pthread_mutex_lock(&log->mu);
+      log_hist_add(&log->st_flush, clock_monotonic_ns() - t0);
     }
   }
   pthread_mutex_unlock(&log->mu);

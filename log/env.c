@@ -430,6 +430,16 @@ static int probe(const char *dir) {
   }
 }
 
+/* A new log id: 16 random bytes (from the time if /dev/urandom cannot be read). */
+static void make_id(unsigned char id[16], int64_t now) {
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || read(fd, id, 16) != 16) {
+    for (size_t i = 0; i < 16; i++)
+      id[i] = (unsigned char)(now >> (i % 8) * 8) ^ (unsigned char)(i * 37 + getpid());
+  }
+  if (fd >= 0) close(fd);
+}
+
 /* Writes the meta records and the log's own databases of a brand-new log and forces
  * them to disk. */
 static int meta_init(MDB_env *env, int64_t now) {
@@ -443,12 +453,7 @@ static int meta_init(MDB_env *env, int64_t now) {
   if (!rc) rc = mdb_dbi_open(txn, LOG_DB_META, MDB_CREATE, &dbi);
   unsigned char ver[4], id[16], ts[8];
   be32_put(ver, ENGRAM_FORMAT_VERSION);
-  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || read(fd, id, sizeof id) != (ssize_t)sizeof id) {
-    for (size_t i = 0; i < sizeof id; i++)
-      id[i] = (unsigned char)(now >> (i % 8) * 8) ^ (unsigned char)i;
-  }
-  if (fd >= 0) close(fd);
+  make_id(id, now);
   be64_put(ts, (uint64_t)now);
   struct {
     const char *k;
@@ -525,6 +530,54 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
   return rc;
 }
 
+/* Gives a log made before log ids its id, in one write transaction (another process
+ * opening it at the same time may have done so first: its id is kept). Returns 0 or an
+ * LMDB code. */
+static int give_id(struct log *log) {
+  MDB_txn *txn;
+  int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
+  if (rc) return rc;
+  MDB_val ik = {6, "log_id"}, ck = {10, "created_ns"}, v;
+  if (mdb_get(txn, log->db_meta, &ik, &v) == 0 && v.mv_size == 16) {
+    memcpy(log->id, v.mv_data, 16);
+    mdb_txn_abort(txn);
+    return 0;
+  }
+  unsigned char id[16], ts[8];
+  int64_t now = clock_realtime_ns();
+  make_id(id, now);
+  MDB_val nv = {16, id};
+  rc = mdb_put(txn, log->db_meta, &ik, &nv, 0);
+  if (!rc && !log->created_ns) {
+    /* Not known: the creation time of a log without one is the time it got its id. */
+    be64_put(ts, (uint64_t)now);
+    MDB_val tv = {8, ts};
+    rc = mdb_put(txn, log->db_meta, &ck, &tv, 0);
+  }
+  if (rc) {
+    mdb_txn_abort(txn);
+    return rc;
+  }
+  if ((rc = mdb_txn_commit(txn))) return rc;
+  memcpy(log->id, id, 16);
+  if (!log->created_ns) log->created_ns = now;
+  return 0;
+}
+
+int log_info(struct log *log, engram_log_info *out) {
+  static const char hex[] = "0123456789abcdef";
+  static const unsigned char none[16];
+  memset(out, 0, sizeof *out);
+  if (memcmp(log->id, none, 16))
+    for (size_t i = 0; i < 16; i++) {
+      out->id[2 * i] = hex[log->id[i] >> 4];
+      out->id[2 * i + 1] = hex[log->id[i] & 15];
+    }
+  out->created_ns = log->created_ns;
+  out->format_version = ENGRAM_FORMAT_VERSION;
+  return 0;
+}
+
 /* Opens the log's own databases. The format record is checked in a read transaction
  * before anything else, so nothing is ever written into an environment that is not an
  * engram log. The other databases exist from creation on; a write transaction makes
@@ -547,6 +600,13 @@ static int open_core_dbs(struct log *log) {
     mdb_txn_abort(txn);
     return rc;
   }
+  /* The log's identity. Logs made before ids were written get one at their next
+   * read-write open (below); a read-only handle of such a log reports none. */
+  MDB_val ik = {6, "log_id"}, ck = {10, "created_ns"}, iv, cv;
+  int need_id = mdb_get(txn, log->db_meta, &ik, &iv) != 0 || iv.mv_size != 16;
+  if (!need_id) memcpy(log->id, iv.mv_data, 16);
+  if (mdb_get(txn, log->db_meta, &ck, &cv) == 0 && cv.mv_size == 8)
+    log->created_ns = (int64_t)be64_get(cv.mv_data);
   struct {
     const char *name;
     MDB_dbi *dbi;
@@ -567,6 +627,8 @@ static int open_core_dbs(struct log *log) {
     return env_open_error(log->path, rc);
   }
   if ((rc = mdb_txn_commit(txn))) return env_open_error(log->path, rc);
+  if (need_id && !(log->env_flags & MDB_RDONLY) && (rc = give_id(log)))
+    return env_open_error(log->path, rc);
   if (!missing) return 0;
   if (log->env_flags & MDB_RDONLY)
     return log_error(NULL, ENGRAM_ENOTSUP,

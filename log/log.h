@@ -71,9 +71,13 @@ struct log {
   uint64_t st_max_wait;      /* most commits a job waited through, from queueing to its
                                 release (the leader's own: to its handing over) */
   uint64_t st_batch_hist[8]; /* commits of 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ jobs */
+  engram_duration_hist st_write, st_commit, st_flush; /* engram_commit_stats' histograms */
+  int64_t commit_ns; /* the leader's last mdb_txn_commit, counted by count_commit */
 
   pthread_cond_t flush_cv; /* wakes the flusher early at close */
   pid_t owner_pid;         /* the process that opened the handle */
+  unsigned char id[16];    /* the log id (meta database); all zero = none yet */
+  int64_t created_ns;      /* when the log was created (meta database); 0 = unknown */
   pthread_t flusher;       /* syncer (sync mode) or periodic flusher (other modes) */
   int flusher_running;
   int closing;
@@ -280,6 +284,8 @@ const char *log_errmsg(const struct log *log);
 int log_sync(struct log *log);
 /* The handle's commit statistics (engram_commit_stats_get). */
 int log_commit_stats(struct log *log, engram_commit_stats *out);
+/* The log's identity (id, creation time, format), read at open. */
+int log_info(struct log *log, engram_log_info *out);
 int log_backup(struct log *log, const char *dest);
 int log_topic_create(struct log *log, const char *topic, const engram_topic_config *cfg);
 int log_topic_info_get(struct log *log, const char *topic, engram_topic_info *info);

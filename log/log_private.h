@@ -40,9 +40,21 @@ struct log_job {
   int rc;        /* the job's result, or the commit's error */
   int done;      /* set under log->mu; the job may vanish right after */
   uint64_t enq_commits; /* log->st_commits when it was queued */
+  int64_t enq_ns;       /* CLOCK_MONOTONIC when it was queued */
   char msg[256]; /* the leader's error message for this job */
   struct log_job *next;
 };
+/* Counts a duration into a histogram (engram_duration_hist); the caller serialises. */
+static inline void log_hist_add(engram_duration_hist *h, int64_t ns) {
+  static const uint64_t bounds_us[] = ENGRAM_DURATION_BOUNDS_US;
+  if (ns < 0) ns = 0;
+  size_t i = 0;
+  while (i < sizeof bounds_us / sizeof *bounds_us && (uint64_t)ns > bounds_us[i] * 1000) i++;
+  h->buckets[i]++;
+  h->count++;
+  h->sum_ns += (uint64_t)ns;
+}
+
 /* log_write in two steps, so a caller can fix the order of its jobs in the queue. */
 int log_job_enqueue(struct log *log, struct log_job *job);
 int log_job_wait(struct log *log, struct log_job *job);

@@ -177,6 +177,21 @@ static int r_compact(engram *log, const char *topic, engram_compact_report *repo
   return rc;
 }
 
+static int r_log_info(engram *log, engram_log_info *out) {
+  REQ(log_info, LOG_INFO, Engram__Wire__LogInfoGet, ENGRAM__WIRE__LOG_INFO_GET__INIT);
+  (void)m;
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_LOG_INFO, &rp);
+  if (!rc && net_copy_text(out->id, sizeof out->id, rp->log_info->id))
+    rc = log_error(NULL, ENGRAM_EPROTO, "log info: id too long");
+  if (!rc) {
+    out->created_ns = rp->log_info->created_ns;
+    out->format_version = rp->log_info->format_version;
+  }
+  if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+  return rc;
+}
+
 static int r_topic_info_get(engram *log, const char *topic, engram_topic_info *info) {
   if (!info) return log_error(NULL, ENGRAM_EINVAL, "topic info: info is NULL");
   REQ(topic_get, TOPIC_GET, Engram__Wire__TopicGet, ENGRAM__WIRE__TOPIC_GET__INIT);
@@ -938,6 +953,43 @@ static int r_worker_forget(engram *log, const char *name) {
   return client_call(log, &rq);
 }
 
+static int r_rate_list(engram *log, const char *topic, engram_rate_info **out, size_t *n) {
+  REQ(rate_list, RATE_LIST, Engram__Wire__RateList, ENGRAM__WIRE__RATE_LIST__INIT);
+  m.topic = net_str(topic);
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_RATES, &rp);
+  if (rc) {
+    if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+    return rc;
+  }
+  size_t k = rp->rates->n_rates;
+  engram_rate_info *list = calloc(k ? k : 1, sizeof *list);
+  if (!list) {
+    engram__wire__reply__free_unpacked(rp, NULL);
+    return log_error(NULL, ENGRAM_ENOMEM, "rate list: out of memory");
+  }
+  for (size_t i = 0; i < k; i++) {
+    const Engram__Wire__RateInfo *w = rp->rates->rates[i];
+    int bad = net_copy_text(list[i].topic, sizeof list[i].topic, w->topic) ||
+              net_copy_text(list[i].group, sizeof list[i].group, w->group);
+#define X(type, name)                                   \
+  if (w->n_##name == ENGRAM_RATE_WINDOWS)               \
+    memcpy(list[i].name, w->name, sizeof list[i].name); \
+  else if (w->n_##name != 0)                            \
+    bad = 1;
+    ENGRAM_RATE_FIELDS(X)
+#undef X
+    if (bad) {
+      free(list);
+      return client_bad_reply(log, rp, "rate list");
+    }
+  }
+  engram__wire__reply__free_unpacked(rp, NULL);
+  *out = list;
+  *n = k;
+  return 0;
+}
+
 /* Schedules. */
 static int sched_set(engram *log, int add, const char *name, const engram_schedule_config *cfg,
                      int *changed) {
@@ -1094,6 +1146,7 @@ const struct engram_backend net_remote = {
     .topic_train_dict = r_topic_train_dict,
     .topic_set = r_topic_set,
     .compact = r_compact,
+    .log_info = r_log_info,
     .append = r_append,
     .append_batch = r_append_batch,
     .read = r_read,
@@ -1120,6 +1173,7 @@ const struct engram_backend net_remote = {
     .worker_heartbeat = r_worker_heartbeat,
     .worker_list = r_worker_list,
     .worker_forget = r_worker_forget,
+    .rate_list = r_rate_list,
     .schedule_add = r_schedule_add,
     .schedule_set = r_schedule_set,
     .schedule_get = r_schedule_get,

@@ -259,34 +259,30 @@ static void *sampler_main(void *arg) {
   return NULL;
 }
 
-/* The newest sample and the one `back` seconds before it (or the oldest held). */
-static int rate_pair(const struct series *se, size_t back, const http_sample **a,
-                     const http_sample **b) {
-  if (se->nsec < 2) return -1;
-  size_t k = back < se->nsec - 1 ? back : se->nsec - 1;
-  *b = &se->sec[(se->sec_pos + HTTP_SECONDS - 1) % HTTP_SECONDS];
-  *a = &se->sec[(se->sec_pos + HTTP_SECONDS - 1 - k) % HTTP_SECONDS];
-  return 0;
-}
-
 static double per_s(uint64_t from, uint64_t to, int64_t dt_ns) {
   if (dt_ns <= 0 || to < from) return 0;
   return (double)(to - from) * 1e9 / (double)dt_ns;
 }
 
-static void json_rates(hbuf *b, const struct series *se) {
-  const http_sample *a, *z;
-  if (!se || rate_pair(se, 10, &a, &z)) {
-    hb_puts(b, "{\"appended\":0,\"delivered\":0,\"acked\":0,\"redelivered\":0,\"dead\":0}");
-    return;
-  }
-  int64_t dt = z->t_ns - a->t_ns;
-  hb_printf(b,
-            "{\"appended\":%.3f,\"delivered\":%.3f,\"acked\":%.3f,\"redelivered\":%.3f,"
-            "\"dead\":%.3f}",
-            per_s(a->head, z->head, dt), per_s(a->delivered, z->delivered, dt),
-            per_s(a->acked, z->acked, dt), per_s(a->redelivered, z->redelivered, dt),
-            per_s(a->dead, z->dead, dt));
+/* The windows of engram_rate_info, as /metrics labels them. */
+static const char *const rate_window[ENGRAM_RATE_WINDOWS] = {"1m", "5m", "15m"};
+
+/* A row's rates as {"window":["1m","5m","15m"],"appended":[a,b,c],...}; a group's row
+ * (group != NULL) has every field, a topic's only "appended". */
+static void json_rates(hbuf *b, const engram_rate_info *r, size_t nr, const char *topic,
+                       const char *group) {
+  const engram_rate_info *row = NULL;
+  for (size_t i = 0; i < nr && !row; i++)
+    if (!strcmp(r[i].topic, topic) && !strcmp(r[i].group, group ? group : "")) row = &r[i];
+  static const engram_rate_info none;
+  if (!row) row = &none;
+  hb_puts(b, "{\"window\":[\"1m\",\"5m\",\"15m\"]");
+#define X(type, name)                      \
+  if (group || !strcmp(#name, "appended")) \
+    hb_printf(b, ",\"" #name "\":[%.3f,%.3f,%.3f]", row->name[0], row->name[1], row->name[2]);
+  ENGRAM_RATE_FIELDS(X)
+#undef X
+  hb_puts(b, "}");
 }
 
 static struct series *find_series(struct http_server *h, const char *topic, const char *group) {
@@ -301,7 +297,7 @@ static struct series *find_series(struct http_server *h, const char *topic, cons
  * ------------------------------------------------------------------------------ */
 struct req {
   struct http_server *h;
-  struct MHD_Connection *c;
+  const http_request *rq;
   const char *url, *method;
   hbuf out;
   unsigned status;
@@ -325,9 +321,7 @@ static void fail_engram(struct req *r, int rc) {
   fail(r, st, engram_errname(rc), m && *m ? m : engram_strerror(rc));
 }
 
-static const char *arg(struct req *r, const char *name) {
-  return MHD_lookup_connection_value(r->c, MHD_GET_ARGUMENT_KIND, name);
-}
+static const char *arg(struct req *r, const char *name) { return r->rq->arg(r->rq->ctx, name); }
 
 /* A required name argument; NULL (and the reply set) when missing or invalid. */
 static const char *name_arg(struct req *r, const char *name) {
@@ -365,16 +359,19 @@ static int u64_arg(struct req *r, const char *name, uint64_t def, uint64_t *out)
 /* ---------------------------------------------------------------------------------
  * JSON objects.
  * ------------------------------------------------------------------------------ */
-static void json_topic(hbuf *b, const engram_topic_info *t) {
+static void json_topic(hbuf *b, const engram_topic_info *t, const engram_rate_info *r, size_t nr) {
   hb_puts(b, "{\"name\":");
   hb_json_str(b, t->name);
 #define X(type, name) hb_printf(b, ",\"" #name "\":%lld", (long long)t->name);
   ENGRAM_TOPIC_INFO_FIELDS(X)
 #undef X
+  hb_puts(b, ",\"rates\":");
+  json_rates(b, r, nr, t->name, NULL);
   hb_puts(b, "}");
 }
 
-static void json_group(struct http_server *h, hbuf *b, const engram_group_info *g, int64_t now) {
+static void json_group(hbuf *b, const engram_group_info *g, int64_t now, const engram_rate_info *r,
+                       size_t nr) {
   hb_puts(b, "{\"topic\":");
   hb_json_str(b, g->topic);
   hb_puts(b, ",\"name\":");
@@ -386,9 +383,7 @@ static void json_group(struct http_server *h, hbuf *b, const engram_group_info *
             g->oldest_unfinished_ns > 0 ? (double)(now - g->oldest_unfinished_ns) / 1e9 : 0.0);
   hb_printf(b, ",\"ack_wait_ms\":%llu,\"max_deliver\":%u,\"rates\":",
             (unsigned long long)g->ack_wait_ms, g->max_deliver);
-  pthread_mutex_lock(&h->mu);
-  json_rates(b, find_series(h, g->topic, g->name));
-  pthread_mutex_unlock(&h->mu);
+  json_rates(b, r, nr, g->topic, g->name);
   hb_puts(b, "}");
 }
 
@@ -419,6 +414,39 @@ static void json_worker(hbuf *b, const engram_worker_info *w) {
   hb_puts(b, "]}");
 }
 
+static void json_schedule(hbuf *b, const engram_schedule_info *s) {
+  hb_puts(b, "{\"name\":");
+  hb_json_str(b, s->name);
+  hb_printf(b, ",\"every_ms\":%llu,\"cron\":", (unsigned long long)s->config.every_ms);
+  hb_json_str(b, s->config.cron ? s->config.cron : "");
+  hb_puts(b, ",\"tz\":");
+  hb_json_str(b, s->config.tz ? s->config.tz : "UTC");
+  hb_puts(b, ",\"topic\":");
+  hb_json_str(b, s->config.topic ? s->config.topic : "");
+  hb_puts(b, ",\"type\":");
+  hb_json_str(b, s->config.type ? s->config.type : "");
+#define X(type, name) hb_printf(b, ",\"" #name "\":%lld", (long long)s->name);
+  ENGRAM_SCHEDULE_INFO_FIELDS(X)
+#undef X
+  hb_puts(b, ",\"last_error\":");
+  hb_json_str(b, s->last_error);
+  hb_puts(b, "}");
+}
+
+/* The schedules as a JSON array; "[]" when the handle has none (or cannot list them). */
+static void json_schedules(hbuf *b, engram *log) {
+  engram_schedule_info *s = NULL;
+  size_t n = 0;
+  hb_puts(b, "[");
+  if (engram_schedule_list(log, &s, &n) == 0)
+    for (size_t i = 0; i < n; i++) {
+      if (i) hb_puts(b, ",");
+      json_schedule(b, &s[i]);
+    }
+  engram_free(s);
+  hb_puts(b, "]");
+}
+
 static void json_payload(hbuf *b, const void *p, size_t n) {
   size_t shown = n > HTTP_MAX_PAYLOAD ? HTTP_MAX_PAYLOAD : n;
   int text = utf8_ok(p, shown) && !memchr(p, '\0', shown);
@@ -439,10 +467,12 @@ static void ep_overview(struct req *r) {
   engram_topic_info *t = NULL;
   engram_group_info *g = NULL;
   engram_worker_info *w = NULL;
-  size_t nt = 0, ng = 0, nw = 0;
+  engram_rate_info *rt = NULL;
+  size_t nt = 0, ng = 0, nw = 0, nr = 0;
   int rc = engram_topic_list(r->h->log, &t, &nt);
   if (rc == 0) rc = engram_group_list(r->h->log, NULL, &g, &ng);
   if (rc == 0) rc = engram_worker_list(r->h->log, 0, &w, &nw);
+  if (rc == 0) rc = engram_rate_list(r->h->log, NULL, &rt, &nr);
   if (rc) {
     fail_engram(r, rc);
     goto out;
@@ -454,23 +484,26 @@ static void ep_overview(struct req *r) {
   hb_puts(b, ",\"topics\":[");
   for (size_t i = 0; i < nt; i++) {
     if (i) hb_puts(b, ",");
-    json_topic(b, &t[i]);
+    json_topic(b, &t[i], rt, nr);
   }
   hb_puts(b, "],\"groups\":[");
   for (size_t i = 0; i < ng; i++) {
     if (i) hb_puts(b, ",");
-    json_group(r->h, b, &g[i], now);
+    json_group(b, &g[i], now, rt, nr);
   }
   hb_puts(b, "],\"workers\":[");
   for (size_t i = 0; i < nw; i++) {
     if (i) hb_puts(b, ",");
     json_worker(b, &w[i]);
   }
-  hb_puts(b, "]}\n");
+  hb_puts(b, "],\"schedules\":");
+  json_schedules(b, r->h->log);
+  hb_puts(b, "}\n");
 out:
   engram_free(t);
   engram_free(g);
   engram_free(w);
+  engram_free(rt);
 }
 
 static void ep_series(struct req *r) {
@@ -691,8 +724,32 @@ static void ep_dlq_change(struct req *r, int redrive) {
     fail_engram(r, rc);
     return;
   }
-  net_server_topic_changed(r->h->s, topic); /* a parked fetch may now have work */
+  if (r->h->s) net_server_topic_changed(r->h->s, topic); /* a parked fetch may now have work */
   hb_printf(&r->out, "{\"count\":%zu}\n", count);
+}
+
+/* ---------------------------------------------------------------------------------
+ * Schedules.
+ * ------------------------------------------------------------------------------ */
+static void ep_schedules(struct req *r) {
+  hb_puts(&r->out, "{\"schedules\":");
+  json_schedules(&r->out, r->h->log);
+  hb_puts(&r->out, "}\n");
+}
+
+/* POST /api/schedules/run, /pause or /resume ?name=N. */
+static void ep_schedule_change(struct req *r, const char *what) {
+  const char *name = name_arg(r, "name");
+  if (!name) return;
+  uint64_t off = 0;
+  int rc = !strcmp(what, "run")     ? engram_schedule_run_now(r->h->log, name, &off)
+           : !strcmp(what, "pause") ? engram_schedule_pause(r->h->log, name)
+                                    : engram_schedule_resume(r->h->log, name);
+  if (rc) {
+    fail_engram(r, rc);
+    return;
+  }
+  hb_printf(&r->out, "{\"ok\":true,\"offset\":%llu}\n", (unsigned long long)off);
 }
 
 /* Celery's names for engram's states, for the Flower-compatible endpoints. */
@@ -852,6 +909,24 @@ static void metric(hbuf *b, const char *name, const char *type, const char *help
   hb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A duration histogram in Prometheus' form: cumulative _bucket{le} in seconds, _sum, _count. */
+static void metric_hist(hbuf *b, const char *name, const char *help,
+                        const engram_duration_hist *x) {
+  static const uint64_t bounds_us[] = ENGRAM_DURATION_BOUNDS_US;
+  metric(b, name, "histogram", help);
+  uint64_t cum = 0;
+  for (size_t i = 0; i < ENGRAM_DURATION_BUCKETS; i++) {
+    cum += x->buckets[i];
+    if (i < sizeof bounds_us / sizeof *bounds_us)
+      hb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, (double)bounds_us[i] / 1e6,
+                (unsigned long long)cum);
+    else
+      hb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+  }
+  hb_printf(b, "%s_sum %.9f\n%s_count %llu\n", name, (double)x->sum_ns / 1e9, name,
+            (unsigned long long)x->count);
+}
+
 static void ep_metrics(struct req *r) {
   struct http_server *h = r->h;
   hbuf *b = &r->out;
@@ -899,6 +974,13 @@ static void ep_metrics(struct req *r) {
        offsetof(engram_group_info, delivered)},
       {"engram_redeliveries_total", "counter", "deliveries with attempt > 1",
        offsetof(engram_group_info, redelivered)},
+      {"engram_nacks_total", "counter", "nacks accepted by the group",
+       offsetof(engram_group_info, nacked)},
+      {"engram_rejects_total", "counter", "rejects accepted by the group",
+       offsetof(engram_group_info, rejected)},
+      {"engram_dead_letters_total", "counter",
+       "events that entered the group's dead-letter queue (rejects, max_deliver, damage)",
+       offsetof(engram_group_info, dead_lettered)},
   };
   for (size_t k = 0; k < sizeof gm / sizeof gm[0]; k++) {
     metric(b, gm[k].name, gm[k].type, gm[k].help);
@@ -916,6 +998,74 @@ static void ep_metrics(struct req *r) {
         b, "engram_oldest_unfinished_seconds{topic=\"%s\",group=\"%s\"} %.3f\n", g[i].topic,
         g[i].name,
         g[i].oldest_unfinished_ns > 0 ? (double)(now - g[i].oldest_unfinished_ns) / 1e9 : 0.0);
+  engram_rate_info *rt = NULL;
+  size_t nr = 0;
+  if (engram_rate_list(h->log, NULL, &rt, &nr) == 0) {
+    metric(b, "engram_topic_appended_per_second", "gauge",
+           "events appended to the topic per second over the window");
+    for (size_t i = 0; i < nr; i++)
+      for (int k = 0; k < ENGRAM_RATE_WINDOWS && !rt[i].group[0]; k++)
+        hb_printf(b, "engram_topic_appended_per_second{topic=\"%s\",window=\"%s\"} %.6f\n",
+                  rt[i].topic, rate_window[k], rt[i].appended[k]);
+#define X(type, name)                                                                     \
+  if (strcmp(#name, "appended")) {                                                        \
+    metric(b, "engram_group_" #name "_per_second", "gauge",                               \
+           "the group's " #name " events per second over the window (engram_rate_list)"); \
+    for (size_t i = 0; i < nr; i++)                                                       \
+      for (int k = 0; k < ENGRAM_RATE_WINDOWS && rt[i].group[0]; k++)                     \
+        hb_printf(b,                                                                      \
+                  "engram_group_" #name                                                   \
+                  "_per_second{topic=\"%s\",group=\"%s\",window=\"%s\"} %.6f\n",          \
+                  rt[i].topic, rt[i].group, rate_window[k], rt[i].name[k]);               \
+  }
+    ENGRAM_RATE_FIELDS(X)
+#undef X
+    engram_free(rt);
+  }
+  engram_schedule_info *sc = NULL;
+  size_t nsc = 0;
+  if (engram_schedule_list(h->log, &sc, &nsc) == 0 && nsc) {
+    static const struct {
+      const char *name, *type, *help;
+      size_t off;
+      int ns; /* a time: shown in seconds */
+    } sm[] = {
+        {"engram_schedule_fires_total", "counter", "slots the schedule fired (scheduled, catch-up)",
+         offsetof(engram_schedule_info, fires), 0},
+        {"engram_schedule_manual_fires_total", "counter", "fires by run-now",
+         offsetof(engram_schedule_info, manual_fires), 0},
+        {"engram_schedule_skipped_total", "counter",
+         "slots passed over (missed-fire policy, pause)", offsetof(engram_schedule_info, skipped),
+         0},
+        {"engram_schedule_paused", "gauge", "1 while the schedule is paused",
+         offsetof(engram_schedule_info, paused), 0},
+        {"engram_schedule_last_fire_timestamp_seconds", "gauge",
+         "Unix time of the schedule's newest fire, 0 = never",
+         offsetof(engram_schedule_info, last_fire_ns), 1},
+        {"engram_schedule_next_fire_timestamp_seconds", "gauge",
+         "Unix time of the schedule's next slot", offsetof(engram_schedule_info, next_slot_ns), 1},
+    };
+    for (size_t k = 0; k < sizeof sm / sizeof sm[0]; k++) {
+      metric(b, sm[k].name, sm[k].type, sm[k].help);
+      for (size_t i = 0; i < nsc; i++) {
+        const char *p = (const char *)&sc[i] + sm[k].off;
+        if (sm[k].ns) {
+          int64_t v;
+          memcpy(&v, p, sizeof v);
+          hb_printf(b, "%s{schedule=\"%s\"} %.3f\n", sm[k].name, sc[i].name, (double)v / 1e9);
+        } else if (sm[k].off == offsetof(engram_schedule_info, paused)) {
+          uint32_t v;
+          memcpy(&v, p, sizeof v);
+          hb_printf(b, "%s{schedule=\"%s\"} %u\n", sm[k].name, sc[i].name, v);
+        } else {
+          uint64_t v;
+          memcpy(&v, p, sizeof v);
+          hb_printf(b, "%s{schedule=\"%s\"} %llu\n", sm[k].name, sc[i].name, (unsigned long long)v);
+        }
+      }
+    }
+  }
+  engram_free(sc);
   uint64_t alive = 0, lost = 0;
   engram_worker_info *w = NULL;
   size_t nw = 0;
@@ -943,9 +1093,17 @@ static void ep_metrics(struct req *r) {
     sum = cs.jobs;
     hb_printf(b, "engram_commit_batch_size_sum %llu\nengram_commit_batch_size_count %llu\n",
               (unsigned long long)sum, (unsigned long long)cum);
+    metric_hist(b, "engram_write_latency_seconds",
+                "time a write (append, ack, fetch ...) waited from queueing to its durable commit",
+                &cs.write_latency);
+    metric_hist(b, "engram_commit_duration_seconds",
+                "time LMDB took to commit one write transaction, its data flush included",
+                &cs.commit_duration);
+    metric_hist(b, "engram_fsync_duration_seconds",
+                "time one explicit flush of the data file (mdb_env_sync) took", &cs.flush_duration);
   }
   Engram__Wire__StatsResult st = ENGRAM__WIRE__STATS_RESULT__INIT;
-  net_server_stats(h->s, &st);
+  if (h->s) net_server_stats(h->s, &st);
   metric(b, "engram_requests_total", "counter", "ZeroMQ requests answered");
   hb_printf(b, "engram_requests_total %llu\n", (unsigned long long)st.requests);
   metric(b, "engram_request_errors_total", "counter", "ZeroMQ requests answered with an error");
@@ -984,17 +1142,40 @@ static int same(const char *a, const char *b) {
   return d == 0;
 }
 
+/* Decodes standard base64 (with padding) into out (cap bytes, NUL-terminated); -1 when
+ * src is not base64 or does not fit. */
+static int b64_decode(const char *src, char *out, size_t cap) {
+  size_t n = 0, bits = 0;
+  uint32_t acc = 0;
+  for (const char *p = src; *p && *p != '='; p++) {
+    const char *t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const char *at = strchr(t, *p);
+    if (!at) return -1;
+    acc = acc << 6 | (uint32_t)(at - t);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      if (n + 1 >= cap) return -1;
+      out[n++] = (char)(acc >> bits & 0xff);
+    }
+  }
+  for (const char *p = strchr(src, '='); p && *p; p++)
+    if (*p != '=') return -1;
+  out[n] = '\0';
+  return memchr(out, '\0', n) ? -1 : 0;
+}
+
 static int authorized(struct req *r) {
   struct http_server *h = r->h;
   if (!h->has_token) return 1;
-  const char *a = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Authorization");
-  if (a && !strncmp(a, "Bearer ", 7)) return same(a + 7, h->token);
-  char *pass = NULL;
-  char *user = MHD_basic_auth_get_username_password(r->c, &pass);
-  int ok = pass && same(pass, h->token);
-  if (user) MHD_free(user);
-  if (pass) MHD_free(pass);
-  return ok;
+  const char *a = r->rq->header(r->rq->ctx, "Authorization");
+  if (!a) return 0;
+  if (!strncmp(a, "Bearer ", 7)) return same(a + 7, h->token);
+  /* Basic auth: any user, the token as the password. */
+  char cred[512];
+  if (strncmp(a, "Basic ", 6) || b64_decode(a + 6, cred, sizeof cred)) return 0;
+  const char *colon = strchr(cred, ':');
+  return colon && same(colon + 1, h->token);
 }
 
 static void route(struct req *r) {
@@ -1014,17 +1195,21 @@ static void route(struct req *r) {
   }
   if (post) {
     /* A custom header: a cross-site form or image cannot send one (CSRF). */
-    const char *x = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "X-Engram-Csrf");
+    const char *x = r->rq->header(r->rq->ctx, "X-Engram-Csrf");
     if (!x || !*x) {
       fail(r, 403, "ENGRAM_EDENIED", "POST needs the header X-Engram-Csrf: 1");
       return;
     }
     if (!strcmp(u, "/api/dlq/redrive")) return ep_dlq_change(r, 1);
     if (!strcmp(u, "/api/dlq/purge")) return ep_dlq_change(r, 0);
+    if (!strcmp(u, "/api/schedules/run")) return ep_schedule_change(r, "run");
+    if (!strcmp(u, "/api/schedules/pause")) return ep_schedule_change(r, "pause");
+    if (!strcmp(u, "/api/schedules/resume")) return ep_schedule_change(r, "resume");
     fail(r, 404, "ENGRAM_ENOTFOUND", "no such endpoint");
     return;
   }
-  if (!get || !strncmp(u, "/api/dlq/", 9)) { /* never a change through GET */
+  if (!get || !strncmp(u, "/api/dlq/", 9) ||
+      !strncmp(u, "/api/schedules/", 15)) { /* never a change through GET */
     fail(r, 405, "ENGRAM_EINVAL",
          get ? "this endpoint changes state: use POST" : "only GET, HEAD and POST");
     return;
@@ -1046,6 +1231,8 @@ static void route(struct req *r) {
     ep_event(r);
   } else if (!strcmp(u, "/api/dlq")) {
     ep_dlq(r);
+  } else if (!strcmp(u, "/api/schedules")) {
+    ep_schedules(r);
   } else if (!strcmp(u, "/api/workers")) {
     ep_flower_workers(r);
   } else if (!strcmp(u, "/api/tasks")) {
@@ -1055,6 +1242,28 @@ static void route(struct req *r) {
   } else {
     fail(r, 404, "ENGRAM_ENOTFOUND", "no such endpoint");
   }
+}
+
+void http_handle(struct http_server *h, const http_request *rq, http_reply *rp) {
+  h->requests++;
+  struct req r = {.h = h, .rq = rq, .url = rq->url, .method = rq->method};
+  log_error_clear(NULL);
+  route(&r);
+  if (r.out.oom) {
+    hb_free(&r.out);
+    fail(&r, 500, "ENGRAM_ENOMEM", "out of memory");
+  }
+  rp->status = r.status;
+  rp->type = r.type;
+  rp->out = r.out;
+}
+
+static const char *mhd_arg(void *ctx, const char *name) {
+  return MHD_lookup_connection_value(ctx, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static const char *mhd_header(void *ctx, const char *name) {
+  return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
 }
 
 static int posted; /* a non-NULL marker for *con_cls: the request's body is being read */
@@ -1071,14 +1280,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     *upload_size = 0;
     return MHD_YES;
   }
-  h->requests++;
-  struct req r = {.h = h, .c = c, .url = url, .method = method};
-  log_error_clear(NULL);
-  route(&r);
-  if (r.out.oom) {
-    hb_free(&r.out);
-    fail(&r, 500, "ENGRAM_ENOMEM", "out of memory");
-  }
+  http_request rq = {.method = method, .url = url, .arg = mhd_arg, .header = mhd_header, .ctx = c};
+  http_reply r = {0};
+  http_handle(h, &rq, &r);
   struct MHD_Response *resp = MHD_create_response_from_buffer(
       r.out.len, r.out.p ? r.out.p : (void *)"", MHD_RESPMEM_MUST_COPY);
   hb_free(&r.out);
@@ -1136,15 +1340,9 @@ int http_check_options(const char *addr, const char *token) {
   return 0;
 }
 
-int http_start(struct net_server *s, engram *log, const char *addr, const char *token,
-               struct http_server **out, char *bound, size_t cap) {
-  *out = NULL;
-  if (!addr) return 0;
-  struct sockaddr_in sa;
-  int loopback;
-  if (parse_addr(addr, &sa, &loopback)) return http_check_options(addr, token);
+struct http_server *http_server_new(struct net_server *s, engram *log, const char *token) {
   struct http_server *h = calloc(1, sizeof *h);
-  if (!h) return log_error(NULL, ENGRAM_ENOMEM, "serve: out of memory");
+  if (!h) return NULL;
   h->s = s;
   h->log = log;
   if (token) {
@@ -1153,6 +1351,18 @@ int http_start(struct net_server *s, engram *log, const char *addr, const char *
   }
   pthread_mutex_init(&h->mu, NULL);
   pthread_cond_init(&h->cv, NULL);
+  return h;
+}
+
+int http_start(struct net_server *s, engram *log, const char *addr, const char *token,
+               struct http_server **out, char *bound, size_t cap) {
+  *out = NULL;
+  if (!addr) return 0;
+  struct sockaddr_in sa;
+  int loopback;
+  if (parse_addr(addr, &sa, &loopback)) return http_check_options(addr, token);
+  struct http_server *h = http_server_new(s, log, token);
+  if (!h) return log_error(NULL, ENGRAM_ENOMEM, "serve: out of memory");
   h->d = MHD_start_daemon(
       MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
       on_request, h, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS,

@@ -18,7 +18,7 @@ int http_check_options(const char *addr, const char *token);
  * actual port (addr's port 0 = any) is written into bound (cap bytes, "HOST:PORT"). */
 int http_start(struct net_server *s, engram *log, const char *addr, const char *token,
                struct http_server **out, char *bound, size_t cap);
-/* Stops the HTTP threads and the sampler; accepts NULL. */
+/* Stops the HTTP threads and the sampler and frees h; accepts NULL. */
 void http_stop(struct http_server *h);
 
 /* The dashboard page (http_page.c). */
@@ -35,6 +35,29 @@ void hb_puts(hbuf *b, const char *s);
 void hb_printf(hbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void hb_json_str(hbuf *b, const char *s); /* a JSON string literal, escaped */
 void hb_free(hbuf *b);
+
+/* One request as the handler sees it, whatever carries it: libmicrohttpd's connection, or
+ * the fuzz target (tests/fuzz/fuzz_http.c), which so runs the daemon's very code. */
+typedef struct http_request {
+  const char *method; /* "GET", "POST" ... */
+  const char *url;    /* the path, without the query */
+  /* A query argument or a header by name; NULL when absent. */
+  const char *(*arg)(void *ctx, const char *name);
+  const char *(*header)(void *ctx, const char *name);
+  void *ctx;
+} http_request;
+typedef struct http_reply {
+  unsigned status;  /* HTTP status */
+  const char *type; /* Content-Type, static */
+  hbuf out;         /* the body; the caller frees it with hb_free */
+} http_reply;
+/* Answers one request: token and CSRF checks, then the endpoint (bodies carry nothing:
+ * arguments are in the URL). */
+void http_handle(struct http_server *h, const http_request *rq, http_reply *rp);
+/* The handler's state on the daemon's handle, neither listening nor sampling (http_start
+ * adds both); s may be NULL (no daemon counters, no parked fetches to wake). Freed by
+ * http_stop. NULL when out of memory. */
+struct http_server *http_server_new(struct net_server *s, engram *log, const char *token);
 
 /* The per-group time series the sampler keeps (one sample a second, one a minute). */
 #define HTTP_SECONDS 300 /* per-second samples kept: 5 minutes */

@@ -108,6 +108,7 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
   X(worker_forget, WORKER_FORGET, NET_RETRY_NEVER, op_forget)      \
   X(topic_set, TOPIC_SET, NET_RETRY_SAFE, op_topic_set)            \
   X(compact, COMPACT, NET_RETRY_SAFE, op_compact)                  \
+  X(rate_list, RATE_LIST, NET_RETRY_SAFE, op_rates) \
   X(schedule_add, SCHEDULE_ADD, NET_RETRY_NEVER, op_sched_set)     \
   X(schedule_set, SCHEDULE_SET, NET_RETRY_SAFE, op_sched_set)      \
   X(schedule_get, SCHEDULE_GET, NET_RETRY_SAFE, op_sched_get)      \
@@ -116,7 +117,8 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
   X(schedule_pause, SCHEDULE_PAUSE, NET_RETRY_SAFE, op_sched_op)   \
   X(schedule_resume, SCHEDULE_RESUME, NET_RETRY_SAFE, op_sched_op) \
   X(schedule_run_now, SCHEDULE_RUN_NOW, NET_RETRY_NEVER, op_sched_op) \
-  X(schedule_tick, SCHEDULE_TICK, NET_RETRY_SAFE, op_sched_tick)
+  X(schedule_tick, SCHEDULE_TICK, NET_RETRY_SAFE, op_sched_tick) \
+  X(log_info, LOG_INFO, NET_RETRY_SAFE, op_log_info)
 
 enum { NET_RETRY_NEVER, NET_RETRY_SAFE, NET_RETRY_KEYED };
 

@@ -272,6 +272,24 @@ OP(op_compact) {
   return rc;
 }
 
+OP(op_log_info) {
+  (void)rq;
+  engram_log_info li;
+  int rc = engram_log_info_get(log, &li);
+  if (rc) return rc;
+  Engram__Wire__LogInfo *w = net_arena_alloc(a, sizeof *w);
+  char *id = net_arena_alloc(a, sizeof li.id);
+  if (!w || !id) return nomem(log);
+  engram__wire__log_info__init(w);
+  memcpy(id, li.id, sizeof li.id);
+  w->id = id;
+  w->created_ns = li.created_ns;
+  w->format_version = li.format_version;
+  rp->result_case = ENGRAM__WIRE__REPLY__RESULT_LOG_INFO;
+  rp->log_info = w;
+  return 0;
+}
+
 OP(op_topic_get) {
   int rc = 0;
   do {
@@ -710,6 +728,45 @@ OP(op_workers) {
 }
 
 OP(op_forget) { return engram_worker_forget(log, rq->worker_forget->name); }
+
+OP(op_rates) {
+  engram_rate_info *list = NULL;
+  size_t n = 0;
+  const char *topic = *rq->rate_list->topic ? rq->rate_list->topic : NULL;
+  int rc = engram_rate_list(log, topic, &list, &n);
+  if (rc) return rc;
+  Engram__Wire__RateInfoList *w = net_arena_alloc(a, sizeof *w);
+  if (w) {
+    engram__wire__rate_info_list__init(w);
+    w->rates = net_arena_alloc(a, (n ? n : 1) * sizeof *w->rates);
+  }
+  for (size_t i = 0; w && w->rates && i < n; i++) {
+    Engram__Wire__RateInfo *r = net_arena_alloc(a, sizeof *r);
+#define X(type, name) +ENGRAM_RATE_WINDOWS
+    double *vals = net_arena_alloc(a, (0 ENGRAM_RATE_FIELDS(X)) * sizeof *vals);
+#undef X
+    if (!r || !vals) {
+      w->rates = NULL;
+      break;
+    }
+    engram__wire__rate_info__init(r);
+    r->topic = adup(a, list[i].topic);
+    r->group = adup(a, list[i].group);
+#define X(type, name)                              \
+  memcpy(vals, list[i].name, sizeof list[i].name); \
+  r->name = vals;                                  \
+  r->n_##name = ENGRAM_RATE_WINDOWS;               \
+  vals += ENGRAM_RATE_WINDOWS;
+    ENGRAM_RATE_FIELDS(X)
+#undef X
+    w->rates[w->n_rates++] = r;
+  }
+  engram_free(list);
+  if (!w || !w->rates) return nomem(log);
+  rp->result_case = ENGRAM__WIRE__REPLY__RESULT_RATES;
+  rp->rates = w;
+  return 0;
+}
 
 /* Schedules. */
 OP(op_sched_set) {

@@ -4,7 +4,7 @@
 # fresh temporary directory, and prints one tally line.
 #
 # Environment: BUILD (build or build/san, default build), ENGRAM_TEST_TIMEOUT (seconds per
-# unit, default 120; Python units: ENGRAM_PY_TIMEOUT, default 300; the slowest unit takes about 15 s under the sanitizers), ONLY (run only units whose name contains it), VERBOSE=1 (print
+# unit, default 120; Python units: ENGRAM_PY_TIMEOUT, default 300; the NATS mirror units: ENGRAM_MIRROR_TIMEOUT, default 300; the slowest unit takes about 15 s under the sanitizers), ONLY (run only units whose name contains it), VERBOSE=1 (print
 # every unit's output, not only failing ones), ENGRAM_KEEP_TMP=1 (keep temp dirs).
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -99,6 +99,16 @@ fi
 # The engram command end to end, as a user runs it.
 if [ -f cli/test-cli.sh ] && [ -x "$BUILD/engram" ]; then
   run_unit cli env BUILD="$BUILD" bash cli/test-cli.sh
+fi
+
+# The NATS mirror against real nats-server processes (a 3-node JetStream cluster): the
+# mirror and nodes killed, restore, serve's mirror, auth and TLS (mirror); restores while
+# a replica catches up (mirror/lag).
+if [ -f cli/test-mirror.sh ] && [ -x "$BUILD/engram" ] && command -v nats-server >/dev/null; then
+  TIMEOUT=${ENGRAM_MIRROR_TIMEOUT:-300} run_unit mirror env BUILD="$BUILD" MIRROR_PART=main \
+    bash cli/test-mirror.sh
+  TIMEOUT=${ENGRAM_MIRROR_TIMEOUT:-300} run_unit mirror/lag env BUILD="$BUILD" MIRROR_PART=lag \
+    bash cli/test-mirror.sh
 fi
 
 # make install / uninstall into a staging directory: man pages, completion, unit, config.

@@ -121,6 +121,39 @@ static void commit_statistics_count_commits_writes_and_flushes(void **state) {
   assert_int_equal(engram_commit_stats_get(NULL, &after), ENGRAM_EINVAL);
 }
 
+static uint64_t hist_total(const engram_duration_hist *h) {
+  uint64_t n = 0;
+  for (int i = 0; i < ENGRAM_DURATION_BUCKETS; i++) n += h->buckets[i];
+  return n;
+}
+
+/* Each write, commit and flush lands in its duration histogram, once. */
+static void duration_histograms_count_every_write_commit_and_flush(void **state) {
+  fx *f = *state;
+  f->log = tu_open(f->logdir, NULL);
+  tu_topic(f->log, "memory", NULL);
+  engram_commit_stats before, after;
+  assert_int_equal(engram_commit_stats_get(f->log, &before), 0);
+  engram_event ev = {.type = "memory.saved", .payload = "x", .payload_len = 1};
+  for (int i = 0; i < 10; i++)
+    assert_int_equal(engram_append(f->log, "memory", &ev, NULL, NULL), 0);
+  assert_int_equal(engram_commit_stats_get(f->log, &after), 0);
+  assert_int_equal(after.write_latency.count - before.write_latency.count, 10);
+  assert_int_equal(after.commit_duration.count - before.commit_duration.count,
+                   after.commits - before.commits);
+  /* Sync mode, one writer: each commit's meta page waits for a flush of its own. */
+  assert_int_equal(after.flush_duration.count - before.flush_duration.count, 10);
+  const engram_duration_hist *hs[] = {&after.write_latency, &after.commit_duration,
+                                      &after.flush_duration};
+  for (int k = 0; k < 3; k++) {
+    assert_int_equal(hist_total(hs[k]), hs[k]->count);
+    assert_true(hs[k]->sum_ns > 0);
+  }
+  /* A write waits for its commit and the flush after it: never less than they took. */
+  assert_true(after.write_latency.sum_ns - before.write_latency.sum_ns >=
+              after.commit_duration.sum_ns - before.commit_duration.sum_ns);
+}
+
 /* Training a topic's dictionary takes 100-300 ms of CPU: the append that crosses
  * dict_train_after must not pay it. It returns before the dictionary exists (training
  * takes far longer than the moment between the return and the look), and the dictionary
@@ -193,6 +226,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       T(every_writer_returns_within_a_few_commits_while_others_keep_writing),
       T(commit_statistics_count_commits_writes_and_flushes),
+      T(duration_histograms_count_every_write_commit_and_flush),
       T(the_append_that_crosses_dict_train_after_returns_before_the_training),
       T(closing_while_a_dictionary_trains_is_clean),
   };

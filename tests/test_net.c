@@ -1675,6 +1675,12 @@ static void the_daemon_says_what_it_is(void **state) {
   assert_true(info.commits >= 1 && info.flushes >= 1);
   assert_true(info.uptime_ms < 600000);
 
+  /* The daemon's log id, the same as the log's own. */
+  engram_log_info li, lli;
+  OK(r, engram_log_info_get(r, &li));
+  assert_int_equal(strlen(li.id), 32);
+  assert_int_equal(li.format_version, ENGRAM_FORMAT_VERSION);
+
   /* Bad input and an embedded handle. */
   assert_int_equal(engram_server_info_get(r, NULL), ENGRAM_EINVAL);
   assert_int_equal(engram_server_info_get(NULL, &info), ENGRAM_EINVAL);
@@ -1682,6 +1688,9 @@ static void the_daemon_says_what_it_is(void **state) {
   assert_int_equal(td_stop(&d), 0);
   engram *l;
   OK(NULL, engram_open(d.logdir, NULL, &l));
+  OK(l, engram_log_info_get(l, &lli));
+  assert_string_equal(li.id, lli.id);
+  assert_true(li.created_ns == lli.created_ns);
   assert_int_equal(engram_server_info_get(l, &info), ENGRAM_ENOTSUP);
   assert_non_null(strstr(engram_errmsg(l), "engram_connect"));
   engram_close(l);

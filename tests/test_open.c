@@ -586,6 +586,92 @@ static void a_user_who_cannot_write_the_directory_reads_it_read_only(void **stat
   snap_free(&before);
 }
 
+/* ---- the log id ------------------------------------------------------------------- */
+
+static void expect_hex_id(const engram_log_info *li) {
+  assert_int_equal(strlen(li->id), 32);
+  for (size_t i = 0; i < 32; i++)
+    if (!strchr("0123456789abcdef", li->id[i])) fail_msg("id '%s' is not hex", li->id);
+}
+
+static void a_log_has_one_id_that_survives_reopen_and_backup_and_differs_from_others(void **state) {
+  fx *f = *state;
+  engram *log = NULL, *other = NULL;
+  engram_log_info a, b, c;
+  int64_t before = (int64_t)time(NULL) * 1000000000LL - 1000000000LL;
+  assert_int_equal(engram_open(f->log, NULL, &log), 0);
+  assert_int_equal(engram_log_info_get(log, &a), 0);
+  expect_hex_id(&a);
+  assert_true(a.created_ns >= before);
+  assert_int_equal(a.format_version, ENGRAM_FORMAT_VERSION);
+  char *bk = tu_join(f->root, "backup");
+  assert_int_equal(engram_backup(log, bk), 0);
+  engram_close(log);
+  assert_int_equal(engram_open(f->log, NULL, &log), 0);
+  assert_int_equal(engram_log_info_get(log, &b), 0);
+  assert_string_equal(a.id, b.id);
+  assert_true(a.created_ns == b.created_ns);
+  engram_close(log);
+  assert_int_equal(engram_open(bk, NULL, &log), 0); /* a copy of the same log */
+  assert_int_equal(engram_log_info_get(log, &c), 0);
+  assert_string_equal(a.id, c.id);
+  engram_close(log);
+  char *o = tu_join(f->root, "other");
+  assert_int_equal(engram_open(o, NULL, &other), 0);
+  assert_int_equal(engram_log_info_get(other, &c), 0);
+  expect_hex_id(&c);
+  assert_string_not_equal(a.id, c.id);
+  assert_int_equal(engram_log_info_get(other, NULL), ENGRAM_EINVAL);
+  assert_int_equal(engram_log_info_get(NULL, &c), ENGRAM_EINVAL);
+  engram_close(other);
+  free(o);
+  free(bk);
+}
+
+/* Removes the id of a log, as a log made before ids were stored. */
+static void drop_id(const char *dir) {
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_env_create(&env), 0);
+  mdb_env_set_maxdbs(env, 8);
+  assert_int_equal(mdb_env_open(env, dir, 0, 0644), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+  MDB_val k = {6, "log_id"};
+  assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+}
+
+static void a_log_without_an_id_gets_one_at_its_next_read_write_open(void **state) {
+  fx *f = *state;
+  engram *log = NULL;
+  engram_log_info a, b;
+  assert_int_equal(engram_open(f->log, NULL, &log), 0);
+  assert_int_equal(engram_log_info_get(log, &a), 0);
+  engram_close(log);
+  drop_id(f->log);
+  engram_options o;
+  memset(&o, 0, sizeof o);
+  o.flags = ENGRAM_OPEN_RDONLY;
+  assert_int_equal(engram_open(f->log, &o, &log), 0);
+  assert_int_equal(engram_log_info_get(log, &b), 0);
+  assert_string_equal(b.id, ""); /* a read-only handle writes nothing */
+  assert_true(b.created_ns == a.created_ns);
+  engram_close(log);
+  assert_int_equal(engram_open(f->log, NULL, &log), 0);
+  assert_int_equal(engram_log_info_get(log, &b), 0);
+  expect_hex_id(&b);
+  assert_string_not_equal(a.id, b.id); /* a new one */
+  assert_true(b.created_ns == a.created_ns);
+  engram_close(log);
+  assert_int_equal(engram_open(f->log, &o, &log), 0);
+  assert_int_equal(engram_log_info_get(log, &a), 0);
+  assert_string_equal(a.id, b.id); /* kept */
+  engram_close(log);
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -602,6 +688,8 @@ int main(void) {
       T(a_read_only_handle_reads_refuses_writes_and_changes_no_file),
       T(on_a_read_only_mount_writes_name_the_cause_and_reads_work),
       T(a_user_who_cannot_write_the_directory_reads_it_read_only),
+      T(a_log_has_one_id_that_survives_reopen_and_backup_and_differs_from_others),
+      T(a_log_without_an_id_gets_one_at_its_next_read_write_open),
   };
   return cmocka_run_group_tests_name("open", tests, NULL, NULL);
 }

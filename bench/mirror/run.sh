@@ -33,7 +33,7 @@ trap cleanup EXIT
 CFLAGS_B="-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -Iinclude"
 cc $CFLAGS_B -o "$BUILD/bench/nats_ceiling" bench/mirror/nats_ceiling.c -lnats || exit 1
 cc $CFLAGS_B -o "$BUILD/bench/steady_append" bench/mirror/steady_append.c "$BUILD/libengram.a" \
-  -llmdb -lzstd -lprotobuf-c -lzmq -lpthread -lm || exit 1
+  -llmdb -lzstd -lprotobuf-c -lzmq -lmicrohttpd -lpthread -lm || exit 1
 
 read -r -a P <<<"$(python3 -c '
 import socket

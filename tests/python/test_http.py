@@ -117,6 +117,25 @@ def test_api_metrics_and_health(daemon):
     assert 'engram_dlq_size{topic="memory",group="indexer"} 1' in metrics
     assert "engram_workers_alive 1" in metrics
     assert "# TYPE engram_commit_batch_size histogram" in metrics
+    # Counters of settles and the log's rates (engram_rate_list), as engram top shows them.
+    assert 'engram_rejects_total{topic="memory",group="indexer"} 1' in metrics
+    assert 'engram_dead_letters_total{topic="memory",group="indexer"} 1' in metrics
+    assert 'engram_nacks_total{topic="memory",group="indexer"} 0' in metrics
+    assert 'engram_topic_appended_per_second{topic="memory",window="15m"}' in metrics
+    assert 'engram_group_rejected_per_second{topic="memory",group="indexer",window="1m"}' in metrics
+    # Duration histograms: cumulative buckets ending in +Inf == _count.
+    for h in ("engram_write_latency_seconds", "engram_commit_duration_seconds",
+              "engram_fsync_duration_seconds"):
+        assert f"# TYPE {h} histogram" in metrics
+        lines = [ln for ln in metrics.splitlines() if ln.startswith(h + "_bucket")]
+        counts = [int(ln.rsplit(" ", 1)[1]) for ln in lines]
+        assert len(lines) == 16 and lines[-1].startswith(h + '_bucket{le="+Inf"}'), h
+        assert counts == sorted(counts) and counts[-1] > 0, h
+        assert f"{h}_count {counts[-1]}" in metrics, h
+    rates = g["rates"]
+    assert rates["window"] == ["1m", "5m", "15m"] and len(rates["acked"]) == 3
+    assert rates["appended"][0] > 0 and rates["rejected"][2] > 0 and g["rejected"] == 1
+    assert o["topics"][0]["rates"]["appended"][0] > 0
     # Event detail, by state, the DLQ, Flower's endpoints.
     ev = json.loads(get(daemon.base + "/api/event?topic=memory&group=indexer&offset=1")[1])
     assert ev["status"]["state"] == "dead" and ev["status"]["last_error"] == "rejected: bad payload"
@@ -167,6 +186,9 @@ def test_a_token_guards_every_request_but_health(tmp_path):
         assert get(d.base + "/metrics", {"Authorization": "Bearer s3cret"})[0] == 200
         basic = base64.b64encode(b"admin:s3cret").decode()
         assert get(d.base + "/api/overview", {"Authorization": "Basic " + basic})[0] == 200
+        wrong = base64.b64encode(b"admin:s3cre").decode()
+        assert get(d.base + "/api/overview", {"Authorization": "Basic " + wrong})[0] == 401
+        assert get(d.base + "/api/overview", {"Authorization": "Basic !!"})[0] == 401
         url = d.base + "/api/dlq/redrive?topic=memory&group=indexer&offset=1"
         assert get(url, {"X-Engram-Csrf": "1"}, method="POST")[0] == 401
         assert get(url, {"Authorization": "Bearer s3cret"}, method="POST")[0] == 403
@@ -362,8 +384,10 @@ def test_the_dashboard_in_a_real_browser(daemon, chromium, tmp_path):
             log.append("memory", "memory.saved", {"id": 200 + i})
     # Live: the number changes without a reload.
     assert cdp.wait_js(f"{lag_cell}.textContent === '8'")
-    # The worker is listed as alive.
+    # The worker is listed as alive; the group's nacks and the topic's rates are shown.
     assert cdp.wait_js("document.querySelector('#workers td.alive') !== null")
+    assert cdp.wait_js("document.getElementById('nacked-memory-indexer').textContent === '0'")
+    assert cdp.wait_js("document.querySelectorAll('#topics tbody td').length === 7")
     # Open the group, then an event's detail.
     cdp.js("document.querySelector('a.open[data-t=\"memory\"][data-g=\"indexer\"]').click()")
     assert cdp.wait_js("document.querySelectorAll('#events a.ev').length >= 3")
@@ -411,9 +435,78 @@ scrape_configs:
         assert query(lag)[0]["value"][1] == "6"
         assert wait_until(lambda: query("engram_workers_alive"), 30)
         assert query("engram_workers_alive")[0]["value"][1] == "1"
+        # The commit latency histogram answers a quantile query: the writes of fill()
+        # took a positive time, below the top bound.
+        q = "histogram_quantile(0.9, engram_write_latency_seconds_bucket)"
+        assert wait_until(lambda: query(q), 30), "no quantile of the write latency"
+        p90 = float(query(q)[0]["value"][1])
+        assert 0 < p90 <= 2.5, p90
+        q = "histogram_quantile(0.5, engram_fsync_duration_seconds_bucket)"
+        assert wait_until(lambda: query(q), 30)
+        assert float(query(q)[0]["value"][1]) > 0
     finally:
         p.terminate()
         try:
             p.wait(20)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+# ---------------------------------------------------------------------------------------
+# Schedules: the panel, its run-now / pause / resume buttons, and their metrics.
+# ---------------------------------------------------------------------------------------
+def add_schedule(d, name, topic, every):
+    """Adds an interval schedule through the daemon (`engram --connect ... schedule add`)."""
+    r = subprocess.run([ENGRAM, "--connect", d.endpoint, "schedule", "add", name, "--every", every,
+                        "--topic", topic, "--type", "memory.compact",
+                        "--payload", '{"job":"compact"}'], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def test_schedules_panel_in_a_real_browser(daemon, chromium, tmp_path):
+    fill(daemon, dead=0, pending=2)
+    add_schedule(daemon, "nightly", "memory", "1h")
+    sched = json.loads(get(daemon.base + "/api/schedules")[1])["schedules"]
+    assert [s["name"] for s in sched] == ["nightly"]
+    s = sched[0]
+    assert (s["every_ms"], s["topic"], s["paused"], s["fires"]) == (3600000, "memory", 0, 0)
+    assert s["last_error"] == "" and s["last_error_ns"] == 0
+    assert s["next_slot_ns"] > time.time_ns()
+    cdp = chromium
+    cdp.call("Page.navigate", url=daemon.base + "/")
+    state = "document.getElementById('sched-state-nightly')"
+    fires = "document.getElementById('sched-fires-nightly')"
+    assert cdp.wait_js(f"{state} && {state}.textContent === 'active'")
+    assert cdp.js(f"{fires}.textContent") == "0"
+    cdp.js("window.confirm = () => true")
+    head = overview(daemon)["topics"][0]["head_offset"]
+    # Run now: one event appended to the topic, the fire counted.
+    cdp.js("document.getElementById('run-nightly').click()")
+    assert cdp.wait_js(f"{fires}.textContent === '1'")
+    assert overview(daemon)["topics"][0]["head_offset"] == head + 1
+    with daemon.connect() as log:
+        ev = log.read("memory", head + 1, 1)[0]
+        assert ev.type == "memory.compact" and ev.headers["engram-fire"] == "manual"
+    # Pause, then resume, by clicking.
+    cdp.js("document.getElementById('pause-nightly').click()")
+    assert cdp.wait_js(f"{state}.textContent === 'paused'")
+    cdp.screenshot(str(tmp_path / "dashboard-schedules.png"))
+    st, metrics = get(daemon.base + "/metrics")
+    assert 'engram_schedule_paused{schedule="nightly"} 1' in metrics
+    assert 'engram_schedule_manual_fires_total{schedule="nightly"} 1' in metrics
+    assert 'engram_schedule_fires_total{schedule="nightly"} 0' in metrics
+    nxt = [ln for ln in metrics.splitlines()
+           if ln.startswith('engram_schedule_next_fire_timestamp_seconds{schedule="nightly"}')]
+    assert len(nxt) == 1 and float(nxt[0].split()[1]) > time.time()
+    cdp.js("document.getElementById('resume-nightly').click()")
+    assert cdp.wait_js(f"{state}.textContent === 'active'")
+    # The rules of every change: POST, the CSRF header, a valid name.
+    url = daemon.base + "/api/schedules/run?name=nightly"
+    assert get(url)[0] == 405
+    assert get(url, method="POST")[0] == 403
+    assert get(daemon.base + "/api/schedules/run?name=nope", {"X-Engram-Csrf": "1"},
+               method="POST")[0] == 404
+    assert get(daemon.base + "/api/schedules/pause?name=bad%20name", {"X-Engram-Csrf": "1"},
+               method="POST")[0] == 400
+    assert json.loads(get(daemon.base + "/api/schedules")[1])["schedules"][0]["manual_fires"] == 1

@@ -228,6 +228,18 @@ def test_stats_lists_topics(log):
     assert s["topics"][0]["topic"] == "memory" and s["topics"][0]["count"] == 1
 
 
+def test_log_info_names_the_log_and_a_backup_keeps_it(log, tmp_path):
+    info = log.log_info()
+    assert len(info["id"]) == 32 and int(info["id"], 16) >= 0
+    assert info["created_ns"] > 0 and info["format_version"] == 1
+    assert log.stats()["log"] == info
+    log.backup(tmp_path / "copy")
+    with engram.open(str(tmp_path / "copy")) as copy:
+        assert copy.log_info() == info
+    with engram.open(str(tmp_path / "other")) as other:
+        assert other.log_info()["id"] != info["id"]
+
+
 def test_a_forked_child_cannot_use_the_parents_handle_but_can_open_its_own(log, log_path):
     log.append("t", "x.y", b"")
     pid = os.fork()

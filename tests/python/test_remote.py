@@ -63,6 +63,7 @@ def test_a_client_asks_the_daemon_what_it_is(daemon, tmp_path):
         assert info["workers"] == max(2, os.cpu_count() or 1)
         assert info["appended"] == 1 and info["requests"] >= 2 and info["curve"] == 0
         assert info["commits"] >= 1 and info["uptime_ms"] >= 0
+        assert len(log.log_info()["id"]) == 32  # the daemon's log
     with engram.open(str(tmp_path / "embedded")) as log:
         with pytest.raises(engram.NotSupported):
             log.server_info()

@@ -40,8 +40,8 @@ from .event import Event  # noqa: E402
 from .group import Group  # noqa: E402
 from .consumer import Consumer  # noqa: E402
 from .txn import Transaction  # noqa: E402
-from .records import (DeadLetter, EventStatus, GroupInfo, ScheduleInfo, TopicInfo,  # noqa: E402
-                      WorkerInfo)
+from .records import (DeadLetter, EventStatus, GroupInfo, RateInfo, ScheduleInfo,  # noqa: E402
+                      TopicInfo, WorkerInfo)
 from .message import Message, Offset, encode_payload  # noqa: E402
 from . import client  # noqa: E402,F401 - the old module name, still importable
 from .app import (App, Reject, Retry, RunStats, SoftTimeLimitExceeded, Terminated,  # noqa: E402
@@ -91,5 +91,6 @@ __all__ = [
     "Priority", "TractApp", "HandlerContext", "on_event", "MemoryValidator", "strerror",
     "errname", "missing_features", "keygen", "VERSION", "FORMAT_VERSION", "PROTOCOL_VERSION",
     "ScheduleInfo",
+    "RateInfo",
 ]
 __all__ += _errors.__all__

@@ -1266,6 +1266,45 @@ static PyObject *Log_worker_forget(LogObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* One row of engram_rate_list: {"topic", "group", and per rate field a tuple of
+ * ENGRAM_RATE_WINDOWS floats (1, 5, 15 minutes)}. */
+static PyObject *rate_dict(const engram_rate_info *r) {
+  PyObject *d = Py_BuildValue("{s:s,s:s}", "topic", r->topic, "group", r->group);
+#define X(type, name)                                                         \
+  if (d) {                                                                    \
+    PyObject *t = Py_BuildValue("(ddd)", r->name[0], r->name[1], r->name[2]); \
+    if (!t || PyDict_SetItemString(d, #name, t) < 0) Py_CLEAR(d);             \
+    Py_XDECREF(t);                                                            \
+  }
+  ENGRAM_RATE_FIELDS(X)
+#undef X
+  return d;
+}
+
+static PyObject *Log_rate_list(LogObject *self, PyObject *args) {
+  const char *topic = NULL;
+  size_t n = 0;
+  engram_rate_info *rs = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "|z:rate_list", &topic)) return NULL;
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_rate_list(self->log, topic, &rs, &n));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *list = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; list && i < n; i++) {
+    PyObject *d = rate_dict(&rs[i]);
+    if (!d) {
+      Py_CLEAR(list);
+      break;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)i, d);
+  }
+  engram_free(rs);
+  return list;
+}
+
 typedef int (*dlq_op)(engram *, const char *, const char *, const uint64_t *, size_t, size_t *);
 
 static PyObject *dlq_apply(LogObject *self, PyObject *args, const char *fmt, dlq_op op) {
@@ -1716,12 +1755,28 @@ static PyObject *Log_server_info(LogObject *self, PyObject *unused) {
   return d;
 }
 
+/* engram_log_info_get: {"id": str, "created_ns": int, "format_version": int}. */
+static PyObject *Log_log_info(LogObject *self, PyObject *unused) {
+  int rc;
+  char msg[MSG_MAX];
+  engram_log_info in;
+  memset(&in, 0, sizeof in);
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_log_info_get(self->log, &in));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  return Py_BuildValue("{s:s,s:L,s:I}", "id", in.id, "created_ns", (long long)in.created_ns,
+                       "format_version", (unsigned int)in.format_version);
+}
+
 static PyMethodDef Log_methods[] = {
     {"close", (PyCFunction)Log_close, METH_NOARGS, "close()"},
     {"sync", (PyCFunction)Log_sync, METH_NOARGS, "sync()"},
     {"backup", (PyCFunction)Log_backup, METH_VARARGS, "backup(dest)"},
     {"verify", (PyCFunction)Log_verify, METH_NOARGS, "verify() -> dict"},
     {"server_info", (PyCFunction)Log_server_info, METH_NOARGS, "server_info() -> dict"},
+    {"log_info", (PyCFunction)Log_log_info, METH_NOARGS,
+     "log_info() -> dict: id, created_ns, format_version"},
     {"topic_create", (PyCFunction)(void (*)(void))Log_topic_create, METH_VARARGS | METH_KEYWORDS,
      "topic_create(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0, "
      "max_age_ms=0, max_bytes=0, max_events=0)"},
@@ -1776,6 +1831,8 @@ static PyMethodDef Log_methods[] = {
      "started_ns)"},
     {"worker_list", (PyCFunction)Log_worker_list, METH_VARARGS,
      "worker_list(lost_after_ms=0) -> list of dict"},
+    {"rate_list", (PyCFunction)Log_rate_list, METH_VARARGS,
+     "rate_list(topic=None) -> list of dict: per second over 1, 5, 15 minutes"},
     {"worker_forget", (PyCFunction)Log_worker_forget, METH_VARARGS, "worker_forget(name)"},
     {"schedule_add", (PyCFunction)(void (*)(void))Log_schedule_add, METH_VARARGS | METH_KEYWORDS,
      "schedule_add(name, topic, type, every_ms=0, start_ns=0, cron=None, tz=None, payload=None, "

@@ -16,7 +16,7 @@ from .event import Event
 from .group import Group, _group_config
 from .message import (Duration, Message, Offset, Payload, When, _headers, _message, _ms, _ns,
                       _str, encode_payload)
-from .records import GroupInfo, ScheduleInfo, TopicInfo, WorkerInfo
+from .records import GroupInfo, RateInfo, ScheduleInfo, TopicInfo, WorkerInfo
 from .txn import Transaction
 
 __all__ = ["Log", "open", "connect"]
@@ -361,6 +361,14 @@ class Log:
         seconds (default 30)."""
         return [WorkerInfo._from(d) for d in self.h.worker_list(_ms(lost_after, "lost_after") or 0)]
 
+    def rates(self, topic: Optional[str] = None) -> List[RateInfo]:
+        """Events per second over the last 1, 5 and 15 minutes (``engram_rate_list``):
+        for each topic (or only ``topic``) its own row (``group`` None, ``appended`` only),
+        then one per group. Kept in the log: the same numbers in every process."""
+        if topic is not None:
+            _str(topic, "topic")
+        return [RateInfo._from(d) for d in self.h.rate_list(topic)]
+
     def forget_worker(self, name: str) -> None:
         """Removes worker ``name``'s record (NotFound when there is none)."""
         _str(name, "worker name")
@@ -455,6 +463,7 @@ class Log:
                                              "max_events": c["max_events"],
                                              "retain_force": bool(c["flags"]
                                                                   & _engram.TOPIC_RETAIN_FORCE)}})
+        out["log"] = self.h.log_info()
         try:
             groups = self.h.group_list(None)
         except NotSupported:
@@ -473,6 +482,8 @@ class Log:
                 "dead": g["dead"], "acked": g["acked"], "delivered": g["delivered"],
                 "redelivered": g["redelivered"], "oldest_unfinished_ns": old,
                 "retention_skipped": g.get("retention_skipped", 0),
+                "nacked": g["nacked"], "rejected": g["rejected"],
+                "dead_lettered": g["dead_lettered"],
                 "oldest_unfinished_age_ms": (now - old) // 1000000 if 0 < old <= now else None})
         return out
 
@@ -496,6 +507,12 @@ class Log:
         ``notifications``, ``queued``, ``parked``, ``commits``, ``flushes``). One request.
         Raises :class:`NotSupported` on an embedded log (it has no daemon)."""
         return self.h.server_info()
+
+    def log_info(self) -> Dict[str, Any]:
+        """The log's identity: ``id`` (32 hex digits, random, made when the log was
+        created; a backup keeps it, a restored log has a new one), ``created_ns`` and
+        ``format_version``. Through :func:`connect`: the daemon's log."""
+        return self.h.log_info()
 
     def transaction(self) -> "Transaction":
         """Acks and appends committed together: ``with log.transaction() as tx: ...``."""

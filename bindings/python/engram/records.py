@@ -69,6 +69,9 @@ class GroupInfo:
     delivered: int
     oldest_unfinished: Optional[_dt.datetime]
     retention_skipped: int = 0  #: events forced retention removed before the group finished them
+    nacked: int = 0  #: nacks accepted since creation
+    rejected: int = 0  #: rejects accepted since creation
+    dead_lettered: int = 0  #: events that entered the DLQ since creation
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> "GroupInfo":
@@ -79,7 +82,8 @@ class GroupInfo:
                    d["in_flight"], d["retrying"], d["dead"], d["acked"], d["redelivered"],
                    d["delivered"],
                    _dt.datetime.fromtimestamp(old / 1e9, _dt.timezone.utc) if old else None,
-                   d.get("retention_skipped", 0))
+                   d.get("retention_skipped", 0), d.get("nacked", 0), d.get("rejected", 0),
+                   d.get("dead_lettered", 0))
 
 
 @dataclass(frozen=True)
@@ -206,3 +210,23 @@ class ScheduleInfo:
         """The payload of every fire, decoded by content type (JSON -> objects)."""
         from .message import decode_payload
         return decode_payload(self.payload, self.content_type)
+
+
+@dataclass(frozen=True)
+class RateInfo:
+    """Events per second over the last 1, 5 and 15 minutes (each field a tuple of three),
+    for a topic (``group`` None: only ``appended``) or one of its groups."""
+
+    topic: str
+    group: Optional[str]
+    appended: Tuple[float, float, float]
+    delivered: Tuple[float, float, float]
+    acked: Tuple[float, float, float]
+    nacked: Tuple[float, float, float]
+    rejected: Tuple[float, float, float]
+    dead_lettered: Tuple[float, float, float]
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "RateInfo":
+        return cls(d["topic"], d["group"] or None, d["appended"], d["delivered"], d["acked"],
+                   d["nacked"], d["rejected"], d["dead_lettered"])
