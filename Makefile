@@ -71,7 +71,7 @@ ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
 DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
   protobuf-c-compiler libzmq3-dev libcmocka-dev lmdb-utils python3 python3-dev \
   python3-pytest python3-setuptools python3-pip python3-wheel python3-mypy help2man clang \
-  cppcheck nats-server libnats-dev libmicrohttpd-dev chromium prometheus tmux tzdata
+  cppcheck nats-server libnats-dev libmicrohttpd-dev chromium prometheus tmux tzdata zsh
 # libFuzzer's runtime for `make fuzz` (only a Recommends of clang): installed when this
 # Debian release has it under that name.
 DEB_OPTIONAL := libclang-rt-14-dev

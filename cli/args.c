@@ -161,6 +161,20 @@ int cli_args_parse(struct cli_args *a, const struct cli_opt *opts, const char *h
   return cli_args_count(a, min, max, names) ? CLI_EXIT_USAGE : CLI_GO;
 }
 
+int cli_args_json(struct cli_args *a, const char *cmd, int argc, char **argv, const char *help,
+                  int min, int max, const char *names, int *json) {
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", json), CLI_OPT_END};
+  cli_args_init(a, cmd, argc, argv);
+  int r = cli_args_parse(a, opts, help, min, max, names);
+  a->opts = NULL; /* the table lives in this call only (cli_args_given: never given) */
+  return r;
+}
+
+int cli_args_offset(const struct cli_args *a, int i, uint64_t *offset) {
+  const char *e = cli_parse_offset(a->pos[i], offset);
+  return e ? cli_usage(a->cmd, "OFFSET '%s': %s", a->pos[i], e) : 0;
+}
+
 int cli_args_given(const struct cli_args *a, const char *name) {
   for (int k = 0; a->opts && a->opts[k].name; k++)
     if (strcmp(a->opts[k].name, name) == 0) return a->seen[k];

@@ -207,6 +207,12 @@ void cli_args_init(struct cli_args *a, const char *cmd, int argc, char **argv);
  * the command line is refused. */
 int cli_args_parse(struct cli_args *a, const struct cli_opt *opts, const char *help, int min,
                    int max, const char *names);
+/* cli_args_init and cli_args_parse for a command whose only option is --json (into
+ * *json). */
+int cli_args_json(struct cli_args *a, const char *cmd, int argc, char **argv, const char *help,
+                  int min, int max, const char *names, int *json);
+/* Positional i as an OFFSET; 0, or the usage status after saying what is wrong. */
+int cli_args_offset(const struct cli_args *a, int i, uint64_t *offset);
 /* 0 when the option `name` was not on the command line, else a number that grows with
  * its place there (of its last occurrence). */
 int cli_args_given(const struct cli_args *a, const char *name);

@@ -26,10 +26,8 @@ static int dlq_list(struct cli *c, int argc, char **argv) {
       "             \"consumer\",\"first_delivered_ns\",\"dead_ns\"}\n"
       "  -h, --help this help\n";
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, "dlq list", argc, argv);
-  int status = cli_args_parse(&a, opts, h, 2, 2, "TOPIC GROUP");
+  int status = cli_args_json(&a, "dlq list", argc, argv, h, 2, 2, "TOPIC GROUP", &json);
   if (status != CLI_GO) return status;
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_dlq_entry *e = NULL;
@@ -83,14 +81,11 @@ static int dlq_show(struct cli *c, int argc, char **argv) {
       "             as `engram read --json` prints it, or null when it is no longer stored\n"
       "  -h, --help this help\n";
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, "dlq show", argc, argv);
-  int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
+  int status = cli_args_json(&a, "dlq show", argc, argv, h, 3, 3, "TOPIC GROUP OFFSET", &json);
   if (status != CLI_GO) return status;
   uint64_t off;
-  const char *pe = cli_parse_offset(a.pos[2], &off);
-  if (pe) return cli_usage(a.cmd, "OFFSET '%s': %s", a.pos[2], pe);
+  if ((status = cli_args_offset(&a, 2, &off))) return status;
   const char *topic = a.pos[0], *group = a.pos[1];
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_dlq_entry *e = NULL;
@@ -196,10 +191,9 @@ static int dlq_apply(struct cli *c, int argc, char **argv, int redrive) {
       "options:\n"
       "  --json      print {\"ok\":true,\"action\",\"topic\",\"group\",\"count\"}\n";
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, redrive ? "dlq redrive" : "dlq purge", argc, argv);
-  int r = cli_args_parse(&a, opts, redrive ? redrive_h : purge_h, 2, -1, "TOPIC GROUP [OFFSET...]");
+  int r = cli_args_json(&a, redrive ? "dlq redrive" : "dlq purge", argc, argv,
+                        redrive ? redrive_h : purge_h, 2, -1, "TOPIC GROUP [OFFSET...]", &json);
   if (r != CLI_GO) return r;
   size_t n = (size_t)a.npos - 2;
   uint64_t *offs = NULL;

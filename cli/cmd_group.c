@@ -151,10 +151,8 @@ static int group_list(struct cli *c, int argc, char **argv) {
       "  --json     a JSON array of group objects (the shape of `engram group show --json`)\n"
       "  -h, --help this help\n";
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, "group list", argc, argv);
-  int r = cli_args_parse(&a, opts, h, 0, 1, "[TOPIC]");
+  int r = cli_args_json(&a, "group list", argc, argv, h, 0, 1, "[TOPIC]", &json);
   if (r != CLI_GO) return r;
   const char *topic = a.npos ? a.pos[0] : NULL;
   int status = cli_open(c, CLI_OPEN_READ);
@@ -267,10 +265,8 @@ static int group_show(struct cli *c, int argc, char **argv) {
       "             \"retention_skipped\",\"nacked\",\"rejected\",\"dead_lettered\"}\n"
       "  -h, --help this help\n";
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, "group show", argc, argv);
-  int r = cli_args_parse(&a, opts, h, 2, 2, "TOPIC GROUP");
+  int r = cli_args_json(&a, "group show", argc, argv, h, 2, 2, "TOPIC GROUP", &json);
   if (r != CLI_GO) return r;
   int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;
@@ -299,10 +295,8 @@ static int group_delete(struct cli *c, int argc, char **argv) {
       "\n"
       "options:\n" CLI_JSON_DONE_HELP;
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, "group delete", argc, argv);
-  int r = cli_args_parse(&a, opts, h, 2, 2, "TOPIC GROUP");
+  int r = cli_args_json(&a, "group delete", argc, argv, h, 2, 2, "TOPIC GROUP", &json);
   if (r != CLI_GO) return r;
   int status = cli_open(c, CLI_OPEN_EXISTING);
   if (status) return status;
@@ -373,10 +367,8 @@ static int group_consumers(struct cli *c, int argc, char **argv) {
       "              \"next_expiry_ns\"}]\n"
       "  -h, --help  this help\n";
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, "group consumers", argc, argv);
-  int r = cli_args_parse(&a, opts, h, 2, 2, "TOPIC GROUP");
+  int r = cli_args_json(&a, "group consumers", argc, argv, h, 2, 2, "TOPIC GROUP", &json);
   if (r != CLI_GO) return r;
   int status = cli_open(c, CLI_OPEN_READ);
   if (status) return status;

@@ -28,10 +28,8 @@ int cmd_info(struct cli *c, int argc, char **argv) {
       "             name is \"durability_name\"}\n"
       "  -h, --help this help\n";
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, "info", argc, argv);
-  int status = cli_args_parse(&a, opts, h, 0, 0, "no arguments");
+  int status = cli_args_json(&a, "info", argc, argv, h, 0, 0, "no arguments", &json);
   if (status != CLI_GO) return status;
   if (!c->connect) {
     fprintf(stderr, "engram: info: asks a daemon; give --connect ENDPOINT\n");

@@ -657,10 +657,8 @@ int cmd_backup(struct cli *c, int argc, char **argv) {
       "\n"
       "options:\n" CLI_JSON_DONE_HELP;
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, "backup", argc, argv);
-  int status = cli_args_parse(&a, opts, h, 1, 1, "DEST");
+  int status = cli_args_json(&a, "backup", argc, argv, h, 1, 1, "DEST", &json);
   if (status != CLI_GO) return status;
   if (!a.pos[0][0]) return cli_usage(a.cmd, "DEST must not be empty");
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
@@ -682,10 +680,8 @@ int cmd_sync(struct cli *c, int argc, char **argv) {
       "Forces everything committed so far to disk. Useful after writes made with\n"
       "--durability nometasync or async. Prints nothing (with --json: {\"ok\":true,...}).\n";
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, "sync", argc, argv);
-  int status = cli_args_parse(&a, opts, h, 0, 0, "no arguments");
+  int status = cli_args_json(&a, "sync", argc, argv, h, 0, 0, "no arguments", &json);
   if (status != CLI_GO) return status;
   if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
   int rc = engram_sync(c->log);

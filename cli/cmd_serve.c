@@ -13,19 +13,22 @@
 
 static const char serve_help[] =
     "usage: engram serve [--data DIR] [--listen ENDPOINT] [--notify ENDPOINT]\n"
-    "                    [--config FILE] [--log-json] [--durability MODE]\n"
-    "                    [--workers N] [--max-message SIZE]\n"
+    "                    [--config FILE] [--log-json] [--log-file FILE]\n"
+    "                    [--durability MODE] [--workers N] [--max-message SIZE]\n"
     "                    [--curve-secret-file FILE --allow-keys-file FILE]\n"
     "                    [--mirror-nats URL --mirror-topic T1,T2 [--mirror-stream NAME]]\n"
     "                    [--http HOST:PORT [--http-token TOKEN]]\n"
     "\n"
     "Serves the log in DIR over ZeroMQ in the foreground until SIGTERM or SIGINT, then\n"
     "answers the requests in flight and stops. Clients use `engram --connect ENDPOINT`\n"
-    "or engram_connect(). One line is logged on stderr per notable event; destructive\n"
-    "requests (topic drop, group delete and reset, DLQ purge and redrive) with the peer\n"
-    "and CURVE key that sent them. Under systemd (contrib/engram.service, Type=notify) it\n"
-    "reports READY=1 once listening and STOPPING=1 on the way out, and prefixes lines\n"
-    "with journald priorities; SIGHUP is logged and does not stop it.\n"
+    "or engram_connect(). One line is logged on stderr (or --log-file) per notable\n"
+    "event; destructive requests (topic drop, group delete and reset, DLQ purge and\n"
+    "redrive) with the peer and CURVE key that sent them. Under systemd\n"
+    "(contrib/engram.service, Type=notify) it reports READY=1 once listening and\n"
+    "STOPPING=1 on the way out, and prefixes lines with journald priorities. SIGHUP\n"
+    "does not stop it: it reads --allow-keys-file again (a removed key is refused at its\n"
+    "next connection; a file that does not read keeps the old list, logged as an error)\n"
+    "and reopens --log-file (for logrotate).\n"
     "\n"
     "options:\n"
     "  --data DIR               the log directory (default: the global --data, then\n"
@@ -34,18 +37,21 @@ static const char serve_help[] =
     "  --notify ENDPOINT        PUB socket for (topic, head) notifications (default\n"
     "                           ipc://DIR/notify.ipc)\n"
     "  --config FILE            `key = value` lines with the same names as these options\n"
-    "                           (data, listen, notify, log-json, durability, workers,\n"
-    "                           max-message, curve-secret-file, allow-keys-file,\n"
+    "                           (data, listen, notify, log-json, log-file, durability,\n"
+    "                           workers, max-message, curve-secret-file, allow-keys-file,\n"
     "                           mirror-nats, mirror-topic, mirror-stream); the\n"
     "                           command line wins\n"
     "  --log-json               log JSON lines instead of text\n"
+    "  --log-file FILE          append log lines to FILE instead of stderr; reopened on\n"
+    "                           SIGHUP\n"
     "  --durability MODE        sync (default), nometasync or async\n"
     "  --workers N              request worker threads (default: the machine's cores,\n"
     "                           at least 2)\n"
     "  --max-message SIZE       largest request accepted (default 16MiB)\n"
     "  --curve-secret-file FILE the daemon's key pair from `engram keygen --out`: turns\n"
     "                           on CURVE encryption and authentication\n"
-    "  --allow-keys-file FILE   client public keys allowed in, one per line (with CURVE)\n"
+    "  --allow-keys-file FILE   client public keys allowed in, one per line (with CURVE);\n"
+    "                           read again on SIGHUP\n"
     "  --mirror-nats URL        also mirror topics into NATS JetStream, as `engram mirror`\n"
     "                           does (credentials in the URL: nats://user:pass@host:4222)\n"
     "  --mirror-topic T1,T2     the topics to mirror\n"
@@ -192,35 +198,6 @@ int cli_read_key_file(const char *path, char sec[41], char pub[41]) {
   return 0;
 }
 
-/* Allowed client keys: one per line, bare or as `public-key = KEY`. */
-static int read_allow(const char *path, char ***keys, size_t *n) {
-  struct cli_lines r;
-  *keys = NULL;
-  *n = 0;
-  if (cli_lines_open(&r, path, "allow-keys file")) return CLI_EXIT_FAIL;
-  int status = 0;
-  char *l, *v;
-  while (!status && (l = cli_lines_next(&r))) {
-    if ((v = named(l, "public-key"))) l = v;
-    if (strlen(l) != 40) {
-      status = cli_lines_error(&r, "a key is 40 Z85 characters");
-      break;
-    }
-    char **k = realloc(*keys, (*n + 1) * sizeof *k);
-    if (!k || !(k[*n] = strdup(l))) {
-      if (k) *keys = k;
-      status = cli_error("allow-keys file: out of memory");
-      break;
-    }
-    *keys = k;
-    (*n)++;
-  }
-  int rs = cli_lines_close(&r);
-  if (!status) status = rs;
-  if (!status && *n == 0) status = cli_error("allow-keys file %s: no keys in it", path);
-  return status;
-}
-
 /* --mirror-nats: the mirror thread (cli/cmd_mirror.c) beside the daemon. topics is
  * the comma-separated --mirror-topic, split in place into *list. */
 static int mirror_start(const char *url, char *topics, const char *stream,
@@ -273,10 +250,9 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
       CLI_OPT_STR("--mirror-stream", &mirror_stream),
       CLI_OPT_STR("--http", &so.http),
       CLI_OPT_STR("--http-token", &so.http_token),
+      CLI_OPT_STR("--log-file", &so.log_file),
       CLI_OPT_END};
   char *owned[CLI_MAX_OPTS] = {NULL}; /* values read from the config file */
-  char **allow = NULL;
-  size_t nallow = 0;
   char pub[41] = "", sec[41] = "";
   struct cli_args a;
   cli_args_init(&a, "serve", argc, argv);
@@ -307,9 +283,7 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
     if ((status = cli_read_key_file(secret_file, sec, pub))) goto done;
     so.secret_key = sec;
     so.public_key = pub[0] ? pub : NULL;
-    if ((status = read_allow(allow_file, &allow, &nallow))) goto done;
-    so.allow_keys = (const char *const *)allow;
-    so.n_allow_keys = nallow;
+    so.allow_keys_file = allow_file; /* read by the daemon, at start and on SIGHUP */
   }
   struct mirror_thread *mirror = NULL;
   const char **topics = NULL;
@@ -323,8 +297,6 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
   if (rc)
     status = cli_error("%s", *engram_errmsg(NULL) ? engram_errmsg(NULL) : engram_strerror(rc));
 done:
-  for (size_t i = 0; i < nallow; i++) free(allow[i]);
-  free(allow);
   for (int i = 0; i < CLI_MAX_OPTS; i++) free(owned[i]);
   return status;
 }

@@ -6,15 +6,63 @@
 
 #include "cli.h"
 
-/* Parses OFFSET, the third positional of TOPIC GROUP OFFSET; 0 or the usage status. */
-static int offset_arg(const struct cli_args *a, uint64_t *offset) {
-  const char *e = cli_parse_offset(a->pos[2], offset);
-  return e ? cli_usage(a->cmd, "OFFSET '%s': %s", a->pos[2], e) : 0;
+/* ---------------------------------------------------------------------------------
+ * ack, nack, reject, cancel: one body, each command its help and options.
+ * ------------------------------------------------------------------------------ */
+enum verb { ACK, NACK, REJECT, CANCEL };
+
+/* A settling command and the option values its table fills. */
+struct settle {
+  enum verb verb;
+  const char *cmd, *done; /* "ack", and "acked" for the line it prints */
+  uint32_t attempt;       /* --attempt, 0 = do not check */
+  const char *result;     /* ack --result */
+  uint64_t delay_ms;      /* nack --delay, when given */
+  const char *error;      /* nack --error */
+  const char *reason;     /* reject --reason (required) */
+  int json;
+};
+
+static int settle(struct cli *c, int argc, char **argv, const char *help,
+                  const struct cli_opt *opts, struct settle *s) {
+  struct cli_args a;
+  cli_args_init(&a, s->cmd, argc, argv);
+  int status = cli_args_parse(&a, opts, help, 3, 3, "TOPIC GROUP OFFSET");
+  if (status != CLI_GO) return status;
+  uint64_t off;
+  if ((status = cli_args_offset(&a, 2, &off))) return status;
+  if (s->verb == REJECT && !s->reason) return cli_usage(a.cmd, "missing --reason STR");
+  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
+  const char *topic = a.pos[0], *group = a.pos[1];
+  int rc;
+  switch (s->verb) {
+    case ACK:
+      rc = engram_ack(c->log, topic, group, off, s->attempt, s->result,
+                      s->result ? strlen(s->result) : 0);
+      break;
+    case NACK:
+      rc = engram_nack(c->log, topic, group, off, s->attempt,
+                       cli_args_given(&a, "--delay") ? (int64_t)s->delay_ms : -1, s->error);
+      break;
+    case REJECT:
+      rc = engram_reject(c->log, topic, group, off, s->attempt, s->reason);
+      break;
+    default:
+      rc = engram_cancel(c->log, topic, group, off);
+      break;
+  }
+  char text[ENGRAM_MAX_NAME + 96];
+  struct cli_done d = {s->cmd, topic, group, off, 1, -1};
+  if (s->verb == ACK && rc == ENGRAM_EALREADY) { /* acks are idempotent: not an error */
+    snprintf(text, sizeof text, "offset %" PRIu64 " was already finished for group %s", off, group);
+    d.action = "ack (already finished)";
+    return cli_done(s->json, &d, text);
+  }
+  if (rc != 0) return cli_fail(c, rc, "%s %s %s offset %" PRIu64, s->cmd, topic, group, off);
+  snprintf(text, sizeof text, "%s offset %" PRIu64, s->done, off);
+  return cli_done(s->json, &d, text);
 }
 
-/* ---------------------------------------------------------------------------------
- * ack, nack, reject, cancel
- * ------------------------------------------------------------------------------ */
 int cmd_ack(struct cli *c, int argc, char **argv) {
   static const char h[] =
       "usage: engram ack TOPIC GROUP OFFSET [--attempt N] [--result STR] [--json]\n"
@@ -27,32 +75,11 @@ int cmd_ack(struct cli *c, int argc, char **argv) {
       "                delivered again since (default 0: do not check)\n"
       "  --result STR  keep STR as the event's result (see `engram status`)\n" CLI_JSON_DONE_HELP
       "  -h, --help    this help\n";
-  uint32_t attempt = 0;
-  const char *result = NULL;
-  int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_U32("--attempt", &attempt),
-                                 CLI_OPT_STR("--result", &result), CLI_OPT_FLAG("--json", &json),
-                                 CLI_OPT_END};
-  struct cli_args a;
-  cli_args_init(&a, "ack", argc, argv);
-  int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
-  if (status != CLI_GO) return status;
-  uint64_t off;
-  if ((status = offset_arg(&a, &off))) return status;
-  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
-  int rc =
-      engram_ack(c->log, a.pos[0], a.pos[1], off, attempt, result, result ? strlen(result) : 0);
-  char text[ENGRAM_MAX_NAME + 96];
-  struct cli_done d = {"ack", a.pos[0], a.pos[1], off, 1, -1};
-  if (rc == ENGRAM_EALREADY) {
-    snprintf(text, sizeof text, "offset %" PRIu64 " was already finished for group %s", off,
-             a.pos[1]);
-    d.action = "ack (already finished)";
-    return cli_done(json, &d, text);
-  }
-  if (rc != 0) return cli_fail(c, rc, "ack %s %s offset %" PRIu64, a.pos[0], a.pos[1], off);
-  snprintf(text, sizeof text, "acked offset %" PRIu64, off);
-  return cli_done(json, &d, text);
+  struct settle s = {.verb = ACK, .cmd = "ack", .done = "acked"};
+  const struct cli_opt opts[] = {CLI_OPT_U32("--attempt", &s.attempt),
+                                 CLI_OPT_STR("--result", &s.result),
+                                 CLI_OPT_FLAG("--json", &s.json), CLI_OPT_END};
+  return settle(c, argc, argv, h, opts, &s);
 }
 
 int cmd_nack(struct cli *c, int argc, char **argv) {
@@ -67,28 +94,12 @@ int cmd_nack(struct cli *c, int argc, char **argv) {
       "  --delay D    redeliver after D (default: the group's backoff step; at most 30d)\n"
       "  --error STR  kept as the event's last error\n" CLI_JSON_DONE_HELP
       "  -h, --help   this help\n";
-  uint32_t attempt = 0;
-  int json = 0;
-  const char *error = NULL;
-  uint64_t delay_ms = 0;
-  const struct cli_opt opts[] = {CLI_OPT_U32("--attempt", &attempt),
-                                 CLI_OPT_DURATION("--delay", &delay_ms, .max = ENGRAM_MAX_DELAY_MS),
-                                 CLI_OPT_STR("--error", &error), CLI_OPT_FLAG("--json", &json),
-                                 CLI_OPT_END};
-  struct cli_args a;
-  cli_args_init(&a, "nack", argc, argv);
-  int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
-  if (status != CLI_GO) return status;
-  uint64_t off;
-  if ((status = offset_arg(&a, &off))) return status;
-  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
-  const int64_t delay = cli_args_given(&a, "--delay") ? (int64_t)delay_ms : -1;
-  int rc = engram_nack(c->log, a.pos[0], a.pos[1], off, attempt, delay, error);
-  if (rc != 0) return cli_fail(c, rc, "nack %s %s offset %" PRIu64, a.pos[0], a.pos[1], off);
-  char text[64];
-  snprintf(text, sizeof text, "nacked offset %" PRIu64, off);
-  struct cli_done d = {"nack", a.pos[0], a.pos[1], off, 1, -1};
-  return cli_done(json, &d, text);
+  struct settle s = {.verb = NACK, .cmd = "nack", .done = "nacked"};
+  const struct cli_opt opts[] = {
+      CLI_OPT_U32("--attempt", &s.attempt),
+      CLI_OPT_DURATION("--delay", &s.delay_ms, .max = ENGRAM_MAX_DELAY_MS),
+      CLI_OPT_STR("--error", &s.error), CLI_OPT_FLAG("--json", &s.json), CLI_OPT_END};
+  return settle(c, argc, argv, h, opts, &s);
 }
 
 int cmd_reject(struct cli *c, int argc, char **argv) {
@@ -101,26 +112,11 @@ int cmd_reject(struct cli *c, int argc, char **argv) {
       "  --reason STR  why (required); listed by `engram dlq list`\n"
       "  --attempt N   the attempt as fetched (default 0: do not check)\n" CLI_JSON_DONE_HELP
       "  -h, --help    this help\n";
-  uint32_t attempt = 0;
-  int json = 0;
-  const char *reason = NULL;
-  const struct cli_opt opts[] = {CLI_OPT_U32("--attempt", &attempt),
-                                 CLI_OPT_TEXT("--reason", &reason, .what = "must not be empty"),
-                                 CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
-  struct cli_args a;
-  cli_args_init(&a, "reject", argc, argv);
-  int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
-  if (status != CLI_GO) return status;
-  uint64_t off;
-  if ((status = offset_arg(&a, &off))) return status;
-  if (!reason) return cli_usage(a.cmd, "missing --reason STR");
-  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
-  int rc = engram_reject(c->log, a.pos[0], a.pos[1], off, attempt, reason);
-  if (rc != 0) return cli_fail(c, rc, "reject %s %s offset %" PRIu64, a.pos[0], a.pos[1], off);
-  char text[64];
-  snprintf(text, sizeof text, "rejected offset %" PRIu64, off);
-  struct cli_done d = {"reject", a.pos[0], a.pos[1], off, 1, -1};
-  return cli_done(json, &d, text);
+  struct settle s = {.verb = REJECT, .cmd = "reject", .done = "rejected"};
+  const struct cli_opt opts[] = {CLI_OPT_U32("--attempt", &s.attempt),
+                                 CLI_OPT_TEXT("--reason", &s.reason, .what = "must not be empty"),
+                                 CLI_OPT_FLAG("--json", &s.json), CLI_OPT_END};
+  return settle(c, argc, argv, h, opts, &s);
 }
 
 int cmd_cancel(struct cli *c, int argc, char **argv) {
@@ -131,21 +127,9 @@ int cmd_cancel(struct cli *c, int argc, char **argv) {
       "Fails when the event is in flight, already finished or dead.\n"
       "\n"
       "options:\n" CLI_JSON_DONE_HELP;
-  int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
-  struct cli_args a;
-  cli_args_init(&a, "cancel", argc, argv);
-  int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
-  if (status != CLI_GO) return status;
-  uint64_t off;
-  if ((status = offset_arg(&a, &off))) return status;
-  if ((status = cli_open(c, CLI_OPEN_EXISTING))) return status;
-  int rc = engram_cancel(c->log, a.pos[0], a.pos[1], off);
-  if (rc != 0) return cli_fail(c, rc, "cancel %s %s offset %" PRIu64, a.pos[0], a.pos[1], off);
-  char text[64];
-  snprintf(text, sizeof text, "cancelled offset %" PRIu64, off);
-  struct cli_done d = {"cancel", a.pos[0], a.pos[1], off, 1, -1};
-  return cli_done(json, &d, text);
+  struct settle s = {.verb = CANCEL, .cmd = "cancel", .done = "cancelled"};
+  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &s.json), CLI_OPT_END};
+  return settle(c, argc, argv, h, opts, &s);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -166,13 +150,11 @@ int cmd_status(struct cli *c, int argc, char **argv) {
       "             that is not UTF-8 comes as \"result_base64\"\n"
       "  -h, --help this help\n";
   int json = 0;
-  const struct cli_opt opts[] = {CLI_OPT_FLAG("--json", &json), CLI_OPT_END};
   struct cli_args a;
-  cli_args_init(&a, "status", argc, argv);
-  int status = cli_args_parse(&a, opts, h, 3, 3, "TOPIC GROUP OFFSET");
+  int status = cli_args_json(&a, "status", argc, argv, h, 3, 3, "TOPIC GROUP OFFSET", &json);
   if (status != CLI_GO) return status;
   uint64_t off;
-  if ((status = offset_arg(&a, &off))) return status;
+  if ((status = cli_args_offset(&a, 2, &off))) return status;
   if ((status = cli_open(c, CLI_OPEN_READ))) return status;
   engram_status st;
   memset(&st, 0, sizeof st);

@@ -609,57 +609,73 @@ static int parse_number(struct parser *p, json_value *v) {
 
 static int parse_value(struct parser *p, json_value *v);
 
+/* Arrays and objects gather their items in a malloc'd buffer while parsing, then copy
+ * them into the document's arena. tmp (n items of size bytes, room for *cap) with room
+ * for one more: tmp itself, or moved; NULL when out of memory (tmp is still valid). */
+static void *grow(struct parser *p, void *tmp, size_t n, size_t *cap, size_t size) {
+  if (n < *cap) return tmp;
+  size_t nc = *cap ? *cap * 2 : 8;
+  void *t = realloc(tmp, nc * size);
+  if (!t) {
+    nomem(p);
+    return NULL;
+  }
+  *cap = nc;
+  return t;
+}
+
+/* What follows an item: 1 at the closing bracket (consumed), 0 after a comma, or -1. */
+static int next_item(struct parser *p, char close, const char *unterminated, const char *expected) {
+  skip_ws(p);
+  if (p->pos >= p->len) return fail(p, unterminated);
+  if (p->s[p->pos] == close) {
+    p->pos++;
+    return 1;
+  }
+  if (p->s[p->pos] != ',') return fail(p, expected);
+  p->pos++;
+  return 0;
+}
+
+/* Whether the container opening at p->pos closes at once (then consumed). */
+static int empty_container(struct parser *p, char close) {
+  p->pos++;
+  skip_ws(p);
+  if (p->pos < p->len && p->s[p->pos] == close) {
+    p->pos++;
+    return 1;
+  }
+  return 0;
+}
+
+/* The n items of tmp copied into the arena as *out (NULL when none); 0 or -1. */
+static int keep(struct parser *p, const void *tmp, size_t n, size_t size, void **out) {
+  *out = NULL;
+  if (!n) return 0;
+  if (!(*out = arena_alloc(p->doc, n * size))) return nomem(p);
+  memcpy(*out, tmp, n * size);
+  return 0;
+}
+
 static int parse_array(struct parser *p, json_value *v) {
   json_value *tmp = NULL;
   size_t n = 0, cap = 0;
-  int rc = -1;
-  p->pos++;
-  skip_ws(p);
-  if (p->pos < p->len && p->s[p->pos] == ']') {
-    p->pos++;
-    goto done;
-  }
-  for (;;) {
-    if (n == cap) {
-      size_t nc = cap ? cap * 2 : 8;
-      json_value *t = realloc(tmp, nc * sizeof *t);
-      if (!t) {
-        nomem(p);
-        goto out;
-      }
-      tmp = t;
-      cap = nc;
-    }
+  int rc = -1, end = empty_container(p, ']');
+  while (!end) {
+    void *t = grow(p, tmp, n, &cap, sizeof *tmp);
+    if (!t) goto out;
+    tmp = t;
     skip_ws(p);
     if (parse_value(p, &tmp[n]) < 0) goto out;
     n++;
-    skip_ws(p);
-    if (p->pos >= p->len) {
-      fail(p, "unterminated array");
+    if ((end = next_item(p, ']', "unterminated array", "expected ',' or ']' in array")) < 0)
       goto out;
-    }
-    if (p->s[p->pos] == ']') {
-      p->pos++;
-      break;
-    }
-    if (p->s[p->pos] != ',') {
-      fail(p, "expected ',' or ']' in array");
-      goto out;
-    }
-    p->pos++;
   }
-done:
   v->type = JSON_ARRAY;
   v->len = n;
-  v->items = NULL;
-  if (n) {
-    v->items = arena_alloc(p->doc, n * sizeof *tmp);
-    if (!v->items) {
-      nomem(p);
-      goto out;
-    }
-    memcpy(v->items, tmp, n * sizeof *tmp);
-  }
+  void *items;
+  if (keep(p, tmp, n, sizeof *tmp, &items) < 0) goto out;
+  v->items = items;
   rc = 0;
 out:
   free(tmp);
@@ -669,24 +685,11 @@ out:
 static int parse_object(struct parser *p, json_value *v) {
   json_member *tmp = NULL;
   size_t n = 0, cap = 0;
-  int rc = -1;
-  p->pos++;
-  skip_ws(p);
-  if (p->pos < p->len && p->s[p->pos] == '}') {
-    p->pos++;
-    goto done;
-  }
-  for (;;) {
-    if (n == cap) {
-      size_t nc = cap ? cap * 2 : 8;
-      json_member *t = realloc(tmp, nc * sizeof *t);
-      if (!t) {
-        nomem(p);
-        goto out;
-      }
-      tmp = t;
-      cap = nc;
-    }
+  int rc = -1, end = empty_container(p, '}');
+  while (!end) {
+    void *t = grow(p, tmp, n, &cap, sizeof *tmp);
+    if (!t) goto out;
+    tmp = t;
     skip_ws(p);
     if (p->pos >= p->len || p->s[p->pos] != '"') {
       fail(p, "expected a string as object key");
@@ -702,33 +705,14 @@ static int parse_object(struct parser *p, json_value *v) {
     skip_ws(p);
     if (parse_value(p, &tmp[n].value) < 0) goto out;
     n++;
-    skip_ws(p);
-    if (p->pos >= p->len) {
-      fail(p, "unterminated object");
+    if ((end = next_item(p, '}', "unterminated object", "expected ',' or '}' in object")) < 0)
       goto out;
-    }
-    if (p->s[p->pos] == '}') {
-      p->pos++;
-      break;
-    }
-    if (p->s[p->pos] != ',') {
-      fail(p, "expected ',' or '}' in object");
-      goto out;
-    }
-    p->pos++;
   }
-done:
   v->type = JSON_OBJECT;
   v->len = n;
-  v->members = NULL;
-  if (n) {
-    v->members = arena_alloc(p->doc, n * sizeof *tmp);
-    if (!v->members) {
-      nomem(p);
-      goto out;
-    }
-    memcpy(v->members, tmp, n * sizeof *tmp);
-  }
+  void *members;
+  if (keep(p, tmp, n, sizeof *tmp, &members) < 0) goto out;
+  v->members = members;
   rc = 0;
 out:
   free(tmp);

@@ -489,7 +489,8 @@ e serve --curve-secret-file "$KEYS.key" --allow-keys-file "$KEYS.allow"
 check "a second secret-key line is refused with its line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "$KEYS.key:3:"'
 
 # --- workers and top ---------------------------------------------------------------
-e workers
+# (--lost-after 1h: under the sanitizers the fetch above can be more than 30 s ago.)
+e workers --lost-after 1h
 check "workers lists the consumers that fetched" eval '[[ $rc == 0 ]] && has "$out" alive && has "$out" "memory/g"'
 e workers --json
 check "workers --json is one array with the consumer w" eval '[[ $rc == 0 && $out == "["* ]] && has "$out" "\"name\":\"w\""'
@@ -828,8 +829,54 @@ check "... also through the daemon" eval '[[ $rc == 130 ]]'
 c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" group delete memory idle
 CKEY=$(sed -n 's/^public-key = //p' "$CV/client.pub")
 check "an admin action through a CURVE daemon is logged with the client's key" eval 'grep -F "admin: group_delete group memory/idle by peer" "$CV/serve.err" | grep -qF "key $CKEY"'
+# SIGHUP reads the allow-list again: the stranger's key is added, the client's removed.
+reloaded() { # reloaded N: the daemon has logged its Nth allow-list reload
+  for _ in $(seq 1 300); do
+    (($(grep -c "sighup: allow-list reloaded" "$CV/serve.err") >= $1)) && return 0
+    sleep 0.1
+  done
+  return 1
+}
+# (To the daemon itself, named by its lock file: timeout passes on one SIGHUP only.)
+DPID=$(cat "$CV/log/daemon.lock")
+{ echo "# rotated keys"; echo "public-key = $(sed -n 's/^public-key = //p' "$CV/stranger.pub")"; } >"$CV/allow"
+kill -HUP "$DPID"
+check "SIGHUP reloads the allow-list file" reloaded 1
+check "... and logs how many keys it now holds" eval 'grep -q "allow-list reloaded: 1 client keys (were 1)" "$CV/serve.err"'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/stranger.key" topics
+check "... a newly added client key is accepted" eval '[[ $rc == 0 ]] && has "$out" curved'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/client.key" topics
+check "... a removed client key is refused" eval '[[ $rc == 1 ]] && one_line_err'
+printf 'not a key\n' >>"$CV/allow"
+kill -HUP "$DPID"
+for _ in $(seq 1 300); do grep -q "allow-keys file $CV/allow:3: a key is 40 Z85" "$CV/serve.err" && break; sleep 0.1; done
+check "... a bad file on SIGHUP is logged with its line and keeps the list" eval 'grep -q "allow-keys file $CV/allow:3: a key is 40 Z85 characters: keeping the 1 keys allowed before" "$CV/serve.err"'
+c --connect "$EP" --server-key "$SKEY" --client-key-file "$CV/stranger.key" topics
+check "... and the daemon still serves the keys it had" eval '[[ $rc == 0 ]] && has "$out" curved'
 kill "$SERVE_PID" 2>/dev/null
 wait "$SERVE_PID" 2>/dev/null
+
+# --- serve --log-file: logrotate moves the file, SIGHUP makes the daemon open a new one.
+LF=$TMP/logfile
+mkdir -p "$LF"
+timeout 120 "$BIN" --data "$LF/log" serve --listen "ipc://$LF/s.ipc" --notify "ipc://$LF/n.ipc" \
+  --log-file "$LF/engram.log" 2>"$LF/serve.err" &
+SERVE_PID=$!
+for _ in $(seq 1 100); do
+  c --connect "ipc://$LF/s.ipc" topics
+  [[ $rc == 0 ]] && break
+  sleep 0.2
+done
+check "serve --log-file writes its lines there, not on stderr" eval 'grep -q "info  start: engram" "$LF/engram.log" && ! [[ -s $LF/serve.err ]]'
+mv "$LF/engram.log" "$LF/engram.log.1"
+kill -HUP "$(cat "$LF/log/daemon.lock")"
+for _ in $(seq 1 300); do grep -qs "log file $LF/engram.log reopened" "$LF/engram.log" && break; sleep 0.1; done
+check "SIGHUP reopens --log-file after logrotate moved it" eval 'grep -q "log file $LF/engram.log reopened" "$LF/engram.log" && grep -q "SIGHUP: still serving" "$LF/engram.log.1"'
+kill "$SERVE_PID" 2>/dev/null
+wait "$SERVE_PID" 2>/dev/null
+check "... and the lines after it go to the new file" eval 'grep -q "stopped: served" "$LF/engram.log" && ! grep -q "stopped: served" "$LF/engram.log.1"'
+e serve --data "$LF/log2" --log-file "$LF/no/such/dir/engram.log"
+check "a --log-file that cannot be opened fails with one line, leaving no log behind" eval '[[ $rc == 1 ]] && one_line_err && has "$err" "log file $LF/no/such/dir/engram.log" && ! [[ -e $LF/log2 ]]'
 
 # --- serve under systemd: sd_notify readiness and stopping, journald priorities, SIGHUP,
 # admin actions logged with who did them. Python plays the service manager.

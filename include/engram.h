@@ -725,16 +725,25 @@ typedef struct engram_serve_options {
                              /readyz there (docs/operations.md); NULL = no HTTP */
   const char *http_token; /* when set, every HTTP request needs it (Bearer token, or the
                              password of Basic auth); required for a non-loopback http */
+  const char *allow_keys_file; /* CURVE: a file of allowed client keys, one a line (bare Z85
+                                  or `public-key = KEY`; blank and '#' lines skipped), added
+                                  to allow_keys; read at start and again on SIGHUP */
+  const char *log_file; /* log lines appended to this file instead of stderr; reopened on
+                           SIGHUP (after logrotate moved it); NULL = stderr */
 } engram_serve_options;
 /* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
  * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with
- * ENGRAM_EBUSY when another daemon serves the directory. */
+ * ENGRAM_EBUSY when another daemon serves the directory. SIGHUP does not stop it: it
+ * reads allow_keys_file again (a file that no longer reads keeps the old list, logged as
+ * an error; a removed key is refused at its next connection, connections already in keep
+ * theirs) and reopens log_file. */
 ENGRAM_API int engram_serve(const char *data_dir, const engram_serve_options *opts);
-/* The daemon holds DIR/daemon.lock, logs one line per notable event on stderr, takes the
- * commits of embedded writers of other processes on ipc://DIR/notify-in.ipc and answers a
- * malformed request with ENGRAM_EPROTO. Other errors: EINVAL (options), EBUSY (directory
+/* The daemon holds DIR/daemon.lock, logs one line per notable event on stderr (or
+ * log_file), takes the commits of embedded writers of other processes on
+ * ipc://DIR/notify-in.ipc and answers a malformed request with ENGRAM_EPROTO. Other errors: EINVAL (options), EBUSY (directory
  * or endpoint in use, or a daemon already runs in this process), ENOTSUP (CURVE without
- * libzmq support), and those of engram_open(). */
+ * libzmq support), EINVAL or EIO for an allow_keys_file that does not read ("FILE:LINE:
+ * ..." in the message) or a log_file that cannot be opened, and those of engram_open(). */
 /* Asks a running engram_serve() of this process to stop (async-signal-safe). */
 ENGRAM_API void engram_serve_stop(void);
 /* Makes a CURVE key pair as two 40-character Z85 strings (plus NUL). */

@@ -112,6 +112,9 @@ void client_stage_maybe_flush(struct conn *c);
 void client_pump(struct conn *c);
 void client_pump_fast(struct conn *c);
 void client_wait_pend(struct conn *c, struct pend *p);
+/* The reader's wait, without c->mu: up to ms for the socket, the monitor or a wake-up
+ * (then drained). */
+void client_poll(struct conn *c, int ms);
 int client_rpc(engram *log, Engram__Wire__Request *rq, int retry, uint64_t extra_ms, int want,
                Engram__Wire__Reply **out);
 int client_retry_of(const Engram__Wire__Request *rq);

@@ -392,6 +392,16 @@ static void expire(struct conn *c, struct pend *p) {
 }
 
 /* Waits until p is done (a reply, a failure or its deadline). Called with mu held. */
+void client_poll(struct conn *c, int ms) {
+  struct pollfd fds[3] = {{c->sock_fd, POLLIN, 0}, {c->mon_fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
+  poll(fds, 3, ms);
+  if (fds[2].revents & POLLIN) {
+    uint64_t v;
+    ssize_t r = read(c->wake_fd, &v, sizeof v);
+    (void)r;
+  }
+}
+
 void client_wait_pend(struct conn *c, struct pend *p) {
   while (!p->done) {
     client_pump(c);
@@ -410,18 +420,11 @@ void client_wait_pend(struct conn *c, struct pend *p) {
     c->reading = 1;
     c->reader = pthread_self();
     pthread_mutex_unlock(&c->mu);
-    struct pollfd fds[3] = {
-        {c->sock_fd, POLLIN, 0}, {c->mon_fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
     int64_t ms = (p->deadline_ns - now + 999999) / 1000000;
     /* Unsent requests wait for a connection: look again now and then, as libzmq
      * signals a new connection on the monitor but not always on the socket. */
     if (c->n_unsent && ms > 50) ms = 50;
-    poll(fds, 3, ms > 1000000 ? 1000000 : (int)ms);
-    if (fds[2].revents & POLLIN) {
-      uint64_t v;
-      ssize_t r = read(c->wake_fd, &v, sizeof v);
-      (void)r;
-    }
+    client_poll(c, ms > 1000000 ? 1000000 : (int)ms);
     pthread_mutex_lock(&c->mu);
     c->reading = 0;
     pthread_cond_broadcast(&c->cv); /* someone else may need to read now */

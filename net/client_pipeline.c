@@ -1,7 +1,6 @@
 /* client_pipeline.c — pipelined appends of a remote handle (engram_append_async,
  * engram_append_wait): staged, sent in batches, answered through callbacks in order. */
 #include <errno.h>
-#include <poll.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,14 +108,7 @@ static void *flusher_main(void *arg) {
     c->reading = 1;
     c->reader = pthread_self();
     pthread_mutex_unlock(&c->mu);
-    struct pollfd fds[3] = {
-        {c->sock_fd, POLLIN, 0}, {c->mon_fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
-    poll(fds, 3, 20);
-    if (fds[2].revents & POLLIN) {
-      uint64_t v;
-      ssize_t r = read(c->wake_fd, &v, sizeof v);
-      (void)r;
-    }
+    client_poll(c, 20);
     pthread_mutex_lock(&c->mu);
     c->reading = 0;
     client_pump(c);

@@ -18,14 +18,19 @@ volatile sig_atomic_t server_hup_requested;
 static volatile int stop_fd = -1;
 static _Atomic int serving;
 
-void net_serve_stop(void) {
-  server_stop_requested = 1;
+/* Wakes the main loop (async-signal-safe: one write to the eventfd). */
+static void wake_main(void) {
   int fd = stop_fd;
   if (fd >= 0) {
     uint64_t one = 1;
     ssize_t r = write(fd, &one, sizeof one);
     (void)r;
   }
+}
+
+void net_serve_stop(void) {
+  server_stop_requested = 1;
+  wake_main();
 }
 
 static void on_signal(int sig) {
@@ -33,17 +38,12 @@ static void on_signal(int sig) {
   engram_serve_stop();
 }
 
-/* SIGHUP (a service manager's reload, a closed terminal) must not kill the daemon: the
- * main loop is woken to log it. */
+/* SIGHUP (a service manager's reload, logrotate, a closed terminal) must not kill the
+ * daemon: the main loop is woken to reload the allow-list and reopen the log file. */
 static void on_hup(int sig) {
   (void)sig;
   server_hup_requested = 1;
-  int fd = stop_fd;
-  if (fd >= 0) {
-    uint64_t one = 1;
-    ssize_t r = write(fd, &one, sizeof one);
-    (void)r;
-  }
+  wake_main();
 }
 
 /* ---------------------------------------------------------------------------------
@@ -150,14 +150,14 @@ static int check_options(const char *dir, const engram_serve_options *o) {
   int rc = http_check_options(o->http, o->http_token);
   if (rc) return rc;
   unsigned char k[32];
-  if (o->secret_key || o->public_key || o->n_allow_keys) {
+  if (o->secret_key || o->public_key || o->n_allow_keys || o->allow_keys_file) {
     if (!zmq_has("curve"))
       return log_error(NULL, ENGRAM_ENOTSUP, "serve: this libzmq has no CURVE support");
     if (!server_valid_z85_key(o->secret_key, k))
       return log_error(NULL, ENGRAM_EINVAL, "serve: CURVE secret key must be 40 Z85 characters");
     if (o->public_key && !server_valid_z85_key(o->public_key, k))
       return log_error(NULL, ENGRAM_EINVAL, "serve: CURVE public key must be 40 Z85 characters");
-    if (o->n_allow_keys == 0 || !o->allow_keys)
+    if ((o->n_allow_keys == 0 || !o->allow_keys) && !o->allow_keys_file)
       return log_error(NULL, ENGRAM_EINVAL, "serve: CURVE needs a list of allowed client keys");
     for (size_t i = 0; i < o->n_allow_keys; i++)
       if (!server_valid_z85_key(o->allow_keys[i], k))
@@ -247,6 +247,7 @@ static void teardown(struct net_server *s) {
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->log_mu);
+  pthread_mutex_destroy(&s->allow_mu);
 }
 
 static int start(struct net_server *s) {
@@ -272,10 +273,6 @@ static int start(struct net_server *s) {
 
   int curve = s->o.secret_key != NULL;
   if (curve) {
-    s->n_allow = s->o.n_allow_keys;
-    s->allow = calloc(s->n_allow, 32);
-    if (!s->allow) return log_error(NULL, ENGRAM_ENOMEM, "serve: out of memory");
-    for (size_t i = 0; i < s->n_allow; i++) zmq_z85_decode(s->allow[i], s->o.allow_keys[i]);
     if (!(s->zap = mksock(s, ZMQ_REP, &rc))) return rc;
     if ((rc = bind_ep(s, s->zap, ZAP_EP, NULL, 0, "authentication"))) return rc;
     if (pthread_create(&s->zap_thread, NULL, server_zap_main, s) != 0)
@@ -365,13 +362,15 @@ int net_serve(const char *data_dir, const engram_serve_options *opts) {
   snprintf(s->dir, sizeof s->dir, "%s", data_dir);
   s->o = o;
   s->log_json = o.log_json;
-  s->journal = server_stderr_is_journal();
+  s->journal = !o.log_file && server_stderr_is_journal();
   s->wake_fd = -1;
   s->lock_fd = -1;
+  s->log_fd = STDERR_FILENO;
   s->started_ns = clock_monotonic_ns();
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   pthread_mutex_init(&s->log_mu, NULL);
+  pthread_mutex_init(&s->allow_mu, NULL);
 
   server_stop_requested = 0;
   server_hup_requested = 0;
@@ -385,7 +384,10 @@ int net_serve(const char *data_dir, const engram_serve_options *opts) {
   hup.sa_handler = on_hup;
   sigaction(SIGHUP, &hup, &old_hup);
 
-  rc = start(s);
+  /* The allow-list and the log file first: a bad one must not leave a new log behind. */
+  rc = o.secret_key ? server_allow_load(s, 0) : 0;
+  if (!rc) rc = server_log_open(s, 0);
+  if (!rc) rc = start(s);
   if (rc) {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", engram_errmsg(NULL));
@@ -422,6 +424,7 @@ int net_serve(const char *data_dir, const engram_serve_options *opts) {
     server_log(s, "info", "stopped", "served %llu requests in %.1f s", (unsigned long long)served,
                up);
   }
+  if (s->log_fd != STDERR_FILENO) close(s->log_fd);
   sigaction(SIGTERM, &old_term, NULL);
   sigaction(SIGINT, &old_int, NULL);
   sigaction(SIGHUP, &old_hup, NULL);

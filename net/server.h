@@ -120,7 +120,8 @@ struct net_server {
   pthread_t zap_thread;
   int zap_running;
   _Atomic int zap_stop;
-  unsigned char (*allow)[32];
+  pthread_mutex_t allow_mu;   /* guards allow, n_allow: a SIGHUP swaps them */
+  unsigned char (*allow)[32]; /* allow_keys, then the keys of allow_keys_file */
   size_t n_allow;
 
   _Atomic uint64_t requests, errors, bad, appended, notifications;
@@ -130,6 +131,7 @@ struct net_server {
   char http_ep[128];        /* its bound HOST:PORT */
 
   int journal;            /* stderr is the journal: log lines carry "<N>" priorities */
+  int log_fd;             /* where log lines go: stderr, or log_file (reopened on SIGHUP) */
   pthread_mutex_t log_mu; /* rate limit of client-error lines */
   int64_t log_window;
   int log_count, log_dropped;
@@ -144,7 +146,8 @@ struct worker {
 
 /* Set by engram_serve_stop() (and SIGTERM, SIGINT); the main loop then stops. */
 extern volatile sig_atomic_t server_stop_requested;
-/* Set by SIGHUP: the main loop logs it and goes on serving. */
+/* Set by SIGHUP: the main loop reloads the allow-list, reopens the log file and goes on
+ * serving (server_reload). */
 extern volatile sig_atomic_t server_hup_requested;
 
 /* Under a service manager (server_systemd.c). */
@@ -158,7 +161,15 @@ int server_log_priority(const char *level);
  * peer's address and, with CURVE, its public key). */
 void server_log_admin(struct net_server *s, zmq_msg_t *body, const char *op, const char *what);
 
+/* CURVE's allow-list (server_zap.c): allow_keys and the keys of allow_keys_file decoded
+ * into s->allow. At start a file that does not read fails (-ENGRAM_E*, message naming
+ * FILE:LINE); on a reload it is logged and the old list kept. */
+int server_allow_load(struct net_server *s, int reload);
+
 /* Logging (server_log.c): one line per notable event, text or JSON, client text escaped. */
+/* Opens log_file (when set) as s->log_fd; on a reload opens it again in place of the old
+ * one (logrotate moved it), logging what failed and keeping the old one then. */
+int server_log_open(struct net_server *s, int reload);
 void server_log(struct net_server *s, const char *level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Whether another client-error line fits this second (LOG_BURST); *dropped: lines

@@ -226,9 +226,9 @@ void server_main_loop(struct net_server *s) {
   for (;;) {
     if (server_hup_requested) {
       server_hup_requested = 0;
-      server_log(s, "info", "sighup",
-                 "SIGHUP: still serving (log lines go to stderr, nothing to reopen; the "
-                 "allow-list is read at start: restart to change it)");
+      server_log(s, "info", "sighup", "SIGHUP: still serving; reloading");
+      server_log_open(s, 1);
+      if (s->o.secret_key) server_allow_load(s, 1);
     }
     if (server_stop_requested && !s->stopping) {
       server_log(s, "info", "stop", "stopping: no new requests, finishing those in flight");

@@ -194,6 +194,20 @@ static void lane_drop_locked(struct net_server *s, struct lane *l) {
   }
 }
 
+/* Runs the first job of a queue (head, tail), with s->mu released meanwhile. */
+static void run_first(struct net_server *s, struct worker *w, struct job **head,
+                      struct job **tail) {
+  struct job *j = *head;
+  *head = j->next;
+  if (!*head) *tail = NULL;
+  s->queued--;
+  s->running++;
+  pthread_mutex_unlock(&s->mu);
+  server_run_job(s, w, j);
+  pthread_mutex_lock(&s->mu);
+  s->running--;
+}
+
 static void *worker_main(void *arg) {
   struct worker *w = arg;
   struct net_server *s = w->s;
@@ -203,15 +217,7 @@ static void *worker_main(void *arg) {
       pthread_cond_wait(&s->cv, &s->mu);
     if (!s->w_head && !s->q_head && !s->ready_head) break;
     if (s->w_head) {
-      struct job *j = s->w_head;
-      s->w_head = j->next;
-      if (!s->w_head) s->w_tail = NULL;
-      s->queued--;
-      s->running++;
-      pthread_mutex_unlock(&s->mu);
-      server_run_job(s, w, j);
-      pthread_mutex_lock(&s->mu);
-      s->running--;
+      run_first(s, w, &s->w_head, &s->w_tail);
       continue;
     }
     /* Alternate between plain requests and lanes so neither starves the other. */
@@ -257,15 +263,7 @@ static void *worker_main(void *arg) {
           lane_drop_locked(s, l);
       }
     } else {
-      struct job *j = s->q_head;
-      s->q_head = j->next;
-      if (!s->q_head) s->q_tail = NULL;
-      s->queued--;
-      s->running++;
-      pthread_mutex_unlock(&s->mu);
-      server_run_job(s, w, j);
-      pthread_mutex_lock(&s->mu);
-      s->running--;
+      run_first(s, w, &s->q_head, &s->q_tail);
     }
   }
   pthread_mutex_unlock(&s->mu);

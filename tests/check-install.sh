@@ -47,11 +47,43 @@ if command -v man >/dev/null; then
   check "the pages render" bash -c "man -l '$ST/usr/share/man/man1/engram-serve.1' | grep -q allow-keys-file"
 fi
 check "bash completion installed" test -f "$ST/usr/share/bash-completion/completions/engram"
-comp=$(bash -c "source '$ST/usr/share/bash-completion/completions/engram'
-  COMP_WORDS=('$BUILD/engram' con); COMP_CWORD=1; _engram; echo \"\${COMPREPLY[*]}\"
-  COMP_WORDS=('$BUILD/engram' consume t g --con); COMP_CWORD=4; _engram; echo \"\${COMPREPLY[*]}\"")
-check "bash completion completes commands and their options" test "$comp" = $'consume\n--consumer'
+# bash: _engram called as bash calls it, with COMP_WORDS / COMP_CWORD of each line.
+bcomp() { # bcomp WORD...: the completions of the last word
+  bash -c 'source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _engram
+    echo "${COMPREPLY[*]}"' - "$ST/usr/share/bash-completion/completions/engram" "$BUILD/engram" "$@"
+}
+check "bash completion completes commands" test "$(bcomp con)" = consume
+check "... a command's options" test "$(bcomp consume t g --con)" = --consumer
+check "... subcommands alone right after their command" test "$(bcomp group '')" = "consumers create delete list reset show"
+check "... a subcommand's own options" test "$(bcomp group create t g --ack)" = --ack-wait
+check "... the command after global options and their values" test "$(bcomp --data /tmp con)" = consume
+check "... the values of --durability" test "$(bcomp --durability '')" = "sync nometasync async"
+check "... serve's --log-file" test "$(bcomp serve --log-f)" = --log-file
 check "zsh completion installed" test -f "$ST/usr/share/zsh/vendor-completions/_engram"
+# zsh: typed into an interactive zsh with compinit on a pseudo-terminal, then TAB
+# (tests/zsh-complete.zsh); a completed line shows as <BUF:...>, choices as a list.
+if command -v zsh >/dev/null; then
+  mkdir -p "$T/zc"
+  repo=$PWD bindir=$(cd "$BUILD" && pwd)
+  zout=$(cd "$T/zc" && printf '%s\n' 'engram con' 'engram consume t g --con' 'engram group ' \
+    'engram group create t g --ack' 'engram --data /tmp con' 'engram --durability ' \
+    'engram serve --log-f' | timeout 120 zsh -f "$repo/tests/zsh-complete.zsh" \
+    "$ST/usr/share/zsh/vendor-completions" "$bindir" 2>&1)
+  zcase() { # zcase LINE: what the terminal showed for LINE
+    printf '%s\n' "$zout" | awk -v l="== $1" '$0 == l { on = 1; next } /^== / { on = 0 } on'
+  }
+  check "zsh completion completes commands" grep -qF '<BUF:engram consume >' <<<"$(zcase 'engram con')"
+  check "... a command's options" grep -qF '<BUF:engram consume t g --consumer >' <<<"$(zcase 'engram consume t g --con')"
+  check "... lists the subcommands right after their command" \
+    grep -qE 'consumers +create +delete +list +reset +show' <<<"$(zcase 'engram group ')"
+  check "... a subcommand's own options" grep -qF '<BUF:engram group create t g --ack-wait >' <<<"$(zcase 'engram group create t g --ack')"
+  check "... the command after global options and their values" \
+    grep -qF '<BUF:engram --data /tmp consume >' <<<"$(zcase 'engram --data /tmp con')"
+  check "... lists the values of --durability" grep -qE 'async +nometasync +sync' <<<"$(zcase 'engram --durability ')"
+  check "... serve's --log-file" grep -qF '<BUF:engram serve --log-file >' <<<"$(zcase 'engram serve --log-f')"
+else
+  echo "SKIP zsh completion checks: no zsh (apt-get install zsh)"
+fi
 check "the unit file runs the installed engram with readiness" \
   grep -q '^ExecStart=/usr/bin/engram serve' "$ST/usr/share/doc/engram/engram.service"
 check "... Type=notify" grep -qx 'Type=notify' "$ST/usr/share/doc/engram/engram.service"

@@ -1125,6 +1125,32 @@ static void curve_lets_in_only_the_allowed_keys(void **state) {
   d.o.n_allow_keys = 0;
   d.o.allow_keys = NULL;
   assert_int_equal(engram_serve(d.logdir, &d.o), ENGRAM_EINVAL);
+  /* An allow_keys_file that does not read is refused with its line, before any log is
+   * made; one that reads is the allow-list (the CLI's test reloads it on SIGHUP). */
+  char *keys = tu_join(d.dir, "clients.allow"), *fresh = tu_join(d.dir, "fresh");
+  FILE *f = fopen(keys, "w");
+  assert_non_null(f);
+  fprintf(f, "# clients\npublic-key = %s\nnot a key\n", apub);
+  fclose(f);
+  d.o.allow_keys_file = keys;
+  assert_int_equal(engram_serve(fresh, &d.o), ENGRAM_EINVAL);
+  assert_non_null(strstr(engram_errmsg(NULL), "clients.allow:3: a key is 40 Z85 characters"));
+  struct stat st;
+  assert_int_not_equal(stat(fresh, &st), 0);
+  f = fopen(keys, "w");
+  assert_non_null(f);
+  fprintf(f, "%s\n", bpub);
+  fclose(f);
+  d.pid = tu_spawn(td_child, &d);
+  engram_connect_options b = {
+      .timeout_ms = 3000, .server_key = spub, .public_key = bpub, .secret_key = bsec};
+  r = td_connect_within(d.ep, 10000, &b);
+  assert_non_null(r);
+  engram_close(r);
+  assert_int_equal(engram_connect(d.ep, &ok, &r), ENGRAM_EDENIED);
+  assert_int_equal(td_stop(&d), 0);
+  free(keys);
+  free(fresh);
   td_done(&d);
 }
 

@@ -39,13 +39,13 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from . import _engram
 from . import log as _logs
 from .consumer import _default_consumer_name
 from .event import Event
-from .group import Group, _group_config
+from .group import _GROUP_DEFAULTS, Group, _group_config
 from .log import _DURABILITY, Log
 from .message import Duration, Offset, Payload, _encode_result, _ms, _str
 from .errors import (AlreadyDone, Busy, Dead, Error, HandlerTimeout, InvalidArgument, NotFound,
@@ -266,9 +266,7 @@ class App:
         self.topic = topic
         self.consumer_name = consumer
         self.group_config = group_config
-        _group_config(**{**dict(filters=None, start="earliest", ack_wait=None,
-                                       max_deliver=None, backoff=None, result_ttl=None,
-                                       key_ordered=False), **group_config})  # validate now
+        _group_config(**{**_GROUP_DEFAULTS, **group_config})  # validate now
         self.handlers: List[Handler] = []
         self.error_hooks: List[Callable[[Event, BaseException], None]] = []
         self.tasks: Dict[str, Any] = {}
@@ -285,7 +283,7 @@ class App:
         # What `python -m engram worker` uses for the flags it is not given (concurrency,
         # batch, mode, max_tasks_per_child), and what runs before the workers start.
         self.worker_defaults: Dict[str, Any] = {}
-        self.before_run: List[Callable[[], None]] = []
+        self.before_run: List[Callable[[], object]] = []  # called before run(); results unused
         self._control_seen = 0   # control topic offset read up to (this process)
         self._revoked: Dict[str, bool] = {}  # event id -> terminate, from the control topic
         self._control_lock = threading.Lock()
@@ -380,7 +378,7 @@ class App:
             raise TypeError("handler must be callable")
         t = _ms(timeout, "timeout")
         s = _ms(soft_timeout, "soft_timeout")
-        h = Handler(pattern, fn, t / 1000 if t else None, name or getattr(fn, "__qualname__", repr(fn)),
+        h = Handler(pattern, fn, t / 1000 if t else None, name if name else str(getattr(fn, "__qualname__", repr(fn))),
                     s / 1000 if s else None, fail_on_timeout)
         self.handlers.append(h)
         return h
@@ -740,8 +738,8 @@ class App:
                     try:
                         codes = self.log.h.ack_many(topic, gname,
                                                     [(e.offset, e.attempt, r) for e, r in items])
-                    except Error as e:
-                        codes = [e.code] * len(items)
+                    except Error as err:
+                        codes = [err.code] * len(items)
                     for (e, _), code in zip(items, codes):
                         if code == 0:
                             e.finished = "acked"
@@ -860,7 +858,8 @@ class App:
             after the last renewal (until it returns or hits its hard limit, when it
             leaves ``running``), and applies revocations that terminate."""
             tick = max(0.02, min(ack_wait / 3, 0.25))
-            beat, beat_ids = 0.0, frozenset()
+            beat = 0.0
+            beat_ids: FrozenSet[int] = frozenset()
             while not ka_stop.wait(tick):
                 now = time.monotonic()
                 with lock:

@@ -47,14 +47,14 @@ import traceback
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Union
 
 from . import log as _logs
 from .app import Reject, Retry, c_filters, match_type
 from .event import Event
-from .group import Group, _group_config
+from .group import _GROUP_DEFAULTS, Group, _group_config
 from .log import Log
-from .message import When, _ms, _ns, _str
+from .message import Offset, When, _ms, _ns, _str
 from .errors import Closed, Error, HandlerTimeout, InvalidArgument, NotFound
 
 __all__ = ["EventBus", "BusEvent", "Priority", "Subscription", "HandlerFailed", "CONTROL_HEADER"]
@@ -162,7 +162,7 @@ class _Expectation:
     def __init__(self, order: List[str]) -> None:
         self.order = order
         self.pending = set(order)
-        self.granted: set = set()
+        self.granted: Set[str] = set()
         self.states: Dict[str, str] = {}
         self.offset = 0
         self.created = time.monotonic()
@@ -204,9 +204,8 @@ class EventBus:
         self.on_error = on_error
         self.batch = batch
         self.poll = poll
-        cfg = {"start": "latest", **group_config}
-        _group_config(**{**dict(filters=None, start="earliest", ack_wait=None, max_deliver=None,
-                                       backoff=None, result_ttl=None, key_ordered=False), **cfg})
+        cfg: Dict[str, Any] = {"start": "latest", **group_config}
+        _group_config(**{**_GROUP_DEFAULTS, **cfg})
         self.group_config = cfg
         self.errors: Deque[HandlerFailed] = deque(maxlen=max_errors)
         self._subs: Dict[str, Subscription] = {}
@@ -379,7 +378,7 @@ class EventBus:
     def append(self, type: str, data: Any, *, headers: Dict[str, str], key: Optional[str] = None,
                wait: Optional[float] = None, order: Optional[Callable[[Subscription], Any]] = None,
                each: bool = False, idempotency_key: Optional[str] = None,
-               states: Optional[Dict[str, str]] = None) -> int:
+               states: Optional[Dict[str, str]] = None) -> Offset:
         """Appends with the given headers (``id`` among them); with ``wait``, waits as
         :meth:`publish` does (``each``: ``wait`` seconds per subscriber, in order).
         ``order`` sorts the subscribers for pool slots; ``states`` receives what
@@ -397,7 +396,7 @@ class EventBus:
         try:
             off = self.log.append(self.topic, type, data if data is not None else {}, headers=headers, key=key,
                                   idempotency_key=idempotency_key)
-            if exp is not None and not getattr(off, "duplicate", False):
+            if exp is not None and wait is not None and not getattr(off, "duplicate", False):
                 exp.offset = int(off)
                 got = self.wait_for(eid, wait, each=each)
                 if states is not None:
@@ -637,12 +636,14 @@ class EventBus:
         with self._cv:
             subs = [s for s in self._subs.values() if s.group is not None and not s.stopped]
         for s in subs:
-            ev = s.current
+            ev, g = s.current, s.group
+            if g is None:  # closed since
+                continue
             try:
                 self.log.worker_heartbeat(
                     f"{self._consumer_prefix}-{s.name}"[:200], host=socket.gethostname()[:255],
-                    pid=os.getpid(), concurrency=1, groups=[f"{self.topic}/{s.group.name}"],
-                    running=[(ev.topic, s.group.name, ev.offset, s.current_since)] if ev else [])
+                    pid=os.getpid(), concurrency=1, groups=[f"{self.topic}/{g.name}"],
+                    running=[(ev.topic, g.name, ev.offset, s.current_since)] if ev else [])
             except Error as e:
                 logger.debug("worker heartbeat for %s: %s", s.id, e)
 
@@ -681,8 +682,11 @@ class EventBus:
             return self._running and not sub.stopped and sub.thread is me
         try:
             while mine():
+                group = sub.group
+                if group is None:  # never: subscribe() sets it before this thread starts
+                    return
                 try:
-                    evs = sub.group.fetch(consumer, self.batch, wait=self.poll)
+                    evs = group.fetch(consumer, self.batch, wait=self.poll)
                 except Closed:
                     return
                 except NotFound:

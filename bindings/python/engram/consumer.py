@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Deque, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Deque, Iterator, List, Optional, Union
 
 from .errors import Error, InvalidArgument
 from .event import Event
@@ -31,7 +31,12 @@ def _default_consumer_name() -> str:
     return f"{socket.gethostname()[:100]}-{os.getpid()}-{n}"
 
 
-_STOP = object()
+class _Stop:
+    """The end of an asyncio consumer's queue."""
+
+
+_STOP = _Stop()
+_Item = Union[Event, BaseException, _Stop]  # what the feeder thread queues
 
 
 class Consumer:
@@ -54,7 +59,7 @@ class Consumer:
         self.idle_ms = _ms(idle_timeout, "idle_timeout")
         self._buf: Deque[Event] = collections.deque()
         self._stopped = threading.Event()
-        self._aq: Optional[asyncio.Queue] = None
+        self._aq: Optional[asyncio.Queue[_Item]] = None
         self._feeder: Optional[threading.Thread] = None
         self._drained = threading.Event()
 
@@ -121,7 +126,7 @@ class Consumer:
         item = await self._aq.get()
         if self._aq.empty():
             self._drained.set()
-        if item is _STOP:
+        if isinstance(item, _Stop):
             self._aq.put_nowait(_STOP)  # later calls end too
             raise StopAsyncIteration
         if isinstance(item, BaseException):
@@ -144,7 +149,7 @@ class Consumer:
         if q is not None:
             q.put_nowait(_STOP)  # an `async for` still running ends
 
-    def _feed(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> None:
+    def _feed(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue[_Item]) -> None:
         """Background thread: blocking fetches feed the asyncio queue one batch at a time,
         the next fetch only after the loop took the previous batch (no busy waiting)."""
         idle_since = time.monotonic()

@@ -12,6 +12,7 @@ from .message import Duration, Payload, decode_payload
 from .records import EventStatus
 
 if TYPE_CHECKING:
+    from ._engram import EventTuple
     from .group import Group
 
 __all__ = ["Event", "Batch"]
@@ -40,7 +41,7 @@ class Event:
     finished: Optional[str]
     flags: int
 
-    def __init__(self, t: tuple, group: Optional["Group"] = None) -> None:
+    def __init__(self, t: EventTuple, group: Optional["Group"] = None) -> None:
         (self.offset, self.topic, self.type, self.key, self.payload, self.content_type,
          self.headers, self.idempotency_key, self.deliver_at_ns, self.timestamp_ns,
          self.attempt) = t[:11]

@@ -86,10 +86,13 @@ class EventManager:
 
         def adapt(ev: Event) -> Any:
             return (ev.type, ev.data) if two else ev.data
-        fn = cb if not two else (lambda args: cb(*args))
+        fn: Callable[..., Any] = cb
         if two:
-            fn.__qualname__ = getattr(cb, "__qualname__", type(cb).__name__)  # type: ignore[attr-defined]
-            fn.__module__ = getattr(cb, "__module__", "")
+            def call(args: Any) -> Any:
+                return cb(*args)
+            call.__qualname__ = getattr(cb, "__qualname__", type(cb).__name__)
+            call.__module__ = getattr(cb, "__module__", "")
+            fn = call
             if inspect.iscoroutinefunction(cb):
                 async def afn(args: Any) -> Any:
                     return await cb(*args)

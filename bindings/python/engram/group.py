@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 __all__ = ["Group"]
 
 
+# Every argument of _group_config at its default: what App and EventBus merge their
+# group settings into to check them when they are made.
+_GROUP_DEFAULTS: Dict[str, Any] = dict(filters=None, start="earliest", ack_wait=None,
+                                       max_deliver=None, backoff=None, result_ttl=None,
+                                       key_ordered=False)
+
+
 def _group_config(filters: Union[None, str, Sequence[str]], start: Union[str, int, _dt.datetime],
                   ack_wait: Optional[Duration], max_deliver: Optional[int],
                   backoff: Optional[Sequence[Duration]], result_ttl: Optional[Duration],

@@ -107,7 +107,7 @@ class Log:
     """A log handle, embedded (:func:`open`) or remote (:func:`connect`). Thread-safe; a
     context manager that closes it. Do not use it in a child after ``fork()``."""
 
-    def __init__(self, handle: Any, *, path: Optional[str] = None, endpoint: Optional[str] = None,
+    def __init__(self, handle: _engram.Log, *, path: Optional[str] = None, endpoint: Optional[str] = None,
                  create_topics: bool = True) -> None:
         self._h = handle
         self.path = path
@@ -155,7 +155,7 @@ class Log:
         self._h.close()
 
     @property
-    def h(self) -> Any:
+    def h(self) -> _engram.Log:
         """The C handle (engram._engram.Log); raises Closed after close()."""
         if self._closed:
             raise Closed("the log handle is closed")
@@ -268,7 +268,7 @@ class Log:
             off, dup = self.h.append(topic, spec)
         return Offset(off, dup)
 
-    def append_many(self, topic: str, events: Iterable[Union[Message, Mapping[str, Any], tuple]]) -> List[Offset]:
+    def append_many(self, topic: str, events: Iterable[Union[Message, Mapping[str, Any], Tuple[Any, ...]]]) -> List[Offset]:
         """Appends several events in one transaction (all or none); returns their offsets.
         Items are :class:`Message` objects, dicts with its fields, or ``(type, payload)``."""
         if isinstance(events, (str, bytes, Mapping)):
@@ -525,7 +525,7 @@ class Log:
         """Forces everything committed so far to disk (nometasync/async modes)."""
         self.h.sync()
 
-    def backup(self, dest: Union[str, os.PathLike]) -> None:
+    def backup(self, dest: Union[str, os.PathLike[str]]) -> None:
         """A consistent, compacted hot copy into directory ``dest`` (new or empty)."""
         self.h.backup(os.fspath(dest))
 
@@ -562,7 +562,7 @@ class Log:
         return Transaction(self)
 
 
-def open(path: Union[str, os.PathLike], *, durability: str = "sync", map_size: Optional[int] = None,
+def open(path: Union[str, os.PathLike[str]], *, durability: str = "sync", map_size: Optional[int] = None,
          max_topics: Optional[int] = None, dedup_window: Optional[Duration] = None,
          flush_interval: Optional[Duration] = None, create: bool = True,
          create_topics: bool = True, read_only: bool = False) -> Log:
@@ -579,7 +579,7 @@ def open(path: Union[str, os.PathLike], *, durability: str = "sync", map_size: O
     :class:`InvalidArgument`."""
     p = os.fspath(path)
     if not isinstance(p, str):
-        raise TypeError("path must be str or os.PathLike[str]")
+        raise TypeError("path must be str or os.PathLike")
     if not p or "\0" in p:
         raise InvalidArgument(f"open: path {p!r} is invalid")
     if durability not in _DURABILITY:

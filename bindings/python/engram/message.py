@@ -7,9 +7,12 @@ import datetime as _dt
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Mapping, Optional, Tuple, Union, overload
 
 from .errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from ._engram import EventSpec
 
 __all__ = ["Message", "Offset", "encode_payload", "decode_payload", "Payload", "Duration", "When"]
 
@@ -21,6 +24,12 @@ JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 
 
+@overload
+def _ms(value: Optional[Duration], what: str, *, allow_none: Literal[False]) -> int: ...
+@overload
+def _ms(value: Duration, what: str, *, allow_none: bool = True) -> int: ...
+@overload
+def _ms(value: Optional[Duration], what: str, *, allow_none: bool = True) -> Optional[int]: ...
 def _ms(value: Optional[Duration], what: str, *, allow_none: bool = True) -> Optional[int]:
     """Seconds (or a timedelta) -> whole milliseconds; refuses negatives and non-numbers."""
     if value is None:
@@ -48,6 +57,10 @@ def _ns(when: When, what: str) -> int:
     return int(when * 1e9)
 
 
+@overload
+def _str(value: Any, what: str, *, optional: Literal[False] = False) -> str: ...
+@overload
+def _str(value: Any, what: str, *, optional: bool) -> Optional[str]: ...
 def _str(value: Any, what: str, *, optional: bool = False) -> Optional[str]:
     if value is None and optional:
         return None
@@ -131,7 +144,7 @@ class Message:
     content_type: Optional[str] = None
     tombstone: bool = False  #: the event deletes its key (key compaction; needs a key)
 
-    def spec(self) -> tuple:
+    def spec(self) -> EventSpec:
         """The tuple the C extension takes."""
         _str(self.type, "type")
         data, ct = encode_payload(self.payload, self.content_type)

@@ -143,6 +143,7 @@ def parse_rate(rate: Any) -> Optional[float]:
     between two runs; None or 0 -> no limit."""
     if rate in (None, "", 0):
         return None
+    per: Optional[float]
     if isinstance(rate, (int, float)) and not isinstance(rate, bool):
         n, per = float(rate), 1.0
     elif isinstance(rate, str):
@@ -244,7 +245,7 @@ class Task:
     @property
     def request(self) -> Context:
         """The running call's context (id, retries, args ...) in this thread."""
-        stack = getattr(self._local, "stack", None)
+        stack: Optional[List[Context]] = getattr(self._local, "stack", None)
         return stack[-1] if stack else Context(task=self.name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -319,7 +320,7 @@ class Task:
     def _backoff(self, retries: int) -> float:
         """Celery's exponential backoff: factor x 2^retries, capped, with full jitter."""
         factor = 1 if self.retry_backoff is True else int(self.retry_backoff)
-        countdown = min(self.retry_backoff_max, factor * (2 ** retries))
+        countdown: float = min(self.retry_backoff_max, factor * (2 ** retries))
         if self.retry_jitter:
             countdown = random.randrange(int(countdown) + 1)
         return max(0, countdown)
@@ -574,7 +575,8 @@ def _exception_from(last_error: str) -> BaseException:
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         cls = type(name, (Exception,), {"__module__": "engram.tasks.remote"})
     try:
-        return cls(msg)
+        exc: BaseException = cls(msg)
+        return exc
     except Exception:
         return TaskFailed(last_error)
 
@@ -698,7 +700,7 @@ class AsyncResult:
                 if propagate:
                     raise self._revocation()
                 return self._revocation()
-            if deadline is not None and time.monotonic() >= deadline:
+            if t is not None and deadline is not None and time.monotonic() >= deadline:
                 raise self._timeout(t / 1000, state)
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(pause * 2, max(interval, 0.001) * 10)

@@ -32,7 +32,7 @@ import pkgutil
 import threading
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .bus import EventBus
 from .event import Event
@@ -242,7 +242,7 @@ class TractApp:
                                order=lambda s: (-s.priority, s.seq))
 
     @staticmethod
-    def _split(ev: Event) -> tuple:
+    def _split(ev: Event) -> Tuple[str, str]:
         tract = ev.headers.get("tract")
         event = ev.headers.get("event")
         if tract is None or event is None:

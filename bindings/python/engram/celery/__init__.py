@@ -23,9 +23,11 @@ import importlib
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union, cast
 
 from ..app import App
+from ..event import Event
+from ..records import EventStatus
 from ..log import Log
 from ..message import _str
 from ..errors import NotFound, NotSupported
@@ -114,7 +116,7 @@ _DEFAULTS: Dict[str, Any] = {
     "imports": (), "include": (), "task_ignore_result": False, "task_track_started": False,
     "task_always_eager": False, "beat_schedule": {},
 }
-_warned: set = set()
+_warned: Set[str] = set()
 # beat_scheduler values: Celery's own schedulers keep their state in a file, engram's in the
 # log; django_celery_beat's also reads PeriodicTask rows, which engram does not.
 _SCHEDULERS = {"celery.beat:PersistentScheduler", "celery.beat.PersistentScheduler",
@@ -123,7 +125,7 @@ _DJANGO_SCHEDULERS = {"django_celery_beat.schedulers:DatabaseScheduler",
                       "django_celery_beat.schedulers.DatabaseScheduler"}
 
 
-class Settings(dict):
+class Settings(Dict[str, Any]):
     """``app.conf``: Celery's lowercase settings, by item or attribute; ``update()``
     checks every key (unknown ones raise ImproperlyConfigured)."""
 
@@ -151,7 +153,7 @@ class Settings(dict):
         for k, v in items.items():
             self[k] = v
 
-    def setdefault(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def setdefault(self, key: str, default: Any = None) -> Any:
         if key not in self:
             self[key] = default
         return self[key]
@@ -497,16 +499,20 @@ class Celery:
                     if q is None and route.get("routing_key"):
                         from ..tasks import queue_for_key
                         return queue_for_key(self.app, route["routing_key"])
-                    return getattr(q, "name", q)
+                    queue: Optional[str] = getattr(q, "name", q)  # a kombu-like Queue, or its name
+                    return queue
         return None
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> AsyncResult:
         """Sends a task by name (it need not be registered here, only on the workers)."""
         t = self.tasks.get(name)
+        # Both make the app's result_class, which __init__ set to this module's AsyncResult.
         if t is not None:
-            return t.apply_async(args, kwargs, **options)
-        return send_task(self.app, name, args, kwargs, _queue=self._route_for(name) or self.app.topic,
-                         _priority=self.conf.get("task_default_priority"), **options)
+            return cast(AsyncResult, t.apply_async(args, kwargs, **options))
+        return cast(AsyncResult, send_task(self.app, name, args, kwargs,
+                                           _queue=self._route_for(name) or self.app.topic,
+                                           _priority=self.conf.get("task_default_priority"),
+                                           **options))
 
     def AsyncResult(self, task_id: str, **kw: Any) -> AsyncResult:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, app=self, **kw)
@@ -633,7 +639,8 @@ class Inspect:
         a = self.app.app
         return list(dict.fromkeys((a.queues or [a.topic]) + [t.queue for t in self.app.tasks.values()]))
 
-    def _scan(self, want: Callable[[Any], bool], limit: int = 1000) -> List[Dict[str, Any]]:
+    def _scan(self, want: Callable[[EventStatus, Event], bool],
+              limit: int = 1000) -> List[Dict[str, Any]]:
         out: List[Dict[str, Any]] = []
         a = self.app.app
         for q in self._queues():
@@ -666,7 +673,7 @@ class Inspect:
         return {self.node: self._scan(lambda st, ev: self._waiting(st, ev, False))}
 
     @staticmethod
-    def _waiting(st: Any, ev: Any, eta: bool) -> bool:
+    def _waiting(st: EventStatus, ev: Event, eta: bool) -> bool:
         """Not started yet: with an eta/countdown still ahead (scheduled) or due (reserved)."""
         if st.state not in ("pending", "retrying") or st.attempt:
             return False

@@ -1,6 +1,8 @@
 """Celery's exception names (``celery.exceptions``), as engram raises them."""
 from __future__ import annotations
 
+from typing import Optional
+
 from ..app import Reject as _Reject
 from ..app import Retry as _Retry
 from ..app import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
@@ -15,8 +17,9 @@ __all__ = ["SoftTimeLimitExceeded", "TimeLimitExceeded", "Terminated", "Retry", 
 class Retry(_Retry):
     """What ``self.retry()`` raises; raising it yourself retries after ``countdown``."""
 
-    def __init__(self, message: str = "", exc: BaseException = None, when: float = None,
-                 countdown: float = None, **kw: object) -> None:
+    def __init__(self, message: str = "", exc: Optional[BaseException] = None,
+                 when: Optional[float] = None, countdown: Optional[float] = None,
+                 **kw: object) -> None:
         delay = countdown if countdown is not None else when
         super().__init__(delay=delay, error=message or (repr(exc) if exc else "retry requested"))
         self.exc = exc

@@ -3,7 +3,7 @@ NotSupported, so a receiver is never silently never called."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 from ..errors import NotSupported
 
@@ -16,7 +16,7 @@ class Signal:
         self.sent = sent
         self.receivers: List[Callable[..., Any]] = []
 
-    def connect(self, fn: Callable[..., Any] = None, **kw: Any) -> Any:
+    def connect(self, fn: Optional[Callable[..., Any]] = None, **kw: Any) -> Any:
         """Registers a receiver (also as a decorator, with or without arguments)."""
         if not self.sent:
             raise NotSupported(f"signal {self.name} is not sent by engram's workers")

@@ -14,16 +14,21 @@ singletons such as ``event_manager`` or ``get_event_bus()``), it is read from th
 or set with the module's ``configure()``.
 """
 import os
-from typing import Optional
+from typing import Union
 
 from ..errors import InvalidArgument
+from ..log import Log
 
 __all__ = ["default_target"]
 
 
-def default_target(given: Optional[str] = None, *, what: str = "the bus") -> str:
-    """``given``, else $ENGRAM_LOG; raises InvalidArgument naming both when neither is set."""
-    t = given or os.environ.get("ENGRAM_LOG")
+def default_target(given: Union[Log, str, "os.PathLike[str]", None] = None, *,
+                   what: str = "the bus") -> Union[Log, str]:
+    """``given`` (a Log as it is, a path as str), else $ENGRAM_LOG; raises InvalidArgument
+    naming both when neither is set."""
+    if isinstance(given, Log):
+        return given
+    t = os.fspath(given) if given else os.environ.get("ENGRAM_LOG")
     if not t:
         raise InvalidArgument(f"{what}: no log given: pass a log directory or endpoint, "
                               "set ENGRAM_LOG, or call configure(path) first")

@@ -54,7 +54,7 @@ class EventManager:
     def __init__(self, log: Union[Log, str, "os.PathLike[str]", None] = None, *, topic: str = "memu",
                  group: str = "memu", wait: Optional[float] = 30.0, on_error: str = "log",
                  start: bool = True, **options: Any) -> None:
-        target = log if isinstance(log, Log) else default_target(log and os.fspath(log), what="EventManager")
+        target = default_target(log, what="EventManager")
         self.manager = _NativeManager(target, topic=topic, group=group, wait=wait, on_error=on_error, **options)
         self.manager._known = list(SUPPORTED_EVENTS)
         if start:
@@ -155,7 +155,8 @@ def configure(log: Union[Log, str, "os.PathLike[str]", None] = None, **options: 
             event_manager._m.close()
         event_manager._options = dict(options, log=log)
         event_manager._m = None
-    return event_manager._get()
+    default: _Default = event_manager
+    return default._get()
 
 
 class MemorizeTaskInput:

@@ -212,7 +212,7 @@ class EventBus:
 
     def __init__(self, log: Union[Log, str, "os.PathLike[str]", None] = None, max_history: int = 1000, *,
                  topic: str = "nagatha", group: str = "nagatha", on_error: str = "log", **options: Any) -> None:
-        target = log if isinstance(log, Log) else default_target(log and os.fspath(log), what="EventBus")
+        target = default_target(log, what="EventBus")
         self.bus = _Bus(target, topic=topic, group=group, on_error=on_error, **options)
         self.max_history = max_history
         self._lock = threading.RLock()
@@ -266,7 +266,8 @@ class EventBus:
                     break
             else:
                 return False
-        self.bus.unsubscribe(sub.native.id)
+        if sub.native is not None:  # set by subscribe() before the subscription is listed
+            self.bus.unsubscribe(sub.native.id)
         return True
 
     def unsubscribe_handler(self, handler: EventHandler) -> int:

@@ -198,7 +198,7 @@ def start_dispatcher(workers: int = DEFAULT_WORKERS, *, log: Union[Log, str, "os
         if _bus is not None:
             logger.debug("Event dispatcher already started")
             return
-        target = log if isinstance(log, Log) else default_target(log and os.fspath(log), what="start_dispatcher")
+        target = default_target(log, what="start_dispatcher")
         options.setdefault("on_error", "log")
         bus = EventBus(target, topic=topic, group=group, workers=workers, **options)
         _bus = bus
