@@ -386,7 +386,7 @@ class EventBus:
         eid = headers.setdefault("id", uuid.uuid4().hex)
         exp = None
         if wait is not None:
-            probe = Event((0, self.topic, type, key, b"", None, headers, None, 0, 0, 0))
+            probe = Event((0, self.topic, type, key, b"", None, headers, None, 0, 0, 0, 0))
             subs = self.subscribers(type, probe)
             if order is not None:
                 subs.sort(key=order)

@@ -116,7 +116,7 @@ class Event:
         return self._need_group("status").status(self.offset)
 
 
-class Batch(list):
+class Batch(List[Event]):
     """The events of a range read (:meth:`Log.read`), a list, with the offsets the read
     covered: ``[from_offset, next_offset)``, each either among the events or removed by
     key compaction; ``removed`` counts the latter. Read on from ``next_offset``."""

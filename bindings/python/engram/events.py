@@ -130,7 +130,7 @@ class EventManager:
 
     def listeners(self, event: str) -> List[Listener]:
         """The callbacks an event named ``event`` runs (wildcards and dispatchers included)."""
-        probe = Event((0, self.bus.topic, event, None, b"", None, {}, None, 0, 0, 0))
+        probe = Event((0, self.bus.topic, event, None, b"", None, {}, None, 0, 0, 0, 0))
         subs = {s.id for s in self.bus.subscribers(event, probe)}
         with self._lock:
             return [k[1] for k, s in self._listeners.items() if s.id in subs]

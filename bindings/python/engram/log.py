@@ -176,7 +176,7 @@ class Log:
         keeps only the newest event of each key; a tombstone (``append(...,
         tombstone=True)``, or an event of ``tombstone_type``) goes ``tombstone_ttl``
         seconds after its append (default one day)."""
-        kw = {k: v for k, v in (("compress_threshold", compress_threshold),
+        kw: Dict[str, Any] = {k: v for k, v in (("compress_threshold", compress_threshold),
                                  ("max_payload", max_payload),
                                  ("dict_train_after", dict_train_after)) if v is not None}
         kw.update(_retention_kw(max_age, max_bytes, max_events))
@@ -205,13 +205,13 @@ class Log:
         compact = t.compact_by_key if compact_by_key is None else compact_by_key
         ttl = t.tombstone_ttl if tombstone_ttl is _KEEP else tombstone_ttl
         ttype = t.tombstone_type if tombstone_type is _KEEP else tombstone_type
+        limits: Dict[str, Any] = {**_retention_kw(age, size, events), **_compaction_kw(ttl, ttype)}
         flags = (t.flags & ~(_engram.TOPIC_RETAIN_FORCE | _engram.TOPIC_COMPACT_KEY)) | \
             (_engram.TOPIC_RETAIN_FORCE if force else 0) | \
             (_engram.TOPIC_COMPACT_KEY if compact else 0)
         self.h.topic_set(topic, compress_threshold=t.compress_threshold,
                          max_payload=t.max_payload, dict_train_after=t.dict_train_after,
-                         flags=flags, **_retention_kw(age, size, events),
-                         **_compaction_kw(ttl, ttype))
+                         flags=flags, **limits)
         return self.topic(topic)
 
     def compact(self, topic: Optional[str] = None) -> Dict[str, int]:
