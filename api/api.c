@@ -183,6 +183,18 @@ int engram_ack_many(engram *log, const char *topic, const char *group, const eng
   return log->be->ack_many(log, topic, group, items, n, codes);
 }
 
+int engram_ack_fetch(engram *log, const char *topic, const char *group, const char *consumer,
+                     const engram_ack_item *acks, size_t n_acks, int *codes, size_t max,
+                     uint64_t wait_ms, engram_batch **out) {
+  if (!log) return ENGRAM_EINVAL;
+  if (out) *out = NULL;
+  if (n_acks && !acks)
+    return log_error(NULL, ENGRAM_EINVAL, "ack-fetch: acks is NULL but n_acks is %zu", n_acks);
+  if (n_acks > 100000)
+    return log_error(NULL, ENGRAM_ETOOBIG, "ack-fetch: %zu acks over limit 100000", n_acks);
+  return log->be->ack_fetch(log, topic, group, consumer, acks, n_acks, codes, max, wait_ms, out);
+}
+
 int engram_nack(engram *log, const char *topic, const char *group, uint64_t offset,
                 uint32_t attempt, int64_t delay_ms, const char *error) {
   if (!log) return ENGRAM_EINVAL;

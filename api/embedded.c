@@ -73,6 +73,11 @@ static int e_ack_many(engram *h, const char *topic, const char *group, const eng
                       size_t n, int *codes) {
   return cg_ack_many(L(h), topic, group, items, n, codes);
 }
+static int e_ack_fetch(engram *h, const char *topic, const char *group, const char *consumer,
+                       const engram_ack_item *acks, size_t n_acks, int *codes, size_t max,
+                       uint64_t wait_ms, engram_batch **out) {
+  return cg_ack_fetch(L(h), topic, group, consumer, acks, n_acks, codes, max, wait_ms, out);
+}
 static int e_nack(engram *h, const char *topic, const char *group, uint64_t offset,
                   uint32_t attempt, int64_t delay_ms, const char *error) {
   return cg_nack(L(h), topic, group, offset, attempt, delay_ms, error);
@@ -195,6 +200,7 @@ const struct engram_backend api_embedded = {
     .schedule_run_now = e_schedule_run_now,
     .schedule_tick = e_schedule_tick,
     .log_info = e_log_info,
+    .ack_fetch = e_ack_fetch,
 };
 
 struct log *api_log(engram *h) {

@@ -132,6 +132,12 @@ int64_t cg_thread_cpu_ns(void);
 int cg_keycomp_topic(struct log *log, const cg_dbs *d, const char *topic,
                      engram_compact_report *rep);
 
+/* settle.c: acks of items against a loaded group inside a job, codes[i] (may be NULL)
+ * receiving each item's code; returns the first failing item's code (its message copied
+ * to first_msg when not NULL) or a storage error, 0 when all succeeded. Items that
+ * succeed change w->txn even when others fail: abort the job to apply none. */
+int cg_ack_items(log_wtx *w, const cg_dbs *d, cg_group *g, const engram_ack_item *items, size_t n,
+                 int *codes, char *first_msg, size_t msg_cap);
 /* settle.c: one ack inside a job (used by txn.c too). */
 int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt,
                const void *result, size_t result_len);

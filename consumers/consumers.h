@@ -21,6 +21,10 @@ int cg_group_reset(struct log *log, const char *topic, const char *group, engram
                    uint64_t offset, int64_t time_ns);
 int cg_fetch(struct log *log, const char *topic, const char *group, const char *consumer,
              size_t max, uint64_t wait_ms, engram_batch **out);
+/* engram_ack_fetch: the acks and the fetch's leases in one write job. */
+int cg_ack_fetch(struct log *log, const char *topic, const char *group, const char *consumer,
+                 const engram_ack_item *acks, size_t n_acks, int *codes, size_t max,
+                 uint64_t wait_ms, engram_batch **out);
 int cg_ack_many(struct log *log, const char *topic, const char *group, const engram_ack_item *items,
                 size_t n, int *codes);
 int cg_nack(struct log *log, const char *topic, const char *group, uint64_t offset,

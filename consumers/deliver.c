@@ -1,4 +1,5 @@
-/* deliver.c — fetch: leasing due retries and expired leases first, then new events. */
+/* deliver.c — fetch: leasing due retries and expired leases first, then new events; and
+ * ack-and-fetch, the acks of the last batch committed with the leases of the next. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,12 @@ struct fetch_req {
   cg_dbs d;
   MDB_dbi workers;
   log_bb *bb; /* the events delivered; rebuilt when the job is retried */
+  /* ack-and-fetch: acked in the same job before the fetch; n_acks drops to 0 once they
+   * are committed (a waiting fetch looks again without them) */
+  const engram_ack_item *acks;
+  size_t n_acks;
+  int *codes;        /* per ack, may be NULL */
+  char ack_msg[256]; /* the first failing ack's message */
 };
 
 static int set_consumer(Engram__Lease *pb, const char *consumer) {
@@ -230,7 +237,19 @@ static int fetch_job(log_wtx *w, void *arg) {
   if (rc) goto out;
   size_t room = r->max;
   uint64_t before = g.meta->next, delivered = g.meta->delivered, skips = g.meta->skips,
-           dead = g.meta->dead_lettered;
+           dead = g.meta->dead_lettered, acked = g.meta->acked;
+  if (r->n_acks) {
+    /* All or nothing: one failing ack aborts the job, so no ack and no lease is kept. The
+     * acks go first, so the fetch never hands out what they finish and may hand out what
+     * they free (the next event of a key in a key-ordered group). */
+    r->ack_msg[0] = '\0';
+    rc = cg_ack_items(w, &r->d, &g, r->acks, r->n_acks, r->codes, r->ack_msg, sizeof r->ack_msg);
+    if (rc) {
+      if (r->ack_msg[0])
+        rc = log_error(w->log, rc, "%s (nothing was acked or fetched)", r->ack_msg);
+      goto out;
+    }
+  }
   MDB_cursor *c;
   if ((rc = mdb_cursor_open(w->txn, r->d.due, &c))) {
     rc = log_err_mdb(rc);
@@ -265,8 +284,9 @@ static int fetch_job(log_wtx *w, void *arg) {
   }
   mdb_cursor_close(c);
   if (rc == 0) rc = deliver_new(w, r, &g, &room);
-  if (rc == 0 && (g.meta->next != before || g.meta->delivered != delivered ||
-                  g.meta->skips != skips || g.meta->dead_lettered != dead))
+  if (rc == 0 &&
+      (g.meta->next != before || g.meta->delivered != delivered || g.meta->skips != skips ||
+       g.meta->dead_lettered != dead || g.meta->acked != acked))
     rc = cg_group_store(w->log, w->txn, &r->d, &g);
   /* The fetch registers its consumer in its own write transaction: no commit of its own. */
   if (rc == 0) rc = cg_worker_seen(w, r->workers, r->consumer, r->topic, r->group);
@@ -303,50 +323,86 @@ static int anything_due(struct log *log, struct fetch_req *r, int64_t *next_due)
   return yes;
 }
 
-int cg_fetch(struct log *log, const char *topic, const char *group, const char *consumer,
-             size_t max, uint64_t wait_ms, engram_batch **out) {
-  if (!log) return ENGRAM_EINVAL;
-  if (!out) return log_error(log, ENGRAM_EINVAL, "fetch: out is NULL");
+/* Checks a fetch's arguments; `what` opens the message ("fetch", "ack-fetch"). */
+static int fetch_check(struct log *log, const char *what, const char *topic, const char *group,
+                       const char *consumer, size_t max, uint64_t wait_ms, engram_batch **out) {
+  if (!out) return log_error(log, ENGRAM_EINVAL, "%s: out is NULL", what);
   *out = NULL;
   if (!log_valid_name(consumer))
     return log_error(log, ENGRAM_EINVAL,
-                     "fetch %s/%s: consumer name invalid (use 1-200 of [A-Za-z0-9._-])",
+                     "%s %s/%s: consumer name invalid (use 1-200 of [A-Za-z0-9._-])", what,
                      topic ? topic : "", group ? group : "");
   if (max == 0 || max > MAX_FETCH)
-    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: max %zu not in 1..%d", topic ? topic : "",
+    return log_error(log, ENGRAM_EINVAL, "%s %s/%s: max %zu not in 1..%d", what, topic ? topic : "",
                      group ? group : "", max, MAX_FETCH);
   if (wait_ms > ENGRAM_MAX_FETCH_WAIT_MS)
-    return log_error(log, ENGRAM_EINVAL, "fetch %s/%s: wait %llu ms over the limit of %u (1 hour)",
-                     topic ? topic : "", group ? group : "", (unsigned long long)wait_ms,
+    return log_error(log, ENGRAM_EINVAL, "%s %s/%s: wait %llu ms over the limit of %u (1 hour)",
+                     what, topic ? topic : "", group ? group : "", (unsigned long long)wait_ms,
                      ENGRAM_MAX_FETCH_WAIT_MS);
-  struct fetch_req r = {.topic = topic, .group = group, .consumer = consumer, .max = max};
-  int rc = cg_dbs_get(log, &r.d);
-  if (rc == 0) rc = cg_worker_dbi(log, &r.workers);
+  return 0;
+}
+
+/* Runs r's job until it delivers something or wait_ms has passed. The first run carries
+ * r's acks, if any: it is committed as durably as an ack (log_write) before any wait; the
+ * runs after it lease only, relaxed like every fetch. */
+static int fetch_run(struct log *log, struct fetch_req *r, uint64_t wait_ms, engram_batch **out) {
+  int rc = cg_dbs_get(log, &r->d);
+  if (rc == 0) rc = cg_worker_dbi(log, &r->workers);
   if (rc) return rc;
   int64_t deadline = clock_after_ms(clock_monotonic_ns(), wait_ms);
   for (;;) {
-    /* Relaxed: a power cut that undoes a fetch only makes its events due again. */
-    rc = log_write_relaxed(log, fetch_job, &r);
+    /* Relaxed: a power cut that undoes a fetch only makes its events due again. Acks are
+     * not repeatable work: with them the commit is as durable as the handle's mode. */
+    rc = r->n_acks ? log_write(log, fetch_job, r) : log_write_relaxed(log, fetch_job, r);
     if (rc < 0) {
-      log_bb_free(r.bb);
+      log_bb_free(r->bb);
       return rc;
     }
-    if (log_bb_count(r.bb) > 0 || clock_monotonic_ns() >= deadline) break;
+    r->n_acks = 0;
+    if (log_bb_count(r->bb) > 0 || clock_monotonic_ns() >= deadline) break;
     /* Nothing yet: wait for an append or the next due time, checking cheaply. */
     for (;;) {
       int64_t now = clock_monotonic_ns(), next_due;
       if (now >= deadline) break;
-      if (anything_due(log, &r, &next_due)) break;
+      if (anything_due(log, r, &next_due)) break;
       int64_t until = deadline;
       if (next_due != INT64_MAX) {
         int64_t in = next_due - log_now_ns(log);
         if (in < 0) in = 0;
         if (now + in < until) until = now + in;
       }
-      log_wait_append(log, topic, until);
+      log_wait_append(log, r->topic, until);
     }
   }
-  *out = log_bb_finish(r.bb);
+  *out = log_bb_finish(r->bb);
   log_error_clear(log);
   return 0;
+}
+
+int cg_fetch(struct log *log, const char *topic, const char *group, const char *consumer,
+             size_t max, uint64_t wait_ms, engram_batch **out) {
+  if (!log) return ENGRAM_EINVAL;
+  int rc = fetch_check(log, "fetch", topic, group, consumer, max, wait_ms, out);
+  if (rc) return rc;
+  struct fetch_req r = {.topic = topic, .group = group, .consumer = consumer, .max = max};
+  return fetch_run(log, &r, wait_ms, out);
+}
+
+int cg_ack_fetch(struct log *log, const char *topic, const char *group, const char *consumer,
+                 const engram_ack_item *acks, size_t n_acks, int *codes, size_t max,
+                 uint64_t wait_ms, engram_batch **out) {
+  if (!log) return ENGRAM_EINVAL;
+  int rc = fetch_check(log, "ack-fetch", topic, group, consumer, max, wait_ms, out);
+  if (rc) return rc;
+  if (n_acks && !acks)
+    return log_error(log, ENGRAM_EINVAL, "ack-fetch %s/%s: acks is NULL with n_acks %zu",
+                     topic ? topic : "", group ? group : "", n_acks);
+  struct fetch_req r = {.topic = topic,
+                        .group = group,
+                        .consumer = consumer,
+                        .max = max,
+                        .acks = acks,
+                        .n_acks = n_acks,
+                        .codes = codes};
+  return fetch_run(log, &r, wait_ms, out);
 }

@@ -92,8 +92,8 @@ static int lease_flush(log_wtx *w, const cg_dbs *d, cg_group *g, cg_lease *l) {
 
 /* Acks items against one group, keeping the current lease in memory so a batch of acks
  * of one fetched batch costs one lease write. codes[i] gets each result. */
-static int ack_items(log_wtx *w, const cg_dbs *d, cg_group *g, const engram_ack_item *items,
-                     size_t n, int *codes, char *first_msg, size_t msg_cap) {
+int cg_ack_items(log_wtx *w, const cg_dbs *d, cg_group *g, const engram_ack_item *items, size_t n,
+                 int *codes, char *first_msg, size_t msg_cap) {
   cg_lease cur = {0};
   int first_err = 0, rc = 0;
   for (size_t i = 0; i < n; i++) {
@@ -142,7 +142,7 @@ static int ack_items(log_wtx *w, const cg_dbs *d, cg_group *g, const engram_ack_
 int cg_ack_one(log_wtx *w, const cg_dbs *d, cg_group *g, uint64_t offset, uint32_t attempt,
                const void *result, size_t result_len) {
   engram_ack_item it = {offset, attempt, result, result_len};
-  return ack_items(w, d, g, &it, 1, NULL, NULL, 0);
+  return cg_ack_items(w, d, g, &it, 1, NULL, NULL, 0);
 }
 
 struct settle_req {
@@ -173,7 +173,7 @@ static int ack_job(log_wtx *w, void *arg) {
   }
   uint64_t acked = g.meta->acked;
   r->msg[0] = '\0';
-  r->first_err = ack_items(w, &r->d, &g, r->items, r->n, r->codes, r->msg, sizeof r->msg);
+  r->first_err = cg_ack_items(w, &r->d, &g, r->items, r->n, r->codes, r->msg, sizeof r->msg);
   rc = r->first_err < 0 && r->first_err != ENGRAM_EALREADY && r->first_err != ENGRAM_ESTALE &&
                r->first_err != ENGRAM_ENOTLEASED && r->first_err != ENGRAM_EDEAD &&
                r->first_err != ENGRAM_ENOTFOUND && r->first_err != ENGRAM_ETOOBIG &&

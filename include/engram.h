@@ -26,7 +26,8 @@
  * table below (never any other value: an internal code that would escape becomes
  * ENGRAM_EINTERNAL). A message with context for the calling thread's last failure, on
  * any handle, is kept in one buffer per thread (engram_errmsg()). Nothing is written
- * when a call fails, except by engram_ack_many(), whose good items commit.
+ * when a call fails, except by engram_ack_many(), whose good items commit
+ * (engram_ack_fetch() is all or nothing).
  *
  * DAMAGE. If data.mdb is damaged (a failing disk, a power cut under ASYNC), reads never
  * return damaged data nor skip an event: a record failing its CRC, a missing offset between
@@ -554,6 +555,25 @@ ENGRAM_API int engram_ack(engram *log, const char *topic, const char *group, uin
  * succeed are committed even when others fail. */
 ENGRAM_API int engram_ack_many(engram *log, const char *topic, const char *group,
                                const engram_ack_item *items, size_t n, int *codes);
+/* Ack-and-fetch: acks the n_acks items (as engram_ack_many) and leases up to `max` events
+ * to `consumer` (as engram_fetch) in ONE write transaction, so a worker that settles each
+ * batch as it fetches the next pays one commit (and its flushes) per batch instead of two.
+ * All or nothing: when any item fails (ESTALE, ENOTLEASED, EALREADY, EDEAD, EINVAL,
+ * ENOTFOUND, ETOOBIG, as engram_ack), nothing is acked and nothing is leased, *out is
+ * NULL and the first failing item's code is returned, its message naming the offset;
+ * codes[i] (may be NULL; n_acks of them) receives each item's code, 0 for an item that
+ * would have succeeded, so the caller can retry without the failed ones (or settle them
+ * one by one with engram_ack_many, whose good items commit). On success the acks are as
+ * durable as engram_ack's when the call returns (in sync mode: on disk), even when the
+ * batch is empty; the leases as engram_fetch's. The acks go first: the fetch never
+ * delivers an event they finish, and in a key-ordered group it may deliver the next
+ * event of a key they release. With wait_ms > 0 and nothing to deliver, the acks are
+ * committed first and the call then waits as engram_fetch does. acks may be NULL when
+ * n_acks is 0 (then it is engram_fetch). Through `engram serve` it is one request.
+ * Errors: those of engram_fetch and engram_ack_many; ETOOBIG (n_acks over 100000). */
+ENGRAM_API int engram_ack_fetch(engram *log, const char *topic, const char *group,
+                                const char *consumer, const engram_ack_item *acks, size_t n_acks,
+                                int *codes, size_t max, uint64_t wait_ms, engram_batch **out);
 /* Asks for redelivery after delay_ms, or after the group's backoff step when delay_ms < 0.
  * error (may be NULL) is kept as the last error. Past max_deliver attempts the event goes
  * to the DLQ instead. Errors as engram_ack, EINVAL (delay over ENGRAM_MAX_DELAY_MS). */

@@ -610,33 +610,53 @@ static int r_fetch(engram *log, const char *topic, const char *group, const char
   return rc ? ENGRAM_ENOMEM : 0;
 }
 
+/* The wire items of n acks, pointing into items (*wi and *wp freed by the caller, also on
+ * failure). what opens the message. */
+static int acks_to_wire(const char *what, const char *topic, const char *group,
+                        const engram_ack_item *items, size_t n, Engram__Wire__AckItem **wi,
+                        Engram__Wire__AckItem ***wp) {
+  *wi = calloc(n ? n : 1, sizeof **wi);
+  *wp = calloc(n ? n : 1, sizeof **wp);
+  if (!*wi || !*wp) return log_error(NULL, ENGRAM_ENOMEM, "%s: out of memory", what);
+  for (size_t i = 0; i < n; i++) {
+    Engram__Wire__AckItem *w = &(*wi)[i];
+    engram__wire__ack_item__init(w);
+    w->offset = items[i].offset;
+    w->attempt = items[i].attempt;
+    if (items[i].result) {
+      w->has_result = 1;
+      w->result.data = (uint8_t *)items[i].result;
+      w->result.len = items[i].result_len;
+    } else if (items[i].result_len) {
+      return log_error(NULL, ENGRAM_EINVAL, "%s %s/%s: result is NULL but result_len is %zu", what,
+                       net_str(topic), net_str(group), items[i].result_len);
+    }
+    (*wp)[i] = w;
+  }
+  return 0;
+}
+
+/* Copies the per-item codes of an AckResult reply; codes the daemon's call left unset come
+ * as 1 and stay unset here too. Returns 0, or -1 when the reply holds no such codes. */
+static int codes_from_wire(const Engram__Wire__Reply *rp, size_t n, int *codes) {
+  if (rp->result_case != ENGRAM__WIRE__REPLY__RESULT_ACK || rp->ack->n_codes != n) return -1;
+  if (codes)
+    for (size_t i = 0; i < n; i++)
+      if (rp->ack->codes[i] <= 0) codes[i] = rp->ack->codes[i];
+  return 0;
+}
+
 static int r_ack_many(engram *log, const char *topic, const char *group,
                       const engram_ack_item *items, size_t n, int *codes) {
   if (!items || n == 0) return log_error(NULL, ENGRAM_EINVAL, "ack: no items");
   if (n > NET_MAX_ITEMS)
     return log_error(NULL, ENGRAM_ETOOBIG, "ack: %zu items over limit %d", n, NET_MAX_ITEMS);
-  Engram__Wire__AckItem *wi = calloc(n, sizeof *wi);
-  Engram__Wire__AckItem **wp = calloc(n, sizeof *wp);
-  if (!wi || !wp) {
+  Engram__Wire__AckItem *wi, **wp;
+  int rc = acks_to_wire("ack", topic, group, items, n, &wi, &wp);
+  if (rc) {
     free(wi);
     free(wp);
-    return log_error(NULL, ENGRAM_ENOMEM, "ack: out of memory");
-  }
-  for (size_t i = 0; i < n; i++) {
-    engram__wire__ack_item__init(&wi[i]);
-    wi[i].offset = items[i].offset;
-    wi[i].attempt = items[i].attempt;
-    if (items[i].result) {
-      wi[i].has_result = 1;
-      wi[i].result.data = (uint8_t *)items[i].result;
-      wi[i].result.len = items[i].result_len;
-    } else if (items[i].result_len) {
-      free(wi);
-      free(wp);
-      return log_error(NULL, ENGRAM_EINVAL, "ack %s/%s: result is NULL but result_len is %zu",
-                       net_str(topic), net_str(group), items[i].result_len);
-    }
-    wp[i] = &wi[i];
+    return rc;
   }
   REQ(ack, ACK, Engram__Wire__Ack, ENGRAM__WIRE__ACK__INIT);
   m.topic = net_str(topic);
@@ -644,19 +664,56 @@ static int r_ack_many(engram *log, const char *topic, const char *group,
   m.items = wp;
   m.n_items = n;
   Engram__Wire__Reply *rp;
-  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_ACK, &rp);
+  rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_ACK, &rp);
   free(wi);
   free(wp);
-  if (rp && rp->result_case == ENGRAM__WIRE__REPLY__RESULT_ACK && rp->ack->n_codes == n) {
-    /* Codes the daemon's call left unset come as 1 and stay unset here too. */
-    if (codes)
-      for (size_t i = 0; i < n; i++)
-        if (rp->ack->codes[i] <= 0) codes[i] = rp->ack->codes[i];
-  } else if (rp && rc == 0) {
-    return client_bad_reply(log, rp, "ack");
-  }
+  if (rp && codes_from_wire(rp, n, codes) && rc == 0) return client_bad_reply(log, rp, "ack");
   if (rp) engram__wire__reply__free_unpacked(rp, NULL);
   return rc;
+}
+
+static int r_ack_fetch(engram *log, const char *topic, const char *group, const char *consumer,
+                       const engram_ack_item *acks, size_t n_acks, int *codes, size_t max,
+                       uint64_t wait_ms, engram_batch **out) {
+  if (!out) return log_error(NULL, ENGRAM_EINVAL, "ack-fetch: out is NULL");
+  *out = NULL;
+  if (max > UINT32_MAX) max = UINT32_MAX; /* the daemon refuses it with the embedded message */
+  if (wait_ms > ENGRAM_MAX_FETCH_WAIT_MS)
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "ack-fetch %s/%s: wait %llu ms over the limit of %u (1 hour)", net_str(topic),
+                     net_str(group), (unsigned long long)wait_ms, ENGRAM_MAX_FETCH_WAIT_MS);
+  Engram__Wire__AckItem *wi, **wp;
+  int rc = acks_to_wire("ack-fetch", topic, group, acks, n_acks, &wi, &wp);
+  if (rc) {
+    free(wi);
+    free(wp);
+    return rc;
+  }
+  REQ(ack_fetch, ACK_FETCH, Engram__Wire__AckFetch, ENGRAM__WIRE__ACK_FETCH__INIT);
+  m.topic = net_str(topic);
+  m.group = net_str(group);
+  m.consumer = net_str(consumer);
+  m.items = wp;
+  m.n_items = n_acks;
+  m.max = (uint32_t)max;
+  m.wait_ms = wait_ms;
+  Engram__Wire__Reply *rp;
+  rc = client_rpc(log, &rq, client_retry_of(&rq), wait_ms, ENGRAM__WIRE__REPLY__RESULT_EVENTS, &rp);
+  free(wi);
+  free(wp);
+  if (rc) {
+    if (rp) {
+      codes_from_wire(rp, n_acks, codes); /* a failing call's codes, when it got to the acks */
+      engram__wire__reply__free_unpacked(rp, NULL);
+    }
+    return rc;
+  }
+  rc = batch_from_wire(log, rp->events, out);
+  if (rc == -1) return client_bad_reply(log, rp, "ack-fetch");
+  engram__wire__reply__free_unpacked(rp, NULL);
+  if (rc == 0 && codes)
+    for (size_t i = 0; i < n_acks; i++) codes[i] = 0;
+  return rc ? ENGRAM_ENOMEM : 0;
 }
 
 static int r_nack(engram *log, const char *topic, const char *group, uint64_t offset,
@@ -1158,6 +1215,7 @@ const struct engram_backend net_remote = {
     .topic_set = r_topic_set,
     .compact = r_compact,
     .log_info = r_log_info,
+    .ack_fetch = r_ack_fetch,
     .append = r_append,
     .append_batch = r_append_batch,
     .read = r_read,

@@ -535,6 +535,44 @@ OP(op_ack) {
   return rc;
 }
 
+OP(op_ack_fetch) {
+  int rc = 0;
+  do {
+    const Engram__Wire__AckFetch *f = rq->ack_fetch;
+    engram_ack_item *items = acks_from_wire(a, f->items, f->n_items);
+    int *codes = net_arena_alloc(a, (f->n_items ? f->n_items : 1) * sizeof *codes);
+    Engram__Wire__AckResult *res = net_arena_alloc(a, sizeof *res);
+    if (!items || !codes || !res) {
+      rc = nomem(log);
+      break;
+    }
+    /* 1 marks a code the call did not set (it failed before the items). */
+    for (size_t i = 0; i < f->n_items; i++) codes[i] = 1;
+    /* Never waits here: with nothing to deliver the daemon parks it, its acks committed,
+     * and it looks again as a fetch (server_worker.c). */
+    rc = engram_ack_fetch(log, f->topic, f->group, f->consumer, items, f->n_items, codes, f->max,
+                          f->wait_ms > ENGRAM_MAX_FETCH_WAIT_MS ? f->wait_ms : 0, batch);
+    if (rc) {
+      /* All or nothing: the codes say which items failed. */
+      engram__wire__ack_result__init(res);
+      res->codes = codes;
+      res->n_codes = f->n_items;
+      rp->result_case = ENGRAM__WIRE__REPLY__RESULT_ACK;
+      rp->ack = res;
+      break;
+    }
+    /* Acks free keys of key-ordered groups: other fetches may have work now. */
+    if (f->n_items) net_server_topic_changed(s, f->topic);
+    *empty_fetch = (*batch)->count == 0;
+    if (!(rp->events = events_to_wire(a, *batch, f->topic, 1, SIZE_MAX))) {
+      rc = nomem(log);
+      break;
+    }
+    rp->result_case = ENGRAM__WIRE__REPLY__RESULT_EVENTS;
+  } while (0);
+  return rc;
+}
+
 OP(op_nack) {
   int rc = 0;
   do {

@@ -64,6 +64,7 @@ struct job {
   int64_t recheck_ns;        /* parked: next look regardless of notifications */
   uint32_t seq;              /* fetch: the topic's change sequence before its last look */
   int final;                 /* fetch: answer after this look, whatever it finds */
+  int acked;                 /* ack-fetch: its acks are committed; it looks again as a fetch */
 };
 
 /* The appends of one client connection, run in order. */
@@ -193,6 +194,8 @@ void server_publish_dirty(struct net_server *s);
 
 /* Replies and workers (server_worker.c). */
 void server_job_free(struct job *j);
+/* The topic of a decoded fetch or ack-fetch (a job that may be parked). */
+const char *server_job_topic(const struct job *j);
 void server_reply_send(struct net_server *s, void *sock, struct job *j, Engram__Wire__Reply *rp);
 void server_reply_error(struct net_server *s, void *sock, struct job *j, int code, const char *why);
 int server_prepare(struct net_server *s, struct worker *w, struct job *j);

@@ -19,7 +19,7 @@ static int run_here(struct net_server *s, struct job *j) {
   int cheap = op == ENGRAM__WIRE__REQUEST__OP_HELLO || op == ENGRAM__WIRE__REQUEST__OP_STATS;
   int quick = s->o.durability != ENGRAM_DURABILITY_SYNC &&
               (op == ENGRAM__WIRE__REQUEST__OP_APPEND || op == ENGRAM__WIRE__REQUEST__OP_FETCH ||
-               op == ENGRAM__WIRE__REQUEST__OP_ACK);
+               op == ENGRAM__WIRE__REQUEST__OP_ACK || op == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH);
   if (!cheap && !quick) return 0;
   int ev = 0;
   size_t el = sizeof ev;

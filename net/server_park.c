@@ -64,7 +64,7 @@ void server_topic_changed_locked(struct net_server *s, const char *topic, int si
   struct job **pp = &s->parked;
   while (*pp) {
     struct job *j = *pp;
-    if (!strcmp(j->rq->fetch->topic, topic)) {
+    if (!strcmp(server_job_topic(j), topic)) {
       *pp = j->next;
       s->n_parked--;
       j->next = NULL;

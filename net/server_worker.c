@@ -117,12 +117,33 @@ void server_run_one(struct net_server *s, struct worker *w, struct job *j) {
   net_arena_free(&a);
 }
 
+const char *server_job_topic(const struct job *j) {
+  return j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH ? j->rq->ack_fetch->topic
+                                                               : j->rq->fetch->topic;
+}
+
+/* Runs a fetch or an ack-fetch, and parks it when it found nothing and may wait. An
+ * ack-fetch parks with its acks committed: every later look runs it without them. */
 static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
-  const Engram__Wire__Fetch *f = j->rq->fetch;
-  if (!j->deadline_ns) j->deadline_ns = clock_after_ms(j->received_ns, f->wait_ms);
+  const Engram__Wire__Request *rq = j->rq;
+  Engram__Wire__Request again;
+  Engram__Wire__AckFetch bare;
+  uint64_t wait_ms = rq->op_case == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH ? rq->ack_fetch->wait_ms
+                                                                        : rq->fetch->wait_ms;
+  const char *topic = server_job_topic(j);
+  if (j->acked) {
+    /* A shallow copy without the items: the decoded request stays as unpacked. */
+    again = *rq;
+    bare = *rq->ack_fetch;
+    bare.n_items = 0;
+    bare.items = NULL;
+    again.ack_fetch = &bare;
+    rq = &again;
+  }
+  if (!j->deadline_ns) j->deadline_ns = clock_after_ms(j->received_ns, wait_ms);
   /* Looked up, not made: the topic name is not validated until the fetch runs. */
   pthread_mutex_lock(&s->mu);
-  struct tseq *t = server_tseq_lookup(s, f->topic, 0);
+  struct tseq *t = server_tseq_lookup(s, topic, 0);
   j->seq = t ? t->seq : 0;
   pthread_mutex_unlock(&s->mu);
 
@@ -130,12 +151,13 @@ static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
   net_arena a = {0};
   engram_batch *batch = NULL;
   int empty = 0;
-  net_ops_run(s, s->log, j->rq, &rp, &a, &batch, &empty);
+  net_ops_run(s, s->log, rq, &rp, &a, &batch, &empty);
   if (empty && !j->final && clock_monotonic_ns() < j->deadline_ns) {
+    j->acked = 1;
     engram_batch_free(batch);
     net_arena_free(&a);
     pthread_mutex_lock(&s->mu);
-    t = server_tseq_get(s, f->topic);
+    t = server_tseq_get(s, topic);
     if (s->stopping) {
       j->final = 1;
       server_enqueue(s, j);
@@ -162,7 +184,8 @@ static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
 
 void server_run_job(struct net_server *s, struct worker *w, struct job *j) {
   if (server_prepare(s, w, j)) return;
-  if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_FETCH)
+  if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_FETCH ||
+      j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH)
     run_fetch(s, w, j);
   else if (j->rq->op_case == ENGRAM__WIRE__REQUEST__OP_APPEND) {
     j->next = NULL;

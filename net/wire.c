@@ -222,6 +222,14 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap) {
         if (!a->items[i]) return BAD(ENGRAM_EPROTO, "ack: missing item");
       return 0;
     }
+    case ENGRAM__WIRE__REQUEST__OP_ACK_FETCH: {
+      const Engram__Wire__AckFetch *a = rq->ack_fetch;
+      if (a->n_items > NET_MAX_ITEMS)
+        return BAD(ENGRAM_ETOOBIG, "ack-fetch: %zu acks over limit %d", a->n_items, NET_MAX_ITEMS);
+      for (size_t i = 0; i < a->n_items; i++)
+        if (!a->items[i]) return BAD(ENGRAM_EPROTO, "ack-fetch: missing item");
+      return 0;
+    }
     case ENGRAM__WIRE__REQUEST__OP_DLQ_PURGE:
     case ENGRAM__WIRE__REQUEST__OP_DLQ_REDRIVE: {
       const Engram__Wire__DlqSelect *d =

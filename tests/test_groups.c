@@ -1890,6 +1890,241 @@ static void null_pointers_are_refused(void **state) {
   REFUSED(f, engram_reject(f->log, "memory", "g", 1, 1, big), ENGRAM_ETOOBIG);
 }
 
+/* =================================================================================
+ * Ack-and-fetch.
+ * ============================================================================== */
+static uint64_t commits(fx *f) {
+  engram_commit_stats st;
+  OK(f, engram_commit_stats_get(f->log, &st));
+  return st.commits;
+}
+
+/* Acks the offsets (attempt 1) and fetches up to max in one call; checks the offsets
+ * delivered. */
+static engram_batch *ack_fetch(fx *f, const char *g, const char *c, const uint64_t *acks, size_t n,
+                               size_t max) {
+  engram_ack_item items[16];
+  int codes[16];
+  assert_true(n <= 16);
+  for (size_t i = 0; i < n; i++) {
+    items[i] = (engram_ack_item){.offset = acks[i], .attempt = 1};
+    codes[i] = 99;
+  }
+  engram_batch *b = NULL;
+  OK(f, engram_ack_fetch(f->log, "memory", g, c, n ? items : NULL, n, codes, max, 0, &b));
+  for (size_t i = 0; i < n; i++) assert_int_equal(codes[i], 0);
+  assert_non_null(b);
+  return b;
+}
+
+static void ack_fetch_acks_a_batch_and_leases_the_next_in_one_commit(void **state) {
+  fx *f = *state;
+  add_n(f, 7);
+  mkgroup(f, "g", NULL);
+  mkgroup(f, "w", NULL);
+  GOT(f, "w", "c", 1, 1, 1); /* the first fetch of a log also creates its workers database */
+  /* Without acks it is a fetch. */
+  uint64_t c0 = commits(f);
+  engram_batch *b = ack_fetch(f, "g", "c", NULL, 0, 3);
+  assert_int_equal(commits(f), c0 + 1);
+  assert_int_equal(b->count, 3);
+  assert_int_equal(b->events[0].offset, 1);
+  assert_int_equal(b->events[2].offset, 3);
+  engram_batch_free(b);
+
+  c0 = commits(f);
+  b = ack_fetch(f, "g", "c", (uint64_t[]){1, 2, 3}, 3, 3);
+  assert_int_equal(commits(f), c0 + 1); /* the acks and the leases: one commit */
+  assert_int_equal(b->count, 3);
+  for (size_t i = 0; i < 3; i++) {
+    assert_int_equal(b->events[i].offset, 4 + i);
+    assert_int_equal(b->events[i].attempt, 1);
+  }
+  engram_batch_free(b);
+  for (uint64_t o = 1; o <= 3; o++) STATE(f, "g", o, ENGRAM_STATE_DONE);
+  for (uint64_t o = 4; o <= 6; o++) {
+    engram_status st = status(f, "g", o);
+    assert_int_equal(st.state, ENGRAM_STATE_IN_FLIGHT);
+    assert_string_equal(st.consumer, "c");
+  }
+  engram_group_info i = ginfo(f, "g");
+  assert_int_equal(i.acked, 3);
+  assert_int_equal(i.delivered, 6);
+  assert_int_equal(i.floor, 3);
+  assert_int_equal(i.in_flight, 3);
+
+  /* The last batch: the acks commit even though the fetch takes the last event only, and
+   * then nothing. */
+  b = ack_fetch(f, "g", "c", (uint64_t[]){4, 5, 6}, 3, 10);
+  assert_int_equal(b->count, 1);
+  assert_int_equal(b->events[0].offset, 7);
+  engram_batch_free(b);
+  c0 = commits(f);
+  b = ack_fetch(f, "g", "c", (uint64_t[]){7}, 1, 10);
+  assert_int_equal(commits(f), c0 + 1);
+  assert_int_equal(b->count, 0);
+  engram_batch_free(b);
+  i = ginfo(f, "g");
+  assert_int_equal(i.acked, 7);
+  assert_int_equal(i.floor, 7);
+  assert_int_equal(i.in_flight, 0);
+  /* Results are kept as with engram_ack. */
+  add_n(f, 1);
+  GOT(f, "g", "c", 10, 1, 8);
+  engram_ack_item it = {8, 1, "done", 4};
+  OK(f, engram_ack_fetch(f->log, "memory", "g", "c", &it, 1, NULL, 10, 0, &b));
+  engram_batch_free(b);
+  engram_status st = status(f, "g", 8);
+  assert_int_equal(st.state, ENGRAM_STATE_DONE);
+  assert_int_equal(st.result_len, 4);
+  assert_memory_equal(st.result, "done", 4);
+  engram_free(st.result);
+}
+
+static void a_failing_ack_fails_the_whole_ack_fetch_and_changes_nothing(void **state) {
+  fx *f = *state;
+  add_n(f, 6);
+  mkgroup(f, "g", NULL);
+  GOT(f, "g", "c", 3, 1, 1, 2, 3);
+  OK(f, engram_ack(f->log, "memory", "g", 2, 1, NULL, 0));
+  engram_ack_item items[] = {{1, 1, "one", 3}, {2, 1, NULL, 0}, {3, 2, NULL, 0},
+                             {4, 1, NULL, 0},  {3, 1, NULL, 0}, {99, 1, NULL, 0}};
+  int codes[6] = {9, 9, 9, 9, 9, 9};
+  engram_batch *b = (engram_batch *)&codes; /* must come back NULL */
+  uint64_t c0 = commits(f);
+  REFUSED(f, engram_ack_fetch(f->log, "memory", "g", "c", items, 6, codes, 10, 0, &b),
+          ENGRAM_EALREADY);
+  assert_null(b);
+  assert_int_equal(commits(f), c0);
+  /* The message names the first failing ack and says nothing was applied. */
+  assert_non_null(strstr(f->msg, "offset 2"));
+  assert_non_null(strstr(f->msg, "nothing was acked or fetched"));
+  /* Each item's code, as engram_ack_many would give it. */
+  assert_int_equal(codes[0], 0);
+  assert_int_equal(codes[1], ENGRAM_EALREADY);
+  assert_int_equal(codes[2], ENGRAM_EINVAL);
+  assert_int_equal(codes[3], ENGRAM_ENOTLEASED);
+  assert_int_equal(codes[4], 0);
+  assert_int_equal(codes[5], ENGRAM_ENOTFOUND);
+  STATE(f, "g", 1, ENGRAM_STATE_IN_FLIGHT);
+  STATE(f, "g", 4, ENGRAM_STATE_PENDING);
+  /* One bad item among good ones, without codes: still nothing. */
+  engram_ack_item two[] = {{1, 1, NULL, 0}, {5, 1, NULL, 0}};
+  REFUSED(f, engram_ack_fetch(f->log, "memory", "g", "c", two, 2, NULL, 10, 0, &b),
+          ENGRAM_ENOTLEASED);
+  /* Retried without the failed items, it succeeds. */
+  engram_ack_item good[] = {{1, 1, NULL, 0}, {3, 1, NULL, 0}};
+  OK(f, engram_ack_fetch(f->log, "memory", "g", "c", good, 2, codes, 10, 0, &b));
+  assert_int_equal(codes[0], 0);
+  assert_int_equal(codes[1], 0);
+  assert_int_equal(b->count, 3);
+  assert_int_equal(b->events[0].offset, 4);
+  engram_batch_free(b);
+  assert_int_equal(ginfo(f, "g").acked, 3);
+  /* Bad arguments of either half change nothing either. */
+  REFUSED(f, engram_ack_fetch(f->log, "memory", "g", "c", NULL, 1, NULL, 10, 0, &b), ENGRAM_EINVAL);
+  REFUSED(f, engram_ack_fetch(f->log, "memory", "g", "c", good, 2, NULL, 0, 0, &b), ENGRAM_EINVAL);
+  REFUSED(f,
+          engram_ack_fetch(f->log, "memory", "g", "c", good, 2, NULL, ENGRAM_MAX_FETCH + 1, 0, &b),
+          ENGRAM_EINVAL);
+  REFUSED(f, engram_ack_fetch(f->log, "memory", "g", "bad name", good, 2, NULL, 10, 0, &b),
+          ENGRAM_EINVAL);
+  REFUSED(f,
+          engram_ack_fetch(f->log, "memory", "g", "c", good, 2, NULL, 10,
+                           ENGRAM_MAX_FETCH_WAIT_MS + 1ull, &b),
+          ENGRAM_EINVAL);
+  REFUSED(f, engram_ack_fetch(f->log, "memory", "g", "c", good, 2, NULL, 10, 0, NULL),
+          ENGRAM_EINVAL);
+  REFUSED(f, engram_ack_fetch(f->log, "memory", "nope", "c", good, 2, NULL, 10, 0, &b),
+          ENGRAM_ENOTFOUND);
+  REFUSED(f, engram_ack_fetch(f->log, "nope", "g", "c", good, 2, NULL, 10, 0, &b),
+          ENGRAM_ENOTFOUND);
+  REFUSED(f, engram_ack_fetch(f->log, "memory", "g", "c", good, 100001, NULL, 10, 0, &b),
+          ENGRAM_ETOOBIG);
+  assert_int_equal(engram_ack_fetch(NULL, "memory", "g", "c", good, 2, NULL, 10, 0, &b),
+                   ENGRAM_EINVAL);
+}
+
+static void ack_fetch_keeps_redelivery_fencing_and_key_order(void **state) {
+  fx *f = *state;
+  add_n(f, 2);
+  mkgroup(f, "g", &(engram_group_config){.ack_wait_ms = 1000});
+  engram_batch *b = ack_fetch(f, "g", "c1", NULL, 0, 10);
+  assert_int_equal(b->count, 2);
+  engram_batch_free(b);
+  /* The lease expires: the next ack-fetch of another consumer gets both, attempt 2. */
+  advance(f, 1001);
+  b = ack_fetch(f, "g", "c2", NULL, 0, 10);
+  assert_int_equal(b->count, 2);
+  assert_int_equal(b->events[0].attempt, 2);
+  assert_int_equal(b->events[1].attempt, 2);
+  engram_batch_free(b);
+  /* The first holder's late acks are stale: refused, nothing changes. */
+  engram_ack_item late[] = {{1, 1, NULL, 0}};
+  REFUSED(f, engram_ack_fetch(f->log, "memory", "g", "c1", late, 1, NULL, 10, 0, &b),
+          ENGRAM_ESTALE);
+  engram_ack_item now2[] = {{1, 2, NULL, 0}, {2, 2, NULL, 0}};
+  OK(f, engram_ack_fetch(f->log, "memory", "g", "c2", now2, 2, NULL, 10, 0, &b));
+  assert_int_equal(b->count, 0);
+  engram_batch_free(b);
+  engram_group_info i = ginfo(f, "g");
+  assert_int_equal(i.acked, 2);
+  assert_int_equal(i.redelivered, 2);
+
+  /* Key order: acking the first event of a key delivers the second in the same call. */
+  mkgroup(f, "k", &(engram_group_config){.flags = ENGRAM_GROUP_KEY_ORDERED});
+  add(f, "memory.saved", "A");   /* 3 */
+  add(f, "memory.updated", "A"); /* 4 */
+  GOT(f, "k", "c", 10, 1, 1, 2, 3);
+  b = ack_fetch(f, "k", "c", (uint64_t[]){1, 2, 3}, 3, 10);
+  assert_int_equal(b->count, 1);
+  assert_int_equal(b->events[0].offset, 4);
+  engram_batch_free(b);
+}
+
+struct ack_fetch_wait {
+  engram *log;
+  uint64_t offset;
+  int rc;
+  engram_batch *b;
+  volatile int done;
+};
+static void *ack_fetch_waiting(void *arg) {
+  struct ack_fetch_wait *a = arg;
+  engram_ack_item it = {a->offset, 1, NULL, 0};
+  a->rc = engram_ack_fetch(a->log, "memory", "g", "c", &it, 1, NULL, 10, 60000, &a->b);
+  __atomic_store_n(&a->done, 1, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+static void a_waiting_ack_fetch_commits_its_acks_before_it_waits(void **state) {
+  fx *f = *state;
+  add_n(f, 1);
+  mkgroup(f, "g", NULL);
+  GOT(f, "g", "c", 10, 1, 1);
+  struct ack_fetch_wait a = {.log = f->log, .offset = 1};
+  pthread_t th;
+  pthread_create(&th, NULL, ack_fetch_waiting, &a);
+  /* The ack is visible (committed) while the call still waits for events. */
+  int64_t until = tu_mono_ms() + 20000;
+  engram_status st;
+  for (;;) {
+    OK(f, engram_status_get(f->log, "memory", "g", 1, &st));
+    if (st.state == ENGRAM_STATE_DONE || tu_mono_ms() > until) break;
+    tu_sleep_ms(2);
+  }
+  assert_int_equal(st.state, ENGRAM_STATE_DONE);
+  assert_false(__atomic_load_n(&a.done, __ATOMIC_ACQUIRE));
+  /* An append ends the wait with that event. */
+  uint64_t off = add(f, "memory.saved", NULL);
+  pthread_join(th, NULL);
+  assert_int_equal(a.rc, 0);
+  assert_int_equal(a.b->count, 1);
+  assert_int_equal(a.b->events[0].offset, off);
+  engram_batch_free(a.b);
+  assert_int_equal(ginfo(f, "g").acked, 1);
+}
+
 int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
   const struct CMUnitTest tests[] = {
@@ -1955,6 +2190,10 @@ int main(void) {
       T(bad_names_are_refused),
       T(fetch_max_zero_or_over_the_limit_is_refused),
       T(null_pointers_are_refused),
+      T(ack_fetch_acks_a_batch_and_leases_the_next_in_one_commit),
+      T(a_failing_ack_fails_the_whole_ack_fetch_and_changes_nothing),
+      T(ack_fetch_keeps_redelivery_fencing_and_key_order),
+      T(a_waiting_ack_fetch_commits_its_acks_before_it_waits),
   };
   return cmocka_run_group_tests_name("groups", tests, NULL, NULL);
 }
