@@ -333,6 +333,23 @@ static int bad_input(engram *log, int k) {
       return engram_append_async(log, "memory", &badtype, NULL, NULL);
     case 41:
       return engram_txn_begin(log, NULL);
+    case 42:
+      return engram_ack_fetch(log, "memory", "g", "c", NULL, 1, NULL, 10, 0, &b);
+    case 43:
+      return engram_ack_fetch(log, "memory", "g", "c", &item, 100001, NULL, 10, 0, &b);
+    case 44:
+      return engram_ack_fetch(log, "memory", "g", "bad name", &item, 1, NULL, 10, 0, &b);
+    case 45:
+      return engram_ack_fetch(log, "memory", "nosuch", "c", &item, 1, NULL, 10, 0, &b);
+    case 46:
+      return engram_ack_fetch(log, "memory", "g", "c", &item, 1, NULL, 0, 0, &b);
+    case 47:
+      return engram_ack_fetch(log, "memory", "g", "c", &item, 1, NULL, 10,
+                              ENGRAM_MAX_FETCH_WAIT_MS + 1ull, &b);
+    case 48:
+      return engram_ack_fetch(log, "memory", "g", "c", &item, 1, NULL, 10, 0, NULL);
+    case 49:
+      return engram_ack_fetch(log, "memory", "g", "c", &item, 1, NULL, 10, 0, &b);
     default:
       return 1;
   }
@@ -1786,6 +1803,114 @@ static void appends_of_many_connections_commit_together_in_each_ones_order(void 
   td_done(&d);
 }
 
+/* ---------------------------------------------------------------------------------
+ * Ack-and-fetch through the daemon.
+ * ------------------------------------------------------------------------------ */
+static uint64_t daemon_commits(engram *r) {
+  engram_server_info info;
+  OK(r, engram_server_info_get(r, &info));
+  return info.commits;
+}
+
+struct ack_fetcher {
+  engram *log;
+  engram_ack_item items[3];
+  int rc;
+  engram_batch *b;
+  int done;
+};
+
+static void *ack_fetch_thread(void *arg) {
+  struct ack_fetcher *a = arg;
+  a->rc = engram_ack_fetch(a->log, "memory", "g", "w", a->items, 3, NULL, 10, 20000, &a->b);
+  __atomic_store_n(&a->done, 1, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+static void ack_fetch_through_the_daemon_is_one_commit_all_or_nothing_and_may_wait(void **state) {
+  (void)state;
+  td d;
+  engram *r = serve_and_conn(&d, "net-ackfetch");
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_event in[6];
+  for (int i = 0; i < 6; i++) in[i] = ev_of("memory.saved", NULL, "x");
+  uint64_t offs[6];
+  OK(r, engram_append_batch(r, "memory", in, 6, offs, NULL));
+  OK(r, engram_group_create(r, "memory", "g", NULL));
+  engram_batch *b = NULL;
+  OK(r, engram_ack_fetch(r, "memory", "g", "w", NULL, 0, NULL, 3, 0, &b));
+  assert_int_equal(b->count, 3);
+  engram_ack_item items[3];
+  for (int i = 0; i < 3; i++)
+    items[i] = (engram_ack_item){.offset = b->events[i].offset, .attempt = b->events[i].attempt};
+  engram_batch_free(b);
+
+  /* The acks of 1..3 and the leases of 4..6: one request, one commit of the daemon. */
+  uint64_t c0 = daemon_commits(r);
+  int codes[3] = {9, 9, 9};
+  OK(r, engram_ack_fetch(r, "memory", "g", "w", items, 3, codes, 3, 0, &b));
+  assert_int_equal(daemon_commits(r), c0 + 1);
+  assert_int_equal(codes[0], 0);
+  assert_int_equal(codes[2], 0);
+  assert_int_equal(b->count, 3);
+  assert_int_equal(b->events[0].offset, 4);
+  assert_int_equal(b->events[0].attempt, 1);
+  engram_batch_free(b);
+  engram_group_info gi;
+  OK(r, engram_group_info_get(r, "memory", "g", &gi));
+  assert_int_equal(gi.acked, 3);
+  assert_int_equal(gi.in_flight, 3);
+
+  /* A bad ack among good ones: nothing acked, nothing leased, each item's code back. */
+  engram_ack_item bad[2] = {{4, 1, NULL, 0}, {99, 1, NULL, 0}};
+  codes[0] = codes[1] = 9;
+  b = (engram_batch *)codes;
+  c0 = daemon_commits(r);
+  assert_int_equal(engram_ack_fetch(r, "memory", "g", "w", bad, 2, codes, 10, 0, &b),
+                   ENGRAM_ENOTFOUND);
+  assert_null(b);
+  assert_non_null(strstr(engram_errmsg(r), "nothing was acked or fetched"));
+  assert_int_equal(codes[0], 0);
+  assert_int_equal(codes[1], ENGRAM_ENOTFOUND);
+  assert_int_equal(daemon_commits(r), c0);
+  engram_status st;
+  OK(r, engram_status_get(r, "memory", "g", 4, &st));
+  assert_int_equal(st.state, ENGRAM_STATE_IN_FLIGHT);
+  OK(r, engram_group_info_get(r, "memory", "g", &gi));
+  assert_int_equal(gi.acked, 3);
+  assert_int_equal(gi.delivered, 6);
+
+  /* A long poll: its acks are committed while it waits (the daemon parks it), and it is
+   * answered with the event that arrives, its acks not applied twice. */
+  engram *w = conn(&d, 5000);
+  struct ack_fetcher a = {.log = r};
+  for (int i = 0; i < 3; i++)
+    a.items[i] = (engram_ack_item){.offset = 4 + (uint64_t)i, .attempt = 1};
+  pthread_t t;
+  pthread_create(&t, NULL, ack_fetch_thread, &a);
+  int64_t until = tu_mono_ms() + 20000;
+  for (;;) {
+    OK(w, engram_status_get(w, "memory", "g", 6, &st));
+    if (st.state == ENGRAM_STATE_DONE || tu_mono_ms() > until) break;
+    tu_sleep_ms(5);
+  }
+  assert_int_equal(st.state, ENGRAM_STATE_DONE);
+  assert_false(__atomic_load_n(&a.done, __ATOMIC_ACQUIRE));
+  engram_event e = ev_of("memory.saved", NULL, "late");
+  uint64_t off;
+  OK(w, engram_append(w, "memory", &e, &off, NULL));
+  pthread_join(t, NULL);
+  OK(r, a.rc);
+  assert_int_equal(a.b->count, 1);
+  assert_int_equal(a.b->events[0].offset, off);
+  engram_batch_free(a.b);
+  OK(w, engram_group_info_get(w, "memory", "g", &gi));
+  assert_int_equal(gi.acked, 6);
+  assert_int_equal(gi.in_flight, 1);
+  engram_close(w);
+  conn_and_serve_done(&d, r);
+}
+
 int main(void) {
   tu_test_filter();
   const struct CMUnitTest tests[] = {
@@ -1813,6 +1938,7 @@ int main(void) {
       cmocka_unit_test(an_empty_remote_transaction_commits_as_a_no_op),
       cmocka_unit_test(the_daemon_says_what_it_is),
       cmocka_unit_test(appends_of_many_connections_commit_together_in_each_ones_order),
+      cmocka_unit_test(ack_fetch_through_the_daemon_is_one_commit_all_or_nothing_and_may_wait),
   };
   return cmocka_run_group_tests_name("net", tests, NULL, NULL);
 }
