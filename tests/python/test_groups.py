@@ -301,3 +301,37 @@ def test_ack_many_reports_each_item(log):
     evs = g.fetch("c", 3)
     codes = g.ack_many([(e.offset, e.attempt) for e in evs] + [(evs[0].offset, evs[0].attempt)])
     assert codes[:3] == [0, 0, 0] and codes[3] == engram.AlreadyDone.code
+
+
+def test_ack_fetch_acks_a_batch_and_leases_the_next_in_one_call(log):
+    fill(log, 5)
+    g = log.group("memory", "af")
+    first = g.ack_fetch("c", max=2)
+    assert [e.offset for e in first] == [1, 2]
+    nxt = g.ack_fetch("c", first, max=2)
+    assert [e.offset for e in nxt] == [3, 4]
+    assert all(e.finished == "acked" for e in first)
+    assert g.status(1).state == "done" and g.status(3).state == "in_flight"
+    last = g.ack_fetch("c", [(e.offset, e.attempt, {"r": e.offset}) for e in nxt], max=10)
+    assert [e.offset for e in last] == [5]
+    assert g.status(3).result == b'{"r":3}'
+    assert g.ack_fetch("c", last, max=10, wait=0.05) == []
+    info = g.info()
+    assert (info.acked, info.lag, info.in_flight) == (5, 0, 0)
+
+
+def test_a_failing_ack_fetch_applies_nothing_and_says_which_ack_failed(log):
+    fill(log, 4)
+    g = log.group("memory", "af-bad")
+    evs = g.fetch("c", 2)
+    evs[0].ack()
+    with pytest.raises(engram.AlreadyDone) as e:
+        g.ack_fetch("c", evs, max=2)
+    assert e.value.codes == [engram.AlreadyDone.code, 0]
+    assert evs[1].finished is None
+    assert g.status(2).state == "in_flight" and g.status(3).state == "pending"
+    assert g.info().acked == 1
+    # Retried without the failed one, it goes through.
+    assert [x.offset for x in g.ack_fetch("c", evs[1:], max=2)] == [3, 4]
+    with pytest.raises(engram.InvalidArgument):
+        g.ack_fetch("c", [], max=0)

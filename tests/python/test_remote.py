@@ -100,3 +100,19 @@ def test_worker_processes_share_a_group_through_the_daemon(daemon, tmp_path):
         assert p.wait(30) == 0, p.stdout.read().decode()
     offsets = sorted(r[1] for r in read_records(out))
     assert offsets == list(range(1, 31))
+
+
+def test_ack_fetch_through_the_daemon(daemon):
+    with engram.connect(daemon) as log:
+        log.append_many("memory", [("memory.saved", {"i": i}) for i in range(4)])
+        g = log.group("memory", "af")
+        evs = g.ack_fetch("c", max=2)
+        evs = g.ack_fetch("c", evs, max=2)
+        assert [e.offset for e in evs] == [3, 4]
+        assert g.info().acked == 2
+        with pytest.raises(engram.NotFound) as e:
+            g.ack_fetch("c", [(99, 1)] + [(x.offset, x.attempt) for x in evs], max=2)
+        assert e.value.codes == [engram.NotFound.code, 0, 0]
+        assert g.info().acked == 2
+        assert g.ack_fetch("c", evs, max=2, wait=0.05) == []
+        assert g.info().acked == 4

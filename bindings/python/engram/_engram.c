@@ -391,9 +391,10 @@ static PyObject *topic_dict(const engram_topic_info *t) {
 
 /* topic_create and topic_set: (topic, config keywords) -> the call. */
 static PyObject *topic_config_call(LogObject *self, PyObject *args, PyObject *kw, int set) {
-  static char *kws[] = {"topic", "compress_threshold", "max_payload", "dict_train_after",
-                        "flags", "max_age_ms",         "max_bytes",   "max_events",
-                        "tombstone_ttl_ms", "tombstone_type", NULL};
+  static char *kws[] = {
+      "topic",      "compress_threshold", "max_payload", "dict_train_after", "flags",
+      "max_age_ms", "max_bytes",          "max_events",  "tombstone_ttl_ms", "tombstone_type",
+      NULL};
   const char *topic, *tomb_type = NULL;
   engram_topic_config c;
   memset(&c, 0, sizeof c);
@@ -612,12 +613,12 @@ static PyObject *event_tuple(const engram_event *ev) {
     Py_DECREF(v);
   }
   const char *ct = ev->content_type && *ev->content_type ? ev->content_type : NULL;
-  return Py_BuildValue(
-      "(KNNNy#NNNLLII)", (unsigned long long)ev->offset, str_or_none(ev->topic),
-      str_or_none(ev->type), str_or_none(ev->key), ev->payload ? (const char *)ev->payload : "",
-      (Py_ssize_t)ev->payload_len, str_or_none(ct), h, str_or_none(ev->idempotency_key),
-      (long long)ev->deliver_at_ns, (long long)ev->timestamp_ns, (unsigned int)ev->attempt,
-      (unsigned int)ev->flags);
+  return Py_BuildValue("(KNNNy#NNNLLII)", (unsigned long long)ev->offset, str_or_none(ev->topic),
+                       str_or_none(ev->type), str_or_none(ev->key),
+                       ev->payload ? (const char *)ev->payload : "", (Py_ssize_t)ev->payload_len,
+                       str_or_none(ct), h, str_or_none(ev->idempotency_key),
+                       (long long)ev->deliver_at_ns, (long long)ev->timestamp_ns,
+                       (unsigned int)ev->attempt, (unsigned int)ev->flags);
 }
 
 /* Converts a batch to a list of event tuples and frees it. */
@@ -764,8 +765,8 @@ static PyObject *Log_read_range(LogObject *self, PyObject *args) {
   engram_batch *b = NULL;
   int rc;
   char msg[MSG_MAX];
-  if (!PyArg_ParseTuple(args, "O&O&O&|p:read_range", conv_str, &topic, conv_u64, &from,
-                        conv_size, &max, &covered))
+  if (!PyArg_ParseTuple(args, "O&O&O&|p:read_range", conv_str, &topic, conv_u64, &from, conv_size,
+                        &max, &covered))
     return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_read_range(self->log, topic, from, max, &b));
@@ -985,51 +986,58 @@ static PyObject *Log_ack(LogObject *self, PyObject *args) {
   return done(rc, msg);
 }
 
-/* items: sequence of (offset, attempt, result or None); returns the list of codes. */
-static PyObject *Log_ack_many(LogObject *self, PyObject *args) {
-  const char *topic, *group;
-  PyObject *items, *seq, *out = NULL;
-  engram_ack_item *it = NULL;
-  Py_buffer *bufs = NULL;
-  int *codes = NULL, rc;
-  Py_ssize_t n, got = 0;
-  char msg[MSG_MAX];
-  if (!PyArg_ParseTuple(args, "O&O&O:ack_many", conv_str, &topic, conv_str, &group, &items))
-    return NULL;
-  seq = PySequence_Fast(items, "items must be a sequence of (offset, attempt, result)");
-  if (!seq) return NULL;
-  n = PySequence_Fast_GET_SIZE(seq);
-  it = PyMem_Calloc(n ? (size_t)n : 1, sizeof *it);
-  bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof *bufs);
-  codes = PyMem_Calloc(n ? (size_t)n : 1, sizeof *codes);
-  if (!it || !bufs || !codes) {
+/* Acks parsed from a sequence of (offset, attempt, result or None): the items, the buffers
+ * they point into and their number; ack_items_free releases them (also half parsed). */
+typedef struct ack_items {
+  PyObject *seq;
+  engram_ack_item *it;
+  Py_buffer *bufs;
+  int *codes;
+  Py_ssize_t n, got;
+} ack_items;
+
+static void ack_items_free(ack_items *a) {
+  for (Py_ssize_t i = 0; a->bufs && i < a->got; i++)
+    if (a->bufs[i].obj) PyBuffer_Release(&a->bufs[i]);
+  PyMem_Free(a->it);
+  PyMem_Free(a->bufs);
+  PyMem_Free(a->codes);
+  Py_XDECREF(a->seq);
+}
+
+static int ack_items_parse(PyObject *items, ack_items *a) {
+  memset(a, 0, sizeof *a);
+  a->seq = PySequence_Fast(items, "items must be a sequence of (offset, attempt, result)");
+  if (!a->seq) return -1;
+  a->n = PySequence_Fast_GET_SIZE(a->seq);
+  a->it = PyMem_Calloc(a->n ? (size_t)a->n : 1, sizeof *a->it);
+  a->bufs = PyMem_Calloc(a->n ? (size_t)a->n : 1, sizeof *a->bufs);
+  a->codes = PyMem_Calloc(a->n ? (size_t)a->n : 1, sizeof *a->codes);
+  if (!a->it || !a->bufs || !a->codes) {
     PyErr_NoMemory();
-    goto out;
+    return -1;
   }
-  for (; got < n; got++) {
-    PyObject *t = PySequence_Fast_GET_ITEM(seq, got), *res;
+  for (; a->got < a->n; a->got++) {
+    PyObject *t = PySequence_Fast_GET_ITEM(a->seq, a->got), *res;
+    engram_ack_item *it = &a->it[a->got];
     if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
       PyErr_SetString(PyExc_TypeError, "each item must be (offset, attempt, result)");
-      goto out;
+      return -1;
     }
-    if (!conv_u64(PyTuple_GET_ITEM(t, 0), &it[got].offset)) goto out;
-    if (!conv_u32(PyTuple_GET_ITEM(t, 1), &it[got].attempt)) goto out;
+    if (!conv_u64(PyTuple_GET_ITEM(t, 0), &it->offset)) return -1;
+    if (!conv_u32(PyTuple_GET_ITEM(t, 1), &it->attempt)) return -1;
     res = PyTuple_GET_ITEM(t, 2);
     if (res != Py_None) {
-      if (PyObject_GetBuffer(res, &bufs[got], PyBUF_SIMPLE) < 0) goto out;
-      it[got].result = bufs[got].buf;
-      it[got].result_len = (size_t)bufs[got].len;
+      if (PyObject_GetBuffer(res, &a->bufs[a->got], PyBUF_SIMPLE) < 0) return -1;
+      it->result = a->bufs[a->got].buf;
+      it->result_len = (size_t)a->bufs[a->got].len;
     }
   }
-  if (n == 0) {
-    out = PyList_New(0);
-    goto out;
-  }
-  if (enter(self)) goto out;
-  RUN(self, rc, msg, engram_ack_many(self->log, topic, group, it, (size_t)n, codes));
-  leave(self);
-  (void)rc;
-  out = PyList_New(n);
+  return 0;
+}
+
+static PyObject *codes_list(const int *codes, Py_ssize_t n) {
+  PyObject *out = PyList_New(n);
   for (Py_ssize_t i = 0; out && i < n; i++) {
     PyObject *v = PyLong_FromLong(codes[i]);
     if (!v)
@@ -1037,13 +1045,67 @@ static PyObject *Log_ack_many(LogObject *self, PyObject *args) {
     else
       PyList_SET_ITEM(out, i, v);
   }
+  return out;
+}
+
+/* items: sequence of (offset, attempt, result or None); returns the list of codes. */
+static PyObject *Log_ack_many(LogObject *self, PyObject *args) {
+  const char *topic, *group;
+  PyObject *items, *out = NULL;
+  ack_items a;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&O&O:ack_many", conv_str, &topic, conv_str, &group, &items))
+    return NULL;
+  if (ack_items_parse(items, &a)) goto out;
+  if (a.n == 0) {
+    out = PyList_New(0);
+    goto out;
+  }
+  if (enter(self)) goto out;
+  RUN(self, rc, msg, engram_ack_many(self->log, topic, group, a.it, (size_t)a.n, a.codes));
+  leave(self);
+  (void)rc;
+  out = codes_list(a.codes, a.n);
 out:
-  for (Py_ssize_t i = 0; bufs && i < got; i++)
-    if (bufs[i].obj) PyBuffer_Release(&bufs[i]);
-  PyMem_Free(it);
-  PyMem_Free(bufs);
-  PyMem_Free(codes);
-  Py_DECREF(seq);
+  ack_items_free(&a);
+  return out;
+}
+
+/* Acks items as ack_many and fetches as fetch, in one commit, all or nothing: returns the
+ * events; a failure raises the first failing item's error with `codes`, each item's code. */
+static PyObject *Log_ack_fetch(LogObject *self, PyObject *args) {
+  const char *topic, *group, *consumer;
+  PyObject *items, *out = NULL;
+  size_t max;
+  uint64_t wait_ms;
+  ack_items a;
+  engram_batch *b = NULL;
+  int rc;
+  char msg[MSG_MAX];
+  if (!PyArg_ParseTuple(args, "O&O&O&OO&O&:ack_fetch", conv_str, &topic, conv_str, &group, conv_str,
+                        &consumer, &items, conv_size, &max, conv_u64, &wait_ms))
+    return NULL;
+  if (ack_items_parse(items, &a)) goto out;
+  for (Py_ssize_t i = 0; i < a.n; i++) a.codes[i] = 1; /* 1 = not reached */
+  if (enter(self)) goto out;
+  RUN(self, rc, msg,
+      engram_ack_fetch(self->log, topic, group, consumer, a.it, (size_t)a.n, a.codes, max, wait_ms,
+                       &b));
+  leave(self);
+  if (rc == 0) {
+    out = batch_list(b);
+    goto out;
+  }
+  raise_code(rc, msg);
+  PyObject *type, *value, *tb, *codes = codes_list(a.codes, a.n);
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (codes && value && PyObject_SetAttrString(value, "codes", codes) < 0) PyErr_Clear();
+  Py_XDECREF(codes);
+  PyErr_Restore(type, value, tb);
+out:
+  ack_items_free(&a);
   return out;
 }
 
@@ -1839,7 +1901,8 @@ static PyMethodDef Log_methods[] = {
     {"topic_info", (PyCFunction)Log_topic_info, METH_VARARGS, "topic_info(topic) -> dict"},
     {"topic_set", (PyCFunction)(void (*)(void))Log_topic_set, METH_VARARGS | METH_KEYWORDS,
      "topic_set(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0, "
-     "max_age_ms=0, max_bytes=0, max_events=0, tombstone_ttl_ms=0, tombstone_type=''): replaces the "
+     "max_age_ms=0, max_bytes=0, max_events=0, tombstone_ttl_ms=0, tombstone_type=''): replaces "
+     "the "
      "topic's config"},
     {"compact", (PyCFunction)Log_compact, METH_VARARGS,
      "compact(topic=None) -> dict: applies retention limits now"},
@@ -1870,6 +1933,9 @@ static PyMethodDef Log_methods[] = {
     {"ack", (PyCFunction)Log_ack, METH_VARARGS, "ack(topic, group, offset, attempt, result=None)"},
     {"ack_many", (PyCFunction)Log_ack_many, METH_VARARGS,
      "ack_many(topic, group, items) -> list of codes"},
+    {"ack_fetch", (PyCFunction)Log_ack_fetch, METH_VARARGS,
+     "ack_fetch(topic, group, consumer, items, max, wait_ms) -> list of events (all or nothing; "
+     "a failure's exception has `codes`)"},
     {"nack", (PyCFunction)Log_nack, METH_VARARGS,
      "nack(topic, group, offset, attempt, delay_ms=-1, error=None)"},
     {"reject", (PyCFunction)Log_reject, METH_VARARGS,

@@ -100,6 +100,31 @@ class Group:
         """Acks (offset, attempt) pairs in one commit; returns each one's code (0 = ok)."""
         return self.log.h.ack_many(self.topic, self.name, [(o, a, None) for o, a in items])
 
+    def ack_fetch(self, consumer: str,
+                  acks: Iterable[Union[Event, Tuple[int, int], Tuple[int, int, Payload]]] = (),
+                  max: int = 16, wait: Duration = 0) -> List[Event]:
+        """Acks ``acks`` (fetched events, (offset, attempt) pairs, or (offset, attempt,
+        result) triples) and leases up to
+        ``max`` events to ``consumer`` in ONE commit: a worker that settles each batch as it
+        fetches the next pays one commit per batch instead of two. All or nothing: when an
+        ack fails, nothing is acked or leased and the error is raised with ``codes``, each
+        ack's code (0 = it would have succeeded), so the caller can retry without the
+        failed ones. The acks are durable when it returns, also while it waits ``wait``
+        seconds for events. Acked events are marked finished."""
+        if isinstance(max, int) and not isinstance(max, bool) and max < 1:
+            raise InvalidArgument(f"ack_fetch: max {max} must be at least 1")
+        evs = [a for a in acks]
+        items = [(a.offset, a.attempt, None) if isinstance(a, Event)
+                 else (a[0], a[1], _encode_result(a[2]) if len(a) > 2 else None)  # type: ignore[misc]
+                 for a in evs]
+        got = [Event(t, self) for t in
+               self.log.h.ack_fetch(self.topic, self.name, consumer, items, max,
+                                    _ms(wait, "wait", allow_none=False))]
+        for a in evs:
+            if isinstance(a, Event):
+                a.finished = "acked"
+        return got
+
     def nack(self, offset: int, attempt: int = 0, *, delay: Optional[Duration] = None,
              error: Optional[str] = None) -> None:
         """Redelivery after ``delay`` seconds, or the group's backoff when None."""
