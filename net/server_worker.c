@@ -131,7 +131,7 @@ static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
   uint64_t wait_ms = rq->op_case == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH ? rq->ack_fetch->wait_ms
                                                                         : rq->fetch->wait_ms;
   const char *topic = server_job_topic(j);
-  if (j->acked) {
+  if (j->acked && rq->op_case == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH) {
     /* A shallow copy without the items: the decoded request stays as unpacked. */
     again = *rq;
     bare = *rq->ack_fetch;
@@ -153,7 +153,7 @@ static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
   int empty = 0;
   net_ops_run(s, s->log, rq, &rp, &a, &batch, &empty);
   if (empty && !j->final && clock_monotonic_ns() < j->deadline_ns) {
-    j->acked = 1;
+    j->acked = rq->op_case == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH;
     engram_batch_free(batch);
     net_arena_free(&a);
     pthread_mutex_lock(&s->mu);

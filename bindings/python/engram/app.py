@@ -696,6 +696,25 @@ class App:
                 return [(rank, e) for e in evs]
         return []
 
+    def _fetch_settling(self, consumer: Any, riding: List[Tuple[Event, Optional[bytes]]],
+                        want: int, wait: float) -> Tuple[List[Tuple[int, Event]],
+                                                          List[Tuple[Event, Optional[bytes]]]]:
+        """One queue: fetches with the acks of finished events of its group in the same
+        commit (engram_ack_fetch), which saves a commit per batch. Returns the events and
+        the acks still to settle: none when they rode along, all of them when that call
+        refused them (one was stale, say: it is all or nothing), to be acked one by one."""
+        if not riding:
+            return [(0, e) for e in consumer.fetch(want, wait)], []
+        try:
+            evs = consumer.group.ack_fetch(consumer.name, [(e.offset, e.attempt, r) for e, r in riding],
+                                           want, wait)
+        except Error as e:
+            logger.debug("ack-fetch refused (%s): acking one by one", e)
+            return [(0, x) for x in consumer.fetch(want, wait)], riding
+        for ev, _ in riding:
+            ev.finished = "acked"
+        return [(0, x) for x in evs], []
+
     def _run_threads(self, n: int, timeout: Optional[float], grace: float, wait: float,
                      idle: Optional[float], max_events: Optional[int],
                      batch: Optional[int], queues: List[str]) -> RunStats:
@@ -916,10 +935,29 @@ class App:
                     break
                 if max_events is not None:
                     want = min(want, max_events - seen)
+                # With one queue the acks queued so far ride with the fetch: one commit.
+                riding: List[Tuple[Event, Optional[bytes]]] = []
+                if len(consumers) == 1:
+                    with ack_cv:
+                        riding = [a for a in acks if a[0].group is groups[0]]
+                        if riding:
+                            acks[:] = [a for a in acks if a[0].group is not groups[0]]
                 try:
-                    evs = self._fetch(consumers, want, wait)
+                    if len(consumers) == 1:
+                        evs, back = self._fetch_settling(consumers[0], riding, want, wait)
+                    else:
+                        evs, back = self._fetch(consumers, want, wait), []
                 except Error as e:
                     logger.error("fetch failed: %s", e)
+                    evs, back = [], riding
+                    failed = True
+                else:
+                    failed = False
+                if back:  # the acker settles what did not ride along, one by one
+                    with ack_cv:
+                        acks.extend(back)
+                        ack_cv.notify_all()
+                if failed:
                     if self._stop.wait(min(wait, 1.0)):
                         break
                     continue
@@ -1098,15 +1136,39 @@ class App:
                         if term and ev is not None and ev.id == eid:
                             finish_and_die(ev, Terminated("revoked"))
 
+        # With one queue, the ack of a handled event rides with the next fetch (one commit
+        # per task instead of two); anything else settles it on its own.
+        pending: List[Tuple[Event, Optional[bytes]]] = []
+
+        def hold(ev: Event, result: Optional[bytes]) -> None:
+            pending.append((ev, result))
+
+        def ack_pending(items: List[Tuple[Event, Optional[bytes]]]) -> None:
+            for ev, result in items:
+                try:
+                    ev.ack(result)
+                except Error as e:
+                    logger.info("settling %s (attempt %d) failed: %s", ev.id, ev.attempt, e)
+
         ka = threading.Thread(target=keeper, name="engram-heartbeat", daemon=True)
         ka.start()
         idle_since = time.monotonic()
         seen = 0
         while not self._stop.is_set() and (max_events is None or seen < max_events):
             if per_child is not None and seen >= per_child:
+                ack_pending(pending)
                 ka_stop.set()
                 os._exit(self._RECYCLE)
-            evs = self._fetch(consumers, 1, min(w_ms, 500) / 1000)
+            riding, pending = pending, []
+            try:
+                if len(consumers) == 1:
+                    evs, back = self._fetch_settling(consumers[0], riding, 1, min(w_ms, 500) / 1000)
+                else:
+                    evs, back = self._fetch(consumers, 1, min(w_ms, 500) / 1000), riding
+            except Error:
+                ack_pending(riding)
+                raise
+            ack_pending(back)
             if not evs:
                 if i_ms is not None and (time.monotonic() - idle_since) * 1000 >= i_ms:
                     break
@@ -1140,7 +1202,8 @@ class App:
                 continue
             if isinstance(exc, HandlerTimeout):
                 stats.timed_out += 1
-            self._settle(ev, stats, result, exc)
+            self._settle(ev, stats, result, exc, hold if len(consumers) == 1 else None)
+        ack_pending(pending)
         ka_stop.set()
         self._forget(consumer_name)
         os._exit(0)
