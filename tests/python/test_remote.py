@@ -116,3 +116,22 @@ def test_ack_fetch_through_the_daemon(daemon):
         assert g.info().acked == 2
         assert g.ack_fetch("c", evs, max=2, wait=0.05) == []
         assert g.info().acked == 4
+
+
+def test_a_worker_settles_each_task_with_its_next_fetch(daemon, tmp_path):
+    # A worker process acks each handled event with the fetch of the next (one request,
+    # one commit of the daemon per task, not two).
+    out = str(tmp_path / "out")
+    n = 40
+    with engram.connect(daemon) as log:
+        log.append_many("jobs", [("job.run", {"i": i}) for i in range(n)])
+        before = log.server_info()["commits"]
+        p = spawn_worker("workerapp:app", "--mode", "process", "--concurrency", "1",
+                         "--idle-timeout", "1.0", ENGRAM_TEST_LOG=daemon, ENGRAM_TEST_OUT=out)
+        assert p.wait(60) == 0, p.stdout.read().decode()
+        commits = log.server_info()["commits"] - before
+        info = log.group("jobs", "workers").info()
+    assert sorted(r[1] for r in read_records(out)) == list(range(1, n + 1))
+    assert info.acked == n and info.lag == 0
+    # Fetch then ack would take 2n; heartbeats and the group's creation add a few.
+    assert commits < 1.5 * n, commits
