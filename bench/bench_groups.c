@@ -1,4 +1,5 @@
-/* bench_groups.c — consumer-group drain: processes fetch leased events and ack them. */
+/* bench_groups.c — consumer-group drain: processes fetch leased events and ack them, by
+ * fetch then ack (two commits a batch) and by ack-and-fetch (engram_ack_fetch: one). */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -16,7 +17,9 @@ static const char *usage =
     "usage: bench_groups [options]\n"
     "  Consumer-group drain with real memory events: a topic is prefilled, then consumer\n"
     "  processes (each with its own handle) fetch leased events and ack each one, in sync\n"
-    "  and async durability; the synced commit rate is measured in the same run.\n"
+    "  and async durability, two ways: fetch then ack (drain_fetch: two commits a batch)\n"
+    "  and ack-and-fetch (drain_ackfetch: engram_ack_fetch acks a batch with the fetch of\n"
+    "  the next, one commit); the synced commit rate is measured in the same run.\n"
     "  --events N         events prefilled (default 1000000)\n"
     "  --consumers N      consumer processes (default 4)\n"
     "  --batch N          events per fetch in the drain (default 100)\n"
@@ -24,6 +27,7 @@ static const char *usage =
     "  --drain-seconds S  time bound of the async drain (default 30)\n"
     "  --durability LIST  sync,async (default both)\n"
     "  --only LIST        drain,roundtrip (default both)\n"
+    "  --mode LIST        fetch,ackfetch: the ways of settling (default both)\n"
     "  --json PATH        write results as JSON (one result per line) to PATH\n"
     "  --dir DIR          where to create the log (default a temporary directory)\n"
     "  --quick            100k events, 2 s bounds: a smoke run\n";
@@ -36,7 +40,7 @@ static uint64_t n_events = 1000000;
 static int consumers = 4;
 static size_t batch = 100;
 static double seconds = 5, drain_seconds = 30;
-static const char *durabilities = "sync,async", *only;
+static const char *durabilities = "sync,async", *only, *modes = "fetch,ackfetch";
 static char root[4096], logdir[4200];
 static bench_out out;
 static double fsync_rate, commit_rate;
@@ -57,6 +61,7 @@ static void emit(bench_result *r) {
 /* What consumers report back, in memory shared across fork(). */
 typedef struct child_stat {
   uint64_t acked, fetches, empty;
+  uint64_t commits, flushes; /* the handle's commit path (engram_commit_stats_get) */
   int64_t end_ns;
   int rc;
   char err[256];
@@ -114,9 +119,11 @@ static void group_create(const char *name) {
 }
 
 /* One consumer process: fetch up to `max`, ack what came in one engram_ack_many, repeat
- * until nothing is left or the deadline passes. */
-static int consume(int id, engram_durability d, const char *group, size_t max, int ready_fd,
-                   int go_fd) {
+ * until nothing is left or the deadline passes. With ack_fetch, each batch is acked by the
+ * engram_ack_fetch that fetches the next (one commit a round); an event counts as acked
+ * once the call that acked it returned. */
+static int consume(int id, engram_durability d, const char *group, size_t max, int ack_fetch,
+                   int ready_fd, int go_fd) {
   child_stat *st = &sh->c[id];
   engram_options o = {0};
   o.durability = d;
@@ -140,16 +147,21 @@ static int consume(int id, engram_durability d, const char *group, size_t max, i
   engram_ack_item *items = calloc(max, sizeof *items);
   if (!items) return 1;
   uint64_t budget = n_events; /* never more than the topic holds */
+  size_t held = 0;            /* ack_fetch: fetched, to be acked by the next call */
   while (st->acked < budget) {
     int64_t t0 = bench_now_ns();
     if (t0 >= sh->deadline_ns) break;
     engram_batch *b = NULL;
-    rc = engram_fetch(log, "memory", group, name, max, 0, &b);
+    rc = ack_fetch ? engram_ack_fetch(log, "memory", group, name, items, held, NULL, max, 0, &b)
+                   : engram_fetch(log, "memory", group, name, max, 0, &b);
     if (rc) {
-      snprintf(st->err, sizeof st->err, "fetch: %s %s", engram_errname(rc), engram_errmsg(log));
+      snprintf(st->err, sizeof st->err, "%s: %s %s", ack_fetch ? "ack_fetch" : "fetch",
+               engram_errname(rc), engram_errmsg(log));
       break;
     }
     st->fetches++;
+    st->acked += held;
+    held = 0;
     size_t n = b->count;
     if (n == 0) {
       st->empty++;
@@ -158,18 +170,35 @@ static int consume(int id, engram_durability d, const char *group, size_t max, i
     }
     for (size_t i = 0; i < n; i++)
       items[i] = (engram_ack_item){.offset = b->events[i].offset, .attempt = b->events[i].attempt};
-    rc = n == 1 ? engram_ack(log, "memory", group, items[0].offset, items[0].attempt, NULL, 0)
-                : engram_ack_many(log, "memory", group, items, n, NULL);
     engram_batch_free(b);
-    if (rc) {
-      snprintf(st->err, sizeof st->err, "ack: %s %s", engram_errname(rc), engram_errmsg(log));
-      break;
+    if (ack_fetch) {
+      held = n;
+    } else {
+      rc = n == 1 ? engram_ack(log, "memory", group, items[0].offset, items[0].attempt, NULL, 0)
+                  : engram_ack_many(log, "memory", group, items, n, NULL);
+      if (rc) {
+        snprintf(st->err, sizeof st->err, "ack: %s %s", engram_errname(rc), engram_errmsg(log));
+        break;
+      }
+      st->acked += n;
     }
-    st->acked += n;
     if (st->n_samples < SAMPLES) st->samples[st->n_samples++] = bench_now_ns() - t0;
+  }
+  if (held && !rc) {
+    /* Stopped at the time bound holding a batch: its acks go alone. */
+    rc = engram_ack_many(log, "memory", group, items, held, NULL);
+    if (rc)
+      snprintf(st->err, sizeof st->err, "ack: %s %s", engram_errname(rc), engram_errmsg(log));
+    else
+      st->acked += held;
   }
   st->end_ns = bench_now_ns();
   st->rc = rc;
+  engram_commit_stats cs;
+  if (engram_commit_stats_get(log, &cs) == 0) {
+    st->commits = cs.commits;
+    st->flushes = cs.flushes;
+  }
   free(items);
   engram_close(log);
   return rc ? 1 : 0;
@@ -178,6 +207,7 @@ static int consume(int id, engram_durability d, const char *group, size_t max, i
 /* Runs `consumers` processes against `group` and returns the events acked per second. */
 static void drain(const char *workload, engram_durability d, size_t max, double bound_s,
                   bench_result *r) {
+  int ack_fetch = strstr(workload, "ackfetch") != NULL;
   char group[64];
   snprintf(group, sizeof group, "%s%zu-%s", workload, max, bench_durability_name(d));
   group_create(group);
@@ -192,7 +222,7 @@ static void drain(const char *workload, engram_durability d, size_t max, double 
     if (pids[i] == 0) {
       close(ready[0]);
       close(go[1]);
-      _exit(consume(i, d, group, max, ready[1], go[0]));
+      _exit(consume(i, d, group, max, ack_fetch, ready[1], go[0]));
     }
   }
   close(ready[1]);
@@ -209,7 +239,7 @@ static void drain(const char *workload, engram_durability d, size_t max, double 
     int status;
     if (waitpid(pids[i], &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status)) failed = 1;
   }
-  uint64_t acked = 0, fetches = 0;
+  uint64_t acked = 0, fetches = 0, commits = 0, flushes = 0;
   int64_t end = sh->start_ns;
   bench_samples lat = {0};
   char err[256] = "";
@@ -217,6 +247,8 @@ static void drain(const char *workload, engram_durability d, size_t max, double 
     child_stat *st = &sh->c[i];
     acked += st->acked;
     fetches += st->fetches;
+    commits += st->commits;
+    flushes += st->flushes;
     if (st->end_ns > end) end = st->end_ns;
     if (st->err[0] && !err[0]) snprintf(err, sizeof err, "consumer %d: %s", i, st->err);
     for (size_t k = 0; k < st->n_samples; k++) bench_samples_add(&lat, st->samples[k]);
@@ -241,9 +273,13 @@ static void drain(const char *workload, engram_durability d, size_t max, double 
   r->p999_us = (double)bench_samples_pct(&lat, 99.9) / 1e3;
   bench_samples_free(&lat);
   snprintf(r->extra, sizeof r->extra,
-           "\"consumers\": %d, \"fetch_max\": %zu, \"fetches\": %llu, \"group_acked\": %llu,"
-           " \"group_redelivered\": %llu, \"group_in_flight\": %llu, \"drained_all\": %s",
-           consumers, max, (unsigned long long)fetches, (unsigned long long)info.acked,
+           "\"consumers\": %d, \"fetch_max\": %zu, \"fetches\": %llu, \"commits\": %llu,"
+           " \"flushes\": %llu, \"commits_per_fetch\": %.2f, \"flushes_per_fetch\": %.2f,"
+           " \"group_acked\": %llu, \"group_redelivered\": %llu, \"group_in_flight\": %llu,"
+           " \"drained_all\": %s",
+           consumers, max, (unsigned long long)fetches, (unsigned long long)commits,
+           (unsigned long long)flushes, fetches ? (double)commits / (double)fetches : 0.0,
+           fetches ? (double)flushes / (double)fetches : 0.0, (unsigned long long)info.acked,
            (unsigned long long)info.redelivered, (unsigned long long)info.in_flight,
            acked >= n_events ? "true" : "false");
   if (failed || err[0])
@@ -253,6 +289,12 @@ static void drain(const char *workload, engram_durability d, size_t max, double 
   else if (info.acked != acked)
     bench_result_note(r, "MISMATCH: consumers acked %llu, group counts %llu",
                       (unsigned long long)acked, (unsigned long long)info.acked);
+  else if (ack_fetch)
+    bench_result_note(r,
+                      "engram_ack_fetch of %zu: each batch acked with the fetch of the next, one "
+                      "commit a round; %s; latency = one round",
+                      max,
+                      acked >= n_events ? "drained the whole topic" : "stopped at the time bound");
   else
     bench_result_note(r, "fetch %zu + ack each (%s per fetch); %s; latency = one fetch+ack round",
                       max, max == 1 ? "engram_ack" : "engram_ack_many",
@@ -298,6 +340,8 @@ int main(int argc, char **argv) {
       durabilities = v, i++;
     } else if (!strcmp(a, "--only") && v) {
       only = v, i++;
+    } else if (!strcmp(a, "--mode") && v) {
+      modes = v, i++;
     } else if (!strcmp(a, "--json") && v) {
       json = v, i++;
     } else if (!strcmp(a, "--dir") && v) {
@@ -338,35 +382,42 @@ int main(int argc, char **argv) {
   prefill();
 
   int do_sync = listed(durabilities, "sync"), do_async = listed(durabilities, "async");
-  if (listed(only, "drain")) {
-    if (do_async) {
-      drain("drain_fetch", ENGRAM_DURABILITY_ASYNC, batch, drain_seconds, &r);
-      bench_result_target_rate(&r, 500000);
-      emit(&r);
+  static const char *const ways[] = {"fetch", "ackfetch"};
+  for (int w = 0; w < 2; w++) {
+    if (!listed(modes, ways[w])) continue;
+    char wl[64];
+    if (listed(only, "drain")) {
+      snprintf(wl, sizeof wl, "drain_%s", ways[w]);
+      if (do_async) {
+        drain(wl, ENGRAM_DURABILITY_ASYNC, batch, drain_seconds, &r);
+        bench_result_target_rate(&r, 500000);
+        emit(&r);
+      }
+      if (do_sync) {
+        double before = synced_commits();
+        drain(wl, ENGRAM_DURABILITY_SYNC, batch, seconds, &r);
+        commit_rate = (before + synced_commits()) / 2;
+        char name[64];
+        snprintf(name, sizeof name, "lmdb synced commits/s x %zu", batch);
+        bench_result_ratio(&r, commit_rate * (double)batch, name, 0.8);
+        limit_extra(&r, before);
+        emit(&r);
+      }
     }
-    if (do_sync) {
-      double before = synced_commits();
-      drain("drain_fetch", ENGRAM_DURABILITY_SYNC, batch, seconds, &r);
-      commit_rate = (before + synced_commits()) / 2;
-      char name[64];
-      snprintf(name, sizeof name, "lmdb synced commits/s x %zu", batch);
-      bench_result_ratio(&r, commit_rate * (double)batch, name, 0.8);
-      limit_extra(&r, before);
-      emit(&r);
-    }
-  }
-  if (listed(only, "roundtrip")) {
-    if (do_async) {
-      drain("roundtrip_fetch", ENGRAM_DURABILITY_ASYNC, 1, seconds, &r);
-      emit(&r);
-    }
-    if (do_sync) {
-      double before = synced_commits();
-      drain("roundtrip_fetch", ENGRAM_DURABILITY_SYNC, 1, seconds, &r);
-      commit_rate = (before + synced_commits()) / 2;
-      bench_result_ratio(&r, commit_rate, "lmdb synced commits/s", 0);
-      limit_extra(&r, before);
-      emit(&r);
+    if (listed(only, "roundtrip")) {
+      snprintf(wl, sizeof wl, "roundtrip_%s", ways[w]);
+      if (do_async) {
+        drain(wl, ENGRAM_DURABILITY_ASYNC, 1, seconds, &r);
+        emit(&r);
+      }
+      if (do_sync) {
+        double before = synced_commits();
+        drain(wl, ENGRAM_DURABILITY_SYNC, 1, seconds, &r);
+        commit_rate = (before + synced_commits()) / 2;
+        bench_result_ratio(&r, commit_rate, "lmdb synced commits/s", 0);
+        limit_extra(&r, before);
+        emit(&r);
+      }
     }
   }
   bench_out_close(&out);
