@@ -25,7 +25,8 @@ static const char *usage =
     "usage: bench_net [options]\n"
     "  The daemon (engram serve, started here in a child process on an ipc endpoint) with\n"
     "  real memory events: remote appends from 1 and 8 clients one event per request,\n"
-    "  pipelined (engram_append_async) and batched appends, a remote group drain, and the\n"
+    "  pipelined (engram_append_async) and batched appends, a remote group drain (fetch then\n"
+    "  ack, and engram_ack_fetch), and the\n"
     "  append-to-worker latency at a steady rate, embedded and remote.\n"
     "  --seconds S        time bound of each throughput workload (default 5)\n"
     "  --latency-seconds S  duration of each latency run (default 5)\n"
@@ -534,7 +535,8 @@ static void http_cost(engram_durability dur) {
 typedef struct drainer {
   const char *ep;
   int id;
-  uint64_t acked;
+  int ack_fetch; /* settle each batch with the fetch of the next (engram_ack_fetch) */
+  uint64_t acked, rounds;
   pthread_barrier_t *start;
   int64_t deadline;
   _Atomic uint64_t *total;
@@ -546,30 +548,50 @@ static void *drain_thread(void *arg) {
   char name[32];
   snprintf(name, sizeof name, "worker-%d", c->id);
   engram_ack_item items[100];
+  size_t held = 0; /* ack_fetch: fetched, acked by the next call */
   pthread_barrier_wait(c->start);
   while (*c->total < drain_events && bench_now_ns() < c->deadline) {
     engram_batch *b = NULL;
-    bench_engram_check(log, engram_fetch(log, "memory", "workers", name, 100, 50, &b), "fetch");
+    if (c->ack_fetch)
+      bench_engram_check(
+          log, engram_ack_fetch(log, "memory", "workers", name, items, held, NULL, 100, 50, &b),
+          "ack_fetch");
+    else
+      bench_engram_check(log, engram_fetch(log, "memory", "workers", name, 100, 50, &b), "fetch");
+    c->rounds++;
+    c->acked += held;
+    *c->total += held;
+    held = 0;
     size_t k = b->count;
     for (size_t i = 0; i < k; i++)
       items[i] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
     engram_batch_free(b);
-    if (k) {
+    if (k && c->ack_fetch) {
+      held = k;
+    } else if (k) {
       bench_engram_check(log, engram_ack_many(log, "memory", "workers", items, k, NULL),
                          "ack_many");
       c->acked += k;
       *c->total += k;
     }
   }
+  if (held) {
+    bench_engram_check(log, engram_ack_many(log, "memory", "workers", items, held, NULL),
+                       "ack_many");
+    c->acked += held;
+    *c->total += held;
+  }
   engram_close(log);
   return NULL;
 }
 
-static void group_drain(engram_durability dur, int consumers) {
+static void group_drain(engram_durability dur, int consumers, int ack_fetch) {
   daemon_proc d;
   daemon_start(&d, dur, (int)drain_events);
   engram *admin = client(d.ep, 0);
   bench_engram_check(admin, engram_group_create(admin, "memory", "workers", NULL), "group create");
+  engram_server_info before, after;
+  bench_engram_check(admin, engram_server_info_get(admin, &before), "server info");
   _Atomic uint64_t total = 0;
   drainer *c = calloc((size_t)consumers, sizeof *c);
   pthread_t *t = calloc((size_t)consumers, sizeof *t);
@@ -577,25 +599,44 @@ static void group_drain(engram_durability dur, int consumers) {
   pthread_barrier_init(&start, NULL, (unsigned)consumers + 1);
   int64_t deadline = bench_now_ns() + (int64_t)(seconds * 6 * 1e9);
   for (int i = 0; i < consumers; i++) {
-    c[i] = (drainer){.ep = d.ep, .id = i, .start = &start, .deadline = deadline, .total = &total};
+    c[i] = (drainer){.ep = d.ep,
+                     .id = i,
+                     .ack_fetch = ack_fetch,
+                     .start = &start,
+                     .deadline = deadline,
+                     .total = &total};
     pthread_create(&t[i], NULL, drain_thread, &c[i]);
   }
   pthread_barrier_wait(&start);
   int64_t t0 = bench_now_ns();
-  for (int i = 0; i < consumers; i++) pthread_join(t[i], NULL);
+  uint64_t rounds = 0;
+  for (int i = 0; i < consumers; i++) {
+    pthread_join(t[i], NULL);
+    rounds += c[i].rounds;
+  }
   double s = (double)(bench_now_ns() - t0) / 1e9;
   engram_group_info gi;
   bench_engram_check(admin, engram_group_info_get(admin, "memory", "workers", &gi), "group info");
+  bench_engram_check(admin, engram_server_info_get(admin, &after), "server info");
   engram_close(admin);
   daemon_stop(&d);
   bench_result r;
-  bench_result_init(&r, "remote_group_drain", remote_name(), dname(dur));
+  bench_result_init(&r, ack_fetch ? "remote_group_drain_ackfetch" : "remote_group_drain",
+                    remote_name(), dname(dur));
   bench_result_rate(&r, total, s, 0);
-  snprintf(r.extra, sizeof r.extra, "\"consumers\": %d, \"acked\": %llu, \"redelivered\": %llu",
-           consumers, (unsigned long long)gi.acked, (unsigned long long)gi.redelivered);
-  bench_result_note(&r,
-                    "%d remote consumers, fetch 100 + ack_many per round, %llu prefilled events",
-                    consumers, (unsigned long long)drain_events);
+  uint64_t commits = after.commits - before.commits, flushes = after.flushes - before.flushes;
+  snprintf(r.extra, sizeof r.extra,
+           "\"consumers\": %d, \"acked\": %llu, \"redelivered\": %llu, \"rounds\": %llu, "
+           "\"daemon_commits\": %llu, \"daemon_flushes\": %llu, \"commits_per_round\": %.2f, "
+           "\"flushes_per_round\": %.2f",
+           consumers, (unsigned long long)gi.acked, (unsigned long long)gi.redelivered,
+           (unsigned long long)rounds, (unsigned long long)commits, (unsigned long long)flushes,
+           rounds ? (double)commits / (double)rounds : 0.0,
+           rounds ? (double)flushes / (double)rounds : 0.0);
+  bench_result_note(&r, "%d remote consumers, %s per round, %llu prefilled events", consumers,
+                    ack_fetch ? "engram_ack_fetch of 100 (acks of the last batch with the fetch)"
+                              : "fetch 100 + ack_many",
+                    (unsigned long long)drain_events);
   emit(&r);
   pthread_barrier_destroy(&start);
   free(c);
@@ -932,7 +973,10 @@ int main(int argc, char **argv) {
   for (int k = 0; k < 2; k++)
     if (wanted("batch")) batched(both[k]);
   for (int k = 0; k < 2; k++)
-    if (wanted("drain")) group_drain(both[k], 4);
+    if (wanted("drain")) {
+      group_drain(both[k], 4, 0);
+      group_drain(both[k], 4, 1);
+    }
   if (wanted("latency")) {
     latency(0);
     latency(1);
@@ -951,7 +995,8 @@ int main(int argc, char **argv) {
         remote_appends(both[k], 8);
         pipelined(both[k]);
         batched(both[k]);
-        group_drain(both[k], 4);
+        group_drain(both[k], 4, 0);
+        group_drain(both[k], 4, 1);
       }
     use_curve = 0;
   }
