@@ -13,9 +13,12 @@
 #include <unistd.h>
 
 bench_events peer_events;
+int peer_drain_split;
 
 static const char *usage =
-    "  --workload W        append1 | append8 | batch100 | drain | latency | limits | ping\n"
+    "  --workload W        append1 | append8 | batch100 | drain | drain_split | latency |\n"
+    "                      limits | ping (drain_split: engram fetches, then acks, in two\n"
+    "                      calls; drain: one engram_ack_fetch a batch)\n"
     "  --row R             the table row this run belongs to: fsync | everyday\n"
     "  --seconds S         bound of each append workload (default 3)\n"
     "  --drain-events N    events prefilled for the drain (default 200000)\n"
@@ -293,6 +296,15 @@ static int drain_child(int id, int ready_fd, int go_fd) {
     sh->c[id].last_ns = bench_now_ns();
     __atomic_add_fetch(&sh->consumed, n, __ATOMIC_RELAXED);
   }
+  if (!rc && sys->finish) {
+    /* What the last consume fetched is acked now: the clock stops after it. */
+    if (sys->finish(c, stream, "drain")) {
+      snprintf(sh->c[id].err, sizeof sh->c[id].err, "final ack failed");
+      rc = 1;
+    } else if (sh->c[id].n) {
+      sh->c[id].last_ns = bench_now_ns();
+    }
+  }
   free(stamps);
   sys->close(c);
   return rc;
@@ -413,7 +425,10 @@ static int w_drain(void) {
       "\"prefilled\": %llu, \"consumers\": %d, \"prefill_events_per_s\": %.0f, \"drained_all\": %s",
       (unsigned long long)drain_events, consumers, (double)drain_events / fill_s,
       n >= drain_events ? "true" : "false");
-  bench_result_note(&r, "%d consumer processes fetch up to 100 and ack each; %s", consumers,
+  bench_result_note(&r, "%d consumer processes fetch up to 100 and ack each%s; %s", consumers,
+                    peer_drain_split ? " (fetch, then ack: two calls)"
+                    : sys->finish    ? " (the acks of a batch with the fetch of the next: one call)"
+                                     : "",
                     n >= drain_events ? "drained everything" : "stopped at the time bound");
   print_result(&r);
   return 0;
@@ -638,6 +653,8 @@ int peer_main(peer_sys *s, int argc, char **argv) {
     rc = w_batch(100);
   else if (!strcmp(workload, "drain"))
     rc = w_drain();
+  else if (!strcmp(workload, "drain_split"))
+    peer_drain_split = 1, rc = w_drain();
   else if (!strcmp(workload, "latency"))
     rc = w_latency();
   else if (!strcmp(workload, "limits"))

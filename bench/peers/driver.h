@@ -35,6 +35,10 @@ typedef struct peer_sys {
    * *n receives how many; stamps[i] the send time carried by each (0 = none). */
   int (*consume)(peer_conn *c, const char *stream, const char *group, const char *consumer,
                  size_t max, int wait_ms, size_t *n, int64_t *stamps);
+  /* A system whose consume acks each batch with the fetch of the next (engram's
+   * engram_ack_fetch) acks what it still holds; the drain calls it once a consumer is
+   * done, before its clock stops. May be NULL. */
+  int (*finish)(peer_conn *c, const char *stream, const char *group);
   /* Parses a system option (argv[i], value argv[i+1]); returns how many arguments it took,
    * 0 when the option is not the system's. May be NULL. */
   int (*option)(int argc, char **argv, int i);
@@ -45,6 +49,10 @@ typedef struct peer_sys {
 /* Parses the common options, runs the workload named by --workload and prints one JSON
  * result per line on stdout. Returns the process exit code. */
 int peer_main(peer_sys *sys, int argc, char **argv);
+
+/* 1 when the workload is drain_split: a system that can settle a batch with the fetch of
+ * the next (engram) fetches, then acks, in two calls, as before it could. */
+extern int peer_drain_split;
 
 /* The events every client sends (loaded by peer_main before any workload). */
 extern bench_events peer_events;

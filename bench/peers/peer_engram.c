@@ -20,6 +20,9 @@ static char durability_label[64] = "sync";
 struct peer_conn {
   engram *log;
   int looked_up; /* the topic was looked up once on this handle */
+  /* drain: the batch fetched last, acked by the next engram_ack_fetch (or by finish) */
+  engram_ack_item held[1000];
+  size_t n_held;
 };
 
 /* Embedded: one handle per process shared by its threads, as the library intends (their
@@ -138,6 +141,10 @@ static int group_create(peer_conn *c, const char *stream, const char *group, int
   return check(c, engram_group_create(c->log, stream, group, &cfg), "group create");
 }
 
+/* Takes up to max events and acks each. Without waiting (the drain), the acks of a batch
+ * ride with the fetch of the next: one engram_ack_fetch, one commit, per batch; what is
+ * held at the end is acked by finish. With a wait (the latency workload) or in the
+ * drain_split workload it fetches, then acks, in two calls. */
 static int consume(peer_conn *c, const char *stream, const char *group, const char *consumer,
                    size_t max, int wait_ms, size_t *n, int64_t *stamps) {
   *n = 0;
@@ -147,10 +154,20 @@ static int consume(peer_conn *c, const char *stream, const char *group, const ch
     if (check(c, engram_topic_info_get(c->log, stream, &ti), "topic info")) return -1;
     c->looked_up = 1;
   }
+  int together = wait_ms == 0 && !peer_drain_split;
   engram_batch *b = NULL;
-  if (check(c, engram_fetch(c->log, stream, group, consumer, max, (uint64_t)wait_ms, &b), "fetch"))
+  if (together) {
+    if (check(
+            c,
+            engram_ack_fetch(c->log, stream, group, consumer, c->held, c->n_held, NULL, max, 0, &b),
+            "ack_fetch"))
+      return -1;
+    c->n_held = 0;
+  } else if (check(c, engram_fetch(c->log, stream, group, consumer, max, (uint64_t)wait_ms, &b),
+                   "fetch")) {
     return -1;
-  engram_ack_item items[1000];
+  }
+  engram_ack_item *items = c->held;
   size_t k = b->count < 1000 ? b->count : 1000;
   for (size_t i = 0; i < k; i++) {
     const engram_event *ev = &b->events[i];
@@ -160,12 +177,22 @@ static int consume(peer_conn *c, const char *stream, const char *group, const ch
       if (!strcmp(ev->headers[h].name, "sent")) stamps[i] = strtoll(ev->headers[h].value, NULL, 10);
   }
   engram_batch_free(b);
+  *n = k;
   if (k == 0) return 0;
+  if (together) {
+    c->n_held = k;
+    return 0;
+  }
   int rc = k == 1 ? engram_ack(c->log, stream, group, items[0].offset, items[0].attempt, NULL, 0)
                   : engram_ack_many(c->log, stream, group, items, k, NULL);
-  if (check(c, rc, "ack")) return -1;
-  *n = k;
-  return 0;
+  return check(c, rc, "ack");
+}
+
+static int finish(peer_conn *c, const char *stream, const char *group) {
+  if (!c->n_held) return 0;
+  int rc = engram_ack_many(c->log, stream, group, c->held, c->n_held, NULL);
+  c->n_held = 0;
+  return check(c, rc, "ack");
 }
 
 static int option(int argc, char **argv, int i) {
@@ -202,6 +229,7 @@ static peer_sys sys = {
     .append_batch = append_batch,
     .group_create = group_create,
     .consume = consume,
+    .finish = finish,
     .option = option,
     .usage =
         "  --data DIR          embedded: the log directory (created if missing)\n"

@@ -7,7 +7,10 @@
 #   --systems    engram,engram-remote,redis,nats,zmq-echo (default all); zmq-echo is a bare
 #                ZeroMQ DEALER/ROUTER echo of engram-sized requests: the floor under the
 #                served rows (append workloads only)
-#   --workloads  append1,append8,batch100,drain,latency (default all)
+#   --workloads  append1,append8,batch100,drain,drain_split,latency (default all);
+#                drain_split is engram's drain by fetch, then ack (two calls a batch) where
+#                drain settles each batch with the fetch of the next (engram_ack_fetch);
+#                the peers run drain only
 #   --rows       fsync,everyday (default both): fsync = a write is on disk before its ack
 #                (engram sync, Redis appendfsync always; NATS 2.9 cannot, its rows say so);
 #                everyday = engram async, Redis appendfsync everysec, NATS defaults
@@ -25,7 +28,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 RESULTS=bench/results
 SYSTEMS=engram,engram-remote,redis,nats,zmq-echo
-WORKLOADS=append1,append8,batch100,drain,latency
+WORKLOADS=append1,append8,batch100,drain,drain_split,latency
 ROWS=fsync,everyday
 QUICK=()
 INSTALL=1
@@ -36,7 +39,7 @@ while [ $# -gt 0 ]; do
     --workloads) WORKLOADS=$2; shift ;;
     --rows) ROWS=$2; shift ;;
     --no-install) INSTALL=0 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -161,6 +164,7 @@ fi
 # --- the run ------------------------------------------------------------------------
 run_client() { # system row workload
   local sys=$1 row=$2 wl=$3 cmd
+  if [ "$wl" = drain_split ] && [[ "$sys" != engram* ]]; then return 0; fi
   case "$sys" in
     engram) cmd=("$OUT/peer_engram" --data "$WORK/embedded-$row" --durability "$ENGRAM_MODE") ;;
     engram-remote) cmd=("$OUT/peer_engram" --connect "$SERVE_EP" --durability "$ENGRAM_MODE") ;;
