@@ -111,6 +111,9 @@ def main() -> None:
     seeds["fetch"] = request(27, tg() + ld(3, "worker-1") + vi(4, 10) + vi(5, 1000))
     item = vi(1, 1) + vi(2, 1) + vi(3, 1) + ld(4, b"done")
     seeds["ack"] = request(28, tg() + ld(3, item) + ld(3, vi(1, 2)))
+    seeds["ack-fetch"] = request(200, tg() + ld(3, "worker-1") + ld(4, item) + ld(4, vi(1, 2)) +
+                                 vi(5, 100) + vi(6, 1000))
+    seeds["ack-fetch-no-acks"] = request(200, tg() + ld(3, "worker-1") + vi(5, 10))
     seeds["nack"] = request(29, tg() + vi(3, 1) + vi(4, 1) + si(5, -1) + vi(6, 1) + ld(7, "boom"))
     seeds["reject"] = request(30, tg() + vi(3, 1) + vi(4, 2) + vi(5, 1) + ld(6, "bad event"))
     seeds["extend"] = request(31, tg() + vi(3, 1) + vi(4, 1) + vi(5, 60000))
