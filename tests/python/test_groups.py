@@ -335,3 +335,7 @@ def test_a_failing_ack_fetch_applies_nothing_and_says_which_ack_failed(log):
     assert [x.offset for x in g.ack_fetch("c", evs[1:], max=2)] == [3, 4]
     with pytest.raises(engram.InvalidArgument):
         g.ack_fetch("c", [], max=0)
+    other = log.group("memory", "af-other")
+    with pytest.raises(engram.InvalidArgument):
+        other.ack_fetch("c", evs[1:], max=2)
+    assert g.status(3).state == "in_flight" and other.info().delivered == 0

@@ -114,6 +114,11 @@ class Group:
         if isinstance(max, int) and not isinstance(max, bool) and max < 1:
             raise InvalidArgument(f"ack_fetch: max {max} must be at least 1")
         evs = [a for a in acks]
+        for a in evs:
+            if isinstance(a, Event) and a.group is not None and (a.group.topic, a.group.name) != (
+                    self.topic, self.name):
+                raise InvalidArgument(f"ack_fetch {self.topic}/{self.name}: event {a.id} was "
+                                      f"fetched from {a.group.topic}/{a.group.name}")
         items = [(a.offset, a.attempt, None) if isinstance(a, Event)
                  else (a[0], a[1], _encode_result(a[2]) if len(a) > 2 else None)  # type: ignore[misc]
                  for a in evs]
