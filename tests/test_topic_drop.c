@@ -93,6 +93,13 @@ static int op_fetch(engram *log, const char *t) {
   engram_batch_free(b);
   return rc;
 }
+static int op_ack_fetch(engram *log, const char *t) {
+  engram_batch *b = NULL;
+  int rc = engram_ack_fetch(log, t, "g", "c1", NULL, 0, NULL, 10, 0, &b);
+  if (rc == 0 && b->count != N_EVENTS) rc = 1000;
+  engram_batch_free(b);
+  return rc;
+}
 static int op_status(engram *log, const char *t) {
   engram_status st;
   return engram_status_get(log, t, "g", 1, &st);
@@ -117,6 +124,7 @@ static const struct {
     {"fetch", op_fetch},
     {"status", op_status},
     {"append", op_append},
+    {"ack_fetch", op_ack_fetch},
 };
 #define N_OPS (sizeof ops / sizeof ops[0])
 
