@@ -227,7 +227,7 @@ static int consume_ack_fetch(void *arg) {
       if (write_all(c->ready_fd, &one, 1)) return 16;
       told = 1; /* and go on: the kill lands wherever this process is */
     }
-    if (held == 0) {
+    if (held == 0 && !c->kill_after) { /* a victim goes on until it is killed */
       engram_group_info i;
       if (engram_group_info_get(log, "memory", "g", &i)) return 14;
       if (i.lag == 0) break;
