@@ -5,10 +5,13 @@
  * Creates the group when missing (every event type, from the first event), then leases
  * events in batches of up to 50, "indexes" each one and acks it, quoting the attempt it
  * was delivered with (fencing: an ack for a lease that expired and went to another
- * worker fails with ENGRAM_ESTALE and changes nothing). Events whose payload is empty
- * are rejected into the group's dead-letter queue. Stops when a fetch waited 200 ms and
- * found nothing, then prints the group's counters. Run several workers at once (other
- * CONSUMER names, other processes): each event is leased to one of them at a time. */
+ * worker fails with ENGRAM_ESTALE and changes nothing). The acks of a batch go with the
+ * fetch of the next (engram_ack_fetch: one commit a batch); that call is all or nothing,
+ * so when one ack is stale the batch's acks are made on their own (engram_ack_many).
+ * Events whose payload is empty are rejected into the group's dead-letter queue. Stops
+ * when a fetch waited 200 ms and found nothing, then prints the group's counters. Run several
+ * workers at once (other CONSUMER names, other processes): each event is leased to one of them at a
+ * time. */
 #include <engram.h>
 #include <stdio.h>
 #include <string.h>
@@ -34,28 +37,44 @@ int main(int argc, char **argv) {
   if (rc && rc != ENGRAM_EEXIST) goto fail_close;
 
   unsigned long acked = 0, rejected = 0;
+  engram_ack_item held[50]; /* the acks of the last batch, made by the next call */
+  char results[50][64];     /* their results, alive until that call */
+  int codes[50];
+  size_t n_held = 0;
   for (;;) {
     engram_batch *b;
-    if ((rc = engram_fetch(log, TOPIC, GROUP, consumer, 50, 200, &b))) goto fail_close;
+    rc = engram_ack_fetch(log, TOPIC, GROUP, consumer, held, n_held, codes, 50, 200, &b);
+    if (rc == ENGRAM_ESTALE || rc == ENGRAM_EALREADY) {
+      /* Another worker has one of them now: nothing was applied; ack the others alone. */
+      rc = engram_ack_many(log, TOPIC, GROUP, held, n_held, codes);
+      for (size_t i = 0; i < n_held; i++) acked += codes[i] == 0;
+      n_held = 0;
+      if (rc == ENGRAM_ESTALE || rc == ENGRAM_EALREADY) rc = 0;
+      if (rc) goto fail_close;
+      continue;
+    }
+    if (rc) goto fail_close;
+    acked += n_held;
+    n_held = 0;
     size_t n = b->count;
     for (size_t i = 0; i < n && !rc; i++) {
       const engram_event *e = &b->events[i];
       if (e->payload_len == 0) {
         rc = engram_reject(log, TOPIC, GROUP, e->offset, e->attempt, "empty payload");
-        rejected += rc == 0;
+        if (rc == ENGRAM_ESTALE || rc == ENGRAM_EALREADY) /* another worker has it now */
+          rc = 0;
+        else
+          rejected += rc == 0;
         continue;
       }
-      char result[64];
-      int len = snprintf(result, sizeof result, "indexed %zu bytes of %s", e->payload_len, e->type);
-      rc = engram_ack(log, TOPIC, GROUP, e->offset, e->attempt, result, (size_t)len);
-      if (rc == ENGRAM_ESTALE || rc == ENGRAM_EALREADY) /* another worker has it now */
-        rc = 0;
-      else
-        acked += rc == 0;
+      char *result = results[n_held];
+      int len =
+          snprintf(result, sizeof results[0], "indexed %zu bytes of %s", e->payload_len, e->type);
+      held[n_held++] = (engram_ack_item){e->offset, e->attempt, result, (size_t)len};
     }
     engram_batch_free(b);
     if (rc) goto fail_close;
-    if (n == 0) break;
+    if (n == 0) break; /* the call that found nothing made the last acks */
   }
 
   engram_group_info info;
