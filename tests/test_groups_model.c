@@ -1,5 +1,6 @@
 /* test_groups_model.c — random sequences of appends, fetches, acks, nacks, rejects,
- * extends, cancels, redrives, clock moves and reopens against one consumer group,
+ * extends, cancels, redrives, ack-and-fetches (all or nothing), clock moves and reopens
+ * against one consumer group,
  * checked step by step against a small in-memory model of the group's rules.
  *
  * The model keeps, per event, its state, attempt, due time (lease deadline or retry
@@ -92,6 +93,7 @@ static struct {
   unsigned long stale, already, dead_code, notleased, never_issued, settled, busy;
   unsigned long split_fetch, died_on_expiry, survived_expiry, due_delivered, reopen, redriven;
   unsigned long blocked, handed_over;
+  unsigned long ack_fetch_ok, ack_fetch_refused; /* engram_ack_fetch applied / refused whole */
 } cov;
 
 #define CHECK(r, cond, ...) check_at(r, (cond), #cond, __LINE__, __VA_ARGS__)
@@ -200,8 +202,11 @@ static void check_keys(run *r) {
   }
 }
 
-/* The fetch, checked against the model, which it then updates. */
-static void do_fetch(run *r, int consumer, size_t max) {
+/* The fetch, checked against the model, which it then updates. With acks (n_acks > 0)
+ * it is an engram_ack_fetch whose acks the model has applied already and which must all
+ * succeed. */
+static void do_fetch_acking(run *r, int consumer, size_t max, const engram_ack_item *acks,
+                            size_t n_acks) {
   model *m = &r->m;
   static mev before[MAXEV + 2];
   memcpy(before, m->ev, sizeof(mev) * (m->head + 1));
@@ -219,8 +224,13 @@ static void do_fetch(run *r, int consumer, size_t max) {
     n_new_avail++;
   }
   engram_batch *b = NULL;
-  int rc = engram_fetch(r->log, r->topic, "g", cons_name[consumer], max, 0, &b);
+  int codes[8] = {0};
+  int rc = n_acks ? engram_ack_fetch(r->log, r->topic, "g", cons_name[consumer], acks, n_acks,
+                                     codes, max, 0, &b)
+                  : engram_fetch(r->log, r->topic, "g", cons_name[consumer], max, 0, &b);
   CHECK(r, rc == 0, "fetch: %s", engram_errname(rc));
+  for (size_t i = 0; i < n_acks; i++)
+    CHECK(r, codes[i] == 0, "ack-fetch item %zu: %d", i, codes[i]);
   size_t want = n_due + n_new_avail < max ? n_due + n_new_avail : max;
   CHECK(r, b->count == want, "fetch max %zu got %zu events, model says %zu (%zu due, %zu new)", max,
         b->count, want, n_due, n_new_avail);
@@ -514,6 +524,51 @@ static void do_ack_many(run *r) {
     expect_code(r, codes[i], want[i], items[i].offset, items[i].attempt);
 }
 
+static void do_fetch(run *r, int consumer, size_t max) {
+  do_fetch_acking(r, consumer, max, NULL, 0);
+}
+
+/* Ack-and-fetch: all or nothing. The model applies the acks in order on a copy; when one
+ * would fail, the call must fail with the first failing item's code, every item's code
+ * as predicted, and the model (and so the log, checked after the step) unchanged; else
+ * the fetch is checked as do_fetch checks one, on the model with the acks applied. */
+static void do_ack_fetch(run *r) {
+  static model saved;
+  engram_ack_item items[8];
+  int codes[8], want[8];
+  size_t n = 1 + rnd(r, 3); /* few, so that all of them succeed often enough */
+  int first = 0;
+  int consumer = (int)rnd(r, NCONS);
+  size_t max = 1 + rnd(r, 8);
+  saved = r->m;
+  for (size_t i = 0; i < n; i++) {
+    uint64_t o = pick_offset(r);
+    uint32_t a = pick_attempt(r, o);
+    items[i] = (engram_ack_item){.offset = o, .attempt = a};
+    want[i] = settle_code(r, o, a);
+    if (want[i] == 0)
+      ack_applied(r, o);
+    else if (!first)
+      first = want[i];
+  }
+  if (!first) {
+    cov.ack_fetch_ok++;
+    do_fetch_acking(r, consumer, max, items, n);
+    return;
+  }
+  cov.ack_fetch_refused++;
+  r->m = saved;
+  engram_batch *b = (engram_batch *)codes;
+  int rc =
+      engram_ack_fetch(r->log, r->topic, "g", cons_name[consumer], items, n, codes, max, 0, &b);
+  CHECK(r, rc == first, "ack_fetch returned %s, model says %s", engram_errname(rc),
+        engram_errname(first));
+  CHECK(r, b == NULL, "a failed ack_fetch returned a batch");
+  for (size_t i = 0; i < n; i++)
+    CHECK(r, codes[i] == want[i], "ack_fetch item %zu (offset %llu): %s, model %s", i,
+          (unsigned long long)items[i].offset, engram_errname(codes[i]), engram_errname(want[i]));
+}
+
 static void do_nack(run *r) {
   model *m = &r->m;
   uint64_t o = pick_offset(r);
@@ -772,8 +827,14 @@ static void run_sequence(unsigned seq, int keyed) {
       r->op = "append";
       do_append(r);
     } else if (k < 36) {
-      r->op = "fetch";
-      do_fetch(r, (int)rnd(r, NCONS), 1 + rnd(r, 8));
+      /* A fourth of the fetches ack what the model picks in the same call. */
+      if (rnd(r, 4) == 0) {
+        r->op = "ack_fetch";
+        do_ack_fetch(r);
+      } else {
+        r->op = "fetch";
+        do_fetch(r, (int)rnd(r, NCONS), 1 + rnd(r, 8));
+      }
     } else if (k < 50) {
       r->op = "ack";
       do_ack(r);
@@ -908,9 +969,12 @@ static void run_all(int keyed, unsigned n) {
       cov.settled, cov.stale, cov.already, cov.dead_code, cov.notleased, cov.never_issued, cov.busy,
       cov.due_delivered, cov.split_fetch, cov.died_on_expiry, cov.survived_expiry, cov.redriven,
       cov.reopen, cov.blocked, cov.handed_over);
+  fprintf(stderr, "ack-fetch: %lu applied, %lu refused whole\n", cov.ack_fetch_ok,
+          cov.ack_fetch_refused);
   /* Each case must have come up, or the sequences no longer test it. */
   assert_true(cov.stale && cov.already && cov.dead_code && cov.notleased && cov.never_issued &&
               cov.busy);
+  assert_true(cov.ack_fetch_ok && cov.ack_fetch_refused);
   assert_true(cov.split_fetch && cov.redriven && cov.reopen);
   if (keyed)
     assert_true(cov.blocked && cov.handed_over);
