@@ -218,9 +218,9 @@ static void clear_stale_creating(const char *path) {
   closedir(d);
 }
 
-static unsigned int env_flags_for(engram_durability d) {
+static unsigned int env_flags_for(engram_durability d, int wal) {
   unsigned int f = MDB_NOTLS | MDB_NORDAHEAD;
-  if (d == ENGRAM_DURABILITY_ASYNC)
+  if (wal || d == ENGRAM_DURABILITY_ASYNC) /* wal.c flushes */
     f |= MDB_NOSYNC;
   else
     f |= MDB_NOMETASYNC; /* sync mode forces the meta page itself, see commit.c */
@@ -756,17 +756,39 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   int rdonly = (o.flags & ENGRAM_OPEN_RDONLY) != 0;
 
   if (!rdonly) clear_stale_creating(path);
-  int rc = inspect_target(path, &o);
-  if (rc < 0) return rc;
+  /* With the write-ahead file, data.mdb is whole only after a replay: the first open to
+   * have the log to itself replays before anything reads it. */
+  int wal = log_wal_supported(), open_fd = -1, locked = 0, excl = !lock, rc;
+  char wf[4100];
+  snprintf(wf, sizeof wf, "%s/" LOG_WAL_FILE, path);
+  int has_wal = access(wf, F_OK) == 0;
+  if (has_wal && !wal && !rdonly)
+    return log_error(NULL, ENGRAM_ENOTSUP,
+                     "open %s: the log keeps its newest commits in %s, which this process "
+                     "cannot write (ENGRAM_NO_WAL is set, or LMDB is linked in statically): "
+                     "open it read-only, or from a process without that limit",
+                     path, wf);
+  if (has_wal && lock) {
+    if ((rc = log_open_lock_ex(path, &open_fd, &excl))) return rc;
+    locked = 1;
+  }
+  if (has_wal && excl && (rc = log_wal_recover(path, rdonly))) goto early_fail;
+
+  rc = inspect_target(path, &o);
+  if (rc < 0) goto early_fail;
   if (rc == 1) {
     int64_t now = o.clock_ns ? o.clock_ns(o.clock_ctx) : clock_realtime_ns();
-    if ((rc = log_create(path, &o, now))) return rc;
+    if ((rc = log_create(path, &o, now))) goto early_fail;
   }
 
   /* Taken after the checks above, which only read: a reclaim swaps data.mdb by a rename,
    * so they met the old file or the new one, both whole. From here on no reclaim runs. */
-  int open_fd = -1;
-  if (lock && (rc = log_open_lock(path, &open_fd))) return rc;
+  if (lock && !locked) {
+    if ((rc = log_open_lock_ex(path, &open_fd, &excl))) return rc;
+    locked = 1;
+  }
+  if (wal && !rdonly && excl && !has_wal && (rc = log_wal_recover(path, 0))) goto early_fail;
+  if (lock && excl && open_fd >= 0 && (rc = log_open_lock_share(path, open_fd))) return rc;
   if (open_fd >= 0 && !rdonly) {
     char f[4100];
     snprintf(f, sizeof f, "%s/" LOG_RECLAIM_COPY, path);
@@ -781,7 +803,7 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   log->open_fd = open_fd;
   log->path = strdup(path);
   log->opts = o;
-  log->env_flags = env_flags_for(o.durability) | (rdonly ? MDB_RDONLY : 0);
+  log->env_flags = env_flags_for(o.durability, wal && !rdonly) | (rdonly ? MDB_RDONLY : 0);
   pthread_rwlock_init(&log->map_lock, NULL);
   pthread_mutex_init(&log->aux_mu, NULL);
   pthread_mutex_init(&log->dbi_mu, NULL);
@@ -800,6 +822,7 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   }
 
   if ((rc = env_make(path, &o, &log->env_flags, &log->env))) goto fail;
+  if (wal && !rdonly && (rc = log_wal_attach(log))) goto fail;
   int dead = 0;
   mdb_reader_check(log->env, &dead); /* clear slots of readers that died */
   /* The map may have grown in another process since the file was made. */
@@ -824,6 +847,9 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
 fail:
   log_close(log);
   return rc;
+early_fail:
+  if (open_fd >= 0) close(open_fd);
+  return rc;
 }
 
 int log_open(const char *path, const engram_options *opts, struct log **out) {
@@ -844,7 +870,11 @@ void log_close(struct log *log) {
   log_pipe_stop(log);
   log_commit_stop(log);
   if (log->env) {
-    if (log->dirty) mdb_env_sync(log->env, 1);
+    if (log->dirty && log->wal)
+      log_wal_sync(log);
+    else if (log->dirty)
+      mdb_env_sync(log->env, 1);
+    log_wal_detach(log, 1);
     mdb_env_close(log->env);
   }
   log_codec_caches_free(log);
@@ -869,6 +899,14 @@ void log_close(struct log *log) {
 int log_sync(struct log *log) {
   if (!log) return ENGRAM_EINVAL;
   if (log->env_flags & MDB_RDONLY) return 0; /* a read-only handle has written nothing */
+  if (log->wal) {
+    int wrc = log_wal_sync(log);
+    if (wrc) return wrc;
+    pthread_mutex_lock(&log->mu);
+    log->dirty = 0;
+    pthread_mutex_unlock(&log->mu);
+    return 0;
+  }
   int rc = mdb_env_sync(log->env, 1);
   if (rc) return log_error(log, log_err_mdb(rc), "sync: %s", log_mdb_text(rc));
   pthread_mutex_lock(&log->mu);
