@@ -164,7 +164,7 @@ static int norm_path(const char *in, char *out, size_t cap) {
 static int open_errno(int e) { return e == EROFS ? ENGRAM_EDENIED : err_from_errno(e); }
 
 /* What to do about a failed file operation while opening. */
-static const char *open_advice(int e) {
+const char *log_open_advice(int e) {
   switch (e) {
     case EROFS:
       return "the file system is read-only: only reading is possible (engram's read "
@@ -253,7 +253,8 @@ static int env_open_error(const char *dir, int rc) {
                      "with the engram build that wrote it",
                      dir, dir);
   if (rc > 0)
-    return log_error(NULL, open_errno(rc), "open %s: %s: %s", dir, strerror(rc), open_advice(rc));
+    return log_error(NULL, open_errno(rc), "open %s: %s: %s", dir, strerror(rc),
+                     log_open_advice(rc));
   return log_error(NULL, log_err_mdb(rc), "open %s: %s", dir, mdb_strerror(rc));
 }
 
@@ -267,7 +268,7 @@ static int env_make(const char *dir, const engram_options *o, unsigned int *flag
     int prc = prepare_lockfile(dir);
     if (prc)
       return log_error(NULL, open_errno(-prc), "open %s: cannot write %s/lock.mdb: %s: %s", dir,
-                       dir, strerror(-prc), open_advice(-prc));
+                       dir, strerror(-prc), log_open_advice(-prc));
   }
   for (;;) {
     MDB_env *env;
@@ -364,7 +365,7 @@ static int probe(const char *dir) {
     int e = errno;
     if (e == ENOENT) return ENGRAM_ENOTFOUND;
     return log_error(NULL, open_errno(e), "open %s: cannot reach %s: %s: %s", dir, f, strerror(e),
-                     open_advice(e));
+                     log_open_advice(e));
   }
   if (S_ISDIR(st.st_mode))
     return log_error(NULL, ENGRAM_EEXIST,
@@ -488,7 +489,7 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
   if (mkdir(tmp, 0755) < 0) {
     int e = errno;
     return log_error(NULL, open_errno(e), "open %s: cannot create a log in %s: %s: %s", path,
-                     parent, strerror(e), open_advice(e));
+                     parent, strerror(e), log_open_advice(e));
   }
   MDB_env *env;
   unsigned int flags = MDB_NOTLS;
@@ -520,7 +521,7 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
                        path);
     } else {
       rc = log_error(NULL, open_errno(e), "open %s: cannot move the new log into place: %s: %s",
-                     path, strerror(e), open_advice(e));
+                     path, strerror(e), log_open_advice(e));
     }
   }
   if (rc == 0 && (frc = log_fsync_path(parent, O_RDONLY | O_DIRECTORY)) < 0)
@@ -712,7 +713,7 @@ static int inspect_target(const char *path, const engram_options *o) {
       if (!may_create) return log_error(NULL, ENGRAM_ENOTFOUND, "open %s: no log there", path);
       return 1;
     }
-    return log_error(NULL, open_errno(e), "open %s: %s: %s", path, strerror(e), open_advice(e));
+    return log_error(NULL, open_errno(e), "open %s: %s: %s", path, strerror(e), log_open_advice(e));
   }
   if (!S_ISDIR(st.st_mode))
     return log_error(NULL, ENGRAM_EEXIST,

@@ -74,6 +74,8 @@ int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi 
 int log_rmtree(const char *path);
 /* Makes directory entries durable (fsync of `path` opened with `flags`); 0 or -errno. */
 int log_fsync_path(const char *path, int flags);
+/* What to do about an errno met opening a log (read-only mount, permissions, full disk). */
+const char *log_open_advice(int e);
 /* log_open for reclaim.c, which holds DIR/open.lock exclusively itself: the handle takes
  * no lock of its own. */
 int log_open_unlocked(const char *path, const engram_options *opts, struct log **out);

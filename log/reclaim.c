@@ -267,6 +267,9 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
    * that holds something else is left as it is. */
   engram_options eo = {.flags = ENGRAM_OPEN_RDONLY | ENGRAM_OPEN_NOCREATE,
                        .maintenance_ms = ENGRAM_MAINTENANCE_OFF};
+  char walf[4200];
+  snprintf(walf, sizeof walf, "%s/" LOG_WAL_FILE, dir);
+  if (access(walf, F_OK) == 0) eo.flags &= ~ENGRAM_OPEN_RDONLY; /* replays what a crash left */
   struct log *log;
   int rc = log_open(dir, &eo, &log);
   if (rc) {
@@ -330,6 +333,10 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
     goto out;
   }
 
+  /* A process that opened the log since is gone again (the lock is ours): replay what it
+   * may have left in the write-ahead file. */
+  if ((rc = log_wal_recover(dir, 0))) goto out;
+
   /* 2. The compacted copy, made through a handle of our own (read-only: no threads, and
    * the format is checked as at any open). */
   unlink(copy); /* left by a reclaim that died */
@@ -391,7 +398,6 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
   /* The write-ahead file describes the old file, whose last checkpoint (at the close
    * above, or at the open's recovery) left it with nothing to replay: it goes before the
    * copy comes, and the next open starts a new one. */
-  char walf[4200];
   snprintf(walf, sizeof walf, "%s/" LOG_WAL_FILE, dir);
   unlink(walf);
   snprintf(walf, sizeof walf, "%s/" LOG_WAL_SHM, dir);

@@ -69,8 +69,8 @@ struct wal_hdr {
   uint32_t version;
   uint32_t psize;
   uint64_t gen;
-  uint64_t seq0;     /* sequence number of the generation's first record */
-  uint32_t crc;      /* over this header (crc 0) and the two meta pages */
+  uint64_t seq0; /* sequence number of the generation's first record */
+  uint32_t crc;  /* over this header (crc 0) and the two meta pages */
   uint32_t pad;
 };
 
@@ -153,6 +153,12 @@ static int pread_all(int fd, void *b, size_t n, uint64_t off) {
   return 0;
 }
 
+/* A file that may not be written (read-only mount, another user's log) is EDENIED, as at
+ * any open: the CLI's read commands then open the log read-only. */
+static int file_error(int e) {
+  return e == EROFS || e == EACCES || e == EPERM ? ENGRAM_EDENIED : err_from_errno(e);
+}
+
 static uint64_t pad8(uint64_t n) { return (n + 7) & ~7ull; }
 
 static uint64_t wal_cap_from_env(void) {
@@ -205,11 +211,8 @@ static int write_header(int fd, int data_fd, uint32_t psize, uint64_t gen, uint6
   if (!b) return -ENOMEM;
   int rc = pread_all(data_fd, b + WAL_HDR_PAGE, 2 * (size_t)psize, 0);
   if (rc == 0) {
-    struct wal_hdr h = {.magic = WAL_MAGIC,
-                        .version = WAL_VERSION,
-                        .psize = psize,
-                        .gen = gen,
-                        .seq0 = seq0};
+    struct wal_hdr h = {
+        .magic = WAL_MAGIC, .version = WAL_VERSION, .psize = psize, .gen = gen, .seq0 = seq0};
     h.crc = hdr_crc(h, b + WAL_HDR_PAGE, psize);
     memcpy(b, &h, sizeof h);
     rc = pwrite_all(fd, b, n, (gen % 2) * n);
@@ -538,10 +541,12 @@ int log_wal_recover(const char *dir, int rdonly) {
   snprintf(df, sizeof df, "%s/data.mdb", dir);
   snprintf(wf, sizeof wf, "%s/" LOG_WAL_FILE, dir);
   int data_fd = open(df, (rdonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-  if (data_fd < 0)
-    return errno == ENOENT ? 0
-                           : log_error(NULL, err_from_errno(errno), "open %s: %s: %s", dir, df,
-                                       strerror(errno));
+  if (data_fd < 0) {
+    int e = errno;
+    return e == ENOENT ? 0
+                       : log_error(NULL, file_error(e), "open %s: cannot write %s: %s: %s", dir, df,
+                                   strerror(e), log_open_advice(e));
+  }
   uint32_t psize;
   if (data_psize(data_fd, &psize) < 0) {
     close(data_fd);
@@ -556,7 +561,8 @@ int log_wal_recover(const char *dir, int rdonly) {
   if (fd < 0) {
     int e = errno;
     close(data_fd);
-    return log_error(NULL, err_from_errno(e), "open %s: %s: %s", dir, wf, strerror(e));
+    return log_error(NULL, file_error(e), "open %s: cannot write %s: %s: %s", dir, wf, strerror(e),
+                     log_open_advice(e));
   }
   unsigned char *metas = malloc(2 * (size_t)psize), *now = malloc(2 * (size_t)psize);
   struct wal_hdr h = {0};
@@ -639,7 +645,7 @@ int log_wal_recover(const char *dir, int rdonly) {
   close(fd);
   close(data_fd);
   if (rc < 0)
-    return log_error(NULL, err_from_errno(-rc), "open %s: cannot recover from %s: %s", dir, wf,
+    return log_error(NULL, file_error(-rc), "open %s: cannot recover from %s: %s", dir, wf,
                      strerror(-rc));
   return 0;
 }
@@ -680,7 +686,8 @@ int log_wal_attach(struct log *log) {
   if (mdb_env_get_fd(log->env, &w->data_fd) || data_psize(w->data_fd, &w->psize) < 0) {
     rc = log_error(log, ENGRAM_EIO, "open %s: cannot read the data file's page size", log->path);
   } else if ((w->fd = open(f, O_RDWR | O_CLOEXEC)) < 0) {
-    rc = log_error(log, err_from_errno(errno), "open %s: %s: %s", log->path, f, strerror(errno));
+    rc = log_error(log, file_error(errno), "open %s: cannot write %s: %s", log->path, f,
+                   strerror(errno));
   } else if ((rc = shm_open_file(log->path, 0, &w->shm)) < 0 || w->shm->magic != WAL_SHM_MAGIC) {
     rc = log_error(log, ENGRAM_EIO,
                    "open %s: %s/" LOG_WAL_SHM
@@ -708,8 +715,9 @@ int log_wal_attach(struct log *log) {
   }
   pthread_mutex_unlock(&registry_mu);
   /* The pin's commit may be another process's, its record not yet flushed. */
-  if (!rc && __atomic_load_n(&w->shm->synced, __ATOMIC_ACQUIRE) <
-                 __atomic_load_n(&w->shm->seq, __ATOMIC_ACQUIRE) &&
+  if (!rc &&
+      __atomic_load_n(&w->shm->synced, __ATOMIC_ACQUIRE) <
+          __atomic_load_n(&w->shm->seq, __ATOMIC_ACQUIRE) &&
       fdatasync(w->fd) < 0)
     rc = log_error(log, err_from_errno(errno), "open %s: flush %s: %s", log->path, f,
                    strerror(errno));
