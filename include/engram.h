@@ -3,19 +3,25 @@
  *
  * This header is the manual. Read the caveats first:
  *
- * DURABILITY. A log is a directory holding one LMDB environment. In the default mode,
- * ENGRAM_DURABILITY_SYNC, a write (append, ack, group change ...) returns only after its
- * commit is on disk: it survives kill -9 of any process and a power cut. Concurrent
- * writers of one process share commits (group commit): N threads that append at once
- * wait for one flush between them, not N. Two weaker modes are opt-in:
- *   - ENGRAM_DURABILITY_NOMETASYNC: a write returns after its data pages are flushed but
- *     before the page that makes them current is; a power cut can lose exactly the newest
- *     commit (kill -9 loses nothing). A background flush closes that window within
- *     `flush_interval_ms` of the last write.
+ * DURABILITY. A log is a directory holding one LMDB environment and its write-ahead file
+ * (DIR/wal). In the default mode, ENGRAM_DURABILITY_SYNC, a write (append, ack, group
+ * change ...) returns only after its commit is on disk: it survives kill -9 of any
+ * process and a power cut. A commit costs one flush (of the write-ahead file), and
+ * concurrent writers of a process share commits (group commit): N threads that append
+ * at once wait for one flush between them, not N. After a crash the first open replays
+ * the file into data.mdb (docs/storage.md). Two modes are opt-in:
+ *   - ENGRAM_DURABILITY_NOMETASYNC: with the write-ahead file, the same as sync (kept for
+ *     compatibility). Without it (ENGRAM_NO_WAL set, or LMDB linked in statically: see
+ *     engram_commit_stats.write_ahead) a write returns after its data pages are flushed
+ *     but before the page that makes them current is, and a power cut can lose exactly
+ *     the newest commit; a background flush closes that window within flush_interval_ms.
  *   - ENGRAM_DURABILITY_ASYNC: a write returns after its commit reaches the OS page cache.
  *     kill -9 loses nothing; a power cut loses everything since the last background flush
- *     (at most `flush_interval_ms` old) and, because nothing orders the writes, may damage
- *     the environment (`engram verify` reports it). Use it for data you can rebuild.
+ *     (at most `flush_interval_ms` old). With the write-ahead file the log stays whole;
+ *     without it, because nothing orders the writes, the environment may be damaged
+ *     (`engram verify` reports it). Use it for data you can rebuild.
+ * Tools that write data.mdb themselves (mdb_load, a restored copy of data.mdb alone) must
+ * only run on a log closed cleanly, and the write-ahead file must then be deleted.
  *
  * PROCESSES AND THREADS. Any number of processes may open the same directory at once;
  * LMDB serialises their write transactions. A handle may be used from many threads at
@@ -229,9 +235,11 @@ ENGRAM_API int engram_sync(engram *log);
  * bound i-1 and at most bound i of ENGRAM_DURATION_BOUNDS_US (microseconds), the last
  * bucket those above every bound. /metrics shows them as Prometheus histograms. */
 #define ENGRAM_DURATION_BUCKETS 16
-#define ENGRAM_DURATION_BOUNDS_US                                                             \
-  {50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, \
-   2500000}
+#define ENGRAM_DURATION_BOUNDS_US                                                              \
+  {                                                                                            \
+    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, \
+        2500000                                                                                \
+  }
 typedef struct engram_duration_hist {
   uint64_t count;                            /* durations counted */
   uint64_t sum_ns;                           /* their sum, nanoseconds */
@@ -245,21 +253,27 @@ typedef struct engram_duration_hist {
 typedef struct engram_commit_stats {
   uint64_t commits;       /* write transactions that changed something */
   uint64_t jobs;          /* writes (appends, batches, acks, fetches ...) they carried */
-  uint64_t flushes;       /* fdatasync calls of the data file by the commit path */
+  uint64_t flushes;       /* fdatasync calls by the commit path (write-ahead file, or data
+                             file without it) */
   uint64_t batch_hist[8]; /* commits carrying 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ writes */
   uint64_t max_wait;      /* most commits one write waited through, from queueing to its
                              release (for the thread that led: to handing the lead over);
                              at most 3 (the one running, its own, the one that makes it
                              durable) when the lead passes on in turn */
-  engram_duration_hist write_latency;  /* each write (append, batch, ack, fetch ...), from
-                                          queueing to its release: what its caller waits
-                                          for the commit, flush included */
+  engram_duration_hist write_latency;   /* each write (append, batch, ack, fetch ...), from
+                                           queueing to its release: what its caller waits
+                                           for the commit, flush included */
   engram_duration_hist commit_duration; /* each commit that wrote: LMDB's commit of the
                                            transaction, its data flush included (sync and
                                            nometasync) */
-  engram_duration_hist flush_duration;  /* each explicit flush (mdb_env_sync): the one that
-                                           makes the last commit's meta page durable, and the
+  engram_duration_hist flush_duration;  /* each flush of the commit path: of the write-ahead
+                                           file (one per commit); without it, the one that
+                                           makes the last commit's meta page durable and the
                                            background flush of nometasync/async */
+  uint64_t checkpoints; /* write-ahead file checkpoints: data.mdb flushed, the file begun
+                           again (when it fills up, or a commit is too big for it) */
+  int write_ahead;      /* 1: commits go through the write-ahead file (one flush each);
+                           0: LMDB flushes data, then meta page (two for a lone writer) */
 } engram_commit_stats;
 ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
 
@@ -526,11 +540,12 @@ ENGRAM_API int engram_group_reset(engram *log, const char *topic, const char *gr
                                   engram_start to, uint64_t offset, int64_t time_ns);
 
 /* Leases up to `max` events (1 .. ENGRAM_MAX_FETCH) to `consumer`: first events whose
- * lease expired or whose retry delay passed, then new ones matching the group's filters. Each event's attempt
- * is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to wait_ms
- * for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a fetch
- * returns once its leases are written and flushed but before they are made durable: a power cut may
- * undo the newest fetches, which only delivers their events again. Errors: EINVAL, ENOTFOUND. */
+ * lease expired or whose retry delay passed, then new ones matching the group's filters. Each
+ * event's attempt is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to
+ * wait_ms for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a
+ * fetch returns once its leases are written and flushed but before they are made durable: a power
+ * cut may undo the newest fetches, which only delivers their events again. Errors: EINVAL,
+ * ENOTFOUND. */
 ENGRAM_API int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
                             size_t max, uint64_t wait_ms, engram_batch **out);
 
@@ -728,8 +743,8 @@ typedef struct engram_serve_options {
   const char *allow_keys_file; /* CURVE: a file of allowed client keys, one a line (bare Z85
                                   or `public-key = KEY`; blank and '#' lines skipped), added
                                   to allow_keys; read at start and again on SIGHUP */
-  const char *log_file; /* log lines appended to this file instead of stderr; reopened on
-                           SIGHUP (after logrotate moved it); NULL = stderr */
+  const char *log_file;        /* log lines appended to this file instead of stderr; reopened on
+                                  SIGHUP (after logrotate moved it); NULL = stderr */
 } engram_serve_options;
 /* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
  * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with
@@ -740,9 +755,10 @@ typedef struct engram_serve_options {
 ENGRAM_API int engram_serve(const char *data_dir, const engram_serve_options *opts);
 /* The daemon holds DIR/daemon.lock, logs one line per notable event on stderr (or
  * log_file), takes the commits of embedded writers of other processes on
- * ipc://DIR/notify-in.ipc and answers a malformed request with ENGRAM_EPROTO. Other errors: EINVAL (options), EBUSY (directory
- * or endpoint in use, or a daemon already runs in this process), ENOTSUP (CURVE without
- * libzmq support), EINVAL or EIO for an allow_keys_file that does not read ("FILE:LINE:
+ * ipc://DIR/notify-in.ipc and answers a malformed request with ENGRAM_EPROTO. Other errors: EINVAL
+ * (options), EBUSY (directory or endpoint in use, or a daemon already runs in this process),
+ * ENOTSUP (CURVE without libzmq support), EINVAL or EIO for an allow_keys_file that does not read
+ * ("FILE:LINE:
  * ..." in the message) or a log_file that cannot be opened, and those of engram_open(). */
 /* Asks a running engram_serve() of this process to stop (async-signal-safe). */
 ENGRAM_API void engram_serve_stop(void);
@@ -888,13 +904,13 @@ ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_rep
 /* The rate fields of engram_rate_info, one X(type, name) each, in the struct's order: each
  * is an array of ENGRAM_RATE_WINDOWS rates in events per second (the wire, the CLI and
  * the bindings copy them from this list). */
-#define ENGRAM_RATE_FIELDS(X)                                                              \
-  X(double, appended)      /* events appended to the topic (those retention already        \
-                              removed are not counted) */                                  \
-  X(double, delivered)     /* deliveries by the group, first and later attempts */         \
-  X(double, acked)         /* acks accepted */                                             \
-  X(double, nacked)        /* nacks accepted */                                            \
-  X(double, rejected)      /* rejects accepted */                                          \
+#define ENGRAM_RATE_FIELDS(X)                                                       \
+  X(double, appended)      /* events appended to the topic (those retention already \
+                              removed are not counted) */                           \
+  X(double, delivered)     /* deliveries by the group, first and later attempts */  \
+  X(double, acked)         /* acks accepted */                                      \
+  X(double, nacked)        /* nacks accepted */                                     \
+  X(double, rejected)      /* rejects accepted */                                   \
   X(double, dead_lettered) /* events that entered the group's dead-letter queue */
 /* Declares one field of ENGRAM_RATE_FIELDS. */
 #define ENGRAM_RATE_FIELD_(type, name) type name[ENGRAM_RATE_WINDOWS];
@@ -911,8 +927,7 @@ typedef struct engram_rate_info {
  * counts are interpolated at the window's older end, so a rate moves smoothly. *out is a
  * malloc'd array of *n entries freed with engram_free(). Errors: EINVAL (NULL argument,
  * topic name), ENOTFOUND (topic). */
-ENGRAM_API int engram_rate_list(engram *log, const char *topic, engram_rate_info **out,
-                                size_t *n);
+ENGRAM_API int engram_rate_list(engram *log, const char *topic, engram_rate_info **out, size_t *n);
 
 /* ---------------------------------------------------------------------------------
  * Schedules: periodic appends stored in the log (beat without its double fires; see
@@ -1007,7 +1022,7 @@ typedef struct engram_schedule_config {
   X(int64_t, last_fire_ns)  /* clock time of the newest fire, manual ones included */           \
   X(uint64_t, last_offset)  /* offset of the event of the newest fire */                        \
   X(int64_t, next_slot_ns)  /* the next slot to fire (also while paused: what would fire)    */ \
-  X(int64_t, updated_ns)    /* last change of the configuration (add, a changing set) */      \
+  X(int64_t, updated_ns)    /* last change of the configuration (add, a changing set) */        \
   X(int64_t, last_error_ns) /* when a fire last failed (see last_error), 0 = none */
 
 typedef struct engram_schedule_info {

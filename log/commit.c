@@ -446,6 +446,8 @@ int log_commit_stats(struct log *log, engram_commit_stats *out) {
   out->write_latency = log->st_write;
   out->commit_duration = log->st_commit;
   out->flush_duration = log->st_flush;
+  out->checkpoints = log_wal_checkpoints(log);
+  out->write_ahead = log->wal != NULL;
   pthread_mutex_unlock(&log->mu);
   return 0;
 }
