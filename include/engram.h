@@ -3,19 +3,25 @@
  *
  * This header is the manual. Read the caveats first:
  *
- * DURABILITY. A log is a directory holding one LMDB environment. In the default mode,
- * ENGRAM_DURABILITY_SYNC, a write (append, ack, group change ...) returns only after its
- * commit is on disk: it survives kill -9 of any process and a power cut. Concurrent
- * writers of one process share commits (group commit): N threads that append at once
- * wait for one flush between them, not N. Two weaker modes are opt-in:
- *   - ENGRAM_DURABILITY_NOMETASYNC: a write returns after its data pages are flushed but
- *     before the page that makes them current is; a power cut can lose exactly the newest
- *     commit (kill -9 loses nothing). A background flush closes that window within
- *     `flush_interval_ms` of the last write.
+ * DURABILITY. A log is a directory holding one LMDB environment and its write-ahead file
+ * (DIR/wal). In the default mode, ENGRAM_DURABILITY_SYNC, a write (append, ack, group
+ * change ...) returns only after its commit is on disk: it survives kill -9 of any
+ * process and a power cut. A commit costs one flush (of the write-ahead file), and
+ * concurrent writers of a process share commits (group commit): N threads that append
+ * at once wait for one flush between them, not N. After a crash the first open replays
+ * the file into data.mdb (docs/storage.md). Two modes are opt-in:
+ *   - ENGRAM_DURABILITY_NOMETASYNC: with the write-ahead file, the same as sync (kept for
+ *     compatibility). Without it (ENGRAM_NO_WAL set, or LMDB linked in statically: see
+ *     engram_commit_stats.write_ahead) a write returns after its data pages are flushed
+ *     but before the page that makes them current is, and a power cut can lose exactly
+ *     the newest commit; a background flush closes that window within flush_interval_ms.
  *   - ENGRAM_DURABILITY_ASYNC: a write returns after its commit reaches the OS page cache.
  *     kill -9 loses nothing; a power cut loses everything since the last background flush
- *     (at most `flush_interval_ms` old) and, because nothing orders the writes, may damage
- *     the environment (`engram verify` reports it). Use it for data you can rebuild.
+ *     (at most `flush_interval_ms` old). With the write-ahead file the log stays whole;
+ *     without it, because nothing orders the writes, the environment may be damaged
+ *     (`engram verify` reports it). Use it for data you can rebuild.
+ * Tools that write data.mdb themselves (mdb_load, a restored copy of data.mdb alone) must
+ * only run on a log closed cleanly, and the write-ahead file must then be deleted.
  *
  * PROCESSES AND THREADS. Any number of processes may open the same directory at once;
  * LMDB serialises their write transactions. A handle may be used from many threads at
@@ -246,21 +252,27 @@ typedef struct engram_duration_hist {
 typedef struct engram_commit_stats {
   uint64_t commits;       /* write transactions that changed something */
   uint64_t jobs;          /* writes (appends, batches, acks, fetches ...) they carried */
-  uint64_t flushes;       /* fdatasync calls of the data file by the commit path */
+  uint64_t flushes;       /* fdatasync calls by the commit path (write-ahead file, or data
+                             file without it) */
   uint64_t batch_hist[8]; /* commits carrying 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ writes */
   uint64_t max_wait;      /* most commits one write waited through, from queueing to its
                              release (for the thread that led: to handing the lead over);
                              at most 3 (the one running, its own, the one that makes it
                              durable) when the lead passes on in turn */
-  engram_duration_hist write_latency;  /* each write (append, batch, ack, fetch ...), from
-                                          queueing to its release: what its caller waits
-                                          for the commit, flush included */
+  engram_duration_hist write_latency;   /* each write (append, batch, ack, fetch ...), from
+                                           queueing to its release: what its caller waits
+                                           for the commit, flush included */
   engram_duration_hist commit_duration; /* each commit that wrote: LMDB's commit of the
                                            transaction, its data flush included (sync and
                                            nometasync) */
-  engram_duration_hist flush_duration;  /* each explicit flush (mdb_env_sync): the one that
-                                           makes the last commit's meta page durable, and the
+  engram_duration_hist flush_duration;  /* each flush of the commit path: of the write-ahead
+                                           file (one per commit); without it, the one that
+                                           makes the last commit's meta page durable and the
                                            background flush of nometasync/async */
+  uint64_t checkpoints; /* write-ahead file checkpoints: data.mdb flushed, the file begun
+                           again (when it fills up, or a commit is too big for it) */
+  int write_ahead;      /* 1: commits go through the write-ahead file (one flush each);
+                           0: LMDB flushes data, then meta page (two for a lone writer) */
 } engram_commit_stats;
 ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
 

@@ -189,7 +189,7 @@ static void count_commit(struct log *log, const struct log_job *jobs) {
   log->st_commits++;
   log->st_jobs += n;
   log->st_batch_hist[bucket]++;
-  if (log->opts.durability != ENGRAM_DURABILITY_ASYNC) log->st_flushes++;
+  if (log->opts.durability != ENGRAM_DURABILITY_ASYNC && !log->wal) log->st_flushes++;
   log_hist_add(&log->st_commit, log->commit_ns);
 }
 
@@ -239,6 +239,7 @@ static void release_pending(struct log *log, int rc, const char *msg) {
 }
 
 static int sync_env(struct log *log) {
+  if (log->wal) return log_wal_sync(log);
   int64_t t0 = clock_monotonic_ns();
   int rc = mdb_env_sync(log->env, 1);
   log->last_flush_ns = clock_monotonic_ns() - t0;
@@ -329,6 +330,23 @@ static void lead(struct log *log, struct log_job *self) {
       if (rc == 0 && wrote) log_topic_handles_reclaim(log); /* after a drop, say */
       pthread_mutex_unlock(&log->dbi_mu);
     }
+    int strict = 0;
+    for (struct log_job *j = jobs; j; j = j->next) strict |= !j->relaxed;
+    if (log->wal) {
+      /* One flush of the write-ahead file makes the commit durable, meta page and all. */
+      if (rc == 0 && wrote && log->opts.durability != ENGRAM_DURABILITY_ASYNC && strict)
+        rc = log_wal_sync(log);
+      char msg[256];
+      snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
+      pthread_mutex_lock(&log->mu);
+      log->last_commit_ns = clock_monotonic_ns();
+      if (wrote) count_commit(log, jobs);
+      if (wrote && (rc || log->opts.durability == ENGRAM_DURABILITY_ASYNC || !strict))
+        log->dirty = 1;
+      struct batch b = {jobs, touched, NULL};
+      release(log, &b, rc, msg);
+      continue;
+    }
     char msg[256];
     snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
     int prc = 0;
@@ -343,8 +361,6 @@ static void lead(struct log *log, struct log_job *self) {
     if (rc == 0 && wrote) count_commit(log, jobs);
     release_pending(log, prc, pmsg);
     struct batch b = {jobs, touched, NULL};
-    int strict = 0;
-    for (struct log_job *j = jobs; j; j = j->next) strict |= !j->relaxed;
     if (rc == 0 && wrote && sync_mode && strict) {
       log->pending_jobs = jobs;
       log->pending_touched = touched;
@@ -430,6 +446,8 @@ int log_commit_stats(struct log *log, engram_commit_stats *out) {
   out->write_latency = log->st_write;
   out->commit_duration = log->st_commit;
   out->flush_duration = log->st_flush;
+  out->checkpoints = log_wal_checkpoints(log);
+  out->write_ahead = log->wal != NULL;
   pthread_mutex_unlock(&log->mu);
   return 0;
 }
@@ -504,9 +522,20 @@ static void *flusher_main(void *arg) {
     ts.tv_sec += ns / 1000000000;
     ts.tv_nsec = ns % 1000000000;
     pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts);
+    if (log->wal_preflush) {
+      log->wal_preflush = 0;
+      pthread_mutex_unlock(&log->mu);
+      log_wal_preflush(log);
+      pthread_mutex_lock(&log->mu);
+    }
     if (log->dirty) {
       log->dirty = 0;
       pthread_mutex_unlock(&log->mu);
+      if (log->wal) {
+        log_wal_sync(log); /* counts itself */
+        pthread_mutex_lock(&log->mu);
+        continue;
+      }
       int64_t t0 = clock_monotonic_ns();
       mdb_env_sync(log->env, 1);
       pthread_mutex_lock(&log->mu);
@@ -518,7 +547,9 @@ static void *flusher_main(void *arg) {
 }
 
 int log_commit_start(struct log *log) {
-  if (log->opts.durability == ENGRAM_DURABILITY_SYNC) return 0;
+  /* With the write-ahead file the flusher also flushes data.mdb when the file is half
+   * full (in every mode); without it, sync mode needs no flusher. */
+  if (log->opts.durability == ENGRAM_DURABILITY_SYNC && !log->wal) return 0;
   if (pthread_create(&log->flusher, NULL, flusher_main, log) != 0) return ENGRAM_ENOMEM;
   log->flusher_running = 1;
   return 0;

@@ -164,7 +164,7 @@ static int norm_path(const char *in, char *out, size_t cap) {
 static int open_errno(int e) { return e == EROFS ? ENGRAM_EDENIED : err_from_errno(e); }
 
 /* What to do about a failed file operation while opening. */
-static const char *open_advice(int e) {
+const char *log_open_advice(int e) {
   switch (e) {
     case EROFS:
       return "the file system is read-only: only reading is possible (engram's read "
@@ -218,9 +218,9 @@ static void clear_stale_creating(const char *path) {
   closedir(d);
 }
 
-static unsigned int env_flags_for(engram_durability d) {
+static unsigned int env_flags_for(engram_durability d, int wal) {
   unsigned int f = MDB_NOTLS | MDB_NORDAHEAD;
-  if (d == ENGRAM_DURABILITY_ASYNC)
+  if (wal || d == ENGRAM_DURABILITY_ASYNC) /* wal.c flushes */
     f |= MDB_NOSYNC;
   else
     f |= MDB_NOMETASYNC; /* sync mode forces the meta page itself, see commit.c */
@@ -253,7 +253,8 @@ static int env_open_error(const char *dir, int rc) {
                      "with the engram build that wrote it",
                      dir, dir);
   if (rc > 0)
-    return log_error(NULL, open_errno(rc), "open %s: %s: %s", dir, strerror(rc), open_advice(rc));
+    return log_error(NULL, open_errno(rc), "open %s: %s: %s", dir, strerror(rc),
+                     log_open_advice(rc));
   return log_error(NULL, log_err_mdb(rc), "open %s: %s", dir, mdb_strerror(rc));
 }
 
@@ -267,7 +268,7 @@ static int env_make(const char *dir, const engram_options *o, unsigned int *flag
     int prc = prepare_lockfile(dir);
     if (prc)
       return log_error(NULL, open_errno(-prc), "open %s: cannot write %s/lock.mdb: %s: %s", dir,
-                       dir, strerror(-prc), open_advice(-prc));
+                       dir, strerror(-prc), log_open_advice(-prc));
   }
   for (;;) {
     MDB_env *env;
@@ -364,7 +365,7 @@ static int probe(const char *dir) {
     int e = errno;
     if (e == ENOENT) return ENGRAM_ENOTFOUND;
     return log_error(NULL, open_errno(e), "open %s: cannot reach %s: %s: %s", dir, f, strerror(e),
-                     open_advice(e));
+                     log_open_advice(e));
   }
   if (S_ISDIR(st.st_mode))
     return log_error(NULL, ENGRAM_EEXIST,
@@ -488,7 +489,7 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
   if (mkdir(tmp, 0755) < 0) {
     int e = errno;
     return log_error(NULL, open_errno(e), "open %s: cannot create a log in %s: %s: %s", path,
-                     parent, strerror(e), open_advice(e));
+                     parent, strerror(e), log_open_advice(e));
   }
   MDB_env *env;
   unsigned int flags = MDB_NOTLS;
@@ -520,7 +521,7 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
                        path);
     } else {
       rc = log_error(NULL, open_errno(e), "open %s: cannot move the new log into place: %s: %s",
-                     path, strerror(e), open_advice(e));
+                     path, strerror(e), log_open_advice(e));
     }
   }
   if (rc == 0 && (frc = log_fsync_path(parent, O_RDONLY | O_DIRECTORY)) < 0)
@@ -712,7 +713,7 @@ static int inspect_target(const char *path, const engram_options *o) {
       if (!may_create) return log_error(NULL, ENGRAM_ENOTFOUND, "open %s: no log there", path);
       return 1;
     }
-    return log_error(NULL, open_errno(e), "open %s: %s: %s", path, strerror(e), open_advice(e));
+    return log_error(NULL, open_errno(e), "open %s: %s: %s", path, strerror(e), log_open_advice(e));
   }
   if (!S_ISDIR(st.st_mode))
     return log_error(NULL, ENGRAM_EEXIST,
@@ -756,17 +757,39 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   int rdonly = (o.flags & ENGRAM_OPEN_RDONLY) != 0;
 
   if (!rdonly) clear_stale_creating(path);
-  int rc = inspect_target(path, &o);
-  if (rc < 0) return rc;
+  /* With the write-ahead file, data.mdb is whole only after a replay: the first open to
+   * have the log to itself replays before anything reads it. */
+  int wal = log_wal_supported(), open_fd = -1, locked = 0, excl = !lock, rc;
+  char wf[4100];
+  snprintf(wf, sizeof wf, "%s/" LOG_WAL_FILE, path);
+  int has_wal = access(wf, F_OK) == 0;
+  if (has_wal && !wal && !rdonly)
+    return log_error(NULL, ENGRAM_ENOTSUP,
+                     "open %s: the log keeps its newest commits in %s, which this process "
+                     "cannot write (ENGRAM_NO_WAL is set, or LMDB is linked in statically): "
+                     "open it read-only, or from a process without that limit",
+                     path, wf);
+  if (has_wal && lock) {
+    if ((rc = log_open_lock_ex(path, &open_fd, &excl))) return rc;
+    locked = 1;
+  }
+  if (has_wal && excl && (rc = log_wal_recover(path, rdonly))) goto early_fail;
+
+  rc = inspect_target(path, &o);
+  if (rc < 0) goto early_fail;
   if (rc == 1) {
     int64_t now = o.clock_ns ? o.clock_ns(o.clock_ctx) : clock_realtime_ns();
-    if ((rc = log_create(path, &o, now))) return rc;
+    if ((rc = log_create(path, &o, now))) goto early_fail;
   }
 
   /* Taken after the checks above, which only read: a reclaim swaps data.mdb by a rename,
    * so they met the old file or the new one, both whole. From here on no reclaim runs. */
-  int open_fd = -1;
-  if (lock && (rc = log_open_lock(path, &open_fd))) return rc;
+  if (lock && !locked) {
+    if ((rc = log_open_lock_ex(path, &open_fd, &excl))) return rc;
+    locked = 1;
+  }
+  if (wal && !rdonly && excl && !has_wal && (rc = log_wal_recover(path, 0))) goto early_fail;
+  if (lock && excl && open_fd >= 0 && (rc = log_open_lock_share(path, open_fd))) return rc;
   if (open_fd >= 0 && !rdonly) {
     char f[4100];
     snprintf(f, sizeof f, "%s/" LOG_RECLAIM_COPY, path);
@@ -781,7 +804,7 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   log->open_fd = open_fd;
   log->path = strdup(path);
   log->opts = o;
-  log->env_flags = env_flags_for(o.durability) | (rdonly ? MDB_RDONLY : 0);
+  log->env_flags = env_flags_for(o.durability, wal && !rdonly) | (rdonly ? MDB_RDONLY : 0);
   pthread_rwlock_init(&log->map_lock, NULL);
   pthread_mutex_init(&log->aux_mu, NULL);
   pthread_mutex_init(&log->dbi_mu, NULL);
@@ -800,6 +823,7 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   }
 
   if ((rc = env_make(path, &o, &log->env_flags, &log->env))) goto fail;
+  if (wal && !rdonly && (rc = log_wal_attach(log))) goto fail;
   int dead = 0;
   mdb_reader_check(log->env, &dead); /* clear slots of readers that died */
   /* The map may have grown in another process since the file was made. */
@@ -824,6 +848,9 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
 fail:
   log_close(log);
   return rc;
+early_fail:
+  if (open_fd >= 0) close(open_fd);
+  return rc;
 }
 
 int log_open(const char *path, const engram_options *opts, struct log **out) {
@@ -844,7 +871,11 @@ void log_close(struct log *log) {
   log_pipe_stop(log);
   log_commit_stop(log);
   if (log->env) {
-    if (log->dirty) mdb_env_sync(log->env, 1);
+    if (log->dirty && log->wal)
+      log_wal_sync(log);
+    else if (log->dirty)
+      mdb_env_sync(log->env, 1);
+    log_wal_detach(log, 1);
     mdb_env_close(log->env);
   }
   log_codec_caches_free(log);
@@ -869,6 +900,14 @@ void log_close(struct log *log) {
 int log_sync(struct log *log) {
   if (!log) return ENGRAM_EINVAL;
   if (log->env_flags & MDB_RDONLY) return 0; /* a read-only handle has written nothing */
+  if (log->wal) {
+    int wrc = log_wal_sync(log);
+    if (wrc) return wrc;
+    pthread_mutex_lock(&log->mu);
+    log->dirty = 0;
+    pthread_mutex_unlock(&log->mu);
+    return 0;
+  }
   int rc = mdb_env_sync(log->env, 1);
   if (rc) return log_error(log, log_err_mdb(rc), "sync: %s", log_mdb_text(rc));
   pthread_mutex_lock(&log->mu);

@@ -109,6 +109,8 @@ struct log {
   struct cg_maint *maint; /* the consumer layer's maintenance runner, NULL = none */
   int open_fd;            /* DIR/open.lock, held shared while open (reclaim.c); -1 = none */
   engram_progress_fn progress; /* engram_progress_set(); NULL = none */
+  struct wal *wal;             /* the write-ahead file (wal.c); NULL = LMDB flushes itself */
+  int wal_preflush;            /* (mu) the flusher should flush data.mdb once */
   void *progress_ctx;
 };
 

@@ -74,9 +74,33 @@ int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi 
 int log_rmtree(const char *path);
 /* Makes directory entries durable (fsync of `path` opened with `flags`); 0 or -errno. */
 int log_fsync_path(const char *path, int flags);
+/* What to do about an errno met opening a log (read-only mount, permissions, full disk). */
+const char *log_open_advice(int e);
 /* log_open for reclaim.c, which holds DIR/open.lock exclusively itself: the handle takes
  * no lock of its own. */
 int log_open_unlocked(const char *path, const engram_options *opts, struct log **out);
+
+/* wal.c: the write-ahead file (see the comment at its top). */
+#define LOG_WAL_FILE "wal"
+#define LOG_WAL_SHM "wal.shm"
+/* Installs the capture of LMDB's writes once per process; 1 when the file can be used. */
+int log_wal_supported(void);
+/* At an open that has the log to itself (the open lock held exclusively): replays the
+ * file into data.mdb, flushes it and starts the file over (creating it when missing).
+ * Read-only: writes nothing, and refuses (EDENIED) a log that needs a replay. Returns 0
+ * or an error with its message set. */
+int log_wal_recover(const char *dir, int rdonly);
+/* After the environment is open (read-write): registers its data file, pins the newest
+ * commit. 0 or an error with its message set (log->wal is then NULL). */
+int log_wal_attach(struct log *log);
+/* Makes every record appended so far durable (one flush, shared with other writers and
+ * processes) and moves the pin. 0 or an error with its message set. */
+int log_wal_sync(struct log *log);
+/* Flushes data.mdb outside any lock (the flusher thread, when the file is half full). */
+void log_wal_preflush(struct log *log);
+/* Before mdb_env_close; `closing`: checkpoint when no other handle has the log open. */
+void log_wal_detach(struct log *log, int closing);
+uint64_t log_wal_checkpoints(const struct log *log);
 
 /* reclaim.c */
 #define LOG_OPEN_LOCK "open.lock"
@@ -86,6 +110,12 @@ int log_open_unlocked(const char *path, const engram_options *opts, struct log *
  * read-only file system, a directory this user may not write). Fails with EBUSY, its
  * message set, while a reclaim holds the lock. */
 int log_open_lock(const char *dir, int *fd);
+/* As log_open_lock, first trying for the lock exclusively: *exclusive says whether it
+ * got it (no other handle has the log open), and the caller then holds it exclusively
+ * until it calls log_open_lock_share. */
+int log_open_lock_ex(const char *dir, int *fd, int *exclusive);
+/* Turns the exclusive lock into the shared one; EBUSY when a reclaim came in between. */
+int log_open_lock_share(const char *dir, int fd);
 /* Copies the environment of `log` compacted into `fd` (from the start), reporting the
  * bytes written under `phase` every 100 ms. Returns 0 or an LMDB/errno code. */
 int log_copy_compact(struct log *log, int fd, const char *phase);

@@ -44,32 +44,76 @@ static void lock_holders(int fd, char *out, size_t cap) {
   fclose(f);
 }
 
+static int lock_open_file(const char *dir, char *f, size_t cap) {
+  snprintf(f, cap, "%s/" LOG_OPEN_LOCK, dir);
+  int fd = open(f, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) fd = open(f, O_RDONLY | O_CLOEXEC); /* flock needs no write access */
+  /* Missing and not creatable: a read-only file system, or a directory this user may
+   * not write. The handle goes unseen by a reclaim, which needs to create this file
+   * and to rename in the directory: only a user who may write the directory can run
+   * one (such a handle is read-only in practice: see docs/operations.md). */
+  return fd;
+}
+
+/* The shared lock could not be had: closes fd and says why. A reclaim writes its pid
+ * into the file; an open recovering the log holds the lock for a moment and writes
+ * nothing, so `wait` waits for it (up to 30 s) instead. */
+static int lock_shared(const char *dir, const char *f, int *fd, int wait) {
+  int64_t deadline = clock_monotonic_ns() + 30 * 1000000000ll;
+  for (;;) {
+    if (flock(*fd, LOCK_SH | LOCK_NB) == 0) return 0;
+    int e = errno;
+    char pid[32] = "";
+    ssize_t n = pread(*fd, pid, sizeof pid - 1, 0);
+    pid[n > 0 ? n : 0] = '\0';
+    pid[strcspn(pid, "\n")] = '\0';
+    if (e == EWOULDBLOCK && wait && !*pid && clock_monotonic_ns() < deadline) {
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
+      continue;
+    }
+    close(*fd);
+    *fd = -1;
+    if (e != EWOULDBLOCK)
+      return log_error(NULL, err_from_errno(e), "open %s: cannot lock %s: %s", dir, f, strerror(e));
+    if (!*pid)
+      return log_error(NULL, ENGRAM_EBUSY,
+                       "open %s: another process held %s for over 30 s while recovering the "
+                       "log: retry, or see which process holds it (lslocks)",
+                       dir, f);
+    return log_error(NULL, ENGRAM_EBUSY,
+                     "open %s: `engram compact --reclaim` (pid %s) is rewriting the data file: "
+                     "retry when it ends",
+                     dir, pid);
+  }
+}
+
 int log_open_lock(const char *dir, int *fd) {
   char f[4100];
-  snprintf(f, sizeof f, "%s/" LOG_OPEN_LOCK, dir);
-  *fd = open(f, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (*fd < 0) *fd = open(f, O_RDONLY | O_CLOEXEC); /* flock needs no write access */
-  if (*fd < 0) {
-    /* Missing and not creatable: a read-only file system, or a directory this user may
-     * not write. The handle goes unseen by a reclaim, which needs to create this file
-     * and to rename in the directory: only a user who may write the directory can run
-     * one (such a handle is read-only in practice: see docs/operations.md). */
+  *fd = lock_open_file(dir, f, sizeof f);
+  return *fd < 0 ? 0 : lock_shared(dir, f, fd, 1);
+}
+
+int log_open_lock_ex(const char *dir, int *fd, int *exclusive) {
+  char f[4100];
+  *exclusive = 0;
+  *fd = lock_open_file(dir, f, sizeof f);
+  if (*fd < 0) return 0;
+  if (flock(*fd, LOCK_EX | LOCK_NB) == 0) {
+    *exclusive = 1;
     return 0;
   }
-  if (flock(*fd, LOCK_SH | LOCK_NB) == 0) return 0;
-  int e = errno;
-  char pid[32] = "";
-  ssize_t n = pread(*fd, pid, sizeof pid - 1, 0);
-  pid[n > 0 ? n : 0] = '\0';
-  pid[strcspn(pid, "\n")] = '\0';
-  close(*fd);
-  *fd = -1;
-  if (e != EWOULDBLOCK)
-    return log_error(NULL, err_from_errno(e), "open %s: cannot lock %s: %s", dir, f, strerror(e));
-  return log_error(NULL, ENGRAM_EBUSY,
-                   "open %s: `engram compact --reclaim`%s%s%s is rewriting the data file: "
-                   "retry when it ends",
-                   dir, *pid ? " (pid " : "", pid, *pid ? ")" : "");
+  return lock_shared(dir, f, fd, 1);
+}
+
+int log_open_lock_share(const char *dir, int fd) {
+  char f[4100];
+  snprintf(f, sizeof f, "%s/" LOG_OPEN_LOCK, dir);
+  int dup_fd = fd;
+  /* Linux drops the exclusive lock before taking the shared one: a reclaim may come in
+   * between, and the open then fails as it would have a moment later. */
+  int rc = lock_shared(dir, f, &dup_fd, 0);
+  return rc;
 }
 
 /* ---------------------------------------------------------------------------------
@@ -223,6 +267,9 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
    * that holds something else is left as it is. */
   engram_options eo = {.flags = ENGRAM_OPEN_RDONLY | ENGRAM_OPEN_NOCREATE,
                        .maintenance_ms = ENGRAM_MAINTENANCE_OFF};
+  char walf[4200];
+  snprintf(walf, sizeof walf, "%s/" LOG_WAL_FILE, dir);
+  if (access(walf, F_OK) == 0) eo.flags &= ~ENGRAM_OPEN_RDONLY; /* replays what a crash left */
   struct log *log;
   int rc = log_open(dir, &eo, &log);
   if (rc) {
@@ -286,6 +333,10 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
     goto out;
   }
 
+  /* A process that opened the log since is gone again (the lock is ours): replay what it
+   * may have left in the write-ahead file. */
+  if ((rc = log_wal_recover(dir, 0))) goto out;
+
   /* 2. The compacted copy, made through a handle of our own (read-only: no threads, and
    * the format is checked as at any open). */
   unlink(copy); /* left by a reclaim that died */
@@ -344,6 +395,13 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
                    strerror(e));
     goto out;
   }
+  /* The write-ahead file describes the old file, whose last checkpoint (at the close
+   * above, or at the open's recovery) left it with nothing to replay: it goes before the
+   * copy comes, and the next open starts a new one. */
+  snprintf(walf, sizeof walf, "%s/" LOG_WAL_FILE, dir);
+  unlink(walf);
+  snprintf(walf, sizeof walf, "%s/" LOG_WAL_SHM, dir);
+  unlink(walf);
   swap_step(&o, 2);
   test_exit_at(4);
   if (rename(copy, data) < 0) {

@@ -628,8 +628,13 @@ static void a_log_has_one_id_that_survives_reopen_and_backup_and_differs_from_ot
   free(bk);
 }
 
-/* Removes the id of a log, as a log made before ids were stored. */
+/* Removes the id of a log, as a log made before ids (and before the write-ahead file). */
 static void drop_id(const char *dir) {
+  char wal[4200];
+  snprintf(wal, sizeof wal, "%s/wal", dir);
+  unlink(wal);
+  snprintf(wal, sizeof wal, "%s/wal.shm", dir);
+  unlink(wal);
   MDB_env *env;
   MDB_txn *txn;
   MDB_dbi dbi;

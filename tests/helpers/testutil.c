@@ -390,6 +390,15 @@ engram_event tu_event_of(const tu_event *t) {
  * Raw LMDB.
  * ------------------------------------------------------------------------------ */
 int tu_raw_open(const char *dir, int readonly, MDB_env **env) {
+  if (!readonly) {
+    /* A writer that is not engram: the log's write-ahead file no longer describes
+     * data.mdb and must go (docs/storage.md), as after any tool that writes the file. */
+    char f[4200];
+    snprintf(f, sizeof f, "%s/wal", dir);
+    unlink(f);
+    snprintf(f, sizeof f, "%s/wal.shm", dir);
+    unlink(f);
+  }
   int rc = mdb_env_create(env);
   if (rc) return rc;
   mdb_env_set_maxdbs(*env, 4096);

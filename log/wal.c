@@ -1,0 +1,815 @@
+/* wal.c — the write-ahead file: one flush per commit, in every durability mode.
+ *
+ * LMDB makes a commit durable with two ordered flushes: its data pages, then the meta
+ * page that points at them (a meta page on disk before its data would point at pages
+ * that are not there). engram pays one instead. Every page and meta write LMDB makes to
+ * data.mdb is also appended, as (offset, bytes) extents, to one record of DIR/wal; a
+ * commit is acknowledged once that file is flushed. data.mdb itself is written without
+ * flushing (MDB_NOSYNC) and is flushed only at a checkpoint, which then starts the file
+ * over. After a crash the first process to open the log alone rewrites the checkpoint's
+ * two meta pages and every complete record, in order, into data.mdb: LMDB opens on the
+ * newest acknowledged commit, whatever part of the unflushed writes reached the disk.
+ *
+ * Two things make that replay sound:
+ * - Pages of the newest durable commit are never overwritten before a newer commit is
+ *   durable: each writing handle holds a read transaction (the pin) on a commit whose
+ *   record it has flushed, and LMDB reuses only pages freed before the oldest reader.
+ *   The pin moves after each flush: a spare read transaction is started on the newest
+ *   commit (whose record was written before the commit became visible), the file is
+ *   flushed, then the old pin ends.
+ * - Records are written in commit order: the record is appended when LMDB writes the
+ *   meta page, the last write of a commit, still under LMDB's write lock. Processes
+ *   share the file's tail and sequence through DIR/wal.shm, updated under that lock.
+ *
+ * LMDB has no hook for its writes: at the first open, the GOT entries of liblmdb for
+ * pwrite and writev are pointed at functions here, which pass through every write that
+ * is not to a registered data.mdb descriptor. Where that cannot be done (LMDB linked
+ * statically, an unknown architecture) engram runs without the file, flushing as LMDB
+ * does (see commit.c), and engram_commit_stats says so.
+ *
+ * Layout of DIR/wal: two header slots (at 0 and at SLOT), each a header page and a copy
+ * of data.mdb's two meta pages as of the checkpoint; the header of generation g is in
+ * slot g % 2, so a torn header leaves the other one. Records follow from 2 * SLOT: a
+ * record header (generation, sequence number, length, CRC32C) and its extents. A record
+ * counts when its generation is the header's, its sequence number follows the previous
+ * one's and its CRC matches; replay stops at the first that does not.
+ */
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "log/log_private.h"
+
+#define WAL_MAGIC 0x314c4157474e45ull /* "ENGWAL1" */
+#define WAL_REC_MAGIC 0x43455257u     /* "WREC" */
+#define WAL_SHM_MAGIC 0x4d4853574c4157ull
+#define WAL_VERSION 1
+#define WAL_HDR_PAGE 4096
+#define WAL_DEFAULT_CAP (64ull << 20)
+#define WAL_GROW_CHUNK (4ull << 20)
+
+/* LMDB's meta page: the page header, then MDB_meta. Offsets within the page. */
+#define META_MAGIC_OFF 16
+#define META_PSIZE_OFF 40 /* mm_dbs[FREE_DBI].md_pad holds the page size */
+#define LMDB_MAGIC 0xBEEFC0DEu
+
+struct wal_hdr {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t psize;
+  uint64_t gen;
+  uint64_t seq0; /* sequence number of the generation's first record */
+  uint32_t crc;  /* over this header (crc 0) and the two meta pages */
+  uint32_t pad;
+};
+
+struct wal_rec {
+  uint32_t magic;
+  uint32_t crc; /* over this header (crc 0) and the extents */
+  uint64_t gen;
+  uint64_t seq;
+  uint64_t len; /* bytes of extents */
+};
+
+struct wal_ext {
+  uint64_t off;
+  uint64_t len; /* the bytes follow, padded to 8 */
+};
+
+/* Shared by every process with the log open; rebuilt by whoever recovers. */
+struct wal_shm {
+  uint64_t magic;
+  uint64_t gen;
+  uint64_t seq0;   /* first sequence number of this generation */
+  uint64_t tail;   /* where the next record goes */
+  uint64_t seq;    /* the last record's sequence number */
+  uint64_t synced; /* records up to this one are flushed */
+  uint64_t alloc;  /* bytes of the file allocated */
+  uint64_t preflushed_gen;
+};
+
+struct wal {
+  struct log *log;
+  int data_fd; /* LMDB's descriptor of data.mdb (registered) */
+  int fd;      /* DIR/wal */
+  struct wal_shm *shm;
+  uint32_t psize;
+  uint64_t slot; /* size of a header slot */
+  uint64_t cap;  /* most bytes of the file */
+  /* The commit being written (under LMDB's write lock). */
+  unsigned char *buf;
+  size_t len, size;
+  int overflow; /* the commit is too big for the file: it is made durable in data.mdb */
+  int failed;   /* a write to the file failed: the next commit checkpoints instead */
+  /* Pins (sync_mu). */
+  pthread_mutex_t sync_mu;
+  MDB_txn *pin, *spare;
+  uint64_t checkpoints; /* (sync_mu is not needed: statistics) */
+};
+
+/* ---------------------------------------------------------------------------------
+ * Small file helpers.
+ * ------------------------------------------------------------------------------ */
+
+static int pwrite_all(int fd, const void *b, size_t n, uint64_t off) {
+  const unsigned char *p = b;
+  while (n) {
+    ssize_t w = pwrite(fd, p, n, (off_t)off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    p += w;
+    n -= (size_t)w;
+    off += (uint64_t)w;
+  }
+  return 0;
+}
+
+static int pread_all(int fd, void *b, size_t n, uint64_t off) {
+  unsigned char *p = b;
+  while (n) {
+    ssize_t r = pread(fd, p, n, (off_t)off);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (r == 0) return -ENODATA;
+    p += r;
+    n -= (size_t)r;
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
+/* A file that may not be written (read-only mount, another user's log) is EDENIED, as at
+ * any open: the CLI's read commands then open the log read-only. */
+static int file_error(int e) {
+  return e == EROFS || e == EACCES || e == EPERM ? ENGRAM_EDENIED : err_from_errno(e);
+}
+
+static uint64_t pad8(uint64_t n) { return (n + 7) & ~7ull; }
+
+static uint64_t wal_cap_from_env(void) {
+  const char *s = getenv("ENGRAM_TEST_WAL_SIZE"); /* tests: small files wrap often */
+  if (s && *s) {
+    unsigned long long v = strtoull(s, NULL, 10);
+    if (v >= (256ull << 10)) return v;
+  }
+  return WAL_DEFAULT_CAP;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Headers and checkpoints.
+ * ------------------------------------------------------------------------------ */
+
+static uint32_t hdr_crc(struct wal_hdr h, const unsigned char *metas, uint32_t psize) {
+  h.crc = 0;
+  uint32_t c = crc32c(0, &h, sizeof h);
+  return crc32c(c, metas, 2 * (size_t)psize);
+}
+
+/* Reads the valid header with the highest generation into *h and its metas; 0, or
+ * -ENOENT when neither slot holds one. */
+static int read_header(int fd, uint32_t psize, struct wal_hdr *h, unsigned char *metas) {
+  uint64_t slot = WAL_HDR_PAGE + 2ull * psize;
+  int found = 0;
+  unsigned char *m = malloc(2 * (size_t)psize);
+  if (!m) return -ENOMEM;
+  for (int i = 0; i < 2; i++) {
+    struct wal_hdr c;
+    if (pread_all(fd, &c, sizeof c, i * slot) < 0) continue;
+    if (c.magic != WAL_MAGIC || c.version != WAL_VERSION || c.psize != psize) continue;
+    if (pread_all(fd, m, 2 * (size_t)psize, i * slot + WAL_HDR_PAGE) < 0) continue;
+    if (hdr_crc(c, m, psize) != c.crc || c.gen % 2 != (uint64_t)i) continue;
+    if (!found || c.gen > h->gen) {
+      *h = c;
+      memcpy(metas, m, 2 * (size_t)psize);
+      found = 1;
+    }
+  }
+  free(m);
+  return found ? 0 : -ENOENT;
+}
+
+/* Writes the header of generation `gen` with data.mdb's current meta pages (read through
+ * `data_fd`) and flushes the file. The caller has flushed data.mdb. */
+static int write_header(int fd, int data_fd, uint32_t psize, uint64_t gen, uint64_t seq0) {
+  size_t n = WAL_HDR_PAGE + 2 * (size_t)psize;
+  unsigned char *b = calloc(1, n);
+  if (!b) return -ENOMEM;
+  int rc = pread_all(data_fd, b + WAL_HDR_PAGE, 2 * (size_t)psize, 0);
+  if (rc == 0) {
+    struct wal_hdr h = {
+        .magic = WAL_MAGIC, .version = WAL_VERSION, .psize = psize, .gen = gen, .seq0 = seq0};
+    h.crc = hdr_crc(h, b + WAL_HDR_PAGE, psize);
+    memcpy(b, &h, sizeof h);
+    rc = pwrite_all(fd, b, n, (gen % 2) * n);
+  }
+  free(b);
+  if (rc == 0 && fdatasync(fd) < 0) rc = -errno;
+  return rc;
+}
+
+/* Makes data.mdb durable as it is and starts a new generation of the file. Called where
+ * no commit can run: under LMDB's write lock, or alone at open. */
+static int checkpoint(struct wal *w) {
+  struct wal_shm *s = w->shm;
+  if (fdatasync(w->fd) < 0) return -errno; /* every record, before data.mdb moves on */
+  if (fdatasync(w->data_fd) < 0) return -errno;
+  int rc = write_header(w->fd, w->data_fd, w->psize, s->gen + 1, s->seq + 1);
+  if (rc) return rc;
+  s->gen++;
+  s->seq0 = s->seq + 1;
+  s->tail = 2 * w->slot;
+  __atomic_store_n(&s->synced, s->seq, __ATOMIC_RELEASE);
+  w->checkpoints++;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Capturing LMDB's writes.
+ * ------------------------------------------------------------------------------ */
+
+static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
+static ssize_t (*real_writev)(int, const struct iovec *, int);
+
+#define WAL_MAX_HANDLES 256
+static struct {
+  int fd;
+  struct wal *w; /* NULL = free; set last, cleared first */
+} registry[WAL_MAX_HANDLES];
+static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static struct wal *find(int fd) {
+  for (int i = 0; i < WAL_MAX_HANDLES; i++) {
+    struct wal *w = __atomic_load_n(&registry[i].w, __ATOMIC_ACQUIRE);
+    if (w && registry[i].fd == fd) return w;
+  }
+  return NULL;
+}
+
+static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
+  if (w->overflow) return;
+  size_t need = w->len + sizeof(struct wal_ext) + pad8(n);
+  if (sizeof(struct wal_rec) + need + 2 * w->slot > w->cap) {
+    w->overflow = 1; /* bigger than the whole file */
+    return;
+  }
+  if (need > w->size) {
+    size_t sz = w->size ? w->size : 65536;
+    while (sz < need) sz *= 2;
+    unsigned char *nb = realloc(w->buf, sz);
+    if (!nb) {
+      w->overflow = 1; /* made durable by a checkpoint instead */
+      return;
+    }
+    w->buf = nb;
+    w->size = sz;
+  }
+  struct wal_ext e = {.off = off, .len = n};
+  memcpy(w->buf + w->len, &e, sizeof e);
+  memcpy(w->buf + w->len + sizeof e, b, n);
+  memset(w->buf + w->len + sizeof e + n, 0, pad8(n) - n);
+  w->len = need;
+}
+
+/* Appends the commit's record. Returns 0, or -1 when it must be made durable by a
+ * checkpoint instead (no room, or the file cannot be written). */
+static int append_record(struct wal *w) {
+  struct wal_shm *s = w->shm;
+  uint64_t total = sizeof(struct wal_rec) + w->len;
+  if (w->overflow || w->failed || s->tail + total > w->cap) return -1;
+  if (s->tail + total > s->alloc) {
+    /* Allocated ahead so that a full disk is met here, not in the middle of a record;
+     * without room the commit is made durable in data.mdb instead. */
+    uint64_t to = s->tail + total + WAL_GROW_CHUNK;
+    if (to > w->cap) to = w->cap;
+    if (posix_fallocate(w->fd, (off_t)s->alloc, (off_t)(to - s->alloc)) != 0) return -1;
+    s->alloc = to;
+  }
+  struct wal_rec r = {.magic = WAL_REC_MAGIC, .gen = s->gen, .seq = s->seq + 1, .len = w->len};
+  r.crc = crc32c(crc32c(0, &r, sizeof r), w->buf, w->len);
+  struct iovec iov[2] = {{&r, sizeof r}, {w->buf, w->len}};
+  uint64_t off = s->tail;
+  size_t left = (size_t)total;
+  int i = 0;
+  while (left) {
+    ssize_t n = pwritev(w->fd, iov + i, 2 - i, (off_t)off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      w->failed = 1;
+      return -1;
+    }
+    off += (uint64_t)n;
+    left -= (size_t)n;
+    while (n > 0 && (size_t)n >= iov[i].iov_len) n -= (ssize_t)iov[i++].iov_len;
+    if (n > 0) {
+      iov[i].iov_base = (char *)iov[i].iov_base + n;
+      iov[i].iov_len -= (size_t)n;
+    }
+  }
+  s->tail += total;
+  __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
+  return 0;
+}
+
+/* The meta page write: the end of a commit, still under LMDB's write lock. */
+static ssize_t meta_write(struct wal *w, const void *b, size_t n, off_t off) {
+  capture(w, (uint64_t)off, b, n);
+  int in_file = append_record(w) == 0;
+  w->len = 0;
+  w->overflow = 0;
+  if (in_file) return real_pwrite(w->data_fd, b, n, off);
+  /* Made durable in data.mdb itself: the records before it, the commit with its meta
+   * page, then a new generation of the file. */
+  if (fdatasync(w->fd) < 0 && !w->failed) return -1;
+  ssize_t r = real_pwrite(w->data_fd, b, n, off);
+  if (r != (ssize_t)n) return r;
+  w->shm->seq++; /* counts as a record: synced says when it is durable */
+  int rc = checkpoint(w);
+  if (rc) {
+    errno = -rc;
+    return -1; /* LMDB puts the old meta back and refuses further commits */
+  }
+  w->failed = 0;
+  return r;
+}
+
+static ssize_t hook_pwrite(int fd, const void *b, size_t n, off_t off) {
+  struct wal *w = find(fd);
+  if (!w) return real_pwrite(fd, b, n, off);
+  if ((uint64_t)off < 2ull * w->psize) return meta_write(w, b, n, off);
+  capture(w, (uint64_t)off, b, n);
+  return real_pwrite(fd, b, n, off);
+}
+
+static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
+  struct wal *w = find(fd);
+  if (w) {
+    off_t off = lseek(fd, 0, SEEK_CUR);
+    for (int i = 0; i < cnt && off >= 0; i++) {
+      capture(w, (uint64_t)off, iov[i].iov_base, iov[i].iov_len);
+      off += (off_t)iov[i].iov_len;
+    }
+    if (off < 0) w->overflow = 1;
+  }
+  return real_writev(fd, iov, cnt);
+}
+
+/* Points liblmdb's GOT entries for pwrite and writev at the hooks. */
+#if defined(__x86_64__)
+#define WAL_JUMP_SLOT R_X86_64_JUMP_SLOT
+#elif defined(__aarch64__)
+#define WAL_JUMP_SLOT R_AARCH64_JUMP_SLOT
+#endif
+
+struct relro_find {
+  ElfW(Addr) base;
+  ElfW(Addr) lo, hi;
+};
+
+static int relro_cb(struct dl_phdr_info *info, size_t size, void *arg) {
+  (void)size;
+  struct relro_find *f = arg;
+  if (info->dlpi_addr != f->base) return 0;
+  for (int i = 0; i < info->dlpi_phnum; i++)
+    if (info->dlpi_phdr[i].p_type == PT_GNU_RELRO) {
+      f->lo = info->dlpi_addr + info->dlpi_phdr[i].p_vaddr;
+      f->hi = f->lo + info->dlpi_phdr[i].p_memsz;
+    }
+  return 1;
+}
+
+static int hooks_ok;
+
+static void install_hooks(void) {
+#ifdef WAL_JUMP_SLOT
+  if (getenv("ENGRAM_NO_WAL")) return; /* documented: the old two-flush path */
+  Dl_info di;
+  struct link_map *lm = NULL;
+  if (!dladdr1((void *)mdb_txn_commit, &di, (void **)&lm, RTLD_DL_LINKMAP) || !lm) return;
+  if (!di.dli_fname || !strstr(di.dli_fname, "liblmdb")) return; /* LMDB linked in */
+  ElfW(Addr) base = lm->l_addr;
+  const ElfW(Sym) *symtab = NULL;
+  const char *strtab = NULL;
+  const ElfW(Rela) *rel = NULL;
+  size_t relsz = 0;
+  for (const ElfW(Dyn) *d = lm->l_ld; d->d_tag != DT_NULL; d++) {
+    ElfW(Addr) p = d->d_un.d_ptr;
+    if (d->d_tag == DT_SYMTAB || d->d_tag == DT_STRTAB || d->d_tag == DT_JMPREL)
+      if (p < base) p += base; /* not every dynamic linker relocates these */
+    if (d->d_tag == DT_SYMTAB) symtab = (const void *)p;
+    if (d->d_tag == DT_STRTAB) strtab = (const void *)p;
+    if (d->d_tag == DT_JMPREL) rel = (const void *)p;
+    if (d->d_tag == DT_PLTRELSZ) relsz = d->d_un.d_val;
+  }
+  if (!symtab || !strtab || !rel) return;
+  void **slot_pwrite = NULL, **slot_writev = NULL;
+  for (size_t i = 0; i < relsz / sizeof *rel; i++) {
+    if (ELF64_R_TYPE(rel[i].r_info) != WAL_JUMP_SLOT) continue;
+    const char *name = strtab + symtab[ELF64_R_SYM(rel[i].r_info)].st_name;
+    void **slot = (void **)(base + rel[i].r_offset);
+    if (!strcmp(name, "pwrite") || !strcmp(name, "pwrite64")) slot_pwrite = slot;
+    if (!strcmp(name, "writev")) slot_writev = slot;
+  }
+  if (!slot_pwrite || !slot_writev) return;
+  struct relro_find rf = {.base = base};
+  dl_iterate_phdr(relro_cb, &rf);
+  long pg = sysconf(_SC_PAGESIZE);
+  void **slots[2] = {slot_pwrite, slot_writev};
+  for (int i = 0; i < 2; i++) {
+    ElfW(Addr) a = (ElfW(Addr))slots[i] & ~(ElfW(Addr))(pg - 1);
+    if (mprotect((void *)a, (size_t)pg, PROT_READ | PROT_WRITE) < 0) return;
+  }
+  real_pwrite = (ssize_t(*)(int, const void *, size_t, off_t)) * slot_pwrite;
+  real_writev = (ssize_t(*)(int, const struct iovec *, int)) * slot_writev;
+  __atomic_store_n(slot_pwrite, (void *)hook_pwrite, __ATOMIC_RELEASE);
+  __atomic_store_n(slot_writev, (void *)hook_writev, __ATOMIC_RELEASE);
+  for (int i = 0; i < 2; i++) {
+    ElfW(Addr) a = (ElfW(Addr))slots[i];
+    if (a >= rf.lo && a < rf.hi)
+      mprotect((void *)(a & ~(ElfW(Addr))(pg - 1)), (size_t)pg, PROT_READ);
+  }
+  hooks_ok = 1;
+#endif
+}
+
+int log_wal_supported(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, install_hooks);
+  return hooks_ok;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Recovery, at an open that has the log to itself.
+ * ------------------------------------------------------------------------------ */
+
+static int data_psize(int data_fd, uint32_t *psize) {
+  unsigned char m[64];
+  if (pread_all(data_fd, m, sizeof m, 0) < 0) return -1;
+  uint32_t magic, ps;
+  memcpy(&magic, m + META_MAGIC_OFF, 4);
+  memcpy(&ps, m + META_PSIZE_OFF, 4);
+  if (magic != LMDB_MAGIC || ps < 512 || ps > 65536 || (ps & (ps - 1))) return -1;
+  *psize = ps;
+  return 0;
+}
+
+/* Replays the records of the header's generation into data.mdb. Returns the number of
+ * records replayed, the last one's sequence number in *last, or -errno. */
+static int replay(int fd, int data_fd, const struct wal_hdr *h, const unsigned char *metas,
+                  uint64_t start, uint64_t *last) {
+  int rc = pwrite_all(data_fd, metas, 2 * (size_t)h->psize, 0);
+  if (rc) return rc;
+  struct stat st;
+  if (fstat(fd, &st) < 0) return -errno;
+  uint64_t off = start, seq = h->seq0, n = 0;
+  unsigned char *buf = NULL;
+  size_t cap = 0;
+  *last = h->seq0 - 1;
+  for (;;) {
+    struct wal_rec r;
+    if (off + sizeof r > (uint64_t)st.st_size || pread_all(fd, &r, sizeof r, off) < 0) break;
+    if (r.magic != WAL_REC_MAGIC || r.gen != h->gen || r.seq != seq ||
+        r.len > (uint64_t)st.st_size - off - sizeof r)
+      break;
+    if (r.len > cap) {
+      unsigned char *nb = realloc(buf, (size_t)r.len);
+      if (!nb) {
+        free(buf);
+        return -ENOMEM;
+      }
+      buf = nb;
+      cap = (size_t)r.len;
+    }
+    if (pread_all(fd, buf, (size_t)r.len, off + sizeof r) < 0) break;
+    uint32_t want = r.crc;
+    r.crc = 0;
+    if (crc32c(crc32c(0, &r, sizeof r), buf, (size_t)r.len) != want) break;
+    for (uint64_t p = 0; p + sizeof(struct wal_ext) <= r.len;) {
+      struct wal_ext e;
+      memcpy(&e, buf + p, sizeof e);
+      p += sizeof e;
+      if (e.len > r.len - p) break; /* cannot be: the CRC matched */
+      if ((rc = pwrite_all(data_fd, buf + p, (size_t)e.len, e.off))) {
+        free(buf);
+        return rc;
+      }
+      p += pad8(e.len);
+    }
+    *last = seq;
+    seq++;
+    n++;
+    off += sizeof r + r.len;
+  }
+  free(buf);
+  return (int)(n > 0x7fffffff ? 0x7fffffff : n);
+}
+
+static int shm_open_file(const char *dir, int create, struct wal_shm **out) {
+  char f[4200];
+  snprintf(f, sizeof f, "%s/" LOG_WAL_SHM, dir);
+  int fd = open(f, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
+  if (fd < 0) return -errno;
+  if (create && ftruncate(fd, 4096) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int e = errno;
+  close(fd);
+  if (p == MAP_FAILED) return -e;
+  *out = p;
+  return 0;
+}
+
+int log_wal_recover(const char *dir, int rdonly) {
+  char df[4200], wf[4200];
+  snprintf(df, sizeof df, "%s/data.mdb", dir);
+  snprintf(wf, sizeof wf, "%s/" LOG_WAL_FILE, dir);
+  int data_fd = open(df, (rdonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (data_fd < 0) {
+    int e = errno;
+    return e == ENOENT ? 0
+                       : log_error(NULL, file_error(e), "open %s: cannot write %s: %s: %s", dir, df,
+                                   strerror(e), log_open_advice(e));
+  }
+  uint32_t psize;
+  if (data_psize(data_fd, &psize) < 0) {
+    close(data_fd);
+    return 0; /* not LMDB's: the open that follows says what it is */
+  }
+  int created = access(wf, F_OK) != 0;
+  if (rdonly && created) {
+    close(data_fd);
+    return 0;
+  }
+  int fd = open(wf, (rdonly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int e = errno;
+    close(data_fd);
+    return log_error(NULL, file_error(e), "open %s: cannot write %s: %s: %s", dir, wf, strerror(e),
+                     log_open_advice(e));
+  }
+  unsigned char *metas = malloc(2 * (size_t)psize), *now = malloc(2 * (size_t)psize);
+  struct wal_hdr h = {0};
+  int rc = (metas && now) ? 0 : -ENOMEM;
+  int have = rc == 0 && read_header(fd, psize, &h, metas) == 0;
+  /* A new file starts at a generation no record left in it from before can carry. */
+  uint64_t slot = WAL_HDR_PAGE + 2ull * psize, last = 0,
+           gen = have ? h.gen : (uint64_t)clock_realtime_ns();
+  /* The power-cut test's control: without the replay, acknowledged commits are lost. */
+  if (getenv("ENGRAM_TEST_WAL_NOREPLAY")) have = 0;
+  if (rc == 0 && rdonly) {
+    /* Nothing may be written: the log must be as its last checkpoint left it. */
+    int clean = have && pread_all(data_fd, now, 2 * (size_t)psize, 0) == 0 &&
+                !memcmp(now, metas, 2 * (size_t)psize);
+    struct wal_rec r;
+    if (clean && pread_all(fd, &r, sizeof r, 2 * slot) == 0 && r.magic == WAL_REC_MAGIC &&
+        r.gen == h.gen && r.seq == h.seq0)
+      clean = 0;
+    rc = clean || !have ? 0
+                        : log_error(NULL, ENGRAM_EDENIED,
+                                    "open %s read-only: the log was not closed cleanly and its "
+                                    "last commits are still in %s: open it read-write once (as "
+                                    "a user who may write it) to recover them",
+                                    dir, wf);
+    free(metas);
+    free(now);
+    close(fd);
+    close(data_fd);
+    return rc;
+  }
+  if (rc == 0 && have) {
+    /* Closed cleanly (data.mdb as the header left it, no record after it): nothing to
+     * replay or write. */
+    struct wal_rec r;
+    struct stat wst;
+    int clean = pread_all(data_fd, now, 2 * (size_t)psize, 0) == 0 &&
+                !memcmp(now, metas, 2 * (size_t)psize) &&
+                !(pread_all(fd, &r, sizeof r, 2 * slot) == 0 && r.magic == WAL_REC_MAGIC &&
+                  r.gen == h.gen && r.seq == h.seq0);
+    struct wal_shm *s = NULL;
+    if (clean && fstat(fd, &wst) == 0 && shm_open_file(dir, 1, &s) == 0) {
+      *s = (struct wal_shm){.magic = WAL_SHM_MAGIC,
+                            .gen = h.gen,
+                            .seq0 = h.seq0,
+                            .tail = 2 * slot,
+                            .seq = h.seq0 - 1,
+                            .synced = h.seq0 - 1,
+                            .alloc = (uint64_t)wst.st_size};
+      munmap(s, 4096);
+      free(metas);
+      free(now);
+      close(fd);
+      close(data_fd);
+      return 0;
+    }
+    int n = replay(fd, data_fd, &h, metas, 2 * slot, &last);
+    if (n < 0) rc = n;
+  } else {
+    last = 0; /* a new file, or one that belongs to another data.mdb */
+  }
+  if (rc == 0 && fdatasync(data_fd) < 0) rc = -errno;
+  if (rc == 0) rc = write_header(fd, data_fd, psize, gen + 1, last + 1);
+  if (rc == 0 && created) rc = log_fsync_path(dir, O_RDONLY | O_DIRECTORY);
+  struct wal_shm *s = NULL;
+  if (rc == 0) rc = shm_open_file(dir, 1, &s);
+  if (rc == 0) {
+    struct stat wst;
+    fstat(fd, &wst);
+    *s = (struct wal_shm){.magic = WAL_SHM_MAGIC,
+                          .gen = gen + 1,
+                          .seq0 = last + 1,
+                          .tail = 2 * slot,
+                          .seq = last,
+                          .synced = last,
+                          .alloc = (uint64_t)wst.st_size};
+    munmap(s, 4096);
+  }
+  free(metas);
+  free(now);
+  close(fd);
+  close(data_fd);
+  if (rc < 0)
+    return log_error(NULL, file_error(-rc), "open %s: cannot recover from %s: %s", dir, wf,
+                     strerror(-rc));
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * A handle's use of the file.
+ * ------------------------------------------------------------------------------ */
+
+static int pin_begin(struct log *log, MDB_txn **txn) {
+  for (;;) {
+    int rc = *txn ? mdb_txn_renew(*txn) : mdb_txn_begin(log->env, NULL, MDB_RDONLY, txn);
+    if (rc == MDB_MAP_RESIZED) {
+      if (*txn) {
+        mdb_txn_abort(*txn);
+        *txn = NULL;
+      }
+      log_map_adopt(log);
+      continue;
+    }
+    if (rc && *txn) {
+      mdb_txn_abort(*txn);
+      *txn = NULL;
+    }
+    return rc;
+  }
+}
+
+int log_wal_attach(struct log *log) {
+  struct wal *w = calloc(1, sizeof *w);
+  if (!w) return log_error(log, ENGRAM_ENOMEM, "open: out of memory");
+  w->log = log;
+  w->fd = -1;
+  pthread_mutex_init(&w->sync_mu, NULL);
+  log->wal = w;
+  char f[4200];
+  snprintf(f, sizeof f, "%s/" LOG_WAL_FILE, log->path);
+  int rc = 0;
+  if (mdb_env_get_fd(log->env, &w->data_fd) || data_psize(w->data_fd, &w->psize) < 0) {
+    rc = log_error(log, ENGRAM_EIO, "open %s: cannot read the data file's page size", log->path);
+  } else if ((w->fd = open(f, O_RDWR | O_CLOEXEC)) < 0) {
+    rc = log_error(log, file_error(errno), "open %s: cannot write %s: %s", log->path, f,
+                   strerror(errno));
+  } else if ((rc = shm_open_file(log->path, 0, &w->shm)) < 0 || w->shm->magic != WAL_SHM_MAGIC) {
+    rc = log_error(log, ENGRAM_EIO,
+                   "open %s: %s/" LOG_WAL_SHM
+                   " is missing or damaged: close "
+                   "every process using the log and open it again",
+                   log->path, log->path);
+  }
+  if (rc) {
+    log_wal_detach(log, 0);
+    return rc;
+  }
+  w->slot = WAL_HDR_PAGE + 2ull * w->psize;
+  w->cap = wal_cap_from_env();
+  if ((rc = pin_begin(log, &w->pin)))
+    rc = log_error(log, log_err_mdb(rc), "open %s: %s", log->path, log_mdb_text(rc));
+  pthread_mutex_lock(&registry_mu);
+  int i = 0;
+  while (i < WAL_MAX_HANDLES && registry[i].w) i++;
+  if (!rc && i == WAL_MAX_HANDLES)
+    rc = log_error(log, ENGRAM_ELIMIT, "open: more than %d logs open for writing in this process",
+                   WAL_MAX_HANDLES);
+  if (!rc) {
+    registry[i].fd = w->data_fd;
+    __atomic_store_n(&registry[i].w, w, __ATOMIC_RELEASE);
+  }
+  pthread_mutex_unlock(&registry_mu);
+  /* The pin's commit may be another process's, its record not yet flushed. */
+  if (!rc &&
+      __atomic_load_n(&w->shm->synced, __ATOMIC_ACQUIRE) <
+          __atomic_load_n(&w->shm->seq, __ATOMIC_ACQUIRE) &&
+      fdatasync(w->fd) < 0)
+    rc = log_error(log, err_from_errno(errno), "open %s: flush %s: %s", log->path, f,
+                   strerror(errno));
+  if (rc) log_wal_detach(log, 0);
+  return rc;
+}
+
+int log_wal_sync(struct log *log) {
+  struct wal *w = log->wal;
+  struct wal_shm *s = w->shm;
+  uint64_t want = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+  if (__atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) >= want) return 0;
+  pthread_mutex_lock(&w->sync_mu);
+  int rc = 0;
+  if (__atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) < want) {
+    /* The spare pin first: its commit's record is then among those this flush covers. */
+    int prc = pin_begin(log, &w->spare);
+    uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+    int64_t t0 = clock_monotonic_ns();
+    if (fdatasync(w->fd) < 0) {
+      int e = errno;
+      rc = log_error(log, err_from_errno(e), "commit: flush %s/" LOG_WAL_FILE ": %s", log->path,
+                     strerror(e));
+    }
+    int64_t took = clock_monotonic_ns() - t0;
+    if (rc == 0) {
+      uint64_t cur = __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE);
+      while (cur < upto && !__atomic_compare_exchange_n(&s->synced, &cur, upto, 0, __ATOMIC_ACQ_REL,
+                                                        __ATOMIC_ACQUIRE)) {
+      }
+      if (prc == 0) {
+        MDB_txn *old = w->pin;
+        w->pin = w->spare;
+        w->spare = old;
+        if (old) mdb_txn_reset(old);
+      }
+    } else if (prc == 0) {
+      mdb_txn_reset(w->spare);
+    }
+    pthread_mutex_lock(&log->mu);
+    log->last_flush_ns = took;
+    log->st_flushes++;
+    log_hist_add(&log->st_flush, took);
+    pthread_mutex_unlock(&log->mu);
+    /* Past half the file: flush data.mdb now, outside any lock, so that the checkpoint
+     * when the file is full has little left to write. */
+    if (rc == 0 && s->tail > w->cap / 2 &&
+        __atomic_exchange_n(&s->preflushed_gen, s->gen, __ATOMIC_ACQ_REL) != s->gen) {
+      pthread_mutex_lock(&log->mu);
+      log->wal_preflush = 1;
+      pthread_cond_broadcast(&log->flush_cv);
+      pthread_mutex_unlock(&log->mu);
+    }
+  }
+  pthread_mutex_unlock(&w->sync_mu);
+  return rc;
+}
+
+void log_wal_preflush(struct log *log) {
+  if (log->wal) fdatasync(log->wal->data_fd);
+}
+
+/* Checkpoints when this handle is the last one open (it may then take the open lock
+ * exclusively), so that data.mdb alone is the log again. */
+static void checkpoint_at_close(struct log *log) {
+  struct wal *w = log->wal;
+  if (w->shm->tail == 2 * w->slot) return; /* nothing since the last checkpoint */
+  if (log->open_fd < 0 || flock(log->open_fd, LOCK_EX | LOCK_NB) < 0) return;
+  MDB_txn *txn;
+  if (mdb_txn_begin(log->env, NULL, 0, &txn) == 0) { /* LMDB's write lock */
+    checkpoint(w);
+    mdb_txn_abort(txn);
+  }
+}
+
+void log_wal_detach(struct log *log, int closing) {
+  struct wal *w = log->wal;
+  if (!w) return;
+  pthread_mutex_lock(&registry_mu);
+  for (int i = 0; i < WAL_MAX_HANDLES; i++)
+    if (registry[i].w == w) __atomic_store_n(&registry[i].w, NULL, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&registry_mu);
+  if (w->pin) mdb_txn_abort(w->pin);
+  if (w->spare) mdb_txn_abort(w->spare);
+  w->pin = w->spare = NULL;
+  if (closing && w->shm && w->fd >= 0) checkpoint_at_close(log);
+  if (w->shm) munmap(w->shm, 4096);
+  if (w->fd >= 0) close(w->fd);
+  free(w->buf);
+  pthread_mutex_destroy(&w->sync_mu);
+  free(w);
+  log->wal = NULL;
+}
+
+uint64_t log_wal_checkpoints(const struct log *log) { return log->wal ? log->wal->checkpoints : 0; }
