@@ -522,10 +522,11 @@ static void *flusher_main(void *arg) {
     ts.tv_sec += ns / 1000000000;
     ts.tv_nsec = ns % 1000000000;
     pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts);
-    if (log->wal_preflush) {
-      log->wal_preflush = 0;
+    if (log->wal_work) {
+      int work = log->wal_work;
+      log->wal_work = 0;
       pthread_mutex_unlock(&log->mu);
-      log_wal_preflush(log);
+      log_wal_work(log, work);
       pthread_mutex_lock(&log->mu);
     }
     if (log->dirty) {

@@ -110,7 +110,7 @@ struct log {
   int open_fd;            /* DIR/open.lock, held shared while open (reclaim.c); -1 = none */
   engram_progress_fn progress; /* engram_progress_set(); NULL = none */
   struct wal *wal;             /* the write-ahead file (wal.c); NULL = LMDB flushes itself */
-  int wal_preflush;            /* (mu) the flusher should flush data.mdb once */
+  int wal_work;                /* (mu) LOG_WAL_* work for the flusher thread (wal.c) */
   void *progress_ctx;
 };
 

@@ -57,7 +57,8 @@
 #define WAL_VERSION 1
 #define WAL_HDR_PAGE 4096
 #define WAL_DEFAULT_CAP (64ull << 20)
-#define WAL_GROW_CHUNK (4ull << 20)
+#define WAL_ZERO_CHUNK (4ull << 20)   /* written ahead of the tail at a time */
+#define WAL_ZERO_INITIAL (1ull << 20) /* written when the file is made */
 
 /* LMDB's meta page: the page header, then MDB_meta. Offsets within the page. */
 #define META_MAGIC_OFF 16
@@ -95,7 +96,8 @@ struct wal_shm {
   uint64_t tail;   /* where the next record goes */
   uint64_t seq;    /* the last record's sequence number */
   uint64_t synced; /* records up to this one are flushed */
-  uint64_t alloc;  /* bytes of the file allocated */
+  uint64_t zeroed; /* bytes of the file written at least once (zeros ahead of the tail):
+                      a flush of records there only writes data, no file system journal */
   uint64_t preflushed_gen;
 };
 
@@ -291,14 +293,6 @@ static int append_record(struct wal *w) {
   struct wal_shm *s = w->shm;
   uint64_t total = sizeof(struct wal_rec) + w->len;
   if (w->overflow || w->failed || s->tail + total > w->cap) return -1;
-  if (s->tail + total > s->alloc) {
-    /* Allocated ahead so that a full disk is met here, not in the middle of a record;
-     * without room the commit is made durable in data.mdb instead. */
-    uint64_t to = s->tail + total + WAL_GROW_CHUNK;
-    if (to > w->cap) to = w->cap;
-    if (posix_fallocate(w->fd, (off_t)s->alloc, (off_t)(to - s->alloc)) != 0) return -1;
-    s->alloc = to;
-  }
   struct wal_rec r = {.magic = WAL_REC_MAGIC, .gen = s->gen, .seq = s->seq + 1, .len = w->len};
   r.crc = crc32c(crc32c(0, &r, sizeof r), w->buf, w->len);
   struct iovec iov[2] = {{&r, sizeof r}, {w->buf, w->len}};
@@ -321,6 +315,7 @@ static int append_record(struct wal *w) {
     }
   }
   s->tail += total;
+  if (s->tail > s->zeroed) s->zeroed = s->tail;
   __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
   return 0;
 }
@@ -518,6 +513,20 @@ static int replay(int fd, int data_fd, const struct wal_hdr *h, const unsigned c
   return (int)(n > 0x7fffffff ? 0x7fffffff : n);
 }
 
+/* Writes zeros from the end of the file up to `to` (nothing when it is longer). */
+static int zero_fill(int fd, uint64_t to) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) return -errno;
+  static const unsigned char zeros[65536];
+  for (uint64_t off = (uint64_t)st.st_size; off < to;) {
+    size_t n = to - off < sizeof zeros ? (size_t)(to - off) : sizeof zeros;
+    int rc = pwrite_all(fd, zeros, n, off);
+    if (rc) return rc;
+    off += n;
+  }
+  return 0;
+}
+
 static int shm_open_file(const char *dir, int create, struct wal_shm **out) {
   char f[4200];
   snprintf(f, sizeof f, "%s/" LOG_WAL_SHM, dir);
@@ -610,7 +619,7 @@ int log_wal_recover(const char *dir, int rdonly) {
                             .tail = 2 * slot,
                             .seq = h.seq0 - 1,
                             .synced = h.seq0 - 1,
-                            .alloc = (uint64_t)wst.st_size};
+                            .zeroed = (uint64_t)wst.st_size};
       munmap(s, 4096);
       free(metas);
       free(now);
@@ -624,6 +633,7 @@ int log_wal_recover(const char *dir, int rdonly) {
     last = 0; /* a new file, or one that belongs to another data.mdb */
   }
   if (rc == 0 && fdatasync(data_fd) < 0) rc = -errno;
+  if (rc == 0) rc = zero_fill(fd, 2 * slot + WAL_ZERO_INITIAL); /* flushed with the header */
   if (rc == 0) rc = write_header(fd, data_fd, psize, gen + 1, last + 1);
   if (rc == 0 && created) rc = log_fsync_path(dir, O_RDONLY | O_DIRECTORY);
   struct wal_shm *s = NULL;
@@ -637,7 +647,7 @@ int log_wal_recover(const char *dir, int rdonly) {
                           .tail = 2 * slot,
                           .seq = last,
                           .synced = last,
-                          .alloc = (uint64_t)wst.st_size};
+                          .zeroed = (uint64_t)wst.st_size};
     munmap(s, 4096);
   }
   free(metas);
@@ -764,10 +774,15 @@ int log_wal_sync(struct log *log) {
     pthread_mutex_unlock(&log->mu);
     /* Past half the file: flush data.mdb now, outside any lock, so that the checkpoint
      * when the file is full has little left to write. */
+    int work = 0;
     if (rc == 0 && s->tail > w->cap / 2 &&
-        __atomic_exchange_n(&s->preflushed_gen, s->gen, __ATOMIC_ACQ_REL) != s->gen) {
+        __atomic_exchange_n(&s->preflushed_gen, s->gen, __ATOMIC_ACQ_REL) != s->gen)
+      work |= LOG_WAL_PREFLUSH;
+    if (rc == 0 && s->zeroed < w->cap && s->zeroed - s->tail < WAL_ZERO_CHUNK / 2)
+      work |= LOG_WAL_ZERO_AHEAD;
+    if (work) {
       pthread_mutex_lock(&log->mu);
-      log->wal_preflush = 1;
+      log->wal_work |= work;
       pthread_cond_broadcast(&log->flush_cv);
       pthread_mutex_unlock(&log->mu);
     }
@@ -776,8 +791,25 @@ int log_wal_sync(struct log *log) {
   return rc;
 }
 
-void log_wal_preflush(struct log *log) {
-  if (log->wal) fdatasync(log->wal->data_fd);
+void log_wal_work(struct log *log, int work) {
+  struct wal *w = log->wal;
+  if (!w) return;
+  if (work & LOG_WAL_ZERO_AHEAD) {
+    /* Zeros written ahead of the tail, so that records land on blocks the file system
+     * has already written: their flush then writes data only, no journal. Under LMDB's
+     * write lock (no record is being written meanwhile), flushed outside it. */
+    MDB_txn *txn;
+    if (mdb_txn_begin(log->env, NULL, 0, &txn) == 0) {
+      struct wal_shm *s = w->shm;
+      uint64_t to = s->zeroed + WAL_ZERO_CHUNK;
+      if (to > w->cap) to = w->cap;
+      int ok = s->zeroed < to && zero_fill(w->fd, to) == 0;
+      if (ok) s->zeroed = to;
+      mdb_txn_abort(txn);
+      if (ok) fdatasync(w->fd);
+    }
+  }
+  if (work & LOG_WAL_PREFLUSH) fdatasync(w->data_fd);
 }
 
 /* Checkpoints when this handle is the last one open (it may then take the open lock
