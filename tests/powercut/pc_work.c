@@ -6,8 +6,8 @@
  *   pc_work run SCENARIO ROOT [sync|nometasync|async]   the log is ROOT/log
  *   pc_work check ROOT ACKS [ROOT ACKS ...]             one result line per image
  *
- * Scenarios: create, single, threads, threads8, pipeline, batch, groups, mixed, train,
- * reclaim (see cmd_run). Acknowledgement lines: "open", "topic T", "append T OFFSET SEQ",
+ * Scenarios: create, single, threads, threads8, pipeline, batch, groups, ackfetch, mixed,
+ * train, reclaim (see cmd_run). Acknowledgement lines: "open", "topic T", "append T OFFSET SEQ",
  * "group T G", "ack T G OFFSET", and "mark TEXT" (no state: replay.py cuts at every point
  * between two marks). An append's content is a function of SEQ, so the checker compares
  * the stored event byte for byte. */
@@ -181,6 +181,30 @@ static void run_groups(engram *log, int n) {
   }
 }
 
+/* A drain with engram_ack_fetch: each call acks the batch before and leases the next in
+ * one commit; its acks are acknowledged when it returns. */
+static void run_ackfetch(engram *log, int n) {
+  for (int i = 0; i < n; i++) append_one(log, (uint64_t)i);
+  int rc = engram_group_create(log, TOPIC, "g", NULL);
+  if (rc) die(log, "group_create", rc);
+  ack("group %s g", TOPIC);
+  engram_ack_item items[3];
+  size_t n_items = 0;
+  for (;;) {
+    engram_batch *b = NULL;
+    int codes[3];
+    rc = engram_ack_fetch(log, TOPIC, "g", "c1", items, n_items, codes, 3, 0, &b);
+    if (rc) die(log, "ack_fetch", rc);
+    for (size_t i = 0; i < n_items; i++)
+      ack("ack %s g %llu", TOPIC, (unsigned long long)items[i].offset);
+    n_items = b->count;
+    for (size_t i = 0; i < b->count; i++)
+      items[i] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
+    engram_batch_free(b);
+    if (n_items == 0) break;
+  }
+}
+
 /* Appends from three threads while a consumer fetches and acks them. */
 struct consumer {
   engram *log;
@@ -280,6 +304,8 @@ static int cmd_run(int argc, char **argv) {
     run_batches(log, 6 * scale, 8);
   } else if (!strcmp(scen, "groups")) {
     run_groups(log, 12 * scale);
+  } else if (!strcmp(scen, "ackfetch")) {
+    run_ackfetch(log, 12 * scale);
   } else if (!strcmp(scen, "mixed")) {
     run_mixed(log, 8 * scale);
   } else if (!strcmp(scen, "reclaim")) {
