@@ -16,7 +16,8 @@ bench_events peer_events;
 int peer_drain_split;
 
 static const char *usage =
-    "  --workload W        append1 | append8 | batch100 | drain | drain_split | latency |\n"
+    "  --workload W        append1 | append8 | append8p | batch100 | drain | drain_split |\n"
+    "                      latency |\n"
     "                      limits | ping (drain_split: engram fetches, then acks, in two\n"
     "                      calls; drain: one engram_ack_fetch a batch)\n"
     "  --row R             the table row this run belongs to: fsync | everyday\n"
@@ -24,7 +25,7 @@ static const char *usage =
     "  --drain-events N    events prefilled for the drain (default 200000)\n"
     "  --drain-seconds S   bound of the drain (default 20)\n"
     "  --consumers N       drain consumer processes (default 4)\n"
-    "  --producers N       producers of append8 (default 8)\n"
+    "  --producers N       producers of append8 (threads) and append8p (processes), default 8\n"
     "  --rate R            latency workload: events/s in total (default 2000)\n"
     "  --latency-seconds S latency workload length (default 5)\n"
     "  --latency-producers N  threads sharing the latency rate (default 8)\n"
@@ -379,6 +380,83 @@ static int in_child(int (*fn)(void)) {
 
 static double prefill_s;
 
+/* append8p: one blocking producer per process (a connection, or an embedded handle,
+ * each), all appending to one stream until the deadline. */
+static int append_setup(void) {
+  peer_conn *c = sys->connect();
+  if (!c || sys->setup(c, stream) || prefill(c, WARM_EVENTS)) return 1;
+  sys->close(c);
+  return 0;
+}
+
+static int append_child(int id, int ready_fd, int go_fd) {
+  peer_conn *c = sys->connect();
+  char ch = c ? 'r' : 'x';
+  if (write(ready_fd, &ch, 1) != 1) return 1;
+  close(ready_fd);
+  if (read(go_fd, &ch, 1) < 0 || !c) return 1;
+  uint64_t i = (uint64_t)id * 1000003;
+  int rc = 0;
+  while (bench_now_ns() < sh->deadline_ns) {
+    const bench_event *e = bench_event_at(&peer_events, i++);
+    int64_t t0 = bench_now_ns();
+    if (sys->append(c, stream, e, 0)) {
+      snprintf(sh->c[id].err, sizeof sh->c[id].err, "append failed");
+      rc = 1;
+      break;
+    }
+    int64_t t1 = bench_now_ns();
+    uint64_t k = __atomic_fetch_add(&sh->n_samples, 1, __ATOMIC_RELAXED);
+    if (k < MAX_SAMPLES) sh->samples[k] = t1 - t0;
+    sh->c[id].n++;
+    sh->c[id].last_ns = t1;
+  }
+  sys->close(c);
+  return rc;
+}
+
+static int w_append_procs(void) {
+  memset(sh, 0, sizeof *sh);
+  if (in_child(append_setup)) return fail(workload, "setup or prefill failed");
+  memset(sh, 0, sizeof *sh);
+  sh->deadline_ns = bench_now_ns() + (int64_t)((seconds + 1) * 1e9); /* + the spawn */
+  pid_t pids[MAX_PROCS];
+  int n_procs = producers < MAX_PROCS ? producers : MAX_PROCS;
+  int spawned = spawn(n_procs, append_child, pids);
+  sh->deadline_ns = sh->start_ns + (int64_t)(seconds * 1e9);
+  int reaped = reap(n_procs, pids, seconds + 60);
+  uint64_t n = 0, least = UINT64_MAX;
+  int64_t end = sh->start_ns;
+  char err[256] = "";
+  for (int i = 0; i < n_procs; i++) {
+    n += sh->c[i].n;
+    if (sh->c[i].n < least) least = sh->c[i].n;
+    if (sh->c[i].last_ns > end) end = sh->c[i].last_ns;
+    if (sh->c[i].err[0] && !err[0]) snprintf(err, sizeof err, "producer %d: %s", i, sh->c[i].err);
+  }
+  peer_conn *c = sys->connect();
+  if (c) {
+    sys->teardown(c, stream);
+    sys->close(c);
+  }
+  if (spawned || reaped || err[0]) return fail(workload, "%s", err[0] ? err : "a producer failed");
+  double s = (double)(end - sh->start_ns) / 1e9;
+  bench_samples lat = {0};
+  uint64_t ns = sh->n_samples < MAX_SAMPLES ? sh->n_samples : MAX_SAMPLES;
+  for (uint64_t i = 0; i < ns; i++) bench_samples_add(&lat, sh->samples[i]);
+  bench_result r;
+  result_base(&r, workload);
+  bench_result_rate(&r, n, s, (uint64_t)((double)peer_events.bytes / (double)peer_events.n * (double)n));
+  latency_fill(&r, &lat, 0);
+  bench_samples_free(&lat);
+  extra_add(&r, "\"producers\": %d, \"slowest_producer_share\": %.2f", n_procs,
+            n ? (double)least * n_procs / (double)n : 0.0);
+  bench_result_note(&r, "%d producer processes, one event per request, each waits for its ack",
+                    n_procs);
+  print_result(&r);
+  return 0;
+}
+
 static int drain_setup(void) {
   peer_conn *c = sys->connect();
   if (!c || sys->setup(c, stream)) return 1;
@@ -649,6 +727,8 @@ int peer_main(peer_sys *s, int argc, char **argv) {
     rc = w_append1();
   else if (!strcmp(workload, "append8"))
     rc = w_append_many();
+  else if (!strcmp(workload, "append8p"))
+    rc = w_append_procs();
   else if (!strcmp(workload, "batch100"))
     rc = w_batch(100);
   else if (!strcmp(workload, "drain"))

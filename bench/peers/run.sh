@@ -7,7 +7,7 @@
 #   --systems    engram,engram-remote,redis,nats,zmq-echo (default all); zmq-echo is a bare
 #                ZeroMQ DEALER/ROUTER echo of engram-sized requests: the floor under the
 #                served rows (append workloads only)
-#   --workloads  append1,append8,batch100,drain,drain_split,latency (default all);
+#   --workloads  append1,append8,append8p,batch100,drain,drain_split,latency (default all);
 #                drain_split is engram's drain by fetch, then ack (two calls a batch) where
 #                drain settles each batch with the fetch of the next (engram_ack_fetch);
 #                the peers run drain only
@@ -28,7 +28,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 RESULTS=bench/results
 SYSTEMS=engram,engram-remote,redis,nats,zmq-echo
-WORKLOADS=append1,append8,batch100,drain,drain_split,latency
+WORKLOADS=append1,append8,append8p,batch100,drain,drain_split,latency
 ROWS=fsync,everyday
 QUICK=()
 INSTALL=1
