@@ -57,8 +57,8 @@
 #define WAL_VERSION 1
 #define WAL_HDR_PAGE 4096
 #define WAL_DEFAULT_CAP (64ull << 20)
-#define WAL_ZERO_CHUNK (4ull << 20)   /* written ahead of the tail at a time */
-#define WAL_ZERO_INITIAL (1ull << 20) /* written when the file is made */
+#define WAL_ZERO_CHUNK (1ull << 20)     /* written ahead of the tail at a time */
+#define WAL_ZERO_INITIAL (256ull << 10) /* written when the file is made */
 
 /* LMDB's meta page: the page header, then MDB_meta. Offsets within the page. */
 #define META_MAGIC_OFF 16
