@@ -67,8 +67,9 @@ static const char *hdr(natsMsg *m, const char *name) {
 }
 
 static int same_msg(natsMsg *a, natsMsg *b) {
-  static const char *const names[] = {MIRROR_H_TYPE,    MIRROR_H_KEY,        MIRROR_H_CONTENT_TYPE,
-                                      MIRROR_H_HEADERS, MIRROR_H_DELIVER_AT, MIRROR_H_TIME};
+  static const char *const names[] = {MIRROR_H_TYPE,    MIRROR_H_KEY,  MIRROR_H_CONTENT_TYPE,
+                                      MIRROR_H_HEADERS, MIRROR_H_TIME, MIRROR_H_DELIVER_AT,
+                                      MIRROR_H_IDEM,    MIRROR_H_FLAGS};
   if (natsMsg_GetDataLength(a) != natsMsg_GetDataLength(b) ||
       memcmp(natsMsg_GetData(a), natsMsg_GetData(b), (size_t)natsMsg_GetDataLength(a)))
     return 0;
@@ -84,10 +85,11 @@ static int same_msg(natsMsg *a, natsMsg *b) {
 static const char *to_event(natsMsg *m, engram_event *ev, engram_header *hs, char **mem) {
   memset(ev, 0, sizeof *ev);
   const char *type = hdr(m, MIRROR_H_TYPE), *key = hdr(m, MIRROR_H_KEY),
-             *ct = hdr(m, MIRROR_H_CONTENT_TYPE), *h = hdr(m, MIRROR_H_HEADERS);
+             *ct = hdr(m, MIRROR_H_CONTENT_TYPE), *h = hdr(m, MIRROR_H_HEADERS),
+             *idem = hdr(m, MIRROR_H_IDEM);
   if (!type) return "no " MIRROR_H_TYPE " header";
-  size_t need =
-      strlen(type) + (key ? strlen(key) : 0) + (ct ? strlen(ct) : 0) + (h ? strlen(h) : 0) + 4;
+  size_t need = strlen(type) + (key ? strlen(key) : 0) + (ct ? strlen(ct) : 0) +
+                (h ? strlen(h) : 0) + (idem ? strlen(idem) : 0) + 5;
   char *p = *mem = malloc(need);
   if (!p) return "out of memory";
 #define COPY(dst, src)                                     \
@@ -100,6 +102,7 @@ static const char *to_event(natsMsg *m, engram_event *ev, engram_header *hs, cha
   COPY(ev->type, type);
   if (key) COPY(ev->key, key);
   if (ct) COPY(ev->content_type, ct);
+  if (idem) COPY(ev->idempotency_key, idem);
   if (h && *h) {
     strcpy(p, h);
     size_t n = 0;
@@ -117,24 +120,42 @@ static const char *to_event(natsMsg *m, engram_event *ev, engram_header *hs, cha
     ev->n_headers = n;
   }
 #undef COPY
-  uint64_t at = 0;
+  uint64_t at = 0, flags = 0;
   if (!mirror_header_u64(m, MIRROR_H_DELIVER_AT, &at)) ev->deliver_at_ns = (int64_t)at;
+  if (!mirror_header_u64(m, MIRROR_H_FLAGS, &flags)) ev->flags = (uint32_t)flags;
+  /* The original append time (streams of every mirror carry it). */
+  if (!mirror_header_u64(m, MIRROR_H_TIME, &at) && at > 0 && at <= INT64_MAX) {
+    ev->timestamp_ns = (int64_t)at;
+    ev->flags |= ENGRAM_EVENT_TIMESTAMP;
+  }
   ev->payload = natsMsg_GetData(m);
   ev->payload_len = (size_t)natsMsg_GetDataLength(m);
   return NULL;
 }
 
-/* Appends one topic's events, offsets 1..n, in batches; checks each offset. */
+/* Appends one topic's events, offsets 1..n, in batches; checks each offset. The topic
+ * is made with the settings of its newest event that carries them (none in streams of
+ * older mirrors: the defaults). */
 static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
-  int rc = engram_topic_create(c->log, t->name, NULL);
+  engram_topic_config cfg, *cp = NULL;
+  for (size_t i = t->nw; i-- > 0 && !cp;) {
+    const char *v = hdr(t->w[i].msg, MIRROR_H_CONFIG);
+    if (!v) continue;
+    if (mirror_config_decode(v, &cfg))
+      return cli_error("restore: topic %s offset %" PRIu64 ": a malformed %s header", t->name,
+                       t->w[i].offset, MIRROR_H_CONFIG);
+    cp = &cfg;
+  }
+  int rc = engram_topic_create(c->log, t->name, cp);
   if (rc) return cli_fail(c, rc, "restore: topic %s", t->name);
   enum { CHUNK = 1000 };
   engram_event *evs = calloc(CHUNK, sizeof *evs);
   engram_header *hs = calloc((size_t)CHUNK * ENGRAM_MAX_HEADERS, sizeof *hs);
   char **mem = calloc(CHUNK, sizeof *mem);
   uint64_t *offs = calloc(CHUNK, sizeof *offs);
+  int *dups = calloc(CHUNK, sizeof *dups);
   int status = 0;
-  if (!evs || !hs || !mem || !offs) status = cli_error("restore: out of memory");
+  if (!evs || !hs || !mem || !offs || !dups) status = cli_error("restore: out of memory");
   for (size_t i = 0; i < t->nw && !status;) {
     size_t k = 0;
     for (; k < CHUNK && i + k < t->nw; k++) {
@@ -147,10 +168,10 @@ static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
       }
     }
     if (!status) {
-      rc = engram_append_batch(c->log, t->name, evs, k, offs, NULL);
+      rc = engram_append_batch(c->log, t->name, evs, k, offs, dups);
       if (rc) status = cli_fail(c, rc, "restore: appending to %s", t->name);
       for (size_t j = 0; j < k && !status; j++)
-        if (offs[j] != t->w[i + j].offset)
+        if (offs[j] != t->w[i + j].offset || dups[j])
           status = cli_error("restore: topic %s: event %" PRIu64 " landed at offset %" PRIu64,
                              t->name, t->w[i + j].offset, offs[j]);
     }
@@ -165,6 +186,7 @@ static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
   free(hs);
   free(mem);
   free(offs);
+  free(dups);
   return status;
 }
 
@@ -249,11 +271,28 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
   if (!stream) return cli_usage("restore", "--stream NAME is required");
   if (c->connect)
     return cli_usage("restore", "--connect does not apply: restore writes --data DIR");
-  int status = cli_open(c, CLI_OPEN_CREATE);
-  if (status) return status;
+  /* Restore's own handle, with a dedup window of 1 ms: the original accepted every event
+   * of the stream, an idempotency key seen before too (it came after the original's
+   * window), so none may be deduplicated here. The keys keep their events' original times,
+   * so the handles that append later dedupe with their own windows as the original did. */
+  const char *dir = cli_data_dir(c);
+  if (!dir) return cli_usage("restore", "--data DIR is required");
+  cli_fault_guard(dir);
+  engram_options o;
+  memset(&o, 0, sizeof o);
+  o.durability = c->durability;
+  o.dedup_window_ms = 1;
+  o.maintenance_ms = ENGRAM_MAINTENANCE_OFF;
+  int status = 0;
+  int rc = engram_open(dir, &o, &c->log);
+  if (rc) {
+    c->log = NULL;
+    const char *m = engram_errmsg(NULL);
+    return *m ? cli_error("%s", m) : cli_error("open %s: %s", dir, engram_strerror(rc));
+  }
   engram_topic_info *ti = NULL;
   size_t nt = 0;
-  int rc = engram_topic_list(c->log, &ti, &nt);
+  rc = engram_topic_list(c->log, &ti, &nt);
   engram_free(ti);
   if (rc) return cli_fail(c, rc, "restore: listing topics");
   if (nt)

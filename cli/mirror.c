@@ -61,6 +61,50 @@ long mirror_pct_decode(char *s) {
   return (long)(w - s);
 }
 
+#define CONFIG_NUMBERS(X)                                                              \
+  X(compress_threshold)                                                                \
+  X(max_payload) X(dict_train_after) X(flags) X(max_age_ms) X(max_bytes) X(max_events) \
+      X(tombstone_ttl_ms)
+
+void mirror_config_encode(const engram_topic_config *cfg, char *out) {
+  char *w = out;
+#define PUT(name) w += sprintf(w, #name "=%" PRIu64 "&", (uint64_t)cfg->name);
+  CONFIG_NUMBERS(PUT)
+#undef PUT
+  w += sprintf(w, "tombstone_type=");
+  mirror_pct_encode(cfg->tombstone_type, strlen(cfg->tombstone_type), w);
+}
+
+int mirror_config_decode(const char *s, engram_topic_config *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  char buf[MIRROR_CONFIG_MAX], *save = NULL;
+  if (strlen(s) >= sizeof buf) return -1;
+  strcpy(buf, s);
+  for (char *part = strtok_r(buf, "&", &save); part; part = strtok_r(NULL, "&", &save)) {
+    char *eq = strchr(part, '=');
+    if (!eq) return -1;
+    *eq++ = '\0';
+    if (!strcmp(part, "tombstone_type")) {
+      long n = mirror_pct_decode(eq);
+      if (n < 0 || (size_t)n >= sizeof cfg->tombstone_type) return -1;
+      memcpy(cfg->tombstone_type, eq, (size_t)n + 1);
+      continue;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(eq, &end, 10);
+    if (errno || *end || !*eq || *eq == '-') return -1;
+#define GET(name)                                 \
+  if (!strcmp(part, #name)) {                     \
+    if (x > (__typeof__(cfg->name))-1) return -1; \
+    cfg->name = (__typeof__(cfg->name))x;         \
+  }
+    CONFIG_NUMBERS(GET)
+#undef GET
+  }
+  return 0;
+}
+
 static void sleep_ms(uint64_t ms, volatile sig_atomic_t *stop) {
   while (ms > 0 && !(stop && *stop)) {
     uint64_t step = ms > 100 ? 100 : ms;
@@ -183,6 +227,7 @@ struct flight {
   engram_batch *b;
   unsigned char *state; /* ST_* per event of b, written under mirror.mu */
   size_t awaited;       /* events in ST_WAIT */
+  char *config;         /* the topic's settings (MIRROR_H_CONFIG) for its first event */
 };
 
 /* Batches in the window at once: fetched, published, their acks awaited. */
@@ -492,8 +537,8 @@ static int prepare_topic(struct mirror *m, struct topic_state *t) {
   return rc;
 }
 
-static natsStatus publish_one(struct mirror *m, const struct topic_state *t,
-                              const engram_event *ev) {
+static natsStatus publish_one(struct mirror *m, const struct topic_state *t, const engram_event *ev,
+                              const char *config) {
   natsMsg *msg = NULL;
   char num[32], id[ENGRAM_MAX_NAME + 64];
   char *enc = NULL;
@@ -513,6 +558,11 @@ static natsStatus publish_one(struct mirror *m, const struct topic_state *t,
     snprintf(num, sizeof num, "%" PRId64, ev->deliver_at_ns);
     SETH(MIRROR_H_DELIVER_AT, num);
   }
+  if (ev->flags) {
+    snprintf(num, sizeof num, "%" PRIu32, ev->flags);
+    SETH(MIRROR_H_FLAGS, num);
+  }
+  if (config) SETH(MIRROR_H_CONFIG, config);
   size_t hbytes = 0;
   for (size_t i = 0; i < ev->n_headers; i++)
     hbytes += strlen(ev->headers[i].name) + strlen(ev->headers[i].value) + 2;
@@ -578,7 +628,8 @@ static natsStatus send_flight(struct mirror *m, struct flight *f) {
     }
     pthread_mutex_unlock(&m->mu);
     if (!send) continue;
-    natsStatus s = m->js ? publish_one(m, f->t, &f->b->events[i]) : NATS_CONNECTION_CLOSED;
+    natsStatus s = m->js ? publish_one(m, f->t, &f->b->events[i], i == 0 ? f->config : NULL)
+                         : NATS_CONNECTION_CLOSED;
     if (s != NATS_OK) {
       pthread_mutex_lock(&m->mu);
       if (f->state[i] == ST_WAIT) {
@@ -598,9 +649,22 @@ static natsStatus send_flight(struct mirror *m, struct flight *f) {
  * the stream does not hold yet. Returns 0 or -1 (out of memory, printed). */
 static int push_flight(struct mirror *m, struct topic_state *t, engram_batch *b) {
   unsigned char *state = malloc(b->count);
-  if (!state) {
+  char *config = malloc(MIRROR_CONFIG_MAX);
+  if (!state || !config) {
+    free(state);
+    free(config);
     engram_batch_free(b);
     return fatal("%s: out of memory", who(m));
+  }
+  /* The topic's settings travel with the first event of each batch, read afresh so a
+   * change reaches the stream with the next batch (a batch whose topic info cannot be
+   * read goes without: restore takes them from another). */
+  engram_topic_info ti;
+  if (engram_topic_info_get(m->log, t->name, &ti) == 0) {
+    mirror_config_encode(&ti.config, config);
+  } else {
+    free(config);
+    config = NULL;
   }
   for (size_t i = 0; i < b->count; i++)
     state[i] = in_stream(t, b->events[i].offset) ? ST_IN : ST_SEND;
@@ -610,6 +674,7 @@ static int push_flight(struct mirror *m, struct topic_state *t, engram_batch *b)
   f->b = b;
   f->state = state;
   f->awaited = 0;
+  f->config = config;
   m->fl_n++;
   m->window_events += b->count;
   t->flights++;
@@ -781,6 +846,7 @@ static int retire(struct mirror *m) {
         t->flights--;
         engram_batch_free(done[j].b);
         free(done[j].state);
+        free(done[j].config);
         done[j].t = NULL;
       }
   }
@@ -795,6 +861,7 @@ static void drop_window(struct mirror *m) {
     f->t->flights--;
     engram_batch_free(f->b);
     free(f->state);
+    free(f->config);
   }
   m->fl_n = 0;
   m->window_events = 0;

@@ -25,6 +25,10 @@
 #define MIRROR_H_DELIVER_AT "Engram-Deliver-At"     /* decimal ns; absent = 0 */
 #define MIRROR_H_IDEM "Engram-Idempotency-Key"      /* percent-encoded; absent = none */
 #define MIRROR_H_HEADERS "Engram-Headers"           /* name=value&... each part percent-encoded */
+#define MIRROR_H_FLAGS "Engram-Flags"               /* decimal ENGRAM_EVENT_*; absent = 0 */
+/* The topic's settings (mirror_config_encode), on the first event of every batch: a
+ * restore takes them from the newest event that carries them. */
+#define MIRROR_H_CONFIG "Engram-Topic-Config"
 
 /* How to reach NATS. Every field may be NULL. */
 struct mirror_nats {
@@ -92,5 +96,13 @@ void mirror_thread_stop(struct mirror_thread *t);
  * or -1 on a malformed escape. */
 void mirror_pct_encode(const char *s, size_t n, char *out);
 long mirror_pct_decode(char *s);
+
+/* A topic's settings as name=value&... (every field of engram_topic_config, the
+ * tombstone type percent-encoded) into out (MIRROR_CONFIG_MAX bytes), and back: decoding
+ * fills *cfg (zeroed first; names it does not know are skipped) and returns 0, or -1
+ * when a value is malformed. */
+#define MIRROR_CONFIG_MAX 1024
+void mirror_config_encode(const engram_topic_config *cfg, char *out);
+int mirror_config_decode(const char *s, engram_topic_config *cfg);
 
 #endif
