@@ -61,10 +61,10 @@ long mirror_pct_decode(char *s) {
   return (long)(w - s);
 }
 
-#define CONFIG_NUMBERS(X)                                                              \
-  X(compress_threshold)                                                                \
-  X(max_payload) X(dict_train_after) X(flags) X(max_age_ms) X(max_bytes) X(max_events) \
-      X(tombstone_ttl_ms)
+#define CONFIG_NUMBERS(X) \
+  X(compress_threshold)   \
+  X(max_payload)          \
+  X(dict_train_after) X(flags) X(max_age_ms) X(max_bytes) X(max_events) X(tombstone_ttl_ms)
 
 void mirror_config_encode(const engram_topic_config *cfg, char *out) {
   char *w = out;
@@ -216,8 +216,10 @@ struct topic_state {
   int ready;          /* group made, old leases dropped, stream read back */
   uint64_t *present;  /* offsets found in the stream at or above the last read-back */
   size_t n_present;
-  uint64_t present_max; /* highest offset in the stream when it was read back */
-  size_t flights;       /* batches of this topic in the window */
+  uint64_t present_max;           /* highest offset in the stream when it was read back */
+  size_t flights;                 /* batches of this topic in the window */
+  char config[MIRROR_CONFIG_MAX]; /* the topic's settings (mirror_config_encode), "" = unknown */
+  int64_t config_ns;              /* when they were read */
 };
 
 /* One fetched batch on its way into the stream. */
@@ -256,6 +258,11 @@ struct mirror {
   uint64_t reported; /* mirrored at the last progress line */
   int64_t last_progress_ns;
   int degraded; /* a failure was logged; the next success logs the recovery */
+  char *enc;    /* publish_one's buffer for percent-encoded headers */
+  size_t enc_cap;
+  engram_ack_item *items; /* retire()'s acks and their codes */
+  int *codes;
+  size_t items_cap;
 };
 
 static const char *who(const struct mirror *m) { return m->cfg->who ? m->cfg->who : "mirror"; }
@@ -567,7 +574,18 @@ static natsStatus publish_one(struct mirror *m, const struct topic_state *t, con
   for (size_t i = 0; i < ev->n_headers; i++)
     hbytes += strlen(ev->headers[i].name) + strlen(ev->headers[i].value) + 2;
   size_t need = 3 * (hbytes + ENGRAM_MAX_KEY + ENGRAM_MAX_CONTENT_TYPE) + 16;
-  if (s == NATS_OK && !(enc = malloc(need))) s = NATS_NO_MEMORY;
+  /* One buffer kept across publishes: a fresh one of this size per event made malloc
+   * consolidate its free lists every time (a fifth of the mirror's CPU). */
+  if (s == NATS_OK && need > m->enc_cap) {
+    char *e = realloc(m->enc, need);
+    if (e) {
+      m->enc = e;
+      m->enc_cap = need;
+    } else {
+      s = NATS_NO_MEMORY;
+    }
+  }
+  enc = m->enc;
   if (s == NATS_OK && ev->key) {
     mirror_pct_encode(ev->key, strlen(ev->key), enc);
     SETH(MIRROR_H_KEY, enc);
@@ -594,7 +612,6 @@ static natsStatus publish_one(struct mirror *m, const struct topic_state *t, con
     SETH(MIRROR_H_HEADERS, enc);
   }
 #undef SETH
-  free(enc);
   /* Log id, topic, offset: unique across logs and topics. (A dropped and re-created
    * topic reuses offsets; the read-back refuses a subject holding its predecessor's
    * events by their Engram-Topic-Created, before anything is published.) Mirrors
@@ -648,23 +665,24 @@ static natsStatus send_flight(struct mirror *m, struct flight *f) {
 /* Takes a fetched batch into the window (which then owns it) and publishes the events
  * the stream does not hold yet. Returns 0 or -1 (out of memory, printed). */
 static int push_flight(struct mirror *m, struct topic_state *t, engram_batch *b) {
+  /* The topic's settings travel with the first event of each batch, read again at most
+   * every second so that a change reaches the stream soon (when they cannot be read, the
+   * batch goes without: restore takes them from another). */
+  int64_t now = cli_now_ns();
+  if (now - t->config_ns > 1000000000LL) {
+    engram_topic_info ti;
+    if (engram_topic_info_get(m->log, t->name, &ti) == 0) {
+      mirror_config_encode(&ti.config, t->config);
+      t->config_ns = now;
+    }
+  }
   unsigned char *state = malloc(b->count);
-  char *config = malloc(MIRROR_CONFIG_MAX);
-  if (!state || !config) {
+  char *config = *t->config ? strdup(t->config) : NULL;
+  if (!state || (*t->config && !config)) {
     free(state);
     free(config);
     engram_batch_free(b);
     return fatal("%s: out of memory", who(m));
-  }
-  /* The topic's settings travel with the first event of each batch, read afresh so a
-   * change reaches the stream with the next batch (a batch whose topic info cannot be
-   * read goes without: restore takes them from another). */
-  engram_topic_info ti;
-  if (engram_topic_info_get(m->log, t->name, &ti) == 0) {
-    mirror_config_encode(&ti.config, config);
-  } else {
-    free(config);
-    config = NULL;
   }
   for (size_t i = 0; i < b->count; i++)
     state[i] = in_stream(t, b->events[i].offset) ? ST_IN : ST_SEND;
@@ -813,9 +831,17 @@ static int retire(struct mirror *m) {
     size_t cnt = 0;
     for (size_t j = i; j < n; j++)
       if (done[j].t == t) cnt += done[j].b->count;
-    engram_ack_item *items = calloc(cnt, sizeof *items);
-    int *codes = calloc(cnt, sizeof *codes);
-    if (!rc && (!items || !codes)) rc = fatal("%s: out of memory", who(m));
+    if (cnt > m->items_cap) { /* kept across calls: large allocations are slow */
+      engram_ack_item *it = realloc(m->items, cnt * sizeof *it);
+      if (it) m->items = it;
+      int *co = realloc(m->codes, cnt * sizeof *co);
+      if (co) m->codes = co;
+      if (it && co) m->items_cap = cnt;
+    }
+    engram_ack_item *items = cnt <= m->items_cap ? m->items : NULL;
+    int *codes = items ? m->codes : NULL;
+    if (items) memset(items, 0, cnt * sizeof *items);
+    if (!rc && !items) rc = fatal("%s: out of memory", who(m));
     size_t w = 0;
     for (size_t j = i; j < n && items; j++)
       if (done[j].t == t)
@@ -839,8 +865,6 @@ static int retire(struct mirror *m) {
                      *engram_errmsg(m->log) ? engram_errmsg(m->log) : engram_strerror(codes[e]));
     }
     if (!rc) m->mirrored += cnt;
-    free(items);
-    free(codes);
     for (size_t j = i; j < n; j++)
       if (done[j].t == t) {
         t->flights--;
@@ -1087,6 +1111,9 @@ done:
   }
   mirror_link_close(&m.nc, &m.js);
   drop_window(&m);
+  free(m.enc);
+  free(m.items);
+  free(m.codes);
   if (m.topics)
     for (size_t i = 0; i < c.n_topics; i++) free(m.topics[i].present);
   free(m.topics);
