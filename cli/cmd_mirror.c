@@ -43,14 +43,7 @@ static const char help[] =
     "  --batch N                events fetched and published at a time (default 1000)\n"
     "  --max-pending N          events of the batches in flight, published and awaiting\n"
     "                           their ack (default 4000)\n"
-    "  --once                   stop once every topic is mirrored up to its head\n"
-    "  --nats-user U            user name; the password comes from $ENGRAM_NATS_PASSWORD\n"
-    "  --nats-creds FILE        NATS credentials file (JWT and nkey seed)\n"
-    "  --nats-nkey PUBLIC       nkey authentication: the public key, with --nats-seed FILE\n"
-    "  --nats-seed FILE         the file holding the nkey's seed\n"
-    "  --nats-ca FILE           CA certificates for TLS (turns TLS on)\n"
-    "  --nats-cert FILE         client certificate for TLS, with --nats-key FILE\n"
-    "  --nats-key FILE          its private key\n"
+    "  --once                   stop once every topic is mirrored up to its head\n" MIRROR_NATS_HELP
     "  -h, --help               this help\n";
 
 static volatile sig_atomic_t stop_flag;
@@ -99,13 +92,7 @@ int cmd_mirror(struct cli *c, int argc, char **argv) {
       CLI_OPT_U64("--batch", &batch, .min = 1, .max = 100000),
       CLI_OPT_U64("--max-pending", &pending, .min = 1, .max = 1000000),
       CLI_OPT_FLAG("--once", &mc.once),
-      CLI_OPT_TEXT("--nats-user", &mc.nats.user, .what = "needs a user name"),
-      CLI_OPT_STR("--nats-creds", &mc.nats.creds),
-      CLI_OPT_STR("--nats-nkey", &mc.nats.nkey_public),
-      CLI_OPT_STR("--nats-seed", &mc.nats.nkey_seed),
-      CLI_OPT_STR("--nats-ca", &mc.nats.ca),
-      CLI_OPT_STR("--nats-cert", &mc.nats.cert),
-      CLI_OPT_STR("--nats-key", &mc.nats.key),
+      MIRROR_NATS_OPTS(&mc.nats),
       CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "mirror", argc, argv);
@@ -116,8 +103,7 @@ int cmd_mirror(struct cli *c, int argc, char **argv) {
     mc.max_pending = (uint32_t)pending;
     if (!mc.nats.url) status = cli_usage("mirror", "--nats URL is required");
     if (!status && !topics.n) status = cli_usage("mirror", "give at least one --topic");
-    if (!status && !mc.nats.nkey_public != !mc.nats.nkey_seed)
-      status = cli_usage("mirror", "--nats-nkey and --nats-seed go together");
+    if (!status) status = mirror_nats_check("mirror", &mc.nats);
     if (!status) status = cli_open(c, CLI_OPEN_EXISTING);
     if (!status) {
       mc.topics = (const char *const *)topics.v;

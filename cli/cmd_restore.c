@@ -32,18 +32,11 @@ static const char help[] =
     "The restored log has a log id of its own. See docs/scale-out.md.\n"
     "\n"
     "options:\n"
-    "  --from-nats URL        NATS server(s), comma-separated; tls:// for TLS\n"
-    "  --stream NAME          the stream to read\n"
-    "  --data DIR             the log to write (or the global --data / $ENGRAM_DATA)\n"
-    "  --subject-prefix P     only subjects P.<topic> (default: every message)\n"
-    "  --nats-user U          user name; the password comes from $ENGRAM_NATS_PASSWORD\n"
-    "  --nats-creds FILE      NATS credentials file (JWT and nkey seed)\n"
-    "  --nats-nkey PUBLIC     nkey authentication: the public key, with --nats-seed FILE\n"
-    "  --nats-seed FILE       the file holding the nkey's seed\n"
-    "  --nats-ca FILE         CA certificates for TLS (turns TLS on)\n"
-    "  --nats-cert FILE       client certificate for TLS, with --nats-key FILE\n"
-    "  --nats-key FILE        its private key\n"
-    "  -h, --help             this help\n";
+    "  --from-nats URL          NATS server(s), comma-separated; tls:// for TLS\n"
+    "  --stream NAME            the stream to read\n"
+    "  --data DIR               the log to write (or the global --data / $ENGRAM_DATA)\n"
+    "  --subject-prefix P       only subjects P.<topic> (default: every message)\n" MIRROR_NATS_HELP
+    "  -h, --help               this help\n";
 
 struct rec {
   uint64_t offset;
@@ -256,13 +249,7 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
       CLI_OPT_TEXT("--stream", &stream, .what = "needs a stream name"),
       CLI_OPT_TEXT("--data", &data, .what = "needs a directory"),
       CLI_OPT_TEXT("--subject-prefix", &prefix, .what = "needs a prefix"),
-      CLI_OPT_TEXT("--nats-user", &nats.user, .what = "needs a user name"),
-      CLI_OPT_STR("--nats-creds", &nats.creds),
-      CLI_OPT_STR("--nats-nkey", &nats.nkey_public),
-      CLI_OPT_STR("--nats-seed", &nats.nkey_seed),
-      CLI_OPT_STR("--nats-ca", &nats.ca),
-      CLI_OPT_STR("--nats-cert", &nats.cert),
-      CLI_OPT_STR("--nats-key", &nats.key),
+      MIRROR_NATS_OPTS(&nats),
       CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "restore", argc, argv);
@@ -271,6 +258,7 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
   if (data) c->data = data;
   if (!nats.url) return cli_usage("restore", "--from-nats URL is required");
   if (!stream) return cli_usage("restore", "--stream NAME is required");
+  if ((r = mirror_nats_check("restore", &nats))) return r;
   if (c->connect)
     return cli_usage("restore", "--connect does not apply: restore writes --data DIR");
   /* Restore's own handle, with a dedup window of 1 ms: the original accepted every event

@@ -178,6 +178,13 @@ natsStatus mirror_link_open(const struct mirror_nats *n, jsOptions *jo, natsConn
   return s;
 }
 
+int mirror_nats_check(const char *cmd, const struct mirror_nats *n) {
+  if (!n->nkey_public != !n->nkey_seed)
+    return cli_usage(cmd, "--nats-nkey and --nats-seed go together");
+  if (!n->cert != !n->key) return cli_usage(cmd, "--nats-cert and --nats-key go together");
+  return 0;
+}
+
 void mirror_link_close(natsConnection **nc, jsCtx **js) {
   jsCtx_Destroy(*js);
   *js = NULL;

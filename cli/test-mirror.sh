@@ -110,6 +110,12 @@ EOF
   --max-payload 2M --tombstone-type memory.deleted >/dev/null &&
   "$BIN" --data "$DATA" topic create audit --max-events 1000000 --no-dict >/dev/null ||
   fail "topics created"
+# mirror and restore share their NATS options, and the check of what goes together.
+for cmd in "mirror --nats $URL --topic memory" "restore --from-nats $URL --stream S --data $TMP/none"; do
+  out=$("$BIN" --data "$DATA" $cmd --nats-nkey UABC 2>&1)
+  [ $? = 2 ] && [[ $out == *"--nats-nkey and --nats-seed go together"* ]] &&
+    ok "${cmd%% *}: --nats-nkey without --nats-seed is a usage error" || fail "${cmd%% *} --nats-nkey alone: $out"
+done
 append_load() {
   local n=0
   split -l 500 "$TMP/events.jsonl" "$TMP/chunk."
