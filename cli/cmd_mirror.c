@@ -40,7 +40,8 @@ static const char help[] =
     "  --subject-prefix P       subjects are P.<topic> (default engram.<stream>)\n"
     "  --replicas N             replicas of a stream it creates (default 1; 3 for a cluster)\n"
     "  --duplicate-window DUR   duplicate window of a stream it creates (default 2m)\n"
-    "  --batch N                events fetched and published at a time (default 1000)\n"
+    "  --batch N                events fetched and published at a time (default 1000,\n"
+    "                           at most 10000)\n"
     "  --max-pending N          events of the batches in flight, published and awaiting\n"
     "                           their ack (default 4000)\n"
     "  --once                   stop once every topic is mirrored up to its head\n" MIRROR_NATS_HELP
@@ -89,7 +90,7 @@ int cmd_mirror(struct cli *c, int argc, char **argv) {
       CLI_OPT_TEXT("--subject-prefix", &mc.prefix, .what = "needs a prefix"),
       CLI_OPT_U32("--replicas", &mc.replicas, .min = 1, .max = 5),
       CLI_OPT_DURATION("--duplicate-window", &mc.dup_window_ms, .min = 1, .max = 365ull * 86400000),
-      CLI_OPT_U64("--batch", &batch, .min = 1, .max = 100000),
+      CLI_OPT_U64("--batch", &batch, .min = 1, .max = ENGRAM_MAX_FETCH),
       CLI_OPT_U64("--max-pending", &pending, .min = 1, .max = 1000000),
       CLI_OPT_FLAG("--once", &mc.once),
       MIRROR_NATS_OPTS(&mc.nats),

@@ -19,6 +19,7 @@
 #define BACKOFF_MAX_MS 5000       /* the longest */
 #define LEASE_MS 3600000          /* the group's ack_wait: one batch is held at most this */
 #define PROGRESS_NS 10000000000LL /* a progress line at most every 10 s */
+#define ACK_MAX 65536             /* acks in one engram_ack_many (a daemon takes 100,000) */
 
 /* ---------------------------------------------------------------------------------
  * Small helpers.
@@ -812,8 +813,8 @@ static int recover(struct mirror *m) {
 }
 
 /* Pops the oldest batches the stream holds whole and acks them in the group: one
- * engram_ack_many (one commit) per topic for all of them. Returns 0, or -1 when stopped
- * or fatal (printed). */
+ * engram_ack_many (one commit) per topic for all of them (per ACK_MAX events). Returns 0, or -1
+ * when stopped or fatal (printed). */
 static int retire(struct mirror *m) {
   struct flight done[MAX_FLIGHTS];
   size_t n = 0;
@@ -834,10 +835,14 @@ static int retire(struct mirror *m) {
   int rc = 0;
   for (size_t i = 0; i < n; i++) {
     struct topic_state *t = done[i].t;
-    if (!t) continue; /* acked with an earlier batch of its topic */
-    size_t cnt = 0;
+    if (!t) continue;         /* acked with an earlier batch of its topic */
+    size_t cnt = 0, last = i; /* this commit acks the topic's batches i..last */
     for (size_t j = i; j < n; j++)
-      if (done[j].t == t) cnt += done[j].b->count;
+      if (done[j].t == t) {
+        if (cnt && cnt + done[j].b->count > ACK_MAX) break;
+        cnt += done[j].b->count;
+        last = j;
+      }
     if (cnt > m->items_cap) { /* kept across calls: large allocations are slow */
       engram_ack_item *it = realloc(m->items, cnt * sizeof *it);
       if (it) m->items = it;
@@ -850,7 +855,7 @@ static int retire(struct mirror *m) {
     if (items) memset(items, 0, cnt * sizeof *items);
     if (!rc && !items) rc = fatal("%s: out of memory", who(m));
     size_t w = 0;
-    for (size_t j = i; j < n && items; j++)
+    for (size_t j = i; j <= last && items; j++)
       if (done[j].t == t)
         for (size_t e = 0; e < done[j].b->count; e++)
           items[w++].offset = done[j].b->events[e].offset;
@@ -872,7 +877,7 @@ static int retire(struct mirror *m) {
                      *engram_errmsg(m->log) ? engram_errmsg(m->log) : engram_strerror(codes[e]));
     }
     if (!rc) m->mirrored += cnt;
-    for (size_t j = i; j < n; j++)
+    for (size_t j = i; j <= last; j++)
       if (done[j].t == t) {
         t->flights--;
         engram_batch_free(done[j].b);
