@@ -151,6 +151,11 @@ static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
   int *dups = calloc(CHUNK, sizeof *dups);
   int status = 0;
   if (!evs || !hs || !mem || !offs || !dups) status = cli_error("restore: out of memory");
+  /* A topic's append times never decrease, but the original's clock may have stepped
+   * back (NTP) between two appends: such an event takes its predecessor's time, or the
+   * restore could not append it at all. */
+  int64_t last_ts = 0;
+  uint64_t stepped = 0;
   for (size_t i = 0; i < t->nw && !status;) {
     size_t k = 0;
     for (; k < CHUNK && i + k < t->nw; k++) {
@@ -160,6 +165,13 @@ static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
             cli_error("restore: topic %s offset %" PRIu64 ": %s", t->name, t->w[i + k].offset, why);
         k++;
         break;
+      }
+      if (evs[k].flags & ENGRAM_EVENT_TIMESTAMP) {
+        if (evs[k].timestamp_ns < last_ts) {
+          evs[k].timestamp_ns = last_ts;
+          stepped++;
+        }
+        last_ts = evs[k].timestamp_ns;
       }
     }
     if (!status) {
@@ -177,6 +189,12 @@ static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
     i += k;
     *events += k;
   }
+  if (stepped && !status)
+    fprintf(stderr,
+            "engram: restore: topic %s: %" PRIu64
+            " events older than the event before them "
+            "(the original's clock stepped back) take that event's append time\n",
+            t->name, stepped);
   free(evs);
   free(hs);
   free(mem);
