@@ -1787,10 +1787,10 @@ static void appends_of_many_connections_commit_together_in_each_ones_order(void 
 }
 
 /* ENGRAM_EVENT_TIMESTAMP: an importer appends with the original append times, embedded
- * and through the daemon alike. A time older than the topic's newest event, or ahead of
- * the log's clock, is refused with the same message on both, and leaves the topic as it
- * was; an ordinary append afterwards is stamped by the clock as before. Idempotency keys
- * appended so take the event's time as theirs. */
+ * and through the daemon alike (plain, batched, pipelined and transactional appends). A time older
+ * than the topic's newest event, or ahead of the log's clock, is refused with the same message on
+ * both, and leaves the topic as it was; an ordinary append afterwards is stamped by the clock as
+ * before. Idempotency keys appended so take the event's time as theirs. */
 static void appends_with_an_explicit_timestamp_keep_the_topics_times_in_order(void **state) {
   (void)state;
   td d;
@@ -1876,6 +1876,15 @@ static void appends_with_an_explicit_timestamp_keep_the_topics_times_in_order(vo
     OK(log, engram_append_async(log, "memory", &piped, NULL, NULL));
     OK(log, engram_append_wait(log));
     OK(log, engram_read(log, "memory", off + 1, &b));
+    assert_int_equal(b->events[0].timestamp_ns, clock_time);
+    engram_batch_free(b);
+    /* And appends in a transaction. */
+    engram_txn *txn;
+    OK(log, engram_txn_begin(log, &txn));
+    uint64_t toff = 0;
+    OK(log, engram_txn_append(txn, "memory", &piped, &toff));
+    OK(log, engram_txn_commit(txn));
+    OK(log, engram_read(log, "memory", toff, &b));
     assert_int_equal(b->events[0].timestamp_ns, clock_time);
     engram_batch_free(b);
   }
