@@ -32,6 +32,9 @@ static const char help[] =
     "  --create             create the topic (and the log) with default settings if missing\n"
     "  --json               print {\"offset\":N,\"duplicate\":true|false}\n"
     "  --batch              append the JSON objects on stdin, one per line (see below)\n"
+    "  --keep-time          with --batch: a line's \"timestamp_ns\" is its append time\n"
+    "                       (an importer's copy; not older than the topic's newest\n"
+    "                       event, not ahead of the clock)\n"
     "  -h, --help           this help\n"
     "\n"
     "With --batch each non-empty line is either\n"
@@ -43,7 +46,8 @@ static const char help[] =
     "             a string payload is stored as its UTF-8 bytes, any other JSON value as\n"
     "             compact JSON text with content type application/json, null as empty;\n"
     "             \"topic\", \"offset\", \"timestamp_ns\", \"group\" and \"attempt\" are\n"
-    "             ignored, so the output of `engram read --json` can be appended again)\n"
+    "             ignored, so the output of `engram read --json` can be appended again;\n"
+    "             with --keep-time \"timestamp_ns\" is kept)\n"
     "  or a raw memory event: an object with \"type\" and no payload field, e.g.\n"
     "             {\"type\":\"memory.saved\",\"memory_id\":\"m-1\",\"text\":\"...\"}: the whole\n"
     "             line becomes the payload (application/json) and \"memory_id\" the key.\n"
@@ -265,6 +269,9 @@ static const char *const known_fields[] = {
     /* written by `engram read --json` and `consume --json`; ignored on input */
     "topic", "offset", "timestamp_ns", "group", "attempt", NULL};
 
+/* --keep-time: a line's "timestamp_ns" becomes its append time (ENGRAM_EVENT_TIMESTAMP). */
+static int keep_time;
+
 static const char *envelope(const json_value *root, struct item *it, engram_event *ev, char *err,
                             size_t errlen) {
   for (size_t i = 0; i < root->len; i++) {
@@ -395,6 +402,16 @@ static const char *envelope(const json_value *root, struct item *it, engram_even
       }
       ev->flags |= ENGRAM_EVENT_TOMBSTONE;
     }
+  }
+  const json_value *ts = json_get(root, "timestamp_ns");
+  if (keep_time && ts && ts->type != JSON_NULL) {
+    int64_t t;
+    if (json_int64(ts, &t) < 0 || t <= 0) {
+      snprintf(err, errlen, "\"timestamp_ns\" must be a positive integer");
+      return err;
+    }
+    ev->timestamp_ns = t;
+    ev->flags |= ENGRAM_EVENT_TIMESTAMP;
   }
   return NULL;
 }
@@ -696,6 +713,7 @@ int cmd_append(struct cli *c, int argc, char **argv) {
                                  CLI_OPT_FLAG("--create", &create),
                                  CLI_OPT_FLAG("--json", &json),
                                  CLI_OPT_FLAG("--batch", &batch),
+                                 CLI_OPT_FLAG("--keep-time", &keep_time),
                                  CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "append", argc, argv);
@@ -716,6 +734,7 @@ int cmd_append(struct cli *c, int argc, char **argv) {
     if (cli_args_count(&a, 1, 1, "TOPIC (the types come from the lines)")) return CLI_EXIT_USAGE;
     return append_batch(c, a.pos[0], create, json);
   }
+  if (keep_time) return cli_usage(a.cmd, "--keep-time goes with --batch");
   if (cli_args_count(&a, 2, 2, "TOPIC TYPE")) return CLI_EXIT_USAGE;
   if (!type_ok(a.pos[1], strlen(a.pos[1])))
     return cli_usage(a.cmd, "bad type '%s': words of A-Z a-z 0-9 _ - joined by single dots",

@@ -23,8 +23,12 @@ static const char help[] =
     "headers, idempotency key, deliver_at and append time travel as Engram-* message\n"
     "headers, the payload as the body, and Nats-Msg-Id is <log id>:<topic>:<offset>\n"
     "(the log id of `engram stat`). The position is the consumer group\n"
-    "mirror.<stream> of each topic (`engram stat` shows its lag); after a crash the\n"
-    "mirror reads back what reached the stream and publishes only the rest. While NATS\n"
+    "mirror.<stream> of each topic (`engram stat` shows its lag). Batches are published\n"
+    "one after the other without waiting for the stream's acks (up to --max-pending\n"
+    "events in flight); the oldest batches the stream acknowledged whole are acked in\n"
+    "the group. After a crash the mirror reads back what reached the stream and\n"
+    "publishes only the rest. The topic's settings travel with the first event of each\n"
+    "batch (for engram restore); consumer groups are not mirrored. While NATS\n"
     "is unreachable it waits and retries with backoff. Run one mirror per stream. The\n"
     "stream is created when missing (file storage, subjects P.>).\n"
     "See docs/scale-out.md.\n"
@@ -36,16 +40,11 @@ static const char help[] =
     "  --subject-prefix P       subjects are P.<topic> (default engram.<stream>)\n"
     "  --replicas N             replicas of a stream it creates (default 1; 3 for a cluster)\n"
     "  --duplicate-window DUR   duplicate window of a stream it creates (default 2m)\n"
-    "  --batch N                events fetched and published at a time (default 1000)\n"
-    "  --max-pending N          publishes awaiting their ack at once (default 4000)\n"
-    "  --once                   stop once every topic is mirrored up to its head\n"
-    "  --nats-user U            user name; the password comes from $ENGRAM_NATS_PASSWORD\n"
-    "  --nats-creds FILE        NATS credentials file (JWT and nkey seed)\n"
-    "  --nats-nkey PUBLIC       nkey authentication: the public key, with --nats-seed FILE\n"
-    "  --nats-seed FILE         the file holding the nkey's seed\n"
-    "  --nats-ca FILE           CA certificates for TLS (turns TLS on)\n"
-    "  --nats-cert FILE         client certificate for TLS, with --nats-key FILE\n"
-    "  --nats-key FILE          its private key\n"
+    "  --batch N                events fetched and published at a time (default 1000,\n"
+    "                           at most 10000)\n"
+    "  --max-pending N          events of the batches in flight, published and awaiting\n"
+    "                           their ack (default 4000)\n"
+    "  --once                   stop once every topic is mirrored up to its head\n" MIRROR_NATS_HELP
     "  -h, --help               this help\n";
 
 static volatile sig_atomic_t stop_flag;
@@ -91,16 +90,10 @@ int cmd_mirror(struct cli *c, int argc, char **argv) {
       CLI_OPT_TEXT("--subject-prefix", &mc.prefix, .what = "needs a prefix"),
       CLI_OPT_U32("--replicas", &mc.replicas, .min = 1, .max = 5),
       CLI_OPT_DURATION("--duplicate-window", &mc.dup_window_ms, .min = 1, .max = 365ull * 86400000),
-      CLI_OPT_U64("--batch", &batch, .min = 1, .max = 100000),
+      CLI_OPT_U64("--batch", &batch, .min = 1, .max = ENGRAM_MAX_FETCH),
       CLI_OPT_U64("--max-pending", &pending, .min = 1, .max = 1000000),
       CLI_OPT_FLAG("--once", &mc.once),
-      CLI_OPT_TEXT("--nats-user", &mc.nats.user, .what = "needs a user name"),
-      CLI_OPT_STR("--nats-creds", &mc.nats.creds),
-      CLI_OPT_STR("--nats-nkey", &mc.nats.nkey_public),
-      CLI_OPT_STR("--nats-seed", &mc.nats.nkey_seed),
-      CLI_OPT_STR("--nats-ca", &mc.nats.ca),
-      CLI_OPT_STR("--nats-cert", &mc.nats.cert),
-      CLI_OPT_STR("--nats-key", &mc.nats.key),
+      MIRROR_NATS_OPTS(&mc.nats),
       CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "mirror", argc, argv);
@@ -111,8 +104,7 @@ int cmd_mirror(struct cli *c, int argc, char **argv) {
     mc.max_pending = (uint32_t)pending;
     if (!mc.nats.url) status = cli_usage("mirror", "--nats URL is required");
     if (!status && !topics.n) status = cli_usage("mirror", "give at least one --topic");
-    if (!status && !mc.nats.nkey_public != !mc.nats.nkey_seed)
-      status = cli_usage("mirror", "--nats-nkey and --nats-seed go together");
+    if (!status) status = mirror_nats_check("mirror", &mc.nats);
     if (!status) status = cli_open(c, CLI_OPEN_EXISTING);
     if (!status) {
       mc.topics = (const char *const *)topics.v;

@@ -23,25 +23,22 @@ static const char help[] =
     "The messages to read are counted by the stream's leader once the stream is at\n"
     "rest (a leader, every online replica current; waited for up to 30 s), not by the\n"
     "consumer, which may sit on a replica still catching up.\n"
-    "Restored events carry their type, key, payload, content type, headers and\n"
-    "deliver_at; their append time is the time of the restore (the original is in the\n"
-    "stream's Engram-Timestamp header). Not restored: idempotency keys (in the\n"
-    "Engram-Idempotency-Key header), topic settings (defaults), consumer groups.\n"
+    "Topics get the settings the mirror last published (the defaults for streams of\n"
+    "older mirrors). Restored events carry their type, key, payload, content type,\n"
+    "headers, deliver_at, flags, idempotency key and original append time (so the dedup\n"
+    "window goes on from the original times; refused when that time is ahead of this\n"
+    "host's clock; an event older than the one before it, where the original's clock\n"
+    "stepped back, takes that one's time). Consumer groups are not mirrored, so their\n"
+    "positions are not restored: the new log has no groups (recreate them with\n"
+    "group create --start).\n"
     "The restored log has a log id of its own. See docs/scale-out.md.\n"
     "\n"
     "options:\n"
-    "  --from-nats URL        NATS server(s), comma-separated; tls:// for TLS\n"
-    "  --stream NAME          the stream to read\n"
-    "  --data DIR             the log to write (or the global --data / $ENGRAM_DATA)\n"
-    "  --subject-prefix P     only subjects P.<topic> (default: every message)\n"
-    "  --nats-user U          user name; the password comes from $ENGRAM_NATS_PASSWORD\n"
-    "  --nats-creds FILE      NATS credentials file (JWT and nkey seed)\n"
-    "  --nats-nkey PUBLIC     nkey authentication: the public key, with --nats-seed FILE\n"
-    "  --nats-seed FILE       the file holding the nkey's seed\n"
-    "  --nats-ca FILE         CA certificates for TLS (turns TLS on)\n"
-    "  --nats-cert FILE       client certificate for TLS, with --nats-key FILE\n"
-    "  --nats-key FILE        its private key\n"
-    "  -h, --help             this help\n";
+    "  --from-nats URL          NATS server(s), comma-separated; tls:// for TLS\n"
+    "  --stream NAME            the stream to read\n"
+    "  --data DIR               the log to write (or the global --data / $ENGRAM_DATA)\n"
+    "  --subject-prefix P       only subjects P.<topic> (default: every message)\n" MIRROR_NATS_HELP
+    "  -h, --help               this help\n";
 
 struct rec {
   uint64_t offset;
@@ -67,8 +64,9 @@ static const char *hdr(natsMsg *m, const char *name) {
 }
 
 static int same_msg(natsMsg *a, natsMsg *b) {
-  static const char *const names[] = {MIRROR_H_TYPE,    MIRROR_H_KEY,        MIRROR_H_CONTENT_TYPE,
-                                      MIRROR_H_HEADERS, MIRROR_H_DELIVER_AT, MIRROR_H_TIME};
+  static const char *const names[] = {MIRROR_H_TYPE,    MIRROR_H_KEY,  MIRROR_H_CONTENT_TYPE,
+                                      MIRROR_H_HEADERS, MIRROR_H_TIME, MIRROR_H_DELIVER_AT,
+                                      MIRROR_H_IDEM,    MIRROR_H_FLAGS};
   if (natsMsg_GetDataLength(a) != natsMsg_GetDataLength(b) ||
       memcmp(natsMsg_GetData(a), natsMsg_GetData(b), (size_t)natsMsg_GetDataLength(a)))
     return 0;
@@ -84,10 +82,11 @@ static int same_msg(natsMsg *a, natsMsg *b) {
 static const char *to_event(natsMsg *m, engram_event *ev, engram_header *hs, char **mem) {
   memset(ev, 0, sizeof *ev);
   const char *type = hdr(m, MIRROR_H_TYPE), *key = hdr(m, MIRROR_H_KEY),
-             *ct = hdr(m, MIRROR_H_CONTENT_TYPE), *h = hdr(m, MIRROR_H_HEADERS);
+             *ct = hdr(m, MIRROR_H_CONTENT_TYPE), *h = hdr(m, MIRROR_H_HEADERS),
+             *idem = hdr(m, MIRROR_H_IDEM);
   if (!type) return "no " MIRROR_H_TYPE " header";
-  size_t need =
-      strlen(type) + (key ? strlen(key) : 0) + (ct ? strlen(ct) : 0) + (h ? strlen(h) : 0) + 4;
+  size_t need = strlen(type) + (key ? strlen(key) : 0) + (ct ? strlen(ct) : 0) +
+                (h ? strlen(h) : 0) + (idem ? strlen(idem) : 0) + 5;
   char *p = *mem = malloc(need);
   if (!p) return "out of memory";
 #define COPY(dst, src)                                     \
@@ -100,6 +99,7 @@ static const char *to_event(natsMsg *m, engram_event *ev, engram_header *hs, cha
   COPY(ev->type, type);
   if (key) COPY(ev->key, key);
   if (ct) COPY(ev->content_type, ct);
+  if (idem) COPY(ev->idempotency_key, idem);
   if (h && *h) {
     strcpy(p, h);
     size_t n = 0;
@@ -117,24 +117,47 @@ static const char *to_event(natsMsg *m, engram_event *ev, engram_header *hs, cha
     ev->n_headers = n;
   }
 #undef COPY
-  uint64_t at = 0;
+  uint64_t at = 0, flags = 0;
   if (!mirror_header_u64(m, MIRROR_H_DELIVER_AT, &at)) ev->deliver_at_ns = (int64_t)at;
+  if (!mirror_header_u64(m, MIRROR_H_FLAGS, &flags)) ev->flags = (uint32_t)flags;
+  /* The original append time (streams of every mirror carry it). */
+  if (!mirror_header_u64(m, MIRROR_H_TIME, &at) && at > 0 && at <= INT64_MAX) {
+    ev->timestamp_ns = (int64_t)at;
+    ev->flags |= ENGRAM_EVENT_TIMESTAMP;
+  }
   ev->payload = natsMsg_GetData(m);
   ev->payload_len = (size_t)natsMsg_GetDataLength(m);
   return NULL;
 }
 
-/* Appends one topic's events, offsets 1..n, in batches; checks each offset. */
+/* Appends one topic's events, offsets 1..n, in batches; checks each offset. The topic
+ * is made with the settings of its newest event that carries them (none in streams of
+ * older mirrors: the defaults). */
 static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
-  int rc = engram_topic_create(c->log, t->name, NULL);
+  engram_topic_config cfg, *cp = NULL;
+  for (size_t i = t->nw; i-- > 0 && !cp;) {
+    const char *v = hdr(t->w[i].msg, MIRROR_H_CONFIG);
+    if (!v) continue;
+    if (mirror_config_decode(v, &cfg))
+      return cli_error("restore: topic %s offset %" PRIu64 ": a malformed %s header", t->name,
+                       t->w[i].offset, MIRROR_H_CONFIG);
+    cp = &cfg;
+  }
+  int rc = engram_topic_create(c->log, t->name, cp);
   if (rc) return cli_fail(c, rc, "restore: topic %s", t->name);
   enum { CHUNK = 1000 };
   engram_event *evs = calloc(CHUNK, sizeof *evs);
   engram_header *hs = calloc((size_t)CHUNK * ENGRAM_MAX_HEADERS, sizeof *hs);
   char **mem = calloc(CHUNK, sizeof *mem);
   uint64_t *offs = calloc(CHUNK, sizeof *offs);
+  int *dups = calloc(CHUNK, sizeof *dups);
   int status = 0;
-  if (!evs || !hs || !mem || !offs) status = cli_error("restore: out of memory");
+  if (!evs || !hs || !mem || !offs || !dups) status = cli_error("restore: out of memory");
+  /* A topic's append times never decrease, but the original's clock may have stepped
+   * back (NTP) between two appends: such an event takes its predecessor's time, or the
+   * restore could not append it at all. */
+  int64_t last_ts = 0;
+  uint64_t stepped = 0;
   for (size_t i = 0; i < t->nw && !status;) {
     size_t k = 0;
     for (; k < CHUNK && i + k < t->nw; k++) {
@@ -145,12 +168,19 @@ static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
         k++;
         break;
       }
+      if (evs[k].flags & ENGRAM_EVENT_TIMESTAMP) {
+        if (evs[k].timestamp_ns < last_ts) {
+          evs[k].timestamp_ns = last_ts;
+          stepped++;
+        }
+        last_ts = evs[k].timestamp_ns;
+      }
     }
     if (!status) {
-      rc = engram_append_batch(c->log, t->name, evs, k, offs, NULL);
+      rc = engram_append_batch(c->log, t->name, evs, k, offs, dups);
       if (rc) status = cli_fail(c, rc, "restore: appending to %s", t->name);
       for (size_t j = 0; j < k && !status; j++)
-        if (offs[j] != t->w[i + j].offset)
+        if (offs[j] != t->w[i + j].offset || dups[j])
           status = cli_error("restore: topic %s: event %" PRIu64 " landed at offset %" PRIu64,
                              t->name, t->w[i + j].offset, offs[j]);
     }
@@ -161,10 +191,17 @@ static int write_topic(struct cli *c, struct topic_recs *t, uint64_t *events) {
     i += k;
     *events += k;
   }
+  if (stepped && !status)
+    fprintf(stderr,
+            "engram: restore: topic %s: %" PRIu64
+            " events older than the event before them "
+            "(the original's clock stepped back) take that event's append time\n",
+            t->name, stepped);
   free(evs);
   free(hs);
   free(mem);
   free(offs);
+  free(dups);
   return status;
 }
 
@@ -232,13 +269,7 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
       CLI_OPT_TEXT("--stream", &stream, .what = "needs a stream name"),
       CLI_OPT_TEXT("--data", &data, .what = "needs a directory"),
       CLI_OPT_TEXT("--subject-prefix", &prefix, .what = "needs a prefix"),
-      CLI_OPT_TEXT("--nats-user", &nats.user, .what = "needs a user name"),
-      CLI_OPT_STR("--nats-creds", &nats.creds),
-      CLI_OPT_STR("--nats-nkey", &nats.nkey_public),
-      CLI_OPT_STR("--nats-seed", &nats.nkey_seed),
-      CLI_OPT_STR("--nats-ca", &nats.ca),
-      CLI_OPT_STR("--nats-cert", &nats.cert),
-      CLI_OPT_STR("--nats-key", &nats.key),
+      MIRROR_NATS_OPTS(&nats),
       CLI_OPT_END};
   struct cli_args a;
   cli_args_init(&a, "restore", argc, argv);
@@ -247,13 +278,31 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
   if (data) c->data = data;
   if (!nats.url) return cli_usage("restore", "--from-nats URL is required");
   if (!stream) return cli_usage("restore", "--stream NAME is required");
+  if ((r = mirror_nats_check("restore", &nats))) return r;
   if (c->connect)
     return cli_usage("restore", "--connect does not apply: restore writes --data DIR");
-  int status = cli_open(c, CLI_OPEN_CREATE);
-  if (status) return status;
+  /* Restore's own handle, with a dedup window of 1 ms: the original accepted every event
+   * of the stream, an idempotency key seen before too (it came after the original's
+   * window), so none may be deduplicated here. The keys keep their events' original times,
+   * so the handles that append later dedupe with their own windows as the original did. */
+  const char *dir = cli_data_dir(c);
+  if (!dir) return cli_usage("restore", "--data DIR is required");
+  cli_fault_guard(dir);
+  engram_options o;
+  memset(&o, 0, sizeof o);
+  o.durability = c->durability;
+  o.dedup_window_ms = 1;
+  o.maintenance_ms = ENGRAM_MAINTENANCE_OFF;
+  int status = 0;
+  int rc = engram_open(dir, &o, &c->log);
+  if (rc) {
+    c->log = NULL;
+    const char *m = engram_errmsg(NULL);
+    return *m ? cli_error("%s", m) : cli_error("open %s: %s", dir, engram_strerror(rc));
+  }
   engram_topic_info *ti = NULL;
   size_t nt = 0;
-  int rc = engram_topic_list(c->log, &ti, &nt);
+  rc = engram_topic_list(c->log, &ti, &nt);
   engram_free(ti);
   if (rc) return cli_fail(c, rc, "restore: listing topics");
   if (nt)

@@ -19,6 +19,7 @@
 #define BACKOFF_MAX_MS 5000       /* the longest */
 #define LEASE_MS 3600000          /* the group's ack_wait: one batch is held at most this */
 #define PROGRESS_NS 10000000000LL /* a progress line at most every 10 s */
+#define ACK_MAX 65536             /* acks in one engram_ack_many (a daemon takes 100,000) */
 
 /* ---------------------------------------------------------------------------------
  * Small helpers.
@@ -59,6 +60,50 @@ long mirror_pct_decode(char *s) {
   }
   *w = '\0';
   return (long)(w - s);
+}
+
+#define CONFIG_NUMBERS(X) \
+  X(compress_threshold)   \
+  X(max_payload)          \
+  X(dict_train_after) X(flags) X(max_age_ms) X(max_bytes) X(max_events) X(tombstone_ttl_ms)
+
+void mirror_config_encode(const engram_topic_config *cfg, char *out) {
+  char *w = out;
+#define PUT(name) w += sprintf(w, #name "=%" PRIu64 "&", (uint64_t)cfg->name);
+  CONFIG_NUMBERS(PUT)
+#undef PUT
+  w += sprintf(w, "tombstone_type=");
+  mirror_pct_encode(cfg->tombstone_type, strlen(cfg->tombstone_type), w);
+}
+
+int mirror_config_decode(const char *s, engram_topic_config *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  char buf[MIRROR_CONFIG_MAX], *save = NULL;
+  if (strlen(s) >= sizeof buf) return -1;
+  strcpy(buf, s);
+  for (char *part = strtok_r(buf, "&", &save); part; part = strtok_r(NULL, "&", &save)) {
+    char *eq = strchr(part, '=');
+    if (!eq) return -1;
+    *eq++ = '\0';
+    if (!strcmp(part, "tombstone_type")) {
+      long n = mirror_pct_decode(eq);
+      if (n < 0 || (size_t)n >= sizeof cfg->tombstone_type) return -1;
+      memcpy(cfg->tombstone_type, eq, (size_t)n + 1);
+      continue;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(eq, &end, 10);
+    if (errno || *end || !*eq || *eq == '-') return -1;
+#define GET(name)                                 \
+  if (!strcmp(part, #name)) {                     \
+    if (x > (__typeof__(cfg->name))-1) return -1; \
+    cfg->name = (__typeof__(cfg->name))x;         \
+  }
+    CONFIG_NUMBERS(GET)
+#undef GET
+  }
+  return 0;
 }
 
 static void sleep_ms(uint64_t ms, volatile sig_atomic_t *stop) {
@@ -134,6 +179,13 @@ natsStatus mirror_link_open(const struct mirror_nats *n, jsOptions *jo, natsConn
   return s;
 }
 
+int mirror_nats_check(const char *cmd, const struct mirror_nats *n) {
+  if (!n->nkey_public != !n->nkey_seed)
+    return cli_usage(cmd, "--nats-nkey and --nats-seed go together");
+  if (!n->cert != !n->key) return cli_usage(cmd, "--nats-cert and --nats-key go together");
+  return 0;
+}
+
 void mirror_link_close(natsConnection **nc, jsCtx **js) {
   jsCtx_Destroy(*js);
   *js = NULL;
@@ -172,8 +224,24 @@ struct topic_state {
   int ready;          /* group made, old leases dropped, stream read back */
   uint64_t *present;  /* offsets found in the stream at or above the last read-back */
   size_t n_present;
-  uint64_t present_max; /* highest offset in the stream when it was read back */
+  uint64_t present_max;           /* highest offset in the stream when it was read back */
+  size_t flights;                 /* batches of this topic in the window */
+  char config[MIRROR_CONFIG_MAX]; /* the topic's settings (mirror_config_encode), "" = unknown */
+  int64_t config_ns;              /* when they were read */
 };
+
+/* One fetched batch on its way into the stream. */
+enum { ST_SEND, ST_WAIT, ST_IN }; /* per event: to publish (again), ack awaited, in the stream */
+struct flight {
+  struct topic_state *t;
+  engram_batch *b;
+  unsigned char *state; /* ST_* per event of b, written under mirror.mu */
+  size_t awaited;       /* events in ST_WAIT */
+  char *config;         /* the topic's settings (MIRROR_H_CONFIG) for its first event */
+};
+
+/* Batches in the window at once: fetched, published, their acks awaited. */
+#define MAX_FLIGHTS 64
 
 struct mirror {
   const struct mirror_config *cfg;
@@ -184,18 +252,25 @@ struct mirror {
   char group[ENGRAM_MAX_NAME + 1];
   char log_id[33]; /* engram_log_info.id, the first part of every Nats-Msg-Id */
   struct topic_state *topics;
-  /* The batch in flight: its offsets and each one's state, set by the ack handler. */
+  /* The window: batches in fetch order (a ring), the oldest first. The main thread
+   * pushes and pops them; the ack handler (a libnats thread) sets their events' states.
+   * Both under mu; cv is signalled when a batch has all its acks or a publish failed. */
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  const engram_event *evs;
-  unsigned char *state; /* 0 to publish, 1 in the stream, 2 publish failed */
-  size_t n;
-  size_t awaited; /* acks still to come */
+  struct flight fl[MAX_FLIGHTS];
+  size_t fl_head, fl_n;
+  size_t window_events; /* events of the batches in the window */
+  int failed;           /* a publish failed or timed out: recover() before going on */
   char last_error[1024];
-  uint64_t mirrored; /* events published since start */
+  uint64_t mirrored; /* events acknowledged by the stream and acked in the group */
   uint64_t reported; /* mirrored at the last progress line */
   int64_t last_progress_ns;
   int degraded; /* a failure was logged; the next success logs the recovery */
+  char *enc;    /* publish_one's buffer for percent-encoded headers */
+  size_t enc_cap;
+  engram_ack_item *items; /* retire()'s acks and their codes */
+  int *codes;
+  size_t items_cap;
 };
 
 static const char *who(const struct mirror *m) { return m->cfg->who ? m->cfg->who : "mirror"; }
@@ -224,33 +299,61 @@ static void note(struct mirror *m, const char *fmt, ...) {
 
 static int stopping(const struct mirror *m) { return m->cfg->stop && *m->cfg->stop; }
 
-static size_t find_index(const struct mirror *m, uint64_t off) {
-  size_t lo = 0, hi = m->n;
-  while (lo < hi) {
-    size_t mid = (lo + hi) / 2;
-    if (m->evs[mid].offset < off)
-      lo = mid + 1;
-    else
-      hi = mid;
+/* 1 when a publish failed since the last recover() (set by the ack handler too). */
+static int failed(struct mirror *m) {
+  pthread_mutex_lock(&m->mu);
+  int f = m->failed;
+  pthread_mutex_unlock(&m->mu);
+  return f;
+}
+
+static struct flight *flight_at(struct mirror *m, size_t k) {
+  return &m->fl[(m->fl_head + k) % MAX_FLIGHTS];
+}
+
+/* The batch of the window and the index in it of the event `off` of `topic`, or NULL. */
+static struct flight *find_event(struct mirror *m, const char *topic, uint64_t off, size_t *at) {
+  for (size_t k = 0; k < m->fl_n; k++) {
+    struct flight *f = flight_at(m, k);
+    const engram_event *ev = f->b->events;
+    size_t lo = 0, hi = f->b->count;
+    if (strcmp(f->t->name, topic) || off < ev[0].offset || off > ev[hi - 1].offset) continue;
+    while (lo < hi) {
+      size_t mid = (lo + hi) / 2;
+      if (ev[mid].offset < off)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    if (lo < f->b->count && ev[lo].offset == off) {
+      *at = lo;
+      return f;
+    }
   }
-  return lo < m->n && m->evs[lo].offset == off ? lo : SIZE_MAX;
+  return NULL;
 }
 
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure) {
   (void)js;
   struct mirror *m = closure;
   uint64_t off = 0;
+  const char *topic = NULL;
   int ok = pa != NULL;
-  int have = mirror_header_u64(msg, MIRROR_H_OFFSET, &off) == 0;
+  if (natsMsgHeader_Get(msg, MIRROR_H_TOPIC, &topic) != NATS_OK) topic = NULL;
+  int have = topic && mirror_header_u64(msg, MIRROR_H_OFFSET, &off) == 0;
   pthread_mutex_lock(&m->mu);
-  size_t i = have ? find_index(m, off) : SIZE_MAX;
-  if (i != SIZE_MAX && m->state[i] == 0) {
-    m->state[i] = ok ? 1 : 2;
-    if (!ok && pae)
-      snprintf(m->last_error, sizeof m->last_error, "%s",
-               pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
-    if (m->awaited) m->awaited--;
-    pthread_cond_broadcast(&m->cv);
+  size_t i = 0;
+  struct flight *f = have ? find_event(m, topic, off, &i) : NULL;
+  if (f && f->state[i] == ST_WAIT) {
+    f->state[i] = ok ? ST_IN : ST_SEND;
+    f->awaited--;
+    if (!ok) {
+      m->failed = 1;
+      if (pae)
+        snprintf(m->last_error, sizeof m->last_error, "%s",
+                 pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
+    }
+    if (!ok || f->awaited == 0) pthread_cond_broadcast(&m->cv);
   }
   pthread_mutex_unlock(&m->mu);
   natsMsg_Destroy(msg);
@@ -449,8 +552,8 @@ static int prepare_topic(struct mirror *m, struct topic_state *t) {
   return rc;
 }
 
-static natsStatus publish_one(struct mirror *m, const struct topic_state *t,
-                              const engram_event *ev) {
+static natsStatus publish_one(struct mirror *m, const struct topic_state *t, const engram_event *ev,
+                              const char *config) {
   natsMsg *msg = NULL;
   char num[32], id[ENGRAM_MAX_NAME + 64];
   char *enc = NULL;
@@ -470,11 +573,27 @@ static natsStatus publish_one(struct mirror *m, const struct topic_state *t,
     snprintf(num, sizeof num, "%" PRId64, ev->deliver_at_ns);
     SETH(MIRROR_H_DELIVER_AT, num);
   }
+  if (ev->flags) {
+    snprintf(num, sizeof num, "%" PRIu32, ev->flags);
+    SETH(MIRROR_H_FLAGS, num);
+  }
+  if (config) SETH(MIRROR_H_CONFIG, config);
   size_t hbytes = 0;
   for (size_t i = 0; i < ev->n_headers; i++)
     hbytes += strlen(ev->headers[i].name) + strlen(ev->headers[i].value) + 2;
   size_t need = 3 * (hbytes + ENGRAM_MAX_KEY + ENGRAM_MAX_CONTENT_TYPE) + 16;
-  if (s == NATS_OK && !(enc = malloc(need))) s = NATS_NO_MEMORY;
+  /* One buffer kept across publishes: a fresh one of this size per event made malloc
+   * consolidate its free lists every time (a fifth of the mirror's CPU). */
+  if (s == NATS_OK && need > m->enc_cap) {
+    char *e = realloc(m->enc, need);
+    if (e) {
+      m->enc = e;
+      m->enc_cap = need;
+    } else {
+      s = NATS_NO_MEMORY;
+    }
+  }
+  enc = m->enc;
   if (s == NATS_OK && ev->key) {
     mirror_pct_encode(ev->key, strlen(ev->key), enc);
     SETH(MIRROR_H_KEY, enc);
@@ -501,7 +620,6 @@ static natsStatus publish_one(struct mirror *m, const struct topic_state *t,
     SETH(MIRROR_H_HEADERS, enc);
   }
 #undef SETH
-  free(enc);
   /* Log id, topic, offset: unique across logs and topics. (A dropped and re-created
    * topic reuses offsets; the read-back refuses a subject holding its predecessor's
    * events by their Engram-Topic-Created, before anything is published.) Mirrors
@@ -516,131 +634,274 @@ static natsStatus publish_one(struct mirror *m, const struct topic_state *t,
   return s;
 }
 
-/* Publishes the batch's events the stream does not hold until all are in it, then acks
- * them in the group. Returns 0, or -1 when stopped or fatal (printed). */
-static int mirror_batch(struct mirror *m, struct topic_state *t, engram_batch *b) {
-  unsigned char *state = calloc(b->count, 1);
-  if (!state) return fatal("%s: out of memory", who(m));
-  pthread_mutex_lock(&m->mu);
-  m->evs = b->events;
-  m->n = b->count;
-  m->state = state;
-  m->awaited = 0;
-  pthread_mutex_unlock(&m->mu);
-  for (size_t i = 0; i < b->count; i++)
-    if (in_stream(t, b->events[i].offset)) state[i] = 1;
-  uint64_t delay = BACKOFF_MIN_MS;
-  int rc = 0;
-  for (;;) {
-    natsStatus s = NATS_OK;
-    for (size_t i = 0; i < b->count; i++) {
-      pthread_mutex_lock(&m->mu);
-      int done = state[i] == 1;
-      if (!done) {
-        state[i] = 0;
-        m->awaited++;
-      }
-      pthread_mutex_unlock(&m->mu);
-      if (done) continue;
-      s = m->js ? publish_one(m, t, &b->events[i]) : NATS_CONNECTION_CLOSED;
-      if (s != NATS_OK) {
-        pthread_mutex_lock(&m->mu);
-        if (state[i] == 0) {
-          state[i] = 2;
-          m->awaited--;
-        }
-        pthread_mutex_unlock(&m->mu);
-        snprintf(m->last_error, sizeof m->last_error, "publish: %s", mirror_nats_why(s));
-        break;
-      }
-    }
-    /* Every publish sent gets its ack, an error or a timeout after ACK_WAIT_MS. */
+/* ---------------------------------------------------------------------------------
+ * The window. Batches are fetched and published one after the other without waiting
+ * for acks, up to --max-pending events; the oldest batches the stream holds whole are
+ * acked in the group (the position), so the group's floor only ever passes a
+ * contiguous run of events the stream has acknowledged.
+ * ------------------------------------------------------------------------------ */
+
+/* Publishes the batch's events in ST_SEND. Returns NATS_OK, or the first failure (that
+ * event stays ST_SEND and m->failed is set). */
+static natsStatus send_flight(struct mirror *m, struct flight *f) {
+  for (size_t i = 0; i < f->b->count; i++) {
     pthread_mutex_lock(&m->mu);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += ACK_WAIT_MS / 1000 + 30;
-    while (m->awaited > 0)
-      if (pthread_cond_timedwait(&m->cv, &m->mu, &until) == ETIMEDOUT) break;
-    int abandoned = m->awaited > 0;
+    int send = f->state[i] == ST_SEND;
+    if (send) {
+      f->state[i] = ST_WAIT;
+      f->awaited++;
+    }
     pthread_mutex_unlock(&m->mu);
-    if (abandoned) {
-      /* Acks that never came: take the messages back so no late callback sees them. */
-      natsMsgList pending = {0};
-      if (js_PublishAsyncGetPendingList(&pending, m->js) == NATS_OK) natsMsgList_Destroy(&pending);
+    if (!send) continue;
+    natsStatus s = m->js ? publish_one(m, f->t, &f->b->events[i], i == 0 ? f->config : NULL)
+                         : NATS_CONNECTION_CLOSED;
+    if (s != NATS_OK) {
       pthread_mutex_lock(&m->mu);
-      for (size_t i = 0; i < b->count; i++)
-        if (state[i] == 0) state[i] = 2;
-      m->awaited = 0;
+      if (f->state[i] == ST_WAIT) {
+        f->state[i] = ST_SEND;
+        f->awaited--;
+      }
+      m->failed = 1;
+      snprintf(m->last_error, sizeof m->last_error, "publish: %s", mirror_nats_why(s));
+      pthread_mutex_unlock(&m->mu);
+      return s;
+    }
+  }
+  return NATS_OK;
+}
+
+/* Takes a fetched batch into the window (which then owns it) and publishes the events
+ * the stream does not hold yet. Returns 0 or -1 (out of memory, printed). */
+static int push_flight(struct mirror *m, struct topic_state *t, engram_batch *b) {
+  /* The topic's settings travel with the first event of each batch, read again at most
+   * every second so that a change reaches the stream soon (when they cannot be read, the
+   * batch goes without: restore takes them from another). */
+  int64_t now = cli_now_ns();
+  if (now - t->config_ns > 1000000000LL) {
+    engram_topic_info ti;
+    if (engram_topic_info_get(m->log, t->name, &ti) == 0) {
+      mirror_config_encode(&ti.config, t->config);
+      t->config_ns = now;
+    }
+  }
+  unsigned char *state = malloc(b->count);
+  char *config = *t->config ? strdup(t->config) : NULL;
+  if (!state || (*t->config && !config)) {
+    free(state);
+    free(config);
+    engram_batch_free(b);
+    return fatal("%s: out of memory", who(m));
+  }
+  for (size_t i = 0; i < b->count; i++)
+    state[i] = in_stream(t, b->events[i].offset) ? ST_IN : ST_SEND;
+  pthread_mutex_lock(&m->mu);
+  struct flight *f = flight_at(m, m->fl_n);
+  f->t = t;
+  f->b = b;
+  f->state = state;
+  f->awaited = 0;
+  f->config = config;
+  m->fl_n++;
+  m->window_events += b->count;
+  t->flights++;
+  int fail = m->failed;
+  pthread_mutex_unlock(&m->mu);
+  if (!fail) send_flight(m, f); /* after a failure recover() publishes what is missing */
+  return 0;
+}
+
+static size_t awaited_locked(struct mirror *m) {
+  size_t n = 0;
+  for (size_t k = 0; k < m->fl_n; k++) n += flight_at(m, k)->awaited;
+  return n;
+}
+
+/* Waits up to ms for every awaited ack; returns 1 when none is awaited any more. */
+static int wait_acks(struct mirror *m, uint64_t ms) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += (time_t)(ms / 1000);
+  until.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&m->mu);
+  while (awaited_locked(m) > 0)
+    if (pthread_cond_timedwait(&m->cv, &m->mu, &until) == ETIMEDOUT) break;
+  int all = awaited_locked(m) == 0;
+  pthread_mutex_unlock(&m->mu);
+  return all;
+}
+
+/* Waits up to ms until the oldest batch has all its acks or a publish failed. */
+static void wait_oldest(struct mirror *m, uint64_t ms) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_nsec += (long)ms * 1000000L;
+  until.tv_sec += until.tv_nsec / 1000000000L;
+  until.tv_nsec %= 1000000000L;
+  pthread_mutex_lock(&m->mu);
+  while (m->fl_n && flight_at(m, 0)->awaited > 0 && !m->failed)
+    if (pthread_cond_timedwait(&m->cv, &m->mu, &until) == ETIMEDOUT) break;
+  pthread_mutex_unlock(&m->mu);
+}
+
+/* After a failed publish: waits for the window's outstanding acks (every publish gets
+ * its ack, an error or a timeout after ACK_WAIT_MS; those that never come are taken
+ * back), then, with backoff, reads back what of each topic's batches reached the
+ * stream and publishes only the rest: past the stream's duplicate window a message id
+ * alone would not stop a second copy. Until the stream holds every event of the window.
+ * Returns 0, or -1 when stopped or fatal (printed). */
+static int recover(struct mirror *m) {
+  uint64_t delay = BACKOFF_MIN_MS;
+  for (;;) {
+    if (!wait_acks(m, ACK_WAIT_MS + 30000)) {
+      natsMsgList pending = {0};
+      if (m->js && js_PublishAsyncGetPendingList(&pending, m->js) == NATS_OK)
+        natsMsgList_Destroy(&pending);
+      pthread_mutex_lock(&m->mu);
+      for (size_t k = 0; k < m->fl_n; k++) {
+        struct flight *f = flight_at(m, k);
+        for (size_t i = 0; i < f->b->count; i++)
+          if (f->state[i] == ST_WAIT) f->state[i] = ST_SEND;
+        f->awaited = 0;
+      }
       pthread_mutex_unlock(&m->mu);
     }
     size_t missing = 0;
-    for (size_t i = 0; i < b->count; i++) missing += state[i] != 1;
+    pthread_mutex_lock(&m->mu);
+    for (size_t k = 0; k < m->fl_n; k++) {
+      const struct flight *f = flight_at(m, k);
+      for (size_t i = 0; i < f->b->count; i++) missing += f->state[i] != ST_IN;
+    }
+    m->failed = 0;
+    pthread_mutex_unlock(&m->mu);
     if (missing == 0) break;
     if (!m->degraded)
-      note(m, "%zu of %zu events of %s not acknowledged by the stream (%s): retrying", missing,
-           b->count, t->name, m->last_error);
+      note(m, "%zu of %zu events not acknowledged by the stream (%s): retrying", missing,
+           m->window_events, m->last_error);
     m->degraded = 1;
-    /* Back off, then read back what reached the stream and publish only the rest: past
-     * the stream's duplicate window a message id alone would not stop a second copy. */
     for (;;) {
       sleep_ms(delay, m->cfg->stop);
       delay = delay * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : delay * 2;
-      if (stopping(m)) {
-        rc = -1;
-        goto out;
-      }
+      if (stopping(m)) return -1;
       if (natsConnection_Status(m->nc) == NATS_CONN_STATUS_CLOSED && reconnect(m)) continue;
-      int r = read_back(m, t, b->events[0].offset);
-      if (r < 0) {
-        rc = -1;
-        goto out;
+      int r = 0;
+      for (size_t i = 0; i < m->cfg->n_topics && r == 0; i++) {
+        struct topic_state *t = &m->topics[i];
+        for (size_t k = 0; k < m->fl_n; k++)
+          if (flight_at(m, k)->t == t) { /* its oldest batch */
+            r = read_back(m, t, flight_at(m, k)->b->events[0].offset);
+            break;
+          }
       }
+      if (r < 0) return -1;
       if (r == 0) break;
     }
     pthread_mutex_lock(&m->mu);
-    for (size_t i = 0; i < b->count; i++) state[i] = in_stream(t, b->events[i].offset) ? 1 : 0;
+    for (size_t k = 0; k < m->fl_n; k++) {
+      struct flight *f = flight_at(m, k);
+      for (size_t i = 0; i < f->b->count; i++)
+        f->state[i] = in_stream(f->t, f->b->events[i].offset) ? ST_IN : ST_SEND;
+    }
     pthread_mutex_unlock(&m->mu);
+    for (size_t k = 0; k < m->fl_n; k++)
+      if (send_flight(m, flight_at(m, k)) != NATS_OK) break;
   }
-  if (m->degraded) {
+  return 0;
+}
+
+/* Pops the oldest batches the stream holds whole and acks them in the group: one
+ * engram_ack_many (one commit) per topic for all of them (per ACK_MAX events). Returns 0, or -1
+ * when stopped or fatal (printed). */
+static int retire(struct mirror *m) {
+  struct flight done[MAX_FLIGHTS];
+  size_t n = 0;
+  pthread_mutex_lock(&m->mu);
+  while (m->fl_n) {
+    struct flight *f = flight_at(m, 0);
+    if (f->awaited || memchr(f->state, ST_SEND, f->b->count)) break;
+    done[n++] = *f;
+    m->fl_head = (m->fl_head + 1) % MAX_FLIGHTS;
+    m->fl_n--;
+    m->window_events -= f->b->count;
+  }
+  pthread_mutex_unlock(&m->mu);
+  if (n && m->degraded) {
     note(m, "stream %s acknowledges again", m->cfg->stream);
     m->degraded = 0;
   }
-  engram_ack_item *items = calloc(b->count, sizeof *items);
-  int *codes = calloc(b->count, sizeof *codes);
-  if (!items || !codes) {
-    free(items);
-    free(codes);
-    rc = fatal("%s: out of memory", who(m));
-    goto out;
+  int rc = 0;
+  for (size_t i = 0; i < n; i++) {
+    struct topic_state *t = done[i].t;
+    if (!t) continue;         /* acked with an earlier batch of its topic */
+    size_t cnt = 0, last = i; /* this commit acks the topic's batches i..last */
+    for (size_t j = i; j < n; j++)
+      if (done[j].t == t) {
+        if (cnt && cnt + done[j].b->count > ACK_MAX) break;
+        cnt += done[j].b->count;
+        last = j;
+      }
+    if (cnt > m->items_cap) { /* kept across calls: large allocations are slow */
+      engram_ack_item *it = realloc(m->items, cnt * sizeof *it);
+      if (it) m->items = it;
+      int *co = realloc(m->codes, cnt * sizeof *co);
+      if (co) m->codes = co;
+      if (it && co) m->items_cap = cnt;
+    }
+    engram_ack_item *items = cnt <= m->items_cap ? m->items : NULL;
+    int *codes = items ? m->codes : NULL;
+    if (items) memset(items, 0, cnt * sizeof *items);
+    if (!rc && !items) rc = fatal("%s: out of memory", who(m));
+    size_t w = 0;
+    for (size_t j = i; j <= last && items; j++)
+      if (done[j].t == t)
+        for (size_t e = 0; e < done[j].b->count; e++)
+          items[w++].offset = done[j].b->events[e].offset;
+    int arc =
+        rc || !items || !codes ? 0 : engram_ack_many(m->log, t->name, m->group, items, cnt, codes);
+    if (arc && stopping(m)) {
+      rc = -1; /* serve's daemon stopped first: the next run reads the stream back */
+    } else if (arc) {
+      /* An event already finished (EALREADY) is fine. A lease that ran out while NATS
+       * was away (ENOTLEASED, ESTALE: the batch was held past the group's ack_wait) is
+       * taken up again: the topic is prepared anew once its batches have left the
+       * window, which reads the stream back. Anything else ends the run. */
+      for (size_t e = 0; e < cnt && !rc; e++)
+        if (codes[e] == ENGRAM_ENOTLEASED || codes[e] == ENGRAM_ESTALE)
+          t->ready = 0;
+        else if (codes[e] && codes[e] != ENGRAM_EALREADY)
+          rc = fatal("%s: ack of %s offset %" PRIu64 " in group %s: %s", who(m), t->name,
+                     items[e].offset, m->group,
+                     *engram_errmsg(m->log) ? engram_errmsg(m->log) : engram_strerror(codes[e]));
+    }
+    if (!rc) m->mirrored += cnt;
+    for (size_t j = i; j <= last; j++)
+      if (done[j].t == t) {
+        t->flights--;
+        engram_batch_free(done[j].b);
+        free(done[j].state);
+        free(done[j].config);
+        done[j].t = NULL;
+      }
   }
-  for (size_t i = 0; i < b->count; i++) items[i].offset = b->events[i].offset;
-  int arc = engram_ack_many(m->log, t->name, m->group, items, b->count, codes);
-  if (arc && stopping(m)) {
-    rc = -1; /* serve's daemon stopped first: the next run reads the stream back */
-  } else if (arc) {
-    /* An event already finished (EALREADY) is fine. A lease that ran out while NATS was
-     * away (ENOTLEASED, ESTALE: the batch was held past the group's ack_wait) is taken
-     * up again: the topic is prepared anew, which reads the stream back. Anything else
-     * ends the run. */
-    for (size_t i = 0; i < b->count && !rc; i++)
-      if (codes[i] == ENGRAM_ENOTLEASED || codes[i] == ENGRAM_ESTALE)
-        t->ready = 0;
-      else if (codes[i] && codes[i] != ENGRAM_EALREADY)
-        rc = fatal("%s: ack of %s offset %" PRIu64 " in group %s: %s", who(m), t->name,
-                   items[i].offset, m->group,
-                   *engram_errmsg(m->log) ? engram_errmsg(m->log) : engram_strerror(codes[i]));
-  }
-  free(items);
-  free(codes);
-  m->mirrored += b->count;
-out:
-  pthread_mutex_lock(&m->mu);
-  m->evs = NULL;
-  m->state = NULL;
-  m->n = 0;
-  pthread_mutex_unlock(&m->mu);
-  free(state);
   return rc;
+}
+
+/* Frees the window (after the NATS link is closed: no ack handler runs any more). */
+static void drop_window(struct mirror *m) {
+  pthread_mutex_lock(&m->mu);
+  for (size_t k = 0; k < m->fl_n; k++) {
+    struct flight *f = flight_at(m, k);
+    f->t->flights--;
+    engram_batch_free(f->b);
+    free(f->state);
+    free(f->config);
+  }
+  m->fl_n = 0;
+  m->window_events = 0;
+  pthread_mutex_unlock(&m->mu);
 }
 
 static int subject_ok(const char *s) {
@@ -680,6 +941,10 @@ int mirror_run(engram *log, const struct mirror_config *cfg) {
   m.jo.PublishAsync.MaxPending = c.max_pending;
   m.jo.PublishAsync.AckHandler = on_ack;
   m.jo.PublishAsync.AckHandlerClosure = &m;
+  /* The window stays under MaxPending; a publish that meets it anyway (acks of another
+   * run's messages) waits for room rather than failing. */
+  m.jo.PublishAsync.StallWait = ACK_WAIT_MS;
+  size_t window_max = c.max_pending > c.batch ? c.max_pending : c.batch;
   int status = 0;
   m.topics = calloc(c.n_topics, sizeof *m.topics);
   if (!m.topics) {
@@ -720,11 +985,18 @@ int mirror_run(engram *log, const struct mirror_config *cfg) {
   snprintf(m.log_id, sizeof m.log_id, "%s", li.id);
   int stream_ok = 0;
   engram_batch *b = NULL;
+  size_t rr = 0; /* the topic fetched first in this round */
   while (!stopping(&m)) {
     if (!m.js || natsConnection_Status(m.nc) == NATS_CONN_STATUS_CLOSED) {
-      if (reconnect(&m)) break;
+      if (m.fl_n) {
+        pthread_mutex_lock(&m.mu);
+        m.failed = 1; /* recover() reconnects, reads back and publishes again */
+        pthread_mutex_unlock(&m.mu);
+      } else if (reconnect(&m)) {
+        break;
+      }
     }
-    if (!stream_ok) {
+    if (!stream_ok && m.js) {
       int r = ensure_stream(&m);
       if (r < 0) {
         status = CLI_EXIT_FAIL;
@@ -738,11 +1010,20 @@ int mirror_run(engram *log, const struct mirror_config *cfg) {
       }
       stream_ok = 1;
     }
-    int idle = 1, waiting = 0;
-    uint64_t lag = 0;
-    for (size_t i = 0; i < c.n_topics && !stopping(&m); i++) {
-      struct topic_state *t = &m.topics[i];
+    if (failed(&m) && recover(&m)) {
+      if (!stopping(&m)) status = CLI_EXIT_FAIL;
+      goto done;
+    }
+    if (retire(&m)) {
+      if (!stopping(&m)) status = CLI_EXIT_FAIL;
+      goto done;
+    }
+    /* Fill the window: a batch of each topic in turn while there is room. */
+    int fetched = 0, waiting = 0, full = 0;
+    for (size_t k = 0; k < c.n_topics && !stopping(&m) && !failed(&m); k++) {
+      struct topic_state *t = &m.topics[(rr + k) % c.n_topics];
       if (!t->ready) {
+        if (t->flights) continue; /* prepared once its batches have left the window */
         int r = prepare_topic(&m, t);
         if (r < 0) {
           status = CLI_EXIT_FAIL;
@@ -752,6 +1033,10 @@ int mirror_run(engram *log, const struct mirror_config *cfg) {
           waiting = 1;
           continue;
         }
+      }
+      if (m.fl_n == MAX_FLIGHTS || m.window_events + c.batch > window_max) {
+        full = 1;
+        break;
       }
       int rc = engram_fetch(log, t->name, m.group, "mirror", c.batch, 0, &b);
       if (rc && stopping(&m)) goto done;
@@ -768,46 +1053,66 @@ int mirror_run(engram *log, const struct mirror_config *cfg) {
         goto done;
       }
       if (b->count) {
-        idle = 0;
-        if (mirror_batch(&m, t, b)) {
-          engram_batch_free(b);
+        fetched = 1;
+        if (push_flight(&m, t, b)) {
           b = NULL;
-          if (!stopping(&m)) status = CLI_EXIT_FAIL;
+          status = CLI_EXIT_FAIL;
           goto done;
         }
+      } else {
+        engram_batch_free(b);
       }
-      engram_batch_free(b);
       b = NULL;
-      engram_group_info gi;
-      if (engram_group_info_get(log, t->name, m.group, &gi) == 0) lag += gi.lag;
     }
+    rr++;
     int64_t now = cli_now_ns();
+    int idle = !fetched && !m.fl_n;
+    uint64_t lag = 0;
+    if (idle || now - m.last_progress_ns > PROGRESS_NS) {
+      engram_group_info gi;
+      for (size_t i = 0; i < c.n_topics; i++)
+        if (m.topics[i].ready && engram_group_info_get(log, m.topics[i].name, m.group, &gi) == 0)
+          lag += gi.lag;
+    }
     if (now - m.last_progress_ns > PROGRESS_NS && (m.mirrored != m.reported || lag)) {
       m.reported = m.mirrored;
       note(&m, "%" PRIu64 " events mirrored into %s, lag %" PRIu64, m.mirrored, c.stream, lag);
       m.last_progress_ns = now;
     }
-    if (idle) {
-      if (c.once && !waiting && lag == 0) break;
-      if (waiting && !m.degraded) {
-        note(&m, "%s: waiting", m.last_error);
-        m.degraded = 1;
-      }
-      /* Nothing new: a short long-poll on the first topic, then look at all again. */
-      if (!waiting && c.n_topics == 1) {
-        if (engram_fetch(log, m.topics[0].name, m.group, "mirror", c.batch, 200, &b) == 0 &&
-            b->count && mirror_batch(&m, &m.topics[0], b)) {
-          engram_batch_free(b);
-          b = NULL;
-          if (!stopping(&m)) status = CLI_EXIT_FAIL;
+    if (m.fl_n) {
+      /* Acks to come: wait for the oldest batch's when the window is full, and briefly
+       * when nothing new came; go on fetching at once otherwise. */
+      if (full || !fetched) wait_oldest(&m, full ? 200 : 20);
+      continue;
+    }
+    if (!idle) continue;
+    if (c.once && !waiting && lag == 0) break;
+    if (waiting && !m.degraded) {
+      note(&m, "%s: waiting", m.last_error);
+      m.degraded = 1;
+    }
+    /* Nothing new: a short long-poll on the first topic, then look at all again. */
+    if (!waiting && c.n_topics == 1 && m.topics[0].ready) {
+      if (engram_fetch(log, m.topics[0].name, m.group, "mirror", c.batch, 200, &b) == 0 &&
+          b->count) {
+        int r = push_flight(&m, &m.topics[0], b);
+        b = NULL;
+        if (r) {
+          status = CLI_EXIT_FAIL;
           goto done;
         }
-        engram_batch_free(b);
-        b = NULL;
-      } else {
-        sleep_ms(waiting ? 1000 : 50, c.stop);
       }
+      engram_batch_free(b);
+      b = NULL;
+    } else {
+      sleep_ms(waiting ? 1000 : 50, c.stop);
     }
+  }
+  /* Stopping: what the stream acknowledges in a moment is acked in the group; the rest
+   * is read back by the next run. */
+  if (m.fl_n && m.js) {
+    wait_acks(&m, 2000);
+    if (retire(&m) && status == 0 && !stopping(&m)) status = CLI_EXIT_FAIL;
   }
 done:
   if (m.js) {
@@ -817,6 +1122,10 @@ done:
     js_PublishAsyncComplete(m.js, &po);
   }
   mirror_link_close(&m.nc, &m.js);
+  drop_window(&m);
+  free(m.enc);
+  free(m.items);
+  free(m.codes);
   if (m.topics)
     for (size_t i = 0; i < c.n_topics; i++) free(m.topics[i].present);
   free(m.topics);

@@ -25,6 +25,10 @@
 #define MIRROR_H_DELIVER_AT "Engram-Deliver-At"     /* decimal ns; absent = 0 */
 #define MIRROR_H_IDEM "Engram-Idempotency-Key"      /* percent-encoded; absent = none */
 #define MIRROR_H_HEADERS "Engram-Headers"           /* name=value&... each part percent-encoded */
+#define MIRROR_H_FLAGS "Engram-Flags"               /* decimal ENGRAM_EVENT_*; absent = 0 */
+/* The topic's settings (mirror_config_encode), on the first event of every batch: a
+ * restore takes them from the newest event that carries them. */
+#define MIRROR_H_CONFIG "Engram-Topic-Config"
 
 /* How to reach NATS. Every field may be NULL. */
 struct mirror_nats {
@@ -79,6 +83,24 @@ int mirror_stream_rests(const jsStreamInfo *si);
 /* A decimal header of msg; 0, or -1 when missing or not a number. */
 int mirror_header_u64(natsMsg *msg, const char *name, uint64_t *out);
 
+/* The options of struct mirror_nats that `engram mirror` and `engram restore` share: the
+ * entries of their option tables (targets in *n), their help lines, and the check of
+ * what goes together (0, or the usage status after one line on stderr). */
+#define MIRROR_NATS_OPTS(n)                                                                    \
+  CLI_OPT_TEXT("--nats-user", &(n)->user, .what = "needs a user name"),                        \
+      CLI_OPT_STR("--nats-creds", &(n)->creds), CLI_OPT_STR("--nats-nkey", &(n)->nkey_public), \
+      CLI_OPT_STR("--nats-seed", &(n)->nkey_seed), CLI_OPT_STR("--nats-ca", &(n)->ca),         \
+      CLI_OPT_STR("--nats-cert", &(n)->cert), CLI_OPT_STR("--nats-key", &(n)->key)
+#define MIRROR_NATS_HELP                                                                    \
+  "  --nats-user U            user name; the password comes from $ENGRAM_NATS_PASSWORD\n"   \
+  "  --nats-creds FILE        NATS credentials file (JWT and nkey seed)\n"                  \
+  "  --nats-nkey PUBLIC       nkey authentication: the public key, with --nats-seed FILE\n" \
+  "  --nats-seed FILE         the file holding the nkey's seed\n"                           \
+  "  --nats-ca FILE           CA certificates for TLS (turns TLS on)\n"                     \
+  "  --nats-cert FILE         client certificate for TLS, with --nats-key FILE\n"           \
+  "  --nats-key FILE          its private key\n"
+int mirror_nats_check(const char *cmd, const struct mirror_nats *n);
+
 /* The mirror of `engram serve --mirror-nats`: a thread with a client handle of the
  * daemon listening on `listen` (its address on loopback when it listens on all). Stop
  * it after engram_serve() returns. */
@@ -92,5 +114,13 @@ void mirror_thread_stop(struct mirror_thread *t);
  * or -1 on a malformed escape. */
 void mirror_pct_encode(const char *s, size_t n, char *out);
 long mirror_pct_decode(char *s);
+
+/* A topic's settings as name=value&... (every field of engram_topic_config, the
+ * tombstone type percent-encoded) into out (MIRROR_CONFIG_MAX bytes), and back: decoding
+ * fills *cfg (zeroed first; names it does not know are skipped) and returns 0, or -1
+ * when a value is malformed. */
+#define MIRROR_CONFIG_MAX 1024
+void mirror_config_encode(const engram_topic_config *cfg, char *out);
+int mirror_config_decode(const char *s, engram_topic_config *cfg);
 
 #endif

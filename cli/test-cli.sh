@@ -173,6 +173,11 @@ out=$(timeout 60 "$BIN" --data "$TMP/copy" read memory --json 2>&1)
 copied=$(printf '%s\n' "$out" | sed 's/"timestamp_ns":[0-9]*//')
 orig=$(sed 's/"timestamp_ns":[0-9]*//' "$TMP/all.jsonl")
 check "... byte for byte" eval '[[ "$copied" == "$orig" ]]'
+out=$(timeout 60 "$BIN" --data "$TMP/copy2" append memory --batch --create --keep-time <"$TMP/all.jsonl" 2>&1) rc=$?
+out=$(timeout 60 "$BIN" --data "$TMP/copy2" read memory --json 2>&1)
+check "append --batch --keep-time: the copy has the original append times too" eval '[[ "$out" == "$(cat "$TMP/all.jsonl")" ]]'
+out=$(head -n 1 "$TMP/all.jsonl" | timeout 60 "$BIN" --data "$TMP/copy2" append memory --batch --keep-time 2>&1) rc=$?
+check "... and a time older than the topic's newest event is refused" eval '[[ $rc == 1 ]] && has "$out" "older than the topic'"'"'s newest event"'
 
 # --- groups ----------------------------------------------------------------------------
 e group create memory g --max-deliver 0

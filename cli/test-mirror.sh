@@ -98,10 +98,24 @@ for i in range(int(sys.argv[1])):
         ev["headers"] = {"trace": "t-%d" % i, "odd": "a=b&c %% \n d"}
     if i % 5 == 0:
         ev["content_type"] = "text/plain"
+    if i % 7 == 0:
+        ev["idempotency_key"] = "idem-%d" % i
+    if i % 11 == 0:
+        ev["tombstone"] = True
     print(json.dumps(ev))
 EOF
-"$BIN" --data "$DATA" topic create memory >/dev/null && "$BIN" --data "$DATA" topic create audit >/dev/null ||
+# Settings other than the defaults, which restore must give the topics again (memory.deleted
+# events are stored as tombstones: the event flag travels too).
+"$BIN" --data "$DATA" topic create memory --max-age 3650d --compress-threshold 128 --dict-after 2000 \
+  --max-payload 2M --tombstone-type memory.deleted >/dev/null &&
+  "$BIN" --data "$DATA" topic create audit --max-events 1000000 --no-dict >/dev/null ||
   fail "topics created"
+# mirror and restore share their NATS options, and the check of what goes together.
+for cmd in "mirror --nats $URL --topic memory" "restore --from-nats $URL --stream S --data $TMP/none"; do
+  out=$("$BIN" --data "$DATA" $cmd --nats-nkey UABC 2>&1)
+  [ $? = 2 ] && [[ $out == *"--nats-nkey and --nats-seed go together"* ]] &&
+    ok "${cmd%% *}: --nats-nkey without --nats-seed is a usage error" || fail "${cmd%% *} --nats-nkey alone: $out"
+done
 append_load() {
   local n=0
   split -l 500 "$TMP/events.jsonl" "$TMP/chunk."
@@ -248,23 +262,55 @@ echo "     $out"
   fail "restore: $out (the log's heads add up to $heads)"
 "$BIN" --data "$TMP/restored" verify >/dev/null 2>&1 && ok "the restored log verifies clean" ||
   fail "verify of the restored log"
-same=1
+same=1 samecfg=1
 for t in memory audit; do
   for d in "$DATA" "$TMP/restored"; do
     "$BIN" --data "$d" read "$t" --json 2>/dev/null |
       python3 -c '
 import json, sys
 for l in sys.stdin:
-    e = json.loads(l); e.pop("timestamp_ns", None); print(json.dumps(e, sort_keys=True))' >"$d.$t.cmp"
+    print(json.dumps(json.loads(l), sort_keys=True))' >"$d.$t.cmp"
+    "$BIN" --data "$d" topic show "$t" --json 2>/dev/null |
+      python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["config"], sort_keys=True))' >"$d.$t.cfg"
   done
   cmp -s "$DATA.$t.cmp" "$TMP/restored.$t.cmp" || same=0
   [ -s "$DATA.$t.cmp" ] || same=0
+  cmp -s "$DATA.$t.cfg" "$TMP/restored.$t.cfg" || samecfg=0
 done
-[ $same = 1 ] && ok "every restored event equals the original (offset, type, key, headers, payload)" ||
+[ $same = 1 ] &&
+  ok "every restored event equals the original (offset, type, key, headers, payload, append time, idempotency key, tombstone)" ||
   fail "restored events differ"
+[ $samecfg = 1 ] && ok "restored topics have the original settings" ||
+  fail "restored topic settings differ: $(cat "$DATA.memory.cfg" "$TMP/restored.memory.cfg")"
+# The restored idempotency keys keep deduplicating: the key of the newest keyed event,
+# appended again within its window, is a duplicate of it.
+kl=$("$BIN" --data "$DATA" read memory --json | python3 -c '
+import json, sys
+ks = [json.loads(l) for l in sys.stdin]
+ks = [e for e in ks if e.get("idempotency_key")]
+print(ks[-1]["idempotency_key"], ks[-1]["offset"])')
+read -r key koff <<<"$kl"
+out=$("$BIN" --data "$TMP/restored" append memory memory.saved --payload again --idem "$key" --json 2>&1)
+[ "$out" = "{\"offset\":$koff,\"duplicate\":true}" ] && ok "a restored idempotency key dedupes (offset $koff)" ||
+  fail "restored key $key of offset $koff: $out"
 out=$("$BIN" restore --from-nats "$URL" --stream MEM --data "$TMP/restored" 2>&1)
 [[ $out == *"already holds 2 topics"* ]] && ok "restore refuses a log that is not empty" ||
   fail "restore into a full log: $out"
+
+# A log whose clock stepped back between two appends (the test clock stands in for NTP):
+# restored, the later event takes the earlier one's time, and a line says so.
+clock() { python3 -c 'import struct, sys; open(sys.argv[1], "wb").write(struct.pack("<q", int(sys.argv[2])))' "$TMP/clock" "$1"; }
+clock 2000000000000
+ENGRAM_TEST_CLOCK_FILE=$TMP/clock "$BIN" --data "$TMP/stepped" append s s.x --create --payload a >/dev/null
+clock 1000000000000
+ENGRAM_TEST_CLOCK_FILE=$TMP/clock "$BIN" --data "$TMP/stepped" append s s.x --payload b >/dev/null
+timeout 60 "$BIN" --data "$TMP/stepped" mirror --nats "$URL" --topic s --stream STEP --replicas 3 --once 2>/dev/null ||
+  fail "mirror of the stepped log"
+out=$("$BIN" restore --from-nats "$URL" --stream STEP --data "$TMP/stepped-r" 2>&1)
+times=$("$BIN" --data "$TMP/stepped-r" read s --json | python3 -c 'import json, sys; print(*[json.loads(l)["timestamp_ns"] for l in sys.stdin])')
+[ "$times" = "2000000000000 2000000000000" ] && [[ $out == *"1 events older than the event before them"* ]] &&
+  ok "restore of a log whose clock stepped back: in order, with a line saying so" ||
+  fail "stepped clock: times $times, restore said: $out"
 
 [ "$PART" = all ] && lag_rounds
 

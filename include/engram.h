@@ -400,7 +400,8 @@ typedef struct engram_event {
   const char *idempotency_key; /* NULL = none */
   int64_t deliver_at_ns;       /* CLOCK_REALTIME, >= 0 (a time, not a duration: any
                                   value up to INT64_MAX); 0 = deliver at once */
-  int64_t timestamp_ns;        /* out: append time, CLOCK_REALTIME */
+  int64_t timestamp_ns;        /* out: append time, CLOCK_REALTIME; an input only with
+                                  ENGRAM_EVENT_TIMESTAMP */
   uint32_t attempt;            /* out, fetch only: 1 on first delivery; 0 on read */
   uint32_t flags;              /* ENGRAM_EVENT_*; on read and fetch as stored */
 } engram_event;
@@ -410,6 +411,20 @@ typedef struct engram_event {
  * topic's tombstone_ttl_ms has passed. Needs a key (EINVAL without one). On a topic with
  * a tombstone_type, events of that type are stored with this flag. */
 #define ENGRAM_EVENT_TOMBSTONE 0x1
+/* Append only, never stored: the event's timestamp_ns is an input, its append time,
+ * instead of the commit's clock reading. For importers that rebuild a log (`engram
+ * restore` gives restored events their original times). A topic's append times never
+ * decrease with the offset (seeks by time and retention by age rely on it), so the time
+ * must be at least the time of the topic's newest event (and of the events before it in
+ * the same batch) and at most the log's clock now (a later ordinary append would
+ * otherwise get an older time); otherwise the append fails with ENGRAM_EINVAL ("...
+ * older than the topic's newest event ..." / "... ahead of the log's clock ...") and
+ * writes nothing. An idempotency key appended so takes the event's time as its own: the
+ * dedup window runs from the original time, and a key is a duplicate of an earlier one
+ * when its event's time is inside the window of that one's. Ordinary appends are
+ * unaffected. Through the daemon: servers before this flag refuse it as an unknown flag
+ * (ENGRAM_EINVAL). */
+#define ENGRAM_EVENT_TIMESTAMP 0x2
 
 /* A set of events returned by read or fetch; one allocation the caller frees. */
 typedef struct engram_batch {

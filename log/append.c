@@ -55,8 +55,13 @@ int log_check_event(const struct log *log, const char *topic, const engram_event
   }
   if (ev->deliver_at_ns < 0)
     return log_error(log, ENGRAM_EINVAL, "append %s: negative deliver_at", topic);
-  if (ev->flags & ~(uint32_t)ENGRAM_EVENT_TOMBSTONE)
+  if (ev->flags & ~(uint32_t)(ENGRAM_EVENT_TOMBSTONE | ENGRAM_EVENT_TIMESTAMP))
     return log_error(log, ENGRAM_EINVAL, "append %s: unknown event flags 0x%x", topic, ev->flags);
+  if ((ev->flags & ENGRAM_EVENT_TIMESTAMP) && ev->timestamp_ns <= 0)
+    return log_error(log, ENGRAM_EINVAL,
+                     "append %s: timestamp %lld with ENGRAM_EVENT_TIMESTAMP: give a time in ns "
+                     "since the epoch",
+                     topic, (long long)ev->timestamp_ns);
   if ((ev->flags & ENGRAM_EVENT_TOMBSTONE) && !ev->key)
     return log_error(log, ENGRAM_EINVAL,
                      "append %s: a tombstone needs a key (it deletes the events of its key)",
@@ -105,7 +110,8 @@ struct append_req {
 };
 
 /* Looks an idempotency key up; returns 1 with *off when it is a duplicate in the window. */
-static int idem_find(log_wtx *w, uint32_t topic_id, const char *key, uint64_t *off) {
+static int idem_find(log_wtx *w, uint32_t topic_id, const char *key, int64_t now_ns,
+                     uint64_t *off) {
   size_t kn = strlen(key);
   unsigned char kb[4 + ENGRAM_MAX_KEY];
   be32_put(kb, topic_id);
@@ -113,18 +119,18 @@ static int idem_find(log_wtx *w, uint32_t topic_id, const char *key, uint64_t *o
   MDB_val k = {4 + kn, kb}, v;
   if (mdb_get(w->txn, w->log->db_idem, &k, &v) != 0 || v.mv_size != 16) return 0;
   int64_t ts = (int64_t)be64_get((unsigned char *)v.mv_data + 8);
-  if (w->now_ns >= clock_after_ms(ts, w->log->opts.dedup_window_ms)) return 0;
+  if (now_ns >= clock_after_ms(ts, w->log->opts.dedup_window_ms)) return 0;
   *off = be64_get(v.mv_data);
   return 1;
 }
 
-static int idem_put(log_wtx *w, uint32_t topic_id, const char *key, uint64_t off) {
+static int idem_put(log_wtx *w, uint32_t topic_id, const char *key, int64_t now_ns, uint64_t off) {
   size_t kn = strlen(key);
   unsigned char kb[4 + ENGRAM_MAX_KEY], vb[16];
   be32_put(kb, topic_id);
   memcpy(kb + 4, key, kn);
   be64_put(vb, off);
-  be64_put(vb + 8, (uint64_t)w->now_ns);
+  be64_put(vb + 8, (uint64_t)now_ns);
   MDB_val k = {4 + kn, kb}, v = {16, vb};
   int rc = mdb_put(w->txn, w->log->db_idem, &k, &v, 0);
   return rc ? log_err_mdb(rc) : 0;
@@ -141,6 +147,24 @@ static int maybe_train(log_wtx *w, log_topic *t, uint64_t head) {
   int rc = log_topic_meta_put(w->log, w->txn, t);
   if (rc == 0) log_train_request(w->log, t->name);
   return rc;
+}
+
+/* The append time of the topic's newest stored event, 0 when it has none (read only for
+ * appends with ENGRAM_EVENT_TIMESTAMP). */
+static int newest_time(log_wtx *w, const log_topic *t, MDB_cursor *c, int64_t *out) {
+  MDB_val k, v;
+  *out = 0;
+  int rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+  if (rc == MDB_NOTFOUND) return 0;
+  if (rc) return log_err_mdb(rc);
+  uint64_t off;
+  memcpy(&off, k.mv_data, 8);
+  log_view view;
+  if ((rc = log_view_get(w->log, w->txn, t, off, &view)))
+    return log_error(w->log, rc, "append %s: reading the newest event (offset %llu) for its time",
+                     t->name, (unsigned long long)off);
+  *out = view.timestamp_ns;
+  return 0;
 }
 
 static int append_job(log_wtx *w, void *arg) {
@@ -160,8 +184,32 @@ static int append_job(log_wtx *w, void *arg) {
   if (rc) return log_err_mdb(rc);
   uint64_t head = log_topic_head(log, w->txn, &t);
   int appended = 0;
+  int64_t newest = -1; /* the topic's newest append time, read at the first given time */
   for (size_t i = 0; i < r->n; i++) {
     const engram_event *ev = &r->evs[i];
+    int64_t at = w->now_ns;
+    engram_event copy;
+    if (ev->flags & ENGRAM_EVENT_TIMESTAMP) {
+      if (newest < 0 && (rc = newest_time(w, &t, c, &newest))) break;
+      if (ev->timestamp_ns < newest) {
+        rc = log_error(log, ENGRAM_EINVAL,
+                       "append %s: timestamp %lld is older than the topic's newest event (%lld): "
+                       "a topic's append times never decrease",
+                       r->topic, (long long)ev->timestamp_ns, (long long)newest);
+        break;
+      }
+      if (ev->timestamp_ns > w->now_ns) {
+        rc = log_error(log, ENGRAM_EINVAL,
+                       "append %s: timestamp %lld is ahead of the log's clock (%lld): a given "
+                       "append time cannot be in the future",
+                       r->topic, (long long)ev->timestamp_ns, (long long)w->now_ns);
+        break;
+      }
+      at = ev->timestamp_ns;
+      copy = *ev; /* an input flag: not stored */
+      copy.flags &= ~(uint32_t)ENGRAM_EVENT_TIMESTAMP;
+      ev = &copy;
+    }
     engram_event tomb;
     if (ev->key && t.cfg.tombstone_type[0] && !strcmp(ev->type, t.cfg.tombstone_type)) {
       tomb = *ev; /* the topic's tombstone type: stored as a tombstone */
@@ -169,13 +217,13 @@ static int append_job(log_wtx *w, void *arg) {
       ev = &tomb;
     }
     uint64_t off;
-    if (ev->idempotency_key && idem_find(w, t.id, ev->idempotency_key, &off)) {
+    if (ev->idempotency_key && idem_find(w, t.id, ev->idempotency_key, at, &off)) {
       r->offsets[i] = off;
       if (r->dups) r->dups[i] = 1;
       continue;
     }
     off = head + 1;
-    rc = log_codec_encode(log, w->txn, &t, ev, w->now_ns, off, enc);
+    rc = log_codec_encode(log, w->txn, &t, ev, at, off, enc);
     if (rc) break;
     MDB_val k = {8, &off}, v = {enc->len, enc->buf};
     rc = mdb_cursor_put(c, &k, &v, MDB_APPEND);
@@ -186,8 +234,9 @@ static int append_job(log_wtx *w, void *arg) {
                   rc == ENGRAM_ENOSPC ? "disk full" : "write failed");
       break;
     }
-    if (ev->idempotency_key && (rc = idem_put(w, t.id, ev->idempotency_key, off))) break;
+    if (ev->idempotency_key && (rc = idem_put(w, t.id, ev->idempotency_key, at, off))) break;
     head = off;
+    if (newest >= 0) newest = at;
     appended = 1;
     r->offsets[i] = off;
     if (r->dups) r->dups[i] = 0;
@@ -255,6 +304,7 @@ int log_event_copy(engram_event *dst, const engram_event *src) {
   dst->content_type = dup_s(src->content_type, &bad);
   dst->idempotency_key = dup_s(src->idempotency_key, &bad);
   dst->deliver_at_ns = src->deliver_at_ns;
+  dst->timestamp_ns = src->timestamp_ns; /* an input with ENGRAM_EVENT_TIMESTAMP */
   dst->flags = src->flags;
   dst->payload_len = src->payload_len;
   if (src->payload_len) {

@@ -336,6 +336,7 @@ int client_wev_build(engram *log, const char *topic, const engram_event *evs, si
     x->idempotency_key = net_str(e->idempotency_key);
     x->has_idempotency_key = e->idempotency_key != NULL;
     x->deliver_at_ns = e->deliver_at_ns;
+    x->timestamp_ns = e->timestamp_ns; /* an input with ENGRAM_EVENT_TIMESTAMP */
     x->flags = e->flags;
     if (e->n_headers) {
       x->headers = &w->hp[at];

@@ -291,6 +291,7 @@ void net_event_from_wire(const Engram__Wire__Event *w, engram_event *e, engram_h
   e->content_type = *w->content_type ? w->content_type : NULL;
   e->idempotency_key = w->has_idempotency_key || *w->idempotency_key ? w->idempotency_key : NULL;
   e->deliver_at_ns = w->deliver_at_ns;
+  e->timestamp_ns = w->timestamp_ns; /* an input with ENGRAM_EVENT_TIMESTAMP */
   e->flags = w->flags;
   for (size_t i = 0; i < w->n_headers; i++) {
     h[i].name = w->headers[i]->name;

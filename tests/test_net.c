@@ -1911,6 +1911,121 @@ static void ack_fetch_through_the_daemon_is_one_commit_all_or_nothing_and_may_wa
   conn_and_serve_done(&d, r);
 }
 
+/* ENGRAM_EVENT_TIMESTAMP: an importer appends with the original append times, embedded
+ * and through the daemon alike (plain, batched, pipelined and transactional appends). A time older
+ * than the topic's newest event, or ahead of the log's clock, is refused with the same message on
+ * both, and leaves the topic as it was; an ordinary append afterwards is stamped by the clock as
+ * before. Idempotency keys appended so take the event's time as theirs. */
+static void appends_with_an_explicit_timestamp_keep_the_topics_times_in_order(void **state) {
+  (void)state;
+  td d;
+  engram *r = serve_and_conn(&d, "net-timestamp");
+  char *edir = tu_join(d.dir, "embedded");
+  engram *l = tu_open(edir, NULL);
+  engram *both[2] = {l, r};
+  char msgs[2][3][512];
+  int64_t now = tu_now_ns();
+  for (int s = 0; s < 2; s++) {
+    engram *log = both[s];
+    OK(log, engram_topic_create(log, "memory", NULL));
+    engram_event evs[3] = {ev_of("memory.saved", NULL, "a"), ev_of("memory.saved", NULL, "b"),
+                           ev_of("memory.saved", "k", "c")};
+    for (int i = 0; i < 3; i++) {
+      evs[i].flags = ENGRAM_EVENT_TIMESTAMP;
+      evs[i].timestamp_ns = now - 3600000000000LL + i * 1000; /* an hour ago */
+    }
+    evs[1].timestamp_ns = evs[0].timestamp_ns; /* equal times are in order */
+    evs[2].idempotency_key = "once";
+    uint64_t offs[3];
+    OK(log, engram_append_batch(log, "memory", evs, 3, offs, NULL));
+    engram_batch *b;
+    OK(log, engram_read_range(log, "memory", 1, 10, &b));
+    assert_int_equal(b->count, 3);
+    for (int i = 0; i < 3; i++) {
+      assert_int_equal(b->events[i].timestamp_ns, evs[i].timestamp_ns);
+      assert_int_equal(b->events[i].flags, 0); /* an input flag, not stored */
+    }
+    engram_batch_free(b);
+    /* Older than the newest event: refused, nothing written. */
+    engram_event old = ev_of("memory.saved", NULL, "d");
+    old.flags = ENGRAM_EVENT_TIMESTAMP;
+    old.timestamp_ns = evs[2].timestamp_ns - 1;
+    assert_int_equal(engram_append(log, "memory", &old, NULL, NULL), ENGRAM_EINVAL);
+    snprintf(msgs[s][0], 512, "%s", engram_errmsg(log));
+    /* Ahead of the clock: refused too (ordinary appends after it would go back in time). */
+    engram_event ahead = old;
+    ahead.timestamp_ns = now + 3600000000000LL;
+    assert_int_equal(engram_append(log, "memory", &ahead, NULL, NULL), ENGRAM_EINVAL);
+    snprintf(msgs[s][1], 512, "%s", engram_errmsg(log));
+    engram_event neg = old;
+    neg.timestamp_ns = -1;
+    assert_int_equal(engram_append(log, "memory", &neg, NULL, NULL), ENGRAM_EINVAL);
+    snprintf(msgs[s][2], 512, "%s", engram_errmsg(log));
+    engram_topic_info ti;
+    OK(log, engram_topic_info_get(log, "memory", &ti));
+    assert_int_equal(ti.head_offset, 3);
+    /* The key's time is the event's: an hour ago, past the default 10-minute window, so
+     * the same key appends anew now. */
+    engram_event again = ev_of("memory.saved", "k", "e");
+    again.idempotency_key = "once";
+    uint64_t off = 0;
+    int dup = -1;
+    OK(log, engram_append(log, "memory", &again, &off, &dup));
+    assert_int_equal(dup, 0);
+    assert_int_equal(off, 4);
+    /* Within the window of an imported key's time: a duplicate. */
+    engram_event recent = ev_of("memory.saved", NULL, "f");
+    recent.flags = ENGRAM_EVENT_TIMESTAMP;
+    recent.idempotency_key = "recent";
+    OK(log, engram_read(log, "memory", 4, &b));
+    recent.timestamp_ns = b->events[0].timestamp_ns; /* the clock's time of offset 4 */
+    engram_batch_free(b);
+    OK(log, engram_append(log, "memory", &recent, &off, &dup));
+    assert_int_equal(off, 5);
+    engram_event plain = ev_of("memory.saved", NULL, "g");
+    plain.idempotency_key = "recent";
+    OK(log, engram_append(log, "memory", &plain, &off, &dup));
+    assert_int_equal(dup, 1);
+    assert_int_equal(off, 5);
+    /* An ordinary append is stamped by the clock, after the imported times. */
+    engram_event later = ev_of("memory.saved", NULL, "h");
+    OK(log, engram_append(log, "memory", &later, &off, NULL));
+    OK(log, engram_read(log, "memory", off, &b));
+    assert_true(b->events[0].timestamp_ns >= now);
+    int64_t clock_time = b->events[0].timestamp_ns;
+    engram_batch_free(b);
+    /* Pipelined appends carry the given time too. */
+    engram_event piped = ev_of("memory.saved", NULL, "i");
+    piped.flags = ENGRAM_EVENT_TIMESTAMP;
+    piped.timestamp_ns = clock_time;
+    OK(log, engram_append_async(log, "memory", &piped, NULL, NULL));
+    OK(log, engram_append_wait(log));
+    OK(log, engram_read(log, "memory", off + 1, &b));
+    assert_int_equal(b->events[0].timestamp_ns, clock_time);
+    engram_batch_free(b);
+    /* And appends in a transaction. */
+    engram_txn *txn;
+    OK(log, engram_txn_begin(log, &txn));
+    uint64_t toff = 0;
+    OK(log, engram_txn_append(txn, "memory", &piped, &toff));
+    OK(log, engram_txn_commit(txn));
+    OK(log, engram_read(log, "memory", toff, &b));
+    assert_int_equal(b->events[0].timestamp_ns, clock_time);
+    engram_batch_free(b);
+  }
+  for (int k = 0; k < 3; k++) { /* the same message, but for the clock's reading */
+    char *clk[2] = {strstr(msgs[0][k], "clock ("), strstr(msgs[1][k], "clock (")};
+    for (int s = 0; s < 2; s++)
+      if (clk[s]) *clk[s] = '\0';
+    assert_string_equal(msgs[0][k], msgs[1][k]);
+  }
+  assert_non_null(strstr(msgs[0][0], "older than"));
+  assert_non_null(strstr(msgs[0][1], "ahead of"));
+  engram_close(l);
+  free(edir);
+  conn_and_serve_done(&d, r);
+}
+
 int main(void) {
   tu_test_filter();
   const struct CMUnitTest tests[] = {
@@ -1939,6 +2054,7 @@ int main(void) {
       cmocka_unit_test(the_daemon_says_what_it_is),
       cmocka_unit_test(appends_of_many_connections_commit_together_in_each_ones_order),
       cmocka_unit_test(ack_fetch_through_the_daemon_is_one_commit_all_or_nothing_and_may_wait),
+      cmocka_unit_test(appends_with_an_explicit_timestamp_keep_the_topics_times_in_order),
   };
   return cmocka_run_group_tests_name("net", tests, NULL, NULL);
 }

@@ -1,7 +1,8 @@
 /* nats_ceiling.c — the JetStream cluster's own ceiling for what `engram mirror` does:
  * asynchronous publishes of SIZE-byte messages with a Nats-Msg-Id and the mirror's nine
  * headers into a stream of R replicas, at most MAX_PENDING awaiting their ack. Prints
- * one JSON line. Usage: nats_ceiling URL STREAM COUNT SIZE REPLICAS MAX_PENDING */
+ * one JSON line; the stream is deleted after the run, and with COUNT 0 only made (for a
+ * mirror run to follow). Usage: nats_ceiling URL STREAM COUNT SIZE REPLICAS MAX_PENDING */
 #include <nats/nats.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,7 +101,7 @@ int main(int argc, char **argv) {
       "{\"what\":\"nats_ceiling\",\"replicas\":%ld,\"count\":%ld,\"size\":%ld,"
       "\"max_pending\":%ld,\"failed\":%d,\"status\":\"%s\",\"secs\":%.3f,\"rate\":%.0f}\n",
       replicas, count, size, pending, failed, natsStatus_GetText(s), secs, count / secs);
-  js_DeleteStream(js, stream, NULL, NULL);
+  if (count > 0) js_DeleteStream(js, stream, NULL, NULL); /* COUNT 0: only make the stream */
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
   natsOptions_Destroy(o);

@@ -4,13 +4,16 @@
 # cluster's own ceiling:
 #   ceiling   nats_ceiling: COUNT asynchronous publishes of SIZE bytes with a Msg-Id and
 #             the mirror's headers, at most 4000 awaiting their ack (what the mirror sends)
-#   backlog   COUNT events already in the log, `engram mirror --once` from scratch
+#   backlog   COUNT events already in the log, `engram mirror --once` into a stream made
+#             just before (ceiling and backlog in turns, ROUNDS times, with the ratio of
+#             each round and their median)
 #   steady    steady_append at RATES events/s for SECONDS while `engram mirror` follows:
 #             the lag sampled every 500 ms, then the time to drain it
 # Writes $OUT/mirror.jsonl (one JSON object per line) and prints a summary.
 # Environment: BUILD (build), OUT (bench/results), COUNT (100000), SIZE (300),
 # MIRROR_ARGS (more options of engram mirror, e.g. "--batch 4000"),
-# RATES ("20000 50000"), DURATION (10 s). --quick: COUNT 20000, DURATION 5, RATES 20000.
+# RATES ("20000 50000"), DURATION (10 s), ROUNDS (3), ENGRAM_BIN (the engram to measure,
+# default $BUILD/engram). --quick: COUNT 20000, DURATION 5, RATES 20000, ROUNDS 2.
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 BUILD=${BUILD:-build}
@@ -19,8 +22,9 @@ COUNT=${COUNT:-100000}
 SIZE=${SIZE:-300}
 RATES=${RATES:-20000 50000}
 DURATION=${DURATION:-10}
-if [ "${1:-}" = --quick ]; then COUNT=20000 DURATION=5 RATES=20000; fi
-BIN=$PWD/$BUILD/engram
+ROUNDS=${ROUNDS:-3}
+if [ "${1:-}" = --quick ]; then COUNT=20000 DURATION=5 RATES=20000 ROUNDS=2; fi
+BIN=${ENGRAM_BIN:-$PWD/$BUILD/engram}
 mkdir -p "$OUT" "$BUILD/bench"
 TMP=$(mktemp -d)
 declare -A PIDS
@@ -53,17 +57,35 @@ RES=$OUT/mirror.jsonl
 : >"$RES"
 log "nats-server $(nats-server --version | head -1), 3 nodes, R3; $COUNT events of $SIZE bytes"
 
-"$BUILD/bench/nats_ceiling" "$URL" CEIL "$COUNT" "$SIZE" 3 4000 | tee -a "$RES"
-
+# Ceiling and backlog in turns, ROUNDS times: on a machine shared with other work the
+# rates drift by tens of percent within minutes, so each backlog run is read against
+# the ceiling measured just before it (the ratio per round, and their median).
 log "backlog"
-# Backlog: COUNT events in the log, then one mirror run from scratch to the head.
+# The backlog log is made once: COUNT events, then copied for every round.
 "$BUILD/bench/steady_append" "$TMP/backlog" memory none 1000000000 600 "$SIZE" "$COUNT" >/dev/null
 n=$("$BIN" --data "$TMP/backlog" topic show memory --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["head_offset"])')
-t0=$(date +%s.%N)
-"$BIN" --data "$TMP/backlog" mirror --nats "$URL" --topic memory --stream BACKLOG --replicas 3 --once ${MIRROR_ARGS:-} 2>"$TMP/backlog.err"
-t1=$(date +%s.%N)
-python3 -c "print('{\"what\":\"backlog\",\"events\":%d,\"secs\":%.3f,\"rate\":%.0f}' % ($n, $t1 - $t0, $n / ($t1 - $t0)))" | tee -a "$RES"
-
+for r in $(seq "$ROUNDS"); do
+  "$BUILD/bench/nats_ceiling" "$URL" "CEIL$r" "$COUNT" "$SIZE" 3 4000 | tee -a "$RES"
+  rm -rf "$TMP/b$r"
+  cp -r "$TMP/backlog" "$TMP/b$r"
+  # The stream is made first, so the timed run is what the mirror does per event (the
+  # ceiling's time does not include making its stream either).
+  "$BUILD/bench/nats_ceiling" "$URL" "BACKLOG$r" 0 "$SIZE" 3 4000 >/dev/null
+  t0=$(date +%s.%N)
+  "$BIN" --data "$TMP/b$r" mirror --nats "$URL" --topic memory --stream "BACKLOG$r" --replicas 3 \
+    --subject-prefix "BACKLOG$r.m" --once ${MIRROR_ARGS:-} 2>"$TMP/backlog.err"
+  t1=$(date +%s.%N)
+  python3 -c "print('{\"what\":\"backlog\",\"round\":$r,\"events\":%d,\"secs\":%.3f,\"rate\":%.0f}' % ($n, $t1 - $t0, $n / ($t1 - $t0)))" | tee -a "$RES"
+done
+python3 - "$RES" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+ceil = [r["rate"] for r in rows if r["what"] == "nats_ceiling"]
+back = [r["rate"] for r in rows if r["what"] == "backlog"]
+ratios = [round(b / c, 2) for b, c in zip(back, ceil)]
+print(json.dumps({"what": "backlog_vs_ceiling", "ratios": ratios,
+                  "median": statistics.median(ratios)}))
+EOF
 for rate in $RATES; do
   log "steady $rate events/s for $DURATION s"
   d=$TMP/steady-$rate

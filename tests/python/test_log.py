@@ -71,6 +71,25 @@ def test_append_many_is_one_batch_with_offsets_in_order(log):
     assert [e.type for e in log.read("memory", 1, 10)] == ["memory.saved", "memory.updated", "memory.deleted"]
 
 
+def test_an_importer_appends_with_the_original_times_in_order(log):
+    hour_ago = time.time_ns() - 3600 * 10**9
+    offs = log.append_many("memory", [
+        engram.Message("memory.saved", b"a", timestamp_ns=hour_ago),
+        {"type": "memory.saved", "payload": b"b", "timestamp_ns": hour_ago + 5,
+         "idempotency_key": "k"},
+    ])
+    assert [e.timestamp_ns for e in log.read("memory", 1, 10)] == [hour_ago, hour_ago + 5]
+    assert not any(e.tombstone for e in log.read("memory", 1, 10))
+    with pytest.raises(engram.InvalidArgument, match="older than the topic's newest event"):
+        log.append_many("memory", [engram.Message("memory.saved", b"c", timestamp_ns=hour_ago)])
+    with pytest.raises(engram.InvalidArgument, match="ahead of the log's clock"):
+        log.append_many("memory", [engram.Message("memory.saved", b"c",
+                                                  timestamp_ns=time.time_ns() + 3600 * 10**9)])
+    assert log.topic("memory").count == 2
+    # The key's time is the hour-old one: past the default 10-minute window.
+    assert log.append("memory", "memory.saved", b"d", idempotency_key="k") == offs[1] + 1
+
+
 def test_append_many_is_all_or_nothing(log):
     log.append("memory", "memory.saved", b"first")
     with pytest.raises(engram.InvalidArgument):

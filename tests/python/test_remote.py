@@ -84,6 +84,17 @@ def test_task_delay_through_the_daemon_is_one_request(daemon):
     app.close()
 
 
+def test_an_importer_keeps_append_times_through_the_daemon(daemon):
+    with engram.connect(daemon) as log:
+        hour_ago = time.time_ns() - 3600 * 10**9
+        log.append_many("memory", [engram.Message("memory.saved", b"a", timestamp_ns=hour_ago),
+                                   engram.Message("memory.saved", b"b", timestamp_ns=hour_ago + 1)])
+        assert [e.timestamp_ns for e in log.read("memory", 1, 10)] == [hour_ago, hour_ago + 1]
+        with pytest.raises(engram.InvalidArgument, match="older than the topic's newest event"):
+            log.append_many("memory", [engram.Message("memory.saved", b"c", timestamp_ns=hour_ago)])
+        assert log.topic("memory").count == 2
+
+
 def test_connect_to_nothing_fails_cleanly():
     with pytest.raises(engram.Error):
         with engram.connect(f"tcp://127.0.0.1:{free_port()}", timeout=0.3) as log:

@@ -511,8 +511,10 @@ static PyObject *Log_topic_train_dict(LogObject *self, PyObject *args) {
 
 /* ---------------------------------------------------------------------------------
  * Events in: a Python event spec is the tuple
- *   (type, payload, key, content_type, headers, idempotency_key, deliver_at_ns[, flags])
- * with payload a bytes-like object, headers a dict of str -> str or None.
+ *   (type, payload, key, content_type, headers, idempotency_key, deliver_at_ns[, flags
+ *    [, timestamp_ns]])
+ * with payload a bytes-like object, headers a dict of str -> str or None, and
+ * timestamp_ns the given append time of flags' ENGRAM_EVENT_TIMESTAMP.
  * ------------------------------------------------------------------------------ */
 typedef struct {
   engram_event ev;
@@ -534,8 +536,9 @@ static void evin_clear(evin *e) {
  * call runs without the GIL. Returns 0, or -1 with an exception set. */
 static int evin_fill(evin *e, PyObject *spec) {
   memset(e, 0, sizeof *e);
-  if (!PyTuple_Check(spec) || (PyTuple_GET_SIZE(spec) != 7 && PyTuple_GET_SIZE(spec) != 8)) {
-    PyErr_SetString(PyExc_TypeError, "event spec must be a 7-tuple (or 8 with flags)");
+  if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) < 7 || PyTuple_GET_SIZE(spec) > 9) {
+    PyErr_SetString(PyExc_TypeError,
+                    "event spec must be a 7-tuple (or 8 with flags, 9 with a timestamp)");
     return -1;
   }
   e->keep = PyList_New(0);
@@ -556,7 +559,9 @@ static int evin_fill(evin *e, PyObject *spec) {
   if (!conv_str_opt(ctype, &e->ev.content_type)) goto fail;
   if (!conv_str_opt(idem, &e->ev.idempotency_key)) goto fail;
   if (!conv_i64(at, &e->ev.deliver_at_ns)) goto fail;
-  if (PyTuple_GET_SIZE(spec) == 8 && !conv_u32(PyTuple_GET_ITEM(spec, 7), &e->ev.flags)) goto fail;
+  if (PyTuple_GET_SIZE(spec) >= 8 && !conv_u32(PyTuple_GET_ITEM(spec, 7), &e->ev.flags)) goto fail;
+  if (PyTuple_GET_SIZE(spec) == 9 && !conv_i64(PyTuple_GET_ITEM(spec, 8), &e->ev.timestamp_ns))
+    goto fail;
   if (headers != Py_None) {
     if (!PyDict_Check(headers)) {
       PyErr_Format(PyExc_TypeError, "headers must be a dict of str to str, got %.80s",
@@ -2176,6 +2181,7 @@ PyMODINIT_FUNC PyInit__engram(void) {
   INT("TOPIC_RETAIN_FORCE", ENGRAM_TOPIC_RETAIN_FORCE);
   INT("TOPIC_COMPACT_KEY", ENGRAM_TOPIC_COMPACT_KEY);
   INT("EVENT_TOMBSTONE", ENGRAM_EVENT_TOMBSTONE);
+  INT("EVENT_TIMESTAMP", ENGRAM_EVENT_TIMESTAMP);
   INT("GROUP_KEY_ORDERED", ENGRAM_GROUP_KEY_ORDERED);
   INT("START_EARLIEST", ENGRAM_START_EARLIEST);
   INT("START_LATEST", ENGRAM_START_LATEST);

@@ -4,12 +4,15 @@ that every name the module exports is declared)."""
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 # The event spec appends take: (type, payload, key, content_type, headers,
-# idempotency_key, deliver_at_ns[, flags]) -- flags (ENGRAM_EVENT_*) only when not 0.
+# idempotency_key, deliver_at_ns[, flags[, timestamp_ns]]) -- flags (ENGRAM_EVENT_*) only
+# when not 0, timestamp_ns with EVENT_TIMESTAMP.
 EventSpec = Union[
     Tuple[str, Optional[bytes], Optional[str], Optional[str], Optional[Dict[str, str]],
           Optional[str], int],
     Tuple[str, Optional[bytes], Optional[str], Optional[str], Optional[Dict[str, str]],
-          Optional[str], int, int]]
+          Optional[str], int, int],
+    Tuple[str, Optional[bytes], Optional[str], Optional[str], Optional[Dict[str, str]],
+          Optional[str], int, int, int]]
 # An event as read or fetched: (offset, topic, type, key, payload, content_type, headers,
 # idempotency_key, deliver_at_ns, timestamp_ns, attempt, flags).
 EventTuple = Tuple[int, str, str, Optional[str], bytes, Optional[str], Dict[str, str],
@@ -43,6 +46,7 @@ TOPIC_NO_DICT: int
 TOPIC_RETAIN_FORCE: int
 TOPIC_COMPACT_KEY: int
 EVENT_TOMBSTONE: int
+EVENT_TIMESTAMP: int
 GROUP_KEY_ORDERED: int
 START_EARLIEST: int
 START_LATEST: int

@@ -143,6 +143,10 @@ class Message:
     deliver_at: Optional[When] = None
     content_type: Optional[str] = None
     tombstone: bool = False  #: the event deletes its key (key compaction; needs a key)
+    #: for importers: the append time to keep, ns since the epoch (an Event's timestamp_ns),
+    #: instead of the clock's; not older than the topic's newest event nor ahead of the
+    #: clock (ENGRAM_EVENT_TIMESTAMP in engram.h), else InvalidArgument
+    timestamp_ns: Optional[int] = None
 
     def spec(self) -> EventSpec:
         """The tuple the C extension takes."""
@@ -152,7 +156,12 @@ class Message:
                 _str(ct, "content_type", optional=True), _headers(self.headers),
                 _str(self.idempotency_key, "idempotency_key", optional=True),
                 _deliver_at(self.delay, self.deliver_at))
-        return spec + (1,) if self.tombstone else spec  # flags: ENGRAM_EVENT_TOMBSTONE
+        flags = (1 if self.tombstone else 0)  # ENGRAM_EVENT_TOMBSTONE
+        if self.timestamp_ns is not None:
+            if isinstance(self.timestamp_ns, bool) or not isinstance(self.timestamp_ns, int):
+                raise TypeError("timestamp_ns: expected ns since the epoch (an int)")
+            return spec + (flags | 2, self.timestamp_ns)  # ENGRAM_EVENT_TIMESTAMP
+        return spec + (flags,) if flags else spec
 
 
 def _message(item: Any) -> Message:
