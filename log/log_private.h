@@ -96,9 +96,9 @@ int log_wal_attach(struct log *log);
 /* Makes every record appended so far durable (one flush, shared with other writers and
  * processes) and moves the pin. 0 or an error with its message set. */
 int log_wal_sync(struct log *log);
-/* The flusher thread's share (log->wal_work): LOG_WAL_PREFLUSH flushes data.mdb outside
- * any lock when the file is half full; LOG_WAL_ZERO_AHEAD writes zeros ahead of the tail. */
-#define LOG_WAL_PREFLUSH 1
+/* The flusher thread's share (log->wal_work): LOG_WAL_CHECKPOINT checkpoints when the file
+ * is half full; LOG_WAL_ZERO_AHEAD writes zeros ahead of the tail. */
+#define LOG_WAL_CHECKPOINT 1
 #define LOG_WAL_ZERO_AHEAD 2
 void log_wal_work(struct log *log, int work);
 /* Before mdb_env_close; `closing`: checkpoint when no other handle has the log open. */

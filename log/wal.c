@@ -777,7 +777,7 @@ int log_wal_sync(struct log *log) {
     int work = 0;
     if (rc == 0 && s->tail > w->cap / 2 &&
         __atomic_exchange_n(&s->preflushed_gen, s->gen, __ATOMIC_ACQ_REL) != s->gen)
-      work |= LOG_WAL_PREFLUSH;
+      work |= LOG_WAL_CHECKPOINT;
     if (rc == 0 && s->zeroed < w->cap && s->zeroed - s->tail < WAL_ZERO_CHUNK / 2)
       work |= LOG_WAL_ZERO_AHEAD;
     if (work) {
@@ -809,7 +809,17 @@ void log_wal_work(struct log *log, int work) {
       if (ok) fdatasync(w->fd);
     }
   }
-  if (work & LOG_WAL_PREFLUSH) fdatasync(w->data_fd);
+  if (work & LOG_WAL_CHECKPOINT) {
+    /* Half full: checkpoint now, in the background, rather than in the commit that finds
+     * the file full. data.mdb is flushed first outside any lock, so that under LMDB's
+     * write lock (commits wait meanwhile) the three flushes have little left to write. */
+    fdatasync(w->data_fd);
+    MDB_txn *txn;
+    if (mdb_txn_begin(log->env, NULL, 0, &txn) == 0) {
+      if (w->shm->tail > w->cap / 2) checkpoint(w); /* still due */
+      mdb_txn_abort(txn);
+    }
+  }
 }
 
 /* Checkpoints when this handle is the last one open (it may then take the open lock
