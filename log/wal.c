@@ -317,6 +317,15 @@ static int append_record(struct wal *w) {
   s->tail += total;
   if (s->tail > s->zeroed) s->zeroed = s->tail;
   __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
+  if (s->tail > w->cap / 2 &&
+      __atomic_exchange_n(&s->preflushed_gen, s->gen, __ATOMIC_ACQ_REL) != s->gen) {
+    /* Half full: the flusher checkpoints in the background, long before a commit would
+     * find the file full (in async mode no flush of a commit comes to notice it). */
+    pthread_mutex_lock(&w->log->mu);
+    w->log->wal_work |= LOG_WAL_CHECKPOINT;
+    pthread_cond_broadcast(&w->log->flush_cv);
+    pthread_mutex_unlock(&w->log->mu);
+  }
   return 0;
 }
 
@@ -775,9 +784,6 @@ int log_wal_sync(struct log *log) {
     /* Past half the file: flush data.mdb now, outside any lock, so that the checkpoint
      * when the file is full has little left to write. */
     int work = 0;
-    if (rc == 0 && s->tail > w->cap / 2 &&
-        __atomic_exchange_n(&s->preflushed_gen, s->gen, __ATOMIC_ACQ_REL) != s->gen)
-      work |= LOG_WAL_CHECKPOINT;
     if (rc == 0 && s->zeroed < w->cap && s->zeroed - s->tail < WAL_ZERO_CHUNK / 2)
       work |= LOG_WAL_ZERO_AHEAD;
     if (work) {
@@ -811,8 +817,9 @@ void log_wal_work(struct log *log, int work) {
   }
   if (work & LOG_WAL_CHECKPOINT) {
     /* Half full: checkpoint now, in the background, rather than in the commit that finds
-     * the file full. data.mdb is flushed first outside any lock, so that under LMDB's
+     * the file full. Both files are flushed first outside any lock, so that under LMDB's
      * write lock (commits wait meanwhile) the three flushes have little left to write. */
+    fdatasync(w->fd);
     fdatasync(w->data_fd);
     MDB_txn *txn;
     if (mdb_txn_begin(log->env, NULL, 0, &txn) == 0) {
