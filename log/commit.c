@@ -521,7 +521,9 @@ static void *flusher_main(void *arg) {
     int64_t ns = ts.tv_nsec + clock_ms_to_ns(log->opts.flush_interval_ms);
     ts.tv_sec += ns / 1000000000;
     ts.tv_nsec = ns % 1000000000;
-    pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts);
+    /* Work asked for while this thread was busy is done at once: its signal came when
+     * nobody waited. */
+    if (!log->wal_work) pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts);
     if (log->wal_work) {
       int work = log->wal_work;
       log->wal_work = 0;

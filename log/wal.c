@@ -277,7 +277,7 @@ static struct wal *find(int fd) {
   return NULL;
 }
 
-static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
+static void capture_raw(struct wal *w, uint64_t off, const void *b, size_t n) {
   if (w->overflow) return;
   size_t need = w->len + sizeof(struct wal_ext) + pad8(n);
   if (sizeof(struct wal_rec) + need + 2 * w->slot > w->cap) {
@@ -300,6 +300,49 @@ static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
   memcpy(w->buf + w->len + sizeof e, b, n);
   memset(w->buf + w->len + sizeof e + n, 0, pad8(n) - n);
   w->len = need;
+}
+
+/* LMDB's page header: flags at 10, and for branch and leaf pages the bounds of the free
+ * space between the node pointers and the nodes at 12 and 14 (an overflow run's page
+ * count at 12 instead). LMDB never reads that free space (it does not even copy it when
+ * it copies a page), so a record leaves it out. */
+#define LMDB_P_BRANCH 0x01
+#define LMDB_P_LEAF 0x02
+#define LMDB_P_OVERFLOW 0x04
+#define LMDB_P_LEAF2 0x20
+#define LMDB_PAGEHDRSZ 16
+
+/* Copies a write of LMDB's into the commit's record: whole pages without their free
+ * space, anything else as it is. */
+static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
+  const unsigned char *p = b;
+  size_t ps = w->psize;
+  if (off % ps || n % ps) {
+    capture_raw(w, off, b, n);
+    return;
+  }
+  for (size_t i = 0; i < n;) {
+    const unsigned char *pg = p + i;
+    uint16_t flags, lower, upper;
+    uint32_t pages;
+    memcpy(&flags, pg + 10, 2);
+    memcpy(&lower, pg + 12, 2);
+    memcpy(&upper, pg + 14, 2);
+    memcpy(&pages, pg + 12, 4);
+    if ((flags & LMDB_P_OVERFLOW) && pages >= 1 && (uint64_t)pages * ps <= n - i) {
+      capture_raw(w, off + i, pg, (size_t)pages * ps); /* the run, whole */
+      i += (size_t)pages * ps;
+      continue;
+    }
+    if ((flags & (LMDB_P_BRANCH | LMDB_P_LEAF)) && !(flags & (LMDB_P_LEAF2 | LMDB_P_OVERFLOW)) &&
+        lower >= LMDB_PAGEHDRSZ && lower <= upper && upper <= ps && upper - lower >= 64) {
+      capture_raw(w, off + i, pg, lower);
+      if (upper < ps) capture_raw(w, off + i + upper, pg + upper, ps - upper);
+    } else {
+      capture_raw(w, off + i, pg, ps);
+    }
+    i += ps;
+  }
 }
 
 /* Appends the commit's record. Returns 0, or -1 when it must be made durable by a
