@@ -336,6 +336,8 @@ static void lead(struct log *log, struct log_job *self) {
       /* One flush of the write-ahead file makes the commit durable, meta page and all. */
       if (rc == 0 && wrote && log->opts.durability != ENGRAM_DURABILITY_ASYNC && strict)
         rc = log_wal_sync(log);
+      else if (rc == 0 && wrote)
+        log_wal_kick(log);
       char msg[256];
       snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
       pthread_mutex_lock(&log->mu);

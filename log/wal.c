@@ -104,6 +104,7 @@ struct wal_shm {
   uint64_t zeroed; /* bytes of the file written at least once (zeros ahead of the tail):
                       a flush of records there only writes data, no file system journal */
   uint64_t preflushed_gen;
+  uint64_t kicked; /* records before this offset have been handed to writeback */
 };
 
 struct wal {
@@ -918,6 +919,19 @@ static void checkpoint_fuzzy(struct log *log) {
     mdb_txn_abort(txn);
   }
   free(metas);
+}
+
+void log_wal_kick(struct log *log) {
+  struct wal *w = log->wal;
+  if (!w) return;
+  struct wal_shm *s = w->shm;
+  uint64_t tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE),
+           from = __atomic_load_n(&s->kicked, __ATOMIC_ACQUIRE);
+  if (from > tail) from = s->start; /* the records went back to the first slot */
+  if (tail - from < (1u << 20)) return;
+  if (!__atomic_compare_exchange_n(&s->kicked, &from, tail, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    return; /* another thread or process does it */
+  sync_file_range(w->fd, (off64_t)from, (off64_t)(tail - from), SYNC_FILE_RANGE_WRITE);
 }
 
 void log_wal_work(struct log *log, int work) {
