@@ -336,6 +336,8 @@ static void lead(struct log *log, struct log_job *self) {
       /* One flush of the write-ahead file makes the commit durable, meta page and all. */
       if (rc == 0 && wrote && log->opts.durability != ENGRAM_DURABILITY_ASYNC && strict)
         rc = log_wal_sync(log);
+      else if (rc == 0 && wrote)
+        log_wal_kick(log);
       char msg[256];
       snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
       pthread_mutex_lock(&log->mu);
@@ -521,7 +523,9 @@ static void *flusher_main(void *arg) {
     int64_t ns = ts.tv_nsec + clock_ms_to_ns(log->opts.flush_interval_ms);
     ts.tv_sec += ns / 1000000000;
     ts.tv_nsec = ns % 1000000000;
-    pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts);
+    /* Work asked for while this thread was busy is done at once: its signal came when
+     * nobody waited. */
+    if (!log->wal_work) pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts);
     if (log->wal_work) {
       int work = log->wal_work;
       log->wal_work = 0;

@@ -101,6 +101,9 @@ int log_wal_sync(struct log *log);
 #define LOG_WAL_CHECKPOINT 1
 #define LOG_WAL_ZERO_AHEAD 2
 void log_wal_work(struct log *log, int work);
+/* Async mode, after a commit: hands each new MiB of records to writeback at once, so that
+ * the periodic flush has little left to write (and stalls no record write meanwhile). */
+void log_wal_kick(struct log *log);
 /* Before mdb_env_close; `closing`: checkpoint when no other handle has the log open. */
 void log_wal_detach(struct log *log, int closing);
 uint64_t log_wal_checkpoints(const struct log *log);

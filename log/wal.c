@@ -70,8 +70,9 @@ struct wal_hdr {
   uint32_t version;
   uint32_t psize;
   uint64_t gen;
-  uint64_t seq0; /* sequence number of the generation's first record */
-  uint32_t crc;  /* over this header (crc 0) and the two meta pages */
+  uint64_t seq0;  /* sequence number of the generation's first record */
+  uint64_t start; /* where that record is */
+  uint32_t crc;   /* over this header (crc 0) and the two meta pages */
   uint32_t pad;
 };
 
@@ -92,13 +93,18 @@ struct wal_ext {
 struct wal_shm {
   uint64_t magic;
   uint64_t gen;
-  uint64_t seq0;   /* first sequence number of this generation */
+  uint64_t seq0;  /* first sequence number of this generation */
+  uint64_t start; /* where its first record is: the live records run from here to tail,
+                     across the end of the file (back to the first record slot) when
+                     wrapped */
+  int wrapped;
   uint64_t tail;   /* where the next record goes */
   uint64_t seq;    /* the last record's sequence number */
   uint64_t synced; /* records up to this one are flushed */
   uint64_t zeroed; /* bytes of the file written at least once (zeros ahead of the tail):
                       a flush of records there only writes data, no file system journal */
   uint64_t preflushed_gen;
+  uint64_t kicked; /* records before this offset have been handed to writeback */
 };
 
 struct wal {
@@ -205,16 +211,25 @@ static int read_header(int fd, uint32_t psize, struct wal_hdr *h, unsigned char 
   return found ? 0 : -ENOENT;
 }
 
-/* Writes the header of generation `gen` with data.mdb's current meta pages (read through
- * `data_fd`) and flushes the file. The caller has flushed data.mdb. */
-static int write_header(int fd, int data_fd, uint32_t psize, uint64_t gen, uint64_t seq0) {
+/* Writes the header of generation `gen` with `metas` (NULL: data.mdb's current meta pages,
+ * read through `data_fd`) and flushes the file. The caller has flushed data.mdb. */
+static int write_header(int fd, int data_fd, uint32_t psize, uint64_t gen, uint64_t seq0,
+                        uint64_t start, const unsigned char *metas) {
   size_t n = WAL_HDR_PAGE + 2 * (size_t)psize;
   unsigned char *b = calloc(1, n);
   if (!b) return -ENOMEM;
-  int rc = pread_all(data_fd, b + WAL_HDR_PAGE, 2 * (size_t)psize, 0);
+  int rc = 0;
+  if (metas)
+    memcpy(b + WAL_HDR_PAGE, metas, 2 * (size_t)psize);
+  else
+    rc = pread_all(data_fd, b + WAL_HDR_PAGE, 2 * (size_t)psize, 0);
   if (rc == 0) {
-    struct wal_hdr h = {
-        .magic = WAL_MAGIC, .version = WAL_VERSION, .psize = psize, .gen = gen, .seq0 = seq0};
+    struct wal_hdr h = {.magic = WAL_MAGIC,
+                        .version = WAL_VERSION,
+                        .psize = psize,
+                        .gen = gen,
+                        .seq0 = seq0,
+                        .start = start};
     h.crc = hdr_crc(h, b + WAL_HDR_PAGE, psize);
     memcpy(b, &h, sizeof h);
     rc = pwrite_all(fd, b, n, (gen % 2) * n);
@@ -230,11 +245,12 @@ static int checkpoint(struct wal *w) {
   struct wal_shm *s = w->shm;
   if (fdatasync(w->fd) < 0) return -errno; /* every record, before data.mdb moves on */
   if (fdatasync(w->data_fd) < 0) return -errno;
-  int rc = write_header(w->fd, w->data_fd, w->psize, s->gen + 1, s->seq + 1);
+  int rc = write_header(w->fd, w->data_fd, w->psize, s->gen + 1, s->seq + 1, 2 * w->slot, NULL);
   if (rc) return rc;
   s->gen++;
   s->seq0 = s->seq + 1;
-  s->tail = 2 * w->slot;
+  s->start = s->tail = 2 * w->slot;
+  s->wrapped = 0;
   __atomic_store_n(&s->synced, s->seq, __ATOMIC_RELEASE);
   w->checkpoints++;
   return 0;
@@ -262,7 +278,7 @@ static struct wal *find(int fd) {
   return NULL;
 }
 
-static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
+static void capture_raw(struct wal *w, uint64_t off, const void *b, size_t n) {
   if (w->overflow) return;
   size_t need = w->len + sizeof(struct wal_ext) + pad8(n);
   if (sizeof(struct wal_rec) + need + 2 * w->slot > w->cap) {
@@ -287,16 +303,68 @@ static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
   w->len = need;
 }
 
+/* LMDB's page header: flags at 10, and for branch and leaf pages the bounds of the free
+ * space between the node pointers and the nodes at 12 and 14 (an overflow run's page
+ * count at 12 instead). LMDB never reads that free space (it does not even copy it when
+ * it copies a page), so a record leaves it out. */
+#define LMDB_P_BRANCH 0x01
+#define LMDB_P_LEAF 0x02
+#define LMDB_P_OVERFLOW 0x04
+#define LMDB_P_LEAF2 0x20
+#define LMDB_PAGEHDRSZ 16
+
+/* Copies a write of LMDB's into the commit's record: whole pages without their free
+ * space, anything else as it is. */
+static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
+  const unsigned char *p = b;
+  size_t ps = w->psize;
+  if (off % ps || n % ps) {
+    capture_raw(w, off, b, n);
+    return;
+  }
+  for (size_t i = 0; i < n;) {
+    const unsigned char *pg = p + i;
+    uint16_t flags, lower, upper;
+    uint32_t pages;
+    memcpy(&flags, pg + 10, 2);
+    memcpy(&lower, pg + 12, 2);
+    memcpy(&upper, pg + 14, 2);
+    memcpy(&pages, pg + 12, 4);
+    if ((flags & LMDB_P_OVERFLOW) && pages >= 1 && (uint64_t)pages * ps <= n - i) {
+      capture_raw(w, off + i, pg, (size_t)pages * ps); /* the run, whole */
+      i += (size_t)pages * ps;
+      continue;
+    }
+    if ((flags & (LMDB_P_BRANCH | LMDB_P_LEAF)) && !(flags & (LMDB_P_LEAF2 | LMDB_P_OVERFLOW)) &&
+        lower >= LMDB_PAGEHDRSZ && lower <= upper && upper <= ps && upper - lower >= 64) {
+      capture_raw(w, off + i, pg, lower);
+      if (upper < ps) capture_raw(w, off + i + upper, pg + upper, ps - upper);
+    } else {
+      capture_raw(w, off + i, pg, ps);
+    }
+    i += ps;
+  }
+}
+
 /* Appends the commit's record. Returns 0, or -1 when it must be made durable by a
  * checkpoint instead (no room, or the file cannot be written). */
 static int append_record(struct wal *w) {
   struct wal_shm *s = w->shm;
   uint64_t total = sizeof(struct wal_rec) + w->len;
-  if (w->overflow || w->failed || s->tail + total > w->cap) return -1;
+  if (w->overflow || w->failed) return -1;
+  /* The live records run from start to tail; past the end of the file the next one goes
+   * to the first record slot, as long as it ends before start. */
+  uint64_t at = s->tail;
+  int wrap = 0;
+  if (!s->wrapped && at + total > w->cap) {
+    at = 2 * w->slot;
+    wrap = 1;
+  }
+  if ((s->wrapped || wrap) && at + total > s->start) return -1; /* full */
   struct wal_rec r = {.magic = WAL_REC_MAGIC, .gen = s->gen, .seq = s->seq + 1, .len = w->len};
   r.crc = crc32c(crc32c(0, &r, sizeof r), w->buf, w->len);
   struct iovec iov[2] = {{&r, sizeof r}, {w->buf, w->len}};
-  uint64_t off = s->tail;
+  uint64_t off = at;
   size_t left = (size_t)total;
   int i = 0;
   while (left) {
@@ -314,9 +382,20 @@ static int append_record(struct wal *w) {
       iov[i].iov_len -= (size_t)n;
     }
   }
-  s->tail += total;
+  s->tail = at + total;
+  if (wrap) s->wrapped = 1;
   if (s->tail > s->zeroed) s->zeroed = s->tail;
   __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
+  uint64_t live = s->wrapped ? w->cap - s->start + s->tail - 2 * w->slot : s->tail - s->start;
+  if (live > w->cap / 2 &&
+      __atomic_exchange_n(&s->preflushed_gen, s->gen, __ATOMIC_ACQ_REL) != s->gen) {
+    /* Half full: the flusher checkpoints in the background, long before a commit would
+     * find the file full (in async mode no flush of a commit comes to notice it). */
+    pthread_mutex_lock(&w->log->mu);
+    w->log->wal_work |= LOG_WAL_CHECKPOINT;
+    pthread_cond_broadcast(&w->log->flush_cv);
+    pthread_mutex_unlock(&w->log->mu);
+  }
   return 0;
 }
 
@@ -462,37 +541,52 @@ static int data_psize(int data_fd, uint32_t *psize) {
   return 0;
 }
 
-/* Replays the records of the header's generation into data.mdb. Returns the number of
- * records replayed, the last one's sequence number in *last, or -errno. */
+/* Reads the record at `off` into *r and *buf when it is the one with sequence number
+ * `seq`, whole (its CRC matches). 1 when it is, 0 when not, -ENOMEM. */
+static int read_rec(int fd, uint64_t size, uint64_t off, uint64_t seq, struct wal_rec *r,
+                    unsigned char **buf, size_t *cap) {
+  if (off + sizeof *r > size || pread_all(fd, r, sizeof *r, off) < 0) return 0;
+  if (r->magic != WAL_REC_MAGIC || r->seq != seq || r->len > size - off - sizeof *r) return 0;
+  if (r->len > *cap) {
+    unsigned char *nb = realloc(*buf, (size_t)r->len);
+    if (!nb) return -ENOMEM;
+    *buf = nb;
+    *cap = (size_t)r->len;
+  }
+  if (pread_all(fd, *buf, (size_t)r->len, off + sizeof *r) < 0) return 0;
+  struct wal_rec c = *r;
+  c.crc = 0;
+  return crc32c(crc32c(0, &c, sizeof c), *buf, (size_t)r->len) == r->crc;
+}
+
+/* Replays the records that follow the header's checkpoint into data.mdb: from its start,
+ * in sequence, across the end of the file to the first record slot. Returns the number
+ * replayed, the last one's sequence number in *last, or -errno. Sequence numbers only
+ * grow over the file's life, so a record left from an earlier lap never follows. */
 static int replay(int fd, int data_fd, const struct wal_hdr *h, const unsigned char *metas,
-                  uint64_t start, uint64_t *last) {
+                  uint64_t first_slot, uint64_t *last) {
   int rc = pwrite_all(data_fd, metas, 2 * (size_t)h->psize, 0);
   if (rc) return rc;
   struct stat st;
   if (fstat(fd, &st) < 0) return -errno;
-  uint64_t off = start, seq = h->seq0, n = 0;
+  uint64_t off = h->start, seq = h->seq0, n = 0;
   unsigned char *buf = NULL;
   size_t cap = 0;
+  int wrapped = 0;
   *last = h->seq0 - 1;
   for (;;) {
     struct wal_rec r;
-    if (off + sizeof r > (uint64_t)st.st_size || pread_all(fd, &r, sizeof r, off) < 0) break;
-    if (r.magic != WAL_REC_MAGIC || r.gen != h->gen || r.seq != seq ||
-        r.len > (uint64_t)st.st_size - off - sizeof r)
-      break;
-    if (r.len > cap) {
-      unsigned char *nb = realloc(buf, (size_t)r.len);
-      if (!nb) {
-        free(buf);
-        return -ENOMEM;
-      }
-      buf = nb;
-      cap = (size_t)r.len;
+    int ok = read_rec(fd, (uint64_t)st.st_size, off, seq, &r, &buf, &cap);
+    if (ok == 0 && !wrapped && off != first_slot) {
+      wrapped = 1; /* the writer went on at the first slot */
+      off = first_slot;
+      ok = read_rec(fd, (uint64_t)st.st_size, off, seq, &r, &buf, &cap);
     }
-    if (pread_all(fd, buf, (size_t)r.len, off + sizeof r) < 0) break;
-    uint32_t want = r.crc;
-    r.crc = 0;
-    if (crc32c(crc32c(0, &r, sizeof r), buf, (size_t)r.len) != want) break;
+    if (ok < 0) {
+      free(buf);
+      return ok;
+    }
+    if (!ok) break;
     for (uint64_t p = 0; p + sizeof(struct wal_ext) <= r.len;) {
       struct wal_ext e;
       memcpy(&e, buf + p, sizeof e);
@@ -587,8 +681,8 @@ int log_wal_recover(const char *dir, int rdonly) {
     int clean = have && pread_all(data_fd, now, 2 * (size_t)psize, 0) == 0 &&
                 !memcmp(now, metas, 2 * (size_t)psize);
     struct wal_rec r;
-    if (clean && pread_all(fd, &r, sizeof r, 2 * slot) == 0 && r.magic == WAL_REC_MAGIC &&
-        r.gen == h.gen && r.seq == h.seq0)
+    if (clean && pread_all(fd, &r, sizeof r, h.start) == 0 && r.magic == WAL_REC_MAGIC &&
+        r.seq == h.seq0)
       clean = 0;
     rc = clean || !have ? 0
                         : log_error(NULL, ENGRAM_EDENIED,
@@ -607,16 +701,17 @@ int log_wal_recover(const char *dir, int rdonly) {
      * replay or write. */
     struct wal_rec r;
     struct stat wst;
-    int clean = pread_all(data_fd, now, 2 * (size_t)psize, 0) == 0 &&
-                !memcmp(now, metas, 2 * (size_t)psize) &&
-                !(pread_all(fd, &r, sizeof r, 2 * slot) == 0 && r.magic == WAL_REC_MAGIC &&
-                  r.gen == h.gen && r.seq == h.seq0);
+    int clean =
+        pread_all(data_fd, now, 2 * (size_t)psize, 0) == 0 &&
+        !memcmp(now, metas, 2 * (size_t)psize) &&
+        !(pread_all(fd, &r, sizeof r, h.start) == 0 && r.magic == WAL_REC_MAGIC && r.seq == h.seq0);
     struct wal_shm *s = NULL;
     if (clean && fstat(fd, &wst) == 0 && shm_open_file(dir, 1, &s) == 0) {
       *s = (struct wal_shm){.magic = WAL_SHM_MAGIC,
                             .gen = h.gen,
                             .seq0 = h.seq0,
-                            .tail = 2 * slot,
+                            .start = h.start,
+                            .tail = h.start,
                             .seq = h.seq0 - 1,
                             .synced = h.seq0 - 1,
                             .zeroed = (uint64_t)wst.st_size};
@@ -630,11 +725,13 @@ int log_wal_recover(const char *dir, int rdonly) {
     int n = replay(fd, data_fd, &h, metas, 2 * slot, &last);
     if (n < 0) rc = n;
   } else {
-    last = 0; /* a new file, or one that belongs to another data.mdb */
+    /* A new file (or one no header of which is whole): its sequence numbers start past
+     * any a record left in it can carry. */
+    last = (uint64_t)clock_realtime_ns();
   }
   if (rc == 0 && fdatasync(data_fd) < 0) rc = -errno;
   if (rc == 0) rc = zero_fill(fd, 2 * slot + WAL_ZERO_INITIAL); /* flushed with the header */
-  if (rc == 0) rc = write_header(fd, data_fd, psize, gen + 1, last + 1);
+  if (rc == 0) rc = write_header(fd, data_fd, psize, gen + 1, last + 1, 2 * slot, NULL);
   if (rc == 0 && created) rc = log_fsync_path(dir, O_RDONLY | O_DIRECTORY);
   struct wal_shm *s = NULL;
   if (rc == 0) rc = shm_open_file(dir, 1, &s);
@@ -644,6 +741,7 @@ int log_wal_recover(const char *dir, int rdonly) {
     *s = (struct wal_shm){.magic = WAL_SHM_MAGIC,
                           .gen = gen + 1,
                           .seq0 = last + 1,
+                          .start = 2 * slot,
                           .tail = 2 * slot,
                           .seq = last,
                           .synced = last,
@@ -775,9 +873,6 @@ int log_wal_sync(struct log *log) {
     /* Past half the file: flush data.mdb now, outside any lock, so that the checkpoint
      * when the file is full has little left to write. */
     int work = 0;
-    if (rc == 0 && s->tail > w->cap / 2 &&
-        __atomic_exchange_n(&s->preflushed_gen, s->gen, __ATOMIC_ACQ_REL) != s->gen)
-      work |= LOG_WAL_CHECKPOINT;
     if (rc == 0 && s->zeroed < w->cap && s->zeroed - s->tail < WAL_ZERO_CHUNK / 2)
       work |= LOG_WAL_ZERO_AHEAD;
     if (work) {
@@ -789,6 +884,54 @@ int log_wal_sync(struct log *log) {
   }
   pthread_mutex_unlock(&w->sync_mu);
   return rc;
+}
+
+/* The background checkpoint, holding LMDB's write lock (commits wait) only for moments:
+ * note the newest commit's meta pages and where the records after it begin, flush both
+ * files outside the lock (data.mdb then holds that commit, at least), and write a header
+ * that replays from there. The space before it is then free for the records to come back
+ * to. A crash before the header is whole replays from the old one, whose records are all
+ * still in place. */
+static void checkpoint_fuzzy(struct log *log) {
+  struct wal *w = log->wal;
+  struct wal_shm *s = w->shm;
+  unsigned char *metas = malloc(2 * (size_t)w->psize);
+  MDB_txn *txn;
+  if (!metas || mdb_txn_begin(log->env, NULL, 0, &txn) != 0) {
+    free(metas);
+    return;
+  }
+  uint64_t gen = s->gen, start = s->tail, seq0 = s->seq + 1;
+  int rc = pread_all(w->data_fd, metas, 2 * (size_t)w->psize, 0);
+  mdb_txn_abort(txn);
+  if (rc == 0 && fdatasync(w->fd) == 0 && fdatasync(w->data_fd) == 0 &&
+      mdb_txn_begin(log->env, NULL, 0, &txn) == 0) {
+    /* Unless another checkpoint came first (a commit that found the file full, another
+     * process): then this one is stale. */
+    if (s->gen == gen &&
+        write_header(w->fd, w->data_fd, w->psize, gen + 1, seq0, start, metas) == 0) {
+      s->gen = gen + 1;
+      s->seq0 = seq0;
+      s->start = start;
+      s->wrapped = s->tail < start;
+      w->checkpoints++;
+    }
+    mdb_txn_abort(txn);
+  }
+  free(metas);
+}
+
+void log_wal_kick(struct log *log) {
+  struct wal *w = log->wal;
+  if (!w) return;
+  struct wal_shm *s = w->shm;
+  uint64_t tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE),
+           from = __atomic_load_n(&s->kicked, __ATOMIC_ACQUIRE);
+  if (from > tail) from = s->start; /* the records went back to the first slot */
+  if (tail - from < (1u << 20)) return;
+  if (!__atomic_compare_exchange_n(&s->kicked, &from, tail, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    return; /* another thread or process does it */
+  sync_file_range(w->fd, (off64_t)from, (off64_t)(tail - from), SYNC_FILE_RANGE_WRITE);
 }
 
 void log_wal_work(struct log *log, int work) {
@@ -809,24 +952,14 @@ void log_wal_work(struct log *log, int work) {
       if (ok) fdatasync(w->fd);
     }
   }
-  if (work & LOG_WAL_CHECKPOINT) {
-    /* Half full: checkpoint now, in the background, rather than in the commit that finds
-     * the file full. data.mdb is flushed first outside any lock, so that under LMDB's
-     * write lock (commits wait meanwhile) the three flushes have little left to write. */
-    fdatasync(w->data_fd);
-    MDB_txn *txn;
-    if (mdb_txn_begin(log->env, NULL, 0, &txn) == 0) {
-      if (w->shm->tail > w->cap / 2) checkpoint(w); /* still due */
-      mdb_txn_abort(txn);
-    }
-  }
+  if (work & LOG_WAL_CHECKPOINT) checkpoint_fuzzy(log);
 }
 
 /* Checkpoints when this handle is the last one open (it may then take the open lock
  * exclusively), so that data.mdb alone is the log again. */
 static void checkpoint_at_close(struct log *log) {
   struct wal *w = log->wal;
-  if (w->shm->tail == 2 * w->slot) return; /* nothing since the last checkpoint */
+  if (w->shm->tail == w->shm->start && !w->shm->wrapped) return; /* nothing to replay */
   if (log->open_fd < 0 || flock(log->open_fd, LOCK_EX | LOCK_NB) < 0) return;
   MDB_txn *txn;
   if (mdb_txn_begin(log->env, NULL, 0, &txn) == 0) { /* LMDB's write lock */
