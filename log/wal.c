@@ -762,9 +762,28 @@ int log_wal_recover(const char *dir, int rdonly) {
  * A handle's use of the file.
  * ------------------------------------------------------------------------------ */
 
+/* A write transaction of this file's own (the flusher's work, the checkpoint at close):
+ * it holds the map lock shared, as a reader does, so that the map never grows under it
+ * (log_map_grow resizes only with no transaction of the process running). */
+static int own_txn_begin(struct log *log, MDB_txn **txn) {
+  pthread_rwlock_rdlock(&log->map_lock);
+  int rc = mdb_txn_begin(log->env, NULL, 0, txn);
+  if (rc) pthread_rwlock_unlock(&log->map_lock);
+  return rc;
+}
+
+static void own_txn_end(struct log *log, MDB_txn *txn) {
+  mdb_txn_abort(txn);
+  pthread_rwlock_unlock(&log->map_lock);
+}
+
 static int pin_begin(struct log *log, MDB_txn **txn) {
   for (;;) {
+    /* Started under the map lock (the map may not move meanwhile); then it is only a
+     * slot in the reader table: nothing is ever read through it. */
+    pthread_rwlock_rdlock(&log->map_lock);
     int rc = *txn ? mdb_txn_renew(*txn) : mdb_txn_begin(log->env, NULL, MDB_RDONLY, txn);
+    pthread_rwlock_unlock(&log->map_lock);
     if (rc == MDB_MAP_RESIZED) {
       if (*txn) {
         mdb_txn_abort(*txn);
@@ -897,15 +916,15 @@ static void checkpoint_fuzzy(struct log *log) {
   struct wal_shm *s = w->shm;
   unsigned char *metas = malloc(2 * (size_t)w->psize);
   MDB_txn *txn;
-  if (!metas || mdb_txn_begin(log->env, NULL, 0, &txn) != 0) {
+  if (!metas || own_txn_begin(log, &txn) != 0) {
     free(metas);
     return;
   }
   uint64_t gen = s->gen, start = s->tail, seq0 = s->seq + 1;
   int rc = pread_all(w->data_fd, metas, 2 * (size_t)w->psize, 0);
-  mdb_txn_abort(txn);
+  own_txn_end(log, txn);
   if (rc == 0 && fdatasync(w->fd) == 0 && fdatasync(w->data_fd) == 0 &&
-      mdb_txn_begin(log->env, NULL, 0, &txn) == 0) {
+      own_txn_begin(log, &txn) == 0) {
     /* Unless another checkpoint came first (a commit that found the file full, another
      * process): then this one is stale. */
     if (s->gen == gen &&
@@ -916,7 +935,7 @@ static void checkpoint_fuzzy(struct log *log) {
       s->wrapped = s->tail < start;
       w->checkpoints++;
     }
-    mdb_txn_abort(txn);
+    own_txn_end(log, txn);
   }
   free(metas);
 }
@@ -942,13 +961,13 @@ void log_wal_work(struct log *log, int work) {
      * has already written: their flush then writes data only, no journal. Under LMDB's
      * write lock (no record is being written meanwhile), flushed outside it. */
     MDB_txn *txn;
-    if (mdb_txn_begin(log->env, NULL, 0, &txn) == 0) {
+    if (own_txn_begin(log, &txn) == 0) {
       struct wal_shm *s = w->shm;
       uint64_t to = s->zeroed + WAL_ZERO_CHUNK;
       if (to > w->cap) to = w->cap;
       int ok = s->zeroed < to && zero_fill(w->fd, to) == 0;
       if (ok) s->zeroed = to;
-      mdb_txn_abort(txn);
+      own_txn_end(log, txn);
       if (ok) fdatasync(w->fd);
     }
   }
@@ -962,9 +981,9 @@ static void checkpoint_at_close(struct log *log) {
   if (w->shm->tail == w->shm->start && !w->shm->wrapped) return; /* nothing to replay */
   if (log->open_fd < 0 || flock(log->open_fd, LOCK_EX | LOCK_NB) < 0) return;
   MDB_txn *txn;
-  if (mdb_txn_begin(log->env, NULL, 0, &txn) == 0) { /* LMDB's write lock */
+  if (own_txn_begin(log, &txn) == 0) { /* LMDB's write lock */
     checkpoint(w);
-    mdb_txn_abort(txn);
+    own_txn_end(log, txn);
   }
 }
 

@@ -146,7 +146,9 @@ static void appends_on_a_full_disk_fail_cleanly_and_work_again_once_space_return
     assert_int_equal(off, head + 1);
     head = off;
   }
-  assert_int_equal(rc, first_rc);
+  if (rc != first_rc)
+    fail_msg("a single append on the full disk: %s (%s), the batch's: %s", engram_errname(rc),
+             engram_errmsg(log), engram_errname(first_rc));
   /* Still full: the same failure again, and nothing was half-written. */
   for (int k = 0; k < 3; k++) {
     assert_int_equal(engram_append(log, "memory", &one, &off, NULL), first_rc);
