@@ -1097,10 +1097,13 @@ static void ep_metrics(struct req *r) {
                 "time a write (append, ack, fetch ...) waited from queueing to its durable commit",
                 &cs.write_latency);
     metric_hist(b, "engram_commit_duration_seconds",
-                "time LMDB took to commit one write transaction, its data flush included",
+                "time LMDB took to commit one write transaction (its write-ahead record "
+                "written; without the write-ahead file, its data flush included)",
                 &cs.commit_duration);
     metric_hist(b, "engram_fsync_duration_seconds",
-                "time one explicit flush of the data file (mdb_env_sync) took", &cs.flush_duration);
+                "time one flush of the commit path took (the write-ahead file's, one per commit; "
+                "without it, mdb_env_sync)",
+                &cs.flush_duration);
   }
   Engram__Wire__StatsResult st = ENGRAM__WIRE__STATS_RESULT__INIT;
   if (h->s) net_server_stats(h->s, &st);
