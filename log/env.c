@@ -161,7 +161,7 @@ static int norm_path(const char *in, char *out, size_t cap) {
 
 /* errno of a failed file operation while opening, as an engram code: a read-only file
  * system refuses access like a permission does. */
-static int open_errno(int e) { return e == EROFS ? ENGRAM_EDENIED : err_from_errno(e); }
+int log_open_errno(int e) { return e == EROFS ? ENGRAM_EDENIED : err_from_errno(e); }
 
 /* What to do about a failed file operation while opening. */
 const char *log_open_advice(int e) {
@@ -253,7 +253,7 @@ static int env_open_error(const char *dir, int rc) {
                      "with the engram build that wrote it",
                      dir, dir);
   if (rc > 0)
-    return log_error(NULL, open_errno(rc), "open %s: %s: %s", dir, strerror(rc),
+    return log_error(NULL, log_open_errno(rc), "open %s: %s: %s", dir, strerror(rc),
                      log_open_advice(rc));
   return log_error(NULL, log_err_mdb(rc), "open %s: %s", dir, mdb_strerror(rc));
 }
@@ -267,7 +267,7 @@ static int env_make(const char *dir, const engram_options *o, unsigned int *flag
   if (!(*flags & MDB_RDONLY)) {
     int prc = prepare_lockfile(dir);
     if (prc)
-      return log_error(NULL, open_errno(-prc), "open %s: cannot write %s/lock.mdb: %s: %s", dir,
+      return log_error(NULL, log_open_errno(-prc), "open %s: cannot write %s/lock.mdb: %s: %s", dir,
                        dir, strerror(-prc), log_open_advice(-prc));
   }
   for (;;) {
@@ -364,8 +364,8 @@ static int probe(const char *dir) {
   if (stat(f, &st) < 0) {
     int e = errno;
     if (e == ENOENT) return ENGRAM_ENOTFOUND;
-    return log_error(NULL, open_errno(e), "open %s: cannot reach %s: %s: %s", dir, f, strerror(e),
-                     log_open_advice(e));
+    return log_error(NULL, log_open_errno(e), "open %s: cannot reach %s: %s: %s", dir, f,
+                     strerror(e), log_open_advice(e));
   }
   if (S_ISDIR(st.st_mode))
     return log_error(NULL, ENGRAM_EEXIST,
@@ -488,7 +488,7 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
            (unsigned long)(clock_monotonic_ns() & 0xffffffff));
   if (mkdir(tmp, 0755) < 0) {
     int e = errno;
-    return log_error(NULL, open_errno(e), "open %s: cannot create a log in %s: %s: %s", path,
+    return log_error(NULL, log_open_errno(e), "open %s: cannot create a log in %s: %s: %s", path,
                      parent, strerror(e), log_open_advice(e));
   }
   MDB_env *env;
@@ -503,12 +503,12 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
   int frc;
   snprintf(f, sizeof f, "%s/data.mdb", tmp);
   if (rc == 0 && (frc = log_fsync_path(f, O_RDONLY)) < 0)
-    rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush the new log: %s", path,
+    rc = log_error(NULL, log_open_errno(-frc), "open %s: cannot flush the new log: %s", path,
                    strerror(-frc));
   snprintf(f, sizeof f, "%s/lock.mdb", tmp);
   unlink(f); /* the lock file is recreated at open; it holds no data */
   if (rc == 0 && (frc = log_fsync_path(tmp, O_RDONLY | O_DIRECTORY)) < 0)
-    rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush the new log: %s", path,
+    rc = log_error(NULL, log_open_errno(-frc), "open %s: cannot flush the new log: %s", path,
                    strerror(-frc));
   if (rc == 0 && rename(tmp, path) < 0) {
     int e = errno;
@@ -520,12 +520,12 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
                        "created, and they are no log: give engram a new or empty directory",
                        path);
     } else {
-      rc = log_error(NULL, open_errno(e), "open %s: cannot move the new log into place: %s: %s",
+      rc = log_error(NULL, log_open_errno(e), "open %s: cannot move the new log into place: %s: %s",
                      path, strerror(e), log_open_advice(e));
     }
   }
   if (rc == 0 && (frc = log_fsync_path(parent, O_RDONLY | O_DIRECTORY)) < 0)
-    rc = log_error(NULL, open_errno(-frc), "open %s: cannot flush %s: %s", path, parent,
+    rc = log_error(NULL, log_open_errno(-frc), "open %s: cannot flush %s: %s", path, parent,
                    strerror(-frc));
   log_rmtree(tmp);
   return rc;
@@ -713,7 +713,8 @@ static int inspect_target(const char *path, const engram_options *o) {
       if (!may_create) return log_error(NULL, ENGRAM_ENOTFOUND, "open %s: no log there", path);
       return 1;
     }
-    return log_error(NULL, open_errno(e), "open %s: %s: %s", path, strerror(e), log_open_advice(e));
+    return log_error(NULL, log_open_errno(e), "open %s: %s: %s", path, strerror(e),
+                     log_open_advice(e));
   }
   if (!S_ISDIR(st.st_mode))
     return log_error(NULL, ENGRAM_EEXIST,

@@ -76,6 +76,10 @@ int log_rmtree(const char *path);
 int log_fsync_path(const char *path, int flags);
 /* What to do about an errno met opening a log (read-only mount, permissions, full disk). */
 const char *log_open_advice(int e);
+/* The engram code of an errno met opening a log's files: a read-only file system is
+ * EDENIED, as a file this user may not write is (the CLI's read commands then open the
+ * log read-only). */
+int log_open_errno(int e);
 /* log_open for reclaim.c, which holds DIR/open.lock exclusively itself: the handle takes
  * no lock of its own. */
 int log_open_unlocked(const char *path, const engram_options *opts, struct log **out);

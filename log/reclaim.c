@@ -109,11 +109,9 @@ int log_open_lock_ex(const char *dir, int *fd, int *exclusive) {
 int log_open_lock_share(const char *dir, int fd) {
   char f[4100];
   snprintf(f, sizeof f, "%s/" LOG_OPEN_LOCK, dir);
-  int dup_fd = fd;
   /* Linux drops the exclusive lock before taking the shared one: a reclaim may come in
    * between, and the open then fails as it would have a moment later. */
-  int rc = lock_shared(dir, f, &dup_fd, 0);
-  return rc;
+  return lock_shared(dir, f, &fd, 0);
 }
 
 /* ---------------------------------------------------------------------------------

@@ -161,12 +161,6 @@ static int pread_all(int fd, void *b, size_t n, uint64_t off) {
   return 0;
 }
 
-/* A file that may not be written (read-only mount, another user's log) is EDENIED, as at
- * any open: the CLI's read commands then open the log read-only. */
-static int file_error(int e) {
-  return e == EROFS || e == EACCES || e == EPERM ? ENGRAM_EDENIED : err_from_errno(e);
-}
-
 static uint64_t pad8(uint64_t n) { return (n + 7) & ~7ull; }
 
 static uint64_t wal_cap_from_env(void) {
@@ -269,9 +263,11 @@ static struct {
   struct wal *w; /* NULL = free; set last, cleared first */
 } registry[WAL_MAX_HANDLES];
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static int registry_top; /* entries in use lie below it: LMDB's writes scan only those */
 
 static struct wal *find(int fd) {
-  for (int i = 0; i < WAL_MAX_HANDLES; i++) {
+  int top = __atomic_load_n(&registry_top, __ATOMIC_ACQUIRE);
+  for (int i = 0; i < top; i++) {
     struct wal *w = __atomic_load_n(&registry[i].w, __ATOMIC_ACQUIRE);
     if (w && registry[i].fd == fd) return w;
   }
@@ -647,8 +643,8 @@ int log_wal_recover(const char *dir, int rdonly) {
   if (data_fd < 0) {
     int e = errno;
     return e == ENOENT ? 0
-                       : log_error(NULL, file_error(e), "open %s: cannot write %s: %s: %s", dir, df,
-                                   strerror(e), log_open_advice(e));
+                       : log_error(NULL, log_open_errno(e), "open %s: cannot write %s: %s: %s", dir,
+                                   df, strerror(e), log_open_advice(e));
   }
   uint32_t psize;
   if (data_psize(data_fd, &psize) < 0) {
@@ -664,8 +660,8 @@ int log_wal_recover(const char *dir, int rdonly) {
   if (fd < 0) {
     int e = errno;
     close(data_fd);
-    return log_error(NULL, file_error(e), "open %s: cannot write %s: %s: %s", dir, wf, strerror(e),
-                     log_open_advice(e));
+    return log_error(NULL, log_open_errno(e), "open %s: cannot write %s: %s: %s", dir, wf,
+                     strerror(e), log_open_advice(e));
   }
   unsigned char *metas = malloc(2 * (size_t)psize), *now = malloc(2 * (size_t)psize);
   struct wal_hdr h = {0};
@@ -753,7 +749,7 @@ int log_wal_recover(const char *dir, int rdonly) {
   close(fd);
   close(data_fd);
   if (rc < 0)
-    return log_error(NULL, file_error(-rc), "open %s: cannot recover from %s: %s", dir, wf,
+    return log_error(NULL, log_open_errno(-rc), "open %s: cannot recover from %s: %s", dir, wf,
                      strerror(-rc));
   return 0;
 }
@@ -813,7 +809,7 @@ int log_wal_attach(struct log *log) {
   if (mdb_env_get_fd(log->env, &w->data_fd) || data_psize(w->data_fd, &w->psize) < 0) {
     rc = log_error(log, ENGRAM_EIO, "open %s: cannot read the data file's page size", log->path);
   } else if ((w->fd = open(f, O_RDWR | O_CLOEXEC)) < 0) {
-    rc = log_error(log, file_error(errno), "open %s: cannot write %s: %s", log->path, f,
+    rc = log_error(log, log_open_errno(errno), "open %s: cannot write %s: %s", log->path, f,
                    strerror(errno));
   } else if ((rc = shm_open_file(log->path, 0, &w->shm)) < 0 || w->shm->magic != WAL_SHM_MAGIC) {
     rc = log_error(log, ENGRAM_EIO,
@@ -839,6 +835,7 @@ int log_wal_attach(struct log *log) {
   if (!rc) {
     registry[i].fd = w->data_fd;
     __atomic_store_n(&registry[i].w, w, __ATOMIC_RELEASE);
+    if (i >= registry_top) __atomic_store_n(&registry_top, i + 1, __ATOMIC_RELEASE);
   }
   pthread_mutex_unlock(&registry_mu);
   /* The pin's commit may be another process's, its record not yet flushed. */
