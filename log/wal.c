@@ -487,14 +487,18 @@ static void install_hooks(void) {
   }
   if (!symtab || !strtab || !rel) return;
   void **slot_pwrite = NULL, **slot_writev = NULL;
+  int other_writer = 0;
   for (size_t i = 0; i < relsz / sizeof *rel; i++) {
     if (ELF64_R_TYPE(rel[i].r_info) != WAL_JUMP_SLOT) continue;
     const char *name = strtab + symtab[ELF64_R_SYM(rel[i].r_info)].st_name;
     void **slot = (void **)(base + rel[i].r_offset);
     if (!strcmp(name, "pwrite") || !strcmp(name, "pwrite64")) slot_pwrite = slot;
     if (!strcmp(name, "writev")) slot_writev = slot;
+    /* An LMDB that can write its pages another way (a build with MDB_USE_PWRITEV, a
+     * later release) would bypass the capture: then no write-ahead file at all. */
+    if (!strncmp(name, "pwritev", 7) || !strcmp(name, "pwrite64v")) other_writer = 1;
   }
-  if (!slot_pwrite || !slot_writev) return;
+  if (!slot_pwrite || !slot_writev || other_writer) return;
   struct relro_find rf = {.base = base};
   dl_iterate_phdr(relro_cb, &rf);
   long pg = sysconf(_SC_PAGESIZE);
