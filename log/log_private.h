@@ -111,6 +111,9 @@ void log_wal_kick(struct log *log);
 /* Before mdb_env_close; `closing`: checkpoint when no other handle has the log open. */
 void log_wal_detach(struct log *log, int closing);
 uint64_t log_wal_checkpoints(const struct log *log);
+/* Tests: called by the background checkpoint between writing its new header and flushing
+ * it (NULL, the default: nothing). */
+extern void (*log_wal_test_header_hook)(struct log *log);
 
 /* reclaim.c */
 #define LOG_OPEN_LOCK "open.lock"

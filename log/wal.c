@@ -104,7 +104,9 @@ struct wal_shm {
   uint64_t zeroed; /* bytes of the file written at least once (zeros ahead of the tail):
                       a flush of records there only writes data, no file system journal */
   uint64_t preflushed_gen;
-  uint64_t kicked; /* records before this offset have been handed to writeback */
+  uint64_t kicked;      /* records before this offset have been handed to writeback */
+  uint64_t pending_gen; /* a background checkpoint has written the header of this
+                           generation and is flushing it (0 = none): no other may write one */
 };
 
 struct wal {
@@ -206,9 +208,9 @@ static int read_header(int fd, uint32_t psize, struct wal_hdr *h, unsigned char 
 }
 
 /* Writes the header of generation `gen` with `metas` (NULL: data.mdb's current meta pages,
- * read through `data_fd`) and flushes the file. The caller has flushed data.mdb. */
-static int write_header(int fd, int data_fd, uint32_t psize, uint64_t gen, uint64_t seq0,
-                        uint64_t start, const unsigned char *metas) {
+ * read through `data_fd`), unflushed. The caller has flushed data.mdb. */
+static int put_header(int fd, int data_fd, uint32_t psize, uint64_t gen, uint64_t seq0,
+                      uint64_t start, const unsigned char *metas) {
   size_t n = WAL_HDR_PAGE + 2 * (size_t)psize;
   unsigned char *b = calloc(1, n);
   if (!b) return -ENOMEM;
@@ -229,6 +231,13 @@ static int write_header(int fd, int data_fd, uint32_t psize, uint64_t gen, uint6
     rc = pwrite_all(fd, b, n, (gen % 2) * n);
   }
   free(b);
+  return rc;
+}
+
+/* put_header, then flushes the file. */
+static int write_header(int fd, int data_fd, uint32_t psize, uint64_t gen, uint64_t seq0,
+                        uint64_t start, const unsigned char *metas) {
+  int rc = put_header(fd, data_fd, psize, gen, seq0, start, metas);
   if (rc == 0 && fdatasync(fd) < 0) rc = -errno;
   return rc;
 }
@@ -908,10 +917,15 @@ int log_wal_sync(struct log *log) {
 
 /* The background checkpoint, holding LMDB's write lock (commits wait) only for moments:
  * note the newest commit's meta pages and where the records after it begin, flush both
- * files outside the lock (data.mdb then holds that commit, at least), and write a header
- * that replays from there. The space before it is then free for the records to come back
- * to. A crash before the header is whole replays from the old one, whose records are all
- * still in place. */
+ * files outside the lock (data.mdb then holds that commit, at least), write a header that
+ * replays from there, flush it outside the lock too, and only then publish the new start.
+ * The space before it is then free for the records to come back to. A crash before the
+ * header is whole replays from the old one, whose records are all still in place; a crash
+ * after it replays from the new one, and the records committed meanwhile follow it in
+ * sequence. While one checkpoint flushes its header (pending_gen), no other background
+ * checkpoint writes one: it could replay from an earlier start than the one published. A
+ * full checkpoint (checkpoint(), under the lock) may overwrite it: it is newer in every
+ * respect, and the pending one then finds the generation moved and publishes nothing. */
 static void checkpoint_fuzzy(struct log *log) {
   struct wal *w = log->wal;
   struct wal_shm *s = w->shm;
@@ -927,19 +941,35 @@ static void checkpoint_fuzzy(struct log *log) {
   if (rc == 0 && fdatasync(w->fd) == 0 && fdatasync(w->data_fd) == 0 &&
       own_txn_begin(log, &txn) == 0) {
     /* Unless another checkpoint came first (a commit that found the file full, another
-     * process): then this one is stale. */
-    if (s->gen == gen &&
-        write_header(w->fd, w->data_fd, w->psize, gen + 1, seq0, start, metas) == 0) {
-      s->gen = gen + 1;
-      s->seq0 = seq0;
-      s->start = start;
-      s->wrapped = s->tail < start;
-      w->checkpoints++;
-    }
+     * process) or is flushing its header: then this one is stale. */
+    int mine = s->gen == gen && s->pending_gen != gen + 1 &&
+               put_header(w->fd, w->data_fd, w->psize, gen + 1, seq0, start, metas) == 0;
+    if (mine) s->pending_gen = gen + 1;
     own_txn_end(log, txn);
+    if (mine) {
+      if (log_wal_test_header_hook) log_wal_test_header_hook(log);
+      int flushed = fdatasync(w->fd) == 0;
+      if (own_txn_begin(log, &txn) == 0) {
+        if (flushed && s->gen == gen) {
+          s->gen = gen + 1;
+          s->seq0 = seq0;
+          s->start = start;
+          s->wrapped = s->tail < start;
+          w->checkpoints++;
+        }
+        s->pending_gen = 0;
+        own_txn_end(log, txn);
+      } else {
+        /* Nothing published: the old start stays, and the header (if it reached the
+         * disk) replays records that are still in place. */
+        __atomic_store_n(&s->pending_gen, 0, __ATOMIC_RELEASE);
+      }
+    }
   }
   free(metas);
 }
+
+void (*log_wal_test_header_hook)(struct log *log);
 
 void log_wal_kick(struct log *log) {
   struct wal *w = log->wal;
