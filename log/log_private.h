@@ -101,12 +101,15 @@ int log_wal_attach(struct log *log);
  * processes) and moves the pin. 0 or an error with its message set. */
 int log_wal_sync(struct log *log);
 /* The flusher thread's share (log->wal_work): LOG_WAL_CHECKPOINT checkpoints when the file
- * is half full; LOG_WAL_ZERO_AHEAD writes zeros ahead of the tail. */
+ * is half full; LOG_WAL_ZERO_AHEAD writes zeros ahead of the tail; LOG_WAL_PIN flushes (or
+ * finds flushed) the newest commit and moves the handle's pin to it. */
 #define LOG_WAL_CHECKPOINT 1
 #define LOG_WAL_ZERO_AHEAD 2
+#define LOG_WAL_PIN 4
 void log_wal_work(struct log *log, int work);
 /* Async mode, after a commit: hands each new MiB of records to writeback at once, so that
- * the periodic flush has little left to write (and stalls no record write meanwhile). */
+ * the periodic flush has little left to write (and stalls no record write meanwhile), and
+ * asks for LOG_WAL_PIN after every WAL_PIN_EVERY bytes of records. */
 void log_wal_kick(struct log *log);
 /* Before mdb_env_close; `closing`: checkpoint when no other handle has the log open. */
 void log_wal_detach(struct log *log, int closing);
