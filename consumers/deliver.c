@@ -8,6 +8,10 @@
 
 #define MAX_FETCH ENGRAM_MAX_FETCH
 #define SCAN_FACTOR 16 /* new events looked at per event wanted, before giving up for now */
+/* A waiting ack-and-fetch with nothing to deliver holds its acks this long for events to
+ * lease in the same commit (a worker keeping up with a stream then pays one commit per
+ * event, not two), then commits them and waits on. */
+#define ACK_HOLD_MS 2
 
 struct fetch_req {
   const char *topic, *group, *consumer;
@@ -342,14 +346,35 @@ static int fetch_check(struct log *log, const char *what, const char *topic, con
   return 0;
 }
 
+/* Waits until the fetch could deliver something (an append, the next due time) or the
+ * deadline passes, checking cheaply. */
+static void wait_due(struct log *log, struct fetch_req *r, int64_t deadline) {
+  for (;;) {
+    int64_t now = clock_monotonic_ns(), next_due;
+    if (now >= deadline) break;
+    if (anything_due(log, r, &next_due)) break;
+    int64_t until = deadline;
+    if (next_due != INT64_MAX) {
+      int64_t in = next_due - log_now_ns(log);
+      if (in < 0) in = 0;
+      if (now + in < until) until = now + in;
+    }
+    log_wait_append(log, r->topic, until);
+  }
+}
+
 /* Runs r's job until it delivers something or wait_ms has passed. The first run carries
- * r's acks, if any: it is committed as durably as an ack (log_write) before any wait; the
- * runs after it lease only, relaxed like every fetch. */
+ * r's acks, if any: it is committed as durably as an ack (log_write) before any wait longer
+ * than ACK_HOLD_MS; the runs after it lease only, relaxed like every fetch. */
 static int fetch_run(struct log *log, struct fetch_req *r, uint64_t wait_ms, engram_batch **out) {
   int rc = cg_dbs_get(log, &r->d);
   if (rc == 0) rc = cg_worker_dbi(log, &r->workers);
   if (rc) return rc;
   int64_t deadline = clock_after_ms(clock_monotonic_ns(), wait_ms);
+  if (r->n_acks && wait_ms > 0) {
+    int64_t hold = clock_after_ms(clock_monotonic_ns(), ACK_HOLD_MS);
+    wait_due(log, r, hold < deadline ? hold : deadline);
+  }
   for (;;) {
     /* Relaxed: a power cut that undoes a fetch only makes its events due again. Acks are
      * not repeatable work: with them the commit is as durable as the handle's mode. */
@@ -360,19 +385,7 @@ static int fetch_run(struct log *log, struct fetch_req *r, uint64_t wait_ms, eng
     }
     r->n_acks = 0;
     if (log_bb_count(r->bb) > 0 || clock_monotonic_ns() >= deadline) break;
-    /* Nothing yet: wait for an append or the next due time, checking cheaply. */
-    for (;;) {
-      int64_t now = clock_monotonic_ns(), next_due;
-      if (now >= deadline) break;
-      if (anything_due(log, r, &next_due)) break;
-      int64_t until = deadline;
-      if (next_due != INT64_MAX) {
-        int64_t in = next_due - log_now_ns(log);
-        if (in < 0) in = 0;
-        if (now + in < until) until = now + in;
-      }
-      log_wait_append(log, r->topic, until);
-    }
+    wait_due(log, r, deadline);
   }
   *out = log_bb_finish(r->bb);
   log_error_clear(log);

@@ -594,8 +594,10 @@ ENGRAM_API int engram_ack_many(engram *log, const char *topic, const char *group
  * durable as engram_ack's when the call returns (in sync mode: on disk), even when the
  * batch is empty; the leases as engram_fetch's. The acks go first: the fetch never
  * delivers an event they finish, and in a key-ordered group it may deliver the next
- * event of a key they release. With wait_ms > 0 and nothing to deliver, the acks are
- * committed first and the call then waits as engram_fetch does. acks may be NULL when
+ * event of a key they release. With wait_ms > 0 and nothing to deliver, the acks are held
+ * up to 2 ms for an event to lease in the same commit (a worker keeping up with a steady
+ * stream pays one commit per batch, not two), then committed, and the call waits on as
+ * engram_fetch does (through `engram serve`: committed at once). acks may be NULL when
  * n_acks is 0 (then it is engram_fetch). Through `engram serve` it is one request.
  * Errors: those of engram_fetch and engram_ack_many; ETOOBIG (n_acks over 100000). */
 ENGRAM_API int engram_ack_fetch(engram *log, const char *topic, const char *group,

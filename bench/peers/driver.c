@@ -446,7 +446,8 @@ static int w_append_procs(void) {
   for (uint64_t i = 0; i < ns; i++) bench_samples_add(&lat, sh->samples[i]);
   bench_result r;
   result_base(&r, workload);
-  bench_result_rate(&r, n, s, (uint64_t)((double)peer_events.bytes / (double)peer_events.n * (double)n));
+  bench_result_rate(&r, n, s,
+                    (uint64_t)((double)peer_events.bytes / (double)peer_events.n * (double)n));
   latency_fill(&r, &lat, 0);
   bench_samples_free(&lat);
   extra_add(&r, "\"producers\": %d, \"slowest_producer_share\": %.2f", n_procs,
@@ -541,6 +542,10 @@ static int latency_child(int id, int ready_fd, int go_fd) {
     }
     got += n;
     sh->c[0].n = got;
+  }
+  if (!rc && sys->finish && sys->finish(c, stream, "lat")) {
+    snprintf(sh->c[0].err, sizeof sh->c[0].err, "final ack failed");
+    rc = 1;
   }
   sys->close(c);
   return rc;

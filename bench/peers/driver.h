@@ -36,8 +36,8 @@ typedef struct peer_sys {
   int (*consume)(peer_conn *c, const char *stream, const char *group, const char *consumer,
                  size_t max, int wait_ms, size_t *n, int64_t *stamps);
   /* A system whose consume acks each batch with the fetch of the next (engram's
-   * engram_ack_fetch) acks what it still holds; the drain calls it once a consumer is
-   * done, before its clock stops. May be NULL. */
+   * engram_ack_fetch) acks what it still holds; the drain and the latency consumer call
+   * it once a consumer is done (the drain before its clock stops). May be NULL. */
   int (*finish)(peer_conn *c, const char *stream, const char *group);
   /* Parses a system option (argv[i], value argv[i+1]); returns how many arguments it took,
    * 0 when the option is not the system's. May be NULL. */

@@ -141,9 +141,10 @@ static int group_create(peer_conn *c, const char *stream, const char *group, int
   return check(c, engram_group_create(c->log, stream, group, &cfg), "group create");
 }
 
-/* Takes up to max events and acks each. Without waiting (the drain), the acks of a batch
- * ride with the fetch of the next: one engram_ack_fetch, one commit, per batch; what is
- * held at the end is acked by finish. With a wait (the latency workload) or in the
+/* Takes up to max events and acks each. The acks of a batch ride with the fetch of the
+ * next, as a worker does (docs/consumer-groups.md): one engram_ack_fetch, one commit, per
+ * batch, also with a wait (the latency workload: a call that finds nothing due holds its
+ * acks a moment for the next event); what is held at the end is acked by finish. In the
  * drain_split workload it fetches, then acks, in two calls. */
 static int consume(peer_conn *c, const char *stream, const char *group, const char *consumer,
                    size_t max, int wait_ms, size_t *n, int64_t *stamps) {
@@ -154,13 +155,13 @@ static int consume(peer_conn *c, const char *stream, const char *group, const ch
     if (check(c, engram_topic_info_get(c->log, stream, &ti), "topic info")) return -1;
     c->looked_up = 1;
   }
-  int together = wait_ms == 0 && !peer_drain_split;
+  int together = !peer_drain_split;
   engram_batch *b = NULL;
   if (together) {
-    if (check(
-            c,
-            engram_ack_fetch(c->log, stream, group, consumer, c->held, c->n_held, NULL, max, 0, &b),
-            "ack_fetch"))
+    if (check(c,
+              engram_ack_fetch(c->log, stream, group, consumer, c->held, c->n_held, NULL, max,
+                               (uint64_t)wait_ms, &b),
+              "ack_fetch"))
       return -1;
     c->n_held = 0;
   } else if (check(c, engram_fetch(c->log, stream, group, consumer, max, (uint64_t)wait_ms, &b),
