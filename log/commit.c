@@ -526,6 +526,9 @@ static void *flusher_main(void *arg) {
     /* Work asked for while this thread was busy is done at once: its signal came when
      * nobody waited. */
     if (!log->wal_work) pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts);
+    /* A handle that wrote nothing since still moves its pin once an interval: LMDB reuses
+     * no page freed after the oldest pin of any handle (wal.c). */
+    if (log->wal && !log->dirty) log->wal_work |= LOG_WAL_PIN;
     if (log->wal_work) {
       int work = log->wal_work;
       log->wal_work = 0;
