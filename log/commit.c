@@ -525,10 +525,13 @@ static void *flusher_main(void *arg) {
     ts.tv_nsec = ns % 1000000000;
     /* Work asked for while this thread was busy is done at once: its signal came when
      * nobody waited. */
-    if (!log->wal_work) pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts);
-    /* A handle that wrote nothing since still moves its pin once an interval: LMDB reuses
-     * no page freed after the oldest pin of any handle (wal.c). */
-    if (log->wal && !log->dirty) log->wal_work |= LOG_WAL_PIN;
+    int timed_out = 0;
+    if (!log->wal_work)
+      timed_out = pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts) == ETIMEDOUT;
+    /* A handle that wrote nothing since still moves its pin once an interval (flushing
+     * what other processes committed, if they have not yet): LMDB reuses no page freed
+     * after the oldest pin of any handle (wal.c). */
+    if (timed_out && log->wal && !log->dirty) log->wal_work |= LOG_WAL_PIN;
     if (log->wal_work) {
       int work = log->wal_work;
       log->wal_work = 0;
