@@ -121,6 +121,7 @@ struct wal {
   unsigned char *buf;
   size_t len, size;
   int overflow; /* the commit is too big for the file: it is made durable in data.mdb */
+  off_t pos;    /* the offset LMDB last sought in data.mdb, -1 once written from */
   int failed;   /* a write to the file failed: the next commit checkpoints instead */
   /* Pins (sync_mu): the pin, on a commit whose record is durable (up to pin_seq), and
    * ended read transactions kept for reuse. */
@@ -262,6 +263,7 @@ static int checkpoint(struct wal *w) {
 
 static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
 static ssize_t (*real_writev)(int, const struct iovec *, int);
+static off_t (*real_lseek)(int, off_t, int);
 
 #define WAL_MAX_HANDLES 256
 static struct {
@@ -431,10 +433,20 @@ static ssize_t hook_pwrite(int fd, const void *b, size_t n, off_t off) {
   return real_pwrite(fd, b, n, off);
 }
 
+/* LMDB seeks, then writes several pages with writev: the offset sought is noted, which
+ * spares hook_writev a seek of its own (a system call per write). */
+static off_t hook_lseek(int fd, off_t off, int whence) {
+  off_t r = real_lseek(fd, off, whence);
+  struct wal *w = find(fd);
+  if (w) w->pos = whence == SEEK_SET ? r : -1;
+  return r;
+}
+
 static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
   struct wal *w = find(fd);
   if (w) {
-    off_t off = lseek(fd, 0, SEEK_CUR);
+    off_t off = w->pos >= 0 ? w->pos : lseek(fd, 0, SEEK_CUR);
+    w->pos = -1; /* the write moves the offset */
     for (int i = 0; i < cnt && off >= 0; i++) {
       capture(w, (uint64_t)off, iov[i].iov_base, iov[i].iov_len);
       off += (off_t)iov[i].iov_len;
@@ -444,7 +456,7 @@ static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
   return real_writev(fd, iov, cnt);
 }
 
-/* Points liblmdb's GOT entries for pwrite and writev at the hooks. */
+/* Points liblmdb's GOT entries for pwrite, writev and (where present) lseek at the hooks. */
 #if defined(__x86_64__)
 #define WAL_JUMP_SLOT R_X86_64_JUMP_SLOT
 #elif defined(__aarch64__)
@@ -492,7 +504,7 @@ static void install_hooks(void) {
     if (d->d_tag == DT_PLTRELSZ) relsz = d->d_un.d_val;
   }
   if (!symtab || !strtab || !rel) return;
-  void **slot_pwrite = NULL, **slot_writev = NULL;
+  void **slot_pwrite = NULL, **slot_writev = NULL, **slot_lseek = NULL;
   int other_writer = 0;
   for (size_t i = 0; i < relsz / sizeof *rel; i++) {
     if (ELF64_R_TYPE(rel[i].r_info) != WAL_JUMP_SLOT) continue;
@@ -500,6 +512,7 @@ static void install_hooks(void) {
     void **slot = (void **)(base + rel[i].r_offset);
     if (!strcmp(name, "pwrite") || !strcmp(name, "pwrite64")) slot_pwrite = slot;
     if (!strcmp(name, "writev")) slot_writev = slot;
+    if (!strcmp(name, "lseek") || !strcmp(name, "lseek64")) slot_lseek = slot;
     /* An LMDB that can write its pages another way (a build with MDB_USE_PWRITEV, a
      * later release) would bypass the capture: then no write-ahead file at all. */
     if (!strncmp(name, "pwritev", 7) || !strcmp(name, "pwrite64v")) other_writer = 1;
@@ -508,16 +521,22 @@ static void install_hooks(void) {
   struct relro_find rf = {.base = base};
   dl_iterate_phdr(relro_cb, &rf);
   long pg = sysconf(_SC_PAGESIZE);
-  void **slots[2] = {slot_pwrite, slot_writev};
-  for (int i = 0; i < 2; i++) {
+  /* The seek is optional: without it hook_writev asks for the offset itself. */
+  void **slots[3] = {slot_pwrite, slot_writev, slot_lseek};
+  int n_slots = slot_lseek ? 3 : 2;
+  for (int i = 0; i < n_slots; i++) {
     ElfW(Addr) a = (ElfW(Addr))slots[i] & ~(ElfW(Addr))(pg - 1);
     if (mprotect((void *)a, (size_t)pg, PROT_READ | PROT_WRITE) < 0) return;
   }
   real_pwrite = (ssize_t(*)(int, const void *, size_t, off_t)) * slot_pwrite;
   real_writev = (ssize_t(*)(int, const struct iovec *, int)) * slot_writev;
+  if (slot_lseek) {
+    real_lseek = (off_t(*)(int, off_t, int)) * slot_lseek;
+    __atomic_store_n(slot_lseek, (void *)hook_lseek, __ATOMIC_RELEASE);
+  }
   __atomic_store_n(slot_pwrite, (void *)hook_pwrite, __ATOMIC_RELEASE);
   __atomic_store_n(slot_writev, (void *)hook_writev, __ATOMIC_RELEASE);
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < n_slots; i++) {
     ElfW(Addr) a = (ElfW(Addr))slots[i];
     if (a >= rf.lo && a < rf.hi)
       mprotect((void *)(a & ~(ElfW(Addr))(pg - 1)), (size_t)pg, PROT_READ);
@@ -811,6 +830,7 @@ int log_wal_attach(struct log *log) {
   if (!w) return log_error(log, ENGRAM_ENOMEM, "open: out of memory");
   w->log = log;
   w->fd = -1;
+  w->pos = -1;
   pthread_mutex_init(&w->sync_mu, NULL);
   log->wal = w;
   char f[4200];
@@ -1016,6 +1036,14 @@ void log_wal_detach(struct log *log, int closing) {
   pthread_mutex_destroy(&w->sync_mu);
   free(w);
   log->wal = NULL;
+}
+
+uint64_t log_wal_seq(const struct log *log) {
+  return __atomic_load_n(&log->wal->shm->seq, __ATOMIC_ACQUIRE);
+}
+
+uint64_t log_wal_synced(const struct log *log) {
+  return __atomic_load_n(&log->wal->shm->synced, __ATOMIC_ACQUIRE);
 }
 
 uint64_t log_wal_checkpoints(const struct log *log) { return log->wal ? log->wal->checkpoints : 0; }
