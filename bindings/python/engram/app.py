@@ -236,11 +236,20 @@ class App:
     applies when the App opens a directory itself; a :class:`Log` keeps its own, also in
     the worker processes of process mode. Group settings (``ack_wait``, ``max_deliver``,
     ``backoff``, ``result_ttl``, ``key_ordered``, ``start``) apply when the group is
-    created. Handler patterns become the group's type filters when they can."""
+    created. Handler patterns become the group's type filters when they can.
+
+    ``confirm_publish`` (kombu's name; default True): ``Task.delay()`` and
+    ``apply_async()`` return once the task is durable (one append, one round trip to a
+    daemon). False pipelines them: each is still one append, queued on the handle and
+    sent in batches with the tasks around it, and the call returns at once; the
+    result's ``offset`` (and ``id`` without a ``task_id``) waits for its
+    acknowledgement, and :meth:`flush` waits until every task sent so far is durable
+    and raises the first error."""
 
     def __init__(self, target: Union[Log, str, "os.PathLike[str]"], group: str = "workers", *,
                  topic: str = "events", consumer: Optional[str] = None,
-                 durability: Optional[str] = None, **group_config: Any) -> None:
+                 durability: Optional[str] = None, confirm_publish: bool = True,
+                 **group_config: Any) -> None:
         if durability is not None and durability not in _DURABILITY:
             raise InvalidArgument(f"durability {durability!r}: use 'sync', 'nometasync' or 'async'")
         if isinstance(target, Log):
@@ -265,6 +274,7 @@ class App:
         self.group_name = group
         self.topic = topic
         self.consumer_name = consumer
+        self.confirm_publish = bool(confirm_publish)
         self.group_config = group_config
         _group_config(**{**_GROUP_DEFAULTS, **group_config})  # validate now
         self.handlers: List[Handler] = []
@@ -347,6 +357,11 @@ class App:
         if self._log is not None and not self._log.closed and have != durability:
             raise InvalidArgument(f"durability {durability!r}: the log is open already with {have!r}")
         self.open_options["durability"] = durability
+
+    def flush(self) -> None:
+        """Waits until every task sent with ``confirm_publish=False`` (and every
+        ``append_async`` of the handle) is durable; raises the first error."""
+        self.log.flush()
 
     def close(self) -> None:
         """Closes the log handle this App opened."""
