@@ -5,15 +5,19 @@ tasks/s and end-to-end latency p50/p99.
 
     /usr/bin/python3 bench/bench_python.py [--events 20000] [--latency-events 1000]
         [--rate 200] [--workers 2] [--only engram|celery] [--modes embedded,served]
-        [--engram-workers consumer,app,task] [--durability sync,async]
-        [--engram build/engram] [--json FILE]
+        [--engram-workers consumer,app,task,task-pipelined] [--durability sync,async]
+        [--engram build/engram] [--no-drain] [--json FILE]
 
 Throughput: the producer sends --events no-op events as fast as it can, --workers worker
 processes handle them; events/s = events / (first send -> last completion). The engram
 worker kinds: `consumer` (the bare consumer API: each batch acked with the fetch of the
 next, one ack_fetch call; the producer pipelines appends), `app` (engram.App with an
-@app.on handler; the producer pipelines appends) and `task` (engram.App's Celery-like API:
-an @app.task, the producer calls Task.delay() once per task, as Celery's does). Latency:
+@app.on handler; the producer pipelines appends), `task` (engram.App's Celery-like API:
+an @app.task, the producer calls Task.delay() once per task, as Celery's does, and each
+returns once its task is durable) and `task-pipelined` (the same with
+App(confirm_publish=False): each delay() is still one append, queued on the handle and sent
+in batches; the producer's flush() at the end waits for all). Drain: the tasks are queued
+first, then the workers start; tasks/s = events / (first -> last handler call). Latency:
 --latency-events sent one at a time at --rate per second; latency = handler start - send
 time (both CLOCK_REALTIME, same host). Mode `embedded` opens the log directory in every
 process; mode `served` starts `engram serve` (--engram, default build/engram) on a free
@@ -76,11 +80,11 @@ _task_lat: List[int] = []
 _task_seen = [0, 0]  # the first and the last handler call (CLOCK_REALTIME ns)
 
 
-def task_app(log: Any) -> Any:
-    """The App of the `task` kind, alike in the producer and the workers: one no-op task
+def task_app(log: Any, confirm_publish: bool = True) -> Any:
+    """The App of the `task` kinds, alike in the producer and the workers: one no-op task
     sent with Task.delay(), no result kept (as Celery's task_ignore_result)."""
     import engram
-    app = engram.App(log, group=GROUP, topic=TOPIC, ack_wait=30)
+    app = engram.App(log, group=GROUP, topic=TOPIC, ack_wait=30, confirm_publish=confirm_publish)
 
     @app.task(name="bench.noop", ignore_result=True)
     def noop(t_sent: int) -> None:
@@ -100,7 +104,7 @@ def engram_app_worker(target: str, out: str, expect: int, batch: int, durability
     once the group has acked `expect` events."""
     import engram
     log = open_target(target, durability)
-    if kind == "task":
+    if kind.startswith("task"):
         app = task_app(log)
         lat, seen = _task_lat, _task_seen
     else:
@@ -116,6 +120,7 @@ def engram_app_worker(target: str, out: str, expect: int, batch: int, durability
             seen[1] = max(seen[1], now)
 
     app.group.info()  # the group exists and the handle is warm (a fetch would lease an event)
+    cpu0 = time.process_time()
     open(out + ".ready", "w").close()
     while True:
         app.run(concurrency=2, wait=0.2, idle_timeout=1.0, batch=batch, install_signals=False)
@@ -123,7 +128,8 @@ def engram_app_worker(target: str, out: str, expect: int, batch: int, durability
             break
     # The last handler call (its ack follows within one commit).
     with open(out, "w") as f:
-        json.dump({"lat_ns": lat, "first_ns": seen[0], "last_ns": seen[1]}, f)
+        json.dump({"lat_ns": lat, "first_ns": seen[0], "last_ns": seen[1],
+                   "cpu_s": time.process_time() - cpu0}, f)
     log.close()
 
 
@@ -137,6 +143,7 @@ def engram_worker(target: str, out: str, expect: int, batch: int, durability: st
     lat: List[int] = []
     first = last = 0
     g.info()  # warms the handle up (a fetch would lease an event in the drain phase)
+    cpu0 = time.process_time()
     open(out + ".ready", "w").close()
     acks: List[Tuple[int, int]] = []
     fetches = 0
@@ -156,7 +163,8 @@ def engram_worker(target: str, out: str, expect: int, batch: int, durability: st
             lat.append(now - int(ev.payload))  # the no-op handler: note when it ran
         acks = [(ev.offset, ev.attempt) for ev in evs]
     with open(out, "w") as f:
-        json.dump({"lat_ns": lat, "first_ns": first, "last_ns": last, "fetches": fetches}, f)
+        json.dump({"lat_ns": lat, "first_ns": first, "last_ns": last, "fetches": fetches,
+                   "cpu_s": time.process_time() - cpu0}, f)
     log.close()
 
 
@@ -203,6 +211,16 @@ class Daemon:
             p.wait(10)
 
 
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def server_counters(log: Any) -> Dict[str, int]:
     i = log.server_info()
     return {k: int(i.get(k, 0)) for k in ("requests", "commits", "flushes", "appended")}
@@ -218,8 +236,10 @@ def run_engram(n: int, lat_n: int, rate: float, workers: int, batch: int, durabi
             with contextlib.ExitStack() as stack:
                 log_dir = os.path.join(tmp, "log")
                 target = log_dir
+                daemon = None
                 if mode == "served":
-                    target = stack.enter_context(Daemon(binary, log_dir, durability)).endpoint
+                    daemon = stack.enter_context(Daemon(binary, log_dir, durability))
+                    target = daemon.endpoint
                 with open_target(target, durability) as log:
                     log.create_topic(TOPIC, compress_threshold=1 << 30)
                 procs: List[subprocess.Popen] = []
@@ -236,8 +256,8 @@ def run_engram(n: int, lat_n: int, rate: float, workers: int, batch: int, durabi
                 stack.callback(lambda: [p.kill() for p in procs if p.poll() is None])
                 log = stack.enter_context(open_target(target, durability))
                 send: Callable[[], Any]
-                if kind == "task":
-                    task = task_app(log).bench_task
+                if kind.startswith("task"):
+                    task = task_app(log, confirm_publish=kind == "task").bench_task
                     send = lambda: task.delay(time.time_ns())  # noqa: E731
                 elif phase != "latency":
                     send = lambda: log.append_async(TOPIC, "bench.noop", str(time.time_ns()).encode())  # noqa: E731
@@ -250,6 +270,8 @@ def run_engram(n: int, lat_n: int, rate: float, workers: int, batch: int, durabi
                         time.sleep(0.01)
                     time.sleep(0.1)  # and back in their waiting fetch
                 c0 = server_counters(log) if mode == "served" else None
+                d0 = proc_cpu(daemon.proc.pid) if daemon else 0.0
+                p0 = time.process_time()
                 t0 = time.time_ns()
                 if phase != "latency":
                     for _ in range(count):
@@ -271,6 +293,8 @@ def run_engram(n: int, lat_n: int, rate: float, workers: int, batch: int, durabi
                 for p in procs:
                     p.wait(300)
                 c2 = server_counters(log) if mode == "served" else None
+                cpu = {"producer": time.process_time() - p0,
+                       "daemon": proc_cpu(daemon.proc.pid) - d0 if daemon else 0.0, "workers": 0.0}
                 lat: List[int] = []
                 first, last, fetches = [], 0, 0
                 for out in outs:
@@ -281,6 +305,7 @@ def run_engram(n: int, lat_n: int, rate: float, workers: int, batch: int, durabi
                     if d.get("first_ns"):
                         first.append(d["first_ns"])
                     fetches += d.get("fetches", 0)
+                    cpu["workers"] += d.get("cpu_s", 0.0)
             if phase == "drain":
                 t0 = min(first)  # from the first task a worker ran
             name = f"engram/{durability}/{kind}" + ("/served" if mode == "served" else "")
@@ -291,6 +316,8 @@ def run_engram(n: int, lat_n: int, rate: float, workers: int, batch: int, durabi
                 "p50_ms": pct(lat, 50) / 1e6, "p99_ms": pct(lat, 99) / 1e6, "handled": len(lat)}
             if fetches:
                 r["worker_calls"] = fetches
+            # CPU time per task, by process (the workers' from their start on).
+            r["cpu_us_per_task"] = {k: round(v / count * 1e6, 1) for k, v in cpu.items() if v}
             if c0 and c1 and c2:
                 # The daemon's view: requests, commits and flushes per task, in all (the
                 # counting calls excluded), and of them while the producer sent.
@@ -434,9 +461,10 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=256, help="engram fetch batch")
     p.add_argument("--only", choices=("engram", "celery"))
-    p.add_argument("--engram-workers", default="consumer,app,task",
+    p.add_argument("--engram-workers", default="consumer,app,task,task-pipelined",
                    help="engram worker kinds: consumer (ack_fetch loop), app (engram.App, @app.on), "
-                        "task (engram.App, @app.task sent with Task.delay())")
+                        "task (engram.App, @app.task sent with Task.delay()), task-pipelined "
+                        "(the same with App(confirm_publish=False))")
     p.add_argument("--modes", default="embedded,served",
                    help="embedded (the log opened in each process), served (through engram serve)")
     p.add_argument("--engram", default=os.path.join(ROOT, "build", "engram"),
@@ -461,7 +489,7 @@ def main() -> int:
     kinds = [k for k in a.engram_workers.split(",") if k]
     modes = [m for m in a.modes.split(",") if m]
     for k in kinds:
-        if k not in ("consumer", "app", "task"):
+        if k not in ("consumer", "app", "task", "task-pipelined"):
             p.error(f"--engram-workers: unknown kind {k!r}")
     for m in modes:
         if m not in ("embedded", "served"):
@@ -479,8 +507,8 @@ def main() -> int:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
     byk = {(r["system"], r["phase"]): r for r in res}
-    print(f"\n{'system':<30} {'phase':<11} {'events':>7} {'events/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
-          f"{'x celery':>8}  daemon requests / commits / flushes per task")
+    print(f"\n{'system':<36} {'phase':<10} {'events':>6} {'tasks/s':>8} {'p50 ms':>9} {'p99 ms':>9} "
+          f"{'x celery':>8}  per task: daemon requests / commits / flushes; CPU us producer / daemon / workers")
     for r in res:
         ref = byk.get(("celery+redis", r["phase"]))
         ratio = ""
@@ -488,8 +516,10 @@ def main() -> int:
             ratio = (f"{r['p50_ms'] / ref['p50_ms']:.2f}" if r["phase"] == "latency"
                      else f"{r['events_per_s'] / ref['events_per_s']:.1f}")
         d = r.get("daemon")
-        dd = f"  {d['requests']:.3f} / {d['commits']:.3f} / {d['flushes']:.3f}" if d else ""
-        print(f"{r['system']:<30} {r['phase']:<11} {r['events']:>7} {r['events_per_s']:>10.0f} "
+        dd = f"  {d['requests']:.3f} / {d['commits']:.3f} / {d['flushes']:.3f};" if d else "  -;"
+        cu = r.get("cpu_us_per_task", {})
+        dd += " " + " / ".join(f"{cu[k]:.0f}" if k in cu else "-" for k in ("producer", "daemon", "workers"))
+        print(f"{r['system']:<36} {r['phase']:<10} {r['events']:>6} {r['events_per_s']:>8.0f} "
               f"{r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} {ratio:>8}{dd}")
     print("x celery: tasks/s over Celery's in the same phase (latency: p50 as a fraction of Celery's);\n"
           "throughput = first send -> last completion with the workers running, drain = the tasks\n"
