@@ -356,4 +356,5 @@ bench-deps:
 # Python workers against Celery + Redis: embedded, and through `engram serve` (started
 # on a free loopback port with a throw-away log). PYBENCH="--events 5000" to shorten.
 bench-python: deps bench-deps all python
+	@mkdir -p bench/results
 	@$(PYTHON) bench/bench_python.py --engram $(BUILD)/engram --json bench/results/python.json $(PYBENCH)
