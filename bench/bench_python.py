@@ -486,6 +486,8 @@ def main() -> int:
     if a.role == "engram-app":
         engram_app_worker(a.log, a.out, a.expect, a.batch, a.durability, a.kind)
         return 0
+    # SIGTERM unwinds like Ctrl-C, so the daemons, workers and servers started here stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kinds = [k for k in a.engram_workers.split(",") if k]
     modes = [m for m in a.modes.split(",") if m]
     for k in kinds:
