@@ -438,6 +438,8 @@ int log_job_wait(struct log *log, struct log_job *job) {
         /* A batch to flush: a waiting writer leads the next commit meanwhile. */
         log->flushing++;
         b.next = log->inflight;
+        /* On this thread's stack: it leaves the list below, before this call returns. */
+        // cppcheck-suppress autoVariables
         log->inflight = &b;
         pthread_mutex_unlock(&log->mu);
         int rc = log_wal_sync(log);
