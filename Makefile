@@ -117,15 +117,21 @@ EXAMPLE_BINS := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRCS))
 all: $(BUILD)/libengram.a $(BUILD)/libengram.so $(BUILD)/engram $(EXAMPLE_BINS)
 examples: $(EXAMPLE_BINS)
 
-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+# Shell that installs the Debian packages $(1) that are missing, as root or through sudo
+# (SUDO is then set for what follows on the same line).
+define apt_install_missing
+missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi; \
+	fi
+endef
+
+deps:
+	@$(call apt_install_missing,$(DEB_PACKAGES)); \
 	for p in $(DEB_OPTIONAL); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' && continue; \
 	  apt-cache show $$p >/dev/null 2>&1 || continue; \
@@ -344,14 +350,7 @@ clean:
 BENCH_DEB_PACKAGES := redis-server python3-celery python3-redis
 .PHONY: bench-deps bench-python
 bench-deps:
-	@missing=""; for p in $(BENCH_DEB_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	@$(call apt_install_missing,$(BENCH_DEB_PACKAGES))
 
 # Python workers against Celery + Redis: embedded, and through `engram serve` (started
 # on a free loopback port with a throw-away log). PYBENCH="--events 5000" to shorten.
