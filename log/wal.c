@@ -61,6 +61,7 @@
 #define WAL_ZERO_CHUNK (1ull << 20)     /* written ahead of the tail at a time */
 #define WAL_ZERO_INITIAL (256ull << 10) /* written when the file is made */
 #define WAL_SPARE_PINS 8                /* ended pins kept for the next flushes */
+#define WAL_FLUSH_FDS 8                 /* flush descriptors kept for reuse */
 
 /* LMDB's meta page: the page header, then MDB_meta. Offsets within the page. */
 #define META_MAGIC_OFF 16
@@ -107,6 +108,8 @@ struct wal_shm {
                       a flush of records there only writes data, no file system journal */
   uint64_t preflushed_gen;
   uint64_t kicked; /* records before this offset have been handed to writeback */
+  int broken;      /* a flush of the file failed: records may be lost from there on, so no
+                      later flush acknowledges anything until a checkpoint succeeds */
 };
 
 struct wal {
@@ -130,6 +133,11 @@ struct wal {
   uint64_t pin_seq;
   MDB_txn *spare[WAL_SPARE_PINS];
   int n_spare;
+  /* Descriptors of the file for flushes, each its own open file description: a failed
+   * write-back is reported once per description, so every flush that covered the lost
+   * pages hears of it (two flushes through one description: only the first would). */
+  int flush_fd[WAL_FLUSH_FDS];
+  int n_flush_fd;
   uint64_t checkpoints; /* (sync_mu is not needed: statistics) */
 };
 
@@ -253,6 +261,7 @@ static int checkpoint(struct wal *w) {
   s->start = s->tail = 2 * w->slot;
   s->wrapped = 0;
   __atomic_store_n(&s->synced, s->seq, __ATOMIC_RELEASE);
+  __atomic_store_n(&s->broken, 0, __ATOMIC_RELEASE);
   w->checkpoints++;
   return 0;
 }
@@ -355,7 +364,7 @@ static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
 static int append_record(struct wal *w) {
   struct wal_shm *s = w->shm;
   uint64_t total = sizeof(struct wal_rec) + w->len;
-  if (w->overflow || w->failed) return -1;
+  if (w->overflow || w->failed || __atomic_load_n(&s->broken, __ATOMIC_ACQUIRE)) return -1;
   /* The live records run from start to tail; past the end of the file the next one goes
    * to the first record slot, as long as it ends before start. */
   uint64_t at = s->tail;
@@ -879,6 +888,44 @@ int log_wal_attach(struct log *log) {
   return rc;
 }
 
+/* A flush descriptor of the file, from the handle's pool or newly opened. -1 (errno set)
+ * when none opens. */
+static int flush_fd_take(struct log *log) {
+  struct wal *w = log->wal;
+  int fd = -1;
+  pthread_mutex_lock(&w->sync_mu);
+  if (w->n_flush_fd) fd = w->flush_fd[--w->n_flush_fd];
+  pthread_mutex_unlock(&w->sync_mu);
+  if (fd >= 0) return fd;
+  char f[4200];
+  snprintf(f, sizeof f, "%s/" LOG_WAL_FILE, log->path);
+  return open(f, O_RDWR | O_CLOEXEC);
+}
+
+static void flush_fd_give(struct log *log, int fd) {
+  struct wal *w = log->wal;
+  if (fd < 0) return;
+  pthread_mutex_lock(&w->sync_mu);
+  if (w->n_flush_fd < WAL_FLUSH_FDS) {
+    w->flush_fd[w->n_flush_fd++] = fd;
+    fd = -1;
+  }
+  pthread_mutex_unlock(&w->sync_mu);
+  if (fd >= 0) close(fd);
+}
+
+/* fdatasync, failing with EIO at the Nth call made while ENGRAM_TEST_WAL_FAIL_FLUSH is N
+ * (tests: a disk that loses a write-back). */
+static int flush_fails(int fd) {
+  static long calls;
+  const char *e = getenv("ENGRAM_TEST_WAL_FAIL_FLUSH");
+  if (e && __atomic_add_fetch(&calls, 1, __ATOMIC_RELAXED) == atol(e)) {
+    errno = EIO;
+    return -1;
+  }
+  return fdatasync(fd);
+}
+
 /* Makes every record written so far durable. Flushes of the file run concurrently, from
  * any thread and process (the block layer merges their cache flushes): none waits for
  * another's to end. */
@@ -896,11 +943,26 @@ int log_wal_sync(struct log *log) {
   uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
   int rc = 0;
   int64_t t0 = clock_monotonic_ns();
-  if (fdatasync(w->fd) < 0) {
+  int fd = flush_fd_take(log);
+  if (fd < 0 || flush_fails(fd) < 0) {
     int e = errno;
-    rc = log_error(log, err_from_errno(e), "commit: flush %s/" LOG_WAL_FILE ": %s", log->path,
-                   strerror(e));
+    /* Pages of records may be lost: nothing after them counts until a checkpoint (the
+     * next commit of any process makes one) has made data.mdb durable as it is. */
+    __atomic_store_n(&s->broken, 1, __ATOMIC_RELEASE);
+    rc = log_error(log, err_from_errno(e),
+                   "commit: flush %s/" LOG_WAL_FILE
+                   ": %s; the write is committed but not known to be durable (the next "
+                   "commit makes the log durable without the file, or fails if the disk "
+                   "still does)",
+                   log->path, strerror(e));
+  } else if (__atomic_load_n(&s->broken, __ATOMIC_ACQUIRE)) {
+    rc = log_error(log, ENGRAM_EIO,
+                   "commit: an earlier flush of %s/" LOG_WAL_FILE
+                   " failed, so this write is committed but not known to be durable (the "
+                   "next commit makes the log durable without the file)",
+                   log->path);
   }
+  flush_fd_give(log, fd);
   int64_t took = clock_monotonic_ns() - t0;
   if (rc == 0) {
     uint64_t cur = __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE);
@@ -1029,6 +1091,7 @@ void log_wal_detach(struct log *log, int closing) {
   if (w->pin) mdb_txn_abort(w->pin);
   w->pin = NULL;
   while (w->n_spare) mdb_txn_abort(w->spare[--w->n_spare]);
+  while (w->n_flush_fd) close(w->flush_fd[--w->n_flush_fd]);
   if (closing && w->shm && w->fd >= 0) checkpoint_at_close(log);
   if (w->shm) munmap(w->shm, 4096);
   if (w->fd >= 0) close(w->fd);
