@@ -13,6 +13,13 @@
  * writer's call lasts longer than the couple of commits its own job needs. The batch
  * awaiting its flush (pending) belongs to the handle, not to the leader that committed
  * it: the next leader's commit releases it.
+ *
+ * With the write-ahead file (wal.c) none of the above two-flush dance is needed: one
+ * flush of that file makes a commit durable. The leader commits one batch that needs it,
+ * hands the leadership on and pays the flush itself; the next leader commits the writers
+ * queued meanwhile while that flush runs, and its own flush (which waits for the running
+ * one) covers them. Commits and flushes overlap, and flushes follow each other with no
+ * gap while writers keep coming.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -30,6 +37,7 @@ struct batch {
   struct log_job *jobs;
   struct log_touched *touched;
   struct batch *next;
+  uint64_t seq; /* with the write-ahead file: durable once its records up to here are */
 };
 
 void log_touch(log_wtx *w, const char *topic, uint64_t head) {
@@ -232,7 +240,7 @@ static void release(struct log *log, struct batch *b, int rc, const char *msg) {
 /* Releases the batch whose meta page a flush just made durable. Called with mu held. */
 static void release_pending(struct log *log, int rc, const char *msg) {
   if (!log->pending_jobs) return;
-  struct batch b = {log->pending_jobs, log->pending_touched, NULL};
+  struct batch b = {log->pending_jobs, log->pending_touched, NULL, 0};
   log->pending_jobs = NULL;
   log->pending_touched = NULL;
   release(log, &b, rc, msg);
@@ -301,11 +309,15 @@ static void gather(struct log *log) {
 
 /* The leader's loop: commits batches until its own job is released, then hands over.
  * A batch committed in sync mode stays pending until a later flush covers its meta page:
- * the next leader's commit, or an explicit flush when no more work comes. Entered and
- * left with mu held. */
-static void lead(struct log *log, struct log_job *self) {
+ * the next leader's commit, or an explicit flush when no more work comes. With the
+ * write-ahead file, a batch that needs a flush ends the leadership instead: it is put in
+ * *to_flush for the caller to flush and release. Entered and left with mu held. */
+static void lead(struct log *log, struct log_job *self, struct batch *to_flush) {
   int sync_mode = log->opts.durability == ENGRAM_DURABILITY_SYNC;
   while (!self->done) {
+    /* One batch flushing and the next waiting for its flush are enough: later writers
+     * gather meanwhile into one commit, instead of many small ones queued for flushes. */
+    while (log->wal && log->flushing >= 2 && !log->closing) pthread_cond_wait(&log->cv, &log->mu);
     gather(log);
     if (!log->q_head) {
       if (!log->pending_jobs) break;
@@ -333,19 +345,24 @@ static void lead(struct log *log, struct log_job *self) {
     int strict = 0;
     for (struct log_job *j = jobs; j; j = j->next) strict |= !j->relaxed;
     if (log->wal) {
-      /* One flush of the write-ahead file makes the commit durable, meta page and all. */
-      if (rc == 0 && wrote && log->opts.durability != ENGRAM_DURABILITY_ASYNC && strict)
-        rc = log_wal_sync(log);
-      else if (rc == 0 && wrote)
-        log_wal_kick(log);
+      /* One flush of the write-ahead file makes the commit durable, meta page and all.
+       * The flush is paid outside the leadership (see log_job_wait): the next batch
+       * commits while this one's flush runs. */
+      int flush = rc == 0 && wrote && log->opts.durability != ENGRAM_DURABILITY_ASYNC && strict;
+      if (rc == 0 && wrote && !flush) log_wal_kick(log);
       char msg[256];
       snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
       pthread_mutex_lock(&log->mu);
       log->last_commit_ns = clock_monotonic_ns();
       if (wrote) count_commit(log, jobs);
-      if (wrote && (rc || log->opts.durability == ENGRAM_DURABILITY_ASYNC || !strict))
+      struct batch b = {jobs, touched, NULL, 0};
+      if (flush) {
+        b.seq = log_wal_seq(log); /* at least this commit's record */
+        *to_flush = b;
+        return;
+      }
+      if (wrote && (rc || !strict || log->opts.durability == ENGRAM_DURABILITY_ASYNC))
         log->dirty = 1;
-      struct batch b = {jobs, touched, NULL};
       release(log, &b, rc, msg);
       continue;
     }
@@ -362,7 +379,7 @@ static void lead(struct log *log, struct log_job *self) {
     log->last_commit_ns = clock_monotonic_ns();
     if (rc == 0 && wrote) count_commit(log, jobs);
     release_pending(log, prc, pmsg);
-    struct batch b = {jobs, touched, NULL};
+    struct batch b = {jobs, touched, NULL, 0};
     if (rc == 0 && wrote && sync_mode && strict) {
       log->pending_jobs = jobs;
       log->pending_touched = touched;
@@ -409,13 +426,44 @@ int log_job_wait(struct log *log, struct log_job *job) {
     /* Lead while there is work (queued, or committed and waiting for its flush) and
      * nobody leads; the leader hands over as soon as its own job is released. */
     if (!log->leader && (log->q_head || log->pending_jobs)) {
+      struct batch b = {NULL, NULL, NULL, 0};
       log->leader = 1;
       log->leader_job = job;
-      lead(log, job);
+      lead(log, job, &b);
       note_wait(log, job);
       log->leader_job = NULL;
       log->leader = 0;
       pthread_cond_broadcast(&log->cv);
+      if (b.jobs) {
+        /* A batch to flush: a waiting writer leads the next commit meanwhile. */
+        log->flushing++;
+        b.next = log->inflight;
+        /* On this thread's stack: it leaves the list below, before this call returns. */
+        // cppcheck-suppress autoVariables
+        log->inflight = &b;
+        pthread_mutex_unlock(&log->mu);
+        int rc = log_wal_sync(log);
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
+        uint64_t synced = rc == 0 ? log_wal_synced(log) : 0;
+        pthread_mutex_lock(&log->mu);
+        /* Every batch this flush (or a later one) covered is released now, whichever
+         * thread flushes it: flushes may end in any order. A batch off the list is no
+         * longer its flusher's (which may return at once), so a copy is released; the
+         * scan starts over after each, as release() lets go of mu meanwhile. */
+        for (;;) {
+          struct batch **pb = &log->inflight, *x = NULL;
+          for (; *pb; pb = &(*pb)->next)
+            if (*pb == &b || (rc == 0 && (*pb)->seq <= synced)) break;
+          if (!(x = *pb)) break;
+          *pb = x->next;
+          struct batch c = *x;
+          int own = x == &b;
+          release(log, &c, own ? rc : 0, msg);
+          log->flushing--; /* after: release() lets go of mu while it publishes */
+        }
+        pthread_cond_broadcast(&log->cv);
+      }
     } else {
       pthread_cond_wait(&log->cv, &log->mu);
     }
@@ -570,7 +618,8 @@ void log_commit_stop(struct log *log) {
   pthread_mutex_lock(&log->mu);
   log->closing = 1;
   pthread_cond_broadcast(&log->flush_cv);
-  while (log->leader || log->q_head || log->pending_jobs) pthread_cond_wait(&log->cv, &log->mu);
+  while (log->leader || log->q_head || log->pending_jobs || log->flushing)
+    pthread_cond_wait(&log->cv, &log->mu);
   int trainer = log->trainer_running;
   log->trainer_running = 0;
   if (trainer) pthread_cond_signal(&log->train_cv);

@@ -16,7 +16,8 @@
  *   record it has flushed, and LMDB reuses only pages freed before the oldest reader.
  *   The pin moves after each flush: a spare read transaction is started on the newest
  *   commit (whose record was written before the commit became visible), the file is
- *   flushed, then the old pin ends.
+ *   flushed, then the spare replaces the pin unless a concurrent flush put a newer one
+ *   there.
  * - Records are written in commit order: the record is appended when LMDB writes the
  *   meta page, the last write of a commit, still under LMDB's write lock. Processes
  *   share the file's tail and sequence through DIR/wal.shm, updated under that lock.
@@ -59,6 +60,8 @@
 #define WAL_DEFAULT_CAP (64ull << 20)
 #define WAL_ZERO_CHUNK (1ull << 20)     /* written ahead of the tail at a time */
 #define WAL_ZERO_INITIAL (256ull << 10) /* written when the file is made */
+#define WAL_SPARE_PINS 8                /* ended pins kept for the next flushes */
+#define WAL_FLUSH_FDS 8                 /* flush descriptors kept for reuse */
 /* Async mode: records written between two moves of a handle's pin. LMDB reuses no page
  * freed after the oldest pin, so every commit between two moves writes fresh pages at the
  * end of data.mdb (a second of commits at 2,000 events/s grew it by 200 MB, all of it
@@ -110,6 +113,8 @@ struct wal_shm {
                       a flush of records there only writes data, no file system journal */
   uint64_t preflushed_gen;
   uint64_t kicked;      /* records before this offset have been handed to writeback */
+  int broken;           /* a flush of the file failed: records may be lost from there on, so no
+                           later flush acknowledges anything until a checkpoint succeeds */
   uint64_t pending_gen; /* a background checkpoint has written the header of this
                            generation and is flushing it (0 = none): no other may write one */
 };
@@ -126,10 +131,20 @@ struct wal {
   unsigned char *buf;
   size_t len, size;
   int overflow; /* the commit is too big for the file: it is made durable in data.mdb */
+  off_t pos;    /* the offset LMDB last sought in data.mdb, -1 once written from */
   int failed;   /* a write to the file failed: the next commit checkpoints instead */
-  /* Pins (sync_mu). */
+  /* Pins (sync_mu): the pin, on a commit whose record is durable (up to pin_seq), and
+   * ended read transactions kept for reuse. */
   pthread_mutex_t sync_mu;
-  MDB_txn *pin, *spare;
+  MDB_txn *pin;
+  uint64_t pin_seq;
+  MDB_txn *spare[WAL_SPARE_PINS];
+  int n_spare;
+  /* Descriptors of the file for flushes, each its own open file description: a failed
+   * write-back is reported once per description, so every flush that covered the lost
+   * pages hears of it (two flushes through one description: only the first would). */
+  int flush_fd[WAL_FLUSH_FDS];
+  int n_flush_fd;
   uint64_t pin_asked;   /* the tail when LOG_WAL_PIN was last asked for (async mode) */
   uint64_t checkpoints; /* (sync_mu is not needed: statistics) */
 };
@@ -261,6 +276,7 @@ static int checkpoint(struct wal *w) {
   s->start = s->tail = 2 * w->slot;
   s->wrapped = 0;
   __atomic_store_n(&s->synced, s->seq, __ATOMIC_RELEASE);
+  __atomic_store_n(&s->broken, 0, __ATOMIC_RELEASE);
   w->checkpoints++;
   return 0;
 }
@@ -271,6 +287,7 @@ static int checkpoint(struct wal *w) {
 
 static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
 static ssize_t (*real_writev)(int, const struct iovec *, int);
+static off_t (*real_lseek)(int, off_t, int);
 
 #define WAL_MAX_HANDLES 256
 static struct {
@@ -362,7 +379,7 @@ static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
 static int append_record(struct wal *w) {
   struct wal_shm *s = w->shm;
   uint64_t total = sizeof(struct wal_rec) + w->len;
-  if (w->overflow || w->failed) return -1;
+  if (w->overflow || w->failed || __atomic_load_n(&s->broken, __ATOMIC_ACQUIRE)) return -1;
   /* The live records run from start to tail; past the end of the file the next one goes
    * to the first record slot, as long as it ends before start. */
   uint64_t at = s->tail;
@@ -440,10 +457,20 @@ static ssize_t hook_pwrite(int fd, const void *b, size_t n, off_t off) {
   return real_pwrite(fd, b, n, off);
 }
 
+/* LMDB seeks, then writes several pages with writev: the offset sought is noted, which
+ * spares hook_writev a seek of its own (a system call per write). */
+static off_t hook_lseek(int fd, off_t off, int whence) {
+  off_t r = real_lseek(fd, off, whence);
+  struct wal *w = find(fd);
+  if (w) w->pos = whence == SEEK_SET ? r : -1;
+  return r;
+}
+
 static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
   struct wal *w = find(fd);
   if (w) {
-    off_t off = lseek(fd, 0, SEEK_CUR);
+    off_t off = w->pos >= 0 ? w->pos : lseek(fd, 0, SEEK_CUR);
+    w->pos = -1; /* the write moves the offset */
     for (int i = 0; i < cnt && off >= 0; i++) {
       capture(w, (uint64_t)off, iov[i].iov_base, iov[i].iov_len);
       off += (off_t)iov[i].iov_len;
@@ -453,7 +480,7 @@ static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
   return real_writev(fd, iov, cnt);
 }
 
-/* Points liblmdb's GOT entries for pwrite and writev at the hooks. */
+/* Points liblmdb's GOT entries for pwrite, writev and (where present) lseek at the hooks. */
 #if defined(__x86_64__)
 #define WAL_JUMP_SLOT R_X86_64_JUMP_SLOT
 #elif defined(__aarch64__)
@@ -501,7 +528,7 @@ static void install_hooks(void) {
     if (d->d_tag == DT_PLTRELSZ) relsz = d->d_un.d_val;
   }
   if (!symtab || !strtab || !rel) return;
-  void **slot_pwrite = NULL, **slot_writev = NULL;
+  void **slot_pwrite = NULL, **slot_writev = NULL, **slot_lseek = NULL;
   int other_writer = 0;
   for (size_t i = 0; i < relsz / sizeof *rel; i++) {
     if (ELF64_R_TYPE(rel[i].r_info) != WAL_JUMP_SLOT) continue;
@@ -509,6 +536,7 @@ static void install_hooks(void) {
     void **slot = (void **)(base + rel[i].r_offset);
     if (!strcmp(name, "pwrite") || !strcmp(name, "pwrite64")) slot_pwrite = slot;
     if (!strcmp(name, "writev")) slot_writev = slot;
+    if (!strcmp(name, "lseek") || !strcmp(name, "lseek64")) slot_lseek = slot;
     /* An LMDB that can write its pages another way (a build with MDB_USE_PWRITEV, a
      * later release) would bypass the capture: then no write-ahead file at all. */
     if (!strncmp(name, "pwritev", 7) || !strcmp(name, "pwrite64v")) other_writer = 1;
@@ -517,16 +545,22 @@ static void install_hooks(void) {
   struct relro_find rf = {.base = base};
   dl_iterate_phdr(relro_cb, &rf);
   long pg = sysconf(_SC_PAGESIZE);
-  void **slots[2] = {slot_pwrite, slot_writev};
-  for (int i = 0; i < 2; i++) {
+  /* The seek is optional: without it hook_writev asks for the offset itself. */
+  void **slots[3] = {slot_pwrite, slot_writev, slot_lseek};
+  int n_slots = slot_lseek ? 3 : 2;
+  for (int i = 0; i < n_slots; i++) {
     ElfW(Addr) a = (ElfW(Addr))slots[i] & ~(ElfW(Addr))(pg - 1);
     if (mprotect((void *)a, (size_t)pg, PROT_READ | PROT_WRITE) < 0) return;
   }
   real_pwrite = (ssize_t(*)(int, const void *, size_t, off_t)) * slot_pwrite;
   real_writev = (ssize_t(*)(int, const struct iovec *, int)) * slot_writev;
+  if (slot_lseek) {
+    real_lseek = (off_t(*)(int, off_t, int)) * slot_lseek;
+    __atomic_store_n(slot_lseek, (void *)hook_lseek, __ATOMIC_RELEASE);
+  }
   __atomic_store_n(slot_pwrite, (void *)hook_pwrite, __ATOMIC_RELEASE);
   __atomic_store_n(slot_writev, (void *)hook_writev, __ATOMIC_RELEASE);
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < n_slots; i++) {
     ElfW(Addr) a = (ElfW(Addr))slots[i];
     if (a >= rf.lo && a < rf.hi)
       mprotect((void *)(a & ~(ElfW(Addr))(pg - 1)), (size_t)pg, PROT_READ);
@@ -820,6 +854,7 @@ int log_wal_attach(struct log *log) {
   if (!w) return log_error(log, ENGRAM_ENOMEM, "open: out of memory");
   w->log = log;
   w->fd = -1;
+  w->pos = -1;
   pthread_mutex_init(&w->sync_mu, NULL);
   log->wal = w;
   char f[4200];
@@ -869,56 +904,114 @@ int log_wal_attach(struct log *log) {
   return rc;
 }
 
+/* A flush descriptor of the file, from the handle's pool or newly opened. -1 (errno set)
+ * when none opens. */
+static int flush_fd_take(struct log *log) {
+  struct wal *w = log->wal;
+  int fd = -1;
+  pthread_mutex_lock(&w->sync_mu);
+  if (w->n_flush_fd) fd = w->flush_fd[--w->n_flush_fd];
+  pthread_mutex_unlock(&w->sync_mu);
+  if (fd >= 0) return fd;
+  char f[4200];
+  snprintf(f, sizeof f, "%s/" LOG_WAL_FILE, log->path);
+  return open(f, O_RDWR | O_CLOEXEC);
+}
+
+static void flush_fd_give(struct log *log, int fd) {
+  struct wal *w = log->wal;
+  if (fd < 0) return;
+  pthread_mutex_lock(&w->sync_mu);
+  if (w->n_flush_fd < WAL_FLUSH_FDS) {
+    w->flush_fd[w->n_flush_fd++] = fd;
+    fd = -1;
+  }
+  pthread_mutex_unlock(&w->sync_mu);
+  if (fd >= 0) close(fd);
+}
+
+/* fdatasync, failing with EIO at the Nth call made while ENGRAM_TEST_WAL_FAIL_FLUSH is N
+ * (tests: a disk that loses a write-back). */
+static int flush_fails(int fd) {
+  static long calls;
+  const char *e = getenv("ENGRAM_TEST_WAL_FAIL_FLUSH");
+  if (e && __atomic_add_fetch(&calls, 1, __ATOMIC_RELAXED) == atol(e)) {
+    errno = EIO;
+    return -1;
+  }
+  return fdatasync(fd);
+}
+
+/* Makes every record written so far durable. Flushes of the file run concurrently, from
+ * any thread and process (the block layer merges their cache flushes): none waits for
+ * another's to end. */
 int log_wal_sync(struct log *log) {
   struct wal *w = log->wal;
   struct wal_shm *s = w->shm;
   uint64_t want = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
   if (__atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) >= want) return 0;
+  /* A candidate pin first: its commit's record is then among those this flush covers. */
+  MDB_txn *cand = NULL;
   pthread_mutex_lock(&w->sync_mu);
+  if (w->n_spare) cand = w->spare[--w->n_spare];
+  pthread_mutex_unlock(&w->sync_mu);
+  int prc = pin_begin(log, &cand);
+  uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
   int rc = 0;
-  if (__atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) < want) {
-    /* The spare pin first: its commit's record is then among those this flush covers. */
-    int prc = pin_begin(log, &w->spare);
-    uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
-    int64_t t0 = clock_monotonic_ns();
-    if (fdatasync(w->fd) < 0) {
-      int e = errno;
-      rc = log_error(log, err_from_errno(e), "commit: flush %s/" LOG_WAL_FILE ": %s", log->path,
-                     strerror(e));
-    }
-    int64_t took = clock_monotonic_ns() - t0;
-    if (rc == 0) {
-      uint64_t cur = __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE);
-      while (cur < upto && !__atomic_compare_exchange_n(&s->synced, &cur, upto, 0, __ATOMIC_ACQ_REL,
-                                                        __ATOMIC_ACQUIRE)) {
-      }
-      if (prc == 0) {
-        MDB_txn *old = w->pin;
-        w->pin = w->spare;
-        w->spare = old;
-        if (old) mdb_txn_reset(old);
-      }
-    } else if (prc == 0) {
-      mdb_txn_reset(w->spare);
-    }
-    pthread_mutex_lock(&log->mu);
-    log->last_flush_ns = took;
-    log->st_flushes++;
-    log_hist_add(&log->st_flush, took);
-    pthread_mutex_unlock(&log->mu);
-    /* Past half the file: flush data.mdb now, outside any lock, so that the checkpoint
-     * when the file is full has little left to write. */
-    int work = 0;
-    if (rc == 0 && s->zeroed < w->cap && s->zeroed - s->tail < WAL_ZERO_CHUNK / 2)
-      work |= LOG_WAL_ZERO_AHEAD;
-    if (work) {
-      pthread_mutex_lock(&log->mu);
-      log->wal_work |= work;
-      pthread_cond_broadcast(&log->flush_cv);
-      pthread_mutex_unlock(&log->mu);
+  int64_t t0 = clock_monotonic_ns();
+  int fd = flush_fd_take(log);
+  if (fd < 0 || flush_fails(fd) < 0) {
+    int e = errno;
+    /* Pages of records may be lost: nothing after them counts until a checkpoint (the
+     * next commit of any process makes one) has made data.mdb durable as it is. */
+    __atomic_store_n(&s->broken, 1, __ATOMIC_RELEASE);
+    rc = log_error(log, err_from_errno(e),
+                   "commit: flush %s/" LOG_WAL_FILE
+                   ": %s; the write is committed but not known to be durable (the next "
+                   "commit makes the log durable without the file, or fails if the disk "
+                   "still does)",
+                   log->path, strerror(e));
+  } else if (__atomic_load_n(&s->broken, __ATOMIC_ACQUIRE)) {
+    rc = log_error(log, ENGRAM_EIO,
+                   "commit: an earlier flush of %s/" LOG_WAL_FILE
+                   " failed, so this write is committed but not known to be durable (the "
+                   "next commit makes the log durable without the file)",
+                   log->path);
+  }
+  flush_fd_give(log, fd);
+  int64_t took = clock_monotonic_ns() - t0;
+  if (rc == 0) {
+    uint64_t cur = __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE);
+    while (cur < upto && !__atomic_compare_exchange_n(&s->synced, &cur, upto, 0, __ATOMIC_ACQ_REL,
+                                                      __ATOMIC_ACQUIRE)) {
     }
   }
+  pthread_mutex_lock(&w->sync_mu);
+  if (rc == 0 && prc == 0 && upto > w->pin_seq) {
+    /* The newest flushed pin holds; the one it replaces ends. */
+    MDB_txn *old = w->pin;
+    w->pin = cand;
+    w->pin_seq = upto;
+    cand = old;
+  }
+  if (cand) {
+    mdb_txn_reset(cand);
+    if (w->n_spare < WAL_SPARE_PINS)
+      w->spare[w->n_spare++] = cand;
+    else
+      mdb_txn_abort(cand);
+  }
   pthread_mutex_unlock(&w->sync_mu);
+  pthread_mutex_lock(&log->mu);
+  log->last_flush_ns = took;
+  log->st_flushes++;
+  log_hist_add(&log->st_flush, took);
+  /* The zeros ahead of the tail run short: the flusher writes more. */
+  if (rc == 0 && s->zeroed < w->cap && s->zeroed - s->tail < WAL_ZERO_CHUNK / 2) {
+    log->wal_work |= LOG_WAL_ZERO_AHEAD;
+    pthread_cond_broadcast(&log->flush_cv);
+  }
+  pthread_mutex_unlock(&log->mu);
   return rc;
 }
 
@@ -1010,18 +1103,28 @@ void log_wal_kick(struct log *log) {
 static void pin_advance(struct log *log) {
   struct wal *w = log->wal;
   struct wal_shm *s = w->shm;
+  MDB_txn *cand = NULL;
   pthread_mutex_lock(&w->sync_mu);
-  if (pin_begin(log, &w->spare) == 0) {
-    /* Read after the spare began: its commit's record is among those up to here. */
-    uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
-    if (__atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) >= upto) {
-      MDB_txn *old = w->pin;
-      w->pin = w->spare;
-      w->spare = old;
-      if (old) mdb_txn_reset(old);
-    } else {
-      mdb_txn_reset(w->spare);
-    }
+  if (w->n_spare) cand = w->spare[--w->n_spare];
+  pthread_mutex_unlock(&w->sync_mu);
+  if (pin_begin(log, &cand) != 0) return;
+  /* Read after the candidate began: its commit's record is among those up to here. */
+  uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+  int durable = __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) >= upto &&
+                !__atomic_load_n(&s->broken, __ATOMIC_ACQUIRE);
+  pthread_mutex_lock(&w->sync_mu);
+  if (durable && upto > w->pin_seq) {
+    MDB_txn *old = w->pin;
+    w->pin = cand;
+    w->pin_seq = upto;
+    cand = old;
+  }
+  if (cand) {
+    mdb_txn_reset(cand);
+    if (w->n_spare < WAL_SPARE_PINS)
+      w->spare[w->n_spare++] = cand;
+    else
+      mdb_txn_abort(cand);
   }
   pthread_mutex_unlock(&w->sync_mu);
 }
@@ -1069,8 +1172,9 @@ void log_wal_detach(struct log *log, int closing) {
     if (registry[i].w == w) __atomic_store_n(&registry[i].w, NULL, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&registry_mu);
   if (w->pin) mdb_txn_abort(w->pin);
-  if (w->spare) mdb_txn_abort(w->spare);
-  w->pin = w->spare = NULL;
+  w->pin = NULL;
+  while (w->n_spare) mdb_txn_abort(w->spare[--w->n_spare]);
+  while (w->n_flush_fd) close(w->flush_fd[--w->n_flush_fd]);
   if (closing && w->shm && w->fd >= 0) checkpoint_at_close(log);
   if (w->shm) munmap(w->shm, 4096);
   if (w->fd >= 0) close(w->fd);
@@ -1078,6 +1182,14 @@ void log_wal_detach(struct log *log, int closing) {
   pthread_mutex_destroy(&w->sync_mu);
   free(w);
   log->wal = NULL;
+}
+
+uint64_t log_wal_seq(const struct log *log) {
+  return __atomic_load_n(&log->wal->shm->seq, __ATOMIC_ACQUIRE);
+}
+
+uint64_t log_wal_synced(const struct log *log) {
+  return __atomic_load_n(&log->wal->shm->synced, __ATOMIC_ACQUIRE);
 }
 
 uint64_t log_wal_checkpoints(const struct log *log) { return log->wal ? log->wal->checkpoints : 0; }
