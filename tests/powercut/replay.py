@@ -18,7 +18,8 @@ acknowledgement that --ack-points alone adds, the first only. Each image must op
 verify clean, and hold every operation acknowledged before the cut (pc_work check).
 
 usage: replay.py --build BUILD --scenario S [--mode sync] [--seed N] [--random K]
-                 [--between P] [--max-points N] [--ack-points] [--expect-loss]
+                 [--between P] [--max-points N] [--ack-points]
+                 [--expect-loss [--loss-of TEXT]]
 Prints one summary line; exits 0 when the outcome is the expected one.
 """
 import argparse
@@ -214,6 +215,9 @@ def main():
     ap.add_argument('--scale', type=int, default=1)
     ap.add_argument('--expect-loss', action='store_true',
                     help='a control: succeed only if some image fails the check')
+    ap.add_argument('--loss-of', default='',
+                    help='with --expect-loss: only failures whose line holds this text count '
+                         '(e.g. "lost: w": an append of a writer process)')
     ap.add_argument('--last-flush', action='store_true',
                     help='check only what was acknowledged before the newest completed '
                          'flush began (the nometasync window: the newest commit may go)')
@@ -259,11 +263,11 @@ def main():
         else:
             points = sorted(full)
         rep = Replay(ops)
-        jobs, n_img, failures, first = [], 0, 0, []
+        jobs, n_img, failures, first, matching = [], 0, 0, [], 0
         checkenv = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
 
         def run_checks():
-            nonlocal failures
+            nonlocal failures, matching
             while jobs:
                 args = [work, 'check']
                 for (img, acks, _) in jobs:
@@ -283,7 +287,11 @@ def main():
                 for (img, acks, what), line in zip(done, lines):
                     if line.startswith('FAIL'):
                         failures += 1
-                        if len(first) < 5:
+                        if a.loss_of in line:
+                            matching += 1
+                            if len(first) < 5:
+                                first.append('%s: %s' % (what, line))
+                        elif len(first) < 5 and not a.expect_loss:
                             first.append('%s: %s' % (what, line))
                     shutil.rmtree(os.path.dirname(img), ignore_errors=True)
 
@@ -305,11 +313,12 @@ def main():
             if len(jobs) >= 64:
                 run_checks()
         run_checks()
-        ok = failures > 0 if a.expect_loss else failures == 0
-        print('%s %-9s %-10s%s seed %d: %d records, %d crash points, %d images, %d failed%s' % (
+        ok = matching > 0 if a.expect_loss else failures == 0
+        print('%s %-9s %-10s%s seed %d: %d records, %d crash points, %d images, %d failed%s%s' % (
             'PASS' if ok else 'FAIL', a.scenario, a.mode,
             ' (acks before the last flush)' if a.last_flush else '', a.seed, len(ops), len(points), n_img,
-            failures, ' (control: a loss was expected and seen)' if ok and a.expect_loss else
+            failures, ' (%d with "%s")' % (matching, a.loss_of) if a.loss_of else '',
+            ' (control: a loss was expected and seen)' if ok and a.expect_loss else
             ' (control: no loss seen, the harness is blind)' if a.expect_loss else ''))
         if not a.expect_loss or not ok:
             first = first[:5]
