@@ -134,6 +134,10 @@ static void acc_commits(acc *a, engram *log, const engram_commit_stats *from) {
   a->cs.flushes += now.flushes - from->flushes;
   if (now.max_wait > a->cs.max_wait) a->cs.max_wait = now.max_wait;
   for (int i = 0; i < 8; i++) a->cs.batch_hist[i] += now.batch_hist[i] - from->batch_hist[i];
+  a->cs.commit_duration.count += now.commit_duration.count - from->commit_duration.count;
+  a->cs.commit_duration.sum_ns += now.commit_duration.sum_ns - from->commit_duration.sum_ns;
+  a->cs.flush_duration.count += now.flush_duration.count - from->flush_duration.count;
+  a->cs.flush_duration.sum_ns += now.flush_duration.sum_ns - from->flush_duration.sum_ns;
 }
 
 /* Records (commit_extras, before emit) and prints (commit_line, after) the commit histogram,
@@ -148,6 +152,12 @@ static void commit_extras(const acc *a, bench_result *r) {
   extra_add(r, "writes_per_commit", (double)a->cs.jobs / c);
   extra_add(r, "flushes_per_commit", (double)a->cs.flushes / c);
   extra_add(r, "max_wait_commits", (double)a->cs.max_wait);
+  if (a->cs.commit_duration.count)
+    extra_add(r, "commit_mean_us",
+              (double)a->cs.commit_duration.sum_ns / (double)a->cs.commit_duration.count / 1e3);
+  if (a->cs.flush_duration.count)
+    extra_add(r, "flush_mean_us",
+              (double)a->cs.flush_duration.sum_ns / (double)a->cs.flush_duration.count / 1e3);
   if (a->worst_ns) extra_add(r, "slowest_append_ms", (double)a->worst_ns / 1e6);
   if (a->fair > 0) extra_add(r, "slowest_thread_share", a->fair);
   size_t l = strlen(r->extra);
@@ -168,6 +178,9 @@ static void commit_line(const acc *a, const bench_result *r) {
     if (a->cs.batch_hist[i])
       printf(" %s:%.0f%%", hist_label[i], 100.0 * (double)a->cs.batch_hist[i] / c);
   printf("; longest wait %llu commits", (unsigned long long)a->cs.max_wait);
+  const engram_duration_hist *cd = &a->cs.commit_duration, *fd = &a->cs.flush_duration;
+  if (cd->count) printf("; commit %.0f us", (double)cd->sum_ns / (double)cd->count / 1e3);
+  if (fd->count) printf("; flush %.0f us", (double)fd->sum_ns / (double)fd->count / 1e3);
   if (a->worst_ns) printf("; slowest append %.1f ms", (double)a->worst_ns / 1e6);
   if (a->fair > 0) printf("; slowest thread %.2f x the mean", a->fair);
   printf("\n");

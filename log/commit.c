@@ -13,6 +13,13 @@
  * writer's call lasts longer than the couple of commits its own job needs. The batch
  * awaiting its flush (pending) belongs to the handle, not to the leader that committed
  * it: the next leader's commit releases it.
+ *
+ * With the write-ahead file (wal.c) none of the above two-flush dance is needed: one
+ * flush of that file makes a commit durable. The leader commits one batch that needs it,
+ * hands the leadership on and pays the flush itself; the next leader commits the writers
+ * queued meanwhile while that flush runs, and its own flush (which waits for the running
+ * one) covers them. Commits and flushes overlap, and flushes follow each other with no
+ * gap while writers keep coming.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -305,11 +312,15 @@ static void gather(struct log *log) {
 
 /* The leader's loop: commits batches until its own job is released, then hands over.
  * A batch committed in sync mode stays pending until a later flush covers its meta page:
- * the next leader's commit, or an explicit flush when no more work comes. Entered and
- * left with mu held. */
-static void lead(struct log *log, struct log_job *self) {
+ * the next leader's commit, or an explicit flush when no more work comes. With the
+ * write-ahead file, a batch that needs a flush ends the leadership instead: it is put in
+ * *to_flush for the caller to flush and release. Entered and left with mu held. */
+static void lead(struct log *log, struct log_job *self, struct batch *to_flush) {
   int sync_mode = log->opts.durability == ENGRAM_DURABILITY_SYNC;
   while (!self->done) {
+    /* One batch flushing and the next waiting for its flush are enough: later writers
+     * gather meanwhile into one commit, instead of many small ones queued for flushes. */
+    while (log->wal && log->flushing >= 2 && !log->closing) pthread_cond_wait(&log->cv, &log->mu);
     gather(log);
     if (!log->q_head) {
       if (!log->pending_jobs) break;
@@ -337,19 +348,23 @@ static void lead(struct log *log, struct log_job *self) {
     int strict = 0;
     for (struct log_job *j = jobs; j; j = j->next) strict |= !j->relaxed;
     if (log->wal) {
-      /* One flush of the write-ahead file makes the commit durable, meta page and all. */
-      if (rc == 0 && wrote && log->opts.durability != ENGRAM_DURABILITY_ASYNC && strict)
-        rc = log_wal_sync(log);
-      else if (rc == 0 && wrote)
-        log_wal_kick(log);
+      /* One flush of the write-ahead file makes the commit durable, meta page and all.
+       * The flush is paid outside the leadership (see log_job_wait): the next batch
+       * commits while this one's flush runs. */
+      int flush = rc == 0 && wrote && log->opts.durability != ENGRAM_DURABILITY_ASYNC && strict;
+      if (rc == 0 && wrote && !flush) log_wal_kick(log);
       char msg[256];
       snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
       pthread_mutex_lock(&log->mu);
       log->last_commit_ns = clock_monotonic_ns();
       if (wrote) count_commit(log, jobs);
-      if (wrote && (rc || log->opts.durability == ENGRAM_DURABILITY_ASYNC || !strict))
-        log->dirty = 1;
       struct batch b = {jobs, touched, NULL};
+      if (flush) {
+        *to_flush = b;
+        return;
+      }
+      if (wrote && (rc || !strict || log->opts.durability == ENGRAM_DURABILITY_ASYNC))
+        log->dirty = 1;
       release(log, &b, rc, msg);
       continue;
     }
@@ -413,13 +428,26 @@ int log_job_wait(struct log *log, struct log_job *job) {
     /* Lead while there is work (queued, or committed and waiting for its flush) and
      * nobody leads; the leader hands over as soon as its own job is released. */
     if (!log->leader && (log->q_head || log->pending_jobs)) {
+      struct batch b = {NULL, NULL, NULL};
       log->leader = 1;
       log->leader_job = job;
-      lead(log, job);
+      lead(log, job, &b);
       note_wait(log, job);
       log->leader_job = NULL;
       log->leader = 0;
       pthread_cond_broadcast(&log->cv);
+      if (b.jobs) {
+        /* A batch to flush: a waiting writer leads the next commit meanwhile. */
+        log->flushing++;
+        pthread_mutex_unlock(&log->mu);
+        int rc = log_wal_sync(log);
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
+        pthread_mutex_lock(&log->mu);
+        release(log, &b, rc, msg);
+        log->flushing--;
+        pthread_cond_broadcast(&log->cv);
+      }
     } else {
       pthread_cond_wait(&log->cv, &log->mu);
     }
@@ -568,7 +596,8 @@ void log_commit_stop(struct log *log) {
   pthread_mutex_lock(&log->mu);
   log->closing = 1;
   pthread_cond_broadcast(&log->flush_cv);
-  while (log->leader || log->q_head || log->pending_jobs) pthread_cond_wait(&log->cv, &log->mu);
+  while (log->leader || log->q_head || log->pending_jobs || log->flushing)
+    pthread_cond_wait(&log->cv, &log->mu);
   int trainer = log->trainer_running;
   log->trainer_running = 0;
   if (trainer) pthread_cond_signal(&log->train_cv);

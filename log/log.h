@@ -65,6 +65,9 @@ struct log {
    * page. Whoever leads next releases it. */
   struct log_job *pending_jobs;
   struct log_touched *pending_touched;
+  /* With the write-ahead file: threads flushing a batch they committed, after handing
+   * the leadership on (the next batch commits during their flush). */
+  int flushing;
   /* Commit statistics (under mu) for engram_commit_stats_get(). */
   uint64_t st_commits;       /* write transactions that changed something */
   uint64_t st_jobs;          /* jobs those carried */

@@ -16,7 +16,8 @@
  *   record it has flushed, and LMDB reuses only pages freed before the oldest reader.
  *   The pin moves after each flush: a spare read transaction is started on the newest
  *   commit (whose record was written before the commit became visible), the file is
- *   flushed, then the old pin ends.
+ *   flushed, then the spare replaces the pin unless a concurrent flush put a newer one
+ *   there.
  * - Records are written in commit order: the record is appended when LMDB writes the
  *   meta page, the last write of a commit, still under LMDB's write lock. Processes
  *   share the file's tail and sequence through DIR/wal.shm, updated under that lock.
@@ -59,6 +60,7 @@
 #define WAL_DEFAULT_CAP (64ull << 20)
 #define WAL_ZERO_CHUNK (1ull << 20)     /* written ahead of the tail at a time */
 #define WAL_ZERO_INITIAL (256ull << 10) /* written when the file is made */
+#define WAL_SPARE_PINS 8                /* ended pins kept for the next flushes */
 
 /* LMDB's meta page: the page header, then MDB_meta. Offsets within the page. */
 #define META_MAGIC_OFF 16
@@ -120,9 +122,13 @@ struct wal {
   size_t len, size;
   int overflow; /* the commit is too big for the file: it is made durable in data.mdb */
   int failed;   /* a write to the file failed: the next commit checkpoints instead */
-  /* Pins (sync_mu). */
+  /* Pins (sync_mu): the pin, on a commit whose record is durable (up to pin_seq), and
+   * ended read transactions kept for reuse. */
   pthread_mutex_t sync_mu;
-  MDB_txn *pin, *spare;
+  MDB_txn *pin;
+  uint64_t pin_seq;
+  MDB_txn *spare[WAL_SPARE_PINS];
+  int n_spare;
   uint64_t checkpoints; /* (sync_mu is not needed: statistics) */
 };
 
@@ -853,56 +859,61 @@ int log_wal_attach(struct log *log) {
   return rc;
 }
 
+/* Makes every record written so far durable. Flushes of the file run concurrently, from
+ * any thread and process (the block layer merges their cache flushes): none waits for
+ * another's to end. */
 int log_wal_sync(struct log *log) {
   struct wal *w = log->wal;
   struct wal_shm *s = w->shm;
   uint64_t want = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
   if (__atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) >= want) return 0;
+  /* A candidate pin first: its commit's record is then among those this flush covers. */
+  MDB_txn *cand = NULL;
   pthread_mutex_lock(&w->sync_mu);
+  if (w->n_spare) cand = w->spare[--w->n_spare];
+  pthread_mutex_unlock(&w->sync_mu);
+  int prc = pin_begin(log, &cand);
+  uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
   int rc = 0;
-  if (__atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) < want) {
-    /* The spare pin first: its commit's record is then among those this flush covers. */
-    int prc = pin_begin(log, &w->spare);
-    uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
-    int64_t t0 = clock_monotonic_ns();
-    if (fdatasync(w->fd) < 0) {
-      int e = errno;
-      rc = log_error(log, err_from_errno(e), "commit: flush %s/" LOG_WAL_FILE ": %s", log->path,
-                     strerror(e));
-    }
-    int64_t took = clock_monotonic_ns() - t0;
-    if (rc == 0) {
-      uint64_t cur = __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE);
-      while (cur < upto && !__atomic_compare_exchange_n(&s->synced, &cur, upto, 0, __ATOMIC_ACQ_REL,
-                                                        __ATOMIC_ACQUIRE)) {
-      }
-      if (prc == 0) {
-        MDB_txn *old = w->pin;
-        w->pin = w->spare;
-        w->spare = old;
-        if (old) mdb_txn_reset(old);
-      }
-    } else if (prc == 0) {
-      mdb_txn_reset(w->spare);
-    }
-    pthread_mutex_lock(&log->mu);
-    log->last_flush_ns = took;
-    log->st_flushes++;
-    log_hist_add(&log->st_flush, took);
-    pthread_mutex_unlock(&log->mu);
-    /* Past half the file: flush data.mdb now, outside any lock, so that the checkpoint
-     * when the file is full has little left to write. */
-    int work = 0;
-    if (rc == 0 && s->zeroed < w->cap && s->zeroed - s->tail < WAL_ZERO_CHUNK / 2)
-      work |= LOG_WAL_ZERO_AHEAD;
-    if (work) {
-      pthread_mutex_lock(&log->mu);
-      log->wal_work |= work;
-      pthread_cond_broadcast(&log->flush_cv);
-      pthread_mutex_unlock(&log->mu);
+  int64_t t0 = clock_monotonic_ns();
+  if (fdatasync(w->fd) < 0) {
+    int e = errno;
+    rc = log_error(log, err_from_errno(e), "commit: flush %s/" LOG_WAL_FILE ": %s", log->path,
+                   strerror(e));
+  }
+  int64_t took = clock_monotonic_ns() - t0;
+  if (rc == 0) {
+    uint64_t cur = __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE);
+    while (cur < upto && !__atomic_compare_exchange_n(&s->synced, &cur, upto, 0, __ATOMIC_ACQ_REL,
+                                                      __ATOMIC_ACQUIRE)) {
     }
   }
+  pthread_mutex_lock(&w->sync_mu);
+  if (rc == 0 && prc == 0 && upto > w->pin_seq) {
+    /* The newest flushed pin holds; the one it replaces ends. */
+    MDB_txn *old = w->pin;
+    w->pin = cand;
+    w->pin_seq = upto;
+    cand = old;
+  }
+  if (cand) {
+    mdb_txn_reset(cand);
+    if (w->n_spare < WAL_SPARE_PINS)
+      w->spare[w->n_spare++] = cand;
+    else
+      mdb_txn_abort(cand);
+  }
   pthread_mutex_unlock(&w->sync_mu);
+  pthread_mutex_lock(&log->mu);
+  log->last_flush_ns = took;
+  log->st_flushes++;
+  log_hist_add(&log->st_flush, took);
+  /* The zeros ahead of the tail run short: the flusher writes more. */
+  if (rc == 0 && s->zeroed < w->cap && s->zeroed - s->tail < WAL_ZERO_CHUNK / 2) {
+    log->wal_work |= LOG_WAL_ZERO_AHEAD;
+    pthread_cond_broadcast(&log->flush_cv);
+  }
+  pthread_mutex_unlock(&log->mu);
   return rc;
 }
 
@@ -996,8 +1007,8 @@ void log_wal_detach(struct log *log, int closing) {
     if (registry[i].w == w) __atomic_store_n(&registry[i].w, NULL, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&registry_mu);
   if (w->pin) mdb_txn_abort(w->pin);
-  if (w->spare) mdb_txn_abort(w->spare);
-  w->pin = w->spare = NULL;
+  w->pin = NULL;
+  while (w->n_spare) mdb_txn_abort(w->spare[--w->n_spare]);
   if (closing && w->shm && w->fd >= 0) checkpoint_at_close(log);
   if (w->shm) munmap(w->shm, 4096);
   if (w->fd >= 0) close(w->fd);
