@@ -117,15 +117,21 @@ EXAMPLE_BINS := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRCS))
 all: $(BUILD)/libengram.a $(BUILD)/libengram.so $(BUILD)/engram $(EXAMPLE_BINS)
 examples: $(EXAMPLE_BINS)
 
-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+# Shell that installs the Debian packages $(1) that are missing, as root or through sudo
+# (SUDO is then set for what follows on the same line).
+define apt_install_missing
+missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi; \
+	fi
+endef
+
+deps:
+	@$(call apt_install_missing,$(DEB_PACKAGES)); \
 	for p in $(DEB_OPTIONAL); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' && continue; \
 	  apt-cache show $$p >/dev/null 2>&1 || continue; \
@@ -255,7 +261,7 @@ mirrortest: deps all
 fuzz: deps
 	@bash tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS)
 
-bench: deps all $(BENCH_BINS)
+bench: deps bench-deps all $(BENCH_BINS)
 	@BUILD=$(BUILD) bash bench/run.sh
 
 # Engram side by side with Redis Streams and NATS JetStream (installs and runs them on
@@ -338,3 +344,16 @@ format:
 
 clean:
 	rm -rf build
+
+# What the benches need beyond `make deps` (make test never needs them): Redis, Celery and
+# redis-py for bench_python's Celery peer. Installed when missing, as root or through sudo.
+BENCH_DEB_PACKAGES := redis-server python3-celery python3-redis
+.PHONY: bench-deps bench-python
+bench-deps:
+	@$(call apt_install_missing,$(BENCH_DEB_PACKAGES))
+
+# Python workers against Celery + Redis: embedded, and through `engram serve` (started
+# on a free loopback port with a throw-away log). PYBENCH="--events 5000" to shorten.
+bench-python: deps bench-deps all python
+	@mkdir -p bench/results
+	@$(PYTHON) bench/bench_python.py --engram $(BUILD)/engram --json bench/results/python.json $(PYBENCH)

@@ -35,11 +35,11 @@ for name in "${NAMES[@]}"; do
         echo "== bench_python: the binding is not built (make python), skipped"
         continue
       fi
-      if ! python3 -c 'import celery, redis' >/dev/null 2>&1; then
-        echo "== bench_python: Celery or redis-py missing (apt-get install python3-celery python3-redis), skipped"
+      if ! "${PYTHON:-/usr/bin/python3}" -c 'import celery, redis' >/dev/null 2>&1; then
+        echo "== bench_python: Celery or redis-py missing (make bench-deps), skipped"
         continue
       fi
-      cmd=(python3 bench/bench_python.py --json "$out")
+      cmd=("${PYTHON:-/usr/bin/python3}" bench/bench_python.py --engram "$BUILD/engram" --json "$out")
       [ ${#QUICK[@]} -eq 0 ] || cmd+=(--events 5000 --latency-events 300)
       ;;
     *)

@@ -37,6 +37,7 @@ struct batch {
   struct log_job *jobs;
   struct log_touched *touched;
   struct batch *next;
+  uint64_t seq; /* with the write-ahead file: durable once its records up to here are */
 };
 
 void log_touch(log_wtx *w, const char *topic, uint64_t head) {
@@ -243,7 +244,7 @@ static void release(struct log *log, struct batch *b, int rc, const char *msg) {
 /* Releases the batch whose meta page a flush just made durable. Called with mu held. */
 static void release_pending(struct log *log, int rc, const char *msg) {
   if (!log->pending_jobs) return;
-  struct batch b = {log->pending_jobs, log->pending_touched, NULL};
+  struct batch b = {log->pending_jobs, log->pending_touched, NULL, 0};
   log->pending_jobs = NULL;
   log->pending_touched = NULL;
   release(log, &b, rc, msg);
@@ -358,8 +359,9 @@ static void lead(struct log *log, struct log_job *self, struct batch *to_flush) 
       pthread_mutex_lock(&log->mu);
       log->last_commit_ns = clock_monotonic_ns();
       if (wrote) count_commit(log, jobs);
-      struct batch b = {jobs, touched, NULL};
+      struct batch b = {jobs, touched, NULL, 0};
       if (flush) {
+        b.seq = log_wal_seq(log); /* at least this commit's record */
         *to_flush = b;
         return;
       }
@@ -381,7 +383,7 @@ static void lead(struct log *log, struct log_job *self, struct batch *to_flush) 
     log->last_commit_ns = clock_monotonic_ns();
     if (rc == 0 && wrote) count_commit(log, jobs);
     release_pending(log, prc, pmsg);
-    struct batch b = {jobs, touched, NULL};
+    struct batch b = {jobs, touched, NULL, 0};
     if (rc == 0 && wrote && sync_mode && strict) {
       log->pending_jobs = jobs;
       log->pending_touched = touched;
@@ -428,7 +430,7 @@ int log_job_wait(struct log *log, struct log_job *job) {
     /* Lead while there is work (queued, or committed and waiting for its flush) and
      * nobody leads; the leader hands over as soon as its own job is released. */
     if (!log->leader && (log->q_head || log->pending_jobs)) {
-      struct batch b = {NULL, NULL, NULL};
+      struct batch b = {NULL, NULL, NULL, 0};
       log->leader = 1;
       log->leader_job = job;
       lead(log, job, &b);
@@ -439,13 +441,31 @@ int log_job_wait(struct log *log, struct log_job *job) {
       if (b.jobs) {
         /* A batch to flush: a waiting writer leads the next commit meanwhile. */
         log->flushing++;
+        b.next = log->inflight;
+        /* On this thread's stack: it leaves the list below, before this call returns. */
+        // cppcheck-suppress autoVariables
+        log->inflight = &b;
         pthread_mutex_unlock(&log->mu);
         int rc = log_wal_sync(log);
         char msg[256];
         snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
+        uint64_t synced = rc == 0 ? log_wal_synced(log) : 0;
         pthread_mutex_lock(&log->mu);
-        release(log, &b, rc, msg);
-        log->flushing--;
+        /* Every batch this flush (or a later one) covered is released now, whichever
+         * thread flushes it: flushes may end in any order. A batch off the list is no
+         * longer its flusher's (which may return at once), so a copy is released; the
+         * scan starts over after each, as release() lets go of mu meanwhile. */
+        for (;;) {
+          struct batch **pb = &log->inflight, *x = NULL;
+          for (; *pb; pb = &(*pb)->next)
+            if (*pb == &b || (rc == 0 && (*pb)->seq <= synced)) break;
+          if (!(x = *pb)) break;
+          *pb = x->next;
+          struct batch c = *x;
+          int own = x == &b;
+          release(log, &c, own ? rc : 0, msg);
+          log->flushing--; /* after: release() lets go of mu while it publishes */
+        }
         pthread_cond_broadcast(&log->cv);
       }
     } else {

@@ -65,9 +65,11 @@ struct log {
    * page. Whoever leads next releases it. */
   struct log_job *pending_jobs;
   struct log_touched *pending_touched;
-  /* With the write-ahead file: threads flushing a batch they committed, after handing
-   * the leadership on (the next batch commits during their flush). */
+  /* With the write-ahead file: batches committed and awaiting their flush, each flushed
+   * by the thread that committed it after handing the leadership on (the next batch
+   * commits during that flush); a flush releases every one its records are covered by. */
   int flushing;
+  struct batch *inflight;
   /* Commit statistics (under mu) for engram_commit_stats_get(). */
   uint64_t st_commits;       /* write transactions that changed something */
   uint64_t st_jobs;          /* jobs those carried */

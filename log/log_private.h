@@ -100,6 +100,9 @@ int log_wal_attach(struct log *log);
 /* Makes every record appended so far durable (one flush, shared with other writers and
  * processes) and moves the pin. 0 or an error with its message set. */
 int log_wal_sync(struct log *log);
+/* The sequence number of the last record appended, and of the last one known durable. */
+uint64_t log_wal_seq(const struct log *log);
+uint64_t log_wal_synced(const struct log *log);
 /* The flusher thread's share (log->wal_work): LOG_WAL_CHECKPOINT checkpoints when the file
  * is half full; LOG_WAL_ZERO_AHEAD writes zeros ahead of the tail. */
 #define LOG_WAL_CHECKPOINT 1

@@ -61,6 +61,7 @@
 #define WAL_ZERO_CHUNK (1ull << 20)     /* written ahead of the tail at a time */
 #define WAL_ZERO_INITIAL (256ull << 10) /* written when the file is made */
 #define WAL_SPARE_PINS 8                /* ended pins kept for the next flushes */
+#define WAL_FLUSH_FDS 8                 /* flush descriptors kept for reuse */
 
 /* LMDB's meta page: the page header, then MDB_meta. Offsets within the page. */
 #define META_MAGIC_OFF 16
@@ -107,6 +108,8 @@ struct wal_shm {
                       a flush of records there only writes data, no file system journal */
   uint64_t preflushed_gen;
   uint64_t kicked; /* records before this offset have been handed to writeback */
+  int broken;      /* a flush of the file failed: records may be lost from there on, so no
+                      later flush acknowledges anything until a checkpoint succeeds */
 };
 
 struct wal {
@@ -121,6 +124,7 @@ struct wal {
   unsigned char *buf;
   size_t len, size;
   int overflow; /* the commit is too big for the file: it is made durable in data.mdb */
+  off_t pos;    /* the offset LMDB last sought in data.mdb, -1 once written from */
   int failed;   /* a write to the file failed: the next commit checkpoints instead */
   /* Pins (sync_mu): the pin, on a commit whose record is durable (up to pin_seq), and
    * ended read transactions kept for reuse. */
@@ -129,6 +133,11 @@ struct wal {
   uint64_t pin_seq;
   MDB_txn *spare[WAL_SPARE_PINS];
   int n_spare;
+  /* Descriptors of the file for flushes, each its own open file description: a failed
+   * write-back is reported once per description, so every flush that covered the lost
+   * pages hears of it (two flushes through one description: only the first would). */
+  int flush_fd[WAL_FLUSH_FDS];
+  int n_flush_fd;
   uint64_t checkpoints; /* (sync_mu is not needed: statistics) */
 };
 
@@ -252,6 +261,7 @@ static int checkpoint(struct wal *w) {
   s->start = s->tail = 2 * w->slot;
   s->wrapped = 0;
   __atomic_store_n(&s->synced, s->seq, __ATOMIC_RELEASE);
+  __atomic_store_n(&s->broken, 0, __ATOMIC_RELEASE);
   w->checkpoints++;
   return 0;
 }
@@ -262,6 +272,7 @@ static int checkpoint(struct wal *w) {
 
 static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
 static ssize_t (*real_writev)(int, const struct iovec *, int);
+static off_t (*real_lseek)(int, off_t, int);
 
 #define WAL_MAX_HANDLES 256
 static struct {
@@ -353,7 +364,7 @@ static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
 static int append_record(struct wal *w) {
   struct wal_shm *s = w->shm;
   uint64_t total = sizeof(struct wal_rec) + w->len;
-  if (w->overflow || w->failed) return -1;
+  if (w->overflow || w->failed || __atomic_load_n(&s->broken, __ATOMIC_ACQUIRE)) return -1;
   /* The live records run from start to tail; past the end of the file the next one goes
    * to the first record slot, as long as it ends before start. */
   uint64_t at = s->tail;
@@ -431,10 +442,20 @@ static ssize_t hook_pwrite(int fd, const void *b, size_t n, off_t off) {
   return real_pwrite(fd, b, n, off);
 }
 
+/* LMDB seeks, then writes several pages with writev: the offset sought is noted, which
+ * spares hook_writev a seek of its own (a system call per write). */
+static off_t hook_lseek(int fd, off_t off, int whence) {
+  off_t r = real_lseek(fd, off, whence);
+  struct wal *w = find(fd);
+  if (w) w->pos = whence == SEEK_SET ? r : -1;
+  return r;
+}
+
 static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
   struct wal *w = find(fd);
   if (w) {
-    off_t off = lseek(fd, 0, SEEK_CUR);
+    off_t off = w->pos >= 0 ? w->pos : lseek(fd, 0, SEEK_CUR);
+    w->pos = -1; /* the write moves the offset */
     for (int i = 0; i < cnt && off >= 0; i++) {
       capture(w, (uint64_t)off, iov[i].iov_base, iov[i].iov_len);
       off += (off_t)iov[i].iov_len;
@@ -444,7 +465,7 @@ static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
   return real_writev(fd, iov, cnt);
 }
 
-/* Points liblmdb's GOT entries for pwrite and writev at the hooks. */
+/* Points liblmdb's GOT entries for pwrite, writev and (where present) lseek at the hooks. */
 #if defined(__x86_64__)
 #define WAL_JUMP_SLOT R_X86_64_JUMP_SLOT
 #elif defined(__aarch64__)
@@ -492,7 +513,7 @@ static void install_hooks(void) {
     if (d->d_tag == DT_PLTRELSZ) relsz = d->d_un.d_val;
   }
   if (!symtab || !strtab || !rel) return;
-  void **slot_pwrite = NULL, **slot_writev = NULL;
+  void **slot_pwrite = NULL, **slot_writev = NULL, **slot_lseek = NULL;
   int other_writer = 0;
   for (size_t i = 0; i < relsz / sizeof *rel; i++) {
     if (ELF64_R_TYPE(rel[i].r_info) != WAL_JUMP_SLOT) continue;
@@ -500,6 +521,7 @@ static void install_hooks(void) {
     void **slot = (void **)(base + rel[i].r_offset);
     if (!strcmp(name, "pwrite") || !strcmp(name, "pwrite64")) slot_pwrite = slot;
     if (!strcmp(name, "writev")) slot_writev = slot;
+    if (!strcmp(name, "lseek") || !strcmp(name, "lseek64")) slot_lseek = slot;
     /* An LMDB that can write its pages another way (a build with MDB_USE_PWRITEV, a
      * later release) would bypass the capture: then no write-ahead file at all. */
     if (!strncmp(name, "pwritev", 7) || !strcmp(name, "pwrite64v")) other_writer = 1;
@@ -508,16 +530,22 @@ static void install_hooks(void) {
   struct relro_find rf = {.base = base};
   dl_iterate_phdr(relro_cb, &rf);
   long pg = sysconf(_SC_PAGESIZE);
-  void **slots[2] = {slot_pwrite, slot_writev};
-  for (int i = 0; i < 2; i++) {
+  /* The seek is optional: without it hook_writev asks for the offset itself. */
+  void **slots[3] = {slot_pwrite, slot_writev, slot_lseek};
+  int n_slots = slot_lseek ? 3 : 2;
+  for (int i = 0; i < n_slots; i++) {
     ElfW(Addr) a = (ElfW(Addr))slots[i] & ~(ElfW(Addr))(pg - 1);
     if (mprotect((void *)a, (size_t)pg, PROT_READ | PROT_WRITE) < 0) return;
   }
   real_pwrite = (ssize_t(*)(int, const void *, size_t, off_t)) * slot_pwrite;
   real_writev = (ssize_t(*)(int, const struct iovec *, int)) * slot_writev;
+  if (slot_lseek) {
+    real_lseek = (off_t(*)(int, off_t, int)) * slot_lseek;
+    __atomic_store_n(slot_lseek, (void *)hook_lseek, __ATOMIC_RELEASE);
+  }
   __atomic_store_n(slot_pwrite, (void *)hook_pwrite, __ATOMIC_RELEASE);
   __atomic_store_n(slot_writev, (void *)hook_writev, __ATOMIC_RELEASE);
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < n_slots; i++) {
     ElfW(Addr) a = (ElfW(Addr))slots[i];
     if (a >= rf.lo && a < rf.hi)
       mprotect((void *)(a & ~(ElfW(Addr))(pg - 1)), (size_t)pg, PROT_READ);
@@ -811,6 +839,7 @@ int log_wal_attach(struct log *log) {
   if (!w) return log_error(log, ENGRAM_ENOMEM, "open: out of memory");
   w->log = log;
   w->fd = -1;
+  w->pos = -1;
   pthread_mutex_init(&w->sync_mu, NULL);
   log->wal = w;
   char f[4200];
@@ -859,6 +888,44 @@ int log_wal_attach(struct log *log) {
   return rc;
 }
 
+/* A flush descriptor of the file, from the handle's pool or newly opened. -1 (errno set)
+ * when none opens. */
+static int flush_fd_take(struct log *log) {
+  struct wal *w = log->wal;
+  int fd = -1;
+  pthread_mutex_lock(&w->sync_mu);
+  if (w->n_flush_fd) fd = w->flush_fd[--w->n_flush_fd];
+  pthread_mutex_unlock(&w->sync_mu);
+  if (fd >= 0) return fd;
+  char f[4200];
+  snprintf(f, sizeof f, "%s/" LOG_WAL_FILE, log->path);
+  return open(f, O_RDWR | O_CLOEXEC);
+}
+
+static void flush_fd_give(struct log *log, int fd) {
+  struct wal *w = log->wal;
+  if (fd < 0) return;
+  pthread_mutex_lock(&w->sync_mu);
+  if (w->n_flush_fd < WAL_FLUSH_FDS) {
+    w->flush_fd[w->n_flush_fd++] = fd;
+    fd = -1;
+  }
+  pthread_mutex_unlock(&w->sync_mu);
+  if (fd >= 0) close(fd);
+}
+
+/* fdatasync, failing with EIO at the Nth call made while ENGRAM_TEST_WAL_FAIL_FLUSH is N
+ * (tests: a disk that loses a write-back). */
+static int flush_fails(int fd) {
+  static long calls;
+  const char *e = getenv("ENGRAM_TEST_WAL_FAIL_FLUSH");
+  if (e && __atomic_add_fetch(&calls, 1, __ATOMIC_RELAXED) == atol(e)) {
+    errno = EIO;
+    return -1;
+  }
+  return fdatasync(fd);
+}
+
 /* Makes every record written so far durable. Flushes of the file run concurrently, from
  * any thread and process (the block layer merges their cache flushes): none waits for
  * another's to end. */
@@ -876,11 +943,26 @@ int log_wal_sync(struct log *log) {
   uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
   int rc = 0;
   int64_t t0 = clock_monotonic_ns();
-  if (fdatasync(w->fd) < 0) {
+  int fd = flush_fd_take(log);
+  if (fd < 0 || flush_fails(fd) < 0) {
     int e = errno;
-    rc = log_error(log, err_from_errno(e), "commit: flush %s/" LOG_WAL_FILE ": %s", log->path,
-                   strerror(e));
+    /* Pages of records may be lost: nothing after them counts until a checkpoint (the
+     * next commit of any process makes one) has made data.mdb durable as it is. */
+    __atomic_store_n(&s->broken, 1, __ATOMIC_RELEASE);
+    rc = log_error(log, err_from_errno(e),
+                   "commit: flush %s/" LOG_WAL_FILE
+                   ": %s; the write is committed but not known to be durable (the next "
+                   "commit makes the log durable without the file, or fails if the disk "
+                   "still does)",
+                   log->path, strerror(e));
+  } else if (__atomic_load_n(&s->broken, __ATOMIC_ACQUIRE)) {
+    rc = log_error(log, ENGRAM_EIO,
+                   "commit: an earlier flush of %s/" LOG_WAL_FILE
+                   " failed, so this write is committed but not known to be durable (the "
+                   "next commit makes the log durable without the file)",
+                   log->path);
   }
+  flush_fd_give(log, fd);
   int64_t took = clock_monotonic_ns() - t0;
   if (rc == 0) {
     uint64_t cur = __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE);
@@ -1009,6 +1091,7 @@ void log_wal_detach(struct log *log, int closing) {
   if (w->pin) mdb_txn_abort(w->pin);
   w->pin = NULL;
   while (w->n_spare) mdb_txn_abort(w->spare[--w->n_spare]);
+  while (w->n_flush_fd) close(w->flush_fd[--w->n_flush_fd]);
   if (closing && w->shm && w->fd >= 0) checkpoint_at_close(log);
   if (w->shm) munmap(w->shm, 4096);
   if (w->fd >= 0) close(w->fd);
@@ -1016,6 +1099,14 @@ void log_wal_detach(struct log *log, int closing) {
   pthread_mutex_destroy(&w->sync_mu);
   free(w);
   log->wal = NULL;
+}
+
+uint64_t log_wal_seq(const struct log *log) {
+  return __atomic_load_n(&log->wal->shm->seq, __ATOMIC_ACQUIRE);
+}
+
+uint64_t log_wal_synced(const struct log *log) {
+  return __atomic_load_n(&log->wal->shm->synced, __ATOMIC_ACQUIRE);
 }
 
 uint64_t log_wal_checkpoints(const struct log *log) { return log->wal ? log->wal->checkpoints : 0; }

@@ -49,9 +49,11 @@ struct conn {
   size_t n_unsent;
   struct pend *u_head, *u_tail; /* requests waiting to be sent, oldest first */
   unsigned pumps;
-  int up;      /* a connection is established */
-  int ever_up; /* one was, since engram_connect */
-  int denied;  /* the daemon refused our CURVE key */
+  int mon_ready;  /* the monitor's fd woke a poll (or has not been looked at yet) */
+  uint64_t sends; /* requests handed to libzmq */
+  int up;         /* a connection is established */
+  int ever_up;    /* one was, since engram_connect */
+  int denied;     /* the daemon refused our CURVE key */
   char endpoint[512];
   engram_connect_options o;
   char server_key[41], public_key[41], secret_key[41];
@@ -114,7 +116,9 @@ void client_pump_fast(struct conn *c);
 void client_wait_pend(struct conn *c, struct pend *p);
 /* The reader's wait, without c->mu: up to ms for the socket, the monitor or a wake-up
  * (then drained). */
-void client_poll(struct conn *c, int ms);
+/* Sleeps until a socket or the wake-up fd is ready, or ms pass. Called without mu; returns
+ * 1 when the monitor's fd is ready (the caller sets mon_ready under mu). */
+int client_poll(struct conn *c, int ms);
 int client_rpc(engram *log, Engram__Wire__Request *rq, int retry, uint64_t extra_ms, int want,
                Engram__Wire__Reply **out);
 int client_retry_of(const Engram__Wire__Request *rq);

@@ -200,6 +200,7 @@ static void flush_unsent(struct conn *c) {
     if (zmq_send(c->sock, p->req, p->req_len, ZMQ_DONTWAIT) < 0) return;
     unsent_remove(c, p);
     p->sent = 1;
+    c->sends++;
   }
 }
 
@@ -357,13 +358,22 @@ static void drain_monitor(struct conn *c) {
   }
 }
 
-/* Everything one look at the sockets can do without sleeping. */
+/* Everything one look at the sockets can do without sleeping. Each look at a socket is
+ * two system calls inside libzmq (a poll and a getpid), dearer than a small request on a
+ * virtual machine, so it looks only where something can be: the monitor when its fd
+ * woke the last poll, while no connection is up or requests wait to be sent, and now and
+ * then; the socket again only when a request left meanwhile (a send may take libzmq's
+ * pending commands, which must be settled before the next sleep on its fd). */
 void client_pump(struct conn *c) {
   drain_data(c);
-  drain_monitor(c);
+  if (c->mon_ready || !c->up || c->n_unsent || (++c->pumps & 63) == 0) {
+    c->mon_ready = 0;
+    drain_monitor(c);
+  }
+  uint64_t sends = c->sends;
   client_stage_maybe_flush(c);
   flush_unsent(c);
-  drain_data(c);
+  if (c->sends != sends) drain_data(c);
 }
 
 /* The cheap look a pipelining producer takes on every call: the monitor (a lost
@@ -392,7 +402,7 @@ static void expire(struct conn *c, struct pend *p) {
 }
 
 /* Waits until p is done (a reply, a failure or its deadline). Called with mu held. */
-void client_poll(struct conn *c, int ms) {
+int client_poll(struct conn *c, int ms) {
   struct pollfd fds[3] = {{c->sock_fd, POLLIN, 0}, {c->mon_fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
   poll(fds, 3, ms);
   if (fds[2].revents & POLLIN) {
@@ -400,6 +410,7 @@ void client_poll(struct conn *c, int ms) {
     ssize_t r = read(c->wake_fd, &v, sizeof v);
     (void)r;
   }
+  return (fds[1].revents & POLLIN) != 0;
 }
 
 void client_wait_pend(struct conn *c, struct pend *p) {
@@ -424,8 +435,9 @@ void client_wait_pend(struct conn *c, struct pend *p) {
     /* Unsent requests wait for a connection: look again now and then, as libzmq
      * signals a new connection on the monitor but not always on the socket. */
     if (c->n_unsent && ms > 50) ms = 50;
-    client_poll(c, ms > 1000000 ? 1000000 : (int)ms);
+    int mon = client_poll(c, ms > 1000000 ? 1000000 : (int)ms);
     pthread_mutex_lock(&c->mu);
+    c->mon_ready |= mon;
     c->reading = 0;
     pthread_cond_broadcast(&c->cv); /* someone else may need to read now */
   }
@@ -652,6 +664,7 @@ int net_connect(const char *endpoint, const engram_connect_options *opts, engram
     return log_error(NULL, ENGRAM_ENOMEM, "connect: out of memory");
   }
   c->wake_fd = -1;
+  c->mon_ready = 1;
   pthread_mutex_init(&c->mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);

@@ -108,8 +108,9 @@ static void *flusher_main(void *arg) {
     c->reading = 1;
     c->reader = pthread_self();
     pthread_mutex_unlock(&c->mu);
-    client_poll(c, 20);
+    int mon = client_poll(c, 20);
     pthread_mutex_lock(&c->mu);
+    c->mon_ready |= mon;
     c->reading = 0;
     client_pump(c);
     pthread_cond_broadcast(&c->cv);

@@ -210,7 +210,7 @@ void *server_worker_thread(void *arg);
 void server_run_lane(struct net_server *s, struct worker *w, struct job *list);
 
 /* The main thread (server_loop.c). */
-void server_forward_replies(struct net_server *s);
+int server_forward_replies(struct net_server *s);
 void server_main_loop(struct net_server *s);
 
 /* CURVE (server_zap.c). */

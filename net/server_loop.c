@@ -1,6 +1,7 @@
 /* server_loop.c — the daemon's main thread: requests read off the ROUTER and queued,
  * replies forwarded, embedded writers' commits published, parked fetches timed. */
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -138,14 +139,15 @@ static int take_request(struct net_server *s) {
   return 0;
 }
 
-/* Forwards replies from workers to the ROUTER. */
-void server_forward_replies(struct net_server *s) {
+/* Forwards replies from workers to the ROUTER. Returns 1 when it stopped with more
+ * left (its fd then may not announce them), 0 when it found none left. */
+int server_forward_replies(struct net_server *s) {
   for (int n = 0; n < 4096; n++) {
     zmq_msg_t m;
     zmq_msg_init(&m);
     if (zmq_msg_recv(&m, s->replies, ZMQ_DONTWAIT) < 0) {
       zmq_msg_close(&m);
-      return;
+      return 0;
     }
     for (;;) {
       int more = zmq_msg_more(&m);
@@ -159,15 +161,17 @@ void server_forward_replies(struct net_server *s) {
       }
     }
   }
+  return 1;
 }
 
-/* (topic, head) from an embedded writer in another process: publish and wake. */
-static void take_notify_in(struct net_server *s) {
+/* (topic, head) from an embedded writer in another process: publish and wake. Returns
+ * 1 when it stopped with more left, 0 when it found none left. */
+static int take_notify_in(struct net_server *s) {
   for (int n = 0; n < 4096; n++) {
     char topic[ENGRAM_MAX_NAME + 2];
     unsigned char head[9];
     int tn = zmq_recv(s->in_pull, topic, sizeof topic - 1, ZMQ_DONTWAIT);
-    if (tn < 0) return;
+    if (tn < 0) return 0;
     int more = 0;
     size_t ml = sizeof more;
     zmq_getsockopt(s->in_pull, ZMQ_RCVMORE, &more, &ml);
@@ -186,6 +190,7 @@ static void take_notify_in(struct net_server *s) {
     server_topic_changed_locked(s, topic, 1);
     pthread_mutex_unlock(&s->mu);
   }
+  return 1;
 }
 
 /* Requeues parked fetches whose recheck time or deadline came; returns the poll timeout
@@ -221,8 +226,31 @@ static int idle(struct net_server *s) {
   return yes;
 }
 
+/* Whether a ZeroMQ socket holds a message now. Settles libzmq's pending commands, after
+ * which its fd announces the next one. */
+static int zmq_readable(void *sock) {
+  int ev = 0;
+  size_t el = sizeof ev;
+  return zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &el) == 0 && (ev & ZMQ_POLLIN);
+}
+
+/* The main thread sleeps in poll() on the sockets' fds rather than in zmq_poll: that one
+ * asks every socket for its events before and after each sleep, two system calls each
+ * (a poll and a getpid inside libzmq), more than a small request costs on a virtual
+ * machine. A ZeroMQ socket's fd announces only what arrives after its last settling, so
+ * before each sleep the sockets whose fds may be silent are asked: the ROUTER always (a
+ * send on it, a reply or a request run here, may settle its commands), the others only
+ * when their last drain stopped early. */
 void server_main_loop(struct net_server *s) {
   long timeout = -1;
+  int router_fd = -1, replies_fd = -1, in_fd = -1;
+  size_t fl = sizeof(int);
+  zmq_getsockopt(s->router, ZMQ_FD, &router_fd, &fl);
+  fl = sizeof(int);
+  zmq_getsockopt(s->replies, ZMQ_FD, &replies_fd, &fl);
+  fl = sizeof(int);
+  zmq_getsockopt(s->in_pull, ZMQ_FD, &in_fd, &fl);
+  int replies_more = 1, in_more = 1; /* look at them before the first sleep */
   for (;;) {
     if (server_hup_requested) {
       server_hup_requested = 0;
@@ -249,25 +277,26 @@ void server_main_loop(struct net_server *s) {
     pthread_mutex_lock(&s->mu);
     int room = s->queued < MAX_QUEUED;
     pthread_mutex_unlock(&s->mu);
-    zmq_pollitem_t it[4] = {
-        {s->router, 0, (short)(room && !s->stopping ? ZMQ_POLLIN : 0), 0},
-        {s->replies, 0, ZMQ_POLLIN, 0},
-        {s->in_pull, 0, ZMQ_POLLIN, 0},
-        {NULL, s->wake_fd, ZMQ_POLLIN, 0},
-    };
-    int rc = zmq_poll(it, 4, timeout);
+    int want_router = room && !s->stopping;
+    int router_ready = want_router && zmq_readable(s->router);
+    int busy = router_ready || replies_more || in_more;
+    struct pollfd pf[4] = {{want_router ? router_fd : -1, POLLIN, 0},
+                           {replies_fd, POLLIN, 0},
+                           {in_fd, POLLIN, 0},
+                           {s->wake_fd, POLLIN, 0}};
+    int rc = poll(pf, 4, busy ? 0 : (int)timeout);
     if (rc < 0 && errno != EINTR) {
-      server_log(s, "error", "poll", "zmq_poll: %s", zmq_strerror(errno));
+      server_log(s, "error", "poll", "poll: %s", strerror(errno));
       clock_sleep_ns(10000000);
     }
-    if (it[3].revents & ZMQ_POLLIN) {
+    if (pf[3].revents & POLLIN) {
       uint64_t v;
       ssize_t r = read(s->wake_fd, &v, sizeof v);
       (void)r;
     }
     server_publish_dirty(s);
-    if (it[1].revents & ZMQ_POLLIN) server_forward_replies(s);
-    if (it[0].revents & ZMQ_POLLIN && !s->stopping) {
+    if (replies_more || (pf[1].revents & POLLIN)) replies_more = server_forward_replies(s);
+    if ((router_ready || (pf[0].revents & POLLIN)) && !s->stopping) {
       for (int n = 0; n < RECV_BURST; n++) {
         pthread_mutex_lock(&s->mu);
         int full = s->queued >= MAX_QUEUED;
@@ -276,7 +305,7 @@ void server_main_loop(struct net_server *s) {
       }
       server_publish_dirty(s); /* commits of requests run right here */
     }
-    if (it[2].revents & ZMQ_POLLIN) take_notify_in(s);
+    if (in_more || (pf[2].revents & POLLIN)) in_more = take_notify_in(s);
     timeout = check_parked(s);
   }
 }

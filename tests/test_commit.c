@@ -223,6 +223,54 @@ static void closing_while_a_dictionary_trains_is_clean(void **state) {
   tu_events_free(e);
 }
 
+/* A flush of the write-ahead file that fails (a disk that lost a write-back) fails the
+ * append it was for, and no later record counts until a checkpoint has made data.mdb
+ * durable as it is: the next commit makes one instead of appending to the file. Every
+ * append is there after reopening, the failed one too (committed, not known durable). */
+static void a_failed_flush_fails_its_append_and_the_next_commit_checkpoints(void **state) {
+  fx *f = *state;
+  setenv("ENGRAM_TEST_WAL_FAIL_FLUSH", "4", 1); /* read by the commit path per flush */
+  f->log = tu_open(f->logdir, NULL);
+  tu_topic(f->log, "memory", NULL);
+  engram_commit_stats st;
+  assert_int_equal(engram_commit_stats_get(f->log, &st), 0);
+  if (!st.write_ahead) { /* this build commits without the file */
+    unsetenv("ENGRAM_TEST_WAL_FAIL_FLUSH");
+    skip();
+  }
+  uint64_t ckpt0 = st.checkpoints;
+  int failed = -1;
+  uint64_t ckpt_after_fail = 0;
+  for (int i = 0; i < 10; i++) {
+    char p[32];
+    int n = snprintf(p, sizeof p, "event-%d", i);
+    engram_event ev = {.type = "memory.saved", .payload = p, .payload_len = (size_t)n};
+    int rc = engram_append(f->log, "memory", &ev, NULL, NULL);
+    if (rc == ENGRAM_EIO) {
+      assert_int_equal(failed, -1); /* one flush fails, one append with it */
+      assert_non_null(strstr(engram_errmsg(f->log), "not known to be durable"));
+      failed = i;
+      assert_int_equal(engram_commit_stats_get(f->log, &st), 0);
+      ckpt_after_fail = st.checkpoints;
+    } else {
+      assert_int_equal(rc, 0);
+      if (failed >= 0 && i == failed + 1) {
+        /* The commit right after the failure checkpointed. */
+        assert_int_equal(engram_commit_stats_get(f->log, &st), 0);
+        assert_true(st.checkpoints > ckpt_after_fail);
+      }
+    }
+  }
+  unsetenv("ENGRAM_TEST_WAL_FAIL_FLUSH");
+  assert_true(failed >= 0 && failed < 9);
+  assert_true(ckpt_after_fail >= ckpt0);
+  engram_close(f->log);
+  f->log = tu_open(f->logdir, NULL);
+  engram_topic_info ti;
+  assert_int_equal(engram_topic_info_get(f->log, "memory", &ti), 0);
+  assert_int_equal(ti.count, 10);
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, tu_fx_teardown)
@@ -232,6 +280,7 @@ int main(void) {
       T(duration_histograms_count_every_write_commit_and_flush),
       T(the_append_that_crosses_dict_train_after_returns_before_the_training),
       T(closing_while_a_dictionary_trains_is_clean),
+      T(a_failed_flush_fails_its_append_and_the_next_commit_checkpoints),
   };
   return cmocka_run_group_tests_name("commit", tests, NULL, NULL);
 }

@@ -137,6 +137,40 @@ def test_per_handler_timeout_overrides_the_run_timeout(log):
     assert app.group.dlq()[0].offset == 1
 
 
+def test_events_arriving_one_at_a_time_are_acked_with_the_next_fetch(log):
+    # A worker fed one event at a time settles each with the fetch of the next (one
+    # ack_fetch request and commit) instead of a fetch plus a separate ack of the acker.
+    app = make_app(log, ack_wait=30)
+    app._RIDE_WAIT = 5.0  # generous: the no-op handler finishes well within it
+    app.on("memory.saved")(lambda ev: None)
+    app.group.info()
+    calls = []
+    h = log._h
+
+    class Counting:
+        def __getattr__(self, name):
+            attr = getattr(h, name)
+            if name in ("ack_fetch", "ack_many", "ack"):
+                def call(*a, **kw):
+                    calls.append(name)
+                    return attr(*a, **kw)
+                return call
+            return attr
+    log._h = Counting()
+    th = threading.Thread(target=lambda: app.run(concurrency=2, wait=0.1, install_signals=False))
+    th.start()
+    try:
+        for i in range(5):
+            app.send("memory.saved", {"i": i})
+            assert wait_until(lambda: app.group.info().acked == i + 1, 10)
+    finally:
+        app.stop()
+        th.join(10)
+        log._h = h
+    assert "ack_many" not in calls and "ack" not in calls
+    assert calls.count("ack_fetch") >= 5
+
+
 def test_stop_lets_in_flight_handlers_finish(log):
     app = make_app(log)
     started, finished = threading.Event(), []

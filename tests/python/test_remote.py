@@ -84,6 +84,25 @@ def test_task_delay_through_the_daemon_is_one_request(daemon):
     app.close()
 
 
+def test_pipelined_task_sends_through_the_daemon_take_at_most_one_request_each(daemon):
+    app = engram.App(daemon, "workers", topic="tasks", confirm_publish=False)
+
+    @app.task
+    def add(x, y):
+        return x + y
+    add.delay(0, 0)
+    app.flush()  # the topic exists from here on
+    with engram.connect(daemon) as probe:
+        before = probe.server_info()["requests"]
+        rs = [add.delay(i, i) for i in range(200)]
+        app.flush()
+        after = probe.server_info()["requests"]
+        assert probe.topic("tasks").count == 201
+    assert 2 <= after - before <= 201  # batched appends, and the first server_info() itself
+    assert [r.offset for r in rs] == list(range(2, 202))
+    app.close()
+
+
 def test_an_importer_keeps_append_times_through_the_daemon(daemon):
     with engram.connect(daemon) as log:
         hour_ago = time.time_ns() - 3600 * 10**9

@@ -316,6 +316,53 @@ def test_delay_makes_one_request(log):
     assert counting.calls == ["append"] * 5
 
 
+def test_without_confirm_publish_delay_queues_one_pipelined_append_and_the_result_learns_its_offset(log):
+    app = task_app(log, confirm_publish=False)
+
+    @app.task
+    def t(x):
+        return x * 2
+    t.delay(0)  # the topic exists from here on
+    counting = CountingHandle(log._h)
+    log._h = counting
+    try:
+        rs = [t.delay(i) for i in range(1, 6)]
+    finally:
+        log._h = counting._h
+    assert counting.calls == ["append_async"] * 5  # queued, not waited for
+    app.flush()
+    assert [r.offset for r in rs] == [2, 3, 4, 5, 6]
+    assert [r.id for r in rs] == [f"tasks:{i}" for i in range(2, 7)]
+    run(app, max_events=6)
+    assert [r.get(timeout=5) for r in rs] == [2, 4, 6, 8, 10]
+
+
+def test_a_pipelined_send_that_fails_raises_from_its_result_and_from_flush(log):
+    log.create_topic("tasks", max_payload=200)
+    app = task_app(log, confirm_publish=False)
+
+    @app.task
+    def t(x):
+        return x
+    ok = t.delay("small")
+    bad = t.delay("x" * 1000)  # over the topic's max_payload: refused by the writer, later
+    with pytest.raises(engram.TooBig):
+        app.flush()
+    assert ok.offset == 1
+    with pytest.raises(engram.TooBig, match="was not appended"):
+        bad.offset
+    assert log.topic("tasks").count == 1
+
+
+def test_celery_broker_transport_option_confirm_publish_false_pipelines_sends(log_path):
+    from engram.celery import Celery
+    capp = Celery("c", broker=log_path)
+    capp.conf.broker_transport_options = {"confirm_publish": False}
+    assert capp.app.confirm_publish is False
+    capp.conf.broker_transport_options = {"confirm_publish": True}
+    assert capp.app.confirm_publish is True
+
+
 # -- 15: error locations keep their module path ------------------------------------------------
 def test_a_timeout_error_names_the_module_path_not_a_bare_file_name(log):
     app = task_app(log, max_deliver=1)

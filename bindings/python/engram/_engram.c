@@ -714,21 +714,45 @@ out:
   return out;
 }
 
+/* A pipelined append's callback (ctx = a new reference to the Python callable): called
+ * once, on the thread of a later append_async or append_wait, which released the GIL;
+ * it calls fn(code, offset, duplicate) and drops the reference. What fn raises is
+ * reported as unraisable. */
+static void append_done_cb(void *ctx, int rc, uint64_t offset, int dup) {
+  PyObject *fn = ctx;
+  PyGILState_STATE g = PyGILState_Ensure();
+  PyObject *r = PyObject_CallFunction(fn, "iKO", rc, (unsigned long long)offset,
+                                      dup ? Py_True : Py_False);
+  if (r)
+    Py_DECREF(r);
+  else
+    PyErr_WriteUnraisable(fn);
+  Py_DECREF(fn);
+  PyGILState_Release(g);
+}
+
 static PyObject *Log_append_async(LogObject *self, PyObject *args) {
   const char *topic;
-  PyObject *spec;
+  PyObject *spec, *fn = Py_None;
   evin e;
   int rc;
   char msg[MSG_MAX];
-  if (!PyArg_ParseTuple(args, "O&O:append_async", conv_str, &topic, &spec)) return NULL;
+  if (!PyArg_ParseTuple(args, "O&O|O:append_async", conv_str, &topic, &spec, &fn)) return NULL;
+  if (fn != Py_None && !PyCallable_Check(fn)) {
+    PyErr_SetString(PyExc_TypeError, "append_async: on_done must be callable or None");
+    return NULL;
+  }
   if (evin_fill(&e, spec) < 0) return NULL;
   if (enter(self)) {
     evin_clear(&e);
     return NULL;
   }
-  RUN(self, rc, msg, engram_append_async(self->log, topic, &e.ev, NULL, NULL));
+  PyObject *ctx = fn == Py_None ? NULL : Py_NewRef(fn);
+  RUN(self, rc, msg,
+      engram_append_async(self->log, topic, &e.ev, ctx ? append_done_cb : NULL, ctx));
   leave(self);
   evin_clear(&e);
+  if (rc < 0) Py_XDECREF(ctx); /* refused before it was queued: no callback comes */
   return done(rc, msg);
 }
 
@@ -1916,7 +1940,8 @@ static PyMethodDef Log_methods[] = {
     {"append", (PyCFunction)Log_append, METH_VARARGS, "append(topic, spec) -> (offset, duplicate)"},
     {"append_batch", (PyCFunction)Log_append_batch, METH_VARARGS,
      "append_batch(topic, specs) -> list of (offset, duplicate)"},
-    {"append_async", (PyCFunction)Log_append_async, METH_VARARGS, "append_async(topic, spec)"},
+    {"append_async", (PyCFunction)Log_append_async, METH_VARARGS,
+     "append_async(topic, spec, on_done=None)"},
     {"append_wait", (PyCFunction)Log_append_wait, METH_NOARGS, "append_wait()"},
     {"read", (PyCFunction)Log_read, METH_VARARGS, "read(topic, offset) -> event tuple"},
     {"read_range", (PyCFunction)Log_read_range, METH_VARARGS,

@@ -236,11 +236,20 @@ class App:
     applies when the App opens a directory itself; a :class:`Log` keeps its own, also in
     the worker processes of process mode. Group settings (``ack_wait``, ``max_deliver``,
     ``backoff``, ``result_ttl``, ``key_ordered``, ``start``) apply when the group is
-    created. Handler patterns become the group's type filters when they can."""
+    created. Handler patterns become the group's type filters when they can.
+
+    ``confirm_publish`` (kombu's name; default True): ``Task.delay()`` and
+    ``apply_async()`` return once the task is durable (one append, one round trip to a
+    daemon). False pipelines them: each is still one append, queued on the handle and
+    sent in batches with the tasks around it, and the call returns at once; the
+    result's ``offset`` (and ``id`` without a ``task_id``) waits for its
+    acknowledgement, and :meth:`flush` waits until every task sent so far is durable
+    and raises the first error."""
 
     def __init__(self, target: Union[Log, str, "os.PathLike[str]"], group: str = "workers", *,
                  topic: str = "events", consumer: Optional[str] = None,
-                 durability: Optional[str] = None, **group_config: Any) -> None:
+                 durability: Optional[str] = None, confirm_publish: bool = True,
+                 **group_config: Any) -> None:
         if durability is not None and durability not in _DURABILITY:
             raise InvalidArgument(f"durability {durability!r}: use 'sync', 'nometasync' or 'async'")
         if isinstance(target, Log):
@@ -265,6 +274,7 @@ class App:
         self.group_name = group
         self.topic = topic
         self.consumer_name = consumer
+        self.confirm_publish = bool(confirm_publish)
         self.group_config = group_config
         _group_config(**{**_GROUP_DEFAULTS, **group_config})  # validate now
         self.handlers: List[Handler] = []
@@ -347,6 +357,11 @@ class App:
         if self._log is not None and not self._log.closed and have != durability:
             raise InvalidArgument(f"durability {durability!r}: the log is open already with {have!r}")
         self.open_options["durability"] = durability
+
+    def flush(self) -> None:
+        """Waits until every task sent with ``confirm_publish=False`` (and every
+        ``append_async`` of the handle) is durable; raises the first error."""
+        self.log.flush()
 
     def close(self) -> None:
         """Closes the log handle this App opened."""
@@ -654,6 +669,11 @@ class App:
         return restore
 
     _BEAT_EVERY = 5.0  # seconds between worker heartbeats (the default lost timeout is 30 s)
+    # How long the fetch loop waits, once every fetched event has a worker thread, for the
+    # handlers to finish so that their acks ride with the next fetch (one ack_fetch
+    # request and commit, not a fetch plus the acker's ack_many). A handler that takes
+    # longer is acked by the acker; events arriving meanwhile wait at most this long.
+    _RIDE_WAIT = 0.002
 
     def _beat(self, name: str, concurrency: int, stats: RunStats, groups: List[Group],
               running: List[Tuple[str, str, int, int]]) -> None:
@@ -731,7 +751,8 @@ class App:
         lock = threading.Condition()
         acks: List[Tuple[Event, Optional[bytes]]] = []
         ack_cv = threading.Condition()
-        ack_state = {"closing": False, "busy": False}
+        # "hold": the fetch loop is about to fetch and takes the queued acks along.
+        ack_state = {"closing": False, "busy": False, "hold": False}
 
         def batch_ack(ev: Event, result: Optional[bytes]) -> None:
             with ack_cv:
@@ -743,7 +764,7 @@ class App:
             commit in the next one (one commit per group)."""
             while True:
                 with ack_cv:
-                    while not acks and not ack_state["closing"]:
+                    while (not acks or ack_state["hold"]) and not ack_state["closing"]:
                         ack_cv.wait()
                     if not acks:
                         return
@@ -938,10 +959,32 @@ class App:
                 # With one queue the acks queued so far ride with the fetch: one commit.
                 riding: List[Tuple[Event, Optional[bytes]]] = []
                 if len(consumers) == 1:
-                    with ack_cv:
-                        riding = [a for a in acks if a[0].group is groups[0]]
-                        if riding:
-                            acks[:] = [a for a in acks if a[0].group is not groups[0]]
+                    with lock:
+                        tail = bool(heap or running) and len(heap) + len(running) <= n
+                    if tail:
+                        # Every fetched event has a worker thread: give the handlers a
+                        # moment to finish so that their acks ride along (the acker holds
+                        # off meanwhile).
+                        with ack_cv:
+                            ack_state["hold"] = True
+                        try:
+                            end = time.monotonic() + self._RIDE_WAIT
+                            with lock:
+                                while ((running or heap) and not self._stop.is_set()
+                                       and time.monotonic() < end):
+                                    lock.wait(max(0.0, end - time.monotonic()))
+                        finally:
+                            with ack_cv:
+                                riding = [a for a in acks if a[0].group is groups[0]]
+                                if riding:
+                                    acks[:] = [a for a in acks if a[0].group is not groups[0]]
+                                ack_state["hold"] = False
+                                ack_cv.notify_all()
+                    else:
+                        with ack_cv:
+                            riding = [a for a in acks if a[0].group is groups[0]]
+                            if riding:
+                                acks[:] = [a for a in acks if a[0].group is not groups[0]]
                 try:
                     if len(consumers) == 1:
                         evs, back = self._fetch_settling(consumers[0], riding, want, wait)

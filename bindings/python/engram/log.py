@@ -285,11 +285,17 @@ class Log:
     def append_async(self, topic: str, type: str, payload: Payload = None, *,
                      key: Optional[str] = None, headers: Optional[Mapping[str, str]] = None,
                      idempotency_key: Optional[str] = None, delay: Optional[Duration] = None,
-                     content_type: Optional[str] = None, tombstone: bool = False) -> None:
+                     deliver_at: Optional[When] = None, content_type: Optional[str] = None,
+                     tombstone: bool = False,
+                     on_done: Optional[Callable[[int, int, bool], None]] = None) -> None:
         """Queues an append without waiting for it to be durable (pipelining, done by the
         library: engram_append_async); :meth:`flush` waits for all of them and raises the
-        first error. An event refused later (too big ...) fails alone."""
-        spec = Message(type, payload, key, headers, idempotency_key, delay, None,
+        first error. An event refused later (too big ...) fails alone. ``on_done(code,
+        offset, duplicate)`` is called once the append is durable (``code`` 0) or failed
+        (an ``ENGRAM_E*`` code, see :func:`engram.error_for_code`), in order, on the
+        thread of a later ``append_async`` or ``flush`` of this handle; it must not call
+        the log. An append refused at once raises and never calls it."""
+        spec = Message(type, payload, key, headers, idempotency_key, delay, deliver_at,
                        content_type, tombstone).spec()
         _str(topic, "topic")
         if topic not in self._pipelined:
@@ -300,7 +306,7 @@ class Log:
                 except NotFound:
                     self.create_topic(topic, exist_ok=True)
             self._pipelined.add(topic)
-        self.h.append_async(topic, spec)
+        self.h.append_async(topic, spec, on_done)
 
     def flush(self) -> None:
         """Waits until every :meth:`append_async` of this handle is durable; raises the

@@ -33,7 +33,9 @@ from .app import (Reject, Retry, SoftTimeLimitExceeded, Terminated, TimeLimitExc
                   parse_event_id, run_coroutine)
 from .group import Group
 from .message import Duration, _ms, _str
-from .errors import InvalidArgument, NotFound, NotSupported, TaskFailed, TaskRevoked, Timeout
+from . import _engram
+from .errors import (Error, InvalidArgument, NotFound, NotSupported, TaskFailed, TaskRevoked, Timeout,
+                     error_for_code)
 
 if TYPE_CHECKING:
     from .app import App
@@ -451,10 +453,33 @@ def send_task(app: "App", name: str, args: Optional[Sequence[Any]] = None,
     with the options of :meth:`Task.apply_async`; ``_queue``, ``_priority`` and
     ``_expires`` are the task's defaults."""
     m = task_message(app, name, args, kwargs, **options)
-    off = app.log.append(m.topic, m.type, m.body, deliver_at=m.deliver_at,
-                         idempotency_key=m.idempotency_key, headers=m.headers)
     cls = getattr(app, "result_class", None) or AsyncResult
-    return cls(Group(app.log, m.topic, app.group_name), off, app=app, task_id=m.idempotency_key)
+    log = app.log
+    if getattr(app, "confirm_publish", True):
+        off = log.append(m.topic, m.type, m.body, deliver_at=m.deliver_at,
+                         idempotency_key=m.idempotency_key, headers=m.headers)
+        return cls(Group(log, m.topic, app.group_name), off, app=app, task_id=m.idempotency_key)
+    # Pipelined: queued on the handle, sent in batches with the tasks around it (still one
+    # append each); the result learns its offset when the append is acknowledged.
+    sent = _Sent()
+    log.append_async(m.topic, m.type, m.body, deliver_at=m.deliver_at,
+                     idempotency_key=m.idempotency_key, headers=m.headers, on_done=sent)
+    r = cls(Group(log, m.topic, app.group_name), 0, app=app, task_id=m.idempotency_key)
+    r._sent = sent
+    return r
+
+
+class _Sent:
+    """The outcome of a pipelined send, filled in by the append's callback."""
+
+    __slots__ = ("code", "offset")
+
+    def __init__(self) -> None:
+        self.code: Optional[int] = None  # None until acknowledged; 0 = durable
+        self.offset = 0
+
+    def __call__(self, code: int, offset: int, duplicate: bool) -> None:
+        self.code, self.offset = code, offset
 
 
 def task_message(app: "App", name: str, args: Optional[Sequence[Any]] = None,
@@ -588,10 +613,35 @@ class AsyncResult:
     def __init__(self, group: Group, offset: int, *, app: Optional["App"] = None,
                  task_id: Optional[str] = None) -> None:
         self.group = group
-        self.offset = int(offset)
+        self._offset = int(offset)
+        self._sent: Optional[_Sent] = None  # a pipelined send not yet seen acknowledged
         self.app = app
         self._id = task_id
         self._revoked = False
+
+    @property
+    def offset(self) -> int:
+        """The task's offset in its queue. For a pipelined send (``confirm_publish=False``)
+        it waits until the send is acknowledged; a send that failed raises its error."""
+        s = self._sent
+        if s is not None:
+            if s.code is None:
+                try:
+                    self.group.log.flush()
+                except Error:
+                    pass  # the first error of any pipelined append; this one's is in s
+            if s.code is None:
+                raise Error(f"task sent to {self.group.topic}: no acknowledgement (the log was closed?)")
+            if s.code:
+                raise error_for_code(s.code)(
+                    f"task sent to {self.group.topic} was not appended: {_engram.strerror(s.code)}",
+                    s.code)
+            self._offset, self._sent = s.offset, None
+        return self._offset
+
+    @offset.setter
+    def offset(self, value: int) -> None:
+        self._offset, self._sent = int(value), None
 
     @classmethod
     def from_id(cls, app: "App", task_id: str) -> "AsyncResult":

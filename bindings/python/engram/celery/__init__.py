@@ -341,6 +341,9 @@ class Celery:
             vt = (value or {}).get("visibility_timeout")
             if vt is not None:
                 a.group_config["ack_wait"] = vt  # Redis's redelivery timeout is the lease
+            if "confirm_publish" in (value or {}):
+                # kombu's: False sends without waiting for the broker (pipelined appends).
+                a.confirm_publish = bool(value["confirm_publish"])
         elif key == "result_expires":
             secs = value.total_seconds() if hasattr(value, "total_seconds") else value
             if secs is not None:
