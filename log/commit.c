@@ -180,9 +180,13 @@ static int run_batch(struct log *log, struct log_job *jobs, int *wrote,
       return log_error(log, code, "commit: %s",
                        code == ENGRAM_ENOSPC ? "disk full" : log_mdb_text(rc));
     }
+    /* LMDB skips a commit that changed nothing: the last id stays below ours. Another
+     * process may have committed since ours released the write lock, so a later id
+     * counts as written too (at worst a needless flush; never an unflushed commit
+     * acknowledged). */
     MDB_envinfo info;
     mdb_env_info(log->env, &info);
-    *wrote = info.me_last_txnid == id;
+    *wrote = info.me_last_txnid >= id;
     *touched = w.touched;
     return 0;
   }

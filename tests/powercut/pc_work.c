@@ -5,30 +5,42 @@
  *
  *   pc_work run SCENARIO ROOT [sync|nometasync|async]   the log is ROOT/log
  *   pc_work check ROOT ACKS [ROOT ACKS ...]             one result line per image
+ *   pc_work proc ROLE ID ROOT MODE EACH TARGET READY_FD GO_FD
+ *                                   a process of the "procs" scenarios (started by run)
  *
  * Scenarios: create, single, threads, threads8, pipeline, batch, groups, ackfetch, mixed,
- * train, reclaim (see cmd_run). Acknowledgement lines: "open", "topic T", "append T OFFSET SEQ",
- * "group T G", "ack T G OFFSET", and "mark TEXT" (no state: replay.py cuts at every point
- * between two marks). An append's content is a function of SEQ, so the checker compares
- * the stored event byte for byte. */
+ * train, reclaim, procs, procs_group (see cmd_run). Acknowledgement lines: "open",
+ * "topic T", "append T OFFSET SEQ", "group T G", "ack T G OFFSET", and "mark TEXT" (no
+ * state: replay.py cuts at every point between two marks). A line of a process the
+ * workload started begins with its name ("w2 append t 17 2005": writer 2; "c1 ack t g 9":
+ * the consumer). An append's content is a function of SEQ, so the checker compares the
+ * stored event byte for byte. */
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "engram.h"
 
 static void (*ack_fn)(const char *);
+static char who[16]; /* "w2 ": the name of a process the workload started, or "" */
 
 static void ack(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void ack(const char *fmt, ...) {
   char line[256];
+  size_t n = strlen(who);
+  memcpy(line, who, n);
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
+  vsnprintf(line + n, sizeof line - n, fmt, ap);
   va_end(ap);
   if (ack_fn) ack_fn(line);
 }
@@ -269,6 +281,117 @@ static engram *run_reclaim(engram *log, const char *path, const engram_options *
   return log;
 }
 
+/* "procs" and "procs_group": several processes (fork + exec of this program, so each is
+ * a whole new process with the shim preloaded and its own sanitizer runtime) use the log
+ * at once. Each opens the log, says so through READY_FD, and starts only when every one
+ * has (GO_FD reaches its end): their appends and acks overlap, their records share the
+ * write-ahead file and one process's flush may cover another's commit. */
+static const char *mode_name(const engram_options *o) {
+  return o->durability == ENGRAM_DURABILITY_NOMETASYNC ? "nometasync"
+         : o->durability == ENGRAM_DURABILITY_ASYNC    ? "async"
+                                                       : "sync";
+}
+
+static pid_t spawn(const char *role, int id, const char *root, const engram_options *o, int each,
+                   int target, int ready_fd, int go_fd) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) die(NULL, "readlink /proc/self/exe", ENGRAM_EIO);
+  exe[n] = '\0';
+  char a_id[16], a_each[16], a_target[16], a_ready[16], a_go[16];
+  snprintf(a_id, sizeof a_id, "%d", id);
+  snprintf(a_each, sizeof a_each, "%d", each);
+  snprintf(a_target, sizeof a_target, "%d", target);
+  snprintf(a_ready, sizeof a_ready, "%d", ready_fd);
+  snprintf(a_go, sizeof a_go, "%d", go_fd);
+  char *args[] = {exe,    "proc",   (char *)role, a_id, (char *)root, (char *)mode_name(o),
+                  a_each, a_target, a_ready,      a_go, NULL};
+  pid_t pid = fork();
+  if (pid < 0) die(NULL, "fork", ENGRAM_EIO);
+  if (pid == 0) {
+    execv(exe, args);
+    _exit(127);
+  }
+  return pid;
+}
+
+/* Starts `writers` writer processes and, when `consumer`, one consumer of group g that
+ * acks every event they append; waits for them all. */
+static void run_procs(const char *root, const engram_options *o, int writers, int each,
+                      int consumer) {
+  int ready[2], go[2];
+  if (pipe(ready) || pipe(go)) die(NULL, "pipe", ENGRAM_EIO);
+  /* The children keep only ready[1] and go[0]. */
+  fcntl(ready[0], F_SETFD, FD_CLOEXEC);
+  fcntl(go[1], F_SETFD, FD_CLOEXEC);
+  pid_t pids[16];
+  int n = 0;
+  for (int i = 1; i <= writers; i++)
+    pids[n++] = spawn("writer", i, root, o, each, 0, ready[1], go[0]);
+  if (consumer) pids[n++] = spawn("consumer", 1, root, o, 0, writers * each, ready[1], go[0]);
+  close(ready[1]);
+  close(go[0]);
+  char c;
+  for (int got = 0; got < n && read(ready[0], &c, 1) == 1;) got++;
+  close(go[1]); /* go: every process has opened the log (or one died: waitpid says) */
+  close(ready[0]);
+  for (int i = 0; i < n; i++) {
+    int st;
+    while (waitpid(pids[i], &st, 0) < 0)
+      if (errno != EINTR) die(NULL, "waitpid", ENGRAM_EIO);
+    if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+      fprintf(stderr, "pc_work: process %d of the scenario failed (status 0x%x)\n", i + 1, st);
+      exit(3);
+    }
+  }
+}
+
+static int cmd_proc(int argc, char **argv) {
+  if (argc < 10) return 2;
+  const char *role = argv[2];
+  int id = atoi(argv[3]), each = atoi(argv[6]), target = atoi(argv[7]);
+  int ready_fd = atoi(argv[8]), go_fd = atoi(argv[9]);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/log", argv[4]);
+  engram_options o = {0};
+  if (!strcmp(argv[5], "nometasync")) o.durability = ENGRAM_DURABILITY_NOMETASYNC;
+  if (!strcmp(argv[5], "async")) o.durability = ENGRAM_DURABILITY_ASYNC;
+  ack_fn = (void (*)(const char *))dlsym(RTLD_DEFAULT, "pc_ack");
+  snprintf(who, sizeof who, "%c%d ", !strcmp(role, "writer") ? 'w' : 'c', id);
+  engram *log;
+  int rc = engram_open(path, &o, &log);
+  if (rc) die(NULL, "open", rc);
+  char c = 1, d;
+  if (write(ready_fd, &c, 1) != 1) die(log, "write to the ready pipe", ENGRAM_EIO);
+  close(ready_fd);
+  while (read(go_fd, &d, 1) > 0) {
+  }
+  close(go_fd);
+  if (!strcmp(role, "writer")) {
+    for (int i = 0; i < each; i++) append_one(log, (uint64_t)id * 1000 + (uint64_t)i);
+  } else {
+    /* Acks every event the writers append (a bound on idle fetches only so that a
+     * writer that died cannot leave it waiting for ever). */
+    int done = 0;
+    for (int idle = 0; done < target;) {
+      engram_batch *b;
+      rc = engram_fetch(log, TOPIC, "g", "c1", 5, 10, &b);
+      if (rc) die(log, "fetch", rc);
+      idle = b->count ? 0 : idle + 1;
+      if (idle > 6000) die(log, "the writers' events never came", ENGRAM_ETIMEDOUT);
+      for (size_t i = 0; i < b->count; i++) {
+        rc = engram_ack(log, TOPIC, "g", b->events[i].offset, b->events[i].attempt, NULL, 0);
+        if (rc) die(log, "ack", rc);
+        ack("ack %s g %llu", TOPIC, (unsigned long long)b->events[i].offset);
+        done++;
+      }
+      engram_batch_free(b);
+    }
+  }
+  engram_close(log);
+  return 0;
+}
+
 static int cmd_run(int argc, char **argv) {
   if (argc < 4) return 2;
   const char *scen = argv[2];
@@ -310,6 +433,19 @@ static int cmd_run(int argc, char **argv) {
     run_mixed(log, 8 * scale);
   } else if (!strcmp(scen, "reclaim")) {
     log = run_reclaim(log, path, &o, scale);
+  } else if (!strcmp(scen, "procs")) {
+    /* Four writers; this process has closed the log, so the first of them to open it
+     * recovers it and the last to close checkpoints. */
+    engram_close(log);
+    run_procs(argv[3], &o, 4, 8 * scale, 0);
+    return 0;
+  } else if (!strcmp(scen, "procs_group")) {
+    /* Three writers and a consumer acking their events; this process keeps the log open
+     * meanwhile (and checkpoints when it closes it last). */
+    rc = engram_group_create(log, TOPIC, "g", NULL);
+    if (rc) die(log, "group_create", rc);
+    ack("group %s g", TOPIC);
+    run_procs(argv[3], &o, 3, 8 * scale, 1);
   } else if (!strcmp(scen, "train")) {
     run_batches(log, 25, 8);
     /* Appends go on while the dictionary trains; then more that use it. */
@@ -363,17 +499,23 @@ static void check_image(const char *root, const char *acks) {
   int n = 0;
   while (fgets(line, sizeof line, f)) {
     line[strcspn(line, "\n")] = '\0';
+    /* "w2 append ...": the process's name goes; the line says the same as without it. */
+    char *body = line;
+    if (body[0] >= 'a' && body[0] <= 'z' && body[1] >= '0' && body[1] <= '9') {
+      char *sp = strchr(body, ' ');
+      if (sp) body = sp + 1;
+    }
     char t[256], g[256];
     unsigned long long off, seq;
     n++;
-    if (!strcmp(line, "open") || !strncmp(line, "mark ", 5)) continue;
-    if (sscanf(line, "topic %255s", t) == 1) {
+    if (!strcmp(body, "open") || !strncmp(body, "mark ", 5)) continue;
+    if (sscanf(body, "topic %255s", t) == 1) {
       engram_topic_info ti;
       if ((rc = engram_topic_info_get(log, t, &ti)) != 0) {
         printf("FAIL lost: %s (%s)\n", line, engram_errname(rc));
         goto out;
       }
-    } else if (sscanf(line, "append %255s %llu %llu", t, &off, &seq) == 3) {
+    } else if (sscanf(body, "append %255s %llu %llu", t, &off, &seq) == 3) {
       engram_batch *b = NULL;
       rc = engram_read(log, t, off, &b);
       expected x;
@@ -386,13 +528,13 @@ static void check_image(const char *root, const char *acks) {
         goto out;
       }
       engram_batch_free(b);
-    } else if (sscanf(line, "group %255s %255s", t, g) == 2) {
+    } else if (sscanf(body, "group %255s %255s", t, g) == 2) {
       engram_group_info gi;
       if ((rc = engram_group_info_get(log, t, g, &gi)) != 0) {
         printf("FAIL lost: %s (%s)\n", line, engram_errname(rc));
         goto out;
       }
-    } else if (sscanf(line, "ack %255s %255s %llu", t, g, &off) == 3) {
+    } else if (sscanf(body, "ack %255s %255s %llu", t, g, &off) == 3) {
       engram_status st;
       rc = engram_status_get(log, t, g, off, &st);
       if (rc || st.state != ENGRAM_STATE_DONE) {
@@ -416,6 +558,12 @@ int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "run")) {
     int rc = cmd_run(argc, argv);
     if (rc == 2) fprintf(stderr, "usage: pc_work run SCENARIO ROOT [sync|nometasync|async]\n");
+    return rc;
+  }
+  if (argc >= 2 && !strcmp(argv[1], "proc")) {
+    int rc = cmd_proc(argc, argv);
+    if (rc == 2)
+      fprintf(stderr, "usage: pc_work proc ROLE ID ROOT MODE EACH TARGET READY_FD GO_FD\n");
     return rc;
   }
   if (argc >= 4 && !strcmp(argv[1], "check") && argc % 2 == 0) {

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """replay.py — the power-cut test: runs a workload under the recording shim, then builds
-crash images from its trace and checks each one (ALICE / CrashMonkey style).
+crash images from its trace and checks each one (ALICE / CrashMonkey style). A workload
+of several processes (procs, procs_group) is one trace: the shim orders every process's
+records in one total order, so a cut is a power cut of the whole machine.
 
 A crash image is what the disk may hold after a power cut at a point of the trace:
   - file contents: every write a completed flush of its file covers (recorded before that
@@ -9,12 +11,15 @@ A crash image is what the disk may hold after a power cut at a point of the trac
   - directory entries: directory operations persist in order (ext4's journal); every one
     a completed fsync of its directory covers is there, and any prefix of the rest.
 Crash points: after every completed flush and every acknowledgement, and a sample of the
-points between; every point between two "mark" acknowledgements of the workload. At each: the image with every uncovered write dropped, the one with all
-of them kept, and random ones (seeded). Each image must open, verify clean, and hold
-every operation acknowledged before the cut (pc_work check).
+points between; every point between two "mark" acknowledgements of the workload; with
+--ack-points, right after every acknowledgement too. At each: the image with every
+uncovered write dropped, the one with all of them kept, and random ones (seeded); at an
+acknowledgement that --ack-points alone adds, the first only. Each image must open,
+verify clean, and hold every operation acknowledged before the cut (pc_work check).
 
 usage: replay.py --build BUILD --scenario S [--mode sync] [--seed N] [--random K]
-                 [--between P] [--max-points N] [--expect-loss]
+                 [--between P] [--max-points N] [--ack-points]
+                 [--expect-loss [--loss-of TEXT]]
 Prints one summary line; exits 0 when the outcome is the expected one.
 """
 import argparse
@@ -203,9 +208,16 @@ def main():
     ap.add_argument('--between', type=float, default=0.05,
                     help='share of the other trace points also used as crash points')
     ap.add_argument('--max-points', type=int, default=0, help='0 = all')
+    ap.add_argument('--ack-points', action='store_true',
+                    help='also cut right after every acknowledgement, whatever --max-points '
+                         'samples (the image with every uncovered write dropped only): an '
+                         'acknowledgement no completed flush covers is then always seen')
     ap.add_argument('--scale', type=int, default=1)
     ap.add_argument('--expect-loss', action='store_true',
                     help='a control: succeed only if some image fails the check')
+    ap.add_argument('--loss-of', default='',
+                    help='with --expect-loss: only failures whose line holds this text count '
+                         '(e.g. "lost: w": an append of a writer process)')
     ap.add_argument('--last-flush', action='store_true',
                     help='check only what was acknowledged before the newest completed '
                          'flush began (the nometasync window: the newest commit may go)')
@@ -245,13 +257,17 @@ def main():
         points = sorted(points)
         if a.max_points and len(points) > a.max_points:
             points = rng.sample(points, a.max_points)
-        points = sorted(set(points) | forced)
+        full = set(points) | forced
+        if a.ack_points:
+            points = sorted(full | {i + 1 for i, op in enumerate(ops) if op[0] == 'A'})
+        else:
+            points = sorted(full)
         rep = Replay(ops)
-        jobs, n_img, failures, first = [], 0, 0, []
+        jobs, n_img, failures, first, matching = [], 0, 0, [], 0
         checkenv = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
 
         def run_checks():
-            nonlocal failures
+            nonlocal failures, matching
             while jobs:
                 args = [work, 'check']
                 for (img, acks, _) in jobs:
@@ -271,13 +287,17 @@ def main():
                 for (img, acks, what), line in zip(done, lines):
                     if line.startswith('FAIL'):
                         failures += 1
-                        if len(first) < 5:
+                        if a.loss_of in line:
+                            matching += 1
+                            if len(first) < 5:
+                                first.append('%s: %s' % (what, line))
+                        elif len(first) < 5 and not a.expect_loss:
                             first.append('%s: %s' % (what, line))
                     shutil.rmtree(os.path.dirname(img), ignore_errors=True)
 
         for c in points:
             rep.advance(c)
-            variants = ['drop', 'keep'] + ['random'] * a.random
+            variants = ['drop', 'keep'] + ['random'] * a.random if c in full else ['drop']
             acked = [t for (i, t) in rep.acks if not a.last_flush or i < rep.last_flush]
             for k, v in enumerate(variants):
                 d = os.path.join(tmp, 'img%d' % n_img)
@@ -293,11 +313,12 @@ def main():
             if len(jobs) >= 64:
                 run_checks()
         run_checks()
-        ok = failures > 0 if a.expect_loss else failures == 0
-        print('%s %-9s %-10s%s seed %d: %d records, %d crash points, %d images, %d failed%s' % (
+        ok = matching > 0 if a.expect_loss else failures == 0
+        print('%s %-9s %-10s%s seed %d: %d records, %d crash points, %d images, %d failed%s%s' % (
             'PASS' if ok else 'FAIL', a.scenario, a.mode,
             ' (acks before the last flush)' if a.last_flush else '', a.seed, len(ops), len(points), n_img,
-            failures, ' (control: a loss was expected and seen)' if ok and a.expect_loss else
+            failures, ' (%d with "%s")' % (matching, a.loss_of) if a.loss_of else '',
+            ' (control: a loss was expected and seen)' if ok and a.expect_loss else
             ' (control: no loss seen, the harness is blind)' if a.expect_loss else ''))
         if not a.expect_loss or not ok:
             first = first[:5]

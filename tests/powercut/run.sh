@@ -9,7 +9,9 @@ cd "$(dirname "$0")/../.." || exit 2
 BUILD=${BUILD:-build}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-verify_asan_link_order=0}
 seed=${PC_SEED:-1}
+long=
 if [ "${1:-}" = --long ]; then
+  long=1
   seeds=${PC_SEEDS:-5}
   opts=(--random 6 --between 0.2 --scale 3)
 else
@@ -25,20 +27,30 @@ for ((s = seed; s < seed + seeds; s++)); do
     "$py" tests/powercut/replay.py --build "$BUILD" --scenario "$scen" --seed "$s" "${opts[@]}" ||
       failed=$((failed + 1))
   done
+  # Several processes at once (writers, and writers beside a consumer process): a cut
+  # right after every acknowledgement too, so that one no completed flush covers shows.
+  for scen in procs procs_group; do
+    "$py" tests/powercut/replay.py --build "$BUILD" --scenario "$scen" --seed "$s" --ack-points \
+      "${opts[@]}" || failed=$((failed + 1))
+  done
   # nometasync acknowledges after the same single flush of the write-ahead file.
-  for scen in single threads groups; do
+  for scen in single threads groups ${long:+procs}; do
     "$py" tests/powercut/replay.py --build "$BUILD" --scenario "$scen" --mode nometasync \
       --seed "$s" "${opts[@]}" || failed=$((failed + 1))
   done
   # A write-ahead file small enough to fill up: commits go on across checkpoints, and a
   # batch too big for it is made durable in data.mdb itself.
-  for scen in threads pipeline batch; do
+  for scen in threads pipeline batch ${long:+procs_group}; do
     ENGRAM_TEST_WAL_SIZE=262144 "$py" tests/powercut/replay.py --build "$BUILD" \
       --scenario "$scen" --seed "$s" "${opts[@]}" || failed=$((failed + 1))
   done
   # Controls: ways that do lose acknowledged writes. The harness must see it.
   ENGRAM_TEST_WAL_NOREPLAY=1 "$py" tests/powercut/replay.py --build "$BUILD" \
     --scenario single --seed "$s" --expect-loss "${opts[@]}" || failed=$((failed + 1))
+  # ... and with several processes: some writer process's acknowledged append lost.
+  ENGRAM_TEST_WAL_NOREPLAY=1 "$py" tests/powercut/replay.py --build "$BUILD" \
+    --scenario procs --seed "$s" --expect-loss --loss-of "lost: w" "${opts[@]}" ||
+    failed=$((failed + 1))
   "$py" tests/powercut/replay.py --build "$BUILD" --scenario threads --mode async \
     --seed "$s" --expect-loss "${opts[@]}" || failed=$((failed + 1))
   # A reclaim that renames its copy into place unflushed loses the log.

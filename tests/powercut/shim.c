@@ -1,24 +1,32 @@
 /* shim.c — LD_PRELOAD recorder for the power-cut test: logs every write, flush and
- * directory change a process makes under $PC_ROOT to the trace file $PC_TRACE, in one
- * total order, together with the acknowledgements the workload reports through pc_ack().
+ * directory change the processes it is preloaded into make under $PC_ROOT to the trace
+ * file $PC_TRACE, in one total order across all of them, together with the
+ * acknowledgements the workloads report through pc_ack().
  *
  * Each record: u8 type, u64 inode, u64 offset, u32 length, then `length` bytes. Types:
  *   W  data written at offset (pwrite, write, writev, pwritev)
  *   D  data written through an O_DSYNC/O_SYNC descriptor: durable when the call returns
  *   T  file truncated or extended to `offset` bytes (ftruncate, open with O_TRUNC)
- *   B  flush of the inode begins (fsync, fdatasync); offset = flush id
+ *   B  flush of the inode begins (fsync, fdatasync); offset = flush id (unique in the
+ *      trace, whichever process flushes)
  *   E  that flush returned: every W/T of the inode recorded before its B is durable
  *   b/e  the same for a directory (payload: its path)
  *   C  file created (payload: path); M mkdir, U unlink, X rmdir (payload: path);
  *   R  rename (payload: old path, NUL, new path)
  *   A  the workload's acknowledgement (payload: its text)
  *   Z  msync: LMDB writes through its map (MDB_WRITEMAP), which the replay cannot model
- * Paths are relative to $PC_ROOT ("." is the root itself). LMDB's lock file, the
- * notification board and sockets hold no data and are not tracked.
+ * Paths are relative to $PC_ROOT ("." is the root itself). Files are named by inode, which
+ * every process sees alike. LMDB's lock file, the write-ahead file's shared state
+ * (wal.shm), the notification board and sockets hold no data (mapped shared state that
+ * recovery rebuilds, or locks) and are not tracked: crash images do not have them.
  *
  * A write holds the shim's lock across the system call, so the trace order is the order
  * the kernel saw. A flush releases it while it runs: writes that land meanwhile are
- * recorded after its B, so the replay never counts them as covered by it. */
+ * recorded after its B, so the replay never counts them as covered by it. The lock is
+ * this process's mutex and, across processes, an OFD lock on $PC_TRACE.lock, whose first
+ * eight bytes (mapped) count the flushes; the trace is opened O_APPEND by every process
+ * (the first creates it). A process started with the shim preloaded joins the same
+ * trace, so a workload that runs several processes (fork + exec) is recorded whole. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -32,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -51,7 +60,8 @@ static struct fdinfo fds[MAXFD];
 static char root[PATH_MAX];
 static size_t root_len;
 static int trace_fd = -1;
-static uint64_t flush_seq;
+static int lock_fd = -1;    /* $PC_TRACE.lock: the lock between processes */
+static uint64_t *flush_seq; /* its first eight bytes, mapped shared */
 static int ready;
 
 static int (*real_open)(const char *, int, ...);
@@ -71,6 +81,7 @@ static int (*real_unlink)(const char *);
 static int (*real_mkdir)(const char *, mode_t);
 static int (*real_rmdir)(const char *);
 static int (*real_msync)(void *, size_t, int);
+static int (*real_fcntl)(int, int, ...);
 
 /* Finds the real functions. Called by the constructor, or earlier by the first wrapper
  * a sanitizer runtime calls while it starts (before this library's constructor ran). */
@@ -95,6 +106,23 @@ static void resolve(void) {
   real_mkdir = dlsym(RTLD_NEXT, "mkdir");
   real_rmdir = dlsym(RTLD_NEXT, "rmdir");
   real_msync = dlsym(RTLD_NEXT, "msync");
+  real_fcntl = dlsym(RTLD_NEXT, "fcntl");
+}
+
+/* The shim's lock: the mutex orders this process's threads, the OFD lock (owned by the
+ * open file description, which this process alone has: O_CLOEXEC, and a child that
+ * forks runs exec before it writes) orders the processes. */
+static void lock(void) {
+  pthread_mutex_lock(&mu);
+  struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+  while (real_fcntl(lock_fd, F_OFD_SETLKW, &l) < 0)
+    if (errno != EINTR) abort(); /* unordered records would make the test lie */
+}
+
+static void unlock(void) {
+  struct flock l = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+  if (real_fcntl(lock_fd, F_OFD_SETLK, &l) < 0) abort();
+  pthread_mutex_unlock(&mu);
 }
 
 __attribute__((constructor)) static void init(void) {
@@ -104,8 +132,17 @@ __attribute__((constructor)) static void init(void) {
   snprintf(root, sizeof root, "%s", r);
   root_len = strlen(root);
   while (root_len > 1 && root[root_len - 1] == '/') root[--root_len] = '\0';
-  trace_fd = real_open(t, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
-  ready = trace_fd >= 0;
+  char lf[PATH_MAX];
+  if (snprintf(lf, sizeof lf, "%s.lock", t) >= (int)sizeof lf) return;
+  /* Every process appends to the same trace: the one that comes first creates it (the
+   * harness gives a path that does not exist yet). */
+  trace_fd = real_open(t, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  lock_fd = real_open(lf, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (trace_fd < 0 || lock_fd < 0 || real_ftruncate(lock_fd, 4096) < 0) abort();
+  void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, lock_fd, 0);
+  if (p == MAP_FAILED) abort();
+  flush_seq = p;
+  ready = 1;
 }
 
 static void put(int type, uint64_t ino, uint64_t off, const void *a, size_t alen, const void *b,
@@ -154,8 +191,8 @@ static const char *rel_of(int dirfd, const char *path, char *buf) {
   const char *base = strrchr(buf, '/');
   base = base ? base + 1 : buf;
   size_t bl = strlen(base);
-  if (!strcmp(base, "lock.mdb") || !strcmp(base, "notify.board") || !strcmp(base, "daemon.lock") ||
-      (bl > 4 && !strcmp(base + bl - 4, ".ipc")))
+  if (!strcmp(base, "lock.mdb") || !strcmp(base, "wal.shm") || !strcmp(base, "notify.board") ||
+      !strcmp(base, "daemon.lock") || (bl > 4 && !strcmp(base + bl - 4, ".ipc")))
     return NULL;
   return buf;
 }
@@ -167,7 +204,7 @@ static int do_open(int dirfd, const char *path, int flags, mode_t mode, int at) 
   if (!ready) {
     return at ? real_openat(dirfd, path, flags, mode) : real_open(path, flags, mode);
   }
-  pthread_mutex_lock(&mu);
+  lock();
   char buf[PATH_MAX];
   const char *rel = rel_of(at ? dirfd : AT_FDCWD, path, buf);
   struct stat st;
@@ -188,7 +225,7 @@ static int do_open(int dirfd, const char *path, int flags, mode_t mode, int at) 
       if (existed && (flags & O_TRUNC)) put('T', f->ino, 0, NULL, 0, NULL, 0);
     }
   }
-  pthread_mutex_unlock(&mu);
+  unlock();
   errno = e;
   return fd;
 }
@@ -236,10 +273,10 @@ int creat(const char *path, mode_t mode) {
 int close(int fd) {
   resolve();
   if (tracked(fd)) {
-    pthread_mutex_lock(&mu);
+    lock();
     fds[fd].tracked = 0;
     int rc = real_close(fd);
-    pthread_mutex_unlock(&mu);
+    unlock();
     return rc;
   }
   return real_close(fd);
@@ -263,12 +300,12 @@ static void record_write(int fd, off_t off, const struct iovec *iov, int n, ssiz
 }
 
 static ssize_t vwrite(int fd, const struct iovec *iov, int n, off_t off, int positioned) {
-  pthread_mutex_lock(&mu);
+  lock();
   off_t at = positioned ? off : lseek(fd, 0, SEEK_CUR);
   ssize_t rc = positioned ? real_pwritev(fd, iov, n, off) : real_writev(fd, iov, n);
   int e = errno;
   if (at >= 0) record_write(fd, at, iov, n, rc);
-  pthread_mutex_unlock(&mu);
+  unlock();
   errno = e;
   return rc;
 }
@@ -309,11 +346,11 @@ ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t off) {
 int ftruncate(int fd, off_t len) {
   resolve();
   if (!tracked(fd)) return real_ftruncate(fd, len);
-  pthread_mutex_lock(&mu);
+  lock();
   int rc = real_ftruncate(fd, len);
   int e = errno;
   if (rc == 0) put('T', fds[fd].ino, (uint64_t)len, NULL, 0, NULL, 0);
-  pthread_mutex_unlock(&mu);
+  unlock();
   errno = e;
   return rc;
 }
@@ -321,23 +358,23 @@ int ftruncate(int fd, off_t len) {
 static int flush(int fd, int (*fn)(int)) {
   resolve();
   if (!tracked(fd)) return fn(fd);
-  pthread_mutex_lock(&mu);
-  uint64_t id = ++flush_seq;
+  lock();
+  uint64_t id = ++*flush_seq;
   struct fdinfo f = fds[fd];
   if (f.dir)
     put('b', 0, id, f.rel, strlen(f.rel), NULL, 0);
   else
     put('B', f.ino, id, NULL, 0, NULL, 0);
-  pthread_mutex_unlock(&mu);
+  unlock();
   int rc = fn(fd);
   int e = errno;
   if (rc == 0) {
-    pthread_mutex_lock(&mu);
+    lock();
     if (f.dir)
       put('e', 0, id, f.rel, strlen(f.rel), NULL, 0);
     else
       put('E', f.ino, id, NULL, 0, NULL, 0);
-    pthread_mutex_unlock(&mu);
+    unlock();
   }
   errno = e;
   return rc;
@@ -358,14 +395,14 @@ static int path_op(int type, const char *path, int (*fn)(const char *), const ch
   resolve();
   char b1[PATH_MAX], b2[PATH_MAX];
   if (!ready) return fn ? fn(path) : fn2(path, path2);
-  pthread_mutex_lock(&mu);
+  lock();
   const char *r1 = rel_of(AT_FDCWD, path, b1);
   const char *r2 = path2 ? rel_of(AT_FDCWD, path2, b2) : NULL;
   int rc = fn ? fn(path) : fn2(path, path2);
   int e = errno;
   if (rc == 0 && r1 && (!path2 || r2))
     put(type, 0, 0, r1, strlen(r1) + (path2 ? 1 : 0), r2, r2 ? strlen(r2) : 0);
-  pthread_mutex_unlock(&mu);
+  unlock();
   errno = e;
   return rc;
 }
@@ -396,9 +433,9 @@ int rename(const char *a, const char *b) {
 int msync(void *addr, size_t len, int flags) {
   resolve();
   if (ready) {
-    pthread_mutex_lock(&mu);
+    lock();
     put('Z', 0, 0, NULL, 0, NULL, 0);
-    pthread_mutex_unlock(&mu);
+    unlock();
   }
   return real_msync(addr, len, flags);
 }
@@ -407,7 +444,7 @@ int msync(void *addr, size_t len, int flags) {
  * without the shim too. */
 void pc_ack(const char *text) {
   if (!ready) return;
-  pthread_mutex_lock(&mu);
+  lock();
   put('A', 0, 0, text, strlen(text), NULL, 0);
-  pthread_mutex_unlock(&mu);
+  unlock();
 }
