@@ -904,6 +904,36 @@ int log_wal_attach(struct log *log) {
   return rc;
 }
 
+/* An ended read transaction kept for reuse as a pin, or NULL (pin_begin starts one). */
+static MDB_txn *pin_spare(struct wal *w) {
+  MDB_txn *t = NULL;
+  pthread_mutex_lock(&w->sync_mu);
+  if (w->n_spare) t = w->spare[--w->n_spare];
+  pthread_mutex_unlock(&w->sync_mu);
+  return t;
+}
+
+/* Makes cand (a read transaction begun before the records up to upto were known
+ * durable) the pin when `durable` and newer than the pin; ends whichever is left over,
+ * keeping it for reuse. */
+static void pin_offer(struct wal *w, MDB_txn *cand, int durable, uint64_t upto) {
+  pthread_mutex_lock(&w->sync_mu);
+  if (cand && durable && upto > w->pin_seq) {
+    MDB_txn *old = w->pin;
+    w->pin = cand;
+    w->pin_seq = upto;
+    cand = old;
+  }
+  if (cand) {
+    mdb_txn_reset(cand);
+    if (w->n_spare < WAL_SPARE_PINS)
+      w->spare[w->n_spare++] = cand;
+    else
+      mdb_txn_abort(cand);
+  }
+  pthread_mutex_unlock(&w->sync_mu);
+}
+
 /* A flush descriptor of the file, from the handle's pool or newly opened. -1 (errno set)
  * when none opens. */
 static int flush_fd_take(struct log *log) {
@@ -951,10 +981,7 @@ int log_wal_sync(struct log *log) {
   uint64_t want = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
   if (__atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) >= want) return 0;
   /* A candidate pin first: its commit's record is then among those this flush covers. */
-  MDB_txn *cand = NULL;
-  pthread_mutex_lock(&w->sync_mu);
-  if (w->n_spare) cand = w->spare[--w->n_spare];
-  pthread_mutex_unlock(&w->sync_mu);
+  MDB_txn *cand = pin_spare(w);
   int prc = pin_begin(log, &cand);
   uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
   int rc = 0;
@@ -986,22 +1013,7 @@ int log_wal_sync(struct log *log) {
                                                       __ATOMIC_ACQUIRE)) {
     }
   }
-  pthread_mutex_lock(&w->sync_mu);
-  if (rc == 0 && prc == 0 && upto > w->pin_seq) {
-    /* The newest flushed pin holds; the one it replaces ends. */
-    MDB_txn *old = w->pin;
-    w->pin = cand;
-    w->pin_seq = upto;
-    cand = old;
-  }
-  if (cand) {
-    mdb_txn_reset(cand);
-    if (w->n_spare < WAL_SPARE_PINS)
-      w->spare[w->n_spare++] = cand;
-    else
-      mdb_txn_abort(cand);
-  }
-  pthread_mutex_unlock(&w->sync_mu);
+  pin_offer(w, cand, rc == 0 && prc == 0, upto);
   pthread_mutex_lock(&log->mu);
   log->last_flush_ns = took;
   log->st_flushes++;
@@ -1103,30 +1115,13 @@ void log_wal_kick(struct log *log) {
 static void pin_advance(struct log *log) {
   struct wal *w = log->wal;
   struct wal_shm *s = w->shm;
-  MDB_txn *cand = NULL;
-  pthread_mutex_lock(&w->sync_mu);
-  if (w->n_spare) cand = w->spare[--w->n_spare];
-  pthread_mutex_unlock(&w->sync_mu);
+  MDB_txn *cand = pin_spare(w);
   if (pin_begin(log, &cand) != 0) return;
   /* Read after the candidate began: its commit's record is among those up to here. */
   uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
   int durable = __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) >= upto &&
                 !__atomic_load_n(&s->broken, __ATOMIC_ACQUIRE);
-  pthread_mutex_lock(&w->sync_mu);
-  if (durable && upto > w->pin_seq) {
-    MDB_txn *old = w->pin;
-    w->pin = cand;
-    w->pin_seq = upto;
-    cand = old;
-  }
-  if (cand) {
-    mdb_txn_reset(cand);
-    if (w->n_spare < WAL_SPARE_PINS)
-      w->spare[w->n_spare++] = cand;
-    else
-      mdb_txn_abort(cand);
-  }
-  pthread_mutex_unlock(&w->sync_mu);
+  pin_offer(w, cand, durable, upto);
 }
 
 void log_wal_work(struct log *log, int work) {
