@@ -17,9 +17,9 @@
  * With the write-ahead file (wal.c) none of the above two-flush dance is needed: one
  * flush of that file makes a commit durable. The leader commits one batch that needs it,
  * hands the leadership on and pays the flush itself; the next leader commits the writers
- * queued meanwhile while that flush runs, and its own flush (which waits for the running
- * one) covers them. Commits and flushes overlap, and flushes follow each other with no
- * gap while writers keep coming.
+ * queued meanwhile while that flush runs and starts its own flush at once (flushes of the
+ * file run side by side, from any thread or process). Whichever flush ends first releases
+ * every batch its records covered.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -424,6 +424,37 @@ int log_job_enqueue(struct log *log, struct log_job *job) {
   return 0;
 }
 
+/* Flushes the batch a leader just committed, after handing the leadership on: a waiting
+ * writer leads the next commit meanwhile. Then releases every batch this flush (or a
+ * later one) covered, whichever thread flushes it: flushes may end in any order. Entered
+ * and left with mu held. */
+static void flush_batch(struct log *log, struct batch *b) {
+  log->flushing++;
+  b->next = log->inflight;
+  /* On the caller's stack: it leaves the list below, before this call returns. */
+  // cppcheck-suppress autoVariables
+  log->inflight = b;
+  pthread_mutex_unlock(&log->mu);
+  int rc = log_wal_sync(log);
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
+  uint64_t synced = rc == 0 ? log_wal_synced(log) : 0;
+  pthread_mutex_lock(&log->mu);
+  /* A batch off the list is no longer its flusher's (which may return at once), so a copy
+   * is released; the scan starts over after each, as release() lets go of mu meanwhile. */
+  for (;;) {
+    struct batch **pb = &log->inflight, *x;
+    for (; *pb; pb = &(*pb)->next)
+      if (*pb == b || (rc == 0 && (*pb)->seq <= synced)) break;
+    if (!(x = *pb)) break;
+    *pb = x->next;
+    struct batch c = *x;
+    release(log, &c, x == b ? rc : 0, msg);
+    log->flushing--; /* after: release() lets go of mu while it publishes */
+  }
+  pthread_cond_broadcast(&log->cv);
+}
+
 int log_job_wait(struct log *log, struct log_job *job) {
   pthread_mutex_lock(&log->mu);
   while (!job->done) {
@@ -438,36 +469,7 @@ int log_job_wait(struct log *log, struct log_job *job) {
       log->leader_job = NULL;
       log->leader = 0;
       pthread_cond_broadcast(&log->cv);
-      if (b.jobs) {
-        /* A batch to flush: a waiting writer leads the next commit meanwhile. */
-        log->flushing++;
-        b.next = log->inflight;
-        /* On this thread's stack: it leaves the list below, before this call returns. */
-        // cppcheck-suppress autoVariables
-        log->inflight = &b;
-        pthread_mutex_unlock(&log->mu);
-        int rc = log_wal_sync(log);
-        char msg[256];
-        snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
-        uint64_t synced = rc == 0 ? log_wal_synced(log) : 0;
-        pthread_mutex_lock(&log->mu);
-        /* Every batch this flush (or a later one) covered is released now, whichever
-         * thread flushes it: flushes may end in any order. A batch off the list is no
-         * longer its flusher's (which may return at once), so a copy is released; the
-         * scan starts over after each, as release() lets go of mu meanwhile. */
-        for (;;) {
-          struct batch **pb = &log->inflight, *x = NULL;
-          for (; *pb; pb = &(*pb)->next)
-            if (*pb == &b || (rc == 0 && (*pb)->seq <= synced)) break;
-          if (!(x = *pb)) break;
-          *pb = x->next;
-          struct batch c = *x;
-          int own = x == &b;
-          release(log, &c, own ? rc : 0, msg);
-          log->flushing--; /* after: release() lets go of mu while it publishes */
-        }
-        pthread_cond_broadcast(&log->cv);
-      }
+      if (b.jobs) flush_batch(log, &b);
     } else {
       pthread_cond_wait(&log->cv, &log->mu);
     }
