@@ -237,9 +237,11 @@ ENGRAM_API int engram_sync(engram *log);
  * bound i-1 and at most bound i of ENGRAM_DURATION_BOUNDS_US (microseconds), the last
  * bucket those above every bound. /metrics shows them as Prometheus histograms. */
 #define ENGRAM_DURATION_BUCKETS 16
-#define ENGRAM_DURATION_BOUNDS_US                                                             \
-  {50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, \
-   2500000}
+#define ENGRAM_DURATION_BOUNDS_US                                                              \
+  {                                                                                            \
+    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, \
+        2500000                                                                                \
+  }
 typedef struct engram_duration_hist {
   uint64_t count;                            /* durations counted */
   uint64_t sum_ns;                           /* their sum, nanoseconds */
@@ -555,11 +557,12 @@ ENGRAM_API int engram_group_reset(engram *log, const char *topic, const char *gr
                                   engram_start to, uint64_t offset, int64_t time_ns);
 
 /* Leases up to `max` events (1 .. ENGRAM_MAX_FETCH) to `consumer`: first events whose
- * lease expired or whose retry delay passed, then new ones matching the group's filters. Each event's attempt
- * is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to wait_ms
- * for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a fetch
- * returns once its leases are written and flushed but before they are made durable: a power cut may
- * undo the newest fetches, which only delivers their events again. Errors: EINVAL, ENOTFOUND. */
+ * lease expired or whose retry delay passed, then new ones matching the group's filters. Each
+ * event's attempt is 1 on first delivery. With wait_ms > 0 and nothing to deliver, waits up to
+ * wait_ms for events (at most ENGRAM_MAX_FETCH_WAIT_MS). *out may be an empty batch. In sync mode a
+ * fetch returns once its leases are written and flushed but before they are made durable: a power
+ * cut may undo the newest fetches, which only delivers their events again. Errors: EINVAL,
+ * ENOTFOUND. */
 ENGRAM_API int engram_fetch(engram *log, const char *topic, const char *group, const char *consumer,
                             size_t max, uint64_t wait_ms, engram_batch **out);
 
@@ -778,8 +781,8 @@ typedef struct engram_serve_options {
   const char *allow_keys_file; /* CURVE: a file of allowed client keys, one a line (bare Z85
                                   or `public-key = KEY`; blank and '#' lines skipped), added
                                   to allow_keys; read at start and again on SIGHUP */
-  const char *log_file; /* log lines appended to this file instead of stderr; reopened on
-                           SIGHUP (after logrotate moved it); NULL = stderr */
+  const char *log_file;        /* log lines appended to this file instead of stderr; reopened on
+                                  SIGHUP (after logrotate moved it); NULL = stderr */
 } engram_serve_options;
 /* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
  * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with
@@ -790,9 +793,10 @@ typedef struct engram_serve_options {
 ENGRAM_API int engram_serve(const char *data_dir, const engram_serve_options *opts);
 /* The daemon holds DIR/daemon.lock, logs one line per notable event on stderr (or
  * log_file), takes the commits of embedded writers of other processes on
- * ipc://DIR/notify-in.ipc and answers a malformed request with ENGRAM_EPROTO. Other errors: EINVAL (options), EBUSY (directory
- * or endpoint in use, or a daemon already runs in this process), ENOTSUP (CURVE without
- * libzmq support), EINVAL or EIO for an allow_keys_file that does not read ("FILE:LINE:
+ * ipc://DIR/notify-in.ipc and answers a malformed request with ENGRAM_EPROTO. Other errors: EINVAL
+ * (options), EBUSY (directory or endpoint in use, or a daemon already runs in this process),
+ * ENOTSUP (CURVE without libzmq support), EINVAL or EIO for an allow_keys_file that does not read
+ * ("FILE:LINE:
  * ..." in the message) or a log_file that cannot be opened, and those of engram_open(). */
 /* Asks a running engram_serve() of this process to stop (async-signal-safe). */
 ENGRAM_API void engram_serve_stop(void);
@@ -938,13 +942,13 @@ ENGRAM_API int engram_compact(engram *log, const char *topic, engram_compact_rep
 /* The rate fields of engram_rate_info, one X(type, name) each, in the struct's order: each
  * is an array of ENGRAM_RATE_WINDOWS rates in events per second (the wire, the CLI and
  * the bindings copy them from this list). */
-#define ENGRAM_RATE_FIELDS(X)                                                              \
-  X(double, appended)      /* events appended to the topic (those retention already        \
-                              removed are not counted) */                                  \
-  X(double, delivered)     /* deliveries by the group, first and later attempts */         \
-  X(double, acked)         /* acks accepted */                                             \
-  X(double, nacked)        /* nacks accepted */                                            \
-  X(double, rejected)      /* rejects accepted */                                          \
+#define ENGRAM_RATE_FIELDS(X)                                                       \
+  X(double, appended)      /* events appended to the topic (those retention already \
+                              removed are not counted) */                           \
+  X(double, delivered)     /* deliveries by the group, first and later attempts */  \
+  X(double, acked)         /* acks accepted */                                      \
+  X(double, nacked)        /* nacks accepted */                                     \
+  X(double, rejected)      /* rejects accepted */                                   \
   X(double, dead_lettered) /* events that entered the group's dead-letter queue */
 /* Declares one field of ENGRAM_RATE_FIELDS. */
 #define ENGRAM_RATE_FIELD_(type, name) type name[ENGRAM_RATE_WINDOWS];
@@ -961,8 +965,7 @@ typedef struct engram_rate_info {
  * counts are interpolated at the window's older end, so a rate moves smoothly. *out is a
  * malloc'd array of *n entries freed with engram_free(). Errors: EINVAL (NULL argument,
  * topic name), ENOTFOUND (topic). */
-ENGRAM_API int engram_rate_list(engram *log, const char *topic, engram_rate_info **out,
-                                size_t *n);
+ENGRAM_API int engram_rate_list(engram *log, const char *topic, engram_rate_info **out, size_t *n);
 
 /* ---------------------------------------------------------------------------------
  * Schedules: periodic appends stored in the log (beat without its double fires; see
@@ -1057,7 +1060,7 @@ typedef struct engram_schedule_config {
   X(int64_t, last_fire_ns)  /* clock time of the newest fire, manual ones included */           \
   X(uint64_t, last_offset)  /* offset of the event of the newest fire */                        \
   X(int64_t, next_slot_ns)  /* the next slot to fire (also while paused: what would fire)    */ \
-  X(int64_t, updated_ns)    /* last change of the configuration (add, a changing set) */      \
+  X(int64_t, updated_ns)    /* last change of the configuration (add, a changing set) */        \
   X(int64_t, last_error_ns) /* when a fire last failed (see last_error), 0 = none */
 
 typedef struct engram_schedule_info {

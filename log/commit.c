@@ -234,11 +234,12 @@ static void release(struct log *log, struct batch *b, int rc, const char *msg) {
       snprintf(j->msg, sizeof j->msg, "%s", msg);
     }
     j->done = 1;
+    /* Under mu, which the writer needs to see done: the job is still there. */
+    if (j->waiting) pthread_cond_signal(&j->cv);
     j = next;
   }
   b->jobs = NULL;
   b->touched = NULL;
-  pthread_cond_broadcast(&log->cv);
 }
 
 /* Releases the batch whose meta page a flush just made durable. Called with mu held. */
@@ -303,7 +304,7 @@ static void gather(struct log *log) {
   ts.tv_nsec = t % 1000000000;
   log->gathering = 1;
   while (log->active < log->writers_hint && !log->closing) {
-    if (pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts) == ETIMEDOUT) {
+    if (pthread_cond_timedwait(&log->gather_cv, &log->mu, &ts) == ETIMEDOUT) {
       log->writers_hint = log->active;
       break;
     }
@@ -410,6 +411,8 @@ int log_job_enqueue(struct log *log, struct log_job *job) {
   }
   job->next = NULL;
   job->done = 0;
+  job->waiting = 0;
+  pthread_cond_init(&job->cv, NULL);
   job->enq_commits = log->st_commits;
   job->enq_ns = clock_monotonic_ns();
   if (log->q_tail)
@@ -419,7 +422,7 @@ int log_job_enqueue(struct log *log, struct log_job *job) {
   log->q_tail = job;
   log->q_len++;
   if (++log->active > log->writers_hint) log->writers_hint = log->active;
-  if (log->gathering) pthread_cond_broadcast(&log->flush_cv);
+  if (log->gathering) pthread_cond_signal(&log->gather_cv);
   pthread_mutex_unlock(&log->mu);
   return 0;
 }
@@ -455,6 +458,18 @@ static void flush_batch(struct log *log, struct batch *b) {
   pthread_cond_broadcast(&log->cv);
 }
 
+/* Wakes a writer to lead when work is left and the leader has gone: the first queued job
+ * whose writer sleeps (or, without the write-ahead file, one awaiting the flush of its
+ * commit). A writer that has queued but not yet come to wait leads by itself when it
+ * does. Called with mu held. */
+static void wake_leader(struct log *log) {
+  struct log_job *j = log->q_head;
+  while (j && !j->waiting) j = j->next;
+  if (!j)
+    for (j = log->pending_jobs; j && !j->waiting;) j = j->next;
+  if (j) pthread_cond_signal(&j->cv);
+}
+
 int log_job_wait(struct log *log, struct log_job *job) {
   pthread_mutex_lock(&log->mu);
   while (!job->done) {
@@ -468,12 +483,16 @@ int log_job_wait(struct log *log, struct log_job *job) {
       note_wait(log, job);
       log->leader_job = NULL;
       log->leader = 0;
-      pthread_cond_broadcast(&log->cv);
+      pthread_cond_broadcast(&log->cv); /* close() waits for the leader to leave */
+      if (log->q_head || log->pending_jobs) wake_leader(log);
       if (b.jobs) flush_batch(log, &b);
     } else {
-      pthread_cond_wait(&log->cv, &log->mu);
+      job->waiting = 1;
+      pthread_cond_wait(&job->cv, &log->mu);
+      job->waiting = 0;
     }
   }
+  pthread_cond_destroy(&job->cv);
   log->active--;
   log_hist_add(&log->st_write, clock_monotonic_ns() - job->enq_ns);
   pthread_mutex_unlock(&log->mu);
@@ -624,6 +643,7 @@ void log_commit_stop(struct log *log) {
   pthread_mutex_lock(&log->mu);
   log->closing = 1;
   pthread_cond_broadcast(&log->flush_cv);
+  pthread_cond_broadcast(&log->gather_cv);
   while (log->leader || log->q_head || log->pending_jobs || log->flushing)
     pthread_cond_wait(&log->cv, &log->mu);
   int trainer = log->trainer_running;

@@ -816,6 +816,7 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&log->append_cv, &ca);
   pthread_cond_init(&log->flush_cv, &ca);
+  pthread_cond_init(&log->gather_cv, &ca);
   pthread_condattr_destroy(&ca);
   log->owner_pid = getpid();
   if (!log->path) {
@@ -893,6 +894,7 @@ void log_close(struct log *log) {
   pthread_cond_destroy(&log->cv);
   pthread_cond_destroy(&log->append_cv);
   pthread_cond_destroy(&log->flush_cv);
+  pthread_cond_destroy(&log->gather_cv);
   free(log->path);
   if (log->open_fd >= 0) close(log->open_fd); /* last: the log is closed for a reclaim */
   free(log);

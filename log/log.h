@@ -45,22 +45,25 @@ struct log {
 
   /* Group commit: writers queue jobs, one leader runs them in one transaction. */
   pthread_mutex_t mu;
-  pthread_cond_t cv;        /* signalled when jobs complete or the leader leaves */
+  pthread_cond_t cv;        /* broadcast when the leader leaves or a flush ends (a leader
+                               waiting for flushes, close); a job's writer waits on the
+                               job's own cv */
+  pthread_cond_t gather_cv; /* wakes a gathering leader when a writer queues */
   pthread_cond_t append_cv; /* broadcast after every commit that appended */
   struct log_job *q_head, *q_tail;
-  size_t q_len;           /* jobs queued */
-  size_t active;          /* jobs queued, running or pending: their writers wait */
-  size_t writers_hint;    /* writers expected back: the most recently active, lowered
-                             when a gather wait times out */
-  int64_t last_flush_ns;  /* duration of the last explicit flush */
-  int gathering;          /* the leader waits on flush_cv for writers to queue */
-  int64_t gather_max_ns;  /* longest such wait; 0 = 500 us. The daemon raises it to
-                             about a network round trip. */
-  int leader;             /* 1 while a thread leads a commit */
+  size_t q_len;               /* jobs queued */
+  size_t active;              /* jobs queued, running or pending: their writers wait */
+  size_t writers_hint;        /* writers expected back: the most recently active, lowered
+                                 when a gather wait times out */
+  int64_t last_flush_ns;      /* duration of the last explicit flush */
+  int gathering;              /* the leader waits on gather_cv for writers to queue */
+  int64_t gather_max_ns;      /* longest such wait; 0 = 500 us. The daemon raises it to
+                                 about a network round trip. */
+  int leader;                 /* 1 while a thread leads a commit */
   struct log_job *leader_job; /* that thread's own job */
-  uint64_t append_seq;    /* bumped after every commit that appended */
-  int64_t last_commit_ns; /* monotonic time of the last commit */
-  int dirty;              /* commits not yet forced to disk (nometasync/async) */
+  uint64_t append_seq;        /* bumped after every commit that appended */
+  int64_t last_commit_ns;     /* monotonic time of the last commit */
+  int dirty;                  /* commits not yet forced to disk (nometasync/async) */
   /* Sync mode: the batch committed last, released once a later flush covers its meta
    * page. Whoever leads next releases it. */
   struct log_job *pending_jobs;
@@ -111,8 +114,8 @@ struct log {
    * (CLOCK_MONOTONIC ns) passed. */
   void (*wait_hook)(void *ctx, struct log *log, const char *topic, int64_t deadline_mono_ns);
   void *wait_hook_ctx;
-  struct cg_maint *maint; /* the consumer layer's maintenance runner, NULL = none */
-  int open_fd;            /* DIR/open.lock, held shared while open (reclaim.c); -1 = none */
+  struct cg_maint *maint;      /* the consumer layer's maintenance runner, NULL = none */
+  int open_fd;                 /* DIR/open.lock, held shared while open (reclaim.c); -1 = none */
   engram_progress_fn progress; /* engram_progress_set(); NULL = none */
   struct wal *wal;             /* the write-ahead file (wal.c); NULL = LMDB flushes itself */
   int wal_work;                /* (mu) LOG_WAL_* work for the flusher thread (wal.c) */

@@ -36,13 +36,15 @@ void log_touch(log_wtx *w, const char *topic, uint64_t head);
 struct log_job {
   log_job_fn fn;
   void *arg;
-  int solo;      /* run alone in a top-level transaction */
-  int relaxed;   /* released after its commit, without waiting for the meta flush */
-  int rc;        /* the job's result, or the commit's error */
-  int done;      /* set under log->mu; the job may vanish right after */
+  int solo;             /* run alone in a top-level transaction */
+  int relaxed;          /* released after its commit, without waiting for the meta flush */
+  int rc;               /* the job's result, or the commit's error */
+  int done;             /* set under log->mu; the job may vanish right after */
+  int waiting;          /* its writer sleeps on cv (under log->mu) */
+  pthread_cond_t cv;    /* signalled when the job is done or the leadership is its */
   uint64_t enq_commits; /* log->st_commits when it was queued */
   int64_t enq_ns;       /* CLOCK_MONOTONIC when it was queued */
-  char msg[256]; /* the leader's error message for this job */
+  char msg[256];        /* the leader's error message for this job */
   struct log_job *next;
 };
 /* Counts a duration into a histogram (engram_duration_hist); the caller serialises. */
@@ -162,7 +164,8 @@ typedef struct log_enc {
 int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
                      int64_t ts, uint64_t offset, log_enc *out);
 /* Decompresses a view's payload into dst (raw_len bytes). */
-int log_codec_payload(struct log *log, MDB_txn *txn, uint32_t topic_id, const log_view *v, void *dst);
+int log_codec_payload(struct log *log, MDB_txn *txn, uint32_t topic_id, const log_view *v,
+                      void *dst);
 void log_codec_caches_free(struct log *log);
 /* Makes the codec's process-wide lock usable in a child made by fork(). */
 void log_codec_after_fork(void);

@@ -73,52 +73,52 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
  *   run    the daemon's handler in ops.c (NULL: run elsewhere, appends in their lanes)
  * A new operation is its .proto message, one line here, its handler and its client stub.
  * ------------------------------------------------------------------------------ */
-#define NET_OPS(X)                                                 \
-  X(hello, HELLO, NET_RETRY_SAFE, op_hello)                        \
-  X(sync, SYNC, NET_RETRY_SAFE, op_sync)                           \
-  X(backup, BACKUP, NET_RETRY_NEVER, op_backup)                    \
-  X(topic_create, TOPIC_CREATE, NET_RETRY_NEVER, op_topic_create)  \
-  X(topic_get, TOPIC_GET, NET_RETRY_SAFE, op_topic_get)            \
-  X(topic_list, TOPIC_LIST, NET_RETRY_SAFE, op_topic_list)         \
-  X(topic_drop, TOPIC_DROP, NET_RETRY_NEVER, op_topic_drop)        \
-  X(topic_train_dict, TOPIC_TRAIN_DICT, NET_RETRY_NEVER, op_train) \
-  X(append, APPEND, NET_RETRY_KEYED, NULL)                         \
-  X(read, READ, NET_RETRY_SAFE, op_read)                           \
-  X(read_range, READ_RANGE, NET_RETRY_SAFE, op_read)               \
-  X(verify, VERIFY, NET_RETRY_SAFE, op_verify)                     \
-  X(group_create, GROUP_CREATE, NET_RETRY_NEVER, op_group_create)  \
-  X(group_get, GROUP_GET, NET_RETRY_SAFE, op_group_get)            \
-  X(group_list, GROUP_LIST, NET_RETRY_SAFE, op_group_list)         \
-  X(group_delete, GROUP_DELETE, NET_RETRY_NEVER, op_group_delete)  \
-  X(group_reset, GROUP_RESET, NET_RETRY_NEVER, op_group_reset)     \
-  X(fetch, FETCH, NET_RETRY_NEVER, op_fetch)                       \
-  X(ack, ACK, NET_RETRY_NEVER, op_ack)                             \
-  X(nack, NACK, NET_RETRY_NEVER, op_nack)                          \
-  X(reject, REJECT, NET_RETRY_NEVER, op_reject)                    \
-  X(extend, EXTEND, NET_RETRY_NEVER, op_extend)                    \
-  X(cancel, CANCEL, NET_RETRY_NEVER, op_cancel)                    \
-  X(status_get, STATUS_GET, NET_RETRY_SAFE, op_status_get)         \
-  X(dlq_list, DLQ_LIST, NET_RETRY_SAFE, op_dlq_list)               \
-  X(dlq_purge, DLQ_PURGE, NET_RETRY_NEVER, op_dlq_select)          \
-  X(dlq_redrive, DLQ_REDRIVE, NET_RETRY_NEVER, op_dlq_select)      \
-  X(txn_commit, TXN_COMMIT, NET_RETRY_NEVER, op_txn_commit)        \
-  X(stats, STATS, NET_RETRY_SAFE, op_stats)                        \
-  X(worker_heartbeat, WORKER_HEARTBEAT, NET_RETRY_SAFE, op_beat)   \
-  X(worker_list, WORKER_LIST, NET_RETRY_SAFE, op_workers)          \
-  X(worker_forget, WORKER_FORGET, NET_RETRY_NEVER, op_forget)      \
-  X(topic_set, TOPIC_SET, NET_RETRY_SAFE, op_topic_set)            \
-  X(compact, COMPACT, NET_RETRY_SAFE, op_compact)                  \
-  X(rate_list, RATE_LIST, NET_RETRY_SAFE, op_rates) \
-  X(schedule_add, SCHEDULE_ADD, NET_RETRY_NEVER, op_sched_set)     \
-  X(schedule_set, SCHEDULE_SET, NET_RETRY_SAFE, op_sched_set)      \
-  X(schedule_get, SCHEDULE_GET, NET_RETRY_SAFE, op_sched_get)      \
-  X(schedule_list, SCHEDULE_LIST, NET_RETRY_SAFE, op_sched_list)   \
-  X(schedule_remove, SCHEDULE_REMOVE, NET_RETRY_NEVER, op_sched_op) \
-  X(schedule_pause, SCHEDULE_PAUSE, NET_RETRY_SAFE, op_sched_op)   \
-  X(schedule_resume, SCHEDULE_RESUME, NET_RETRY_SAFE, op_sched_op) \
+#define NET_OPS(X)                                                    \
+  X(hello, HELLO, NET_RETRY_SAFE, op_hello)                           \
+  X(sync, SYNC, NET_RETRY_SAFE, op_sync)                              \
+  X(backup, BACKUP, NET_RETRY_NEVER, op_backup)                       \
+  X(topic_create, TOPIC_CREATE, NET_RETRY_NEVER, op_topic_create)     \
+  X(topic_get, TOPIC_GET, NET_RETRY_SAFE, op_topic_get)               \
+  X(topic_list, TOPIC_LIST, NET_RETRY_SAFE, op_topic_list)            \
+  X(topic_drop, TOPIC_DROP, NET_RETRY_NEVER, op_topic_drop)           \
+  X(topic_train_dict, TOPIC_TRAIN_DICT, NET_RETRY_NEVER, op_train)    \
+  X(append, APPEND, NET_RETRY_KEYED, NULL)                            \
+  X(read, READ, NET_RETRY_SAFE, op_read)                              \
+  X(read_range, READ_RANGE, NET_RETRY_SAFE, op_read)                  \
+  X(verify, VERIFY, NET_RETRY_SAFE, op_verify)                        \
+  X(group_create, GROUP_CREATE, NET_RETRY_NEVER, op_group_create)     \
+  X(group_get, GROUP_GET, NET_RETRY_SAFE, op_group_get)               \
+  X(group_list, GROUP_LIST, NET_RETRY_SAFE, op_group_list)            \
+  X(group_delete, GROUP_DELETE, NET_RETRY_NEVER, op_group_delete)     \
+  X(group_reset, GROUP_RESET, NET_RETRY_NEVER, op_group_reset)        \
+  X(fetch, FETCH, NET_RETRY_NEVER, op_fetch)                          \
+  X(ack, ACK, NET_RETRY_NEVER, op_ack)                                \
+  X(nack, NACK, NET_RETRY_NEVER, op_nack)                             \
+  X(reject, REJECT, NET_RETRY_NEVER, op_reject)                       \
+  X(extend, EXTEND, NET_RETRY_NEVER, op_extend)                       \
+  X(cancel, CANCEL, NET_RETRY_NEVER, op_cancel)                       \
+  X(status_get, STATUS_GET, NET_RETRY_SAFE, op_status_get)            \
+  X(dlq_list, DLQ_LIST, NET_RETRY_SAFE, op_dlq_list)                  \
+  X(dlq_purge, DLQ_PURGE, NET_RETRY_NEVER, op_dlq_select)             \
+  X(dlq_redrive, DLQ_REDRIVE, NET_RETRY_NEVER, op_dlq_select)         \
+  X(txn_commit, TXN_COMMIT, NET_RETRY_NEVER, op_txn_commit)           \
+  X(stats, STATS, NET_RETRY_SAFE, op_stats)                           \
+  X(worker_heartbeat, WORKER_HEARTBEAT, NET_RETRY_SAFE, op_beat)      \
+  X(worker_list, WORKER_LIST, NET_RETRY_SAFE, op_workers)             \
+  X(worker_forget, WORKER_FORGET, NET_RETRY_NEVER, op_forget)         \
+  X(topic_set, TOPIC_SET, NET_RETRY_SAFE, op_topic_set)               \
+  X(compact, COMPACT, NET_RETRY_SAFE, op_compact)                     \
+  X(rate_list, RATE_LIST, NET_RETRY_SAFE, op_rates)                   \
+  X(schedule_add, SCHEDULE_ADD, NET_RETRY_NEVER, op_sched_set)        \
+  X(schedule_set, SCHEDULE_SET, NET_RETRY_SAFE, op_sched_set)         \
+  X(schedule_get, SCHEDULE_GET, NET_RETRY_SAFE, op_sched_get)         \
+  X(schedule_list, SCHEDULE_LIST, NET_RETRY_SAFE, op_sched_list)      \
+  X(schedule_remove, SCHEDULE_REMOVE, NET_RETRY_NEVER, op_sched_op)   \
+  X(schedule_pause, SCHEDULE_PAUSE, NET_RETRY_SAFE, op_sched_op)      \
+  X(schedule_resume, SCHEDULE_RESUME, NET_RETRY_SAFE, op_sched_op)    \
   X(schedule_run_now, SCHEDULE_RUN_NOW, NET_RETRY_NEVER, op_sched_op) \
-  X(schedule_tick, SCHEDULE_TICK, NET_RETRY_SAFE, op_sched_tick) \
-  X(log_info, LOG_INFO, NET_RETRY_SAFE, op_log_info) \
+  X(schedule_tick, SCHEDULE_TICK, NET_RETRY_SAFE, op_sched_tick)      \
+  X(log_info, LOG_INFO, NET_RETRY_SAFE, op_log_info)                  \
   X(ack_fetch, ACK_FETCH, NET_RETRY_NEVER, op_ack_fetch)
 
 enum { NET_RETRY_NEVER, NET_RETRY_SAFE, NET_RETRY_KEYED };

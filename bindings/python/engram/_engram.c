@@ -391,9 +391,10 @@ static PyObject *topic_dict(const engram_topic_info *t) {
 
 /* topic_create and topic_set: (topic, config keywords) -> the call. */
 static PyObject *topic_config_call(LogObject *self, PyObject *args, PyObject *kw, int set) {
-  static char *kws[] = {"topic", "compress_threshold", "max_payload", "dict_train_after",
-                        "flags", "max_age_ms",         "max_bytes",   "max_events",
-                        "tombstone_ttl_ms", "tombstone_type", NULL};
+  static char *kws[] = {
+      "topic",      "compress_threshold", "max_payload", "dict_train_after", "flags",
+      "max_age_ms", "max_bytes",          "max_events",  "tombstone_ttl_ms", "tombstone_type",
+      NULL};
   const char *topic, *tomb_type = NULL;
   engram_topic_config c;
   memset(&c, 0, sizeof c);
@@ -617,12 +618,12 @@ static PyObject *event_tuple(const engram_event *ev) {
     Py_DECREF(v);
   }
   const char *ct = ev->content_type && *ev->content_type ? ev->content_type : NULL;
-  return Py_BuildValue(
-      "(KNNNy#NNNLLII)", (unsigned long long)ev->offset, str_or_none(ev->topic),
-      str_or_none(ev->type), str_or_none(ev->key), ev->payload ? (const char *)ev->payload : "",
-      (Py_ssize_t)ev->payload_len, str_or_none(ct), h, str_or_none(ev->idempotency_key),
-      (long long)ev->deliver_at_ns, (long long)ev->timestamp_ns, (unsigned int)ev->attempt,
-      (unsigned int)ev->flags);
+  return Py_BuildValue("(KNNNy#NNNLLII)", (unsigned long long)ev->offset, str_or_none(ev->topic),
+                       str_or_none(ev->type), str_or_none(ev->key),
+                       ev->payload ? (const char *)ev->payload : "", (Py_ssize_t)ev->payload_len,
+                       str_or_none(ct), h, str_or_none(ev->idempotency_key),
+                       (long long)ev->deliver_at_ns, (long long)ev->timestamp_ns,
+                       (unsigned int)ev->attempt, (unsigned int)ev->flags);
 }
 
 /* Converts a batch to a list of event tuples and frees it. */
@@ -721,8 +722,8 @@ out:
 static void append_done_cb(void *ctx, int rc, uint64_t offset, int dup) {
   PyObject *fn = ctx;
   PyGILState_STATE g = PyGILState_Ensure();
-  PyObject *r = PyObject_CallFunction(fn, "iKO", rc, (unsigned long long)offset,
-                                      dup ? Py_True : Py_False);
+  PyObject *r =
+      PyObject_CallFunction(fn, "iKO", rc, (unsigned long long)offset, dup ? Py_True : Py_False);
   if (r)
     Py_DECREF(r);
   else
@@ -793,8 +794,8 @@ static PyObject *Log_read_range(LogObject *self, PyObject *args) {
   engram_batch *b = NULL;
   int rc;
   char msg[MSG_MAX];
-  if (!PyArg_ParseTuple(args, "O&O&O&|p:read_range", conv_str, &topic, conv_u64, &from,
-                        conv_size, &max, &covered))
+  if (!PyArg_ParseTuple(args, "O&O&O&|p:read_range", conv_str, &topic, conv_u64, &from, conv_size,
+                        &max, &covered))
     return NULL;
   if (enter(self)) return NULL;
   RUN(self, rc, msg, engram_read_range(self->log, topic, from, max, &b));
@@ -1929,7 +1930,8 @@ static PyMethodDef Log_methods[] = {
     {"topic_info", (PyCFunction)Log_topic_info, METH_VARARGS, "topic_info(topic) -> dict"},
     {"topic_set", (PyCFunction)(void (*)(void))Log_topic_set, METH_VARARGS | METH_KEYWORDS,
      "topic_set(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0, "
-     "max_age_ms=0, max_bytes=0, max_events=0, tombstone_ttl_ms=0, tombstone_type=''): replaces the "
+     "max_age_ms=0, max_bytes=0, max_events=0, tombstone_ttl_ms=0, tombstone_type=''): replaces "
+     "the "
      "topic's config"},
     {"compact", (PyCFunction)Log_compact, METH_VARARGS,
      "compact(topic=None) -> dict: applies retention limits now"},
