@@ -146,7 +146,7 @@ void cg_maint_stop(struct log *log) {
   if (!m) return;
   log->maint = NULL;
   /* A forked child has no copy of the thread: it only forgets the runner. */
-  if (log->owner_pid != getpid()) return;
+  if (log_foreign(log)) return;
   pthread_mutex_lock(&m->mu);
   m->stop = 1;
   pthread_cond_signal(&m->cv);

@@ -401,7 +401,7 @@ int log_job_enqueue(struct log *log, struct log_job *job) {
                      "write: the log %s is open read-only: open it read-write (as a user who "
                      "may write it, on a writable file system) to change it",
                      log->path);
-  if (log->owner_pid != getpid())
+  if (log_foreign(log))
     return log_error(log, ENGRAM_EINVAL,
                      "write: handle used in a child after fork; open a new one");
   pthread_mutex_lock(&log->mu);

@@ -152,7 +152,7 @@ static struct log_pipe *pipe_get(struct log *log) {
 int log_append_async(struct log *log, const char *topic, const engram_event *ev,
                      engram_append_cb cb, void *ctx) {
   if (!log) return ENGRAM_EINVAL;
-  if (log->owner_pid != getpid())
+  if (log_foreign(log))
     return log_error(log, ENGRAM_EINVAL,
                      "append: handle used in a child after fork; open a new one");
   struct log_pipe *p = pipe_get(log);

@@ -260,6 +260,34 @@ static void topics_created_by_another_process_are_usable_at_once(void **state) {
   engram_close(log);
 }
 
+/* A handle opened before a fork belongs to the parent: in the child its writes are refused
+ * (ENGRAM_EINVAL, naming the fork) and the log keeps only the parent's appends; the parent's
+ * handle goes on working after the fork. */
+static void a_handle_used_in_a_forked_child_is_refused_and_the_parent_goes_on(void **state) {
+  fx *f = *state;
+  engram *log = tu_open(f->logdir, NULL);
+  engram_event ev = {.type = "a.b", .payload = "x", .payload_len = 1};
+  uint64_t off;
+  assert_int_equal(engram_append(log, "fork", &ev, &off, NULL), ENGRAM_ENOTFOUND);
+  assert_int_equal(engram_topic_create(log, "fork", NULL), 0);
+  assert_int_equal(engram_append(log, "fork", &ev, &off, NULL), 0);
+  for (int round = 0; round < 2; round++) { /* the second fork: a child of a renewed parent */
+    pid_t p = fork();
+    if (p == 0) {
+      int rc = engram_append(log, "fork", &ev, &off, NULL);
+      int named = rc == ENGRAM_EINVAL && strstr(engram_errmsg(log), "fork") != NULL;
+      _exit(named ? 0 : 1);
+    }
+    assert_int_equal(tu_wait(p, 60000), 0);
+    assert_int_equal(engram_append(log, "fork", &ev, &off, NULL), 0);
+    assert_int_equal(off, (uint64_t)round + 2);
+  }
+  engram_topic_info i;
+  assert_int_equal(engram_topic_info_get(log, "fork", &i), 0);
+  assert_int_equal(i.head_offset, 3);
+  engram_close(log);
+}
+
 /* What `engram --data L append mp memory.saved --create` does: open (creating the log),
  * look the topic up, create it when missing (another process may win), look again,
  * append. */
@@ -310,6 +338,7 @@ int main(void) {
       T(batches_from_different_processes_never_interleave),
       T(a_reader_process_sees_appends_from_other_processes_in_order_without_gaps),
       T(topics_created_by_another_process_are_usable_at_once),
+      T(a_handle_used_in_a_forked_child_is_refused_and_the_parent_goes_on),
       T(four_processes_creating_a_topic_and_appending_on_a_fresh_log_all_succeed),
   };
   return cmocka_run_group_tests_name("multiprocess", tests, NULL, NULL);
