@@ -15,21 +15,6 @@
 
 static __thread char tls_err[512];
 
-static pid_t self_pid;
-static pthread_once_t self_pid_once = PTHREAD_ONCE_INIT;
-
-static void self_pid_renew(void) { __atomic_store_n(&self_pid, getpid(), __ATOMIC_RELAXED); }
-
-static void self_pid_init(void) {
-  self_pid_renew();
-  pthread_atfork(NULL, NULL, self_pid_renew);
-}
-
-pid_t log_self_pid(void) {
-  pthread_once(&self_pid_once, self_pid_init);
-  return __atomic_load_n(&self_pid, __ATOMIC_RELAXED);
-}
-
 int log_error(const struct log *log, int code, const char *fmt, ...) {
   (void)log;
   va_list ap;
@@ -833,7 +818,7 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   pthread_cond_init(&log->flush_cv, &ca);
   pthread_cond_init(&log->gather_cv, &ca);
   pthread_condattr_destroy(&ca);
-  log->owner_pid = log_self_pid();
+  log->owner_pid = self_pid();
   if (!log->path) {
     rc = log_error(NULL, ENGRAM_ENOMEM, "open: out of memory");
     goto fail;

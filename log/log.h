@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include "common/common.h"
+#include "common/got.h"
 #include "engram.h"
 
 struct log;
@@ -139,11 +140,8 @@ const char *log_mdb_text(int rc);
 
 /* The handle's clock (CLOCK_REALTIME ns; the test clock when one is set). */
 int64_t log_now_ns(const struct log *log);
-/* This process's id without a system call (getpid() makes one each time): kept from the
- * first call, renewed in the child of every fork. */
-pid_t log_self_pid(void);
 /* Nonzero when the handle was opened in another process (used after a fork). */
-static inline int log_foreign(const struct log *log) { return log->owner_pid != log_self_pid(); }
+static inline int log_foreign(const struct log *log) { return log->owner_pid != self_pid(); }
 
 /* ---------------------------------------------------------------------------------
  * Validation shared by all layers.

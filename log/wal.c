@@ -35,11 +35,8 @@
  * counts when its generation is the header's, its sequence number follows the previous
  * one's and its CRC matches; replay stops at the first that does not.
  */
-#include <dlfcn.h>
-#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <link.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +47,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "common/got.h"
 #include "log/log_private.h"
 
 #define WAL_MAGIC 0x314c4157474e45ull /* "ENGWAL1" */
@@ -481,92 +479,36 @@ static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
 }
 
 /* Points liblmdb's GOT entries for pwrite, writev and (where present) lseek at the hooks. */
-#if defined(__x86_64__)
-#define WAL_JUMP_SLOT R_X86_64_JUMP_SLOT
-#elif defined(__aarch64__)
-#define WAL_JUMP_SLOT R_AARCH64_JUMP_SLOT
-#endif
-
-struct relro_find {
-  ElfW(Addr) base;
-  ElfW(Addr) lo, hi;
+struct lmdb_slots {
+  void **pwrite, **writev, **lseek;
+  int other_writer;
 };
 
-static int relro_cb(struct dl_phdr_info *info, size_t size, void *arg) {
-  (void)size;
-  struct relro_find *f = arg;
-  if (info->dlpi_addr != f->base) return 0;
-  for (int i = 0; i < info->dlpi_phnum; i++)
-    if (info->dlpi_phdr[i].p_type == PT_GNU_RELRO) {
-      f->lo = info->dlpi_addr + info->dlpi_phdr[i].p_vaddr;
-      f->hi = f->lo + info->dlpi_phdr[i].p_memsz;
-    }
-  return 1;
+static void lmdb_slot(const char *name, void **slot, void *ctx) {
+  struct lmdb_slots *f = ctx;
+  if (!strcmp(name, "pwrite") || !strcmp(name, "pwrite64")) f->pwrite = slot;
+  if (!strcmp(name, "writev")) f->writev = slot;
+  if (!strcmp(name, "lseek") || !strcmp(name, "lseek64")) f->lseek = slot;
+  /* An LMDB that can write its pages another way (a build with MDB_USE_PWRITEV, a later
+   * release) would bypass the capture: then no write-ahead file at all. */
+  if (!strncmp(name, "pwritev", 7) || !strcmp(name, "pwrite64v")) f->other_writer = 1;
 }
 
 static int hooks_ok;
 
 static void install_hooks(void) {
-#ifdef WAL_JUMP_SLOT
   if (getenv("ENGRAM_NO_WAL")) return; /* documented: the old two-flush path */
-  Dl_info di;
-  struct link_map *lm = NULL;
-  if (!dladdr1((void *)mdb_txn_commit, &di, (void **)&lm, RTLD_DL_LINKMAP) || !lm) return;
-  if (!di.dli_fname || !strstr(di.dli_fname, "liblmdb")) return; /* LMDB linked in */
-  ElfW(Addr) base = lm->l_addr;
-  const ElfW(Sym) *symtab = NULL;
-  const char *strtab = NULL;
-  const ElfW(Rela) *rel = NULL;
-  size_t relsz = 0;
-  for (const ElfW(Dyn) *d = lm->l_ld; d->d_tag != DT_NULL; d++) {
-    ElfW(Addr) p = d->d_un.d_ptr;
-    if (d->d_tag == DT_SYMTAB || d->d_tag == DT_STRTAB || d->d_tag == DT_JMPREL)
-      if (p < base) p += base; /* not every dynamic linker relocates these */
-    if (d->d_tag == DT_SYMTAB) symtab = (const void *)p;
-    if (d->d_tag == DT_STRTAB) strtab = (const void *)p;
-    if (d->d_tag == DT_JMPREL) rel = (const void *)p;
-    if (d->d_tag == DT_PLTRELSZ) relsz = d->d_un.d_val;
-  }
-  if (!symtab || !strtab || !rel) return;
-  void **slot_pwrite = NULL, **slot_writev = NULL, **slot_lseek = NULL;
-  int other_writer = 0;
-  for (size_t i = 0; i < relsz / sizeof *rel; i++) {
-    if (ELF64_R_TYPE(rel[i].r_info) != WAL_JUMP_SLOT) continue;
-    const char *name = strtab + symtab[ELF64_R_SYM(rel[i].r_info)].st_name;
-    void **slot = (void **)(base + rel[i].r_offset);
-    if (!strcmp(name, "pwrite") || !strcmp(name, "pwrite64")) slot_pwrite = slot;
-    if (!strcmp(name, "writev")) slot_writev = slot;
-    if (!strcmp(name, "lseek") || !strcmp(name, "lseek64")) slot_lseek = slot;
-    /* An LMDB that can write its pages another way (a build with MDB_USE_PWRITEV, a
-     * later release) would bypass the capture: then no write-ahead file at all. */
-    if (!strncmp(name, "pwritev", 7) || !strcmp(name, "pwrite64v")) other_writer = 1;
-  }
-  if (!slot_pwrite || !slot_writev || other_writer) return;
-  struct relro_find rf = {.base = base};
-  dl_iterate_phdr(relro_cb, &rf);
-  long pg = sysconf(_SC_PAGESIZE);
+  struct lmdb_slots f = {0};
+  /* Fails where LMDB is linked in or the architecture is unknown. */
+  if (got_each((void *)mdb_txn_commit, "liblmdb", lmdb_slot, &f) < 0) return;
+  if (!f.pwrite || !f.writev || f.other_writer) return;
+  real_pwrite = (ssize_t(*)(int, const void *, size_t, off_t)) * f.pwrite;
+  real_writev = (ssize_t(*)(int, const struct iovec *, int)) * f.writev;
   /* The seek is optional: without it hook_writev asks for the offset itself. */
-  void **slots[3] = {slot_pwrite, slot_writev, slot_lseek};
-  int n_slots = slot_lseek ? 3 : 2;
-  for (int i = 0; i < n_slots; i++) {
-    ElfW(Addr) a = (ElfW(Addr))slots[i] & ~(ElfW(Addr))(pg - 1);
-    if (mprotect((void *)a, (size_t)pg, PROT_READ | PROT_WRITE) < 0) return;
-  }
-  real_pwrite = (ssize_t(*)(int, const void *, size_t, off_t)) * slot_pwrite;
-  real_writev = (ssize_t(*)(int, const struct iovec *, int)) * slot_writev;
-  if (slot_lseek) {
-    real_lseek = (off_t(*)(int, off_t, int)) * slot_lseek;
-    __atomic_store_n(slot_lseek, (void *)hook_lseek, __ATOMIC_RELEASE);
-  }
-  __atomic_store_n(slot_pwrite, (void *)hook_pwrite, __ATOMIC_RELEASE);
-  __atomic_store_n(slot_writev, (void *)hook_writev, __ATOMIC_RELEASE);
-  for (int i = 0; i < n_slots; i++) {
-    ElfW(Addr) a = (ElfW(Addr))slots[i];
-    if (a >= rf.lo && a < rf.hi)
-      mprotect((void *)(a & ~(ElfW(Addr))(pg - 1)), (size_t)pg, PROT_READ);
-  }
-  hooks_ok = 1;
-#endif
+  if (f.lseek) real_lseek = (off_t(*)(int, off_t, int)) * f.lseek;
+  void **const slots[3] = {f.lseek, f.pwrite, f.writev};
+  void *const hooks[3] = {(void *)hook_lseek, (void *)hook_pwrite, (void *)hook_writev};
+  if (got_set(slots, hooks, 3) == 0) hooks_ok = 1;
 }
 
 int log_wal_supported(void) {

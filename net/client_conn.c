@@ -597,7 +597,7 @@ static int zkey(const char *k) {
 
 static int conn_open(struct conn *c, const char *endpoint) {
   static _Atomic uint64_t mon_seq;
-  if (!(c->zctx = zmq_ctx_new()))
+  if (!(c->zctx = net_zmq_ctx_new()))
     return log_error(NULL, ENGRAM_ENOMEM, "connect: cannot make a ZeroMQ context");
   zmq_ctx_set(c->zctx, ZMQ_BLOCKY, 0);
   if (!(c->sock = zmq_socket(c->zctx, ZMQ_DEALER)))

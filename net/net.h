@@ -149,6 +149,14 @@ Engram__Wire__Event *net_event_to_wire(net_arena *a, const engram_event *e, int 
 /* Binary data views of text: protobuf-c wants non-const pointers for packing. */
 static inline char *net_str(const char *s) { return (char *)(s ? s : ""); }
 
+/* A ZeroMQ context for engram (client, daemon, notifications): zmq_ctx_new(), after
+ * pointing libzmq's import of getpid() at self_pid() once per process. libzmq asks for
+ * the process id around nearly every look at a socket's mailbox (to notice a fork), a
+ * system call each time, about a dozen per request on each side; self_pid() answers the
+ * same without one, renewed in every forked child. Where libzmq is linked in statically
+ * it is left as it is. */
+void *net_zmq_ctx_new(void);
+
 /* ---------------------------------------------------------------------------------
  * Notifications (notify.c).
  * ------------------------------------------------------------------------------ */

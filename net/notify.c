@@ -45,7 +45,7 @@ static void push_to_daemon(void *arg, const char *topic, uint64_t head) {
     int there = stat(n->in_path, &st) == 0;
     if (there && !n->push) {
       if (!n->zctx) {
-        n->zctx = zmq_ctx_new();
+        n->zctx = net_zmq_ctx_new();
         if (n->zctx) zmq_ctx_set(n->zctx, ZMQ_BLOCKY, 0);
       }
       if (n->zctx && (n->push = zmq_socket(n->zctx, ZMQ_PUSH)) != NULL) {

@@ -267,7 +267,7 @@ static int start(struct net_server *s) {
 
   if ((s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
     return log_error(NULL, err_from_errno(errno), "serve: eventfd: %s", strerror(errno));
-  if (!(s->zctx = zmq_ctx_new()))
+  if (!(s->zctx = net_zmq_ctx_new()))
     return log_error(NULL, ENGRAM_ENOMEM, "serve: cannot make a ZeroMQ context");
   zmq_ctx_set(s->zctx, ZMQ_IO_THREADS, 1);
 

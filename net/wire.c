@@ -1,9 +1,12 @@
 /* wire.c — reading request frames safely (scan, decode, field checks) and converting
  * events between the wire and the public structs. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zmq.h>
 
+#include "common/got.h"
 #include "net/net.h"
 
 /* ---------------------------------------------------------------------------------
@@ -560,4 +563,22 @@ int net_schedule_from_wire(const Engram__Wire__ScheduleInfo *w, engram_schedule_
 #undef X
   if (net_copy_text(out->last_error, sizeof out->last_error, net_str(w->last_error))) return -1;
   return 0;
+}
+
+static void zmq_getpid_slot(const char *name, void **slot, void *ctx) {
+  if (!strcmp(name, "getpid")) *(void ***)ctx = slot;
+}
+
+static void zmq_hook(void) {
+  void **slot = NULL;
+  if (got_each((void *)zmq_ctx_new, "libzmq", zmq_getpid_slot, &slot) < 0 || !slot) return;
+  void **const slots[1] = {slot};
+  void *const hooks[1] = {(void *)self_pid};
+  got_set(slots, hooks, 1);
+}
+
+void *net_zmq_ctx_new(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, zmq_hook);
+  return zmq_ctx_new();
 }
