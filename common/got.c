@@ -29,8 +29,8 @@ pid_t self_pid(void) {
 #define GOT_JUMP_SLOT R_AARCH64_JUMP_SLOT
 #endif
 
-int got_each(const void *addr, const char *lib, void (*each)(const char *name, void **slot, void *ctx),
-             void *ctx) {
+int got_each(const void *addr, const char *lib,
+             void (*each)(const char *name, void **slot, void *ctx), void *ctx) {
 #ifdef GOT_JUMP_SLOT
   Dl_info di;
   struct link_map *lm = NULL;

@@ -13,8 +13,8 @@ pid_t self_pid(void);
  * imports through its PLT, with the address of its GOT entry. Returns 0, or -1 when
  * `addr` is not in a shared object whose file name contains `lib` (linked statically,
  * say) or this architecture's relocations are unknown. */
-int got_each(const void *addr, const char *lib, void (*each)(const char *name, void **slot, void *ctx),
-             void *ctx);
+int got_each(const void *addr, const char *lib,
+             void (*each)(const char *name, void **slot, void *ctx), void *ctx);
 /* Stores values[i] in slots[i] (n entries, NULL slots skipped), making the pages writable
  * for the moment; a slot in the RELRO segment is read-only again after. Returns 0, or -1
  * when a page could not be made writable (then nothing was changed). */

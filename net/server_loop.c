@@ -10,17 +10,21 @@
 
 /* Runs j on the main thread when that is the fastest way to answer it: the daemon is
  * idle (nothing queued, no worker running, no earlier request of this client waiting),
- * nothing else waits on the ROUTER, and the operation cannot block on a flush (hello and
- * stats; appends, fetches and acks unless every commit is synced). The reply then leaves
- * through the ROUTER at once: no hand-off to a worker and back, two thread wake-ups that
- * cost more than the request itself on a machine with few cores. Under load requests go
- * to the workers, whose lanes batch them. Returns 1 when j was run (and freed). */
+ * nothing else waits on the ROUTER, and the operation is quick: hello and stats; appends;
+ * fetches and acks unless every commit is synced. The reply then leaves through the
+ * ROUTER at once: no hand-off to a worker and back, two thread wake-ups that cost more
+ * than the request itself on a machine with few cores. An append in sync mode runs here
+ * too, flush and all: while the daemon is idle nobody else waits for the main thread
+ * during that flush (measured: 1.15-1.5x the appends/s of one blocking client, the same
+ * with eight). Under load requests go to the workers, whose lanes batch them. Returns 1
+ * when j was run (and freed). */
 static int run_here(struct net_server *s, struct job *j) {
   int op = j->pk.op;
   int cheap = op == ENGRAM__WIRE__REQUEST__OP_HELLO || op == ENGRAM__WIRE__REQUEST__OP_STATS;
-  int quick = s->o.durability != ENGRAM_DURABILITY_SYNC &&
-              (op == ENGRAM__WIRE__REQUEST__OP_APPEND || op == ENGRAM__WIRE__REQUEST__OP_FETCH ||
-               op == ENGRAM__WIRE__REQUEST__OP_ACK || op == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH);
+  int quick = op == ENGRAM__WIRE__REQUEST__OP_APPEND ||
+              (s->o.durability != ENGRAM_DURABILITY_SYNC &&
+               (op == ENGRAM__WIRE__REQUEST__OP_FETCH || op == ENGRAM__WIRE__REQUEST__OP_ACK ||
+                op == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH));
   if (!cheap && !quick) return 0;
   int ev = 0;
   size_t el = sizeof ev;

@@ -31,7 +31,7 @@ static void find_slot(const char *name, void **slot, void *ctx) {
 static pid_t kernel_pid(void) { return (pid_t)syscall(SYS_getpid); }
 
 /* What libzmq calls when it checks for a fork. */
-static pid_t zmq_getpid(void **slot) { return ((pid_t(*)(void))*slot)(); }
+static pid_t zmq_getpid(void **slot) { return ((pid_t(*)(void)) * slot)(); }
 
 static void libzmq_asks_self_pid_and_gets_the_right_answer_after_a_fork(void **state) {
   (void)state;
