@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "log/log_private.h"
@@ -205,6 +207,29 @@ static void count_commit(struct log *log, const struct log_job *jobs) {
   log_hist_add(&log->st_commit, log->commit_ns);
 }
 
+/* A writer sleeps on its job's futex word, not on a condition variable: the thread that
+ * releases the job counts it and wakes its writer, which then returns without taking mu
+ * again (with a condition variable it would wake only to wait for mu, which the releaser
+ * still holds). */
+static void futex_wait_while(int *word, int val) {
+  syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+
+/* Sets the word and wakes its sleeper. The job may be gone as soon as its writer sees the
+ * new value: the wake names only the address (a sleeper on a later job at the same address
+ * wakes, finds its word unchanged and sleeps again). */
+static void futex_set_wake(int *word, int val) {
+  __atomic_store_n(word, val, __ATOMIC_RELEASE);
+  syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* A finished job leaves the handle's counts: by its writer, or by the releaser that wakes
+ * it. Called with mu held. */
+static void job_finished(struct log *log, const struct log_job *j) {
+  log->active--;
+  log_hist_add(&log->st_write, clock_monotonic_ns() - j->enq_ns);
+}
+
 /* Counts the commits a job waited through: from queueing to its release or, for the
  * leader's own job, to the moment the leader hands over. Called with mu held. */
 static void note_wait(struct log *log, const struct log_job *j) {
@@ -234,8 +259,11 @@ static void release(struct log *log, struct batch *b, int rc, const char *msg) {
       snprintf(j->msg, sizeof j->msg, "%s", msg);
     }
     j->done = 1;
-    /* Under mu, which the writer needs to see done: the job is still there. */
-    if (j->waiting) pthread_cond_signal(&j->cv);
+    if (j->waiting) {
+      j->waiting = 0;
+      job_finished(log, j);
+      futex_set_wake(&j->wake, 2);
+    }
     j = next;
   }
   b->jobs = NULL;
@@ -412,7 +440,7 @@ int log_job_enqueue(struct log *log, struct log_job *job) {
   job->next = NULL;
   job->done = 0;
   job->waiting = 0;
-  pthread_cond_init(&job->cv, NULL);
+  job->wake = 0;
   job->enq_commits = log->st_commits;
   job->enq_ns = clock_monotonic_ns();
   if (log->q_tail)
@@ -467,7 +495,10 @@ static void wake_leader(struct log *log) {
   while (j && !j->waiting) j = j->next;
   if (!j)
     for (j = log->pending_jobs; j && !j->waiting;) j = j->next;
-  if (j) pthread_cond_signal(&j->cv);
+  if (j) {
+    j->waiting = 0;
+    futex_set_wake(&j->wake, 1);
+  }
 }
 
 int log_job_wait(struct log *log, struct log_job *job) {
@@ -488,14 +519,18 @@ int log_job_wait(struct log *log, struct log_job *job) {
       if (b.jobs) flush_batch(log, &b);
     } else {
       job->waiting = 1;
-      pthread_cond_wait(&job->cv, &log->mu);
-      job->waiting = 0;
+      job->wake = 0;
+      pthread_mutex_unlock(&log->mu);
+      int v;
+      while ((v = __atomic_load_n(&job->wake, __ATOMIC_ACQUIRE)) == 0)
+        futex_wait_while(&job->wake, 0);
+      if (v == 2) goto released; /* counted by the releaser */
+      pthread_mutex_lock(&log->mu);
     }
   }
-  pthread_cond_destroy(&job->cv);
-  log->active--;
-  log_hist_add(&log->st_write, clock_monotonic_ns() - job->enq_ns);
+  job_finished(log, job);
   pthread_mutex_unlock(&log->mu);
+released:
   if (job->rc < 0) {
     /* The leader handles the private codes (LOG_EMAPFULL, LOG_ENEWDBI); should one ever
      * get here, the caller still gets a public code and a message. */

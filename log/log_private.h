@@ -40,8 +40,9 @@ struct log_job {
   int relaxed;          /* released after its commit, without waiting for the meta flush */
   int rc;               /* the job's result, or the commit's error */
   int done;             /* set under log->mu; the job may vanish right after */
-  int waiting;          /* its writer sleeps on cv (under log->mu) */
-  pthread_cond_t cv;    /* signalled when the job is done or the leadership is its */
+  int waiting;          /* its writer sleeps on wake (set and cleared under log->mu) */
+  int wake;             /* futex word the writer sleeps on: 0 sleep, 1 look again (the
+                           leadership may be its), 2 done and counted by the releaser */
   uint64_t enq_commits; /* log->st_commits when it was queued */
   int64_t enq_ns;       /* CLOCK_MONOTONIC when it was queued */
   char msg[256];        /* the leader's error message for this job */
