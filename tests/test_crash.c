@@ -1,5 +1,6 @@
 /* test_crash.c — kill -9 of a writer at random moments loses no acknowledged event, leaves
- * no gap and no damage; batches stay all-or-nothing; creating a log is crash-safe. */
+ * no gap and no damage, also when other writer processes go on meanwhile; batches stay
+ * all-or-nothing; creating a log is crash-safe. */
 #include <errno.h>
 #include <poll.h>
 #include <setjmp.h>
@@ -299,6 +300,198 @@ static void writers_in_the_weaker_modes_killed_at_random_lose_nothing_either(voi
 }
 
 /* ---------------------------------------------------------------------------------
+ * Several writer processes: one killed again and again while the others go on.
+ * ------------------------------------------------------------------------------ */
+#define MP_SURVIVORS 3
+#define MP_ROUNDS 6
+#define MP_WRITERS (MP_SURVIVORS + MP_ROUNDS)
+
+/* Writer id's n-th event: key "w<id>-<n>", a payload that names both. */
+static size_t mp_event(int id, uint64_t n, char *key, size_t kcap, unsigned char *payload) {
+  snprintf(key, kcap, "w%d-%llu", id, (unsigned long long)n);
+  size_t len = 40 + (size_t)(n * 29 % 500);
+  int k =
+      snprintf((char *)payload, len, "{\"w\":%d,\"n\":%llu,\"t\":\"", id, (unsigned long long)n);
+  tu_fill_random(payload + k, len - (size_t)k, ((uint64_t)id << 32) + n + 1);
+  return len;
+}
+
+struct mp_writer {
+  const char *logdir;
+  int id;
+  int ack_fd;      /* writes each acknowledged n */
+  const char *stop; /* stops once this file exists (a pipe's end would be inherited by
+                       every writer forked after it) */
+};
+
+static int mp_writer_main(void *arg) {
+  struct mp_writer *w = arg;
+  engram *log = NULL;
+  int rc = engram_open(w->logdir, NULL, &log); /* sync: every ack is durable */
+  if (rc == 0) {
+    rc = engram_topic_create(log, "mp", NULL);
+    if (rc == ENGRAM_EEXIST) rc = 0;
+  }
+  if (rc) {
+    fprintf(stderr, "writer %d: %s: %s\n", w->id, engram_errname(rc),
+            log ? engram_errmsg(log) : "");
+    return 1;
+  }
+  char key[48];
+  unsigned char payload[600];
+  for (uint64_t n = 0;; n++) {
+    if (tu_exists(w->stop)) break;
+    size_t len = mp_event(w->id, n, key, sizeof key, payload);
+    engram_event ev = {.type = "memory.saved", .key = key, .payload = payload, .payload_len = len};
+    uint64_t off;
+    if ((rc = engram_append(log, "mp", &ev, &off, NULL))) {
+      fprintf(stderr, "writer %d: append %llu: %s: %s\n", w->id, (unsigned long long)n,
+              engram_errname(rc), engram_errmsg(log));
+      return 2;
+    }
+    if (write(w->ack_fd, &n, sizeof n) != (ssize_t)sizeof n) return 3;
+  }
+  engram_close(log);
+  return 0;
+}
+
+struct mp_proc {
+  pid_t pid;
+  int ack_fd;          /* the parent's end */
+  uint64_t acked;      /* acknowledged: n = 0 .. acked - 1 */
+  int eof;
+};
+
+static void mp_start(const char *logdir, const char *stop, int id, struct mp_proc *p) {
+  int a[2];
+  assert_int_equal(pipe(a), 0);
+  struct mp_writer w = {.logdir = logdir, .id = id, .ack_fd = a[1], .stop = stop};
+  p->pid = tu_spawn(mp_writer_main, &w);
+  close(a[1]);
+  p->ack_fd = a[0];
+  p->acked = 0;
+  p->eof = 0;
+}
+
+/* Reads the acks of every process until `until_ms` (or, with until_ms < 0, until each
+ * has closed its pipe). */
+static void mp_collect(struct mp_proc *ps, int n, int64_t until_ms) {
+  for (;;) {
+    struct pollfd pf[MP_WRITERS];
+    int live = 0;
+    for (int i = 0; i < n; i++) {
+      pf[i] = (struct pollfd){.fd = ps[i].eof ? -1 : ps[i].ack_fd, .events = POLLIN};
+      live += !ps[i].eof;
+    }
+    int64_t left = until_ms < 0 ? 30000 : until_ms - tu_mono_ms();
+    if (!live || left <= 0) return;
+    int r = poll(pf, (nfds_t)n, (int)left);
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0 && until_ms < 0) fail_msg("a writer neither acknowledged nor stopped for 30 s");
+    for (int i = 0; i < n; i++) {
+      if (!(pf[i].revents & (POLLIN | POLLHUP))) continue;
+      uint64_t v[64];
+      ssize_t got = read(ps[i].ack_fd, v, sizeof v);
+      if (got <= 0) {
+        if (got < 0 && errno == EINTR) continue;
+        ps[i].eof = 1;
+        close(ps[i].ack_fd);
+        continue;
+      }
+      for (size_t k = 0; k < (size_t)got / sizeof *v; k++) {
+        if (v[k] != ps[i].acked)
+          fail_msg("writer %d acknowledged %llu out of order", i, (unsigned long long)v[k]);
+        ps[i].acked++;
+      }
+    }
+  }
+}
+
+static void one_writer_process_killed_while_others_go_on_loses_no_acknowledged_event(void **state) {
+  fx *f = *state;
+  struct mp_proc ps[MP_WRITERS];
+  char *stop = tu_join(f->dir, "stop");
+  for (int i = 0; i < MP_SURVIVORS; i++) mp_start(f->logdir, stop, i, &ps[i]);
+  for (int r = 0; r < MP_ROUNDS; r++) {
+    int v = MP_SURVIVORS + r;
+    mp_start(f->logdir, stop, v, &ps[v]);
+    /* Until the victim's first ack, then a random while among the others' appends. */
+    int64_t t0 = tu_mono_ms();
+    while (ps[v].acked == 0 && !ps[v].eof && tu_mono_ms() - t0 < 30000)
+      mp_collect(ps, v + 1, tu_mono_ms() + 5);
+    assert_true(ps[v].acked > 0);
+    mp_collect(ps, v + 1, tu_mono_ms() + rand_between(f, 20, 250));
+    kill(ps[v].pid, SIGKILL);
+    assert_int_equal(tu_wait(ps[v].pid, 10000), 128 + SIGKILL);
+  }
+  FILE *sf = fopen(stop, "w");
+  assert_non_null(sf);
+  fclose(sf);
+  free(stop);
+  mp_collect(ps, MP_WRITERS, -1);
+  for (int i = 0; i < MP_SURVIVORS; i++) {
+    if (tu_wait(ps[i].pid, 30000) != 0) fail_msg("surviving writer %d failed (see stderr)", i);
+    assert_true(ps[i].acked > 0);
+  }
+
+  /* Every acknowledged event of every writer is there, once, with its content; what a
+   * killed writer had not been told may or may not be. */
+  engram *log = tu_open(f->logdir, NULL);
+  engram_topic_info info;
+  assert_int_equal(engram_topic_info_get(log, "mp", &info), 0);
+  assert_int_equal(info.count, info.head_offset);
+  uint64_t *seen[MP_WRITERS];
+  size_t cap[MP_WRITERS];
+  for (int i = 0; i < MP_WRITERS; i++) {
+    cap[i] = ps[i].acked + 4096;
+    seen[i] = calloc(cap[i], sizeof **seen);
+  }
+  uint64_t next = 1;
+  char key[48];
+  unsigned char payload[600];
+  for (;;) {
+    engram_batch *b = NULL;
+    assert_int_equal(engram_read_range(log, "mp", next, 500, &b), 0);
+    size_t got = b->count;
+    for (size_t k = 0; k < got; k++) {
+      const engram_event *e = &b->events[k];
+      assert_int_equal(e->offset, next);
+      int id;
+      unsigned long long n;
+      if (sscanf(e->key, "w%d-%llu", &id, &n) != 2 || id < 0 || id >= MP_WRITERS)
+        fail_msg("offset %llu: key %s is nobody's", (unsigned long long)e->offset, e->key);
+      size_t len = mp_event(id, n, key, sizeof key, payload);
+      assert_int_equal(e->payload_len, len);
+      assert_memory_equal(e->payload, payload, len);
+      if (n < cap[id]) {
+        if (seen[id][n]) fail_msg("writer %d's event %llu is there twice", id, n);
+        seen[id][n] = e->offset;
+      }
+      next++;
+    }
+    engram_batch_free(b);
+    if (got == 0) break;
+  }
+  assert_int_equal(next, info.head_offset + 1);
+  uint64_t acked = 0;
+  for (int i = 0; i < MP_WRITERS; i++) {
+    for (uint64_t n = 0; n < ps[i].acked; n++)
+      if (!seen[i][n])
+        fail_msg("writer %d's acknowledged event %llu is missing (%s)", i, (unsigned long long)n,
+                 i < MP_SURVIVORS ? "a survivor" : "killed");
+    acked += ps[i].acked;
+    free(seen[i]);
+  }
+  engram_verify_report rep;
+  assert_int_equal(engram_verify(log, &rep), 0);
+  if (rep.damaged)
+    fail_msg("verify: %llu damaged: %s", (unsigned long long)rep.damaged, rep.first_damage);
+  print_message("%d writers (%d killed), %llu acknowledged, head %llu\n", MP_WRITERS, MP_ROUNDS,
+                (unsigned long long)acked, (unsigned long long)info.head_offset);
+  engram_close(log);
+}
+
+/* ---------------------------------------------------------------------------------
  * Creation.
  * ------------------------------------------------------------------------------ */
 struct creator {
@@ -375,6 +568,7 @@ int main(void) {
       T(a_writer_killed_at_random_moments_loses_no_acknowledged_event),
       T(a_writer_killed_during_batch_appends_leaves_whole_batches_only),
       T(writers_in_the_weaker_modes_killed_at_random_lose_nothing_either),
+      T(one_writer_process_killed_while_others_go_on_loses_no_acknowledged_event),
       T(a_log_killed_while_being_created_opens_fine),
   };
   return cmocka_run_group_tests_name("crash", tests, NULL, NULL);
