@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -64,7 +65,7 @@ int got_each(const void *addr, const char *lib,
 }
 
 struct relro {
-  ElfW(Addr) lo, hi;
+  uintptr_t lo, hi;
   const void *slot;
 };
 
@@ -75,8 +76,8 @@ static int relro_cb(struct dl_phdr_info *info, size_t size, void *arg) {
   for (int i = 0; i < info->dlpi_phnum; i++) {
     const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
     if (ph->p_type != PT_GNU_RELRO) continue;
-    ElfW(Addr) lo = info->dlpi_addr + ph->p_vaddr;
-    if ((ElfW(Addr))f->slot >= lo && (ElfW(Addr))f->slot < lo + ph->p_memsz) {
+    uintptr_t lo = (uintptr_t)(info->dlpi_addr + ph->p_vaddr), at = (uintptr_t)f->slot;
+    if (at >= lo && at < lo + ph->p_memsz) {
       f->lo = lo;
       f->hi = lo + ph->p_memsz;
       return 1;
@@ -89,7 +90,7 @@ int got_set(void **const *slots, void *const *values, int n) {
   long pg = sysconf(_SC_PAGESIZE);
   for (int i = 0; i < n; i++) {
     if (!slots[i]) continue;
-    ElfW(Addr) a = (ElfW(Addr))slots[i] & ~(ElfW(Addr))(pg - 1);
+    uintptr_t a = (uintptr_t)slots[i] & ~(uintptr_t)(pg - 1);
     if (mprotect((void *)a, (size_t)pg, PROT_READ | PROT_WRITE) < 0) return -1;
   }
   for (int i = 0; i < n; i++)
@@ -98,8 +99,7 @@ int got_set(void **const *slots, void *const *values, int n) {
     if (!slots[i]) continue;
     struct relro f = {0, 0, slots[i]};
     dl_iterate_phdr(relro_cb, &f);
-    if (f.hi)
-      mprotect((void *)((ElfW(Addr))slots[i] & ~(ElfW(Addr))(pg - 1)), (size_t)pg, PROT_READ);
+    if (f.hi) mprotect((void *)((uintptr_t)slots[i] & ~(uintptr_t)(pg - 1)), (size_t)pg, PROT_READ);
   }
   return 0;
 }

@@ -319,7 +319,7 @@ static size_t mp_event(int id, uint64_t n, char *key, size_t kcap, unsigned char
 struct mp_writer {
   const char *logdir;
   int id;
-  int ack_fd;      /* writes each acknowledged n */
+  int ack_fd;       /* writes each acknowledged n */
   const char *stop; /* stops once this file exists (a pipe's end would be inherited by
                        every writer forked after it) */
 };
@@ -357,8 +357,8 @@ static int mp_writer_main(void *arg) {
 
 struct mp_proc {
   pid_t pid;
-  int ack_fd;          /* the parent's end */
-  uint64_t acked;      /* acknowledged: n = 0 .. acked - 1 */
+  int ack_fd;     /* the parent's end */
+  uint64_t acked; /* acknowledged: n = 0 .. acked - 1 */
   int eof;
 };
 
