@@ -548,6 +548,46 @@ int client_bad_reply(engram *log, Engram__Wire__Reply *rp, const char *what) {
 /* ---------------------------------------------------------------------------------
  * Connecting.
  * ------------------------------------------------------------------------------ */
+/* One ZeroMQ context for every connection of a process: its one I/O thread serves them
+ * all, where a context per connection gave each its own (eight connections on two cores
+ * measured 1.05-1.29x the appends/s with one). Made by the first connection, ended with
+ * the last; a forked child never touches the one it inherited (a context does not survive
+ * a fork) and makes its own. */
+static struct {
+  pthread_mutex_t mu;
+  void *ctx;
+  size_t users;
+  pid_t pid; /* the process that made it */
+} shared_ctx = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
+
+static void *ctx_take(void) {
+  pthread_mutex_lock(&shared_ctx.mu);
+  if (shared_ctx.ctx && shared_ctx.pid != self_pid()) { /* the parent's, before a fork */
+    shared_ctx.ctx = NULL;
+    shared_ctx.users = 0;
+  }
+  if (!shared_ctx.ctx && (shared_ctx.ctx = net_zmq_ctx_new()) != NULL) {
+    zmq_ctx_set(shared_ctx.ctx, ZMQ_BLOCKY, 0);
+    shared_ctx.pid = self_pid();
+  }
+  void *ctx = shared_ctx.ctx;
+  if (ctx) shared_ctx.users++;
+  pthread_mutex_unlock(&shared_ctx.mu);
+  return ctx;
+}
+
+/* Called once the connection's sockets are closed. */
+static void ctx_give(void *ctx) {
+  void *end = NULL;
+  pthread_mutex_lock(&shared_ctx.mu);
+  if (ctx == shared_ctx.ctx && shared_ctx.pid == self_pid() && --shared_ctx.users == 0) {
+    end = ctx;
+    shared_ctx.ctx = NULL;
+  }
+  pthread_mutex_unlock(&shared_ctx.mu);
+  if (end) zmq_ctx_term(end);
+}
+
 void client_conn_free(struct conn *c) {
   if (!c) return;
   /* At close no caller waits and engram_append_wait has run: nothing is outstanding
@@ -583,7 +623,7 @@ void client_conn_free(struct conn *c) {
     zmq_setsockopt(c->mon, ZMQ_LINGER, &zero, sizeof zero);
     zmq_close(c->mon);
   }
-  if (c->zctx) zmq_ctx_term(c->zctx);
+  if (c->zctx) ctx_give(c->zctx);
   if (c->wake_fd >= 0) close(c->wake_fd);
   pthread_mutex_destroy(&c->mu);
   pthread_cond_destroy(&c->cv);
@@ -597,9 +637,8 @@ static int zkey(const char *k) {
 
 static int conn_open(struct conn *c, const char *endpoint) {
   static _Atomic uint64_t mon_seq;
-  if (!(c->zctx = net_zmq_ctx_new()))
+  if (!(c->zctx = ctx_take()))
     return log_error(NULL, ENGRAM_ENOMEM, "connect: cannot make a ZeroMQ context");
-  zmq_ctx_set(c->zctx, ZMQ_BLOCKY, 0);
   if (!(c->sock = zmq_socket(c->zctx, ZMQ_DEALER)))
     return log_error(NULL, ENGRAM_ENOMEM, "connect: cannot make a socket: %s", zmq_strerror(errno));
   int one = 1, zero = 0, hwm = 0, ivl = 100, ivl_max = 500, hb = 2000, hbt = 6000;

@@ -3,6 +3,7 @@
  * polls, pipelining, out-of-order replies, timeouts, restarts, a second daemon, SIGTERM,
  * CURVE, notifications, the daemon's log and the CLI over --connect. The daemon runs in
  * a forked child on an ipc endpoint in the test's temp dir. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -1662,6 +1663,71 @@ static void an_empty_remote_transaction_commits_as_a_no_op(void **state) {
 /* ---------------------------------------------------------------------------------
  * What the daemon is; appends of many connections together.
  * ------------------------------------------------------------------------------ */
+/* Threads of this process that run a ZeroMQ context's I/O. */
+static int zmq_io_threads(void) {
+  DIR *dir = opendir("/proc/self/task");
+  assert_non_null(dir);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(dir))) {
+    if (e->d_name[0] == '.') continue;
+    char path[300], comm[64] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue; /* a thread that just ended */
+    if (fgets(comm, sizeof comm, f) && !strncmp(comm, "ZMQbg/IO", 8)) n++;
+    fclose(f);
+  }
+  closedir(dir);
+  return n;
+}
+
+static int append_one(engram *r, const char *key) {
+  engram_event e = ev_of("memory.saved", key, "{}");
+  return engram_append(r, "ctx", &e, NULL, NULL);
+}
+
+/* The connections of a process share one ZeroMQ context (one I/O thread for all), made by
+ * the first and ended with the last; a forked child makes its own and leaves the parent's
+ * alone. */
+static void connections_of_a_process_share_one_zeromq_context(void **state) {
+  (void)state;
+  td d;
+  engram *a = serve_and_conn(&d, "net-ctx");
+  assert_int_equal(zmq_io_threads(), 1);
+  engram *b = conn(&d, 5000), *c = conn(&d, 5000);
+  assert_int_equal(zmq_io_threads(), 1);
+  OK(a, engram_topic_create(a, "ctx", NULL));
+  OK(a, append_one(a, "a1"));
+  OK(b, append_one(b, "b1"));
+  OK(c, append_one(c, "c1"));
+
+  pid_t p = fork();
+  if (p == 0) {
+    engram_connect_options o = {.timeout_ms = 5000};
+    engram *k = NULL;
+    int rc = engram_connect(d.ep, &o, &k);
+    if (rc == 0) rc = append_one(k, "child");
+    engram_close(k);
+    _exit(rc ? 1 : 0);
+  }
+  assert_int_equal(tu_wait(p, 30000), 0);
+
+  OK(a, append_one(a, "a2"));
+  OK(b, append_one(b, "b2"));
+  engram_close(b);
+  OK(c, append_one(c, "c2"));
+  engram_close(c);
+  engram_close(a);
+  assert_int_equal(zmq_io_threads(), 0); /* the last close ended it */
+  engram *e = conn(&d, 5000);            /* and the next connection makes one anew */
+  assert_int_equal(zmq_io_threads(), 1);
+  engram_topic_info info;
+  OK(e, engram_topic_info_get(e, "ctx", &info));
+  assert_int_equal(info.head_offset, 7); /* three, the child's, three */
+  conn_and_serve_done(&d, e);
+}
+
 static void the_daemon_says_what_it_is(void **state) {
   (void)state;
   td d;
@@ -2052,6 +2118,7 @@ int main(void) {
       cmocka_unit_test(a_failing_ack_aborts_the_whole_remote_transaction),
       cmocka_unit_test(an_empty_remote_transaction_commits_as_a_no_op),
       cmocka_unit_test(the_daemon_says_what_it_is),
+      cmocka_unit_test(connections_of_a_process_share_one_zeromq_context),
       cmocka_unit_test(appends_of_many_connections_commit_together_in_each_ones_order),
       cmocka_unit_test(ack_fetch_through_the_daemon_is_one_commit_all_or_nothing_and_may_wait),
       cmocka_unit_test(appends_with_an_explicit_timestamp_keep_the_topics_times_in_order),
