@@ -747,7 +747,9 @@ typedef struct engram_connect_options {
   uint32_t pipeline_window; /* pipelined appends in flight, default 256 */
 } engram_connect_options;
 /* Connects to `engram serve` at endpoint (e.g. "tcp://127.0.0.1:7450"). Errors: EINVAL,
- * ECONN, EDENIED, EVERSION. */
+ * ECONN, EDENIED, EVERSION. The connections of a process share one ZeroMQ context (one
+ * I/O thread), made by the first and ended when the last closes; a child process after
+ * fork() connects anew (a connection does not survive a fork). */
 ENGRAM_API int engram_connect(const char *endpoint, const engram_connect_options *opts,
                               engram **out);
 /* Remote failures. A request that cannot be sent within timeout_ms (no daemon there) fails
