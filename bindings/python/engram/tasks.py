@@ -166,8 +166,10 @@ def parse_rate(rate: Any) -> Optional[float]:
 _REFUSED = {
     "base": "custom Task base classes are not supported; use the task options",
     "acks_on_failure_or_timeout": "a failed task always goes to the dead-letter queue",
-    "store_errors_even_if_ignored": "not implemented",
-    "trail": "not implemented",
+    "store_errors_even_if_ignored": "a failed task's error always goes to the dead-letter "
+    "queue, with or without ignore_result; drop the option",
+    "trail": "results do not record the subtasks a task started (result.children); drop "
+    "the option",
 }
 
 
