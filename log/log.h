@@ -47,8 +47,8 @@ struct log {
   /* Group commit: writers queue jobs, one leader runs them in one transaction. */
   pthread_mutex_t mu;
   pthread_cond_t cv;        /* broadcast when the leader leaves or a flush ends (a leader
-                               waiting for flushes, close); a job's writer waits on the
-                               job's own cv */
+                               waiting for flushes, close); a job's writer sleeps on the
+                               job's own futex word (commit.c) */
   pthread_cond_t gather_cv; /* wakes a gathering leader when a writer queues */
   pthread_cond_t append_cv; /* broadcast after every commit that appended */
   struct log_job *q_head, *q_tail;

@@ -550,9 +550,9 @@ int client_bad_reply(engram *log, Engram__Wire__Reply *rp, const char *what) {
  * ------------------------------------------------------------------------------ */
 /* One ZeroMQ context for every connection of a process: its one I/O thread serves them
  * all, where a context per connection gave each its own (eight connections on two cores
- * measured 1.05-1.29x the appends/s with one). Made by the first connection, ended with
- * the last; a forked child never touches the one it inherited (a context does not survive
- * a fork) and makes its own. */
+ * measured 0.97-1.29x the appends/s with one, nine pairs of ten ahead). Made by the first
+ * connection, ended with the last; a forked child never touches the one it inherited (a
+ * context does not survive a fork) and makes its own. */
 static struct {
   pthread_mutex_t mu;
   void *ctx;
