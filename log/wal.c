@@ -455,27 +455,32 @@ static ssize_t hook_pwrite(int fd, const void *b, size_t n, off_t off) {
   return real_pwrite(fd, b, n, off);
 }
 
-/* LMDB seeks, then writes several pages with writev: the offset sought is noted, which
- * spares hook_writev a seek of its own (a system call per write). */
+/* LMDB seeks, then writes several pages with writev. The seek to a position in data.mdb
+ * is only noted, and the writev that follows it becomes a pwritev there: one system call
+ * instead of two per run of pages. Nothing of LMDB's reads the file offset otherwise
+ * (its other writes and reads name their offsets; a failed write seeks again). */
 static off_t hook_lseek(int fd, off_t off, int whence) {
-  off_t r = real_lseek(fd, off, whence);
   struct wal *w = find(fd);
-  if (w) w->pos = whence == SEEK_SET ? r : -1;
-  return r;
+  if (w && whence == SEEK_SET && off >= 0) {
+    w->pos = off;
+    return off;
+  }
+  if (w) w->pos = -1;
+  return real_lseek(fd, off, whence);
 }
 
 static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
   struct wal *w = find(fd);
-  if (w) {
-    off_t off = w->pos >= 0 ? w->pos : lseek(fd, 0, SEEK_CUR);
-    w->pos = -1; /* the write moves the offset */
-    for (int i = 0; i < cnt && off >= 0; i++) {
-      capture(w, (uint64_t)off, iov[i].iov_base, iov[i].iov_len);
-      off += (off_t)iov[i].iov_len;
-    }
-    if (off < 0) w->overflow = 1;
+  if (!w) return real_writev(fd, iov, cnt);
+  off_t at = w->pos;
+  w->pos = -1;
+  off_t off = at >= 0 ? at : lseek(fd, 0, SEEK_CUR);
+  for (int i = 0; i < cnt && off >= 0; i++) {
+    capture(w, (uint64_t)off, iov[i].iov_base, iov[i].iov_len);
+    off += (off_t)iov[i].iov_len;
   }
-  return real_writev(fd, iov, cnt);
+  if (off < 0) w->overflow = 1;
+  return at >= 0 ? pwritev(fd, iov, cnt, at) : real_writev(fd, iov, cnt);
 }
 
 /* Points liblmdb's GOT entries for pwrite, writev and (where present) lseek at the hooks. */
