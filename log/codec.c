@@ -16,6 +16,10 @@
 #include "schema/record.pb-c.h"
 
 #define ZSTD_LEVEL 3
+/* Without a dictionary (a topic's first events, ENGRAM_TOPIC_NO_DICT): on the memory
+ * events level 1 compresses 300-byte payloads to the same size as level 3 (0.754 against
+ * 0.753 of the input) in 4.3 instead of 5.4-6.1 us. */
+#define ZSTD_LEVEL_NO_DICT 1
 #define DICT_SIZE (16 * 1024)
 #define DICT_SAMPLES 4096
 
@@ -206,7 +210,7 @@ int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const en
       d = dict_get(log, txn, t->id, t->dict_id);
     size_t n =
         d ? ZSTD_compress_usingCDict(z->c, dst, bound, ev->payload, ev->payload_len, d->cdict)
-          : ZSTD_compressCCtx(z->c, dst, bound, ev->payload, ev->payload_len, ZSTD_LEVEL);
+          : ZSTD_compressCCtx(z->c, dst, bound, ev->payload, ev->payload_len, ZSTD_LEVEL_NO_DICT);
     if (!ZSTD_isError(n) && n < ev->payload_len) {
       r.payload.data = dst;
       r.payload.len = n;

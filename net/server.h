@@ -114,6 +114,8 @@ struct net_server {
   int exiting;           /* workers leave when the queue is empty */
   int running;           /* jobs being executed */
   int park_signal;       /* main thread must look at the parked list */
+  int hold_lanes;        /* the main thread is reading a burst of requests and may run
+                            the appends among them itself: lanes made ready wake nobody */
   pthread_t main_thread; /* runs server_main_loop */
 
   pthread_t *workers;
@@ -203,7 +205,11 @@ void server_run_one(struct net_server *s, struct worker *w, struct job *j);
 /* Runs one request of any kind: decoded, then a fetch (maybe parked), an append (as a
  * lane of one) or any other operation; its reply leaves through w->push. */
 void server_run_job(struct net_server *s, struct worker *w, struct job *j);
+/* Puts a lane with appends on the ready list and wakes a worker for it (unless the main
+ * thread holds the lanes for itself: hold_lanes). */
 void server_lane_ready_locked(struct net_server *s, struct lane *l);
+size_t server_lanes_take_locked(struct net_server *s, struct lane **taken, struct job **list);
+void server_lanes_give_locked(struct net_server *s, struct lane **taken, size_t nl);
 void *server_worker_thread(void *arg);
 
 /* Appends (server_append.c): runs a list of jobs taken from one lane, in order. */

@@ -51,6 +51,39 @@ static int run_here(struct net_server *s, struct job *j) {
   return 1;
 }
 
+/* After a burst of requests read in async mode: when no worker is busy and nothing but
+ * appends waits, the main thread runs the appends of every connection itself, as one
+ * commit, and replies straight to the ROUTER. Handing them to a worker costs two thread
+ * wake-ups and a pass of each reply through the inproc PUSH and PULL, more CPU than the
+ * commit itself on a machine with few cores. (In sync mode the workers keep them: while
+ * one waits for its flush another commits the next appends.) Otherwise a worker is woken
+ * for the lanes the burst made ready. */
+static void run_lanes_here(struct net_server *s) {
+  pthread_mutex_lock(&s->mu);
+  s->hold_lanes = 0;
+  if (!s->ready_head) {
+    pthread_mutex_unlock(&s->mu);
+    return;
+  }
+  if (s->running || s->q_head || s->w_head || s->stopping) {
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return;
+  }
+  struct lane *taken[LANE_TAKE];
+  struct job *list;
+  size_t nl = server_lanes_take_locked(s, taken, &list);
+  s->running++;
+  pthread_mutex_unlock(&s->mu);
+  struct worker here = {.s = s, .push = s->router};
+  server_run_lane(s, &here, list);
+  pthread_mutex_lock(&s->mu);
+  s->running--;
+  server_lanes_give_locked(s, taken, nl);
+  if (s->w_head || s->q_head || s->ready_head) pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
 /* Reads one request off the ROUTER and queues it (or answers a bad frame at once, or runs
  * it here). Returns 0; 1 when it ran here, having seen nothing else waiting (so the
  * caller need not ask the ROUTER again before its next poll); -1 when nothing was
@@ -301,12 +334,19 @@ void server_main_loop(struct net_server *s) {
     server_publish_dirty(s);
     if (replies_more || (pf[1].revents & POLLIN)) replies_more = server_forward_replies(s);
     if ((router_ready || (pf[0].revents & POLLIN)) && !s->stopping) {
+      int hold = s->o.durability == ENGRAM_DURABILITY_ASYNC;
+      if (hold) {
+        pthread_mutex_lock(&s->mu);
+        s->hold_lanes = 1;
+        pthread_mutex_unlock(&s->mu);
+      }
       for (int n = 0; n < RECV_BURST; n++) {
         pthread_mutex_lock(&s->mu);
         int full = s->queued >= MAX_QUEUED;
         pthread_mutex_unlock(&s->mu);
         if (full || take_request(s) != 0) break; /* nothing left, or it ran here */
       }
+      if (hold) run_lanes_here(s);
       server_publish_dirty(s); /* commits of requests run right here */
     }
     if (in_more || (pf[2].revents & POLLIN)) in_more = take_notify_in(s);

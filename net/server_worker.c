@@ -203,7 +203,7 @@ void server_lane_ready_locked(struct net_server *s, struct lane *l) {
   else
     s->ready_head = l;
   s->ready_tail = l;
-  pthread_cond_signal(&s->cv);
+  if (!s->hold_lanes) pthread_cond_signal(&s->cv);
 }
 
 static void lane_drop_locked(struct net_server *s, struct lane *l) {
@@ -231,6 +231,49 @@ static void run_first(struct net_server *s, struct worker *w, struct job **head,
   s->running--;
 }
 
+/* Every ready lane at once (up to LANE_TAKE appends): the appends of all connections then
+ * share one transaction and one flush, as a single-threaded server's would, instead of
+ * one commit per connection. Each lane's appends stay in order; the lanes are busy until
+ * server_lanes_give_locked. Returns how many lanes were taken (into taken), their appends
+ * in one list. */
+size_t server_lanes_take_locked(struct net_server *s, struct lane **taken, struct job **list) {
+  size_t nl = 0, n = 0;
+  struct job **tail = list;
+  *list = NULL;
+  while (s->ready_head && n < LANE_TAKE) {
+    struct lane *l = s->ready_head;
+    s->ready_head = l->next_ready;
+    if (!s->ready_head) s->ready_tail = NULL;
+    l->ready = 0;
+    l->busy = 1;
+    taken[nl++] = l;
+    struct job *last = l->head;
+    n++;
+    while (last->next && n < LANE_TAKE) {
+      last = last->next;
+      n++;
+    }
+    *tail = l->head;
+    tail = &last->next;
+    l->head = last->next;
+    if (!l->head) l->tail = NULL;
+    last->next = NULL;
+  }
+  s->queued -= n;
+  return nl;
+}
+
+void server_lanes_give_locked(struct net_server *s, struct lane **taken, size_t nl) {
+  for (size_t i = 0; i < nl; i++) {
+    struct lane *l = taken[i];
+    l->busy = 0;
+    if (l->head)
+      server_lane_ready_locked(s, l);
+    else
+      lane_drop_locked(s, l);
+  }
+}
+
 static void *worker_main(void *arg) {
   struct worker *w = arg;
   struct net_server *s = w->s;
@@ -245,46 +288,15 @@ static void *worker_main(void *arg) {
     }
     /* Alternate between plain requests and lanes so neither starves the other. */
     if (s->ready_head && (!s->q_head || (w->turn++ & 1))) {
-      /* Every ready lane at once (up to LANE_TAKE appends): the appends of all
-       * connections then share one transaction and one flush, as a single-threaded
-       * server's would, instead of one commit per connection. Each lane's appends stay
-       * in order; lanes are busy until this worker is done with them. */
       struct lane *taken[LANE_TAKE];
-      size_t nl = 0, n = 0;
-      struct job *list = NULL, **tail = &list;
-      while (s->ready_head && n < LANE_TAKE) {
-        struct lane *l = s->ready_head;
-        s->ready_head = l->next_ready;
-        if (!s->ready_head) s->ready_tail = NULL;
-        l->ready = 0;
-        l->busy = 1;
-        taken[nl++] = l;
-        struct job *last = l->head;
-        n++;
-        while (last->next && n < LANE_TAKE) {
-          last = last->next;
-          n++;
-        }
-        *tail = l->head;
-        tail = &last->next;
-        l->head = last->next;
-        if (!l->head) l->tail = NULL;
-        last->next = NULL;
-      }
-      s->queued -= n;
+      struct job *list;
+      size_t nl = server_lanes_take_locked(s, taken, &list);
       s->running++;
       pthread_mutex_unlock(&s->mu);
       server_run_lane(s, w, list);
       pthread_mutex_lock(&s->mu);
       s->running--;
-      for (size_t i = 0; i < nl; i++) {
-        struct lane *l = taken[i];
-        l->busy = 0;
-        if (l->head)
-          server_lane_ready_locked(s, l);
-        else
-          lane_drop_locked(s, l);
-      }
+      server_lanes_give_locked(s, taken, nl);
     } else {
       run_first(s, w, &s->q_head, &s->q_tail);
     }

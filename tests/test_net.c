@@ -781,6 +781,110 @@ static void pipelined_appends_keep_their_order_and_report_every_offset(void **st
   conn_and_serve_done(&d, r);
 }
 
+/* Several connections pipelining at once into an async daemon, whose main thread then runs
+ * the appends of all of them as one commit: each connection's events keep their order,
+ * every callback gets its own event's offset, a bad append fails alone and nothing is lost
+ * or stored twice. */
+#define MC_CONNS 6
+#define MC_EACH 1500
+
+struct mc_conn {
+  const char *ep;
+  int id;
+  uint64_t off[MC_EACH]; /* offsets acknowledged, in call order */
+  int n, bad, fails, other;
+};
+
+static void mc_on_ack(void *ctx, int rc, uint64_t offset, int dup) {
+  struct mc_conn *c = ctx;
+  if (rc != 0 || dup) {
+    c->bad++;
+    return;
+  }
+  if (c->n < MC_EACH) c->off[c->n] = offset;
+  c->n++;
+}
+
+static void mc_on_fail(void *ctx, int rc, uint64_t offset, int dup) {
+  (void)offset;
+  (void)dup;
+  struct mc_conn *c = ctx;
+  if (rc == ENGRAM_ENOTFOUND) c->fails++;
+}
+
+static void mc_on_other(void *ctx, int rc, uint64_t offset, int dup) {
+  (void)offset;
+  struct mc_conn *c = ctx;
+  if (rc == 0 && !dup) c->other++;
+}
+
+static void *mc_producer(void *arg) {
+  struct mc_conn *c = arg;
+  engram_connect_options o = {.timeout_ms = 10000, .pipeline_window = 32};
+  engram *r = td_connect_within(c->ep, 5000, &o);
+  if (!r) return NULL;
+  char payload[64];
+  for (int i = 0; i < MC_EACH; i++) {
+    snprintf(payload, sizeof payload, "{\"c\":%d,\"i\":%d}", c->id, i);
+    engram_event e = ev_of("memory.saved", NULL, payload);
+    if (engram_append_async(r, "memory", &e, mc_on_ack, c)) break;
+    if (i % 100 == 50) { /* another topic, and one that does not exist, in between */
+      engram_event o2 = ev_of("memory.queried", NULL, payload);
+      if (engram_append_async(r, "queries", &o2, mc_on_other, c)) break;
+      if (c->id == 0 && engram_append_async(r, "nosuch", &o2, mc_on_fail, c)) break;
+    }
+  }
+  engram_append_wait(r); /* the failed ones report here too: counted by the callbacks */
+  engram_close(r);
+  return NULL;
+}
+
+static void connections_pipelining_at_once_share_commits_and_keep_their_order(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-mconn");
+  d.o.durability = ENGRAM_DURABILITY_ASYNC;
+  td_start(&d);
+  engram_connect_options o = {.timeout_ms = 10000};
+  engram *r = td_connect_within(d.ep, 5000, &o);
+  assert_non_null(r);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  OK(r, engram_topic_create(r, "queries", NULL));
+  static struct mc_conn cs[MC_CONNS];
+  pthread_t th[MC_CONNS];
+  for (int i = 0; i < MC_CONNS; i++) {
+    memset(&cs[i], 0, sizeof cs[i]);
+    cs[i].ep = d.ep;
+    cs[i].id = i;
+    assert_int_equal(pthread_create(&th[i], NULL, mc_producer, &cs[i]), 0);
+  }
+  for (int i = 0; i < MC_CONNS; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < MC_CONNS; i++) {
+    assert_int_equal(cs[i].bad, 0);
+    assert_int_equal(cs[i].n, MC_EACH);
+    assert_int_equal(cs[i].other, MC_EACH / 100);
+    assert_int_equal(cs[i].fails, i == 0 ? MC_EACH / 100 : 0);
+    for (int k = 1; k < MC_EACH; k++) assert_true(cs[i].off[k] > cs[i].off[k - 1]);
+  }
+  engram_batch *b;
+  OK(r, engram_read_range(r, "memory", 1, MC_CONNS * MC_EACH + 10, &b));
+  assert_int_equal(b->count, MC_CONNS * MC_EACH);
+  int next[MC_CONNS] = {0};
+  for (size_t k = 0; k < b->count; k++) {
+    int c = -1, i = -1;
+    assert_int_equal(sscanf((const char *)b->events[k].payload, "{\"c\":%d,\"i\":%d}", &c, &i), 2);
+    assert_true(c >= 0 && c < MC_CONNS);
+    assert_int_equal(i, next[c]); /* in the order its connection sent them, none twice */
+    assert_int_equal(b->events[k].offset, cs[c].off[i]);
+    next[c]++;
+  }
+  engram_batch_free(b);
+  OK(r, engram_read_range(r, "queries", 1, 1000, &b));
+  assert_int_equal(b->count, MC_CONNS * (MC_EACH / 100));
+  engram_batch_free(b);
+  conn_and_serve_done(&d, r);
+}
+
 struct results {
   int n;
   int rc[64];
@@ -2102,6 +2206,7 @@ int main(void) {
       cmocka_unit_test(leases_expire_and_retries_come_back_through_the_daemon),
       cmocka_unit_test(a_long_poll_returns_when_events_arrive_or_its_wait_ends),
       cmocka_unit_test(pipelined_appends_keep_their_order_and_report_every_offset),
+      cmocka_unit_test(connections_pipelining_at_once_share_commits_and_keep_their_order),
       cmocka_unit_test(pipelined_appends_fail_alone_and_leave_without_further_calls),
       cmocka_unit_test(replies_come_back_out_of_order_on_one_connection),
       cmocka_unit_test(no_daemon_means_econn_and_a_frozen_one_etimedout),
