@@ -276,6 +276,9 @@ typedef struct engram_commit_stats {
                            again (when it fills up, or a commit is too big for it) */
   int write_ahead;      /* 1: commits go through the write-ahead file (one flush each);
                            0: LMDB flushes data, then meta page (two for a lone writer) */
+  uint64_t flushes_shared; /* times this handle's writes were made durable by a flush of
+                              another process on the same log, waited for instead of
+                              flushing (one flush at a time between processes) */
 } engram_commit_stats;
 ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
 

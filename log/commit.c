@@ -551,6 +551,7 @@ int log_commit_stats(struct log *log, engram_commit_stats *out) {
   out->commits = log->st_commits;
   out->jobs = log->st_jobs;
   out->flushes = log->st_flushes;
+  out->flushes_shared = log->st_flushes_shared;
   out->max_wait = log->st_max_wait;
   memcpy(out->batch_hist, log->st_batch_hist, sizeof out->batch_hist);
   out->write_latency = log->st_write;

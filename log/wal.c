@@ -37,14 +37,19 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/got.h"
@@ -115,6 +120,11 @@ struct wal_shm {
                            later flush acknowledges anything until a checkpoint succeeds */
   uint64_t pending_gen; /* a background checkpoint has written the header of this
                            generation and is flushing it (0 = none): no other may write one */
+  /* Flushes shared between processes (log_wal_sync). Zero in a file made by an older
+   * engram, which then flushes alone: only synced decides what is durable. */
+  int32_t flush_owner;    /* pid of the process whose flush the others wait for, 0 = none */
+  uint32_t flush_gen;     /* bumped when that flush ends: a futex word */
+  uint32_t flush_waiters; /* processes sleeping on flush_gen */
 };
 
 struct wal {
@@ -919,9 +929,69 @@ static int flush_fails(int fd) {
   return fdatasync(fd);
 }
 
-/* Makes every record written so far durable. Flushes of the file run concurrently, from
- * any thread and process (the block layer merges their cache flushes): none waits for
- * another's to end. */
+#define WAL_TURN_WAIT_NS 2000000ll /* a sleep for another process's flush, before looking again */
+#define WAL_TURN_MAX_WAITS 25        /* sleeps before flushing regardless (a stuck flush) */
+
+static long futex_shared(uint32_t *word, int op, uint32_t val, const struct timespec *ts) {
+  return syscall(SYS_futex, word, op, val, ts, NULL, 0);
+}
+
+/* Whose turn it is to flush, between processes. Each process's flush costs a cache flush
+ * of the disk, and eight processes that each flush their own record pay eight where one
+ * would do. So the process that starts a flush holds the turn (flush_owner) until it
+ * ends; a process whose records came after that flush began sleeps until it ends, then
+ * the first one awake flushes for all who waited meanwhile. Threads of one process flush
+ * side by side as before (their commits are grouped by commit.c already). Returns 1 when
+ * a flush of another process made the records up to upto durable; 0 when the caller must
+ * flush, with *owner set when it holds the turn (flush_turn_end gives it back). Waiting
+ * is only a saving: what is durable is decided by synced alone, a dead owner's turn is
+ * taken back, and after WAL_TURN_MAX_WAITS sleeps the caller flushes anyway. */
+static int flush_turn(struct wal_shm *s, uint64_t upto, int *owner) {
+  int32_t me = (int32_t)self_pid();
+  *owner = 0;
+  for (int waits = 0;;) {
+    if (__atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) >= upto) return 1;
+    int32_t cur = __atomic_load_n(&s->flush_owner, __ATOMIC_ACQUIRE);
+    if (cur == 0) {
+      if (__atomic_compare_exchange_n(&s->flush_owner, &cur, me, 0, __ATOMIC_ACQ_REL,
+                                      __ATOMIC_ACQUIRE)) {
+        *owner = 1;
+        return 0;
+      }
+      continue;
+    }
+    if (cur == me || waits >= WAL_TURN_MAX_WAITS) return 0;
+    uint32_t gen = __atomic_load_n(&s->flush_gen, __ATOMIC_ACQUIRE);
+    __atomic_add_fetch(&s->flush_waiters, 1, __ATOMIC_ACQ_REL);
+    long r = 0;
+    /* Asleep only while that flush still runs: its end moves flush_gen first. */
+    if (__atomic_load_n(&s->flush_owner, __ATOMIC_ACQUIRE) == cur &&
+        __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) < upto) {
+      struct timespec ts = {0, WAL_TURN_WAIT_NS};
+      r = futex_shared(&s->flush_gen, FUTEX_WAIT, gen, &ts);
+    }
+    __atomic_sub_fetch(&s->flush_waiters, 1, __ATOMIC_ACQ_REL);
+    if (r < 0 && errno == ETIMEDOUT) {
+      waits++;
+      if (kill(cur, 0) < 0 && errno == ESRCH) /* killed during its flush */
+        __atomic_compare_exchange_n(&s->flush_owner, &cur, 0, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE);
+    }
+  }
+}
+
+/* Gives the turn back after the owner's flush (synced already moved) and wakes those
+ * waiting for it. */
+static void flush_turn_end(struct wal_shm *s) {
+  __atomic_store_n(&s->flush_owner, 0, __ATOMIC_RELEASE);
+  __atomic_add_fetch(&s->flush_gen, 1, __ATOMIC_ACQ_REL);
+  if (__atomic_load_n(&s->flush_waiters, __ATOMIC_ACQUIRE))
+    futex_shared(&s->flush_gen, FUTEX_WAKE, INT_MAX, NULL);
+}
+
+/* Makes every record written so far durable. Flushes of one process's threads run
+ * concurrently; between processes one flush runs at a time and covers the records of
+ * all that waited for it (flush_turn). */
 int log_wal_sync(struct log *log) {
   struct wal *w = log->wal;
   struct wal_shm *s = w->shm;
@@ -932,6 +1002,15 @@ int log_wal_sync(struct log *log) {
   int prc = pin_begin(log, &cand);
   uint64_t upto = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
   int rc = 0;
+  int owner = 0;
+  if (flush_turn(s, upto, &owner)) {
+    /* Durable through another process's flush: the pin moves all the same. */
+    pin_offer(w, cand, prc == 0, upto);
+    pthread_mutex_lock(&log->mu);
+    log->st_flushes_shared++;
+    pthread_mutex_unlock(&log->mu);
+    return 0;
+  }
   int64_t t0 = clock_monotonic_ns();
   int fd = flush_fd_take(log);
   if (fd < 0 || flush_fails(fd) < 0) {
@@ -960,6 +1039,7 @@ int log_wal_sync(struct log *log) {
                                                       __ATOMIC_ACQUIRE)) {
     }
   }
+  if (owner) flush_turn_end(s);
   pin_offer(w, cand, rc == 0 && prc == 0, upto);
   pthread_mutex_lock(&log->mu);
   log->last_flush_ns = took;
