@@ -980,6 +980,13 @@ static int flush_turn(struct wal_shm *s, uint64_t upto, int *owner) {
   }
 }
 
+/* Tests: a flush that holds the turn for ENGRAM_TEST_WAL_FLUSH_STALL_MS before it begins
+ * (a process stopped or killed during its flush). */
+static void flush_turn_test_stall(void) {
+  const char *e = getenv("ENGRAM_TEST_WAL_FLUSH_STALL_MS");
+  if (e && atol(e) > 0) clock_sleep_ns(atol(e) * 1000000ll);
+}
+
 /* Gives the turn back after the owner's flush (synced already moved) and wakes those
  * waiting for it. */
 static void flush_turn_end(struct wal_shm *s) {
@@ -1011,6 +1018,7 @@ int log_wal_sync(struct log *log) {
     pthread_mutex_unlock(&log->mu);
     return 0;
   }
+  if (owner) flush_turn_test_stall();
   int64_t t0 = clock_monotonic_ns();
   int fd = flush_fd_take(log);
   if (fd < 0 || flush_fails(fd) < 0) {

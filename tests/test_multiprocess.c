@@ -6,7 +6,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -18,6 +20,10 @@
 #define PER_PROC 500
 
 typedef tu_fx fx;
+#define OK(log, call) TU_OK(log, call)
+
+/* Shared with the children: flushes of other processes that made their writes durable. */
+static uint64_t *shared_flushes;
 
 static int setup(void **state) {
   fx *f = tu_fx_new("multiprocess");
@@ -71,6 +77,9 @@ static int writer(void *arg) {
       last = offs[j];
     }
   }
+  engram_commit_stats st;
+  if (shared_flushes && engram_commit_stats_get(log, &st) == 0)
+    __atomic_add_fetch(shared_flushes, st.flushes_shared, __ATOMIC_RELAXED);
   engram_close(log);
   return 0;
 }
@@ -168,9 +177,65 @@ static void four_processes_appending_at_once_lose_nothing_and_share_dense_offset
     pid[i] = tu_spawn(writer, &c[i]);
   }
   for (int i = 0; i < NPROC; i++) assert_int_equal(tu_wait(pid[i], 120000), 0);
-  print_message("%d synced appends from %d processes in %lld ms\n", NPROC * PER_PROC, NPROC,
-                (long long)(tu_mono_ms() - t0));
+  print_message("%d synced appends from %d processes in %lld ms, %llu made durable by another "
+                "process's flush\n",
+                NPROC * PER_PROC, NPROC, (long long)(tu_mono_ms() - t0),
+                (unsigned long long)*shared_flushes);
   expect_all(f->logdir, NPROC, PER_PROC);
+  /* One flush at a time between processes: the others' records ride along. */
+  assert_true(*shared_flushes > 0);
+}
+
+/* Holds the turn to flush between processes, stalled in its flush (until killed). */
+static int stalled_flusher(void *arg) {
+  struct child *c = arg;
+  setenv("ENGRAM_TEST_WAL_FLUSH_STALL_MS", "30000", 1);
+  engram *log = NULL;
+  int rc = engram_open(c->logdir, NULL, &log);
+  if (rc) return child_fail(NULL, "open", rc);
+  engram_event e = {.type = "memory.saved", .payload = "stalled", .payload_len = 7};
+  rc = engram_append(log, "memory", &e, NULL, NULL);
+  return child_fail(log, "append returned during its stall", rc);
+}
+
+static int64_t append_n(engram *log, int from, int n) {
+  int64_t t0 = tu_mono_ms();
+  char b[32];
+  for (int k = from; k < from + n; k++) {
+    int len = snprintf(b, sizeof b, "q-%d", k);
+    engram_event e = {.type = "memory.saved", .payload = b, .payload_len = (size_t)len};
+    OK(log, engram_append(log, "memory", &e, NULL, NULL));
+  }
+  return tu_mono_ms() - t0;
+}
+
+/* A process stopped or killed while the others wait for its flush: they wait a bounded
+ * time while it lives, take the turn back once it is dead, and lose nothing. */
+static void a_process_killed_during_its_flush_stalls_no_other(void **state) {
+  fx *f = *state;
+  struct child c = {.logdir = f->logdir};
+  pid_t a = tu_spawn(stalled_flusher, &c);
+  tu_sleep_ms(500); /* its append is in its flush, holding the turn */
+  engram *log = tu_open(f->logdir, NULL);
+  int64_t alive = append_n(log, 0, 10);
+  assert_int_equal(kill(a, SIGKILL), 0);
+  assert_int_not_equal(tu_wait(a, 10000), 0);
+  int64_t dead = append_n(log, 10, 100);
+  print_message("10 appends beside the stalled flush: %lld ms; 100 after its kill: %lld ms\n",
+                (long long)alive, (long long)dead);
+  assert_true(alive < 5000); /* each waited a bounded time, not for the stalled flush */
+  assert_true(dead < 3000);  /* the dead owner's turn was taken back: no waiting at all */
+  engram_batch *b;
+  OK(log, engram_read_range(log, "memory", 1, 1000, &b));
+  int seen = 0;
+  for (size_t i = 0; i < b->count; i++) seen += b->events[i].payload_len > 2 &&
+                                                !memcmp(b->events[i].payload, "q-", 2);
+  assert_int_equal(seen, 110);
+  engram_batch_free(b);
+  engram_verify_report rep;
+  assert_int_equal(engram_verify(log, &rep), 0);
+  assert_int_equal(rep.damaged, 0);
+  engram_close(log);
 }
 
 static void batches_from_different_processes_never_interleave(void **state) {
@@ -331,10 +396,14 @@ static void four_processes_creating_a_topic_and_appending_on_a_fresh_log_all_suc
 }
 
 int main(void) {
+  shared_flushes = mmap(NULL, sizeof *shared_flushes, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared_flushes == MAP_FAILED) return 1;
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, tu_fx_teardown)
   const struct CMUnitTest tests[] = {
       T(four_processes_appending_at_once_lose_nothing_and_share_dense_offsets),
+      T(a_process_killed_during_its_flush_stalls_no_other),
       T(batches_from_different_processes_never_interleave),
       T(a_reader_process_sees_appends_from_other_processes_in_order_without_gaps),
       T(topics_created_by_another_process_are_usable_at_once),
