@@ -930,7 +930,7 @@ static int flush_fails(int fd) {
 }
 
 #define WAL_TURN_WAIT_NS 2000000ll /* a sleep for another process's flush, before looking again */
-#define WAL_TURN_MAX_WAITS 25        /* sleeps before flushing regardless (a stuck flush) */
+#define WAL_TURN_MAX_WAITS 25      /* sleeps before flushing regardless (a stuck flush) */
 
 static long futex_shared(uint32_t *word, int op, uint32_t val, const struct timespec *ts) {
   return syscall(SYS_futex, word, op, val, ts, NULL, 0);

@@ -18,7 +18,8 @@
  * topic become one engram_append_batch).
  *
  * An idle daemon runs a quick request on the main thread itself (server_loop.c,
- * run_here): no hand-off to a worker and back.
+ * run_here): no hand-off to a worker and back. So are the appends of a burst of requests
+ * when no worker is busy (run_lanes_here): one commit for every connection's appends.
  *
  * Long polls. A fetch runs with no wait; when it finds nothing it is parked with the
  * topic's change sequence. A commit on the topic (from any worker, or from another

@@ -177,10 +177,10 @@ static void four_processes_appending_at_once_lose_nothing_and_share_dense_offset
     pid[i] = tu_spawn(writer, &c[i]);
   }
   for (int i = 0; i < NPROC; i++) assert_int_equal(tu_wait(pid[i], 120000), 0);
-  print_message("%d synced appends from %d processes in %lld ms, %llu made durable by another "
-                "process's flush\n",
-                NPROC * PER_PROC, NPROC, (long long)(tu_mono_ms() - t0),
-                (unsigned long long)*shared_flushes);
+  print_message(
+      "%d synced appends from %d processes in %lld ms, %llu made durable by another "
+      "process's flush\n",
+      NPROC * PER_PROC, NPROC, (long long)(tu_mono_ms() - t0), (unsigned long long)*shared_flushes);
   expect_all(f->logdir, NPROC, PER_PROC);
   /* One flush at a time between processes: the others' records ride along. */
   assert_true(*shared_flushes > 0);
@@ -228,8 +228,8 @@ static void a_process_killed_during_its_flush_stalls_no_other(void **state) {
   engram_batch *b;
   OK(log, engram_read_range(log, "memory", 1, 1000, &b));
   int seen = 0;
-  for (size_t i = 0; i < b->count; i++) seen += b->events[i].payload_len > 2 &&
-                                                !memcmp(b->events[i].payload, "q-", 2);
+  for (size_t i = 0; i < b->count; i++)
+    seen += b->events[i].payload_len > 2 && !memcmp(b->events[i].payload, "q-", 2);
   assert_int_equal(seen, 110);
   engram_batch_free(b);
   engram_verify_report rep;
@@ -396,8 +396,8 @@ static void four_processes_creating_a_topic_and_appending_on_a_fresh_log_all_suc
 }
 
 int main(void) {
-  shared_flushes = mmap(NULL, sizeof *shared_flushes, PROT_READ | PROT_WRITE,
-                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  shared_flushes =
+      mmap(NULL, sizeof *shared_flushes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shared_flushes == MAP_FAILED) return 1;
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, tu_fx_teardown)

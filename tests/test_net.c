@@ -839,11 +839,10 @@ static void *mc_producer(void *arg) {
   return NULL;
 }
 
-static void connections_pipelining_at_once_share_commits_and_keep_their_order(void **state) {
-  (void)state;
+static void connections_pipelining_at_once(engram_durability durability) {
   td d;
   td_init(&d, "net-mconn");
-  d.o.durability = ENGRAM_DURABILITY_ASYNC;
+  d.o.durability = durability;
   td_start(&d);
   engram_connect_options o = {.timeout_ms = 10000};
   engram *r = td_connect_within(d.ep, 5000, &o);
@@ -883,6 +882,12 @@ static void connections_pipelining_at_once_share_commits_and_keep_their_order(vo
   assert_int_equal(b->count, MC_CONNS * (MC_EACH / 100));
   engram_batch_free(b);
   conn_and_serve_done(&d, r);
+}
+
+static void connections_pipelining_at_once_share_commits_and_keep_their_order(void **state) {
+  (void)state;
+  connections_pipelining_at_once(ENGRAM_DURABILITY_ASYNC);
+  connections_pipelining_at_once(ENGRAM_DURABILITY_SYNC); /* each batch waits for its flush */
 }
 
 struct results {
