@@ -19,7 +19,7 @@
  *
  * An idle daemon runs a quick request on the main thread itself (server_loop.c,
  * run_here): no hand-off to a worker and back. So are the appends of a burst of requests
- * when no worker is busy (run_lanes_here): one commit for every connection's appends.
+ * when no worker is busy (run_burst_here): one commit for every connection's appends.
  *
  * Long polls. A fetch runs with no wait; when it finds nothing it is parked with the
  * topic's change sequence. A commit on the topic (from any worker, or from another
@@ -115,8 +115,8 @@ struct net_server {
   int exiting;           /* workers leave when the queue is empty */
   int running;           /* jobs being executed */
   int park_signal;       /* main thread must look at the parked list */
-  int hold_lanes;        /* the main thread is reading a burst of requests and may run
-                            the appends among them itself: lanes made ready wake nobody */
+  int hold;              /* the main thread is reading a burst of requests and may run
+                            them itself: lanes made ready and requests queued wake nobody */
   pthread_t main_thread; /* runs server_main_loop */
 
   pthread_t *workers;
@@ -207,7 +207,7 @@ void server_run_one(struct net_server *s, struct worker *w, struct job *j);
  * lane of one) or any other operation; its reply leaves through w->push. */
 void server_run_job(struct net_server *s, struct worker *w, struct job *j);
 /* Puts a lane with appends on the ready list and wakes a worker for it (unless the main
- * thread holds the lanes for itself: hold_lanes). */
+ * thread holds the burst for itself: hold). */
 void server_lane_ready_locked(struct net_server *s, struct lane *l);
 size_t server_lanes_take_locked(struct net_server *s, struct lane **taken, struct job **list);
 void server_lanes_give_locked(struct net_server *s, struct lane **taken, size_t nl);

@@ -16,16 +16,19 @@
  * than the request itself on a machine with few cores. An append in sync mode runs here
  * too, flush and all: while the daemon is idle nobody else waits for the main thread
  * during that flush (measured: 1.15-1.5x the appends/s of one blocking client, the same
- * with eight). With more waiting, appends gather in lanes that run_lanes_here runs after
- * the burst. Returns 1 when j was run (and freed). */
+ * with eight). With more waiting, appends gather in lanes that run_burst_here runs after
+ * the burst, as do the quick requests among them. Returns 1 when j was run (and freed). */
+/* Hello and stats; fetches and acks unless every commit is synced (appends go to lanes). */
+static int quick_op(const struct net_server *s, int op) {
+  return op == ENGRAM__WIRE__REQUEST__OP_HELLO || op == ENGRAM__WIRE__REQUEST__OP_STATS ||
+         (s->o.durability != ENGRAM_DURABILITY_SYNC &&
+          (op == ENGRAM__WIRE__REQUEST__OP_FETCH || op == ENGRAM__WIRE__REQUEST__OP_ACK ||
+           op == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH));
+}
+
 static int run_here(struct net_server *s, struct job *j) {
   int op = j->pk.op;
-  int cheap = op == ENGRAM__WIRE__REQUEST__OP_HELLO || op == ENGRAM__WIRE__REQUEST__OP_STATS;
-  int quick = op == ENGRAM__WIRE__REQUEST__OP_APPEND ||
-              (s->o.durability != ENGRAM_DURABILITY_SYNC &&
-               (op == ENGRAM__WIRE__REQUEST__OP_FETCH || op == ENGRAM__WIRE__REQUEST__OP_ACK ||
-                op == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH));
-  if (!cheap && !quick) return 0;
+  if (op != ENGRAM__WIRE__REQUEST__OP_APPEND && !quick_op(s, op)) return 0;
   int ev = 0;
   size_t el = sizeof ev;
   if (zmq_getsockopt(s->router, ZMQ_EVENTS, &ev, &el) != 0 || (ev & ZMQ_POLLIN)) return 0;
@@ -58,27 +61,45 @@ static int run_here(struct net_server *s, struct job *j) {
  * worker costs two thread wake-ups and a pass of each reply through the inproc PUSH and
  * PULL, more CPU than the commit itself on a machine with few cores: served `append8`
  * measured 1.1-1.6x the appends/s (fsync row) and 1.1-1.3x (everyday) against the
- * workers, though those overlap one batch's flush with the next one's commit. Otherwise
- * a worker is woken for the lanes the burst made ready. */
-static void run_lanes_here(struct net_server *s) {
+ * workers, though those overlap one batch's flush with the next one's commit. The quick
+ * requests at the head of the queue (quick_op: fetches and acks of a group drained by
+ * several consumers) run here after them, each its own commit. Otherwise a worker is
+ * woken for what the burst queued. */
+static void run_burst_here(struct net_server *s) {
   pthread_mutex_lock(&s->mu);
-  s->hold_lanes = 0;
-  if (!s->ready_head) {
+  s->hold = 0;
+  if (!s->ready_head && !s->q_head) {
     pthread_mutex_unlock(&s->mu);
     return;
   }
-  if (s->running || s->q_head || s->w_head || s->stopping) {
+  if (s->running || s->w_head || s->stopping) {
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return;
   }
   struct lane *taken[LANE_TAKE];
-  struct job *list;
-  size_t nl = server_lanes_take_locked(s, taken, &list);
+  struct job *list = NULL, *quick = NULL, **qt = &quick;
+  size_t nl = s->ready_head ? server_lanes_take_locked(s, taken, &list) : 0;
+  for (size_t n = 0; s->q_head && n < RECV_BURST && quick_op(s, s->q_head->pk.op); n++) {
+    struct job *j = s->q_head;
+    s->q_head = j->next;
+    if (!s->q_head) s->q_tail = NULL;
+    s->queued--;
+    j->next = NULL;
+    *qt = j;
+    qt = &j->next;
+  }
+  if (s->q_head) pthread_cond_signal(&s->cv); /* the slower ones for a worker */
   s->running++;
   pthread_mutex_unlock(&s->mu);
   struct worker here = {.s = s, .push = s->router};
-  server_run_lane(s, &here, list);
+  if (list) server_run_lane(s, &here, list);
+  while (quick) {
+    struct job *j = quick;
+    quick = j->next;
+    j->next = NULL;
+    server_run_job(s, &here, j);
+  }
   pthread_mutex_lock(&s->mu);
   s->running--;
   server_lanes_give_locked(s, taken, nl);
@@ -337,7 +358,7 @@ void server_main_loop(struct net_server *s) {
     if (replies_more || (pf[1].revents & POLLIN)) replies_more = server_forward_replies(s);
     if ((router_ready || (pf[0].revents & POLLIN)) && !s->stopping) {
       pthread_mutex_lock(&s->mu);
-      s->hold_lanes = 1;
+      s->hold = 1;
       pthread_mutex_unlock(&s->mu);
       for (int n = 0; n < RECV_BURST; n++) {
         pthread_mutex_lock(&s->mu);
@@ -345,7 +366,7 @@ void server_main_loop(struct net_server *s) {
         pthread_mutex_unlock(&s->mu);
         if (full || take_request(s) != 0) break; /* nothing left, or it ran here */
       }
-      run_lanes_here(s);
+      run_burst_here(s);
       server_publish_dirty(s); /* commits of requests run right here */
     }
     if (in_more || (pf[2].revents & POLLIN)) in_more = take_notify_in(s);

@@ -50,7 +50,7 @@ void server_enqueue(struct net_server *s, struct job *j) {
     s->q_head = j;
   s->q_tail = j;
   s->queued++;
-  pthread_cond_signal(&s->cv);
+  if (!s->hold) pthread_cond_signal(&s->cv);
 }
 
 /* Parked fetches on `topic` look again now. Called from a worker (a commit, a group

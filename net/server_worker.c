@@ -203,7 +203,7 @@ void server_lane_ready_locked(struct net_server *s, struct lane *l) {
   else
     s->ready_head = l;
   s->ready_tail = l;
-  if (!s->hold_lanes) pthread_cond_signal(&s->cv);
+  if (!s->hold) pthread_cond_signal(&s->cv);
 }
 
 static void lane_drop_locked(struct net_server *s, struct lane *l) {
