@@ -124,7 +124,8 @@ struct wal_shm {
    * engram, which then flushes alone: only synced decides what is durable. */
   int32_t flush_owner;    /* pid of the process whose flush the others wait for, 0 = none */
   uint32_t flush_gen;     /* bumped when that flush ends: a futex word */
-  uint32_t flush_waiters; /* processes sleeping on flush_gen */
+  uint32_t flush_waiters; /* processes sleeping on flush_gen (one killed asleep stays
+                             counted: a wake-up call per flush is then wasted) */
 };
 
 struct wal {

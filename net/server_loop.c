@@ -73,7 +73,9 @@ static void run_burst_here(struct net_server *s) {
     return;
   }
   if (s->running || s->w_head || s->stopping) {
-    pthread_cond_signal(&s->cv);
+    /* Each kind (lanes, requests) then has a worker of its own, as when each queued
+     * request signalled one. */
+    pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return;
   }
