@@ -8,6 +8,14 @@
 
 #include "net/server.h"
 
+/* Hello and stats; fetches and acks unless every commit is synced (appends go to lanes). */
+static int quick_op(const struct net_server *s, int op) {
+  return op == ENGRAM__WIRE__REQUEST__OP_HELLO || op == ENGRAM__WIRE__REQUEST__OP_STATS ||
+         (s->o.durability != ENGRAM_DURABILITY_SYNC &&
+          (op == ENGRAM__WIRE__REQUEST__OP_FETCH || op == ENGRAM__WIRE__REQUEST__OP_ACK ||
+           op == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH));
+}
+
 /* Runs j on the main thread when that is the fastest way to answer it: the daemon is
  * idle (nothing queued, no worker running, no earlier request of this client waiting),
  * nothing else waits on the ROUTER, and the operation is quick: hello and stats; appends;
@@ -18,14 +26,6 @@
  * during that flush (measured: 1.15-1.5x the appends/s of one blocking client, the same
  * with eight). With more waiting, appends gather in lanes that run_burst_here runs after
  * the burst, as do the quick requests among them. Returns 1 when j was run (and freed). */
-/* Hello and stats; fetches and acks unless every commit is synced (appends go to lanes). */
-static int quick_op(const struct net_server *s, int op) {
-  return op == ENGRAM__WIRE__REQUEST__OP_HELLO || op == ENGRAM__WIRE__REQUEST__OP_STATS ||
-         (s->o.durability != ENGRAM_DURABILITY_SYNC &&
-          (op == ENGRAM__WIRE__REQUEST__OP_FETCH || op == ENGRAM__WIRE__REQUEST__OP_ACK ||
-           op == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH));
-}
-
 static int run_here(struct net_server *s, struct job *j) {
   int op = j->pk.op;
   if (op != ENGRAM__WIRE__REQUEST__OP_APPEND && !quick_op(s, op)) return 0;
@@ -54,8 +54,8 @@ static int run_here(struct net_server *s, struct job *j) {
   return 1;
 }
 
-/* After a burst of requests: when no worker is busy and nothing but appends waits, the
- * main thread runs the appends of every connection itself, as one commit (in sync mode
+/* After a burst of requests: when no worker is busy, the main thread runs the appends of
+ * every connection itself, as one commit (in sync mode
  * with its flush, while the next requests gather in the ROUTER for the next batch, as a
  * single-threaded server's would) and replies straight to the ROUTER. Handing them to a
  * worker costs two thread wake-ups and a pass of each reply through the inproc PUSH and
