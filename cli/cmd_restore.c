@@ -22,7 +22,8 @@ static const char help[] =
     "Prints `restored T topics, E events from M messages (D duplicates)`.\n"
     "The messages to read are counted by the stream's leader once the stream is at\n"
     "rest (a leader, every online replica current; waited for up to 30 s), not by the\n"
-    "consumer, which may sit on a replica still catching up.\n"
+    "consumer, which may sit on a replica still catching up. A stream without a leader\n"
+    "(the cluster electing one) is waited for up to 120 s.\n"
     "Topics get the settings the mirror last published (the defaults for streams of\n"
     "older mirrors). Restored events carry their type, key, payload, content type,\n"
     "headers, deliver_at, flags, idempotency key and original append time (so the dedup\n"
@@ -215,11 +216,17 @@ static int in_transition(natsStatus s, jsErrCode ec) {
  * answers otherwise: "temporarily unavailable" while its metadata leader is elected, an
  * empty state for a stream without a leader, and a replica that was away can be elected
  * leader while it still applies what it missed, answering with what it has applied so
- * far. Each is waited out for up to 30 s; then a leader's answer is taken as it is (an
- * online replica that never catches up keeps the stream from resting). */
+ * far. A stream with a leader that does not rest within 30 s is taken as its leader
+ * answers (an online replica that never catches up keeps the stream from resting). A
+ * cluster without a leader is waited for up to LEADER_WAIT_NS: a member that comes back
+ * (resumed, restarted) can call elections that take NATS tens of seconds on a busy host;
+ * after 5 s one line on stderr says what restore waits for. */
+#define REST_WAIT_NS 30000000000LL
+#define LEADER_WAIT_NS 120000000000LL
 static natsStatus leader_info(jsCtx *js, const char *stream, const char *filter, jsStreamInfo **si,
                               jsErrCode *ec) {
-  int64_t until = cli_now_ns() + 30000000000LL;
+  int64_t start = cli_now_ns();
+  int told = 0;
   for (;;) {
     jsOptions o;
     jsOptions_Init(&o);
@@ -227,18 +234,23 @@ static natsStatus leader_info(jsCtx *js, const char *stream, const char *filter,
     *ec = 0;
     *si = NULL;
     natsStatus s = js_GetStreamInfo(si, js, stream, &o, ec);
-    int late = cli_now_ns() > until;
+    int64_t waited = cli_now_ns() - start;
     if (s == NATS_OK && mirror_stream_rests(*si)) return NATS_OK;
-    if (s == NATS_OK && late &&
-        (!(*si)->Cluster || ((*si)->Cluster->Leader && *(*si)->Cluster->Leader)))
-      return NATS_OK;
+    int led =
+        s == NATS_OK && (!(*si)->Cluster || ((*si)->Cluster->Leader && *(*si)->Cluster->Leader));
+    if (led && waited > REST_WAIT_NS) return NATS_OK;
     int transient = s == NATS_OK || in_transition(s, *ec);
-    if (s == NATS_OK) {
+    if (s == NATS_OK) { /* not at rest yet, or no leader */
       jsStreamInfo_Destroy(*si);
       *si = NULL;
-      s = NATS_ERR; /* with *ec 0: no leader */
+      s = NATS_ERR; /* returned only without a leader, with *ec 0 */
     }
-    if (!transient || late) return s;
+    if (!transient || waited > LEADER_WAIT_NS) return s;
+    if (!led && !told && waited > 5000000000LL) {
+      fprintf(stderr, "engram: restore: stream %s has no leader yet; waiting up to %lld s\n",
+              stream, LEADER_WAIT_NS / 1000000000LL);
+      told = 1;
+    }
     struct timespec ts = {0, 100000000L};
     nanosleep(&ts, NULL);
   }
