@@ -151,6 +151,27 @@ for port in sys.argv[1:]:
         sys.exit(0)
 PY
 }
+# The metadata leader and the stream's leader as node I sees them: "META/STREAM", each
+# empty when there is none.
+leaders_seen_by() {
+  python3 - "${MP[$1]}" "$2" <<'PY'
+import json, sys, urllib.request
+port, name = sys.argv[1:]
+try:
+    j = json.load(urllib.request.urlopen(
+        "http://127.0.0.1:%s/jsz?accounts=true&streams=true" % port, timeout=2))
+except Exception:
+    print("?")
+    sys.exit(0)
+meta = (j.get("meta_cluster") or {}).get("leader", "")
+stream = ""
+for a in j.get("account_details") or []:
+    for st in a.get("stream_detail") or []:
+        if st.get("name") == name:
+            stream = (st.get("cluster") or {}).get("leader", "")
+print("%s/%s" % (meta, stream))
+PY
+}
 lag_rounds() {
   log "restore while a replica catches up"
   BURST=1500
@@ -184,15 +205,18 @@ lag_rounds() {
   [ $short = 0 ] && ok "restore reads every message while a replica catches up ($rounds rounds)" ||
     fail "restore while a replica catches up: $short of $rounds rounds differ"
   # A cluster without a leader: two nodes stopped until the third finds it has lost its
-  # quorum (its monitoring port shows no metadata leader); a restore starts; 7 s later
-  # the two come back and leaders are elected again. Restore says after 5 s what it
-  # waits for, and then reads every message.
+  # quorum (its monitoring port shows no metadata leader and no leader of B1); a restore
+  # starts; 7 s later the two come back and leaders are elected again. Restore says after
+  # 5 s what it waits for, and then reads every message.
   stop_node 1 TERM
   stop_node 2 TERM
-  for _ in $(seq 120); do
-    [ -z "$(meta_leader)" ] && break
+  local lead=?
+  for _ in $(seq 160); do
+    lead=$(leaders_seen_by 0 B1)
+    [ "$lead" = "/" ] && break
     sleep 0.25
   done
+  [ "$lead" = "/" ] || fail "n0 alone still sees leaders (meta/stream B1: $lead) after 40 s"
   "$BIN" restore --from-nats "$URL" --stream B1 --data "$TMP/burst-wait" >"$TMP/wait.out" 2>"$TMP/wait.err" &
   local rp=$!
   sleep 7
