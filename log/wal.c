@@ -60,14 +60,7 @@
 #define WAL_SHM_MAGIC 0x4d4853574c4157ull
 #define WAL_VERSION 1
 #define WAL_HDR_PAGE 4096
-/* Most bytes of the file. Each single-event commit writes its LMDB pages to data.mdb and
- * a record of them here (about 10 KiB); a checkpoint then flushes every page changed
- * since the last one. A bigger file means fewer checkpoints, across which data.mdb's
- * pages are rewritten in the page cache instead of on the disk: 256 MiB instead of 64
- * took one writer's single-event async appends from 17.5-20.2k/s to 27.5k/s (the disk's
- * write bandwidth was the limit). Processes with different sizes may share a log: the
- * tail and its wrap are shared (wal.shm), and replay follows the sequence numbers. */
-#define WAL_DEFAULT_CAP (256ull << 20)
+#define WAL_DEFAULT_CAP (64ull << 20)
 #define WAL_ZERO_CHUNK (1ull << 20)     /* written ahead of the tail at a time */
 #define WAL_ZERO_INITIAL (256ull << 10) /* written when the file is made */
 #define WAL_SPARE_PINS 8                /* ended pins kept for the next flushes */
