@@ -223,6 +223,7 @@ static int in_transition(natsStatus s, jsErrCode ec) {
  * after 5 s one line on stderr says what restore waits for. */
 #define REST_WAIT_NS 30000000000LL
 #define LEADER_WAIT_NS 120000000000LL
+#define LEADER_TELL_NS 5000000000LL /* no leader this long: one line on stderr */
 static natsStatus leader_info(jsCtx *js, const char *stream, const char *filter, jsStreamInfo **si,
                               jsErrCode *ec) {
   int64_t start = cli_now_ns();
@@ -246,7 +247,7 @@ static natsStatus leader_info(jsCtx *js, const char *stream, const char *filter,
       s = NATS_ERR; /* returned only without a leader, with *ec 0 */
     }
     if (!transient || waited > LEADER_WAIT_NS) return s;
-    if (!led && !told && waited > 5000000000LL) {
+    if (!led && !told && waited > LEADER_TELL_NS) {
       fprintf(stderr, "engram: restore: stream %s has no leader yet; waiting up to %lld s\n",
               stream, LEADER_WAIT_NS / 1000000000LL);
       told = 1;

@@ -209,6 +209,8 @@ void server_run_job(struct net_server *s, struct worker *w, struct job *j);
 /* Puts a lane with appends on the ready list and wakes a worker for it (unless the main
  * thread holds the burst for itself: hold). */
 void server_lane_ready_locked(struct net_server *s, struct lane *l);
+/* Takes the first job off a queue (head, tail: s->q_head or s->w_head and their tails). */
+struct job *server_job_pop_locked(struct net_server *s, struct job **head, struct job **tail);
 size_t server_lanes_take_locked(struct net_server *s, struct lane **taken, struct job **list);
 void server_lanes_give_locked(struct net_server *s, struct lane **taken, size_t nl);
 void *server_worker_thread(void *arg);

@@ -217,13 +217,19 @@ static void lane_drop_locked(struct net_server *s, struct lane *l) {
   }
 }
 
-/* Runs the first job of a queue (head, tail), with s->mu released meanwhile. */
-static void run_first(struct net_server *s, struct worker *w, struct job **head,
-                      struct job **tail) {
+struct job *server_job_pop_locked(struct net_server *s, struct job **head, struct job **tail) {
   struct job *j = *head;
   *head = j->next;
   if (!*head) *tail = NULL;
+  j->next = NULL;
   s->queued--;
+  return j;
+}
+
+/* Runs the first job of a queue (head, tail), with s->mu released meanwhile. */
+static void run_first(struct net_server *s, struct worker *w, struct job **head,
+                      struct job **tail) {
+  struct job *j = server_job_pop_locked(s, head, tail);
   s->running++;
   pthread_mutex_unlock(&s->mu);
   server_run_job(s, w, j);
