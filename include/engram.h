@@ -18,9 +18,10 @@
  *   - ENGRAM_DURABILITY_ASYNC: a write returns after its commit reaches the OS page cache.
  *     kill -9 loses nothing; a power cut loses everything since the last background flush
  *     (at most `flush_interval_ms` old; with the write-ahead file also at most about 4 MiB
- *     of commit records, flushed as they pile up). With the write-ahead file the log stays
- *     whole; without it, because nothing orders the writes, the environment may be damaged
- *     (`engram verify` reports it). Use it for data you can rebuild.
+ *     of commit records: a commit that finds that many unflushed flushes them). With the
+ *     write-ahead file the log stays whole; without it, because nothing orders the writes,
+ *     the environment may be damaged (`engram verify` reports it). Use it for data you can
+ *     rebuild.
  * Tools that write data.mdb themselves (mdb_load, a restored copy of data.mdb alone) must
  * only run on a log closed cleanly, and the write-ahead file must then be deleted.
  *

@@ -622,6 +622,27 @@ int log_write_relaxed(struct log *log, log_job_fn fn, void *arg) {
   return rc ? rc : log_job_wait(log, &job);
 }
 
+/* Checkpoints of the write-ahead file (LOG_WAL_CHECKPOINT), on a thread of their own: a
+ * checkpoint waits for data.mdb's flush, which takes long when many pages are dirty, and
+ * meanwhile the flusher must go on flushing the file, moving the pin (wal.c,
+ * WAL_PIN_EVERY) and writing zeros ahead of the tail. */
+static void *checkpointer_main(void *arg) {
+  struct log *log = arg;
+  pthread_mutex_lock(&log->mu);
+  while (!log->closing) {
+    if (!(log->wal_work & LOG_WAL_CHECKPOINT)) {
+      pthread_cond_wait(&log->flush_cv, &log->mu);
+      continue;
+    }
+    log->wal_work &= ~LOG_WAL_CHECKPOINT;
+    pthread_mutex_unlock(&log->mu);
+    log_wal_work(log, LOG_WAL_CHECKPOINT);
+    pthread_mutex_lock(&log->mu);
+  }
+  pthread_mutex_unlock(&log->mu);
+  return NULL;
+}
+
 /* Nometasync and async modes: forces commits to disk every flush interval. */
 static void *flusher_main(void *arg) {
   struct log *log = arg;
@@ -634,16 +655,16 @@ static void *flusher_main(void *arg) {
     ts.tv_nsec = ns % 1000000000;
     /* Work asked for while this thread was busy is done at once: its signal came when
      * nobody waited. */
-    int timed_out = 0;
-    if (!log->wal_work)
+    int timed_out = 0, mine = log->checkpointer_running ? ~LOG_WAL_CHECKPOINT : ~0;
+    if (!(log->wal_work & mine))
       timed_out = pthread_cond_timedwait(&log->flush_cv, &log->mu, &ts) == ETIMEDOUT;
     /* A handle that wrote nothing since still moves its pin once an interval (flushing
      * what other processes committed, if they have not yet): LMDB reuses no page freed
      * after the oldest pin of any handle (wal.c). */
     if (timed_out && log->wal && !log->dirty) log->wal_work |= LOG_WAL_PIN;
-    if (log->wal_work) {
-      int work = log->wal_work;
-      log->wal_work = 0;
+    if (log->wal_work & mine) {
+      int work = log->wal_work & mine;
+      log->wal_work &= ~mine;
       pthread_mutex_unlock(&log->mu);
       log_wal_work(log, work);
       pthread_mutex_lock(&log->mu);
@@ -670,6 +691,9 @@ int log_commit_start(struct log *log) {
   /* With the write-ahead file the flusher also flushes data.mdb when the file is half
    * full (in every mode); without it, sync mode needs no flusher. */
   if (log->opts.durability == ENGRAM_DURABILITY_SYNC && !log->wal) return 0;
+  /* The checkpointer first: the flusher leaves checkpoints to it once it runs. */
+  if (log->wal && pthread_create(&log->checkpointer, NULL, checkpointer_main, log) == 0)
+    log->checkpointer_running = 1;
   if (pthread_create(&log->flusher, NULL, flusher_main, log) != 0) return ENGRAM_ENOMEM;
   log->flusher_running = 1;
   return 0;
@@ -694,6 +718,8 @@ void log_commit_stop(struct log *log) {
   }
   if (log->flusher_running) pthread_join(log->flusher, NULL);
   log->flusher_running = 0;
+  if (log->checkpointer_running) pthread_join(log->checkpointer, NULL);
+  log->checkpointer_running = 0;
 }
 
 void log_wait_append(struct log *log, const char *topic, int64_t deadline_mono_ns) {

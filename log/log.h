@@ -91,6 +91,8 @@ struct log {
   int64_t created_ns;      /* when the log was created (meta database); 0 = unknown */
   pthread_t flusher;       /* syncer (sync mode) or periodic flusher (other modes) */
   int flusher_running;
+  pthread_t checkpointer; /* runs LOG_WAL_CHECKPOINT (commit.c), beside the flusher */
+  int checkpointer_running;
   int closing;
 
   /* Topic cache: name -> dbi and config, refreshed when the topic's meta changes. */

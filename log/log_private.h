@@ -106,16 +106,18 @@ int log_wal_sync(struct log *log);
 /* The sequence number of the last record appended, and of the last one known durable. */
 uint64_t log_wal_seq(const struct log *log);
 uint64_t log_wal_synced(const struct log *log);
-/* The flusher thread's share (log->wal_work): LOG_WAL_CHECKPOINT checkpoints when the file
- * is half full; LOG_WAL_ZERO_AHEAD writes zeros ahead of the tail; LOG_WAL_PIN flushes (or
- * finds flushed) the newest commit and moves the handle's pin to it. */
+/* Work for the handle's background threads (log->wal_work): LOG_WAL_CHECKPOINT (the
+ * checkpointer's) checkpoints when the file is half full; the flusher's LOG_WAL_ZERO_AHEAD
+ * writes zeros ahead of the tail and its LOG_WAL_PIN flushes (or finds flushed) the
+ * newest commit and moves the handle's pin to it. */
 #define LOG_WAL_CHECKPOINT 1
 #define LOG_WAL_ZERO_AHEAD 2
 #define LOG_WAL_PIN 4
 void log_wal_work(struct log *log, int work);
 /* Async mode, after a commit: hands each new MiB of records to writeback at once, so that
- * the periodic flush has little left to write (and stalls no record write meanwhile), and
- * asks for LOG_WAL_PIN after every WAL_PIN_EVERY bytes of records. */
+ * the periodic flush has little left to write (and stalls no record write meanwhile),
+ * asks for LOG_WAL_PIN after every WAL_PIN_EVERY bytes of records, and flushes and moves
+ * the pin itself once WAL_PIN_LAG_MAX bytes of records follow it. */
 void log_wal_kick(struct log *log);
 /* Before mdb_env_close; `closing`: checkpoint when no other handle has the log open. */
 void log_wal_detach(struct log *log, int closing);
