@@ -643,6 +643,15 @@ static void *checkpointer_main(void *arg) {
   return NULL;
 }
 
+/* Started on the first checkpoint, not at open: most handles (a command, a short-lived
+ * process) never checkpoint before their close does, and a thread starting while a test
+ * forks can leave a lock (ASan's allocator's) held in the child. */
+void log_checkpointer_start_locked(struct log *log) {
+  if (log->checkpointer_running || log->closing || !log->flusher_running) return;
+  if (pthread_create(&log->checkpointer, NULL, checkpointer_main, log) == 0)
+    log->checkpointer_running = 1;
+}
+
 /* Nometasync and async modes: forces commits to disk every flush interval. */
 static void *flusher_main(void *arg) {
   struct log *log = arg;
@@ -691,9 +700,6 @@ int log_commit_start(struct log *log) {
   /* With the write-ahead file the flusher also flushes data.mdb when the file is half
    * full (in every mode); without it, sync mode needs no flusher. */
   if (log->opts.durability == ENGRAM_DURABILITY_SYNC && !log->wal) return 0;
-  /* The checkpointer first: the flusher leaves checkpoints to it once it runs. */
-  if (log->wal && pthread_create(&log->checkpointer, NULL, checkpointer_main, log) == 0)
-    log->checkpointer_running = 1;
   if (pthread_create(&log->flusher, NULL, flusher_main, log) != 0) return ENGRAM_ENOMEM;
   log->flusher_running = 1;
   return 0;

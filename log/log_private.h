@@ -66,6 +66,9 @@ int log_commit_start(struct log *log);
 /* Whether the calling thread is running a write job (its transaction is a write one). */
 int log_in_write_job(void);
 void log_commit_stop(struct log *log);
+/* Starts the handle's checkpointer thread, on the first checkpoint asked for (with mu
+ * held); until it runs (or when it cannot start) the flusher checkpoints. */
+void log_checkpointer_start_locked(struct log *log);
 
 /* pipeline.c */
 void log_pipe_stop(struct log *log);

@@ -433,10 +433,11 @@ static int append_record(struct wal *w) {
   uint64_t live = s->wrapped ? w->cap - s->start + s->tail - 2 * w->slot : s->tail - s->start;
   if (live > w->cap / 2 &&
       __atomic_exchange_n(&s->preflushed_gen, s->gen, __ATOMIC_ACQ_REL) != s->gen) {
-    /* Half full: the flusher checkpoints in the background, long before a commit would
-     * find the file full (in async mode no flush of a commit comes to notice it). */
+    /* Half full: the checkpointer checkpoints in the background, long before a commit
+     * would find the file full (in async mode no flush of a commit comes to notice it). */
     pthread_mutex_lock(&w->log->mu);
     w->log->wal_work |= LOG_WAL_CHECKPOINT;
+    log_checkpointer_start_locked(w->log);
     pthread_cond_broadcast(&w->log->flush_cv);
     pthread_mutex_unlock(&w->log->mu);
   }

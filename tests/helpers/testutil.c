@@ -201,9 +201,24 @@ int64_t tu_clock_ns(void *ctx) { return atomic_load(&((tu_clock *)ctx)->ns); }
 /* ---------------------------------------------------------------------------------
  * Children.
  * ------------------------------------------------------------------------------ */
+#if defined(__SANITIZE_ADDRESS__)
+#define TU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TU_ASAN 1
+#endif
+#endif
+
 pid_t tu_spawn(int (*fn)(void *arg), void *arg) {
   fflush(stdout);
   fflush(stderr);
+#ifdef TU_ASAN
+  /* ASan's allocator, unlike glibc's malloc, takes no lock around fork: a thread of this
+   * process inside it at the fork (one an open has just started runs its set-up there)
+   * leaves its lock held in the child, whose every thread start then waits forever. Let
+   * threads just started get through that first. */
+  tu_sleep_ms(20);
+#endif
   pid_t pid = fork();
   if (pid < 0) die("fork", strerror(errno));
   if (pid == 0) {
