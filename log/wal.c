@@ -162,6 +162,8 @@ struct wal {
   int flush_fd[WAL_FLUSH_FDS];
   int n_flush_fd;
   uint64_t pin_asked;   /* the tail when LOG_WAL_PIN was last asked for (async mode) */
+  uint64_t pin_every;   /* WAL_PIN_EVERY, smaller in a smaller file */
+  uint64_t pin_lag_max; /* WAL_PIN_LAG_MAX, likewise */
   uint64_t checkpoints; /* (sync_mu is not needed: statistics) */
 };
 
@@ -845,6 +847,9 @@ int log_wal_attach(struct log *log) {
   w->slot = WAL_HDR_PAGE + 2ull * w->psize;
   w->pin_asked = w->pin_tail = __atomic_load_n(&w->shm->tail, __ATOMIC_ACQUIRE);
   w->cap = wal_cap_from_env();
+  /* A file smaller than the default (ENGRAM_TEST_WAL_SIZE) has smaller steps. */
+  w->pin_every = WAL_PIN_EVERY < w->cap / 64 ? WAL_PIN_EVERY : w->cap / 64;
+  w->pin_lag_max = WAL_PIN_LAG_MAX < w->cap / 8 ? WAL_PIN_LAG_MAX : w->cap / 8;
   if ((rc = pin_begin(log, &w->pin)))
     rc = log_error(log, log_err_mdb(rc), "open %s: %s", log->path, log_mdb_text(rc));
   pthread_mutex_lock(&registry_mu);
@@ -1135,35 +1140,6 @@ static uint64_t ring_dist(uint64_t from, uint64_t tail, uint64_t first, uint64_t
   return tail >= from ? tail - from : (cap - from) + (tail - first);
 }
 
-static void pin_advance(struct log *log);
-
-void log_wal_kick(struct log *log) {
-  struct wal *w = log->wal;
-  if (!w) return;
-  struct wal_shm *s = w->shm;
-  uint64_t tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE),
-           from = __atomic_load_n(&s->kicked, __ATOMIC_ACQUIRE);
-  /* A file smaller than the default (ENGRAM_TEST_WAL_SIZE) has smaller steps. */
-  uint64_t every = WAL_PIN_EVERY < w->cap / 64 ? WAL_PIN_EVERY : w->cap / 64,
-           lag_max = WAL_PIN_LAG_MAX < w->cap / 8 ? WAL_PIN_LAG_MAX : w->cap / 8;
-  if (ring_dist(w->pin_asked, tail, 2 * w->slot, w->cap) >= every) {
-    w->pin_asked = tail; /* the leader's: one commit at a time per handle */
-    pthread_mutex_lock(&log->mu);
-    log->wal_work |= LOG_WAL_PIN;
-    pthread_cond_broadcast(&log->flush_cv);
-    pthread_mutex_unlock(&log->mu);
-  }
-  if (ring_dist(__atomic_load_n(&w->pin_tail, __ATOMIC_ACQUIRE), tail, 2 * w->slot, w->cap) >=
-          lag_max &&
-      log_wal_sync(log) == 0)
-    pin_advance(log);               /* the flusher fell behind (a slow flush): wait for it here */
-  if (from > tail) from = s->start; /* the records went back to the first slot */
-  if (tail - from < (1u << 20)) return;
-  if (!__atomic_compare_exchange_n(&s->kicked, &from, tail, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-    return; /* another thread or process does it */
-  sync_file_range(w->fd, (off64_t)from, (off64_t)(tail - from), SYNC_FILE_RANGE_WRITE);
-}
-
 /* Moves the pin to the newest commit when its record is already flushed (by another
  * thread or process: log_wal_sync then had nothing to do), so that LMDB may reuse the
  * pages freed before it. */
@@ -1177,6 +1153,34 @@ static void pin_advance(struct log *log) {
   int durable = __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) >= upto &&
                 !__atomic_load_n(&s->broken, __ATOMIC_ACQUIRE);
   pin_offer(w, cand, durable, upto);
+}
+
+/* Flushes the file (or finds it flushed) and moves the pin to the newest commit. */
+static void pin_move(struct log *log) {
+  if (log_wal_sync(log) == 0) pin_advance(log);
+}
+
+void log_wal_kick(struct log *log) {
+  struct wal *w = log->wal;
+  if (!w) return;
+  struct wal_shm *s = w->shm;
+  uint64_t tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE),
+           from = __atomic_load_n(&s->kicked, __ATOMIC_ACQUIRE);
+  if (ring_dist(w->pin_asked, tail, 2 * w->slot, w->cap) >= w->pin_every) {
+    w->pin_asked = tail; /* the leader's: one commit at a time per handle */
+    pthread_mutex_lock(&log->mu);
+    log->wal_work |= LOG_WAL_PIN;
+    pthread_cond_broadcast(&log->flush_cv);
+    pthread_mutex_unlock(&log->mu);
+  }
+  if (ring_dist(__atomic_load_n(&w->pin_tail, __ATOMIC_ACQUIRE), tail, 2 * w->slot, w->cap) >=
+      w->pin_lag_max)
+    pin_move(log);                  /* the flusher fell behind (a slow flush): wait for it here */
+  if (from > tail) from = s->start; /* the records went back to the first slot */
+  if (tail - from < (1u << 20)) return;
+  if (!__atomic_compare_exchange_n(&s->kicked, &from, tail, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    return; /* another thread or process does it */
+  sync_file_range(w->fd, (off64_t)from, (off64_t)(tail - from), SYNC_FILE_RANGE_WRITE);
 }
 
 void log_wal_work(struct log *log, int work) {
@@ -1197,7 +1201,7 @@ void log_wal_work(struct log *log, int work) {
       if (ok) fdatasync(w->fd);
     }
   }
-  if (work & LOG_WAL_PIN && log_wal_sync(log) == 0) pin_advance(log);
+  if (work & LOG_WAL_PIN) pin_move(log);
   if (work & LOG_WAL_CHECKPOINT) checkpoint_fuzzy(log);
 }
 
