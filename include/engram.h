@@ -273,13 +273,18 @@ typedef struct engram_commit_stats {
                                            file (one per commit); without it, the one that
                                            makes the last commit's meta page durable and the
                                            background flush of nometasync/async */
-  uint64_t checkpoints;    /* write-ahead file checkpoints: data.mdb flushed, the file begun
-                              again (when it fills up, or a commit is too big for it) */
-  int write_ahead;         /* 1: commits go through the write-ahead file (one flush each);
-                              0: LMDB flushes data, then meta page (two for a lone writer) */
-  uint64_t flushes_shared; /* times this handle's writes were made durable by a flush of
-                              another process on the same log, waited for instead of
-                              flushing (one flush at a time between processes) */
+  uint64_t checkpoints;     /* write-ahead file checkpoints: data.mdb flushed, the file begun
+                               again (when it fills up, or a commit is too big for it) */
+  int write_ahead;          /* 1: commits go through the write-ahead file (one flush each);
+                               0: LMDB flushes data, then meta page (two for a lone writer) */
+  uint64_t flushes_shared;  /* times this handle's writes were made durable by a flush of
+                               another process on the same log, waited for instead of
+                               flushing (one flush at a time between processes) */
+  uint64_t appends_shared;  /* this handle's single appends committed through a commit shared
+                               between processes (when another process has the log open
+                               for writing), by whichever process committed them */
+  uint64_t appends_carried; /* appends of other processes' handles that this handle's
+                               commits carried */
 } engram_commit_stats;
 ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
 

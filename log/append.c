@@ -282,7 +282,8 @@ int log_append(struct log *log, const char *topic, const engram_event *ev, uint6
   if (!log) return ENGRAM_EINVAL;
   uint64_t off = 0;
   int dup = 0;
-  int rc = log_append_batch(log, topic, ev, 1, &off, &dup);
+  int rc = topic && ev ? log_share_append(log, topic, ev, &off, &dup) : LOG_SHARE_LOCAL;
+  if (rc == LOG_SHARE_LOCAL) rc = log_append_batch(log, topic, ev, 1, &off, &dup);
   if (rc) return rc;
   if (offset) *offset = off;
   if (duplicate) *duplicate = dup;

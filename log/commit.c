@@ -66,7 +66,7 @@ static void touched_free(struct log_touched *t) {
 }
 
 /* Drops entries added after `mark` (the job that added them was rolled back). */
-static void touched_rollback(log_wtx *w, struct log_touched *mark) {
+void log_touch_rollback(log_wtx *w, struct log_touched *mark) {
   while (w->touched && w->touched != mark) {
     struct log_touched *n = w->touched->next;
     free(w->touched);
@@ -135,11 +135,11 @@ static int run_batch(struct log *log, struct log_job *jobs, int *wrote,
           rc = mdb_txn_commit(child);
           if (rc) {
             j->rc = rc == MDB_MAP_FULL ? LOG_EMAPFULL : log_err_mdb(rc);
-            touched_rollback(&w, mark);
+            log_touch_rollback(&w, mark);
           }
         } else {
           mdb_txn_abort(child);
-          touched_rollback(&w, mark);
+          log_touch_rollback(&w, mark);
         }
       }
       if (j->rc == LOG_EMAPFULL)
@@ -552,6 +552,8 @@ int log_commit_stats(struct log *log, engram_commit_stats *out) {
   out->jobs = log->st_jobs;
   out->flushes = log->st_flushes;
   out->flushes_shared = log->st_flushes_shared;
+  out->appends_shared = log->st_appends_shared;
+  out->appends_carried = log->st_appends_carried;
   out->max_wait = log->st_max_wait;
   memcpy(out->batch_hist, log->st_batch_hist, sizeof out->batch_hist);
   out->write_latency = log->st_write;

@@ -790,6 +790,7 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
     locked = 1;
   }
   if (wal && !rdonly && excl && !has_wal && (rc = log_wal_recover(path, 0))) goto early_fail;
+  if (!rdonly && excl) log_share_reset(path); /* nobody else has it open */
   if (lock && excl && open_fd >= 0 && (rc = log_open_lock_share(path, open_fd))) return rc;
   if (open_fd >= 0 && !rdonly) {
     char f[4100];
@@ -844,6 +845,7 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   /* A read-only handle commits nothing, and the notification board is a file it must
    * not create. */
   if (!rdonly) log_board_attach(log);
+  if (!rdonly) log_share_attach(log);
   *out = log;
   log_error_clear(log);
   return 0;
@@ -869,6 +871,7 @@ void log_progress(struct log *log, const char *phase, uint64_t done, uint64_t to
 
 void log_close(struct log *log) {
   if (!log) return;
+  log_share_detach(log);
   if (log->env) log_board_detach(log);
   log_pipe_stop(log);
   log_commit_stop(log);

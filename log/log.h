@@ -75,13 +75,15 @@ struct log {
   int flushing;
   struct batch *inflight;
   /* Commit statistics (under mu) for engram_commit_stats_get(). */
-  uint64_t st_commits;        /* write transactions that changed something */
-  uint64_t st_jobs;           /* jobs those carried */
-  uint64_t st_flushes;        /* flushes of the data file by the commit path */
-  uint64_t st_flushes_shared; /* syncs another process's flush of the write-ahead file did */
-  uint64_t st_max_wait;       /* most commits a job waited through, from queueing to its
-                                 release (the leader's own: to its handing over) */
-  uint64_t st_batch_hist[8];  /* commits of 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ jobs */
+  uint64_t st_commits;         /* write transactions that changed something */
+  uint64_t st_jobs;            /* jobs those carried */
+  uint64_t st_flushes;         /* flushes of the data file by the commit path */
+  uint64_t st_appends_shared;  /* single appends committed through share.c */
+  uint64_t st_appends_carried; /* other processes' appends this handle's commits carried */
+  uint64_t st_flushes_shared;  /* syncs another process's flush of the write-ahead file did */
+  uint64_t st_max_wait;        /* most commits a job waited through, from queueing to its
+                                  release (the leader's own: to its handing over) */
+  uint64_t st_batch_hist[8];   /* commits of 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ jobs */
   engram_duration_hist st_write, st_commit, st_flush; /* engram_commit_stats' histograms */
   int64_t commit_ns; /* the leader's last mdb_txn_commit, counted by count_commit */
 
@@ -107,6 +109,7 @@ struct log {
   pthread_cond_t train_cv;   /* wakes it; initialised when it starts */
   int trainer_running;
 
+  struct log_share *share;        /* share.c; NULL = appends commit within the process */
   struct log_board *board;        /* board.c; NULL for read-only handles */
   log_commit_hook notify_hook;    /* the layer above hears commits (log_notify_set) */
   void *notify_ctx;               /* its argument */

@@ -31,6 +31,8 @@ struct log_touched {
   struct log_touched *next;
 };
 void log_touch(log_wtx *w, const char *topic, uint64_t head);
+/* Drops the entries added after `mark` (the job that added them was rolled back). */
+void log_touch_rollback(log_wtx *w, struct log_touched *mark);
 
 /* commit.c */
 struct log_job {
@@ -69,6 +71,25 @@ void log_commit_stop(struct log *log);
 /* Starts the handle's checkpointer thread, on the first checkpoint asked for (with mu
  * held); until it runs (or when it cannot start) the flusher checkpoints. */
 void log_checkpointer_start_locked(struct log *log);
+
+/* share.c: single appends of several processes committed together (see its top). */
+#define LOG_SHARE_LOCAL 1 /* log_share_append: not taken, append as usual */
+/* At an open that has the log to itself: empties DIR/commit.shm. */
+void log_share_reset(const char *dir);
+/* After the open (read-write): maps the file and registers the handle; without it (no
+ * file, no entry left, a handle with its own clock) the handle's appends commit alone. */
+void log_share_attach(struct log *log);
+void log_share_detach(struct log *log);
+/* Appends one event through a shared commit when another process has the log open for
+ * writing: 0 or an error as log_append, or LOG_SHARE_LOCAL. */
+int log_share_append(struct log *log, const char *topic, const engram_event *ev, uint64_t *offset,
+                     int *duplicate);
+/* The event in a slot: encoded into buf (0 when it does not fit), decoded in place
+ * (-1 when malformed; the strings and payload point into buf, headers has room for
+ * ENGRAM_MAX_HEADERS). */
+size_t log_share_encode(const char *topic, const engram_event *ev, unsigned char *buf, size_t cap);
+int log_share_decode(const unsigned char *buf, size_t len, const char **topic, engram_event *ev,
+                     engram_header *headers);
 
 /* pipeline.c */
 void log_pipe_stop(struct log *log);

@@ -22,8 +22,10 @@
 typedef tu_fx fx;
 #define OK(log, call) TU_OK(log, call)
 
-/* Shared with the children: flushes of other processes that made their writes durable. */
-static uint64_t *shared_flushes;
+/* Shared with the children, summed over them: flushes of other processes that made their
+ * writes durable, single appends committed through a commit shared between processes,
+ * and other processes' appends their commits carried. */
+static struct counts { uint64_t flushes_shared, appends_shared, appends_carried; } * shared;
 
 static int setup(void **state) {
   fx *f = tu_fx_new("multiprocess");
@@ -78,8 +80,11 @@ static int writer(void *arg) {
     }
   }
   engram_commit_stats st;
-  if (shared_flushes && engram_commit_stats_get(log, &st) == 0)
-    __atomic_add_fetch(shared_flushes, st.flushes_shared, __ATOMIC_RELAXED);
+  if (engram_commit_stats_get(log, &st) == 0) {
+    __atomic_add_fetch(&shared->flushes_shared, st.flushes_shared, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&shared->appends_shared, st.appends_shared, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&shared->appends_carried, st.appends_carried, __ATOMIC_RELAXED);
+  }
   engram_close(log);
   return 0;
 }
@@ -167,8 +172,8 @@ static void expect_all(const char *logdir, int writers, int per) {
   engram_close(log);
 }
 
-static void four_processes_appending_at_once_lose_nothing_and_share_dense_offsets(void **state) {
-  fx *f = *state;
+static void four_writers(fx *f) {
+  memset(shared, 0, sizeof *shared);
   struct child c[NPROC];
   pid_t pid[NPROC];
   int64_t t0 = tu_mono_ms();
@@ -178,12 +183,102 @@ static void four_processes_appending_at_once_lose_nothing_and_share_dense_offset
   }
   for (int i = 0; i < NPROC; i++) assert_int_equal(tu_wait(pid[i], 120000), 0);
   print_message(
-      "%d synced appends from %d processes in %lld ms, %llu made durable by another "
-      "process's flush\n",
-      NPROC * PER_PROC, NPROC, (long long)(tu_mono_ms() - t0), (unsigned long long)*shared_flushes);
+      "%d synced appends from %d processes in %lld ms: %llu through shared commits, %llu of "
+      "them carried by another process's commit; %llu made durable by another process's "
+      "flush\n",
+      NPROC * PER_PROC, NPROC, (long long)(tu_mono_ms() - t0),
+      (unsigned long long)shared->appends_shared, (unsigned long long)shared->appends_carried,
+      (unsigned long long)shared->flushes_shared);
   expect_all(f->logdir, NPROC, PER_PROC);
+}
+
+static void four_processes_appending_at_once_lose_nothing_and_share_dense_offsets(void **state) {
+  four_writers(*state);
+  /* Single appends go through shared commits once another process has the log open (all
+   * but those of a process that starts before the others open it); many rode on another
+   * process's. */
+  assert_true(shared->appends_shared > (uint64_t)NPROC * PER_PROC / 2);
+  assert_true(shared->appends_carried > 0);
+}
+
+static void processes_that_do_not_share_commits_share_flushes(void **state) {
+  setenv("ENGRAM_NO_SHARE", "1", 1);
+  four_writers(*state);
+  unsetenv("ENGRAM_NO_SHARE");
+  assert_int_equal(shared->appends_shared, 0);
   /* One flush at a time between processes: the others' records ride along. */
-  assert_true(*shared_flushes > 0);
+  assert_true(shared->flushes_shared > 0);
+}
+
+static int64_t append_n(engram *log, int from, int n);
+
+/* Appends "from-b" as the combiner of a shared commit, which waits for a second ready
+ * slot and dies (ENGRAM_TEST_SHARE_DIE = c->batch ? "committed" : "taken"). */
+static int dying_combiner(void *arg) {
+  struct child *c = arg;
+  setenv("ENGRAM_TEST_SHARE_DIE", c->batch ? "committed" : "taken", 1);
+  setenv("ENGRAM_TEST_SHARE_READY", "2", 1);
+  engram *log = NULL;
+  int rc = engram_open(c->logdir, NULL, &log);
+  if (rc) return child_fail(NULL, "open", rc);
+  engram_event e = {.type = "memory.saved", .payload = "from-b", .payload_len = 6};
+  rc = engram_append(log, "memory", &e, NULL, NULL);
+  return child_fail(log, "append returned from a combiner that should have died", rc);
+}
+
+static int count_payload(engram *log, const char *p, uint64_t *at) {
+  engram_batch *b;
+  OK(log, engram_read_range(log, "memory", 1, 1000, &b));
+  int n = 0;
+  for (size_t i = 0; i < b->count; i++)
+    if (b->events[i].payload_len == strlen(p) && !memcmp(b->events[i].payload, p, strlen(p))) {
+      n++;
+      if (at) *at = b->events[i].offset;
+    }
+  engram_batch_free(b);
+  return n;
+}
+
+/* Another process's combiner took this process's append and died: before its commit (the
+ * append is offered again and committed once) or after it (the receipt in the log says
+ * so: the append is not committed twice). Either way the append returns its offset. */
+static void combiner_killed(fx *f, int committed) {
+  engram *log = tu_open(f->logdir, NULL); /* registered first: the child's append shares */
+  struct child c = {.logdir = f->logdir, .batch = committed};
+  pid_t b = tu_spawn(dying_combiner, &c);
+  tu_sleep_ms(300); /* the child combines, waiting for a second slot */
+  engram_event e = {.type = "memory.saved", .payload = "from-a", .payload_len = 6};
+  uint64_t off = 0;
+  int64_t t0 = tu_mono_ms();
+  OK(log, engram_append(log, "memory", &e, &off, NULL));
+  int64_t took = tu_mono_ms() - t0;
+  assert_int_not_equal(tu_wait(b, 10000), 0); /* killed */
+  print_message("append carried by a combiner killed %s its commit: returned after %lld ms\n",
+                committed ? "after" : "before", (long long)took);
+  engram_commit_stats st;
+  OK(log, engram_commit_stats_get(log, &st));
+  assert_int_equal(st.appends_shared, 1);
+  uint64_t at = 0;
+  assert_int_equal(count_payload(log, "from-a", &at), 1);
+  assert_int_equal(at, off);
+  assert_int_equal(count_payload(log, "from-b", NULL), committed);
+  /* The role was taken back: appends go on, with a new process too. */
+  struct child w = {.logdir = f->logdir, .id = 7, .count = 20, .batch = 1};
+  pid_t p = tu_spawn(writer, &w);
+  append_n(log, 0, 20);
+  assert_int_equal(tu_wait(p, 30000), 0);
+  engram_verify_report rep;
+  OK(log, engram_verify(log, &rep));
+  assert_int_equal(rep.damaged, 0);
+  engram_close(log);
+}
+
+static void a_combiner_killed_before_its_commit_loses_no_append_of_another_process(void **state) {
+  combiner_killed(*state, 0);
+}
+
+static void a_combiner_killed_after_its_commit_doubles_no_append_of_another_process(void **state) {
+  combiner_killed(*state, 1);
 }
 
 /* Holds the turn to flush between processes, stalled in its flush (until killed). */
@@ -424,13 +519,15 @@ static void four_processes_creating_a_topic_and_appending_on_a_fresh_log_all_suc
 }
 
 int main(void) {
-  shared_flushes =
-      mmap(NULL, sizeof *shared_flushes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (shared_flushes == MAP_FAILED) return 1;
+  shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) return 1;
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, tu_fx_teardown)
   const struct CMUnitTest tests[] = {
       T(four_processes_appending_at_once_lose_nothing_and_share_dense_offsets),
+      T(processes_that_do_not_share_commits_share_flushes),
+      T(a_combiner_killed_before_its_commit_loses_no_append_of_another_process),
+      T(a_combiner_killed_after_its_commit_doubles_no_append_of_another_process),
       T(a_process_killed_during_its_flush_stalls_no_other),
       T(batches_from_different_processes_never_interleave),
       T(a_reader_process_sees_appends_from_other_processes_in_order_without_gaps),
