@@ -58,8 +58,8 @@ enum { S_FREE, S_FILLING, S_READY, S_TAKEN, S_DONE };
 
 struct share_hdr {
   _Atomic uint32_t magic;
-  _Atomic int32_t combiner;  /* pid of the process one of whose threads combines, 0 = none */
-  _Atomic uint32_t ready;    /* bumped when a slot is made ready while someone gathers */
+  _Atomic int32_t combiner;   /* pid of the process one of whose threads combines, 0 = none */
+  _Atomic uint32_t ready;     /* bumped when a slot is made ready while someone gathers */
   _Atomic uint32_t gathering; /* combiners waiting on ready */
   _Atomic uint64_t tickets;   /* the next slot's ticket */
   _Atomic int32_t handles[SHARE_HANDLES]; /* the process of each registered handle, 0 = free */
@@ -86,14 +86,14 @@ _Static_assert(sizeof(struct share_slot) == SHARE_SLOT_BYTES, "share slot size")
 struct log_share {
   struct share_hdr *hdr;
   struct share_slot *slots;
-  int handle;      /* this handle's entry in hdr->handles */
-  uint32_t fp;     /* durability and idempotency window */
+  int handle;  /* this handle's entry in hdr->handles */
+  uint32_t fp; /* durability and idempotency window */
   int32_t pid;
-  int expected;    /* slots the last combine of this handle carried (sync: gathers for them) */
-  int test_die;    /* ENGRAM_TEST_SHARE_DIE: 1 = the combiner dies with its slots taken,
-                      2 = once its commit is durable, before handing out the results */
-  int test_ready;  /* ENGRAM_TEST_SHARE_READY: the combiner waits (up to 10 s) for this
-                      many ready slots */
+  int expected;   /* slots the last combine of this handle carried (sync: gathers for them) */
+  int test_die;   /* ENGRAM_TEST_SHARE_DIE: 1 = the combiner dies with its slots taken,
+                     2 = once its commit is durable, before handing out the results */
+  int test_ready; /* ENGRAM_TEST_SHARE_READY: the combiner waits (up to 10 s) for this
+                     many ready slots */
 };
 
 #define SHARE_MAP_BYTES (4096 + (size_t)SHARE_SLOTS * SHARE_SLOT_BYTES)
@@ -142,8 +142,7 @@ static int put_str(unsigned char *buf, size_t cap, size_t *at, const char *s) {
   return put_bytes(buf, cap, at, s, n + 1);
 }
 
-size_t log_share_encode(const char *topic, const engram_event *ev, unsigned char *buf,
-                        size_t cap) {
+size_t log_share_encode(const char *topic, const engram_event *ev, unsigned char *buf, size_t cap) {
   size_t at = 0;
   unsigned char b[8];
   if (put_str(buf, cap, &at, topic) || put_str(buf, cap, &at, ev->type) ||
@@ -315,8 +314,7 @@ static int claim(struct log_share *s) {
       struct share_slot *sl = &s->slots[i];
       uint32_t st = atomic_load(&sl->state);
       if (pass == 1 && (st == S_FILLING || st == S_DONE || st == S_READY || st == S_TAKEN) &&
-          !alive(atomic_load(&sl->owner)) &&
-          (st != S_TAKEN || !alive(atomic_load(&sl->holder)))) {
+          !alive(atomic_load(&sl->owner)) && (st != S_TAKEN || !alive(atomic_load(&sl->holder)))) {
         /* its writer died (and the combiner that took it): nobody waits for it */
       } else if (st != S_FREE) {
         continue;
@@ -371,8 +369,8 @@ static int drain_job(log_wtx *w, void *arg) {
     d->msg[k][0] = '\0';
     if (log_share_decode(sl->data, sl->len < SHARE_DATA ? sl->len : SHARE_DATA, &topic, &ev,
                          headers)) {
-      d->rc[k] = log_error(w->log, ENGRAM_EINTERNAL, "append: the shared slot %d is damaged",
-                           d->ix[k]);
+      d->rc[k] =
+          log_error(w->log, ENGRAM_EINTERNAL, "append: the shared slot %d is damaged", d->ix[k]);
       snprintf(d->msg[k], sizeof d->msg[k], "%s", log_errmsg(w->log));
       continue;
     }
@@ -527,8 +525,8 @@ static int resolve(struct log *log, struct log_share *s, int i) {
   return 1;
 }
 
-int log_share_append(struct log *log, const char *topic, const engram_event *ev,
-                     uint64_t *offset, int *duplicate) {
+int log_share_append(struct log *log, const char *topic, const engram_event *ev, uint64_t *offset,
+                     int *duplicate) {
   struct log_share *s = log->share;
   if (!s || log_foreign(log) || !others(s) || log_in_write_job()) return LOG_SHARE_LOCAL;
   int i = claim(s);

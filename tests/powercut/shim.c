@@ -17,7 +17,8 @@
  *   Z  msync: LMDB writes through its map (MDB_WRITEMAP), which the replay cannot model
  * Paths are relative to $PC_ROOT ("." is the root itself). Files are named by inode, which
  * every process sees alike. LMDB's lock file, the write-ahead file's shared state
- * (wal.shm), the notification board and sockets hold no data (mapped shared state that
+ * (wal.shm), the shared commits' slots (commit.shm), the notification board and sockets
+ * hold no data (mapped shared state that
  * recovery rebuilds, or locks) and are not tracked: crash images do not have them.
  *
  * A write holds the shim's lock across the system call, so the trace order is the order
@@ -191,8 +192,9 @@ static const char *rel_of(int dirfd, const char *path, char *buf) {
   const char *base = strrchr(buf, '/');
   base = base ? base + 1 : buf;
   size_t bl = strlen(base);
-  if (!strcmp(base, "lock.mdb") || !strcmp(base, "wal.shm") || !strcmp(base, "notify.board") ||
-      !strcmp(base, "daemon.lock") || (bl > 4 && !strcmp(base + bl - 4, ".ipc")))
+  if (!strcmp(base, "lock.mdb") || !strcmp(base, "wal.shm") || !strcmp(base, "commit.shm") ||
+      !strcmp(base, "notify.board") || !strcmp(base, "daemon.lock") ||
+      (bl > 4 && !strcmp(base + bl - 4, ".ipc")))
     return NULL;
   return buf;
 }
