@@ -1082,6 +1082,12 @@ static void ep_metrics(struct req *r) {
     hb_printf(b, "engram_commits_total %llu\n", (unsigned long long)cs.commits);
     metric(b, "engram_commit_flushes_total", "counter", "fdatasync calls of the commit path");
     hb_printf(b, "engram_commit_flushes_total %llu\n", (unsigned long long)cs.flushes);
+    metric(b, "engram_appends_shared_total", "counter",
+           "single appends of the daemon committed through a commit shared between processes");
+    hb_printf(b, "engram_appends_shared_total %llu\n", (unsigned long long)cs.appends_shared);
+    metric(b, "engram_appends_carried_total", "counter",
+           "appends of other processes the daemon's commits carried");
+    hb_printf(b, "engram_appends_carried_total %llu\n", (unsigned long long)cs.appends_carried);
     metric(b, "engram_commit_batch_size", "histogram", "writes carried by one commit");
     static const char *const le[] = {"1", "2", "4", "8", "16", "32", "64", "+Inf"};
     uint64_t cum = 0, sum = 0;

@@ -117,6 +117,9 @@ def test_api_metrics_and_health(daemon):
     assert 'engram_dlq_size{topic="memory",group="indexer"} 1' in metrics
     assert "engram_workers_alive 1" in metrics
     assert "# TYPE engram_commit_batch_size histogram" in metrics
+    # Alone on its log, the daemon shares no commit with another process.
+    assert "engram_appends_shared_total 0" in metrics
+    assert "engram_appends_carried_total 0" in metrics
     # Counters of settles and the log's rates (engram_rate_list), as engram top shows them.
     assert 'engram_rejects_total{topic="memory",group="indexer"} 1' in metrics
     assert 'engram_dead_letters_total{topic="memory",group="indexer"} 1' in metrics
