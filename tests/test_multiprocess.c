@@ -281,6 +281,46 @@ static void a_combiner_killed_after_its_commit_doubles_no_append_of_another_proc
   combiner_killed(*state, 1);
 }
 
+/* Checks, in a process whose appends go through shared commits, that refusals, their
+ * messages and idempotency duplicates are what an append of its own would give. */
+static int shared_checker(void *arg) {
+  struct child *c = arg;
+  engram *log = NULL;
+  int rc = engram_open(c->logdir, NULL, &log);
+  if (rc) return child_fail(NULL, "open", rc);
+  engram_event e = {.type = "memory.saved", .payload = "x", .payload_len = 1};
+  rc = engram_append(log, "nosuch", &e, NULL, NULL);
+  if (rc != ENGRAM_ENOTFOUND || !strstr(engram_errmsg(log), "nosuch"))
+    return child_fail(log, "append to a missing topic", rc);
+  engram_event bad = {.type = "memory..saved", .payload = "x", .payload_len = 1};
+  rc = engram_append(log, "memory", &bad, NULL, NULL);
+  if (rc != ENGRAM_EINVAL || !strstr(engram_errmsg(log), "memory..saved"))
+    return child_fail(log, "append of a bad type", rc);
+  engram_event idem = {
+      .type = "memory.saved", .payload = "i", .payload_len = 1, .idempotency_key = "req-1"};
+  uint64_t o1 = 0, o2 = 0;
+  int d1 = -1, d2 = -1;
+  if ((rc = engram_append(log, "memory", &idem, &o1, &d1)) ||
+      (rc = engram_append(log, "memory", &idem, &o2, &d2)))
+    return child_fail(log, "append with an idempotency key", rc);
+  if (d1 != 0 || d2 != 1 || o1 != o2 || o1 == 0) return child_fail(log, "duplicate", -1);
+  engram_commit_stats st;
+  if ((rc = engram_commit_stats_get(log, &st)) || st.appends_shared != 2)
+    return child_fail(log, "appends_shared", rc ? rc : -1);
+  engram_close(log);
+  return 0;
+}
+
+static void refusals_and_duplicates_through_a_shared_commit_are_as_alone(void **state) {
+  fx *f = *state;
+  engram *log = tu_open(f->logdir, NULL); /* registered: the child's appends share */
+  struct child c = {.logdir = f->logdir};
+  assert_int_equal(tu_fork_child(shared_checker, &c, 30000), 0);
+  assert_int_equal(count_payload(log, "i", NULL), 1);
+  assert_int_equal(count_payload(log, "x", NULL), 0);
+  engram_close(log);
+}
+
 /* Holds the turn to flush between processes, stalled in its flush (until killed). */
 static int stalled_flusher(void *arg) {
   struct child *c = arg;
@@ -528,6 +568,7 @@ int main(void) {
       T(processes_that_do_not_share_commits_share_flushes),
       T(a_combiner_killed_before_its_commit_loses_no_append_of_another_process),
       T(a_combiner_killed_after_its_commit_doubles_no_append_of_another_process),
+      T(refusals_and_duplicates_through_a_shared_commit_are_as_alone),
       T(a_process_killed_during_its_flush_stalls_no_other),
       T(batches_from_different_processes_never_interleave),
       T(a_reader_process_sees_appends_from_other_processes_in_order_without_gaps),
