@@ -75,6 +75,10 @@
  * that move the pin. With a 4 MiB interval and no bound, 80,000 single-event commits
  * grew data.mdb to 110 MB and each event wrote 37 KB to the disk. */
 #define WAL_PIN_EVERY (256ull << 10)
+/* A background checkpoint writes data.mdb out in steps of at least WAL_PACE_CHUNK, and
+ * in at most WAL_PACE_STEPS (each a system call, also over clean ranges). */
+#define WAL_PACE_CHUNK (256ull << 10)
+#define WAL_PACE_STEPS 1024
 #define WAL_PIN_LAG_MAX (4ull << 20)
 
 /* LMDB's meta page: the page header, then MDB_meta. Offsets within the page. */
@@ -132,6 +136,9 @@ struct wal_shm {
   uint32_t flush_gen;     /* bumped when that flush ends: a futex word */
   uint32_t flush_waiters; /* processes sleeping on flush_gen (one killed asleep stays
                              counted: a wake-up call per flush is then wasted) */
+  /* The span of data.mdb (past its meta pages) that commits wrote since the newest
+   * checkpoint began, hi 0 = none: what the next one writes out a chunk at a time. */
+  uint64_t dirty_lo, dirty_hi;
 };
 
 struct wal {
@@ -287,6 +294,7 @@ static int checkpoint(struct wal *w) {
   struct wal_shm *s = w->shm;
   if (fdatasync(w->fd) < 0) return -errno; /* every record, before data.mdb moves on */
   if (fdatasync(w->data_fd) < 0) return -errno;
+  s->dirty_lo = s->dirty_hi = 0;
   int rc = write_header(w->fd, w->data_fd, w->psize, s->gen + 1, s->seq + 1, 2 * w->slot, NULL);
   if (rc) return rc;
   s->gen++;
@@ -325,6 +333,11 @@ static struct wal *find(int fd) {
 }
 
 static void capture_raw(struct wal *w, uint64_t off, const void *b, size_t n) {
+  struct wal_shm *s = w->shm; /* under LMDB's write lock: no other writer now */
+  if (s && off >= 2 * (uint64_t)w->psize) {
+    if (!s->dirty_hi || off < s->dirty_lo) s->dirty_lo = off;
+    if (off + n > s->dirty_hi) s->dirty_hi = off + n;
+  }
   if (w->overflow) return;
   size_t need = w->len + sizeof(struct wal_ext) + pad8(n);
   if (sizeof(struct wal_rec) + need + 2 * w->slot > w->cap) {
@@ -1089,6 +1102,25 @@ int log_wal_sync(struct log *log) {
  * checkpoint writes one: it could replay from an earlier start than the one published. A
  * full checkpoint (checkpoint(), under the lock) may overwrite it: it is newer in every
  * respect, and the pending one then finds the generation moved and publishes nothing. */
+/* Writes the span [lo, hi) of data.mdb out a chunk at a time, each waited for before the
+ * next is queued, so that flushes of the write-ahead file meanwhile wait behind one
+ * chunk, not behind the whole checkpoint. On a log whose free pages are many (a big
+ * one), a commit writes pages no commit since the last checkpoint wrote, and a
+ * checkpoint of 32 MiB of records wrote tens of MB of data.mdb at once: flushes of the
+ * file waited up to 90 ms meanwhile (e2e p99 78-102 ms at 2,000 events/s; 11-15 ms with
+ * 256 KiB steps, 15-37 ms with 1 MiB steps). */
+static int write_out_paced(int fd, uint64_t lo, uint64_t hi) {
+  if (hi <= lo) return 0;
+  uint64_t chunk = (hi - lo) / WAL_PACE_STEPS;
+  if (chunk < WAL_PACE_CHUNK) chunk = WAL_PACE_CHUNK;
+  for (uint64_t at = lo; at < hi; at += chunk)
+    if (sync_file_range(
+            fd, (off64_t)at, (off64_t)(hi - at < chunk ? hi - at : chunk),
+            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) < 0)
+      return -errno;
+  return 0;
+}
+
 static void checkpoint_fuzzy(struct log *log) {
   struct wal *w = log->wal;
   struct wal_shm *s = w->shm;
@@ -1099,10 +1131,12 @@ static void checkpoint_fuzzy(struct log *log) {
     return;
   }
   uint64_t gen = s->gen, start = s->tail, seq0 = s->seq + 1;
+  uint64_t lo = s->dirty_lo, hi = s->dirty_hi;
+  s->dirty_lo = s->dirty_hi = 0; /* what comes now is the next checkpoint's */
   int rc = pread_all(w->data_fd, metas, 2 * (size_t)w->psize, 0);
   own_txn_end(log, txn);
-  if (rc == 0 && fdatasync(w->fd) == 0 && fdatasync(w->data_fd) == 0 &&
-      own_txn_begin(log, &txn) == 0) {
+  if (rc == 0 && fdatasync(w->fd) == 0 && write_out_paced(w->data_fd, lo, hi) == 0 &&
+      fdatasync(w->data_fd) == 0 && own_txn_begin(log, &txn) == 0) {
     /* Unless another checkpoint came first (a commit that found the file full, another
      * process) or is flushing its header: then this one is stale. */
     int mine = s->gen == gen && s->pending_gen != gen + 1 &&
