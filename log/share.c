@@ -22,7 +22,8 @@
  * restarts of the file: they count up from a random 64-bit start.
  *
  * Handles share only with handles of the same durability and idempotency window (the
- * slot carries their fingerprint); a handle with its own clock does not share. The file
+ * slot carries their fingerprint); a handle with its own clock does not share, nor one in
+ * another pid namespace than the first to map the file. The file
  * holds no data that must survive: the first process to open the log alone empties it.
  */
 #include <errno.h>
@@ -45,7 +46,7 @@
 #include "log/log_private.h"
 
 #define SHARE_FILE "commit.shm"
-#define SHARE_MAGIC 0x31524853u /* "SHR1" */
+#define SHARE_MAGIC 0x32524853u /* "SHR2" */
 #define SHARE_HANDLES 128       /* handles registered at once */
 #define SHARE_SLOTS 64
 #define SHARE_SLOT_BYTES 8192
@@ -64,6 +65,10 @@ struct share_hdr {
   _Atomic uint32_t ready;     /* bumped when a slot is made ready while someone gathers */
   _Atomic uint32_t gathering; /* combiners waiting on ready */
   _Atomic uint64_t tickets;   /* the next slot's ticket */
+  _Atomic uint64_t pidns;     /* the pid namespace (its inode) of the handles that share:
+                                 liveness is judged by pid, which means nothing across
+                                 namespaces (a combiner taken for dead would have its
+                                 slots committed twice) */
   _Atomic int32_t handles[SHARE_HANDLES]; /* the process of each registered handle, 0 = free */
 };
 
@@ -249,13 +254,20 @@ void log_share_attach(struct log *log) {
   close(fd);
   if (m == MAP_FAILED) return;
   struct share_hdr *h = m;
+  uint32_t mz = 0;
+  if (!atomic_compare_exchange_strong(&h->magic, &mz, SHARE_MAGIC) && mz != SHARE_MAGIC) {
+    munmap(m, SHARE_MAP_BYTES); /* another layout: appends commit on their own */
+    return;
+  }
   uint64_t zero = 0, start = 0;
   if (getrandom(&start, sizeof start, 0) != sizeof start) start = (uint64_t)clock_realtime_ns();
   start = (start >> 1) | 1;
   atomic_compare_exchange_strong(&h->tickets, &zero, start);
-  uint32_t mz = 0;
-  if (!atomic_compare_exchange_strong(&h->magic, &mz, SHARE_MAGIC) && mz != SHARE_MAGIC) {
-    munmap(m, SHARE_MAP_BYTES); /* another layout: appends commit on their own */
+  struct stat ns;
+  uint64_t mine = stat("/proc/self/ns/pid", &ns) == 0 ? (uint64_t)ns.st_ino : 0;
+  zero = 0;
+  if (!mine || (!atomic_compare_exchange_strong(&h->pidns, &zero, mine) && zero != mine)) {
+    munmap(m, SHARE_MAP_BYTES); /* another pid namespace shares: this handle commits alone */
     return;
   }
   struct log_share *s = calloc(1, sizeof *s);
