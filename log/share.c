@@ -350,6 +350,7 @@ struct drain {
   int dup[SHARE_SLOTS];
   uint64_t off[SHARE_SLOTS];
   char msg[SHARE_SLOTS][sizeof((struct share_slot *)0)->msg];
+  unsigned char buf[SHARE_DATA]; /* the slot being appended, copied */
 };
 
 static void receipt_key(unsigned char *k, int i) {
@@ -381,8 +382,10 @@ static int drain_job(log_wtx *w, void *arg) {
     d->dup[k] = 0;
     d->off[k] = 0;
     d->msg[k][0] = '\0';
-    if (log_share_decode(sl->data, sl->len < SHARE_DATA ? sl->len : SHARE_DATA, &topic, &ev,
-                         headers)) {
+    /* Decoded from a copy: the slot is another process's memory. */
+    size_t len = sl->len < SHARE_DATA ? sl->len : SHARE_DATA;
+    memcpy(d->buf, sl->data, len);
+    if (log_share_decode(d->buf, len, &topic, &ev, headers)) {
       d->rc[k] =
           log_error(w->log, ENGRAM_EINTERNAL, "append: the shared slot %d is damaged", d->ix[k]);
       snprintf(d->msg[k], sizeof d->msg[k], "%s", log_errmsg(w->log));
