@@ -72,6 +72,10 @@ void log_commit_stop(struct log *log);
  * held); until it runs (or when it cannot start) the flusher checkpoints. */
 void log_checkpointer_start_locked(struct log *log);
 
+/* wal.c: a futex call on a word that may be shared between processes (no _PRIVATE op). */
+struct timespec;
+long log_futex(void *word, int op, uint32_t val, const struct timespec *ts);
+
 /* share.c: single appends of several processes committed together (see its top). */
 #define LOG_SHARE_LOCAL 1 /* log_share_append: not taken, append as usual */
 /* At an open that has the log to itself: empties DIR/commit.shm. */

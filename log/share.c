@@ -105,11 +105,7 @@ struct log_share {
 
 #define SHARE_MAP_BYTES (4096 + (size_t)SHARE_SLOTS * SHARE_SLOT_BYTES)
 
-static long futex(_Atomic uint32_t *w, int op, uint32_t val, const struct timespec *ts) {
-  return syscall(SYS_futex, (uint32_t *)w, op, val, ts, NULL, 0);
-}
-
-static void wake_all(_Atomic uint32_t *w) { futex(w, FUTEX_WAKE, INT_MAX, NULL); }
+static void wake_all(_Atomic uint32_t *w) { log_futex((void *)w, FUTEX_WAKE, INT_MAX, NULL); }
 
 /* Whether a process lives: a zombie does not (its threads write nothing more). */
 static int alive(int32_t pid) {
@@ -455,7 +451,7 @@ static void gather(struct log *log, struct log_share *s) {
       break;
     }
     struct timespec ts = {left / 1000000000, left % 1000000000};
-    futex(&s->hdr->ready, FUTEX_WAIT, seen, &ts);
+    log_futex((void *)&s->hdr->ready, FUTEX_WAIT, seen, &ts);
   }
   atomic_fetch_sub(&s->hdr->gathering, 1);
 }
@@ -465,7 +461,7 @@ static void hand_over(struct log_share *s) {
   atomic_store(&s->hdr->combiner, 0);
   for (int i = 0; i < SHARE_SLOTS; i++)
     if (atomic_load(&s->slots[i].state) == S_READY) {
-      futex(&s->slots[i].state, FUTEX_WAKE, 1, NULL);
+      log_futex((void *)&s->slots[i].state, FUTEX_WAKE, 1, NULL);
       break;
     }
 }
@@ -602,7 +598,7 @@ int log_share_append(struct log *log, const char *topic, const engram_event *ev,
       }
     }
     struct timespec ts = {0, SHARE_POLL_MS * 1000000L};
-    looked = futex(&sl->state, FUTEX_WAIT, st, &ts) < 0 && errno == ETIMEDOUT;
+    looked = log_futex((void *)&sl->state, FUTEX_WAIT, st, &ts) < 0 && errno == ETIMEDOUT;
   }
   int rc = sl->rc;
   if (rc == 0) {

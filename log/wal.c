@@ -961,7 +961,7 @@ static int flush_fails(int fd) {
 #define WAL_TURN_WAIT_NS 2000000ll /* a sleep for another process's flush, before looking again */
 #define WAL_TURN_MAX_WAITS 25      /* sleeps before flushing regardless (a stuck flush) */
 
-static long futex_shared(uint32_t *word, int op, uint32_t val, const struct timespec *ts) {
+long log_futex(void *word, int op, uint32_t val, const struct timespec *ts) {
   return syscall(SYS_futex, word, op, val, ts, NULL, 0);
 }
 
@@ -997,7 +997,7 @@ static int flush_turn(struct wal_shm *s, uint64_t upto, int *owner) {
     if (__atomic_load_n(&s->flush_owner, __ATOMIC_ACQUIRE) == cur &&
         __atomic_load_n(&s->synced, __ATOMIC_ACQUIRE) < upto) {
       struct timespec ts = {0, WAL_TURN_WAIT_NS};
-      r = futex_shared(&s->flush_gen, FUTEX_WAIT, gen, &ts);
+      r = log_futex(&s->flush_gen, FUTEX_WAIT, gen, &ts);
     }
     __atomic_sub_fetch(&s->flush_waiters, 1, __ATOMIC_ACQ_REL);
     if (r < 0 && errno == ETIMEDOUT) {
@@ -1022,7 +1022,7 @@ static void flush_turn_end(struct wal_shm *s) {
   __atomic_store_n(&s->flush_owner, 0, __ATOMIC_RELEASE);
   __atomic_add_fetch(&s->flush_gen, 1, __ATOMIC_ACQ_REL);
   if (__atomic_load_n(&s->flush_waiters, __ATOMIC_ACQUIRE))
-    futex_shared(&s->flush_gen, FUTEX_WAKE, INT_MAX, NULL);
+    log_futex(&s->flush_gen, FUTEX_WAKE, INT_MAX, NULL);
 }
 
 /* Makes every record written so far durable. Flushes of one process's threads run
@@ -1091,17 +1091,6 @@ int log_wal_sync(struct log *log) {
   return rc;
 }
 
-/* The background checkpoint, holding LMDB's write lock (commits wait) only for moments:
- * note the newest commit's meta pages and where the records after it begin, flush both
- * files outside the lock (data.mdb then holds that commit, at least), write a header that
- * replays from there, flush it outside the lock too, and only then publish the new start.
- * The space before it is then free for the records to come back to. A crash before the
- * header is whole replays from the old one, whose records are all still in place; a crash
- * after it replays from the new one, and the records committed meanwhile follow it in
- * sequence. While one checkpoint flushes its header (pending_gen), no other background
- * checkpoint writes one: it could replay from an earlier start than the one published. A
- * full checkpoint (checkpoint(), under the lock) may overwrite it: it is newer in every
- * respect, and the pending one then finds the generation moved and publishes nothing. */
 /* Writes the span [lo, hi) of data.mdb out a chunk at a time, each waited for before the
  * next is queued, so that flushes of the write-ahead file meanwhile wait behind one
  * chunk, not behind the whole checkpoint. On a log whose free pages are many (a big
@@ -1121,6 +1110,17 @@ static int write_out_paced(int fd, uint64_t lo, uint64_t hi) {
   return 0;
 }
 
+/* The background checkpoint, holding LMDB's write lock (commits wait) only for moments:
+ * note the newest commit's meta pages and where the records after it begin, flush both
+ * files outside the lock (data.mdb then holds that commit, at least), write a header that
+ * replays from there, flush it outside the lock too, and only then publish the new start.
+ * The space before it is then free for the records to come back to. A crash before the
+ * header is whole replays from the old one, whose records are all still in place; a crash
+ * after it replays from the new one, and the records committed meanwhile follow it in
+ * sequence. While one checkpoint flushes its header (pending_gen), no other background
+ * checkpoint writes one: it could replay from an earlier start than the one published. A
+ * full checkpoint (checkpoint(), under the lock) may overwrite it: it is newer in every
+ * respect, and the pending one then finds the generation moved and publishes nothing. */
 static void checkpoint_fuzzy(struct log *log) {
   struct wal *w = log->wal;
   struct wal_shm *s = w->shm;
