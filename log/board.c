@@ -24,7 +24,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -61,12 +60,12 @@ static unsigned bucket(const char *topic) {
 }
 
 static void futex_wake(_Atomic uint32_t *addr) {
-  syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+  log_futex((void *)addr, FUTEX_WAKE, INT_MAX, NULL);
 }
 
 static void futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns) {
   struct timespec ts = {ns / 1000000000, ns % 1000000000};
-  syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT, val, &ts, NULL, 0);
+  log_futex((void *)addr, FUTEX_WAIT, val, &ts);
 }
 
 static void bump(struct log_board *b, const char *topic) {

@@ -26,7 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/futex.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "log/log_private.h"
@@ -216,7 +215,7 @@ static void count_commit(struct log *log, const struct log_job *jobs) {
  * again (with a condition variable it would wake only to wait for mu, which the releaser
  * still holds). */
 static void futex_wait_while(int *word, int val) {
-  syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+  log_futex(word, FUTEX_WAIT_PRIVATE, (uint32_t)val, NULL);
 }
 
 /* Sets the word and wakes its sleeper. The job may be gone as soon as its writer sees the
@@ -224,7 +223,7 @@ static void futex_wait_while(int *word, int val) {
  * wakes, finds its word unchanged and sleeps again). */
 static void futex_set_wake(int *word, int val) {
   __atomic_store_n(word, val, __ATOMIC_RELEASE);
-  syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  log_futex(word, FUTEX_WAKE_PRIVATE, 1, NULL);
 }
 
 /* A finished job leaves the handle's counts: by its writer, or by the releaser that wakes

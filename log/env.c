@@ -211,7 +211,7 @@ static void clear_stale_creating(const char *path) {
     snprintf(sub, sizeof sub, "%s/%s", parent, e->d_name);
     struct stat st;
     if (lstat(sub, &st) < 0 || !S_ISDIR(st.st_mode)) continue;
-    int dead = kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+    int dead = log_pid_gone((int32_t)pid);
     long age = (long)(now - st.st_mtime);
     if ((dead && age > STALE_DEAD_S) || age > STALE_CREATING_S) log_rmtree(sub);
   }

@@ -72,9 +72,14 @@ void log_commit_stop(struct log *log);
  * held); until it runs (or when it cannot start) the flusher checkpoints. */
 void log_checkpointer_start_locked(struct log *log);
 
-/* wal.c: a futex call on a word that may be shared between processes (no _PRIVATE op). */
+/* wal.c: a futex call (op FUTEX_WAIT or FUTEX_WAKE for a word shared between processes,
+ * their _PRIVATE forms for one within a process). */
 struct timespec;
 long log_futex(void *word, int op, uint32_t val, const struct timespec *ts);
+/* wal.c: whether process pid is gone: it no longer exists, or it is a zombie (dead, not
+ * yet reaped by its parent), which answers kill(pid, 0) but runs nothing more. A pid of
+ * another pid namespace is not seen (see where each caller allows for that). */
+int log_pid_gone(int32_t pid);
 
 /* share.c: single appends of several processes committed together (see its top). */
 #define LOG_SHARE_LOCAL 1 /* log_share_append: not taken, append as usual */

@@ -96,31 +96,17 @@ struct log_share {
   int handle;  /* this handle's entry in hdr->handles */
   uint32_t fp; /* durability and idempotency window */
   int32_t pid;
-  int expected;   /* slots the last combine of this handle carried (sync: gathers for them) */
-  int test_die;   /* ENGRAM_TEST_SHARE_DIE: 1 = the combiner dies with its slots taken,
-                     2 = once its commit is durable, before handing out the results */
-  int test_ready; /* ENGRAM_TEST_SHARE_READY: the combiner waits (up to 10 s) for this
-                     many ready slots */
+  int expected;      /* slots the last combine of this handle carried (sync: gathers for them) */
+  atomic_uint calls; /* of others(): every SHARE_PRUNE_EVERY-th clears dead entries */
+  int test_die;      /* ENGRAM_TEST_SHARE_DIE: 1 = the combiner dies with its slots taken,
+                        2 = once its commit is durable, before handing out the results */
+  int test_ready;    /* ENGRAM_TEST_SHARE_READY: the combiner waits (up to 10 s) for this
+                        many ready slots */
 };
 
 #define SHARE_MAP_BYTES (4096 + (size_t)SHARE_SLOTS * SHARE_SLOT_BYTES)
 
 static void wake_all(_Atomic uint32_t *w) { log_futex((void *)w, FUTEX_WAKE, INT_MAX, NULL); }
-
-/* Whether a process lives: a zombie does not (its threads write nothing more). */
-static int alive(int32_t pid) {
-  if (pid <= 0) return 0;
-  if (kill(pid, 0) < 0 && errno == ESRCH) return 0;
-  char path[64], buf[256];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  FILE *f = fopen(path, "re");
-  if (!f) return 1;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  const char *p = strrchr(buf, ')');
-  return !(p && p[1] == ' ' && p[2] == 'Z');
-}
 
 /* ---- the event in a slot: a flat encoding, decoded in place ---- */
 
@@ -283,7 +269,7 @@ void log_share_attach(struct log *log) {
   for (int pass = 0; pass < 2 && s->handle < 0; pass++)
     for (int i = 0; i < SHARE_HANDLES && s->handle < 0; i++) {
       int32_t p = atomic_load(&h->handles[i]);
-      if (p && (pass == 0 || alive(p))) continue;
+      if (p && (pass == 0 || !log_pid_gone(p))) continue;
       if (atomic_compare_exchange_strong(&h->handles[i], &p, s->pid)) s->handle = i;
     }
   if (s->handle < 0) { /* no entry left: this handle commits on its own */
@@ -304,14 +290,23 @@ void log_share_detach(struct log *log) {
   free(s);
 }
 
-/* Whether a handle of another process is registered (one killed stays registered until
- * its entry is taken again: its neighbours then share for nothing, which costs little). */
-static int others(const struct log_share *s) {
-  for (int i = 0; i < SHARE_HANDLES; i++) {
+/* Whether a handle of another process is registered. A process killed with the log open
+ * leaves its entry: every SHARE_PRUNE_EVERY calls, an entry whose process is gone is
+ * cleared, so that a process left alone goes back to committing on its own. */
+#define SHARE_PRUNE_EVERY 64
+static int others(struct log_share *s) {
+  int prune = atomic_fetch_add_explicit(&s->calls, 1, memory_order_relaxed) % SHARE_PRUNE_EVERY ==
+              SHARE_PRUNE_EVERY - 1;
+  int found = 0;
+  for (int i = 0; i < SHARE_HANDLES && (prune || !found); i++) {
     int32_t p = atomic_load_explicit(&s->hdr->handles[i], memory_order_relaxed);
-    if (p && p != s->pid) return 1;
+    if (!p || p == s->pid) continue;
+    if (prune && log_pid_gone(p))
+      atomic_compare_exchange_strong(&s->hdr->handles[i], &p, 0);
+    else
+      found = 1;
   }
-  return 0;
+  return found;
 }
 
 /* Takes a free slot (or one whose writer died), set S_FILLING; -1 when none. */
@@ -324,7 +319,8 @@ static int claim(struct log_share *s) {
       struct share_slot *sl = &s->slots[i];
       uint32_t st = atomic_load(&sl->state);
       if (pass == 1 && (st == S_FILLING || st == S_DONE || st == S_READY || st == S_TAKEN) &&
-          !alive(atomic_load(&sl->owner)) && (st != S_TAKEN || !alive(atomic_load(&sl->holder)))) {
+          log_pid_gone(atomic_load(&sl->owner)) &&
+          (st != S_TAKEN || log_pid_gone(atomic_load(&sl->holder)))) {
         /* its writer died (and the combiner that took it): nobody waits for it */
       } else if (st != S_FREE) {
         continue;
@@ -582,14 +578,14 @@ int log_share_append(struct log *log, const char *topic, const engram_event *ev,
         if (atomic_compare_exchange_strong(&s->hdr->combiner, &c, s->pid)) combine(log, s);
         continue;
       }
-      if (looked && c != s->pid && !alive(c)) {
+      if (looked && c != s->pid && log_pid_gone(c)) {
         atomic_compare_exchange_strong(&s->hdr->combiner, &c, 0);
         looked = 0;
         continue;
       }
     } else if (st == S_TAKEN && looked) {
       int32_t h = atomic_load(&sl->holder);
-      if (h != s->pid && !alive(h)) {
+      if (h != s->pid && log_pid_gone(h)) {
         int32_t c = h;
         atomic_compare_exchange_strong(&s->hdr->combiner, &c, 0);
         resolve(log, s, i);

@@ -965,6 +965,20 @@ long log_futex(void *word, int op, uint32_t val, const struct timespec *ts) {
   return syscall(SYS_futex, word, op, val, ts, NULL, 0);
 }
 
+int log_pid_gone(int32_t pid) {
+  if (pid <= 0) return 1;
+  if (kill(pid, 0) < 0 && errno == ESRCH) return 1;
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "re");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')'); /* the state follows the command's name */
+  return p && p[1] == ' ' && p[2] == 'Z';
+}
+
 /* Whose turn it is to flush, between processes. Each process's flush costs a cache flush
  * of the disk, and eight processes that each flush their own record pay eight where one
  * would do. So the process that starts a flush holds the turn (flush_owner) until it
@@ -1002,7 +1016,7 @@ static int flush_turn(struct wal_shm *s, uint64_t upto, int *owner) {
     __atomic_sub_fetch(&s->flush_waiters, 1, __ATOMIC_ACQ_REL);
     if (r < 0 && errno == ETIMEDOUT) {
       waits++;
-      if (kill(cur, 0) < 0 && errno == ESRCH) /* killed during its flush */
+      if (log_pid_gone(cur)) /* killed during its flush (reaped or not) */
         __atomic_compare_exchange_n(&s->flush_owner, &cur, 0, 0, __ATOMIC_ACQ_REL,
                                     __ATOMIC_ACQUIRE);
     }

@@ -373,6 +373,79 @@ static void a_process_killed_during_its_flush_stalls_no_other(void **state) {
   engram_close(log);
 }
 
+/* Whether pid is a zombie: dead, not yet reaped by its parent. */
+static int is_zombie(pid_t pid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *fp = fopen(path, "re");
+  if (!fp) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, fp);
+  fclose(fp);
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')');
+  return p && p[1] == ' ' && p[2] == 'Z';
+}
+
+/* The same, with the killed process left unreaped by its parent for a while (a busy
+ * supervisor): a zombie still answers kill(pid, 0), but it flushes nothing more, so its
+ * turn is taken back as a dead process's is. */
+static void a_killed_flusher_not_yet_reaped_stalls_no_other(void **state) {
+  fx *f = *state;
+  struct child c = {.logdir = f->logdir};
+  pid_t a = tu_spawn(stalled_flusher, &c);
+  tu_sleep_ms(500); /* its append is in its flush, holding the turn */
+  engram *log = tu_open(f->logdir, NULL);
+  assert_int_equal(kill(a, SIGKILL), 0);
+  for (int i = 0; i < 500 && !is_zombie(a); i++) tu_sleep_ms(10);
+  assert_true(is_zombie(a));
+  int64_t zombie = append_n(log, 0, 100);
+  assert_true(is_zombie(a)); /* still unreaped through all of them */
+  print_message("100 appends beside the unreaped flusher: %lld ms\n", (long long)zombie);
+  /* Waiting out the turn would take 100 x 50 ms; taken back, no waiting at all. */
+  assert_true(zombie < 3000);
+  assert_int_not_equal(tu_wait(a, 10000), 0);
+  engram_batch *b;
+  OK(log, engram_read_range(log, "memory", 1, 1000, &b));
+  int seen = 0;
+  for (size_t i = 0; i < b->count; i++)
+    seen += b->events[i].payload_len > 2 && !memcmp(b->events[i].payload, "q-", 2);
+  assert_int_equal(seen, 100);
+  engram_batch_free(b);
+  engram_close(log);
+}
+
+/* Opens the log for writing and stays (until killed). */
+static int idle_writer(void *arg) {
+  struct child *c = arg;
+  engram *log = NULL;
+  int rc = engram_open(c->logdir, NULL, &log);
+  if (rc) return child_fail(NULL, "open", rc);
+  for (;;) pause();
+}
+
+/* A process killed with the log open leaves its entry in DIR/commit.shm: the appends of
+ * the one left alone go back to committing on their own, not through a shared commit
+ * with nobody (after a bounded number that find the entry before it is cleared). */
+static void a_process_left_alone_stops_sharing_with_a_killed_one(void **state) {
+  fx *f = *state;
+  struct child c = {.logdir = f->logdir};
+  pid_t a = tu_spawn(idle_writer, &c);
+  tu_sleep_ms(500); /* it has the log open */
+  engram *log = tu_open(f->logdir, NULL);
+  append_n(log, 0, 10);
+  engram_commit_stats st;
+  OK(log, engram_commit_stats_get(log, &st));
+  assert_int_equal(st.appends_shared, 10); /* beside a live process: shared */
+  assert_int_equal(kill(a, SIGKILL), 0);
+  assert_int_not_equal(tu_wait(a, 10000), 0);
+  append_n(log, 10, 1000);
+  OK(log, engram_commit_stats_get(log, &st));
+  print_message("appends through a shared commit after the kill: %llu of 1000\n",
+                (unsigned long long)(st.appends_shared - 10));
+  assert_true(st.appends_shared - 10 <= 256);
+  engram_close(log);
+}
+
 static void batches_from_different_processes_never_interleave(void **state) {
   fx *f = *state;
   struct child c[3];
@@ -570,6 +643,8 @@ int main(void) {
       T(a_combiner_killed_after_its_commit_doubles_no_append_of_another_process),
       T(refusals_and_duplicates_through_a_shared_commit_are_as_alone),
       T(a_process_killed_during_its_flush_stalls_no_other),
+      T(a_killed_flusher_not_yet_reaped_stalls_no_other),
+      T(a_process_left_alone_stops_sharing_with_a_killed_one),
       T(batches_from_different_processes_never_interleave),
       T(a_reader_process_sees_appends_from_other_processes_in_order_without_gaps),
       T(topics_created_by_another_process_are_usable_at_once),
