@@ -105,24 +105,40 @@ static int run_job(struct log_job *j, log_wtx *w) {
 }
 
 /* Runs the jobs of one batch and commits. Sets each job's rc. Returns 0 or the commit's
- * error; *wrote tells whether the commit wrote (and so flushed) anything. */
+ * error; *wrote tells whether the commit wrote (and so flushed) anything.
+ *
+ * A job that fails must leave no trace in the commit, so each job of a batch of several
+ * could run in a nested transaction of its own. LMDB's nested transactions are dear:
+ * each allocates 3 MB of page lists and copies every page it changes that its parent had
+ * changed already (the topic's leaf and branch pages, the main database's page), which
+ * cost eight synchronous writers a third of their appends/s. So a batch first runs
+ * flat, all jobs in the one transaction; if a job fails, that transaction is dropped and
+ * the batch runs again with a nested transaction per job (as for a full map, the jobs
+ * run again from the start), and so do the next LOG_NESTED_AFTER_FAIL batches. */
+#define LOG_NESTED_AFTER_FAIL 16
 static int run_batch(struct log *log, struct log_job *jobs, int *wrote,
                      struct log_touched **touched) {
   int n = 0;
   for (struct log_job *j = jobs; j; j = j->next) n++;
   *wrote = 0;
   *touched = NULL;
+  int flat = n == 1 || log->nested_batches == 0;
+  if (!flat) log->nested_batches--;
   for (;;) {
     MDB_txn *txn;
     int rc = begin_txn(log, &txn);
     if (rc) return log_error(log, log_err_mdb(rc), "commit: begin: %s", log_mdb_text(rc));
     log_wtx w = {.log = log, .txn = txn, .now_ns = log_now_ns(log), .touched = NULL};
-    int grow = 0, ok = 0;
-    for (struct log_job *j = jobs; j && !grow; j = j->next) {
+    int grow = 0, ok = 0, redo = 0;
+    for (struct log_job *j = jobs; j && !grow && !redo; j = j->next) {
       log_error_clear(log);
-      if (n == 1) {
+      if (flat) {
         w.txn = txn;
         j->rc = run_job(j, &w);
+        if (n > 1 && j->rc < 0 && j->rc != LOG_EMAPFULL && j->rc != LOG_ENEWDBI) {
+          redo = 1; /* the others may not keep what it half did */
+          break;
+        }
       } else {
         MDB_txn *child;
         struct log_touched *mark = w.touched;
@@ -153,6 +169,13 @@ static int run_batch(struct log *log, struct log_job *jobs, int *wrote,
         set_job_error(j, j->rc);
       else
         ok++;
+    }
+    if (redo) {
+      mdb_txn_abort(txn);
+      touched_free(w.touched);
+      flat = 0;
+      log->nested_batches = LOG_NESTED_AFTER_FAIL;
+      continue;
     }
     if (grow) {
       mdb_txn_abort(txn);
@@ -226,6 +249,26 @@ static void futex_set_wake(int *word, int val) {
   log_futex(word, FUTEX_WAKE_PRIVATE, 1, NULL);
 }
 
+/* Writers released while mu is held are woken once it is let go: a writer woken under mu
+ * would come straight back for it (its next append) and sleep on it again, a second
+ * wake-up for one append. The words to set are kept per thread until wake_released(),
+ * called after every unlock of mu by a leader or a flusher of a batch and before any
+ * wait of theirs. The job stays valid until its word is set (its writer sleeps until
+ * then). */
+#define LOG_WAKE_MAX 256
+static __thread int *tls_wake[LOG_WAKE_MAX];
+static __thread int tls_n_wake;
+
+static void wake_released(void) {
+  for (int i = 0; i < tls_n_wake; i++) futex_set_wake(tls_wake[i], 2);
+  tls_n_wake = 0;
+}
+
+static void wake_later(int *word) {
+  if (tls_n_wake == LOG_WAKE_MAX) wake_released();
+  tls_wake[tls_n_wake++] = word;
+}
+
 /* A finished job leaves the handle's counts: by its writer, or by the releaser that wakes
  * it. Called with mu held. */
 static void job_finished(struct log *log, const struct log_job *j) {
@@ -247,6 +290,7 @@ static void release(struct log *log, struct batch *b, int rc, const char *msg) {
     pthread_cond_broadcast(&log->append_cv);
     if (log->commit_hook) {
       pthread_mutex_unlock(&log->mu);
+      wake_released();
       for (struct log_touched *t = b->touched; t; t = t->next)
         log->commit_hook(log->commit_hook_ctx, t->topic, t->head);
       pthread_mutex_lock(&log->mu);
@@ -265,7 +309,7 @@ static void release(struct log *log, struct batch *b, int rc, const char *msg) {
     if (j->waiting) {
       j->waiting = 0;
       job_finished(log, j);
-      futex_set_wake(&j->wake, 2);
+      wake_later(&j->wake);
     }
     j = next;
   }
@@ -330,6 +374,7 @@ static void gather(struct log *log) {
      * the CPU), for up to LOG_ASYNC_YIELDS turns, so that one commit carries them. */
     for (int i = 0; i < LOG_ASYNC_YIELDS && log->active < log->writers_hint && !log->closing; i++) {
       pthread_mutex_unlock(&log->mu);
+      wake_released(); /* they may queue now, into this commit */
       sched_yield();
       pthread_mutex_lock(&log->mu);
     }
@@ -347,6 +392,7 @@ static void gather(struct log *log) {
   ts.tv_sec += t / 1000000000;
   ts.tv_nsec = t % 1000000000;
   log->gathering = 1;
+  wake_released(); /* those it waits for may be among them */
   while (log->active < log->writers_hint && !log->closing) {
     if (pthread_cond_timedwait(&log->gather_cv, &log->mu, &ts) == ETIMEDOUT) {
       log->writers_hint = log->active;
@@ -366,11 +412,13 @@ static void lead(struct log *log, struct log_job *self, struct batch *to_flush) 
   while (!self->done) {
     /* One batch flushing and the next waiting for its flush are enough: later writers
      * gather meanwhile into one commit, instead of many small ones queued for flushes. */
+    if (log->wal && log->flushing >= 2) wake_released();
     while (log->wal && log->flushing >= 2 && !log->closing) pthread_cond_wait(&log->cv, &log->mu);
     gather(log);
     if (!log->q_head) {
       if (!log->pending_jobs) break;
       pthread_mutex_unlock(&log->mu);
+      wake_released();
       int rc = sync_env(log);
       char msg[256];
       snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
@@ -381,6 +429,7 @@ static void lead(struct log *log, struct log_job *self, struct batch *to_flush) 
     struct log_job *jobs = take(log);
     int pending = log->pending_jobs != NULL; /* only the leader changes it */
     pthread_mutex_unlock(&log->mu);
+    wake_released();
     int wrote = 0;
     struct log_touched *touched = NULL;
     /* A solo job may open or drop named databases: no other transaction of this process
@@ -482,6 +531,7 @@ static void flush_batch(struct log *log, struct batch *b) {
   // cppcheck-suppress autoVariables
   log->inflight = b;
   pthread_mutex_unlock(&log->mu);
+  wake_released();
   int rc = log_wal_sync(log);
   char msg[256];
   snprintf(msg, sizeof msg, "%s", log_errmsg(NULL));
@@ -537,6 +587,7 @@ int log_job_wait(struct log *log, struct log_job *job) {
       job->waiting = 1;
       job->wake = 0;
       pthread_mutex_unlock(&log->mu);
+      wake_released(); /* those this thread released while it led, before it sleeps */
       int v;
       while ((v = __atomic_load_n(&job->wake, __ATOMIC_ACQUIRE)) == 0)
         futex_wait_while(&job->wake, 0);
@@ -546,6 +597,7 @@ int log_job_wait(struct log *log, struct log_job *job) {
   }
   job_finished(log, job);
   pthread_mutex_unlock(&log->mu);
+  wake_released();
 released:
   if (job->rc < 0) {
     /* The leader handles the private codes (LOG_EMAPFULL, LOG_ENEWDBI); should one ever

@@ -85,7 +85,9 @@ struct log {
                                   release (the leader's own: to its handing over) */
   uint64_t st_batch_hist[8];   /* commits of 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ jobs */
   engram_duration_hist st_write, st_commit, st_flush; /* engram_commit_stats' histograms */
-  int64_t commit_ns; /* the leader's last mdb_txn_commit, counted by count_commit */
+  int64_t commit_ns;  /* the leader's last mdb_txn_commit, counted by count_commit */
+  int nested_batches; /* (leader) batches still to run with a transaction per job, after
+                         one whose job failed (commit.c run_batch) */
 
   pthread_cond_t flush_cv; /* wakes the flusher early at close */
   pid_t owner_pid;         /* the process that opened the handle */

@@ -351,9 +351,55 @@ static void receipt_key(unsigned char *k, int i) {
 }
 #define RECEIPT_KEY_LEN (sizeof SHARE_RECEIPT - 1 + 4)
 
+/* Appends slot k's event with its receipt in w->txn. Sets d->off[k] and d->dup[k]. */
+static int put_slot(log_wtx *w, struct drain *d, int k) {
+  struct share_slot *sl = &d->s->slots[d->ix[k]];
+  const char *topic;
+  engram_event ev;
+  engram_header headers[ENGRAM_MAX_HEADERS];
+  d->dup[k] = 0;
+  d->off[k] = 0;
+  /* Decoded from a copy: the slot is another process's memory. */
+  size_t len = sl->len < SHARE_DATA ? sl->len : SHARE_DATA;
+  memcpy(d->buf, sl->data, len);
+  if (log_share_decode(d->buf, len, &topic, &ev, headers))
+    return log_error(w->log, ENGRAM_EINTERNAL, "append: the shared slot %d is damaged", d->ix[k]);
+  log_error_clear(w->log);
+  int rc = log_append_in(w, topic, &ev, &d->off[k], &d->dup[k]);
+  if (rc) return rc;
+  unsigned char key[RECEIPT_KEY_LEN], val[16];
+  receipt_key(key, d->ix[k]);
+  be64_put(val, sl->ticket);
+  be64_put(val + 8, d->off[k] | (d->dup[k] ? 1ull << 63 : 0));
+  MDB_val kv = {sizeof key, key}, vv = {sizeof val, val};
+  rc = mdb_put(w->txn, w->log->db_meta, &kv, &vv, 0);
+  return rc == 0 ? 0 : rc == MDB_MAP_FULL ? LOG_EMAPFULL : log_err_mdb(rc);
+}
+
+/* Runs slots [from, to) in one nested transaction of w's. Returns 0 with all of them
+ * appended, or the first failure with none. */
+static int put_slots(log_wtx *w, struct drain *d, int from, int to) {
+  MDB_txn *parent = w->txn, *child;
+  int rc = mdb_txn_begin(w->log->env, parent, 0, &child);
+  if (rc) return rc == MDB_MAP_FULL ? LOG_EMAPFULL : log_err_mdb(rc);
+  struct log_touched *mark = w->touched;
+  w->txn = child;
+  for (int k = from; k < to && rc == 0; k++) rc = put_slot(w, d, k);
+  w->txn = parent;
+  if (rc == 0 && (rc = mdb_txn_commit(child)))
+    rc = rc == MDB_MAP_FULL ? LOG_EMAPFULL : log_err_mdb(rc);
+  else if (rc)
+    mdb_txn_abort(child);
+  if (rc) log_touch_rollback(w, mark);
+  return rc;
+}
+
 /* The combiner's write job: takes every ready slot of its fingerprint and appends each
- * event in a nested transaction, with its receipt. Reruns (the leader grows the map and
- * runs the batch again) append the slots taken before once more, in the new transaction. */
+ * event with its receipt: all in one nested transaction, or, when one of them fails,
+ * each in a nested transaction of its own, so that it fails alone (a nested transaction
+ * per slot every time cost the combiner a page copy per slot and page). Reruns (the
+ * leader grows the map and runs the batch again) append the slots taken before once
+ * more, in the new transaction. */
 static int drain_job(log_wtx *w, void *arg) {
   struct drain *d = arg;
   struct log_share *s = d->s;
@@ -365,49 +411,15 @@ static int drain_job(log_wtx *w, void *arg) {
     if (atomic_compare_exchange_strong(&sl->state, &st, S_TAKEN)) d->ix[d->n++] = i;
   }
   if (s->test_die == 1 && d->n) raise(SIGKILL);
-  MDB_txn *parent = w->txn;
   for (int k = 0; k < d->n; k++) {
-    struct share_slot *sl = &s->slots[d->ix[k]];
-    const char *topic;
-    engram_event ev;
-    engram_header headers[ENGRAM_MAX_HEADERS];
-    d->dup[k] = 0;
-    d->off[k] = 0;
+    d->rc[k] = 0;
     d->msg[k][0] = '\0';
-    /* Decoded from a copy: the slot is another process's memory. */
-    size_t len = sl->len < SHARE_DATA ? sl->len : SHARE_DATA;
-    memcpy(d->buf, sl->data, len);
-    if (log_share_decode(d->buf, len, &topic, &ev, headers)) {
-      d->rc[k] =
-          log_error(w->log, ENGRAM_EINTERNAL, "append: the shared slot %d is damaged", d->ix[k]);
-      snprintf(d->msg[k], sizeof d->msg[k], "%s", log_errmsg(w->log));
-      continue;
-    }
-    MDB_txn *child;
-    int rc = mdb_txn_begin(w->log->env, parent, 0, &child);
-    if (rc) return rc == MDB_MAP_FULL ? LOG_EMAPFULL : log_err_mdb(rc);
-    struct log_touched *mark = w->touched;
-    w->txn = child;
-    log_error_clear(w->log);
-    rc = log_append_in(w, topic, &ev, &d->off[k], &d->dup[k]);
-    if (rc == 0) {
-      unsigned char key[RECEIPT_KEY_LEN], val[16];
-      receipt_key(key, d->ix[k]);
-      be64_put(val, sl->ticket);
-      be64_put(val + 8, d->off[k] | (d->dup[k] ? 1ull << 63 : 0));
-      MDB_val kv = {sizeof key, key}, vv = {sizeof val, val};
-      rc = mdb_put(child, w->log->db_meta, &kv, &vv, 0);
-      if (rc) rc = rc == MDB_MAP_FULL ? LOG_EMAPFULL : log_err_mdb(rc);
-      if (rc == 0 && (rc = mdb_txn_commit(child)))
-        rc = rc == MDB_MAP_FULL ? LOG_EMAPFULL : log_err_mdb(rc);
-      else if (rc)
-        mdb_txn_abort(child);
-    } else {
-      mdb_txn_abort(child);
-    }
-    w->txn = parent;
-    if (rc) log_touch_rollback(w, mark);
-    if (rc == LOG_EMAPFULL || rc == LOG_ENEWDBI) return rc; /* the whole batch again */
+  }
+  int rc = d->n > 1 ? put_slots(w, d, 0, d->n) : -1;
+  if (rc == 0 || rc == LOG_EMAPFULL || rc == LOG_ENEWDBI) return rc; /* LOG_*: all again */
+  for (int k = 0; k < d->n; k++) {
+    rc = put_slots(w, d, k, k + 1);
+    if (rc == LOG_EMAPFULL || rc == LOG_ENEWDBI) return rc;
     d->rc[k] = rc;
     if (rc) snprintf(d->msg[k], sizeof d->msg[k], "%s", log_errmsg(w->log));
   }

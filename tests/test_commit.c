@@ -135,6 +135,99 @@ static void eight_async_writers_share_commits(void **state) {
   assert_true(per >= 2.5);
 }
 
+/* Writers whose appends fail inside the commit, half done (a batch whose second event has
+ * a given time ahead of the log's clock, found only there), beside appends that succeed. A batch
+ * first runs all its jobs in one transaction and, when one fails, runs again with a nested
+ * transaction per job: every good append is stored once, at dense offsets, and every bad one fails
+ * alone with its own message. */
+typedef struct mixed_writer {
+  engram *log;
+  int id, n, bad, good;
+  int wrong; /* failures that were not the expected refusal */
+} mixed_writer;
+
+static void *mixed_main(void *arg) {
+  mixed_writer *w = arg;
+  char p[64];
+  for (int k = 0; k < w->n; k++) {
+    int n = snprintf(p, sizeof p, "m-%d-%d", w->id, k);
+    engram_event ev = {.type = "memory.saved", .payload = p, .payload_len = (size_t)n};
+    int refuse = (k + w->id) % 4 == 0;
+    int rc;
+    if (refuse) {
+      /* A batch of two whose second event is refused after the first was put: the
+       * transaction holds half of the job, which must not reach the log. */
+      engram_event two[2] = {ev, ev};
+      two[1].flags = ENGRAM_EVENT_TIMESTAMP;
+      two[1].timestamp_ns = INT64_MAX / 2; /* centuries ahead */
+      uint64_t offs[2];
+      rc = engram_append_batch(w->log, "memory", two, 2, offs, NULL);
+    } else {
+      rc = engram_append(w->log, "memory", &ev, NULL, NULL);
+    }
+    if (refuse) {
+      if (rc == ENGRAM_EINVAL && strstr(engram_errmsg(w->log), "ahead of the log's clock"))
+        w->bad++;
+      else
+        w->wrong++;
+    } else if (rc == 0) {
+      w->good++;
+    } else {
+      w->wrong++;
+    }
+  }
+  return NULL;
+}
+
+static void appends_failing_inside_a_shared_commit_fail_alone(void **state) {
+  fx *f = *state;
+  engram_options o = {.durability = ENGRAM_DURABILITY_ASYNC};
+  f->log = tu_open(f->logdir, &o);
+  tu_topic(f->log, "memory", NULL);
+  mixed_writer w[WRITERS];
+  pthread_t th[WRITERS];
+  for (int i = 0; i < WRITERS; i++) {
+    w[i] = (mixed_writer){.log = f->log, .id = i, .n = 400};
+    pthread_create(&th[i], NULL, mixed_main, &w[i]);
+  }
+  int good = 0, bad = 0;
+  for (int i = 0; i < WRITERS; i++) {
+    pthread_join(th[i], NULL);
+    assert_int_equal(w[i].wrong, 0);
+    assert_int_equal(w[i].good + w[i].bad, 400);
+    good += w[i].good;
+    bad += w[i].bad;
+  }
+  assert_int_equal(bad, WRITERS * 100);
+  engram_commit_stats st;
+  assert_int_equal(engram_commit_stats_get(f->log, &st), 0);
+  uint64_t multi = 0;
+  for (int b = 1; b < 8; b++) multi += st.batch_hist[b];
+  print_message("%d stored, %d refused; %llu of %llu commits carried several appends\n", good, bad,
+                (unsigned long long)multi, (unsigned long long)st.commits);
+  assert_true(multi > 0); /* batches of several ran, with refusals among them */
+  /* Every good append once, at offsets 1..good. */
+  static char seen[WRITERS][400];
+  memset(seen, 0, sizeof seen);
+  engram_batch *b = NULL;
+  assert_int_equal(engram_read_range(f->log, "memory", 1, (size_t)good + 10, &b), 0);
+  assert_int_equal(b->count, (size_t)good);
+  for (size_t i = 0; i < b->count; i++) {
+    assert_int_equal(b->events[i].offset, i + 1);
+    char p[64];
+    size_t n = b->events[i].payload_len < 63 ? b->events[i].payload_len : 63;
+    memcpy(p, b->events[i].payload, n);
+    p[n] = '\0';
+    int id, k;
+    assert_int_equal(sscanf(p, "m-%d-%d", &id, &k), 2);
+    assert_true(id >= 0 && id < WRITERS && k >= 0 && k < 400);
+    assert_int_not_equal((k + id) % 4, 0); /* no refused event stored */
+    assert_int_equal(seen[id][k], 0);
+    seen[id][k] = 1;
+  }
+  engram_batch_free(b);
+}
+
 static void commit_statistics_count_commits_writes_and_flushes(void **state) {
   fx *f = *state;
   f->log = tu_open(f->logdir, NULL);
@@ -352,6 +445,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       T(every_writer_returns_within_a_few_commits_while_others_keep_writing),
       T(eight_async_writers_share_commits),
+      T(appends_failing_inside_a_shared_commit_fail_alone),
       T(commit_statistics_count_commits_writes_and_flushes),
       T(duration_histograms_count_every_write_commit_and_flush),
       T(the_append_that_crosses_dict_train_after_returns_before_the_training),

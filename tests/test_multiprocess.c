@@ -1,5 +1,6 @@
 /* test_multiprocess.c — several processes appending to and reading one log directory at
  * once, each through its own handle. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -318,6 +319,64 @@ static void refusals_and_duplicates_through_a_shared_commit_are_as_alone(void **
   assert_int_equal(tu_fork_child(shared_checker, &c, 30000), 0);
   assert_int_equal(count_payload(log, "i", NULL), 1);
   assert_int_equal(count_payload(log, "x", NULL), 0);
+  engram_close(log);
+}
+
+/* Four threads of a process whose appends go through one shared commit (the combiner
+ * waits for four ready slots), one of them to a missing topic: the three others are
+ * stored, the fourth fails alone with its own message. */
+struct slot_writer {
+  engram *log;
+  int id, rc;
+  uint64_t off;
+  char msg[256];
+};
+
+static void *slot_writer_main(void *arg) {
+  struct slot_writer *w = arg;
+  char p[16];
+  int n = snprintf(p, sizeof p, "g-%d", w->id);
+  engram_event e = {.type = "memory.saved", .payload = p, .payload_len = (size_t)n};
+  w->rc = engram_append(w->log, w->id == 0 ? "nosuch" : "memory", &e, &w->off, NULL);
+  snprintf(w->msg, sizeof w->msg, "%s", w->rc ? engram_errmsg(w->log) : "");
+  return NULL;
+}
+
+static int one_combine_with_a_refusal(void *arg) {
+  struct child *c = arg;
+  setenv("ENGRAM_TEST_SHARE_READY", "4", 1);
+  engram *log = NULL;
+  int rc = engram_open(c->logdir, NULL, &log);
+  if (rc) return child_fail(NULL, "open", rc);
+  struct slot_writer w[4];
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) {
+    w[i] = (struct slot_writer){.log = log, .id = i};
+    if (pthread_create(&th[i], NULL, slot_writer_main, &w[i])) return child_fail(log, "thread", -1);
+  }
+  for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  if (w[0].rc != ENGRAM_ENOTFOUND || !strstr(w[0].msg, "nosuch"))
+    return child_fail(log, "append to a missing topic in a shared commit", w[0].rc);
+  for (int i = 1; i < 4; i++)
+    if (w[i].rc || !w[i].off) return child_fail(log, "append beside a refused one", w[i].rc);
+  engram_commit_stats st;
+  if ((rc = engram_commit_stats_get(log, &st)) || st.appends_shared != 3)
+    return child_fail(log, "three appends stored through shared commits", rc ? rc : -1);
+  engram_close(log);
+  return 0;
+}
+
+static void a_refused_append_in_a_shared_commit_fails_alone(void **state) {
+  fx *f = *state;
+  engram *log = tu_open(f->logdir, NULL); /* registered: the child's appends share */
+  struct child c = {.logdir = f->logdir};
+  assert_int_equal(tu_fork_child(one_combine_with_a_refusal, &c, 30000), 0);
+  for (int i = 1; i < 4; i++) {
+    char p[16];
+    snprintf(p, sizeof p, "g-%d", i);
+    assert_int_equal(count_payload(log, p, NULL), 1);
+  }
+  assert_int_equal(count_payload(log, "g-0", NULL), 0);
   engram_close(log);
 }
 
@@ -642,6 +701,7 @@ int main(void) {
       T(a_combiner_killed_before_its_commit_loses_no_append_of_another_process),
       T(a_combiner_killed_after_its_commit_doubles_no_append_of_another_process),
       T(refusals_and_duplicates_through_a_shared_commit_are_as_alone),
+      T(a_refused_append_in_a_shared_commit_fails_alone),
       T(a_process_killed_during_its_flush_stalls_no_other),
       T(a_killed_flusher_not_yet_reaped_stalls_no_other),
       T(a_process_left_alone_stops_sharing_with_a_killed_one),
