@@ -515,7 +515,9 @@ int log_job_enqueue(struct log *log, struct log_job *job) {
   log->q_tail = job;
   log->q_len++;
   if (++log->active > log->writers_hint) log->writers_hint = log->active;
-  if (log->gathering) pthread_cond_signal(&log->gather_cv);
+  /* The gathering leader waits for active to reach writers_hint: woken for each writer
+   * that queues, it woke and slept again up to seven times a commit. */
+  if (log->gathering && log->active >= log->writers_hint) pthread_cond_signal(&log->gather_cv);
   pthread_mutex_unlock(&log->mu);
   return 0;
 }

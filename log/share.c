@@ -46,7 +46,7 @@
 #include "log/log_private.h"
 
 #define SHARE_FILE "commit.shm"
-#define SHARE_MAGIC 0x32524853u /* "SHR2" */
+#define SHARE_MAGIC 0x33524853u /* "SHR3" */
 #define SHARE_HANDLES 128       /* handles registered at once */
 #define SHARE_SLOTS 64
 #define SHARE_SLOT_BYTES 8192
@@ -64,6 +64,7 @@ struct share_hdr {
   _Atomic int32_t combiner;   /* pid of the process one of whose threads combines, 0 = none */
   _Atomic uint32_t ready;     /* bumped when a slot is made ready while someone gathers */
   _Atomic uint32_t gathering; /* combiners waiting on ready */
+  _Atomic uint32_t want;      /* ready slots the gathering combiner waits for */
   _Atomic uint64_t tickets;   /* the next slot's ticket */
   _Atomic uint64_t pidns;     /* the pid namespace (its inode) of the handles that share:
                                  liveness is judged by pid, which means nothing across
@@ -449,6 +450,7 @@ static void gather(struct log *log, struct log_share *s) {
   if (wait > SHARE_GATHER_MAX_NS) wait = SHARE_GATHER_MAX_NS;
   if (wait <= 0) return;
   int64_t until = clock_monotonic_ns() + wait;
+  atomic_store(&s->hdr->want, (uint32_t)s->expected);
   atomic_fetch_add(&s->hdr->gathering, 1);
   for (;;) {
     uint32_t seen = atomic_load(&s->hdr->ready);
@@ -577,8 +579,12 @@ int log_share_append(struct log *log, const char *topic, const engram_event *ev,
   atomic_store(&sl->holder, 0);
   atomic_store(&sl->state, S_READY);
   if (atomic_load(&s->hdr->gathering)) {
+    /* The word always moves (a combiner about to sleep on it looks again); the combiner
+     * is woken only once the slots it waits for are ready, not for each of them. Of two
+     * writers that make the last two ready at once, at least one counts both. */
     atomic_fetch_add(&s->hdr->ready, 1);
-    wake_all(&s->hdr->ready);
+    atomic_thread_fence(memory_order_seq_cst);
+    if ((uint32_t)count_ready(s) >= atomic_load(&s->hdr->want)) wake_all(&s->hdr->ready);
   }
   int looked = 0; /* a wait timed out: see whether the combiner lives */
   for (;;) {
