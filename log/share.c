@@ -97,12 +97,12 @@ struct log_share {
   int handle;  /* this handle's entry in hdr->handles */
   uint32_t fp; /* durability and idempotency window */
   int32_t pid;
-  int expected;      /* slots the last combine of this handle carried (sync: gathers for them) */
-  atomic_uint calls; /* of others(): every SHARE_PRUNE_EVERY-th clears dead entries */
-  int test_die;      /* ENGRAM_TEST_SHARE_DIE: 1 = the combiner dies with its slots taken,
-                        2 = once its commit is durable, before handing out the results */
-  int test_ready;    /* ENGRAM_TEST_SHARE_READY: the combiner waits (up to 10 s) for this
-                        many ready slots */
+  int expected;   /* slots the last combine of this handle carried (sync: gathers for them) */
+  int solo;       /* combines in a row that carried no other process's append (prune_gone) */
+  int test_die;   /* ENGRAM_TEST_SHARE_DIE: 1 = the combiner dies with its slots taken,
+                     2 = once its commit is durable, before handing out the results */
+  int test_ready; /* ENGRAM_TEST_SHARE_READY: the combiner waits (up to 10 s) for this
+                     many ready slots */
 };
 
 #define SHARE_MAP_BYTES (4096 + (size_t)SHARE_SLOTS * SHARE_SLOT_BYTES)
@@ -291,23 +291,26 @@ void log_share_detach(struct log *log) {
   free(s);
 }
 
-/* Whether a handle of another process is registered. A process killed with the log open
- * leaves its entry: every SHARE_PRUNE_EVERY calls, an entry whose process is gone is
- * cleared, so that a process left alone goes back to committing on its own. */
-#define SHARE_PRUNE_EVERY 64
-static int others(struct log_share *s) {
-  int prune = atomic_fetch_add_explicit(&s->calls, 1, memory_order_relaxed) % SHARE_PRUNE_EVERY ==
-              SHARE_PRUNE_EVERY - 1;
-  int found = 0;
-  for (int i = 0; i < SHARE_HANDLES && (prune || !found); i++) {
+/* Whether a handle of another process is registered. */
+static int others(const struct log_share *s) {
+  for (int i = 0; i < SHARE_HANDLES; i++) {
     int32_t p = atomic_load_explicit(&s->hdr->handles[i], memory_order_relaxed);
-    if (!p || p == s->pid) continue;
-    if (prune && log_pid_gone(p))
-      atomic_compare_exchange_strong(&s->hdr->handles[i], &p, 0);
-    else
-      found = 1;
+    if (p && p != s->pid) return 1;
   }
-  return found;
+  return 0;
+}
+
+/* A process killed with the log open leaves its entry, and its neighbours go on sharing
+ * commits with nobody. After every SHARE_PRUNE_AFTER combines of a handle that carried no
+ * other process's append, the entries of processes that are gone are cleared, so that a
+ * process left alone goes back to committing on its own. */
+#define SHARE_PRUNE_AFTER 32
+static void prune_gone(struct log_share *s) {
+  for (int i = 0; i < SHARE_HANDLES; i++) {
+    int32_t p = atomic_load_explicit(&s->hdr->handles[i], memory_order_relaxed);
+    if (p && p != s->pid && log_pid_gone(p))
+      atomic_compare_exchange_strong(&s->hdr->handles[i], &p, 0);
+  }
 }
 
 /* Takes a free slot (or one whose writer died), set S_FILLING; -1 when none. */
@@ -503,19 +506,26 @@ static void combine(struct log *log, struct log_share *s) {
   char msg[sizeof d->msg[0]];
   snprintf(msg, sizeof msg, "%s", log_errmsg(log));
   if (d->n) s->expected = d->n;
-  int carried = 0;
+  int carried = 0, foreign = 0;
   for (int k = 0; k < d->n; k++) {
     struct share_slot *sl = &s->slots[d->ix[k]];
     sl->rc = rc < 0 ? rc : d->rc[k];
     sl->offset = d->off[k];
     sl->dup = d->dup[k];
     snprintf(sl->msg, sizeof sl->msg, "%s", rc < 0 ? msg : d->msg[k]);
+    foreign += atomic_load(&sl->owner) != s->pid;
     carried += sl->rc == 0 && atomic_load(&sl->owner) != s->pid;
     atomic_store(&sl->state, S_DONE);
     wake_all(&sl->state);
   }
   free(d);
   hand_over(s);
+  if (foreign) {
+    s->solo = 0;
+  } else if (++s->solo == SHARE_PRUNE_AFTER) {
+    s->solo = 0;
+    prune_gone(s);
+  }
   pthread_mutex_lock(&log->mu);
   log->st_appends_carried += (uint64_t)carried;
   pthread_mutex_unlock(&log->mu);
