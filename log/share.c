@@ -636,6 +636,9 @@ int log_share_append(struct log *log, const char *topic, const engram_event *ev,
       continue;
     }
     atomic_store(&sl->sleeping, 1); /* before the state is looked at again by the wait */
+    /* A combiner handing over wakes only writers marked asleep: look at the role once
+     * more after the mark, so that a hand-over just before it is not slept through. */
+    if (st == S_READY && atomic_load(&s->hdr->combiner) == 0) continue;
     struct timespec ts = {0, SHARE_POLL_MS * 1000000L};
     looked = log_futex((void *)&sl->state, FUTEX_WAIT, st, &ts) < 0 && errno == ETIMEDOUT;
   }
