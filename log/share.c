@@ -6,10 +6,11 @@
  * a single-event append goes through DIR/commit.shm instead, a file every such process
  * maps: the writer copies its event into a slot there, and one writer at a time (the
  * combiner, of any process) commits every ready slot in one transaction of its own handle
- * (each event in a nested transaction, so a bad one fails alone), then hands each slot its
- * result. The combiner's handle makes the commit durable as it does its own (one flush,
- * in sync mode, before any slot is released); the writers whose slots it carried wait
- * once, on their slot's futex, and pay no commit and no flush of their own.
+ * (all events in one nested transaction; if one fails, each in a nested transaction of its
+ * own, so that it fails alone), then hands each slot its result. The combiner's handle
+ * makes the commit durable as it does its own (one flush, in sync mode, before any slot is
+ * released); the writers whose slots it carried wait once, on their slot's futex (in async
+ * mode after a few turns of the CPU), and pay no commit and no flush of their own.
  *
  * A combiner may die at any point. Its slots then say which process took them, and
  * their writers find it gone (a futex wait of theirs times out every SHARE_POLL_MS and
