@@ -165,7 +165,7 @@ int log_check_event(const struct log *log, const char *topic, const engram_event
  * ------------------------------------------------------------------------------ */
 typedef struct log_wtx {
   struct log *log;
-  MDB_txn *txn;   /* the job's own (nested) write transaction */
+  MDB_txn *txn;   /* the job's write transaction: the batch's, or a nested one of the job's own */
   int64_t now_ns; /* one clock reading for the whole commit */
   /* Topics appended to in this commit: published to the commit hook afterwards. */
   struct log_touched *touched;
