@@ -476,7 +476,8 @@ static void gather(struct log *log, struct log_share *s) {
   atomic_fetch_sub(&s->hdr->gathering, 1);
 }
 
-/* Gives up the combiner's role and wakes a writer whose slot is ready to take it. */
+/* Gives up the combiner's role and wakes a writer whose slot is ready to take it, if that
+ * writer sleeps (one that yields the CPU sees the role free by itself). */
 static void hand_over(struct log_share *s) {
   atomic_store(&s->hdr->combiner, 0);
   for (int i = 0; i < SHARE_SLOTS; i++)
@@ -521,8 +522,9 @@ static void combine(struct log *log, struct log_share *s) {
     sl->offset = d->off[k];
     sl->dup = d->dup[k];
     snprintf(sl->msg, sizeof sl->msg, "%s", rc < 0 ? msg : d->msg[k]);
-    foreign += atomic_load(&sl->owner) != s->pid;
-    carried += sl->rc == 0 && atomic_load(&sl->owner) != s->pid;
+    int other = atomic_load(&sl->owner) != s->pid;
+    foreign += other;
+    carried += other && sl->rc == 0;
     atomic_store(&sl->state, S_DONE);
     if (atomic_load(&sl->sleeping)) wake_all(&sl->state);
   }
