@@ -30,6 +30,8 @@ struct log_dict_cache {
   uint32_t topic_id, dict_id;
   ZSTD_CDict *cdict;
   ZSTD_DDict *ddict;
+  unsigned users; /* threads between dict_get and dict_put (dict_mu) */
+  int forgotten;  /* taken out of the cache while in use: its last user frees it */
   struct log_dict_cache *next;
 };
 
@@ -46,12 +48,22 @@ static void dict_key(unsigned char k[8], uint32_t topic_id, uint32_t dict_id) {
   be32_put(k + 4, dict_id);
 }
 
-/* Finds or loads a dictionary. Returns NULL when it is not stored. */
+static void dict_free(struct log_dict_cache *d) {
+  ZSTD_freeCDict(d->cdict);
+  ZSTD_freeDDict(d->ddict);
+  free(d);
+}
+
+/* Finds or loads a dictionary, for use until dict_put. Returns NULL when it is not
+ * stored. A reader in a snapshot from before a drop of the topic may be using it while
+ * the drop takes it out of the cache (log_dict_forget_topic): it is freed by whichever of
+ * them is last. */
 static struct log_dict_cache *dict_get(struct log *log, MDB_txn *txn, uint32_t topic_id,
                                        uint32_t dict_id) {
   pthread_mutex_lock(&dict_mu);
   for (struct log_dict_cache *d = log->dicts; d; d = d->next) {
     if (d->topic_id == topic_id && d->dict_id == dict_id) {
+      d->users++;
       pthread_mutex_unlock(&dict_mu);
       return d;
     }
@@ -65,12 +77,11 @@ static struct log_dict_cache *dict_get(struct log *log, MDB_txn *txn, uint32_t t
   if (!d) return NULL;
   d->topic_id = topic_id;
   d->dict_id = dict_id;
+  d->users = 1;
   d->cdict = ZSTD_createCDict(val.mv_data, val.mv_size, ZSTD_LEVEL);
   d->ddict = ZSTD_createDDict(val.mv_data, val.mv_size);
   if (!d->cdict || !d->ddict) {
-    ZSTD_freeCDict(d->cdict);
-    ZSTD_freeDDict(d->ddict);
-    free(d);
+    dict_free(d);
     return NULL;
   }
   pthread_mutex_lock(&dict_mu);
@@ -80,6 +91,13 @@ static struct log_dict_cache *dict_get(struct log *log, MDB_txn *txn, uint32_t t
   return d;
 }
 
+static void dict_put(struct log_dict_cache *d) {
+  pthread_mutex_lock(&dict_mu);
+  int last = --d->users == 0 && d->forgotten;
+  pthread_mutex_unlock(&dict_mu);
+  if (last) dict_free(d);
+}
+
 void log_dict_forget_topic(struct log *log, uint32_t topic_id) {
   pthread_mutex_lock(&dict_mu);
   struct log_dict_cache **pp = &log->dicts;
@@ -87,9 +105,10 @@ void log_dict_forget_topic(struct log *log, uint32_t topic_id) {
     struct log_dict_cache *d = *pp;
     if (d->topic_id == topic_id) {
       *pp = d->next;
-      ZSTD_freeCDict(d->cdict);
-      ZSTD_freeDDict(d->ddict);
-      free(d);
+      if (d->users)
+        d->forgotten = 1;
+      else
+        dict_free(d);
     } else {
       pp = &d->next;
     }
@@ -101,9 +120,7 @@ void log_codec_caches_free(struct log *log) {
   struct log_dict_cache *d = log->dicts;
   while (d) {
     struct log_dict_cache *n = d->next;
-    ZSTD_freeCDict(d->cdict);
-    ZSTD_freeDDict(d->ddict);
-    free(d);
+    dict_free(d);
     d = n;
   }
   log->dicts = NULL;
@@ -217,6 +234,7 @@ int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const en
       r.compression = 1;
       r.dict_id = d ? d->dict_id : 0;
     }
+    if (d) dict_put(d);
   }
   size_t len = engram__record__get_packed_size(&r);
   if (enc_reserve(out, len + 4)) return log_error(log, ENGRAM_ENOMEM, "append: out of memory");
@@ -381,6 +399,8 @@ int log_codec_decode(const unsigned char *buf, size_t len, uint64_t offset, log_
   return 0;
 }
 
+void (*log_codec_test_read_hook)(struct log *log);
+
 int log_codec_payload(struct log *log, MDB_txn *txn, uint32_t topic_id, const log_view *v,
                       void *dst) {
   if (v->compression == 0) {
@@ -395,7 +415,9 @@ int log_codec_payload(struct log *log, MDB_txn *txn, uint32_t topic_id, const lo
     if (!d)
       return log_error(log, ENGRAM_ECORRUPT, "read offset %llu: dictionary %u missing",
                        (unsigned long long)v->offset, v->dict_id);
+    if (log_codec_test_read_hook) log_codec_test_read_hook(log);
     n = ZSTD_decompress_usingDDict(z->d, dst, v->raw_len, v->payload, v->payload_len, d->ddict);
+    dict_put(d);
   } else {
     n = ZSTD_decompressDCtx(z->d, dst, v->raw_len, v->payload, v->payload_len);
   }

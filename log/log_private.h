@@ -203,6 +203,8 @@ int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const en
 int log_codec_payload(struct log *log, MDB_txn *txn, uint32_t topic_id, const log_view *v,
                       void *dst);
 void log_codec_caches_free(struct log *log);
+/* Tests: called by a read between finding a payload's dictionary and decompressing. */
+extern void (*log_codec_test_read_hook)(struct log *log);
 /* Makes the codec's process-wide lock usable in a child made by fork(). */
 void log_codec_after_fork(void);
 /* Dictionary training in three steps, so only the first and last hold a transaction:

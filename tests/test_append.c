@@ -9,11 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
 #include "engram.h"
 #include "helpers/testutil.h"
+#include "log/log_private.h"
 #include "schema/record.pb-c.h"
 
 typedef struct fx {
@@ -991,6 +993,96 @@ static void eight_threads_appending_at_once_get_dense_offsets_and_lose_nothing(v
   free(a);
 }
 
+/* A read in a snapshot from before a drop, decompressing with the topic's dictionary
+ * while the drop takes the dictionary out of the cache: the reader's hook holds it between
+ * finding the dictionary and using it until the drop has committed. The dictionary must
+ * outlive the read (freed under it before: a use after free, seen by the sanitizers), and
+ * the event reads back whole. */
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int in_read, dropped;
+} drop_race = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+
+static void read_waits_for_the_drop(struct log *log) {
+  (void)log;
+  pthread_mutex_lock(&drop_race.mu);
+  drop_race.in_read = 1;
+  pthread_cond_broadcast(&drop_race.cv);
+  while (!drop_race.dropped) pthread_cond_wait(&drop_race.cv, &drop_race.mu);
+  pthread_mutex_unlock(&drop_race.mu);
+}
+
+struct race_reader {
+  engram *log;
+  uint64_t offset;
+  int rc;
+  engram_batch *b;
+};
+
+static void *race_read(void *arg) {
+  struct race_reader *r = arg;
+  r->rc = engram_read(r->log, "memory", r->offset, &r->b);
+  return NULL;
+}
+
+static void a_read_keeps_the_dictionary_a_concurrent_drop_forgets(void **state) {
+  fx *f = *state;
+  engram *log = open_default(f);
+  engram_topic_config cfg = {.compress_threshold = 100, .dict_train_after = 1000000};
+  tu_topic(log, "memory", &cfg);
+  tu_events *e = tu_memory_events(1200);
+  if (e->n < 1200) {
+    tu_events_free(e);
+    e = tu_generated_events(1200, 13);
+  }
+  append_events(log, "memory", e, 0, 1000, 100);
+  ok(log, engram_topic_train_dict(log, "memory", NULL), "train");
+  /* An event written with the dictionary. */
+  size_t i = 1000;
+  while (i < e->n && e->ev[i].len < 100) i++;
+  assert_true(i < e->n);
+  engram_event ev = {
+      .type = e->ev[i].type, .payload = e->ev[i].payload, .payload_len = e->ev[i].len};
+  uint64_t off = 0;
+  ok(log, engram_append(log, "memory", &ev, &off, NULL), "append");
+
+  drop_race.in_read = drop_race.dropped = 0;
+  log_codec_test_read_hook = read_waits_for_the_drop;
+  struct race_reader r = {.log = log, .offset = off};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, race_read, &r), 0);
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 30;
+  pthread_mutex_lock(&drop_race.mu);
+  while (!drop_race.in_read && pthread_cond_timedwait(&drop_race.cv, &drop_race.mu, &until) == 0) {
+  }
+  int in_read = drop_race.in_read;
+  pthread_mutex_unlock(&drop_race.mu);
+  if (!in_read)
+    fprintf(stderr, "the read did not decompress with the dictionary: %s\n", engram_errname(r.rc));
+  assert_true(in_read);
+  ok(log, engram_topic_drop(log, "memory"), "drop");
+  pthread_mutex_lock(&drop_race.mu);
+  drop_race.dropped = 1;
+  pthread_cond_broadcast(&drop_race.cv);
+  pthread_mutex_unlock(&drop_race.mu);
+  pthread_join(th, NULL);
+  log_codec_test_read_hook = NULL;
+
+  assert_int_equal(r.rc, 0);
+  assert_int_equal(r.b->count, 1);
+  assert_int_equal(r.b->events[0].offset, off);
+  assert_int_equal(r.b->events[0].payload_len, e->ev[i].len);
+  assert_memory_equal(r.b->events[0].payload, e->ev[i].payload, e->ev[i].len);
+  engram_batch_free(r.b);
+  /* The topic is gone for reads begun after the drop. */
+  engram_batch *b = NULL;
+  assert_int_equal(engram_read(log, "memory", off, &b), ENGRAM_ENOTFOUND);
+  tu_events_free(e);
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -1008,6 +1100,7 @@ int main(void) {
       T(a_compressible_payload_is_stored_smaller_and_reads_back_whole),
       T(records_written_before_and_after_a_retrain_read_back_identically),
       T(a_dictionary_is_trained_automatically_after_dict_train_after_events),
+      T(a_read_keeps_the_dictionary_a_concurrent_drop_forgets),
       T(the_map_grows_from_one_mib_to_hold_twenty),
       T(every_durability_mode_opens_appends_syncs_and_reopens),
       T(reopening_preserves_topics_configs_events_and_dictionaries),
