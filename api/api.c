@@ -513,6 +513,12 @@ int engram_log_info_get(engram *log, engram_log_info *out) {
   return log->be->log_info(log, out);
 }
 
+int engram_space_get(engram *log, engram_space *out) {
+  if (!log || !out) return ENGRAM_EINVAL;
+  memset(out, 0, sizeof *out);
+  return log->be->space(log, out);
+}
+
 /* ---------------------------------------------------------------------------------
  * Progress of long calls, and giving space back to the file system.
  * ------------------------------------------------------------------------------ */

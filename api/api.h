@@ -74,6 +74,7 @@ struct engram_backend {
   int (*schedule_run_now)(engram *h, const char *name, uint64_t *offset);
   int (*schedule_tick)(engram *h, int64_t now_ns, engram_schedule_tick_report *report);
   int (*log_info)(engram *h, engram_log_info *out);
+  int (*space)(engram *h, engram_space *out);
   int (*ack_fetch)(engram *h, const char *topic, const char *group, const char *consumer,
                    const engram_ack_item *acks, size_t n_acks, int *codes, size_t max,
                    uint64_t wait_ms, engram_batch **out);

@@ -28,6 +28,7 @@ static int e_compact(engram *h, const char *topic, engram_compact_report *report
   return cg_compact(L(h), topic, report);
 }
 static int e_log_info(engram *h, engram_log_info *out) { return log_info(L(h), out); }
+static int e_space(engram *h, engram_space *out) { return log_space(L(h), out); }
 
 static int e_topic_train_dict(engram *h, const char *topic, uint32_t *dict_id) {
   return log_topic_train_dict(L(h), topic, dict_id);
@@ -200,6 +201,7 @@ const struct engram_backend api_embedded = {
     .schedule_run_now = e_schedule_run_now,
     .schedule_tick = e_schedule_tick,
     .log_info = e_log_info,
+    .space = e_space,
     .ack_fetch = e_ack_fetch,
 };
 

@@ -7,18 +7,25 @@
 
 #include "cli.h"
 
+/* A file over this size whose pages are mostly free gets the hint to reclaim them. */
+#define CLI_RECLAIM_HINT_BYTES (64ull << 20)
+
 static const char help[] =
     "usage: engram stat [--json] [--watch D [--count N]]\n"
     "\n"
     "Prints every topic (events, first and head offsets) and every consumer group with\n"
     "its counters: lag, in flight, retrying, dead, acked, redelivered and the age of\n"
     "the oldest unfinished event; then the log's id (random, made when the log was\n"
-    "created, kept by backup) and creation time.\n"
+    "created, kept by backup) and creation time, and how data.mdb's space is used:\n"
+    "its size, the pages the log uses and its free pages (freed by retention and\n"
+    "dropped topics, reused by later writes; `engram compact --reclaim` gives them\n"
+    "back, and is suggested when they are more than half of a file over 64 MiB).\n"
     "\n"
     "options:\n"
     "  --json     {\"topics\":[...],\"groups\":[...],\"log\":{\"id\":STR,\n"
-    "             \"created_ns\":N,\"format_version\":N}} with the objects of\n"
-    "             `engram topics --json` and `engram group list --json`\n"
+    "             \"created_ns\":N,\"format_version\":N},\"space\":{\"file_bytes\":N,\n"
+    "             \"used_bytes\":N,\"free_bytes\":N,\"map_bytes\":N}} with the\n"
+    "             objects of `engram topics --json` and `engram group list --json`\n"
     "  --watch D  print again every D (e.g. 2s, at least 100ms) until Ctrl-C, with\n"
     "             rates over the last minute (engram_rate_list, as engram top and\n"
     "             the dashboard show them): IN/S (events appended per second) per\n"
@@ -131,6 +138,19 @@ static void json_krate(json_writer *w, const char *key, double r) {
     json_rate(w, r);
 }
 
+/* data.mdb: size, used, free and its share, and a hint when reclaiming would pay. */
+static void print_space(const engram_space *sp) {
+  const double mib = 1024.0 * 1024.0;
+  uint64_t pages = sp->used_bytes + sp->free_bytes;
+  double share = pages ? 100.0 * (double)sp->free_bytes / (double)pages : 0;
+  printf("data.mdb %.1f MiB: %.1f MiB used, %.1f MiB free (%.1f%%)\n", sp->file_bytes / mib,
+         sp->used_bytes / mib, sp->free_bytes / mib, share);
+  if (sp->file_bytes > CLI_RECLAIM_HINT_BYTES && sp->free_bytes * 2 > pages)
+    printf(
+        "most of data.mdb is free pages: `engram compact --reclaim`, with the log closed, "
+        "gives them back\n");
+}
+
 /* One print of every topic and group; p != NULL when watching (rates since p). */
 static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval_ms, int tty) {
   engram_topic_info *t = NULL;
@@ -144,7 +164,8 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
     return cli_fail(c, rc, "list groups");
   }
   engram_log_info li;
-  if ((rc = engram_log_info_get(c->log, &li)) != 0) {
+  engram_space sp;
+  if ((rc = engram_log_info_get(c->log, &li)) != 0 || (rc = engram_space_get(c->log, &sp)) != 0) {
     engram_free(t);
     engram_free(g);
     return cli_fail(c, rc, "log info");
@@ -188,6 +209,14 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
     json_key(&w, "format_version");
     json_u64(&w, li.format_version);
     json_obj_end(&w);
+    json_key(&w, "space");
+    json_obj(&w);
+#define X(type, name)  \
+  json_key(&w, #name); \
+  json_u64(&w, sp.name);
+    ENGRAM_SPACE_FIELDS(X)
+#undef X
+    json_obj_end(&w);
     if (p) { /* the objects keep stat --json's shape; rates sit beside them */
       json_key(&w, "rates");
       json_obj(&w);
@@ -221,6 +250,7 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
       char ts[48];
       cli_fmt_time(li.created_ns, ts, sizeof ts);
       printf("\nlog %s, created %s\n", *li.id ? li.id : "(no id yet)", ts);
+      print_space(&sp);
     }
   }
   if (p) p->at_ns = now;

@@ -727,8 +727,20 @@ ed "$RL" topic create kept
 ed "$RL" append kept memory.saved --payload one --key m1 --idem k1
 ed "$RL" group create kept g
 ed "$RL" consume kept g --consumer w
+ed "$RL" stat --json
+used_full=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["space"]["used_bytes"])' <<<"$out")
 ed "$RL" topic drop bulk
 size_before=$(stat -c %s "$RL/data.mdb")
+ed "$RL" stat --json
+check "stat --json: the dropped topic's pages move from used to free" eval '[[ $rc == 0 ]] && python3 -c "
+import json, sys
+s = json.loads(sys.argv[1])[\"space\"]
+assert s[\"file_bytes\"] == $size_before, s
+assert s[\"free_bytes\"] > 4 << 20 and s[\"used_bytes\"] * 4 < $used_full, s
+" "$out"'
+ed "$RL" stat
+check "stat shows data.mdb's size, used and free" eval '[[ $rc == 0 ]] && grep -qE "^data.mdb [0-9.]+ MiB: [0-9.]+ MiB used, [0-9.]+ MiB free \([0-9.]+%\)$" <<<"$out"'
+check "... and no hint to reclaim under 64 MiB" eval '! has "$out" "compact --reclaim"' 
 ed "$RL" compact --reclaim --json
 check "compact --reclaim --json: the sizes before and after" eval '[[ $rc == 0 ]] && has "$out" "\"bytes_before\":$size_before" && has "$out" "\"removed\":0"'
 size_after=$(stat -c %s "$RL/data.mdb")

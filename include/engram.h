@@ -1196,6 +1196,27 @@ typedef struct engram_reclaim_options {
 typedef struct engram_reclaim_report {
   ENGRAM_RECLAIM_REPORT_FIELDS(ENGRAM_FIELD_)
 } engram_reclaim_report;
+/* How data.mdb's space is used: how much of it the log fills and how much is free pages
+ * (freed by retention, dropped topics and LMDB's copy-on-write, and reused by later
+ * writes). A log that is mostly free pages writes more pages per commit than a compact
+ * one (LMDB's free list is long); engram_reclaim() gives them back. One X(type, name)
+ * each, in bytes. */
+#define ENGRAM_SPACE_FIELDS(X)                                                          \
+  X(uint64_t, file_bytes) /* size of DIR/data.mdb (pages newer than the last checkpoint \
+                             may not have reached it yet) */                            \
+  X(uint64_t, used_bytes) /* pages the log uses: events, groups, indexes, LMDB's own */ \
+  X(uint64_t, free_bytes) /* pages on LMDB's free list (those a reader's snapshot still \
+                             sees are reused once it ends) */                           \
+  X(uint64_t, map_bytes)  /* the memory map: data.mdb grows to it, then the map doubles */
+typedef struct engram_space {
+  ENGRAM_SPACE_FIELDS(ENGRAM_FIELD_)
+} engram_space;
+/* Fills *out with the space of the log behind the handle (embedded: a read transaction
+ * that walks LMDB's free list, 0.12 ms for 63,000 free pages in 7,600 lists; remote: the
+ * daemon's log, one request). Errors: EINVAL (NULL argument), EIO; remote: ECONN,
+ * ETIMEDOUT, EPROTO. */
+ENGRAM_API int engram_space_get(engram *log, engram_space *out);
+
 /* Gives the log's free pages back to the file system: LMDB never shrinks data.mdb (pages
  * freed by retention or a dropped topic are only reused), so this writes a compacted copy
  * of the log beside it (DIR/data.mdb.reclaim), forces it to disk, and renames it over

@@ -351,6 +351,8 @@ int log_commit_stats(struct log *log, engram_commit_stats *out);
 /* The log's identity (id, creation time, format), read at open. */
 int log_info(struct log *log, engram_log_info *out);
 int log_backup(struct log *log, const char *dest);
+/* How data.mdb's space is used (engram_space_get; reclaim.c). */
+int log_space(struct log *log, engram_space *out);
 /* engram_reclaim (reclaim.c): a path, since no handle may be open. */
 int log_reclaim(const char *path, const engram_reclaim_options *opts,
                 engram_reclaim_report *report);

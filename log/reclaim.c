@@ -2,6 +2,7 @@
  * the compacting copy with progress, and the swap of the copy over data.mdb. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,48 @@
 #include <unistd.h>
 
 #include "log/log_private.h"
+
+/* Sizes from LMDB's environment and one read transaction: the free pages are the sum of
+ * the lengths of the page lists in LMDB's free-list database (dbi 0, readable in a read
+ * transaction), which also counts pages that snapshots still open may be seeing. */
+int log_space(struct log *log, engram_space *out) {
+  memset(out, 0, sizeof *out);
+  MDB_txn *txn;
+  int rc = log_read_begin(log, &txn);
+  if (rc) return rc;
+  MDB_envinfo ei;
+  MDB_stat st;
+  MDB_cursor *c = NULL;
+  uint64_t free_pages = 0;
+  rc = mdb_env_info(log->env, &ei);
+  if (rc == 0) rc = mdb_env_stat(log->env, &st);
+  if (rc == 0) rc = mdb_cursor_open(txn, 0 /* FREE_DBI */, &c);
+  if (rc == 0) {
+    MDB_val k, v;
+    for (MDB_cursor_op op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
+      size_t n; /* an MDB_IDL: its length, then that many page numbers */
+      if (v.mv_size < sizeof n) continue;
+      memcpy(&n, v.mv_data, sizeof n);
+      free_pages += n;
+    }
+    mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND) rc = 0;
+  }
+  log_read_end(log, txn);
+  if (rc) return log_error(log, log_err_mdb(rc), "space: %s", log_mdb_text(rc));
+  uint64_t pages = (uint64_t)ei.me_last_pgno + 1;
+  if (free_pages > pages) free_pages = pages;
+  out->used_bytes = (pages - free_pages) * st.ms_psize;
+  out->free_bytes = free_pages * st.ms_psize;
+  out->map_bytes = ei.me_mapsize;
+  char path[PATH_MAX];
+  struct stat fs;
+  snprintf(path, sizeof path, "%s/data.mdb", log->path);
+  if (stat(path, &fs) != 0)
+    return log_error(log, ENGRAM_EIO, "space: %s: %s", path, strerror(errno));
+  out->file_bytes = (uint64_t)fs.st_size;
+  return 0;
+}
 
 /* The pids of processes holding a flock on the file `fd` refers to, from /proc/locks,
  * as text ("1234, 5678"); "" when none can be seen (another PID namespace, no /proc). */

@@ -202,6 +202,20 @@ static int r_log_info(engram *log, engram_log_info *out) {
   return rc;
 }
 
+static int r_space(engram *log, engram_space *out) {
+  REQ(space, SPACE, Engram__Wire__SpaceGet, ENGRAM__WIRE__SPACE_GET__INIT);
+  (void)m;
+  Engram__Wire__Reply *rp;
+  int rc = client_rpc(log, &rq, client_retry_of(&rq), 0, ENGRAM__WIRE__REPLY__RESULT_SPACE, &rp);
+  if (!rc) {
+#define X(type, name) out->name = rp->space->name;
+    ENGRAM_SPACE_FIELDS(X)
+#undef X
+  }
+  if (rp) engram__wire__reply__free_unpacked(rp, NULL);
+  return rc;
+}
+
 static int r_topic_info_get(engram *log, const char *topic, engram_topic_info *info) {
   if (!info) return log_error(NULL, ENGRAM_EINVAL, "topic info: info is NULL");
   REQ(topic_get, TOPIC_GET, Engram__Wire__TopicGet, ENGRAM__WIRE__TOPIC_GET__INIT);
@@ -1216,6 +1230,7 @@ const struct engram_backend net_remote = {
     .topic_set = r_topic_set,
     .compact = r_compact,
     .log_info = r_log_info,
+    .space = r_space,
     .ack_fetch = r_ack_fetch,
     .append = r_append,
     .append_batch = r_append_batch,

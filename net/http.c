@@ -1111,6 +1111,24 @@ static void ep_metrics(struct req *r) {
                 "without it, mdb_env_sync)",
                 &cs.flush_duration);
   }
+  engram_space sp;
+  if (engram_space_get(h->log, &sp) == 0) {
+    static const struct {
+      const char *name, *help;
+    } space[] = {
+        {"engram_data_file_bytes", "size of data.mdb"},
+        {"engram_data_used_bytes", "pages of data.mdb the log uses"},
+        {"engram_data_free_bytes",
+         "free pages of data.mdb, reused by later writes (engram compact --reclaim gives them "
+         "back)"},
+        {"engram_map_bytes", "size of the log's memory map"},
+    };
+    const uint64_t v[] = {sp.file_bytes, sp.used_bytes, sp.free_bytes, sp.map_bytes};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+      metric(b, space[i].name, "gauge", space[i].help);
+      hb_printf(b, "%s %llu\n", space[i].name, (unsigned long long)v[i]);
+    }
+  }
   Engram__Wire__StatsResult st = ENGRAM__WIRE__STATS_RESULT__INIT;
   if (h->s) net_server_stats(h->s, &st);
   metric(b, "engram_requests_total", "counter", "ZeroMQ requests answered");

@@ -119,6 +119,7 @@ int net_request_check(const Engram__Wire__Request *rq, char *why, size_t cap);
   X(schedule_run_now, SCHEDULE_RUN_NOW, NET_RETRY_NEVER, op_sched_op) \
   X(schedule_tick, SCHEDULE_TICK, NET_RETRY_SAFE, op_sched_tick)      \
   X(log_info, LOG_INFO, NET_RETRY_SAFE, op_log_info)                  \
+  X(space, SPACE, NET_RETRY_SAFE, op_space)                           \
   X(ack_fetch, ACK_FETCH, NET_RETRY_NEVER, op_ack_fetch)
 
 enum { NET_RETRY_NEVER, NET_RETRY_SAFE, NET_RETRY_KEYED };

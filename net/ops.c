@@ -302,6 +302,22 @@ OP(op_log_info) {
   return 0;
 }
 
+OP(op_space) {
+  (void)rq;
+  engram_space sp;
+  int rc = engram_space_get(log, &sp);
+  if (rc) return rc;
+  Engram__Wire__Space *w = net_arena_alloc(a, sizeof *w);
+  if (!w) return nomem(log);
+  engram__wire__space__init(w);
+#define X(type, name) w->name = sp.name;
+  ENGRAM_SPACE_FIELDS(X)
+#undef X
+  rp->result_case = ENGRAM__WIRE__REPLY__RESULT_SPACE;
+  rp->space = w;
+  return 0;
+}
+
 OP(op_topic_get) {
   int rc = 0;
   do {

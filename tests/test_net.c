@@ -1873,6 +1873,22 @@ static void the_daemon_says_what_it_is(void **state) {
   assert_int_equal(strlen(li.id), 32);
   assert_int_equal(li.format_version, ENGRAM_FORMAT_VERSION);
 
+  /* The daemon's log's space, as a handle of this process opened beside it sees it (no
+   * write in between). */
+  engram_space rs, es;
+  OK(r, engram_space_get(r, &rs));
+  engram *beside;
+  OK(NULL, engram_open(d.logdir, NULL, &beside));
+  OK(beside, engram_space_get(beside, &es));
+  engram_close(beside);
+  assert_true(rs.used_bytes > 0 && rs.file_bytes > 0);
+  assert_true(rs.map_bytes >= rs.used_bytes + rs.free_bytes);
+  assert_int_equal(rs.used_bytes, es.used_bytes);
+  assert_int_equal(rs.free_bytes, es.free_bytes);
+  assert_int_equal(rs.map_bytes, es.map_bytes);
+  assert_int_equal(rs.file_bytes, es.file_bytes);
+  assert_int_equal(engram_space_get(r, NULL), ENGRAM_EINVAL);
+
   /* Bad input and an embedded handle. */
   assert_int_equal(engram_server_info_get(r, NULL), ENGRAM_EINVAL);
   assert_int_equal(engram_server_info_get(NULL, &info), ENGRAM_EINVAL);

@@ -238,7 +238,21 @@ static void a_dropped_topic_s_space_goes_back_and_everything_else_stays(void **s
   engram *log = tu_open(f->logdir, &fast);
   make_keep(log);
   make_big(log, 50);
+  /* engram_space_get: the 50 MiB are used pages, then free pages once dropped. */
+  engram_space full, dropped, back;
+  OK(log, engram_space_get(log, &full));
+  assert_true(full.used_bytes > 50ull << 20);
+  assert_true(full.free_bytes < full.used_bytes / 4);
+  assert_true(full.map_bytes >= full.used_bytes + full.free_bytes);
   OK(log, engram_topic_drop(log, "big"));
+  OK(log, engram_space_get(log, &dropped));
+  assert_true(dropped.free_bytes > 50ull << 20);
+  assert_true(dropped.used_bytes < 8ull << 20); /* "keep" is a few MiB at most */
+  /* Pages are only moved from used to free: the pages in the file stay as many, but for
+   * the pages the drop's own commit wrote. */
+  assert_true(dropped.used_bytes + dropped.free_bytes >= full.used_bytes + full.free_bytes);
+  assert_true(dropped.used_bytes + dropped.free_bytes <=
+              full.used_bytes + full.free_bytes + (1ull << 20));
   uint64_t want = fingerprint(log);
   engram_close(log);
   uint64_t before = file_size(f->logdir, "data.mdb");
@@ -256,6 +270,11 @@ static void a_dropped_topic_s_space_goes_back_and_everything_else_stays(void **s
 
   log = tu_open(f->logdir, &fast);
   assert_int_equal(fingerprint(log), want);
+  OK(log, engram_space_get(log, &back));
+  assert_int_equal(back.file_bytes, after);
+  assert_true(back.used_bytes + back.free_bytes <= after);
+  assert_true(back.free_bytes < 1ull << 20);
+  assert_true(back.used_bytes >= dropped.used_bytes / 2);
   verify_clean(log);
   idempotency_survives(log);
   /* The log goes on: the next offset follows the head, the dropped topic stays gone. */
@@ -433,6 +452,8 @@ static void an_open_fails_at_once_while_a_reclaim_holds_the_log(void **state) {
 
 static void bad_arguments_and_other_programs_directories_are_refused(void **state) {
   tu_fx *f = *state;
+  engram_space sp;
+  assert_int_equal(engram_space_get(NULL, &sp), ENGRAM_EINVAL);
   assert_int_equal(engram_reclaim(NULL, NULL, NULL), ENGRAM_EINVAL);
   assert_int_equal(engram_reclaim("", NULL, NULL), ENGRAM_EINVAL);
   assert_int_equal(engram_reclaim(f->logdir, NULL, NULL), ENGRAM_ENOTFOUND);

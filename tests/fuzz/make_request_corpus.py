@@ -147,6 +147,7 @@ def main() -> None:
     seeds["schedule-run-now"] = request(109, ld(1, "nightly"))
     seeds["schedule-tick"] = request(110, si(1, 1700000000000000000))
     seeds["log-info"] = request(170, b"")
+    seeds["space"] = request(171, b"")
     # Malformed and unusual.
     good = seeds["append-full"]
     seeds["bad-empty"] = b""

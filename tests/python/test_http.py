@@ -117,6 +117,14 @@ def test_api_metrics_and_health(daemon):
     assert 'engram_dlq_size{topic="memory",group="indexer"} 1' in metrics
     assert "engram_workers_alive 1" in metrics
     assert "# TYPE engram_commit_batch_size histogram" in metrics
+    # data.mdb's space (engram_space_get): the log's pages, used and free, within the file's map.
+    space = {ln.split(" ")[0]: int(ln.split(" ")[1]) for ln in metrics.splitlines()
+             if ln.startswith(("engram_data_", "engram_map_bytes "))}
+    assert set(space) == {"engram_data_file_bytes", "engram_data_used_bytes",
+                          "engram_data_free_bytes", "engram_map_bytes"}, space
+    assert "# TYPE engram_data_free_bytes gauge" in metrics
+    assert 0 < space["engram_data_used_bytes"] <= space["engram_map_bytes"]
+    assert space["engram_data_used_bytes"] + space["engram_data_free_bytes"] <= space["engram_map_bytes"]
     # Alone on its log, the daemon shares no commit with another process.
     assert "engram_appends_shared_total 0" in metrics
     assert "engram_appends_carried_total 0" in metrics

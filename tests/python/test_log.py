@@ -259,6 +259,18 @@ def test_log_info_names_the_log_and_a_backup_keeps_it(log, tmp_path):
         assert other.log_info()["id"] != info["id"]
 
 
+def test_space_moves_a_dropped_topics_pages_from_used_to_free(log):
+    log.create_topic("bulk")
+    log.append_many("bulk", [("memory.saved", os.urandom(3000)) for _ in range(2000)])
+    full = log.space()
+    assert set(full) == {"file_bytes", "used_bytes", "free_bytes", "map_bytes"}
+    assert full["used_bytes"] > 6 << 20 and full["map_bytes"] >= full["used_bytes"]
+    log.drop_topic("bulk")
+    dropped = log.space()
+    assert dropped["free_bytes"] > 6 << 20 and dropped["used_bytes"] * 4 < full["used_bytes"]
+    assert log.stats()["space"] == dropped
+
+
 def test_a_forked_child_cannot_use_the_parents_handle_but_can_open_its_own(log, log_path):
     log.append("t", "x.y", b"")
     pid = os.fork()

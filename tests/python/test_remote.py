@@ -64,6 +64,8 @@ def test_a_client_asks_the_daemon_what_it_is(daemon, tmp_path):
         assert info["appended"] == 1 and info["requests"] >= 2 and info["curve"] == 0
         assert info["commits"] >= 1 and info["uptime_ms"] >= 0
         assert len(log.log_info()["id"]) == 32  # the daemon's log
+        sp = log.space()  # the daemon's log's data.mdb
+        assert sp["used_bytes"] > 0 and sp["map_bytes"] >= sp["used_bytes"] + sp["free_bytes"]
     with engram.open(str(tmp_path / "embedded")) as log:
         with pytest.raises(engram.NotSupported):
             log.server_info()

@@ -1914,6 +1914,28 @@ static PyObject *Log_log_info(LogObject *self, PyObject *unused) {
                        "format_version", (unsigned int)in.format_version);
 }
 
+/* engram_space_get: a dict by the field names of ENGRAM_SPACE_FIELDS. */
+static PyObject *Log_space(LogObject *self, PyObject *unused) {
+  int rc;
+  char msg[MSG_MAX];
+  engram_space in;
+  memset(&in, 0, sizeof in);
+  if (enter(self)) return NULL;
+  RUN(self, rc, msg, engram_space_get(self->log, &in));
+  leave(self);
+  if (rc < 0) return raise_code(rc, msg);
+  PyObject *d = PyDict_New();
+  if (!d) return NULL;
+#define X(type, name)                      \
+  if (put_##type(d, #name, in.name) < 0) { \
+    Py_DECREF(d);                          \
+    return NULL;                           \
+  }
+  ENGRAM_SPACE_FIELDS(X)
+#undef X
+  return d;
+}
+
 static PyMethodDef Log_methods[] = {
     {"close", (PyCFunction)Log_close, METH_NOARGS, "close()"},
     {"sync", (PyCFunction)Log_sync, METH_NOARGS, "sync()"},
@@ -1924,6 +1946,8 @@ static PyMethodDef Log_methods[] = {
     {"server_info", (PyCFunction)Log_server_info, METH_NOARGS, "server_info() -> dict"},
     {"log_info", (PyCFunction)Log_log_info, METH_NOARGS,
      "log_info() -> dict: id, created_ns, format_version"},
+    {"space", (PyCFunction)Log_space, METH_NOARGS,
+     "space() -> dict: file_bytes, used_bytes, free_bytes, map_bytes"},
     {"topic_create", (PyCFunction)(void (*)(void))Log_topic_create, METH_VARARGS | METH_KEYWORDS,
      "topic_create(topic, compress_threshold=0, max_payload=0, dict_train_after=0, flags=0, "
      "max_age_ms=0, max_bytes=0, max_events=0, tombstone_ttl_ms=0, tombstone_type='')"},

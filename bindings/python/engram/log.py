@@ -504,6 +504,7 @@ class Log:
                                                                     & _engram.TOPIC_COMPACT_KEY),
                                              "tombstone_type": c["tombstone_type"]}})
         out["log"] = self.h.log_info()
+        out["space"] = self.h.space()
         try:
             groups = self.h.group_list(None)
         except NotSupported:
@@ -562,6 +563,13 @@ class Log:
         created; a backup keeps it, a restored log has a new one), ``created_ns`` and
         ``format_version``. Through :func:`connect`: the daemon's log."""
         return self.h.log_info()
+
+    def space(self) -> Dict[str, int]:
+        """How ``data.mdb``'s space is used, in bytes: ``file_bytes`` (its size),
+        ``used_bytes`` (the pages the log uses), ``free_bytes`` (pages freed by retention
+        and dropped topics, reused by later writes; :func:`reclaim` gives them back) and
+        ``map_bytes`` (the memory map). Through :func:`connect`: the daemon's log."""
+        return self.h.space()
 
     def transaction(self) -> "Transaction":
         """Acks and appends committed together: ``with log.transaction() as tx: ...``."""
