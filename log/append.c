@@ -137,8 +137,9 @@ static int idem_put(log_wtx *w, uint32_t topic_id, const char *key, int64_t now_
 }
 
 /* Claims the topic's first dictionary training once it holds enough events. Training
- * takes a few hundred milliseconds of CPU, so it runs after the commit, outside any
- * transaction (the trainer thread of commit.c); failing to train leaves the topic without one. */
+ * takes tens of milliseconds of CPU (reading the samples, then ZDICT), so it runs after
+ * the commit, outside any transaction (the trainer thread of commit.c); failing to train leaves the
+ * topic without one. */
 static int maybe_train(log_wtx *w, log_topic *t, uint64_t head) {
   if ((t->cfg.flags & ENGRAM_TOPIC_NO_DICT) || t->dict_trained_auto) return 0;
   uint64_t first = log_topic_first(w->log, w->txn, t);

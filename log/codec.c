@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#define ZDICT_STATIC_LINKING_ONLY /* ZDICT_trainFromBuffer_fastCover and its parameters */
 #include <zdict.h>
 #include <zstd.h>
 
@@ -476,12 +477,26 @@ void log_samples_free(log_samples *s) {
   memset(s, 0, sizeof *s);
 }
 
+/* One FastCover pass with fixed parameters, not ZDICT_trainFromBuffer's search over
+ * several: on 4,096 memory events it takes 20 ms of CPU instead of 137 ms, and the
+ * dictionary compresses the next 4,096 to 0.380 of their size instead of 0.395. */
+#define DICT_FASTCOVER_K 200 /* segment size */
+#define DICT_FASTCOVER_D 8   /* dmer size */
+#define DICT_FASTCOVER_F 18  /* log2 of the frequency table's entries (1 MiB) */
+
 int log_dict_build(struct log *log, const char *topic, const log_samples *s, log_dict *out) {
   if (s->n < 16)
     return log_error(log, ENGRAM_EINVAL, "train dictionary %s: %zu events, need at least 16", topic,
                      s->n);
-  size_t dn =
-      ZDICT_trainFromBuffer(out->bytes, sizeof out->bytes, s->data, s->sizes, (unsigned)s->n);
+  ZDICT_fastCover_params_t p;
+  memset(&p, 0, sizeof p);
+  p.k = DICT_FASTCOVER_K;
+  p.d = DICT_FASTCOVER_D;
+  p.f = DICT_FASTCOVER_F;
+  p.accel = 1;
+  p.zParams.compressionLevel = ZSTD_LEVEL;
+  size_t dn = ZDICT_trainFromBuffer_fastCover(out->bytes, sizeof out->bytes, s->data, s->sizes,
+                                              (unsigned)s->n, p);
   if (ZDICT_isError(dn))
     return log_error(log, ENGRAM_EINVAL, "train dictionary %s: %s (too few or too similar events)",
                      topic, ZDICT_getErrorName(dn));

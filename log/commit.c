@@ -657,7 +657,8 @@ int log_commit_stats(struct log *log, engram_commit_stats *out) {
   return 0;
 }
 
-/* Automatic dictionary training runs on a thread of its own: ZDICT takes 100-300 ms, and
+/* Automatic dictionary training runs on a thread of its own: reading 4,096 samples and
+ * ZDICT take about 20 ms each, and
  * the append that crossed dict_train_after (or any other write) must not wait for it.
  * The thread starts on the first request and ends at close; a topic whose training was
  * cut short by close keeps no dictionary, as when training fails. */
