@@ -551,9 +551,18 @@ static int latency_child(int id, int ready_fd, int go_fd) {
   return rc;
 }
 
+/* The producers connect first and the schedule starts once all have: a connection made
+ * inside the schedule would make its first events late, measuring the connection (a
+ * handshake, a log opened) instead of the system's steady end-to-end latency. */
+typedef struct pace_start {
+  pthread_barrier_t connected, go; /* the producers and the main thread */
+  int64_t t0_ns;                   /* set between the two */
+} pace_start;
+
 typedef struct pacer {
   pthread_t th;
-  int id;
+  int id, n;
+  pace_start *start;
   int64_t t0_ns, interval_ns, end_ns;
   uint64_t sent, late;
   int err;
@@ -562,10 +571,14 @@ typedef struct pacer {
 static void *pace(void *arg) {
   pacer *p = arg;
   peer_conn *c = sys->connect();
+  pthread_barrier_wait(&p->start->connected);
+  pthread_barrier_wait(&p->start->go);
   if (!c) {
     p->err = 1;
     return NULL;
   }
+  p->t0_ns = p->start->t0_ns + p->interval_ns * p->id / p->n;
+  p->end_ns = p->start->t0_ns + p->end_ns;
   uint64_t i = (uint64_t)p->id * 7919;
   for (uint64_t k = 0;; k++) {
     /* Open loop: each event has a scheduled send time and carries it, so a system that
@@ -608,15 +621,21 @@ static int w_latency(void) {
   }
   usleep(100000); /* let the consumer block in its first wait */
   pacer *ps = calloc((size_t)latency_producers, sizeof *ps);
-  int64_t t0 = bench_now_ns() + 1000000;
+  pace_start start;
+  pthread_barrier_init(&start.connected, NULL, (unsigned)latency_producers + 1);
+  pthread_barrier_init(&start.go, NULL, (unsigned)latency_producers + 1);
   int64_t interval = (int64_t)(1e9 * latency_producers / rate);
   for (int i = 0; i < latency_producers; i++) {
     ps[i] = (pacer){.id = i,
-                    .t0_ns = t0 + interval * i / latency_producers,
+                    .n = latency_producers,
+                    .start = &start,
                     .interval_ns = interval,
-                    .end_ns = t0 + (int64_t)(latency_seconds * 1e9)};
+                    .end_ns = (int64_t)(latency_seconds * 1e9)}; /* from t0 */
     if (pthread_create(&ps[i].th, NULL, pace, &ps[i])) return fail(workload, "pthread_create");
   }
+  pthread_barrier_wait(&start.connected);
+  int64_t t0 = start.t0_ns = bench_now_ns() + 1000000;
+  pthread_barrier_wait(&start.go);
   uint64_t sent = 0, late = 0;
   int err = 0;
   for (int i = 0; i < latency_producers; i++) {
@@ -627,6 +646,8 @@ static int w_latency(void) {
   }
   double s = (double)(bench_now_ns() - t0) / 1e9;
   free(ps);
+  pthread_barrier_destroy(&start.connected);
+  pthread_barrier_destroy(&start.go);
   sh->produced = sent;
   __atomic_store_n(&sh->stop, 1, __ATOMIC_RELEASE);
   sh->deadline_ns = bench_now_ns() + 10 * (int64_t)1000000000;

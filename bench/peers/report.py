@@ -222,6 +222,7 @@ def chart(by, present, svg):
     tmp = tempfile.mkdtemp(prefix="engram-chart.")
     try:
         bars = os.path.join(tmp, "bars.dat")
+        n_bars = 0
         with open(bars, "w") as f:
             f.write("label " + " ".join(f'"{s}"' for s in present) + "\n")
             for row in ROWS:
@@ -230,6 +231,7 @@ def chart(by, present, svg):
                     if not any(vals):
                         continue
                     f.write(f'"{wl}\\n{row}" ' + " ".join(f"{v:.1f}" if v else "-" for v in vals) + "\n")
+                    n_bars += 1
         cdfs = []
         for row in ROWS:
             for s in present:
@@ -247,7 +249,8 @@ def chart(by, present, svg):
             'set terminal svg size 1100,1000 dynamic enhanced font "sans,11" background "white"',
             f'set output "{os.path.abspath(svg)}"',
             'set datafile missing "-"',
-            "set multiplot layout 2,1 title 'engram, Redis Streams, NATS JetStream — one run on this machine'",
+            "set multiplot layout %d,1 title 'engram, Redis Streams, NATS JetStream — one run on this machine'"
+            % ((n_bars > 0) + (len(cdfs) > 0)),
             "set title \"throughput (events/s, log scale; fsync = on disk before ack, everyday = each system's usual setting)\"",
             "set style data histograms",
             "set style histogram clustered gap 1",
@@ -263,7 +266,8 @@ def chart(by, present, svg):
         for i, s in enumerate(present):
             col = i + 2
             plots.append(f"'{bars}' using {col}:xtic(1) title columnhead({col}) lc rgb '{colors[s]}'")
-        gp.append("plot " + ", ".join(plots))
+        if n_bars:  # a run of the latency workload alone has no bars to plot
+            gp.append("plot " + ", ".join(plots))
         gp += [
             "unset style", "unset logscale y", "set yrange [0:100]", "set logscale x",
             "set xrange [*:*]", "set xtics auto font ',10'", "set format x '%g'", "set format y '%g'",
