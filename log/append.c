@@ -184,6 +184,11 @@ static int append_job(log_wtx *w, void *arg) {
   rc = mdb_cursor_open(w->txn, t.dbi, &c);
   if (rc) return log_err_mdb(rc);
   uint64_t head = log_topic_head(log, w->txn, &t);
+  const log_zpay *pre = NULL;
+  if ((rc = log_codec_compress_batch(log, w->txn, &t, r->evs, r->n, &pre))) {
+    mdb_cursor_close(c);
+    return rc;
+  }
   int appended = 0;
   int64_t newest = -1; /* the topic's newest append time, read at the first given time */
   for (size_t i = 0; i < r->n; i++) {
@@ -224,7 +229,7 @@ static int append_job(log_wtx *w, void *arg) {
       continue;
     }
     off = head + 1;
-    rc = log_codec_encode(log, w->txn, &t, ev, at, off, enc);
+    rc = log_codec_encode(log, w->txn, &t, ev, at, off, pre ? &pre[i] : NULL, enc);
     if (rc) break;
     MDB_val k = {8, &off}, v = {enc->len, enc->buf};
     rc = mdb_cursor_put(c, &k, &v, MDB_APPEND);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #define ZDICT_STATIC_LINKING_ONLY /* ZDICT_trainFromBuffer_fastCover and its parameters */
 #include <zdict.h>
 #include <zstd.h>
@@ -117,7 +118,10 @@ void log_dict_forget_topic(struct log *log, uint32_t topic_id) {
   pthread_mutex_unlock(&dict_mu);
 }
 
+static void zhelper_stop(struct log *log);
+
 void log_codec_caches_free(struct log *log) {
+  zhelper_stop(log);
   struct log_dict_cache *d = log->dicts;
   while (d) {
     struct log_dict_cache *n = d->next;
@@ -193,7 +197,7 @@ static unsigned char *scratch(size_t n) {
 }
 
 int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
-                     int64_t ts, uint64_t offset, log_enc *out) {
+                     int64_t ts, uint64_t offset, const log_zpay *pre, log_enc *out) {
   Engram__Record r = ENGRAM__RECORD__INIT;
   Engram__Header hs[ENGRAM_MAX_HEADERS], *hp[ENGRAM_MAX_HEADERS];
   r.type = (char *)ev->type;
@@ -218,7 +222,14 @@ int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const en
   r.n_headers = ev->n_headers;
   r.headers = ev->n_headers ? hp : NULL;
 
-  if (ev->payload_len >= t->cfg.compress_threshold && ev->payload_len > 0) {
+  if (pre && pre->state == LOG_ZPAY_COMPRESSED) {
+    r.payload.data = (uint8_t *)pre->data;
+    r.payload.len = pre->len;
+    r.compression = 1;
+    r.dict_id = pre->dict_id;
+  } else if (pre && pre->state == LOG_ZPAY_RAW) {
+    /* stored as it is: it does not compress */
+  } else if (ev->payload_len >= t->cfg.compress_threshold && ev->payload_len > 0) {
     struct zctx *z = zctx_get();
     size_t bound = ZSTD_compressBound(ev->payload_len);
     unsigned char *dst = scratch(bound);
@@ -244,6 +255,178 @@ int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const en
   be64_put(ob, offset);
   le32_put(out->buf, crc32c(crc32c(0, ob, 8), out->buf + 4, len));
   out->len = len + 4;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * A big batch's payloads compressed on two threads.
+ * ------------------------------------------------------------------------------ */
+/* zstd is most of an async batch's CPU (without it a batch of 100 memory events commits
+ * 1.65x as fast), and the commit leader compresses alone while the other core waits.
+ * Measured in pairs, batches of 100, async: 1.09x the events/s embedded (median of five),
+ * 1.15x through the daemon (four of four); sync batches about the same. */
+#define ZPAR_MIN_EVENTS 32        /* fewer payloads to compress: the hand-off costs more */
+#define ZPAR_MAX_BYTES (8u << 20) /* more: compressed one by one, no big buffer */
+#define ZPAR_SPIN_NS 100000       /* the leader waits this long for the helper awake */
+
+struct log_zhelper {
+  pthread_t th;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int have, done, stop; /* a range to compress; it is done; the handle closes */
+  /* The range: */
+  const ZSTD_CDict *cdict;
+  uint32_t dict_id;
+  const engram_event *evs;
+  size_t from, to;
+  log_zpay *pays;
+  /* The leader's buffers, reused batch after batch. */
+  log_zpay *pay_buf;
+  size_t pay_cap;
+  unsigned char *z_buf;
+  size_t z_cap;
+};
+
+/* Compresses the payloads of evs[from, to) that have a slot in pays (state NONE, data
+ * pointing at room for ZSTD_compressBound bytes). Without a context it leaves them NONE:
+ * log_codec_encode then compresses them. */
+static void compress_range(ZSTD_CCtx *c, const ZSTD_CDict *cdict, uint32_t dict_id,
+                           const engram_event *evs, size_t from, size_t to, log_zpay *pays) {
+  if (!c) return;
+  for (size_t i = from; i < to; i++) {
+    log_zpay *p = &pays[i];
+    if (!p->data) continue; /* not to be compressed */
+    const engram_event *ev = &evs[i];
+    size_t bound = ZSTD_compressBound(ev->payload_len);
+    unsigned char *dst = (unsigned char *)p->data;
+    size_t n =
+        cdict ? ZSTD_compress_usingCDict(c, dst, bound, ev->payload, ev->payload_len, cdict)
+              : ZSTD_compressCCtx(c, dst, bound, ev->payload, ev->payload_len, ZSTD_LEVEL_NO_DICT);
+    if (!ZSTD_isError(n) && n < ev->payload_len) {
+      p->len = n;
+      p->dict_id = cdict ? dict_id : 0;
+      p->state = LOG_ZPAY_COMPRESSED;
+    } else {
+      p->state = LOG_ZPAY_RAW;
+    }
+  }
+}
+
+static void *zhelper_main(void *arg) {
+  struct log_zhelper *h = arg;
+  ZSTD_CCtx *c = ZSTD_createCCtx();
+  pthread_mutex_lock(&h->mu);
+  for (;;) {
+    while (!h->have && !h->stop) pthread_cond_wait(&h->cv, &h->mu);
+    if (h->stop) break;
+    h->have = 0;
+    pthread_mutex_unlock(&h->mu);
+    compress_range(c, h->cdict, h->dict_id, h->evs, h->from, h->to, h->pays);
+    pthread_mutex_lock(&h->mu);
+    __atomic_store_n(&h->done, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&h->cv);
+  }
+  pthread_mutex_unlock(&h->mu);
+  ZSTD_freeCCtx(c);
+  return NULL;
+}
+
+static struct log_zhelper *zhelper_get(struct log *log) {
+  if (log->zhelper) return log->zhelper;
+  static long cpus;
+  if (!cpus) cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  if (cpus < 2) return NULL;
+  struct log_zhelper *h = calloc(1, sizeof *h);
+  if (!h) return NULL;
+  pthread_mutex_init(&h->mu, NULL);
+  pthread_cond_init(&h->cv, NULL);
+  if (pthread_create(&h->th, NULL, zhelper_main, h) != 0) {
+    pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->cv);
+    free(h);
+    return NULL;
+  }
+  return log->zhelper = h;
+}
+
+static void zhelper_stop(struct log *log) {
+  struct log_zhelper *h = log->zhelper;
+  if (!h) return;
+  pthread_mutex_lock(&h->mu);
+  h->stop = 1;
+  pthread_cond_broadcast(&h->cv);
+  pthread_mutex_unlock(&h->mu);
+  pthread_join(h->th, NULL);
+  pthread_mutex_destroy(&h->mu);
+  pthread_cond_destroy(&h->cv);
+  free(h->pay_buf);
+  free(h->z_buf);
+  free(h);
+  log->zhelper = NULL;
+}
+
+int log_codec_compress_batch(struct log *log, MDB_txn *txn, const log_topic *t,
+                             const engram_event *evs, size_t n, const log_zpay **out) {
+  *out = NULL;
+  if (n < ZPAR_MIN_EVENTS) return 0;
+  size_t count = 0, room = 0;
+  for (size_t i = 0; i < n; i++)
+    if (evs[i].payload_len >= t->cfg.compress_threshold && evs[i].payload_len > 0) {
+      count++;
+      room += ZSTD_compressBound(evs[i].payload_len);
+    }
+  if (count < ZPAR_MIN_EVENTS || room > ZPAR_MAX_BYTES) return 0;
+  struct log_zhelper *h = zhelper_get(log);
+  struct zctx *z = zctx_get();
+  if (!h || !z) return 0; /* one by one, as for a small batch */
+  if (n > h->pay_cap) {
+    log_zpay *p = realloc(h->pay_buf, n * sizeof *p);
+    if (!p) return 0;
+    h->pay_buf = p;
+    h->pay_cap = n;
+  }
+  if (room > h->z_cap) {
+    unsigned char *b = realloc(h->z_buf, room);
+    if (!b) return 0;
+    h->z_buf = b;
+    h->z_cap = room;
+  }
+  /* Each payload to compress gets its room; the split gives each thread half the bytes. */
+  log_zpay *pays = h->pay_buf;
+  memset(pays, 0, n * sizeof *pays);
+  size_t at = 0, half = 0, mid = n;
+  for (size_t i = 0; i < n; i++) {
+    if (!(evs[i].payload_len >= t->cfg.compress_threshold && evs[i].payload_len > 0)) continue;
+    pays[i].data = h->z_buf + at;
+    at += ZSTD_compressBound(evs[i].payload_len);
+    if (mid == n && (half += ZSTD_compressBound(evs[i].payload_len)) * 2 >= room) mid = i + 1;
+  }
+  struct log_dict_cache *d = NULL;
+  if (t->dict_id && !(t->cfg.flags & ENGRAM_TOPIC_NO_DICT))
+    d = dict_get(log, txn, t->id, t->dict_id);
+  const ZSTD_CDict *cdict = d ? d->cdict : NULL;
+  uint32_t dict_id = d ? d->dict_id : 0;
+  pthread_mutex_lock(&h->mu);
+  h->cdict = cdict;
+  h->dict_id = dict_id;
+  h->evs = evs;
+  h->from = mid;
+  h->to = n;
+  h->pays = pays;
+  h->done = 0;
+  h->have = 1;
+  pthread_cond_broadcast(&h->cv);
+  pthread_mutex_unlock(&h->mu);
+  compress_range(z->c, cdict, dict_id, evs, 0, mid, pays);
+  /* The helper began later (its wake-up) and has as much to do: it ends soon after. */
+  int64_t until = clock_monotonic_ns() + ZPAR_SPIN_NS;
+  while (!__atomic_load_n(&h->done, __ATOMIC_ACQUIRE) && clock_monotonic_ns() < until) {
+  }
+  pthread_mutex_lock(&h->mu);
+  while (!h->done) pthread_cond_wait(&h->cv, &h->mu);
+  pthread_mutex_unlock(&h->mu);
+  if (d) dict_put(d);
+  *out = pays;
   return 0;
 }
 

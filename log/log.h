@@ -104,6 +104,9 @@ struct log {
 
   /* Zstd dictionary caches. */
   struct log_dict_cache *dicts;
+  /* Compresses half of a big batch's payloads beside the leader (codec.c), made on first
+   * use; its buffers are the leader's (one job runs at a time). */
+  struct log_zhelper *zhelper;
 
   struct log_pipe *pipe;     /* pipelined appends (pipeline.c), made on first use */
   struct log_touched *train; /* topics waiting for their automatic dictionary (mu) */

@@ -197,8 +197,23 @@ typedef struct log_enc {
   size_t len;
   size_t cap;
 } log_enc;
+/* A payload compressed ahead of its record (log_codec_compress_batch). */
+typedef struct log_zpay {
+  const unsigned char *data;
+  size_t len;
+  uint32_t dict_id;
+  int state; /* LOG_ZPAY_*: not done (log_codec_encode compresses), compressed, store raw */
+} log_zpay;
+enum { LOG_ZPAY_NONE, LOG_ZPAY_COMPRESSED, LOG_ZPAY_RAW };
+/* pre (may be NULL): the payload as log_codec_compress_batch left it. */
 int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
-                     int64_t ts, uint64_t offset, log_enc *out);
+                     int64_t ts, uint64_t offset, const log_zpay *pre, log_enc *out);
+/* Compresses the payloads of a big batch (at least 32 to compress) ahead of encoding, half
+ * of them on a helper thread of the handle, so that two cores share the batch's zstd
+ * work. *out receives one entry per event, valid until the next call on this handle, or
+ * NULL when the batch is small (log_codec_encode then compresses each payload itself). */
+int log_codec_compress_batch(struct log *log, MDB_txn *txn, const log_topic *t,
+                             const engram_event *evs, size_t n, const log_zpay **out);
 /* Decompresses a view's payload into dst (raw_len bytes). */
 int log_codec_payload(struct log *log, MDB_txn *txn, uint32_t topic_id, const log_view *v,
                       void *dst);

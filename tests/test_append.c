@@ -508,6 +508,79 @@ static void a_compressible_payload_is_stored_smaller_and_reads_back_whole(void *
   engram__record__free_unpacked(r, NULL);
 }
 
+/* A batch big enough that half its payloads are compressed on the handle's helper thread
+ * (log_codec_compress_batch): compressible, incompressible and small payloads mixed,
+ * without and then with a dictionary. Every payload reads back byte for byte and is
+ * stored as it would be alone: compressed (naming the dictionary in force) when that is
+ * smaller, else as it is. */
+#define MIXED_N 300
+static char mixed_pay[2][MIXED_N][512];
+static engram_event mixed_evs[2][MIXED_N];
+
+/* Batch b (0, 1) of the mixed payloads: random bytes (which do not compress; new ones in
+ * each batch, so that a dictionary trained on the first cannot hold the second's), short
+ * ones under the threshold and compressible text. */
+static void mixed_batch(int b, uint32_t *x) {
+  for (size_t i = 0; i < MIXED_N; i++) {
+    char *p = mixed_pay[b][i];
+    size_t len = 0;
+    if (i % 3 == 0) {
+      for (len = 0; len < 500; len++) {
+        *x ^= *x << 13;
+        *x ^= *x >> 17;
+        *x ^= *x << 5;
+        p[len] = (char)*x;
+      }
+    } else if (i % 3 == 1) {
+      len = (size_t)snprintf(p, 512, "short %zu", i);
+    } else {
+      while (len < 400)
+        len += (size_t)snprintf(p + len, 512 - len, "{\"user\":\"u%zu\",\"text\":\"likes tea\"} ",
+                                i % 7);
+    }
+    mixed_evs[b][i] = (engram_event){.type = "memory.saved", .payload = p, .payload_len = len};
+  }
+}
+
+static void a_big_batch_compressed_on_two_threads_reads_back_exactly(void **state) {
+  fx *f = *state;
+  engram *log = open_default(f);
+  engram_topic_config cfg = {.compress_threshold = 64, .dict_train_after = 1000000};
+  tu_topic(log, "memory", &cfg);
+  uint32_t x = 2463534242u, dict = 0;
+  uint64_t offs[MIXED_N];
+  mixed_batch(0, &x);
+  ok(log, engram_append_batch(log, "memory", mixed_evs[0], MIXED_N, offs, NULL), "batch");
+  ok(log, engram_topic_train_dict(log, "memory", &dict), "train");
+  mixed_batch(1, &x);
+  ok(log, engram_append_batch(log, "memory", mixed_evs[1], MIXED_N, offs, NULL), "batch 2");
+  assert_int_equal(offs[MIXED_N - 1], 2 * MIXED_N);
+  for (uint64_t next = 1; next <= 2 * MIXED_N;) {
+    engram_batch *b = NULL;
+    ok(log, engram_read_range(log, "memory", next, 100, &b), "read_range");
+    for (size_t k = 0; k < b->count; k++) {
+      uint64_t off = next + k;
+      const engram_event *want = &mixed_evs[off > MIXED_N][(off - 1) % MIXED_N];
+      assert_int_equal(b->events[k].payload_len, want->payload_len);
+      assert_memory_equal(b->events[k].payload, want->payload, want->payload_len);
+    }
+    next += b->count;
+    engram_batch_free(b);
+  }
+  engram_close(f->log);
+  f->log = NULL;
+  for (uint64_t off = 1; off <= 2 * MIXED_N; off++) {
+    size_t i = (off - 1) % MIXED_N, stored;
+    const engram_event *ev = &mixed_evs[off > MIXED_N][i];
+    Engram__Record *r = raw_record(f->logdir, "memory", off, &stored);
+    assert_int_equal(r->raw_len, ev->payload_len);
+    assert_int_equal(r->compression, i % 3 == 2);
+    assert_int_equal(r->dict_id, i % 3 == 2 && off > MIXED_N ? dict : 0);
+    if (i % 3 == 2) assert_true(r->payload.len < ev->payload_len / 2);
+    engram__record__free_unpacked(r, NULL);
+  }
+}
+
 struct dict_tally {
   uint32_t id1, id2;     /* dictionaries in force for offsets 1001-1500 and 1501-2000 */
   size_t records, wrong; /* records seen; records naming the wrong dictionary */
@@ -1101,6 +1174,7 @@ int main(void) {
       T(records_written_before_and_after_a_retrain_read_back_identically),
       T(a_dictionary_is_trained_automatically_after_dict_train_after_events),
       T(a_read_keeps_the_dictionary_a_concurrent_drop_forgets),
+      T(a_big_batch_compressed_on_two_threads_reads_back_exactly),
       T(the_map_grows_from_one_mib_to_hold_twenty),
       T(every_durability_mode_opens_appends_syncs_and_reopens),
       T(reopening_preserves_topics_configs_events_and_dictionaries),
