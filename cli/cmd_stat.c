@@ -26,6 +26,7 @@ static const char help[] =
     "             \"created_ns\":N,\"format_version\":N},\"space\":{\"file_bytes\":N,\n"
     "             \"used_bytes\":N,\"free_bytes\":N,\"map_bytes\":N}} with the\n"
     "             objects of `engram topics --json` and `engram group list --json`\n"
+    "             (\"space\" is null from a daemon too old to tell it)\n"
     "  --watch D  print again every D (e.g. 2s, at least 100ms) until Ctrl-C, with\n"
     "             rates over the last minute (engram_rate_list, as engram top and\n"
     "             the dashboard show them): IN/S (events appended per second) per\n"
@@ -165,10 +166,17 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
   }
   engram_log_info li;
   engram_space sp;
-  if ((rc = engram_log_info_get(c->log, &li)) != 0 || (rc = engram_space_get(c->log, &sp)) != 0) {
+  if ((rc = engram_log_info_get(c->log, &li)) != 0) {
     engram_free(t);
     engram_free(g);
     return cli_fail(c, rc, "log info");
+  }
+  /* A daemon older than the space request answers EPROTO: no space then, the rest shown. */
+  int have_space = (rc = engram_space_get(c->log, &sp)) == 0;
+  if (!have_space && rc != ENGRAM_EPROTO) {
+    engram_free(t);
+    engram_free(g);
+    return cli_fail(c, rc, "space");
   }
   if (p) {
     engram_free(p->r);
@@ -210,13 +218,17 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
     json_u64(&w, li.format_version);
     json_obj_end(&w);
     json_key(&w, "space");
-    json_obj(&w);
+    if (have_space) {
+      json_obj(&w);
 #define X(type, name)  \
   json_key(&w, #name); \
   json_u64(&w, sp.name);
-    ENGRAM_SPACE_FIELDS(X)
+      ENGRAM_SPACE_FIELDS(X)
 #undef X
-    json_obj_end(&w);
+      json_obj_end(&w);
+    } else {
+      json_null(&w);
+    }
     if (p) { /* the objects keep stat --json's shape; rates sit beside them */
       json_key(&w, "rates");
       json_obj(&w);
@@ -250,7 +262,7 @@ static int print_once(struct cli *c, int json, struct prev *p, uint64_t interval
       char ts[48];
       cli_fmt_time(li.created_ns, ts, sizeof ts);
       printf("\nlog %s, created %s\n", *li.id ? li.id : "(no id yet)", ts);
-      print_space(&sp);
+      if (have_space) print_space(&sp);
     }
   }
   if (p) p->at_ns = now;

@@ -11,7 +11,7 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Opti
                     Union)
 
 from . import _engram
-from .errors import AlreadyExists, Closed, Error, InvalidArgument, NotFound, NotSupported
+from .errors import AlreadyExists, Closed, Error, InvalidArgument, NotFound, NotSupported, ProtocolError
 from .event import Batch, Event
 from .group import Group, _group_config
 from .message import (Duration, Message, Offset, Payload, When, _headers, _message, _ms, _ns,
@@ -504,7 +504,10 @@ class Log:
                                                                     & _engram.TOPIC_COMPACT_KEY),
                                              "tombstone_type": c["tombstone_type"]}})
         out["log"] = self.h.log_info()
-        out["space"] = self.h.space()
+        try:
+            out["space"] = self.h.space()
+        except ProtocolError:  # a daemon too old to tell it, as engram stat --json says
+            out["space"] = None
         try:
             groups = self.h.group_list(None)
         except NotSupported:
