@@ -5,6 +5,10 @@
 static struct log *L(engram *h) { return h->state; }
 
 static void e_close(engram *h) {
+  /* In a child made by fork() the handle's threads are the parent's (joining them never
+   * returns) and so are its files: a checkpoint or flush from here would race the
+   * parent's commits. The child's copy is left as it is. */
+  if (log_foreign(L(h))) return;
   cg_maint_stop(L(h));
   log_close(L(h));
 }

@@ -218,7 +218,9 @@ typedef struct engram_options {
  * closed, so that engram_reclaim() can tell that nobody has the log open. */
 ENGRAM_API int engram_open(const char *path, const engram_options *opts, engram **out);
 
-/* Flushes what is still pending and closes. Accepts NULL. */
+/* Flushes what is still pending and closes. Accepts NULL. In a child made by fork(),
+ * closing a handle the parent opened touches nothing of the log and returns at once (its
+ * threads and files are the parent's); the child's copy of its memory is not freed. */
 ENGRAM_API void engram_close(engram *log);
 
 /* The message of the calling thread's last failure, with context ("append memory:

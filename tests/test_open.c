@@ -649,6 +649,43 @@ static void drop_id(const char *dir) {
   mdb_env_close(env);
 }
 
+/* A child made by fork() that closes the parent's handle (a library closing what it was
+ * given, an atexit handler): the close returns at once and leaves the log to the parent,
+ * and the child's own handle works. It hung before, joining the parent's threads. */
+static void a_child_closing_the_parents_handle_returns_and_leaves_the_log_alone(void **state) {
+  fx *f = *state;
+  engram *log = NULL;
+  assert_int_equal(engram_open(f->log, NULL, &log), 0);
+  assert_int_equal(engram_topic_create(log, "memory", NULL), 0);
+  engram_event ev = {.type = "memory.saved", .payload = "p", .payload_len = 1};
+  assert_int_equal(engram_append(log, "memory", &ev, NULL, NULL), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    alarm(20); /* a hang fails the test instead of stalling it */
+    engram_close(log);
+    engram *mine = NULL;
+    int rc = engram_open(f->log, NULL, &mine);
+    if (rc == 0) rc = engram_append(mine, "memory", &ev, NULL, NULL);
+    engram_close(mine);
+    _exit(rc == 0 ? 0 : 3);
+  }
+  int st = 0;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 0);
+  /* The parent's handle goes on: its append follows the child's. */
+  uint64_t off = 0;
+  assert_int_equal(engram_append(log, "memory", &ev, &off, NULL), 0);
+  assert_int_equal(off, 3);
+  engram_close(log);
+  assert_int_equal(engram_open(f->log, NULL, &log), 0);
+  engram_verify_report vr;
+  assert_int_equal(engram_verify(log, &vr), 0);
+  assert_int_equal(vr.damaged, 0);
+  engram_close(log);
+}
+
 static void a_log_without_an_id_gets_one_at_its_next_read_write_open(void **state) {
   fx *f = *state;
   engram *log = NULL;
@@ -695,6 +732,7 @@ int main(void) {
       T(a_user_who_cannot_write_the_directory_reads_it_read_only),
       T(a_log_has_one_id_that_survives_reopen_and_backup_and_differs_from_others),
       T(a_log_without_an_id_gets_one_at_its_next_read_write_open),
+      T(a_child_closing_the_parents_handle_returns_and_leaves_the_log_alone),
   };
   return cmocka_run_group_tests_name("open", tests, NULL, NULL);
 }
