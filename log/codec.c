@@ -196,6 +196,29 @@ static unsigned char *scratch(size_t n) {
   return ztmp;
 }
 
+/* Whether ev's payload is to be compressed in topic t. */
+static int compressible(const log_topic *t, const engram_event *ev) {
+  return ev->payload_len >= t->cfg.compress_threshold && ev->payload_len > 0;
+}
+
+/* The topic's current dictionary, for use until dict_put; NULL when it has none. */
+static struct log_dict_cache *topic_dict(struct log *log, MDB_txn *txn, const log_topic *t) {
+  if (!t->dict_id || (t->cfg.flags & ENGRAM_TOPIC_NO_DICT)) return NULL;
+  return dict_get(log, txn, t->id, t->dict_id);
+}
+
+/* Compresses ev's payload into dst (ZSTD_compressBound bytes of room) with cdict, or at
+ * ZSTD_LEVEL_NO_DICT without one. Returns the compressed size, 0 when that would not be
+ * smaller (the payload is then stored as it is). */
+static size_t compress_payload(ZSTD_CCtx *c, const ZSTD_CDict *cdict, const engram_event *ev,
+                               unsigned char *dst) {
+  size_t bound = ZSTD_compressBound(ev->payload_len);
+  size_t n =
+      cdict ? ZSTD_compress_usingCDict(c, dst, bound, ev->payload, ev->payload_len, cdict)
+            : ZSTD_compressCCtx(c, dst, bound, ev->payload, ev->payload_len, ZSTD_LEVEL_NO_DICT);
+  return !ZSTD_isError(n) && n < ev->payload_len ? n : 0;
+}
+
 int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const engram_event *ev,
                      int64_t ts, uint64_t offset, const log_zpay *pre, log_enc *out) {
   Engram__Record r = ENGRAM__RECORD__INIT;
@@ -229,18 +252,13 @@ int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const en
     r.dict_id = pre->dict_id;
   } else if (pre && pre->state == LOG_ZPAY_RAW) {
     /* stored as it is: it does not compress */
-  } else if (ev->payload_len >= t->cfg.compress_threshold && ev->payload_len > 0) {
+  } else if (compressible(t, ev)) {
     struct zctx *z = zctx_get();
-    size_t bound = ZSTD_compressBound(ev->payload_len);
-    unsigned char *dst = scratch(bound);
+    unsigned char *dst = scratch(ZSTD_compressBound(ev->payload_len));
     if (!z || !dst) return log_error(log, ENGRAM_ENOMEM, "append: out of memory");
-    struct log_dict_cache *d = NULL;
-    if (t->dict_id && !(t->cfg.flags & ENGRAM_TOPIC_NO_DICT))
-      d = dict_get(log, txn, t->id, t->dict_id);
-    size_t n =
-        d ? ZSTD_compress_usingCDict(z->c, dst, bound, ev->payload, ev->payload_len, d->cdict)
-          : ZSTD_compressCCtx(z->c, dst, bound, ev->payload, ev->payload_len, ZSTD_LEVEL_NO_DICT);
-    if (!ZSTD_isError(n) && n < ev->payload_len) {
+    struct log_dict_cache *d = topic_dict(log, txn, t);
+    size_t n = compress_payload(z->c, d ? d->cdict : NULL, ev, dst);
+    if (n) {
       r.payload.data = dst;
       r.payload.len = n;
       r.compression = 1;
@@ -296,13 +314,8 @@ static void compress_range(ZSTD_CCtx *c, const ZSTD_CDict *cdict, uint32_t dict_
   for (size_t i = from; i < to; i++) {
     log_zpay *p = &pays[i];
     if (!p->data) continue; /* not to be compressed */
-    const engram_event *ev = &evs[i];
-    size_t bound = ZSTD_compressBound(ev->payload_len);
-    unsigned char *dst = (unsigned char *)p->data;
-    size_t n =
-        cdict ? ZSTD_compress_usingCDict(c, dst, bound, ev->payload, ev->payload_len, cdict)
-              : ZSTD_compressCCtx(c, dst, bound, ev->payload, ev->payload_len, ZSTD_LEVEL_NO_DICT);
-    if (!ZSTD_isError(n) && n < ev->payload_len) {
+    size_t n = compress_payload(c, cdict, &evs[i], (unsigned char *)p->data);
+    if (n) {
       p->len = n;
       p->dict_id = cdict ? dict_id : 0;
       p->state = LOG_ZPAY_COMPRESSED;
@@ -371,7 +384,7 @@ int log_codec_compress_batch(struct log *log, MDB_txn *txn, const log_topic *t,
   if (n < ZPAR_MIN_EVENTS) return 0;
   size_t count = 0, room = 0;
   for (size_t i = 0; i < n; i++)
-    if (evs[i].payload_len >= t->cfg.compress_threshold && evs[i].payload_len > 0) {
+    if (compressible(t, &evs[i])) {
       count++;
       room += ZSTD_compressBound(evs[i].payload_len);
     }
@@ -396,14 +409,12 @@ int log_codec_compress_batch(struct log *log, MDB_txn *txn, const log_topic *t,
   memset(pays, 0, n * sizeof *pays);
   size_t at = 0, half = 0, mid = n;
   for (size_t i = 0; i < n; i++) {
-    if (!(evs[i].payload_len >= t->cfg.compress_threshold && evs[i].payload_len > 0)) continue;
+    if (!compressible(t, &evs[i])) continue;
     pays[i].data = h->z_buf + at;
     at += ZSTD_compressBound(evs[i].payload_len);
     if (mid == n && (half += ZSTD_compressBound(evs[i].payload_len)) * 2 >= room) mid = i + 1;
   }
-  struct log_dict_cache *d = NULL;
-  if (t->dict_id && !(t->cfg.flags & ENGRAM_TOPIC_NO_DICT))
-    d = dict_get(log, txn, t->id, t->dict_id);
+  struct log_dict_cache *d = topic_dict(log, txn, t);
   const ZSTD_CDict *cdict = d ? d->cdict : NULL;
   uint32_t dict_id = d ? d->dict_id : 0;
   pthread_mutex_lock(&h->mu);
