@@ -285,25 +285,42 @@ int log_codec_encode(struct log *log, MDB_txn *txn, const log_topic *t, const en
  * 1.15x through the daemon (four of four); sync batches about the same. */
 #define ZPAR_MIN_EVENTS 32        /* fewer payloads to compress: the hand-off costs more */
 #define ZPAR_MAX_BYTES (8u << 20) /* more: compressed one by one, no big buffer */
-#define ZPAR_SPIN_NS 100000       /* the leader waits this long for the helper awake */
+#define ZPAR_CHUNK 4              /* payloads a thread claims at once */
+#define ZPAR_SPINS 256            /* looks at the helper's last chunk before sleeping */
 
+/* The leader and the helper claim chunks of the batch's payloads from one counter, so
+ * neither waits for the other: a helper slow to wake finds less (or nothing) left to do,
+ * and the leader waits at most for the chunk the helper is compressing. The counter
+ * carries the batch's generation in its high half: a helper that wakes for a batch the
+ * leader has finished alone claims nothing of the next one. */
 struct log_zhelper {
   pthread_t th;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  int have, done, stop; /* a range to compress; it is done; the handle closes */
-  /* The range: */
+  int have, stop; /* a batch to help with; the handle closes */
+  /* The batch (written under mu before `have`): */
+  uint32_t gen;
   const ZSTD_CDict *cdict;
   uint32_t dict_id;
   const engram_event *evs;
-  size_t from, to;
+  size_t n;
   log_zpay *pays;
+  uint64_t claim;  /* gen << 32 | the next payload to claim (atomic) */
+  size_t finished; /* payloads of this batch done, by either thread (atomic) */
   /* The leader's buffers, reused batch after batch. */
   log_zpay *pay_buf;
   size_t pay_cap;
   unsigned char *z_buf;
   size_t z_cap;
 };
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
 
 /* Compresses the payloads of evs[from, to) that have a slot in pays (state NONE, data
  * pointing at room for ZSTD_compressBound bytes). Without a context it leaves them NONE:
@@ -325,19 +342,50 @@ static void compress_range(ZSTD_CCtx *c, const ZSTD_CDict *cdict, uint32_t dict_
   }
 }
 
+/* Claims and compresses chunks of batch `gen` until none is left. The batch's arrays are
+ * used only for a chunk claimed while the counter still names the batch: the leader
+ * returns only once every claimed chunk is finished. */
+static void claim_and_compress(struct log_zhelper *h, ZSTD_CCtx *c, uint32_t gen,
+                               const ZSTD_CDict *cdict, uint32_t dict_id, const engram_event *evs,
+                               size_t n, log_zpay *pays) {
+  uint64_t cur = __atomic_load_n(&h->claim, __ATOMIC_ACQUIRE);
+  for (;;) {
+    if ((uint32_t)(cur >> 32) != gen || (cur & 0xffffffffu) >= n) return;
+    uint64_t from = cur & 0xffffffffu, to = from + ZPAR_CHUNK < n ? from + ZPAR_CHUNK : n;
+    if (!__atomic_compare_exchange_n(&h->claim, &cur, ((uint64_t)gen << 32) | to, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+      continue; /* cur now holds what the other thread left */
+    compress_range(c, cdict, dict_id, evs, from, to, pays);
+    if (__atomic_add_fetch(&h->finished, to - from, __ATOMIC_ACQ_REL) == n) {
+      pthread_mutex_lock(&h->mu);
+      pthread_cond_broadcast(&h->cv); /* the leader may sleep for this last chunk */
+      pthread_mutex_unlock(&h->mu);
+    }
+    cur = __atomic_load_n(&h->claim, __ATOMIC_ACQUIRE);
+  }
+}
+
 static void *zhelper_main(void *arg) {
   struct log_zhelper *h = arg;
   ZSTD_CCtx *c = ZSTD_createCCtx();
+  /* Tests: a helper that takes this long to start on the batch it woke for. */
+  const char *e = getenv("ENGRAM_TEST_ZHELPER_STALL_US");
+  long stall_us = e ? atol(e) : 0;
   pthread_mutex_lock(&h->mu);
   for (;;) {
     while (!h->have && !h->stop) pthread_cond_wait(&h->cv, &h->mu);
     if (h->stop) break;
     h->have = 0;
+    uint32_t gen = h->gen;
+    const ZSTD_CDict *cdict = h->cdict;
+    uint32_t dict_id = h->dict_id;
+    const engram_event *evs = h->evs;
+    size_t n = h->n;
+    log_zpay *pays = h->pays;
     pthread_mutex_unlock(&h->mu);
-    compress_range(c, h->cdict, h->dict_id, h->evs, h->from, h->to, h->pays);
+    if (stall_us > 0) usleep((useconds_t)stall_us);
+    if (c) claim_and_compress(h, c, gen, cdict, dict_id, evs, n, pays);
     pthread_mutex_lock(&h->mu);
-    __atomic_store_n(&h->done, 1, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&h->cv);
   }
   pthread_mutex_unlock(&h->mu);
   ZSTD_freeCCtx(c);
@@ -404,38 +452,39 @@ int log_codec_compress_batch(struct log *log, MDB_txn *txn, const log_topic *t,
     h->z_buf = b;
     h->z_cap = room;
   }
-  /* Each payload to compress gets its room; the split gives each thread half the bytes. */
+  /* Each payload to compress gets its room. */
   log_zpay *pays = h->pay_buf;
   memset(pays, 0, n * sizeof *pays);
-  size_t at = 0, half = 0, mid = n;
+  size_t at = 0;
   for (size_t i = 0; i < n; i++) {
     if (!compressible(t, &evs[i])) continue;
     pays[i].data = h->z_buf + at;
     at += ZSTD_compressBound(evs[i].payload_len);
-    if (mid == n && (half += ZSTD_compressBound(evs[i].payload_len)) * 2 >= room) mid = i + 1;
   }
   struct log_dict_cache *d = topic_dict(log, txn, t);
   const ZSTD_CDict *cdict = d ? d->cdict : NULL;
   uint32_t dict_id = d ? d->dict_id : 0;
   pthread_mutex_lock(&h->mu);
+  uint32_t gen = ++h->gen;
   h->cdict = cdict;
   h->dict_id = dict_id;
   h->evs = evs;
-  h->from = mid;
-  h->to = n;
+  h->n = n;
   h->pays = pays;
-  h->done = 0;
+  __atomic_store_n(&h->finished, 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->claim, (uint64_t)gen << 32, __ATOMIC_RELEASE);
   h->have = 1;
   pthread_cond_broadcast(&h->cv);
   pthread_mutex_unlock(&h->mu);
-  compress_range(z->c, cdict, dict_id, evs, 0, mid, pays);
-  /* The helper began later (its wake-up) and has as much to do: it ends soon after. */
-  int64_t until = clock_monotonic_ns() + ZPAR_SPIN_NS;
-  while (!__atomic_load_n(&h->done, __ATOMIC_ACQUIRE) && clock_monotonic_ns() < until) {
+  claim_and_compress(h, z->c, gen, cdict, dict_id, evs, n, pays);
+  /* Nothing left to claim: at most the helper's last chunk is still being compressed. */
+  for (int i = 0; i < ZPAR_SPINS && __atomic_load_n(&h->finished, __ATOMIC_ACQUIRE) < n; i++)
+    cpu_relax();
+  if (__atomic_load_n(&h->finished, __ATOMIC_ACQUIRE) < n) {
+    pthread_mutex_lock(&h->mu);
+    while (__atomic_load_n(&h->finished, __ATOMIC_ACQUIRE) < n) pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
   }
-  pthread_mutex_lock(&h->mu);
-  while (!h->done) pthread_cond_wait(&h->cv, &h->mu);
-  pthread_mutex_unlock(&h->mu);
   if (d) dict_put(d);
   *out = pays;
   return 0;

@@ -581,6 +581,53 @@ static void a_big_batch_compressed_on_two_threads_reads_back_exactly(void **stat
   }
 }
 
+/* Batch after batch shared with the helper thread: a helper that wakes for a batch the
+ * leader already finished alone must claim nothing of the next one, whose buffers the
+ * leader is filling (each batch's payloads differ, so a payload compressed into the
+ * wrong batch's room reads back wrong). */
+static void batches_in_a_row_shared_with_the_helper_read_back_exactly(void **state) {
+  fx *f = *state;
+  /* The helper starts late on most batches: the leader finishes them alone. */
+  setenv("ENGRAM_TEST_ZHELPER_STALL_US", "300", 1);
+  engram *log = open_default(f);
+  engram_topic_config cfg = {.compress_threshold = 64, .dict_train_after = 1000000};
+  tu_topic(log, "memory", &cfg);
+  enum { BATCHES = 300, PER = 37 };
+  /* Two sets of events in turn: a helper holding the last batch's would read them. */
+  static char pay[2][PER][160];
+  static engram_event evs[2][PER];
+  uint64_t offs[PER];
+  for (int b = 0; b < BATCHES; b++) {
+    for (int i = 0; i < PER; i++) {
+      size_t len = 0;
+      char *p = pay[b % 2][i];
+      while (len < 120) len += (size_t)snprintf(p + len, 160 - len, "batch %d event %d; ", b, i);
+      evs[b % 2][i] = (engram_event){.type = "memory.saved", .payload = p, .payload_len = len};
+    }
+    ok(log, engram_append_batch(log, "memory", evs[b % 2], PER, offs, NULL), "batch");
+  }
+  for (uint64_t next = 1; next <= BATCHES * PER;) {
+    engram_batch *r = NULL;
+    ok(log, engram_read_range(log, "memory", next, 500, &r), "read_range");
+    assert_true(r->count > 0);
+    for (size_t k = 0; k < r->count; k++) {
+      uint64_t off = next + k;
+      int b = (int)((off - 1) / PER), i = (int)((off - 1) % PER);
+      char want[160];
+      size_t len = 0;
+      while (len < 120)
+        len += (size_t)snprintf(want + len, sizeof want - len, "batch %d event %d; ", b, i);
+      assert_int_equal(r->events[k].payload_len, len);
+      assert_memory_equal(r->events[k].payload, want, len);
+    }
+    next += r->count;
+    engram_batch_free(r);
+  }
+  engram_close(f->log);
+  f->log = NULL;
+  unsetenv("ENGRAM_TEST_ZHELPER_STALL_US");
+}
+
 struct dict_tally {
   uint32_t id1, id2;     /* dictionaries in force for offsets 1001-1500 and 1501-2000 */
   size_t records, wrong; /* records seen; records naming the wrong dictionary */
@@ -1175,6 +1222,7 @@ int main(void) {
       T(a_dictionary_is_trained_automatically_after_dict_train_after_events),
       T(a_read_keeps_the_dictionary_a_concurrent_drop_forgets),
       T(a_big_batch_compressed_on_two_threads_reads_back_exactly),
+      T(batches_in_a_row_shared_with_the_helper_read_back_exactly),
       T(the_map_grows_from_one_mib_to_hold_twenty),
       T(every_durability_mode_opens_appends_syncs_and_reopens),
       T(reopening_preserves_topics_configs_events_and_dictionaries),
