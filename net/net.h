@@ -55,6 +55,12 @@ int net_request_peek(const uint8_t *buf, size_t len, net_peek *pk, char *why, si
  * Returns the request or NULL with *code ENGRAM_EPROTO and a message in why[cap]. */
 Engram__Wire__Request *net_request_unpack(const uint8_t *buf, size_t len, const net_peek *pk,
                                           int *code, char *why, size_t cap);
+/* The daemon's way: protobuf-c's many small allocations of a decoded request (one per
+ * event, header and string) are bumped out of *a (see net_arena below), whose first
+ * chunk is sized from the frame, and go with net_arena_free (never free_unpacked). */
+struct net_arena;
+Engram__Wire__Request *net_request_unpack_in(struct net_arena *a, const uint8_t *buf, size_t len,
+                                             const net_peek *pk, int *code, char *why, size_t cap);
 
 /* Checks what must hold before a decoded request can be handed to the API: members
  * present, and counts bounded before anything is allocated for them. Names, values and

@@ -59,6 +59,7 @@ struct job {
   zmq_msg_t body;  /* the request frame */
   net_peek pk;
   Engram__Wire__Request *rq; /* decoded by the worker; kept while parked */
+  net_arena rq_mem;          /* where rq was decoded (net_request_unpack_in) */
   struct lane *lane;         /* appends: the client's lane */
   int64_t received_ns;       /* monotonic */
   int64_t deadline_ns;       /* fetch: end of its long poll */

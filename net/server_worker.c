@@ -13,7 +13,7 @@ void server_job_free(struct job *j) {
   if (!j) return;
   zmq_msg_close(&j->ident);
   zmq_msg_close(&j->body);
-  if (j->rq) engram__wire__request__free_unpacked(j->rq, NULL);
+  net_arena_free(&j->rq_mem); /* j->rq with it */
   free(j);
 }
 
@@ -57,8 +57,8 @@ int server_prepare(struct net_server *s, struct worker *w, struct job *j) {
   if (j->rq) return 0;
   char why[512];
   int code = 0;
-  j->rq = net_request_unpack(zmq_msg_data(&j->body), zmq_msg_size(&j->body), &j->pk, &code, why,
-                             sizeof why);
+  j->rq = net_request_unpack_in(&j->rq_mem, zmq_msg_data(&j->body), zmq_msg_size(&j->body), &j->pk,
+                                &code, why, sizeof why);
   if (code) {
     s->bad++;
     server_client_error(s, &j->body, code, net_op_name(j->pk.op), why);

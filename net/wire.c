@@ -1,6 +1,7 @@
 /* wire.c — reading request frames safely (scan, decode, field checks) and converting
  * events between the wire and the public structs. */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,10 +130,28 @@ int net_request_peek(const uint8_t *buf, size_t len, net_peek *pk, char *why, si
   return 0;
 }
 
-Engram__Wire__Request *net_request_unpack(const uint8_t *buf, size_t len, const net_peek *pk,
-                                          int *code, char *why, size_t cap) {
+static struct net_chunk *arena_chunk(net_arena *a, size_t cap);
+static void *arena_take(net_arena *a, size_t n);
+
+static void *arena_alloc(void *data, size_t size) { return arena_take(data, size); }
+
+static void arena_release(void *data, void *p) {
+  (void)data; /* everything goes at once, with the arena */
+  (void)p;
+}
+
+static Engram__Wire__Request *unpack(net_arena *a, const uint8_t *buf, size_t len,
+                                     const net_peek *pk, int *code, char *why, size_t cap) {
   *code = ENGRAM_EPROTO;
-  Engram__Wire__Request *rq = engram__wire__request__unpack(NULL, len, buf);
+  ProtobufCAllocator al = {arena_alloc, arena_release, a};
+  /* A decoded request takes about twice its frame (structs, strings, payloads) and a few
+   * fixed structs: one chunk for all of it. */
+  if (a && !a->chunks && !arena_chunk(a, 2 * len + 1024)) {
+    *code = ENGRAM_ENOMEM;
+    snprintf(why, cap, "out of memory for a request of %zu bytes", len);
+    return NULL;
+  }
+  Engram__Wire__Request *rq = engram__wire__request__unpack(a ? &al : NULL, len, buf);
   if (!rq) {
     snprintf(why, cap, "malformed request: does not decode");
     return NULL;
@@ -141,11 +160,21 @@ Engram__Wire__Request *net_request_unpack(const uint8_t *buf, size_t len, const 
    * costs nothing and keeps every later dereference honest. */
   if (rq->op_case == ENGRAM__WIRE__REQUEST__OP__NOT_SET || !rq->hello) {
     snprintf(why, cap, "unknown operation %d", pk->op);
-    engram__wire__request__free_unpacked(rq, NULL);
+    if (!a) engram__wire__request__free_unpacked(rq, NULL);
     return NULL;
   }
   *code = 0;
   return rq;
+}
+
+Engram__Wire__Request *net_request_unpack(const uint8_t *buf, size_t len, const net_peek *pk,
+                                          int *code, char *why, size_t cap) {
+  return unpack(NULL, buf, len, pk, code, why, cap);
+}
+
+Engram__Wire__Request *net_request_unpack_in(net_arena *a, const uint8_t *buf, size_t len,
+                                             const net_peek *pk, int *code, char *why, size_t cap) {
+  return unpack(a, buf, len, pk, code, why, cap);
 }
 
 Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_peek *pk, int *code,
@@ -334,21 +363,31 @@ struct net_chunk {
   max_align_t data[];
 };
 
-void *net_arena_alloc(net_arena *a, size_t n) {
+/* A new chunk of at least cap bytes at the head of a's list; NULL when out of memory. */
+static struct net_chunk *arena_chunk(net_arena *a, size_t cap) {
+  if (cap < 16384) cap = 16384;
+  struct net_chunk *c = malloc(sizeof *c + cap);
+  if (!c) return NULL;
+  c->used = 0;
+  c->cap = cap;
+  c->next = a->chunks;
+  a->chunks = c;
+  return c;
+}
+
+/* n bytes, 16-aligned, not zeroed. */
+static void *arena_take(net_arena *a, size_t n) {
   n = (n + 15) & ~(size_t)15;
   struct net_chunk *c = a->chunks;
-  if (!c || c->cap - c->used < n) {
-    size_t cap = n > 16384 ? n : 16384;
-    c = malloc(sizeof *c + cap);
-    if (!c) return NULL;
-    c->used = 0;
-    c->cap = cap;
-    c->next = a->chunks;
-    a->chunks = c;
-  }
+  if ((!c || c->cap - c->used < n) && !(c = arena_chunk(a, n))) return NULL;
   void *p = (char *)c->data + c->used;
   c->used += n;
-  memset(p, 0, n);
+  return p;
+}
+
+void *net_arena_alloc(net_arena *a, size_t n) {
+  void *p = arena_take(a, n);
+  if (p) memset(p, 0, n);
   return p;
 }
 

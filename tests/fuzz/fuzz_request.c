@@ -1,6 +1,8 @@
-/* fuzz_request.c — libFuzzer target for the daemon's request path: net_request_decode (the
- * structural scan and version check the daemon's main thread runs, then protobuf-c's
- * decoder and the operation check its workers run: the same functions), the field checks
+/* fuzz_request.c — libFuzzer target for the daemon's request path: net_request_peek (the
+ * structural scan and version check the daemon's main thread runs), then protobuf-c's
+ * decoder into an arena and the operation check its workers run (net_request_unpack_in:
+ * the same functions; a re-encoded request decodes again through net_request_decode, the
+ * other allocator), the field checks
  * (net_request_check, as a worker runs them before the API sees a request) and the
  * conversions to API structs; and, on the same bytes, the client's reply path.
  *
@@ -80,7 +82,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   net_peek pk;
   int code = 0;
   char why[512] = "";
-  Engram__Wire__Request *rq = net_request_decode(buf, size, &pk, &code, why, sizeof why);
+  /* As the daemon decodes: the scan on its main thread, then protobuf-c into an arena. */
+  net_arena mem = {0};
+  Engram__Wire__Request *rq = NULL;
+  code = net_request_peek(buf, size, &pk, why, sizeof why);
+  if (!code) rq = net_request_unpack_in(&mem, buf, size, &pk, &code, why, sizeof why);
   if (!rq) {
     if (code != ENGRAM_EPROTO && code != ENGRAM_EVERSION) bug("refused without EPROTO or EVERSION");
     if (!why[0]) bug("refused without a reason");
@@ -102,8 +108,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       engram__wire__request__free_unpacked(rq2, NULL);
       free(again);
     }
-    engram__wire__request__free_unpacked(rq, NULL);
   }
+  net_arena_free(&mem);
 
   /* The client's side: the same bytes as a reply. */
   const char *reason;
