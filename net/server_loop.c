@@ -16,6 +16,23 @@ static int quick_op(const struct net_server *s, int op) {
            op == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH));
 }
 
+/* Fetches parked on a topic that a commit just woke: the main thread runs a few itself,
+ * replying straight to the ROUTER, instead of handing them to a worker and back (two
+ * thread wake-ups on the path from an append to a waiting consumer). A woken fetch never
+ * flushes: its acks, if any, were committed before it parked. The rest, if more were
+ * woken, are left to the workers. Called with s->running counting the caller. */
+#define WOKEN_HERE 4
+static void run_woken_here(struct net_server *s, struct worker *here) {
+  for (int n = 0; n < WOKEN_HERE; n++) {
+    pthread_mutex_lock(&s->mu);
+    struct job *j =
+        s->w_head && !s->stopping ? server_job_pop_locked(s, &s->w_head, &s->w_tail) : NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (!j) return;
+    server_run_job(s, here, j);
+  }
+}
+
 /* Runs j on the main thread when that is the fastest way to answer it: the daemon is
  * idle (nothing queued, no worker running, no earlier request of this client waiting),
  * nothing else waits on the ROUTER, and the operation is quick: hello and stats; appends;
@@ -45,10 +62,11 @@ static int run_here(struct net_server *s, struct job *j) {
   if (!idle) return 0;
   struct worker here = {.s = s, .push = s->router};
   server_run_job(s, &here, j);
+  run_woken_here(s, &here);
   pthread_mutex_lock(&s->mu);
   s->running--;
-  /* Parked fetches its commit or group change woke wait for the committing thread to
-   * take them next (server_on_commit does not signal): here that is a worker's job. */
+  /* Parked fetches its commit or group change woke beyond those run here wait for the
+   * committing thread to take them (server_on_commit does not signal): a worker's job. */
   if (s->w_head || s->q_head || s->ready_head) pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
   return 1;
@@ -97,6 +115,7 @@ static void run_burst_here(struct net_server *s) {
     j->next = NULL;
     server_run_job(s, &here, j);
   }
+  run_woken_here(s, &here);
   pthread_mutex_lock(&s->mu);
   s->running--;
   server_lanes_give_locked(s, taken, nl);
