@@ -24,9 +24,10 @@
  * Long polls. A fetch runs with no wait; when it finds nothing it is parked with the
  * topic's change sequence. A commit on the topic (from any worker, or from another
  * process through notify-in) or a group change made here moves its parked fetches back
- * to the queue (a commit the main thread made runs the first few of them right there); the main thread also requeues them every PARK_RECHECK_MS (leases that
- * expire and retry delays that pass announce themselves to nobody) and at their
- * deadline, when the last look answers whatever it finds.
+ * to the queue (a commit the main thread made runs the first few of them right there); the main
+ * thread also requeues them every PARK_RECHECK_MS (leases that expire and retry delays that pass
+ * announce themselves to nobody) and at their deadline, when the last look answers whatever it
+ * finds.
  */
 #ifndef ENGRAM_NET_SERVER_H
 #define ENGRAM_NET_SERVER_H

@@ -59,7 +59,9 @@ int server_prepare(struct net_server *s, struct worker *w, struct job *j) {
   int code = 0;
   j->rq = net_request_unpack_in(&j->rq_mem, zmq_msg_data(&j->body), zmq_msg_size(&j->body), &j->pk,
                                 &code, why, sizeof why);
-  if (code) {
+  if (code == ENGRAM_ENOMEM) {
+    server_log(s, "error", "memory", "%s", why); /* the daemon's trouble, not the client's */
+  } else if (code) {
     s->bad++;
     server_client_error(s, &j->body, code, net_op_name(j->pk.op), why);
   } else if ((code = net_request_check(j->rq, why, sizeof why)) != 0) {
