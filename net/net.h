@@ -51,13 +51,11 @@ Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_pe
  * net_request_peek: the structural scan, filling *pk, and the protocol version. Returns 0
  * or ENGRAM_EPROTO / ENGRAM_EVERSION with a message in why[cap]. */
 int net_request_peek(const uint8_t *buf, size_t len, net_peek *pk, char *why, size_t cap);
-/* protobuf-c's decoding of a frame net_request_peek passed, and an operation in it.
- * Returns the request or NULL with *code ENGRAM_EPROTO and a message in why[cap]. */
-Engram__Wire__Request *net_request_unpack(const uint8_t *buf, size_t len, const net_peek *pk,
-                                          int *code, char *why, size_t cap);
-/* The daemon's way: protobuf-c's many small allocations of a decoded request (one per
- * event, header and string) are bumped out of *a (see net_arena below), whose first
- * chunk is sized from the frame, and go with net_arena_free (never free_unpacked). */
+/* protobuf-c's decoding of a frame net_request_peek passed, and an operation in it, into
+ * *a: the many small allocations of a request (one per event, header and string) are
+ * bumped out of the arena (see net_arena below), whose first chunk is sized from the
+ * frame, and go with net_arena_free (never free_unpacked). Returns the request or NULL
+ * with *code (ENGRAM_EPROTO, or ENGRAM_ENOMEM for the arena) and a message in why[cap]. */
 struct net_arena;
 Engram__Wire__Request *net_request_unpack_in(struct net_arena *a, const uint8_t *buf, size_t len,
                                              const net_peek *pk, int *code, char *why, size_t cap);

@@ -167,11 +167,6 @@ static Engram__Wire__Request *unpack(net_arena *a, const uint8_t *buf, size_t le
   return rq;
 }
 
-Engram__Wire__Request *net_request_unpack(const uint8_t *buf, size_t len, const net_peek *pk,
-                                          int *code, char *why, size_t cap) {
-  return unpack(NULL, buf, len, pk, code, why, cap);
-}
-
 Engram__Wire__Request *net_request_unpack_in(net_arena *a, const uint8_t *buf, size_t len,
                                              const net_peek *pk, int *code, char *why, size_t cap) {
   return unpack(a, buf, len, pk, code, why, cap);
@@ -180,7 +175,7 @@ Engram__Wire__Request *net_request_unpack_in(net_arena *a, const uint8_t *buf, s
 Engram__Wire__Request *net_request_decode(const uint8_t *buf, size_t len, net_peek *pk, int *code,
                                           char *why, size_t cap) {
   if ((*code = net_request_peek(buf, len, pk, why, cap)) != 0) return NULL;
-  return net_request_unpack(buf, len, pk, code, why, cap);
+  return unpack(NULL, buf, len, pk, code, why, cap); /* freed with free_unpacked */
 }
 
 /* ---------------------------------------------------------------------------------
