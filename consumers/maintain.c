@@ -1,7 +1,8 @@
 /* maintain.c — the maintenance runner: while its process holds DIR/maintenance.lock, a
  * handle's thread runs retention and key compaction on every topic with limits or
- * ENGRAM_TOPIC_COMPACT_KEY, one slice at a time, and fires the schedules that are due
- * (waking at the next slot, within a second). */
+ * ENGRAM_TOPIC_COMPACT_KEY, one slice at a time, parks or releases free pages
+ * (log/park.c), and fires the schedules that are due (waking at the next slot, within a
+ * second). */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -70,12 +71,16 @@ static void pass(struct cg_maint *m) {
     cg_compact(m->log, list[i].name, NULL); /* errors show again next pass */
   }
   free(list);
+  log_park_pass(m->log, NULL); /* errors show again next pass */
   log_error_clear(m->log);
 }
 
 static void *run(void *arg) {
   struct cg_maint *m = arg;
+  /* The first pass comes soon after the open: free pages a dropped topic left behind
+   * are parked before the handle's own writes cycle through them (log/park.c). */
   int64_t wait_ns = (int64_t)m->interval_ms * 1000000, last_pass = 0;
+  if (wait_ns > 100000000) wait_ns = 100000000;
   pthread_mutex_lock(&m->mu);
   while (!m->stop) {
     struct timespec until;

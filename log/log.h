@@ -130,6 +130,7 @@ struct log {
   int open_fd;                 /* DIR/open.lock, held shared while open (reclaim.c); -1 = none */
   engram_progress_fn progress; /* engram_progress_set(); NULL = none */
   struct wal *wal;             /* the write-ahead file (wal.c); NULL = LMDB flushes itself */
+  uint64_t park_last_pgno;     /* data.mdb's last page at the last parking pass (park.c) */
   int wal_work;                /* (mu) LOG_WAL_* work for the flusher thread (wal.c) */
   void *progress_ctx;
 };
@@ -194,6 +195,25 @@ int log_write_solo(struct log *log, log_job_fn fn, void *arg);
  * this commit (never a later one, and never corrupt anything). For state whose loss only
  * repeats work, such as the leases a fetch takes. */
 int log_write_relaxed(struct log *log, log_job_fn fn, void *arg);
+
+/* Parked free pages (park.c): one pass of the maintenance runner parks runs of free
+ * pages when LMDB's free list is long, or releases parked ones when it is short or the
+ * file grew. Counts in pages. */
+typedef struct log_park_report {
+  uint64_t free_pages;     /* on LMDB's free list when the pass began */
+  uint64_t parked_pages;   /* parked when the pass began */
+  uint64_t parked_now;     /* parked by the pass */
+  uint64_t released_pages; /* released by the pass */
+} log_park_report;
+int log_park_pass(struct log *log, log_park_report *r);
+/* Pages on LMDB's free list and pages parked, now. */
+int log_park_count(struct log *log, uint64_t *free_pages, uint64_t *parked);
+/* Releases every parked page (before a compacting copy, which would copy them). */
+int log_park_release_all(struct log *log);
+/* Pages parked, in txn; dbi is the `park` database. */
+uint64_t log_parked_pages(MDB_txn *txn, MDB_dbi dbi);
+/* Bytes of write-ahead records this handle appended (0 without the file). */
+uint64_t log_wal_appended(const struct log *log);
 
 /* Opens (creating on first use) a named database for an upper layer, e.g. "groups".
  * With `dupsort` the database is opened MDB_DUPSORT. */

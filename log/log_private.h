@@ -16,7 +16,17 @@
 #define LOG_DB_IDEM "idem"
 #define LOG_DB_DICTS "dicts"
 #define LOG_DB_KEYIDX "keyidx" /* key compaction's index and queues (keys.c) */
+#define LOG_DB_PARK "park"     /* parked free pages (park.c) */
 #define LOG_TOPIC_DB_PREFIX "t/"
+
+/* LMDB's page header: the bytes before a value on its first overflow page. */
+#define LOG_PAGEHDRSZ 16
+/* How a parked value begins (park.c): no other value of the log can (stored records,
+ * free lists and the other databases' values never begin with four 0xff bytes). */
+#define LOG_PARK_MAGIC \
+  "\xff\xff\xff\xff"   \
+  "engram:park"
+#define LOG_PARK_MAGIC_LEN 16
 
 struct log_dbi_req {
   const char *name;

@@ -584,9 +584,18 @@ static void walk_databases(struct log *log, struct walk *w) {
     }
     uint64_t n = 0;
     MDB_val k, v, pk = {0, NULL}, pv = {0, NULL};
-    int cop = MDB_FIRST;
+    int cop = MDB_FIRST, parked = !strcmp(db, LOG_DB_PARK);
+    MDB_stat es;
+    mdb_env_stat(log->env, &es);
     while ((drc = mdb_cursor_get(c, &k, &v, cop)) == 0) {
       cop = MDB_NEXT;
+      /* Parked pages (park.c): only the mark on a value's first page is ever written. */
+      if (parked && ((v.mv_size + LOG_PAGEHDRSZ) % es.ms_psize || v.mv_size < LOG_PARK_MAGIC_LEN ||
+                     memcmp(v.mv_data, LOG_PARK_MAGIC, LOG_PARK_MAGIC_LEN))) {
+        damage(w, "database %s: entry %llu is not a run of parked pages", db,
+               (unsigned long long)n + 1);
+        break;
+      }
       if (n) {
         int kc = mdb_cmp(txn, dbi, &pk, &k);
         if (kc > 0 || (kc == 0 && !((flags & MDB_DUPSORT) && mdb_dcmp(txn, dbi, &pv, &v) < 0))) {

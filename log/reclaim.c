@@ -20,12 +20,17 @@
 int log_space(struct log *log, engram_space *out) {
   memset(out, 0, sizeof *out);
   MDB_txn *txn;
-  int rc = log_read_begin(log, &txn);
-  if (rc) return rc;
+  int rc;
   MDB_envinfo ei;
   MDB_stat st;
   MDB_cursor *c = NULL;
   uint64_t free_pages = 0;
+  MDB_dbi park;
+  int parked = log_aux_dbi_existing(log, LOG_DB_PARK, &park) == 0;
+  if (!parked) log_error_clear(log);
+  rc = log_read_begin(log, &txn);
+  if (rc) return rc;
+  if (parked) free_pages = log_parked_pages(txn, park); /* free pages held aside */
   rc = mdb_env_info(log->env, &ei);
   if (rc == 0) rc = mdb_env_stat(log->env, &st);
   if (rc == 0) rc = mdb_cursor_open(txn, 0 /* FREE_DBI */, &c);
@@ -207,6 +212,9 @@ static uint64_t used_bytes(struct log *log) {
 }
 
 int log_copy_compact(struct log *log, int fd, const char *phase) {
+  /* Parked pages (park.c) would be copied as data: give them back to the free list
+   * first (a copy that still meets some, parked again meanwhile, is larger, not wrong). */
+  if (log_park_release_all(log) < 0) log_error_clear(log);
   if (!log->progress) {
     pthread_rwlock_rdlock(&log->map_lock);
     int rc = mdb_env_copyfd2(log->env, fd, MDB_CP_COMPACT);

@@ -172,6 +172,7 @@ struct wal {
   uint64_t pin_every;   /* WAL_PIN_EVERY, smaller in a smaller file */
   uint64_t pin_lag_max; /* WAL_PIN_LAG_MAX, likewise */
   uint64_t checkpoints; /* (sync_mu is not needed: statistics) */
+  uint64_t appended;    /* bytes of records this handle appended (statistics) */
 };
 
 /* ---------------------------------------------------------------------------------
@@ -372,6 +373,21 @@ static void capture_raw(struct wal *w, uint64_t off, const void *b, size_t n) {
 #define LMDB_P_LEAF2 0x20
 #define LMDB_PAGEHDRSZ 16
 
+/* Bytes of LMDB's write of n bytes from pg that matter: of a run of parked pages
+ * (park.c), an overflow value no one reads, only the first page (LMDB's header, which a
+ * delete reads, and the value's mark); otherwise all of them. */
+static size_t parked_len(const struct wal *w, const unsigned char *pg, size_t n) {
+  if (n <= w->psize) return n;
+  uint16_t flags;
+  uint32_t pages;
+  memcpy(&flags, pg + 10, 2);
+  memcpy(&pages, pg + 12, 4);
+  if ((flags & LMDB_P_OVERFLOW) && (uint64_t)pages * w->psize == n &&
+      !memcmp(pg + LOG_PAGEHDRSZ, LOG_PARK_MAGIC, LOG_PARK_MAGIC_LEN))
+    return w->psize;
+  return n;
+}
+
 /* Copies a write of LMDB's into the commit's record: whole pages without their free
  * space, anything else as it is. */
 static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
@@ -390,7 +406,8 @@ static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
     memcpy(&upper, pg + 14, 2);
     memcpy(&pages, pg + 12, 4);
     if ((flags & LMDB_P_OVERFLOW) && pages >= 1 && (uint64_t)pages * ps <= n - i) {
-      capture_raw(w, off + i, pg, (size_t)pages * ps); /* the run, whole */
+      /* the run, whole; of a parked one (park.c) only its first page */
+      capture_raw(w, off + i, pg, parked_len(w, pg, (size_t)pages * ps));
       i += (size_t)pages * ps;
       continue;
     }
@@ -442,6 +459,7 @@ static int append_record(struct wal *w) {
     }
   }
   s->tail = at + total;
+  w->appended += total;
   if (wrap) s->wrapped = 1;
   if (s->tail > s->zeroed) s->zeroed = s->tail;
   __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
@@ -486,7 +504,9 @@ static ssize_t hook_pwrite(int fd, const void *b, size_t n, off_t off) {
   if (!w) return real_pwrite(fd, b, n, off);
   if ((uint64_t)off < 2ull * w->psize) return meta_write(w, b, n, off);
   capture(w, (uint64_t)off, b, n);
-  return real_pwrite(fd, b, n, off);
+  size_t keep = parked_len(w, b, n);
+  ssize_t r = real_pwrite(fd, b, keep, off);
+  return r == (ssize_t)keep ? (ssize_t)n : r;
 }
 
 /* LMDB seeks, then writes several pages with writev. The seek to a position in data.mdb
@@ -514,7 +534,23 @@ static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
     off += (off_t)iov[i].iov_len;
   }
   if (off < 0) w->overflow = 1;
-  return at >= 0 ? pwritev(fd, iov, cnt, at) : real_writev(fd, iov, cnt);
+  int parked = 0;
+  for (int i = 0; i < cnt; i++)
+    parked |= parked_len(w, iov[i].iov_base, iov[i].iov_len) != iov[i].iov_len;
+  if (!parked) return at >= 0 ? pwritev(fd, iov, cnt, at) : real_writev(fd, iov, cnt);
+  /* A commit that parks pages (park.c): each run written on its own, parked ones only in
+   * their first page. */
+  off = at >= 0 ? at : lseek(fd, 0, SEEK_CUR);
+  if (off < 0) return -1;
+  ssize_t total = 0;
+  for (int i = 0; i < cnt; i++) {
+    if (pwrite_all(fd, iov[i].iov_base, parked_len(w, iov[i].iov_base, iov[i].iov_len),
+                   (uint64_t)off) < 0)
+      return -1;
+    off += (off_t)iov[i].iov_len;
+    total += (ssize_t)iov[i].iov_len;
+  }
+  return total;
 }
 
 /* Points liblmdb's GOT entries for pwrite, writev and (where present) lseek at the hooks. */
@@ -1295,3 +1331,5 @@ uint64_t log_wal_synced(const struct log *log) {
 }
 
 uint64_t log_wal_checkpoints(const struct log *log) { return log->wal ? log->wal->checkpoints : 0; }
+
+uint64_t log_wal_appended(const struct log *log) { return log->wal ? log->wal->appended : 0; }
