@@ -230,9 +230,10 @@ $(BUILD)/tests/powercut/shim.so: tests/powercut/shim.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fPIC -shared -pthread -o $@.$$$$.tmp $< -ldl && mv $@.$$$$.tmp $@
 
-$(BUILD)/tests/powercut/pc_work: tests/powercut/pc_work.c $(BUILD)/libengram.a
+# pc_work looks inside (the "park" scenario runs parking passes itself).
+$(BUILD)/tests/powercut/pc_work: tests/powercut/pc_work.c $(BUILD)/libengram-internal.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@.$$$$.tmp $< $(BUILD)/libengram.a $(ENGRAM_LIBS) -ldl $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
+	$(CC) $(ALL_CFLAGS) -o $@.$$$$.tmp $< $(BUILD)/libengram-internal.a $(ENGRAM_LIBS) -ldl $(ALL_LDFLAGS) && mv $@.$$$$.tmp $@
 
 $(BUILD)/tests/test_powercut: tests/powercut/run.sh $(BUILD)/tests/powercut/shim.so $(BUILD)/tests/powercut/pc_work
 	@mkdir -p $(dir $@)

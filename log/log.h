@@ -131,6 +131,7 @@ struct log {
   engram_progress_fn progress; /* engram_progress_set(); NULL = none */
   struct wal *wal;             /* the write-ahead file (wal.c); NULL = LMDB flushes itself */
   uint64_t park_last_pgno;     /* data.mdb's last page at the last parking pass (park.c) */
+  int park_grown, park_quiet;  /* it grew since the handle opened; passes since it did */
   int wal_work;                /* (mu) LOG_WAL_* work for the flusher thread (wal.c) */
   void *progress_ctx;
 };

@@ -35,9 +35,10 @@
 #define PARK_MIN_RUN 32     /* shorter runs of free pages stay free */
 #define PARK_MAX_RUN 1024   /* pages of one value: LMDB holds a commit's pages in memory */
 #define PARK_TXN_PAGES 1024 /* pages parked in one commit, at most (1-3 ms of LMDB's lock) */
-#define PARK_PASS_TXNS 16 /* parking commits per pass: the next pass goes on */
-#define PARK_PREFIX 8192 /* free pages read to find runs: see view() */
-#define PARK_KEEP 1024 /* pages left free (4 MiB at 4 KiB pages) */
+#define PARK_QUIET 5        /* passes without growth before parking again after growth */
+#define PARK_PASS_TXNS 16   /* parking commits per pass: the next pass goes on */
+#define PARK_PREFIX 8192    /* free pages read to find runs: see view() */
+#define PARK_KEEP 1024      /* pages left free (4 MiB at 4 KiB pages) */
 
 struct park_limits {
   uint64_t keep, above, below;
@@ -54,6 +55,8 @@ static int cmp_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
   return x < y ? -1 : x > y;
 }
+
+static int cmp_u64_desc(const void *a, const void *b) { return cmp_u64(b, a); }
 
 /* What the free list and `park` hold, read in one read transaction. With want_runs, runs
  * receives the runs of at least PARK_MIN_RUN contiguous free pages among the free list's
@@ -84,6 +87,9 @@ static int view_runs(uint64_t *pg, size_t n, struct park_view *v) {
     }
     i = j;
   }
+  /* Longest first: LMDB takes the lowest run at least as long as asked for, so a short
+   * value asked for first could cut a longer run another value was to have. */
+  qsort(v->sizes, v->n_sizes, sizeof *v->sizes, cmp_u64_desc);
   return 0;
 }
 
@@ -111,8 +117,8 @@ static int view(struct log *log, MDB_dbi park, int have_park, int want_runs, str
       v->free_pages += len;
       /* LMDB reuses no record of a commit a reader may still see: the newest one, at
        * least (this handle's own pin may be on it). */
-      if (!want_runs || n >= PARK_PREFIX || (k.mv_size == sizeof(size_t) &&
-                                             *(const size_t *)k.mv_data >= ei.me_last_txnid))
+      if (!want_runs || n >= PARK_PREFIX ||
+          (k.mv_size == sizeof(size_t) && *(const size_t *)k.mv_data >= ei.me_last_txnid))
         continue;
       if (n + len > cap) {
         size_t nc = cap ? cap : 4096;
@@ -147,7 +153,7 @@ struct park_job {
   size_t n_sizes;
   uint64_t want; /* pages to release */
   uint64_t done; /* pages parked (released) by the job */
-  int stop;      /* the free list had no run left that LMDB would take */
+  size_t n_ok;   /* values parked before one LMDB found no run for */
 };
 
 static int open_cursor(log_wtx *w, MDB_dbi dbi, MDB_cursor **c) {
@@ -157,17 +163,22 @@ static int open_cursor(log_wtx *w, MDB_dbi dbi, MDB_cursor **c) {
   return rc ? log_err_mdb(rc) : 0;
 }
 
+/* Parks a value of each size in p->sizes, or none: when LMDB finds no run for one (it
+ * takes pages past the end of the file instead), the job fails with ENGRAM_EBUSY, its
+ * transaction is dropped (those pages included) and p->n_ok says how many it parked
+ * before. It runs solo (log_write_solo): a failing job in a shared commit would make the
+ * commits after it run nested transactions. */
 static int park_run(log_wtx *w, void *arg) {
   struct park_job *p = arg;
   p->done = 0; /* the job may run again */
-  p->stop = 0;
+  p->n_ok = 0;
   MDB_cursor *c;
   int rc = open_cursor(w, p->dbi, &c);
   if (rc) return rc;
   MDB_val k, v;
   uint64_t seq = 0;
   if (mdb_cursor_get(c, &k, &v, MDB_LAST) == 0 && k.mv_size == 8) seq = be64_get(k.mv_data);
-  for (size_t i = 0; i < p->n_sizes; i++) {
+  for (size_t i = 0; i < p->n_sizes && !rc; i++) {
     uint64_t pages = p->sizes[i];
     unsigned char kb[8];
     be64_put(kb, ++seq);
@@ -179,11 +190,7 @@ static int park_run(log_wtx *w, void *arg) {
     uint64_t first;
     memcpy(&first, (const unsigned char *)val.mv_data - LOG_PAGEHDRSZ, sizeof first);
     if (first + pages - 1 > p->last_pgno) {
-      /* LMDB found no such run it may reuse yet and took pages past the end of the file:
-       * give them back (they join the free list, unwritten) and stop. */
-      rc = mdb_cursor_del(c, 0);
-      if (rc) rc = log_err_mdb(rc);
-      p->stop = 1;
+      rc = ENGRAM_EBUSY;
       break;
     }
     unsigned char *b = val.mv_data;
@@ -192,6 +199,7 @@ static int park_run(log_wtx *w, void *arg) {
     memset(b + LOG_PARK_MAGIC_LEN + sizeof pages, 0,
            p->psize - LOG_PAGEHDRSZ - LOG_PARK_MAGIC_LEN - sizeof pages);
     p->done += pages;
+    p->n_ok = i + 1;
   }
   mdb_cursor_close(c);
   return rc;
@@ -238,6 +246,11 @@ int log_park_pass(struct log *log, log_park_report *r) {
   uint64_t grew = log->park_last_pgno && v.last_pgno > log->park_last_pgno
                       ? v.last_pgno - log->park_last_pgno
                       : 0;
+  /* A handle's first pass counts as quiet: it cannot know the log grew before it. */
+  if (grew)
+    log->park_grown = 1, log->park_quiet = 0;
+  else if (log->park_quiet < PARK_QUIET)
+    log->park_quiet++;
   log->park_last_pgno = v.last_pgno;
   r->free_pages = v.free_pages;
   r->parked_pages = v.parked;
@@ -247,7 +260,10 @@ int log_park_pass(struct log *log, log_park_report *r) {
     if (want < 2 * grew) want = 2 * grew;
     return release(log, dbi, v.psize, want, &r->released_pages);
   }
-  if (grew || v.free_pages <= lim.above) return 0;
+  /* A log that grew lately takes its parked pages back as it grows: parking again at
+   * once would park what it is about to use (the file would grow meanwhile). */
+  if (grew || v.free_pages <= lim.above || (log->park_grown && log->park_quiet < PARK_QUIET))
+    return 0;
   if (!have && (rc = log_aux_dbi(log, LOG_DB_PARK, 0, &dbi))) return rc;
   uint64_t want = v.free_pages - lim.keep;
   for (int txns = 0; r->parked_now < want && txns < PARK_PASS_TXNS; txns++) {
@@ -260,13 +276,24 @@ int log_park_pass(struct log *log, log_park_report *r) {
     struct park_job p = {
         .dbi = dbi, .psize = v.psize, .last_pgno = v.last_pgno, .sizes = v.sizes, .n_sizes = end};
     int64_t t0 = clock_monotonic_ns();
-    if (end) rc = log_write(log, park_run, &p);
+    int stop = !end;
+    if (end) rc = log_write_solo(log, park_run, &p);
+    if (rc == ENGRAM_EBUSY && p.n_ok) { /* what came before the value LMDB had no run for */
+      p.n_sizes = p.n_ok;
+      rc = log_write_solo(log, park_run, &p);
+      stop = 1;
+    }
     int64_t took = clock_monotonic_ns() - t0;
     free(v.sizes);
+    if (rc == ENGRAM_EBUSY) {
+      log_error_clear(log);
+      rc = 0;
+      break; /* no run left that LMDB may reuse yet */
+    }
     if (rc < 0) break;
     rc = 0;
     r->parked_now += p.done;
-    if (!end || p.stop || !p.done) break; /* no run left among the first records */
+    if (stop || !p.done) break; /* no run left among the first records */
     /* Writers get LMDB's lock at least as long as parking had it. */
     struct timespec nap = {0, took > 1000000 ? (long)(took < 50000000 ? took : 50000000) : 1000000};
     nanosleep(&nap, NULL);

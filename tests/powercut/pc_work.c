@@ -9,7 +9,7 @@
  *                                   a process of the "procs" scenarios (started by run)
  *
  * Scenarios: create, single, threads, threads8, pipeline, batch, groups, ackfetch, mixed,
- * train, reclaim, procs, procs_group (see cmd_run). Acknowledgement lines: "open",
+ * train, reclaim, park, procs, procs_group (see cmd_run). Acknowledgement lines: "open",
  * "topic T", "append T OFFSET SEQ", "group T G", "ack T G OFFSET", and "mark TEXT" (no
  * state: replay.py cuts at every point between two marks). A line of a process the
  * workload started begins with its name ("w2 append t 17 2005": writer 2; "c1 ack t g 9":
@@ -28,7 +28,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "api/api.h"
 #include "engram.h"
+#include "log/log.h"
 
 static void (*ack_fn)(const char *);
 static char who[16]; /* "w2 ": the name of a process the workload started, or "" */
@@ -281,6 +283,60 @@ static engram *run_reclaim(engram *log, const char *path, const engram_options *
   return log;
 }
 
+/* "park": a topic filled and dropped; appends move the write-ahead file's pin past the
+ * drop; its free pages are parked (log/park.c: commits that write only the first page of
+ * each run, the cut may fall anywhere among them); appends go on; every parked page is
+ * released and appends reuse them. The checker's verify reads every parked value's mark. */
+static void park_all(engram *log) {
+  log_park_report r;
+  for (int i = 0; i < 64; i++) {
+    int rc = log_park_pass(api_log(log), &r);
+    if (rc) die(log, "park", rc);
+    if (!r.parked_now) break;
+  }
+}
+
+static void run_park(engram *log, int scale) {
+  engram_topic_config tc = {.flags = ENGRAM_TOPIC_NO_DICT};
+  int rc = engram_topic_create(log, "big", &tc);
+  if (rc) die(log, "topic_create big", rc);
+  /* Events of 200 KB (incompressible): each one a run of 50 pages, freed by the drop. */
+  static unsigned char big[200000];
+  uint64_t r = 88172645463325252ull;
+  for (size_t i = 0; i < sizeof big; i++) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    big[i] = (unsigned char)r;
+  }
+  engram_event ev = {.type = "memory.saved", .payload = big, .payload_len = sizeof big};
+  for (int i = 0; i < 6 * scale; i++)
+    if ((rc = engram_append(log, "big", &ev, NULL, NULL))) die(log, "append big", rc);
+  static expected x;
+  for (int i = 0; i < 4; i++) append_one(log, (uint64_t)i);
+  if ((rc = engram_topic_drop(log, "big"))) die(log, "topic_drop", rc);
+  for (int i = 4; i < 8; i++) append_one(log, (uint64_t)i);
+  uint64_t free_pages, parked;
+  ack("mark park");
+  park_all(log);
+  ack("mark parked");
+  if ((rc = log_park_count(api_log(log), &free_pages, &parked))) die(log, "park count", rc);
+  if (parked < 32) {
+    fprintf(stderr, "pc_work: free %llu parked %llu\n", (unsigned long long)free_pages,
+            (unsigned long long)parked);
+    die(log, "nothing parked", ENGRAM_EINTERNAL);
+  }
+  for (int i = 8; i < 8 + 6 * scale; i++) append_one(log, (uint64_t)i);
+  ack("mark release");
+  if ((rc = log_park_release_all(api_log(log)))) die(log, "release", rc);
+  ack("mark released");
+  for (int b = 0; b < 3 * scale; b++) {
+    expected_event(100 + (uint64_t)b, &x);
+    uint64_t off;
+    ev = as_event(&x);
+    if ((rc = engram_append(log, TOPIC, &ev, &off, NULL))) die(log, "append", rc);
+    ack("append %s %llu %llu", TOPIC, (unsigned long long)off, (unsigned long long)(100 + b));
+  }
+}
+
 /* "procs" and "procs_group": several processes (fork + exec of this program, so each is
  * a whole new process with the shim preloaded and its own sanitizer runtime) use the log
  * at once. Each opens the log, says so through READY_FD, and starts only when every one
@@ -403,6 +459,11 @@ static int cmd_run(int argc, char **argv) {
   int scale = getenv("PC_SCALE") ? atoi(getenv("PC_SCALE")) : 1;
   if (scale < 1) scale = 1;
   ack_fn = (void (*)(const char *))dlsym(RTLD_DEFAULT, "pc_ack");
+  /* "park": a small log parks (above 64 free pages); no runner parks behind its back. */
+  if (!strcmp(scen, "park")) {
+    setenv("ENGRAM_TEST_PARK_KEEP", "16", 1);
+    o.maintenance_ms = ENGRAM_MAINTENANCE_OFF;
+  }
   engram *log;
   int rc = engram_open(path, &o, &log);
   if (rc) die(NULL, "open", rc);
@@ -433,6 +494,8 @@ static int cmd_run(int argc, char **argv) {
     run_mixed(log, 8 * scale);
   } else if (!strcmp(scen, "reclaim")) {
     log = run_reclaim(log, path, &o, scale);
+  } else if (!strcmp(scen, "park")) {
+    run_park(log, scale);
   } else if (!strcmp(scen, "procs")) {
     /* Four writers; this process has closed the log, so the first of them to open it
      * recovers it and the last to close checkpoints. */
