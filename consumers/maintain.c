@@ -77,6 +77,7 @@ static void pass(struct cg_maint *m) {
 
 static void *run(void *arg) {
   struct cg_maint *m = arg;
+  log_progress_mute();
   /* The first pass comes soon after the open: free pages a dropped topic left behind
    * are parked before the handle's own writes cycle through them (log/park.c). */
   int64_t wait_ns = (int64_t)m->interval_ms * 1000000, last_pass = 0;

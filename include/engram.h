@@ -1180,7 +1180,8 @@ ENGRAM_API int engram_log_info_get(engram *log, engram_log_info *out);
  * finished (bytes, records or topics, as the phase says). Within a phase `done` never
  * goes down and never exceeds `total`; `total` may grow (writers keep appending) and is
  * 0 when unknown. Each phase ends with a call where done == total. It must not call
- * engram on the same handle. */
+ * engram on the same handle. Work in the background (the maintenance runner's retention
+ * passes) reports nothing. */
 typedef void (*engram_progress_fn)(void *ctx, const char *phase, uint64_t done, uint64_t total);
 /* Sets (fn NULL: removes) the progress callback of `log`'s long calls. A remote handle
  * accepts it but never calls it: the daemon does the work. Errors: EINVAL (log NULL). */

@@ -865,8 +865,12 @@ int log_open_unlocked(const char *path, const engram_options *opts, struct log *
   return open_impl(path, opts, 0, out);
 }
 
+static __thread int progress_muted;
+
+void log_progress_mute(void) { progress_muted = 1; }
+
 void log_progress(struct log *log, const char *phase, uint64_t done, uint64_t total) {
-  if (log && log->progress) log->progress(log->progress_ctx, phase, done, total);
+  if (log && log->progress && !progress_muted) log->progress(log->progress_ctx, phase, done, total);
 }
 
 void log_close(struct log *log) {

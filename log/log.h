@@ -131,7 +131,8 @@ struct log {
   engram_progress_fn progress; /* engram_progress_set(); NULL = none */
   struct wal *wal;             /* the write-ahead file (wal.c); NULL = LMDB flushes itself */
   uint64_t park_last_pgno;     /* data.mdb's last page at the last parking pass (park.c) */
-  int park_grown, park_quiet;  /* it grew since the handle opened; passes since it did */
+  int park_released;           /* a pass gave parked pages back since the handle opened */
+  int park_quiet;              /* passes since one last did */
   int wal_work;                /* (mu) LOG_WAL_* work for the flusher thread (wal.c) */
   void *progress_ctx;
 };
@@ -382,6 +383,11 @@ int log_reclaim(const char *path, const engram_reclaim_options *opts,
                 engram_reclaim_report *report);
 /* Reports progress to the handle's callback, when one is set. */
 void log_progress(struct log *log, const char *phase, uint64_t done, uint64_t total);
+/* The calling thread (one of the library's own, such as the maintenance runner) reports
+ * no progress: the callback is for the caller's long calls, and a Python one called from
+ * that thread would wait for the interpreter's lock, which a close holds while it stops
+ * the thread. */
+void log_progress_mute(void);
 int log_topic_create(struct log *log, const char *topic, const engram_topic_config *cfg);
 int log_topic_info_get(struct log *log, const char *topic, engram_topic_info *info);
 int log_topic_list(struct log *log, engram_topic_info **out, size_t *n);

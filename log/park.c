@@ -246,11 +246,6 @@ int log_park_pass(struct log *log, log_park_report *r) {
   uint64_t grew = log->park_last_pgno && v.last_pgno > log->park_last_pgno
                       ? v.last_pgno - log->park_last_pgno
                       : 0;
-  /* A handle's first pass counts as quiet: it cannot know the log grew before it. */
-  if (grew)
-    log->park_grown = 1, log->park_quiet = 0;
-  else if (log->park_quiet < PARK_QUIET)
-    log->park_quiet++;
   log->park_last_pgno = v.last_pgno;
   r->free_pages = v.free_pages;
   r->parked_pages = v.parked;
@@ -258,11 +253,14 @@ int log_park_pass(struct log *log, log_park_report *r) {
     /* Growth since the last pass would have come from parked pages: release twice it. */
     uint64_t want = v.free_pages < lim.keep ? lim.keep - v.free_pages : 0;
     if (want < 2 * grew) want = 2 * grew;
+    log->park_released = 1;
+    log->park_quiet = 0;
     return release(log, dbi, v.psize, want, &r->released_pages);
   }
-  /* A log that grew lately takes its parked pages back as it grows: parking again at
-   * once would park what it is about to use (the file would grow meanwhile). */
-  if (grew || v.free_pages <= lim.above || (log->park_grown && log->park_quiet < PARK_QUIET))
+  if (log->park_quiet < PARK_QUIET) log->park_quiet++;
+  /* A log that gave parked pages back lately is growing into them: parking again at
+   * once would park what it is about to use (and the file would grow meanwhile). */
+  if (grew || v.free_pages <= lim.above || (log->park_released && log->park_quiet < PARK_QUIET))
     return 0;
   if (!have && (rc = log_aux_dbi(log, LOG_DB_PARK, 0, &dbi))) return rc;
   uint64_t want = v.free_pages - lim.keep;
