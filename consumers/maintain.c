@@ -55,6 +55,14 @@ static int64_t tick(struct cg_maint *m) {
   return r.next_due_ns;
 }
 
+static int stopping(void *arg) {
+  struct cg_maint *m = arg;
+  pthread_mutex_lock(&m->mu);
+  int stop = m->stop;
+  pthread_mutex_unlock(&m->mu);
+  return stop;
+}
+
 /* One pass: the limits of each topic that has any, until nothing more may be removed. */
 static void pass(struct cg_maint *m) {
   engram_topic_info *list = NULL;
@@ -71,7 +79,7 @@ static void pass(struct cg_maint *m) {
     cg_compact(m->log, list[i].name, NULL); /* errors show again next pass */
   }
   free(list);
-  log_park_pass(m->log, NULL); /* errors show again next pass */
+  log_park_pass(m->log, NULL, stopping, m); /* errors show again next pass */
   log_error_clear(m->log);
 }
 

@@ -207,7 +207,8 @@ typedef struct log_park_report {
   uint64_t parked_now;     /* parked by the pass */
   uint64_t released_pages; /* released by the pass */
 } log_park_report;
-int log_park_pass(struct log *log, log_park_report *r);
+/* stop (may be NULL) is asked between parking commits: nonzero ends the pass. */
+int log_park_pass(struct log *log, log_park_report *r, int (*stop)(void *), void *ctx);
 /* Pages on LMDB's free list and pages parked, now. */
 int log_park_count(struct log *log, uint64_t *free_pages, uint64_t *parked);
 /* Releases every parked page (before a compacting copy, which would copy them). */

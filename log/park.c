@@ -230,7 +230,7 @@ static int release(struct log *log, MDB_dbi dbi, uint32_t psize, uint64_t want,
   return rc < 0 ? rc : 0;
 }
 
-int log_park_pass(struct log *log, log_park_report *r) {
+int log_park_pass(struct log *log, log_park_report *r, int (*stop)(void *), void *ctx) {
   log_park_report none;
   if (!r) r = &none;
   memset(r, 0, sizeof *r);
@@ -264,7 +264,8 @@ int log_park_pass(struct log *log, log_park_report *r) {
     return 0;
   if (!have && (rc = log_aux_dbi(log, LOG_DB_PARK, 0, &dbi))) return rc;
   uint64_t want = v.free_pages - lim.keep;
-  for (int txns = 0; r->parked_now < want && txns < PARK_PASS_TXNS; txns++) {
+  for (int txns = 0; r->parked_now < want && txns < PARK_PASS_TXNS && !(stop && stop(ctx));
+       txns++) {
     if ((rc = view(log, dbi, 1, 1, &v))) break;
     size_t end = 0;
     uint64_t sum = 0;

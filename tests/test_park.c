@@ -82,7 +82,7 @@ static uint64_t check_keep(engram *log, uint64_t seed) {
 static log_park_report park(engram *log) {
   log_park_report sum = {0}, r;
   for (int i = 0; i < 64; i++) {
-    assert_int_equal(log_park_pass(api_log(log), &r), 0);
+    assert_int_equal(log_park_pass(api_log(log), &r, NULL, NULL), 0);
     if (i == 0) sum = r;
     sum.parked_now += i ? r.parked_now : 0;
     sum.released_pages += i ? r.released_pages : 0;
@@ -160,7 +160,7 @@ static void growth_takes_parked_pages_before_the_file_grows(void **state) {
   for (int i = 0; i < 16; i++) {
     fill(log, "keep", 256, 512 + (uint64_t)i * 256);
     log_park_report r;
-    assert_int_equal(log_park_pass(api_log(log), &r), 0);
+    assert_int_equal(log_park_pass(api_log(log), &r, NULL, NULL), 0);
   }
   uint64_t left = parked_pages(log);
   assert_true(left < parked - 3000);
@@ -213,7 +213,7 @@ static void a_crash_after_parking_keeps_every_acknowledged_event(void **state) {
     if (engram_open(fx->logdir, &o, &c)) _exit(2);
     log_park_report r;
     for (int i = 0; i < 64; i++)
-      if (log_park_pass(api_log(c), &r) || !r.parked_now) break;
+      if (log_park_pass(api_log(c), &r, NULL, NULL) || !r.parked_now) break;
     fill(c, "keep", 256, 512);
     _exit(0); /* no close: the write-ahead file holds the commits since the checkpoint */
   }

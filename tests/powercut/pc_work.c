@@ -290,7 +290,7 @@ static engram *run_reclaim(engram *log, const char *path, const engram_options *
 static void park_all(engram *log) {
   log_park_report r;
   for (int i = 0; i < 64; i++) {
-    int rc = log_park_pass(api_log(log), &r);
+    int rc = log_park_pass(api_log(log), &r, NULL, NULL);
     if (rc) die(log, "park", rc);
     if (!r.parked_now) break;
   }
