@@ -35,7 +35,7 @@
 #define PARK_MIN_RUN 32     /* shorter runs of free pages stay free */
 #define PARK_MAX_RUN 1024   /* pages of one value: LMDB holds a commit's pages in memory */
 #define PARK_TXN_PAGES 1024 /* pages parked in one commit, at most (1-3 ms of LMDB's lock) */
-#define PARK_QUIET 5        /* passes without growth before parking again after growth */
+#define PARK_QUIET 5        /* passes without a release before parking again after one */
 #define PARK_PASS_TXNS 16   /* parking commits per pass: the next pass goes on */
 #define PARK_PREFIX 8192    /* free pages read to find runs: see view() */
 #define PARK_KEEP 1024      /* pages left free (4 MiB at 4 KiB pages) */
@@ -58,10 +58,10 @@ static int cmp_u64(const void *a, const void *b) {
 
 static int cmp_u64_desc(const void *a, const void *b) { return cmp_u64(b, a); }
 
-/* What the free list and `park` hold, read in one read transaction. With want_runs, runs
+/* What the free list and `park` hold, read in one read transaction. With want_runs, sizes
  * receives the runs of at least PARK_MIN_RUN contiguous free pages among the free list's
  * first records (in key order, the order in which LMDB reads them) up to PARK_PREFIX
- * pages, in page order, each cut into values of at most PARK_MAX_RUN pages. LMDB looks
+ * pages, each cut into values of at most PARK_MAX_RUN pages, longest first. LMDB looks
  * for a value's run in the records it has read so far and reads the next one when none
  * is there, scanning all it has read after each: asking for a run only its whole free
  * list holds makes it read every record, and on a list of 6,659 records that one commit
@@ -234,8 +234,7 @@ int log_park_pass(struct log *log, log_park_report *r, int (*stop)(void *), void
   log_park_report none;
   if (!r) r = &none;
   memset(r, 0, sizeof *r);
-  /* Without the write-ahead file (wal.c) every page of a parked run would be written. */
-  if (!log->wal || (log->env_flags & MDB_RDONLY)) return 0;
+  if (log->env_flags & MDB_RDONLY) return 0;
   struct park_limits lim = limits();
   MDB_dbi dbi;
   int have = log_aux_dbi_existing(log, LOG_DB_PARK, &dbi) == 0;
@@ -262,6 +261,9 @@ int log_park_pass(struct log *log, log_park_report *r, int (*stop)(void *), void
    * once would park what it is about to use (and the file would grow meanwhile). */
   if (grew || v.free_pages <= lim.above || (log->park_released && log->park_quiet < PARK_QUIET))
     return 0;
+  /* Without the write-ahead file (wal.c) every page of a parked run would be written:
+   * such a handle only gives parked pages back. */
+  if (!log->wal) return 0;
   if (!have && (rc = log_aux_dbi(log, LOG_DB_PARK, 0, &dbi))) return rc;
   uint64_t want = v.free_pages - lim.keep;
   for (int txns = 0; r->parked_now < want && txns < PARK_PASS_TXNS && !(stop && stop(ctx));
