@@ -171,10 +171,12 @@ typedef struct engram_options {
    * share one fast clock; never set it in production. */
   int64_t (*clock_ns)(void *ctx);
   void *clock_ctx;
-  /* How often this handle runs retention while its process holds the log's maintenance
-   * lease (DIR/maintenance.lock: one process at a time, taken over when its holder
-   * exits or dies), default 1000 ms; ENGRAM_MAINTENANCE_OFF = never (read-only handles
-   * never do). `engram serve` runs it through its own handle. */
+  /* How often this handle runs retention (and parks or gives back free pages,
+   * docs/storage.md) while its process holds the log's maintenance lease
+   * (DIR/maintenance.lock: one process at a time, taken over when its holder exits or
+   * dies), default 1000 ms, the first pass at most 100 ms after the open;
+   * ENGRAM_MAINTENANCE_OFF = never (read-only handles never do). `engram serve` runs it
+   * through its own handle. */
   uint32_t maintenance_ms;
 } engram_options;
 #define ENGRAM_MAINTENANCE_OFF UINT32_MAX
