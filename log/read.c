@@ -563,6 +563,8 @@ static void walk_databases(struct log *log, struct walk *w) {
     return;
   }
   MDB_val name, ignored;
+  MDB_stat es; /* the page size, for the parked values */
+  mdb_env_stat(log->env, &es);
   int op = MDB_FIRST;
   while ((rc = mdb_cursor_get(mc, &name, &ignored, op)) == 0) {
     op = MDB_NEXT;
@@ -585,8 +587,6 @@ static void walk_databases(struct log *log, struct walk *w) {
     uint64_t n = 0;
     MDB_val k, v, pk = {0, NULL}, pv = {0, NULL};
     int cop = MDB_FIRST, parked = !strcmp(db, LOG_DB_PARK);
-    MDB_stat es;
-    mdb_env_stat(log->env, &es);
     while ((drc = mdb_cursor_get(c, &k, &v, cop)) == 0) {
       cop = MDB_NEXT;
       /* Parked pages (park.c): only the mark on a value's first page is ever written. */

@@ -19,34 +19,14 @@
  * transaction), which also counts pages that snapshots still open may be seeing. */
 int log_space(struct log *log, engram_space *out) {
   memset(out, 0, sizeof *out);
-  MDB_txn *txn;
-  int rc;
   MDB_envinfo ei;
   MDB_stat st;
-  MDB_cursor *c = NULL;
-  uint64_t free_pages = 0;
-  MDB_dbi park;
-  int parked = log_aux_dbi_existing(log, LOG_DB_PARK, &park) == 0;
-  if (!parked) log_error_clear(log);
-  rc = log_read_begin(log, &txn);
-  if (rc) return rc;
-  if (parked) free_pages = log_parked_pages(txn, park); /* free pages held aside */
-  rc = mdb_env_info(log->env, &ei);
-  if (rc == 0) rc = mdb_env_stat(log->env, &st);
-  if (rc == 0) rc = mdb_cursor_open(txn, 0 /* FREE_DBI */, &c);
-  if (rc == 0) {
-    MDB_val k, v;
-    for (MDB_cursor_op op = MDB_FIRST; (rc = mdb_cursor_get(c, &k, &v, op)) == 0; op = MDB_NEXT) {
-      size_t n; /* an MDB_IDL: its length, then that many page numbers */
-      if (v.mv_size < sizeof n) continue;
-      memcpy(&n, v.mv_data, sizeof n);
-      free_pages += n;
-    }
-    mdb_cursor_close(c);
-    if (rc == MDB_NOTFOUND) rc = 0;
-  }
-  log_read_end(log, txn);
-  if (rc) return log_error(log, log_err_mdb(rc), "space: %s", log_mdb_text(rc));
+  uint64_t free_pages, parked;
+  int rc = log_park_count(log, &free_pages, &parked);
+  if (rc) return log_error(log, rc, "space: cannot read LMDB's free-page list");
+  free_pages += parked; /* free pages held aside (park.c) */
+  mdb_env_info(log->env, &ei);
+  mdb_env_stat(log->env, &st);
   uint64_t pages = (uint64_t)ei.me_last_pgno + 1;
   if (free_pages > pages) free_pages = pages;
   out->used_bytes = (pages - free_pages) * st.ms_psize;
@@ -189,25 +169,11 @@ static void *copy_main(void *arg) {
 static uint64_t used_bytes(struct log *log) {
   MDB_envinfo info;
   MDB_stat ms;
-  MDB_txn *txn;
   mdb_env_info(log->env, &info);
   mdb_env_stat(log->env, &ms);
-  uint64_t pages = info.me_last_pgno + 1, free_pages = 0;
-  if (log_read_begin(log, &txn) == 0) {
-    MDB_cursor *c;
-    if (mdb_cursor_open(txn, 0, &c) == 0) {
-      MDB_val k, v;
-      int op = MDB_FIRST;
-      while (mdb_cursor_get(c, &k, &v, op) == 0) {
-        op = MDB_NEXT;
-        size_t n = 0;
-        if (v.mv_size >= sizeof n) memcpy(&n, v.mv_data, sizeof n);
-        free_pages += n;
-      }
-      mdb_cursor_close(c);
-    }
-    log_read_end(log, txn);
-  }
+  uint64_t pages = info.me_last_pgno + 1, free_pages = 0, parked = 0;
+  if (log_park_count(log, &free_pages, &parked)) log_error_clear(log);
+  free_pages += parked;
   return (free_pages < pages ? pages - free_pages : pages) * ms.ms_psize;
 }
 

@@ -371,7 +371,6 @@ static void capture_raw(struct wal *w, uint64_t off, const void *b, size_t n) {
 #define LMDB_P_LEAF 0x02
 #define LMDB_P_OVERFLOW 0x04
 #define LMDB_P_LEAF2 0x20
-#define LMDB_PAGEHDRSZ 16
 
 /* Bytes of LMDB's write of n bytes from pg that matter: of a run of parked pages
  * (park.c), an overflow value no one reads, only the first page (LMDB's header, which a
@@ -412,7 +411,7 @@ static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
       continue;
     }
     if ((flags & (LMDB_P_BRANCH | LMDB_P_LEAF)) && !(flags & (LMDB_P_LEAF2 | LMDB_P_OVERFLOW)) &&
-        lower >= LMDB_PAGEHDRSZ && lower <= upper && upper <= ps && upper - lower >= 64) {
+        lower >= LOG_PAGEHDRSZ && lower <= upper && upper <= ps && upper - lower >= 64) {
       capture_raw(w, off + i, pg, lower);
       if (upper < ps) capture_raw(w, off + i + upper, pg + upper, ps - upper);
     } else {
@@ -528,7 +527,7 @@ static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
   if (!w) return real_writev(fd, iov, cnt);
   off_t at = w->pos;
   w->pos = -1;
-  off_t off = at >= 0 ? at : lseek(fd, 0, SEEK_CUR);
+  off_t start = at >= 0 ? at : lseek(fd, 0, SEEK_CUR), off = start;
   for (int i = 0; i < cnt && off >= 0; i++) {
     capture(w, (uint64_t)off, iov[i].iov_base, iov[i].iov_len);
     off += (off_t)iov[i].iov_len;
@@ -540,8 +539,8 @@ static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
   if (!parked) return at >= 0 ? pwritev(fd, iov, cnt, at) : real_writev(fd, iov, cnt);
   /* A commit that parks pages (park.c): each run written on its own, parked ones only in
    * their first page. */
-  off = at >= 0 ? at : lseek(fd, 0, SEEK_CUR);
-  if (off < 0) return -1;
+  if (start < 0) return -1;
+  off = start;
   ssize_t total = 0;
   for (int i = 0; i < cnt; i++) {
     if (pwrite_all(fd, iov[i].iov_base, parked_len(w, iov[i].iov_base, iov[i].iov_len),
