@@ -83,7 +83,9 @@
 
 /* LMDB's meta page: the page header, then MDB_meta. Offsets within the page. */
 #define META_MAGIC_OFF 16
-#define META_PSIZE_OFF 40 /* mm_dbs[FREE_DBI].md_pad holds the page size */
+#define META_PSIZE_OFF 40    /* mm_dbs[FREE_DBI].md_pad holds the page size */
+#define META_LAST_PG_OFF 136 /* mm_last_pg: the last page the meta counts as used */
+#define META_TXNID_OFF 144
 #define LMDB_MAGIC 0xBEEFC0DEu
 
 struct wal_hdr {
@@ -152,9 +154,10 @@ struct wal {
   /* The commit being written (under LMDB's write lock). */
   unsigned char *buf;
   size_t len, size;
-  int overflow; /* the commit is too big for the file: it is made durable in data.mdb */
-  off_t pos;    /* the offset LMDB last sought in data.mdb, -1 once written from */
-  int failed;   /* a write to the file failed: the next commit checkpoints instead */
+  int overflow;      /* the commit is too big for the file: it is made durable in data.mdb */
+  off_t pos;         /* the offset LMDB last sought in data.mdb, -1 once written from */
+  int failed;        /* a write to the file failed: the next commit checkpoints instead */
+  uint64_t data_end; /* data.mdb is at least this long (this handle's writes, fstat) */
   /* Pins (sync_mu): the pin, on a commit whose record is durable (up to pin_seq), and
    * ended read transactions kept for reuse. */
   pthread_mutex_t sync_mu;
@@ -191,6 +194,28 @@ static int pwrite_all(int fd, const void *b, size_t n, uint64_t off) {
     n -= (size_t)w;
     off += (uint64_t)w;
   }
+  return 0;
+}
+
+/* The pages a meta page counts as used: its last page's number plus one. */
+static uint64_t meta_pages(const unsigned char *meta) {
+  uint64_t last;
+  memcpy(&last, meta + META_LAST_PG_OFF, sizeof last);
+  return last + 1;
+}
+
+/* Extends data.mdb to `need` bytes when it is shorter, never shortening it. LMDB does not
+ * write the pages a commit took past the end of the file and freed again before it
+ * committed (pages it dirtied and freed, overflow values it put and deleted): they go to
+ * the free list unwritten, and the file then ends before the last page the meta page
+ * counts. Nothing reads them, but a file that short looks cut short (env.c refuses to
+ * open it), and a parked run among them would never be written whole (park.c). The size
+ * is flushed with data.mdb, as the meta page that needs it is. Returns 0 or -errno. */
+static int cover_pages(int data_fd, uint64_t need, uint64_t *end) {
+  struct stat st;
+  if (fstat(data_fd, &st) < 0) return -errno;
+  if ((uint64_t)st.st_size < need && ftruncate(data_fd, (off_t)need) < 0) return -errno;
+  if (end) *end = (uint64_t)st.st_size > need ? (uint64_t)st.st_size : need;
   return 0;
 }
 
@@ -478,6 +503,16 @@ static int append_record(struct wal *w) {
 
 /* The meta page write: the end of a commit, still under LMDB's write lock. */
 static ssize_t meta_write(struct wal *w, const void *b, size_t n, off_t off) {
+  /* LMDB writes the meta from mm_mapsize on: where in b its mm_last_pg is. */
+  uint64_t at = (uint64_t)off % w->psize;
+  if (at <= META_LAST_PG_OFF && at + n >= META_LAST_PG_OFF + 8) {
+    uint64_t need = meta_pages((const unsigned char *)b - at) * w->psize;
+    int rc = need > w->data_end ? cover_pages(w->data_fd, need, &w->data_end) : 0;
+    if (rc) {
+      errno = -rc;
+      return -1; /* LMDB puts the old meta back */
+    }
+  }
   capture(w, (uint64_t)off, b, n);
   int in_file = append_record(w) == 0;
   w->len = 0;
@@ -505,6 +540,7 @@ static ssize_t hook_pwrite(int fd, const void *b, size_t n, off_t off) {
   capture(w, (uint64_t)off, b, n);
   size_t keep = parked_len(w, b, n);
   ssize_t r = real_pwrite(fd, b, keep, off);
+  if (r == (ssize_t)keep && (uint64_t)off + keep > w->data_end) w->data_end = (uint64_t)off + keep;
   return r == (ssize_t)keep ? (ssize_t)n : r;
 }
 
@@ -536,7 +572,12 @@ static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
   int parked = 0;
   for (int i = 0; i < cnt; i++)
     parked |= parked_len(w, iov[i].iov_base, iov[i].iov_len) != iov[i].iov_len;
-  if (!parked) return at >= 0 ? pwritev(fd, iov, cnt, at) : real_writev(fd, iov, cnt);
+  if (!parked) {
+    ssize_t r = at >= 0 ? pwritev(fd, iov, cnt, at) : real_writev(fd, iov, cnt);
+    if (r > 0 && start >= 0 && (uint64_t)(start + r) > w->data_end)
+      w->data_end = (uint64_t)(start + r);
+    return r;
+  }
   /* A commit that parks pages (park.c): each run written on its own, parked ones only in
    * their first page. */
   if (start < 0) return -1;
@@ -789,6 +830,14 @@ int log_wal_recover(const char *dir, int rdonly) {
     }
     int n = replay(fd, data_fd, &h, metas, 2 * slot, &last);
     if (n < 0) rc = n;
+    /* The file's size as the newest meta page needs it: a power cut may have lost an
+     * extension (cover_pages) whose commit the records brought back. */
+    if (rc == 0 && (rc = pread_all(data_fd, now, 2 * (size_t)psize, 0)) == 0) {
+      uint64_t t0, t1;
+      memcpy(&t0, now + META_TXNID_OFF, sizeof t0);
+      memcpy(&t1, now + psize + META_TXNID_OFF, sizeof t1);
+      rc = cover_pages(data_fd, meta_pages(now + (t1 > t0 ? psize : 0)) * psize, NULL);
+    }
   } else {
     /* A new file (or one no header of which is whole): its sequence numbers start past
      * any a record left in it can carry. */

@@ -9,7 +9,7 @@
  *                                   a process of the "procs" scenarios (started by run)
  *
  * Scenarios: create, single, threads, threads8, pipeline, batch, groups, ackfetch, mixed,
- * train, reclaim, park, procs, procs_group (see cmd_run). Acknowledgement lines: "open",
+ * train, reclaim, park, freed, procs, procs_group (see cmd_run). Acknowledgement lines: "open",
  * "topic T", "append T OFFSET SEQ", "group T G", "ack T G OFFSET", and "mark TEXT" (no
  * state: replay.py cuts at every point between two marks). A line of a process the
  * workload started begins with its name ("w2 append t 17 2005": writer 2; "c1 ack t g 9":
@@ -296,6 +296,33 @@ static void park_all(engram *log) {
   }
 }
 
+/* "freed": commits that put an overflow value and delete it again take pages past the
+ * end of data.mdb and free them unwritten; the file is extended over them (wal.c,
+ * cover_pages), and a cut must find it so, or recovery extend it again. */
+static int freed_job(log_wtx *w, void *arg) {
+  MDB_dbi dbi = *(MDB_dbi *)arg;
+  static char big[40 * 4096];
+  memset(big, 'y', sizeof big);
+  MDB_val k = {5, "small"}, v = {1, "x"}, bk = {3, "big"}, bv = {sizeof big - 100, big};
+  int rc = mdb_put(w->txn, dbi, &k, &v, 0);
+  if (!rc) rc = mdb_put(w->txn, dbi, &bk, &bv, 0);
+  if (!rc) rc = mdb_del(w->txn, dbi, &bk, NULL);
+  return rc ? log_err_mdb(rc) : 0;
+}
+
+static void run_freed(engram *log, int scale) {
+  MDB_dbi dbi;
+  int rc = log_aux_dbi(api_log(log), "test.freed", 0, &dbi);
+  if (rc) die(log, "aux dbi", rc);
+  for (int i = 0; i < 4 * scale; i++) {
+    append_one(log, (uint64_t)(2 * i));
+    ack("mark freed");
+    if ((rc = log_write_solo(api_log(log), freed_job, &dbi))) die(log, "freed job", rc);
+    ack("mark freed done");
+    append_one(log, (uint64_t)(2 * i + 1));
+  }
+}
+
 static void run_park(engram *log, int scale) {
   engram_topic_config tc = {.flags = ENGRAM_TOPIC_NO_DICT};
   int rc = engram_topic_create(log, "big", &tc);
@@ -496,6 +523,8 @@ static int cmd_run(int argc, char **argv) {
     log = run_reclaim(log, path, &o, scale);
   } else if (!strcmp(scen, "park")) {
     run_park(log, scale);
+  } else if (!strcmp(scen, "freed")) {
+    run_freed(log, scale);
   } else if (!strcmp(scen, "procs")) {
     /* Four writers; this process has closed the log, so the first of them to open it
      * recovers it and the last to close checkpoints. */

@@ -23,7 +23,7 @@ command -v "$py" >/dev/null || py=/usr/bin/python3
 failed=0
 for ((s = seed; s < seed + seeds; s++)); do
   # What must survive: every acknowledged operation in the default mode.
-  for scen in create single threads threads8 pipeline batch groups ackfetch mixed train reclaim park; do
+  for scen in create single threads threads8 pipeline batch groups ackfetch mixed train reclaim park freed; do
     "$py" tests/powercut/replay.py --build "$BUILD" --scenario "$scen" --seed "$s" "${opts[@]}" ||
       failed=$((failed + 1))
   done
