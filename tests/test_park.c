@@ -262,18 +262,27 @@ static uint64_t pages_past_the_end(engram *log, const char *dir) {
   return used > have ? used - have : 0;
 }
 
-static void pages_freed_unwritten_lie_inside_the_file(void **state) {
-  tu_fx *fx = *state;
-  setenv("ENGRAM_TEST_PARK_KEEP", "4", 1); /* parks above 16 free pages */
-  engram_options o = {.maintenance_ms = ENGRAM_MAINTENANCE_OFF};
-  engram *log = fx->log = tu_open(fx->logdir, &o);
+/* A new log with topic "t" and one event, then a commit of freed_overflow_job; *free0:
+ * the free pages before that commit. */
+static engram *freed_commit(tu_fx *fx, const engram_options *o, uint64_t *free0) {
+  engram *log = fx->log = tu_open(fx->logdir, o);
   engram_event e = {.type = "memory.saved", .payload = "x", .payload_len = 1};
   OK(log, engram_topic_create(log, "t", NULL));
   OK(log, engram_append(log, "t", &e, NULL, NULL));
   MDB_dbi dbi;
   assert_int_equal(log_aux_dbi(api_log(log), "test.freed", 0, &dbi), 0);
-  uint64_t free0 = free_pages(log);
+  *free0 = free_pages(log);
   assert_int_equal(log_write_solo(api_log(log), freed_overflow_job, &dbi), 0);
+  return log;
+}
+
+static void pages_freed_unwritten_lie_inside_the_file(void **state) {
+  tu_fx *fx = *state;
+  setenv("ENGRAM_TEST_PARK_KEEP", "4", 1); /* parks above 16 free pages */
+  engram_options o = {.maintenance_ms = ENGRAM_MAINTENANCE_OFF};
+  engram_event e = {.type = "memory.saved", .payload = "x", .payload_len = 1};
+  uint64_t free0;
+  engram *log = freed_commit(fx, &o, &free0);
   assert_true(free_pages(log) >= free0 + 39); /* the value's pages went to the free list */
   assert_int_equal(pages_past_the_end(log, fx->logdir), 0);
   /* Opened again as it is; then its free pages parked and released. */
@@ -334,13 +343,9 @@ static void a_file_short_only_of_free_pages_opens(void **state) {
 #endif
   tu_fx *fx = *state;
   engram_options o = {.maintenance_ms = ENGRAM_MAINTENANCE_OFF};
-  engram *log = fx->log = tu_open(fx->logdir, &o);
   engram_event e = {.type = "memory.saved", .payload = "x", .payload_len = 1};
-  OK(log, engram_topic_create(log, "t", NULL));
-  OK(log, engram_append(log, "t", &e, NULL, NULL));
-  MDB_dbi dbi;
-  assert_int_equal(log_aux_dbi(api_log(log), "test.freed", 0, &dbi), 0);
-  assert_int_equal(log_write_solo(api_log(log), freed_overflow_job, &dbi), 0);
+  uint64_t free0;
+  engram *log = freed_commit(fx, &o, &free0);
   engram_close(log);
   fx->log = NULL;
   uint64_t used, tail = trailing_free_pages(fx->logdir, &used);
