@@ -21,8 +21,9 @@
 # as root or through sudo), builds the clients into $BUILD/bench/peers, starts every server
 # on 127.0.0.1 with throw-away data under $TMPDIR, runs the workloads with the systems in
 # rotating order (so drift on a shared machine hits all alike), stops every server it
-# started (also on failure), then prints one table and writes bench/results/latest.json
-# and bench/results/latest.svg.
+# started (also on failure), runs `engram verify` on the logs each row wrote, then prints
+# one table and writes bench/results/latest.json and bench/results/latest.svg. Exits 1
+# when a log failed verify (the table's notes say which).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
@@ -236,6 +237,17 @@ for row in "${row_list[@]}"; do
   done
   if [ -n "${REDIS_PID:-}" ]; then stop "$REDIS_PID"; REDIS_PID=; fi
   if [ -n "$SERVE_PID" ]; then stop "$SERVE_PID"; fi
+  # The logs the row wrote must still open and verify: a workload that leaves its log
+  # damaged is a defect, not a slow row.
+  for d in "$WORK/embedded-$row" "$WORK/serve-$row"; do
+    [ -e "$d/data.mdb" ] || continue
+    if ! out=$("$BUILD/engram" --data "$d" verify 2>&1); then
+      why=$(tail -1 <<<"$out")
+      log "verify of ${d##*/} failed: $why"
+      NOTES+=("verify: the ${d##*/} log failed: $why")
+      VERIFY_FAILED=1
+    fi
+  done
   rm -rf "$WORK/embedded-$row" "$WORK/serve-$row" "$WORK/redis-$row"
 done
 
@@ -246,3 +258,7 @@ python3 bench/peers/report.py --jsonl "$JSONL" --json "$RESULTS/latest.json" --s
   --notes "$WORK/notes.txt" --elapsed "$ELAPSED" --redis "$(redis-server --version 2>/dev/null | head -1)" \
   --nats "${NATS_VERSION:-}" ${QUICK:+--quick}
 log "done in ${ELAPSED} s: $RESULTS/latest.json, $RESULTS/latest.svg"
+if [ -n "${VERIFY_FAILED:-}" ]; then
+  log "a log the benchmark wrote failed verify (see the notes above)"
+  exit 1
+fi
