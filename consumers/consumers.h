@@ -25,6 +25,14 @@ int cg_fetch(struct log *log, const char *topic, const char *group, const char *
 int cg_ack_fetch(struct log *log, const char *topic, const char *group, const char *consumer,
                  const engram_ack_item *acks, size_t n_acks, int *codes, size_t max,
                  uint64_t wait_ms, engram_batch **out);
+/* The daemon's ack-fetches that park (net/server_worker.c). While on, this thread's
+ * cg_ack_fetch with wait 0 whose look finds nothing to deliver commits its acks without
+ * waiting for the flush that makes them durable (log_write_deferrable): the daemon answers
+ * it only later, once an event comes or its wait ends. cg_ack_fetch_deferred then tells
+ * whether the last such call deferred, and the mark a flush must cover (log_flushed,
+ * log_flush_upto) before anything answers it. */
+void cg_ack_fetch_defer(int on);
+int cg_ack_fetch_deferred(uint64_t *mark);
 int cg_ack_many(struct log *log, const char *topic, const char *group, const engram_ack_item *items,
                 size_t n, int *codes);
 int cg_nack(struct log *log, const char *topic, const char *group, uint64_t offset,

@@ -25,7 +25,22 @@ struct fetch_req {
   size_t n_acks;
   int *codes;        /* per ack, may be NULL */
   char ack_msg[256]; /* the first failing ack's message */
+  int defer_acks;    /* acks of a look that delivers nothing may wait for a later flush */
 };
+
+static __thread int tls_defer_acks;
+static __thread int tls_deferred;
+static __thread uint64_t tls_deferred_mark;
+
+void cg_ack_fetch_defer(int on) {
+  tls_defer_acks = on;
+  tls_deferred = 0;
+}
+
+int cg_ack_fetch_deferred(uint64_t *mark) {
+  *mark = tls_deferred_mark;
+  return tls_deferred;
+}
 
 static int set_consumer(Engram__Lease *pb, const char *consumer) {
   char *s = strdup(consumer);
@@ -294,6 +309,12 @@ static int fetch_job(log_wtx *w, void *arg) {
     rc = cg_group_store(w->log, w->txn, &r->d, &g);
   /* The fetch registers its consumer in its own write transaction: no commit of its own. */
   if (rc == 0) rc = cg_worker_seen(w, r->workers, r->consumer, r->topic, r->group);
+  /* Nothing to answer with yet: the acks need not be durable before the answer is. Not in
+   * a key-ordered group: an ack there hands its key to the next event, which another
+   * consumer may be given at once, and must be durable before that. */
+  if (rc == 0 && r->defer_acks && r->n_acks && log_bb_count(r->bb) == 0 &&
+      !(g.meta->flags & ENGRAM_GROUP_KEY_ORDERED))
+    w->defer = 1;
 out:
   cg_group_free(&g);
   return rc;
@@ -378,7 +399,17 @@ static int fetch_run(struct log *log, struct fetch_req *r, uint64_t wait_ms, eng
   for (;;) {
     /* Relaxed: a power cut that undoes a fetch only makes its events due again. Acks are
      * not repeatable work: with them the commit is as durable as the handle's mode. */
-    rc = r->n_acks ? log_write(log, fetch_job, r) : log_write_relaxed(log, fetch_job, r);
+    if (r->n_acks && r->defer_acks) {
+      int deferred;
+      uint64_t mark;
+      rc = log_write_deferrable(log, fetch_job, r, &deferred, &mark);
+      if (rc >= 0 && deferred) {
+        tls_deferred = 1;
+        tls_deferred_mark = mark;
+      }
+    } else {
+      rc = r->n_acks ? log_write(log, fetch_job, r) : log_write_relaxed(log, fetch_job, r);
+    }
     if (rc < 0) {
       log_bb_free(r->bb);
       return rc;
@@ -416,6 +447,7 @@ int cg_ack_fetch(struct log *log, const char *topic, const char *group, const ch
                         .max = max,
                         .acks = acks,
                         .n_acks = n_acks,
-                        .codes = codes};
+                        .codes = codes,
+                        .defer_acks = tls_defer_acks && wait_ms == 0};
   return fetch_run(log, &r, wait_ms, out);
 }

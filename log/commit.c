@@ -99,8 +99,10 @@ int log_in_write_job(void) { return tls_in_job; }
 
 static int run_job(struct log_job *j, log_wtx *w) {
   tls_in_job = 1;
+  w->defer = 0;
   int rc = j->fn(w, j->arg);
   tls_in_job = 0;
+  j->deferred = j->may_defer && w->defer && rc >= 0;
   return rc;
 }
 
@@ -450,7 +452,7 @@ static void lead(struct log *log, struct log_job *self, struct batch *to_flush) 
       pthread_mutex_unlock(&log->dbi_mu);
     }
     int strict = 0;
-    for (struct log_job *j = jobs; j; j = j->next) strict |= !j->relaxed;
+    for (struct log_job *j = jobs; j; j = j->next) strict |= !j->relaxed && !j->deferred;
     if (log->wal) {
       /* One flush of the write-ahead file makes the commit durable, meta page and all.
        * The flush is paid outside the leadership (see log_job_wait): the next batch
@@ -710,6 +712,28 @@ static int write_job(struct log *log, log_job_fn fn, void *arg, int solo) {
 int log_write(struct log *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 0); }
 
 int log_write_solo(struct log *log, log_job_fn fn, void *arg) { return write_job(log, fn, arg, 1); }
+
+int log_write_deferrable(struct log *log, log_job_fn fn, void *arg, int *deferred, uint64_t *mark) {
+  /* Only where a flush of the write-ahead file is what makes a commit durable. */
+  int can = log->wal && (log->opts.durability == ENGRAM_DURABILITY_SYNC ||
+                         log->opts.durability == ENGRAM_DURABILITY_NOMETASYNC);
+  struct log_job job = {.fn = fn, .arg = arg, .may_defer = can};
+  *deferred = 0;
+  *mark = 0;
+  int rc = log_job_enqueue(log, &job);
+  if (!rc) rc = log_job_wait(log, &job);
+  if (rc >= 0 && job.deferred) {
+    *deferred = 1;
+    *mark = log_wal_seq(log); /* at least this commit's record */
+  }
+  return rc;
+}
+
+int log_flushed(struct log *log, uint64_t mark) { return !log->wal || log_wal_synced(log) >= mark; }
+
+int log_flush_upto(struct log *log, uint64_t mark) {
+  return log_flushed(log, mark) ? 0 : log_wal_sync(log);
+}
 
 int log_write_relaxed(struct log *log, log_job_fn fn, void *arg) {
   struct log_job job = {.fn = fn, .arg = arg, .relaxed = 1};

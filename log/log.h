@@ -175,6 +175,9 @@ typedef struct log_wtx {
   int64_t now_ns; /* one clock reading for the whole commit */
   /* Topics appended to in this commit: published to the commit hook afterwards. */
   struct log_touched *touched;
+  /* Set by a job of log_write_deferrable that wants its commit released before the
+   * flush that makes it durable (reset before each run of the job). */
+  int defer;
 } log_wtx;
 
 /* A job runs inside the leader's write transaction. It must only change the database
@@ -197,6 +200,18 @@ int log_write_solo(struct log *log, log_job_fn fn, void *arg);
  * this commit (never a later one, and never corrupt anything). For state whose loss only
  * repeats work, such as the leases a fetch takes. */
 int log_write_relaxed(struct log *log, log_job_fn fn, void *arg);
+
+/* log_write for a job that may find, while it runs, that its caller can acknowledge it
+ * later: it then sets w->defer, and in sync and nometasync modes (with the write-ahead
+ * file) the call returns once the commit is written, before the flush that makes it
+ * durable, with *deferred set and *mark naming what a flush must cover. The caller must
+ * not acknowledge anything of the job before log_flushed(log, *mark), or a
+ * log_flush_upto(log, *mark) that returned 0. Without deferral: log_write, *deferred 0. */
+int log_write_deferrable(struct log *log, log_job_fn fn, void *arg, int *deferred, uint64_t *mark);
+/* 1 when a flush (of any thread or process) made every commit up to mark durable. */
+int log_flushed(struct log *log, uint64_t mark);
+/* Flushes the write-ahead file unless mark is durable already; 0 or an error. */
+int log_flush_upto(struct log *log, uint64_t mark);
 
 /* Parked free pages (park.c): one pass of the maintenance runner parks runs of free
  * pages when LMDB's free list is long, or releases parked ones when it is short or the

@@ -50,6 +50,8 @@ struct log_job {
   void *arg;
   int solo;             /* run alone in a top-level transaction */
   int relaxed;          /* released after its commit, without waiting for the meta flush */
+  int may_defer;        /* log_write_deferrable: the job may ask (w->defer) for relaxed */
+  int deferred;         /* it did, in its last run */
   int rc;               /* the job's result, or the commit's error */
   int done;             /* set under log->mu; the job may vanish right after */
   int waiting;          /* its writer sleeps on wake (set and cleared under log->mu) */

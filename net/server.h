@@ -68,6 +68,8 @@ struct job {
   uint32_t seq;              /* fetch: the topic's change sequence before its last look */
   int final;                 /* fetch: answer after this look, whatever it finds */
   int acked;                 /* ack-fetch: its acks are committed; it looks again as a fetch */
+  uint64_t ack_mark;         /* ack-fetch: its acks were committed without their flush; the
+                                answer waits for a flush that covers this (0: none) */
 };
 
 /* The appends of one client connection, run in order. */

@@ -9,8 +9,8 @@
  *                                   a process of the "procs" scenarios (started by run)
  *
  * Scenarios: create, single, threads, threads8, pipeline, batch, groups, ackfetch, mixed,
- * train, reclaim, park, freed, procs, procs_group (see cmd_run). Acknowledgement lines: "open",
- * "topic T", "append T OFFSET SEQ", "group T G", "ack T G OFFSET", and "mark TEXT" (no
+ * train, reclaim, park, freed, served, procs, procs_group (see cmd_run). Acknowledgement lines:
+ * "open", "topic T", "append T OFFSET SEQ", "group T G", "ack T G OFFSET", and "mark TEXT" (no
  * state: replay.py cuts at every point between two marks). A line of a process the
  * workload started begins with its name ("w2 append t 17 2005": writer 2; "c1 ack t g 9":
  * the consumer). An append's content is a function of SEQ, so the checker compares the
@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "api/api.h"
@@ -323,6 +324,96 @@ static void run_freed(engram *log, int scale) {
   }
 }
 
+/* "served": a daemon in this process (engram_serve on a thread, sync mode) and two remote
+ * handles. A producer appends one event at a time; a consumer thread acks each batch with
+ * the fetch of the next (engram_ack_fetch with a wait). An ack-fetch that finds nothing
+ * parks with its acks committed but not flushed: it is answered after the flush of the
+ * append that wakes it, and the last one after its wait, after a flush made for it. */
+struct served {
+  char ep[200];
+  char dir[4096];
+  int n, rc;
+  volatile int got;
+};
+
+static void *serve_main(void *arg) {
+  struct served *sv = arg;
+  engram_serve_options so = {.listen = sv->ep, .durability = ENGRAM_DURABILITY_SYNC};
+  sv->rc = engram_serve(sv->dir, &so);
+  return NULL;
+}
+
+static engram *served_connect(struct served *sv) {
+  for (int i = 0; i < 500; i++) {
+    engram *c;
+    if (engram_connect(sv->ep, NULL, &c) == 0) {
+      engram_topic_info ti;
+      if (engram_topic_info_get(c, TOPIC, &ti) == 0) return c;
+      engram_close(c);
+    }
+    struct timespec ts = {0, 10000000};
+    nanosleep(&ts, NULL);
+  }
+  die(NULL, "connect to the daemon", ENGRAM_ECONN);
+  return NULL;
+}
+
+/* Acks everything of `held` it fetched before with the next ack-fetch; records the acks
+ * once the call that carried them returned. */
+static void served_consume(engram *c, engram_ack_item *held, size_t *n_held, uint64_t wait_ms,
+                           size_t *got) {
+  engram_batch *b = NULL;
+  int rc = engram_ack_fetch(c, TOPIC, "g", "c1", held, *n_held, NULL, 8, wait_ms, &b);
+  if (rc) die(c, "ack_fetch", rc);
+  for (size_t i = 0; i < *n_held; i++)
+    ack("ack %s g %llu", TOPIC, (unsigned long long)held[i].offset);
+  *n_held = 0;
+  for (size_t i = 0; i < b->count && i < 8; i++)
+    held[(*n_held)++] = (engram_ack_item){b->events[i].offset, b->events[i].attempt, NULL, 0};
+  *got += b->count;
+  engram_batch_free(b);
+}
+
+static void *served_consumer(void *arg) {
+  struct served *sv = arg;
+  engram *c = served_connect(sv);
+  engram_ack_item held[8];
+  size_t n_held = 0, got = 0;
+  while (got < (size_t)sv->n) {
+    served_consume(c, held, &n_held, 2000, &got);
+    sv->got = (int)got;
+  }
+  /* The last acks: nothing comes, the wait ends, and the answer follows a flush. */
+  served_consume(c, held, &n_held, 50, &got);
+  engram_close(c);
+  return NULL;
+}
+
+static void run_served(const char *root, int scale) {
+  struct served sv = {.n = 8 * scale};
+  snprintf(sv.dir, sizeof sv.dir, "%s/log", root);
+  /* The socket outside ROOT: it holds no data. */
+  snprintf(sv.ep, sizeof sv.ep, "ipc:///tmp/pc-served-%ld.ipc", (long)getpid());
+  pthread_t srv, con;
+  if (pthread_create(&srv, NULL, serve_main, &sv)) die(NULL, "serve thread", ENGRAM_ENOMEM);
+  engram *p = served_connect(&sv);
+  int rc = engram_group_create(p, TOPIC, "g", NULL);
+  if (rc) die(p, "group_create", rc);
+  ack("group %s g", TOPIC);
+  if (pthread_create(&con, NULL, served_consumer, &sv)) die(NULL, "consumer", ENGRAM_ENOMEM);
+  for (int i = 0; i < sv.n; i++) {
+    /* The consumer is parked in its ack-fetch when most appends come. */
+    struct timespec ts = {0, 3000000};
+    nanosleep(&ts, NULL);
+    append_one(p, (uint64_t)i);
+  }
+  pthread_join(con, NULL);
+  engram_close(p);
+  engram_serve_stop();
+  pthread_join(srv, NULL);
+  if (sv.rc) die(NULL, "serve", sv.rc);
+}
+
 static void run_park(engram *log, int scale) {
   engram_topic_config tc = {.flags = ENGRAM_TOPIC_NO_DICT};
   int rc = engram_topic_create(log, "big", &tc);
@@ -525,6 +616,11 @@ static int cmd_run(int argc, char **argv) {
     run_park(log, scale);
   } else if (!strcmp(scen, "freed")) {
     run_freed(log, scale);
+  } else if (!strcmp(scen, "served")) {
+    /* The daemon opens the log itself. */
+    engram_close(log);
+    run_served(argv[3], scale);
+    return 0;
   } else if (!strcmp(scen, "procs")) {
     /* Four writers; this process has closed the log, so the first of them to open it
      * recovers it and the last to close checkpoints. */

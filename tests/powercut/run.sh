@@ -27,9 +27,10 @@ for ((s = seed; s < seed + seeds; s++)); do
     "$py" tests/powercut/replay.py --build "$BUILD" --scenario "$scen" --seed "$s" "${opts[@]}" ||
       failed=$((failed + 1))
   done
-  # Several processes at once (writers, and writers beside a consumer process): a cut
-  # right after every acknowledgement too, so that one no completed flush covers shows.
-  for scen in procs procs_group; do
+  # Several processes at once (writers, and writers beside a consumer process), and a
+  # daemon with remote clients: a cut right after every acknowledgement too, so that one
+  # no completed flush covers shows.
+  for scen in procs procs_group served; do
     "$py" tests/powercut/replay.py --build "$BUILD" --scenario "$scen" --seed "$s" --ack-points \
       "${opts[@]}" || failed=$((failed + 1))
   done
@@ -58,6 +59,10 @@ for ((s = seed; s < seed + seeds; s++)); do
     failed=$((failed + 1))
   "$py" tests/powercut/replay.py --build "$BUILD" --scenario threads --mode async \
     --seed "$s" --expect-loss "${opts[@]}" || failed=$((failed + 1))
+  # A parked ack-fetch answered without the flush its deferred acks wait for loses them.
+  ENGRAM_TEST_ACK_NO_FLUSH=1 "$py" tests/powercut/replay.py --build "$BUILD" --scenario served \
+    --seed "$s" --ack-points --expect-loss --loss-of "lost: ack" "${opts[@]}" ||
+    failed=$((failed + 1))
   # A reclaim that renames its copy into place unflushed loses the log.
   ENGRAM_TEST_RECLAIM_NO_FSYNC=1 "$py" tests/powercut/replay.py --build "$BUILD" \
     --scenario reclaim --seed "$s" --expect-loss "${opts[@]}" || failed=$((failed + 1))
