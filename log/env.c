@@ -351,15 +351,8 @@ static int foreign_error(const char *dir, MDB_txn *txn) {
                    dir, *names ? "; it holds: " : "", names);
 }
 
-/* Decides, without writing a byte, whether `dir` holds an engram log of this format:
- * the environment is opened MDB_RDONLY | MDB_NOLOCK, so neither data.mdb nor lock.mdb
- * (nor its absence) is touched, which matters when the directory is someone else's.
- * Holding no reader slot, the read could meet pages a writer reuses, which needs two
- * commits after the one read: it is retried when the environment moved on that far.
- * Returns 0 for an engram log, ENGRAM_ENOTFOUND (no message) when there is no
- * data.mdb, else an error with its message set. */
 /* Whether every page past the end of a data.mdb that ends before the pages its meta page
- * counts is free or parked: an engram before 2026-12-06 left the pages a commit took past
+ * counts is free or parked: an earlier engram left the pages a commit took past
  * the end of the file and freed again unwritten (wal.c, cover_pages, now extends the file
  * over them), so its file could end short of them and be whole. Read in a child process:
  * LMDB trusts the pages it reads, and in a file that was cut short the free list's own
@@ -426,6 +419,13 @@ static int short_but_whole(const char *dir, uint64_t have, uint64_t used) {
 #endif
 }
 
+/* Decides, without writing a byte, whether `dir` holds an engram log of this format:
+ * the environment is opened MDB_RDONLY | MDB_NOLOCK, so neither data.mdb nor lock.mdb
+ * (nor its absence) is touched, which matters when the directory is someone else's.
+ * Holding no reader slot, the read could meet pages a writer reuses, which needs two
+ * commits after the one read: it is retried when the environment moved on that far.
+ * Returns 0 for an engram log, ENGRAM_ENOTFOUND (no message) when there is no
+ * data.mdb, else an error with its message set. */
 static int probe(const char *dir) {
   char f[4200];
   snprintf(f, sizeof f, "%s/data.mdb", dir);

@@ -122,6 +122,8 @@ struct net_server {
   int hold;              /* the main thread is reading a burst of requests and may run
                             them itself: lanes made ready and requests queued wake nobody */
   pthread_t main_thread; /* runs server_main_loop */
+  int test_ack_no_flush; /* the power-cut test's control (ENGRAM_TEST_ACK_NO_FLUSH): parked
+                            ack-fetches answered without the flush their acks wait for */
 
   pthread_t *workers;
   int n_workers;

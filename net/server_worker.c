@@ -191,10 +191,7 @@ static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
     server_wake_main(s);
     return;
   }
-  /* The power-cut test's control (ENGRAM_TEST_ACK_NO_FLUSH): answered unflushed. */
-  static int no_flush = -1;
-  if (no_flush < 0) no_flush = getenv("ENGRAM_TEST_ACK_NO_FLUSH") != NULL;
-  if (j->ack_mark && !no_flush) {
+  if (j->ack_mark && !s->test_ack_no_flush) {
     /* Its acks are answered now: they must be durable first. */
     int frc = log_flush_upto(api_log(s->log), j->ack_mark);
     j->ack_mark = 0;
