@@ -80,6 +80,9 @@
 #define WAL_PACE_CHUNK (256ull << 10)
 #define WAL_PACE_STEPS 1024
 #define WAL_PIN_LAG_MAX (4ull << 20)
+/* Most bytes of data.mdb writes a commit holds back until its record is written (sync
+ * modes); a bigger commit writes through (LMDB spills thousands of pages at a time). */
+#define WAL_HOLD_MAX (256ull << 10)
 
 /* LMDB's meta page: the page header, then MDB_meta. Offsets within the page. */
 #define META_MAGIC_OFF 16
@@ -158,6 +161,13 @@ struct wal {
   off_t pos;         /* the offset LMDB last sought in data.mdb, -1 once written from */
   int failed;        /* a write to the file failed: the next commit checkpoints instead */
   uint64_t data_end; /* data.mdb is at least this long (this handle's writes, fstat) */
+  /* Writes of the commit being written to data.mdb, held until its record is written
+   * (hold_write): (offset, length) extents and their bytes, as in a record. */
+  unsigned char *held;
+  size_t held_len, held_size;
+  int hold;                 /* this handle holds writes back (its commits are flushed one by one) */
+  int through;              /* this commit writes through: a write could not be held */
+  uint64_t rec_at, rec_len; /* where the last record went */
   /* Pins (sync_mu): the pin, on a commit whose record is durable (up to pin_seq), and
    * ended read transactions kept for reuse. */
   pthread_mutex_t sync_mu;
@@ -211,10 +221,15 @@ static uint64_t meta_pages(const unsigned char *meta) {
  * counts. Nothing reads them, but a file that short looks cut short (env.c refuses to
  * open it), and a parked run among them would never be written whole (park.c). The size
  * is flushed with data.mdb, as the meta page that needs it is. Returns 0 or -errno. */
-static int cover_pages(int data_fd, uint64_t need, uint64_t *end) {
+static int cover_pages(int data_fd, uint64_t need, uint64_t *end, int *hold) {
   struct stat st;
   if (fstat(data_fd, &st) < 0) return -errno;
-  if ((uint64_t)st.st_size < need && ftruncate(data_fd, (off_t)need) < 0) return -errno;
+  /* Allocated, where writes are held (hold_write): a hole only ftruncate made could fail
+   * a held write on a full disk. */
+  if ((uint64_t)st.st_size < need &&
+      (!*hold || fallocate(data_fd, 0, st.st_size, (off_t)need - st.st_size) < 0) &&
+      (*hold = 0, ftruncate(data_fd, (off_t)need) < 0))
+    return -errno;
   if (end) *end = (uint64_t)st.st_size > need ? (uint64_t)st.st_size : need;
   return 0;
 }
@@ -446,6 +461,67 @@ static void capture(struct wal *w, uint64_t off, const void *b, size_t n) {
   }
 }
 
+/* Writes held back. In a mode that flushes each commit, a commit's writes to data.mdb
+ * are held until its record is written: the record is then handed to the disk at once
+ * (sync_file_range), and data.mdb's pages and meta page are written to the page cache
+ * while the disk writes it, instead of before; the commit's flush then mostly waits for
+ * the disk's cache flush alone. Nothing reads those pages before the meta page that
+ * points at them is written: LMDB reads back during a transaction only the pages it
+ * spilled, and a spill writes thousands of pages, more than a commit holds
+ * (WAL_HOLD_MAX), so it writes through. Only writes inside the file are held: a write
+ * that extends it may find the disk full, and must fail while LMDB can still abort the
+ * commit (a failure at the meta page's write makes LMDB refuse every later one). */
+
+/* A write that starts past the end of data.mdb leaves a hole before it (pages LMDB took
+ * and freed unwritten): it is allocated, or writes are no longer held. */
+static void fill_gap(struct wal *w, uint64_t off) {
+  if (w->hold && off > w->data_end &&
+      fallocate(w->data_fd, FALLOC_FL_KEEP_SIZE, (off_t)w->data_end, (off_t)(off - w->data_end)) <
+          0)
+    w->hold = 0;
+}
+
+/* Writes every held write to data.mdb, in order. Returns 0 or -errno. */
+static int write_held(struct wal *w) {
+  int rc = 0;
+  for (size_t at = 0; at < w->held_len && !rc;) {
+    struct wal_ext e;
+    memcpy(&e, w->held + at, sizeof e);
+    rc = pwrite_all(w->data_fd, w->held + at + sizeof e, (size_t)e.len, e.off);
+    at += sizeof e + pad8(e.len);
+  }
+  w->held_len = 0;
+  return rc;
+}
+
+/* Holds LMDB's write of n bytes at off (bytes b, of which only keep are written to the
+ * file) until the commit's record is written. Returns 1 when held; 0 when the caller
+ * writes it now, after every write held before it (it and the rest of the commit then
+ * write through); -errno when those failed. */
+static int hold_write(struct wal *w, uint64_t off, const void *b, size_t keep) {
+  size_t need = w->held_len + sizeof(struct wal_ext) + pad8(keep);
+  if (w->hold && !w->through && off + keep <= w->data_end && need <= WAL_HOLD_MAX) {
+    if (need > w->held_size) {
+      size_t sz = w->held_size ? w->held_size : 65536;
+      while (sz < need) sz *= 2;
+      unsigned char *nb = realloc(w->held, sz);
+      if (nb) {
+        w->held = nb;
+        w->held_size = sz;
+      }
+    }
+    if (need <= w->held_size) {
+      struct wal_ext e = {.off = off, .len = keep};
+      memcpy(w->held + w->held_len, &e, sizeof e);
+      memcpy(w->held + w->held_len + sizeof e, b, keep);
+      w->held_len = need;
+      return 1;
+    }
+  }
+  w->through = 1;
+  return write_held(w);
+}
+
 /* Appends the commit's record. Returns 0, or -1 when it must be made durable by a
  * checkpoint instead (no room, or the file cannot be written). */
 static int append_record(struct wal *w) {
@@ -483,6 +559,8 @@ static int append_record(struct wal *w) {
     }
   }
   s->tail = at + total;
+  w->rec_at = at;
+  w->rec_len = total;
   w->appended += total;
   if (wrap) s->wrapped = 1;
   if (s->tail > s->zeroed) s->zeroed = s->tail;
@@ -507,8 +585,10 @@ static ssize_t meta_write(struct wal *w, const void *b, size_t n, off_t off) {
   uint64_t at = (uint64_t)off % w->psize;
   if (at <= META_LAST_PG_OFF && at + n >= META_LAST_PG_OFF + 8) {
     uint64_t need = meta_pages((const unsigned char *)b - at) * w->psize;
-    int rc = need > w->data_end ? cover_pages(w->data_fd, need, &w->data_end) : 0;
+    int rc = need > w->data_end ? cover_pages(w->data_fd, need, &w->data_end, &w->hold) : 0;
     if (rc) {
+      (void)write_held(w); /* as the record of LMDB's rewrite of the old meta has them */
+      w->through = 0;
       errno = -rc;
       return -1; /* LMDB puts the old meta back */
     }
@@ -517,9 +597,26 @@ static ssize_t meta_write(struct wal *w, const void *b, size_t n, off_t off) {
   int in_file = append_record(w) == 0;
   w->len = 0;
   w->overflow = 0;
-  if (in_file) return real_pwrite(w->data_fd, b, n, off);
+  w->through = 0;
+  if (in_file) {
+    /* The disk writes the record while the held pages go to the page cache (see
+     * write_held); the flush that follows finds it written or under way. */
+    if (w->held_len)
+      sync_file_range(w->fd, (off_t)w->rec_at, (off_t)w->rec_len, SYNC_FILE_RANGE_WRITE);
+    int rc = write_held(w);
+    if (rc) {
+      errno = -rc;
+      return -1; /* LMDB puts the old meta back (a record that replays it follows) */
+    }
+    return real_pwrite(w->data_fd, b, n, off);
+  }
   /* Made durable in data.mdb itself: the records before it, the commit with its meta
    * page, then a new generation of the file. */
+  int hrc = write_held(w);
+  if (hrc) {
+    errno = -hrc;
+    return -1;
+  }
   if (fdatasync(w->fd) < 0 && !w->failed) return -1;
   ssize_t r = real_pwrite(w->data_fd, b, n, off);
   if (r != (ssize_t)n) return r;
@@ -539,6 +636,13 @@ static ssize_t hook_pwrite(int fd, const void *b, size_t n, off_t off) {
   if ((uint64_t)off < 2ull * w->psize) return meta_write(w, b, n, off);
   capture(w, (uint64_t)off, b, n);
   size_t keep = parked_len(w, b, n);
+  int held = hold_write(w, (uint64_t)off, b, keep);
+  if (held) {
+    if (held > 0) return (ssize_t)n;
+    errno = -held;
+    return -1;
+  }
+  fill_gap(w, (uint64_t)off);
   ssize_t r = real_pwrite(fd, b, keep, off);
   if (r == (ssize_t)keep && (uint64_t)off + keep > w->data_end) w->data_end = (uint64_t)off + keep;
   return r == (ssize_t)keep ? (ssize_t)n : r;
@@ -569,20 +673,36 @@ static ssize_t hook_writev(int fd, const struct iovec *iov, int cnt) {
     off += (off_t)iov[i].iov_len;
   }
   if (off < 0) w->overflow = 1;
+  /* Held page by page (hold_write) while they may be; the rest is written here. */
+  ssize_t held = 0;
+  if (start >= 0)
+    for (int h; cnt > 0; iov++, cnt--) {
+      h = hold_write(w, (uint64_t)(start + held), iov[0].iov_base,
+                     parked_len(w, iov[0].iov_base, iov[0].iov_len));
+      if (h < 0) {
+        errno = -h;
+        return -1;
+      }
+      if (!h) break;
+      held += (ssize_t)iov[0].iov_len;
+    }
+  if (!cnt) return held;
+  start += held;
+  if (start >= 0) fill_gap(w, (uint64_t)start);
   int parked = 0;
   for (int i = 0; i < cnt; i++)
     parked |= parked_len(w, iov[i].iov_base, iov[i].iov_len) != iov[i].iov_len;
   if (!parked) {
-    ssize_t r = at >= 0 ? pwritev(fd, iov, cnt, at) : real_writev(fd, iov, cnt);
+    ssize_t r = start >= 0 ? pwritev(fd, iov, cnt, start) : real_writev(fd, iov, cnt);
     if (r > 0 && start >= 0 && (uint64_t)(start + r) > w->data_end)
       w->data_end = (uint64_t)(start + r);
-    return r;
+    return r < 0 ? r : held + r;
   }
   /* A commit that parks pages (park.c): each run written on its own, parked ones only in
    * their first page. */
   if (start < 0) return -1;
   off = start;
-  ssize_t total = 0;
+  ssize_t total = held;
   for (int i = 0; i < cnt; i++) {
     if (pwrite_all(fd, iov[i].iov_base, parked_len(w, iov[i].iov_base, iov[i].iov_len),
                    (uint64_t)off) < 0)
@@ -836,7 +956,8 @@ int log_wal_recover(const char *dir, int rdonly) {
       uint64_t t0, t1;
       memcpy(&t0, now + META_TXNID_OFF, sizeof t0);
       memcpy(&t1, now + psize + META_TXNID_OFF, sizeof t1);
-      rc = cover_pages(data_fd, meta_pages(now + (t1 > t0 ? psize : 0)) * psize, NULL);
+      int alloc = 1;
+      rc = cover_pages(data_fd, meta_pages(now + (t1 > t0 ? psize : 0)) * psize, NULL, &alloc);
     }
   } else {
     /* A new file (or one no header of which is whole): its sequence numbers start past
@@ -942,6 +1063,13 @@ int log_wal_attach(struct log *log) {
     return rc;
   }
   w->slot = WAL_HDR_PAGE + 2ull * w->psize;
+  struct stat st;
+  /* Writes are held in the modes that flush each commit, in a file without holes (pages
+   * LMDB freed unwritten, or a file an older engram extended): see hold_write. */
+  w->hold = log->opts.durability != ENGRAM_DURABILITY_ASYNC && !getenv("ENGRAM_TEST_NO_HOLD") &&
+            fstat(w->data_fd, &st) == 0 &&
+            (!st.st_size || fallocate(w->data_fd, FALLOC_FL_KEEP_SIZE, 0, st.st_size) == 0);
+  if (fstat(w->data_fd, &st) == 0) w->data_end = (uint64_t)st.st_size;
   w->pin_asked = w->pin_tail = __atomic_load_n(&w->shm->tail, __ATOMIC_ACQUIRE);
   w->cap = wal_cap_from_env();
   /* A file smaller than the default (ENGRAM_TEST_WAL_SIZE) has smaller steps. */
@@ -1365,6 +1493,7 @@ void log_wal_detach(struct log *log, int closing) {
   if (w->shm) munmap(w->shm, 4096);
   if (w->fd >= 0) close(w->fd);
   free(w->buf);
+  free(w->held);
   pthread_mutex_destroy(&w->sync_mu);
   free(w);
   log->wal = NULL;
