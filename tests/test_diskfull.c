@@ -101,6 +101,15 @@ static void check_all(engram *log, uint64_t n) {
   free(want);
 }
 
+/* check_all, then closes the log, opens it again and checks it once more. */
+static void check_all_and_reopened(engram *log, const char *dir, uint64_t n) {
+  check_all(log, n);
+  engram_close(log);
+  log = tu_open(dir, NULL);
+  check_all(log, n);
+  engram_close(log);
+}
+
 static void appends_on_a_full_disk_fail_cleanly_and_work_again_once_space_returns(void **state) {
   fx *f = *state;
   need_tmpfs(f);
@@ -174,12 +183,7 @@ static void appends_on_a_full_disk_fail_cleanly_and_work_again_once_space_return
   assert_int_equal(engram_append_batch(log, "memory", evs, 16, offs, NULL), 0);
   assert_int_equal(offs[0], head + 1);
   head += 16;
-  check_all(log, head);
-  engram_close(log);
-
-  log = tu_open(logdir, NULL);
-  check_all(log, head);
-  engram_close(log);
+  check_all_and_reopened(log, logdir, head);
   free(buf);
   free(logdir);
   free(filler);
@@ -237,12 +241,7 @@ static void appends_into_a_hole_on_a_full_disk_fail_cleanly(void **state) {
   rc = engram_append(log, "memory", &one, &off, NULL);
   if (rc) fail_msg("append after freeing space: %s: %s", engram_errname(rc), engram_errmsg(log));
   assert_int_equal(off, head + 1);
-  head = off;
-  check_all(log, head);
-  engram_close(log);
-  log = tu_open(logdir, NULL);
-  check_all(log, head);
-  engram_close(log);
+  check_all_and_reopened(log, logdir, off);
   free(buf);
   free(data);
   free(slack);
