@@ -6,7 +6,8 @@
  * Each record: u8 type, u64 inode, u64 offset, u32 length, then `length` bytes. Types:
  *   W  data written at offset (pwrite, write, writev, pwritev)
  *   D  data written through an O_DSYNC/O_SYNC descriptor: durable when the call returns
- *   T  file truncated or extended to `offset` bytes (ftruncate, open with O_TRUNC)
+ *   T  file truncated or extended to `offset` bytes (ftruncate, open with O_TRUNC,
+ *      fallocate without FALLOC_FL_KEEP_SIZE; allocating blocks changes no byte)
  *   B  flush of the inode begins (fsync, fdatasync); offset = flush id (unique in the
  *      trace, whichever process flushes)
  *   E  that flush returned: every W/T of the inode recorded before its B is durable
@@ -75,6 +76,7 @@ static ssize_t (*real_pwrite64)(int, const void *, size_t, off_t);
 static ssize_t (*real_writev)(int, const struct iovec *, int);
 static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
 static int (*real_ftruncate)(int, off_t);
+static int (*real_fallocate)(int, int, off_t, off_t);
 static int (*real_fsync)(int);
 static int (*real_fdatasync)(int);
 static int (*real_rename)(const char *, const char *);
@@ -100,6 +102,7 @@ static void resolve(void) {
   real_writev = dlsym(RTLD_NEXT, "writev");
   real_pwritev = dlsym(RTLD_NEXT, "pwritev");
   real_ftruncate = dlsym(RTLD_NEXT, "ftruncate");
+  real_fallocate = dlsym(RTLD_NEXT, "fallocate");
   real_fsync = dlsym(RTLD_NEXT, "fsync");
   real_fdatasync = dlsym(RTLD_NEXT, "fdatasync");
   real_rename = dlsym(RTLD_NEXT, "rename");
@@ -352,6 +355,19 @@ int ftruncate(int fd, off_t len) {
   int rc = real_ftruncate(fd, len);
   int e = errno;
   if (rc == 0) put('T', fds[fd].ino, (uint64_t)len, NULL, 0, NULL, 0);
+  unlock();
+  errno = e;
+  return rc;
+}
+
+int fallocate(int fd, int mode, off_t off, off_t len) {
+  resolve();
+  if (!tracked(fd) || (mode & FALLOC_FL_KEEP_SIZE)) return real_fallocate(fd, mode, off, len);
+  lock();
+  int rc = real_fallocate(fd, mode, off, len);
+  int e = errno;
+  struct stat st;
+  if (rc == 0 && fstat(fd, &st) == 0) put('T', fds[fd].ino, (uint64_t)st.st_size, NULL, 0, NULL, 0);
   unlock();
   errno = e;
   return rc;
