@@ -494,10 +494,10 @@ static int write_held(struct wal *w) {
   return rc;
 }
 
-/* Holds LMDB's write of n bytes at off (bytes b, of which only keep are written to the
- * file) until the commit's record is written. Returns 1 when held; 0 when the caller
- * writes it now, after every write held before it (it and the rest of the commit then
- * write through); -errno when those failed. */
+/* Holds the keep bytes at b that LMDB writes at off (of a parked run, only its first
+ * page: parked_len) until the commit's record is written. Returns 1 when held; 0 when
+ * the caller writes them now, after every write held before (the rest of the commit then
+ * writes through too); -errno when those failed. */
 static int hold_write(struct wal *w, uint64_t off, const void *b, size_t keep) {
   size_t need = w->held_len + sizeof(struct wal_ext) + pad8(keep);
   if (w->hold && !w->through && off + keep <= w->data_end && need <= WAL_HOLD_MAX) {
