@@ -1064,12 +1064,13 @@ int log_wal_attach(struct log *log) {
   }
   w->slot = WAL_HDR_PAGE + 2ull * w->psize;
   struct stat st;
+  int sized = fstat(w->data_fd, &st) == 0;
+  if (sized) w->data_end = (uint64_t)st.st_size;
   /* Writes are held in the modes that flush each commit, in a file without holes (pages
    * LMDB freed unwritten, or a file an older engram extended): see hold_write. */
-  w->hold = log->opts.durability != ENGRAM_DURABILITY_ASYNC && !getenv("ENGRAM_TEST_NO_HOLD") &&
-            fstat(w->data_fd, &st) == 0 &&
+  w->hold = sized && log->opts.durability != ENGRAM_DURABILITY_ASYNC &&
+            !getenv("ENGRAM_TEST_NO_HOLD") &&
             (!st.st_size || fallocate(w->data_fd, FALLOC_FL_KEEP_SIZE, 0, st.st_size) == 0);
-  if (fstat(w->data_fd, &st) == 0) w->data_end = (uint64_t)st.st_size;
   w->pin_asked = w->pin_tail = __atomic_load_n(&w->shm->tail, __ATOMIC_ACQUIRE);
   w->cap = wal_cap_from_env();
   /* A file smaller than the default (ENGRAM_TEST_WAL_SIZE) has smaller steps. */
