@@ -83,6 +83,7 @@
 /* Most bytes of data.mdb writes a commit holds back until its record is written (sync
  * modes); a bigger commit writes through (LMDB spills thousands of pages at a time). */
 #define WAL_HOLD_MAX (256ull << 10)
+#define WAL_HELD_IOV 64 /* held writes written by one pwritev, at most */
 
 /* LMDB's meta page: the page header, then MDB_meta. Offsets within the page. */
 #define META_MAGIC_OFF 16
@@ -203,6 +204,28 @@ static int pwrite_all(int fd, const void *b, size_t n, uint64_t off) {
     p += w;
     n -= (size_t)w;
     off += (uint64_t)w;
+  }
+  return 0;
+}
+
+/* Writes cnt buffers (iov, which it may change) at off, all of them. Returns 0 or -errno. */
+static int pwritev_all(int fd, struct iovec *iov, int cnt, uint64_t off) {
+  while (cnt) {
+    ssize_t n = pwritev(fd, iov, cnt, (off_t)off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    off += (uint64_t)n;
+    while (cnt && (size_t)n >= iov->iov_len) {
+      n -= (ssize_t)iov->iov_len;
+      iov++;
+      cnt--;
+    }
+    if (cnt) {
+      iov->iov_base = (char *)iov->iov_base + n;
+      iov->iov_len -= (size_t)n;
+    }
   }
   return 0;
 }
@@ -481,14 +504,24 @@ static void fill_gap(struct wal *w, uint64_t off) {
     w->hold = 0;
 }
 
-/* Writes every held write to data.mdb, in order. Returns 0 or -errno. */
+/* Writes every held write to data.mdb, in order, each run of adjacent ones (the pages
+ * of one writev of LMDB's) in one system call. Returns 0 or -errno. */
 static int write_held(struct wal *w) {
   int rc = 0;
   for (size_t at = 0; at < w->held_len && !rc;) {
-    struct wal_ext e;
-    memcpy(&e, w->held + at, sizeof e);
-    rc = pwrite_all(w->data_fd, w->held + at + sizeof e, (size_t)e.len, e.off);
-    at += sizeof e + pad8(e.len);
+    struct iovec iov[WAL_HELD_IOV];
+    int n = 0;
+    uint64_t start = 0, end = 0;
+    while (at < w->held_len && n < WAL_HELD_IOV) {
+      struct wal_ext e;
+      memcpy(&e, w->held + at, sizeof e);
+      if (n && e.off != end) break;
+      if (!n) start = end = e.off;
+      iov[n++] = (struct iovec){w->held + at + sizeof e, (size_t)e.len};
+      end += e.len;
+      at += sizeof e + pad8(e.len);
+    }
+    rc = pwritev_all(w->data_fd, iov, n, start);
   }
   w->held_len = 0;
   return rc;
@@ -540,23 +573,9 @@ static int append_record(struct wal *w) {
   struct wal_rec r = {.magic = WAL_REC_MAGIC, .gen = s->gen, .seq = s->seq + 1, .len = w->len};
   r.crc = crc32c(crc32c(0, &r, sizeof r), w->buf, w->len);
   struct iovec iov[2] = {{&r, sizeof r}, {w->buf, w->len}};
-  uint64_t off = at;
-  size_t left = (size_t)total;
-  int i = 0;
-  while (left) {
-    ssize_t n = pwritev(w->fd, iov + i, 2 - i, (off_t)off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      w->failed = 1;
-      return -1;
-    }
-    off += (uint64_t)n;
-    left -= (size_t)n;
-    while (n > 0 && (size_t)n >= iov[i].iov_len) n -= (ssize_t)iov[i++].iov_len;
-    if (n > 0) {
-      iov[i].iov_base = (char *)iov[i].iov_base + n;
-      iov[i].iov_len -= (size_t)n;
-    }
+  if (pwritev_all(w->fd, iov, 2, at) < 0) {
+    w->failed = 1;
+    return -1;
   }
   s->tail = at + total;
   w->rec_at = at;
