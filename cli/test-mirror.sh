@@ -307,9 +307,40 @@ print(sum(x["head_offset"] for x in ts))')
 # stdout only: a cluster still electing leaders after its restart adds a line on stderr.
 out=$("$BIN" restore --from-nats "$URL" --stream MEM --data "$TMP/restored" 2>"$TMP/restore.err")
 echo "     $out"
-[ "$out" = "restored 2 topics, $heads events from $heads messages (0 duplicates)" ] &&
-  ok "the stream holds the $heads events of the log, each once" ||
+if [ "$out" = "restored 2 topics, $heads events from $heads messages (0 duplicates)" ]; then
+  ok "the stream holds the $heads events of the log, each once"
+else
   fail "restore: $out $(cat "$TMP/restore.err") (the log's heads add up to $heads)"
+  # What each node holds of the stream, and the mirror's own account: printed last
+  # (a failing unit shows only the end of its output).
+  {
+    echo "---- diagnosis of the restore of stream MEM"
+    echo "mirror's log, its last lines:"
+    tail -n 12 "$TMP/mirror.log" | sed 's/^/  /'
+    for i in 0 1 2; do
+      python3 - "${MP[$i]}" "n$i" <<'PY'
+import json, sys, urllib.request
+port, node = sys.argv[1:]
+try:
+    j = json.load(urllib.request.urlopen(
+        "http://127.0.0.1:%s/jsz?accounts=true&streams=true" % port, timeout=2))
+except Exception as e:
+    print("  %s: /jsz unreachable (%s)" % (node, e))
+    sys.exit(0)
+for a in j.get("account_details") or []:
+    for st in a.get("stream_detail") or []:
+        if st.get("name") != "MEM":
+            continue
+        c, t = st.get("cluster") or {}, st.get("state") or {}
+        reps = ", ".join("%s current=%s lag=%s" % (r.get("name"), r.get("current"), r.get("lag"))
+                         for r in c.get("replicas") or [])
+        print("  %s: leader %s; messages %s, seq %s..%s, deleted %s; replicas: %s" % (
+            node, c.get("leader"), t.get("messages"), t.get("first_seq"), t.get("last_seq"),
+            t.get("num_deleted"), reps))
+PY
+    done
+  } >"$TMP/diagnosis"
+fi
 "$BIN" --data "$TMP/restored" verify >/dev/null 2>&1 && ok "the restored log verifies clean" ||
   fail "verify of the restored log"
 same=1 samecfg=1
@@ -529,5 +560,6 @@ else
   echo "skip TLS (no openssl)"
 fi
 
+[ -e "$TMP/diagnosis" ] && cat "$TMP/diagnosis"
 [ $fails = 0 ] && echo "test-mirror: all passed" || echo "test-mirror: $fails failed"
 [ $fails = 0 ]

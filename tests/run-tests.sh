@@ -50,8 +50,8 @@ run_unit() {
     if [ "$VERBOSE" = 1 ]; then
       cat "$out"
     else
-      # The output without the lines of passing test cases, at most its last 40 lines.
-      grep -vE '^\[ RUN      \]|^\[       OK \]' "$out" | tail -n 40 | sed 's/^/      /'
+      # The output without the lines of passing test cases, at most its last 70 lines.
+      grep -vE '^\[ RUN      \]|^\[       OK \]' "$out" | tail -n 70 | sed 's/^/      /'
     fi
   fi
   rm -rf "$dir"
