@@ -237,6 +237,13 @@ static uint64_t meta_pages(const unsigned char *meta) {
   return last + 1;
 }
 
+/* The bytes of data.mdb a meta page counts as used, or UINT64_MAX when no file can be that
+ * long (a damaged page, which cover_pages refuses). */
+static uint64_t meta_bytes(const unsigned char *meta, uint32_t psize) {
+  uint64_t pages = meta_pages(meta);
+  return pages > (uint64_t)INT64_MAX / psize ? UINT64_MAX : pages * psize;
+}
+
 /* Extends data.mdb to `need` bytes when it is shorter, never shortening it. LMDB does not
  * write the pages a commit took past the end of the file and freed again before it
  * committed (pages it dirtied and freed, overflow values it put and deleted): they go to
@@ -246,6 +253,7 @@ static uint64_t meta_pages(const unsigned char *meta) {
  * is flushed with data.mdb, as the meta page that needs it is. Returns 0 or -errno. */
 static int cover_pages(int data_fd, uint64_t need, uint64_t *end, int *hold) {
   struct stat st;
+  if (need > (uint64_t)INT64_MAX) return -EFBIG;
   if (fstat(data_fd, &st) < 0) return -errno;
   /* Allocated, where writes are held (hold_write): a hole only ftruncate made could fail
    * a held write on a full disk. */
@@ -603,7 +611,7 @@ static ssize_t meta_write(struct wal *w, const void *b, size_t n, off_t off) {
   /* LMDB writes the meta from mm_mapsize on: where in b its mm_last_pg is. */
   uint64_t at = (uint64_t)off % w->psize;
   if (at <= META_LAST_PG_OFF && at + n >= META_LAST_PG_OFF + 8) {
-    uint64_t need = meta_pages((const unsigned char *)b - at) * w->psize;
+    uint64_t need = meta_bytes((const unsigned char *)b - at, w->psize);
     int rc = need > w->data_end ? cover_pages(w->data_fd, need, &w->data_end, &w->hold) : 0;
     if (rc) {
       (void)write_held(w); /* as the record of LMDB's rewrite of the old meta has them */
@@ -976,7 +984,7 @@ int log_wal_recover(const char *dir, int rdonly) {
       memcpy(&t0, now + META_TXNID_OFF, sizeof t0);
       memcpy(&t1, now + psize + META_TXNID_OFF, sizeof t1);
       int alloc = 1;
-      rc = cover_pages(data_fd, meta_pages(now + (t1 > t0 ? psize : 0)) * psize, NULL, &alloc);
+      rc = cover_pages(data_fd, meta_bytes(now + (t1 > t0 ? psize : 0), psize), NULL, &alloc);
     }
   } else {
     /* A new file (or one no header of which is whole): its sequence numbers start past
