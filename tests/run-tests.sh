@@ -141,16 +141,19 @@ if [ -d tests/python ]; then
     else
       # Four units, each under its own timeout (ENGRAM_PY_TIMEOUT, default 300 s): the
       # package, the task runtime, the daemon's HTTP, and the seed systems' ported examples.
+      # A test still running after 100 s has the stack of every Python thread printed,
+      # so that a hang names itself before the unit's timeout ends it.
       export PYTHONPATH="$PWD/bindings/python${PYTHONPATH:+:$PYTHONPATH}"
-      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python "$py" -m pytest -q tests/python \
+      pytest_cmd=("$py" -m pytest -q -o faulthandler_timeout=100)
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python "${pytest_cmd[@]}" tests/python \
         --ignore=tests/python/seeds --ignore=tests/python/test_tasks.py \
         --ignore=tests/python/test_http.py --ignore=tests/python/test_top.py
-      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/tasks "$py" -m pytest -q \
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/tasks "${pytest_cmd[@]}" \
         tests/python/test_tasks.py
       # The daemon's HTTP with a real Chromium, Prometheus and tmux.
-      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/http "$py" -m pytest -q \
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/http "${pytest_cmd[@]}" \
         tests/python/test_http.py tests/python/test_top.py
-      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/seeds "$py" -m pytest -q tests/python/seeds
+      TIMEOUT=${ENGRAM_PY_TIMEOUT:-300} run_unit python/seeds "${pytest_cmd[@]}" tests/python/seeds
     fi
   fi
 fi
