@@ -193,21 +193,6 @@ struct wal {
  * Small file helpers.
  * ------------------------------------------------------------------------------ */
 
-static int pwrite_all(int fd, const void *b, size_t n, uint64_t off) {
-  const unsigned char *p = b;
-  while (n) {
-    ssize_t w = pwrite(fd, p, n, (off_t)off);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    p += w;
-    n -= (size_t)w;
-    off += (uint64_t)w;
-  }
-  return 0;
-}
-
 /* Writes cnt buffers (iov, which it may change) at off, all of them. Returns 0 or -errno. */
 static int pwritev_all(int fd, struct iovec *iov, int cnt, uint64_t off) {
   while (cnt) {
@@ -230,17 +215,19 @@ static int pwritev_all(int fd, struct iovec *iov, int cnt, uint64_t off) {
   return 0;
 }
 
-/* The pages a meta page counts as used: its last page's number plus one. */
-static uint64_t meta_pages(const unsigned char *meta) {
-  uint64_t last;
-  memcpy(&last, meta + META_LAST_PG_OFF, sizeof last);
-  return last + 1;
+/* Writes n bytes at off, all of them. Returns 0 or -errno. */
+static int pwrite_all(int fd, const void *b, size_t n, uint64_t off) {
+  struct iovec v = {(void *)b, n};
+  return pwritev_all(fd, &v, 1, off);
 }
 
-/* The bytes of data.mdb a meta page counts as used, or UINT64_MAX when no file can be that
- * long (a damaged page, which cover_pages refuses). */
+/* The bytes of data.mdb a meta page counts as used (its last page's number plus one, in
+ * pages), or UINT64_MAX when no file can be that long (a damaged page, which cover_pages
+ * refuses). */
 static uint64_t meta_bytes(const unsigned char *meta, uint32_t psize) {
-  uint64_t pages = meta_pages(meta);
+  uint64_t last;
+  memcpy(&last, meta + META_LAST_PG_OFF, sizeof last);
+  uint64_t pages = last + 1;
   return pages > (uint64_t)INT64_MAX / psize ? UINT64_MAX : pages * psize;
 }
 
