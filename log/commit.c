@@ -445,11 +445,11 @@ static void lead(struct log *log, struct log_job *self, struct batch *to_flush) 
     struct log_touched *touched = NULL;
     /* A solo job may open or drop named databases: no other transaction of this process
      * may open handles until it ends. */
-    if (jobs->solo) pthread_mutex_lock(&log->dbi_mu);
+    if (jobs->solo) log_dbi_lock(log);
     int rc = run_batch(log, jobs, &wrote, &touched);
     if (jobs->solo) {
       if (rc == 0 && wrote) log_topic_handles_reclaim(log); /* after a drop, say */
-      pthread_mutex_unlock(&log->dbi_mu);
+      log_dbi_unlock(log);
     }
     int strict = 0;
     for (struct log_job *j = jobs; j; j = j->next) strict |= !j->relaxed && !j->deferred;

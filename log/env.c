@@ -1097,47 +1097,60 @@ int log_map_grow(struct log *log) {
   return rc ? log_err_mdb(rc) : 0;
 }
 
-int log_aux_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out) {
+/* The thread that holds dbi_mu for a solo job (log_dbi_lock), so that an open of a
+ * handle inside that job fails with a message instead of waiting for itself. */
+static _Thread_local const struct log *dbi_holder;
+
+void log_dbi_lock(struct log *log) {
+  pthread_mutex_lock(&log->dbi_mu);
+  dbi_holder = log;
+}
+
+void log_dbi_unlock(struct log *log) {
+  dbi_holder = NULL;
+  pthread_mutex_unlock(&log->dbi_mu);
+}
+
+/* The cached handle of an upper layer's database: 1 when found. */
+static int aux_find(struct log *log, const char *name, MDB_dbi *out) {
+  int found = 0;
   pthread_mutex_lock(&log->aux_mu);
-  for (int i = 0; i < log->n_aux; i++) {
+  for (int i = 0; i < log->n_aux && !found; i++) {
     if (!strcmp(log->aux[i].name, name)) {
       *out = log->aux[i].dbi;
-      pthread_mutex_unlock(&log->aux_mu);
-      return 0;
+      found = 1;
     }
   }
   pthread_mutex_unlock(&log->aux_mu);
-  int rc = log_open_dbi(log, name, flags, out);
-  if (rc == ENGRAM_ENOTSUP && (log->env_flags & MDB_RDONLY))
-    return log_error(log, ENGRAM_ENOTFOUND,
-                     "read-only log %s holds no database %s: nothing of that kind was ever "
-                     "stored in it",
-                     log->path, name);
-  if (rc) return rc;
+  return found;
+}
+
+/* Caches a handle once: two threads may open the same database at once, and a name
+ * cached twice would take the slot of another. */
+static void aux_add(struct log *log, const char *name, MDB_dbi dbi) {
   pthread_mutex_lock(&log->aux_mu);
-  if (log->n_aux < LOG_MAX_AUX) {
-    snprintf(log->aux[log->n_aux].name, sizeof log->aux[0].name, "%s", name);
-    log->aux[log->n_aux].dbi = *out;
+  int i = 0;
+  while (i < log->n_aux && strcmp(log->aux[i].name, name)) i++;
+  if (i == log->n_aux && log->n_aux < LOG_MAX_AUX && strlen(name) < sizeof log->aux[0].name) {
+    snprintf(log->aux[i].name, sizeof log->aux[0].name, "%s", name);
+    log->aux[i].dbi = dbi;
     log->n_aux++;
   }
   pthread_mutex_unlock(&log->aux_mu);
-  return 0;
 }
 
-/* Opens (creating) a named database in a transaction of its own, so the handle is
- * shared by every later transaction. Creation goes through the commit path. */
-static int create_dbi_job(log_wtx *w, void *arg) {
-  struct log_dbi_req *r = arg;
-  int rc = mdb_dbi_open(w->txn, r->name, r->flags | MDB_CREATE, &r->dbi);
-  return rc ? log_err_mdb(rc) : 0;
-}
-
-int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out) {
-  /* Fast path: the database exists; open it in a read transaction of its own and commit
-   * that, so the handle stays valid for every transaction begun after. It is not the
-   * thread's read transaction (log_read_begin): the caller may hold a paused one, and
-   * its record must survive. LMDB: a transaction that opens a handle must end before
-   * another may open one. Lock order: dbi_mu, then map_lock. */
+/* Opens a database that exists in a read transaction of its own, committed so that the
+ * handle stays valid for every transaction begun after. It is not the thread's read
+ * transaction (log_read_begin): the caller may hold a paused one, and its record must
+ * survive. LMDB: a transaction that opens a handle must end before another may open
+ * one. Lock order: dbi_mu, then map_lock. Returns 0, MDB_NOTFOUND (no message) or an
+ * error with its message. */
+static int open_existing(struct log *log, const char *name, unsigned int flags, MDB_dbi *out) {
+  if (dbi_holder == log)
+    return log_error(log, ENGRAM_EINTERNAL,
+                     "open database %s: asked inside a job that runs alone, which holds the "
+                     "handle lock: open the database before the job is queued",
+                     name);
   MDB_txn *txn;
   pthread_mutex_lock(&log->dbi_mu);
   int rc = read_start(log, NULL, &txn);
@@ -1152,9 +1165,34 @@ int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi 
     mdb_txn_abort(txn);
   pthread_rwlock_unlock(&log->map_lock);
   pthread_mutex_unlock(&log->dbi_mu);
-  if (mrc == 0) return 0;
-  if (mrc != MDB_NOTFOUND)
-    return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, log_mdb_text(mrc));
+  if (mrc == 0 || mrc == MDB_NOTFOUND) return mrc;
+  return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, log_mdb_text(mrc));
+}
+
+int log_aux_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out) {
+  if (aux_find(log, name, out)) return 0;
+  int rc = log_open_dbi(log, name, flags, out);
+  if (rc == ENGRAM_ENOTSUP && (log->env_flags & MDB_RDONLY))
+    return log_error(log, ENGRAM_ENOTFOUND,
+                     "read-only log %s holds no database %s: nothing of that kind was ever "
+                     "stored in it",
+                     log->path, name);
+  if (rc) return rc;
+  aux_add(log, name, *out);
+  return 0;
+}
+
+/* Opens (creating) a named database in a transaction of its own, so the handle is
+ * shared by every later transaction. Creation goes through the commit path. */
+static int create_dbi_job(log_wtx *w, void *arg) {
+  struct log_dbi_req *r = arg;
+  int rc = mdb_dbi_open(w->txn, r->name, r->flags | MDB_CREATE, &r->dbi);
+  return rc ? log_err_mdb(rc) : 0;
+}
+
+int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out) {
+  int rc = open_existing(log, name, flags, out);
+  if (rc != MDB_NOTFOUND) return rc;
   struct log_dbi_req r = {.name = name, .flags = flags};
   rc = log_write_solo(log, create_dbi_job, &r);
   if (rc < 0) return rc;
@@ -1163,39 +1201,11 @@ int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi 
 }
 
 int log_aux_dbi_existing(struct log *log, const char *name, MDB_dbi *out) {
-  pthread_mutex_lock(&log->aux_mu);
-  for (int i = 0; i < log->n_aux; i++) {
-    if (!strcmp(log->aux[i].name, name)) {
-      *out = log->aux[i].dbi;
-      pthread_mutex_unlock(&log->aux_mu);
-      return 0;
-    }
-  }
-  pthread_mutex_unlock(&log->aux_mu);
-  /* As log_open_dbi's fast path: a read transaction of its own, committed so that the
-   * handle stays valid; nothing is created when the database is absent. */
-  MDB_txn *txn;
-  pthread_mutex_lock(&log->dbi_mu);
-  int rc = read_start(log, NULL, &txn);
-  if (rc) {
-    pthread_mutex_unlock(&log->dbi_mu);
-    return log_error(log, log_err_mdb(rc), "open database %s: %s", name, log_mdb_text(rc));
-  }
-  int mrc = mdb_dbi_open(txn, name, 0, out);
-  if (mrc == 0)
-    mrc = mdb_txn_commit(txn);
-  else
-    mdb_txn_abort(txn);
-  pthread_rwlock_unlock(&log->map_lock);
-  pthread_mutex_unlock(&log->dbi_mu);
-  if (mrc == MDB_NOTFOUND) return ENGRAM_ENOTFOUND;
-  if (mrc) return log_error(log, log_err_mdb(mrc), "open database %s: %s", name, log_mdb_text(mrc));
-  pthread_mutex_lock(&log->aux_mu);
-  if (log->n_aux < LOG_MAX_AUX) {
-    snprintf(log->aux[log->n_aux].name, sizeof log->aux[0].name, "%s", name);
-    log->aux[log->n_aux].dbi = *out;
-    log->n_aux++;
-  }
-  pthread_mutex_unlock(&log->aux_mu);
+  if (aux_find(log, name, out)) return 0;
+  /* Nothing is created when the database is absent. */
+  int rc = open_existing(log, name, 0, out);
+  if (rc == MDB_NOTFOUND) return ENGRAM_ENOTFOUND;
+  if (rc) return rc;
+  aux_add(log, name, *out);
   return 0;
 }

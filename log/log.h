@@ -24,7 +24,8 @@ typedef void (*log_verify_fn)(struct log *log, MDB_txn *txn, log_damage_fn damag
 /* Hook the layers above install to hear about commits (net/ publishes them). */
 typedef void (*log_commit_hook)(void *ctx, const char *topic, uint64_t head);
 
-#define LOG_MAX_AUX 16
+/* Room for every named database of a log (15 today) with some to spare. */
+#define LOG_MAX_AUX 32
 
 /* An open log: what an embedded engram handle (api/) holds. */
 struct log {

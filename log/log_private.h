@@ -119,6 +119,10 @@ void log_pipe_stop(struct log *log);
 void log_map_adopt(struct log *log);
 int log_map_grow(struct log *log);
 int log_open_dbi(struct log *log, const char *name, unsigned int flags, MDB_dbi *out);
+/* dbi_mu, taken by the leader around a solo job: opening a handle inside the job then
+ * fails with ENGRAM_EINTERNAL instead of waiting for the lock its own thread holds. */
+void log_dbi_lock(struct log *log);
+void log_dbi_unlock(struct log *log);
 int log_rmtree(const char *path);
 /* Makes directory entries durable (fsync of `path` opened with `flags`); 0 or -errno. */
 int log_fsync_path(const char *path, int flags);

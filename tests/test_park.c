@@ -366,6 +366,27 @@ static int setup(void **state) {
   return 0;
 }
 
+/* A job that runs alone holds the handle lock: a handle it asks for through
+ * log_aux_dbi is refused with a message, and the log stays usable (it waited for its own
+ * lock before). Not about parking, but this file is where solo jobs are run by hand. */
+static int opens_a_handle_job(log_wtx *w, void *arg) {
+  MDB_dbi dbi;
+  return log_aux_dbi(w->log, arg, 0, &dbi);
+}
+
+static void a_solo_job_asking_for_a_new_handle_is_refused_not_hung(void **state) {
+  tu_fx *fx = *state;
+  engram *log = fx->log = tu_open(fx->logdir, NULL);
+  alarm(60);
+  assert_int_equal(log_write_solo(api_log(log), opens_a_handle_job, "test.never"),
+                   ENGRAM_EINTERNAL);
+  assert_non_null(strstr(engram_errmsg(log), "open database test.never"));
+  alarm(0);
+  OK(log, engram_topic_create(log, "t", NULL));
+  MDB_dbi dbi;
+  assert_int_equal(log_aux_dbi(api_log(log), "test.never", 0, &dbi), 0);
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, tu_fx_teardown)
@@ -376,6 +397,7 @@ int main(void) {
       T(pages_freed_unwritten_lie_inside_the_file),
       T(a_file_short_only_of_free_pages_opens),
       T(a_crash_after_parking_keeps_every_acknowledged_event),
+      T(a_solo_job_asking_for_a_new_handle_is_refused_not_hung),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

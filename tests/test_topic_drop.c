@@ -437,6 +437,59 @@ static void creating_and_dropping_many_distinct_topics_never_runs_out_of_handles
   engram_close(log);
 }
 
+/* Threads that first use groups at once on a new handle each open the group databases;
+ * each database must be remembered once. Cached twice, the names filled the handle's
+ * table, and a drop (which runs alone, holding the handle lock) then opened one itself
+ * and waited for its own lock forever. The alarm turns such a hang into a failure. */
+enum { FIRST_USERS = 4 };
+
+struct first_use {
+  engram *log;
+  pthread_barrier_t *go;
+  int i, rc;
+};
+
+static void *use_groups_first(void *arg) {
+  struct first_use *u = arg;
+  char g[16];
+  snprintf(g, sizeof g, "g%d", u->i);
+  pthread_barrier_wait(u->go);
+  u->rc = engram_group_create(u->log, "keep", g, NULL);
+  return NULL;
+}
+
+static void a_drop_after_threads_first_used_groups_at_once_finishes(void **state) {
+  fx *f = *state;
+  alarm(120);
+  for (int round = 0; round < 6; round++) {
+    char name[32];
+    snprintf(name, sizeof name, "fresh%d", round);
+    char *dir = tu_join(f->dir, name);
+    engram *log = tu_open(dir, NULL);
+    EXPECT_OK(log, "create keep", engram_topic_create(log, "keep", NULL));
+    EXPECT_OK(log, "create big", engram_topic_create(log, "big", NULL));
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, FIRST_USERS);
+    pthread_t th[FIRST_USERS];
+    struct first_use u[FIRST_USERS];
+    for (int i = 0; i < FIRST_USERS; i++) {
+      u[i] = (struct first_use){log, &go, i, -1};
+      assert_int_equal(pthread_create(&th[i], NULL, use_groups_first, &u[i]), 0);
+    }
+    for (int i = 0; i < FIRST_USERS; i++) {
+      pthread_join(th[i], NULL);
+      EXPECT_OK(log, "group create", u[i].rc);
+    }
+    pthread_barrier_destroy(&go);
+    EXPECT_OK(log, "drop", engram_topic_drop(log, "big"));
+    engram_group_info gi;
+    EXPECT_OK(log, "group info", engram_group_info_get(log, "keep", "g0", &gi));
+    engram_close(log);
+    free(dir);
+  }
+  alarm(0);
+}
+
 /* A dropped topic leaves its emptied database behind: verify counts it as no damage. */
 static void a_log_with_a_dropped_topic_verifies_clean(void **state) {
   fx *f = *state;
@@ -464,6 +517,7 @@ int main(void) {
       T(reads_and_appends_racing_drop_and_recreate_never_crash_or_leak_codes),
       T(creating_and_dropping_many_distinct_topics_never_runs_out_of_handles),
       T(a_log_with_a_dropped_topic_verifies_clean),
+      T(a_drop_after_threads_first_used_groups_at_once_finishes),
   };
   return cmocka_run_group_tests_name("topic_drop", tests, NULL, NULL);
 }
