@@ -117,6 +117,8 @@ struct wal_ext {
 };
 
 /* Shared by every process with the log open; rebuilt by whoever recovers. */
+/* start, tail and zeroed change under LMDB's write lock and are read without it (by
+ * flushes and kicks): those stores and reads are atomic. */
 struct wal_shm {
   uint64_t magic;
   uint64_t gen;
@@ -185,7 +187,7 @@ struct wal {
   uint64_t pin_asked;   /* the tail when LOG_WAL_PIN was last asked for (async mode) */
   uint64_t pin_every;   /* WAL_PIN_EVERY, smaller in a smaller file */
   uint64_t pin_lag_max; /* WAL_PIN_LAG_MAX, likewise */
-  uint64_t checkpoints; /* (sync_mu is not needed: statistics) */
+  uint64_t checkpoints; /* statistics: counted and read atomically, with no lock */
   uint64_t appended;    /* bytes of records this handle appended (statistics) */
 };
 
@@ -358,11 +360,12 @@ static int checkpoint(struct wal *w) {
   if (rc) return rc;
   s->gen++;
   s->seq0 = s->seq + 1;
-  s->start = s->tail = 2 * w->slot;
+  __atomic_store_n(&s->start, 2 * w->slot, __ATOMIC_RELAXED);
+  __atomic_store_n(&s->tail, 2 * w->slot, __ATOMIC_RELEASE);
   s->wrapped = 0;
   __atomic_store_n(&s->synced, s->seq, __ATOMIC_RELEASE);
   __atomic_store_n(&s->broken, 0, __ATOMIC_RELEASE);
-  w->checkpoints++;
+  __atomic_fetch_add(&w->checkpoints, 1, __ATOMIC_RELAXED);
   return 0;
 }
 
@@ -572,12 +575,12 @@ static int append_record(struct wal *w) {
     w->failed = 1;
     return -1;
   }
-  s->tail = at + total;
+  __atomic_store_n(&s->tail, at + total, __ATOMIC_RELEASE);
   w->rec_at = at;
   w->rec_len = total;
   w->appended += total;
   if (wrap) s->wrapped = 1;
-  if (s->tail > s->zeroed) s->zeroed = s->tail;
+  if (s->tail > s->zeroed) __atomic_store_n(&s->zeroed, s->tail, __ATOMIC_RELAXED);
   __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
   uint64_t live = s->wrapped ? w->cap - s->start + s->tail - 2 * w->slot : s->tail - s->start;
   if (live > w->cap / 2 &&
@@ -634,7 +637,8 @@ static ssize_t meta_write(struct wal *w, const void *b, size_t n, off_t off) {
   if (fdatasync(w->fd) < 0 && !w->failed) return -1;
   ssize_t r = real_pwrite(w->data_fd, b, n, off);
   if (r != (ssize_t)n) return r;
-  w->shm->seq++; /* counts as a record: synced says when it is durable */
+  /* counts as a record: synced says when it is durable */
+  __atomic_store_n(&w->shm->seq, w->shm->seq + 1, __ATOMIC_RELEASE);
   int rc = checkpoint(w);
   if (rc) {
     errno = -rc;
@@ -1324,7 +1328,9 @@ int log_wal_sync(struct log *log) {
   log->st_flushes++;
   log_hist_add(&log->st_flush, took);
   /* The zeros ahead of the tail run short: the flusher writes more. */
-  if (rc == 0 && s->zeroed < w->cap && s->zeroed - s->tail < WAL_ZERO_CHUNK / 2) {
+  uint64_t zeroed = __atomic_load_n(&s->zeroed, __ATOMIC_RELAXED),
+           tail = __atomic_load_n(&s->tail, __ATOMIC_RELAXED);
+  if (rc == 0 && zeroed < w->cap && zeroed - tail < WAL_ZERO_CHUNK / 2) {
     log->wal_work |= LOG_WAL_ZERO_AHEAD;
     pthread_cond_broadcast(&log->flush_cv);
   }
@@ -1391,9 +1397,9 @@ static void checkpoint_fuzzy(struct log *log) {
         if (flushed && s->gen == gen) {
           s->gen = gen + 1;
           s->seq0 = seq0;
-          s->start = start;
+          __atomic_store_n(&s->start, start, __ATOMIC_RELAXED);
           s->wrapped = s->tail < start;
-          w->checkpoints++;
+          __atomic_fetch_add(&w->checkpoints, 1, __ATOMIC_RELAXED);
         }
         s->pending_gen = 0;
         own_txn_end(log, txn);
@@ -1450,8 +1456,8 @@ void log_wal_kick(struct log *log) {
   }
   if (ring_dist(__atomic_load_n(&w->pin_tail, __ATOMIC_ACQUIRE), tail, 2 * w->slot, w->cap) >=
       w->pin_lag_max)
-    pin_move(log);                  /* the flusher fell behind (a slow flush): wait for it here */
-  if (from > tail) from = s->start; /* the records went back to the first slot */
+    pin_move(log); /* the flusher fell behind (a slow flush): wait for it here */
+  if (from > tail) from = __atomic_load_n(&s->start, __ATOMIC_RELAXED); /* back to the first slot */
   if (tail - from < (1u << 20)) return;
   if (!__atomic_compare_exchange_n(&s->kicked, &from, tail, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
     return; /* another thread or process does it */
@@ -1471,7 +1477,7 @@ void log_wal_work(struct log *log, int work) {
       uint64_t to = s->zeroed + WAL_ZERO_CHUNK;
       if (to > w->cap) to = w->cap;
       int ok = s->zeroed < to && zero_fill(w->fd, to) == 0;
-      if (ok) s->zeroed = to;
+      if (ok) __atomic_store_n(&s->zeroed, to, __ATOMIC_RELAXED);
       own_txn_end(log, txn);
       if (ok) fdatasync(w->fd);
     }
@@ -1522,6 +1528,8 @@ uint64_t log_wal_synced(const struct log *log) {
   return __atomic_load_n(&log->wal->shm->synced, __ATOMIC_ACQUIRE);
 }
 
-uint64_t log_wal_checkpoints(const struct log *log) { return log->wal ? log->wal->checkpoints : 0; }
+uint64_t log_wal_checkpoints(const struct log *log) {
+  return log->wal ? __atomic_load_n(&log->wal->checkpoints, __ATOMIC_RELAXED) : 0;
+}
 
 uint64_t log_wal_appended(const struct log *log) { return log->wal ? log->wal->appended : 0; }

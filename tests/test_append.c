@@ -894,7 +894,7 @@ static void expect_same_events(engram *a, engram *b, const char *topic) {
 
 struct writer {
   engram *log;
-  volatile int stop;
+  int stop; /* set and read atomically */
   int rc;
   uint64_t n;
 };
@@ -902,7 +902,7 @@ struct writer {
 static void *writer_main(void *arg) {
   struct writer *w = arg;
   char p[300];
-  while (!w->stop) {
+  while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
     int len = snprintf(p, sizeof p, "{\"memory_id\":\"conv-1:D1:%llu\",\"text\":\"hot copy\"}",
                        (unsigned long long)w->n);
     engram_event ev = {.type = "memory.saved", .payload = p, .payload_len = (size_t)len};
@@ -955,7 +955,7 @@ static void a_backup_opens_verifies_and_holds_the_same_events(void **state) {
   char *dest2 = tu_join(f->dir, "backup-hot");
   ok(log, engram_backup(log, dest2), "hot backup");
   tu_sleep_ms(50);
-  w.stop = 1;
+  __atomic_store_n(&w.stop, 1, __ATOMIC_RELEASE);
   pthread_join(th, NULL);
   assert_int_equal(w.rc, 0);
   assert_true(w.n > 0);

@@ -69,7 +69,7 @@ static void header_hook(struct log *log) {
 struct writer {
   engram *log;
   _Atomic int stop;
-  int rc;
+  _Atomic int rc; /* read by the main thread while the writer runs */
 };
 
 static void *writer_main(void *arg) {
