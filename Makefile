@@ -5,6 +5,7 @@
 #                    (only engram_* names are visible in either library: see "Visibility")
 #   make run         builds and runs the main job on ./engram-data
 #   make test        builds and runs every test (SAN=1: under ASan + UBSan)
+#   make tsan        the commit path and consumer groups under ThreadSanitizer
 #   make mirrortest  the NATS mirror's real-server test with 100,000 events
 #   make bench       the benchmark suite (see docs/benchmarks.md)
 #   make install     PREFIX=/usr/local DESTDIR= (runs ldconfig when root installs to the system)
@@ -71,7 +72,8 @@ ALL_LDFLAGS := $(SANFLAGS) -pthread $(LDFLAGS)
 DEB_PACKAGES := build-essential pkg-config liblmdb-dev libzstd-dev libprotobuf-c-dev \
   protobuf-c-compiler libzmq3-dev libcmocka-dev lmdb-utils python3 python3-dev \
   python3-pytest python3-setuptools python3-pip python3-wheel python3-mypy help2man clang \
-  cppcheck nats-server libnats-dev libmicrohttpd-dev chromium prometheus tmux tzdata zsh
+  cppcheck nats-server libnats-dev libmicrohttpd-dev chromium prometheus tmux tzdata zsh \
+  libtsan2
 # libFuzzer's runtime for `make fuzz` (only a Recommends of clang): installed when this
 # Debian release has it under that name.
 DEB_OPTIONAL := libclang-rt-14-dev
@@ -110,7 +112,7 @@ TEST_HELPER_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(TEST_HELPERS))
 EXAMPLE_SRCS := $(wildcard examples/*.c)
 EXAMPLE_BINS := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRCS))
 
-.PHONY: all deps run test test-c test-python bench bench-peers fuzz install uninstall man clean \
+.PHONY: all deps run test test-c test-python bench bench-peers fuzz tsan install uninstall man clean \
   check-deps format python lint examples mirrortest bench-mirror
 .SECONDARY:
 
@@ -261,6 +263,15 @@ mirrortest: deps all
 
 fuzz: deps
 	@bash tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS)
+
+# Data races: the commit path, the write-ahead file and consumer groups under
+# ThreadSanitizer, built into build/tsan (tests/run-tsan.sh says what is left out).
+TSAN_TESTS := test_wal test_commit test_groups test_append test_pipeline test_deliver \
+  test_retention test_park test_compaction test_groups_model
+tsan: deps
+	@$(MAKE) --no-print-directory BUILD=build/tsan \
+	  SANFLAGS="-fsanitize=thread -fno-omit-frame-pointer" $(addprefix build/tsan/tests/,$(TSAN_TESTS))
+	@BUILD=build/tsan bash tests/run-tsan.sh $(TSAN_TESTS)
 
 bench: deps bench-deps all $(BENCH_BINS)
 	@BUILD=$(BUILD) bash bench/run.sh
