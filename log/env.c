@@ -716,6 +716,34 @@ static int open_core_dbs(struct log *log) {
   return 0;
 }
 
+/* The cached handle of an upper layer's database: 1 when found. */
+static int aux_find(struct log *log, const char *name, MDB_dbi *out) {
+  int found = 0;
+  pthread_mutex_lock(&log->aux_mu);
+  for (int i = 0; i < log->n_aux && !found; i++) {
+    if (!strcmp(log->aux[i].name, name)) {
+      *out = log->aux[i].dbi;
+      found = 1;
+    }
+  }
+  pthread_mutex_unlock(&log->aux_mu);
+  return found;
+}
+
+/* Caches a handle once: two threads may open the same database at once, and a name
+ * cached twice would take the slot of another. */
+static void aux_add(struct log *log, const char *name, MDB_dbi dbi) {
+  pthread_mutex_lock(&log->aux_mu);
+  int i = 0;
+  while (i < log->n_aux && strcmp(log->aux[i].name, name)) i++;
+  if (i == log->n_aux && log->n_aux < LOG_MAX_AUX && strlen(name) < sizeof log->aux[0].name) {
+    snprintf(log->aux[i].name, sizeof log->aux[0].name, "%s", name);
+    log->aux[i].dbi = dbi;
+    log->n_aux++;
+  }
+  pthread_mutex_unlock(&log->aux_mu);
+}
+
 /* Opens every named database that exists, so their handles are valid in every later
  * transaction of this process (LMDB ties a handle to transactions begun after it). */
 static int open_all_dbs(struct log *log) {
@@ -748,9 +776,8 @@ static int open_all_dbs(struct log *log) {
     if (mdb_dbi_open(txn, name, topic ? MDB_INTEGERKEY : 0, &dbi) != 0) continue;
     if (topic) {
       log_topic_cache_add(log, name + 2, dbi);
-    } else if (log->n_aux < LOG_MAX_AUX && strlen(name) < sizeof log->aux[0].name) {
-      snprintf(log->aux[log->n_aux].name, sizeof log->aux[0].name, "%s", name);
-      log->aux[log->n_aux++].dbi = dbi;
+    } else {
+      aux_add(log, name, dbi);
     }
   }
   mdb_cursor_close(c);
@@ -1109,34 +1136,6 @@ void log_dbi_lock(struct log *log) {
 void log_dbi_unlock(struct log *log) {
   dbi_holder = NULL;
   pthread_mutex_unlock(&log->dbi_mu);
-}
-
-/* The cached handle of an upper layer's database: 1 when found. */
-static int aux_find(struct log *log, const char *name, MDB_dbi *out) {
-  int found = 0;
-  pthread_mutex_lock(&log->aux_mu);
-  for (int i = 0; i < log->n_aux && !found; i++) {
-    if (!strcmp(log->aux[i].name, name)) {
-      *out = log->aux[i].dbi;
-      found = 1;
-    }
-  }
-  pthread_mutex_unlock(&log->aux_mu);
-  return found;
-}
-
-/* Caches a handle once: two threads may open the same database at once, and a name
- * cached twice would take the slot of another. */
-static void aux_add(struct log *log, const char *name, MDB_dbi dbi) {
-  pthread_mutex_lock(&log->aux_mu);
-  int i = 0;
-  while (i < log->n_aux && strcmp(log->aux[i].name, name)) i++;
-  if (i == log->n_aux && log->n_aux < LOG_MAX_AUX && strlen(name) < sizeof log->aux[0].name) {
-    snprintf(log->aux[i].name, sizeof log->aux[0].name, "%s", name);
-    log->aux[i].dbi = dbi;
-    log->n_aux++;
-  }
-  pthread_mutex_unlock(&log->aux_mu);
 }
 
 /* Opens a database that exists in a read transaction of its own, committed so that the

@@ -116,9 +116,9 @@ struct wal_ext {
   uint64_t len; /* the bytes follow, padded to 8 */
 };
 
-/* Shared by every process with the log open; rebuilt by whoever recovers. */
-/* start, tail and zeroed change under LMDB's write lock and are read without it (by
- * flushes and kicks): those stores and reads are atomic. */
+/* Shared by every process with the log open; rebuilt by whoever recovers. start, tail,
+ * zeroed and seq change under LMDB's write lock and are read without it (by flushes and
+ * kicks): those stores and reads are atomic. */
 struct wal_shm {
   uint64_t magic;
   uint64_t gen;
