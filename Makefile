@@ -5,7 +5,7 @@
 #                    (only engram_* names are visible in either library: see "Visibility")
 #   make run         builds and runs the main job on ./engram-data
 #   make test        builds and runs every test (SAN=1: under ASan + UBSan)
-#   make tsan        the commit path and consumer groups under ThreadSanitizer
+#   make tsan        the commit path, groups and the daemon under ThreadSanitizer
 #   make mirrortest  the NATS mirror's real-server test with 100,000 events
 #   make bench       the benchmark suite (see docs/benchmarks.md)
 #   make install     PREFIX=/usr/local DESTDIR= (runs ldconfig when root installs to the system)
@@ -265,13 +265,16 @@ fuzz: deps
 	@bash tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS)
 
 # Data races: the commit path, the write-ahead file and consumer groups under
-# ThreadSanitizer, built into build/tsan (tests/run-tsan.sh says what is left out).
+# ThreadSanitizer, built into build/tsan (tests/run-tsan.sh says what is left out), then
+# `engram serve` and its clients under load (tests/run-tsan-daemon.sh).
 TSAN_TESTS := test_wal test_commit test_groups test_append test_pipeline test_deliver \
   test_retention test_park test_compaction test_groups_model
 tsan: deps
 	@$(MAKE) --no-print-directory BUILD=build/tsan \
-	  SANFLAGS="-fsanitize=thread -fno-omit-frame-pointer" $(addprefix build/tsan/tests/,$(TSAN_TESTS))
+	  SANFLAGS="-fsanitize=thread -fno-omit-frame-pointer" $(addprefix build/tsan/tests/,$(TSAN_TESTS)) \
+	  build/tsan/engram
 	@BUILD=build/tsan bash tests/run-tsan.sh $(TSAN_TESTS)
+	@BUILD=build/tsan bash tests/run-tsan-daemon.sh
 
 bench: deps bench-deps all $(BENCH_BINS)
 	@BUILD=$(BUILD) bash bench/run.sh

@@ -430,11 +430,12 @@ void client_wait_pend(struct conn *c, struct pend *p) {
     }
     c->reading = 1;
     c->reader = pthread_self();
-    pthread_mutex_unlock(&c->mu);
     int64_t ms = (p->deadline_ns - now + 999999) / 1000000;
     /* Unsent requests wait for a connection: look again now and then, as libzmq
-     * signals a new connection on the monitor but not always on the socket. */
+     * signals a new connection on the monitor but not always on the socket. Read under
+     * mu: another thread queues requests meanwhile. */
     if (c->n_unsent && ms > 50) ms = 50;
+    pthread_mutex_unlock(&c->mu);
     int mon = client_poll(c, ms > 1000000 ? 1000000 : (int)ms);
     pthread_mutex_lock(&c->mu);
     c->mon_ready |= mon;

@@ -53,6 +53,11 @@ typedef struct shared {
     int64_t last_ns; /* end of the last consume that got events */
     char err[256];
   } c[MAX_PROCS];
+  /* The commit path's counters over the workload: the children's own handles' summed
+   * (updated atomically), or a daemon's for all of them (child 0's reading at its start,
+   * the parent's at the end). */
+  peer_commits commits, commits_before;
+  int commits_summed, commits_global;
   uint64_t n_samples; /* updated atomically */
   int64_t samples[MAX_SAMPLES];
 } shared;
@@ -94,6 +99,103 @@ static void latency_fill(bench_result *r, bench_samples *lat, int cdf) {
   extra_add(r, "\"latency_cdf_us\": [%s], \"samples\": %zu", buf, lat->n);
 }
 
+/* ---------------------------------------------------------------------------------
+ * The commit path's counters (engram): commits, writes per commit, flushes per commit,
+ * printed with each result so that the cause of a miss is in the output.
+ * ------------------------------------------------------------------------------ */
+static int counts_take(peer_conn *c, peer_commits *out, int *global) {
+  *global = 0;
+  return c && sys->commit_counts ? sys->commit_counts(c, out, global) : -1;
+}
+
+/* *sum += b - a; atomically, since children add into the shared sum at once. */
+static void counts_add(peer_commits *sum, const peer_commits *a, const peer_commits *b) {
+  __atomic_add_fetch(&sum->writes, b->writes - a->writes, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&sum->commits, b->commits - a->commits, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&sum->flushes, b->flushes - a->flushes, __ATOMIC_RELAXED);
+  for (int i = 0; i < 8; i++)
+    __atomic_add_fetch(&sum->hist[i], b->hist[i] - a->hist[i], __ATOMIC_RELAXED);
+}
+
+/* A workload whose connections live in this process: counters at its start. */
+typedef struct counts {
+  peer_commits before;
+  int have, global;
+} counts;
+
+static counts counts_begin(peer_conn *c) {
+  counts k = {0};
+  k.have = counts_take(c, &k.before, &k.global) == 0;
+  return k;
+}
+
+static void counts_extra(bench_result *r, const peer_commits *d, int global, uint64_t events) {
+  if (!d->commits) return;
+  char hist[256] = "";
+  if (!global) {
+    size_t l =
+        (size_t)snprintf(hist, sizeof hist,
+                         ", \"writes\": %llu, \"writes_per_commit\": %.2f, "
+                         "\"commits_by_writes\": [",
+                         (unsigned long long)d->writes, (double)d->writes / (double)d->commits);
+    for (int i = 0; i < 8; i++)
+      l += (size_t)snprintf(hist + l, sizeof hist - l, "%s%llu", i ? ", " : "",
+                            (unsigned long long)d->hist[i]);
+    snprintf(hist + l, sizeof hist - l, "]");
+  }
+  extra_add(r,
+            "\"commit_path\": {\"counted_by\": \"%s\", \"commits\": %llu, \"flushes\": %llu, "
+            "\"events_per_commit\": %.2f, \"flushes_per_commit\": %.2f%s}",
+            global ? "daemon" : "handles", (unsigned long long)d->commits,
+            (unsigned long long)d->flushes, (double)events / (double)d->commits,
+            (double)d->flushes / (double)d->commits, hist);
+}
+
+/* Ends what counts_begin started on the same connection and adds it to the result. */
+static void counts_end(counts *k, peer_conn *c, bench_result *r, uint64_t events) {
+  peer_commits after, d = {0};
+  int global;
+  if (!k->have || counts_take(c, &after, &global)) return;
+  counts_add(&d, &k->before, &after);
+  counts_extra(r, &d, k->global, events);
+}
+
+/* In a child process, once connected: its handle's counters, or for a daemon's (one
+ * count for every connection) child 0's reading alone, as the start of the whole run. */
+static counts child_counts_begin(peer_conn *c, int id) {
+  counts k = counts_begin(c);
+  if (k.have && k.global) {
+    if (id == 0) {
+      sh->commits_before = k.before;
+      __atomic_store_n(&sh->commits_global, 1, __ATOMIC_RELEASE);
+    }
+    k.have = 0;
+  }
+  return k;
+}
+
+static void child_counts_end(counts *k, peer_conn *c) {
+  peer_commits after;
+  int global;
+  if (!k->have || counts_take(c, &after, &global)) return;
+  counts_add(&sh->commits, &k->before, &after);
+  __atomic_store_n(&sh->commits_summed, 1, __ATOMIC_RELEASE);
+}
+
+/* In the parent after the children: what they summed, or the daemon's count since child
+ * 0 started, read on c. */
+static void children_counts_extra(peer_conn *c, bench_result *r, uint64_t events) {
+  peer_commits after, d = {0};
+  int global;
+  if (sh->commits_global) {
+    if (counts_take(c, &after, &global)) return;
+    counts_add(&d, &sh->commits_before, &after);
+    counts_extra(r, &d, 1, events);
+  } else if (sh->commits_summed) {
+    counts_extra(r, &sh->commits, 0, events);
+  }
+}
+
 static void print_result(bench_result *r) {
   bench_result_json(stdout, r);
   fputc('\n', stdout);
@@ -127,6 +229,7 @@ static int w_append1(void) {
   peer_conn *c = sys->connect();
   if (!c) return fail(workload, "connect");
   if (sys->setup(c, stream) || prefill(c, WARM_EVENTS)) return fail(workload, "setup");
+  counts k = counts_begin(c);
   bench_samples lat = {0};
   uint64_t n = 0, bytes = 0;
   bench_bound b = bench_bound_make(seconds, 100000);
@@ -140,10 +243,11 @@ static int w_append1(void) {
     n++;
   }
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
-  sys->teardown(c, stream);
-  sys->close(c);
   bench_result r;
   result_base(&r, workload);
+  counts_end(&k, c, &r, n);
+  sys->teardown(c, stream);
+  sys->close(c);
   bench_result_rate(&r, n, s, bytes);
   latency_fill(&r, &lat, 0);
   bench_samples_free(&lat);
@@ -190,6 +294,7 @@ static int w_append_many(void) {
   if (sys->setup(c, stream) || prefill(c, WARM_EVENTS)) return fail(workload, "setup");
   producer *ps = calloc((size_t)producers, sizeof *ps);
   if (!ps) return fail(workload, "out of memory");
+  counts k = counts_begin(c);
   bench_bound b = bench_bound_make(seconds, 200000);
   b.max = 200000 / (uint64_t)producers;
   for (int i = 0; i < producers; i++) {
@@ -210,11 +315,12 @@ static int w_append_many(void) {
   }
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
   free(ps);
+  bench_result r;
+  result_base(&r, workload);
+  counts_end(&k, c, &r, n);
   sys->teardown(c, stream);
   sys->close(c);
   if (err) return fail(workload, "a producer failed");
-  bench_result r;
-  result_base(&r, workload);
   bench_result_rate(&r, n, s, bytes);
   latency_fill(&r, &lat, 0);
   bench_samples_free(&lat);
@@ -231,6 +337,7 @@ static int w_batch(size_t per) {
   if (sys->setup(c, stream) || prefill(c, WARM_EVENTS)) return fail(workload, "setup");
   const bench_event **evs = calloc(per, sizeof *evs);
   if (!evs) return fail(workload, "out of memory");
+  counts k = counts_begin(c);
   bench_samples lat = {0};
   uint64_t n = 0, bytes = 0;
   bench_bound b = bench_bound_make(seconds, 1000000);
@@ -247,10 +354,11 @@ static int w_batch(size_t per) {
   }
   double s = (double)(bench_now_ns() - b.start_ns) / 1e9;
   free(evs);
-  sys->teardown(c, stream);
-  sys->close(c);
   bench_result r;
   result_base(&r, workload);
+  counts_end(&k, c, &r, n);
+  sys->teardown(c, stream);
+  sys->close(c);
   bench_result_rate(&r, n, s, bytes);
   latency_fill(&r, &lat, 0);
   bench_samples_free(&lat);
@@ -276,6 +384,7 @@ static int prefill(peer_conn *c, uint64_t n) {
 
 static int drain_child(int id, int ready_fd, int go_fd) {
   peer_conn *c = sys->connect();
+  counts k = child_counts_begin(c, id);
   char ch = c ? 'r' : 'x';
   if (write(ready_fd, &ch, 1) != 1) return 1;
   close(ready_fd);
@@ -307,6 +416,7 @@ static int drain_child(int id, int ready_fd, int go_fd) {
     }
   }
   free(stamps);
+  child_counts_end(&k, c);
   sys->close(c);
   return rc;
 }
@@ -391,6 +501,7 @@ static int append_setup(void) {
 
 static int append_child(int id, int ready_fd, int go_fd) {
   peer_conn *c = sys->connect();
+  counts k = child_counts_begin(c, id);
   char ch = c ? 'r' : 'x';
   if (write(ready_fd, &ch, 1) != 1) return 1;
   close(ready_fd);
@@ -411,6 +522,7 @@ static int append_child(int id, int ready_fd, int go_fd) {
     sh->c[id].n++;
     sh->c[id].last_ns = t1;
   }
+  child_counts_end(&k, c);
   sys->close(c);
   return rc;
 }
@@ -434,8 +546,11 @@ static int w_append_procs(void) {
     if (sh->c[i].last_ns > end) end = sh->c[i].last_ns;
     if (sh->c[i].err[0] && !err[0]) snprintf(err, sizeof err, "producer %d: %s", i, sh->c[i].err);
   }
+  bench_result r;
+  result_base(&r, workload);
   peer_conn *c = sys->connect();
   if (c) {
+    children_counts_extra(c, &r, n);
     sys->teardown(c, stream);
     sys->close(c);
   }
@@ -444,8 +559,6 @@ static int w_append_procs(void) {
   bench_samples lat = {0};
   uint64_t ns = sh->n_samples < MAX_SAMPLES ? sh->n_samples : MAX_SAMPLES;
   for (uint64_t i = 0; i < ns; i++) bench_samples_add(&lat, sh->samples[i]);
-  bench_result r;
-  result_base(&r, workload);
   bench_result_rate(&r, n, s,
                     (uint64_t)((double)peer_events.bytes / (double)peer_events.n * (double)n));
   latency_fill(&r, &lat, 0);
@@ -489,14 +602,15 @@ static int w_drain(void) {
     if (sh->c[i].err[0] && !err[0]) snprintf(err, sizeof err, "consumer %d: %s", i, sh->c[i].err);
   }
   double s = (double)(end - sh->start_ns) / 1e9;
+  bench_result r;
+  result_base(&r, workload);
   c = sys->connect();
   if (c) {
+    children_counts_extra(c, &r, n);
     sys->teardown(c, stream);
     sys->close(c);
   }
   if (spawned || reaped || err[0]) return fail(workload, "%s", err[0] ? err : "a consumer failed");
-  bench_result r;
-  result_base(&r, workload);
   bench_result_rate(&r, n, s,
                     (uint64_t)((double)peer_events.bytes / (double)peer_events.n * (double)n));
   extra_add(
@@ -518,6 +632,7 @@ static int w_drain(void) {
  * ------------------------------------------------------------------------------ */
 static int latency_child(int id, int ready_fd, int go_fd) {
   peer_conn *c = sys->connect();
+  counts k = child_counts_begin(c, -1); /* a daemon's count is the parent's */
   char ch = c ? 'r' : 'x';
   if (write(ready_fd, &ch, 1) != 1) return 1;
   close(ready_fd);
@@ -547,6 +662,7 @@ static int latency_child(int id, int ready_fd, int go_fd) {
     snprintf(sh->c[0].err, sizeof sh->c[0].err, "final ack failed");
     rc = 1;
   }
+  child_counts_end(&k, c);
   sys->close(c);
   return rc;
 }
@@ -620,6 +736,10 @@ static int w_latency(void) {
     return fail(workload, "consumer did not start");
   }
   usleep(100000); /* let the consumer block in its first wait */
+  /* Held for the counters: the producers' handle (embedded, shared by their threads), or
+   * a connection to the daemon that counts for all. */
+  peer_conn *hold = sys->connect();
+  counts k = counts_begin(hold);
   pacer *ps = calloc((size_t)latency_producers, sizeof *ps);
   pace_start start;
   pthread_barrier_init(&start.connected, NULL, (unsigned)latency_producers + 1);
@@ -652,6 +772,15 @@ static int w_latency(void) {
   __atomic_store_n(&sh->stop, 1, __ATOMIC_RELEASE);
   sh->deadline_ns = bench_now_ns() + 10 * (int64_t)1000000000;
   int bad = reap(1, &pid, 15);
+  bench_result r;
+  result_base(&r, workload);
+  peer_commits after;
+  int global;
+  if (k.have && !counts_take(hold, &after, &global)) {
+    counts_add(&sh->commits, &k.before, &after); /* the consumer's own, if counted, are in */
+    counts_extra(&r, &sh->commits, k.global, sent);
+  }
+  if (hold) sys->close(hold);
   peer_conn *c = sys->connect();
   if (c) {
     sys->teardown(c, stream);
@@ -663,8 +792,6 @@ static int w_latency(void) {
   bench_samples lat = {0};
   uint64_t ns = sh->n_samples < MAX_SAMPLES ? sh->n_samples : MAX_SAMPLES;
   for (uint64_t i = 0; i < ns; i++) bench_samples_add(&lat, sh->samples[i]);
-  bench_result r;
-  result_base(&r, workload);
   bench_result_rate(&r, sent, s, 0);
   latency_fill(&r, &lat, 1);
   extra_add(&r,

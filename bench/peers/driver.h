@@ -10,6 +10,15 @@
 
 typedef struct peer_conn peer_conn; /* one connection (or handle) of the system */
 
+/* What a system's commit path did, counted by the system itself (engram's
+ * engram_commit_stats, or the daemon's server info): the cause of a miss, next to it. */
+typedef struct peer_commits {
+  uint64_t writes;  /* writes the commits carried (0: not counted, as by a daemon) */
+  uint64_t commits; /* write transactions that changed something */
+  uint64_t flushes; /* fdatasync calls */
+  uint64_t hist[8]; /* commits carrying 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ writes */
+} peer_commits;
+
 typedef struct peer_sys {
   const char *name;       /* "engram", "engram-remote", "redis", "nats" */
   const char *durability; /* what this run's durability is, in the system's words */
@@ -44,6 +53,10 @@ typedef struct peer_sys {
   int (*option)(int argc, char **argv, int i);
   /* Extra usage lines for the system's options. */
   const char *usage;
+  /* The commit path's counters so far (engram; may be NULL): of the connection's own
+   * handle, or with *global set of the whole server behind it (a daemon's, for every
+   * connection). Returns 0, or -1 when it has none. */
+  int (*commit_counts)(peer_conn *c, peer_commits *out, int *global);
 } peer_sys;
 
 /* Parses the common options, runs the workload named by --workload and prints one JSON

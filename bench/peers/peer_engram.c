@@ -14,6 +14,7 @@
 
 static const char *data_dir; /* embedded: the log directory */
 static const char *endpoint; /* remote: the daemon's endpoint */
+static int share_connection; /* remote: the threads of a process share one connection */
 static engram_durability durability = ENGRAM_DURABILITY_SYNC;
 static char durability_label[64] = "sync";
 
@@ -26,7 +27,8 @@ struct peer_conn {
 };
 
 /* Embedded: one handle per process shared by its threads, as the library intends (their
- * appends share commits). Remote: a connection per caller, like the peers' clients. */
+ * appends share commits). Remote: a connection per caller, like the peers' clients, or
+ * with --share-connection one per process, its requests and replies interleaved. */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static engram *shared_log;
 static pid_t shared_pid;
@@ -41,7 +43,7 @@ static peer_conn *conn_open(void) {
     free(c);
     return NULL;
   }
-  if (endpoint) {
+  if (endpoint && !share_connection) {
     engram_connect_options o = {0};
     rc = engram_connect ? engram_connect(endpoint, &o, &c->log) : ENGRAM_ENOTSUP;
     if (rc) {
@@ -58,16 +60,22 @@ static peer_conn *conn_open(void) {
   }
   rc = 0;
   if (!shared_log) {
-    engram_options o = {0};
-    o.durability = durability;
-    rc = engram_open(data_dir, &o, &shared_log);
+    if (endpoint) {
+      engram_connect_options o = {0};
+      rc = engram_connect ? engram_connect(endpoint, &o, &shared_log) : ENGRAM_ENOTSUP;
+    } else {
+      engram_options o = {0};
+      o.durability = durability;
+      rc = engram_open(data_dir, &o, &shared_log);
+    }
     shared_pid = getpid();
   }
   if (!rc) shared_refs++;
   c->log = shared_log;
   pthread_mutex_unlock(&mu);
   if (rc) {
-    fprintf(stderr, "engram_open %s: %s\n", data_dir, engram_errname(rc));
+    fprintf(stderr, "engram_%s %s: %s\n", endpoint ? "connect" : "open",
+            endpoint ? endpoint : data_dir, engram_errname(rc));
     shared_log = NULL;
     free(c);
     return NULL;
@@ -77,7 +85,7 @@ static peer_conn *conn_open(void) {
 
 static void conn_close(peer_conn *c) {
   if (!c) return;
-  if (endpoint) {
+  if (endpoint && !share_connection) {
     engram_close(c->log);
   } else {
     pthread_mutex_lock(&mu);
@@ -196,7 +204,31 @@ static int finish(peer_conn *c, const char *stream, const char *group) {
   return check(c, rc, "ack");
 }
 
+static int commit_counts(peer_conn *c, peer_commits *out, int *global) {
+  memset(out, 0, sizeof *out);
+  if (endpoint) {
+    engram_server_info in;
+    if (engram_server_info_get(c->log, &in)) return -1;
+    out->commits = in.commits;
+    out->flushes = in.flushes;
+    *global = 1;
+    return 0;
+  }
+  engram_commit_stats cs;
+  if (engram_commit_stats_get(c->log, &cs)) return -1;
+  out->writes = cs.jobs;
+  out->commits = cs.commits;
+  out->flushes = cs.flushes;
+  memcpy(out->hist, cs.batch_hist, sizeof out->hist);
+  *global = 0;
+  return 0;
+}
+
 static int option(int argc, char **argv, int i) {
+  if (!strcmp(argv[i], "--share-connection")) {
+    share_connection = 1;
+    return 1;
+  }
   if (i + 1 >= argc) return 0;
   const char *a = argv[i], *v = argv[i + 1];
   if (!strcmp(a, "--data")) {
@@ -232,11 +264,13 @@ static peer_sys sys = {
     .consume = consume,
     .finish = finish,
     .option = option,
+    .commit_counts = commit_counts,
     .usage =
         "  --data DIR          embedded: the log directory (created if missing)\n"
         "  --connect ENDPOINT  remote: the `engram serve` endpoint, e.g. tcp://127.0.0.1:7450\n"
         "  --durability D      sync | nometasync | async (embedded: the handle's mode;\n"
-        "                      remote: a label, the daemon's mode is set where it runs)\n",
+        "                      remote: a label, the daemon's mode is set where it runs)\n"
+        "  --share-connection  remote: the threads of a process share one connection\n",
 };
 
 int main(int argc, char **argv) {

@@ -182,6 +182,23 @@ def main():
                 lines.append(f"{'lat ' + q:10} " + " ".join(f"{fmt_us(vals[s]):>13}" for s in present) + "  " +
                              " ".join(cells))
             table.append(entry)
+        cp_lines = []
+        for s in ("engram", "engram-remote"):
+            for wl in THROUGHPUT + ["latency"]:
+                cp = by.get((row, wl, s), {}).get("commit_path")
+                if not cp:
+                    continue
+                hist = " ".join(str(x) for x in cp["commits_by_writes"]) if "commits_by_writes" in cp \
+                    else "- (a daemon counts commits, not the writes in each)"
+                cp_lines.append(f"{s.replace('engram-remote', 'remote') + ' ' + wl:22} {cp['events_per_commit']:13.2f} "
+                                f"{cp['flushes_per_commit']:14.2f}  {hist}")
+                for e in table:
+                    if e.get("row") == row and e.get("workload") == wl:
+                        e.setdefault("commit_path", {})[s] = cp
+        if cp_lines:
+            lines.append(f"{'commit path':22} {'events/commit':>13} {'flushes/commit':>14}  commits carrying 1 2 3-4 5-8 "
+                         "9-16 17-32 33-64 65+ writes")
+            lines.extend(cp_lines)
         if row == "fsync" and limits.get("fdatasync_4k"):
             fs = limits["fdatasync_4k"]["events_per_s"]
             parts = [f"{s} {by[(row, 'append1', s)]['events_per_s'] / fs:.2f}x" for s in present
