@@ -270,7 +270,7 @@ fuzz: deps
 TSAN_TESTS := test_wal test_commit test_groups test_append test_pipeline test_deliver \
   test_retention test_park test_compaction test_groups_model
 tsan: deps
-	@$(MAKE) --no-print-directory BUILD=build/tsan \
+	@$(MAKE) --no-print-directory -j$$(nproc) BUILD=build/tsan \
 	  SANFLAGS="-fsanitize=thread -fno-omit-frame-pointer" $(addprefix build/tsan/tests/,$(TSAN_TESTS)) \
 	  build/tsan/engram
 	@BUILD=build/tsan bash tests/run-tsan.sh $(TSAN_TESTS)

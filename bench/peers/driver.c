@@ -115,6 +115,8 @@ static void counts_add(peer_commits *sum, const peer_commits *a, const peer_comm
   __atomic_add_fetch(&sum->flushes, b->flushes - a->flushes, __ATOMIC_RELAXED);
   for (int i = 0; i < 8; i++)
     __atomic_add_fetch(&sum->hist[i], b->hist[i] - a->hist[i], __ATOMIC_RELAXED);
+  __atomic_add_fetch(&sum->commit_ns, b->commit_ns - a->commit_ns, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&sum->flush_ns, b->flush_ns - a->flush_ns, __ATOMIC_RELAXED);
 }
 
 /* A workload whose connections live in this process: counters at its start. */
@@ -131,7 +133,7 @@ static counts counts_begin(peer_conn *c) {
 
 static void counts_extra(bench_result *r, const peer_commits *d, int global, uint64_t events) {
   if (!d->commits) return;
-  char hist[256] = "";
+  char hist[384] = "";
   if (!global) {
     size_t l =
         (size_t)snprintf(hist, sizeof hist,
@@ -141,7 +143,12 @@ static void counts_extra(bench_result *r, const peer_commits *d, int global, uin
     for (int i = 0; i < 8; i++)
       l += (size_t)snprintf(hist + l, sizeof hist - l, "%s%llu", i ? ", " : "",
                             (unsigned long long)d->hist[i]);
-    snprintf(hist + l, sizeof hist - l, "]");
+    l += (size_t)snprintf(hist + l, sizeof hist - l, "]");
+    /* Means per commit and per flush: with the time between commits (the run's seconds
+     * over its commits) they say where a commit's cycle goes. */
+    snprintf(hist + l, sizeof hist - l, ", \"commit_us\": %.1f, \"flush_us\": %.1f",
+             (double)d->commit_ns / 1e3 / (double)d->commits,
+             d->flushes ? (double)d->flush_ns / 1e3 / (double)d->flushes : 0.0);
   }
   extra_add(r,
             "\"commit_path\": {\"counted_by\": \"%s\", \"commits\": %llu, \"flushes\": %llu, "

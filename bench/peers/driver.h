@@ -17,6 +17,7 @@ typedef struct peer_commits {
   uint64_t commits; /* write transactions that changed something */
   uint64_t flushes; /* fdatasync calls */
   uint64_t hist[8]; /* commits carrying 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65+ writes */
+  uint64_t commit_ns, flush_ns; /* time in LMDB's commits and in flushes (0: not counted) */
 } peer_commits;
 
 typedef struct peer_sys {

@@ -220,6 +220,8 @@ static int commit_counts(peer_conn *c, peer_commits *out, int *global) {
   out->commits = cs.commits;
   out->flushes = cs.flushes;
   memcpy(out->hist, cs.batch_hist, sizeof out->hist);
+  out->commit_ns = cs.commit_duration.sum_ns;
+  out->flush_ns = cs.flush_duration.sum_ns;
   *global = 0;
   return 0;
 }

@@ -185,19 +185,23 @@ def main():
         cp_lines = []
         for s in ("engram", "engram-remote"):
             for wl in THROUGHPUT + ["latency"]:
-                cp = by.get((row, wl, s), {}).get("commit_path")
+                res = by.get((row, wl, s), {})
+                cp = res.get("commit_path")
                 if not cp:
                     continue
                 hist = " ".join(str(x) for x in cp["commits_by_writes"]) if "commits_by_writes" in cp \
                     else "- (a daemon counts commits, not the writes in each)"
+                gap = res["seconds"] * 1e6 / cp["commits"] if res.get("seconds") and cp.get("commits") else None
+                cells = [f"{gap:7.0f}" if gap else f"{'-':>7}"]
+                cells += [f"{cp[k]:7.0f}" if k in cp else f"{'-':>7}" for k in ("commit_us", "flush_us")]
                 cp_lines.append(f"{s.replace('engram-remote', 'remote') + ' ' + wl:22} {cp['events_per_commit']:13.2f} "
-                                f"{cp['flushes_per_commit']:14.2f}  {hist}")
+                                f"{cp['flushes_per_commit']:14.2f} " + " ".join(cells) + f"  {hist}")
                 for e in table:
                     if e.get("row") == row and e.get("workload") == wl:
                         e.setdefault("commit_path", {})[s] = cp
         if cp_lines:
-            lines.append(f"{'commit path':22} {'events/commit':>13} {'flushes/commit':>14}  commits carrying 1 2 3-4 5-8 "
-                         "9-16 17-32 33-64 65+ writes")
+            lines.append(f"{'commit path':22} {'events/commit':>13} {'flushes/commit':>14} {'us/cmt':>7} "
+                         f"{'commit':>7} {'flush':>7}  commits carrying 1 2 3-4 5-8 9-16 17-32 33-64 65+ writes")
             lines.extend(cp_lines)
         if row == "fsync" and limits.get("fdatasync_4k"):
             fs = limits["fdatasync_4k"]["events_per_s"]
