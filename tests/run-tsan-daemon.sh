@@ -8,7 +8,8 @@
 # side-by-side client (bench/peers/peer_engram.c): one and eight connections, eight
 # threads sharing one connection, batches, a group drain of four consumer processes
 # (ack-and-fetch, and fetch then ack), and a consumer blocked in its fetch while eight
-# producers append (on eight connections, then on one), in `sync` and `async`,
+# producers append (on eight connections, then on one), in `sync` and `async`, and some of
+# them again through CURVE (the ZAP handler's thread, encrypted messages),
 # while a thread here reads the daemon's /metrics and dashboard API. A data race
 # reported in either process fails the run: the client exits 66, the daemon exits 66
 # at its SIGTERM, and both print the report.
@@ -68,23 +69,40 @@ report() { # what
   rm -f "$WORK"/tsan.*
 }
 
-for mode in sync async; do
-  row=fsync
+# CURVE: the daemon's key pair, and a client's that the daemon lets in.
+"$ENGRAM" keygen --out "$WORK/server" >/dev/null && "$ENGRAM" keygen --out "$WORK/client" >/dev/null ||
+  { echo "run-tsan-daemon.sh: engram keygen failed" >&2; exit 1; }
+
+runs=(sync async curve)
+for mode in "${runs[@]}"; do
+  row=fsync durability=$mode serve_curve=() client_curve=()
+  workloads=(append1 append8 append8:shared batch100 drain drain_split latency latency:shared)
   [ "$mode" = async ] && row=everyday
+  if [ "$mode" = curve ]; then
+    # The ZAP handler's thread checks every connection's key; CURVE encrypts each message.
+    durability=sync
+    serve_curve=(--curve-secret-file "$WORK/server.key" --allow-keys-file "$WORK/client.pub")
+    client_curve=(--curve-server-key "$(sed -n 's/^public-key = //p' "$WORK/server.pub")"
+      --curve-client-keys "$WORK/client.key")
+    workloads=(append8 append8:shared drain latency)
+  fi
   ep="ipc://$WORK/$mode.ipc"
   port=$(free_port)
   start=$(date +%s)
-  "$ENGRAM" serve --data "$WORK/log-$mode" --listen "$ep" --durability "$mode" \
-    --http "127.0.0.1:$port" >"$WORK/serve-$mode.log" 2>&1 &
+  "$ENGRAM" serve --data "$WORK/log-$mode" --listen "$ep" --durability "$durability" \
+    --http "127.0.0.1:$port" "${serve_curve[@]}" >"$WORK/serve-$mode.log" 2>&1 &
   DAEMON_PID=$!
   up=0
   for _ in $(seq 300); do
-    if "$CLIENT" --connect "$ep" --workload ping >/dev/null 2>&1; then up=1; break; fi
+    if "$CLIENT" --connect "$ep" --workload ping "${client_curve[@]}" >/dev/null 2>&1; then
+      up=1
+      break
+    fi
     sleep 0.1
   done
   if [ $up = 0 ]; then
     tail -n 20 "$WORK/serve-$mode.log" | sed 's/^/      /'
-    report "engram serve --durability $mode did not come up"
+    report "engram serve ($mode) did not come up"
     kill -9 "$DAEMON_PID" 2>/dev/null
     DAEMON_PID=
     continue
@@ -92,12 +110,12 @@ for mode in sync async; do
   rm -f "$WORK/stop"
   scrape "$port" "$WORK/stop" &
   scraper=$!
-  for wl in append1 append8 append8:shared batch100 drain drain_split latency latency:shared; do
+  for wl in "${workloads[@]}"; do
     if ! kill -0 "$DAEMON_PID" 2>/dev/null; then break; fi # its report follows
     share=()
     [[ "$wl" == *:shared ]] && share=(--share-connection)
-    if ! timeout 600 "$CLIENT" --connect "$ep" --durability "$mode" --workload "${wl%:shared}" \
-      --row "$row" --quick "${share[@]}" >"$WORK/client.out" 2>"$WORK/client.err"; then
+    if ! timeout 600 "$CLIENT" --connect "$ep" --durability "$durability" --workload "${wl%:shared}" \
+      --row "$row" --quick "${share[@]}" "${client_curve[@]}" >"$WORK/client.out" 2>"$WORK/client.err"; then
       tail -n 5 "$WORK/client.err" | sed 's/^/      /'
       report "client $wl ($mode)"
     fi
@@ -110,10 +128,10 @@ for mode in sync async; do
   DAEMON_PID=
   if [ $rc != 0 ]; then
     tail -n 5 "$WORK/serve-$mode.log" | sed 's/^/      /'
-    report "engram serve --durability $mode exited $rc"
+    report "engram serve ($mode) exited $rc"
   else
     printf 'PASS  %-30s %4ss\n' "engram serve ($mode)" "$(($(date +%s) - start))"
   fi
 done
-echo "tsan daemon: 2 daemons, $failed failed"
+echo "tsan daemon: ${#runs[@]} daemons, $failed failed"
 [ $failed = 0 ]

@@ -15,6 +15,8 @@
 static const char *data_dir; /* embedded: the log directory */
 static const char *endpoint; /* remote: the daemon's endpoint */
 static int share_connection; /* remote: the threads of a process share one connection */
+/* remote, CURVE: the daemon's public key and this client's key pair (engram keygen) */
+static char curve_server[64], curve_public[64], curve_secret[64];
 static engram_durability durability = ENGRAM_DURABILITY_SYNC;
 static char durability_label[64] = "sync";
 
@@ -34,6 +36,32 @@ static engram *shared_log;
 static pid_t shared_pid;
 static int shared_refs;
 
+static engram_connect_options connect_options(void) {
+  engram_connect_options o = {0};
+  if (curve_server[0]) {
+    o.server_key = curve_server;
+    o.public_key = curve_public;
+    o.secret_key = curve_secret;
+  }
+  return o;
+}
+
+/* Reads the `public-key = K` and `secret-key = K` lines of a file from `engram keygen`. */
+static void read_client_keys(const char *path) {
+  FILE *f = fopen(path, "r");
+  if (!f) bench_die("--curve-client-keys %s: cannot open it", path);
+  char line[256], key[64];
+  while (fgets(line, sizeof line, f)) {
+    if (sscanf(line, " public-key = %63s", key) == 1)
+      snprintf(curve_public, sizeof curve_public, "%s", key);
+    else if (sscanf(line, " secret-key = %63s", key) == 1)
+      snprintf(curve_secret, sizeof curve_secret, "%s", key);
+  }
+  fclose(f);
+  if (!curve_public[0] || !curve_secret[0])
+    bench_die("--curve-client-keys %s: no public-key and secret-key lines", path);
+}
+
 static peer_conn *conn_open(void) {
   peer_conn *c = calloc(1, sizeof *c);
   if (!c) return NULL;
@@ -44,7 +72,7 @@ static peer_conn *conn_open(void) {
     return NULL;
   }
   if (endpoint && !share_connection) {
-    engram_connect_options o = {0};
+    engram_connect_options o = connect_options();
     rc = engram_connect ? engram_connect(endpoint, &o, &c->log) : ENGRAM_ENOTSUP;
     if (rc) {
       fprintf(stderr, "engram_connect %s: %s\n", endpoint, engram_errname(rc));
@@ -61,7 +89,7 @@ static peer_conn *conn_open(void) {
   rc = 0;
   if (!shared_log) {
     if (endpoint) {
-      engram_connect_options o = {0};
+      engram_connect_options o = connect_options();
       rc = engram_connect ? engram_connect(endpoint, &o, &shared_log) : ENGRAM_ENOTSUP;
     } else {
       engram_options o = {0};
@@ -237,6 +265,10 @@ static int option(int argc, char **argv, int i) {
     data_dir = v;
   } else if (!strcmp(a, "--connect")) {
     endpoint = v;
+  } else if (!strcmp(a, "--curve-server-key")) {
+    snprintf(curve_server, sizeof curve_server, "%s", v);
+  } else if (!strcmp(a, "--curve-client-keys")) {
+    read_client_keys(v);
   } else if (!strcmp(a, "--durability")) {
     if (!strcmp(v, "sync"))
       durability = ENGRAM_DURABILITY_SYNC;
@@ -272,7 +304,10 @@ static peer_sys sys = {
         "  --connect ENDPOINT  remote: the `engram serve` endpoint, e.g. tcp://127.0.0.1:7450\n"
         "  --durability D      sync | nometasync | async (embedded: the handle's mode;\n"
         "                      remote: a label, the daemon's mode is set where it runs)\n"
-        "  --share-connection  remote: the threads of a process share one connection\n",
+        "  --share-connection  remote: the threads of a process share one connection\n"
+        "  --curve-server-key K  remote: CURVE, the daemon's public key (Z85)\n"
+        "  --curve-client-keys FILE  remote, CURVE: this client's key pair, as written by\n"
+        "                      `engram keygen --out BASE` (BASE.key)\n",
 };
 
 int main(int argc, char **argv) {
