@@ -33,6 +33,13 @@ int cg_ack_fetch(struct log *log, const char *topic, const char *group, const ch
  * log_flush_upto) before anything answers it. */
 void cg_ack_fetch_defer(int on);
 int cg_ack_fetch_deferred(uint64_t *mark);
+/* How long a waiting ack-and-fetch with nothing to deliver holds its acks, uncommitted,
+ * for events to lease in the same commit (embedded, and parked in the daemon). */
+#define CG_ACK_HOLD_MS 2
+/* Read-only look: could a fetch of the group deliver anything now (events past its
+ * cursor, or a lease due)? 1 also when it cannot tell (no such topic or group): the
+ * fetch itself then says why. */
+int cg_fetch_due(struct log *log, const char *topic, const char *group);
 int cg_ack_many(struct log *log, const char *topic, const char *group, const engram_ack_item *items,
                 size_t n, int *codes);
 int cg_nack(struct log *log, const char *topic, const char *group, uint64_t offset,

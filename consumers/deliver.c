@@ -11,7 +11,7 @@
 /* A waiting ack-and-fetch with nothing to deliver holds its acks this long for events to
  * lease in the same commit (a worker keeping up with a stream then pays one commit per
  * event, not two), then commits them and waits on. */
-#define ACK_HOLD_MS 2
+#define ACK_HOLD_MS CG_ACK_HOLD_MS
 
 struct fetch_req {
   const char *topic, *group, *consumer;
@@ -430,6 +430,13 @@ int cg_fetch(struct log *log, const char *topic, const char *group, const char *
   if (rc) return rc;
   struct fetch_req r = {.topic = topic, .group = group, .consumer = consumer, .max = max};
   return fetch_run(log, &r, wait_ms, out);
+}
+
+int cg_fetch_due(struct log *log, const char *topic, const char *group) {
+  struct fetch_req r = {.topic = topic, .group = group};
+  int64_t next_due;
+  if (!log || !topic || !group || cg_dbs_get(log, &r.d)) return 1;
+  return anything_due(log, &r, &next_due);
 }
 
 int cg_ack_fetch(struct log *log, const char *topic, const char *group, const char *consumer,

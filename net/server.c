@@ -326,6 +326,8 @@ static int start(struct net_server *s) {
 
   s->main_thread = pthread_self(); /* before any thread that reads it starts */
   s->test_ack_no_flush = getenv("ENGRAM_TEST_ACK_NO_FLUSH") != NULL;
+  const char *hold = getenv("ENGRAM_TEST_ACK_HOLD_MS");
+  s->ack_hold_ms = hold && *hold ? atoi(hold) : CG_ACK_HOLD_MS;
   s->n_workers = s->o.workers ? (int)s->o.workers : net_default_workers();
   s->workers = calloc((size_t)s->n_workers, sizeof *s->workers);
   if (!s->workers) return log_error(NULL, ENGRAM_ENOMEM, "serve: out of memory");

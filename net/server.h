@@ -68,6 +68,7 @@ struct job {
   uint32_t seq;              /* fetch: the topic's change sequence before its last look */
   int final;                 /* fetch: answer after this look, whatever it finds */
   int acked;                 /* ack-fetch: its acks are committed; it looks again as a fetch */
+  int held;                  /* ack-fetch: it parked once with its acks held, uncommitted */
   uint64_t ack_mark;         /* ack-fetch: its acks were committed without their flush; the
                                 answer waits for a flush that covers this (0: none) */
 };
@@ -122,6 +123,8 @@ struct net_server {
   int hold;              /* the main thread is reading a burst of requests and may run
                             them itself: lanes made ready and requests queued wake nobody */
   pthread_t main_thread; /* runs server_main_loop */
+  int ack_hold_ms;       /* how long a parked ack-fetch holds its acks uncommitted:
+                            CG_ACK_HOLD_MS, or ENGRAM_TEST_ACK_HOLD_MS (tests) */
   int test_ack_no_flush; /* the power-cut test's control (ENGRAM_TEST_ACK_NO_FLUSH): parked
                             ack-fetches answered without the flush their acks wait for */
 

@@ -124,8 +124,36 @@ const char *server_job_topic(const struct job *j) {
                                                                : j->rq->fetch->topic;
 }
 
+/* Parks j until a commit on its topic or recheck_ns, unless its topic changed since its
+ * look (j->seq) or the daemon stops: then it runs again at once. */
+static void park(struct net_server *s, struct job *j, const char *topic, int64_t recheck_ns) {
+  pthread_mutex_lock(&s->mu);
+  struct tseq *t = server_tseq_get(s, topic);
+  if (s->stopping) {
+    j->final = 1;
+    server_enqueue(s, j);
+  } else if ((t ? t->seq : 0) != j->seq) {
+    server_enqueue(s, j); /* something changed while it looked: look again */
+  } else if (s->n_parked >= MAX_PARKED) {
+    j->final = 1;
+    server_enqueue(s, j);
+  } else {
+    j->recheck_ns = recheck_ns;
+    j->next = s->parked;
+    s->parked = j;
+    s->n_parked++;
+    s->park_signal = 1;
+  }
+  pthread_mutex_unlock(&s->mu);
+  server_wake_main(s);
+}
+
 /* Runs a fetch or an ack-fetch, and parks it when it found nothing and may wait. An
- * ack-fetch parks with its acks committed: every later look runs it without them. */
+ * ack-fetch with nothing to deliver first parks with its acks held, uncommitted, for up
+ * to CG_ACK_HOLD_MS, as engram_ack_fetch does embedded: the commit that wakes it then
+ * carries its acks and its leases together (a consumer that keeps up pays one commit per
+ * event, not two). It then parks with its acks committed: every later look runs it
+ * without them. */
 static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
   const Engram__Wire__Request *rq = j->rq;
   Engram__Wire__Request again;
@@ -149,6 +177,17 @@ static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
   j->seq = t ? t->seq : 0;
   pthread_mutex_unlock(&s->mu);
 
+  if (rq->op_case == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH && rq->ack_fetch->n_items && !j->acked &&
+      !j->held && !j->final && wait_ms > 0 && s->ack_hold_ms > 0) {
+    j->held = 1;
+    int64_t now = clock_monotonic_ns();
+    if (now < j->deadline_ns && !cg_fetch_due(api_log(s->log), topic, rq->ack_fetch->group)) {
+      int64_t until = clock_after_ms(now, (uint64_t)s->ack_hold_ms);
+      park(s, j, topic, until < j->deadline_ns ? until : j->deadline_ns);
+      return;
+    }
+  }
+
   Engram__Wire__Reply rp = ENGRAM__WIRE__REPLY__INIT;
   net_arena a = {0};
   engram_batch *batch = NULL;
@@ -170,25 +209,7 @@ static void run_fetch(struct net_server *s, struct worker *w, struct job *j) {
     j->acked = rq->op_case == ENGRAM__WIRE__REQUEST__OP_ACK_FETCH;
     engram_batch_free(batch);
     net_arena_free(&a);
-    pthread_mutex_lock(&s->mu);
-    t = server_tseq_get(s, topic);
-    if (s->stopping) {
-      j->final = 1;
-      server_enqueue(s, j);
-    } else if ((t ? t->seq : 0) != j->seq) {
-      server_enqueue(s, j); /* something changed while it looked: look again */
-    } else if (s->n_parked >= MAX_PARKED) {
-      j->final = 1;
-      server_enqueue(s, j);
-    } else {
-      j->recheck_ns = clock_monotonic_ns() + PARK_RECHECK_MS * 1000000ll;
-      j->next = s->parked;
-      s->parked = j;
-      s->n_parked++;
-      s->park_signal = 1;
-    }
-    pthread_mutex_unlock(&s->mu);
-    server_wake_main(s);
+    park(s, j, topic, clock_monotonic_ns() + PARK_RECHECK_MS * 1000000ll);
     return;
   }
   if (j->ack_mark && !s->test_ack_no_flush) {

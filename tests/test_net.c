@@ -2102,6 +2102,64 @@ static void ack_fetch_through_the_daemon_is_one_commit_all_or_nothing_and_may_wa
   conn_and_serve_done(&d, r);
 }
 
+/* A parked ack-fetch holds its acks, uncommitted, for the commit that wakes it (here for
+ * 3 s, ENGRAM_TEST_ACK_HOLD_MS; 2 ms in a real daemon, as engram_ack_fetch embedded): the
+ * append and the ack-fetch then cost two commits of the daemon, not three (the acks at
+ * the park, the append, the leases), and the acks are applied once. */
+static void a_parked_ack_fetch_holds_its_acks_for_the_commit_that_wakes_it(void **state) {
+  (void)state;
+  td d;
+  setenv("ENGRAM_TEST_ACK_HOLD_MS", "3000", 1);
+  engram *r = serve_and_conn(&d, "net-ackhold");
+  unsetenv("ENGRAM_TEST_ACK_HOLD_MS");
+  engram *w = conn(&d, 5000);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_event in[3];
+  for (int i = 0; i < 3; i++) in[i] = ev_of("memory.saved", NULL, "x");
+  uint64_t offs[3];
+  OK(r, engram_append_batch(r, "memory", in, 3, offs, NULL));
+  OK(r, engram_group_create(r, "memory", "g", NULL));
+  engram_batch *b = NULL;
+  OK(r, engram_ack_fetch(r, "memory", "g", "w", NULL, 0, NULL, 3, 0, &b));
+  assert_int_equal(b->count, 3);
+  struct ack_fetcher a = {.log = r};
+  for (int i = 0; i < 3; i++)
+    a.items[i] = (engram_ack_item){.offset = b->events[i].offset, .attempt = b->events[i].attempt};
+  engram_batch_free(b);
+
+  uint64_t c0 = daemon_commits(w);
+  pthread_t t;
+  pthread_create(&t, NULL, ack_fetch_thread, &a);
+  engram_server_info info = {0};
+  int64_t until = tu_mono_ms() + 20000;
+  do {
+    tu_sleep_ms(5);
+    OK(w, engram_server_info_get(w, &info));
+  } while (info.parked == 0 && tu_mono_ms() < until);
+  assert_int_equal(info.parked, 1);
+  /* Parked, its acks not yet applied. */
+  engram_status st;
+  OK(w, engram_status_get(w, "memory", "g", 1, &st));
+  assert_int_equal(st.state, ENGRAM_STATE_IN_FLIGHT);
+  assert_int_equal(daemon_commits(w), c0);
+
+  engram_event e = ev_of("memory.saved", NULL, "late");
+  uint64_t off;
+  OK(w, engram_append(w, "memory", &e, &off, NULL));
+  pthread_join(t, NULL);
+  OK(r, a.rc);
+  assert_int_equal(a.b->count, 1);
+  assert_int_equal(a.b->events[0].offset, off);
+  engram_batch_free(a.b);
+  assert_int_equal(daemon_commits(w), c0 + 2);
+  engram_group_info gi;
+  OK(w, engram_group_info_get(w, "memory", "g", &gi));
+  assert_int_equal(gi.acked, 3);
+  assert_int_equal(gi.in_flight, 1);
+  engram_close(w);
+  conn_and_serve_done(&d, r);
+}
+
 /* ENGRAM_EVENT_TIMESTAMP: an importer appends with the original append times, embedded
  * and through the daemon alike (plain, batched, pipelined and transactional appends). A time older
  * than the topic's newest event, or ahead of the log's clock, is refused with the same message on
@@ -2247,6 +2305,7 @@ int main(void) {
       cmocka_unit_test(connections_of_a_process_share_one_zeromq_context),
       cmocka_unit_test(appends_of_many_connections_commit_together_in_each_ones_order),
       cmocka_unit_test(ack_fetch_through_the_daemon_is_one_commit_all_or_nothing_and_may_wait),
+      cmocka_unit_test(a_parked_ack_fetch_holds_its_acks_for_the_commit_that_wakes_it),
       cmocka_unit_test(appends_with_an_explicit_timestamp_keep_the_topics_times_in_order),
   };
   return cmocka_run_group_tests_name("net", tests, NULL, NULL);
