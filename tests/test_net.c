@@ -2018,23 +2018,43 @@ static void *ack_fetch_thread(void *arg) {
   return NULL;
 }
 
-static void ack_fetch_through_the_daemon_is_one_commit_all_or_nothing_and_may_wait(void **state) {
-  (void)state;
-  td d;
-  engram *r = serve_and_conn(&d, "net-ackfetch");
+/* Topic "memory" with n events and group "g"; consumer "w" leases the first three, and
+ * items[] receives their acks. */
+static void fetch_first_three(engram *r, size_t n, engram_ack_item items[3]) {
   OK(r, engram_topic_create(r, "memory", NULL));
-  engram_event in[6];
-  for (int i = 0; i < 6; i++) in[i] = ev_of("memory.saved", NULL, "x");
-  uint64_t offs[6];
-  OK(r, engram_append_batch(r, "memory", in, 6, offs, NULL));
+  engram_event in[8];
+  uint64_t offs[8];
+  assert_true(n >= 3 && n <= 8);
+  for (size_t i = 0; i < n; i++) in[i] = ev_of("memory.saved", NULL, "x");
+  OK(r, engram_append_batch(r, "memory", in, n, offs, NULL));
   OK(r, engram_group_create(r, "memory", "g", NULL));
   engram_batch *b = NULL;
   OK(r, engram_ack_fetch(r, "memory", "g", "w", NULL, 0, NULL, 3, 0, &b));
   assert_int_equal(b->count, 3);
-  engram_ack_item items[3];
   for (int i = 0; i < 3; i++)
     items[i] = (engram_ack_item){.offset = b->events[i].offset, .attempt = b->events[i].attempt};
   engram_batch_free(b);
+}
+
+/* Appends one event on w; the ack-fetch waiting on thread t gets it alone. */
+static void append_late_and_join(engram *w, pthread_t t, struct ack_fetcher *a) {
+  engram_event e = ev_of("memory.saved", NULL, "late");
+  uint64_t off;
+  OK(w, engram_append(w, "memory", &e, &off, NULL));
+  pthread_join(t, NULL);
+  OK(a->log, a->rc);
+  assert_int_equal(a->b->count, 1);
+  assert_int_equal(a->b->events[0].offset, off);
+  engram_batch_free(a->b);
+}
+
+static void ack_fetch_through_the_daemon_is_one_commit_all_or_nothing_and_may_wait(void **state) {
+  (void)state;
+  td d;
+  engram *r = serve_and_conn(&d, "net-ackfetch");
+  engram_ack_item items[3];
+  fetch_first_three(r, 6, items);
+  engram_batch *b = NULL;
 
   /* The acks of 1..3 and the leases of 4..6: one request, one commit of the daemon. */
   uint64_t c0 = daemon_commits(r);
@@ -2087,14 +2107,7 @@ static void ack_fetch_through_the_daemon_is_one_commit_all_or_nothing_and_may_wa
   }
   assert_int_equal(st.state, ENGRAM_STATE_DONE);
   assert_false(__atomic_load_n(&a.done, __ATOMIC_ACQUIRE));
-  engram_event e = ev_of("memory.saved", NULL, "late");
-  uint64_t off;
-  OK(w, engram_append(w, "memory", &e, &off, NULL));
-  pthread_join(t, NULL);
-  OK(r, a.rc);
-  assert_int_equal(a.b->count, 1);
-  assert_int_equal(a.b->events[0].offset, off);
-  engram_batch_free(a.b);
+  append_late_and_join(w, t, &a);
   OK(w, engram_group_info_get(w, "memory", "g", &gi));
   assert_int_equal(gi.acked, 6);
   assert_int_equal(gi.in_flight, 1);
@@ -2113,19 +2126,8 @@ static void a_parked_ack_fetch_holds_its_acks_for_the_commit_that_wakes_it(void 
   engram *r = serve_and_conn(&d, "net-ackhold");
   unsetenv("ENGRAM_TEST_ACK_HOLD_MS");
   engram *w = conn(&d, 5000);
-  OK(r, engram_topic_create(r, "memory", NULL));
-  engram_event in[3];
-  for (int i = 0; i < 3; i++) in[i] = ev_of("memory.saved", NULL, "x");
-  uint64_t offs[3];
-  OK(r, engram_append_batch(r, "memory", in, 3, offs, NULL));
-  OK(r, engram_group_create(r, "memory", "g", NULL));
-  engram_batch *b = NULL;
-  OK(r, engram_ack_fetch(r, "memory", "g", "w", NULL, 0, NULL, 3, 0, &b));
-  assert_int_equal(b->count, 3);
   struct ack_fetcher a = {.log = r};
-  for (int i = 0; i < 3; i++)
-    a.items[i] = (engram_ack_item){.offset = b->events[i].offset, .attempt = b->events[i].attempt};
-  engram_batch_free(b);
+  fetch_first_three(r, 3, a.items);
 
   uint64_t c0 = daemon_commits(w);
   pthread_t t;
@@ -2143,14 +2145,7 @@ static void a_parked_ack_fetch_holds_its_acks_for_the_commit_that_wakes_it(void 
   assert_int_equal(st.state, ENGRAM_STATE_IN_FLIGHT);
   assert_int_equal(daemon_commits(w), c0);
 
-  engram_event e = ev_of("memory.saved", NULL, "late");
-  uint64_t off;
-  OK(w, engram_append(w, "memory", &e, &off, NULL));
-  pthread_join(t, NULL);
-  OK(r, a.rc);
-  assert_int_equal(a.b->count, 1);
-  assert_int_equal(a.b->events[0].offset, off);
-  engram_batch_free(a.b);
+  append_late_and_join(w, t, &a);
   assert_int_equal(daemon_commits(w), c0 + 2);
   engram_group_info gi;
   OK(w, engram_group_info_get(w, "memory", "g", &gi));
