@@ -34,7 +34,9 @@ int cg_ack_fetch(struct log *log, const char *topic, const char *group, const ch
 void cg_ack_fetch_defer(int on);
 int cg_ack_fetch_deferred(uint64_t *mark);
 /* How long a waiting ack-and-fetch with nothing to deliver holds its acks, uncommitted,
- * for events to lease in the same commit (embedded, and parked in the daemon). */
+ * for events to lease in the same commit (a worker keeping up with a stream then pays
+ * one commit per event, not two), then commits them and waits on: embedded, and parked
+ * in the daemon. */
 #define CG_ACK_HOLD_MS 2
 /* Read-only look: could a fetch of the group deliver anything now (events past its
  * cursor, or a lease due)? 1 also when it cannot tell (no such topic or group): the

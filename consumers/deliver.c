@@ -8,11 +8,6 @@
 
 #define MAX_FETCH ENGRAM_MAX_FETCH
 #define SCAN_FACTOR 16 /* new events looked at per event wanted, before giving up for now */
-/* A waiting ack-and-fetch with nothing to deliver holds its acks this long for events to
- * lease in the same commit (a worker keeping up with a stream then pays one commit per
- * event, not two), then commits them and waits on. */
-#define ACK_HOLD_MS CG_ACK_HOLD_MS
-
 struct fetch_req {
   const char *topic, *group, *consumer;
   size_t max;
@@ -386,14 +381,14 @@ static void wait_due(struct log *log, struct fetch_req *r, int64_t deadline) {
 
 /* Runs r's job until it delivers something or wait_ms has passed. The first run carries
  * r's acks, if any: it is committed as durably as an ack (log_write) before any wait longer
- * than ACK_HOLD_MS; the runs after it lease only, relaxed like every fetch. */
+ * than CG_ACK_HOLD_MS; the runs after it lease only, relaxed like every fetch. */
 static int fetch_run(struct log *log, struct fetch_req *r, uint64_t wait_ms, engram_batch **out) {
   int rc = cg_dbs_get(log, &r->d);
   if (rc == 0) rc = cg_worker_dbi(log, &r->workers);
   if (rc) return rc;
   int64_t deadline = clock_after_ms(clock_monotonic_ns(), wait_ms);
   if (r->n_acks && wait_ms > 0) {
-    int64_t hold = clock_after_ms(clock_monotonic_ns(), ACK_HOLD_MS);
+    int64_t hold = clock_after_ms(clock_monotonic_ns(), CG_ACK_HOLD_MS);
     wait_due(log, r, hold < deadline ? hold : deadline);
   }
   for (;;) {
