@@ -81,9 +81,9 @@ static struct slot *board_open(const char *dir) {
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return NULL;
   size_t size = BOARD_SLOTS * sizeof(struct slot);
-  struct stat st;
-  /* Zeroes are a valid board, so whoever comes first just sizes the file. */
-  if (fstat(fd, &st) < 0 || ((size_t)st.st_size < size && ftruncate(fd, (off_t)size) < 0)) {
+  /* Zeroes are a valid board, so whoever comes first just sizes the file (its blocks
+   * allocated: on a full disk the handle polls instead). */
+  if (log_file_reserve(fd, size)) {
     close(fd);
     return NULL;
   }

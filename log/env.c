@@ -228,17 +228,29 @@ static unsigned int env_flags_for(engram_durability d, int wal) {
   return f;
 }
 
-/* LMDB maps lock.mdb and writes through the mapping; on a full disk (tmpfs especially)
- * touching an unbacked page of it kills the process with SIGBUS. Allocating the file's
- * blocks first turns that into a clean ENOSPC. Returns 0 or -errno. */
+int log_file_reserve(int fd, size_t size) {
+  for (;;) {
+    if (fallocate(fd, 0, 0, (off_t)size) == 0) return 0;
+    if (errno != EINTR) break;
+  }
+  int e = errno;
+  if (e != EOPNOTSUPP && e != ENOSYS) return -e;
+  struct stat st;
+  if (fstat(fd, &st) < 0) return -errno;
+  if ((size_t)st.st_size < size && ftruncate(fd, (off_t)size) < 0) return -errno;
+  return 0;
+}
+
+/* LMDB maps lock.mdb and writes through the mapping (see log_file_reserve): its blocks
+ * are allocated first, so that a full disk is a clean ENOSPC. Returns 0 or -errno. */
 static int prepare_lockfile(const char *dir) {
   char f[4200];
   snprintf(f, sizeof f, "%s/lock.mdb", dir);
   int fd = open(f, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return -errno;
-  int rc = posix_fallocate(fd, 0, 128 * 1024);
+  int rc = log_file_reserve(fd, 128 * 1024);
   close(fd);
-  return rc ? -rc : 0;
+  return rc;
 }
 
 /* The message of an LMDB environment that would not open; returns the engram code. */

@@ -132,6 +132,11 @@ const char *log_open_advice(int e);
  * EDENIED, as a file this user may not write is (the CLI's read commands then open the
  * log read-only). */
 int log_open_errno(int e);
+/* Gives the first `size` bytes of fd disk blocks, extending the file as needed, so that a
+ * store through a shared mapping of them cannot meet a full disk: on one, touching a page
+ * the file system cannot back kills the process with SIGBUS. 0, or -errno (-ENOSPC when
+ * the disk is full). Where the file system cannot allocate ahead it only extends the file. */
+int log_file_reserve(int fd, size_t size);
 /* log_open for reclaim.c, which holds DIR/open.lock exclusively itself: the handle takes
  * no lock of its own. */
 int log_open_unlocked(const char *path, const engram_options *opts, struct log **out);

@@ -233,10 +233,9 @@ void log_share_attach(struct log *log) {
   if (snprintf(path, sizeof path, "%s/%s", log->path, SHARE_FILE) >= (int)sizeof path) return;
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return; /* appends commit on their own */
-  struct stat st;
-  /* Zeroes are an empty file, so whoever comes first just sizes it. */
-  if (fstat(fd, &st) < 0 ||
-      ((size_t)st.st_size < SHARE_MAP_BYTES && ftruncate(fd, (off_t)SHARE_MAP_BYTES) < 0)) {
+  /* Zeroes are an empty file, so whoever comes first just sizes it (its blocks allocated:
+   * on a full disk appends commit on their own). */
+  if (log_file_reserve(fd, SHARE_MAP_BYTES)) {
     close(fd);
     return;
   }

@@ -870,10 +870,10 @@ static int shm_open_file(const char *dir, int create, struct wal_shm **out) {
   snprintf(f, sizeof f, "%s/" LOG_WAL_SHM, dir);
   int fd = open(f, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
   if (fd < 0) return -errno;
-  if (create && ftruncate(fd, 4096) < 0) {
-    int e = errno;
+  int rc = create ? log_file_reserve(fd, 4096) : 0;
+  if (rc) {
     close(fd);
-    return -e;
+    return rc;
   }
   void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   int e = errno;

@@ -294,6 +294,61 @@ static void creating_a_log_on_a_full_disk_fails_with_enospc_and_leaves_nothing_b
   free(filler);
 }
 
+/* Opens dir in a child: it must give a handle or ENGRAM_ENOSPC, never a signal. */
+static void open_on_full_disk(const char *dir, const char *when) {
+  int st = tu_fork_child(open_in_child, (void *)dir, 60000);
+  if (st >= 128)
+    fail_msg("engram_open of a log on a full disk (%s) killed the process with signal %d", when,
+             st - 128);
+  if (st != 0 && st != -ENGRAM_ENOSPC)
+    fail_msg("expected success or ENGRAM_ENOSPC from engram_open on a full disk (%s), got %s", when,
+             st > 0 ? engram_errname(-st) : "a timeout");
+}
+
+/* A log closed cleanly, then the disk fills: opening it again (a service restarted) must
+ * give a handle or ENGRAM_ENOSPC, never a signal, also when the files every process maps
+ * (notify.board, commit.shm, wal.shm, LMDB's lock.mdb) are to be made again: a page of a
+ * mapped file that the file system cannot back is a SIGBUS at the first store into it.
+ * Once space returns the log opens with every event. */
+static void opening_an_existing_log_on_a_full_disk_never_kills_the_process(void **state) {
+  fx *f = *state;
+  need_tmpfs(f);
+  char *logdir = tu_join(f->dir, "log");
+  engram *log = tu_open(logdir, NULL);
+  engram_topic_config cfg = {.compress_threshold = UINT32_MAX};
+  tu_topic(log, "memory", &cfg);
+  unsigned char *buf = malloc(EV_SIZE);
+  for (uint64_t i = 1; i <= 8; i++) {
+    tu_fill_random(buf, EV_SIZE, i);
+    engram_event ev = {.type = "memory.saved", .payload = buf, .payload_len = EV_SIZE};
+    uint64_t off;
+    assert_int_equal(engram_append(log, "memory", &ev, &off, NULL), 0);
+    assert_int_equal(off, i);
+  }
+  engram_close(log);
+  char *filler = tu_join(f->dir, "filler");
+  fill_file(filler, 0);
+  open_on_full_disk(logdir, "as closed");
+  /* The shared files gone, as a copy of the directory or a tmp cleaner leaves it: the open
+   * makes them again. */
+  const char *shared[] = {"notify.board", "commit.shm", "wal.shm", "lock.mdb"};
+  for (size_t i = 0; i < sizeof shared / sizeof *shared; i++) {
+    char *p = tu_join(logdir, shared[i]);
+    unlink(p);
+    free(p);
+  }
+  fill_file(filler, 0); /* what their removal gave back */
+  open_on_full_disk(logdir, "its shared files removed");
+  /* Space back: the log opens and holds its eight events. */
+  assert_int_equal(unlink(filler), 0);
+  log = tu_open(logdir, NULL);
+  check_all(log, 8);
+  engram_close(log);
+  free(buf);
+  free(filler);
+  free(logdir);
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -301,6 +356,7 @@ int main(void) {
       T(appends_on_a_full_disk_fail_cleanly_and_work_again_once_space_returns),
       T(creating_a_log_on_a_full_disk_fails_with_enospc_and_leaves_nothing_behind),
       T(appends_into_a_hole_on_a_full_disk_fail_cleanly),
+      T(opening_an_existing_log_on_a_full_disk_never_kills_the_process),
   };
   return cmocka_run_group_tests_name("diskfull", tests, NULL, NULL);
 }

@@ -9,12 +9,12 @@
  *                                   a process of the "procs" scenarios (started by run)
  *
  * Scenarios: create, single, threads, threads8, pipeline, batch, groups, ackfetch, mixed,
- * train, reclaim, park, freed, served, procs, procs_group (see cmd_run). Acknowledgement lines:
- * "open", "topic T", "append T OFFSET SEQ", "group T G", "ack T G OFFSET", and "mark TEXT" (no
- * state: replay.py cuts at every point between two marks). A line of a process the
- * workload started begins with its name ("w2 append t 17 2005": writer 2; "c1 ack t g 9":
- * the consumer). An append's content is a function of SEQ, so the checker compares the
- * stored event byte for byte. */
+ * train, reclaim, park, freed, served, served_many, procs, procs_group (see cmd_run).
+ * Acknowledgement lines: "open", "topic T", "append T OFFSET SEQ", "group T G", "ack T G
+ * OFFSET", and "mark TEXT" (no state: replay.py cuts at every point between two marks). A
+ * line of a process the workload started begins with its name ("w2 append t 17 2005":
+ * writer 2; "c1 ack t g 9": the consumer). An append's content is a function of SEQ, so the checker
+ * compares the stored event byte for byte. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -389,8 +389,24 @@ static void *served_consumer(void *arg) {
   return NULL;
 }
 
-static void run_served(const char *root, int scale) {
-  struct served sv = {.n = 8 * scale};
+/* "served_many": producers on connections of their own appending at once, without
+ * pauses, so that the daemon commits the appends of several connections together (the
+ * main thread's bursts, the workers' lanes). */
+struct served_producer {
+  struct served *sv;
+  int id, n;
+};
+
+static void *served_producer(void *arg) {
+  struct served_producer *p = arg;
+  engram *c = served_connect(p->sv);
+  for (int i = 0; i < p->n; i++) append_one(c, (uint64_t)p->id * 1000 + (uint64_t)i);
+  engram_close(c);
+  return NULL;
+}
+
+static void run_served(const char *root, int scale, int producers) {
+  struct served sv = {.n = 8 * scale * producers};
   snprintf(sv.dir, sizeof sv.dir, "%s/log", root);
   /* The socket outside ROOT: it holds no data. */
   snprintf(sv.ep, sizeof sv.ep, "ipc:///tmp/pc-served-%ld.ipc", (long)getpid());
@@ -401,11 +417,22 @@ static void run_served(const char *root, int scale) {
   if (rc) die(p, "group_create", rc);
   ack("group %s g", TOPIC);
   if (pthread_create(&con, NULL, served_consumer, &sv)) die(NULL, "consumer", ENGRAM_ENOMEM);
-  for (int i = 0; i < sv.n; i++) {
-    /* The consumer is parked in its ack-fetch when most appends come. */
-    struct timespec ts = {0, 3000000};
-    nanosleep(&ts, NULL);
-    append_one(p, (uint64_t)i);
+  if (producers == 1) {
+    for (int i = 0; i < sv.n; i++) {
+      /* The consumer is parked in its ack-fetch when most appends come. */
+      struct timespec ts = {0, 3000000};
+      nanosleep(&ts, NULL);
+      append_one(p, (uint64_t)i);
+    }
+  } else {
+    pthread_t th[8];
+    struct served_producer pp[8];
+    for (int i = 0; i < producers && i < 8; i++) {
+      pp[i] = (struct served_producer){&sv, i + 1, sv.n / producers};
+      if (pthread_create(&th[i], NULL, served_producer, &pp[i]))
+        die(NULL, "producer", ENGRAM_ENOMEM);
+    }
+    for (int i = 0; i < producers && i < 8; i++) pthread_join(th[i], NULL);
   }
   pthread_join(con, NULL);
   engram_close(p);
@@ -619,7 +646,11 @@ static int cmd_run(int argc, char **argv) {
   } else if (!strcmp(scen, "served")) {
     /* The daemon opens the log itself. */
     engram_close(log);
-    run_served(argv[3], scale);
+    run_served(argv[3], scale, 1);
+    return 0;
+  } else if (!strcmp(scen, "served_many")) {
+    engram_close(log);
+    run_served(argv[3], scale, 4);
     return 0;
   } else if (!strcmp(scen, "procs")) {
     /* Four writers; this process has closed the log, so the first of them to open it

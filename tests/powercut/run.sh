@@ -30,7 +30,7 @@ for ((s = seed; s < seed + seeds; s++)); do
   # Several processes at once (writers, and writers beside a consumer process), and a
   # daemon with remote clients: a cut right after every acknowledgement too, so that one
   # no completed flush covers shows.
-  for scen in procs procs_group served; do
+  for scen in procs procs_group served served_many; do
     "$py" tests/powercut/replay.py --build "$BUILD" --scenario "$scen" --seed "$s" --ack-points \
       "${opts[@]}" || failed=$((failed + 1))
   done
