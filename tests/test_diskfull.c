@@ -194,6 +194,24 @@ static void appends_on_a_full_disk_fail_cleanly_and_work_again_once_space_return
     fail_msg("the message does not say the disk is full: '%s'", first_msg);
 }
 
+/* A log in dir with the topic "memory" (payloads stored as they are) holding 8 events of
+ * EV_SIZE bytes, offsets 1 to 8, closed. */
+static void make_log_of_eight(const char *dir) {
+  engram *log = tu_open(dir, NULL);
+  engram_topic_config cfg = {.compress_threshold = UINT32_MAX};
+  tu_topic(log, "memory", &cfg);
+  unsigned char *buf = malloc(EV_SIZE);
+  for (uint64_t i = 1; i <= 8; i++) {
+    tu_fill_random(buf, EV_SIZE, i);
+    engram_event ev = {.type = "memory.saved", .payload = buf, .payload_len = EV_SIZE};
+    uint64_t off;
+    assert_int_equal(engram_append(log, "memory", &ev, &off, NULL), 0);
+    assert_int_equal(off, i);
+  }
+  free(buf);
+  engram_close(log);
+}
+
 /* data.mdb may have holes: pages LMDB took past the end of the file and freed unwritten,
  * a file extended by an older engram. In sync mode a commit's page writes inside the
  * file are held until its record is written, and a held write that found no space would
@@ -204,18 +222,10 @@ static void appends_into_a_hole_on_a_full_disk_fail_cleanly(void **state) {
   fx *f = *state;
   need_tmpfs(f);
   char *logdir = tu_join(f->dir, "log");
-  engram *log = tu_open(logdir, NULL);
-  engram_topic_config cfg = {.compress_threshold = UINT32_MAX};
-  tu_topic(log, "memory", &cfg);
+  make_log_of_eight(logdir);
   unsigned char *buf = malloc(EV_SIZE);
   engram_event one = {.type = "memory.saved", .payload = buf, .payload_len = EV_SIZE};
-  uint64_t head = 0, off;
-  for (int k = 0; k < 8; k++) {
-    tu_fill_random(buf, EV_SIZE, head + 1);
-    assert_int_equal(engram_append(log, "memory", &one, &off, NULL), 0);
-    head = off;
-  }
-  engram_close(log);
+  uint64_t head = 8, off;
   /* A hole past LMDB's last page: its next new pages go there. */
   char *data = tu_join(logdir, "data.mdb");
   struct stat st;
@@ -226,7 +236,7 @@ static void appends_into_a_hole_on_a_full_disk_fail_cleanly(void **state) {
   assert_int_equal(fill_file(slack, 64 << 10), 64 << 10);
   fill_file(filler, 0);
   assert_int_equal(unlink(slack), 0);
-  log = tu_open(logdir, NULL);
+  engram *log = tu_open(logdir, NULL);
   int rc = 0;
   for (int k = 0; k < 1000 && !rc; k++) {
     tu_fill_random(buf, EV_SIZE, head + 1);
@@ -314,18 +324,7 @@ static void opening_an_existing_log_on_a_full_disk_never_kills_the_process(void 
   fx *f = *state;
   need_tmpfs(f);
   char *logdir = tu_join(f->dir, "log");
-  engram *log = tu_open(logdir, NULL);
-  engram_topic_config cfg = {.compress_threshold = UINT32_MAX};
-  tu_topic(log, "memory", &cfg);
-  unsigned char *buf = malloc(EV_SIZE);
-  for (uint64_t i = 1; i <= 8; i++) {
-    tu_fill_random(buf, EV_SIZE, i);
-    engram_event ev = {.type = "memory.saved", .payload = buf, .payload_len = EV_SIZE};
-    uint64_t off;
-    assert_int_equal(engram_append(log, "memory", &ev, &off, NULL), 0);
-    assert_int_equal(off, i);
-  }
-  engram_close(log);
+  make_log_of_eight(logdir);
   char *filler = tu_join(f->dir, "filler");
   fill_file(filler, 0);
   open_on_full_disk(logdir, "as closed");
@@ -341,10 +340,9 @@ static void opening_an_existing_log_on_a_full_disk_never_kills_the_process(void 
   open_on_full_disk(logdir, "its shared files removed");
   /* Space back: the log opens and holds its eight events. */
   assert_int_equal(unlink(filler), 0);
-  log = tu_open(logdir, NULL);
+  engram *log = tu_open(logdir, NULL);
   check_all(log, 8);
   engram_close(log);
-  free(buf);
   free(filler);
   free(logdir);
 }
