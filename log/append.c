@@ -237,7 +237,9 @@ static int append_job(log_wtx *w, void *arg) {
       rc = log_err_mdb(rc);
       if (rc != LOG_EMAPFULL)
         log_error(log, rc, "append %s: %s", r->topic,
-                  rc == ENGRAM_ENOSPC ? "disk full" : "write failed");
+                  rc == ENGRAM_ENOSPC ? "disk full: nothing of it was stored; free space on "
+                                        "the log's file system and retry"
+                                      : "write failed");
       break;
     }
     if (ev->idempotency_key && (rc = idem_put(w, t.id, ev->idempotency_key, at, off))) break;

@@ -208,7 +208,10 @@ static int run_batch(struct log *log, struct log_job *jobs, int *wrote,
        * ran out of space looks like. */
       if (code == ENGRAM_EIO && log_disk_nearly_full(log)) code = ENGRAM_ENOSPC;
       return log_error(log, code, "commit: %s",
-                       code == ENGRAM_ENOSPC ? "disk full" : log_mdb_text(rc));
+                       code == ENGRAM_ENOSPC
+                           ? "disk full: nothing of it was stored; free space on the log's "
+                             "file system and retry"
+                           : log_mdb_text(rc));
     }
     /* LMDB skips a commit that changed nothing: the last id stays below ours. Another
      * process may have committed since ours released the write lock, so a later id
