@@ -75,6 +75,9 @@ int err_from_errno(int e) {
       return ENGRAM_EBUSY;
     case ETIMEDOUT:
       return ENGRAM_ETIMEDOUT;
+    case EMFILE: /* the process's open-file limit (ulimit -n), or the system's */
+    case ENFILE:
+      return ENGRAM_ELIMIT;
     default:
       return ENGRAM_EIO;
   }

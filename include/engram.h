@@ -122,7 +122,7 @@ extern "C" {
 #define ENGRAM_ENOSPC -7      /* the disk is full; the log stays usable once space returns */
 #define ENGRAM_ETOOBIG -8     /* payload, headers or message over its limit */
 #define ENGRAM_EVERSION -9    /* on-disk format or wire protocol version not supported */
-#define ENGRAM_ELIMIT -10     /* a configured limit was reached (e.g. max_topics) */
+#define ENGRAM_ELIMIT -10     /* a configured limit was reached (max_topics, open files) */
 #define ENGRAM_ESTALE -11     /* ack/nack quotes an attempt older than the current lease */
 #define ENGRAM_ENOTLEASED -12 /* the event was never delivered to this group */
 #define ENGRAM_EALREADY -13   /* the event is already finished for this group (double ack) */

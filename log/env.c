@@ -179,6 +179,12 @@ const char *log_open_advice(int e) {
       return "the disk is full: free space and retry";
     case ENOTDIR:
       return "a component of the path is a file, not a directory";
+    case EMFILE:
+      return "this process has as many files open as its limit allows: raise the limit "
+             "(ulimit -n, LimitNOFILE=) or open fewer";
+    case ENFILE:
+      return "the system has as many files open as it allows: raise fs.file-max or close "
+             "some";
     default:
       return "check the directory and the disk";
   }

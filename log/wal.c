@@ -1006,8 +1006,8 @@ int log_wal_recover(const char *dir, int rdonly) {
   close(fd);
   close(data_fd);
   if (rc < 0)
-    return log_error(NULL, log_open_errno(-rc), "open %s: cannot recover from %s: %s", dir, wf,
-                     strerror(-rc));
+    return log_error(NULL, log_open_errno(-rc), "open %s: cannot recover from %s: %s: %s", dir, wf,
+                     strerror(-rc), log_open_advice(-rc));
   return 0;
 }
 
@@ -1067,9 +1067,13 @@ int log_wal_attach(struct log *log) {
   if (mdb_env_get_fd(log->env, &w->data_fd) || data_psize(w->data_fd, &w->psize) < 0) {
     rc = log_error(log, ENGRAM_EIO, "open %s: cannot read the data file's page size", log->path);
   } else if ((w->fd = open(f, O_RDWR | O_CLOEXEC)) < 0) {
-    rc = log_error(log, log_open_errno(errno), "open %s: cannot write %s: %s", log->path, f,
-                   strerror(errno));
-  } else if ((rc = shm_open_file(log->path, 0, &w->shm)) < 0 || w->shm->magic != WAL_SHM_MAGIC) {
+    int e = errno;
+    rc = log_error(log, log_open_errno(e), "open %s: cannot write %s: %s: %s", log->path, f,
+                   strerror(e), log_open_advice(e));
+  } else if ((rc = shm_open_file(log->path, 0, &w->shm)) < 0 && rc != -ENOENT) {
+    rc = log_error(log, log_open_errno(-rc), "open %s: cannot map %s/" LOG_WAL_SHM ": %s: %s",
+                   log->path, log->path, strerror(-rc), log_open_advice(-rc));
+  } else if (rc < 0 || w->shm->magic != WAL_SHM_MAGIC) {
     rc = log_error(log, ENGRAM_EIO,
                    "open %s: %s/" LOG_WAL_SHM
                    " is missing or damaged: close "

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -714,6 +715,64 @@ static void a_log_without_an_id_gets_one_at_its_next_read_write_open(void **stat
   engram_close(log);
 }
 
+/* In a child allowed `limit` descriptors: 0 when the open and an append worked, 1 when
+ * one failed with a message that names the limit and what to do, 2 otherwise (the
+ * message on stderr). */
+struct fd_limited {
+  const char *dir;
+  int limit;
+};
+
+static int open_with_few_descriptors(void *arg) {
+  const struct fd_limited *l = arg;
+  struct rlimit r = {(rlim_t)l->limit, (rlim_t)l->limit};
+  if (setrlimit(RLIMIT_NOFILE, &r)) return 3;
+  engram *log = NULL;
+  int rc = engram_open(l->dir, NULL, &log);
+  if (rc == 0) {
+    engram_event ev = {.type = "memory.saved", .payload = "{}", .payload_len = 2};
+    uint64_t off;
+    rc = engram_append(log, "memory", &ev, &off, NULL);
+    engram_close(log);
+    if (rc == 0) return 0;
+  }
+  const char *m = engram_errmsg(NULL);
+  if (strstr(m, "Too many open files") && strstr(m, "ulimit")) return 1;
+  fprintf(stderr, "with %d descriptors: %s: %s\n", l->limit, engram_errname(rc), m);
+  return 2;
+}
+
+/* Out of descriptors at any step of an open (the write-ahead file, its shared header, the
+ * board, LMDB's files): the message says so and what to do, never that a file is
+ * damaged. */
+static void running_out_of_descriptors_at_open_says_so_at_every_step(void **state) {
+  fx *f = *state;
+  engram *log = tu_open(f->log, NULL);
+  tu_topic(log, "memory", NULL);
+  append_one(log, "memory", "{\"text\":\"kept\"}");
+  engram_close(log);
+  int failed = 0, worked = 0;
+  for (int n = 4; n <= 40; n++) {
+    struct fd_limited l = {f->log, n};
+    int st = tu_fork_child(open_with_few_descriptors, &l, 60000);
+    if (st != 0 && st != 1)
+      fail_msg("open with %d descriptors: %s", n,
+               st == 2  ? "a message that does not name the cause (above)"
+               : st < 0 ? "a timeout"
+                        : "the child died or could not lower its limit");
+    failed += st == 1;
+    worked += st == 0;
+  }
+  assert_true(failed > 0); /* the limits did bite */
+  assert_true(worked > 0);
+  log = tu_open(f->log, NULL);
+  engram_verify_report rep;
+  assert_int_equal(engram_verify(log, &rep), 0);
+  assert_int_equal(rep.damaged, 0);
+  assert_int_equal(rep.records, 1 + (uint64_t)worked);
+  engram_close(log);
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -733,6 +792,7 @@ int main(void) {
       T(a_log_has_one_id_that_survives_reopen_and_backup_and_differs_from_others),
       T(a_log_without_an_id_gets_one_at_its_next_read_write_open),
       T(a_child_closing_the_parents_handle_returns_and_leaves_the_log_alone),
+      T(running_out_of_descriptors_at_open_says_so_at_every_step),
   };
   return cmocka_run_group_tests_name("open", tests, NULL, NULL);
 }
