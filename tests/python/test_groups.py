@@ -2,6 +2,8 @@
 # results, dead-letter queue and redrive, replay, filters, transactions, asyncio.
 import asyncio
 import datetime as dt
+import os
+import signal
 import threading
 import time
 
@@ -235,6 +237,36 @@ def test_a_blocking_consumer_wakes_up_when_an_event_arrives(log):
     log.append("memory", "memory.saved", {})
     t.join(6)
     assert got and got[0] - sent < 1.0
+
+
+def interrupted_after(seconds, call):
+    """Runs call() with a SIGINT sent to this process after ``seconds``; returns how long
+    the KeyboardInterrupt took to arrive (it must arrive)."""
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    try:
+        call()
+    except KeyboardInterrupt:
+        return time.monotonic() - start
+    finally:
+        timer.cancel()
+    pytest.fail("the call returned without the KeyboardInterrupt")
+
+
+@pytest.mark.parametrize("how", ["fetch", "ack_fetch", "consumer"])
+def test_ctrl_c_interrupts_a_fetch_blocked_in_its_wait(log, how):
+    # A worker blocked in a long fetch stops at Ctrl-C at once, not when its wait ends.
+    g = log.group("memory", "intr", create_topic=True)
+    log.append("memory", "memory.saved", {"i": 0})
+    first = g.fetch("c1", max=1)
+    calls = {"fetch": lambda: g.fetch("c1", max=1, wait=30),
+             "ack_fetch": lambda: g.ack_fetch("c1", first, max=1, wait=30),
+             "consumer": lambda: next(iter(g.consumer("c1", wait=30)))}
+    took = interrupted_after(0.3, calls[how])
+    assert took < 5, f"KeyboardInterrupt came {took:.1f} s after the call, the wait being 30 s"
+    if how == "ack_fetch":
+        assert g.info().acked == 1  # the acks were applied before the wait
 
 
 def test_stop_ends_iteration_and_releases_prefetched_events(log):

@@ -1,6 +1,8 @@
 # test_remote.py — the same API through `engram serve`: engram.connect() against a daemon
 # started on a loopback port for the test, and worker processes sharing a group over it.
 import os
+import signal
+import threading
 import time
 
 import pytest
@@ -114,6 +116,21 @@ def test_an_importer_keeps_append_times_through_the_daemon(daemon):
         with pytest.raises(engram.InvalidArgument, match="older than the topic's newest event"):
             log.append_many("memory", [engram.Message("memory.saved", b"c", timestamp_ns=hour_ago)])
         assert log.topic("memory").count == 2
+
+
+def test_ctrl_c_interrupts_a_fetch_waiting_on_the_daemon(daemon):
+    # As embedded: a client blocked in a long fetch through the daemon stops at Ctrl-C.
+    with engram.connect(daemon) as c:
+        g = c.group("memory", "intr", create_topic=True)
+        timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+        start = time.monotonic()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            g.fetch("c1", max=1, wait=30)
+        timer.cancel()
+        assert time.monotonic() - start < 5
+        c.append("memory", "memory.saved", {"i": 1})  # the connection still works
+        assert [e.json()["i"] for e in g.fetch("c1", max=1, wait=5)] == [1]
 
 
 def test_connect_to_nothing_fails_cleanly():

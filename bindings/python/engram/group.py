@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import time as _time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _engram
@@ -23,6 +24,24 @@ __all__ = ["Group"]
 _GROUP_DEFAULTS: Dict[str, Any] = dict(filters=None, start="earliest", ack_wait=None,
                                        max_deliver=None, backoff=None, result_ttl=None,
                                        key_ordered=False)
+
+
+# A fetch's wait is spent in slices this long: a C call that waits keeps the interpreter
+# from running signal handlers until it returns, so Ctrl-C (KeyboardInterrupt) reaches a
+# worker blocked in a long wait within one slice instead of at the wait's end.
+_WAIT_SLICE_MS = 250
+
+
+def _waiting(first: Any, then: Any, wait_ms: int) -> List[Any]:
+    """first(ms), then then(ms) again while nothing came, until wait_ms has passed."""
+    deadline = _time.monotonic() + wait_ms / 1000
+    got = first(min(wait_ms, _WAIT_SLICE_MS))
+    while not got:
+        left = int((deadline - _time.monotonic()) * 1000)
+        if left <= 0:
+            break
+        got = then(min(left, _WAIT_SLICE_MS))
+    return got
 
 
 def _group_config(filters: Union[None, str, Sequence[str]], start: Union[str, int, _dt.datetime],
@@ -89,8 +108,9 @@ class Group:
         """Leases up to ``max`` events to ``consumer``, waiting up to ``wait`` seconds."""
         if isinstance(max, int) and not isinstance(max, bool) and max < 1:
             raise InvalidArgument(f"fetch: max {max} must be at least 1")
-        return [Event(t, self) for t in
-                self.log.h.fetch(self.topic, self.name, consumer, max, _ms(wait, "wait", allow_none=False))]
+        def fetch(ms: int) -> List[Any]:
+            return self.log.h.fetch(self.topic, self.name, consumer, max, ms)
+        return [Event(t, self) for t in _waiting(fetch, fetch, _ms(wait, "wait", allow_none=False))]
 
     def ack(self, offset: int, attempt: int = 0, result: Payload = None) -> None:
         """Finishes ``offset`` (fenced by ``attempt`` unless 0)."""
@@ -122,9 +142,11 @@ class Group:
         items = [(a.offset, a.attempt, None) if isinstance(a, Event)
                  else (a[0], a[1], _encode_result(a[2]) if len(a) > 2 else None)  # type: ignore[misc]
                  for a in evs]
-        got = [Event(t, self) for t in
-               self.log.h.ack_fetch(self.topic, self.name, consumer, items, max,
-                                    _ms(wait, "wait", allow_none=False))]
+        # The acks go with the first slice; the later ones only fetch.
+        got = [Event(t, self) for t in _waiting(
+            lambda ms: self.log.h.ack_fetch(self.topic, self.name, consumer, items, max, ms),
+            lambda ms: self.log.h.fetch(self.topic, self.name, consumer, max, ms),
+            _ms(wait, "wait", allow_none=False))]
         for a in evs:
             if isinstance(a, Event):
                 a.finished = "acked"
