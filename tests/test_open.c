@@ -577,6 +577,7 @@ static void a_user_who_cannot_write_the_directory_reads_it_read_only(void **stat
     free(opened[i]);
   }
   if (rc == 77) {
+    snap_free(&before);
     print_message("skipped: the unprivileged user cannot reach %s\n", f->log);
     skip();
   }
