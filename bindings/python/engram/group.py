@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time as _time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _engram
 from .consumer import Consumer
@@ -32,7 +32,8 @@ _GROUP_DEFAULTS: Dict[str, Any] = dict(filters=None, start="earliest", ack_wait=
 _WAIT_SLICE_MS = 250
 
 
-def _waiting(first: Any, then: Any, wait_ms: int) -> List[Any]:
+def _waiting(first: Callable[[int], List[Any]], then: Callable[[int], List[Any]],
+             wait_ms: int) -> List[Any]:
     """first(ms), then then(ms) again while nothing came, until wait_ms has passed."""
     deadline = _time.monotonic() + wait_ms / 1000
     got = first(min(wait_ms, _WAIT_SLICE_MS))
