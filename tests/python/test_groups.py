@@ -269,6 +269,29 @@ def test_ctrl_c_interrupts_a_fetch_blocked_in_its_wait(log, how):
         assert g.info().acked == 1  # the acks were applied before the wait
 
 
+def test_close_does_not_wait_for_a_fetch_blocked_in_its_wait(tmp_path):
+    # close() waits for running calls; a fetch waiting 20 s ends its slice and sees the
+    # handle closing, so close returns at once and the fetch raises Closed.
+    log = engram.open(tmp_path / "log")
+    g = log.group("memory", "closing", create_topic=True)
+    out = {}
+
+    def wait():
+        try:
+            out["got"] = g.fetch("c1", wait=20)
+        except engram.Closed as e:
+            out["got"] = e
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    log.close()
+    took = time.monotonic() - start
+    t.join(5)
+    assert took < 5, f"close waited {took:.1f} s for the fetch's 20 s wait"
+    assert isinstance(out.get("got"), engram.Closed)
+
+
 def test_stop_ends_iteration_and_releases_prefetched_events(log):
     fill(log, 5)
     g = log.group("memory", "stop", backoff=[0.01])
