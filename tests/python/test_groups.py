@@ -269,6 +269,24 @@ def test_ctrl_c_interrupts_a_fetch_blocked_in_its_wait(log, how):
         assert g.info().acked == 1  # the acks were applied before the wait
 
 
+def test_a_wait_over_the_librarys_limit_is_refused_not_waited(log):
+    # A wait is spent in slices, but one over the library's limit (an hour) is still an
+    # error, as it is in C, not a wait of that length.
+    g = log.group("memory", "long", create_topic=True)
+    out = {}
+
+    def fetch():
+        try:
+            out["got"] = g.fetch("c1", wait=3601)
+        except engram.Error as e:
+            out["got"] = e
+    t = threading.Thread(target=fetch, daemon=True)
+    t.start()
+    t.join(5)
+    assert isinstance(out.get("got"), engram.InvalidArgument), out
+    assert "3601000" in str(out["got"]) or "wait" in str(out["got"])
+
+
 def test_close_does_not_wait_for_a_fetch_blocked_in_its_wait(tmp_path):
     # close() waits for running calls; a fetch waiting 20 s ends its slice and sees the
     # handle closing, so close returns at once and the fetch raises Closed.

@@ -35,6 +35,8 @@ _WAIT_SLICE_MS = 250
 def _waiting(first: Callable[[int], List[Any]], then: Callable[[int], List[Any]],
              wait_ms: int) -> List[Any]:
     """first(ms), then then(ms) again while nothing came, until wait_ms has passed."""
+    if wait_ms > _engram.MAX_FETCH_WAIT_MS:
+        return first(wait_ms)  # refused by the library, with the limit in its message
     deadline = _time.monotonic() + wait_ms / 1000
     got = first(min(wait_ms, _WAIT_SLICE_MS))
     while not got:
