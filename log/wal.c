@@ -870,7 +870,8 @@ static int shm_open_file(const char *dir, int create, struct wal_shm **out) {
   snprintf(f, sizeof f, "%s/" LOG_WAL_SHM, dir);
   int fd = open(f, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
   if (fd < 0) return -errno;
-  int rc = create ? log_file_reserve(fd, 4096) : 0;
+  /* Also when it exists: one an older build made by ftruncate alone is sparse. */
+  int rc = log_file_reserve(fd, 4096);
   if (rc) {
     close(fd);
     return rc;

@@ -13,8 +13,8 @@
  * Acknowledgement lines: "open", "topic T", "append T OFFSET SEQ", "group T G", "ack T G
  * OFFSET", and "mark TEXT" (no state: replay.py cuts at every point between two marks). A
  * line of a process the workload started begins with its name ("w2 append t 17 2005":
- * writer 2; "c1 ack t g 9": the consumer). An append's content is a function of SEQ, so the checker
- * compares the stored event byte for byte. */
+ * writer 2; "c1 ack t g 9": the consumer). An append's content is a function of SEQ, so
+ * the checker compares the stored event byte for byte. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
