@@ -292,7 +292,8 @@ void cli_fmt_duration_ms(uint64_t ms, char *buf, size_t len);
  * \xHH (\n, \t, \r by name), C1 controls and Unicode's invisible line and direction
  * controls \uHHHH, bytes that are not UTF-8 \xHH, and a backslash \\; printable UTF-8
  * is kept. JSON output escapes by itself. */
-#define CLI_ESC_LINES 0x1 /* keep \n and \t as they are: for multi-line blocks */
+#define CLI_ESC_LINES 0x1   /* keep \n and \t as they are: for multi-line blocks */
+#define CLI_ESC_MESSAGE 0x2 /* keep a backslash as it is: for messages, escaped once */
 void cli_put_text(FILE *f, const char *s, size_t n, int flags);
 /* The same into buf (len bytes, always NUL-terminated, cut between characters): for
  * table cells and formatted lines. Returns buf. A buffer of 4 * n + 1 bytes holds all. */

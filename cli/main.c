@@ -278,16 +278,33 @@ const char *cli_errtext(struct cli *c, int code) {
   return m ? m : engram_strerror(code);
 }
 
+/* A message on stderr: one line whatever the names and values it quotes held (control
+ * characters and bytes that are not UTF-8 escaped; a library message is already so). */
+static void vput_message(const char *fmt, va_list ap) {
+  char buf[2048];
+  int n = vsnprintf(buf, sizeof buf, fmt, ap);
+  if (n < 0) return;
+  cli_put_text(stderr, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1, CLI_ESC_MESSAGE);
+}
+
+static void put_message(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vput_message(fmt, ap);
+  va_end(ap);
+}
+
 static int vfail(struct cli *c, int code, const char *fmt, va_list ap) {
   const char *m = fresh_errmsg(c);
   fflush(stdout);
+  fputs("engram: ", stderr);
   if (m) {
-    fprintf(stderr, "engram: %s\n", m);
+    put_message("%s", m);
   } else {
-    fputs("engram: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, ": %s\n", engram_strerror(code));
+    vput_message(fmt, ap);
+    fprintf(stderr, ": %s", engram_strerror(code));
   }
+  fputc('\n', stderr);
   return CLI_EXIT_FAIL;
 }
 
@@ -312,7 +329,7 @@ int cli_error(const char *fmt, ...) {
   fflush(stdout);
   va_start(ap, fmt);
   fputs("engram: ", stderr);
-  vfprintf(stderr, fmt, ap);
+  vput_message(fmt, ap);
   fputc('\n', stderr);
   va_end(ap);
   return CLI_EXIT_FAIL;
@@ -324,7 +341,7 @@ int cli_usage(const char *cmd, const char *fmt, ...) {
   va_start(ap, fmt);
   fputs("engram: ", stderr);
   if (cmd) fprintf(stderr, "%s: ", cmd);
-  vfprintf(stderr, fmt, ap);
+  vput_message(fmt, ap);
   fprintf(stderr, " (see 'engram %s%s--help')\n", cmd ? cmd : "", cmd ? " " : "");
   va_end(ap);
   return CLI_EXIT_USAGE;

@@ -153,6 +153,9 @@ static size_t escape_char(const char *s, size_t n, int flags, char *out, size_t 
   if ((u == '\n' || u == '\t') && (flags & CLI_ESC_LINES)) {
     out[0] = (char)u;
     *olen = 1;
+  } else if (u == '\\' && (flags & CLI_ESC_MESSAGE)) {
+    out[0] = '\\';
+    *olen = 1;
   } else if (u == '\\' || u == '\n' || u == '\t' || u == '\r') {
     out[0] = '\\';
     out[1] = u == '\\' ? '\\' : u == '\n' ? 'n' : u == '\t' ? 't' : 'r';

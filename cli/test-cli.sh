@@ -121,6 +121,17 @@ out=$(printf '\x00\xff\xfe' | "$BIN" --data "$DATA" append memory blob.raw 2>&1)
 check "binary payload from stdin" eval '[[ $rc == 0 && $out == 3 ]]'
 e append memory 'bad type' --payload x
 check "bad type is a usage error" eval '[[ $rc == 2 ]] && one_line_err'
+# A bad name or type is quoted in the error escaped: one line, nothing for the terminal.
+e append memory $'new\nline\x1b[2J' --payload x
+check "a type holding a newline and an escape is refused on one escaped line" \
+  eval '[[ $rc == 2 ]] && one_line_err && has "$err" "new\\nline\\x1b[2J"'
+e append $'new\nline\xc2\x9b' memory.saved --payload x
+check "a topic name holding a newline and a C1 control is refused on one escaped line" \
+  eval '[[ $rc == 1 ]] && one_line_err && has "$err" "new\\x0aline\\u009b"'
+esc=$'\x1b'
+e group create memory $'g\x1b]0;t\x07'
+check "a group name holding an escape sequence is refused on one line without it" \
+  eval '[[ $rc != 0 && $err != *$esc* ]] && one_line_err'
 e append nosuch memory.saved --payload x
 check "append to a missing topic fails" eval '[[ $rc == 1 ]] && one_line_err'
 e append auto memory.saved --payload x --create

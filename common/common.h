@@ -78,4 +78,17 @@ int err_public(int code);
  * Returns 1 with *ns set when the variable is set and the file readable, else 0. */
 int clock_test_file_ns(int64_t *ns);
 
+/* The length of the valid UTF-8 character at s[0..n) (1 for any ASCII byte), with its
+ * code point in *cp (when cp is not NULL), or 0 when s does not start with one: a stray
+ * or cut byte, an overlong form, a surrogate. */
+size_t text_utf8_char(const unsigned char *s, size_t n, uint32_t *cp);
+/* Whether s[0..n) is valid UTF-8. */
+int text_utf8_valid(const void *s, size_t n);
+/* Copies the NUL-terminated src to dst (cap bytes with its NUL) as one line of valid
+ * UTF-8: control bytes and bytes that are not UTF-8 become \xNN, C1 controls \u00NN,
+ * and a copy that does not fit is cut between characters. Returns the length written. dst may not
+ * overlap src. For messages that quote what a caller gave (names, types), so that a bad name cannot
+ * break the line or the caller's decoding of the message. */
+size_t text_one_line(char *dst, size_t cap, const char *src);
+
 #endif

@@ -18,10 +18,14 @@ static __thread char tls_err[512];
 
 int log_error(const struct log *log, int code, const char *fmt, ...) {
   (void)log;
+  /* Messages quote what the caller gave (names, types, paths): one line of valid UTF-8
+   * whatever those held, so the CLI prints one line and bindings can decode it. */
+  char raw[sizeof tls_err];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(tls_err, sizeof tls_err, fmt, ap);
+  vsnprintf(raw, sizeof raw, fmt, ap);
   va_end(ap);
+  text_one_line(tls_err, sizeof tls_err, raw);
   return code;
 }
 

@@ -10,37 +10,6 @@
 
 #include "net/server.h"
 
-/* The length of the well-formed UTF-8 sequence at s (1..4) with its code point in *u;
- * 0 when the bytes there are not UTF-8. */
-static size_t utf8_seq(const unsigned char *s, uint32_t *u) {
-  unsigned char c = s[0];
-  size_t k;
-  uint32_t v, lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-  if (c < 0x80) {
-    *u = c;
-    return 1;
-  } else if (c >= 0xC2 && c <= 0xDF) {
-    k = 2, v = c & 0x1F;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    k = 3, v = c & 0x0F;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    k = 4, v = c & 0x07;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (s[1] < lo || s[1] > hi) return 0; /* also stops at the NUL */
-  for (size_t i = 1; i < k; i++) {
-    if ((s[i] & 0xC0) != 0x80) return 0;
-    v = (v << 6) | (s[i] & 0x3F);
-  }
-  *u = v;
-  return k;
-}
-
 /* Log lines carry text from clients (names, patterns, messages quoting them): written
  * raw, an ESC or a C1 CSI in it would drive the terminal of whoever tails the log. So
  * every control character is escaped: C0 and DEL as \xHH (\n \t \r by name) in text and
@@ -48,13 +17,13 @@ static size_t utf8_seq(const unsigned char *s, uint32_t *u) {
  * \uHHHH, bytes that are not UTF-8 as \xHH (in JSON a literal "\\xHH"), and '\' (and in
  * JSON '"') with a backslash. Printable UTF-8 is kept. out is cut between characters. */
 static void log_escape(char *out, size_t cap, const char *s, int json) {
-  size_t o = 0;
+  size_t o = 0, left = strlen(s);
   while (*s) {
     const unsigned char *p = (const unsigned char *)s;
     char e[16];
     size_t el;
     uint32_t u;
-    size_t k = utf8_seq(p, &u);
+    size_t k = text_utf8_char(p, left, &u);
     if (k == 0) {
       el = (size_t)snprintf(e, sizeof e, json ? "\\\\x%02x" : "\\x%02x", p[0]);
       k = 1;
@@ -75,6 +44,7 @@ static void log_escape(char *out, size_t cap, const char *s, int json) {
     memcpy(out + o, e, el);
     o += el;
     s += k;
+    left -= k;
   }
   out[o] = '\0';
 }

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <locale.h>
+#include <wchar.h>
 
 #include "common/common.h"
 #include "engram.h"
@@ -61,6 +63,33 @@ static int teardown(void **state) {
   return 0;
 }
 
+/* A message quotes the bad name it was given: whatever that held, the message is one
+ * line of valid UTF-8 (a CLI prints one line; Python decodes it strictly). Checked with
+ * the C library's decoder, not engram's. */
+static void one_line_of_utf8(const char *msg, int line) {
+  locale_t utf8 = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+  assert_non_null(utf8);
+  locale_t was = uselocale(utf8);
+  mbstate_t st;
+  memset(&st, 0, sizeof st);
+  size_t n = strlen(msg), i = 0;
+  while (i < n) {
+    wchar_t wc;
+    size_t k = mbrtowc(&wc, msg + i, n - i, &st);
+    if (k == (size_t)-1 || k == (size_t)-2 || k == 0) {
+      fprintf(stderr, "line %d: message not UTF-8 at byte %zu: %s\n", line, i, msg);
+      fail();
+    }
+    if (wc < 0x20 || (wc >= 0x7f && wc < 0xa0)) {
+      fprintf(stderr, "line %d: control character %#x in message: %s\n", line, (unsigned)wc, msg);
+      fail();
+    }
+    i += k;
+  }
+  uselocale(was);
+  freelocale(utf8);
+}
+
 /* The call returned `want`, said why, and changed nothing. */
 #define refused(f, rc, want) refused_at(f, rc, want, __LINE__)
 static void refused_at(fx *f, int rc, int want, int line) {
@@ -72,6 +101,7 @@ static void refused_at(fx *f, int rc, int want, int line) {
   assert_non_null(msg);
   if (!msg[0]) fprintf(stderr, "line %d: empty error message for %s\n", line, engram_errname(want));
   assert_true(strlen(msg) > 0);
+  one_line_of_utf8(msg, line);
   engram_topic_info now;
   assert_int_equal(engram_topic_info_get(f->log, "memory", &now), 0);
   assert_int_equal(now.head_offset, f->before.head_offset);
@@ -111,8 +141,9 @@ static const engram_event good = {.type = "memory.saved", .payload = "{}", .payl
 static void bad_topic_names_are_refused_as_invalid(void **state) {
   fx *f = *state;
   char *long_name = repeat('t', ENGRAM_MAX_NAME + 1);
-  const char *bad[] = {"",        long_name,   "a b",       "a/b", "caf\xc3\xa9",
-                       "memory*", "tab\there", "new\nline", "t:1", "t\\x"};
+  const char *bad[] = {"",          long_name,   "a b", "a/b",  "caf\xc3\xa9",   "memory*",
+                       "tab\there", "new\nline", "t:1", "t\\x", "c1\xc2\x9b[2J", "stray\xff",
+                       "cut\xc3"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     refused(f, engram_topic_create(f->log, bad[i], NULL), ENGRAM_EINVAL);
     refused(f, append1(f, bad[i], &good), ENGRAM_EINVAL);
@@ -121,6 +152,15 @@ static void bad_topic_names_are_refused_as_invalid(void **state) {
   }
   refused(f, engram_topic_create(f->log, NULL, NULL), ENGRAM_EINVAL);
   free(long_name);
+  /* A name the message must cut, with a two-byte character at every place of the cut. */
+  for (size_t at = 20; at < 80; at++) {
+    char *cut = repeat('t', at + 8);
+    memcpy(cut + at, "\xc3\xa9", 2);
+    refused(f, engram_topic_create(f->log, cut, NULL), ENGRAM_EINVAL);
+    refused(f, append1(f, cut, &good), ENGRAM_EINVAL);
+    refused(f, engram_group_create(f->log, "memory", cut, NULL), ENGRAM_EINVAL);
+    free(cut);
+  }
 }
 
 static void the_longest_and_oddest_valid_topic_names_are_accepted(void **state) {
@@ -186,6 +226,14 @@ static void bad_event_types_are_refused_as_invalid(void **state) {
     engram_event ev = good;
     ev.type = bad[i];
     refused_event(f, &ev, "memory", ENGRAM_EINVAL);
+  }
+  for (size_t at = 20; at < 80; at++) {
+    char *cut = repeat('a', at + 8);
+    memcpy(cut + at, "\xc3\xa9", 2);
+    engram_event ev = good;
+    ev.type = cut;
+    refused_event(f, &ev, "memory", ENGRAM_EINVAL);
+    free(cut);
   }
   engram_event ev = good;
   ev.type = NULL;
