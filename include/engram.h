@@ -33,7 +33,9 @@
  * ERRORS. Every function that can fail returns 0 or a negative ENGRAM_E* code from the
  * table below (never any other value: an internal code that would escape becomes
  * ENGRAM_EINTERNAL). A message with context for the calling thread's last failure, on
- * any handle, is kept in one buffer per thread (engram_errmsg()). Nothing is written
+ * any handle, is kept in one buffer per thread (engram_errmsg()): one line of valid
+ * UTF-8, in which a name or value it quotes has its control characters and bytes that are
+ * not UTF-8 escaped (\x0a, \xff; C1 controls \u009b). Nothing is written
  * when a call fails, except by engram_ack_many(), whose good items commit
  * (engram_ack_fetch() is all or nothing).
  *
@@ -759,9 +761,10 @@ typedef struct engram_connect_options {
   const char *secret_key;
   uint32_t pipeline_window; /* pipelined appends in flight, default 256 */
 } engram_connect_options;
-/* Connects to `engram serve` at endpoint (e.g. "tcp://127.0.0.1:7450"). Errors: EINVAL,
- * ECONN, EDENIED, EVERSION. The connections of a process share one ZeroMQ context (one
- * I/O thread), made by the first and ended when the last closes; a child process after
+/* Connects to `engram serve` at endpoint (e.g. "tcp://127.0.0.1:7450"). Errors: EINVAL
+ * (also a tcp:// port that is not a number from 1 to 65535, which libzmq would otherwise
+ * wrap to another port), ECONN, EDENIED, EVERSION. The connections of a process share one ZeroMQ
+ * context (one I/O thread), made by the first and ended when the last closes; a child process after
  * fork() connects anew (a connection does not survive a fork). */
 ENGRAM_API int engram_connect(const char *endpoint, const engram_connect_options *opts,
                               engram **out);
@@ -778,7 +781,8 @@ ENGRAM_API int engram_connect(const char *endpoint, const engram_connect_options
  * sent twice. See docs/protocol.md. */
 
 typedef struct engram_serve_options {
-  const char *listen; /* request endpoint, default "tcp://127.0.0.1:7450" */
+  const char *listen; /* request endpoint, default "tcp://127.0.0.1:7450"; a tcp:// port
+                         is a number to 65535 or * (any free port): others are EINVAL */
   const char *notify; /* PUB endpoint for (topic, head) notifications; default
                          "ipc://DIR/notify.ipc" */
   engram_durability durability;

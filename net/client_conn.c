@@ -679,6 +679,8 @@ static int conn_open(struct conn *c, const char *endpoint) {
 
 int net_connect(const char *endpoint, const engram_connect_options *opts, engram **out) {
   engram_connect_options o = opts ? *opts : (engram_connect_options){0};
+  int bad = net_endpoint_check("connect", endpoint, 0);
+  if (bad) return bad;
   if (o.timeout_ms > ENGRAM_MAX_TIMEOUT_MS)
     return log_error(NULL, ENGRAM_EINVAL, "connect %s: timeout_ms %u over the limit of %u (1 day)",
                      endpoint, o.timeout_ms, ENGRAM_MAX_TIMEOUT_MS);

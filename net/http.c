@@ -16,6 +16,7 @@
 
 #include "net/http.h"
 #include "net/net.h"
+#include "net/server.h"
 
 #define HTTP_THREADS 2          /* request threads */
 #define HTTP_MAX_CONNECTIONS 64 /* open connections at once; more are refused */
@@ -71,23 +72,6 @@ void hb_printf(hbuf *b, const char *fmt, ...) {
   free(big);
 }
 
-/* Whether s[0..n) is valid UTF-8. */
-static int utf8_ok(const unsigned char *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    unsigned c = s[i];
-    size_t k = c < 0x80             ? 0
-               : (c & 0xe0) == 0xc0 ? 1
-               : (c & 0xf0) == 0xe0 ? 2
-               : (c & 0xf8) == 0xf0 ? 3
-                                    : 9;
-    if (k == 9 || (k == 1 && c < 0xc2) || i + k >= n + (k ? 0 : 1)) return 0;
-    for (size_t j = 1; j <= k; j++)
-      if ((s[i + j] & 0xc0) != 0x80) return 0;
-    i += k + 1;
-  }
-  return 1;
-}
-
 static void json_strn(hbuf *b, const char *s, size_t n) {
   hb_put(b, "\"", 1);
   for (size_t i = 0; i < n; i++) {
@@ -112,7 +96,7 @@ void hb_json_str(hbuf *b, const char *s) {
     return;
   }
   size_t n = strlen(s);
-  if (utf8_ok((const unsigned char *)s, n)) {
+  if (text_utf8_valid(s, n)) {
     json_strn(b, s, n);
   } else { /* never invalid JSON: bytes that are not UTF-8 become '?' */
     char *c = malloc(n + 1);
@@ -172,6 +156,7 @@ struct http_server {
   size_t n_series;
   uint64_t workers_alive, workers_lost;
   _Atomic uint64_t requests, refused;
+  _Atomic int started; /* MHD_start_daemon returned: its messages go to the daemon's log */
 };
 
 static void push(http_sample *ring, size_t cap, size_t *n, size_t *pos, const http_sample *x) {
@@ -449,7 +434,7 @@ static void json_schedules(hbuf *b, engram *log) {
 
 static void json_payload(hbuf *b, const void *p, size_t n) {
   size_t shown = n > HTTP_MAX_PAYLOAD ? HTTP_MAX_PAYLOAD : n;
-  int text = utf8_ok(p, shown) && !memchr(p, '\0', shown);
+  int text = text_utf8_valid(p, shown) && !memchr(p, '\0', shown);
   hb_printf(b, "\"payload_len\":%zu,\"payload_truncated\":%s,", n, shown < n ? "true" : "false");
   if (text) {
     hb_puts(b, "\"payload\":");
@@ -585,7 +570,7 @@ static int event_detail(struct req *r, hbuf *b, const char *topic, const char *g
               (long long)st.deadline_ns);
     hb_json_str(b, st.last_error);
     hb_puts(b, ",\"result\":");
-    if (st.result && utf8_ok(st.result, st.result_len))
+    if (st.result && text_utf8_valid(st.result, st.result_len))
       json_strn(b, st.result, st.result_len);
     else
       hb_puts(b, "null");
@@ -1381,6 +1366,19 @@ struct http_server *http_server_new(struct net_server *s, engram *log, const cha
   return h;
 }
 
+/* libmicrohttpd's own messages (a failed accept, a connection it dropped) become lines of
+ * the daemon's log. While it starts they are left out: a start that fails is reported
+ * once, by http_start's error (MHD would say "port 0" for an address in use). */
+static void on_mhd_message(void *cls, const char *fmt, va_list ap) {
+  struct http_server *h = cls;
+  if (!atomic_load(&h->started)) return;
+  char msg[512];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  size_t n = strlen(msg);
+  while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+  server_log(h->s, "warn", "http", "%s", msg);
+}
+
 int http_start(struct net_server *s, engram *log, const char *addr, const char *token,
                struct http_server **out, char *bound, size_t cap) {
   *out = NULL;
@@ -1396,13 +1394,14 @@ int http_start(struct net_server *s, engram *log, const char *addr, const char *
       MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
       MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS / 2,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-      (size_t)HTTP_CONN_MEMORY, MHD_OPTION_END);
+      (size_t)HTTP_CONN_MEMORY, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_message, h, MHD_OPTION_END);
   if (!h->d) {
     int e = errno;
     http_stop(h);
     return log_error(NULL, e == EADDRINUSE ? ENGRAM_EBUSY : ENGRAM_EINVAL,
                      "serve: cannot serve HTTP on %.100s: %s", addr, strerror(e));
   }
+  atomic_store(&h->started, 1);
   const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
   char host[INET_ADDRSTRLEN];
   inet_ntop(AF_INET, &sa.sin_addr, host, sizeof host);

@@ -139,6 +139,10 @@ static int check_options(const char *dir, const engram_serve_options *o) {
     return log_error(NULL, ENGRAM_EINVAL, "serve: empty listen endpoint");
   if (o->notify && !*o->notify)
     return log_error(NULL, ENGRAM_EINVAL, "serve: empty notify endpoint");
+  int rc = 0;
+  if ((o->listen && (rc = net_endpoint_check("serve: listen", o->listen, 1))) ||
+      (o->notify && (rc = net_endpoint_check("serve: notify", o->notify, 1))))
+    return rc;
   if ((unsigned)o->durability > ENGRAM_DURABILITY_ASYNC)
     return log_error(NULL, ENGRAM_EINVAL, "serve: unknown durability mode %d", o->durability);
   if (o->workers > NET_MAX_WORKERS)
@@ -147,7 +151,7 @@ static int check_options(const char *dir, const engram_serve_options *o) {
   if (o->max_message && o->max_message < NET_MIN_MAX_MESSAGE)
     return log_error(NULL, ENGRAM_EINVAL, "serve: max_message %u under %u bytes", o->max_message,
                      NET_MIN_MAX_MESSAGE);
-  int rc = http_check_options(o->http, o->http_token);
+  rc = http_check_options(o->http, o->http_token);
   if (rc) return rc;
   unsigned char k[32];
   if (o->secret_key || o->public_key || o->n_allow_keys || o->allow_keys_file) {

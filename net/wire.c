@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -615,4 +616,22 @@ void *net_zmq_ctx_new(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, zmq_hook);
   return zmq_ctx_new();
+}
+
+int net_endpoint_check(const char *what, const char *ep, int binding) {
+  if (strncmp(ep, "tcp://", 6) != 0) return 0; /* ipc and inproc have no port */
+  /* libzmq reads a TCP port with strtoul and keeps its low 16 bits: port 99999 would be
+   * 34463 without a word, and a port with text after its digits the digits alone. */
+  const char *colon = strrchr(ep + 6, ':');
+  const char *port = colon ? colon + 1 : "";
+  if (binding && !strcmp(port, "*")) return 0;
+  char *end = NULL;
+  errno = 0;
+  unsigned long n = *port >= '0' && *port <= '9' ? strtoul(port, &end, 10) : 0;
+  if (!colon || colon == ep + 6 || !end || *end || errno || n > 65535 || (!binding && n == 0))
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "%s %.300s: the TCP port must be a number from %d to 65535%s (e.g. "
+                     "tcp://127.0.0.1:7450)",
+                     what, ep, binding ? 0 : 1, binding ? ", or * for any free one" : "");
+  return 0;
 }

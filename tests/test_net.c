@@ -14,7 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1132,6 +1135,64 @@ static int free_port(void) {
   zmq_close(s);
   zmq_ctx_term(ctx);
   return atoi(strrchr(ep, ':') + 1);
+}
+
+/* libzmq keeps the low 16 bits of a TCP port (99999 is 34463) and the digits before any
+ * text: such an endpoint is refused, never served or reached on another port. */
+static void a_tcp_port_libzmq_would_change_is_refused(void **state) {
+  (void)state;
+  const char *bad[] = {"tcp://127.0.0.1:99999", "tcp://127.0.0.1:65536",
+                       "tcp://127.0.0.1:0",     "tcp://127.0.0.1:7450x",
+                       "tcp://127.0.0.1:-1",    "tcp://127.0.0.1:",
+                       "tcp://127.0.0.1",       "tcp://:7450"};
+  engram_connect_options o = {.timeout_ms = 300};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    engram *r = NULL;
+    int rc = engram_connect(bad[i], &o, &r);
+    if (rc != ENGRAM_EINVAL)
+      fprintf(stderr, "connect %s: %s (%s)\n", bad[i], engram_errname(rc), engram_errmsg(NULL));
+    assert_int_equal(rc, ENGRAM_EINVAL);
+    assert_null(r);
+    assert_non_null(strstr(engram_errmsg(NULL), "TCP port"));
+  }
+  /* The daemon refuses such a listen or notify endpoint before it opens anything. */
+  const char *listen_bad[] = {"tcp://127.0.0.1:99999", NULL};
+  const char *notify_bad[] = {NULL, "tcp://127.0.0.1:70000"};
+  for (size_t i = 0; i < 2; i++) {
+    td d;
+    td_init(&d, "net-badport");
+    d.o.listen = listen_bad[i];
+    d.o.notify = notify_bad[i];
+    pid_t pid = tu_spawn(td_child, &d);
+    assert_int_equal(tu_wait(pid, 5000), -ENGRAM_EINVAL);
+    assert_true(td_log_has(&d, "TCP port"));
+    assert_false(tu_exists(d.logdir));
+    td_done(&d);
+  }
+}
+
+/* An HTTP address in use stops the daemon with EBUSY and one message saying so (not
+ * libmicrohttpd's own "Failed to bind to port 0" beside it). */
+static void an_http_address_in_use_is_refused_with_one_message(void **state) {
+  (void)state;
+  int busy = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(bind(busy, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(listen(busy, 1), 0);
+  socklen_t len = sizeof sa;
+  assert_int_equal(getsockname(busy, (struct sockaddr *)&sa, &len), 0);
+  char http[64];
+  snprintf(http, sizeof http, "127.0.0.1:%d", ntohs(sa.sin_port));
+  td d;
+  td_init(&d, "net-httpbusy");
+  d.o.http = http;
+  pid_t pid = tu_spawn(td_child, &d);
+  assert_int_equal(tu_wait(pid, 10000), -ENGRAM_EBUSY);
+  assert_true(td_log_has(&d, "cannot serve HTTP"));
+  assert_false(td_log_has(&d, "port 0"));
+  assert_false(td_log_has(&d, "Failed to bind"));
+  close(busy);
+  td_done(&d);
 }
 
 static void a_second_daemon_on_the_same_directory_is_refused(void **state) {
@@ -2285,6 +2346,8 @@ int main(void) {
       cmocka_unit_test(replies_come_back_out_of_order_on_one_connection),
       cmocka_unit_test(no_daemon_means_econn_and_a_frozen_one_etimedout),
       cmocka_unit_test(clients_reconnect_after_a_daemon_restart),
+      cmocka_unit_test(a_tcp_port_libzmq_would_change_is_refused),
+      cmocka_unit_test(an_http_address_in_use_is_refused_with_one_message),
       cmocka_unit_test(a_second_daemon_on_the_same_directory_is_refused),
       cmocka_unit_test(sigterm_answers_requests_in_flight_and_stops_cleanly),
       cmocka_unit_test(curve_lets_in_only_the_allowed_keys),

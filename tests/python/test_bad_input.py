@@ -22,6 +22,9 @@ def test_open_and_connect_refuse_bad_arguments(tmp_path):
         engram.connect(None)
     with pytest.raises(engram.InvalidArgument):
         engram.connect("tcp://127.0.0.1:1", timeout=-5)
+    # libzmq would wrap port 99999 to 34463: refused, never reached.
+    with pytest.raises(engram.InvalidArgument, match="TCP port"):
+        engram.connect("tcp://127.0.0.1:99999")
 
 
 @pytest.mark.parametrize("args,kw,exc", [
@@ -47,12 +50,19 @@ def test_open_and_connect_refuse_bad_arguments(tmp_path):
     (("t", "x.y", b""), {"deliver_at": -1}, engram.InvalidArgument),
     (("t", "x.y", b"x" * (2 << 20)), {}, engram.TooBig),
     (("t", "x.\0y", b""), {}, engram.InvalidArgument),
+    # Names the message quotes cut: a character across the cut, controls, C1 controls.
+    *[(("t" * n + "é" + "t", "x.y", b""), {}, engram.InvalidArgument) for n in range(36, 44)],
+    *[(("t", "x" * n + "é", b""), {}, engram.InvalidArgument) for n in range(36, 70, 3)],
+    (("new\nline\x1b[2J", "x.y", b""), {}, engram.InvalidArgument),
+    (("c1\x9b", "x.y", b""), {}, engram.InvalidArgument),
 ])
 def test_append_refuses_bad_input_and_writes_nothing(log, args, kw, exc):
     log.create_topic("t")
-    with pytest.raises(exc):
+    with pytest.raises(exc) as refused:
         log.append(*args, **kw)
     assert log.topic("t").count == 0
+    # The message quotes the bad name on one line, with nothing for a terminal.
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in str(refused.value))
 
 
 def test_other_log_functions_refuse_bad_input(log):

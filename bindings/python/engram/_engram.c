@@ -35,11 +35,24 @@ static PyObject *raise_code(int code, const char *msg) {
     PyErr_Format(PyExc_RuntimeError, "%s (%s)", msg, engram_errname(code));
     return NULL;
   }
-  PyObject *exc = PyObject_CallFunction(cls, "si", msg, code);
+  /* The library's messages are UTF-8; a byte that is not still gives the error, escaped. */
+  PyObject *text = PyUnicode_DecodeUTF8(msg, (Py_ssize_t)strlen(msg), "backslashreplace");
+  if (!text) return NULL;
+  PyObject *exc = PyObject_CallFunction(cls, "Ni", text, code);
   if (!exc) return NULL;
   PyErr_SetObject(cls, exc);
   Py_DECREF(exc);
   return NULL;
+}
+
+/* Raises for an open or connect that failed: the library's message, which names what is
+ * wrong and what to do, else `what target: <the code's text>`. */
+static PyObject *raise_unopened(int code, const char *what, const char *target) {
+  const char *m = engram_errmsg(NULL);
+  if (*m) return raise_code(code, m);
+  char msg[MSG_MAX];
+  snprintf(msg, sizeof msg, "%s %s: %s", what, target, engram_strerror(code));
+  return raise_code(code, msg);
 }
 
 /* ---------------------------------------------------------------------------------
@@ -2064,15 +2077,7 @@ static PyObject *mod_open(PyObject *m, PyObject *args, PyObject *kw) {
     return raise_code(ENGRAM_EINVAL, "open: durability must be SYNC, NOMETASYNC or ASYNC");
   o.durability = (engram_durability)durability;
   Py_BEGIN_ALLOW_THREADS rc = engram_open(path, &o, &h);
-  Py_END_ALLOW_THREADS if (rc < 0) {
-    char msg[MSG_MAX];
-    const char *m = engram_errmsg(NULL); /* names what is wrong and what to do */
-    if (*m)
-      snprintf(msg, sizeof msg, "%s", m);
-    else
-      snprintf(msg, sizeof msg, "open %s: %s", path, engram_strerror(rc));
-    return raise_code(rc, msg);
-  }
+  Py_END_ALLOW_THREADS if (rc < 0) return raise_unopened(rc, "open", path);
   return (PyObject *)log_new(h);
 }
 
@@ -2090,11 +2095,7 @@ static PyObject *mod_connect(PyObject *m, PyObject *args, PyObject *kw) {
                                    conv_u32, &o.pipeline_window))
     return NULL;
   Py_BEGIN_ALLOW_THREADS rc = engram_connect(endpoint, &o, &h);
-  Py_END_ALLOW_THREADS if (rc < 0) {
-    char msg[MSG_MAX];
-    snprintf(msg, sizeof msg, "connect %s: %s", endpoint, engram_strerror(rc));
-    return raise_code(rc, msg);
-  }
+  Py_END_ALLOW_THREADS if (rc < 0) return raise_unopened(rc, "connect", endpoint);
   return (PyObject *)log_new(h);
 }
 
