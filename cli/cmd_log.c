@@ -652,9 +652,9 @@ int cmd_backup(struct cli *c, int argc, char **argv) {
       "usage: engram backup DEST [--json]\n"
       "\n"
       "Writes a consistent, compacted copy of the log into directory DEST (created; it\n"
-      "must not exist or must be empty; its parent must exist: mkdir -p it first)\n"
-      "while writers keep running. Open the copy with --data DEST. On a terminal stderr\n"
-      "shows the progress (MiB copied of the total).\n"
+      "must not exist or must be empty; its parent must exist: mkdir -p it first; not\n"
+      "inside the log's directory) while writers keep running. Open the copy with\n"
+      "--data DEST. On a terminal stderr shows the progress (MiB copied of the total).\n"
       "\n"
       "options:\n" CLI_JSON_DONE_HELP;
   int json = 0;

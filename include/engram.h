@@ -296,7 +296,9 @@ ENGRAM_API int engram_commit_stats_get(engram *log, engram_commit_stats *out);
 
 /* Consistent, compacted hot copy of the log into directory `dest` (created; must not
  * exist or be empty) while writers keep running. Reports progress ("copying", bytes) to
- * the handle's engram_progress_set() callback. Errors: EEXIST, EIO, ENOSPC. */
+ * the handle's engram_progress_set() callback. Errors: EINVAL (dest is the log's
+ * directory or inside it, where the copy would be lost with the log), EEXIST, EIO,
+ * ENOSPC. */
 ENGRAM_API int engram_backup(engram *log, const char *dest);
 
 /* ---------------------------------------------------------------------------------

@@ -1045,8 +1045,24 @@ int log_sync(struct log *log) {
   return 0;
 }
 
+/* Whether dest (which may not exist yet) is the log's directory or lies inside it. */
+static int inside_log_dir(const struct log *log, const char *dest) {
+  char *home = realpath(log->path, NULL), *at = realpath(dest, NULL), parent[4096];
+  if (!at && parent_dir(dest, parent, sizeof parent) == 0) at = realpath(parent, NULL);
+  size_t n = home ? strlen(home) : 0;
+  int in = home && at && strncmp(at, home, n) == 0 && (at[n] == '\0' || at[n] == '/');
+  free(home);
+  free(at);
+  return in;
+}
+
 int log_backup(struct log *log, const char *dest) {
   if (!log || !dest || !*dest) return log_error(log, ENGRAM_EINVAL, "backup: no destination");
+  if (inside_log_dir(log, dest))
+    return log_error(log, ENGRAM_EINVAL,
+                     "backup %s: inside the log's own directory, where it would be lost with "
+                     "the log: choose a directory outside %s",
+                     dest, log->path);
   struct stat st;
   if (stat(dest, &st) == 0) {
     if (!S_ISDIR(st.st_mode) || dir_is_empty(dest) != 1)

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <cmocka.h>
@@ -946,6 +948,18 @@ static void a_backup_opens_verifies_and_holds_the_same_events(void **state) {
 
   /* Refused into a directory that holds something. */
   assert_int_equal(engram_backup(log, dest), ENGRAM_EEXIST);
+  /* Refused inside the log's own directory (lost with the log), nothing made there. */
+  char *inside = tu_join(f->logdir, "backup");
+  char *deeper = tu_join(inside, "nested");
+  assert_int_equal(engram_backup(log, inside), ENGRAM_EINVAL);
+  assert_non_null(strstr(engram_errmsg(log), "outside"));
+  assert_false(tu_exists(inside));
+  assert_int_equal(mkdir(inside, 0755), 0);
+  assert_int_equal(engram_backup(log, deeper), ENGRAM_EINVAL);
+  assert_int_equal(engram_backup(log, inside), ENGRAM_EINVAL);
+  assert_int_equal(rmdir(inside), 0);
+  free(deeper);
+  free(inside);
 
   /* A hot copy while a writer keeps appending: a consistent prefix. */
   struct writer w = {.log = log};
