@@ -806,7 +806,9 @@ typedef struct engram_serve_options {
                                   SIGHUP (after logrotate moved it); NULL = stderr */
 } engram_serve_options;
 /* Runs the daemon on `data_dir` in the calling thread until SIGTERM or SIGINT (or
- * engram_serve_stop()), then finishes in-flight commits and returns 0. Refuses with
+ * engram_serve_stop()), then finishes in-flight commits and returns 0. It raises the
+ * process's soft limit of open files to its hard limit (at most 1048576): a connection
+ * holds a descriptor. Refuses with
  * ENGRAM_EBUSY when another daemon serves the directory. SIGHUP does not stop it: it
  * reads allow_keys_file again (a file that no longer reads keeps the old list, logged as
  * an error; a removed key is refused at its next connection, connections already in keep

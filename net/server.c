@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -224,6 +225,11 @@ static void teardown(struct net_server *s) {
     }
   }
   int linger = 2000, zero = 0;
+  if (s->accept_mon) {
+    zmq_socket_monitor(s->router, NULL, 0);
+    zmq_setsockopt(s->accept_mon, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_close(s->accept_mon);
+  }
   if (s->router) {
     zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof linger);
     zmq_close(s->router);
@@ -298,6 +304,19 @@ static int start(struct net_server *s) {
   const char *listen = s->o.listen ? s->o.listen : NET_DEFAULT_LISTEN;
   if ((rc = bind_ep(s, s->router, listen, s->listen_ep, sizeof s->listen_ep, "requests")))
     return rc;
+  /* Out of descriptors, libzmq's listener fails every accept, silently and at full speed:
+   * its monitor tells the main loop, which says so in the log. */
+  /* libzmq sends a monitor event blocking, on its I/O thread: an unbounded queue to this
+   * side keeps a flood of them from ever stopping that thread (or a stop of the monitor
+   * from waiting on it). */
+  int unbounded = 0;
+  if (zmq_socket_monitor(s->router, ACCEPT_MON_EP, ZMQ_EVENT_ACCEPT_FAILED) == 0 &&
+      (s->accept_mon = zmq_socket(s->zctx, ZMQ_PAIR)) != NULL &&
+      (zmq_setsockopt(s->accept_mon, ZMQ_RCVHWM, &unbounded, sizeof unbounded) != 0 ||
+       zmq_connect(s->accept_mon, ACCEPT_MON_EP) != 0)) {
+    zmq_close(s->accept_mon);
+    s->accept_mon = NULL;
+  }
 
   /* We hold the directory's daemon lock, so ipc files left there are stale. */
   if (net_ipc_path(s->dir, "notify-in.ipc", s->in_path, sizeof s->in_path) < 0)
@@ -352,6 +371,21 @@ static int start(struct net_server *s) {
   return http_start(s, s->log, s->o.http, s->o.http_token, &s->http, s->http_ep, sizeof s->http_ep);
 }
 
+/* A daemon holds a descriptor per connection: its soft limit of open files is raised to
+ * the hard one (at most NOFILE_CAP), as servers do; the default soft limit of 1024 would
+ * cap it near a thousand clients. */
+#define NOFILE_CAP 1048576
+static void raise_nofile(struct net_server *s) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  s->nofile = s->nofile_was = rl.rlim_cur;
+  rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > NOFILE_CAP ? NOFILE_CAP : rl.rlim_max;
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0) s->nofile = want;
+  }
+}
+
 int net_serve(const char *data_dir, const engram_serve_options *opts) {
   engram_serve_options o = opts ? *opts : (engram_serve_options){0};
   int rc = check_options(data_dir, &o);
@@ -374,6 +408,7 @@ int net_serve(const char *data_dir, const engram_serve_options *opts) {
   s->lock_fd = -1;
   s->log_fd = STDERR_FILENO;
   s->started_ns = clock_monotonic_ns();
+  raise_nofile(s);
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   pthread_mutex_init(&s->log_mu, NULL);
@@ -411,6 +446,14 @@ int net_serve(const char *data_dir, const engram_serve_options *opts) {
     server_log(s, "info", "listen", "requests on %s%s", s->listen_ep,
                o.secret_key ? " (CURVE, allow-listed keys only)" : "");
     server_log(s, "info", "notify", "notifications on %s", s->notify_ep);
+    if (s->nofile != s->nofile_was)
+      server_log(s, "info", "limits", "open files: %llu (raised from %llu)",
+                 (unsigned long long)s->nofile, (unsigned long long)s->nofile_was);
+    if (s->nofile < 4096)
+      server_log(s, "warn", "limits",
+                 "open files limited to %llu: each connection holds one; raise the hard limit "
+                 "(LimitNOFILE= in the unit, ulimit -Hn) to serve more clients",
+                 (unsigned long long)s->nofile);
     if (s->http)
       server_log(s, "info", "http", "dashboard and metrics on http://%s/%s", s->http_ep,
                  o.http_token ? " (token required)" : "");

@@ -50,6 +50,7 @@
 #define MAX_TOPIC_SEQS 100000
 #define RECV_BURST 512 /* requests read per wake before looking at replies again */
 #define REPLIES_EP "inproc://engram-replies"
+#define ACCEPT_MON_EP "inproc://engram-accept-monitor"
 #define ZAP_EP "inproc://zeromq.zap.01"
 #define LOG_BURST 20 /* client-error lines per second before suppressing */
 
@@ -100,6 +101,11 @@ struct net_server {
   engram_serve_options o;
   int log_json;
   void *zctx, *router, *pub, *in_pull, *replies, *zap;
+  void *accept_mon;            /* PAIR: the ROUTER's failed accepts (out of descriptors) */
+  uint64_t accept_failed;      /* failed accepts not yet logged */
+  int accept_errno;            /* the last one's reason */
+  int64_t accept_logged_ns;    /* when the last line about them was logged */
+  uint64_t nofile, nofile_was; /* the soft limit of open files, and before serve raised it */
   char listen_ep[512], notify_ep[600], in_path[512], notify_path[512];
   int wake_fd;
   int lock_fd;

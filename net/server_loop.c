@@ -317,6 +317,38 @@ static int zmq_readable(void *sock) {
  * before each sleep the sockets whose fds may be silent are asked: the ROUTER always (a
  * send on it, a reply or a request run here, may settle its commands), the others only
  * when their last drain stopped early. */
+/* Reads what the ROUTER's monitor reported (failed accepts: the daemon is out of
+ * descriptors) and logs it at most every ACCEPT_LOG_NS, with the count since the last
+ * line; libzmq retries such an accept at once, so the reports come in floods. */
+#define ACCEPT_LOG_NS (10 * 1000000000LL)
+static void take_accept_failures(struct net_server *s) {
+  for (;;) {
+    unsigned char ev[6];
+    char addr[256];
+    if (zmq_recv(s->accept_mon, ev, sizeof ev, ZMQ_DONTWAIT) < 0) break;
+    int more = 0;
+    size_t ml = sizeof more;
+    if (zmq_getsockopt(s->accept_mon, ZMQ_RCVMORE, &more, &ml) == 0 && more)
+      zmq_recv(s->accept_mon, addr, sizeof addr, ZMQ_DONTWAIT);
+    uint32_t value;
+    memcpy(&value, ev + 2, sizeof value);
+    s->accept_failed++;
+    s->accept_errno = (int)value;
+  }
+  int64_t now = clock_monotonic_ns();
+  if (s->accept_failed &&
+      (s->accept_logged_ns == 0 || now - s->accept_logged_ns >= ACCEPT_LOG_NS)) {
+    server_log(s, "error", "accept",
+               "cannot accept new connections on %s: %s (%llu attempts since the last line; "
+               "open files limited to %llu): raise LimitNOFILE= or ulimit -n, or close idle "
+               "clients",
+               s->listen_ep, strerror(s->accept_errno), (unsigned long long)s->accept_failed,
+               (unsigned long long)s->nofile);
+    s->accept_failed = 0;
+    s->accept_logged_ns = now;
+  }
+}
+
 void server_main_loop(struct net_server *s) {
   long timeout = -1;
   int router_fd = -1, replies_fd = -1, in_fd = -1;
@@ -326,6 +358,10 @@ void server_main_loop(struct net_server *s) {
   zmq_getsockopt(s->replies, ZMQ_FD, &replies_fd, &fl);
   fl = sizeof(int);
   zmq_getsockopt(s->in_pull, ZMQ_FD, &in_fd, &fl);
+  int mon_fd = -1;
+  fl = sizeof(int);
+  if (s->accept_mon) zmq_getsockopt(s->accept_mon, ZMQ_FD, &mon_fd, &fl);
+  if (s->accept_mon) take_accept_failures(s);
   int replies_more = 1, in_more = 1; /* look at them before the first sleep */
   for (;;) {
     if (server_hup_requested) {
@@ -356,11 +392,18 @@ void server_main_loop(struct net_server *s) {
     int want_router = room && !s->stopping;
     int router_ready = want_router && zmq_readable(s->router);
     int busy = router_ready || replies_more || in_more;
-    struct pollfd pf[4] = {{want_router ? router_fd : -1, POLLIN, 0},
+    /* Failed accepts not logged yet bring the loop back when their line is due. */
+    if (s->accept_failed) {
+      long due = (long)((s->accept_logged_ns + ACCEPT_LOG_NS - clock_monotonic_ns()) / 1000000);
+      if (due < 1) due = 1;
+      if (timeout < 0 || due < timeout) timeout = due;
+    }
+    struct pollfd pf[5] = {{want_router ? router_fd : -1, POLLIN, 0},
                            {replies_fd, POLLIN, 0},
                            {in_fd, POLLIN, 0},
-                           {s->wake_fd, POLLIN, 0}};
-    int rc = poll(pf, 4, busy ? 0 : (int)timeout);
+                           {s->wake_fd, POLLIN, 0},
+                           {mon_fd, POLLIN, 0}};
+    int rc = poll(pf, 5, busy ? 0 : (int)timeout);
     if (rc < 0 && errno != EINTR) {
       server_log(s, "error", "poll", "poll: %s", strerror(errno));
       clock_sleep_ns(10000000);
@@ -386,6 +429,7 @@ void server_main_loop(struct net_server *s) {
       server_publish_dirty(s); /* commits of requests run right here */
     }
     if (in_more || (pf[2].revents & POLLIN)) in_more = take_notify_in(s);
+    if ((pf[4].revents & POLLIN) || s->accept_failed) take_accept_failures(s);
     timeout = check_parked(s);
   }
 }

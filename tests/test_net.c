@@ -17,6 +17,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1195,6 +1196,72 @@ static void an_http_address_in_use_is_refused_with_one_message(void **state) {
   td_done(&d);
 }
 
+/* A daemon started with a low soft limit of open files: 48, under a hard limit of 64. */
+static int low_nofile_child(void *arg) {
+  struct rlimit rl = {.rlim_cur = 48, .rlim_max = 64};
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0) return 99;
+  return td_child(arg);
+}
+
+static rlim_t soft_nofile_of(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/limits", (int)pid);
+  FILE *f = fopen(path, "r");
+  unsigned long long soft = 0;
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, "Max open files", 14)) sscanf(line + 14, "%llu", &soft);
+  if (f) fclose(f);
+  return (rlim_t)soft;
+}
+
+/* The daemon raises its soft limit of open files to the hard one, and once out of
+ * descriptors it says so in its log (libzmq fails every accept in silence), keeps
+ * serving the connections it has, and stops cleanly. */
+static void a_daemon_out_of_descriptors_says_so_and_keeps_serving(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-nofile");
+  int port = free_port();
+  snprintf(d.ep, sizeof d.ep, "tcp://127.0.0.1:%d", port);
+  d.pid = tu_spawn(low_nofile_child, &d);
+  engram *r = td_connect_within(d.ep, 10000, NULL);
+  assert_non_null(r);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  assert_int_equal(soft_nofile_of(d.pid), 64);
+  assert_true(td_log_has(&d, "open files: 64 (raised from 48)"));
+  assert_true(td_log_has(&d, "open files limited to 64"));
+  assert_false(td_log_has(&d, "cannot accept"));
+
+  /* Far more connections than descriptors (plain TCP: the kernel completes them). */
+  enum { N = 100 };
+  int fds[N];
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)port),
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  for (int i = 0; i < N; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    assert_true(fds[i] >= 0);
+    int rc = connect(fds[i], (struct sockaddr *)&sa, sizeof sa);
+    assert_true(rc == 0 || errno == EINPROGRESS);
+  }
+  int said = 0;
+  for (int64_t until = tu_mono_ms() + 10000; !said && tu_mono_ms() < until; tu_sleep_ms(50))
+    said = td_log_has(&d, "cannot accept new connections");
+  if (!said) td_dump_log(&d);
+  assert_true(said);
+  assert_true(td_log_has(&d, "Too many open files"));
+  for (int i = 0; i < N; i++) close(fds[i]);
+
+  /* The client connected before keeps its connection and is served. */
+  engram_event e = ev_of("memory.saved", NULL, "after");
+  uint64_t off = 0;
+  OK(r, engram_append(r, "memory", &e, &off, NULL));
+  assert_int_equal(off, 1);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
 static void a_second_daemon_on_the_same_directory_is_refused(void **state) {
   (void)state;
   td d;
@@ -2348,6 +2415,7 @@ int main(void) {
       cmocka_unit_test(clients_reconnect_after_a_daemon_restart),
       cmocka_unit_test(a_tcp_port_libzmq_would_change_is_refused),
       cmocka_unit_test(an_http_address_in_use_is_refused_with_one_message),
+      cmocka_unit_test(a_daemon_out_of_descriptors_says_so_and_keeps_serving),
       cmocka_unit_test(a_second_daemon_on_the_same_directory_is_refused),
       cmocka_unit_test(sigterm_answers_requests_in_flight_and_stops_cleanly),
       cmocka_unit_test(curve_lets_in_only_the_allowed_keys),
