@@ -49,11 +49,12 @@ struct conn {
   size_t n_unsent;
   struct pend *u_head, *u_tail; /* requests waiting to be sent, oldest first */
   unsigned pumps;
-  int mon_ready;  /* the monitor's fd woke a poll (or has not been looked at yet) */
-  uint64_t sends; /* requests handed to libzmq */
-  int up;         /* a connection is established */
-  int ever_up;    /* one was, since engram_connect */
-  int denied;     /* the daemon refused our CURVE key */
+  int mon_ready;   /* the monitor's fd woke a poll (or has not been looked at yet) */
+  uint64_t sends;  /* requests handed to libzmq */
+  int up;          /* a connection is established */
+  int ever_up;     /* one was, since engram_connect */
+  int tcp_reached; /* a TCP connection was made (whether or not ZeroMQ's handshake followed) */
+  int denied;      /* the daemon refused our CURVE key */
   char endpoint[512];
   engram_connect_options o;
   char server_key[41], public_key[41], secret_key[41];

@@ -329,6 +329,30 @@ static void drain_monitor(struct conn *c) {
       c->up = 1;
       c->ever_up = 1;
       flush_unsent(c);
+    } else if (event == ZMQ_EVENT_CONNECTED) {
+      c->tcp_reached = 1;
+    } else if ((event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ||
+                event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) &&
+               !c->ever_up) {
+      /* A daemon whose CURVE setting is not this client's ends the handshake: say which
+       * way now rather than as a timeout. */
+      for (int b = 0; b < PEND_BUCKETS; b++) {
+        while (c->inflight[b]) {
+          char msg[700];
+          if (c->o.server_key)
+            snprintf(msg, sizeof msg,
+                     "%s: the daemon ended ZeroMQ's handshake: it does not use CURVE, or "
+                     "not with this server key",
+                     c->endpoint);
+          else
+            snprintf(msg, sizeof msg,
+                     "%s: the daemon ended ZeroMQ's handshake: it requires CURVE (give its "
+                     "public key and this client's key pair: --server-key and "
+                     "--client-key-file, server_key in the API)",
+                     c->endpoint);
+          pend_finish(c, c->inflight[b], NULL, ENGRAM_EDENIED, msg);
+        }
+      }
     } else if (event == ZMQ_EVENT_CONNECT_RETRIED && !c->ever_up) {
       /* engram_connect to where nothing listens: say so now rather than at the timeout.
        * Later, with a handle in use, a daemon being restarted is waited for. */
@@ -391,6 +415,11 @@ static void expire(struct conn *c, struct pend *p) {
     snprintf(msg, sizeof msg, "%s: the daemon refused this client's CURVE key", c->endpoint);
   else if (p->sent)
     snprintf(msg, sizeof msg, "%s: no reply within %u ms", c->endpoint, c->o.timeout_ms);
+  else if (c->tcp_reached && !c->ever_up) /* e.g. the daemon's --http port, or not engram */
+    snprintf(msg, sizeof msg,
+             "%s: cannot reach the daemon (something accepts connections there but did not "
+             "answer ZeroMQ's handshake within %u ms: is it engram serve's --listen endpoint?)",
+             c->endpoint, c->o.timeout_ms);
   else
     snprintf(msg, sizeof msg, "%s: cannot reach the daemon (no connection within %u ms)",
              c->endpoint, c->o.timeout_ms);
@@ -661,8 +690,10 @@ static int conn_open(struct conn *c, const char *endpoint) {
   char mon_ep[64];
   snprintf(mon_ep, sizeof mon_ep, "inproc://engram-monitor-%llu", (unsigned long long)++mon_seq);
   if (zmq_socket_monitor(c->sock, mon_ep,
-                         ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
-                             ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_CONNECT_RETRIED) ||
+                         ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED |
+                             ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_CONNECT_RETRIED) ||
       !(c->mon = zmq_socket(c->zctx, ZMQ_PAIR)) || zmq_connect(c->mon, mon_ep))
     return log_error(NULL, ENGRAM_ENOMEM, "connect %s: cannot monitor the socket: %s", endpoint,
                      zmq_strerror(errno));

@@ -1035,6 +1035,19 @@ static void no_daemon_means_econn_and_a_frozen_one_etimedout(void **state) {
   assert_null(r);
   assert_true(strlen(engram_errmsg(NULL)) > 0);
   assert_int_equal(engram_connect("nonsense://x", &o, &r), ENGRAM_EINVAL);
+  /* Something that accepts TCP connections but is not the daemon (its HTTP port, say):
+   * the message says a connection was made and what to check. */
+  int other = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(bind(other, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(listen(other, 8), 0);
+  socklen_t len = sizeof sa;
+  assert_int_equal(getsockname(other, (struct sockaddr *)&sa, &len), 0);
+  char ep[64];
+  snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
+  assert_int_equal(engram_connect(ep, &o, &r), ENGRAM_ECONN);
+  assert_non_null(strstr(engram_errmsg(NULL), "did not answer ZeroMQ's handshake"));
+  close(other);
 
   td_start(&d);
   r = conn(&d, 300);
@@ -1337,6 +1350,30 @@ static void sigterm_answers_requests_in_flight_and_stops_cleanly(void **state) {
 /* ---------------------------------------------------------------------------------
  * CURVE.
  * ------------------------------------------------------------------------------ */
+/* A CURVE client at a daemon without CURVE is refused at once, saying so. */
+static void a_curve_client_at_a_plain_daemon_is_told_so(void **state) {
+  (void)state;
+  char spub[41], ssec[41], apub[41], asec[41];
+  if (engram_keygen(spub, ssec) == ENGRAM_ENOTSUP) {
+    skip();
+    return;
+  }
+  OK(NULL, engram_keygen(apub, asec));
+  td d;
+  td_init(&d, "net-curve-plain");
+  td_start(&d);
+  engram_connect_options o = {
+      .timeout_ms = 5000, .server_key = spub, .public_key = apub, .secret_key = asec};
+  engram *r = NULL;
+  int64_t t0 = tu_mono_ms();
+  assert_int_equal(engram_connect(d.ep, &o, &r), ENGRAM_EDENIED);
+  assert_true(tu_mono_ms() - t0 < 2500);
+  assert_null(r);
+  assert_non_null(strstr(engram_errmsg(NULL), "does not use CURVE"));
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
 static void curve_lets_in_only_the_allowed_keys(void **state) {
   (void)state;
   char spub[41], ssec[41], apub[41], asec[41], bpub[41], bsec[41];
@@ -1368,9 +1405,12 @@ static void curve_lets_in_only_the_allowed_keys(void **state) {
   r = NULL;
   assert_int_equal(engram_connect(d.ep, &other, &r), ENGRAM_EDENIED);
   assert_null(r);
-  /* No CURVE at all: no answer. */
-  engram_connect_options plain = {.timeout_ms = 500};
-  assert_int_not_equal(engram_connect(d.ep, &plain, &r), 0);
+  /* No CURVE at all: refused at once, saying the daemon requires CURVE. */
+  engram_connect_options plain = {.timeout_ms = 5000};
+  int64_t t0 = tu_mono_ms();
+  assert_int_equal(engram_connect(d.ep, &plain, &r), ENGRAM_EDENIED);
+  assert_true(tu_mono_ms() - t0 < 2500);
+  assert_non_null(strstr(engram_errmsg(NULL), "requires CURVE"));
   /* Half a configuration is refused before anything is sent. */
   engram_connect_options half = {.server_key = spub};
   assert_int_equal(engram_connect(d.ep, &half, &r), ENGRAM_EINVAL);
@@ -2419,6 +2459,7 @@ int main(void) {
       cmocka_unit_test(a_second_daemon_on_the_same_directory_is_refused),
       cmocka_unit_test(sigterm_answers_requests_in_flight_and_stops_cleanly),
       cmocka_unit_test(curve_lets_in_only_the_allowed_keys),
+      cmocka_unit_test(a_curve_client_at_a_plain_daemon_is_told_so),
       cmocka_unit_test(commits_are_published_and_wake_embedded_waiters),
       cmocka_unit_test(embedded_waiters_wake_without_a_daemon),
       cmocka_unit_test(the_daemon_logs_json_lines_when_asked),
