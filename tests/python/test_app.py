@@ -222,6 +222,11 @@ def test_run_rejects_bad_arguments(log):
         app.run(mode="green")
     with pytest.raises(engram.InvalidArgument):
         app.run(timeout=-1)
+    # A limit of none or fewer events would make a worker that exits having done nothing.
+    for bad in (0, -3):
+        for kw in ("max_events", "batch", "max_tasks_per_child"):
+            with pytest.raises(engram.InvalidArgument, match=kw):
+                app.run(**{kw: bad})
     with pytest.raises(TypeError):
         engram.App(42)
     with pytest.raises(TypeError):
@@ -303,6 +308,22 @@ def test_sigterm_stops_a_worker_cleanly_after_its_in_flight_handler(log_path, tm
     assert [r[1] for r in read_records(out)] == [1]  # the handler finished before exit
     with engram.open(log_path) as lg:
         assert lg.group("jobs", "workers").status(1).state == "done"
+
+
+def test_the_worker_command_refuses_counts_under_one_before_it_starts(log_path):
+    with engram.open(log_path) as lg:
+        lg.create_topic("jobs")
+        lg.append("jobs", "job.run", b"{}")
+    for flag in ("--max-events", "--prefetch"):
+        for bad in ("0", "-3"):
+            r = subprocess.run([sys.executable, "-m", "engram", "worker", "workerapp:app",
+                                "--idle-timeout", "0.5", flag, bad],
+                               env=child_env(ENGRAM_TEST_LOG=log_path, ENGRAM_TEST_OUT=log_path + "-out"),
+                               capture_output=True, timeout=30)
+            assert r.returncode == 2, (flag, bad, r.stderr)
+            assert flag.encode() in r.stderr and b"at least 1" in r.stderr
+    with engram.open(log_path) as lg:  # nothing was fetched
+        assert lg.group("jobs", "workers").status(1).state == "pending"
 
 
 def test_the_worker_command_refuses_a_bad_app_spec():

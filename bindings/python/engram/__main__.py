@@ -83,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     w.add_argument("app", help="module:attribute naming an engram.App, or an object with run() "
                    "(EventManager, EventBus, TractApp)")
     w.add_argument("-c", "--concurrency", type=int, default=None,
-                   help="workers (default: the app's worker_concurrency, else 1)")
+                   help="workers (default, and 0: the app's worker_concurrency, else 1)")
     w.add_argument("-t", "--timeout", type=float, default=None, help="seconds per event")
     w.add_argument("-m", "--mode", choices=("thread", "process"), default=None,
                    help="thread (default) or process workers")
@@ -91,9 +91,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="seconds in-flight handlers may finish after SIGTERM (default 30)")
     w.add_argument("--consumer", default=None, help="consumer name (default host-pid-n)")
     w.add_argument("--prefetch", type=int, default=None,
-                   help="events fetched ahead of the workers (default max(128, 4 x concurrency))")
+                   help="events fetched ahead of the workers, at least 1 (default "
+                   "max(128, 4 x concurrency))")
     w.add_argument("--idle-timeout", type=float, default=None, help="exit after this long idle")
-    w.add_argument("--max-events", type=int, default=None, help="exit after this many events")
+    w.add_argument("--max-events", type=int, default=None, help="exit after this many events (at least 1)")
     w.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     w.add_argument("-Q", "--queues", default=None,
                    help="queues (topics) to serve, comma-separated, highest priority first")
@@ -101,7 +102,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="Celery's pool names: prefork/processes = --mode process, "
                         "threads = --mode thread, solo = one thread")
     w.add_argument("--max-tasks-per-child", type=int, default=None,
-                   help="process mode: replace a worker process after this many events")
+                   help="process mode: replace a worker process after this many events "
+                   "(default, and 0: the app's setting, else never)")
     w.add_argument("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING, ERROR")
     w.add_argument("-n", "--hostname", default=None, help="consumer name (as --consumer)")
     w.add_argument("--durability", choices=("sync", "nometasync", "async"), default=None,
@@ -153,6 +155,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     mode = a.mode or d.get("mode", "thread")
     if a.pool is not None:
         mode = "process" if a.pool in ("prefork", "processes") else "thread"
+    for flag, v in (("--prefetch", a.prefetch), ("--max-events", a.max_events)):
+        if v is not None and v < 1:  # no "unlimited" to fall back on: say so, not run idle
+            print(f"engram worker: {flag} {v}: give at least 1", file=sys.stderr)
+            return 2
     concurrency = 1 if a.pool == "solo" else (a.concurrency or d.get("concurrency", 1))
     queues = [q.strip() for q in a.queues.split(",") if q.strip()] if a.queues else None
     try:
@@ -160,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             app.set_durability(a.durability)
         stats = app.run(concurrency, a.timeout, mode=mode, grace=30.0 if a.grace is None else a.grace,
                         idle_timeout=a.idle_timeout, max_events=a.max_events,
-                        batch=a.prefetch or d.get("batch"), queues=queues,
+                        batch=a.prefetch if a.prefetch is not None else d.get("batch"), queues=queues,
                         max_tasks_per_child=a.max_tasks_per_child or d.get("max_tasks_per_child"))
     except Exception as e:
         print(f"engram worker: {e}", file=sys.stderr)

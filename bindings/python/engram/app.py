@@ -623,12 +623,10 @@ class App:
         g_ms = _ms(grace, "grace", allow_none=False)
         w_ms = _ms(wait, "wait", allow_none=False)
         i_ms = _ms(idle_timeout, "idle_timeout")
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-            raise InvalidArgument("batch must be a positive int")
-        if max_tasks_per_child is not None and (isinstance(max_tasks_per_child, bool) or
-                                                not isinstance(max_tasks_per_child, int) or
-                                                max_tasks_per_child < 1):
-            raise InvalidArgument("max_tasks_per_child must be a positive int")
+        for name, v in (("batch", batch), ("max_events", max_events),
+                        ("max_tasks_per_child", max_tasks_per_child)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InvalidArgument(f"{name} {v!r} must be a positive int (or None)")
         qs = list(queues) if queues else (list(self.queues) or [self.topic])
         for q in qs:
             _str(q, "queue")
