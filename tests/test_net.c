@@ -1023,6 +1023,18 @@ static void replies_come_back_out_of_order_on_one_connection(void **state) {
 /* ---------------------------------------------------------------------------------
  * Timeouts, restarts, a second daemon, stopping.
  * ------------------------------------------------------------------------------ */
+/* A plain TCP socket listening on a free loopback port (not ZeroMQ): returns its fd. */
+static int plain_listener(int *port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(listen(fd, 8), 0);
+  socklen_t len = sizeof sa;
+  assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+  *port = ntohs(sa.sin_port);
+  return fd;
+}
+
 static void no_daemon_means_econn_and_a_frozen_one_etimedout(void **state) {
   (void)state;
   td d;
@@ -1037,14 +1049,10 @@ static void no_daemon_means_econn_and_a_frozen_one_etimedout(void **state) {
   assert_int_equal(engram_connect("nonsense://x", &o, &r), ENGRAM_EINVAL);
   /* Something that accepts TCP connections but is not the daemon (its HTTP port, say):
    * the message says a connection was made and what to check. */
-  int other = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  assert_int_equal(bind(other, (struct sockaddr *)&sa, sizeof sa), 0);
-  assert_int_equal(listen(other, 8), 0);
-  socklen_t len = sizeof sa;
-  assert_int_equal(getsockname(other, (struct sockaddr *)&sa, &len), 0);
+  int port;
+  int other = plain_listener(&port);
   char ep[64];
-  snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
+  snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
   assert_int_equal(engram_connect(ep, &o, &r), ENGRAM_ECONN);
   assert_non_null(strstr(engram_errmsg(NULL), "did not answer ZeroMQ's handshake"));
   close(other);
@@ -1189,14 +1197,10 @@ static void a_tcp_port_libzmq_would_change_is_refused(void **state) {
  * libmicrohttpd's own "Failed to bind to port 0" beside it). */
 static void an_http_address_in_use_is_refused_with_one_message(void **state) {
   (void)state;
-  int busy = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  assert_int_equal(bind(busy, (struct sockaddr *)&sa, sizeof sa), 0);
-  assert_int_equal(listen(busy, 1), 0);
-  socklen_t len = sizeof sa;
-  assert_int_equal(getsockname(busy, (struct sockaddr *)&sa, &len), 0);
+  int port;
+  int busy = plain_listener(&port);
   char http[64];
-  snprintf(http, sizeof http, "127.0.0.1:%d", ntohs(sa.sin_port));
+  snprintf(http, sizeof http, "127.0.0.1:%d", port);
   td d;
   td_init(&d, "net-httpbusy");
   d.o.http = http;
