@@ -25,6 +25,12 @@ static const char *bound(const char *custom, const char *word, uint64_t v, char 
 
 /* The bounds of a number, size or duration (durations' max is their own limit). */
 static const char *in_bounds(const struct cli_opt *o, uint64_t v, char *why, size_t len) {
+  if (v < o->min && o->type == CLI_T_DURATION && !o->low) { /* "at least 1s", not "1" (ms) */
+    char d[32];
+    cli_fmt_duration_ms(o->min, d, sizeof d);
+    snprintf(why, len, "must be at least %s", d);
+    return why;
+  }
   if (v < o->min) return bound(o->low, "must be at least", o->min, why, len);
   if (o->max && o->type != CLI_T_DURATION && v > o->max)
     return bound(o->high, "at most", o->max, why, len);

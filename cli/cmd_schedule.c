@@ -231,7 +231,7 @@ static int add(struct cli *c, int argc, char **argv) {
   struct headers hdrs = {.n = 0};
   int missed = 0, json = 0;
   const struct cli_opt opts[] = {
-      CLI_OPT_DURATION("--every", &every, .min = 1, .max = ENGRAM_MAX_SCHEDULE_EVERY_MS),
+      CLI_OPT_DURATION("--every", &every, .min = 1000, .max = ENGRAM_MAX_SCHEDULE_EVERY_MS),
       CLI_OPT_STR("--cron", &cron),
       CLI_OPT_STR("--tz", &tz),
       CLI_OPT_TEXT("--topic", &topic, .what = "needs a topic"),

@@ -953,6 +953,9 @@ e schedule add nightly --cron "0 2 * * *" --tz Europe/Paris --topic jobs --type 
 check "schedule add --cron --tz" eval '[[ $rc == 0 && $out == added ]]'
 e schedule add five --every 5m --topic jobs --type job.five --missed all --max-catchup 10 --json
 check "schedule add --every --json" eval '[[ $rc == 0 && $out == "{\"ok\":true,\"action\":\"schedule add\",\"topic\":\"jobs\"}" ]]'
+e schedule add fast --every 500ms --topic jobs --type a
+check "schedule add --every under a second names the bound as a duration" \
+  eval '[[ $rc == 2 ]] && one_line_err && has "$err" "must be at least 1s"'
 e schedule add nightly --every 5m --topic jobs --type a
 check "schedule add of an existing name fails with one line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" exists'
 e schedule add x --cron "61 * * * *" --topic jobs --type a
