@@ -65,6 +65,16 @@ def test_append_refuses_bad_input_and_writes_nothing(log, args, kw, exc):
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in str(refused.value))
 
 
+def test_a_duration_too_long_to_carry_is_refused_by_name(log):
+    log.create_topic("t")
+    g = log.group("t", "g")
+    with pytest.raises(engram.InvalidArgument, match="delay: 1e\\+20 seconds is too long"):
+        log.append("t", "x.y", b"", delay=1e20)
+    with pytest.raises(engram.InvalidArgument, match="wait: 1e\\+20 seconds is too long"):
+        g.fetch("c", wait=1e20)
+    assert log.topic("t").count == 0
+
+
 def test_other_log_functions_refuse_bad_input(log):
     log.create_topic("t")
     with pytest.raises(TypeError):

@@ -43,7 +43,10 @@ def _ms(value: Optional[Duration], what: str, *, allow_none: bool = True) -> Opt
                         f"got {type(value).__name__}")
     if value != value or value < 0 or value == float("inf"):
         raise InvalidArgument(f"{what}: {value!r} is not a duration (seconds >= 0)")
-    return int(round(value * 1000))
+    ms = int(round(value * 1000))
+    if ms >= 1 << 63:  # past any limit engram has, and past what the call can carry
+        raise InvalidArgument(f"{what}: {value!r} seconds is too long")
+    return ms
 
 
 def _ns(when: When, what: str) -> int:
