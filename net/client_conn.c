@@ -389,12 +389,14 @@ static void drain_monitor(struct conn *c) {
  * then; the socket again only when a request left meanwhile (a send may take libzmq's
  * pending commands, which must be settled before the next sleep on its fd). */
 void client_pump(struct conn *c) {
+  /* Counted from the start: the look at the monitor sends the requests that waited for
+   * the handshake, and a send may take the socket's wake-up for a reply. */
+  uint64_t sends = c->sends;
   drain_data(c);
   if (c->mon_ready || !c->up || c->n_unsent || (++c->pumps & 63) == 0) {
     c->mon_ready = 0;
     drain_monitor(c);
   }
-  uint64_t sends = c->sends;
   client_stage_maybe_flush(c);
   flush_unsent(c);
   if (c->sends != sends) drain_data(c);

@@ -1279,6 +1279,43 @@ static void a_daemon_out_of_descriptors_says_so_and_keeps_serving(void **state) 
   td_done(&d);
 }
 
+/* A connection per request (a CLI run, a script): every connect, append and close is
+ * quick. The client sent its first request from inside the look at its monitor that saw
+ * the handshake, then slept on the socket's fd without looking at the socket again: when
+ * that send had taken the socket's pending wake-up, the reply sat unread until the
+ * request's deadline (a 10 s connect, now and then). */
+static void many_short_connections_each_connect_at_once(void **state) {
+  (void)state;
+  td d;
+  td_init(&d, "net-churn");
+  int port = free_port();
+  snprintf(d.ep, sizeof d.ep, "tcp://127.0.0.1:%d", port);
+  td_start(&d);
+  engram *r = td_connect_within(d.ep, 10000, NULL);
+  assert_non_null(r);
+  OK(r, engram_topic_create(r, "memory", NULL));
+  engram_close(r);
+  engram_connect_options o = {.timeout_ms = 5000};
+  engram_event e = ev_of("memory.saved", NULL, "x");
+  int64_t worst = 0;
+  for (int i = 0; i < 1500; i++) {
+    int64_t t0 = tu_mono_ms();
+    r = NULL;
+    OK(NULL, engram_connect(d.ep, &o, &r));
+    OK(r, engram_append(r, "memory", &e, NULL, NULL));
+    engram_close(r);
+    int64_t took = tu_mono_ms() - t0;
+    if (took > worst) worst = took;
+    if (took > 2000) {
+      fprintf(stderr, "connection %d took %lld ms\n", i, (long long)took);
+      break;
+    }
+  }
+  assert_true(worst <= 2000);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
 static void a_second_daemon_on_the_same_directory_is_refused(void **state) {
   (void)state;
   td d;
@@ -2460,6 +2497,7 @@ int main(void) {
       cmocka_unit_test(a_tcp_port_libzmq_would_change_is_refused),
       cmocka_unit_test(an_http_address_in_use_is_refused_with_one_message),
       cmocka_unit_test(a_daemon_out_of_descriptors_says_so_and_keeps_serving),
+      cmocka_unit_test(many_short_connections_each_connect_at_once),
       cmocka_unit_test(a_second_daemon_on_the_same_directory_is_refused),
       cmocka_unit_test(sigterm_answers_requests_in_flight_and_stops_cleanly),
       cmocka_unit_test(curve_lets_in_only_the_allowed_keys),
