@@ -231,6 +231,32 @@ def test_an_expired_result_reads_pending_like_celery(log):
     th.join()
 
 
+def test_a_result_json_cannot_carry_fails_the_task_as_in_celery(log):
+    import decimal
+    import uuid
+    app = task_app(log)
+    u = uuid.uuid4()
+
+    @app.task
+    def a_set():
+        return {1, 2, 3}
+
+    @app.task
+    def an_object():
+        return object()
+
+    @app.task
+    def dates():
+        return [dt.datetime(2024, 1, 2, 3, 4, 5), dt.date(2024, 1, 2), u, decimal.Decimal("1.5")]
+    bad, obj, good = a_set.delay(), an_object.delay(), dates.delay()
+    run(app, 0.5)
+    for r in (bad, obj):  # not its str() as a SUCCESS
+        assert r.status == "FAILURE"
+        with pytest.raises(engram.TaskFailed, match="not JSON-serialisable"):
+            r.get(timeout=1)
+    assert good.get(timeout=1) == ["2024-01-02T03:04:05", "2024-01-02", str(u), "1.5"]
+
+
 # -- 7: Retry without autoretry ----------------------------------------------------------------
 def test_raising_retry_retries_a_task_without_autoretry(log):
     app = task_app(log)

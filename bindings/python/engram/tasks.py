@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import builtins
 import datetime as _dt
+import decimal as _decimal
 import inspect
 import json
 import random
 import socket
 import threading
 import time
+import uuid as _uuid
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple,
                     Type, Union)
 
@@ -67,6 +69,16 @@ class MaxRetriesExceededError(Exception):
 def _type_for(name: str) -> str:
     t = "task." + "".join(c if c.isalnum() or c in "_-." else "_" for c in name)
     return t.strip(".")
+
+
+def _result_default(o: Any) -> Any:
+    """What Celery's JSON encoder makes of the values JSON lacks: dates and times as ISO
+    8601 strings, UUIDs and Decimals as strings; anything else is refused."""
+    if isinstance(o, (_dt.datetime, _dt.date, _dt.time)):
+        return o.isoformat()
+    if isinstance(o, (_uuid.UUID, _decimal.Decimal)):
+        return str(o)
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
 
 
 def _when_ns(when: Union[_dt.datetime, str, int, float], what: str) -> int:
@@ -318,8 +330,13 @@ class Task:
             stack.pop()
         if self.ignore_result:
             return None
-        # Wrapped, so a task returning None still leaves a result behind.
-        return json.dumps({"value": r}, separators=(",", ":"), default=str).encode()
+        # Wrapped, so a task returning None still leaves a result behind. A value JSON
+        # cannot carry fails the task, as Celery's JSON result serializer does (EncodeError),
+        # rather than reaching get() as its str().
+        try:
+            return json.dumps({"value": r}, separators=(",", ":"), default=_result_default).encode()
+        except (TypeError, ValueError) as e:
+            raise Reject(f"EncodeError: the task's return value is not JSON-serialisable: {e}") from e
 
     def _backoff(self, retries: int) -> float:
         """Celery's exponential backoff: factor x 2^retries, capped, with full jitter."""
