@@ -305,10 +305,9 @@ static int start(struct net_server *s) {
   if ((rc = bind_ep(s, s->router, listen, s->listen_ep, sizeof s->listen_ep, "requests")))
     return rc;
   /* Out of descriptors, libzmq's listener fails every accept, silently and at full speed:
-   * its monitor tells the main loop, which says so in the log. */
-  /* libzmq sends a monitor event blocking, on its I/O thread: an unbounded queue to this
-   * side keeps a flood of them from ever stopping that thread (or a stop of the monitor
-   * from waiting on it). */
+   * its monitor tells the main loop, which says so in the log. libzmq sends a monitor
+   * event blocking, on its I/O thread: an unbounded queue to this side keeps a flood of
+   * them from ever stopping that thread (or a stop of the monitor from waiting on it). */
   int unbounded = 0;
   if (zmq_socket_monitor(s->router, ACCEPT_MON_EP, ZMQ_EVENT_ACCEPT_FAILED) == 0 &&
       (s->accept_mon = zmq_socket(s->zctx, ZMQ_PAIR)) != NULL &&

@@ -310,13 +310,6 @@ static int zmq_readable(void *sock) {
   return zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &el) == 0 && (ev & ZMQ_POLLIN);
 }
 
-/* The main thread sleeps in poll() on the sockets' fds rather than in zmq_poll: that one
- * asks every socket for its events before and after each sleep, two system calls each
- * (a poll and a getpid inside libzmq), more than a small request costs on a virtual
- * machine. A ZeroMQ socket's fd announces only what arrives after its last settling, so
- * before each sleep the sockets whose fds may be silent are asked: the ROUTER always (a
- * send on it, a reply or a request run here, may settle its commands), the others only
- * when their last drain stopped early. */
 /* Reads what the ROUTER's monitor reported (failed accepts: the daemon is out of
  * descriptors) and logs it at most every ACCEPT_LOG_NS, with the count since the last
  * line; libzmq retries such an accept at once, so the reports come in floods. */
@@ -349,6 +342,13 @@ static void take_accept_failures(struct net_server *s) {
   }
 }
 
+/* The main thread sleeps in poll() on the sockets' fds rather than in zmq_poll: that one
+ * asks every socket for its events before and after each sleep, two system calls each
+ * (a poll and a getpid inside libzmq), more than a small request costs on a virtual
+ * machine. A ZeroMQ socket's fd announces only what arrives after its last settling, so
+ * before each sleep the sockets whose fds may be silent are asked: the ROUTER always (a
+ * send on it, a reply or a request run here, may settle its commands), the others only
+ * when their last drain stopped early. */
 void server_main_loop(struct net_server *s) {
   long timeout = -1;
   int router_fd = -1, replies_fd = -1, in_fd = -1;
