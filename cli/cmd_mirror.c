@@ -116,6 +116,7 @@ int cmd_mirror(struct cli *c, int argc, char **argv) {
       sigaction(SIGTERM, &sa, NULL);
       sigaction(SIGINT, &sa, NULL);
       status = mirror_run(c->log, &mc);
+      mirror_library_end();
       if (status == MIRROR_RETRY) status = cli_error("mirror: the log stopped answering");
     }
   }
@@ -190,4 +191,5 @@ void mirror_thread_stop(struct mirror_thread *t) {
   t->stop = 1;
   pthread_join(t->tid, NULL);
   free(t);
+  mirror_library_end();
 }

@@ -325,8 +325,10 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
   natsConnection *nc = NULL;
   jsCtx *js = NULL;
   char err[512];
-  if (mirror_link_open(&nats, NULL, &nc, &js, err, sizeof err) != NATS_OK)
+  if (mirror_link_open(&nats, NULL, &nc, &js, err, sizeof err) != NATS_OK) {
+    mirror_library_end();
     return cli_error("restore: %s", err);
+  }
   jsStreamInfo *si = NULL;
   jsErrCode ec = 0;
   natsSubscription *sub = NULL;
@@ -472,5 +474,6 @@ out:
   natsSubscription_Destroy(sub);
   jsStreamInfo_Destroy(si);
   mirror_link_close(&nc, &js);
+  mirror_library_end();
   return cli_finish(status);
 }

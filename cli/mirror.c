@@ -194,6 +194,8 @@ void mirror_link_close(natsConnection **nc, jsCtx **js) {
   *nc = NULL;
 }
 
+void mirror_library_end(void) { nats_CloseAndWait(2000); }
+
 int mirror_stream_rests(const jsStreamInfo *si) {
   const jsClusterInfo *c = si->Cluster;
   if (!c) return 1; /* a single server */

@@ -73,6 +73,10 @@ int mirror_run(engram *log, const struct mirror_config *cfg);
 natsStatus mirror_link_open(const struct mirror_nats *n, jsOptions *jo, natsConnection **nc,
                             jsCtx **js, char *err, size_t errlen);
 void mirror_link_close(natsConnection **nc, jsCtx **js);
+/* Ends the NATS library once every connection is closed: waits (up to 2 s) for its
+ * threads, which otherwise may still run while the process exits and meet OpenSSL's
+ * and the library's own exit-time teardown (a crash at exit over TLS). */
+void mirror_library_end(void);
 /* The text of natsStatus s, with the library's last error when it has one. */
 const char *mirror_nats_why(natsStatus s);
 /* 1 when stream information describes a stream at rest: it has a leader and every
