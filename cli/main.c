@@ -287,19 +287,12 @@ static void vput_message(const char *fmt, va_list ap) {
   cli_put_text(stderr, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1, CLI_ESC_MESSAGE);
 }
 
-static void put_message(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vput_message(fmt, ap);
-  va_end(ap);
-}
-
 static int vfail(struct cli *c, int code, const char *fmt, va_list ap) {
   const char *m = fresh_errmsg(c);
   fflush(stdout);
   fputs("engram: ", stderr);
   if (m) {
-    put_message("%s", m);
+    cli_put_text(stderr, m, strlen(m), CLI_ESC_MESSAGE);
   } else {
     vput_message(fmt, ap);
     fprintf(stderr, ": %s", engram_strerror(code));

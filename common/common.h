@@ -85,10 +85,10 @@ size_t text_utf8_char(const unsigned char *s, size_t n, uint32_t *cp);
 /* Whether s[0..n) is valid UTF-8. */
 int text_utf8_valid(const void *s, size_t n);
 /* Copies the NUL-terminated src to dst (cap bytes with its NUL) as one line of valid
- * UTF-8: control bytes and bytes that are not UTF-8 become \xNN, C1 controls \u00NN,
- * and a copy that does not fit is cut between characters. Returns the length written. dst may not
- * overlap src. For messages that quote what a caller gave (names, types), so that a bad name cannot
- * break the line or the caller's decoding of the message. */
+ * UTF-8: control bytes and bytes that are not UTF-8 become \xNN, C1 controls \u00NN, and
+ * a copy that does not fit is cut between characters. Returns the length written; dst
+ * may not overlap src. For messages that quote what a caller gave (names, types), so
+ * that a bad name cannot break the line or the caller's decoding of the message. */
 size_t text_one_line(char *dst, size_t cap, const char *src);
 
 #endif

@@ -302,6 +302,14 @@ static void connection_lost(struct conn *c) {
   }
 }
 
+/* Ends every request in flight with `code` and "ENDPOINT: what". */
+static void fail_inflight(struct conn *c, int code, const char *what) {
+  char msg[700];
+  snprintf(msg, sizeof msg, "%s: %s", c->endpoint, what);
+  for (int b = 0; b < PEND_BUCKETS; b++)
+    while (c->inflight[b]) pend_finish(c, c->inflight[b], NULL, code, msg);
+}
+
 static void drain_monitor(struct conn *c) {
   for (;;) {
     uint32_t ev = 0;
@@ -336,34 +344,17 @@ static void drain_monitor(struct conn *c) {
                !c->ever_up) {
       /* A daemon whose CURVE setting is not this client's ends the handshake: say which
        * way now rather than as a timeout. */
-      for (int b = 0; b < PEND_BUCKETS; b++) {
-        while (c->inflight[b]) {
-          char msg[700];
-          if (c->o.server_key)
-            snprintf(msg, sizeof msg,
-                     "%s: the daemon ended ZeroMQ's handshake: it does not use CURVE, or "
-                     "not with this server key",
-                     c->endpoint);
-          else
-            snprintf(msg, sizeof msg,
-                     "%s: the daemon ended ZeroMQ's handshake: it requires CURVE (give its "
-                     "public key and this client's key pair: --server-key and "
-                     "--client-key-file, server_key in the API)",
-                     c->endpoint);
-          pend_finish(c, c->inflight[b], NULL, ENGRAM_EDENIED, msg);
-        }
-      }
+      fail_inflight(c, ENGRAM_EDENIED,
+                    c->o.server_key
+                        ? "the daemon ended ZeroMQ's handshake: it does not use CURVE, or not "
+                          "with this server key"
+                        : "the daemon ended ZeroMQ's handshake: it requires CURVE (give its "
+                          "public key and this client's key pair: --server-key and "
+                          "--client-key-file, server_key in the API)");
     } else if (event == ZMQ_EVENT_CONNECT_RETRIED && !c->ever_up) {
       /* engram_connect to where nothing listens: say so now rather than at the timeout.
        * Later, with a handle in use, a daemon being restarted is waited for. */
-      for (int b = 0; b < PEND_BUCKETS; b++) {
-        while (c->inflight[b]) {
-          char msg[700];
-          snprintf(msg, sizeof msg, "%s: cannot reach the daemon (connection refused)",
-                   c->endpoint);
-          pend_finish(c, c->inflight[b], NULL, ENGRAM_ECONN, msg);
-        }
-      }
+      fail_inflight(c, ENGRAM_ECONN, "cannot reach the daemon (connection refused)");
     } else if (event == ZMQ_EVENT_DISCONNECTED) {
       /* Whatever `up` said: a request written since the last look may have gone to the
        * connection that just died. */
@@ -371,13 +362,7 @@ static void drain_monitor(struct conn *c) {
       connection_lost(c);
     } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
       c->denied = 1;
-      for (int b = 0; b < PEND_BUCKETS; b++) {
-        while (c->inflight[b]) {
-          char msg[700];
-          snprintf(msg, sizeof msg, "%s: the daemon refused this client's CURVE key", c->endpoint);
-          pend_finish(c, c->inflight[b], NULL, ENGRAM_EDENIED, msg);
-        }
-      }
+      fail_inflight(c, ENGRAM_EDENIED, "the daemon refused this client's CURVE key");
     }
   }
 }
