@@ -402,6 +402,21 @@ def test_a_timeout_error_names_the_module_path_not_a_bare_file_name(log):
     assert "TimeoutError" in err and "asyncio/tasks.py:" in err
 
 
+def test_a_celery_result_gives_back_the_key_of_a_keyerror_not_its_repr(log_path):
+    from engram.celery import Celery
+    capp = Celery("c", broker=log_path)
+
+    @capp.task
+    def lookup(d, k):
+        return d[k]
+    missing, numeric = lookup.delay({}, "user_id"), lookup.delay({}, 7)
+    capp.app.run(2, idle_timeout=0.5, wait=0.05, install_signals=False)
+    with pytest.raises(KeyError) as e:
+        missing.get(timeout=1)
+    assert e.value.args == ("user_id",) and str(e.value) == "'user_id'"  # as Celery gives it
+    assert numeric.result.args == (7,)
+
+
 # -- revoke --------------------------------------------------------------------------------------
 def test_revoke_terminate_stops_a_running_task(log):
     app = task_app(log)

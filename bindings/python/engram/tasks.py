@@ -17,6 +17,7 @@ app object that sits on this module is :mod:`engram.celery`.
 """
 from __future__ import annotations
 
+import ast
 import asyncio
 import builtins
 import datetime as _dt
@@ -618,8 +619,15 @@ def _exception_from(last_error: str) -> BaseException:
     cls = KNOWN_EXCEPTIONS.get(name) or getattr(builtins, name, None)
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         cls = type(name, (Exception,), {"__module__": "engram.tasks.remote"})
+    arg: Any = msg
+    if issubclass(cls, KeyError) and msg:
+        # str() of a KeyError is the repr of its key: give the key back, not its quotes.
+        try:
+            arg = ast.literal_eval(msg)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            pass
     try:
-        exc: BaseException = cls(msg)
+        exc: BaseException = cls(arg)
         return exc
     except Exception:
         return TaskFailed(last_error)
