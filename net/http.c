@@ -531,13 +531,70 @@ static void ep_series(struct req *r) {
 }
 
 /* One event's detail: the record, and its status in `group` when given. */
+/* Celery's names for engram's states, for the Flower-compatible endpoints. */
+static const char *celery_state(engram_event_state s) {
+  switch (s) {
+    case ENGRAM_STATE_PENDING:
+      return "RECEIVED";
+    case ENGRAM_STATE_IN_FLIGHT:
+      return "STARTED";
+    case ENGRAM_STATE_RETRYING:
+      return "RETRY";
+    case ENGRAM_STATE_DONE:
+      return "SUCCESS";
+    case ENGRAM_STATE_DEAD:
+      return "FAILURE";
+    case ENGRAM_STATE_SKIPPED:
+      return "IGNORED";
+  }
+  return "PENDING";
+}
+
+/* A Celery task's name: its "task" header (what engram.celery and Celery's own messages
+ * carry), else the event type. */
+static const char *task_name(const engram_event *e) {
+  for (size_t i = 0; i < e->n_headers; i++)
+    if (!strcmp(e->headers[i].name, "task")) return e->headers[i].value;
+  return e->type;
+}
+
+/* Flower's fields of a task (its /api/tasks entry, the head of /api/task/info): uuid,
+ * name, state, received, retries, worker, exception and result (the ack's result as
+ * text, null when none or not UTF-8). Ends with a comma. */
+static void flower_fields(hbuf *b, const char *topic, uint64_t offset, const engram_event *e,
+                          const engram_status *st) {
+  hb_printf(b, "\"uuid\":\"%s:%llu\",\"name\":", topic, (unsigned long long)offset);
+  hb_json_str(b, e ? task_name(e) : "");
+  hb_printf(
+      b, ",\"state\":\"%s\",\"received\":%.6f,\"retries\":%u,\"worker\":", celery_state(st->state),
+      e ? (double)e->timestamp_ns / 1e9 : 0.0, st->attempt ? st->attempt - 1 : 0);
+  hb_json_str(b, st->consumer);
+  hb_puts(b, ",\"exception\":");
+  hb_json_str(b, st->last_error);
+  hb_puts(b, ",\"result\":");
+  if (st->result && text_utf8_valid(st->result, st->result_len))
+    json_strn(b, st->result, st->result_len);
+  else
+    hb_puts(b, "null");
+  hb_puts(b, ",");
+}
+
+/* One event's detail: the event, and its state in `group` (may be NULL: "status" null).
+ * With `flower`, Flower's task fields (flower_fields) come first. */
 static int event_detail(struct req *r, hbuf *b, const char *topic, const char *group,
-                        uint64_t offset) {
+                        uint64_t offset, int flower) {
   engram_batch *ev = NULL;
   int rc = engram_read(r->h->log, topic, offset, &ev);
   if (rc) return rc;
   const engram_event *e = &ev->events[0];
-  hb_puts(b, "{\"topic\":");
+  engram_status st;
+  int has_status = group && engram_status_get(r->h->log, topic, group, offset, &st) == 0;
+  hb_puts(b, "{");
+  if (flower) {
+    engram_status none = {.state = ENGRAM_STATE_PENDING};
+    flower_fields(b, topic, offset, e, has_status ? &st : &none);
+  }
+  hb_puts(b, "\"topic\":");
   hb_json_str(b, topic);
   hb_printf(b, ",\"offset\":%llu,\"id\":\"%s:%llu\",\"type\":", (unsigned long long)offset, topic,
             (unsigned long long)offset);
@@ -558,8 +615,7 @@ static int event_detail(struct req *r, hbuf *b, const char *topic, const char *g
   json_payload(b, e->payload, e->payload_len);
   engram_batch_free(ev);
   hb_puts(b, ",\"status\":");
-  engram_status st;
-  if (group && engram_status_get(r->h->log, topic, group, offset, &st) == 0) {
+  if (has_status) {
     hb_puts(b, "{\"group\":");
     hb_json_str(b, group);
     hb_puts(b, ",\"state\":");
@@ -590,15 +646,30 @@ static void ep_event(struct req *r) {
   if (group && !name_arg(r, "group")) return;
   uint64_t off;
   if (u64_arg(r, "offset", 0, &off)) return;
-  int rc = event_detail(r, &r->out, topic, group, off);
+  int rc = event_detail(r, &r->out, topic, group, off, 0);
   if (rc)
     fail_engram(r, rc);
   else
     hb_puts(&r->out, "\n");
 }
 
-/* Calls fn for the group's events from its floor on whose state matches `state` ("" =
- * any unfinished), at most `limit`, looking at HTTP_MAX_SCAN offsets. */
+/* The states a listing may ask for: engram's names; "" (or none) = any unfinished. */
+static int known_state(const char *state) {
+  static const char *const names[] = {"pending", "in_flight", "retrying",
+                                      "done",    "dead",      "skipped"};
+  if (!state || !*state) return 1;
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (!strcmp(state, names[i])) return 1;
+  return 0;
+}
+
+/* Calls fn for the group's events whose state matches `state`, at most `limit`, looking
+ * at HTTP_MAX_SCAN offsets. Unfinished states ("" = any unfinished) are looked for from
+ * the group's floor up, oldest first: every event at or below the floor is finished.
+ * Finished ones ("done", "skipped") and ALL_STATES (every state but skipped, as Flower
+ * lists tasks) are looked for from the topic's head down, newest first, since most of them
+ * lie at or below the floor; "dead" lists the dead-letter queue. */
+#define ALL_STATES "*"
 typedef void (*event_fn)(struct req *r, const char *topic, const char *group, uint64_t offset,
                          const engram_status *st, int first);
 static int each_event(struct req *r, const char *topic, const char *group, const char *state,
@@ -622,17 +693,22 @@ static int each_event(struct req *r, const char *topic, const char *group, const
     engram_free(d);
     return 0;
   }
-  for (uint64_t o = g.floor + 1; o <= head && o <= g.floor + HTTP_MAX_SCAN && shown < limit; o++) {
+  int all = state && !strcmp(state, ALL_STATES);
+  int down = all || (state && (!strcmp(state, "done") || !strcmp(state, "skipped")));
+  uint64_t lo = down ? (head > HTTP_MAX_SCAN ? head - HTTP_MAX_SCAN + 1 : 1) : g.floor + 1;
+  uint64_t hi = down ? head : (head - g.floor > HTTP_MAX_SCAN ? g.floor + HTTP_MAX_SCAN : head);
+  for (uint64_t i = 0; lo + i <= hi && shown < limit; i++) {
+    uint64_t o = down ? hi - i : lo + i;
     engram_status st;
-    if (engram_status_get(r->h->log, topic, group, o, &st)) continue;
+    if (engram_status_get(r->h->log, topic, group, o, &st)) continue; /* removed by retention */
+    if (all               ? st.state != ENGRAM_STATE_SKIPPED
+        : state && *state ? !strcmp(state, engram_state_name(st.state))
+                          : st.state != ENGRAM_STATE_DONE && st.state != ENGRAM_STATE_SKIPPED) {
+      fn(r, topic, group, o, &st, first);
+      first = 0;
+      shown++;
+    }
     engram_free(st.result);
-    const char *name = engram_state_name(st.state);
-    if (state && *state ? strcmp(state, name) != 0
-                        : st.state == ENGRAM_STATE_DONE || st.state == ENGRAM_STATE_SKIPPED)
-      continue;
-    fn(r, topic, group, o, &st, first);
-    first = 0;
-    shown++;
   }
   return 0;
 }
@@ -656,8 +732,14 @@ static void ep_events(struct req *r) {
   uint64_t limit;
   if (u64_arg(r, "limit", 50, &limit)) return;
   if (limit == 0 || limit > HTTP_MAX_LIST) limit = HTTP_MAX_LIST;
+  const char *state = arg(r, "state");
+  if (!known_state(state)) {
+    fail(r, 400, "ENGRAM_EINVAL",
+         "state: pending, in_flight, retrying, done, dead or skipped (none: any unfinished)");
+    return;
+  }
   hb_puts(&r->out, "{\"events\":[");
-  int rc = each_event(r, topic, group, arg(r, "state"), limit, list_one);
+  int rc = each_event(r, topic, group, state, limit, list_one);
   if (rc)
     fail_engram(r, rc);
   else
@@ -737,44 +819,14 @@ static void ep_schedule_change(struct req *r, const char *what) {
   hb_printf(&r->out, "{\"ok\":true,\"offset\":%llu}\n", (unsigned long long)off);
 }
 
-/* Celery's names for engram's states, for the Flower-compatible endpoints. */
-static const char *celery_state(engram_event_state s) {
-  switch (s) {
-    case ENGRAM_STATE_PENDING:
-      return "RECEIVED";
-    case ENGRAM_STATE_IN_FLIGHT:
-      return "STARTED";
-    case ENGRAM_STATE_RETRYING:
-      return "RETRY";
-    case ENGRAM_STATE_DONE:
-      return "SUCCESS";
-    case ENGRAM_STATE_DEAD:
-      return "FAILURE";
-    case ENGRAM_STATE_SKIPPED:
-      return "IGNORED";
-  }
-  return "PENDING";
-}
-
 static void flower_task(struct req *r, const char *topic, const char *group, uint64_t offset,
                         const engram_status *st, int first) {
   hbuf *b = &r->out;
   engram_batch *ev = NULL;
-  const char *type = "";
-  double received = 0;
-  if (engram_read(r->h->log, topic, offset, &ev) == 0) {
-    type = ev->events[0].type;
-    received = (double)ev->events[0].timestamp_ns / 1e9;
-  }
-  hb_printf(b, "%s\"%s:%llu\":{\"uuid\":\"%s:%llu\",\"name\":", first ? "" : ",", topic,
-            (unsigned long long)offset, topic, (unsigned long long)offset);
-  hb_json_str(b, type);
-  hb_printf(b, ",\"state\":\"%s\",\"received\":%.6f,\"retries\":%u,\"worker\":",
-            celery_state(st->state), received, st->attempt ? st->attempt - 1 : 0);
-  hb_json_str(b, st->consumer);
-  hb_puts(b, ",\"exception\":");
-  hb_json_str(b, st->last_error);
-  hb_puts(b, ",\"topic\":");
+  int found = engram_read(r->h->log, topic, offset, &ev) == 0;
+  hb_printf(b, "%s\"%s:%llu\":{", first ? "" : ",", topic, (unsigned long long)offset);
+  flower_fields(b, topic, offset, found ? &ev->events[0] : NULL, st);
+  hb_puts(b, "\"topic\":");
   hb_json_str(b, topic);
   hb_puts(b, ",\"group\":");
   hb_json_str(b, group);
@@ -782,14 +834,17 @@ static void flower_task(struct req *r, const char *topic, const char *group, uin
   engram_batch_free(ev);
 }
 
-/* Flower's state names back to engram's. */
+/* Flower's state names back to engram's; NULL for a name that is not one. No state:
+ * every task. */
 static const char *state_from_celery(const char *celery) {
   static const char *const m[][2] = {{"RECEIVED", "pending"},  {"PENDING", "pending"},
                                      {"STARTED", "in_flight"}, {"RETRY", "retrying"},
-                                     {"SUCCESS", "done"},      {"FAILURE", "dead"}};
-  for (size_t i = 0; celery && i < sizeof m / sizeof m[0]; i++)
+                                     {"SUCCESS", "done"},      {"FAILURE", "dead"},
+                                     {"IGNORED", "skipped"}};
+  if (!celery || !*celery) return ALL_STATES;
+  for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
     if (!strcmp(celery, m[i][0])) return m[i][1];
-  return celery;
+  return NULL;
 }
 
 static void ep_flower_tasks(struct req *r) {
@@ -797,6 +852,12 @@ static void ep_flower_tasks(struct req *r) {
   if (u64_arg(r, "limit", 100, &limit)) return;
   if (limit == 0 || limit > HTTP_MAX_LIST) limit = HTTP_MAX_LIST;
   const char *state = state_from_celery(arg(r, "state"));
+  if (!state) {
+    fail(
+        r, 400, "ENGRAM_EINVAL",
+        "state: RECEIVED, PENDING, STARTED, RETRY, SUCCESS, FAILURE or IGNORED (none: every task)");
+    return;
+  }
   engram_group_info *g = NULL;
   size_t ng = 0;
   int rc = engram_group_list(r->h->log, NULL, &g, &ng);
@@ -843,7 +904,7 @@ static void ep_flower_task_info(struct req *r, const char *id) {
   engram_group_info *g = NULL;
   size_t ng = 0;
   if (!group && engram_group_list(r->h->log, topic, &g, &ng) == 0 && ng > 0) group = g[0].name;
-  int rc = event_detail(r, &r->out, topic, group, off);
+  int rc = event_detail(r, &r->out, topic, group, off, 1);
   engram_free(g);
   if (rc)
     fail_engram(r, rc);

@@ -172,6 +172,45 @@ def test_api_metrics_and_health(daemon):
     assert get(daemon.base + "/healthz", method="PUT")[0] == 200  # health answers anything
 
 
+def test_finished_tasks_are_listed_newest_first_with_their_results(daemon):
+    """Done events lie at or below the group's floor: the listings look for them from the
+    head down (they once started at the floor and found none), and Flower's /api/tasks
+    without a state lists every task, as Flower does."""
+    with daemon.connect() as log:
+        g = log.group("jobs", "celery", create_topic=True)
+        for i in range(5):
+            log.append("jobs", "task.add", {"args": [i, 1]}, headers={"task": "proj.add"})
+        for ev in g.fetch("w1", max=5):
+            if ev.offset == 3:
+                ev.reject("ValueError: no")
+            else:
+                ev.ack(result=json.dumps({"value": ev.json()["args"][0] + 1}))
+        log.append("jobs", "task.add", {"args": [9, 1]}, headers={"task": "proj.add"})
+        assert g.info().floor == 5
+    done = json.loads(get(daemon.base + "/api/events?topic=jobs&group=celery&state=done")[1])
+    assert [e["offset"] for e in done["events"]] == [5, 4, 2, 1]
+    unfinished = json.loads(get(daemon.base + "/api/events?topic=jobs&group=celery")[1])
+    assert [e["offset"] for e in unfinished["events"]] == [6]
+    ok = json.loads(get(daemon.base + "/api/tasks?state=SUCCESS")[1])
+    assert list(ok) == ["jobs:5", "jobs:4", "jobs:2", "jobs:1"]
+    assert ok["jobs:4"]["state"] == "SUCCESS" and ok["jobs:4"]["name"] == "proj.add"
+    assert json.loads(ok["jobs:4"]["result"]) == {"value": 4}
+    every = json.loads(get(daemon.base + "/api/tasks")[1])
+    assert [(k, t["state"]) for k, t in every.items()] == [
+        ("jobs:6", "RECEIVED"), ("jobs:5", "SUCCESS"), ("jobs:4", "SUCCESS"), ("jobs:3", "FAILURE"),
+        ("jobs:2", "SUCCESS"), ("jobs:1", "SUCCESS")]
+    assert list(json.loads(get(daemon.base + "/api/tasks?limit=2")[1])) == ["jobs:6", "jobs:5"]
+    info = json.loads(get(daemon.base + "/api/task/info/jobs:2")[1])
+    assert (info["uuid"], info["name"], info["state"], info["retries"]) == ("jobs:2", "proj.add", "SUCCESS", 0)
+    assert json.loads(info["result"]) == {"value": 2} and info["status"]["state"] == "done"
+    failed = json.loads(get(daemon.base + "/api/task/info/jobs:3")[1])
+    assert failed["state"] == "FAILURE" and failed["exception"].endswith("ValueError: no")
+    # A state no listing knows is refused, not answered with an empty list.
+    for path in ("/api/events?topic=jobs&group=celery&state=finished", "/api/tasks?state=DONE"):
+        st, body = get(daemon.base + path)
+        assert st == 400 and "state" in json.loads(body)["message"], path
+
+
 def test_mutations_need_post_with_the_csrf_header(daemon):
     fill(daemon)
     url = daemon.base + "/api/dlq/redrive?topic=memory&group=indexer&offset=1"
