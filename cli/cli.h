@@ -54,8 +54,9 @@ struct cli {
   const char *client_key_file; /* --client-key-file: this client's pair (keygen --out) */
   int durability_set;          /* --durability was given */
   engram_durability durability;
-  engram *log;     /* opened by cli_open(), closed by main */
-  char stale[256]; /* the message of a failure a command chose to ignore */
+  uint32_t max_topics; /* --max-topics: raises the log's own; 0 = the log's own */
+  engram *log;         /* opened by cli_open(), closed by main */
+  char stale[256];     /* the message of a failure a command chose to ignore */
 };
 
 #define CLI_DECLARE(name, summary) int cmd_##name(struct cli *c, int argc, char **argv);

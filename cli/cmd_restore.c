@@ -304,6 +304,7 @@ int cmd_restore(struct cli *c, int argc, char **argv) {
   engram_options o;
   memset(&o, 0, sizeof o);
   o.durability = c->durability;
+  o.max_topics = c->max_topics;
   o.dedup_window_ms = 1;
   o.maintenance_ms = ENGRAM_MAINTENANCE_OFF;
   int status = 0;

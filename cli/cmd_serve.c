@@ -290,6 +290,17 @@ int cmd_serve(struct cli *c, int argc, char **argv) {
   char *topic_list = mirror_topic ? strdup(mirror_topic) : NULL;
   if (mirror_topic && !topic_list) status = cli_error("serve: out of memory");
   if (!status) status = mirror_start(mirror_nats, topic_list, mirror_stream, &so, &mirror, &topics);
+  if (!status && c->max_topics) {
+    /* The log keeps its max_topics: one open with the larger value raises it. */
+    engram_options o = {.durability = so.durability, .max_topics = c->max_topics};
+    engram *log = NULL;
+    int orc = engram_open(dir, &o, &log);
+    if (orc) {
+      const char *m = engram_errmsg(NULL);
+      status = *m ? cli_error("%s", m) : cli_error("open %s: %s", dir, engram_strerror(orc));
+    }
+    engram_close(log);
+  }
   int rc = status ? 0 : engram_serve(dir, &so);
   mirror_thread_stop(mirror);
   free(topics);

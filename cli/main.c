@@ -24,7 +24,7 @@ static const struct command commands[] = {
 static void print_help(void) {
   printf(
       "usage: engram [--data DIR | --connect ENDPOINT [--server-key KEY --client-key-file F]]\n"
-      "              [--durability MODE] COMMAND [ARGS]\n"
+      "              [--durability MODE] [--max-topics N] COMMAND [ARGS]\n"
       "       engram COMMAND --help | engram help COMMAND | engram --version\n"
       "\n"
       "engram is a durable event log with consumer groups.\n"
@@ -40,6 +40,9 @@ static void print_help(void) {
       "                       keygen --out` (default $ENGRAM_CLIENT_KEY_FILE); its public\n"
       "                       key must be in the daemon's --allow-keys-file\n"
       "  --durability MODE    with --data: sync (default), nometasync or async\n"
+      "  --max-topics N       with --data: let the log hold up to N topics (1 to 100000);\n"
+      "                       the log keeps it (a new log: 1024); a smaller N changes\n"
+      "                       nothing\n"
       "  -h, --help           this help\n"
       "  --version            print the versions and exit\n"
       "\n"
@@ -140,6 +143,14 @@ int main(int argc, char **argv) {
       else
         return cli_usage(NULL, "--durability must be sync, nometasync or async, not '%s'", v);
       c.durability_set = 1;
+    } else if ((r = global_value(argc, argv, &i, "--max-topics", &v)) != 0) {
+      if (r < 0) return CLI_EXIT_USAGE;
+      char *end;
+      errno = 0;
+      unsigned long n = strtoul(v, &end, 10);
+      if (*end || errno || v[0] == '-' || n < 1 || n > 100000)
+        return cli_usage(NULL, "--max-topics must be a number from 1 to 100000, not '%s'", v);
+      c.max_topics = (uint32_t)n;
     } else {
       return cli_usage(NULL, "unknown global option '%s'", s);
     }
@@ -149,6 +160,8 @@ int main(int argc, char **argv) {
     return cli_usage(NULL, "--server-key and --client-key-file apply to --connect only");
   if (c.connect && c.durability_set)
     return cli_usage(NULL, "--durability applies to --data only (a daemon keeps its own)");
+  if (c.connect && c.max_topics)
+    return cli_usage(NULL, "--max-topics applies to --data only (a daemon's log keeps its own)");
   if (i >= argc) return cli_usage(NULL, "missing command");
 
   int status;
@@ -236,6 +249,7 @@ int cli_open(struct cli *c, int create) {
   engram_options o;
   memset(&o, 0, sizeof o);
   o.durability = c->durability;
+  o.max_topics = c->max_topics;
   o.flags = create == CLI_OPEN_CREATE ? 0 : ENGRAM_OPEN_NOCREATE;
   /* A command is a short visit: it leaves background retention to the processes that
    * stay (engram serve, the services); `engram compact` applies it on demand. */

@@ -143,6 +143,21 @@ out=$("$BIN" --data "$DATA" append memory big.x <"$TMP/big" 2>"$TMP/err") rc=$?
 err=$(cat "$TMP/err")
 check "payload over the topic limit fails with one line" eval '[[ $rc == 1 ]] && one_line_err && has "$err" 2000000'
 
+# A log keeps its max_topics; --max-topics raises it, for later commands too.
+FEW="$TMP/few"
+for t in a b c; do "$BIN" --data "$FEW" --max-topics 2 topic create "$t" >/dev/null 2>"$TMP/err"; done
+rc=$? err=$(cat "$TMP/err")
+check "the third topic of a log made with --max-topics 2 is refused, saying how to raise it" \
+  eval '[[ $rc == 1 ]] && one_line_err && has "$err" "2 topics already" && has "$err" "--max-topics N"'
+out=$("$BIN" --data "$FEW" topic create c 2>&1) rc=$?
+check "a later command without --max-topics keeps the log's limit" eval '[[ $rc == 1 ]] && has "$out" "2 topics already"'
+out=$("$BIN" --data "$FEW" --max-topics 3 topic create c 2>&1 && "$BIN" --data "$FEW" topics 2>&1) rc=$?
+check "--max-topics 3 raises it" eval '[[ $rc == 0 ]] && has "$out" c'
+out=$("$BIN" --data "$FEW" --max-topics 1 topic create d 2>&1) rc=$?
+check "a smaller --max-topics does not lower it" eval '[[ $rc == 1 ]] && has "$out" "3 topics already"'
+out=$("$BIN" --data "$FEW" --max-topics 0 stat 2>&1) rc=$?
+check "--max-topics 0 is a usage error" eval '[[ $rc == 2 ]] && has "$out" "from 1 to 100000"'
+
 # --- read ------------------------------------------------------------------------------
 e read memory --json
 check "read --json prints one object per event" eval 'lines "$out" 3'

@@ -159,7 +159,10 @@ typedef struct engram_options {
   engram_durability durability; /* default ENGRAM_DURABILITY_SYNC */
   uint64_t map_size;            /* initial LMDB map size in bytes, default 1 GiB; grows
                                    automatically (doubling) when full */
-  uint32_t max_topics;          /* default 1024 */
+  uint32_t max_topics;          /* topics the log may hold, at most 100000: the log keeps
+                                   its own (1024 for a new log); a larger value raises it
+                                   for this and every later open, 0 or a smaller one uses
+                                   the log's */
   uint64_t dedup_window_ms;     /* idempotency window, default 600000 (10 min), at most
                                    ENGRAM_MAX_DEDUP_WINDOW_MS */
   uint32_t flush_interval_ms;   /* background flush in nometasync/async modes, default 1000,

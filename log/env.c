@@ -535,7 +535,7 @@ static void make_id(unsigned char id[16], int64_t now) {
 
 /* Writes the meta records and the log's own databases of a brand-new log and forces
  * them to disk. */
-static int meta_init(MDB_env *env, int64_t now) {
+static int meta_init(MDB_env *env, int64_t now, uint32_t max_topics) {
   MDB_txn *txn;
   MDB_dbi dbi;
   int rc = mdb_txn_begin(env, NULL, 0, &txn);
@@ -544,16 +544,20 @@ static int meta_init(MDB_env *env, int64_t now) {
   for (size_t i = 0; !rc && i < sizeof own / sizeof own[0]; i++)
     rc = mdb_dbi_open(txn, own[i], MDB_CREATE, &dbi);
   if (!rc) rc = mdb_dbi_open(txn, LOG_DB_META, MDB_CREATE, &dbi);
-  unsigned char ver[4], id[16], ts[8];
+  unsigned char ver[4], id[16], ts[8], mt[4];
   be32_put(ver, ENGRAM_FORMAT_VERSION);
   make_id(id, now);
   be64_put(ts, (uint64_t)now);
+  be32_put(mt, max_topics);
   struct {
     const char *k;
     void *v;
     size_t n;
-  } kv[] = {{"format_version", ver, 4}, {"log_id", id, 16}, {"created_ns", ts, 8}};
-  for (size_t i = 0; !rc && i < 3; i++) {
+  } kv[] = {{"format_version", ver, 4},
+            {"log_id", id, 16},
+            {"created_ns", ts, 8},
+            {LOG_META_MAX_TOPICS, mt, 4}};
+  for (size_t i = 0; !rc && i < sizeof kv / sizeof kv[0]; i++) {
     MDB_val k = {strlen(kv[i].k), (void *)kv[i].k}, v = {kv[i].n, kv[i].v};
     rc = mdb_put(txn, dbi, &k, &v, 0);
   }
@@ -587,7 +591,7 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
   unsigned int flags = MDB_NOTLS;
   int rc = env_make(tmp, o, &flags, &env);
   if (rc == 0) {
-    rc = meta_init(env, now);
+    rc = meta_init(env, now, o->max_topics);
     mdb_env_close(env);
     if (rc) rc = log_error(NULL, rc, "open %s: cannot create: %s", path, engram_strerror(rc));
   }
@@ -621,6 +625,49 @@ static int log_create(const char *path, const engram_options *o, int64_t now) {
                    strerror(-frc));
   log_rmtree(tmp);
   return rc;
+}
+
+/* What the log in env says of its topics: the max_topics it keeps (0 for a log made
+ * before it kept one) and how many topics it has, each of which needs one of this
+ * process's handle slots (the log's own databases take at most 32 more). */
+static int env_topic_room(MDB_env *env, uint32_t *stored, uint64_t *topics) {
+  *stored = 0;
+  *topics = 0;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  MDB_stat st;
+  int rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+  if (rc) return rc;
+  if (mdb_dbi_open(txn, LOG_DB_TOPICS, 0, &dbi) == 0 && mdb_stat(txn, dbi, &st) == 0)
+    *topics = st.ms_entries;
+  MDB_val k = {strlen(LOG_META_MAX_TOPICS), LOG_META_MAX_TOPICS}, v;
+  if (mdb_dbi_open(txn, LOG_DB_META, 0, &dbi) == 0 && mdb_get(txn, dbi, &k, &v) == 0 &&
+      v.mv_size == 4)
+    *stored = be32_get(v.mv_data);
+  mdb_txn_abort(txn);
+  return 0;
+}
+
+/* Keeps max_topics in the log when it is more than the log keeps (another process may
+ * have raised it meanwhile: the larger stays). Returns 0 or an LMDB code. */
+static int raise_max_topics(struct log *log, uint32_t max_topics) {
+  MDB_txn *txn;
+  int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
+  if (rc) return rc;
+  MDB_val k = {strlen(LOG_META_MAX_TOPICS), LOG_META_MAX_TOPICS}, v;
+  if (mdb_get(txn, log->db_meta, &k, &v) == 0 && v.mv_size == 4 &&
+      be32_get(v.mv_data) >= max_topics) {
+    mdb_txn_abort(txn);
+    return 0;
+  }
+  unsigned char mt[4];
+  be32_put(mt, max_topics);
+  MDB_val nv = {4, mt};
+  if ((rc = mdb_put(txn, log->db_meta, &k, &nv, 0))) {
+    mdb_txn_abort(txn);
+    return rc;
+  }
+  return mdb_txn_commit(txn);
 }
 
 /* Gives a log made before log ids its id, in one write transaction (another process
@@ -809,7 +856,7 @@ static int open_all_dbs(struct log *log) {
 static void fill_defaults(engram_options *o) {
   if (!o->map_size) o->map_size = 1ull << 30;
   if (o->map_size < (1u << 20)) o->map_size = 1u << 20;
-  if (!o->max_topics) o->max_topics = 1024;
+  if (!o->max_topics) o->max_topics = LOG_DEFAULT_MAX_TOPICS;
   if (!o->dedup_window_ms) o->dedup_window_ms = 600000;
   if (!o->flush_interval_ms) o->flush_interval_ms = 1000;
 }
@@ -860,6 +907,7 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
     return log_error(NULL, ENGRAM_EINVAL, "open: invalid path");
   path = norm;
   engram_options o = opts ? *opts : (engram_options){0};
+  uint32_t asked_topics = o.max_topics; /* 0: the log's own */
   if ((unsigned)o.durability > ENGRAM_DURABILITY_ASYNC)
     return log_error(NULL, ENGRAM_EINVAL, "open %s: unknown durability mode %d", path,
                      o.durability);
@@ -945,12 +993,38 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   }
 
   if ((rc = env_make(path, &o, &log->env_flags, &log->env))) goto fail;
+  /* The log keeps its max_topics: this handle allows the larger of it and the one asked
+   * for, and has a handle slot for every database the log holds, however many topics an
+   * earlier handle let it make. LMDB fixes the slots when it opens the environment: when
+   * they are too few, it is opened again with enough. */
+  uint32_t stored_topics = 0;
+  uint64_t topics = 0;
+  if ((rc = env_topic_room(log->env, &stored_topics, &topics))) {
+    rc = env_open_error(path, rc);
+    goto fail;
+  }
+  uint32_t limit = asked_topics > stored_topics ? asked_topics : stored_topics;
+  if (!limit) limit = LOG_DEFAULT_MAX_TOPICS;
+  uint64_t slots = (limit > topics ? limit : topics) + 32;
+  log->opts.max_topics = limit;
+  if (slots > (uint64_t)o.max_topics + 32) {
+    mdb_env_close(log->env);
+    log->env = NULL;
+    log->env_flags = env_flags_for(o.durability, wal && !rdonly) | (rdonly ? MDB_RDONLY : 0);
+    engram_options more = o;
+    more.max_topics = (uint32_t)(slots - 32);
+    if ((rc = env_make(path, &more, &log->env_flags, &log->env))) goto fail;
+  }
   if (wal && !rdonly && (rc = log_wal_attach(log))) goto fail;
   int dead = 0;
   mdb_reader_check(log->env, &dead); /* clear slots of readers that died */
   /* The map may have grown in another process since the file was made. */
   mdb_env_set_mapsize(log->env, 0);
   if ((rc = open_core_dbs(log))) goto fail;
+  if (!rdonly && limit > stored_topics && (rc = raise_max_topics(log, limit))) {
+    rc = env_open_error(path, rc);
+    goto fail;
+  }
   rc = open_all_dbs(log);
   if (rc) {
     rc = log_error(log, rc, "open %s: %s", path, engram_strerror(rc));

@@ -18,6 +18,8 @@
 #define LOG_DB_KEYIDX "keyidx" /* key compaction's index and queues (keys.c) */
 #define LOG_DB_PARK "park"     /* parked free pages (park.c) */
 #define LOG_TOPIC_DB_PREFIX "t/"
+#define LOG_META_MAX_TOPICS "max_topics" /* meta key: the log's max_topics (be32) */
+#define LOG_DEFAULT_MAX_TOPICS 1024
 
 /* LMDB's page header: the bytes before a value on its first overflow page. */
 #define LOG_PAGEHDRSZ 16

@@ -284,8 +284,12 @@ static int create_job(log_wtx *w, void *arg) {
   MDB_stat st;
   mdb_stat(w->txn, log->db_topics, &st);
   if (st.ms_entries >= log->opts.max_topics)
-    return log_error(log, ENGRAM_ELIMIT, "create topic %s: %u topics already (max_topics)", r->name,
-                     log->opts.max_topics);
+    return log_error(log, ENGRAM_ELIMIT,
+                     "create topic %s: %u topics already, the log's max_topics: open the log "
+                     "once with a larger max_topics to raise it (engram --data DIR --max-topics "
+                     "N ..., engram.open(..., max_topics=N)); a daemon serving it sees the new "
+                     "limit once restarted",
+                     r->name, log->opts.max_topics);
   /* Topic ids are never reused, so stale keys of a dropped topic cannot match. */
   MDB_val ik = {13, "next_topic_id"};
   uint32_t id = 1;

@@ -716,6 +716,88 @@ static void a_log_without_an_id_gets_one_at_its_next_read_write_open(void **stat
   engram_close(log);
 }
 
+/* Every topic of the log reads through h: 0, or fails the test naming the first that
+ * does not. */
+static void every_topic_reads(engram *h, int n) {
+  for (int i = 0; i < n; i++) {
+    char t[32];
+    snprintf(t, sizeof t, "user-%d", i);
+    engram_topic_info ti;
+    int rc = engram_topic_info_get(h, t, &ti);
+    if (rc || ti.count != 1) fail_msg("topic %s: %s: %s", t, engram_errname(rc), engram_errmsg(h));
+  }
+}
+
+static void make_topics(engram *h, int from, int to) {
+  for (int i = from; i < to; i++) {
+    char t[32];
+    snprintf(t, sizeof t, "user-%d", i);
+    assert_int_equal(engram_topic_create(h, t, NULL), 0);
+    append_one(h, t, "{}");
+  }
+}
+
+/* A log keeps the max_topics it was made with: an open that gives none (the CLI, the
+ * daemon, a second program) reaches every topic and may create up to that limit. It
+ * once used its own default of 1024 instead: a log of 1,200 topics made through Python
+ * with max_topics=2000 could not be read by `engram stat` (LMDB's MDB_DBS_FULL). */
+static void a_log_keeps_its_max_topics_for_every_later_open(void **state) {
+  fx *f = *state;
+  engram_options big = {.max_topics = 1200};
+  engram *h = tu_open(f->log, &big);
+  make_topics(h, 0, 1100);
+  engram_close(h);
+  h = tu_open(f->log, NULL);
+  every_topic_reads(h, 1100);
+  make_topics(h, 1100, 1200); /* up to the kept limit */
+  assert_int_equal(engram_topic_create(h, "one-more", NULL), ENGRAM_ELIMIT);
+  assert_non_null(strstr(engram_errmsg(h), "max_topics"));
+  engram_close(h);
+  /* A smaller limit asked for does not lower the log's; a larger one raises it, for
+   * later opens too. */
+  engram_options small = {.max_topics = 10};
+  h = tu_open(f->log, &small);
+  every_topic_reads(h, 1200);
+  assert_int_equal(engram_topic_create(h, "one-more", NULL), ENGRAM_ELIMIT);
+  engram_close(h);
+  engram_options more = {.max_topics = 1300};
+  engram_close(tu_open(f->log, &more));
+  h = tu_open(f->log, NULL);
+  assert_int_equal(engram_topic_create(h, "one-more", NULL), 0);
+  engram_close(h);
+  engram_options ro = {.flags = ENGRAM_OPEN_RDONLY};
+  h = tu_open(f->log, &ro);
+  every_topic_reads(h, 1200);
+  engram_close(h);
+}
+
+/* A log made before logs kept their max_topics, with more topics than an open's limit
+ * (made by a handle that asked for more): the open still has a handle slot for each. */
+static void an_older_log_with_more_topics_than_the_limit_is_still_read_whole(void **state) {
+  fx *f = *state;
+  engram_options mid = {.max_topics = 60};
+  engram *h = tu_open(f->log, &mid);
+  make_topics(h, 0, 60);
+  engram_close(h);
+  drop_id(f->log); /* the older log: no write-ahead file, no id */
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_env_create(&env), 0);
+  mdb_env_set_maxdbs(env, 8);
+  assert_int_equal(mdb_env_open(env, f->log, 0, 0644), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+  MDB_val k = {10, "max_topics"};
+  assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  engram_options tiny = {.max_topics = 2};
+  h = tu_open(f->log, &tiny);
+  every_topic_reads(h, 60);
+  engram_close(h);
+}
+
 /* In a child allowed `limit` descriptors: 0 when the open and an append worked, 1 when
  * one failed with a message that names the limit and what to do, 2 otherwise (the
  * message on stderr). */
@@ -788,6 +870,8 @@ int main(void) {
       T(a_directory_ruined_by_an_older_build_says_how_to_recover),
       T(a_truncated_data_file_is_reported_not_faulted_on),
       T(a_read_only_handle_reads_refuses_writes_and_changes_no_file),
+      T(a_log_keeps_its_max_topics_for_every_later_open),
+      T(an_older_log_with_more_topics_than_the_limit_is_still_read_whole),
       T(on_a_read_only_mount_writes_name_the_cause_and_reads_work),
       T(a_user_who_cannot_write_the_directory_reads_it_read_only),
       T(a_log_has_one_id_that_survives_reopen_and_backup_and_differs_from_others),

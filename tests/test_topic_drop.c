@@ -407,9 +407,11 @@ static void reads_and_appends_racing_drop_and_recreate_never_crash_or_leak_codes
  * of them); a dropped topic's slot must come back, or a process that creates and drops
  * topics of ever new names runs out. */
 static void creating_and_dropping_many_distinct_topics_never_runs_out_of_handles(void **state) {
-  fx *f = *state;
+  (void)state;
   engram_options o = {.max_topics = 2, .durability = ENGRAM_DURABILITY_ASYNC};
-  engram *log = tu_open(f->logdir, &o);
+  /* A new log: it keeps the max_topics it is made with (an existing one keeps its own). */
+  char *dir = tu_tmpdir("slots");
+  engram *log = tu_open(dir, &o);
   for (int i = 0; i < 200; i++) {
     char t[32];
     snprintf(t, sizeof t, "session%d", i);
@@ -430,11 +432,12 @@ static void creating_and_dropping_many_distinct_topics_never_runs_out_of_handles
   EXPECT_OK(log, "append", engram_append(log, "session7", &ev, &off, NULL));
   assert_int_equal(off, 1);
   engram_close(log);
-  log = tu_open(f->logdir, &o);
+  log = tu_open(dir, &o);
   engram_topic_info i;
   EXPECT_OK(log, "info", engram_topic_info_get(log, "session7", &i));
   assert_int_equal(i.count, 1);
   engram_close(log);
+  tu_tmpdir_done(dir);
 }
 
 /* Threads that first use groups at once on a new handle each open the group databases;
