@@ -441,6 +441,21 @@ static int short_but_whole(const char *dir, uint64_t have, uint64_t used) {
 #endif
 }
 
+/* mdb_txn_begin for the steps of an open and of a look at a log, which read and write
+ * outside the commit path: when another process grew the map since this environment
+ * took its size (MDB_MAP_RESIZED), the new size is adopted and the begin tried again.
+ * `log` is NULL before the environment belongs to a handle (no other thread uses it). */
+static int open_txn_begin(struct log *log, MDB_env *env, unsigned int flags, MDB_txn **txn) {
+  for (;;) {
+    int rc = mdb_txn_begin(env, NULL, flags, txn);
+    if (rc != MDB_MAP_RESIZED) return rc;
+    if (log)
+      log_map_adopt(log);
+    else if ((rc = mdb_env_set_mapsize(env, 0)))
+      return rc;
+  }
+}
+
 /* Decides, without writing a byte, whether `dir` holds an engram log of this format:
  * the environment is opened MDB_RDONLY | MDB_NOLOCK, so neither data.mdb nor lock.mdb
  * (nor its absence) is touched, which matters when the directory is someone else's.
@@ -502,7 +517,7 @@ static int probe(const char *dir) {
                        (unsigned long long)(info.me_last_pgno + 1) * ms.ms_psize);
     }
     MDB_txn *txn;
-    rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+    rc = open_txn_begin(NULL, env, MDB_RDONLY, &txn);
     if (rc) {
       mdb_env_close(env);
       return env_open_error(dir, rc);
@@ -636,7 +651,7 @@ static int env_topic_room(MDB_env *env, uint32_t *stored, uint64_t *topics) {
   MDB_txn *txn;
   MDB_dbi dbi;
   MDB_stat st;
-  int rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+  int rc = open_txn_begin(NULL, env, MDB_RDONLY, &txn);
   if (rc) return rc;
   if (mdb_dbi_open(txn, LOG_DB_TOPICS, 0, &dbi) == 0 && mdb_stat(txn, dbi, &st) == 0)
     *topics = st.ms_entries;
@@ -652,7 +667,7 @@ static int env_topic_room(MDB_env *env, uint32_t *stored, uint64_t *topics) {
  * have raised it meanwhile: the larger stays). Returns 0 or an LMDB code. */
 static int raise_max_topics(struct log *log, uint32_t max_topics) {
   MDB_txn *txn;
-  int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
+  int rc = open_txn_begin(log, log->env, 0, &txn);
   if (rc) return rc;
   MDB_val k = {strlen(LOG_META_MAX_TOPICS), LOG_META_MAX_TOPICS}, v;
   if (mdb_get(txn, log->db_meta, &k, &v) == 0 && v.mv_size == 4 &&
@@ -675,7 +690,7 @@ static int raise_max_topics(struct log *log, uint32_t max_topics) {
  * LMDB code. */
 static int give_id(struct log *log) {
   MDB_txn *txn;
-  int rc = mdb_txn_begin(log->env, NULL, 0, &txn);
+  int rc = open_txn_begin(log, log->env, 0, &txn);
   if (rc) return rc;
   MDB_val ik = {6, "log_id"}, ck = {10, "created_ns"}, v;
   if (mdb_get(txn, log->db_meta, &ik, &v) == 0 && v.mv_size == 16) {
@@ -724,7 +739,7 @@ int log_info(struct log *log, engram_log_info *out) {
  * them only for a log created by an older build and never opened since. */
 static int open_core_dbs(struct log *log) {
   MDB_txn *txn;
-  int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, &txn);
+  int rc = open_txn_begin(log, log->env, MDB_RDONLY, &txn);
   if (rc) return env_open_error(log->path, rc);
   rc = mdb_dbi_open(txn, LOG_DB_META, 0, &log->db_meta);
   if (rc == MDB_NOTFOUND || rc == MDB_INCOMPATIBLE) {
@@ -775,7 +790,7 @@ static int open_core_dbs(struct log *log) {
                      "open %s read-only: this log has never been opened for writing and lacks "
                      "databases a read needs: open it read-write once",
                      log->path);
-  if ((rc = mdb_txn_begin(log->env, NULL, 0, &txn))) return env_open_error(log->path, rc);
+  if ((rc = open_txn_begin(log, log->env, 0, &txn))) return env_open_error(log->path, rc);
   for (size_t i = 0; !rc && i < n; i++) rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
   if (rc) {
     mdb_txn_abort(txn);
@@ -817,7 +832,7 @@ static void aux_add(struct log *log, const char *name, MDB_dbi dbi) {
  * transaction of this process (LMDB ties a handle to transactions begun after it). */
 static int open_all_dbs(struct log *log) {
   MDB_txn *txn;
-  int rc = mdb_txn_begin(log->env, NULL, MDB_RDONLY, &txn);
+  int rc = open_txn_begin(log, log->env, MDB_RDONLY, &txn);
   if (rc) return log_err_mdb(rc);
   MDB_dbi main;
   MDB_cursor *c;

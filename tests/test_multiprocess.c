@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -701,6 +702,62 @@ static void four_processes_creating_a_topic_and_appending_on_a_fresh_log_all_suc
   }
 }
 
+/* Grows the map: appends `count` incompressible 4 KiB events to "memory" in batches of
+ * 16, with a 1 MiB initial map, so that the file (and every process's map) grows by
+ * doubling all along. */
+static int map_grower(void *arg) {
+  struct child *c = arg;
+  engram *log = NULL;
+  engram_options o = {.map_size = 1u << 20, .durability = ENGRAM_DURABILITY_ASYNC};
+  int rc = engram_open(c->logdir, &o, &log);
+  if (rc) return child_fail(NULL, "open", rc);
+  static unsigned char buf[16 * 4096];
+  engram_event evs[16];
+  uint64_t offs[16];
+  for (int i = 0; i < c->count; i += 16) {
+    for (int k = 0; k < 16; k++) {
+      tu_fill_random(buf + k * 4096, 4096, (uint64_t)(i + k + 1));
+      evs[k] =
+          (engram_event){.type = "memory.saved", .payload = buf + k * 4096, .payload_len = 4096};
+    }
+    if ((rc = engram_append_batch(log, "memory", evs, 16, offs, NULL)))
+      return child_fail(log, "append", rc);
+  }
+  engram_close(log);
+  return 0;
+}
+
+/* Opens while another process grows the map: every open works. An open read the log in
+ * transactions begun without looking whether the map had grown meanwhile, and failed
+ * with ENGRAM_EBUSY "MDB_MAP_RESIZED" when it had (three Python processes appending
+ * large events to one log met it at their second open). */
+static void opens_while_another_process_grows_the_map_all_succeed(void **state) {
+  fx *f = *state;
+  struct child c = {.logdir = f->logdir, .count = 12288}; /* 48 MiB */
+  pid_t p = tu_spawn(map_grower, &c);
+  engram_options o = {.map_size = 1u << 20};
+  int opens = 0, failed = 0, st = -1;
+  char first[512] = "";
+  for (;;) {
+    engram *log = NULL;
+    int rc = engram_open(f->logdir, &o, &log);
+    opens++;
+    if (rc) {
+      if (!failed++)
+        snprintf(first, sizeof first, "%s: %s", engram_errname(rc), engram_errmsg(NULL));
+    } else {
+      engram_topic_info ti;
+      if ((rc = engram_topic_info_get(log, "memory", &ti)) && !failed++)
+        snprintf(first, sizeof first, "info: %s: %s", engram_errname(rc), engram_errmsg(log));
+      engram_close(log);
+    }
+    if (waitpid(p, &st, WNOHANG) == p) break;
+  }
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  if (failed) fail_msg("%d of %d opens failed, the first: %s", failed, opens, first);
+  assert_true(opens > 5);
+}
+
 int main(void) {
   shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shared == MAP_FAILED) return 1;
@@ -722,6 +779,7 @@ int main(void) {
       T(topics_created_by_another_process_are_usable_at_once),
       T(a_handle_used_in_a_forked_child_is_refused_and_the_parent_goes_on),
       T(four_processes_creating_a_topic_and_appending_on_a_fresh_log_all_succeed),
+      T(opens_while_another_process_grows_the_map_all_succeed),
   };
   return cmocka_run_group_tests_name("multiprocess", tests, NULL, NULL);
 }
