@@ -18,7 +18,8 @@ static const char help[] =
     "workers (alive or lost, handled, failed, what each runs now), redrawn every\n"
     "interval, over --data or --connect. Rates are engram_rate_list's, kept in the log:\n"
     "the first frame has them. Keys: q quits; l, n, d, i, a sort by lag, name, dead, in\n"
-    "flight, acks per second; w switches the rate window (1m, 5m, 15m).\n"
+    "flight, acks per second; w switches the rate window (1m, 5m, 15m). Into a pipe or\n"
+    "a file, frames follow one another, a blank line between them.\n"
     "\n"
     "options:\n"
     "  --interval DURATION  redraw period (default 1s, at least 100ms)\n"
@@ -198,7 +199,12 @@ int cmd_top(struct cli *c, int argc, char **argv) {
   }
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
-  while (!quit && !(status = frame(c, 1))) {
+  /* Into a pipe or a file: frames one after another, a blank line between them, no
+   * terminal control sequences. */
+  int tty = isatty(STDOUT_FILENO), frames = 0;
+  while (!quit) {
+    if (!tty && frames++) putchar('\n');
+    if ((status = frame(c, tty))) break;
     int64_t end = cli_now_ns() + (int64_t)interval * 1000000;
     int redraw = 0;
     while (!quit && !redraw) {

@@ -538,6 +538,9 @@ check "... and it is gone" eval '[[ $rc == 0 ]] && ! has "$out" "\"name\":\"w\""
 e top --once --sort name
 check "top --once prints the groups" eval '[[ $rc == 0 ]] && has "$out" LAG && has "$out" "sort name"'
 check "... with rates in the first frame (NACKS/S, DEAD/S, no '-' placeholders)" eval '[[ $rc == 0 ]] && has "$out" NACKS/S && has "$out" DEAD/S && has "$out" "rates over 1m"'
+out=$(timeout 1.5 "$BIN" --data "$DATA" top --interval 200ms </dev/null 2>&1) rc=$?
+check "top into a pipe: frames one after another, no terminal control sequences" \
+  eval '[[ $rc == 124 && $out != *$'"'"'\e'"'"'* ]] && (( $(grep -c "^engram top" <<<"$out") >= 2 ))'
 e top --once --window 15m
 check "top --window 15m" eval '[[ $rc == 0 ]] && has "$out" "rates over 15m"'
 e rates
