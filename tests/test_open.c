@@ -630,8 +630,9 @@ static void a_log_has_one_id_that_survives_reopen_and_backup_and_differs_from_ot
   free(bk);
 }
 
-/* Removes the id of a log, as a log made before ids (and before the write-ahead file). */
-static void drop_id(const char *dir) {
+/* Removes a record of the log's meta database (and the write-ahead file), as in a log
+ * made before that record (and the file) existed. */
+static void drop_meta_key(const char *dir, const char *key) {
   char wal[4200];
   snprintf(wal, sizeof wal, "%s/wal", dir);
   unlink(wal);
@@ -645,11 +646,14 @@ static void drop_id(const char *dir) {
   assert_int_equal(mdb_env_open(env, dir, 0, 0644), 0);
   assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
   assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
-  MDB_val k = {6, "log_id"};
+  MDB_val k = {strlen(key), (void *)key};
   assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
   assert_int_equal(mdb_txn_commit(txn), 0);
   mdb_env_close(env);
 }
+
+/* Removes the id of a log, as a log made before ids (and before the write-ahead file). */
+static void drop_id(const char *dir) { drop_meta_key(dir, "log_id"); }
 
 /* A child made by fork() that closes the parent's handle (a library closing what it was
  * given, an atexit handler): the close returns at once and leaves the log to the parent,
@@ -779,19 +783,7 @@ static void an_older_log_with_more_topics_than_the_limit_is_still_read_whole(voi
   engram *h = tu_open(f->log, &mid);
   make_topics(h, 0, 60);
   engram_close(h);
-  drop_id(f->log); /* the older log: no write-ahead file, no id */
-  MDB_env *env;
-  MDB_txn *txn;
-  MDB_dbi dbi;
-  assert_int_equal(mdb_env_create(&env), 0);
-  mdb_env_set_maxdbs(env, 8);
-  assert_int_equal(mdb_env_open(env, f->log, 0, 0644), 0);
-  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-  assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
-  MDB_val k = {10, "max_topics"};
-  assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
-  assert_int_equal(mdb_txn_commit(txn), 0);
-  mdb_env_close(env);
+  drop_meta_key(f->log, "max_topics"); /* the older log */
   engram_options tiny = {.max_topics = 2};
   h = tu_open(f->log, &tiny);
   every_topic_reads(h, 60);
