@@ -8,7 +8,7 @@
 #define CG_DEFAULT_ACK_WAIT_MS 30000
 #define CG_DEFAULT_MAX_DELIVER 5
 #define CG_DEFAULT_RESULT_TTL_MS 86400000ull
-#define CG_MAX_RESULT (1u << 20)
+#define CG_MAX_RESULT ENGRAM_MAX_RESULT
 #define CG_MAX_LEASE_SPAN 65536 /* offsets one lease may cover */
 
 enum { CG_LEASED = 1, CG_WAITING = 2, CG_BLOCKED = 3 };

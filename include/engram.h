@@ -97,6 +97,7 @@ extern "C" {
 #define ENGRAM_MAX_BACKOFF 16                /* steps in a group's backoff schedule */
 #define ENGRAM_MAX_PAYLOAD_LIMIT (64u << 20) /* highest max_payload a topic may set */
 #define ENGRAM_MAX_FETCH 10000               /* events one engram_fetch may lease */
+#define ENGRAM_MAX_RESULT (1u << 20)         /* an ack's result: bytes */
 
 /* The longest duration each option or argument may give, in milliseconds. A longer one
  * is refused with ENGRAM_EINVAL, so no duration can overflow the nanosecond clock. */
@@ -598,7 +599,7 @@ typedef struct engram_ack_item {
 /* Finishes one event for the group. Errors: ESTALE (newer lease exists), ENOTLEASED (never
  * delivered, skipped by the filters, or waiting for a retry), EALREADY (already finished:
  * acks are idempotent, state unchanged), EDEAD, EINVAL (an attempt never delivered),
- * ENOTFOUND, ETOOBIG (result over 1 MiB). */
+ * ENOTFOUND, ETOOBIG (result over ENGRAM_MAX_RESULT, 1 MiB). */
 ENGRAM_API int engram_ack(engram *log, const char *topic, const char *group, uint64_t offset,
                           uint32_t attempt, const void *result, size_t result_len);
 /* Acks n events in one commit. codes[i] (may be NULL) receives each item's code; the call

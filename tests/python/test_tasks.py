@@ -417,6 +417,35 @@ def test_a_celery_result_gives_back_the_key_of_a_keyerror_not_its_repr(log_path)
     assert numeric.result.args == (7,)
 
 
+def test_a_result_over_the_limit_fails_at_once_instead_of_being_retried_unacked(log_path):
+    """An ack's result holds at most MAX_RESULT bytes: a bigger one was refused at the ack,
+    the event stayed leased, ran again after ack_wait, and so on, with nothing said."""
+    from engram.celery import Celery
+    capp = Celery("c", broker=log_path)
+
+    @capp.task
+    def embed(n):
+        return [0.123456789] * n
+    small, big = embed.delay(1536), embed.delay(200_000)
+    capp.app.run(2, idle_timeout=0.5, wait=0.05, install_signals=False)
+    assert len(small.get(timeout=1)) == 1536
+    assert big.state == "FAILURE"
+    with pytest.raises(Exception, match="over the 1048576") as e:
+        big.get(timeout=1)
+    assert type(e.value).__name__ == "ResultTooBig"
+    app = engram.App(log_path, group="g", topic="t", ack_wait=30)
+
+    @app.on("blob.made")
+    def make(ev):
+        return b"x" * (engram._engram.MAX_RESULT + 1)
+    with engram.open(log_path) as lg:
+        off = lg.append("t", "blob.made", {})
+    stats = app.run(1, idle_timeout=0.3, wait=0.05, install_signals=False)
+    assert stats.rejected == 1 and stats.handled == 0
+    st = app.group_for("t").status(off)
+    assert st.state == "dead" and "ResultTooBig" in st.last_error
+
+
 # -- revoke --------------------------------------------------------------------------------------
 def test_revoke_terminate_stops_a_running_task(log):
     app = task_app(log)

@@ -538,13 +538,22 @@ class App:
                 stats.rejected += 1
                 return
             if exc is None:
-                if ev.finished is None:
-                    if batch_ack is not None:
-                        batch_ack(ev, _result_bytes(result))
-                    else:
-                        ev.ack(_result_bytes(result))
-                stats.handled += 1
-                return
+                data = _result_bytes(result)
+                if data is None or len(data) <= _engram.MAX_RESULT:
+                    if ev.finished is None:
+                        if batch_ack is not None:
+                            batch_ack(ev, data)
+                        else:
+                            ev.ack(data)
+                    stats.handled += 1
+                    return
+                # The ack would be refused (ETOOBIG), and running the handler again
+                # would make the same result: the event fails now, saying why.
+                exc = Reject(f"ResultTooBig: a return value of {len(data)} bytes, over the "
+                             f"{_engram.MAX_RESULT} a result may hold: keep large results "
+                             f"elsewhere and return a reference")
+                logger.warning("handler for %s (%s, attempt %d) failed: %s", ev.id, ev.type,
+                               ev.attempt, exc.reason)
             self._report(ev, exc, stats)
             if ev.finished is not None:
                 return
