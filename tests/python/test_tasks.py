@@ -254,7 +254,39 @@ def test_a_result_json_cannot_carry_fails_the_task_as_in_celery(log):
         assert r.status == "FAILURE"
         with pytest.raises(engram.TaskFailed, match="not JSON-serialisable"):
             r.get(timeout=1)
-    assert good.get(timeout=1) == ["2024-01-02T03:04:05", "2024-01-02", str(u), "1.5"]
+    # As Celery's JSON (kombu 5.3 and later) carries them: marked, and back as themselves.
+    assert good.get(timeout=1) == [dt.datetime(2024, 1, 2, 3, 4, 5), dt.date(2024, 1, 2), u,
+                                   decimal.Decimal("1.5")]
+
+
+def test_dates_uuids_decimals_and_bytes_in_arguments_reach_the_task_as_themselves(log_path):
+    """Celery's JSON marks the values JSON lacks ({"__type__": ..., "__value__": ...}) and
+    the worker gets them back as they were; they were refused at delay() ("not
+    JSON-serialisable")."""
+    import decimal
+    import uuid
+    from engram.celery import Celery
+    capp = Celery("c", broker=log_path)
+    seen = []
+
+    @capp.task
+    def remember(when, *, ids, amount, blob, text, day, at):
+        seen.append((when, ids, amount, blob, text, day, at))
+        return when
+    when = dt.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc)
+    u = uuid.uuid4()
+    r = remember.delay(when, ids=[u], amount=decimal.Decimal("0.10"), blob=b"\x00\xff",
+                       text=b"caf\xc3\xa9", day=dt.date(2024, 2, 29), at=dt.time(23, 59, 1))
+    with engram.open(log_path) as lg:  # stored as Celery stores it
+        body = lg.read(r.group.topic, start=r.offset, count=1)[0].json()
+    assert body["args"][0] == {"__type__": "datetime", "__value__": "2024-01-02T03:04:05.678000+00:00"}
+    assert body["kwargs"]["blob"] == {"__type__": "base64", "__value__": "AP8="}
+    capp.app.run(1, idle_timeout=0.3, wait=0.05, install_signals=False)
+    assert seen == [(when, [u], decimal.Decimal("0.10"), b"\x00\xff", b"caf\xc3\xa9",
+                     dt.date(2024, 2, 29), dt.time(23, 59, 1))]
+    assert r.get(timeout=1) == when
+    with pytest.raises(engram.InvalidArgument, match="not JSON-serialisable"):
+        remember.delay(object(), ids=[], amount=0, blob=b"", text=b"", day=None, at=None)
 
 
 # -- 7: Retry without autoretry ----------------------------------------------------------------

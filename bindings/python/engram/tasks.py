@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64 as _base64
 import builtins
 import datetime as _dt
 import decimal as _decimal
@@ -72,14 +73,58 @@ def _type_for(name: str) -> str:
     return t.strip(".")
 
 
-def _result_default(o: Any) -> Any:
-    """What Celery's JSON encoder makes of the values JSON lacks: dates and times as ISO
-    8601 strings, UUIDs and Decimals as strings; anything else is refused."""
-    if isinstance(o, (_dt.datetime, _dt.date, _dt.time)):
-        return o.isoformat()
-    if isinstance(o, (_uuid.UUID, _decimal.Decimal)):
-        return str(o)
+# Celery's JSON (kombu 5.3 and later): a value JSON lacks travels as {"__type__": T,
+# "__value__": V} and comes back as itself, in a task's arguments and in its result.
+_MARKED: Tuple[Tuple[type, str, Callable[[Any], Any]], ...] = (
+    (_uuid.UUID, "uuid", str),
+    (_dt.datetime, "datetime", lambda o: o.isoformat()),  # before date: a datetime is one
+    (_dt.date, "date", lambda o: o.isoformat()),
+    (_dt.time, "time", lambda o: o.isoformat()),
+    (_decimal.Decimal, "decimal", str),
+)
+_UNMARK: Dict[str, Callable[[Any], Any]] = {
+    "uuid": _uuid.UUID, "datetime": _dt.datetime.fromisoformat, "date": _dt.date.fromisoformat,
+    "time": _dt.time.fromisoformat, "decimal": _decimal.Decimal,
+    "bytes": lambda v: v.encode("utf-8"), "base64": _base64.b64decode,
+}
+
+
+def _celery_default(o: Any) -> Any:
+    """json.dumps's default for task arguments and results, as Celery's JSON encoder:
+    ``__json__()`` when the object has it, the marked types above, bytes; anything else
+    is refused."""
+    reducer = getattr(o, "__json__", None)
+    if reducer is not None:
+        return reducer()
+    for t, name, encode in _MARKED:
+        if isinstance(o, t):
+            return {"__type__": name, "__value__": encode(o)}
+    if isinstance(o, bytes):
+        try:
+            return {"__type__": "bytes", "__value__": o.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"__type__": "base64", "__value__": _base64.b64encode(o).decode("ascii")}
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+def _celery_hook(d: Dict[str, Any]) -> Any:
+    """json.loads's object_hook: a marked value back as itself (left as it is when its
+    marker or value is not one Celery writes)."""
+    if d.keys() == {"__type__", "__value__"}:
+        decode = _UNMARK.get(d["__type__"])
+        if decode is not None:
+            try:
+                return decode(d["__value__"])
+            except (TypeError, ValueError, AttributeError, _decimal.InvalidOperation):
+                return d
+    return d
+
+
+def _celery_loads(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data, object_hook=_celery_hook)
+    except ValueError as e:
+        raise InvalidArgument(f"{what}: payload is not JSON: {e}") from None
 
 
 def _when_ns(when: Union[_dt.datetime, str, int, float], what: str) -> int:
@@ -281,7 +326,7 @@ class Task:
 
     # -- running in a worker ----------------------------------------------------------------
     def _handle(self, ev: Any) -> Any:
-        body = ev.json()
+        body = _celery_loads(ev.payload, f"event {ev.id}")
         h = ev.headers
         exp = h.get("expires")
         if not exp and h.get("expires_in_ms"):
@@ -335,7 +380,7 @@ class Task:
         # cannot carry fails the task, as Celery's JSON result serializer does (EncodeError),
         # rather than reaching get() as its str().
         try:
-            return json.dumps({"value": r}, separators=(",", ":"), default=_result_default).encode()
+            return json.dumps({"value": r}, separators=(",", ":"), default=_celery_default).encode()
         except (TypeError, ValueError) as e:
             raise Reject(f"EncodeError: the task's return value is not JSON-serialisable: {e}") from e
 
@@ -540,8 +585,8 @@ def task_message(app: "App", name: str, args: Optional[Sequence[Any]] = None,
     else:
         topic = _queue or app.topic
     body = {"args": list(args), "kwargs": kwargs or {}, "task": name}
-    try:
-        json.dumps(body)
+    try:  # dates, UUIDs, Decimals, bytes marked as Celery marks them
+        body = json.loads(json.dumps(body, default=_celery_default))
     except (TypeError, ValueError) as e:
         raise InvalidArgument(f"task {name}: arguments are not JSON-serialisable: {e}") from None
     hdr: Dict[str, str] = {"task": _str(name, "name")}
@@ -711,7 +756,7 @@ class AsyncResult:
         if st.state == "done":
             if st.result is not None:
                 try:
-                    d = json.loads(st.result)
+                    d = json.loads(st.result, object_hook=_celery_hook)
                 except ValueError:
                     d = None
                 if isinstance(d, dict) and "value" in d:

@@ -31,7 +31,7 @@ from ..records import EventStatus
 from ..log import Log
 from ..message import _str
 from ..errors import NotFound, NotSupported
-from ..tasks import Task, send_task
+from ..tasks import Task, _celery_loads, send_task
 from . import beat, exceptions, signals, states
 from .exceptions import ImproperlyConfigured
 from .result import AsyncResult
@@ -657,7 +657,7 @@ class Inspect:
                     break
                 st = g.status(ev.offset)
                 if want(st, ev):
-                    body = ev.json() if ev.type.startswith("task.") else {}
+                    body = _celery_loads(ev.payload, ev.id) if ev.type.startswith("task.") else {}
                     out.append({"id": ev.headers.get("task_id") or ev.id, "name": ev.headers.get("task"),
                                 "args": body.get("args"), "kwargs": body.get("kwargs"),
                                 "delivery_info": {"routing_key": q, "priority": ev.headers.get("priority")},
