@@ -154,6 +154,8 @@ struct net_server {
   pthread_mutex_t log_mu; /* rate limit of client-error lines */
   int64_t log_window;
   int log_count, log_dropped;
+  int64_t trouble_window; /* the second of the last storage-trouble line (server_trouble) */
+  int trouble_dropped;    /* such lines not logged since */
 };
 
 /* A worker thread: its reply socket and its turn between plain requests and lanes. */
@@ -189,6 +191,10 @@ int server_allow_load(struct net_server *s, int reload);
 /* Opens log_file (when set) as s->log_fd; on a reload opens it again in place of the old
  * one (logrotate moved it), logging what failed and keeping the old one then. */
 int server_log_open(struct net_server *s, int reload);
+/* Logs a request that failed for the daemon's own reason (a full disk, an I/O error,
+ * damage, memory, a bug: never the client's), at most one line a second, counting the
+ * rest; other codes log nothing. */
+void server_trouble(struct net_server *s, int code, const char *op, const char *why);
 void server_log(struct net_server *s, const char *level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Whether another client-error line fits this second (LOG_BURST); *dropped: lines

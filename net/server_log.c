@@ -123,6 +123,29 @@ int server_client_log_ok(struct net_server *s, int *dropped) {
   return ok;
 }
 
+void server_trouble(struct net_server *s, int code, const char *op, const char *why) {
+  if (code != ENGRAM_ENOSPC && code != ENGRAM_EIO && code != ENGRAM_ECORRUPT &&
+      code != ENGRAM_ENOMEM && code != ENGRAM_EINTERNAL)
+    return;
+  pthread_mutex_lock(&s->log_mu);
+  int64_t sec = clock_monotonic_ns() / 1000000000;
+  int ok = sec != s->trouble_window, dropped = s->trouble_dropped;
+  if (ok) {
+    s->trouble_window = sec;
+    s->trouble_dropped = 0;
+  } else {
+    s->trouble_dropped++;
+  }
+  pthread_mutex_unlock(&s->log_mu);
+  if (!ok) return;
+  if (dropped)
+    server_log(s, "error", "storage",
+               "op %s: %s: %s (and %d more such failures since the last line)", op,
+               engram_errname(code), why, dropped);
+  else
+    server_log(s, "error", "storage", "op %s: %s: %s", op, engram_errname(code), why);
+}
+
 void server_client_error(struct net_server *s, zmq_msg_t *body, int code, const char *op,
                          const char *why) {
   int dropped;

@@ -23,7 +23,10 @@ void server_reply_send(struct net_server *s, void *sock, struct job *j, Engram__
   rp->version = ENGRAM_PROTOCOL_VERSION;
   rp->code = err_public(rp->code); /* never "a reply with an invalid code" */
   s->requests++;
-  if (rp->code) s->errors++;
+  if (rp->code) {
+    s->errors++;
+    server_trouble(s, rp->code, net_op_name(j->pk.op), rp->error ? rp->error : "");
+  }
   size_t n = engram__wire__reply__get_packed_size(rp);
   zmq_msg_t m;
   if (zmq_msg_init_size(&m, n) != 0) {

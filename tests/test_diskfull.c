@@ -20,6 +20,7 @@
 
 #include "engram.h"
 #include "helpers/testutil.h"
+#include "test_net_daemon.h"
 
 #define EV_SIZE 4096
 
@@ -347,6 +348,38 @@ static void opening_an_existing_log_on_a_full_disk_never_kills_the_process(void 
   free(logdir);
 }
 
+/* A daemon whose disk fills: its clients get ENGRAM_ENOSPC, and its log says so (one
+ * line a second at most); it said nothing, and an operator saw only clients failing. */
+static void a_daemon_on_a_full_disk_says_so_in_its_log(void **state) {
+  fx *f = *state;
+  need_tmpfs(f);
+  td d;
+  td_init(&d, "diskfull-serve"); /* its socket and log outside the full file system */
+  free(d.logdir);
+  d.logdir = tu_join(f->dir, "log");
+  td_start(&d);
+  engram *r = td_connect_within(d.ep, 10000, NULL);
+  assert_non_null(r);
+  engram_topic_config cfg = {.compress_threshold = UINT32_MAX};
+  assert_int_equal(engram_topic_create(r, "blobs", &cfg), 0);
+  static unsigned char buf[EV_SIZE];
+  int rc = 0;
+  for (int i = 0; i < 10000 && rc == 0; i++) {
+    tu_fill_random(buf, sizeof buf, (uint64_t)i + 1);
+    engram_event e = {.type = "blob.put", .payload = buf, .payload_len = sizeof buf};
+    rc = engram_append(r, "blobs", &e, NULL, NULL);
+  }
+  assert_int_equal(rc, ENGRAM_ENOSPC);
+  int said = 0;
+  for (int64_t until = tu_mono_ms() + 5000; !said && tu_mono_ms() < until; tu_sleep_ms(20))
+    said = td_log_has(&d, "error storage: op append: ENGRAM_ENOSPC");
+  if (!said) td_dump_log(&d);
+  assert_true(said);
+  engram_close(r);
+  assert_int_equal(td_stop(&d), 0);
+  td_done(&d);
+}
+
 int main(void) {
   tu_test_filter();
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -355,6 +388,7 @@ int main(void) {
       T(creating_a_log_on_a_full_disk_fails_with_enospc_and_leaves_nothing_behind),
       T(appends_into_a_hole_on_a_full_disk_fail_cleanly),
       T(opening_an_existing_log_on_a_full_disk_never_kills_the_process),
+      T(a_daemon_on_a_full_disk_says_so_in_its_log),
   };
   return cmocka_run_group_tests_name("diskfull", tests, NULL, NULL);
 }
