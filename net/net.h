@@ -161,9 +161,10 @@ static inline char *net_str(const char *s) { return (char *)(s ? s : ""); }
  * same without one, renewed in every forked child. Where libzmq is linked in statically
  * it is left as it is. */
 void *net_zmq_ctx_new(void);
-/* Refuses (ENGRAM_EINVAL, naming `what`) a tcp:// endpoint whose port libzmq would
- * silently change: not a number, over 65535, or 0 where it connects (binding also takes
- * 0 and *, a free port). Other transports pass. */
+/* Refuses (ENGRAM_EINVAL, naming `what`) an endpoint without TRANSPORT://, an http(s)://
+ * address (the dashboard's, not the requests'), and a tcp:// endpoint whose port libzmq
+ * would silently change: not a number, over 65535, or 0 where it connects (binding also
+ * takes 0 and *, a free port). Other transports pass, for libzmq to judge. */
 int net_endpoint_check(const char *what, const char *ep, int binding);
 
 /* ---------------------------------------------------------------------------------

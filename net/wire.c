@@ -619,6 +619,17 @@ void *net_zmq_ctx_new(void) {
 }
 
 int net_endpoint_check(const char *what, const char *ep, int binding) {
+  if (!strstr(ep, "://"))
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "%s %.300s: an endpoint is TRANSPORT://ADDRESS: tcp://HOST:PORT, "
+                     "ipc:///PATH or inproc://NAME (e.g. tcp://127.0.0.1:7450)",
+                     what, ep);
+  if (!strncmp(ep, "http://", 7) || !strncmp(ep, "https://", 8))
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "%s %.300s: engram's requests travel over ZeroMQ, not HTTP: give the "
+                     "daemon's --listen endpoint (tcp://HOST:PORT, e.g. tcp://127.0.0.1:7450); "
+                     "--http serves the dashboard only",
+                     what, ep);
   if (strncmp(ep, "tcp://", 6) != 0) return 0; /* ipc and inproc have no port */
   /* libzmq reads a TCP port with strtoul and keeps its low 16 bits: port 99999 would be
    * 34463 without a word, and a port with text after its digits the digits alone. */

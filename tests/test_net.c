@@ -1177,6 +1177,20 @@ static void a_tcp_port_libzmq_would_change_is_refused(void **state) {
     assert_null(r);
     assert_non_null(strstr(engram_errmsg(NULL), "TCP port"));
   }
+  /* An address without its transport, or the dashboard's HTTP address, is told what an
+   * endpoint is (libzmq said only "Invalid argument", "Protocol not supported"). */
+  const char *what[][2] = {{"127.0.0.1:7450", "TRANSPORT://ADDRESS"},
+                           {"localhost", "TRANSPORT://ADDRESS"},
+                           {"http://127.0.0.1:8080", "not HTTP"},
+                           {"https://engram.example:443", "not HTTP"}};
+  for (size_t i = 0; i < sizeof what / sizeof what[0]; i++) {
+    engram *r = NULL;
+    assert_int_equal(engram_connect(what[i][0], &o, &r), ENGRAM_EINVAL);
+    assert_null(r);
+    const char *m = engram_errmsg(NULL);
+    if (!strstr(m, what[i][1]) || !strstr(m, "tcp://127.0.0.1:7450"))
+      fail_msg("connect %s: %s", what[i][0], m);
+  }
   /* The daemon refuses such a listen or notify endpoint before it opens anything. */
   const char *listen_bad[] = {"tcp://127.0.0.1:99999", NULL};
   const char *notify_bad[] = {NULL, "tcp://127.0.0.1:70000"};
