@@ -920,6 +920,13 @@ static int open_impl(const char *path, const engram_options *opts, int lock, str
   char norm[3900];
   if (!path || !*path || strlen(path) > 3800 || norm_path(path, norm, sizeof norm) < 0)
     return log_error(NULL, ENGRAM_EINVAL, "open: invalid path");
+  struct stat pst;
+  if (strstr(path, "://") && stat(path, &pst) < 0)
+    return log_error(NULL, ENGRAM_EINVAL,
+                     "open %s: that is an endpoint, not a directory: a log served by engram "
+                     "serve is reached with engram_connect (Python engram.connect, the CLI's "
+                     "--connect)",
+                     path);
   path = norm;
   engram_options o = opts ? *opts : (engram_options){0};
   uint32_t asked_topics = o.max_topics; /* 0: the log's own */

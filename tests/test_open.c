@@ -329,6 +329,9 @@ static void each_thing_that_is_not_a_log_gets_a_message_naming_it(void **state) 
   /* A missing parent. */
   snprintf(p, sizeof p, "%s/no/such/log", f->root);
   expect_open_error(p, 0, ENGRAM_ENOTFOUND, "does not exist: create it first");
+  /* An endpoint given for a directory: not "create tcp:/ first". */
+  expect_open_error("tcp://127.0.0.1:7450", 0, ENGRAM_EINVAL, "an endpoint, not a directory");
+  expect_open_error("ipc:///run/engram.ipc", ENGRAM_OPEN_RDONLY, ENGRAM_EINVAL, "engram_connect");
   /* A missing log without create. */
   expect_open_error(f->log, ENGRAM_OPEN_NOCREATE, ENGRAM_ENOTFOUND, "no log there");
   expect_open_error(f->log, ENGRAM_OPEN_RDONLY, ENGRAM_ENOTFOUND, "no log there");
