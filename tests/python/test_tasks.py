@@ -478,6 +478,26 @@ def test_a_result_over_the_limit_fails_at_once_instead_of_being_retried_unacked(
     assert st.state == "dead" and "ResultTooBig" in st.last_error
 
 
+def test_asking_for_early_acks_is_warned_about_not_ignored(log_path, caplog):
+    """acks_late=False is Celery's at most once (a worker that dies mid-task loses it):
+    engram runs such a task again, and says so where it is asked for."""
+    import logging
+    import engram.celery
+    from engram.celery import Celery
+    engram.celery._warned.discard("task_acks_late")  # warned once a process
+    capp = Celery("c", broker=log_path)
+    with caplog.at_level(logging.WARNING, logger="engram.celery"):
+        capp.conf.task_acks_late = False
+
+        @capp.task(acks_late=False)
+        def send_email():
+            return None
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("task_acks_late=False: engram acks a task only once it returned")
+               for m in said), said
+    assert any("send_email: acks_late=False" in m and "runs again" in m for m in said), said
+
+
 # -- revoke --------------------------------------------------------------------------------------
 def test_revoke_terminate_stops_a_running_task(log):
     app = task_app(log)

@@ -267,8 +267,10 @@ class Task:
         self.throws = tuple(o["throws"] or ())
         if o["serializer"] != "json":
             raise NotSupported(f"serializer {o['serializer']!r}: tasks are JSON only")
-        if not o["acks_late"] or not o["reject_on_worker_lost"]:
-            pass  # engram always acks after the task and redelivers on a lost worker
+        for k in ("acks_late", "reject_on_worker_lost"):
+            if not o[k]:  # engram always acks after the task and redelivers on a lost worker
+                from .celery import _warn_at_least_once
+                _warn_at_least_once(f"task {self.name}: {k}")
         for k in ("soft_time_limit", "time_limit", "default_retry_delay", "retry_backoff_max"):
             _ms(o[k], k)
         if self.max_retries is not None and (isinstance(self.max_retries, bool) or

@@ -117,6 +117,18 @@ _DEFAULTS: Dict[str, Any] = {
     "task_always_eager": False, "beat_schedule": {},
 }
 _warned: Set[str] = set()
+
+
+def _warn_at_least_once(what: str) -> None:
+    """acks_late=False asks Celery for at most once: the message is acked when the task
+    starts, and a worker that dies mid-task loses it. engram finishes a task only when it
+    returned, so such a task runs again: say so, once per name."""
+    if what in _warned:
+        return
+    _warned.add(what)
+    logger.warning("%s=False: engram acks a task only once it returned, so a task whose worker "
+                   "dies mid-run runs again (at least once, never lost), where Celery would "
+                   "drop it: make the task idempotent (see docs/migrating/celery.md)", what)
 # beat_scheduler values: Celery's own schedulers keep their state in a file, engram's in the
 # log; django_celery_beat's also reads PeriodicTask rows, which engram does not.
 _SCHEDULERS = {"celery.beat:PersistentScheduler", "celery.beat.PersistentScheduler",
@@ -179,6 +191,8 @@ class Settings(Dict[str, Any]):
         elif key == "task_default_rate_limit":
             from ..tasks import parse_rate
             parse_rate(value)
+        elif key in ("task_acks_late", "task_reject_on_worker_lost") and not value:
+            _warn_at_least_once(key)
         elif key == "task_acks_on_failure_or_timeout" and not value:
             bad = "a failed task always goes to the dead-letter queue (redrive it to run it again)"
         elif key == "task_create_missing_queues" and not value:
