@@ -498,6 +498,31 @@ def test_asking_for_early_acks_is_warned_about_not_ignored(log_path, caplog):
     assert any("send_email: acks_late=False" in m and "runs again" in m for m in said), said
 
 
+def test_arguments_that_do_not_fit_the_task_are_refused_when_sent(log):
+    """Celery checks the arguments against the task's signature when it sends (its
+    ``typing``, on by default): a wrong call fails at delay(), not later in a worker."""
+    app = task_app(log)
+
+    @app.task
+    def add(x, y):
+        return x + y
+
+    @app.task(bind=True)
+    def bound(self, x):
+        return x
+
+    @app.task(typing=False)
+    def unchecked(x):
+        return x
+    for call in (lambda: add.delay(1), lambda: add.delay(1, 2, 3), lambda: add.delay(1, z=2),
+                 lambda: bound.delay(), lambda: add.s(1).delay(y=2, x=3)):
+        with pytest.raises(TypeError, match=r"\(\) "):
+            call()
+    assert "tasks" not in [t.name for t in log.topics()]  # nothing was sent
+    sent = [add.delay(1, 2), add.s(1).delay(2), bound.delay(5), unchecked.delay()]
+    assert log.topic("tasks").count == len(sent)
+
+
 # -- revoke --------------------------------------------------------------------------------------
 def test_revoke_terminate_stops_a_running_task(log):
     app = task_app(log)

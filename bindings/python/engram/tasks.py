@@ -260,6 +260,7 @@ class Task:
         self.retry_backoff = o["retry_backoff"]
         self.retry_backoff_max = o["retry_backoff_max"]
         self.retry_jitter = bool(o["retry_jitter"])
+        self.typing = bool(o["typing"])
         self.ignore_result = bool(o["ignore_result"])
         self.priority = o["priority"]
         self.expires = o["expires"]
@@ -440,6 +441,23 @@ class Task:
                   **options: Any) -> "Signature":
         return Signature(self, args or (), kwargs or {}, options)
 
+    def _check_arguments(self, args: Optional[Sequence[Any]], kwargs: Optional[Dict[str, Any]]) -> None:
+        """TypeError when the task could not be called with these arguments (a bound
+        task's first parameter is the task itself)."""
+        try:
+            sig = inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            return  # a callable without a signature: nothing to check
+        params = list(sig.parameters.values())
+        if self.bind and params:
+            sig = sig.replace(parameters=params[1:])
+        if not isinstance(args, (list, tuple)) and args is not None:
+            return  # send_task says what is wrong with it
+        try:
+            sig.bind(*(args or ()), **(kwargs or {}))
+        except TypeError as e:
+            raise TypeError(f"{getattr(self.fn, '__name__', self.name)}() {e}") from None
+
     def apply_async(self, args: Optional[Sequence[Any]] = None, kwargs: Optional[Dict[str, Any]] = None,
                     **options: Any) -> "AsyncResult":
         """Sends the task: one durable append. ``countdown`` (seconds) or ``eta``
@@ -449,7 +467,10 @@ class Task:
         against the app's queue bindings, else the queue of that name); ``task_id``: the
         id, also an idempotency key (sending it twice inside the dedup window runs it
         once). Options engram cannot honour (``link``, ``exchange`` ...) raise
-        NotSupported; unknown ones TypeError."""
+        NotSupported; unknown ones TypeError. Arguments that do not fit the function's
+        signature raise TypeError here, as Celery's ``typing`` (on by default) does."""
+        if self.typing:
+            self._check_arguments(args, kwargs)
         return send_task(self.app, self.name, args, kwargs, _queue=self.queue,
                          _priority=self.priority, _expires=self.expires, **options)
 
