@@ -523,6 +523,38 @@ def test_arguments_that_do_not_fit_the_task_are_refused_when_sent(log):
     assert log.topic("tasks").count == len(sent)
 
 
+class InsufficientFunds(Exception):
+    """An application's own exception, for the test below."""
+
+
+def test_a_failed_tasks_own_exception_class_comes_back_to_its_caller(log_path):
+    """Celery re-raises a task's own exception class in get() when the caller has its
+    module loaded: ``except InsufficientFunds`` works. An exception class of the same name
+    made up on the spot did not match it."""
+    from engram.celery import Celery
+    capp = Celery("c", broker=log_path)
+
+    @capp.task
+    def pay(amount):
+        raise InsufficientFunds(f"balance below {amount}")
+
+    @capp.task
+    def local():
+        class Local(Exception):
+            pass
+        raise Local("made inside")
+    r, r2 = pay.delay(5), local.delay()
+    capp.app.run(1, idle_timeout=0.3, wait=0.05, install_signals=False)
+    with pytest.raises(InsufficientFunds, match="^balance below 5$"):
+        r.get(timeout=1)
+    assert type(r.result) is InsufficientFunds
+    assert r.group.status(r.offset).last_error.startswith(
+        f"rejected: {__name__}.InsufficientFunds: balance below 5 (")
+    with pytest.raises(Exception, match="^made inside$") as e:
+        r2.get(timeout=1)
+    assert type(e.value).__name__ == "Local"
+
+
 # -- revoke --------------------------------------------------------------------------------------
 def test_revoke_terminate_stops_a_running_task(log):
     app = task_app(log)

@@ -1295,9 +1295,21 @@ def _where(filename: str) -> str:
     return filename[len(best) + 1:] if best else filename
 
 
+def _exc_name(exc: BaseException) -> str:
+    """The name a failure keeps for its exception: bare for built-in ones, engram's and
+    those of __main__, else "module.Class", so that a task's caller gets its own class
+    back (AsyncResult.get(), as Celery does)."""
+    t = type(exc)
+    if t.__module__ in ("builtins", "__main__") or t.__module__.split(".")[0] == "engram":
+        return t.__qualname__
+    if "<" in t.__qualname__:  # defined inside a function: no caller can name it
+        return t.__name__
+    return f"{t.__module__}.{t.__qualname__}"
+
+
 def _describe(exc: BaseException) -> str:
     """"Type: message (module/path.py:line)" — what a failure keeps as its last error."""
-    msg = f"{type(exc).__name__}: {str(exc)[:160]}"
+    msg = f"{_exc_name(exc)}: {str(exc)[:160]}"
     tb = traceback.extract_tb(exc.__traceback__)
     if tb:
         last = tb[-1]

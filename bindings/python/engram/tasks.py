@@ -27,6 +27,7 @@ import inspect
 import json
 import random
 import socket
+import sys
 import threading
 import time
 import uuid as _uuid
@@ -673,6 +674,20 @@ KNOWN_EXCEPTIONS: Dict[str, Type[BaseException]] = {
 }
 
 
+def _loaded_class(parts: List[str]) -> Any:
+    """The class "module.path.Class" (or "module.Outer.Inner") names, found in a module
+    this process has already imported (as Celery finds a task's exception class: nothing
+    is imported for it); None when there is none."""
+    for i in range(len(parts) - 1, 0, -1):
+        obj: Any = sys.modules.get(".".join(parts[:i]))
+        if obj is None:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr, None)
+        return obj
+    return None
+
+
 def _exception_from(last_error: str) -> BaseException:
     """Rebuilds the exception a task failed with from "Type: message (where:line)"."""
     text = last_error
@@ -680,13 +695,14 @@ def _exception_from(last_error: str) -> BaseException:
         if text.startswith(prefix):
             text = text[len(prefix):]
     name, sep, msg = text.partition(": ")
-    if not sep or not name.isidentifier():
+    parts = name.split(".")
+    if not sep or not all(p.isidentifier() for p in parts):
         return TaskFailed(last_error or "the task failed")
     if msg.endswith(")") and " (" in msg:
         msg = msg[:msg.rindex(" (")]
-    cls = KNOWN_EXCEPTIONS.get(name) or getattr(builtins, name, None)
+    cls = KNOWN_EXCEPTIONS.get(name) or getattr(builtins, name, None) or _loaded_class(parts)
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-        cls = type(name, (Exception,), {"__module__": "engram.tasks.remote"})
+        cls = type(parts[-1], (Exception,), {"__module__": "engram.tasks.remote"})
     arg: Any = msg
     if issubclass(cls, KeyError) and msg:
         # str() of a KeyError is the repr of its key: give the key back, not its quotes.
