@@ -555,6 +555,24 @@ def test_a_failed_tasks_own_exception_class_comes_back_to_its_caller(log_path):
     assert type(e.value).__name__ == "Local"
 
 
+def test_a_task_raising_ignore_is_consumed_without_a_result_or_a_failure(log_path):
+    from engram.celery import Celery
+    from engram.celery.exceptions import Ignore
+    capp = Celery("c", broker=log_path)
+    runs = []
+
+    @capp.task
+    def dedupe(key):
+        runs.append(key)
+        raise Ignore()
+    r = dedupe.delay("m1")
+    stats = capp.app.run(1, idle_timeout=0.3, wait=0.05, install_signals=False)
+    assert runs == ["m1"] and stats.handled == 1 and stats.failed == stats.rejected == 0
+    assert r.state == "PENDING" and r.result is None  # as Celery: no state recorded
+    st = r.group.status(r.offset)
+    assert st.state == "done" and st.result is None and capp.app.group_for("celery").dlq() == []
+
+
 # -- revoke --------------------------------------------------------------------------------------
 def test_revoke_terminate_stops_a_running_task(log):
     app = task_app(log)

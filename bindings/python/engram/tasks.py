@@ -69,6 +69,11 @@ class MaxRetriesExceededError(Exception):
     """``self.retry()`` was called on a task already retried ``max_retries`` times."""
 
 
+class Ignore(Exception):
+    """Celery's ``Ignore``: raised by a task, its message is consumed and nothing is
+    recorded of this run (no result, not a failure; its state reads PENDING)."""
+
+
 def _type_for(name: str) -> str:
     t = "task." + "".join(c if c.isalnum() or c in "_-." else "_" for c in name)
     return t.strip(".")
@@ -362,6 +367,8 @@ class Task:
                     r = run_coroutine(_awaited(r))
             except (Retry, Reject):
                 raise
+            except Ignore:
+                return None  # acked without a result
             except Exception as e:  # a task failure, or a retry it asked for
                 if self.autoretry_for and isinstance(e, self.autoretry_for):
                     try:

@@ -7,11 +7,11 @@ from ..app import Reject as _Reject
 from ..app import Retry as _Retry
 from ..app import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
 from ..errors import InvalidArgument, NotSupported, TaskRevoked, Timeout
-from ..tasks import MaxRetriesExceededError
+from ..tasks import Ignore, MaxRetriesExceededError
 
 __all__ = ["SoftTimeLimitExceeded", "TimeLimitExceeded", "Terminated", "Retry", "Reject", "MaxRetriesExceededError",
            "TaskRevokedError", "TimeoutError", "NotRegistered", "ImproperlyConfigured",
-           "NotSupported", "WorkerLostError"]
+           "NotSupported", "WorkerLostError", "Ignore"]
 
 
 class Retry(_Retry):
