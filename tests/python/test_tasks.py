@@ -573,6 +573,42 @@ def test_a_task_raising_ignore_is_consumed_without_a_result_or_a_failure(log_pat
     assert st.state == "done" and st.result is None and capp.app.group_for("celery").dlq() == []
 
 
+def test_apply_runs_the_task_here_and_current_app_stands_for_the_app(log_path):
+    """Celery's ``task.apply()`` (unit tests of Celery code call it) runs the task at once
+    in the caller, retries included, and returns an EagerResult; ``current_app`` is the
+    app's stand-in (``current_app.conf``, ``current_app.send_task``). Both were missing."""
+    from engram.celery import Celery, current_app
+    capp = Celery("c", broker=log_path)
+    tries = []
+
+    @capp.task(bind=True, max_retries=3)
+    def flaky(self, x):
+        tries.append((self.request.retries, self.request.is_eager))
+        if self.request.retries < 2:
+            raise self.retry(countdown=60)
+        return x * 2
+
+    @capp.task(autoretry_for=(KeyError,), retry_kwargs={"max_retries": 1})
+    def missing(d):
+        return d["k"]
+    r = flaky.apply((21,))
+    assert (r.get(), r.state, r.successful(), r.ready()) == (42, "SUCCESS", True, True)
+    assert tries == [(0, True), (1, True), (2, True)]  # retried at once, not sent
+    bad = missing.apply(({},))
+    assert bad.state == "FAILURE" and isinstance(bad.result, KeyError) and "KeyError" in bad.traceback
+    with pytest.raises(KeyError):
+        bad.get()
+    with pytest.raises(KeyError):
+        missing.apply(({},), throw=True)
+    with pytest.raises(TypeError):
+        flaky.apply(())  # arguments checked as apply_async checks them
+    with engram.open(log_path) as lg:
+        assert lg.topics() == []  # nothing was sent
+    assert current_app() is capp and current_app.main == "c"
+    assert current_app.conf is capp.conf and current_app.tasks[flaky.name] is flaky
+    assert current_app.send_task(flaky.name, args=(1,)).id == "celery:1"
+
+
 # -- revoke --------------------------------------------------------------------------------------
 def test_revoke_terminate_stops_a_running_task(log):
     app = task_app(log)

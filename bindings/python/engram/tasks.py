@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import uuid as _uuid
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple,
                     Type, Union)
@@ -39,13 +40,14 @@ from .app import (Reject, Retry, SoftTimeLimitExceeded, Terminated, TimeLimitExc
 from .group import Group
 from .message import Duration, _ms, _str
 from . import _engram
-from .errors import (Error, InvalidArgument, NotFound, NotSupported, TaskFailed, TaskRevoked, Timeout,
-                     error_for_code)
+from .errors import (Error, InternalError, InvalidArgument, NotFound, NotSupported, TaskFailed,
+                     TaskRevoked, Timeout, error_for_code)
 
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["Task", "AsyncResult", "Context", "MaxRetriesExceededError", "states", "Signature"]
+__all__ = ["Task", "AsyncResult", "EagerResult", "Context", "MaxRetriesExceededError", "states",
+           "Signature"]
 
 
 class states:
@@ -332,6 +334,46 @@ class Task:
             except RuntimeError:
                 return run_coroutine(r)
         return r
+
+    def apply(self, args: Optional[Sequence[Any]] = None, kwargs: Optional[Dict[str, Any]] = None,
+              task_id: Optional[str] = None, throw: Optional[bool] = None,
+              **options: Any) -> "EagerResult":
+        """Celery's ``apply``: runs the task here, now, and returns an EagerResult; nothing
+        is sent or stored. A retry it asks for (``self.retry``, ``autoretry_for``) runs it
+        again at once, up to ``max_retries``, as Celery's eager mode does. ``throw=True``
+        raises the task's exception instead of returning it in the result."""
+        if options:
+            raise NotSupported(f"apply() options {sorted(options)}: apply runs the task here; "
+                               f"they apply to apply_async")
+        if self.typing:
+            self._check_arguments(args, kwargs)
+        call_args, call_kwargs = list(args or ()), dict(kwargs or {})
+        tid = task_id or str(_uuid.uuid4())
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        for retries in range(10_000):
+            stack.append(Context(id=tid, retries=retries, args=call_args, kwargs=call_kwargs,
+                                 task=self.name, is_eager=True, called_directly=False,
+                                 attempt=retries + 1))
+            try:
+                r = self(*call_args, **call_kwargs)
+                if inspect.isawaitable(r):
+                    r = run_coroutine(_awaited(r))
+                return EagerResult(tid, states.SUCCESS, r)
+            except Retry:
+                continue
+            except Exception as e:
+                if self.autoretry_for and isinstance(e, self.autoretry_for):
+                    limit = self.retry_kwargs.get("max_retries", self.max_retries)
+                    if limit is None or retries < limit:
+                        continue
+                if throw:
+                    raise
+                return EagerResult(tid, states.FAILURE, e, traceback.format_exc())
+            finally:
+                stack.pop()
+        raise InternalError(f"task {self.name}: apply retried 10000 times")
 
     # -- running in a worker ----------------------------------------------------------------
     def _handle(self, ev: Any) -> Any:
@@ -722,6 +764,41 @@ def _exception_from(last_error: str) -> BaseException:
         return exc
     except Exception:
         return TaskFailed(last_error)
+
+
+class EagerResult:
+    """What ``Task.apply`` returns: the outcome of a run made here, now (Celery's
+    ``EagerResult``): ``id``, ``state``/``status``, ``result``, ``traceback``, ``get()``."""
+
+    def __init__(self, id: str, state: str, result: Any, traceback: Optional[str] = None) -> None:
+        self.id, self.task_id = id, id
+        self.state = self.status = state
+        self.result = self.info = result
+        self.traceback = traceback
+
+    def ready(self) -> bool:
+        return True
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    def get(self, timeout: Optional[Duration] = None, propagate: bool = True, **kw: Any) -> Any:
+        """The return value; the task's exception is raised (or returned, with
+        ``propagate=False``) when it failed."""
+        if self.state == states.FAILURE and propagate:
+            raise self.result
+        return self.result
+
+    wait = get
+
+    def forget(self) -> None:
+        pass  # nothing was stored
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"
 
 
 class AsyncResult:

@@ -258,11 +258,24 @@ _current: List["Celery"] = []
 _shared: List[Tuple[Callable[..., Any], Dict[str, Any]]] = []
 
 
-def current_app() -> "Celery":
-    """The app made last (Celery's current app)."""
-    if not _current:
-        raise ImproperlyConfigured("no engram.celery.Celery app has been created yet")
-    return _current[-1]
+class _CurrentApp:
+    """Celery's ``current_app``: the app made last. Its attributes are that app's
+    (``current_app.send_task(...)``, ``current_app.conf``, ``current_app.tasks``);
+    calling it returns the app itself."""
+
+    def __call__(self) -> "Celery":
+        if not _current:
+            raise ImproperlyConfigured("no engram.celery.Celery app has been created yet")
+        return _current[-1]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self(), name)
+
+    def __repr__(self) -> str:
+        return f"<current_app: {_current[-1]!r}>" if _current else "<current_app: none yet>"
+
+
+current_app = _CurrentApp()
 
 
 def _native_app(app: Any) -> App:

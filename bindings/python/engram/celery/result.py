@@ -5,6 +5,7 @@ from typing import Any, Optional
 
 from ..group import Group
 from ..tasks import AsyncResult as _Native
+from ..tasks import EagerResult
 from ..tasks import _exception_from, _locate
 from .exceptions import TaskRevokedError, TimeoutError
 
@@ -38,11 +39,3 @@ class AsyncResult(_Native):
 
     def _timeout(self, t: float, state: str) -> BaseException:
         return TimeoutError(f"The operation timed out ({t:g}s; task {self.id} is {state})")
-
-
-class EagerResult:
-    """Kept for imports; engram has no eager mode (``task_always_eager`` is refused)."""
-
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        from ..errors import NotSupported
-        raise NotSupported("eager results: engram has no task_always_eager mode")
