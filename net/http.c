@@ -530,7 +530,6 @@ static void ep_series(struct req *r) {
   hb_puts(b, "]}\n");
 }
 
-/* One event's detail: the record, and its status in `group` when given. */
 /* Celery's names for engram's states, for the Flower-compatible endpoints. */
 static const char *celery_state(engram_event_state s) {
   switch (s) {
