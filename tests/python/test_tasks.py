@@ -609,6 +609,64 @@ def test_apply_runs_the_task_here_and_current_app_stands_for_the_app(log_path):
     assert current_app.send_task(flaky.name, args=(1,)).id == "celery:1"
 
 
+def test_celery_worker_and_task_signals_reach_their_receivers(log_path, tmp_path):
+    """task_prerun/postrun/success/failure/retry, worker_ready/shutdown and
+    worker_process_init are sent with Celery's arguments; connecting to them raised
+    NotSupported, so an app that connects one (per-process set-up, metrics, Sentry) could
+    not start."""
+    from engram.celery import Celery, signals
+    capp = Celery("c", broker=log_path)
+    seen = []
+    mark = tmp_path / "process-init"
+    receivers = {
+        signals.task_prerun: lambda sender, task_id, args, **kw: seen.append(("prerun", sender.name, args)),
+        signals.task_success: lambda sender, result, **kw: seen.append(("success", sender.name, result)),
+        signals.task_failure: lambda sender, exception, **kw: seen.append(("failure", sender.name, repr(exception))),
+        signals.task_retry: lambda sender, reason, **kw: seen.append(("retry", sender.name)),
+        signals.task_postrun: lambda sender, state, retval, **kw: seen.append(("postrun", sender.name, state, retval)),
+        signals.worker_ready: lambda sender, **kw: seen.append(("ready",)),
+        signals.worker_shutdown: lambda sender, **kw: seen.append(("shutdown",)),
+        signals.worker_process_init: lambda sender, **kw: mark.write_text(str(os.getpid())),
+    }
+    for sig_, fn in receivers.items():
+        sig_.connect(fn)
+    try:
+        @capp.task
+        def ok(x):
+            return x + 1
+
+        @capp.task
+        def bad():
+            raise ValueError("no")
+
+        @capp.task(bind=True, max_retries=1, default_retry_delay=0.01)
+        def again(self):
+            if self.request.retries == 0:
+                raise self.retry()
+            return "second"
+        ok.delay(1)
+        capp.app.run(1, idle_timeout=0.3, wait=0.05, install_signals=False)
+        assert seen == [("ready",), ("prerun", ok.name, [1]), ("success", ok.name, 2),
+                        ("postrun", ok.name, "SUCCESS", 2), ("shutdown",)]
+        seen.clear()
+        bad.delay()
+        again.delay()
+        capp.app.run(1, idle_timeout=0.5, wait=0.05, install_signals=False)
+        assert ("failure", bad.name, "ValueError('no')") in seen
+        assert ("postrun", bad.name, "FAILURE", None) in seen
+        assert ("retry", again.name) in seen and ("postrun", again.name, "RETRY", None) in seen
+        assert ("success", again.name, "second") in seen
+        # The prefork pool's processes: worker_process_init in each, before its first task.
+        ok.delay(2)
+        capp.app.run(1, idle_timeout=0.5, wait=0.05, install_signals=False, mode="process")
+        assert mark.exists() and int(mark.read_text()) != os.getpid()
+    finally:
+        for sig_, fn in receivers.items():
+            sig_.disconnect(fn)
+    with pytest.raises(engram.NotSupported, match="task_revoked"):
+        signals.task_revoked.connect(lambda **kw: None)
+
+
 # -- revoke --------------------------------------------------------------------------------------
 def test_revoke_terminate_stops_a_running_task(log):
     app = task_app(log)

@@ -294,6 +294,9 @@ class App:
         # batch, mode, max_tasks_per_child), and what runs before the workers start.
         self.worker_defaults: Dict[str, Any] = {}
         self.before_run: List[Callable[[], object]] = []  # called before run(); results unused
+        self.serving: List[Callable[[], object]] = []  # once run() serves, and once it stopped
+        self.stopped: List[Callable[[], object]] = []
+        self.child_start: List[Callable[[], object]] = []  # in each worker process, first
         self._control_seen = 0   # control topic offset read up to (this process)
         self._revoked: Dict[str, bool] = {}  # event id -> terminate, from the control topic
         self._control_lock = threading.Lock()
@@ -647,6 +650,8 @@ class App:
             raise InvalidArgument("App.run: no handlers registered")
         self._stop.clear()
         restore = self._install_signals() if install_signals else None
+        for hook in self.serving:
+            hook()
         try:
             if mode == "process":
                 return self._run_processes(concurrency, t_ms, g_ms, w_ms, i_ms, max_events, qs,
@@ -655,6 +660,11 @@ class App:
                                      w_ms / 1000, i_ms / 1000 if i_ms is not None else None,
                                      max_events, batch, qs)
         finally:
+            for hook in self.stopped:
+                try:
+                    hook()
+                except Exception:
+                    logger.exception("a hook of a stopped worker failed")
             if restore:
                 restore()
 
@@ -1128,6 +1138,8 @@ class App:
         event, and the parent starts another. A heartbeat thread keeps the lease alive."""
         self._stop.clear()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches all
+        for hook in self.child_start:
+            hook()
         main_ident = threading.get_ident()
         cur: Dict[str, Any] = {"ev": None, "soft": False, "hard": None, "fail": False,
                                "extended": 0.0, "settled": False}

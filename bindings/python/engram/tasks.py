@@ -402,31 +402,50 @@ class Task:
         if stack is None:
             stack = self._local.stack = []
         stack.append(req)
+        from .celery import signals as sig  # Celery's task signals, sent to their receivers
+        sig.task_prerun.send(sender=self, task_id=req.id, task=self, args=args, kwargs=kwargs)
+        state, r = states.FAILURE, None
         try:
             try:
                 r = self.fn(self, *args, **kwargs) if self.bind else self.fn(*args, **kwargs)
                 if inspect.isawaitable(r):
                     r = run_coroutine(_awaited(r))
-            except (Retry, Reject):
+                state = states.SUCCESS
+                sig.task_success.send(sender=self, result=r)
+            except Retry as e:
+                state = states.RETRY
+                sig.task_retry.send(sender=self, request=req, reason=e.error, einfo=None)
+                raise
+            except Reject:
                 raise
             except Ignore:
+                state = "IGNORED"
                 return None  # acked without a result
             except Exception as e:  # a task failure, or a retry it asked for
+                if not (self.autoretry_for and isinstance(e, self.autoretry_for)):
+                    sig.task_failure.send(sender=self, task_id=req.id, exception=e, args=args,
+                                          kwargs=kwargs, traceback=e.__traceback__, einfo=None)
                 if self.autoretry_for and isinstance(e, self.autoretry_for):
                     try:
                         kw = dict(self.retry_kwargs)
                         if self.retry_backoff and "countdown" not in kw:
                             kw["countdown"] = self._backoff(req.retries)
                         self.retry(exc=e, **kw)
-                    except Retry:
+                    except Retry as rt:
+                        state = states.RETRY
+                        sig.task_retry.send(sender=self, request=req, reason=rt.error, einfo=None)
                         raise
                     except Exception as e2:
+                        sig.task_failure.send(sender=self, task_id=req.id, exception=e2, args=args,
+                                              kwargs=kwargs, traceback=e2.__traceback__, einfo=None)
                         raise Reject(_describe(e2)) from e2
                 if self.autoretry:
                     raise
                 raise Reject(_describe(e)) from e
         finally:
             stack.pop()
+            sig.task_postrun.send(sender=self, task_id=req.id, task=self, args=args, kwargs=kwargs,
+                                  retval=r, state=state)
         if self.ignore_result:
             return None
         # Wrapped, so a task returning None still leaves a result behind. A value JSON

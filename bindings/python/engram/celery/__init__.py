@@ -322,6 +322,9 @@ class Celery:
         self.app.before_run.append(self._import_modules)
         self.app.before_run.append(lambda: signals.setup_logging.send(sender=None, loglevel=None))
         self.app.before_run.append(self.declare_schedules)
+        self.app.serving.append(lambda: signals.worker_ready.send(sender=None))
+        self.app.stopped.append(lambda: signals.worker_shutdown.send(sender=None))
+        self.app.child_start.append(lambda: signals.worker_process_init.send(sender=None))
         self.on_after_configure = signals.Signal("on_after_configure")
         self.on_after_finalize = signals.Signal("on_after_finalize")
         self._finalized = False

@@ -1,5 +1,6 @@
 """``celery.signals`` that engram's workers send. Connecting to one they do not send raises
-NotSupported, so a receiver is never silently never called."""
+NotSupported, so a receiver is never silently never called. A receiver that raises is
+logged and does not stop the task or the worker (as in Celery)."""
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,11 @@ class Signal:
     def send(self, sender: Any = None, **kw: Any) -> List[Any]:
         out = []
         for r in list(self.receivers):
-            out.append((r, r(sender=sender, signal=self, **kw)))
+            try:
+                out.append((r, r(sender=sender, signal=self, **kw)))
+            except Exception as e:  # a receiver's failure is not the task's
+                logger.exception("signal %s: receiver %r failed", self.name, r)
+                out.append((r, e))
         return out
 
     def __repr__(self) -> str:
@@ -40,15 +45,18 @@ class Signal:
 
 # Sent before a worker starts (in `python -m engram worker` and App.run).
 setup_logging = Signal("setup_logging")
+# A worker of the app starts serving (sender None) and has stopped (sender None).
+worker_ready = Signal("worker_ready")
+worker_shutdown = Signal("worker_shutdown")
+# In each worker process of process mode (the prefork pool), before its first task.
+worker_process_init = Signal("worker_process_init")
+# Around each run of a task in a worker, with Celery's arguments (sender: the task).
+task_prerun = Signal("task_prerun")
+task_postrun = Signal("task_postrun")
+task_success = Signal("task_success")
+task_failure = Signal("task_failure")
+task_retry = Signal("task_retry")
 # Not sent yet: connecting raises NotSupported.
-worker_ready = Signal("worker_ready", sent=False)
-worker_shutdown = Signal("worker_shutdown", sent=False)
-worker_process_init = Signal("worker_process_init", sent=False)
-task_prerun = Signal("task_prerun", sent=False)
-task_postrun = Signal("task_postrun", sent=False)
-task_success = Signal("task_success", sent=False)
-task_failure = Signal("task_failure", sent=False)
-task_retry = Signal("task_retry", sent=False)
 task_revoked = Signal("task_revoked", sent=False)
 before_task_publish = Signal("before_task_publish", sent=False)
 after_task_publish = Signal("after_task_publish", sent=False)
