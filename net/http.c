@@ -557,6 +557,14 @@ static const char *task_name(const engram_event *e) {
   return e->type;
 }
 
+/* An event's ack result as a JSON string; null when there is none or it is not UTF-8. */
+static void json_result(hbuf *b, const engram_status *st) {
+  if (st->result && text_utf8_valid(st->result, st->result_len))
+    json_strn(b, st->result, st->result_len);
+  else
+    hb_puts(b, "null");
+}
+
 /* Flower's fields of a task (its /api/tasks entry, the head of /api/task/info): uuid,
  * name, state, received, retries, worker, exception and result (the ack's result as
  * text, null when none or not UTF-8). Ends with a comma. */
@@ -571,10 +579,7 @@ static void flower_fields(hbuf *b, const char *topic, uint64_t offset, const eng
   hb_puts(b, ",\"exception\":");
   hb_json_str(b, st->last_error);
   hb_puts(b, ",\"result\":");
-  if (st->result && text_utf8_valid(st->result, st->result_len))
-    json_strn(b, st->result, st->result_len);
-  else
-    hb_puts(b, "null");
+  json_result(b, st);
   hb_puts(b, ",");
 }
 
@@ -625,10 +630,7 @@ static int event_detail(struct req *r, hbuf *b, const char *topic, const char *g
               (long long)st.deadline_ns);
     hb_json_str(b, st.last_error);
     hb_puts(b, ",\"result\":");
-    if (st.result && text_utf8_valid(st.result, st.result_len))
-      json_strn(b, st.result, st.result_len);
-    else
-      hb_puts(b, "null");
+    json_result(b, &st);
     engram_free(st.result);
     hb_puts(b, "}");
   } else {

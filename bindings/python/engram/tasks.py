@@ -25,6 +25,7 @@ import datetime as _dt
 import decimal as _decimal
 import inspect
 import json
+import logging
 import random
 import socket
 import sys
@@ -33,13 +34,14 @@ import time
 import traceback
 import uuid as _uuid
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple,
-                    Type, Union)
+                    Set, Type, Union)
 
 from .app import (Reject, Retry, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded, _describe,
                   parse_event_id, run_coroutine)
 from .group import Group
 from .message import Duration, _ms, _str
 from . import _engram
+from . import _signals as sig  # Celery's task signals, sent to their receivers
 from .errors import (Error, InternalError, InvalidArgument, NotFound, NotSupported, TaskFailed,
                      TaskRevoked, Timeout, error_for_code)
 
@@ -74,6 +76,23 @@ class MaxRetriesExceededError(Exception):
 class Ignore(Exception):
     """Celery's ``Ignore``: raised by a task, its message is consumed and nothing is
     recorded of this run (no result, not a failure; its state reads PENDING)."""
+
+
+_warned: Set[str] = set()  # Celery settings and options warned about, once each
+_celery_logger = logging.getLogger("engram.celery")
+
+
+def _warn_at_least_once(what: str) -> None:
+    """acks_late=False asks Celery for at most once: the message is acked when the task
+    starts, and a worker that dies mid-task loses it. engram finishes a task only when it
+    returned, so such a task runs again: say so, once per name."""
+    if what in _warned:
+        return
+    _warned.add(what)
+    _celery_logger.warning("%s=False: engram acks a task only once it returned, so a task whose "
+                           "worker dies mid-run runs again (at least once, never lost), where "
+                           "Celery would drop it: make the task idempotent (see "
+                           "docs/migrating/celery.md)", what)
 
 
 def _type_for(name: str) -> str:
@@ -278,7 +297,6 @@ class Task:
             raise NotSupported(f"serializer {o['serializer']!r}: tasks are JSON only")
         for k in ("acks_late", "reject_on_worker_lost"):
             if not o[k]:  # engram always acks after the task and redelivers on a lost worker
-                from .celery import _warn_at_least_once
                 _warn_at_least_once(f"task {self.name}: {k}")
         for k in ("soft_time_limit", "time_limit", "default_retry_delay", "retry_backoff_max"):
             _ms(o[k], k)
@@ -315,6 +333,13 @@ class Task:
         q = route(self.name) if route is not None else None
         return q or self.app.topic
 
+    def _stack(self) -> List[Context]:
+        """This thread's contexts of the runs under way (a task may call another)."""
+        stack: Optional[List[Context]] = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
     @property
     def request(self) -> Context:
         """The running call's context (id, retries, args ...) in this thread."""
@@ -349,9 +374,7 @@ class Task:
             self._check_arguments(args, kwargs)
         call_args, call_kwargs = list(args or ()), dict(kwargs or {})
         tid = task_id or str(_uuid.uuid4())
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
+        stack = self._stack()
         for retries in range(10_000):
             stack.append(Context(id=tid, retries=retries, args=call_args, kwargs=call_kwargs,
                                  task=self.name, is_eager=True, called_directly=False,
@@ -398,11 +421,8 @@ class Task:
                       delivery_info={"queue": ev.topic, "routing_key": ev.topic,
                                      "priority": int(h.get("priority", 0) or 0)},
                       eta=h.get("eta"), expires=exp)
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
+        stack = self._stack()
         stack.append(req)
-        from .celery import signals as sig  # Celery's task signals, sent to their receivers
         sig.task_prerun.send(sender=self, task_id=req.id, task=self, args=args, kwargs=kwargs)
         state, r = states.FAILURE, None
         try:

@@ -31,7 +31,7 @@ from ..records import EventStatus
 from ..log import Log
 from ..message import _str
 from ..errors import NotFound, NotSupported
-from ..tasks import Task, _celery_loads, send_task
+from ..tasks import Task, _celery_loads, _warn_at_least_once, _warned, send_task
 from . import beat, exceptions, signals, states
 from .exceptions import ImproperlyConfigured
 from .result import AsyncResult
@@ -116,19 +116,6 @@ _DEFAULTS: Dict[str, Any] = {
     "imports": (), "include": (), "task_ignore_result": False, "task_track_started": False,
     "task_always_eager": False, "beat_schedule": {},
 }
-_warned: Set[str] = set()
-
-
-def _warn_at_least_once(what: str) -> None:
-    """acks_late=False asks Celery for at most once: the message is acked when the task
-    starts, and a worker that dies mid-task loses it. engram finishes a task only when it
-    returned, so such a task runs again: say so, once per name."""
-    if what in _warned:
-        return
-    _warned.add(what)
-    logger.warning("%s=False: engram acks a task only once it returned, so a task whose worker "
-                   "dies mid-run runs again (at least once, never lost), where Celery would "
-                   "drop it: make the task idempotent (see docs/migrating/celery.md)", what)
 # beat_scheduler values: Celery's own schedulers keep their state in a file, engram's in the
 # log; django_celery_beat's also reads PeriodicTask rows, which engram does not.
 _SCHEDULERS = {"celery.beat:PersistentScheduler", "celery.beat.PersistentScheduler",
